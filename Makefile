@@ -1,0 +1,105 @@
+# pbw build. Plain `make` builds build/pbw, build/libpbw.a and build/libpbw.so.
+# CUDA sources under src/cuda are compiled and linked when nvcc is on PATH (NVCC= disables).
+#   make test    build and run every test        make asan   tests under ASan + UBSan
+#   make fuzz    run each fuzz target briefly     make bench  CPU benchmarks vs PyTorch
+#   make demo    the quick-start job
+
+CC      ?= cc
+CFLAGS  ?= -O3 -march=x86-64-v3 -mtune=generic
+NVCC    ?= $(shell command -v nvcc 2>/dev/null)
+BUILD   ?= build
+FUZZ_SECONDS ?= 30
+
+BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
+WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers
+BASE    := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Isrc $(if $(BLAS_INC),-I$(BLAS_INC))
+LDLIBS  := -lopenblas -llapacke -ljson-c -lzip -lpng -ljpeg -lz -lm -lpthread
+LDFLAGS += -fopenmp
+
+LIB_SRC := $(wildcard src/core/*.c src/cpu/*.c src/formats/*.c src/models/*.c src/paint/*.c)
+APP_SRC := $(wildcard src/app/*.c)
+TEST_SRC:= $(wildcard tests/*.c)
+CU_SRC  := $(wildcard src/cuda/*.cu)
+
+ifneq ($(NVCC),)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  BASE    += -DPBW_HAVE_CUDA -I$(CUDA_HOME)/include
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+  CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+  NVFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Isrc -DPBW_HAVE_CUDA \
+             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+endif
+
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
+APP_OBJ := $(APP_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_OBJ:= $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+DEPS_OK := $(BUILD)/.deps-ok
+
+.PHONY: all test asan fuzz bench demo clean setup
+all: $(BUILD)/pbw $(BUILD)/libpbw.a $(BUILD)/libpbw.so
+
+# Install missing Debian packages once (tools/setup.sh prints the apt-get line when not root).
+$(DEPS_OK): tools/setup.sh
+	@mkdir -p $(BUILD)
+	@tools/setup.sh --check || tools/setup.sh
+	@touch $@
+setup:
+	tools/setup.sh --python
+
+$(BUILD)/obj/%.o: %.c | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libpbw.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libpbw.so: $(LIB_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/pbw: $(APP_OBJ) $(BUILD)/libpbw.a
+	$(CC) $(LDFLAGS) -o $@ $(APP_OBJ) $(BUILD)/libpbw.a $(LDLIBS)
+
+$(BUILD)/pbw_tests: $(TEST_OBJ) $(BUILD)/libpbw.a
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libpbw.a $(LDLIBS)
+
+test: all $(BUILD)/pbw_tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BUILD)/pbw_tests $(T)
+
+# Sanitizer build in its own folder, CPU only (nvcc objects are not instrumented).
+asan:
+	$(MAKE) --no-print-directory BUILD=build-asan NVCC= \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" build-asan/pbw_tests
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 \
+	  build-asan/pbw_tests $(T)
+
+FUZZ_TARGETS := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_LIB_SRC := $(filter-out src/cpu/%,$(LIB_SRC))
+fuzz: | $(DEPS_OK)
+	@mkdir -p build-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+	    $(if $(BLAS_INC),-I$(BLAS_INC)) -fopenmp fuzz/fuzz_$$t.c $(LIB_SRC) \
+	    -o build-fuzz/fuzz_$$t $(filter-out -lcudart -lcublas,$(LDLIBS)) || exit 1; \
+	  mkdir -p build-fuzz/corpus_$$t; cp -n fuzz/corpus/$$t/* build-fuzz/corpus_$$t/ 2>/dev/null; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -max_len=1048576 \
+	    -print_final_stats=1 build-fuzz/corpus_$$t 2>build-fuzz/$$t.log || { tail -50 build-fuzz/$$t.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units' build-fuzz/$$t.log; \
+	done
+
+bench: all
+	bench/run.sh
+
+demo: all
+	tools/demo.sh
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

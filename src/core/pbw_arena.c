@@ -1,0 +1,93 @@
+/* pbw_arena.c: chunked bump allocator (see pbw_arena.h). */
+#include "pbw_arena.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN 64
+
+struct pbw_arena_chunk {
+    pbw_arena_chunk *next;
+    size_t size; /* usable bytes */
+    size_t off;
+    unsigned char *base; /* ALIGN-aligned */
+};
+
+static pbw_arena_chunk *chunk_new(size_t size) {
+    pbw_arena_chunk *c = malloc(sizeof *c);
+    if (!c) return NULL;
+    c->base = aligned_alloc(ALIGN, (size + ALIGN - 1) / ALIGN * ALIGN);
+    if (!c->base) {
+        free(c);
+        return NULL;
+    }
+    c->next = NULL;
+    c->size = size;
+    c->off = 0;
+    return c;
+}
+
+void pbw_arena_init(pbw_arena *a, size_t min_chunk) {
+    memset(a, 0, sizeof *a);
+    a->min_chunk = min_chunk < 4096 ? 4096 : min_chunk;
+}
+
+void *pbw_arena_alloc(pbw_arena *a, size_t bytes) {
+    size_t need = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    if (need < bytes) return NULL; /* overflow */
+    if (need == 0) need = ALIGN;
+    pbw_arena_chunk *c = a->head;
+    if (!c || c->size - c->off < need) {
+        size_t size = need > a->min_chunk ? need : a->min_chunk;
+        /* grow geometrically so a long first step does not make thousands of chunks */
+        if (c && size < c->size * 2 && c->size * 2 > c->size) size = c->size * 2;
+        pbw_arena_chunk *n = chunk_new(size);
+        if (!n) {
+            n = chunk_new(need); /* the doubling may have been too greedy */
+            if (!n) return NULL;
+        }
+        n->next = c;
+        a->head = n;
+        c = n;
+    }
+    void *p = c->base + c->off;
+    c->off += need;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+void *pbw_arena_calloc(pbw_arena *a, size_t bytes) {
+    void *p = pbw_arena_alloc(a, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+static void chunks_free(pbw_arena_chunk *c) {
+    while (c) {
+        pbw_arena_chunk *n = c->next;
+        free(c->base);
+        free(c);
+        c = n;
+    }
+}
+
+void pbw_arena_reset(pbw_arena *a) {
+    if (!a->head) return;
+    if (a->head->next) {
+        /* several chunks were needed: replace them by one that holds the peak use */
+        size_t total = a->peak > a->min_chunk ? a->peak : a->min_chunk;
+        chunks_free(a->head);
+        a->head = chunk_new(total); /* NULL is fine: the next alloc makes one */
+    } else {
+        a->head->off = 0;
+    }
+    a->used = 0;
+}
+
+void pbw_arena_free(pbw_arena *a) {
+    chunks_free(a->head);
+    a->head = NULL;
+    a->used = 0;
+}

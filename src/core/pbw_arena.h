@@ -1,0 +1,36 @@
+/* pbw_arena.h: bump allocators with one lifetime each.
+ *
+ * pbw keeps three lifetimes apart: weights (live as long as a model), per-step activations
+ * (reset after every optimization step) and per-op scratch. An arena hands out 64-byte aligned
+ * blocks by bumping a pointer; nothing is freed one by one. When a chunk is full a new one is
+ * chained; on reset the chunks are merged into one big enough for the whole previous use, so a
+ * loop that does the same work every step stops calling malloc after its first step.
+ *
+ *     pbw_arena a; pbw_arena_init(&a, 1 << 20);
+ *     float *x = pbw_arena_alloc(&a, 1000 * sizeof(float));   // NULL only when out of memory
+ *     pbw_arena_reset(&a);                                     // x is invalid now
+ *     pbw_arena_free(&a);
+ */
+#ifndef PBW_ARENA_H
+#define PBW_ARENA_H
+
+#include <stddef.h>
+
+typedef struct pbw_arena_chunk pbw_arena_chunk;
+
+typedef struct pbw_arena {
+    pbw_arena_chunk *head;  /* current chunk; older ones chained behind it */
+    size_t min_chunk;       /* smallest chunk to allocate */
+    size_t used;            /* bytes handed out since the last reset */
+    size_t peak;            /* largest `used` seen */
+} pbw_arena;
+
+void pbw_arena_init(pbw_arena *a, size_t min_chunk);
+/* 64-byte aligned block of `bytes` bytes, uninitialized; NULL when malloc fails. */
+void *pbw_arena_alloc(pbw_arena *a, size_t bytes);
+/* Same, zero-filled. */
+void *pbw_arena_calloc(pbw_arena *a, size_t bytes);
+void pbw_arena_reset(pbw_arena *a);
+void pbw_arena_free(pbw_arena *a);
+
+#endif

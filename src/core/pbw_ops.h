@@ -1,0 +1,135 @@
+/* pbw_ops.h: every tensor op the models use, each with a forward and a backward.
+ *
+ * Each op checks its arguments, allocates its output in the context's activation arena, runs
+ * the kernel of the tensors' device (src/cpu today; src/cuda behind the same calls) and, when an
+ * input needs a gradient, records its backward on the tape. Shapes in comments are row-major;
+ * images are (N,C,H,W). Any op given a NULL tensor returns NULL (errors are sticky in the
+ * context, see pbw_tensor.h). Ops never modify their inputs.
+ *
+ * Where an op mirrors a PyTorch function, it matches its numerics and conventions (noted per op),
+ * because models are checked against PyTorch references.
+ */
+#ifndef PBW_OPS_H
+#define PBW_OPS_H
+
+#include "pbw_tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------- linear algebra ---------- */
+
+/* a (...,M,K) @ b (...,K,N) -> (...,M,N). trans_a / trans_b take a as (...,K,M) / b as
+ * (...,N,K). Batch dims of a and b must be equal, or b may be 2-D (shared by every batch). */
+pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, int trans_b);
+/* x (...,in) @ w(out,in)^T + b(out) -> (...,out), as torch.nn.functional.linear. b may be NULL. */
+pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b);
+
+/* ---------- convolution and resampling (src/cpu/pbw_cpu_conv.c, pbw_cpu_resample.c) ---------- */
+
+typedef struct pbw_conv_params {
+    int stride_h, stride_w;   /* 0 means 1 */
+    int pad_h, pad_w;
+    int dil_h, dil_w;         /* 0 means 1 */
+    int groups;               /* 0 means 1 */
+    int out_pad_h, out_pad_w; /* transposed convolution only */
+} pbw_conv_params;
+
+/* x (N,C,H,W), w (O,C/groups,KH,KW), b (O) or NULL -> (N,O,OH,OW); as F.conv2d. */
+pbw_tensor *pbw_conv2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                       pbw_conv_params p);
+/* x (N,C,H,W), w (C,O/groups,KH,KW), b (O) or NULL -> (N,O,OH,OW) with
+ * OH = (H-1)*stride - 2*pad + dil*(KH-1) + out_pad + 1; as F.conv_transpose2d. */
+pbw_tensor *pbw_conv_transpose2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                                 pbw_conv_params p);
+/* StyleGAN2's upfirdn2d: upsample by zero insertion (up), pad (negative pads crop), correlate
+ * every channel with the 2-D FIR kernel k (KH,KW) flipped as in the reference (i.e. true
+ * convolution), then keep every `down`-th sample. x (N,C,H,W) ->
+ * (N,C,(H*up+pad_y0+pad_y1-KH)/down+1, (W*up+pad_x0+pad_x1-KW)/down+1). k needs no gradient. */
+pbw_tensor *pbw_upfirdn2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *k, int up, int down,
+                          int pad_x0, int pad_x1, int pad_y0, int pad_y1);
+
+typedef enum pbw_resize_mode {
+    PBW_RESIZE_NEAREST = 0, /* F.interpolate mode='nearest' (floor of dst*scale) */
+    PBW_RESIZE_BILINEAR,    /* mode='bilinear', align_corners=False */
+    PBW_RESIZE_BICUBIC      /* mode='bicubic', align_corners=False, a=-0.75, border clamped */
+} pbw_resize_mode;
+/* x (N,C,H,W) -> (N,C,out_h,out_w); scale = in/out per axis, as F.interpolate(size=...). */
+pbw_tensor *pbw_resize(pbw_ctx *ctx, pbw_tensor *x, int out_h, int out_w, pbw_resize_mode mode);
+/* Separable normalized Gaussian of `sigma` and odd size `ksize`, zero padding, same size out. */
+pbw_tensor *pbw_gaussian_blur(pbw_ctx *ctx, pbw_tensor *x, float sigma, int ksize);
+
+/* ---------- elementwise (broadcasting like NumPy: trailing dims aligned, size-1 stretched) --- */
+
+pbw_tensor *pbw_add(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
+pbw_tensor *pbw_sub(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
+pbw_tensor *pbw_mul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
+pbw_tensor *pbw_div(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
+/* x * s + t with scalars s, t */
+pbw_tensor *pbw_affine(pbw_ctx *ctx, pbw_tensor *x, float s, float t);
+pbw_tensor *pbw_scale(pbw_ctx *ctx, pbw_tensor *x, float s);
+pbw_tensor *pbw_add_scalar(pbw_ctx *ctx, pbw_tensor *x, float t);
+
+pbw_tensor *pbw_relu(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_leaky_relu(pbw_ctx *ctx, pbw_tensor *x, float slope);
+pbw_tensor *pbw_gelu(pbw_ctx *ctx, pbw_tensor *x);       /* exact (erf), as nn.GELU() */
+pbw_tensor *pbw_quick_gelu(pbw_ctx *ctx, pbw_tensor *x); /* x * sigmoid(1.702 x), CLIP's */
+pbw_tensor *pbw_sigmoid(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_tanh(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_sqrt(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_rsqrt(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_exp(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_abs(pbw_ctx *ctx, pbw_tensor *x);          /* gradient sign(x), 0 at 0 */
+pbw_tensor *pbw_square(pbw_ctx *ctx, pbw_tensor *x);
+/* Gradient passes where lo <= x <= hi, as torch.clamp. */
+pbw_tensor *pbw_clamp(pbw_ctx *ctx, pbw_tensor *x, float lo, float hi);
+
+/* ---------- reductions ---------- */
+
+/* Sum / mean over the axes listed (negative counts from the end); keepdim as in PyTorch. */
+pbw_tensor *pbw_sum(pbw_ctx *ctx, pbw_tensor *x, int naxes, const int *axes, int keepdim);
+pbw_tensor *pbw_mean(pbw_ctx *ctx, pbw_tensor *x, int naxes, const int *axes, int keepdim);
+/* Sum / mean of every element -> shape (1). */
+pbw_tensor *pbw_sum_all(pbw_ctx *ctx, pbw_tensor *x);
+pbw_tensor *pbw_mean_all(pbw_ctx *ctx, pbw_tensor *x);
+
+/* ---------- shape ---------- */
+
+/* Same data, new shape (one dim may be -1). Shares the buffer; gradient is its own. */
+pbw_tensor *pbw_reshape(pbw_ctx *ctx, pbw_tensor *x, int ndim, const int64_t *shape);
+/* out.shape[i] = x.shape[perm[i]] (torch.permute), copied contiguous. */
+pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm);
+/* x[..., start:end:step, ...] along axis; negative start/end count from the end (Python). */
+pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int64_t end,
+                      int64_t step);
+/* Concatenation of n tensors along axis (all other dims equal). */
+pbw_tensor *pbw_concat(pbw_ctx *ctx, int n, pbw_tensor *const *xs, int axis);
+/* Constant padding: pads[2*i], pads[2*i+1] are the amounts before/after dim i (ndim pairs;
+ * negative crops). */
+pbw_tensor *pbw_pad(pbw_ctx *ctx, pbw_tensor *x, const int64_t *pads, float value);
+
+/* ---------- normalization, softmax, attention, embedding ---------- */
+
+/* Over the last dim, as F.layer_norm(x, (D,), w, b, eps); w, b (D) may be NULL. */
+pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b, float eps);
+/* Inference batch norm over dim 1 with given statistics: (x - mean) / sqrt(var + eps) * w + b;
+ * mean, var (C) are constants; w, b (C) may be NULL. x (N,C,...). */
+pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_tensor *var,
+                           pbw_tensor *w, pbw_tensor *b, float eps);
+/* Softmax over the last dim. */
+pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x);
+/* Scaled dot-product attention: q (B,H,T,D), k and v (B,H,S,D) -> (B,H,T,D).
+ * softmax(q k^T * scale [+ causal mask: key j > query i is excluded]) v. scale <= 0 means
+ * 1/sqrt(D). As F.scaled_dot_product_attention. */
+pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor *v, int causal,
+                          float scale);
+/* table (V,D), ids with shape ids_shape (ids_ndim dims) -> (ids_shape..., D). An id outside
+ * [0,V) fails the context. */
+pbw_tensor *pbw_embedding(pbw_ctx *ctx, pbw_tensor *table, const int32_t *ids, int ids_ndim,
+                          const int64_t *ids_shape);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,179 @@
+/* pbw_ops_elementwise.c: unary and broadcasting binary ops (front-ends; kernels in
+ * src/cpu/pbw_cpu_elementwise.c). */
+#include <string.h>
+
+#include "cpu/pbw_cpu.h"
+#include "pbw_ops_internal.h"
+
+int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
+    if (pbw_ctx_failed(ctx)) return -1;
+    for (int i = 0; i < n; i++) {
+        if (!ts[i]) {
+            pbw_ctx_fail(ctx, "%s: input %d is NULL", op, i);
+            return -1;
+        }
+        if (ts[i]->dtype != PBW_F32) {
+            pbw_ctx_fail(ctx, "%s: input %d is %s; convert weights with pbw_tensor_to_f32", op, i,
+                         pbw_dtype_name(ts[i]->dtype));
+            return -1;
+        }
+        if (ts[i]->device != pbw_ctx_device(ctx)) {
+            pbw_ctx_fail(ctx, "%s: input %d is on another device than the context", op, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void pbw_shape5(const pbw_tensor *t, int64_t *s5) {
+    int off = 5 - t->ndim;
+    for (int d = 0; d < 5; d++) s5[d] = d < off ? 1 : t->shape[d - off];
+}
+
+void pbw_dense_strides5(const int64_t *shape5, int64_t *st) {
+    int64_t s = 1;
+    for (int d = 4; d >= 0; d--) {
+        st[d] = s;
+        s *= shape5[d];
+    }
+}
+
+void pbw_strides5(const pbw_tensor *t, const int64_t *shape5, int64_t *st) {
+    int64_t own[5];
+    pbw_shape5(t, own);
+    pbw_dense_strides5(own, st);
+    for (int d = 0; d < 5; d++)
+        if (own[d] == 1 && shape5[d] != 1) st[d] = 0;
+}
+
+int pbw_axis(int axis, int ndim) {
+    if (axis < 0) axis += ndim;
+    return axis >= 0 && axis < ndim ? axis : -1;
+}
+
+/* ---- unary ---- */
+
+typedef struct {
+    pbw_unary_op op;
+    float p0, p1;
+} unary_saved;
+
+static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
+    const unary_saved *s = n->saved;
+    float *gx = pbw_grad(ctx, n->in[0]);
+    if (!gx) return;
+    pbw_cpu_unary_backward(s->op, s->p0, s->p1, n->in[0]->data, n->out->data, n->out->grad, gx,
+                           n->out->numel);
+}
+
+static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unary_op op, float p0,
+                         float p1) {
+    if (pbw_op_begin(ctx, name, 1, &x)) return NULL;
+    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
+    if (!y) return NULL;
+    pbw_cpu_unary_forward(op, p0, p1, x->data, y->data, x->numel);
+    if (pbw_needs_grad(ctx, &x, 1)) {
+        pbw_node *n = pbw_tape_push(ctx, name, unary_backward, y, &x, 1, sizeof(unary_saved));
+        if (!n) return NULL;
+        *(unary_saved *)n->saved = (unary_saved){op, p0, p1};
+    }
+    return y;
+}
+
+pbw_tensor *pbw_affine(pbw_ctx *ctx, pbw_tensor *x, float s, float t) {
+    return unary(ctx, "affine", x, PBW_UN_AFFINE, s, t);
+}
+pbw_tensor *pbw_scale(pbw_ctx *ctx, pbw_tensor *x, float s) { return pbw_affine(ctx, x, s, 0); }
+pbw_tensor *pbw_add_scalar(pbw_ctx *ctx, pbw_tensor *x, float t) {
+    return pbw_affine(ctx, x, 1, t);
+}
+pbw_tensor *pbw_relu(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "relu", x, PBW_UN_RELU, 0, 0); }
+pbw_tensor *pbw_leaky_relu(pbw_ctx *ctx, pbw_tensor *x, float slope) {
+    return unary(ctx, "leaky_relu", x, PBW_UN_LEAKY_RELU, slope, 0);
+}
+pbw_tensor *pbw_gelu(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "gelu", x, PBW_UN_GELU, 0, 0); }
+pbw_tensor *pbw_quick_gelu(pbw_ctx *ctx, pbw_tensor *x) {
+    return unary(ctx, "quick_gelu", x, PBW_UN_QUICK_GELU, 0, 0);
+}
+pbw_tensor *pbw_sigmoid(pbw_ctx *ctx, pbw_tensor *x) {
+    return unary(ctx, "sigmoid", x, PBW_UN_SIGMOID, 0, 0);
+}
+pbw_tensor *pbw_tanh(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "tanh", x, PBW_UN_TANH, 0, 0); }
+pbw_tensor *pbw_sqrt(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "sqrt", x, PBW_UN_SQRT, 0, 0); }
+pbw_tensor *pbw_rsqrt(pbw_ctx *ctx, pbw_tensor *x) {
+    return unary(ctx, "rsqrt", x, PBW_UN_RSQRT, 0, 0);
+}
+pbw_tensor *pbw_exp(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "exp", x, PBW_UN_EXP, 0, 0); }
+pbw_tensor *pbw_abs(pbw_ctx *ctx, pbw_tensor *x) { return unary(ctx, "abs", x, PBW_UN_ABS, 0, 0); }
+pbw_tensor *pbw_square(pbw_ctx *ctx, pbw_tensor *x) {
+    return unary(ctx, "square", x, PBW_UN_SQUARE, 0, 0);
+}
+pbw_tensor *pbw_clamp(pbw_ctx *ctx, pbw_tensor *x, float lo, float hi) {
+    if (x && !(lo <= hi)) return pbw_ctx_fail(ctx, "clamp: lo %g > hi %g", lo, hi);
+    return unary(ctx, "clamp", x, PBW_UN_CLAMP, lo, hi);
+}
+
+/* ---- binary with broadcasting ---- */
+
+typedef struct {
+    pbw_binary_op op;
+    int64_t shape[5];
+} binary_saved;
+
+static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
+    const binary_saved *s = n->saved;
+    pbw_tensor *a = n->in[0], *b = n->in[1];
+    float *ga = pbw_grad(ctx, a), *gb = pbw_grad(ctx, b);
+    if (!ga && !gb) return;
+    int64_t sa[5], sb[5], sy[5];
+    pbw_strides5(a, s->shape, sa);
+    pbw_strides5(b, s->shape, sb);
+    pbw_dense_strides5(s->shape, sy);
+    pbw_cpu_binary_backward(s->op, s->shape, a->data, sa, b->data, sb, n->out->grad, sy, ga, gb);
+}
+
+static pbw_tensor *binary(pbw_ctx *ctx, const char *name, pbw_tensor *a, pbw_tensor *b,
+                          pbw_binary_op op) {
+    pbw_tensor *in[2] = {a, b};
+    if (pbw_op_begin(ctx, name, 2, in)) return NULL;
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    int64_t s5a[5], s5b[5], s5[5];
+    pbw_shape5(a, s5a);
+    pbw_shape5(b, s5b);
+    for (int d = 0; d < 5; d++) {
+        if (s5a[d] != s5b[d] && s5a[d] != 1 && s5b[d] != 1) {
+            char sa_[64], sb_[64];
+            return pbw_ctx_fail(ctx, "%s: shapes %s and %s do not broadcast", name,
+                                pbw_shape_str(a, sa_, sizeof sa_), pbw_shape_str(b, sb_, sizeof sb_));
+        }
+        s5[d] = s5a[d] == 1 ? s5b[d] : s5a[d];
+    }
+    pbw_tensor *y = pbw_tensor_new(ctx, nd, s5 + 5 - nd);
+    if (!y) return NULL;
+    int64_t sa[5], sb[5], sy[5];
+    pbw_strides5(a, s5, sa);
+    pbw_strides5(b, s5, sb);
+    pbw_dense_strides5(s5, sy);
+    pbw_cpu_binary_forward(op, s5, a->data, sa, b->data, sb, y->data, sy);
+    if (pbw_needs_grad(ctx, in, 2)) {
+        pbw_node *n = pbw_tape_push(ctx, name, binary_backward, y, in, 2, sizeof(binary_saved));
+        if (!n) return NULL;
+        binary_saved *s = n->saved;
+        s->op = op;
+        memcpy(s->shape, s5, sizeof s5);
+    }
+    return y;
+}
+
+pbw_tensor *pbw_add(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    return binary(ctx, "add", a, b, PBW_BIN_ADD);
+}
+pbw_tensor *pbw_sub(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    return binary(ctx, "sub", a, b, PBW_BIN_SUB);
+}
+pbw_tensor *pbw_mul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    return binary(ctx, "mul", a, b, PBW_BIN_MUL);
+}
+pbw_tensor *pbw_div(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    return binary(ctx, "div", a, b, PBW_BIN_DIV);
+}

@@ -1,0 +1,122 @@
+/* pbw_ops_linalg.c: matmul and linear (front-ends over pbw_cpu_gemm_batched / OpenBLAS). */
+#include <string.h>
+
+#include "cpu/pbw_cpu.h"
+#include "pbw_ops_internal.h"
+
+typedef struct {
+    int ta, tb;
+    int64_t M, N, K, batch;
+    int64_t stride_b; /* 0 when b is shared by every batch item */
+} matmul_saved;
+
+static void matmul_backward(pbw_ctx *ctx, pbw_node *n) {
+    const matmul_saved *s = n->saved;
+    pbw_tensor *a = n->in[0], *b = n->in[1];
+    float *ga = pbw_grad(ctx, a), *gb = pbw_grad(ctx, b);
+    const float *gc = n->out->grad; /* (batch,M,N) */
+    int64_t M = s->M, N = s->N, K = s->K, bs = s->batch;
+    int64_t sa = M * K, sc = M * N;
+    /* stored shapes: a is (M,K) or (K,M) when ta; b is (K,N) or (N,K) when tb */
+    int64_t lda = s->ta ? M : K, ldb = s->tb ? K : N;
+    if (ga) {
+        if (!s->ta) /* gA (M,K) = gC op(B)^T */
+            pbw_cpu_gemm_batched(0, !s->tb, M, K, N, 1, gc, N, sc, b->data, ldb, s->stride_b, 1,
+                                 ga, K, sa, bs);
+        else /* gA (K,M) = op(B) gC^T */
+            pbw_cpu_gemm_batched(s->tb, 1, K, M, N, 1, b->data, ldb, s->stride_b, gc, N, sc, 1,
+                                 ga, M, sa, bs);
+    }
+    if (gb) {
+        /* shared b: the batch items' contributions add into one matrix, one gemm each */
+        int64_t sgb = s->stride_b;
+        if (!s->tb) /* gB (K,N) = op(A)^T gC */
+            pbw_cpu_gemm_batched(!s->ta, 0, K, N, M, 1, a->data, lda, sa, gc, N, sc, 1, gb, N,
+                                 sgb, bs);
+        else /* gB (N,K) = gC^T op(A) */
+            pbw_cpu_gemm_batched(1, s->ta, N, K, M, 1, gc, N, sc, a->data, lda, sa, 1, gb, K, sgb,
+                                 bs);
+    }
+}
+
+pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, int trans_b) {
+    pbw_tensor *in[2] = {a, b};
+    if (pbw_op_begin(ctx, "matmul", 2, in)) return NULL;
+    char sa_[64], sb_[64];
+    if (a->ndim < 2 || b->ndim < 2)
+        return pbw_ctx_fail(ctx, "matmul: operands must have rank >= 2, got %s and %s",
+                            pbw_shape_str(a, sa_, sizeof sa_), pbw_shape_str(b, sb_, sizeof sb_));
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t M = trans_a ? ac : ar, K = trans_a ? ar : ac;
+    int64_t Kb = trans_b ? bc : br, N = trans_b ? br : bc;
+    int64_t batch = (ar * ac != 0 ? a->numel / (ar * ac) : 0);
+    int shared_b = b->ndim == 2;
+    int batch_ok = shared_b || b->ndim == a->ndim;
+    for (int d = 0; batch_ok && !shared_b && d < a->ndim - 2; d++)
+        batch_ok = a->shape[d] == b->shape[d];
+    if (K != Kb || !batch_ok)
+        return pbw_ctx_fail(ctx, "matmul: shapes %s%s and %s%s do not multiply",
+                            pbw_shape_str(a, sa_, sizeof sa_), trans_a ? "^T" : "",
+                            pbw_shape_str(b, sb_, sizeof sb_), trans_b ? "^T" : "");
+    int64_t oshape[PBW_MAX_DIMS];
+    memcpy(oshape, a->shape, sizeof oshape);
+    oshape[a->ndim - 2] = M;
+    oshape[a->ndim - 1] = N;
+    pbw_tensor *c = pbw_tensor_new(ctx, a->ndim, oshape);
+    if (!c) return NULL;
+    matmul_saved s = {trans_a, trans_b, M, N, K, batch, shared_b ? 0 : K * N};
+    if (shared_b && !trans_a) { /* one tall product: (batch*M,K) @ op(B) */
+        s.M = M * batch;
+        s.batch = 1;
+    }
+    int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    pbw_cpu_gemm_batched(trans_a, trans_b, s.M, N, K, 1, a->data, lda, s.M * K, b->data, ldb,
+                         s.stride_b, 0, c->data, N, s.M * N, s.batch);
+    if (pbw_needs_grad(ctx, in, 2)) {
+        pbw_node *n = pbw_tape_push(ctx, "matmul", matmul_backward, c, in, 2, sizeof s);
+        if (!n) return NULL;
+        memcpy(n->saved, &s, sizeof s);
+    }
+    return c;
+}
+
+static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
+    pbw_tensor *x = n->in[0], *w = n->in[1], *b = n->nin > 2 ? n->in[2] : NULL;
+    int64_t O = w->shape[0], I = w->shape[1], R = x->numel / I;
+    const float *gy = n->out->grad; /* (R,O) */
+    float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = b ? pbw_grad(ctx, b) : NULL;
+    if (gx) pbw_cpu_gemm_batched(0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, 1, gx, I, 0, 1);
+    if (gw) pbw_cpu_gemm_batched(1, 0, O, I, R, 1, gy, O, 0, x->data, I, 0, 1, gw, I, 0, 1);
+    if (gb) {
+        int64_t shape[5] = {1, 1, 1, R, O}, sy[5] = {0, 0, 0, O, 1}, sb[5] = {0, 0, 0, 0, 1};
+        pbw_cpu_accumulate(shape, gy, sy, gb, sb, 1.0f);
+    }
+}
+
+pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
+    pbw_tensor *in[3] = {x, w, b};
+    if (pbw_op_begin(ctx, "linear", b ? 3 : 2, in)) return NULL;
+    char sx[64], sw[64];
+    if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
+        (b && (b->numel != w->shape[0])))
+        return pbw_ctx_fail(ctx, "linear: input %s does not fit weight %s%s",
+                            pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw),
+                            b ? " and its bias" : "");
+    int64_t O = w->shape[0], I = w->shape[1], R = x->numel / (I ? I : 1);
+    int64_t oshape[PBW_MAX_DIMS];
+    memcpy(oshape, x->shape, sizeof oshape);
+    oshape[x->ndim - 1] = O;
+    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
+    if (!y) return NULL;
+    if (b) { /* start from the bias, then add x W^T */
+#pragma omp parallel for schedule(static) if (R * O > 32768)
+        for (int64_t r = 0; r < R; r++) memcpy(y->data + r * O, b->data, (size_t)O * sizeof(float));
+    }
+    pbw_cpu_gemm_batched(0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0, b ? 1.0f : 0.0f, y->data,
+                         O, 0, 1);
+    if (pbw_needs_grad(ctx, in, b ? 3 : 2) &&
+        !pbw_tape_push(ctx, "linear", linear_backward, y, in, b ? 3 : 2, 0))
+        return NULL;
+    return y;
+}

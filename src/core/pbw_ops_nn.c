@@ -1,0 +1,210 @@
+/* pbw_ops_nn.c: layer norm, batch norm (inference statistics), softmax, attention, embedding. */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "cpu/pbw_cpu.h"
+#include "pbw_ops_internal.h"
+
+/* ---- layer norm ---- */
+
+typedef struct {
+    float *mean, *rstd; /* (R) */
+} ln_saved;
+
+static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
+    const ln_saved *s = n->saved;
+    pbw_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
+    int64_t D = x->shape[x->ndim - 1], R = x->numel / D;
+    float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
+    pbw_cpu_layer_norm_backward(x->data, w ? w->data : NULL, s->mean, s->rstd, n->out->grad, gx,
+                                gw, gb, R, D);
+}
+
+pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b, float eps) {
+    if (pbw_op_begin(ctx, "layer_norm", 1, &x)) return NULL;
+    int64_t D = x->shape[x->ndim - 1];
+    if ((w && (pbw_op_begin(ctx, "layer_norm", 1, &w) || w->numel != D)) ||
+        (b && (pbw_op_begin(ctx, "layer_norm", 1, &b) || b->numel != D))) {
+        char sx[64];
+        return pbw_ctx_fail(ctx, "layer_norm: weight or bias size differs from the last dim of %s",
+                            pbw_shape_str(x, sx, sizeof sx));
+    }
+    int64_t R = D ? x->numel / D : 0;
+    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
+    pbw_arena *ar = pbw_ctx_arena(ctx);
+    float *mean = pbw_arena_alloc(ar, (size_t)R * sizeof(float) + 1);
+    float *rstd = pbw_arena_alloc(ar, (size_t)R * sizeof(float) + 1);
+    if (!y || !mean || !rstd) return pbw_ctx_fail(ctx, "layer_norm: out of memory");
+    pbw_cpu_layer_norm_forward(x->data, w ? w->data : NULL, b ? b->data : NULL, y->data, mean,
+                               rstd, R, D, eps);
+    pbw_tensor *in[3] = {x, w, b};
+    if (pbw_needs_grad(ctx, in, 3)) {
+        pbw_node *n = pbw_tape_push(ctx, "layer_norm", layer_norm_backward, y, in, 3, sizeof(ln_saved));
+        if (!n) return NULL;
+        *(ln_saved *)n->saved = (ln_saved){mean, rstd};
+    }
+    return y;
+}
+
+/* ---- batch norm with given statistics ---- */
+
+typedef struct {
+    float *rstd; /* (C) */
+} bn_saved;
+
+static void batch_norm_backward(pbw_ctx *ctx, pbw_node *n) {
+    const bn_saved *s = n->saved;
+    pbw_tensor *x = n->in[0], *mean = n->in[1], *w = n->in[2], *b = n->in[3];
+    int64_t N = x->shape[0], C = x->shape[1], S = N * C != 0 ? x->numel / (N * C) : 0;
+    float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
+    pbw_cpu_batch_norm_backward(x->data, mean->data, s->rstd, w ? w->data : NULL, n->out->grad,
+                                gx, gw, gb, N, C, S);
+}
+
+pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_tensor *var,
+                           pbw_tensor *w, pbw_tensor *b, float eps) {
+    pbw_tensor *req[3] = {x, mean, var};
+    if (pbw_op_begin(ctx, "batch_norm", 3, req)) return NULL;
+    if (x->ndim < 2) return pbw_ctx_fail(ctx, "batch_norm: input must be (N,C,...)");
+    int64_t N = x->shape[0], C = x->shape[1], S = N * C != 0 ? x->numel / (N * C) : 0;
+    if (mean->numel != C || var->numel != C || (w && w->numel != C) || (b && b->numel != C)) {
+        char sx[64];
+        return pbw_ctx_fail(ctx, "batch_norm: statistics or affine sizes differ from C=%lld of %s",
+                            (long long)C, pbw_shape_str(x, sx, sizeof sx));
+    }
+    pbw_tensor *opt[2] = {w, b};
+    for (int i = 0; i < 2; i++)
+        if (opt[i] && pbw_op_begin(ctx, "batch_norm", 1, &opt[i])) return NULL;
+    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
+    float *rstd = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)C * sizeof(float) + 1);
+    if (!y || !rstd) return pbw_ctx_fail(ctx, "batch_norm: out of memory");
+    for (int64_t c = 0; c < C; c++) rstd[c] = 1.0f / sqrtf(var->data[c] + eps);
+    pbw_cpu_batch_norm_forward(x->data, mean->data, rstd, w ? w->data : NULL, b ? b->data : NULL,
+                               y->data, N, C, S);
+    /* statistics are constants: only x, w and b can receive gradients */
+    pbw_tensor *in[4] = {x, mean, w, b};
+    pbw_tensor *gin[3] = {x, w, b};
+    if (pbw_needs_grad(ctx, gin, 3)) {
+        pbw_node *n = pbw_tape_push(ctx, "batch_norm", batch_norm_backward, y, in, 4, sizeof(bn_saved));
+        if (!n) return NULL;
+        ((bn_saved *)n->saved)->rstd = rstd;
+    }
+    return y;
+}
+
+/* ---- softmax ---- */
+
+static void softmax_backward(pbw_ctx *ctx, pbw_node *n) {
+    float *gx = pbw_grad(ctx, n->in[0]);
+    if (!gx) return;
+    int64_t D = n->out->shape[n->out->ndim - 1];
+    pbw_cpu_softmax_backward(n->out->data, n->out->grad, gx, n->out->numel / D, D);
+}
+
+pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
+    if (pbw_op_begin(ctx, "softmax", 1, &x)) return NULL;
+    int64_t D = x->shape[x->ndim - 1];
+    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
+    if (!y) return NULL;
+    if (D > 0) pbw_cpu_softmax_forward(x->data, y->data, x->numel / D, D);
+    if (pbw_needs_grad(ctx, &x, 1) && !pbw_tape_push(ctx, "softmax", softmax_backward, y, &x, 1, 0))
+        return NULL;
+    return y;
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    float *p; /* (BH,T,S) attention weights */
+    int64_t BH, T, S, D;
+    float scale;
+} attn_saved;
+
+static void attention_backward(pbw_ctx *ctx, pbw_node *n) {
+    const attn_saved *s = n->saved;
+    float *gq = pbw_grad(ctx, n->in[0]), *gk = pbw_grad(ctx, n->in[1]), *gv = pbw_grad(ctx, n->in[2]);
+    if (!gq && !gk && !gv) return;
+    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)omp_get_max_threads() * (size_t)(s->T * s->S) * sizeof(float) + 64);
+    if (!scratch) return;
+    pbw_cpu_attention_backward(n->in[0]->data, n->in[1]->data, n->in[2]->data, s->p,
+                               n->out->grad, gq, gk, gv, s->BH, s->T, s->S, s->D, s->scale,
+                               scratch);
+}
+
+pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor *v, int causal,
+                          float scale) {
+    pbw_tensor *in[3] = {q, k, v};
+    if (pbw_op_begin(ctx, "attention", 3, in)) return NULL;
+    char sq[64], sk[64], sv[64];
+    if (q->ndim != 4 || !pbw_shape_equal(k, v) || k->ndim != 4 || q->shape[0] != k->shape[0] ||
+        q->shape[1] != k->shape[1] || q->shape[3] != k->shape[3])
+        return pbw_ctx_fail(ctx, "attention: q %s, k %s, v %s must be (B,H,T,D), (B,H,S,D), (B,H,S,D)",
+                            pbw_shape_str(q, sq, sizeof sq), pbw_shape_str(k, sk, sizeof sk),
+                            pbw_shape_str(v, sv, sizeof sv));
+    attn_saved s;
+    s.BH = q->shape[0] * q->shape[1];
+    s.T = q->shape[2];
+    s.S = k->shape[2];
+    s.D = q->shape[3];
+    s.scale = scale > 0 ? scale : 1.0f / sqrtf((float)s.D);
+    pbw_tensor *o = pbw_tensor_new(ctx, 4, q->shape);
+    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(s.BH * s.T * s.S) * sizeof(float) + 1);
+    if (!o || !s.p) return pbw_ctx_fail(ctx, "attention: out of memory");
+    pbw_cpu_attention_forward(q->data, k->data, v->data, s.p, o->data, s.BH, s.T, s.S, s.D,
+                              s.scale, causal);
+    if (pbw_needs_grad(ctx, in, 3)) {
+        pbw_node *n = pbw_tape_push(ctx, "attention", attention_backward, o, in, 3, sizeof s);
+        if (!n) return NULL;
+        memcpy(n->saved, &s, sizeof s);
+    }
+    return o;
+}
+
+/* ---- embedding ---- */
+
+typedef struct {
+    int32_t *ids;
+    int64_t n;
+} emb_saved;
+
+static void embedding_backward(pbw_ctx *ctx, pbw_node *n) {
+    const emb_saved *s = n->saved;
+    float *gt = pbw_grad(ctx, n->in[0]);
+    if (!gt) return;
+    int64_t D = n->in[0]->shape[1];
+    for (int64_t i = 0; i < s->n; i++) { /* serial: ids may repeat */
+        float *row = gt + (int64_t)s->ids[i] * D;
+        const float *g = n->out->grad + i * D;
+        for (int64_t d = 0; d < D; d++) row[d] += g[d];
+    }
+}
+
+pbw_tensor *pbw_embedding(pbw_ctx *ctx, pbw_tensor *table, const int32_t *ids, int ids_ndim,
+                          const int64_t *ids_shape) {
+    if (pbw_op_begin(ctx, "embedding", 1, &table)) return NULL;
+    if (table->ndim != 2) return pbw_ctx_fail(ctx, "embedding: table must be (V,D)");
+    if (ids_ndim < 1 || ids_ndim >= PBW_MAX_DIMS) return pbw_ctx_fail(ctx, "embedding: ids rank %d", ids_ndim);
+    int64_t V = table->shape[0], D = table->shape[1], n = 1, oshape[PBW_MAX_DIMS];
+    for (int i = 0; i < ids_ndim; i++) {
+        n *= ids_shape[i];
+        oshape[i] = ids_shape[i];
+    }
+    oshape[ids_ndim] = D;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return pbw_ctx_fail(ctx, "embedding: id %d at position %lld is outside [0,%lld)",
+                                (int)ids[i], (long long)i, (long long)V);
+    pbw_tensor *y = pbw_tensor_new(ctx, ids_ndim + 1, oshape);
+    if (!y) return NULL;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(y->data + i * D, table->data + (int64_t)ids[i] * D, (size_t)D * sizeof(float));
+    if (pbw_needs_grad(ctx, &table, 1)) {
+        pbw_node *nd = pbw_tape_push(ctx, "embedding", embedding_backward, y, &table, 1, sizeof(emb_saved));
+        int32_t *copy = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof(int32_t) + 1);
+        if (!nd || !copy) return pbw_ctx_fail(ctx, "embedding: out of memory");
+        memcpy(copy, ids, (size_t)n * sizeof(int32_t));
+        *(emb_saved *)nd->saved = (emb_saved){copy, n};
+    }
+    return y;
+}

@@ -1,0 +1,133 @@
+/* pbw_tensor.h: float32 tensors, the compute context and the gradient tape.
+ *
+ * A tensor is a shape (up to 5 dims, row-major, NCHW for images) and a float32 buffer. Weights
+ * may be stored as fp16/bf16 (dtype != PBW_F32, bytes in `raw`); CPU ops take float32 and
+ * pbw_tensor_to_f32 converts. Tensors made by ops live in the context's activation arena and die
+ * at pbw_ctx_reset; weights live in an arena owned by their model.
+ *
+ * Gradients: a tensor asks for its gradient with requires_grad = 1 (the latent being painted,
+ * say). Every op whose inputs ask for a gradient records a node on the context's tape; ops on
+ * tensors that need no gradient record nothing, so painting computes no weight gradients.
+ *
+ *     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+ *     pbw_tensor *w = pbw_tensor_new(ctx, 2, (int64_t[]){1, 512});
+ *     w->requires_grad = 1;  ...fill w->data...
+ *     pbw_tensor *loss = model_forward(ctx, w);          // any chain of pbw_* ops
+ *     if (pbw_ctx_failed(ctx)) puts(pbw_ctx_error(ctx));  // errors are sticky, see below
+ *     pbw_backward(ctx, loss);                            // w->grad now holds d loss / d w
+ *     pbw_ctx_reset(ctx);                                 // frees activations, grads, tape
+ *
+ * Errors: an op that gets a bad argument (shape mismatch, NULL input, out of memory) records a
+ * message in the context and returns NULL; every op given a NULL input returns NULL at once.
+ * A caller checks pbw_ctx_failed once after a forward pass instead of after every op.
+ */
+#ifndef PBW_TENSOR_H
+#define PBW_TENSOR_H
+
+#include <stdint.h>
+
+#include "pbw_arena.h"
+#include "pbw_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PBW_MAX_DIMS 5
+
+typedef enum pbw_device { PBW_DEV_CPU = 0, PBW_DEV_CUDA = 1 } pbw_device;
+
+typedef struct pbw_tensor {
+    int ndim;
+    int64_t shape[PBW_MAX_DIMS];
+    int64_t numel;
+    float *data;          /* numel floats (NULL when dtype != PBW_F32) */
+    float *grad;          /* numel floats once backward reached it, else NULL */
+    void *raw;            /* fp16/bf16 storage when dtype != PBW_F32 */
+    pbw_dtype dtype;
+    pbw_device device;
+    int requires_grad;
+} pbw_tensor;
+
+typedef struct pbw_ctx pbw_ctx;
+typedef struct pbw_node pbw_node;
+
+/* Backward of one recorded op: reads node->out->grad, adds into the inputs' grads. */
+typedef void (*pbw_backward_fn)(pbw_ctx *ctx, pbw_node *node);
+
+#define PBW_NODE_MAX_IN 4
+struct pbw_node {
+    pbw_backward_fn backward;
+    const char *op;                     /* op name, for error messages and profiling */
+    pbw_tensor *out;
+    pbw_tensor *in[PBW_NODE_MAX_IN];
+    int nin;
+    void *saved;                        /* op-specific parameters, in the activation arena */
+    pbw_node *prev;
+};
+
+/* --- context --- */
+pbw_ctx *pbw_ctx_new(pbw_device dev, pbw_err *err);
+void pbw_ctx_free(pbw_ctx *ctx);
+/* Frees every activation, gradient and tape node made since the last reset; clears the error.
+ * Gradients of tensors outside the arena (leaves) are reset to NULL. */
+void pbw_ctx_reset(pbw_ctx *ctx);
+/* Ops record on the tape only while enabled (default on). Returns the previous value. */
+int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled);
+pbw_device pbw_ctx_device(const pbw_ctx *ctx);
+int pbw_ctx_failed(const pbw_ctx *ctx);
+const char *pbw_ctx_error(const pbw_ctx *ctx);
+/* Records the first error (printf-style) and returns NULL, for `return pbw_ctx_fail(...)`. */
+void *pbw_ctx_fail(pbw_ctx *ctx, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Copies the context's error into err and returns -1 if the context failed, else 0. */
+int pbw_ctx_check(const pbw_ctx *ctx, pbw_err *err);
+/* Bytes of activation memory in use now and at most since creation. */
+size_t pbw_ctx_mem_used(const pbw_ctx *ctx);
+size_t pbw_ctx_mem_peak(const pbw_ctx *ctx);
+pbw_arena *pbw_ctx_arena(pbw_ctx *ctx);
+
+/* Scratch memory for an op's temporaries: a buffer of at least `bytes` in slot 0..7, valid until
+ * the next request for the same slot. Grows, never shrinks; no malloc once warm. */
+#define PBW_SCRATCH_SLOTS 8
+void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes);
+
+/* --- tensors --- */
+/* New float32 tensor in the activation arena, uninitialized. */
+pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape);
+pbw_tensor *pbw_tensor_zeros(pbw_ctx *ctx, int ndim, const int64_t *shape);
+/* New float32 tensor in a caller's arena (for weights and other long-lived tensors). */
+pbw_tensor *pbw_tensor_new_in(pbw_arena *a, int ndim, const int64_t *shape, pbw_err *err);
+/* Wraps caller-owned data (not copied, not freed) in a tensor header in the activation arena. */
+pbw_tensor *pbw_tensor_wrap(pbw_ctx *ctx, float *data, int ndim, const int64_t *shape);
+/* Copy with no gradient link. */
+pbw_tensor *pbw_tensor_copy(pbw_ctx *ctx, const pbw_tensor *x);
+/* float32 version of an fp16/bf16 weight (the same tensor if already float32). */
+pbw_tensor *pbw_tensor_to_f32(pbw_ctx *ctx, pbw_tensor *x);
+/* Fills `shape` and numel; returns -1 for a bad rank or a negative or overflowing size. */
+int pbw_shape_set(pbw_tensor *t, int ndim, const int64_t *shape);
+int pbw_shape_equal(const pbw_tensor *a, const pbw_tensor *b);
+/* "(2,3,224,224)" into buf; returns buf. */
+const char *pbw_shape_str(const pbw_tensor *t, char *buf, size_t len);
+
+/* --- tape --- */
+/* True when an op on these inputs must record a node (grad enabled and an input needs grad). */
+int pbw_needs_grad(pbw_ctx *ctx, pbw_tensor *const *in, int nin);
+/* Records a node whose output is `out`; marks out->requires_grad. saved_bytes of zeroed space
+ * are reserved in node->saved. Returns NULL (and fails the context) when out of memory. */
+pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_tensor *out,
+                        pbw_tensor *const *in, int nin, size_t saved_bytes);
+/* The gradient buffer of t, allocated zeroed on first use; NULL when t needs no gradient (the
+ * backward of an op skips that input then). */
+float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
+/* Runs the tape backward from `loss`. A loss with one element gets gradient 1; otherwise
+ * `seed` (numel floats) is the gradient of the output, or NULL for all ones. */
+int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

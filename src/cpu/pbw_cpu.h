@@ -1,0 +1,99 @@
+/* pbw_cpu.h: CPU kernels of the elementwise, reduction, shape, linear-algebra, normalization,
+ * attention and embedding ops (convolution and resampling kernels: pbw_cpu_conv.h).
+ *
+ * Kernels are plain functions on raw float pointers; every pointer carries its shape in a
+ * comment. They allocate nothing: callers pass outputs and scratch. Backward kernels ADD into
+ * the gradient buffers they are given (a NULL gradient buffer means "not needed": skip it).
+ * OpenMP parallelizes the outer loops; GEMMs go to OpenBLAS.
+ */
+#ifndef PBW_CPU_H
+#define PBW_CPU_H
+
+#include <stdint.h>
+
+/* ---------- elementwise ---------- */
+
+typedef enum pbw_unary_op {
+    PBW_UN_AFFINE,     /* y = x*p0 + p1 */
+    PBW_UN_RELU,
+    PBW_UN_LEAKY_RELU, /* slope p0 */
+    PBW_UN_GELU,
+    PBW_UN_QUICK_GELU,
+    PBW_UN_SIGMOID,
+    PBW_UN_TANH,
+    PBW_UN_SQRT,
+    PBW_UN_RSQRT,
+    PBW_UN_EXP,
+    PBW_UN_ABS,
+    PBW_UN_SQUARE,
+    PBW_UN_CLAMP, /* to [p0, p1] */
+} pbw_unary_op;
+
+void pbw_cpu_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
+                           int64_t n); /* x, y (n) */
+/* gx += dy/dx * gy, using x and/or y (both (n)). */
+void pbw_cpu_unary_backward(pbw_unary_op op, float p0, float p1, const float *x, const float *y,
+                            const float *gy, float *gx, int64_t n);
+
+typedef enum pbw_binary_op { PBW_BIN_ADD, PBW_BIN_SUB, PBW_BIN_MUL, PBW_BIN_DIV } pbw_binary_op;
+
+/* Strided iteration over a 5-D index space `shape`: element i of y is at sum(i_d * sy[d]).
+ * A stride of 0 broadcasts (for inputs) or reduces (for outputs). */
+typedef struct pbw_iter5 {
+    int64_t shape[5];
+} pbw_iter5;
+
+/* y[i] = a[i] op b[i] over shape, with per-operand strides (y dense, strides sy). */
+void pbw_cpu_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,
+                            const int64_t *sa, const float *b, const int64_t *sb, float *y,
+                            const int64_t *sy);
+/* ga[i*sa] += d(a op b)/da * gy[i*sy], gb likewise; ga or gb may be NULL. */
+void pbw_cpu_binary_backward(pbw_binary_op op, const int64_t *shape, const float *a,
+                             const int64_t *sa, const float *b, const int64_t *sb,
+                             const float *gy, const int64_t *sy, float *ga, float *gb);
+/* y[i*sy] += s * x[i*sx] over shape: with zero strides in sy this sums (reduction); with zero
+ * strides in sx it broadcasts. */
+void pbw_cpu_accumulate(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                        const int64_t *sy, float s);
+/* y[i*sy] = x[i*sx] over shape (a strided copy; sy must not alias itself). */
+void pbw_cpu_copy_strided(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                          const int64_t *sy);
+
+/* ---------- linear algebra ---------- */
+
+/* C (M,N) = alpha * op(A) op(B) + beta * C for `batch` matrices at the given element strides
+ * (stride 0 shares a matrix across the batch). op transposes when trans_* is set; lda etc. are
+ * the row strides of the stored matrices. */
+void pbw_cpu_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, int64_t stride_a, const float *B,
+                          int64_t ldb, int64_t stride_b, float beta, float *C, int64_t ldc,
+                          int64_t stride_c, int64_t batch);
+
+/* ---------- normalization, softmax, attention ---------- */
+
+/* rows (R,D): y = (x - mean) * rstd * w + b; stores mean and rstd (R) for backward. */
+void pbw_cpu_layer_norm_forward(const float *x, const float *w, const float *b, float *y,
+                                float *mean, float *rstd, int64_t R, int64_t D, float eps);
+void pbw_cpu_layer_norm_backward(const float *x, const float *w, const float *mean,
+                                 const float *rstd, const float *gy, float *gx, float *gw,
+                                 float *gb, int64_t R, int64_t D);
+/* x (N,C,S): y = (x - mean[c]) * rstd[c] * w[c] + b[c]; w, b may be NULL. */
+void pbw_cpu_batch_norm_forward(const float *x, const float *mean, const float *rstd,
+                                const float *w, const float *b, float *y, int64_t N, int64_t C,
+                                int64_t S);
+void pbw_cpu_batch_norm_backward(const float *x, const float *mean, const float *rstd,
+                                 const float *w, const float *gy, float *gx, float *gw,
+                                 float *gb, int64_t N, int64_t C, int64_t S);
+/* rows (R,D) */
+void pbw_cpu_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
+void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
+/* q (BH,T,D), k v (BH,S,D) -> o (BH,T,D); p (BH,T,S) receives the attention weights. */
+void pbw_cpu_attention_forward(const float *q, const float *k, const float *v, float *p,
+                               float *o, int64_t BH, int64_t T, int64_t S, int64_t D,
+                               float scale, int causal);
+/* gq, gk, gv (may be NULL) += ...; scratch: T*S floats per thread (omp_get_max_threads()). */
+void pbw_cpu_attention_backward(const float *q, const float *k, const float *v, const float *p,
+                                const float *go, float *gq, float *gk, float *gv, int64_t BH,
+                                int64_t T, int64_t S, int64_t D, float scale, float *scratch);
+
+#endif

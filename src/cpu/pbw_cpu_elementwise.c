@@ -1,0 +1,210 @@
+/* pbw_cpu_elementwise.c: unary and broadcasting binary kernels, strided accumulation. */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "pbw_cpu.h"
+
+#define PAR_MIN 32768 /* below this many elements threads cost more than they save */
+
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void pbw_cpu_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
+                           int64_t n) {
+#define UNARY_LOOP(expr)                                                                      \
+    _Pragma("omp parallel for schedule(static) if (n > PAR_MIN)") for (int64_t i = 0; i < n;  \
+                                                                       i++) {                 \
+        float v = x[i];                                                                       \
+        y[i] = (expr);                                                                        \
+    }
+    switch (op) {
+    case PBW_UN_AFFINE: UNARY_LOOP(v * p0 + p1); break;
+    case PBW_UN_RELU: UNARY_LOOP(v > 0 ? v : 0.0f); break;
+    case PBW_UN_LEAKY_RELU: UNARY_LOOP(v > 0 ? v : v * p0); break;
+    case PBW_UN_GELU: UNARY_LOOP(0.5f * v * (1.0f + erff(v * 0.70710678118654752f))); break;
+    case PBW_UN_QUICK_GELU: UNARY_LOOP(v * sigmoidf_(1.702f * v)); break;
+    case PBW_UN_SIGMOID: UNARY_LOOP(sigmoidf_(v)); break;
+    case PBW_UN_TANH: UNARY_LOOP(tanhf(v)); break;
+    case PBW_UN_SQRT: UNARY_LOOP(sqrtf(v)); break;
+    case PBW_UN_RSQRT: UNARY_LOOP(1.0f / sqrtf(v)); break;
+    case PBW_UN_EXP: UNARY_LOOP(expf(v)); break;
+    case PBW_UN_ABS: UNARY_LOOP(fabsf(v)); break;
+    case PBW_UN_SQUARE: UNARY_LOOP(v * v); break;
+    case PBW_UN_CLAMP: UNARY_LOOP(v < p0 ? p0 : (v > p1 ? p1 : v)); break;
+    }
+#undef UNARY_LOOP
+}
+
+void pbw_cpu_unary_backward(pbw_unary_op op, float p0, float p1, const float *x, const float *y,
+                            const float *gy, float *gx, int64_t n) {
+#define GRAD_LOOP(expr)                                                                       \
+    _Pragma("omp parallel for schedule(static) if (n > PAR_MIN)") for (int64_t i = 0; i < n;  \
+                                                                       i++) {                 \
+        float v = x[i], o = y[i], g = gy[i];                                                  \
+        (void)v;                                                                              \
+        (void)o;                                                                              \
+        gx[i] += (expr);                                                                      \
+    }
+    switch (op) {
+    case PBW_UN_AFFINE: GRAD_LOOP(g * p0); break;
+    case PBW_UN_RELU: GRAD_LOOP(v > 0 ? g : 0.0f); break;
+    case PBW_UN_LEAKY_RELU: GRAD_LOOP(v > 0 ? g : g * p0); break;
+    case PBW_UN_GELU:
+        GRAD_LOOP(g * (0.5f * (1.0f + erff(v * 0.70710678118654752f)) +
+                       v * 0.39894228040143268f * expf(-0.5f * v * v)));
+        break;
+    case PBW_UN_QUICK_GELU: {
+        GRAD_LOOP(g * (sigmoidf_(1.702f * v) +
+                       1.702f * v * sigmoidf_(1.702f * v) * (1.0f - sigmoidf_(1.702f * v))));
+        break;
+    }
+    case PBW_UN_SIGMOID: GRAD_LOOP(g * o * (1.0f - o)); break;
+    case PBW_UN_TANH: GRAD_LOOP(g * (1.0f - o * o)); break;
+    case PBW_UN_SQRT: GRAD_LOOP(g * 0.5f / o); break;
+    case PBW_UN_RSQRT: GRAD_LOOP(g * -0.5f * o * o * o); break;
+    case PBW_UN_EXP: GRAD_LOOP(g * o); break;
+    case PBW_UN_ABS: GRAD_LOOP(v > 0 ? g : (v < 0 ? -g : 0.0f)); break;
+    case PBW_UN_SQUARE: GRAD_LOOP(2.0f * v * g); break;
+    case PBW_UN_CLAMP: GRAD_LOOP(v >= p0 && v <= p1 ? g : 0.0f); break;
+    }
+#undef GRAD_LOOP
+}
+
+static inline float bin_apply(pbw_binary_op op, float a, float b) {
+    switch (op) {
+    case PBW_BIN_ADD: return a + b;
+    case PBW_BIN_SUB: return a - b;
+    case PBW_BIN_MUL: return a * b;
+    case PBW_BIN_DIV: return a / b;
+    }
+    return 0;
+}
+
+static int64_t total(const int64_t *shape) {
+    int64_t n = 1;
+    for (int d = 0; d < 5; d++) n *= shape[d];
+    return n;
+}
+
+/* Loops over the first four dims (flattened, in parallel when safe) and runs the innermost
+ * one as a plain strided loop. */
+void pbw_cpu_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,
+                            const int64_t *sa, const float *b, const int64_t *sb, float *y,
+                            const int64_t *sy) {
+    int64_t outer = shape[0] * shape[1] * shape[2] * shape[3], n4 = shape[4];
+    int par = total(shape) > PAR_MIN;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t o = 0; o < outer; o++) {
+        int64_t r = o, i3 = r % shape[3];
+        r /= shape[3];
+        int64_t i2 = r % shape[2];
+        r /= shape[2];
+        int64_t i1 = r % shape[1], i0 = r / shape[1];
+        const float *pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3];
+        const float *pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3];
+        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        int64_t xa = sa[4], xb = sb[4], xy = sy[4];
+        if (xa == 1 && xb == 1 && xy == 1) {
+            for (int64_t i = 0; i < n4; i++) py[i] = bin_apply(op, pa[i], pb[i]);
+        } else if (xa == 1 && xb == 0 && xy == 1) {
+            float bv = pb[0];
+            for (int64_t i = 0; i < n4; i++) py[i] = bin_apply(op, pa[i], bv);
+        } else {
+            for (int64_t i = 0; i < n4; i++) py[i * xy] = bin_apply(op, pa[i * xa], pb[i * xb]);
+        }
+    }
+}
+
+/* Parallel over the outer index only when no two outer indices write the same element of
+ * `out` (its strides over the first four dims are all nonzero for dims of size > 1). */
+static int outer_disjoint(const int64_t *shape, const int64_t *s) {
+    for (int d = 0; d < 4; d++)
+        if (shape[d] > 1 && s[d] == 0) return 0;
+    return 1;
+}
+
+void pbw_cpu_accumulate(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                        const int64_t *sy, float s) {
+    int64_t outer = shape[0] * shape[1] * shape[2] * shape[3], n4 = shape[4];
+    int par = total(shape) > PAR_MIN && outer_disjoint(shape, sy);
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t o = 0; o < outer; o++) {
+        int64_t r = o, i3 = r % shape[3];
+        r /= shape[3];
+        int64_t i2 = r % shape[2];
+        r /= shape[2];
+        int64_t i1 = r % shape[1], i0 = r / shape[1];
+        const float *px = x + i0 * sx[0] + i1 * sx[1] + i2 * sx[2] + i3 * sx[3];
+        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        if (sy[4] == 0) {
+            double acc = 0; /* a reduced inner row: sum in double, add once */
+            for (int64_t i = 0; i < n4; i++) acc += px[i * sx[4]];
+            py[0] += (float)(s * acc);
+        } else {
+            for (int64_t i = 0; i < n4; i++) py[i * sy[4]] += s * px[i * sx[4]];
+        }
+    }
+}
+
+void pbw_cpu_binary_backward(pbw_binary_op op, const int64_t *shape, const float *a,
+                             const int64_t *sa, const float *b, const int64_t *sb,
+                             const float *gy, const int64_t *sy, float *ga, float *gb) {
+    int64_t outer = shape[0] * shape[1] * shape[2] * shape[3], n4 = shape[4];
+    /* Each gradient is written by its own pass so that each can be parallel when it is not a
+     * reduction over the outer dims. */
+    for (int which = 0; which < 2; which++) {
+        float *g = which == 0 ? ga : gb;
+        const int64_t *sg = which == 0 ? sa : sb;
+        if (!g) continue;
+        if ((op == PBW_BIN_ADD || (op == PBW_BIN_SUB && which == 0))) {
+            pbw_cpu_accumulate(shape, gy, sy, g, sg, 1.0f);
+            continue;
+        }
+        if (op == PBW_BIN_SUB) {
+            pbw_cpu_accumulate(shape, gy, sy, g, sg, -1.0f);
+            continue;
+        }
+        int par = total(shape) > PAR_MIN && outer_disjoint(shape, sg);
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t o = 0; o < outer; o++) {
+            int64_t r = o, i3 = r % shape[3];
+            r /= shape[3];
+            int64_t i2 = r % shape[2];
+            r /= shape[2];
+            int64_t i1 = r % shape[1], i0 = r / shape[1];
+            const float *pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3];
+            const float *pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3];
+            const float *pg = gy + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+            float *pout = g + i0 * sg[0] + i1 * sg[1] + i2 * sg[2] + i3 * sg[3];
+            int64_t xa = sa[4], xb = sb[4], xy = sy[4], xg = sg[4];
+            for (int64_t i = 0; i < n4; i++) {
+                float av = pa[i * xa], bv = pb[i * xb], gv = pg[i * xy], d;
+                if (op == PBW_BIN_MUL)
+                    d = which == 0 ? gv * bv : gv * av;
+                else /* DIV */
+                    d = which == 0 ? gv / bv : -gv * av / (bv * bv);
+                pout[i * xg] += d;
+            }
+        }
+    }
+}
+
+void pbw_cpu_copy_strided(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                          const int64_t *sy) {
+    int64_t outer = shape[0] * shape[1] * shape[2] * shape[3], n4 = shape[4];
+    int par = total(shape) > PAR_MIN;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t o = 0; o < outer; o++) {
+        int64_t r = o, i3 = r % shape[3];
+        r /= shape[3];
+        int64_t i2 = r % shape[2];
+        r /= shape[2];
+        int64_t i1 = r % shape[1], i0 = r / shape[1];
+        const float *px = x + i0 * sx[0] + i1 * sx[1] + i2 * sx[2] + i3 * sx[3];
+        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        if (sx[4] == 1 && sy[4] == 1)
+            memcpy(py, px, (size_t)n4 * sizeof(float));
+        else
+            for (int64_t i = 0; i < n4; i++) py[i * sy[4]] = px[i * sx[4]];
+    }
+}

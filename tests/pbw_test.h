@@ -1,0 +1,57 @@
+/* pbw_test.h: a tiny test framework. Each test file defines tests with PBW_TEST(name); the
+ * runner (tests/test_main.c) runs all of them, or those whose name contains argv[1], and prints
+ * "N passed, N failed" as its last line. A test fails if any CHECK fails; checks print the file,
+ * line and the values compared.
+ *
+ * Tests find shared data at ../shared relative to the repository root; the runner is started
+ * from the root (make test does that). */
+#ifndef PBW_TEST_H
+#define PBW_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+
+typedef void (*pbw_test_fn)(void);
+void pbw_test_register(const char *name, pbw_test_fn fn);
+extern int pbw_test_failures; /* failures in the current test */
+
+#define PBW_TEST(name)                                                                        \
+    static void test_##name(void);                                                           \
+    __attribute__((constructor)) static void register_##name(void) {                          \
+        pbw_test_register(#name, test_##name);                                                \
+    }                                                                                         \
+    static void test_##name(void)
+
+#define CHECK(cond)                                                                           \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);        \
+            pbw_test_failures++;                                                              \
+        }                                                                                     \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                                  \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);        \
+            fprintf(stderr, __VA_ARGS__);                                                     \
+            fprintf(stderr, "\n");                                                            \
+            pbw_test_failures++;                                                              \
+        }                                                                                     \
+    } while (0)
+
+/* |a-b| <= tol, printing both values on failure. */
+#define CHECK_NEAR(a, b, tol)                                                                 \
+    do {                                                                                      \
+        double _a = (double)(a), _b = (double)(b), _t = (double)(tol);                        \
+        if (!(fabs(_a - _b) <= _t)) {                                                         \
+            fprintf(stderr, "  %s:%d: |%s - %s| = |%.9g - %.9g| = %.3g > %.3g\n", __FILE__,   \
+                    __LINE__, #a, #b, _a, _b, fabs(_a - _b), _t);                             \
+            pbw_test_failures++;                                                              \
+        }                                                                                     \
+    } while (0)
+
+/* Path to shared data relative to the repository root. */
+#define PBW_SHARED(p) "../shared/" p
+
+#endif

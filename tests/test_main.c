@@ -1,0 +1,58 @@
+/* test_main.c: runs every registered test (or those whose name contains argv[1]) and prints
+ * "N passed, N failed" last. Exit status is nonzero when any test failed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pbw_test.h"
+
+typedef struct {
+    const char *name;
+    pbw_test_fn fn;
+} test_entry;
+
+static test_entry *tests;
+static int ntests, cap;
+int pbw_test_failures;
+
+void pbw_test_register(const char *name, pbw_test_fn fn) {
+    if (ntests == cap) {
+        cap = cap ? cap * 2 : 64;
+        tests = realloc(tests, (size_t)cap * sizeof *tests);
+        if (!tests) abort();
+    }
+    tests[ntests].name = name;
+    tests[ntests].fn = fn;
+    ntests++;
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const test_entry *)a)->name, ((const test_entry *)b)->name);
+}
+
+int main(int argc, char **argv) {
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    qsort(tests, (size_t)ntests, sizeof *tests, by_name);
+    int passed = 0, failed = 0;
+    for (int i = 0; i < ntests; i++) {
+        if (filter && !strstr(tests[i].name, filter)) continue;
+        pbw_test_failures = 0;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        tests[i].fn();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        if (pbw_test_failures) {
+            printf("FAIL %s (%d checks failed)\n", tests[i].name, pbw_test_failures);
+            failed++;
+        } else {
+            printf("ok   %s (%.0f ms)\n", tests[i].name, ms);
+            passed++;
+        }
+        fflush(stdout);
+    }
+    free(tests);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
