@@ -12,7 +12,9 @@
  *     pbw_records_free(&recs);            // data pointers are invalid after this
  *
  * Ownership: the pbw_records owns names, data (mmap or heap) and its backing store. Records
- * stay valid until pbw_records_free. Names of nested containers are joined with '.', as
+ * stay valid until pbw_records_free. `data` is aligned to the element size (readers copy data
+ * that is not), and NULL when numel is 0. On failure a loader leaves *out zeroed (nothing to
+ * free); pbw_records_free on a zeroed struct is a no-op. Names of nested containers are joined with '.', as
  * PyTorch's state_dict does ("g_ema.convs.0.conv.weight"); list items use their index.
  */
 #ifndef PBW_RECORDS_H
@@ -83,6 +85,22 @@ int pbw_safetensors_save(const char *path, const pbw_record *recs, size_t n, pbw
  * strings, tensors and storages, and refuses any other global with a message naming it. */
 int pbw_torch_load(const char *path, pbw_records *out, pbw_err *err);
 int pbw_torch_parse(const void *buf, size_t len, pbw_records *out, pbw_err *err);
+
+/* --- helpers for readers (pbw_records.c) ---
+ * A reader fills a zeroed pbw_records with these and calls pbw_records_free on failure, so a
+ * caller never sees a half-built result. */
+
+/* Appends a zeroed record named `name` (copied) and returns it, or NULL (err set) when out of
+ * memory. The pointer is valid until the next append. */
+pbw_record *pbw_records_push(pbw_records *r, const char *name, pbw_err *err);
+int pbw_records_push_scalar(pbw_records *r, const char *name, int is_float, double value,
+                            pbw_err *err);
+/* Hands a malloc'd block to r, freed by pbw_records_free. On failure the block is freed here. */
+int pbw_records_own(pbw_records *r, void *block, pbw_err *err);
+/* Makes rec->data aligned to its element size, copying it into an owned block if it is not. */
+int pbw_records_align(pbw_records *r, pbw_record *rec, pbw_err *err);
+/* Fails naming the first name that occurs twice among records and scalars. */
+int pbw_records_check_unique(const pbw_records *r, pbw_err *err);
 
 #ifdef __cplusplus
 }
