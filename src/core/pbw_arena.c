@@ -91,3 +91,9 @@ void pbw_arena_free(pbw_arena *a) {
     a->head = NULL;
     a->used = 0;
 }
+
+int pbw_arena_chunks(const pbw_arena *a) {
+    int n = 0;
+    for (const pbw_arena_chunk *c = a->head; c; c = c->next) n++;
+    return n;
+}

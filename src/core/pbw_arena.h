@@ -31,6 +31,8 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes);
 /* Same, zero-filled. */
 void *pbw_arena_calloc(pbw_arena *a, size_t bytes);
 void pbw_arena_reset(pbw_arena *a);
+/* Number of chunks held now (1 in the steady state of a repeated workload). */
+int pbw_arena_chunks(const pbw_arena *a);
 void pbw_arena_free(pbw_arena *a);
 
 #endif

@@ -1,0 +1,624 @@
+/* test_ops.c: forward (against plain loops written here) and backward (against central finite
+ * differences, gradcheck.h) of the elementwise, reduction, shape, linear-algebra, norm, softmax,
+ * attention and embedding ops.
+ *
+ * Forward tolerances: float32 ops compared with double references; 1e-5 relative + 1e-6
+ * absolute covers the rounding of sums of up to a few hundred terms. Backward tolerances: the
+ * gradcheck defaults (see gradcheck.h) unless a test states otherwise. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pbw_ops.h"
+#include "gradcheck.h"
+#include "pbw_test.h"
+
+#define FWD_ATOL 1e-6
+#define FWD_RTOL 1e-5
+
+static pbw_ctx *new_ctx(void) {
+    pbw_err err;
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    PBW_ASSERT(ctx);
+    return ctx;
+}
+
+static pbw_tensor *rand_tensor(pbw_ctx *ctx, int nd, const int64_t *shape, uint64_t seed,
+                               float lo, float hi) {
+    pbw_tensor *t = pbw_tensor_new(ctx, nd, shape);
+    gc_fill(t->data, t->numel, seed, lo, hi);
+    return t;
+}
+
+/* ---------------- unary ---------------- */
+
+typedef struct {
+    int which;
+} un_user;
+
+static pbw_tensor *un_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    switch (((un_user *)u)->which) {
+    case 0: return pbw_relu(ctx, in[0]);
+    case 1: return pbw_leaky_relu(ctx, in[0], 0.2f);
+    case 2: return pbw_gelu(ctx, in[0]);
+    case 3: return pbw_quick_gelu(ctx, in[0]);
+    case 4: return pbw_sigmoid(ctx, in[0]);
+    case 5: return pbw_tanh(ctx, in[0]);
+    case 6: return pbw_sqrt(ctx, pbw_add_scalar(ctx, pbw_abs(ctx, in[0]), 0.5f));
+    case 7: return pbw_rsqrt(ctx, pbw_add_scalar(ctx, pbw_abs(ctx, in[0]), 0.5f));
+    case 8: return pbw_exp(ctx, in[0]);
+    case 9: return pbw_abs(ctx, in[0]);
+    case 10: return pbw_square(ctx, in[0]);
+    case 11: return pbw_clamp(ctx, in[0], -0.5f, 0.7f);
+    case 12: return pbw_affine(ctx, in[0], -1.5f, 0.25f);
+    }
+    return NULL;
+}
+
+static double un_ref(int which, double x) {
+    switch (which) {
+    case 0: return x > 0 ? x : 0;
+    case 1: return x > 0 ? x : 0.2 * x;
+    case 2: return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+    case 3: return x / (1 + exp(-1.702 * x));
+    case 4: return 1 / (1 + exp(-x));
+    case 5: return tanh(x);
+    case 6: return sqrt(fabs(x) + 0.5);
+    case 7: return 1 / sqrt(fabs(x) + 0.5);
+    case 8: return exp(x);
+    case 9: return fabs(x);
+    case 10: return x * x;
+    case 11: return x < -0.5 ? -0.5 : (x > 0.7 ? 0.7 : x);
+    case 12: return -1.5 * x + 0.25;
+    }
+    return 0;
+}
+
+PBW_TEST(ops_unary) {
+    const char *names[] = {"relu", "leaky_relu", "gelu", "quick_gelu", "sigmoid", "tanh", "sqrt",
+                           "rsqrt", "exp", "abs", "square", "clamp", "affine"};
+    int64_t n = 200;
+    float *x = gc_rand(n, 1, -3.0f, 3.0f);
+    /* keep inputs 0.05 away from the kinks (0 for relu/abs, -0.5/0.7 for clamp) so that central
+     * differences with eps 1e-2 never straddle one */
+    for (int64_t i = 0; i < n; i++) {
+        if (fabsf(x[i]) < 0.05f) x[i] += 0.1f;
+        if (fabsf(x[i] + 0.5f) < 0.05f) x[i] += 0.1f;
+        if (fabsf(x[i] - 0.7f) < 0.05f) x[i] += 0.1f;
+    }
+    for (int w = 0; w < 13; w++) {
+        un_user u = {w};
+        pbw_ctx *ctx = new_ctx();
+        pbw_tensor *t = pbw_tensor_wrap(ctx, x, 1, (int64_t[]){n});
+        pbw_tensor *y = un_fn(ctx, &t, &u);
+        CHECK_MSG(y != NULL, "%s failed: %s", names[w], pbw_ctx_error(ctx));
+        if (y) {
+            float *ref = malloc(n * sizeof(float));
+            for (int64_t i = 0; i < n; i++) ref[i] = (float)un_ref(w, x[i]);
+            CHECK_MSG(gc_compare(names[w], y->data, ref, n, FWD_ATOL, FWD_RTOL) == 0, "%s forward", names[w]);
+            free(ref);
+        }
+        pbw_ctx_free(ctx);
+        gc_input in = {1, {n}, x, 1};
+        CHECK_MSG(gc_check(names[w], un_fn, &u, 1, &in, (gc_opts){0}) == 0, "%s backward", names[w]);
+    }
+    free(x);
+}
+
+/* ---------------- binary with broadcasting ---------------- */
+
+typedef struct {
+    int op;
+} bin_user;
+
+static pbw_tensor *bin_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    switch (((bin_user *)u)->op) {
+    case 0: return pbw_add(ctx, in[0], in[1]);
+    case 1: return pbw_sub(ctx, in[0], in[1]);
+    case 2: return pbw_mul(ctx, in[0], in[1]);
+    case 3: return pbw_div(ctx, in[0], in[1]);
+    }
+    return NULL;
+}
+
+PBW_TEST(ops_binary_broadcast) {
+    /* pairs of shapes that broadcast in different ways */
+    struct {
+        int na;
+        int64_t a[5];
+        int nb;
+        int64_t b[5];
+    } cases[] = {
+        {3, {2, 3, 4}, 3, {2, 3, 4}},       {4, {2, 3, 4, 5}, 1, {5}},
+        {4, {2, 3, 4, 5}, 4, {1, 3, 1, 1}}, {4, {2, 1, 4, 5}, 4, {2, 3, 1, 5}},
+        {2, {3, 1}, 3, {2, 1, 4}},          {5, {2, 2, 3, 2, 3}, 5, {2, 1, 3, 1, 1}},
+        {1, {1}, 3, {3, 4, 5}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int op = 0; op < 4; op++) {
+            pbw_ctx *ctx = new_ctx();
+            pbw_tensor *a = rand_tensor(ctx, cases[c].na, cases[c].a, 10 + c, -2, 2);
+            pbw_tensor *b = rand_tensor(ctx, cases[c].nb, cases[c].b, 20 + c, 0.5f, 2);
+            bin_user u = {op};
+            pbw_tensor *in[2] = {a, b};
+            pbw_tensor *y = bin_fn(ctx, in, &u);
+            CHECK_MSG(y != NULL, "case %zu op %d: %s", c, op, pbw_ctx_error(ctx));
+            if (!y) { pbw_ctx_free(ctx); continue; }
+            /* reference: walk the output index, map to a and b by broadcasting rules */
+            int nd = y->ndim, bad = 0;
+            for (int64_t i = 0; i < y->numel; i++) {
+                int64_t idx[5], r = i;
+                for (int d = nd - 1; d >= 0; d--) { idx[d] = r % y->shape[d]; r /= y->shape[d]; }
+                int64_t ia = 0, ib = 0;
+                for (int d = 0; d < a->ndim; d++) ia = ia * a->shape[d] + (a->shape[d] == 1 ? 0 : idx[d + nd - a->ndim]);
+                for (int d = 0; d < b->ndim; d++) ib = ib * b->shape[d] + (b->shape[d] == 1 ? 0 : idx[d + nd - b->ndim]);
+                double av = a->data[ia], bv = b->data[ib];
+                double ref = op == 0 ? av + bv : op == 1 ? av - bv : op == 2 ? av * bv : av / bv;
+                if (fabs(y->data[i] - ref) > FWD_ATOL + FWD_RTOL * fabs(ref)) bad++;
+            }
+            CHECK_MSG(bad == 0, "case %zu op %d: %d wrong elements", c, op, bad);
+            gc_input gin[2] = {{a->ndim, {0}, a->data, 1}, {b->ndim, {0}, b->data, 1}};
+            memcpy(gin[0].shape, a->shape, sizeof a->shape);
+            memcpy(gin[1].shape, b->shape, sizeof b->shape);
+            CHECK_MSG(gc_check("binary", bin_fn, &u, 2, gin, (gc_opts){0}) == 0, "case %zu op %d backward", c, op);
+            pbw_ctx_free(ctx);
+        }
+    }
+}
+
+PBW_TEST(ops_binary_bad_shapes) {
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *a = pbw_tensor_zeros(ctx, 2, (int64_t[]){2, 3});
+    pbw_tensor *b = pbw_tensor_zeros(ctx, 2, (int64_t[]){3, 3});
+    CHECK(pbw_add(ctx, a, b) == NULL);
+    CHECK(pbw_ctx_failed(ctx));
+    CHECK(strstr(pbw_ctx_error(ctx), "(2,3)") != NULL);
+    CHECK(pbw_mul(ctx, a, a) == NULL); /* sticky: later ops return NULL too */
+    pbw_ctx_reset(ctx);
+    CHECK(!pbw_ctx_failed(ctx));
+    CHECK(pbw_relu(ctx, NULL) == NULL);
+    pbw_ctx_free(ctx);
+}
+
+/* ---------------- reductions ---------------- */
+
+typedef struct {
+    int naxes, axes[4], keep, mean;
+} red_user;
+
+static pbw_tensor *red_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    red_user *r = u;
+    return r->mean ? pbw_mean(ctx, in[0], r->naxes, r->axes, r->keep)
+                   : pbw_sum(ctx, in[0], r->naxes, r->axes, r->keep);
+}
+
+PBW_TEST(ops_reduce) {
+    int64_t shape[4] = {2, 3, 4, 5};
+    red_user cases[] = {{1, {3}, 0, 0}, {1, {0}, 1, 1}, {2, {1, -1}, 0, 1}, {2, {2, 3}, 1, 0},
+                        {4, {0, 1, 2, 3}, 0, 1}, {1, {-3}, 1, 0}};
+    float *x = gc_rand(120, 7, -1, 1);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        pbw_ctx *ctx = new_ctx();
+        pbw_tensor *t = pbw_tensor_wrap(ctx, x, 4, shape);
+        pbw_tensor *y = red_fn(ctx, &t, &cases[c]);
+        CHECK(y != NULL);
+        if (!y) { pbw_ctx_free(ctx); continue; }
+        int red[4] = {0};
+        for (int i = 0; i < cases[c].naxes; i++) red[(cases[c].axes[i] + 4) % 4] = 1;
+        double *ref = calloc(120, sizeof(double));
+        int64_t cnt = 1;
+        for (int d = 0; d < 4; d++) if (red[d]) cnt *= shape[d];
+        for (int64_t i = 0; i < 120; i++) {
+            int64_t idx[4], r = i;
+            for (int d = 3; d >= 0; d--) { idx[d] = r % shape[d]; r /= shape[d]; }
+            int64_t o = 0;
+            for (int d = 0; d < 4; d++) if (!red[d]) o = o * shape[d] + idx[d];
+            ref[o] += x[i] / (cases[c].mean ? (double)cnt : 1.0);
+        }
+        int bad = 0;
+        for (int64_t i = 0; i < y->numel; i++) if (fabs(y->data[i] - ref[i]) > 1e-5) bad++;
+        CHECK_MSG(bad == 0, "reduce case %zu: %d wrong", c, bad);
+        CHECK(y->numel == 120 / cnt);
+        if (cases[c].keep) CHECK(y->ndim == 4);
+        free(ref);
+        gc_input in = {4, {2, 3, 4, 5}, x, 1};
+        CHECK_MSG(gc_check("reduce", red_fn, &cases[c], 1, &in, (gc_opts){0}) == 0, "reduce case %zu backward", c);
+        pbw_ctx_free(ctx);
+    }
+    free(x);
+}
+
+/* ---------------- shape ops ---------------- */
+
+static pbw_tensor *permute_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_permute(ctx, in[0], (const int *)u);
+}
+static pbw_tensor *reshape_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    /* reshape then a nonlinear op so the check sees the mapping of positions */
+    pbw_tensor *r = pbw_reshape(ctx, in[0], 2, (int64_t[]){-1, 6});
+    return pbw_mul(ctx, r, pbw_slice(ctx, r, 1, 0, 1, 1));
+}
+typedef struct { int axis; int64_t start, end, step; } slice_user;
+static pbw_tensor *slice_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    slice_user *s = u;
+    return pbw_slice(ctx, in[0], s->axis, s->start, s->end, s->step);
+}
+static pbw_tensor *pad_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_pad(ctx, in[0], (const int64_t *)u, 0.5f);
+}
+static pbw_tensor *concat_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_concat(ctx, 3, in, *(int *)u);
+}
+
+PBW_TEST(ops_permute) {
+    int64_t shape[4] = {2, 3, 4, 5};
+    int perm[4] = {2, 0, 3, 1};
+    float *x = gc_rand(120, 3, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *t = pbw_tensor_wrap(ctx, x, 4, shape);
+    pbw_tensor *y = pbw_permute(ctx, t, perm);
+    CHECK(y && y->shape[0] == 4 && y->shape[1] == 2 && y->shape[2] == 5 && y->shape[3] == 3);
+    int bad = 0;
+    for (int a = 0; a < 2; a++) for (int b = 0; b < 3; b++) for (int c = 0; c < 4; c++) for (int d = 0; d < 5; d++)
+        if (y->data[((c * 2 + a) * 5 + d) * 3 + b] != x[((a * 3 + b) * 4 + c) * 5 + d]) bad++;
+    CHECK(bad == 0);
+    CHECK(pbw_permute(ctx, t, (int[]){0, 0, 1, 2}) == NULL); /* not a permutation */
+    pbw_ctx_free(ctx);
+    gc_input in = {4, {2, 3, 4, 5}, x, 1};
+    CHECK(gc_check("permute", permute_fn, perm, 1, &in, (gc_opts){0}) == 0);
+    gc_input in2 = {3, {2, 3, 4}, x, 1};
+    CHECK(gc_check("reshape", reshape_fn, NULL, 1, &in2, (gc_opts){0}) == 0);
+    free(x);
+}
+
+PBW_TEST(ops_slice_pad_concat) {
+    float *x = gc_rand(60, 4, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *t = pbw_tensor_wrap(ctx, x, 3, (int64_t[]){3, 4, 5});
+    /* slice x[:, 1:4:2, :] */
+    pbw_tensor *s = pbw_slice(ctx, t, 1, 1, 4, 2);
+    CHECK(s && s->shape[1] == 2);
+    int bad = 0;
+    for (int a = 0; a < 3; a++) for (int b = 0; b < 2; b++) for (int c = 0; c < 5; c++)
+        if (s->data[(a * 2 + b) * 5 + c] != x[(a * 4 + 1 + 2 * b) * 5 + c]) bad++;
+    CHECK(bad == 0);
+    /* negative indices as in Python: x[..., -3:-1] */
+    pbw_tensor *s2 = pbw_slice(ctx, t, -1, -3, -1, 1);
+    CHECK(s2 && s2->shape[2] == 2 && s2->data[0] == x[2]);
+    /* pad (1,0) on dim 1 and crop (-1,2) on dim 2 */
+    int64_t pads[6] = {0, 0, 1, 0, -1, 2};
+    pbw_tensor *p = pbw_pad(ctx, t, pads, 0.5f);
+    CHECK(p && p->shape[0] == 3 && p->shape[1] == 5 && p->shape[2] == 6);
+    bad = 0;
+    for (int a = 0; a < 3; a++) for (int b = 0; b < 5; b++) for (int c = 0; c < 6; c++) {
+        int xb = b - 1, xc = c + 1;
+        float ref = (xb >= 0 && xc < 5) ? x[(a * 4 + xb) * 5 + xc] : 0.5f;
+        if (p->data[(a * 5 + b) * 6 + c] != ref) bad++;
+    }
+    CHECK(bad == 0);
+    /* concat of three along axis 1 */
+    pbw_tensor *parts[3] = {t, s, t};
+    pbw_tensor *c3 = pbw_concat(ctx, 3, parts, 1);
+    CHECK(c3 && c3->shape[1] == 10);
+    CHECK(c3 && c3->data[(0 * 10 + 4) * 5 + 0] == s->data[0]);
+    CHECK(c3 && c3->data[(2 * 10 + 9) * 5 + 4] == x[(2 * 4 + 3) * 5 + 4]);
+    pbw_ctx_free(ctx);
+
+    slice_user su = {1, 1, 4, 2};
+    gc_input in = {3, {3, 4, 5}, x, 1};
+    CHECK(gc_check("slice", slice_fn, &su, 1, &in, (gc_opts){0}) == 0);
+    CHECK(gc_check("pad", pad_fn, pads, 1, &in, (gc_opts){0}) == 0);
+    int axis = 2;
+    float *y = gc_rand(60, 5, -1, 1), *z = gc_rand(60, 6, -1, 1);
+    gc_input cin[3] = {{3, {3, 4, 5}, x, 1}, {3, {3, 4, 5}, y, 0}, {3, {3, 4, 5}, z, 1}};
+    CHECK(gc_check("concat", concat_fn, &axis, 3, cin, (gc_opts){0}) == 0);
+    free(x); free(y); free(z);
+}
+
+/* ---------------- matmul and linear ---------------- */
+
+typedef struct { int ta, tb; } mm_user;
+static pbw_tensor *mm_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    mm_user *m = u;
+    return pbw_matmul(ctx, in[0], in[1], m->ta, m->tb);
+}
+
+PBW_TEST(ops_matmul) {
+    int64_t B = 2, M = 3, K = 4, N = 5;
+    for (int shared = 0; shared < 2; shared++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                float *a = gc_rand(B * M * K, 30 + ta, -1, 1), *b = gc_rand(B * K * N, 40 + tb, -1, 1);
+                pbw_ctx *ctx = new_ctx();
+                int64_t ash[3] = {B, ta ? K : M, ta ? M : K};
+                int64_t bsh[3] = {B, tb ? N : K, tb ? K : N};
+                pbw_tensor *ta_ = pbw_tensor_wrap(ctx, a, 3, ash);
+                pbw_tensor *tb_ = shared ? pbw_tensor_wrap(ctx, b, 2, bsh + 1) : pbw_tensor_wrap(ctx, b, 3, bsh);
+                pbw_tensor *c = pbw_matmul(ctx, ta_, tb_, ta, tb);
+                CHECK_MSG(c != NULL, "%s", pbw_ctx_error(ctx));
+                int bad = 0;
+                for (int64_t bb = 0; c && bb < B; bb++)
+                    for (int64_t i = 0; i < M; i++)
+                        for (int64_t j = 0; j < N; j++) {
+                            double s = 0;
+                            for (int64_t k = 0; k < K; k++) {
+                                double av = ta ? a[bb * M * K + k * M + i] : a[bb * M * K + i * K + k];
+                                int64_t bo = shared ? 0 : bb * K * N;
+                                double bv = tb ? b[bo + j * K + k] : b[bo + k * N + j];
+                                s += av * bv;
+                            }
+                            if (fabs(c->data[(bb * M + i) * N + j] - s) > 1e-5) bad++;
+                        }
+                CHECK_MSG(bad == 0, "matmul shared=%d ta=%d tb=%d: %d wrong", shared, ta, tb, bad);
+                mm_user u = {ta, tb};
+                gc_input in[2] = {{3, {ash[0], ash[1], ash[2]}, a, 1},
+                                  {shared ? 2 : 3, {0}, b, 1}};
+                if (shared) { in[1].shape[0] = bsh[1]; in[1].shape[1] = bsh[2]; }
+                else memcpy(in[1].shape, bsh, sizeof bsh);
+                CHECK_MSG(gc_check("matmul", mm_fn, &u, 2, in, (gc_opts){0}) == 0,
+                          "matmul shared=%d ta=%d tb=%d backward", shared, ta, tb);
+                pbw_ctx_free(ctx);
+                free(a); free(b);
+            }
+}
+
+static pbw_tensor *linear_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_linear(ctx, in[0], in[1], u ? in[2] : NULL);
+}
+
+PBW_TEST(ops_linear) {
+    int64_t R0 = 2, R1 = 3, I = 7, O = 5;
+    float *x = gc_rand(R0 * R1 * I, 50, -1, 1), *w = gc_rand(O * I, 51, -1, 1), *b = gc_rand(O, 52, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 3, (int64_t[]){R0, R1, I});
+    pbw_tensor *tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+    pbw_tensor *tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+    pbw_tensor *y = pbw_linear(ctx, tx, tw, tb);
+    CHECK(y && y->ndim == 3 && y->shape[2] == O);
+    int bad = 0;
+    for (int64_t r = 0; y && r < R0 * R1; r++)
+        for (int64_t o = 0; o < O; o++) {
+            double s = b[o];
+            for (int64_t i = 0; i < I; i++) s += (double)x[r * I + i] * w[o * I + i];
+            if (fabs(y->data[r * O + o] - s) > 1e-5) bad++;
+        }
+    CHECK(bad == 0);
+    CHECK(pbw_linear(ctx, tw, tx, NULL) == NULL);
+    pbw_ctx_free(ctx);
+    gc_input in[3] = {{3, {R0, R1, I}, x, 1}, {2, {O, I}, w, 1}, {1, {O}, b, 1}};
+    CHECK(gc_check("linear", linear_fn, (void *)1, 3, in, (gc_opts){0}) == 0);
+    CHECK(gc_check("linear_nobias", linear_fn, NULL, 2, in, (gc_opts){0}) == 0);
+}
+
+/* Only the inputs that ask for a gradient get one: weights stay without (painting's rule). */
+PBW_TEST(ops_no_weight_grad) {
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *x = rand_tensor(ctx, 2, (int64_t[]){4, 8}, 60, -1, 1);
+    pbw_tensor *w = rand_tensor(ctx, 2, (int64_t[]){3, 8}, 61, -1, 1);
+    x->requires_grad = 1;
+    pbw_tensor *loss = pbw_sum_all(ctx, pbw_square(ctx, pbw_linear(ctx, x, w, NULL)));
+    pbw_err err;
+    CHECK(pbw_backward(ctx, loss, NULL, &err) == 0);
+    CHECK(x->grad != NULL);
+    CHECK(w->grad == NULL);
+    /* with grad disabled nothing is recorded and backward refuses */
+    pbw_ctx_reset(ctx);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *x2 = rand_tensor(ctx, 1, (int64_t[]){3}, 62, -1, 1);
+    x2->requires_grad = 1;
+    pbw_tensor *l2 = pbw_sum_all(ctx, x2);
+    CHECK(l2 && !l2->requires_grad);
+    CHECK(pbw_backward(ctx, l2, NULL, &err) != 0);
+    pbw_ctx_free(ctx);
+}
+
+/* ---------------- norms, softmax, attention, embedding ---------------- */
+
+static pbw_tensor *ln_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_layer_norm(ctx, in[0], in[1], in[2], 1e-5f);
+}
+
+PBW_TEST(ops_layer_norm) {
+    int64_t R = 6, D = 16;
+    float *x = gc_rand(R * D, 70, -2, 2), *w = gc_rand(D, 71, 0.5f, 1.5f), *b = gc_rand(D, 72, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *in[3] = {pbw_tensor_wrap(ctx, x, 2, (int64_t[]){R, D}), pbw_tensor_wrap(ctx, w, 1, &D),
+                         pbw_tensor_wrap(ctx, b, 1, &D)};
+    pbw_tensor *y = ln_fn(ctx, in, NULL);
+    int bad = 0;
+    for (int64_t r = 0; y && r < R; r++) {
+        double m = 0, v = 0;
+        for (int64_t i = 0; i < D; i++) m += x[r * D + i];
+        m /= D;
+        for (int64_t i = 0; i < D; i++) v += (x[r * D + i] - m) * (x[r * D + i] - m);
+        v /= D;
+        for (int64_t i = 0; i < D; i++) {
+            double ref = (x[r * D + i] - m) / sqrt(v + 1e-5) * w[i] + b[i];
+            if (fabs(y->data[r * D + i] - ref) > 1e-5) bad++;
+        }
+    }
+    CHECK(y && bad == 0);
+    pbw_ctx_free(ctx);
+    gc_input gin[3] = {{2, {R, D}, x, 1}, {1, {D}, w, 1}, {1, {D}, b, 1}};
+    CHECK(gc_check("layer_norm", ln_fn, NULL, 3, gin, (gc_opts){0}) == 0);
+    free(x); free(w); free(b);
+}
+
+static pbw_tensor *bn_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_batch_norm(ctx, in[0], in[1], in[2], in[3], in[4], 1e-4f);
+}
+
+PBW_TEST(ops_batch_norm) {
+    int64_t N = 2, C = 3, S = 10;
+    float *x = gc_rand(N * C * S, 80, -2, 2), *mean = gc_rand(C, 81, -0.5f, 0.5f),
+          *var = gc_rand(C, 82, 0.5f, 2), *w = gc_rand(C, 83, 0.5f, 1.5f), *b = gc_rand(C, 84, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *in[5] = {pbw_tensor_wrap(ctx, x, 4, (int64_t[]){N, C, 2, 5}),
+                         pbw_tensor_wrap(ctx, mean, 1, &C), pbw_tensor_wrap(ctx, var, 1, &C),
+                         pbw_tensor_wrap(ctx, w, 1, &C), pbw_tensor_wrap(ctx, b, 1, &C)};
+    pbw_tensor *y = bn_fn(ctx, in, NULL);
+    int bad = 0;
+    for (int64_t n = 0; y && n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t s = 0; s < S; s++) {
+                int64_t i = (n * C + c) * S + s;
+                double ref = (x[i] - mean[c]) / sqrt(var[c] + 1e-4) * w[c] + b[c];
+                if (fabs(y->data[i] - ref) > 1e-5) bad++;
+            }
+    CHECK(y && bad == 0);
+    pbw_ctx_free(ctx);
+    gc_input gin[5] = {{4, {N, C, 2, 5}, x, 1}, {1, {C}, mean, 0}, {1, {C}, var, 0},
+                       {1, {C}, w, 1}, {1, {C}, b, 1}};
+    CHECK(gc_check("batch_norm", bn_fn, NULL, 5, gin, (gc_opts){0}) == 0);
+    free(x); free(mean); free(var); free(w); free(b);
+}
+
+static pbw_tensor *softmax_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) { return pbw_softmax(ctx, in[0]); }
+
+PBW_TEST(ops_softmax) {
+    float *x = gc_rand(4 * 9, 90, -4, 4);
+    x[3] = 80.0f; /* large logits must not overflow */
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *t = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){4, 9});
+    pbw_tensor *y = pbw_softmax(ctx, t);
+    int bad = 0;
+    for (int r = 0; y && r < 4; r++) {
+        double mx = -1e30, s = 0;
+        for (int i = 0; i < 9; i++) mx = fmax(mx, x[r * 9 + i]);
+        for (int i = 0; i < 9; i++) s += exp(x[r * 9 + i] - mx);
+        for (int i = 0; i < 9; i++)
+            if (fabs(y->data[r * 9 + i] - exp(x[r * 9 + i] - mx) / s) > 1e-6) bad++;
+    }
+    CHECK(y && bad == 0);
+    pbw_ctx_free(ctx);
+    x[3] = 1.0f;
+    gc_input in = {2, {4, 9}, x, 1};
+    CHECK(gc_check("softmax", softmax_fn, NULL, 1, &in, (gc_opts){0}) == 0);
+    free(x);
+}
+
+static pbw_tensor *attn_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_attention(ctx, in[0], in[1], in[2], *(int *)u, 0);
+}
+
+PBW_TEST(ops_attention) {
+    int64_t B = 2, H = 2, T = 5, S = 5, D = 4;
+    for (int causal = 0; causal < 2; causal++) {
+        /* inputs in [-2,2] make the softmax far from uniform, so that q and k gradients are
+         * O(0.1) rather than O(1e-3) and a wrong term cannot hide under the tolerance */
+        float *q = gc_rand(B * H * T * D, 100, -2, 2), *k = gc_rand(B * H * S * D, 101, -2, 2),
+              *v = gc_rand(B * H * S * D, 102, -2, 2);
+        pbw_ctx *ctx = new_ctx();
+        pbw_tensor *in[3] = {pbw_tensor_wrap(ctx, q, 4, (int64_t[]){B, H, T, D}),
+                             pbw_tensor_wrap(ctx, k, 4, (int64_t[]){B, H, S, D}),
+                             pbw_tensor_wrap(ctx, v, 4, (int64_t[]){B, H, S, D})};
+        pbw_tensor *o = attn_fn(ctx, in, &causal);
+        CHECK(o != NULL);
+        int bad = 0;
+        for (int64_t h = 0; o && h < B * H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                double sc[16], mx = -1e30, sum = 0;
+                for (int64_t s = 0; s < S; s++) {
+                    double d = 0;
+                    for (int64_t j = 0; j < D; j++) d += (double)q[(h * T + t) * D + j] * k[(h * S + s) * D + j];
+                    sc[s] = (causal && s > t) ? -INFINITY : d / sqrt((double)D);
+                    mx = fmax(mx, sc[s]);
+                }
+                for (int64_t s = 0; s < S; s++) { sc[s] = exp(sc[s] - mx); sum += sc[s]; }
+                for (int64_t j = 0; j < D; j++) {
+                    double ref = 0;
+                    for (int64_t s = 0; s < S; s++) ref += sc[s] / sum * v[(h * S + s) * D + j];
+                    if (fabs(o->data[(h * T + t) * D + j] - ref) > 1e-5) bad++;
+                }
+            }
+        CHECK_MSG(bad == 0, "attention causal=%d: %d wrong", causal, bad);
+        pbw_ctx_free(ctx);
+        gc_input gin[3] = {{4, {B, H, T, D}, q, 1}, {4, {B, H, S, D}, k, 1}, {4, {B, H, S, D}, v, 1}};
+        /* atol 5e-4: the loss has 80 terms of size O(1); its float rounding over 2*eps is ~1e-4 */
+        CHECK_MSG(gc_check("attention", attn_fn, &causal, 3, gin, (gc_opts){.atol = 5e-4}) == 0, "attention causal=%d backward", causal);
+        free(q); free(k); free(v);
+    }
+}
+
+static pbw_tensor *emb_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_embedding(ctx, in[0], (const int32_t *)u, 2, (int64_t[]){2, 3});
+}
+
+PBW_TEST(ops_embedding) {
+    int32_t ids[6] = {3, 0, 3, 9, 1, 1};
+    float *table = gc_rand(10 * 4, 110, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *t = pbw_tensor_wrap(ctx, table, 2, (int64_t[]){10, 4});
+    pbw_tensor *y = emb_fn(ctx, &t, ids);
+    CHECK(y && y->ndim == 3 && y->shape[2] == 4);
+    int bad = 0;
+    for (int i = 0; y && i < 6; i++)
+        for (int d = 0; d < 4; d++) if (y->data[i * 4 + d] != table[ids[i] * 4 + d]) bad++;
+    CHECK(bad == 0);
+    int32_t badids[2] = {0, 10};
+    CHECK(pbw_embedding(ctx, t, badids, 1, (int64_t[]){2}) == NULL);
+    CHECK(strstr(pbw_ctx_error(ctx), "outside") != NULL);
+    pbw_ctx_free(ctx);
+    gc_input in = {2, {10, 4}, table, 1};
+    CHECK(gc_check("embedding", emb_fn, ids, 1, &in, (gc_opts){0}) == 0);
+    free(table);
+}
+
+/* fp16 / bf16 storage: conversion round trips and known values */
+PBW_TEST(core_half_conversion) {
+    CHECK(pbw_f16_to_f32(0x3c00) == 1.0f);
+    CHECK(pbw_f16_to_f32(0xc000) == -2.0f);
+    CHECK(pbw_f16_to_f32(0x7bff) == 65504.0f);
+    CHECK(pbw_f16_to_f32(0x0001) == 5.9604644775390625e-08f);
+    CHECK(isinf(pbw_f16_to_f32(0x7c00)));
+    CHECK(isnan(pbw_f16_to_f32(0x7e00)));
+    CHECK(pbw_f32_to_f16(1.0f) == 0x3c00);
+    CHECK(pbw_f32_to_f16(65520.0f) == 0x7c00); /* rounds to inf */
+    CHECK(pbw_f32_to_f16(5.9604644775390625e-08f) == 0x0001);
+    CHECK(pbw_f32_to_f16(1.00048828125f) == 0x3c00); /* halfway, rounds to even */
+    CHECK(pbw_f32_to_f16(1.00146484375f) == 0x3c02); /* halfway, rounds to even (up) */
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint16_t hh = (uint16_t)h;
+        if ((hh & 0x7c00) == 0x7c00 && (hh & 0x3ff)) continue; /* nan payloads */
+        if (pbw_f32_to_f16(pbw_f16_to_f32(hh)) != hh) bad++;
+    }
+    CHECK_MSG(bad == 0, "%d fp16 values do not round trip", bad);
+    CHECK(pbw_bf16_to_f32(0x3f80) == 1.0f);
+    CHECK(pbw_f32_to_bf16(1.0f) == 0x3f80);
+    CHECK(pbw_f32_to_bf16(1.00390625f) == 0x3f80);   /* halfway: even */
+    CHECK(pbw_f32_to_bf16(1.01171875f) == 0x3f82);   /* halfway: even (up) */
+    /* a bf16 weight tensor converts for the CPU ops */
+    pbw_ctx *ctx = new_ctx();
+    uint16_t raw[3] = {0x3f80, 0xc000, 0x0000};
+    pbw_tensor *w = pbw_tensor_wrap(ctx, NULL, 1, (int64_t[]){3});
+    w->dtype = PBW_BF16;
+    w->raw = raw;
+    CHECK(pbw_relu(ctx, w) == NULL); /* ops refuse non-float32 */
+    pbw_ctx_reset(ctx);
+    w = pbw_tensor_wrap(ctx, NULL, 1, (int64_t[]){3});
+    w->dtype = PBW_BF16;
+    w->raw = raw;
+    pbw_tensor *f = pbw_tensor_to_f32(ctx, w);
+    CHECK(f && f->data[0] == 1.0f && f->data[1] == -2.0f && f->data[2] == 0.0f);
+    pbw_ctx_free(ctx);
+}
+
+PBW_TEST(core_arena) {
+    pbw_arena a;
+    pbw_arena_init(&a, 4096);
+    void *p[100];
+    for (int i = 0; i < 100; i++) {
+        p[i] = pbw_arena_alloc(&a, 1000 + i);
+        CHECK(p[i] && ((uintptr_t)p[i] % 64) == 0);
+        memset(p[i], i, 1000 + i);
+    }
+    for (int i = 0; i < 100; i++) CHECK(((unsigned char *)p[i])[999] == i); /* no overlap */
+    size_t peak = a.peak;
+    pbw_arena_reset(&a);
+    CHECK(a.used == 0 && pbw_arena_chunks(&a) == 1); /* merged into one chunk */
+    for (int i = 0; i < 100; i++) pbw_arena_alloc(&a, 1000 + i);
+    CHECK(pbw_arena_chunks(&a) == 1); /* the same work fits without a new chunk */
+    CHECK(a.peak == peak);
+    pbw_arena_free(&a);
+}
