@@ -24,7 +24,7 @@ CU_SRC  := $(wildcard src/cuda/*.cu)
 ifneq ($(NVCC),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   BASE    += -DPBW_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
   CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
   NVFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Isrc -DPBW_HAVE_CUDA \
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
