@@ -3,7 +3,8 @@
 tests/test_images.c read, plus the ground truth they are compared with.
 
 Run with Debian's Python (torch 1.13, numpy, PIL):  /usr/bin/python3 tools/make_format_fixtures.py
-Output: tests/fixtures/formats/ (a few KB). Deterministic: fixed seeds, no timestamps that matter.
+Output: tests/fixtures/formats/ (a few KB). Values are deterministic (fixed seeds); the legacy
+files embed storage ids (memory addresses), so their bytes change from run to run.
 
   state_zip.pt, state_legacy.pt   one nested state dict saved by torch.save in both formats
   state.safetensors               its tensors (contiguous), written here without the package
@@ -160,7 +161,7 @@ def main():
         for name, t in tensors:
             f.write(f"tensor {name} {PBW_DTYPES[t.dtype]} {t.dim()} "
                     + " ".join(str(d) for d in t.shape) + "\n")
-            np.save(os.path.join(EXP, name + ".npy"), t.float().numpy())
+            np.save(os.path.join(EXP, name + ".npy"), np.array(t.float().numpy(), order="C"))
         for name, v in scalars:
             f.write(f"scalar {name} {'float' if isinstance(v, float) else 'int'} {v!r}\n")
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 4
