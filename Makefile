@@ -13,8 +13,7 @@ FUZZ_SECONDS ?= 30
 BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
 WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers
 BASE    := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Isrc $(if $(BLAS_INC),-I$(BLAS_INC))
-LDLIBS  := -lopenblas -llapacke -ljson-c -lzip -lpng -ljpeg -lz -lm -lpthread
-LDFLAGS += -fopenmp
+LDLIBS  := -fopenmp -lopenblas -llapacke -ljson-c -lzip -lpng -ljpeg -lz -lm -lpthread
 
 LIB_SRC := $(wildcard src/core/*.c src/cpu/*.c src/formats/*.c src/models/*.c src/paint/*.c)
 APP_SRC := $(wildcard src/app/*.c)

@@ -388,6 +388,7 @@ PBW_TEST(ops_linear) {
     gc_input in[3] = {{3, {R0, R1, I}, x, 1}, {2, {O, I}, w, 1}, {1, {O}, b, 1}};
     CHECK(gc_check("linear", linear_fn, (void *)1, 3, in, (gc_opts){0}) == 0);
     CHECK(gc_check("linear_nobias", linear_fn, NULL, 2, in, (gc_opts){0}) == 0);
+    free(x); free(w); free(b);
 }
 
 /* Only the inputs that ask for a gradient get one: weights stay without (painting's rule). */
