@@ -35,8 +35,8 @@ static int open_regular(const char *path, int *fd_out, size_t *size, pbw_err *er
 int pbw_file_read(const char *path, size_t max_len, void **data, size_t *len, pbw_err *err) {
     *data = NULL;
     *len = 0;
-    int fd;
-    size_t size;
+    int fd = -1;
+    size_t size = 0;
     if (open_regular(path, &fd, &size, err)) return -1;
     if (size > max_len) {
         close(fd);
@@ -69,8 +69,8 @@ int pbw_file_read(const char *path, size_t max_len, void **data, size_t *len, pb
 int pbw_file_map(const char *path, void **data, size_t *len, pbw_err *err) {
     *data = NULL;
     *len = 0;
-    int fd;
-    size_t size;
+    int fd = -1;
+    size_t size = 0;
     if (open_regular(path, &fd, &size, err)) return -1;
     if (size == 0) {
         close(fd);

@@ -416,7 +416,7 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
         unsigned char op = buf[r->pos++];
         const unsigned char *p = buf + r->pos;
         pk_value *v, *a, *b;
-        size_t first, count;
+        size_t first = 0, count = 0;
         uint64_t n;
         switch (op) {
         case 0x80: /* PROTO */
@@ -597,8 +597,8 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
             break;
         case 'c': /* GLOBAL module\nname\n */
         {
-            const char *m, *nm;
-            size_t ml, nl;
+            const char *m = NULL, *nm = NULL;
+            size_t ml = 0, nl = 0;
             if (read_line(r, &m, &ml) || read_line(r, &nm, &nl)) return -1;
             if (push_global(r, m, ml, nm, nl)) return -1;
             break;

@@ -29,7 +29,7 @@
 #include "pbw_records.h"
 
 #define TORCH_MAX_DEPTH 64         /* nesting of dicts/lists in names */
-#define TORCH_MAX_VISITS (1u << 22) /* flatten steps: shared sub-objects must not explode */
+#define TORCH_MAX_VISITS (1u << 20) /* flatten steps: shared sub-objects must not explode */
 #define TORCH_MAX_PICKLE (1u << 30) /* size of data.pkl */
 #define TORCH_MAX_NAME 4096
 

@@ -1,0 +1,14 @@
+/* fuzz_torch_zip.c: libFuzzer target for pbw_torch_parse (run by make fuzz). */
+#include <stdint.h>
+
+#include "fuzz_common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    pbw_records r;
+    pbw_err err;
+    if (pbw_torch_parse(data, size, &r, &err) == 0) {
+        fuzz_touch_records(&r);
+        pbw_records_free(&r);
+    }
+    return 0;
+}
