@@ -106,6 +106,45 @@ PBW_TEST(formats_torch_legacy_fixture) {
     pbw_records_free(&r);
 }
 
+PBW_TEST(formats_torch_zip_variants) {
+    /* prefix "archive" (saved through a file object) and entries deflated by another zip tool */
+    const char *files[] = {FIX "state_archive.pt", FIX "state_deflate.pt"};
+    for (int k = 0; k < 2; k++) {
+        pbw_records r;
+        pbw_err err;
+        CHECK_MSG(pbw_load_checkpoint(files[k], &r, &err) == 0, "%s", err.msg);
+        check_manifest(&r, 1, files[k]);
+        pbw_records_free(&r);
+    }
+    pbw_records r;
+    pbw_err err;
+    CHECK(pbw_load_checkpoint(FIX "state_bigendian.pt", &r, &err) != 0 &&
+          strstr(err.msg, "big-endian"));
+    CHECK(pbw_load_checkpoint(FIX "array_f4.npy", &r, &err) != 0 &&
+          strstr(err.msg, "not a checkpoint"));
+    CHECK(pbw_load_checkpoint("/nonexistent.pt", &r, &err) != 0 &&
+          strstr(err.msg, "/nonexistent.pt"));
+}
+
+PBW_TEST(formats_torchscript_module) {
+    /* a torch.jit.save archive gives the same records as the module's state_dict */
+    pbw_records a, b;
+    pbw_err err;
+    CHECK_MSG(pbw_load_checkpoint(FIX "jit_module.pt", &a, &err) == 0, "%s", err.msg);
+    CHECK_MSG(pbw_load_checkpoint(FIX "jit_state.pt", &b, &err) == 0, "%s", err.msg);
+    CHECK_MSG(a.count == b.count && b.count == 6, "%zu and %zu records", a.count, b.count);
+    for (size_t i = 0; i < b.count; i++) {
+        const pbw_record *x = &b.items[i], *y = pbw_records_find(&a, x->name);
+        CHECK_MSG(y != NULL, "%s missing from the TorchScript load", x->name);
+        if (!y) continue;
+        CHECK(x->dtype == y->dtype && x->ndim == y->ndim && x->nbytes == y->nbytes);
+        CHECK(x->nbytes == 0 || memcmp(x->data, y->data, x->nbytes) == 0);
+    }
+    CHECK(pbw_records_find(&a, "seq.0.weight") && pbw_records_find(&a, "scale"));
+    pbw_records_free(&a);
+    pbw_records_free(&b);
+}
+
 PBW_TEST(formats_safetensors_fixture) {
     pbw_records r;
     pbw_err err;
@@ -335,6 +374,7 @@ static void check_corruptions(const char *path, int (*parse)(const void *, size_
 
 PBW_TEST(formats_truncated_and_corrupted) {
     check_truncations(FIX "state_zip.pt", pbw_torch_parse);
+    check_truncations(FIX "state_deflate.pt", pbw_torch_parse);
     check_truncations(FIX "state_legacy.pt", pbw_torch_parse);
     check_truncations(FIX "state.safetensors", pbw_safetensors_parse);
     check_corruptions(FIX "state_legacy.pt", pbw_torch_parse);

@@ -10,7 +10,12 @@ files embed storage ids (memory addresses), so their bytes change from run to ru
   state.safetensors               its tensors (contiguous), written here without the package
   expected/manifest.txt           one line per tensor: name dtype ndim dims..., per scalar:
                                   "scalar name int|float value"; values in expected/<name>.npy
+  state_archive.pt                the same saved through a file object (zip prefix "archive")
+  state_deflate.pt                state_zip.pt re-zipped by Python with deflate compression
+  state_bigendian.pt              state_zip.pt plus a "byteorder" entry saying "big" (refused)
   tensor_only.pt                  torch.save of a bare tensor (one record named "")
+  jit_module.pt, jit_state.pt     a traced TorchScript module (torch.jit.save) and its
+                                  state_dict saved by torch.save: both must give one set of records
   evil_zip.pt, evil_legacy.pt     a pickle whose global is posix.system (must be refused)
   array_*.npy                     .npy files of several kinds
   img_*.png, img_*.jpg            images; img_*.npy hold their pixels as decoded by PIL
@@ -111,6 +116,25 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Parameter(torch.randn(2, 3))
+        self.seq = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+        self.register_buffer("scale", torch.tensor([0.5, 2.0, 4.0]))
+
+    def forward(self, x):
+        return self.seq(x @ self.proj) * self.scale
+
+
+def torchscript():
+    torch.manual_seed(5)
+    net = TinyNet()
+    traced = torch.jit.trace(net, torch.randn(1, 2))
+    traced.save(os.path.join(OUT, "jit_module.pt"))
+    torch.save(net.state_dict(), os.path.join(OUT, "jit_state.pt"))
+
+
 class Evil:
     """Unpickling this with Python would run a shell command. pbw must refuse it."""
 
@@ -155,6 +179,19 @@ def main():
     obj = state_dict()
     torch.save(obj, os.path.join(OUT, "state_zip.pt"))
     torch.save(obj, os.path.join(OUT, "state_legacy.pt"), _use_new_zipfile_serialization=False)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(os.path.join(OUT, "state_archive.pt"), "wb") as f:
+        f.write(buf.getvalue())
+    with zipfile.ZipFile(os.path.join(OUT, "state_zip.pt")) as src:
+        entries = [(i.filename, src.read(i)) for i in src.infolist()]
+    for name, method, extra in [("state_deflate.pt", zipfile.ZIP_DEFLATED, None),
+                                ("state_bigendian.pt", zipfile.ZIP_STORED, b"big")]:
+        with zipfile.ZipFile(os.path.join(OUT, name), "w", method) as dst:
+            for n, data in entries:
+                dst.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), data, compress_type=method)
+            if extra:
+                dst.writestr(zipfile.ZipInfo("state_zip/byteorder", (1980, 1, 1, 0, 0, 0)), extra)
     tensors, scalars = flatten(obj)
     write_safetensors(os.path.join(OUT, "state.safetensors"), tensors)
     with open(os.path.join(EXP, "manifest.txt"), "w") as f:
@@ -180,6 +217,7 @@ def main():
             np.lib.format.write_array(f, a, version=v)
     np.save(os.path.join(OUT, "array_fortran.npy"), np.asfortranarray(a))
     images()
+    torchscript()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@
 
 const char *pk_type_name(pk_type t) {
     static const char *names[] = {"None",  "bool",  "int",   "int",    "float",   "str",   "bytes",
-                                  "tuple", "list",  "dict",  "global", "storage", "tensor"};
+                                  "tuple", "list",  "dict",  "global", "storage", "tensor",
+                                  "object"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -37,7 +38,9 @@ void pk_vm_init(pk_vm *vm, pk_persistent_load_fn fn, void *ctx, pbw_err *err) {
 void pk_vm_free(pk_vm *vm) {
     for (size_t i = 0; i < vm->nobjs; i++) {
         pk_value *v = vm->objs[i];
-        if (v->type == PK_TUPLE || v->type == PK_LIST || v->type == PK_DICT) free(v->u.seq.v);
+        if (v->type == PK_TUPLE || v->type == PK_LIST || v->type == PK_DICT ||
+            v->type == PK_OBJECT)
+            free(v->u.seq.v);
         free(v);
     }
     free(vm->objs);
@@ -264,6 +267,12 @@ static int push_global(pk_run *r, const char *mod, size_t mlen, const char *name
             return push(r, v);
         }
     }
+    if ((mlen == 9 || (mlen > 10 && mod[9] == '.')) && memcmp(mod, "__torch__", 9) == 0) {
+        pk_value *v = pk_new(r->vm, PK_GLOBAL, 0);
+        if (!v) return -1;
+        v->u.glob.g = PKG_SCRIPT_CLASS;
+        return push(r, v);
+    }
     char m[PK_MAX_GLOBAL_NAME + 1], n[PK_MAX_GLOBAL_NAME + 1];
     printable(m, sizeof m, mod, mlen);
     printable(n, sizeof n, name, nlen);
@@ -397,6 +406,7 @@ static pk_value *call(pk_run *r, pk_value *fn, pk_value *args) {
         return a[0];
     case PKG_TENSOR_TYPE:
     case PKG_STORAGE_TYPE:
+    case PKG_SCRIPT_CLASS:
         break;
     }
     fail(r, "unsupported call of an allowed pickle global");
@@ -612,14 +622,26 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
             if (!(b = pop(r)) || !(a = pop(r))) return -1;
             if (push(r, call(r, a, b))) return -1;
             break;
-        case 0x81: /* NEWOBJ cls args: only OrderedDict() */
+        case 0x81: /* NEWOBJ cls args: OrderedDict() or a TorchScript object */
             if (!(b = pop(r)) || !(a = pop(r))) return -1;
+            if (a->type == PK_GLOBAL && a->u.glob.g == PKG_SCRIPT_CLASS && b->type == PK_TUPLE &&
+                b->u.seq.n == 0) {
+                if (push(r, pk_new(vm, PK_OBJECT, 0))) return -1;
+                break;
+            }
             if (a->type != PK_GLOBAL || a->u.glob.g != PKG_ORDERED_DICT)
                 return fail(r, "NEWOBJ of an unsupported class");
             if (push(r, call(r, a, b))) return -1;
             break;
-        case 'b': /* BUILD: state is dropped (we build no objects that have state) */
-            if (!(b = pop(r)) || !top(r)) return -1;
+        case 'b': /* BUILD: fills TorchScript objects; any other state is dropped */
+            if (!(b = pop(r)) || !(a = top(r))) return -1;
+            if (a->type == PK_OBJECT && b->type == PK_DICT) {
+                if (b->u.seq.n > PK_MAX_COPIED - vm->ncopied)
+                    return fail(r, "too many items copied by BUILD");
+                vm->ncopied += b->u.seq.n;
+                for (size_t i = 0; i < b->u.seq.n; i++)
+                    if (seq_push(vm, a, b->u.seq.v[i])) return -1;
+            }
             break;
         case 'Q': /* BINPERSID */
             if (!(a = pop(r))) return -1;

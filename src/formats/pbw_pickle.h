@@ -16,9 +16,14 @@
  *   torch.{Float,Half,BFloat16,Double,Long,Int,Short,Char,Byte,Bool}Storage
  *                                                -> storage types in persistent ids
  *   torch.Size                                   -> a tuple
+ *   __torch__.* (TorchScript classes, e.g. in OpenAI's CLIP files)
+ *                                                -> an object: NEWOBJ with no arguments makes
+ *                                                   an empty attribute bag and BUILD fills it
+ *                                                   from a dict; no code of the class is run
+ *                                                   (TorchScript classes are not Python code)
  *
- * BUILD (setting an object's state) is accepted and ignored: a state dict's `_metadata`
- * is dropped that way. Persistent ids (BINPERSID) go to a callback that the torch reader uses
+ * BUILD on anything but such an object is accepted and its state ignored: a state dict's
+ * `_metadata` is dropped that way. Persistent ids (BINPERSID) go to a callback that the torch reader uses
  * to create storages.
  *
  * Memory: every value belongs to the pk_vm and is freed by pk_vm_free, whatever happened, so
@@ -46,6 +51,7 @@ typedef enum pk_type {
     PK_GLOBAL,
     PK_STORAGE,
     PK_TENSOR,
+    PK_OBJECT, /* a TorchScript module: its attributes, kept like a dict's items */
 } pk_type;
 
 typedef enum pk_global {
@@ -58,6 +64,7 @@ typedef enum pk_global {
     PKG_TENSOR_TYPE,
     PKG_STORAGE_TYPE,
     PKG_TORCH_SIZE,
+    PKG_SCRIPT_CLASS,
 } pk_global;
 
 typedef struct pk_value pk_value;
@@ -70,7 +77,7 @@ struct pk_value {
             const char *p;
             size_t len;
         } s;
-        struct { /* PK_TUPLE, PK_LIST; PK_DICT keeps key, value, key, value, ... */
+        struct { /* PK_TUPLE, PK_LIST; PK_DICT and PK_OBJECT keep key, value, key, value, ... */
             pk_value **v;
             size_t n, cap;
         } seq;

@@ -14,7 +14,9 @@
  * The pickle is run by pbw_pickle.c, which executes nothing. The resulting object is flattened
  * into records: dict keys and list indices joined with '.', tensors as records, ints and floats
  * as scalars, anything else (str, None, bool, bytes) ignored. A file whose object is a single
- * tensor gives one record named "". Non-contiguous tensors (e.g. saved from `.t()`) are copied
+ * tensor gives one record named "". TorchScript archives (torch.jit.save, e.g. OpenAI's CLIP
+ * files) load too: their modules become attribute dicts, so parameters get their state_dict
+ * names ("visual.conv1.weight"); constants.pkl and the code are not read. Non-contiguous tensors (e.g. saved from `.t()`) are copied
  * into contiguous order.
  *
  * Not supported (refused with a message): storage views (view_metadata, PyTorch < 0.4),
@@ -312,6 +314,7 @@ static int flatten(torch_ctx *c, const pk_value *v, namebuf *nb, int depth) {
     const char *name = nb->p ? nb->p : "";
     switch (v->type) {
     case PK_DICT:
+    case PK_OBJECT:
         for (size_t i = 0; i + 1 < v->u.seq.n; i += 2)
             if (flatten_child(c, v->u.seq.v[i], v->u.seq.v[i + 1], nb, depth)) return -1;
         return 0;
