@@ -6,7 +6,8 @@
 #                           (Debian's python3-torch with OpenBLAS; used by fixtures and bench)
 set -eu
 BUILD_PKGS="build-essential pkg-config libopenblas-dev libopenblas0-pthread liblapacke-dev \
-libpng-dev libjpeg-dev zlib1g-dev libjson-c-dev libzip-dev clang libclang-rt-14-dev"
+libpng-dev libjpeg-dev zlib1g-dev libjson-c-dev libzip-dev clang libclang-rt-14-dev \
+libpcre2-dev libutf8proc-dev"
 PY_PKGS="python3 python3-numpy python3-torch"
 
 pkgs="$BUILD_PKGS"
