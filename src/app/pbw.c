@@ -14,6 +14,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"clip", cmd_clip, "embed texts and images with CLIP; zero-shot scores of texts for images"},
     {"inspect", cmd_inspect, "list the tensors of a checkpoint (safetensors, torch zip or legacy)"},
     {"smoke", cmd_smoke, "a small end-to-end optimization that exercises ops, tape and PNG output"},
     {"version", cmd_version, "print the version, the BLAS and the CUDA devices found"},

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+int cmd_clip(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_smoke(int argc, char **argv);
 int cmd_version(int argc, char **argv);

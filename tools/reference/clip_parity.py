@@ -1,0 +1,223 @@
+#!/usr/bin/python3
+"""clip_parity.py: pbw's CLIP against transformers' CLIPModel, with random weights.
+
+    tools/reference/clip_parity.py            full ViT-B/32 configuration: writes the model
+                                              (HF dir + OpenAI-named torch.save file) and inputs
+                                              under build/clip_parity/, runs build/pbw clip on
+                                              both, prints the differences, exits 1 on failure
+    tools/reference/clip_parity.py --fixture  the small model + inputs + expected outputs that
+                                              tests/test_clip.c checks (tests/fixtures/clip/)
+
+Needs /usr/bin/python3 with torch (Debian's python3-torch) and transformers (4.36.2 works with
+torch 1.13: pip install --break-system-packages 'transformers==4.36.2'). Nothing is
+downloaded: the model is made from a CLIPConfig and seeded random weights.
+
+What is compared (float32 on both sides):
+  - image embeddings (get_image_features) of a batch of 4 normalized pixel tensors
+  - text embeddings (get_text_features) of 4 id rows padded to 77 with zeros
+  - d/d pixels of sum_i (1 - cos(image_i, text_i)), weights frozen
+  - (fixture) CLIPImageProcessor's preprocessing of a PNG against pbw_clip_preprocess
+The error measure is max|ours - ref| / max|ref| over a whole tensor ("relative" below):
+acceptance is 1e-4 for embeddings and 1e-3 for the gradient (issue 3).
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_model(text_cfg, vision_cfg, projection_dim, seed):
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=projection_dim)
+    torch.manual_seed(seed)
+    model = CLIPModel(cfg).eval()
+    # transformers initializes biases to zero and layer norms to identity; perturb them so that
+    # every parameter is exercised
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            elif "layer_norm" in name or "layrnorm" in name or "layernorm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        model.logit_scale.fill_(float(np.log(1 / 0.07)))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def openai_state_dict(model):
+    """The same weights under OpenAI's names (packed qkv, transposed projections)."""
+    sd = model.state_dict()
+    out = {}
+
+    def blocks(src, dst, n):
+        for i in range(n):
+            s, d = f"{src}.{i}.", f"{dst}.{i}."
+            out[d + "attn.in_proj_weight"] = torch.cat(
+                [sd[s + f"self_attn.{x}_proj.weight"] for x in "qkv"], 0)
+            out[d + "attn.in_proj_bias"] = torch.cat(
+                [sd[s + f"self_attn.{x}_proj.bias"] for x in "qkv"], 0)
+            for a, b in [("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                         ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"),
+                         ("mlp.c_proj", "mlp.fc2")]:
+                out[d + a + ".weight"] = sd[s + b + ".weight"]
+                out[d + a + ".bias"] = sd[s + b + ".bias"]
+
+    vc, tc = model.config.vision_config, model.config.text_config
+    out["visual.class_embedding"] = sd["vision_model.embeddings.class_embedding"]
+    out["visual.conv1.weight"] = sd["vision_model.embeddings.patch_embedding.weight"]
+    out["visual.positional_embedding"] = sd["vision_model.embeddings.position_embedding.weight"]
+    for a, b in [("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")]:
+        out[f"visual.{a}.weight"] = sd[f"vision_model.{b}.weight"]
+        out[f"visual.{a}.bias"] = sd[f"vision_model.{b}.bias"]
+    blocks("vision_model.encoder.layers", "visual.transformer.resblocks", vc.num_hidden_layers)
+    out["visual.proj"] = sd["visual_projection.weight"].t()
+    out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
+    out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
+    blocks("text_model.encoder.layers", "transformer.resblocks", tc.num_hidden_layers)
+    out["ln_final.weight"] = sd["text_model.final_layer_norm.weight"]
+    out["ln_final.bias"] = sd["text_model.final_layer_norm.bias"]
+    out["text_projection"] = sd["text_projection.weight"].t()
+    out["logit_scale"] = sd["logit_scale"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def make_ids(n, ctx, vocab, bos, eos, lengths, seed):
+    rng = np.random.RandomState(seed)
+    ids = np.zeros((n, ctx), np.int64)
+    for i in range(n):
+        k = lengths[i % len(lengths)]
+        body = rng.randint(1, min(bos, vocab) - 1, size=k)
+        row = [bos] + list(body) + [eos]
+        ids[i, :len(row)] = row
+    return ids
+
+
+def reference(model, pixels, ids):
+    px = torch.from_numpy(pixels).clone().requires_grad_(True)
+    img = model.get_image_features(pixel_values=px)
+    txt = model.get_text_features(input_ids=torch.from_numpy(ids))
+    loss = (1 - torch.nn.functional.cosine_similarity(img, txt, dim=-1)).sum()
+    loss.backward()
+    return img.detach().numpy(), txt.detach().numpy(), px.grad.numpy()
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
+
+
+def save(path, arr):
+    np.save(path, np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def run_pbw(model_path, px_path, ids, outdir, tag):
+    cmd = [os.path.join(ROOT, "build", "pbw"), "clip", "--model", model_path, "--pixels", px_path]
+    for row in ids:
+        cmd += ["--ids", ",".join(str(int(v)) for v in row)]
+    files = {k: os.path.join(outdir, f"{tag}_{k}.npy") for k in ("img", "txt", "grad")}
+    cmd += ["--save-npy", files["img"], "--save-text-npy", files["txt"], "--save-grad", files["grad"]]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"pbw clip failed ({r.returncode}):\n{r.stderr}")
+    return {k: np.load(v) for k, v in files.items()}
+
+
+def full():
+    out = os.path.join(ROOT, "build", "clip_parity")
+    os.makedirs(out, exist_ok=True)
+    # openai/clip-vit-base-patch32's published configuration (its text eos_token_id is 2: the
+    # argmax rule)
+    text_cfg = dict(eos_token_id=2, bos_token_id=0, pad_token_id=1)
+    vision_cfg = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, patch_size=32, image_size=224)
+    model = make_model(text_cfg, vision_cfg, 512, seed=0)
+    hf_dir = os.path.join(out, "hf")
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    oa_path = os.path.join(out, "openai_state.pt")
+    torch.save(openai_state_dict(model), oa_path)
+
+    rng = np.random.RandomState(1)
+    pixels = rng.randn(4, 3, 224, 224).astype(np.float32)
+    ids = make_ids(4, 77, 49408, 49406, 49407, [5, 12, 40, 75], seed=2)
+    px_path = os.path.join(out, "pixels.npy")
+    save(px_path, pixels)
+    img, txt, grad = reference(model, pixels, ids)
+    ok = True
+    print(f"ViT-B/32 (random weights, seed 0), batch 4 at 224 px, 4 texts; torch {torch.__version__}")
+    for tag, path in [("hf", hf_dir), ("openai", oa_path)]:
+        got = run_pbw(path, px_path, ids, out, tag)
+        e = {"image embeddings": rel(got["img"], img), "text embeddings": rel(got["txt"], txt),
+             "pixel gradient": rel(got["grad"], grad)}
+        tol = {"image embeddings": 1e-4, "text embeddings": 1e-4, "pixel gradient": 1e-3}
+        for k, v in e.items():
+            good = v <= tol[k]
+            ok &= good
+            print(f"  {tag:6s} {k:17s} max|diff|/max|ref| = {v:.2e}  (tolerance {tol[k]:.0e}) "
+                  f"{'ok' if good else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+def fixture():
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    out = os.path.join(ROOT, "tests", "fixtures", "clip")
+    os.makedirs(out, exist_ok=True)
+    # small, with head_dim 64 so that OpenAI's shape rule (heads = width / 64) holds; ids of a
+    # 256-token vocabulary with start 254 and end 255 (the eos_token_id rule); 64 px, patch 16
+    text_cfg = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=77, bos_token_id=254,
+                    eos_token_id=255, pad_token_id=0, hidden_act="gelu")
+    vision_cfg = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, patch_size=16, image_size=64, hidden_act="gelu")
+    model = make_model(text_cfg, vision_cfg, 64, seed=3)
+    # stored as float16 to keep the fixture small (and to test fp16 loading); the reference runs
+    # in float32 on exactly those values
+    model = model.half().float()
+    hf_dir = os.path.join(out, "hf")
+    model.half().save_pretrained(hf_dir, safe_serialization=True)
+    model = model.float()
+    torch.save({k: v.half() for k, v in openai_state_dict(model).items()},
+               os.path.join(out, "openai_state.pt"))
+    # OpenAI checkpoints always use QuickGELU; this model uses GELU (as open_clip's own models
+    # do) to test the switch, so the OpenAI-named copy carries an open_clip config saying so
+    with open(os.path.join(out, "open_clip_config.json"), "w") as f:
+        f.write('{"model_cfg": {"embed_dim": 64, "quick_gelu": false, '
+                '"vision_cfg": {"width": 128, "layers": 2, "patch_size": 16, "image_size": 64}, '
+                '"text_cfg": {"width": 128, "heads": 2, "layers": 2, "context_length": 77, '
+                '"vocab_size": 256}}}\n')
+
+    rng = np.random.RandomState(4)
+    pixels = rng.randn(4, 3, 64, 64).astype(np.float32)
+    ids = make_ids(4, 77, 256, 254, 255, [3, 9, 20, 75], seed=5)
+    img, txt, grad = reference(model, pixels, ids)
+    save(os.path.join(out, "pixels.npy"), pixels)
+    save(os.path.join(out, "ids.npy"), ids)
+    save(os.path.join(out, "image_embeds.npy"), img)
+    save(os.path.join(out, "text_embeds.npy"), txt)
+    save(os.path.join(out, "pixel_grad.npy"), grad)
+
+    # preprocessing: an odd-sized photo-like PNG through CLIPImageProcessor at 64 px
+    yy, xx = np.mgrid[0:71, 0:97]
+    im = np.stack([(xx * 2.6) % 256, (yy * 3.6) % 256, (xx * yy) % 256], -1)
+    im = np.clip(im + rng.randint(-20, 20, im.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(im).save(os.path.join(out, "photo.png"))
+    proc = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    pre = proc(images=Image.open(os.path.join(out, "photo.png")), return_tensors="np")["pixel_values"]
+    save(os.path.join(out, "photo_pixels.npy"), pre[0])
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fixture", action="store_true", help="write tests/fixtures/clip instead")
+    a = ap.parse_args()
+    fixture() if a.fixture else full()
