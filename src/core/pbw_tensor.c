@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Tensors outside the activation arena whose grad we set: their grad pointer must be cleared
  * on reset, since the buffer lives in the arena. */
@@ -204,6 +205,66 @@ pbw_tensor *pbw_tensor_to_f32(pbw_ctx *ctx, pbw_tensor *x) {
     return t;
 }
 
+/* --- profiler (PBW_PROFILE=1): time per op name, forward and backward ---
+ * Forward time of an op is the time since the previous tape event, so it is exact only when
+ * every op records (a pass whose input needs a gradient); backward time is per node. Global
+ * and unsynchronized: for benchmarks, one context at a time. */
+#define PROF_MAX 128
+typedef struct prof_entry {
+    const char *op;
+    int backward;
+    double sec;
+    long calls;
+} prof_entry;
+static prof_entry g_prof[PROF_MAX];
+static int g_nprof, g_prof_on = -1;
+static double g_prof_last;
+
+static double prof_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int pbw_profile_enabled(void) {
+    if (g_prof_on < 0) {
+        const char *e = getenv("PBW_PROFILE");
+        g_prof_on = e && *e && strcmp(e, "0") != 0;
+    }
+    return g_prof_on;
+}
+
+void pbw_profile_mark(void) { g_prof_last = prof_now(); }
+
+static void prof_add(const char *op, int backward, double sec) {
+    int i = 0;
+    while (i < g_nprof && (g_prof[i].backward != backward || strcmp(g_prof[i].op, op))) i++;
+    if (i == g_nprof) {
+        if (g_nprof == PROF_MAX) return;
+        g_prof[g_nprof++] = (prof_entry){op, backward, 0, 0};
+    }
+    g_prof[i].sec += sec;
+    g_prof[i].calls++;
+}
+
+static int prof_cmp(const void *a, const void *b) {
+    double x = ((const prof_entry *)a)->sec, y = ((const prof_entry *)b)->sec;
+    return (x < y) - (x > y);
+}
+
+void pbw_profile_report(FILE *f, double scale) {
+    double total = 0;
+    for (int i = 0; i < g_nprof; i++) total += g_prof[i].sec;
+    qsort(g_prof, (size_t)g_nprof, sizeof g_prof[0], prof_cmp);
+    fprintf(f, "%-24s %-9s %10s %8s %6s\n", "op", "pass", "ms", "calls", "%");
+    for (int i = 0; i < g_nprof; i++)
+        fprintf(f, "%-24s %-9s %10.2f %8.0f %6.1f\n", g_prof[i].op,
+                g_prof[i].backward ? "backward" : "forward", 1e3 * g_prof[i].sec * scale,
+                (double)g_prof[i].calls * scale, total > 0 ? 100 * g_prof[i].sec / total : 0);
+    fprintf(f, "%-24s %-9s %10.2f\n", "total", "", 1e3 * total * scale);
+    g_nprof = 0;
+}
+
 int pbw_needs_grad(pbw_ctx *ctx, pbw_tensor *const *in, int nin) {
     if (!ctx->grad_enabled) return 0;
     for (int i = 0; i < nin; i++)
@@ -228,6 +289,11 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
     n->prev = ctx->tape;
     ctx->tape = n;
     out->requires_grad = 1;
+    if (pbw_profile_enabled()) {
+        double t = prof_now();
+        prof_add(op, 0, t - g_prof_last);
+        g_prof_last = t;
+    }
     return n;
 }
 
@@ -254,7 +320,9 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     for (int64_t i = 0; i < loss->numel; i++) g[i] += seed ? seed[i] : 1.0f;
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
+        double t0 = pbw_profile_enabled() ? prof_now() : 0;
         n->backward(ctx, n);
+        if (t0 > 0) prof_add(n->op, 1, prof_now() - t0);
         if (ctx->failed) return pbw_ctx_check(ctx, err);
     }
     return 0;

@@ -25,6 +25,7 @@
 #define PBW_TENSOR_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "pbw_arena.h"
 #include "pbw_common.h"
@@ -126,6 +127,14 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
 /* Runs the tape backward from `loss`. A loss with one element gets gradient 1; otherwise
  * `seed` (numel floats) is the gradient of the output, or NULL for all ones. */
 int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err);
+
+/* --- profiler: with PBW_PROFILE=1 in the environment, time is summed per op name (forward:
+ * time since the previous recorded op or pbw_profile_mark, so exact when every op records;
+ * backward: per node). pbw_profile_report prints the table (times multiplied by `scale`, e.g.
+ * 1/runs) and clears it. Global state, meant for benchmarks. */
+int pbw_profile_enabled(void);
+void pbw_profile_mark(void);
+void pbw_profile_report(FILE *f, double scale);
 
 #ifdef __cplusplus
 }
