@@ -462,7 +462,9 @@ static int load_legacy(torch_ctx *c, const unsigned char *buf, size_t len) {
 
 /* ---- entry points ---- */
 
-static int torch_parse(const unsigned char *buf, size_t len, pbw_records *out, pbw_err *err) {
+/* *points_into_buf tells whether records may point into buf (legacy format). */
+static int torch_parse(const unsigned char *buf, size_t len, pbw_records *out, pbw_err *err,
+                       int *points_into_buf) {
     torch_ctx c;
     memset(&c, 0, sizeof c);
     c.out = out;
@@ -481,6 +483,7 @@ static int torch_parse(const unsigned char *buf, size_t len, pbw_records *out, p
         rc = pbw_err_set(err, "not a PyTorch checkpoint (neither a zip file nor a pickle)");
     }
     if (c.za) zip_discard(c.za);
+    *points_into_buf = c.legacy;
     pk_vm_free(&c.vm);
     free(c.table);
     return rc;
@@ -488,7 +491,8 @@ static int torch_parse(const unsigned char *buf, size_t len, pbw_records *out, p
 
 int pbw_torch_parse(const void *buf, size_t len, pbw_records *out, pbw_err *err) {
     memset(out, 0, sizeof *out);
-    if (torch_parse(buf, len, out, err)) {
+    int into;
+    if (torch_parse(buf, len, out, err, &into)) {
         pbw_records_free(out);
         return -1;
     }
@@ -500,12 +504,17 @@ int pbw_torch_load(const char *path, pbw_records *out, pbw_err *err) {
     void *map;
     size_t len;
     if (pbw_file_map(path, &map, &len, err)) return -1;
-    if (torch_parse(map, len, out, err)) {
+    int into = 1;
+    if (torch_parse(map, len, out, err, &into)) {
         pbw_records_free(out);
         pbw_file_unmap(map, len);
         return pbw_err_prefix(err, "'%s': ", path);
     }
-    out->map = map;
-    out->map_len = len;
+    if (into) {
+        out->map = map;
+        out->map_len = len;
+    } else {
+        pbw_file_unmap(map, len); /* zip entries were copied to the heap */
+    }
     return 0;
 }
