@@ -145,6 +145,23 @@ PBW_TEST(formats_torchscript_module) {
     pbw_records_free(&b);
 }
 
+PBW_TEST(formats_torch_training_args) {
+    /* rosinality-style training checkpoints carry an argparse.Namespace: kept as attributes */
+    pbw_records r;
+    pbw_err err;
+    CHECK_MSG(pbw_load_checkpoint(FIX "train_ckpt.pt", &r, &err) == 0, "%s", err.msg);
+    CHECK(r.count == 1 && pbw_records_find(&r, "g_ema.w"));
+    int seen = 0;
+    for (size_t i = 0; i < r.nscalars; i++) {
+        const pbw_scalar *s = &r.scalars[i];
+        if (strcmp(s->name, "args.size") == 0) seen += !s->is_float && s->value == 256;
+        if (strcmp(s->name, "args.lr") == 0) seen += s->is_float && s->value == 0.002;
+        if (strcmp(s->name, "iter") == 0) seen += s->value == 7;
+    }
+    CHECK_MSG(seen == 3, "%d of 3 scalars found", seen);
+    pbw_records_free(&r);
+}
+
 PBW_TEST(formats_safetensors_fixture) {
     pbw_records r;
     pbw_err err;

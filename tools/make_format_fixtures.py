@@ -14,12 +14,14 @@ files embed storage ids (memory addresses), so their bytes change from run to ru
   state_deflate.pt                state_zip.pt re-zipped by Python with deflate compression
   state_bigendian.pt              state_zip.pt plus a "byteorder" entry saying "big" (refused)
   tensor_only.pt                  torch.save of a bare tensor (one record named "")
+  train_ckpt.pt                   a training checkpoint with an argparse.Namespace `args`
   jit_module.pt, jit_state.pt     a traced TorchScript module (torch.jit.save) and its
                                   state_dict saved by torch.save: both must give one set of records
   evil_zip.pt, evil_legacy.pt     a pickle whose global is posix.system (must be refused)
   array_*.npy                     .npy files of several kinds
   img_*.png, img_*.jpg            images; img_*.npy hold their pixels as decoded by PIL
 """
+import argparse
 import io
 import os
 import json
@@ -218,6 +220,9 @@ def main():
     np.save(os.path.join(OUT, "array_fortran.npy"), np.asfortranarray(a))
     images()
     torchscript()
+    args = argparse.Namespace(size=256, lr=0.002, name="ffhq", channel_multiplier=2)
+    torch.save({"g_ema": {"w": torch.ones(2)}, "args": args, "iter": 7},
+               os.path.join(OUT, "train_ckpt.pt"))
 
 
 if __name__ == "__main__":

@@ -232,6 +232,7 @@ static const struct {
     {"torch._tensor", "Tensor", PKG_TENSOR_TYPE, 0},
     {"torch.nn.parameter", "Parameter", PKG_TENSOR_TYPE, 0},
     {"torch", "Size", PKG_TORCH_SIZE, 0},
+    {"argparse", "Namespace", PKG_ATTR_CLASS, 0},
     {"torch", "FloatStorage", PKG_STORAGE_TYPE, PBW_F32},
     {"torch", "HalfStorage", PKG_STORAGE_TYPE, PBW_F16},
     {"torch", "BFloat16Storage", PKG_STORAGE_TYPE, PBW_BF16},
@@ -270,7 +271,7 @@ static int push_global(pk_run *r, const char *mod, size_t mlen, const char *name
     if ((mlen == 9 || (mlen > 10 && mod[9] == '.')) && memcmp(mod, "__torch__", 9) == 0) {
         pk_value *v = pk_new(r->vm, PK_GLOBAL, 0);
         if (!v) return -1;
-        v->u.glob.g = PKG_SCRIPT_CLASS;
+        v->u.glob.g = PKG_ATTR_CLASS;
         return push(r, v);
     }
     char m[PK_MAX_GLOBAL_NAME + 1], n[PK_MAX_GLOBAL_NAME + 1];
@@ -406,7 +407,7 @@ static pk_value *call(pk_run *r, pk_value *fn, pk_value *args) {
         return a[0];
     case PKG_TENSOR_TYPE:
     case PKG_STORAGE_TYPE:
-    case PKG_SCRIPT_CLASS:
+    case PKG_ATTR_CLASS:
         break;
     }
     fail(r, "unsupported call of an allowed pickle global");
@@ -624,7 +625,7 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
             break;
         case 0x81: /* NEWOBJ cls args: OrderedDict() or a TorchScript object */
             if (!(b = pop(r)) || !(a = pop(r))) return -1;
-            if (a->type == PK_GLOBAL && a->u.glob.g == PKG_SCRIPT_CLASS && b->type == PK_TUPLE &&
+            if (a->type == PK_GLOBAL && a->u.glob.g == PKG_ATTR_CLASS && b->type == PK_TUPLE &&
                 b->u.seq.n == 0) {
                 if (push(r, pk_new(vm, PK_OBJECT, 0))) return -1;
                 break;

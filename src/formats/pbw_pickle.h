@@ -16,11 +16,12 @@
  *   torch.{Float,Half,BFloat16,Double,Long,Int,Short,Char,Byte,Bool}Storage
  *                                                -> storage types in persistent ids
  *   torch.Size                                   -> a tuple
- *   __torch__.* (TorchScript classes, e.g. in OpenAI's CLIP files)
- *                                                -> an object: NEWOBJ with no arguments makes
+ *   __torch__.* (TorchScript classes, e.g. in OpenAI's CLIP files), argparse.Namespace
+ *   (the `args` of training checkpoints)         -> an object: NEWOBJ with no arguments makes
  *                                                   an empty attribute bag and BUILD fills it
  *                                                   from a dict; no code of the class is run
- *                                                   (TorchScript classes are not Python code)
+ *                                                   (TorchScript classes are not Python code,
+ *                                                   Namespace has no custom state handling)
  *
  * BUILD on anything but such an object is accepted and its state ignored: a state dict's
  * `_metadata` is dropped that way. Persistent ids (BINPERSID) go to a callback that the torch reader uses
@@ -64,7 +65,7 @@ typedef enum pk_global {
     PKG_TENSOR_TYPE,
     PKG_STORAGE_TYPE,
     PKG_TORCH_SIZE,
-    PKG_SCRIPT_CLASS,
+    PKG_ATTR_CLASS, /* a class whose instances we keep as attribute dicts */
 } pk_global;
 
 typedef struct pk_value pk_value;

@@ -82,7 +82,12 @@ int pbw_safetensors_save(const char *path, const pbw_record *recs, size_t n, pbw
 /* --- PyTorch checkpoints (pbw_torch.c, pbw_pickle.c) ---
  * Both the zip format (torch.save since 1.6) and the legacy format (pickle + raw storages).
  * The pickle reader executes nothing: it knows dicts, OrderedDicts, lists, tuples, scalars,
- * strings, tensors and storages, and refuses any other global with a message naming it. */
+ * strings, tensors and storages, plus TorchScript modules (torch.jit.save archives) and
+ * argparse.Namespace, whose attributes it keeps like a dict's items; it refuses any other
+ * global with a message naming it (the list is in pbw_pickle.h). A file holding one bare
+ * tensor gives one record named "". Ints and floats become scalars; strings, None and bools
+ * are skipped. Records from a legacy file point into its map, from a zip file into heap
+ * copies of its entries; non-contiguous tensors are copied into C order. */
 int pbw_torch_load(const char *path, pbw_records *out, pbw_err *err);
 int pbw_torch_parse(const void *buf, size_t len, pbw_records *out, pbw_err *err);
 
