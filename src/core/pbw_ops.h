@@ -59,6 +59,12 @@ typedef enum pbw_resize_mode {
 pbw_tensor *pbw_resize(pbw_ctx *ctx, pbw_tensor *x, int out_h, int out_w, pbw_resize_mode mode);
 /* Separable normalized Gaussian of `sigma` and odd size `ksize`, zero padding, same size out. */
 pbw_tensor *pbw_gaussian_blur(pbw_ctx *ctx, pbw_tensor *x, float sigma, int ksize);
+/* Max pooling (src/cpu/pbw_cpu_pool.c), as F.max_pool2d(x, kernel, stride, padding) with
+ * dilation 1 and ceil_mode=False: square kernel x kernel windows, stride 0 meaning `kernel`,
+ * padding in 0..kernel/2 that never wins. x (N,C,H,W) -> (N,C,OH,OW) with
+ * OH = (H + 2*padding - kernel)/stride + 1 (floor). Ties go to the first element in row-major
+ * window order; the gradient goes to the winning element. */
+pbw_tensor *pbw_max_pool2d(pbw_ctx *ctx, pbw_tensor *x, int kernel, int stride, int padding);
 
 /* ---------- elementwise (broadcasting like NumPy: trailing dims aligned, size-1 stretched) --- */
 
