@@ -17,6 +17,7 @@ static const command commands[] = {
     {"clip", cmd_clip, "embed texts and images with CLIP; zero-shot scores of texts for images"},
     {"inspect", cmd_inspect, "list the tensors of a checkpoint (safetensors, torch zip or legacy)"},
     {"smoke", cmd_smoke, "a small end-to-end optimization that exercises ops, tape and PNG output"},
+    {"tokenize", cmd_tokenize, "print the CLIP token ids of texts (JSON arrays), as OpenAI's tokenizer"},
     {"version", cmd_version, "print the version, the BLAS and the CUDA devices found"},
 };
 

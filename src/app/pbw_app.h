@@ -9,6 +9,7 @@
 int cmd_clip(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_smoke(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 int cmd_version(int argc, char **argv);
 
 /* True when argv holds -h or --help. */
