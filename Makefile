@@ -73,7 +73,7 @@ test: all $(BUILD)/pbw_tests
 asan:
 	$(MAKE) --no-print-directory BUILD=build-asan NVCC= \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" build-asan/pbw_tests
+	  LDFLAGS="-fsanitize=address,undefined" build-asan/pbw build-asan/pbw_tests
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 \
 	  build-asan/pbw_tests $(T)
 
