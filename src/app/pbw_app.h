@@ -10,6 +10,8 @@ int cmd_clip(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_smoke(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_seeds(int argc, char **argv);
 int cmd_version(int argc, char **argv);
 
 /* True when argv holds -h or --help. */
@@ -20,5 +22,23 @@ int app_parse_int(const char *cmd, const char *opt, const char *s, long lo, long
 int app_parse_float(const char *cmd, const char *opt, const char *s, double *out);
 /* Value of option argv[*i] (advancing *i), or NULL after printing that it is missing. */
 const char *app_value(const char *cmd, int argc, char **argv, int *i);
+
+/* StyleGAN2 rendering shared by `pbw sample` and `pbw seeds` (src/app/cmd_sample.c). */
+typedef struct app_sg2_job {
+    const char *cmd, *gan, *out, *npy;
+    float truncation;     /* 1: off */
+    int noise_random;     /* 0: the checkpoint's fixed noise */
+    uint32_t seed;        /* of the random noise */
+    int seed_given, cols; /* cols 0: about sqrt(N) */
+    int64_t bank_first;   /* first seed bank row when rendering the bank */
+} app_sg2_job;
+void app_sg2_job_init(app_sg2_job *job, const char *cmd);
+/* Parses an option both commands share at argv[*i]: 1 taken, 0 not ours, -1 bad (printed). */
+int app_sg2_option(app_sg2_job *job, int argc, char **argv, int *i);
+/* Checks required options, picks a noise seed; -1 (printed) when something is missing. */
+int app_sg2_finish(app_sg2_job *job);
+/* Renders n images from z (n rows of zdim) or, with z NULL, seed bank rows bank_first..; writes
+ * the PNG grid and the optional npy. Returns the exit status. */
+int app_sg2_render(const app_sg2_job *job, const float *z, int64_t n, int zdim);
 
 #endif

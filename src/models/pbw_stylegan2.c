@@ -1,0 +1,649 @@
+/* pbw_stylegan2.c: rosinality's StyleGAN2 generator built from pbw ops (see pbw_stylegan2.h).
+ *
+ * Loading folds the equalized-learning-rate scales into the weights once (the reference
+ * multiplies them at every call; the float32 products are the same) and precomputes what the
+ * forward pass reuses: the transposed weight of upsampling convolutions and the per-(o,c) sums
+ * of squared weights that demodulation needs.
+ *
+ * A styled convolution is  act(conv(x * s, W) * d + noise)  with two fused elementwise ops
+ * (pbw_ops_stylegan.h) around pbw_conv2d / pbw_conv_transpose2d.
+ */
+#include "models/pbw_stylegan2.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pbw_ops.h"
+#include "core/pbw_ops_stylegan.h"
+#include "models/pbw_weights.h"
+
+#define SG2_SLOPE 0.2f
+#define SG2_EPS 1e-8f
+#define SG2_LR_MLP 0.01
+#define SG2_MAX_KERNEL 15 /* blur / upsample FIR side accepted from a checkpoint */
+
+/* Python's floor division, for the reference's padding formulas with negative operands. */
+static int floordiv(int a, int b) { return a / b - (a % b != 0 && ((a < 0) != (b < 0))); }
+
+/* ---------- loading ---------- */
+
+typedef struct loader {
+    pbw_stylegan2 *g;
+    const pbw_records *r;
+    const char *prefix;
+    pbw_err *err;
+} loader;
+
+static pbw_tensor *get(loader *L, const char *name, int ndim, const int64_t *shape) {
+    return pbw_weight_get(&L->g->arena, L->r, L->prefix, name, ndim, shape, L->err);
+}
+
+static int has(loader *L, const char *name) {
+    int nd;
+    int64_t s[PBW_RECORD_MAX_DIMS];
+    return pbw_weight_shape(L->r, L->prefix, name, &nd, s) == 0;
+}
+
+static void scale_data(pbw_tensor *t, float s) {
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] *= s;
+}
+
+/* EqualLinear `name` (out,in): weight * (1/sqrt(in)) * lr_mul, bias * lr_mul. */
+static int load_linear(loader *L, const char *name, int out, int in, double lr_mul,
+                       pbw_sg2_equal_linear *l) {
+    char n[128];
+    snprintf(n, sizeof n, "%s.weight", name);
+    l->weight = get(L, n, 2, (int64_t[]){out, in});
+    snprintf(n, sizeof n, "%s.bias", name);
+    l->bias = l->weight ? get(L, n, 1, (int64_t[]){out}) : NULL;
+    if (!l->bias) return -1;
+    scale_data(l->weight, (float)((1.0 / sqrt((double)in)) * lr_mul));
+    scale_data(l->bias, (float)lr_mul);
+    return 0;
+}
+
+/* make_kernel([1,3,3,1]) * factor^2, or the checkpoint's buffer `name` when it has one. */
+static pbw_tensor *load_fir(loader *L, const char *name, float factor2) {
+    int nd;
+    int64_t s[PBW_RECORD_MAX_DIMS];
+    if (pbw_weight_shape(L->r, L->prefix, name, &nd, s) == 0) {
+        if (nd != 2 || s[0] != s[1] || s[0] < 1 || s[0] > SG2_MAX_KERNEL) {
+            pbw_err_set(L->err, "tensor '%s%s' must be a square FIR kernel of side 1..%d", L->prefix,
+                        name, SG2_MAX_KERNEL);
+            return NULL;
+        }
+        return get(L, name, 2, s);
+    }
+    static const float k1[4] = {1, 3, 3, 1};
+    pbw_tensor *k = pbw_tensor_new_in(&L->g->arena, 2, (int64_t[]){4, 4}, L->err);
+    if (!k) return NULL;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) k->data[i * 4 + j] = k1[i] * k1[j] / 64.0f * factor2;
+    return k;
+}
+
+/* ModulatedConv2d `name`: weight (1,O,C,k,k) and modulation (C,S). */
+static int load_modconv(loader *L, const char *name, int in, int out, int k, int upsample,
+                        int demodulate, pbw_sg2_modulated_conv2d *mc) {
+    char n[128];
+    pbw_stylegan2 *g = L->g;
+    mc->in_channel = in;
+    mc->out_channel = out;
+    mc->kernel_size = k;
+    mc->upsample = upsample;
+    mc->demodulate = demodulate;
+    snprintf(n, sizeof n, "%s.modulation", name);
+    if (load_linear(L, n, in, g->style_dim, 1.0, &mc->modulation)) return -1;
+    snprintf(n, sizeof n, "%s.weight", name);
+    pbw_tensor *w5 = get(L, n, 5, (int64_t[]){1, out, in, k, k});
+    if (!w5) return -1;
+    /* drop the leading 1: same data, (O,C,k,k) */
+    mc->weight = w5;
+    if (pbw_shape_set(mc->weight, 4, (int64_t[]){out, in, k, k})) return pbw_err_set(L->err, "bad shape");
+    scale_data(mc->weight, (float)(1.0 / sqrt((double)in * k * k)));
+    const float *w = mc->weight->data;
+    const int64_t kk = (int64_t)k * k;
+    mc->wsq = pbw_tensor_new_in(&g->arena, 2, (int64_t[]){out, in}, L->err);
+    if (!mc->wsq) return -1;
+    for (int64_t oc = 0; oc < (int64_t)out * in; oc++) {
+        float s = 0;
+        for (int64_t t = 0; t < kk; t++) s += w[oc * kk + t] * w[oc * kk + t];
+        mc->wsq->data[oc] = s;
+    }
+    if (upsample) {
+        mc->weight_t = pbw_tensor_new_in(&g->arena, 4, (int64_t[]){in, out, k, k}, L->err);
+        if (!mc->weight_t) return -1;
+        for (int o = 0; o < out; o++)
+            for (int c = 0; c < in; c++)
+                memcpy(mc->weight_t->data + ((int64_t)c * out + o) * kk,
+                       w + ((int64_t)o * in + c) * kk, (size_t)kk * sizeof(float));
+        snprintf(n, sizeof n, "%s.blur.kernel", name);
+        mc->blur_kernel = load_fir(L, n, 4.0f);
+        if (!mc->blur_kernel) return -1;
+        /* rosinality: p = (len(blur) - factor) - (kernel_size - 1), pads ((p+1)//2 + 1, p//2 + 1) */
+        int p = ((int)mc->blur_kernel->shape[0] - 2) - (k - 1);
+        mc->blur_pad0 = floordiv(p + 1, 2) + 1;
+        mc->blur_pad1 = floordiv(p, 2) + 1;
+    }
+    return 0;
+}
+
+static int load_styled_conv(loader *L, const char *name, int in, int out, int k, int upsample,
+                            pbw_sg2_styled_conv *sc) {
+    char n[64];
+    snprintf(n, sizeof n, "%s.conv", name);
+    if (load_modconv(L, n, in, out, k, upsample, 1, &sc->conv)) return -1;
+    snprintf(n, sizeof n, "%s.noise.weight", name);
+    pbw_tensor *nw = get(L, n, 1, (int64_t[]){1});
+    if (!nw) return -1;
+    sc->noise_weight = nw->data[0];
+    snprintf(n, sizeof n, "%s.activate.bias", name);
+    sc->activate_bias = get(L, n, 1, (int64_t[]){out});
+    return sc->activate_bias ? 0 : -1;
+}
+
+static int load_to_rgb(loader *L, const char *name, int in, int upsample, pbw_sg2_to_rgb *tr) {
+    char n[64];
+    snprintf(n, sizeof n, "%s.conv", name);
+    if (load_modconv(L, n, in, 3, 1, 0, 0, &tr->conv)) return -1;
+    snprintf(n, sizeof n, "%s.bias", name);
+    tr->bias = get(L, n, 4, (int64_t[]){1, 3, 1, 1});
+    if (!tr->bias) return -1;
+    if (upsample) {
+        snprintf(n, sizeof n, "%s.upsample.kernel", name);
+        tr->upsample_kernel = load_fir(L, n, 4.0f);
+        if (!tr->upsample_kernel) return -1;
+        /* rosinality's Upsample: p = len(kernel) - factor, pads ((p+1)//2 + factor-1, p//2) */
+        int p = (int)tr->upsample_kernel->shape[0] - 2;
+        tr->up_pad0 = floordiv(p + 1, 2) + 1;
+        tr->up_pad1 = floordiv(p, 2);
+    }
+    return 0;
+}
+
+/* Counts name_0, name_1, ... present (the format string has one %d). */
+static int count_indexed(loader *L, const char *fmt, int max) {
+    char n[128];
+    int i = 0;
+    for (; i <= max; i++) {
+        snprintf(n, sizeof n, fmt, i);
+        if (!has(L, n)) break;
+    }
+    return i;
+}
+
+static int any_with_prefix(const pbw_records *r, const char *prefix) {
+    size_t pl = strlen(prefix);
+    for (size_t i = 0; i < r->count; i++)
+        if (strncmp(r->items[i].name, prefix, pl) == 0) return 1;
+    return 0;
+}
+
+static int build(loader *L) {
+    pbw_stylegan2 *g = L->g;
+    const char *pf = L->prefix;
+    int nd;
+    int64_t s[PBW_RECORD_MAX_DIMS];
+    if (!any_with_prefix(L->r, pf)) {
+        if (pbw_records_find(L->r, "conv1.conv.weight"))
+            return pbw_err_set(L->err, "no '%s' tensors: this is a bare generator state dict; pbw "
+                               "reads rosinality checkpoints, whose generator is under 'g_ema'", pf);
+        return pbw_err_set(L->err, "no '%s' tensors: not a rosinality StyleGAN2 checkpoint (it "
+                           "needs the generator under 'g_ema')", pf);
+    }
+    /* mapping: style.1 .. style.n_mlp (style.0 is PixelNorm, which has no parameters) */
+    if (pbw_weight_shape(L->r, pf, "style.1.weight", &nd, s) != 0)
+        return pbw_err_set(L->err, "tensor '%sstyle.1.weight' is missing from the checkpoint", pf);
+    if (nd != 2 || s[0] != s[1] || s[0] < 2 || s[0] > 65536 || s[0] % 2)
+        return pbw_err_set(L->err, "tensor '%sstyle.1.weight' must be (S,S) with S even, is %dD",
+                           pf, nd);
+    g->style_dim = (int)s[0];
+    /* style.0 is PixelNorm (no parameters): the linear layers are style.1 .. style.n_mlp */
+    g->n_mlp = 0;
+    for (int i = 1; i <= PBW_SG2_MAX_MLP + 1; i++) {
+        char n[64];
+        snprintf(n, sizeof n, "style.%d.weight", i);
+        if (!has(L, n)) break;
+        g->n_mlp = i;
+    }
+    if (g->n_mlp > PBW_SG2_MAX_MLP)
+        return pbw_err_set(L->err, "more than %d mapping layers under '%sstyle'", PBW_SG2_MAX_MLP, pf);
+    for (int i = 0; i < g->n_mlp; i++) {
+        char n[64];
+        snprintf(n, sizeof n, "style.%d", i + 1);
+        if (load_linear(L, n, g->style_dim, g->style_dim, SG2_LR_MLP, &g->style[i])) return -1;
+    }
+    /* resolution: one ToRGB per doubling above 4 */
+    int nrgb = count_indexed(L, "to_rgbs.%d.conv.weight", PBW_SG2_MAX_LOG - 1);
+    if (nrgb > PBW_SG2_MAX_LOG - 2)
+        return pbw_err_set(L->err, "'%sto_rgbs' has more than %d entries: sizes above %d are not "
+                           "supported", pf, PBW_SG2_MAX_LOG - 2, 1 << PBW_SG2_MAX_LOG);
+    g->log_size = 2 + nrgb;
+    g->size = 1 << g->log_size;
+    g->num_layers = (g->log_size - 2) * 2 + 1;
+    g->n_latent = g->log_size * 2 - 2;
+    /* constant input and the 4x4 block */
+    if (pbw_weight_shape(L->r, pf, "input.input", &nd, s) != 0)
+        return pbw_err_set(L->err, "tensor '%sinput.input' is missing from the checkpoint", pf);
+    if (nd != 4 || s[1] < 1 || s[1] > 65536)
+        return pbw_err_set(L->err, "tensor '%sinput.input' must be (1,C,4,4)", pf);
+    int c4 = (int)s[1];
+    g->channels[2] = c4;
+    g->input = get(L, "input.input", 4, (int64_t[]){1, c4, 4, 4});
+    if (!g->input) return -1;
+    if (pbw_weight_shape(L->r, pf, "conv1.conv.weight", &nd, s) != 0)
+        return pbw_err_set(L->err, "tensor '%sconv1.conv.weight' is missing from the checkpoint", pf);
+    if (nd != 5 || s[3] != s[4] || s[3] % 2 == 0 || s[3] > 15)
+        return pbw_err_set(L->err, "tensor '%sconv1.conv.weight' must be (1,O,C,k,k) with k odd",
+                           pf);
+    int k = (int)s[3];
+    if (load_styled_conv(L, "conv1", c4, c4, k, 0, &g->conv1) ||
+        load_to_rgb(L, "to_rgb1", c4, 0, &g->to_rgb1))
+        return -1;
+    /* the upsampling blocks: out channels from each block's first convolution */
+    int in = c4;
+    for (int b = 0; b < nrgb; b++) {
+        char n[64];
+        snprintf(n, sizeof n, "convs.%d.conv.weight", 2 * b);
+        if (pbw_weight_shape(L->r, pf, n, &nd, s) != 0)
+            return pbw_err_set(L->err, "tensor '%s%s' is missing from the checkpoint", pf, n);
+        if (nd != 5 || s[1] < 1 || s[1] > 65536)
+            return pbw_err_set(L->err, "tensor '%s%s' must be (1,O,C,k,k)", pf, n);
+        int out = (int)s[1];
+        g->channels[3 + b] = out;
+        char c0[32], c1[32], tr[32];
+        snprintf(c0, sizeof c0, "convs.%d", 2 * b);
+        snprintf(c1, sizeof c1, "convs.%d", 2 * b + 1);
+        snprintf(tr, sizeof tr, "to_rgbs.%d", b);
+        if (load_styled_conv(L, c0, in, out, k, 1, &g->convs[2 * b]) ||
+            load_styled_conv(L, c1, out, out, k, 0, &g->convs[2 * b + 1]) ||
+            load_to_rgb(L, tr, out, 1, &g->to_rgbs[b]))
+            return -1;
+        in = out;
+    }
+    for (int i = 0; i < g->num_layers; i++) {
+        char n[64];
+        int side = 1 << ((i + 5) / 2);
+        snprintf(n, sizeof n, "noises.noise_%d", i);
+        g->noises[i] = get(L, n, 4, (int64_t[]){1, 1, side, side});
+        if (!g->noises[i]) return -1;
+    }
+    /* latent_avg: top level, (S) or (1,S); optional */
+    const pbw_record *la = pbw_records_find(L->r, "latent_avg");
+    if (la) {
+        if (!((la->ndim == 1 && la->shape[0] == g->style_dim) ||
+              (la->ndim == 2 && la->shape[0] == 1 && la->shape[1] == g->style_dim)))
+            return pbw_err_set(L->err, "tensor 'latent_avg' must have %d elements (style_dim)",
+                               g->style_dim);
+        g->latent_avg = pbw_weight_get(&g->arena, L->r, NULL, "latent_avg", la->ndim, la->shape,
+                                       L->err);
+        if (!g->latent_avg) return -1;
+        if (pbw_shape_set(g->latent_avg, 2, (int64_t[]){1, g->style_dim}))
+            return pbw_err_set(L->err, "bad latent_avg");
+    }
+    return 0;
+}
+
+int pbw_sg2_from_records(const pbw_records *recs, const char *prefix, pbw_stylegan2 **out,
+                         pbw_err *err) {
+    *out = NULL;
+    pbw_stylegan2 *g = calloc(1, sizeof *g);
+    if (!g) return pbw_err_set(err, "out of memory");
+    pbw_arena_init(&g->arena, 1 << 20);
+    loader L = {g, recs, prefix ? prefix : "", err};
+    if (build(&L)) {
+        pbw_sg2_free(g);
+        return -1;
+    }
+    *out = g;
+    return 0;
+}
+
+int pbw_sg2_load(const char *path, pbw_stylegan2 **out, pbw_err *err) {
+    *out = NULL;
+    pbw_records recs;
+    if (pbw_load_checkpoint(path, &recs, err)) return -1;
+    int rc = pbw_sg2_from_records(&recs, "g_ema.", out, err);
+    pbw_records_free(&recs);
+    if (rc) pbw_err_prefix(err, "%s: ", path);
+    return rc;
+}
+
+void pbw_sg2_free(pbw_stylegan2 *g) {
+    if (!g) return;
+    pbw_arena_free(&g->arena);
+    free(g);
+}
+
+/* ---------- masks ---------- */
+
+/* Adaptive average pooling of one (h,w) plane to (s,s), as torch's adaptive_avg_pool2d. */
+static void area_resize(const float *src, int h, int w, int s, double *dst) {
+    for (int i = 0; i < s; i++) {
+        int y0 = (int)((int64_t)i * h / s), y1 = (int)(((int64_t)(i + 1) * h + s - 1) / s);
+        for (int j = 0; j < s; j++) {
+            int x0 = (int)((int64_t)j * w / s), x1 = (int)(((int64_t)(j + 1) * w + s - 1) / s);
+            double acc = 0;
+            for (int y = y0; y < y1; y++)
+                for (int x = x0; x < x1; x++) acc += src[(int64_t)y * w + x];
+            dst[i * s + j] = acc / ((double)(y1 - y0) * (x1 - x0));
+        }
+    }
+}
+
+/* Separable normalized Gaussian, zero padding, in place (tmp: s*s doubles). */
+static void gauss_blur(double *m, double *tmp, int s, double sigma, int ks) {
+    double k[2 * 64 + 1], sum = 0;
+    int r = ks / 2;
+    for (int i = 0; i < ks; i++) {
+        double x = i - (ks - 1) / 2.0;
+        k[i] = exp(-x * x / (2.0 * sigma * sigma));
+        sum += k[i];
+    }
+    for (int i = 0; i < ks; i++) k[i] /= sum;
+    for (int y = 0; y < s; y++) /* along rows */
+        for (int x = 0; x < s; x++) {
+            double a = 0;
+            for (int t = 0; t < ks; t++) {
+                int xx = x + t - r;
+                if (xx >= 0 && xx < s) a += k[t] * m[y * s + xx];
+            }
+            tmp[y * s + x] = a;
+        }
+    for (int y = 0; y < s; y++) /* along columns */
+        for (int x = 0; x < s; x++) {
+            double a = 0;
+            for (int t = 0; t < ks; t++) {
+                int yy = y + t - r;
+                if (yy >= 0 && yy < s) a += k[t] * tmp[yy * s + x];
+            }
+            m[y * s + x] = a;
+        }
+}
+
+int pbw_sg2_mask_init(pbw_sg2_mask *mk, const pbw_stylegan2 *g, const float *mask, int h, int w,
+                      pbw_err *err) {
+    memset(mk, 0, sizeof *mk);
+    if (h < 1 || w < 1 || h > 16384 || w > 16384)
+        return pbw_err_set(err, "mask size %dx%d out of range", h, w);
+    pbw_arena_init(&mk->arena, 1 << 16);
+    mk->log_size = g->log_size;
+    double *m = malloc((size_t)g->size * g->size * 2 * sizeof(double));
+    if (!m) return pbw_err_set(err, "out of memory");
+    for (int i = 2; i <= g->log_size; i++) {
+        int s = 1 << i;
+        area_resize(mask, h, w, s, m);
+        if (s > 16) {
+            double sigma = s / 16.0;
+            gauss_blur(m, m + (size_t)s * s, s, sigma, 2 * (int)sigma - 1);
+        }
+        mk->m[i] = pbw_tensor_new_in(&mk->arena, 4, (int64_t[]){1, 1, s, s}, err);
+        if (!mk->m[i]) {
+            free(m);
+            pbw_sg2_mask_free(mk);
+            return -1;
+        }
+        for (int64_t p = 0; p < (int64_t)s * s; p++) mk->m[i]->data[p] = (float)m[p];
+    }
+    free(m);
+    return 0;
+}
+
+void pbw_sg2_mask_free(pbw_sg2_mask *mk) {
+    pbw_arena_free(&mk->arena);
+    memset(mk, 0, sizeof *mk);
+}
+
+/* ---------- forward ---------- */
+
+pbw_tensor *pbw_sg2_mapping(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *z) {
+    if (!z) return NULL;
+    char sz[96];
+    if (z->ndim != 2 || z->shape[1] != g->style_dim)
+        return pbw_ctx_fail(ctx, "stylegan2 mapping: z %s must be (N,%d)",
+                            pbw_shape_str(z, sz, sizeof sz), g->style_dim);
+    /* PixelNorm: x * rsqrt(mean(x^2, dim=1) + 1e-8) */
+    int ax = 1;
+    pbw_tensor *x = pbw_mul(ctx, z,
+                            pbw_rsqrt(ctx, pbw_add_scalar(ctx, pbw_mean(ctx, pbw_square(ctx, z), 1,
+                                                                         &ax, 1),
+                                                          SG2_EPS)));
+    const int64_t n = z->shape[0];
+    for (int i = 0; i < g->n_mlp; i++) {
+        /* EqualLinear with fused_lrelu: leaky_relu(x W^T + b) * sqrt(2), bias added after */
+        pbw_tensor *y = pbw_linear(ctx, x, g->style[i].weight, NULL);
+        y = pbw_reshape(ctx, y, 4, (int64_t[]){n, g->style_dim, 1, 1});
+        y = pbw_sg_bias_act(ctx, y, NULL, NULL, g->style[i].bias, 0, SG2_SLOPE, (float)M_SQRT2);
+        x = pbw_reshape(ctx, y, 2, (int64_t[]){n, g->style_dim});
+    }
+    return x;
+}
+
+pbw_tensor *pbw_sg2_truncate(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *w, float psi) {
+    if (!w || psi >= 1.0f) return w;
+    if (!g->latent_avg)
+        return pbw_ctx_fail(ctx, "stylegan2: truncation %g needs latent_avg, which this "
+                            "checkpoint lacks (estimate it with pbw_sg2_mean_latent)", psi);
+    pbw_tensor *avg = g->latent_avg; /* (1,S) broadcasts over (N,S) and (N,L,S) */
+    return pbw_add(ctx, avg, pbw_scale(ctx, pbw_sub(ctx, w, avg), psi));
+}
+
+/* Per-layer context of the masked-style path. */
+typedef struct layer_in {
+    pbw_tensor *lat, *lat0; /* (N,S), (N|1,S) */
+    pbw_tensor *m_in, *m_out;
+    int mixed;
+} layer_in;
+
+/* Demodulation coefficients from style s (N,C): rsqrt(s^2 Wsq^T + 1e-8) -> (N,O). */
+static pbw_tensor *demod_coefs(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *s) {
+    return pbw_rsqrt(ctx, pbw_add_scalar(ctx, pbw_matmul(ctx, pbw_square(ctx, s), mc->wsq, 0, 1),
+                                         SG2_EPS));
+}
+
+/* Per-pixel demodulation from the mixed style at the output resolution -> (N,O,H,W). */
+static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *s,
+                               pbw_tensor *s0, pbw_tensor *m) {
+    if (!s || !s0) return NULL;
+    const int64_t n = s->shape[0], side = m->shape[2];
+    pbw_tensor *ones = pbw_tensor_new(ctx, 4, (int64_t[]){n, mc->in_channel, side, side});
+    if (!ones) return NULL;
+    for (int64_t i = 0; i < ones->numel; i++) ones->data[i] = 1.0f;
+    pbw_tensor *smix = pbw_sg_modulate(ctx, ones, s, s0, m);
+    pbw_tensor *wsq4 = pbw_reshape(ctx, mc->wsq, 4,
+                                   (int64_t[]){mc->out_channel, mc->in_channel, 1, 1});
+    pbw_tensor *d2 = pbw_conv2d(ctx, pbw_square(ctx, smix), wsq4, NULL, (pbw_conv_params){0});
+    return pbw_rsqrt(ctx, pbw_add_scalar(ctx, d2, SG2_EPS));
+}
+
+/* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
+ * (and *s0_out when masked) to the styles for the caller's demodulation. */
+static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
+                                const layer_in *li, pbw_tensor **s_out, pbw_tensor **s0_out) {
+    pbw_tensor *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
+    pbw_tensor *s0 = NULL, *xs;
+    if (li->m_in) {
+        s0 = pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
+        xs = pbw_sg_modulate(ctx, x, s, s0, li->m_in);
+    } else {
+        xs = pbw_sg_modulate(ctx, x, s, NULL, NULL);
+    }
+    *s_out = s;
+    *s0_out = s0;
+    pbw_tensor *y;
+    if (mc->upsample) {
+        y = pbw_conv_transpose2d(ctx, xs, mc->weight_t, NULL,
+                                 (pbw_conv_params){.stride_h = 2, .stride_w = 2});
+        y = pbw_upfirdn2d(ctx, y, mc->blur_kernel, 1, 1, mc->blur_pad0, mc->blur_pad1,
+                          mc->blur_pad0, mc->blur_pad1);
+    } else {
+        int p = mc->kernel_size / 2;
+        y = pbw_conv2d(ctx, xs, mc->weight, NULL, (pbw_conv_params){.pad_h = p, .pad_w = p});
+    }
+    return y;
+}
+
+static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_tensor *x,
+                               const layer_in *li, pbw_tensor *noise) {
+    pbw_tensor *s, *s0;
+    pbw_tensor *y = modconv_core(ctx, &sc->conv, x, li, &s, &s0);
+    pbw_tensor *d;
+    if (!li->m_in) d = demod_coefs(ctx, &sc->conv, s);
+    else if (!li->mixed) d = demod_coefs(ctx, &sc->conv, s0);
+    else d = demod_mixed(ctx, &sc->conv, s, s0, li->m_out);
+    return pbw_sg_bias_act(ctx, y, d, noise, sc->activate_bias, noise ? sc->noise_weight : 0,
+                           SG2_SLOPE, (float)M_SQRT2);
+}
+
+static pbw_tensor *to_rgb(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
+                          const layer_in *li, pbw_tensor *skip) {
+    pbw_tensor *s, *s0;
+    pbw_tensor *out = pbw_add(ctx, modconv_core(ctx, &tr->conv, x, li, &s, &s0), tr->bias);
+    if (skip)
+        out = pbw_add(ctx, out,
+                      pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0,
+                                    tr->up_pad1, tr->up_pad0, tr->up_pad1));
+    return out;
+}
+
+/* The noise of layer i: the fixed buffer, fresh Gaussian noise, or none. */
+static pbw_tensor *layer_noise(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_sg2_opts *o, int i,
+                               int64_t n) {
+    pbw_sg2_noise mode = o ? o->noise : PBW_SG2_NOISE_FIXED;
+    if (mode == PBW_SG2_NOISE_NONE) return NULL;
+    if (mode == PBW_SG2_NOISE_FIXED) return g->noises[i];
+    if (!o->rng) return pbw_ctx_fail(ctx, "stylegan2: random noise needs opts->rng");
+    int64_t side = g->noises[i]->shape[2];
+    pbw_tensor *t = pbw_tensor_new(ctx, 4, (int64_t[]){n, 1, side, side});
+    if (t) pbw_rng_normal_f32(o->rng, t->data, t->numel);
+    return t;
+}
+
+pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                              const pbw_sg2_opts *opts) {
+    if (pbw_ctx_failed(ctx)) return NULL;
+    char sb[96];
+    for (int i = 0; i < g->n_latent; i++) {
+        if (!lat[i]) return pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d is NULL", i);
+        if (lat[i]->ndim != 2 || lat[i]->shape[1] != g->style_dim ||
+            lat[i]->shape[0] != lat[0]->shape[0])
+            return pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d %s must be (N,%d) like "
+                                "latent 0", i, pbw_shape_str(lat[i], sb, sizeof sb), g->style_dim);
+    }
+    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
+    if (mk) {
+        if (mk->log_size != g->log_size || !opts->lat0)
+            return pbw_ctx_fail(ctx, "stylegan2 synthesis: the mask was made for another "
+                                "generator size, or opts->lat0 is missing");
+        for (int i = 0; i < g->n_latent; i++)
+            if (!opts->lat0[i] || opts->lat0[i]->ndim != 2 ||
+                opts->lat0[i]->shape[1] != g->style_dim ||
+                (opts->lat0[i]->shape[0] != 1 && opts->lat0[i]->shape[0] != lat[0]->shape[0]))
+                return pbw_ctx_fail(ctx, "stylegan2 synthesis: original latent %d must be "
+                                    "(N,%d) or (1,%d)", i, g->style_dim, g->style_dim);
+    }
+    const int64_t n = lat[0]->shape[0];
+    /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
+    pbw_tensor *x = g->input;
+    if (n != 1) {
+        x = pbw_tensor_new(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4});
+        if (!x) return NULL;
+        for (int64_t b = 0; b < n; b++)
+            memcpy(x->data + b * g->input->numel, g->input->data,
+                   (size_t)g->input->numel * sizeof(float));
+    }
+#define LAYER(idx, side_in, side_out)                                                          \
+    (layer_in) {                                                                               \
+        lat[idx], mk ? opts->lat0[idx] : NULL, mk ? mk->m[side_in] : NULL,                     \
+            mk ? mk->m[side_out] : NULL, mk ? opts->demod_mixed : 0                            \
+    }
+    layer_in li = LAYER(0, 2, 2);
+    x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
+    li = LAYER(1, 2, 2);
+    pbw_tensor *skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
+    for (int b = 0; b < g->log_size - 2; b++) {
+        int l = 1 + 2 * b, ls = 2 + b; /* ls: log2 of the input side of this block */
+        li = LAYER(l, ls, ls + 1);
+        x = styled_conv(ctx, &g->convs[2 * b], x, &li, layer_noise(ctx, g, opts, l, n));
+        li = LAYER(l + 1, ls + 1, ls + 1);
+        x = styled_conv(ctx, &g->convs[2 * b + 1], x, &li, layer_noise(ctx, g, opts, l + 1, n));
+        li = LAYER(l + 2, ls + 1, ls + 1);
+        skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
+    }
+#undef LAYER
+    return skip;
+}
+
+int pbw_sg2_split_wplus(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *wplus,
+                        pbw_tensor **lat) {
+    if (!wplus) return -1;
+    char s[96];
+    if (wplus->ndim != 3 || wplus->shape[1] != g->n_latent || wplus->shape[2] != g->style_dim) {
+        pbw_ctx_fail(ctx, "stylegan2: W+ %s must be (N,%d,%d)", pbw_shape_str(wplus, s, sizeof s),
+                     g->n_latent, g->style_dim);
+        return -1;
+    }
+    for (int i = 0; i < g->n_latent; i++)
+        lat[i] = pbw_reshape(ctx, pbw_slice(ctx, wplus, 1, i, i + 1, 1), 2,
+                             (int64_t[]){wplus->shape[0], g->style_dim});
+    return pbw_ctx_failed(ctx) ? -1 : 0;
+}
+
+pbw_tensor *pbw_sg2_from_w(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *w,
+                           const pbw_sg2_opts *opts) {
+    pbw_tensor *lat[PBW_SG2_MAX_LATENT];
+    for (int i = 0; i < g->n_latent; i++) lat[i] = w;
+    return pbw_sg2_synthesis(ctx, g, lat, opts);
+}
+
+pbw_tensor *pbw_sg2_from_wplus(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *wplus,
+                               const pbw_sg2_opts *opts) {
+    pbw_tensor *lat[PBW_SG2_MAX_LATENT];
+    if (pbw_sg2_split_wplus(ctx, g, wplus, lat)) return NULL;
+    return pbw_sg2_synthesis(ctx, g, lat, opts);
+}
+
+pbw_tensor *pbw_sg2_from_z(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *z, float psi,
+                           const pbw_sg2_opts *opts) {
+    pbw_tensor *w = pbw_sg2_truncate(ctx, g, pbw_sg2_mapping(ctx, g, z), psi);
+    if (!w) return NULL;
+    return pbw_sg2_from_w(ctx, g, w, opts);
+}
+
+int pbw_sg2_mean_latent(pbw_ctx *ctx, pbw_stylegan2 *g, int n, uint32_t seed, pbw_err *err) {
+    if (n < 1) return pbw_err_set(err, "mean latent: n = %d", n);
+    pbw_rng rng;
+    pbw_rng_seed(&rng, seed);
+    double *acc = calloc((size_t)g->style_dim, sizeof(double));
+    if (!acc) return pbw_err_set(err, "out of memory");
+    int prev = pbw_ctx_set_grad(ctx, 0);
+    const int chunk = 256;
+    for (int done = 0; done < n; done += chunk) {
+        int b = n - done < chunk ? n - done : chunk;
+        pbw_tensor *z = pbw_tensor_new(ctx, 2, (int64_t[]){b, g->style_dim});
+        if (z) pbw_rng_normal_f32(&rng, z->data, z->numel);
+        pbw_tensor *w = pbw_sg2_mapping(ctx, g, z);
+        if (!w) {
+            pbw_ctx_check(ctx, err);
+            pbw_ctx_reset(ctx);
+            pbw_ctx_set_grad(ctx, prev);
+            free(acc);
+            return -1;
+        }
+        for (int64_t i = 0; i < w->numel; i++) acc[i % g->style_dim] += w->data[i];
+        pbw_ctx_reset(ctx);
+    }
+    pbw_ctx_set_grad(ctx, prev);
+    if (!g->latent_avg) {
+        g->latent_avg = pbw_tensor_new_in(&g->arena, 2, (int64_t[]){1, g->style_dim}, err);
+        if (!g->latent_avg) {
+            free(acc);
+            return -1;
+        }
+    }
+    for (int i = 0; i < g->style_dim; i++) g->latent_avg->data[i] = (float)(acc[i] / n);
+    free(acc);
+    return 0;
+}

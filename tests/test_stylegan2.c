@@ -1,0 +1,609 @@
+/* test_stylegan2.c: the StyleGAN2 generator against our PyTorch reference
+ * (tools/reference/stylegan2.py), its fused ops against finite differences, the loaders of the
+ * three checkpoint formats, refusals, and the seed bank against NumPy.
+ *
+ * Fixtures (tests/fixtures/stylegan2, written by
+ *   /usr/bin/python3 tools/reference/stylegan2.py fixtures tests/fixtures/stylegan2 --size 32 \
+ *       --style-dim 32 --n-mlp 2 --channels 16,16,12,8 --seed 3 --batch 2):
+ * a 32-px generator with narrow channels, random weights (nonzero noise weights and biases), its
+ * checkpoint as torch zip, torch legacy and safetensors, and the reference's images, gradients
+ * of sum(r * image) and masked-style outputs.
+ *
+ * Tolerances (float32 on both sides; the reference modulates weights where we modulate inputs,
+ * and its convolutions sum in another order, so results agree to rounding, not bit for bit):
+ *  - images: 2e-5 absolute on values of size ~1 (a dozen layers of float32 sums of at most
+ *    16*9 terms; measured ~1e-6). A wrong tap, pad or scale is off by > 1e-2.
+ *  - gradients: max |ours - ref| <= 1e-3 * max |ref| (the issue's 1e-3 relative; measured ~1e-6).
+ *  - masks: 1e-6 (both computed in double, stored float).
+ *  - fused ops: gc_check defaults (see gradcheck.h); both ops are piecewise polynomial.
+ *
+ * With PBW_SG2_PARITY_DIR set (tools/check_stylegan2.sh), stylegan2_parity_dir runs the same
+ * comparisons on a directory the reference wrote for a full-size model and prints the numbers.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pbw_ops.h"
+#include "core/pbw_ops_stylegan.h"
+#include "core/pbw_rng.h"
+#include "formats/pbw_npy.h"
+#include "gradcheck.h"
+#include "models/pbw_stylegan2.h"
+#include "pbw_test.h"
+
+#define FIX "tests/fixtures/stylegan2"
+
+/* Reads dir/name.npy into a tensor in ctx (NULL on failure, message printed). */
+static pbw_tensor *load_npy(pbw_ctx *ctx, const char *dir, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
+    pbw_npy a;
+    pbw_err err = {{0}};
+    if (pbw_npy_read(path, &a, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return NULL;
+    }
+    pbw_tensor *t = pbw_tensor_new(ctx, a.ndim, a.shape);
+    if (t) memcpy(t->data, a.data, (size_t)a.numel * sizeof(float));
+    pbw_npy_free(&a);
+    return t;
+}
+
+/* max |a - b| over n. */
+static double max_abs_diff(const float *a, const float *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d; /* NaN sticks */
+    }
+    return m;
+}
+
+static double max_abs(const float *a, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (fabs((double)a[i]) > m) m = fabs((double)a[i]);
+    return m;
+}
+
+/* Compares an image with the reference file; returns max abs diff (or +inf). */
+static double cmp_image(pbw_ctx *ctx, const char *dir, const char *name, const pbw_tensor *img) {
+    pbw_tensor *ref = load_npy(ctx, dir, name);
+    if (!ref || !img || ref->numel != img->numel) {
+        fprintf(stderr, "  %s: missing output or size mismatch (%s)\n", name, pbw_ctx_error(ctx));
+        return INFINITY;
+    }
+    return max_abs_diff(img->data, ref->data, ref->numel);
+}
+
+/* Relative gradient error max|a-b| / max|b|. */
+static double cmp_grad(pbw_ctx *ctx, const char *dir, const char *name, const pbw_tensor *t) {
+    pbw_tensor *ref = load_npy(ctx, dir, name);
+    if (!ref || !t || !t->grad || ref->numel != t->numel) {
+        fprintf(stderr, "  %s: missing gradient or size mismatch\n", name);
+        return INFINITY;
+    }
+    double scale = max_abs(ref->data, ref->numel);
+    return max_abs_diff(t->grad, ref->data, ref->numel) / (scale > 0 ? scale : 1);
+}
+
+/* A leaf copy of a tensor that asks for its gradient (in the keep arena). */
+static pbw_tensor *leaf(pbw_arena *keep, const pbw_tensor *t, int grad) {
+    pbw_err err;
+    pbw_tensor *l = pbw_tensor_new_in(keep, t->ndim, t->shape, &err);
+    if (!l) return NULL;
+    memcpy(l->data, t->data, (size_t)t->numel * sizeof(float));
+    l->requires_grad = grad;
+    return l;
+}
+
+typedef struct parity {
+    double img_z, img_z_trunc, img_w, img_wplus, img_masked_orig, img_masked_mixed, masks;
+    double grad_z, grad_w, grad_wplus, grad_masked_orig, grad_masked_mixed;
+} parity;
+
+/* sum(r * img) backward from the image; fills the leaf's gradient. */
+static int backward_r(pbw_ctx *ctx, pbw_tensor *img, const pbw_tensor *r) {
+    pbw_err err = {{0}};
+    if (!img || !r || img->numel != r->numel) return -1;
+    if (pbw_backward(ctx, img, r->data, &err)) {
+        fprintf(stderr, "  backward: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs every comparison of a reference directory (fixture or parity run). */
+static int run_parity(const char *dir, const char *ckpt, parity *p) {
+    pbw_err err = {{0}};
+    memset(p, 0, sizeof *p);
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(ckpt, &g, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return -1;
+    }
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx *io = pbw_ctx_new(PBW_DEV_CPU, &err); /* holds inputs across resets of ctx */
+    pbw_arena keep;
+    pbw_arena_init(&keep, 1 << 16);
+    pbw_tensor *z = load_npy(io, dir, "z"), *r = load_npy(io, dir, "r");
+    pbw_tensor *w = load_npy(io, dir, "w"), *wp = load_npy(io, dir, "wplus");
+    pbw_tensor *w0 = load_npy(io, dir, "w0"), *mask = load_npy(io, dir, "mask");
+    int rc = -1;
+    if (!z || !r || !w || !wp || !w0 || !mask) goto done;
+
+    pbw_ctx_set_grad(ctx, 0);
+    p->img_z = cmp_image(ctx, dir, "img_z", pbw_sg2_from_z(ctx, g, z, 1.0f, NULL));
+    pbw_ctx_reset(ctx);
+    p->img_z_trunc = cmp_image(ctx, dir, "img_z_trunc", pbw_sg2_from_z(ctx, g, z, 0.7f, NULL));
+    pbw_ctx_reset(ctx);
+    pbw_ctx_set_grad(ctx, 1);
+
+    pbw_tensor *zl = leaf(&keep, z, 1);
+    if (backward_r(ctx, pbw_sg2_from_z(ctx, g, zl, 0.7f, NULL), r)) goto done;
+    p->grad_z = cmp_grad(ctx, dir, "grad_z_trunc", zl);
+    pbw_ctx_reset(ctx);
+
+    pbw_tensor *wl = leaf(&keep, w, 1);
+    pbw_tensor *img = pbw_sg2_from_w(ctx, g, wl, NULL);
+    p->img_w = cmp_image(ctx, dir, "img_w", img);
+    if (backward_r(ctx, img, r)) goto done;
+    p->grad_w = cmp_grad(ctx, dir, "grad_w", wl);
+    pbw_ctx_reset(ctx);
+
+    pbw_tensor *wpl = leaf(&keep, wp, 1);
+    img = pbw_sg2_from_wplus(ctx, g, wpl, NULL);
+    p->img_wplus = cmp_image(ctx, dir, "img_wplus", img);
+    if (backward_r(ctx, img, r)) goto done;
+    p->grad_wplus = cmp_grad(ctx, dir, "grad_wplus", wpl);
+    pbw_ctx_reset(ctx);
+
+    pbw_sg2_mask mk;
+    if (pbw_sg2_mask_init(&mk, g, mask->data, (int)mask->shape[0], (int)mask->shape[1], &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        goto done;
+    }
+    for (int i = 2; i <= g->log_size; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "mask_%d", 1 << i);
+        pbw_tensor *ref = load_npy(ctx, dir, name);
+        double d = ref && ref->numel == mk.m[i]->numel
+                       ? max_abs_diff(mk.m[i]->data, ref->data, ref->numel) : INFINITY;
+        if (d > p->masks) p->masks = d;
+    }
+    pbw_ctx_reset(ctx);
+    pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
+    for (int i = 0; i < g->n_latent; i++) lat0[i] = w0;
+    for (int mixed = 0; mixed < 2; mixed++) {
+        pbw_sg2_opts o = {.mask = &mk, .lat0 = lat0, .demod_mixed = mixed};
+        pbw_tensor *wm = leaf(&keep, w, 1);
+        img = pbw_sg2_from_w(ctx, g, wm, &o);
+        double di = cmp_image(ctx, dir, mixed ? "img_masked_mixed" : "img_masked_orig", img);
+        if (backward_r(ctx, img, r)) {
+            pbw_sg2_mask_free(&mk);
+            goto done;
+        }
+        double dg = cmp_grad(ctx, dir, mixed ? "grad_masked_mixed" : "grad_masked_orig", wm);
+        if (mixed) p->img_masked_mixed = di, p->grad_masked_mixed = dg;
+        else p->img_masked_orig = di, p->grad_masked_orig = dg;
+        pbw_ctx_reset(ctx);
+    }
+    pbw_sg2_mask_free(&mk);
+    rc = 0;
+done:
+    if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+    pbw_arena_free(&keep);
+    pbw_ctx_free(io);
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+    return rc;
+}
+
+static void print_parity(const char *what, const parity *p) {
+    printf("  %s: max abs image diff: z %.3g, z trunc 0.7 %.3g, w %.3g, W+ %.3g, masked orig %.3g,"
+           " masked mixed %.3g; masks %.3g\n", what, p->img_z, p->img_z_trunc, p->img_w,
+           p->img_wplus, p->img_masked_orig, p->img_masked_mixed, p->masks);
+    printf("  %s: gradient max|diff|/max|ref|: z (trunc) %.3g, w %.3g, W+ %.3g, masked orig %.3g,"
+           " masked mixed %.3g\n", what, p->grad_z, p->grad_w, p->grad_wplus,
+           p->grad_masked_orig, p->grad_masked_mixed);
+}
+
+static void check_parity(const parity *p, double img_tol, double grad_tol) {
+    CHECK_NEAR(p->img_z, 0, img_tol);
+    CHECK_NEAR(p->img_z_trunc, 0, img_tol);
+    CHECK_NEAR(p->img_w, 0, img_tol);
+    CHECK_NEAR(p->img_wplus, 0, img_tol);
+    CHECK_NEAR(p->img_masked_orig, 0, img_tol);
+    CHECK_NEAR(p->img_masked_mixed, 0, img_tol);
+    CHECK_NEAR(p->masks, 0, 1e-6);
+    CHECK_NEAR(p->grad_z, 0, grad_tol);
+    CHECK_NEAR(p->grad_w, 0, grad_tol);
+    CHECK_NEAR(p->grad_wplus, 0, grad_tol);
+    CHECK_NEAR(p->grad_masked_orig, 0, grad_tol);
+    CHECK_NEAR(p->grad_masked_mixed, 0, grad_tol);
+}
+
+PBW_TEST(stylegan2_fixture_parity) {
+    parity p;
+    CHECK(run_parity(FIX, FIX "/g.pt", &p) == 0);
+    print_parity("32 px fixture", &p);
+    check_parity(&p, 2e-5, 1e-3);
+}
+
+/* Full-size parity on a directory written by tools/reference/stylegan2.py parity (see
+ * tools/check_stylegan2.sh); skipped when PBW_SG2_PARITY_DIR is not set. */
+PBW_TEST(stylegan2_parity_dir) {
+    const char *dir = getenv("PBW_SG2_PARITY_DIR");
+    if (!dir || !*dir) return;
+    char ckpt[600];
+    snprintf(ckpt, sizeof ckpt, "%s/g.pt", dir);
+    parity p;
+    CHECK(run_parity(dir, ckpt, &p) == 0);
+    print_parity(dir, &p);
+    check_parity(&p, 1e-4, 1e-3);
+}
+
+/* ---------- loaders ---------- */
+
+static int same_tensor(const pbw_tensor *a, const pbw_tensor *b) {
+    if (!a || !b) return a == b;
+    return pbw_shape_equal(a, b) && memcmp(a->data, b->data, (size_t)a->numel * sizeof(float)) == 0;
+}
+
+PBW_TEST(stylegan2_formats_identical) {
+    static const char *paths[3] = {FIX "/g.pt", FIX "/g_legacy.pt", FIX "/g.safetensors"};
+    pbw_stylegan2 *g[3] = {0};
+    pbw_err err = {{0}};
+    for (int i = 0; i < 3; i++)
+        CHECK_MSG(pbw_sg2_load(paths[i], &g[i], &err) == 0, "%s: %s", paths[i], err.msg);
+    if (!g[0] || !g[1] || !g[2]) goto out;
+    CHECK(g[0]->size == 32 && g[0]->style_dim == 32 && g[0]->n_mlp == 2);
+    CHECK(g[0]->channels[2] == 16 && g[0]->channels[3] == 16 && g[0]->channels[4] == 12 &&
+          g[0]->channels[5] == 8);
+    CHECK(g[0]->n_latent == 8 && g[0]->num_layers == 7 && g[0]->latent_avg);
+    for (int i = 1; i < 3; i++) {
+        const pbw_stylegan2 *a = g[0], *b = g[i];
+        int ok = a->size == b->size && a->style_dim == b->style_dim && a->n_mlp == b->n_mlp &&
+                 same_tensor(a->input, b->input) && same_tensor(a->latent_avg, b->latent_avg);
+        for (int l = 0; l < a->n_mlp; l++)
+            ok &= same_tensor(a->style[l].weight, b->style[l].weight) &&
+                  same_tensor(a->style[l].bias, b->style[l].bias);
+        for (int l = 0; l < 2 * (a->log_size - 2); l++)
+            ok &= same_tensor(a->convs[l].conv.weight, b->convs[l].conv.weight) &&
+                  same_tensor(a->convs[l].conv.modulation.weight,
+                              b->convs[l].conv.modulation.weight) &&
+                  same_tensor(a->convs[l].activate_bias, b->convs[l].activate_bias) &&
+                  a->convs[l].noise_weight == b->convs[l].noise_weight;
+        for (int l = 0; l < a->num_layers; l++) ok &= same_tensor(a->noises[l], b->noises[l]);
+        CHECK_MSG(ok, "%s differs from %s", paths[i], paths[0]);
+    }
+    /* and the images, through the whole forward */
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *z = load_npy(ctx, FIX, "z");
+    pbw_tensor *img[3];
+    for (int i = 0; i < 3; i++) img[i] = pbw_sg2_from_z(ctx, g[i], z, 0.7f, NULL);
+    CHECK(img[0] && img[1] && img[2]);
+    if (img[0] && img[1] && img[2]) {
+        CHECK(memcmp(img[0]->data, img[1]->data, (size_t)img[0]->numel * 4) == 0);
+        CHECK(memcmp(img[0]->data, img[2]->data, (size_t)img[0]->numel * 4) == 0);
+    }
+    pbw_ctx_free(ctx);
+out:
+    for (int i = 0; i < 3; i++) pbw_sg2_free(g[i]);
+}
+
+/* Loads the fixture's records for the refusal tests. */
+static int fixture_records(pbw_records *recs) {
+    pbw_err err = {{0}};
+    if (pbw_load_checkpoint(FIX "/g.safetensors", recs, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static pbw_record *find_rec(pbw_records *r, const char *name) {
+    for (size_t i = 0; i < r->count; i++)
+        if (!strcmp(r->items[i].name, name)) return &r->items[i];
+    return NULL;
+}
+
+PBW_TEST(stylegan2_refusals) {
+    pbw_records recs;
+    if (fixture_records(&recs)) {
+        CHECK(0);
+        return;
+    }
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g = NULL;
+    /* no g_ema: looking under another prefix stands for a checkpoint without it */
+    CHECK(pbw_sg2_from_records(&recs, "g.", &g, &err) != 0 && !g);
+    CHECK_MSG(strstr(err.msg, "g_ema") && strstr(err.msg, "'g.'"), "%s", err.msg);
+    /* a shape that disagrees: convs.1 must take the 16 channels convs.0 makes */
+    pbw_record *rec = find_rec(&recs, "g_ema.convs.1.conv.weight");
+    CHECK(rec != NULL);
+    if (rec) {
+        int64_t keep = rec->shape[2];
+        rec->shape[2] = 7;
+        CHECK(pbw_sg2_from_records(&recs, "g_ema.", &g, &err) != 0 && !g);
+        CHECK_MSG(strstr(err.msg, "'g_ema.convs.1.conv.weight'") && strstr(err.msg, "(1,16,7,3,3)")
+                  && strstr(err.msg, "(1,16,16,3,3)"), "%s", err.msg);
+        rec->shape[2] = keep;
+    }
+    /* a missing tensor: hide a noise buffer by renaming it */
+    rec = find_rec(&recs, "g_ema.noises.noise_4");
+    CHECK(rec != NULL);
+    if (rec) {
+        rec->name[0] = 'x';
+        CHECK(pbw_sg2_from_records(&recs, "g_ema.", &g, &err) != 0 && !g);
+        CHECK_MSG(strstr(err.msg, "'g_ema.noises.noise_4' is missing"), "%s", err.msg);
+        rec->name[0] = 'g';
+    }
+    /* a bad latent_avg */
+    rec = find_rec(&recs, "latent_avg");
+    if (rec) {
+        rec->shape[0] = 31;
+        CHECK(pbw_sg2_from_records(&recs, "g_ema.", &g, &err) != 0);
+        CHECK_MSG(strstr(err.msg, "latent_avg"), "%s", err.msg);
+        rec->shape[0] = 32;
+    }
+    /* and intact again */
+    CHECK_MSG(pbw_sg2_from_records(&recs, "g_ema.", &g, &err) == 0, "%s", err.msg);
+    pbw_sg2_free(g);
+    pbw_records_free(&recs);
+    /* a file that is no checkpoint at all names the path */
+    CHECK(pbw_sg2_load(FIX "/z.npy", &g, &err) != 0);
+    CHECK_MSG(strstr(err.msg, "z.npy"), "%s", err.msg);
+}
+
+/* ---------- behaviour ---------- */
+
+PBW_TEST(stylegan2_masked_identities) {
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *w = load_npy(ctx, FIX, "w"), *w0 = load_npy(ctx, FIX, "w0");
+    pbw_tensor *mask = load_npy(ctx, FIX, "mask");
+    pbw_sg2_mask mk;
+    CHECK(w && w0 && mask && pbw_sg2_mask_init(&mk, g, mask->data, 32, 32, &err) == 0);
+    if (!w || !w0 || !mask) goto out;
+    pbw_tensor *lat0[PBW_SG2_MAX_LATENT], *lat1[PBW_SG2_MAX_LATENT];
+    pbw_tensor *w0row = pbw_slice(ctx, w0, 0, 0, 1, 1); /* (1,S): shared by the batch */
+    for (int i = 0; i < g->n_latent; i++) lat0[i] = w0, lat1[i] = w0row;
+    /* w == w0: any mask leaves the image of w0 (default demodulation) */
+    pbw_tensor *plain = pbw_sg2_from_w(ctx, g, w0, NULL);
+    pbw_sg2_opts o = {.mask = &mk, .lat0 = lat0};
+    pbw_tensor *same = pbw_sg2_from_w(ctx, g, w0, &o);
+    CHECK(plain && same);
+    if (plain && same) CHECK_NEAR(max_abs_diff(plain->data, same->data, plain->numel), 0, 2e-6);
+    /* mask of ones everywhere (no blur border): the mixed demodulation gives the image of w */
+    pbw_sg2_mask ones = mk;
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    for (int i = 2; i <= g->log_size; i++) {
+        ones.m[i] = pbw_tensor_new_in(&a, 4, mk.m[i]->shape, &err);
+        for (int64_t p = 0; p < ones.m[i]->numel; p++) ones.m[i]->data[p] = 1.0f;
+    }
+    plain = pbw_sg2_from_w(ctx, g, w, NULL);
+    pbw_sg2_opts o1 = {.mask = &ones, .lat0 = lat0, .demod_mixed = 1};
+    pbw_tensor *mixed = pbw_sg2_from_w(ctx, g, w, &o1);
+    CHECK(plain && mixed);
+    if (plain && mixed) CHECK_NEAR(max_abs_diff(plain->data, mixed->data, plain->numel), 0, 2e-5);
+    /* a (1,S) original shared by the batch equals its (N,S) copy for sample 0 */
+    pbw_tensor *w0b = pbw_concat(ctx, 2, (pbw_tensor *[]){w0row, w0row}, 0);
+    for (int i = 0; i < g->n_latent; i++) lat0[i] = w0b;
+    pbw_sg2_opts ob = {.mask = &mk, .lat0 = lat0}, os = {.mask = &mk, .lat0 = lat1};
+    pbw_tensor *ib = pbw_sg2_from_w(ctx, g, w, &ob), *is = pbw_sg2_from_w(ctx, g, w, &os);
+    CHECK(ib && is);
+    if (ib && is) CHECK(memcmp(ib->data, is->data, (size_t)ib->numel * 4) == 0);
+    pbw_arena_free(&a);
+    pbw_sg2_mask_free(&mk);
+out:
+    if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+}
+
+PBW_TEST(stylegan2_noise_modes) {
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *w = load_npy(ctx, FIX, "w");
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 7);
+    pbw_sg2_opts fixed = {0}, rnd = {.noise = PBW_SG2_NOISE_RANDOM, .rng = &rng},
+                 none = {.noise = PBW_SG2_NOISE_NONE};
+    pbw_tensor *a = pbw_sg2_from_w(ctx, g, w, &fixed), *b = pbw_sg2_from_w(ctx, g, w, &fixed);
+    pbw_tensor *r1 = pbw_sg2_from_w(ctx, g, w, &rnd), *r2 = pbw_sg2_from_w(ctx, g, w, &rnd);
+    pbw_tensor *n0 = pbw_sg2_from_w(ctx, g, w, &none);
+    CHECK(a && b && r1 && r2 && n0);
+    if (a && b && r1 && r2 && n0) {
+        const int64_t n = a->numel;
+        CHECK(memcmp(a->data, b->data, (size_t)n * 4) == 0); /* fixed noise is deterministic */
+        CHECK(max_abs_diff(a->data, r1->data, n) > 1e-3);
+        CHECK(max_abs_diff(r1->data, r2->data, n) > 1e-3); /* fresh draws */
+        CHECK(max_abs_diff(a->data, n0->data, n) > 1e-3);
+    }
+    /* truncation without latent_avg fails clearly; estimating it makes it work */
+    pbw_tensor *keep = g->latent_avg;
+    g->latent_avg = NULL;
+    pbw_tensor *z = load_npy(ctx, FIX, "z");
+    CHECK(pbw_sg2_from_z(ctx, g, z, 0.5f, NULL) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "latent_avg"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    CHECK(pbw_sg2_mean_latent(ctx, g, 600, 0, &err) == 0 && g->latent_avg);
+    /* the estimate is near the reference's own (a mean over 512 draws) */
+    if (g->latent_avg) CHECK_NEAR(max_abs_diff(g->latent_avg->data, keep->data, 32), 0, 0.3);
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+}
+
+PBW_TEST(stylegan2_batch_independent) {
+    /* a batch of two gives each sample's image alone (fixed noise is shared) */
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *w = load_npy(ctx, FIX, "w");
+    pbw_tensor *both = pbw_sg2_from_w(ctx, g, w, NULL);
+    pbw_tensor *one = pbw_sg2_from_w(ctx, g, pbw_slice(ctx, w, 0, 1, 2, 1), NULL);
+    CHECK(both && one);
+    if (both && one)
+        CHECK_NEAR(max_abs_diff(both->data + one->numel, one->data, one->numel), 0, 1e-6);
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+}
+
+/* ---------- fused ops against finite differences ---------- */
+
+typedef struct mod_case {
+    int n, c, h, w, s_rows, s0_rows, m_rows; /* m_rows 0: unmasked */
+} mod_case;
+
+static pbw_tensor *f_modulate(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    const mod_case *mc = user;
+    return pbw_sg_modulate(ctx, in[0], in[1], mc->m_rows ? in[2] : NULL,
+                           mc->m_rows ? in[3] : NULL);
+}
+
+PBW_TEST(stylegan2_op_modulate_grad) {
+    static const mod_case cases[] = {
+        {2, 3, 4, 5, 2, 0, 0},
+        {2, 3, 4, 5, 1, 0, 0},
+        {2, 3, 4, 5, 2, 2, 1},
+        {2, 3, 4, 5, 1, 2, 2},
+        {3, 2, 5, 3, 3, 1, 1},
+    };
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        const mod_case *mc = &cases[i];
+        float *x = gc_rand((int64_t)mc->n * mc->c * mc->h * mc->w, 10 + i, -1, 1);
+        float *s = gc_rand((int64_t)mc->s_rows * mc->c, 20 + i, 0.2f, 1.5f);
+        float *s0 = gc_rand((int64_t)mc->n * mc->c, 30 + i, -1, 1);
+        float *m = gc_rand((int64_t)mc->n * mc->h * mc->w, 40 + i, 0, 1);
+        gc_input in[4] = {
+            {4, {mc->n, mc->c, mc->h, mc->w}, x, 1},
+            {2, {mc->s_rows, mc->c}, s, 1},
+            {2, {mc->s0_rows ? mc->s0_rows : 1, mc->c}, s0, 1},
+            {4, {mc->m_rows ? mc->m_rows : 1, 1, mc->h, mc->w}, m, 1},
+        };
+        CHECK_MSG(gc_check("sg_modulate", f_modulate, (void *)mc, mc->m_rows ? 4 : 2, in,
+                           (gc_opts){0}) == 0, "case %d", i);
+        free(x), free(s), free(s0), free(m);
+    }
+}
+
+typedef struct act_case {
+    int n, o, h, w;
+    int d_kind;     /* 0 none, 1 (N,O), 2 (1,O), 3 (N,O,H,W) */
+    int noise_rows; /* 0 none */
+    int bias;
+} act_case;
+
+static pbw_tensor *f_bias_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    const act_case *ac = user;
+    return pbw_sg_bias_act(ctx, in[0], ac->d_kind ? in[1] : NULL, ac->noise_rows ? in[2] : NULL,
+                           ac->bias ? in[3] : NULL, 0.7f, 0.2f, 1.41421356f);
+}
+
+PBW_TEST(stylegan2_op_bias_act_grad) {
+    static const act_case cases[] = {
+        {2, 3, 4, 5, 1, 1, 1}, {2, 3, 4, 5, 2, 2, 1}, {2, 3, 4, 5, 3, 1, 0},
+        {1, 4, 3, 3, 0, 0, 1}, {3, 2, 2, 6, 1, 3, 1},
+    };
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        const act_case *ac = &cases[i];
+        int64_t ny = (int64_t)ac->n * ac->o * ac->h * ac->w;
+        float *y = gc_rand(ny, 50 + i, -1, 1);
+        float *d = gc_rand(ny, 60 + i, 0.3f, 2);
+        float *nz = gc_rand((int64_t)ac->n * ac->h * ac->w, 70 + i, -1, 1);
+        float *b = gc_rand(ac->o, 80 + i, -0.5f, 0.5f);
+        gc_input in[4] = {
+            {4, {ac->n, ac->o, ac->h, ac->w}, y, 1},
+            {0, {0}, d, 1},
+            {4, {ac->noise_rows ? ac->noise_rows : 1, 1, ac->h, ac->w}, nz, 1},
+            {1, {ac->o}, b, 1},
+        };
+        if (ac->d_kind == 1) in[1].ndim = 2, in[1].shape[0] = ac->n, in[1].shape[1] = ac->o;
+        if (ac->d_kind == 2 || ac->d_kind == 0)
+            in[1].ndim = 2, in[1].shape[0] = 1, in[1].shape[1] = ac->o;
+        if (ac->d_kind == 3) in[1] = (gc_input){4, {ac->n, ac->o, ac->h, ac->w}, d, 1};
+        /* keep every pre-activation at least 0.02 from the leaky ReLU's kink, so that no
+         * +-eps step (which moves it by < 3e-3) straddles it */
+        int64_t P = (int64_t)ac->h * ac->w;
+        for (int64_t e = 0; e < ny; e++) {
+            int64_t n = e / (ac->o * P), o = e / P % ac->o, p = e % P;
+            float dv = ac->d_kind == 3 ? d[e] : ac->d_kind == 1 ? d[n * ac->o + o]
+                     : ac->d_kind == 2 ? d[o] : 1.0f;
+            float pre = y[e] * dv + (ac->noise_rows ? 0.7f * nz[(ac->noise_rows > 1 ? n : 0) * P + p]
+                                                   : 0.0f) + (ac->bias ? b[o] : 0.0f);
+            if (fabsf(pre) < 0.02f) y[e] += (pre < 0 ? -0.1f : 0.1f) / dv;
+        }
+        CHECK_MSG(gc_check("sg_bias_act", f_bias_act, (void *)ac, 4, in, (gc_opts){.eps = 1e-3})
+                      == 0, "case %d", i);
+        free(y), free(d), free(nz), free(b);
+    }
+}
+
+PBW_TEST(stylegan2_op_shape_errors) {
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *x = pbw_tensor_zeros(ctx, 4, (int64_t[]){2, 3, 4, 4});
+    pbw_tensor *s = pbw_tensor_zeros(ctx, 2, (int64_t[]){2, 4});
+    CHECK(pbw_sg_modulate(ctx, x, s, NULL, NULL) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "sg_modulate") && strstr(pbw_ctx_error(ctx), "(2,4)"),
+              "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    x = pbw_tensor_zeros(ctx, 4, (int64_t[]){2, 3, 4, 4});
+    pbw_tensor *b = pbw_tensor_zeros(ctx, 1, (int64_t[]){4});
+    CHECK(pbw_sg_bias_act(ctx, x, NULL, NULL, b, 0, 0.2f, 1) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "bias"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+}
+
+/* ---------- seed bank ---------- */
+
+PBW_TEST(stylegan2_seedbank_numpy) {
+    pbw_npy ref;
+    pbw_err err = {{0}};
+    if (pbw_npy_read(PBW_SHARED("data/zbank/rows_0_1_30_1999.npy"), &ref, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    CHECK(ref.ndim == 2 && ref.shape[0] == 4 && ref.shape[1] == 512);
+    static const int rows[4] = {0, 1, 30, 1999};
+    float z[512];
+    for (int i = 0; i < 4; i++) {
+        CHECK(pbw_seedbank_z(rows[i], 1, 512, z) == 0);
+        CHECK_MSG(memcmp(z, ref.data + i * 512, sizeof z) == 0, "row %d differs", rows[i]);
+    }
+    /* rows come out the same whether drawn alone or in a run */
+    float two[2 * 512];
+    CHECK(pbw_seedbank_z(0, 2, 512, two) == 0);
+    CHECK(memcmp(two, ref.data, sizeof two) == 0);
+    CHECK(pbw_seedbank_z(0, 1, 511, z) != 0);
+    pbw_npy_free(&ref);
+    /* numpy.random.RandomState(1234).random_sample() and the first raw word, to pin the
+     * 53-bit double and the seeding independently of the Gaussian */
+    pbw_rng r;
+    pbw_rng_seed(&r, 5489);
+    CHECK(pbw_rng_u32(&r) == 3499211612u); /* MT19937 reference output for seed 5489 */
+    pbw_rng_seed(&r, 1234);
+    CHECK_NEAR(pbw_rng_uniform(&r), 0.1915194503788923, 1e-16);
+}
