@@ -95,8 +95,12 @@ fuzz: | $(DEPS_OK)
 $(BUILD)/bench_ops: bench/bench_ops.c $(BUILD)/libpbw.a
 	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
 
-bench: all $(BUILD)/bench_ops
+$(BUILD)/bench_clip: bench/bench_clip.c $(BUILD)/libpbw.a
+	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
+
+bench: all $(BUILD)/bench_ops $(BUILD)/bench_clip
 	bench/run.sh
+	bench/run_clip.sh
 
 demo: all
 	tools/demo.sh

@@ -130,6 +130,14 @@ pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x);
  * 1/sqrt(D). As F.scaled_dot_product_attention. */
 pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor *v, int causal,
                           float scale);
+/* Multi-head self-attention on packed projections (nn.MultiheadAttention's in_proj layout, as
+ * CLIP runs it): qkv (B,T,3W) holds q, k and v side by side, each W = heads*D wide with head h
+ * in columns h*D .. h*D+D-1 of its part -> (B,Tq,W), the heads' outputs side by side, for the
+ * first Tq = n_queries positions (T for all; fewer when only some outputs are used, e.g. a
+ * class token). The same as splitting, permuting to (B,H,T,D), pbw_attention and merging the
+ * heads back, without the copies. scale <= 0 means 1/sqrt(D). */
+pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t n_queries,
+                              int causal, float scale);
 /* table (V,D), ids with shape ids_shape (ids_ndim dims) -> (ids_shape..., D). An id outside
  * [0,V) fails the context. */
 pbw_tensor *pbw_embedding(pbw_ctx *ctx, pbw_tensor *table, const int32_t *ids, int ids_ndim,

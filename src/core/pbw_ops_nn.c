@@ -161,6 +161,66 @@ pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor
     return o;
 }
 
+/* ---- attention on packed q, k, v ---- */
+
+typedef struct {
+    pbw_attn_geom g;
+    float *p; /* (B*H,Tq,T) */
+} attn_qkv_saved;
+
+static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
+    const attn_qkv_saved *s = n->saved;
+    float *g = pbw_grad(ctx, n->in[0]);
+    if (!g) return;
+    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)omp_get_max_threads() * (size_t)s->g.S * sizeof(float) + 64);
+    if (!scratch) return;
+    int64_t W = s->g.H * s->g.D;
+    const float *x = n->in[0]->data;
+    pbw_cpu_attention_bwd(&s->g, x, x + W, x + 2 * W, s->p, n->out->grad, g, g + W, g + 2 * W,
+                          scratch);
+}
+
+pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t n_queries,
+                              int causal, float scale) {
+    if (pbw_op_begin(ctx, "attention_qkv", 1, &qkv)) return NULL;
+    char sq[64];
+    if (qkv->ndim != 3 || heads < 1 || qkv->shape[2] % (3 * (int64_t)heads) ||
+        n_queries < 1 || n_queries > qkv->shape[1])
+        return pbw_ctx_fail(ctx, "attention_qkv: qkv %s must be (B,T,3*heads*D) with %d heads and "
+                            "1 <= n_queries (%lld) <= T",
+                            pbw_shape_str(qkv, sq, sizeof sq), heads, (long long)n_queries);
+    int64_t B = qkv->shape[0], T = qkv->shape[1], W = qkv->shape[2] / 3, D = W / heads;
+    attn_qkv_saved s;
+    memset(&s, 0, sizeof s);
+    pbw_attn_geom *g = &s.g;
+    g->B = B;
+    g->H = heads;
+    g->T = n_queries;
+    g->S = T;
+    g->D = D;
+    for (int i = 0; i < 3; i++) { /* q, k, v rows are 3W apart; head h starts at column h*D */
+        int64_t *st = i == 0 ? g->q : i == 1 ? g->k : g->v;
+        st[0] = T * 3 * W;
+        st[1] = D;
+        st[2] = 3 * W;
+    }
+    g->o[0] = n_queries * W;
+    g->o[1] = D;
+    g->o[2] = W;
+    g->scale = scale > 0 ? scale : 1.0f / sqrtf((float)D);
+    g->causal = causal;
+    pbw_tensor *o = pbw_tensor_new(ctx, 3, (int64_t[]){B, n_queries, W});
+    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * heads * n_queries * T) * sizeof(float) + 1);
+    if (!o || !s.p) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
+    pbw_cpu_attention_fwd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data);
+    if (pbw_needs_grad(ctx, &qkv, 1)) {
+        pbw_node *n = pbw_tape_push(ctx, "attention_qkv", attention_qkv_backward, o, &qkv, 1, sizeof s);
+        if (!n) return NULL;
+        memcpy(n->saved, &s, sizeof s);
+    }
+    return o;
+}
+
 /* ---- embedding ---- */
 
 typedef struct {

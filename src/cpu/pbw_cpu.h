@@ -87,6 +87,23 @@ void pbw_cpu_batch_norm_backward(const float *x, const float *mean, const float 
 /* rows (R,D) */
 void pbw_cpu_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
 void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
+/* Attention of B*H heads addressed by strides: element d of row t of head h of batch b of q is
+ * q[b*q[0] + h*q[1] + t*q[2] + d] (k, v, o likewise; rows contiguous over d). The gradients of
+ * q, k, v, o use the same strides as their tensors. q and o have T rows, k and v S rows;
+ * causal excludes key s > query t. */
+typedef struct pbw_attn_geom {
+    int64_t B, H, T, S, D;
+    int64_t q[3], k[3], v[3], o[3];
+    float scale;
+    int causal;
+} pbw_attn_geom;
+/* p (B*H,T,S) receives the attention weights (0 for excluded keys). */
+void pbw_cpu_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
+                           const float *v, float *p, float *o);
+/* gq, gk, gv (may be NULL) += ...; scratch: S floats per thread (omp_get_max_threads()). */
+void pbw_cpu_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,
+                           const float *v, const float *p, const float *go, float *gq,
+                           float *gk, float *gv, float *scratch);
 /* q (BH,T,D), k v (BH,S,D) -> o (BH,T,D); p (BH,T,S) receives the attention weights. */
 void pbw_cpu_attention_forward(const float *q, const float *k, const float *v, float *p,
                                float *o, int64_t BH, int64_t T, int64_t S, int64_t D,

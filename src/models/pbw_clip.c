@@ -635,25 +635,21 @@ void pbw_clip_free(pbw_clip *m) {
 /* ------------------------------------------------------------------------------------------ */
 /* forward                                                                                     */
 
-/* x (B,T,W) -> (B,T,W): x + attn(ln1(x)); then + mlp(ln2(.)). */
+/* x (B,T,W) -> (B,Tq,W): x + attn(ln1(x)), then + mlp(ln2(.)), for the first Tq positions
+ * (all of them but in the image tower's last block, whose only used output is the class
+ * token: every token still serves as key and value there). */
 static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
-                                 const pbw_clip_tower_config *c, pbw_tensor *x, int causal) {
+                                 const pbw_clip_tower_config *c, pbw_tensor *x, int causal,
+                                 int64_t Tq) {
     if (!x) return NULL;
-    int64_t B = x->shape[0], T = x->shape[1], W = c->width, H = c->heads, D = W / H;
+    int64_t T = x->shape[1];
     pbw_tensor *h = pbw_layer_norm(ctx, x, b->ln1_w, b->ln1_b, c->ln_eps);
     pbw_tensor *qkv = pbw_linear(ctx, h, b->qkv_w, b->qkv_b);           /* (B,T,3W) */
-    qkv = pbw_reshape(ctx, qkv, 5, (int64_t[]){B, T, 3, H, D});
-    qkv = pbw_permute(ctx, qkv, (int[]){2, 0, 3, 1, 4});                /* (3,B,H,T,D) */
-    pbw_tensor *qkv3[3];
-    for (int i = 0; i < 3; i++)
-        qkv3[i] = pbw_reshape(ctx, pbw_slice(ctx, qkv, 0, i, i + 1, 1), 4,
-                              (int64_t[]){B, H, T, D});
-    pbw_tensor *a = pbw_attention(ctx, qkv3[0], qkv3[1], qkv3[2], causal, 0); /* (B,H,T,D) */
-    a = pbw_permute(ctx, a, (int[]){0, 2, 1, 3});                        /* (B,T,H,D) */
-    a = pbw_reshape(ctx, a, 3, (int64_t[]){B, T, W});
+    pbw_tensor *a = pbw_attention_qkv(ctx, qkv, c->heads, Tq, causal, 0); /* (B,Tq,W) */
+    if (Tq < T) x = pbw_slice(ctx, x, 1, 0, Tq, 1);
     x = pbw_add(ctx, x, pbw_linear(ctx, a, b->out_w, b->out_b));
     h = pbw_layer_norm(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps);
-    h = pbw_linear(ctx, h, b->fc1_w, b->fc1_b);                          /* (B,T,M) */
+    h = pbw_linear(ctx, h, b->fc1_w, b->fc1_b);                          /* (B,Tq,M) */
     h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, h) : pbw_quick_gelu(ctx, h);
     h = pbw_linear(ctx, h, b->fc2_w, b->fc2_b);
     return pbw_add(ctx, x, h);
@@ -681,8 +677,9 @@ pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *p
     x = pbw_add(ctx, x, m->vis_pos);
     x = pbw_layer_norm(ctx, x, m->ln_pre_w, m->ln_pre_b, c->vision.ln_eps);
     for (int i = 0; i < c->vision.layers; i++)
-        x = block_forward(ctx, &m->vis_blocks[i], &c->vision, x, 0);
-    x = pbw_reshape(ctx, pbw_slice(ctx, x, 1, 0, 1, 1), 2, (int64_t[]){B, W}); /* class token */
+        x = block_forward(ctx, &m->vis_blocks[i], &c->vision, x, 0,
+                          i + 1 < c->vision.layers ? g * g + 1 : 1);
+    x = pbw_reshape(ctx, x, 2, (int64_t[]){B, W});                       /* class token */
     x = pbw_layer_norm(ctx, x, m->ln_post_w, m->ln_post_b, c->vision.ln_eps);
     return pbw_linear(ctx, x, m->vis_proj, NULL);                        /* (B,E) */
 }
@@ -727,7 +724,7 @@ pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t 
     pbw_tensor *x = pbw_embedding(ctx, m->tok_emb, cut, 2, (int64_t[]){B, Te}); /* (B,Te,W) */
     x = pbw_add(ctx, x, pbw_slice(ctx, m->txt_pos, 0, 0, Te, 1));
     for (int i = 0; i < c->text.layers; i++)
-        x = block_forward(ctx, &m->txt_blocks[i], &c->text, x, 1);
+        x = block_forward(ctx, &m->txt_blocks[i], &c->text, x, 1, Te);
     if (!x) return NULL;
     for (int64_t b = 0; b < B; b++)
         rows[b] = pbw_slice(ctx, pbw_slice(ctx, x, 0, b, b + 1, 1), 1, pos[b], pos[b] + 1, 1);
