@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 30
 BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
 WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers
 BASE    := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Isrc $(if $(BLAS_INC),-I$(BLAS_INC))
-LDLIBS  := -fopenmp -lopenblas -llapacke -ljson-c -lzip -lpng -ljpeg -lpcre2-8 -lutf8proc -lz -lm -lpthread
+LDLIBS  := -fopenmp -lopenblas -llapacke -ljson-c -lzip -lpng -ljpeg -lpcre2-8 -lutf8proc -lgif -lz -lm -lpthread
 
 LIB_SRC := $(wildcard src/core/*.c src/cpu/*.c src/formats/*.c src/models/*.c src/paint/*.c)
 APP_SRC := $(wildcard src/app/*.c)

@@ -7,7 +7,7 @@
 set -eu
 BUILD_PKGS="build-essential pkg-config libopenblas-dev libopenblas0-pthread liblapacke-dev \
 libpng-dev libjpeg-dev zlib1g-dev libjson-c-dev libzip-dev clang libclang-rt-14-dev \
-libpcre2-dev libutf8proc-dev"
+libpcre2-dev libutf8proc-dev libgif-dev"
 PY_PKGS="python3 python3-numpy python3-torch"
 
 pkgs="$BUILD_PKGS"
