@@ -207,7 +207,7 @@ struct pbw_tokenizer {
     mergetab merges;
     int32_t byte_sym[256], byte_end_sym[256]; /* one byte's symbol, without / with "</w>" */
     int32_t *id_sym;                          /* vocabulary id -> symbol, -1 if unused */
-    int32_t nvocab, sot, eot, unk;
+    int32_t nvocab, id_cap, sot, eot, unk;
     uint8_t byte_of_char[0x200]; /* printable stand-in (U+0021..U+0143) -> byte */
     pcre2_code *split;
     pthread_mutex_t lock;
@@ -247,11 +247,16 @@ static size_t put_utf8(char *o, uint32_t c) {
 }
 
 static int set_vocab(pbw_tokenizer *tok, int32_t sym, int32_t id) {
-    if (id >= tok->nvocab) {
-        int32_t *m = realloc(tok->id_sym, ((size_t)id + 1) * sizeof *m);
+    if (id >= tok->id_cap) {
+        int32_t cap = tok->id_cap ? tok->id_cap : 1024;
+        while (cap <= id) cap *= 2;
+        int32_t *m = realloc(tok->id_sym, (size_t)cap * sizeof *m);
         if (!m) return -1;
-        for (int32_t i = tok->nvocab; i <= id; i++) m[i] = -1;
         tok->id_sym = m;
+        tok->id_cap = cap;
+    }
+    if (id >= tok->nvocab) {
+        for (int32_t i = tok->nvocab; i <= id; i++) tok->id_sym[i] = -1;
         tok->nvocab = id + 1;
     }
     /* A string listed twice keeps its later id (Python's dict(zip(vocab, range))). */
@@ -325,11 +330,12 @@ static int next_line(const char *s, size_t n, size_t *pos, const char **line, si
     return 1;
 }
 
-/* Reads a gzip file whole (at most MAX_VOCAB_FILE bytes once decompressed). */
-static int read_gzip(const char *path, char **data, size_t *len, pbw_err *err) {
+/* Reads a gzip file (at most MAX_VOCAB_FILE bytes once decompressed), stopping early once it
+ * holds max_lines complete lines: OpenAI's file has 262,000 lines of which CLIP uses 48,895. */
+static int read_gzip(const char *path, size_t max_lines, char **data, size_t *len, pbw_err *err) {
     gzFile gz = gzopen(path, "rb");
     if (!gz) return pbw_err_set(err, "%s: cannot open", path);
-    size_t cap = 1 << 20, n = 0;
+    size_t cap = 1 << 20, n = 0, lines = 0;
     char *buf = malloc(cap);
     int rc = buf ? 0 : pbw_err_set(err, "%s: out of memory", path);
     while (!rc) {
@@ -354,7 +360,9 @@ static int read_gzip(const char *path, char **data, size_t *len, pbw_err *err) {
             break;
         }
         if (got == 0) break;
-        n += (size_t)got;
+        size_t end = n + (size_t)got;
+        for (; n < end && lines < max_lines; n++) lines += buf[n] == '\n';
+        if (lines >= max_lines) break; /* n is just past the last line wanted */
     }
     gzclose(gz);
     if (rc) {
@@ -370,9 +378,9 @@ static int read_gzip(const char *path, char **data, size_t *len, pbw_err *err) {
  * stand-ins, the same with "</w>", each merge's result in file order, then the two special
  * tokens. */
 static int load_openai(pbw_tokenizer *tok, const char *path, pbw_err *err) {
-    char *buf;
-    size_t n;
-    if (read_gzip(path, &buf, &n, err)) return -1;
+    char *buf = NULL;
+    size_t n = 0;
+    if (read_gzip(path, CLIP_MERGES + 1, &buf, &n, err)) return -1;
     size_t bad;
     if (pbw_utf8_check(buf, n, &bad)) {
         free(buf);
