@@ -82,7 +82,7 @@ FUZZ_LIB_SRC := $(filter-out src/cpu/%,$(LIB_SRC))
 fuzz: | $(DEPS_OK)
 	@mkdir -p build-fuzz
 	@for t in $(FUZZ_TARGETS); do \
-	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc \
 	    $(if $(BLAS_INC),-I$(BLAS_INC)) -fopenmp fuzz/fuzz_$$t.c $(LIB_SRC) \
 	    -o build-fuzz/fuzz_$$t $(filter-out -lcudart -lcublas,$(LDLIBS)) || exit 1; \
 	  mkdir -p build-fuzz/corpus_$$t; cp -n fuzz/corpus/$$t/* build-fuzz/corpus_$$t/ 2>/dev/null; \
