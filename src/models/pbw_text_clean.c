@@ -1132,8 +1132,9 @@ static void whitespace_clean(const char *s, size_t n, sbuf *out) {
         }
     }
     size_t a, b;
-    strip_space(tmp.p, tmp.n, &a, &b);
-    sb_put(out, tmp.p + a, b - a);
+    const char *t = tmp.p ? tmp.p : "";
+    strip_space(t, tmp.n, &a, &b);
+    sb_put(out, t + a, b - a);
     if (tmp.oom) out->oom = 1;
     sb_free(&tmp);
 }
