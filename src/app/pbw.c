@@ -15,6 +15,8 @@ typedef struct {
 
 static const command commands[] = {
     {"clip", cmd_clip, "embed texts and images with CLIP; zero-shot scores of texts for images"},
+    {"edit", cmd_edit, "paint a masked region of a StyleGAN2 image toward words (Paint by Word)"},
+    {"generate", cmd_generate, "make a whole StyleGAN2 image match words"},
     {"inspect", cmd_inspect, "list the tensors of a checkpoint (safetensors, torch zip or legacy)"},
     {"sample", cmd_sample, "render StyleGAN2 images from latents z (.npy) into a PNG grid"},
     {"seeds", cmd_seeds, "render the seed bank (the reference's numbered z) of a StyleGAN2"},

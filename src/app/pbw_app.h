@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 int cmd_clip(int argc, char **argv);
+int cmd_edit(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_smoke(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
@@ -40,5 +42,9 @@ int app_sg2_finish(app_sg2_job *job);
 /* Renders n images from z (n rows of zdim) or, with z NULL, seed bank rows bank_first..; writes
  * the PNG grid and the optional npy. Returns the exit status. */
 int app_sg2_render(const app_sg2_job *job, const float *z, int64_t n, int zdim);
+
+/* `pbw edit` (edit = 1) and `pbw generate` (edit = 0): options, progress, history and log in
+ * src/app/cmd_edit.c over the library painter. Returns the exit status. */
+int app_paint_main(int argc, char **argv, int edit);
 
 #endif

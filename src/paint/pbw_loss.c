@@ -1,0 +1,527 @@
+/* pbw_loss.c: crops, CLIP loss, loss modes, reconstruction loss and masks; see pbw_loss.h.
+ *
+ * Everything differentiable is composed of taped ops (slice, affine, resize, clamp, concat,
+ * the CLIP towers, LPIPS), so gradients come from their tested backward kernels; this file
+ * has no gradient code of its own. */
+#include "paint/pbw_loss.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* crops                                                                                       */
+
+/* lo + floor(u * (hi - lo)), u uniform in [0,1); lo when hi <= lo. */
+static int uniform_int(pbw_rng *rng, int lo, int hi) {
+    if (hi <= lo) return lo;
+    int v = lo + (int)floor(pbw_rng_uniform(rng) * (double)(hi - lo));
+    return v < hi ? v : hi - 1;
+}
+
+void pbw_crops_draw(pbw_rng *rng, int S, int n, pbw_crop *out) {
+    /* int() of the products as Python truncates them; 0.98 * S is computed in double as the
+     * reference does */
+    int lo = (int)(0.7 * S), hi = (int)(0.98 * S);
+    if (lo < 1) lo = 1;
+    for (int k = 0; k < n; k++) {
+        int side = uniform_int(rng, lo, hi);
+        if (side > S) side = S;
+        out[k].side = side;
+        out[k].y = uniform_int(rng, 0, S - side);
+        out[k].x = uniform_int(rng, 0, S - side);
+    }
+}
+
+/* (1,3,1,1) constant in ctx. */
+static pbw_tensor *chan_const(pbw_ctx *ctx, const float v[3]) {
+    pbw_tensor *t = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
+    if (t) memcpy(t->data, v, 3 * sizeof(float));
+    return t;
+}
+
+/* [-1,1] -> [0,1], bicubic to R x R, clamp: the reference's per-crop steps. */
+static pbw_tensor *crop_pixels(pbw_ctx *ctx, pbw_tensor *c, int R) {
+    c = pbw_affine(ctx, c, 0.5f, 0.5f);
+    if (!c) return NULL;
+    if (c->shape[2] != R || c->shape[3] != R) c = pbw_resize(ctx, c, R, R, PBW_RESIZE_BICUBIC);
+    return pbw_clamp(ctx, c, 0.0f, 1.0f);
+}
+
+pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
+    if (!x) return NULL;
+    char sx[64];
+    if (x->ndim != 4 || x->shape[1] != 3)
+        return pbw_ctx_fail(ctx, "clip crops: image %s must be (B,3,H,W)",
+                            pbw_shape_str(x, sx, sizeof sx));
+    if (n < 0 || n > PBW_MAX_CROPS || (n > 0 && !crops) || R < 1)
+        return pbw_ctx_fail(ctx, "clip crops: bad crop count %d or size %d", n, R);
+    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    pbw_tensor *v;
+    if (n == 0) {
+        v = crop_pixels(ctx, x, R);
+    } else {
+        pbw_tensor **parts = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof *parts);
+        if (!parts) return pbw_ctx_fail(ctx, "clip crops: out of memory");
+        for (int k = 0; k < n; k++) {
+            const pbw_crop *c = &crops[k];
+            if (c->side < 1 || c->y < 0 || c->x < 0 || c->y + c->side > H || c->x + c->side > W)
+                return pbw_ctx_fail(ctx, "clip crops: crop %d (y %d, x %d, side %d) outside the "
+                                    "%s image", k, c->y, c->x, c->side,
+                                    pbw_shape_str(x, sx, sizeof sx));
+            pbw_tensor *t = pbw_slice(ctx, x, 2, c->y, c->y + c->side, 1);
+            t = pbw_slice(ctx, t, 3, c->x, c->x + c->side, 1);
+            t = crop_pixels(ctx, t, R);
+            parts[k] = pbw_reshape(ctx, t, 5, (int64_t[]){B, 1, 3, R, R});
+            if (!parts[k]) return NULL;
+        }
+        v = n == 1 ? parts[0] : pbw_concat(ctx, n, parts, 1);   /* (B,n,3,R,R) */
+        v = pbw_reshape(ctx, v, 4, (int64_t[]){B * n, 3, R, R});
+    }
+    /* torchvision's Normalize: (x - mean) / std */
+    v = pbw_sub(ctx, v, chan_const(ctx, pbw_clip_mean));
+    return pbw_div(ctx, v, chan_const(ctx, pbw_clip_std));
+}
+
+pbw_tensor *pbw_clip_crop_loss(pbw_ctx *ctx, const pbw_clip *clip, pbw_tensor *x,
+                               pbw_tensor *target, const pbw_crop *crops, int n) {
+    if (!x || !target) return NULL;
+    const int64_t B = x->shape[0], per = n > 0 ? n : 1;
+    pbw_tensor *px = pbw_clip_crops(ctx, x, crops, n, clip->cfg.image_size);
+    pbw_tensor *cos = pbw_clip_cosine(ctx, pbw_clip_encode_image(ctx, clip, px), target);
+    pbw_tensor *l = pbw_affine(ctx, cos, -100.0f, 100.0f);          /* 100 (1 - cos), (B*n) */
+    l = pbw_reshape(ctx, l, 2, (int64_t[]){B, per});
+    const int ax = 1;
+    return pbw_mean(ctx, l, 1, &ax, 0);
+}
+
+int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_tensor *x,
+                              pbw_tensor *target, const pbw_crop *crops, int n, int chunk,
+                              double *out, pbw_err *err) {
+    if (x->ndim != 4 || x->shape[1] != 3 || !x->data)
+        return pbw_err_set(err, "clip loss: image must be a float (B,3,H,W) tensor");
+    if (chunk < 1) chunk = 1;
+    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], per = n > 0 ? n : 1;
+    int prev = pbw_ctx_set_grad(scratch, 0);
+    int rc = 0;
+    for (int64_t b = 0; b < B && !rc; b++) {
+        double acc = 0;
+        for (int64_t k0 = 0; k0 < per && !rc; k0 += chunk) {
+            int64_t k1 = k0 + chunk < per ? k0 + chunk : per;
+            pbw_tensor *xb = pbw_tensor_wrap(scratch, x->data + b * 3 * H * W, 4,
+                                             (int64_t[]){1, 3, H, W});
+            pbw_tensor *l = pbw_clip_crop_loss(scratch, clip, xb, target,
+                                               n > 0 ? crops + k0 : NULL, n > 0 ? (int)(k1 - k0) : 0);
+            if (!l || pbw_ctx_check(scratch, err)) {
+                if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
+                rc = -1;
+            } else {
+                acc += (double)l->data[0] * (double)(k1 - k0);
+            }
+            pbw_ctx_reset(scratch);
+        }
+        out[b] = acc / (double)per;
+    }
+    pbw_ctx_set_grad(scratch, prev);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* masks                                                                                       */
+
+/* PIL's resampling with the BILINEAR filter on one 8-bit channel (Resample.c): coefficients of a
+ * triangle of support max(scale, 1), normalized, converted to fixed point with 22 fraction bits,
+ * accumulated from a half and clipped to 0..255 after each pass. */
+#define PIL_BITS 22
+
+static double tri(double x) {
+    if (x < 0) x = -x;
+    return x < 1 ? 1 - x : 0;
+}
+
+/* For each output position: first input index, count and `ksize` fixed-point coefficients. */
+static int pil_coeffs(int in, int outn, int **bounds_out, int32_t **k_out, int *ksize_out) {
+    double scale = (double)in / outn, fs = scale < 1 ? 1 : scale, support = fs;
+    int ksize = (int)ceil(support) * 2 + 1;
+    int *bounds = malloc((size_t)outn * 2 * sizeof *bounds);
+    int32_t *kk = calloc((size_t)outn * ksize, sizeof *kk);
+    double *k = malloc((size_t)ksize * sizeof *k);
+    if (!bounds || !kk || !k) {
+        free(bounds), free(kk), free(k);
+        return -1;
+    }
+    for (int xx = 0; xx < outn; xx++) {
+        double center = (xx + 0.5) * scale, ww = 0, ss = 1.0 / fs;
+        int xmin = (int)(center - support + 0.5), xmax;
+        if (xmin < 0) xmin = 0;
+        xmax = (int)(center + support + 0.5);
+        if (xmax > in) xmax = in;
+        xmax -= xmin;
+        if (xmax > ksize) xmax = ksize;
+        for (int x = 0; x < xmax; x++) {
+            double w = tri((x + xmin - center + 0.5) * ss);
+            k[x] = w;
+            ww += w;
+        }
+        for (int x = 0; x < xmax; x++) {
+            double v = ww != 0 ? k[x] / ww : k[x];
+            kk[(size_t)xx * ksize + x] =
+                (int32_t)(v < 0 ? -0.5 + v * (1 << PIL_BITS) : 0.5 + v * (1 << PIL_BITS));
+        }
+        bounds[2 * xx] = xmin;
+        bounds[2 * xx + 1] = xmax;
+    }
+    free(k);
+    *bounds_out = bounds;
+    *k_out = kk;
+    *ksize_out = ksize;
+    return 0;
+}
+
+static uint8_t clip8(int64_t v) {
+    v >>= PIL_BITS;
+    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+/* src (h, w) bytes -> dst (h, ow) (horizontal) */
+static int pil_resize_h(const uint8_t *src, int h, int w, int ow, uint8_t *dst) {
+    int *b;
+    int32_t *k;
+    int ks;
+    if (pil_coeffs(w, ow, &b, &k, &ks)) return -1;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < ow; x++) {
+            int64_t ss = (int64_t)1 << (PIL_BITS - 1);
+            const int32_t *kx = k + (size_t)x * ks;
+            for (int i = 0; i < b[2 * x + 1]; i++)
+                ss += (int64_t)src[(size_t)y * w + b[2 * x] + i] * kx[i];
+            dst[(size_t)y * ow + x] = clip8(ss);
+        }
+    free(b);
+    free(k);
+    return 0;
+}
+
+/* src (h, w) -> dst (oh, w) (vertical) */
+static int pil_resize_v(const uint8_t *src, int h, int w, int oh, uint8_t *dst) {
+    int *b;
+    int32_t *k;
+    int ks;
+    if (pil_coeffs(h, oh, &b, &k, &ks)) return -1;
+    for (int y = 0; y < oh; y++) {
+        const int32_t *ky = k + (size_t)y * ks;
+        for (int x = 0; x < w; x++) {
+            int64_t ss = (int64_t)1 << (PIL_BITS - 1);
+            for (int i = 0; i < b[2 * y + 1]; i++)
+                ss += (int64_t)src[(size_t)(b[2 * y] + i) * w + x] * ky[i];
+            dst[(size_t)y * w + x] = clip8(ss);
+        }
+    }
+    free(b);
+    free(k);
+    return 0;
+}
+
+int pbw_mask_from_image(const pbw_image *im, int H, int W, float *out, pbw_err *err) {
+    if (!im || !im->data || im->w < 1 || im->h < 1 || (im->c != 3 && im->c != 4))
+        return pbw_err_set(err, "mask: not an RGB or RGBA image");
+    if (H < 1 || W < 1 || H > PBW_IMAGE_MAX_SIDE || W > PBW_IMAGE_MAX_SIDE)
+        return pbw_err_set(err, "mask: bad target size %dx%d", W, H);
+    const size_t n = (size_t)im->w * im->h;
+    int use_alpha = 0;
+    if (im->c == 4)
+        for (size_t i = 0; i < n && !use_alpha; i++) use_alpha = im->data[i * 4 + 3] != 255;
+    uint8_t *g = malloc(n), *t = malloc((size_t)im->h * W), *o = malloc((size_t)H * W);
+    if (!g || !t || !o) {
+        free(g), free(t), free(o);
+        return pbw_err_set(err, "mask: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = im->data + i * (size_t)im->c;
+        /* PIL's RGB -> L (Convert.c): R * 299/1000 + G * 587/1000 + B * 114/1000 in 16-bit
+         * fixed point, rounded */
+        g[i] = use_alpha ? p[3]
+                         : (uint8_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
+    }
+    int rc = 0;
+    const uint8_t *cur = g;
+    if (W != im->w) {
+        if (pil_resize_h(g, im->h, im->w, W, t)) rc = -1;
+        cur = t;
+    }
+    if (!rc && H != im->h) {
+        if (pil_resize_v(cur, im->h, W, H, o)) rc = -1;
+        cur = o;
+    }
+    if (rc) {
+        free(g), free(t), free(o);
+        return pbw_err_set(err, "mask: out of memory");
+    }
+    for (size_t i = 0; i < (size_t)H * W; i++) out[i] = (float)cur[i] / 255.0f;
+    free(g), free(t), free(o);
+    return 0;
+}
+
+int pbw_mask_load(const char *path, int H, int W, float *out, pbw_err *err) {
+    pbw_image im;
+    if (pbw_image_read(path, &im, err)) return -1;
+    int rc = pbw_mask_from_image(&im, H, W, out, err);
+    pbw_image_free(&im);
+    if (rc) return pbw_err_prefix(err, "%s: ", path);
+    return 0;
+}
+
+int64_t pbw_mask_count(const float *mask, int64_t n) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) c += mask[i] > 0;
+    return c;
+}
+
+/* The reference's expand_range: low moved so the range has `size`, clipped to [minlim, maxlim]
+ * (Python's floor division on a nonnegative excess). */
+static void expand_range(int *low, int *high, int size, int minlim, int maxlim) {
+    int excess = size - *high + *low;
+    int l = *low - excess / 2;
+    if (l < minlim) l = minlim;
+    if (l > maxlim - size) l = maxlim - size;
+    *low = l;
+    *high = l + size;
+}
+
+void pbw_mask_square_box(const float *mask, int H, int W, int min_size, int box[4]) {
+    int y0 = H, y1 = -1, x0 = W, x1 = -1;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            if (mask[(size_t)y * W + x] > 0) {
+                if (y < y0) y0 = y;
+                if (y > y1) y1 = y;
+                if (x < x0) x0 = x;
+                if (x > x1) x1 = x;
+            }
+    if (y1 < 0) {
+        y0 = 0, y1 = H, x0 = 0, x1 = W;
+    } else {
+        y1++, x1++;
+    }
+    int target = y1 - y0;
+    if (x1 - x0 > target) target = x1 - x0;
+    if (min_size > target) target = min_size;
+    /* the reference slices with Python semantics, which clip a box larger than the image to
+     * it; clipping the side first gives the same pixels */
+    int ty = target < H ? target : H, tx = target < W ? target : W;
+    expand_range(&y0, &y1, ty, 0, H);
+    expand_range(&x0, &x1, tx, 0, W);
+    box[0] = y0, box[1] = y1, box[2] = x0, box[3] = x1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* objective                                                                                   */
+
+static const char *const mode_names[] = {"paste_onto_blank", "paste_onto_orig", "zoom",
+                                         "blank+full"};
+
+int pbw_loss_mode_parse(const char *s, pbw_loss_mode *out) {
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, mode_names[i])) {
+            *out = (pbw_loss_mode)i;
+            return 0;
+        }
+    if (!strcmp(s, "paste_onto_blank_full_orig")) {
+        *out = PBW_LOSS_BLANK_FULL;
+        return 0;
+    }
+    return -1;
+}
+
+const char *pbw_loss_mode_name(pbw_loss_mode m) {
+    return (unsigned)m < 4 ? mode_names[m] : "?";
+}
+
+void pbw_objective_init(pbw_objective *o, const pbw_clip *clip, const pbw_lpips *lpips,
+                        pbw_tensor *target, int H, int W) {
+    memset(o, 0, sizeof *o);
+    o->clip = clip;
+    o->lpips = lpips;
+    o->target = target;
+    o->H = H;
+    o->W = W;
+    o->R = clip ? clip->cfg.image_size : 224;
+    o->mode = PBW_LOSS_PASTE_BLANK;
+    o->n_crops = 32;
+    o->clip_chunk = 32;
+    o->recon_weight = 5.0f;
+    o->lpips_weight = 10.0f;
+    o->box[1] = H;
+    o->box[3] = W;
+}
+
+int pbw_objective_set_mask(pbw_objective *o, pbw_ctx *cctx, const float *mask,
+                           const pbw_tensor *orig, pbw_err *err) {
+    const int64_t H = o->H, W = o->W;
+    if (!orig || orig->ndim != 4 || orig->shape[0] != 1 || orig->shape[1] != 3 ||
+        orig->shape[2] != H || orig->shape[3] != W)
+        return pbw_err_set(err, "objective: the original image must be (1,3,%lld,%lld)",
+                           (long long)H, (long long)W);
+    o->mask = pbw_tensor_new(cctx, 4, (int64_t[]){1, 1, H, W});
+    o->keep = pbw_tensor_new(cctx, 4, (int64_t[]){1, 1, H, W});
+    o->orig = pbw_tensor_copy(cctx, orig);
+    if (!o->mask || !o->keep || !o->orig) return pbw_ctx_check(cctx, err);
+    double ks = 0;
+    for (int64_t i = 0; i < H * W; i++) {
+        float m = mask[i] < 0 ? 0 : (mask[i] > 1 ? 1 : mask[i]);
+        o->mask->data[i] = m;
+        o->keep->data[i] = 1.0f - m;
+        ks += 1.0 - (double)m;
+    }
+    o->keep_sum = ks;
+    pbw_mask_square_box(o->mask->data, (int)H, (int)W, 128, o->box);
+    if (o->lpips) {
+        int prev = pbw_ctx_set_grad(cctx, 0);
+        int rc = pbw_lpips_features(cctx, o->lpips, o->orig, o->orig_feats);
+        pbw_ctx_set_grad(cctx, prev);
+        if (rc) return pbw_ctx_check(cctx, err) ? -1 : pbw_err_set(err, "lpips features failed");
+    }
+    return 0;
+}
+
+int pbw_objective_crop_sets(const pbw_objective *o) {
+    return o->mask && o->mode == PBW_LOSS_BLANK_FULL ? 2 : 1;
+}
+
+int pbw_objective_view_side(const pbw_objective *o) {
+    return o->mask && o->mode == PBW_LOSS_ZOOM ? o->R : o->H;
+}
+
+void pbw_objective_draw_crops(const pbw_objective *o, pbw_rng *rng, pbw_crop *crops) {
+    int sets = pbw_objective_crop_sets(o);
+    /* the full image of blank+full has the image's side too, so one side serves both sets */
+    for (int s = 0; s < sets; s++)
+        pbw_crops_draw(rng, pbw_objective_view_side(o), o->n_crops, crops + s * o->n_crops);
+}
+
+pbw_tensor *pbw_objective_view(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img,
+                               int which) {
+    if (!img) return NULL;
+    if (!o->mask || which == 1) return img;
+    switch (o->mode) {
+    case PBW_LOSS_PASTE_BLANK:
+    case PBW_LOSS_BLANK_FULL:
+        return pbw_mul(ctx, img, o->mask);
+    case PBW_LOSS_PASTE_ORIG:
+        return pbw_add(ctx, pbw_mul(ctx, o->orig, o->keep), pbw_mul(ctx, img, o->mask));
+    case PBW_LOSS_ZOOM: {
+        pbw_tensor *t = pbw_slice(ctx, img, 2, o->box[0], o->box[1], 1);
+        t = pbw_slice(ctx, t, 3, o->box[2], o->box[3], 1);
+        return pbw_resize(ctx, t, o->R, o->R, PBW_RESIZE_BILINEAR);
+    }
+    }
+    return pbw_ctx_fail(ctx, "objective: unknown loss mode %d", (int)o->mode);
+}
+
+static int has_recon(const pbw_objective *o) {
+    return o->mask && o->orig && o->keep_sum > 0 && o->recon_weight != 0;
+}
+
+/* sum_{c,y,x} |img - orig| keep / sum keep -> (B) */
+static pbw_tensor *l1_term(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
+    static const int chw[3] = {1, 2, 3};
+    pbw_tensor *d = pbw_mul(ctx, pbw_abs(ctx, pbw_sub(ctx, img, o->orig)), o->keep);
+    return pbw_scale(ctx, pbw_sum(ctx, d, 3, chw, 0), (float)(1.0 / o->keep_sum));
+}
+
+static pbw_tensor *lpips_term(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
+    pbw_tensor *f[PBW_LPIPS_LAYERS];
+    if (pbw_lpips_features(ctx, o->lpips, img, f)) return NULL;
+    pbw_tensor *map = pbw_lpips_compare(ctx, o->lpips, f, o->orig_feats, 1, o->H, o->W);
+    return pbw_lpips_weighted(ctx, map, o->keep);
+}
+
+static int check_img(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
+    char s[64];
+    if (!img) return -1;
+    if (img->ndim != 4 || img->shape[1] != 3 || img->shape[2] != o->H || img->shape[3] != o->W) {
+        pbw_ctx_fail(ctx, "objective: image %s must be (B,3,%d,%d)",
+                     pbw_shape_str(img, s, sizeof s), o->H, o->W);
+        return -1;
+    }
+    return 0;
+}
+
+int pbw_objective_eval(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img,
+                       const pbw_crop *crops, pbw_loss_parts *out) {
+    memset(out, 0, sizeof *out);
+    if (check_img(ctx, o, img)) return -1;
+    pbw_tensor *clip = pbw_clip_crop_loss(ctx, o->clip, pbw_objective_view(ctx, o, img, 0),
+                                          o->target, crops, o->n_crops);
+    if (pbw_objective_crop_sets(o) == 2) {
+        pbw_tensor *full = pbw_clip_crop_loss(ctx, o->clip, img, o->target,
+                                              crops + o->n_crops, o->n_crops);
+        clip = pbw_scale(ctx, pbw_add(ctx, clip, full), 0.5f);
+    }
+    out->clip = clip;
+    pbw_tensor *total = clip;
+    if (has_recon(o)) {
+        out->l1 = l1_term(ctx, o, img);
+        pbw_tensor *rec = out->l1;
+        if (o->lpips) {
+            out->lpips = lpips_term(ctx, o, img);
+            rec = pbw_add(ctx, rec, pbw_scale(ctx, out->lpips, o->lpips_weight));
+        }
+        total = pbw_add(ctx, clip, pbw_scale(ctx, rec, o->recon_weight));
+    }
+    out->total = total;
+    return total && !pbw_ctx_failed(ctx) ? 0 : -1;
+}
+
+int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
+                         pbw_tensor *img, const pbw_crop *crops, pbw_loss_values *out,
+                         pbw_err *err) {
+    if (check_img(ctx, o, img)) {
+        pbw_ctx_check(ctx, err);
+        return -1;
+    }
+    const int64_t B = img->shape[0];
+    double *a = calloc((size_t)B * 2, sizeof *a);
+    if (!a) return pbw_err_set(err, "out of memory");
+    int rc = 0;
+    pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
+    if (!view || pbw_ctx_failed(ctx)) {
+        rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
+        goto out;
+    }
+    if (pbw_clip_crop_loss_values(scratch, o->clip, view, o->target, crops, o->n_crops,
+                                  o->clip_chunk, a, err)) {
+        rc = -1;
+        goto out;
+    }
+    if (pbw_objective_crop_sets(o) == 2) {
+        if (pbw_clip_crop_loss_values(scratch, o->clip, img, o->target, crops + o->n_crops,
+                                      o->n_crops, o->clip_chunk, a + B, err)) {
+            rc = -1;
+            goto out;
+        }
+        for (int64_t b = 0; b < B; b++) a[b] = (a[b] + a[B + b]) / 2;
+    }
+    for (int64_t b = 0; b < B; b++) {
+        out[b].clip = a[b];
+        out[b].l1 = out[b].lpips = 0;
+        out[b].total = a[b];
+    }
+    if (has_recon(o)) {
+        pbw_tensor *l1 = l1_term(ctx, o, img);
+        pbw_tensor *lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
+        if (!l1 || (o->lpips && !lp) || pbw_ctx_failed(ctx)) {
+            rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
+            goto out;
+        }
+        for (int64_t b = 0; b < B; b++) {
+            out[b].l1 = l1->data[b];
+            out[b].lpips = lp ? lp->data[b] : 0;
+            out[b].total = out[b].clip + (double)o->recon_weight *
+                                             (out[b].l1 + (double)o->lpips_weight * out[b].lpips);
+        }
+    }
+out:
+    free(a);
+    return rc;
+}

@@ -1,0 +1,718 @@
+/* pbw_painter.c: the painting loop (CMA-ES, then Adam) over StyleGAN2 latents with the objective
+ * of pbw_loss.h; see pbw_painter.h for the method and the contracts.
+ *
+ * Three contexts: `cctx` per request holds the constants (w0, the original image, the text
+ * embedding, masks, LPIPS features of the original); the painter's `ctx` holds one step's
+ * activations and tape and is reset after every step or CMA batch; `scratch` runs CLIP on a
+ * chunk of crops at a time in CMA's forward-only passes, so memory stays bounded however large
+ * the population and crop count are. */
+#include "paint/pbw_painter.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/pbw_rng.h"
+#include "paint/pbw_adam.h"
+#include "paint/pbw_cma.h"
+
+struct pbw_painter {
+    pbw_stylegan2 *g;
+    const pbw_clip *clip;
+    pbw_tokenizer *tok;
+    const pbw_lpips *lpips;
+    /* owned by pbw_painter_new, NULL for a wrapped painter */
+    pbw_stylegan2 *own_g;
+    pbw_clip *own_clip;
+    pbw_tokenizer *own_tok;
+    pbw_lpips *own_lpips;
+    pbw_ctx *ctx;
+    pbw_ctx *scratch;
+};
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* construction                                                                                */
+
+static int make_contexts(pbw_painter *p, pbw_err *err) {
+    p->ctx = pbw_ctx_new(PBW_DEV_CPU, err);
+    if (!p->ctx) return -1;
+    p->scratch = pbw_ctx_new(PBW_DEV_CPU, err);
+    if (!p->scratch) return -1;
+    pbw_ctx_set_grad(p->scratch, 0);
+    return 0;
+}
+
+int pbw_painter_wrap(pbw_painter **out, pbw_stylegan2 *g, const pbw_clip *clip,
+                     pbw_tokenizer *tok, const pbw_lpips *lpips, pbw_err *err) {
+    *out = NULL;
+    if (!g || !clip) return pbw_err_set(err, "painter: a generator and a CLIP model are required");
+    pbw_painter *p = calloc(1, sizeof *p);
+    if (!p) return pbw_err_set(err, "painter: out of memory");
+    p->g = g;
+    p->clip = clip;
+    p->tok = tok;
+    p->lpips = lpips;
+    if (make_contexts(p, err)) {
+        pbw_painter_free(p);
+        return -1;
+    }
+    *out = p;
+    return 0;
+}
+
+/* The tokenizer next to a CLIP checkpoint, if any: "" when there is none. */
+static void find_vocab(const char *clip, char *buf, size_t len) {
+    buf[0] = 0;
+    if (!is_dir(clip)) return;
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/vocab.json", clip);
+    snprintf(b, sizeof b, "%s/merges.txt", clip);
+    if (is_file(a) && is_file(b)) {
+        snprintf(buf, len, "%s", clip);
+        return;
+    }
+    snprintf(a, sizeof a, "%s/bpe_simple_vocab_16e6.txt.gz", clip);
+    if (is_file(a)) snprintf(buf, len, "%s", a);
+}
+
+/* LPIPS heads beside the backbone: alex.pth, v0.1/alex.pth; "" when none. */
+static void find_heads(const char *backbone, char *buf, size_t len) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", backbone);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    const char *cands[] = {"alex.pth", "v0.1/alex.pth", "lpips/v0.1/alex.pth"};
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
+        int k = snprintf(buf, len, "%s/%s", dir, cands[i]);
+        if (k > 0 && (size_t)k < len && is_file(buf)) return;
+    }
+    buf[0] = 0;
+}
+
+int pbw_painter_new(pbw_painter **out, const pbw_painter_config *cfg, pbw_err *err) {
+    *out = NULL;
+    if (!cfg || !cfg->gan || !cfg->clip)
+        return pbw_err_set(err, "painter: a StyleGAN2 checkpoint and a CLIP model are required");
+    pbw_painter *p = calloc(1, sizeof *p);
+    if (!p) return pbw_err_set(err, "painter: out of memory");
+    if (pbw_sg2_load(cfg->gan, &p->own_g, err)) {
+        pbw_err_prefix(err, "generator %s: ", cfg->gan);
+        goto fail;
+    }
+    if (pbw_clip_load(cfg->clip, &p->own_clip, err)) {
+        pbw_err_prefix(err, "CLIP %s: ", cfg->clip);
+        goto fail;
+    }
+    char vocab[4096];
+    if (cfg->vocab) snprintf(vocab, sizeof vocab, "%s", cfg->vocab);
+    else find_vocab(cfg->clip, vocab, sizeof vocab);
+    if (vocab[0]) {
+        p->own_tok = pbw_tokenizer_load(vocab, err);
+        if (!p->own_tok) {
+            pbw_err_prefix(err, "vocabulary: ");
+            goto fail;
+        }
+    }
+    if (cfg->lpips_backbone) {
+        char heads[4096];
+        if (cfg->lpips_heads) snprintf(heads, sizeof heads, "%s", cfg->lpips_heads);
+        else find_heads(cfg->lpips_backbone, heads, sizeof heads);
+        /* no heads file found: the backbone file may be a whole LPIPS state dict */
+        if (pbw_lpips_load(cfg->lpips_backbone, heads[0] ? heads : NULL, &p->own_lpips, err)) {
+            if (!heads[0])
+                pbw_err_prefix(err, "LPIPS (no heads file alex.pth or v0.1/alex.pth beside %s; "
+                               "name it explicitly): ", cfg->lpips_backbone);
+            else
+                pbw_err_prefix(err, "LPIPS: ");
+            goto fail;
+        }
+    }
+    p->g = p->own_g;
+    p->clip = p->own_clip;
+    p->tok = p->own_tok;
+    p->lpips = p->own_lpips;
+    if (make_contexts(p, err)) goto fail;
+    *out = p;
+    return 0;
+fail:
+    pbw_painter_free(p);
+    return -1;
+}
+
+void pbw_painter_free(pbw_painter *p) {
+    if (!p) return;
+    pbw_ctx_free(p->ctx);
+    pbw_ctx_free(p->scratch);
+    pbw_sg2_free(p->own_g);
+    pbw_clip_free(p->own_clip);
+    pbw_tokenizer_free(p->own_tok);
+    pbw_lpips_free(p->own_lpips);
+    free(p);
+}
+
+int pbw_painter_image_size(const pbw_painter *p) { return p->g->size; }
+int pbw_painter_style_dim(const pbw_painter *p) { return p->g->style_dim; }
+int pbw_painter_has_lpips(const pbw_painter *p) { return p->lpips != NULL; }
+int pbw_painter_has_tokenizer(const pbw_painter *p) { return p->tok != NULL; }
+const pbw_stylegan2 *pbw_painter_gan(const pbw_painter *p) { return p->g; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* requests                                                                                    */
+
+static const char *const optim_names[] = {"cma+adam", "cma", "adam"};
+
+int pbw_optim_parse(const char *s, pbw_optim *out) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, optim_names[i])) {
+            *out = (pbw_optim)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *pbw_optim_name(pbw_optim o) { return (unsigned)o < 3 ? optim_names[o] : "?"; }
+
+int pbw_mask_mode_parse(const char *s, pbw_mask_mode *out) {
+    if (!strcmp(s, "latent")) *out = PBW_MASK_LATENT;
+    else if (!strcmp(s, "output")) *out = PBW_MASK_OUTPUT;
+    else return -1;
+    return 0;
+}
+
+void pbw_paint_request_default(pbw_paint_request *rq) {
+    memset(rq, 0, sizeof *rq);
+    rq->truncation = 1.0f;
+    rq->optim = PBW_OPTIM_CMA_ADAM;
+    rq->cma_generations = 20;
+    rq->population = 50;
+    rq->sigma0 = 0.5;
+    rq->adam_steps = 100;
+    rq->lr = 0.01;
+    rq->crops = 32;
+    rq->loss_mode = PBW_LOSS_PASTE_BLANK;
+    rq->mask_mode = PBW_MASK_LATENT;
+    rq->var = PBW_VAR_DEFAULT;
+    rq->recon_weight = 5.0f;
+    rq->lpips_weight = 10.0f;
+    rq->rng_seed = 1;
+    rq->clip_chunk = 32;
+}
+
+void pbw_paint_result_free(pbw_paint_result *r) {
+    if (!r) return;
+    free(r->image);
+    free(r->original);
+    free(r->latent);
+    memset(r, 0, sizeof *r);
+}
+
+void pbw_paint_to_rgb8(const float *img, int H, int W, uint8_t *rgb) {
+    const int64_t P = (int64_t)H * W;
+    for (int c = 0; c < 3; c++)
+        for (int64_t i = 0; i < P; i++) {
+            float v = img[c * P + i];
+            if (v != v) v = 0;
+            v = v < -1 ? -1 : (v > 1 ? 1 : v);
+            rgb[i * 3 + c] = (uint8_t)lrintf(v * 127.5f + 127.5f);
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* one run                                                                                     */
+
+typedef struct run {
+    pbw_painter *p;
+    const pbw_paint_request *rq;
+    int edit;
+    pbw_paint_var var;
+    int D, S;
+    int64_t per;                /* 3*S*S */
+    pbw_ctx *cctx;              /* constants of this request */
+    pbw_tensor *w0;             /* (1,D) */
+    pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
+    pbw_sg2_mask mk;
+    int have_mk;
+    pbw_tensor *orig;           /* (1,3,S,S) */
+    pbw_tensor *orig_keep;      /* output masking: orig * (1 - mask) */
+    pbw_objective obj;
+    pbw_rng rng;
+    float *start;               /* (D) */
+    float *best_lat;            /* (D) lowest total evaluated so far */
+    double best;
+    int have_best;
+    float *frame;               /* (per) the image handed to progress */
+    pbw_paint_progress_fn progress;
+    void *user;
+    const volatile sig_atomic_t *cancel;
+    double t0;
+    int step, steps;
+} run;
+
+static int cancelled(const run *r) { return r->cancel && *r->cancel; }
+
+/* latent (B,D) -> image (B,3,S,S) as the request paints it. */
+static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
+    const pbw_stylegan2 *g = r->p->g;
+    pbw_tensor *w = lat;
+    if (r->var == PBW_VAR_Z)
+        w = pbw_sg2_truncate(ctx, g, pbw_sg2_mapping(ctx, g, lat), r->rq->truncation);
+    if (!w) return NULL;
+    pbw_tensor *la[PBW_SG2_MAX_LATENT];
+    for (int i = 0; i < g->n_latent; i++) la[i] = w;
+    pbw_sg2_opts o = {.noise = PBW_SG2_NOISE_FIXED};
+    if (r->edit && r->rq->mask_mode == PBW_MASK_LATENT) {
+        o.mask = &r->mk;
+        o.lat0 = r->lat0;
+        o.demod_mixed = r->rq->demod_mixed;
+    }
+    pbw_tensor *img = pbw_sg2_synthesis(ctx, g, la, &o);
+    if (r->edit && r->rq->mask_mode == PBW_MASK_OUTPUT)
+        img = pbw_add(ctx, pbw_mul(ctx, img, r->obj.mask), r->orig_keep);
+    return img;
+}
+
+static void note_best(run *r, const float *lat, double total) {
+    if (!r->have_best || total < r->best) {
+        r->best = total;
+        r->have_best = 1;
+        memcpy(r->best_lat, lat, (size_t)r->D * sizeof(float));
+    }
+}
+
+static int ctx_err(pbw_ctx *ctx, pbw_err *err, const char *what) {
+    if (pbw_ctx_check(ctx, err)) return pbw_err_prefix(err, "%s: ", what);
+    return pbw_err_set(err, "%s failed", what);
+}
+
+/* Constants: start latent, w0, original image, text target, masks, objective. */
+static int setup(run *r, const float *mask, pbw_err *err) {
+    pbw_painter *p = r->p;
+    const pbw_paint_request *rq = r->rq;
+    pbw_stylegan2 *g = p->g;
+    const int D = r->D, S = r->S;
+    pbw_ctx *c = r->cctx;
+    pbw_ctx_set_grad(c, 0);
+
+    /* words */
+    const int C = p->clip->cfg.context_length;
+    int32_t *ids = calloc((size_t)C, sizeof *ids);
+    if (!ids) return pbw_err_set(err, "out of memory");
+    int64_t T = 0;
+    if (rq->ids) {
+        if (rq->n_ids < 2 || rq->n_ids > C) {
+            free(ids);
+            return pbw_err_set(err, "%d token ids given; the model takes 2 to %d (start and end "
+                               "tokens included)", rq->n_ids, C);
+        }
+        memcpy(ids, rq->ids, (size_t)rq->n_ids * sizeof *ids);
+        T = rq->n_ids;
+    } else {
+        if (!rq->text) {
+            free(ids);
+            return pbw_err_set(err, "no words: give a text or token ids");
+        }
+        if (!p->tok) {
+            free(ids);
+            return pbw_err_set(err, "no tokenizer: the CLIP directory has no vocab.json/merges.txt "
+                               "or bpe_simple_vocab_16e6.txt.gz; name a vocabulary");
+        }
+        size_t n;
+        if (pbw_tokenize(p->tok, rq->text, strlen(rq->text), ids, (size_t)C, C, &n, err)) {
+            free(ids);
+            return pbw_err_prefix(err, "text: ");
+        }
+        T = (int64_t)n;
+    }
+    for (int64_t i = 0; i < T; i++)
+        if (ids[i] < 0 || ids[i] >= p->clip->cfg.vocab_size) {
+            int bad = ids[i];
+            free(ids);
+            return pbw_err_set(err, "token id %d is outside the CLIP model's vocabulary of %d",
+                               bad, p->clip->cfg.vocab_size);
+        }
+    pbw_tensor *target = pbw_clip_encode_text(c, p->clip, ids, 1, T);
+    free(ids);
+    if (!target) return ctx_err(c, err, "text embedding");
+
+    /* start */
+    float *z0 = malloc((size_t)D * sizeof *z0);
+    if (!z0) return pbw_err_set(err, "out of memory");
+    if (rq->z) {
+        memcpy(z0, rq->z, (size_t)D * sizeof *z0);
+    } else if (rq->seed < 0 || pbw_seedbank_z(rq->seed, 1, D, z0)) {
+        free(z0);
+        return pbw_err_set(err, "no seed-bank row %lld for a style size of %d", (long long)rq->seed,
+                           D);
+    }
+    if (rq->truncation < 1.0f && !g->latent_avg &&
+        pbw_sg2_mean_latent(p->ctx, g, 4096, 0, err)) {
+        free(z0);
+        return pbw_err_prefix(err, "estimating latent_avg for truncation: ");
+    }
+    pbw_tensor *zt = pbw_tensor_new(c, 2, (int64_t[]){1, D});
+    if (zt) memcpy(zt->data, z0, (size_t)D * sizeof *z0);
+    r->w0 = pbw_sg2_truncate(c, g, pbw_sg2_mapping(c, g, zt), rq->truncation);
+    if (!r->w0) {
+        free(z0);
+        return ctx_err(c, err, "mapping");
+    }
+    memcpy(r->start, r->var == PBW_VAR_Z ? z0 : r->w0->data, (size_t)D * sizeof(float));
+    free(z0);
+    for (int i = 0; i < g->n_latent; i++) r->lat0[i] = r->w0;
+    r->orig = pbw_sg2_from_w(c, g, r->w0, NULL);
+    if (!r->orig) return ctx_err(c, err, "generator");
+
+    /* objective */
+    pbw_objective *o = &r->obj;
+    const pbw_lpips *lp = rq->lpips_weight != 0 ? p->lpips : NULL;
+    pbw_objective_init(o, p->clip, lp, target, S, S);
+    o->mode = rq->loss_mode;
+    o->n_crops = rq->crops;
+    o->clip_chunk = rq->clip_chunk > 0 ? rq->clip_chunk : 32;
+    o->recon_weight = rq->recon_weight;
+    o->lpips_weight = rq->lpips_weight;
+    if (r->edit) {
+        if (pbw_objective_set_mask(o, c, mask, r->orig, err)) return -1;
+        if (rq->mask_mode == PBW_MASK_LATENT) {
+            if (pbw_sg2_mask_init(&r->mk, g, mask, S, S, err)) return -1;
+            r->have_mk = 1;
+        } else {
+            r->orig_keep = pbw_mul(c, r->orig, o->keep);
+            if (!r->orig_keep) return ctx_err(c, err, "output mask");
+        }
+    }
+    return 0;
+}
+
+static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_steps,
+                   const pbw_loss_values *v, double gen_mean, double sigma, double lr,
+                   double beta1, double t_step) {
+    if (!r->progress) return;
+    pbw_paint_progress pr = {0};
+    pr.step = r->step;
+    pr.steps = r->steps;
+    pr.phase = phase;
+    pr.phase_step = phase_step;
+    pr.phase_steps = phase_steps;
+    pr.loss = *v;
+    pr.gen_mean = gen_mean;
+    pr.best = r->best;
+    pr.sigma = sigma;
+    pr.lr = lr;
+    pr.beta1 = beta1;
+    pr.step_seconds = t_step;
+    pr.elapsed = now_s() - r->t0;
+    pr.image = r->frame;
+    pr.size = r->S;
+    r->progress(&pr, r->user);
+}
+
+/* CMA-ES phase: `var` (D) in: the start; out: the kept point. Returns 0, -1 on error. */
+static int phase_cma(run *r, float *var, pbw_err *err) {
+    const pbw_paint_request *rq = r->rq;
+    const int D = r->D;
+    pbw_ctx *ctx = r->p->ctx;
+    pbw_cma_opts co;
+    pbw_cma_opts_default(&co);
+    co.lambda = rq->population;
+    co.sigma0 = rq->sigma0;
+    co.seed = rq->rng_seed;
+    pbw_cma *cma = NULL;
+    if (pbw_cma_new(&cma, D, var, &co, err)) return pbw_err_prefix(err, "CMA-ES: ");
+    const int lam = pbw_cma_lambda(cma);
+    int bsz = rq->cma_batch > 0 ? rq->cma_batch : (int)((2 << 16) / ((int64_t)r->S * r->S));
+    if (bsz < 1) bsz = 1;
+    if (bsz > lam) bsz = lam;
+    const int nsets = pbw_objective_crop_sets(&r->obj);
+    float *X = malloc((size_t)lam * D * sizeof *X);
+    double *f = malloc((size_t)lam * sizeof *f);
+    pbw_loss_values *vals = malloc((size_t)lam * sizeof *vals);
+    pbw_crop *crops = malloc((size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
+                             sizeof *crops);
+    int rc = 0;
+    if (!X || !f || !vals || !crops) {
+        rc = pbw_err_set(err, "out of memory");
+        goto out;
+    }
+    int prev = pbw_ctx_set_grad(ctx, 0);
+    for (int gen = 0; gen < rq->cma_generations && !cancelled(r); gen++) {
+        double t = now_s();
+        pbw_cma_ask(cma, X);
+        pbw_objective_draw_crops(&r->obj, &r->rng, crops);
+        int gbest = -1;
+        for (int i = 0; i < lam && !rc; i += bsz) {
+            if (cancelled(r)) break;
+            int b = lam - i < bsz ? lam - i : bsz;
+            pbw_ctx_reset(ctx);
+            pbw_tensor *lat = pbw_tensor_wrap(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
+            pbw_tensor *img = render(ctx, r, lat);
+            if (!img || pbw_ctx_failed(ctx)) {
+                rc = ctx_err(ctx, err, "generator");
+                break;
+            }
+            if (pbw_objective_values(ctx, r->p->scratch, &r->obj, img, crops, vals + i, err)) {
+                rc = -1;
+                break;
+            }
+            for (int k = 0; k < b; k++)
+                if (gbest < 0 || vals[i + k].total < vals[gbest].total) {
+                    gbest = i + k;
+                    memcpy(r->frame, img->data + (int64_t)k * r->per, (size_t)r->per * sizeof(float));
+                }
+        }
+        pbw_ctx_reset(ctx);
+        if (rc || cancelled(r)) break; /* a partly evaluated generation is not told */
+        double mean = 0;
+        for (int k = 0; k < lam; k++) {
+            f[k] = vals[k].total;
+            mean += f[k] / lam;
+            note_best(r, X + (int64_t)k * D, f[k]);
+        }
+        if (pbw_cma_tell(cma, X, f, err)) {
+            rc = pbw_err_prefix(err, "CMA-ES: ");
+            break;
+        }
+        r->step++;
+        report(r, PBW_PHASE_CMA, gen + 1, rq->cma_generations, &vals[gbest], mean,
+               pbw_cma_sigma(cma), 0, 0, now_s() - t);
+        if (pbw_cma_stop(cma)) break;
+    }
+    pbw_ctx_set_grad(ctx, prev);
+    if (!rc) memcpy(var, pbw_cma_kept(cma), (size_t)D * sizeof *var);
+out:
+    pbw_cma_free(cma);
+    free(X);
+    free(f);
+    free(vals);
+    free(crops);
+    return rc;
+}
+
+/* Adam phase on `var` (D), in place. */
+static int phase_adam(run *r, float *var, pbw_err *err) {
+    const pbw_paint_request *rq = r->rq;
+    const int D = r->D, n = rq->adam_steps;
+    pbw_ctx *ctx = r->p->ctx;
+    pbw_adam_opts ao;
+    pbw_adam_opts_default(&ao, n);
+    pbw_onecycle_default(&ao.schedule, rq->lr, n);
+    pbw_adam adam;
+    if (pbw_adam_init(&adam, D, &ao, err)) return pbw_err_prefix(err, "Adam: ");
+    const int nsets = pbw_objective_crop_sets(&r->obj);
+    pbw_crop *crops = malloc((size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
+                             sizeof *crops);
+    int rc = crops ? 0 : pbw_err_set(err, "out of memory");
+    int prev = pbw_ctx_set_grad(ctx, 1);
+    for (int t = 0; t < n && !rc && !cancelled(r); t++) {
+        double t0 = now_s();
+        pbw_ctx_reset(ctx);
+        pbw_tensor *lat = pbw_tensor_new(ctx, 2, (int64_t[]){1, D});
+        if (!lat) {
+            rc = ctx_err(ctx, err, "Adam step");
+            break;
+        }
+        memcpy(lat->data, var, (size_t)D * sizeof *var);
+        lat->requires_grad = 1;
+        pbw_tensor *img = render(ctx, r, lat);
+        pbw_objective_draw_crops(&r->obj, &r->rng, crops);
+        pbw_loss_parts parts;
+        if (!img || pbw_objective_eval(ctx, &r->obj, img, crops, &parts)) {
+            rc = ctx_err(ctx, err, "loss");
+            break;
+        }
+        if (pbw_backward(ctx, parts.total, NULL, err)) {
+            rc = pbw_err_prefix(err, "backward: ");
+            break;
+        }
+        if (!lat->grad) {
+            rc = pbw_err_set(err, "the loss does not depend on the latent");
+            break;
+        }
+        pbw_loss_values v = {parts.total->data[0], parts.clip->data[0],
+                             parts.l1 ? parts.l1->data[0] : 0,
+                             parts.lpips ? parts.lpips->data[0] : 0};
+        memcpy(r->frame, img->data, (size_t)r->per * sizeof(float));
+        note_best(r, var, v.total);
+        if (pbw_adam_step(&adam, var, lat->grad, err)) {
+            rc = pbw_err_prefix(err, "Adam: ");
+            break;
+        }
+        r->step++;
+        report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0);
+    }
+    pbw_ctx_reset(ctx);
+    pbw_ctx_set_grad(ctx, prev);
+    pbw_adam_free(&adam);
+    free(crops);
+    return rc;
+}
+
+/* Loss values of one image (1,3,S,S) with the evaluation crops. */
+static int eval_image(run *r, pbw_tensor *img, const pbw_crop *crops, pbw_loss_values *v,
+                      pbw_err *err) {
+    return pbw_objective_values(r->p->ctx, r->p->scratch, &r->obj, img, crops, v, err);
+}
+
+static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
+                 pbw_paint_progress_fn progress, void *user, const volatile sig_atomic_t *cancel,
+                 pbw_paint_result *res, pbw_err *err) {
+    memset(res, 0, sizeof *res);
+    if (!p || !rq) return pbw_err_set(err, "painter: no request");
+    const int S = p->g->size, D = p->g->style_dim;
+    /* request checks, before any work */
+    if (edit && !rq->mask) return pbw_err_set(err, "edit: no mask (where to paint)");
+    if (!edit && rq->mask) return pbw_err_set(err, "generate: takes no mask (use edit)");
+    if (edit && pbw_mask_count(rq->mask, (int64_t)S * S) == 0)
+        return pbw_err_set(err, "the mask is empty (no pixel above 0): nothing to paint");
+    if (rq->population < 2 && rq->optim != PBW_OPTIM_ADAM)
+        return pbw_err_set(err, "population %d: CMA-ES needs at least 2", rq->population);
+    if (rq->cma_generations < 0 || rq->adam_steps < 0 || rq->crops < 0 ||
+        rq->crops > PBW_MAX_CROPS || !(rq->sigma0 > 0) || !(rq->lr > 0))
+        return pbw_err_set(err, "bad request: generations %d, Adam steps %d, crops %d (0..%d), "
+                           "sigma0 %g and lr %g (> 0)", rq->cma_generations, rq->adam_steps,
+                           rq->crops, PBW_MAX_CROPS, rq->sigma0, rq->lr);
+    if (!(rq->truncation > 0 && rq->truncation <= 1))
+        return pbw_err_set(err, "truncation %g must be in (0, 1]", rq->truncation);
+    if ((unsigned)rq->loss_mode > PBW_LOSS_BLANK_FULL || (unsigned)rq->optim > PBW_OPTIM_ADAM ||
+        (unsigned)rq->mask_mode > PBW_MASK_OUTPUT || (unsigned)rq->var > PBW_VAR_Z)
+        return pbw_err_set(err, "bad request: unknown loss mode, optimizer, mask mode or variable");
+    int needs_lpips = edit && rq->recon_weight != 0 && rq->lpips_weight != 0 &&
+                      pbw_mask_count(rq->mask, (int64_t)S * S) < (int64_t)S * S;
+    if (needs_lpips && !p->lpips && !rq->allow_no_lpips)
+        return pbw_err_set(err, "LPIPS is not loaded: the reconstruction loss needs torchvision's "
+                           "AlexNet (alexnet-owt-7be5be79.pth) and the LPIPS v0.1 heads; give "
+                           "them, or allow the edit without LPIPS (L1 only)");
+    if (needs_lpips && p->lpips && S < 35)
+        return pbw_err_set(err, "LPIPS needs images of at least 35 px; this generator makes %d px "
+                           "(allow the edit without LPIPS)", S);
+
+    run r;
+    memset(&r, 0, sizeof r);
+    r.p = p;
+    r.rq = rq;
+    r.edit = edit;
+    r.var = rq->var != PBW_VAR_DEFAULT ? rq->var : (edit ? PBW_VAR_W : PBW_VAR_Z);
+    r.D = D;
+    r.S = S;
+    r.per = (int64_t)3 * S * S;
+    r.progress = progress;
+    r.user = user;
+    r.cancel = cancel;
+    r.t0 = now_s();
+    int do_cma = rq->optim != PBW_OPTIM_ADAM, do_adam = rq->optim != PBW_OPTIM_CMA;
+    r.steps = (do_cma ? rq->cma_generations : 0) + (do_adam ? rq->adam_steps : 0);
+    pbw_rng_seed(&r.rng, rq->rng_seed);
+    r.start = malloc((size_t)D * sizeof(float));
+    r.best_lat = malloc((size_t)D * sizeof(float));
+    r.frame = malloc((size_t)r.per * sizeof(float));
+    float *var = malloc((size_t)D * sizeof(float));
+    pbw_crop *ecrops = NULL;
+    int rc = -1;
+    if (!r.start || !r.best_lat || !r.frame || !var) {
+        pbw_err_set(err, "out of memory");
+        goto out;
+    }
+    r.cctx = pbw_ctx_new(PBW_DEV_CPU, err);
+    if (!r.cctx || setup(&r, rq->mask, err)) goto out;
+    pbw_ctx_reset(p->ctx);
+    pbw_ctx_reset(p->scratch);
+
+    /* the evaluation crops of before/after */
+    const int nsets = pbw_objective_crop_sets(&r.obj);
+    ecrops = malloc((size_t)(nsets * (rq->crops > 0 ? rq->crops : 1)) * sizeof *ecrops);
+    if (!ecrops) {
+        pbw_err_set(err, "out of memory");
+        goto out;
+    }
+    pbw_rng erng;
+    pbw_rng_seed(&erng, rq->rng_seed + 1u);
+    pbw_objective_draw_crops(&r.obj, &erng, ecrops);
+    int prev = pbw_ctx_set_grad(p->ctx, 0);
+    int erc = eval_image(&r, r.orig, ecrops, &res->before, err);
+    pbw_ctx_reset(p->ctx);
+    pbw_ctx_set_grad(p->ctx, prev);
+    if (erc) goto out;
+
+    memcpy(var, r.start, (size_t)D * sizeof *var);
+    if (do_cma && rq->cma_generations > 0 && phase_cma(&r, var, err)) goto out;
+    if (do_adam && rq->adam_steps > 0 && !cancelled(&r) && phase_adam(&r, var, err)) goto out;
+
+    res->cancelled = cancelled(&r) ? 1 : 0;
+    if (res->cancelled && r.have_best) memcpy(var, r.best_lat, (size_t)D * sizeof *var);
+
+    /* the result */
+    res->size = S;
+    res->latent_dim = D;
+    res->var = r.var;
+    res->steps = r.steps;
+    res->steps_done = r.step;
+    res->image = malloc((size_t)r.per * sizeof(float));
+    res->original = malloc((size_t)r.per * sizeof(float));
+    res->latent = malloc((size_t)D * sizeof(float));
+    if (!res->image || !res->original || !res->latent) {
+        pbw_err_set(err, "out of memory");
+        goto out;
+    }
+    memcpy(res->latent, var, (size_t)D * sizeof(float));
+    memcpy(res->original, r.orig->data, (size_t)r.per * sizeof(float));
+    prev = pbw_ctx_set_grad(p->ctx, 0);
+    pbw_ctx_reset(p->ctx);
+    pbw_tensor *lat = pbw_tensor_wrap(p->ctx, var, 2, (int64_t[]){1, D});
+    pbw_tensor *img = render(p->ctx, &r, lat);
+    if (!img || pbw_ctx_failed(p->ctx)) {
+        ctx_err(p->ctx, err, "generator");
+        pbw_ctx_set_grad(p->ctx, prev);
+        goto out;
+    }
+    memcpy(res->image, img->data, (size_t)r.per * sizeof(float));
+    erc = eval_image(&r, img, ecrops, &res->after, err);
+    pbw_ctx_reset(p->ctx);
+    pbw_ctx_set_grad(p->ctx, prev);
+    if (erc) goto out;
+    res->seconds = now_s() - r.t0;
+    rc = 0;
+out:
+    if (rc) pbw_paint_result_free(res);
+    if (r.have_mk) pbw_sg2_mask_free(&r.mk);
+    if (p->ctx) pbw_ctx_reset(p->ctx);
+    if (p->scratch) pbw_ctx_reset(p->scratch);
+    pbw_ctx_free(r.cctx);
+    free(r.start);
+    free(r.best_lat);
+    free(r.frame);
+    free(var);
+    free(ecrops);
+    return rc;
+}
+
+int pbw_painter_edit(pbw_painter *p, const pbw_paint_request *rq, pbw_paint_progress_fn progress,
+                     void *user, const volatile sig_atomic_t *cancel, pbw_paint_result *res,
+                     pbw_err *err) {
+    return paint(p, rq, 1, progress, user, cancel, res, err);
+}
+
+int pbw_painter_generate(pbw_painter *p, const pbw_paint_request *rq,
+                         pbw_paint_progress_fn progress, void *user,
+                         const volatile sig_atomic_t *cancel, pbw_paint_result *res,
+                         pbw_err *err) {
+    return paint(p, rq, 0, progress, user, cancel, res, err);
+}
