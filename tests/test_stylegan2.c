@@ -607,3 +607,105 @@ PBW_TEST(stylegan2_seedbank_numpy) {
     pbw_rng_seed(&r, 1234);
     CHECK_NEAR(pbw_rng_uniform(&r), 0.1915194503788923, 1e-16);
 }
+
+/* ---------- convolution with a packed, frozen weight ---------- */
+
+typedef struct sgconv_case {
+    int n, c, h, w, o, k, transposed;
+} sgconv_case;
+
+static const sgconv_case sgconv_cases[] = {
+    {1, 3, 5, 7, 4, 3, 0},    /* O not a multiple of the 6-row panels */
+    {2, 5, 17, 19, 13, 3, 0}, /* several tiles, ragged panels, batch */
+    {1, 4, 16, 16, 6, 1, 0},  /* 1x1 */
+    {1, 2, 9, 6, 3, 5, 0},    /* 5x5 */
+    {1, 3, 4, 5, 5, 3, 1},    /* transposed */
+    {2, 6, 9, 9, 7, 3, 1},    /* transposed, several tiles per phase */
+    {1, 2, 3, 4, 3, 1, 1},    /* transposed 1x1 (odd phases empty of taps... rows only) */
+    {1, 2, 4, 3, 2, 5, 1},    /* transposed 5x5 */
+};
+
+static pbw_tensor *f_sgconv(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_conv(ctx, in[0], (const pbw_sg_conv_plan *)user);
+}
+
+PBW_TEST(stylegan2_op_sg_conv) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    for (int i = 0; i < (int)(sizeof sgconv_cases / sizeof sgconv_cases[0]); i++) {
+        const sgconv_case *sc = &sgconv_cases[i];
+        pbw_tensor *w = pbw_tensor_new_in(&a, 4, (int64_t[]){sc->o, sc->c, sc->k, sc->k}, &err);
+        gc_fill(w->data, w->numel, 90 + i, -1, 1);
+        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&a, w, sc->transposed, &err);
+        CHECK_MSG(pl != NULL, "%s", err.msg);
+        if (!pl) continue;
+        pbw_tensor *x = pbw_tensor_new(ctx, 4, (int64_t[]){sc->n, sc->c, sc->h, sc->w});
+        gc_fill(x->data, x->numel, 100 + i, -1, 1);
+        pbw_tensor *ref;
+        if (!sc->transposed) {
+            ref = pbw_conv2d(ctx, x, w, NULL,
+                             (pbw_conv_params){.pad_h = sc->k / 2, .pad_w = sc->k / 2});
+        } else {
+            /* conv_transpose2d takes (C,O,k,k): the transpose of our (O,C,k,k) */
+            pbw_tensor *wt = pbw_permute(ctx, w, (int[]){1, 0, 2, 3});
+            ref = pbw_conv_transpose2d(ctx, x, wt, NULL,
+                                       (pbw_conv_params){.stride_h = 2, .stride_w = 2});
+        }
+        pbw_tensor *y = pbw_sg_conv(ctx, x, pl);
+        CHECK_MSG(y && ref && pbw_shape_equal(y, ref), "case %d: %s", i, pbw_ctx_error(ctx));
+        /* both are float32 sums of <= 6*25 products of unit-scale values */
+        if (y && ref && pbw_shape_equal(y, ref))
+            CHECK_MSG(gc_compare("sg_conv", y->data, ref->data, y->numel, 1e-5, 1e-5) == 0,
+                      "case %d", i);
+        pbw_ctx_reset(ctx);
+        float *xd = gc_rand((int64_t)sc->n * sc->c * sc->h * sc->w, 110 + i, -1, 1);
+        gc_input in[1] = {{4, {sc->n, sc->c, sc->h, sc->w}, xd, 1}};
+        CHECK_MSG(gc_check("sg_conv", f_sgconv, pl, 1, in, (gc_opts){0}) == 0, "case %d", i);
+        free(xd);
+    }
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+}
+
+/* ---------- separable blur ---------- */
+
+static pbw_tensor *f_blur(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_blur(ctx, in[0], (const pbw_sg_fir *)user);
+}
+
+PBW_TEST(stylegan2_op_sg_blur) {
+    static const float k1[4] = {1, 3, 3, 1};
+    static const int pads[4][2] = {{1, 1}, {2, 1}, {0, 0}, {3, 2}};
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 12);
+    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
+    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 64.0f * 4.0f;
+    for (int c = 0; c < 4; c++) {
+        pbw_sg_fir f;
+        CHECK(pbw_sg_fir_init(&f, k, pads[c][0], pads[c][1]) == 0);
+        pbw_tensor *x = pbw_tensor_new(ctx, 4, (int64_t[]){2, 3, 9 + c, 7});
+        gc_fill(x->data, x->numel, 120 + c, -1, 1);
+        pbw_tensor *ref = pbw_upfirdn2d(ctx, x, k, 1, 1, pads[c][0], pads[c][1], pads[c][0],
+                                        pads[c][1]);
+        pbw_tensor *y = pbw_sg_blur(ctx, x, &f);
+        CHECK_MSG(y && ref && pbw_shape_equal(y, ref), "pads %d: %s", c, pbw_ctx_error(ctx));
+        /* the row/column split rounds differently from the 16-term sum: 1e-6 on unit values */
+        if (y && ref && pbw_shape_equal(y, ref))
+            CHECK(gc_compare("sg_blur", y->data, ref->data, y->numel, 1e-6, 1e-6) == 0);
+        pbw_ctx_reset(ctx);
+        float *xd = gc_rand(2 * 3 * (9 + c) * 7, 130 + c, -1, 1);
+        gc_input in[1] = {{4, {2, 3, 9 + c, 7}, xd, 1}};
+        CHECK_MSG(gc_check("sg_blur", f_blur, &f, 1, in, (gc_opts){0}) == 0, "pads %d", c);
+        free(xd);
+    }
+    /* a kernel that is no outer product is refused (the model then uses pbw_upfirdn2d) */
+    k->data[5] += 0.1f;
+    pbw_sg_fir f;
+    CHECK(pbw_sg_fir_init(&f, k, 1, 1) != 0);
+    pbw_arena_free(&a);
+    pbw_ctx_free(ctx);
+}

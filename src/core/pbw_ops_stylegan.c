@@ -1,5 +1,7 @@
 /* pbw_ops_stylegan.c: front-ends of the StyleGAN2 ops (pbw_ops_stylegan.h): argument checks,
  * output allocation, device dispatch and the tape. Kernels: src/cpu/pbw_cpu_stylegan.c. */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/pbw_ops_internal.h"
@@ -143,6 +145,231 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
         pbw_node *nd = pbw_tape_push(ctx, op, bias_act_backward, out, ins, 4, sizeof g);
         if (!nd) return NULL;
         memcpy(nd->saved, &g, sizeof g);
+    }
+    return out;
+}
+
+/* ---------- convolution with a frozen weight ---------- */
+
+/* Taps of output phase a of a stride-2 transposed convolution with a k-tap kernel: kernel
+ * indices a, a+2, ... */
+static int phase_taps(int k, int a) { return (k - a + 1) / 2; }
+
+pbw_sg_conv_plan *pbw_sg_conv_prepare(pbw_arena *a, const pbw_tensor *w, int transposed,
+                                      pbw_err *err) {
+    char sw[96];
+    if (!w || w->dtype != PBW_F32 || w->ndim != 4 || w->shape[2] != w->shape[3] ||
+        w->shape[2] % 2 == 0 || w->shape[2] > 15 || w->shape[0] < 1 || w->shape[1] < 1 ||
+        w->shape[0] > 65536 || w->shape[1] > 65536) {
+        pbw_err_set(err, "sg_conv: weight %s must be float32 (O,C,k,k) with k odd <= 15",
+                    w ? pbw_shape_str(w, sw, sizeof sw) : "NULL");
+        return NULL;
+    }
+    const int O = (int)w->shape[0], C = (int)w->shape[1], k = (int)w->shape[2];
+    const int64_t kk = (int64_t)k * k;
+    pbw_sg_conv_plan *pl = pbw_arena_calloc(a, sizeof *pl);
+    /* staging for one rearranged weight before packing */
+    float *tmp = malloc((size_t)O * C * kk * sizeof(float));
+    if (!pl || !tmp) {
+        free(tmp);
+        pbw_err_set(err, "sg_conv: out of memory packing a (%d,%d,%d,%d) weight", O, C, k, k);
+        return NULL;
+    }
+    pl->transposed = transposed;
+    pl->C = C, pl->O = O, pl->k = k;
+    const float *wd = w->data;
+#define PACK(dst, rows, K)                                                                     \
+    do {                                                                                       \
+        (dst) = pbw_arena_alloc(a, (pbw_cpu_sgconv_packed_floats((rows), (K)) + 1) * 4);    \
+        if (!(dst)) {                                                                          \
+            free(tmp);                                                                         \
+            pbw_err_set(err, "sg_conv: out of memory packing a weight");                       \
+            return NULL;                                                                       \
+        }                                                                                      \
+        pbw_cpu_sgconv_pack_weight((dst), tmp, (rows), (K));                                   \
+    } while (0)
+    if (!transposed) {
+        /* forward: w as (O, C*k*k) */
+        memcpy(tmp, wd, (size_t)O * C * kk * sizeof(float));
+        PACK(pl->fwd[0], O, (int64_t)C * kk);
+        /* input gradient: conv of dy with w'[c][o][y][x] = w[o][c][k-1-y][k-1-x], same padding */
+        for (int c = 0; c < C; c++)
+            for (int o = 0; o < O; o++)
+                for (int t = 0; t < kk; t++)
+                    tmp[((int64_t)c * O + o) * kk + t] = wd[((int64_t)o * C + c) * kk + (kk - 1 - t)];
+        PACK(pl->bwd, C, (int64_t)O * kk);
+    } else {
+        /* forward phase (a,b): a correlation with taps ty -> ky = a + 2*(Ta-1-ty) (rows),
+         * likewise columns, over the input with top/left padding Ta-1 / Tb-1 */
+        for (int ab = 0; ab < 4; ab++) {
+            int pa = ab / 2, pb = ab % 2, Ta = phase_taps(k, pa), Tb = phase_taps(k, pb);
+            pl->phase_kh[pa] = Ta, pl->phase_kw[pb] = Tb;
+            for (int o = 0; o < O; o++)
+                for (int c = 0; c < C; c++)
+                    for (int ty = 0; ty < Ta; ty++)
+                        for (int tx = 0; tx < Tb; tx++) {
+                            int ky = pa + 2 * (Ta - 1 - ty), kx = pb + 2 * (Tb - 1 - tx);
+                            tmp[(((int64_t)o * C + c) * Ta + ty) * Tb + tx] =
+                                wd[((int64_t)o * C + c) * kk + ky * k + kx];
+                        }
+            PACK(pl->fwd[ab], O, (int64_t)C * Ta * Tb);
+        }
+        /* input gradient: dx[c] = sum_o corr(dy[o], w[o][c]) with stride 2: weight (C, O*k*k) */
+        for (int c = 0; c < C; c++)
+            for (int o = 0; o < O; o++)
+                memcpy(tmp + ((int64_t)c * O + o) * kk, wd + ((int64_t)o * C + c) * kk,
+                       (size_t)kk * sizeof(float));
+        PACK(pl->bwd, C, (int64_t)O * kk);
+    }
+#undef PACK
+    free(tmp);
+    return pl;
+}
+
+typedef struct sgconv_saved {
+    const pbw_sg_conv_plan *pl;
+    int H, W; /* input side */
+} sgconv_saved;
+
+/* Runs one packed correlation; the scratch comes from the context. */
+static int run_sgconv(pbw_ctx *ctx, float *out, const float *x, const float *wpack,
+                      const pbw_cpu_sgconv_geom *g, int N, int accumulate) {
+    int nt = pbw_cpu_sgconv_threads();
+    float *scratch = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_scratch_floats(g, nt) * sizeof(float));
+    if (!scratch) return -1;
+    pbw_cpu_sgconv_forward(out, x, wpack, g, N, accumulate, scratch, nt);
+    return 0;
+}
+
+static pbw_cpu_sgconv_geom plain_geom(int C, int H, int W, int O, int kh, int kw, int OH, int OW,
+                                      int s, int ph, int pw) {
+    pbw_cpu_sgconv_geom g = {C, H, W, O, kh, kw, OH, OW, s, s, ph, pw, (int64_t)OH * OW, OW, 1, 0, 0};
+    return g;
+}
+
+static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
+    const sgconv_saved *sv = nd->saved;
+    const pbw_sg_conv_plan *pl = sv->pl;
+    pbw_tensor *x = nd->in[0], *y = nd->out;
+    float *gx = pbw_grad(ctx, x);
+    if (!gx) return;
+    const int N = (int)x->shape[0], OH = (int)y->shape[2], OW = (int)y->shape[3];
+    pbw_cpu_sgconv_geom g;
+    if (!pl->transposed)
+        g = plain_geom(pl->O, OH, OW, pl->C, pl->k, pl->k, sv->H, sv->W, 1, pl->k / 2, pl->k / 2);
+    else
+        g = plain_geom(pl->O, OH, OW, pl->C, pl->k, pl->k, sv->H, sv->W, 2, 0, 0);
+    run_sgconv(ctx, gx, y->grad, pl->bwd, &g, N, 1);
+}
+
+pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl) {
+    static const char *op = "sg_conv";
+    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    char sx[96];
+    if (!pl) return pbw_ctx_fail(ctx, "%s: no plan", op);
+    if (x->ndim != 4 || x->shape[1] != pl->C || x->shape[2] < 1 || x->shape[3] < 1 ||
+        x->shape[2] > (1 << 16) || x->shape[3] > (1 << 16))
+        return pbw_ctx_fail(ctx, "%s: x %s must be (N,%d,H,W)", op,
+                            pbw_shape_str(x, sx, sizeof sx), pl->C);
+    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
+    const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3], k = pl->k;
+    const int OH = pl->transposed ? 2 * (H - 1) + k : H, OW = pl->transposed ? 2 * (W - 1) + k : W;
+    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, pl->O, OH, OW});
+    if (!out) return NULL;
+    if (!pl->transposed) {
+        pbw_cpu_sgconv_geom g = plain_geom(pl->C, H, W, pl->O, k, k, H, W, 1, k / 2, k / 2);
+        if (run_sgconv(ctx, out->data, x->data, pl->fwd[0], &g, N, 0)) return NULL;
+    } else {
+        for (int ab = 0; ab < 4; ab++) {
+            int pa = ab / 2, pb = ab % 2, Ta = pl->phase_kh[pa], Tb = pl->phase_kw[pb];
+            /* outputs 2m+pa for m < Ma: Ma = (OH - 1 - pa)/2 + 1 */
+            int Ma = (OH - 1 - pa) / 2 + 1, Mb = (OW - 1 - pb) / 2 + 1;
+            pbw_cpu_sgconv_geom g = plain_geom(pl->C, H, W, pl->O, Ta, Tb, Ma, Mb, 1, Ta - 1,
+                                               Tb - 1);
+            g.out_cstride = (int64_t)OH * OW;
+            g.out_rstride = OW;
+            g.out_step = 2;
+            g.out_y0 = pa;
+            g.out_x0 = pb;
+            if (run_sgconv(ctx, out->data, x->data, pl->fwd[ab], &g, N, 0)) return NULL;
+        }
+    }
+    if (pbw_needs_grad(ctx, &x, 1)) {
+        pbw_node *nd = pbw_tape_push(ctx, op, sgconv_backward, out, &x, 1, sizeof(sgconv_saved));
+        if (!nd) return NULL;
+        *(sgconv_saved *)nd->saved = (sgconv_saved){pl, H, W};
+    }
+    return out;
+}
+
+/* ---------- separable blur ---------- */
+
+int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1) {
+    memset(f, 0, sizeof *f);
+    if (!k || k->ndim != 2 || k->shape[0] != k->shape[1] || k->shape[0] < 1 || k->shape[0] > 16)
+        return -1;
+    const int K = (int)k->shape[0];
+    const float *d = k->data;
+    /* row and column sums factor an outer product exactly in real arithmetic */
+    double tot = 0, rs[16] = {0}, cs[16] = {0}, mx = 0;
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < K; j++) {
+            rs[i] += d[i * K + j], cs[j] += d[i * K + j], tot += d[i * K + j];
+            if (fabs(d[i * K + j]) > mx) mx = fabs(d[i * K + j]);
+        }
+    if (tot == 0) return -1;
+    for (int i = 0; i < K; i++) f->kv[i] = (float)(rs[i] / tot), f->kh[i] = (float)cs[i];
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < K; j++)
+            if (fabs((double)f->kv[i] * f->kh[j] - d[i * K + j]) > 1e-6 * mx) return -1;
+    f->K = K;
+    f->pad0 = pad0;
+    f->pad1 = pad1;
+    return 0;
+}
+
+typedef struct blur_saved {
+    const pbw_sg_fir *f;
+} blur_saved;
+
+static void blur_backward(pbw_ctx *ctx, pbw_node *nd) {
+    const pbw_sg_fir *f = ((const blur_saved *)nd->saved)->f;
+    pbw_tensor *x = nd->in[0], *y = nd->out;
+    float *gx = pbw_grad(ctx, x);
+    if (!gx) return;
+    const int H = (int)x->shape[2], W = (int)x->shape[3], OH = (int)y->shape[2],
+              OW = (int)y->shape[3];
+    int nt = pbw_cpu_sgconv_threads();
+    float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
+    if (!s) return;
+    pbw_cpu_sg_blur_backward(gx, y->grad, x->shape[0] * x->shape[1], H, W, OH, OW, f->kv, f->kh,
+                             f->K, f->pad0, s, nt);
+}
+
+pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
+    static const char *op = "sg_blur";
+    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    char sx[96];
+    if (!f || f->K < 1) return pbw_ctx_fail(ctx, "%s: no kernel", op);
+    if (x->ndim != 4 || x->shape[2] > (1 << 16) || x->shape[3] > (1 << 16))
+        return pbw_ctx_fail(ctx, "%s: x %s must be (N,C,H,W)", op, pbw_shape_str(x, sx, sizeof sx));
+    const int H = (int)x->shape[2], W = (int)x->shape[3];
+    const int OH = H + f->pad0 + f->pad1 - f->K + 1, OW = W + f->pad0 + f->pad1 - f->K + 1;
+    if (OH < 1 || OW < 1 || f->pad0 < 0 || f->pad1 < 0)
+        return pbw_ctx_fail(ctx, "%s: x %s is too small for a %d-tap kernel with pads %d,%d", op,
+                            pbw_shape_str(x, sx, sizeof sx), f->K, f->pad0, f->pad1);
+    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
+    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], OH, OW});
+    if (!out) return NULL;
+    int nt = pbw_cpu_sgconv_threads();
+    float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
+    if (!s) return NULL;
+    pbw_cpu_sg_blur_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, OH, OW, f->kv,
+                            f->kh, f->K, f->pad0, s, nt);
+    if (pbw_needs_grad(ctx, &x, 1)) {
+        pbw_node *nd = pbw_tape_push(ctx, op, blur_backward, out, &x, 1, sizeof(blur_saved));
+        if (!nd) return NULL;
+        ((blur_saved *)nd->saved)->f = f;
     }
     return out;
 }

@@ -43,6 +43,52 @@ pbw_tensor *pbw_sg_modulate(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tens
 pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tensor *noise,
                             pbw_tensor *bias, float noise_weight, float slope, float gain);
 
+/* ---------- convolution with a frozen weight ----------
+ *
+ * StyleGAN2's styled convolutions never need a weight gradient, so their weights are packed
+ * once for the CPU kernel (src/cpu/pbw_cpu_sgconv.c) in the two layouts the forward pass and
+ * the input gradient read:
+ *
+ *     pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&model_arena, w, 0, &err);  // w (O,C,k,k)
+ *     y = pbw_sg_conv(ctx, x, pl);     // F.conv2d(x, w, padding=k//2)
+ *     pl = pbw_sg_conv_prepare(&model_arena, w, 1, &err);
+ *     y = pbw_sg_conv(ctx, x, pl);     // F.conv_transpose2d(x, w.transpose(0,1), stride=2)
+ *
+ * The plan lives in the arena given (the model's) and holds no reference to w. Gradients reach
+ * x only: the weight is a constant of the op. */
+typedef struct pbw_sg_conv_plan {
+    int transposed;        /* 0: stride 1, padding k/2; 1: transposed, stride 2, no padding */
+    int C, O, k;           /* input channels, output channels, kernel side (odd) */
+    float *fwd[4];         /* packed forward weight; transposed: one per output phase */
+    int phase_kh[2], phase_kw[2]; /* transposed: taps of phase a (rows) / b (columns) */
+    float *bwd;            /* packed weight of the input gradient (C, O*k*k) */
+} pbw_sg_conv_plan;
+
+/* w (O,C,k,k) float32, k odd. For transposed = 1 the transposed convolution maps C channels to
+ * O, i.e. it is conv_transpose2d with weight w.transpose(0,1) (rosinality's upsampling conv).
+ * NULL (err set) on a bad shape or out of memory. */
+pbw_sg_conv_plan *pbw_sg_conv_prepare(pbw_arena *a, const pbw_tensor *w, int transposed,
+                                      pbw_err *err);
+/* x (N,C,H,W) -> (N,O,H,W), or (N,O,2H+k-2,2W+k-2) when transposed. */
+pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl);
+
+/* ---------- separable blur ----------
+ *
+ * StyleGAN2's Blur (upfirdn2d with up = down = 1) for kernels that are outer products, as
+ * make_kernel's always are: pbw_sg_fir_init factors a (K,K) kernel, and pbw_sg_blur applies it
+ * as a row pass and a column pass (2K instead of K^2 multiply-adds per output). */
+typedef struct pbw_sg_fir {
+    int K;             /* taps, <= 16 */
+    float kv[16], kh[16]; /* the kernel is kv[i] * kh[j] */
+    int pad0, pad1;    /* on both axes */
+} pbw_sg_fir;
+
+/* 0 when k (K,K) is kv (x) kh up to 1e-6 relative (then *f is filled), -1 otherwise. */
+int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1);
+/* upfirdn2d(x, k, up=1, down=1, pad=(pad0,pad1)): x (N,C,H,W) ->
+ * (N,C,H+pad0+pad1-K+1, W+pad0+pad1-K+1). Gradient reaches x. */
+pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f);
+
 #ifdef __cplusplus
 }
 #endif

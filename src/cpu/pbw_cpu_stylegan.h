@@ -9,6 +9,7 @@
 #ifndef PBW_CPU_STYLEGAN_H
 #define PBW_CPU_STYLEGAN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -61,6 +62,57 @@ void pbw_cpu_sg_bias_act_backward(const float *gout, const float *y, const float
                                   float *gd,      // like d, or NULL
                                   float *gnoise,  // (N|1,P) or NULL
                                   float *gbias);  // (O) or NULL
+
+/* ---------- convolution with frozen, pre-packed weights (pbw_cpu_sgconv.c) ---------- */
+
+/* A correlation of x (N,C,H,W) with a (O,C,KH,KW) weight, stride (sh,sw), top/left padding
+ * (ph,pw), computed on the output grid (OH,OW) (bottom/right padding is implied by OH, OW).
+ * Output (oy,ox) of channel o of sample n goes to
+ *   out[(n*O + o)*out_cstride + (oy*out_step + out_y0)*out_rstride + ox*out_step + out_x0]
+ * which for a plain convolution is out_cstride = OH*OW, out_rstride = OW, step 1, offsets 0,
+ * and for one phase (a,b) of a stride-2 transposed convolution step 2, offsets (a,b). */
+typedef struct pbw_cpu_sgconv_geom {
+    int C, H, W;
+    int O, KH, KW;
+    int OH, OW;
+    int sh, sw, ph, pw;
+    int64_t out_cstride;
+    int out_rstride, out_step, out_y0, out_x0;
+} pbw_cpu_sgconv_geom;
+
+/* Floats of a weight (O, K) packed for the kernel, K = C*KH*KW. */
+size_t pbw_cpu_sgconv_packed_floats(int O, int64_t K);
+void pbw_cpu_sgconv_pack_weight(float *dst,       // pbw_cpu_sgconv_packed_floats(O, K)
+                                const float *w,   // (O,K) row-major
+                                int O, int64_t K);
+/* Threads the forward will use, and the scratch it needs for them (64-byte aligned). */
+int pbw_cpu_sgconv_threads(void);
+size_t pbw_cpu_sgconv_scratch_floats(const pbw_cpu_sgconv_geom *g, int nthreads);
+/* out = (or += with accumulate) conv(x, w) placed as the geometry says. */
+void pbw_cpu_sgconv_forward(float *out,          // see the placement above
+                            const float *x,      // (N,C,H,W)
+                            const float *wpack,  // packed (O, C*KH*KW)
+                            const pbw_cpu_sgconv_geom *g, int N, int accumulate,
+                            float *scratch,      // pbw_cpu_sgconv_scratch_floats(g, nthreads)
+                            int nthreads);
+
+/* ---------- separable FIR blur (StyleGAN2's Blur: upfirdn2d with up = down = 1) ---------- */
+
+/* out = upfirdn2d(x, kv (x) kh, pad (p0, p1) on both axes): a true convolution (kernels
+ * flipped) of every (H,W) plane, computed as a row pass then a column pass. K <= 16 taps;
+ * OH = H + p0 + p1 - K + 1, likewise OW. Scratch: pbw_cpu_sg_blur_scratch_floats floats. */
+size_t pbw_cpu_sg_blur_scratch_floats(int H, int W, int OH, int OW, int nthreads);
+void pbw_cpu_sg_blur_forward(float *out,       // (planes,OH,OW)
+                             const float *x,   // (planes,H,W)
+                             int64_t planes, int H, int W, int OH, int OW,
+                             const float *kv, const float *kh, int K, int p0,
+                             float *scratch, int nthreads);
+/* gx += the adjoint of the forward applied to gout. */
+void pbw_cpu_sg_blur_backward(float *gx,          // (planes,H,W)
+                              const float *gout,  // (planes,OH,OW)
+                              int64_t planes, int H, int W, int OH, int OW,
+                              const float *kv, const float *kh, int K, int p0,
+                              float *scratch, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -112,13 +112,11 @@ static int load_modconv(loader *L, const char *name, int in, int out, int k, int
         for (int64_t t = 0; t < kk; t++) s += w[oc * kk + t] * w[oc * kk + t];
         mc->wsq->data[oc] = s;
     }
+    if (k > 1) {
+        mc->plan = pbw_sg_conv_prepare(&g->arena, mc->weight, upsample, L->err);
+        if (!mc->plan) return pbw_err_prefix(L->err, "%s%s.weight: ", L->prefix, name);
+    }
     if (upsample) {
-        mc->weight_t = pbw_tensor_new_in(&g->arena, 4, (int64_t[]){in, out, k, k}, L->err);
-        if (!mc->weight_t) return -1;
-        for (int o = 0; o < out; o++)
-            for (int c = 0; c < in; c++)
-                memcpy(mc->weight_t->data + ((int64_t)c * out + o) * kk,
-                       w + ((int64_t)o * in + c) * kk, (size_t)kk * sizeof(float));
         snprintf(n, sizeof n, "%s.blur.kernel", name);
         mc->blur_kernel = load_fir(L, n, 4.0f);
         if (!mc->blur_kernel) return -1;
@@ -126,6 +124,9 @@ static int load_modconv(loader *L, const char *name, int in, int out, int k, int
         int p = ((int)mc->blur_kernel->shape[0] - 2) - (k - 1);
         mc->blur_pad0 = floordiv(p + 1, 2) + 1;
         mc->blur_pad1 = floordiv(p, 2) + 1;
+        /* make_kernel's kernels are outer products: blur by rows then columns when it is one */
+        if (pbw_sg_fir_init(&mc->blur, mc->blur_kernel, mc->blur_pad0, mc->blur_pad1))
+            mc->blur.K = 0;
     }
     return 0;
 }
@@ -474,13 +475,16 @@ static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc
     *s0_out = s0;
     pbw_tensor *y;
     if (mc->upsample) {
-        y = pbw_conv_transpose2d(ctx, xs, mc->weight_t, NULL,
-                                 (pbw_conv_params){.stride_h = 2, .stride_w = 2});
-        y = pbw_upfirdn2d(ctx, y, mc->blur_kernel, 1, 1, mc->blur_pad0, mc->blur_pad1,
-                          mc->blur_pad0, mc->blur_pad1);
-    } else {
-        int p = mc->kernel_size / 2;
-        y = pbw_conv2d(ctx, xs, mc->weight, NULL, (pbw_conv_params){.pad_h = p, .pad_w = p});
+        y = pbw_sg_conv(ctx, xs, mc->plan);
+        if (mc->blur.K)
+            y = pbw_sg_blur(ctx, y, &mc->blur);
+        else
+            y = pbw_upfirdn2d(ctx, y, mc->blur_kernel, 1, 1, mc->blur_pad0, mc->blur_pad1,
+                              mc->blur_pad0, mc->blur_pad1);
+    } else if (mc->plan) {
+        y = pbw_sg_conv(ctx, xs, mc->plan);
+    } else { /* 1x1 (ToRGB): one GEMM per sample in pbw_conv2d */
+        y = pbw_conv2d(ctx, xs, mc->weight, NULL, (pbw_conv_params){0});
     }
     return y;
 }

@@ -44,6 +44,7 @@
 #ifndef PBW_STYLEGAN2_H
 #define PBW_STYLEGAN2_H
 
+#include "core/pbw_ops_stylegan.h"
 #include "core/pbw_rng.h"
 #include "core/pbw_tensor.h"
 #include "formats/pbw_records.h"
@@ -68,10 +69,11 @@ typedef struct pbw_sg2_modulated_conv2d {
     int upsample, demodulate;
     pbw_sg2_equal_linear modulation; /* style_dim -> in_channel, bias init 1 */
     pbw_tensor *weight;       /* (O,C,k,k): checkpoint weight[0] / sqrt(C k^2) */
-    pbw_tensor *weight_t;     /* (C,O,k,k): the same, as conv_transpose2d takes it (upsample) */
+    pbw_sg_conv_plan *plan;   /* the weight packed for pbw_sg_conv (k > 1: styled convs) */
     pbw_tensor *wsq;          /* (O,C): sum over taps of weight^2 (demodulation) */
     pbw_tensor *blur_kernel;  /* (K,K) Blur after the transposed convolution (upsample) */
     int blur_pad0, blur_pad1;
+    pbw_sg_fir blur;          /* the same factored for pbw_sg_blur (blur.K 0: not separable) */
 } pbw_sg2_modulated_conv2d;
 
 typedef struct pbw_sg2_styled_conv {

@@ -11,7 +11,8 @@ is a checkpoint that rosinality's code, Bau's SeqStyleGAN2 and pbw all load. Use
 Run with Debian's Python (torch 1.13 CPU, numpy):
   /usr/bin/python3 tools/reference/stylegan2.py fixtures OUTDIR [--size 32 ...]
   /usr/bin/python3 tools/reference/stylegan2.py parity OUTDIR --size 256 --channel-multiplier 2
-  /usr/bin/python3 tools/reference/stylegan2.py bench --size 256 --threads 2
+  /usr/bin/python3 tools/reference/stylegan2.py write CKPT --size 256 --channel-multiplier 2
+  /usr/bin/python3 tools/reference/stylegan2.py bench --ckpt CKPT --size 256 --threads 2
 
 Masked styles (DESIGN.md section 2, Paint by Word): every modulation of a convolution or ToRGB
 uses the per-pixel style  s(w) * m + s(w0) * (1 - m), m being the mask at the resolution of the
@@ -540,37 +541,61 @@ def cmd_parity(args):
     print(f"wrote {args.out}: size {args.size}, channel multiplier {args.channel_multiplier}")
 
 
-def cmd_bench(args):
-    """Forward + backward to w of one image, weights frozen, fixed noise; prints seconds."""
-    torch.set_num_threads(args.threads)
+def load_checkpoint(path, args):
+    """A Generator with a checkpoint's g_ema (architecture from args) and its latent_avg."""
+    ck = torch.load(path, map_location="cpu")
+    ch = [int(c) for c in args.channels.split(",")] if args.channels else None
+    g = Generator(args.size, args.style_dim, args.n_mlp, args.channel_multiplier, channels=ch)
+    g.load_state_dict(ck["g_ema"])
+    g.eval()
+    for p in g.parameters():
+        p.requires_grad_(False)
+    return g, ck.get("latent_avg", torch.zeros(args.style_dim))
+
+
+def cmd_write(args):
+    """A random generator as a rosinality checkpoint (torch zip), for the benchmark."""
     g, latent_avg = build(args)
+    torch.save({"g_ema": g.state_dict(), "latent_avg": latent_avg}, args.out)
+    print(f"wrote {args.out}: size {args.size}, channel multiplier {args.channel_multiplier}")
+
+
+def cmd_bench(args):
+    """What bench/bench_stylegan2.c times: one image from one w (fixed noise, weights frozen),
+    forward (no_grad) and forward + backward to w of sum(r * image). One TSV line per pass:
+    torch, pass, batch, median ms, -, -, mean CPU ms (all threads)."""
+    torch.set_num_threads(args.threads)
+    g, latent_avg = load_checkpoint(args.ckpt, args) if args.ckpt else build(args)
     gen = torch.Generator().manual_seed(5)
     w = (torch.randn(1, args.style_dim, generator=gen) * 0.5 + latent_avg).requires_grad_(True)
     r = torch.randn(1, 3, args.size, args.size, generator=gen)
-    times_f, times_fb = [], []
-    for _ in range(args.reps + 1):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            g(w, input_is_latent=True)
-        t1 = time.perf_counter()
-        w.grad = None
-        (g(w, input_is_latent=True) * r).sum().backward()
-        t2 = time.perf_counter()
-        times_f.append(t1 - t0)
-        times_fb.append(t2 - t1)
-    # first run warms up allocators and oneDNN primitives
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "forward_s": min(times_f[1:]), "forward_backward_s": min(times_fb[1:]),
-                      "all_forward_backward_s": times_fb[1:]}))
+    for name in ("fwd", "fwd+dw"):
+        times, cpu = [], 0.0
+        for k in range(args.reps + 1):  # run 0 warms allocators and oneDNN primitives
+            t0, c0 = time.perf_counter(), time.process_time()
+            if name == "fwd":
+                with torch.no_grad():
+                    g(w, input_is_latent=True)
+            else:
+                w.grad = None
+                (g(w, input_is_latent=True) * r).sum().backward()
+            if k:
+                times.append(time.perf_counter() - t0)
+                cpu += time.process_time() - c0
+        times.sort()
+        print(f"torch\t{name}\t1\t{times[len(times) // 2] * 1e3:.1f}\t-\t-\t{cpu / args.reps * 1e3:.1f}",
+              flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("fixtures", "parity", "bench"):
+    for name in ("fixtures", "parity", "bench", "write"):
         p = sub.add_parser(name)
         if name != "bench":
             p.add_argument("out")
+        else:
+            p.add_argument("--ckpt", default="", help="checkpoint to time (default: random)")
         p.add_argument("--size", type=int, default=32)
         p.add_argument("--style-dim", type=int, default=512)
         p.add_argument("--n-mlp", type=int, default=8)
@@ -582,7 +607,8 @@ def main():
         p.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"fixtures": cmd_fixtures, "parity": cmd_parity, "bench": cmd_bench}[args.cmd](args)
+    {"fixtures": cmd_fixtures, "parity": cmd_parity, "bench": cmd_bench,
+     "write": cmd_write}[args.cmd](args)
 
 
 if __name__ == "__main__":
