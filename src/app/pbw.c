@@ -20,6 +20,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect, "list the tensors of a checkpoint (safetensors, torch zip or legacy)"},
     {"sample", cmd_sample, "render StyleGAN2 images from latents z (.npy) into a PNG grid"},
     {"seeds", cmd_seeds, "render the seed bank (the reference's numbered z) of a StyleGAN2"},
+    {"shapes", cmd_shapes, "the shapes world: render scenes and datasets, check shapes, evaluate models"},
     {"smoke", cmd_smoke, "a small end-to-end optimization that exercises ops, tape and PNG output"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of texts (JSON arrays), as OpenAI's tokenizer"},
     {"version", cmd_version, "print the version, the BLAS and the CUDA devices found"},

@@ -10,6 +10,7 @@ int cmd_clip(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_shapes(int argc, char **argv);
 int cmd_smoke(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
