@@ -447,7 +447,10 @@ static char *join_parts(const char *const *parts, size_t count) {
     return p;
 }
 
+static void build_reverse(void);
+
 static void text_init(void) {
+    build_reverse();
     char *badness = join_parts(BADNESS_PARTS, NELEM(BADNESS_PARTS));
     char *detector = join_parts(DETECTOR_PARTS, NELEM(DETECTOR_PARTS));
     const struct {
@@ -542,14 +545,46 @@ static uint32_t cp_decode(const codepage *cp, unsigned b) {
     return c;
 }
 
+/* Encoding tables: each code page's characters of bytes 80..FF sorted by code point, built
+ * once by text_init (no character comes from two bytes in these code pages). */
+typedef struct {
+    uint16_t c;
+    uint8_t b;
+} cp_rev;
+static cp_rev g_rev[CM_COUNT][128];
+static int g_rev_n[CM_COUNT];
+
+static void build_reverse(void) {
+    for (int e = 0; e < CM_COUNT; e++) {
+        int n = 0;
+        for (unsigned b = 0x80; b < 0x100; b++) {
+            uint32_t c = cp_decode(&CHARMAPS[e], b);
+            if (!c) continue;
+            int k = n++; /* insertion sort: 128 entries */
+            while (k > 0 && g_rev[e][k - 1].c > c) {
+                g_rev[e][k] = g_rev[e][k - 1];
+                k--;
+            }
+            g_rev[e][k] = (cp_rev){(uint16_t)c, (uint8_t)b};
+        }
+        g_rev_n[e] = n;
+    }
+}
+
 /* The byte that encodes c in cp, or -1. */
 static int cp_encode(const codepage *cp, uint32_t c) {
     if (c == 0x1A) return cp->sloppy ? -1 : 0x1A;
     if (c < 0x80) return (int)c;
     if (cp->sloppy && c == 0xFFFD) return 0x1A;
-    for (unsigned b = 0x80; b < 0x100; b++)
-        if (cp_decode(cp, b) == c) return (int)b;
-    return -1;
+    int e = (int)(cp - CHARMAPS), lo = 0, hi = g_rev_n[e];
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (g_rev[e][mid].c < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < g_rev_n[e] && g_rev[e][lo].c == c ? g_rev[e][lo].b : -1;
 }
 
 static int possible_encoding(const codepage *cp, const char *s, size_t n) {
