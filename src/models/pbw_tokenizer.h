@@ -20,6 +20,12 @@
  * sequence is wrapped in the start token (49406) and the end token (49407). Typed
  * "<|startoftext|>" and "<|endoftext|>" become those tokens, as in the reference.
  *
+ * Fidelity: every case of ../shared/data/clip/tokenizer_cases.jsonl (ids from OpenAI's code)
+ * and of tests/fixtures/tokenizer/extra_cases.jsonl (mojibake, entities, sigma, controls...)
+ * matches exactly. The one known way to differ: characters assigned in Unicode versions newer
+ * than the tables of the installed PCRE2 (10.42: Unicode 14) and utf8proc (2.8: Unicode 15)
+ * are not letters or numbers to the split pattern here, while Python's `regex` may know them.
+ *
  * Ownership and threads: the tokenizer owns everything it loaded; pbw_tokenizer_free releases
  * it (NULL is fine). One tokenizer may serve several threads at once: its only mutable part,
  * a cache of words already split, is guarded by a mutex.
