@@ -5,7 +5,8 @@
  *   build/bench_clip --model DIR [--batch 32] [--reps 3] [--profile]
  *
  * Prints one TSV line per pass: "pbw <TAB> pass <TAB> batch <TAB> median ms <TAB> GFLOP/s
- * <TAB> % of peak", then (--profile, or PBW_PROFILE=1) the time per op of the fwd+dx pass.
+ * <TAB> % of peak <TAB> mean CPU ms" (CPU time of all threads: on a shared machine it shows the
+ * work done apart from time spent waiting for a core), then (--profile, or PBW_PROFILE=1) the time per op of the fwd+dx pass.
  * FLOPs count the multiply-adds of the GEMMs, the patch convolution and attention (2 per
  * multiply-add); the backward to the input counts the same GEMMs again, and attention twice.
  * Peak: threads x GHz (from /proc/cpuinfo) x 32 fp32 FLOP per cycle (two 8-wide FMA units).
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "core/pbw_ops.h"
@@ -24,6 +26,14 @@ static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* CPU seconds of the whole process (every thread, user + system). */
+static double cpu_time(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec +
+           (double)u.ru_stime.tv_sec + 1e-6 * (double)u.ru_stime.tv_usec;
 }
 
 static double cpu_ghz(void) {
@@ -96,7 +106,7 @@ int main(int argc, char **argv) {
     double peak = omp_get_max_threads() * cpu_ghz() * 32.0;
     double ffwd = vit_flops(c, batch), fbwd = 2 * ffwd + vit_attn_flops(c, batch);
     for (int pass = 0; pass < 2; pass++) {
-        double *t = malloc((size_t)(reps + 1) * sizeof(double));
+        double *t = malloc((size_t)(reps + 1) * sizeof(double)), cpu = 0;
         for (int r = 0; r <= reps; r++) { /* run 0 warms the arena and BLAS buffers */
             pbw_ctx_reset(ctx);
             if (r == 1 && pbw_profile_enabled()) { /* drop the warm-up run's times */
@@ -106,7 +116,7 @@ int main(int argc, char **argv) {
                     fclose(devnull);
                 }
             }
-            double t0 = now();
+            double t0 = now(), c0 = cpu_time();
             pbw_profile_mark();
             pbw_tensor *x = pbw_tensor_wrap(ctx, px, 4, (int64_t[]){batch, c->channels, S, S});
             x->requires_grad = pass == 1;
@@ -123,11 +133,12 @@ int main(int argc, char **argv) {
                 return 1;
             }
             t[r] = now() - t0;
+            if (r) cpu += cpu_time() - c0;
         }
         qsort(t + 1, (size_t)reps, sizeof(double), cmp_double);
         double med = t[1 + reps / 2], fl = pass ? fbwd : ffwd;
-        printf("pbw\t%s\t%d\t%.1f\t%.1f\t%.1f\n", pass ? "fwd+dx" : "fwd", batch, med * 1e3,
-               fl / med / 1e9, 100 * fl / med / 1e9 / peak);
+        printf("pbw\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\n", pass ? "fwd+dx" : "fwd", batch,
+               med * 1e3, fl / med / 1e9, 100 * fl / med / 1e9 / peak, cpu / reps * 1e3);
         fflush(stdout);
         free(t);
     }

@@ -4,8 +4,9 @@ CLIPModel image tower (get_image_features) on a batch at the model's size, forwa
 (no_grad) and forward + backward to the pixels of sum_i (1 - cos(image_i, text)), parameters
 frozen (requires_grad False, as painting does).
 
-    bench_clip_torch.py MODEL_DIR THREADS BATCH REPS     one TSV line per pass:
-                                                         torch <TAB> pass <TAB> batch <TAB> median ms
+    bench_clip_torch.py MODEL_DIR THREADS BATCH REPS     one TSV line per pass: torch <TAB> pass
+                                                         <TAB> batch <TAB> median ms <TAB> - <TAB>
+                                                         - <TAB> mean CPU ms (all threads)
     bench_clip_torch.py --write MODEL_DIR                writes a ViT-B/32 CLIPModel with seeded
                                                          random weights (no download)
 """
@@ -39,9 +40,9 @@ def main():
     px0 = torch.rand(batch, 3, S, S, generator=g) * 4 - 2
     target = torch.rand(1, model.config.projection_dim, generator=g) - 0.5
     for name in ("fwd", "fwd+dx"):
-        times = []
+        times, cpu = [], 0.0
         for r in range(reps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if name == "fwd":
                 with torch.no_grad():
                     model.get_image_features(pixel_values=px0)
@@ -52,8 +53,10 @@ def main():
                 loss.backward()
             if r:  # run 0 is a warm-up
                 times.append(time.perf_counter() - t0)
+                cpu += time.process_time() - c0
         times.sort()
-        print(f"torch\t{name}\t{batch}\t{times[len(times) // 2] * 1e3:.1f}", flush=True)
+        print(f"torch\t{name}\t{batch}\t{times[len(times) // 2] * 1e3:.1f}\t-\t-\t{cpu / reps * 1e3:.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

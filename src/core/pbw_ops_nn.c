@@ -116,20 +116,22 @@ pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
 /* ---- attention ---- */
 
 typedef struct {
-    float *p; /* (BH,T,S) attention weights */
-    int64_t BH, T, S, D;
-    float scale;
+    pbw_attn_geom g;
+    float *p; /* (B*H,T,S) attention weights */
 } attn_saved;
+
+static float *attn_scratch(pbw_ctx *ctx, const pbw_attn_geom *g) {
+    return pbw_ctx_scratch(ctx, 0, pbw_cpu_attention_scratch_floats(g) * sizeof(float) + 64);
+}
 
 static void attention_backward(pbw_ctx *ctx, pbw_node *n) {
     const attn_saved *s = n->saved;
     float *gq = pbw_grad(ctx, n->in[0]), *gk = pbw_grad(ctx, n->in[1]), *gv = pbw_grad(ctx, n->in[2]);
     if (!gq && !gk && !gv) return;
-    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)omp_get_max_threads() * (size_t)(s->T * s->S) * sizeof(float) + 64);
+    float *scratch = attn_scratch(ctx, &s->g);
     if (!scratch) return;
-    pbw_cpu_attention_backward(n->in[0]->data, n->in[1]->data, n->in[2]->data, s->p,
-                               n->out->grad, gq, gk, gv, s->BH, s->T, s->S, s->D, s->scale,
-                               scratch);
+    pbw_cpu_attention_bwd(&s->g, n->in[0]->data, n->in[1]->data, n->in[2]->data, s->p,
+                          n->out->grad, gq, gk, gv, scratch);
 }
 
 pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor *v, int causal,
@@ -143,16 +145,16 @@ pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor
                             pbw_shape_str(q, sq, sizeof sq), pbw_shape_str(k, sk, sizeof sk),
                             pbw_shape_str(v, sv, sizeof sv));
     attn_saved s;
-    s.BH = q->shape[0] * q->shape[1];
-    s.T = q->shape[2];
-    s.S = k->shape[2];
-    s.D = q->shape[3];
-    s.scale = scale > 0 ? scale : 1.0f / sqrtf((float)s.D);
+    memset(&s, 0, sizeof s);
+    int64_t B = q->shape[0], H = q->shape[1], T = q->shape[2], S = k->shape[2], D = q->shape[3];
+    s.g = (pbw_attn_geom){B, H, T, S, D, {H * T * D, T * D, D}, {H * S * D, S * D, D},
+                          {H * S * D, S * D, D}, {H * T * D, T * D, D},
+                          scale > 0 ? scale : 1.0f / sqrtf((float)D), causal};
     pbw_tensor *o = pbw_tensor_new(ctx, 4, q->shape);
-    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(s.BH * s.T * s.S) * sizeof(float) + 1);
-    if (!o || !s.p) return pbw_ctx_fail(ctx, "attention: out of memory");
-    pbw_cpu_attention_forward(q->data, k->data, v->data, s.p, o->data, s.BH, s.T, s.S, s.D,
-                              s.scale, causal);
+    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * H * T * S) * sizeof(float) + 1);
+    float *scratch = attn_scratch(ctx, &s.g);
+    if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention: out of memory");
+    pbw_cpu_attention_fwd(&s.g, q->data, k->data, v->data, s.p, o->data, scratch);
     if (pbw_needs_grad(ctx, in, 3)) {
         pbw_node *n = pbw_tape_push(ctx, "attention", attention_backward, o, in, 3, sizeof s);
         if (!n) return NULL;
@@ -172,7 +174,7 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
     const attn_qkv_saved *s = n->saved;
     float *g = pbw_grad(ctx, n->in[0]);
     if (!g) return;
-    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)omp_get_max_threads() * (size_t)s->g.S * sizeof(float) + 64);
+    float *scratch = attn_scratch(ctx, &s->g);
     if (!scratch) return;
     int64_t W = s->g.H * s->g.D;
     const float *x = n->in[0]->data;
@@ -211,8 +213,9 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     g->causal = causal;
     pbw_tensor *o = pbw_tensor_new(ctx, 3, (int64_t[]){B, n_queries, W});
     s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * heads * n_queries * T) * sizeof(float) + 1);
-    if (!o || !s.p) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
-    pbw_cpu_attention_fwd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data);
+    float *scratch = attn_scratch(ctx, g);
+    if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
+    pbw_cpu_attention_fwd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data, scratch);
     if (pbw_needs_grad(ctx, &qkv, 1)) {
         pbw_node *n = pbw_tape_push(ctx, "attention_qkv", attention_qkv_backward, o, &qkv, 1, sizeof s);
         if (!n) return NULL;

@@ -9,6 +9,7 @@
 #ifndef PBW_CPU_H
 #define PBW_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* ---------- elementwise ---------- */
@@ -97,20 +98,14 @@ typedef struct pbw_attn_geom {
     float scale;
     int causal;
 } pbw_attn_geom;
+/* Scratch floats the two kernels need (for every thread of the OpenMP team). */
+size_t pbw_cpu_attention_scratch_floats(const pbw_attn_geom *g);
 /* p (B*H,T,S) receives the attention weights (0 for excluded keys). */
 void pbw_cpu_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
-                           const float *v, float *p, float *o);
-/* gq, gk, gv (may be NULL) += ...; scratch: S floats per thread (omp_get_max_threads()). */
+                           const float *v, float *p, float *o, float *scratch);
+/* gq, gk, gv (may be NULL) += ... */
 void pbw_cpu_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,
                            const float *v, const float *p, const float *go, float *gq,
                            float *gk, float *gv, float *scratch);
-/* q (BH,T,D), k v (BH,S,D) -> o (BH,T,D); p (BH,T,S) receives the attention weights. */
-void pbw_cpu_attention_forward(const float *q, const float *k, const float *v, float *p,
-                               float *o, int64_t BH, int64_t T, int64_t S, int64_t D,
-                               float scale, int causal);
-/* gq, gk, gv (may be NULL) += ...; scratch: T*S floats per thread (omp_get_max_threads()). */
-void pbw_cpu_attention_backward(const float *q, const float *k, const float *v, const float *p,
-                                const float *go, float *gq, float *gk, float *gv, int64_t BH,
-                                int64_t T, int64_t S, int64_t D, float scale, float *scratch);
 
 #endif

@@ -1,4 +1,5 @@
-/* pbw_cpu_nn.c: GEMM (OpenBLAS), layer and batch norm, softmax and attention kernels. */
+/* pbw_cpu_nn.c: GEMM (OpenBLAS on the OpenMP team), layer and batch norm, softmax and attention
+ * kernels. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -6,6 +7,44 @@
 
 #include "pbw_cpu.h"
 #include "pbw_cpu_math.h"
+
+/* One GEMM on the OpenMP team: each thread runs a single-threaded sgemm on its block of rows
+ * (or of columns, when C is wide and short). OpenBLAS's own thread pool stays idle, so the
+ * elementwise kernels and the GEMMs share one pool: with two pools, threads of one spin or
+ * yield on the cores while the other works, which costs up to half the time on a busy machine.
+ * Small products, or calls from inside a parallel region, run on the calling thread. */
+static void gemm_team(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc) {
+    int nt = omp_get_max_threads();
+    if (nt <= 1 || omp_in_parallel() || (double)M * (double)N * (double)K < 2e6) {
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb,
+                    beta, C, (int)ldc);
+        return;
+    }
+    int by_rows = M >= 16 * (int64_t)nt || M >= N;
+    int64_t L = by_rows ? M : N;
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel num_threads(nt)
+    {
+        int id = omp_get_thread_num(), n = omp_get_num_threads();
+        /* blocks of whole 16-element panels keep each thread's sgemm on full kernel tiles */
+        int64_t panels = (L + 15) / 16, p0 = panels * id / n, p1 = panels * (id + 1) / n;
+        int64_t l0 = p0 * 16, l1 = p1 * 16 < L ? p1 * 16 : L;
+        if (l1 > l0) {
+            if (by_rows) /* rows l0..l1 of C: rows of A, or columns when A is transposed */
+                cblas_sgemm(CblasRowMajor, ta, tb, (int)(l1 - l0), (int)N, (int)K, alpha,
+                            A + (ta == CblasTrans ? l0 : l0 * lda), (int)lda, B, (int)ldb, beta,
+                            C + l0 * ldc, (int)ldc);
+            else /* columns l0..l1 of C: columns of B, or rows when B is transposed */
+                cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)(l1 - l0), (int)K, alpha, A,
+                            (int)lda, B + (tb == CblasTrans ? l0 * ldb : l0), (int)ldb, beta,
+                            C + l0, (int)ldc);
+        }
+    }
+    openblas_set_num_threads(saved);
+}
 
 void pbw_cpu_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                           const float *A, int64_t lda, int64_t stride_a, const float *B,
@@ -19,10 +58,9 @@ void pbw_cpu_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_
         batch = 1;
     }
     for (int64_t i = 0; i < batch; i++)
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
-                    A + i * stride_a, (int)lda, B + i * stride_b, (int)ldb, beta,
-                    C + i * stride_c, (int)ldc);
+        gemm_team(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N,
+                  K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta, C + i * stride_c,
+                  ldc);
 }
 
 void pbw_cpu_layer_norm_forward(const float *x, const float *w, const float *b, float *y,
@@ -160,93 +198,124 @@ void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_
 /* ---- attention ----
  * Per (batch, head): scores = scale * q k^T, softmax (causal: key s > query t excluded), o = p v.
  * Heads are small (T, S up to a few hundred, D = 64 in CLIP), so each (batch, head) is one
- * OpenMP task and its products are loops the compiler vectorizes: dot products four keys at a
- * time (four independent FMA chains) and weighted row sums with the D outputs kept in
- * registers. q, k, v, o and their gradients are addressed through strides, so the same kernel
- * serves (B,H,T,D) tensors and packed (B,T,3W) projections. */
+ * OpenMP task whose products are small GEMMs done here (OpenBLAS is not called inside OpenMP
+ * regions, and its per-call cost would dominate such sizes). q, k, v, o and their gradients are
+ * addressed through strides, so the same kernels serve (B,H,T,D) tensors and packed (B,T,3W)
+ * projections. */
 
-/* Four dot products of a with b0..b3 (n elements each). */
-static inline void dot4(const float *a, const float *b0, const float *b1, const float *b2,
-                        const float *b3, int64_t n, float *out) {
-    float s0[8] = {0}, s1[8] = {0}, s2[8] = {0}, s3[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) {
-            s0[j] = fmaf(a[i + j], b0[i + j], s0[j]);
-            s1[j] = fmaf(a[i + j], b1[i + j], s1[j]);
-            s2[j] = fmaf(a[i + j], b2[i + j], s2[j]);
-            s3[j] = fmaf(a[i + j], b3[i + j], s3[j]);
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* Lane masks for the last n < 8 columns of a row. */
+static const int32_t tail_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+static inline __m256i mask_of(int64_t n) { return _mm256_loadu_si256((const __m256i *)(tail_mask + 8 - n)); }
+
+/* C[i][j0..j0+16) for rows i < m (m <= 4): (acc ? C : 0) + sum_k A[i][k] B[k][j]. Always
+ * inlined with a constant m (see small_gemm), so the accumulators stay in registers. */
+__attribute__((always_inline)) static inline void gemm_4x16(int64_t m, int64_t K, const float *A, int64_t lda, const float *B,
+                             int64_t ldb, float *C, int64_t ldc, int acc) {
+    __m256 c[4][2];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++)
+            c[i][j] = acc && i < m ? _mm256_loadu_ps(C + i * ldc + 8 * j) : _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+        for (int i = 0; i < 4; i++) {
+            if (i >= m) break;
+            __m256 a = _mm256_broadcast_ss(A + i * lda + k);
+            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
-    float r[4] = {0, 0, 0, 0};
-    for (int j = 0; j < 8; j++) {
-        r[0] += s0[j];
-        r[1] += s1[j];
-        r[2] += s2[j];
-        r[3] += s3[j];
     }
-    for (; i < n; i++) {
-        r[0] = fmaf(a[i], b0[i], r[0]);
-        r[1] = fmaf(a[i], b1[i], r[1]);
-        r[2] = fmaf(a[i], b2[i], r[2]);
-        r[3] = fmaf(a[i], b3[i], r[3]);
-    }
-    memcpy(out, r, sizeof r);
-}
-
-/* out[s] = a . rows[s] for s < n; rows at stride rs. */
-static void dots(const float *a, const float *rows, int64_t rs, int64_t n, int64_t D, float *out) {
-    int64_t s = 0;
-    for (; s + 4 <= n; s += 4)
-        dot4(a, rows + s * rs, rows + (s + 1) * rs, rows + (s + 2) * rs, rows + (s + 3) * rs, D,
-             out + s);
-    for (; s < n; s++) {
-        float r4[4];
-        dot4(a, rows + s * rs, rows + s * rs, rows + s * rs, rows + s * rs, D, r4);
-        out[s] = r4[0];
+    for (int i = 0; i < m; i++) {
+        _mm256_storeu_ps(C + i * ldc, c[i][0]);
+        _mm256_storeu_ps(C + i * ldc + 8, c[i][1]);
     }
 }
 
-/* out[0:D] (+)= sum_{s<n} w[s] * rows[s][0:D]; with D = 64 the sums stay in registers. */
-static void wsum(float *out, const float *w, const float *rows, int64_t rs, int64_t n, int64_t D,
-                 int accumulate) {
-    if (D == 64) {
-        float acc[64];
-        for (int j = 0; j < 64; j++) acc[j] = accumulate ? out[j] : 0.0f;
-        for (int64_t s = 0; s < n; s++) {
-            const float *r = rows + s * rs;
-            float ws = w[s];
-            for (int j = 0; j < 64; j++) acc[j] = fmaf(ws, r[j], acc[j]);
+/* The same for n <= 8 columns (masked loads and stores past column n). */
+__attribute__((always_inline)) static inline void gemm_4x8(int64_t m, int64_t n, int64_t K, const float *A, int64_t lda,
+                            const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    __m256i mk = mask_of(n);
+    __m256 c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = acc && i < m ? _mm256_maskload_ps(C + i * ldc, mk) : _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m256 b = _mm256_maskload_ps(B + k * ldb, mk);
+        for (int i = 0; i < 4; i++) {
+            if (i >= m) break;
+            c[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + i * lda + k), b, c[i]);
         }
-        memcpy(out, acc, sizeof acc);
-        return;
     }
-    if (!accumulate) memset(out, 0, (size_t)D * sizeof(float));
-    for (int64_t s = 0; s < n; s++) {
-        const float *r = rows + s * rs;
-        float ws = w[s];
-        for (int64_t j = 0; j < D; j++) out[j] = fmaf(ws, r[j], out[j]);
-    }
+    for (int i = 0; i < m; i++) _mm256_maskstore_ps(C + i * ldc, mk, c[i]);
 }
 
-/* y[0:D] += a * x[0:D] */
-static inline void axpy(float *y, float a, const float *x, int64_t D) {
-    for (int64_t j = 0; j < D; j++) y[j] = fmaf(a, x[j], y[j]);
+/* C (M,N) = A (M,K) B (K,N) (+ C when acc); row strides lda, ldb, ldc. */
+static void small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    for (int64_t i = 0; i < M; i += 4) {
+        int64_t m = M - i < 4 ? M - i : 4, j = 0;
+        const float *a = A + i * lda;
+        float *c = C + i * ldc;
+        for (; j + 16 <= N; j += 16) switch (m) {
+            case 4: gemm_4x16(4, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            case 3: gemm_4x16(3, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            case 2: gemm_4x16(2, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            default: gemm_4x16(1, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            }
+        for (; j < N; j += 8) {
+            int64_t n = N - j < 8 ? N - j : 8;
+            switch (m) {
+            case 4: gemm_4x8(4, n, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            case 3: gemm_4x8(3, n, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            case 2: gemm_4x8(2, n, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            default: gemm_4x8(1, n, K, a, lda, B + j, ldb, c + j, ldc, acc); break;
+            }
+        }
+    }
+}
+#else
+static void small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (!acc) memset(c, 0, (size_t)N * sizeof(float));
+        for (int64_t k = 0; k < K; k++) {
+            float a = A[i * lda + k];
+            const float *b = B + k * ldb;
+            for (int64_t j = 0; j < N; j++) c[j] = fmaf(a, b[j], c[j]);
+        }
+    }
+}
+#endif
+
+/* dst (C,R) = src (R,C)^T, src rows at stride ls. */
+static void transpose(float *dst, const float *src, int64_t R, int64_t C, int64_t ls) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) dst[c * R + r] = src[r * ls + c];
+}
+
+size_t pbw_cpu_attention_scratch_floats(const pbw_attn_geom *g) {
+    size_t per = (size_t)(g->D * g->S + 3 * g->T * g->S + 16);
+    return per * (size_t)omp_get_max_threads();
 }
 
 void pbw_cpu_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
-                           const float *v, float *p, float *o) {
+                           const float *v, float *p, float *o, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D;
+    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)omp_get_max_threads();
 #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
+        float *kt = scratch + per * (size_t)omp_get_thread_num(); /* (D,S) */
         int64_t b = bh / H, h = bh % H;
         const float *qh = q + b * g->q[0] + h * g->q[1], *kh = k + b * g->k[0] + h * g->k[1];
         const float *vh = v + b * g->v[0] + h * g->v[1];
-        float *oh = o + b * g->o[0] + h * g->o[1];
+        float *oh = o + b * g->o[0] + h * g->o[1], *ph = p + bh * T * S;
+        transpose(kt, kh, S, D, g->k[2]);
+        small_gemm(T, S, D, qh, g->q[2], kt, S, ph, S, 0); /* q k^T */
         for (int64_t t = 0; t < T; t++) {
             int64_t n = g->causal ? (t + 1 < S ? t + 1 : S) : S;
-            float *pr = p + (bh * T + t) * S;
-            dots(qh + t * g->q[2], kh, g->k[2], n, D, pr);
-            float mx = -INFINITY, sum = 0;
+            float *pr = ph + t * S, mx = -INFINITY, sum = 0;
             for (int64_t s = 0; s < n; s++) {
                 pr[s] *= g->scale;
                 mx = pr[s] > mx ? pr[s] : mx;
@@ -256,8 +325,8 @@ void pbw_cpu_attention_fwd(const pbw_attn_geom *g, const float *q, const float *
             float inv = 1.0f / sum;
             for (int64_t s = 0; s < n; s++) pr[s] *= inv;
             for (int64_t s = n; s < S; s++) pr[s] = 0.0f;
-            wsum(oh + t * g->o[2], pr, vh, g->v[2], n, D, 0);
         }
+        small_gemm(T, D, S, ph, S, vh, g->v[2], oh, g->o[2], 0); /* p v */
     }
 }
 
@@ -265,47 +334,34 @@ void pbw_cpu_attention_bwd(const pbw_attn_geom *g, const float *q, const float *
                            const float *v, const float *p, const float *go, float *gq,
                            float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D;
+    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)omp_get_max_threads();
 #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        float *ds = scratch + (int64_t)omp_get_thread_num() * S; /* d loss / d scores, one row */
+        float *vt = scratch + per * (size_t)omp_get_thread_num(); /* (D,S) */
+        float *ds = vt + D * S;                                   /* (T,S) d loss / d scores */
+        float *tr = ds + T * S;                                   /* (S,T) transposes */
         int64_t b = bh / H, h = bh % H;
         const float *qh = q + b * g->q[0] + h * g->q[1], *kh = k + b * g->k[0] + h * g->k[1];
         const float *vh = v + b * g->v[0] + h * g->v[1];
-        const float *goh = go + b * g->o[0] + h * g->o[1];
-        float *gqh = gq ? gq + b * g->q[0] + h * g->q[1] : NULL;
-        float *gkh = gk ? gk + b * g->k[0] + h * g->k[1] : NULL;
-        float *gvh = gv ? gv + b * g->v[0] + h * g->v[1] : NULL;
-        for (int64_t t = 0; t < T; t++) {
-            int64_t n = g->causal ? (t + 1 < S ? t + 1 : S) : S;
-            const float *pr = p + (bh * T + t) * S, *gor = goh + t * g->o[2];
-            if (gvh) /* dV += P^T dO */
-                for (int64_t s = 0; s < n; s++) axpy(gvh + s * g->v[2], pr[s], gor, D);
-            if (!gqh && !gkh) continue;
-            dots(gor, vh, g->v[2], n, D, ds); /* dP = dO V^T */
-            float dot = 0;
-            for (int64_t s = 0; s < n; s++) dot = fmaf(pr[s], ds[s], dot);
-            for (int64_t s = 0; s < n; s++) ds[s] = pr[s] * (ds[s] - dot) * g->scale;
-            if (gqh) wsum(gqh + t * g->q[2], ds, kh, g->k[2], n, D, 1); /* dQ += dS K */
-            if (gkh) /* dK += dS^T Q */
-                for (int64_t s = 0; s < n; s++) axpy(gkh + s * g->k[2], ds[s], qh + t * g->q[2], D);
+        const float *goh = go + b * g->o[0] + h * g->o[1], *ph = p + bh * T * S;
+        if (gv) { /* dV += P^T dO */
+            transpose(tr, ph, T, S, S);
+            small_gemm(S, D, T, tr, T, goh, g->o[2], gv + b * g->v[0] + h * g->v[1], g->v[2], 1);
+        }
+        if (!gq && !gk) continue;
+        transpose(vt, vh, S, D, g->v[2]);
+        small_gemm(T, S, D, goh, g->o[2], vt, S, ds, S, 0); /* dP = dO V^T */
+        for (int64_t t = 0; t < T; t++) { /* dS = P (dP - rowsum(P dP)) * scale */
+            const float *pr = ph + t * S;
+            float *dr = ds + t * S, dot = 0;
+            for (int64_t s = 0; s < S; s++) dot = fmaf(pr[s], dr[s], dot);
+            for (int64_t s = 0; s < S; s++) dr[s] = pr[s] * (dr[s] - dot) * g->scale;
+        }
+        if (gq) /* dQ += dS K */
+            small_gemm(T, D, S, ds, S, kh, g->k[2], gq + b * g->q[0] + h * g->q[1], g->q[2], 1);
+        if (gk) { /* dK += dS^T Q */
+            transpose(tr, ds, T, S, S);
+            small_gemm(S, D, T, tr, T, qh, g->q[2], gk + b * g->k[0] + h * g->k[1], g->k[2], 1);
         }
     }
-}
-
-void pbw_cpu_attention_forward(const float *q, const float *k, const float *v, float *p,
-                               float *o, int64_t BH, int64_t T, int64_t S, int64_t D,
-                               float scale, int causal) {
-    pbw_attn_geom g = {BH, 1, T, S, D, {T * D, 0, D}, {S * D, 0, D}, {S * D, 0, D},
-                       {T * D, 0, D}, scale, causal};
-    pbw_cpu_attention_fwd(&g, q, k, v, p, o);
-}
-
-void pbw_cpu_attention_backward(const float *q, const float *k, const float *v, const float *p,
-                                const float *go, float *gq, float *gk, float *gv, int64_t BH,
-                                int64_t T, int64_t S, int64_t D, float scale, float *scratch) {
-    /* the old contract: scratch holds T*S floats per thread, at least the S used here; the
-     * causal flag is implied by p (excluded keys have weight 0) */
-    pbw_attn_geom g = {BH, 1, T, S, D, {T * D, 0, D}, {S * D, 0, D}, {S * D, 0, D},
-                       {T * D, 0, D}, scale, 0};
-    pbw_cpu_attention_bwd(&g, q, k, v, p, go, gq, gk, gv, scratch);
 }
