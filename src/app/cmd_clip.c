@@ -11,19 +11,23 @@
 #include "formats/pbw_image.h"
 #include "formats/pbw_npy.h"
 #include "models/pbw_clip.h"
+#include "models/pbw_tokenizer.h"
 
 static void help(FILE *f) {
     fprintf(f,
             "usage: pbw clip --model DIR (--text T ... | --ids N,N,... | --image I.png ... |\n"
-            "                --pixels X.npy) [--save-npy E.npy] [--save-text-npy T.npy]\n"
-            "                [--save-grad G.npy]\n\n"
+            "                --pixels X.npy) [--vocab PATH] [--save-npy E.npy]\n"
+            "                [--save-text-npy T.npy] [--save-grad G.npy]\n\n"
             "Embeds texts and/or images with CLIP. Given texts and images, prints for each image\n"
             "the cosine similarity to every text and the softmax over texts of\n"
             "exp(logit_scale) * cosine (zero-shot classification).\n\n"
             "  --model DIR         a Hugging Face CLIP directory (config.json, model.safetensors or\n"
             "                      pytorch_model.bin, vocab.json, merges.txt) or an OpenAI/open_clip\n"
             "                      state dict (file or directory)\n"
-            "  --text T            a text to embed (repeatable); needs the model's tokenizer files\n"
+            "  --text T            a text to embed (repeatable), tokenized as CLIP does (77 tokens)\n"
+            "  --vocab PATH        the tokenizer's vocabulary: a directory with vocab.json and\n"
+            "                      merges.txt, or bpe_simple_vocab_16e6.txt.gz (default: the model\n"
+            "                      directory, or bpe_simple_vocab_16e6.txt.gz inside it)\n"
             "  --ids N,N,...       a text as token ids, start and end tokens included (repeatable)\n"
             "  --image I.png       a PNG or JPEG image (repeatable): shortest side resized to the\n"
             "                      model's size (bicubic, as CLIP's preprocessing), center crop\n"
@@ -39,7 +43,7 @@ static void help(FILE *f) {
 #define MAX_INPUTS 1024
 
 typedef struct clip_args {
-    const char *model, *pixels, *save, *save_text, *save_grad;
+    const char *model, *pixels, *save, *save_text, *save_grad, *vocab;
     const char *texts[MAX_INPUTS];
     int ntexts; /* --text and --ids in order; is_ids tells which */
     int is_ids[MAX_INPUTS];
@@ -52,9 +56,10 @@ static int parse_args(int argc, char **argv, clip_args *a) {
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v;
         if (!strcmp(o, "--model") || !strcmp(o, "--pixels") || !strcmp(o, "--save-npy") ||
-            !strcmp(o, "--save-text-npy") || !strcmp(o, "--save-grad")) {
+            !strcmp(o, "--save-text-npy") || !strcmp(o, "--save-grad") || !strcmp(o, "--vocab")) {
             if (!(v = app_value("clip", argc, argv, &i))) return -1;
             if (!strcmp(o, "--model")) a->model = v;
+            else if (!strcmp(o, "--vocab")) a->vocab = v;
             else if (!strcmp(o, "--pixels")) a->pixels = v;
             else if (!strcmp(o, "--save-npy")) a->save = v;
             else if (!strcmp(o, "--save-text-npy")) a->save_text = v;
@@ -132,36 +137,71 @@ static int parse_ids(const char *s, int32_t *ids, int64_t max, int64_t *n) {
     return 0;
 }
 
-/* All texts as one (N, T) id matrix, padded with zeros (T = longest). */
+/* The tokenizer: --vocab, else the model directory (vocab.json + merges.txt), else
+ * bpe_simple_vocab_16e6.txt.gz beside the weights. */
+static pbw_tokenizer *open_tokenizer(const clip_args *a) {
+    pbw_err err, err2;
+    if (a->vocab) {
+        pbw_tokenizer *t = pbw_tokenizer_load(a->vocab, &err);
+        if (!t) fprintf(stderr, "pbw clip: --vocab %s\n", err.msg);
+        return t;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", a->model);
+    pbw_tokenizer *t = pbw_tokenizer_load(dir, &err);
+    if (t) return t;
+    char gz[4200];
+    char *slash = strrchr(dir, '/');
+    if (slash && slash[1] && strstr(slash, ".")) *slash = 0; /* a weights file: its directory */
+    snprintf(gz, sizeof gz, "%s/bpe_simple_vocab_16e6.txt.gz", dir);
+    t = pbw_tokenizer_load(gz, &err2);
+    if (!t)
+        fprintf(stderr, "pbw clip: no tokenizer for --text in %s (%s); give --vocab PATH "
+                        "(vocab.json + merges.txt directory or bpe_simple_vocab_16e6.txt.gz), "
+                        "or token ids with --ids\n", a->model, err.msg);
+    return t;
+}
+
+/* All texts as one (N, T) id matrix: --text tokenized to the model's context (padded with
+ * zeros, cut with the end token last, as CLIP's tokenize), --ids padded with zeros to the
+ * longest row. */
 static int texts_to_ids(const clip_args *a, const pbw_clip *m, int32_t **ids_out, int64_t *T_out) {
     int64_t C = m->cfg.context_length, T = 1;
     int32_t *ids = calloc((size_t)a->ntexts * (size_t)C, sizeof(int32_t));
     int64_t *lens = calloc((size_t)a->ntexts, sizeof(int64_t));
+    pbw_tokenizer *tok = NULL;
     if (!ids || !lens) {
-        free(ids);
-        free(lens);
         fprintf(stderr, "pbw clip: out of memory\n");
-        return -1;
+        goto fail;
     }
     for (int i = 0; i < a->ntexts; i++) {
         if (!a->is_ids[i]) {
-            fprintf(stderr, "pbw clip: --text needs the tokenizer, which this build does not have "
-                            "yet; pass token ids with --ids\n");
+            pbw_err err;
+            size_t n;
+            if (!tok && !(tok = open_tokenizer(a))) goto fail;
+            if (pbw_tokenize(tok, a->texts[i], strlen(a->texts[i]), ids + (int64_t)i * C,
+                             (size_t)C, (int)C, &n, &err)) {
+                fprintf(stderr, "pbw clip: --text '%.60s': %s\n", a->texts[i], err.msg);
+                goto fail;
+            }
+            lens[i] = (int64_t)n;
+        } else if (parse_ids(a->texts[i], ids + (int64_t)i * C, C, &lens[i])) {
             goto fail;
         }
-        if (parse_ids(a->texts[i], ids + (int64_t)i * C, C, &lens[i])) goto fail;
         if (lens[i] > T) T = lens[i];
     }
     /* compact rows to width T */
     for (int i = 1; i < a->ntexts; i++)
         memmove(ids + (int64_t)i * T, ids + (int64_t)i * C, (size_t)T * sizeof(int32_t));
     free(lens);
+    pbw_tokenizer_free(tok);
     *ids_out = ids;
     *T_out = T;
     return 0;
 fail:
     free(ids);
     free(lens);
+    pbw_tokenizer_free(tok);
     return -1;
 }
 

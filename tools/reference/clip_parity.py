@@ -109,6 +109,36 @@ def reference(model, pixels, ids):
     return img.detach().numpy(), txt.detach().numpy(), px.grad.numpy()
 
 
+def write_hf_tokenizer_files(gz_path, out_dir):
+    """vocab.json and merges.txt equal to those of HF's CLIP repos, built from OpenAI's
+    bpe_simple_vocab_16e6.txt.gz the way OpenAI's tokenizer builds its vocabulary: the 256
+    byte stand-ins, the same with </w>, one entry per merge (the first 48894), then the start
+    and end tokens."""
+    import gzip
+    import json
+
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    stand_in, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            stand_in[b] = chr(b)
+        else:
+            stand_in[b] = chr(256 + extra)
+            extra += 1
+    chars = [stand_in[b] for b in range(256)]
+    # the stand-ins in OpenAI's order: printable bytes first, then the remapped ones
+    order = [chr(b) for b in keep] + [stand_in[b] for b in range(256) if b not in keep]
+    with gzip.open(gz_path, "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = order + [c + "</w>" for c in order] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(set(chars)) == 256
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
 def rel(a, b):
     return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
 
@@ -162,6 +192,43 @@ def full():
             ok &= good
             print(f"  {tag:6s} {k:17s} max|diff|/max|ref| = {v:.2e}  (tolerance {tol[k]:.0e}) "
                   f"{'ok' if good else 'FAIL'}")
+
+    # --text through the tokenizer files of the HF layout, and --image through CLIP's
+    # preprocessing, against CLIPTokenizer and CLIPImageProcessor
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    write_hf_tokenizer_files(os.path.join(ROOT, "..", "shared", "data", "clip",
+                                          "bpe_simple_vocab_16e6.txt.gz"), hf_dir)
+    texts = ["a photo of a cat", "a diagram", "A Rustic BED, made of wood!", "opulent"]
+    tok = CLIPTokenizer(os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt"))
+    tids = tok(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    yy, xx = np.mgrid[0:300, 0:400]
+    im = np.stack([(xx * 0.6) % 256, (yy * 0.9) % 256, ((xx + yy) * 0.3) % 256], -1).astype(np.uint8)
+    img_path = os.path.join(out, "photo.png")
+    Image.fromarray(im).save(img_path)
+    pre = CLIPImageProcessor()(images=Image.open(img_path), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref_t = model.get_text_features(input_ids=tids).numpy()
+        ref_i = model.get_image_features(pixel_values=pre).numpy()
+        probs = model(input_ids=tids, pixel_values=pre).logits_per_image.softmax(-1).numpy()
+    cmd = [os.path.join(ROOT, "build", "pbw"), "clip", "--model", hf_dir, "--image", img_path,
+           "--save-npy", os.path.join(out, "img_file.npy"), "--save-text-npy",
+           os.path.join(out, "txt_tok.npy")]
+    for t in texts:
+        cmd += ["--text", t]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"pbw clip failed ({r.returncode}):\n{r.stderr}")
+    for k, got, ref in [("texts via tokenizer", np.load(os.path.join(out, "txt_tok.npy")), ref_t),
+                        ("image file", np.load(os.path.join(out, "img_file.npy")), ref_i)]:
+        v = rel(got, ref)
+        ok &= v <= 1e-4
+        print(f"  hf     {k:19s} max|diff|/max|ref| = {v:.2e}  (tolerance 1e-04) "
+              f"{'ok' if v <= 1e-4 else 'FAIL'}")
+    print("  zero-shot output of pbw clip --image --text ...:")
+    print("    " + r.stdout.strip().replace("\n", "\n    "))
+    print("  transformers' logits_per_image.softmax(-1):", np.array2string(probs[0], precision=4))
     sys.exit(0 if ok else 1)
 
 
