@@ -22,8 +22,18 @@ if [ "${1:-}" = "--check" ]; then
     [ -z "$missing" ]
     exit $?
 fi
+# transformers, for the CLIP references (tools/reference/clip_parity.py, bench/run_clip.sh):
+# Debian does not package it; 4.36.2 is a version that works with Debian's torch 1.13.
+pip_transformers() {
+    [ "${1:-}" = "--python" ] || return 0
+    /usr/bin/python3 -c "import transformers" 2>/dev/null && return 0
+    echo "setup: pip install transformers==4.36.2"
+    /usr/bin/python3 -m pip install -q --break-system-packages 'transformers==4.36.2' ||
+        echo "setup: could not install transformers (the CLIP reference scripts need it)"
+}
 if [ -z "$missing" ]; then
     echo "setup: all packages present"
+    pip_transformers "${1:-}"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -35,3 +45,4 @@ echo "setup: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq $missing >/dev/null
+pip_transformers "${1:-}"
