@@ -14,6 +14,11 @@
  *  - images: 2e-5 absolute on values of size ~1 (a dozen layers of float32 sums of at most
  *    16*9 terms; measured ~1e-6). A wrong tap, pad or scale is off by > 1e-2.
  *  - gradients: max |ours - ref| <= 1e-3 * max |ref| (the issue's 1e-3 relative; measured ~1e-6).
+ *    At full size that is float32's own noise floor: the gradient of sum(r * image) with random
+ *    r sums terms of both signs over every pixel and layer, and PyTorch float32 itself is
+ *    5e-4 .. 1e-3 (max-relative) away from the same model run in float64 at 64 px. So the
+ *    parity directories also hold float64 gradients; there we must be within
+ *    max(1e-3, 2 x PyTorch float32's distance) of float64, and print every number.
  *  - masks: 1e-6 (both computed in double, stored float).
  *  - fused ops: gc_check defaults (see gradcheck.h); both ops are piecewise polynomial.
  *
@@ -78,15 +83,60 @@ static double cmp_image(pbw_ctx *ctx, const char *dir, const char *name, const p
     return max_abs_diff(img->data, ref->data, ref->numel);
 }
 
-/* Relative gradient error max|a-b| / max|b|. */
-static double cmp_grad(pbw_ctx *ctx, const char *dir, const char *name, const pbw_tensor *t) {
+/* Gradient errors against one reference file: max|a-b| / max|b| and ||a-b|| / ||b||. */
+typedef struct gerr {
+    double max_rel, l2_rel;
+    int present;
+} gerr;
+
+static gerr grad_err(pbw_ctx *ctx, const char *dir, const char *name, const pbw_tensor *t,
+                     int optional) {
+    gerr e = {INFINITY, INFINITY, 0};
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f && optional) return (gerr){0, 0, 0};
+    if (f) fclose(f);
     pbw_tensor *ref = load_npy(ctx, dir, name);
     if (!ref || !t || !t->grad || ref->numel != t->numel) {
         fprintf(stderr, "  %s: missing gradient or size mismatch\n", name);
-        return INFINITY;
+        return e;
     }
-    double scale = max_abs(ref->data, ref->numel);
-    return max_abs_diff(t->grad, ref->data, ref->numel) / (scale > 0 ? scale : 1);
+    double scale = max_abs(ref->data, ref->numel), d2 = 0, r2 = 0;
+    for (int64_t i = 0; i < ref->numel; i++) {
+        double d = (double)t->grad[i] - ref->data[i];
+        d2 += d * d;
+        r2 += (double)ref->data[i] * ref->data[i];
+    }
+    e.max_rel = max_abs_diff(t->grad, ref->data, ref->numel) / (scale > 0 ? scale : 1);
+    e.l2_rel = sqrt(d2) / (r2 > 0 ? sqrt(r2) : 1);
+    if (isnan(e.l2_rel)) e.l2_rel = INFINITY;
+    e.present = 1;
+    return e;
+}
+
+/* Against PyTorch float32 (name) and, when the directory has it, float64 (name_f64); then also
+ * PyTorch float32 against float64 (torch_max_rel), the float32 noise floor of this gradient. */
+typedef struct gcmp {
+    gerr f32, f64;
+    double torch_max_rel;
+} gcmp;
+
+static gcmp cmp_grad(pbw_ctx *ctx, const char *dir, const char *name, const pbw_tensor *t) {
+    char n64[96];
+    snprintf(n64, sizeof n64, "%s_f64", name);
+    gcmp c = {grad_err(ctx, dir, name, t, 0), grad_err(ctx, dir, n64, t, 1), 0};
+    if (c.f64.present) {
+        pbw_tensor *r32 = load_npy(ctx, dir, name), *r64 = load_npy(ctx, dir, n64);
+        if (r32 && r64 && r32->numel == r64->numel) {
+            double scale = max_abs(r64->data, r64->numel);
+            c.torch_max_rel = max_abs_diff(r32->data, r64->data, r64->numel) /
+                              (scale > 0 ? scale : 1);
+        } else {
+            c.torch_max_rel = INFINITY;
+        }
+    }
+    return c;
 }
 
 /* A leaf copy of a tensor that asks for its gradient (in the keep arena). */
@@ -101,7 +151,7 @@ static pbw_tensor *leaf(pbw_arena *keep, const pbw_tensor *t, int grad) {
 
 typedef struct parity {
     double img_z, img_z_trunc, img_w, img_wplus, img_masked_orig, img_masked_mixed, masks;
-    double grad_z, grad_w, grad_wplus, grad_masked_orig, grad_masked_mixed;
+    gcmp grad_z, grad_w, grad_wplus, grad_masked_orig, grad_masked_mixed;
 } parity;
 
 /* sum(r * img) backward from the image; fills the leaf's gradient. */
@@ -185,7 +235,7 @@ static int run_parity(const char *dir, const char *ckpt, parity *p) {
             pbw_sg2_mask_free(&mk);
             goto done;
         }
-        double dg = cmp_grad(ctx, dir, mixed ? "grad_masked_mixed" : "grad_masked_orig", wm);
+        gcmp dg = cmp_grad(ctx, dir, mixed ? "grad_masked_mixed" : "grad_masked_orig", wm);
         if (mixed) p->img_masked_mixed = di, p->grad_masked_mixed = dg;
         else p->img_masked_orig = di, p->grad_masked_orig = dg;
         pbw_ctx_reset(ctx);
@@ -201,13 +251,38 @@ done:
     return rc;
 }
 
+static void print_gerr(const char *what, const char *name, const gcmp *g) {
+    printf("  %s: gradient to %-12s vs PyTorch f32: max|d|/max|ref| %.3g, ||d||/||ref|| %.3g",
+           what, name, g->f32.max_rel, g->f32.l2_rel);
+    if (g->f64.present)
+        printf(" | vs f64: %.3g, %.3g | PyTorch f32 vs f64: %.3g", g->f64.max_rel,
+               g->f64.l2_rel, g->torch_max_rel);
+    printf("\n");
+}
+
 static void print_parity(const char *what, const parity *p) {
     printf("  %s: max abs image diff: z %.3g, z trunc 0.7 %.3g, w %.3g, W+ %.3g, masked orig %.3g,"
            " masked mixed %.3g; masks %.3g\n", what, p->img_z, p->img_z_trunc, p->img_w,
            p->img_wplus, p->img_masked_orig, p->img_masked_mixed, p->masks);
-    printf("  %s: gradient max|diff|/max|ref|: z (trunc) %.3g, w %.3g, W+ %.3g, masked orig %.3g,"
-           " masked mixed %.3g\n", what, p->grad_z, p->grad_w, p->grad_wplus,
-           p->grad_masked_orig, p->grad_masked_mixed);
+    print_gerr(what, "z (trunc)", &p->grad_z);
+    print_gerr(what, "w", &p->grad_w);
+    print_gerr(what, "W+", &p->grad_wplus);
+    print_gerr(what, "masked orig", &p->grad_masked_orig);
+    print_gerr(what, "masked mixed", &p->grad_masked_mixed);
+}
+
+/* A gradient passes when it is within tol (max-relative) of the reference. With a float64
+ * reference in the directory, that is the one, and tol grows to twice PyTorch float32's own
+ * distance from it when that is larger: the gradient of a random linear function of a large
+ * image sums terms of both signs over every pixel, and float32 cannot do better than its
+ * rounding allows (see the file comment). */
+static void check_grad(const gcmp *g, double tol) {
+    if (g->f64.present) {
+        double lim = 2 * g->torch_max_rel > tol ? 2 * g->torch_max_rel : tol;
+        CHECK_NEAR(g->f64.max_rel, 0, lim);
+    } else {
+        CHECK_NEAR(g->f32.max_rel, 0, tol);
+    }
 }
 
 static void check_parity(const parity *p, double img_tol, double grad_tol) {
@@ -218,11 +293,11 @@ static void check_parity(const parity *p, double img_tol, double grad_tol) {
     CHECK_NEAR(p->img_masked_orig, 0, img_tol);
     CHECK_NEAR(p->img_masked_mixed, 0, img_tol);
     CHECK_NEAR(p->masks, 0, 1e-6);
-    CHECK_NEAR(p->grad_z, 0, grad_tol);
-    CHECK_NEAR(p->grad_w, 0, grad_tol);
-    CHECK_NEAR(p->grad_wplus, 0, grad_tol);
-    CHECK_NEAR(p->grad_masked_orig, 0, grad_tol);
-    CHECK_NEAR(p->grad_masked_mixed, 0, grad_tol);
+    check_grad(&p->grad_z, grad_tol);
+    check_grad(&p->grad_w, grad_tol);
+    check_grad(&p->grad_wplus, grad_tol);
+    check_grad(&p->grad_masked_orig, grad_tol);
+    check_grad(&p->grad_masked_mixed, grad_tol);
 }
 
 PBW_TEST(stylegan2_fixture_parity) {
@@ -623,6 +698,9 @@ static const sgconv_case sgconv_cases[] = {
     {2, 6, 9, 9, 7, 3, 1},    /* transposed, several tiles per phase */
     {1, 2, 3, 4, 3, 1, 1},    /* transposed 1x1 (odd phases empty of taps... rows only) */
     {1, 2, 4, 3, 2, 5, 1},    /* transposed 5x5 */
+    {1, 7, 7, 9, 5, 3, 0},    /* odd sides: partial Winograd tiles */
+    {1, 130, 6, 5, 7, 3, 0},  /* more channels than one Winograd K block */
+    {1, 3, 5, 131, 4, 3, 0},  /* a tile row in two Winograd work items */
 };
 
 static pbw_tensor *f_sgconv(pbw_ctx *ctx, pbw_tensor **in, void *user) {
@@ -634,13 +712,18 @@ PBW_TEST(stylegan2_op_sg_conv) {
     pbw_arena a;
     pbw_arena_init(&a, 1 << 16);
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
-    for (int i = 0; i < (int)(sizeof sgconv_cases / sizeof sgconv_cases[0]); i++) {
+    /* every case by the direct kernel, then the 3x3 non-transposed ones by Winograd */
+    const int ncases = (int)(sizeof sgconv_cases / sizeof sgconv_cases[0]);
+    for (int ii = 0; ii < 2 * ncases; ii++) {
+        const int i = ii % ncases, direct = ii < ncases;
         const sgconv_case *sc = &sgconv_cases[i];
+        if (!direct && (sc->k != 3 || sc->transposed)) continue;
         pbw_tensor *w = pbw_tensor_new_in(&a, 4, (int64_t[]){sc->o, sc->c, sc->k, sc->k}, &err);
         gc_fill(w->data, w->numel, 90 + i, -1, 1);
-        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&a, w, sc->transposed, &err);
+        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare_ex(&a, w, sc->transposed, direct, &err);
         CHECK_MSG(pl != NULL, "%s", err.msg);
         if (!pl) continue;
+        CHECK(direct || pl->wino_fwd);
         pbw_tensor *x = pbw_tensor_new(ctx, 4, (int64_t[]){sc->n, sc->c, sc->h, sc->w});
         gc_fill(x->data, x->numel, 100 + i, -1, 1);
         pbw_tensor *ref;
@@ -658,7 +741,7 @@ PBW_TEST(stylegan2_op_sg_conv) {
         /* both are float32 sums of <= 6*25 products of unit-scale values */
         if (y && ref && pbw_shape_equal(y, ref))
             CHECK_MSG(gc_compare("sg_conv", y->data, ref->data, y->numel, 1e-5, 1e-5) == 0,
-                      "case %d", i);
+                      "case %d%s", i, direct ? "" : " (Winograd)");
         pbw_ctx_reset(ctx);
         float *xd = gc_rand((int64_t)sc->n * sc->c * sc->h * sc->w, 110 + i, -1, 1);
         gc_input in[1] = {{4, {sc->n, sc->c, sc->h, sc->w}, xd, 1}};
@@ -708,4 +791,24 @@ PBW_TEST(stylegan2_op_sg_blur) {
     CHECK(pbw_sg_fir_init(&f, k, 1, 1) != 0);
     pbw_arena_free(&a);
     pbw_ctx_free(ctx);
+}
+
+/* A checkpoint as rosinality's train.py writes it: g, d, g_ema, Adam states, an
+ * argparse.Namespace `args`, ada_aug_p, and no latent_avg. */
+PBW_TEST(stylegan2_training_checkpoint) {
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/train.pt", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    CHECK(g->size == 8 && g->style_dim == 8 && g->n_mlp == 1 && !g->latent_avg);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *z = load_npy(ctx, FIX, "train_z");
+    pbw_tensor *img = pbw_sg2_from_z(ctx, g, z, 1.0f, NULL);
+    CHECK_MSG(img != NULL, "%s", pbw_ctx_error(ctx));
+    if (img) CHECK_NEAR(cmp_image(ctx, FIX, "train_img", img), 0, 2e-5);
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
 }

@@ -157,6 +157,11 @@ static int phase_taps(int k, int a) { return (k - a + 1) / 2; }
 
 pbw_sg_conv_plan *pbw_sg_conv_prepare(pbw_arena *a, const pbw_tensor *w, int transposed,
                                       pbw_err *err) {
+    return pbw_sg_conv_prepare_ex(a, w, transposed, 0, err);
+}
+
+pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int transposed,
+                                         int direct, pbw_err *err) {
     char sw[96];
     if (!w || w->dtype != PBW_F32 || w->ndim != 4 || w->shape[2] != w->shape[3] ||
         w->shape[2] % 2 == 0 || w->shape[2] > 15 || w->shape[0] < 1 || w->shape[1] < 1 ||
@@ -188,7 +193,22 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare(pbw_arena *a, const pbw_tensor *w, int tra
         }                                                                                      \
         pbw_cpu_sgconv_pack_weight((dst), tmp, (rows), (K));                                   \
     } while (0)
-    if (!transposed) {
+    if (!transposed && k == 3 && !direct) {
+        /* Winograd: the forward from w, the input gradient from w flipped and transposed */
+        pl->wino_fwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(O, C) * 4);
+        pl->wino_bwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(C, O) * 4);
+        if (!pl->wino_fwd || !pl->wino_bwd) {
+            free(tmp);
+            pbw_err_set(err, "sg_conv: out of memory packing a weight");
+            return NULL;
+        }
+        pbw_cpu_sgconv_wino_pack(pl->wino_fwd, wd, O, C);
+        for (int c = 0; c < C; c++)
+            for (int o = 0; o < O; o++)
+                for (int t = 0; t < kk; t++)
+                    tmp[((int64_t)c * O + o) * kk + t] = wd[((int64_t)o * C + c) * kk + (kk - 1 - t)];
+        pbw_cpu_sgconv_wino_pack(pl->wino_bwd, tmp, C, O);
+    } else if (!transposed) {
         /* forward: w as (O, C*k*k) */
         memcpy(tmp, wd, (size_t)O * C * kk * sizeof(float));
         PACK(pl->fwd[0], O, (int64_t)C * kk);
@@ -254,6 +274,14 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
     const int N = (int)x->shape[0], OH = (int)y->shape[2], OW = (int)y->shape[3];
+    if (pl->wino_bwd) {
+        int nt = pbw_cpu_sgconv_threads();
+        float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->O, pl->C, OW, nt) * 4);
+        if (s)
+            pbw_cpu_sgconv_wino_forward(gx, y->grad, pl->wino_bwd, pl->O, OH, OW, pl->C, N, 1, s,
+                                        nt);
+        return;
+    }
     pbw_cpu_sgconv_geom g;
     if (!pl->transposed)
         g = plain_geom(pl->O, OH, OW, pl->C, pl->k, pl->k, sv->H, sv->W, 1, pl->k / 2, pl->k / 2);
@@ -276,7 +304,13 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
     const int OH = pl->transposed ? 2 * (H - 1) + k : H, OW = pl->transposed ? 2 * (W - 1) + k : W;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, pl->O, OH, OW});
     if (!out) return NULL;
-    if (!pl->transposed) {
+    if (pl->wino_fwd) {
+        int nt = pbw_cpu_sgconv_threads();
+        float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->C, pl->O, W, nt) * 4);
+        if (!s) return NULL;
+        pbw_cpu_sgconv_wino_forward(out->data, x->data, pl->wino_fwd, pl->C, H, W, pl->O, N, 0, s,
+                                    nt);
+    } else if (!pl->transposed) {
         pbw_cpu_sgconv_geom g = plain_geom(pl->C, H, W, pl->O, k, k, H, W, 1, k / 2, k / 2);
         if (run_sgconv(ctx, out->data, x->data, pl->fwd[0], &g, N, 0)) return NULL;
     } else {

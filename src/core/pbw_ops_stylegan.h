@@ -62,6 +62,8 @@ typedef struct pbw_sg_conv_plan {
     float *fwd[4];         /* packed forward weight; transposed: one per output phase */
     int phase_kh[2], phase_kw[2]; /* transposed: taps of phase a (rows) / b (columns) */
     float *bwd;            /* packed weight of the input gradient (C, O*k*k) */
+    float *wino_fwd;       /* 3x3 stride 1: Winograd F(2x2,3x3) weights of the forward ... */
+    float *wino_bwd;       /* ... and of the input gradient (then fwd[0], bwd are NULL) */
 } pbw_sg_conv_plan;
 
 /* w (O,C,k,k) float32, k odd. For transposed = 1 the transposed convolution maps C channels to
@@ -69,6 +71,10 @@ typedef struct pbw_sg_conv_plan {
  * NULL (err set) on a bad shape or out of memory. */
 pbw_sg_conv_plan *pbw_sg_conv_prepare(pbw_arena *a, const pbw_tensor *w, int transposed,
                                       pbw_err *err);
+/* Same, choosing the algorithm: 3x3 stride-1 convolutions use Winograd F(2x2,3x3) (2.25x
+ * fewer multiplies, the rounding of a direct convolution) unless `direct` is set. */
+pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int transposed,
+                                         int direct, pbw_err *err);
 /* x (N,C,H,W) -> (N,O,H,W), or (N,O,2H+k-2,2W+k-2) when transposed. */
 pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl);
 

@@ -17,6 +17,7 @@
  */
 #include "cpu/pbw_cpu_stylegan.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -31,6 +32,10 @@
 #define NR 16
 #define KC 256
 #define NT 192 /* output columns per tile (a multiple of NR) */
+/* Below this many multiply-adds (about a millisecond) a convolution runs on one thread: a
+ * parallel region's fork and barrier cost more than they save, and much more on a machine
+ * whose cores are shared (a waiting thread may wait a whole time slice). */
+#define SMALL_MACS 4e6
 
 /* ---------- packing of the weight ---------- */
 
@@ -218,6 +223,7 @@ void pbw_cpu_sgconv_forward(float *out, const float *x, const float *wpack,
     kernel_fn kern = pick_kernel();
     if (nthreads < 1) nthreads = 1;
     if (items < nthreads) nthreads = (int)items;
+    if ((double)N * g->O * K * P < SMALL_MACS) nthreads = 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t it = 0; it < items; it++) {
         int tid = 0;
@@ -264,6 +270,174 @@ void pbw_cpu_sgconv_forward(float *out, const float *x, const float *wpack,
                                   ox[j] * g->out_step + g->out_x0;
                     dst[idx] = accumulate ? dst[idx] + src[j] : src[j];
                 }
+            }
+        }
+    }
+}
+
+/* ---------- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with padding 1 ----------
+ *
+ * Each 2x2 block of outputs ("tile") is A^T [ sum_c (G g_oc G^T) .* (B^T d_c B) ] A, with d_c
+ * the 4x4 input patch of channel c around the tile and g_oc the 3x3 weight: 16 products per
+ * tile and (o,c) instead of 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+ * Networks", 2016). The sum over c is 16 independent GEMMs, one per position xi of the 4x4
+ * transformed tile: M_xi (O x tiles) = U_xi (O x C) V_xi (C x tiles), on the same micro-kernel
+ * as the direct convolution. The transforms of F(2,3) have entries 0, +-1 and +-1/2 only, so
+ * its rounding error stays that of a direct convolution (unlike larger Winograd tiles).
+ *
+ * A work item is WT consecutive tiles in raster order (across tile rows when rows are short).
+ * Its V (16 x C x WT, all channels) is transformed first; then for each xi the GEMM runs over
+ * all of C with M_xi kept in L2, so that U_xi streams once per item and M once per K block.
+ */
+#define WT 128  /* tiles per work item (a multiple of NR) */
+
+size_t pbw_cpu_sgconv_wino_packed_floats(int O, int C) {
+    return 16 * pbw_cpu_sgconv_packed_floats(O, C);
+}
+
+void pbw_cpu_sgconv_wino_pack(float *dst, const float *w, int O, int C) {
+    /* U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double, one (O,C) matrix
+     * per position xi, each packed like a direct weight with K = C */
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    const size_t per = pbw_cpu_sgconv_packed_floats(O, C);
+    float *u = malloc((size_t)O * C * sizeof(float));
+    if (!u) return; /* the caller checked sizes; a failed malloc here leaves dst unset */
+    for (int xi = 0; xi < 16; xi++) {
+        int a = xi / 4, b = xi % 4;
+        for (int64_t oc = 0; oc < (int64_t)O * C; oc++) {
+            const float *g = w + oc * 9;
+            double s = 0;
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) s += G[a][i] * g[i * 3 + j] * G[b][j];
+            u[oc] = (float)s;
+        }
+        pbw_cpu_sgconv_pack_weight(dst + per * xi, u, O, C);
+    }
+    free(u);
+}
+
+size_t pbw_cpu_sgconv_wino_scratch_floats(int C, int O, int W, int nthreads) {
+    size_t rows = 4 * (size_t)(W + 4);   /* the row-transformed input of one tile row */
+    size_t per = 16 * (size_t)C * WT + 16 * (size_t)((O + MR - 1) / MR) * MR * WT + rows + 32;
+    per = (per + 15) / 16 * 16;
+    return per * (size_t)(nthreads > 0 ? nthreads : 1);
+}
+
+/* V = B^T d B for tiles t0 .. t0+nt-1 (raster order over TW tiles per row) and all C channels,
+ * into 16 blocks (C x ntp each, panel layout: panel q holds C x NR, k-major). rt: scratch for
+ * 4 row-transformed input rows of width W+4. */
+static void wino_input(float *v, const float *xs, int C, int H, int W, int TW, int64_t t0, int nt,
+                       int ntp, float *rt) {
+    const size_t blk = (size_t)C * ntp;
+    const int RW = W + 4; /* rt columns: input column x at index x + 1 (x from -1 .. W+2) */
+    /* zero the padding columns of the panels past nt */
+    for (int t = nt; t < ntp; t++)
+        for (int xi = 0; xi < 16; xi++)
+            for (int c = 0; c < C; c++)
+                v[xi * blk + (size_t)(t / NR) * C * NR + (size_t)c * NR + t % NR] = 0.0f;
+    for (int j0 = 0; j0 < nt;) {
+        /* a run of tiles in one tile row */
+        int64_t t = t0 + j0;
+        int ty = (int)(t / TW), tx0 = (int)(t % TW), len = TW - tx0 < nt - j0 ? TW - tx0 : nt - j0;
+        int xlo = 2 * tx0 - 1, xhi = 2 * (tx0 + len) + 2; /* input columns [xlo, xhi) */
+        for (int c = 0; c < C; c++) {
+            const float *plane = xs + (int64_t)c * H * W;
+            /* B^T d over the 4 input rows, for every needed column */
+            const float *row[4];
+            for (int i = 0; i < 4; i++) {
+                int y = 2 * ty - 1 + i;
+                row[i] = y >= 0 && y < H ? plane + (int64_t)y * W : NULL;
+            }
+            float *r0 = rt, *r1 = rt + RW, *r2 = rt + 2 * RW, *r3 = rt + 3 * RW;
+            for (int x = xlo; x < xhi; x++) {
+                int in = x >= 0 && x < W;
+                float d0 = in && row[0] ? row[0][x] : 0.0f, d1 = in && row[1] ? row[1][x] : 0.0f;
+                float d2 = in && row[2] ? row[2][x] : 0.0f, d3 = in && row[3] ? row[3][x] : 0.0f;
+                r0[x + 1] = d0 - d2;
+                r1[x + 1] = d1 + d2;
+                r2[x + 1] = d2 - d1;
+                r3[x + 1] = d1 - d3;
+            }
+            /* (B^T d) B per tile: columns 2tx-1 .. 2tx+2, i.e. indices 2tx .. 2tx+3 */
+            const float *rr[4] = {r0, r1, r2, r3};
+            for (int i = 0; i < 4; i++) {
+                const float *r = rr[i];
+                float *d0 = v + (size_t)(4 * i) * blk, *d1 = d0 + blk, *d2 = d1 + blk, *d3 = d2 + blk;
+                for (int k = 0; k < len; k++) {
+                    int j = j0 + k, tx = tx0 + k;
+                    size_t off = (size_t)(j / NR) * C * NR + (size_t)c * NR + j % NR;
+                    const float *q = r + 2 * tx;
+                    d0[off] = q[0] - q[2];
+                    d1[off] = q[1] + q[2];
+                    d2[off] = q[2] - q[1];
+                    d3[off] = q[1] - q[3];
+                }
+            }
+        }
+        j0 += len;
+    }
+}
+
+void pbw_cpu_sgconv_wino_forward(float *out, const float *x, const float *upack, int C, int H,
+                                 int W, int O, int N, int accumulate, float *scratch,
+                                 int nthreads) {
+    const int TH = (H + 1) / 2, TW = (W + 1) / 2;
+    const int64_t T = (int64_t)TH * TW, chunks = (T + WT - 1) / WT, items = (int64_t)N * chunks;
+    const int OP = (O + MR - 1) / MR;
+    const size_t per = pbw_cpu_sgconv_wino_scratch_floats(C, O, W, 1);
+    const size_t upm = pbw_cpu_sgconv_packed_floats(O, C); /* one packed U_xi */
+    kernel_fn kern = pick_kernel();
+    if (nthreads < 1) nthreads = 1;
+    if (items < nthreads) nthreads = (int)items;
+    if ((double)N * O * C * H * W * 4 < SMALL_MACS) nthreads = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t it = 0; it < items; it++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *v = scratch + per * (size_t)tid;   /* 16 x (C x WT) */
+        float *m = v + 16 * (size_t)C * WT;       /* 16 x (OP*MR x WT) */
+        float *rt = m + 16 * (size_t)OP * MR * WT;
+        const int n = (int)(it / chunks);
+        const int64_t t0 = (it % chunks) * WT;
+        const int nt = (int)(T - t0 < WT ? T - t0 : WT), ntp = (nt + NR - 1) / NR * NR;
+        const size_t vblk = (size_t)C * ntp, mblk = (size_t)OP * MR * ntp;
+        wino_input(v, x + (int64_t)n * C * H * W, C, H, W, TW, t0, nt, ntp, rt);
+        for (int xi = 0; xi < 16; xi++) {
+            const float *vb = v + vblk * xi, *ub = upack + upm * xi;
+            float *mb = m + mblk * xi;
+            for (int c0 = 0; c0 < C; c0 += KC) {
+                int kc = C - c0 < KC ? C - c0 : KC;
+                for (int q = 0; q < ntp / NR; q++)
+                    for (int p = 0; p < OP; p++)
+                        kern(kc, ub + ((int64_t)p * C + c0) * MR,
+                             vb + (size_t)q * C * NR + (size_t)c0 * NR,
+                             mb + (size_t)p * MR * ntp + q * NR, ntp, c0 > 0);
+            }
+        }
+        /* Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1] */
+        float *on = out + (int64_t)n * O * H * W;
+        for (int o = 0; o < O; o++) {
+            float *plane = on + (int64_t)o * H * W;
+            const float *mo = m + (size_t)o * ntp;
+            for (int j = 0; j < nt; j++) {
+                float mm[16];
+                for (int xi = 0; xi < 16; xi++) mm[xi] = mo[mblk * xi + j];
+                float r0[4], r1[4];
+                for (int k = 0; k < 4; k++) {
+                    r0[k] = mm[k] + mm[4 + k] + mm[8 + k];
+                    r1[k] = mm[4 + k] - mm[8 + k] - mm[12 + k];
+                }
+                float y[2][2] = {{r0[0] + r0[1] + r0[2], r0[1] - r0[2] - r0[3]},
+                                 {r1[0] + r1[1] + r1[2], r1[1] - r1[2] - r1[3]}};
+                int64_t t = t0 + j;
+                int oy = 2 * (int)(t / TW), ox = 2 * (int)(t % TW);
+                for (int i = 0; i < 2 && oy + i < H; i++)
+                    for (int k = 0; k < 2 && ox + k < W; k++) {
+                        float *d = plane + (int64_t)(oy + i) * W + ox + k;
+                        *d = accumulate ? *d + y[i][k] : y[i][k];
+                    }
             }
         }
     }

@@ -96,6 +96,17 @@ void pbw_cpu_sgconv_forward(float *out,          // see the placement above
                             float *scratch,      // pbw_cpu_sgconv_scratch_floats(g, nthreads)
                             int nthreads);
 
+/* Winograd F(2x2,3x3) for 3x3 convolutions with stride 1 and padding 1 (same size out). The
+ * weight w (O,C,3,3) is transformed and packed once: 16 matrices of
+ * pbw_cpu_sgconv_packed_floats(O, C) floats. */
+size_t pbw_cpu_sgconv_wino_packed_floats(int O, int C);
+void pbw_cpu_sgconv_wino_pack(float *dst, const float *w, int O, int C);
+size_t pbw_cpu_sgconv_wino_scratch_floats(int C, int O, int W, int nthreads);
+/* out (N,O,H,W) = (or += with accumulate) conv(x (N,C,H,W), w, padding 1). */
+void pbw_cpu_sgconv_wino_forward(float *out, const float *x, const float *upack, int C, int H,
+                                 int W, int O, int N, int accumulate, float *scratch,
+                                 int nthreads);
+
 /* ---------- separable FIR blur (StyleGAN2's Blur: upfirdn2d with up = down = 1) ---------- */
 
 /* out = upfirdn2d(x, kv (x) kh, pad (p0, p1) on both axes): a true convolution (kernels

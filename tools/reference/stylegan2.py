@@ -476,7 +476,12 @@ def test_mask(size):
     return torch.tensor(m, dtype=torch.float32)
 
 
-def expected(g, latent_avg, out, n, seed, grads=True, trunc=0.7):
+def expected(g, latent_avg, out, n, seed, trunc=0.7, f64=False):
+    """Inputs and the reference's outputs. With f64, every gradient is also computed by the same
+    model in float64 (grad_*_f64): float32 PyTorch's own rounding in gradients summed over a
+    256 px image reaches ~1e-3 of their size, so the float64 run is the one that measures us."""
+    import copy
+    g64 = copy.deepcopy(g).double() if f64 else None
     gen = torch.Generator().manual_seed(seed + 1000)
     sd, nl, size = g.style_dim, g.n_latent, g.size
     z = torch.randn(n, sd, generator=gen)
@@ -489,21 +494,34 @@ def expected(g, latent_avg, out, n, seed, grads=True, trunc=0.7):
         w = g.style(z)
         save(out, "w_of_z", w)
     # gradients to z (through the mapping and truncation), to w and to W+
+    def grad64(name, fn, *inputs):
+        """The gradient of sum(r * fn(g64, *inputs)) to inputs[0], in float64."""
+        if g64 is None:
+            return
+        xs = [t.detach().double() for t in inputs]
+        xs[0].requires_grad_(True)
+        (fn(g64, *xs) * r.double()).sum().backward()
+        save(out, name + "_f64", xs[0].grad)
+
     zz = z.clone().requires_grad_(True)
     (g(zz, truncation=trunc, truncation_latent=latent_avg) * r).sum().backward()
     save(out, "grad_z_trunc", zz.grad)
+    grad64("grad_z_trunc", lambda m, a, avg: m(a, truncation=trunc, truncation_latent=avg), z,
+           latent_avg)
     w = (torch.randn(n, sd, generator=gen) * 0.5 + latent_avg).requires_grad_(True)
     img = g(w, input_is_latent=True)
     (img * r).sum().backward()
     save(out, "w", w.detach())
     save(out, "img_w", img)
     save(out, "grad_w", w.grad)
+    grad64("grad_w", lambda m, a: m(a, input_is_latent=True), w)
     wp = (torch.randn(n, nl, sd, generator=gen) * 0.5 + latent_avg).requires_grad_(True)
     img = g(wp, input_is_latent=True)
     (img * r).sum().backward()
     save(out, "wplus", wp.detach())
     save(out, "img_wplus", img)
     save(out, "grad_wplus", wp.grad)
+    grad64("grad_wplus", lambda m, a: m(a, input_is_latent=True), wp)
     # masked styles: w (optimized) against w0 (original), both broadcast
     mask = test_mask(size)
     save(out, "mask", mask)
@@ -517,8 +535,41 @@ def expected(g, latent_avg, out, n, seed, grads=True, trunc=0.7):
         (img * r).sum().backward()
         save(out, f"img_masked_{mode}", img)
         save(out, f"grad_masked_{mode}", wm.grad)
+        masks64 = {k: v.double() for k, v in masks.items()}
+        grad64(f"grad_masked_{mode}",
+               lambda m, a, l0, mixed=mixed: m.synthesis(a[:, None].repeat(1, nl, 1),
+                                                         masked=(l0, masks64, mixed)),
+               w, lat0)
     for side, m in masks.items():
         save(out, f"mask_{side}", m[0, 0])
+
+
+def save_training_checkpoint(out, seed):
+    """What rosinality's train.py saves: g, d, g_ema, both optimizers' states, the argparse
+    Namespace of its options and ada_aug_p; no latent_avg. A tiny 8 px generator."""
+    import argparse as ap
+    a = ap.Namespace(size=8, style_dim=8, n_mlp=1, channel_multiplier=2, channels="4,4",
+                     seed=seed)
+    g, _ = build(a)
+    params = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    opt = torch.optim.Adam(params, lr=0.002, betas=(0, 0.99))
+    sum((p * p).sum() for p in params).backward()
+    opt.step()
+    d = {"convs.0.0.weight": torch.randn(4, 3, 1, 1), "final_linear.1.bias": torch.zeros(1)}
+    dopt = torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=0.002, betas=(0, 0.99))
+    args = ap.Namespace(path="lmdb", iter=800000, batch=16, n_sample=64, size=8, r1=10,
+                        path_regularize=2, path_batch_shrink=2, d_reg_every=16, g_reg_every=4,
+                        mixing=0.9, ckpt=None, lr=0.002, channel_multiplier=2, wandb=False,
+                        local_rank=0, augment=False, augment_p=0, ada_target=0.6,
+                        ada_length=500000, ada_every=256, distributed=False, latent=8, n_mlp=1,
+                        start_iter=0)
+    torch.save({"g": g.state_dict(), "d": d, "g_ema": g.state_dict(),
+                "g_optim": opt.state_dict(), "d_optim": dopt.state_dict(), "args": args,
+                "ada_aug_p": 0.0}, os.path.join(out, "train.pt"))
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(seed))
+    save(out, "train_z", z)
+    with torch.no_grad():
+        save(out, "train_img", g(z))
 
 
 def cmd_fixtures(args):
@@ -527,6 +578,7 @@ def cmd_fixtures(args):
     g, latent_avg = build(args)
     save_checkpoints(g, latent_avg, args.out, "g")
     expected(g, latent_avg, args.out, args.batch, args.seed)
+    save_training_checkpoint(args.out, args.seed)
     print(f"wrote {args.out}: size {args.size}, channels {[g.channels[4 << i] for i in range(g.log_size - 1)]}, "
           f"style_dim {args.style_dim}, n_mlp {args.n_mlp}")
 
@@ -537,7 +589,7 @@ def cmd_parity(args):
     torch.manual_seed(args.seed)
     g, latent_avg = build(args)
     save_checkpoints(g, latent_avg, args.out, "g", formats=("zip",))
-    expected(g, latent_avg, args.out, args.batch, args.seed, trunc=0.7)
+    expected(g, latent_avg, args.out, args.batch, args.seed, trunc=0.7, f64=True)
     print(f"wrote {args.out}: size {args.size}, channel multiplier {args.channel_multiplier}")
 
 
