@@ -666,11 +666,16 @@ pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *p
         return pbw_ctx_fail(ctx, "clip image: pixels %s must be (B,%d,%lld,%lld)",
                             pbw_shape_str(px, s, sizeof s), c->channels, (long long)S, (long long)S);
     int64_t B = px->shape[0];
-    pbw_conv_params cp = {0};
-    cp.stride_h = cp.stride_w = (int)P;
-    pbw_tensor *x = pbw_conv2d(ctx, px, m->patch_w, NULL, cp);          /* (B,W,g,g) */
-    x = pbw_reshape(ctx, x, 3, (int64_t[]){B, W, g * g});
-    x = pbw_permute(ctx, x, (int[]){0, 2, 1});                           /* (B,g*g,W) */
+    /* The patch embedding is a convolution whose stride is its size: cut the image into
+     * patches (two copies) and multiply by the kernel as a (W, C*P*P) matrix, one GEMM. */
+    int64_t C = c->channels;
+    pbw_tensor *x = pbw_reshape(ctx, px, 4, (int64_t[]){B * C * g, P, g, P});
+    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B*C*g,g,P,P) */
+    x = pbw_reshape(ctx, x, 4, (int64_t[]){B, C, g * g, P * P});
+    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B,g*g,C,P*P) */
+    x = pbw_reshape(ctx, x, 3, (int64_t[]){B, g * g, C * P * P});
+    pbw_tensor *wp = pbw_reshape(ctx, m->patch_w, 2, (int64_t[]){W, C * P * P});
+    x = pbw_linear(ctx, x, wp, NULL);                                    /* (B,g*g,W) */
     pbw_tensor *cls = pbw_add(ctx, pbw_tensor_zeros(ctx, 3, (int64_t[]){B, 1, W}), m->class_emb);
     pbw_tensor *parts[2] = {cls, x};
     x = pbw_concat(ctx, 2, parts, 1);                                    /* (B,T,W) */
