@@ -301,3 +301,24 @@ PBW_TEST(clip_cosine) {
     }
     pbw_ctx_free(ctx);
 }
+
+/* The same inputs give the same bytes, whatever the thread count does: every parallel loop in
+ * the encoders (GEMM blocks, attention heads, rows) writes disjoint outputs with a fixed split. */
+PBW_TEST(clip_deterministic) {
+    pbw_clip *m;
+    pbw_err err;
+    if (pbw_clip_load(FIX "hf", &m, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    clip_run a, b;
+    memset(&b, 0, sizeof b);
+    if (run_fixture(m, &a) == 0 && run_fixture(m, &b) == 0) {
+        CHECK(memcmp(a.img, b.img, (size_t)(a.nimg * a.E) * sizeof(float)) == 0);
+        CHECK(memcmp(a.txt, b.txt, (size_t)(a.ntxt * a.E) * sizeof(float)) == 0);
+        CHECK(memcmp(a.grad, b.grad, (size_t)a.npx * sizeof(float)) == 0);
+    }
+    free_run(&a);
+    free_run(&b);
+    pbw_clip_free(m);
+}
