@@ -13,8 +13,9 @@
  *  - backward: gc_check's defaults (atol 2e-3, rtol 1e-2, eps 1e-2). Convolution is linear in
  *    each input, so central differences have no truncation error; only float32 rounding of the
  *    loss (~1e-7 * sqrt(numel) / eps ~ 1e-4) remains, well inside.
- * Every forward case runs with automatic tiling and with forced tile widths (5, 7, 1000 output
- * positions) so that partial-row tiles, whole-row tiles and multi-sample tiles all run.
+ * Every case runs under several pbw_cpu_conv_tune settings (threaded or not, automatic or forced
+ * narrow/wide tiles) so that every tiling and work split runs; `make test` uses 2 threads, and
+ * the file passes with OMP_NUM_THREADS=1 and 3 as well.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -127,9 +128,13 @@ static const conv_case CONV_CASES[] = {
 };
 #define N_CONV_CASES (int)(sizeof CONV_CASES / sizeof CONV_CASES[0])
 
-static const int64_t TILE_SETTINGS[] = {0, 5, 7, 1000};
+/* {tile columns, min multiply-adds for threads} for pbw_cpu_conv_tune: the default, then
+ * threaded with automatic tiles (rows split on one buffer for small maps), then threaded with
+ * forced narrow tiles (partial rows), odd tiles and wide tiles spanning samples. */
+static const int64_t TUNE[][2] = {{0, 0}, {0, 1}, {5, 1}, {7, 1}, {1000, 1}};
+#define N_TUNE (int)(sizeof TUNE / sizeof TUNE[0])
 
-static int check_conv_case(const conv_case *c, int transposed, int64_t tile) {
+static int check_conv_case(const conv_case *c, int transposed, const int64_t *tune) {
     pbw_err err = {{0}};
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
     int OH, OW;
@@ -147,10 +152,10 @@ static int check_conv_case(const conv_case *c, int transposed, int64_t tile) {
     pbw_tensor *x = rand_tensor(ctx, 4, (int64_t[]){c->N, c->C, c->H, c->W}, 1);
     pbw_tensor *w = rand_tensor(ctx, 4, ws, 2);
     pbw_tensor *b = c->bias ? rand_tensor(ctx, 1, (int64_t[]){c->O}, 3) : NULL;
-    pbw_cpu_conv_set_tile_cols(tile);
+    pbw_cpu_conv_tune(tune[0], tune[1]);
     pbw_tensor *y = transposed ? pbw_conv_transpose2d(ctx, x, w, b, params_of(c))
                                : pbw_conv2d(ctx, x, w, b, params_of(c));
-    pbw_cpu_conv_set_tile_cols(0);
+    pbw_cpu_conv_tune(0, 0);
     int bad = 0;
     if (!y) {
         fprintf(stderr, "  conv failed: %s\n", pbw_ctx_error(ctx));
@@ -173,23 +178,24 @@ static int check_conv_case(const conv_case *c, int transposed, int64_t tile) {
     if (bad)
         fprintf(stderr, "  case N%d C%d %dx%d O%d k%dx%d s%d,%d p%d,%d d%d,%d g%d b%d op%d,%d tile %lld\n",
                 c->N, c->C, c->H, c->W, c->O, c->KH, c->KW, c->sh, c->sw, c->ph, c->pw, c->dh,
-                c->dw, c->G, c->bias, c->oph, c->opw, (long long)tile);
+                c->dw, c->G, c->bias, c->oph, c->opw, (long long)tune[0]);
     pbw_ctx_free(ctx);
     return bad;
 }
 
 PBW_TEST(conv2d_forward_cases) {
     for (int i = 0; i < N_CONV_CASES; i++)
-        for (int t = 0; t < 4; t++) CHECK_MSG(check_conv_case(&CONV_CASES[i], 0, TILE_SETTINGS[t]) == 0, "case %d", i);
+        for (int t = 0; t < N_TUNE; t++)
+            CHECK_MSG(check_conv_case(&CONV_CASES[i], 0, TUNE[t]) == 0, "case %d tune %d", i, t);
 }
 
 /* Large enough that automatic tiling splits one sample into tiles narrower than a row (K = 9216
  * columns of 128 positions against rows of 140). */
 PBW_TEST(conv2d_forward_large_tiles) {
     conv_case c = {1, 1024, 3, 140, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
-    CHECK(check_conv_case(&c, 0, 0) == 0);
+    CHECK(check_conv_case(&c, 0, TUNE[0]) == 0);
     conv_case d = {2, 64, 48, 48, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0}; /* several rows per tile */
-    CHECK(check_conv_case(&d, 0, 0) == 0);
+    CHECK(check_conv_case(&d, 0, TUNE[0]) == 0);
 }
 
 static float *load_fixture(const char *name, int64_t numel) {
@@ -261,8 +267,8 @@ static const conv_case CONVT_CASES[] = {
 
 PBW_TEST(conv_transpose2d_forward_cases) {
     for (int i = 0; i < N_CONVT_CASES; i++)
-        for (int t = 0; t < 4; t++)
-            CHECK_MSG(check_conv_case(&CONVT_CASES[i], 1, TILE_SETTINGS[t]) == 0, "case %d", i);
+        for (int t = 0; t < N_TUNE; t++)
+            CHECK_MSG(check_conv_case(&CONVT_CASES[i], 1, TUNE[t]) == 0, "case %d tune %d", i, t);
 }
 
 PBW_TEST(conv_transpose2d_forward_torch) {
@@ -307,34 +313,38 @@ static int gradcheck_conv(const char *name, const conv_case *c, int transposed, 
     return r;
 }
 
+/* Gradient checks under the default tuning, threaded with automatic tiles, and threaded with
+ * narrow forced tiles, so that every work split of the three kernels is checked. */
+static const int64_t GC_TUNE[][2] = {{0, 0}, {0, 1}, {5, 1}};
+
 PBW_TEST(conv2d_backward) {
     static const conv_case cases[] = {
-        {2, 3, 6, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* 3x3 same, bias */
+        {2, 3, 6, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* 3x3 same, bias; dx split by sample */
         {1, 4, 9, 8, 4, 3, 3, 2, 2, 1, 2, 2, 1, 2, 1},  /* stride, dilation, groups */
         {2, 4, 3, 5, 6, 1, 1, 1, 1, 0, 0, 1, 1, 2, 1},  /* 1x1 grouped (direct GEMM) */
         {3, 3, 16, 16, 4, 8, 8, 8, 8, 0, 0, 1, 1, 1, 0}, /* patch embedding */
         {4, 4, 3, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4, 0},  /* depthwise, small maps, batch */
         {1, 2, 7, 5, 3, 3, 2, 3, 2, 0, 1, 1, 2, 1, 1},  /* stride 3, odd */
+        {1, 3, 5, 6, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* few in, many out: dW split by rows */
+        {1, 6, 4, 5, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0},  /* 1x1, one sample: dx split by channel */
     };
-    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
-        CHECK_MSG(gradcheck_conv("conv2d", &cases[i], 0, 1, 1, cases[i].bias) == 0, "case %d", i);
-        /* tiled within a sample, partial rows */
-        pbw_cpu_conv_set_tile_cols(5);
-        CHECK_MSG(gradcheck_conv("conv2d tile 5", &cases[i], 0, 1, 1, cases[i].bias) == 0,
-                  "case %d", i);
-        pbw_cpu_conv_set_tile_cols(0);
-    }
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
+        for (int t = 0; t < 3; t++) {
+            pbw_cpu_conv_tune(GC_TUNE[t][0], GC_TUNE[t][1]);
+            CHECK_MSG(gradcheck_conv("conv2d", &cases[i], 0, 1, 1, cases[i].bias) == 0,
+                      "case %d tune %d", i, t);
+            pbw_cpu_conv_tune(0, 0);
+        }
 }
 
 PBW_TEST(conv_transpose2d_backward) {
-    for (int i = 0; i < N_CONVT_CASES; i++) {
-        CHECK_MSG(gradcheck_conv("conv_transpose2d", &CONVT_CASES[i], 1, 1, 1, CONVT_CASES[i].bias) == 0,
-                  "case %d", i);
-        pbw_cpu_conv_set_tile_cols(7);
-        CHECK_MSG(gradcheck_conv("conv_transpose2d tile 7", &CONVT_CASES[i], 1, 1, 1,
-                                 CONVT_CASES[i].bias) == 0, "case %d", i);
-        pbw_cpu_conv_set_tile_cols(0);
-    }
+    for (int i = 0; i < N_CONVT_CASES; i++)
+        for (int t = 0; t < 3; t++) {
+            pbw_cpu_conv_tune(GC_TUNE[t][0], GC_TUNE[t][1]);
+            CHECK_MSG(gradcheck_conv("conv_transpose2d", &CONVT_CASES[i], 1, 1, 1,
+                                     CONVT_CASES[i].bias) == 0, "case %d tune %d", i, t);
+            pbw_cpu_conv_tune(0, 0);
+        }
 }
 
 /* Painting asks for the latent's gradient only: weights that need no gradient get none. */

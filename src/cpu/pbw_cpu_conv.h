@@ -10,8 +10,11 @@
  * ADD into the gradient buffers they are given (several ops may feed one tensor).
  *
  * Convolution is im2col + OpenBLAS sgemm, tiled over output positions so that the column
- * buffer stays a few MB whatever the image size. Several small samples are packed into one
+ * buffer stays bounded whatever the image size. Several small samples are packed into one
  * GEMM when one sample alone would make a skinny one; 1x1 stride-1 convolutions skip im2col.
+ * Threads are OpenMP's (omp_get_max_threads()); the conv kernels run OpenBLAS single-threaded
+ * inside them and restore OpenBLAS's thread count when they return. Scratch sizes depend on
+ * the thread count, so ask for them in the same thread configuration as the call.
  * A transposed convolution is the adjoint of a convolution: its forward is the convolution's
  * backward-data kernel and its backward-data is the convolution's forward (see
  * src/core/pbw_ops_conv.c).
@@ -40,10 +43,11 @@ typedef struct pbw_cpu_conv_geom {
     int G;
 } pbw_cpu_conv_geom;
 
-/* Forces the number of output positions per im2col tile (0: automatic, the default). Only for
- * tests, which use it to drive every tiling path with small tensors, and for tuning. Not
- * thread-safe; set it before running ops. */
-void pbw_cpu_conv_set_tile_cols(int64_t cols);
+/* Tuning for tests and benchmarks: tile_cols forces the number of output positions per
+ * im2col tile (0: automatic); min_macs is the size below which a convolution runs on one
+ * thread (0: the default, about 4M multiply-adds). Tests lower both to drive every tiling and
+ * threading path with small tensors. Not thread-safe; set it before running ops. */
+void pbw_cpu_conv_tune(int64_t tile_cols, int64_t min_macs);
 
 /* Floats of scratch the three conv kernels below need for this geometry (0 for 1x1). */
 size_t pbw_cpu_conv2d_scratch_floats(const pbw_cpu_conv_geom *g);
