@@ -244,9 +244,9 @@ static int run_parity(const char *dir, const char *ckpt, parity *p) {
     rc = 0;
 done:
     if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
-    pbw_arena_free(&keep);
+    pbw_ctx_free(ctx); /* first: it clears the gradients of the leaves in keep */
     pbw_ctx_free(io);
-    pbw_ctx_free(ctx);
+    pbw_arena_free(&keep);
     pbw_sg2_free(g);
     return rc;
 }
@@ -472,6 +472,24 @@ PBW_TEST(stylegan2_masked_identities) {
     pbw_tensor *mixed = pbw_sg2_from_w(ctx, g, w, &o1);
     CHECK(plain && mixed);
     if (plain && mixed) CHECK_NEAR(max_abs_diff(plain->data, mixed->data, plain->numel), 0, 2e-5);
+    /* with the mixed demodulation and ToRGB unmasked, ones still give the image of w */
+    o1.unmasked_torgb = 1;
+    pbw_tensor *mixed2 = pbw_sg2_from_w(ctx, g, w, &o1);
+    CHECK(mixed2 != NULL);
+    if (plain && mixed2)
+        CHECK_NEAR(max_abs_diff(plain->data, mixed2->data, plain->numel), 0, 2e-5);
+    /* a mask of zeros gives the image of w0 whatever w is (default demodulation) ... */
+    for (int i = 2; i <= g->log_size; i++)
+        for (int64_t p = 0; p < ones.m[i]->numel; p++) ones.m[i]->data[p] = 0.0f;
+    pbw_sg2_opts oz = {.mask = &ones, .lat0 = lat0};
+    pbw_tensor *zero = pbw_sg2_from_w(ctx, g, w, &oz), *img0 = pbw_sg2_from_w(ctx, g, w0, NULL);
+    CHECK(zero && img0);
+    if (zero && img0) CHECK_NEAR(max_abs_diff(zero->data, img0->data, zero->numel), 0, 2e-6);
+    /* ... unless ToRGB is left unmasked, as in the reference painter */
+    oz.unmasked_torgb = 1;
+    pbw_tensor *zero2 = pbw_sg2_from_w(ctx, g, w, &oz);
+    CHECK(zero2 != NULL);
+    if (zero2 && img0) CHECK(max_abs_diff(zero2->data, img0->data, zero2->numel) > 1e-3);
     /* a (1,S) original shared by the batch equals its (N,S) copy for sample 0 */
     pbw_tensor *w0b = pbw_concat(ctx, 2, (pbw_tensor *[]){w0row, w0row}, 0);
     for (int i = 0; i < g->n_latent; i++) lat0[i] = w0b;
@@ -810,5 +828,32 @@ PBW_TEST(stylegan2_training_checkpoint) {
     CHECK_MSG(img != NULL, "%s", pbw_ctx_error(ctx));
     if (img) CHECK_NEAR(cmp_image(ctx, FIX, "train_img", img), 0, 2e-5);
     pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+}
+
+/* The smallest generator: 4 px, conv1 and to_rgb1 only (no upsampling block), batch 3,
+ * truncation 0.5, from safetensors. */
+PBW_TEST(stylegan2_size4) {
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/g4.safetensors", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    CHECK(g->size == 4 && g->n_latent == 2 && g->num_layers == 1 && g->channels[2] == 4);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *z = load_npy(ctx, FIX, "g4_z");
+    pbw_arena keep;
+    pbw_arena_init(&keep, 1 << 12);
+    pbw_tensor *zl = z ? leaf(&keep, z, 1) : NULL;
+    pbw_tensor *img = zl ? pbw_sg2_from_z(ctx, g, zl, 0.5f, NULL) : NULL;
+    CHECK_MSG(img != NULL, "%s", pbw_ctx_error(ctx));
+    if (img) {
+        CHECK_NEAR(cmp_image(ctx, FIX, "g4_img", img), 0, 2e-5);
+        pbw_err e2 = {{0}};
+        CHECK(pbw_backward(ctx, pbw_sum_all(ctx, img), NULL, &e2) == 0 && zl->grad);
+    }
+    pbw_ctx_free(ctx); /* first: it clears the gradients of the leaves in keep */
+    pbw_arena_free(&keep);
     pbw_sg2_free(g);
 }

@@ -566,6 +566,7 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
     layer_in li = LAYER(0, 2, 2);
     x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
     li = LAYER(1, 2, 2);
+    if (mk && opts->unmasked_torgb) li.m_in = NULL;
     pbw_tensor *skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
     for (int b = 0; b < g->log_size - 2; b++) {
         int l = 1 + 2 * b, ls = 2 + b; /* ls: log2 of the input side of this block */
@@ -574,6 +575,7 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
         li = LAYER(l + 1, ls + 1, ls + 1);
         x = styled_conv(ctx, &g->convs[2 * b + 1], x, &li, layer_noise(ctx, g, opts, l + 1, n));
         li = LAYER(l + 2, ls + 1, ls + 1);
+        if (mk && opts->unmasked_torgb) li.m_in = NULL;
         skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
     }
 #undef LAYER

@@ -33,9 +33,14 @@
  * multiplies the feature map by the mixed style and demodulates with the ORIGINAL style s(w0),
  * kept here as the default. opts->demod_mixed instead demodulates every output pixel with the
  * mixed style there: d[o,p] = rsqrt(sum_c Wsq[o,c] smix[c,p]^2 + 1e-8), smix taken with the mask
- * at the layer's output resolution, applied after the blur of an upsampling layer. With mask
- * all ones it gives exactly the unmasked generator at w; the default gives it at w only where
- * w == w0.
+ * at the layer's output resolution, applied after the blur of an upsampling layer. With every
+ * layer's mask all ones it gives the unmasked generator at w, whereas the default gives the
+ * unmasked image only where w == w0. (A mask of ones at image size is not all ones at every
+ * layer: the zero-padded blur of sides > 16 darkens its border, as in the reference.)
+ *
+ * One deliberate difference from Bau's sequential StyleGAN2: there, ToRGB keeps rosinality's
+ * fused modulation and is NOT masked; DESIGN.md and issue 4 mask every modulation, ToRGB
+ * included, and so does pbw by default (opts->unmasked_torgb gives the reference's choice).
  *
  * Ownership: the model owns its weights (one arena) until pbw_sg2_free. Tensors returned by
  * the forward functions live in the context's activation arena. Forward functions return NULL
@@ -154,6 +159,8 @@ typedef struct pbw_sg2_opts {
     const pbw_sg2_mask *mask;   /* masked styles when non-NULL ... */
     pbw_tensor *const *lat0;    /* ... with the original latents: n_latent tensors (N|1, S) */
     int demod_mixed;            /* masked: demodulate with the mixed style (see above) */
+    int unmasked_torgb;         /* masked: ToRGB layers use s(w) everywhere, as Bau's
+                                 * sequential StyleGAN2 does (default 0: masked too) */
 } pbw_sg2_opts;
 
 /* z (N,S) -> w (N,S): PixelNorm, then the mapping layers. */

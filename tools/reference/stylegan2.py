@@ -572,6 +572,20 @@ def save_training_checkpoint(out, seed):
         save(out, "train_img", g(z))
 
 
+def save_tiny4(out, seed):
+    """The smallest generator (4 px: conv1 and to_rgb1 only), as safetensors."""
+    import argparse as ap
+    g, latent_avg = build(ap.Namespace(size=4, style_dim=8, n_mlp=1, channel_multiplier=2,
+                                       channels="4", seed=seed))
+    flat = {"g_ema." + k: v for k, v in g.state_dict().items()}
+    flat["latent_avg"] = latent_avg
+    save_safetensors(os.path.join(out, "g4.safetensors"), flat)
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed + 4))
+    save(out, "g4_z", z)
+    with torch.no_grad():
+        save(out, "g4_img", g(z, truncation=0.5, truncation_latent=latent_avg))
+
+
 def cmd_fixtures(args):
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -579,6 +593,7 @@ def cmd_fixtures(args):
     save_checkpoints(g, latent_avg, args.out, "g")
     expected(g, latent_avg, args.out, args.batch, args.seed)
     save_training_checkpoint(args.out, args.seed)
+    save_tiny4(args.out, args.seed)
     print(f"wrote {args.out}: size {args.size}, channels {[g.channels[4 << i] for i in range(g.log_size - 1)]}, "
           f"style_dim {args.style_dim}, n_mlp {args.n_mlp}")
 
