@@ -6,7 +6,9 @@
  * What is checked, and the tolerances:
  *  - crops: the same seed gives the same crops; sides and offsets stay in the reference's ranges.
  *  - CLIP inputs: a crop whose side equals CLIP's size is exactly ((x + 1) / 2 clamped - mean) /
- *    std (1e-6: one float rounding of each step), in image-major order.
+ *    std (1e-6: one float rounding of each step), in image-major order; the fused crop op equals
+ *    the composed ops (slice, affine, resize, clamp, sub, div, concat) in values and gradients
+ *    (1e-6).
  *  - loss-mode views on an 8x8 image against direct formulas (1e-6), the zoom box against the
  *    reference's square_bounding_box worked by hand.
  *  - masks from image files against PIL (Image.resize BILINEAR, convert('L')), byte for byte:
@@ -52,6 +54,7 @@
 #include "models/pbw_stylegan2.h"
 #include "paint/pbw_loss.h"
 #include "paint/pbw_painter.h"
+#include "gradcheck.h"
 #include "pbw_test.h"
 
 #define SG2_FIX "tests/fixtures/stylegan2/g.pt"
@@ -130,6 +133,45 @@ PBW_TEST(paint_clip_crops_values) {
     }
     CHECK(p3 && r3);
     CHECK_NEAR(worst, 0, 1e-6);
+    /* the fused op against the composed ops, values and gradients, overlapping crops of a
+     * batch: equal to 1e-6 (the same float steps; only the order of the overlapping crops'
+     * gradient sums differs) */
+    {
+        /* two contexts: a backward runs its whole tape */
+        pbw_ctx *ctx2 = pbw_ctx_new(PBW_DEV_CPU, &err);
+        pbw_tensor *xa = pbw_tensor_copy(ctx, x);
+        pbw_tensor *xb = pbw_tensor_copy(ctx2, x);
+        xa->requires_grad = xb->requires_grad = 1;
+        pbw_crop cs[4] = {{0, 0, 9}, {2, 1, 10}, {3, 3, 8}, {1, 1, 11}};
+        pbw_tensor *fa = pbw_clip_crops(ctx, xa, cs, 4, 12);
+        pbw_tensor *parts[4];
+        pbw_tensor *mt = pbw_tensor_new(ctx2, 4, (int64_t[]){1, 3, 1, 1});
+        pbw_tensor *st = pbw_tensor_new(ctx2, 4, (int64_t[]){1, 3, 1, 1});
+        memcpy(mt->data, pbw_clip_mean, sizeof pbw_clip_mean);
+        memcpy(st->data, pbw_clip_std, sizeof pbw_clip_std);
+        for (int k = 0; k < 4; k++) {
+            pbw_tensor *c = pbw_slice(ctx2, pbw_slice(ctx2, xb, 2, cs[k].y, cs[k].y + cs[k].side, 1),
+                                      3, cs[k].x, cs[k].x + cs[k].side, 1);
+            c = pbw_clamp(ctx2, pbw_resize(ctx2, pbw_affine(ctx2, c, 0.5f, 0.5f), 12, 12,
+                                          PBW_RESIZE_BICUBIC), 0, 1);
+            c = pbw_div(ctx2, pbw_sub(ctx2, c, mt), st);
+            parts[k] = pbw_reshape(ctx2, c, 5, (int64_t[]){B, 1, 3, 12, 12});
+        }
+        pbw_tensor *fb = pbw_reshape(ctx2, pbw_concat(ctx2, 4, parts, 1), 4,
+                                     (int64_t[]){B * 4, 3, 12, 12});
+        CHECK(fa && fb && fa->numel == fb->numel);
+        if (fa && fb) {
+            CHECK(gc_compare("fused crops", fa->data, fb->data, fa->numel, 1e-6, 0) == 0);
+            float *seed = gc_rand(fa->numel, 77, -1, 1);
+            CHECK(pbw_backward(ctx, fa, seed, &err) == 0);
+            CHECK(pbw_backward(ctx2, fb, seed, &err) == 0);
+            CHECK(xa->grad && xb->grad);
+            if (xa->grad && xb->grad)
+                CHECK(gc_compare("fused crops grad", xa->grad, xb->grad, xa->numel, 1e-6, 1e-6) == 0);
+            free(seed);
+        }
+        pbw_ctx_free(ctx2);
+    }
     /* a crop outside the image is refused */
     pbw_crop badc = {.y = 5, .x = 5, .side = 8};
     CHECK(pbw_clip_crops(ctx, x, &badc, 1, R) == NULL && pbw_ctx_failed(ctx));

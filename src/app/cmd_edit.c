@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "app/pbw_app.h"
+#include "core/pbw_tensor.h"
 #include "formats/pbw_file.h"
 #include "formats/pbw_gif.h"
 #include "formats/pbw_image.h"
@@ -88,7 +89,8 @@ static void help(FILE *f, int edit) {
             "  --device D            cpu (default) or auto (the CPU in this build)\n"
             "  --quiet               no progress lines\n\n"
             "A progress line per step goes to stderr. Ctrl-C stops after the current step and\n"
-            "writes the best result so far (exit status 130); a second Ctrl-C ends at once.\n");
+            "writes the best result so far (exit status 130); a second Ctrl-C ends at once.\n"
+            "PBW_PROFILE=1 prints the time per op and step at the end.\n");
 }
 
 typedef struct paint_args {
@@ -328,10 +330,11 @@ static void on_progress(const pbw_paint_progress *pr, void *user) {
         if (pbw_gif_add(s->gif, s->rgb, &s->err)) s->failed = 1;
     }
     if (s->have_log &&
-        fprintf(s->log.fp, "%d,%s,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.4f,%.4f\n",
+        fprintf(s->log.fp, "%d,%s,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.4f,%.4f,%.4f\n",
                 pr->step, ph, pr->phase_step, pr->loss.total, pr->loss.clip, pr->loss.l1,
                 pr->loss.lpips, pr->best, pr->phase == PBW_PHASE_CMA ? pr->gen_mean : pr->loss.total,
-                pr->sigma, pr->lr, pr->beta1, pr->step_seconds, pr->elapsed) < 0) {
+                pr->sigma, pr->lr, pr->beta1, pr->step_seconds, pr->step_cpu_seconds,
+                pr->elapsed) < 0) {
         pbw_err_set(&s->err, "%s: write failed", s->log.path);
         s->failed = 1;
     }
@@ -449,7 +452,7 @@ int app_paint_main(int argc, char **argv, int edit) {
         }
         s.have_log = 1;
         fprintf(s.log.fp, "step,phase,phase_step,loss,clip,l1,lpips,best,mean,sigma,lr,beta1,"
-                          "seconds,elapsed\n");
+                          "seconds,cpu_seconds,elapsed\n");
     }
 
     fprintf(stderr, "pbw %s: %s, %d CMA generations of %d, %d Adam steps, %d crops%s%s\n", cmd,
@@ -516,6 +519,11 @@ int app_paint_main(int argc, char **argv, int edit) {
     }
     fprintf(stderr, "pbw %s: %s after %d of %d steps in %.1f s; wrote %s\n", cmd,
             res.cancelled ? "interrupted" : "done", res.steps_done, res.steps, res.seconds, a.out);
+    if (pbw_profile_enabled() && res.steps_done > 0) {
+        fprintf(stderr, "pbw %s: time per op and step (PBW_PROFILE=1), over %d steps:\n", cmd,
+                res.steps_done);
+        pbw_profile_report(stderr, 1.0 / res.steps_done);
+    }
     print_loss("before", &res.before);
     print_loss("after", &res.after);
     if (edit) {

@@ -9,6 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/pbw_cpu_conv.h"
+
 /* ------------------------------------------------------------------------------------------ */
 /* crops                                                                                       */
 
@@ -33,54 +39,187 @@ void pbw_crops_draw(pbw_rng *rng, int S, int n, pbw_crop *out) {
     }
 }
 
-/* (1,3,1,1) constant in ctx. */
-static pbw_tensor *chan_const(pbw_ctx *ctx, const float v[3]) {
-    pbw_tensor *t = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
-    if (t) memcpy(t->data, v, 3 * sizeof(float));
-    return t;
+/* ---------- CLIP's input from crops: one fused op ----------
+ *
+ * The reference's per-crop chain (slice, (x + 1) / 2, bicubic resize, clamp, CLIP's
+ * normalization, stacking) as one taped op: the chain as separate ops makes six full-size
+ * intermediate tensors of (B*n,3,R,R) (19 MB each for 32 crops at 224) and as many passes over
+ * memory forward and backward. The arithmetic is the same, step for step: (x * 0.5 + 0.5) as
+ * pbw_affine computes it, the resize by src/cpu's kernel (pbw_resize's, PyTorch-exact), the
+ * clamp, (v - mean) / std; tests/test_paint.c compares it with the composed ops. Backward:
+ * g / std where the clamp passed (0 <= v <= 1, as pbw_clamp), the resize's transpose, * 0.5,
+ * added into the crop's window of dx. Crops of one image overlap, so each thread accumulates
+ * into its own dx buffer and the buffers are summed at the end. */
+
+typedef struct crops_saved {
+    int n, R;
+    pbw_crop *crops;  /* (n) */
+    uint8_t *pass;    /* (B*n*3*R*R): 1 where the clamp passed the gradient */
+} crops_saved;
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
 
-/* [-1,1] -> [0,1], bicubic to R x R, clamp: the reference's per-crop steps. */
-static pbw_tensor *crop_pixels(pbw_ctx *ctx, pbw_tensor *c, int R) {
-    c = pbw_affine(ctx, c, 0.5f, 0.5f);
-    if (!c) return NULL;
-    if (c->shape[2] != R || c->shape[3] != R) c = pbw_resize(ctx, c, R, R, PBW_RESIZE_BICUBIC);
-    return pbw_clamp(ctx, c, 0.0f, 1.0f);
+static int thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Floats of per-thread scratch: the crop window, one R x R plane, the resize tables. */
+static size_t crop_scratch_floats(int smax, int R) {
+    size_t rs = pbw_cpu_resize_scratch_bytes(2, smax, smax, R, R);
+    return (size_t)smax * smax + (size_t)R * R + (rs + sizeof(float) - 1) / sizeof(float) + 16;
+}
+
+static void crops_fwd(const float *x, int64_t B, int64_t H, int64_t W, const pbw_crop *crops,
+                      int n, int R, float *out, uint8_t *pass, float *scratch, size_t per_thread) {
+    const int64_t units = B * n, RR = (int64_t)R * R;
+#pragma omp parallel for schedule(dynamic, 1) if (units > 1)
+    for (int64_t u = 0; u < units; u++) {
+        float *win = scratch + (size_t)thread_num() * per_thread;
+        const pbw_crop *c = &crops[u % n];
+        const int64_t b = u / n;
+        const int sd = c->side;
+        void *rs = win + (size_t)sd * sd + RR;
+        for (int ch = 0; ch < 3; ch++) {
+            const float *xp = x + (b * 3 + ch) * H * W;
+            for (int yy = 0; yy < sd; yy++) {
+                const float *row = xp + (int64_t)(c->y + yy) * W + c->x;
+                for (int xx = 0; xx < sd; xx++) win[(int64_t)yy * sd + xx] = row[xx] * 0.5f + 0.5f;
+            }
+            float *op = out + (u * 3 + ch) * RR;
+            uint8_t *pp = pass ? pass + (u * 3 + ch) * RR : NULL;
+            if (sd == R) memcpy(op, win, (size_t)RR * sizeof *op);
+            else pbw_cpu_resize_forward(op, win, 1, sd, sd, R, R, PBW_RESIZE_BICUBIC, rs);
+            const float m = pbw_clip_mean[ch], s = pbw_clip_std[ch];
+            for (int64_t i = 0; i < RR; i++) {
+                float v = op[i];
+                if (pp) pp[i] = v >= 0.0f && v <= 1.0f;
+                v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                op[i] = (v - m) / s;
+            }
+        }
+    }
+}
+
+static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
+    const crops_saved *sv = nd->saved;
+    pbw_tensor *x = nd->in[0], *y = nd->out;
+    float *gx = pbw_grad(ctx, x);
+    if (!gx) return;
+    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], CHW = 3 * H * W;
+    const int n = sv->n, R = sv->R;
+    const int64_t units = B * n, RR = (int64_t)R * R;
+    int smax = 1;
+    for (int k = 0; k < n; k++) smax = sv->crops[k].side > smax ? sv->crops[k].side : smax;
+    const int nt = max_threads();
+    const size_t per = crop_scratch_floats(smax, R) + (size_t)(B * CHW);
+    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)nt * per * sizeof(float));
+    if (!scratch) return;
+    const float *gy = y->grad;
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = thread_num();
+        float *acc = scratch + (size_t)t * per;            /* (B,3,H,W) this thread's dx */
+        float *win = acc + B * CHW, *gpre = win + (size_t)smax * smax;
+        void *rs = gpre + RR;
+        memset(acc, 0, (size_t)(B * CHW) * sizeof *acc);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < units; u++) {
+            const pbw_crop *c = &sv->crops[u % n];
+            const int64_t b = u / n;
+            const int sd = c->side;
+            for (int ch = 0; ch < 3; ch++) {
+                const float *g = gy + (u * 3 + ch) * RR;
+                const uint8_t *pp = sv->pass + (u * 3 + ch) * RR;
+                const float s = pbw_clip_std[ch];
+                for (int64_t i = 0; i < RR; i++) gpre[i] = pp[i] ? g[i] / s : 0.0f;
+                if (sd == R) {
+                    memcpy(win, gpre, (size_t)RR * sizeof *win);
+                } else {
+                    memset(win, 0, (size_t)sd * sd * sizeof *win);
+                    pbw_cpu_resize_backward(win, gpre, 1, sd, sd, R, R, PBW_RESIZE_BICUBIC, rs);
+                }
+                float *ap = acc + (b * 3 + ch) * H * W;
+                for (int yy = 0; yy < sd; yy++) {
+                    float *row = ap + (int64_t)(c->y + yy) * W + c->x;
+                    const float *wr = win + (int64_t)yy * sd;
+                    for (int xx = 0; xx < sd; xx++) row[xx] += wr[xx] * 0.5f;
+                }
+            }
+        }
+        /* implicit barrier: every thread's buffer is complete */
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < B * CHW; i++) {
+            float v = 0.0f;
+            for (int k = 0; k < nt; k++) v += scratch[(size_t)k * per + i];
+            gx[i] += v;
+        }
+    }
 }
 
 pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
     if (!x) return NULL;
     char sx[64];
-    if (x->ndim != 4 || x->shape[1] != 3)
-        return pbw_ctx_fail(ctx, "clip crops: image %s must be (B,3,H,W)",
+    if (x->ndim != 4 || x->shape[1] != 3 || !x->data || x->device != PBW_DEV_CPU)
+        return pbw_ctx_fail(ctx, "clip crops: image %s must be float (B,3,H,W) on the CPU",
                             pbw_shape_str(x, sx, sizeof sx));
-    if (n < 0 || n > PBW_MAX_CROPS || (n > 0 && !crops) || R < 1)
+    if (n < 0 || n > PBW_MAX_CROPS || (n > 0 && !crops) || R < 1 || R > 4096)
         return pbw_ctx_fail(ctx, "clip crops: bad crop count %d or size %d", n, R);
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
-    pbw_tensor *v;
+    pbw_crop whole = {0, 0, (int)H};
     if (n == 0) {
-        v = crop_pixels(ctx, x, R);
-    } else {
-        pbw_tensor **parts = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof *parts);
-        if (!parts) return pbw_ctx_fail(ctx, "clip crops: out of memory");
-        for (int k = 0; k < n; k++) {
-            const pbw_crop *c = &crops[k];
-            if (c->side < 1 || c->y < 0 || c->x < 0 || c->y + c->side > H || c->x + c->side > W)
-                return pbw_ctx_fail(ctx, "clip crops: crop %d (y %d, x %d, side %d) outside the "
-                                    "%s image", k, c->y, c->x, c->side,
-                                    pbw_shape_str(x, sx, sizeof sx));
-            pbw_tensor *t = pbw_slice(ctx, x, 2, c->y, c->y + c->side, 1);
-            t = pbw_slice(ctx, t, 3, c->x, c->x + c->side, 1);
-            t = crop_pixels(ctx, t, R);
-            parts[k] = pbw_reshape(ctx, t, 5, (int64_t[]){B, 1, 3, R, R});
-            if (!parts[k]) return NULL;
+        if (H != W) {
+            /* the whole of a non-square image: the composed ops */
+            pbw_tensor *v = pbw_clamp(ctx, pbw_resize(ctx, pbw_affine(ctx, x, 0.5f, 0.5f), R, R,
+                                                      PBW_RESIZE_BICUBIC), 0.0f, 1.0f);
+            pbw_tensor *m = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
+            pbw_tensor *s = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
+            if (!m || !s) return NULL;
+            memcpy(m->data, pbw_clip_mean, 3 * sizeof(float));
+            memcpy(s->data, pbw_clip_std, 3 * sizeof(float));
+            return pbw_div(ctx, pbw_sub(ctx, v, m), s);
         }
-        v = n == 1 ? parts[0] : pbw_concat(ctx, n, parts, 1);   /* (B,n,3,R,R) */
-        v = pbw_reshape(ctx, v, 4, (int64_t[]){B * n, 3, R, R});
+        crops = &whole;
+        n = 1;
     }
-    /* torchvision's Normalize: (x - mean) / std */
-    v = pbw_sub(ctx, v, chan_const(ctx, pbw_clip_mean));
-    return pbw_div(ctx, v, chan_const(ctx, pbw_clip_std));
+    int smax = 1;
+    for (int k = 0; k < n; k++) {
+        const pbw_crop *c = &crops[k];
+        if (c->side < 1 || c->y < 0 || c->x < 0 || c->y + c->side > H || c->x + c->side > W)
+            return pbw_ctx_fail(ctx, "clip crops: crop %d (y %d, x %d, side %d) outside the %s "
+                                "image", k, c->y, c->x, c->side, pbw_shape_str(x, sx, sizeof sx));
+        if (c->side > smax) smax = c->side;
+    }
+    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){B * n, 3, R, R});
+    if (!out) return NULL;
+    const int grad = pbw_needs_grad(ctx, &x, 1);
+    pbw_node *nd = NULL;
+    crops_saved *sv = NULL;
+    if (grad) {
+        nd = pbw_tape_push(ctx, "clip_crops", crops_backward, out, &x, 1, sizeof *sv);
+        if (!nd) return NULL;
+        sv = nd->saved;
+        sv->n = n;
+        sv->R = R;
+        sv->crops = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof *crops);
+        sv->pass = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * n * 3) * R * R);
+        if (!sv->crops || !sv->pass) return pbw_ctx_fail(ctx, "clip crops: out of memory");
+        memcpy(sv->crops, crops, (size_t)n * sizeof *crops);
+    }
+    const size_t per = crop_scratch_floats(smax, R);
+    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)max_threads() * per * sizeof(float));
+    if (!scratch) return pbw_ctx_fail(ctx, "clip crops: out of memory");
+    crops_fwd(x->data, B, H, W, crops, n, R, out->data, sv ? sv->pass : NULL, scratch, per);
+    return out;
 }
 
 pbw_tensor *pbw_clip_crop_loss(pbw_ctx *ctx, const pbw_clip *clip, pbw_tensor *x,

@@ -38,6 +38,12 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+static double cpu_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static int is_file(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
@@ -405,7 +411,7 @@ static int setup(run *r, const float *mask, pbw_err *err) {
 
 static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_steps,
                    const pbw_loss_values *v, double gen_mean, double sigma, double lr,
-                   double beta1, double t_step) {
+                   double beta1, double t_step, double cpu_step) {
     if (!r->progress) return;
     pbw_paint_progress pr = {0};
     pr.step = r->step;
@@ -420,6 +426,7 @@ static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_step
     pr.lr = lr;
     pr.beta1 = beta1;
     pr.step_seconds = t_step;
+    pr.step_cpu_seconds = cpu_step;
     pr.elapsed = now_s() - r->t0;
     pr.image = r->frame;
     pr.size = r->S;
@@ -455,7 +462,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     }
     int prev = pbw_ctx_set_grad(ctx, 0);
     for (int gen = 0; gen < rq->cma_generations && !cancelled(r); gen++) {
-        double t = now_s();
+        double t = now_s(), c0 = cpu_s();
         pbw_cma_ask(cma, X);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
         int gbest = -1;
@@ -493,7 +500,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         }
         r->step++;
         report(r, PBW_PHASE_CMA, gen + 1, rq->cma_generations, &vals[gbest], mean,
-               pbw_cma_sigma(cma), 0, 0, now_s() - t);
+               pbw_cma_sigma(cma), 0, 0, now_s() - t, cpu_s() - c0);
         if (pbw_cma_stop(cma)) break;
     }
     pbw_ctx_set_grad(ctx, prev);
@@ -523,8 +530,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     int rc = crops ? 0 : pbw_err_set(err, "out of memory");
     int prev = pbw_ctx_set_grad(ctx, 1);
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
-        double t0 = now_s();
+        double t0 = now_s(), c0 = cpu_s();
         pbw_ctx_reset(ctx);
+        pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
         pbw_tensor *lat = pbw_tensor_new(ctx, 2, (int64_t[]){1, D});
         if (!lat) {
             rc = ctx_err(ctx, err, "Adam step");
@@ -557,7 +565,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             break;
         }
         r->step++;
-        report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0);
+        report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0,
+               cpu_s() - c0);
     }
     pbw_ctx_reset(ctx);
     pbw_ctx_set_grad(ctx, prev);
@@ -595,8 +604,10 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     if ((unsigned)rq->loss_mode > PBW_LOSS_BLANK_FULL || (unsigned)rq->optim > PBW_OPTIM_ADAM ||
         (unsigned)rq->mask_mode > PBW_MASK_OUTPUT || (unsigned)rq->var > PBW_VAR_Z)
         return pbw_err_set(err, "bad request: unknown loss mode, optimizer, mask mode or variable");
-    int needs_lpips = edit && rq->recon_weight != 0 && rq->lpips_weight != 0 &&
-                      pbw_mask_count(rq->mask, (int64_t)S * S) < (int64_t)S * S;
+    double keep = 0; /* sum of 1 - mask: 0 when nothing lies outside the mask */
+    for (int64_t i = 0; edit && i < (int64_t)S * S; i++)
+        keep += 1.0 - (rq->mask[i] < 0 ? 0 : (rq->mask[i] > 1 ? 1 : rq->mask[i]));
+    int needs_lpips = edit && rq->recon_weight != 0 && rq->lpips_weight != 0 && keep > 0;
     if (needs_lpips && !p->lpips && !rq->allow_no_lpips)
         return pbw_err_set(err, "LPIPS is not loaded: the reconstruction loss needs torchvision's "
                            "AlexNet (alexnet-owt-7be5be79.pth) and the LPIPS v0.1 heads; give "

@@ -147,6 +147,7 @@ typedef struct pbw_paint_progress {
     double sigma;               /* CMA: step size after this generation */
     double lr, beta1;           /* Adam: this step's */
     double step_seconds;        /* wall time of this step */
+    double step_cpu_seconds;    /* CPU time of the process (all threads) during this step */
     double elapsed;             /* since the start of the request */
     const float *image;         /* (3,size,size) in [-1,1], this step's image (CMA: the
                                    generation's best); valid during the call */
