@@ -13,7 +13,8 @@
 #   - tests/test_stylegan2.c's stylegan2_parity_dir compares everything else (images 1e-4,
 #     masks 1e-6, gradients max-relative against the same model run in float64 within
 #     max(1e-3, 2 x PyTorch float32's own distance from it)) and prints every number.
-# Work files go to build/sg2_parity/SIZE (the 256 px checkpoint is about 120 MB).
+# Work files go to build/sg2_parity/SIZE (the 256 px checkpoint is about 120 MB); REUSE=1 keeps
+# a directory the reference already wrote (it takes minutes at 256 px) and reruns only pbw.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -26,9 +27,13 @@ for size in "$@"; do
     mkdir -p "$dir"
     batch=2
     [ "$size" -ge 256 ] && batch=1
-    echo "== $size px: reference (batch $batch)"
-    $PY tools/reference/stylegan2.py parity "$dir" --size "$size" --channel-multiplier 2 \
-        --style-dim 512 --n-mlp 8 --seed "$size" --batch "$batch" --threads "$OMP_NUM_THREADS"
+    if [ "${REUSE:-0}" = 1 ] && [ -f "$dir/grad_masked_mixed_f64.npy" ]; then
+        echo "== $size px: reusing the reference outputs in $dir"
+    else
+        echo "== $size px: reference (batch $batch)"
+        $PY tools/reference/stylegan2.py parity "$dir" --size "$size" --channel-multiplier 2 \
+            --style-dim 512 --n-mlp 8 --seed "$size" --batch "$batch" --threads "$OMP_NUM_THREADS"
+    fi
     echo "== $size px: pbw sample"
     build/pbw sample --gan "$dir/g.pt" --z "$dir/z.npy" --out "$dir/sample.png" \
         --save-npy "$dir/sample.npy"
