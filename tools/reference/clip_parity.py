@@ -2,7 +2,9 @@
 """clip_parity.py: pbw's CLIP against transformers' CLIPModel, with random weights.
 
     tools/reference/clip_parity.py            full ViT-B/32 configuration: writes the model
-                                              (HF dir + OpenAI-named torch.save file) and inputs
+                                              (HF dirs with model.safetensors and with
+                                              pytorch_model.bin, an OpenAI-named torch.save
+                                              file, tokenizer files) and inputs
                                               under build/clip_parity/, runs build/pbw clip on
                                               both, prints the differences, exits 1 on failure
     tools/reference/clip_parity.py --fixture  the small model + inputs + expected outputs that
@@ -171,6 +173,8 @@ def full():
     model = make_model(text_cfg, vision_cfg, 512, seed=0)
     hf_dir = os.path.join(out, "hf")
     model.save_pretrained(hf_dir, safe_serialization=True)
+    bin_dir = os.path.join(out, "hf_bin")  # the older HF layout: pytorch_model.bin
+    model.save_pretrained(bin_dir, safe_serialization=False)
     oa_path = os.path.join(out, "openai_state.pt")
     torch.save(openai_state_dict(model), oa_path)
 
@@ -182,7 +186,7 @@ def full():
     img, txt, grad = reference(model, pixels, ids)
     ok = True
     print(f"ViT-B/32 (random weights, seed 0), batch 4 at 224 px, 4 texts; torch {torch.__version__}")
-    for tag, path in [("hf", hf_dir), ("openai", oa_path)]:
+    for tag, path in [("hf", hf_dir), ("hf-bin", bin_dir), ("openai", oa_path)]:
         got = run_pbw(path, px_path, ids, out, tag)
         e = {"image embeddings": rel(got["img"], img), "text embeddings": rel(got["txt"], txt),
              "pixel gradient": rel(got["grad"], grad)}
