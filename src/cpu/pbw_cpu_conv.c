@@ -308,7 +308,10 @@ void pbw_cpu_conv2d_forward(float *out, const float *x, const float *w, const fl
         float *col = scratch, *tmp = scratch + pl.K * pl.T;
 #pragma omp parallel num_threads(pl.nt)
         {
-            int t = thread_id(), nt = pl.nt;
+            int t = thread_id(), nt = 1;
+#ifdef _OPENMP
+            nt = omp_get_num_threads(); /* the team may be smaller than asked for */
+#endif
             int o0 = (int)((int64_t)pl.Og * t / nt), o1 = (int)((int64_t)pl.Og * (t + 1) / nt);
             for (int64_t it = 0; it < items; it++) {
                 int grp = (int)(it / ntiles);
