@@ -26,8 +26,8 @@
  *     inferred from shapes as OpenAI's build_model does (heads = width / 64, QuickGELU) unless
  *     an open_clip_config.json beside the weights says otherwise (quick_gelu, heads).
  *   A checkpoint whose names all carry one prefix ("module.", "state_dict.") is accepted too.
- *   OpenAI's TorchScript archives (the .pt files its clip package downloads) are not state
- *   dicts; convert them once with torch (`torch.save(jit_model.state_dict(), ...)`).
+ *   OpenAI's TorchScript archives (the .pt files its clip package downloads) load as well:
+ *   the checkpoint reader names a scripted module's attributes as its state dict would.
  *
  * Numerics follow transformers' CLIPModel: pre-LN residual blocks, layer norm eps from the
  * config, attention scale 1/sqrt(head_dim), QuickGELU (x * sigmoid(1.702 x)) or exact GELU,

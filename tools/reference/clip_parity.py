@@ -4,7 +4,8 @@
     tools/reference/clip_parity.py            full ViT-B/32 configuration: writes the model
                                               (HF dirs with model.safetensors and with
                                               pytorch_model.bin, an OpenAI-named torch.save
-                                              file, tokenizer files) and inputs
+                                              file and TorchScript archive, tokenizer files)
+                                              and inputs
                                               under build/clip_parity/, runs build/pbw clip on
                                               both, prints the differences, exits 1 on failure
     tools/reference/clip_parity.py --fixture  the small model + inputs + expected outputs that
@@ -89,6 +90,24 @@ def openai_state_dict(model):
     out["text_projection"] = sd["text_projection.weight"].t()
     out["logit_scale"] = sd["logit_scale"]
     return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def scripted_module(state):
+    """A TorchScript module whose attributes are `state` under the same dotted names, as in the
+    archives OpenAI's clip package downloads (torch.jit.save of the whole model)."""
+    class Node(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Node()
+    for k, v in state.items():
+        m = root
+        for part in k.split(".")[:-1]:
+            if not hasattr(m, part):
+                m.add_module(part, Node())
+            m = getattr(m, part)
+        m.register_parameter(k.split(".")[-1], torch.nn.Parameter(v, requires_grad=False))
+    return torch.jit.script(root)
 
 
 def make_ids(n, ctx, vocab, bos, eos, lengths, seed):
@@ -177,6 +196,8 @@ def full():
     model.save_pretrained(bin_dir, safe_serialization=False)
     oa_path = os.path.join(out, "openai_state.pt")
     torch.save(openai_state_dict(model), oa_path)
+    jit_path = os.path.join(out, "openai_jit.pt")
+    torch.jit.save(scripted_module(openai_state_dict(model)), jit_path)
 
     rng = np.random.RandomState(1)
     pixels = rng.randn(4, 3, 224, 224).astype(np.float32)
@@ -186,7 +207,7 @@ def full():
     img, txt, grad = reference(model, pixels, ids)
     ok = True
     print(f"ViT-B/32 (random weights, seed 0), batch 4 at 224 px, 4 texts; torch {torch.__version__}")
-    for tag, path in [("hf", hf_dir), ("hf-bin", bin_dir), ("openai", oa_path)]:
+    for tag, path in [("hf", hf_dir), ("hf-bin", bin_dir), ("openai", oa_path), ("jit", jit_path)]:
         got = run_pbw(path, px_path, ids, out, tag)
         e = {"image embeddings": rel(got["img"], img), "text embeddings": rel(got["txt"], txt),
              "pixel gradient": rel(got["grad"], grad)}
