@@ -30,6 +30,7 @@ static void help(FILE *f) {
         "       pbw shapes eval [--count N] [--size S] [--seed K]\n"
         "       pbw shapes gan-eval --gan CKPT [--count N] [--first K] [--out GRID.png]\n"
         "       pbw shapes clip-eval --clip DIR [--count N] [--seed K] [--choices C]\n"
+        "       pbw shapes overlay --image I.png --mask M.png [--after O.png] --out P.png\n"
         "       pbw shapes plan --gan CKPT --count N --out DIR      (semantic benchmark)\n"
         "       pbw shapes score --plan DIR [--results DIR] [--margin P]\n\n"
         "The shapes world: gray backgrounds (plain, shaded, striped) with one to three circles,\n"
@@ -55,6 +56,9 @@ static void help(FILE *f) {
         "  (default 1000 scenes of 64 px, seed 4242).\n"
         "gan-eval: renders seeds K.. of a shapes GAN (fixed noise) and reports what the checker\n"
         "  finds in them; --out writes the grid.\n"
+        "overlay: the picture with the mask drawn on it (outside darkened, its edge white) and,\n"
+        "  with --after, the result beside it; --scale K enlarges (default 4).\n"
+        "plan / score: the semantic benchmark's edits and their scoring (bench/semantic.sh).\n"
         "clip-eval: the CLIP's top-1 choice of a held-out image's caption among C (default 10)\n"
         "  candidates, for whole scenes and for single shapes seen as the painter's default loss\n"
         "  sees a mask (outside it mid-gray).\n");
@@ -705,7 +709,7 @@ static int cmd_clip_eval(int argc, char **argv) {
     uint8_t *rgb = malloc((size_t)n * S * S * 3), *view = malloc((size_t)n * S * S * 3);
     char(*caps)[256] = malloc((size_t)n * sizeof *caps);
     char(*scaps)[256] = malloc((size_t)n * sizeof *scaps);
-    const char **ptr = malloc((size_t)n * sizeof *ptr);
+    const char **ptr = calloc((size_t)n, sizeof *ptr);
     float *ie = malloc((size_t)n * E * sizeof *ie), *te = malloc((size_t)n * E * sizeof *te);
     float *ve = malloc((size_t)n * E * sizeof *ve), *se = malloc((size_t)n * E * sizeof *se);
     float *cov = malloc((size_t)S * S * sizeof *cov), *mask = malloc((size_t)S * S * sizeof *mask);
@@ -768,6 +772,79 @@ out:
     return rc;
 }
 
+/* ---------- overlay: the mask on the picture, and the result beside it ---------- */
+
+static int cmd_overlay(int argc, char **argv) {
+    const char *img = NULL, *maskp = NULL, *after = NULL, *out = NULL;
+    long scale = 4;
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i], *v;
+        if (!(v = app_value("shapes", argc, argv, &i))) return 2;
+        if (!strcmp(o, "--image")) img = v;
+        else if (!strcmp(o, "--mask")) maskp = v;
+        else if (!strcmp(o, "--after")) after = v;
+        else if (!strcmp(o, "--out")) out = v;
+        else if (!strcmp(o, "--scale")) {
+            if (app_parse_int("shapes", o, v, 1, 32, &scale)) return 2;
+        } else {
+            fprintf(stderr, "pbw shapes overlay: unknown argument '%s'\n", o);
+            return 2;
+        }
+    }
+    if (!img || !maskp || !out) {
+        fprintf(stderr, "pbw shapes overlay: --image, --mask and --out are required\n");
+        return 2;
+    }
+    pbw_err err = {{0}};
+    pbw_image a = {0}, b = {0}, o = {0};
+    float *m = NULL;
+    int rc = 1;
+    if (pbw_image_read(img, &a, &err) || (after && pbw_image_read(after, &b, &err)) ||
+        app_shapes_read_mask(maskp, a.w, a.h, &m, &err)) {
+        fprintf(stderr, "pbw shapes overlay: %s\n", err.msg);
+        goto out;
+    }
+    if (after && (b.w != a.w || b.h != a.h)) {
+        fprintf(stderr, "pbw shapes overlay: %s and %s differ in size\n", img, after);
+        goto out;
+    }
+    int panels = after ? 2 : 1, gap = after ? 2 : 0, W = a.w, H = a.h, K = (int)scale;
+    o.w = panels * W * K + gap * (panels - 1);
+    o.h = H * K;
+    o.c = 3;
+    o.data = calloc((size_t)o.w * o.h, 3);
+    if (!o.data) goto out;
+    memset(o.data, 255, (size_t)o.w * o.h * 3);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            int in = m[y * W + x] > 0.5f, edge = 0;
+            if (in) /* a mask pixel next to a non-mask pixel (or the border) */
+                edge = x == 0 || y == 0 || x == W - 1 || y == H - 1 || m[y * W + x - 1] <= 0.5f ||
+                       m[y * W + x + 1] <= 0.5f || m[(y - 1) * W + x] <= 0.5f || m[(y + 1) * W + x] <= 0.5f;
+            for (int p = 0; p < panels; p++) {
+                const pbw_image *src = p ? &b : &a;
+                const uint8_t *px = src->data + ((size_t)y * W + x) * src->c;
+                uint8_t c[3];
+                for (int k = 0; k < 3; k++)
+                    c[k] = p ? px[k] : (edge ? 255 : (in ? px[k] : (uint8_t)(px[k] / 2)));
+                for (int dy = 0; dy < K; dy++)
+                    for (int dx = 0; dx < K; dx++)
+                        memcpy(o.data + (((size_t)y * K + dy) * o.w + (size_t)p * (W * K + gap) + (size_t)x * K + dx) * 3, c, 3);
+            }
+        }
+    if (pbw_image_write_png(out, &o, &err)) {
+        fprintf(stderr, "pbw shapes overlay: --out %s\n", err.msg);
+        goto out;
+    }
+    rc = 0;
+out:
+    pbw_image_free(&a);
+    pbw_image_free(&b);
+    free(o.data);
+    free(m);
+    return rc;
+}
+
 int cmd_shapes(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         (argc > 2 && app_wants_help(argc, argv))) {
@@ -781,6 +858,7 @@ int cmd_shapes(int argc, char **argv) {
     if (!strcmp(sub, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(sub, "gan-eval")) return cmd_gan_eval(argc, argv);
     if (!strcmp(sub, "clip-eval")) return cmd_clip_eval(argc, argv);
+    if (!strcmp(sub, "overlay")) return cmd_overlay(argc, argv);
     if (!strcmp(sub, "plan")) return app_shapes_plan(argc, argv);
     if (!strcmp(sub, "score")) return app_shapes_score(argc, argv);
     fprintf(stderr, "pbw shapes: unknown subcommand '%s' (pbw shapes --help)\n", sub);

@@ -91,7 +91,7 @@ int app_shapes_plan(int argc, char **argv) {
     char *path = malloc(plen);
     uint8_t *rgb = malloc((size_t)S * S * 3 * 64);
     float *mask = malloc((size_t)S * S * sizeof *mask);
-    pbw_file_tmp jt = {0};
+    pbw_file_tmp jt = {0}, tt = {0};
     if (!path || !rgb || !mask) {
         fprintf(stderr, "pbw shapes plan: out of memory\n");
         goto out;
@@ -108,6 +108,11 @@ int app_shapes_plan(int argc, char **argv) {
     }
     snprintf(path, plen, "%s/plan.jsonl", out);
     if (pbw_file_tmp_open(&jt, path, &err)) {
+        fprintf(stderr, "pbw shapes plan: %s\n", err.msg);
+        goto out;
+    }
+    snprintf(path, plen, "%s/plan.tsv", out); /* the same for shell loops: id seed category mask prompt */
+    if (pbw_file_tmp_open(&tt, path, &err)) {
         fprintf(stderr, "pbw shapes plan: %s\n", err.msg);
         goto out;
     }
@@ -141,6 +146,9 @@ int app_shapes_plan(int argc, char **argv) {
                 tk = (b[0].kind + 1 + (int)(pbw_rng_uniform(&r) * (PBW_SHAPE_COUNT - 1))) % PBW_SHAPE_COUNT;
             }
             long seed = base + k;
+            pbw_shape want = {.kind = tk, .colour = tc};
+            char prompt[64];
+            pbw_shape_caption(&want, PBW_CAPTION_SHORT, prompt, sizeof prompt); /* "an orange star" */
             snprintf(path, plen, "%s/masks/mask_%03ld.png", out, made);
             if (write_mask(path, mask, S, &err)) {
                 fprintf(stderr, "pbw shapes plan: %s\n", err.msg);
@@ -153,17 +161,18 @@ int app_shapes_plan(int argc, char **argv) {
                 goto out;
             }
             fprintf(jt.fp,
-                    "{\"id\":%ld,\"seed\":%ld,\"category\":\"%s\",\"prompt\":\"a %s %s\","
+                    "{\"id\":%ld,\"seed\":%ld,\"category\":\"%s\",\"prompt\":\"%s\","
                     "\"mask\":\"masks/mask_%03ld.png\",\"before\":\"before/seed_%ld.png\","
                     "\"from\":{\"colour\":\"%s\",\"shape\":\"%s\"},\"to\":{\"colour\":\"%s\","
                     "\"shape\":\"%s\"},\"bbox\":[%d,%d,%d,%d]}\n",
-                    made, seed, cat ? "shape" : "colour", pbw_colour_names[tc], pbw_shape_names[tk],
-                    made, seed, pbw_colour_names[b[0].colour], pbw_shape_names[b[0].kind],
+                    made, seed, cat ? "shape" : "colour", prompt, made, seed, pbw_colour_names[b[0].colour], pbw_shape_names[b[0].kind],
                     pbw_colour_names[tc], pbw_shape_names[tk], b[0].x0, b[0].y0, b[0].x1, b[0].y1);
+            fprintf(tt.fp, "%ld\t%ld\t%s\tmasks/mask_%03ld.png\t%s\n", made, seed,
+                    cat ? "shape" : "colour", made, prompt);
             made++;
         }
     }
-    if (pbw_file_tmp_commit(&jt, &err)) {
+    if (pbw_file_tmp_commit(&jt, &err) || pbw_file_tmp_commit(&tt, &err)) {
         fprintf(stderr, "pbw shapes plan: %s\n", err.msg);
         goto out;
     }
@@ -176,6 +185,7 @@ int app_shapes_plan(int argc, char **argv) {
     rc = 0;
 out:
     pbw_file_tmp_abort(&jt);
+    pbw_file_tmp_abort(&tt);
     free(path);
     free(rgb);
     free(mask);

@@ -2,7 +2,7 @@
 # run_device.sh: trains both shapes-world models at once on one CUDA GPU (the CLIP and the GAN
 # share it: neither fills an H100 alone), then packs what comes back into $OUT.
 #
-#   OUT=/tmp/out tools/train/run_device.sh GAN_SECONDS CLIP_SECONDS [RESUME_DIR]
+#   OUT=/tmp/out [CLIP_INIT=DIR] [CLIP_ARGS=...] [GAN_ARGS="--r1 1 --batch 256"] tools/train/run_device.sh GAN_SECONDS CLIP_SECONDS [RESUME_DIR]
 #
 # $OUT receives: clip.tar (the Hugging Face CLIP directory), g_ema.safetensors (the shipped
 # generator), gan_g.pt and gan_d.pt (to resume), logs.tar (both logs, samples.png, the
@@ -24,10 +24,10 @@ export PYTHONUNBUFFERED=1
 } > $W/env.txt 2>&1
 cat $W/env.txt
 
-python3 tools/train/train_clip.py --vocab models/shapes/clip --out $W/clip --seconds "$CLIP_S" ${TINY:+--tiny} \
+python3 tools/train/train_clip.py --vocab models/shapes/clip --out $W/clip --seconds "$CLIP_S" ${TINY:+--tiny} ${CLIP_INIT:+--init "$CLIP_INIT"} ${CLIP_ARGS:-} \
   > $W/clip.log 2>&1 &
 CLIP_PID=$!
-python3 tools/train/train_gan.py --out $W/gan --seconds "$GAN_S" ${TINY:+--tiny} ${RESUME:+--resume "$RESUME"} 2>&1 \
+python3 tools/train/train_gan.py --out $W/gan --seconds "$GAN_S" ${TINY:+--tiny} ${RESUME:+--resume "$RESUME"} ${GAN_ARGS:-} 2>&1 \
   | tee $W/gan.log | grep -E '"(event|it)": ' | awk 'NR % 5 == 1 || /event/'
 wait $CLIP_PID
 echo "== clip (exit $?)"

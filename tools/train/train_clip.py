@@ -16,7 +16,11 @@ example is one of
   - one of its shapes as the painter's default loss (paste_onto_blank) shows a masked region:
     the image times a box mask around the shape (grown 1-8 px, usually square), so mid-gray
     outside in CLIP's [0,1] pixels, with one of that shape's captions ("a red circle", "a large
-    red circle", "a large red circle at the top left").
+    red circle", "a large red circle at the top left"), or
+  - (--p-empty) the same for a box over background only, captioned with the background part
+    of the full caption ("a dark striped background"): without these, an edit can please the
+    loss by erasing the shape, since CLIP never saw an empty mask.
+Some pictures (--p-blur) are softened by a small Gaussian blur, as the GAN's are.
 Like the painter's loss, most examples are a random square crop (side 0.7-0.98 of the image)
 resized to 224 with bicubic interpolation, then CLIP's normalization.
 Loss: CLIP's symmetric contrastive loss with soft targets that treat identical captions in the
@@ -85,6 +89,9 @@ class Data:
             return index[t]
 
         self.scene_cap = torch.tensor([[cid(t) for t in s["captions"]] for s in scenes])
+        # what an empty masked region shows: the background part of the full caption
+        # ("... on a dark striped background" -> "a dark striped background")
+        self.bg_cap = torch.tensor([cid("a " + s["captions"][-1].rsplit(" on a ", 1)[1]) for s in scenes])
         shape_cap = np.full((n, 3, 3), -1, np.int64)
         boxes = np.zeros((n, 3, 4), np.float32)
         nsh = np.zeros(n, np.int64)
@@ -96,6 +103,7 @@ class Data:
         self.caps = caps
         self.ids = torch.tensor([tok.encode(t) for t in caps], device=device)
         self.scene_cap = self.scene_cap.to(device)
+        self.bg_cap = self.bg_cap.to(device)
         self.shape_cap = torch.from_numpy(shape_cap).to(device)
         self.boxes = torch.from_numpy(boxes).to(device)
         self.nsh = torch.from_numpy(nsh).to(device)
@@ -139,17 +147,59 @@ def to_clip(img, crop_prob, gen=None):
     return (x - mean) / std
 
 
-def batch(data, B, p_mask, crop_prob):
+def empty_boxes(data, idx, tries=8):
+    """A square box of 12-28 px per scene that touches no shape (grown by 2 px), as (B,4), and
+    whether one was found in `tries` draws."""
+    dev = idx.device
+    B, S = idx.shape[0], data.size
+    side = 12 + torch.rand(B, tries, device=dev) * 16
+    x0 = torch.rand(B, tries, device=dev) * (S - side)
+    y0 = torch.rand(B, tries, device=dev) * (S - side)
+    cand = torch.stack([x0, y0, x0 + side, y0 + side], -1)              # (B,T,4)
+    sb = data.boxes[idx]                                                   # (B,3,4)
+    valid = torch.arange(3, device=dev)[None] < data.nsh[idx][:, None]     # (B,3)
+    c, b = cand[:, :, None], sb[:, None]
+    hit = ((c[..., 0] < b[..., 2] + 2) & (c[..., 2] > b[..., 0] - 2) &
+           (c[..., 1] < b[..., 3] + 2) & (c[..., 3] > b[..., 1] - 2) & valid[:, None])
+    free = ~hit.any(-1)                                                    # (B,T)
+    first = torch.argmax(free.int(), 1)
+    return cand[torch.arange(B, device=dev), first], free.any(1)
+
+
+def blur(img, sigma):
+    """Separable Gaussian blur of a batch, one sigma (pixels) for all."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-r, r + 1, device=img.device, dtype=img.dtype)
+    k = torch.exp(-x * x / (2 * sigma * sigma))
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(img.shape[1], 1, 1, 1)
+    img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k, groups=img.shape[1])
+    return F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.transpose(2, 3), groups=img.shape[1])
+
+
+def batch(data, B, p_mask, crop_prob, p_empty=0.0, p_blur=0.0):
     dev = data.rgb.device
     idx = torch.randint(0, data.rgb.shape[0], (B,), device=dev)
     img = data.rgb[idx].float() / 127.5 - 1
-    masked = torch.rand(B, device=dev) < p_mask
+    if p_blur > 0:  # the GAN's pictures are softer than the renderer's
+        nb = int(B * p_blur)
+        img[:nb] = blur(img[:nb], 0.3 + 0.7 * float(torch.rand(())))
+    u = torch.rand(B, device=dev)
+    masked = u < p_mask
     j = (torch.rand(B, device=dev) * data.nsh[idx]).long()
     lvl_scene = torch.randint(0, 4, (B,), device=dev)
     lvl_shape = torch.randint(0, 3, (B,), device=dev)
     cap = torch.where(masked, data.shape_cap[idx, j, lvl_shape], data.scene_cap[idx, lvl_scene])
-    m = box_masks(data.boxes[idx, j], torch.randint(1, 9, (B,), device=dev).float(),
-                  torch.rand(B, device=dev) < 0.7, data.size)
+    boxes = data.boxes[idx, j]
+    grow = torch.randint(1, 9, (B,), device=dev).float()
+    square = torch.rand(B, device=dev) < 0.7
+    if p_empty > 0:  # a mask over background only: its caption names the background
+        eb, found = empty_boxes(data, idx)
+        empty = (u >= p_mask) & (u < p_mask + p_empty) & found
+        boxes = torch.where(empty[:, None], eb, boxes)
+        grow = torch.where(empty, torch.zeros_like(grow), grow)
+        cap = torch.where(empty, data.bg_cap[idx], cap)
+        masked = masked | empty
+    m = box_masks(boxes, grow, square, data.size)
     img = torch.where(masked[:, None, None, None], img * m, img)
     return to_clip(img, crop_prob), cap
 
@@ -163,28 +213,50 @@ def features(model, px, ids):
 @torch.no_grad()
 def evaluate(model, data, n=500, choices=10, seed=777001):
     """Top-1 among `choices` captions: whole scenes (short caption) and the first shape in a
-    square mask grown by 4 px (its short caption), as `pbw shapes clip-eval` does."""
+    square mask grown by 4 px (its short caption), as `pbw shapes clip-eval` does; and for a
+    mask over background only, how often its background caption beats every one of 9 short
+    shape captions (an empty region must not look like a shape to the painter's loss)."""
     model.eval()
     dev = data.rgb.device
     n = min(n, data.rgb.shape[0])
     img = data.rgb[:n].float() / 127.5 - 1
     m = box_masks(data.boxes[:n, 0], torch.full((n,), 4.0, device=dev),
                   torch.ones(n, dtype=torch.bool, device=dev), data.size)
-    res = []
-    for views, caps in ((img, data.scene_cap[:n, 0]), (img * m, data.shape_cap[:n, 0, 0])):
+    eb, found = empty_boxes(data, torch.arange(n, device=dev))
+    me = box_masks(eb, torch.zeros(n, device=dev), torch.ones(n, dtype=torch.bool, device=dev), data.size)
+
+    def embed(views, cap_ids):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             v, _ = features(model, to_clip(views, 0.0), data.ids[:1])
-            uniq, inv = torch.unique(caps, return_inverse=True)
-            _, t = features(model, to_clip(views[:1], 0.0), data.ids[uniq])
-        v, t = F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
-        sims = v @ t.T  # (n, U)
-        rng = np.random.RandomState(seed)
+            _, t = features(model, to_clip(views[:1], 0.0), data.ids[cap_ids])
+        return F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
+
+    res = []
+    rng = np.random.RandomState(seed)
+    for views, caps in ((img, data.scene_cap[:n, 0]), (img * m, data.shape_cap[:n, 0, 0])):
+        uniq, inv = torch.unique(caps, return_inverse=True)
+        v, t = embed(views, uniq)
+        sims = v @ t.T
         right = 0
         for i in range(n):
             others = [u for u in range(len(uniq)) if u != inv[i].item()]
             pick = rng.choice(others, size=min(choices - 1, len(others)), replace=False)
             right += bool((sims[i, inv[i]] > sims[i, torch.as_tensor(pick, device=dev)]).all())
         res.append(right / n)
+    shape_caps = torch.unique(data.shape_cap[:n, 0, 0])
+    bg_u, bg_inv = torch.unique(data.bg_cap[:n], return_inverse=True)
+    v, t_shape = embed(img * me, shape_caps)
+    _, t_bg = embed(img[:1], bg_u)
+    s_bg = (v * t_bg[bg_inv]).sum(-1)
+    s_sh = v @ t_shape.T
+    right, tot = 0, 0
+    for i in range(n):
+        if not found[i]:
+            continue
+        pick = rng.choice(len(shape_caps), size=min(choices - 1, len(shape_caps)), replace=False)
+        right += bool((s_bg[i] > s_sh[i, torch.as_tensor(pick, device=dev)]).all())
+        tot += 1
+    res.append(right / max(1, tot))
     model.train()
     return res
 
@@ -222,6 +294,9 @@ def main():
     ap.add_argument("--scenes", type=int, default=150000)
     ap.add_argument("--p-mask", type=float, default=0.5)
     ap.add_argument("--crop-prob", type=float, default=0.8)
+    ap.add_argument("--p-empty", type=float, default=0.15, help="masks over background only")
+    ap.add_argument("--p-blur", type=float, default=0.3, help="softened pictures")
+    ap.add_argument("--init", default="", help="start from this HF CLIP directory's weights")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test settings")
     args = ap.parse_args()
     if args.tiny:
@@ -254,21 +329,31 @@ def main():
     cfg = make_config(vocab_size, tok.sot, tok.eot, args)
     hf_cfg = CLIPConfig(text_config=cfg["text_config"], vision_config=cfg["vision_config"],
                         projection_dim=args.embed)
-    model = CLIPModel(hf_cfg).to(dev).train()
+    model = CLIPModel(hf_cfg)
+    if args.init:
+        from safetensors.torch import load_file
+        sd = {k: v.float() for k, v in load_file(os.path.join(args.init, "model.safetensors")).items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
+        say(event="init", path=args.init)
+    model = model.to(dev).train()
     say(event="model", params=sum(p.numel() for p in model.parameters()))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    total, warm = None, 50
+    total, warm, t20 = None, 50, 0.0
     step = 0
     t_train = time.time()
     while True:
         el = time.time() - t_train
-        if total is None and step == 30:
-            total = max(60, int(args.seconds / (el / 30)))
-            say(event="schedule", steps=total, s_per_step=round(el / 30, 4))
+        if step == 20:
+            t20 = el
+        if total is None and step == 60:  # the first steps include warm-up costs: skip them
+            rate = (el - t20) / 40
+            total = max(100, 60 + int((args.seconds - el) / rate))
+            say(event="schedule", steps=total, s_per_step=round(rate, 4))
         if total is not None and step >= total:
             break
         if el > args.seconds * 1.1:  # the estimate was off: stop on time anyway
@@ -277,7 +362,7 @@ def main():
         lr = args.lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / T)))
         for gr in opt.param_groups:
             gr["lr"] = lr
-        px, cap = batch(train, args.batch, args.p_mask, args.crop_prob)
+        px, cap = batch(train, args.batch, args.p_mask, args.crop_prob, args.p_empty, args.p_blur)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             v, t = features(model, px, train.ids[cap])
         v, t = F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
@@ -295,12 +380,12 @@ def main():
         if step % 250 == 0 or (args.tiny and step % 10 == 0):
             say(step=step, loss=round(loss.item(), 4), lr=round(lr, 6), scale=round(scale.item(), 2))
         if step % 1000 == 0:
-            a, b = evaluate(model, held)
-            say(step=step, top1_scene=a, top1_masked_shape=b)
+            a, b, c = evaluate(model, held)
+            say(step=step, top1_scene=a, top1_masked_shape=b, empty_vs_shapes=c)
     save(model, cfg, args, args.out)
-    a, b = evaluate(model, held)
+    a, b, c = evaluate(model, held)
     say(event="done", steps=step, train_s=round(time.time() - t_train, 1), top1_scene=a,
-        top1_masked_shape=b, final_loss=round(loss.item(), 4))
+        top1_masked_shape=b, empty_vs_shapes=c, final_loss=round(loss.item(), 4))
 
 
 if __name__ == "__main__":

@@ -111,8 +111,10 @@ class Discriminator(nn.Module):
         self.convs = nn.Sequential(*blocks)
         c4 = channels[4]
         self.final_conv = EqualConv2d(c4 + 1, c4, 3)
-        self.final_linear = nn.Linear(c4 * 16, c4)
-        self.final_out = nn.Linear(c4, 1)
+        # equalized like every other layer: with Adam, a plain nn.Linear (weights ~ 1/sqrt(fan
+        # in)) would move ~lr / 0.016 of its scale per step and let D run away from G
+        self.final_linear = sg.EqualLinear(c4 * 16, c4, activation="fused_lrelu")
+        self.final_out = sg.EqualLinear(c4, 1)
 
     def forward(self, x):
         out = self.convs(lrelu(self.from_rgb(x)))
@@ -124,8 +126,7 @@ class Discriminator(nn.Module):
         y = torch.sqrt(y.float().var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
         y = y.repeat(g, 1, h, w).to(out.dtype)
         out = lrelu(self.final_conv(torch.cat([out, y], 1)))
-        out = lrelu(self.final_linear(out.flatten(1)))
-        return self.final_out(out)
+        return self.final_out(self.final_linear(out.flatten(1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +199,9 @@ def main():
     ap.add_argument("--d-channels", default="256,256,128,64,32")
     ap.add_argument("--style-dim", type=int, default=128)
     ap.add_argument("--n-mlp", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.0025)
-    ap.add_argument("--r1", type=float, default=0.05)
+    ap.add_argument("--r1", type=float, default=1.0)
     ap.add_argument("--scenes", type=int, default=100000)
     ap.add_argument("--save-every", type=float, default=120, help="seconds")
     ap.add_argument("--resume", default="")
@@ -258,8 +259,11 @@ def main():
 
     d_every = 16
     c = d_every / (d_every + 1)
-    g_opt = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0, 0.99), eps=1e-8)
-    d_opt = torch.optim.Adam(d.parameters(), lr=args.lr * c, betas=(0, 0.99 ** c), eps=1e-8)
+    fused = {"fused": True} if device == "cuda" else {}
+    g_opt = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8, **fused)
+    d_opt = torch.optim.Adam(d.parameters(), lr=args.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8,
+                             **fused)
+    ema_p, g_p = list(g_ema.parameters()), list(g.parameters())
     B = args.batch
     ema_half = 10000 * B / 32
     it = 0
@@ -301,8 +305,11 @@ def main():
         half = min(ema_half, nimg * 0.05)
         beta = 0.5 ** (B / max(half, 1e-8))
         with torch.no_grad():
-            for pe, p in zip(g_ema.parameters(), g.parameters()):
-                pe.lerp_(p, 1 - beta)
+            if hasattr(torch, "_foreach_lerp_"):
+                torch._foreach_lerp_(ema_p, g_p, 1 - beta)
+            else:  # older torch (the CPU smoke test)
+                for pe, p in zip(ema_p, g_p):
+                    pe.lerp_(p, 1 - beta)
             for be, b in zip(g_ema.buffers(), g.buffers()):
                 be.copy_(b)
         it += 1
@@ -314,6 +321,12 @@ def main():
         if time.time() - last_save > args.save_every:
             save_all(args, g, d, g_ema, nimg)
             last_save = time.time()
+            with torch.no_grad():
+                imgs = sample_grid(g_ema, device, os.path.join(args.out, "samples.png"))
+            try:
+                say(it=it, clean_fraction_64_seeds=sw.clean_fraction(imgs))
+            except Exception:
+                pass
     save_all(args, g, d, g_ema, nimg)
     imgs = sample_grid(g_ema, device, os.path.join(args.out, "samples.png"))
     try:
