@@ -77,6 +77,8 @@ static void help(FILE *f, int edit) {
                 "  --mask-mode M         latent (default: masked styles) or output (mask * G(w) +\n"
                 "                        (1 - mask) * G(w0), the paper's ablation)\n"
                 "  --demod M             orig (default, the reference's) or mixed demodulation\n"
+                "  --unmasked-torgb      leave ToRGB layers unmasked, as the reference's sequential\n"
+                "                        StyleGAN2 does (default: every modulation masked)\n"
                 "  --recon-weight X      weight of the reconstruction loss (5)\n"
                 "  --lpips-weight X      weight of LPIPS inside it (10)\n");
     fprintf(f,
@@ -135,6 +137,10 @@ static int parse_args(int argc, char **argv, paint_args *a) {
             a->no_lpips = 1;
             continue;
         }
+        if (!strcmp(o, "--unmasked-torgb") && a->edit) {
+            rq->unmasked_torgb = 1;
+            continue;
+        }
         if (!strcmp(o, "--quiet")) {
             a->quiet = 1;
             continue;
@@ -145,7 +151,8 @@ static int parse_args(int argc, char **argv, paint_args *a) {
         }
         static const char *const edit_only[] = {"--mask", "--loss-mode", "--mask-mode", "--demod",
                                                 "--recon-weight", "--lpips-weight",
-                                                "--lpips-backbone", "--lpips-heads", NULL};
+                                                "--lpips-backbone", "--lpips-heads",
+                                                "--no-lpips", "--unmasked-torgb", NULL};
         for (int k = 0; edit_only[k] && !a->edit; k++)
             if (!strcmp(o, edit_only[k])) {
                 fprintf(stderr, "pbw generate: %s is an option of pbw edit\n", o);

@@ -49,7 +49,8 @@ void pbw_crops_draw(pbw_rng *rng, int S, int n, pbw_crop *out) {
  * clamp, (v - mean) / std; tests/test_paint.c compares it with the composed ops. Backward:
  * g / std where the clamp passed (0 <= v <= 1, as pbw_clamp), the resize's transpose, * 0.5,
  * added into the crop's window of dx. Crops of one image overlap, so each thread accumulates
- * into its own dx buffer and the buffers are summed at the end. */
+ * into its own dx buffer (a fixed share of the crops) and the buffers are summed in thread
+ * order at the end: deterministic for a given thread count. */
 
 typedef struct crops_saved {
     int n, R;
@@ -132,7 +133,9 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
         float *win = acc + B * CHW, *gpre = win + (size_t)smax * smax;
         void *rs = gpre + RR;
         memset(acc, 0, (size_t)(B * CHW) * sizeof *acc);
-#pragma omp for schedule(dynamic, 1)
+        /* static: which crops a thread sums is fixed by the thread count, so the float sums
+         * (and the painting run) are the same from run to run */
+#pragma omp for schedule(static)
         for (int64_t u = 0; u < units; u++) {
             const pbw_crop *c = &sv->crops[u % n];
             const int64_t b = u / n;

@@ -289,6 +289,7 @@ static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
         o.mask = &r->mk;
         o.lat0 = r->lat0;
         o.demod_mixed = r->rq->demod_mixed;
+        o.unmasked_torgb = r->rq->unmasked_torgb;
     }
     pbw_tensor *img = pbw_sg2_synthesis(ctx, g, la, &o);
     if (r->edit && r->rq->mask_mode == PBW_MASK_OUTPUT)

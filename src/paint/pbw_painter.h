@@ -35,7 +35,7 @@
  *     CMA evaluates its population in batches, forward passes only.
  *   - every CMA generation draws one crop set shared by its whole population; every Adam step
  *     draws a new one; all from one MT19937 seeded with rq.rng_seed, which also seeds CMA-ES.
- *     The same models, request and machine give the same bytes.
+ *     The same models, request, machine and thread count give the same bytes.
  *
  * Result: as the reference returns it, the final latent (cma: the kept point; adam: the latent
  * after the last step) and its image. When the run is cancelled, the lowest-loss latent evaluated
@@ -127,6 +127,8 @@ typedef struct pbw_paint_request {
     float lpips_weight;      /* 10 */
     int allow_no_lpips;      /* 0: an edit without a loaded LPIPS is refused */
     int demod_mixed;         /* 0: the reference's demodulation with the original style */
+    int unmasked_torgb;      /* 0: every modulation masked (DESIGN.md); 1: ToRGB unmasked, as
+                                Bau's sequential StyleGAN2 in the reference (pbw_stylegan2.h) */
     uint32_t rng_seed;       /* 1: crops and CMA-ES */
     int cma_batch;           /* candidates per forward pass; 0: by image size */
     int clip_chunk;          /* crops per CLIP forward in CMA's forward-only passes (32) */
