@@ -2,7 +2,7 @@
 # CUDA sources under src/cuda are compiled and linked when nvcc is on PATH (NVCC= disables).
 #   make test    build and run every test        make asan   tests under ASan + UBSan
 #   make fuzz    run each fuzz target briefly     make bench  CPU benchmarks vs PyTorch
-#   make demo    the quick-start job
+#   make demo    the quick-start job              make bench-semantic  edits judged by geometry
 
 CC      ?= cc
 CFLAGS  ?= -O3 -march=x86-64-v3 -mtune=generic
@@ -34,7 +34,7 @@ APP_OBJ := $(APP_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ:= $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS_OK := $(BUILD)/.deps-ok
 
-.PHONY: all test asan fuzz bench demo clean setup
+.PHONY: all test asan fuzz bench bench-semantic demo clean setup
 all: $(BUILD)/pbw $(BUILD)/libpbw.a $(BUILD)/libpbw.so
 
 # Install missing Debian packages once (tools/setup.sh prints the apt-get line when not root).
@@ -108,6 +108,10 @@ bench: all $(BUILD)/bench_ops $(BUILD)/bench_clip $(BUILD)/bench_stylegan2
 
 demo: all
 	tools/demo.sh
+
+# The semantic benchmark on the shapes-world models (bench/semantic.sh; N=, MODES=, EDIT_ARGS=).
+bench-semantic: all
+	bench/semantic.sh
 
 clean:
 	rm -rf build build-asan build-fuzz
