@@ -29,7 +29,7 @@ static void help(FILE *f) {
         "       pbw shapes check IMAGE.png [--mask M.png] [--cell S]\n"
         "       pbw shapes eval [--count N] [--size S] [--seed K]\n"
         "       pbw shapes gan-eval --gan CKPT [--count N] [--first K] [--out GRID.png]\n"
-        "       pbw shapes clip-eval --clip DIR [--count N] [--seed K] [--choices C]\n"
+        "       pbw shapes clip-eval --clip DIR [--count N] [--seed K] [--choices C] [--gan CKPT]\n"
         "       pbw shapes overlay --image I.png --mask M.png [--after O.png] --out P.png\n"
         "       pbw shapes plan --gan CKPT --count N --out DIR      (semantic benchmark)\n"
         "       pbw shapes score --plan DIR [--results DIR] [--margin P]\n\n"
@@ -61,7 +61,9 @@ static void help(FILE *f) {
         "plan / score: the semantic benchmark's edits and their scoring (bench/semantic.sh).\n"
         "clip-eval: the CLIP's top-1 choice of a held-out image's caption among C (default 10)\n"
         "  candidates, for whole scenes and for single shapes seen as the painter's default loss\n"
-        "  sees a mask (outside it mid-gray).\n");
+        "  sees a mask (outside it mid-gray), and those shapes among all 30 colour-shape captions;\n"
+        "  with --gan, the same 30-way choice on the GAN's seeds where the checker is sure of the\n"
+        "  largest shape (agreement of CLIP with the checker).\n");
 }
 
 static double now_s(void) {
@@ -669,13 +671,43 @@ static double top1(const float *img, const float *txt, int n, int E, char (*caps
     return (double)right / n;
 }
 
+/* Top-1 over all colour x shape captions ("a red circle", ...): v (n x E) image embeddings,
+ * truth[i] = colour * PBW_SHAPE_COUNT + kind. Counts colour-right and both-right. */
+static void top1_all(const float *v, const int *truth, int n, const float *t30, int E, int *both,
+                     int *colour) {
+    *both = *colour = 0;
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        float bs = -2;
+        for (int j = 0; j < PBW_COLOUR_COUNT * PBW_SHAPE_COUNT; j++) {
+            float c = pbw_cosine_f32(v + (size_t)i * E, t30 + (size_t)j * E, E);
+            if (c > bs) {
+                bs = c;
+                best = j;
+            }
+        }
+        *both += best == truth[i];
+        *colour += best / PBW_SHAPE_COUNT == truth[i] / PBW_SHAPE_COUNT;
+    }
+}
+
+/* The masked view of a region: mask * x in [-1,1], back to bytes (outside becomes 127.5). */
+static void masked_view(const uint8_t *im, const float *mask, int S, uint8_t *out) {
+    for (int p = 0; p < S * S; p++)
+        for (int k = 0; k < 3; k++) {
+            float x = im[3 * p + k] / 127.5f - 1;
+            out[3 * p + k] = (uint8_t)lrintf((mask[p] * x) * 127.5f + 127.5f);
+        }
+}
+
 static int cmd_clip_eval(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *gan = NULL;
     long count = 200, seed = 777001, choices = 10;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i], *v;
         if (!(v = app_value("shapes", argc, argv, &i))) return 2;
         if (!strcmp(o, "--clip")) dir = v;
+        else if (!strcmp(o, "--gan")) gan = v;
         else if (!strcmp(o, "--count")) {
             if (app_parse_int("shapes", o, v, 10, 100000, &count)) return 2;
         } else if (!strcmp(o, "--seed")) {
@@ -713,7 +745,13 @@ static int cmd_clip_eval(int argc, char **argv) {
     float *ie = malloc((size_t)n * E * sizeof *ie), *te = malloc((size_t)n * E * sizeof *te);
     float *ve = malloc((size_t)n * E * sizeof *ve), *se = malloc((size_t)n * E * sizeof *se);
     float *cov = malloc((size_t)S * S * sizeof *cov), *mask = malloc((size_t)S * S * sizeof *mask);
-    if (!rgb || !view || !caps || !scaps || !ptr || !ie || !te || !ve || !se || !cov || !mask) {
+    float *t30 = malloc((size_t)PBW_COLOUR_COUNT * PBW_SHAPE_COUNT * E * sizeof *t30);
+    int *truth = malloc((size_t)n * sizeof *truth);
+    char(*c30)[64] = malloc((size_t)PBW_COLOUR_COUNT * PBW_SHAPE_COUNT * sizeof *c30);
+    const char *p30[PBW_COLOUR_COUNT * PBW_SHAPE_COUNT];
+    pbw_stylegan2 *g = NULL;
+    if (!rgb || !view || !caps || !scaps || !ptr || !ie || !te || !ve || !se || !cov || !mask ||
+        !t30 || !truth || !c30) {
         fprintf(stderr, "pbw shapes clip-eval: out of memory\n");
         goto out;
     }
@@ -729,13 +767,9 @@ static int cmd_clip_eval(int argc, char **argv) {
         int x0, y0, x1, y1;
         pbw_shape_bbox(sh, S, &x0, &y0, &x1, &y1);
         pbw_shapes_box_mask(x0, y0, x1, y1, 4, S, S, mask);
-        for (int p = 0; p < S * S; p++)
-            for (int k = 0; k < 3; k++) {
-                /* mask * x in [-1,1], then back to [0,255]: outside becomes 127.5 */
-                float x = im[3 * p + k] / 127.5f - 1;
-                vw[3 * p + k] = (uint8_t)lrintf((mask[p] * x) * 127.5f + 127.5f);
-            }
+        masked_view(im, mask, S, vw);
         pbw_shape_caption(sh, PBW_CAPTION_SHORT, scaps[i], sizeof scaps[i]);
+        truth[i] = sh->colour * PBW_SHAPE_COUNT + sh->kind;
     }
     if (embed_images(ctx, m, rgb, n, S, ie, &err) || embed_images(ctx, m, view, n, S, ve, &err)) {
         fprintf(stderr, "pbw shapes clip-eval: %s\n", err.msg);
@@ -747,9 +781,51 @@ static int cmd_clip_eval(int argc, char **argv) {
     if (app_shapes_embed_texts(ctx, m, tok, ptr, n, se, &err)) goto fail_text;
     double a = top1(ie, te, n, E, caps, (int)choices, (uint32_t)seed);
     double b = top1(ve, se, n, E, scaps, (int)choices, (uint32_t)seed + 1);
+    for (int c = 0; c < PBW_COLOUR_COUNT; c++)
+        for (int k = 0; k < PBW_SHAPE_COUNT; k++) {
+            pbw_shape sh = {.kind = k, .colour = c};
+            pbw_shape_caption(&sh, PBW_CAPTION_SHORT, c30[c * PBW_SHAPE_COUNT + k], sizeof c30[0]);
+            p30[c * PBW_SHAPE_COUNT + k] = c30[c * PBW_SHAPE_COUNT + k];
+        }
+    if (app_shapes_embed_texts(ctx, m, tok, p30, PBW_COLOUR_COUNT * PBW_SHAPE_COUNT, t30, &err))
+        goto fail_text;
+    int both, colour;
+    top1_all(ve, truth, n, t30, E, &both, &colour);
     printf("clip-eval %s: %d held-out scenes (seed %ld), top-1 among %ld captions: whole scene "
-           "(\"%s\" ...) %.1f%%; one shape in a mask, gray outside (\"%s\" ...) %.1f%% (%.1f s)\n",
-           dir, n, seed, choices, caps[0], 100 * a, scaps[0], 100 * b, now_s() - t0);
+           "(\"%s\" ...) %.1f%%; one shape in a mask, gray outside (\"%s\" ...) %.1f%%\n",
+           dir, n, seed, choices, caps[0], 100 * a, scaps[0], 100 * b);
+    printf("  the same masked shapes against all %d colour-shape captions: %.1f%% right (colour "
+           "right %.1f%%)\n", PBW_COLOUR_COUNT * PBW_SHAPE_COUNT, 100.0 * both / n, 100.0 * colour / n);
+    if (gan) {
+        /* GAN pictures: the checker's confident reading of a shape is the truth */
+        if (pbw_sg2_load(gan, &g, &err) || g->size != S) {
+            fprintf(stderr, "pbw shapes clip-eval: --gan %s\n", g ? "must be a 64 px generator" : err.msg);
+            goto out;
+        }
+        if (app_shapes_gan_images(g, 0, n, 1.0f, rgb, &err)) {
+            fprintf(stderr, "pbw shapes clip-eval: %s\n", err.msg);
+            goto out;
+        }
+        int nv = 0;
+        for (int i = 0; i < n; i++) {
+            pbw_blob bl[8];
+            int nb = pbw_shapes_find(rgb + (size_t)i * S * S * 3, S, S, bl, 8);
+            if (nb < 1 || nb > 3 || !pbw_shapes_blob_confident(&bl[0])) continue;
+            pbw_shapes_box_mask(bl[0].x0, bl[0].y0, bl[0].x1, bl[0].y1, 4, S, S, mask);
+            masked_view(rgb + (size_t)i * S * S * 3, mask, S, view + (size_t)nv * S * S * 3);
+            truth[nv++] = bl[0].colour * PBW_SHAPE_COUNT + bl[0].kind;
+        }
+        if (nv && embed_images(ctx, m, view, nv, S, ve, &err)) {
+            fprintf(stderr, "pbw shapes clip-eval: %s\n", err.msg);
+            goto out;
+        }
+        top1_all(ve, truth, nv, t30, E, &both, &colour);
+        printf("  GAN seeds 0..%d, the largest shape in a mask where the checker is sure of it (%d "
+               "shapes): CLIP's top-1 of %d captions agrees with the checker %.1f%% (colour %.1f%%)\n",
+               n - 1, nv, PBW_COLOUR_COUNT * PBW_SHAPE_COUNT, nv ? 100.0 * both / nv : 0.0,
+               nv ? 100.0 * colour / nv : 0.0);
+    }
+    printf("  (%.1f s)\n", now_s() - t0);
     rc = 0;
     goto out;
 fail_text:
@@ -766,6 +842,10 @@ out:
     free(se);
     free(cov);
     free(mask);
+    free(t30);
+    free(truth);
+    free(c30);
+    pbw_sg2_free(g);
     pbw_ctx_free(ctx);
     pbw_clip_free(m);
     pbw_tokenizer_free(tok);

@@ -10,9 +10,10 @@
  *
  * score: reads every edit's result, asks the checker what the mask now shows, and measures
  * the change outside the mask's footprint (the mask grown by --margin pixels, default size/8,
- * which covers the blur of the finest masked layer, sigma = size/16, out to two sigma). A colour
- * edit succeeds when the shape in the mask has the asked colour, a shape edit when it has the
- * asked shape (and, reported apart, both). */
+ * which covers the blur of the finest masked layer, sigma = size/16, out to two sigma). The shape
+ * the mask shows is the blob with the most pixels inside it, if it covers at least 1% of the
+ * image (the world's smallest shapes cover about 1.5%). A colour edit succeeds when that shape
+ * has the asked colour, a shape edit when it has the asked shape (and, reported apart, both). */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,17 +33,6 @@
 static int ensure_dir(const char *p) {
     struct stat st;
     return mkdir(p, 0777) && !(stat(p, &st) == 0 && S_ISDIR(st.st_mode)) ? -1 : 0;
-}
-
-/* A blob that is clearly one shape: away from the classification thresholds. */
-static int confident(const pbw_blob *b) {
-    switch (b->kind) {
-    case PBW_SHAPE_RING: return b->hole_frac > 0.12f;
-    case PBW_SHAPE_STAR: return b->hole_frac < 0.03f && b->solidity < 0.75f;
-    case PBW_SHAPE_SQUARE: return b->hole_frac < 0.03f && b->solidity > 0.88f && b->fill > 0.93f;
-    case PBW_SHAPE_TRIANGLE: return b->hole_frac < 0.03f && b->solidity > 0.84f && b->fill < 0.6f;
-    default: return b->hole_frac < 0.03f && b->solidity > 0.88f && b->fill > 0.7f && b->fill < 0.86f;
-    }
 }
 
 static int write_mask(const char *path, const float *m, int S, pbw_err *err) {
@@ -128,7 +118,7 @@ int app_shapes_plan(int argc, char **argv) {
             const uint8_t *im = rgb + (size_t)k * S * S * 3;
             pbw_blob b[16];
             int n = pbw_shapes_find(im, S, S, b, 16);
-            if (n < 1 || n > 3 || !confident(&b[0])) continue;
+            if (n < 1 || n > 3 || !pbw_shapes_blob_confident(&b[0])) continue;
             pbw_shapes_box_mask(b[0].x0, b[0].y0, b[0].x1, b[0].y1, (int)grow, S, S, mask);
             /* the target must be alone in its mask */
             int alone = 1;
@@ -299,7 +289,9 @@ int app_shapes_score(int argc, char **argv) {
                 b3[3 * p + k] = after.data[p * after.c + k];
             }
         pbw_blob bl;
-        int found = pbw_shapes_check_region(b3, S, S, mask, &bl) == 0;
+        /* a shape must be big enough to be one: the world's smallest cover ~1.5% of the image;
+         * a speck of a few pixels is read as whatever its blob happens to measure */
+        int found = pbw_shapes_check_region(b3, S, S, mask, &bl) == 0 && bl.area >= S * S / 100;
         int is_shape = !strcmp(cat, "shape");
         int colour_ok = found && bl.colour == pbw_colour_from_name(tcs);
         int kind_ok = found && bl.kind == pbw_shape_from_name(tks);

@@ -339,3 +339,13 @@ int pbw_shapes_recognized(const pbw_scene *sc, const uint8_t *rgb, int size, int
     }
     return sc->n;
 }
+
+int pbw_shapes_blob_confident(const pbw_blob *b) {
+    switch (b->kind) {
+    case PBW_SHAPE_RING: return b->hole_frac > 0.12f;
+    case PBW_SHAPE_STAR: return b->hole_frac < 0.03f && b->solidity < 0.75f;
+    case PBW_SHAPE_SQUARE: return b->hole_frac < 0.03f && b->solidity > 0.88f && b->fill > 0.93f;
+    case PBW_SHAPE_TRIANGLE: return b->hole_frac < 0.03f && b->solidity > 0.84f && b->fill < 0.6f;
+    default: return b->hole_frac < 0.03f && b->solidity > 0.88f && b->fill > 0.7f && b->fill < 0.86f;
+    }
+}

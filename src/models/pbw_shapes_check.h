@@ -79,6 +79,10 @@ int pbw_shapes_outside_change(const uint8_t *a, const uint8_t *b, int w, int h, 
 int pbw_shapes_recognized(const pbw_scene *sc, const uint8_t *rgb, int size, int *correct,
                           int *colour_ok);
 
+/* True when a blob's measures sit well inside its class (away from every threshold of the
+ * rule above): the benchmark edits only such shapes, so that "before" is not in doubt. */
+int pbw_shapes_blob_confident(const pbw_blob *b);
+
 /* A mask around a blob or a box: the box grown by `grow` pixels on each side, made square
  * (its longer side) and clipped to the image; out: w*h floats, 1 inside, 0 outside. */
 void pbw_shapes_box_mask(int x0, int y0, int x1, int y1, int grow, int w, int h, float *out);
