@@ -159,6 +159,12 @@ static int pop_mark(pk_run *r, size_t *first, size_t *count) {
     return 0;
 }
 
+/* The stack from index `first` on; NULL while the stack was never allocated (an empty slice
+ * then: pointer arithmetic on NULL is undefined even with a zero offset). */
+static pk_value **stack_from(pk_vm *vm, size_t first) {
+    return vm->stack ? vm->stack + first : NULL;
+}
+
 static pk_value *new_seq(pk_run *r, pk_type t, pk_value **items, size_t n) {
     pk_value *v = pk_new(r->vm, t, 0);
     if (!v) return NULL;
@@ -536,7 +542,7 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
         case 'l': /* LIST */
         case 0x91: /* FROZENSET (as a list) */
             if (pop_mark(r, &first, &count)) return -1;
-            if (push(r, new_seq(r, op == 't' ? PK_TUPLE : PK_LIST, vm->stack + first, count)))
+            if (push(r, new_seq(r, op == 't' ? PK_TUPLE : PK_LIST, stack_from(vm, first), count)))
                 return -1;
             break;
         case 0x85: /* TUPLE1 */
@@ -545,7 +551,7 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
             count = (size_t)(op - 0x84);
             if (vm->nstack - stack_floor(vm) < count) return fail(r, "stack underflow");
             vm->nstack -= count;
-            if (push(r, new_seq(r, PK_TUPLE, vm->stack + vm->nstack, count))) return -1;
+            if (push(r, new_seq(r, PK_TUPLE, stack_from(vm, vm->nstack), count))) return -1;
             break;
         case ']': /* EMPTY_LIST */
         case 0x8f: /* EMPTY_SET (as a list) */
@@ -569,7 +575,7 @@ int pk_vm_run(pk_vm *vm, const unsigned char *buf, size_t len, size_t *consumed,
         case 'd': /* DICT */
             if (pop_mark(r, &first, &count)) return -1;
             if (count % 2) return fail(r, "DICT with an odd number of items");
-            if (push(r, new_seq(r, PK_DICT, vm->stack + first, count))) return -1;
+            if (push(r, new_seq(r, PK_DICT, stack_from(vm, first), count))) return -1;
             break;
         case 's': /* SETITEM */
             if (!(b = pop(r)) || !(a = pop(r)) || !(v = top(r))) return -1;
