@@ -1,6 +1,7 @@
 # pbw build. Plain `make` builds build/pbw, build/libpbw.a and build/libpbw.so.
 # CUDA sources under src/cuda are compiled and linked when nvcc is on PATH (NVCC= disables).
 #   make test    build and run every test        make asan   tests under ASan + UBSan
+#   make test-cuda  the CUDA parity tests (needs a GPU)
 #   make fuzz    run each fuzz target briefly     make bench  CPU benchmarks vs PyTorch
 #   make demo    the quick-start job              make bench-semantic  edits judged by geometry
 
@@ -23,7 +24,7 @@ CU_SRC  := $(wildcard src/cuda/*.cu)
 ifneq ($(NVCC),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   BASE    += -DPBW_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcudnn -lstdc++
   CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
   NVFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Isrc -DPBW_HAVE_CUDA \
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
@@ -34,7 +35,7 @@ APP_OBJ := $(APP_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ:= $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS_OK := $(BUILD)/.deps-ok
 
-.PHONY: all test asan fuzz bench bench-semantic demo clean setup
+.PHONY: all test test-cuda asan fuzz bench bench-semantic demo clean setup
 all: $(BUILD)/pbw $(BUILD)/libpbw.a $(BUILD)/libpbw.so
 
 # Install missing Debian packages once (tools/setup.sh prints the apt-get line when not root).
@@ -69,6 +70,10 @@ $(BUILD)/pbw_tests: $(TEST_OBJ) $(BUILD)/libpbw.a
 test: all $(BUILD)/pbw_tests
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BUILD)/pbw_tests $(T)
 
+# The CUDA parity tests (cuda_*: every op and the models, CUDA against the CPU); needs a GPU.
+test-cuda: all $(BUILD)/pbw_tests
+	PBW_REQUIRE_CUDA=1 $(BUILD)/pbw_tests $(if $(T),$(T),cuda_)
+
 # Sanitizer build in its own folder, CPU only (nvcc objects are not instrumented).
 asan:
 	$(MAKE) --no-print-directory BUILD=build-asan NVCC= \
@@ -84,7 +89,7 @@ fuzz: | $(DEPS_OK)
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc \
 	    $(if $(BLAS_INC),-I$(BLAS_INC)) -fopenmp fuzz/fuzz_$$t.c $(LIB_SRC) \
-	    -o build-fuzz/fuzz_$$t $(filter-out -lcudart -lcublas,$(LDLIBS)) || exit 1; \
+	    -o build-fuzz/fuzz_$$t $(filter-out -lcudart -lcublas -lcudnn,$(LDLIBS)) || exit 1; \
 	  mkdir -p build-fuzz/corpus_$$t; cp -n fuzz/corpus/$$t/* build-fuzz/corpus_$$t/ 2>/dev/null; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -max_len=1048576 \

@@ -6,6 +6,9 @@
 #include <time.h>
 
 #include "pbw_test.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#endif
 
 typedef struct {
     const char *name;
@@ -31,12 +34,32 @@ static int by_name(const void *a, const void *b) {
     return strcmp(((const test_entry *)a)->name, ((const test_entry *)b)->name);
 }
 
+/* Tests named cuda_* need a working CUDA device. Without one they are skipped (and counted),
+ * unless PBW_REQUIRE_CUDA=1 (make test-cuda), which turns a missing GPU into a failure. */
+static int cuda_usable(void) {
+#ifdef PBW_HAVE_CUDA
+    return pbw_cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
 int main(int argc, char **argv) {
     const char *filter = argc > 1 ? argv[1] : NULL;
     qsort(tests, (size_t)ntests, sizeof *tests, by_name);
-    int passed = 0, failed = 0;
+    int passed = 0, failed = 0, skipped = 0;
+    int have_cuda = cuda_usable();
+    const char *req = getenv("PBW_REQUIRE_CUDA");
+    if (req && *req == '1' && !have_cuda) {
+        printf("FAIL no CUDA device (PBW_REQUIRE_CUDA=1)\n0 passed, 1 failed\n");
+        return 1;
+    }
     for (int i = 0; i < ntests; i++) {
         if (filter && !strstr(tests[i].name, filter)) continue;
+        if (!have_cuda && !strncmp(tests[i].name, "cuda_", 5)) {
+            skipped++;
+            continue;
+        }
         pbw_test_failures = 0;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -53,6 +76,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
     free(tests);
+    if (skipped) printf("skipped %d CUDA tests (no CUDA device)\n", skipped);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

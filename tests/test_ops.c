@@ -623,3 +623,15 @@ PBW_TEST(core_arena) {
     CHECK(a.peak == peak);
     pbw_arena_free(&a);
 }
+
+/* --device parsing on any machine: bad names are refused with a message; auto always answers. */
+PBW_TEST(device_parse_any_machine) {
+    pbw_device dev;
+    int idx;
+    pbw_err err = {0};
+    char why[160];
+    CHECK(pbw_device_parse("cpu", &dev, &idx, why, sizeof why, &err) == 0 && dev == PBW_DEV_CPU);
+    CHECK(pbw_device_parse("auto", &dev, &idx, why, sizeof why, &err) == 0 && why[0]);
+    CHECK(pbw_device_parse("gpu", &dev, &idx, why, sizeof why, &err) != 0 && strstr(err.msg, "gpu"));
+    CHECK(pbw_device_parse("cuda:x", &dev, &idx, why, sizeof why, &err) != 0);
+}

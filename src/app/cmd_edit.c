@@ -88,7 +88,9 @@ static void help(FILE *f, int edit) {
             "  --log L.csv           every step's losses\n"
             "  --save-latent L.npy   the result's latent (float32, (1,style size))\n"
             "  --save-npy X.npy      original and result as float32 (2,3,H,W) in [-1,1]\n"
-            "  --device D            cpu (default) or auto (the CPU in this build)\n"
+            "  --device D            cpu (default), cuda, cuda:N, or auto (a GPU when one works)\n"
+            "  --precision P         GPU matrix math: bf16 (default on the GPU), fp16, tf32 or fp32;\n"
+            "                        storage, latent, optimizer and loss stay fp32\n"
             "  --quiet               no progress lines\n\n"
             "A progress line per step goes to stderr. Ctrl-C stops after the current step and\n"
             "writes the best result so far (exit status 130); a second Ctrl-C ends at once.\n"
@@ -97,6 +99,7 @@ static void help(FILE *f, int edit) {
 
 typedef struct paint_args {
     int edit;
+    const char *device, *precision;
     pbw_painter_config cfg;
     const char *z_path, *mask_path, *out, *history, *log, *save_latent, *save_npy, *ids_str;
     int seed_given, no_lpips, quiet;
@@ -255,13 +258,9 @@ static int parse_args(int argc, char **argv, paint_args *a) {
             if (!strcmp(o, "--recon-weight")) rq->recon_weight = (float)x;
             else rq->lpips_weight = (float)x;
         } else if (!strcmp(o, "--device")) {
-            if (!strcmp(v, "auto")) {
-                fprintf(stderr, "pbw %s: --device auto: painting on the CPU (this build has no GPU "
-                                "painting yet)\n", cmd);
-            } else if (strcmp(v, "cpu")) {
-                fprintf(stderr, "pbw %s: --device '%s': only cpu (or auto) in this build\n", cmd, v);
-                return -1;
-            }
+            a->device = v;
+        } else if (!strcmp(o, "--precision")) {
+            a->precision = v;
         } else {
             fprintf(stderr, "pbw %s: unknown option %s (see pbw %s --help)\n", cmd, o, cmd);
             return -1;
@@ -292,6 +291,9 @@ static int parse_args(int argc, char **argv, paint_args *a) {
     }
     if (a->no_lpips) a->cfg.lpips_backbone = NULL;
     rq->allow_no_lpips = a->no_lpips;
+    pbw_device dev;
+    if (app_device(cmd, a->device, a->precision, a->quiet, &dev)) return -1;
+    a->cfg.device = dev;
     return 0;
 }
 

@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "app/pbw_app.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#endif
 
 typedef struct {
     const char *name;
@@ -88,4 +91,43 @@ const char *app_value(const char *cmd, int argc, char **argv, int *i) {
         return NULL;
     }
     return argv[++*i];
+}
+
+int app_device(const char *cmd, const char *device, const char *precision, int quiet,
+               pbw_device *dev) {
+    pbw_err err = {0};
+    char why[256];
+    int index = 0;
+    if (pbw_device_parse(device ? device : "cpu", dev, &index, why, sizeof why, &err)) {
+        fprintf(stderr, "pbw %s: %s\n", cmd, err.msg);
+        return -1;
+    }
+    if (pbw_device_init(*dev, index, &err)) {
+        fprintf(stderr, "pbw %s: --device %s: %s\n", cmd, device, err.msg);
+        return -1;
+    }
+#ifdef PBW_HAVE_CUDA
+    if (*dev == PBW_DEV_CUDA) {
+        pbw_precision p;
+        if (pbw_precision_parse(precision ? precision : "bf16", &p)) {
+            fprintf(stderr, "pbw %s: --precision '%s': expected fp32, tf32, bf16 or fp16\n", cmd,
+                    precision);
+            return -1;
+        }
+        pbw_cuda_set_precision(p);
+    }
+#endif
+    if (*dev == PBW_DEV_CPU && precision && strcmp(precision, "fp32") && !quiet)
+        fprintf(stderr, "pbw %s: --precision %s applies to the GPU; the CPU computes in fp32\n",
+                cmd, precision);
+    if (!quiet && device && strcmp(device, "cpu"))
+        fprintf(stderr, "pbw %s: device %s%s%s\n", cmd, why,
+#ifdef PBW_HAVE_CUDA
+                *dev == PBW_DEV_CUDA ? ", precision " : "",
+                *dev == PBW_DEV_CUDA ? pbw_precision_name(pbw_cuda_precision()) : ""
+#else
+                "", ""
+#endif
+        );
+    return 0;
 }

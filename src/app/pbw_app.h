@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#include "core/pbw_tensor.h"
+
 int cmd_clip(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
@@ -25,6 +27,12 @@ int app_parse_int(const char *cmd, const char *opt, const char *s, long lo, long
 int app_parse_float(const char *cmd, const char *opt, const char *s, double *out);
 /* Value of option argv[*i] (advancing *i), or NULL after printing that it is missing. */
 const char *app_value(const char *cmd, int argc, char **argv, int *i);
+
+/* --device auto|cpu|cuda[:N] and --precision fp32|tf32|bf16|fp16: parses, makes the device
+ * the process's, applies the precision (CUDA only) and, unless quiet, prints which device runs
+ * and why to stderr. Returns -1 after printing the error. */
+int app_device(const char *cmd, const char *device, const char *precision, int quiet,
+               pbw_device *dev);
 
 /* StyleGAN2 rendering shared by `pbw sample` and `pbw seeds` (src/app/cmd_sample.c). */
 typedef struct app_sg2_job {

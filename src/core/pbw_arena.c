@@ -14,10 +14,17 @@ struct pbw_arena_chunk {
     unsigned char *base; /* ALIGN-aligned */
 };
 
-static pbw_arena_chunk *chunk_new(size_t size) {
+struct pbw_arena_hook {
+    void (*fn)(void *);
+    void *p;
+    pbw_arena_hook *next;
+};
+
+static pbw_arena_chunk *chunk_new(const pbw_arena *a, size_t size) {
     pbw_arena_chunk *c = malloc(sizeof *c);
     if (!c) return NULL;
-    c->base = aligned_alloc(ALIGN, (size + ALIGN - 1) / ALIGN * ALIGN);
+    size_t bytes = (size + ALIGN - 1) / ALIGN * ALIGN;
+    c->base = a->mem_alloc ? a->mem_alloc(bytes) : aligned_alloc(ALIGN, bytes);
     if (!c->base) {
         free(c);
         return NULL;
@@ -33,6 +40,23 @@ void pbw_arena_init(pbw_arena *a, size_t min_chunk) {
     a->min_chunk = min_chunk < 4096 ? 4096 : min_chunk;
 }
 
+void pbw_arena_init_with(pbw_arena *a, size_t min_chunk, void *(*mem_alloc)(size_t),
+                         void (*mem_free)(void *)) {
+    pbw_arena_init(a, min_chunk);
+    a->mem_alloc = mem_alloc;
+    a->mem_free = mem_free;
+}
+
+int pbw_arena_on_free(pbw_arena *a, void (*fn)(void *), void *p) {
+    pbw_arena_hook *h = malloc(sizeof *h);
+    if (!h) return -1;
+    h->fn = fn;
+    h->p = p;
+    h->next = a->hooks;
+    a->hooks = h;
+    return 0;
+}
+
 void *pbw_arena_alloc(pbw_arena *a, size_t bytes) {
     size_t need = (bytes + ALIGN - 1) / ALIGN * ALIGN;
     if (need < bytes) return NULL; /* overflow */
@@ -42,9 +66,9 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes) {
         size_t size = need > a->min_chunk ? need : a->min_chunk;
         /* grow geometrically so a long first step does not make thousands of chunks */
         if (c && size < c->size * 2 && c->size * 2 > c->size) size = c->size * 2;
-        pbw_arena_chunk *n = chunk_new(size);
+        pbw_arena_chunk *n = chunk_new(a, size);
         if (!n) {
-            n = chunk_new(need); /* the doubling may have been too greedy */
+            n = chunk_new(a, need); /* the doubling may have been too greedy */
             if (!n) return NULL;
         }
         n->next = c;
@@ -64,10 +88,13 @@ void *pbw_arena_calloc(pbw_arena *a, size_t bytes) {
     return p;
 }
 
-static void chunks_free(pbw_arena_chunk *c) {
+static void chunks_free(const pbw_arena *a, pbw_arena_chunk *c) {
     while (c) {
         pbw_arena_chunk *n = c->next;
-        free(c->base);
+        if (a->mem_free)
+            a->mem_free(c->base);
+        else
+            free(c->base);
         free(c);
         c = n;
     }
@@ -78,8 +105,8 @@ void pbw_arena_reset(pbw_arena *a) {
     if (a->head->next) {
         /* several chunks were needed: replace them by one that holds the peak use */
         size_t total = a->peak > a->min_chunk ? a->peak : a->min_chunk;
-        chunks_free(a->head);
-        a->head = chunk_new(total); /* NULL is fine: the next alloc makes one */
+        chunks_free(a, a->head);
+        a->head = chunk_new(a, total); /* NULL is fine: the next alloc makes one */
     } else {
         a->head->off = 0;
     }
@@ -87,9 +114,16 @@ void pbw_arena_reset(pbw_arena *a) {
 }
 
 void pbw_arena_free(pbw_arena *a) {
-    chunks_free(a->head);
+    while (a->hooks) {
+        pbw_arena_hook *h = a->hooks;
+        a->hooks = h->next;
+        h->fn(h->p);
+        free(h);
+    }
+    chunks_free(a, a->head);
     a->head = NULL;
     a->used = 0;
+    a->tensors = NULL;
 }
 
 int pbw_arena_chunks(const pbw_arena *a) {

@@ -18,14 +18,27 @@
 
 typedef struct pbw_arena_chunk pbw_arena_chunk;
 
+typedef struct pbw_arena_hook pbw_arena_hook;
+
 typedef struct pbw_arena {
     pbw_arena_chunk *head;  /* current chunk; older ones chained behind it */
     size_t min_chunk;       /* smallest chunk to allocate */
     size_t used;            /* bytes handed out since the last reset */
     size_t peak;            /* largest `used` seen */
+    /* Where chunks come from: NULL means the heap; a device arena passes its device's
+     * allocator (the arena never touches the memory it hands out). */
+    void *(*mem_alloc)(size_t bytes);
+    void (*mem_free)(void *p);
+    void *tensors;          /* tensors made in this arena by pbw_tensor_new_in (pbw_tensor.c) */
+    pbw_arena_hook *hooks;  /* run by pbw_arena_free */
 } pbw_arena;
 
 void pbw_arena_init(pbw_arena *a, size_t min_chunk);
+/* An arena whose chunks come from mem_alloc / mem_free (device memory, say). */
+void pbw_arena_init_with(pbw_arena *a, size_t min_chunk, void *(*mem_alloc)(size_t),
+                         void (*mem_free)(void *));
+/* fn(p) runs when the arena is freed (releasing memory the arena's tensors point to). */
+int pbw_arena_on_free(pbw_arena *a, void (*fn)(void *), void *p);
 /* 64-byte aligned block of `bytes` bytes, uninitialized; NULL when malloc fails. */
 void *pbw_arena_alloc(pbw_arena *a, size_t bytes);
 /* Same, zero-filled. */

@@ -4,6 +4,22 @@
 
 #include "pbw_ops.h"
 
+/* Kernel dispatch: PBW_KERNEL(ctx, unary_forward, args...) calls pbw_cuda_unary_forward(args...)
+ * on a CUDA context and pbw_cpu_unary_forward(args...) otherwise. The two take the same
+ * arguments (device pointers on CUDA). pbw_on_cuda(ctx) for front-ends whose paths differ. */
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_conv.h"
+#include "cuda/pbw_cuda_elementwise.h"
+#include "cuda/pbw_cuda_nn.h"
+#define pbw_on_cuda(ctx) (pbw_ctx_device(ctx) == PBW_DEV_CUDA)
+#define PBW_KERNEL(ctx, name, ...) \
+    (pbw_on_cuda(ctx) ? pbw_cuda_##name(__VA_ARGS__) : pbw_cpu_##name(__VA_ARGS__))
+#else
+#define pbw_on_cuda(ctx) 0
+#define PBW_KERNEL(ctx, name, ...) pbw_cpu_##name(__VA_ARGS__)
+#endif
+
 /* Fails the context unless every tensor is non-NULL, float32 and on the context's device.
  * Returns 0 when the op may run. NULL inputs mean an earlier op failed: no new message. */
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);

@@ -1,6 +1,10 @@
 /* pbw_tensor.c: tensors, the context (arenas, scratch, sticky errors) and the gradient tape. */
 #include "pbw_tensor.h"
 
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#endif
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +20,8 @@ typedef struct grad_owner {
 
 struct pbw_ctx {
     pbw_device dev;
-    pbw_arena act;
+    pbw_arena act;  /* host: tensor headers, tape nodes, saved parameters; CPU tensor data */
+    pbw_arena dact; /* CUDA contexts: tensor data, gradients, op temporaries */
     pbw_node *tape;
     grad_owner *grads;
     int grad_enabled;
@@ -26,11 +31,92 @@ struct pbw_ctx {
     size_t scratch_size[PBW_SCRATCH_SLOTS];
 };
 
+/* --- devices --- */
+
+const char *pbw_device_name(pbw_device dev) { return dev == PBW_DEV_CUDA ? "cuda" : "cpu"; }
+
+int pbw_device_init(pbw_device dev, int index, pbw_err *err) {
+    if (dev == PBW_DEV_CPU) return 0;
+#ifdef PBW_HAVE_CUDA
+    return pbw_cuda_init(index, err);
+#else
+    (void)index;
+    return pbw_err_set(err, "this build of pbw has no CUDA support (rebuild with nvcc on PATH)");
+#endif
+}
+
+int pbw_device_parse(const char *s, pbw_device *dev, int *index, char *why, size_t why_len,
+                     pbw_err *err) {
+    char dummy[8];
+    if (!why) {
+        why = dummy;
+        why_len = sizeof dummy;
+    }
+    why[0] = 0;
+    *index = 0;
+    if (!s || !strcmp(s, "cpu")) {
+        *dev = PBW_DEV_CPU;
+        snprintf(why, why_len, "cpu (asked for)");
+        return 0;
+    }
+    if (!strncmp(s, "cuda", 4) && (s[4] == 0 || s[4] == ':')) {
+        if (s[4] == ':') {
+            char *end;
+            long v = strtol(s + 5, &end, 10);
+            if (s[5] == 0 || *end || v < 0 || v > 64)
+                return pbw_err_set(err, "--device: bad CUDA device index in '%s'", s);
+            *index = (int)v;
+        }
+        *dev = PBW_DEV_CUDA;
+#ifdef PBW_HAVE_CUDA
+        int n = pbw_cuda_device_count();
+        if (*index >= n)
+            return pbw_err_set(err, "--device %s: this machine has %d CUDA device%s", s, n,
+                               n == 1 ? "" : "s");
+        snprintf(why, why_len, "cuda:%d (asked for)", *index);
+        return 0;
+#else
+        return pbw_err_set(err, "--device %s: this build of pbw has no CUDA support", s);
+#endif
+    }
+    if (!strcmp(s, "auto")) {
+        *dev = PBW_DEV_CPU;
+#ifdef PBW_HAVE_CUDA
+        int n = pbw_cuda_device_count();
+        if (n == 0) {
+            snprintf(why, why_len, "cpu (no CUDA device found)");
+            return 0;
+        }
+        pbw_err e = {0};
+        if (pbw_cuda_selftest(0, &e) != 0) {
+            snprintf(why, why_len, "cpu (cuda:0 failed its self-test: %s)", e.msg);
+            return 0;
+        }
+        char desc[160];
+        if (pbw_cuda_describe(0, desc, sizeof desc, &e) != 0) snprintf(desc, sizeof desc, "?");
+        *dev = PBW_DEV_CUDA;
+        snprintf(why, why_len, "cuda:0, %s", desc);
+#else
+        snprintf(why, why_len, "cpu (built without CUDA)");
+#endif
+        return 0;
+    }
+    return pbw_err_set(err, "--device: '%s' is not auto, cpu, cuda or cuda:N", s);
+}
+
 pbw_ctx *pbw_ctx_new(pbw_device dev, pbw_err *err) {
-    if (dev != PBW_DEV_CPU) {
-        pbw_err_set(err, "device %d is not supported by this build", (int)dev);
+    if (dev != PBW_DEV_CPU && dev != PBW_DEV_CUDA) {
+        pbw_err_set(err, "device %d is not supported", (int)dev);
         return NULL;
     }
+#ifdef PBW_HAVE_CUDA
+    if (dev == PBW_DEV_CUDA && pbw_cuda_current() < 0 && pbw_cuda_init(0, err) != 0) return NULL;
+#else
+    if (dev == PBW_DEV_CUDA) {
+        pbw_err_set(err, "this build of pbw has no CUDA support");
+        return NULL;
+    }
+#endif
     pbw_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) {
         pbw_err_set(err, "out of memory creating a context");
@@ -39,6 +125,10 @@ pbw_ctx *pbw_ctx_new(pbw_device dev, pbw_err *err) {
     ctx->dev = dev;
     ctx->grad_enabled = 1;
     pbw_arena_init(&ctx->act, (size_t)16 << 20);
+#ifdef PBW_HAVE_CUDA
+    if (dev == PBW_DEV_CUDA)
+        pbw_arena_init_with(&ctx->dact, (size_t)256 << 20, pbw_cuda_malloc, pbw_cuda_free);
+#endif
     return ctx;
 }
 
@@ -46,7 +136,15 @@ void pbw_ctx_free(pbw_ctx *ctx) {
     if (!ctx) return;
     pbw_ctx_reset(ctx);
     pbw_arena_free(&ctx->act);
-    for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) free(ctx->scratch[i]);
+    if (ctx->dev == PBW_DEV_CUDA) {
+#ifdef PBW_HAVE_CUDA
+        pbw_cuda_sync(NULL); /* no kernel may still use the memory */
+        pbw_arena_free(&ctx->dact);
+        for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) pbw_cuda_free(ctx->scratch[i]);
+#endif
+    } else {
+        for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) free(ctx->scratch[i]);
+    }
     free(ctx);
 }
 
@@ -57,6 +155,15 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
     ctx->failed = 0;
     ctx->msg[0] = 0;
     pbw_arena_reset(&ctx->act);
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        /* kernels still queued may read the memory being recycled; the stream is in order, so
+         * later kernels writing it run after them: no wait is needed unless chunks are freed */
+        if (ctx->dact.head && pbw_arena_chunks(&ctx->dact) > 1) pbw_cuda_sync(NULL);
+        pbw_arena_reset(&ctx->dact);
+        pbw_cuda_clear_error();
+    }
+#endif
 }
 
 int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled) {
@@ -68,8 +175,12 @@ int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled) {
 pbw_device pbw_ctx_device(const pbw_ctx *ctx) { return ctx->dev; }
 int pbw_ctx_failed(const pbw_ctx *ctx) { return ctx->failed; }
 const char *pbw_ctx_error(const pbw_ctx *ctx) { return ctx->failed ? ctx->msg : ""; }
-size_t pbw_ctx_mem_used(const pbw_ctx *ctx) { return ctx->act.used; }
-size_t pbw_ctx_mem_peak(const pbw_ctx *ctx) { return ctx->act.peak; }
+size_t pbw_ctx_mem_used(const pbw_ctx *ctx) {
+    return ctx->dev == PBW_DEV_CUDA ? ctx->dact.used : ctx->act.used;
+}
+size_t pbw_ctx_mem_peak(const pbw_ctx *ctx) {
+    return ctx->dev == PBW_DEV_CUDA ? ctx->dact.peak : ctx->act.peak;
+}
 pbw_arena *pbw_ctx_arena(pbw_ctx *ctx) { return &ctx->act; }
 
 void *pbw_ctx_fail(pbw_ctx *ctx, const char *fmt, ...) {
@@ -84,15 +195,64 @@ void *pbw_ctx_fail(pbw_ctx *ctx, const char *fmt, ...) {
 }
 
 int pbw_ctx_check(const pbw_ctx *ctx, pbw_err *err) {
+#ifdef PBW_HAVE_CUDA
+    if (!ctx->failed && ctx->dev == PBW_DEV_CUDA && pbw_cuda_error())
+        pbw_ctx_fail((pbw_ctx *)ctx, "cuda: %s", pbw_cuda_error());
+#endif
     if (!ctx->failed) return 0;
     return pbw_err_set(err, "%s", ctx->msg);
+}
+
+void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes) {
+    if (ctx->failed) return NULL;
+    void *p = pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, bytes);
+    if (!p) return pbw_ctx_fail(ctx, "out of %s memory (%zu bytes)", pbw_device_name(ctx->dev), bytes);
+    return p;
+}
+
+/* Copies bytes between host and the context's memory (dir 0: host to ctx, 1: ctx to host,
+ * 2: ctx to ctx). */
+static int ctx_copy(pbw_ctx *ctx, void *dst, const void *src, size_t bytes, int dir) {
+    if (!bytes) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        int rc = dir == 0 ? pbw_cuda_h2d(dst, src, bytes)
+                 : dir == 1 ? pbw_cuda_d2h(dst, src, bytes)
+                            : pbw_cuda_d2d(dst, src, bytes);
+        if (rc) {
+            pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error() ? pbw_cuda_error() : "copy failed");
+            return -1;
+        }
+        return 0;
+    }
+#endif
+    (void)dir;
+    memcpy(dst, src, bytes);
+    return 0;
+}
+
+void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes) {
+    void *p = pbw_ctx_alloc(ctx, bytes ? bytes : 1);
+    if (!p || ctx_copy(ctx, p, src, bytes, 0)) return NULL;
+    return p;
 }
 
 void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
     PBW_ASSERT(slot >= 0 && slot < PBW_SCRATCH_SLOTS);
     if (bytes > ctx->scratch_size[slot]) {
-        free(ctx->scratch[slot]);
         size_t sz = (bytes + 63) / 64 * 64;
+#ifdef PBW_HAVE_CUDA
+        if (ctx->dev == PBW_DEV_CUDA) {
+            pbw_cuda_sync(NULL); /* a queued kernel may still use the old buffer */
+            pbw_cuda_free(ctx->scratch[slot]);
+            ctx->scratch[slot] = pbw_cuda_malloc(sz);
+            ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
+            if (!ctx->scratch[slot])
+                return pbw_ctx_fail(ctx, "out of GPU memory (%zu bytes of scratch)", bytes);
+            return ctx->scratch[slot];
+        }
+#endif
+        free(ctx->scratch[slot]);
         ctx->scratch[slot] = aligned_alloc(64, sz);
         ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
         if (!ctx->scratch[slot]) return pbw_ctx_fail(ctx, "out of memory (%zu bytes of scratch)", bytes);
@@ -131,8 +291,8 @@ const char *pbw_shape_str(const pbw_tensor *t, char *buf, size_t len) {
     return buf;
 }
 
-static pbw_tensor *tensor_alloc(pbw_arena *a, int ndim, const int64_t *shape, int with_data,
-                                const char **why) {
+static pbw_tensor *tensor_alloc(pbw_arena *a, pbw_arena *data_arena, int ndim,
+                                const int64_t *shape, int with_data, const char **why) {
     pbw_tensor tmp;
     memset(&tmp, 0, sizeof tmp);
     if (pbw_shape_set(&tmp, ndim, shape) != 0) {
@@ -147,7 +307,7 @@ static pbw_tensor *tensor_alloc(pbw_arena *a, int ndim, const int64_t *shape, in
     *t = tmp;
     t->dtype = PBW_F32;
     if (with_data) {
-        t->data = pbw_arena_alloc(a, (size_t)t->numel * sizeof(float));
+        t->data = pbw_arena_alloc(data_arena, (size_t)t->numel * sizeof(float));
         if (!t->data) {
             *why = "out of memory";
             return NULL;
@@ -159,7 +319,8 @@ static pbw_tensor *tensor_alloc(pbw_arena *a, int ndim, const int64_t *shape, in
 pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape) {
     if (ctx->failed) return NULL;
     const char *why = NULL;
-    pbw_tensor *t = tensor_alloc(&ctx->act, ndim, shape, 1, &why);
+    pbw_tensor *t = tensor_alloc(&ctx->act, ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act,
+                                 ndim, shape, 1, &why);
     if (!t) return pbw_ctx_fail(ctx, "cannot make a tensor of rank %d: %s", ndim, why);
     t->device = ctx->dev;
     return t;
@@ -167,21 +328,34 @@ pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape) {
 
 pbw_tensor *pbw_tensor_zeros(pbw_ctx *ctx, int ndim, const int64_t *shape) {
     pbw_tensor *t = pbw_tensor_new(ctx, ndim, shape);
-    if (t) memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    if (!t) return NULL;
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        if (pbw_cuda_memset0(t->data, (size_t)t->numel * sizeof(float)))
+            return pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
+        return t;
+    }
+#endif
+    memset(t->data, 0, (size_t)t->numel * sizeof(float));
     return t;
 }
 
 pbw_tensor *pbw_tensor_new_in(pbw_arena *a, int ndim, const int64_t *shape, pbw_err *err) {
     const char *why = NULL;
-    pbw_tensor *t = tensor_alloc(a, ndim, shape, 1, &why);
-    if (!t) pbw_err_set(err, "cannot make a tensor of rank %d: %s", ndim, why);
+    pbw_tensor *t = tensor_alloc(a, a, ndim, shape, 1, &why);
+    if (!t) {
+        pbw_err_set(err, "cannot make a tensor of rank %d: %s", ndim, why);
+        return NULL;
+    }
+    t->arena_next = a->tensors;
+    a->tensors = t;
     return t;
 }
 
 pbw_tensor *pbw_tensor_wrap(pbw_ctx *ctx, float *data, int ndim, const int64_t *shape) {
     if (ctx->failed) return NULL;
     const char *why = NULL;
-    pbw_tensor *t = tensor_alloc(&ctx->act, ndim, shape, 0, &why);
+    pbw_tensor *t = tensor_alloc(&ctx->act, &ctx->act, ndim, shape, 0, &why);
     if (!t) return pbw_ctx_fail(ctx, "cannot wrap a tensor of rank %d: %s", ndim, why);
     t->data = data;
     t->device = ctx->dev;
@@ -190,19 +364,94 @@ pbw_tensor *pbw_tensor_wrap(pbw_ctx *ctx, float *data, int ndim, const int64_t *
 
 pbw_tensor *pbw_tensor_copy(pbw_ctx *ctx, const pbw_tensor *x) {
     if (!x) return NULL;
+    if (x->device != ctx->dev) return pbw_ctx_fail(ctx, "copy: tensor is on another device");
     pbw_tensor *t = pbw_tensor_new(ctx, x->ndim, x->shape);
-    if (t) memcpy(t->data, x->data, (size_t)x->numel * sizeof(float));
+    if (t && ctx_copy(ctx, t->data, x->data, (size_t)x->numel * sizeof(float), 2)) return NULL;
     return t;
 }
 
 pbw_tensor *pbw_tensor_to_f32(pbw_ctx *ctx, pbw_tensor *x) {
     if (!x) return NULL;
     if (x->dtype == PBW_F32) return x;
-    pbw_tensor *t = pbw_tensor_new(ctx, x->ndim, x->shape);
-    if (!t) return NULL;
-    if (pbw_convert_to_f32(x->dtype, x->raw, (size_t)x->numel, t->data) != 0)
+    float *tmp = pbw_arena_alloc(&ctx->act, (size_t)x->numel * sizeof(float) + 1);
+    if (!tmp) return pbw_ctx_fail(ctx, "out of memory converting %s", pbw_dtype_name(x->dtype));
+    if (pbw_convert_to_f32(x->dtype, x->raw, (size_t)x->numel, tmp) != 0)
         return pbw_ctx_fail(ctx, "cannot convert %s to float32", pbw_dtype_name(x->dtype));
+    if (ctx->dev == PBW_DEV_CPU) return pbw_tensor_wrap(ctx, tmp, x->ndim, x->shape);
+    return pbw_tensor_from_host(ctx, tmp, x->ndim, x->shape);
+}
+
+pbw_tensor *pbw_tensor_from_host(pbw_ctx *ctx, const float *src, int ndim, const int64_t *shape) {
+    pbw_tensor *t = pbw_tensor_new(ctx, ndim, shape);
+    if (t && ctx_copy(ctx, t->data, src, (size_t)t->numel * sizeof(float), 0)) return NULL;
     return t;
+}
+
+int pbw_tensor_read(pbw_ctx *ctx, const pbw_tensor *t, float *dst) {
+    if (ctx->failed) return -1;
+    if (t->device != ctx->dev) {
+        pbw_ctx_fail(ctx, "read: tensor is on another device than the context");
+        return -1;
+    }
+    return ctx_copy(ctx, dst, t->data, (size_t)t->numel * sizeof(float), 1);
+}
+
+int pbw_tensor_write(pbw_ctx *ctx, pbw_tensor *t, const float *src) {
+    if (ctx->failed) return -1;
+    if (t->device != ctx->dev) {
+        pbw_ctx_fail(ctx, "write: tensor is on another device than the context");
+        return -1;
+    }
+    return ctx_copy(ctx, t->data, src, (size_t)t->numel * sizeof(float), 0);
+}
+
+static const float *host_view(pbw_ctx *ctx, const pbw_tensor *t, const float *p) {
+    if (ctx->failed || !p) return NULL;
+    if (t->device == PBW_DEV_CPU) return p;
+    float *h = pbw_arena_alloc(&ctx->act, (size_t)t->numel * sizeof(float) + 1);
+    if (!h) return pbw_ctx_fail(ctx, "out of memory reading a tensor back");
+    if (ctx_copy(ctx, h, p, (size_t)t->numel * sizeof(float), 1)) return NULL;
+    return h;
+}
+
+const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->data); }
+const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->grad); }
+
+#ifdef PBW_HAVE_CUDA
+static void device_block_free(void *p) {
+    pbw_cuda_sync(NULL);
+    pbw_cuda_free(p);
+}
+#endif
+
+int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {
+    if (ctx->dev == PBW_DEV_CPU) return 0;
+#ifdef PBW_HAVE_CUDA
+    size_t total = 0;
+    for (pbw_tensor *t = a->tensors; t; t = t->arena_next)
+        if (t->dtype == PBW_F32 && t->data && t->device == PBW_DEV_CPU)
+            total += ((size_t)t->numel * sizeof(float) + 255) / 256 * 256;
+    if (!total) return 0;
+    unsigned char *block = pbw_cuda_malloc(total);
+    if (!block) return pbw_err_set(err, "out of GPU memory moving %zu bytes of weights", total);
+    if (pbw_arena_on_free(a, device_block_free, block)) {
+        pbw_cuda_free(block);
+        return pbw_err_set(err, "out of memory");
+    }
+    size_t off = 0;
+    for (pbw_tensor *t = a->tensors; t; t = t->arena_next) {
+        if (!(t->dtype == PBW_F32 && t->data && t->device == PBW_DEV_CPU)) continue;
+        size_t bytes = (size_t)t->numel * sizeof(float);
+        if (pbw_cuda_h2d(block + off, t->data, bytes))
+            return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+        t->data = (float *)(block + off);
+        t->device = PBW_DEV_CUDA;
+        off += (bytes + 255) / 256 * 256;
+    }
+    return pbw_cuda_sync(err);
+#else
+    return pbw_err_set(err, "this build of pbw has no CUDA support");
+#endif
 }
 
 /* --- profiler (PBW_PROFILE=1): time per op name, forward and backward ---
@@ -300,7 +549,15 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
     if (t->grad) return t->grad;
-    t->grad = pbw_arena_calloc(&ctx->act, (size_t)t->numel * sizeof(float));
+    if (t->device != ctx->dev) return pbw_ctx_fail(ctx, "gradient of a tensor on another device");
+    size_t bytes = (size_t)t->numel * sizeof(float);
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        t->grad = pbw_arena_alloc(&ctx->dact, bytes ? bytes : 1);
+        if (t->grad && pbw_cuda_memset0(t->grad, bytes)) return pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
+    } else
+#endif
+        t->grad = pbw_arena_calloc(&ctx->act, bytes);
     if (!t->grad) return pbw_ctx_fail(ctx, "out of memory for a gradient");
     grad_owner *g = pbw_arena_alloc(&ctx->act, sizeof *g);
     if (!g) return pbw_ctx_fail(ctx, "out of memory for a gradient");
@@ -317,7 +574,14 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         return pbw_err_set(err, "backward: the loss does not depend on any tensor that requires a gradient");
     float *g = pbw_grad(ctx, loss);
     if (!g) return pbw_ctx_check(ctx, err);
-    for (int64_t i = 0; i < loss->numel; i++) g[i] += seed ? seed[i] : 1.0f;
+    if (ctx->dev == PBW_DEV_CUDA) {
+        float *h = pbw_arena_alloc(&ctx->act, (size_t)loss->numel * sizeof(float) + 1);
+        if (!h) return pbw_err_set(err, "out of memory");
+        for (int64_t i = 0; i < loss->numel; i++) h[i] = seed ? seed[i] : 1.0f;
+        if (ctx_copy(ctx, g, h, (size_t)loss->numel * sizeof(float), 0)) return pbw_ctx_check(ctx, err);
+    } else {
+        for (int64_t i = 0; i < loss->numel; i++) g[i] += seed ? seed[i] : 1.0f;
+    }
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
         double t0 = pbw_profile_enabled() ? prof_now() : 0;
@@ -325,5 +589,5 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         if (t0 > 0) prof_add(n->op, 1, prof_now() - t0);
         if (ctx->failed) return pbw_ctx_check(ctx, err);
     }
-    return 0;
+    return pbw_ctx_check(ctx, err);
 }

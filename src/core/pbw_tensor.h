@@ -48,6 +48,7 @@ typedef struct pbw_tensor {
     pbw_dtype dtype;
     pbw_device device;
     int requires_grad;
+    struct pbw_tensor *arena_next; /* next tensor of the same weight arena (pbw_tensor_new_in) */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -67,7 +68,20 @@ struct pbw_node {
     pbw_node *prev;
 };
 
+/* --- devices --- */
+/* "cpu", "cuda", "cuda:N" or "auto" -> device and index. auto picks a CUDA device that passes
+ * its self-test, else the CPU; *why (may be NULL) gets a line saying what was chosen and why. */
+int pbw_device_parse(const char *s, pbw_device *dev, int *index, char *why, size_t why_len,
+                     pbw_err *err);
+/* Makes `index` the process's CUDA device (see pbw_cuda_init); -1 with err on a build or
+ * machine without it. No-op for the CPU. */
+int pbw_device_init(pbw_device dev, int index, pbw_err *err);
+const char *pbw_device_name(pbw_device dev);
+
 /* --- context --- */
+/* A CUDA context uses the device chosen by pbw_device_init (device 0 if none was). Its tensors'
+ * data and grad live in device memory; headers, tape nodes and saved op parameters in host
+ * memory. */
 pbw_ctx *pbw_ctx_new(pbw_device dev, pbw_err *err);
 void pbw_ctx_free(pbw_ctx *ctx);
 /* Frees every activation, gradient and tape node made since the last reset; clears the error.
@@ -92,9 +106,17 @@ size_t pbw_ctx_mem_peak(const pbw_ctx *ctx);
 pbw_arena *pbw_ctx_arena(pbw_ctx *ctx);
 
 /* Scratch memory for an op's temporaries: a buffer of at least `bytes` in slot 0..7, valid until
- * the next request for the same slot. Grows, never shrinks; no malloc once warm. */
+ * the next request for the same slot. Grows, never shrinks; no malloc once warm. Device memory
+ * on a CUDA context. */
 #define PBW_SCRATCH_SLOTS 8
 void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes);
+
+/* Activation memory of the context's device (device memory for a CUDA context) that lives
+ * until pbw_ctx_reset: for op temporaries a backward reads. Fails the context when out of
+ * memory. pbw_ctx_upload copies host bytes into such memory (the host buffer may be reused at
+ * once). pbw_arena_alloc(pbw_ctx_arena(ctx)) stays host memory on every device. */
+void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes);
+void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes);
 
 /* --- tensors --- */
 /* New float32 tensor in the activation arena, uninitialized. */
@@ -102,7 +124,24 @@ pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape);
 pbw_tensor *pbw_tensor_zeros(pbw_ctx *ctx, int ndim, const int64_t *shape);
 /* New float32 tensor in a caller's arena (for weights and other long-lived tensors). */
 pbw_tensor *pbw_tensor_new_in(pbw_arena *a, int ndim, const int64_t *shape, pbw_err *err);
-/* Wraps caller-owned data (not copied, not freed) in a tensor header in the activation arena. */
+/* New float32 tensor in the context holding a copy of n = numel host floats (any device). */
+pbw_tensor *pbw_tensor_from_host(pbw_ctx *ctx, const float *src, int ndim, const int64_t *shape);
+/* Copies a tensor's data to / from numel host floats, on any device (reading waits for the
+ * device). Return 0, or -1 with the context failed. */
+int pbw_tensor_read(pbw_ctx *ctx, const pbw_tensor *t, float *dst);
+int pbw_tensor_write(pbw_ctx *ctx, pbw_tensor *t, const float *src);
+/* Host copy of a tensor's data in the context's host arena (t->data itself on the CPU);
+ * NULL with the context failed on error. */
+const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t);
+/* Same for a gradient (t->grad must be set). */
+const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t);
+/* Moves every float32 tensor made in weight arena `a` (pbw_tensor_new_in) to the context's
+ * device, as PyTorch's module.to(device): their data pointers then point to device memory
+ * owned by the arena (freed with it). Host code must read such tensors through
+ * pbw_tensor_host. No-op on the CPU or for tensors already there. */
+int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err);
+/* Wraps caller-owned data (not copied, not freed) in a tensor header in the activation arena.
+ * On a CUDA context `data` must be device memory. */
 pbw_tensor *pbw_tensor_wrap(pbw_ctx *ctx, float *data, int ndim, const int64_t *shape);
 /* Copy with no gradient link. */
 pbw_tensor *pbw_tensor_copy(pbw_ctx *ctx, const pbw_tensor *x);

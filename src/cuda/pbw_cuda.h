@@ -1,13 +1,20 @@
-/* pbw_cuda.h: the CUDA backend's entry points (compiled when nvcc is found; PBW_HAVE_CUDA).
+/* pbw_cuda.h: the CUDA backend's runtime (compiled when nvcc is found; PBW_HAVE_CUDA).
  *
- * Today this holds device discovery and a self-test kernel; the op kernels arrive behind the
- * same front-ends as the CPU ones (src/core/pbw_ops_*.c). A build with CUDA still runs on a
- * machine without a GPU: pbw_cuda_device_count then returns 0 and pbw uses the CPU.
+ * One device per process (chosen by pbw_cuda_init), one stream, one cuBLAS and one cuDNN handle.
+ * Every op kernel is enqueued on that stream and returns at once; host code sees results
+ * through pbw_cuda_d2h (which waits) or pbw_cuda_sync. Kernel launch failures are sticky:
+ * pbw_cuda_error() returns the first one (NULL when none), and the core turns it into a context
+ * error at its next synchronization point (pbw_backward, reading a tensor back).
+ *
+ * A build with CUDA still runs on a machine without a GPU: pbw_cuda_device_count then returns
+ * 0 and pbw uses the CPU. The kernels of the ops live in src/cuda/pbw_cuda_<family>.cu and are
+ * declared in pbw_cuda_kernels.h with the same arguments as their CPU twins (src/cpu).
  */
 #ifndef PBW_CUDA_H
 #define PBW_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/pbw_common.h"
 
@@ -22,6 +29,50 @@ int pbw_cuda_describe(int dev, char *buf, size_t len, pbw_err *err);
 /* Runs a small kernel on dev and checks its result against the CPU: proves the toolkit,
  * driver and card work together. */
 int pbw_cuda_selftest(int dev, pbw_err *err);
+
+/* Selects dev for this process and creates the stream and library handles (idempotent for the
+ * same dev; another dev after the first is an error). */
+int pbw_cuda_init(int dev, pbw_err *err);
+/* The device chosen by pbw_cuda_init, or -1. */
+int pbw_cuda_current(void);
+
+/* Math of matrix products and convolutions (the elementwise kernels are always fp32):
+ *   PBW_PREC_FP32  plain fp32 (no TF32): the reference for parity checks
+ *   PBW_PREC_TF32  fp32 storage, TF32 tensor cores
+ *   PBW_PREC_BF16  fp32 storage, bf16 tensor-core products with fp32 accumulation
+ *   PBW_PREC_FP16  fp16 tensor-core products with fp32 accumulation */
+typedef enum pbw_precision { PBW_PREC_FP32 = 0, PBW_PREC_TF32, PBW_PREC_BF16, PBW_PREC_FP16 } pbw_precision;
+void pbw_cuda_set_precision(pbw_precision p);
+pbw_precision pbw_cuda_precision(void);
+/* "fp32" | "tf32" | "bf16" | "fp16" -> 0 and *p, else -1. */
+int pbw_precision_parse(const char *s, pbw_precision *p);
+const char *pbw_precision_name(pbw_precision p);
+
+/* Device memory. pbw_cuda_malloc returns NULL when out of memory (never aborts). */
+void *pbw_cuda_malloc(size_t bytes);
+void pbw_cuda_free(void *p);
+/* Host to device and device to device copies and memsets are enqueued on the stream (the
+ * host buffer of an upload may be reused at once: uploads are staged). Device to host waits
+ * for the stream. Each returns 0, or -1 with the sticky error set. */
+int pbw_cuda_h2d(void *dst, const void *src, size_t bytes);
+int pbw_cuda_d2h(void *dst, const void *src, size_t bytes);
+int pbw_cuda_d2d(void *dst, const void *src, size_t bytes);
+int pbw_cuda_memset0(void *dst, size_t bytes);
+/* Waits for the stream; -1 (err set) when a kernel failed since the last check. */
+int pbw_cuda_sync(pbw_err *err);
+/* First failure since pbw_cuda_clear_error, or NULL. */
+const char *pbw_cuda_error(void);
+void pbw_cuda_clear_error(void);
+/* Records a failure (first one wins); used by the kernels' launch checks. */
+void pbw_cuda_fail(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+/* Bytes of device memory in use by pbw_cuda_malloc now and at most (since the last reset). */
+size_t pbw_cuda_mem_used(void);
+size_t pbw_cuda_mem_peak(void);
+void pbw_cuda_mem_reset_peak(void);
 
 #ifdef __cplusplus
 }

@@ -626,6 +626,10 @@ int pbw_clip_load(const char *path, pbw_clip **out, pbw_err *err) {
     return rc;
 }
 
+int pbw_clip_to_device(pbw_clip *m, pbw_ctx *ctx, pbw_err *err) {
+    return pbw_arena_to_device(&m->arena, ctx, err);
+}
+
 void pbw_clip_free(pbw_clip *m) {
     if (!m) return;
     pbw_arena_free(&m->arena);

@@ -121,6 +121,8 @@ int pbw_clip_load(const char *path, pbw_clip **out, pbw_err *err);
 int pbw_clip_from_records(const pbw_records *recs, const char *config_json, const char *where,
                           pbw_clip **out, pbw_err *err);
 void pbw_clip_free(pbw_clip *m);
+/* Moves the weights to the context's device (module.to(device)); no-op on the CPU. */
+int pbw_clip_to_device(pbw_clip *m, pbw_ctx *ctx, pbw_err *err);
 
 /* Image tower: pixels (B, C, S, S) already normalized with pbw_clip_mean / pbw_clip_std at the
  * model's image_size -> image embeddings (B, E). */

@@ -132,6 +132,10 @@ int pbw_lpips_load(const char *trunk_path, const char *heads_path, pbw_lpips **o
     return rc;
 }
 
+int pbw_lpips_to_device(pbw_lpips *m, pbw_ctx *ctx, pbw_err *err) {
+    return pbw_arena_to_device(&m->arena, ctx, err);
+}
+
 void pbw_lpips_free(pbw_lpips *m) {
     if (!m) return;
     pbw_arena_free(&m->arena);
@@ -246,19 +250,21 @@ pbw_tensor *pbw_lpips_weighted(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight
                             "(N or 1,1,H,W)", a, b);
     /* the weight's sums are taken here on the host: the weight is a constant mask made once
      * per edit, and the all-zero case must be known before any op runs */
-    if (weight->requires_grad || !weight->data || weight->device != PBW_DEV_CPU)
-        return pbw_ctx_fail(ctx, "lpips_weighted: weight %s must be a float32 constant on the "
-                            "CPU", b);
+    if (weight->requires_grad || !weight->data)
+        return pbw_ctx_fail(ctx, "lpips_weighted: weight %s must be a float32 constant", b);
     int64_t N = map->shape[0], Nw = weight->shape[0], P = weight->numel / (Nw ? Nw : 1);
-    pbw_tensor *den = pbw_tensor_new(ctx, 1, (int64_t[]){Nw});
-    if (!den) return NULL;
+    const float *wh = pbw_tensor_host(ctx, weight);
+    float *dh = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)Nw * sizeof(float) + 1);
+    if (!wh || !dh) return pbw_ctx_fail(ctx, "lpips_weighted: out of memory");
     int64_t zero = 0;
     for (int64_t n = 0; n < Nw; n++) {
         double s = 0;
-        for (int64_t i = 0; i < P; i++) s += weight->data[n * P + i];
-        den->data[n] = (float)s;
+        for (int64_t i = 0; i < P; i++) s += wh[n * P + i];
+        dh[n] = (float)s;
         zero += s == 0;
     }
+    pbw_tensor *den = pbw_tensor_from_host(ctx, dh, 1, (int64_t[]){Nw});
+    if (!den) return NULL;
     if (zero == Nw) return pbw_tensor_zeros(ctx, 1, (int64_t[]){N}); /* nothing to keep */
     if (zero)
         return pbw_ctx_fail(ctx, "lpips_weighted: weight %s is zero for some images and not "

@@ -82,6 +82,8 @@ int pbw_lpips_load(const char *trunk_path, const char *heads_path, pbw_lpips **o
 int pbw_lpips_from_records(const pbw_records *trunk, const pbw_records *heads, pbw_lpips **out,
                            pbw_err *err);
 void pbw_lpips_free(pbw_lpips *m);
+/* Moves the weights to the context's device (module.to(device)); no-op on the CPU. */
+int pbw_lpips_to_device(pbw_lpips *m, pbw_ctx *ctx, pbw_err *err);
 
 /* LPIPS between x0 (N,3,H,W) and x1 (N,3,H,W) or (1,3,H,W) (broadcast to every image of x0,
  * as the painting loss compares a batch of candidates with one original), inputs in [-1,1].

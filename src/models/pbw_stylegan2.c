@@ -449,9 +449,9 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
                                pbw_tensor *s0, pbw_tensor *m) {
     if (!s || !s0) return NULL;
     const int64_t n = s->shape[0], side = m->shape[2];
-    pbw_tensor *ones = pbw_tensor_new(ctx, 4, (int64_t[]){n, mc->in_channel, side, side});
+    pbw_tensor *ones = pbw_add_scalar(
+        ctx, pbw_tensor_zeros(ctx, 4, (int64_t[]){n, mc->in_channel, side, side}), 1.0f);
     if (!ones) return NULL;
-    for (int64_t i = 0; i < ones->numel; i++) ones->data[i] = 1.0f;
     pbw_tensor *smix = pbw_sg_modulate(ctx, ones, s, s0, m);
     pbw_tensor *wsq4 = pbw_reshape(ctx, mc->wsq, 4,
                                    (int64_t[]){mc->out_channel, mc->in_channel, 1, 1});
@@ -520,9 +520,10 @@ static pbw_tensor *layer_noise(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_s
     if (mode == PBW_SG2_NOISE_FIXED) return g->noises[i];
     if (!o->rng) return pbw_ctx_fail(ctx, "stylegan2: random noise needs opts->rng");
     int64_t side = g->noises[i]->shape[2];
-    pbw_tensor *t = pbw_tensor_new(ctx, 4, (int64_t[]){n, 1, side, side});
-    if (t) pbw_rng_normal_f32(o->rng, t->data, t->numel);
-    return t;
+    float *h = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(n * side * side) * sizeof(float) + 1);
+    if (!h) return pbw_ctx_fail(ctx, "stylegan2: out of memory for noise");
+    pbw_rng_normal_f32(o->rng, h, n * side * side);
+    return pbw_tensor_from_host(ctx, h, 4, (int64_t[]){n, 1, side, side});
 }
 
 pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
@@ -551,13 +552,8 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
     const int64_t n = lat[0]->shape[0];
     /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
     pbw_tensor *x = g->input;
-    if (n != 1) {
-        x = pbw_tensor_new(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4});
-        if (!x) return NULL;
-        for (int64_t b = 0; b < n; b++)
-            memcpy(x->data + b * g->input->numel, g->input->data,
-                   (size_t)g->input->numel * sizeof(float));
-    }
+    if (n != 1) /* broadcast over the batch (a copy, on any device) */
+        x = pbw_add(ctx, g->input, pbw_tensor_zeros(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4}));
 #define LAYER(idx, side_in, side_out)                                                          \
     (layer_in) {                                                                               \
         lat[idx], mk ? opts->lat0[idx] : NULL, mk ? mk->m[side_in] : NULL,                     \
@@ -628,17 +624,19 @@ int pbw_sg2_mean_latent(pbw_ctx *ctx, pbw_stylegan2 *g, int n, uint32_t seed, pb
     const int chunk = 256;
     for (int done = 0; done < n; done += chunk) {
         int b = n - done < chunk ? n - done : chunk;
-        pbw_tensor *z = pbw_tensor_new(ctx, 2, (int64_t[]){b, g->style_dim});
-        if (z) pbw_rng_normal_f32(&rng, z->data, z->numel);
+        float *zh = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)b * g->style_dim * sizeof(float));
+        if (zh) pbw_rng_normal_f32(&rng, zh, (int64_t)b * g->style_dim);
+        pbw_tensor *z = zh ? pbw_tensor_from_host(ctx, zh, 2, (int64_t[]){b, g->style_dim}) : NULL;
         pbw_tensor *w = pbw_sg2_mapping(ctx, g, z);
-        if (!w) {
+        const float *wh = w ? pbw_tensor_host(ctx, w) : NULL;
+        if (!wh) {
             pbw_ctx_check(ctx, err);
             pbw_ctx_reset(ctx);
             pbw_ctx_set_grad(ctx, prev);
             free(acc);
             return -1;
         }
-        for (int64_t i = 0; i < w->numel; i++) acc[i % g->style_dim] += w->data[i];
+        for (int64_t i = 0; i < w->numel; i++) acc[i % g->style_dim] += wh[i];
         pbw_ctx_reset(ctx);
     }
     pbw_ctx_set_grad(ctx, prev);
@@ -649,7 +647,29 @@ int pbw_sg2_mean_latent(pbw_ctx *ctx, pbw_stylegan2 *g, int n, uint32_t seed, pb
             return -1;
         }
     }
-    for (int i = 0; i < g->style_dim; i++) g->latent_avg->data[i] = (float)(acc[i] / n);
+    float *avg = malloc((size_t)g->style_dim * sizeof(float));
+    if (!avg) {
+        free(acc);
+        return pbw_err_set(err, "out of memory");
+    }
+    for (int i = 0; i < g->style_dim; i++) avg[i] = (float)(acc[i] / n);
     free(acc);
-    return 0;
+    int rc = 0;
+    if (g->latent_avg->device == PBW_DEV_CPU) {
+        memcpy(g->latent_avg->data, avg, (size_t)g->style_dim * sizeof(float));
+        if (pbw_ctx_device(ctx) != PBW_DEV_CPU) rc = pbw_arena_to_device(&g->arena, ctx, err);
+    } else if (pbw_tensor_write(ctx, g->latent_avg, avg)) {
+        rc = pbw_ctx_check(ctx, err);
+    }
+    pbw_ctx_reset(ctx);
+    free(avg);
+    return rc;
+}
+
+int pbw_sg2_to_device(pbw_stylegan2 *g, pbw_ctx *ctx, pbw_err *err) {
+    return pbw_arena_to_device(&g->arena, ctx, err);
+}
+
+int pbw_sg2_mask_to_device(pbw_sg2_mask *mk, pbw_ctx *ctx, pbw_err *err) {
+    return pbw_arena_to_device(&mk->arena, ctx, err);
 }

@@ -124,6 +124,9 @@ int pbw_sg2_load(const char *path, pbw_stylegan2 **out, pbw_err *err);
 int pbw_sg2_from_records(const pbw_records *recs, const char *prefix, pbw_stylegan2 **out,
                          pbw_err *err);
 void pbw_sg2_free(pbw_stylegan2 *g);
+/* Moves the weights to the context's device (module.to(device)); no-op on the CPU. After it
+ * the model runs only on contexts of that device. */
+int pbw_sg2_to_device(pbw_stylegan2 *g, pbw_ctx *ctx, pbw_err *err);
 /* Estimates latent_avg as the mean of mapping(z) over n draws of z from a generator seeded
  * with `seed` (what rosinality's generate.py does when a checkpoint has none) and stores it in
  * the model. Uses ctx for the work and resets it. */
@@ -144,6 +147,8 @@ typedef struct pbw_sg2_mask {
 int pbw_sg2_mask_init(pbw_sg2_mask *mk, const pbw_stylegan2 *g, const float *mask, int h, int w,
                       pbw_err *err);
 void pbw_sg2_mask_free(pbw_sg2_mask *mk);
+/* Moves the mask pyramid to the context's device; no-op on the CPU. */
+int pbw_sg2_mask_to_device(pbw_sg2_mask *mk, pbw_ctx *ctx, pbw_err *err);
 
 /* ---------- forward ---------- */
 

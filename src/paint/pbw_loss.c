@@ -14,6 +14,9 @@
 #endif
 
 #include "cpu/pbw_cpu_conv.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda_paint.h"
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* crops                                                                                       */
@@ -56,6 +59,7 @@ typedef struct crops_saved {
     int n, R;
     pbw_crop *crops;  /* (n) */
     uint8_t *pass;    /* (B*n*3*R*R): 1 where the clamp passed the gradient */
+    int *dev_crops;   /* CUDA: the crops as (y, x, side) triples in device memory */
 } crops_saved;
 
 static int max_threads(void) {
@@ -117,6 +121,15 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], CHW = 3 * H * W;
+#ifdef PBW_HAVE_CUDA
+    if (pbw_ctx_device(ctx) == PBW_DEV_CUDA) {
+        pbw_cuda_norm3 nm;
+        memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
+        memcpy(nm.std, pbw_clip_std, sizeof nm.std);
+        pbw_cuda_clip_crops_backward(y->grad, sv->pass, B, H, W, sv->dev_crops, sv->n, sv->R, nm, gx);
+        return;
+    }
+#endif
     const int n = sv->n, R = sv->R;
     const int64_t units = B * n, RR = (int64_t)R * R;
     int smax = 1;
@@ -172,9 +185,9 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
 pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
     if (!x) return NULL;
     char sx[64];
-    if (x->ndim != 4 || x->shape[1] != 3 || !x->data || x->device != PBW_DEV_CPU)
-        return pbw_ctx_fail(ctx, "clip crops: image %s must be float (B,3,H,W) on the CPU",
-                            pbw_shape_str(x, sx, sizeof sx));
+    if (x->ndim != 4 || x->shape[1] != 3 || !x->data || x->device != pbw_ctx_device(ctx))
+        return pbw_ctx_fail(ctx, "clip crops: image %s must be float (B,3,H,W) on the "
+                            "context's device", pbw_shape_str(x, sx, sizeof sx));
     if (n < 0 || n > PBW_MAX_CROPS || (n > 0 && !crops) || R < 1 || R > 4096)
         return pbw_ctx_fail(ctx, "clip crops: bad crop count %d or size %d", n, R);
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
@@ -184,11 +197,8 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
             /* the whole of a non-square image: the composed ops */
             pbw_tensor *v = pbw_clamp(ctx, pbw_resize(ctx, pbw_affine(ctx, x, 0.5f, 0.5f), R, R,
                                                       PBW_RESIZE_BICUBIC), 0.0f, 1.0f);
-            pbw_tensor *m = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
-            pbw_tensor *s = pbw_tensor_new(ctx, 4, (int64_t[]){1, 3, 1, 1});
-            if (!m || !s) return NULL;
-            memcpy(m->data, pbw_clip_mean, 3 * sizeof(float));
-            memcpy(s->data, pbw_clip_std, 3 * sizeof(float));
+            pbw_tensor *m = pbw_tensor_from_host(ctx, pbw_clip_mean, 4, (int64_t[]){1, 3, 1, 1});
+            pbw_tensor *s = pbw_tensor_from_host(ctx, pbw_clip_std, 4, (int64_t[]){1, 3, 1, 1});
             return pbw_div(ctx, pbw_sub(ctx, v, m), s);
         }
         crops = &whole;
@@ -214,10 +224,22 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
         sv->n = n;
         sv->R = R;
         sv->crops = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof *crops);
-        sv->pass = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * n * 3) * R * R);
+        sv->pass = pbw_ctx_alloc(ctx, (size_t)(B * n * 3) * R * R);
         if (!sv->crops || !sv->pass) return pbw_ctx_fail(ctx, "clip crops: out of memory");
         memcpy(sv->crops, crops, (size_t)n * sizeof *crops);
     }
+#ifdef PBW_HAVE_CUDA
+    if (pbw_ctx_device(ctx) == PBW_DEV_CUDA) {
+        int *dc = pbw_ctx_upload(ctx, crops, (size_t)n * sizeof *crops);
+        if (!dc) return NULL;
+        if (sv) sv->dev_crops = dc;
+        pbw_cuda_norm3 nm;
+        memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
+        memcpy(nm.std, pbw_clip_std, sizeof nm.std);
+        pbw_cuda_clip_crops_forward(x->data, B, H, W, dc, n, R, nm, out->data, sv ? sv->pass : NULL);
+        return out;
+    }
+#endif
     const size_t per = crop_scratch_floats(smax, R);
     float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)max_threads() * per * sizeof(float));
     if (!scratch) return pbw_ctx_fail(ctx, "clip crops: out of memory");
@@ -258,7 +280,13 @@ int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_
                 if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
                 rc = -1;
             } else {
-                acc += (double)l->data[0] * (double)(k1 - k0);
+                const float *lv = pbw_tensor_host(scratch, l);
+                if (!lv) {
+                    pbw_ctx_check(scratch, err);
+                    rc = -1;
+                } else {
+                    acc += (double)lv[0] * (double)(k1 - k0);
+                }
             }
             pbw_ctx_reset(scratch);
         }
@@ -504,19 +532,23 @@ int pbw_objective_set_mask(pbw_objective *o, pbw_ctx *cctx, const float *mask,
         orig->shape[2] != H || orig->shape[3] != W)
         return pbw_err_set(err, "objective: the original image must be (1,3,%lld,%lld)",
                            (long long)H, (long long)W);
-    o->mask = pbw_tensor_new(cctx, 4, (int64_t[]){1, 1, H, W});
-    o->keep = pbw_tensor_new(cctx, 4, (int64_t[]){1, 1, H, W});
-    o->orig = pbw_tensor_copy(cctx, orig);
-    if (!o->mask || !o->keep || !o->orig) return pbw_ctx_check(cctx, err);
+    float *mh = malloc((size_t)(2 * H * W) * sizeof(float));
+    if (!mh) return pbw_err_set(err, "out of memory");
+    float *kh = mh + H * W;
     double ks = 0;
     for (int64_t i = 0; i < H * W; i++) {
         float m = mask[i] < 0 ? 0 : (mask[i] > 1 ? 1 : mask[i]);
-        o->mask->data[i] = m;
-        o->keep->data[i] = 1.0f - m;
+        mh[i] = m;
+        kh[i] = 1.0f - m;
         ks += 1.0 - (double)m;
     }
     o->keep_sum = ks;
-    pbw_mask_square_box(o->mask->data, (int)H, (int)W, 128, o->box);
+    pbw_mask_square_box(mh, (int)H, (int)W, 128, o->box);
+    o->mask = pbw_tensor_from_host(cctx, mh, 4, (int64_t[]){1, 1, H, W});
+    o->keep = pbw_tensor_from_host(cctx, kh, 4, (int64_t[]){1, 1, H, W});
+    free(mh);
+    o->orig = pbw_tensor_copy(cctx, orig);
+    if (!o->mask || !o->keep || !o->orig) return pbw_ctx_check(cctx, err);
     if (o->lpips) {
         int prev = pbw_ctx_set_grad(cctx, 0);
         int rc = pbw_lpips_features(cctx, o->lpips, o->orig, o->orig_feats);
@@ -656,9 +688,14 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
             rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
             goto out;
         }
+        const float *l1h = pbw_tensor_host(ctx, l1), *lph = lp ? pbw_tensor_host(ctx, lp) : NULL;
+        if (!l1h || (lp && !lph)) {
+            rc = pbw_ctx_check(ctx, err);
+            goto out;
+        }
         for (int64_t b = 0; b < B; b++) {
-            out[b].l1 = l1->data[b];
-            out[b].lpips = lp ? lp->data[b] : 0;
+            out[b].l1 = l1h[b];
+            out[b].lpips = lph ? lph[b] : 0;
             out[b].total = out[b].clip + (double)o->recon_weight *
                                              (out[b].l1 + (double)o->lpips_weight * out[b].lpips);
         }

@@ -30,6 +30,7 @@ struct pbw_painter {
     pbw_lpips *own_lpips;
     pbw_ctx *ctx;
     pbw_ctx *scratch;
+    pbw_device dev; /* where the models' weights and every context live */
 };
 
 static double now_s(void) {
@@ -58,9 +59,9 @@ static int is_dir(const char *p) {
 /* construction                                                                                */
 
 static int make_contexts(pbw_painter *p, pbw_err *err) {
-    p->ctx = pbw_ctx_new(PBW_DEV_CPU, err);
+    p->ctx = pbw_ctx_new(p->dev, err);
     if (!p->ctx) return -1;
-    p->scratch = pbw_ctx_new(PBW_DEV_CPU, err);
+    p->scratch = pbw_ctx_new(p->dev, err);
     if (!p->scratch) return -1;
     pbw_ctx_set_grad(p->scratch, 0);
     return 0;
@@ -74,6 +75,7 @@ int pbw_painter_wrap(pbw_painter **out, pbw_stylegan2 *g, const pbw_clip *clip,
     if (!p) return pbw_err_set(err, "painter: out of memory");
     p->g = g;
     p->clip = clip;
+    p->dev = g->input ? g->input->device : PBW_DEV_CPU; /* the models' device */
     p->tok = tok;
     p->lpips = lpips;
     if (make_contexts(p, err)) {
@@ -156,7 +158,13 @@ int pbw_painter_new(pbw_painter **out, const pbw_painter_config *cfg, pbw_err *e
     p->clip = p->own_clip;
     p->tok = p->own_tok;
     p->lpips = p->own_lpips;
+    p->dev = cfg->device;
     if (make_contexts(p, err)) goto fail;
+    if (pbw_sg2_to_device(p->own_g, p->ctx, err) || pbw_clip_to_device(p->own_clip, p->ctx, err) ||
+        (p->own_lpips && pbw_lpips_to_device(p->own_lpips, p->ctx, err))) {
+        pbw_err_prefix(err, "moving the models to %s: ", pbw_device_name(p->dev));
+        goto fail;
+    }
     *out = p;
     return 0;
 fail:
@@ -375,14 +383,14 @@ static int setup(run *r, const float *mask, pbw_err *err) {
         free(z0);
         return pbw_err_prefix(err, "estimating latent_avg for truncation: ");
     }
-    pbw_tensor *zt = pbw_tensor_new(c, 2, (int64_t[]){1, D});
-    if (zt) memcpy(zt->data, z0, (size_t)D * sizeof *z0);
+    pbw_tensor *zt = pbw_tensor_from_host(c, z0, 2, (int64_t[]){1, D});
     r->w0 = pbw_sg2_truncate(c, g, pbw_sg2_mapping(c, g, zt), rq->truncation);
-    if (!r->w0) {
+    const float *w0h = r->w0 ? pbw_tensor_host(c, r->w0) : NULL;
+    if (!w0h) {
         free(z0);
         return ctx_err(c, err, "mapping");
     }
-    memcpy(r->start, r->var == PBW_VAR_Z ? z0 : r->w0->data, (size_t)D * sizeof(float));
+    memcpy(r->start, r->var == PBW_VAR_Z ? z0 : w0h, (size_t)D * sizeof(float));
     free(z0);
     for (int i = 0; i < g->n_latent; i++) r->lat0[i] = r->w0;
     r->orig = pbw_sg2_from_w(c, g, r->w0, NULL);
@@ -402,6 +410,7 @@ static int setup(run *r, const float *mask, pbw_err *err) {
         if (rq->mask_mode == PBW_MASK_LATENT) {
             if (pbw_sg2_mask_init(&r->mk, g, mask, S, S, err)) return -1;
             r->have_mk = 1;
+            if (pbw_sg2_mask_to_device(&r->mk, c, err)) return -1;
         } else {
             r->orig_keep = pbw_mul(c, r->orig, o->keep);
             if (!r->orig_keep) return ctx_err(c, err, "output mask");
@@ -471,7 +480,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
             pbw_ctx_reset(ctx);
-            pbw_tensor *lat = pbw_tensor_wrap(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
+            pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
             pbw_tensor *img = render(ctx, r, lat);
             if (!img || pbw_ctx_failed(ctx)) {
                 rc = ctx_err(ctx, err, "generator");
@@ -481,11 +490,20 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 rc = -1;
                 break;
             }
+            int kbest = -1;
             for (int k = 0; k < b; k++)
                 if (gbest < 0 || vals[i + k].total < vals[gbest].total) {
                     gbest = i + k;
-                    memcpy(r->frame, img->data + (int64_t)k * r->per, (size_t)r->per * sizeof(float));
+                    kbest = k;
                 }
+            if (kbest >= 0) { /* this batch holds the generation's best so far: keep its frame */
+                const float *ih = pbw_tensor_host(ctx, img);
+                if (!ih) {
+                    rc = ctx_err(ctx, err, "reading the image back");
+                    break;
+                }
+                memcpy(r->frame, ih + (int64_t)kbest * r->per, (size_t)r->per * sizeof(float));
+            }
         }
         pbw_ctx_reset(ctx);
         if (rc || cancelled(r)) break; /* a partly evaluated generation is not told */
@@ -534,12 +552,11 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         double t0 = now_s(), c0 = cpu_s();
         pbw_ctx_reset(ctx);
         pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
-        pbw_tensor *lat = pbw_tensor_new(ctx, 2, (int64_t[]){1, D});
+        pbw_tensor *lat = pbw_tensor_from_host(ctx, var, 2, (int64_t[]){1, D});
         if (!lat) {
             rc = ctx_err(ctx, err, "Adam step");
             break;
         }
-        memcpy(lat->data, var, (size_t)D * sizeof *var);
         lat->requires_grad = 1;
         pbw_tensor *img = render(ctx, r, lat);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
@@ -556,12 +573,18 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             rc = pbw_err_set(err, "the loss does not depend on the latent");
             break;
         }
-        pbw_loss_values v = {parts.total->data[0], parts.clip->data[0],
-                             parts.l1 ? parts.l1->data[0] : 0,
-                             parts.lpips ? parts.lpips->data[0] : 0};
-        memcpy(r->frame, img->data, (size_t)r->per * sizeof(float));
+        const float *th = pbw_tensor_host(ctx, parts.total), *ch = pbw_tensor_host(ctx, parts.clip);
+        const float *l1h = parts.l1 ? pbw_tensor_host(ctx, parts.l1) : NULL;
+        const float *lph = parts.lpips ? pbw_tensor_host(ctx, parts.lpips) : NULL;
+        const float *gh = pbw_grad_host(ctx, lat);
+        if (!th || !ch || (parts.l1 && !l1h) || (parts.lpips && !lph) || !gh ||
+            pbw_tensor_read(ctx, img, r->frame)) {
+            rc = ctx_err(ctx, err, "reading the step back");
+            break;
+        }
+        pbw_loss_values v = {th[0], ch[0], l1h ? l1h[0] : 0, lph ? lph[0] : 0};
         note_best(r, var, v.total);
-        if (pbw_adam_step(&adam, var, lat->grad, err)) {
+        if (pbw_adam_step(&adam, var, gh, err)) {
             rc = pbw_err_prefix(err, "Adam: ");
             break;
         }
@@ -643,7 +666,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
         pbw_err_set(err, "out of memory");
         goto out;
     }
-    r.cctx = pbw_ctx_new(PBW_DEV_CPU, err);
+    r.cctx = pbw_ctx_new(p->dev, err);
     if (!r.cctx || setup(&r, rq->mask, err)) goto out;
     pbw_ctx_reset(p->ctx);
     pbw_ctx_reset(p->scratch);
@@ -685,17 +708,19 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
         goto out;
     }
     memcpy(res->latent, var, (size_t)D * sizeof(float));
-    memcpy(res->original, r.orig->data, (size_t)r.per * sizeof(float));
+    if (pbw_tensor_read(r.cctx, r.orig, res->original)) {
+        ctx_err(r.cctx, err, "reading the original back");
+        goto out;
+    }
     prev = pbw_ctx_set_grad(p->ctx, 0);
     pbw_ctx_reset(p->ctx);
-    pbw_tensor *lat = pbw_tensor_wrap(p->ctx, var, 2, (int64_t[]){1, D});
+    pbw_tensor *lat = pbw_tensor_from_host(p->ctx, var, 2, (int64_t[]){1, D});
     pbw_tensor *img = render(p->ctx, &r, lat);
-    if (!img || pbw_ctx_failed(p->ctx)) {
+    if (!img || pbw_ctx_failed(p->ctx) || pbw_tensor_read(p->ctx, img, res->image)) {
         ctx_err(p->ctx, err, "generator");
         pbw_ctx_set_grad(p->ctx, prev);
         goto out;
     }
-    memcpy(res->image, img->data, (size_t)r.per * sizeof(float));
     erc = eval_image(&r, img, ecrops, &res->after, err);
     pbw_ctx_reset(p->ctx);
     pbw_ctx_set_grad(p->ctx, prev);

@@ -77,6 +77,8 @@ typedef struct pbw_painter_config {
     const char *lpips_backbone; /* torchvision alexnet-owt-*.pth; NULL: no LPIPS */
     const char *lpips_heads;    /* LPIPS v0.1 alex.pth; NULL: alex.pth or v0.1/alex.pth beside
                                    the backbone, or in the backbone file itself */
+    pbw_device device;          /* where to run (PBW_DEV_CPU by default; PBW_DEV_CUDA needs
+                                   pbw_device_init first, else device 0) */
 } pbw_painter_config;
 
 int pbw_painter_new(pbw_painter **out, const pbw_painter_config *cfg, pbw_err *err);

@@ -1,0 +1,110 @@
+/* pbw_cuda_conv.h: CUDA kernels of the convolution (cuDNN), upfirdn2d, resize, separable filters, StyleGAN2's fused ops.
+ *
+ * Each function mirrors its CPU twin (src/cpu, same name after pbw_cpu_) argument for argument;
+ * pointers are device memory; work is enqueued on the backend's stream (pbw_cuda.h). The
+ * geometry structs are the CPU's (plain C structs of ints). Where the GPU needs a different
+ * contract (scratch sizes, host-side taps, a weight in its natural layout instead of the CPU's
+ * packed one) the function says so and the op front-end branches on the device.
+ *
+ * Determinism: every kernel here gives the same bits run after run, except where cuDNN's
+ * heuristics pick a nondeterministic algorithm (never for PBW_PREC_FP32: deterministic
+ * algorithms are preferred whenever one exists). Reductions are two-pass (per-block partial
+ * sums in double, then one thread per output in a fixed order), not atomics.
+ */
+#ifndef PBW_CUDA_CONV_H
+#define PBW_CUDA_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu/pbw_cpu_conv.h"
+#include "cpu/pbw_cpu_stylegan.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------- conv2d (cuDNN legacy API) ----------
+ * Descriptors and the algorithm of each direction are cached per geometry and precision.
+ * PBW_PREC_FP32 runs FMA-only algorithms (no TF32); the other precisions allow tensor cores on
+ * the float32 tensors. The cuDNN workspace comes from pbw_cuda_workspace: no scratch. */
+size_t pbw_cuda_conv2d_scratch_floats(const pbw_cpu_conv_geom *g); /* 0 */
+void pbw_cuda_conv2d_forward(float *out, const float *x, const float *w, const float *b,
+                             const pbw_cpu_conv_geom *g, int accumulate, float *scratch);
+void pbw_cuda_conv2d_backward_data(float *dx, const float *dout, const float *w,
+                                   const pbw_cpu_conv_geom *g, float *scratch);
+void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, const float *x,
+                                     const pbw_cpu_conv_geom *g, float *scratch);
+void pbw_cuda_conv2d_add_bias(float *out, const float *b, int N, int O, int64_t P);
+void pbw_cuda_conv2d_backward_bias(float *db, const float *dout, int N, int O, int64_t P);
+
+/* ---------- upfirdn2d: k is device memory; the kernels need no tables (scratch 0) ---------- */
+size_t pbw_cuda_upfirdn2d_scratch_ints(const pbw_cpu_upfirdn_geom *g); /* 0 */
+void pbw_cuda_upfirdn2d_forward(float *out, const float *x, const float *k,
+                                const pbw_cpu_upfirdn_geom *g, int *scratch);
+/* Deterministic: each input element gathers from the outputs it fed (no atomics). */
+void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const float *k,
+                                 const pbw_cpu_upfirdn_geom *g, int *scratch);
+
+/* ---------- resize ----------
+ * The index and weight tables are computed on the device with the CPU's formulas, rounded
+ * step by step (no fused multiply-adds where the CPU has none), so they are bit-identical.
+ * The scratch (device) holds them plus, per input row and column, the range of outputs that
+ * read it, which lets the backward gather instead of scatter (deterministic). */
+size_t pbw_cuda_resize_scratch_bytes(int mode, int H, int W, int OH, int OW);
+void pbw_cuda_resize_forward(float *out, const float *x, int64_t planes, int H, int W, int OH,
+                             int OW, int mode, void *scratch);
+void pbw_cuda_resize_backward(float *dx, const float *dout, int64_t planes, int H, int W,
+                              int OH, int OW, int mode, void *scratch);
+
+/* ---------- separable filter ----------
+ * Unlike the CPU (one (H,W) buffer per thread) the row pass of every plane is kept: the
+ * scratch is planes*H*W floats, hence the different size function. k is device memory. */
+size_t pbw_cuda_sep_filter2d_scratch_floats_planes(int64_t planes, int H, int W);
+void pbw_cuda_sep_filter2d(float *out, const float *x, int64_t planes, int H, int W,
+                           const float *k, int ksize, int accumulate, float *scratch);
+
+/* ---------- StyleGAN2 fused ops (same contracts as pbw_cpu_stylegan.h) ----------
+ * The reductions into s, s0, d and bias write per-block partial sums in double to the
+ * runtime's workspace, then one thread per output adds them in a fixed order; those into m and
+ * noise run one thread per pixel over channels. All deterministic. */
+void pbw_cuda_sg_modulate_forward(float *out, const float *x, const float *s, const float *s0,
+                                  const float *m, const pbw_cpu_sg_mod_geom *g);
+void pbw_cuda_sg_modulate_backward(const float *gout, const float *x, const float *s,
+                                   const float *s0, const float *m,
+                                   const pbw_cpu_sg_mod_geom *g, float *gx, float *gs,
+                                   float *gs0, float *gm);
+void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const float *d,
+                                  const float *noise, const float *bias,
+                                  const pbw_cpu_sg_act_geom *g);
+void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y, const float *d,
+                                   const float *noise, const float *bias,
+                                   const pbw_cpu_sg_act_geom *g, float *gy, float *gd,
+                                   float *gnoise, float *gbias);
+
+/* StyleGAN2's blur: kv and kh (K <= 16 taps) are HOST arrays, copied into the kernels'
+ * parameters; no scratch (one fused pass), nthreads unused. */
+void pbw_cuda_sg_blur_forward(float *out, const float *x, int64_t planes, int H, int W, int OH,
+                              int OW, const float *kv, const float *kh, int K, int p0,
+                              float *scratch, int nthreads);
+/* Deterministic gather: gx += the adjoint. */
+void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int H, int W,
+                               int OH, int OW, const float *kv, const float *kh, int K, int p0,
+                               float *scratch, int nthreads);
+
+/* pbw_sg_conv on the GPU (the CPU packs its weights in CPU-only layouts, so this reads the
+ * plan's weight tensor instead). w (O,C,k,k) device memory.
+ *   transposed = 0: out (N,O,H,W) = F.conv2d(x (N,C,H,W), w, padding k/2)
+ *   transposed = 1: out (N,O,2H+k-2,2W+k-2) = F.conv_transpose2d(x, w.transpose(0,1), stride 2)
+ * wt: for transposed = 1, O*C*k*k device floats that the forward fills with w.transpose(0,1)
+ * (cuDNN's filter layout of the adjoint convolution) and the backward reads; NULL otherwise.
+ * The backward ADDS the gradient of x into gx. */
+void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, float *wt, int N,
+                              int C, int H, int W, int O, int k, int transposed);
+void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
+                               int N, int C, int H, int W, int O, int k, int transposed);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,64 @@
+/* pbw_cuda_elementwise.h: CUDA kernels of the unary and broadcasting binary ops, strided copies
+ * and accumulations (reductions, shape ops), max pooling.
+ *
+ * Each function mirrors its CPU twin (src/cpu/pbw_cpu.h, src/cpu/pbw_cpu_pool.h; same name
+ * after pbw_cpu_) argument for argument: float pointers are device memory, the 5-D shape and
+ * stride arrays and the pooling geometry are host memory (read before the call returns). Work
+ * is enqueued on the backend's stream (pbw_cuda.h); nothing here synchronizes. Backward kernels
+ * and pbw_cuda_accumulate ADD into their outputs, as on the CPU.
+ *
+ * Determinism: every kernel here gives the same bits run after run. Reductions (accumulate with
+ * zero output strides, gradients of broadcast operands) gather: one destination element is
+ * summed by one thread group in a fixed order, never by atomics.
+ */
+#ifndef PBW_CUDA_ELEMENTWISE_H
+#define PBW_CUDA_ELEMENTWISE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* the op enums and the pooling geometry are shared with the CPU kernels (plain C types) */
+#include "cpu/pbw_cpu.h"
+#include "cpu/pbw_cpu_pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
+                            int64_t n); /* x, y (n) */
+/* gx += dy/dx * gy (x, y, gy, gx all (n)) */
+void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
+                             const float *y, const float *gy, float *gx, int64_t n);
+
+/* y[i*sy] = a[i*sa] op b[i*sb] over the 5-D index space `shape` */
+void pbw_cuda_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,
+                             const int64_t *sa, const float *b, const int64_t *sb, float *y,
+                             const int64_t *sy);
+/* ga[i*sa] += d(a op b)/da * gy[i*sy], gb likewise; ga or gb may be NULL. Zero strides in
+ * sa/sb (broadcast operands) sum over those axes. */
+void pbw_cuda_binary_backward(pbw_binary_op op, const int64_t *shape, const float *a,
+                              const int64_t *sa, const float *b, const int64_t *sb,
+                              const float *gy, const int64_t *sy, float *ga, float *gb);
+/* y[i*sy] += s * x[i*sx] over shape (zero strides in sy reduce, in sx broadcast) */
+void pbw_cuda_accumulate(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                         const int64_t *sy, float s);
+/* y[i*sy] = x[i*sx] over shape */
+void pbw_cuda_copy_strided(const int64_t *shape, const float *x, const int64_t *sx, float *y,
+                           const int64_t *sy);
+
+/* max pooling; idx (may be NULL) receives the winner's offset y*W + x in its plane */
+void pbw_cuda_max_pool2d_forward(float *out,     // (planes,OH,OW)
+                                 int32_t *idx,   // (planes,OH,OW) or NULL
+                                 const float *x, // (planes,H,W)
+                                 const pbw_cpu_pool_geom *g);
+/* dx[plane, idx] += dout for every output */
+void pbw_cuda_max_pool2d_backward(float *dx,          // (planes,H,W), accumulated
+                                  const float *dout,  // (planes,OH,OW)
+                                  const int32_t *idx, // (planes,OH,OW), from the forward
+                                  const pbw_cpu_pool_geom *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

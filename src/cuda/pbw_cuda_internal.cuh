@@ -1,0 +1,56 @@
+// pbw_cuda_internal.cuh: what the kernel files of the CUDA backend share (not a public header).
+//
+//   #include "cuda/pbw_cuda_internal.cuh"
+//   my_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(...);
+//   PBW_CUDA_LAUNCHED("my_kernel");        // records a launch failure (sticky, see pbw_cuda.h)
+//
+// Every launch goes on pbw_stream(); nothing here synchronizes.
+#ifndef PBW_CUDA_INTERNAL_CUH
+#define PBW_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+#include <stdint.h>
+
+#include "cuda/pbw_cuda.h"
+
+cudaStream_t pbw_stream(void);
+cublasHandle_t pbw_cublas(void);  // bound to pbw_stream(), math mode set from the precision
+cudnnHandle_t pbw_cudnn(void);    // bound to pbw_stream()
+// Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least
+// `bytes`, valid until the next call. NULL when out of memory (failure recorded).
+void *pbw_cuda_workspace(size_t bytes);
+
+// Blocks for a grid-stride loop over n elements with 256 threads a block.
+static inline unsigned pbw_grid(int64_t n) {
+    int64_t b = (n + 255) / 256;
+    if (b < 1) b = 1;
+    if (b > 65535LL * 32) b = 65535LL * 32;
+    return (unsigned)b;
+}
+
+#define PBW_CUDA_LAUNCHED(name)                                                                 \
+    do {                                                                                        \
+        cudaError_t e_ = cudaGetLastError();                                                    \
+        if (e_ != cudaSuccess) pbw_cuda_fail("%s: %s", (name), cudaGetErrorString(e_));         \
+    } while (0)
+
+#define PBW_CUBLAS_OK(call)                                                                     \
+    do {                                                                                        \
+        cublasStatus_t s_ = (call);                                                             \
+        if (s_ != CUBLAS_STATUS_SUCCESS) pbw_cuda_fail("%s: cuBLAS status %d", #call, (int)s_); \
+    } while (0)
+
+#define PBW_CUDNN_OK(call)                                                                      \
+    do {                                                                                        \
+        cudnnStatus_t s_ = (call);                                                              \
+        if (s_ != CUDNN_STATUS_SUCCESS)                                                         \
+            pbw_cuda_fail("%s: %s", #call, cudnnGetErrorString(s_));                           \
+    } while (0)
+
+#define PBW_GRID_STRIDE(i, n)                                                                   \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+#endif

@@ -1,0 +1,77 @@
+/* pbw_cuda_nn.h: CUDA kernels of the matrix products (cuBLAS), layer norm, batch norm, softmax, attention, embedding.
+ *
+ * Each function mirrors its CPU twin (src/cpu, same name after pbw_cpu_) argument for argument;
+ * pointers are device memory; work is enqueued on the backend's stream (pbw_cuda.h). Backward
+ * kernels ADD into the gradient buffers they are given (NULL: not needed), as on the CPU.
+ *
+ * The functions after "no CPU twin" do work that the CPU front-ends do inline on host memory
+ * (bias broadcast, 1/sqrt(var+eps), embedding gathers); the front-ends call them under
+ * pbw_on_cuda.
+ */
+#ifndef PBW_CUDA_NN_H
+#define PBW_CUDA_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct pbw_attn_geom; /* src/cpu/pbw_cpu.h */
+
+/* C (M,N) = alpha op(A) op(B) + beta C, row-major, for `batch` matrices at element strides
+ * stride_a/b/c (0 shares a matrix). stride_c == 0 with batch > 1 means what it means on the
+ * CPU: the items are applied one after the other to the same C (each with beta), which the
+ * backward of a shared operand uses to sum over the batch. Math from pbw_cuda_precision(). */
+void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                           const float *A, int64_t lda, int64_t stride_a, const float *B,
+                           int64_t ldb, int64_t stride_b, float beta, float *C, int64_t ldc,
+                           int64_t stride_c, int64_t batch);
+
+/* rows (R,D); mean, rstd (R) are device memory written by the forward. */
+void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b, float *y,
+                                 float *mean, float *rstd, int64_t R, int64_t D, float eps);
+void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
+                                  const float *rstd, const float *gy, float *gx, float *gw,
+                                  float *gb, int64_t R, int64_t D);
+/* x (N,C,S) */
+void pbw_cuda_batch_norm_forward(const float *x, const float *mean, const float *rstd,
+                                 const float *w, const float *b, float *y, int64_t N, int64_t C,
+                                 int64_t S);
+void pbw_cuda_batch_norm_backward(const float *x, const float *mean, const float *rstd,
+                                  const float *w, const float *gy, float *gx, float *gw,
+                                  float *gb, int64_t N, int64_t C, int64_t S);
+/* rows (R,D) */
+void pbw_cuda_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
+void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
+
+/* Attention (geometry as pbw_cpu_attention_*); scratch is device memory of
+ * pbw_cuda_attention_scratch_floats(g) floats (the backward's d scores). */
+size_t pbw_cuda_attention_scratch_floats(const struct pbw_attn_geom *g);
+void pbw_cuda_attention_fwd(const struct pbw_attn_geom *g, const float *q, const float *k,
+                            const float *v, float *p, float *o, float *scratch);
+void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const float *k,
+                            const float *v, const float *p, const float *go, float *gq,
+                            float *gk, float *gv, float *scratch);
+
+/* ---- no CPU twin ---- */
+
+/* y (R,O) = b (O) on every row (pbw_linear starts from the bias). */
+void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O);
+/* gb (O) += sum over rows of gy (R,O) (deterministic: fixed reduction order). */
+void pbw_cuda_bias_rows_backward(const float *gy, float *gb, int64_t R, int64_t O);
+/* rstd (C) = 1 / sqrtf(var + eps) (batch norm's inference statistics). */
+void pbw_cuda_batch_norm_rstd(const float *var, float *rstd, int64_t C, float eps);
+/* y (n,D) = rows ids (n) of table (V,D); ids are device memory, checked by the caller. */
+void pbw_cuda_embedding_forward(const float *table, const int32_t *ids, float *y, int64_t n,
+                                int64_t D);
+/* gt (V,D) += gy (n,D) scattered to rows ids; atomicAdd, so with repeated ids the sum order
+ * (and the last bit) may vary between runs. */
+void pbw_cuda_embedding_backward(const float *gy, const int32_t *ids, float *gt, int64_t n,
+                                 int64_t D);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

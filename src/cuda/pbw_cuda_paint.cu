@@ -1,0 +1,118 @@
+// pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). One thread per output
+// pixel; the bicubic taps are computed in the thread with the CPU's formulas
+// (src/cpu/pbw_cpu_resample.c: source coordinate in double, fraction rounded to float).
+#include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_paint.h"
+
+__device__ static float cubic1(float x, float A) {
+    float t = fmaf(A + 2, x, -(A + 3));
+    t = t * x;
+    return t * x + 1;
+}
+
+__device__ static float cubic2(float x, float A) {
+    float t = A * x - 5 * A;
+    t = fmaf(t, x, 8 * A);
+    return t * x - 4 * A;
+}
+
+// Taps of output o of an axis resized from `in` to `out` samples (in != out).
+__device__ static void bicubic_taps(int o, int in, int out, int *ix, float *w) {
+    const float A = -0.75f;
+    const float scale = (float)in / (float)out;
+    double src = (double)scale * ((double)o + 0.5) - 0.5;
+    double fl = floor(src);
+    int i0 = (int)fl;
+    float t = (float)(src - fl);
+    w[0] = cubic2(t + 1.0f, A);
+    w[1] = cubic1(t, A);
+    w[2] = cubic1(1.0f - t, A);
+    w[3] = cubic2(2.0f - t, A);
+    for (int j = 0; j < 4; j++) {
+        int v = i0 - 1 + j;
+        ix[j] = v < 0 ? 0 : (v > in - 1 ? in - 1 : v);
+    }
+}
+
+__global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, int64_t H,
+                                        int64_t W, const int *__restrict__ crops, int n, int R,
+                                        pbw_cuda_norm3 norm, float *__restrict__ out,
+                                        uint8_t *__restrict__ pass) {
+    const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
+    PBW_GRID_STRIDE(i, total) {
+        const int64_t p = i % RR, uc = i / RR;
+        const int ch = (int)(uc % 3);
+        const int64_t u = uc / 3, b = u / n;
+        const int k = (int)(u % n);
+        const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
+        const int oy = (int)(p / R), ox = (int)(p % R);
+        const float *xp = x + (b * 3 + ch) * H * W + (int64_t)cy * W + cx;
+        float v;
+        if (sd == R) {
+            v = xp[(int64_t)oy * W + ox] * 0.5f + 0.5f;
+        } else {
+            int iy[4], ix[4];
+            float wy[4], wx[4];
+            bicubic_taps(oy, sd, R, iy, wy);
+            bicubic_taps(ox, sd, R, ix, wx);
+            v = 0.0f;
+            for (int j = 0; j < 4; j++) {
+                const float *row = xp + (int64_t)iy[j] * W;
+                float r = 0.0f;
+                for (int q = 0; q < 4; q++) r += wx[q] * (row[ix[q]] * 0.5f + 0.5f);
+                v += wy[j] * r;
+            }
+        }
+        if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
+        v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+        out[i] = (v - norm.mean[ch]) / norm.std[ch];
+    }
+}
+
+__global__ static void crops_bwd_kernel(const float *__restrict__ gy,
+                                        const uint8_t *__restrict__ pass, int64_t B, int64_t H,
+                                        int64_t W, const int *__restrict__ crops, int n, int R,
+                                        pbw_cuda_norm3 norm, float *__restrict__ gx) {
+    const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
+    PBW_GRID_STRIDE(i, total) {
+        if (!pass[i]) continue;
+        const int64_t p = i % RR, uc = i / RR;
+        const int ch = (int)(uc % 3);
+        const int64_t u = uc / 3, b = u / n;
+        const int k = (int)(u % n);
+        const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
+        const int oy = (int)(p / R), ox = (int)(p % R);
+        const float g = gy[i] / norm.std[ch] * 0.5f;
+        float *gp = gx + (b * 3 + ch) * H * W + (int64_t)cy * W + cx;
+        if (sd == R) {
+            atomicAdd(gp + (int64_t)oy * W + ox, g);
+            continue;
+        }
+        int iy[4], ix[4];
+        float wy[4], wx[4];
+        bicubic_taps(oy, sd, R, iy, wy);
+        bicubic_taps(ox, sd, R, ix, wx);
+        for (int j = 0; j < 4; j++)
+            for (int q = 0; q < 4; q++) atomicAdd(gp + (int64_t)iy[j] * W + ix[q], g * wy[j] * wx[q]);
+    }
+}
+
+extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
+                                            const int *crops, int n, int R, pbw_cuda_norm3 norm,
+                                            float *out, uint8_t *pass) {
+    int64_t total = B * n * 3 * (int64_t)R * R;
+    if (total <= 0) return;
+    crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R, norm,
+                                                                 out, pass);
+    PBW_CUDA_LAUNCHED("clip_crops forward");
+}
+
+extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B,
+                                             int64_t H, int64_t W, const int *crops, int n,
+                                             int R, pbw_cuda_norm3 norm, float *gx) {
+    int64_t total = B * n * 3 * (int64_t)R * R;
+    if (total <= 0) return;
+    crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n, R,
+                                                                 norm, gx);
+    PBW_CUDA_LAUNCHED("clip_crops backward");
+}

@@ -1,0 +1,32 @@
+/* pbw_cuda_paint.h: CUDA kernels of the painter's own ops (src/paint/pbw_loss.c): CLIP's crops.
+ *
+ * crops: n squares (y, x, side) as int triples in device memory; each is cut from every image
+ * of x (B,3,H,W) in [-1,1], mapped to [0,1], resized to R x R (bicubic, PyTorch's conventions:
+ * align_corners=False, a = -0.75, taps clamped to the border), clamped to [0,1] and normalized
+ * with mean/std -> out (B*n,3,R,R) (unit u = b*n + k). pass (B*n*3*R*R bytes, may be NULL)
+ * records where the clamp let the gradient through. Backward accumulates into gx (atomics:
+ * the float sums' order varies from run to run). */
+#ifndef PBW_CUDA_PAINT_H
+#define PBW_CUDA_PAINT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pbw_cuda_norm3 {
+    float mean[3], std[3];
+} pbw_cuda_norm3;
+
+void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
+                                 const int *crops, int n, int R, pbw_cuda_norm3 norm, float *out,
+                                 uint8_t *pass);
+void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B, int64_t H,
+                                  int64_t W, const int *crops, int n, int R, pbw_cuda_norm3 norm,
+                                  float *gx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,134 @@
+/* cuda_parity.c: CPU-versus-CUDA comparison of a graph of ops (see cuda_parity.h). */
+#include "cuda_parity.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pbw_rng.h"
+
+/* max |b - a| / max |a| over n values (NaN anywhere counts as infinitely wrong) */
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double scale = 0, diff = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > diff) diff = d;
+        if (fabs((double)a[i]) > scale) scale = fabs((double)a[i]);
+    }
+    return diff / (scale > 0 ? scale : 1);
+}
+
+typedef struct run_out {
+    float *y, *g[8];
+    int64_t ny, ng[8];
+} run_out;
+
+static int run_on(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
+                  float *const *host_in, const float *seed_src, run_out *o, const char *name) {
+    pbw_err err = {0};
+    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
+    if (!ctx) {
+        fprintf(stderr, "  %s: %s\n", name, err.msg);
+        return -1;
+    }
+    pbw_tensor *t[8];
+    int any_grad = 0;
+    for (int i = 0; i < nin; i++) {
+        t[i] = pbw_tensor_from_host(ctx, host_in[i], in[i].ndim, in[i].shape);
+        if (t[i]) t[i]->requires_grad = in[i].requires_grad;
+        any_grad |= in[i].requires_grad;
+    }
+    pbw_tensor *y = f(ctx, t, arg);
+    int rc = -1;
+    if (!y || pbw_ctx_check(ctx, &err)) {
+        fprintf(stderr, "  %s on %s: %s\n", name, pbw_device_name(dev), pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : "no output");
+        goto done;
+    }
+    o->ny = y->numel;
+    o->y = malloc((size_t)y->numel * sizeof(float) + 1);
+    if (!o->y || pbw_tensor_read(ctx, y, o->y)) goto done;
+    if (any_grad && y->requires_grad) {
+        if (pbw_backward(ctx, y, y->numel > 1 ? seed_src : NULL, &err)) {
+            fprintf(stderr, "  %s backward on %s: %s\n", name, pbw_device_name(dev), err.msg);
+            goto done;
+        }
+        for (int i = 0; i < nin; i++) {
+            if (!in[i].requires_grad || !t[i]->grad) continue;
+            o->ng[i] = t[i]->numel;
+            o->g[i] = malloc((size_t)t[i]->numel * sizeof(float) + 1);
+            const float *h = pbw_grad_host(ctx, t[i]);
+            if (!o->g[i] || !h) goto done;
+            memcpy(o->g[i], h, (size_t)t[i]->numel * sizeof(float));
+        }
+    }
+    rc = pbw_ctx_check(ctx, &err);
+    if (rc) fprintf(stderr, "  %s on %s: %s\n", name, pbw_device_name(dev), err.msg);
+done:
+    pbw_ctx_free(ctx);
+    return rc;
+}
+
+static void out_free(run_out *o) {
+    free(o->y);
+    for (int i = 0; i < 8; i++) free(o->g[i]);
+}
+
+int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
+                 double tol) {
+    if (nin > 8) return 1;
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 1234);
+    float *host_in[8] = {0};
+    for (int i = 0; i < nin; i++) {
+        int64_t n = 1;
+        for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
+        host_in[i] = malloc((size_t)n * sizeof(float) + 1);
+        float lo = in[i].lo, hi = in[i].hi;
+        if (lo == 0 && hi == 0) {
+            lo = -1;
+            hi = 1;
+        }
+        for (int64_t k = 0; k < n; k++) host_in[i][k] = lo + (hi - lo) * (float)pbw_rng_uniform(&rng);
+    }
+    /* the output gradient: uniform(-1,1), as large as any output a test makes */
+    int64_t nseed = (int64_t)1 << 24;
+    float *seed = malloc((size_t)nseed * sizeof(float));
+    for (int64_t k = 0; k < nseed; k++) seed[k] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    run_out a = {0}, b = {0};
+    int bad = 0;
+    if (run_on(PBW_DEV_CPU, f, arg, nin, in, host_in, seed, &a, name) ||
+        run_on(PBW_DEV_CUDA, f, arg, nin, in, host_in, seed, &b, name)) {
+        bad = 1;
+        goto done;
+    }
+    if (a.ny != b.ny) {
+        fprintf(stderr, "  %s: output sizes differ (%lld vs %lld)\n", name, (long long)a.ny, (long long)b.ny);
+        bad = 1;
+        goto done;
+    }
+    double e = rel_err(a.y, b.y, a.ny);
+    printf("  %-28s output      rel err %.2e (tol %.0e)%s\n", name, e, tol, e <= tol ? "" : "  FAIL");
+    bad += !(e <= tol);
+    for (int i = 0; i < nin; i++) {
+        if (!in[i].requires_grad) continue;
+        if (!a.g[i] || !b.g[i]) {
+            if (a.g[i] || b.g[i]) {
+                fprintf(stderr, "  %s: gradient of input %d reached only one device\n", name, i);
+                bad++;
+            }
+            continue;
+        }
+        double eg = rel_err(a.g[i], b.g[i], a.ng[i]);
+        printf("  %-28s grad in[%d]  rel err %.2e (tol %.0e)%s\n", name, i, eg, tol,
+               eg <= tol ? "" : "  FAIL");
+        bad += !(eg <= tol);
+    }
+done:
+    out_free(&a);
+    out_free(&b);
+    free(seed);
+    for (int i = 0; i < nin; i++) free(host_in[i]);
+    return bad;
+}
