@@ -1,4 +1,5 @@
-/* pbw_ops_linalg.c: matmul and linear (front-ends over pbw_cpu_gemm_batched / OpenBLAS). */
+/* pbw_ops_linalg.c: matmul and linear (front-ends over the batched GEMM kernel: OpenBLAS on the
+ * CPU, cuBLAS on CUDA). */
 #include <string.h>
 
 #include "cpu/pbw_cpu.h"
@@ -21,21 +22,21 @@ static void matmul_backward(pbw_ctx *ctx, pbw_node *n) {
     int64_t lda = s->ta ? M : K, ldb = s->tb ? K : N;
     if (ga) {
         if (!s->ta) /* gA (M,K) = gC op(B)^T */
-            pbw_cpu_gemm_batched(0, !s->tb, M, K, N, 1, gc, N, sc, b->data, ldb, s->stride_b, 1,
-                                 ga, K, sa, bs);
+            PBW_KERNEL(ctx, gemm_batched, 0, !s->tb, M, K, N, 1, gc, N, sc, b->data, ldb,
+                       s->stride_b, 1, ga, K, sa, bs);
         else /* gA (K,M) = op(B) gC^T */
-            pbw_cpu_gemm_batched(s->tb, 1, K, M, N, 1, b->data, ldb, s->stride_b, gc, N, sc, 1,
-                                 ga, M, sa, bs);
+            PBW_KERNEL(ctx, gemm_batched, s->tb, 1, K, M, N, 1, b->data, ldb, s->stride_b, gc, N,
+                       sc, 1, ga, M, sa, bs);
     }
     if (gb) {
         /* shared b: the batch items' contributions add into one matrix, one gemm each */
         int64_t sgb = s->stride_b;
         if (!s->tb) /* gB (K,N) = op(A)^T gC */
-            pbw_cpu_gemm_batched(!s->ta, 0, K, N, M, 1, a->data, lda, sa, gc, N, sc, 1, gb, N,
-                                 sgb, bs);
+            PBW_KERNEL(ctx, gemm_batched, !s->ta, 0, K, N, M, 1, a->data, lda, sa, gc, N, sc, 1,
+                       gb, N, sgb, bs);
         else /* gB (N,K) = gC^T op(A) */
-            pbw_cpu_gemm_batched(1, s->ta, N, K, M, 1, gc, N, sc, a->data, lda, sa, 1, gb, K, sgb,
-                                 bs);
+            PBW_KERNEL(ctx, gemm_batched, 1, s->ta, N, K, M, 1, gc, N, sc, a->data, lda, sa, 1, gb,
+                       K, sgb, bs);
     }
 }
 
@@ -71,8 +72,8 @@ pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, 
         s.batch = 1;
     }
     int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
-    pbw_cpu_gemm_batched(trans_a, trans_b, s.M, N, K, 1, a->data, lda, s.M * K, b->data, ldb,
-                         s.stride_b, 0, c->data, N, s.M * N, s.batch);
+    PBW_KERNEL(ctx, gemm_batched, trans_a, trans_b, s.M, N, K, 1, a->data, lda, s.M * K, b->data,
+               ldb, s.stride_b, 0, c->data, N, s.M * N, s.batch);
     if (pbw_needs_grad(ctx, in, 2)) {
         pbw_node *n = pbw_tape_push(ctx, "matmul", matmul_backward, c, in, 2, sizeof s);
         if (!n) return NULL;
@@ -86,9 +87,17 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     int64_t O = w->shape[0], I = w->shape[1], R = x->numel / I;
     const float *gy = n->out->grad; /* (R,O) */
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = b ? pbw_grad(ctx, b) : NULL;
-    if (gx) pbw_cpu_gemm_batched(0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, 1, gx, I, 0, 1);
-    if (gw) pbw_cpu_gemm_batched(1, 0, O, I, R, 1, gy, O, 0, x->data, I, 0, 1, gw, I, 0, 1);
+    if (gx)
+        PBW_KERNEL(ctx, gemm_batched, 0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, 1, gx, I, 0, 1);
+    if (gw)
+        PBW_KERNEL(ctx, gemm_batched, 1, 0, O, I, R, 1, gy, O, 0, x->data, I, 0, 1, gw, I, 0, 1);
     if (gb) {
+#ifdef PBW_HAVE_CUDA
+        if (pbw_on_cuda(ctx)) {
+            pbw_cuda_bias_rows_backward(gy, gb, R, O);
+            return;
+        }
+#endif
         int64_t shape[5] = {1, 1, 1, R, O}, sy[5] = {0, 0, 0, O, 1}, sb[5] = {0, 0, 0, 0, 1};
         pbw_cpu_accumulate(shape, gy, sy, gb, sb, 1.0f);
     }
@@ -109,12 +118,16 @@ pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b
     oshape[x->ndim - 1] = O;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
     if (!y) return NULL;
-    if (b) { /* start from the bias, then add x W^T */
+    if (b && pbw_on_cuda(ctx)) { /* start from the bias, then add x W^T */
+#ifdef PBW_HAVE_CUDA
+        pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
+#endif
+    } else if (b) {
 #pragma omp parallel for schedule(static) if (R * O > 32768)
         for (int64_t r = 0; r < R; r++) memcpy(y->data + r * O, b->data, (size_t)O * sizeof(float));
     }
-    pbw_cpu_gemm_batched(0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0, b ? 1.0f : 0.0f, y->data,
-                         O, 0, 1);
+    PBW_KERNEL(ctx, gemm_batched, 0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0,
+               b ? 1.0f : 0.0f, y->data, O, 0, 1);
     if (pbw_needs_grad(ctx, in, b ? 3 : 2) &&
         !pbw_tape_push(ctx, "linear", linear_backward, y, in, b ? 3 : 2, 0))
         return NULL;

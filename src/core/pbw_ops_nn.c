@@ -6,6 +6,15 @@
 #include "cpu/pbw_cpu.h"
 #include "pbw_ops_internal.h"
 
+/* n floats that a backward reads (mean, rstd, attention weights): memory of the context's device
+ * (the kernels write them there), living until reset. NULL, the context failed, when out of
+ * memory. */
+static float *saved_floats(pbw_ctx *ctx, int64_t n) {
+    size_t bytes = (size_t)n * sizeof(float) + 1;
+    if (pbw_on_cuda(ctx)) return pbw_ctx_alloc(ctx, bytes);
+    return pbw_arena_alloc(pbw_ctx_arena(ctx), bytes);
+}
+
 /* ---- layer norm ---- */
 
 typedef struct {
@@ -17,8 +26,8 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
     int64_t D = x->shape[x->ndim - 1], R = x->numel / D;
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
-    pbw_cpu_layer_norm_backward(x->data, w ? w->data : NULL, s->mean, s->rstd, n->out->grad, gx,
-                                gw, gb, R, D);
+    PBW_KERNEL(ctx, layer_norm_backward, x->data, w ? w->data : NULL, s->mean, s->rstd,
+               n->out->grad, gx, gw, gb, R, D);
 }
 
 pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b, float eps) {
@@ -32,12 +41,10 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
     }
     int64_t R = D ? x->numel / D : 0;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
-    pbw_arena *ar = pbw_ctx_arena(ctx);
-    float *mean = pbw_arena_alloc(ar, (size_t)R * sizeof(float) + 1);
-    float *rstd = pbw_arena_alloc(ar, (size_t)R * sizeof(float) + 1);
+    float *mean = saved_floats(ctx, R), *rstd = saved_floats(ctx, R);
     if (!y || !mean || !rstd) return pbw_ctx_fail(ctx, "layer_norm: out of memory");
-    pbw_cpu_layer_norm_forward(x->data, w ? w->data : NULL, b ? b->data : NULL, y->data, mean,
-                               rstd, R, D, eps);
+    PBW_KERNEL(ctx, layer_norm_forward, x->data, w ? w->data : NULL, b ? b->data : NULL, y->data,
+               mean, rstd, R, D, eps);
     pbw_tensor *in[3] = {x, w, b};
     if (pbw_needs_grad(ctx, in, 3)) {
         pbw_node *n = pbw_tape_push(ctx, "layer_norm", layer_norm_backward, y, in, 3, sizeof(ln_saved));
@@ -58,8 +65,8 @@ static void batch_norm_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_tensor *x = n->in[0], *mean = n->in[1], *w = n->in[2], *b = n->in[3];
     int64_t N = x->shape[0], C = x->shape[1], S = N * C != 0 ? x->numel / (N * C) : 0;
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
-    pbw_cpu_batch_norm_backward(x->data, mean->data, s->rstd, w ? w->data : NULL, n->out->grad,
-                                gx, gw, gb, N, C, S);
+    PBW_KERNEL(ctx, batch_norm_backward, x->data, mean->data, s->rstd, w ? w->data : NULL,
+               n->out->grad, gx, gw, gb, N, C, S);
 }
 
 pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_tensor *var,
@@ -77,11 +84,17 @@ pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_te
     for (int i = 0; i < 2; i++)
         if (opt[i] && pbw_op_begin(ctx, "batch_norm", 1, &opt[i])) return NULL;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
-    float *rstd = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)C * sizeof(float) + 1);
+    float *rstd = saved_floats(ctx, C);
     if (!y || !rstd) return pbw_ctx_fail(ctx, "batch_norm: out of memory");
-    for (int64_t c = 0; c < C; c++) rstd[c] = 1.0f / sqrtf(var->data[c] + eps);
-    pbw_cpu_batch_norm_forward(x->data, mean->data, rstd, w ? w->data : NULL, b ? b->data : NULL,
-                               y->data, N, C, S);
+    if (pbw_on_cuda(ctx)) { /* var is device memory */
+#ifdef PBW_HAVE_CUDA
+        pbw_cuda_batch_norm_rstd(var->data, rstd, C, eps);
+#endif
+    } else {
+        for (int64_t c = 0; c < C; c++) rstd[c] = 1.0f / sqrtf(var->data[c] + eps);
+    }
+    PBW_KERNEL(ctx, batch_norm_forward, x->data, mean->data, rstd, w ? w->data : NULL,
+               b ? b->data : NULL, y->data, N, C, S);
     /* statistics are constants: only x, w and b can receive gradients */
     pbw_tensor *in[4] = {x, mean, w, b};
     pbw_tensor *gin[3] = {x, w, b};
@@ -99,7 +112,7 @@ static void softmax_backward(pbw_ctx *ctx, pbw_node *n) {
     float *gx = pbw_grad(ctx, n->in[0]);
     if (!gx) return;
     int64_t D = n->out->shape[n->out->ndim - 1];
-    pbw_cpu_softmax_backward(n->out->data, n->out->grad, gx, n->out->numel / D, D);
+    PBW_KERNEL(ctx, softmax_backward, n->out->data, n->out->grad, gx, n->out->numel / D, D);
 }
 
 pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
@@ -107,7 +120,7 @@ pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
     int64_t D = x->shape[x->ndim - 1];
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!y) return NULL;
-    if (D > 0) pbw_cpu_softmax_forward(x->data, y->data, x->numel / D, D);
+    if (D > 0) PBW_KERNEL(ctx, softmax_forward, x->data, y->data, x->numel / D, D);
     if (pbw_needs_grad(ctx, &x, 1) && !pbw_tape_push(ctx, "softmax", softmax_backward, y, &x, 1, 0))
         return NULL;
     return y;
@@ -121,7 +134,7 @@ typedef struct {
 } attn_saved;
 
 static float *attn_scratch(pbw_ctx *ctx, const pbw_attn_geom *g) {
-    return pbw_ctx_scratch(ctx, 0, pbw_cpu_attention_scratch_floats(g) * sizeof(float) + 64);
+    return pbw_ctx_scratch(ctx, 0, PBW_KERNEL(ctx, attention_scratch_floats, g) * sizeof(float) + 64);
 }
 
 static void attention_backward(pbw_ctx *ctx, pbw_node *n) {
@@ -130,8 +143,8 @@ static void attention_backward(pbw_ctx *ctx, pbw_node *n) {
     if (!gq && !gk && !gv) return;
     float *scratch = attn_scratch(ctx, &s->g);
     if (!scratch) return;
-    pbw_cpu_attention_bwd(&s->g, n->in[0]->data, n->in[1]->data, n->in[2]->data, s->p,
-                          n->out->grad, gq, gk, gv, scratch);
+    PBW_KERNEL(ctx, attention_bwd, &s->g, n->in[0]->data, n->in[1]->data, n->in[2]->data, s->p,
+               n->out->grad, gq, gk, gv, scratch);
 }
 
 pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor *v, int causal,
@@ -151,10 +164,10 @@ pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor
                           {H * S * D, S * D, D}, {H * T * D, T * D, D},
                           scale > 0 ? scale : 1.0f / sqrtf((float)D), causal};
     pbw_tensor *o = pbw_tensor_new(ctx, 4, q->shape);
-    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * H * T * S) * sizeof(float) + 1);
+    s.p = saved_floats(ctx, B * H * T * S);
     float *scratch = attn_scratch(ctx, &s.g);
     if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention: out of memory");
-    pbw_cpu_attention_fwd(&s.g, q->data, k->data, v->data, s.p, o->data, scratch);
+    PBW_KERNEL(ctx, attention_fwd, &s.g, q->data, k->data, v->data, s.p, o->data, scratch);
     if (pbw_needs_grad(ctx, in, 3)) {
         pbw_node *n = pbw_tape_push(ctx, "attention", attention_backward, o, in, 3, sizeof s);
         if (!n) return NULL;
@@ -178,8 +191,8 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
     if (!scratch) return;
     int64_t W = s->g.H * s->g.D;
     const float *x = n->in[0]->data;
-    pbw_cpu_attention_bwd(&s->g, x, x + W, x + 2 * W, s->p, n->out->grad, g, g + W, g + 2 * W,
-                          scratch);
+    PBW_KERNEL(ctx, attention_bwd, &s->g, x, x + W, x + 2 * W, s->p, n->out->grad, g, g + W,
+               g + 2 * W, scratch);
 }
 
 pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t n_queries,
@@ -212,10 +225,11 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     g->scale = scale > 0 ? scale : 1.0f / sqrtf((float)D);
     g->causal = causal;
     pbw_tensor *o = pbw_tensor_new(ctx, 3, (int64_t[]){B, n_queries, W});
-    s.p = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)(B * heads * n_queries * T) * sizeof(float) + 1);
+    s.p = saved_floats(ctx, B * heads * n_queries * T);
     float *scratch = attn_scratch(ctx, g);
     if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
-    pbw_cpu_attention_fwd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data, scratch);
+    PBW_KERNEL(ctx, attention_fwd, g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data,
+               scratch);
     if (pbw_needs_grad(ctx, &qkv, 1)) {
         pbw_node *n = pbw_tape_push(ctx, "attention_qkv", attention_qkv_backward, o, &qkv, 1, sizeof s);
         if (!n) return NULL;
@@ -227,7 +241,7 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
 /* ---- embedding ---- */
 
 typedef struct {
-    int32_t *ids;
+    int32_t *ids; /* (n), device memory on CUDA */
     int64_t n;
 } emb_saved;
 
@@ -236,6 +250,12 @@ static void embedding_backward(pbw_ctx *ctx, pbw_node *n) {
     float *gt = pbw_grad(ctx, n->in[0]);
     if (!gt) return;
     int64_t D = n->in[0]->shape[1];
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) { /* atomics where ids repeat: see pbw_cuda_embedding_backward */
+        pbw_cuda_embedding_backward(n->out->grad, s->ids, gt, s->n, D);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < s->n; i++) { /* serial: ids may repeat */
         float *row = gt + (int64_t)s->ids[i] * D;
         const float *g = n->out->grad + i * D;
@@ -260,13 +280,25 @@ pbw_tensor *pbw_embedding(pbw_ctx *ctx, pbw_tensor *table, const int32_t *ids, i
                                 (int)ids[i], (long long)i, (long long)V);
     pbw_tensor *y = pbw_tensor_new(ctx, ids_ndim + 1, oshape);
     if (!y) return NULL;
-    for (int64_t i = 0; i < n; i++)
-        memcpy(y->data + i * D, table->data + (int64_t)ids[i] * D, (size_t)D * sizeof(float));
+    int32_t *dev_ids = NULL; /* the ids in device memory, for the gather and the backward */
+    if (pbw_on_cuda(ctx)) {
+#ifdef PBW_HAVE_CUDA
+        dev_ids = pbw_ctx_upload(ctx, ids, (size_t)n * sizeof(int32_t));
+        if (!dev_ids) return pbw_ctx_fail(ctx, "embedding: out of memory");
+        pbw_cuda_embedding_forward(table->data, dev_ids, y->data, n, D);
+#endif
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            memcpy(y->data + i * D, table->data + (int64_t)ids[i] * D, (size_t)D * sizeof(float));
+    }
     if (pbw_needs_grad(ctx, &table, 1)) {
         pbw_node *nd = pbw_tape_push(ctx, "embedding", embedding_backward, y, &table, 1, sizeof(emb_saved));
-        int32_t *copy = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof(int32_t) + 1);
+        int32_t *copy = dev_ids;
+        if (!copy) {
+            copy = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof(int32_t) + 1);
+            if (copy) memcpy(copy, ids, (size_t)n * sizeof(int32_t));
+        }
         if (!nd || !copy) return pbw_ctx_fail(ctx, "embedding: out of memory");
-        memcpy(copy, ids, (size_t)n * sizeof(int32_t));
         *(emb_saved *)nd->saved = (emb_saved){copy, n};
     }
     return y;

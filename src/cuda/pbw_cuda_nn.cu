@@ -1,0 +1,403 @@
+// pbw_cuda_nn.cu: batched GEMM (cuBLAS), layer norm, batch norm, softmax, the bias broadcast of
+// pbw_linear and embedding gathers on the GPU (see pbw_cuda_nn.h). Attention: pbw_cuda_attention.cu.
+//
+// Row kernels (layer norm, softmax) give each row to one warp, accumulate in fp32 and reduce with
+// shuffles; the CPU accumulates some of these sums in double, so results differ in the last
+// bits. Column reductions (weight and bias gradients) use a fixed order: deterministic.
+#include <climits>
+#include <cmath>
+
+#include "cpu/pbw_cpu.h"
+#include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_nn.h"
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Warp-per-row launches: 8 rows (warps) a block of 256 threads.
+static const int ROWS_PER_BLOCK = 8;
+static inline unsigned row_blocks(int64_t R) {
+    return (unsigned)((R + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+}
+
+// ---------------- GEMM ----------------
+
+static cublasComputeType_t compute_type(void) {
+    switch (pbw_cuda_precision()) {
+    case PBW_PREC_TF32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case PBW_PREC_BF16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    case PBW_PREC_FP16: return CUBLAS_COMPUTE_32F_FAST_16F;
+    default: return CUBLAS_COMPUTE_32F_PEDANTIC; // plain fp32 whatever the handle's math mode
+    }
+}
+
+// C (M,N,ldc) *= beta for batch matrices (beta 0: set to 0, as BLAS does for K = 0).
+__global__ static void scale_matrix_kernel(float *C, int64_t M, int64_t N, int64_t ldc,
+                                           int64_t sc, int64_t batch, float beta) {
+    PBW_GRID_STRIDE(i, batch * M * N) {
+        int64_t j = i % N, r = (i / N) % M, b = i / (M * N);
+        float *c = C + b * sc + r * ldc + j;
+        *c = beta == 0.0f ? 0.0f : *c * beta;
+    }
+}
+
+// One cuBLAS call on row-major operands: row-major C (M,N) is column-major C^T (N,M), and
+// C^T = op(B)^T op(A)^T, so B goes first with the same transpose flags.
+static void gemm_call(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
+                      int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch) {
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+        ldc > INT_MAX || batch > INT_MAX) {
+        pbw_cuda_fail("gemm_batched: sizes (%lld,%lld,%lld) x %lld exceed cuBLAS's int range",
+                      (long long)M, (long long)N, (long long)K, (long long)batch);
+        return;
+    }
+    PBW_CUBLAS_OK(cublasGemmStridedBatchedEx(
+        pbw_cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
+        (int)M, (int)K, &alpha, B, CUDA_R_32F, (int)ldb, (long long)sb, A, CUDA_R_32F, (int)lda,
+        (long long)sa, &beta, C, CUDA_R_32F, (int)ldc, (long long)sc, (int)batch, compute_type(),
+        CUBLAS_GEMM_DEFAULT));
+}
+
+extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                                      float alpha, const float *A, int64_t lda, int64_t stride_a,
+                                      const float *B, int64_t ldb, int64_t stride_b, float beta,
+                                      float *C, int64_t ldc, int64_t stride_c, int64_t batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    if (K <= 0) { // C = beta C, once per item applied (stride_c 0: applied batch times)
+        int64_t reps = stride_c == 0 ? batch : 1, items = stride_c == 0 ? 1 : batch;
+        for (int64_t r = 0; r < reps; r++) {
+            scale_matrix_kernel<<<pbw_grid(items * M * N), 256, 0, pbw_stream()>>>(
+                C, M, N, ldc, stride_c, items, beta);
+            PBW_CUDA_LAUNCHED("gemm_batched (K = 0)");
+        }
+        return;
+    }
+    // Shared B and items of A and C that follow each other row after row: one tall product,
+    // as on the CPU.
+    if (batch > 1 && stride_b == 0 && !trans_a && stride_a == M * lda && stride_c != 0 &&
+        stride_c == M * ldc) {
+        gemm_call(0, trans_b, M * batch, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+        return;
+    }
+    if (batch > 1 && stride_c == 0) {
+        // Every item updates the same C in turn (the CPU loops). With beta 1 that is a sum over
+        // the items, which is one product with K*batch when the items of op(A) and op(B) are
+        // stacked along their reduction dimension: A^T and B stored (K,.) one after the other.
+        if (beta == 1.0f && trans_a && !trans_b && stride_a == K * lda && stride_b == K * ldb) {
+            gemm_call(1, 0, M, N, K * batch, alpha, A, lda, 0, B, ldb, 0, 1.0f, C, ldc, 0, 1);
+            return;
+        }
+        for (int64_t i = 0; i < batch; i++) // the CPU's order, each item with beta
+            gemm_call(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, 0,
+                      B + i * stride_b, ldb, 0, beta, C, ldc, 0, 1);
+        return;
+    }
+    gemm_call(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+              stride_c, batch);
+}
+
+// ---------------- bias rows (pbw_linear) ----------------
+
+__global__ static void bias_rows_forward_kernel(const float *b, float *y, int64_t R, int64_t O) {
+    PBW_GRID_STRIDE(i, R * O) y[i] = b[i % O];
+}
+
+extern "C" void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O) {
+    if (R * O <= 0) return;
+    bias_rows_forward_kernel<<<pbw_grid(R * O), 256, 0, pbw_stream()>>>(b, y, R, O);
+    PBW_CUDA_LAUNCHED("bias_rows_forward");
+}
+
+// Column sums over rows, 32 columns a block: thread (tx, ty) sums rows ty, ty+16, ... of
+// column tx (coalesced across tx), then the 16 partial sums add in shared memory in a fixed
+// order. With x/mean/rstd given it also sums g * xhat (layer norm's weight gradient).
+static const int COL_TY = 16;
+
+__global__ static void column_sums_kernel(const float *gy, const float *x, const float *mean,
+                                          const float *rstd, float *gw, float *gb, int64_t R,
+                                          int64_t D) {
+    __shared__ float sw[COL_TY][33], sb[COL_TY][33];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t i = (int64_t)blockIdx.x * 32 + tx;
+    float aw = 0.0f, ab = 0.0f;
+    if (i < D)
+        for (int64_t r = ty; r < R; r += COL_TY) {
+            float g = gy[r * D + i];
+            ab += g;
+            if (gw) aw = fmaf(g, (x[r * D + i] - mean[r]) * rstd[r], aw);
+        }
+    sw[ty][tx] = aw;
+    sb[ty][tx] = ab;
+    __syncthreads();
+    if (ty == 0 && i < D) {
+        float tw = 0.0f, tb = 0.0f;
+        for (int k = 0; k < COL_TY; k++) {
+            tw += sw[k][tx];
+            tb += sb[k][tx];
+        }
+        if (gw) gw[i] += tw;
+        if (gb) gb[i] += tb;
+    }
+}
+
+static void column_sums(const float *gy, const float *x, const float *mean, const float *rstd,
+                        float *gw, float *gb, int64_t R, int64_t D, const char *name) {
+    if ((!gw && !gb) || D <= 0) return;
+    column_sums_kernel<<<(unsigned)((D + 31) / 32), dim3(32, COL_TY), 0, pbw_stream()>>>(
+        gy, x, mean, rstd, gw, gb, R, D);
+    PBW_CUDA_LAUNCHED(name);
+}
+
+extern "C" void pbw_cuda_bias_rows_backward(const float *gy, float *gb, int64_t R, int64_t O) {
+    column_sums(gy, nullptr, nullptr, nullptr, nullptr, gb, R, O, "bias_rows_backward");
+}
+
+// ---------------- layer norm ----------------
+
+__global__ static void layer_norm_forward_kernel(const float *x, const float *w, const float *b,
+                                                 float *y, float *mean, float *rstd, int64_t R,
+                                                 int64_t D, float eps) {
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *xr = x + r * D;
+    float *yr = y + r * D;
+    float s = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) s += xr[i];
+    float m = warp_sum(s) / (float)D;
+    float s2 = 0.0f; // two passes, as on the CPU: no cancellation in E[x^2] - m^2
+    for (int64_t i = lane; i < D; i += 32) {
+        float d = xr[i] - m;
+        s2 = fmaf(d, d, s2);
+    }
+    float rs = 1.0f / sqrtf(warp_sum(s2) / (float)D + eps);
+    for (int64_t i = lane; i < D; i += 32) {
+        float v = (xr[i] - m) * rs;
+        yr[i] = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+    }
+    if (lane == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+extern "C" void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b,
+                                            float *y, float *mean, float *rstd, int64_t R,
+                                            int64_t D, float eps) {
+    if (R <= 0 || D <= 0) return;
+    layer_norm_forward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
+        x, w, b, y, mean, rstd, R, D, eps);
+    PBW_CUDA_LAUNCHED("layer_norm_forward");
+}
+
+__global__ static void layer_norm_backward_kernel(const float *x, const float *w,
+                                                  const float *mean, const float *rstd,
+                                                  const float *gy, float *gx, int64_t R,
+                                                  int64_t D) {
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *xr = x + r * D, *gr = gy + r * D;
+    float m = mean[r], rs = rstd[r], a = 0.0f, c = 0.0f; // sums of g*w and of g*w*xhat
+    for (int64_t i = lane; i < D; i += 32) {
+        float gw_ = gr[i] * (w ? w[i] : 1.0f);
+        a += gw_;
+        c = fmaf(gw_, (xr[i] - m) * rs, c);
+    }
+    float af = warp_sum(a) / (float)D, cf = warp_sum(c) / (float)D;
+    for (int64_t i = lane; i < D; i += 32) {
+        float xh = (xr[i] - m) * rs;
+        float gw_ = gr[i] * (w ? w[i] : 1.0f);
+        gx[r * D + i] += rs * (gw_ - af - xh * cf);
+    }
+}
+
+extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
+                                             const float *rstd, const float *gy, float *gx,
+                                             float *gw, float *gb, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0) return;
+    if (gx) {
+        layer_norm_backward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
+            x, w, mean, rstd, gy, gx, R, D);
+        PBW_CUDA_LAUNCHED("layer_norm_backward");
+    }
+    column_sums(gy, x, mean, rstd, gw, gb, R, D, "layer_norm_backward (weights)");
+}
+
+// ---------------- batch norm (given statistics) ----------------
+
+__global__ static void batch_norm_rstd_kernel(const float *var, float *rstd, int64_t C,
+                                              float eps) {
+    PBW_GRID_STRIDE(c, C) rstd[c] = 1.0f / sqrtf(var[c] + eps);
+}
+
+extern "C" void pbw_cuda_batch_norm_rstd(const float *var, float *rstd, int64_t C, float eps) {
+    if (C <= 0) return;
+    batch_norm_rstd_kernel<<<pbw_grid(C), 256, 0, pbw_stream()>>>(var, rstd, C, eps);
+    PBW_CUDA_LAUNCHED("batch_norm_rstd");
+}
+
+__global__ static void batch_norm_forward_kernel(const float *x, const float *mean,
+                                                 const float *rstd, const float *w,
+                                                 const float *b, float *y, int64_t N, int64_t C,
+                                                 int64_t S) {
+    PBW_GRID_STRIDE(i, N * C * S) {
+        int64_t c = (i / S) % C;
+        float sc = rstd[c] * (w ? w[c] : 1.0f);
+        float sh = (b ? b[c] : 0.0f) - mean[c] * sc;
+        y[i] = x[i] * sc + sh;
+    }
+}
+
+extern "C" void pbw_cuda_batch_norm_forward(const float *x, const float *mean, const float *rstd,
+                                            const float *w, const float *b, float *y, int64_t N,
+                                            int64_t C, int64_t S) {
+    if (N * C * S <= 0) return;
+    batch_norm_forward_kernel<<<pbw_grid(N * C * S), 256, 0, pbw_stream()>>>(x, mean, rstd, w, b,
+                                                                             y, N, C, S);
+    PBW_CUDA_LAUNCHED("batch_norm_forward");
+}
+
+__global__ static void batch_norm_backward_x_kernel(const float *rstd, const float *w,
+                                                    const float *gy, float *gx, int64_t N,
+                                                    int64_t C, int64_t S) {
+    PBW_GRID_STRIDE(i, N * C * S) {
+        int64_t c = (i / S) % C;
+        gx[i] += gy[i] * (rstd[c] * (w ? w[c] : 1.0f));
+    }
+}
+
+// One block per channel: sums over n and the S positions, then a fixed-order tree.
+__global__ static void batch_norm_backward_w_kernel(const float *x, const float *mean,
+                                                    const float *rstd, const float *gy,
+                                                    float *gw, float *gb, int64_t N, int64_t C,
+                                                    int64_t S) {
+    __shared__ float sw[256], sb[256];
+    int64_t c = blockIdx.x;
+    float m = mean[c], rs = rstd[c], aw = 0.0f, ab = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        const float *xp = x + (n * C + c) * S, *gp = gy + (n * C + c) * S;
+        for (int64_t i = threadIdx.x; i < S; i += blockDim.x) {
+            aw = fmaf(gp[i], (xp[i] - m) * rs, aw);
+            ab += gp[i];
+        }
+    }
+    sw[threadIdx.x] = aw;
+    sb[threadIdx.x] = ab;
+    __syncthreads();
+    for (int h = blockDim.x / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.x < h) {
+            sw[threadIdx.x] += sw[threadIdx.x + h];
+            sb[threadIdx.x] += sb[threadIdx.x + h];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        if (gw) gw[c] += sw[0];
+        if (gb) gb[c] += sb[0];
+    }
+}
+
+extern "C" void pbw_cuda_batch_norm_backward(const float *x, const float *mean,
+                                             const float *rstd, const float *w, const float *gy,
+                                             float *gx, float *gw, float *gb, int64_t N,
+                                             int64_t C, int64_t S) {
+    if (N * C * S <= 0) return;
+    if (gx) {
+        batch_norm_backward_x_kernel<<<pbw_grid(N * C * S), 256, 0, pbw_stream()>>>(
+            rstd, w, gy, gx, N, C, S);
+        PBW_CUDA_LAUNCHED("batch_norm_backward");
+    }
+    if (gw || gb) {
+        batch_norm_backward_w_kernel<<<(unsigned)C, 256, 0, pbw_stream()>>>(x, mean, rstd, gy, gw,
+                                                                          gb, N, C, S);
+        PBW_CUDA_LAUNCHED("batch_norm_backward (weights)");
+    }
+}
+
+// ---------------- softmax ----------------
+
+__global__ static void softmax_forward_kernel(const float *x, float *y, int64_t R, int64_t D) {
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *xr = x + r * D;
+    float *yr = y + r * D;
+    float mx = -INFINITY;
+    for (int64_t i = lane; i < D; i += 32) mx = fmaxf(mx, xr[i]);
+    mx = warp_max(mx);
+    if (mx == -INFINITY) { // every entry masked: zeros, not NaN (as the CPU)
+        for (int64_t i = lane; i < D; i += 32) yr[i] = 0.0f;
+        return;
+    }
+    float s = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float e = expf(xr[i] - mx);
+        yr[i] = e;
+        s += e;
+    }
+    float inv = 1.0f / warp_sum(s);
+    for (int64_t i = lane; i < D; i += 32) yr[i] *= inv; // each lane rereads what it wrote
+}
+
+extern "C" void pbw_cuda_softmax_forward(const float *x, float *y, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0) return;
+    softmax_forward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(x, y, R, D);
+    PBW_CUDA_LAUNCHED("softmax_forward");
+}
+
+__global__ static void softmax_backward_kernel(const float *y, const float *gy, float *gx,
+                                               int64_t R, int64_t D) {
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *yr = y + r * D, *gr = gy + r * D;
+    float dot = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) dot = fmaf(yr[i], gr[i], dot);
+    dot = warp_sum(dot);
+    for (int64_t i = lane; i < D; i += 32) gx[r * D + i] += yr[i] * (gr[i] - dot);
+}
+
+extern "C" void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64_t R,
+                                          int64_t D) {
+    if (R <= 0 || D <= 0 || !gx) return;
+    softmax_backward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(y, gy, gx, R,
+                                                                                    D);
+    PBW_CUDA_LAUNCHED("softmax_backward");
+}
+
+// ---------------- embedding ----------------
+
+__global__ static void embedding_forward_kernel(const float *table, const int32_t *ids, float *y,
+                                                int64_t n, int64_t D) {
+    PBW_GRID_STRIDE(i, n * D) y[i] = table[(int64_t)ids[i / D] * D + i % D];
+}
+
+extern "C" void pbw_cuda_embedding_forward(const float *table, const int32_t *ids, float *y,
+                                           int64_t n, int64_t D) {
+    if (n * D <= 0) return;
+    embedding_forward_kernel<<<pbw_grid(n * D), 256, 0, pbw_stream()>>>(table, ids, y, n, D);
+    PBW_CUDA_LAUNCHED("embedding_forward");
+}
+
+// The CPU adds the rows serially because ids may repeat; here repeated ids meet in atomicAdd,
+// whose order (so the last bit of such rows) may differ between runs.
+__global__ static void embedding_backward_kernel(const float *gy, const int32_t *ids, float *gt,
+                                                 int64_t n, int64_t D) {
+    PBW_GRID_STRIDE(i, n * D) atomicAdd(gt + (int64_t)ids[i / D] * D + i % D, gy[i]);
+}
+
+extern "C" void pbw_cuda_embedding_backward(const float *gy, const int32_t *ids, float *gt,
+                                            int64_t n, int64_t D) {
+    if (n * D <= 0 || !gt) return;
+    embedding_backward_kernel<<<pbw_grid(n * D), 256, 0, pbw_stream()>>>(gy, ids, gt, n, D);
+    PBW_CUDA_LAUNCHED("embedding_backward");
+}

@@ -1,0 +1,244 @@
+/* test_cuda_nn.c: the matrix products and nn ops on CUDA against the CPU (cuda_parity.h):
+ * matmul, linear, layer norm, batch norm, softmax, attention, attention_qkv, embedding, forward
+ * and input gradients, at the shapes the models use (CLIP ViT-B/32: width 768, 50 tokens, 12
+ * heads of 64; text: 77 tokens, width 512, causal) and at odd sizes.
+ *
+ * The CUDA GEMMs run at the default precision, plain fp32 (no TF32). Tolerances are errors
+ * relative to each tensor's largest value:
+ *   1e-5  fp32 products and row sums in another order (cuBLAS tiles and split reductions vs
+ *         OpenBLAS; warp trees vs sequential or double sums on the CPU): a few ulps times the
+ *         square root of the reduction length (<= 2304) stays below 1e-5 of the largest value.
+ *   2e-5  attention: two chained products around a softmax (and four in the backward), each
+ *         adding its own reordering error, the CPU's exp a polynomial within 1.1 ulp.
+ *   1e-6  embedding: the forward is a copy (exact); the backward adds repeated ids' rows in
+ *         atomic order, one rounding per repeat.
+ * Each case prints its worst error. */
+#include <stdint.h>
+
+#include "core/pbw_ops.h"
+#include "cuda_parity.h"
+#include "pbw_test.h"
+
+/* ---- matmul ---- */
+
+typedef struct {
+    int ta, tb;
+} mm_arg;
+
+static pbw_tensor *mm_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const mm_arg *a = arg;
+    return pbw_matmul(ctx, in[0], in[1], a->ta, a->tb);
+}
+
+PBW_TEST(cuda_matmul) {
+    const double tol = 1e-5; /* fp32 products in another order */
+    const int M = 37, K = 53, N = 29;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            mm_arg arg = {ta, tb};
+            char name[64];
+            /* plain 2-D */
+            parity_input p2[] = {{2, {ta ? K : M, ta ? M : K}, 1}, {2, {tb ? N : K, tb ? K : N}, 1}};
+            snprintf(name, sizeof name, "matmul ta=%d tb=%d", ta, tb);
+            CHECK(parity_check(name, mm_fn, &arg, 2, p2, tol) == 0);
+            /* batched (2,3,...) on both sides */
+            parity_input pb[] = {{4, {2, 3, ta ? K : M, ta ? M : K}, 1},
+                                 {4, {2, 3, tb ? N : K, tb ? K : N}, 1}};
+            snprintf(name, sizeof name, "matmul batched ta=%d tb=%d", ta, tb);
+            CHECK(parity_check(name, mm_fn, &arg, 2, pb, tol) == 0);
+            /* shared 2-D b: its gradient sums the batch items (one tall GEMM, one GEMM with the
+             * items stacked along K, or a loop of GEMMs, depending on the transposes) */
+            parity_input ps[] = {{3, {5, ta ? K : M, ta ? M : K}, 1}, {2, {tb ? N : K, tb ? K : N}, 1}};
+            snprintf(name, sizeof name, "matmul shared b ta=%d tb=%d", ta, tb);
+            CHECK(parity_check(name, mm_fn, &arg, 2, ps, tol) == 0);
+        }
+    /* attention-shaped: (B,H,T,D) @ (B,H,T,D)^T, 12 heads of 64 over 50 tokens */
+    mm_arg qk = {0, 1};
+    parity_input pq[] = {{4, {2, 12, 50, 64}, 1}, {4, {2, 12, 50, 64}, 1}};
+    CHECK(parity_check("matmul q k^T (2,12,50,64)", mm_fn, &qk, 2, pq, tol) == 0);
+    /* CLIP's qkv projection (1600 x 768 x 2304 at 32 crops), at 4 crops to keep the CPU side
+     * short: x (4,50,768) @ W (768,2304), W shared across the batch */
+    mm_arg pl = {0, 0};
+    parity_input pc[] = {{3, {4, 50, 768}, 1}, {2, {768, 2304}, 1}};
+    CHECK(parity_check("matmul (4,50,768)@(768,2304)", mm_fn, &pl, 2, pc, tol) == 0);
+}
+
+/* ---- linear ---- */
+
+static pbw_tensor *linear_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int has_b = *(const int *)arg;
+    return pbw_linear(ctx, in[0], in[1], has_b ? in[2] : NULL);
+}
+
+PBW_TEST(cuda_linear) {
+    const double tol = 1e-5; /* fp32 products in another order; bias sums over <= 200 rows */
+    for (int has_b = 0; has_b < 2; has_b++) {
+        /* CLIP ViT's qkv projection at 4 crops: (4,50,768) -> (4,50,2304) */
+        parity_input clip[] = {{3, {4, 50, 768}, 1}, {2, {2304, 768}, 1}, {1, {2304}, 1}};
+        CHECK(parity_check(has_b ? "linear clip qkv +b" : "linear clip qkv", linear_fn, &has_b,
+                           2 + has_b, clip, tol) == 0);
+        /* odd sizes */
+        parity_input odd[] = {{3, {3, 7, 13}, 1}, {2, {5, 13}, 1}, {1, {5}, 1}};
+        CHECK(parity_check(has_b ? "linear odd +b" : "linear odd", linear_fn, &has_b, 2 + has_b,
+                           odd, tol) == 0);
+    }
+}
+
+/* ---- layer norm ---- */
+
+static pbw_tensor *ln_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int affine = *(const int *)arg;
+    return pbw_layer_norm(ctx, in[0], affine ? in[1] : NULL, affine ? in[2] : NULL, 1e-5f);
+}
+
+PBW_TEST(cuda_layer_norm) {
+    const double tol = 1e-5; /* fp32 warp sums vs the CPU's double sums over <= 768 values */
+    const int64_t Ds[3] = {768, 512, 13};
+    const int64_t Ts[3] = {50, 77, 5};
+    for (int i = 0; i < 3; i++)
+        for (int affine = 0; affine < 2; affine++) {
+            int64_t D = Ds[i];
+            /* inputs off-centre (mean 1.5): the two-pass variance is what keeps this exact */
+            parity_input in[] = {{3, {2, Ts[i], D}, 1, 0.5f, 2.5f}, {1, {D}, 1}, {1, {D}, 1}};
+            char name[64];
+            snprintf(name, sizeof name, "layer_norm D=%lld%s", (long long)D, affine ? " w,b" : "");
+            CHECK(parity_check(name, ln_fn, &affine, affine ? 3 : 1, in, tol) == 0);
+        }
+}
+
+/* ---- batch norm ---- */
+
+static pbw_tensor *bn_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int affine = *(const int *)arg;
+    return pbw_batch_norm(ctx, in[0], in[1], in[2], affine ? in[3] : NULL, affine ? in[4] : NULL,
+                          1e-5f);
+}
+
+PBW_TEST(cuda_batch_norm) {
+    const double tol = 1e-5; /* elementwise forward; weight gradients sum N*S values in fp32 */
+    for (int affine = 0; affine < 2; affine++) {
+        /* mean and var are constants (no gradient); var in (0.5, 2) */
+        parity_input in[] = {{4, {2, 64, 9, 11}, 1}, {1, {64}, 0},
+                             {1, {64}, 0, 0.5f, 2.0f}, {1, {64}, 1}, {1, {64}, 1}};
+        CHECK(parity_check(affine ? "batch_norm w,b" : "batch_norm", bn_fn, &affine,
+                           affine ? 5 : 3, in, tol) == 0);
+        parity_input odd[] = {{3, {3, 5, 7}, 1}, {1, {5}, 0}, {1, {5}, 0, 0.5f, 2.0f},
+                              {1, {5}, 1}, {1, {5}, 1}};
+        CHECK(parity_check(affine ? "batch_norm odd w,b" : "batch_norm odd", bn_fn, &affine,
+                           affine ? 5 : 3, odd, tol) == 0);
+    }
+}
+
+/* ---- softmax ---- */
+
+static pbw_tensor *softmax_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    return pbw_softmax(ctx, in[0]);
+}
+
+PBW_TEST(cuda_softmax) {
+    const double tol = 1e-5; /* expf vs the CPU's polynomial (1.1 ulp) and fp32 row sums */
+    /* attention rows of CLIP's text (77) and image (50) towers, logits in (-4, 4) */
+    parity_input t77[] = {{4, {2, 8, 77, 77}, 1, -4.0f, 4.0f}};
+    CHECK(parity_check("softmax rows of 77", softmax_fn, NULL, 1, t77, tol) == 0);
+    parity_input t50[] = {{4, {2, 12, 50, 50}, 1, -4.0f, 4.0f}};
+    CHECK(parity_check("softmax rows of 50", softmax_fn, NULL, 1, t50, tol) == 0);
+    /* long rows (a warp loops), short rows (lanes idle) */
+    parity_input lng[] = {{2, {3, 1000}, 1, -4.0f, 4.0f}};
+    CHECK(parity_check("softmax rows of 1000", softmax_fn, NULL, 1, lng, tol) == 0);
+    parity_input sht[] = {{2, {9, 3}, 1, -4.0f, 4.0f}};
+    CHECK(parity_check("softmax rows of 3", softmax_fn, NULL, 1, sht, tol) == 0);
+}
+
+/* ---- attention ---- */
+
+static pbw_tensor *attn_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int causal = *(const int *)arg;
+    return pbw_attention(ctx, in[0], in[1], in[2], causal, 0);
+}
+
+PBW_TEST(cuda_attention) {
+    const double tol = 2e-5; /* chained products and a softmax, see the file comment */
+    for (int causal = 0; causal < 2; causal++) {
+        char name[64];
+        /* CLIP ViT: 12 heads of 64 over 50 tokens (fused forward) */
+        parity_input vit[] = {{4, {2, 12, 50, 64}, 1}, {4, {2, 12, 50, 64}, 1}, {4, {2, 12, 50, 64}, 1}};
+        snprintf(name, sizeof name, "attention vit%s", causal ? " causal" : "");
+        CHECK(parity_check(name, attn_fn, &causal, 3, vit, tol) == 0);
+        /* T != S (fewer queries than keys) with an odd head size */
+        parity_input ts[] = {{4, {2, 3, 10, 24}, 1}, {4, {2, 3, 21, 24}, 1}, {4, {2, 3, 21, 24}, 1}};
+        snprintf(name, sizeof name, "attention T<S%s", causal ? " causal" : "");
+        CHECK(parity_check(name, attn_fn, &causal, 3, ts, tol) == 0);
+        /* K and V of a head too large for shared memory: the cuBLAS forward */
+        parity_input big[] = {{4, {2, 3, 200, 64}, 1}, {4, {2, 3, 200, 64}, 1}, {4, {2, 3, 200, 64}, 1}};
+        snprintf(name, sizeof name, "attention S=200%s", causal ? " causal" : "");
+        CHECK(parity_check(name, attn_fn, &causal, 3, big, tol) == 0);
+    }
+    /* CLIP text: 8 heads of 64 over 77 tokens, causal */
+    int causal = 1;
+    parity_input txt[] = {{4, {2, 8, 77, 64}, 1}, {4, {2, 8, 77, 64}, 1}, {4, {2, 8, 77, 64}, 1}};
+    CHECK(parity_check("attention text causal", attn_fn, &causal, 3, txt, tol) == 0);
+}
+
+/* ---- attention on packed q, k, v ---- */
+
+typedef struct {
+    int heads, causal;
+    int64_t nq;
+} qkv_arg;
+
+static pbw_tensor *qkv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const qkv_arg *a = arg;
+    return pbw_attention_qkv(ctx, in[0], a->heads, a->nq, a->causal, 0);
+}
+
+PBW_TEST(cuda_attention_qkv) {
+    const double tol = 2e-5; /* as cuda_attention */
+    char name[80];
+    /* CLIP ViT (2,50,3*768), 12 heads; all queries, then the class token only (last layer) */
+    const int64_t nqs[2] = {50, 1};
+    for (int i = 0; i < 2; i++) {
+        qkv_arg a = {12, 0, nqs[i]};
+        parity_input in[] = {{3, {2, 50, 3 * 768}, 1}};
+        snprintf(name, sizeof name, "attention_qkv vit nq=%lld", (long long)nqs[i]);
+        CHECK(parity_check(name, qkv_fn, &a, 1, in, tol) == 0);
+    }
+    /* CLIP text (2,77,3*512), 8 heads, causal, and causal with fewer queries */
+    const int64_t tq[2] = {77, 20};
+    for (int i = 0; i < 2; i++) {
+        qkv_arg a = {8, 1, tq[i]};
+        parity_input in[] = {{3, {2, 77, 3 * 512}, 1}};
+        snprintf(name, sizeof name, "attention_qkv text causal nq=%lld", (long long)tq[i]);
+        CHECK(parity_check(name, qkv_fn, &a, 1, in, tol) == 0);
+    }
+    /* odd head size; and long sequences (cuBLAS forward, one GEMM call per batch item because
+     * the packed strides do not compose over batch and heads) */
+    qkv_arg odd = {3, 1, 6};
+    parity_input oin[] = {{3, {2, 7, 3 * 15}, 1}};
+    CHECK(parity_check("attention_qkv odd D=5", qkv_fn, &odd, 1, oin, tol) == 0);
+    qkv_arg lng = {2, 0, 150};
+    parity_input lin[] = {{3, {2, 180, 3 * 128}, 1}};
+    CHECK(parity_check("attention_qkv S=180", qkv_fn, &lng, 1, lin, tol) == 0);
+}
+
+/* ---- embedding ---- */
+
+typedef struct {
+    const int32_t *ids;
+    int ndim;
+    int64_t shape[2];
+} emb_arg;
+
+static pbw_tensor *emb_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const emb_arg *a = arg;
+    return pbw_embedding(ctx, in[0], a->ids, a->ndim, a->shape);
+}
+
+PBW_TEST(cuda_embedding) {
+    const double tol = 1e-6; /* a copy forward; atomic sums of repeated ids backward */
+    /* two prompts of 9 tokens with repeated ids (0, 5, 99 several times) */
+    static const int32_t ids[18] = {0, 5, 17, 5, 99, 0, 0, 42, 99, 3, 5, 5, 5, 64, 99, 1, 0, 98};
+    emb_arg a = {ids, 2, {2, 9}};
+    parity_input in[] = {{2, {100, 512}, 1}};
+    CHECK(parity_check("embedding repeated ids", emb_fn, &a, 1, in, tol) == 0);
+}
