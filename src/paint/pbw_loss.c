@@ -268,29 +268,29 @@ int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], per = n > 0 ? n : 1;
     int prev = pbw_ctx_set_grad(scratch, 0);
     int rc = 0;
-    for (int64_t b = 0; b < B && !rc; b++) {
-        double acc = 0;
+    /* a chunk holds whole images when it can (several images' crops in one CLIP pass, which is
+     * what a GPU wants), else parts of one image's crops */
+    int64_t imgs = chunk >= per ? chunk / per : 1;
+    if (imgs > 64) imgs = 64;
+    for (int64_t b = 0; b < B && !rc; b += imgs) {
+        const int64_t nb = B - b < imgs ? B - b : imgs;
+        double acc[64] = {0};
         for (int64_t k0 = 0; k0 < per && !rc; k0 += chunk) {
             int64_t k1 = k0 + chunk < per ? k0 + chunk : per;
             pbw_tensor *xb = pbw_tensor_wrap(scratch, x->data + b * 3 * H * W, 4,
-                                             (int64_t[]){1, 3, H, W});
+                                             (int64_t[]){nb, 3, H, W});
             pbw_tensor *l = pbw_clip_crop_loss(scratch, clip, xb, target,
                                                n > 0 ? crops + k0 : NULL, n > 0 ? (int)(k1 - k0) : 0);
-            if (!l || pbw_ctx_check(scratch, err)) {
+            const float *lv = l && !pbw_ctx_failed(scratch) ? pbw_tensor_host(scratch, l) : NULL;
+            if (!lv || pbw_ctx_check(scratch, err)) {
                 if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
                 rc = -1;
             } else {
-                const float *lv = pbw_tensor_host(scratch, l);
-                if (!lv) {
-                    pbw_ctx_check(scratch, err);
-                    rc = -1;
-                } else {
-                    acc += (double)lv[0] * (double)(k1 - k0);
-                }
+                for (int64_t i = 0; i < nb; i++) acc[i] += (double)lv[i] * (double)(k1 - k0);
             }
             pbw_ctx_reset(scratch);
         }
-        out[b] = acc / (double)per;
+        for (int64_t i = 0; i < nb; i++) out[b + i] = acc[i] / (double)per;
     }
     pbw_ctx_set_grad(scratch, prev);
     return rc;
