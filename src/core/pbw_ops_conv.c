@@ -7,6 +7,7 @@
  * (N,Cin,H,W) -> (N,Cout,OH,OW) with that weight. So its forward is the convolution's
  * backward-data kernel, its input gradient is the convolution's forward and its weight
  * gradient is the convolution's weight gradient with the roles of input and output swapped.
+ * On CUDA the same kernels are cuDNN's (src/cuda/pbw_cuda_conv.cu), behind PBW_KERNEL.
  */
 #include <limits.h>
 #include <string.h>
@@ -71,6 +72,13 @@ static int check_bias(pbw_ctx *ctx, const char *op, const pbw_tensor *b, int64_t
     return 0;
 }
 
+/* Scratch of the conv kernels for g on the context's device (none on CUDA: cuDNN's
+ * workspace is the runtime's). The context has failed when out of memory. */
+static float *conv_scratch(pbw_ctx *ctx, const pbw_cpu_conv_geom *g) {
+    size_t n = PBW_KERNEL(ctx, conv2d_scratch_floats, g);
+    return n ? pbw_ctx_scratch(ctx, 0, n * sizeof(float)) : NULL;
+}
+
 /* ---------- conv2d ---------- */
 
 static void conv2d_backward(pbw_ctx *ctx, pbw_node *nd) {
@@ -79,18 +87,16 @@ static void conv2d_backward(pbw_ctx *ctx, pbw_node *nd) {
     const float *dout = nd->out->grad;
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
     if (pbw_ctx_failed(ctx)) return;
-    if (x->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "conv2d backward: no kernel for this device");
-        return;
-    }
     float *scratch = NULL;
     if (gx || gw) {
-        scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_conv2d_scratch_floats(&sv->g) * sizeof(float));
+        scratch = conv_scratch(ctx, &sv->g);
         if (pbw_ctx_failed(ctx)) return;
     }
-    if (gx) pbw_cpu_conv2d_backward_data(gx, dout, w->data, &sv->g, scratch);
-    if (gw) pbw_cpu_conv2d_backward_weight(gw, dout, x->data, &sv->g, scratch);
-    if (gb) pbw_cpu_conv2d_backward_bias(gb, dout, sv->g.N, sv->g.O, (int64_t)sv->g.OH * sv->g.OW);
+    if (gx) PBW_KERNEL(ctx, conv2d_backward_data, gx, dout, w->data, &sv->g, scratch);
+    if (gw) PBW_KERNEL(ctx, conv2d_backward_weight, gw, dout, x->data, &sv->g, scratch);
+    if (gb)
+        PBW_KERNEL(ctx, conv2d_backward_bias, gb, dout, sv->g.N, sv->g.O,
+                   (int64_t)sv->g.OH * sv->g.OW);
 }
 
 pbw_tensor *pbw_conv2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
@@ -129,13 +135,9 @@ pbw_tensor *pbw_conv2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b
 
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){g.N, g.O, g.OH, g.OW});
     if (!out) return NULL;
-    if (x->device == PBW_DEV_CPU) {
-        float *scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_conv2d_scratch_floats(&g) * sizeof(float));
-        if (pbw_ctx_failed(ctx)) return NULL;
-        pbw_cpu_conv2d_forward(out->data, x->data, w->data, b ? b->data : NULL, &g, 0, scratch);
-    } else {
-        return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    }
+    float *scratch = conv_scratch(ctx, &g);
+    if (pbw_ctx_failed(ctx)) return NULL;
+    PBW_KERNEL(ctx, conv2d_forward, out->data, x->data, w->data, b ? b->data : NULL, &g, 0, scratch);
     if (pbw_needs_grad(ctx, ins, nin)) {
         pbw_node *nd = pbw_tape_push(ctx, op, conv2d_backward, out, ins, nin, sizeof(conv_saved));
         if (!nd) return NULL;
@@ -152,18 +154,16 @@ static void conv_transpose2d_backward(pbw_ctx *ctx, pbw_node *nd) {
     const float *dout = nd->out->grad;
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
     if (pbw_ctx_failed(ctx)) return;
-    if (x->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "conv_transpose2d backward: no kernel for this device");
-        return;
-    }
     float *scratch = NULL;
     if (gx || gw) {
-        scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_conv2d_scratch_floats(&sv->g) * sizeof(float));
+        scratch = conv_scratch(ctx, &sv->g);
         if (pbw_ctx_failed(ctx)) return;
     }
-    if (gx) pbw_cpu_conv2d_forward(gx, dout, w->data, NULL, &sv->g, 1, scratch);
-    if (gw) pbw_cpu_conv2d_backward_weight(gw, x->data, dout, &sv->g, scratch);
-    if (gb) pbw_cpu_conv2d_backward_bias(gb, dout, sv->g.N, sv->g.C, (int64_t)sv->g.H * sv->g.W);
+    if (gx) PBW_KERNEL(ctx, conv2d_forward, gx, dout, w->data, NULL, &sv->g, 1, scratch);
+    if (gw) PBW_KERNEL(ctx, conv2d_backward_weight, gw, x->data, dout, &sv->g, scratch);
+    if (gb)
+        PBW_KERNEL(ctx, conv2d_backward_bias, gb, dout, sv->g.N, sv->g.C,
+                   (int64_t)sv->g.H * sv->g.W);
 }
 
 pbw_tensor *pbw_conv_transpose2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
@@ -209,17 +209,13 @@ pbw_tensor *pbw_conv_transpose2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw
     g.H = (int)oh;
     g.W = (int)ow;
 
-    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){g.N, g.C, g.H, g.W});
+    /* zeroed: the backward-data kernels accumulate */
+    pbw_tensor *out = pbw_tensor_zeros(ctx, 4, (int64_t[]){g.N, g.C, g.H, g.W});
     if (!out) return NULL;
-    if (x->device == PBW_DEV_CPU) {
-        float *scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_conv2d_scratch_floats(&g) * sizeof(float));
-        if (pbw_ctx_failed(ctx)) return NULL;
-        memset(out->data, 0, (size_t)out->numel * sizeof(float));
-        pbw_cpu_conv2d_backward_data(out->data, x->data, w->data, &g, scratch);
-        if (b) pbw_cpu_conv2d_add_bias(out->data, b->data, g.N, g.C, (int64_t)g.H * g.W);
-    } else {
-        return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    }
+    float *scratch = conv_scratch(ctx, &g);
+    if (pbw_ctx_failed(ctx)) return NULL;
+    PBW_KERNEL(ctx, conv2d_backward_data, out->data, x->data, w->data, &g, scratch);
+    if (b) PBW_KERNEL(ctx, conv2d_add_bias, out->data, b->data, g.N, g.C, (int64_t)g.H * g.W);
     if (pbw_needs_grad(ctx, ins, nin)) {
         pbw_node *nd = pbw_tape_push(ctx, op, conv_transpose2d_backward, out, ins, nin,
                                      sizeof(conv_saved));

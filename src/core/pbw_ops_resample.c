@@ -2,6 +2,8 @@
  * pbw_gaussian_blur): argument checks, output allocation, device dispatch and the tape. The
  * arithmetic is in src/cpu/pbw_cpu_resample.c. None of these ops has weights that learn: only
  * the image input gets a gradient.
+ * On CUDA the kernels are src/cuda/pbw_cuda_resample.cu, behind PBW_KERNEL (the blur branches:
+ * its taps are uploaded and its scratch holds every plane).
  */
 #include <limits.h>
 #include <math.h>
@@ -27,18 +29,21 @@ static int check_image(pbw_ctx *ctx, const char *op, const pbw_tensor *x) {
 
 /* ---------- upfirdn2d ---------- */
 
+/* Index tables on the CPU; none on CUDA (the kernels compute indices). */
+static int *upfirdn_scratch(pbw_ctx *ctx, const pbw_cpu_upfirdn_geom *g) {
+    size_t n = PBW_KERNEL(ctx, upfirdn2d_scratch_ints, g);
+    return n ? pbw_ctx_scratch(ctx, 0, n * sizeof(int)) : NULL;
+}
+
 static void upfirdn2d_backward(pbw_ctx *ctx, pbw_node *nd) {
     const pbw_cpu_upfirdn_geom *g = nd->saved;
     pbw_tensor *x = nd->in[0], *k = nd->in[1];
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
-    if (x->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "upfirdn2d backward: no kernel for this device");
-        return;
-    }
-    int *scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_upfirdn2d_scratch_ints(g) * sizeof(int));
-    if (!scratch) return;
-    pbw_cpu_upfirdn2d_backward(gx, nd->out->grad, k->data, g, scratch);
+    int *scratch = upfirdn_scratch(ctx, g);
+    if (pbw_ctx_failed(ctx)) return;
+    /* on CUDA k->data is device memory, which the CUDA kernel reads */
+    PBW_KERNEL(ctx, upfirdn2d_backward, gx, nd->out->grad, k->data, g, scratch);
 }
 
 pbw_tensor *pbw_upfirdn2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *k, int up, int down,
@@ -86,13 +91,9 @@ pbw_tensor *pbw_upfirdn2d(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *k, int up, in
 
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], g.OH, g.OW});
     if (!out) return NULL;
-    if (x->device == PBW_DEV_CPU) {
-        int *scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_upfirdn2d_scratch_ints(&g) * sizeof(int));
-        if (!scratch) return NULL;
-        pbw_cpu_upfirdn2d_forward(out->data, x->data, k->data, &g, scratch);
-    } else {
-        return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    }
+    int *scratch = upfirdn_scratch(ctx, &g);
+    if (pbw_ctx_failed(ctx)) return NULL;
+    PBW_KERNEL(ctx, upfirdn2d_forward, out->data, x->data, k->data, &g, scratch);
     if (pbw_needs_grad(ctx, ins, 2)) {
         pbw_node *nd = pbw_tape_push(ctx, op, upfirdn2d_backward, out, ins, 2, sizeof g);
         if (!nd) return NULL;
@@ -108,14 +109,12 @@ static void resize_backward(pbw_ctx *ctx, pbw_node *nd) {
     pbw_tensor *x = nd->in[0], *y = nd->out;
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
-    if (x->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "resize backward: no kernel for this device");
-        return;
-    }
     int H = (int)x->shape[2], W = (int)x->shape[3], OH = (int)y->shape[2], OW = (int)y->shape[3];
-    void *scratch = pbw_ctx_scratch(ctx, 0, pbw_cpu_resize_scratch_bytes(*mode, H, W, OH, OW));
+    void *scratch =
+        pbw_ctx_scratch(ctx, 0, PBW_KERNEL(ctx, resize_scratch_bytes, *mode, H, W, OH, OW));
     if (!scratch) return;
-    pbw_cpu_resize_backward(gx, y->grad, x->shape[0] * x->shape[1], H, W, OH, OW, *mode, scratch);
+    PBW_KERNEL(ctx, resize_backward, gx, y->grad, x->shape[0] * x->shape[1], H, W, OH, OW, *mode,
+               scratch);
 }
 
 pbw_tensor *pbw_resize(pbw_ctx *ctx, pbw_tensor *x, int out_h, int out_w, pbw_resize_mode mode) {
@@ -130,15 +129,11 @@ pbw_tensor *pbw_resize(pbw_ctx *ctx, pbw_tensor *x, int out_h, int out_w, pbw_re
     int H = (int)x->shape[2], W = (int)x->shape[3];
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], out_h, out_w});
     if (!out) return NULL;
-    if (x->device == PBW_DEV_CPU) {
-        void *scratch =
-            pbw_ctx_scratch(ctx, 0, pbw_cpu_resize_scratch_bytes((int)mode, H, W, out_h, out_w));
-        if (!scratch) return NULL;
-        pbw_cpu_resize_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, out_h, out_w,
-                               (int)mode, scratch);
-    } else {
-        return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    }
+    void *scratch = pbw_ctx_scratch(
+        ctx, 0, PBW_KERNEL(ctx, resize_scratch_bytes, (int)mode, H, W, out_h, out_w));
+    if (!scratch) return NULL;
+    PBW_KERNEL(ctx, resize_forward, out->data, x->data, x->shape[0] * x->shape[1], H, W, out_h,
+               out_w, (int)mode, scratch);
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *nd = pbw_tape_push(ctx, op, resize_backward, out, &x, 1, sizeof(int));
         if (!nd) return NULL;
@@ -167,22 +162,40 @@ static void gaussian_kernel(float *k, int ksize, float sigma) {
     for (int i = 0; i < ksize; i++) k[i] = (float)(gauss_tap(i, ksize, sigma) / s);
 }
 
+/* out (= or += with accumulate) the blur of x (planes of HxW) on the context's device. The
+ * taps are computed on the host; on CUDA they are uploaded (activation memory, a few floats)
+ * and the row pass of every plane is kept in scratch. Returns -1 with the context failed. */
+static int blur_run(pbw_ctx *ctx, float *out, const float *x, int64_t planes, int H, int W,
+                    float sigma, int ksize, int accumulate) {
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) {
+        float *hk = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)ksize * sizeof(float));
+        if (!hk) return pbw_ctx_fail(ctx, "gaussian_blur: out of memory"), -1;
+        gaussian_kernel(hk, ksize, sigma);
+        float *k = pbw_ctx_upload(ctx, hk, (size_t)ksize * sizeof(float));
+        float *tmp = pbw_ctx_scratch(
+            ctx, 0, pbw_cuda_sep_filter2d_scratch_floats_planes(planes, H, W) * sizeof(float));
+        if (!k || !tmp) return -1;
+        pbw_cuda_sep_filter2d(out, x, planes, H, W, k, ksize, accumulate, tmp);
+        return 0;
+    }
+#endif
+    float *k = pbw_ctx_scratch(ctx, 1, (size_t)ksize * sizeof(float));
+    float *tmp = pbw_ctx_scratch(ctx, 0, pbw_cpu_sep_filter2d_scratch_floats(H, W) * sizeof(float));
+    if (!k || !tmp) return -1;
+    gaussian_kernel(k, ksize, sigma);
+    pbw_cpu_sep_filter2d(out, x, planes, H, W, k, ksize, accumulate, tmp);
+    return 0;
+}
+
 static void gaussian_blur_backward(pbw_ctx *ctx, pbw_node *nd) {
     const blur_saved *sv = nd->saved;
     pbw_tensor *x = nd->in[0];
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
-    if (x->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "gaussian_blur backward: no kernel for this device");
-        return;
-    }
-    int H = (int)x->shape[2], W = (int)x->shape[3];
-    float *k = pbw_ctx_scratch(ctx, 1, (size_t)sv->ksize * sizeof(float));
-    float *tmp = pbw_ctx_scratch(ctx, 0, pbw_cpu_sep_filter2d_scratch_floats(H, W) * sizeof(float));
-    if (!k || !tmp) return;
-    gaussian_kernel(k, sv->ksize, sv->sigma);
     /* the symmetric zero-padded blur is its own adjoint */
-    pbw_cpu_sep_filter2d(gx, nd->out->grad, x->shape[0] * x->shape[1], H, W, k, sv->ksize, 1, tmp);
+    blur_run(ctx, gx, nd->out->grad, x->shape[0] * x->shape[1], (int)x->shape[2],
+             (int)x->shape[3], sv->sigma, sv->ksize, 1);
 }
 
 pbw_tensor *pbw_gaussian_blur(pbw_ctx *ctx, pbw_tensor *x, float sigma, int ksize) {
@@ -196,16 +209,8 @@ pbw_tensor *pbw_gaussian_blur(pbw_ctx *ctx, pbw_tensor *x, float sigma, int ksiz
     int H = (int)x->shape[2], W = (int)x->shape[3];
     pbw_tensor *out = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!out) return NULL;
-    if (x->device == PBW_DEV_CPU) {
-        float *k = pbw_ctx_scratch(ctx, 1, (size_t)ksize * sizeof(float));
-        float *tmp =
-            pbw_ctx_scratch(ctx, 0, pbw_cpu_sep_filter2d_scratch_floats(H, W) * sizeof(float));
-        if (!k || !tmp) return NULL;
-        gaussian_kernel(k, ksize, sigma);
-        pbw_cpu_sep_filter2d(out->data, x->data, x->shape[0] * x->shape[1], H, W, k, ksize, 0, tmp);
-    } else {
-        return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    }
+    if (blur_run(ctx, out->data, x->data, x->shape[0] * x->shape[1], H, W, sigma, ksize, 0))
+        return NULL;
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *nd = pbw_tape_push(ctx, op, gaussian_blur_backward, out, &x, 1, sizeof(blur_saved));
         if (!nd) return NULL;

@@ -1,5 +1,7 @@
 /* pbw_ops_stylegan.c: front-ends of the StyleGAN2 ops (pbw_ops_stylegan.h): argument checks,
- * output allocation, device dispatch and the tape. Kernels: src/cpu/pbw_cpu_stylegan.c. */
+ * output allocation, device dispatch and the tape. Kernels: src/cpu/pbw_cpu_stylegan.c and
+ * pbw_cpu_sgconv.c; on CUDA src/cuda/pbw_cuda_stylegan.cu, pbw_cuda_resample.cu (blur) and
+ * pbw_cuda_conv.cu (sg_conv through cuDNN, reading the plan's weight tensor). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,7 @@ static void modulate_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gx = pbw_grad(ctx, x), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0),
           *gm = pbw_grad(ctx, m);
     if (pbw_ctx_failed(ctx)) return;
-    pbw_cpu_sg_modulate_backward(nd->out->grad, x->data, s->data, s0 ? s0->data : NULL,
+    PBW_KERNEL(ctx, sg_modulate_backward, nd->out->grad, x->data, s->data, s0 ? s0->data : NULL,
                                  m ? m->data : NULL, g, gx, gs, gs0, gm);
 }
 
@@ -70,9 +72,8 @@ pbw_tensor *pbw_sg_modulate(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tens
     }
     pbw_tensor *out = pbw_tensor_new(ctx, 4, x->shape);
     if (!out) return NULL;
-    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    pbw_cpu_sg_modulate_forward(out->data, x->data, s->data, s0 ? s0->data : NULL,
-                                m ? m->data : NULL, &g);
+    PBW_KERNEL(ctx, sg_modulate_forward, out->data, x->data, s->data, s0 ? s0->data : NULL,
+               m ? m->data : NULL, &g);
     if (pbw_needs_grad(ctx, ins, nin)) {
         pbw_node *nd = pbw_tape_push(ctx, op, modulate_backward, out, ins, nin, sizeof g);
         if (!nd) return NULL;
@@ -90,7 +91,7 @@ static void bias_act_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gy = pbw_grad(ctx, y), *gd = pbw_grad(ctx, d), *gn = pbw_grad(ctx, noise),
           *gb = pbw_grad(ctx, bias);
     if (pbw_ctx_failed(ctx)) return;
-    pbw_cpu_sg_bias_act_backward(nd->out->grad, y->data, d ? d->data : NULL,
+    PBW_KERNEL(ctx, sg_bias_act_backward, nd->out->grad, y->data, d ? d->data : NULL,
                                  noise ? noise->data : NULL, bias ? bias->data : NULL, g, gy, gd,
                                  gn, gb);
 }
@@ -138,9 +139,8 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
                             pbw_shape_str(bias, st, sizeof st), sy);
     pbw_tensor *out = pbw_tensor_new(ctx, 4, y->shape);
     if (!out) return NULL;
-    if (y->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
-    pbw_cpu_sg_bias_act_forward(out->data, y->data, d ? d->data : NULL,
-                                noise ? noise->data : NULL, bias ? bias->data : NULL, &g);
+    PBW_KERNEL(ctx, sg_bias_act_forward, out->data, y->data, d ? d->data : NULL,
+               noise ? noise->data : NULL, bias ? bias->data : NULL, &g);
     if (pbw_needs_grad(ctx, ins, 4)) {
         pbw_node *nd = pbw_tape_push(ctx, op, bias_act_backward, out, ins, 4, sizeof g);
         if (!nd) return NULL;
@@ -182,6 +182,11 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
     }
     pl->transposed = transposed;
     pl->C = C, pl->O = O, pl->k = k;
+    pl->weight = w;
+    if (w->device != PBW_DEV_CPU) { /* GPU-only plan: nothing to pack (w->data is device memory) */
+        free(tmp);
+        return pl;
+    }
     const float *wd = w->data;
 #define PACK(dst, rows, K)                                                                     \
     do {                                                                                       \
@@ -248,7 +253,8 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
 
 typedef struct sgconv_saved {
     const pbw_sg_conv_plan *pl;
-    int H, W; /* input side */
+    int H, W;   /* input side */
+    float *wt;  /* CUDA, transposed: w.transpose(0,1) made by the forward, device memory */
 } sgconv_saved;
 
 /* Runs one packed correlation; the scratch comes from the context. */
@@ -274,6 +280,13 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
     const int N = (int)x->shape[0], OH = (int)y->shape[2], OW = (int)y->shape[3];
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) {
+        pbw_cuda_sg_conv_backward(gx, y->grad, pl->weight->data, sv->wt, N, pl->C, sv->H, sv->W,
+                                  pl->O, pl->k, pl->transposed);
+        return;
+    }
+#endif
     if (pl->wino_bwd) {
         int nt = pbw_cpu_sgconv_threads();
         float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->O, pl->C, OW, nt) * 4);
@@ -299,12 +312,27 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
         x->shape[2] > (1 << 16) || x->shape[3] > (1 << 16))
         return pbw_ctx_fail(ctx, "%s: x %s must be (N,%d,H,W)", op,
                             pbw_shape_str(x, sx, sizeof sx), pl->C);
-    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
     const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3], k = pl->k;
     const int OH = pl->transposed ? 2 * (H - 1) + k : H, OW = pl->transposed ? 2 * (W - 1) + k : W;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, pl->O, OH, OW});
     if (!out) return NULL;
-    if (pl->wino_fwd) {
+    float *wt = NULL; /* CUDA, transposed: the weight in the adjoint convolution's layout */
+    if (pbw_on_cuda(ctx)) {
+#ifdef PBW_HAVE_CUDA
+        if (!pl->weight || pl->weight->device != PBW_DEV_CUDA || !pl->weight->data)
+            return pbw_ctx_fail(ctx, "%s: the plan's weight is not on the GPU (move the model's "
+                                "weights with pbw_arena_to_device)", op);
+        if (pl->transposed) {
+            wt = pbw_ctx_alloc(ctx, (size_t)pl->O * pl->C * k * k * sizeof(float));
+            if (!wt) return NULL;
+        }
+        pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, N, pl->C, H, W, pl->O,
+                                 k, pl->transposed);
+#endif
+    } else if (!pl->wino_fwd && !pl->fwd[0]) {
+        return pbw_ctx_fail(ctx, "%s: the plan was prepared from a GPU weight and has no CPU "
+                            "kernel weights", op);
+    } else if (pl->wino_fwd) {
         int nt = pbw_cpu_sgconv_threads();
         float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->C, pl->O, W, nt) * 4);
         if (!s) return NULL;
@@ -331,7 +359,7 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *nd = pbw_tape_push(ctx, op, sgconv_backward, out, &x, 1, sizeof(sgconv_saved));
         if (!nd) return NULL;
-        *(sgconv_saved *)nd->saved = (sgconv_saved){pl, H, W};
+        *(sgconv_saved *)nd->saved = (sgconv_saved){pl, H, W, wt};
     }
     return out;
 }
@@ -344,6 +372,15 @@ int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1) {
         return -1;
     const int K = (int)k->shape[0];
     const float *d = k->data;
+    float host[256];
+#ifdef PBW_HAVE_CUDA
+    if (k->device == PBW_DEV_CUDA) { /* no context here: copy the K*K taps directly */
+        if (!k->data || pbw_cuda_d2h(host, k->data, (size_t)K * K * sizeof(float))) return -1;
+        d = host;
+    }
+#else
+    (void)host;
+#endif
     /* row and column sums factor an outer product exactly in real arithmetic */
     double tot = 0, rs[16] = {0}, cs[16] = {0}, mx = 0;
     for (int i = 0; i < K; i++)
@@ -363,16 +400,23 @@ int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1) {
 }
 
 typedef struct blur_saved {
-    const pbw_sg_fir *f;
+    pbw_sg_fir f; /* a copy: the caller's struct need not outlive the backward */
 } blur_saved;
 
 static void blur_backward(pbw_ctx *ctx, pbw_node *nd) {
-    const pbw_sg_fir *f = ((const blur_saved *)nd->saved)->f;
+    const pbw_sg_fir *f = &((const blur_saved *)nd->saved)->f;
     pbw_tensor *x = nd->in[0], *y = nd->out;
     float *gx = pbw_grad(ctx, x);
     if (!gx) return;
     const int H = (int)x->shape[2], W = (int)x->shape[3], OH = (int)y->shape[2],
               OW = (int)y->shape[3];
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) { /* the taps go by value into the kernel's parameters */
+        pbw_cuda_sg_blur_backward(gx, y->grad, x->shape[0] * x->shape[1], H, W, OH, OW, f->kv,
+                                  f->kh, f->K, f->pad0, NULL, 0);
+        return;
+    }
+#endif
     int nt = pbw_cpu_sgconv_threads();
     float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
     if (!s) return;
@@ -392,18 +436,26 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
     if (OH < 1 || OW < 1 || f->pad0 < 0 || f->pad1 < 0)
         return pbw_ctx_fail(ctx, "%s: x %s is too small for a %d-tap kernel with pads %d,%d", op,
                             pbw_shape_str(x, sx, sizeof sx), f->K, f->pad0, f->pad1);
-    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
+    if (f->K > 16) return pbw_ctx_fail(ctx, "%s: %d taps (at most 16)", op, f->K);
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], OH, OW});
     if (!out) return NULL;
-    int nt = pbw_cpu_sgconv_threads();
-    float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
-    if (!s) return NULL;
-    pbw_cpu_sg_blur_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, OH, OW, f->kv,
-                            f->kh, f->K, f->pad0, s, nt);
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) {
+        pbw_cuda_sg_blur_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, OH, OW,
+                                 f->kv, f->kh, f->K, f->pad0, NULL, 0);
+    } else
+#endif
+    {
+        int nt = pbw_cpu_sgconv_threads();
+        float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
+        if (!s) return NULL;
+        pbw_cpu_sg_blur_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, OH, OW,
+                                f->kv, f->kh, f->K, f->pad0, s, nt);
+    }
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *nd = pbw_tape_push(ctx, op, blur_backward, out, &x, 1, sizeof(blur_saved));
         if (!nd) return NULL;
-        ((blur_saved *)nd->saved)->f = f;
+        ((blur_saved *)nd->saved)->f = *f;
     }
     return out;
 }

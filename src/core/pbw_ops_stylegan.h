@@ -54,8 +54,12 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
  *     pl = pbw_sg_conv_prepare(&model_arena, w, 1, &err);
  *     y = pbw_sg_conv(ctx, x, pl);     // F.conv_transpose2d(x, w.transpose(0,1), stride=2)
  *
- * The plan lives in the arena given (the model's) and holds no reference to w. Gradients reach
- * x only: the weight is a constant of the op. */
+ * The plan lives in the arena given (the model's). The CPU reads only its packed copies; the
+ * GPU (cuDNN, which wants the natural layout) reads w itself through the plan's `weight`
+ * pointer, so w must outlive the plan and be on the context's device when the op runs (a
+ * model moves its weights with pbw_arena_to_device, which keeps the tensor and swaps its data
+ * pointer). A plan prepared from a weight already on the GPU packs nothing and runs on CUDA
+ * contexts only. Gradients reach x only: the weight is a constant of the op. */
 typedef struct pbw_sg_conv_plan {
     int transposed;        /* 0: stride 1, padding k/2; 1: transposed, stride 2, no padding */
     int C, O, k;           /* input channels, output channels, kernel side (odd) */
@@ -64,6 +68,7 @@ typedef struct pbw_sg_conv_plan {
     float *bwd;            /* packed weight of the input gradient (C, O*k*k) */
     float *wino_fwd;       /* 3x3 stride 1: Winograd F(2x2,3x3) weights of the forward ... */
     float *wino_bwd;       /* ... and of the input gradient (then fwd[0], bwd are NULL) */
+    const pbw_tensor *weight; /* w itself (O,C,k,k): its data is read at call time on CUDA */
 } pbw_sg_conv_plan;
 
 /* w (O,C,k,k) float32, k odd. For transposed = 1 the transposed convolution maps C channels to
@@ -89,7 +94,8 @@ typedef struct pbw_sg_fir {
     int pad0, pad1;    /* on both axes */
 } pbw_sg_fir;
 
-/* 0 when k (K,K) is kv (x) kh up to 1e-6 relative (then *f is filled), -1 otherwise. */
+/* 0 when k (K,K) is kv (x) kh up to 1e-6 relative (then *f is filled), -1 otherwise. k may be
+ * on the GPU (its taps are then copied to the host). */
 int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1);
 /* upfirdn2d(x, k, up=1, down=1, pad=(pad0,pad1)): x (N,C,H,W) ->
  * (N,C,H+pad0+pad1-K+1, W+pad0+pad1-K+1). Gradient reaches x. */

@@ -1,0 +1,407 @@
+/* test_cuda_conv.c: the convolution, resampling and StyleGAN2 ops on CUDA against the CPU
+ * (cuda_parity.h): conv2d, conv_transpose2d, upfirdn2d, resize, gaussian blur, sg_modulate,
+ * sg_bias_act, sg_conv and sg_blur, forward and every input gradient, at the shapes the models
+ * use (CLIP's 32x32 patch conv, AlexNet's 11x11 stride-4 stem of LPIPS, StyleGAN2's 3x3 and
+ * transposed convs, its [1,3,3,1] FIR filters, 256->224 bicubic) and at odd sizes.
+ *
+ * Convolutions run at the default CUDA precision, plain fp32 (cuDNN with FMA math, no TF32).
+ * Tolerances are errors relative to each tensor's largest value:
+ *   1e-4  cuDNN convolutions against the CPU's im2col + sgemm (or its Winograd F(2x2,3x3) for
+ *         sg_conv). Both are fp32, but cuDNN's heuristics may pick Winograd, FFT or implicit
+ *         GEMM algorithms whose intermediate roundings differ from a direct sum: Winograd and
+ *         FFT transforms add errors of a few ulps of the transformed values, which are larger
+ *         than the outputs. Sums reach 3072 terms (CLIP's patch conv) and weight gradients
+ *         4096 positions x batch. Measured errors stay around 1e-6..1e-5; 1e-4 leaves margin
+ *         while any indexing bug gives O(1).
+ *   1e-5  the resampling and StyleGAN2 kernels: the same sums in the CPU's order, differing by
+ *         fused multiply-adds (nvcc contracts a*b+c; the CPU's ISO C build does not) and, in
+ *         the backwards, by summing each input's gradient in a register before adding it to
+ *         dx; pixel reductions run in double on both sides.
+ * Each case prints its worst error. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/pbw_ops.h"
+#include "core/pbw_ops_stylegan.h"
+#include "cuda_parity.h"
+#include "pbw_test.h"
+
+#define TOL_CONV 1e-4 /* cuDNN algorithms vs im2col/Winograd, see above */
+#define TOL_EW 1e-5   /* same sums in the same order, FMA contraction only */
+
+/* ---------- conv2d ---------- */
+
+typedef struct {
+    pbw_conv_params p;
+    int bias;
+} conv_arg;
+
+static pbw_tensor *conv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const conv_arg *a = arg;
+    return pbw_conv2d(ctx, in[0], in[1], a->bias ? in[2] : NULL, a->p);
+}
+
+typedef struct {
+    const char *name;
+    int n, c, h, w, o, kh, kw;
+    pbw_conv_params p;
+    int bias;
+} conv_case;
+
+PBW_TEST(cuda_conv2d) {
+    static const conv_case cases[] = {
+        {"3x3 pad 1", 2, 16, 17, 19, 24, 3, 3, {.pad_h = 1, .pad_w = 1}, 0},
+        {"1x1", 2, 32, 8, 8, 16, 1, 1, {0}, 0},
+        {"3x3 stride 2", 2, 8, 15, 15, 12, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, 0},
+        {"groups 4", 2, 8, 9, 9, 12, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 4}, 1},
+        {"depthwise", 1, 16, 10, 10, 16, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 16}, 0},
+        {"dilation 2", 2, 6, 13, 11, 5, 3, 3, {.pad_h = 2, .pad_w = 2, .dil_h = 2, .dil_w = 2}, 0},
+        {"bias, 5x3 kernel", 3, 5, 12, 9, 7, 5, 3, {.pad_h = 2, .pad_w = 1}, 1},
+        {"AlexNet 11x11/4 pad 2", 1, 3, 224, 224, 64, 11, 11,
+         {.stride_h = 4, .stride_w = 4, .pad_h = 2, .pad_w = 2}, 1},
+        {"CLIP 32x32/32 patches", 1, 3, 224, 224, 768, 32, 32, {.stride_h = 32, .stride_w = 32}, 0},
+        {"StyleGAN2 512ch 4x4", 1, 512, 4, 4, 512, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const conv_case *c = &cases[i];
+        int G = c->p.groups ? c->p.groups : 1;
+        conv_arg arg = {c->p, c->bias};
+        parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                             {4, {c->o, c->c / G, c->kh, c->kw}, 1},
+                             {1, {c->o}, 1}};
+        char name[64];
+        snprintf(name, sizeof name, "conv2d %s", c->name);
+        CHECK(parity_check(name, conv_fn, &arg, c->bias ? 3 : 2, in, TOL_CONV) == 0);
+    }
+}
+
+/* ---------- conv_transpose2d ---------- */
+
+static pbw_tensor *convt_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const conv_arg *a = arg;
+    return pbw_conv_transpose2d(ctx, in[0], in[1], a->bias ? in[2] : NULL, a->p);
+}
+
+PBW_TEST(cuda_conv_transpose2d) {
+    static const conv_case cases[] = {
+        /* in conv_case terms: c = input channels, o = output channels; w is (c, o/G, k, k) */
+        {"3x3 stride 2", 2, 8, 9, 9, 6, 3, 3, {.stride_h = 2, .stride_w = 2}, 0},
+        {"3x3/2 pad 1 out_pad 1", 2, 8, 9, 7, 6, 3, 3,
+         {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .out_pad_h = 1, .out_pad_w = 1}, 1},
+        {"4x4/2 pad 1 groups 2", 1, 8, 8, 8, 4, 4, 4,
+         {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 2}, 1},
+        {"3x3 stride 1", 1, 5, 6, 6, 7, 3, 3, {.pad_h = 1, .pad_w = 1}, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const conv_case *c = &cases[i];
+        int G = c->p.groups ? c->p.groups : 1;
+        conv_arg arg = {c->p, c->bias};
+        parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                             {4, {c->c, c->o / G, c->kh, c->kw}, 1},
+                             {1, {c->o}, 1}};
+        char name[64];
+        snprintf(name, sizeof name, "conv_transpose2d %s", c->name);
+        CHECK(parity_check(name, convt_fn, &arg, c->bias ? 3 : 2, in, TOL_CONV) == 0);
+    }
+}
+
+/* ---------- upfirdn2d ---------- */
+
+typedef struct {
+    int up, down, px0, px1, py0, py1;
+    float gain; /* the kernel is [1,3,3,1] (x) [1,3,3,1] / 64 * gain */
+    int k1d;    /* 1: a (1,4) kernel instead */
+} fir_arg;
+
+static pbw_tensor *fir_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const fir_arg *a = arg;
+    static const float t[4] = {1, 3, 3, 1};
+    float k[16];
+    for (int i = 0; i < 16; i++) k[i] = t[i / 4] * t[i % 4] / 64.0f * a->gain;
+    if (a->k1d)
+        for (int i = 0; i < 4; i++) k[i] = t[i] / 8.0f + 0.01f * (float)i; /* asymmetric */
+    /* on a CUDA context the kernel tensor is device memory, read by the CUDA kernel */
+    pbw_tensor *kt = pbw_tensor_from_host(ctx, k, 2, a->k1d ? (int64_t[]){1, 4} : (int64_t[]){4, 4});
+    return pbw_upfirdn2d(ctx, in[0], kt, a->up, a->down, a->px0, a->px1, a->py0, a->py1);
+}
+
+PBW_TEST(cuda_upfirdn2d) {
+    static const struct {
+        const char *name;
+        int n, c, h, w;
+        fir_arg a;
+    } cases[] = {
+        /* StyleGAN2's Upsample(factor 2): pad ((p+1)/2 + 1, p/2) with p = 2, gain 4 */
+        {"up 2 (StyleGAN2 Upsample)", 2, 3, 8, 8, {2, 1, 2, 1, 2, 1, 4.0f, 0}},
+        {"up 2 odd sides", 1, 4, 7, 9, {2, 1, 2, 1, 2, 1, 4.0f, 0}},
+        /* Downsample(factor 2): pad (1, 1) */
+        {"down 2 (StyleGAN2 Downsample)", 2, 3, 16, 16, {1, 2, 1, 1, 1, 1, 1.0f, 0}},
+        {"down 2 odd sides", 1, 2, 15, 13, {1, 2, 1, 1, 1, 1, 1.0f, 0}},
+        /* the Blur after a transposed conv: up = down = 1, pad (1, 1) */
+        {"blur pad 1,1", 2, 5, 17, 17, {1, 1, 1, 1, 1, 1, 4.0f, 0}},
+        {"up 2 down 3, crop", 1, 2, 11, 10, {2, 3, -1, 2, 0, -1, 1.0f, 0}},
+        {"1x4 kernel, asymmetric", 1, 3, 9, 12, {1, 1, 2, 1, 0, 0, 1.0f, 1}},
+        {"up 2, 64 channels 32x32", 1, 64, 32, 32, {2, 1, 2, 1, 2, 1, 4.0f, 0}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        parity_input in[] = {{4, {cases[i].n, cases[i].c, cases[i].h, cases[i].w}, 1}};
+        char name[80];
+        snprintf(name, sizeof name, "upfirdn2d %s", cases[i].name);
+        CHECK(parity_check(name, fir_fn, (void *)&cases[i].a, 1, in, TOL_EW) == 0);
+    }
+}
+
+/* ---------- resize ---------- */
+
+typedef struct {
+    int oh, ow;
+    pbw_resize_mode mode;
+} resize_arg;
+
+static pbw_tensor *resize_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const resize_arg *a = arg;
+    return pbw_resize(ctx, in[0], a->oh, a->ow, a->mode);
+}
+
+PBW_TEST(cuda_resize) {
+    static const char *modes[3] = {"nearest", "bilinear", "bicubic"};
+    static const struct {
+        int h, w, oh, ow;
+    } sizes[] = {
+        {7, 9, 14, 18},  /* x2 up (nearest's o >> 1 path) */
+        {5, 6, 13, 11},  /* up by odd ratios */
+        {16, 19, 7, 8},  /* down */
+        {9, 9, 9, 9},    /* identity */
+        {4, 4, 37, 3},   /* strong up on one axis, down on the other */
+    };
+    for (int m = 0; m < 3; m++)
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            resize_arg arg = {sizes[i].oh, sizes[i].ow, (pbw_resize_mode)m};
+            parity_input in[] = {{4, {2, 3, sizes[i].h, sizes[i].w}, 1}};
+            char name[80];
+            snprintf(name, sizeof name, "resize %s %dx%d->%dx%d", modes[m], sizes[i].h,
+                     sizes[i].w, sizes[i].oh, sizes[i].ow);
+            CHECK(parity_check(name, resize_fn, &arg, 1, in, TOL_EW) == 0);
+        }
+    /* CLIP's preprocessing of a StyleGAN2 image */
+    resize_arg clip = {224, 224, PBW_RESIZE_BICUBIC};
+    parity_input in[] = {{4, {1, 3, 256, 256}, 1}};
+    CHECK(parity_check("resize bicubic 256->224", resize_fn, &clip, 1, in, TOL_EW) == 0);
+    resize_arg bil = {224, 224, PBW_RESIZE_BILINEAR};
+    CHECK(parity_check("resize bilinear 256->224", resize_fn, &bil, 1, in, TOL_EW) == 0);
+}
+
+/* ---------- gaussian blur ---------- */
+
+typedef struct {
+    float sigma;
+    int ksize;
+} gblur_arg;
+
+static pbw_tensor *gblur_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const gblur_arg *a = arg;
+    return pbw_gaussian_blur(ctx, in[0], a->sigma, a->ksize);
+}
+
+PBW_TEST(cuda_gaussian_blur) {
+    static const struct {
+        int n, c, h, w;
+        gblur_arg a;
+    } cases[] = {
+        {2, 3, 20, 17, {1.5f, 7}},
+        {1, 3, 64, 64, {5.0f, 31}},
+        {1, 2, 8, 6, {3.0f, 21}}, /* kernel wider than the image */
+        {1, 1, 5, 5, {0.5f, 1}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        parity_input in[] = {{4, {cases[i].n, cases[i].c, cases[i].h, cases[i].w}, 1}};
+        char name[80];
+        snprintf(name, sizeof name, "gaussian_blur sigma %.1f k %d", (double)cases[i].a.sigma,
+                 cases[i].a.ksize);
+        CHECK(parity_check(name, gblur_fn, (void *)&cases[i].a, 1, in, TOL_EW) == 0);
+    }
+}
+
+/* ---------- sg_modulate ---------- */
+
+static pbw_tensor *mod_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    return arg ? pbw_sg_modulate(ctx, in[0], in[1], in[2], in[3])
+               : pbw_sg_modulate(ctx, in[0], in[1], NULL, NULL);
+}
+
+PBW_TEST(cuda_sg_modulate) {
+    static const struct {
+        int n, c, h, w;
+        int sn, s0n, mn; /* rows of s, s0, m: n or 1 */
+        int masked;
+    } cases[] = {
+        {2, 64, 16, 16, 2, 0, 0, 0},    /* per-sample styles */
+        {2, 64, 16, 16, 1, 0, 0, 0},    /* a style shared by the batch */
+        {1, 512, 4, 4, 1, 0, 0, 0},     /* StyleGAN2's 4x4 layer */
+        {2, 8, 96, 96, 2, 0, 0, 0},     /* several reduction chunks per plane */
+        {2, 32, 16, 16, 2, 2, 2, 1},    /* masked, all per sample */
+        {3, 16, 12, 10, 1, 3, 1, 1},    /* masked, s and m shared, s0 per sample */
+        {2, 8, 96, 96, 2, 1, 2, 1},     /* masked, several chunks */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
+        /* styles around 1 as the affine layers give; the mask in [0,1] */
+        parity_input in[] = {{4, {n, c, h, w}, 1},
+                             {2, {cases[i].sn, c}, 1, 0.5f, 1.5f},
+                             {2, {cases[i].s0n, c}, 1, 0.5f, 1.5f},
+                             {4, {cases[i].mn, 1, h, w}, 1, 0.0f, 1.0f}};
+        char name[80];
+        snprintf(name, sizeof name, "sg_modulate %s (%d,%d,%d,%d) s%d", cases[i].masked ? "masked" : "plain",
+                 n, c, h, w, cases[i].sn);
+        CHECK(parity_check(name, mod_fn, cases[i].masked ? (void *)1 : NULL,
+                           cases[i].masked ? 4 : 2, in, TOL_EW) == 0);
+    }
+}
+
+/* ---------- sg_bias_act ---------- */
+
+typedef struct {
+    int d, noise, bias; /* which inputs are given (d: 0 none, 1 per channel, 2 per pixel) */
+} act_arg;
+
+static pbw_tensor *act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const act_arg *a = arg;
+    int k = 1;
+    pbw_tensor *d = a->d ? in[k++] : NULL;
+    pbw_tensor *noise = a->noise ? in[k++] : NULL;
+    pbw_tensor *bias = a->bias ? in[k++] : NULL;
+    return pbw_sg_bias_act(ctx, in[0], d, noise, bias, 0.7f, 0.2f, 1.41421356f);
+}
+
+PBW_TEST(cuda_sg_bias_act) {
+    static const struct {
+        int n, o, h, w;
+        act_arg a;
+        int dn, nn; /* rows of d (per channel) and noise: n or 1 */
+    } cases[] = {
+        {2, 64, 16, 16, {1, 1, 1}, 2, 2},  /* the styled conv: d (N,O), noise (N,1,H,W), bias */
+        {2, 64, 16, 16, {1, 1, 1}, 1, 1},  /* d and noise shared by the batch */
+        {2, 32, 8, 8, {2, 1, 1}, 0, 2},    /* per-pixel d (the masked model) */
+        {1, 512, 4, 4, {1, 1, 1}, 1, 1},   /* the 4x4 layer */
+        {2, 3, 96, 96, {0, 0, 1}, 0, 0},   /* ToRGB: bias only, several chunks */
+        {3, 5, 70, 70, {1, 0, 0}, 3, 0},   /* d only, several chunks */
+        {2, 4, 7, 9, {0, 1, 0}, 0, 1},     /* noise only */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int n = cases[i].n, o = cases[i].o, h = cases[i].h, w = cases[i].w, k = 0;
+        parity_input in[4];
+        memset(in, 0, sizeof in);
+        in[k++] = (parity_input){4, {n, o, h, w}, 1};
+        if (cases[i].a.d == 1) in[k++] = (parity_input){2, {cases[i].dn, o}, 1, 0.2f, 1.5f};
+        if (cases[i].a.d == 2) in[k++] = (parity_input){4, {n, o, h, w}, 1, 0.2f, 1.5f};
+        if (cases[i].a.noise) in[k++] = (parity_input){4, {cases[i].nn, 1, h, w}, 1};
+        if (cases[i].a.bias) in[k++] = (parity_input){1, {o}, 1};
+        char name[80];
+        snprintf(name, sizeof name, "sg_bias_act (%d,%d,%d,%d) d%d n%d b%d", n, o, h, w,
+                 cases[i].a.d, cases[i].a.noise, cases[i].a.bias);
+        CHECK(parity_check(name, act_fn, (void *)&cases[i].a, k, in, TOL_EW) == 0);
+    }
+}
+
+/* ---------- sg_conv ---------- */
+
+/* One weight, two plans: `cpu` from a weight that stays on the host, `gpu` from a copy in an
+ * arena moved to the CUDA device on first use (as a model does after loading). */
+typedef struct {
+    pbw_sg_conv_plan *cpu, *gpu;
+    pbw_arena *gpu_arena;
+    int moved;
+} sgconv_arg;
+
+static pbw_tensor *sgconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    sgconv_arg *a = arg;
+    if (pbw_ctx_device(ctx) == PBW_DEV_CPU) return pbw_sg_conv(ctx, in[0], a->cpu);
+    if (!a->moved) {
+        pbw_err err = {{0}};
+        if (pbw_arena_to_device(a->gpu_arena, ctx, &err))
+            return pbw_ctx_fail(ctx, "moving the weight: %s", err.msg);
+        a->moved = 1;
+    }
+    return pbw_sg_conv(ctx, in[0], a->gpu);
+}
+
+PBW_TEST(cuda_sg_conv) {
+    static const struct {
+        int n, c, h, w, o, k, transposed;
+    } cases[] = {
+        {2, 64, 16, 16, 64, 3, 0},
+        {2, 64, 16, 16, 64, 3, 1},
+        {1, 128, 8, 8, 64, 3, 0},
+        {1, 128, 8, 8, 64, 3, 1},
+        {1, 16, 9, 7, 8, 1, 0},  /* ToRGB-like 1x1 */
+        {1, 8, 5, 6, 4, 5, 1},   /* odd sides, 5x5 transposed */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int c = cases[i].c, o = cases[i].o, k = cases[i].k;
+        pbw_err err = {{0}};
+        pbw_arena ca, ga;
+        pbw_arena_init(&ca, 1 << 16);
+        pbw_arena_init(&ga, 1 << 16);
+        int64_t ws[4] = {o, c, k, k};
+        pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
+        pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
+        CHECK(wc && wg);
+        if (!wc || !wg) continue;
+        /* uniform(-1,1) / sqrt(fan-in): outputs of unit scale, as the model's weight scale
+         * gives (an LCG: the weights are not parity inputs) */
+        uint32_t st = 12345u + (uint32_t)i;
+        const float sc = 2.0f / sqrtf((float)(c * k * k));
+        for (int64_t j = 0; j < wc->numel; j++) {
+            st = st * 1664525u + 1013904223u;
+            wc->data[j] = wg->data[j] = ((float)(st >> 8) / 16777216.0f - 0.5f) * sc;
+        }
+        sgconv_arg arg = {pbw_sg_conv_prepare(&ca, wc, cases[i].transposed, &err),
+                          pbw_sg_conv_prepare(&ga, wg, cases[i].transposed, &err), &ga, 0};
+        CHECK_MSG(arg.cpu && arg.gpu, "%s", err.msg);
+        if (arg.cpu && arg.gpu) {
+            parity_input in[] = {{4, {cases[i].n, c, cases[i].h, cases[i].w}, 1}};
+            char name[80];
+            snprintf(name, sizeof name, "sg_conv%s %dx%d C=%d O=%d k=%d",
+                     cases[i].transposed ? " transposed" : "", cases[i].h, cases[i].w, c, o, k);
+            CHECK(parity_check(name, sgconv_fn, &arg, 1, in, TOL_CONV) == 0);
+        }
+        pbw_arena_free(&ga);
+        pbw_arena_free(&ca);
+    }
+}
+
+/* ---------- sg_blur ---------- */
+
+static pbw_tensor *sgblur_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    return pbw_sg_blur(ctx, in[0], (const pbw_sg_fir *)arg);
+}
+
+PBW_TEST(cuda_sg_blur) {
+    static const float t[4] = {1, 3, 3, 1};
+    static const struct {
+        int n, c, h, w, p0, p1;
+    } cases[] = {
+        {2, 3, 16, 16, 2, 1},   /* after the upsampling conv */
+        {1, 64, 33, 33, 1, 1},  /* before the downsampling conv, odd side */
+        {1, 5, 9, 7, 0, 0},     /* valid only */
+        {2, 2, 6, 11, 3, 2},    /* wide pads */
+    };
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 12);
+    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
+    CHECK(k != NULL);
+    if (!k) return;
+    for (int i = 0; i < 16; i++) k->data[i] = t[i / 4] * t[i % 4] / 64.0f * 4.0f;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pbw_sg_fir f;
+        CHECK(pbw_sg_fir_init(&f, k, cases[i].p0, cases[i].p1) == 0);
+        parity_input in[] = {{4, {cases[i].n, cases[i].c, cases[i].h, cases[i].w}, 1}};
+        char name[80];
+        snprintf(name, sizeof name, "sg_blur (%d,%d,%d,%d) pad %d,%d", cases[i].n, cases[i].c,
+                 cases[i].h, cases[i].w, cases[i].p0, cases[i].p1);
+        CHECK(parity_check(name, sgblur_fn, &f, 1, in, TOL_EW) == 0);
+    }
+    pbw_arena_free(&a);
+}
