@@ -20,9 +20,20 @@ namespace {
 
 // ---------- upfirdn2d ----------
 
+// Index arithmetic of one axis fits int: sides <= 2^20, up <= 64, pads <= 2^20 (checked by
+// the op), and 32-bit division is far cheaper than 64-bit on the GPU.
+
+// q = a / b and *r = a % b for a >= 0, b > 0, by 32-bit division when both fit (the usual
+// case: 64-bit division is a long emulated sequence on the GPU).
+__device__ __forceinline__ int64_t divmod(int64_t a, int64_t b, int64_t *r) {
+    int64_t q = ((a | b) >> 31) ? a / b : (int64_t)((uint32_t)a / (uint32_t)b);
+    *r = a - q * b;
+    return q;
+}
+
 // floor(a / b) for b > 0 and any sign of a
-__device__ __forceinline__ int64_t floordiv(int64_t a, int64_t b) {
-    int64_t q = a / b;
+__device__ __forceinline__ int floordiv(int a, int b) {
+    int q = a / b;
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
@@ -30,20 +41,20 @@ __global__ void upfirdn_fwd_kernel(float *out, const float *x, const float *k,
                                    pbw_cpu_upfirdn_geom g) {
     const int64_t n = g.planes * g.OH * g.OW;
     PBW_GRID_STRIDE(i, n) {
-        const int ox = (int)(i % g.OW);
-        const int oy = (int)((i / g.OW) % g.OH);
-        const int64_t pl = i / ((int64_t)g.OW * g.OH);
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, g.OW, &xr_), g.OH, &yr_);
+        const int ox = (int)xr_, oy = (int)yr_;
         const float *xp = x + pl * g.H * g.W;
         float acc = 0.0f;
         for (int ky = 0; ky < g.KH; ky++) {
-            int64_t u = (int64_t)oy * g.down + ky - g.py0;
+            const int u = oy * g.down + ky - g.py0;
             if (u < 0 || u % g.up || u / g.up >= g.H) continue;
-            const float *xrow = xp + (u / g.up) * g.W;
+            const float *xrow = xp + (int64_t)(u / g.up) * g.W;
             // convolution: tap (ky,kx) meets k[KH-1-ky][KW-1-kx] (as the CPU)
             const float *krow = k + (int64_t)(g.KH - 1 - ky) * g.KW;
             float s = 0.0f;
             for (int kx = 0; kx < g.KW; kx++) {
-                int64_t v = (int64_t)ox * g.down + kx - g.px0;
+                const int v = ox * g.down + kx - g.px0;
                 if (v < 0 || v % g.up || v / g.up >= g.W) continue;
                 s += krow[g.KW - 1 - kx] * xrow[v / g.up];
             }
@@ -59,24 +70,24 @@ __global__ void upfirdn_bwd_kernel(float *dx, const float *dout, const float *k,
                                    pbw_cpu_upfirdn_geom g) {
     const int64_t n = g.planes * g.H * g.W;
     PBW_GRID_STRIDE(i, n) {
-        const int ix = (int)(i % g.W);
-        const int iy = (int)((i / g.W) % g.H);
-        const int64_t pl = i / ((int64_t)g.W * g.H);
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, g.W, &xr_), g.H, &yr_);
+        const int ix = (int)xr_, iy = (int)yr_;
         const float *gp = dout + pl * g.OH * g.OW;
-        const int64_t uy = (int64_t)iy * g.up + g.py0, ux = (int64_t)ix * g.up + g.px0;
-        int64_t oy0 = floordiv(uy - g.KH + 1 + g.down - 1, g.down), oy1 = floordiv(uy, g.down);
-        int64_t ox0 = floordiv(ux - g.KW + 1 + g.down - 1, g.down), ox1 = floordiv(ux, g.down);
+        const int uy = iy * g.up + g.py0, ux = ix * g.up + g.px0;
+        int oy0 = floordiv(uy - g.KH + g.down, g.down), oy1 = floordiv(uy, g.down); // ceil, floor
+        int ox0 = floordiv(ux - g.KW + g.down, g.down), ox1 = floordiv(ux, g.down);
         if (oy0 < 0) oy0 = 0;
         if (ox0 < 0) ox0 = 0;
         if (oy1 > g.OH - 1) oy1 = g.OH - 1;
         if (ox1 > g.OW - 1) ox1 = g.OW - 1;
         float acc = 0.0f;
-        for (int64_t oy = oy0; oy <= oy1; oy++) {
-            const int ky = (int)(uy - oy * g.down);
+        for (int oy = oy0; oy <= oy1; oy++) {
+            const int ky = uy - oy * g.down;
             const float *krow = k + (int64_t)(g.KH - 1 - ky) * g.KW;
-            const float *grow = gp + oy * g.OW;
-            for (int64_t ox = ox0; ox <= ox1; ox++) {
-                const int kx = (int)(ux - ox * g.down);
+            const float *grow = gp + (int64_t)oy * g.OW;
+            for (int ox = ox0; ox <= ox1; ox++) {
+                const int kx = ux - ox * g.down;
                 acc += krow[g.KW - 1 - kx] * grow[ox];
             }
         }
@@ -199,9 +210,10 @@ __global__ void resize_fwd_kernel(float *out, const float *x, resize_tabs t, int
                                   int H, int W, int OH, int OW, int taps) {
     const int64_t n = planes * OH * OW;
     PBW_GRID_STRIDE(i, n) {
-        const int ox = (int)(i % OW);
-        const int oy = (int)((i / OW) % OH);
-        const float *xp = x + (i / ((int64_t)OW * OH)) * H * W;
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, OW, &xr_), OH, &yr_);
+        const int ox = (int)xr_, oy = (int)yr_;
+        const float *xp = x + pl * H * W;
         const int *yi = t.yi + oy * TAPS, *xi = t.xi + ox * TAPS;
         const float *yw = t.yw + oy * TAPS, *xw = t.xw + ox * TAPS;
         float acc = 0.0f;
@@ -219,9 +231,10 @@ __global__ void resize_bwd_kernel(float *dx, const float *dout, resize_tabs t, i
                                   int H, int W, int OH, int OW, int taps) {
     const int64_t n = planes * H * W;
     PBW_GRID_STRIDE(i, n) {
-        const int ix = (int)(i % W);
-        const int iy = (int)((i / W) % H);
-        const float *gp = dout + (i / ((int64_t)W * H)) * OH * OW;
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, W, &xr_), H, &yr_);
+        const int ix = (int)xr_, iy = (int)yr_;
+        const float *gp = dout + pl * OH * OW;
         const int oy1 = t.yhi[iy], ox0 = t.xlo[ix], ox1 = t.xhi[ix];
         float acc = 0.0f;
         for (int oy = t.ylo[iy]; oy <= oy1; oy++)
@@ -266,7 +279,9 @@ __global__ void sep_rows_kernel(float *tmp, const float *x, int64_t planes, int 
     const int64_t n = planes * H * W;
     const int r = ksize / 2;
     PBW_GRID_STRIDE(i, n) {
-        const int xx = (int)(i % W);
+        int64_t xr_;
+        divmod(i, W, &xr_);
+        const int xx = (int)xr_;
         const float *row = x + (i - xx);
         int j0 = r - xx > 0 ? r - xx : 0;
         int j1 = W - 1 - xx + r < ksize - 1 ? W - 1 - xx + r : ksize - 1;
@@ -281,7 +296,9 @@ __global__ void sep_cols_kernel(float *out, const float *tmp, int64_t planes, in
     const int64_t n = planes * H * W;
     const int r = ksize / 2;
     PBW_GRID_STRIDE(i, n) {
-        const int y = (int)((i / W) % H);
+        int64_t xr_, yr_;
+        divmod(divmod(i, W, &xr_), H, &yr_);
+        const int y = (int)yr_;
         const float *col = tmp + (i - (int64_t)y * W); // element (0, x) of the plane
         int j0 = r - y > 0 ? r - y : 0;
         int j1 = H - 1 - y + r < ksize - 1 ? H - 1 - y + r : ksize - 1;
@@ -310,9 +327,10 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
                                    int OH, int OW, fir_taps f, int K, int p0) {
     const int64_t n = planes * OH * OW;
     PBW_GRID_STRIDE(i, n) {
-        const int ox = (int)(i % OW);
-        const int oy = (int)((i / OW) % OH);
-        const float *xp = x + (i / ((int64_t)OW * OH)) * H * W;
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, OW, &xr_), OH, &yr_);
+        const int ox = (int)xr_, oy = (int)yr_;
+        const float *xp = x + pl * H * W;
         const int jh0 = p0 - ox > 0 ? p0 - ox : 0;
         const int jh1 = W + p0 - ox < K ? W + p0 - ox : K; // exclusive
         float acc = 0.0f;
@@ -333,9 +351,10 @@ __global__ void sg_blur_bwd_kernel(float *gx, const float *gout, int64_t planes,
                                    int OH, int OW, fir_taps f, int K, int p0) {
     const int64_t n = planes * H * W;
     PBW_GRID_STRIDE(i, n) {
-        const int ix = (int)(i % W);
-        const int iy = (int)((i / W) % H);
-        const float *gp = gout + (i / ((int64_t)W * H)) * OH * OW;
+        int64_t xr_, yr_;
+        const int64_t pl = divmod(divmod(i, W, &xr_), H, &yr_);
+        const int ix = (int)xr_, iy = (int)yr_;
+        const float *gp = gout + pl * OH * OW;
         float acc = 0.0f;
         for (int jv = 0; jv < K; jv++) {
             const int oy = iy - jv + p0;

@@ -19,6 +19,14 @@ namespace {
 const int RED_THREADS = 256;
 const int CHUNK = 4096; // pixels per block of the pass-1 reductions
 
+// q = a / b and *r = a % b for a >= 0, b > 0, by 32-bit division when both fit (the usual
+// case: 64-bit division is a long emulated sequence on the GPU).
+__device__ __forceinline__ int64_t divmod(int64_t a, int64_t b, int64_t *r) {
+    int64_t q = ((a | b) >> 31) ? a / b : (int64_t)((uint32_t)a / (uint32_t)b);
+    *r = a - q * b;
+    return q;
+}
+
 int64_t nchunks(int64_t P) { return P > 0 ? (P + CHUNK - 1) / CHUNK : 1; }
 
 // Block-wide sum of one double per thread (fixed tree: deterministic); valid in thread 0.
@@ -64,8 +72,9 @@ __global__ void modulate_fwd_kernel(float *out, const float *x, const float *s, 
                                     const float *m, pbw_cpu_sg_mod_geom g) {
     const int64_t n = (int64_t)g.N * g.C * g.P;
     PBW_GRID_STRIDE(i, n) {
-        const int64_t plane = i / g.P, p = i % g.P;
-        const int nn = (int)(plane / g.C), c = (int)(plane % g.C);
+        int64_t p, c;
+        const int64_t plane = divmod(i, g.P, &p);
+        const int nn = (int)divmod(plane, g.C, &c);
         const float sv = s[nn * g.s_nstride + c];
         if (!m) {
             out[i] = x[i] * sv;
@@ -80,8 +89,9 @@ __global__ void modulate_gx_kernel(float *gx, const float *gout, const float *s,
                                    const float *m, pbw_cpu_sg_mod_geom g) {
     const int64_t n = (int64_t)g.N * g.C * g.P;
     PBW_GRID_STRIDE(i, n) {
-        const int64_t plane = i / g.P, p = i % g.P;
-        const int nn = (int)(plane / g.C), c = (int)(plane % g.C);
+        int64_t p, c;
+        const int64_t plane = divmod(i, g.P, &p);
+        const int nn = (int)divmod(plane, g.C, &c);
         const float sv = s[nn * g.s_nstride + c];
         if (!m) {
             gx[i] += gout[i] * sv;
@@ -125,8 +135,8 @@ __global__ void modulate_gm_kernel(float *gm, const float *gout, const float *x,
     const int mb = g.m_nstride ? g.N : 1;
     const int64_t n = (int64_t)mb * g.P;
     PBW_GRID_STRIDE(i, n) {
-        const int nm = (int)(i / g.P);
-        const int64_t p = i % g.P;
+        int64_t p;
+        const int nm = (int)divmod(i, g.P, &p);
         const int n_lo = g.m_nstride ? nm : 0, n_hi = g.m_nstride ? nm + 1 : g.N;
         double acc = 0;
         for (int nn = n_lo; nn < n_hi; nn++)
@@ -144,8 +154,9 @@ __global__ void modulate_gm_kernel(float *gm, const float *gout, const float *x,
 __device__ __forceinline__ float pre_act(const float *y, const float *d, const float *noise,
                                          const float *bias, const pbw_cpu_sg_act_geom &g,
                                          int64_t i) {
-    const int64_t plane = i / g.P, p = i % g.P;
-    const int nn = (int)(plane / g.O), o = (int)(plane % g.O);
+    int64_t p, o;
+    const int64_t plane = divmod(i, g.P, &p);
+    const int nn = (int)divmod(plane, g.O, &o);
     float v = y[i];
     if (g.d_mode == 1) v = v * d[nn * g.d_nstride + o];
     else if (g.d_mode == 2) v = v * d[i];
@@ -180,8 +191,9 @@ __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, cons
         const float gp = grad_pre(gout, y, d, noise, bias, g, i);
         if (gy) {
             if (g.d_mode == 1) {
-                const int64_t plane = i / g.P;
-                gy[i] += gp * d[(plane / g.O) * g.d_nstride + plane % g.O];
+                int64_t p, o;
+                const int64_t nn = divmod(divmod(i, g.P, &p), g.O, &o);
+                gy[i] += gp * d[nn * g.d_nstride + o];
             } else if (g.d_mode == 2) {
                 gy[i] += gp * d[i];
             } else {
@@ -220,8 +232,8 @@ __global__ void bias_act_gnoise_kernel(float *gnoise, const float *gout, const f
     const int nb = g.noise_nstride ? g.N : 1;
     const int64_t n = (int64_t)nb * g.P;
     PBW_GRID_STRIDE(i, n) {
-        const int nn0 = (int)(i / g.P);
-        const int64_t p = i % g.P;
+        int64_t p;
+        const int nn0 = (int)divmod(i, g.P, &p);
         const int n_lo = g.noise_nstride ? nn0 : 0, n_hi = g.noise_nstride ? nn0 + 1 : g.N;
         double acc = 0;
         for (int nn = n_lo; nn < n_hi; nn++)
