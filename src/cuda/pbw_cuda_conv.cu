@@ -177,9 +177,8 @@ int plan_algo(conv_plan *p, int dir) {
                       p->key.g.KW, dir);
         return -1;
     }
-    // FP32 keeps FMA math whatever the candidate reported; otherwise use the candidate's
-    if (prec != PBW_PREC_FP32 && p->math[dir] == CUDNN_DEFAULT_MATH)
-        p->math[dir] = CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+    // FP32 keeps FMA math whatever the candidate reported; otherwise the candidate's own (the
+    // heuristics ran with ALLOW_CONVERSION on the descriptor, so tensor ops were allowed)
     if (prec == PBW_PREC_FP32) p->math[dir] = CUDNN_FMA_MATH;
     p->have[dir] = 1;
     return 0;
