@@ -1,5 +1,6 @@
 /* pbw_ops_elementwise.c: unary and broadcasting binary ops (front-ends; kernels in
- * src/cpu/pbw_cpu_elementwise.c). */
+ * src/cpu/pbw_cpu_elementwise.c and src/cuda/pbw_cuda_elementwise.cu, chosen by PBW_KERNEL).
+ * Also the helpers of pbw_ops_internal.h (argument checks, 5-D shapes and strides). */
 #include <string.h>
 
 #include "cpu/pbw_cpu.h"
@@ -62,8 +63,8 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     const unary_saved *s = n->saved;
     float *gx = pbw_grad(ctx, n->in[0]);
     if (!gx) return;
-    pbw_cpu_unary_backward(s->op, s->p0, s->p1, n->in[0]->data, n->out->data, n->out->grad, gx,
-                           n->out->numel);
+    PBW_KERNEL(ctx, unary_backward, s->op, s->p0, s->p1, n->in[0]->data, n->out->data,
+               n->out->grad, gx, n->out->numel);
 }
 
 static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unary_op op, float p0,
@@ -71,7 +72,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
     if (pbw_op_begin(ctx, name, 1, &x)) return NULL;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!y) return NULL;
-    pbw_cpu_unary_forward(op, p0, p1, x->data, y->data, x->numel);
+    PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *n = pbw_tape_push(ctx, name, unary_backward, y, &x, 1, sizeof(unary_saved));
         if (!n) return NULL;
@@ -129,7 +130,8 @@ static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_strides5(a, s->shape, sa);
     pbw_strides5(b, s->shape, sb);
     pbw_dense_strides5(s->shape, sy);
-    pbw_cpu_binary_backward(s->op, s->shape, a->data, sa, b->data, sb, n->out->grad, sy, ga, gb);
+    PBW_KERNEL(ctx, binary_backward, s->op, s->shape, a->data, sa, b->data, sb, n->out->grad, sy,
+               ga, gb);
 }
 
 static pbw_tensor *binary(pbw_ctx *ctx, const char *name, pbw_tensor *a, pbw_tensor *b,
@@ -154,7 +156,7 @@ static pbw_tensor *binary(pbw_ctx *ctx, const char *name, pbw_tensor *a, pbw_ten
     pbw_strides5(a, s5, sa);
     pbw_strides5(b, s5, sb);
     pbw_dense_strides5(s5, sy);
-    pbw_cpu_binary_forward(op, s5, a->data, sa, b->data, sb, y->data, sy);
+    PBW_KERNEL(ctx, binary_forward, op, s5, a->data, sa, b->data, sb, y->data, sy);
     if (pbw_needs_grad(ctx, in, 2)) {
         pbw_node *n = pbw_tape_push(ctx, name, binary_backward, y, in, 2, sizeof(binary_saved));
         if (!n) return NULL;

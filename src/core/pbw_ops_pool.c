@@ -1,9 +1,10 @@
 /* pbw_ops_pool.c: pbw_max_pool2d of pbw_ops.h: argument checks, output allocation, device
- * dispatch and the tape. The arithmetic is in src/cpu/pbw_cpu_pool.c.
+ * dispatch and the tape. The arithmetic is in src/cpu/pbw_cpu_pool.c and
+ * src/cuda/pbw_cuda_elementwise.cu.
  *
  * The forward records which input element won each window only when a backward will run (the
- * index map is the op's saved state: int32 per output, in the activation arena), so a pass
- * without gradients costs nothing extra.
+ * index map is the op's saved state: int32 per output, in activation memory of the context's
+ * device), so a pass without gradients costs nothing extra.
  */
 #include <limits.h>
 #include <string.h>
@@ -21,11 +22,7 @@ static void max_pool2d_backward(pbw_ctx *ctx, pbw_node *nd) {
     const pool_saved *sv = nd->saved;
     float *gx = pbw_grad(ctx, nd->in[0]);
     if (!gx) return;
-    if (nd->in[0]->device != PBW_DEV_CPU) {
-        pbw_ctx_fail(ctx, "max_pool2d backward: no kernel for this device");
-        return;
-    }
-    pbw_cpu_max_pool2d_backward(gx, nd->out->grad, sv->idx, &sv->g);
+    PBW_KERNEL(ctx, max_pool2d_backward, gx, nd->out->grad, sv->idx, &sv->g);
 }
 
 pbw_tensor *pbw_max_pool2d(pbw_ctx *ctx, pbw_tensor *x, int kernel, int stride, int padding) {
@@ -61,14 +58,16 @@ pbw_tensor *pbw_max_pool2d(pbw_ctx *ctx, pbw_tensor *x, int kernel, int stride, 
 
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], g.OH, g.OW});
     if (!out) return NULL;
-    if (x->device != PBW_DEV_CPU) return pbw_ctx_fail(ctx, "%s: no kernel for this device", op);
     int32_t *idx = NULL;
     int grad = pbw_needs_grad(ctx, &x, 1);
     if (grad) {
-        idx = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)out->numel * sizeof(int32_t) + 1);
+        size_t bytes = (size_t)out->numel * sizeof(int32_t) + 1;
+        /* the kernel writes the map: device memory on CUDA (pbw_ctx_alloc fails the context
+         * itself when out of memory) */
+        idx = pbw_on_cuda(ctx) ? pbw_ctx_alloc(ctx, bytes) : pbw_arena_alloc(pbw_ctx_arena(ctx), bytes);
         if (!idx) return pbw_ctx_fail(ctx, "%s: out of memory for the index map of %s", op, sx);
     }
-    pbw_cpu_max_pool2d_forward(out->data, idx, x->data, &g);
+    PBW_KERNEL(ctx, max_pool2d_forward, out->data, idx, x->data, &g);
     if (grad) {
         pbw_node *nd = pbw_tape_push(ctx, op, max_pool2d_backward, out, &x, 1, sizeof(pool_saved));
         if (!nd) return NULL;

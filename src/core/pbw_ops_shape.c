@@ -1,6 +1,7 @@
 /* pbw_ops_shape.c: reductions (sum, mean) and shape ops (reshape, permute, slice, concat, pad).
- * All are strided copies or accumulations over a 5-D index space (pbw_cpu_accumulate,
- * pbw_cpu_copy_strided); their backward is the same walk in the other direction. */
+ * All are strided copies or accumulations over a 5-D index space (the accumulate and
+ * copy_strided kernels of src/cpu/pbw_cpu_elementwise.c and src/cuda/pbw_cuda_elementwise.cu,
+ * chosen by PBW_KERNEL); their backward is the same walk in the other direction. */
 #include <string.h>
 
 #include "cpu/pbw_cpu.h"
@@ -30,7 +31,7 @@ static void reduce_backward(pbw_ctx *ctx, pbw_node *n) {
     int64_t sx[5], sy[5];
     pbw_dense_strides5(s->xs5, sx);
     reduced_strides(s->xs5, s->red5, sy);
-    pbw_cpu_accumulate(s->xs5, n->out->grad, sy, gx, sx, s->scale);
+    PBW_KERNEL(ctx, accumulate, s->xs5, n->out->grad, sy, gx, sx, s->scale);
 }
 
 static pbw_tensor *reduce(pbw_ctx *ctx, const char *name, pbw_tensor *x, int naxes,
@@ -64,7 +65,7 @@ static pbw_tensor *reduce(pbw_ctx *ctx, const char *name, pbw_tensor *x, int nax
     for (int d = 0; d < 5; d++) red5[d] = d >= off && red[d - off];
     reduced_strides(xs5, red5, sy);
     float scale = mean ? (count ? 1.0f / (float)count : 0.0f) : 1.0f;
-    pbw_cpu_accumulate(xs5, x->data, sx, y->data, sy, scale);
+    PBW_KERNEL(ctx, accumulate, xs5, x->data, sx, y->data, sy, scale);
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *n = pbw_tape_push(ctx, name, reduce_backward, y, &x, 1, sizeof(reduce_saved));
         if (!n) return NULL;
@@ -98,6 +99,13 @@ static void reshape_backward(pbw_ctx *ctx, pbw_node *n) {
     if (!gx) return;
     const float *gy = n->out->grad;
     int64_t m = n->out->numel;
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) { /* gx += gy as a flat accumulation */
+        const int64_t shape[5] = {1, 1, 1, 1, m}, st[5] = {0, 0, 0, 0, 1};
+        pbw_cuda_accumulate(shape, gy, st, gx, st, 1.0f);
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) if (m > 32768)
     for (int64_t i = 0; i < m; i++) gx[i] += gy[i];
 }
@@ -143,7 +151,8 @@ static void view_backward(pbw_ctx *ctx, pbw_node *n) {
     const view_saved *v = n->saved;
     float *gx = pbw_grad(ctx, n->in[0]);
     if (!gx) return;
-    pbw_cpu_accumulate(v->shape5, n->out->grad + v->y_off, v->sy, gx + v->x_off, v->sx, 1.0f);
+    PBW_KERNEL(ctx, accumulate, v->shape5, n->out->grad + v->y_off, v->sy, gx + v->x_off, v->sx,
+               1.0f);
 }
 
 static int push_view(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_tensor *y,
@@ -178,7 +187,7 @@ pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm) {
     int off = 5 - x->ndim;
     for (int d = 0; d < 5; d++) v.sx[d] = d < off ? 0 : xst[perm[d - off]];
     pbw_dense_strides5(v.shape5, v.sy);
-    pbw_cpu_copy_strided(v.shape5, x->data, v.sx, y->data, v.sy);
+    PBW_KERNEL(ctx, copy_strided, v.shape5, x->data, v.sx, y->data, v.sy);
     return push_view(ctx, "permute", x, y, &v) ? NULL : y;
 }
 
@@ -209,7 +218,7 @@ pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int6
     int a5 = a + 5 - x->ndim;
     v.x_off = start * v.sx[a5];
     v.sx[a5] *= step;
-    pbw_cpu_copy_strided(v.shape5, x->data + v.x_off, v.sx, y->data, v.sy);
+    PBW_KERNEL(ctx, copy_strided, v.shape5, x->data + v.x_off, v.sx, y->data, v.sy);
     return push_view(ctx, "slice", x, y, &v) ? NULL : y;
 }
 
@@ -222,6 +231,14 @@ pbw_tensor *pbw_pad(pbw_ctx *ctx, pbw_tensor *x, const int64_t *pads, float valu
     }
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
     if (!y) return NULL;
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx)) { /* fill: a copy of one device float broadcast over y */
+        const float *dv = pbw_ctx_upload(ctx, &value, sizeof value);
+        if (!dv) return NULL;
+        const int64_t shape[5] = {1, 1, 1, 1, y->numel}, zero[5] = {0}, one[5] = {0, 0, 0, 0, 1};
+        pbw_cuda_copy_strided(shape, dv, zero, y->data, one);
+    } else
+#endif
     for (int64_t i = 0; i < y->numel; i++) y->data[i] = value;
     /* region copied: x indices [lo, hi) per dim land at y index i + pad_before */
     view_saved v;
@@ -243,7 +260,8 @@ pbw_tensor *pbw_pad(pbw_ctx *ctx, pbw_tensor *x, const int64_t *pads, float valu
         v.y_off += (lo + before) * v.sy[d];
     }
     int64_t cnt = v.shape5[0] * v.shape5[1] * v.shape5[2] * v.shape5[3] * v.shape5[4];
-    if (cnt > 0) pbw_cpu_copy_strided(v.shape5, x->data + v.x_off, v.sx, y->data + v.y_off, v.sy);
+    if (cnt > 0)
+        PBW_KERNEL(ctx, copy_strided, v.shape5, x->data + v.x_off, v.sx, y->data + v.y_off, v.sy);
     else memset(v.shape5, 0, sizeof v.shape5);
     return push_view(ctx, "pad", x, y, &v) ? NULL : y;
 }
@@ -266,7 +284,7 @@ static void concat_backward(pbw_ctx *ctx, pbw_node *n) {
         pbw_shape5(x, xs5);
         pbw_dense_strides5(xs5, sx);
         float *gx = pbw_grad(ctx, x);
-        if (gx) pbw_cpu_accumulate(xs5, n->out->grad + off * sy[s->axis5], sy, gx, sx, 1.0f);
+        if (gx) PBW_KERNEL(ctx, accumulate, xs5, n->out->grad + off * sy[s->axis5], sy, gx, sx, 1.0f);
         off += xs5[s->axis5];
     }
 }
@@ -302,7 +320,7 @@ pbw_tensor *pbw_concat(pbw_ctx *ctx, int n, pbw_tensor *const *xs, int axis) {
         int64_t xs5[5], sx[5];
         pbw_shape5(xs[i], xs5);
         pbw_dense_strides5(xs5, sx);
-        pbw_cpu_copy_strided(xs5, xs[i]->data, sx, y->data + off * sy[a5], sy);
+        PBW_KERNEL(ctx, copy_strided, xs5, xs[i]->data, sx, y->data + off * sy[a5], sy);
         off += xs5[a5];
     }
     if (pbw_needs_grad(ctx, xs, n)) {
