@@ -7,9 +7,11 @@
  * is enqueued on the backend's stream (pbw_cuda.h); nothing here synchronizes. Backward kernels
  * and pbw_cuda_accumulate ADD into their outputs, as on the CPU.
  *
- * Determinism: every kernel here gives the same bits run after run. Reductions (accumulate with
- * zero output strides, gradients of broadcast operands) gather: one destination element is
- * summed by one thread group in a fixed order, never by atomics.
+ * Determinism: the kernels give the same bits run after run. Reductions (accumulate with zero
+ * output strides, gradients of broadcast operands) gather: one destination element is summed by
+ * one thread group in a fixed order, never by atomics. The one exception is the max-pooling
+ * backward for windows that overlap more than 16-fold (kernel much larger than stride, no model
+ * here), which scatters with atomicAdd.
  */
 #ifndef PBW_CUDA_ELEMENTWISE_H
 #define PBW_CUDA_ELEMENTWISE_H
