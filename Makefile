@@ -97,6 +97,9 @@ fuzz: | $(DEPS_OK)
 	  grep -E 'stat::number_of_executed_units' build-fuzz/$$t.log; \
 	done
 
+$(BUILD)/bench_edit: bench/bench_edit.c $(BUILD)/libpbw.a
+	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
+
 $(BUILD)/bench_ops: bench/bench_ops.c $(BUILD)/libpbw.a
 	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
 
