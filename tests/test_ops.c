@@ -635,3 +635,35 @@ PBW_TEST(device_parse_any_machine) {
     CHECK(pbw_device_parse("gpu", &dev, &idx, why, sizeof why, &err) != 0 && strstr(err.msg, "gpu"));
     CHECK(pbw_device_parse("cuda:x", &dev, &idx, why, sizeof why, &err) != 0);
 }
+
+/* pbw_ctx_release frees a finished block's temporaries in a pass without gradients, keeping
+ * the block's outputs (values unchanged), and does nothing once the tape holds a node. */
+PBW_TEST(ctx_release_block) {
+    pbw_err err = {0};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    float h[64];
+    for (int i = 0; i < 64; i++) h[i] = (float)i - 20.0f;
+    pbw_tensor *x = pbw_tensor_from_host(ctx, h, 2, (int64_t[]){8, 8});
+    size_t before = pbw_ctx_mem_used(ctx);
+    pbw_ctx_mark m = pbw_ctx_mark_get(ctx);
+    pbw_tensor *a = pbw_relu(ctx, x), *b = pbw_tanh(ctx, pbw_scale(ctx, x, 0.1f));
+    for (int k = 0; k < 20; k++) a = pbw_add(ctx, a, b); /* temporaries to free */
+    float want_a[64], want_b[64];
+    CHECK(pbw_tensor_read(ctx, a, want_a) == 0 && pbw_tensor_read(ctx, b, want_b) == 0);
+    size_t during = pbw_ctx_mem_used(ctx);
+    pbw_tensor *keep[2] = {a, b};
+    CHECK(pbw_ctx_release(ctx, m, 2, keep) == 0);
+    size_t after = pbw_ctx_mem_used(ctx);
+    CHECK(after < during && after <= before + 2 * (64 * 4 + 64) + 2 * 256);
+    float got[64];
+    CHECK(pbw_tensor_read(ctx, keep[0], got) == 0 && !memcmp(got, want_a, sizeof got));
+    CHECK(pbw_tensor_read(ctx, keep[1], got) == 0 && !memcmp(got, want_b, sizeof got));
+    /* with a node on the tape, nothing is freed */
+    x->requires_grad = 1;
+    m = pbw_ctx_mark_get(ctx);
+    pbw_tensor *y = pbw_square(ctx, x);
+    size_t used = pbw_ctx_mem_used(ctx);
+    pbw_tensor *k1[1] = {y};
+    CHECK(pbw_ctx_release(ctx, m, 1, k1) == 0 && k1[0] == y && pbw_ctx_mem_used(ctx) == used);
+    pbw_ctx_free(ctx);
+}

@@ -131,3 +131,34 @@ int pbw_arena_chunks(const pbw_arena *a) {
     for (const pbw_arena_chunk *c = a->head; c; c = c->next) n++;
     return n;
 }
+
+pbw_arena_mark pbw_arena_mark_get(const pbw_arena *a) {
+    pbw_arena_mark m = {a->head, a->head ? a->head->off : 0, a->used};
+    return m;
+}
+
+int pbw_arena_chunks_since(const pbw_arena *a, pbw_arena_mark m) {
+    int n = 0;
+    for (const pbw_arena_chunk *c = a->head; c && c != m.chunk; c = c->next) n++;
+    return n;
+}
+
+int pbw_arena_release(pbw_arena *a, pbw_arena_mark m) {
+    /* m.chunk must still be in the chain (or NULL: the arena was empty at the mark) */
+    if (m.chunk) {
+        const pbw_arena_chunk *c = a->head;
+        while (c && c != m.chunk) c = c->next;
+        if (!c) return -1;
+    }
+    int n = 0;
+    while (a->head && a->head != m.chunk) {
+        pbw_arena_chunk *c = a->head;
+        a->head = c->next;
+        c->next = NULL;
+        chunks_free(a, c);
+        n++;
+    }
+    if (a->head) a->head->off = m.off;
+    a->used = m.used;
+    return n;
+}

@@ -44,6 +44,18 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes);
 /* Same, zero-filled. */
 void *pbw_arena_calloc(pbw_arena *a, size_t bytes);
 void pbw_arena_reset(pbw_arena *a);
+/* A position in the arena, to free back to: everything allocated after it goes at once. */
+typedef struct pbw_arena_mark {
+    const void *chunk; /* the chunk current at the mark (NULL: none yet) */
+    size_t off, used;
+} pbw_arena_mark;
+pbw_arena_mark pbw_arena_mark_get(const pbw_arena *a);
+/* Frees every block handed out since m: chunks made since are released, the current one is
+ * cut back. Returns the number of chunks released, or -1 (nothing done) when m is not a
+ * position of this arena's current life (a reset came between). */
+int pbw_arena_release(pbw_arena *a, pbw_arena_mark m);
+/* Chunks made since m (the caller may need to wait for users of their memory first). */
+int pbw_arena_chunks_since(const pbw_arena *a, pbw_arena_mark m);
 /* Number of chunks held now (1 in the steady state of a repeated workload). */
 int pbw_arena_chunks(const pbw_arena *a);
 void pbw_arena_free(pbw_arena *a);

@@ -8,6 +8,7 @@
 
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
     if (pbw_ctx_failed(ctx)) return -1;
+    if (pbw_profile_enabled()) pbw_profile_op(op);
     for (int i = 0; i < n; i++) {
         if (!ts[i]) {
             pbw_ctx_fail(ctx, "%s: input %d is NULL", op, i);

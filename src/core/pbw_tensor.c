@@ -231,6 +231,61 @@ static int ctx_copy(pbw_ctx *ctx, void *dst, const void *src, size_t bytes, int 
     return 0;
 }
 
+pbw_ctx_mark pbw_ctx_mark_get(pbw_ctx *ctx) {
+    pbw_ctx_mark m;
+    m.host = pbw_arena_mark_get(&ctx->act);
+    m.dev = pbw_arena_mark_get(&ctx->dact);
+    m.tape = ctx->tape;
+    return m;
+}
+
+#define RELEASE_MAX 8
+int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
+    if (ctx->failed) return -1;
+    if (ctx->tape != m.tape) return 0; /* a backward will need what was made */
+    if (n < 0 || n > RELEASE_MAX) {
+        pbw_ctx_fail(ctx, "release: %d tensors to keep (at most %d)", n, RELEASE_MAX);
+        return -1;
+    }
+    const int cuda = ctx->dev == PBW_DEV_CUDA;
+    pbw_arena *da = cuda ? &ctx->dact : &ctx->act;
+    int ndim[RELEASE_MAX];
+    int64_t shape[RELEASE_MAX][PBW_MAX_DIMS];
+    size_t off[RELEASE_MAX], total = 0;
+    for (int i = 0; i < n; i++) {
+        if (!keep[i]) return -1;
+        ndim[i] = keep[i]->ndim;
+        memcpy(shape[i], keep[i]->shape, sizeof shape[i]);
+        off[i] = total;
+        total += ((size_t)keep[i]->numel * sizeof(float) + 63) / 64 * 64;
+    }
+    /* the kept data goes through scratch slot 7: old and new places may overlap */
+    unsigned char *stage = total ? pbw_ctx_scratch(ctx, 7, total) : NULL;
+    if (total && !stage) return -1;
+    for (int i = 0; i < n; i++)
+        if (ctx_copy(ctx, stage + off[i], keep[i]->data, (size_t)keep[i]->numel * sizeof(float), 2))
+            return -1;
+#ifdef PBW_HAVE_CUDA
+    /* chunks made since the mark go back to the allocator: queued kernels may still use them */
+    if (cuda && pbw_arena_chunks_since(da, m.dev) > 0) pbw_cuda_sync(NULL);
+#endif
+    if (pbw_arena_release(da, cuda ? m.dev : m.host) < 0) {
+        pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
+        return -1;
+    }
+    if (cuda && pbw_arena_release(&ctx->act, m.host) < 0) {
+        pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        keep[i] = pbw_tensor_new(ctx, ndim[i], shape[i]);
+        if (!keep[i] ||
+            ctx_copy(ctx, keep[i]->data, stage + off[i], (size_t)keep[i]->numel * sizeof(float), 2))
+            return -1;
+    }
+    return 0;
+}
+
 void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes) {
     void *p = pbw_ctx_alloc(ctx, bytes ? bytes : 1);
     if (!p || ctx_copy(ctx, p, src, bytes, 0)) return NULL;
@@ -483,7 +538,31 @@ int pbw_profile_enabled(void) {
     return g_prof_on;
 }
 
-void pbw_profile_mark(void) { g_prof_last = prof_now(); }
+/* The op whose forward is running (since g_prof_last): its time is booked when the next op
+ * begins or at a mark. On a CUDA context the device is synchronized first, so the time is the
+ * op's own (profiling runs slower, but the shares are right). */
+static const char *g_prof_op;
+static void prof_add(const char *op, int backward, double sec);
+
+static void prof_sync(void) {
+#ifdef PBW_HAVE_CUDA
+    if (pbw_cuda_current() >= 0) pbw_cuda_sync(NULL);
+#endif
+}
+
+void pbw_profile_mark(void) {
+    prof_sync();
+    g_prof_last = prof_now();
+    g_prof_op = NULL;
+}
+
+void pbw_profile_op(const char *op) {
+    prof_sync();
+    double t = prof_now();
+    if (g_prof_op) prof_add(g_prof_op, 0, t - g_prof_last);
+    g_prof_op = op;
+    g_prof_last = t;
+}
 
 static void prof_add(const char *op, int backward, double sec) {
     int i = 0;
@@ -502,6 +581,7 @@ static int prof_cmp(const void *a, const void *b) {
 }
 
 void pbw_profile_report(FILE *f, double scale) {
+    pbw_profile_mark();
     double total = 0;
     for (int i = 0; i < g_nprof; i++) total += g_prof[i].sec;
     qsort(g_prof, (size_t)g_nprof, sizeof g_prof[0], prof_cmp);
@@ -538,11 +618,6 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
     n->prev = ctx->tape;
     ctx->tape = n;
     out->requires_grad = 1;
-    if (pbw_profile_enabled()) {
-        double t = prof_now();
-        prof_add(op, 0, t - g_prof_last);
-        g_prof_last = t;
-    }
     return n;
 }
 
@@ -584,9 +659,16 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     }
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
-        double t0 = pbw_profile_enabled() ? prof_now() : 0;
+        double t0 = 0;
+        if (pbw_profile_enabled()) {
+            pbw_profile_mark(); /* books the last forward op */
+            t0 = prof_now();
+        }
         n->backward(ctx, n);
-        if (t0 > 0) prof_add(n->op, 1, prof_now() - t0);
+        if (t0 > 0) {
+            prof_sync();
+            prof_add(n->op, 1, prof_now() - t0);
+        }
         if (ctx->failed) return pbw_ctx_check(ctx, err);
     }
     return pbw_ctx_check(ctx, err);

@@ -118,6 +118,24 @@ void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes);
 void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes);
 void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes);
 
+/* Freeing a finished part of a forward pass that records no gradients (a CMA generation's
+ * candidates, say): every activation made since the mark is freed except the tensors in
+ * keep[], which move down to the mark (keep[i] is replaced by a new header; any other tensor
+ * made since the mark is invalid afterwards). Does nothing, and returns 0, when a tape node
+ * was recorded since the mark: gradients need the activations. -1 with the context failed on
+ * error. Models call it between their blocks:
+ *
+ *     pbw_ctx_mark m = pbw_ctx_mark_get(ctx);
+ *     x = block(ctx, x);
+ *     pbw_ctx_release(ctx, m, 1, &x);
+ */
+typedef struct pbw_ctx_mark {
+    pbw_arena_mark host, dev;
+    const pbw_node *tape;
+} pbw_ctx_mark;
+pbw_ctx_mark pbw_ctx_mark_get(pbw_ctx *ctx);
+int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep);
+
 /* --- tensors --- */
 /* New float32 tensor in the activation arena, uninitialized. */
 pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape);
@@ -168,11 +186,14 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
 int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err);
 
 /* --- profiler: with PBW_PROFILE=1 in the environment, time is summed per op name (forward:
- * time since the previous recorded op or pbw_profile_mark, so exact when every op records;
- * backward: per node). pbw_profile_report prints the table (times multiplied by `scale`, e.g.
+ * from the op's start to the next op's start or pbw_profile_mark, gradients or not; backward:
+ * per node; on CUDA the device is synchronized at each boundary). pbw_profile_report prints
+ * the table (times multiplied by `scale`, e.g.
  * 1/runs) and clears it. Global state, meant for benchmarks. */
 int pbw_profile_enabled(void);
 void pbw_profile_mark(void);
+/* Called by every op as it begins (pbw_op_begin): books the previous op's forward time. */
+void pbw_profile_op(const char *op);
 void pbw_profile_report(FILE *f, double scale);
 
 #ifdef __cplusplus

@@ -685,9 +685,13 @@ pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *p
     x = pbw_concat(ctx, 2, parts, 1);                                    /* (B,T,W) */
     x = pbw_add(ctx, x, m->vis_pos);
     x = pbw_layer_norm(ctx, x, m->ln_pre_w, m->ln_pre_b, c->vision.ln_eps);
-    for (int i = 0; i < c->vision.layers; i++)
+    for (int i = 0; i < c->vision.layers; i++) {
+        /* without gradients, a block's temporaries are freed as it ends */
+        pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
         x = block_forward(ctx, &m->vis_blocks[i], &c->vision, x, 0,
                           i + 1 < c->vision.layers ? g * g + 1 : 1);
+        if (pbw_ctx_release(ctx, mk, 1, &x)) return NULL;
+    }
     x = pbw_reshape(ctx, x, 2, (int64_t[]){B, W});                       /* class token */
     x = pbw_layer_norm(ctx, x, m->ln_post_w, m->ln_post_b, c->vision.ln_eps);
     return pbw_linear(ctx, x, m->vis_proj, NULL);                        /* (B,E) */
@@ -732,8 +736,11 @@ pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t 
     int64_t W = c->text.width;
     pbw_tensor *x = pbw_embedding(ctx, m->tok_emb, cut, 2, (int64_t[]){B, Te}); /* (B,Te,W) */
     x = pbw_add(ctx, x, pbw_slice(ctx, m->txt_pos, 0, 0, Te, 1));
-    for (int i = 0; i < c->text.layers; i++)
+    for (int i = 0; i < c->text.layers; i++) {
+        pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
         x = block_forward(ctx, &m->txt_blocks[i], &c->text, x, 1, Te);
+        if (pbw_ctx_release(ctx, mk, 1, &x)) return NULL;
+    }
     if (!x) return NULL;
     for (int64_t b = 0; b < B; b++)
         rows[b] = pbw_slice(ctx, pbw_slice(ctx, x, 0, b, b + 1, 1), 1, pos[b], pos[b] + 1, 1);

@@ -565,6 +565,8 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
     if (mk && opts->unmasked_torgb) li.m_in = NULL;
     pbw_tensor *skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
     for (int b = 0; b < g->log_size - 2; b++) {
+        /* without gradients, a block's temporaries are freed as it ends */
+        pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
         int l = 1 + 2 * b, ls = 2 + b; /* ls: log2 of the input side of this block */
         li = LAYER(l, ls, ls + 1);
         x = styled_conv(ctx, &g->convs[2 * b], x, &li, layer_noise(ctx, g, opts, l, n));
@@ -573,6 +575,10 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
         li = LAYER(l + 2, ls + 1, ls + 1);
         if (mk && opts->unmasked_torgb) li.m_in = NULL;
         skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
+        pbw_tensor *keep[2] = {x, skip};
+        if (pbw_ctx_release(ctx, mark, 2, keep)) return NULL;
+        x = keep[0];
+        skip = keep[1];
     }
 #undef LAYER
     return skip;

@@ -184,6 +184,7 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
 
 pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
     if (!x) return NULL;
+    if (pbw_profile_enabled()) pbw_profile_op("clip_crops");
     char sx[64];
     if (x->ndim != 4 || x->shape[1] != 3 || !x->data || x->device != pbw_ctx_device(ctx))
         return pbw_ctx_fail(ctx, "clip crops: image %s must be float (B,3,H,W) on the "
