@@ -151,6 +151,19 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
 
 /* ---------- convolution with a frozen weight ---------- */
 
+/* CUDA, transposed plans: cuDNN runs the transposed convolution as the adjoint of a strided
+ * one, whose filter is w.transpose(0,1). The weight is a constant of the op, so that copy is
+ * made once per plan rather than per call, in device memory of its own (pbw_cuda_malloc) freed
+ * by a hook on the arena that holds the plan. It is keyed by w's data pointer, so moving the
+ * weights (pbw_arena_to_device) remakes it; rewriting w's values in place does not (the plan
+ * packs the CPU's copies once too). */
+struct pbw_sg_conv_gpu {
+    pbw_arena *arena;  /* the plan's */
+    float *wt;         /* (C,O,k,k) device floats, or NULL before the first GPU call */
+    const float *src;  /* the w->data wt was made from */
+    int hooked;        /* the arena frees wt */
+};
+
 /* Taps of output phase a of a stride-2 transposed convolution with a k-tap kernel: kernel
  * indices a, a+2, ... */
 static int phase_taps(int k, int a) { return (k - a + 1) / 2; }
@@ -183,6 +196,17 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
     pl->transposed = transposed;
     pl->C = C, pl->O = O, pl->k = k;
     pl->weight = w;
+#ifdef PBW_HAVE_CUDA
+    if (transposed) { /* room for the GPU's transposed weight, made on first use */
+        pl->gpu = pbw_arena_calloc(a, sizeof *pl->gpu);
+        if (!pl->gpu) {
+            free(tmp);
+            pbw_err_set(err, "sg_conv: out of memory");
+            return NULL;
+        }
+        pl->gpu->arena = a;
+    }
+#endif
     if (w->device != PBW_DEV_CPU) { /* GPU-only plan: nothing to pack (w->data is device memory) */
         free(tmp);
         return pl;
@@ -253,9 +277,41 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
 
 typedef struct sgconv_saved {
     const pbw_sg_conv_plan *pl;
-    int H, W;   /* input side */
-    float *wt;  /* CUDA, transposed: w.transpose(0,1) made by the forward, device memory */
+    int H, W;         /* input side */
+    const float *wt;  /* CUDA, transposed: the plan's w.transpose(0,1), device memory */
 } sgconv_saved;
+
+#ifdef PBW_HAVE_CUDA
+static void sgconv_gpu_free(void *p) {
+    struct pbw_sg_conv_gpu *g = p;
+    if (!g->wt) return;
+    pbw_cuda_sync(NULL); /* a queued kernel may still read it */
+    pbw_cuda_free(g->wt);
+    g->wt = NULL;
+    g->src = NULL;
+}
+
+/* The plan's w.transpose(0,1) on the device, made (enqueued) when missing or stale. */
+static const float *sgconv_gpu_wt(pbw_ctx *ctx, const pbw_sg_conv_plan *pl) {
+    struct pbw_sg_conv_gpu *g = pl->gpu;
+    if (!g) return pbw_ctx_fail(ctx, "sg_conv: the plan has no room for the GPU's weight");
+    if (g->wt && g->src == pl->weight->data) return g->wt;
+    if (!g->hooked) {
+        if (pbw_arena_on_free(g->arena, sgconv_gpu_free, g))
+            return pbw_ctx_fail(ctx, "sg_conv: out of memory");
+        g->hooked = 1;
+    }
+    if (!g->wt) {
+        g->wt = pbw_cuda_malloc((size_t)pl->O * pl->C * pl->k * pl->k * sizeof(float));
+        if (!g->wt)
+            return pbw_ctx_fail(ctx, "sg_conv: out of GPU memory for a (%d,%d,%d,%d) weight",
+                                pl->C, pl->O, pl->k, pl->k);
+    }
+    pbw_cuda_sg_conv_transpose_weight(g->wt, pl->weight->data, pl->O, pl->C, pl->k);
+    g->src = pl->weight->data;
+    return g->wt;
+}
+#endif
 
 /* Runs one packed correlation; the scratch comes from the context. */
 static int run_sgconv(pbw_ctx *ctx, float *out, const float *x, const float *wpack,
@@ -316,16 +372,13 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
     const int OH = pl->transposed ? 2 * (H - 1) + k : H, OW = pl->transposed ? 2 * (W - 1) + k : W;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, pl->O, OH, OW});
     if (!out) return NULL;
-    float *wt = NULL; /* CUDA, transposed: the weight in the adjoint convolution's layout */
+    const float *wt = NULL; /* CUDA, transposed: the weight in the adjoint convolution's layout */
     if (pbw_on_cuda(ctx)) {
 #ifdef PBW_HAVE_CUDA
         if (!pl->weight || pl->weight->device != PBW_DEV_CUDA || !pl->weight->data)
             return pbw_ctx_fail(ctx, "%s: the plan's weight is not on the GPU (move the model's "
                                 "weights with pbw_arena_to_device)", op);
-        if (pl->transposed) {
-            wt = pbw_ctx_alloc(ctx, (size_t)pl->O * pl->C * k * k * sizeof(float));
-            if (!wt) return NULL;
-        }
+        if (pl->transposed && !(wt = sgconv_gpu_wt(ctx, pl))) return NULL;
         pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, N, pl->C, H, W, pl->O,
                                  k, pl->transposed);
 #endif

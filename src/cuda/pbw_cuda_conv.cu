@@ -2,18 +2,41 @@
 // frozen-weight convolution (pbw_sg_conv) on the GPU. Contracts in pbw_cuda_conv.h.
 //
 // Plans. A convolution's descriptors (x, y, w, conv) and the algorithm of each direction are
-// kept in a small table keyed by the geometry and the precision, so a model's forward pass asks
-// cuDNN's heuristics (cudnnGet*_v7, no benchmarking, no synchronization) once per layer shape.
-// The table is replaced round-robin when full; not thread-safe, like the rest of the backend
-// (one stream, one host thread).
+// kept in a table keyed by the geometry and the precision, so the algorithm of a layer shape is
+// chosen once. The table is replaced round-robin when full (a replaced geometry is measured
+// again when it comes back); not thread-safe, like the rest of the backend (one stream, one
+// host thread).
 //
-// Algorithms. PBW_PREC_FP32 sets CUDNN_FMA_MATH on the descriptor and skips tensor-op
-// algorithms, so results are plain fp32 (the parity reference); the other precisions allow
-// CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION on float32 tensors. Among the heuristics' candidates
-// the first deterministic one that fits the workspace cap wins, else the first that fits.
+// Algorithms are chosen by measuring: the first call of a direction for a geometry runs
+// cudnnFind*Ex on the call's real inputs, writing into a TEMPORARY output (so `accumulate`
+// and the caller's result are never disturbed), with a temporary workspace of at most
+// FIND_WS_CAP. Find synchronizes the stream and takes milliseconds to tens of milliseconds:
+// once per geometry, direction and precision. 512 MiB admits every implicit-GEMM, Winograd
+// and tensor-core variant at the model's shapes (their workspaces are at most tens of MiB)
+// and leaves out only FFT variants on the largest maps, whose workspace grows with N*C*H*W;
+// it is also the most the runtime's workspace (pbw_cuda_workspace) can grow to for a chosen
+// algorithm. The cap halves while the GPU lacks the memory (never above half the free memory);
+// the temporaries are freed at once and count in pbw_cuda_mem_peak.
+// The fastest candidate wins, but a nondeterministic one only when it is more than
+// NONDET_SPEEDUP (1.3x) faster than the fastest deterministic one: run-to-run identical
+// results are worth a little speed, not a lot. Should measuring fail, the heuristics choose.
+// PBW_CUDNN_HEURISTIC=1 chooses by cuDNN's heuristics instead (cudnnGet*_v7, no measuring:
+// the first deterministic candidate under a 1 GiB workspace, else the first), for debugging;
+// PBW_CUDNN_LOG=1 prints each choice and its candidates (algo, t = tensor op, nd =
+// nondeterministic, time, workspace; * marks the pick) on stderr.
+//
+// Precision. PBW_PREC_FP32 sets CUDNN_FMA_MATH on the descriptor and rejects tensor-op
+// results, so results are plain fp32 (the parity reference), and always takes a deterministic
+// algorithm when there is one. The other precisions search with
+// CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION on the float32 tensors, and each direction then runs
+// with the math type its chosen result reports. Tensors stay float32 (as the rest of the
+// backend): cuDNN's legacy API converts on the fly inside tensor-op kernels, so no conversion
+// passes or half-precision copies are needed.
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda/pbw_cuda_conv.h"
@@ -21,8 +44,13 @@
 
 namespace {
 
-// Workspace larger than this is not worth an algorithm (FFT variants can ask for GBs).
+// Heuristic selection: workspace larger than this is not worth an algorithm (FFT variants
+// can ask for GBs).
 const size_t WS_CAP = (size_t)1 << 30;
+// Measured selection: the workspace offered to cudnnFind*Ex (see the file comment).
+const size_t FIND_WS_CAP = (size_t)512 << 20;
+// A nondeterministic algorithm must beat the fastest deterministic one by this factor.
+const double NONDET_SPEEDUP = 1.3;
 
 enum { DIR_FWD = 0, DIR_BWD_DATA = 1, DIR_BWD_FILTER = 2 };
 
@@ -43,7 +71,7 @@ struct conv_plan {
     size_t ws[3];            // its workspace bytes
 };
 
-const int NPLANS = 64;
+const int NPLANS = 256; // a generator, LPIPS and CLIP at two batch sizes fit
 conv_plan plans[NPLANS];
 int next_victim;
 
@@ -119,75 +147,234 @@ conv_plan *plan_get(const pbw_cpu_conv_geom *g) {
     return p;
 }
 
-// Picks among the heuristics' candidates (see the file comment). Returns the index or -1.
-template <typename Perf> int pick(const Perf *perf, int n, int prec) {
+int env_flag(const char *name) {
+    const char *e = std::getenv(name);
+    return e && *e && std::strcmp(e, "0") != 0;
+}
+
+// PBW_CUDNN_HEURISTIC=1: choose by cudnnGet*_v7 (no benchmarking), as before measuring.
+int use_heuristics() {
+    static int v = -1;
+    if (v < 0) v = env_flag("PBW_CUDNN_HEURISTIC");
+    return v;
+}
+
+// PBW_CUDNN_LOG=1: one line on stderr per choice (geometry, precision, candidates, pick).
+int log_choices() {
+    static int v = -1;
+    if (v < 0) v = env_flag("PBW_CUDNN_LOG");
+    return v;
+}
+
+int is_tensor_op(cudnnMathType_t m) {
+    return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
+
+// The math type the descriptor carries while algorithms are looked for.
+cudnnMathType_t base_math(int prec) {
+    return prec == PBW_PREC_FP32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
+
+template <typename Perf> int usable(const Perf &r, int prec, size_t cap) {
+    if (r.status != CUDNN_STATUS_SUCCESS || r.memory > cap) return 0;
+    // FP32 is the parity reference: no TF32 / reduced-precision tensor-core results
+    return !(prec == PBW_PREC_FP32 && is_tensor_op(r.mathType));
+}
+
+// Heuristics (PBW_CUDNN_HEURISTIC=1): the first deterministic candidate that fits the cap,
+// else the first that fits. Returns the index or -1.
+template <typename Perf> int pick_heuristic(const Perf *perf, int n, int prec) {
     int first = -1;
     for (int i = 0; i < n; i++) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > WS_CAP) continue;
-        if (prec == PBW_PREC_FP32 && (perf[i].mathType == CUDNN_TENSOR_OP_MATH ||
-                                      perf[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
-            continue;
+        if (!usable(perf[i], prec, WS_CAP)) continue;
         if (perf[i].determinism == CUDNN_DETERMINISTIC) return i;
         if (first < 0) first = i;
     }
     return first;
 }
 
-// Chooses the algorithm of direction dir once per plan. 0, or -1 with the failure recorded.
-int plan_algo(conv_plan *p, int dir) {
-    if (p->have[dir]) return 0;
-    cudnnHandle_t h = pbw_cudnn();
+// Measured (cudnnFind*Ex): the fastest deterministic candidate, unless a nondeterministic one
+// is more than NONDET_SPEEDUP times faster (never for FP32, the reproducible reference: there
+// the fastest deterministic one whenever one exists). Returns the index or -1.
+template <typename Perf> int pick_measured(const Perf *perf, int n, int prec, size_t cap) {
+    int best = -1, det = -1;
+    for (int i = 0; i < n; i++) {
+        if (!usable(perf[i], prec, cap) || !(perf[i].time >= 0)) continue;
+        if (best < 0 || perf[i].time < perf[best].time) best = i;
+        if (perf[i].determinism != CUDNN_DETERMINISTIC) continue;
+        if (det < 0 || perf[i].time < perf[det].time) det = i;
+    }
+    if (det < 0 || best == det || prec == PBW_PREC_FP32) return det >= 0 ? det : best;
+    return perf[best].time * NONDET_SPEEDUP < perf[det].time ? best : det;
+}
+
+const char *dir_name(int dir) {
+    return dir == DIR_FWD ? "forward" : dir == DIR_BWD_DATA ? "backward-data" : "backward-filter";
+}
+
+template <typename Perf>
+void log_choice(const conv_plan *p, int dir, const char *how, const Perf *perf, int n, int pick) {
+    if (!log_choices()) return;
+    const pbw_cpu_conv_geom &g = p->key.g;
+    std::fprintf(stderr,
+                 "pbw cudnn %s %s: N=%d C=%d %dx%d -> O=%d %dx%d k=%dx%d s=%d,%d p=%d,%d G=%d %s:",
+                 how, dir_name(dir), g.N, g.C, g.H, g.W, g.O, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw,
+                 g.ph, g.pw, g.G, pbw_precision_name((pbw_precision)p->key.prec));
+    for (int i = 0; i < n; i++) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+        std::fprintf(stderr, " %s%d%s%s(%.3fms,%zuMiB)", i == pick ? "*" : "", (int)perf[i].algo,
+                     is_tensor_op(perf[i].mathType) ? "t" : "",
+                     perf[i].determinism == CUDNN_DETERMINISTIC ? "" : "nd", (double)perf[i].time,
+                     perf[i].memory >> 20);
+    }
+    std::fprintf(stderr, "\n");
+}
+
+// Temporary device memory for cudnnFind*Ex: the output it may scribble on (never the
+// caller's: `accumulate` and the real result stay untouched) and a workspace of at most
+// FIND_WS_CAP, halved while the allocation fails or would take over half the free memory.
+struct find_scratch {
+    void *out = nullptr, *ws = nullptr;
+    size_t ws_bytes = 0;
+    int init(size_t out_bytes) {
+        // the inputs may still be being written by queued kernels; time on an idle stream
+        cudaError_t e = cudaStreamSynchronize(pbw_stream());
+        if (e != cudaSuccess) {
+            pbw_cuda_fail("conv2d: %s", cudaGetErrorString(e));
+            return -1;
+        }
+        out = pbw_cuda_malloc(out_bytes);
+        if (!out) return -1;
+        size_t cap = FIND_WS_CAP, free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
+            cudaGetLastError(); // keep the cap
+        else if (free_b / 2 < cap)
+            cap = free_b / 2;
+        for (; cap >= ((size_t)1 << 20); cap /= 2)
+            if ((ws = pbw_cuda_malloc(cap))) break;
+        ws_bytes = ws ? cap : 0;
+        return 0;
+    }
+    ~find_scratch() {
+        cudaStreamSynchronize(pbw_stream());
+        pbw_cuda_free(ws);
+        pbw_cuda_free(out);
+    }
+};
+
+size_t tensor_bytes(int64_t a, int64_t b, int64_t c, int64_t d) {
+    return (size_t)(a * b * c * d) * sizeof(float);
+}
+
+// Looks the candidates of one direction up (measured, or the heuristics when asked or when
+// measuring fails) and records the pick in p. in0/in1: the direction's two inputs (forward x,
+// w; backward-data w, dy; backward-filter x, dy). 0, or -1 with no candidate found.
+template <typename Perf, typename FindFn, typename HeurFn>
+int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur) {
     const int prec = p->key.prec;
+    Perf perf[16];
     int n = 0, i = -1;
-    if (dir == DIR_FWD) {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        if (!status_ok(cudnnGetConvolutionForwardAlgorithm_v7(h, p->xd, p->wd, p->cd, p->yd,
-                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
-                                                              perf), "forward heuristics"))
-            return -1;
-        if ((i = pick(perf, n, prec)) >= 0) {
-            p->algo[dir] = (int)perf[i].algo, p->math[dir] = perf[i].mathType;
-            p->ws[dir] = perf[i].memory;
-        }
-    } else if (dir == DIR_BWD_DATA) {
-        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-        if (!status_ok(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                           h, p->wd, p->yd, p->cd, p->xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                           &n, perf), "backward-data heuristics"))
-            return -1;
-        if ((i = pick(perf, n, prec)) >= 0) {
-            p->algo[dir] = (int)perf[i].algo, p->math[dir] = perf[i].mathType;
-            p->ws[dir] = perf[i].memory;
-        }
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        if (!status_ok(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                           h, p->xd, p->yd, p->cd, p->wd, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                           &n, perf), "backward-filter heuristics"))
-            return -1;
-        if ((i = pick(perf, n, prec)) >= 0) {
-            p->algo[dir] = (int)perf[i].algo, p->math[dir] = perf[i].mathType;
-            p->ws[dir] = perf[i].memory;
+    if (!use_heuristics()) {
+        find_scratch fs;
+        if (fs.init(out_bytes) == 0) {
+            cudnnStatus_t s = find(fs.out, perf, &n, fs.ws, fs.ws_bytes);
+            // a candidate's failed launch is reported in perf; don't let it reach the next
+            // kernel's launch check
+            cudaGetLastError();
+            if (s == CUDNN_STATUS_SUCCESS) {
+                i = pick_measured(perf, n, prec, fs.ws_bytes);
+                log_choice(p, dir, "measured", perf, n, i);
+            } else if (log_choices()) {
+                std::fprintf(stderr, "pbw cudnn: %s search failed (%s); using the heuristics\n",
+                             dir_name(dir), cudnnGetErrorString(s));
+            }
+        } else if (log_choices()) {
+            std::fprintf(stderr, "pbw cudnn: no GPU memory to measure; using the heuristics\n");
         }
     }
     if (i < 0) {
-        pbw_cuda_fail("conv2d: cuDNN offers no usable algorithm for N=%d C=%d %dx%d -> O=%d "
-                      "%dx%d, kernel %dx%d (direction %d)", p->key.g.N, p->key.g.C, p->key.g.H,
-                      p->key.g.W, p->key.g.O, p->key.g.OH, p->key.g.OW, p->key.g.KH,
-                      p->key.g.KW, dir);
+        n = 0;
+        if (!status_ok(heur(perf, &n), "heuristics")) return -1;
+        i = pick_heuristic(perf, n, prec);
+        log_choice(p, dir, "heuristic", perf, n, i);
+    }
+    if (i < 0) return -1;
+    p->algo[dir] = (int)perf[i].algo;
+    p->math[dir] = perf[i].mathType;
+    p->ws[dir] = perf[i].memory;
+    return 0;
+}
+
+// Chooses the algorithm of direction dir once per plan (see the file comment). in0, in1: the
+// direction's inputs, read by the measurement. 0, or -1 with the failure recorded.
+int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
+    if (p->have[dir]) return 0;
+    cudnnHandle_t h = pbw_cudnn();
+    const int prec = p->key.prec;
+    const pbw_cpu_conv_geom &g = p->key.g;
+    // the descriptor may carry another direction's math type: search under the precision's
+    if (!status_ok(cudnnSetConvolutionMathType(p->cd, base_math(prec)), "math type")) return -1;
+    int rc;
+    if (dir == DIR_FWD) {
+        rc = choose<cudnnConvolutionFwdAlgoPerf_t>(
+            p, dir, tensor_bytes(g.N, g.O, g.OH, g.OW),
+            [&](void *out, cudnnConvolutionFwdAlgoPerf_t *perf, int *n, void *ws, size_t wsb) {
+                return cudnnFindConvolutionForwardAlgorithmEx(
+                    h, p->xd, in0, p->wd, in1, p->cd, p->yd, out,
+                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf, ws, wsb);
+            },
+            [&](cudnnConvolutionFwdAlgoPerf_t *perf, int *n) {
+                return cudnnGetConvolutionForwardAlgorithm_v7(
+                    h, p->xd, p->wd, p->cd, p->yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf);
+            });
+    } else if (dir == DIR_BWD_DATA) {
+        rc = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
+            p, dir, tensor_bytes(g.N, g.C, g.H, g.W),
+            [&](void *out, cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n, void *ws,
+                size_t wsb) {
+                return cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    h, p->wd, in0, p->yd, in1, p->cd, p->xd, out,
+                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n, perf, ws, wsb);
+            },
+            [&](cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n) {
+                return cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    h, p->wd, p->yd, p->cd, p->xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n,
+                    perf);
+            });
+    } else {
+        rc = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
+            p, dir, tensor_bytes(g.O, g.C / g.G, g.KH, g.KW),
+            [&](void *out, cudnnConvolutionBwdFilterAlgoPerf_t *perf, int *n, void *ws,
+                size_t wsb) {
+                return cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                    h, p->xd, in0, p->yd, in1, p->cd, p->wd, out,
+                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, n, perf, ws, wsb);
+            },
+            [&](cudnnConvolutionBwdFilterAlgoPerf_t *perf, int *n) {
+                return cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                    h, p->xd, p->yd, p->cd, p->wd, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, n,
+                    perf);
+            });
+    }
+    if (rc < 0) {
+        if (!pbw_cuda_error())
+            pbw_cuda_fail("conv2d: cuDNN offers no usable algorithm for N=%d C=%d %dx%d -> O=%d "
+                          "%dx%d, kernel %dx%d (%s)", g.N, g.C, g.H, g.W, g.O, g.OH, g.OW, g.KH,
+                          g.KW, dir_name(dir));
         return -1;
     }
     // FP32 keeps FMA math whatever the candidate reported; otherwise the candidate's own (the
-    // heuristics ran with ALLOW_CONVERSION on the descriptor, so tensor ops were allowed)
+    // search ran with ALLOW_CONVERSION on the descriptor, so tensor ops were allowed)
     if (prec == PBW_PREC_FP32) p->math[dir] = CUDNN_FMA_MATH;
     p->have[dir] = 1;
     return 0;
 }
 
 // The plan with direction dir ready and its workspace; NULL when anything failed.
-conv_plan *prepare(const pbw_cpu_conv_geom *g, int dir, void **ws) {
+conv_plan *prepare(const pbw_cpu_conv_geom *g, int dir, const void *in0, const void *in1,
+                   void **ws) {
     conv_plan *p = plan_get(g);
-    if (!p || plan_algo(p, dir)) return NULL;
+    if (!p || plan_algo(p, dir, in0, in1)) return NULL;
     // one descriptor serves three directions that may want different math types
     if (!status_ok(cudnnSetConvolutionMathType(p->cd, p->math[dir]), "math type")) return NULL;
     *ws = NULL;
@@ -206,7 +393,7 @@ int empty(const pbw_cpu_conv_geom *g) {
 void conv_forward(float *out, const float *x, const float *w, const pbw_cpu_conv_geom *g,
                   float beta) {
     void *ws;
-    conv_plan *p = prepare(g, DIR_FWD, &ws);
+    conv_plan *p = prepare(g, DIR_FWD, x, w, &ws);
     if (!p) return;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionForward(pbw_cudnn(), &alpha, p->xd, x, p->wd, w, p->cd,
@@ -217,7 +404,7 @@ void conv_forward(float *out, const float *x, const float *w, const pbw_cpu_conv
 void conv_backward_data(float *dx, const float *dout, const float *w, const pbw_cpu_conv_geom *g,
                         float beta) {
     void *ws;
-    conv_plan *p = prepare(g, DIR_BWD_DATA, &ws);
+    conv_plan *p = prepare(g, DIR_BWD_DATA, w, dout, &ws);
     if (!p) return;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->wd, w, p->yd, dout, p->cd,
@@ -309,7 +496,7 @@ extern "C" void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, co
     (void)scratch;
     if (empty(g)) return;
     void *ws;
-    conv_plan *p = prepare(g, DIR_BWD_FILTER, &ws);
+    conv_plan *p = prepare(g, DIR_BWD_FILTER, x, dout, &ws);
     if (!p) return;
     const float alpha = 1.0f, beta = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionBackwardFilter(
@@ -332,18 +519,23 @@ extern "C" void pbw_cuda_conv2d_backward_bias(float *db, const float *dout, int 
     PBW_CUDA_LAUNCHED("conv2d_backward_bias");
 }
 
-extern "C" void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, float *wt,
-                                         int N, int C, int H, int W, int O, int k,
-                                         int transposed) {
+extern "C" void pbw_cuda_sg_conv_transpose_weight(float *wt, const float *w, int O, int C,
+                                                  int k) {
+    const int64_t n = (int64_t)O * C * k * k;
+    if (n == 0) return;
+    transpose01_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(wt, w, O, C, k * k);
+    PBW_CUDA_LAUNCHED("sg_conv_transpose_weight");
+}
+
+extern "C" void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w,
+                                         const float *wt, int N, int C, int H, int W, int O,
+                                         int k, int transposed) {
     if (N == 0) return;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
         conv_forward(out, x, w, &g, 0.0f);
         return;
     }
-    const int64_t n = (int64_t)O * C * k * k;
-    transpose01_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(wt, w, O, C, k * k);
-    PBW_CUDA_LAUNCHED("sg_conv_transpose_weight");
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     conv_backward_data(out, x, wt, &g, 0.0f);
 }

@@ -7,9 +7,11 @@
  * packed one) the function says so and the op front-end branches on the device.
  *
  * Determinism: every kernel here gives the same bits run after run, except where cuDNN's
- * heuristics pick a nondeterministic algorithm (never for PBW_PREC_FP32: deterministic
- * algorithms are preferred whenever one exists). Reductions are two-pass (per-block partial
- * sums in double, then one thread per output in a fixed order), not atomics.
+ * algorithm choice takes a nondeterministic algorithm (only when it is over 1.3x faster than
+ * every deterministic one, or none exists; never for PBW_PREC_FP32 while a deterministic one
+ * exists). The choice is measured once per process, so two processes may choose differently
+ * (PBW_CUDNN_HEURISTIC=1 makes it fixed). Reductions are two-pass (per-block partial sums in
+ * double, then one thread per output in a fixed order), not atomics.
  */
 #ifndef PBW_CUDA_CONV_H
 #define PBW_CUDA_CONV_H
@@ -25,7 +27,10 @@ extern "C" {
 #endif
 
 /* ---------- conv2d (cuDNN legacy API) ----------
- * Descriptors and the algorithm of each direction are cached per geometry and precision.
+ * Descriptors and the algorithm of each direction are cached per geometry and precision; the
+ * algorithm is chosen by measuring (cudnnFind*Ex) on the first call of each, which then
+ * synchronizes the stream once (PBW_CUDNN_HEURISTIC=1: cuDNN's heuristics instead, no
+ * measuring; PBW_CUDNN_LOG=1 prints the choices; details in pbw_cuda_conv.cu).
  * PBW_PREC_FP32 runs FMA-only algorithms (no TF32); the other precisions allow tensor cores on
  * the float32 tensors. The cuDNN workspace comes from pbw_cuda_workspace: no scratch. */
 size_t pbw_cuda_conv2d_scratch_floats(const pbw_cpu_conv_geom *g); /* 0 */
@@ -96,11 +101,13 @@ void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int
  * plan's weight tensor instead). w (O,C,k,k) device memory.
  *   transposed = 0: out (N,O,H,W) = F.conv2d(x (N,C,H,W), w, padding k/2)
  *   transposed = 1: out (N,O,2H+k-2,2W+k-2) = F.conv_transpose2d(x, w.transpose(0,1), stride 2)
- * wt: for transposed = 1, O*C*k*k device floats that the forward fills with w.transpose(0,1)
- * (cuDNN's filter layout of the adjoint convolution) and the backward reads; NULL otherwise.
+ * wt: for transposed = 1, w.transpose(0,1) (C,O,k,k), cuDNN's filter layout of the adjoint
+ * convolution, made once by pbw_cuda_sg_conv_transpose_weight and kept by the caller (the op
+ * front-end caches it with the plan); read by the forward and the backward; NULL otherwise.
  * The backward ADDS the gradient of x into gx. */
-void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, float *wt, int N,
-                              int C, int H, int W, int O, int k, int transposed);
+void pbw_cuda_sg_conv_transpose_weight(float *wt, const float *w, int O, int C, int k);
+void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, const float *wt,
+                              int N, int C, int H, int W, int O, int k, int transposed);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                int N, int C, int H, int W, int O, int k, int transposed);
 
