@@ -246,23 +246,27 @@ run() {
     table
 }
 
+# SIDES="pbw torch" (default) or one of them: which side's runs to make
+want() { case " ${SIDES:-pbw torch} " in *" $1 "*) return 0 ;; esac; return 1; }
 set -f  # the option lists above are split on spaces, never globbed
 PREC1=${PRECISIONS%% *}
-if [ -x build/bench_edit ]; then
+if ! want pbw; then
+    :
+elif [ -x build/bench_edit ]; then
     run "pbw_$PREC1" 60 240 build/bench_edit $COMMON_PBW --precision "$PREC1" --max-edit-seconds 20
 else
     say "no build/bench_edit: pbw skipped"
 fi
-run torch_graph 60 180 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
+want torch && run torch_graph 60 180 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
     --max-edit-seconds 20 --label "CUDA graphs, CLIP fp16, generator TF32"
 for p in $PRECISIONS; do
     [ "$p" = "$PREC1" ] && continue
-    [ -x build/bench_edit ] && run "pbw_$p" 90 180 build/bench_edit $COMMON_PBW --precision "$p" \
+    want pbw && [ -x build/bench_edit ] && run "pbw_$p" 90 180 build/bench_edit $COMMON_PBW --precision "$p" \
         --edit-runs 1
 done
-run torch_eager 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode eager \
+want torch && run torch_eager 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode eager \
     --edit-runs 1 --label "eager, CLIP fp16, generator TF32"
-if [ "$TDEVICE" = cuda ]; then
+if [ "$TDEVICE" = cuda ] && want torch; then
     run torch_graph_bf16 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
         --gen-amp bf16 --edit-runs 1 --label "CUDA graphs, CLIP fp16, generator+LPIPS bf16 autocast"
     run torch_compile 150 240 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode compile \
