@@ -6,6 +6,7 @@
  * reduction with a two-part ln 2, then Cephes' degree-6 polynomial). Inputs are clamped to
  * that range (below: about 1e-38 instead of a denormal or 0; above: 3.3e38 instead of inf),
  * because any select after the polynomial stops GCC from vectorizing the loop; NaN stays NaN.
+ * The CUDA kernels (sigmoid, QuickGELU) call the same function, so the backends agree.
  */
 #ifndef PBW_CPU_MATH_H
 #define PBW_CPU_MATH_H
@@ -14,7 +15,13 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float pbw_expf(float x) {
+#ifdef __CUDACC__
+#define PBW_HOST_DEVICE __host__ __device__
+#else
+#define PBW_HOST_DEVICE
+#endif
+
+static inline PBW_HOST_DEVICE float pbw_expf(float x) {
     /* n = round(x / ln 2) by the 1.5 * 2^23 trick (vectorizes, unlike rintf without SSE4.1
      * flags); r = x - n ln 2 in [-ln2/2, ln2/2] */
     float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);

@@ -19,32 +19,14 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cpu/pbw_cpu_math.h"
 #include "cuda/pbw_cuda_elementwise.h"
 #include "cuda/pbw_cuda_internal.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // unary ops
 
-// Device twin of pbw_expf (src/cpu/pbw_cpu_math.h), which the CPU's sigmoid and QuickGELU use:
-// the same range clamp and polynomial, so the two backends agree near the clamp too.
-__device__ __forceinline__ float dev_pbw_expf(float x) {
-    float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    float t = fmaf(xc, 1.44269504088896341f, 12582912.0f);
-    float n = t - 12582912.0f;
-    float r = fmaf(n, -0.693359375f, xc);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p * r, r, r) + 1.0f;
-    int32_t ni = (int32_t)n, n1 = ni >> 1, n2 = ni - n1;
-    return p * __int_as_float((n1 + 127) << 23) * __int_as_float((n2 + 127) << 23);
-}
-
-__device__ __forceinline__ float dev_sigmoid(float x) { return 1.0f / (1.0f + dev_pbw_expf(-x)); }
+__device__ __forceinline__ float dev_sigmoid(float x) { return 1.0f / (1.0f + pbw_expf(-x)); }
 
 template <int OP>
 __device__ __forceinline__ float unary_f(float v, float p0, float p1) {

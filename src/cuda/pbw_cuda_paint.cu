@@ -1,38 +1,9 @@
 // pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). One thread per output
-// pixel; the bicubic taps are computed in the thread with the CPU's formulas
-// (src/cpu/pbw_cpu_resample.c: source coordinate in double, fraction rounded to float).
+// pixel; the bicubic taps are computed in the thread, bit-equal to the CPU's
+// (pbw_cuda_resample.cuh).
 #include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_resample.cuh"
 #include "cuda/pbw_cuda_paint.h"
-
-__device__ static float cubic1(float x, float A) {
-    float t = fmaf(A + 2, x, -(A + 3));
-    t = t * x;
-    return t * x + 1;
-}
-
-__device__ static float cubic2(float x, float A) {
-    float t = A * x - 5 * A;
-    t = fmaf(t, x, 8 * A);
-    return t * x - 4 * A;
-}
-
-// Taps of output o of an axis resized from `in` to `out` samples (in != out).
-__device__ static void bicubic_taps(int o, int in, int out, int *ix, float *w) {
-    const float A = -0.75f;
-    const float scale = (float)in / (float)out;
-    double src = (double)scale * ((double)o + 0.5) - 0.5;
-    double fl = floor(src);
-    int i0 = (int)fl;
-    float t = (float)(src - fl);
-    w[0] = cubic2(t + 1.0f, A);
-    w[1] = cubic1(t, A);
-    w[2] = cubic1(1.0f - t, A);
-    w[3] = cubic2(2.0f - t, A);
-    for (int j = 0; j < 4; j++) {
-        int v = i0 - 1 + j;
-        ix[j] = v < 0 ? 0 : (v > in - 1 ? in - 1 : v);
-    }
-}
 
 __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, int64_t H,
                                         int64_t W, const int *__restrict__ crops, int n, int R,
@@ -53,8 +24,8 @@ __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, 
         } else {
             int iy[4], ix[4];
             float wy[4], wx[4];
-            bicubic_taps(oy, sd, R, iy, wy);
-            bicubic_taps(ox, sd, R, ix, wx);
+            pbw_dev_bicubic_taps(oy, sd, R, iy, wy);
+            pbw_dev_bicubic_taps(ox, sd, R, ix, wx);
             v = 0.0f;
             for (int j = 0; j < 4; j++) {
                 const float *row = xp + (int64_t)iy[j] * W;
@@ -90,8 +61,8 @@ __global__ static void crops_bwd_kernel(const float *__restrict__ gy,
         }
         int iy[4], ix[4];
         float wy[4], wx[4];
-        bicubic_taps(oy, sd, R, iy, wy);
-        bicubic_taps(ox, sd, R, ix, wx);
+        pbw_dev_bicubic_taps(oy, sd, R, iy, wy);
+        pbw_dev_bicubic_taps(ox, sd, R, ix, wx);
         for (int j = 0; j < 4; j++)
             for (int q = 0; q < 4; q++) atomicAdd(gp + (int64_t)iy[j] * W + ix[q], g * wy[j] * wx[q]);
     }

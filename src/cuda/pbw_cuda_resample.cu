@@ -15,6 +15,7 @@
 
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_resample.cuh"
 
 namespace {
 
@@ -99,19 +100,6 @@ __global__ void upfirdn_bwd_kernel(float *dx, const float *dout, const float *k,
 
 const int TAPS = 4; // table row width, as the CPU's
 
-// Keys' cubic weights, rounded exactly where the CPU rounds (see pbw_cpu_resample.c): fmaf
-// where it has fmaf, separately rounded products and sums elsewhere.
-__device__ float cubic1(float x, float A) {
-    float t = fmaf(A + 2, x, -(A + 3));
-    t = __fmul_rn(t, x);
-    return __fadd_rn(__fmul_rn(t, x), 1.0f);
-}
-__device__ float cubic2(float x, float A) {
-    float t = __fadd_rn(__fmul_rn(A, x), -__fmul_rn(5.0f, A));
-    t = fmaf(t, x, __fmul_rn(8.0f, A));
-    return __fadd_rn(__fmul_rn(t, x), -__fmul_rn(4.0f, A));
-}
-
 struct resize_tabs {
     int *yi, *xi;
     float *yw, *xw;
@@ -166,19 +154,7 @@ __global__ void resize_table_kernel(resize_tabs t, int H, int W, int OH, int OW,
             w[0] = __fadd_rn(1.0f, -l1);
             w[1] = l1;
         } else {
-            const float A = -0.75f;
-            double src = __dadd_rn(__dmul_rn((double)scale, __dadd_rn((double)o, 0.5)), -0.5);
-            double fl = floor(src);
-            int64_t i0 = (int64_t)fl;
-            float tt = (float)__dadd_rn(src, -fl);
-            w[0] = cubic2(__fadd_rn(tt, 1.0f), A);
-            w[1] = cubic1(tt, A);
-            w[2] = cubic1(__fadd_rn(1.0f, -tt), A);
-            w[3] = cubic2(__fadd_rn(2.0f, -tt), A);
-            for (int j = 0; j < 4; j++) {
-                int64_t v = i0 - 1 + j;
-                ix[j] = (int)(v < 0 ? 0 : v > in - 1 ? in - 1 : v);
-            }
+            pbw_dev_bicubic_taps(o, in, out, ix, w);
         }
     }
 }
