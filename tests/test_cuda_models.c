@@ -26,6 +26,18 @@
 #define SHAPES_GAN "models/shapes/gan.safetensors"
 #define SHAPES_CLIP "models/shapes/clip"
 
+/* The models under test: the shapes-world ones, or full-size files named by PBW_TEST_CLIP (a
+ * CLIP directory with its vocabulary, e.g. a random ViT-B/32 written by transformers) and
+ * PBW_TEST_GAN (a rosinality checkpoint, e.g. 256 px); bench/run_cuda.sh writes both. */
+static const char *clip_path(void) {
+    const char *e = getenv("PBW_TEST_CLIP");
+    return e && *e ? e : SHAPES_CLIP;
+}
+static const char *gan_path(void) {
+    const char *e = getenv("PBW_TEST_GAN");
+    return e && *e ? e : SHAPES_GAN;
+}
+
 static double max_abs_diff(const float *a, const float *b, int64_t n, double *scale) {
     double d = 0, s = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -53,8 +65,9 @@ static int clip_embed(pbw_device dev, float *img, float *txt, int64_t *E) {
     pbw_tokenizer *tok = NULL;
     pbw_ctx *ctx = pbw_ctx_new(dev, &err);
     int rc = -1;
-    if (!ctx || pbw_clip_load(SHAPES_CLIP, &m, &err) || pbw_clip_to_device(m, ctx, &err) ||
-        !(tok = pbw_tokenizer_load(SHAPES_CLIP, &err))) {
+    const char *vocab = getenv("PBW_TEST_VOCAB");
+    if (!ctx || pbw_clip_load(clip_path(), &m, &err) || pbw_clip_to_device(m, ctx, &err) ||
+        !(tok = pbw_tokenizer_load(vocab && *vocab ? vocab : clip_path(), &err))) {
         fprintf(stderr, "  %s\n", err.msg);
         goto out;
     }
@@ -86,10 +99,11 @@ out:
     return rc;
 }
 
-PBW_TEST(cuda_clip_shapes) {
+PBW_TEST(cuda_clip_model) {
 #ifdef PBW_HAVE_CUDA
     float ia[2 * 1024], ta[2 * 1024], ib[2 * 1024], tb[2 * 1024];
     int64_t E = 0, E2 = 0;
+    printf("  clip %s\n", clip_path());
     CHECK(clip_embed(PBW_DEV_CPU, ia, ta, &E) == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
     CHECK(clip_embed(PBW_DEV_CUDA, ib, tb, &E2) == 0 && E == E2 && E <= 1024);
@@ -119,7 +133,7 @@ static int gan_images(pbw_device dev, float *out, int64_t *n) {
     pbw_stylegan2 *g = NULL;
     pbw_ctx *ctx = pbw_ctx_new(dev, &err);
     int rc = -1;
-    if (!ctx || pbw_sg2_load(SHAPES_GAN, &g, &err) || pbw_sg2_to_device(g, ctx, &err)) {
+    if (!ctx || pbw_sg2_load(gan_path(), &g, &err) || pbw_sg2_to_device(g, ctx, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
         goto out;
     }
@@ -142,10 +156,11 @@ out:
     return rc;
 }
 
-PBW_TEST(cuda_stylegan2_shapes) {
+PBW_TEST(cuda_stylegan2_model) {
 #ifdef PBW_HAVE_CUDA
-    static float a[4 * 3 * 128 * 128], b[4 * 3 * 128 * 128];
+    static float a[4 * 3 * 1024 * 1024], b[4 * 3 * 1024 * 1024];
     int64_t na = 0, nb = 0;
+    printf("  generator %s\n", gan_path());
     CHECK(gan_images(PBW_DEV_CPU, a, &na) == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
     CHECK(gan_images(PBW_DEV_CUDA, b, &nb) == 0 && na == nb);
