@@ -4,7 +4,8 @@
  * use (CLIP's 32x32 patch conv, AlexNet's 11x11 stride-4 stem of LPIPS, StyleGAN2's 3x3 and
  * transposed convs, its [1,3,3,1] FIR filters, 256->224 bicubic) and at odd sizes.
  *
- * Convolutions run at the default CUDA precision, plain fp32 (cuDNN with FMA math, no TF32).
+ * Convolutions run at the default CUDA precision, plain fp32 (cuDNN with FMA math, no TF32),
+ * except in cuda_conv_half and cuda_sg_conv_half (bf16 and fp16, then back to fp32).
  * Tolerances are errors relative to each tensor's largest value:
  *   1e-4  cuDNN convolutions against the CPU's im2col + sgemm (or its Winograd F(2x2,3x3) for
  *         sg_conv). Both are fp32, but cuDNN's heuristics may pick Winograd, FFT or implicit
@@ -17,6 +18,18 @@
  *         fused multiply-adds (nvcc contracts a*b+c; the CPU's ISO C build does not) and, in
  *         the backwards, by summing each input's gradient in a register before adding it to
  *         dx; pixel reductions run in double on both sides.
+ *   1e-2  cuda_conv_half and cuda_sg_conv_half: conv2d, conv_transpose2d and sg_conv under
+ *         PBW_PREC_BF16 and PBW_PREC_FP16, whose forward and backward-data directions run on
+ *         bf16 / fp16 NHWC staged copies (pbw_cuda_conv.cu) against the CPU's fp32. Each
+ *         operand is rounded to bf16 (unit roundoff u = 2^-9 = 2.0e-3; fp16 2^-12), products
+ *         are summed in fp32, and the output is rounded to bf16 once more. A sum of K terms
+ *         with random signs then errs by about 1.6e-3 * sqrt(sum of squared terms), i.e.
+ *         ~1.6e-3 of the outputs' standard deviation, which the maximum over 1e4..1e5 outputs
+ *         brings to ~2e-3 of the largest output; the output's own rounding adds up to 2e-3
+ *         (u of the largest). Expected worst ~3e-3..5e-3; 1e-2 leaves 2x margin, while a
+ *         layout or indexing bug in the staging (NCHW <-> NHWC, KCRS -> KRSC, accumulate)
+ *         gives O(1). The weight gradients (backward-filter, not staged) run with tensor-op
+ *         conversion, within the same bound.
  * Each case prints its worst error. */
 #include <stdint.h>
 #include <stdio.h>
@@ -26,9 +39,13 @@
 #include "core/pbw_ops_stylegan.h"
 #include "cuda_parity.h"
 #include "pbw_test.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#endif
 
 #define TOL_CONV 1e-4 /* cuDNN algorithms vs im2col/Winograd, see above */
 #define TOL_EW 1e-5   /* same sums in the same order, FMA contraction only */
+#define TOL_HALF 1e-2 /* bf16/fp16 operands and output, see above */
 
 /* ---------- conv2d ---------- */
 
@@ -326,18 +343,14 @@ static pbw_tensor *sgconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     return pbw_sg_conv(ctx, in[0], a->gpu);
 }
 
-PBW_TEST(cuda_sg_conv) {
-    static const struct {
-        int n, c, h, w, o, k, transposed;
-    } cases[] = {
-        {2, 64, 16, 16, 64, 3, 0},
-        {2, 64, 16, 16, 64, 3, 1},
-        {1, 128, 8, 8, 64, 3, 0},
-        {1, 128, 8, 8, 64, 3, 1},
-        {1, 16, 9, 7, 8, 1, 0},  /* ToRGB-like 1x1 */
-        {1, 8, 5, 6, 4, 5, 1},   /* odd sides, 5x5 transposed */
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+typedef struct {
+    int n, c, h, w, o, k, transposed;
+} sgconv_case;
+
+/* Each case's CPU and GPU plans from one random weight; returns the failures. */
+static int sgconv_cases(const sgconv_case *cases, size_t ncases, const char *tag, double tol) {
+    int bad = 0;
+    for (size_t i = 0; i < ncases; i++) {
         int c = cases[i].c, o = cases[i].o, k = cases[i].k;
         pbw_err err = {{0}};
         pbw_arena ca, ga;
@@ -346,8 +359,13 @@ PBW_TEST(cuda_sg_conv) {
         int64_t ws[4] = {o, c, k, k};
         pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
         pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
-        CHECK(wc && wg);
-        if (!wc || !wg) continue;
+        if (!wc || !wg) {
+            fprintf(stderr, "  sg_conv weights: %s\n", err.msg);
+            bad++;
+            pbw_arena_free(&ga);
+            pbw_arena_free(&ca);
+            continue;
+        }
         /* uniform(-1,1) / sqrt(fan-in): outputs of unit scale, as the model's weight scale
          * gives (an LCG: the weights are not parity inputs) */
         uint32_t st = 12345u + (uint32_t)i;
@@ -358,17 +376,105 @@ PBW_TEST(cuda_sg_conv) {
         }
         sgconv_arg arg = {pbw_sg_conv_prepare(&ca, wc, cases[i].transposed, &err),
                           pbw_sg_conv_prepare(&ga, wg, cases[i].transposed, &err), &ga, 0};
-        CHECK_MSG(arg.cpu && arg.gpu, "%s", err.msg);
         if (arg.cpu && arg.gpu) {
             parity_input in[] = {{4, {cases[i].n, c, cases[i].h, cases[i].w}, 1}};
-            char name[80];
-            snprintf(name, sizeof name, "sg_conv%s %dx%d C=%d O=%d k=%d",
+            char name[96];
+            snprintf(name, sizeof name, "sg_conv%s%s %dx%d C=%d O=%d k=%d", tag,
                      cases[i].transposed ? " transposed" : "", cases[i].h, cases[i].w, c, o, k);
-            CHECK(parity_check(name, sgconv_fn, &arg, 1, in, TOL_CONV) == 0);
+            bad += parity_check(name, sgconv_fn, &arg, 1, in, tol) != 0;
+        } else {
+            fprintf(stderr, "  sg_conv plans: %s\n", err.msg);
+            bad++;
         }
         pbw_arena_free(&ga);
         pbw_arena_free(&ca);
     }
+    return bad;
+}
+
+PBW_TEST(cuda_sg_conv) {
+    static const sgconv_case cases[] = {
+        {2, 64, 16, 16, 64, 3, 0},
+        {2, 64, 16, 16, 64, 3, 1},
+        {1, 128, 8, 8, 64, 3, 0},
+        {1, 128, 8, 8, 64, 3, 1},
+        {1, 16, 9, 7, 8, 1, 0},  /* ToRGB-like 1x1 */
+        {1, 8, 5, 6, 4, 5, 1},   /* odd sides, 5x5 transposed */
+    };
+    CHECK(sgconv_cases(cases, sizeof cases / sizeof cases[0], "", TOL_CONV) == 0);
+}
+
+/* ---------- half-precision staging (PBW_PREC_BF16 / PBW_PREC_FP16) ---------- */
+
+/* conv2d (forward staged; backward-data staged; weight gradient float32 NCHW) and
+ * conv_transpose2d (forward = staged backward-data accumulating into zeros; its input
+ * gradient = staged forward with accumulate) in bf16 and fp16, against the CPU's fp32. */
+PBW_TEST(cuda_conv_half) {
+#ifdef PBW_HAVE_CUDA
+    static const conv_case cases[] = {
+        {"3x3 pad 1, bias", 2, 16, 17, 19, 24, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+        {"3x3 stride 2", 2, 16, 15, 15, 32, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, 0},
+        {"1x1", 2, 32, 8, 8, 16, 1, 1, {0}, 0},
+        {"groups 2 (16 a group)", 1, 32, 9, 9, 32, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, 0},
+        {"StyleGAN2 128ch 32x32", 2, 128, 32, 32, 128, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+        {"RGB stem (float32 path)", 1, 3, 32, 32, 16, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+    };
+    static const conv_case tcases[] = {
+        /* c = input channels, o = output channels; w is (c, o/G, k, k) */
+        {"3x3 stride 2", 2, 16, 9, 9, 8, 3, 3, {.stride_h = 2, .stride_w = 2}, 0},
+        {"3x3/2 pad 1 out_pad 1", 2, 16, 9, 7, 24, 3, 3,
+         {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .out_pad_h = 1, .out_pad_w = 1}, 1},
+    };
+    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    for (int pi = 0; pi < 2; pi++) {
+        pbw_cuda_set_precision(precs[pi]);
+        const char *pn = pbw_precision_name(precs[pi]);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            const conv_case *c = &cases[i];
+            int G = c->p.groups ? c->p.groups : 1;
+            conv_arg arg = {c->p, c->bias};
+            parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                                 {4, {c->o, c->c / G, c->kh, c->kw}, 1},
+                                 {1, {c->o}, 1}};
+            char name[80];
+            snprintf(name, sizeof name, "conv2d %s %s", pn, c->name);
+            CHECK(parity_check(name, conv_fn, &arg, c->bias ? 3 : 2, in, TOL_HALF) == 0);
+        }
+        for (size_t i = 0; i < sizeof tcases / sizeof tcases[0]; i++) {
+            const conv_case *c = &tcases[i];
+            int G = c->p.groups ? c->p.groups : 1;
+            conv_arg arg = {c->p, c->bias};
+            parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                                 {4, {c->c, c->o / G, c->kh, c->kw}, 1},
+                                 {1, {c->o}, 1}};
+            char name[80];
+            snprintf(name, sizeof name, "conv_transpose2d %s %s", pn, c->name);
+            CHECK(parity_check(name, convt_fn, &arg, c->bias ? 3 : 2, in, TOL_HALF) == 0);
+        }
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* sg_conv plain (forward staged, input gradient staged backward-data accumulating) and
+ * transposed (forward staged backward-data, input gradient staged forward accumulating), with
+ * the plan's cached half KRSC weight; the last case is not staged (4 output channels). */
+PBW_TEST(cuda_sg_conv_half) {
+#ifdef PBW_HAVE_CUDA
+    static const sgconv_case cases[] = {
+        {2, 64, 16, 16, 64, 3, 0},
+        {2, 64, 16, 16, 64, 3, 1},
+        {1, 128, 8, 8, 64, 3, 1},
+        {2, 128, 32, 32, 128, 3, 0}, /* StyleGAN2's 128-channel layers, smaller side */
+        {1, 16, 9, 7, 8, 1, 0},      /* 1x1 */
+        {1, 8, 5, 6, 4, 5, 1},       /* odd sides, 5x5 transposed, O = 4: float32 path */
+    };
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    CHECK(sgconv_cases(cases, sizeof cases / sizeof cases[0], " bf16", TOL_HALF) == 0);
+    pbw_cuda_set_precision(PBW_PREC_FP16);
+    CHECK(sgconv_cases(cases, sizeof cases / sizeof cases[0], " fp16", TOL_HALF) == 0);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
 }
 
 /* ---------- sg_blur ---------- */

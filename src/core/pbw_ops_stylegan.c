@@ -151,17 +151,24 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
 
 /* ---------- convolution with a frozen weight ---------- */
 
-/* CUDA, transposed plans: cuDNN runs the transposed convolution as the adjoint of a strided
- * one, whose filter is w.transpose(0,1). The weight is a constant of the op, so that copy is
- * made once per plan rather than per call, in device memory of its own (pbw_cuda_malloc) freed
- * by a hook on the arena that holds the plan. It is keyed by w's data pointer, so moving the
- * weights (pbw_arena_to_device) remakes it; rewriting w's values in place does not (the plan
- * packs the CPU's copies once too). */
+/* CUDA: copies of the weight in the layouts cuDNN reads, made once per plan rather than per
+ * call (the weight is a constant of the op), in device memory of their own (pbw_cuda_malloc)
+ * freed by a hook on the arena that holds the plan.
+ *   wt  transposed plans: cuDNN runs the transposed convolution as the adjoint of a strided
+ *       one, whose filter is w.transpose(0,1) (float32, used by every precision's fallback).
+ *   wh  while the precision stages convolutions (bf16/fp16, pbw_cuda_conv_staged): the bf16 or
+ *       fp16 KRSC copy of cuDNN's filter (w, or wt when transposed); keyed by w's pointer and
+ *       the precision, so switching precision remakes it.
+ * Both are keyed by w's data pointer, so moving the weights (pbw_arena_to_device) remakes them;
+ * rewriting w's values in place does not (the plan packs the CPU's copies once too). */
 struct pbw_sg_conv_gpu {
-    pbw_arena *arena;  /* the plan's */
-    float *wt;         /* (C,O,k,k) device floats, or NULL before the first GPU call */
-    const float *src;  /* the w->data wt was made from */
-    int hooked;        /* the arena frees wt */
+    pbw_arena *arena;     /* the plan's */
+    float *wt;            /* (C,O,k,k) device floats, or NULL before the first GPU call */
+    const float *src;     /* the w->data wt was made from */
+    void *wh;             /* half KRSC device copy, or NULL */
+    const float *wh_src;  /* the w->data wh was made from */
+    int wh_prec;          /* the pbw_precision it was made for */
+    int hooked;           /* the arena frees wt and wh */
 };
 
 /* Taps of output phase a of a stride-2 transposed convolution with a k-tap kernel: kernel
@@ -197,7 +204,7 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
     pl->C = C, pl->O = O, pl->k = k;
     pl->weight = w;
 #ifdef PBW_HAVE_CUDA
-    if (transposed) { /* room for the GPU's transposed weight, made on first use */
+    { /* room for the GPU's copies of the weight, made on first use */
         pl->gpu = pbw_arena_calloc(a, sizeof *pl->gpu);
         if (!pl->gpu) {
             free(tmp);
@@ -284,11 +291,57 @@ typedef struct sgconv_saved {
 #ifdef PBW_HAVE_CUDA
 static void sgconv_gpu_free(void *p) {
     struct pbw_sg_conv_gpu *g = p;
-    if (!g->wt) return;
-    pbw_cuda_sync(NULL); /* a queued kernel may still read it */
+    if (!g->wt && !g->wh) return;
+    pbw_cuda_sync(NULL); /* a queued kernel may still read them */
     pbw_cuda_free(g->wt);
+    pbw_cuda_free(g->wh);
     g->wt = NULL;
     g->src = NULL;
+    g->wh = NULL;
+    g->wh_src = NULL;
+}
+
+/* The arena hook that frees the plan's device copies, set once; -1 with ctx failed. */
+static int sgconv_gpu_hook(pbw_ctx *ctx, struct pbw_sg_conv_gpu *g) {
+    if (g->hooked) return 0;
+    if (pbw_arena_on_free(g->arena, sgconv_gpu_free, g)) {
+        pbw_ctx_fail(ctx, "sg_conv: out of memory");
+        return -1;
+    }
+    g->hooked = 1;
+    return 0;
+}
+
+/* *wh = the plan's half KRSC weight in the current precision, made (enqueued) when missing or
+ * stale, or NULL when the precision does not stage convolutions. 0, or -1 with ctx failed. */
+static int sgconv_gpu_wh(pbw_ctx *ctx, const pbw_sg_conv_plan *pl, const void **wh) {
+    struct pbw_sg_conv_gpu *g = pl->gpu;
+    *wh = NULL;
+    if (!pbw_cuda_conv_staged()) return 0;
+    if (!g) {
+        pbw_ctx_fail(ctx, "sg_conv: the plan has no room for the GPU's weight");
+        return -1;
+    }
+    const int prec = (int)pbw_cuda_precision();
+    if (g->wh && g->wh_src == pl->weight->data && g->wh_prec == prec) {
+        *wh = g->wh;
+        return 0;
+    }
+    if (sgconv_gpu_hook(ctx, g)) return -1;
+    if (!g->wh) { /* bf16 and fp16 are both 2 bytes: a precision switch reuses it */
+        g->wh = pbw_cuda_malloc(pbw_cuda_sg_conv_half_weight_bytes(pl->O, pl->C, pl->k));
+        if (!g->wh) {
+            pbw_ctx_fail(ctx, "sg_conv: out of GPU memory for a (%d,%d,%d,%d) weight", pl->O,
+                         pl->C, pl->k, pl->k);
+            return -1;
+        }
+    }
+    /* stream order: kernels queued earlier read the old contents first */
+    pbw_cuda_sg_conv_half_weight(g->wh, pl->weight->data, pl->O, pl->C, pl->k, pl->transposed);
+    g->wh_src = pl->weight->data;
+    g->wh_prec = prec;
+    *wh = g->wh;
+    return 0;
 }
 
 /* The plan's w.transpose(0,1) on the device, made (enqueued) when missing or stale. */
@@ -296,11 +349,7 @@ static const float *sgconv_gpu_wt(pbw_ctx *ctx, const pbw_sg_conv_plan *pl) {
     struct pbw_sg_conv_gpu *g = pl->gpu;
     if (!g) return pbw_ctx_fail(ctx, "sg_conv: the plan has no room for the GPU's weight");
     if (g->wt && g->src == pl->weight->data) return g->wt;
-    if (!g->hooked) {
-        if (pbw_arena_on_free(g->arena, sgconv_gpu_free, g))
-            return pbw_ctx_fail(ctx, "sg_conv: out of memory");
-        g->hooked = 1;
-    }
+    if (sgconv_gpu_hook(ctx, g)) return NULL;
     if (!g->wt) {
         g->wt = pbw_cuda_malloc((size_t)pl->O * pl->C * pl->k * pl->k * sizeof(float));
         if (!g->wt)
@@ -338,8 +387,11 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     const int N = (int)x->shape[0], OH = (int)y->shape[2], OW = (int)y->shape[3];
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx)) {
-        pbw_cuda_sg_conv_backward(gx, y->grad, pl->weight->data, sv->wt, N, pl->C, sv->H, sv->W,
-                                  pl->O, pl->k, pl->transposed);
+        /* looked up again rather than saved: the precision may have changed since the forward */
+        const void *wh;
+        if (sgconv_gpu_wh(ctx, pl, &wh)) return;
+        pbw_cuda_sg_conv_backward(gx, y->grad, pl->weight->data, sv->wt, wh, N, pl->C, sv->H,
+                                  sv->W, pl->O, pl->k, pl->transposed);
         return;
     }
 #endif
@@ -379,8 +431,10 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
             return pbw_ctx_fail(ctx, "%s: the plan's weight is not on the GPU (move the model's "
                                 "weights with pbw_arena_to_device)", op);
         if (pl->transposed && !(wt = sgconv_gpu_wt(ctx, pl))) return NULL;
-        pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, N, pl->C, H, W, pl->O,
-                                 k, pl->transposed);
+        const void *wh; /* the half KRSC copy while the precision stages convolutions */
+        if (sgconv_gpu_wh(ctx, pl, &wh)) return NULL;
+        pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, wh, N, pl->C, H, W,
+                                 pl->O, k, pl->transposed);
 #endif
     } else if (!pl->wino_fwd && !pl->fwd[0]) {
         return pbw_ctx_fail(ctx, "%s: the plan was prepared from a GPU weight and has no CPU "

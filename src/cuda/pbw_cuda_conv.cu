@@ -27,11 +27,35 @@
 //
 // Precision. PBW_PREC_FP32 sets CUDNN_FMA_MATH on the descriptor and rejects tensor-op
 // results, so results are plain fp32 (the parity reference), and always takes a deterministic
-// algorithm when there is one. The other precisions search with
-// CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION on the float32 tensors, and each direction then runs
-// with the math type its chosen result reports. Tensors stay float32 (as the rest of the
-// backend): cuDNN's legacy API converts on the fly inside tensor-op kernels, so no conversion
-// passes or half-precision copies are needed.
+// algorithm when there is one. PBW_PREC_TF32 (and the backward-filter direction of every
+// precision, and any geometry or direction that is not staged, below) searches with
+// CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION on the float32 NCHW tensors, and each direction then
+// runs with the math type its chosen result reports: cuDNN converts on the fly inside its
+// tensor-op kernels.
+//
+// Staging (PBW_PREC_BF16 and PBW_PREC_FP16). cuDNN's tensor-core kernels are several times
+// faster on NHWC half-precision tensors than on float32 NCHW ones converted on the fly (an H100
+// ran StyleGAN2's 3x3 convs at ~130 TFLOP/s the old way). So the forward and backward-data
+// directions run on staged copies: one tile-transposing kernel converts the input from fp32
+// NCHW to bf16 (fp16) NHWC, the weight is a bf16 (fp16) KRSC copy (the caller's cached one, as
+// sg_conv's plan keeps; else converted per call, since pbw_conv2d's weight may be any tensor,
+// whose values can change at the same address), cuDNN runs with NHWC descriptors of that type,
+// float32 compute and CUDNN_TENSOR_OP_MATH into a half NHWC staging output, and one kernel
+// converts that back to fp32 NCHW, writing or adding (beta 0 or 1, as the unstaged call). The
+// output is thus rounded to bf16 (fp16) once more than before: a relative error of at most
+// 2^-9 (2^-12) per element on top of the operands' rounding the tensor cores did anyway.
+// Staged only where every group has a multiple of 8 input and output channels (tensor cores
+// want that; RGB stems and depthwise convs keep the float32 path), and a direction for which
+// cuDNN offers no NHWC algorithm falls back to the float32 path for its plan.
+// The staging buffers are one grow-only device buffer owned by this module (pbw_cuda_malloc;
+// not the runtime's pbw_cuda_workspace, which holds the cuDNN workspace of the same call). All
+// work is on one stream, so reusing it in stream order is safe while an earlier kernel may
+// still read it; it is only freed (to grow) after synchronizing the stream. It is as large as
+// the largest staged convolution's input plus output in half precision (268 MB for StyleGAN2's
+// 128-channel 256x256 convs at batch 8).
+// PBW_CUDNN_NCHW=1 turns staging off (every direction as under PBW_PREC_TF32), for comparison.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -65,6 +89,12 @@ struct conv_plan {
     cudnnTensorDescriptor_t xd, yd;
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
+    // staging (see the file comment): half NHWC descriptors (NULL when not staged) and, per
+    // direction, whether it runs staged (FWD and BWD_DATA only; cleared when cuDNN offers no
+    // NHWC algorithm). The algorithm fields below are those of the way the direction runs.
+    cudnnTensorDescriptor_t hxd, hyd;
+    cudnnFilterDescriptor_t hwd;
+    int stage[3];
     int have[3];             // algorithm chosen for the direction
     int algo[3];             // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
     cudnnMathType_t math[3]; // math type of that algorithm
@@ -85,7 +115,52 @@ void plan_destroy(conv_plan *p) {
     cudnnDestroyTensorDescriptor(p->yd);
     cudnnDestroyFilterDescriptor(p->wd);
     cudnnDestroyConvolutionDescriptor(p->cd);
+    if (p->hxd) cudnnDestroyTensorDescriptor(p->hxd);
+    if (p->hyd) cudnnDestroyTensorDescriptor(p->hyd);
+    if (p->hwd) cudnnDestroyFilterDescriptor(p->hwd);
+    p->hxd = p->hyd = NULL;
+    p->hwd = NULL;
     p->used = 0;
+}
+
+int env_flag(const char *name) {
+    const char *e = std::getenv(name);
+    return e && *e && std::strcmp(e, "0") != 0;
+}
+
+// PBW_CUDNN_NCHW=1: no staging (the float32 NCHW path for every precision).
+int nchw_only() {
+    static int v = -1;
+    if (v < 0) v = env_flag("PBW_CUDNN_NCHW");
+    return v;
+}
+
+// Whether precision prec runs forward and backward-data on half NHWC staged copies.
+int prec_staged(int prec) {
+    return (prec == PBW_PREC_BF16 || prec == PBW_PREC_FP16) && !nchw_only();
+}
+
+cudnnDataType_t half_type(int prec) {
+    return prec == PBW_PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
+}
+
+// The half NHWC descriptors of a staged plan; 0, or -1 when cuDNN refuses them (the plan then
+// stays unstaged; nothing recorded).
+int plan_stage_init(conv_plan *p) {
+    const pbw_cpu_conv_geom *g = &p->key.g;
+    const cudnnDataType_t t = half_type(p->key.prec);
+    if (cudnnCreateTensorDescriptor(&p->hxd) != CUDNN_STATUS_SUCCESS) p->hxd = NULL;
+    if (cudnnCreateTensorDescriptor(&p->hyd) != CUDNN_STATUS_SUCCESS) p->hyd = NULL;
+    if (cudnnCreateFilterDescriptor(&p->hwd) != CUDNN_STATUS_SUCCESS) p->hwd = NULL;
+    if (!p->hxd || !p->hyd || !p->hwd) return -1;
+    if (cudnnSetTensor4dDescriptor(p->hxd, CUDNN_TENSOR_NHWC, t, g->N, g->C, g->H, g->W) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnSetTensor4dDescriptor(p->hyd, CUDNN_TENSOR_NHWC, t, g->N, g->O, g->OH, g->OW) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnSetFilter4dDescriptor(p->hwd, t, CUDNN_TENSOR_NHWC, g->O, g->C / g->G, g->KH,
+                                   g->KW) != CUDNN_STATUS_SUCCESS)
+        return -1;
+    return 0;
 }
 
 int status_ok(cudnnStatus_t s, const char *what) {
@@ -144,12 +219,19 @@ conv_plan *plan_get(const pbw_cpu_conv_geom *g) {
         plan_destroy(p);
         return NULL;
     }
+    // staged when the precision asks for it and every group's channels suit tensor cores
+    if (prec_staged(key.prec) && (g->C / g->G) % 8 == 0 && (g->O / g->G) % 8 == 0) {
+        if (plan_stage_init(p) == 0) {
+            p->stage[DIR_FWD] = p->stage[DIR_BWD_DATA] = 1;
+        } else {
+            if (p->hxd) cudnnDestroyTensorDescriptor(p->hxd);
+            if (p->hyd) cudnnDestroyTensorDescriptor(p->hyd);
+            if (p->hwd) cudnnDestroyFilterDescriptor(p->hwd);
+            p->hxd = p->hyd = NULL;
+            p->hwd = NULL;
+        }
+    }
     return p;
-}
-
-int env_flag(const char *name) {
-    const char *e = std::getenv(name);
-    return e && *e && std::strcmp(e, "0") != 0;
 }
 
 // PBW_CUDNN_HEURISTIC=1: choose by cudnnGet*_v7 (no benchmarking), as before measuring.
@@ -170,8 +252,10 @@ int is_tensor_op(cudnnMathType_t m) {
     return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
 }
 
-// The math type the descriptor carries while algorithms are looked for.
-cudnnMathType_t base_math(int prec) {
+// The math type the descriptor carries while algorithms are looked for (staged: the tensors
+// are already half precision, so plain tensor-op math).
+cudnnMathType_t base_math(int prec, int staged) {
+    if (staged) return CUDNN_TENSOR_OP_MATH;
     return prec == PBW_PREC_FP32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
 }
 
@@ -217,9 +301,10 @@ void log_choice(const conv_plan *p, int dir, const char *how, const Perf *perf, 
     if (!log_choices()) return;
     const pbw_cpu_conv_geom &g = p->key.g;
     std::fprintf(stderr,
-                 "pbw cudnn %s %s: N=%d C=%d %dx%d -> O=%d %dx%d k=%dx%d s=%d,%d p=%d,%d G=%d %s:",
+                 "pbw cudnn %s %s: N=%d C=%d %dx%d -> O=%d %dx%d k=%dx%d s=%d,%d p=%d,%d G=%d %s%s:",
                  how, dir_name(dir), g.N, g.C, g.H, g.W, g.O, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw,
-                 g.ph, g.pw, g.G, pbw_precision_name((pbw_precision)p->key.prec));
+                 g.ph, g.pw, g.G, pbw_precision_name((pbw_precision)p->key.prec),
+                 p->stage[dir] ? " nhwc" : "");
     for (int i = 0; i < n; i++) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
         std::fprintf(stderr, " %s%d%s%s(%.3fms,%zuMiB)", i == pick ? "*" : "", (int)perf[i].algo,
@@ -262,8 +347,8 @@ struct find_scratch {
     }
 };
 
-size_t tensor_bytes(int64_t a, int64_t b, int64_t c, int64_t d) {
-    return (size_t)(a * b * c * d) * sizeof(float);
+size_t tensor_bytes(int64_t a, int64_t b, int64_t c, int64_t d, size_t elem) {
+    return (size_t)(a * b * c * d) * elem;
 }
 
 // Looks the candidates of one direction up (measured, or the heuristics when asked or when
@@ -294,7 +379,9 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur) {
     }
     if (i < 0) {
         n = 0;
-        if (!status_ok(heur(perf, &n), "heuristics")) return -1;
+        cudnnStatus_t s = heur(perf, &n);
+        // staged: a refusal only sends the direction back to the float32 path
+        if (p->stage[dir] ? s != CUDNN_STATUS_SUCCESS : !status_ok(s, "heuristics")) return -1;
         i = pick_heuristic(perf, n, prec);
         log_choice(p, dir, "heuristic", perf, n, i);
     }
@@ -306,44 +393,51 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur) {
 }
 
 // Chooses the algorithm of direction dir once per plan (see the file comment). in0, in1: the
-// direction's inputs, read by the measurement. 0, or -1 with the failure recorded.
+// direction's inputs, read by the measurement (for a staged direction the staged copies).
+// 0; -1 with the failure recorded; 1 when a staged direction found no NHWC algorithm (it is
+// then unstaged for the plan: the caller runs the float32 path, which chooses afresh).
 int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
     if (p->have[dir]) return 0;
     cudnnHandle_t h = pbw_cudnn();
-    const int prec = p->key.prec;
+    const int prec = p->key.prec, staged = p->stage[dir];
     const pbw_cpu_conv_geom &g = p->key.g;
+    // the staged direction's descriptors, else the float32 ones
+    cudnnTensorDescriptor_t xd = staged ? p->hxd : p->xd, yd = staged ? p->hyd : p->yd;
+    cudnnFilterDescriptor_t wd = staged ? p->hwd : p->wd;
+    const size_t elem = staged ? 2 : sizeof(float);
     // the descriptor may carry another direction's math type: search under the precision's
-    if (!status_ok(cudnnSetConvolutionMathType(p->cd, base_math(prec)), "math type")) return -1;
+    if (!status_ok(cudnnSetConvolutionMathType(p->cd, base_math(prec, staged)), "math type"))
+        return -1;
     int rc;
     if (dir == DIR_FWD) {
         rc = choose<cudnnConvolutionFwdAlgoPerf_t>(
-            p, dir, tensor_bytes(g.N, g.O, g.OH, g.OW),
+            p, dir, tensor_bytes(g.N, g.O, g.OH, g.OW, elem),
             [&](void *out, cudnnConvolutionFwdAlgoPerf_t *perf, int *n, void *ws, size_t wsb) {
                 return cudnnFindConvolutionForwardAlgorithmEx(
-                    h, p->xd, in0, p->wd, in1, p->cd, p->yd, out,
+                    h, xd, in0, wd, in1, p->cd, yd, out,
                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf, ws, wsb);
             },
             [&](cudnnConvolutionFwdAlgoPerf_t *perf, int *n) {
                 return cudnnGetConvolutionForwardAlgorithm_v7(
-                    h, p->xd, p->wd, p->cd, p->yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf);
+                    h, xd, wd, p->cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf);
             });
     } else if (dir == DIR_BWD_DATA) {
         rc = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
-            p, dir, tensor_bytes(g.N, g.C, g.H, g.W),
+            p, dir, tensor_bytes(g.N, g.C, g.H, g.W, elem),
             [&](void *out, cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n, void *ws,
                 size_t wsb) {
                 return cudnnFindConvolutionBackwardDataAlgorithmEx(
-                    h, p->wd, in0, p->yd, in1, p->cd, p->xd, out,
+                    h, wd, in0, yd, in1, p->cd, xd, out,
                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n, perf, ws, wsb);
             },
             [&](cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n) {
                 return cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                    h, p->wd, p->yd, p->cd, p->xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n,
+                    h, wd, yd, p->cd, xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n,
                     perf);
             });
     } else {
         rc = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
-            p, dir, tensor_bytes(g.O, g.C / g.G, g.KH, g.KW),
+            p, dir, tensor_bytes(g.O, g.C / g.G, g.KH, g.KW, sizeof(float)),
             [&](void *out, cudnnConvolutionBwdFilterAlgoPerf_t *perf, int *n, void *ws,
                 size_t wsb) {
                 return cudnnFindConvolutionBackwardFilterAlgorithmEx(
@@ -355,6 +449,13 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                     h, p->xd, p->yd, p->cd, p->wd, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, n,
                     perf);
             });
+    }
+    if (rc < 0 && staged && !pbw_cuda_error()) {
+        if (log_choices())
+            std::fprintf(stderr, "pbw cudnn: no NHWC %s algorithm for N=%d C=%d %dx%d -> O=%d; "
+                         "float32 NCHW instead\n", dir_name(dir), g.N, g.C, g.H, g.W, g.O);
+        p->stage[dir] = 0;
+        return 1;
     }
     if (rc < 0) {
         if (!pbw_cuda_error())
@@ -370,19 +471,188 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
     return 0;
 }
 
-// The plan with direction dir ready and its workspace; NULL when anything failed.
-conv_plan *prepare(const pbw_cpu_conv_geom *g, int dir, const void *in0, const void *in1,
-                   void **ws) {
-    conv_plan *p = plan_get(g);
-    if (!p || plan_algo(p, dir, in0, in1)) return NULL;
+// Direction dir of plan p ready (algorithm chosen, math type set) and its workspace in *ws.
+// 0; -1 when anything failed (recorded); 1 when a staged direction fell back (plan_algo).
+int prepare(conv_plan *p, int dir, const void *in0, const void *in1, void **ws) {
+    int rc = plan_algo(p, dir, in0, in1);
+    if (rc) return rc;
     // one descriptor serves three directions that may want different math types
-    if (!status_ok(cudnnSetConvolutionMathType(p->cd, p->math[dir]), "math type")) return NULL;
+    if (!status_ok(cudnnSetConvolutionMathType(p->cd, p->math[dir]), "math type")) return -1;
     *ws = NULL;
     if (p->ws[dir]) {
         *ws = pbw_cuda_workspace(p->ws[dir]);
-        if (!*ws) return NULL;
+        if (!*ws) return -1;
     }
-    return p;
+    return 0;
+}
+
+// ---------- staging (see the file comment) ----------
+
+// The module's grow-only staging buffer (device memory of its own, pbw_cuda_malloc): at least
+// `bytes`. Reused in stream order; freed to grow only after the stream has drained, since a
+// kernel queued earlier may still read it. NULL (failure recorded) when out of memory.
+void *g_stage;
+size_t g_stage_size;
+
+void *stage_get(size_t bytes) {
+    if (bytes <= g_stage_size && g_stage) return g_stage;
+    cudaStreamSynchronize(pbw_stream()); // a queued kernel may still read the old one
+    pbw_cuda_free(g_stage);
+    g_stage = NULL;
+    g_stage_size = 0;
+    // grow by at least a quarter, so batch sizes creeping up don't reallocate each time
+    size_t want = bytes + bytes / 4;
+    if (!(g_stage = pbw_cuda_malloc(want))) want = bytes, g_stage = pbw_cuda_malloc(want);
+    if (!g_stage) {
+        pbw_cuda_fail("conv2d: out of GPU memory for %zu bytes of half-precision staging", bytes);
+        return NULL;
+    }
+    g_stage_size = want;
+    return g_stage;
+}
+
+size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+const int TILE = 32, TILE_ROWS = 8; // 32x32 tiles, 32x8 threads
+
+__device__ __forceinline__ void to_half(__nv_bfloat16 *d, float v) { *d = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void to_half(__half *d, float v) { *d = __float2half_rn(v); }
+__device__ __forceinline__ float from_half(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float from_half(__half v) { return __half2float(v); }
+
+// dst (N,P,C) half = src (N,C,P) float: per n, a (C,P) -> (P,C) transpose through a shared
+// tile, so both the reads (along P) and the writes (along C) are coalesced. The grid covers
+// (P tiles, C tiles, N) and strides over what does not fit.
+template <typename T>
+__global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P) {
+    __shared__ float tile[TILE][TILE + 1];
+    const int64_t ptiles = (P + TILE - 1) / TILE;
+    const int ctiles = (C + TILE - 1) / TILE;
+    for (int n = blockIdx.z; n < N; n += gridDim.z)
+        for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
+            for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
+                const int c0 = ct * TILE;
+                const int64_t p0 = pt * TILE;
+                const float *s = src + (int64_t)n * C * P;
+                T *d = dst + (int64_t)n * C * P;
+                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
+                    const int c = c0 + j;
+                    const int64_t p = p0 + threadIdx.x;
+                    if (c < C && p < P) tile[j][threadIdx.x] = s[(int64_t)c * P + p];
+                }
+                __syncthreads();
+                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
+                    const int64_t p = p0 + j;
+                    const int c = c0 + threadIdx.x;
+                    if (c < C && p < P) to_half(&d[p * C + c], tile[threadIdx.x][j]);
+                }
+                __syncthreads();
+            }
+}
+
+// dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose.
+template <typename T>
+__global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
+                                    int accumulate) {
+    __shared__ float tile[TILE][TILE + 1];
+    const int64_t ptiles = (P + TILE - 1) / TILE;
+    const int ctiles = (C + TILE - 1) / TILE;
+    for (int n = blockIdx.z; n < N; n += gridDim.z)
+        for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
+            for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
+                const int c0 = ct * TILE;
+                const int64_t p0 = pt * TILE;
+                const T *s = src + (int64_t)n * C * P;
+                float *d = dst + (int64_t)n * C * P;
+                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
+                    const int64_t p = p0 + j;
+                    const int c = c0 + threadIdx.x;
+                    if (c < C && p < P) tile[j][threadIdx.x] = from_half(s[p * C + c]);
+                }
+                __syncthreads();
+                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
+                    const int c = c0 + j;
+                    const int64_t p = p0 + threadIdx.x;
+                    if (c < C && p < P) {
+                        float v = tile[threadIdx.x][j];
+                        float *o = &d[(int64_t)c * P + p];
+                        *o = accumulate ? *o + v : v;
+                    }
+                }
+                __syncthreads();
+            }
+}
+
+dim3 transpose_grid(int N, int C, int64_t P) {
+    int64_t px = (P + TILE - 1) / TILE, cy = (C + TILE - 1) / TILE;
+    return dim3((unsigned)(px < 65536 * 32 ? px : 65536 * 32), (unsigned)(cy < 65535 ? cy : 65535),
+                (unsigned)(N < 65535 ? N : 65535));
+}
+
+// (N,C,P) float -> (N,P,C) half of the precision's type, enqueued.
+void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec) {
+    if ((int64_t)N * C * P == 0) return;
+    dim3 grid = transpose_grid(N, C, P), block(TILE, TILE_ROWS);
+    if (prec == PBW_PREC_BF16)
+        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__nv_bfloat16 *)dst, src, N, C, P);
+    else
+        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__half *)dst, src, N, C, P);
+    PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
+}
+
+// (N,P,C) half -> (N,C,P) float, written or added, enqueued.
+void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumulate, int prec) {
+    if ((int64_t)N * C * P == 0) return;
+    dim3 grid = transpose_grid(N, C, P), block(TILE, TILE_ROWS);
+    if (prec == PBW_PREC_BF16)
+        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __nv_bfloat16 *)src, N,
+                                                              C, P, accumulate);
+    else
+        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __half *)src, N, C, P,
+                                                              accumulate);
+    PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
+}
+
+// Runs direction dir (DIR_FWD: out = conv(in, w); DIR_BWD_DATA: out = conv's adjoint applied
+// to in) of a staged plan on half NHWC copies and converts the result into dst (fp32 NCHW),
+// overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
+// the plan's precision, or NULL to convert w here. 0 when done; -1 on failure (recorded); 1
+// when the direction has no NHWC algorithm (now unstaged: run the float32 path).
+int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
+               const void *wh, float beta) {
+    const pbw_cpu_conv_geom &g = p->key.g;
+    const int prec = p->key.prec, fwd = dir == DIR_FWD;
+    const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
+    const int64_t in_p = fwd ? (int64_t)g.H * g.W : (int64_t)g.OH * g.OW;
+    const int64_t out_p = fwd ? (int64_t)g.OH * g.OW : (int64_t)g.H * g.W;
+    const int cg = g.C / g.G, kk = g.KH * g.KW;
+    const size_t in_b = align256((size_t)g.N * in_c * in_p * 2);
+    const size_t out_b = align256((size_t)g.N * out_c * out_p * 2);
+    const size_t w_b = wh ? 0 : align256((size_t)g.O * cg * kk * 2);
+    char *buf = (char *)stage_get(in_b + out_b + w_b);
+    if (!buf) return -1;
+    void *hin = buf, *hout = buf + in_b;
+    if (!wh) {
+        wh = buf + in_b + out_b;
+        to_nhwc((void *)wh, w, g.O, cg, kk, prec); // (O, C/G, KH*KW) -> KRSC
+    }
+    to_nhwc(hin, in, g.N, in_c, in_p, prec);
+    void *ws;
+    int rc = fwd ? prepare(p, dir, hin, wh, &ws) : prepare(p, dir, wh, hin, &ws);
+    if (rc) return rc;
+    const float alpha = 1.0f, zero = 0.0f;
+    cudnnStatus_t s;
+    if (fwd)
+        s = cudnnConvolutionForward(pbw_cudnn(), &alpha, p->hxd, hin, p->hwd, wh, p->cd,
+                                    (cudnnConvolutionFwdAlgo_t)p->algo[dir], ws, p->ws[dir], &zero,
+                                    p->hyd, hout);
+    else
+        s = cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->hwd, wh, p->hyd, hin, p->cd,
+                                         (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
+                                         p->ws[dir], &zero, p->hxd, hout);
+    if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
+    from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec);
+    return 0;
 }
 
 int empty(const pbw_cpu_conv_geom *g) {
@@ -390,22 +660,33 @@ int empty(const pbw_cpu_conv_geom *g) {
            (int64_t)g->H * g->W == 0;
 }
 
-void conv_forward(float *out, const float *x, const float *w, const pbw_cpu_conv_geom *g,
-                  float beta) {
-    void *ws;
-    conv_plan *p = prepare(g, DIR_FWD, x, w, &ws);
+// wh: a half KRSC copy of w for staged plans (see staged_run), or NULL.
+void conv_forward(float *out, const float *x, const float *w, const void *wh,
+                  const pbw_cpu_conv_geom *g, float beta) {
+    conv_plan *p = plan_get(g);
     if (!p) return;
+    if (p->stage[DIR_FWD]) {
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta);
+        if (rc <= 0) return; // done, or failed (recorded); 1: unstaged now
+    }
+    void *ws;
+    if (prepare(p, DIR_FWD, x, w, &ws)) return;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionForward(pbw_cudnn(), &alpha, p->xd, x, p->wd, w, p->cd,
                                          (cudnnConvolutionFwdAlgo_t)p->algo[DIR_FWD], ws,
                                          p->ws[DIR_FWD], &beta, p->yd, out));
 }
 
-void conv_backward_data(float *dx, const float *dout, const float *w, const pbw_cpu_conv_geom *g,
-                        float beta) {
-    void *ws;
-    conv_plan *p = prepare(g, DIR_BWD_DATA, w, dout, &ws);
+void conv_backward_data(float *dx, const float *dout, const float *w, const void *wh,
+                        const pbw_cpu_conv_geom *g, float beta) {
+    conv_plan *p = plan_get(g);
     if (!p) return;
+    if (p->stage[DIR_BWD_DATA]) {
+        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta);
+        if (rc <= 0) return;
+    }
+    void *ws;
+    if (prepare(p, DIR_BWD_DATA, w, dout, &ws)) return;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->wd, w, p->yd, dout, p->cd,
                                               (cudnnConvolutionBwdDataAlgo_t)p->algo[DIR_BWD_DATA],
@@ -480,7 +761,7 @@ extern "C" void pbw_cuda_conv2d_forward(float *out, const float *x, const float 
                                         int accumulate, float *scratch) {
     (void)scratch;
     if (empty(g)) return;
-    conv_forward(out, x, w, g, accumulate ? 1.0f : 0.0f);
+    conv_forward(out, x, w, NULL, g, accumulate ? 1.0f : 0.0f);
     if (b) pbw_cuda_conv2d_add_bias(out, b, g->N, g->O, (int64_t)g->OH * g->OW);
 }
 
@@ -488,7 +769,7 @@ extern "C" void pbw_cuda_conv2d_backward_data(float *dx, const float *dout, cons
                                               const pbw_cpu_conv_geom *g, float *scratch) {
     (void)scratch;
     if (empty(g)) return;
-    conv_backward_data(dx, dout, w, g, 1.0f);
+    conv_backward_data(dx, dout, w, NULL, g, 1.0f);
 }
 
 extern "C" void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, const float *x,
@@ -496,8 +777,8 @@ extern "C" void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, co
     (void)scratch;
     if (empty(g)) return;
     void *ws;
-    conv_plan *p = prepare(g, DIR_BWD_FILTER, x, dout, &ws);
-    if (!p) return;
+    conv_plan *p = plan_get(g); // never staged: weight gradients stay float32 NCHW
+    if (!p || prepare(p, DIR_BWD_FILTER, x, dout, &ws)) return;
     const float alpha = 1.0f, beta = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionBackwardFilter(
         pbw_cudnn(), &alpha, p->xd, x, p->yd, dout, p->cd,
@@ -527,28 +808,45 @@ extern "C" void pbw_cuda_sg_conv_transpose_weight(float *wt, const float *w, int
     PBW_CUDA_LAUNCHED("sg_conv_transpose_weight");
 }
 
+extern "C" int pbw_cuda_conv_staged(void) { return prec_staged((int)pbw_cuda_precision()); }
+
+extern "C" size_t pbw_cuda_sg_conv_half_weight_bytes(int O, int C, int k) {
+    return (size_t)O * C * k * k * 2;
+}
+
+extern "C" void pbw_cuda_sg_conv_half_weight(void *wh, const float *w, int O, int C, int k,
+                                             int transposed) {
+    const int prec = (int)pbw_cuda_precision();
+    if (!prec_staged(prec)) return;
+    if (!transposed) // KRSC of w (O,C,k,k): per o, (C, k*k) -> (k*k, C)
+        to_nhwc(wh, w, O, C, (int64_t)k * k, prec);
+    else // KRSC of wt = w.transpose(0,1) (C,O,k,k): wh[c][t][o] = w[o][c][t], i.e. the
+         // (O, C*k*k) matrix w transposed
+        to_nhwc(wh, w, 1, O, (int64_t)C * k * k, prec);
+}
+
 extern "C" void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w,
-                                         const float *wt, int N, int C, int H, int W, int O,
-                                         int k, int transposed) {
+                                         const float *wt, const void *wh, int N, int C, int H,
+                                         int W, int O, int k, int transposed) {
     if (N == 0) return;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-        conv_forward(out, x, w, &g, 0.0f);
+        conv_forward(out, x, w, wh, &g, 0.0f);
         return;
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
-    conv_backward_data(out, x, wt, &g, 0.0f);
+    conv_backward_data(out, x, wt, wh, &g, 0.0f);
 }
 
 extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w,
-                                          const float *wt, int N, int C, int H, int W, int O,
-                                          int k, int transposed) {
+                                          const float *wt, const void *wh, int N, int C, int H,
+                                          int W, int O, int k, int transposed) {
     if (N == 0) return;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-        conv_backward_data(gx, gout, w, &g, 1.0f);
+        conv_backward_data(gx, gout, w, wh, &g, 1.0f);
         return;
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
-    conv_forward(gx, gout, wt, &g, 1.0f);
+    conv_forward(gx, gout, wt, wh, &g, 1.0f);
 }

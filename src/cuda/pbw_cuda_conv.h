@@ -31,8 +31,12 @@ extern "C" {
  * algorithm is chosen by measuring (cudnnFind*Ex) on the first call of each, which then
  * synchronizes the stream once (PBW_CUDNN_HEURISTIC=1: cuDNN's heuristics instead, no
  * measuring; PBW_CUDNN_LOG=1 prints the choices; details in pbw_cuda_conv.cu).
- * PBW_PREC_FP32 runs FMA-only algorithms (no TF32); the other precisions allow tensor cores on
- * the float32 tensors. The cuDNN workspace comes from pbw_cuda_workspace: no scratch. */
+ * PBW_PREC_FP32 runs FMA-only algorithms (no TF32); PBW_PREC_TF32 allows tensor cores on the
+ * float32 tensors. PBW_PREC_BF16 / PBW_PREC_FP16 run the forward and backward-data directions
+ * on bf16 / fp16 NHWC staged copies (converted by kernels of this module, in a staging buffer
+ * of its own; the output is rounded to that type once) where every group's channel counts
+ * are multiples of 8; PBW_CUDNN_NCHW=1 turns that off (as TF32). The cuDNN workspace comes
+ * from pbw_cuda_workspace: no scratch. */
 size_t pbw_cuda_conv2d_scratch_floats(const pbw_cpu_conv_geom *g); /* 0 */
 void pbw_cuda_conv2d_forward(float *out, const float *x, const float *w, const float *b,
                              const pbw_cpu_conv_geom *g, int accumulate, float *scratch);
@@ -104,12 +108,27 @@ void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int
  * wt: for transposed = 1, w.transpose(0,1) (C,O,k,k), cuDNN's filter layout of the adjoint
  * convolution, made once by pbw_cuda_sg_conv_transpose_weight and kept by the caller (the op
  * front-end caches it with the plan); read by the forward and the backward; NULL otherwise.
+ * wh: NULL, or while pbw_cuda_conv_staged() the half-precision KRSC copy of cuDNN's filter
+ * (of w, or of wt when transposed) in the CURRENT precision's type (bf16 or fp16), made by
+ * pbw_cuda_sg_conv_half_weight into pbw_cuda_sg_conv_half_weight_bytes of device memory and
+ * kept by the caller (the front-end caches it with the plan, keyed by w's pointer and the
+ * precision). With NULL a staged call converts w itself (one small kernel per call).
  * The backward ADDS the gradient of x into gx. */
 void pbw_cuda_sg_conv_transpose_weight(float *wt, const float *w, int O, int C, int k);
+/* 1 when the current precision runs convolutions on half NHWC staged copies (PBW_PREC_BF16 or
+ * PBW_PREC_FP16, and PBW_CUDNN_NCHW unset). */
+int pbw_cuda_conv_staged(void);
+size_t pbw_cuda_sg_conv_half_weight_bytes(int O, int C, int k);
+/* Enqueues wh = the KRSC copy of w (transposed = 0) or of w.transpose(0,1) (transposed = 1)
+ * in the current precision's half type; nothing unless pbw_cuda_conv_staged(). */
+void pbw_cuda_sg_conv_half_weight(void *wh, const float *w, int O, int C, int k,
+                                  int transposed);
 void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, const float *wt,
-                              int N, int C, int H, int W, int O, int k, int transposed);
+                              const void *wh, int N, int C, int H, int W, int O, int k,
+                              int transposed);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
-                               int N, int C, int H, int W, int O, int k, int transposed);
+                               const void *wh, int N, int C, int H, int W, int O, int k,
+                               int transposed);
 
 #ifdef __cplusplus
 }
