@@ -69,8 +69,9 @@ typedef struct pbw_sg_conv_plan {
     float *wino_fwd;       /* 3x3 stride 1: Winograd F(2x2,3x3) weights of the forward ... */
     float *wino_bwd;       /* ... and of the input gradient (then fwd[0], bwd are NULL) */
     const pbw_tensor *weight; /* w itself (O,C,k,k): its data is read at call time on CUDA */
-    /* CUDA, transposed: w.transpose(0,1) on the device, made on the first GPU call (and again
-     * if w's data moves), freed with the plan's arena (pbw_ops_stylegan.c). NULL otherwise. */
+    /* CUDA caches made on the first GPU call (again if w's data moves or the precision
+     * changes), freed with the plan's arena (pbw_ops_stylegan.c): w.transpose(0,1) for a
+     * transposed plan, and w in bf16/fp16 for the reduced precisions. */
     struct pbw_sg_conv_gpu *gpu;
 } pbw_sg_conv_plan;
 
