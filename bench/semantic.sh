@@ -5,6 +5,8 @@
 #   bench/semantic.sh                 N=120 edits, latent masking then output masking
 #   N=20 MODES=latent bench/semantic.sh
 #   EDIT_ARGS="--optim adam --steps 40" OUT=build/bench_semantic_adam bench/semantic.sh
+#   EDIT_ARGS="--no-lpips --device cuda" bench/semantic.sh   the method's default budget on a
+#                                     GPU (about 2 s an edit on an H100/H200)
 #
 # The plan (pbw shapes plan): seeds of the shapes GAN whose picture is clean; for each, a square
 # mask around its largest shape and a prompt that asks for another colour of that shape

@@ -3,6 +3,7 @@
 
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_elementwise.h"
 #endif
 
 #include <stdarg.h>
@@ -650,10 +651,16 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     float *g = pbw_grad(ctx, loss);
     if (!g) return pbw_ctx_check(ctx, err);
     if (ctx->dev == PBW_DEV_CUDA) {
+#ifdef PBW_HAVE_CUDA
+        /* the seed is added, as on the CPU (the loss may already hold a gradient) */
         float *h = pbw_arena_alloc(&ctx->act, (size_t)loss->numel * sizeof(float) + 1);
         if (!h) return pbw_err_set(err, "out of memory");
         for (int64_t i = 0; i < loss->numel; i++) h[i] = seed ? seed[i] : 1.0f;
-        if (ctx_copy(ctx, g, h, (size_t)loss->numel * sizeof(float), 0)) return pbw_ctx_check(ctx, err);
+        float *d = pbw_ctx_upload(ctx, h, (size_t)loss->numel * sizeof(float));
+        if (!d) return pbw_ctx_check(ctx, err);
+        const int64_t shape[5] = {1, 1, 1, 1, loss->numel}, st[5] = {0, 0, 0, 0, 1};
+        pbw_cuda_accumulate(shape, d, st, g, st, 1.0f);
+#endif
     } else {
         for (int64_t i = 0; i < loss->numel; i++) g[i] += seed ? seed[i] : 1.0f;
     }
