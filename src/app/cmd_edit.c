@@ -94,7 +94,8 @@ static void help(FILE *f, int edit) {
             "  --quiet               no progress lines\n\n"
             "A progress line per step goes to stderr. Ctrl-C stops after the current step and\n"
             "writes the best result so far (exit status 130); a second Ctrl-C ends at once.\n"
-            "PBW_PROFILE=1 prints the time per op and step at the end.\n");
+            "PBW_PROFILE=1 prints the time per op and step at the end (the steps after the last\n"
+            "phase's first, a warm-up).\n");
 }
 
 typedef struct paint_args {
@@ -319,10 +320,21 @@ typedef struct sink {
     uint8_t *rgb;
     int failed;
     pbw_err err;
+    int prof_steps; /* steps in the PBW_PROFILE table */
 } sink;
 
 static void on_progress(const pbw_paint_progress *pr, void *user) {
     sink *s = user;
+    if (pbw_profile_enabled()) {
+        /* the first step of a phase is a warm-up (cuDNN's algorithm search, allocations):
+         * the table covers the steps after it */
+        if (pr->phase_step == 1) {
+            pbw_profile_clear();
+            s->prof_steps = 0;
+        } else {
+            s->prof_steps++;
+        }
+    }
     const char *ph = pr->phase == PBW_PHASE_CMA ? "cma" : "adam";
     if (!s->quiet) {
         double eta = pr->step_seconds * (pr->steps - pr->step);
@@ -528,10 +540,10 @@ int app_paint_main(int argc, char **argv, int edit) {
     }
     fprintf(stderr, "pbw %s: %s after %d of %d steps in %.1f s; wrote %s\n", cmd,
             res.cancelled ? "interrupted" : "done", res.steps_done, res.steps, res.seconds, a.out);
-    if (pbw_profile_enabled() && res.steps_done > 0) {
-        fprintf(stderr, "pbw %s: time per op and step (PBW_PROFILE=1), over %d steps:\n", cmd,
-                res.steps_done);
-        pbw_profile_report(stderr, 1.0 / res.steps_done);
+    if (pbw_profile_enabled() && s.prof_steps > 0) {
+        fprintf(stderr, "pbw %s: time per op and step (PBW_PROFILE=1), over %d steps after the "
+                        "last phase's first:\n", cmd, s.prof_steps);
+        pbw_profile_report(stderr, 1.0 / s.prof_steps);
     }
     print_loss("before", &res.before);
     print_loss("after", &res.after);

@@ -581,6 +581,11 @@ static int prof_cmp(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
+void pbw_profile_clear(void) {
+    pbw_profile_mark();
+    g_nprof = 0;
+}
+
 void pbw_profile_report(FILE *f, double scale) {
     pbw_profile_mark();
     double total = 0;

@@ -195,6 +195,8 @@ void pbw_profile_mark(void);
 /* Called by every op as it begins (pbw_op_begin): books the previous op's forward time. */
 void pbw_profile_op(const char *op);
 void pbw_profile_report(FILE *f, double scale);
+/* Forgets what was timed so far (a warm-up's first-call costs, say). */
+void pbw_profile_clear(void);
 
 #ifdef __cplusplus
 }
