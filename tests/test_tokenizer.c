@@ -50,6 +50,7 @@ static char *dup_mem(const char *s, size_t n) {
 
 /* Reads {"text", "ids"[, "clean"]} lines; returns the count, or 0 after a failed CHECK. */
 static size_t cases_load(const char *path, tcase **out) {
+    *out = NULL; /* callers free it whatever happens */
     FILE *f = fopen(path, "rb");
     CHECK_MSG(f != NULL, "cannot open %s", path);
     if (!f) return 0;
