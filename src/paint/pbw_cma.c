@@ -100,6 +100,8 @@ struct pbw_cma {
     double *Xd;    /* (lam, n) the samples of the last ask, double */
     float *Xf;     /* (lam, n) the same rounded to float, as handed out */
     double *Y;     /* (lam, n) scratch: (x - mold) / sigma */
+    double *Yw;    /* (lam, n) scratch of tell's products */
+    double *Yiso;  /* (lam, n) C^{-1/2} y of every sample */
     double *tmp;   /* (3n) scratch */
     double *wr;    /* (lam) scratch: learning-rate-scaled weights */
     double *eigA;  /* (n, n) scratch for the eigensolver */
@@ -211,6 +213,8 @@ void pbw_cma_free(pbw_cma *c) {
     free(c->Xd);
     free(c->Xf);
     free(c->Y);
+    free(c->Yw);
+    free(c->Yiso);
     free(c->tmp);
     free(c->wr);
     free(c->eigA);
@@ -258,6 +262,8 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->Xd = calloc(ln, sizeof *c->Xd);
     c->Xf = calloc(ln, sizeof *c->Xf);
     c->Y = calloc(ln, sizeof *c->Y);
+    c->Yw = calloc(ln, sizeof *c->Yw);
+    c->Yiso = calloc(ln, sizeof *c->Yiso);
     c->tmp = calloc(3 * (size_t)n, sizeof *c->tmp);
     c->wr = calloc((size_t)lam, sizeof *c->wr);
     c->eigA = calloc(nn, sizeof *c->eigA);
@@ -268,7 +274,7 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->hist_len = 10 + (int)ceil(30.0 * n / lam);
     c->hist = calloc((size_t)c->hist_len, sizeof *c->hist);
     if (!c->w || !c->mean || !c->mold || !c->pc || !c->ps || !c->C || !c->B || !c->D || !c->Xd ||
-        !c->Xf || !c->Y || !c->tmp || !c->wr || !c->eigA || !c->eigv || !c->idx || !c->best_x || !c->kept || !c->hist) {
+        !c->Xf || !c->Y || !c->Yw || !c->Yiso || !c->tmp || !c->wr || !c->eigA || !c->eigv || !c->idx || !c->best_x || !c->kept || !c->hist) {
         pbw_cma_free(c);
         return pbw_err_set(err, "cma: out of memory for n=%d, lambda=%d", n, lam);
     }
@@ -329,17 +335,18 @@ void pbw_cma_get_params(const pbw_cma *c, pbw_cma_params *p) {
 
 void pbw_cma_ask(pbw_cma *c, float *X) {
     int n = c->n;
-    double *z = c->tmp, *dz = c->tmp + n;
+    /* rows D .* z_k (in Y, which tell overwrites), then all B (D .* z_k) in one product: for
+     * n = 512 and 50 samples, 13 M multiply-adds in one dgemm instead of 50 dot-product loops
+     * (12 ms -> about 1 ms on one core). OpenBLAS splits a product over threads by output
+     * blocks, so every element is summed in the same order whatever the thread count. */
+    double *DZ = c->Y;
+    for (int k = 0; k < c->lam; k++)
+        for (int j = 0; j < n; j++) DZ[(size_t)k * n + j] = c->D[j] * rng_normal(&c->rng);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->lam, n, n, 1.0, DZ, n, c->B, n, 0.0,
+                c->Xd, n);
     for (int k = 0; k < c->lam; k++) {
-        for (int j = 0; j < n; j++) z[j] = rng_normal(&c->rng);
-        for (int j = 0; j < n; j++) dz[j] = c->D[j] * z[j];
         double *x = c->Xd + (size_t)k * n;
-        for (int i = 0; i < n; i++) {
-            const double *Bi = c->B + (size_t)i * n;
-            double s = 0;
-            for (int j = 0; j < n; j++) s += Bi[j] * dz[j];
-            x[i] = c->mean[i] + c->sigma * s;
-        }
+        for (int i = 0; i < n; i++) x[i] = c->mean[i] + c->sigma * x[i];
         float *xf = c->Xf + (size_t)k * n;
         for (int i = 0; i < n; i++) xf[i] = (float)x[i];
         if (X) memcpy(X + (size_t)k * n, xf, (size_t)n * sizeof *X);
@@ -499,12 +506,22 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
     double c1a = c->c1 * (1.0 - (1.0 - hsig) * c->cc * (2.0 - c->cc));
     double decay = 1.0 - c1a - c->cmu * c->sum_w;
     double *wr = c->wr;
+    /* C^{-1/2} y_r for every sample at once (only the negative weights use it): rows of
+     * Y B diag(1/D) B^T, two products instead of lam matrix-vector loops */
+    double *Z = c->Yw;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lam, n, n, 1.0, c->Y, n, c->B, n, 0.0,
+                Z, n);
+    for (int r = 0; r < lam; r++)
+        for (int j = 0; j < n; j++) Z[(size_t)r * n + j] /= c->D[j];
+    double *Iso = c->Yiso;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lam, n, n, 1.0, Z, n, c->B, n, 0.0, Iso,
+                n);
     for (int r = 0; r < lam; r++) {
         double wv = c->w[r];
         if (wv < 0) {
-            inv_sqrt_c(c, c->Y + (size_t)r * n, iso, scratch);
+            const double *v = Iso + (size_t)r * n;
             double nrm = 0;
-            for (int i = 0; i < n; i++) nrm += iso[i] * iso[i];
+            for (int i = 0; i < n; i++) nrm += v[i] * v[i];
             nrm = sqrt(nrm);
             wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
         }
@@ -514,15 +531,12 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
         double *Ci = c->C + (size_t)i * n;
         for (int j = i; j < n; j++) Ci[j] = decay * Ci[j] + c->c1 * c->pc[i] * c->pc[j];
     }
-    for (int r = 0; r < lam; r++) {
-        if (wr[r] == 0) continue;
-        const double *y = c->Y + (size_t)r * n;
-        for (int i = 0; i < n; i++) {
-            double *Ci = c->C + (size_t)i * n;
-            double a = wr[r] * y[i];
-            for (int j = i; j < n; j++) Ci[j] += a * y[j];
-        }
-    }
+    /* rank mu: C += Y^T diag(wr) Y as one product (it fills both triangles; the upper one is
+     * kept and mirrored below, as before) */
+    for (int r = 0; r < lam; r++)
+        for (int j = 0; j < n; j++) Z[(size_t)r * n + j] = wr[r] * c->Y[(size_t)r * n + j];
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, n, lam, 1.0, Z, n, c->Y, n, 1.0, c->C,
+                n);
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) c->C[(size_t)j * n + i] = c->C[(size_t)i * n + j];
 
