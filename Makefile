@@ -83,13 +83,22 @@ asan:
 	  build-asan/pbw_tests $(T)
 
 FUZZ_TARGETS := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
-FUZZ_LIB_SRC := $(filter-out src/cpu/%,$(LIB_SRC))
-fuzz: | $(DEPS_OK)
-	@mkdir -p build-fuzz
+# The library is compiled once with the fuzzing sanitizers (fuzzer-no-link: coverage without
+# libFuzzer's main), then each target links against it. CPU only, like asan.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=address,undefined \
+               -fno-sanitize-recover=undefined -Isrc $(if $(BLAS_INC),-I$(BLAS_INC)) -fopenmp
+FUZZ_OBJ := $(LIB_SRC:%.c=build-fuzz/obj/%.o)
+build-fuzz/obj/%.o: %.c | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build-fuzz/libpbw_fuzz.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build-fuzz/fuzz_%: fuzz/fuzz_%.c build-fuzz/libpbw_fuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< build-fuzz/libpbw_fuzz.a -o $@ \
+	  $(filter-out -lcudart -lcublas -lcudnn,$(LDLIBS))
+fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 	@for t in $(FUZZ_TARGETS); do \
-	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc \
-	    $(if $(BLAS_INC),-I$(BLAS_INC)) -fopenmp fuzz/fuzz_$$t.c $(LIB_SRC) \
-	    -o build-fuzz/fuzz_$$t $(filter-out -lcudart -lcublas -lcudnn,$(LDLIBS)) || exit 1; \
 	  mkdir -p build-fuzz/corpus_$$t; cp -n fuzz/corpus/$$t/* build-fuzz/corpus_$$t/ 2>/dev/null; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -max_len=1048576 \
@@ -124,4 +133,4 @@ bench-semantic: all
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
