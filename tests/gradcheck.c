@@ -25,6 +25,19 @@ float *gc_rand(int64_t n, uint64_t seed, float lo, float hi) {
     return x;
 }
 
+double gc_max_diff(const float *a, const float *b, int64_t n, double *ref_max) {
+    double d = 0, r = 0;
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (isnan(e)) nan = 1;
+        else if (e > d) d = e;
+        if (fabs((double)b[i]) > r) r = fabs((double)b[i]);
+    }
+    if (ref_max) *ref_max = r;
+    return nan ? NAN : d;
+}
+
 int gc_compare(const char *what, const float *a, const float *b, int64_t n, double atol,
                double rtol) {
     int bad = 0;

@@ -39,6 +39,10 @@ int gc_check(const char *name, gc_fn f, void *user, int nin, gc_input *in, gc_op
 void gc_fill(float *x, int64_t n, uint64_t seed, float lo, float hi);
 float *gc_rand(int64_t n, uint64_t seed, float lo, float hi); /* malloc'd */
 
+/* max |a-b| over n; NaN when any difference is NaN, so that every comparison with the result
+ * fails. *ref_max (may be NULL) gets max |b|. */
+double gc_max_diff(const float *a, const float *b, int64_t n, double *ref_max);
+
 /* max |a-b| <= atol + rtol*|b| over n; prints the worst element; returns the count out of
  * tolerance. */
 int gc_compare(const char *what, const float *a, const float *b, int64_t n, double atol,

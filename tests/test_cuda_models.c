@@ -13,6 +13,7 @@
 #include "core/pbw_ops.h"
 #include "core/pbw_rng.h"
 #include "cuda_parity.h"
+#include "gradcheck.h"
 #include "models/pbw_clip.h"
 #include "models/pbw_stylegan2.h"
 #include "models/pbw_tokenizer.h"
@@ -36,26 +37,6 @@ static const char *clip_path(void) {
 static const char *gan_path(void) {
     const char *e = getenv("PBW_TEST_GAN");
     return e && *e ? e : SHAPES_GAN;
-}
-
-static double max_abs_diff(const float *a, const float *b, int64_t n, double *scale) {
-    double d = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - (double)b[i]));
-        s = fmax(s, fabs((double)a[i]));
-    }
-    if (scale) *scale = s;
-    return d;
-}
-
-static double cosine(const float *a, const float *b, int64_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb + 1e-30);
 }
 
 /* Image and text embeddings of the shapes CLIP on `dev` into img (2,E) and txt (2,E). */
@@ -108,7 +89,7 @@ PBW_TEST(cuda_clip_model) {
     pbw_cuda_set_precision(PBW_PREC_FP32);
     CHECK(clip_embed(PBW_DEV_CUDA, ib, tb, &E2) == 0 && E == E2 && E <= 1024);
     double si, st;
-    double di = max_abs_diff(ia, ib, 2 * E, &si), dt = max_abs_diff(ta, tb, 2 * E, &st);
+    double di = gc_max_diff(ib, ia, 2 * E, &si), dt = gc_max_diff(tb, ta, 2 * E, &st);
     printf("  clip fp32: image max rel %.2e, text max rel %.2e\n", di / si, dt / st);
     CHECK(di <= 1e-4 * si && dt <= 1e-4 * st);
     for (int p = PBW_PREC_TF32; p <= PBW_PREC_FP16; p++) {
@@ -116,8 +97,8 @@ PBW_TEST(cuda_clip_model) {
         CHECK(clip_embed(PBW_DEV_CUDA, ib, tb, &E2) == 0);
         double c = 1;
         for (int b = 0; b < 2; b++) {
-            c = fmin(c, cosine(ia + b * E, ib + b * E, E));
-            c = fmin(c, cosine(ta + b * E, tb + b * E, E));
+            c = fmin(c, pbw_cosine_f32(ia + b * E, ib + b * E, E));
+            c = fmin(c, pbw_cosine_f32(ta + b * E, tb + b * E, E));
         }
         printf("  clip %s: min cosine to the CPU fp32 embeddings %.6f\n",
                pbw_precision_name((pbw_precision)p), c);
@@ -164,14 +145,14 @@ PBW_TEST(cuda_stylegan2_model) {
     CHECK(gan_images(PBW_DEV_CPU, a, &na) == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
     CHECK(gan_images(PBW_DEV_CUDA, b, &nb) == 0 && na == nb);
-    double s, d = max_abs_diff(a, b, na, &s);
+    double s, d = gc_max_diff(b, a, na, &s);
     printf("  stylegan2 fp32: images max abs diff %.2e (scale %.2f)\n", d, s);
     CHECK(d <= 1e-4 * s);
     pbw_cuda_set_precision(PBW_PREC_BF16);
     CHECK(gan_images(PBW_DEV_CUDA, b, &nb) == 0);
-    d = max_abs_diff(a, b, na, &s);
-    printf("  stylegan2 bf16: images max abs diff %.2e, cosine %.6f\n", d, cosine(a, b, na));
-    CHECK(cosine(a, b, na) >= 0.999);
+    d = gc_max_diff(b, a, na, &s);
+    printf("  stylegan2 bf16: images max abs diff %.2e, cosine %.6f\n", d, pbw_cosine_f32(a, b, na));
+    CHECK(pbw_cosine_f32(a, b, na) >= 0.999);
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }
@@ -224,7 +205,7 @@ PBW_TEST(cuda_edit_adam5_fp32) {
     CHECK(edit5(PBW_DEV_CPU, a, &na, &ca, la) == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
     CHECK(edit5(PBW_DEV_CUDA, b, &nb, &cb, lb) == 0 && na == nb);
-    double d = max_abs_diff(a, b, na, NULL), ls = 0, dl = max_abs_diff(la, lb, 128, &ls);
+    double ls = 0, d = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, &ls);
     printf("  edit, 5 Adam steps, fp32: image max abs diff %.2e (latent max abs diff %.2e of "
            "%.2f); clip loss after %.5f (cpu) %.5f (cuda)\n", d, dl, ls, ca, cb);
     CHECK(d <= 1e-3);

@@ -62,17 +62,6 @@ static pbw_tensor *wrap(pbw_ctx *ctx, pbw_npy *a) {
     return pbw_tensor_wrap(ctx, a->data, a->ndim, a->shape);
 }
 
-/* max|a - b|, and max|b| */
-static double max_diff(const float *a, const float *b, int64_t n, double *ref_max) {
-    double d = 0, r = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]);
-        if (!(e <= d)) d = e; /* NaN counts as the worst */
-        if (fabs(b[i]) > r) r = fabs(b[i]);
-    }
-    if (ref_max) *ref_max = r;
-    return d;
-}
 
 /* The painted region of tools/reference/lpips.py's mask_of: a rectangle with a 4-pixel ramp,
  * values k/4. */
@@ -149,7 +138,7 @@ PBW_TEST(lpips_matches_pytorch) {
     if (sp) {
         CHECK(sp->ndim == 4 && sp->shape[0] == 2 && sp->shape[1] == 1 && sp->shape[2] == 56 &&
               sp->shape[3] == 64 && sp->numel == e_sp.numel);
-        double rm, d = max_diff(sp->data, e_sp.data, e_sp.numel, &rm);
+        double rm, d = gc_max_diff(sp->data, e_sp.data, e_sp.numel, &rm);
         printf("  spatial map: max|d| = %.3g (max|ref| = %.3g)\n", d, rm);
         CHECK(d <= 1e-4);
 
@@ -160,7 +149,7 @@ PBW_TEST(lpips_matches_pytorch) {
         pbw_tensor *wt = pbw_lpips_weighted(ctx, sp, w);
         CHECK_MSG(wt && wt->numel == 2, "%s", pbw_ctx_error(ctx));
         if (wt) {
-            d = max_diff(wt->data, e_w.data, 2, &rm);
+            d = gc_max_diff(wt->data, e_w.data, 2, &rm);
             printf("  weighted: max|d| = %.3g (ref %.6g %.6g)\n", d, e_w.data[0], e_w.data[1]);
             CHECK(d <= 1e-4);
         }
@@ -169,7 +158,7 @@ PBW_TEST(lpips_matches_pytorch) {
         CHECK(pbw_backward(ctx, sp, r.data, &err) == 0);
         CHECK(t0->grad);
         if (t0->grad) {
-            d = max_diff(t0->grad, e_g.data, e_g.numel, &rm);
+            d = gc_max_diff(t0->grad, e_g.data, e_g.numel, &rm);
             printf("  d/dx0: max|d| / max|ref| = %.3g (max|ref| = %.3g)\n", d / rm, rm);
             CHECK(d <= 1e-3 * rm);
         }
@@ -183,7 +172,7 @@ PBW_TEST(lpips_matches_pytorch) {
     CHECK_MSG(sc, "%s", pbw_ctx_error(ctx));
     if (sc) {
         CHECK(sc->ndim == 4 && sc->shape[0] == 2 && sc->numel == 2);
-        double rm, d = max_diff(sc->data, e_sc.data, 2, &rm);
+        double rm, d = gc_max_diff(sc->data, e_sc.data, 2, &rm);
         printf("  scalar: max|d| = %.3g (ref %.6g %.6g)\n", d, e_sc.data[0], e_sc.data[1]);
         CHECK(d <= 1e-4);
         CHECK(!sc->requires_grad); /* nothing asked for a gradient: no tape */
@@ -249,7 +238,7 @@ PBW_TEST(lpips_broadcasts_one_reference) {
         CHECK(single);
         if (!single) break;
         /* same arithmetic per image, so equal up to GEMM blocking: 1e-6 */
-        double d = max_diff(batch->data + n * 56 * 64, single->data, 56 * 64, NULL);
+        double d = gc_max_diff(batch->data + n * 56 * 64, single->data, 56 * 64, NULL);
         CHECK_MSG(d <= 1e-6, "image %d: max|d| = %.3g", n, d);
     }
     pbw_tensor *f0[PBW_LPIPS_LAYERS], *f1[PBW_LPIPS_LAYERS];
@@ -260,7 +249,7 @@ PBW_TEST(lpips_broadcasts_one_reference) {
         CHECK(f0[k] && f0[k]->shape[0] == 2 && f0[k]->shape[1] == pbw_lpips_channels[k] &&
               f0[k]->shape[2] == hw[k][0] && f0[k]->shape[3] == hw[k][1]);
     pbw_tensor *c = pbw_lpips_compare(ctx, m, f0, f1, 1, 56, 64);
-    CHECK(c && batch && max_diff(c->data, batch->data, c->numel, NULL) == 0);
+    CHECK(c && batch && gc_max_diff(c->data, batch->data, c->numel, NULL) == 0);
     /* the reference's features kept in a second context across resets of the first */
     pbw_ctx *keep = pbw_ctx_new(PBW_DEV_CPU, &err);
     float *expect = malloc((size_t)2 * 56 * 64 * sizeof(float));
@@ -272,7 +261,7 @@ PBW_TEST(lpips_broadcasts_one_reference) {
         a->requires_grad = 1;
         CHECK(pbw_lpips_features(ctx, m, a, f0) == 0);
         c = pbw_lpips_compare(ctx, m, f0, f1, 1, 56, 64);
-        CHECK(c && max_diff(c->data, expect, c->numel, NULL) == 0);
+        CHECK(c && gc_max_diff(c->data, expect, c->numel, NULL) == 0);
         CHECK(c && pbw_backward(ctx, pbw_sum_all(ctx, c), NULL, &err) == 0 && a->grad);
     }
     free(expect);

@@ -57,15 +57,6 @@ static pbw_tensor *load_npy(pbw_ctx *ctx, const char *dir, const char *name) {
 }
 
 /* max |a - b| over n. */
-static double max_abs_diff(const float *a, const float *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN sticks */
-    }
-    return m;
-}
-
 static double max_abs(const float *a, int64_t n) {
     double m = 0;
     for (int64_t i = 0; i < n; i++)
@@ -80,7 +71,7 @@ static double cmp_image(pbw_ctx *ctx, const char *dir, const char *name, const p
         fprintf(stderr, "  %s: missing output or size mismatch (%s)\n", name, pbw_ctx_error(ctx));
         return INFINITY;
     }
-    return max_abs_diff(img->data, ref->data, ref->numel);
+    return gc_max_diff(img->data, ref->data, ref->numel, NULL);
 }
 
 /* Gradient errors against one reference file: max|a-b| / max|b| and ||a-b|| / ||b||. */
@@ -108,7 +99,7 @@ static gerr grad_err(pbw_ctx *ctx, const char *dir, const char *name, const pbw_
         d2 += d * d;
         r2 += (double)ref->data[i] * ref->data[i];
     }
-    e.max_rel = max_abs_diff(t->grad, ref->data, ref->numel) / (scale > 0 ? scale : 1);
+    e.max_rel = gc_max_diff(t->grad, ref->data, ref->numel, NULL) / (scale > 0 ? scale : 1);
     e.l2_rel = sqrt(d2) / (r2 > 0 ? sqrt(r2) : 1);
     if (isnan(e.l2_rel)) e.l2_rel = INFINITY;
     e.present = 1;
@@ -130,7 +121,7 @@ static gcmp cmp_grad(pbw_ctx *ctx, const char *dir, const char *name, const pbw_
         pbw_tensor *r32 = load_npy(ctx, dir, name), *r64 = load_npy(ctx, dir, n64);
         if (r32 && r64 && r32->numel == r64->numel) {
             double scale = max_abs(r64->data, r64->numel);
-            c.torch_max_rel = max_abs_diff(r32->data, r64->data, r64->numel) /
+            c.torch_max_rel = gc_max_diff(r32->data, r64->data, r64->numel, NULL) /
                               (scale > 0 ? scale : 1);
         } else {
             c.torch_max_rel = INFINITY;
@@ -220,7 +211,7 @@ static int run_parity(const char *dir, const char *ckpt, parity *p) {
         snprintf(name, sizeof name, "mask_%d", 1 << i);
         pbw_tensor *ref = load_npy(ctx, dir, name);
         double d = ref && ref->numel == mk.m[i]->numel
-                       ? max_abs_diff(mk.m[i]->data, ref->data, ref->numel) : INFINITY;
+                       ? gc_max_diff(mk.m[i]->data, ref->data, ref->numel, NULL) : INFINITY;
         if (d > p->masks) p->masks = d;
     }
     pbw_ctx_reset(ctx);
@@ -458,7 +449,7 @@ PBW_TEST(stylegan2_masked_identities) {
     pbw_sg2_opts o = {.mask = &mk, .lat0 = lat0};
     pbw_tensor *same = pbw_sg2_from_w(ctx, g, w0, &o);
     CHECK(plain && same);
-    if (plain && same) CHECK_NEAR(max_abs_diff(plain->data, same->data, plain->numel), 0, 2e-6);
+    if (plain && same) CHECK_NEAR(gc_max_diff(plain->data, same->data, plain->numel, NULL), 0, 2e-6);
     /* mask of ones everywhere (no blur border): the mixed demodulation gives the image of w */
     pbw_sg2_mask ones = mk;
     pbw_arena a;
@@ -471,25 +462,25 @@ PBW_TEST(stylegan2_masked_identities) {
     pbw_sg2_opts o1 = {.mask = &ones, .lat0 = lat0, .demod_mixed = 1};
     pbw_tensor *mixed = pbw_sg2_from_w(ctx, g, w, &o1);
     CHECK(plain && mixed);
-    if (plain && mixed) CHECK_NEAR(max_abs_diff(plain->data, mixed->data, plain->numel), 0, 2e-5);
+    if (plain && mixed) CHECK_NEAR(gc_max_diff(plain->data, mixed->data, plain->numel, NULL), 0, 2e-5);
     /* with the mixed demodulation and ToRGB unmasked, ones still give the image of w */
     o1.unmasked_torgb = 1;
     pbw_tensor *mixed2 = pbw_sg2_from_w(ctx, g, w, &o1);
     CHECK(mixed2 != NULL);
     if (plain && mixed2)
-        CHECK_NEAR(max_abs_diff(plain->data, mixed2->data, plain->numel), 0, 2e-5);
+        CHECK_NEAR(gc_max_diff(plain->data, mixed2->data, plain->numel, NULL), 0, 2e-5);
     /* a mask of zeros gives the image of w0 whatever w is (default demodulation) ... */
     for (int i = 2; i <= g->log_size; i++)
         for (int64_t p = 0; p < ones.m[i]->numel; p++) ones.m[i]->data[p] = 0.0f;
     pbw_sg2_opts oz = {.mask = &ones, .lat0 = lat0};
     pbw_tensor *zero = pbw_sg2_from_w(ctx, g, w, &oz), *img0 = pbw_sg2_from_w(ctx, g, w0, NULL);
     CHECK(zero && img0);
-    if (zero && img0) CHECK_NEAR(max_abs_diff(zero->data, img0->data, zero->numel), 0, 2e-6);
+    if (zero && img0) CHECK_NEAR(gc_max_diff(zero->data, img0->data, zero->numel, NULL), 0, 2e-6);
     /* ... unless ToRGB is left unmasked, as in the reference painter */
     oz.unmasked_torgb = 1;
     pbw_tensor *zero2 = pbw_sg2_from_w(ctx, g, w, &oz);
     CHECK(zero2 != NULL);
-    if (zero2 && img0) CHECK(max_abs_diff(zero2->data, img0->data, zero2->numel) > 1e-3);
+    if (zero2 && img0) CHECK(gc_max_diff(zero2->data, img0->data, zero2->numel, NULL) > 1e-3);
     /* a (1,S) original shared by the batch equals its (N,S) copy for sample 0 */
     pbw_tensor *w0b = pbw_concat(ctx, 2, (pbw_tensor *[]){w0row, w0row}, 0);
     for (int i = 0; i < g->n_latent; i++) lat0[i] = w0b;
@@ -526,9 +517,9 @@ PBW_TEST(stylegan2_noise_modes) {
     if (a && b && r1 && r2 && n0) {
         const int64_t n = a->numel;
         CHECK(memcmp(a->data, b->data, (size_t)n * 4) == 0); /* fixed noise is deterministic */
-        CHECK(max_abs_diff(a->data, r1->data, n) > 1e-3);
-        CHECK(max_abs_diff(r1->data, r2->data, n) > 1e-3); /* fresh draws */
-        CHECK(max_abs_diff(a->data, n0->data, n) > 1e-3);
+        CHECK(gc_max_diff(a->data, r1->data, n, NULL) > 1e-3);
+        CHECK(gc_max_diff(r1->data, r2->data, n, NULL) > 1e-3); /* fresh draws */
+        CHECK(gc_max_diff(a->data, n0->data, n, NULL) > 1e-3);
     }
     /* truncation without latent_avg fails clearly; estimating it makes it work */
     pbw_tensor *keep = g->latent_avg;
@@ -539,7 +530,7 @@ PBW_TEST(stylegan2_noise_modes) {
     pbw_ctx_reset(ctx);
     CHECK(pbw_sg2_mean_latent(ctx, g, 600, 0, &err) == 0 && g->latent_avg);
     /* the estimate is near the reference's own (a mean over 512 draws) */
-    if (g->latent_avg) CHECK_NEAR(max_abs_diff(g->latent_avg->data, keep->data, 32), 0, 0.3);
+    if (g->latent_avg) CHECK_NEAR(gc_max_diff(g->latent_avg->data, keep->data, 32, NULL), 0, 0.3);
     pbw_ctx_free(ctx);
     pbw_sg2_free(g);
 }
@@ -559,7 +550,7 @@ PBW_TEST(stylegan2_batch_independent) {
     pbw_tensor *one = pbw_sg2_from_w(ctx, g, pbw_slice(ctx, w, 0, 1, 2, 1), NULL);
     CHECK(both && one);
     if (both && one)
-        CHECK_NEAR(max_abs_diff(both->data + one->numel, one->data, one->numel), 0, 1e-6);
+        CHECK_NEAR(gc_max_diff(both->data + one->numel, one->data, one->numel, NULL), 0, 1e-6);
     pbw_ctx_free(ctx);
     pbw_sg2_free(g);
 }
