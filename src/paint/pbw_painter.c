@@ -501,13 +501,13 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                     gbest = i + k;
                     kbest = k;
                 }
-            if (kbest >= 0) { /* this batch holds the generation's best so far: keep its frame */
-                const float *ih = pbw_tensor_host(ctx, img);
-                if (!ih) {
+            if (kbest >= 0) { /* this batch holds the generation's best so far: keep its frame
+                               * (only that image comes back from a GPU) */
+                pbw_tensor *best = pbw_slice(ctx, img, 0, kbest, kbest + 1, 1);
+                if (!best || pbw_tensor_read(ctx, best, r->frame)) {
                     rc = ctx_err(ctx, err, "reading the image back");
                     break;
                 }
-                memcpy(r->frame, ih + (int64_t)kbest * r->per, (size_t)r->per * sizeof(float));
             }
         }
         pbw_ctx_reset(ctx);
