@@ -137,12 +137,6 @@ pbw_arena_mark pbw_arena_mark_get(const pbw_arena *a) {
     return m;
 }
 
-int pbw_arena_chunks_since(const pbw_arena *a, pbw_arena_mark m) {
-    int n = 0;
-    for (const pbw_arena_chunk *c = a->head; c && c != m.chunk; c = c->next) n++;
-    return n;
-}
-
 int pbw_arena_release(pbw_arena *a, pbw_arena_mark m) {
     /* m.chunk must still be in the chain (or NULL: the arena was empty at the mark) */
     if (m.chunk) {

@@ -292,7 +292,6 @@ typedef struct sgconv_saved {
 static void sgconv_gpu_free(void *p) {
     struct pbw_sg_conv_gpu *g = p;
     if (!g->wt && !g->wh) return;
-    pbw_cuda_sync(NULL); /* a queued kernel may still read them */
     pbw_cuda_free(g->wt);
     pbw_cuda_free(g->wh);
     g->wt = NULL;

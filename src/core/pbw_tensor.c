@@ -139,8 +139,7 @@ void pbw_ctx_free(pbw_ctx *ctx) {
     pbw_arena_free(&ctx->act);
     if (ctx->dev == PBW_DEV_CUDA) {
 #ifdef PBW_HAVE_CUDA
-        pbw_cuda_sync(NULL); /* no kernel may still use the memory */
-        pbw_arena_free(&ctx->dact);
+        pbw_arena_free(&ctx->dact); /* pbw_cuda_free waits for queued kernels */
         for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) pbw_cuda_free(ctx->scratch[i]);
 #endif
     } else {
@@ -159,8 +158,8 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
 #ifdef PBW_HAVE_CUDA
     if (ctx->dev == PBW_DEV_CUDA) {
         /* kernels still queued may read the memory being recycled; the stream is in order, so
-         * later kernels writing it run after them: no wait is needed unless chunks are freed */
-        if (ctx->dact.head && pbw_arena_chunks(&ctx->dact) > 1) pbw_cuda_sync(NULL);
+         * later kernels writing it run after them (chunks freed go through pbw_cuda_free,
+         * which waits) */
         pbw_arena_reset(&ctx->dact);
         pbw_cuda_clear_error();
     }
@@ -266,10 +265,6 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
     for (int i = 0; i < n; i++)
         if (ctx_copy(ctx, stage + off[i], keep[i]->data, (size_t)keep[i]->numel * sizeof(float), 2))
             return -1;
-#ifdef PBW_HAVE_CUDA
-    /* chunks made since the mark go back to the allocator: queued kernels may still use them */
-    if (cuda && pbw_arena_chunks_since(da, m.dev) > 0) pbw_cuda_sync(NULL);
-#endif
     if (pbw_arena_release(da, cuda ? m.dev : m.host) < 0) {
         pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
         return -1;
@@ -299,8 +294,7 @@ void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
         size_t sz = (bytes + 63) / 64 * 64;
 #ifdef PBW_HAVE_CUDA
         if (ctx->dev == PBW_DEV_CUDA) {
-            pbw_cuda_sync(NULL); /* a queued kernel may still use the old buffer */
-            pbw_cuda_free(ctx->scratch[slot]);
+            pbw_cuda_free(ctx->scratch[slot]); /* waits for kernels still using it */
             ctx->scratch[slot] = pbw_cuda_malloc(sz);
             ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
             if (!ctx->scratch[slot])
@@ -473,13 +467,6 @@ static const float *host_view(pbw_ctx *ctx, const pbw_tensor *t, const float *p)
 const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->data); }
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->grad); }
 
-#ifdef PBW_HAVE_CUDA
-static void device_block_free(void *p) {
-    pbw_cuda_sync(NULL);
-    pbw_cuda_free(p);
-}
-#endif
-
 int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {
     if (ctx->dev == PBW_DEV_CPU) return 0;
 #ifdef PBW_HAVE_CUDA
@@ -490,7 +477,7 @@ int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {
     if (!total) return 0;
     unsigned char *block = pbw_cuda_malloc(total);
     if (!block) return pbw_err_set(err, "out of GPU memory moving %zu bytes of weights", total);
-    if (pbw_arena_on_free(a, device_block_free, block)) {
+    if (pbw_arena_on_free(a, pbw_cuda_free, block)) {
         pbw_cuda_free(block);
         return pbw_err_set(err, "out of memory");
     }

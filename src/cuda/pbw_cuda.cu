@@ -143,6 +143,7 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
 
 extern "C" void pbw_cuda_free(void *p) {
     if (!p) return;
+    pbw_cuda_sync(NULL); // a kernel queued earlier may still use the memory
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         for (size_t i = 0; i < g_sizes.size(); i++)

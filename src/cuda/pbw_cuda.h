@@ -48,7 +48,8 @@ pbw_precision pbw_cuda_precision(void);
 int pbw_precision_parse(const char *s, pbw_precision *p);
 const char *pbw_precision_name(pbw_precision p);
 
-/* Device memory. pbw_cuda_malloc returns NULL when out of memory (never aborts). */
+/* Device memory. pbw_cuda_malloc returns NULL when out of memory (never aborts);
+ * pbw_cuda_free waits for the stream first (a queued kernel may still use the memory). */
 void *pbw_cuda_malloc(size_t bytes);
 void pbw_cuda_free(void *p);
 /* Host to device and device to device copies and memsets are enqueued on the stream (the

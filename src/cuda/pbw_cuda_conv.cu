@@ -341,7 +341,6 @@ struct find_scratch {
         return 0;
     }
     ~find_scratch() {
-        cudaStreamSynchronize(pbw_stream());
         pbw_cuda_free(ws);
         pbw_cuda_free(out);
     }
@@ -496,8 +495,7 @@ size_t g_stage_size;
 
 void *stage_get(size_t bytes) {
     if (bytes <= g_stage_size && g_stage) return g_stage;
-    cudaStreamSynchronize(pbw_stream()); // a queued kernel may still read the old one
-    pbw_cuda_free(g_stage);
+    pbw_cuda_free(g_stage); // waits for kernels still reading it
     g_stage = NULL;
     g_stage_size = 0;
     // grow by at least a quarter, so batch sizes creeping up don't reallocate each time
