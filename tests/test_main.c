@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
@@ -54,6 +55,10 @@ int main(int argc, char **argv) {
         printf("FAIL no CUDA device (PBW_REQUIRE_CUDA=1)\n0 passed, 1 failed\n");
         return 1;
     }
+    if (access(PBW_SHARED("data"), F_OK) != 0)
+        printf("note: %s is missing: the tests that read the project's shared data (CLIP "
+               "vocabulary and cases, LPIPS heads, seed bank) will fail; run from a checkout "
+               "that has ../shared beside it\n", PBW_SHARED("data"));
     for (int i = 0; i < ntests; i++) {
         if (filter && !strstr(tests[i].name, filter)) continue;
         if (!have_cuda && !strncmp(tests[i].name, "cuda_", 5)) {
