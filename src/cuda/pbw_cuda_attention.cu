@@ -18,16 +18,6 @@
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_nn.h"
 
-__device__ __forceinline__ float attn_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float attn_warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 static const int WARPS = 8; // 256 threads a block, one query row per warp at a time
 static const size_t FUSED_SMEM_MAX = 48 * 1024; // the default per-block limit, no opt-in
 
@@ -71,14 +61,14 @@ __global__ static void attention_fwd_fused_kernel(pbw_attn_geom g, const float *
             sc[s] = acc;
             mx = fmaxf(mx, acc);
         }
-        mx = attn_warp_max(mx);
+        mx = pbw_warp_max(mx);
         float sum = 0.0f;
         for (int64_t s = lane; s < n; s += 32) { // the same lane owns sc[s] in every loop
             float e = expf(sc[s] - mx);
             sc[s] = e;
             sum += e;
         }
-        float inv = 1.0f / attn_warp_sum(sum);
+        float inv = 1.0f / pbw_warp_sum(sum);
         for (int64_t s = lane; s < S; s += 32) {
             float pv = s < n ? sc[s] * inv : 0.0f;
             sc[s] = pv;
@@ -133,7 +123,7 @@ __global__ static void attention_bwd_fused_kernel(pbw_attn_geom g, const float *
                 dr[s] = acc;
                 dot = fmaf(pr[s], acc, dot);
             }
-            dot = attn_warp_sum(dot);
+            dot = pbw_warp_sum(dot);
             for (int64_t s = lane; s < S; s += 32) dr[s] = pr[s] * (dr[s] - dot) * g.scale;
             __syncwarp();
             if (gq) {
@@ -188,13 +178,13 @@ __global__ static void attention_softmax_kernel(float *p, int64_t R, int64_t T, 
     int64_t t = r % T, n = causal ? (t + 1 < S ? t + 1 : S) : S;
     float *pr = p + r * S, mx = -INFINITY, sum = 0.0f;
     for (int64_t s = lane; s < n; s += 32) mx = fmaxf(mx, pr[s]);
-    mx = attn_warp_max(mx);
+    mx = pbw_warp_max(mx);
     for (int64_t s = lane; s < n; s += 32) {
         float e = expf(pr[s] - mx);
         pr[s] = e;
         sum += e;
     }
-    float inv = 1.0f / attn_warp_sum(sum);
+    float inv = 1.0f / pbw_warp_sum(sum);
     for (int64_t s = lane; s < S; s += 32) pr[s] = s < n ? pr[s] * inv : 0.0f;
 }
 
@@ -207,7 +197,7 @@ __global__ static void attention_dscores_kernel(const float *p, float *ds, int64
     const float *pr = p + r * S;
     float *dr = ds + r * S, dot = 0.0f;
     for (int64_t s = lane; s < S; s += 32) dot = fmaf(pr[s], dr[s], dot);
-    dot = attn_warp_sum(dot);
+    dot = pbw_warp_sum(dot);
     for (int64_t s = lane; s < S; s += 32) dr[s] = pr[s] * (dr[s] - dot) * scale;
 }
 

@@ -30,6 +30,16 @@ static inline unsigned pbw_grid(int64_t n) {
     return (unsigned)b;
 }
 
+// Sum / max of v over the 32 lanes of a warp (every lane gets the result).
+__device__ __forceinline__ float pbw_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float pbw_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 #define PBW_CUDA_LAUNCHED(name)                                                                 \
     do {                                                                                        \
         cudaError_t e_ = cudaGetLastError();                                                    \

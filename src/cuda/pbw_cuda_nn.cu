@@ -11,16 +11,6 @@
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_nn.h"
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // Warp-per-row launches: 8 rows (warps) a block of 256 threads.
 static const int ROWS_PER_BLOCK = 8;
 static inline unsigned row_blocks(int64_t R) {
@@ -172,13 +162,13 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
     float *yr = y + r * D;
     float s = 0.0f;
     for (int64_t i = lane; i < D; i += 32) s += xr[i];
-    float m = warp_sum(s) / (float)D;
+    float m = pbw_warp_sum(s) / (float)D;
     float s2 = 0.0f; // two passes, as on the CPU: no cancellation in E[x^2] - m^2
     for (int64_t i = lane; i < D; i += 32) {
         float d = xr[i] - m;
         s2 = fmaf(d, d, s2);
     }
-    float rs = 1.0f / sqrtf(warp_sum(s2) / (float)D + eps);
+    float rs = 1.0f / sqrtf(pbw_warp_sum(s2) / (float)D + eps);
     for (int64_t i = lane; i < D; i += 32) {
         float v = (xr[i] - m) * rs;
         yr[i] = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
@@ -212,7 +202,7 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
         a += gw_;
         c = fmaf(gw_, (xr[i] - m) * rs, c);
     }
-    float af = warp_sum(a) / (float)D, cf = warp_sum(c) / (float)D;
+    float af = pbw_warp_sum(a) / (float)D, cf = pbw_warp_sum(c) / (float)D;
     for (int64_t i = lane; i < D; i += 32) {
         float xh = (xr[i] - m) * rs;
         float gw_ = gr[i] * (w ? w[i] : 1.0f);
@@ -333,7 +323,7 @@ __global__ static void softmax_forward_kernel(const float *x, float *y, int64_t 
     float *yr = y + r * D;
     float mx = -INFINITY;
     for (int64_t i = lane; i < D; i += 32) mx = fmaxf(mx, xr[i]);
-    mx = warp_max(mx);
+    mx = pbw_warp_max(mx);
     if (mx == -INFINITY) { // every entry masked: zeros, not NaN (as the CPU)
         for (int64_t i = lane; i < D; i += 32) yr[i] = 0.0f;
         return;
@@ -344,7 +334,7 @@ __global__ static void softmax_forward_kernel(const float *x, float *y, int64_t 
         yr[i] = e;
         s += e;
     }
-    float inv = 1.0f / warp_sum(s);
+    float inv = 1.0f / pbw_warp_sum(s);
     for (int64_t i = lane; i < D; i += 32) yr[i] *= inv; // each lane rereads what it wrote
 }
 
@@ -362,7 +352,7 @@ __global__ static void softmax_backward_kernel(const float *y, const float *gy, 
     const float *yr = y + r * D, *gr = gy + r * D;
     float dot = 0.0f;
     for (int64_t i = lane; i < D; i += 32) dot = fmaf(yr[i], gr[i], dot);
-    dot = warp_sum(dot);
+    dot = pbw_warp_sum(dot);
     for (int64_t i = lane; i < D; i += 32) gx[r * D + i] += yr[i] * (gr[i] - dot);
 }
 

@@ -5,19 +5,32 @@
 #include "cuda/pbw_cuda_resample.cuh"
 #include "cuda/pbw_cuda_paint.h"
 
+// Where output element i (unit u = b*n + k, channel, pixel oy, ox of R x R) reads: the offset
+// of its crop's top-left corner in x (B,3,H,W), the crop's side and the output pixel.
+struct crop_site {
+    int64_t base;
+    int ch, sd, oy, ox;
+};
+
+__device__ __forceinline__ crop_site crop_site_of(int64_t i, int64_t H, int64_t W,
+                                                  const int *__restrict__ crops, int n, int R) {
+    const int64_t RR = (int64_t)R * R, p = i % RR, uc = i / RR;
+    const int64_t u = uc / 3, b = u / n;
+    const int k = (int)(u % n), ch = (int)(uc % 3);
+    const int cy = crops[3 * k], cx = crops[3 * k + 1];
+    return {(b * 3 + ch) * H * W + (int64_t)cy * W + cx, ch, crops[3 * k + 2], (int)(p / R),
+            (int)(p % R)};
+}
+
 __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, int64_t H,
                                         int64_t W, const int *__restrict__ crops, int n, int R,
                                         pbw_cuda_norm3 norm, float *__restrict__ out,
                                         uint8_t *__restrict__ pass) {
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
     PBW_GRID_STRIDE(i, total) {
-        const int64_t p = i % RR, uc = i / RR;
-        const int ch = (int)(uc % 3);
-        const int64_t u = uc / 3, b = u / n;
-        const int k = (int)(u % n);
-        const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
-        const int oy = (int)(p / R), ox = (int)(p % R);
-        const float *xp = x + (b * 3 + ch) * H * W + (int64_t)cy * W + cx;
+        const crop_site c = crop_site_of(i, H, W, crops, n, R);
+        const int ch = c.ch, sd = c.sd, oy = c.oy, ox = c.ox;
+        const float *xp = x + c.base;
         float v;
         if (sd == R) {
             v = xp[(int64_t)oy * W + ox] * 0.5f + 0.5f;
@@ -47,14 +60,10 @@ __global__ static void crops_bwd_kernel(const float *__restrict__ gy,
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
     PBW_GRID_STRIDE(i, total) {
         if (!pass[i]) continue;
-        const int64_t p = i % RR, uc = i / RR;
-        const int ch = (int)(uc % 3);
-        const int64_t u = uc / 3, b = u / n;
-        const int k = (int)(u % n);
-        const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
-        const int oy = (int)(p / R), ox = (int)(p % R);
-        const float g = gy[i] / norm.std[ch] * 0.5f;
-        float *gp = gx + (b * 3 + ch) * H * W + (int64_t)cy * W + cx;
+        const crop_site c = crop_site_of(i, H, W, crops, n, R);
+        const int sd = c.sd, oy = c.oy, ox = c.ox;
+        const float g = gy[i] / norm.std[c.ch] * 0.5f;
+        float *gp = gx + c.base;
         if (sd == R) {
             atomicAdd(gp + (int64_t)oy * W + ox, g);
             continue;

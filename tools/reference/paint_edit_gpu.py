@@ -58,7 +58,6 @@ Also runs on the CPU (torch 1.13 + transformers 4.36 here) for testing: --mode g
 compile fall back to eager there. Prints one JSON line.
 """
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -72,15 +71,9 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+sys.path.insert(0, HERE)
+import paint_step as ps  # noqa: E402  (it loads stylegan2.py and lpips.py beside it)
 
-def load_module(name):
-    spec = importlib.util.spec_from_file_location("ref_" + name, os.path.join(HERE, name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ps = load_module("paint_step")
 sg2, lp = ps.sg2, ps.lp
 
 # ---------------------------------------------------------------------------------------------
