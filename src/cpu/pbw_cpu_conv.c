@@ -21,6 +21,7 @@
  * OpenBLAS is set to one thread for the kernel's duration and restored afterwards.
  */
 #include "cpu/pbw_cpu_conv.h"
+#include "cpu/pbw_cpu_threads.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -57,22 +58,6 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* OpenBLAS runs single-threaded inside our threads; the caller's setting comes back after. */
 static int blas_enter(void) {
     int n = openblas_get_num_threads();
@@ -105,7 +90,7 @@ static conv_plan make_plan(const pbw_cpu_conv_geom *g) {
     p.P = (int64_t)g->OH * g->OW;
     p.Q = (int64_t)g->N * p.P;
     p.HW = (int64_t)g->H * g->W;
-    p.nt = (int64_t)g->G * p.Og * p.K * p.Q < min_parallel_macs ? 1 : max_threads();
+    p.nt = (int64_t)g->G * p.Og * p.K * p.Q < min_parallel_macs ? 1 : pbw_cpu_max_threads();
     int64_t T = min64(TILE_COLS, COL_BUDGET / (p.K ? p.K : 1));
     if (T < MIN_TILE_COLS) T = MIN_TILE_COLS;
     if (forced_tile_cols) T = forced_tile_cols;
@@ -294,7 +279,7 @@ void pbw_cpu_conv2d_forward(float *out, const float *x, const float *w, const fl
     if (!split_rows) {
 #pragma omp parallel num_threads(pl.nt)
         {
-            float *col = scratch + thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
+            float *col = scratch + pbw_cpu_thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t it = 0; it < items; it++) {
                 int grp = (int)(it / ntiles);
@@ -308,7 +293,7 @@ void pbw_cpu_conv2d_forward(float *out, const float *x, const float *w, const fl
         float *col = scratch, *tmp = scratch + pl.K * pl.T;
 #pragma omp parallel num_threads(pl.nt)
         {
-            int t = thread_id(), nt = 1;
+            int t = pbw_cpu_thread_id(), nt = 1;
 #ifdef _OPENMP
             nt = omp_get_num_threads(); /* the team may be smaller than asked for */
 #endif
@@ -381,7 +366,7 @@ void pbw_cpu_conv2d_backward_data(float *dx, const float *dout, const float *w,
         const int64_t T = min64(pl.T, pl.P), items = (int64_t)g->G * g->N;
 #pragma omp parallel num_threads(pl.nt)
         {
-            float *col = scratch + thread_id() * pl.per_thread;
+            float *col = scratch + pbw_cpu_thread_id() * pl.per_thread;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t it = 0; it < items; it++) {
                 int grp = (int)(it / g->N);
@@ -400,7 +385,7 @@ void pbw_cpu_conv2d_backward_data(float *dx, const float *dout, const float *w,
         const int64_t T = pl.T, ntiles = cdiv(pl.Q, T), items = (int64_t)g->G * chunks;
 #pragma omp parallel num_threads(pl.nt)
         {
-            float *col = scratch + thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
+            float *col = scratch + pbw_cpu_thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t it = 0; it < items; it++) {
                 int grp = (int)(it / chunks), ch = (int)(it % chunks);
@@ -433,7 +418,7 @@ void pbw_cpu_conv2d_backward_weight(float *dw, const float *dout, const float *x
     const int64_t items = (int64_t)g->G * chunks;
 #pragma omp parallel num_threads(pl.nt)
     {
-        float *col = scratch + thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
+        float *col = scratch + pbw_cpu_thread_id() * pl.per_thread, *tmp = col + pl.K * pl.T;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; it++) {
             int grp = (int)(it / chunks), ch = (int)(it % chunks);

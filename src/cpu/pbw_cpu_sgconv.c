@@ -16,6 +16,7 @@
  * stride-2 transposed convolution write their interleaved outputs.
  */
 #include "cpu/pbw_cpu_stylegan.h"
+#include "cpu/pbw_cpu_threads.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -205,13 +206,7 @@ size_t pbw_cpu_sgconv_scratch_floats(const pbw_cpu_sgconv_geom *g, int nthreads)
     return per * (size_t)(nthreads > 0 ? nthreads : 1);
 }
 
-int pbw_cpu_sgconv_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int pbw_cpu_sgconv_threads(void) { return pbw_cpu_max_threads(); }
 
 void pbw_cpu_sgconv_forward(float *out, const float *x, const float *wpack,
                             const pbw_cpu_sgconv_geom *g, int N, int accumulate, float *scratch,
@@ -226,10 +221,7 @@ void pbw_cpu_sgconv_forward(float *out, const float *x, const float *wpack,
     if ((double)N * g->O * K * P < SMALL_MACS) nthreads = 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t it = 0; it < items; it++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = pbw_cpu_thread_id();
         float *bp = scratch + per * (size_t)tid;           /* KC x NT, 64-byte aligned */
         float *ct = bp + (size_t)KC * NT;                  /* OP*MR x NT */
         int *oy = (int *)(ct + (size_t)OP * MR * NT), *ox = oy + NT;
@@ -392,10 +384,7 @@ void pbw_cpu_sgconv_wino_forward(float *out, const float *x, const float *upack,
     if ((double)N * O * C * H * W * 4 < SMALL_MACS) nthreads = 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t it = 0; it < items; it++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = pbw_cpu_thread_id();
         float *v = scratch + per * (size_t)tid;   /* 16 x (C x WT) */
         float *m = v + 16 * (size_t)C * WT;       /* 16 x (OP*MR x WT) */
         float *rt = m + 16 * (size_t)OP * MR * WT;

@@ -6,6 +6,7 @@
  * so no two threads ever write the same element.
  */
 #include "cpu/pbw_cpu_stylegan.h"
+#include "cpu/pbw_cpu_threads.h"
 
 #include <string.h>
 
@@ -303,10 +304,7 @@ void pbw_cpu_sg_blur_forward(float *out, const float *x, int64_t planes, int H, 
     for (int j = 0; j < K; j++) kfh[j] = kh[K - 1 - j], kfv[j] = kv[K - 1 - j];
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (planes * OH * OW > OMP_MIN_WORK)
     for (int64_t pl = 0; pl < planes; pl++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = pbw_cpu_thread_id();
         float *t = scratch + per * (size_t)tid; /* (H, OW): rows filtered */
         const float *xp = x + pl * H * W;
         float *op = out + pl * OH * OW;
@@ -344,10 +342,7 @@ void pbw_cpu_sg_blur_backward(float *gx, const float *gout, int64_t planes, int 
     for (int j = 0; j < K; j++) kfh[j] = kh[K - 1 - j], kfv[j] = kv[K - 1 - j];
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (planes * OH * OW > OMP_MIN_WORK)
     for (int64_t pl = 0; pl < planes; pl++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = pbw_cpu_thread_id();
         float *t = scratch + per * (size_t)tid; /* (H, OW): gradient of the row-filtered map */
         const float *gp = gout + pl * OH * OW;
         float *gxp = gx + pl * H * W;

@@ -14,6 +14,7 @@
 #endif
 
 #include "cpu/pbw_cpu_conv.h"
+#include "cpu/pbw_cpu_threads.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda_paint.h"
 #endif
@@ -62,22 +63,6 @@ typedef struct crops_saved {
     int *dev_crops;   /* CUDA: the crops as (y, x, side) triples in device memory */
 } crops_saved;
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_num(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* Floats of per-thread scratch: the crop window, one R x R plane, the resize tables. */
 static size_t crop_scratch_floats(int smax, int R) {
     size_t rs = pbw_cpu_resize_scratch_bytes(2, smax, smax, R, R);
@@ -89,7 +74,7 @@ static void crops_fwd(const float *x, int64_t B, int64_t H, int64_t W, const pbw
     const int64_t units = B * n, RR = (int64_t)R * R;
 #pragma omp parallel for schedule(dynamic, 1) if (units > 1)
     for (int64_t u = 0; u < units; u++) {
-        float *win = scratch + (size_t)thread_num() * per_thread;
+        float *win = scratch + (size_t)pbw_cpu_thread_id() * per_thread;
         const pbw_crop *c = &crops[u % n];
         const int64_t b = u / n;
         const int sd = c->side;
@@ -134,14 +119,14 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
     const int64_t units = B * n, RR = (int64_t)R * R;
     int smax = 1;
     for (int k = 0; k < n; k++) smax = sv->crops[k].side > smax ? sv->crops[k].side : smax;
-    const int nt = max_threads();
+    const int nt = pbw_cpu_max_threads();
     const size_t per = crop_scratch_floats(smax, R) + (size_t)(B * CHW);
     float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)nt * per * sizeof(float));
     if (!scratch) return;
     const float *gy = y->grad;
 #pragma omp parallel num_threads(nt)
     {
-        const int t = thread_num();
+        const int t = pbw_cpu_thread_id();
         float *acc = scratch + (size_t)t * per;            /* (B,3,H,W) this thread's dx */
         float *win = acc + B * CHW, *gpre = win + (size_t)smax * smax;
         void *rs = gpre + RR;
@@ -242,7 +227,7 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
     }
 #endif
     const size_t per = crop_scratch_floats(smax, R);
-    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)max_threads() * per * sizeof(float));
+    float *scratch = pbw_ctx_scratch(ctx, 0, (size_t)pbw_cpu_max_threads() * per * sizeof(float));
     if (!scratch) return pbw_ctx_fail(ctx, "clip crops: out of memory");
     crops_fwd(x->data, B, H, W, crops, n, R, out->data, sv ? sv->pass : NULL, scratch, per);
     return out;
