@@ -95,7 +95,9 @@ static void help(FILE *f, int edit) {
             "A progress line per step goes to stderr. Ctrl-C stops after the current step and\n"
             "writes the best result so far (exit status 130); a second Ctrl-C ends at once.\n"
             "PBW_PROFILE=1 prints the time per op and step at the end (the steps after the last\n"
-            "phase's first, a warm-up).\n");
+            "phase's first, a warm-up); on a GPU the device is waited for at every op. PBW_PROFILE=gpu\n"
+            "prints instead each op's device time from CUPTI (libcupti on the library path) with\n"
+            "no waiting, the GPU's busy time against the wall time, and the top kernels.\n");
 }
 
 typedef struct paint_args {

@@ -509,7 +509,7 @@ typedef struct prof_entry {
     long calls;
 } prof_entry;
 static prof_entry g_prof[PROF_MAX];
-static int g_nprof, g_prof_on = -1;
+static int g_nprof, g_prof_on = -1, g_prof_gpu;
 static double g_prof_last;
 
 static double prof_now(void) {
@@ -522,6 +522,10 @@ int pbw_profile_enabled(void) {
     if (g_prof_on < 0) {
         const char *e = getenv("PBW_PROFILE");
         g_prof_on = e && *e && strcmp(e, "0") != 0;
+#ifdef PBW_HAVE_CUDA
+        /* gpu: device time per op from CUPTI; host times below are then launch costs */
+        if (g_prof_on && !strcmp(e, "gpu")) g_prof_gpu = pbw_cuda_trace_on();
+#endif
     }
     return g_prof_on;
 }
@@ -534,11 +538,21 @@ static void prof_add(const char *op, int backward, double sec);
 
 static void prof_sync(void) {
 #ifdef PBW_HAVE_CUDA
-    if (pbw_cuda_current() >= 0) pbw_cuda_sync(NULL);
+    if (!g_prof_gpu && pbw_cuda_current() >= 0) pbw_cuda_sync(NULL);
+#endif
+}
+
+static void prof_trace(const char *op, int backward) {
+#ifdef PBW_HAVE_CUDA
+    if (g_prof_gpu) pbw_cuda_trace_op(op, backward);
+#else
+    (void)op;
+    (void)backward;
 #endif
 }
 
 void pbw_profile_mark(void) {
+    prof_trace(NULL, 0);
     prof_sync();
     g_prof_last = prof_now();
     g_prof_op = NULL;
@@ -550,6 +564,7 @@ void pbw_profile_op(const char *op) {
     if (g_prof_op) prof_add(g_prof_op, 0, t - g_prof_last);
     g_prof_op = op;
     g_prof_last = t;
+    prof_trace(op, 0);
 }
 
 static void prof_add(const char *op, int backward, double sec) {
@@ -571,6 +586,9 @@ static int prof_cmp(const void *a, const void *b) {
 void pbw_profile_clear(void) {
     pbw_profile_mark();
     g_nprof = 0;
+#ifdef PBW_HAVE_CUDA
+    if (g_prof_gpu) pbw_cuda_trace_clear();
+#endif
 }
 
 void pbw_profile_report(FILE *f, double scale) {
@@ -578,6 +596,13 @@ void pbw_profile_report(FILE *f, double scale) {
     double total = 0;
     for (int i = 0; i < g_nprof; i++) total += g_prof[i].sec;
     qsort(g_prof, (size_t)g_nprof, sizeof g_prof[0], prof_cmp);
+#ifdef PBW_HAVE_CUDA
+    if (g_prof_gpu) {
+        pbw_cuda_trace_report(f, scale);
+        fprintf(f, "host time per op and step (launch and bookkeeping costs; the device is not "
+                   "waited for):\n");
+    }
+#endif
     fprintf(f, "%-24s %-9s %10s %8s %6s\n", "op", "pass", "ms", "calls", "%");
     for (int i = 0; i < g_nprof; i++)
         fprintf(f, "%-24s %-9s %10.2f %8.0f %6.1f\n", g_prof[i].op,
@@ -662,6 +687,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         if (pbw_profile_enabled()) {
             pbw_profile_mark(); /* books the last forward op */
             t0 = prof_now();
+            prof_trace(n->op, 1);
         }
         n->backward(ctx, n);
         if (t0 > 0) {

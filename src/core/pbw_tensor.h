@@ -187,7 +187,9 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
 
 /* --- profiler: with PBW_PROFILE=1 in the environment, time is summed per op name (forward:
  * from the op's start to the next op's start or pbw_profile_mark, gradients or not; backward:
- * per node; on CUDA the device is synchronized at each boundary). pbw_profile_report prints
+ * per node; on CUDA the device is synchronized at each boundary). PBW_PROFILE=gpu on CUDA: no
+ * synchronization; each op's device time comes from CUPTI (pbw_cuda_trace_*) and the host
+ * times are what launching cost. pbw_profile_report prints
  * the table (times multiplied by `scale`, e.g.
  * 1/runs) and clears it. Global state, meant for benchmarks. */
 int pbw_profile_enabled(void);

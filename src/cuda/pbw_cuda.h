@@ -14,6 +14,7 @@
 #define PBW_CUDA_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "core/pbw_common.h"
@@ -74,6 +75,16 @@ void pbw_cuda_fail(const char *fmt, ...)
 size_t pbw_cuda_mem_used(void);
 size_t pbw_cuda_mem_peak(void);
 void pbw_cuda_mem_reset_peak(void);
+
+/* PBW_PROFILE=gpu (pbw_cuda_trace.cu): device time per op from CUPTI's activity records, with no
+ * synchronization at op boundaries. pbw_cuda_trace_on loads libcupti and starts tracing (1), or
+ * says why it cannot (0); _op books the launches that follow to `op` (NULL: to none); _clear
+ * forgets what was traced; _report prints busy time against wall time, time per op and the top
+ * kernels, each multiplied by `scale`, then clears. */
+int pbw_cuda_trace_on(void);
+void pbw_cuda_trace_op(const char *op, int backward);
+void pbw_cuda_trace_clear(void);
+void pbw_cuda_trace_report(FILE *f, double scale);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,262 @@
+// pbw_cuda_trace.cu: PBW_PROFILE=gpu, the time each op keeps the GPU busy, from CUPTI's
+// activity records (kernels, copies, memsets with their device timestamps), without
+// synchronizing at op boundaries. Each op pushes an external correlation id as it begins; every
+// launch made inside it (ours, cuBLAS's, cuDNN's) carries that id, so library kernels are booked
+// to the op that called them. libcupti is opened at run time (dlopen), so pbw needs it only when
+// this profiler is asked for.
+#include <cuda_runtime.h>
+#include <cupti.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda/pbw_cuda.h"
+
+namespace {
+
+struct api {
+    CUptiResult (*enable)(CUpti_ActivityKind);
+    CUptiResult (*register_callbacks)(CUpti_BuffersCallbackRequestFunc,
+                                      CUpti_BuffersCallbackCompleteFunc);
+    CUptiResult (*next_record)(uint8_t *, size_t, CUpti_Activity **);
+    CUptiResult (*flush_all)(uint32_t);
+    CUptiResult (*push)(CUpti_ExternalCorrelationKind, uint64_t);
+    CUptiResult (*pop)(CUpti_ExternalCorrelationKind, uint64_t *);
+    CUptiResult (*timestamp)(uint64_t *);
+};
+
+struct span {
+    uint64_t start, end;
+    uint32_t corr;
+    int name; // index into g_names (kernels), -1 copy, -2 memset
+};
+
+api g_api;
+int g_state; // 0 not tried, 1 on, -1 failed
+std::mutex g_mu;
+std::vector<span> g_spans;                        // completed activity since the last clear
+std::unordered_map<uint32_t, uint64_t> g_ext;     // correlation id -> op id
+std::vector<std::string> g_names;                 // kernel names
+std::unordered_map<std::string, int> g_name_ix;
+std::vector<std::pair<const char *, int>> g_ops;  // op id - 1 -> (name, backward)
+int g_pushed;
+uint64_t g_t0;      // device timestamp of the last clear
+double g_wall0;     // host time of the last clear
+
+double wall_now() {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+void CUPTIAPI buffer_requested(uint8_t **buf, size_t *size, size_t *max_records) {
+    const size_t n = 8u << 20;
+    *buf = (uint8_t *)aligned_alloc(8, n);
+    *size = *buf ? n : 0;
+    *max_records = 0;
+}
+
+int kernel_name(const char *s) {
+    std::string k = s ? s : "?";
+    auto it = g_name_ix.find(k);
+    if (it != g_name_ix.end()) return it->second;
+    g_names.push_back(k);
+    g_name_ix.emplace(k, (int)g_names.size() - 1);
+    return (int)g_names.size() - 1;
+}
+
+void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t *buf, size_t, size_t valid) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    CUpti_Activity *r = nullptr;
+    while (g_api.next_record(buf, valid, &r) == CUPTI_SUCCESS) {
+        switch (r->kind) {
+        case CUPTI_ACTIVITY_KIND_KERNEL:
+        case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
+            auto *k = (CUpti_ActivityKernel10 *)r;
+            g_spans.push_back({k->start, k->end, k->correlationId, kernel_name(k->name)});
+            break;
+        }
+        case CUPTI_ACTIVITY_KIND_MEMCPY: {
+            auto *m = (CUpti_ActivityMemcpy6 *)r;
+            g_spans.push_back({m->start, m->end, m->correlationId, -1});
+            break;
+        }
+        case CUPTI_ACTIVITY_KIND_MEMSET: {
+            auto *m = (CUpti_ActivityMemset4 *)r;
+            g_spans.push_back({m->start, m->end, m->correlationId, -2});
+            break;
+        }
+        case CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION: {
+            auto *e = (CUpti_ActivityExternalCorrelation *)r;
+            if (e->externalKind == CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0)
+                g_ext[e->correlationId] = e->externalId;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    free(buf);
+}
+
+template <class F> bool load(void *h, const char *name, F &f) {
+    f = (F)dlsym(h, name);
+    return f != nullptr;
+}
+
+bool start() {
+    if (g_state) return g_state > 0;
+    g_state = -1;
+    const char *names[] = {"libcupti.so", "libcupti.so.13", "libcupti.so.12"};
+    void *h = nullptr;
+    for (const char *n : names)
+        if ((h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!h) {
+        fprintf(stderr, "pbw: PBW_PROFILE=gpu needs libcupti (CUDA's profiling library) on the "
+                        "library path: %s\n", dlerror());
+        return false;
+    }
+    api a;
+    if (!load(h, "cuptiActivityEnable", a.enable) ||
+        !load(h, "cuptiActivityRegisterCallbacks", a.register_callbacks) ||
+        !load(h, "cuptiActivityGetNextRecord", a.next_record) ||
+        !load(h, "cuptiActivityFlushAll", a.flush_all) ||
+        !load(h, "cuptiActivityPushExternalCorrelationId", a.push) ||
+        !load(h, "cuptiActivityPopExternalCorrelationId", a.pop) ||
+        !load(h, "cuptiGetTimestamp", a.timestamp)) {
+        fprintf(stderr, "pbw: PBW_PROFILE=gpu: libcupti lacks a function it needs\n");
+        return false;
+    }
+    g_api = a;
+    if (a.register_callbacks(buffer_requested, buffer_completed) != CUPTI_SUCCESS ||
+        a.enable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS ||
+        a.enable(CUPTI_ACTIVITY_KIND_MEMCPY) != CUPTI_SUCCESS ||
+        a.enable(CUPTI_ACTIVITY_KIND_MEMSET) != CUPTI_SUCCESS ||
+        a.enable(CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION) != CUPTI_SUCCESS ||
+        // external correlation records come with the API calls' own records
+        a.enable(CUPTI_ACTIVITY_KIND_RUNTIME) != CUPTI_SUCCESS ||
+        a.enable(CUPTI_ACTIVITY_KIND_DRIVER) != CUPTI_SUCCESS) {
+        fprintf(stderr, "pbw: PBW_PROFILE=gpu: CUPTI refused activity tracing\n");
+        return false;
+    }
+    g_state = 1;
+    a.timestamp(&g_t0);
+    g_wall0 = wall_now();
+    return true;
+}
+
+// Waits for the device, then has CUPTI hand over every completed record.
+void drain() {
+    cudaDeviceSynchronize();
+    g_api.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+}
+
+struct row {
+    double ns = 0;
+    long n = 0;
+};
+
+} // namespace
+
+extern "C" int pbw_cuda_trace_on(void) { return start() ? 1 : 0; }
+
+extern "C" void pbw_cuda_trace_op(const char *op, int backward) {
+    if (g_state <= 0) return;
+    uint64_t last;
+    if (g_pushed) g_api.pop(CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0, &last);
+    g_pushed = 0;
+    if (!op) return;
+    size_t i = 0;
+    while (i < g_ops.size() && (g_ops[i].second != backward || strcmp(g_ops[i].first, op))) i++;
+    if (i == g_ops.size()) g_ops.push_back({op, backward});
+    g_api.push(CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0, (uint64_t)i + 1);
+    g_pushed = 1;
+}
+
+extern "C" void pbw_cuda_trace_clear(void) {
+    if (g_state <= 0) return;
+    drain();
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_spans.clear();
+    g_ext.clear();
+    g_api.timestamp(&g_t0);
+    g_wall0 = wall_now();
+}
+
+extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
+    if (g_state <= 0) return;
+    drain();
+    double wall = wall_now() - g_wall0;
+    std::lock_guard<std::mutex> lk(g_mu);
+    std::vector<span> s;
+    for (const span &x : g_spans)
+        if (x.start >= g_t0 && x.end >= x.start) s.push_back(x);
+    std::sort(s.begin(), s.end(), [](const span &a, const span &b) { return a.start < b.start; });
+    // busy time: the union of the spans (one stream, but library kernels may overlap)
+    double busy = 0, total = 0;
+    uint64_t cur_s = 0, cur_e = 0;
+    for (const span &x : s) {
+        total += (double)(x.end - x.start);
+        if (x.start > cur_e) {
+            busy += (double)(cur_e - cur_s);
+            cur_s = x.start;
+            cur_e = x.end;
+        } else if (x.end > cur_e) {
+            cur_e = x.end;
+        }
+    }
+    busy += (double)(cur_e - cur_s);
+    std::vector<row> ops(g_ops.size() + 1);
+    std::vector<row> kern(g_names.size() + 2);
+    for (const span &x : s) {
+        auto it = g_ext.find(x.corr);
+        size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
+        if (op >= ops.size()) op = 0;
+        ops[op].ns += (double)(x.end - x.start);
+        ops[op].n++;
+        size_t k = x.name >= 0 ? (size_t)x.name : g_names.size() + (size_t)(-1 - x.name);
+        kern[k].ns += (double)(x.end - x.start);
+        kern[k].n++;
+    }
+    fprintf(f, "GPU time per op and step (PBW_PROFILE=gpu, CUPTI activity; device time of the "
+               "kernels, copies and memsets each op launched):\n");
+    fprintf(f, "  wall %.2f ms, GPU busy %.2f ms (%.0f%% of wall), %ld launches a step\n",
+            1e3 * wall * scale, 1e-6 * busy * scale, wall > 0 ? 100 * 1e-9 * busy / wall : 0,
+            (long)((double)s.size() * scale + 0.5));
+    std::vector<size_t> order(ops.size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ops[a].ns > ops[b].ns; });
+    fprintf(f, "%-24s %-9s %10s %9s %6s\n", "op", "pass", "GPU ms", "launches", "%");
+    for (size_t i : order) {
+        if (!ops[i].n) continue;
+        const char *name = i ? g_ops[i - 1].first : "(outside ops)";
+        const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
+        fprintf(f, "%-24s %-9s %10.3f %9.0f %6.1f\n", name, pass, 1e-6 * ops[i].ns * scale,
+                (double)ops[i].n * scale, total > 0 ? 100 * ops[i].ns / total : 0);
+    }
+    order.resize(kern.size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return kern[a].ns > kern[b].ns; });
+    fprintf(f, "kernels by GPU time (top 30):\n%10s %9s %9s  %s\n", "GPU ms", "launches", "us each",
+            "kernel");
+    int shown = 0;
+    for (size_t i : order) {
+        if (!kern[i].n || shown++ == 30) break;
+        const char *name = i < g_names.size() ? g_names[i].c_str()
+                                              : (i == g_names.size() ? "[memcpy]" : "[memset]");
+        fprintf(f, "%10.3f %9.0f %9.1f  %.150s\n", 1e-6 * kern[i].ns * scale,
+                (double)kern[i].n * scale, 1e-3 * kern[i].ns / (double)kern[i].n, name);
+    }
+    g_spans.clear();
+    g_ext.clear();
+    g_api.timestamp(&g_t0);
+    g_wall0 = wall_now();
+}
