@@ -238,37 +238,57 @@ pbw_tensor *pbw_lpips_forward(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x0, 
     return pbw_lpips_compare(ctx, m, f0, f1, spatial, x0->shape[2], x0->shape[3]);
 }
 
-pbw_tensor *pbw_lpips_weighted(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight) {
-    if (!map || !weight) return NULL;
+static int weighted_check(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight) {
     char a[96], b[96];
     pbw_shape_str(map, a, sizeof a);
     pbw_shape_str(weight, b, sizeof b);
     if (map->ndim != 4 || map->shape[1] != 1 || weight->ndim != 4 || weight->shape[1] != 1 ||
         weight->shape[2] != map->shape[2] || weight->shape[3] != map->shape[3] ||
-        (weight->shape[0] != map->shape[0] && weight->shape[0] != 1))
-        return pbw_ctx_fail(ctx, "lpips_weighted: map %s and weight %s must be (N,1,H,W) and "
-                            "(N or 1,1,H,W)", a, b);
-    /* the weight's sums are taken here on the host: the weight is a constant mask made once
-     * per edit, and the all-zero case must be known before any op runs */
-    if (weight->requires_grad || !weight->data)
-        return pbw_ctx_fail(ctx, "lpips_weighted: weight %s must be a float32 constant", b);
-    int64_t N = map->shape[0], Nw = weight->shape[0], P = weight->numel / (Nw ? Nw : 1);
+        (weight->shape[0] != map->shape[0] && weight->shape[0] != 1)) {
+        pbw_ctx_fail(ctx, "lpips_weighted: map %s and weight %s must be (N,1,H,W) and "
+                     "(N or 1,1,H,W)", a, b);
+        return -1;
+    }
+    if (weight->requires_grad || !weight->data) {
+        pbw_ctx_fail(ctx, "lpips_weighted: weight %s must be a float32 constant", b);
+        return -1;
+    }
+    return 0;
+}
+
+pbw_tensor *pbw_lpips_weighted_sums(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight,
+                                    const double *sums) {
+    if (!map || !weight || weighted_check(ctx, map, weight)) return NULL;
+    int64_t N = map->shape[0], Nw = weight->shape[0], zero = 0;
+    for (int64_t n = 0; n < Nw; n++) zero += sums[n] == 0;
+    if (zero == Nw) return pbw_tensor_zeros(ctx, 1, (int64_t[]){N}); /* nothing to keep */
+    if (zero) {
+        char b[96];
+        return pbw_ctx_fail(ctx, "lpips_weighted: weight %s is zero for some images and not "
+                            "others", pbw_shape_str(weight, b, sizeof b));
+    }
+    static const int chw[3] = {1, 2, 3};
+    pbw_tensor *num = pbw_sum(ctx, pbw_mul(ctx, map, weight), 3, chw, 0);
+    if (Nw == 1) /* one weight for every image: a scale, nothing to upload */
+        return pbw_scale(ctx, num, (float)(1.0 / sums[0]));
+    float *dh = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)Nw * sizeof(float));
+    if (!dh) return pbw_ctx_fail(ctx, "lpips_weighted: out of memory");
+    for (int64_t n = 0; n < Nw; n++) dh[n] = (float)sums[n];
+    return pbw_div(ctx, num, pbw_tensor_from_host(ctx, dh, 1, (int64_t[]){Nw}));
+}
+
+pbw_tensor *pbw_lpips_weighted(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight) {
+    if (!map || !weight || weighted_check(ctx, map, weight)) return NULL;
+    /* the weight's sums, taken here on the host (a read-back: callers that know them pass
+     * them to pbw_lpips_weighted_sums instead) */
+    int64_t Nw = weight->shape[0], P = weight->numel / (Nw ? Nw : 1);
     const float *wh = pbw_tensor_host(ctx, weight);
-    float *dh = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)Nw * sizeof(float) + 1);
-    if (!wh || !dh) return pbw_ctx_fail(ctx, "lpips_weighted: out of memory");
-    int64_t zero = 0;
+    double *sums = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)Nw * sizeof(double) + 1);
+    if (!wh || !sums) return pbw_ctx_fail(ctx, "lpips_weighted: out of memory");
     for (int64_t n = 0; n < Nw; n++) {
         double s = 0;
         for (int64_t i = 0; i < P; i++) s += wh[n * P + i];
-        dh[n] = (float)s;
-        zero += s == 0;
+        sums[n] = s;
     }
-    pbw_tensor *den = pbw_tensor_from_host(ctx, dh, 1, (int64_t[]){Nw});
-    if (!den) return NULL;
-    if (zero == Nw) return pbw_tensor_zeros(ctx, 1, (int64_t[]){N}); /* nothing to keep */
-    if (zero)
-        return pbw_ctx_fail(ctx, "lpips_weighted: weight %s is zero for some images and not "
-                            "others", b);
-    static const int chw[3] = {1, 2, 3};
-    return pbw_div(ctx, pbw_sum(ctx, pbw_mul(ctx, map, weight), 3, chw, 0), den);
+    return pbw_lpips_weighted_sums(ctx, map, weight, sums);
 }

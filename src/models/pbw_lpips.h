@@ -111,6 +111,11 @@ pbw_tensor *pbw_lpips_compare(pbw_ctx *ctx, const pbw_lpips *m,
  * weight is all zero the reference returns 0 (the term is skipped); so does this (zeros, no
  * gradient). */
 pbw_tensor *pbw_lpips_weighted(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight);
+/* The same with the weight's per-image sums given (weight->shape[0] of them), as the caller
+ * computed them when it made the weight: no read-back from the device, so a step stays free of
+ * synchronization (CUDA graphs). */
+pbw_tensor *pbw_lpips_weighted_sums(pbw_ctx *ctx, pbw_tensor *map, pbw_tensor *weight,
+                                    const double *sums);
 
 #ifdef __cplusplus
 }

@@ -593,7 +593,7 @@ static pbw_tensor *lpips_term(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *
     pbw_tensor *f[PBW_LPIPS_LAYERS];
     if (pbw_lpips_features(ctx, o->lpips, img, f)) return NULL;
     pbw_tensor *map = pbw_lpips_compare(ctx, o->lpips, f, o->orig_feats, 1, o->H, o->W);
-    return pbw_lpips_weighted(ctx, map, o->keep);
+    return pbw_lpips_weighted_sums(ctx, map, o->keep, &o->keep_sum);
 }
 
 static int check_img(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
