@@ -24,7 +24,7 @@ CU_SRC  := $(wildcard src/cuda/*.cu)
 ifneq ($(NVCC),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   BASE    += -DPBW_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcudnn -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lcudnn -lstdc++
   CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
   NVFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Isrc -DPBW_HAVE_CUDA \
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
@@ -96,7 +96,7 @@ build-fuzz/libpbw_fuzz.a: $(FUZZ_OBJ)
 	ar rcs $@ $^
 build-fuzz/fuzz_%: fuzz/fuzz_%.c build-fuzz/libpbw_fuzz.a
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< build-fuzz/libpbw_fuzz.a -o $@ \
-	  $(filter-out -lcudart -lcublas -lcudnn,$(LDLIBS))
+	  $(filter-out -lcudart -lcublasLt -lcublas -lcudnn,$(LDLIBS))
 fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build-fuzz/corpus_$$t; cp -n fuzz/corpus/$$t/* build-fuzz/corpus_$$t/ 2>/dev/null; \

@@ -118,16 +118,20 @@ pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b
     oshape[x->ndim - 1] = O;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
     if (!y) return NULL;
-    if (b && pbw_on_cuda(ctx)) { /* start from the bias, then add x W^T */
+    int done = 0;
+    if (b && pbw_on_cuda(ctx)) { /* one product with the bias in its epilogue, else start
+                                  * from the bias and add x W^T */
 #ifdef PBW_HAVE_CUDA
-        pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
+        done = pbw_cuda_linear_bias(x->data, w->data, b->data, y->data, R, O, I) == 0;
+        if (!done) pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
 #endif
     } else if (b) {
 #pragma omp parallel for schedule(static) if (R * O > 32768)
         for (int64_t r = 0; r < R; r++) memcpy(y->data + r * O, b->data, (size_t)O * sizeof(float));
     }
-    PBW_KERNEL(ctx, gemm_batched, 0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0,
-               b ? 1.0f : 0.0f, y->data, O, 0, 1);
+    if (!done)
+        PBW_KERNEL(ctx, gemm_batched, 0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0,
+                   b ? 1.0f : 0.0f, y->data, O, 0, 1);
     if (pbw_needs_grad(ctx, in, b ? 3 : 2) &&
         !pbw_tape_push(ctx, "linear", linear_backward, y, in, b ? 3 : 2, 0))
         return NULL;

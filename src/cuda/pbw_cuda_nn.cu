@@ -4,6 +4,8 @@
 // Row kernels (layer norm, softmax) give each row to one warp, accumulate in fp32 and reduce with
 // shuffles; the CPU accumulates some of these sums in double, so results differ in the last
 // bits. Column reductions (weight and bias gradients) use a fixed order: deterministic.
+#include <cublasLt.h>
+
 #include <climits>
 #include <cmath>
 
@@ -92,6 +94,122 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
     }
     gemm_call(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
               stride_c, batch);
+}
+
+// ---------------- linear with its bias in the product's epilogue (cuBLASLt) ----------------
+// y = x W^T + b in one kernel: the bias is added as the product's tiles are stored, instead of
+// a pass that fills y with the bias and a product that reads y back (beta = 1). In column-major
+// terms y^T (O,R) = W (O,I) x^T (I,R): A = W stored (I,O) transposed, B = x stored (I,R).
+// A plan (descriptors and the heuristic's algorithm) is kept per shape, precision and pointer
+// alignment; shapes the library has no algorithm for fall back to the two-pass path.
+
+namespace {
+struct lt_plan {
+    int64_t R, O, I;
+    int prec, align;
+    int ok;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+const int LT_PLANS = 64;
+const size_t LT_WS_BYTES = (size_t)32 << 20;
+cublasLtHandle_t g_lt;
+void *g_lt_ws;
+lt_plan g_lt_plans[LT_PLANS];
+int g_lt_nplans, g_lt_broken;
+
+int align_of(const void *p) { // largest power of two dividing the address, at most 256
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 4 && (u & (uintptr_t)(a - 1))) a >>= 1;
+    return a;
+}
+
+bool lt_make(lt_plan *pl) {
+    pl->ok = 0;
+    const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    if (cublasLtMatmulDescCreate(&pl->op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+        return false;
+    cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
+    cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
+    cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    if (cublasLtMatrixLayoutCreate(&pl->a, CUDA_R_32F, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) ||
+        cublasLtMatrixLayoutCreate(&pl->b, CUDA_R_32F, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) ||
+        cublasLtMatrixLayoutCreate(&pl->c, CUDA_R_32F, (uint64_t)pl->O, (uint64_t)pl->R, pl->O))
+        return false;
+    cublasLtMatmulPreference_t pref;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
+    size_t ws = LT_WS_BYTES;
+    uint32_t al = (uint32_t)pl->align;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                         sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al,
+                                         sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al,
+                                         sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al,
+                                         sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al,
+                                         sizeof al);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, pl->op, pl->a, pl->b, pl->c, pl->c,
+                                                       pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found < 1) return false;
+    pl->algo = res.algo;
+    pl->ok = 1;
+    return true;
+}
+} // namespace
+
+extern "C" int pbw_cuda_linear_bias(const float *x, const float *w, const float *b, float *y,
+                                    int64_t R, int64_t O, int64_t I) {
+    if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX)
+        return -1;
+    if (!g_lt) {
+        if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS ||
+            cudaMalloc(&g_lt_ws, LT_WS_BYTES) != cudaSuccess) {
+            cudaGetLastError();
+            g_lt_broken = 1;
+            return -1;
+        }
+    }
+    // the bias is read as a vector: 16-byte aligned, as cuBLASLt requires
+    if (align_of(b) < 16) return -1;
+    int al = align_of(x);
+    if (align_of(w) < al) al = align_of(w);
+    if (align_of(y) < al) al = align_of(y);
+    const int prec = (int)pbw_cuda_precision();
+    lt_plan *pl = nullptr;
+    for (int i = 0; i < g_lt_nplans; i++) {
+        lt_plan *q = &g_lt_plans[i];
+        if (q->R == R && q->O == O && q->I == I && q->prec == prec && q->align == al) {
+            pl = q;
+            break;
+        }
+    }
+    if (!pl) {
+        if (g_lt_nplans == LT_PLANS) return -1;
+        pl = &g_lt_plans[g_lt_nplans++];
+        *pl = lt_plan{R, O, I, prec, al, 0, nullptr, nullptr, nullptr, nullptr, {}};
+        lt_make(pl);
+    }
+    if (!pl->ok) return -1;
+    if (cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b) !=
+        CUBLAS_STATUS_SUCCESS)
+        return -1;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, w, pl->a, x, pl->b, &zero, y, pl->c, y,
+                                       pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES, pbw_stream());
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        pbw_cuda_fail("linear (cuBLASLt, %lld x %lld x %lld): status %d", (long long)R,
+                      (long long)O, (long long)I, (int)st);
+        return 0; // reported: the sticky error ends the pass
+    }
+    return 0;
 }
 
 // ---------------- bias rows (pbw_linear) ----------------
@@ -210,11 +328,76 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
     }
 }
 
+// The same for rows of V*128 floats (CLIP: 768 = 6*128), 16-byte aligned: each lane keeps its
+// V float4 of x, gy and w in registers, so a row is read once, with every load of the row in
+// flight at once (the loop above keeps one or two: at CLIP's 1,600 rows a step that left it
+// latency-bound at ~64 us a launch).
+template <int V>
+__global__ static void layer_norm_backward_vec_kernel(const float *x, const float *w,
+                                                      const float *mean, const float *rstd,
+                                                      const float *gy, float *gx, int64_t R) {
+    const int64_t D = 128 * V;
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float4 *xr = (const float4 *)(x + r * D), *gr = (const float4 *)(gy + r * D);
+    const float4 *wr = (const float4 *)w;
+    float4 xh[V], gw_[V];
+    const float m = mean[r], rs = rstd[r];
+    float a = 0.0f, c = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        float4 xv = xr[lane + 32 * j], gv = gr[lane + 32 * j];
+        float4 wv = w ? wr[lane + 32 * j] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        xh[j] = make_float4((xv.x - m) * rs, (xv.y - m) * rs, (xv.z - m) * rs, (xv.w - m) * rs);
+        gw_[j] = make_float4(gv.x * wv.x, gv.y * wv.y, gv.z * wv.z, gv.w * wv.w);
+        a += gw_[j].x + gw_[j].y + gw_[j].z + gw_[j].w;
+        c = fmaf(gw_[j].x, xh[j].x, c);
+        c = fmaf(gw_[j].y, xh[j].y, c);
+        c = fmaf(gw_[j].z, xh[j].z, c);
+        c = fmaf(gw_[j].w, xh[j].w, c);
+    }
+    const float af = pbw_warp_sum(a) / (float)D, cf = pbw_warp_sum(c) / (float)D;
+    float4 *go = (float4 *)(gx + r * D);
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        float4 o = go[lane + 32 * j];
+        o.x += rs * (gw_[j].x - af - xh[j].x * cf);
+        o.y += rs * (gw_[j].y - af - xh[j].y * cf);
+        o.z += rs * (gw_[j].z - af - xh[j].z * cf);
+        o.w += rs * (gw_[j].w - af - xh[j].w * cf);
+        go[lane + 32 * j] = o;
+    }
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
                                              const float *rstd, const float *gy, float *gx,
                                              float *gw, float *gb, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    if (gx) {
+    const bool vec = D % 128 == 0 && D <= 1024 && aligned16(x) && aligned16(gy) &&
+                     aligned16(gx) && (!w || aligned16(w));
+    if (gx && vec) {
+        const int V = (int)(D / 128);
+        dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
+        switch (V) {
+#define PBW_LN_BWD_CASE(v)                                                                        \
+    case v:                                                                                       \
+        layer_norm_backward_vec_kernel<v><<<gr, bl, 0, pbw_stream()>>>(x, w, mean, rstd, gy, gx, R); \
+        break;
+            PBW_LN_BWD_CASE(1)
+            PBW_LN_BWD_CASE(2)
+            PBW_LN_BWD_CASE(3)
+            PBW_LN_BWD_CASE(4)
+            PBW_LN_BWD_CASE(5)
+            PBW_LN_BWD_CASE(6)
+            PBW_LN_BWD_CASE(7)
+            PBW_LN_BWD_CASE(8)
+#undef PBW_LN_BWD_CASE
+        }
+        PBW_CUDA_LAUNCHED("layer_norm_backward");
+    } else if (gx) {
         layer_norm_backward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
             x, w, mean, rstd, gy, gx, R, D);
         PBW_CUDA_LAUNCHED("layer_norm_backward");

@@ -57,6 +57,11 @@ void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const
 
 /* ---- no CPU twin ---- */
 
+/* y (R,O) = x (R,I) w (O,I)^T + b (O) in one cuBLASLt product with a bias epilogue. Returns 0
+ * when enqueued, -1 when this shape has no such algorithm (nothing was done: the caller uses
+ * pbw_cuda_bias_rows_forward and a product). */
+int pbw_cuda_linear_bias(const float *x, const float *w, const float *b, float *y, int64_t R,
+                         int64_t O, int64_t I);
 /* y (R,O) = b (O) on every row (pbw_linear starts from the bias). */
 void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O);
 /* gb (O) += sum over rows of gy (R,O) (deterministic: fixed reduction order). */
