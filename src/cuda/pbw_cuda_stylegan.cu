@@ -1,7 +1,12 @@
 // pbw_cuda_stylegan.cu: StyleGAN2's modulation and bias/noise/activation ops on the GPU
 // (contracts in pbw_cuda_conv.h and pbw_cpu_stylegan.h).
 //
-// Elementwise parts run one thread per element. Reductions, all deterministic:
+// Elementwise parts (the forwards, gx, gy and the per-pixel gd) are memory-bound: a thread
+// takes V consecutive pixels of one (sample, channel) plane, V = 4 with float4 loads and
+// stores when P % 4 == 0 and the pointers are 16-byte aligned, else V = 1; the grid's y and z
+// give the channel and the sample, so the plane's scalars (s, s0, d, bias) are loaded once and
+// no index is divided (a 64-bit divmod per element made them instruction-bound).
+// Reductions, all deterministic:
 //   over pixels (into s, s0, per-channel d, bias): pass 1 gives every (sample, channel, chunk
 //   of CHUNK pixels) a block that writes its partial sums in double to the runtime workspace;
 //   pass 2 runs one thread per channel that adds the chunks in order and then adds into the
@@ -18,6 +23,7 @@ namespace {
 
 const int RED_THREADS = 256;
 const int CHUNK = 4096; // pixels per block of the pass-1 reductions
+const int EW_THREADS = 256; // threads per block of the elementwise kernels
 
 // q = a / b and *r = a % b for a >= 0, b > 0, by 32-bit division when both fit (the usual
 // case: 64-bit division is a long emulated sequence on the GPU).
@@ -66,38 +72,122 @@ void finish(float *dst, const double *part, int N, int C, int64_t nch, int64_t n
     PBW_CUDA_LAUNCHED("sg_reduce_finish");
 }
 
+// ---------- elementwise shape ----------
+
+// An elementwise kernel over (N, C, P) runs on a grid of (pixel groups, channels, samples): x
+// over the P/V groups of V consecutive pixels in a plane, y over channels, z over samples.
+// Blocks are (bx, by) threads, bx along the pixels (up to EW_THREADS) and by channels filling
+// the rest, so that 4x4 and 8x8 planes still give full blocks; a block's channels are adjacent
+// planes, so its warps read consecutive memory. Each dimension is capped at its limit and the
+// kernels loop past it (EW_PLANES, EW_PIXELS).
+struct ew_shape {
+    dim3 grid, block;
+};
+
+ew_shape ew_config(int N, int C, int64_t P, int V) {
+    const int64_t groups = P / V; // >= 1: P % V == 0 and P > 0
+    const int bx = groups < EW_THREADS ? (int)groups : EW_THREADS;
+    int by = EW_THREADS / bx;
+    if (by > C) by = C;
+    int64_t gx = (groups + bx - 1) / bx, gy = (C + by - 1) / by;
+    if (gx > 65535LL * 32) gx = 65535LL * 32;
+    if (gy > 65535) gy = 65535;
+    ew_shape sh;
+    sh.grid = dim3((unsigned)gx, (unsigned)gy, (unsigned)(N < 65535 ? N : 65535));
+    sh.block = dim3((unsigned)bx, (unsigned)by, 1);
+    return sh;
+}
+
+// V = 4 needs every plane and map to start on 16 bytes: P % 4 == 0 and aligned base pointers
+// (the arenas give 64-byte alignment, so this is the usual case). NULL passes.
+bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// The planes (sample n, channel c) of this thread, then its first pixels p of V in the plane.
+#define EW_PLANES(N_, C_)                                                                     \
+    for (int n = blockIdx.z; n < (N_); n += gridDim.z)                                        \
+        for (int c = blockIdx.y * blockDim.y + threadIdx.y; c < (C_); c += gridDim.y * blockDim.y)
+#define EW_PIXELS(p, P_, V_)                                                                  \
+    for (int64_t p = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * (V_); p < (P_);         \
+         p += (int64_t)gridDim.x * blockDim.x * (V_))
+
+// V floats at p (16-byte aligned when V == 4).
+template <int V> __device__ __forceinline__ void ld(float (&r)[V], const float *p) {
+    if constexpr (V == 4) {
+        const float4 t = *reinterpret_cast<const float4 *>(p);
+        r[0] = t.x, r[1] = t.y, r[2] = t.z, r[3] = t.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) r[k] = p[k];
+    }
+}
+template <int V> __device__ __forceinline__ void st(float *p, const float (&r)[V]) {
+    if constexpr (V == 4) {
+        *reinterpret_cast<float4 *>(p) = make_float4(r[0], r[1], r[2], r[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) p[k] = r[k];
+    }
+}
+
+// The arithmetic below is written with explicit roundings (__fmul_rn, __fmaf_rn, ...) that
+// are the ones nvcc's contraction gave the earlier one-thread-per-element kernels, so the
+// results stay bit-identical to them whatever the compiler now sees fit to fuse.
+
 // ---------- modulate ----------
 
+// The per-pixel style s m + s0 (1 - m), rounded as fma(s, m, s0 (1 - m)).
+__device__ __forceinline__ float mod_scale(float sv, float s0v, float mv) {
+    return __fmaf_rn(sv, mv, __fmul_rn(s0v, __fsub_rn(1.0f, mv)));
+}
+
+template <int V>
 __global__ void modulate_fwd_kernel(float *out, const float *x, const float *s, const float *s0,
                                     const float *m, pbw_cpu_sg_mod_geom g) {
-    const int64_t n = (int64_t)g.N * g.C * g.P;
-    PBW_GRID_STRIDE(i, n) {
-        int64_t p, c;
-        const int64_t plane = divmod(i, g.P, &p);
-        const int nn = (int)divmod(plane, g.C, &c);
-        const float sv = s[nn * g.s_nstride + c];
-        if (!m) {
-            out[i] = x[i] * sv;
-        } else {
-            const float mv = m[nn * g.m_nstride + p], s0v = s0[nn * g.s0_nstride + c];
-            out[i] = x[i] * (sv * mv + s0v * (1.0f - mv));
+    EW_PLANES(g.N, g.C) {
+        const int64_t base = ((int64_t)n * g.C + c) * g.P;
+        const float sv = s[n * g.s_nstride + c];
+        const float s0v = m ? s0[n * g.s0_nstride + c] : 0.0f;
+        const float *mp = m ? m + n * g.m_nstride : NULL;
+        EW_PIXELS(p, g.P, V) {
+            float v[V];
+            ld<V>(v, x + base + p);
+            if (!m) {
+#pragma unroll
+                for (int k = 0; k < V; k++) v[k] = __fmul_rn(v[k], sv);
+            } else {
+                float mv[V];
+                ld<V>(mv, mp + p);
+#pragma unroll
+                for (int k = 0; k < V; k++) v[k] = __fmul_rn(v[k], mod_scale(sv, s0v, mv[k]));
+            }
+            st<V>(out + base + p, v);
         }
     }
 }
 
+template <int V>
 __global__ void modulate_gx_kernel(float *gx, const float *gout, const float *s, const float *s0,
                                    const float *m, pbw_cpu_sg_mod_geom g) {
-    const int64_t n = (int64_t)g.N * g.C * g.P;
-    PBW_GRID_STRIDE(i, n) {
-        int64_t p, c;
-        const int64_t plane = divmod(i, g.P, &p);
-        const int nn = (int)divmod(plane, g.C, &c);
-        const float sv = s[nn * g.s_nstride + c];
-        if (!m) {
-            gx[i] += gout[i] * sv;
-        } else {
-            const float mv = m[nn * g.m_nstride + p], s0v = s0[nn * g.s0_nstride + c];
-            gx[i] += gout[i] * (sv * mv + s0v * (1.0f - mv));
+    EW_PLANES(g.N, g.C) {
+        const int64_t base = ((int64_t)n * g.C + c) * g.P;
+        const float sv = s[n * g.s_nstride + c];
+        const float s0v = m ? s0[n * g.s0_nstride + c] : 0.0f;
+        const float *mp = m ? m + n * g.m_nstride : NULL;
+        EW_PIXELS(p, g.P, V) {
+            float go[V], acc[V];
+            ld<V>(go, gout + base + p);
+            ld<V>(acc, gx + base + p);
+            if (!m) {
+#pragma unroll
+                for (int k = 0; k < V; k++) acc[k] = __fmaf_rn(go[k], sv, acc[k]);
+            } else {
+                float mv[V];
+                ld<V>(mv, mp + p);
+#pragma unroll
+                for (int k = 0; k < V; k++)
+                    acc[k] = __fmaf_rn(go[k], mod_scale(sv, s0v, mv[k]), acc[k]);
+            }
+            st<V>(gx + base + p, acc);
         }
     }
 }
@@ -151,56 +241,120 @@ __global__ void modulate_gm_kernel(float *gm, const float *gout, const float *x,
 
 // ---------- bias + activation ----------
 
-__device__ __forceinline__ float pre_act(const float *y, const float *d, const float *noise,
-                                         const float *bias, const pbw_cpu_sg_act_geom &g,
-                                         int64_t i) {
-    int64_t p, o;
-    const int64_t plane = divmod(i, g.P, &p);
-    const int nn = (int)divmod(plane, g.O, &o);
-    float v = y[i];
-    if (g.d_mode == 1) v = v * d[nn * g.d_nstride + o];
-    else if (g.d_mode == 2) v = v * d[i];
-    if (noise) v = v + g.noise_weight * noise[nn * g.noise_nstride + p];
-    return v + (bias ? bias[o] : 0.0f);
+// What the elements of plane (n, o) share: where the plane starts in y (and out, gout, gy and a
+// per-pixel d), its per-channel d and bias, and its per-pixel d and noise maps.
+struct act_plane {
+    int64_t base;
+    float dv;              // d (d_mode 1), else 1 (unused)
+    float b;               // bias, or 0 without one (added either way, as the CPU does)
+    const float *dp, *np;  // d_mode 2: d at the plane; noise at the sample; else NULL
+    bool noisy;            // np is set (tested apart so the compiler needs no null check)
+};
+
+__device__ __forceinline__ act_plane act_plane_at(const float *d, const float *noise,
+                                                  const float *bias,
+                                                  const pbw_cpu_sg_act_geom &g, int n, int o) {
+    act_plane a;
+    a.base = ((int64_t)n * g.O + o) * g.P;
+    a.dv = g.d_mode == 1 ? d[n * g.d_nstride + o] : 1.0f;
+    a.b = bias ? bias[o] : 0.0f;
+    a.dp = g.d_mode == 2 ? d + a.base : NULL;
+    a.np = noise ? noise + n * g.noise_nstride : NULL;
+    a.noisy = noise != NULL;
+    return a;
 }
 
-__global__ void bias_act_fwd_kernel(float *out, const float *y, const float *d,
-                                    const float *noise, const float *bias,
-                                    pbw_cpu_sg_act_geom g) {
-    const int64_t n = (int64_t)g.N * g.O * g.P;
-    PBW_GRID_STRIDE(i, n) {
-        float v = pre_act(y, d, noise, bias, g, i);
-        out[i] = (v > 0 ? v : v * g.slope) * g.gain;
+// The pre-activation y d + w noise + bias, rounded as y*d, then an fma with the noise.
+__device__ __forceinline__ float pre_act(float yv, float dv, float nz, const act_plane &a,
+                                         const pbw_cpu_sg_act_geom &g) {
+    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
+    if (a.noisy) v = __fmaf_rn(g.noise_weight, nz, v);
+    return __fadd_rn(v, a.b);
+}
+
+__device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
+    return __fmul_rn(v > 0 ? v : __fmul_rn(v, g.slope), g.gain);
+}
+
+// d out / d pre, given d out and the pre-activation
+__device__ __forceinline__ float act_grad(float go, float v, const pbw_cpu_sg_act_geom &g) {
+    return __fmul_rn(__fmul_rn(go, g.gain), v > 0 ? 1.0f : g.slope);
+}
+
+// d out / d pre at pixel p of the plane, with scalar loads (the reductions).
+__device__ __forceinline__ float grad_at(const act_plane &a, const pbw_cpu_sg_act_geom &g,
+                                         float go, float yv, int64_t p) {
+    const float dv = g.d_mode == 2 ? a.dp[p] : a.dv, nz = a.noisy ? a.np[p] : 0.0f;
+    return act_grad(go, pre_act(yv, dv, nz, a, g), g);
+}
+
+// The d and noise of pixels p .. p+V-1 of the plane.
+template <int V>
+__device__ __forceinline__ void act_inputs(float (&dv)[V], float (&nz)[V], const act_plane &a,
+                                           const pbw_cpu_sg_act_geom &g, int64_t p) {
+    if (g.d_mode == 2) {
+        ld<V>(dv, a.dp + p);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) dv[k] = a.dv;
+    }
+    if (a.noisy) {
+        ld<V>(nz, a.np + p);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) nz[k] = 0.0f;
     }
 }
 
-// d out / d pre
-__device__ __forceinline__ float grad_pre(const float *gout, const float *y, const float *d,
-                                          const float *noise, const float *bias,
-                                          const pbw_cpu_sg_act_geom &g, int64_t i) {
-    float v = pre_act(y, d, noise, bias, g, i);
-    return gout[i] * g.gain * (v > 0 ? 1.0f : g.slope);
+template <int V>
+__global__ void bias_act_fwd_kernel(float *out, const float *y, const float *d,
+                                    const float *noise, const float *bias,
+                                    pbw_cpu_sg_act_geom g) {
+    EW_PLANES(g.N, g.O) {
+        const act_plane a = act_plane_at(d, noise, bias, g, n, c);
+        EW_PIXELS(p, g.P, V) {
+            float v[V], dv[V], nz[V];
+            ld<V>(v, y + a.base + p);
+            act_inputs<V>(dv, nz, a, g, p);
+#pragma unroll
+            for (int k = 0; k < V; k++) v[k] = act(pre_act(v[k], dv[k], nz[k], a, g), g);
+            st<V>(out + a.base + p, v);
+        }
+    }
 }
 
-// gy and the per-pixel gd, elementwise.
+// gy and the per-pixel gd (gd is NULL unless d_mode is 2), elementwise.
+template <int V>
 __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, const float *y,
                                    const float *d, const float *noise, const float *bias,
                                    pbw_cpu_sg_act_geom g) {
-    const int64_t n = (int64_t)g.N * g.O * g.P;
-    PBW_GRID_STRIDE(i, n) {
-        const float gp = grad_pre(gout, y, d, noise, bias, g, i);
-        if (gy) {
-            if (g.d_mode == 1) {
-                int64_t p, o;
-                const int64_t nn = divmod(divmod(i, g.P, &p), g.O, &o);
-                gy[i] += gp * d[nn * g.d_nstride + o];
-            } else if (g.d_mode == 2) {
-                gy[i] += gp * d[i];
-            } else {
-                gy[i] += gp;
+    EW_PLANES(g.N, g.O) {
+        const act_plane a = act_plane_at(d, noise, bias, g, n, c);
+        EW_PIXELS(p, g.P, V) {
+            const int64_t i = a.base + p;
+            float yv[V], gp[V], dv[V], nz[V];
+            ld<V>(yv, y + i);
+            ld<V>(gp, gout + i);
+            act_inputs<V>(dv, nz, a, g, p);
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                gp[k] = act_grad(gp[k], pre_act(yv[k], dv[k], nz[k], a, g), g);
+            if (gy) {
+                float t[V];
+                ld<V>(t, gy + i);
+#pragma unroll
+                for (int k = 0; k < V; k++)
+                    t[k] = g.d_mode ? __fmaf_rn(gp[k], dv[k], t[k]) : __fadd_rn(t[k], gp[k]);
+                st<V>(gy + i, t);
+            }
+            if (gd && g.d_mode == 2) {
+                float t[V];
+                ld<V>(t, gd + i);
+#pragma unroll
+                for (int k = 0; k < V; k++) t[k] = __fmaf_rn(gp[k], yv[k], t[k]);
+                st<V>(gd + i, t);
             }
         }
-        if (gd && g.d_mode == 2) gd[i] += gp * y[i];
     }
 }
 
@@ -210,11 +364,12 @@ __global__ void bias_act_sums_kernel(double *pd, double *pbias, const float *gou
                                      const float *bias, pbw_cpu_sg_act_geom g, int64_t nch) {
     __shared__ double sh[RED_THREADS];
     const int64_t plane = blockIdx.x, k = blockIdx.y;
+    const act_plane pl = act_plane_at(d, noise, bias, g, (int)(plane / g.O), (int)(plane % g.O));
     const int64_t p0 = k * CHUNK, p1 = p0 + CHUNK < g.P ? p0 + CHUNK : g.P;
     double a = 0, b = 0;
     for (int64_t p = p0 + threadIdx.x; p < p1; p += RED_THREADS) {
-        const int64_t i = plane * g.P + p;
-        const float gp = grad_pre(gout, y, d, noise, bias, g, i);
+        const int64_t i = pl.base + p;
+        const float gp = grad_at(pl, g, gout[i], y[i], p);
         a += (double)(gp * y[i]);
         b += gp;
     }
@@ -238,8 +393,9 @@ __global__ void bias_act_gnoise_kernel(float *gnoise, const float *gout, const f
         double acc = 0;
         for (int nn = n_lo; nn < n_hi; nn++)
             for (int o = 0; o < g.O; o++) {
-                const int64_t e = ((int64_t)nn * g.O + o) * g.P + p;
-                acc += (double)(grad_pre(gout, y, d, noise, bias, g, e) * g.noise_weight);
+                const act_plane pl = act_plane_at(d, noise, bias, g, nn, o);
+                const int64_t e = pl.base + p;
+                acc += (double)(grad_at(pl, g, gout[e], y[e], p) * g.noise_weight);
             }
         gnoise[(int64_t)nn0 * g.noise_nstride + p] += (float)acc;
     }
@@ -257,7 +413,10 @@ extern "C" void pbw_cuda_sg_modulate_forward(float *out, const float *x, const f
                                              const pbw_cpu_sg_mod_geom *g) {
     const int64_t n = (int64_t)g->N * g->C * g->P;
     if (n == 0) return;
-    modulate_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
+    const int v4 = g->P % 4 == 0 && al16(out) && al16(x) && al16(m);
+    const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
+    if (v4) modulate_fwd_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
+    else modulate_fwd_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
     PBW_CUDA_LAUNCHED("sg_modulate_forward");
 }
 
@@ -268,7 +427,12 @@ extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x,
     const int64_t planes = (int64_t)g->N * g->C, n = planes * g->P;
     if (n == 0) return;
     if (gx) {
-        modulate_gx_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+        const int v4 = g->P % 4 == 0 && al16(gx) && al16(gout) && al16(m);
+        const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
+        if (v4)
+            modulate_gx_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+        else
+            modulate_gx_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_x");
     }
     if (gs || (gs0 && m)) {
@@ -298,7 +462,13 @@ extern "C" void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const f
                                              const pbw_cpu_sg_act_geom *g) {
     const int64_t n = (int64_t)g->N * g->O * g->P;
     if (n == 0) return;
-    bias_act_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, y, d, noise, bias, *g);
+    const int v4 = g->P % 4 == 0 && al16(out) && al16(y) && al16(noise) &&
+                   (g->d_mode != 2 || al16(d));
+    const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
+    if (v4)
+        bias_act_fwd_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, y, d, noise, bias, *g);
+    else
+        bias_act_fwd_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, y, d, noise, bias, *g);
     PBW_CUDA_LAUNCHED("sg_bias_act_forward");
 }
 
@@ -309,8 +479,16 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
     const int64_t planes = (int64_t)g->N * g->O, n = planes * g->P;
     if (n == 0) return;
     if (gy || (gd && g->d_mode == 2)) {
-        bias_act_gy_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-            gy, g->d_mode == 2 ? gd : NULL, gout, y, d, noise, bias, *g);
+        float *gdp = g->d_mode == 2 ? gd : NULL; // per pixel: elementwise here
+        const int v4 = g->P % 4 == 0 && al16(gy) && al16(gdp) && al16(gout) && al16(y) &&
+                       al16(noise) && (g->d_mode != 2 || al16(d));
+        const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
+        if (v4)
+            bias_act_gy_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
+                                                                         noise, bias, *g);
+        else
+            bias_act_gy_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
+                                                                         noise, bias, *g);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_y");
     }
     const int want_d = gd && g->d_mode == 1;
