@@ -1,6 +1,19 @@
-// pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). One thread per output
-// pixel; the bicubic taps are computed in the thread, bit-equal to the CPU's
-// (pbw_cuda_resample.cuh).
+// pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). The bicubic taps are
+// bit-equal to the CPU's (pbw_cuda_resample.cuh).
+//
+// A block of the tiled kernels takes CROP_ROWS output rows of one crop unit (image b, crop k)
+// and all three channels: it computes the taps of the R output columns and its rows once, in
+// shared memory (the one-thread-per-output kernels recomputed 8 tap sets, in double, plus a
+// chain of 64-bit divisions, for every output element), and its threads walk the rows'
+// outputs in order, so the writes are coalesced. The forward adds each output's terms in the
+// same order and with the same products as the per-element kernel, so it gives the same bits.
+// The backward sums each block's share of the adjoint in shared memory, first along output
+// columns, then along output rows, and adds one atomic per touched input pixel and channel
+// (~10x fewer than one per output and tap); the atomics still make gx's float sums vary in
+// order from run to run. The per-element kernels remain for shapes whose tiles do not fit in
+// shared memory.
+#include <cmath>
+
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_resample.cuh"
 #include "cuda/pbw_cuda_paint.h"
@@ -77,13 +90,274 @@ __global__ static void crops_bwd_kernel(const float *__restrict__ gy,
     }
 }
 
+// ---------- tiled kernels ----------
+
+const int CROP_THREADS = 256;
+const int CROP_ROWS = 16;             // output rows per block (the backward may use fewer)
+const size_t CROP_SMEM = 48 * 1024;   // shared memory without opting in
+
+// The taps of output o of an axis resized from sd to R samples, packed for shared memory.
+static __device__ __forceinline__ void crop_taps4(int o, int sd, int R, int4 *pi, float4 *pw) {
+    int ix[4];
+    float w[4];
+    pbw_dev_bicubic_taps(o, sd, R, ix, w);
+    *pi = make_int4(ix[0], ix[1], ix[2], ix[3]);
+    *pw = make_float4(w[0], w[1], w[2], w[3]);
+}
+
+// #{j < n: key(t[j]) < v} for t nondecreasing in key (the taps' first and last indices are).
+static __device__ __forceinline__ int count_x_below(const int4 *t, int n, int v) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (t[mid].x < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+static __device__ __forceinline__ int count_w_below(const int4 *t, int n, int v) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (t[mid].w < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// The forward's output value before the clamp from the taps of its row and column: the
+// per-element kernel's arithmetic, term for term. Row sum j is the column pass of input row
+// iy[j] at output column ox; hsum() forms one, and the forward kernel below either calls it for
+// every output or keeps each input row's once in shared memory (the same value).
+static __device__ __forceinline__ float crop_hsum(const float *row, int4 qx, float4 vx) {
+    const int ix[4] = {qx.x, qx.y, qx.z, qx.w};
+    const float wx[4] = {vx.x, vx.y, vx.z, vx.w};
+    float r = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; q++) r += wx[q] * (row[ix[q]] * 0.5f + 0.5f);
+    return r;
+}
+
+static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cuda_norm3 &norm,
+                                                  int64_t i, float *out, uint8_t *pass) {
+    if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
+    v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+    const float m = ch == 0 ? norm.mean[0] : ch == 1 ? norm.mean[1] : norm.mean[2];
+    const float s = ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
+    out[i] = (v - m) / s;
+}
+
+// Grid (B*n units, ceil(R / CROP_ROWS)). Dynamic shared memory: column taps sxi/sxw (R) and
+// row taps syi/syw (CROP_ROWS), 16 bytes each, then hs (nycap, R) floats: per channel, the
+// column pass (crop_hsum) of every input row the block's output rows read, ny of them (rows
+// iy_lo ..), each once; the row pass then reads 4 of them per output. A block whose rows read
+// more than nycap input rows (not with CLIP's crops) sums each output from x directly.
+__global__ static void __launch_bounds__(CROP_THREADS, 4)
+    crops_fwd_tile_kernel(const float *__restrict__ x, int64_t H, int64_t W,
+                          const int *__restrict__ crops, int n, int R, int nycap,
+                          pbw_cuda_norm3 norm, float *__restrict__ out,
+                          uint8_t *__restrict__ pass) {
+    extern __shared__ int4 crop_smem[];
+    int4 *sxi = crop_smem;
+    float4 *sxw = (float4 *)(sxi + R);
+    int4 *syi = (int4 *)(sxw + R);
+    float4 *syw = (float4 *)(syi + CROP_ROWS);
+    float *hs = (float *)(syw + CROP_ROWS);
+    const int64_t u = blockIdx.x, b = u / n;
+    const int k = (int)(u % n), tid = threadIdx.x;
+    const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
+    const int oy0 = blockIdx.y * CROP_ROWS, rows = min(CROP_ROWS, R - oy0);
+    const int64_t RR = (int64_t)R * R, HW = H * W;
+    const float *xb = x + b * 3 * HW + (int64_t)cy * W + cx;
+    const int64_t ob = u * 3 * RR + (int64_t)oy0 * R; // output element of (u, 0, oy0, 0)
+    if (sd == R) { // a plain copy (uniform over the block)
+        for (int e = tid; e < rows * R; e += CROP_THREADS) {
+            const int ly = e / R, ox = e - ly * R;
+#pragma unroll
+            for (int ch = 0; ch < 3; ch++)
+                crop_store(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f, ch, norm,
+                           ob + ch * RR + e, out, pass);
+        }
+        return;
+    }
+    for (int o = tid; o < R + rows; o += CROP_THREADS) {
+        if (o < R) crop_taps4(o, sd, R, &sxi[o], &sxw[o]);
+        else crop_taps4(oy0 + (o - R), sd, R, &syi[o - R], &syw[o - R]);
+    }
+    __syncthreads();
+    // taps are consecutive clamped indices, nondecreasing in the output: the rows read span
+    // syi[0].x .. syi[rows - 1].w
+    const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
+    if (ny > nycap) { // uniform over the block
+        for (int e = tid; e < rows * R; e += CROP_THREADS) {
+            const int ly = e / R, ox = e - ly * R;
+            const int4 qy = syi[ly], qx = sxi[ox];
+            const float4 vy = syw[ly], vx = sxw[ox];
+            const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
+            const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
+            for (int ch = 0; ch < 3; ch++) {
+                const float *xp = xb + ch * HW;
+                float v = 0.0f;
+                for (int j = 0; j < 4; j++) v += wy[j] * crop_hsum(xp + (int64_t)iy[j] * W, qx, vx);
+                crop_store(v, ch, norm, ob + ch * RR + e, out, pass);
+            }
+        }
+        return;
+    }
+    for (int ch = 0; ch < 3; ch++) {
+        const float *xp = xb + ch * HW + (int64_t)iy_lo * W;
+        for (int e = tid; e < ny * R; e += CROP_THREADS) {
+            const int l = e / R, ox = e - l * R;
+            hs[e] = crop_hsum(xp + (int64_t)l * W, sxi[ox], sxw[ox]);
+        }
+        __syncthreads();
+        for (int e = tid; e < rows * R; e += CROP_THREADS) {
+            const int ly = e / R, ox = e - ly * R;
+            const int4 qy = syi[ly];
+            const float4 vy = syw[ly];
+            const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
+            const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
+            float v = 0.0f;
+            for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
+            crop_store(v, ch, norm, ob + ch * RR + e, out, pass);
+        }
+        __syncthreads(); // hs is read before the next channel overwrites it
+    }
+}
+
+// Input rows a tile of `rows` output rows reads when crops have sides <= sdm: i0 - 1 of the
+// first to i0 + 2 of the last, i0 = floor((o + 0.5) * sd / R - 0.5) (the float rounding of
+// sd / R and the floors add at most 2); the kernel checks and falls back when over.
+static int crops_fwd_nycap(int R, int rows, int sdm) {
+    return (int)ceil((double)(rows - 1) * sdm / R) + 6;
+}
+
+// norm.std[ch] without indexing the parameter array (which puts it in local memory)
+static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int ch) {
+    return ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
+}
+
+// Shared memory of the tiled backward for tiles of `rows` output rows and crops of side <= sdm:
+// the taps (16-byte entries: sxi, sxw (R), syi, syw (rows)), then floats gt (rows, R) and
+// tt (rows, sdm), then ints cr (sdm, 2).
+static size_t crops_bwd_smem(int R, int rows, int sdm) {
+    return ((size_t)2 * R + 2 * (size_t)rows) * 16 +
+           ((size_t)rows * R + (size_t)rows * sdm) * sizeof(float) + (size_t)sdm * 2 * sizeof(int);
+}
+
+// Per channel: gt = the tile's gradient at the resize's output (pass ? gy / std * 0.5 : 0, as
+// the per-element kernel's g); tt[r][c] = sum over the outputs ox of row r reading crop column
+// c and their taps of wx * gt[r][ox]; then each crop pixel (iy, c) the tile's rows reach gets
+// sum over those rows r and taps of wy * tt[r][c], added to gx by one atomic. Outputs reading
+// column c are those whose taps (consecutive clamped indices, nondecreasing in the output)
+// span it: [cr[2c], cr[2c+1]); rows reading iy likewise, found by a search over the tile.
+__global__ static void __launch_bounds__(CROP_THREADS)
+    crops_bwd_tile_kernel(const float *__restrict__ gy, const uint8_t *__restrict__ pass,
+                          int64_t H, int64_t W, const int *__restrict__ crops, int n, int R,
+                          int rows_max, int sdm, pbw_cuda_norm3 norm, float *__restrict__ gx) {
+    extern __shared__ int4 crop_smem[];
+    int4 *sxi = crop_smem;
+    float4 *sxw = (float4 *)(sxi + R);
+    int4 *syi = (int4 *)(sxw + R);
+    float4 *syw = (float4 *)(syi + rows_max);
+    float *gt = (float *)(syw + rows_max);
+    float *tt = gt + (size_t)rows_max * R;
+    int *cr = (int *)(tt + (size_t)rows_max * sdm);
+    const int64_t u = blockIdx.x, b = u / n;
+    const int k = (int)(u % n), tid = threadIdx.x;
+    const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
+    const int oy0 = blockIdx.y * rows_max, rows = min(rows_max, R - oy0);
+    const int64_t RR = (int64_t)R * R, HW = H * W;
+    const int64_t ob = u * 3 * RR + (int64_t)oy0 * R; // output element of (u, 0, oy0, 0)
+    float *gb = gx + b * 3 * HW + (int64_t)cy * W + cx;
+    if (sd == R) { // a plain copy: one atomic per output, as the per-element kernel
+        for (int e = tid; e < rows * R; e += CROP_THREADS) {
+            const int ly = e / R, ox = e - ly * R;
+            for (int ch = 0; ch < 3; ch++) {
+                const int64_t i = ob + ch * RR + e;
+                if (pass[i])
+                    atomicAdd(gb + ch * HW + (int64_t)(oy0 + ly) * W + ox,
+                              gy[i] / std_of(norm, ch) * 0.5f);
+            }
+        }
+        return;
+    }
+    for (int o = tid; o < R + rows; o += CROP_THREADS) {
+        if (o < R) crop_taps4(o, sd, R, &sxi[o], &sxw[o]);
+        else crop_taps4(oy0 + (o - R), sd, R, &syi[o - R], &syw[o - R]);
+    }
+    __syncthreads();
+    for (int c = tid; c < sd; c += CROP_THREADS) {
+        cr[2 * c] = count_w_below(sxi, R, c);
+        cr[2 * c + 1] = count_x_below(sxi, R, c + 1);
+    }
+    const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
+    // (cr is first read after the barrier below)
+    for (int ch = 0; ch < 3; ch++) {
+        const float sc = std_of(norm, ch);
+        for (int e = tid; e < rows * R; e += CROP_THREADS) {
+            const int64_t i = ob + ch * RR + e;
+            gt[e] = pass[i] ? gy[i] / sc * 0.5f : 0.0f;
+        }
+        __syncthreads();
+        for (int e = tid; e < rows * sd; e += CROP_THREADS) {
+            const int r = e / sd, c = e - r * sd;
+            const float *g = gt + (size_t)r * R;
+            float s = 0.0f;
+            for (int o = cr[2 * c]; o < cr[2 * c + 1]; o++) {
+                const int4 q = sxi[o];
+                const float4 w = sxw[o];
+                const float go = g[o];
+                if (q.x == c) s += w.x * go;
+                if (q.y == c) s += w.y * go;
+                if (q.z == c) s += w.z * go;
+                if (q.w == c) s += w.w * go;
+            }
+            tt[(size_t)r * sd + c] = s;
+        }
+        __syncthreads(); // the next channel's gt is written only after its pass reads tt
+        float *gc = gb + ch * HW;
+        for (int e = tid; e < ny * sd; e += CROP_THREADS) {
+            const int l = e / sd, c = e - l * sd, iy = iy_lo + l;
+            const int r0 = count_w_below(syi, rows, iy), r1 = count_x_below(syi, rows, iy + 1);
+            float s = 0.0f;
+            for (int r = r0; r < r1; r++) {
+                const int4 q = syi[r];
+                const float4 w = syw[r];
+                const float t = tt[(size_t)r * sd + c];
+                if (q.x == iy) s += w.x * t;
+                if (q.y == iy) s += w.y * t;
+                if (q.z == iy) s += w.z * t;
+                if (q.w == iy) s += w.w * t;
+            }
+            if (s != 0.0f) atomicAdd(gc + (int64_t)iy * W + c, s);
+        }
+    }
+}
+
 extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
                                             const int *crops, int n, int R, pbw_cuda_norm3 norm,
                                             float *out, uint8_t *pass) {
     int64_t total = B * n * 3 * (int64_t)R * R;
     if (total <= 0) return;
-    crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R, norm,
-                                                                 out, pass);
+    // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
+    const int sdm = (int)(H < W ? H : W);
+    const size_t taps = ((size_t)2 * R + 2 * CROP_ROWS) * 16;
+    int nycap = 0;
+    if (taps < CROP_SMEM) {
+        const int64_t fit = (int64_t)((CROP_SMEM - taps) / ((size_t)R * sizeof(float)));
+        const int want = crops_fwd_nycap(R, CROP_ROWS, sdm);
+        nycap = (int)(fit < want ? fit : want);
+    }
+    const size_t smem = taps + (size_t)nycap * R * sizeof(float);
+    if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
+        const dim3 grid((unsigned)(B * n), (unsigned)((R + CROP_ROWS - 1) / CROP_ROWS));
+        crops_fwd_tile_kernel<<<grid, CROP_THREADS, smem, pbw_stream()>>>(
+            x, H, W, crops, n, R, nycap, norm, out, pass);
+    } else {
+        crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R,
+                                                                     norm, out, pass);
+    }
     PBW_CUDA_LAUNCHED("clip_crops forward");
 }
 
@@ -92,7 +366,18 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
                                              int R, pbw_cuda_norm3 norm, float *gx) {
     int64_t total = B * n * 3 * (int64_t)R * R;
     if (total <= 0) return;
-    crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n, R,
-                                                                 norm, gx);
+    // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
+    const int sdm = (int)(H < W ? H : W);
+    int rows = CROP_ROWS;
+    while (rows > 2 && crops_bwd_smem(R, rows, sdm) > CROP_SMEM) rows /= 2;
+    const size_t smem = crops_bwd_smem(R, rows, sdm);
+    if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
+        const dim3 grid((unsigned)(B * n), (unsigned)((R + rows - 1) / rows));
+        crops_bwd_tile_kernel<<<grid, CROP_THREADS, smem, pbw_stream()>>>(
+            gy, pass, H, W, crops, n, R, rows, sdm, norm, gx);
+    } else {
+        crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n,
+                                                                     R, norm, gx);
+    }
     PBW_CUDA_LAUNCHED("clip_crops backward");
 }

@@ -1,13 +1,16 @@
 // pbw_cuda_resample.cu: upfirdn2d, F.interpolate-style resizing, the separable (Gaussian)
 // filter and StyleGAN2's separable blur on the GPU. Contracts in pbw_cuda_conv.h.
 //
-// Every forward runs one thread per output element, every backward one thread per input
-// element gathering from the outputs that read it, so no kernel uses atomics and each is
+// Every forward computes each output element in one thread, every backward each input
+// element, gathering from the outputs that read it, so no kernel uses atomics and each is
 // deterministic. Sums run in the CPU kernels' order; the only differences from the CPU are
 // fused multiply-adds (nvcc contracts a*b+c) and, in the backwards, that a gradient is summed
 // in a register before it is added to dx (the CPU adds each term into dx): ~1 ulp per term.
-// Resize's index/weight tables are the exception: they decide which pixel is read, so they
-// are computed with explicitly rounded operations to match the CPU's bit for bit.
+// Resize's backward is the exception to the order: it sums along rows, then along columns
+// (separable), where the CPU adds each (row tap * column tap) product; a few ulps of the sum.
+// StyleGAN2's blur (K = 4) works on shared-memory tiles; the other kernels run one element
+// per thread. Resize's index/weight tables decide which pixel is read, so they are computed
+// with explicitly rounded operations to match the CPU's bit for bit.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -100,22 +103,31 @@ __global__ void upfirdn_bwd_kernel(float *dx, const float *dout, const float *k,
 
 const int TAPS = 4; // table row width, as the CPU's
 
+// The forward's tables (yi..xw: per output row / column its taps) and the backward's inverse
+// lists: per input row iy, the pairs (output row, weight) that read it are yo[k], yw2[k] for k
+// in [yoff[iy], yoff[iy+1]), ascending in output then tap (the order the CPU adds them in);
+// the same for columns. Every (output, tap) is one pair, so each list array holds out*taps.
 struct resize_tabs {
-    int *yi, *xi;
-    float *yw, *xw;
-    int *ylo, *yhi, *xlo, *xhi; // per input row / column: outputs [lo, hi] that read it
+    int *yi, *xi;    // (OH,TAPS), (OW,TAPS)
+    float *yw, *xw;  // (OH,TAPS), (OW,TAPS)
+    int *yo, *xo;    // (OH*TAPS), (OW*TAPS)
+    float *yw2, *xw2;
+    int *yoff, *xoff; // (H+1), (W+1)
 };
 
 resize_tabs tabs_at(void *scratch, int H, int W, int OH, int OW) {
+    (void)W;
     resize_tabs t;
     t.yi = (int *)scratch;
     t.xi = t.yi + (size_t)OH * TAPS;
     t.yw = (float *)(t.xi + (size_t)OW * TAPS);
     t.xw = t.yw + (size_t)OH * TAPS;
-    t.ylo = (int *)(t.xw + (size_t)OW * TAPS);
-    t.yhi = t.ylo + H;
-    t.xlo = t.yhi + H;
-    t.xhi = t.xlo + W;
+    t.yo = (int *)(t.xw + (size_t)OW * TAPS);
+    t.xo = t.yo + (size_t)OH * TAPS;
+    t.yw2 = (float *)(t.xo + (size_t)OW * TAPS);
+    t.xw2 = t.yw2 + (size_t)OH * TAPS;
+    t.yoff = (int *)(t.xw2 + (size_t)OW * TAPS);
+    t.xoff = t.yoff + (size_t)H + 1;
     return t;
 }
 
@@ -159,26 +171,54 @@ __global__ void resize_table_kernel(resize_tabs t, int H, int W, int OH, int OW,
     }
 }
 
-__global__ void range_init_kernel(int *lo, int *hi, int n) {
-    PBW_GRID_STRIDE(i, n) lo[i] = INT_MAX, hi[i] = -1;
-}
-
-// Every (output, tap) widens the range of the input it reads. atomicMin/Max give the same
-// result in any order. Taps of weight 0 count too: harmless, they add zeros.
-__global__ void range_kernel(resize_tabs t, int OH, int OW, int taps) {
-    const int64_t n = ((int64_t)OH + OW) * taps;
+// The inverse lists, one input row or column per thread (i < H: rows, else columns).
+// Each tap column of the tables is nondecreasing in o (nearest: floor(o * scale) and o >> 1,
+// clamped; bilinear: i0 = (int)src and min(i0 + 1, in - 1); bicubic: floor(src) - 1 + j,
+// clamped; src is monotone under rounding), so the outputs whose tap a reads input v are
+// exactly [below_a(v), below_a(v + 1)), below_a(v) = #{o: idx[o][a] < v}, and v's list starts
+// after every pair reading a smaller input: at sum over taps of below_a(v). The 2 * taps
+// binary searches share one sequence of interval lengths, so they run in one loop whose loads
+// are independent (a search alone would wait on each load in turn).
+__global__ void resize_list_kernel(resize_tabs t, int H, int W, int OH, int OW, int taps) {
+    const int64_t n = (int64_t)H + W;
     PBW_GRID_STRIDE(i, n) {
-        const int64_t r = i / taps;
-        const int j = (int)(i % taps);
-        if (r < OH) {
-            int in = t.yi[r * TAPS + j];
-            atomicMin(&t.ylo[in], (int)r);
-            atomicMax(&t.yhi[in], (int)r);
-        } else {
-            int o = (int)(r - OH), in = t.xi[(int64_t)o * TAPS + j];
-            atomicMin(&t.xlo[in], o);
-            atomicMax(&t.xhi[in], o);
+        const int row = i < H;
+        const int v = row ? (int)i : (int)(i - H);
+        const int in = row ? H : W, out = row ? OH : OW;
+        const int *idx = row ? t.yi : t.xi;
+        const float *wt = row ? t.yw : t.xw;
+        int *lo = row ? t.yo : t.xo, *off = row ? t.yoff : t.xoff;
+        float *lw = row ? t.yw2 : t.xw2;
+        // search s: tap s / 2, key v + s % 2; the answer stays in [c[s], c[s] + len]
+        int c[2 * TAPS];
+#pragma unroll
+        for (int q = 0; q < 2 * TAPS; q++) c[q] = 0;
+        int len = out;
+        while (len > 1) {
+            const int half = len >> 1;
+#pragma unroll
+            for (int q = 0; q < 2 * TAPS; q++)
+                if (q / 2 < taps && idx[(int64_t)(c[q] + half - 1) * TAPS + q / 2] < v + (q & 1))
+                    c[q] += half;
+            len -= half;
         }
+        int b[TAPS], e[TAPS], start = 0, o0 = INT_MAX, o1 = 0;
+#pragma unroll
+        for (int a = 0; a < TAPS; a++) {
+            b[a] = e[a] = 0;
+            if (a >= taps || out < 1) continue;
+            b[a] = c[2 * a] + (idx[(int64_t)c[2 * a] * TAPS + a] < v);
+            e[a] = c[2 * a + 1] + (idx[(int64_t)c[2 * a + 1] * TAPS + a] < v + 1);
+            start += b[a];
+            if (b[a] < e[a]) o0 = min(o0, b[a]), o1 = max(o1, e[a]);
+        }
+        off[v] = start;
+        if (v == in - 1) off[in] = out * taps;
+        int k = start;
+        for (int o = o0; o < o1; o++)
+#pragma unroll
+            for (int a = 0; a < TAPS; a++)
+                if (o >= b[a] && o < e[a]) lo[k] = o, lw[k] = wt[(int64_t)o * TAPS + a], k++;
     }
 }
 
@@ -203,46 +243,79 @@ __global__ void resize_fwd_kernel(float *out, const float *x, resize_tabs t, int
     }
 }
 
-__global__ void resize_bwd_kernel(float *dx, const float *dout, resize_tabs t, int64_t planes,
-                                  int H, int W, int OH, int OW, int taps) {
-    const int64_t n = planes * H * W;
-    PBW_GRID_STRIDE(i, n) {
-        int64_t xr_, yr_;
-        const int64_t pl = divmod(divmod(i, W, &xr_), H, &yr_);
-        const int ix = (int)xr_, iy = (int)yr_;
+__device__ __forceinline__ int warp_min(int v) {
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ int warp_max(int v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+const int RB_THREADS = 256; // input columns per block of the backward
+const int RB_CHUNK = 2048;  // output columns of u[] in shared memory at a time
+
+// The adjoint, separable and gathered. A block takes one input row iy and RB_THREADS input
+// columns of a plane: first u[ox] = sum over iy's row pairs (oy, wy) of wy * dout[oy][ox]
+// (one output column per thread, the rows' pairs read uniformly), then each thread's column
+// ix gathers dx = sum over its column pairs (ox, wx) of wx * u[ox]. Output columns go through
+// shared memory in chunks, in ascending order, so each sum keeps its pairs' order. The old
+// one-thread-per-input loop scanned every (oy, tap, ox, tap) in the input's ranges: with few
+// inputs (LPIPS's 15x15 maps upsampled to 256) it ran 5000 serial steps on 225 threads.
+__global__ void __launch_bounds__(RB_THREADS)
+    resize_bwd_kernel(float *dx, const float *dout, resize_tabs t, int64_t planes, int H, int W,
+                      int OH, int OW) {
+    __shared__ float u[RB_CHUNK];
+    __shared__ int red[2][RB_THREADS / 32];
+    const int tid = threadIdx.x;
+    const int ix = blockIdx.x * RB_THREADS + tid;
+    // the output columns any of this block's input columns reads: [oxa, oxb]
+    int k0 = 0, k1 = 0, lo = INT_MAX, hi = -1;
+    if (ix < W) {
+        k0 = t.xoff[ix];
+        k1 = t.xoff[ix + 1];
+        if (k0 < k1) lo = t.xo[k0], hi = t.xo[k1 - 1];
+    }
+    lo = warp_min(lo);
+    hi = warp_max(hi);
+    if ((tid & 31) == 0) red[0][tid >> 5] = lo, red[1][tid >> 5] = hi;
+    __syncthreads();
+    int oxa = INT_MAX, oxb = -1;
+    for (int j = 0; j < RB_THREADS / 32; j++) oxa = min(oxa, red[0][j]), oxb = max(oxb, red[1][j]);
+    for (int64_t pl = blockIdx.z; pl < planes; pl += gridDim.z) {
         const float *gp = dout + pl * OH * OW;
-        const int oy1 = t.yhi[iy], ox0 = t.xlo[ix], ox1 = t.xhi[ix];
-        float acc = 0.0f;
-        for (int oy = t.ylo[iy]; oy <= oy1; oy++)
-            for (int a = 0; a < taps; a++) {
-                if (t.yi[oy * TAPS + a] != iy) continue;
-                const float wy = t.yw[oy * TAPS + a];
-                const float *grow = gp + (int64_t)oy * OW;
-                for (int ox = ox0; ox <= ox1; ox++)
-                    for (int b = 0; b < taps; b++)
-                        if (t.xi[ox * TAPS + b] == ix) acc += (grow[ox] * wy) * t.xw[ox * TAPS + b];
+        for (int iy = blockIdx.y; iy < H; iy += gridDim.y) {
+            const int ky0 = t.yoff[iy], ky1 = t.yoff[iy + 1];
+            if (ky0 == ky1) continue; // no output reads this row (uniform over the block)
+            float acc = 0.0f;
+            int k = k0;
+            for (int c0 = oxa; c0 <= oxb; c0 += RB_CHUNK) {
+                const int c1 = min(c0 + RB_CHUNK, oxb + 1);
+                for (int ox = c0 + tid; ox < c1; ox += RB_THREADS) {
+                    float s = 0.0f;
+                    for (int q = ky0; q < ky1; q++) s += t.yw2[q] * gp[(int64_t)t.yo[q] * OW + ox];
+                    u[ox - c0] = s;
+                }
+                __syncthreads();
+                for (; k < k1 && t.xo[k] < c1; k++) acc += t.xw2[k] * u[t.xo[k] - c0];
+                __syncthreads();
             }
-        dx[i] += acc;
+            if (ix < W) dx[pl * H * W + (int64_t)iy * W + ix] += acc;
+        }
     }
 }
 
 int resize_taps(int mode) { return mode == 0 ? 1 : mode == 1 ? 2 : 4; }
 
-resize_tabs resize_setup(void *scratch, int H, int W, int OH, int OW, int mode, int ranges) {
+resize_tabs resize_setup(void *scratch, int H, int W, int OH, int OW, int mode, int lists) {
     resize_tabs t = tabs_at(scratch, H, W, OH, OW);
     resize_table_kernel<<<pbw_grid((int64_t)OH + OW), 256, 0, pbw_stream()>>>(t, H, W, OH, OW,
                                                                              mode);
     PBW_CUDA_LAUNCHED("resize_tables");
-    if (ranges) {
-        range_init_kernel<<<pbw_grid(2 * ((int64_t)H + W)), 256, 0, pbw_stream()>>>(
-            t.ylo, t.ylo + H, H); // ylo, yhi
-        PBW_CUDA_LAUNCHED("resize_range_init");
-        range_init_kernel<<<pbw_grid(W), 256, 0, pbw_stream()>>>(t.xlo, t.xhi, W);
-        PBW_CUDA_LAUNCHED("resize_range_init");
-        const int taps = resize_taps(mode);
-        range_kernel<<<pbw_grid(((int64_t)OH + OW) * taps), 256, 0, pbw_stream()>>>(t, OH, OW,
-                                                                                    taps);
-        PBW_CUDA_LAUNCHED("resize_ranges");
+    if (lists) {
+        resize_list_kernel<<<pbw_grid((int64_t)H + W), 256, 0, pbw_stream()>>>(
+            t, H, W, OH, OW, resize_taps(mode));
+        PBW_CUDA_LAUNCHED("resize_lists");
     }
     return t;
 }
@@ -297,6 +370,101 @@ fir_taps flip_taps(const float *kv, const float *kh, int K) {
     return f;
 }
 
+// The tiled blur, forward and backward, for a K known at compile time. A block covers a
+// TW x (TY*RY) tile of one plane's result: it loads the source tile with its K-1 halo (zeros
+// outside the source, which add nothing: fma(k, 0, s) == s) into shared memory once, then each
+// thread forms the row sums of its RY+K-1 tile rows in registers and the column sums of its RY
+// results. The taps sit in the kernel's parameters and the loops unroll, so they are constant
+// operands. The sums run in the same order as the generic kernels below (and the CPU's), with
+// the same products, so the results are the same bits.
+//   forward:  out[oy][ox] = sum_jv fv[jv] * sum_jh fh[jh] * x[oy+jv-p0][ox+jh-p0]
+//   backward: gx[iy][ix] += sum_jv fv[jv] * sum_jh fh[jh] * gout[iy-jv+p0][ix-jh+p0]
+// src is (SH,SW) per plane, dst (DH,DW); planes run on grid z (looped past 65535).
+
+// A tile row stride (>= tc) that puts the two half-warps of a 16-wide tile (rows RY apart) on
+// different banks; 32-wide tiles keep tc.
+__host__ __device__ constexpr int blur_stride(int tc, int ry, int tw) {
+    int s = tc;
+    if (tw < 32)
+        while ((ry * s) % 32 != 16) s++;
+    return s;
+}
+
+template <int K, int TW, int TY, int RY, bool BWD>
+__global__ void __launch_bounds__(TW *TY)
+    sg_blur_tile_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t planes,
+                        int SH, int SW, int DH, int DW, fir_taps f, int p0) {
+    static_assert(TW * TY % 32 == 0 && RY <= 16, "blur tile shape");
+    constexpr int TH = TY * RY, TR = TH + K - 1, TC = TW + K - 1;
+    constexpr int TS = blur_stride(TC, RY, TW), NT = TW * TY;
+    __shared__ float tile[TR * TS];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * TW + tx;
+    const int dx0 = blockIdx.x * TW, dy0 = blockIdx.y * TH;
+    // tile row r, column c is source (sy0 + r, sx0 + c)
+    const int off = BWD ? p0 - (K - 1) : -p0;
+    const int sy0 = dy0 + off, sx0 = dx0 + off;
+    const int ox = dx0 + tx, oyt = dy0 + ty * RY;
+    for (int64_t pl = blockIdx.z; pl < planes; pl += gridDim.z) {
+        const float *sp = src + pl * SH * SW;
+        for (int e = tid; e < TR * TC; e += NT) {
+            const int r = e / TC, c = e - r * TC;
+            const int sy = sy0 + r, sx = sx0 + c;
+            tile[r * TS + c] =
+                (sy >= 0 && sy < SH && sx >= 0 && sx < SW) ? sp[(int64_t)sy * SW + sx] : 0.0f;
+        }
+        __syncthreads();
+        float rs[RY + K - 1]; // row sums of tile rows ty*RY + t
+#pragma unroll
+        for (int t = 0; t < RY + K - 1; t++) {
+            const float *row = tile + (ty * RY + t) * TS + tx;
+            float s = 0.0f;
+#pragma unroll
+            for (int jh = 0; jh < K; jh++) s += f.h[jh] * row[BWD ? K - 1 - jh : jh];
+            rs[t] = s;
+        }
+        float *dp = dst + pl * DH * DW;
+#pragma unroll
+        for (int r = 0; r < RY; r++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int jv = 0; jv < K; jv++) acc += f.v[jv] * rs[BWD ? r + K - 1 - jv : r + jv];
+            const int oy = oyt + r;
+            if (oy < DH && ox < DW) {
+                float *d = dp + (int64_t)oy * DW + ox;
+                if (BWD) *d += acc;
+                else *d = acc;
+            }
+        }
+        __syncthreads(); // the tile is read before the next plane's overwrites it
+    }
+}
+
+// Launches the tiled blur for K == 4 (StyleGAN2's [1,3,3,1]); 0 for other K (the generic
+// kernels take those). Tiles of 32x64 results (8 per thread: fewer halo loads and more loads
+// in flight per thread), 32x32 where the result is under 64 high, 16x16 where it is at most
+// 16 wide.
+template <bool BWD>
+int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, int DH, int DW,
+                  const fir_taps &f, int K, int p0) {
+    if (K != 4) return 0;
+    const unsigned gz = (unsigned)(planes < 65535 ? planes : 65535);
+    if (DW <= 16) {
+        const dim3 grid((unsigned)((DW + 15) / 16), (unsigned)((DH + 15) / 16), gz);
+        sg_blur_tile_kernel<4, 16, 8, 2, BWD>
+            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+    } else if (DH >= 64) {
+        const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 63) / 64), gz);
+        sg_blur_tile_kernel<4, 32, 8, 8, BWD>
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+    } else {
+        const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 31) / 32), gz);
+        sg_blur_tile_kernel<4, 32, 8, 4, BWD>
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+    }
+    return 1;
+}
+
+// The generic kernels (any K <= 16), one thread per result.
 // out[oy][ox] = sum_jv fv[jv] * (sum_jh fh[jh] * x[oy+jv-p0][ox+jh-p0]): the CPU's row pass
 // then column pass, fused (each row sum is recomputed by the K outputs below it; K <= 16).
 __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, int H, int W,
@@ -378,8 +546,9 @@ extern "C" void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const 
 
 extern "C" size_t pbw_cuda_resize_scratch_bytes(int mode, int H, int W, int OH, int OW) {
     (void)mode;
-    return ((size_t)OH + (size_t)OW) * TAPS * (sizeof(int) + sizeof(float)) +
-           2 * ((size_t)H + (size_t)W) * sizeof(int);
+    // the forward's tables, the backward's lists (the same size again) and their offsets
+    return 2 * ((size_t)OH + (size_t)OW) * TAPS * (sizeof(int) + sizeof(float)) +
+           ((size_t)H + (size_t)W + 2) * sizeof(int);
 }
 
 extern "C" void pbw_cuda_resize_forward(float *out, const float *x, int64_t planes, int H, int W,
@@ -397,8 +566,10 @@ extern "C" void pbw_cuda_resize_backward(float *dx, const float *dout, int64_t p
     const int64_t n = planes * H * W;
     if (n == 0) return;
     resize_tabs t = resize_setup(scratch, H, W, OH, OW, mode, 1);
-    resize_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(dx, dout, t, planes, H, W, OH, OW,
-                                                            resize_taps(mode));
+    const dim3 grid((unsigned)((W + RB_THREADS - 1) / RB_THREADS),
+                    (unsigned)(H < 65535 ? H : 65535),
+                    (unsigned)(planes < 65535 ? planes : 65535));
+    resize_bwd_kernel<<<grid, RB_THREADS, 0, pbw_stream()>>>(dx, dout, t, planes, H, W, OH, OW);
     PBW_CUDA_LAUNCHED("resize_backward");
 }
 
@@ -432,8 +603,10 @@ extern "C" void pbw_cuda_sg_blur_forward(float *out, const float *x, int64_t pla
         pbw_cuda_fail("sg_blur: %d taps (1..16)", K);
         return;
     }
-    sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,
-                                                             flip_taps(kv, kh, K), K, p0);
+    const fir_taps f = flip_taps(kv, kh, K);
+    if (!sg_blur_tiled<false>(out, x, planes, H, W, OH, OW, f, K, p0))
+        sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,
+                                                                 f, K, p0);
     PBW_CUDA_LAUNCHED("sg_blur_forward");
 }
 
@@ -449,7 +622,9 @@ extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t 
         pbw_cuda_fail("sg_blur: %d taps (1..16)", K);
         return;
     }
-    sg_blur_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, planes, H, W, OH, OW,
-                                                             flip_taps(kv, kh, K), K, p0);
+    const fir_taps f = flip_taps(kv, kh, K);
+    if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0))
+        sg_blur_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, planes, H, W, OH, OW,
+                                                                 f, K, p0);
     PBW_CUDA_LAUNCHED("sg_blur_backward");
 }
