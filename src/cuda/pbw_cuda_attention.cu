@@ -1,17 +1,31 @@
 // pbw_cuda_attention.cu: scaled dot-product attention on the GPU (see pbw_cuda_nn.h), with the
 // strided geometry of pbw_cpu_attention_* (src/cpu/pbw_cpu_nn.c).
 //
-// Forward: when one head's K and V fit in shared memory (CLIP: S <= 77, D = 64), one fused
-// kernel per (batch*head, block of queries) computes the scores, the softmax and P V without
-// a trip through global memory but for P itself, which the backward needs. Otherwise scores
-// and P V are cuBLAS strided batched GEMMs (pbw_cuda_gemm_batched, one call per batch item when
-// the batch and head strides do not compose) around a masked softmax kernel.
+// Three paths each way, the first that fits is taken:
+//
+// 1. Tiled (CLIP's shapes; head size a multiple of 4, 16-byte aligned rows). One block per
+//    (batch, head) stages the head in shared memory with cp.async and computes every product as
+//    register tiles: a thread owns TM x TN outputs whose rows and columns interleave with its
+//    neighbours', and reads its operands as float4. A 64-long dot product per output, as the
+//    generic kernels do, reads two shared floats per FMA; a 7 x 7 tile reads 14 float4 per 196
+//    FMA. Shared memory returns one float per lane per cycle per SM (a quarter of the FMA rate),
+//    so that ratio, not the FMA count, is what set the speed.
+//    Forward (S <= 80): 64 threads, an 8 x 8 grid of them; scores, the softmax (each row is
+//    spread over 8 lanes of one warp, reduced with shuffles) and P V; P goes to global memory
+//    for the backward and to shared memory (over Q when T rows are one pass) for P V.
+//    Backward (any S, T, D that fit): 256 threads, two halves of 128 working on different
+//    products at once: dP = dO V^T beside dV = P^T dO, then dS by rows, then dQ = dS K beside
+//    dK = dS^T Q. Each block owns its head's rows of every gradient, so no atomics.
+// 2. Fused, one query row per warp (any D; K and V of a head fit the default 48 KB forward,
+//    the head's operands the opt-in limit backward).
+// 3. cuBLAS strided batched GEMMs (pbw_cuda_gemm_batched, one call per batch item when the
+//    batch and head strides do not compose) around a masked softmax / dS kernel, the backward's
+//    dP/dS in the caller's scratch (B*H*T*S floats), as the CPU does per head.
 //
 // Backward: dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)) scale, dQ = dS K, dK = dS^T Q.
-// When a head's K, V, Q, dO and dS fit in a block's shared memory (CLIP: ~100 KB at T = S = 77,
-// D = 64, above the default 48 KB, so the kernel opts in), one fused kernel per (batch*head)
-// does it all: each block owns its head's rows of every gradient, so no atomics. Otherwise
-// cuBLAS GEMMs with dP/dS in the caller's scratch (B*H*T*S floats), as the CPU does per head.
+// Every output element is summed by one thread in increasing order of its reduction index:
+// results do not depend on the launch, and the errors against the CPU are those of fp32 sums
+// in another order (tests/test_cuda_nn.c).
 #include <cmath>
 
 #include "cpu/pbw_cpu.h"
@@ -168,6 +182,479 @@ static size_t smem_optin_max(void) {
     return (size_t)v;
 }
 
+// ---- tiled path ----
+
+// Thread-tile coordinates in a grid of (threads / GJ) x GJ: j takes lane bits 0, 2, 3 (and 4
+// when GJ = 16), i the others and the warp. Operand A's rows follow i and B's follow j, so lanes
+// n and n^1 read the same A address and lanes n and n^2 the same B address (pairs that shared
+// memory can serve with one fetch, on the GPUs that pack uniform loads), and a row's GJ lanes
+// are in one warp (the forward's shuffles).
+template <int GJ>
+__device__ __forceinline__ void tile_coords(int tid, int *i, int *j) {
+    static_assert(GJ == 8 || GJ == 16, "lane layouts for 8 or 16 columns");
+    int lane = tid & 31, w = tid >> 5;
+    *j = (lane & 1) | ((lane >> 2) & (GJ / 2 - 1)) << 1;
+    int hi = GJ == 8 ? lane >> 4 : 0; // lane bits above j's
+    *i = ((lane >> 1) & 1) | hi << 1 | w * (32 / GJ);
+}
+
+// acc[a][b] = sum over k < K of A(a, k) B(b, k), A's row a at A + ao[a] and B's row b at
+// B + bo[b] (rows 16-byte aligned, K a multiple of 4), k increasing; K = 0 gives zeros.
+template <int TM, int TN>
+__device__ __forceinline__ void tile_nt(float (&acc)[TM][TN], const float *A, const int (&ao)[TM],
+                                        const float *B, const int (&bo)[TN], int K) {
+#pragma unroll
+    for (int a = 0; a < TM; a++)
+#pragma unroll
+        for (int b = 0; b < TN; b++) acc[a][b] = 0.0f;
+    for (int k = 0; k < K; k += 4) {
+        float4 av[TM];
+#pragma unroll
+        for (int a = 0; a < TM; a++) av[a] = *reinterpret_cast<const float4 *>(A + ao[a] + k);
+#pragma unroll
+        for (int b = 0; b < TN; b++) {
+            float4 bv = *reinterpret_cast<const float4 *>(B + bo[b] + k);
+#pragma unroll
+            for (int a = 0; a < TM; a++) {
+                float c = acc[a][b];
+                c = fmaf(av[a].x, bv.x, c);
+                c = fmaf(av[a].y, bv.y, c);
+                c = fmaf(av[a].z, bv.z, c);
+                acc[a][b] = fmaf(av[a].w, bv.w, c);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float f4_get(const float4 &v, int u) {
+    return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; // u is a constant once unrolled
+}
+
+// acc[a][c] (4 columns) = sum over k < K of A(a, k) B(k, bo[c] .. bo[c] + 3), A's row a at
+// A + ao[a], B's rows ldb floats apart (16-byte aligned, K a multiple of 4), k increasing.
+template <int TM, int NC>
+__device__ __forceinline__ void tile_nn(float4 (&acc)[TM][NC], const float *A, const int (&ao)[TM],
+                                        const float *B, int ldb, const int (&bo)[NC], int K) {
+#pragma unroll
+    for (int a = 0; a < TM; a++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[a][c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int k = 0; k < K; k += 4) {
+        float4 bv[4][NC]; // B's 4 rows first, then A a row at a time: fewer live registers
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                bv[u][c] = *reinterpret_cast<const float4 *>(B + (k + u) * ldb + bo[c]);
+#pragma unroll
+        for (int a = 0; a < TM; a++) {
+            float4 av = *reinterpret_cast<const float4 *>(A + ao[a] + k);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float x = f4_get(av, u);
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    acc[a][c].x = fmaf(x, bv[u][c].x, acc[a][c].x);
+                    acc[a][c].y = fmaf(x, bv[u][c].y, acc[a][c].y);
+                    acc[a][c].z = fmaf(x, bv[u][c].z, acc[a][c].z);
+                    acc[a][c].w = fmaf(x, bv[u][c].w, acc[a][c].w);
+                }
+            }
+        }
+    }
+}
+
+// 16 bytes global -> shared without a trip through registers (sm_80+), in commit groups.
+__device__ __forceinline__ void cp16(float *dst, const float *src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_commit(void) {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp4(float *dst, const float *src) { // any float alignment
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_wait(void) { // this thread's groups but the last N landed
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Issues the copy of rows x (4 C) floats, src rows ld floats apart, to dst rows lds apart, one
+// float4 per thread of nt in turn.
+__device__ __forceinline__ void stage_rows(float *dst, int lds, const float *src, int64_t ld,
+                                           int rows, int C, int tid, int nt) {
+    const int dr = nt / C, dc = nt % C;
+    int r = tid / C, c = tid % C; // x = r C + c, stepped without dividing
+    for (int x = tid; x < rows * C; x += nt) {
+        cp16(dst + r * lds + 4 * c, src + r * ld + 4 * c);
+        r += dr;
+        c += dc;
+        if (c >= C) {
+            c -= C;
+            r++;
+        }
+    }
+}
+
+// dst(r, c) = 0 for r < rows, c < cols, rows lds floats apart.
+__device__ __forceinline__ void zero_rows(float *dst, int lds, int rows, int cols, int tid, int nt) {
+    for (int x = tid; x < rows * cols; x += nt) dst[(x / cols) * lds + x % cols] = 0.0f;
+}
+
+__host__ __device__ static inline int round4(int64_t n) { return (int)((n + 3) & ~(int64_t)3); }
+// A row stride (floats) for n4 floats (a multiple of 4) that is 4 mod 8: lanes reading float4
+// at one column of 8 consecutive rows then hit 8 different groups of 4 banks.
+__host__ __device__ static inline int pad_stride(int64_t n4) { return (int)(n4 % 8 ? n4 : n4 + 4); }
+
+// The forward's shared tiles (offsets and strides in floats): K (S, dp), V (s4, D) with rows
+// S.. zero (P V runs k to s4), Q (T, dp) and P (min(T, rb), sp), P over Q when rb >= T.
+struct fwd_layout {
+    int dp, sp, s4, k, v, q, p;
+    int64_t total;
+};
+
+static fwd_layout fwd_layout_of(const pbw_attn_geom *g, int rb) {
+    fwd_layout l;
+    l.dp = pad_stride(g->D);
+    l.s4 = round4(g->S);
+    l.sp = pad_stride(l.s4);
+    int64_t v = g->S * l.dp, q = v + l.s4 * g->D, qend = q + g->T * l.dp;
+    int64_t p = g->T <= rb ? q : qend, pend = p + (g->T < rb ? g->T : rb) * l.sp;
+    l.k = 0;
+    l.v = (int)v;
+    l.q = (int)q;
+    l.p = (int)p;
+    l.total = qend > pend ? qend : pend;
+    return l;
+}
+
+static const int FWD_THREADS = 64; // an 8 x 8 grid of tiles
+
+// One block per (batch, head): rows of TM x 8 queries at a time, all S <= 8 TN keys at once.
+template <int TM, int TN>
+__global__ static void __launch_bounds__(FWD_THREADS)
+    attention_fwd_tiled_kernel(pbw_attn_geom g, fwd_layout l, const float *q, const float *k,
+                               const float *v, float *p, float *o) {
+    extern __shared__ float4 smem_f4[];
+    float *sm = reinterpret_cast<float *>(smem_f4);
+    const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4, RB = 8 * TM;
+    float *Ks = sm + l.k, *Vs = sm + l.v, *Qs = sm + l.q, *Ps = sm + l.p;
+    const int tid = threadIdx.x;
+    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
+    const float *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const float *vh = v + b * g.v[0] + h * g.v[1];
+    float *oh = o + b * g.o[0] + h * g.o[1], *ph = p + bh * T * S;
+    stage_rows(Ks, l.dp, kh, g.k[2], S, C, tid, FWD_THREADS);
+    stage_rows(Qs, l.dp, qh, g.q[2], T, C, tid, FWD_THREADS);
+    cp_commit();
+    stage_rows(Vs, D, vh, g.v[2], S, C, tid, FWD_THREADS); // lands while the scores run
+    cp_commit();
+    for (int x = S * D + tid; x < l.s4 * D; x += FWD_THREADS) Vs[x] = 0.0f;
+    cp_wait<1>();
+    __syncthreads();
+    int i, j;
+    tile_coords<8>(tid, &i, &j);
+    for (int tb = 0; tb < T; tb += RB) {
+        // scores of queries tb + i + 8a and keys j + 8b (rows past T or S read the last one)
+        int qo[TM], ko[TN];
+#pragma unroll
+        for (int a = 0; a < TM; a++) qo[a] = min(tb + i + 8 * a, T - 1) * l.dp;
+#pragma unroll
+        for (int c = 0; c < TN; c++) ko[c] = min(j + 8 * c, S - 1) * l.dp;
+        float sc[TM][TN];
+        tile_nt<TM, TN>(sc, Qs, qo, Ks, ko, tb + i < T ? D : 0);
+        // softmax of each row over its 8 lanes (lane bits 0, 2, 3); every lane takes part
+#pragma unroll
+        for (int a = 0; a < TM; a++) {
+            int t = tb + i + 8 * a, n = g.causal ? min(t + 1, S) : S; // n >= 1: mx is finite
+            float mx = -INFINITY, sum = 0.0f;
+#pragma unroll
+            for (int c = 0; c < TN; c++) {
+                sc[a][c] = j + 8 * c < n ? sc[a][c] * g.scale : -INFINITY;
+                mx = fmaxf(mx, sc[a][c]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+#pragma unroll
+            for (int c = 0; c < TN; c++) { // exp(-inf) = 0 for the keys left out
+                sc[a][c] = expf(sc[a][c] - mx);
+                sum += sc[a][c];
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+            float inv = 1.0f / sum;
+#pragma unroll
+            for (int c = 0; c < TN; c++) sc[a][c] *= inv;
+        }
+        __syncthreads(); // Q (under P when one pass) and the last pass's P are read
+#pragma unroll
+        for (int a = 0; a < TM; a++) {
+            int t = tb + i + 8 * a;
+            if (t >= T) continue;
+#pragma unroll
+            for (int c = 0; c < TN; c++) {
+                int s = j + 8 * c; // s < 8 TN, and 8 TN >= s4
+                if (s < S) ph[(int64_t)t * S + s] = sc[a][c];
+                if (s < l.s4) Ps[(t - tb) * l.sp + s] = sc[a][c]; // 0 past S
+            }
+        }
+        cp_wait<0>(); // V
+        __syncthreads();
+        // o rows tb + i + 8a = P V, float4 columns cb + j + 8c
+        int rows_end = min(T, tb + RB);
+        int s_end = g.causal ? round4(min(S, rows_end)) : l.s4; // causal: P is 0 past the rows
+        int po[TM];
+#pragma unroll
+        for (int a = 0; a < TM; a++) po[a] = (min(tb + i + 8 * a, T - 1) - tb) * l.sp;
+        for (int cb = 0; cb < C; cb += 16) {
+            int vo[2];
+#pragma unroll
+            for (int c = 0; c < 2; c++) vo[c] = min(cb + j + 8 * c, C - 1) * 4;
+            float4 acc[TM][2];
+            tile_nn<TM, 2>(acc, Ps, po, Vs, D, vo, tb + i < T ? s_end : 0);
+#pragma unroll
+            for (int a = 0; a < TM; a++) {
+                int t = tb + i + 8 * a;
+                if (t >= T) continue;
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int col = cb + j + 8 * c;
+                    if (col < C) *reinterpret_cast<float4 *>(oh + t * g.o[2] + 4 * col) = acc[a][c];
+                }
+            }
+        }
+    }
+}
+
+// The backward's shared tiles: K (s4, dp) and Q (t4, D) and dO (t4, dp) with the rows past S
+// or T zero (the products run k to s4 or t4), V (S, dp), P^T (S, tp) with columns T.. zero,
+// later dS^T in place, and dP (T, sp) with columns S.. zero, later dS in place (first, P as it
+// lies in global memory, T S floats, on its way to P^T).
+struct bwd_layout {
+    int dp, sp, tp, s4, t4, k, v, q, o, pt, ds;
+    int64_t total;
+};
+
+static bwd_layout bwd_layout_of(const pbw_attn_geom *g) {
+    bwd_layout l;
+    l.dp = pad_stride(g->D);
+    l.s4 = round4(g->S);
+    l.t4 = round4(g->T);
+    l.sp = pad_stride(l.s4);
+    l.tp = pad_stride(l.t4);
+    int64_t v = (int64_t)l.s4 * l.dp, q = v + g->S * l.dp, o = q + (int64_t)l.t4 * g->D;
+    int64_t pt = o + (int64_t)l.t4 * l.dp, ds = pt + g->S * l.tp;
+    l.k = 0;
+    l.v = (int)v;
+    l.q = (int)q;
+    l.o = (int)o;
+    l.pt = (int)pt;
+    l.ds = (int)ds;
+    l.total = ds + g->T * l.sp;
+    return l;
+}
+
+static const int BWD_THREADS = 256; // two halves of 128, each an 8 x 16 grid of tiles
+static const int BWD_TM = 7, BWD_TN = 4; // 56 rows x 64 columns (16 float4) a pass
+
+// gh(r, 4 col .. 4 col + 3) += acc[a] for the rows r = r0 + 8a < R, rows ld floats apart, when
+// col < C.
+__device__ __forceinline__ void add_rows(float *gh, int64_t ld, const float4 (&acc)[BWD_TM][1],
+                                         int r0, int R, int col, int C) {
+    if (col >= C) return;
+    float4 x[BWD_TM]; // every load issued before the first store: one memory latency, not 7
+#pragma unroll
+    for (int a = 0; a < BWD_TM; a++)
+        if (r0 + 8 * a < R) x[a] = *reinterpret_cast<const float4 *>(gh + (r0 + 8 * a) * ld + 4 * col);
+#pragma unroll
+    for (int a = 0; a < BWD_TM; a++) {
+        if (r0 + 8 * a >= R) continue;
+        x[a].x += acc[a][0].x;
+        x[a].y += acc[a][0].y;
+        x[a].z += acc[a][0].z;
+        x[a].w += acc[a][0].w;
+        *reinterpret_cast<float4 *>(gh + (r0 + 8 * a) * ld + 4 * col) = x[a];
+    }
+}
+
+// (R, 4 C) += A (R, K) B (K, 4 C) by one half: A's rows lda floats apart, B's ldb.
+__device__ __forceinline__ void half_nn(float *gh, int64_t ld, const float *A, int lda,
+                                        const float *B, int ldb, int R, int K, int C, int i,
+                                        int j) {
+    for (int rb = 0; rb < R; rb += 8 * BWD_TM)
+        for (int cb = 0; cb < C; cb += 16) {
+            int ao[BWD_TM], bo[1] = {min(cb + j, C - 1) * 4};
+#pragma unroll
+            for (int a = 0; a < BWD_TM; a++) ao[a] = min(rb + i + 8 * a, R - 1) * lda;
+            float4 acc[BWD_TM][1];
+            tile_nn<BWD_TM, 1>(acc, A, ao, B, ldb, bo, rb + i < R ? K : 0);
+            add_rows(gh, ld, acc, rb + i, R, cb + j, C);
+        }
+}
+
+__global__ static void __launch_bounds__(BWD_THREADS, 3)
+    attention_bwd_tiled_kernel(pbw_attn_geom g, bwd_layout l, const float *q, const float *k,
+                               const float *v, const float *p, const float *go, float *gq,
+                               float *gk, float *gv) {
+    extern __shared__ float4 smem_f4[];
+    float *sm = reinterpret_cast<float *>(smem_f4);
+    const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4;
+    float *Ks = sm + l.k, *Vs = sm + l.v, *Qs = sm + l.q, *Os = sm + l.o;
+    float *PT = sm + l.pt, *dSs = sm + l.ds;
+    const int tid = threadIdx.x, half = tid >> 7;
+    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
+    const int64_t qo = b * g.q[0] + h * g.q[1], ko = b * g.k[0] + h * g.k[1];
+    const int64_t vo = b * g.v[0] + h * g.v[1], oo = b * g.o[0] + h * g.o[1];
+    const float *ph = p + bh * T * S;
+    stage_rows(Ks, l.dp, k + ko, g.k[2], S, C, tid, BWD_THREADS);
+    stage_rows(Vs, l.dp, v + vo, g.v[2], S, C, tid, BWD_THREADS);
+    stage_rows(Qs, D, q + qo, g.q[2], T, C, tid, BWD_THREADS);
+    stage_rows(Os, l.dp, go + oo, g.o[2], T, C, tid, BWD_THREADS);
+    for (int x = tid; x < T * S; x += BWD_THREADS) cp4(dSs + x, ph + x); // P as it lies, for now
+    cp_commit();
+    zero_rows(Ks + S * l.dp, l.dp, l.s4 - S, D, tid, BWD_THREADS);
+    zero_rows(Qs + T * D, D, l.t4 - T, D, tid, BWD_THREADS);
+    zero_rows(Os + T * l.dp, l.dp, l.t4 - T, D, tid, BWD_THREADS);
+    zero_rows(PT + T, l.tp, S, l.t4 - T, tid, BWD_THREADS);
+    cp_wait<0>();
+    __syncthreads();
+    {
+        const int dr = BWD_THREADS / S, dc = BWD_THREADS % S;
+        int t = tid / S, s = tid % S; // x = t S + s
+        for (int x = tid; x < T * S; x += BWD_THREADS) {
+            PT[s * l.tp + t] = dSs[x];
+            t += dr;
+            s += dc;
+            if (s >= S) {
+                s -= S;
+                t++;
+            }
+        }
+    }
+    __syncthreads(); // dSs is free again
+    int i, j;
+    tile_coords<16>(tid & 127, &i, &j);
+    const bool dscores = gq || gk;
+    if (half == 0) {
+        if (dscores) // dP = dO V^T, into dSs with the columns S.. s4 zero
+            for (int tb = 0; tb < T; tb += 8 * BWD_TM)
+                for (int sb = 0; sb < l.s4; sb += 16 * BWD_TN) {
+                    int ao[BWD_TM], bo[BWD_TN];
+#pragma unroll
+                    for (int a = 0; a < BWD_TM; a++) ao[a] = min(tb + i + 8 * a, T - 1) * l.dp;
+#pragma unroll
+                    for (int c = 0; c < BWD_TN; c++) bo[c] = min(sb + j + 16 * c, S - 1) * l.dp;
+                    float acc[BWD_TM][BWD_TN];
+                    tile_nt<BWD_TM, BWD_TN>(acc, Os, ao, Vs, bo, tb + i < T ? D : 0);
+#pragma unroll
+                    for (int a = 0; a < BWD_TM; a++) {
+                        int t = tb + i + 8 * a;
+                        if (t >= T) continue;
+#pragma unroll
+                        for (int c = 0; c < BWD_TN; c++) {
+                            int s = sb + j + 16 * c;
+                            if (s < l.s4) dSs[t * l.sp + s] = s < S ? acc[a][c] : 0.0f;
+                        }
+                    }
+                }
+    } else if (gv) { // dV += P^T dO
+        half_nn(gv + vo, g.v[2], PT, l.tp, Os, l.dp, S, l.t4, C, i, j);
+    }
+    if (!dscores) return; // no barrier follows
+    __syncthreads();
+    // dS = P (dP - rowsum(P dP)) scale, a warp per row, in dSs and (as dS^T) over P^T
+    const int warp = tid >> 5, lane = tid & 31;
+    for (int t = warp; t < T; t += BWD_THREADS / 32) {
+        float *dr = dSs + t * l.sp, dot = 0.0f;
+        for (int s = lane; s < S; s += 32) dot = fmaf(PT[s * l.tp + t], dr[s], dot);
+        dot = pbw_warp_sum(dot);
+        for (int s = lane; s < S; s += 32) { // each element read and rewritten by one lane
+            float x = PT[s * l.tp + t] * (dr[s] - dot) * g.scale;
+            dr[s] = x;
+            PT[s * l.tp + t] = x;
+        }
+    }
+    __syncthreads();
+    if (half == 0) {
+        if (gq) half_nn(gq + qo, g.q[2], dSs, l.sp, Ks, l.dp, T, l.s4, C, i, j); // dQ += dS K
+    } else if (gk) {
+        half_nn(gk + ko, g.k[2], PT, l.tp, Qs, D, S, l.t4, C, i, j); // dK += dS^T Q
+    }
+}
+
+// Whether the tiled kernels can read and write these operands as float4 (16-byte aligned rows).
+static bool f4_ok(const float *ptr, const int64_t *st) {
+    return ptr == NULL || ((uintptr_t)ptr % 16 == 0 && st[0] % 4 == 0 && st[1] % 4 == 0 &&
+                           st[2] % 4 == 0);
+}
+
+// Lets kernel f take `bytes` of dynamic shared memory (an opt-in above 48 KB), asking once for
+// the largest shared-memory carveout so that several blocks share an SM. *opted is f's limit.
+template <typename F>
+static bool smem_allow(F *f, size_t bytes, size_t *opted) {
+    if (*opted == 0) {
+        if (cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
+            cudaGetLastError(); // a hint only
+        *opted = FUSED_SMEM_MAX;
+    }
+    if (bytes <= *opted) return true;
+    if (cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) !=
+        cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    *opted = bytes;
+    return true;
+}
+
+// The tiled forward for S <= 8 TN; false (nothing launched) when it does not fit.
+template <int TM, int TN>
+static bool fwd_tiled_launch(const pbw_attn_geom *g, const float *q, const float *k,
+                             const float *v, float *p, float *o) {
+    static size_t opted = 0;
+    fwd_layout l = fwd_layout_of(g, 8 * TM);
+    size_t bytes = sizeof(float) * (size_t)l.total;
+    if (bytes > smem_optin_max() || !smem_allow(attention_fwd_tiled_kernel<TM, TN>, bytes, &opted))
+        return false;
+    attention_fwd_tiled_kernel<TM, TN><<<(unsigned)(g->B * g->H), FWD_THREADS, bytes,
+                                         pbw_stream()>>>(*g, l, q, k, v, p, o);
+    PBW_CUDA_LAUNCHED("attention_fwd");
+    return true;
+}
+
+static bool fwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
+                      float *p, float *o) {
+    const int64_t BH = g->B * g->H, LIM = 1 << 14; // keeps every in-head index an int
+    if (BH > 0x7fffffff || g->T > LIM || g->S > 80 || g->D > LIM || g->D % 4 ||
+        !f4_ok(q, g->q) || !f4_ok(k, g->k) || !f4_ok(v, g->v) || !f4_ok(o, g->o))
+        return false;
+    if (g->S <= 56) return fwd_tiled_launch<7, 7>(g, q, k, v, p, o); // ViT: 50 tokens
+    return fwd_tiled_launch<5, 10>(g, q, k, v, p, o);                // text: 77 tokens
+}
+
+static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
+                      const float *p, const float *go, float *gq, float *gk, float *gv) {
+    const int64_t BH = g->B * g->H, LIM = 1 << 14;
+    if (BH > 0x7fffffff || g->T > LIM || g->S > LIM || g->D > LIM || g->D % 4 ||
+        !f4_ok(q, g->q) || !f4_ok(k, g->k) || !f4_ok(v, g->v) || !f4_ok(go, g->o) ||
+        !f4_ok(gq, g->q) || !f4_ok(gk, g->k) || !f4_ok(gv, g->v))
+        return false;
+    static size_t opted = 0;
+    bwd_layout l = bwd_layout_of(g);
+    size_t bytes = sizeof(float) * (size_t)l.total;
+    if (bytes > smem_optin_max() || !smem_allow(attention_bwd_tiled_kernel, bytes, &opted))
+        return false;
+    attention_bwd_tiled_kernel<<<(unsigned)BH, BWD_THREADS, bytes, pbw_stream()>>>(
+        *g, l, q, k, v, p, go, gq, gk, gv);
+    PBW_CUDA_LAUNCHED("attention_bwd");
+    return true;
+}
+
 // Softmax over each row of p (B*H*T rows of S scores, already scaled), keys s > t excluded when
 // causal (their weight 0), as the CPU.
 __global__ static void attention_softmax_kernel(float *p, int64_t R, int64_t T, int64_t S,
@@ -238,6 +725,7 @@ extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, c
     (void)scratch; // only the backward needs scratch
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H;
     if (BH <= 0 || T <= 0 || D <= 0) return;
+    if (S > 0 && fwd_tiled(g, q, k, v, p, o)) return;
     if (fused_smem_bytes(g) <= FUSED_SMEM_MAX && BH <= 0x7fffffff) {
         // enough blocks to fill the GPU (~2 per SM of an H100) when B*H alone is small
         int64_t chunks = (264 + BH - 1) / BH, max_chunks = (T + WARPS - 1) / WARPS;
@@ -267,6 +755,7 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
                                        float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H, TS = T * S;
     if (BH <= 0 || T <= 0 || S <= 0 || D <= 0 || (!gq && !gk && !gv)) return;
+    if (bwd_tiled(g, q, k, v, p, go, gq, gk, gv)) return;
     size_t fused = fused_bwd_smem_bytes(g);
     if (fused <= smem_optin_max() && BH <= 0x7fffffff) {
         static size_t opted = FUSED_SMEM_MAX; // the kernel's current limit
