@@ -101,9 +101,54 @@ __global__ void k_unary_bwd(float p0, float p1, const float *__restrict__ x,
     }
 }
 
+// The same, four elements a thread with 16-byte loads and stores (n a multiple of 4, every
+// pointer 16-byte aligned): the scalar loop left a 157 MB QuickGELU at ~2 TB/s on an H200.
+template <int OP>
+__global__ void k_unary_fwd4(float p0, float p1, const float4 *__restrict__ x, float4 *y,
+                             int64_t n4) {
+    PBW_GRID_STRIDE(i, n4) {
+        float4 v = x[i];
+        y[i] = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
+                           unary_f<OP>(v.z, p0, p1), unary_f<OP>(v.w, p0, p1));
+    }
+}
+
+template <int OP>
+__global__ void k_unary_bwd4(float p0, float p1, const float4 *__restrict__ x,
+                             const float4 *__restrict__ y, const float4 *__restrict__ gy,
+                             float4 *gx, int64_t n4) {
+    PBW_GRID_STRIDE(i, n4) {
+        const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z, g = gy[i];
+        float4 r = gx[i];
+        r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
+        r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
+        r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
+        r.w += unary_g<OP>(v.w, o.w, g.w, p0, p1);
+        gx[i] = r;
+    }
+}
+
+static bool vec4_ok(int64_t n, const void *a, const void *b, const void *c, const void *d) {
+    const uintptr_t m = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d;
+    return n % 4 == 0 && (m & 15) == 0;
+}
+
 template <int OP>
 static void launch_unary(bool bwd, float p0, float p1, const float *x, const float *y,
                          const float *gy, float *out, int64_t n) {
+    if (vec4_ok(n, x, y, gy, out)) { // NULL operands (not read) are aligned
+        const int64_t n4 = n / 4;
+        if (bwd)
+            k_unary_bwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
+                p0, p1, (const float4 *)x, (const float4 *)y, (const float4 *)gy, (float4 *)out,
+                n4);
+        else
+            k_unary_fwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(p0, p1, (const float4 *)x,
+                                                                    (float4 *)out, n4);
+        PBW_CUDA_LAUNCHED(bwd ? "unary_backward" : "unary_forward");
+        return;
+    }
     if (bwd) {
         k_unary_bwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, y, gy, out, n);
         PBW_CUDA_LAUNCHED("unary_backward");
