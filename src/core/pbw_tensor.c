@@ -259,7 +259,48 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
         off[i] = total;
         total += ((size_t)keep[i]->numel * sizeof(float) + 63) / 64 * 64;
     }
-    /* the kept data goes through scratch slot 7: old and new places may overlap */
+    if (cuda && pbw_arena_mark_get(da).chunk == m.dev.chunk) {
+        /* Device data and host headers live apart, and no device chunk was made since the
+         * mark (a release would free it, kept data included): release both, place the kept
+         * tensors at the mark and copy each once, old place to new, when no new place overlaps
+         * an old one (the usual case: a block's output was made last, far above the mark).
+         * Nothing has overwritten the old places yet, and the stream runs the copies before any
+         * later kernel. Overlaps go through the scratch stage. */
+        float *old[RELEASE_MAX];
+        size_t bytes[RELEASE_MAX];
+        for (int i = 0; i < n; i++) {
+            old[i] = keep[i]->data;
+            bytes[i] = (size_t)keep[i]->numel * sizeof(float);
+        }
+        unsigned char *stage = NULL;
+        int overlap = 0;
+        if (pbw_arena_release(da, m.dev) < 0 || pbw_arena_release(&ctx->act, m.host) < 0) {
+            pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
+            return -1;
+        }
+        for (int i = 0; i < n; i++) {
+            keep[i] = pbw_tensor_new(ctx, ndim[i], shape[i]);
+            if (!keep[i]) return -1;
+        }
+        for (int i = 0; i < n && !overlap; i++)
+            for (int j = 0; j < n && !overlap; j++) {
+                const char *a = (const char *)keep[i]->data, *b = (const char *)old[j];
+                overlap = (a != b || i != j) && a < b + bytes[j] && b < a + bytes[i];
+            }
+        if (overlap) {
+            stage = total ? pbw_ctx_scratch(ctx, 7, total) : NULL;
+            if (total && !stage) return -1;
+            for (int i = 0; i < n; i++)
+                if (ctx_copy(ctx, stage + off[i], old[i], bytes[i], 2)) return -1;
+        }
+        for (int i = 0; i < n; i++) {
+            const void *src = overlap ? (const void *)(stage + off[i]) : (const void *)old[i];
+            if (src != keep[i]->data && ctx_copy(ctx, keep[i]->data, src, bytes[i], 2)) return -1;
+        }
+        return 0;
+    }
+    /* the kept data goes through scratch slot 7: old and new places may overlap (on the CPU
+     * the new headers come from the same arena as the data) */
     unsigned char *stage = total ? pbw_ctx_scratch(ctx, 7, total) : NULL;
     if (total && !stage) return -1;
     for (int i = 0; i < n; i++)
