@@ -37,6 +37,7 @@ struct span {
     uint64_t start, end;
     uint32_t corr;
     int name; // index into g_names (kernels), -1 copy, -2 memset
+    int kind; // copies: CUpti_ActivityMemcpyKind
 };
 
 api g_api;
@@ -81,17 +82,17 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t *buf, size_t, size_t
         case CUPTI_ACTIVITY_KIND_KERNEL:
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
             auto *k = (CUpti_ActivityKernel10 *)r;
-            g_spans.push_back({k->start, k->end, k->correlationId, kernel_name(k->name)});
+            g_spans.push_back({k->start, k->end, k->correlationId, kernel_name(k->name), 0});
             break;
         }
         case CUPTI_ACTIVITY_KIND_MEMCPY: {
             auto *m = (CUpti_ActivityMemcpy6 *)r;
-            g_spans.push_back({m->start, m->end, m->correlationId, -1});
+            g_spans.push_back({m->start, m->end, m->correlationId, -1, (int)m->copyKind});
             break;
         }
         case CUPTI_ACTIVITY_KIND_MEMSET: {
             auto *m = (CUpti_ActivityMemset4 *)r;
-            g_spans.push_back({m->start, m->end, m->correlationId, -2});
+            g_spans.push_back({m->start, m->end, m->correlationId, -2, 0});
             break;
         }
         case CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION: {
@@ -215,14 +216,29 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     }
     busy += (double)(cur_e - cur_s);
     std::vector<row> ops(g_ops.size() + 1);
-    std::vector<row> kern(g_names.size() + 2);
+    std::vector<row> kern(g_names.size());
     for (const span &x : s) {
         auto it = g_ext.find(x.corr);
         size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
         if (op >= ops.size()) op = 0;
         ops[op].ns += (double)(x.end - x.start);
         ops[op].n++;
-        size_t k = x.name >= 0 ? (size_t)x.name : g_names.size() + (size_t)(-1 - x.name);
+        size_t k;
+        if (x.name >= 0) {
+            k = (size_t)x.name;
+        } else { // copies and memsets: one row per kind and op, e.g. "[memcpy HtoD] in linear"
+            static const char *kinds[] = {"?", "HtoD", "DtoH", "HtoA", "AtoH", "AtoA", "AtoD",
+                                          "DtoA", "DtoD", "HtoH", "PtoP"};
+            char nm[160];
+            const char *opn = op ? g_ops[op - 1].first : "no op";
+            if (x.name == -1)
+                snprintf(nm, sizeof nm, "[memcpy %s] in %s",
+                         x.kind >= 0 && x.kind <= 10 ? kinds[x.kind] : "?", opn);
+            else
+                snprintf(nm, sizeof nm, "[memset] in %s", opn);
+            k = (size_t)kernel_name(nm);
+            if (k >= kern.size()) kern.resize(k + 1);
+        }
         kern[k].ns += (double)(x.end - x.start);
         kern[k].n++;
     }
@@ -250,8 +266,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     int shown = 0;
     for (size_t i : order) {
         if (!kern[i].n || shown++ == 30) break;
-        const char *name = i < g_names.size() ? g_names[i].c_str()
-                                              : (i == g_names.size() ? "[memcpy]" : "[memset]");
+        const char *name = g_names[i].c_str();
         fprintf(f, "%10.3f %9.0f %9.1f  %.150s\n", 1e-6 * kern[i].ns * scale,
                 (double)kern[i].n * scale, 1e-3 * kern[i].ns / (double)kern[i].n, name);
     }
