@@ -38,6 +38,7 @@
 #include "core/pbw_ops.h"
 #include "core/pbw_ops_stylegan.h"
 #include "cuda_parity.h"
+#include "paint/pbw_loss.h"
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
@@ -492,6 +493,7 @@ PBW_TEST(cuda_sg_blur) {
         {1, 64, 33, 33, 1, 1},  /* before the downsampling conv, odd side */
         {1, 5, 9, 7, 0, 0},     /* valid only */
         {2, 2, 6, 11, 3, 2},    /* wide pads */
+        {1, 8, 67, 67, 2, 1},   /* output 66 x 66: the 32 x 64 tiles of the fast path */
     };
     pbw_err err = {{0}};
     pbw_arena a;
@@ -510,4 +512,35 @@ PBW_TEST(cuda_sg_blur) {
         CHECK(parity_check(name, sgblur_fn, &f, 1, in, TOL_EW) == 0);
     }
     pbw_arena_free(&a);
+}
+
+/* ---------- CLIP's crops (pbw_clip_crops: bicubic crop + resize, clamp, normalize) ----------
+ * Crops of every kind: the whole image, sides below R (upsampling), above R (downsampling),
+ * equal to R (a plain copy), at the borders. Inputs stay in (-0.7, 0.7): with the bicubic
+ * kernel's overshoot (< 15% of the range) no value reaches the clamp's corners, where a last-bit
+ * difference could flip a pixel's clamp and its gradient. Tolerance 1e-5 (TOL_EW): the same
+ * taps (pbw_cuda_resample.cuh, bit-equal to the CPU's) in the same order; the backward sums
+ * with atomics on the GPU, whose order varies. */
+typedef struct crops_arg {
+    const pbw_crop *crops;
+    int n, R;
+} crops_arg;
+
+static pbw_tensor *crops_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const crops_arg *c = arg;
+    return pbw_clip_crops(ctx, in[0], c->crops, c->n, c->R);
+}
+
+PBW_TEST(cuda_clip_crops) {
+    static const pbw_crop small[] = {{0, 0, 64}, {3, 5, 20}, {10, 0, 32}, {0, 17, 47},
+                                     {40, 40, 24}, {1, 1, 61}, {0, 0, 33}};
+    static const pbw_crop big[] = {{0, 0, 256}, {16, 40, 200}, {0, 0, 224}, {100, 3, 150},
+                                   {30, 31, 225}};
+    const crops_arg a = {small, 7, 32}, b = {big, 5, 224};
+    parity_input ina[] = {{4, {2, 3, 64, 64}, 1, -0.7f, 0.7f}};
+    parity_input inb[] = {{4, {1, 3, 256, 256}, 1, -0.7f, 0.7f}};
+    CHECK(parity_check("clip_crops 2x(3,64,64) -> 7 crops of 32", crops_fn, (void *)&a, 1, ina,
+                       TOL_EW) == 0);
+    CHECK(parity_check("clip_crops (3,256,256) -> 5 crops of 224", crops_fn, (void *)&b, 1, inb,
+                       TOL_EW) == 0);
 }

@@ -58,8 +58,10 @@ void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const float *k,
 /* ---------- resize ----------
  * The index and weight tables are computed on the device with the CPU's formulas, rounded
  * step by step (no fused multiply-adds where the CPU has none), so they are bit-identical.
- * The scratch (device) holds them plus, per input row and column, the range of outputs that
- * read it, which lets the backward gather instead of scatter (deterministic). */
+ * The scratch (device) holds them plus, per input row and column, the list of (output, weight)
+ * pairs that read it, in the CPU's order, which lets the backward gather instead of scatter
+ * (deterministic): a pass over output rows into a per-block sum, then one over each column's
+ * list. */
 size_t pbw_cuda_resize_scratch_bytes(int mode, int H, int W, int OH, int OW);
 void pbw_cuda_resize_forward(float *out, const float *x, int64_t planes, int H, int W, int OH,
                              int OW, int mode, void *scratch);
