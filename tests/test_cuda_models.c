@@ -6,6 +6,7 @@
  * precision (bf16 products, fp32 accumulation) is judged by cosine similarity to the fp32
  * result, as the issue asks (>= 0.999). The edit after 5 Adam steps: 1e-3 max abs on the image
  * in [-1,1] (the acceptance criterion). */
+#include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,14 +158,31 @@ PBW_TEST(cuda_stylegan2_model) {
 #endif
 }
 
-/* A fixed-seed edit with 5 Adam steps (no CMA) on `dev`: the result image. */
-static int edit5(pbw_device dev, float *out, int64_t *n, double *clip_after, float *lat) {
+/* Each step's total loss, from the progress reports. */
+typedef struct step_losses {
+    double v[64];
+    int n;
+} step_losses;
+
+static void on_step(const pbw_paint_progress *pr, void *user) {
+    step_losses *s = user;
+    if (s->n < 64) s->v[s->n++] = pr->loss.total;
+}
+
+/* A fixed-seed edit with `steps` Adam steps (no CMA) on `dev`, with LPIPS or not: the result
+ * image (and each step's loss into `losses` when given). */
+static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *n,
+                     double *clip_after, float *lat, step_losses *losses) {
     pbw_err err = {0};
     pbw_painter *p = NULL;
     pbw_painter_config cfg = {0};
     cfg.gan = SHAPES_GAN;
     cfg.clip = SHAPES_CLIP;
     cfg.device = dev;
+    if (lpips) {
+        cfg.lpips_backbone = "tests/fixtures/lpips/alexnet_features_fp16.pth";
+        cfg.lpips_heads = PBW_SHARED("data/lpips/v0.1/alex.pth");
+    }
     if (pbw_painter_new(&p, &cfg, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
         return -1;
@@ -179,10 +197,10 @@ static int edit5(pbw_device dev, float *out, int64_t *n, double *clip_after, flo
     rq.text = "a yellow star";
     rq.mask = mask;
     rq.optim = PBW_OPTIM_ADAM;
-    rq.adam_steps = 5; /* the method's defaults otherwise: lr 0.01 one-cycle, 32 crops */
-    rq.allow_no_lpips = 1;
+    rq.adam_steps = steps; /* the method's defaults otherwise: lr 0.01 one-cycle, 32 crops */
+    rq.allow_no_lpips = !lpips;
     pbw_paint_result res;
-    int rc = pbw_painter_edit(p, &rq, NULL, NULL, NULL, &res, &err);
+    int rc = pbw_painter_edit(p, &rq, losses ? on_step : NULL, losses, NULL, &res, &err);
     if (rc) fprintf(stderr, "  %s\n", err.msg);
     if (!rc) {
         *n = (int64_t)3 * S * S;
@@ -202,13 +220,185 @@ PBW_TEST(cuda_edit_adam5_fp32) {
     int64_t na = 0, nb = 0;
     static float la[1024], lb[1024];
     double ca = 0, cb = 0;
-    CHECK(edit5(PBW_DEV_CPU, a, &na, &ca, la) == 0);
+    CHECK(edit_adam(PBW_DEV_CPU, 5, 0, a, &na, &ca, la, NULL) == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
-    CHECK(edit5(PBW_DEV_CUDA, b, &nb, &cb, lb) == 0 && na == nb);
+    CHECK(edit_adam(PBW_DEV_CUDA, 5, 0, b, &nb, &cb, lb, NULL) == 0 && na == nb);
     double ls = 0, d = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, &ls);
     printf("  edit, 5 Adam steps, fp32: image max abs diff %.2e (latent max abs diff %.2e of "
            "%.2f); clip loss after %.5f (cpu) %.5f (cuda)\n", d, dl, ls, ca, cb);
     CHECK(d <= 1e-3);
+#endif
+}
+
+/* The graph machinery itself: a pass recorded once (an upload from a registered host range, an
+ * upload of a constant, ops, a backward) and replayed on new inputs gives what the ops give run
+ * directly on those inputs, bit for bit (the same kernels on the same data, no atomics); a
+ * read-back while recording is refused and leaves the context usable. */
+static pbw_tensor *graph_pass(pbw_ctx *ctx, const float *in, const float *k, pbw_tensor **x) {
+    *x = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
+    if (!*x) return NULL;
+    (*x)->requires_grad = 1;
+    pbw_tensor *kt = pbw_tensor_from_host(ctx, k, 2, (int64_t[]){1, 64});
+    pbw_tensor *y = pbw_mul(ctx, pbw_quick_gelu(ctx, pbw_affine(ctx, *x, 2.0f, 0.5f)), kt);
+    static const int ax = 1;
+    return pbw_sum(ctx, pbw_square(ctx, y), 1, &ax, 0); /* (4) */
+}
+
+PBW_TEST(cuda_graph_replay) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err), *ref = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx && ref);
+    if (!ctx || !ref) return;
+    static float in[256], k[64];
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 3);
+    for (int i = 0; i < 64; i++) k[i] = (float)pbw_rng_uniform(&rng);
+    for (int i = 0; i < 256; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    pbw_ctx_set_grad(ctx, 1);
+    pbw_ctx_set_grad(ref, 1);
+    float kc[64];
+    memcpy(kc, k, sizeof kc); /* the constant: its bytes at recording time are what replays */
+    pbw_cuda_graph_input(in, sizeof in);
+    CHECK(pbw_cuda_capture_begin() == 0);
+    pbw_tensor *x = NULL, *l = graph_pass(ctx, in, kc, &x);
+    CHECK(l && pbw_backward(ctx, l, NULL, &err) == 0);
+    char why[160];
+    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
+    if (!g) printf("  capture failed: %s\n", why);
+    CHECK(g != NULL);
+    memset(kc, 0, sizeof kc); /* must not matter any more */
+    const float *dl = l ? l->data : NULL, *dg = x ? x->grad : NULL;
+    for (int round = 0; round < 3 && g && dl && dg; round++) {
+        for (int i = 0; i < 256; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+        long before = pbw_cuda_graph_launches();
+        CHECK(pbw_cuda_graph_launch(g) == 0 && pbw_cuda_graph_launches() == before + 1);
+        float lg[4], gg[256], lr[4], gr[256];
+        CHECK(pbw_cuda_d2h(lg, dl, sizeof lg) == 0 && pbw_cuda_d2h(gg, dg, sizeof gg) == 0);
+        pbw_ctx_reset(ref);
+        pbw_tensor *xr = NULL, *r = graph_pass(ref, in, k, &xr);
+        CHECK(r && pbw_backward(ref, r, NULL, &err) == 0);
+        CHECK(pbw_tensor_read(ref, r, lr) == 0 && pbw_cuda_d2h(gr, xr->grad, sizeof gr) == 0);
+        double d = gc_max_diff(lg, lr, 4, NULL), dgr = gc_max_diff(gg, gr, 256, NULL);
+        printf("  replay %d: loss %.6f vs direct %.6f, max diff %.1e, gradient %.1e\n", round,
+               lg[0], lr[0], d, dgr);
+        CHECK(d == 0 && dgr == 0);
+    }
+    pbw_cuda_graph_free(g);
+    /* a read-back cannot be recorded */
+    pbw_ctx_reset(ctx);
+    CHECK(pbw_cuda_capture_begin() == 0);
+    pbw_tensor *t = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
+    CHECK(t && pbw_tensor_host(ctx, t) == NULL);
+    g = pbw_cuda_capture_end(why, sizeof why);
+    printf("  refused: %s\n", why);
+    CHECK(g == NULL && strstr(why, "read back") != NULL);
+    pbw_ctx_reset(ctx);
+    float back[256];
+    t = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
+    CHECK(t && pbw_tensor_read(ctx, t, back) == 0 && !memcmp(back, in, sizeof back));
+    pbw_ctx_free(ctx);
+    pbw_ctx_free(ref);
+#endif
+}
+
+/* The painter's Adam steps replayed from a CUDA graph (steps 3 on) against the same edit run
+ * op by op (PBW_CUDA_GRAPHS=0), LPIPS included, twice. The crops' backward sums with atomics,
+ * so even two direct runs differ in the last bits of the gradient from step 1 on, and Adam's
+ * normalized steps amplify that in coordinates whose gradient is near zero. So: step 2 (recorded,
+ * then run from its graph, on the same latent and crops as the direct run) must give the same
+ * loss bit for bit, and the later steps may differ from the direct run by no more than the two
+ * direct runs differ from each other (x4, or 1e-5 relative if they agree). Crops or a latent
+ * not refreshed on replay move a step's loss by ~1e-2. */
+PBW_TEST(cuda_edit_graph) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 256 * 256], b[3 * 256 * 256], c[3 * 256 * 256];
+    int64_t na = 0, nb = 0, nc = 0;
+    static float la[1024], lb[1024], lc[1024];
+    double ca = 0, cb = 0, cc = 0;
+    step_losses sa = {{0}, 0}, sb = {{0}, 0}, sc = {{0}, 0};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    setenv("PBW_CUDA_GRAPHS", "0", 1);
+    long g0 = pbw_cuda_graph_launches();
+    CHECK(edit_adam(PBW_DEV_CUDA, 6, 1, a, &na, &ca, la, &sa) == 0);
+    CHECK(edit_adam(PBW_DEV_CUDA, 6, 1, c, &nc, &cc, lc, &sc) == 0);
+    CHECK(pbw_cuda_graph_launches() == g0);
+    unsetenv("PBW_CUDA_GRAPHS");
+    CHECK(edit_adam(PBW_DEV_CUDA, 6, 1, b, &nb, &cb, lb, &sb) == 0 && na == nb && na == nc);
+    long used = pbw_cuda_graph_launches() - g0;
+    CHECK(sa.n == 6 && sb.n == 6 && sc.n == 6);
+    double worst = 0, spread = 0;
+    for (int t = 0; t < sa.n && t < sb.n && t < sc.n; t++) {
+        double r = fabs(sa.v[t] - sb.v[t]) / fabs(sa.v[t]);
+        double q = fabs(sa.v[t] - sc.v[t]) / fabs(sa.v[t]);
+        printf("  step %d: loss direct %.6f, direct again %.6f, graph %.6f\n", t + 1, sa.v[t],
+               sc.v[t], sb.v[t]);
+        if (r > worst) worst = r;
+        if (q > spread) spread = q;
+    }
+    double d = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, NULL);
+    double d2 = gc_max_diff(c, a, na, NULL);
+    printf("  edit, 6 Adam steps, bf16, LPIPS: graph launches %ld; step losses: graph vs direct "
+           "%.1e, direct vs direct %.1e (relative); image graph vs direct %.2e (direct vs direct "
+           "%.2e), latent %.2e\n", used, worst, spread, d, d2, dl);
+    CHECK(used == 5); /* step 2 is recorded and run from its graph, steps 3-6 replay it */
+    CHECK(sb.v[1] == sa.v[1] && sb.v[0] == sa.v[0]);
+    CHECK(worst <= (spread > 0 ? 4 * spread : 1e-5) || worst <= 1e-5);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* CMA-ES's eigensolve on the GPU (cuSOLVER syevd, double) against LAPACK's dsyevd on the same
+ * symmetric positive definite matrices (n = 7 and CMA-ES's n = 512): eigenvalues, V diag(w) V^T
+ * = C and V^T V = I, each within 1e-10 relative (double precision: the solvers differ in
+ * their reductions, ~1e-13 measured by LAPACK itself; 1e-10 still catches a wrong layout
+ * or triangle by 1e-1 or more). */
+PBW_TEST(cuda_eigh) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    CHECK(pbw_cuda_init(0, &err) == 0);
+    if (!pbw_cuda_eigh_available()) {
+        printf("  libcusolver not found: CMA-ES uses LAPACK on this machine\n");
+        CHECK(pbw_cuda_eigh_available()); /* make test-cuda wants the GPU path proven */
+        return;
+    }
+    const int sizes[2] = {7, 512};
+    for (int t = 0; t < 2; t++) {
+        const int n = sizes[t];
+        double *G = malloc(sizeof(double) * n * n), *C = malloc(sizeof(double) * n * n);
+        double *A = malloc(sizeof(double) * n * n), *L = malloc(sizeof(double) * n * n);
+        double *w = malloc(sizeof(double) * n), *wl = malloc(sizeof(double) * n);
+        pbw_rng rng;
+        pbw_rng_seed(&rng, 11 + (uint64_t)n);
+        for (int i = 0; i < n * n; i++) G[i] = pbw_rng_uniform(&rng) - 0.5;
+        for (int i = 0; i < n; i++) /* C = G G^T / n + diag: a covariance-like matrix */
+            for (int j = 0; j < n; j++) {
+                double a = 0;
+                for (int k = 0; k < n; k++) a += G[i * n + k] * G[j * n + k];
+                C[i * n + j] = a / n + (i == j ? 0.1 * (1 + i % 5) : 0);
+            }
+        memcpy(A, C, sizeof(double) * n * n);
+        memcpy(L, C, sizeof(double) * n * n);
+        CHECK(pbw_cuda_eigh(n, A, w) == 0);
+        CHECK(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, L, n, wl) == 0);
+        double cmax = 0, ew = 0, er = 0, eo = 0;
+        for (int i = 0; i < n * n; i++) cmax = fmax(cmax, fabs(C[i]));
+        for (int i = 0; i < n; i++) ew = fmax(ew, fabs(w[i] - wl[i]) / fabs(wl[n - 1]));
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                double r = 0, o = 0;
+                for (int k = 0; k < n; k++) {
+                    r += A[i * n + k] * w[k] * A[j * n + k];
+                    o += A[k * n + i] * A[k * n + j];
+                }
+                er = fmax(er, fabs(r - C[i * n + j]) / cmax);
+                eo = fmax(eo, fabs(o - (i == j)));
+            }
+        printf("  n %d: eigenvalues vs LAPACK %.1e, reconstruction %.1e, orthogonality %.1e\n",
+               n, ew, er, eo);
+        CHECK(ew <= 1e-10 && er <= 1e-10 && eo <= 1e-10);
+        free(G), free(C), free(A), free(L), free(w), free(wl);
+    }
 #endif
 }
 

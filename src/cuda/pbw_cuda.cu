@@ -37,6 +37,14 @@ extern "C" void pbw_cuda_clear_error(void) {
     g_err[0] = 0;
 }
 
+// ---- CUDA graph capture state (see the graphs section below) ----
+
+static int g_capturing, g_capture_broken;
+static void capture_refuse(const char *what);
+static void *capture_stage(const void *src, size_t bytes);
+static std::vector<void *> g_deferred_free; // pbw_cuda_free calls made while capturing
+static std::vector<void *> g_capture_allocs; // blocks allocated while capturing
+
 // ---- device, stream, handles ----
 
 static int g_dev = -1;
@@ -68,6 +76,12 @@ extern "C" int pbw_cuda_init(int dev, pbw_err *err) {
     if (cublasCreate(&g_cublas) != CUBLAS_STATUS_SUCCESS)
         return pbw_err_set(err, "cuda:%d: cannot create a cuBLAS handle", dev);
     cublasSetStream(g_cublas, g_stream);
+    // an explicit workspace: cuBLAS then allocates nothing itself, which graph capture needs
+    void *cws = nullptr;
+    if (cudaMalloc(&cws, (size_t)32 << 20) == cudaSuccess)
+        cublasSetWorkspace(g_cublas, cws, (size_t)32 << 20);
+    else
+        cudaGetLastError();
     cudnnStatus_t ds = cudnnCreate(&g_cudnn);
     if (ds != CUDNN_STATUS_SUCCESS)
         return pbw_err_set(err, "cuda:%d: cannot create a cuDNN handle: %s", dev, cudnnGetErrorString(ds));
@@ -85,6 +99,10 @@ cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }
 
 void *pbw_cuda_workspace(size_t bytes) {
     if (bytes <= g_ws_size && g_ws) return g_ws;
+    if (g_capturing) {
+        capture_refuse("a library workspace grew");
+        return nullptr;
+    }
     cudaStreamSynchronize(g_stream); // a queued kernel may still use the old one
     if (g_ws) cudaFree(g_ws);
     g_ws = nullptr;
@@ -134,6 +152,7 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
         cudaGetLastError();
         return nullptr;
     }
+    if (g_capturing) g_capture_allocs.push_back(p);
     std::lock_guard<std::mutex> lk(g_mem_mu);
     g_sizes.emplace_back(p, bytes);
     size_t u = g_used.fetch_add(bytes) + bytes;
@@ -143,6 +162,13 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
 
 extern "C" void pbw_cuda_free(void *p) {
     if (!p) return;
+    if (g_capturing) { // nothing has run yet: freed when the capture ends
+        // but a block the recorded pass itself allocated would be freed under the graph
+        for (void *q : g_capture_allocs)
+            if (q == p) capture_refuse("memory allocated and freed while recording");
+        g_deferred_free.push_back(p);
+        return;
+    }
     pbw_cuda_sync(NULL); // a kernel queued earlier may still use the memory
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
@@ -168,11 +194,19 @@ static int copy_result(cudaError_t e, const char *what) {
 }
 
 extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
+    if (g_capturing) { // the graph copies from pinned memory that lives as long as it does
+        src = capture_stage(src, bytes);
+        if (!src) return -1;
+    }
     return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream),
                        "copy to the GPU");
 }
 
 extern "C" int pbw_cuda_d2h(void *dst, const void *src, size_t bytes) {
+    if (g_capturing) {
+        capture_refuse("a read back from the GPU");
+        return -1;
+    }
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(g_stream);
     return copy_result(e, "copy from the GPU");
@@ -188,6 +222,10 @@ extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
 }
 
 extern "C" int pbw_cuda_sync(pbw_err *err) {
+    if (g_capturing) {
+        capture_refuse("a wait for the GPU");
+        return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+    }
     if (g_dev >= 0) {
         cudaError_t e = cudaStreamSynchronize(g_stream);
         if (e != cudaSuccess) pbw_cuda_fail("%s", cudaGetErrorString(e));
@@ -256,4 +294,150 @@ fail:
     cudaFree(dx);
     cudaFree(dy);
     return -1;
+}
+
+// ---- CUDA graphs ----
+// A fixed-shape pass (the Adam step) is recorded once and replayed: one launch instead of about
+// a thousand. What the pass uploads is staged in pinned memory owned by the graph; uploads from
+// a host range registered with pbw_cuda_graph_input (the latent, the crops of a step) are
+// copied into their pinned buffers again before each replay, every other upload replays the
+// bytes it had when captured. What cannot be recorded (a read-back, a wait, a growing library
+// workspace) breaks the capture: pbw_cuda_capture_end then returns NULL, clears the error, and
+// the caller runs the pass as before.
+
+namespace {
+struct staged_input {
+    void *pinned;
+    const void *src;
+    size_t bytes;
+};
+struct pin_chunk {
+    char *base;
+    size_t size, off;
+};
+std::vector<std::pair<const void *, size_t>> g_inputs; // host ranges read at each replay
+char g_refusal[160];
+} // namespace
+
+struct pbw_cuda_graph {
+    cudaGraphExec_t exec;
+    std::vector<pin_chunk> pins;
+    std::vector<staged_input> inputs;
+};
+
+static pbw_cuda_graph *g_cap; // the graph being recorded
+
+static void capture_refuse(const char *what) {
+    if (!g_capture_broken) snprintf(g_refusal, sizeof g_refusal, "%s", what);
+    g_capture_broken = 1;
+    pbw_cuda_fail("not recordable in a CUDA graph: %s", what);
+}
+
+static void *capture_stage(const void *src, size_t bytes) {
+    pbw_cuda_graph *g = g_cap;
+    size_t need = (bytes + 63) / 64 * 64;
+    if (g->pins.empty() || g->pins.back().size - g->pins.back().off < need) {
+        size_t size = need > ((size_t)1 << 20) ? need : ((size_t)1 << 20);
+        void *p = nullptr;
+        if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
+            cudaGetLastError();
+            capture_refuse("pinned staging memory");
+            return nullptr;
+        }
+        g->pins.push_back({(char *)p, size, 0});
+    }
+    pin_chunk &c = g->pins.back();
+    void *dst = c.base + c.off;
+    c.off += need;
+    memcpy(dst, src, bytes);
+    const char *s = (const char *)src;
+    for (const auto &in : g_inputs) {
+        const char *b = (const char *)in.first;
+        if (s >= b && s + bytes <= b + in.second) {
+            g->inputs.push_back({dst, src, bytes});
+            break;
+        }
+    }
+    return dst;
+}
+
+static void graph_release(pbw_cuda_graph *g) {
+    if (!g) return;
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    for (const pin_chunk &c : g->pins) cudaFreeHost(c.base);
+    delete g;
+}
+
+extern "C" void pbw_cuda_graph_input(const void *host, size_t bytes) {
+    g_inputs.emplace_back(host, bytes);
+}
+
+extern "C" int pbw_cuda_capture_begin(void) {
+    if (g_dev < 0 || g_capturing) return -1;
+    if (pbw_cuda_sync(nullptr)) return -1;
+    g_cap = new pbw_cuda_graph();
+    g_cap->exec = nullptr;
+    g_capture_broken = 0;
+    g_refusal[0] = 0;
+    // relaxed: an arena that grows may still call cudaMalloc while recording
+    if (cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        cudaGetLastError();
+        graph_release(g_cap);
+        g_cap = nullptr;
+        return -1;
+    }
+    g_capturing = 1;
+    return 0;
+}
+
+extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
+    if (!g_capturing) return nullptr;
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(g_stream, &graph);
+    g_capturing = 0;
+    pbw_cuda_graph *g = g_cap;
+    g_cap = nullptr;
+    const char *err = pbw_cuda_error();
+    if (e == cudaSuccess && graph && !g_capture_broken && !err)
+        e = cudaGraphInstantiate(&g->exec, graph, 0);
+    bool ok = e == cudaSuccess && graph && !g_capture_broken && !err && g->exec;
+    if (why && why_len)
+        snprintf(why, why_len, "%s", ok ? "" : g_capture_broken ? g_refusal
+                                           : err               ? err
+                                                               : cudaGetErrorString(e));
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    if (!ok) {
+        pbw_cuda_clear_error();
+        graph_release(g);
+        g = nullptr;
+    }
+    g_inputs.clear();
+    g_capture_allocs.clear();
+    std::vector<void *> later;
+    later.swap(g_deferred_free);
+    for (void *p : later) pbw_cuda_free(p);
+    return g;
+}
+
+extern "C" int pbw_cuda_capturing(void) { return g_capturing; }
+
+static long g_graph_launches;
+extern "C" long pbw_cuda_graph_launches(void) { return g_graph_launches; }
+
+extern "C" int pbw_cuda_graph_launch(pbw_cuda_graph *g) {
+    if (!g || !g->exec) return -1;
+    g_graph_launches++;
+    if (!g->inputs.empty()) {
+        // the last replay's copies may still read the pinned buffers
+        if (cudaStreamSynchronize(g_stream) != cudaSuccess) return copy_result(cudaGetLastError(), "graph");
+        for (const staged_input &in : g->inputs) memcpy(in.pinned, in.src, in.bytes);
+    }
+    return copy_result(cudaGraphLaunch(g->exec, g_stream), "graph launch");
+}
+
+extern "C" void pbw_cuda_graph_free(pbw_cuda_graph *g) {
+    if (!g) return;
+    cudaStreamSynchronize(g_stream);
+    graph_release(g);
 }

@@ -76,6 +76,32 @@ size_t pbw_cuda_mem_used(void);
 size_t pbw_cuda_mem_peak(void);
 void pbw_cuda_mem_reset_peak(void);
 
+/* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
+ * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.
+ * Uploads are staged in pinned memory the graph owns: those from a host range registered with
+ * pbw_cuda_graph_input before the capture are read again from that range at each launch, every
+ * other upload replays the bytes it had. Read-backs, waits and library workspaces that grow
+ * cannot be recorded: capture_end then returns NULL (why says what broke it), clears the error,
+ * and the caller runs the pass directly. A graph reuses the device addresses it recorded: the
+ * memory of the pass must stay allocated (and untouched by other work) while it is used. */
+typedef struct pbw_cuda_graph pbw_cuda_graph;
+void pbw_cuda_graph_input(const void *host, size_t bytes);
+int pbw_cuda_capture_begin(void);
+pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len);
+int pbw_cuda_capturing(void);
+int pbw_cuda_graph_launch(pbw_cuda_graph *g);
+void pbw_cuda_graph_free(pbw_cuda_graph *g);
+/* Graph launches so far in this process (tests check that a pass was replayed). */
+long pbw_cuda_graph_launches(void);
+
+/* Symmetric eigendecomposition in double on the GPU (pbw_cuda_linalg.cu: cuSOLVER's syevd,
+ * libcusolver opened at run time): A (n,n) row-major, symmetric, in; out, eigenvector j in column
+ * j (A[i*n + j]), eigenvalues ascending in w, as LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', ...) gives
+ * them. Returns 0, or -1 (nothing usable: no GPU or no libcusolver, or the solver failed) and the
+ * caller uses LAPACK. Waits for the stream. */
+int pbw_cuda_eigh_available(void);
+int pbw_cuda_eigh(int n, double *A, double *w);
+
 /* PBW_PROFILE=gpu (pbw_cuda_trace.cu): device time per op from CUPTI's activity records, with no
  * synchronization at op boundaries. pbw_cuda_trace_on loads libcupti and starts tracing (1), or
  * says why it cannot (0); _op books the launches that follow to `op` (NULL: to none); _clear

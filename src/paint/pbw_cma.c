@@ -110,6 +110,7 @@ struct pbw_cma {
     double sigma;
     int asked;
     long iter, last_eigen;
+    int (*eigh)(int n, double *A, double *w); /* opts->eigh */
     cma_rng rng;
 
     double best_f;
@@ -246,6 +247,7 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->lam = opts->lambda ? opts->lambda : 4 + (int)floor(3.0 * log((double)n));
     c->active = opts->active != 0;
     c->tolfun = opts->tolfun;
+    c->eigh = opts->eigh;
     c->tolx = opts->tolx;
     c->tolcond = opts->tolcond > 0 ? opts->tolcond : 1e14;
     c->sigma = opts->sigma0;
@@ -404,7 +406,10 @@ static int decompose(pbw_cma *c) {
             }
         double *A = c->eigA, *ev = c->eigv;
         memcpy(A, c->C, nn * sizeof *A);
-        lapack_int info = eigh_single_thread(n, A, ev);
+        lapack_int info = 1;
+        if (c->eigh && c->eigh(n, A, ev) == 0) info = 0;
+        else memcpy(A, c->C, nn * sizeof *A); /* the solver may have left A half-done */
+        if (info) info = eigh_single_thread(n, A, ev);
         int ok = info == 0;
         for (int i = 0; ok && i < n; i++) ok = ev[i] > 0 && isfinite(ev[i]);
         if (ok) {

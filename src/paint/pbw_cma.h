@@ -71,6 +71,10 @@ typedef struct pbw_cma_opts {
     double tolx;      /* stop when sigma * max(sqrt(C_ii), |pc_i|) < tolx for all i (1e-11) */
     long maxiter;     /* stop after this many iterations; 0: 100 + 150 (n+3)^2 / sqrt(lambda) */
     double tolcond;   /* stop when the condition number of C exceeds this (1e14) */
+    /* The eigendecomposition of C, when not LAPACK's dsyevd on one thread (NULL): same contract
+     * as LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, A, n, w); returns 0, or -1 and LAPACK
+     * is used for that update. The painter passes pbw_cuda_eigh on a GPU. */
+    int (*eigh)(int n, double *A, double *w);
 } pbw_cma_opts;
 
 /* Painting defaults (DESIGN.md section 2): lambda 50, sigma0 0.5, seed 1, active 1, and

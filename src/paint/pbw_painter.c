@@ -9,12 +9,16 @@
 #include "paint/pbw_painter.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include "core/pbw_rng.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#endif
 #include "paint/pbw_adam.h"
 #include "paint/pbw_cma.h"
 
@@ -455,6 +459,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     co.lambda = rq->population;
     co.sigma0 = rq->sigma0;
     co.seed = rq->rng_seed;
+#ifdef PBW_HAVE_CUDA
+    /* the eigensolve every other generation: cuSOLVER on the GPU (8x faster than one core for
+     * n = 512; the GPU is idle then), LAPACK where that is unavailable */
+    if (r->p->dev == PBW_DEV_CUDA) co.eigh = pbw_cuda_eigh;
+#endif
     pbw_cma *cma = NULL;
     if (pbw_cma_new(&cma, D, var, &co, err)) return pbw_err_prefix(err, "CMA-ES: ");
     const int lam = pbw_cma_lambda(cma);
@@ -538,7 +547,47 @@ out:
     return rc;
 }
 
-/* Adam phase on `var` (D), in place. */
+/* Where one Adam step's results live (host memory on the CPU, device memory on CUDA). */
+typedef struct step_out {
+    const float *total, *clip, *l1, *lpips, *grad, *img;
+} step_out;
+
+/* One Adam step's forward and backward in ctx: the latent from var, the given crops. */
+static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *crops,
+                     step_out *so, pbw_err *err) {
+    pbw_tensor *lat = pbw_tensor_from_host(ctx, var, 2, (int64_t[]){1, r->D});
+    if (!lat) return ctx_err(ctx, err, "Adam step");
+    lat->requires_grad = 1;
+    pbw_tensor *img = render(ctx, r, lat);
+    pbw_loss_parts parts;
+    if (!img || pbw_objective_eval(ctx, &r->obj, img, crops, &parts)) return ctx_err(ctx, err, "loss");
+    if (pbw_backward(ctx, parts.total, NULL, err)) return pbw_err_prefix(err, "backward: ");
+    if (!lat->grad) return pbw_err_set(err, "the loss does not depend on the latent");
+    so->total = parts.total->data;
+    so->clip = parts.clip->data;
+    so->l1 = parts.l1 ? parts.l1->data : NULL;
+    so->lpips = parts.lpips ? parts.lpips->data : NULL;
+    so->grad = lat->grad;
+    so->img = img->data;
+    return 0;
+}
+
+/* Copies n floats of a step's result to the host. */
+static int fetch(const run *r, float *dst, const float *src, int64_t n) {
+    if (r->p->dev == PBW_DEV_CUDA) {
+#ifdef PBW_HAVE_CUDA
+        return pbw_cuda_d2h(dst, src, (size_t)n * sizeof *dst);
+#else
+        return -1;
+#endif
+    }
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+    return 0;
+}
+
+/* Adam phase on `var` (D), in place. On CUDA the step after the first (a warm-up: algorithm
+ * searches, memory growth, weight caches) is recorded in a CUDA graph and the later steps
+ * replay it (PBW_CUDA_GRAPHS=0 turns that off); where recording fails the steps run directly. */
 static int phase_adam(run *r, float *var, pbw_err *err) {
     const pbw_paint_request *rq = r->rq;
     const int D = r->D, n = rq->adam_steps;
@@ -549,47 +598,78 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     pbw_adam adam;
     if (pbw_adam_init(&adam, D, &ao, err)) return pbw_err_prefix(err, "Adam: ");
     const int nsets = pbw_objective_crop_sets(&r->obj);
-    pbw_crop *crops = malloc((size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
-                             sizeof *crops);
-    int rc = crops ? 0 : pbw_err_set(err, "out of memory");
+    const int ncrops = nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1);
+    pbw_crop *crops = malloc((size_t)ncrops * sizeof *crops);
+    float *grad = malloc((size_t)D * sizeof *grad);
+    int rc = crops && grad ? 0 : pbw_err_set(err, "out of memory");
     int prev = pbw_ctx_set_grad(ctx, 1);
+#ifdef PBW_HAVE_CUDA
+    const char *ge = getenv("PBW_CUDA_GRAPHS");
+    int try_graph = r->p->dev == PBW_DEV_CUDA && !(ge && !strcmp(ge, "0"));
+    pbw_cuda_graph *graph = NULL;
+#endif
+    step_out gso = {0};
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
-        pbw_ctx_reset(ctx);
         pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
-        pbw_tensor *lat = pbw_tensor_from_host(ctx, var, 2, (int64_t[]){1, D});
-        if (!lat) {
-            rc = ctx_err(ctx, err, "Adam step");
-            break;
-        }
-        lat->requires_grad = 1;
-        pbw_tensor *img = render(ctx, r, lat);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
-        pbw_loss_parts parts;
-        if (!img || pbw_objective_eval(ctx, &r->obj, img, crops, &parts)) {
-            rc = ctx_err(ctx, err, "loss");
-            break;
+        step_out so;
+#ifdef PBW_HAVE_CUDA
+        if (graph) {
+            if (pbw_cuda_graph_launch(graph)) {
+                rc = pbw_err_set(err, "Adam step: %s", pbw_cuda_error());
+                break;
+            }
+            so = gso;
+        } else
+#endif
+        {
+            pbw_ctx_reset(ctx);
+            int capture = 0;
+#ifdef PBW_HAVE_CUDA
+            if (try_graph && t == 1) {
+                pbw_cuda_graph_input(var, (size_t)D * sizeof *var);
+                pbw_cuda_graph_input(crops, (size_t)ncrops * sizeof *crops);
+                capture = pbw_cuda_capture_begin() == 0;
+            }
+#endif
+            pbw_err cerr;
+            int prc = adam_pass(r, ctx, var, crops, &so, capture ? &cerr : err);
+#ifdef PBW_HAVE_CUDA
+            if (capture) {
+                char why[160];
+                graph = pbw_cuda_capture_end(why, sizeof why);
+                if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
+                    gso = so;
+                } else {
+                    const char *v = getenv("PBW_VERBOSE");
+                    if (v && *v && strcmp(v, "0"))
+                        fprintf(stderr, "pbw: the Adam step runs without a CUDA graph (%s)\n",
+                                why[0] ? why : (prc ? cerr.msg : "launch failed"));
+                    pbw_cuda_graph_free(graph);
+                    graph = NULL;
+                    try_graph = 0;
+                    pbw_cuda_clear_error();
+                    pbw_ctx_reset(ctx);
+                    prc = adam_pass(r, ctx, var, crops, &so, err);
+                }
+            }
+#endif
+            if (prc) {
+                rc = -1;
+                break;
+            }
         }
-        if (pbw_backward(ctx, parts.total, NULL, err)) {
-            rc = pbw_err_prefix(err, "backward: ");
-            break;
-        }
-        if (!lat->grad) {
-            rc = pbw_err_set(err, "the loss does not depend on the latent");
-            break;
-        }
-        const float *th = pbw_tensor_host(ctx, parts.total), *ch = pbw_tensor_host(ctx, parts.clip);
-        const float *l1h = parts.l1 ? pbw_tensor_host(ctx, parts.l1) : NULL;
-        const float *lph = parts.lpips ? pbw_tensor_host(ctx, parts.lpips) : NULL;
-        const float *gh = pbw_grad_host(ctx, lat);
-        if (!th || !ch || (parts.l1 && !l1h) || (parts.lpips && !lph) || !gh ||
-            pbw_tensor_read(ctx, img, r->frame)) {
+        float th = 0, ch = 0, l1h = 0, lph = 0;
+        if (fetch(r, &th, so.total, 1) || fetch(r, &ch, so.clip, 1) ||
+            (so.l1 && fetch(r, &l1h, so.l1, 1)) || (so.lpips && fetch(r, &lph, so.lpips, 1)) ||
+            fetch(r, grad, so.grad, D) || fetch(r, r->frame, so.img, r->per)) {
             rc = ctx_err(ctx, err, "reading the step back");
             break;
         }
-        pbw_loss_values v = {th[0], ch[0], l1h ? l1h[0] : 0, lph ? lph[0] : 0};
+        pbw_loss_values v = {th, ch, l1h, lph};
         note_best(r, var, v.total);
-        if (pbw_adam_step(&adam, var, gh, err)) {
+        if (pbw_adam_step(&adam, var, grad, err)) {
             rc = pbw_err_prefix(err, "Adam: ");
             break;
         }
@@ -597,10 +677,14 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0,
                cpu_s() - c0);
     }
+#ifdef PBW_HAVE_CUDA
+    pbw_cuda_graph_free(graph);
+#endif
     pbw_ctx_reset(ctx);
     pbw_ctx_set_grad(ctx, prev);
     pbw_adam_free(&adam);
     free(crops);
+    free(grad);
     return rc;
 }
 
