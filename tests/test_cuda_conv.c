@@ -38,11 +38,14 @@
 #include "core/pbw_ops.h"
 #include "core/pbw_ops_stylegan.h"
 #include "cuda_parity.h"
+#include "core/pbw_rng.h"
 #include "paint/pbw_loss.h"
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_conv.h"
 #endif
+#include <stdlib.h>
 
 #define TOL_CONV 1e-4 /* cuDNN algorithms vs im2col/Winograd, see above */
 #define TOL_EW 1e-5   /* same sums in the same order, FMA contraction only */
@@ -543,4 +546,61 @@ PBW_TEST(cuda_clip_crops) {
                        TOL_EW) == 0);
     CHECK(parity_check("clip_crops (3,256,256) -> 5 crops of 224", crops_fn, (void *)&b, 1, inb,
                        TOL_EW) == 0);
+}
+
+/* ---------- cuDNN algorithm choices kept on disk ----------
+ * A convolution's forward and both backward directions measured in a first "process" write
+ * the cache file; after pbw_cuda_conv_forget (what a new process starts from) the same
+ * convolutions take every choice from the file, measure nothing, and give the same bytes (the
+ * same algorithms on the same data). Under fp32 (direct NCHW) and bf16 (staged NHWC). */
+#ifdef PBW_HAVE_CUDA
+static int conv_once(pbw_precision prec, float *out, float *gx, size_t n_out, size_t n_x) {
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(prec);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    if (!ctx) return -1;
+    static float xh[2 * 16 * 20 * 20], wh[32 * 16 * 3 * 3];
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 5);
+    for (size_t i = 0; i < sizeof xh / sizeof *xh; i++) xh[i] = (float)pbw_rng_uniform(&rng) - 0.5f;
+    for (size_t i = 0; i < sizeof wh / sizeof *wh; i++) wh[i] = (float)pbw_rng_uniform(&rng) - 0.5f;
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 4, (int64_t[]){2, 16, 20, 20});
+    pbw_tensor *w = pbw_tensor_from_host(ctx, wh, 4, (int64_t[]){32, 16, 3, 3});
+    x->requires_grad = w->requires_grad = 1;
+    pbw_conv_params cp = {0};
+    cp.pad_h = cp.pad_w = 1;
+    pbw_tensor *y = pbw_conv2d(ctx, x, w, NULL, cp);
+    int rc = !y || pbw_backward(ctx, pbw_square(ctx, y), NULL, &err) ||
+             pbw_tensor_read(ctx, y, out) || pbw_cuda_d2h(gx, x->grad, n_x * sizeof *gx);
+    (void)n_out;
+    pbw_ctx_free(ctx);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    return rc ? -1 : 0;
+}
+
+#endif
+
+PBW_TEST(cuda_conv_algo_cache) {
+#ifdef PBW_HAVE_CUDA
+    char dir[] = "/tmp/pbw_cudnn_cache_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    setenv("PBW_CACHE_DIR", dir, 1);
+    static float y1[2 * 32 * 400], y2[2 * 32 * 400], g1[2 * 16 * 400], g2[2 * 16 * 400];
+    const pbw_precision precs[2] = {PBW_PREC_FP32, PBW_PREC_BF16};
+    pbw_cuda_conv_forget();
+    for (int k = 0; k < 2; k++) {
+        CHECK(conv_once(precs[k], y1, g1, 2 * 32 * 400, 2 * 16 * 400) == 0);
+        long first = pbw_cuda_conv_forget();
+        CHECK(conv_once(precs[k], y2, g2, 2 * 32 * 400, 2 * 16 * 400) == 0);
+        long second = pbw_cuda_conv_forget();
+        printf("  %s: choices from the file: %ld in the first process, %ld in the second\n",
+               pbw_precision_name(precs[k]), first, second);
+        CHECK(first == 0 && second == 3); /* forward, backward-data, backward-filter */
+        CHECK(!memcmp(y1, y2, sizeof y1) && !memcmp(g1, g2, sizeof g1));
+    }
+    unsetenv("PBW_CACHE_DIR");
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+#endif
 }

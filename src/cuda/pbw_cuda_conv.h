@@ -55,6 +55,11 @@ void pbw_cuda_upfirdn2d_forward(float *out, const float *x, const float *k,
 void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const float *k,
                                  const pbw_cpu_upfirdn_geom *g, int *scratch);
 
+/* Drops every plan and the algorithm choices read from disk (the next convolution of each
+ * geometry reads the cache file again, or measures): what a new process would start from.
+ * Returns how many choices were taken from the file since the last call. For tests. */
+long pbw_cuda_conv_forget(void);
+
 /* ---------- resize ----------
  * The index and weight tables are computed on the device with the CPU's formulas, rounded
  * step by step (no fused multiply-adds where the CPU has none), so they are bit-identical.
