@@ -140,54 +140,32 @@ __device__ __forceinline__ float mod_scale(float sv, float s0v, float mv) {
     return __fmaf_rn(sv, mv, __fmul_rn(s0v, __fsub_rn(1.0f, mv)));
 }
 
-template <int V>
-__global__ void modulate_fwd_kernel(float *out, const float *x, const float *s, const float *s0,
-                                    const float *m, pbw_cpu_sg_mod_geom g) {
+// out = x * scale (forward, ACC false: x the input) or out += x * scale (the input gradient,
+// ACC true: x the output gradient, one fused multiply-add), per-pixel scale of mod_scale.
+template <int V, bool ACC>
+__global__ void modulate_kernel(float *out, const float *x, const float *s, const float *s0,
+                                const float *m, pbw_cpu_sg_mod_geom g) {
     EW_PLANES(g.N, g.C) {
         const int64_t base = ((int64_t)n * g.C + c) * g.P;
         const float sv = s[n * g.s_nstride + c];
         const float s0v = m ? s0[n * g.s0_nstride + c] : 0.0f;
         const float *mp = m ? m + n * g.m_nstride : NULL;
         EW_PIXELS(p, g.P, V) {
-            float v[V];
+            float v[V], acc[V], w[V];
             ld<V>(v, x + base + p);
-            if (!m) {
+            if (ACC) ld<V>(acc, out + base + p);
+            if (m) {
+                ld<V>(w, mp + p);
 #pragma unroll
-                for (int k = 0; k < V; k++) v[k] = __fmul_rn(v[k], sv);
+                for (int k = 0; k < V; k++) w[k] = mod_scale(sv, s0v, w[k]);
             } else {
-                float mv[V];
-                ld<V>(mv, mp + p);
 #pragma unroll
-                for (int k = 0; k < V; k++) v[k] = __fmul_rn(v[k], mod_scale(sv, s0v, mv[k]));
+                for (int k = 0; k < V; k++) w[k] = sv;
             }
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                v[k] = ACC ? __fmaf_rn(v[k], w[k], acc[k]) : __fmul_rn(v[k], w[k]);
             st<V>(out + base + p, v);
-        }
-    }
-}
-
-template <int V>
-__global__ void modulate_gx_kernel(float *gx, const float *gout, const float *s, const float *s0,
-                                   const float *m, pbw_cpu_sg_mod_geom g) {
-    EW_PLANES(g.N, g.C) {
-        const int64_t base = ((int64_t)n * g.C + c) * g.P;
-        const float sv = s[n * g.s_nstride + c];
-        const float s0v = m ? s0[n * g.s0_nstride + c] : 0.0f;
-        const float *mp = m ? m + n * g.m_nstride : NULL;
-        EW_PIXELS(p, g.P, V) {
-            float go[V], acc[V];
-            ld<V>(go, gout + base + p);
-            ld<V>(acc, gx + base + p);
-            if (!m) {
-#pragma unroll
-                for (int k = 0; k < V; k++) acc[k] = __fmaf_rn(go[k], sv, acc[k]);
-            } else {
-                float mv[V];
-                ld<V>(mv, mp + p);
-#pragma unroll
-                for (int k = 0; k < V; k++)
-                    acc[k] = __fmaf_rn(go[k], mod_scale(sv, s0v, mv[k]), acc[k]);
-            }
-            st<V>(gx + base + p, acc);
         }
     }
 }
@@ -415,8 +393,8 @@ extern "C" void pbw_cuda_sg_modulate_forward(float *out, const float *x, const f
     if (n == 0) return;
     const int v4 = g->P % 4 == 0 && al16(out) && al16(x) && al16(m);
     const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
-    if (v4) modulate_fwd_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
-    else modulate_fwd_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
+    if (v4) modulate_kernel<4, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
+    else modulate_kernel<1, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
     PBW_CUDA_LAUNCHED("sg_modulate_forward");
 }
 
@@ -430,9 +408,9 @@ extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x,
         const int v4 = g->P % 4 == 0 && al16(gx) && al16(gout) && al16(m);
         const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
         if (v4)
-            modulate_gx_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            modulate_kernel<4, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
         else
-            modulate_gx_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            modulate_kernel<1, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_x");
     }
     if (gs || (gs0 && m)) {
