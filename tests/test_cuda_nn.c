@@ -242,3 +242,88 @@ PBW_TEST(cuda_embedding) {
     parity_input in[] = {{2, {100, 512}, 1}};
     CHECK(parity_check("embedding repeated ids", emb_fn, &a, 1, in, tol) == 0);
 }
+
+/* ---------- products on half operands (pbw_cuda_half_gemm) ----------
+ * CLIP's block pattern on bf16 and fp16: layer norm -> linear (its half copy read) and
+ * QuickGELU -> linear, with weights moved to the GPU by pbw_arena_to_device (constants: their
+ * half copies are cached), against the same ops on the CPU in fp32. The products then round
+ * both operands to bf16 (unit roundoff 2^-9) or fp16 (2^-11) and sum 768 or 3072 terms in
+ * fp32: a relative error of ~1e-3 of the outputs' scale, 1e-2 the bound (as TOL_HALF of the
+ * convolutions); the half path must have been taken (pbw_cuda_linear_half_calls), and under
+ * fp32 it never is (1e-5 against the CPU). */
+#ifdef PBW_HAVE_CUDA
+#include <stdlib.h>
+
+#include "core/pbw_rng.h"
+#include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_nn.h"
+
+static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
+                    int64_t M) {
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
+    if (!ctx) return -1;
+    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(prec);
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    pbw_tensor *w1 = pbw_tensor_new_in(&a, 2, (int64_t[]){M, D}, &err);
+    pbw_tensor *b1 = pbw_tensor_new_in(&a, 1, (int64_t[]){M}, &err);
+    pbw_tensor *w2 = pbw_tensor_new_in(&a, 2, (int64_t[]){D, M}, &err);
+    pbw_tensor *b2 = pbw_tensor_new_in(&a, 1, (int64_t[]){D}, &err);
+    pbw_tensor *lw = pbw_tensor_new_in(&a, 1, (int64_t[]){D}, &err);
+    pbw_tensor *lb = pbw_tensor_new_in(&a, 1, (int64_t[]){D}, &err);
+    int rc = -1;
+    if (!w1 || !b1 || !w2 || !b2 || !lw || !lb) goto out;
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 9);
+    pbw_tensor *ws[6] = {w1, b1, w2, b2, lw, lb};
+    const float sc[6] = {0.07f, 0.1f, 0.04f, 0.1f, 0.5f, 0.2f};
+    for (int k = 0; k < 6; k++)
+        for (int64_t i = 0; i < ws[k]->numel; i++)
+            ws[k]->data[i] = sc[k] * (float)(2 * pbw_rng_uniform(&rng) - 1) + (k == 4 ? 1.0f : 0.0f);
+    if (pbw_arena_to_device(&a, ctx, &err)) goto out;
+    float *xh = malloc((size_t)(R * D) * sizeof(float));
+    for (int64_t i = 0; i < R * D; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 2, (int64_t[]){R, D});
+    free(xh);
+    pbw_tensor *h = pbw_linear(ctx, pbw_layer_norm(ctx, x, lw, lb, 1e-5f), w1, b1);
+    pbw_tensor *y = pbw_linear(ctx, pbw_quick_gelu(ctx, h), w2, b2);
+    if (y && pbw_tensor_read(ctx, y, out) == 0) rc = 0;
+    else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+out:
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
+    return rc;
+}
+#endif
+
+PBW_TEST(cuda_linear_half) {
+#ifdef PBW_HAVE_CUDA
+    const int64_t R = 200, D = 768, M = 3072;
+    float *ref = malloc((size_t)(R * D) * sizeof(float)), *got = malloc((size_t)(R * D) * sizeof(float));
+    float *f32 = malloc((size_t)(R * D) * sizeof(float));
+    CHECK(half_mlp(PBW_DEV_CPU, PBW_PREC_FP32, ref, R, D, M) == 0);
+    double scale = 0;
+    for (int64_t i = 0; i < R * D; i++) scale = fmax(scale, fabs(ref[i]));
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    for (int k = 0; k < 2; k++) {
+        long before = pbw_cuda_linear_half_calls();
+        CHECK(half_mlp(PBW_DEV_CUDA, precs[k], got, R, D, M) == 0);
+        long calls = pbw_cuda_linear_half_calls() - before;
+        double e = 0;
+        for (int64_t i = 0; i < R * D; i++) e = fmax(e, fabs(got[i] - ref[i]) / scale);
+        printf("  layer norm -> linear -> QuickGELU -> linear, %s operands: %ld half products, "
+               "rel err %.2e (tol 1e-2)\n", pbw_precision_name(precs[k]), calls, e);
+        CHECK(calls == 2 && e <= 1e-2);
+    }
+    long before = pbw_cuda_linear_half_calls();
+    CHECK(half_mlp(PBW_DEV_CUDA, PBW_PREC_FP32, f32, R, D, M) == 0);
+    CHECK(pbw_cuda_linear_half_calls() == before); /* fp32: never half operands */
+    double e = 0;
+    for (int64_t i = 0; i < R * D; i++) e = fmax(e, fabs(f32[i] - ref[i]) / scale);
+    printf("  fp32 precision: rel err %.2e (tol 1e-5)\n", e);
+    CHECK(e <= 1e-5);
+    free(ref), free(got), free(f32);
+#endif
+}

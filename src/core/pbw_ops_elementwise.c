@@ -73,7 +73,16 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
     if (pbw_op_begin(ctx, name, 1, &x)) return NULL;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!y) return NULL;
-    PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
+#ifdef PBW_HAVE_CUDA
+    /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one */
+    if (op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
+        y->half = pbw_ctx_alloc(ctx, (size_t)y->numel * 2);
+        if (!y->half) return NULL;
+        if (pbw_cuda_unary_forward_half(op, p0, p1, x->data, y->data, y->half, x->numel))
+            y->half = NULL; /* no vector path for these sizes: the product reads fp32 */
+    } else
+#endif
+        PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
     if (pbw_needs_grad(ctx, &x, 1)) {
         pbw_node *n = pbw_tape_push(ctx, name, unary_backward, y, &x, 1, sizeof(unary_saved));
         if (!n) return NULL;

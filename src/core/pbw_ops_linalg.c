@@ -122,7 +122,7 @@ pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b
     if (b && pbw_on_cuda(ctx)) { /* one product with the bias in its epilogue, else start
                                   * from the bias and add x W^T */
 #ifdef PBW_HAVE_CUDA
-        done = pbw_cuda_linear_bias(x->data, w->data, b->data, y->data, R, O, I) == 0;
+        done = pbw_cuda_linear_bias(x->data, x->half, w->data, b->data, y->data, R, O, I) == 0;
         if (!done) pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
 #endif
     } else if (b) {

@@ -43,8 +43,16 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     float *mean = saved_floats(ctx, R), *rstd = saved_floats(ctx, R);
     if (!y || !mean || !rstd) return pbw_ctx_fail(ctx, "layer_norm: out of memory");
-    PBW_KERNEL(ctx, layer_norm_forward, x->data, w ? w->data : NULL, b ? b->data : NULL, y->data,
-               mean, rstd, R, D, eps);
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too */
+        y->half = pbw_ctx_alloc(ctx, (size_t)y->numel * 2);
+        if (!y->half) return NULL;
+        pbw_cuda_layer_norm_forward_half(x->data, w ? w->data : NULL, b ? b->data : NULL, y->data,
+                                         y->half, mean, rstd, R, D, eps);
+    } else
+#endif
+        PBW_KERNEL(ctx, layer_norm_forward, x->data, w ? w->data : NULL, b ? b->data : NULL,
+                   y->data, mean, rstd, R, D, eps);
     pbw_tensor *in[3] = {x, w, b};
     if (pbw_needs_grad(ctx, in, 3)) {
         pbw_node *n = pbw_tape_push(ctx, "layer_norm", layer_norm_backward, y, in, 3, sizeof(ln_saved));

@@ -518,6 +518,7 @@ int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {
     if (!total) return 0;
     unsigned char *block = pbw_cuda_malloc(total);
     if (!block) return pbw_err_set(err, "out of GPU memory moving %zu bytes of weights", total);
+    pbw_cuda_weights_block(block, total); /* constants: products may cache half copies */
     if (pbw_arena_on_free(a, pbw_cuda_free, block)) {
         pbw_cuda_free(block);
         return pbw_err_set(err, "out of memory");

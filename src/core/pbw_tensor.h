@@ -49,6 +49,9 @@ typedef struct pbw_tensor {
     pbw_device device;
     int requires_grad;
     struct pbw_tensor *arena_next; /* next tensor of the same weight arena (pbw_tensor_new_in) */
+    void *half; /* CUDA, bf16/fp16 precision: a half copy of data in that type, written by the op
+                 * that made the tensor when its output feeds products (layer norm, QuickGELU),
+                 * read by pbw_linear; NULL otherwise */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -160,8 +161,38 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
     return p;
 }
 
+static std::vector<std::pair<const char *, size_t>> g_weight_blocks;
+void pbw_cuda_nn_forget_weights(const void *p, size_t bytes); // pbw_cuda_nn.cu
+
+extern "C" void pbw_cuda_weights_block(const void *p, size_t bytes) {
+    g_weight_blocks.emplace_back((const char *)p, bytes);
+}
+
+extern "C" int pbw_cuda_is_weight(const void *p, size_t bytes) {
+    const char *c = (const char *)p;
+    for (const auto &b : g_weight_blocks)
+        if (c >= b.first && c + bytes <= b.first + b.second) return 1;
+    return 0;
+}
+
+extern "C" int pbw_cuda_half_gemm(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("PBW_CUDA_HALF_GEMM");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env && (g_prec == PBW_PREC_BF16 || g_prec == PBW_PREC_FP16);
+}
+
 extern "C" void pbw_cuda_free(void *p) {
     if (!p) return;
+    for (size_t i = 0; i < g_weight_blocks.size(); i++)
+        if (g_weight_blocks[i].first == (const char *)p) { // their half copies go with them
+            size_t bytes = g_weight_blocks[i].second;
+            g_weight_blocks.erase(g_weight_blocks.begin() + (long)i);
+            pbw_cuda_nn_forget_weights(p, bytes);
+            break;
+        }
     if (g_capturing) { // nothing has run yet: freed when the capture ends
         // but a block the recorded pass itself allocated would be freed under the graph
         for (void *q : g_capture_allocs)

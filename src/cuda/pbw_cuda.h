@@ -76,6 +76,15 @@ size_t pbw_cuda_mem_used(void);
 size_t pbw_cuda_mem_peak(void);
 void pbw_cuda_mem_reset_peak(void);
 
+/* Products on half-precision operands: 1 when the precision is bf16 or fp16 and
+ * PBW_CUDA_HALF_GEMM is not 0. Then layer norm and QuickGELU also write a half copy of their
+ * output (pbw_tensor.half), and pbw_linear multiplies it with a cached half copy of its weight
+ * when the weight is a constant moved by pbw_arena_to_device (registered here with
+ * pbw_cuda_weights_block; its half copies are dropped when the block is freed). */
+int pbw_cuda_half_gemm(void);
+void pbw_cuda_weights_block(const void *p, size_t bytes);
+int pbw_cuda_is_weight(const void *p, size_t bytes);
+
 /* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
  * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.
  * Uploads are staged in pinned memory the graph owns: those from a host range registered with

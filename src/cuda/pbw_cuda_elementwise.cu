@@ -15,11 +15,14 @@
 // over blocks that write partial sums to the runtime workspace, summed in order by a second
 // kernel. Results are therefore the same bits every run (not the CPU's bits: the summation
 // order differs, within fp32 rounding of the CPU's double-accumulated rows).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
 #include "cpu/pbw_cpu_math.h"
+#include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_elementwise.h"
 #include "cuda/pbw_cuda_internal.cuh"
 
@@ -129,6 +132,23 @@ __global__ void k_unary_bwd4(float p0, float p1, const float4 *__restrict__ x,
     }
 }
 
+// k_unary_fwd4 that also stores y in the half type H (a product's operand follows).
+template <int OP, typename H>
+__global__ void k_unary_fwd4h(float p0, float p1, const float4 *__restrict__ x, float4 *y,
+                              H *yh, int64_t n4) {
+    PBW_GRID_STRIDE(i, n4) {
+        float4 v = x[i];
+        float4 o = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
+                               unary_f<OP>(v.z, p0, p1), unary_f<OP>(v.w, p0, p1));
+        y[i] = o;
+        H *h = yh + 4 * i;
+        h[0] = pbw_to_half<H>(o.x);
+        h[1] = pbw_to_half<H>(o.y);
+        h[2] = pbw_to_half<H>(o.z);
+        h[3] = pbw_to_half<H>(o.w);
+    }
+}
+
 static bool vec4_ok(int64_t n, const void *a, const void *b, const void *c, const void *d) {
     const uintptr_t m = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d;
     return n % 4 == 0 && (m & 15) == 0;
@@ -185,6 +205,21 @@ static void unary_dispatch(pbw_unary_op op, bool bwd, float p0, float p1, const 
 extern "C" void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x,
                                        float *y, int64_t n) {
     unary_dispatch(op, false, p0, p1, x, nullptr, nullptr, y, n);
+}
+
+extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x,
+                                           float *y, void *yh, int64_t n) {
+    if (op != PBW_UN_QUICK_GELU || n <= 0 || !vec4_ok(n, x, y, yh, yh) || ((uintptr_t)yh & 7))
+        return pbw_cuda_unary_forward(op, p0, p1, x, y, n), -1;
+    const int64_t n4 = n / 4;
+    if (pbw_cuda_precision() == PBW_PREC_FP16)
+        k_unary_fwd4h<PBW_UN_QUICK_GELU, __half><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
+            p0, p1, (const float4 *)x, (float4 *)y, (__half *)yh, n4);
+    else
+        k_unary_fwd4h<PBW_UN_QUICK_GELU, __nv_bfloat16><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
+            p0, p1, (const float4 *)x, (float4 *)y, (__nv_bfloat16 *)yh, n4);
+    PBW_CUDA_LAUNCHED("unary_forward");
+    return 0;
 }
 
 extern "C" void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,

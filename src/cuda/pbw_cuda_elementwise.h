@@ -28,7 +28,11 @@ extern "C" {
 #endif
 
 void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
-                            int64_t n); /* x, y (n) */
+                            int64_t n);
+/* QuickGELU forward that also writes yh (n, the precision's half type: a product's operand);
+ * 0, or -1 when these sizes or pointers take no vector path (y is written, yh is not). */
+int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x, float *y,
+                                void *yh, int64_t n); /* x, y (n) */
 /* gx += dy/dx * gy (x, y, gy, gx all (n)) */
 void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                              const float *y, const float *gy, float *gx, int64_t n);

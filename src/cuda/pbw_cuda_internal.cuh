@@ -59,6 +59,20 @@ __device__ __forceinline__ float pbw_warp_max(float v) {
             pbw_cuda_fail("%s: %s", #call, cudnnGetErrorString(s_));                           \
     } while (0)
 
+// float to the half type H (__nv_bfloat16 or __half; include cuda_bf16.h / cuda_fp16.h first),
+// rounded to nearest.
+template <typename H> __device__ __forceinline__ H pbw_to_half(float v);
+#ifdef __CUDA_BF16_TYPES_EXIST__
+template <> __device__ __forceinline__ __nv_bfloat16 pbw_to_half<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+#endif
+#ifdef __CUDA_FP16_TYPES_EXIST__
+template <> __device__ __forceinline__ __half pbw_to_half<__half>(float v) {
+    return __float2half_rn(v);
+}
+#endif
+
 #define PBW_GRID_STRIDE(i, n)                                                                   \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
          i += (int64_t)blockDim.x * gridDim.x)

@@ -5,9 +5,12 @@
 // shuffles; the CPU accumulates some of these sums in double, so results differ in the last
 // bits. Column reductions (weight and bias gradients) use a fixed order: deterministic.
 #include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <climits>
 #include <cmath>
+#include <vector>
 
 #include "cpu/pbw_cpu.h"
 #include "cuda/pbw_cuda_internal.cuh"
@@ -106,7 +109,7 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
 namespace {
 struct lt_plan {
     int64_t R, O, I;
-    int prec, align;
+    int prec, align, half; // half: operands in the precision's half type (else float32)
     int ok;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
@@ -118,6 +121,7 @@ cublasLtHandle_t g_lt;
 void *g_lt_ws;
 lt_plan g_lt_plans[LT_PLANS];
 int g_lt_nplans, g_lt_broken;
+long g_lt_half_calls;
 
 int align_of(const void *p) { // largest power of two dividing the address, at most 256
     uintptr_t u = (uintptr_t)p;
@@ -130,13 +134,17 @@ bool lt_make(lt_plan *pl) {
     pl->ok = 0;
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    if (cublasLtMatmulDescCreate(&pl->op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+    const cudaDataType_t in = !pl->half ? CUDA_R_32F
+                              : pl->prec == PBW_PREC_FP16 ? CUDA_R_16F
+                                                          : CUDA_R_16BF;
+    const cublasComputeType_t ct = pl->half ? CUBLAS_COMPUTE_32F : compute_type();
+    if (cublasLtMatmulDescCreate(&pl->op, ct, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
         return false;
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    if (cublasLtMatrixLayoutCreate(&pl->a, CUDA_R_32F, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) ||
-        cublasLtMatrixLayoutCreate(&pl->b, CUDA_R_32F, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) ||
+    if (cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) ||
+        cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) ||
         cublasLtMatrixLayoutCreate(&pl->c, CUDA_R_32F, (uint64_t)pl->O, (uint64_t)pl->R, pl->O))
         return false;
     cublasLtMatmulPreference_t pref;
@@ -165,8 +173,56 @@ bool lt_make(lt_plan *pl) {
 }
 } // namespace
 
-extern "C" int pbw_cuda_linear_bias(const float *x, const float *w, const float *b, float *y,
-                                    int64_t R, int64_t O, int64_t I) {
+// Half copies of constant weights (pbw_cuda_is_weight), made on first use and dropped when
+// their block is freed (pbw_cuda_free calls pbw_cuda_nn_forget_weights).
+namespace {
+struct half_weight {
+    const float *w;
+    size_t n;
+    int prec;
+    void *h;
+};
+std::vector<half_weight> g_half_w;
+
+template <typename H> __global__ static void to_half_kernel(H *out, const float *x, int64_t n) {
+    PBW_GRID_STRIDE(i, n) out[i] = pbw_to_half<H>(x[i]);
+}
+
+const void *half_weight_of(const float *w, size_t n) {
+    const int prec = (int)pbw_cuda_precision();
+    for (const half_weight &e : g_half_w)
+        if (e.w == w && e.n == n && e.prec == prec) return e.h;
+    if (!pbw_cuda_is_weight(w, n * sizeof(float))) return nullptr;
+    void *h = pbw_cuda_malloc(n * 2);
+    if (!h) return nullptr;
+    if (prec == PBW_PREC_FP16)
+        to_half_kernel<__half><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>((__half *)h, w, (int64_t)n);
+    else
+        to_half_kernel<__nv_bfloat16><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>(
+            (__nv_bfloat16 *)h, w, (int64_t)n);
+    PBW_CUDA_LAUNCHED("half weight");
+    g_half_w.push_back({w, n, prec, h});
+    return h;
+}
+} // namespace
+
+void pbw_cuda_nn_forget_weights(const void *p, size_t bytes) {
+    std::vector<void *> drop;
+    const char *lo = (const char *)p, *hi = lo + bytes;
+    for (size_t i = g_half_w.size(); i-- > 0;) {
+        const char *c = (const char *)g_half_w[i].w;
+        if (c >= lo && c < hi) {
+            drop.push_back(g_half_w[i].h);
+            g_half_w.erase(g_half_w.begin() + (long)i);
+        }
+    }
+    for (void *h : drop) pbw_cuda_free(h);
+}
+
+extern "C" long pbw_cuda_linear_half_calls(void) { return g_lt_half_calls; }
+
+extern "C" int pbw_cuda_linear_bias(const float *x, const void *xh, const float *w,
+                                    const float *b, float *y, int64_t R, int64_t O, int64_t I) {
     if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX)
         return -1;
     if (!g_lt) {
@@ -179,14 +235,19 @@ extern "C" int pbw_cuda_linear_bias(const float *x, const float *w, const float 
     }
     // the bias is read as a vector: 16-byte aligned, as cuBLASLt requires
     if (align_of(b) < 16) return -1;
-    int al = align_of(x);
-    if (align_of(w) < al) al = align_of(w);
+    // half operands: x's half copy (made by the op that wrote x) and the weight's
+    const void *wh = xh && pbw_cuda_half_gemm() ? half_weight_of(w, (size_t)(O * I)) : nullptr;
+    const int half = wh != nullptr;
+    const void *A = half ? wh : (const void *)w, *B = half ? xh : (const void *)x;
+    int al = align_of(B);
+    if (align_of(A) < al) al = align_of(A);
     if (align_of(y) < al) al = align_of(y);
     const int prec = (int)pbw_cuda_precision();
     lt_plan *pl = nullptr;
     for (int i = 0; i < g_lt_nplans; i++) {
         lt_plan *q = &g_lt_plans[i];
-        if (q->R == R && q->O == O && q->I == I && q->prec == prec && q->align == al) {
+        if (q->R == R && q->O == O && q->I == I && q->prec == prec && q->align == al &&
+            q->half == half) {
             pl = q;
             break;
         }
@@ -194,7 +255,7 @@ extern "C" int pbw_cuda_linear_bias(const float *x, const float *w, const float 
     if (!pl) {
         if (g_lt_nplans == LT_PLANS) return -1;
         pl = &g_lt_plans[g_lt_nplans++];
-        *pl = lt_plan{R, O, I, prec, al, 0, nullptr, nullptr, nullptr, nullptr, {}};
+        *pl = lt_plan{R, O, I, prec, al, half, 0, nullptr, nullptr, nullptr, nullptr, {}};
         lt_make(pl);
     }
     if (!pl->ok) return -1;
@@ -202,7 +263,8 @@ extern "C" int pbw_cuda_linear_bias(const float *x, const float *w, const float 
         CUBLAS_STATUS_SUCCESS)
         return -1;
     const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, w, pl->a, x, pl->b, &zero, y, pl->c, y,
+    g_lt_half_calls += half;
+    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, &zero, y, pl->c, y,
                                        pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES, pbw_stream());
     if (st != CUBLAS_STATUS_SUCCESS) {
         pbw_cuda_fail("linear (cuBLASLt, %lld x %lld x %lld): status %d", (long long)R,
@@ -303,6 +365,55 @@ extern "C" void pbw_cuda_layer_norm_forward(const float *x, const float *w, cons
     if (R <= 0 || D <= 0) return;
     layer_norm_forward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
         x, w, b, y, mean, rstd, R, D, eps);
+    PBW_CUDA_LAUNCHED("layer_norm_forward");
+}
+
+// The same rows, also stored in the half type H (the operand of the products that follow):
+// the same float values, each rounded once more to nearest.
+template <typename H>
+__global__ static void layer_norm_forward_half_kernel(const float *x, const float *w,
+                                                      const float *b, float *y, H *yh,
+                                                      float *mean, float *rstd, int64_t R,
+                                                      int64_t D, float eps) {
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *xr = x + r * D;
+    float *yr = y + r * D;
+    H *hr = yh + r * D;
+    float s = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) s += xr[i];
+    float m = pbw_warp_sum(s) / (float)D;
+    float s2 = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float d = xr[i] - m;
+        s2 = fmaf(d, d, s2);
+    }
+    float rs = 1.0f / sqrtf(pbw_warp_sum(s2) / (float)D + eps);
+    for (int64_t i = lane; i < D; i += 32) {
+        float v = (xr[i] - m) * rs;
+        v = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+        yr[i] = v;
+        hr[i] = pbw_to_half<H>(v);
+    }
+    if (lane == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w, const float *b,
+                                                 float *y, void *yh, float *mean, float *rstd,
+                                                 int64_t R, int64_t D, float eps) {
+    if (R <= 0 || D <= 0) return;
+    if (pbw_cuda_precision() == PBW_PREC_FP16)
+        layer_norm_forward_half_kernel<__half><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
+                                                 pbw_stream()>>>(x, w, b, y, (__half *)yh, mean,
+                                                                 rstd, R, D, eps);
+    else
+        layer_norm_forward_half_kernel<__nv_bfloat16><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
+                                                        pbw_stream()>>>(
+            x, w, b, y, (__nv_bfloat16 *)yh, mean, rstd, R, D, eps);
     PBW_CUDA_LAUNCHED("layer_norm_forward");
 }
 

@@ -57,11 +57,20 @@ void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const
 
 /* ---- no CPU twin ---- */
 
-/* y (R,O) = x (R,I) w (O,I)^T + b (O) in one cuBLASLt product with a bias epilogue. Returns 0
- * when enqueued, -1 when this shape has no such algorithm (nothing was done: the caller uses
- * pbw_cuda_bias_rows_forward and a product). */
-int pbw_cuda_linear_bias(const float *x, const float *w, const float *b, float *y, int64_t R,
-                         int64_t O, int64_t I);
+/* y (R,O) = x (R,I) w (O,I)^T + b (O) in one cuBLASLt product with a bias epilogue. xh: NULL,
+ * or x's half copy (pbw_tensor.half); with pbw_cuda_half_gemm() and a constant weight
+ * (pbw_cuda_is_weight) the product then reads xh and a cached half copy of w (bf16/fp16
+ * operands, fp32 accumulation and output). Returns 0 when enqueued, -1 when this shape has no
+ * such algorithm (nothing was done: the caller uses pbw_cuda_bias_rows_forward and a
+ * product). */
+int pbw_cuda_linear_bias(const float *x, const void *xh, const float *w, const float *b,
+                         float *y, int64_t R, int64_t O, int64_t I);
+/* Products made on half operands so far (tests). */
+long pbw_cuda_linear_half_calls(void);
+/* pbw_cuda_layer_norm_forward that also writes yh (R,D), y in the precision's half type. */
+void pbw_cuda_layer_norm_forward_half(const float *x, const float *w, const float *b, float *y,
+                                      void *yh, float *mean, float *rstd, int64_t R, int64_t D,
+                                      float eps);
 /* y (R,O) = b (O) on every row (pbw_linear starts from the bias). */
 void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O);
 /* gb (O) += sum over rows of gy (R,O) (deterministic: fixed reduction order). */
