@@ -215,6 +215,22 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         }
     }
     busy += (double)(cur_e - cur_s);
+    // idle stretches of the GPU longer than 20 us, booked to the op whose work ended them
+    // (what the GPU was waiting for the host to launch)
+    std::vector<row> idle(g_ops.size() + 1);
+    {
+        uint64_t end = 0;
+        for (const span &x : s) {
+            if (end && x.start > end + 20000) {
+                auto it = g_ext.find(x.corr);
+                size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
+                if (op >= idle.size()) op = 0;
+                idle[op].ns += (double)(x.start - end);
+                idle[op].n++;
+            }
+            if (x.end > end) end = x.end;
+        }
+    }
     std::vector<row> ops(g_ops.size() + 1);
     std::vector<row> kern(g_names.size());
     for (const span &x : s) {
@@ -257,6 +273,21 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
         fprintf(f, "%-24s %-9s %10.3f %9.0f %6.1f\n", name, pass, 1e-6 * ops[i].ns * scale,
                 (double)ops[i].n * scale, total > 0 ? 100 * ops[i].ns / total : 0);
+    }
+    {
+        std::vector<size_t> io(idle.size());
+        for (size_t i = 0; i < io.size(); i++) io[i] = i;
+        std::sort(io.begin(), io.end(), [&](size_t a, size_t b) { return idle[a].ns > idle[b].ns; });
+        fprintf(f, "GPU idle over 20 us, by the op whose work ended it (top 12):\n%-24s %-9s %10s %9s\n",
+                "op", "pass", "idle ms", "times");
+        int shown = 0;
+        for (size_t i : io) {
+            if (!idle[i].n || shown++ == 12) break;
+            const char *name = i ? g_ops[i - 1].first : "(outside ops)";
+            const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
+            fprintf(f, "%-24s %-9s %10.3f %9.1f\n", name, pass, 1e-6 * idle[i].ns * scale,
+                    (double)idle[i].n * scale);
+        }
     }
     order.resize(kern.size());
     for (size_t i = 0; i < order.size(); i++) order[i] = i;

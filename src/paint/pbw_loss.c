@@ -644,6 +644,17 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
     double *a = calloc((size_t)B * 2, sizeof *a);
     if (!a) return pbw_err_set(err, "out of memory");
     int rc = 0;
+    /* the reconstruction terms are queued first and read last: on a GPU they then run while
+     * the host queues CLIP's pass, and the CLIP values' read-back waits for them too */
+    pbw_tensor *l1 = NULL, *lp = NULL;
+    if (has_recon(o)) {
+        l1 = l1_term(ctx, o, img);
+        lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
+        if (!l1 || (o->lpips && !lp) || pbw_ctx_failed(ctx)) {
+            rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
+            goto out;
+        }
+    }
     pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
     if (!view || pbw_ctx_failed(ctx)) {
         rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
@@ -668,12 +679,6 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
         out[b].total = a[b];
     }
     if (has_recon(o)) {
-        pbw_tensor *l1 = l1_term(ctx, o, img);
-        pbw_tensor *lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
-        if (!l1 || (o->lpips && !lp) || pbw_ctx_failed(ctx)) {
-            rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
-            goto out;
-        }
         const float *l1h = pbw_tensor_host(ctx, l1), *lph = lp ? pbw_tensor_host(ctx, lp) : NULL;
         if (!l1h || (lp && !lph)) {
             rc = pbw_ctx_check(ctx, err);
