@@ -16,6 +16,7 @@
 #include "cpu/pbw_cpu_conv.h"
 #include "cpu/pbw_cpu_threads.h"
 #ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_paint.h"
 #endif
 
@@ -684,14 +685,81 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
             rc = pbw_ctx_check(ctx, err);
             goto out;
         }
-        for (int64_t b = 0; b < B; b++) {
-            out[b].l1 = l1h[b];
-            out[b].lpips = lph ? lph[b] : 0;
-            out[b].total = out[b].clip + (double)o->recon_weight *
-                                             (out[b].l1 + (double)o->lpips_weight * out[b].lpips);
-        }
+        for (int64_t b = 0; b < B; b++)
+            pbw_objective_combine(o, out[b].clip, l1h[b], lph ? lph[b] : 0, &out[b]);
     }
 out:
     free(a);
     return rc;
+}
+
+void pbw_objective_combine(const pbw_objective *o, double clip, double l1, double lpips,
+                           pbw_loss_values *v) {
+    v->clip = clip;
+    v->l1 = v->lpips = 0;
+    v->total = clip;
+    if (has_recon(o)) {
+        v->l1 = l1;
+        v->lpips = lpips;
+        v->total = clip + (double)o->recon_weight * (l1 + (double)o->lpips_weight * lpips);
+    }
+}
+
+int pbw_objective_can_queue(const pbw_objective *o, pbw_device dev) {
+    const int64_t per = o->n_crops > 0 ? o->n_crops : 1;
+    return dev == PBW_DEV_CUDA && pbw_objective_crop_sets(o) == 1 && o->clip_chunk >= per;
+}
+
+int pbw_objective_values_queue(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
+                               pbw_tensor *img, const pbw_crop *crops, float *clip, float *l1,
+                               float *lpips, pbw_err *err) {
+#ifdef PBW_HAVE_CUDA
+    if (!pbw_objective_can_queue(o, pbw_ctx_device(ctx))) return 1;
+    if (check_img(ctx, o, img)) return pbw_ctx_check(ctx, err) ? -1 : -1;
+    const int64_t B = img->shape[0], H = img->shape[2], W = img->shape[3];
+    const int n = o->n_crops, per = n > 0 ? n : 1;
+    /* the terms' values go to the caller's device memory, each copy queued after its pass */
+#define QUEUE_COPY(dst, t, count)                                                                 \
+    do {                                                                                          \
+        if (pbw_cuda_d2d((dst), (t)->data, (size_t)(count) * sizeof(float)))                     \
+            return pbw_err_set(err, "cuda: %s", pbw_cuda_error());                                \
+    } while (0)
+    if (has_recon(o)) {
+        pbw_tensor *tl1 = l1_term(ctx, o, img);
+        pbw_tensor *tlp = o->lpips ? lpips_term(ctx, o, img) : NULL;
+        if (!tl1 || (o->lpips && !tlp) || pbw_ctx_failed(ctx))
+            return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
+        QUEUE_COPY(l1, tl1, B);
+        if (tlp) QUEUE_COPY(lpips, tlp, B);
+    }
+    pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
+    if (!view || pbw_ctx_failed(ctx))
+        return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
+    /* whole images per CLIP pass (pbw_objective_can_queue), as pbw_clip_crop_loss_values */
+    int64_t imgs = o->clip_chunk / per;
+    if (imgs > 64) imgs = 64;
+    int prev = pbw_ctx_set_grad(scratch, 0), rc = 0;
+    for (int64_t b = 0; b < B && !rc; b += imgs) {
+        const int64_t nb = B - b < imgs ? B - b : imgs;
+        pbw_tensor *xb = pbw_tensor_wrap(scratch, view->data + b * 3 * H * W, 4,
+                                         (int64_t[]){nb, 3, H, W});
+        pbw_tensor *l = pbw_clip_crop_loss(scratch, o->clip, xb, o->target, n > 0 ? crops : NULL,
+                                           n);
+        /* checked before the reset, which forgets the launch errors recorded so far */
+        if (!l || pbw_ctx_check(scratch, err)) {
+            if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
+            rc = -1;
+        } else if (pbw_cuda_d2d(clip + b, l->data, (size_t)nb * sizeof(float))) {
+            rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+        }
+        pbw_ctx_reset(scratch);
+    }
+    pbw_ctx_set_grad(scratch, prev);
+#undef QUEUE_COPY
+    return rc;
+#else
+    (void)ctx, (void)scratch, (void)o, (void)img, (void)crops, (void)clip, (void)l1, (void)lpips,
+        (void)err;
+    return 1;
+#endif
 }

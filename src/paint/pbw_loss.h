@@ -183,6 +183,22 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
                          pbw_tensor *img, const pbw_crop *crops, pbw_loss_values *out,
                          pbw_err *err);
 
+/* The same values queued on the GPU with nothing read back: per image, CLIP's loss into
+ * clip (B floats), and with a reconstruction term L1 into l1 and LPIPS into lpips (B floats
+ * each; lpips untouched without LPIPS), device memory that outlives ctx's and scratch's resets;
+ * pbw_objective_combine turns them into values once read. So the batches of a CMA-ES
+ * generation follow each other on the GPU with one read-back at the end. Returns 0 when
+ * queued, 1 when this objective takes the other path (a CPU context, two crop sets, or chunks
+ * smaller than an image's crops), -1 on error. */
+int pbw_objective_values_queue(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
+                               pbw_tensor *img, const pbw_crop *crops, float *clip, float *l1,
+                               float *lpips, pbw_err *err);
+/* Whether pbw_objective_values_queue takes this objective (1) or returns 1 (0). */
+int pbw_objective_can_queue(const pbw_objective *o, pbw_device dev);
+/* One image's values from its terms, as pbw_objective_values computes them. */
+void pbw_objective_combine(const pbw_objective *o, double clip, double l1, double lpips,
+                           pbw_loss_values *v);
+
 #ifdef __cplusplus
 }
 #endif

@@ -485,12 +485,68 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         goto out;
     }
     int prev = pbw_ctx_set_grad(ctx, 0);
+    /* On a GPU the batches of a generation are queued back to back: each batch's values and
+     * images go to device memory of this request, read once after the last batch
+     * (PBW_CUDA_PIPELINE=0: each batch read back before the next, as on the CPU). */
+    float *dvals = NULL, *dframes = NULL;
+#ifdef PBW_HAVE_CUDA
+    const char *pe = getenv("PBW_CUDA_PIPELINE");
+    if (pbw_objective_can_queue(&r->obj, r->p->dev) && !(pe && !strcmp(pe, "0"))) {
+        dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
+        dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
+        if (!dvals || !dframes) { /* no room: batch by batch */
+            pbw_cuda_free(dvals);
+            pbw_cuda_free(dframes);
+            dvals = dframes = NULL;
+        }
+    }
+#endif
+    float *hvals = dvals ? malloc((size_t)3 * lam * sizeof(float)) : NULL;
+    if (dvals && !hvals) dvals = NULL;
     for (int gen = 0; gen < rq->cma_generations && !cancelled(r); gen++) {
         double t = now_s(), c0 = cpu_s();
         pbw_cma_ask(cma, X);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
         int gbest = -1;
-        for (int i = 0; i < lam && !rc; i += bsz) {
+#ifdef PBW_HAVE_CUDA
+        if (dvals) {
+            for (int i = 0; i < lam && !rc; i += bsz) {
+                int b = lam - i < bsz ? lam - i : bsz;
+                pbw_ctx_reset(ctx);
+                pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2,
+                                                       (int64_t[]){b, D});
+                pbw_tensor *img = render(ctx, r, lat);
+                if (!img || pbw_ctx_failed(ctx)) {
+                    rc = ctx_err(ctx, err, "generator");
+                    break;
+                }
+                int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops,
+                                                   dvals + i, dvals + lam + i,
+                                                   dvals + 2 * lam + i, err);
+                if (q) {
+                    rc = q < 0 ? -1 : pbw_err_set(err, "objective: cannot be queued");
+                    break;
+                }
+                if (pbw_cuda_d2d(dframes + (int64_t)i * r->per, img->data,
+                                 (size_t)b * r->per * sizeof(float))) {
+                    rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+                    break;
+                }
+            }
+            pbw_ctx_reset(ctx);
+            if (!rc && pbw_cuda_d2h(hvals, dvals, (size_t)3 * lam * sizeof(float)))
+                rc = pbw_err_set(err, "reading the values back: %s", pbw_cuda_error());
+            for (int k = 0; k < lam && !rc; k++) {
+                pbw_objective_combine(&r->obj, hvals[k], hvals[lam + k], hvals[2 * lam + k],
+                                      &vals[k]);
+                if (gbest < 0 || vals[k].total < vals[gbest].total) gbest = k;
+            }
+            if (!rc && pbw_cuda_d2h(r->frame, dframes + (int64_t)gbest * r->per,
+                                    (size_t)r->per * sizeof(float)))
+                rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
+        }
+#endif
+        for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
             pbw_ctx_reset(ctx);
@@ -537,6 +593,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         if (pbw_cma_stop(cma)) break;
     }
     pbw_ctx_set_grad(ctx, prev);
+    free(hvals);
+#ifdef PBW_HAVE_CUDA
+    pbw_cuda_free(dvals);
+    pbw_cuda_free(dframes);
+#endif
     if (!rc) memcpy(var, pbw_cma_kept(cma), (size_t)D * sizeof *var);
 out:
     pbw_cma_free(cma);
