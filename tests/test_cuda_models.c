@@ -169,10 +169,11 @@ static void on_step(const pbw_paint_progress *pr, void *user) {
     if (s->n < 64) s->v[s->n++] = pr->loss.total;
 }
 
-/* A fixed-seed edit with `steps` Adam steps (no CMA) on `dev`, with LPIPS or not: the result
- * image (and each step's loss into `losses` when given). */
-static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *n,
-                     double *clip_after, float *lat, step_losses *losses) {
+/* A fixed-seed edit of the shapes world on `dev` (seed 0, "a yellow star", a square mask, with
+ * LPIPS or not); rq carries the caller's optimizer settings. The result image into out (and its
+ * CLIP loss, latent and each step's loss where asked for). */
+static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *out, int64_t *n,
+                       double *clip_after, float *lat, step_losses *losses) {
     pbw_err err = {0};
     pbw_painter *p = NULL;
     pbw_painter_config cfg = {0};
@@ -191,27 +192,34 @@ static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *
     float *mask = calloc((size_t)S * S, sizeof(float));
     for (int y = S / 4; y < S / 2; y++)
         for (int x = S / 4; x < S / 2; x++) mask[y * S + x] = 1;
-    pbw_paint_request rq;
-    pbw_paint_request_default(&rq);
-    rq.seed = 0;
-    rq.text = "a yellow star";
-    rq.mask = mask;
-    rq.optim = PBW_OPTIM_ADAM;
-    rq.adam_steps = steps; /* the method's defaults otherwise: lr 0.01 one-cycle, 32 crops */
-    rq.allow_no_lpips = !lpips;
+    rq->seed = 0;
+    rq->text = "a yellow star";
+    rq->mask = mask;
+    rq->allow_no_lpips = !lpips;
     pbw_paint_result res;
-    int rc = pbw_painter_edit(p, &rq, losses ? on_step : NULL, losses, NULL, &res, &err);
+    int rc = pbw_painter_edit(p, rq, losses ? on_step : NULL, losses, NULL, &res, &err);
     if (rc) fprintf(stderr, "  %s\n", err.msg);
     if (!rc) {
         *n = (int64_t)3 * S * S;
         memcpy(out, res.image, (size_t)*n * sizeof(float));
-        *clip_after = res.after.clip;
-        memcpy(lat, res.latent, (size_t)res.latent_dim * sizeof(float));
+        if (clip_after) *clip_after = res.after.clip;
+        if (lat) memcpy(lat, res.latent, (size_t)res.latent_dim * sizeof(float));
         pbw_paint_result_free(&res);
     }
+    rq->mask = NULL;
     free(mask);
     pbw_painter_free(p);
     return rc;
+}
+
+/* `steps` Adam steps (no CMA), the method's defaults otherwise (lr 0.01 one-cycle, 32 crops). */
+static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *n,
+                     double *clip_after, float *lat, step_losses *losses) {
+    pbw_paint_request rq;
+    pbw_paint_request_default(&rq);
+    rq.optim = PBW_OPTIM_ADAM;
+    rq.adam_steps = steps;
+    return shapes_edit(dev, lpips, &rq, out, n, clip_after, lat, losses);
 }
 
 PBW_TEST(cuda_edit_adam5_fp32) {
@@ -305,11 +313,13 @@ PBW_TEST(cuda_graph_replay) {
 /* The painter's Adam steps replayed from a CUDA graph (steps 3 on) against the same edit run
  * op by op (PBW_CUDA_GRAPHS=0), LPIPS included, twice. The crops' backward sums with atomics,
  * so even two direct runs differ in the last bits of the gradient from step 1 on, and Adam's
- * normalized steps amplify that in coordinates whose gradient is near zero. So: step 2 (recorded,
- * then run from its graph, on the same latent and crops as the direct run) must give the same
- * loss bit for bit, and the later steps may differ from the direct run by no more than the two
- * direct runs differ from each other (x4, or 1e-5 relative if they agree). Crops or a latent
- * not refreshed on replay move a step's loss by ~1e-2. */
+ * normalized steps amplify that in coordinates whose gradient is near zero: on an H100 two
+ * direct runs differed by 1.4e-4 to 9.8e-4 relative in a later step's loss, the graph run from
+ * a direct one by 2.9e-4 to 9.2e-4 (eight runs). So: step 2 (recorded, then run from its graph,
+ * on the same latent and crops as the direct run) must give the same loss bit for bit, and the
+ * later steps must stay within 4e-3 relative; crops not refreshed on replay move a step's loss
+ * by 1-2% (the crops of consecutive steps give losses 2% apart), and cuda_graph_replay checks
+ * the refresh itself bit for bit. */
 PBW_TEST(cuda_edit_graph) {
 #ifdef PBW_HAVE_CUDA
     static float a[3 * 256 * 256], b[3 * 256 * 256], c[3 * 256 * 256];
@@ -343,7 +353,7 @@ PBW_TEST(cuda_edit_graph) {
            "%.2e), latent %.2e\n", used, worst, spread, d, d2, dl);
     CHECK(used == 5); /* step 2 is recorded and run from its graph, steps 3-6 replay it */
     CHECK(sb.v[1] == sa.v[1] && sb.v[0] == sa.v[0]);
-    CHECK(worst <= (spread > 0 ? 4 * spread : 1e-5) || worst <= 1e-5);
+    CHECK(worst <= 4e-3);
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }
@@ -353,43 +363,14 @@ PBW_TEST(cuda_edit_graph) {
  * batch read back before the next (PBW_CUDA_PIPELINE=0): the same forward passes on the same
  * inputs, which use no atomics, so the same bytes. */
 static int edit_cma(float *out, int64_t *n, step_losses *losses) {
-    pbw_err err = {0};
-    pbw_painter *p = NULL;
-    pbw_painter_config cfg = {0};
-    cfg.gan = SHAPES_GAN;
-    cfg.clip = SHAPES_CLIP;
-    cfg.device = PBW_DEV_CUDA;
-    cfg.lpips_backbone = "tests/fixtures/lpips/alexnet_features_fp16.pth";
-    cfg.lpips_heads = PBW_SHARED("data/lpips/v0.1/alex.pth");
-    if (pbw_painter_new(&p, &cfg, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return -1;
-    }
-    int S = pbw_painter_image_size(p);
-    float *mask = calloc((size_t)S * S, sizeof(float));
-    for (int y = S / 4; y < S / 2; y++)
-        for (int x = S / 4; x < S / 2; x++) mask[y * S + x] = 1;
     pbw_paint_request rq;
     pbw_paint_request_default(&rq);
-    rq.seed = 0;
-    rq.text = "a yellow star";
-    rq.mask = mask;
     rq.optim = PBW_OPTIM_CMA;
     rq.cma_generations = 4;
     rq.population = 12;
     rq.cma_batch = 4;
     rq.crops = 8;
-    pbw_paint_result res;
-    int rc = pbw_painter_edit(p, &rq, on_step, losses, NULL, &res, &err);
-    if (rc) fprintf(stderr, "  %s\n", err.msg);
-    if (!rc) {
-        *n = (int64_t)3 * S * S;
-        memcpy(out, res.image, (size_t)*n * sizeof(float));
-        pbw_paint_result_free(&res);
-    }
-    free(mask);
-    pbw_painter_free(p);
-    return rc;
+    return shapes_edit(PBW_DEV_CUDA, 1, &rq, out, n, NULL, NULL, losses);
 }
 
 PBW_TEST(cuda_cma_pipeline) {

@@ -332,55 +332,19 @@ extern "C" void pbw_cuda_bias_rows_backward(const float *gy, float *gb, int64_t 
 
 // ---------------- layer norm ----------------
 
-__global__ static void layer_norm_forward_kernel(const float *x, const float *w, const float *b,
-                                                 float *y, float *mean, float *rstd, int64_t R,
-                                                 int64_t D, float eps) {
-    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
-    if (r >= R) return;
-    const float *xr = x + r * D;
-    float *yr = y + r * D;
-    float s = 0.0f;
-    for (int64_t i = lane; i < D; i += 32) s += xr[i];
-    float m = pbw_warp_sum(s) / (float)D;
-    float s2 = 0.0f; // two passes, as on the CPU: no cancellation in E[x^2] - m^2
-    for (int64_t i = lane; i < D; i += 32) {
-        float d = xr[i] - m;
-        s2 = fmaf(d, d, s2);
-    }
-    float rs = 1.0f / sqrtf(pbw_warp_sum(s2) / (float)D + eps);
-    for (int64_t i = lane; i < D; i += 32) {
-        float v = (xr[i] - m) * rs;
-        yr[i] = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
-    }
-    if (lane == 0) {
-        mean[r] = m;
-        rstd[r] = rs;
-    }
-}
-
-extern "C" void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b,
-                                            float *y, float *mean, float *rstd, int64_t R,
-                                            int64_t D, float eps) {
-    if (R <= 0 || D <= 0) return;
-    layer_norm_forward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
-        x, w, b, y, mean, rstd, R, D, eps);
-    PBW_CUDA_LAUNCHED("layer_norm_forward");
-}
-
-// The same rows, also stored in the half type H (the operand of the products that follow):
-// the same float values, each rounded once more to nearest.
+// One warp a row: mean, then the variance in a second pass (as on the CPU: no cancellation in
+// E[x^2] - m^2), then y; with yh also y in the half type H (the operand of the products that
+// follow), the same float values each rounded once more to nearest.
 template <typename H>
-__global__ static void layer_norm_forward_half_kernel(const float *x, const float *w,
-                                                      const float *b, float *y, H *yh,
-                                                      float *mean, float *rstd, int64_t R,
-                                                      int64_t D, float eps) {
+__global__ static void layer_norm_forward_kernel(const float *x, const float *w, const float *b,
+                                                 float *y, H *yh, float *mean, float *rstd,
+                                                 int64_t R, int64_t D, float eps) {
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
     const float *xr = x + r * D;
     float *yr = y + r * D;
-    H *hr = yh + r * D;
+    H *hr = yh ? yh + r * D : nullptr;
     float s = 0.0f;
     for (int64_t i = lane; i < D; i += 32) s += xr[i];
     float m = pbw_warp_sum(s) / (float)D;
@@ -394,7 +358,7 @@ __global__ static void layer_norm_forward_half_kernel(const float *x, const floa
         float v = (xr[i] - m) * rs;
         v = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
         yr[i] = v;
-        hr[i] = pbw_to_half<H>(v);
+        if (yh) hr[i] = pbw_to_half<H>(v);
     }
     if (lane == 0) {
         mean[r] = m;
@@ -406,15 +370,21 @@ extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w,
                                                  float *y, void *yh, float *mean, float *rstd,
                                                  int64_t R, int64_t D, float eps) {
     if (R <= 0 || D <= 0) return;
-    if (pbw_cuda_precision() == PBW_PREC_FP16)
-        layer_norm_forward_half_kernel<__half><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
-                                                 pbw_stream()>>>(x, w, b, y, (__half *)yh, mean,
-                                                                 rstd, R, D, eps);
+    if (yh && pbw_cuda_precision() == PBW_PREC_FP16)
+        layer_norm_forward_kernel<__half><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
+                                            pbw_stream()>>>(x, w, b, y, (__half *)yh, mean, rstd,
+                                                            R, D, eps);
     else
-        layer_norm_forward_half_kernel<__nv_bfloat16><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
-                                                        pbw_stream()>>>(
+        layer_norm_forward_kernel<__nv_bfloat16><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
+                                                   pbw_stream()>>>(
             x, w, b, y, (__nv_bfloat16 *)yh, mean, rstd, R, D, eps);
     PBW_CUDA_LAUNCHED("layer_norm_forward");
+}
+
+extern "C" void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b,
+                                            float *y, float *mean, float *rstd, int64_t R,
+                                            int64_t D, float eps) {
+    pbw_cuda_layer_norm_forward_half(x, w, b, y, nullptr, mean, rstd, R, D, eps);
 }
 
 __global__ static void layer_norm_backward_kernel(const float *x, const float *w,
