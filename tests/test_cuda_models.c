@@ -158,6 +158,7 @@ PBW_TEST(cuda_stylegan2_model) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
 /* Each step's total loss, from the progress reports. */
 typedef struct step_losses {
     double v[64];
@@ -222,6 +223,8 @@ static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *
     return shapes_edit(dev, lpips, &rq, out, n, clip_after, lat, losses);
 }
 
+#endif
+
 PBW_TEST(cuda_edit_adam5_fp32) {
 #ifdef PBW_HAVE_CUDA
     static float a[3 * 256 * 256], b[3 * 256 * 256];
@@ -242,6 +245,7 @@ PBW_TEST(cuda_edit_adam5_fp32) {
  * upload of a constant, ops, a backward) and replayed on new inputs gives what the ops give run
  * directly on those inputs, bit for bit (the same kernels on the same data, no atomics); a
  * read-back while recording is refused and leaves the context usable. */
+#ifdef PBW_HAVE_CUDA
 static pbw_tensor *graph_pass(pbw_ctx *ctx, const float *in, const float *k, pbw_tensor **x) {
     *x = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
     if (!*x) return NULL;
@@ -251,6 +255,8 @@ static pbw_tensor *graph_pass(pbw_ctx *ctx, const float *in, const float *k, pbw
     static const int ax = 1;
     return pbw_sum(ctx, pbw_square(ctx, y), 1, &ax, 0); /* (4) */
 }
+
+#endif
 
 PBW_TEST(cuda_graph_replay) {
 #ifdef PBW_HAVE_CUDA
@@ -362,6 +368,7 @@ PBW_TEST(cuda_edit_graph) {
  * generation's batches queued back to back and read once (the default on a GPU) against each
  * batch read back before the next (PBW_CUDA_PIPELINE=0): the same forward passes on the same
  * inputs, which use no atomics, so the same bytes. */
+#ifdef PBW_HAVE_CUDA
 static int edit_cma(float *out, int64_t *n, step_losses *losses) {
     pbw_paint_request rq;
     pbw_paint_request_default(&rq);
@@ -372,6 +379,8 @@ static int edit_cma(float *out, int64_t *n, step_losses *losses) {
     rq.crops = 8;
     return shapes_edit(PBW_DEV_CUDA, 1, &rq, out, n, NULL, NULL, losses);
 }
+
+#endif
 
 PBW_TEST(cuda_cma_pipeline) {
 #ifdef PBW_HAVE_CUDA

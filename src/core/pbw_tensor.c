@@ -551,7 +551,10 @@ typedef struct prof_entry {
     long calls;
 } prof_entry;
 static prof_entry g_prof[PROF_MAX];
-static int g_nprof, g_prof_on = -1, g_prof_gpu;
+static int g_nprof, g_prof_on = -1;
+#ifdef PBW_HAVE_CUDA
+static int g_prof_gpu; /* PBW_PROFILE=gpu with CUPTI tracing on */
+#endif
 static double g_prof_last;
 
 static double prof_now(void) {

@@ -488,8 +488,9 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     /* On a GPU the batches of a generation are queued back to back: each batch's values and
      * images go to device memory of this request, read once after the last batch
      * (PBW_CUDA_PIPELINE=0: each batch read back before the next, as on the CPU). */
-    float *dvals = NULL, *dframes = NULL;
+    float *dvals = NULL;
 #ifdef PBW_HAVE_CUDA
+    float *dframes = NULL;
     const char *pe = getenv("PBW_CUDA_PIPELINE");
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !(pe && !strcmp(pe, "0"))) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
@@ -668,13 +669,13 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     const char *ge = getenv("PBW_CUDA_GRAPHS");
     int try_graph = r->p->dev == PBW_DEV_CUDA && !(ge && !strcmp(ge, "0"));
     pbw_cuda_graph *graph = NULL;
-#endif
     step_out gso = {0};
+#endif
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
         pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
-        step_out so;
+        step_out so = {0};
 #ifdef PBW_HAVE_CUDA
         if (graph) {
             if (pbw_cuda_graph_launch(graph)) {
