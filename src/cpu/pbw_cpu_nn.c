@@ -7,6 +7,7 @@
 
 #include "pbw_cpu.h"
 #include "pbw_cpu_math.h"
+#include "pbw_cpu_threads.h"
 
 /* One GEMM on the OpenMP team: each thread runs a single-threaded sgemm on its block of rows
  * (or of columns, when C is wide and short). OpenBLAS's own thread pool stays idle, so the
@@ -297,16 +298,16 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C, int64_
 
 size_t pbw_cpu_attention_scratch_floats(const pbw_attn_geom *g) {
     size_t per = (size_t)(g->D * g->S + 3 * g->T * g->S + 16);
-    return per * (size_t)omp_get_max_threads();
+    return per * (size_t)pbw_cpu_max_threads();
 }
 
 void pbw_cpu_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
                            const float *v, float *p, float *o, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D;
-    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)omp_get_max_threads();
+    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)pbw_cpu_max_threads();
 #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        float *kt = scratch + per * (size_t)omp_get_thread_num(); /* (D,S) */
+        float *kt = scratch + per * (size_t)pbw_cpu_thread_id(); /* (D,S) */
         int64_t b = bh / H, h = bh % H;
         const float *qh = q + b * g->q[0] + h * g->q[1], *kh = k + b * g->k[0] + h * g->k[1];
         const float *vh = v + b * g->v[0] + h * g->v[1];
@@ -334,10 +335,10 @@ void pbw_cpu_attention_bwd(const pbw_attn_geom *g, const float *q, const float *
                            const float *v, const float *p, const float *go, float *gq,
                            float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D;
-    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)omp_get_max_threads();
+    const size_t per = pbw_cpu_attention_scratch_floats(g) / (size_t)pbw_cpu_max_threads();
 #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        float *vt = scratch + per * (size_t)omp_get_thread_num(); /* (D,S) */
+        float *vt = scratch + per * (size_t)pbw_cpu_thread_id(); /* (D,S) */
         float *ds = vt + D * S;                                   /* (T,S) d loss / d scores */
         float *tr = ds + T * S;                                   /* (S,T) transposes */
         int64_t b = bh / H, h = bh % H;

@@ -7,13 +7,10 @@
  * output row/column) computed once per call, so the inner loops carry no bounds logic.
  */
 #include "cpu/pbw_cpu_conv.h"
+#include "cpu/pbw_cpu_threads.h"
 
 #include <math.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define OMP_MIN_WORK 32768
 
@@ -252,11 +249,7 @@ void pbw_cpu_resize_backward(float *dx, const float *dout, int64_t planes, int H
 /* ---------- separable filter ---------- */
 
 size_t pbw_cpu_sep_filter2d_scratch_floats(int H, int W) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
-    return (size_t)H * W * (size_t)nt;
+    return (size_t)H * W * (size_t)pbw_cpu_max_threads();
 }
 
 void pbw_cpu_sep_filter2d(float *out, const float *x, int64_t planes, int H, int W,
@@ -265,11 +258,7 @@ void pbw_cpu_sep_filter2d(float *out, const float *x, int64_t planes, int H, int
     const int64_t HW = (int64_t)H * W;
 #pragma omp parallel for schedule(static) if (planes * HW * ksize > OMP_MIN_WORK)
     for (int64_t pl = 0; pl < planes; pl++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float *tmp = scratch + (int64_t)tid * HW;
+        float *tmp = scratch + (int64_t)pbw_cpu_thread_id() * HW;
         const float *xp = x + pl * HW;
         float *op = out + pl * HW;
         /* along rows: tmp[y][x] = sum_j k[j] * in[y][x + j - r], zero outside */
