@@ -13,6 +13,7 @@
 # best round, so that a burst of load during one run does not decide the ratio.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/rounds.sh
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-2}
@@ -45,16 +46,7 @@ while [ "$r" -le "$ROUNDS" ]; do
 done
 
 echo "== best of $ROUNDS rounds (ms); ratio pbw / PyTorch, by wall time and by CPU time"
-for pass in fwd fwd+dw; do
-    p=$(awk -v p="$pass" '$2 == p {print $4}' "$tmp/pbw" | sort -g | head -1)
-    t=$(awk -v p="$pass" '$2 == p {print $4}' "$tmp/torch" | sort -g | head -1)
-    pc=$(awk -v p="$pass" '$2 == p {print $7}' "$tmp/pbw" | sort -g | head -1)
-    tc=$(awk -v p="$pass" '$2 == p {print $7}' "$tmp/torch" | sort -g | head -1)
-    gf=$(awk -v p="$pass" -v best="$p" '$2 == p && $4 == best {print $5 " GFLOP/s, " $6 "% of peak"; exit}' "$tmp/pbw")
-    printf '%-7s wall: pbw %8.1f torch %8.1f ratio %.2f | cpu: pbw %8.1f torch %8.1f ratio %.2f | pbw %s\n' \
-        "$pass" "$p" "$t" "$(echo "$p $t" | awk '{print $1 / $2}')" \
-        "$pc" "$tc" "$(echo "$pc $tc" | awk '{print $1 / $2}')" "$gf"
-done
+best_of_rounds "$tmp" fwd fwd+dw
 
 echo "== pbw per-op profile (fwd+dw)"
 "$BUILD/bench_stylegan2" --gan "$CKPT" --reps 1 --profile 2>&1 >/dev/null
