@@ -19,41 +19,9 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "core/pbw_ops.h"
 #include "models/pbw_clip.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* CPU seconds of the whole process (every thread, user + system). */
-static double cpu_time(void) {
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec +
-           (double)u.ru_stime.tv_sec + 1e-6 * (double)u.ru_stime.tv_usec;
-}
-
-static double cpu_ghz(void) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "cpu MHz", 7)) {
-            char *c = strchr(line, ':');
-            if (c) mhz = atof(c + 1);
-            break;
-        }
-    if (f) fclose(f);
-    return mhz > 0 ? mhz / 1e3 : 2.0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Forward FLOPs of the image tower for batch B. */
 static double vit_flops(const pbw_clip_config *c, int B) {
@@ -103,7 +71,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < npx; i++) px[i] = (float)rand() / RAND_MAX * 4 - 2;
     for (int64_t i = 0; i < E; i++) target[i] = (float)rand() / RAND_MAX - 0.5f;
 
-    double peak = omp_get_max_threads() * cpu_ghz() * 32.0;
+    double peak = omp_get_max_threads() * bench_cpu_ghz() * 32.0;
     double ffwd = vit_flops(c, batch), fbwd = 2 * ffwd + vit_attn_flops(c, batch);
     for (int pass = 0; pass < 2; pass++) {
         /* two warm-up runs: the first grows the activation arena in chunks, the reset after it
@@ -119,7 +87,7 @@ int main(int argc, char **argv) {
                     fclose(devnull);
                 }
             }
-            double t0 = now(), c0 = cpu_time();
+            double t0 = bench_now(), c0 = bench_cpu_time();
             pbw_profile_mark();
             pbw_tensor *x = pbw_tensor_wrap(ctx, px, 4, (int64_t[]){batch, c->channels, S, S});
             x->requires_grad = pass == 1;
@@ -135,10 +103,10 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_clip: %s\n", err.msg);
                 return 1;
             }
-            t[r] = now() - t0;
-            if (r >= warm) cpu += cpu_time() - c0;
+            t[r] = bench_now() - t0;
+            if (r >= warm) cpu += bench_cpu_time() - c0;
         }
-        qsort(t + warm, (size_t)reps, sizeof(double), cmp_double);
+        qsort(t + warm, (size_t)reps, sizeof(double), bench_cmp_double);
         double med = t[warm + reps / 2], fl = pass ? fbwd : ffwd;
         printf("pbw\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\n", pass ? "fwd+dx" : "fwd", batch,
                med * 1e3, fl / med / 1e9, 100 * fl / med / 1e9 / peak, cpu / reps * 1e3);

@@ -31,27 +31,17 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "core/pbw_tensor.h"
 #include "paint/pbw_painter.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
 #endif
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median of v[skip..n); -1 when nothing is left. Sorts that part of v. */
 static double median_after(double *v, int n, int skip) {
     if (n - skip < 1) return -1;
-    qsort(v + skip, (size_t)(n - skip), sizeof *v, cmp_double);
+    qsort(v + skip, (size_t)(n - skip), sizeof *v, bench_cmp_double);
     int m = n - skip;
     return m % 2 ? v[skip + m / 2] : 0.5 * (v[skip + m / 2 - 1] + v[skip + m / 2]);
 }
@@ -264,13 +254,13 @@ int main(int argc, char **argv) {
                  .adam_first = -1, .cma_s = -1, .cma_first = -1, .edit_cma_med = -1,
                  .edit_adam_med = -1, .before_total = -1, .after_total = -1,
                  .used_before = -1, .peak = -1};
-    double t_load = now();
+    double t_load = bench_now();
     pbw_painter *p;
     if (pbw_painter_new(&p, &cfg, &err)) {
         fprintf(stderr, "bench_edit: %s\n", err.msg);
         return 1;
     }
-    R.t_load = now() - t_load;
+    R.t_load = bench_now() - t_load;
     const int S = pbw_painter_image_size(p);
     R.S = S;
     float *mask = calloc((size_t)S * S, sizeof *mask);
@@ -380,13 +370,13 @@ int main(int argc, char **argv) {
                 pbw_cuda_mem_reset_peak();
             }
 #endif
-            double t0 = now();
+            double t0 = bench_now();
             if (pbw_painter_edit(p, &rq, on_progress, &st, NULL, &res, &err)) {
                 fprintf(stderr, "bench_edit: edit: %s\n", err.msg);
                 rc = 1;
                 goto done;
             }
-            double t = now() - t0;
+            double t = bench_now() - t0;
 #ifdef PBW_HAVE_CUDA
             if (dev == PBW_DEV_CUDA && r == 0) R.peak = (double)pbw_cuda_mem_peak();
 #endif

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "core/pbw_ops.h"
 #include "cpu/pbw_cpu_conv.h"
 
@@ -66,17 +67,6 @@ static const mm_shape MMS[] = {
 
 /* BENCH_CLOCK=cpu times with the process's CPU time instead of the wall clock: steadier on a
  * shared machine for single-threaded comparisons (and meaningless for threaded ones). */
-static double now_s(void) {
-    static int clk = -1;
-    if (clk < 0) {
-        const char *e = getenv("BENCH_CLOCK");
-        clk = e && !strcmp(e, "cpu") ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
-    }
-    struct timespec t;
-    clock_gettime(clk, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Clock of one core: a chain of dependent integer adds retires one add per cycle, so cycles =
  * adds. Unrolled 16 times so that the loop branch does not limit the rate. */
 static double measure_ghz(void) {
@@ -84,7 +74,7 @@ static double measure_ghz(void) {
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
         long n = iters, x = 0;
-        double t0 = now_s();
+        double t0 = bench_now();
         __asm__ volatile("1:\n\t"
                          "add $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\t"
                          "add $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\t"
@@ -92,7 +82,7 @@ static double measure_ghz(void) {
                          "add $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\tadd $1, %1\n\t"
                          "dec %0\n\tjnz 1b"
                          : "+r"(n), "+r"(x));
-        double ghz = 16.0 * (double)iters / (now_s() - t0) / 1e9;
+        double ghz = 16.0 * (double)iters / (bench_now() - t0) / 1e9;
         if (ghz > best) best = ghz;
     }
     return best;
@@ -150,11 +140,6 @@ static pbw_tensor *run_mm(pbw_ctx *ctx, pbw_tensor **in, const void *shape) {
     return pbw_matmul(ctx, in[0], in[1], 0, 0);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Median seconds of one pass: 0 forward, 1 forward + dx, 2 forward + dx + dw. */
 static double time_pass(pbw_ctx *ctx, pbw_tensor **in, run_fn f, const void *shape, int pass,
                         float **seed, size_t *seed_cap) {
@@ -173,7 +158,7 @@ static double time_pass(pbw_ctx *ctx, pbw_tensor **in, run_fn f, const void *sha
     }
     for (int i = -2; reps < 64 && (reps < 5 || total < 1.0); i++) {
         pbw_ctx_reset(ctx);
-        double t0 = now_s();
+        double t0 = bench_now();
         pbw_tensor *y = f(ctx, in, shape);
         if (!y) {
             fprintf(stderr, "bench: %s\n", pbw_ctx_error(ctx));
@@ -186,13 +171,13 @@ static double time_pass(pbw_ctx *ctx, pbw_tensor **in, run_fn f, const void *sha
                 exit(1);
             }
         }
-        double dt = now_s() - t0;
+        double dt = bench_now() - t0;
         if (i >= 0) {
             t[reps++] = dt;
             total += dt;
         }
     }
-    qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+    qsort(t, (size_t)reps, sizeof t[0], bench_cmp_double);
     return t[reps / 2];
 }
 

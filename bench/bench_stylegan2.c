@@ -20,41 +20,10 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "core/pbw_ops.h"
 #include "core/pbw_rng.h"
 #include "models/pbw_stylegan2.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static double cpu_time(void) {
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec +
-           (double)u.ru_stime.tv_sec + 1e-6 * (double)u.ru_stime.tv_usec;
-}
-
-static double cpu_ghz(void) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "cpu MHz", 7)) {
-            char *c = strchr(line, ':');
-            if (c) mhz = atof(c + 1);
-            break;
-        }
-    if (f) fclose(f);
-    return mhz > 0 ? mhz / 1e3 : 2.0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Multiply-adds x 2 of the styled convolutions and ToRGBs of one image. */
 static double sg2_flops(const pbw_stylegan2 *g) {
@@ -108,7 +77,7 @@ int main(int argc, char **argv) {
     pbw_tensor *w = pbw_tensor_new_in(&keep, 2, (int64_t[]){1, g->style_dim}, &err);
     memcpy(w->data, w0, (size_t)g->style_dim * sizeof(float));
 
-    double peak = omp_get_max_threads() * cpu_ghz() * 32.0;
+    double peak = omp_get_max_threads() * bench_cpu_ghz() * 32.0;
     double ffwd = sg2_flops(g), fbwd = 2 * ffwd;
     for (int pass = 0; pass < 2; pass++) {
         double *t = malloc((size_t)(reps + 1) * sizeof(double)), cpu = 0;
@@ -121,7 +90,7 @@ int main(int argc, char **argv) {
                     fclose(devnull);
                 }
             }
-            double t0 = now(), c0 = cpu_time();
+            double t0 = bench_now(), c0 = bench_cpu_time();
             pbw_profile_mark();
             w->requires_grad = pass == 1;
             pbw_ctx_set_grad(ctx, pass == 1);
@@ -135,10 +104,10 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_stylegan2: %s\n", err.msg);
                 return 1;
             }
-            t[k] = now() - t0;
-            if (k) cpu += cpu_time() - c0;
+            t[k] = bench_now() - t0;
+            if (k) cpu += bench_cpu_time() - c0;
         }
-        qsort(t + 1, (size_t)reps, sizeof(double), cmp_double);
+        qsort(t + 1, (size_t)reps, sizeof(double), bench_cmp_double);
         double med = t[1 + reps / 2], fl = pass ? fbwd : ffwd;
         printf("pbw\t%s\t1\t%.1f\t%.1f\t%.1f\t%.1f\n", pass ? "fwd+dw" : "fwd", med * 1e3,
                fl / med / 1e9, 100 * fl / med / 1e9 / peak, cpu / reps * 1e3);
