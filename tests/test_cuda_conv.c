@@ -70,6 +70,35 @@ typedef struct {
     int bias;
 } conv_case;
 
+static pbw_tensor *convt_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const conv_arg *a = arg;
+    return pbw_conv_transpose2d(ctx, in[0], in[1], a->bias ? in[2] : NULL, a->p);
+}
+
+/* Parity of each case of conv2d (transposed 0: w is (o, c/G, kh, kw)) or conv_transpose2d
+ * (transposed 1: c = input channels, o = output channels, w is (c, o/G, kh, kw)), with the
+ * bias when the case has one; tag (a precision's name, or "") goes into each line. Returns
+ * the number of cases over tol. */
+static int conv_cases(const conv_case *cases, size_t n, int transposed, const char *tag,
+                      double tol) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const conv_case *c = &cases[i];
+        int G = c->p.groups ? c->p.groups : 1;
+        conv_arg arg = {c->p, c->bias};
+        parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                             {4, {transposed ? c->c : c->o, (transposed ? c->o : c->c) / G,
+                                  c->kh, c->kw}, 1},
+                             {1, {c->o}, 1}};
+        char name[96];
+        snprintf(name, sizeof name, "%s%s%s %s", transposed ? "conv_transpose2d" : "conv2d",
+                 tag[0] ? " " : "", tag, c->name);
+        bad += parity_check(name, transposed ? convt_fn : conv_fn, &arg, c->bias ? 3 : 2, in,
+                            tol) != 0;
+    }
+    return bad;
+}
+
 PBW_TEST(cuda_conv2d) {
     static const conv_case cases[] = {
         {"3x3 pad 1", 2, 16, 17, 19, 24, 3, 3, {.pad_h = 1, .pad_w = 1}, 0},
@@ -84,25 +113,10 @@ PBW_TEST(cuda_conv2d) {
         {"CLIP 32x32/32 patches", 1, 3, 224, 224, 768, 32, 32, {.stride_h = 32, .stride_w = 32}, 0},
         {"StyleGAN2 512ch 4x4", 1, 512, 4, 4, 512, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const conv_case *c = &cases[i];
-        int G = c->p.groups ? c->p.groups : 1;
-        conv_arg arg = {c->p, c->bias};
-        parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
-                             {4, {c->o, c->c / G, c->kh, c->kw}, 1},
-                             {1, {c->o}, 1}};
-        char name[64];
-        snprintf(name, sizeof name, "conv2d %s", c->name);
-        CHECK(parity_check(name, conv_fn, &arg, c->bias ? 3 : 2, in, TOL_CONV) == 0);
-    }
+    CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, "", TOL_CONV) == 0);
 }
 
 /* ---------- conv_transpose2d ---------- */
-
-static pbw_tensor *convt_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
-    const conv_arg *a = arg;
-    return pbw_conv_transpose2d(ctx, in[0], in[1], a->bias ? in[2] : NULL, a->p);
-}
 
 PBW_TEST(cuda_conv_transpose2d) {
     static const conv_case cases[] = {
@@ -114,17 +128,7 @@ PBW_TEST(cuda_conv_transpose2d) {
          {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 2}, 1},
         {"3x3 stride 1", 1, 5, 6, 6, 7, 3, 3, {.pad_h = 1, .pad_w = 1}, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const conv_case *c = &cases[i];
-        int G = c->p.groups ? c->p.groups : 1;
-        conv_arg arg = {c->p, c->bias};
-        parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
-                             {4, {c->c, c->o / G, c->kh, c->kw}, 1},
-                             {1, {c->o}, 1}};
-        char name[64];
-        snprintf(name, sizeof name, "conv_transpose2d %s", c->name);
-        CHECK(parity_check(name, convt_fn, &arg, c->bias ? 3 : 2, in, TOL_CONV) == 0);
-    }
+    CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 1, "", TOL_CONV) == 0);
 }
 
 /* ---------- upfirdn2d ---------- */
@@ -433,28 +437,8 @@ PBW_TEST(cuda_conv_half) {
     for (int pi = 0; pi < 2; pi++) {
         pbw_cuda_set_precision(precs[pi]);
         const char *pn = pbw_precision_name(precs[pi]);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-            const conv_case *c = &cases[i];
-            int G = c->p.groups ? c->p.groups : 1;
-            conv_arg arg = {c->p, c->bias};
-            parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
-                                 {4, {c->o, c->c / G, c->kh, c->kw}, 1},
-                                 {1, {c->o}, 1}};
-            char name[80];
-            snprintf(name, sizeof name, "conv2d %s %s", pn, c->name);
-            CHECK(parity_check(name, conv_fn, &arg, c->bias ? 3 : 2, in, TOL_HALF) == 0);
-        }
-        for (size_t i = 0; i < sizeof tcases / sizeof tcases[0]; i++) {
-            const conv_case *c = &tcases[i];
-            int G = c->p.groups ? c->p.groups : 1;
-            conv_arg arg = {c->p, c->bias};
-            parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, 1},
-                                 {4, {c->c, c->o / G, c->kh, c->kw}, 1},
-                                 {1, {c->o}, 1}};
-            char name[80];
-            snprintf(name, sizeof name, "conv_transpose2d %s %s", pn, c->name);
-            CHECK(parity_check(name, convt_fn, &arg, c->bias ? 3 : 2, in, TOL_HALF) == 0);
-        }
+        CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, pn, TOL_HALF) == 0);
+        CHECK(conv_cases(tcases, sizeof tcases / sizeof tcases[0], 1, pn, TOL_HALF) == 0);
     }
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
