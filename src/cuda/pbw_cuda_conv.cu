@@ -653,8 +653,6 @@ size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 const int TILE = 32, TILE_ROWS = 8; // 32x32 tiles, 32x8 threads
 
-__device__ __forceinline__ void to_half(__nv_bfloat16 *d, float v) { *d = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void to_half(__half *d, float v) { *d = __float2half_rn(v); }
 __device__ __forceinline__ float from_half(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float from_half(__half v) { return __half2float(v); }
 
@@ -682,7 +680,7 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
                 for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
                     const int64_t p = p0 + j;
                     const int c = c0 + threadIdx.x;
-                    if (c < C && p < P) to_half(&d[p * C + c], tile[threadIdx.x][j]);
+                    if (c < C && p < P) d[p * C + c] = pbw_to_half<T>(tile[threadIdx.x][j]);
                 }
                 __syncthreads();
             }

@@ -105,21 +105,13 @@ static __device__ __forceinline__ void crop_taps4(int o, int sd, int R, int4 *pi
     *pw = make_float4(w[0], w[1], w[2], w[3]);
 }
 
-// #{j < n: key(t[j]) < v} for t nondecreasing in key (the taps' first and last indices are).
-static __device__ __forceinline__ int count_x_below(const int4 *t, int n, int v) {
+// #{j < n: key(t[j]) < v}, key the first tap index (.x, last = 0) or the last (.w, last = 1),
+// for t nondecreasing in key (the taps' first and last indices are).
+static __device__ __forceinline__ int count_below(const int4 *t, int n, int v, int last) {
     int lo = 0, hi = n;
     while (lo < hi) {
         const int mid = (lo + hi) >> 1;
-        if (t[mid].x < v) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-static __device__ __forceinline__ int count_w_below(const int4 *t, int n, int v) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (t[mid].w < v) lo = mid + 1;
+        if ((last ? t[mid].w : t[mid].x) < v) lo = mid + 1;
         else hi = mid;
     }
     return lo;
@@ -288,8 +280,8 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     }
     __syncthreads();
     for (int c = tid; c < sd; c += CROP_THREADS) {
-        cr[2 * c] = count_w_below(sxi, R, c);
-        cr[2 * c + 1] = count_x_below(sxi, R, c + 1);
+        cr[2 * c] = count_below(sxi, R, c, 1);
+        cr[2 * c + 1] = count_below(sxi, R, c + 1, 0);
     }
     const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
     // (cr is first read after the barrier below)
@@ -319,7 +311,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
         float *gc = gb + ch * HW;
         for (int e = tid; e < ny * sd; e += CROP_THREADS) {
             const int l = e / sd, c = e - l * sd, iy = iy_lo + l;
-            const int r0 = count_w_below(syi, rows, iy), r1 = count_x_below(syi, rows, iy + 1);
+            const int r0 = count_below(syi, rows, iy, 1), r1 = count_below(syi, rows, iy + 1, 0);
             float s = 0.0f;
             for (int r = r0; r < r1; r++) {
                 const int4 q = syi[r];
