@@ -73,6 +73,20 @@ template <> __device__ __forceinline__ __half pbw_to_half<__half>(float v) {
 }
 #endif
 
+// Libraries opened at run time (cuSOLVER, CUPTI: pbw needs them only where they are used).
+// pbw_dlopen_first: the first of names[0..n) that loads, or nullptr; pbw_dlsym: f = the symbol,
+// true when found.
+#include <dlfcn.h>
+static inline void *pbw_dlopen_first(const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL)) return h;
+    return nullptr;
+}
+template <class F> static inline bool pbw_dlsym(void *h, const char *name, F &f) {
+    f = (F)dlsym(h, name);
+    return f != nullptr;
+}
+
 #define PBW_GRID_STRIDE(i, n)                                                                   \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
          i += (int64_t)blockDim.x * gridDim.x)

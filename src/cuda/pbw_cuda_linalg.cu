@@ -5,7 +5,6 @@
 // generation was the largest stretch with the GPU idle.
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
-#include <dlfcn.h>
 
 #include <cstdio>
 #include <vector>
@@ -29,24 +28,18 @@ double *g_a, *g_w, *g_work;
 int *g_info;
 int g_n, g_lwork;
 
-template <class F> bool sym(void *h, const char *name, F &f) {
-    f = (F)dlsym(h, name);
-    return f != nullptr;
-}
-
 bool ready() {
     if (g_state) return g_state > 0;
     g_state = -1;
     if (pbw_cuda_current() < 0) return false;
-    const char *names[] = {"libcusolver.so.12", "libcusolver.so.11", "libcusolver.so"};
-    void *h = nullptr;
-    for (const char *n : names)
-        if ((h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    static const char *const names[] = {"libcusolver.so.12", "libcusolver.so.11",
+                                        "libcusolver.so"};
+    void *h = pbw_dlopen_first(names, 3);
     if (!h) return false;
-    if (!sym(h, "cusolverDnCreate", g_api.create) ||
-        !sym(h, "cusolverDnSetStream", g_api.set_stream) ||
-        !sym(h, "cusolverDnDsyevd_bufferSize", g_api.buffer_size) ||
-        !sym(h, "cusolverDnDsyevd", g_api.syevd))
+    if (!pbw_dlsym(h, "cusolverDnCreate", g_api.create) ||
+        !pbw_dlsym(h, "cusolverDnSetStream", g_api.set_stream) ||
+        !pbw_dlsym(h, "cusolverDnDsyevd_bufferSize", g_api.buffer_size) ||
+        !pbw_dlsym(h, "cusolverDnDsyevd", g_api.syevd))
         return false;
     if (g_api.create(&g_handle) != CUSOLVER_STATUS_SUCCESS) return false;
     g_api.set_stream(g_handle, pbw_stream());

@@ -6,7 +6,6 @@
 // this profiler is asked for.
 #include <cuda_runtime.h>
 #include <cupti.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_internal.cuh"
 
 namespace {
 
@@ -108,31 +108,24 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t *buf, size_t, size_t
     free(buf);
 }
 
-template <class F> bool load(void *h, const char *name, F &f) {
-    f = (F)dlsym(h, name);
-    return f != nullptr;
-}
-
 bool start() {
     if (g_state) return g_state > 0;
     g_state = -1;
-    const char *names[] = {"libcupti.so", "libcupti.so.13", "libcupti.so.12"};
-    void *h = nullptr;
-    for (const char *n : names)
-        if ((h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    static const char *const names[] = {"libcupti.so", "libcupti.so.13", "libcupti.so.12"};
+    void *h = pbw_dlopen_first(names, 3);
     if (!h) {
         fprintf(stderr, "pbw: PBW_PROFILE=gpu needs libcupti (CUDA's profiling library) on the "
                         "library path: %s\n", dlerror());
         return false;
     }
     api a;
-    if (!load(h, "cuptiActivityEnable", a.enable) ||
-        !load(h, "cuptiActivityRegisterCallbacks", a.register_callbacks) ||
-        !load(h, "cuptiActivityGetNextRecord", a.next_record) ||
-        !load(h, "cuptiActivityFlushAll", a.flush_all) ||
-        !load(h, "cuptiActivityPushExternalCorrelationId", a.push) ||
-        !load(h, "cuptiActivityPopExternalCorrelationId", a.pop) ||
-        !load(h, "cuptiGetTimestamp", a.timestamp)) {
+    if (!pbw_dlsym(h, "cuptiActivityEnable", a.enable) ||
+        !pbw_dlsym(h, "cuptiActivityRegisterCallbacks", a.register_callbacks) ||
+        !pbw_dlsym(h, "cuptiActivityGetNextRecord", a.next_record) ||
+        !pbw_dlsym(h, "cuptiActivityFlushAll", a.flush_all) ||
+        !pbw_dlsym(h, "cuptiActivityPushExternalCorrelationId", a.push) ||
+        !pbw_dlsym(h, "cuptiActivityPopExternalCorrelationId", a.pop) ||
+        !pbw_dlsym(h, "cuptiGetTimestamp", a.timestamp)) {
         fprintf(stderr, "pbw: PBW_PROFILE=gpu: libcupti lacks a function it needs\n");
         return false;
     }
