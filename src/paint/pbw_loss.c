@@ -246,13 +246,19 @@ pbw_tensor *pbw_clip_crop_loss(pbw_ctx *ctx, const pbw_clip *clip, pbw_tensor *x
     return pbw_mean(ctx, l, 1, &ax, 0);
 }
 
-int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_tensor *x,
-                              pbw_tensor *target, const pbw_crop *crops, int n, int chunk,
-                              double *out, pbw_err *err) {
+/* CLIP's loss of x's crops in chunks on `scratch` (see pbw_clip_crop_loss_values): per image
+ * into out (host doubles), or, with dev_out, each chunk's values copied into dev_out (device
+ * floats, CUDA) and nothing read back, which needs whole images per chunk (chunk >= crops). */
+static int clip_chunks(pbw_ctx *scratch, const pbw_clip *clip, const pbw_tensor *x,
+                       pbw_tensor *target, const pbw_crop *crops, int n, int chunk,
+                       double *out, float *dev_out, pbw_err *err) {
     if (x->ndim != 4 || x->shape[1] != 3 || !x->data)
         return pbw_err_set(err, "clip loss: image must be a float (B,3,H,W) tensor");
     if (chunk < 1) chunk = 1;
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], per = n > 0 ? n : 1;
+    if (dev_out && chunk < per)
+        return pbw_err_set(err, "clip loss: values kept on the device need whole images per "
+                           "chunk (%d crops, chunks of %d)", (int)per, chunk);
     int prev = pbw_ctx_set_grad(scratch, 0);
     int rc = 0;
     /* a chunk holds whole images when it can (several images' crops in one CLIP pass, which is
@@ -268,19 +274,34 @@ int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_
                                              (int64_t[]){nb, 3, H, W});
             pbw_tensor *l = pbw_clip_crop_loss(scratch, clip, xb, target,
                                                n > 0 ? crops + k0 : NULL, n > 0 ? (int)(k1 - k0) : 0);
-            const float *lv = l && !pbw_ctx_failed(scratch) ? pbw_tensor_host(scratch, l) : NULL;
-            if (!lv || pbw_ctx_check(scratch, err)) {
-                if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
+            const float *lv = NULL;
+            /* checked before the reset, which forgets the launch errors recorded so far */
+            if (pbw_ctx_check(scratch, err)) {
                 rc = -1;
+            } else if (!l) {
+                rc = pbw_err_set(err, "clip loss failed");
+            } else if (dev_out) {
+#ifdef PBW_HAVE_CUDA
+                if (pbw_cuda_d2d(dev_out + b, l->data, (size_t)nb * sizeof(float)))
+                    rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+#endif
+            } else if (!(lv = pbw_tensor_host(scratch, l))) {
+                rc = pbw_ctx_check(scratch, err) ? -1 : pbw_err_set(err, "clip loss failed");
             } else {
                 for (int64_t i = 0; i < nb; i++) acc[i] += (double)lv[i] * (double)(k1 - k0);
             }
             pbw_ctx_reset(scratch);
         }
-        for (int64_t i = 0; i < nb; i++) out[b + i] = acc[i] / (double)per;
+        for (int64_t i = 0; i < nb && out; i++) out[b + i] = acc[i] / (double)per;
     }
     pbw_ctx_set_grad(scratch, prev);
     return rc;
+}
+
+int pbw_clip_crop_loss_values(pbw_ctx *scratch, const pbw_clip *clip, const pbw_tensor *x,
+                              pbw_tensor *target, const pbw_crop *crops, int n, int chunk,
+                              double *out, pbw_err *err) {
+    return clip_chunks(scratch, clip, x, target, crops, n, chunk, out, NULL, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -634,6 +655,19 @@ int pbw_objective_eval(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img,
     return total && !pbw_ctx_failed(ctx) ? 0 : -1;
 }
 
+/* The reconstruction terms of img queued on ctx: L1 into *l1 and (with LPIPS) *lp, each (B);
+ * both NULL without a reconstruction term. */
+static int recon_terms(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img, pbw_tensor **l1,
+                       pbw_tensor **lp, pbw_err *err) {
+    *l1 = *lp = NULL;
+    if (!has_recon(o)) return 0;
+    *l1 = l1_term(ctx, o, img);
+    *lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
+    if (!*l1 || (o->lpips && !*lp) || pbw_ctx_failed(ctx))
+        return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
+    return 0;
+}
+
 int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
                          pbw_tensor *img, const pbw_crop *crops, pbw_loss_values *out,
                          pbw_err *err) {
@@ -647,14 +681,10 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
     int rc = 0;
     /* the reconstruction terms are queued first and read last: on a GPU they then run while
      * the host queues CLIP's pass, and the CLIP values' read-back waits for them too */
-    pbw_tensor *l1 = NULL, *lp = NULL;
-    if (has_recon(o)) {
-        l1 = l1_term(ctx, o, img);
-        lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
-        if (!l1 || (o->lpips && !lp) || pbw_ctx_failed(ctx)) {
-            rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
-            goto out;
-        }
+    pbw_tensor *l1, *lp;
+    if (recon_terms(ctx, o, img, &l1, &lp, err)) {
+        rc = -1;
+        goto out;
     }
     pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
     if (!view || pbw_ctx_failed(ctx)) {
@@ -674,20 +704,14 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
         }
         for (int64_t b = 0; b < B; b++) a[b] = (a[b] + a[B + b]) / 2;
     }
-    for (int64_t b = 0; b < B; b++) {
-        out[b].clip = a[b];
-        out[b].l1 = out[b].lpips = 0;
-        out[b].total = a[b];
+    const float *l1h = l1 ? pbw_tensor_host(ctx, l1) : NULL;
+    const float *lph = lp ? pbw_tensor_host(ctx, lp) : NULL;
+    if ((l1 && !l1h) || (lp && !lph)) {
+        rc = pbw_ctx_check(ctx, err);
+        goto out;
     }
-    if (has_recon(o)) {
-        const float *l1h = pbw_tensor_host(ctx, l1), *lph = lp ? pbw_tensor_host(ctx, lp) : NULL;
-        if (!l1h || (lp && !lph)) {
-            rc = pbw_ctx_check(ctx, err);
-            goto out;
-        }
-        for (int64_t b = 0; b < B; b++)
-            pbw_objective_combine(o, out[b].clip, l1h[b], lph ? lph[b] : 0, &out[b]);
-    }
+    for (int64_t b = 0; b < B; b++)
+        pbw_objective_combine(o, a[b], l1h ? l1h[b] : 0, lph ? lph[b] : 0, &out[b]);
 out:
     free(a);
     return rc;
@@ -716,47 +740,18 @@ int pbw_objective_values_queue(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objecti
 #ifdef PBW_HAVE_CUDA
     if (!pbw_objective_can_queue(o, pbw_ctx_device(ctx))) return 1;
     if (check_img(ctx, o, img)) return pbw_ctx_check(ctx, err) ? -1 : -1;
-    const int64_t B = img->shape[0], H = img->shape[2], W = img->shape[3];
-    const int n = o->n_crops, per = n > 0 ? n : 1;
+    const int64_t B = img->shape[0];
     /* the terms' values go to the caller's device memory, each copy queued after its pass */
-#define QUEUE_COPY(dst, t, count)                                                                 \
-    do {                                                                                          \
-        if (pbw_cuda_d2d((dst), (t)->data, (size_t)(count) * sizeof(float)))                     \
-            return pbw_err_set(err, "cuda: %s", pbw_cuda_error());                                \
-    } while (0)
-    if (has_recon(o)) {
-        pbw_tensor *tl1 = l1_term(ctx, o, img);
-        pbw_tensor *tlp = o->lpips ? lpips_term(ctx, o, img) : NULL;
-        if (!tl1 || (o->lpips && !tlp) || pbw_ctx_failed(ctx))
-            return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
-        QUEUE_COPY(l1, tl1, B);
-        if (tlp) QUEUE_COPY(lpips, tlp, B);
-    }
+    pbw_tensor *tl1, *tlp;
+    if (recon_terms(ctx, o, img, &tl1, &tlp, err)) return -1;
+    if ((tl1 && pbw_cuda_d2d(l1, tl1->data, (size_t)B * sizeof(float))) ||
+        (tlp && pbw_cuda_d2d(lpips, tlp->data, (size_t)B * sizeof(float))))
+        return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
     pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
     if (!view || pbw_ctx_failed(ctx))
         return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
-    /* whole images per CLIP pass (pbw_objective_can_queue), as pbw_clip_crop_loss_values */
-    int64_t imgs = o->clip_chunk / per;
-    if (imgs > 64) imgs = 64;
-    int prev = pbw_ctx_set_grad(scratch, 0), rc = 0;
-    for (int64_t b = 0; b < B && !rc; b += imgs) {
-        const int64_t nb = B - b < imgs ? B - b : imgs;
-        pbw_tensor *xb = pbw_tensor_wrap(scratch, view->data + b * 3 * H * W, 4,
-                                         (int64_t[]){nb, 3, H, W});
-        pbw_tensor *l = pbw_clip_crop_loss(scratch, o->clip, xb, o->target, n > 0 ? crops : NULL,
-                                           n);
-        /* checked before the reset, which forgets the launch errors recorded so far */
-        if (!l || pbw_ctx_check(scratch, err)) {
-            if (!pbw_ctx_failed(scratch)) pbw_err_set(err, "clip loss failed");
-            rc = -1;
-        } else if (pbw_cuda_d2d(clip + b, l->data, (size_t)nb * sizeof(float))) {
-            rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
-        }
-        pbw_ctx_reset(scratch);
-    }
-    pbw_ctx_set_grad(scratch, prev);
-#undef QUEUE_COPY
-    return rc;
+    return clip_chunks(scratch, o->clip, view, o->target, crops, o->n_crops, o->clip_chunk, NULL,
+                       clip, err);
 #else
     (void)ctx, (void)scratch, (void)o, (void)img, (void)crops, (void)clip, (void)l1, (void)lpips,
         (void)err;
