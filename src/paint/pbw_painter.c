@@ -509,45 +509,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         pbw_cma_ask(cma, X);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
         int gbest = -1;
-#ifdef PBW_HAVE_CUDA
-        if (dvals) {
-            for (int i = 0; i < lam && !rc; i += bsz) {
-                int b = lam - i < bsz ? lam - i : bsz;
-                pbw_ctx_reset(ctx);
-                pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2,
-                                                       (int64_t[]){b, D});
-                pbw_tensor *img = render(ctx, r, lat);
-                if (!img || pbw_ctx_failed(ctx)) {
-                    rc = ctx_err(ctx, err, "generator");
-                    break;
-                }
-                int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops,
-                                                   dvals + i, dvals + lam + i,
-                                                   dvals + 2 * lam + i, err);
-                if (q) {
-                    rc = q < 0 ? -1 : pbw_err_set(err, "objective: cannot be queued");
-                    break;
-                }
-                if (pbw_cuda_d2d(dframes + (int64_t)i * r->per, img->data,
-                                 (size_t)b * r->per * sizeof(float))) {
-                    rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
-                    break;
-                }
-            }
-            pbw_ctx_reset(ctx);
-            if (!rc && pbw_cuda_d2h(hvals, dvals, (size_t)3 * lam * sizeof(float)))
-                rc = pbw_err_set(err, "reading the values back: %s", pbw_cuda_error());
-            for (int k = 0; k < lam && !rc; k++) {
-                pbw_objective_combine(&r->obj, hvals[k], hvals[lam + k], hvals[2 * lam + k],
-                                      &vals[k]);
-                if (gbest < 0 || vals[k].total < vals[gbest].total) gbest = k;
-            }
-            if (!rc && pbw_cuda_d2h(r->frame, dframes + (int64_t)gbest * r->per,
-                                    (size_t)r->per * sizeof(float)))
-                rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
-        }
-#endif
-        for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
+        for (int i = 0; i < lam && !rc; i += bsz) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
             pbw_ctx_reset(ctx);
@@ -557,6 +519,19 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 rc = ctx_err(ctx, err, "generator");
                 break;
             }
+#ifdef PBW_HAVE_CUDA
+            if (dvals) { /* queued: values and images stay on the GPU until the generation ends */
+                int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops,
+                                                   dvals + i, dvals + lam + i,
+                                                   dvals + 2 * lam + i, err);
+                if (q)
+                    rc = q < 0 ? -1 : pbw_err_set(err, "objective: cannot be queued");
+                else if (pbw_cuda_d2d(dframes + (int64_t)i * r->per, img->data,
+                                      (size_t)b * r->per * sizeof(float)))
+                    rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+                continue;
+            }
+#endif
             if (pbw_objective_values(ctx, r->p->scratch, &r->obj, img, crops, vals + i, err)) {
                 rc = -1;
                 break;
@@ -576,6 +551,20 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 }
             }
         }
+#ifdef PBW_HAVE_CUDA
+        if (dvals && !rc && !cancelled(r)) { /* the generation's one read-back */
+            if (pbw_cuda_d2h(hvals, dvals, (size_t)3 * lam * sizeof(float)))
+                rc = pbw_err_set(err, "reading the values back: %s", pbw_cuda_error());
+            for (int k = 0; k < lam && !rc; k++) {
+                pbw_objective_combine(&r->obj, hvals[k], hvals[lam + k], hvals[2 * lam + k],
+                                      &vals[k]);
+                if (gbest < 0 || vals[k].total < vals[gbest].total) gbest = k;
+            }
+            if (!rc && pbw_cuda_d2h(r->frame, dframes + (int64_t)gbest * r->per,
+                                    (size_t)r->per * sizeof(float)))
+                rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
+        }
+#endif
         pbw_ctx_reset(ctx);
         if (rc || cancelled(r)) break; /* a partly evaluated generation is not told */
         double mean = 0;
