@@ -10,13 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
+#include "bench_util.h"
 
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 512, reps = argc > 2 ? atoi(argv[2]) : 5;
@@ -35,9 +30,9 @@ int main(int argc, char **argv) {
         double best = 1e9;
         for (int r = 0; r < reps; r++) {
             memcpy(A, C, sizeof(double) * n * n);
-            double t0 = now();
+            double t0 = bench_now();
             if (LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, A, n, ev)) return 1;
-            double dt = now() - t0;
+            double dt = bench_now() - t0;
             if (dt < best) best = dt;
         }
         if (t == 1) first = ev[0];
