@@ -465,6 +465,113 @@ PBW_TEST(cuda_sg_conv_half) {
 #endif
 }
 
+/* ---------- sg_modconv: the style applied as the input is staged ---------- */
+
+typedef struct {
+    sgconv_arg conv;
+    int masked;
+} modconv_arg;
+
+/* in: x, s, then s0 and m when masked */
+static pbw_tensor *modconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    modconv_arg *a = arg;
+    if (pbw_ctx_device(ctx) == PBW_DEV_CUDA && !a->conv.moved) {
+        pbw_err err = {{0}};
+        if (pbw_arena_to_device(a->conv.gpu_arena, ctx, &err))
+            return pbw_ctx_fail(ctx, "moving the weight: %s", err.msg);
+        a->conv.moved = 1;
+    }
+    const pbw_sg_conv_plan *pl = pbw_ctx_device(ctx) == PBW_DEV_CPU ? a->conv.cpu : a->conv.gpu;
+    return pbw_sg_modconv(ctx, in[0], in[1], a->masked ? in[2] : NULL, a->masked ? in[3] : NULL,
+                          pl);
+}
+
+/* Without gradients (the CMA path) the GPU scales x while staging it; with them it runs
+ * pbw_sg_modulate and pbw_sg_conv. Both against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in
+ * fp32, where nothing is staged), plain and transposed, per-sample and masked styles. The
+ * staged scale is pbw_sg_modulate's arithmetic, so on the GPU the fused forward also equals the
+ * two ops exactly (checked bit for bit in bf16). */
+PBW_TEST(cuda_sg_modconv) {
+#ifdef PBW_HAVE_CUDA
+    static const sgconv_case cases[] = {{2, 64, 16, 16, 64, 3, 0}, {2, 64, 8, 8, 32, 3, 1}};
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP32};
+    for (int pi = 0; pi < 2; pi++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            for (int masked = 0; masked < 2; masked++)
+                for (int grad = 0; grad < 2; grad++) {
+                    const sgconv_case *c = &cases[i];
+                    pbw_err err = {{0}};
+                    pbw_arena ca, ga;
+                    pbw_arena_init(&ca, 1 << 16);
+                    pbw_arena_init(&ga, 1 << 16);
+                    int64_t ws[4] = {c->o, c->c, c->k, c->k};
+                    pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
+                    pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
+                    CHECK(wc && wg);
+                    if (!wc || !wg) continue;
+                    uint32_t st = 777u + (uint32_t)i;
+                    const float sc = 2.0f / sqrtf((float)(c->c * c->k * c->k));
+                    for (int64_t j = 0; j < wc->numel; j++) {
+                        st = st * 1664525u + 1013904223u;
+                        wc->data[j] = wg->data[j] = ((float)(st >> 8) / 16777216.0f - 0.5f) * sc;
+                    }
+                    modconv_arg arg = {{pbw_sg_conv_prepare(&ca, wc, c->transposed, &err),
+                                        pbw_sg_conv_prepare(&ga, wg, c->transposed, &err), &ga, 0},
+                                       masked};
+                    parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, grad},
+                                         {2, {c->n, c->c}, grad, 0.5f, 1.5f},
+                                         {2, {1, c->c}, grad, 0.5f, 1.5f},
+                                         {4, {c->n, 1, c->h, c->w}, grad, 0.0f, 1.0f}};
+                    char name[96];
+                    snprintf(name, sizeof name, "sg_modconv %s%s%s%s", pbw_precision_name(precs[pi]),
+                             c->transposed ? " transposed" : "", masked ? " masked" : "",
+                             grad ? " +grad" : "");
+                    pbw_cuda_set_precision(precs[pi]);
+                    CHECK(arg.conv.cpu && arg.conv.gpu &&
+                          parity_check(name, modconv_fn, &arg, masked ? 4 : 2, in,
+                                       pi == 0 ? TOL_HALF : TOL_CONV) == 0);
+                    pbw_cuda_set_precision(PBW_PREC_FP32);
+                    pbw_arena_free(&ga);
+                    pbw_arena_free(&ca);
+                }
+    /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_arena ga;
+    pbw_arena_init(&ga, 1 << 16);
+    pbw_tensor *w = pbw_tensor_new_in(&ga, 4, (int64_t[]){64, 64, 3, 3}, &err);
+    CHECK(ctx && w);
+    if (ctx && w) {
+        for (int64_t j = 0; j < w->numel; j++) w->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&ga, w, 1, &err);
+        CHECK(pl && pbw_arena_to_device(&ga, ctx, &err) == 0);
+        float *hx = malloc(2 * 64 * 8 * 8 * sizeof(float)), *hs = malloc(2 * 64 * sizeof(float));
+        float *hm = malloc(2 * 8 * 8 * sizeof(float));
+        for (int j = 0; j < 2 * 64 * 64; j++) hx[j] = (float)((j * 29) % 97 - 48) / 48.0f;
+        for (int j = 0; j < 2 * 64; j++) hs[j] = 0.5f + (float)(j % 13) / 13.0f;
+        for (int j = 0; j < 2 * 8 * 8; j++) hm[j] = (float)(j % 5) / 4.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, hx, 4, (int64_t[]){2, 64, 8, 8});
+        pbw_tensor *s = pbw_tensor_from_host(ctx, hs, 2, (int64_t[]){2, 64});
+        pbw_tensor *s0 = pbw_tensor_from_host(ctx, hs + 64, 2, (int64_t[]){1, 64});
+        pbw_tensor *m = pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){2, 1, 8, 8});
+        pbw_tensor *a = pbw_sg_modconv(ctx, x, s, s0, m, pl);
+        pbw_tensor *b = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
+        CHECK(a && b && a->numel == b->numel);
+        if (a && b) {
+            float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
+            CHECK(pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0);
+            CHECK(memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0);
+            free(ha), free(hb);
+        }
+        free(hx), free(hs), free(hm);
+    }
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&ga);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* ---------- sg_blur ---------- */
 
 static pbw_tensor *sgblur_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {

@@ -84,6 +84,27 @@ PBW_TEST(cuda_linear) {
     }
 }
 
+static pbw_tensor *linear_add_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int has_b = *(const int *)arg;
+    return pbw_linear_add(ctx, in[0], in[1], has_b ? in[3] : NULL, in[2]);
+}
+
+/* The residual read as the product's C (cuBLASLt, beta = 1): forward, and the gradients of x, w,
+ * b and the residual (which receives the output's gradient as it is). */
+PBW_TEST(cuda_linear_add) {
+    const double tol = 1e-5; /* as cuda_linear: fp32 products in another order */
+    for (int has_b = 0; has_b < 2; has_b++) {
+        /* CLIP ViT's out-projection at 4 crops: (4,50,768) W (768,768) + x */
+        parity_input clip[] = {{3, {4, 50, 768}, 1}, {2, {768, 768}, 1}, {3, {4, 50, 768}, 1},
+                               {1, {768}, 1}};
+        CHECK(parity_check(has_b ? "linear_add clip out +b" : "linear_add clip out", linear_add_fn,
+                           &has_b, 3 + has_b, clip, tol) == 0);
+        parity_input odd[] = {{3, {3, 7, 13}, 1}, {2, {5, 13}, 1}, {3, {3, 7, 5}, 1}, {1, {5}, 1}};
+        CHECK(parity_check(has_b ? "linear_add odd +b" : "linear_add odd", linear_add_fn, &has_b,
+                           3 + has_b, odd, tol) == 0);
+    }
+}
+
 /* ---- layer norm ---- */
 
 static pbw_tensor *ln_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
@@ -296,7 +317,116 @@ out:
     if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
     return rc;
 }
+
+/* One CLIP block, x (B,T,D) -> x + attn(ln1 x), then + mlp(ln2 .), with weights
+ * moved by pbw_arena_to_device; out gets the block's output, mid (may be NULL) the QuickGELU
+ * output read back (a half_only tensor under half activations: the read writes its fp32
+ * values first). *n_half counts the intermediates that were half_only. */
+typedef struct {
+    int64_t B, T, D, M;
+    int heads, causal, half_acts;
+} block_case;
+
+static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, float *out,
+                      float *mid, int *n_half) {
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
+    if (!ctx) return -1;
+    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(prec);
+    const int64_t B = bc->B, T = bc->T, D = bc->D, M = bc->M;
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    /* ln1 w, b; qkv w, b; out w, b; ln2 w, b; fc1 w, b; fc2 w, b (second size 0: a vector) */
+    const int64_t shapes[12][2] = {{D, 0}, {D, 0}, {3 * D, D}, {3 * D, 0}, {D, D}, {D, 0},
+                                   {D, 0}, {D, 0}, {M, D},     {M, 0},     {D, M}, {D, 0}};
+    pbw_tensor *ws[12];
+    int rc = -1;
+    for (int k = 0; k < 12; k++) {
+        ws[k] = pbw_tensor_new_in(&a, shapes[k][1] ? 2 : 1, shapes[k], &err);
+        if (!ws[k]) goto out;
+    }
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 11);
+    for (int k = 0; k < 12; k++) { /* weights ~ 1/sqrt(fan-in); norms' gains near 1 */
+        const int gain = k == 0 || k == 6;
+        const float sc = ws[k]->ndim == 2 ? 1.0f / sqrtf((float)ws[k]->shape[1]) : 0.1f;
+        for (int64_t i = 0; i < ws[k]->numel; i++)
+            ws[k]->data[i] = sc * (float)(2 * pbw_rng_uniform(&rng) - 1) + (gain ? 1.0f : 0.0f);
+    }
+    if (pbw_arena_to_device(&a, ctx, &err)) goto out;
+    float *xh = malloc((size_t)(B * T * D) * sizeof(float));
+    for (int64_t i = 0; i < B * T * D; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 3, (int64_t[]){B, T, D});
+    free(xh);
+    pbw_ctx_set_half_activations(ctx, bc->half_acts);
+    pbw_tensor *h = pbw_layer_norm(ctx, x, ws[0], ws[1], 1e-5f);
+    pbw_tensor *qkv = pbw_linear(ctx, h, ws[2], ws[3]);
+    pbw_tensor *att = pbw_attention_qkv(ctx, qkv, bc->heads, T, bc->causal, 0);
+    pbw_tensor *x1 = pbw_linear_add(ctx, att, ws[4], ws[5], x);
+    pbw_tensor *h2 = pbw_layer_norm(ctx, x1, ws[6], ws[7], 1e-5f);
+    pbw_tensor *f = pbw_quick_gelu(ctx, pbw_linear(ctx, h2, ws[8], ws[9]));
+    pbw_tensor *y = pbw_linear_add(ctx, f, ws[10], ws[11], x1);
+    pbw_tensor *mids[5] = {h, qkv, att, h2, f};
+    *n_half = 0;
+    for (int k = 0; k < 5; k++) *n_half += mids[k] && mids[k]->half_only;
+    if (y && pbw_tensor_read(ctx, y, out) == 0 && (!mid || pbw_tensor_read(ctx, f, mid) == 0) &&
+        !f->half_only)
+        rc = 0;
+    else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+out:
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
+    return rc;
+}
 #endif
+
+/* Half activations (pbw_ctx_set_half_activations): a CLIP block whose intermediates stay in
+ * bf16/fp16 alone between products (layer norm, the qkv and fc1 products, attention and
+ * QuickGELU all half_only; the residual stream fp32) against the CPU in fp32, image-tower
+ * (50 tokens) and text-tower (77, causal) shapes. Beyond cuda_linear_half's operand rounding,
+ * each intermediate is rounded once to the half type (2^-9 relative in bf16) before the next
+ * op: a few more roundings of the same size, within the same 1e-2 of the output's scale. The
+ * QuickGELU output read back checks the fp32 values written on demand (1e-2 of its scale). */
+PBW_TEST(cuda_half_activations) {
+#ifdef PBW_HAVE_CUDA
+    const block_case cases[2] = {{4, 50, 768, 3072, 12, 0, 1}, {3, 77, 512, 2048, 8, 1, 1}};
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    for (int c = 0; c < 2; c++) {
+        const block_case *bc = &cases[c];
+        const int64_t ny = bc->B * bc->T * bc->D, nm = bc->B * bc->T * bc->M;
+        float *ref = malloc((size_t)ny * sizeof(float)), *got = malloc((size_t)ny * sizeof(float));
+        float *rm = malloc((size_t)nm * sizeof(float)), *gm = malloc((size_t)nm * sizeof(float));
+        int nh = 0;
+        CHECK(half_block(PBW_DEV_CPU, PBW_PREC_FP32, bc, ref, rm, &nh) == 0);
+        CHECK(nh == 0); /* never on the CPU */
+        double sy = 0, sm = 0;
+        for (int64_t i = 0; i < ny; i++) sy = fmax(sy, fabs(ref[i]));
+        for (int64_t i = 0; i < nm; i++) sm = fmax(sm, fabs(rm[i]));
+        for (int k = 0; k < 2; k++) {
+            CHECK(half_block(PBW_DEV_CUDA, precs[k], bc, got, gm, &nh) == 0);
+            double ey = 0, em = 0;
+            for (int64_t i = 0; i < ny; i++) ey = fmax(ey, fabs(got[i] - ref[i]) / sy);
+            for (int64_t i = 0; i < nm; i++) em = fmax(em, fabs(gm[i] - rm[i]) / sm);
+            printf("  block T=%lld D=%lld%s, %s activations: %d of 5 intermediates half only, "
+                   "rel err out %.2e, QuickGELU %.2e (tol 1e-2)\n", (long long)bc->T,
+                   (long long)bc->D, bc->causal ? " causal" : "", pbw_precision_name(precs[k]), nh,
+                   ey, em);
+            CHECK(nh == 5 && ey <= 1e-2 && em <= 1e-2);
+        }
+        /* half activations off, or fp32 precision: no half-only tensor */
+        block_case off = *bc;
+        off.half_acts = 0;
+        CHECK(half_block(PBW_DEV_CUDA, PBW_PREC_BF16, &off, got, NULL, &nh) == 0 && nh == 0);
+        CHECK(half_block(PBW_DEV_CUDA, PBW_PREC_FP32, bc, got, NULL, &nh) == 0 && nh == 0);
+        double e = 0;
+        for (int64_t i = 0; i < ny; i++) e = fmax(e, fabs(got[i] - ref[i]) / sy);
+        printf("  fp32 precision with half activations asked: rel err %.2e (tol 1e-5)\n", e);
+        CHECK(e <= 1e-5);
+        free(ref), free(got), free(rm), free(gm);
+    }
+#endif
+}
 
 PBW_TEST(cuda_linear_half) {
 #ifdef PBW_HAVE_CUDA

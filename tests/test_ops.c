@@ -391,6 +391,39 @@ PBW_TEST(ops_linear) {
     free(x); free(w); free(b);
 }
 
+static pbw_tensor *linear_add_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_linear_add(ctx, in[0], in[1], u ? in[3] : NULL, in[2]);
+}
+
+/* linear_add = add(linear): the same values (one fused op), and gradients for x, w, b and the
+ * residual. */
+PBW_TEST(ops_linear_add) {
+    int64_t R0 = 2, R1 = 3, I = 7, O = 5;
+    float *x = gc_rand(R0 * R1 * I, 53, -1, 1), *w = gc_rand(O * I, 54, -1, 1);
+    float *r = gc_rand(R0 * R1 * O, 55, -1, 1), *b = gc_rand(O, 56, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 3, (int64_t[]){R0, R1, I});
+    pbw_tensor *tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+    pbw_tensor *tr = pbw_tensor_wrap(ctx, r, 3, (int64_t[]){R0, R1, O});
+    pbw_tensor *tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+    pbw_tensor *y = pbw_linear_add(ctx, tx, tw, tb, tr);
+    pbw_tensor *ref = pbw_add(ctx, pbw_linear(ctx, tx, tw, tb), tr);
+    CHECK(y && ref && y->ndim == 3 && y->shape[2] == O);
+    double e = 0;
+    for (int64_t i = 0; y && ref && i < y->numel; i++) e = fmax(e, fabs(y->data[i] - ref->data[i]));
+    CHECK(e <= 1e-6); /* the same sums; the residual added last in both */
+    /* a residual of another shape and a missing one are refused with a message */
+    CHECK(pbw_linear_add(ctx, tx, tw, tb, tx) == NULL && strstr(pbw_ctx_error(ctx), "residual"));
+    pbw_ctx_reset(ctx);
+    CHECK(pbw_linear_add(ctx, tx, tw, tb, NULL) == NULL && strstr(pbw_ctx_error(ctx), "residual"));
+    pbw_ctx_free(ctx);
+    gc_input in[4] = {{3, {R0, R1, I}, x, 1}, {2, {O, I}, w, 1}, {3, {R0, R1, O}, r, 1},
+                      {1, {O}, b, 1}};
+    CHECK(gc_check("linear_add", linear_add_fn, (void *)1, 4, in, (gc_opts){0}) == 0);
+    CHECK(gc_check("linear_add_nobias", linear_add_fn, NULL, 3, in, (gc_opts){0}) == 0);
+    free(x); free(w); free(r); free(b);
+}
+
 /* Only the inputs that ask for a gradient get one: weights stay without (painting's rule). */
 PBW_TEST(ops_no_weight_grad) {
     pbw_ctx *ctx = new_ctx();

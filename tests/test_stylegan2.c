@@ -761,6 +761,48 @@ PBW_TEST(stylegan2_op_sg_conv) {
     pbw_arena_free(&a);
 }
 
+static pbw_tensor *f_modconv(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_modconv(ctx, in[0], in[1], in[2], in[3], (const pbw_sg_conv_plan *)user);
+}
+
+/* pbw_sg_modconv on the CPU is pbw_sg_modulate then pbw_sg_conv: the same floats, and the
+ * gradients of x, both styles and the mask (the GPU's fused forward: cuda_sg_modconv). */
+PBW_TEST(stylegan2_op_sg_modconv) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    for (int transposed = 0; transposed < 2; transposed++) {
+        const int N = 2, C = 3, H = 5, W = 4, O = 4;
+        pbw_tensor *w = pbw_tensor_new_in(&a, 4, (int64_t[]){O, C, 3, 3}, &err);
+        gc_fill(w->data, w->numel, 120 + transposed, -1, 1);
+        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&a, w, transposed, &err);
+        CHECK_MSG(pl != NULL, "%s", err.msg);
+        if (!pl) continue;
+        float *xd = gc_rand(N * C * H * W, 121, -1, 1), *sd = gc_rand(N * C, 122, 0.5f, 1.5f);
+        float *s0d = gc_rand(C, 123, 0.5f, 1.5f), *md = gc_rand(N * H * W, 124, 0, 1);
+        pbw_tensor *x = pbw_tensor_wrap(ctx, xd, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *s = pbw_tensor_wrap(ctx, sd, 2, (int64_t[]){N, C});
+        pbw_tensor *s0 = pbw_tensor_wrap(ctx, s0d, 2, (int64_t[]){1, C});
+        pbw_tensor *m = pbw_tensor_wrap(ctx, md, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *y = pbw_sg_modconv(ctx, x, s, s0, m, pl);
+        pbw_tensor *ref = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
+        CHECK(y && ref && pbw_shape_equal(y, ref) &&
+              memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+        /* the unmasked form, and the argument checks of both halves */
+        CHECK(pbw_sg_modconv(ctx, x, s, NULL, NULL, pl) != NULL);
+        CHECK(pbw_sg_modconv(ctx, x, s, s0, NULL, pl) == NULL &&
+              strstr(pbw_ctx_error(ctx), "go together"));
+        pbw_ctx_reset(ctx);
+        gc_input in[4] = {{4, {N, C, H, W}, xd, 1}, {2, {N, C}, sd, 1}, {2, {1, C}, s0d, 1},
+                          {4, {N, 1, H, W}, md, 1}};
+        CHECK(gc_check("sg_modconv", f_modconv, pl, 4, in, (gc_opts){0}) == 0);
+        free(xd), free(sd), free(s0d), free(md);
+    }
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+}
+
 /* ---------- separable blur ---------- */
 
 static pbw_tensor *f_blur(pbw_ctx *ctx, pbw_tensor **in, void *user) {

@@ -25,6 +25,10 @@ extern "C" {
 pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, int trans_b);
 /* x (...,in) @ w(out,in)^T + b(out) -> (...,out), as torch.nn.functional.linear. b may be NULL. */
 pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b);
+/* r + linear(x, w, b), r of the output's shape: a residual connection in one op (one cuBLASLt
+ * product on the GPU, r read as its C). */
+pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                           pbw_tensor *r);
 
 /* ---------- convolution and resampling (src/cpu/pbw_cpu_conv.c, pbw_cpu_resample.c) ---------- */
 

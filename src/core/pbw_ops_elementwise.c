@@ -6,7 +6,33 @@
 #include "cpu/pbw_cpu.h"
 #include "pbw_ops_internal.h"
 
+static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int sync);
+
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
+    return op_begin(ctx, op, n, ts, 1);
+}
+
+int pbw_op_begin_half(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
+    return op_begin(ctx, op, n, ts, 0);
+}
+
+int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
+#ifdef PBW_HAVE_CUDA
+    return pbw_ctx_half_activations(ctx) && pbw_on_cuda(ctx) && pbw_cuda_half_acts() &&
+           !pbw_needs_grad(ctx, in, n);
+#else
+    (void)ctx, (void)in, (void)n;
+    return 0;
+#endif
+}
+
+void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {
+    t->half = pbw_ctx_alloc(ctx, (size_t)t->numel * 2 + 16);
+    t->half_only = t->half && only;
+    return t->half;
+}
+
+static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int sync) {
     if (pbw_ctx_failed(ctx)) return -1;
     if (pbw_profile_enabled()) pbw_profile_op(op);
     for (int i = 0; i < n; i++) {
@@ -23,6 +49,7 @@ int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
             pbw_ctx_fail(ctx, "%s: input %d is on another device than the context", op, i);
             return -1;
         }
+        if (sync && ts[i]->half_only && pbw_tensor_sync_f32(ctx, ts[i])) return -1;
     }
     return 0;
 }
@@ -70,10 +97,20 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
 
 static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unary_op op, float p0,
                          float p1) {
-    if (pbw_op_begin(ctx, name, 1, &x)) return NULL;
+    const int half_in = op == PBW_UN_QUICK_GELU || op == PBW_UN_GELU; /* pbw_cuda_unary_half */
+    if ((half_in ? pbw_op_begin_half : pbw_op_begin)(ctx, name, 1, &x)) return NULL;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!y) return NULL;
 #ifdef PBW_HAVE_CUDA
+    if (x->half_only) { /* half activations: half in, half out when the kernel takes it */
+        if (pbw_half_out(ctx, &x, 1)) {
+            if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
+            if (pbw_cuda_unary_half(op, p0, p1, x->half, y->half, x->numel) == 0) return y;
+            y->half = NULL;
+            y->half_only = 0;
+        }
+        if (pbw_tensor_sync_f32(ctx, x)) return NULL;
+    }
     /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one */
     if (op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
         y->half = pbw_ctx_alloc(ctx, (size_t)y->numel * 2);

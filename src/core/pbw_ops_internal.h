@@ -23,6 +23,16 @@
 /* Fails the context unless every tensor is non-NULL, float32 and on the context's device.
  * Returns 0 when the op may run. NULL inputs mean an earlier op failed: no new message. */
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);
+/* The same checks for an op that reads half_only inputs as they are (pbw_op_begin first writes
+ * their fp32 values). */
+int pbw_op_begin_half(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);
+/* 1 when an op with inputs in[] keeps its output in half precision alone: half activations on
+ * (pbw_ctx_set_half_activations), a CUDA context multiplying on half operands, and no
+ * gradient recorded. */
+int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n);
+/* Allocates t->half (numel half values, device memory) and sets t->half_only = only; NULL, the
+ * context failed, when out of memory. */
+void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only);
 
 /* The tensor's shape right-aligned in 5 slots (leading ones). */
 void pbw_shape5(const pbw_tensor *t, int64_t *s5);

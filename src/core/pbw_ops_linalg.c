@@ -82,11 +82,18 @@ pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, 
     return c;
 }
 
+/* in: x, w, b (may be NULL), r (linear_add's residual; may be NULL) */
 static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_tensor *x = n->in[0], *w = n->in[1], *b = n->nin > 2 ? n->in[2] : NULL;
+    pbw_tensor *r = n->nin > 3 ? n->in[3] : NULL;
     int64_t O = w->shape[0], I = w->shape[1], R = x->numel / I;
     const float *gy = n->out->grad; /* (R,O) */
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = b ? pbw_grad(ctx, b) : NULL;
+    float *gr = r ? pbw_grad(ctx, r) : NULL;
+    if (gr) {
+        int64_t shape[5] = {1, 1, 1, 1, R * O}, st[5] = {0, 0, 0, 0, 1};
+        PBW_KERNEL(ctx, accumulate, shape, gy, st, gr, st, 1.0f);
+    }
     if (gx)
         PBW_KERNEL(ctx, gemm_batched, 0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, 1, gx, I, 0, 1);
     if (gw)
@@ -103,37 +110,78 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     }
 }
 
-pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
-    pbw_tensor *in[3] = {x, w, b};
-    if (pbw_op_begin(ctx, "linear", b ? 3 : 2, in)) return NULL;
+/* y = x W^T (+ b) (+ r). x may be half_only (half activations): the product reads its half
+ * values; y is then half_only too when no residual is added. */
+static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w,
+                          pbw_tensor *b, pbw_tensor *r) {
+    pbw_tensor *in[4] = {x, w, b, r};
+    if (pbw_op_begin_half(ctx, op, 1, &x) || pbw_op_begin(ctx, op, 1, &w) ||
+        (b && pbw_op_begin(ctx, op, 1, &b)) || (r && pbw_op_begin(ctx, op, 1, &r)))
+        return NULL;
     char sx[64], sw[64];
     if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
         (b && (b->numel != w->shape[0])))
-        return pbw_ctx_fail(ctx, "linear: input %s does not fit weight %s%s",
+        return pbw_ctx_fail(ctx, "%s: input %s does not fit weight %s%s", op,
                             pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw),
                             b ? " and its bias" : "");
     int64_t O = w->shape[0], I = w->shape[1], R = x->numel / (I ? I : 1);
     int64_t oshape[PBW_MAX_DIMS];
     memcpy(oshape, x->shape, sizeof oshape);
     oshape[x->ndim - 1] = O;
+    if (r && (r->ndim != x->ndim || memcmp(r->shape, oshape, sizeof(int64_t) * (size_t)x->ndim)))
+        return pbw_ctx_fail(ctx, "%s: the residual %s differs from the output's shape", op,
+                            pbw_shape_str(r, sx, sizeof sx));
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
     if (!y) return NULL;
+    const int nin = r ? 4 : b ? 3 : 2;
     int done = 0;
-    if (b && pbw_on_cuda(ctx)) { /* one product with the bias in its epilogue, else start
-                                  * from the bias and add x W^T */
 #ifdef PBW_HAVE_CUDA
-        done = pbw_cuda_linear_bias(x->data, x->half, w->data, b->data, y->data, R, O, I) == 0;
-        if (!done) pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
-#endif
-    } else if (b) {
-#pragma omp parallel for schedule(static) if (R * O > 32768)
-        for (int64_t r = 0; r < R; r++) memcpy(y->data + r * O, b->data, (size_t)O * sizeof(float));
+    if (pbw_on_cuda(ctx)) { /* one product with the bias (and residual) in its epilogue */
+        const float *bd = b ? b->data : NULL, *rd = r ? r->data : NULL;
+        if (x->half && !r && pbw_half_out(ctx, in, nin)) { /* half activations: half out */
+            if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
+            if (pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, R, O, I) == 0)
+                return y; /* no gradient: nothing to record */
+            y->half = NULL;
+            y->half_only = 0;
+        }
+        /* x's half values serve alone when the weight has a half copy; else its fp32 values */
+        if (x->half_only)
+            done = pbw_cuda_linear_lt(NULL, x->half, w->data, bd, rd, y->data, NULL, R, O, I) == 0;
+        if (!done && pbw_tensor_sync_f32(ctx, x)) return NULL;
+        if (!done)
+            done = pbw_cuda_linear_lt(x->data, x->half, w->data, bd, rd, y->data, NULL, R, O,
+                                      I) == 0;
     }
-    if (!done)
+#endif
+    if (!done) { /* start from the bias (or zero), add x W^T, then the residual */
+        if (b) {
+#ifdef PBW_HAVE_CUDA
+            if (pbw_on_cuda(ctx)) pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
+            else
+#endif
+#pragma omp parallel for schedule(static) if (R * O > 32768)
+                for (int64_t i = 0; i < R; i++)
+                    memcpy(y->data + i * O, b->data, (size_t)O * sizeof(float));
+        }
         PBW_KERNEL(ctx, gemm_batched, 0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0,
                    b ? 1.0f : 0.0f, y->data, O, 0, 1);
-    if (pbw_needs_grad(ctx, in, b ? 3 : 2) &&
-        !pbw_tape_push(ctx, "linear", linear_backward, y, in, b ? 3 : 2, 0))
+        if (r) {
+            int64_t shape[5] = {1, 1, 1, 1, R * O}, st[5] = {0, 0, 0, 0, 1};
+            PBW_KERNEL(ctx, accumulate, shape, r->data, st, y->data, st, 1.0f);
+        }
+    }
+    if (pbw_needs_grad(ctx, in, nin) && !pbw_tape_push(ctx, op, linear_backward, y, in, nin, 0))
         return NULL;
     return y;
+}
+
+pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
+    return linear(ctx, "linear", x, w, b, NULL);
+}
+
+pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                           pbw_tensor *r) {
+    if (!r && !pbw_ctx_failed(ctx)) return pbw_ctx_fail(ctx, "linear_add: the residual is NULL");
+    return linear(ctx, "linear_add", x, w, b, r);
 }

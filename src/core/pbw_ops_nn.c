@@ -43,17 +43,18 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     float *mean = saved_floats(ctx, R), *rstd = saved_floats(ctx, R);
     if (!y || !mean || !rstd) return pbw_ctx_fail(ctx, "layer_norm: out of memory");
+    pbw_tensor *in[3] = {x, w, b};
 #ifdef PBW_HAVE_CUDA
-    if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too */
-        y->half = pbw_ctx_alloc(ctx, (size_t)y->numel * 2);
-        if (!y->half) return NULL;
-        pbw_cuda_layer_norm_forward_half(x->data, w ? w->data : NULL, b ? b->data : NULL, y->data,
-                                         y->half, mean, rstd, R, D, eps);
+    if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too, or
+                                                      * the half values alone */
+        const int only = pbw_half_out(ctx, in, 3);
+        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;
+        pbw_cuda_layer_norm_forward_half(x->data, w ? w->data : NULL, b ? b->data : NULL,
+                                         only ? NULL : y->data, y->half, mean, rstd, R, D, eps);
     } else
 #endif
         PBW_KERNEL(ctx, layer_norm_forward, x->data, w ? w->data : NULL, b ? b->data : NULL,
                    y->data, mean, rstd, R, D, eps);
-    pbw_tensor *in[3] = {x, w, b};
     if (pbw_needs_grad(ctx, in, 3)) {
         pbw_node *n = pbw_tape_push(ctx, "layer_norm", layer_norm_backward, y, in, 3, sizeof(ln_saved));
         if (!n) return NULL;
@@ -205,7 +206,7 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
 
 pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t n_queries,
                               int causal, float scale) {
-    if (pbw_op_begin(ctx, "attention_qkv", 1, &qkv)) return NULL;
+    if (pbw_op_begin_half(ctx, "attention_qkv", 1, &qkv)) return NULL;
     char sq[64];
     if (qkv->ndim != 3 || heads < 1 || qkv->shape[2] % (3 * (int64_t)heads) ||
         n_queries < 1 || n_queries > qkv->shape[1])
@@ -236,6 +237,23 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     s.p = saved_floats(ctx, B * heads * n_queries * T);
     float *scratch = attn_scratch(ctx, g);
     if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, &qkv, 1)) { /* the weights are not kept */
+        if (qkv->half_only && pbw_half_out(ctx, &qkv, 1)) { /* half activations: half out */
+            const uint16_t *h = qkv->half;
+            if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
+            if (pbw_cuda_attention_fwd_nograd(g, h, h + W, h + 2 * W, s.p, o->half, 1) == 0)
+                return o;
+            o->half = NULL;
+            o->half_only = 0;
+        }
+        if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
+        pbw_cuda_attention_fwd_nograd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
+                                      o->data, 0);
+        return o;
+    }
+#endif
+    if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
     PBW_KERNEL(ctx, attention_fwd, g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data,
                scratch);
     if (pbw_needs_grad(ctx, &qkv, 1)) {

@@ -37,39 +37,55 @@ static void modulate_backward(pbw_ctx *ctx, pbw_node *nd) {
                                  m ? m->data : NULL, g, gx, gs, gs0, gm);
 }
 
+/* Checks pbw_sg_modulate's arguments and fills its geometry; -1 with the context failed. */
+static int mod_geom(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                    pbw_tensor *m, pbw_cpu_sg_mod_geom *gp) {
+    pbw_tensor *ins[4] = {x, s, s0, m};
+    if (pbw_op_begin(ctx, op, 2, ins)) return -1;
+    if ((s0 == NULL) != (m == NULL)) {
+        pbw_ctx_fail(ctx, "%s: s0 and m go together (both or neither)", op);
+        return -1;
+    }
+    if (m && pbw_op_begin(ctx, op, 4, ins)) return -1;
+    char sx[96];
+    pbw_shape_str(x, sx, sizeof sx);
+    pbw_cpu_sg_mod_geom g;
+    memset(&g, 0, sizeof g);
+    if (x->ndim != 4) {
+        pbw_ctx_fail(ctx, "%s: x %s must be (N,C,H,W)", op, sx);
+        return -1;
+    }
+    g.N = (int)x->shape[0];
+    g.C = (int)x->shape[1];
+    g.P = x->shape[2] * x->shape[3];
+    g.s_nstride = row_stride(s, x->shape[0], x->shape[1]);
+    const char *what = NULL, *want = "(N,C) or (1,C)";
+    const pbw_tensor *culprit = s;
+    if (g.s_nstride < 0) {
+        what = "style";
+    } else if (m) {
+        g.s0_nstride = row_stride(s0, x->shape[0], x->shape[1]);
+        g.m_nstride = map_stride(m, x);
+        if (g.s0_nstride < 0) what = "style s0", culprit = s0;
+        else if (g.m_nstride < 0) what = "mask", culprit = m, want = "(N,1,H,W) or (1,1,H,W)";
+    }
+    if (what) {
+        char sc[96];
+        pbw_ctx_fail(ctx, "%s: %s %s must be %s for x %s", op, what,
+                     pbw_shape_str(culprit, sc, sizeof sc), want, sx);
+        return -1;
+    }
+    *gp = g;
+    return 0;
+}
+
 pbw_tensor *pbw_sg_modulate(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
                             pbw_tensor *m) {
     static const char *op = "sg_modulate";
     pbw_tensor *ins[4] = {x, s, s0, m};
     int nin = m ? 4 : 2;
-    if (pbw_op_begin(ctx, op, 2, ins)) return NULL;
-    if ((s0 == NULL) != (m == NULL))
-        return pbw_ctx_fail(ctx, "%s: s0 and m go together (both or neither)", op);
-    if (m && pbw_op_begin(ctx, op, 4, ins)) return NULL;
-    char sx[96], ss[96];
-    pbw_shape_str(x, sx, sizeof sx);
-    pbw_shape_str(s, ss, sizeof ss);
-    if (x->ndim != 4)
-        return pbw_ctx_fail(ctx, "%s: x %s must be (N,C,H,W)", op, sx);
     pbw_cpu_sg_mod_geom g;
-    memset(&g, 0, sizeof g);
-    g.N = (int)x->shape[0];
-    g.C = (int)x->shape[1];
-    g.P = x->shape[2] * x->shape[3];
-    g.s_nstride = row_stride(s, x->shape[0], x->shape[1]);
-    if (g.s_nstride < 0)
-        return pbw_ctx_fail(ctx, "%s: style %s must be (N,C) or (1,C) for x %s", op, ss, sx);
-    if (m) {
-        char sm[96];
-        g.s0_nstride = row_stride(s0, x->shape[0], x->shape[1]);
-        if (g.s0_nstride < 0)
-            return pbw_ctx_fail(ctx, "%s: style s0 %s must be (N,C) or (1,C) for x %s", op,
-                                pbw_shape_str(s0, sm, sizeof sm), sx);
-        g.m_nstride = map_stride(m, x);
-        if (g.m_nstride < 0)
-            return pbw_ctx_fail(ctx, "%s: mask %s must be (N,1,H,W) or (1,1,H,W) for x %s", op,
-                                pbw_shape_str(m, sm, sizeof sm), sx);
-    }
+    if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, x->shape);
     if (!out) return NULL;
     PBW_KERNEL(ctx, sg_modulate_forward, out->data, x->data, s->data, s0 ? s0->data : NULL,
@@ -410,28 +426,50 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     run_sgconv(ctx, gx, y->grad, pl->bwd, &g, N, 1);
 }
 
-pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl) {
-    static const char *op = "sg_conv";
-    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+/* sg_conv's shape checks and its output (N,O,OH,OW); NULL with the context failed. */
+static pbw_tensor *sgconv_out(pbw_ctx *ctx, const char *op, const pbw_tensor *x,
+                              const pbw_sg_conv_plan *pl) {
     char sx[96];
     if (!pl) return pbw_ctx_fail(ctx, "%s: no plan", op);
     if (x->ndim != 4 || x->shape[1] != pl->C || x->shape[2] < 1 || x->shape[3] < 1 ||
         x->shape[2] > (1 << 16) || x->shape[3] > (1 << 16))
         return pbw_ctx_fail(ctx, "%s: x %s must be (N,%d,H,W)", op,
                             pbw_shape_str(x, sx, sizeof sx), pl->C);
-    const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3], k = pl->k;
-    const int OH = pl->transposed ? 2 * (H - 1) + k : H, OW = pl->transposed ? 2 * (W - 1) + k : W;
-    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, pl->O, OH, OW});
+    const int64_t H = x->shape[2], W = x->shape[3], k = pl->k;
+    return pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], pl->O,
+                                              pl->transposed ? 2 * (H - 1) + k : H,
+                                              pl->transposed ? 2 * (W - 1) + k : W});
+}
+
+#ifdef PBW_HAVE_CUDA
+/* The plan's weights on the GPU: *wt, for a transposed plan the weight in the adjoint
+ * convolution's layout (else NULL), and *wh, the half KRSC copy while the precision stages
+ * convolutions (else NULL). -1 with the context failed. */
+static int sgconv_gpu_weights(pbw_ctx *ctx, const char *op, const pbw_sg_conv_plan *pl,
+                              const float **wt, const void **wh) {
+    *wt = NULL;
+    if (!pl->weight || pl->weight->device != PBW_DEV_CUDA || !pl->weight->data) {
+        pbw_ctx_fail(ctx, "%s: the plan's weight is not on the GPU (move the model's weights "
+                     "with pbw_arena_to_device)", op);
+        return -1;
+    }
+    if (pl->transposed && !(*wt = sgconv_gpu_wt(ctx, pl))) return -1;
+    return sgconv_gpu_wh(ctx, pl, wh);
+}
+#endif
+
+pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl) {
+    static const char *op = "sg_conv";
+    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    pbw_tensor *out = sgconv_out(ctx, op, x, pl);
     if (!out) return NULL;
+    const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3];
+    const int OH = (int)out->shape[2], OW = (int)out->shape[3], k = pl->k;
     const float *wt = NULL; /* CUDA, transposed: the weight in the adjoint convolution's layout */
     if (pbw_on_cuda(ctx)) {
 #ifdef PBW_HAVE_CUDA
-        if (!pl->weight || pl->weight->device != PBW_DEV_CUDA || !pl->weight->data)
-            return pbw_ctx_fail(ctx, "%s: the plan's weight is not on the GPU (move the model's "
-                                "weights with pbw_arena_to_device)", op);
-        if (pl->transposed && !(wt = sgconv_gpu_wt(ctx, pl))) return NULL;
-        const void *wh; /* the half KRSC copy while the precision stages convolutions */
-        if (sgconv_gpu_wh(ctx, pl, &wh)) return NULL;
+        const void *wh;
+        if (sgconv_gpu_weights(ctx, op, pl, &wt, &wh)) return NULL;
         pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, wh, N, pl->C, H, W,
                                  pl->O, k, pl->transposed);
 #endif
@@ -468,6 +506,32 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
         *(sgconv_saved *)nd->saved = (sgconv_saved){pl, H, W, wt};
     }
     return out;
+}
+
+pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                           pbw_tensor *m, const pbw_sg_conv_plan *pl) {
+#ifdef PBW_HAVE_CUDA
+    /* without gradients on staged convolutions: the style scales x as it is staged, with no
+     * modulated copy of x */
+    static const char *op = "sg_modconv";
+    pbw_tensor *ins[4] = {x, s, s0, m};
+    if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
+        !pbw_needs_grad(ctx, ins, 4)) {
+        pbw_cpu_sg_mod_geom g;
+        if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
+        pbw_tensor *out = sgconv_out(ctx, op, x, pl);
+        const float *wt;
+        const void *wh;
+        if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh)) return NULL;
+        const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
+                                    g.s_nstride, g.s0_nstride, g.m_nstride};
+        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, pl->weight->data, wt, wh,
+                                         (int)x->shape[0], pl->C, (int)x->shape[2],
+                                         (int)x->shape[3], pl->O, pl->k, pl->transposed) == 0)
+            return out;
+    }
+#endif
+    return pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
 }
 
 /* ---------- separable blur ---------- */

@@ -86,6 +86,11 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
                                          int direct, pbw_err *err);
 /* x (N,C,H,W) -> (N,O,H,W), or (N,O,2H+k-2,2W+k-2) when transposed. */
 pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl);
+/* pbw_sg_conv(pbw_sg_modulate(x, s, s0, m), pl) in one op: without gradients on a GPU whose
+ * convolutions run on half copies, the style scales x as the copy is made (no modulated x in
+ * memory); otherwise exactly the two ops (recorded for the backward). */
+pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                           pbw_tensor *m, const pbw_sg_conv_plan *pl);
 
 /* ---------- separable blur ----------
  *

@@ -26,6 +26,7 @@ struct pbw_ctx {
     pbw_node *tape;
     grad_owner *grads;
     int grad_enabled;
+    int half_acts; /* pbw_ctx_set_half_activations */
     int failed;
     char msg[512];
     void *scratch[PBW_SCRATCH_SLOTS];
@@ -172,6 +173,28 @@ int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled) {
     return old;
 }
 
+int pbw_ctx_set_half_activations(pbw_ctx *ctx, int on) {
+    int old = ctx->half_acts;
+    ctx->half_acts = on;
+    return old;
+}
+
+int pbw_ctx_half_activations(const pbw_ctx *ctx) { return ctx->half_acts; }
+
+int pbw_tensor_sync_f32(pbw_ctx *ctx, pbw_tensor *t) {
+    if (ctx->failed) return -1;
+    if (!t || !t->half_only) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->half && t->data) {
+        pbw_cuda_half_to_f32(t->half, t->data, t->numel);
+        t->half_only = 0;
+        return 0;
+    }
+#endif
+    pbw_ctx_fail(ctx, "a half-precision activation without its buffers");
+    return -1;
+}
+
 pbw_device pbw_ctx_device(const pbw_ctx *ctx) { return ctx->dev; }
 int pbw_ctx_failed(const pbw_ctx *ctx) { return ctx->failed; }
 const char *pbw_ctx_error(const pbw_ctx *ctx) { return ctx->failed ? ctx->msg : ""; }
@@ -247,6 +270,8 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
         pbw_ctx_fail(ctx, "release: %d tensors to keep (at most %d)", n, RELEASE_MAX);
         return -1;
     }
+    for (int i = 0; i < n; i++) /* the copies below move fp32 data */
+        if (keep[i] && pbw_tensor_sync_f32(ctx, keep[i])) return -1;
     const int cuda = ctx->dev == PBW_DEV_CUDA;
     pbw_arena *da = cuda ? &ctx->dact : &ctx->act;
     int ndim[RELEASE_MAX];
@@ -456,6 +481,7 @@ pbw_tensor *pbw_tensor_wrap(pbw_ctx *ctx, float *data, int ndim, const int64_t *
 pbw_tensor *pbw_tensor_copy(pbw_ctx *ctx, const pbw_tensor *x) {
     if (!x) return NULL;
     if (x->device != ctx->dev) return pbw_ctx_fail(ctx, "copy: tensor is on another device");
+    if (pbw_tensor_sync_f32(ctx, (pbw_tensor *)x)) return NULL; /* same values, fp32 too */
     pbw_tensor *t = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (t && ctx_copy(ctx, t->data, x->data, (size_t)x->numel * sizeof(float), 2)) return NULL;
     return t;
@@ -484,6 +510,7 @@ int pbw_tensor_read(pbw_ctx *ctx, const pbw_tensor *t, float *dst) {
         pbw_ctx_fail(ctx, "read: tensor is on another device than the context");
         return -1;
     }
+    if (pbw_tensor_sync_f32(ctx, (pbw_tensor *)t)) return -1; /* same values, fp32 too */
     return ctx_copy(ctx, dst, t->data, (size_t)t->numel * sizeof(float), 1);
 }
 
@@ -493,6 +520,8 @@ int pbw_tensor_write(pbw_ctx *ctx, pbw_tensor *t, const float *src) {
         pbw_ctx_fail(ctx, "write: tensor is on another device than the context");
         return -1;
     }
+    t->half = NULL; /* a half copy would hold the old values */
+    t->half_only = 0;
     return ctx_copy(ctx, t->data, src, (size_t)t->numel * sizeof(float), 0);
 }
 
@@ -505,7 +534,10 @@ static const float *host_view(pbw_ctx *ctx, const pbw_tensor *t, const float *p)
     return h;
 }
 
-const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->data); }
+const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
+    if (pbw_tensor_sync_f32(ctx, (pbw_tensor *)t)) return NULL; /* same values, fp32 too */
+    return host_view(ctx, t, t->data);
+}
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->grad); }
 
 int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {

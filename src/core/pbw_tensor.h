@@ -52,6 +52,9 @@ typedef struct pbw_tensor {
     void *half; /* CUDA, bf16/fp16 precision: a half copy of data in that type, written by the op
                  * that made the tensor when its output feeds products (layer norm, QuickGELU),
                  * read by pbw_linear; NULL otherwise */
+    int half_only; /* half holds the values and data (allocated) is not written yet: an output
+                    * made under pbw_ctx_set_half_activations. pbw_tensor_sync_f32 writes data;
+                    * ops that do not read halves call it through pbw_op_begin. */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -92,6 +95,19 @@ void pbw_ctx_free(pbw_ctx *ctx);
 void pbw_ctx_reset(pbw_ctx *ctx);
 /* Ops record on the tape only while enabled (default on). Returns the previous value. */
 int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled);
+/* Half-precision activations (default off), like an autocast region: on a CUDA context whose
+ * precision multiplies in bf16/fp16, the ops that feed products (layer norm, linear, QuickGELU,
+ * attention) keep an output that records no gradient in that half type alone (half_only), and
+ * the ops that read halves take it as it is; any other op, and reading the tensor back, first
+ * writes its fp32 values (pbw_tensor_sync_f32). Models turn it on where every product runs on
+ * half operands anyway (CLIP's transformer blocks): it halves the bytes the elementwise ops
+ * move. No effect on the CPU, in fp32/tf32, or on ops that record gradients. Returns the
+ * previous value. */
+int pbw_ctx_set_half_activations(pbw_ctx *ctx, int on);
+int pbw_ctx_half_activations(const pbw_ctx *ctx);
+/* Writes t's fp32 values from its half copy when t is half_only; 0, or -1 with the context
+ * failed. */
+int pbw_tensor_sync_f32(pbw_ctx *ctx, pbw_tensor *t);
 pbw_device pbw_ctx_device(const pbw_ctx *ctx);
 int pbw_ctx_failed(const pbw_ctx *ctx);
 const char *pbw_ctx_error(const pbw_ctx *ctx);

@@ -175,13 +175,28 @@ extern "C" int pbw_cuda_is_weight(const void *p, size_t bytes) {
     return 0;
 }
 
+// 1 unless the environment variable is "0" (read once).
+static int env_on(const char *name, int *cache) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = !(e && !strcmp(e, "0"));
+    }
+    return *cache;
+}
+
 extern "C" int pbw_cuda_half_gemm(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("PBW_CUDA_HALF_GEMM");
-        env = !(e && !strcmp(e, "0"));
-    }
-    return env && (g_prec == PBW_PREC_BF16 || g_prec == PBW_PREC_FP16);
+    return env_on("PBW_CUDA_HALF_GEMM", &env) && (g_prec == PBW_PREC_BF16 || g_prec == PBW_PREC_FP16);
+}
+
+extern "C" int pbw_cuda_half_acts(void) {
+    static int env = -1;
+    return env_on("PBW_CUDA_HALF_ACTS", &env) && pbw_cuda_half_gemm();
+}
+
+extern "C" int pbw_cuda_modconv(void) {
+    static int env = -1;
+    return env_on("PBW_CUDA_MODCONV", &env);
 }
 
 extern "C" void pbw_cuda_free(void *p) {

@@ -82,6 +82,12 @@ void pbw_cuda_mem_reset_peak(void);
  * when the weight is a constant moved by pbw_arena_to_device (registered here with
  * pbw_cuda_weights_block; its half copies are dropped when the block is freed). */
 int pbw_cuda_half_gemm(void);
+/* Half activations (pbw_ctx_set_half_activations) take effect: pbw_cuda_half_gemm() and
+ * PBW_CUDA_HALF_ACTS is not 0. */
+int pbw_cuda_half_acts(void);
+/* pbw_sg_modconv scales its input while staging it: 1 unless PBW_CUDA_MODCONV is 0 (then it
+ * runs the two ops). */
+int pbw_cuda_modconv(void);
 void pbw_cuda_weights_block(const void *p, size_t bytes);
 int pbw_cuda_is_weight(const void *p, size_t bytes);
 

@@ -27,6 +27,8 @@
 // results do not depend on the launch, and the errors against the CPU are those of fp32 sums
 // in another order (tests/test_cuda_nn.c).
 #include <cmath>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cpu/pbw_cpu.h"
 #include "cuda/pbw_cuda_internal.cuh"
@@ -298,6 +300,32 @@ __device__ __forceinline__ void stage_rows(float *dst, int lds, const float *src
     }
 }
 
+// The same from rows of the half type H (4 C values, 16-byte aligned rows, C even), converted
+// to float on the way: plain loads and stores (cp.async copies bytes, it cannot convert), eight
+// values a load.
+template <typename H>
+__device__ __forceinline__ void stage_rows(float *dst, int lds, const H *src, int64_t ld,
+                                           int rows, int C, int tid, int nt) {
+    const int C8 = C / 2;
+    for (int x = tid; x < rows * C8; x += nt) {
+        const int r = x / C8, c = x % C8;
+        float f[8];
+        pbw_unpack_half<H, 8>(*reinterpret_cast<const uint4 *>(src + r * ld + 8 * c), f);
+        float *d = dst + r * lds + 8 * c;
+        *reinterpret_cast<float4 *>(d) = make_float4(f[0], f[1], f[2], f[3]);
+        *reinterpret_cast<float4 *>(d + 4) = make_float4(f[4], f[5], f[6], f[7]);
+    }
+}
+
+// Four outputs at o: float4, or four half values in one 8-byte store.
+__device__ __forceinline__ void store4(float *o, const float4 &v) {
+    *reinterpret_cast<float4 *>(o) = v;
+}
+template <typename H> __device__ __forceinline__ void store4(H *o, const float4 &v) {
+    const float f[4] = {v.x, v.y, v.z, v.w};
+    *reinterpret_cast<uint2 *>(o) = pbw_pack_half<H, 4, uint2>(f);
+}
+
 // dst(r, c) = 0 for r < rows, c < cols, rows lds floats apart.
 __device__ __forceinline__ void zero_rows(float *dst, int lds, int rows, int cols, int tid, int nt) {
     for (int x = tid; x < rows * cols; x += nt) dst[(x / cols) * lds + x % cols] = 0.0f;
@@ -333,19 +361,22 @@ static fwd_layout fwd_layout_of(const pbw_attn_geom *g, int rb) {
 static const int FWD_THREADS = 64; // an 8 x 8 grid of tiles
 
 // One block per (batch, head): rows of TM x 8 queries at a time, all S <= 8 TN keys at once.
-template <int TM, int TN>
+// In/Out: float, or the half type (half activations: no backward follows, p is NULL and the
+// weights are not stored).
+template <int TM, int TN, typename In, typename Out>
 __global__ static void __launch_bounds__(FWD_THREADS)
-    attention_fwd_tiled_kernel(pbw_attn_geom g, fwd_layout l, const float *q, const float *k,
-                               const float *v, float *p, float *o) {
+    attention_fwd_tiled_kernel(pbw_attn_geom g, fwd_layout l, const In *q, const In *k,
+                               const In *v, float *p, Out *o) {
     extern __shared__ float4 smem_f4[];
     float *sm = reinterpret_cast<float *>(smem_f4);
     const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4, RB = 8 * TM;
     float *Ks = sm + l.k, *Vs = sm + l.v, *Qs = sm + l.q, *Ps = sm + l.p;
     const int tid = threadIdx.x;
     const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
-    const float *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
-    const float *vh = v + b * g.v[0] + h * g.v[1];
-    float *oh = o + b * g.o[0] + h * g.o[1], *ph = p + bh * T * S;
+    const In *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const In *vh = v + b * g.v[0] + h * g.v[1];
+    Out *oh = o + b * g.o[0] + h * g.o[1];
+    float *ph = p ? p + bh * T * S : nullptr;
     stage_rows(Ks, l.dp, kh, g.k[2], S, C, tid, FWD_THREADS);
     stage_rows(Qs, l.dp, qh, g.q[2], T, C, tid, FWD_THREADS);
     cp_commit();
@@ -398,7 +429,7 @@ __global__ static void __launch_bounds__(FWD_THREADS)
 #pragma unroll
             for (int c = 0; c < TN; c++) {
                 int s = j + 8 * c; // s < 8 TN, and 8 TN >= s4
-                if (s < S) ph[(int64_t)t * S + s] = sc[a][c];
+                if (ph && s < S) ph[(int64_t)t * S + s] = sc[a][c];
                 if (s < l.s4) Ps[(t - tb) * l.sp + s] = sc[a][c]; // 0 past S
             }
         }
@@ -423,7 +454,7 @@ __global__ static void __launch_bounds__(FWD_THREADS)
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
                     int col = cb + j + 8 * c;
-                    if (col < C) *reinterpret_cast<float4 *>(oh + t * g.o[2] + 4 * col) = acc[a][c];
+                    if (col < C) store4(oh + t * g.o[2] + 4 * col, acc[a][c]);
                 }
             }
         }
@@ -587,11 +618,6 @@ __global__ static void __launch_bounds__(BWD_THREADS, 3)
 }
 
 // Whether the tiled kernels can read and write these operands as float4 (16-byte aligned rows).
-static bool f4_ok(const float *ptr, const int64_t *st) {
-    return ptr == NULL || ((uintptr_t)ptr % 16 == 0 && st[0] % 4 == 0 && st[1] % 4 == 0 &&
-                           st[2] % 4 == 0);
-}
-
 // Lets kernel f take `bytes` of dynamic shared memory (an opt-in above 48 KB), asking once for
 // the largest shared-memory carveout so that several blocks share an SM. *opted is f's limit.
 template <typename F>
@@ -613,25 +639,34 @@ static bool smem_allow(F *f, size_t bytes, size_t *opted) {
 }
 
 // The tiled forward for S <= 8 TN; false (nothing launched) when it does not fit.
-template <int TM, int TN>
-static bool fwd_tiled_launch(const pbw_attn_geom *g, const float *q, const float *k,
-                             const float *v, float *p, float *o) {
+template <int TM, int TN, typename In, typename Out>
+static bool fwd_tiled_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v,
+                             float *p, Out *o) {
     static size_t opted = 0;
     fwd_layout l = fwd_layout_of(g, 8 * TM);
     size_t bytes = sizeof(float) * (size_t)l.total;
-    if (bytes > smem_optin_max() || !smem_allow(attention_fwd_tiled_kernel<TM, TN>, bytes, &opted))
+    if (bytes > smem_optin_max() ||
+        !smem_allow(attention_fwd_tiled_kernel<TM, TN, In, Out>, bytes, &opted))
         return false;
-    attention_fwd_tiled_kernel<TM, TN><<<(unsigned)(g->B * g->H), FWD_THREADS, bytes,
-                                         pbw_stream()>>>(*g, l, q, k, v, p, o);
+    attention_fwd_tiled_kernel<TM, TN, In, Out><<<(unsigned)(g->B * g->H), FWD_THREADS, bytes,
+                                                  pbw_stream()>>>(*g, l, q, k, v, p, o);
     PBW_CUDA_LAUNCHED("attention_fwd");
     return true;
 }
 
-static bool fwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
-                      float *p, float *o) {
+// Rows of 16-byte groups: 4 floats, or 8 values of a half type.
+template <typename T> static bool vec4_ok(const T *ptr, const int64_t *st) {
+    const int64_t n = 16 / (int64_t)sizeof(T);
+    return ptr == NULL ||
+           ((uintptr_t)ptr % 16 == 0 && st[0] % n == 0 && st[1] % n == 0 && st[2] % n == 0);
+}
+
+template <typename In, typename Out>
+static bool fwd_tiled(const pbw_attn_geom *g, const In *q, const In *k, const In *v, float *p,
+                      Out *o) {
     const int64_t BH = g->B * g->H, LIM = 1 << 14; // keeps every in-head index an int
     if (BH > 0x7fffffff || g->T > LIM || g->S > 80 || g->D > LIM || g->D % 4 ||
-        !f4_ok(q, g->q) || !f4_ok(k, g->k) || !f4_ok(v, g->v) || !f4_ok(o, g->o))
+        !vec4_ok(q, g->q) || !vec4_ok(k, g->k) || !vec4_ok(v, g->v) || !vec4_ok(o, g->o))
         return false;
     if (g->S <= 56) return fwd_tiled_launch<7, 7>(g, q, k, v, p, o); // ViT: 50 tokens
     return fwd_tiled_launch<5, 10>(g, q, k, v, p, o);                // text: 77 tokens
@@ -641,8 +676,8 @@ static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, co
                       const float *p, const float *go, float *gq, float *gk, float *gv) {
     const int64_t BH = g->B * g->H, LIM = 1 << 14;
     if (BH > 0x7fffffff || g->T > LIM || g->S > LIM || g->D > LIM || g->D % 4 ||
-        !f4_ok(q, g->q) || !f4_ok(k, g->k) || !f4_ok(v, g->v) || !f4_ok(go, g->o) ||
-        !f4_ok(gq, g->q) || !f4_ok(gk, g->k) || !f4_ok(gv, g->v))
+        !vec4_ok(q, g->q) || !vec4_ok(k, g->k) || !vec4_ok(v, g->v) || !vec4_ok(go, g->o) ||
+        !vec4_ok(gq, g->q) || !vec4_ok(gk, g->k) || !vec4_ok(gv, g->v))
         return false;
     static size_t opted = 0;
     bwd_layout l = bwd_layout_of(g);
@@ -748,6 +783,24 @@ extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, c
                                pbw_stream()>>>(p, BH * T, T, S, g->causal);
     PBW_CUDA_LAUNCHED("attention_fwd (softmax)");
     head_gemm(g, 0, 0, T, D, S, 1.0f, po, vo, 0.0f, oo); // p v
+}
+
+extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void *q,
+                                             const void *k, const void *v, float *p, void *o,
+                                             int half) {
+    if (g->B * g->H <= 0 || g->T <= 0 || g->D <= 0) return 0;
+    if (!half) {
+        const float *qf = (const float *)q, *kf = (const float *)k, *vf = (const float *)v;
+        if (g->S > 0 && fwd_tiled(g, qf, kf, vf, (float *)nullptr, (float *)o)) return 0;
+        pbw_cuda_attention_fwd(g, qf, kf, vf, p, (float *)o, nullptr); // p as its scratch
+        return 0;
+    }
+    if (g->S <= 0) return -1;
+    if (pbw_cuda_precision() == PBW_PREC_FP16)
+        return fwd_tiled(g, (const __half *)q, (const __half *)k, (const __half *)v,
+                         (float *)nullptr, (__half *)o) ? 0 : -1;
+    return fwd_tiled(g, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k,
+                     (const __nv_bfloat16 *)v, (float *)nullptr, (__nv_bfloat16 *)o) ? 0 : -1;
 }
 
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,

@@ -658,9 +658,11 @@ __device__ __forceinline__ float from_half(__half v) { return __half2float(v); }
 
 // dst (N,P,C) half = src (N,C,P) float: per n, a (C,P) -> (P,C) transpose through a shared
 // tile, so both the reads (along P) and the writes (along C) are coalesced. The grid covers
-// (P tiles, C tiles, N) and strides over what does not fit.
+// (P tiles, C tiles, N) and strides over what does not fit. pm.s non-NULL: each value scaled
+// first (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
 template <typename T>
-__global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P) {
+__global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P,
+                                    pbw_cuda_premod pm) {
     __shared__ float tile[TILE][TILE + 1];
     const int64_t ptiles = (P + TILE - 1) / TILE;
     const int ctiles = (C + TILE - 1) / TILE;
@@ -674,7 +676,16 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
                 for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
                     const int c = c0 + j;
                     const int64_t p = p0 + threadIdx.x;
-                    if (c < C && p < P) tile[j][threadIdx.x] = s[(int64_t)c * P + p];
+                    if (c >= C || p >= P) continue;
+                    float v = s[(int64_t)c * P + p];
+                    if (pm.s) {
+                        float sc = pm.s[n * pm.s_nstride + c];
+                        if (pm.m)
+                            sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c],
+                                                  pm.m[n * pm.m_nstride + p]);
+                        v = __fmul_rn(v, sc);
+                    }
+                    tile[j][threadIdx.x] = v;
                 }
                 __syncthreads();
                 for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
@@ -725,14 +736,18 @@ dim3 transpose_grid(int N, int C, int64_t P) {
                 (unsigned)(N < 65535 ? N : 65535));
 }
 
-// (N,C,P) float -> (N,P,C) half of the precision's type, enqueued.
-void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec) {
+// (N,C,P) float -> (N,P,C) half of the precision's type, enqueued; scaled by pm first when
+// given.
+void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
+             const pbw_cuda_premod *pm = nullptr) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TILE, TILE_ROWS);
+    const pbw_cuda_premod none = {nullptr, nullptr, nullptr, 0, 0, 0}, &m = pm ? *pm : none;
     if (prec == PBW_PREC_BF16)
-        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__nv_bfloat16 *)dst, src, N, C, P);
+        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__nv_bfloat16 *)dst, src, N, C, P,
+                                                              m);
     else
-        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__half *)dst, src, N, C, P);
+        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__half *)dst, src, N, C, P, m);
     PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
 }
 
@@ -755,7 +770,7 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
 // the plan's precision, or NULL to convert w here. 0 when done; -1 on failure (recorded); 1
 // when the direction has no NHWC algorithm (now unstaged: run the float32 path).
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
-               const void *wh, float beta) {
+               const void *wh, float beta, const pbw_cuda_premod *pm) {
     const pbw_cpu_conv_geom &g = p->key.g;
     const int prec = p->key.prec, fwd = dir == DIR_FWD;
     const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
@@ -772,7 +787,7 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
         wh = buf + in_b + out_b;
         to_nhwc((void *)wh, w, g.O, cg, kk, prec); // (O, C/G, KH*KW) -> KRSC
     }
-    to_nhwc(hin, in, g.N, in_c, in_p, prec);
+    to_nhwc(hin, in, g.N, in_c, in_p, prec, pm);
     void *ws;
     int rc = fwd ? prepare(p, dir, hin, wh, &ws) : prepare(p, dir, wh, hin, &ws);
     if (rc) return rc;
@@ -796,37 +811,44 @@ int empty(const pbw_cpu_conv_geom *g) {
            (int64_t)g->H * g->W == 0;
 }
 
-// wh: a half KRSC copy of w for staged plans (see staged_run), or NULL.
-void conv_forward(float *out, const float *x, const float *w, const void *wh,
-                  const pbw_cpu_conv_geom *g, float beta) {
+// wh: a half KRSC copy of w for staged plans (see staged_run), or NULL. pm: NULL, or a scale
+// of x applied as it is staged; then 1 is returned, nothing written, when the plan does not run
+// staged (0 otherwise: done, or failed and recorded).
+int conv_forward(float *out, const float *x, const float *w, const void *wh,
+                 const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr) {
     conv_plan *p = plan_get(g);
-    if (!p) return;
+    if (!p) return 0;
     if (p->stage[DIR_FWD]) {
-        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta);
-        if (rc <= 0) return; // done, or failed (recorded); 1: unstaged now
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm);
+        if (rc <= 0) return 0; // done, or failed (recorded); 1: unstaged now
     }
+    if (pm) return 1;
     void *ws;
-    if (prepare(p, DIR_FWD, x, w, &ws)) return;
+    if (prepare(p, DIR_FWD, x, w, &ws)) return 0;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionForward(pbw_cudnn(), &alpha, p->xd, x, p->wd, w, p->cd,
                                          (cudnnConvolutionFwdAlgo_t)p->algo[DIR_FWD], ws,
                                          p->ws[DIR_FWD], &beta, p->yd, out));
+    return 0;
 }
 
-void conv_backward_data(float *dx, const float *dout, const float *w, const void *wh,
-                        const pbw_cpu_conv_geom *g, float beta) {
+int conv_backward_data(float *dx, const float *dout, const float *w, const void *wh,
+                       const pbw_cpu_conv_geom *g, float beta,
+                       const pbw_cuda_premod *pm = nullptr) {
     conv_plan *p = plan_get(g);
-    if (!p) return;
+    if (!p) return 0;
     if (p->stage[DIR_BWD_DATA]) {
-        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta);
-        if (rc <= 0) return;
+        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta, pm);
+        if (rc <= 0) return 0;
     }
+    if (pm) return 1;
     void *ws;
-    if (prepare(p, DIR_BWD_DATA, w, dout, &ws)) return;
+    if (prepare(p, DIR_BWD_DATA, w, dout, &ws)) return 0;
     const float alpha = 1.0f;
     PBW_CUDNN_OK(cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->wd, w, p->yd, dout, p->cd,
                                               (cudnnConvolutionBwdDataAlgo_t)p->algo[DIR_BWD_DATA],
                                               ws, p->ws[DIR_BWD_DATA], &beta, p->xd, dx));
+    return 0;
 }
 
 // ---------- bias ----------
@@ -972,6 +994,20 @@ extern "C" void pbw_cuda_sg_conv_forward(float *out, const float *x, const float
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     conv_backward_data(out, x, wt, wh, &g, 0.0f);
+}
+
+extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
+                                            const pbw_cuda_premod *pm, const float *w,
+                                            const float *wt, const void *wh, int N, int C,
+                                            int H, int W, int O, int k, int transposed) {
+    if (N == 0) return 0;
+    if (!prec_staged((int)pbw_cuda_precision())) return -1;
+    if (!transposed) {
+        pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
+        return conv_forward(out, x, w, wh, &g, 0.0f, pm) ? -1 : 0;
+    }
+    pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
+    return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm) ? -1 : 0;
 }
 
 extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w,

@@ -133,6 +133,19 @@ void pbw_cuda_sg_conv_half_weight(void *wh, const float *w, int O, int C, int k,
 void pbw_cuda_sg_conv_forward(float *out, const float *x, const float *w, const float *wt,
                               const void *wh, int N, int C, int H, int W, int O, int k,
                               int transposed);
+/* pbw_sg_modconv's input scale, applied as the input is staged: x * s[n,c], or with a mask
+ * x * (s[n,c] m[n,p] + s0[n,c] (1 - m[n,p])), exactly as pbw_sg_modulate's forward (strides
+ * as pbw_cpu_sg_mod_geom: 0 for a style or mask shared by the batch). */
+typedef struct pbw_cuda_premod {
+    const float *s, *s0, *m; /* s0 and m NULL unless masked */
+    int64_t s_nstride, s0_nstride, m_nstride;
+} pbw_cuda_premod;
+/* pbw_cuda_sg_conv_forward of the modulated input: 0 when enqueued (or failed, recorded); -1,
+ * nothing written, when the convolution does not run on staged half copies (the caller then
+ * modulates and convolves apart). */
+int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
+                                 const float *w, const float *wt, const void *wh, int N, int C,
+                                 int H, int W, int O, int k, int transposed);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
                                int transposed);

@@ -222,6 +222,52 @@ extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, 
     return 0;
 }
 
+// Eight half values a thread: one 16-byte load and store.
+template <int OP, typename H>
+__global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, uint4 *y,
+                              int64_t n8) {
+    PBW_GRID_STRIDE(i, n8) {
+        float f[8];
+        pbw_unpack_half<H, 8>(x[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = unary_f<OP>(f[j], p0, p1);
+        y[i] = pbw_pack_half<H, 8, uint4>(f);
+    }
+}
+
+template <int OP>
+static void launch_unary_half(float p0, float p1, const void *xh, void *yh, int64_t n8) {
+    if (pbw_cuda_precision() == PBW_PREC_FP16)
+        k_unary_half8<OP, __half><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
+            p0, p1, (const uint4 *)xh, (uint4 *)yh, n8);
+    else
+        k_unary_half8<OP, __nv_bfloat16><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
+            p0, p1, (const uint4 *)xh, (uint4 *)yh, n8);
+    PBW_CUDA_LAUNCHED("unary_half");
+}
+
+extern "C" int pbw_cuda_unary_half(pbw_unary_op op, float p0, float p1, const void *xh, void *yh,
+                                   int64_t n) {
+    if (n <= 0 || n % 8 || (((uintptr_t)xh | (uintptr_t)yh) & 15)) return -1;
+    if (op == PBW_UN_QUICK_GELU) launch_unary_half<PBW_UN_QUICK_GELU>(p0, p1, xh, yh, n / 8);
+    else if (op == PBW_UN_GELU) launch_unary_half<PBW_UN_GELU>(p0, p1, xh, yh, n / 8);
+    else return -1;
+    return 0;
+}
+
+template <typename H> __global__ void k_half_to_f32(const H *__restrict__ h, float *y, int64_t n) {
+    PBW_GRID_STRIDE(i, n) y[i] = pbw_from_half<H>(h[i]);
+}
+
+extern "C" void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n) {
+    if (n <= 0) return;
+    if (pbw_cuda_precision() == PBW_PREC_FP16)
+        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const __half *)h, y, n);
+    else
+        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const __nv_bfloat16 *)h, y, n);
+    PBW_CUDA_LAUNCHED("half_to_f32");
+}
+
 extern "C" void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                                         const float *y, const float *gy, float *gx, int64_t n) {
     unary_dispatch(op, true, p0, p1, x, y, gy, gx, n);

@@ -33,6 +33,12 @@ void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x,
  * 0, or -1 when these sizes or pointers take no vector path (y is written, yh is not). */
 int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x, float *y,
                                 void *yh, int64_t n); /* x, y (n) */
+/* Half in, half out (the precision's half type, n values each; half activations): QuickGELU
+ * and GELU computed in float. 0, or -1 (nothing launched) for other ops, n not a multiple of 8
+ * or pointers not 16-byte aligned. */
+int pbw_cuda_unary_half(pbw_unary_op op, float p0, float p1, const void *xh, void *yh, int64_t n);
+/* y (n floats) = the half values h (the precision's half type). */
+void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n);
 /* gx += dy/dx * gy (x, y, gy, gx all (n)) */
 void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                              const float *y, const float *gy, float *gx, int64_t n);

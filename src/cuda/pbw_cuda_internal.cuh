@@ -73,6 +73,43 @@ template <> __device__ __forceinline__ __half pbw_to_half<__half>(float v) {
 }
 #endif
 
+// The inverse: H to float (exact).
+template <typename H> __device__ __forceinline__ float pbw_from_half(H v);
+#ifdef __CUDA_BF16_TYPES_EXIST__
+template <> __device__ __forceinline__ float pbw_from_half<__nv_bfloat16>(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+#endif
+#ifdef __CUDA_FP16_TYPES_EXIST__
+template <> __device__ __forceinline__ float pbw_from_half<__half>(__half v) {
+    return __half2float(v);
+}
+#endif
+
+// StyleGAN2's masked style (pbw_sg_modulate): s m + s0 (1 - m), rounded as on the CPU.
+__device__ __forceinline__ float pbw_sg_mod_scale(float sv, float s0v, float mv) {
+    return __fmaf_rn(sv, mv, __fmul_rn(s0v, __fsub_rn(1.0f, mv)));
+}
+
+// N (4 or 8) values of the half type H in one 8- or 16-byte word (W = uint2 or uint4), to and
+// from floats: one vector load or store for N values.
+template <typename H, int N, typename W>
+__device__ __forceinline__ void pbw_unpack_half(const W &w, float (&f)[N]) {
+    static_assert(sizeof(W) == N * sizeof(H), "word size");
+    const H *h = reinterpret_cast<const H *>(&w);
+#pragma unroll
+    for (int i = 0; i < N; i++) f[i] = pbw_from_half<H>(h[i]);
+}
+template <typename H, int N, typename W>
+__device__ __forceinline__ W pbw_pack_half(const float (&f)[N]) {
+    static_assert(sizeof(W) == N * sizeof(H), "word size");
+    W w;
+    H *h = reinterpret_cast<H *>(&w);
+#pragma unroll
+    for (int i = 0; i < N; i++) h[i] = pbw_to_half<H>(f[i]);
+    return w;
+}
+
 // Libraries opened at run time (cuSOLVER, CUPTI: pbw needs them only where they are used).
 // pbw_dlopen_first: the first of names[0..n) that loads, or nullptr; pbw_dlsym: f = the symbol,
 // true when found.

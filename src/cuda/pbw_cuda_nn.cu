@@ -99,17 +99,19 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
               stride_c, batch);
 }
 
-// ---------------- linear with its bias in the product's epilogue (cuBLASLt) ----------------
-// y = x W^T + b in one kernel: the bias is added as the product's tiles are stored, instead of
-// a pass that fills y with the bias and a product that reads y back (beta = 1). In column-major
-// terms y^T (O,R) = W (O,I) x^T (I,R): A = W stored (I,O) transposed, B = x stored (I,R).
-// A plan (descriptors and the heuristic's algorithm) is kept per shape, precision and pointer
-// alignment; shapes the library has no algorithm for fall back to the two-pass path.
+// ---------------- linear with its bias (and residual) in the product's epilogue (cuBLASLt) ----
+// y = x W^T + b (+ r) in one kernel: the bias is added as the product's tiles are stored, and a
+// residual r is read as the product's C (beta = 1), instead of a pass that fills y with the bias,
+// a product that reads y back and an add. In column-major terms y^T (O,R) = W (O,I) x^T (I,R):
+// A = W stored (I,O) transposed, B = x stored (I,R). A plan (descriptors and the heuristic's
+// algorithm) is kept per shape, precision, pointer alignment, operand and output types and
+// bias; shapes the library has no algorithm for fall back to the two-pass path.
 
 namespace {
 struct lt_plan {
     int64_t R, O, I;
     int prec, align, half; // half: operands in the precision's half type (else float32)
+    int bias, outh;        // a bias epilogue; C and D in the half type (else float32)
     int ok;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
@@ -133,10 +135,9 @@ int align_of(const void *p) { // largest power of two dividing the address, at m
 bool lt_make(lt_plan *pl) {
     pl->ok = 0;
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t in = !pl->half ? CUDA_R_32F
-                              : pl->prec == PBW_PREC_FP16 ? CUDA_R_16F
-                                                          : CUDA_R_16BF;
+    const cublasLtEpilogue_t epi = pl->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const cudaDataType_t ht = pl->prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    const cudaDataType_t in = pl->half ? ht : CUDA_R_32F, out = pl->outh ? ht : CUDA_R_32F;
     const cublasComputeType_t ct = pl->half ? CUBLAS_COMPUTE_32F : compute_type();
     if (cublasLtMatmulDescCreate(&pl->op, ct, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
         return false;
@@ -145,7 +146,7 @@ bool lt_make(lt_plan *pl) {
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
     if (cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) ||
         cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) ||
-        cublasLtMatrixLayoutCreate(&pl->c, CUDA_R_32F, (uint64_t)pl->O, (uint64_t)pl->R, pl->O))
+        cublasLtMatrixLayoutCreate(&pl->c, out, (uint64_t)pl->O, (uint64_t)pl->R, pl->O))
         return false;
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
@@ -221,9 +222,11 @@ void pbw_cuda_nn_forget_weights(const void *p, size_t bytes) {
 
 extern "C" long pbw_cuda_linear_half_calls(void) { return g_lt_half_calls; }
 
-extern "C" int pbw_cuda_linear_bias(const float *x, const void *xh, const float *w,
-                                    const float *b, float *y, int64_t R, int64_t O, int64_t I) {
-    if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX)
+extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
+                                  const float *r, float *y, void *yh, int64_t R, int64_t O,
+                                  int64_t I) {
+    if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX ||
+        (yh && r))
         return -1;
     if (!g_lt) {
         if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS ||
@@ -233,21 +236,26 @@ extern "C" int pbw_cuda_linear_bias(const float *x, const void *xh, const float 
             return -1;
         }
     }
-    // the bias is read as a vector: 16-byte aligned, as cuBLASLt requires
-    if (align_of(b) < 16) return -1;
     // half operands: x's half copy (made by the op that wrote x) and the weight's
     const void *wh = xh && pbw_cuda_half_gemm() ? half_weight_of(w, (size_t)(O * I)) : nullptr;
     const int half = wh != nullptr;
+    if ((yh || !x) && !half) return -1; // a half output only from half operands
+    // the bias is read as a vector of D's type (a cached half copy for a half D), 16-byte
+    // aligned as cuBLASLt requires
+    const void *bias = yh && b ? half_weight_of(b, (size_t)O) : (const void *)b;
+    if (b && (!bias || align_of(bias) < 16)) return -1;
     const void *A = half ? wh : (const void *)w, *B = half ? xh : (const void *)x;
+    void *D = yh ? yh : (void *)y;
     int al = align_of(B);
     if (align_of(A) < al) al = align_of(A);
-    if (align_of(y) < al) al = align_of(y);
-    const int prec = (int)pbw_cuda_precision();
+    if (align_of(D) < al) al = align_of(D);
+    if (r && align_of(r) < al) al = align_of(r);
+    const int prec = (int)pbw_cuda_precision(), hasb = b != nullptr, outh = yh != nullptr;
     lt_plan *pl = nullptr;
     for (int i = 0; i < g_lt_nplans; i++) {
         lt_plan *q = &g_lt_plans[i];
         if (q->R == R && q->O == O && q->I == I && q->prec == prec && q->align == al &&
-            q->half == half) {
+            q->half == half && q->bias == hasb && q->outh == outh) {
             pl = q;
             break;
         }
@@ -255,17 +263,19 @@ extern "C" int pbw_cuda_linear_bias(const float *x, const void *xh, const float 
     if (!pl) {
         if (g_lt_nplans == LT_PLANS) return -1;
         pl = &g_lt_plans[g_lt_nplans++];
-        *pl = lt_plan{R, O, I, prec, al, half, 0, nullptr, nullptr, nullptr, nullptr, {}};
+        *pl = lt_plan{R, O, I, prec, al, half, hasb, outh, 0, nullptr, nullptr, nullptr, nullptr, {}};
         lt_make(pl);
     }
     if (!pl->ok) return -1;
-    if (cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b) !=
-        CUBLAS_STATUS_SUCCESS)
+    if (hasb && cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                               sizeof bias) != CUBLAS_STATUS_SUCCESS)
         return -1;
     const float one = 1.0f, zero = 0.0f;
     g_lt_half_calls += half;
-    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, &zero, y, pl->c, y,
-                                       pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES, pbw_stream());
+    const void *C = r ? (const void *)r : (const void *)D;
+    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, r ? &one : &zero,
+                                       C, pl->c, D, pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES,
+                                       pbw_stream());
     if (st != CUBLAS_STATUS_SUCCESS) {
         pbw_cuda_fail("linear (cuBLASLt, %lld x %lld x %lld): status %d", (long long)R,
                       (long long)O, (long long)I, (int)st);
@@ -334,7 +344,8 @@ extern "C" void pbw_cuda_bias_rows_backward(const float *gy, float *gb, int64_t 
 
 // One warp a row: mean, then the variance in a second pass (as on the CPU: no cancellation in
 // E[x^2] - m^2), then y; with yh also y in the half type H (the operand of the products that
-// follow), the same float values each rounded once more to nearest.
+// follow), the same float values each rounded once more to nearest. y may be NULL (half
+// activations: yh alone).
 template <typename H>
 __global__ static void layer_norm_forward_kernel(const float *x, const float *w, const float *b,
                                                  float *y, H *yh, float *mean, float *rstd,
@@ -343,7 +354,7 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
     int lane = threadIdx.x % 32;
     if (r >= R) return;
     const float *xr = x + r * D;
-    float *yr = y + r * D;
+    float *yr = y ? y + r * D : nullptr;
     H *hr = yh ? yh + r * D : nullptr;
     float s = 0.0f;
     for (int64_t i = lane; i < D; i += 32) s += xr[i];
@@ -357,7 +368,7 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
     for (int64_t i = lane; i < D; i += 32) {
         float v = (xr[i] - m) * rs;
         v = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
-        yr[i] = v;
+        if (yr) yr[i] = v;
         if (yh) hr[i] = pbw_to_half<H>(v);
     }
     if (lane == 0) {

@@ -51,23 +51,32 @@ void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64
 size_t pbw_cuda_attention_scratch_floats(const struct pbw_attn_geom *g);
 void pbw_cuda_attention_fwd(const struct pbw_attn_geom *g, const float *q, const float *k,
                             const float *v, float *p, float *o, float *scratch);
+/* The forward when no backward follows: the weights are not kept (p serves only as scratch
+ * where a path needs one: B*H*T*S floats). half: q, k, v and o in the precision's half type
+ * (half activations); 0, or -1 with nothing launched when no kernel takes that geometry (the
+ * caller then runs the fp32 forward). Float operands always run (0). */
+int pbw_cuda_attention_fwd_nograd(const struct pbw_attn_geom *g, const void *q, const void *k,
+                                  const void *v, float *p, void *o, int half);
 void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const float *k,
                             const float *v, const float *p, const float *go, float *gq,
                             float *gk, float *gv, float *scratch);
 
 /* ---- no CPU twin ---- */
 
-/* y (R,O) = x (R,I) w (O,I)^T + b (O) in one cuBLASLt product with a bias epilogue. xh: NULL,
- * or x's half copy (pbw_tensor.half); with pbw_cuda_half_gemm() and a constant weight
- * (pbw_cuda_is_weight) the product then reads xh and a cached half copy of w (bf16/fp16
- * operands, fp32 accumulation and output). Returns 0 when enqueued, -1 when this shape has no
- * such algorithm (nothing was done: the caller uses pbw_cuda_bias_rows_forward and a
- * product). */
-int pbw_cuda_linear_bias(const float *x, const void *xh, const float *w, const float *b,
-                         float *y, int64_t R, int64_t O, int64_t I);
+/* y (R,O) = x (R,I) w (O,I)^T + b (O) + r (R,O) in one cuBLASLt product, the bias (may be
+ * NULL) in its epilogue and the residual r (may be NULL) read as its C. xh: NULL, or x's half
+ * copy (pbw_tensor.half); with pbw_cuda_half_gemm() and a constant weight (pbw_cuda_is_weight)
+ * the product then reads xh and a cached half copy of w (bf16/fp16 operands, fp32
+ * accumulation). yh: NULL, or the output in the precision's half type instead of y (half
+ * operands only, no residual; the bias then from a cached half copy). Returns 0 when enqueued,
+ * -1 when this case has no such algorithm (nothing was done: the caller computes it another
+ * way). */
+int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
+                       const float *r, float *y, void *yh, int64_t R, int64_t O, int64_t I);
 /* Products made on half operands so far (tests). */
 long pbw_cuda_linear_half_calls(void);
-/* pbw_cuda_layer_norm_forward that also writes yh (R,D), y in the precision's half type. */
+/* pbw_cuda_layer_norm_forward that also writes yh (R,D), y in the precision's half type; y may
+ * be NULL (yh alone). */
 void pbw_cuda_layer_norm_forward_half(const float *x, const float *w, const float *b, float *y,
                                       void *yh, float *mean, float *rstd, int64_t R, int64_t D,
                                       float eps);

@@ -136,9 +136,6 @@ template <int V> __device__ __forceinline__ void st(float *p, const float (&r)[V
 // ---------- modulate ----------
 
 // The per-pixel style s m + s0 (1 - m), rounded as fma(s, m, s0 (1 - m)).
-__device__ __forceinline__ float mod_scale(float sv, float s0v, float mv) {
-    return __fmaf_rn(sv, mv, __fmul_rn(s0v, __fsub_rn(1.0f, mv)));
-}
 
 // out = x * scale (forward, ACC false: x the input) or out += x * scale (the input gradient,
 // ACC true: x the output gradient, one fused multiply-add), per-pixel scale of mod_scale.
@@ -157,7 +154,7 @@ __global__ void modulate_kernel(float *out, const float *x, const float *s, cons
             if (m) {
                 ld<V>(w, mp + p);
 #pragma unroll
-                for (int k = 0; k < V; k++) w[k] = mod_scale(sv, s0v, w[k]);
+                for (int k = 0; k < V; k++) w[k] = pbw_sg_mod_scale(sv, s0v, w[k]);
             } else {
 #pragma unroll
                 for (int k = 0; k < V; k++) w[k] = sv;

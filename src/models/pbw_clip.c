@@ -651,12 +651,28 @@ static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
     pbw_tensor *qkv = pbw_linear(ctx, h, b->qkv_w, b->qkv_b);           /* (B,T,3W) */
     pbw_tensor *a = pbw_attention_qkv(ctx, qkv, c->heads, Tq, causal, 0); /* (B,Tq,W) */
     if (Tq < T) x = pbw_slice(ctx, x, 1, 0, Tq, 1);
-    x = pbw_add(ctx, x, pbw_linear(ctx, a, b->out_w, b->out_b));
+    x = pbw_linear_add(ctx, a, b->out_w, b->out_b, x);
     h = pbw_layer_norm(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps);
     h = pbw_linear(ctx, h, b->fc1_w, b->fc1_b);                          /* (B,Tq,M) */
     h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, h) : pbw_quick_gelu(ctx, h);
-    h = pbw_linear(ctx, h, b->fc2_w, b->fc2_b);
-    return pbw_add(ctx, x, h);
+    return pbw_linear_add(ctx, h, b->fc2_w, b->fc2_b, x);
+}
+
+/* The blocks of a tower, each one's temporaries freed as it ends when no gradient is recorded.
+ * Inside them every product runs on half operands on a GPU in bf16/fp16, so the activations
+ * between products stay in that half type (pbw_ctx_set_half_activations); the residual stream
+ * stays fp32. n_last: the positions the last block computes. */
+static pbw_tensor *blocks_forward(pbw_ctx *ctx, const pbw_clip_block *blocks,
+                                  const pbw_clip_tower_config *c, pbw_tensor *x, int causal,
+                                  int64_t n_last) {
+    int half = pbw_ctx_set_half_activations(ctx, 1);
+    for (int i = 0; i < c->layers && x; i++) {
+        pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
+        x = block_forward(ctx, &blocks[i], c, x, causal, i + 1 < c->layers ? x->shape[1] : n_last);
+        if (pbw_ctx_release(ctx, mk, 1, &x)) x = NULL;
+    }
+    pbw_ctx_set_half_activations(ctx, half);
+    return x;
 }
 
 pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *px) {
@@ -685,13 +701,8 @@ pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *p
     x = pbw_concat(ctx, 2, parts, 1);                                    /* (B,T,W) */
     x = pbw_add(ctx, x, m->vis_pos);
     x = pbw_layer_norm(ctx, x, m->ln_pre_w, m->ln_pre_b, c->vision.ln_eps);
-    for (int i = 0; i < c->vision.layers; i++) {
-        /* without gradients, a block's temporaries are freed as it ends */
-        pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
-        x = block_forward(ctx, &m->vis_blocks[i], &c->vision, x, 0,
-                          i + 1 < c->vision.layers ? g * g + 1 : 1);
-        if (pbw_ctx_release(ctx, mk, 1, &x)) return NULL;
-    }
+    x = blocks_forward(ctx, m->vis_blocks, &c->vision, x, 0, 1);
+    if (!x) return NULL;
     x = pbw_reshape(ctx, x, 2, (int64_t[]){B, W});                       /* class token */
     x = pbw_layer_norm(ctx, x, m->ln_post_w, m->ln_post_b, c->vision.ln_eps);
     return pbw_linear(ctx, x, m->vis_proj, NULL);                        /* (B,E) */
@@ -736,11 +747,7 @@ pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t 
     int64_t W = c->text.width;
     pbw_tensor *x = pbw_embedding(ctx, m->tok_emb, cut, 2, (int64_t[]){B, Te}); /* (B,Te,W) */
     x = pbw_add(ctx, x, pbw_slice(ctx, m->txt_pos, 0, 0, Te, 1));
-    for (int i = 0; i < c->text.layers; i++) {
-        pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
-        x = block_forward(ctx, &m->txt_blocks[i], &c->text, x, 1, Te);
-        if (pbw_ctx_release(ctx, mk, 1, &x)) return NULL;
-    }
+    x = blocks_forward(ctx, m->txt_blocks, &c->text, x, 1, Te);
     if (!x) return NULL;
     for (int64_t b = 0; b < B; b++)
         rows[b] = pbw_slice(ctx, pbw_slice(ctx, x, 0, b, b + 1, 1), 1, pos[b], pos[b] + 1, 1);

@@ -464,29 +464,18 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
 static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                                 const layer_in *li, pbw_tensor **s_out, pbw_tensor **s0_out) {
     pbw_tensor *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
-    pbw_tensor *s0 = NULL, *xs;
-    if (li->m_in) {
-        s0 = pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
-        xs = pbw_sg_modulate(ctx, x, s, s0, li->m_in);
-    } else {
-        xs = pbw_sg_modulate(ctx, x, s, NULL, NULL);
-    }
+    pbw_tensor *s0 = NULL;
+    if (li->m_in) s0 = pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
     *s_out = s;
     *s0_out = s0;
-    pbw_tensor *y;
-    if (mc->upsample) {
-        y = pbw_sg_conv(ctx, xs, mc->plan);
-        if (mc->blur.K)
-            y = pbw_sg_blur(ctx, y, &mc->blur);
-        else
-            y = pbw_upfirdn2d(ctx, y, mc->blur_kernel, 1, 1, mc->blur_pad0, mc->blur_pad1,
-                              mc->blur_pad0, mc->blur_pad1);
-    } else if (mc->plan) {
-        y = pbw_sg_conv(ctx, xs, mc->plan);
-    } else { /* 1x1 (ToRGB): one GEMM per sample in pbw_conv2d */
-        y = pbw_conv2d(ctx, xs, mc->weight, NULL, (pbw_conv_params){0});
-    }
-    return y;
+    if (!mc->plan) /* 1x1 (ToRGB): one GEMM per sample in pbw_conv2d */
+        return pbw_conv2d(ctx, pbw_sg_modulate(ctx, x, s, s0, li->m_in), mc->weight, NULL,
+                          (pbw_conv_params){0});
+    pbw_tensor *y = pbw_sg_modconv(ctx, x, s, s0, li->m_in, mc->plan);
+    if (!mc->upsample) return y;
+    if (mc->blur.K) return pbw_sg_blur(ctx, y, &mc->blur);
+    return pbw_upfirdn2d(ctx, y, mc->blur_kernel, 1, 1, mc->blur_pad0, mc->blur_pad1,
+                         mc->blur_pad0, mc->blur_pad1);
 }
 
 static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_tensor *x,
