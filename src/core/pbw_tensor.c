@@ -737,6 +737,47 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     return t->grad;
 }
 
+/* The gradient buffers of every tensor the backward will reach from the loss, in one block
+ * zeroed at once: one memset on a GPU instead of one per tensor (~300 launches an Adam step).
+ * The same tensors get gradients as when each is made on first use by pbw_grad. */
+static int alloc_reached_grads(pbw_ctx *ctx) {
+    static float pending; /* marks a tensor listed, before its buffer exists */
+    size_t total = 0, count = 0;
+    for (pbw_node *n = ctx->tape; n; n = n->prev) {
+        if (!n->out->grad) continue; /* not reached */
+        for (int i = 0; i < n->nin; i++) {
+            pbw_tensor *t = n->in[i];
+            if (!t || !t->requires_grad || t->grad || t->device != ctx->dev) continue;
+            t->grad = &pending;
+            total += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
+            count++;
+        }
+    }
+    if (!count) return 0;
+    unsigned char *block;
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        block = pbw_arena_alloc(&ctx->dact, total);
+        if (block && pbw_cuda_memset0(block, total)) block = NULL;
+    } else
+#endif
+        block = pbw_arena_calloc(&ctx->act, total);
+    size_t off = 0;
+    for (pbw_node *n = ctx->tape; n; n = n->prev)
+        for (int i = 0; i < n->nin; i++) {
+            pbw_tensor *t = n->in[i];
+            if (!t || t->grad != &pending) continue;
+            grad_owner *g = block ? pbw_arena_alloc(&ctx->act, sizeof *g) : NULL;
+            t->grad = g ? (float *)(block + off) : NULL; /* NULL: made one by one by pbw_grad */
+            off += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
+            if (!g) continue;
+            g->t = t;
+            g->next = ctx->grads;
+            ctx->grads = g;
+        }
+    return 0;
+}
+
 int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err) {
     if (!loss) return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "backward of a NULL tensor");
     if (pbw_ctx_check(ctx, err)) return -1;
@@ -758,6 +799,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     } else {
         for (int64_t i = 0; i < loss->numel; i++) g[i] += seed ? seed[i] : 1.0f;
     }
+    alloc_reached_grads(ctx);
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
         double t0 = 0;

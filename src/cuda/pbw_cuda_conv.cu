@@ -651,33 +651,33 @@ void *stage_get(size_t bytes) {
 
 size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
-const int TILE = 32, TILE_ROWS = 8; // 32x32 tiles, 32x8 threads
+// The staging transposes move (C,P) planes of each sample through shared tiles of TC channels
+// by TP pixels: the float side is read or written along P (a warp covers 32 pixels, 128
+// bytes), the half side along C two channels a thread (a warp covers 64 channels, 128 bytes,
+// as half2 words when C is even; one value at a time otherwise).
+const int TP = 32, TC = 64, TROWS = 8; // 64x32 tiles, 32x8 threads
 
-__device__ __forceinline__ float from_half(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float from_half(__half v) { return __half2float(v); }
-
-// dst (N,P,C) half = src (N,C,P) float: per n, a (C,P) -> (P,C) transpose through a shared
-// tile, so both the reads (along P) and the writes (along C) are coalesced. The grid covers
-// (P tiles, C tiles, N) and strides over what does not fit. pm.s non-NULL: each value scaled
-// first (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
+// dst (N,P,C) half = src (N,C,P) float. pm.s non-NULL: each value scaled first
+// (pbw_sg_modconv), with pbw_sg_modulate's arithmetic. The grid covers (P tiles, C tiles, N)
+// and strides over what does not fit.
 template <typename T>
 __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P,
                                     pbw_cuda_premod pm) {
-    __shared__ float tile[TILE][TILE + 1];
-    const int64_t ptiles = (P + TILE - 1) / TILE;
-    const int ctiles = (C + TILE - 1) / TILE;
+    __shared__ float tile[TC][TP + 1];
+    const int64_t ptiles = (P + TP - 1) / TP;
+    const int ctiles = (C + TC - 1) / TC, tx = threadIdx.x, ty = threadIdx.y;
+    const bool pairs = C % 2 == 0;
     for (int n = blockIdx.z; n < N; n += gridDim.z)
         for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
             for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
-                const int c0 = ct * TILE;
-                const int64_t p0 = pt * TILE;
-                const float *s = src + (int64_t)n * C * P;
+                const int c0 = ct * TC;
+                const int64_t p0 = pt * TP, p = p0 + tx;
+                const float *sp = src + (int64_t)n * C * P;
                 T *d = dst + (int64_t)n * C * P;
-                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
+                for (int j = ty; j < TC; j += TROWS) {
                     const int c = c0 + j;
-                    const int64_t p = p0 + threadIdx.x;
                     if (c >= C || p >= P) continue;
-                    float v = s[(int64_t)c * P + p];
+                    float v = sp[(int64_t)c * P + p];
                     if (pm.s) {
                         float sc = pm.s[n * pm.s_nstride + c];
                         if (pm.m)
@@ -685,13 +685,21 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
                                                   pm.m[n * pm.m_nstride + p]);
                         v = __fmul_rn(v, sc);
                     }
-                    tile[j][threadIdx.x] = v;
+                    tile[j][tx] = v;
                 }
                 __syncthreads();
-                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
-                    const int64_t p = p0 + j;
-                    const int c = c0 + threadIdx.x;
-                    if (c < C && p < P) d[p * C + c] = pbw_to_half<T>(tile[threadIdx.x][j]);
+                const int c = c0 + 2 * tx;
+                for (int j = ty; j < TP; j += TROWS) {
+                    const int64_t q = p0 + j;
+                    if (q >= P || c >= C) continue;
+                    T *o = d + q * C + c;
+                    if (pairs) {
+                        const float f[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
+                        *reinterpret_cast<uint32_t *>(o) = pbw_pack_half<T, 2, uint32_t>(f);
+                    } else {
+                        o[0] = pbw_to_half<T>(tile[2 * tx][j]);
+                        if (c + 1 < C) o[1] = pbw_to_half<T>(tile[2 * tx + 1][j]);
+                    }
                 }
                 __syncthreads();
             }
@@ -701,37 +709,46 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
 template <typename T>
 __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
                                     int accumulate) {
-    __shared__ float tile[TILE][TILE + 1];
-    const int64_t ptiles = (P + TILE - 1) / TILE;
-    const int ctiles = (C + TILE - 1) / TILE;
+    __shared__ float tile[TC][TP + 1];
+    const int64_t ptiles = (P + TP - 1) / TP;
+    const int ctiles = (C + TC - 1) / TC, tx = threadIdx.x, ty = threadIdx.y;
+    const bool pairs = C % 2 == 0;
     for (int n = blockIdx.z; n < N; n += gridDim.z)
         for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
             for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
-                const int c0 = ct * TILE;
-                const int64_t p0 = pt * TILE;
-                const T *s = src + (int64_t)n * C * P;
+                const int c0 = ct * TC;
+                const int64_t p0 = pt * TP;
+                const T *sp = src + (int64_t)n * C * P;
                 float *d = dst + (int64_t)n * C * P;
-                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
-                    const int64_t p = p0 + j;
-                    const int c = c0 + threadIdx.x;
-                    if (c < C && p < P) tile[j][threadIdx.x] = from_half(s[p * C + c]);
+                const int c = c0 + 2 * tx;
+                for (int j = ty; j < TP; j += TROWS) {
+                    const int64_t q = p0 + j;
+                    if (q >= P || c >= C) continue;
+                    const T *i = sp + q * C + c;
+                    if (pairs) {
+                        float f[2];
+                        pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(i), f);
+                        tile[2 * tx][j] = f[0];
+                        tile[2 * tx + 1][j] = f[1];
+                    } else {
+                        tile[2 * tx][j] = pbw_from_half<T>(i[0]);
+                        if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
+                    }
                 }
                 __syncthreads();
-                for (int j = threadIdx.y; j < TILE; j += TILE_ROWS) {
-                    const int c = c0 + j;
-                    const int64_t p = p0 + threadIdx.x;
-                    if (c < C && p < P) {
-                        float v = tile[threadIdx.x][j];
-                        float *o = &d[(int64_t)c * P + p];
-                        *o = accumulate ? *o + v : v;
-                    }
+                const int64_t p = p0 + tx;
+                for (int j = ty; j < TC; j += TROWS) {
+                    const int cc = c0 + j;
+                    if (cc >= C || p >= P) continue;
+                    float *o = &d[(int64_t)cc * P + p];
+                    *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
                 }
                 __syncthreads();
             }
 }
 
 dim3 transpose_grid(int N, int C, int64_t P) {
-    int64_t px = (P + TILE - 1) / TILE, cy = (C + TILE - 1) / TILE;
+    int64_t px = (P + TP - 1) / TP, cy = (C + TC - 1) / TC;
     return dim3((unsigned)(px < 65536 * 32 ? px : 65536 * 32), (unsigned)(cy < 65535 ? cy : 65535),
                 (unsigned)(N < 65535 ? N : 65535));
 }
@@ -741,7 +758,7 @@ dim3 transpose_grid(int N, int C, int64_t P) {
 void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
              const pbw_cuda_premod *pm = nullptr) {
     if ((int64_t)N * C * P == 0) return;
-    dim3 grid = transpose_grid(N, C, P), block(TILE, TILE_ROWS);
+    dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
     const pbw_cuda_premod none = {nullptr, nullptr, nullptr, 0, 0, 0}, &m = pm ? *pm : none;
     if (prec == PBW_PREC_BF16)
         nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__nv_bfloat16 *)dst, src, N, C, P,
@@ -754,7 +771,7 @@ void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
 // (N,P,C) half -> (N,C,P) float, written or added, enqueued.
 void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumulate, int prec) {
     if ((int64_t)N * C * P == 0) return;
-    dim3 grid = transpose_grid(N, C, P), block(TILE, TILE_ROWS);
+    dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
     if (prec == PBW_PREC_BF16)
         nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __nv_bfloat16 *)src, N,
                                                               C, P, accumulate);
