@@ -246,8 +246,10 @@ run() {
     table
 }
 
-# SIDES="pbw torch" (default) or one of them: which side's runs to make
+# SIDES="pbw torch" (default) or one of them: which side's runs to make; TORCH_VARIANTS
+# (default "graph eager graph_bf16 compile"): which PyTorch runs
 want() { case " ${SIDES:-pbw torch} " in *" $1 "*) return 0 ;; esac; return 1; }
+tv() { want torch && case " ${TORCH_VARIANTS:-graph eager graph_bf16 compile} " in *" $1 "*) return 0 ;; esac; return 1; }
 set -f  # the option lists above are split on spaces, never globbed
 PREC1=${PRECISIONS%% *}
 if ! want pbw; then
@@ -257,19 +259,19 @@ elif [ -x build/bench_edit ]; then
 else
     say "no build/bench_edit: pbw skipped"
 fi
-want torch && run torch_graph 60 180 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
+tv graph && run torch_graph 60 180 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
     --max-edit-seconds 20 --label "CUDA graphs, CLIP fp16, generator TF32"
 for p in $PRECISIONS; do
     [ "$p" = "$PREC1" ] && continue
     want pbw && [ -x build/bench_edit ] && run "pbw_$p" 90 180 build/bench_edit $COMMON_PBW --precision "$p" \
         --edit-runs 1
 done
-want torch && run torch_eager 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode eager \
+tv eager && run torch_eager 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode eager \
     --edit-runs 1 --label "eager, CLIP fp16, generator TF32"
-if [ "$TDEVICE" = cuda ] && want torch; then
-    run torch_graph_bf16 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
+if [ "$TDEVICE" = cuda ]; then
+    tv graph_bf16 && run torch_graph_bf16 60 150 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode graph \
         --gen-amp bf16 --edit-runs 1 --label "CUDA graphs, CLIP fp16, generator+LPIPS bf16 autocast"
-    run torch_compile 150 240 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode compile \
+    tv compile && run torch_compile 150 240 $PY tools/reference/paint_edit_gpu.py $COMMON_TORCH --mode compile \
         --edit-runs 1 --label "torch.compile (default mode) + CUDA graphs, CLIP fp16, generator TF32"
 fi
 set +f

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -37,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def load_module(name):
     spec = importlib.util.spec_from_file_location("ref_" + name, os.path.join(HERE, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # torch.compile (dynamo) looks modules up by name
     spec.loader.exec_module(mod)
     return mod
 
