@@ -279,14 +279,29 @@ PBW_TEST(cuda_embedding) {
 #include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_nn.h"
 
+/* A context on dev in precision prec (CUDA) and an empty weight arena; half_end frees both,
+ * puts the precision back and returns rc. */
+static pbw_ctx *half_begin(pbw_device dev, pbw_precision prec, pbw_arena *a) {
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
+    if (ctx && dev == PBW_DEV_CUDA) pbw_cuda_set_precision(prec);
+    pbw_arena_init(a, 1 << 16);
+    return ctx;
+}
+
+static int half_end(pbw_ctx *ctx, pbw_arena *a, int rc) {
+    if (ctx && pbw_ctx_device(ctx) == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
+    pbw_ctx_free(ctx);
+    pbw_arena_free(a);
+    return rc;
+}
+
 static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
                     int64_t M) {
     pbw_err err = {{0}};
-    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
-    if (!ctx) return -1;
-    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(prec);
     pbw_arena a;
-    pbw_arena_init(&a, 1 << 16);
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
     pbw_tensor *w1 = pbw_tensor_new_in(&a, 2, (int64_t[]){M, D}, &err);
     pbw_tensor *b1 = pbw_tensor_new_in(&a, 1, (int64_t[]){M}, &err);
     pbw_tensor *w2 = pbw_tensor_new_in(&a, 2, (int64_t[]){D, M}, &err);
@@ -312,10 +327,7 @@ static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, i
     if (y && pbw_tensor_read(ctx, y, out) == 0) rc = 0;
     else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
 out:
-    pbw_ctx_free(ctx);
-    pbw_arena_free(&a);
-    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
-    return rc;
+    return half_end(ctx, &a, rc);
 }
 
 /* One CLIP block, x (B,T,D) -> x + attn(ln1 x), then + mlp(ln2 .), with weights
@@ -330,12 +342,10 @@ typedef struct {
 static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, float *out,
                       float *mid, int *n_half) {
     pbw_err err = {{0}};
-    pbw_ctx *ctx = pbw_ctx_new(dev, &err);
-    if (!ctx) return -1;
-    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(prec);
-    const int64_t B = bc->B, T = bc->T, D = bc->D, M = bc->M;
     pbw_arena a;
-    pbw_arena_init(&a, 1 << 16);
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
+    const int64_t B = bc->B, T = bc->T, D = bc->D, M = bc->M;
     /* ln1 w, b; qkv w, b; out w, b; ln2 w, b; fc1 w, b; fc2 w, b (second size 0: a vector) */
     const int64_t shapes[12][2] = {{D, 0}, {D, 0}, {3 * D, D}, {3 * D, 0}, {D, D}, {D, 0},
                                    {D, 0}, {D, 0}, {M, D},     {M, 0},     {D, M}, {D, 0}};
@@ -374,10 +384,7 @@ static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, 
         rc = 0;
     else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
 out:
-    pbw_ctx_free(ctx);
-    pbw_arena_free(&a);
-    if (dev == PBW_DEV_CUDA) pbw_cuda_set_precision(PBW_PREC_FP32);
-    return rc;
+    return half_end(ctx, &a, rc);
 }
 #endif
 
