@@ -113,8 +113,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
     }
     /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one */
     if (op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
-        y->half = pbw_ctx_alloc(ctx, (size_t)y->numel * 2);
-        if (!y->half) return NULL;
+        if (!pbw_tensor_half_alloc(ctx, y, 0)) return NULL;
         if (pbw_cuda_unary_forward_half(op, p0, p1, x->data, y->data, y->half, x->numel))
             y->half = NULL; /* no vector path for these sizes: the product reads fp32 */
     } else

@@ -145,13 +145,14 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
             y->half = NULL;
             y->half_only = 0;
         }
-        /* x's half values serve alone when the weight has a half copy; else its fp32 values */
-        if (x->half_only)
-            done = pbw_cuda_linear_lt(NULL, x->half, w->data, bd, rd, y->data, NULL, R, O, I) == 0;
-        if (!done && pbw_tensor_sync_f32(ctx, x)) return NULL;
-        if (!done)
+        /* a half_only x serves when the weight has a half copy; else its fp32 values */
+        done = pbw_cuda_linear_lt(x->half_only ? NULL : x->data, x->half, w->data, bd, rd,
+                                  y->data, NULL, R, O, I) == 0;
+        if (!done && x->half_only) {
+            if (pbw_tensor_sync_f32(ctx, x)) return NULL;
             done = pbw_cuda_linear_lt(x->data, x->half, w->data, bd, rd, y->data, NULL, R, O,
                                       I) == 0;
+        }
     }
 #endif
     if (!done) { /* start from the bias (or zero), add x W^T, then the residual */

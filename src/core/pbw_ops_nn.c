@@ -234,26 +234,29 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     g->scale = scale > 0 ? scale : 1.0f / sqrtf((float)D);
     g->causal = causal;
     pbw_tensor *o = pbw_tensor_new(ctx, 3, (int64_t[]){B, n_queries, W});
+    if (!o) return NULL;
+#ifdef PBW_HAVE_CUDA
+    if (pbw_on_cuda(ctx) && qkv->half_only && pbw_half_out(ctx, &qkv, 1)) {
+        /* half activations: half out, no weights kept */
+        const uint16_t *h = qkv->half;
+        if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
+        if (pbw_cuda_attention_fwd_nograd(g, h, h + W, h + 2 * W, NULL, o->half, 1) == 0)
+            return o;
+        o->half = NULL;
+        o->half_only = 0;
+    }
+#endif
     s.p = saved_floats(ctx, B * heads * n_queries * T);
     float *scratch = attn_scratch(ctx, g);
-    if (!o || !s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
+    if (!s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
+    if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, &qkv, 1)) { /* the weights are not kept */
-        if (qkv->half_only && pbw_half_out(ctx, &qkv, 1)) { /* half activations: half out */
-            const uint16_t *h = qkv->half;
-            if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
-            if (pbw_cuda_attention_fwd_nograd(g, h, h + W, h + 2 * W, s.p, o->half, 1) == 0)
-                return o;
-            o->half = NULL;
-            o->half_only = 0;
-        }
-        if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
         pbw_cuda_attention_fwd_nograd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
                                       o->data, 0);
         return o;
     }
 #endif
-    if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
     PBW_KERNEL(ctx, attention_fwd, g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data,
                scratch);
     if (pbw_needs_grad(ctx, &qkv, 1)) {

@@ -716,6 +716,16 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
     return n;
 }
 
+/* Lists t, whose grad was just set, for pbw_ctx_reset to clear; -1 when out of memory. */
+static int own_grad(pbw_ctx *ctx, pbw_tensor *t) {
+    grad_owner *g = pbw_arena_alloc(&ctx->act, sizeof *g);
+    if (!g) return -1;
+    g->t = t;
+    g->next = ctx->grads;
+    ctx->grads = g;
+    return 0;
+}
+
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
     if (t->grad) return t->grad;
@@ -728,19 +738,14 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     } else
 #endif
         t->grad = pbw_arena_calloc(&ctx->act, bytes);
-    if (!t->grad) return pbw_ctx_fail(ctx, "out of memory for a gradient");
-    grad_owner *g = pbw_arena_alloc(&ctx->act, sizeof *g);
-    if (!g) return pbw_ctx_fail(ctx, "out of memory for a gradient");
-    g->t = t;
-    g->next = ctx->grads;
-    ctx->grads = g;
+    if (!t->grad || own_grad(ctx, t)) return pbw_ctx_fail(ctx, "out of memory for a gradient");
     return t->grad;
 }
 
 /* The gradient buffers of every tensor the backward will reach from the loss, in one block
  * zeroed at once: one memset on a GPU instead of one per tensor (~300 launches an Adam step).
  * The same tensors get gradients as when each is made on first use by pbw_grad. */
-static int alloc_reached_grads(pbw_ctx *ctx) {
+static void alloc_reached_grads(pbw_ctx *ctx) {
     static float pending; /* marks a tensor listed, before its buffer exists */
     size_t total = 0, count = 0;
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
@@ -753,7 +758,7 @@ static int alloc_reached_grads(pbw_ctx *ctx) {
             count++;
         }
     }
-    if (!count) return 0;
+    if (!count) return;
     unsigned char *block;
 #ifdef PBW_HAVE_CUDA
     if (ctx->dev == PBW_DEV_CUDA) {
@@ -767,15 +772,10 @@ static int alloc_reached_grads(pbw_ctx *ctx) {
         for (int i = 0; i < n->nin; i++) {
             pbw_tensor *t = n->in[i];
             if (!t || t->grad != &pending) continue;
-            grad_owner *g = block ? pbw_arena_alloc(&ctx->act, sizeof *g) : NULL;
-            t->grad = g ? (float *)(block + off) : NULL; /* NULL: made one by one by pbw_grad */
+            t->grad = block ? (float *)(block + off) : NULL;
+            if (t->grad && own_grad(ctx, t)) t->grad = NULL; /* NULL: made by pbw_grad */
             off += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
-            if (!g) continue;
-            g->t = t;
-            g->next = ctx->grads;
-            ctx->grads = g;
         }
-    return 0;
 }
 
 int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err) {

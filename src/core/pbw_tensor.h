@@ -50,8 +50,9 @@ typedef struct pbw_tensor {
     int requires_grad;
     struct pbw_tensor *arena_next; /* next tensor of the same weight arena (pbw_tensor_new_in) */
     void *half; /* CUDA, bf16/fp16 precision: a half copy of data in that type, written by the op
-                 * that made the tensor when its output feeds products (layer norm, QuickGELU),
-                 * read by pbw_linear; NULL otherwise */
+                 * that made the tensor when its output feeds products (layer norm, QuickGELU;
+                 * under half activations also linear and attention), read by the ops that take
+                 * half operands; NULL otherwise */
     int half_only; /* half holds the values and data (allocated) is not written yet: an output
                     * made under pbw_ctx_set_half_activations. pbw_tensor_sync_f32 writes data;
                     * ops that do not read halves call it through pbw_op_begin. */

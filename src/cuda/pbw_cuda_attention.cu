@@ -322,8 +322,7 @@ __device__ __forceinline__ void store4(float *o, const float4 &v) {
     *reinterpret_cast<float4 *>(o) = v;
 }
 template <typename H> __device__ __forceinline__ void store4(H *o, const float4 &v) {
-    const float f[4] = {v.x, v.y, v.z, v.w};
-    *reinterpret_cast<uint2 *>(o) = pbw_pack_half<H, 4, uint2>(f);
+    *reinterpret_cast<uint2 *>(o) = pbw_pack_half4<H>(v);
 }
 
 // dst(r, c) = 0 for r < rows, c < cols, rows lds floats apart.

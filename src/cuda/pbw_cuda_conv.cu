@@ -657,52 +657,57 @@ size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 // as half2 words when C is even; one value at a time otherwise).
 const int TP = 32, TC = 64, TROWS = 8; // 64x32 tiles, 32x8 threads
 
+// Calls tile(n, c0, p0) for the tiles of (N, C, P) this block covers: the grid spans (P tiles,
+// C tiles, N) and strides over what does not fit.
+template <class F> __device__ __forceinline__ void for_tiles(int N, int C, int64_t P, F &&tile) {
+    const int64_t ptiles = (P + TP - 1) / TP;
+    const int ctiles = (C + TC - 1) / TC;
+    for (int n = blockIdx.z; n < N; n += gridDim.z)
+        for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
+            for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) tile(n, ct * TC, pt * TP);
+}
+
 // dst (N,P,C) half = src (N,C,P) float. pm.s non-NULL: each value scaled first
-// (pbw_sg_modconv), with pbw_sg_modulate's arithmetic. The grid covers (P tiles, C tiles, N)
-// and strides over what does not fit.
+// (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
 template <typename T>
 __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P,
                                     pbw_cuda_premod pm) {
     __shared__ float tile[TC][TP + 1];
-    const int64_t ptiles = (P + TP - 1) / TP;
-    const int ctiles = (C + TC - 1) / TC, tx = threadIdx.x, ty = threadIdx.y;
+    const int tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = C % 2 == 0;
-    for (int n = blockIdx.z; n < N; n += gridDim.z)
-        for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
-            for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
-                const int c0 = ct * TC;
-                const int64_t p0 = pt * TP, p = p0 + tx;
-                const float *sp = src + (int64_t)n * C * P;
-                T *d = dst + (int64_t)n * C * P;
-                for (int j = ty; j < TC; j += TROWS) {
-                    const int c = c0 + j;
-                    if (c >= C || p >= P) continue;
-                    float v = sp[(int64_t)c * P + p];
-                    if (pm.s) {
-                        float sc = pm.s[n * pm.s_nstride + c];
-                        if (pm.m)
-                            sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c],
-                                                  pm.m[n * pm.m_nstride + p]);
-                        v = __fmul_rn(v, sc);
-                    }
-                    tile[j][tx] = v;
-                }
-                __syncthreads();
-                const int c = c0 + 2 * tx;
-                for (int j = ty; j < TP; j += TROWS) {
-                    const int64_t q = p0 + j;
-                    if (q >= P || c >= C) continue;
-                    T *o = d + q * C + c;
-                    if (pairs) {
-                        const float f[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
-                        *reinterpret_cast<uint32_t *>(o) = pbw_pack_half<T, 2, uint32_t>(f);
-                    } else {
-                        o[0] = pbw_to_half<T>(tile[2 * tx][j]);
-                        if (c + 1 < C) o[1] = pbw_to_half<T>(tile[2 * tx + 1][j]);
-                    }
-                }
-                __syncthreads();
+    for_tiles(N, C, P, [&](int n, int c0, int64_t p0) {
+        const int64_t p = p0 + tx;
+        const float *sp = src + (int64_t)n * C * P;
+        T *d = dst + (int64_t)n * C * P;
+        for (int j = ty; j < TC; j += TROWS) {
+            const int c = c0 + j;
+            if (c >= C || p >= P) continue;
+            float v = sp[(int64_t)c * P + p];
+            if (pm.s) {
+                float sc = pm.s[n * pm.s_nstride + c];
+                if (pm.m)
+                    sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c],
+                                          pm.m[n * pm.m_nstride + p]);
+                v = __fmul_rn(v, sc);
             }
+            tile[j][tx] = v;
+        }
+        __syncthreads();
+        const int c = c0 + 2 * tx;
+        for (int j = ty; j < TP; j += TROWS) {
+            const int64_t q = p0 + j;
+            if (q >= P || c >= C) continue;
+            T *o = d + q * C + c;
+            if (pairs) {
+                const float f[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
+                *reinterpret_cast<uint32_t *>(o) = pbw_pack_half<T, 2, uint32_t>(f);
+            } else {
+                o[0] = pbw_to_half<T>(tile[2 * tx][j]);
+                if (c + 1 < C) o[1] = pbw_to_half<T>(tile[2 * tx + 1][j]);
+            }
+        }
+        __syncthreads();
+    });
 }
 
 // dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose.
@@ -710,41 +715,36 @@ template <typename T>
 __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
                                     int accumulate) {
     __shared__ float tile[TC][TP + 1];
-    const int64_t ptiles = (P + TP - 1) / TP;
-    const int ctiles = (C + TC - 1) / TC, tx = threadIdx.x, ty = threadIdx.y;
+    const int tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = C % 2 == 0;
-    for (int n = blockIdx.z; n < N; n += gridDim.z)
-        for (int ct = blockIdx.y; ct < ctiles; ct += gridDim.y)
-            for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
-                const int c0 = ct * TC;
-                const int64_t p0 = pt * TP;
-                const T *sp = src + (int64_t)n * C * P;
-                float *d = dst + (int64_t)n * C * P;
-                const int c = c0 + 2 * tx;
-                for (int j = ty; j < TP; j += TROWS) {
-                    const int64_t q = p0 + j;
-                    if (q >= P || c >= C) continue;
-                    const T *i = sp + q * C + c;
-                    if (pairs) {
-                        float f[2];
-                        pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(i), f);
-                        tile[2 * tx][j] = f[0];
-                        tile[2 * tx + 1][j] = f[1];
-                    } else {
-                        tile[2 * tx][j] = pbw_from_half<T>(i[0]);
-                        if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
-                    }
-                }
-                __syncthreads();
-                const int64_t p = p0 + tx;
-                for (int j = ty; j < TC; j += TROWS) {
-                    const int cc = c0 + j;
-                    if (cc >= C || p >= P) continue;
-                    float *o = &d[(int64_t)cc * P + p];
-                    *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
-                }
-                __syncthreads();
+    for_tiles(N, C, P, [&](int n, int c0, int64_t p0) {
+        const T *sp = src + (int64_t)n * C * P;
+        float *d = dst + (int64_t)n * C * P;
+        const int c = c0 + 2 * tx;
+        for (int j = ty; j < TP; j += TROWS) {
+            const int64_t q = p0 + j;
+            if (q >= P || c >= C) continue;
+            const T *i = sp + q * C + c;
+            if (pairs) {
+                float f[2];
+                pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(i), f);
+                tile[2 * tx][j] = f[0];
+                tile[2 * tx + 1][j] = f[1];
+            } else {
+                tile[2 * tx][j] = pbw_from_half<T>(i[0]);
+                if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
             }
+        }
+        __syncthreads();
+        const int64_t p = p0 + tx;
+        for (int j = ty; j < TC; j += TROWS) {
+            const int cc = c0 + j;
+            if (cc >= C || p >= P) continue;
+            float *o = &d[(int64_t)cc * P + p];
+            *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
+        }
+        __syncthreads();
+    });
 }
 
 dim3 transpose_grid(int N, int C, int64_t P) {

@@ -141,11 +141,7 @@ __global__ void k_unary_fwd4h(float p0, float p1, const float4 *__restrict__ x, 
         float4 o = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
                                unary_f<OP>(v.z, p0, p1), unary_f<OP>(v.w, p0, p1));
         y[i] = o;
-        H *h = yh + 4 * i;
-        h[0] = pbw_to_half<H>(o.x);
-        h[1] = pbw_to_half<H>(o.y);
-        h[2] = pbw_to_half<H>(o.z);
-        h[3] = pbw_to_half<H>(o.w);
+        reinterpret_cast<uint2 *>(yh)[i] = pbw_pack_half4<H>(o);
     }
 }
 

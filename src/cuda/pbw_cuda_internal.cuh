@@ -110,6 +110,12 @@ __device__ __forceinline__ W pbw_pack_half(const float (&f)[N]) {
     return w;
 }
 
+// A float4 as four values of H in one 8-byte word.
+template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const float4 &v) {
+    const float f[4] = {v.x, v.y, v.z, v.w};
+    return pbw_pack_half<H, 4, uint2>(f);
+}
+
 // Libraries opened at run time (cuSOLVER, CUPTI: pbw needs them only where they are used).
 // pbw_dlopen_first: the first of names[0..n) that loads, or nullptr; pbw_dlsym: f = the symbol,
 // true when found.

@@ -117,6 +117,29 @@ static __device__ __forceinline__ int count_below(const int4 *t, int n, int v, i
     return lo;
 }
 
+// The tiled kernels' tap tables at the start of dynamic shared memory, 16 bytes an entry:
+// column taps xi/xw (R) for the crop's output columns, then row taps yi/yw (rows) for the block's
+// output rows; crop_taps_bytes is their size, crop_tables lays them out, rest is what follows.
+static __host__ __device__ __forceinline__ size_t crop_taps_bytes(int R, int rows) {
+    return ((size_t)2 * R + 2 * (size_t)rows) * 16;
+}
+struct crop_tabs {
+    int4 *xi;
+    float4 *xw;
+    int4 *yi;
+    float4 *yw;
+    float *rest;
+};
+static __device__ __forceinline__ crop_tabs crop_tables(int4 *smem, int R, int rows) {
+    crop_tabs t;
+    t.xi = smem;
+    t.xw = (float4 *)(t.xi + R);
+    t.yi = (int4 *)(t.xw + R);
+    t.yw = (float4 *)(t.yi + rows);
+    t.rest = (float *)(t.yw + rows);
+    return t;
+}
+
 // The forward's output value before the clamp from the taps of its row and column: the
 // per-element kernel's arithmetic, term for term. Row sum j is the column pass of input row
 // iy[j] at output column ox; hsum() forms one, and the forward kernel below either calls it for
@@ -150,11 +173,10 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                           pbw_cuda_norm3 norm, float *__restrict__ out,
                           uint8_t *__restrict__ pass) {
     extern __shared__ int4 crop_smem[];
-    int4 *sxi = crop_smem;
-    float4 *sxw = (float4 *)(sxi + R);
-    int4 *syi = (int4 *)(sxw + R);
-    float4 *syw = (float4 *)(syi + CROP_ROWS);
-    float *hs = (float *)(syw + CROP_ROWS);
+    const crop_tabs tab = crop_tables(crop_smem, R, CROP_ROWS);
+    int4 *sxi = tab.xi, *syi = tab.yi;
+    float4 *sxw = tab.xw, *syw = tab.yw;
+    float *hs = tab.rest;
     const int64_t u = blockIdx.x, b = u / n;
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
@@ -233,8 +255,8 @@ static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int c
 // the taps (16-byte entries: sxi, sxw (R), syi, syw (rows)), then floats gt (rows, R) and
 // tt (rows, sdm), then ints cr (sdm, 2).
 static size_t crops_bwd_smem(int R, int rows, int sdm) {
-    return ((size_t)2 * R + 2 * (size_t)rows) * 16 +
-           ((size_t)rows * R + (size_t)rows * sdm) * sizeof(float) + (size_t)sdm * 2 * sizeof(int);
+    return crop_taps_bytes(R, rows) + ((size_t)rows * R + (size_t)rows * sdm) * sizeof(float) +
+           (size_t)sdm * 2 * sizeof(int);
 }
 
 // Per channel: gt = the tile's gradient at the resize's output (pass ? gy / std * 0.5 : 0, as
@@ -248,11 +270,10 @@ __global__ static void __launch_bounds__(CROP_THREADS)
                           int64_t H, int64_t W, const int *__restrict__ crops, int n, int R,
                           int rows_max, int sdm, pbw_cuda_norm3 norm, float *__restrict__ gx) {
     extern __shared__ int4 crop_smem[];
-    int4 *sxi = crop_smem;
-    float4 *sxw = (float4 *)(sxi + R);
-    int4 *syi = (int4 *)(sxw + R);
-    float4 *syw = (float4 *)(syi + rows_max);
-    float *gt = (float *)(syw + rows_max);
+    const crop_tabs tab = crop_tables(crop_smem, R, rows_max);
+    int4 *sxi = tab.xi, *syi = tab.yi;
+    float4 *sxw = tab.xw, *syw = tab.yw;
+    float *gt = tab.rest;
     float *tt = gt + (size_t)rows_max * R;
     int *cr = (int *)(tt + (size_t)rows_max * sdm);
     const int64_t u = blockIdx.x, b = u / n;
@@ -334,7 +355,7 @@ extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H
     if (total <= 0) return;
     // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
     const int sdm = (int)(H < W ? H : W);
-    const size_t taps = ((size_t)2 * R + 2 * CROP_ROWS) * 16;
+    const size_t taps = crop_taps_bytes(R, CROP_ROWS);
     int nycap = 0;
     if (taps < CROP_SMEM) {
         const int64_t fit = (int64_t)((CROP_SMEM - taps) / ((size_t)R * sizeof(float)));
