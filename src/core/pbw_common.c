@@ -30,6 +30,16 @@ int pbw_err_prefix(pbw_err *err, const char *fmt, ...) {
     return -1;
 }
 
+int pbw_env_zero(const char *name) {
+    const char *e = getenv(name);
+    return e && !strcmp(e, "0");
+}
+
+int pbw_env_set(const char *name) {
+    const char *e = getenv(name);
+    return e && *e && strcmp(e, "0") != 0;
+}
+
 void pbw_assert_fail(const char *expr, const char *file, int line) {
     fprintf(stderr, "pbw: internal error: assertion '%s' failed at %s:%d\n", expr, file, line);
     abort();

@@ -38,6 +38,11 @@ int pbw_err_prefix(pbw_err *err, const char *fmt, ...)
 #endif
     ;
 
+/* Environment switches. pbw_env_zero: the variable is "0" (a feature on by default, turned
+ * off); pbw_env_set: it is set to anything but "" or "0" (one off by default, turned on). */
+int pbw_env_zero(const char *name);
+int pbw_env_set(const char *name);
+
 void pbw_assert_fail(const char *expr, const char *file, int line);
 #define PBW_ASSERT(e) ((e) ? (void)0 : pbw_assert_fail(#e, __FILE__, __LINE__))
 

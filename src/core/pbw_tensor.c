@@ -598,7 +598,7 @@ static double prof_now(void) {
 int pbw_profile_enabled(void) {
     if (g_prof_on < 0) {
         const char *e = getenv("PBW_PROFILE");
-        g_prof_on = e && *e && strcmp(e, "0") != 0;
+        g_prof_on = pbw_env_set("PBW_PROFILE");
 #ifdef PBW_HAVE_CUDA
         /* gpu: device time per op from CUPTI; host times below are then launch costs */
         if (g_prof_on && !strcmp(e, "gpu")) g_prof_gpu = pbw_cuda_trace_on();

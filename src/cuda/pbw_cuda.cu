@@ -177,10 +177,7 @@ extern "C" int pbw_cuda_is_weight(const void *p, size_t bytes) {
 
 // 1 unless the environment variable is "0" (read once).
 static int env_on(const char *name, int *cache) {
-    if (*cache < 0) {
-        const char *e = getenv(name);
-        *cache = !(e && !strcmp(e, "0"));
-    }
+    if (*cache < 0) *cache = !pbw_env_zero(name);
     return *cache;
 }
 

@@ -137,15 +137,10 @@ void plan_destroy(conv_plan *p) {
     p->used = 0;
 }
 
-int env_flag(const char *name) {
-    const char *e = std::getenv(name);
-    return e && *e && std::strcmp(e, "0") != 0;
-}
-
 // PBW_CUDNN_NCHW=1: no staging (the float32 NCHW path for every precision).
 int nchw_only() {
     static int v = -1;
-    if (v < 0) v = env_flag("PBW_CUDNN_NCHW");
+    if (v < 0) v = pbw_env_set("PBW_CUDNN_NCHW");
     return v;
 }
 
@@ -251,14 +246,14 @@ conv_plan *plan_get(const pbw_cpu_conv_geom *g) {
 // PBW_CUDNN_HEURISTIC=1: choose by cudnnGet*_v7 (no benchmarking), as before measuring.
 int use_heuristics() {
     static int v = -1;
-    if (v < 0) v = env_flag("PBW_CUDNN_HEURISTIC");
+    if (v < 0) v = pbw_env_set("PBW_CUDNN_HEURISTIC");
     return v;
 }
 
 // PBW_CUDNN_LOG=1: one line on stderr per choice (geometry, precision, candidates, pick).
 int log_choices() {
     static int v = -1;
-    if (v < 0) v = env_flag("PBW_CUDNN_LOG");
+    if (v < 0) v = pbw_env_set("PBW_CUDNN_LOG");
     return v;
 }
 
@@ -377,8 +372,7 @@ char g_cache_path[4096];
 void cache_open() {
     if (g_cache_state) return;
     g_cache_state = -1;
-    const char *off = std::getenv("PBW_CUDNN_CACHE");
-    if (off && !std::strcmp(off, "0")) return;
+    if (pbw_env_zero("PBW_CUDNN_CACHE")) return;
     char dir[3072];
     const char *d = std::getenv("PBW_CACHE_DIR"), *x = std::getenv("XDG_CACHE_HOME"),
                *h = std::getenv("HOME");

@@ -491,8 +491,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     float *dvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
-    const char *pe = getenv("PBW_CUDA_PIPELINE");
-    if (pbw_objective_can_queue(&r->obj, r->p->dev) && !(pe && !strcmp(pe, "0"))) {
+    if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
         if (!dvals || !dframes) { /* no room: batch by batch */
@@ -655,8 +654,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     int rc = crops && grad ? 0 : pbw_err_set(err, "out of memory");
     int prev = pbw_ctx_set_grad(ctx, 1);
 #ifdef PBW_HAVE_CUDA
-    const char *ge = getenv("PBW_CUDA_GRAPHS");
-    int try_graph = r->p->dev == PBW_DEV_CUDA && !(ge && !strcmp(ge, "0"));
+    int try_graph = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS");
     pbw_cuda_graph *graph = NULL;
     step_out gso = {0};
 #endif
@@ -693,8 +691,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                 if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
                     gso = so;
                 } else {
-                    const char *v = getenv("PBW_VERBOSE");
-                    if (v && *v && strcmp(v, "0"))
+                    if (pbw_env_set("PBW_VERBOSE"))
                         fprintf(stderr, "pbw: the Adam step runs without a CUDA graph (%s)\n",
                                 why[0] ? why : (prc ? cerr.msg : "launch failed"));
                     pbw_cuda_graph_free(graph);
