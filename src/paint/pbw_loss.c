@@ -739,7 +739,10 @@ int pbw_objective_values_queue(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objecti
                                float *lpips, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
     if (!pbw_objective_can_queue(o, pbw_ctx_device(ctx))) return 1;
-    if (check_img(ctx, o, img)) return pbw_ctx_check(ctx, err) ? -1 : -1;
+    if (check_img(ctx, o, img)) {
+        pbw_ctx_check(ctx, err);
+        return -1;
+    }
     const int64_t B = img->shape[0];
     /* the terms' values go to the caller's device memory, each copy queued after its pass */
     pbw_tensor *tl1, *tlp;
