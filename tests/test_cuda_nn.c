@@ -105,6 +105,30 @@ PBW_TEST(cuda_linear_add) {
     }
 }
 
+/* linear_add_into: r + x W^T + b written over r without gradients (cuBLASLt with C = D on the
+ * GPU, in place on the CPU; the function fails when it is not in place), and with gradients
+ * a new tensor and linear_add's gradients. */
+static pbw_tensor *linear_add_into_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    int has_b = *(const int *)arg;
+    pbw_tensor *y = pbw_linear_add_into(ctx, in[0], in[1], has_b ? in[3] : NULL, in[2]);
+    if (y && !in[0]->requires_grad && y != in[2])
+        return pbw_ctx_fail(ctx, "linear_add_into: not written over the residual");
+    return y;
+}
+
+PBW_TEST(cuda_linear_add_into) {
+    const double tol = 1e-5; /* as cuda_linear: fp32 products in another order */
+    for (int has_b = 0; has_b < 2; has_b++)
+        for (int grad = 0; grad < 2; grad++) {
+            parity_input clip[] = {{3, {4, 50, 768}, grad}, {2, {768, 768}, grad},
+                                   {3, {4, 50, 768}, grad}, {1, {768}, grad}};
+            char name[64];
+            snprintf(name, sizeof name, "linear_add_into clip out%s%s", has_b ? " +b" : "",
+                     grad ? " (gradients: a new tensor)" : " (in place)");
+            CHECK(parity_check(name, linear_add_into_fn, &has_b, 3 + has_b, clip, tol) == 0);
+        }
+}
+
 /* ---- layer norm ---- */
 
 static pbw_tensor *ln_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
@@ -431,6 +455,93 @@ PBW_TEST(cuda_half_activations) {
         printf("  fp32 precision with half activations asked: rel err %.2e (tol 1e-5)\n", e);
         CHECK(e <= 1e-5);
         free(ref), free(got), free(rm), free(gm);
+    }
+#endif
+}
+
+/* Attention on half activations: qkv made by a product with a half output (half_only), then
+ * pbw_attention_qkv, against the CPU in fp32. q, k and v are rounded once to the half type, the
+ * tensor-core forward (head size 64, S <= 80) also rounds the softmax weights before P V, and the
+ * output is rounded: a few roundings of 2^-9 (bf16) relative, ~4e-3 of the output's scale, 1e-2
+ * the bound (as cuda_half_activations). *mma: tensor-core launches it made. */
+#ifdef PBW_HAVE_CUDA
+typedef struct {
+    int64_t B, T;
+    int heads, D, causal;
+    int64_t nq;
+} attn_half_case;
+
+static int half_attention(pbw_device dev, pbw_precision prec, const attn_half_case *ac, float *out,
+                          int *half_out, long *mma) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
+    const int64_t I = 96, W = (int64_t)ac->heads * ac->D, R = ac->B * ac->T;
+    pbw_tensor *w = pbw_tensor_new_in(&a, 2, (int64_t[]){3 * W, I}, &err);
+    pbw_tensor *b = pbw_tensor_new_in(&a, 1, (int64_t[]){3 * W}, &err);
+    int rc = -1;
+    if (!w || !b) goto out;
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 23);
+    /* q, k entries ~0.5: scores of 64 terms scaled by 1/8 spread over a few units, softmax
+     * rows neither flat nor one-hot */
+    for (int64_t i = 0; i < w->numel; i++) w->data[i] = 0.15f * (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int64_t i = 0; i < b->numel; i++) b->data[i] = 0.1f * (float)(2 * pbw_rng_uniform(&rng) - 1);
+    if (pbw_arena_to_device(&a, ctx, &err)) goto out;
+    float *xh = malloc((size_t)(R * I) * sizeof(float));
+    for (int64_t i = 0; i < R * I; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 3, (int64_t[]){ac->B, ac->T, I});
+    free(xh);
+    pbw_ctx_set_half_activations(ctx, 1);
+    long before = dev == PBW_DEV_CUDA ? pbw_cuda_attention_mma_calls() : 0;
+    pbw_tensor *qkv = pbw_linear(ctx, x, w, b);
+    pbw_tensor *att = pbw_attention_qkv(ctx, qkv, ac->heads, ac->nq, ac->causal, 0);
+    *mma = dev == PBW_DEV_CUDA ? pbw_cuda_attention_mma_calls() - before : 0;
+    *half_out = att && att->half_only;
+    if (att && pbw_tensor_read(ctx, att, out) == 0) rc = 0;
+    else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+out:
+    return half_end(ctx, &a, rc);
+}
+#endif
+
+PBW_TEST(cuda_attention_half) {
+#ifdef PBW_HAVE_CUDA
+    /* B, T, heads, head size, causal, queries; the first six take the tensor cores (keys in 1
+     * to 5 tiles of 16), the last two do not (head size 32; 81 keys) and run the tiled or the
+     * fp32 forward */
+    const attn_half_case cases[] = {
+        {3, 50, 12, 64, 0, 50}, /* ViT-B/32 */
+        {3, 50, 12, 64, 0, 1},  /* its last block: the class token's query alone */
+        {2, 77, 8, 64, 1, 77},  /* text */
+        {2, 5, 2, 64, 0, 5},    {2, 33, 3, 64, 1, 33}, {2, 80, 2, 64, 0, 80},
+        {2, 20, 4, 32, 0, 20},  {1, 81, 2, 64, 1, 81},
+    };
+    const int n = (int)(sizeof cases / sizeof cases[0]);
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    for (int c = 0; c < n; c++) {
+        const attn_half_case *ac = &cases[c];
+        const int64_t ny = ac->B * ac->nq * ac->heads * ac->D;
+        float *ref = malloc((size_t)ny * sizeof(float)), *got = malloc((size_t)ny * sizeof(float));
+        int ho = 0;
+        long mma = 0;
+        CHECK(half_attention(PBW_DEV_CPU, PBW_PREC_FP32, ac, ref, &ho, &mma) == 0);
+        double sy = 0;
+        for (int64_t i = 0; i < ny; i++) sy = fmax(sy, fabs(ref[i]));
+        CHECK(sy > 0.1); /* a real signal, not zeros */
+        for (int k = 0; k < 2; k++) {
+            CHECK(half_attention(PBW_DEV_CUDA, precs[k], ac, got, &ho, &mma) == 0);
+            double e = 0;
+            for (int64_t i = 0; i < ny; i++) e = fmax(e, fabs(got[i] - ref[i]) / sy);
+            const int want_mma = ac->D == 64 && ac->T <= 80;
+            printf("  B=%lld T=%lld heads=%d D=%d%s queries=%lld, %s: %s, half output %d, "
+                   "rel err %.2e (tol 1e-2)\n", (long long)ac->B, (long long)ac->T, ac->heads,
+                   ac->D, ac->causal ? " causal" : "", (long long)ac->nq,
+                   pbw_precision_name(precs[k]), mma ? "tensor cores" : "other kernel", ho, e);
+            CHECK(e <= 1e-2 && mma == want_mma);
+        }
+        free(ref), free(got);
     }
 #endif
 }

@@ -424,6 +424,52 @@ PBW_TEST(ops_linear_add) {
     free(x); free(w); free(r); free(b);
 }
 
+/* linear_add_into: without gradients it writes r + linear(x, w, b) over r and returns r (the
+ * same values as linear_add up to the order of the two adds: 1e-6); when r itself is x, when
+ * a gradient is recorded, or when the tape holds an op that may need r, it returns a new tensor
+ * and leaves r alone (the gradients are then linear_add's). */
+static pbw_tensor *linear_add_into_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    /* a copy of r to write over: the finite differences reuse the inputs */
+    return pbw_linear_add_into(ctx, in[0], in[1], in[3], pbw_add_scalar(ctx, in[2], 0.0f));
+}
+
+PBW_TEST(ops_linear_add_into) {
+    int64_t R = 6, I = 7, O = 5;
+    float *x = gc_rand(R * I, 57, -1, 1), *w = gc_rand(O * I, 58, -1, 1);
+    float *r = gc_rand(R * O, 59, -1, 1), *b = gc_rand(O, 60, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){R, I});
+    pbw_tensor *tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+    pbw_tensor *tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+    pbw_tensor *ref = pbw_linear_add(ctx, tx, tw, tb, pbw_tensor_wrap(ctx, r, 2, (int64_t[]){R, O}));
+    for (int has_b = 0; has_b < 2; has_b++) {
+        pbw_tensor *tr = pbw_tensor_from_host(ctx, r, 2, (int64_t[]){R, O}); /* a copy of r */
+        pbw_tensor *nob = has_b ? NULL : pbw_linear_add(ctx, tx, tw, NULL, tr);
+        pbw_tensor *y = pbw_linear_add_into(ctx, tx, tw, has_b ? tb : NULL, tr);
+        CHECK(y == tr); /* written over r */
+        const pbw_tensor *want = has_b ? ref : nob;
+        double e = 0;
+        for (int64_t i = 0; y && want && i < y->numel; i++)
+            e = fmax(e, fabs(y->data[i] - want->data[i]));
+        CHECK(y && want && e <= 1e-6);
+    }
+    /* r aliasing x: a new tensor */
+    pbw_tensor *sq = pbw_tensor_from_host(ctx, r, 2, (int64_t[]){R, O});
+    pbw_tensor *sw = pbw_tensor_from_host(ctx, w, 2, (int64_t[]){O, O});
+    CHECK(pbw_linear_add_into(ctx, sq, sw, NULL, sq) != sq);
+    /* an op on the tape may need r: a new tensor, r unchanged */
+    pbw_tensor *lx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, I});
+    lx->requires_grad = 1;
+    pbw_tensor *tr = pbw_tensor_from_host(ctx, r, 2, (int64_t[]){R, O});
+    pbw_tensor *m = pbw_mul(ctx, pbw_linear(ctx, lx, tw, NULL), tr); /* saves tr for backward */
+    pbw_tensor *y = pbw_linear_add_into(ctx, tx, tw, tb, tr);
+    CHECK(m && y && y != tr && tr->data[0] == r[0] && tr->data[R * O - 1] == r[R * O - 1]);
+    pbw_ctx_free(ctx);
+    gc_input in[4] = {{2, {R, I}, x, 1}, {2, {O, I}, w, 1}, {2, {R, O}, r, 1}, {1, {O}, b, 1}};
+    CHECK(gc_check("linear_add_into", linear_add_into_fn, NULL, 4, in, (gc_opts){0}) == 0);
+    free(x); free(w); free(r); free(b);
+}
+
 /* Only the inputs that ask for a gradient get one: weights stay without (painting's rule). */
 PBW_TEST(ops_no_weight_grad) {
     pbw_ctx *ctx = new_ctx();

@@ -29,6 +29,13 @@ pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b
  * product on the GPU, r read as its C). */
 pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
                            pbw_tensor *r);
+/* The same, written over r when nothing can need r's old values (no gradient recorded for
+ * this op, an empty tape): returns r then, else a new tensor as pbw_linear_add. For a residual
+ * stream whose old values the caller drops (CLIP's blocks without gradients: no new tensor, so
+ * a block's temporaries are freed without moving its output). r must be the caller's own
+ * activation, never a weight or a tensor still to be read. */
+pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                                pbw_tensor *r);
 
 /* ---------- convolution and resampling (src/cpu/pbw_cpu_conv.c, pbw_cpu_resample.c) ---------- */
 

@@ -111,9 +111,11 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
 }
 
 /* y = x W^T (+ b) (+ r). x may be half_only (half activations): the product reads its half
- * values; y is then half_only too when no residual is added. */
+ * values; y is then half_only too when no residual is added. into: y is r itself (r += ...)
+ * when nothing can need r's old values: no gradient for this op and an empty tape (an op
+ * recorded earlier may have saved r for its backward); else a new tensor as without it. */
 static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w,
-                          pbw_tensor *b, pbw_tensor *r) {
+                          pbw_tensor *b, pbw_tensor *r, int into) {
     pbw_tensor *in[4] = {x, w, b, r};
     if (pbw_op_begin_half(ctx, op, 1, &x) || pbw_op_begin(ctx, op, 1, &w) ||
         (b && pbw_op_begin(ctx, op, 1, &b)) || (r && pbw_op_begin(ctx, op, 1, &r)))
@@ -131,9 +133,14 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
     if (r && (r->ndim != x->ndim || memcmp(r->shape, oshape, sizeof(int64_t) * (size_t)x->ndim)))
         return pbw_ctx_fail(ctx, "%s: the residual %s differs from the output's shape", op,
                             pbw_shape_str(r, sx, sizeof sx));
-    pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
-    if (!y) return NULL;
     const int nin = r ? 4 : b ? 3 : 2;
+    pbw_tensor *y = NULL;
+    if (into && r != x && r->data != x->data && !pbw_needs_grad(ctx, in, nin) &&
+        !pbw_ctx_mark_get(ctx).tape) {
+        y = r;
+        r->half = NULL; /* r's values change: a half copy would be stale */
+    } else if (!(y = pbw_tensor_new(ctx, x->ndim, oshape)))
+        return NULL;
     int done = 0;
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx)) { /* one product with the bias (and residual) in its epilogue */
@@ -155,7 +162,14 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
         }
     }
 #endif
-    if (!done) { /* start from the bias (or zero), add x W^T, then the residual */
+    if (!done && y == r) { /* in place: r += x W^T, then the bias */
+        PBW_KERNEL(ctx, gemm_batched, 0, 1, R, O, I, 1, x->data, I, 0, w->data, I, 0, 1.0f,
+                   y->data, O, 0, 1);
+        if (b) {
+            int64_t shape[5] = {1, 1, 1, R, O}, sb[5] = {0, 0, 0, 0, 1}, sy[5] = {0, 0, 0, O, 1};
+            PBW_KERNEL(ctx, accumulate, shape, b->data, sb, y->data, sy, 1.0f);
+        }
+    } else if (!done) { /* start from the bias (or zero), add x W^T, then the residual */
         if (b) {
 #ifdef PBW_HAVE_CUDA
             if (pbw_on_cuda(ctx)) pbw_cuda_bias_rows_forward(b->data, y->data, R, O);
@@ -178,11 +192,17 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
 }
 
 pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
-    return linear(ctx, "linear", x, w, b, NULL);
+    return linear(ctx, "linear", x, w, b, NULL, 0);
 }
 
 pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
                            pbw_tensor *r) {
     if (!r && !pbw_ctx_failed(ctx)) return pbw_ctx_fail(ctx, "linear_add: the residual is NULL");
-    return linear(ctx, "linear_add", x, w, b, r);
+    return linear(ctx, "linear_add", x, w, b, r, 0);
+}
+
+pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
+                                pbw_tensor *r) {
+    if (!r && !pbw_ctx_failed(ctx)) return pbw_ctx_fail(ctx, "linear_add: the residual is NULL");
+    return linear(ctx, "linear_add", x, w, b, r, 1);
 }

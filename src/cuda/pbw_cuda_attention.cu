@@ -1,7 +1,8 @@
 // pbw_cuda_attention.cu: scaled dot-product attention on the GPU (see pbw_cuda_nn.h), with the
 // strided geometry of pbw_cpu_attention_* (src/cpu/pbw_cpu_nn.c).
 //
-// Three paths each way, the first that fits is taken:
+// Three paths each way, the first that fits is taken (on half activations without weights kept,
+// a tensor-core forward comes first: see "Tensor cores" below):
 //
 // 1. Tiled (CLIP's shapes; head size a multiple of 4, 16-byte aligned rows). One block per
 //    (batch, head) stages the head in shared memory with cp.async and computes every product as
@@ -660,6 +661,213 @@ template <typename T> static bool vec4_ok(const T *ptr, const int64_t *st) {
            ((uintptr_t)ptr % 16 == 0 && st[0] % n == 0 && st[1] % n == 0 && st[2] % n == 0);
 }
 
+// ---- Tensor cores: the forward on half activations (no weights kept) ----
+//
+// mma.sync m16n8k16 with half operands and fp32 accumulators (sm_80+). One block per
+// (batch, head) stages K (rows past S zero), V transposed (V^T: keys along rows, so that a
+// B fragment of P V is one 32-bit load, as for Q K^T) and Q (rows past T zero) in shared
+// memory; each warp owns 16 query rows at a time. Its scores, 16 x 16 KT, stay in the
+// accumulator registers; the softmax runs on them (a row lies in the 4 lanes of a quad:
+// two shuffles), and the C fragments of two adjacent 8-key tiles are the A fragment of
+// 16 keys of P V (FlashAttention-2's register reuse), rounded to the half type. The row sums
+// of the rounded-before-sum weights divide the output at the end. Fragment layouts: PTX ISA,
+// "Matrix Fragments for mma.m16n8k16": with g = lane / 4 and c = 2 (lane % 4), A holds
+// (g, c..c+1), (g+8, c..), (g, c+8..), (g+8, c+8..); B (k = c..c+1, n = g), (k = c+8.., n = g);
+// C (g, c..c+1), (g+8, c..c+1).
+static const int MMA_D = 64;      // head size (CLIP: 64)
+static const int MMA_THREADS = 128; // 4 warps
+static const int MMA_KT_MAX = 5;  // keys up to 80 (16 KT)
+
+template <typename H> __device__ __forceinline__ uint32_t mma_pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t mma_pack<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lo) in the low 16 bits
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <> __device__ __forceinline__ uint32_t mma_pack<__half>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// c += a b, a 16 x 16 (row), b 16 x 8 (col), c 16 x 8 fp32.
+template <typename H>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                         uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename H> __device__ __forceinline__ float2 half_pair(uint32_t w) {
+    const H *h = reinterpret_cast<const H *>(&w);
+    return make_float2(pbw_from_half<H>(h[0]), pbw_from_half<H>(h[1]));
+}
+
+template <typename H> __device__ __forceinline__ uint32_t ld32(const H *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+// Shared halves of the tensor-core forward: K (S16, LDK), V^T (D, S16 + 8), Q (T16, LDK). The
+// strides (in 32-bit words 36, and 12, 20, 28, 36 or 44 for V^T) put the 8 rows g of a
+// fragment load in 8 different groups of 4 banks.
+static const int MMA_LDK = MMA_D + 8;
+static size_t mma_smem_bytes(int64_t T, int kt) {
+    const int64_t s16 = 16 * kt, t16 = (T + 15) / 16 * 16;
+    return 2 * (size_t)(s16 * MMA_LDK + MMA_D * (s16 + 8) + t16 * MMA_LDK);
+}
+
+template <int KT, typename H>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    attention_fwd_mma_kernel(pbw_attn_geom g, const H *q, const H *k, const H *v, H *o) {
+    constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, LDV = S16 + 8, C8 = D / 8;
+    extern __shared__ uint4 smem_u4[];
+    H *Ks = reinterpret_cast<H *>(smem_u4), *Vt = Ks + S16 * LDK, *Qs = Vt + D * LDV;
+    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
+    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
+    const H *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const H *vh = v + b * g.v[0] + h * g.v[1];
+    H *oh = o + b * g.o[0] + h * g.o[1];
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int x = tid; x < S16 * C8; x += MMA_THREADS) {
+        const int r = x / C8, c = 8 * (x % C8);
+        const uint4 kv = r < S ? *reinterpret_cast<const uint4 *>(kh + r * g.k[2] + c) : zero;
+        const uint4 vv = r < S ? *reinterpret_cast<const uint4 *>(vh + r * g.v[2] + c) : zero;
+        *reinterpret_cast<uint4 *>(Ks + r * LDK + c) = kv;
+        const H *ve = reinterpret_cast<const H *>(&vv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) Vt[(c + e) * LDV + r] = ve[e];
+    }
+    for (int x = tid; x < T16 * C8; x += MMA_THREADS) {
+        const int r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Qs + r * LDK + c) =
+            r < T ? *reinterpret_cast<const uint4 *>(qh + r * g.q[2] + c) : zero;
+    }
+    __syncthreads();
+    const int lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
+    const float sl2 = g.scale * 1.4426950408889634f; // exp(x) = exp2(x log2 e)
+    for (int mt = tid / 32; mt < T16 / 16; mt += MMA_THREADS / 32) {
+        const H *Qw = Qs + mt * 16 * LDK;
+        float sc[2 * KT][4];
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < D; kd += 16) {
+            const uint32_t a[4] = {ld32(Qw + gr * LDK + kd + c2), ld32(Qw + (gr + 8) * LDK + kd + c2),
+                                   ld32(Qw + gr * LDK + kd + c2 + 8),
+                                   ld32(Qw + (gr + 8) * LDK + kd + c2 + 8)};
+#pragma unroll
+            for (int n = 0; n < 2 * KT; n++) {
+                const H *kr = Ks + (8 * n + gr) * LDK + kd + c2;
+                mma_16816<H>(sc[n], a, ld32(kr), ld32(kr + 8));
+            }
+        }
+        // softmax of rows t0 (sc[.][0..1]) and t1 = t0 + 8 (sc[.][2..3]); keys past S (or past
+        // the row, causal) are left out; every row keeps key 0, so the maxima are finite
+        const int t0 = 16 * mt + gr, t1 = t0 + 8;
+        const int n0 = g.causal ? min(t0 + 1, S) : S, n1 = g.causal ? min(t1 + 1, S) : S;
+        float m0 = -INFINITY, m1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int s = 8 * n + c2 + e;
+                sc[n][e] = s < n0 ? sc[n][e] * sl2 : -INFINITY;
+                sc[n][2 + e] = s < n1 ? sc[n][2 + e] * sl2 : -INFINITY;
+                m0 = fmaxf(m0, sc[n][e]);
+                m1 = fmaxf(m1, sc[n][2 + e]);
+            }
+        m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
+        m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
+        m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
+        m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
+        float acc[C8][4];
+#pragma unroll
+        for (int n = 0; n < C8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        float l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KT; j++) {
+            uint32_t a[4];
+#pragma unroll
+            for (int u = 0; u < 2; u++) { // keys 16 j + 8 u ..
+                float *s = sc[2 * j + u];
+                // the weights as the product will see them: rounded, and summed so
+                const uint32_t p0 = mma_pack<H>(exp2f(s[0] - m0), exp2f(s[1] - m0));
+                const uint32_t p1 = mma_pack<H>(exp2f(s[2] - m1), exp2f(s[3] - m1));
+                float2 f0 = half_pair<H>(p0), f1 = half_pair<H>(p1);
+                l0 += f0.x + f0.y;
+                l1 += f1.x + f1.y;
+                a[2 * u] = p0;
+                a[2 * u + 1] = p1;
+            }
+#pragma unroll
+            for (int n = 0; n < C8; n++) {
+                const H *vr = Vt + (8 * n + gr) * LDV + 16 * j + c2;
+                mma_16816<H>(acc[n], a, ld32(vr), ld32(vr + 8));
+            }
+        }
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+        for (int n = 0; n < C8; n++) {
+            if (t0 < T)
+                *reinterpret_cast<uint32_t *>(oh + t0 * g.o[2] + 8 * n + c2) =
+                    mma_pack<H>(acc[n][0] * i0, acc[n][1] * i0);
+            if (t1 < T)
+                *reinterpret_cast<uint32_t *>(oh + t1 * g.o[2] + 8 * n + c2) =
+                    mma_pack<H>(acc[n][2] * i1, acc[n][3] * i1);
+        }
+    }
+}
+
+static long g_mma_calls = 0;
+extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
+
+template <int KT, typename H>
+static bool fwd_mma_launch(const pbw_attn_geom *g, const H *q, const H *k, const H *v, H *o) {
+    static size_t opted = 0;
+    const size_t bytes = mma_smem_bytes(g->T, KT);
+    if (bytes > smem_optin_max() || !smem_allow(attention_fwd_mma_kernel<KT, H>, bytes, &opted))
+        return false;
+    attention_fwd_mma_kernel<KT, H><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
+                                      pbw_stream()>>>(*g, q, k, v, o);
+    PBW_CUDA_LAUNCHED("attention_fwd (tensor cores)");
+    g_mma_calls++;
+    return true;
+}
+
+// The tensor-core forward for head size 64 and S <= 80 on 16-byte aligned rows; false
+// (nothing launched) otherwise. (The build's targets are sm_80 and sm_90.)
+template <typename H>
+static bool fwd_mma(const pbw_attn_geom *g, const H *q, const H *k, const H *v, H *o) {
+    const int64_t BH = g->B * g->H, LIM = 1 << 12; // keeps every in-head index an int
+    const int kt = (int)((g->S + 15) / 16);
+    if (BH > 0x7fffffff || g->T > LIM || g->S < 1 || kt > MMA_KT_MAX || g->D != MMA_D ||
+        !vec4_ok(q, g->q) || !vec4_ok(k, g->k) || !vec4_ok(v, g->v) ||
+        !vec4_ok(o, g->o))
+        return false;
+    switch (kt) {
+    case 1: return fwd_mma_launch<1>(g, q, k, v, o);
+    case 2: return fwd_mma_launch<2>(g, q, k, v, o);
+    case 3: return fwd_mma_launch<3>(g, q, k, v, o);
+    case 4: return fwd_mma_launch<4>(g, q, k, v, o); // ViT-B/32: 50 tokens
+    default: return fwd_mma_launch<5>(g, q, k, v, o); // text: 77 tokens
+    }
+}
+
 template <typename In, typename Out>
 static bool fwd_tiled(const pbw_attn_geom *g, const In *q, const In *k, const In *v, float *p,
                       Out *o) {
@@ -795,11 +1003,15 @@ extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void 
         return 0;
     }
     if (g->S <= 0) return -1;
-    if (pbw_cuda_precision() == PBW_PREC_FP16)
-        return fwd_tiled(g, (const __half *)q, (const __half *)k, (const __half *)v,
-                         (float *)nullptr, (__half *)o) ? 0 : -1;
-    return fwd_tiled(g, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k,
-                     (const __nv_bfloat16 *)v, (float *)nullptr, (__nv_bfloat16 *)o) ? 0 : -1;
+    if (pbw_cuda_precision() == PBW_PREC_FP16) {
+        const __half *qh = (const __half *)q, *kh = (const __half *)k, *vh = (const __half *)v;
+        return fwd_mma(g, qh, kh, vh, (__half *)o) ||
+                       fwd_tiled(g, qh, kh, vh, (float *)nullptr, (__half *)o) ? 0 : -1;
+    }
+    const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q, *kb = (const __nv_bfloat16 *)k;
+    const __nv_bfloat16 *vb = (const __nv_bfloat16 *)v;
+    return fwd_mma(g, qb, kb, vb, (__nv_bfloat16 *)o) ||
+                   fwd_tiled(g, qb, kb, vb, (float *)nullptr, (__nv_bfloat16 *)o) ? 0 : -1;
 }
 
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,

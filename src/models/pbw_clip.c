@@ -651,25 +651,28 @@ static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
     pbw_tensor *qkv = pbw_linear(ctx, h, b->qkv_w, b->qkv_b);           /* (B,T,3W) */
     pbw_tensor *a = pbw_attention_qkv(ctx, qkv, c->heads, Tq, causal, 0); /* (B,Tq,W) */
     if (Tq < T) x = pbw_slice(ctx, x, 1, 0, Tq, 1);
-    x = pbw_linear_add(ctx, a, b->out_w, b->out_b, x);
+    x = pbw_linear_add_into(ctx, a, b->out_w, b->out_b, x); /* x itself without gradients */
     h = pbw_layer_norm(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps);
     h = pbw_linear(ctx, h, b->fc1_w, b->fc1_b);                          /* (B,Tq,M) */
     h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, h) : pbw_quick_gelu(ctx, h);
-    return pbw_linear_add(ctx, h, b->fc2_w, b->fc2_b, x);
+    return pbw_linear_add_into(ctx, h, b->fc2_w, b->fc2_b, x);
 }
 
 /* The blocks of a tower, each one's temporaries freed as it ends when no gradient is recorded.
  * Inside them every product runs on half operands on a GPU in bf16/fp16, so the activations
  * between products stay in that half type (pbw_ctx_set_half_activations); the residual stream
- * stays fp32. n_last: the positions the last block computes. */
+ * stays fp32, and without gradients the residual adds write over it (pbw_linear_add_into: x,
+ * the tower's own activation, is consumed). n_last: the positions the last block computes. */
 static pbw_tensor *blocks_forward(pbw_ctx *ctx, const pbw_clip_block *blocks,
                                   const pbw_clip_tower_config *c, pbw_tensor *x, int causal,
                                   int64_t n_last) {
     int half = pbw_ctx_set_half_activations(ctx, 1);
     for (int i = 0; i < c->layers && x; i++) {
         pbw_ctx_mark mk = pbw_ctx_mark_get(ctx);
+        pbw_tensor *in = x;
         x = block_forward(ctx, &blocks[i], c, x, causal, i + 1 < c->layers ? x->shape[1] : n_last);
-        if (pbw_ctx_release(ctx, mk, 1, &x)) x = NULL;
+        /* the residual adds wrote over the input (no gradients): x predates the mark */
+        if (pbw_ctx_release(ctx, mk, x == in ? 0 : 1, &x)) x = NULL;
     }
     pbw_ctx_set_half_activations(ctx, half);
     return x;
