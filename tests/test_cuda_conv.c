@@ -339,16 +339,21 @@ typedef struct {
     int moved;
 } sgconv_arg;
 
-static pbw_tensor *sgconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
-    sgconv_arg *a = arg;
-    if (pbw_ctx_device(ctx) == PBW_DEV_CPU) return pbw_sg_conv(ctx, in[0], a->cpu);
+/* The plan for ctx's device (the GPU's weight moved on first use), or NULL with ctx failed. */
+static const pbw_sg_conv_plan *plan_for(pbw_ctx *ctx, sgconv_arg *a) {
+    if (pbw_ctx_device(ctx) == PBW_DEV_CPU) return a->cpu;
     if (!a->moved) {
         pbw_err err = {{0}};
         if (pbw_arena_to_device(a->gpu_arena, ctx, &err))
             return pbw_ctx_fail(ctx, "moving the weight: %s", err.msg);
         a->moved = 1;
     }
-    return pbw_sg_conv(ctx, in[0], a->gpu);
+    return a->gpu;
+}
+
+static pbw_tensor *sgconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const pbw_sg_conv_plan *pl = plan_for(ctx, arg);
+    return pl ? pbw_sg_conv(ctx, in[0], pl) : NULL;
 }
 
 typedef struct {
@@ -475,15 +480,10 @@ typedef struct {
 /* in: x, s, then s0 and m when masked */
 static pbw_tensor *modconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     modconv_arg *a = arg;
-    if (pbw_ctx_device(ctx) == PBW_DEV_CUDA && !a->conv.moved) {
-        pbw_err err = {{0}};
-        if (pbw_arena_to_device(a->conv.gpu_arena, ctx, &err))
-            return pbw_ctx_fail(ctx, "moving the weight: %s", err.msg);
-        a->conv.moved = 1;
-    }
-    const pbw_sg_conv_plan *pl = pbw_ctx_device(ctx) == PBW_DEV_CPU ? a->conv.cpu : a->conv.gpu;
-    return pbw_sg_modconv(ctx, in[0], in[1], a->masked ? in[2] : NULL, a->masked ? in[3] : NULL,
-                          pl);
+    const pbw_sg_conv_plan *pl = plan_for(ctx, &a->conv);
+    return pl ? pbw_sg_modconv(ctx, in[0], in[1], a->masked ? in[2] : NULL,
+                               a->masked ? in[3] : NULL, pl)
+              : NULL;
 }
 
 /* Without gradients (the CMA path) the GPU scales x while staging it; with them it runs
@@ -565,6 +565,117 @@ PBW_TEST(cuda_sg_modconv) {
             free(ha), free(hb);
         }
         free(hx), free(hs), free(hm);
+    }
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&ga);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* ---------- sg_modconv_act: the activation applied as the output is copied back ---------- */
+
+/* in: x, s, d (per channel (N,O) or per pixel (N,O,H,W)), noise (N,1,H,W), bias (O) */
+static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const pbw_sg_conv_plan *pl = plan_for(ctx, arg);
+    return pl ? pbw_sg_modconv_act(ctx, in[0], in[1], NULL, NULL, pl, in[2], in[3], in[4], 0.7f,
+                                   0.2f, sqrtf(2.0f))
+              : NULL;
+}
+
+/* Without gradients on staged convolutions (bf16) the GPU applies StyleGAN2's bias and
+ * activation as the output is copied back; with them, or in fp32, it runs pbw_sg_modconv and
+ * pbw_sg_bias_act. Against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in fp32), per-channel
+ * and per-pixel demodulation. The copy back uses pbw_sg_bias_act's arithmetic, so on the GPU
+ * the fused op also equals the two ops exactly (bit for bit in bf16, with and without the
+ * mask, noise and bias). */
+PBW_TEST(cuda_sg_modconv_act) {
+#ifdef PBW_HAVE_CUDA
+    const int N = 2, C = 64, H = 16, W = 16, O = 32;
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP32};
+    for (int pi = 0; pi < 2; pi++)
+        for (int per_pixel = 0; per_pixel < 2; per_pixel++)
+            for (int grad = 0; grad < 2; grad++) {
+                pbw_err err = {{0}};
+                pbw_arena ca, ga;
+                pbw_arena_init(&ca, 1 << 16);
+                pbw_arena_init(&ga, 1 << 16);
+                int64_t ws[4] = {O, C, 3, 3};
+                pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
+                pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
+                CHECK(wc && wg);
+                if (!wc || !wg) continue;
+                for (int64_t j = 0; j < wc->numel; j++)
+                    wc->data[j] = wg->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+                sgconv_arg arg = {pbw_sg_conv_prepare(&ca, wc, 0, &err),
+                                  pbw_sg_conv_prepare(&ga, wg, 0, &err), &ga, 0};
+                parity_input in[] = {{4, {N, C, H, W}, grad},
+                                     {2, {N, C}, grad, 0.5f, 1.5f},
+                                     {per_pixel ? 4 : 2, {N, O, H, W}, grad, 0.5f, 1.5f},
+                                     {4, {N, 1, H, W}, grad},
+                                     {1, {O}, grad}};
+                char name[96];
+                snprintf(name, sizeof name, "sg_modconv_act %s, d per %s%s",
+                         pbw_precision_name(precs[pi]), per_pixel ? "pixel" : "channel",
+                         grad ? " +grad" : "");
+                pbw_cuda_set_precision(precs[pi]);
+                const long before = pbw_cuda_sg_postact_calls();
+                CHECK(arg.cpu && arg.gpu &&
+                      parity_check(name, modconv_act_fn, &arg, 5, in,
+                                   pi == 0 ? TOL_HALF : TOL_CONV) == 0);
+                /* fused exactly when staged (bf16) and without gradients */
+                CHECK(pbw_cuda_sg_postact_calls() - before == (pi == 0 && !grad));
+                pbw_cuda_set_precision(PBW_PREC_FP32);
+                pbw_arena_free(&ga);
+                pbw_arena_free(&ca);
+            }
+    /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_arena ga;
+    pbw_arena_init(&ga, 1 << 16);
+    pbw_tensor *w = pbw_tensor_new_in(&ga, 4, (int64_t[]){O, C, 3, 3}, &err);
+    CHECK(ctx && w);
+    if (ctx && w) {
+        for (int64_t j = 0; j < w->numel; j++) w->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&ga, w, 0, &err);
+        CHECK(pl && pbw_arena_to_device(&ga, ctx, &err) == 0);
+        const int64_t nx = (int64_t)N * C * H * W, np = (int64_t)N * O * H * W;
+        float *h = malloc((size_t)(nx + np + 4 * N * H * W + 4 * C) * sizeof(float));
+        for (int64_t j = 0; j < nx + np + 4 * N * H * W + 4 * C; j++)
+            h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *dp = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){N, O, H, W});
+        pbw_tensor *nz = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *nz1 = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){1, 1, H, W});
+        pbw_tensor *m = pbw_tensor_from_host(ctx, h + nx + np + N * H * W, 4,
+                                             (int64_t[]){N, 1, H, W});
+        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+        pbw_tensor *s0 = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + C, 2, (int64_t[]){1, C}), 0.5f, 1.0f);
+        pbw_tensor *dc = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + 3 * C, 2, (int64_t[]){N, O}), 0.5f, 1.0f);
+        pbw_tensor *bias = pbw_tensor_from_host(ctx, h + 2 * C, 1, (int64_t[]){O});
+        pbw_tensor *mm = pbw_affine(ctx, pbw_abs(ctx, m), 1.0f, 0.0f); /* in [0, 1] */
+        struct { pbw_tensor *d, *noise, *bias, *m; } v[5] = {
+            {dc, nz, bias, NULL}, {dp, nz1, bias, NULL}, {NULL, NULL, NULL, NULL},
+            {dc, nz, NULL, mm}, {dp, NULL, bias, mm}};
+        const long before = pbw_cuda_sg_postact_calls();
+        for (int k = 0; k < 5; k++) {
+            pbw_tensor *s0k = v[k].m ? s0 : NULL;
+            pbw_tensor *a = pbw_sg_modconv_act(ctx, x, s, s0k, v[k].m, pl, v[k].d, v[k].noise,
+                                               v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
+            pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
+                                            v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
+            CHECK_MSG(a && b && a->numel == b->numel, "variant %d: %s", k, pbw_ctx_error(ctx));
+            if (a && b) {
+                float *ha = malloc((size_t)a->numel * sizeof(float));
+                float *hb = malloc((size_t)b->numel * sizeof(float));
+                CHECK(pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0);
+                CHECK_MSG(memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0, "variant %d", k);
+                free(ha), free(hb);
+            }
+        }
+        CHECK(pbw_cuda_sg_postact_calls() - before == 5); /* each variant fused */
+        free(h);
     }
     pbw_ctx_free(ctx);
     pbw_arena_free(&ga);

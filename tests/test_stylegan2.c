@@ -803,6 +803,57 @@ PBW_TEST(stylegan2_op_sg_modconv) {
     pbw_arena_free(&a);
 }
 
+/* slope 1: no kink for the finite differences to straddle (the leaky slope's own gradient is
+ * stylegan2_op_sg_bias_act's, which keeps its inputs off the kink) */
+static pbw_tensor *f_modconv_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_modconv_act(ctx, in[0], in[1], in[2], in[3], (const pbw_sg_conv_plan *)user,
+                              in[4], in[5], in[6], 0.7f, 1.0f, sqrtf(2.0f));
+}
+
+/* pbw_sg_modconv_act on the CPU is pbw_sg_modconv then pbw_sg_bias_act: the same floats, and
+ * the gradients of x, the styles, the mask, d, the noise and the bias (the GPU's fused copy
+ * back: cuda_sg_modconv_act). */
+PBW_TEST(stylegan2_op_sg_modconv_act) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    const int N = 2, C = 3, H = 5, W = 4, O = 4;
+    pbw_tensor *w = pbw_tensor_new_in(&a, 4, (int64_t[]){O, C, 3, 3}, &err);
+    gc_fill(w->data, w->numel, 125, -1, 1);
+    pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&a, w, 0, &err);
+    CHECK_MSG(pl != NULL, "%s", err.msg);
+    float *xd = gc_rand(N * C * H * W, 126, -1, 1), *sd = gc_rand(N * C, 127, 0.5f, 1.5f);
+    float *s0d = gc_rand(C, 128, 0.5f, 1.5f), *md = gc_rand(N * H * W, 129, 0, 1);
+    float *dd = gc_rand(N * O, 130, 0.5f, 1.5f), *nd = gc_rand(N * H * W, 131, -1, 1);
+    float *bd = gc_rand(O, 132, -0.5f, 0.5f);
+    if (pl) {
+        pbw_tensor *x = pbw_tensor_wrap(ctx, xd, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *s = pbw_tensor_wrap(ctx, sd, 2, (int64_t[]){N, C});
+        pbw_tensor *s0 = pbw_tensor_wrap(ctx, s0d, 2, (int64_t[]){1, C});
+        pbw_tensor *m = pbw_tensor_wrap(ctx, md, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *d = pbw_tensor_wrap(ctx, dd, 2, (int64_t[]){N, O});
+        pbw_tensor *nz = pbw_tensor_wrap(ctx, nd, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *b = pbw_tensor_wrap(ctx, bd, 1, (int64_t[]){O});
+        pbw_tensor *y = pbw_sg_modconv_act(ctx, x, s, s0, m, pl, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+        pbw_tensor *ref = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0, m, pl), d, nz, b,
+                                          0.7f, 0.2f, sqrtf(2.0f));
+        CHECK(y && ref && pbw_shape_equal(y, ref) &&
+              memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+        /* a bias of the wrong size is refused with a message */
+        CHECK(pbw_sg_modconv_act(ctx, x, s, NULL, NULL, pl, d, nz, s0, 0.7f, 0.2f, 1.0f) == NULL &&
+              strstr(pbw_ctx_error(ctx), "bias"));
+        pbw_ctx_reset(ctx);
+        gc_input in[7] = {{4, {N, C, H, W}, xd, 1}, {2, {N, C}, sd, 1},  {2, {1, C}, s0d, 1},
+                          {4, {N, 1, H, W}, md, 1}, {2, {N, O}, dd, 1},  {4, {N, 1, H, W}, nd, 1},
+                          {1, {O}, bd, 1}};
+        CHECK(gc_check("sg_modconv_act", f_modconv_act, pl, 7, in, (gc_opts){0}) == 0);
+    }
+    free(xd), free(sd), free(s0d), free(md), free(dd), free(nd), free(bd);
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+}
+
 /* ---------- separable blur ---------- */
 
 static pbw_tensor *f_blur(pbw_ctx *ctx, pbw_tensor **in, void *user) {

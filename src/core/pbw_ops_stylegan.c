@@ -112,47 +112,56 @@ static void bias_act_backward(pbw_ctx *ctx, pbw_node *nd) {
                                  gn, gb);
 }
 
+/* The geometry of sg_bias_act on y (its shape alone is read) with d, noise and bias, each
+ * begun as an input of op; 0, or -1 with the context failed. */
+static int act_geom(pbw_ctx *ctx, const char *op, const pbw_tensor *y, pbw_tensor *d,
+                    pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
+                    float gain, pbw_cpu_sg_act_geom *g) {
+    pbw_tensor *ins[3] = {d, noise, bias};
+    for (int i = 0; i < 3; i++)
+        if (ins[i] && pbw_op_begin(ctx, op, 1, ins + i)) return -1;
+    char sy[96], st[96];
+    pbw_shape_str(y, sy, sizeof sy);
+    if (y->ndim != 4) return pbw_ctx_fail(ctx, "%s: y %s must be (N,O,H,W)", op, sy), -1;
+    memset(g, 0, sizeof *g);
+    g->N = (int)y->shape[0];
+    g->O = (int)y->shape[1];
+    g->P = y->shape[2] * y->shape[3];
+    g->noise_weight = noise_weight;
+    g->slope = slope;
+    g->gain = gain;
+    if (d && d->ndim == 4) {
+        if (!pbw_shape_equal(d, y))
+            return pbw_ctx_fail(ctx, "%s: per-pixel d %s must have the shape of y %s", op,
+                                pbw_shape_str(d, st, sizeof st), sy), -1;
+        g->d_mode = 2;
+    } else if (d) {
+        g->d_nstride = row_stride(d, y->shape[0], y->shape[1]);
+        if (g->d_nstride < 0)
+            return pbw_ctx_fail(ctx, "%s: d %s must be (N,O), (1,O) or (N,O,H,W) for y %s", op,
+                                pbw_shape_str(d, st, sizeof st), sy), -1;
+        g->d_mode = 1;
+    }
+    if (noise) {
+        g->noise_nstride = map_stride(noise, y);
+        if (g->noise_nstride < 0)
+            return pbw_ctx_fail(ctx, "%s: noise %s must be (N,1,H,W) or (1,1,H,W) for y %s", op,
+                                pbw_shape_str(noise, st, sizeof st), sy), -1;
+    }
+    if (bias && (bias->ndim != 1 || bias->shape[0] != y->shape[1]))
+        return pbw_ctx_fail(ctx, "%s: bias %s must be (O) for y %s", op,
+                            pbw_shape_str(bias, st, sizeof st), sy), -1;
+    return 0;
+}
+
 pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tensor *noise,
                             pbw_tensor *bias, float noise_weight, float slope, float gain) {
     static const char *op = "sg_bias_act";
     pbw_tensor *ins[4] = {y, d, noise, bias};
-    if (pbw_op_begin(ctx, op, 1, ins)) return NULL;
-    for (int i = 1; i < 4; i++)
-        if (ins[i] && pbw_op_begin(ctx, op, 1, ins + i)) return NULL;
-    char sy[96], st[96];
-    pbw_shape_str(y, sy, sizeof sy);
-    if (y->ndim != 4) return pbw_ctx_fail(ctx, "%s: y %s must be (N,O,H,W)", op, sy);
     pbw_cpu_sg_act_geom g;
-    memset(&g, 0, sizeof g);
-    g.N = (int)y->shape[0];
-    g.O = (int)y->shape[1];
-    g.P = y->shape[2] * y->shape[3];
-    g.noise_weight = noise_weight;
-    g.slope = slope;
-    g.gain = gain;
-    if (d) {
-        if (d->ndim == 4) {
-            if (!pbw_shape_equal(d, y))
-                return pbw_ctx_fail(ctx, "%s: per-pixel d %s must have the shape of y %s", op,
-                                    pbw_shape_str(d, st, sizeof st), sy);
-            g.d_mode = 2;
-        } else {
-            g.d_nstride = row_stride(d, y->shape[0], y->shape[1]);
-            if (g.d_nstride < 0)
-                return pbw_ctx_fail(ctx, "%s: d %s must be (N,O), (1,O) or (N,O,H,W) for y %s",
-                                    op, pbw_shape_str(d, st, sizeof st), sy);
-            g.d_mode = 1;
-        }
-    }
-    if (noise) {
-        g.noise_nstride = map_stride(noise, y);
-        if (g.noise_nstride < 0)
-            return pbw_ctx_fail(ctx, "%s: noise %s must be (N,1,H,W) or (1,1,H,W) for y %s", op,
-                                pbw_shape_str(noise, st, sizeof st), sy);
-    }
-    if (bias && (bias->ndim != 1 || bias->shape[0] != y->shape[1]))
-        return pbw_ctx_fail(ctx, "%s: bias %s must be (O) for y %s", op,
-                            pbw_shape_str(bias, st, sizeof st), sy);
+    if (pbw_op_begin(ctx, op, 1, ins) ||
+        act_geom(ctx, op, y, d, noise, bias, noise_weight, slope, gain, &g))
+        return NULL;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, y->shape);
     if (!out) return NULL;
     PBW_KERNEL(ctx, sg_bias_act_forward, out->data, y->data, d ? d->data : NULL,
@@ -525,13 +534,48 @@ pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh)) return NULL;
         const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
                                     g.s_nstride, g.s0_nstride, g.m_nstride};
-        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, pl->weight->data, wt, wh,
-                                         (int)x->shape[0], pl->C, (int)x->shape[2],
+        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, NULL, pl->weight->data, wt,
+                                         wh, (int)x->shape[0], pl->C, (int)x->shape[2],
                                          (int)x->shape[3], pl->O, pl->k, pl->transposed) == 0)
             return out;
     }
 #endif
     return pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
+}
+
+pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                               pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
+                               pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
+                               float slope, float gain) {
+#ifdef PBW_HAVE_CUDA
+    /* without gradients on staged convolutions: the activation is applied as the output is
+     * copied back, with no unactivated output in memory */
+    static const char *op = "sg_modconv";
+    pbw_tensor *ins[7] = {x, s, s0, m, d, noise, bias};
+    if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
+        !pbw_needs_grad(ctx, ins, 7)) {
+        pbw_cpu_sg_mod_geom g;
+        if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
+        pbw_tensor *out = sgconv_out(ctx, op, x, pl);
+        const float *wt;
+        const void *wh;
+        pbw_cuda_postact pa;
+        if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh) ||
+            act_geom(ctx, op, out, d, noise, bias, noise_weight, slope, gain, &pa.g))
+            return NULL;
+        pa.d = d ? d->data : NULL;
+        pa.noise = noise ? noise->data : NULL;
+        pa.bias = bias ? bias->data : NULL;
+        const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
+                                    g.s_nstride, g.s0_nstride, g.m_nstride};
+        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, &pa, pl->weight->data, wt,
+                                         wh, (int)x->shape[0], pl->C, (int)x->shape[2],
+                                         (int)x->shape[3], pl->O, pl->k, pl->transposed) == 0)
+            return out;
+    }
+#endif
+    return pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0, m, pl), d, noise, bias,
+                           noise_weight, slope, gain);
 }
 
 /* ---------- separable blur ---------- */

@@ -91,6 +91,14 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
  * memory); otherwise exactly the two ops (recorded for the backward). */
 pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
                            pbw_tensor *m, const pbw_sg_conv_plan *pl);
+/* pbw_sg_bias_act(pbw_sg_modconv(x, s, s0, m, pl), d, noise, bias, noise_weight, slope, gain)
+ * in one op: without gradients on a GPU whose convolutions run on half copies, the activation
+ * is applied as the convolution's output is copied back (its unactivated output is never
+ * written); otherwise exactly the two ops. */
+pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                               pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
+                               pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
+                               float slope, float gain);
 
 /* ---------- separable blur ----------
  *

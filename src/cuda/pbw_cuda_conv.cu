@@ -79,6 +79,7 @@
 
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_stylegan.cuh"
 
 namespace {
 
@@ -705,9 +706,10 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
 }
 
 // dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose.
+// pa.g.N non-zero: each value goes through StyleGAN2's bias and activation first (pbw_sg_modconv_act).
 template <typename T>
 __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
-                                    int accumulate) {
+                                    int accumulate, pbw_cuda_postact pa) {
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = C % 2 == 0;
@@ -735,7 +737,11 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
             const int cc = c0 + j;
             if (cc >= C || p >= P) continue;
             float *o = &d[(int64_t)cc * P + p];
-            *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
+            if (pa.g.N)
+                *o = act_at(tile[j][tx], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, cc),
+                            pa.g, p);
+            else
+                *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
         }
         __syncthreads();
     });
@@ -762,16 +768,21 @@ void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
     PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
 }
 
-// (N,P,C) half -> (N,C,P) float, written or added, enqueued.
-void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumulate, int prec) {
+// (N,P,C) half -> (N,C,P) float, written or added, enqueued; activated by pa when given (then
+// written).
+void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumulate, int prec,
+               const pbw_cuda_postact *pa = nullptr) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
+    pbw_cuda_postact none;
+    memset(&none, 0, sizeof none);
+    const pbw_cuda_postact &a = pa ? *pa : none;
     if (prec == PBW_PREC_BF16)
         nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __nv_bfloat16 *)src, N,
-                                                              C, P, accumulate);
+                                                              C, P, accumulate, a);
     else
         nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __half *)src, N, C, P,
-                                                              accumulate);
+                                                              accumulate, a);
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
 
@@ -780,8 +791,11 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
 // overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
 // the plan's precision, or NULL to convert w here. 0 when done; -1 on failure (recorded); 1
 // when the direction has no NHWC algorithm (now unstaged: run the float32 path).
+long g_postact_calls;
+
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
-               const void *wh, float beta, const pbw_cuda_premod *pm) {
+               const void *wh, float beta, const pbw_cuda_premod *pm,
+               const pbw_cuda_postact *pa) {
     const pbw_cpu_conv_geom &g = p->key.g;
     const int prec = p->key.prec, fwd = dir == DIR_FWD;
     const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
@@ -813,7 +827,8 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                          (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
                                          p->ws[dir], &zero, p->hxd, hout);
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
-    from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec);
+    from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
+    g_postact_calls += pa != nullptr;
     return 0;
 }
 
@@ -823,17 +838,19 @@ int empty(const pbw_cpu_conv_geom *g) {
 }
 
 // wh: a half KRSC copy of w for staged plans (see staged_run), or NULL. pm: NULL, or a scale
-// of x applied as it is staged; then 1 is returned, nothing written, when the plan does not run
-// staged (0 otherwise: done, or failed and recorded).
+// of x applied as it is staged; pa: NULL, or an activation applied as the output is copied
+// back; with either, 1 is returned, nothing written, when the plan does not run staged (0
+// otherwise: done, or failed and recorded).
 int conv_forward(float *out, const float *x, const float *w, const void *wh,
-                 const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr) {
+                 const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr,
+                 const pbw_cuda_postact *pa = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_FWD]) {
-        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm);
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa);
         if (rc <= 0) return 0; // done, or failed (recorded); 1: unstaged now
     }
-    if (pm) return 1;
+    if (pm || pa) return 1;
     void *ws;
     if (prepare(p, DIR_FWD, x, w, &ws)) return 0;
     const float alpha = 1.0f;
@@ -845,14 +862,15 @@ int conv_forward(float *out, const float *x, const float *w, const void *wh,
 
 int conv_backward_data(float *dx, const float *dout, const float *w, const void *wh,
                        const pbw_cpu_conv_geom *g, float beta,
-                       const pbw_cuda_premod *pm = nullptr) {
+                       const pbw_cuda_premod *pm = nullptr,
+                       const pbw_cuda_postact *pa = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_BWD_DATA]) {
-        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta, pm);
+        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta, pm, pa);
         if (rc <= 0) return 0;
     }
-    if (pm) return 1;
+    if (pm || pa) return 1;
     void *ws;
     if (prepare(p, DIR_BWD_DATA, w, dout, &ws)) return 0;
     const float alpha = 1.0f;
@@ -1007,18 +1025,21 @@ extern "C" void pbw_cuda_sg_conv_forward(float *out, const float *x, const float
     conv_backward_data(out, x, wt, wh, &g, 0.0f);
 }
 
+extern "C" long pbw_cuda_sg_postact_calls(void) { return g_postact_calls; }
+
 extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
-                                            const pbw_cuda_premod *pm, const float *w,
+                                            const pbw_cuda_premod *pm,
+                                            const pbw_cuda_postact *pa, const float *w,
                                             const float *wt, const void *wh, int N, int C,
                                             int H, int W, int O, int k, int transposed) {
     if (N == 0) return 0;
     if (!prec_staged((int)pbw_cuda_precision())) return -1;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-        return conv_forward(out, x, w, wh, &g, 0.0f, pm) ? -1 : 0;
+        return conv_forward(out, x, w, wh, &g, 0.0f, pm, pa) ? -1 : 0;
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
-    return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm) ? -1 : 0;
+    return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm, pa) ? -1 : 0;
 }
 
 extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w,

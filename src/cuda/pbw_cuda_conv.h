@@ -140,12 +140,22 @@ typedef struct pbw_cuda_premod {
     const float *s, *s0, *m; /* s0 and m NULL unless masked */
     int64_t s_nstride, s0_nstride, m_nstride;
 } pbw_cuda_premod;
-/* pbw_cuda_sg_conv_forward of the modulated input: 0 when enqueued (or failed, recorded); -1,
- * nothing written, when the convolution does not run on staged half copies (the caller then
- * modulates and convolves apart). */
+/* StyleGAN2's bias, noise and activation applied to a convolution's output as it is copied
+ * back (pbw_sg_modconv_act): out = pbw_cpu_sg_bias_act_forward's value of that output, with its
+ * arithmetic. d, noise, bias and g as pbw_cpu_sg_bias_act_forward takes them. */
+typedef struct pbw_cuda_postact {
+    const float *d, *noise, *bias;
+    pbw_cpu_sg_act_geom g;
+} pbw_cuda_postact;
+/* pbw_cuda_sg_conv_forward of the modulated input, then pa (may be NULL) on its output: 0 when
+ * enqueued (or failed, recorded); -1, nothing written, when the convolution does not run on
+ * staged half copies (the caller then modulates, convolves and activates apart). */
+/* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
+long pbw_cuda_sg_postact_calls(void);
 int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
-                                 const float *w, const float *wt, const void *wh, int N, int C,
-                                 int H, int W, int O, int k, int transposed);
+                                 const pbw_cuda_postact *pa, const float *w, const float *wt,
+                                 const void *wh, int N, int C, int H, int W, int O, int k,
+                                 int transposed);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
                                int transposed);

@@ -377,11 +377,93 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
     }
 }
 
+// The same for rows of V*128 floats (CLIP: 512 = 4*128, 768 = 6*128), 16-byte aligned: each
+// lane keeps its V float4 of the row in registers (the row is read once, every load in flight
+// at once) and writes float4 and four half values a store.
+template <int V, typename H>
+__global__ static void layer_norm_forward_vec_kernel(const float *x, const float *w,
+                                                     const float *b, float *y, H *yh,
+                                                     float *mean, float *rstd, int64_t R,
+                                                     float eps) {
+    const int64_t D = 128 * V;
+    int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float4 *xr = (const float4 *)(x + r * D);
+    float4 xv[V];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        xv[j] = xr[lane + 32 * j];
+        s += xv[j].x + xv[j].y + xv[j].z + xv[j].w;
+    }
+    const float m = pbw_warp_sum(s) / (float)D;
+    float s2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const float d0 = xv[j].x - m, d1 = xv[j].y - m, d2 = xv[j].z - m, d3 = xv[j].w - m;
+        s2 = fmaf(d0, d0, s2);
+        s2 = fmaf(d1, d1, s2);
+        s2 = fmaf(d2, d2, s2);
+        s2 = fmaf(d3, d3, s2);
+    }
+    const float rs = 1.0f / sqrtf(pbw_warp_sum(s2) / (float)D + eps);
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const int k = lane + 32 * j;
+        const float4 wv = w ? ((const float4 *)w)[k] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        const float4 bv = b ? ((const float4 *)b)[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 v = make_float4((xv[j].x - m) * rs * wv.x + bv.x,
+                                     (xv[j].y - m) * rs * wv.y + bv.y,
+                                     (xv[j].z - m) * rs * wv.z + bv.z,
+                                     (xv[j].w - m) * rs * wv.w + bv.w);
+        if (y) ((float4 *)(y + r * D))[k] = v;
+        if (yh) *reinterpret_cast<uint2 *>(yh + r * D + 4 * k) = pbw_pack_half4<H>(v);
+    }
+    if (lane == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+static bool aligned(const void *p, uintptr_t n) { return ((uintptr_t)p & (n - 1)) == 0; }
+
+template <typename H>
+static bool layer_norm_forward_vec(const float *x, const float *w, const float *b, float *y,
+                                   H *yh, float *mean, float *rstd, int64_t R, int64_t D,
+                                   float eps) {
+    if (D % 128 || !aligned(x, 16) || !aligned(w, 16) || !aligned(b, 16) || !aligned(y, 16) ||
+        !aligned(yh, 8))
+        return false;
+    dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
+    switch (D / 128) {
+    case 4: // CLIP text: 512
+        layer_norm_forward_vec_kernel<4, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                         rstd, R, eps);
+        return true;
+    case 6: // CLIP ViT-B: 768
+        layer_norm_forward_vec_kernel<6, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                         rstd, R, eps);
+        return true;
+    case 8: // ViT-L: 1024
+        layer_norm_forward_vec_kernel<8, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                         rstd, R, eps);
+        return true;
+    default: return false;
+    }
+}
+
 extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w, const float *b,
                                                  float *y, void *yh, float *mean, float *rstd,
                                                  int64_t R, int64_t D, float eps) {
     if (R <= 0 || D <= 0) return;
-    if (yh && pbw_cuda_precision() == PBW_PREC_FP16)
+    const bool fp16 = yh && pbw_cuda_precision() == PBW_PREC_FP16;
+    if (fp16 ? layer_norm_forward_vec(x, w, b, y, (__half *)yh, mean, rstd, R, D, eps)
+             : layer_norm_forward_vec(x, w, b, y, (__nv_bfloat16 *)yh, mean, rstd, R, D, eps)) {
+        PBW_CUDA_LAUNCHED("layer_norm_forward");
+        return;
+    }
+    if (fp16)
         layer_norm_forward_kernel<__half><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
                                             pbw_stream()>>>(x, w, b, y, (__half *)yh, mean, rstd,
                                                             R, D, eps);
@@ -462,14 +544,13 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
     }
 }
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
                                              const float *rstd, const float *gy, float *gx,
                                              float *gw, float *gb, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    const bool vec = D % 128 == 0 && D <= 1024 && aligned16(x) && aligned16(gy) &&
-                     aligned16(gx) && (!w || aligned16(w));
+    const bool vec = D % 128 == 0 && D <= 1024 && aligned(x, 16) && aligned(gy, 16) &&
+                     aligned(gx, 16) && (!w || aligned(w, 16));
     if (gx && vec) {
         const int V = (int)(D / 128);
         dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);

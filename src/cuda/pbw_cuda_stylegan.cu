@@ -18,6 +18,7 @@
 
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
+#include "cuda/pbw_cuda_stylegan.cuh"
 
 namespace {
 
@@ -215,41 +216,6 @@ __global__ void modulate_gm_kernel(float *gm, const float *gout, const float *x,
 }
 
 // ---------- bias + activation ----------
-
-// What the elements of plane (n, o) share: where the plane starts in y (and out, gout, gy and a
-// per-pixel d), its per-channel d and bias, and its per-pixel d and noise maps.
-struct act_plane {
-    int64_t base;
-    float dv;              // d (d_mode 1), else 1 (unused)
-    float b;               // bias, or 0 without one (added either way, as the CPU does)
-    const float *dp, *np;  // d_mode 2: d at the plane; noise at the sample; else NULL
-    bool noisy;            // np is set (tested apart so the compiler needs no null check)
-};
-
-__device__ __forceinline__ act_plane act_plane_at(const float *d, const float *noise,
-                                                  const float *bias,
-                                                  const pbw_cpu_sg_act_geom &g, int n, int o) {
-    act_plane a;
-    a.base = ((int64_t)n * g.O + o) * g.P;
-    a.dv = g.d_mode == 1 ? d[n * g.d_nstride + o] : 1.0f;
-    a.b = bias ? bias[o] : 0.0f;
-    a.dp = g.d_mode == 2 ? d + a.base : NULL;
-    a.np = noise ? noise + n * g.noise_nstride : NULL;
-    a.noisy = noise != NULL;
-    return a;
-}
-
-// The pre-activation y d + w noise + bias, rounded as y*d, then an fma with the noise.
-__device__ __forceinline__ float pre_act(float yv, float dv, float nz, const act_plane &a,
-                                         const pbw_cpu_sg_act_geom &g) {
-    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
-    if (a.noisy) v = __fmaf_rn(g.noise_weight, nz, v);
-    return __fadd_rn(v, a.b);
-}
-
-__device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
-    return __fmul_rn(v > 0 ? v : __fmul_rn(v, g.slope), g.gain);
-}
 
 // d out / d pre, given d out and the pre-activation
 __device__ __forceinline__ float act_grad(float go, float v, const pbw_cpu_sg_act_geom &g) {

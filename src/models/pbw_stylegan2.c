@@ -461,11 +461,17 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
 
 /* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
  * (and *s0_out when masked) to the styles for the caller's demodulation. */
+/* The layer's style s, and s0 (the original latent's) when masked. */
+static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer_in *li,
+                   pbw_tensor **s, pbw_tensor **s0) {
+    *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
+    *s0 = li->m_in ? pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias) : NULL;
+}
+
 static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                                 const layer_in *li, pbw_tensor **s_out, pbw_tensor **s0_out) {
-    pbw_tensor *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
-    pbw_tensor *s0 = NULL;
-    if (li->m_in) s0 = pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
+    pbw_tensor *s, *s0;
+    styles(ctx, mc, li, &s, &s0);
     *s_out = s;
     *s0_out = s0;
     if (!mc->plan) /* 1x1 (ToRGB): one GEMM per sample in pbw_conv2d */
@@ -478,15 +484,26 @@ static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc
                          mc->blur_pad0, mc->blur_pad1);
 }
 
+/* The demodulation coefficients of the layer's styles. */
+static pbw_tensor *demod(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, const layer_in *li,
+                         pbw_tensor *s, pbw_tensor *s0) {
+    if (!li->m_in) return demod_coefs(ctx, &sc->conv, s);
+    if (!li->mixed) return demod_coefs(ctx, &sc->conv, s0);
+    return demod_mixed(ctx, &sc->conv, s, s0, li->m_out);
+}
+
 static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_tensor *x,
                                const layer_in *li, pbw_tensor *noise) {
+    const pbw_sg2_modulated_conv2d *mc = &sc->conv;
+    const float nw = noise ? sc->noise_weight : 0;
     pbw_tensor *s, *s0;
-    pbw_tensor *y = modconv_core(ctx, &sc->conv, x, li, &s, &s0);
-    pbw_tensor *d;
-    if (!li->m_in) d = demod_coefs(ctx, &sc->conv, s);
-    else if (!li->mixed) d = demod_coefs(ctx, &sc->conv, s0);
-    else d = demod_mixed(ctx, &sc->conv, s, s0, li->m_out);
-    return pbw_sg_bias_act(ctx, y, d, noise, sc->activate_bias, noise ? sc->noise_weight : 0,
+    if (mc->plan && !mc->upsample) { /* no blur between: convolution and activation in one op */
+        styles(ctx, mc, li, &s, &s0);
+        return pbw_sg_modconv_act(ctx, x, s, s0, li->m_in, mc->plan, demod(ctx, sc, li, s, s0),
+                                  noise, sc->activate_bias, nw, SG2_SLOPE, (float)M_SQRT2);
+    }
+    pbw_tensor *y = modconv_core(ctx, mc, x, li, &s, &s0);
+    return pbw_sg_bias_act(ctx, y, demod(ctx, sc, li, s, s0), noise, sc->activate_bias, nw,
                            SG2_SLOPE, (float)M_SQRT2);
 }
 
@@ -564,10 +581,12 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
         li = LAYER(l + 2, ls + 1, ls + 1);
         if (mk && opts->unmasked_torgb) li.m_in = NULL;
         skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
-        pbw_tensor *keep[2] = {x, skip};
-        if (pbw_ctx_release(ctx, mark, 2, keep)) return NULL;
-        x = keep[0];
-        skip = keep[1];
+        /* the last block's features are not read again: only the image moves */
+        const int last = b + 1 == g->log_size - 2;
+        pbw_tensor *keep[2] = {skip, x};
+        if (pbw_ctx_release(ctx, mark, last ? 1 : 2, keep)) return NULL;
+        skip = keep[0];
+        x = last ? NULL : keep[1];
     }
 #undef LAYER
     return skip;
