@@ -574,18 +574,27 @@ PBW_TEST(cuda_sg_modconv) {
 
 /* ---------- sg_modconv_act: the activation applied as the output is copied back ---------- */
 
+typedef struct {
+    sgconv_arg conv;
+    float slope;
+} modconv_act_arg;
+
 /* in: x, s, d (per channel (N,O) or per pixel (N,O,H,W)), noise (N,1,H,W), bias (O) */
 static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
-    const pbw_sg_conv_plan *pl = plan_for(ctx, arg);
+    modconv_act_arg *a = arg;
+    const pbw_sg_conv_plan *pl = plan_for(ctx, &a->conv);
     return pl ? pbw_sg_modconv_act(ctx, in[0], in[1], NULL, NULL, pl, in[2], in[3], in[4], 0.7f,
-                                   0.2f, sqrtf(2.0f))
+                                   a->slope, sqrtf(2.0f))
               : NULL;
 }
 
 /* Without gradients on staged convolutions (bf16) the GPU applies StyleGAN2's bias and
  * activation as the output is copied back; with them, or in fp32, it runs pbw_sg_modconv and
  * pbw_sg_bias_act. Against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in fp32), per-channel
- * and per-pixel demodulation. The copy back uses pbw_sg_bias_act's arithmetic, so on the GPU
+ * and per-pixel demodulation. With gradients the slope is 1: a bf16 forward moves
+ * pre-activations near 0 across the leaky ReLU's kink, where the gradient jumps from 0.2 to 1
+ * (cuda_sg_bias_act covers the slope in fp32, where both sides take the same branch). The copy back uses
+ * pbw_sg_bias_act's arithmetic, so on the GPU
  * the fused op also equals the two ops exactly (bit for bit in bf16, with and without the
  * mask, noise and bias). */
 PBW_TEST(cuda_sg_modconv_act) {
@@ -606,8 +615,9 @@ PBW_TEST(cuda_sg_modconv_act) {
                 if (!wc || !wg) continue;
                 for (int64_t j = 0; j < wc->numel; j++)
                     wc->data[j] = wg->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
-                sgconv_arg arg = {pbw_sg_conv_prepare(&ca, wc, 0, &err),
-                                  pbw_sg_conv_prepare(&ga, wg, 0, &err), &ga, 0};
+                modconv_act_arg arg = {{pbw_sg_conv_prepare(&ca, wc, 0, &err),
+                                        pbw_sg_conv_prepare(&ga, wg, 0, &err), &ga, 0},
+                                       grad ? 1.0f : 0.2f};
                 parity_input in[] = {{4, {N, C, H, W}, grad},
                                      {2, {N, C}, grad, 0.5f, 1.5f},
                                      {per_pixel ? 4 : 2, {N, O, H, W}, grad, 0.5f, 1.5f},
@@ -619,7 +629,7 @@ PBW_TEST(cuda_sg_modconv_act) {
                          grad ? " +grad" : "");
                 pbw_cuda_set_precision(precs[pi]);
                 const long before = pbw_cuda_sg_postact_calls();
-                CHECK(arg.cpu && arg.gpu &&
+                CHECK(arg.conv.cpu && arg.conv.gpu &&
                       parity_check(name, modconv_act_fn, &arg, 5, in,
                                    pi == 0 ? TOL_HALF : TOL_CONV) == 0);
                 /* fused exactly when staged (bf16) and without gradients */
