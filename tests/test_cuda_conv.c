@@ -593,10 +593,9 @@ static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
  * pbw_sg_bias_act. Against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in fp32), per-channel
  * and per-pixel demodulation. With gradients the slope is 1: a bf16 forward moves
  * pre-activations near 0 across the leaky ReLU's kink, where the gradient jumps from 0.2 to 1
- * (cuda_sg_bias_act covers the slope in fp32, where both sides take the same branch). The copy back uses
- * pbw_sg_bias_act's arithmetic, so on the GPU
- * the fused op also equals the two ops exactly (bit for bit in bf16, with and without the
- * mask, noise and bias). */
+ * (cuda_sg_bias_act covers the slope in fp32, where both sides take the same branch). The
+ * copy back uses pbw_sg_bias_act's arithmetic, so on the GPU the fused op also equals the two
+ * ops exactly (bit for bit in bf16, with and without the mask, noise and bias). */
 PBW_TEST(cuda_sg_modconv_act) {
 #ifdef PBW_HAVE_CUDA
     const int N = 2, C = 64, H = 16, W = 16, O = 32;
