@@ -6,6 +6,8 @@
 #
 #   bench/run_cuda.sh                 (writes the models under MODELS first)
 #   bench/profile_cuda.sh             OUT=DIR (default build/profile_cuda) PRECISIONS="bf16 fp32"
+#                                     GRAPHS=1 (replay CUDA graphs as the edit does: their
+#                                     kernels then show as "(outside ops)")
 #
 # Needs libcupti on the library path (CUDA's extras/CUPTI/lib64 or the toolkit's lib64; the
 # script adds those it finds) and python3 with Pillow for the mask.
@@ -30,6 +32,8 @@ m.save("'"$OUT"'/mask.png")' || exit 1
 common=(--gan "$MODELS/g256.pt" --clip "$MODELS/clip_vit_b32" --vocab "$CARRY/bpe_simple_vocab_16e6.txt.gz"
     --lpips-backbone tests/fixtures/lpips/alexnet_features_fp16.pth --lpips-heads "$CARRY/alex.pth"
     --seed 30 --mask "$OUT/mask.png" --text "a rustic bed" --device cuda --quiet)
+# CUDA graphs off by default (GRAPHS=1 keeps them): a replayed graph's kernels belong to no op
+export PBW_CUDA_GRAPHS=${GRAPHS:-0}
 for p in ${PRECISIONS:-bf16 fp32}; do
     PBW_PROFILE=gpu "$PBW" edit "${common[@]}" --precision "$p" --optim cma --cma-generations "$GENS" \
         --out "$OUT/cma_$p.png" 2>"$OUT/cma_$p.txt"

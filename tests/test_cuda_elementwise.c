@@ -253,6 +253,9 @@ PBW_TEST(cuda_permute) {
         {{2, {77, 512}, 1}, {{1, 0}}},
         {{5, {2, 3, 4, 5, 6}, 1}, {{4, 2, 0, 3, 1}}},
         {{3, {1, 1, 9}, 1}, {{2, 0, 1}}},
+        /* CLIP's patch cut, 224 px in 32 px patches: rows of 32 and 1024 floats (float4 copies) */
+        {{4, {2 * 3 * 7, 32, 7, 32}, 1}, {{0, 2, 1, 3}}},
+        {{4, {2, 3, 49, 1024}, 1}, {{0, 2, 1, 3}}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         CHECK(parity_check("permute", f_permute, &cases[i].p, 1, &cases[i].in, TOL_EXACT) == 0);

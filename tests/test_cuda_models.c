@@ -367,9 +367,10 @@ PBW_TEST(cuda_edit_graph) {
 }
 
 /* A short CMA-ES edit (4 generations of 12 in batches of 4, 8 crops, LPIPS) with the
- * generation's batches queued back to back and read once (the default on a GPU) against each
- * batch read back before the next (PBW_CUDA_PIPELINE=0): the same forward passes on the same
- * inputs, which use no atomics, so the same bytes. */
+ * generation's batches queued back to back, read once, and from the second generation on
+ * replayed from a CUDA graph (the default on a GPU), against the same queued directly
+ * (PBW_CUDA_GRAPHS=0) and against each batch read back before the next (PBW_CUDA_PIPELINE=0):
+ * the same forward passes on the same inputs, which use no atomics, so the same bytes. */
 #ifdef PBW_HAVE_CUDA
 static int edit_cma(float *out, int64_t *n, step_losses *losses) {
     pbw_paint_request rq;
@@ -386,24 +387,31 @@ static int edit_cma(float *out, int64_t *n, step_losses *losses) {
 
 PBW_TEST(cuda_cma_pipeline) {
 #ifdef PBW_HAVE_CUDA
-    static float a[3 * 256 * 256], b[3 * 256 * 256];
-    int64_t na = 0, nb = 0;
-    step_losses sa = {{0}, 0}, sb = {{0}, 0};
+    static float a[3 * 256 * 256], b[3 * 256 * 256], c[3 * 256 * 256];
+    int64_t na = 0, nb = 0, nc = 0;
+    step_losses sa = {{0}, 0}, sb = {{0}, 0}, sc = {{0}, 0};
     pbw_cuda_set_precision(PBW_PREC_BF16);
     setenv("PBW_CUDA_PIPELINE", "0", 1);
     CHECK(edit_cma(a, &na, &sa) == 0);
     unsetenv("PBW_CUDA_PIPELINE");
+    setenv("PBW_CUDA_GRAPHS", "0", 1);
+    CHECK(edit_cma(c, &nc, &sc) == 0 && nc == na);
+    unsetenv("PBW_CUDA_GRAPHS");
+    const long launches = pbw_cuda_graph_launches();
     CHECK(edit_cma(b, &nb, &sb) == 0 && na == nb);
-    CHECK(sa.n == 4 && sb.n == 4);
-    int same = sa.n == sb.n;
-    for (int t = 0; t < sa.n && t < sb.n; t++) {
-        printf("  generation %d: best loss batch by batch %.6f, queued %.6f\n", t + 1, sa.v[t],
-               sb.v[t]);
-        same &= sa.v[t] == sb.v[t];
+    const long replays = pbw_cuda_graph_launches() - launches;
+    printf("  graph launches: %ld (generations 2 to 4)\n", replays);
+    CHECK(replays == 3);
+    CHECK(sa.n == 4 && sb.n == 4 && sc.n == 4);
+    int same = sa.n == sb.n && sa.n == sc.n;
+    for (int t = 0; t < sa.n && t < sb.n && t < sc.n; t++) {
+        printf("  generation %d: best loss batch by batch %.6f, queued %.6f, graph %.6f\n", t + 1,
+               sa.v[t], sc.v[t], sb.v[t]);
+        same &= sa.v[t] == sb.v[t] && sa.v[t] == sc.v[t];
     }
-    double d = gc_max_diff(b, a, na, NULL);
-    printf("  image max abs diff %.2e\n", d);
-    CHECK(same && d == 0);
+    double d = gc_max_diff(b, a, na, NULL), dc = gc_max_diff(c, a, na, NULL);
+    printf("  image max abs diff: graph %.2e, queued %.2e\n", d, dc);
+    CHECK(same && d == 0 && dc == 0);
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }

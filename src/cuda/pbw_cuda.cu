@@ -44,7 +44,6 @@ static int g_capturing, g_capture_broken;
 static void capture_refuse(const char *what);
 static void *capture_stage(const void *src, size_t bytes);
 static std::vector<void *> g_deferred_free; // pbw_cuda_free calls made while capturing
-static std::vector<void *> g_capture_allocs; // blocks allocated while capturing
 
 // ---- device, stream, handles ----
 
@@ -153,7 +152,6 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
         cudaGetLastError();
         return nullptr;
     }
-    if (g_capturing) g_capture_allocs.push_back(p);
     std::lock_guard<std::mutex> lk(g_mem_mu);
     g_sizes.emplace_back(p, bytes);
     size_t u = g_used.fetch_add(bytes) + bytes;
@@ -206,9 +204,9 @@ extern "C" void pbw_cuda_free(void *p) {
             break;
         }
     if (g_capturing) { // nothing has run yet: freed when the capture ends
-        // but a block the recorded pass itself allocated would be freed under the graph
-        for (void *q : g_capture_allocs)
-            if (q == p) capture_refuse("memory allocated and freed while recording");
+        // but the graph would replay into it: a block the recorded pass allocated, or one it
+        // used before the free (an arena's chunks merged on a reset between passes)
+        capture_refuse("memory freed while recording");
         g_deferred_free.push_back(p);
         return;
     }
@@ -460,7 +458,6 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
         g = nullptr;
     }
     g_inputs.clear();
-    g_capture_allocs.clear();
     std::vector<void *> later;
     later.swap(g_deferred_free);
     for (void *p : later) pbw_cuda_free(p);

@@ -468,15 +468,40 @@ static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer
     *s0 = li->m_in ? pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias) : NULL;
 }
 
+/* A 1x1 modulated convolution (ToRGB, O = 3 outputs) as one product per sample whose weight
+ * the style scales: y_n = (W diag s_n) x_n, so x is read once and no modulated copy of it is
+ * made. Masked, the per-pixel style s m + s0 (1 - m) is linear in m: y = y0 + m (y1 - y0) with
+ * y1 from s and y0 from s0, both rows of one product. */
+static pbw_tensor *rgb_conv(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
+                            const layer_in *li, pbw_tensor *s, pbw_tensor *s0) {
+    if (!x || !s || (li->m_in && !s0)) return NULL;
+    const int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3];
+    const int64_t O = mc->weight->shape[0];
+    pbw_tensor *w = pbw_reshape(ctx, mc->weight, 3, (int64_t[]){1, O, C});
+    pbw_tensor *xr = pbw_reshape(ctx, x, 3, (int64_t[]){N, C, HW});
+    pbw_tensor *ws = pbw_mul(ctx, w, pbw_reshape(ctx, s, 3, (int64_t[]){N, 1, C})); /* (N,O,C) */
+    pbw_tensor *y;
+    if (!li->m_in) {
+        y = pbw_matmul(ctx, ws, xr, 0, 0);
+    } else {
+        if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
+            s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
+        pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
+        pbw_tensor *y10 = pbw_matmul(ctx, pbw_concat(ctx, 2, parts, 1), xr, 0, 0); /* (N,2O,HW) */
+        pbw_tensor *y1 = pbw_slice(ctx, y10, 1, 0, O, 1), *y0 = pbw_slice(ctx, y10, 1, O, 2 * O, 1);
+        pbw_tensor *m = pbw_reshape(ctx, li->m_in, 3, (int64_t[]){li->m_in->shape[0], 1, HW});
+        y = pbw_add(ctx, y0, pbw_mul(ctx, m, pbw_sub(ctx, y1, y0)));
+    }
+    return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, x->shape[2], x->shape[3]});
+}
+
 static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                                 const layer_in *li, pbw_tensor **s_out, pbw_tensor **s0_out) {
     pbw_tensor *s, *s0;
     styles(ctx, mc, li, &s, &s0);
     *s_out = s;
     *s0_out = s0;
-    if (!mc->plan) /* 1x1 (ToRGB): one GEMM per sample in pbw_conv2d */
-        return pbw_conv2d(ctx, pbw_sg_modulate(ctx, x, s, s0, li->m_in), mc->weight, NULL,
-                          (pbw_conv_params){0});
+    if (!mc->plan) return rgb_conv(ctx, mc, x, li, s, s0); /* 1x1 (ToRGB) */
     pbw_tensor *y = pbw_sg_modconv(ctx, x, s, s0, li->m_in, mc->plan);
     if (!mc->upsample) return y;
     if (mc->blur.K) return pbw_sg_blur(ctx, y, &mc->blur);

@@ -449,6 +449,63 @@ static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_step
     r->progress(&pr, r->user);
 }
 
+#ifdef PBW_HAVE_CUDA
+/* Queues one CMA-ES generation on the GPU: every batch of the lam candidates in X (rows of D)
+ * rendered and scored with the given crops, its values into dvals (clip, l1, lpips: three rows
+ * of lam) and its images into dframes, with nothing read back. 0, or -1 with err set. */
+static int queue_generation(run *r, pbw_ctx *ctx, const float *X, int lam, int bsz,
+                            const pbw_crop *crops, float *dvals, float *dframes, pbw_err *err) {
+    const int D = r->D;
+    for (int i = 0; i < lam; i += bsz) {
+        int b = lam - i < bsz ? lam - i : bsz;
+        pbw_ctx_reset(ctx);
+        pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
+        pbw_tensor *img = render(ctx, r, lat);
+        if (!img || pbw_ctx_failed(ctx)) return ctx_err(ctx, err, "generator");
+        int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops, dvals + i,
+                                           dvals + lam + i, dvals + 2 * lam + i, err);
+        if (q) return q < 0 ? -1 : pbw_err_set(err, "objective: cannot be queued");
+        if (pbw_cuda_d2d(dframes + (int64_t)i * r->per, img->data,
+                         (size_t)b * r->per * sizeof(float)))
+            return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+    }
+    return 0;
+}
+
+/* The queued generation, replayed from a CUDA graph from the third on: the second (the first is
+ * a warm-up: algorithm searches, memory growth, weight caches) is recorded with X and the crops
+ * as inputs read again at each launch; where recording fails, or PBW_CUDA_GRAPHS=0, every
+ * generation is queued directly. *graph and *try_graph carry the state between generations. */
+static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam, int bsz,
+                          const pbw_crop *crops, size_t crops_bytes, float *dvals,
+                          float *dframes, pbw_cuda_graph **graph, int *try_graph, pbw_err *err) {
+    if (*graph) {
+        if (pbw_cuda_graph_launch(*graph)) return pbw_err_set(err, "CMA-ES: %s", pbw_cuda_error());
+        return 0;
+    }
+    if (!*try_graph || gen != 1) return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
+    pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X);
+    pbw_cuda_graph_input(crops, crops_bytes);
+    if (pbw_cuda_capture_begin()) {
+        *try_graph = 0;
+        return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
+    }
+    pbw_err cerr;
+    int prc = queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, &cerr);
+    char why[160];
+    *graph = pbw_cuda_capture_end(why, sizeof why);
+    if (*graph && !prc && pbw_cuda_graph_launch(*graph) == 0) return 0;
+    if (pbw_env_set("PBW_VERBOSE"))
+        fprintf(stderr, "pbw: CMA-ES generations run without a CUDA graph (%s)\n",
+                why[0] ? why : (prc ? cerr.msg : "launch failed"));
+    pbw_cuda_graph_free(*graph);
+    *graph = NULL;
+    *try_graph = 0;
+    pbw_cuda_clear_error();
+    return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
+}
+#endif
+
 /* CMA-ES phase: `var` (D) in: the start; out: the kept point. Returns 0, -1 on error. */
 static int phase_cma(run *r, float *var, pbw_err *err) {
     const pbw_paint_request *rq = r->rq;
@@ -491,6 +548,10 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     float *dvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
+    pbw_cuda_graph *graph = NULL;
+    int try_graph = !pbw_env_zero("PBW_CUDA_GRAPHS");
+    const size_t crops_bytes = (size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
+                               sizeof *crops;
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
@@ -508,7 +569,13 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         pbw_cma_ask(cma, X);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
         int gbest = -1;
-        for (int i = 0; i < lam && !rc; i += bsz) {
+#ifdef PBW_HAVE_CUDA
+        /* queued: values and images stay on the GPU until the generation ends */
+        if (dvals && !cancelled(r))
+            rc = run_generation(r, ctx, gen, X, lam, bsz, crops, crops_bytes, dvals, dframes,
+                                &graph, &try_graph, err);
+#endif
+        for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
             pbw_ctx_reset(ctx);
@@ -518,19 +585,6 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 rc = ctx_err(ctx, err, "generator");
                 break;
             }
-#ifdef PBW_HAVE_CUDA
-            if (dvals) { /* queued: values and images stay on the GPU until the generation ends */
-                int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops,
-                                                   dvals + i, dvals + lam + i,
-                                                   dvals + 2 * lam + i, err);
-                if (q)
-                    rc = q < 0 ? -1 : pbw_err_set(err, "objective: cannot be queued");
-                else if (pbw_cuda_d2d(dframes + (int64_t)i * r->per, img->data,
-                                      (size_t)b * r->per * sizeof(float)))
-                    rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
-                continue;
-            }
-#endif
             if (pbw_objective_values(ctx, r->p->scratch, &r->obj, img, crops, vals + i, err)) {
                 rc = -1;
                 break;
@@ -584,6 +638,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     pbw_ctx_set_grad(ctx, prev);
     free(hvals);
 #ifdef PBW_HAVE_CUDA
+    pbw_cuda_graph_free(graph); /* before the memory it replays into */
     pbw_cuda_free(dvals);
     pbw_cuda_free(dframes);
 #endif
