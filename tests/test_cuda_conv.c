@@ -728,6 +728,86 @@ PBW_TEST(cuda_sg_blur) {
     pbw_arena_free(&a);
 }
 
+/* ---------- sg_blur_act: the activation applied as the blur writes ---------- */
+
+typedef struct {
+    pbw_sg_fir f;
+    float slope;
+} blur_act_arg;
+
+/* in: x, d (N,C), noise (N,1,OH,OW), bias (C) */
+static pbw_tensor *sgblur_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    const blur_act_arg *a = arg;
+    return pbw_sg_blur_act(ctx, in[0], &a->f, in[1], in[2], in[3], 0.7f, a->slope, sqrtf(2.0f));
+}
+
+/* Without gradients the GPU's blur applies StyleGAN2's bias and activation as it writes (the
+ * tiled K = 4 kernels and the generic one); with them it runs pbw_sg_blur and pbw_sg_bias_act.
+ * Against the CPU (TOL_EW: the same fp32 sums; with gradients the slope is 1, as in
+ * cuda_sg_modconv_act), and on the GPU fused = the two ops, bit for bit. */
+PBW_TEST(cuda_sg_blur_act) {
+    static const float t4[4] = {1, 3, 3, 1}, t3[3] = {1, 2, 1};
+    static const struct {
+        int n, c, h, w, p0, p1, k;
+    } cases[] = {
+        {2, 8, 33, 33, 1, 1, 4},  /* StyleGAN2's after an upsampling conv: 32 x 32 tiles */
+        {2, 4, 67, 67, 1, 1, 4},  /* 32 x 64 tiles */
+        {2, 16, 9, 9, 1, 1, 4},   /* 16 x 16 tiles */
+        {1, 5, 12, 10, 1, 1, 3},  /* the generic kernel */
+    };
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 12);
+    pbw_tensor *k4 = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
+    pbw_tensor *k3 = pbw_tensor_new_in(&a, 2, (int64_t[]){3, 3}, &err);
+    CHECK(k4 && k3);
+    if (!k4 || !k3) return;
+    for (int i = 0; i < 16; i++) k4->data[i] = t4[i / 4] * t4[i % 4] / 64.0f * 4.0f;
+    for (int i = 0; i < 9; i++) k3->data[i] = t3[i / 3] * t3[i % 3] / 16.0f;
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx != NULL);
+    for (size_t i = 0; ctx && i < sizeof cases / sizeof cases[0]; i++) {
+        const int n = cases[i].n, c = cases[i].c;
+        const int oh = cases[i].h + cases[i].p0 + cases[i].p1 - cases[i].k + 1;
+        const int ow = cases[i].w + cases[i].p0 + cases[i].p1 - cases[i].k + 1;
+        blur_act_arg arg;
+        CHECK(pbw_sg_fir_init(&arg.f, cases[i].k == 4 ? k4 : k3, cases[i].p0, cases[i].p1) == 0);
+        for (int grad = 0; grad < 2; grad++) {
+            arg.slope = grad ? 1.0f : 0.2f;
+            parity_input in[] = {{4, {n, c, cases[i].h, cases[i].w}, grad},
+                                 {2, {n, c}, grad, 0.5f, 1.5f},
+                                 {4, {n, 1, oh, ow}, grad},
+                                 {1, {c}, grad}};
+            char name[80];
+            snprintf(name, sizeof name, "sg_blur_act (%d,%d,%d,%d) K=%d%s", n, c, cases[i].h,
+                     cases[i].w, cases[i].k, grad ? " +grad" : "");
+            CHECK(parity_check(name, sgblur_act_fn, &arg, 4, in, TOL_EW) == 0);
+        }
+        /* fused = the two ops on the GPU, bit for bit */
+        const int64_t nx = (int64_t)n * c * cases[i].h * cases[i].w, no = (int64_t)n * oh * ow;
+        float *h = malloc((size_t)(nx + no + n * c + c) * sizeof(float));
+        for (int64_t j = 0; j < nx + no + n * c + c; j++) h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){n, c, cases[i].h, cases[i].w});
+        pbw_tensor *nz = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){n, 1, oh, ow});
+        pbw_tensor *d = pbw_tensor_from_host(ctx, h + nx + no, 2, (int64_t[]){n, c});
+        pbw_tensor *b = pbw_tensor_from_host(ctx, h + nx + no + n * c, 1, (int64_t[]){c});
+        pbw_tensor *fa = pbw_sg_blur_act(ctx, x, &arg.f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+        pbw_tensor *fb = pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, &arg.f), d, nz, b, 0.7f, 0.2f,
+                                         sqrtf(2.0f));
+        CHECK(fa && fb && fa->numel == fb->numel);
+        if (fa && fb) {
+            float *ha = malloc((size_t)fa->numel * sizeof(float)), *hb = malloc((size_t)fb->numel * sizeof(float));
+            CHECK(pbw_tensor_read(ctx, fa, ha) == 0 && pbw_tensor_read(ctx, fb, hb) == 0);
+            CHECK_MSG(memcmp(ha, hb, (size_t)fa->numel * sizeof(float)) == 0, "case %zu", i);
+            free(ha), free(hb);
+        }
+        free(h);
+        pbw_ctx_reset(ctx);
+    }
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&a);
+}
+
 /* ---------- CLIP's crops (pbw_clip_crops: bicubic crop + resize, clamp, normalize) ----------
  * Crops of every kind: the whole image, sides below R (upsampling), above R (downsampling),
  * equal to R (a plain copy), at the borders. Inputs stay in (-0.7, 0.7): with the bicubic

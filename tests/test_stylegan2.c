@@ -860,6 +860,43 @@ static pbw_tensor *f_blur(pbw_ctx *ctx, pbw_tensor **in, void *user) {
     return pbw_sg_blur(ctx, in[0], (const pbw_sg_fir *)user);
 }
 
+/* slope 1: no kink for the finite differences to straddle (as f_modconv_act) */
+static pbw_tensor *f_blur_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_blur_act(ctx, in[0], (const pbw_sg_fir *)user, in[1], in[2], in[3], 0.7f, 1.0f,
+                           sqrtf(2.0f));
+}
+
+/* pbw_sg_blur_act on the CPU is pbw_sg_blur then pbw_sg_bias_act: the same floats, and the
+ * gradients of x, d, the noise and the bias (the GPU's fused write: cuda_sg_blur_act). */
+PBW_TEST(stylegan2_op_sg_blur_act) {
+    static const float k1[4] = {1, 3, 3, 1};
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 12);
+    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
+    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 16.0f;
+    pbw_sg_fir f;
+    CHECK(pbw_sg_fir_init(&f, k, 1, 1) == 0);
+    const int N = 2, C = 3, H = 6, W = 5, OH = H - 1, OW = W - 1;
+    float *xd = gc_rand(N * C * H * W, 140, -1, 1), *dd = gc_rand(N * C, 141, 0.5f, 1.5f);
+    float *nd = gc_rand(N * OH * OW, 142, -1, 1), *bd = gc_rand(C, 143, -0.5f, 0.5f);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *x = pbw_tensor_wrap(ctx, xd, 4, (int64_t[]){N, C, H, W});
+    pbw_tensor *d = pbw_tensor_wrap(ctx, dd, 2, (int64_t[]){N, C});
+    pbw_tensor *nz = pbw_tensor_wrap(ctx, nd, 4, (int64_t[]){N, 1, OH, OW});
+    pbw_tensor *b = pbw_tensor_wrap(ctx, bd, 1, (int64_t[]){C});
+    pbw_tensor *y = pbw_sg_blur_act(ctx, x, &f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+    pbw_tensor *ref = pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, &f), d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+    CHECK(y && ref && pbw_shape_equal(y, ref) &&
+          memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+    pbw_ctx_free(ctx);
+    gc_input in[4] = {{4, {N, C, H, W}, xd, 1}, {2, {N, C}, dd, 1}, {4, {N, 1, OH, OW}, nd, 1},
+                      {1, {C}, bd, 1}};
+    CHECK(gc_check("sg_blur_act", f_blur_act, &f, 4, in, (gc_opts){0}) == 0);
+    free(xd), free(dd), free(nd), free(bd);
+    pbw_arena_free(&a);
+}
+
 PBW_TEST(stylegan2_op_sg_blur) {
     static const float k1[4] = {1, 3, 3, 1};
     static const int pads[4][2] = {{1, 1}, {2, 1}, {0, 0}, {3, 2}};

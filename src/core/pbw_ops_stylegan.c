@@ -638,9 +638,8 @@ static void blur_backward(pbw_ctx *ctx, pbw_node *nd) {
                              f->K, f->pad0, s, nt);
 }
 
-pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
-    static const char *op = "sg_blur";
-    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+/* sg_blur's output for x (its argument checks), or NULL with the context failed. */
+static pbw_tensor *blur_out(pbw_ctx *ctx, const char *op, pbw_tensor *x, const pbw_sg_fir *f) {
     char sx[96];
     if (!f || f->K < 1) return pbw_ctx_fail(ctx, "%s: no kernel", op);
     if (x->ndim != 4 || x->shape[2] > (1 << 16) || x->shape[3] > (1 << 16))
@@ -651,8 +650,16 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
         return pbw_ctx_fail(ctx, "%s: x %s is too small for a %d-tap kernel with pads %d,%d", op,
                             pbw_shape_str(x, sx, sizeof sx), f->K, f->pad0, f->pad1);
     if (f->K > 16) return pbw_ctx_fail(ctx, "%s: %d taps (at most 16)", op, f->K);
-    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], OH, OW});
+    return pbw_tensor_new(ctx, 4, (int64_t[]){x->shape[0], x->shape[1], OH, OW});
+}
+
+pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
+    static const char *op = "sg_blur";
+    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    pbw_tensor *out = blur_out(ctx, op, x, f);
     if (!out) return NULL;
+    const int H = (int)x->shape[2], W = (int)x->shape[3];
+    const int OH = (int)out->shape[2], OW = (int)out->shape[3];
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx)) {
         pbw_cuda_sg_blur_forward(out->data, x->data, x->shape[0] * x->shape[1], H, W, OH, OW,
@@ -672,4 +679,30 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
         ((blur_saved *)nd->saved)->f = *f;
     }
     return out;
+}
+
+pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
+                            pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
+                            float gain) {
+#ifdef PBW_HAVE_CUDA
+    /* without gradients on a GPU: the activation is applied as the blur writes its output */
+    static const char *op = "sg_blur";
+    pbw_tensor *ins[4] = {x, d, noise, bias};
+    if (pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, 4)) {
+        if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+        pbw_tensor *out = blur_out(ctx, op, x, f);
+        pbw_cuda_postact pa;
+        if (!out || act_geom(ctx, op, out, d, noise, bias, noise_weight, slope, gain, &pa.g))
+            return NULL;
+        pa.d = d ? d->data : NULL;
+        pa.noise = noise ? noise->data : NULL;
+        pa.bias = bias ? bias->data : NULL;
+        pbw_cuda_sg_blur_act_forward(out->data, x->data, x->shape[0] * x->shape[1],
+                                     (int)x->shape[2], (int)x->shape[3], (int)out->shape[2],
+                                     (int)out->shape[3], f->kv, f->kh, f->K, f->pad0, &pa);
+        return out;
+    }
+#endif
+    return pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, f), d, noise, bias, noise_weight, slope,
+                           gain);
 }

@@ -117,6 +117,12 @@ int pbw_sg_fir_init(pbw_sg_fir *f, const pbw_tensor *k, int pad0, int pad1);
 /* upfirdn2d(x, k, up=1, down=1, pad=(pad0,pad1)): x (N,C,H,W) ->
  * (N,C,H+pad0+pad1-K+1, W+pad0+pad1-K+1). Gradient reaches x. */
 pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f);
+/* pbw_sg_bias_act(pbw_sg_blur(x, f), d, noise, bias, noise_weight, slope, gain) in one op:
+ * without gradients on a GPU the activation is applied as the blur writes (its unactivated
+ * output is never written); otherwise exactly the two ops. */
+pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
+                            pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
+                            float gain);
 
 #ifdef __cplusplus
 }

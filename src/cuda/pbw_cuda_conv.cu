@@ -774,9 +774,7 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
                const pbw_cuda_postact *pa = nullptr) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
-    pbw_cuda_postact none;
-    memset(&none, 0, sizeof none);
-    const pbw_cuda_postact &a = pa ? *pa : none;
+    const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
     if (prec == PBW_PREC_BF16)
         nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __nv_bfloat16 *)src, N,
                                                               C, P, accumulate, a);

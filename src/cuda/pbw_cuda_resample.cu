@@ -19,6 +19,7 @@
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_resample.cuh"
+#include "cuda/pbw_cuda_stylegan.cuh"
 
 namespace {
 
@@ -393,7 +394,8 @@ __host__ __device__ constexpr int blur_stride(int tc, int ry, int tw) {
 template <int K, int TW, int TY, int RY, bool BWD>
 __global__ void __launch_bounds__(TW *TY)
     sg_blur_tile_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t planes,
-                        int SH, int SW, int DH, int DW, fir_taps f, int p0) {
+                        int SH, int SW, int DH, int DW, fir_taps f, int p0,
+                        pbw_cuda_postact pa) {
     static_assert(TW * TY % 32 == 0 && RY <= 16, "blur tile shape");
     constexpr int TH = TY * RY, TR = TH + K - 1, TC = TW + K - 1;
     constexpr int TS = blur_stride(TC, RY, TW), NT = TW * TY;
@@ -423,6 +425,10 @@ __global__ void __launch_bounds__(TW *TY)
             rs[t] = s;
         }
         float *dp = dst + pl * DH * DW;
+        const bool activate = !BWD && pa.g.N;
+        act_plane a = {};
+        if (activate)
+            a = act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)(pl / pa.g.O), (int)(pl % pa.g.O));
 #pragma unroll
         for (int r = 0; r < RY; r++) {
             float acc = 0.0f;
@@ -432,7 +438,7 @@ __global__ void __launch_bounds__(TW *TY)
             if (oy < DH && ox < DW) {
                 float *d = dp + (int64_t)oy * DW + ox;
                 if (BWD) *d += acc;
-                else *d = acc;
+                else *d = activate ? act_at(acc, a, pa.g, (int64_t)oy * DW + ox) : acc;
             }
         }
         __syncthreads(); // the tile is read before the next plane's overwrites it
@@ -445,21 +451,21 @@ __global__ void __launch_bounds__(TW *TY)
 // 16 wide.
 template <bool BWD>
 int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, int DH, int DW,
-                  const fir_taps &f, int K, int p0) {
+                  const fir_taps &f, int K, int p0, const pbw_cuda_postact &pa) {
     if (K != 4) return 0;
     const unsigned gz = (unsigned)(planes < 65535 ? planes : 65535);
     if (DW <= 16) {
         const dim3 grid((unsigned)((DW + 15) / 16), (unsigned)((DH + 15) / 16), gz);
         sg_blur_tile_kernel<4, 16, 8, 2, BWD>
-            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
     } else if (DH >= 64) {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 63) / 64), gz);
         sg_blur_tile_kernel<4, 32, 8, 8, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
     } else {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 31) / 32), gz);
         sg_blur_tile_kernel<4, 32, 8, 4, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0);
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
     }
     return 1;
 }
@@ -468,7 +474,8 @@ int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, 
 // out[oy][ox] = sum_jv fv[jv] * (sum_jh fh[jh] * x[oy+jv-p0][ox+jh-p0]): the CPU's row pass
 // then column pass, fused (each row sum is recomputed by the K outputs below it; K <= 16).
 __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, int H, int W,
-                                   int OH, int OW, fir_taps f, int K, int p0) {
+                                   int OH, int OW, fir_taps f, int K, int p0,
+                                   pbw_cuda_postact pa) {
     const int64_t n = planes * OH * OW;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -486,7 +493,10 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
             for (int jh = jh0; jh < jh1; jh++) s += f.h[jh] * row[jh];
             acc += f.v[jv] * s;
         }
-        out[i] = acc;
+        out[i] = pa.g.N ? act_at(acc, act_plane_at(pa.d, pa.noise, pa.bias, pa.g,
+                                                   (int)(pl / pa.g.O), (int)(pl % pa.g.O)),
+                                 pa.g, (int64_t)oy * OW + ox)
+                        : acc;
     }
 }
 
@@ -597,16 +607,24 @@ extern "C" void pbw_cuda_sg_blur_forward(float *out, const float *x, int64_t pla
                                          int K, int p0, float *scratch, int nthreads) {
     (void)scratch;
     (void)nthreads;
+    pbw_cuda_sg_blur_act_forward(out, x, planes, H, W, OH, OW, kv, kh, K, p0, nullptr);
+}
+
+extern "C" void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, int H,
+                                             int W, int OH, int OW, const float *kv,
+                                             const float *kh, int K, int p0,
+                                             const pbw_cuda_postact *pa) {
     const int64_t n = planes * OH * OW;
     if (n == 0) return;
     if (K < 1 || K > 16) {
         pbw_cuda_fail("sg_blur: %d taps (1..16)", K);
         return;
     }
+    const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
     const fir_taps f = flip_taps(kv, kh, K);
-    if (!sg_blur_tiled<false>(out, x, planes, H, W, OH, OW, f, K, p0))
+    if (!sg_blur_tiled<false>(out, x, planes, H, W, OH, OW, f, K, p0, a))
         sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,
-                                                                 f, K, p0);
+                                                                 f, K, p0, a);
     PBW_CUDA_LAUNCHED("sg_blur_forward");
 }
 
@@ -623,7 +641,8 @@ extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t 
         return;
     }
     const fir_taps f = flip_taps(kv, kh, K);
-    if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0))
+    const pbw_cuda_postact none = {};
+    if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0, none))
         sg_blur_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, planes, H, W, OH, OW,
                                                                  f, K, p0);
     PBW_CUDA_LAUNCHED("sg_blur_backward");

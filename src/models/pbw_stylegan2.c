@@ -522,10 +522,16 @@ static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_
     const pbw_sg2_modulated_conv2d *mc = &sc->conv;
     const float nw = noise ? sc->noise_weight : 0;
     pbw_tensor *s, *s0;
-    if (mc->plan && !mc->upsample) { /* no blur between: convolution and activation in one op */
+    if (mc->plan && (!mc->upsample || mc->blur.K)) {
+        /* the activation applied by the op that writes the layer's output: the convolution's
+         * copy back, or the separable blur after an upsampling one */
         styles(ctx, mc, li, &s, &s0);
-        return pbw_sg_modconv_act(ctx, x, s, s0, li->m_in, mc->plan, demod(ctx, sc, li, s, s0),
-                                  noise, sc->activate_bias, nw, SG2_SLOPE, (float)M_SQRT2);
+        pbw_tensor *d = demod(ctx, sc, li, s, s0);
+        if (!mc->upsample)
+            return pbw_sg_modconv_act(ctx, x, s, s0, li->m_in, mc->plan, d, noise,
+                                      sc->activate_bias, nw, SG2_SLOPE, (float)M_SQRT2);
+        return pbw_sg_blur_act(ctx, pbw_sg_modconv(ctx, x, s, s0, li->m_in, mc->plan), &mc->blur,
+                               d, noise, sc->activate_bias, nw, SG2_SLOPE, (float)M_SQRT2);
     }
     pbw_tensor *y = modconv_core(ctx, mc, x, li, &s, &s0);
     return pbw_sg_bias_act(ctx, y, demod(ctx, sc, li, s, s0), noise, sc->activate_bias, nw,
