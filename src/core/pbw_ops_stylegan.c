@@ -688,7 +688,7 @@ pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pb
     /* without gradients on a GPU: the activation is applied as the blur writes its output */
     static const char *op = "sg_blur";
     pbw_tensor *ins[4] = {x, d, noise, bias};
-    if (pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, 4)) {
+    if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 4)) {
         if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
         pbw_tensor *out = blur_out(ctx, op, x, f);
         pbw_cuda_postact pa;

@@ -85,8 +85,9 @@ int pbw_cuda_half_gemm(void);
 /* Half activations (pbw_ctx_set_half_activations) take effect: pbw_cuda_half_gemm() and
  * PBW_CUDA_HALF_ACTS is not 0. */
 int pbw_cuda_half_acts(void);
-/* pbw_sg_modconv scales its input while staging it: 1 unless PBW_CUDA_MODCONV is 0 (then it
- * runs the two ops). */
+/* The generator's fused ops run fused (pbw_sg_modconv scales its input while staging it,
+ * pbw_sg_modconv_act and pbw_sg_blur_act activate their output as they write it): 1 unless
+ * PBW_CUDA_MODCONV is 0 (then each runs the ops it stands for). */
 int pbw_cuda_modconv(void);
 void pbw_cuda_weights_block(const void *p, size_t bytes);
 int pbw_cuda_is_weight(const void *p, size_t bytes);
