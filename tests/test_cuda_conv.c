@@ -470,6 +470,40 @@ PBW_TEST(cuda_sg_conv_half) {
 #endif
 }
 
+/* 1 when a and b, tensors of ctx, hold the same values bit for bit (a fused op against the ops
+ * it stands for). */
+static int same_bits(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    if (!a || !b || a->numel != b->numel) return 0;
+    float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
+    int same = ha && hb && pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0 &&
+               memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0;
+    free(ha), free(hb);
+    return same;
+}
+
+#ifdef PBW_HAVE_CUDA
+/* The bit-for-bit checks' setting: a CUDA context in bf16 (*ctx) and the plan of an (O,C,3,3)
+ * weight of fixed values, moved to the GPU in ga; NULL (checked) on failure. Free with
+ * bf16_plan_end. */
+static pbw_sg_conv_plan *bf16_plan(pbw_ctx **ctx, pbw_arena *ga, int O, int C, int transposed) {
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_arena_init(ga, 1 << 16);
+    pbw_tensor *w = pbw_tensor_new_in(ga, 4, (int64_t[]){O, C, 3, 3}, &err);
+    if (!*ctx || !w) return NULL;
+    for (int64_t j = 0; j < w->numel; j++) w->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+    pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(ga, w, transposed, &err);
+    return pl && pbw_arena_to_device(ga, *ctx, &err) == 0 ? pl : NULL;
+}
+
+static void bf16_plan_end(pbw_ctx *ctx, pbw_arena *ga) {
+    pbw_ctx_free(ctx);
+    pbw_arena_free(ga);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+}
+#endif
+
 /* ---------- sg_modconv: the style applied as the input is staged ---------- */
 
 typedef struct {
@@ -535,17 +569,11 @@ PBW_TEST(cuda_sg_modconv) {
                     pbw_arena_free(&ca);
                 }
     /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
-    pbw_err err = {{0}};
-    pbw_cuda_set_precision(PBW_PREC_BF16);
-    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_ctx *ctx;
     pbw_arena ga;
-    pbw_arena_init(&ga, 1 << 16);
-    pbw_tensor *w = pbw_tensor_new_in(&ga, 4, (int64_t[]){64, 64, 3, 3}, &err);
-    CHECK(ctx && w);
-    if (ctx && w) {
-        for (int64_t j = 0; j < w->numel; j++) w->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
-        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&ga, w, 1, &err);
-        CHECK(pl && pbw_arena_to_device(&ga, ctx, &err) == 0);
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, 64, 64, 1);
+    CHECK(pl != NULL);
+    if (pl) {
         float *hx = malloc(2 * 64 * 8 * 8 * sizeof(float)), *hs = malloc(2 * 64 * sizeof(float));
         float *hm = malloc(2 * 8 * 8 * sizeof(float));
         for (int j = 0; j < 2 * 64 * 64; j++) hx[j] = (float)((j * 29) % 97 - 48) / 48.0f;
@@ -557,18 +585,10 @@ PBW_TEST(cuda_sg_modconv) {
         pbw_tensor *m = pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){2, 1, 8, 8});
         pbw_tensor *a = pbw_sg_modconv(ctx, x, s, s0, m, pl);
         pbw_tensor *b = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
-        CHECK(a && b && a->numel == b->numel);
-        if (a && b) {
-            float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
-            CHECK(pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0);
-            CHECK(memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0);
-            free(ha), free(hb);
-        }
+        CHECK(same_bits(ctx, a, b));
         free(hx), free(hs), free(hm);
     }
-    pbw_ctx_free(ctx);
-    pbw_arena_free(&ga);
-    pbw_cuda_set_precision(PBW_PREC_FP32);
+    bf16_plan_end(ctx, &ga);
 #endif
 }
 
@@ -638,17 +658,11 @@ PBW_TEST(cuda_sg_modconv_act) {
                 pbw_arena_free(&ca);
             }
     /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
-    pbw_err err = {{0}};
-    pbw_cuda_set_precision(PBW_PREC_BF16);
-    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_ctx *ctx;
     pbw_arena ga;
-    pbw_arena_init(&ga, 1 << 16);
-    pbw_tensor *w = pbw_tensor_new_in(&ga, 4, (int64_t[]){O, C, 3, 3}, &err);
-    CHECK(ctx && w);
-    if (ctx && w) {
-        for (int64_t j = 0; j < w->numel; j++) w->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
-        pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&ga, w, 0, &err);
-        CHECK(pl && pbw_arena_to_device(&ga, ctx, &err) == 0);
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, O, C, 0);
+    CHECK(pl != NULL);
+    if (pl) {
         const int64_t nx = (int64_t)N * C * H * W, np = (int64_t)N * O * H * W;
         float *h = malloc((size_t)(nx + np + 4 * N * H * W + 4 * C) * sizeof(float));
         for (int64_t j = 0; j < nx + np + 4 * N * H * W + 4 * C; j++)
@@ -674,21 +688,12 @@ PBW_TEST(cuda_sg_modconv_act) {
                                                v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
             pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
                                             v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
-            CHECK_MSG(a && b && a->numel == b->numel, "variant %d: %s", k, pbw_ctx_error(ctx));
-            if (a && b) {
-                float *ha = malloc((size_t)a->numel * sizeof(float));
-                float *hb = malloc((size_t)b->numel * sizeof(float));
-                CHECK(pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0);
-                CHECK_MSG(memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0, "variant %d", k);
-                free(ha), free(hb);
-            }
+            CHECK_MSG(same_bits(ctx, a, b), "variant %d: %s", k, pbw_ctx_error(ctx));
         }
         CHECK(pbw_cuda_sg_postact_calls() - before == 5); /* each variant fused */
         free(h);
     }
-    pbw_ctx_free(ctx);
-    pbw_arena_free(&ga);
-    pbw_cuda_set_precision(PBW_PREC_FP32);
+    bf16_plan_end(ctx, &ga);
 #endif
 }
 
@@ -794,13 +799,7 @@ PBW_TEST(cuda_sg_blur_act) {
         pbw_tensor *fa = pbw_sg_blur_act(ctx, x, &arg.f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
         pbw_tensor *fb = pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, &arg.f), d, nz, b, 0.7f, 0.2f,
                                          sqrtf(2.0f));
-        CHECK(fa && fb && fa->numel == fb->numel);
-        if (fa && fb) {
-            float *ha = malloc((size_t)fa->numel * sizeof(float)), *hb = malloc((size_t)fb->numel * sizeof(float));
-            CHECK(pbw_tensor_read(ctx, fa, ha) == 0 && pbw_tensor_read(ctx, fb, hb) == 0);
-            CHECK_MSG(memcmp(ha, hb, (size_t)fa->numel * sizeof(float)) == 0, "case %zu", i);
-            free(ha), free(hb);
-        }
+        CHECK_MSG(same_bits(ctx, fa, fb), "case %zu: %s", i, pbw_ctx_error(ctx));
         free(h);
         pbw_ctx_reset(ctx);
     }

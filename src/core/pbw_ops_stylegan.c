@@ -517,41 +517,21 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
     return out;
 }
 
-pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
-                           pbw_tensor *m, const pbw_sg_conv_plan *pl) {
-#ifdef PBW_HAVE_CUDA
-    /* without gradients on staged convolutions: the style scales x as it is staged, with no
-     * modulated copy of x */
-    static const char *op = "sg_modconv";
-    pbw_tensor *ins[4] = {x, s, s0, m};
-    if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
-        !pbw_needs_grad(ctx, ins, 4)) {
-        pbw_cpu_sg_mod_geom g;
-        if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
-        pbw_tensor *out = sgconv_out(ctx, op, x, pl);
-        const float *wt;
-        const void *wh;
-        if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh)) return NULL;
-        const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
-                                    g.s_nstride, g.s0_nstride, g.m_nstride};
-        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, NULL, pl->weight->data, wt,
-                                         wh, (int)x->shape[0], pl->C, (int)x->shape[2],
-                                         (int)x->shape[3], pl->O, pl->k, pl->transposed) == 0)
-            return out;
-    }
-#endif
-    return pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
-}
+/* sg_bias_act's inputs, for the ops that apply it as they write. */
+typedef struct act_args {
+    pbw_tensor *d, *noise, *bias;
+    float noise_weight, slope, gain;
+} act_args;
 
-pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
-                               pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
-                               pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
-                               float slope, float gain) {
+/* pbw_sg_modconv, then act (NULL: none). Without gradients on staged convolutions the style
+ * scales x as it is staged (no modulated copy of x) and act is applied as the output is copied
+ * back (no unactivated output); otherwise the ops it stands for. */
+static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                           pbw_tensor *m, const pbw_sg_conv_plan *pl, const act_args *act) {
 #ifdef PBW_HAVE_CUDA
-    /* without gradients on staged convolutions: the activation is applied as the output is
-     * copied back, with no unactivated output in memory */
     static const char *op = "sg_modconv";
-    pbw_tensor *ins[7] = {x, s, s0, m, d, noise, bias};
+    pbw_tensor *ins[7] = {x, s, s0, m, act ? act->d : NULL, act ? act->noise : NULL,
+                          act ? act->bias : NULL};
     if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
         !pbw_needs_grad(ctx, ins, 7)) {
         pbw_cpu_sg_mod_geom g;
@@ -561,21 +541,40 @@ pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_t
         const void *wh;
         pbw_cuda_postact pa;
         if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh) ||
-            act_geom(ctx, op, out, d, noise, bias, noise_weight, slope, gain, &pa.g))
+            (act && act_geom(ctx, op, out, act->d, act->noise, act->bias, act->noise_weight,
+                             act->slope, act->gain, &pa.g)))
             return NULL;
-        pa.d = d ? d->data : NULL;
-        pa.noise = noise ? noise->data : NULL;
-        pa.bias = bias ? bias->data : NULL;
+        if (act) {
+            pa.d = act->d ? act->d->data : NULL;
+            pa.noise = act->noise ? act->noise->data : NULL;
+            pa.bias = act->bias ? act->bias->data : NULL;
+        }
         const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
                                     g.s_nstride, g.s0_nstride, g.m_nstride};
-        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, &pa, pl->weight->data, wt,
-                                         wh, (int)x->shape[0], pl->C, (int)x->shape[2],
-                                         (int)x->shape[3], pl->O, pl->k, pl->transposed) == 0)
+        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, act ? &pa : NULL,
+                                         pl->weight->data, wt, wh, (int)x->shape[0], pl->C,
+                                         (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
+                                         pl->transposed) == 0)
             return out;
     }
 #endif
-    return pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0, m, pl), d, noise, bias,
-                           noise_weight, slope, gain);
+    pbw_tensor *y = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
+    return act ? pbw_sg_bias_act(ctx, y, act->d, act->noise, act->bias, act->noise_weight,
+                                 act->slope, act->gain)
+               : y;
+}
+
+pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                           pbw_tensor *m, const pbw_sg_conv_plan *pl) {
+    return modconv(ctx, x, s, s0, m, pl, NULL);
+}
+
+pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                               pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
+                               pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
+                               float slope, float gain) {
+    const act_args act = {d, noise, bias, noise_weight, slope, gain};
+    return modconv(ctx, x, s, s0, m, pl, &act);
 }
 
 /* ---------- separable blur ---------- */

@@ -678,41 +678,28 @@ static const int MMA_D = 64;      // head size (CLIP: 64)
 static const int MMA_THREADS = 128; // 4 warps
 static const int MMA_KT_MAX = 5;  // keys up to 80 (16 KT)
 
-template <typename H> __device__ __forceinline__ uint32_t mma_pack(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t mma_pack<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lo) in the low 16 bits
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-template <> __device__ __forceinline__ uint32_t mma_pack<__half>(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
+// Two values of H in one 32-bit fragment register, the first in the low half (the PTX order).
+template <typename H> __device__ __forceinline__ uint32_t mma_pack(float lo, float hi) {
+    const float f[2] = {lo, hi};
+    return pbw_pack_half<H, 2, uint32_t>(f);
 }
 
-// c += a b, a 16 x 16 (row), b 16 x 8 (col), c 16 x 8 fp32.
+// c += a b, a 16 x 16 (row), b 16 x 8 (col), c 16 x 8 fp32; T the PTX name of H.
 template <typename H>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                           uint32_t b1);
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
-                                                         uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4],
-                                                  uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename H> __device__ __forceinline__ float2 half_pair(uint32_t w) {
-    const H *h = reinterpret_cast<const H *>(&w);
-    return make_float2(pbw_from_half<H>(h[0]), pbw_from_half<H>(h[1]));
-}
+#define PBW_MMA_16816(H, T)                                                                     \
+    template <>                                                                                 \
+    __device__ __forceinline__ void mma_16816<H>(float (&c)[4], const uint32_t (&a)[4],         \
+                                                 uint32_t b0, uint32_t b1) {                    \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 "                   \
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                  \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                           \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));           \
+    }
+PBW_MMA_16816(__nv_bfloat16, "bf16")
+PBW_MMA_16816(__half, "f16")
+#undef PBW_MMA_16816
 
 template <typename H> __device__ __forceinline__ uint32_t ld32(const H *p) {
     return *reinterpret_cast<const uint32_t *>(p);
@@ -804,9 +791,11 @@ __global__ static void __launch_bounds__(MMA_THREADS)
                 // the weights as the product will see them: rounded, and summed so
                 const uint32_t p0 = mma_pack<H>(exp2f(s[0] - m0), exp2f(s[1] - m0));
                 const uint32_t p1 = mma_pack<H>(exp2f(s[2] - m1), exp2f(s[3] - m1));
-                float2 f0 = half_pair<H>(p0), f1 = half_pair<H>(p1);
-                l0 += f0.x + f0.y;
-                l1 += f1.x + f1.y;
+                float f0[2], f1[2];
+                pbw_unpack_half<H, 2>(p0, f0);
+                pbw_unpack_half<H, 2>(p1, f1);
+                l0 += f0[0] + f0[1];
+                l1 += f1[0] + f1[1];
                 a[2 * u] = p0;
                 a[2 * u + 1] = p1;
             }
