@@ -470,6 +470,7 @@ PBW_TEST(cuda_sg_conv_half) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
 /* 1 when a and b, tensors of ctx, hold the same values bit for bit (a fused op against the ops
  * it stands for). */
 static int same_bits(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
@@ -481,7 +482,6 @@ static int same_bits(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
     return same;
 }
 
-#ifdef PBW_HAVE_CUDA
 /* The bit-for-bit checks' setting: a CUDA context in bf16 (*ctx) and the plan of an (O,C,3,3)
  * weight of fixed values, moved to the GPU in ga; NULL (checked) on failure. Free with
  * bf16_plan_end. */
@@ -735,6 +735,7 @@ PBW_TEST(cuda_sg_blur) {
 
 /* ---------- sg_blur_act: the activation applied as the blur writes ---------- */
 
+#ifdef PBW_HAVE_CUDA
 typedef struct {
     pbw_sg_fir f;
     float slope;
@@ -745,12 +746,14 @@ static pbw_tensor *sgblur_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     const blur_act_arg *a = arg;
     return pbw_sg_blur_act(ctx, in[0], &a->f, in[1], in[2], in[3], 0.7f, a->slope, sqrtf(2.0f));
 }
+#endif
 
 /* Without gradients the GPU's blur applies StyleGAN2's bias and activation as it writes (the
  * tiled K = 4 kernels and the generic one); with them it runs pbw_sg_blur and pbw_sg_bias_act.
  * Against the CPU (TOL_EW: the same fp32 sums; with gradients the slope is 1, as in
  * cuda_sg_modconv_act), and on the GPU fused = the two ops, bit for bit. */
 PBW_TEST(cuda_sg_blur_act) {
+#ifdef PBW_HAVE_CUDA
     static const float t4[4] = {1, 3, 3, 1}, t3[3] = {1, 2, 1};
     static const struct {
         int n, c, h, w, p0, p1, k;
@@ -786,7 +789,9 @@ PBW_TEST(cuda_sg_blur_act) {
             char name[80];
             snprintf(name, sizeof name, "sg_blur_act (%d,%d,%d,%d) K=%d%s", n, c, cases[i].h,
                      cases[i].w, cases[i].k, grad ? " +grad" : "");
+            const long before = pbw_cuda_sg_blur_postact_calls();
             CHECK(parity_check(name, sgblur_act_fn, &arg, 4, in, TOL_EW) == 0);
+            CHECK(pbw_cuda_sg_blur_postact_calls() - before == !grad); /* fused without */
         }
         /* fused = the two ops on the GPU, bit for bit */
         const int64_t nx = (int64_t)n * c * cases[i].h * cases[i].w, no = (int64_t)n * oh * ow;
@@ -796,7 +801,9 @@ PBW_TEST(cuda_sg_blur_act) {
         pbw_tensor *nz = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){n, 1, oh, ow});
         pbw_tensor *d = pbw_tensor_from_host(ctx, h + nx + no, 2, (int64_t[]){n, c});
         pbw_tensor *b = pbw_tensor_from_host(ctx, h + nx + no + n * c, 1, (int64_t[]){c});
+        const long before = pbw_cuda_sg_blur_postact_calls();
         pbw_tensor *fa = pbw_sg_blur_act(ctx, x, &arg.f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+        CHECK(pbw_cuda_sg_blur_postact_calls() - before == 1); /* fused */
         pbw_tensor *fb = pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, &arg.f), d, nz, b, 0.7f, 0.2f,
                                          sqrtf(2.0f));
         CHECK_MSG(same_bits(ctx, fa, fb), "case %zu: %s", i, pbw_ctx_error(ctx));
@@ -805,6 +812,7 @@ PBW_TEST(cuda_sg_blur_act) {
     }
     pbw_ctx_free(ctx);
     pbw_arena_free(&a);
+#endif
 }
 
 /* ---------- CLIP's crops (pbw_clip_crops: bicubic crop + resize, clamp, normalize) ----------

@@ -273,8 +273,8 @@ PBW_TEST(cuda_graph_replay) {
     pbw_ctx_set_grad(ref, 1);
     float kc[64];
     memcpy(kc, k, sizeof kc); /* the constant: its bytes at recording time are what replays */
-    pbw_cuda_graph_input(in, sizeof in);
     CHECK(pbw_cuda_capture_begin() == 0);
+    pbw_cuda_graph_input(in, sizeof in);
     pbw_tensor *x = NULL, *l = graph_pass(ctx, in, kc, &x);
     CHECK(l && pbw_backward(ctx, l, NULL, &err) == 0);
     char why[160];

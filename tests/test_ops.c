@@ -453,10 +453,13 @@ PBW_TEST(ops_linear_add_into) {
             e = fmax(e, fabs(y->data[i] - want->data[i]));
         CHECK(y && want && e <= 1e-6);
     }
-    /* r aliasing x: a new tensor */
+    /* r aliasing x, or overlapping it (x a view of r's storage one row on): a new tensor */
     pbw_tensor *sq = pbw_tensor_from_host(ctx, r, 2, (int64_t[]){R, O});
     pbw_tensor *sw = pbw_tensor_from_host(ctx, w, 2, (int64_t[]){O, O});
     CHECK(pbw_linear_add_into(ctx, sq, sw, NULL, sq) != sq);
+    pbw_tensor *part = pbw_tensor_wrap(ctx, sq->data + O, 2, (int64_t[]){R - 1, O});
+    pbw_tensor *rpart = pbw_tensor_wrap(ctx, sq->data, 2, (int64_t[]){R - 1, O});
+    CHECK(pbw_linear_add_into(ctx, part, sw, NULL, rpart) != rpart);
     /* an op on the tape may need r: a new tensor, r unchanged */
     pbw_tensor *lx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, I});
     lx->requires_grad = 1;

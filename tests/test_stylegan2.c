@@ -810,9 +810,10 @@ static pbw_tensor *f_modconv_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
                               in[4], in[5], in[6], 0.7f, 1.0f, sqrtf(2.0f));
 }
 
-/* pbw_sg_modconv_act on the CPU is pbw_sg_modconv then pbw_sg_bias_act: the same floats, and
- * the gradients of x, the styles, the mask, d, the noise and the bias (the GPU's fused copy
- * back: cuda_sg_modconv_act). */
+/* pbw_sg_modconv_act on the CPU runs pbw_sg_modconv then pbw_sg_bias_act: the equality checks
+ * that each argument reaches its place (a swapped noise weight and slope, or d and noise, would
+ * change the floats), and the gradients of x, the styles, the mask, d, the noise and the bias
+ * that the backward follows them (the GPU's fused copy back: cuda_sg_modconv_act). */
 PBW_TEST(stylegan2_op_sg_modconv_act) {
     pbw_err err = {{0}};
     pbw_arena a;
@@ -866,8 +867,9 @@ static pbw_tensor *f_blur_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
                            sqrtf(2.0f));
 }
 
-/* pbw_sg_blur_act on the CPU is pbw_sg_blur then pbw_sg_bias_act: the same floats, and the
- * gradients of x, d, the noise and the bias (the GPU's fused write: cuda_sg_blur_act). */
+/* pbw_sg_blur_act on the CPU runs pbw_sg_blur then pbw_sg_bias_act: the equality checks that
+ * each argument reaches its place, and the gradients of x, d, the noise and the bias that the
+ * backward follows them (the GPU's fused write: cuda_sg_blur_act). */
 PBW_TEST(stylegan2_op_sg_blur_act) {
     static const float k1[4] = {1, 3, 3, 1};
     pbw_err err = {{0}};

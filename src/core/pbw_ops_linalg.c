@@ -110,10 +110,17 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     }
 }
 
+/* Whether the float data of a and b share any byte (a view of one inside the other too). */
+static int overlaps(const pbw_tensor *a, const pbw_tensor *b) {
+    const char *pa = (const char *)a->data, *pb = (const char *)b->data;
+    return pa < pb + (size_t)b->numel * sizeof(float) && pb < pa + (size_t)a->numel * sizeof(float);
+}
+
 /* y = x W^T (+ b) (+ r). x may be half_only (half activations): the product reads its half
  * values; y is then half_only too when no residual is added. into: y is r itself (r += ...)
  * when nothing can need r's old values: no gradient for this op and an empty tape (an op
- * recorded earlier may have saved r for its backward); else a new tensor as without it. */
+ * recorded earlier may have saved r for its backward) and r shares no memory with x; else a
+ * new tensor as without it. */
 static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w,
                           pbw_tensor *b, pbw_tensor *r, int into) {
     pbw_tensor *in[4] = {x, w, b, r};
@@ -135,8 +142,7 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
                             pbw_shape_str(r, sx, sizeof sx));
     const int nin = r ? 4 : b ? 3 : 2;
     pbw_tensor *y = NULL;
-    if (into && r != x && r->data != x->data && !pbw_needs_grad(ctx, in, nin) &&
-        !pbw_ctx_mark_get(ctx).tape) {
+    if (into && !overlaps(r, x) && !pbw_needs_grad(ctx, in, nin) && !pbw_ctx_mark_get(ctx).tape) {
         y = r;
         r->half = NULL; /* r's values change: a half copy would be stale */
     } else if (!(y = pbw_tensor_new(ctx, x->ndim, oshape)))

@@ -410,15 +410,13 @@ static void graph_release(pbw_cuda_graph *g) {
 }
 
 extern "C" void pbw_cuda_graph_input(const void *host, size_t bytes) {
-    g_inputs.emplace_back(host, bytes);
+    if (g_capturing) g_inputs.emplace_back(host, bytes); // for this capture only
 }
 
 extern "C" int pbw_cuda_capture_begin(void) {
     if (g_dev < 0 || g_capturing) return -1;
-    if (pbw_cuda_sync(nullptr)) {
-        g_inputs.clear(); // registered for this capture only
-        return -1;
-    }
+    g_inputs.clear();
+    if (pbw_cuda_sync(nullptr)) return -1;
     g_cap = new pbw_cuda_graph();
     g_cap->exec = nullptr;
     g_capture_broken = 0;
@@ -428,7 +426,6 @@ extern "C" int pbw_cuda_capture_begin(void) {
         cudaGetLastError();
         graph_release(g_cap);
         g_cap = nullptr;
-        g_inputs.clear();
         return -1;
     }
     g_capturing = 1;

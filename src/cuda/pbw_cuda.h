@@ -95,7 +95,8 @@ int pbw_cuda_is_weight(const void *p, size_t bytes);
 /* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
  * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.
  * Uploads are staged in pinned memory the graph owns: those from a host range registered with
- * pbw_cuda_graph_input before the capture are read again from that range at each launch, every
+ * pbw_cuda_graph_input after pbw_cuda_capture_begin (before the upload) are read again from that
+ * range at each launch, every
  * other upload replays the bytes it had. Read-backs, waits and library workspaces that grow
  * cannot be recorded: capture_end then returns NULL (why says what broke it), clears the error,
  * and the caller runs the pass directly. A graph reuses the device addresses it recorded: the

@@ -155,6 +155,8 @@ typedef struct pbw_cuda_postact {
 void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, int H, int W,
                                   int OH, int OW, const float *kv, const float *kh, int K, int p0,
                                   const pbw_cuda_postact *pa);
+/* Blurs that applied a pbw_cuda_postact so far (tests). */
+long pbw_cuda_sg_blur_postact_calls(void);
 /* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_postact_calls(void);
 int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,

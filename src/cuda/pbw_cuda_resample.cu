@@ -610,6 +610,9 @@ extern "C" void pbw_cuda_sg_blur_forward(float *out, const float *x, int64_t pla
     pbw_cuda_sg_blur_act_forward(out, x, planes, H, W, OH, OW, kv, kh, K, p0, nullptr);
 }
 
+static long g_blur_postact_calls;
+extern "C" long pbw_cuda_sg_blur_postact_calls(void) { return g_blur_postact_calls; }
+
 extern "C" void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, int H,
                                              int W, int OH, int OW, const float *kv,
                                              const float *kh, int K, int p0,
@@ -621,6 +624,7 @@ extern "C" void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t
         return;
     }
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
+    g_blur_postact_calls += pa != nullptr;
     const fir_taps f = flip_taps(kv, kh, K);
     if (!sg_blur_tiled<false>(out, x, planes, H, W, OH, OW, f, K, p0, a))
         sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,

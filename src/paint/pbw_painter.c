@@ -457,6 +457,7 @@ static int queue_generation(run *r, pbw_ctx *ctx, const float *X, int lam, int b
                             const pbw_crop *crops, float *dvals, float *dframes, pbw_err *err) {
     const int D = r->D;
     for (int i = 0; i < lam; i += bsz) {
+        if (i > 0 && !pbw_cuda_capturing() && cancelled(r)) return 0; /* the caller sees it */
         int b = lam - i < bsz ? lam - i : bsz;
         pbw_ctx_reset(ctx);
         pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
@@ -484,12 +485,12 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
         return 0;
     }
     if (!*try_graph || gen != 1) return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
-    pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X);
-    pbw_cuda_graph_input(crops, crops_bytes);
     if (pbw_cuda_capture_begin()) {
         *try_graph = 0;
         return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
     }
+    pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X); /* before anything is uploaded */
+    pbw_cuda_graph_input(crops, crops_bytes);
     pbw_err cerr;
     int prc = queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, &cerr);
     char why[160];
@@ -618,7 +619,10 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
         }
 #endif
-        pbw_ctx_reset(ctx);
+#ifdef PBW_HAVE_CUDA
+        if (!graph) /* the graph replays into ctx's memory: a reset merging chunks would free it */
+#endif
+            pbw_ctx_reset(ctx);
         if (rc || cancelled(r)) break; /* a partly evaluated generation is not told */
         double mean = 0;
         for (int k = 0; k < lam; k++) {
@@ -731,10 +735,10 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             pbw_ctx_reset(ctx);
             int capture = 0;
 #ifdef PBW_HAVE_CUDA
-            if (try_graph && t == 1) {
+            if (try_graph && t == 1 && pbw_cuda_capture_begin() == 0) {
+                capture = 1; /* the inputs registered before anything is uploaded */
                 pbw_cuda_graph_input(var, (size_t)D * sizeof *var);
                 pbw_cuda_graph_input(crops, (size_t)ncrops * sizeof *crops);
-                capture = pbw_cuda_capture_begin() == 0;
             }
 #endif
             pbw_err cerr;
