@@ -8,12 +8,15 @@
 #include <sys/resource.h>
 #include <time.h>
 
-/* Wall seconds (monotonic). */
-static inline double bench_now(void) {
+/* Seconds on clock clk. */
+static inline double bench_clock(clockid_t clk) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(clk, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
+
+/* Wall seconds (monotonic). */
+static inline double bench_now(void) { return bench_clock(CLOCK_MONOTONIC); }
 
 /* CPU seconds of the whole process (every thread, user + system). */
 static inline double bench_cpu_time(void) {
