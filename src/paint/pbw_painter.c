@@ -449,6 +449,11 @@ static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_step
     r->progress(&pr, r->user);
 }
 
+/* Room for one pbw_objective_draw_crops: every crop set's crops (at least one each). */
+static int crops_per_draw(const pbw_objective *o) {
+    return pbw_objective_crop_sets(o) * (o->n_crops > 0 ? o->n_crops : 1);
+}
+
 #ifdef PBW_HAVE_CUDA
 /* Queues one CMA-ES generation on the GPU: every batch of the lam candidates in X (rows of D)
  * rendered and scored with the given crops, its values into dvals (clip, l1, lpips: three rows
@@ -484,9 +489,8 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
         if (pbw_cuda_graph_launch(*graph)) return pbw_err_set(err, "CMA-ES: %s", pbw_cuda_error());
         return 0;
     }
-    if (!*try_graph || gen != 1) return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
-    if (pbw_cuda_capture_begin()) {
-        *try_graph = 0;
+    if (!*try_graph || gen != 1 || pbw_cuda_capture_begin()) {
+        if (gen == 1) *try_graph = 0; /* recording could not begin */
         return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
     }
     pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X); /* before anything is uploaded */
@@ -531,12 +535,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     int bsz = rq->cma_batch > 0 ? rq->cma_batch : (int)(budget / ((int64_t)r->S * r->S));
     if (bsz < 1) bsz = 1;
     if (bsz > lam) bsz = lam;
-    const int nsets = pbw_objective_crop_sets(&r->obj);
+    const int ncrops = crops_per_draw(&r->obj);
     float *X = malloc((size_t)lam * D * sizeof *X);
     double *f = malloc((size_t)lam * sizeof *f);
     pbw_loss_values *vals = malloc((size_t)lam * sizeof *vals);
-    pbw_crop *crops = malloc((size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
-                             sizeof *crops);
+    pbw_crop *crops = malloc((size_t)ncrops * sizeof *crops);
     int rc = 0;
     if (!X || !f || !vals || !crops) {
         rc = pbw_err_set(err, "out of memory");
@@ -546,25 +549,23 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     /* On a GPU the batches of a generation are queued back to back: each batch's values and
      * images go to device memory of this request, read once after the last batch
      * (PBW_CUDA_PIPELINE=0: each batch read back before the next, as on the CPU). */
-    float *dvals = NULL;
+    float *dvals = NULL, *hvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
     pbw_cuda_graph *graph = NULL;
     int try_graph = !pbw_env_zero("PBW_CUDA_GRAPHS");
-    const size_t crops_bytes = (size_t)(nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1)) *
-                               sizeof *crops;
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
-        if (!dvals || !dframes) { /* no room: batch by batch */
+        hvals = malloc((size_t)3 * lam * sizeof(float));
+        if (!dvals || !dframes || !hvals) { /* no room: batch by batch */
             pbw_cuda_free(dvals);
             pbw_cuda_free(dframes);
-            dvals = dframes = NULL;
+            free(hvals);
+            dvals = dframes = hvals = NULL;
         }
     }
 #endif
-    float *hvals = dvals ? malloc((size_t)3 * lam * sizeof(float)) : NULL;
-    if (dvals && !hvals) dvals = NULL;
     for (int gen = 0; gen < rq->cma_generations && !cancelled(r); gen++) {
         double t = now_s(), c0 = cpu_s();
         pbw_cma_ask(cma, X);
@@ -573,8 +574,8 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
         /* queued: values and images stay on the GPU until the generation ends */
         if (dvals && !cancelled(r))
-            rc = run_generation(r, ctx, gen, X, lam, bsz, crops, crops_bytes, dvals, dframes,
-                                &graph, &try_graph, err);
+            rc = run_generation(r, ctx, gen, X, lam, bsz, crops, (size_t)ncrops * sizeof *crops,
+                                dvals, dframes, &graph, &try_graph, err);
 #endif
         for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
             if (cancelled(r)) break;
@@ -618,8 +619,6 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                                     (size_t)r->per * sizeof(float)))
                 rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
         }
-#endif
-#ifdef PBW_HAVE_CUDA
         if (!graph) /* the graph replays into ctx's memory: a reset merging chunks would free it */
 #endif
             pbw_ctx_reset(ctx);
@@ -706,8 +705,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     pbw_onecycle_default(&ao.schedule, rq->lr, n);
     pbw_adam adam;
     if (pbw_adam_init(&adam, D, &ao, err)) return pbw_err_prefix(err, "Adam: ");
-    const int nsets = pbw_objective_crop_sets(&r->obj);
-    const int ncrops = nsets * (r->obj.n_crops > 0 ? r->obj.n_crops : 1);
+    const int ncrops = crops_per_draw(&r->obj);
     pbw_crop *crops = malloc((size_t)ncrops * sizeof *crops);
     float *grad = malloc((size_t)D * sizeof *grad);
     int rc = crops && grad ? 0 : pbw_err_set(err, "out of memory");
