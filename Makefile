@@ -52,7 +52,7 @@ $(BUILD)/obj/%.o: %.c | $(DEPS_OK)
 
 $(BUILD)/obj/%.o: %.cu | $(DEPS_OK)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libpbw.a: $(LIB_OBJ)
 	@rm -f $@
