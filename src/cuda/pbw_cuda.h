@@ -95,12 +95,12 @@ int pbw_cuda_is_weight(const void *p, size_t bytes);
 /* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
  * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.
  * Uploads are staged in pinned memory the graph owns: those from a host range registered with
- * pbw_cuda_graph_input after pbw_cuda_capture_begin (before the upload) are read again from that
- * range at each launch, every
- * other upload replays the bytes it had. Read-backs, waits and library workspaces that grow
- * cannot be recorded: capture_end then returns NULL (why says what broke it), clears the error,
- * and the caller runs the pass directly. A graph reuses the device addresses it recorded: the
- * memory of the pass must stay allocated (and untouched by other work) while it is used. */
+ * pbw_cuda_graph_input after pbw_cuda_capture_begin (before the upload) are read again from
+ * that range at each launch, every other upload replays the bytes it had. Read-backs, waits,
+ * frees and library workspaces that grow cannot be recorded: capture_end then returns NULL
+ * (why says what broke it), clears the error, and the caller runs the pass directly. A graph
+ * reuses the device addresses it recorded: the memory of the pass must stay allocated (and
+ * untouched by other work) while it is used. */
 typedef struct pbw_cuda_graph pbw_cuda_graph;
 void pbw_cuda_graph_input(const void *host, size_t bytes);
 int pbw_cuda_capture_begin(void);

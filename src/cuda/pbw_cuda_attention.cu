@@ -28,8 +28,6 @@
 // results do not depend on the launch, and the errors against the CPU are those of fp32 sums
 // in another order (tests/test_cuda_nn.c).
 #include <cmath>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "cpu/pbw_cpu.h"
 #include "cuda/pbw_cuda_internal.cuh"
@@ -992,15 +990,13 @@ extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void 
         return 0;
     }
     if (g->S <= 0) return -1;
-    if (pbw_cuda_precision() == PBW_PREC_FP16) {
-        const __half *qh = (const __half *)q, *kh = (const __half *)k, *vh = (const __half *)v;
-        return fwd_mma(g, qh, kh, vh, (__half *)o) ||
-                       fwd_tiled(g, qh, kh, vh, (float *)nullptr, (__half *)o) ? 0 : -1;
-    }
-    const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q, *kb = (const __nv_bfloat16 *)k;
-    const __nv_bfloat16 *vb = (const __nv_bfloat16 *)v;
-    return fwd_mma(g, qb, kb, vb, (__nv_bfloat16 *)o) ||
-                   fwd_tiled(g, qb, kb, vb, (float *)nullptr, (__nv_bfloat16 *)o) ? 0 : -1;
+    bool done = false;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        const H *qh = (const H *)q, *kh = (const H *)k, *vh = (const H *)v;
+        done = fwd_mma(g, qh, kh, vh, (H *)o) || fwd_tiled(g, qh, kh, vh, (float *)nullptr, (H *)o);
+    });
+    return done ? 0 : -1;
 }
 
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,

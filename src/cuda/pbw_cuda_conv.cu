@@ -759,12 +759,11 @@ void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
              const pbw_cuda_premod *pm = nullptr) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
-    const pbw_cuda_premod none = {nullptr, nullptr, nullptr, 0, 0, 0}, &m = pm ? *pm : none;
-    if (prec == PBW_PREC_BF16)
-        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__nv_bfloat16 *)dst, src, N, C, P,
-                                                              m);
-    else
-        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((__half *)dst, src, N, C, P, m);
+    const pbw_cuda_premod none = {}, &m = pm ? *pm : none;
+    pbw_half_type(prec, [&](auto t) {
+        using H = decltype(t);
+        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((H *)dst, src, N, C, P, m);
+    });
     PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
 }
 
@@ -775,22 +774,21 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
-    if (prec == PBW_PREC_BF16)
-        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __nv_bfloat16 *)src, N,
-                                                              C, P, accumulate, a);
-    else
-        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const __half *)src, N, C, P,
+    pbw_half_type(prec, [&](auto t) {
+        using H = decltype(t);
+        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const H *)src, N, C, P,
                                                               accumulate, a);
+    });
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
+
+long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 
 // Runs direction dir (DIR_FWD: out = conv(in, w); DIR_BWD_DATA: out = conv's adjoint applied
 // to in) of a staged plan on half NHWC copies and converts the result into dst (fp32 NCHW),
 // overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
 // the plan's precision, or NULL to convert w here. 0 when done; -1 on failure (recorded); 1
 // when the direction has no NHWC algorithm (now unstaged: run the float32 path).
-long g_postact_calls;
-
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
                const void *wh, float beta, const pbw_cuda_premod *pm,
                const pbw_cuda_postact *pa) {

@@ -150,6 +150,12 @@ typedef struct pbw_cuda_postact {
 /* pbw_cuda_sg_conv_forward of the modulated input, then pa (may be NULL) on its output: 0 when
  * enqueued (or failed, recorded); -1, nothing written, when the convolution does not run on
  * staged half copies (the caller then modulates, convolves and activates apart). */
+int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
+                                 const pbw_cuda_postact *pa, const float *w, const float *wt,
+                                 const void *wh, int N, int C, int H, int W, int O, int k,
+                                 int transposed);
+/* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
+long pbw_cuda_sg_postact_calls(void);
 /* pbw_cuda_sg_blur_forward, then pa (may be NULL) on its output (pbw_sg_blur_act); the planes
  * are pa's (N, O) in order. */
 void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, int H, int W,
@@ -157,12 +163,6 @@ void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, in
                                   const pbw_cuda_postact *pa);
 /* Blurs that applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_blur_postact_calls(void);
-/* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
-long pbw_cuda_sg_postact_calls(void);
-int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
-                                 const pbw_cuda_postact *pa, const float *w, const float *wt,
-                                 const void *wh, int N, int C, int H, int W, int O, int k,
-                                 int transposed);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
                                int transposed);

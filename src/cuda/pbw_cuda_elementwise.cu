@@ -15,8 +15,6 @@
 // over blocks that write partial sums to the runtime workspace, summed in order by a second
 // kernel. Results are therefore the same bits every run (not the CPU's bits: the summation
 // order differs, within fp32 rounding of the CPU's double-accumulated rows).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -208,12 +206,11 @@ extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, 
     if (op != PBW_UN_QUICK_GELU || n <= 0 || !vec4_ok(n, x, y, yh, yh) || ((uintptr_t)yh & 7))
         return pbw_cuda_unary_forward(op, p0, p1, x, y, n), -1;
     const int64_t n4 = n / 4;
-    if (pbw_cuda_precision() == PBW_PREC_FP16)
-        k_unary_fwd4h<PBW_UN_QUICK_GELU, __half><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
-            p0, p1, (const float4 *)x, (float4 *)y, (__half *)yh, n4);
-    else
-        k_unary_fwd4h<PBW_UN_QUICK_GELU, __nv_bfloat16><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
-            p0, p1, (const float4 *)x, (float4 *)y, (__nv_bfloat16 *)yh, n4);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        k_unary_fwd4h<PBW_UN_QUICK_GELU, H><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
+            p0, p1, (const float4 *)x, (float4 *)y, (H *)yh, n4);
+    });
     PBW_CUDA_LAUNCHED("unary_forward");
     return 0;
 }
@@ -233,12 +230,10 @@ __global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, u
 
 template <int OP>
 static void launch_unary_half(float p0, float p1, const void *xh, void *yh, int64_t n8) {
-    if (pbw_cuda_precision() == PBW_PREC_FP16)
-        k_unary_half8<OP, __half><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        k_unary_half8<OP, decltype(t)><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
             p0, p1, (const uint4 *)xh, (uint4 *)yh, n8);
-    else
-        k_unary_half8<OP, __nv_bfloat16><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
-            p0, p1, (const uint4 *)xh, (uint4 *)yh, n8);
+    });
     PBW_CUDA_LAUNCHED("unary_half");
 }
 
@@ -257,10 +252,10 @@ template <typename H> __global__ void k_half_to_f32(const H *__restrict__ h, flo
 
 extern "C" void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n) {
     if (n <= 0) return;
-    if (pbw_cuda_precision() == PBW_PREC_FP16)
-        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const __half *)h, y, n);
-    else
-        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const __nv_bfloat16 *)h, y, n);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const H *)h, y, n);
+    });
     PBW_CUDA_LAUNCHED("half_to_f32");
 }
 

@@ -9,6 +9,8 @@
 #define PBW_CUDA_INTERNAL_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <stdint.h>
@@ -59,32 +61,32 @@ __device__ __forceinline__ float pbw_warp_max(float v) {
             pbw_cuda_fail("%s: %s", #call, cudnnGetErrorString(s_));                           \
     } while (0)
 
-// float to the half type H (__nv_bfloat16 or __half; include cuda_bf16.h / cuda_fp16.h first),
-// rounded to nearest.
+// The half types of the reduced precisions: __nv_bfloat16 (bf16) and __half (fp16).
+// pbw_half_type calls f with a value of the one precision prec multiplies in (__half for
+// PBW_PREC_FP16, __nv_bfloat16 otherwise), so that a launch over either is written once:
+//     pbw_half_type(prec, [&](auto h) { using H = decltype(h); k<H><<<...>>>((H *)p, ...); });
+template <class F> static inline void pbw_half_type(int prec, F &&f) {
+    if (prec == PBW_PREC_FP16) f(__half());
+    else f(__nv_bfloat16());
+}
+
+// float to the half type H, rounded to nearest.
 template <typename H> __device__ __forceinline__ H pbw_to_half(float v);
-#ifdef __CUDA_BF16_TYPES_EXIST__
 template <> __device__ __forceinline__ __nv_bfloat16 pbw_to_half<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
-#endif
-#ifdef __CUDA_FP16_TYPES_EXIST__
 template <> __device__ __forceinline__ __half pbw_to_half<__half>(float v) {
     return __float2half_rn(v);
 }
-#endif
 
 // The inverse: H to float (exact).
 template <typename H> __device__ __forceinline__ float pbw_from_half(H v);
-#ifdef __CUDA_BF16_TYPES_EXIST__
 template <> __device__ __forceinline__ float pbw_from_half<__nv_bfloat16>(__nv_bfloat16 v) {
     return __bfloat162float(v);
 }
-#endif
-#ifdef __CUDA_FP16_TYPES_EXIST__
 template <> __device__ __forceinline__ float pbw_from_half<__half>(__half v) {
     return __half2float(v);
 }
-#endif
 
 // StyleGAN2's masked style (pbw_sg_modulate): s m + s0 (1 - m), rounded as on the CPU.
 __device__ __forceinline__ float pbw_sg_mod_scale(float sv, float s0v, float mv) {

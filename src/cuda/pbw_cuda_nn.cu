@@ -5,8 +5,6 @@
 // shuffles; the CPU accumulates some of these sums in double, so results differ in the last
 // bits. Column reductions (weight and bias gradients) use a fixed order: deterministic.
 #include <cublasLt.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <climits>
 #include <cmath>
@@ -196,11 +194,10 @@ const void *half_weight_of(const float *w, size_t n) {
     if (!pbw_cuda_is_weight(w, n * sizeof(float))) return nullptr;
     void *h = pbw_cuda_malloc(n * 2);
     if (!h) return nullptr;
-    if (prec == PBW_PREC_FP16)
-        to_half_kernel<__half><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>((__half *)h, w, (int64_t)n);
-    else
-        to_half_kernel<__nv_bfloat16><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>(
-            (__nv_bfloat16 *)h, w, (int64_t)n);
+    pbw_half_type(prec, [&](auto t) {
+        using H = decltype(t);
+        to_half_kernel<H><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>((H *)h, w, (int64_t)n);
+    });
     PBW_CUDA_LAUNCHED("half weight");
     g_half_w.push_back({w, n, prec, h});
     return h;
@@ -457,20 +454,12 @@ extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w,
                                                  float *y, void *yh, float *mean, float *rstd,
                                                  int64_t R, int64_t D, float eps) {
     if (R <= 0 || D <= 0) return;
-    const bool fp16 = yh && pbw_cuda_precision() == PBW_PREC_FP16;
-    if (fp16 ? layer_norm_forward_vec(x, w, b, y, (__half *)yh, mean, rstd, R, D, eps)
-             : layer_norm_forward_vec(x, w, b, y, (__nv_bfloat16 *)yh, mean, rstd, R, D, eps)) {
-        PBW_CUDA_LAUNCHED("layer_norm_forward");
-        return;
-    }
-    if (fp16)
-        layer_norm_forward_kernel<__half><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
-                                            pbw_stream()>>>(x, w, b, y, (__half *)yh, mean, rstd,
-                                                            R, D, eps);
-    else
-        layer_norm_forward_kernel<__nv_bfloat16><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0,
-                                                   pbw_stream()>>>(
-            x, w, b, y, (__nv_bfloat16 *)yh, mean, rstd, R, D, eps);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) { // H: yh's type (unused without yh)
+        using H = decltype(t);
+        if (!layer_norm_forward_vec(x, w, b, y, (H *)yh, mean, rstd, R, D, eps))
+            layer_norm_forward_kernel<H><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
+                x, w, b, y, (H *)yh, mean, rstd, R, D, eps);
+    });
     PBW_CUDA_LAUNCHED("layer_norm_forward");
 }
 
@@ -543,7 +532,6 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
         go[lane + 32 * j] = o;
     }
 }
-
 
 extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
                                              const float *rstd, const float *gy, float *gx,

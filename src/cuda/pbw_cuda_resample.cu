@@ -426,9 +426,7 @@ __global__ void __launch_bounds__(TW *TY)
         }
         float *dp = dst + pl * DH * DW;
         const bool activate = !BWD && pa.g.N;
-        act_plane a = {};
-        if (activate)
-            a = act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)(pl / pa.g.O), (int)(pl % pa.g.O));
+        const act_plane a = activate ? postact_plane(pa, pl) : act_plane{};
 #pragma unroll
         for (int r = 0; r < RY; r++) {
             float acc = 0.0f;
@@ -493,10 +491,7 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
             for (int jh = jh0; jh < jh1; jh++) s += f.h[jh] * row[jh];
             acc += f.v[jv] * s;
         }
-        out[i] = pa.g.N ? act_at(acc, act_plane_at(pa.d, pa.noise, pa.bias, pa.g,
-                                                   (int)(pl / pa.g.O), (int)(pl % pa.g.O)),
-                                 pa.g, (int64_t)oy * OW + ox)
-                        : acc;
+        out[i] = pa.g.N ? act_at(acc, postact_plane(pa, pl), pa.g, (int64_t)oy * OW + ox) : acc;
     }
 }
 

@@ -136,10 +136,9 @@ template <int V> __device__ __forceinline__ void st(float *p, const float (&r)[V
 
 // ---------- modulate ----------
 
-// The per-pixel style s m + s0 (1 - m), rounded as fma(s, m, s0 (1 - m)).
-
 // out = x * scale (forward, ACC false: x the input) or out += x * scale (the input gradient,
-// ACC true: x the output gradient, one fused multiply-add), per-pixel scale of mod_scale.
+// ACC true: x the output gradient, one fused multiply-add), the per-pixel scale
+// pbw_sg_mod_scale's.
 template <int V, bool ACC>
 __global__ void modulate_kernel(float *out, const float *x, const float *s, const float *s0,
                                 const float *m, pbw_cpu_sg_mod_geom g) {

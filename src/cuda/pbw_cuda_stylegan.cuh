@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cpu/pbw_cpu_stylegan.h"
+#include "cuda/pbw_cuda_conv.h"
 
 // What the elements of plane (n, o) share: where the plane starts in y (and out, gout, gy and a
 // per-pixel d), its per-channel d and bias, and its per-pixel d and noise maps.
@@ -41,6 +42,11 @@ __device__ __forceinline__ float pre_act(float yv, float dv, float nz, const act
 
 __device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
     return __fmul_rn(v > 0 ? v : __fmul_rn(v, g.slope), g.gain);
+}
+
+// What plane pl (sample pl / O, channel pl % O) of a pbw_cuda_postact's output shares.
+__device__ __forceinline__ act_plane postact_plane(const pbw_cuda_postact &pa, int64_t pl) {
+    return act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)(pl / pa.g.O), (int)(pl % pa.g.O));
 }
 
 // The output for y at pixel p of the plane, with scalar loads.

@@ -459,8 +459,6 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
     return pbw_rsqrt(ctx, pbw_add_scalar(ctx, d2, SG2_EPS));
 }
 
-/* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
- * (and *s0_out when masked) to the styles for the caller's demodulation. */
 /* The layer's style s, and s0 (the original latent's) when masked. */
 static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer_in *li,
                    pbw_tensor **s, pbw_tensor **s0) {
@@ -495,6 +493,8 @@ static pbw_tensor *rgb_conv(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pb
     return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, x->shape[2], x->shape[3]});
 }
 
+/* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
+ * (and *s0_out when masked) to the styles for the caller's demodulation. */
 static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                                 const layer_in *li, pbw_tensor **s_out, pbw_tensor **s0_out) {
     pbw_tensor *s, *s0;
