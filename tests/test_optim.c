@@ -255,11 +255,14 @@ PBW_TEST(optim_cma_constants_match_pycma) {
     CHECK(o.lambda == 50 && o.sigma0 == 0.5 && o.seed == 1 && o.active == 1);
 }
 
-/* Runs g generations on the sphere and writes every sample into out (g * lambda * n). */
-static void sample_run(uint64_t seed, int n, int g, float *out, int *lam_out) {
+/* Runs g generations on the ellipsoid and writes every sample into out (g * lambda * n).
+ * settle: 0 never calls pbw_cma_settle; 1 between ask and tell (as the painter); 2 twice
+ * there and once more after each tell. lambda 0: the library default. */
+static void sample_run_opt(uint64_t seed, int n, int g, int lambda, int settle, float *out,
+                           int *lam_out) {
     pbw_cma_opts o;
     pbw_cma_opts_default(&o);
-    o.lambda = 0;
+    o.lambda = lambda;
     o.seed = seed;
     float *x = calloc((size_t)n, sizeof *x);
     for (int i = 0; i < n; i++) x[i] = 0.3f * (float)i;
@@ -275,12 +278,44 @@ static void sample_run(uint64_t seed, int n, int g, float *out, int *lam_out) {
     for (int t = 0; t < g; t++) {
         float *X = out + (size_t)t * lam * n;
         pbw_cma_ask(c, X);
+        for (int s = 0; s < settle; s++) pbw_cma_settle(c);
         for (int k = 0; k < lam; k++) f[k] = f_elli(X + (size_t)k * n, n);
         pbw_cma_tell(c, X, f, &err);
+        if (settle == 2) pbw_cma_settle(c);
     }
     pbw_cma_free(c);
     free(f);
     free(x);
+}
+
+static void sample_run(uint64_t seed, int n, int g, float *out, int *lam_out) {
+    sample_run_opt(seed, n, g, 0, 0, out, lam_out);
+}
+
+/* pbw_cma_settle moves work, never changes it: the same samples bit for bit whether and when
+ * it is called, at a small size (eigendecompositions every few generations) and at the
+ * painter's (n 512, lambda 50: one every other generation, negative weights). */
+PBW_TEST(optim_cma_settle_same_samples) {
+    const int ns[2] = {12, 512}, gs[2] = {40, 7}, lams[2] = {0, 50};
+    for (int t = 0; t < 2; t++) {
+        size_t total = (size_t)gs[t] * (lams[t] ? lams[t] : 64) * ns[t];
+        float *ref = calloc(total, sizeof *ref), *got = calloc(total, sizeof *got);
+        int lam = 0;
+        sample_run_opt(3, ns[t], gs[t], lams[t], 0, ref, &lam);
+        CHECK(lam > 0);
+        size_t used = (size_t)gs[t] * lam * ns[t];
+        for (int mode = 1; mode <= 2; mode++) {
+            memset(got, 0, total * sizeof *got);
+            sample_run_opt(3, ns[t], gs[t], lams[t], mode, got, &lam);
+            size_t diff = 0;
+            for (size_t i = 0; i < used; i++) diff += ref[i] != got[i];
+            printf("  n=%d lambda=%d, %d generations, settle mode %d: %zu of %zu values differ\n",
+                   ns[t], lam, gs[t], mode, diff, used);
+            CHECK(diff == 0);
+        }
+        free(ref);
+        free(got);
+    }
 }
 
 PBW_TEST(optim_cma_reproducible_by_seed) {

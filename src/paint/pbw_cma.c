@@ -7,10 +7,12 @@
  * recombination_weights.RecombinationWeights, sigma_adaptation.CMAAdaptSigmaCSA); where pycma
  * and the tutorial differ slightly, the comment at the constant says which one we follow.
  *
- * The O(lambda n^2) sampling and covariance update are plain loops: they are small next to
- * one forward pass of a generator (n = 512, lambda = 50: 13 M multiply-adds), and plain loops
- * keep the samples bit-identical whatever the BLAS thread count. The O(n^3) eigensolve goes to
- * LAPACK and runs only every eigen_gap iterations.
+ * The O(lambda n^2) sampling and covariance update are BLAS products (n = 512, lambda = 50:
+ * 13 M multiply-adds each). The covariance update is left pending by tell() when no
+ * eigendecomposition follows it (pbw_cma_settle applies it, and draws the next generation's
+ * normals and directions, while the caller evaluates the generation), so the work between a
+ * generation's losses and the next candidates is O(n^2). The O(n^3) eigensolve goes to LAPACK
+ * (or the caller's solver) and runs only every eigen_gap iterations.
  */
 #include "pbw_cma.h"
 
@@ -99,9 +101,10 @@ struct pbw_cma {
     double *D;     /* (n) sqrt of eigenvalues */
     double *Xd;    /* (lam, n) the samples of the last ask, double */
     float *Xf;     /* (lam, n) the same rounded to float, as handed out */
-    double *Y;     /* (lam, n) scratch: (x - mold) / sigma */
-    double *Yw;    /* (lam, n) scratch of tell's products */
-    double *Yiso;  /* (lam, n) C^{-1/2} y of every sample */
+    double *Y;     /* (lam, n) (x - mold) / sigma of the last tell, ranked (the pending update's) */
+    double *Yw;    /* (lam, n) scratch of the products */
+    double *Zn;    /* (lam, n) the next ask's standard normals (z_ready) */
+    double *BDz;   /* (lam, n) their directions B (D .* z) (bdz_ready, with B of bdz_stamp) */
     double *tmp;   /* (3n) scratch */
     double *wr;    /* (lam) scratch: learning-rate-scaled weights */
     double *eigA;  /* (n, n) scratch for the eigensolver */
@@ -109,6 +112,10 @@ struct pbw_cma {
     int *idx;      /* (lam) ranking */
     double sigma;
     int asked;
+    int pending;        /* tell's covariance update not applied yet (pend_decay, pc, Y) */
+    double pend_decay;
+    int z_ready, bdz_ready;
+    long eig_count, bdz_stamp; /* decompositions so far; the one BDz was made with */
     long iter, last_eigen;
     int (*eigh)(int n, double *A, double *w); /* opts->eigh */
     cma_rng rng;
@@ -215,7 +222,8 @@ void pbw_cma_free(pbw_cma *c) {
     free(c->Xf);
     free(c->Y);
     free(c->Yw);
-    free(c->Yiso);
+    free(c->Zn);
+    free(c->BDz);
     free(c->tmp);
     free(c->wr);
     free(c->eigA);
@@ -265,7 +273,8 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->Xf = calloc(ln, sizeof *c->Xf);
     c->Y = calloc(ln, sizeof *c->Y);
     c->Yw = calloc(ln, sizeof *c->Yw);
-    c->Yiso = calloc(ln, sizeof *c->Yiso);
+    c->Zn = calloc(ln, sizeof *c->Zn);
+    c->BDz = calloc(ln, sizeof *c->BDz);
     c->tmp = calloc(3 * (size_t)n, sizeof *c->tmp);
     c->wr = calloc((size_t)lam, sizeof *c->wr);
     c->eigA = calloc(nn, sizeof *c->eigA);
@@ -276,7 +285,8 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->hist_len = 10 + (int)ceil(30.0 * n / lam);
     c->hist = calloc((size_t)c->hist_len, sizeof *c->hist);
     if (!c->w || !c->mean || !c->mold || !c->pc || !c->ps || !c->C || !c->B || !c->D || !c->Xd ||
-        !c->Xf || !c->Y || !c->Yw || !c->Yiso || !c->tmp || !c->wr || !c->eigA || !c->eigv || !c->idx || !c->best_x || !c->kept || !c->hist) {
+        !c->Xf || !c->Y || !c->Yw || !c->Zn || !c->BDz || !c->tmp || !c->wr || !c->eigA || !c->eigv ||
+        !c->idx || !c->best_x || !c->kept || !c->hist) {
         pbw_cma_free(c);
         return pbw_err_set(err, "cma: out of memory for n=%d, lambda=%d", n, lam);
     }
@@ -335,20 +345,40 @@ void pbw_cma_get_params(const pbw_cma *c, pbw_cma_params *p) {
     p->eigen_gap = c->eigen_gap;
 }
 
+/* The next lambda standard normals, in the order ask() has always drawn them. */
+static void draw_normals(pbw_cma *c) {
+    const size_t ln = (size_t)c->lam * c->n;
+    for (size_t i = 0; i < ln; i++) c->Zn[i] = rng_normal(&c->rng);
+    c->z_ready = 1;
+}
+
+/* BDz = rows B (D .* z_k): all lambda directions in one product (13 M multiply-adds for
+ * n = 512, lambda = 50). OpenBLAS splits a product over threads by output blocks, so every
+ * element is summed in the same order whatever the thread count. */
+static void directions(pbw_cma *c) {
+    const int n = c->n;
+    double *DZ = c->Yw;
+    for (int k = 0; k < c->lam; k++)
+        for (int j = 0; j < n; j++) DZ[(size_t)k * n + j] = c->D[j] * c->Zn[(size_t)k * n + j];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->lam, n, n, 1.0, DZ, n, c->B, n, 0.0,
+                c->BDz, n);
+    c->bdz_ready = 1;
+    c->bdz_stamp = c->eig_count;
+}
+
+static int eigen_due(const pbw_cma *c, long iter) {
+    return (double)(iter - c->last_eigen) >= c->eigen_gap;
+}
+
 void pbw_cma_ask(pbw_cma *c, float *X) {
     int n = c->n;
-    /* rows D .* z_k (in Y, which tell overwrites), then all B (D .* z_k) in one product: for
-     * n = 512 and 50 samples, 13 M multiply-adds in one dgemm instead of 50 dot-product loops
-     * (12 ms -> about 1 ms on one core). OpenBLAS splits a product over threads by output
-     * blocks, so every element is summed in the same order whatever the thread count. */
-    double *DZ = c->Y;
-    for (int k = 0; k < c->lam; k++)
-        for (int j = 0; j < n; j++) DZ[(size_t)k * n + j] = c->D[j] * rng_normal(&c->rng);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->lam, n, n, 1.0, DZ, n, c->B, n, 0.0,
-                c->Xd, n);
+    if (!c->z_ready) draw_normals(c);
+    if (!c->bdz_ready || c->bdz_stamp != c->eig_count) directions(c);
+    c->z_ready = c->bdz_ready = 0; /* a second ask draws a fresh population */
     for (int k = 0; k < c->lam; k++) {
         double *x = c->Xd + (size_t)k * n;
-        for (int i = 0; i < n; i++) x[i] = c->mean[i] + c->sigma * x[i];
+        const double *y = c->BDz + (size_t)k * n;
+        for (int i = 0; i < n; i++) x[i] = c->mean[i] + c->sigma * y[i];
         float *xf = c->Xf + (size_t)k * n;
         for (int i = 0; i < n; i++) xf[i] = (float)x[i];
         if (X) memcpy(X + (size_t)k * n, xf, (size_t)n * sizeof *X);
@@ -399,11 +429,8 @@ static int decompose(pbw_cma *c) {
     int n = c->n;
     size_t nn = (size_t)n * n;
     for (int attempt = 0; attempt < 4; attempt++) {
-        for (int i = 0; i < n; i++)
-            for (int j = i + 1; j < n; j++) {
-                double a = 0.5 * (c->C[(size_t)i * n + j] + c->C[(size_t)j * n + i]);
-                c->C[(size_t)i * n + j] = c->C[(size_t)j * n + i] = a;
-            }
+        for (int i = 0; i < n; i++) /* the upper triangle is C (apply_update) */
+            for (int j = i + 1; j < n; j++) c->C[(size_t)j * n + i] = c->C[(size_t)i * n + j];
         double *A = c->eigA, *ev = c->eigv;
         memcpy(A, c->C, nn * sizeof *A);
         lapack_int info = 1;
@@ -413,6 +440,7 @@ static int decompose(pbw_cma *c) {
         int ok = info == 0;
         for (int i = 0; ok && i < n; i++) ok = ev[i] > 0 && isfinite(ev[i]);
         if (ok) {
+            c->eig_count++;
             memcpy(c->B, A, nn * sizeof *A);
             for (int i = 0; i < n; i++) c->D[i] = sqrt(ev[i]);
             return 0;
@@ -445,6 +473,60 @@ static void rank_by(const double *f, int *idx, int lam) {
     }
 }
 
+/* The covariance update tell() left pending: decay, rank one (pc), rank mu with negative
+ * weights on Mahalanobis-normalized vectors, from the ranked Y of that tell and the B, D its
+ * samples were drawn with. Only C's upper triangle is kept (decompose() mirrors it). */
+static void apply_update(pbw_cma *c) {
+    const int n = c->n, lam = c->lam, mu = c->mu;
+    double *wr = c->wr, *Z = c->Yw;
+    /* the negative weights' samples at squared Mahalanobis length n: |C^{-1/2} y| is the
+     * length of diag(1/D) B^T y (B is orthogonal), one product for all of them */
+    const int nneg = c->active ? lam - mu : 0;
+    if (nneg > 0)
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nneg, n, n, 1.0,
+                    c->Y + (size_t)mu * n, n, c->B, n, 0.0, Z, n);
+    for (int r = 0; r < lam; r++) {
+        double wv = c->w[r];
+        if (wv < 0 && r >= mu && nneg > 0) {
+            const double *v = Z + (size_t)(r - mu) * n;
+            double nrm = 0;
+            for (int i = 0; i < n; i++) nrm += (v[i] / c->D[i]) * (v[i] / c->D[i]);
+            nrm = sqrt(nrm);
+            wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
+        }
+        wr[r] = c->cmu * wv;
+    }
+    /* C = decay C + c1 pc pc^T + sum_{w > 0} wr y y^T (one rank-(mu+1) update), then
+     * - sum_{w < 0} |wr| y y^T (one rank-(lambda-mu) update): rows scaled by sqrt(|weight|) */
+    int kp = 0;
+    for (int r = 0; r < lam; r++) {
+        if (!(wr[r] > 0)) continue;
+        double s = sqrt(wr[r]);
+        for (int i = 0; i < n; i++) Z[(size_t)kp * n + i] = s * c->Y[(size_t)r * n + i];
+        kp++;
+    }
+    const double s1 = sqrt(c->c1);
+    for (int i = 0; i < n; i++) Z[(size_t)kp * n + i] = s1 * c->pc[i];
+    kp++;
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, kp, 1.0, Z, n, c->pend_decay, c->C, n);
+    int km = 0;
+    for (int r = 0; r < lam; r++) {
+        if (!(wr[r] < 0)) continue;
+        double s = sqrt(-wr[r]);
+        for (int i = 0; i < n; i++) Z[(size_t)km * n + i] = s * c->Y[(size_t)r * n + i];
+        km++;
+    }
+    if (km) cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, km, -1.0, Z, n, 1.0, c->C, n);
+    c->pending = 0;
+}
+
+void pbw_cma_settle(pbw_cma *c) {
+    if (c->pending) apply_update(c);
+    if (!c->z_ready) draw_normals(c);
+    /* the directions too, unless the tell() before the next ask() will decompose C anew */
+    if (!c->bdz_ready && !(c->asked && eigen_due(c, c->iter + 1))) directions(c);
+}
+
 int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
     if (!c->asked) return pbw_err_set(err, "cma: tell() without a preceding ask()");
     if (!f) return pbw_err_set(err, "cma: tell() needs the losses");
@@ -462,6 +544,7 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
             memcpy(c->Xf + (size_t)k * n, xr, (size_t)n * sizeof *xr);
         }
     }
+    if (c->pending) apply_update(c); /* the previous generation's, before Y is overwritten */
     c->asked = 0;
     c->iter++;
     rank_by(f, c->idx, lam);
@@ -506,44 +589,11 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
     double kc = sqrt(c->cc * (2.0 - c->cc) * c->mueff);
     for (int i = 0; i < n; i++) c->pc[i] = (1.0 - c->cc) * c->pc[i] + (hsig ? kc * dm[i] : 0.0);
 
-    /* covariance: decay, rank one, rank mu with negative weights on Mahalanobis-normalized
-     * vectors. c1a restores the variance lost when hsig stalls pc. */
+    /* covariance: left pending (applied by settle(), the next tell() or right here when a
+     * decomposition is due) */
     double c1a = c->c1 * (1.0 - (1.0 - hsig) * c->cc * (2.0 - c->cc));
-    double decay = 1.0 - c1a - c->cmu * c->sum_w;
-    double *wr = c->wr;
-    /* C^{-1/2} y_r for every sample at once (only the negative weights use it): rows of
-     * Y B diag(1/D) B^T, two products instead of lam matrix-vector loops */
-    double *Z = c->Yw;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lam, n, n, 1.0, c->Y, n, c->B, n, 0.0,
-                Z, n);
-    for (int r = 0; r < lam; r++)
-        for (int j = 0; j < n; j++) Z[(size_t)r * n + j] /= c->D[j];
-    double *Iso = c->Yiso;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lam, n, n, 1.0, Z, n, c->B, n, 0.0, Iso,
-                n);
-    for (int r = 0; r < lam; r++) {
-        double wv = c->w[r];
-        if (wv < 0) {
-            const double *v = Iso + (size_t)r * n;
-            double nrm = 0;
-            for (int i = 0; i < n; i++) nrm += v[i] * v[i];
-            nrm = sqrt(nrm);
-            wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
-        }
-        wr[r] = c->cmu * wv;
-    }
-    for (int i = 0; i < n; i++) {
-        double *Ci = c->C + (size_t)i * n;
-        for (int j = i; j < n; j++) Ci[j] = decay * Ci[j] + c->c1 * c->pc[i] * c->pc[j];
-    }
-    /* rank mu: C += Y^T diag(wr) Y as one product (it fills both triangles; the upper one is
-     * kept and mirrored below, as before) */
-    for (int r = 0; r < lam; r++)
-        for (int j = 0; j < n; j++) Z[(size_t)r * n + j] = wr[r] * c->Y[(size_t)r * n + j];
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, n, lam, 1.0, Z, n, c->Y, n, 1.0, c->C,
-                n);
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++) c->C[(size_t)j * n + i] = c->C[(size_t)i * n + j];
+    c->pend_decay = 1.0 - c1a - c->cmu * c->sum_w;
+    c->pending = 1;
 
     /* step size (CSA), the log change clipped to +-1 as pycma */
     double s = c->cs / c->damps * (sqrt(ps2) / c->chin - 1.0);
@@ -551,7 +601,8 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
     c->sigma *= exp(s);
     if (!isfinite(c->sigma) || c->sigma <= 0) c->stop |= PBW_CMA_STOP_NUMERIC;
 
-    if ((double)(c->iter - c->last_eigen) >= c->eigen_gap) {
+    if (eigen_due(c, c->iter)) {
+        apply_update(c);
         if (decompose(c)) c->stop |= PBW_CMA_STOP_NUMERIC;
         c->last_eigen = c->iter;
     }

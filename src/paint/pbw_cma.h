@@ -27,7 +27,9 @@
  *     gets negative weights, scaled as pycma's RecombinationWeights.finalize_negative_weights
  *     (zero decay, then the mueff and positive-definiteness limits), and each of those samples
  *     is rescaled to squared Mahalanobis length n before it enters the update;
- *   - eigendecomposition of C with LAPACK (dsyevd), lazily every 1/(c1+cmu)/n/10 iterations.
+ *   - eigendecomposition of C with LAPACK (dsyevd), lazily every 1/(c1+cmu)/n/10 iterations;
+ *     the covariance update itself waits until pbw_cma_settle(), the next tell() or that
+ *     decomposition needs it.
  * All internal state is double precision. Not implemented: bounds, restarts, mirrored
  * sampling, noise handling, the separable (diagonal) variant.
  *
@@ -110,7 +112,16 @@ void pbw_cma_ask(pbw_cma *cma, float *X /* (lambda, n) */);
 int pbw_cma_tell(pbw_cma *cma, const float *X /* (lambda, n) or NULL */,
                  const double *f /* (lambda) */, pbw_err *err);
 
-/* Nonzero (PBW_CMA_STOP_* bits) when a termination criterion holds. */
+/* Optional, between tell() and the next tell(): applies the covariance update the last tell()
+ * left pending and draws the next generation's normals (and their directions when the next
+ * ask() will use the current decomposition). ask() and tell() do whatever of this is still
+ * undone, with the same results, so a caller calls it only to do that work while something
+ * else runs, e.g. after queueing the generation on a GPU and before reading its losses back:
+ * then the work between the losses and the next candidates is O(n^2). */
+void pbw_cma_settle(pbw_cma *cma);
+
+/* Nonzero (PBW_CMA_STOP_* bits) when a termination criterion holds. tolx reads the covariance
+ * as of the last applied update (one generation behind when tell() left one pending). */
 int pbw_cma_stop(const pbw_cma *cma);
 /* "tolfun", "tolx", "maxiter", "condition", "numeric" for the lowest set bit, "" for 0. */
 const char *pbw_cma_stop_name(int reasons);

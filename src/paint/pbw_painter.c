@@ -577,6 +577,8 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             rc = run_generation(r, ctx, gen, X, lam, bsz, crops, (size_t)ncrops * sizeof *crops,
                                 dvals, dframes, &graph, &try_graph, err);
 #endif
+        /* the strategy's own work for the next generation, while the GPU runs this one */
+        pbw_cma_settle(cma);
         for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
