@@ -495,6 +495,56 @@ PBW_TEST(ops_no_weight_grad) {
     pbw_ctx_free(ctx);
 }
 
+/* Gradients left unset (not zeroed) for their first producer to write (pbw_grad_out): a tensor
+ * whose first producer in backward order writes, one whose first producer adds (then the buffer
+ * is zeroed), and a node that takes the same tensor twice. Values against finite differences;
+ * the unset bytes against what the rule says. */
+static pbw_tensor *two_writers_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* x -> tanh (its first producer, writes) and sigmoid (adds) */
+    return pbw_add(ctx, pbw_sigmoid(ctx, in[0]), pbw_tanh(ctx, in[0]));
+}
+static pbw_tensor *adder_first_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* x -> sigmoid, then mul (its first producer, adds): x's gradient is zeroed */
+    pbw_tensor *s = pbw_sigmoid(ctx, in[0]);
+    return pbw_add(ctx, s, pbw_mul(ctx, in[0], in[1]));
+}
+static pbw_tensor *same_twice_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* x as the product's input and as its residual */
+    return pbw_linear_add(ctx, in[0], in[1], NULL, in[0]);
+}
+
+PBW_TEST(ops_grad_first_writer) {
+    const int64_t R = 5, C = 6;
+    float *x = gc_rand(R * C, 71, -1, 1), *e = gc_rand(R * C, 72, -1, 1), *w = gc_rand(C * C, 73, -1, 1);
+    gc_input one[1] = {{2, {R, C}, x, 1}};
+    CHECK(gc_check("tanh writes, sigmoid adds", two_writers_fn, NULL, 1, one, (gc_opts){0}) == 0);
+    gc_input two[2] = {{2, {R, C}, x, 1}, {2, {R, C}, e, 1}};
+    CHECK(gc_check("mul adds first", adder_first_fn, NULL, 2, two, (gc_opts){0}) == 0);
+    gc_input lin[2] = {{2, {R, C}, x, 1}, {2, {C, C}, w, 1}};
+    CHECK(gc_check("x twice in linear_add", same_twice_fn, NULL, 2, lin, (gc_opts){0}) == 0);
+    /* which gradients were left unset: x (tanh writes it) but not sigmoid's or tanh's outputs
+     * (add's backward adds); in the second function none (mul adds x's first, e is a leaf of
+     * mul alone, sigmoid's output feeds add) */
+    pbw_ctx *ctx = new_ctx();
+    pbw_err err;
+    pbw_tensor *tx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C});
+    pbw_tensor *te = pbw_tensor_from_host(ctx, e, 2, (int64_t[]){R, C});
+    tx->requires_grad = te->requires_grad = 1;
+    CHECK(pbw_backward(ctx, pbw_sum_all(ctx, two_writers_fn(ctx, (pbw_tensor *[]){tx}, NULL)),
+                       NULL, &err) == 0);
+    printf("  tanh writes x: %zu bytes unset\n", pbw_ctx_grad_unset_bytes(ctx));
+    CHECK(pbw_ctx_grad_unset_bytes(ctx) == (size_t)((R * C * 4 + 63) / 64 * 64));
+    pbw_ctx_reset(ctx);
+    tx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C});
+    te = pbw_tensor_from_host(ctx, e, 2, (int64_t[]){R, C});
+    tx->requires_grad = te->requires_grad = 1;
+    CHECK(pbw_backward(ctx, pbw_sum_all(ctx, adder_first_fn(ctx, (pbw_tensor *[]){tx, te}, NULL)),
+                       NULL, &err) == 0);
+    CHECK(pbw_ctx_grad_unset_bytes(ctx) == 0);
+    pbw_ctx_free(ctx);
+    free(x); free(e); free(w);
+}
+
 /* ---------------- norms, softmax, attention, embedding ---------------- */
 
 static pbw_tensor *ln_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {

@@ -89,10 +89,11 @@ typedef struct {
 
 static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     const unary_saved *s = n->saved;
-    float *gx = pbw_grad(ctx, n->in[0]);
+    float beta;
+    float *gx = pbw_grad_out(ctx, n->in[0], &beta);
     if (!gx) return;
     PBW_KERNEL(ctx, unary_backward, s->op, s->p0, s->p1, n->in[0]->data, n->out->data,
-               n->out->grad, gx, n->out->numel);
+               n->out->grad, gx, n->out->numel, beta != 0.0f);
 }
 
 static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unary_op op, float p0,
@@ -123,6 +124,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
         pbw_node *n = pbw_tape_push(ctx, name, unary_backward, y, &x, 1, sizeof(unary_saved));
         if (!n) return NULL;
         *(unary_saved *)n->saved = (unary_saved){op, p0, p1};
+        n->writes = 1u; /* every element of x's gradient */
     }
     return y;
 }

@@ -27,6 +27,7 @@ struct pbw_ctx {
     grad_owner *grads;
     int grad_enabled;
     int half_acts; /* pbw_ctx_set_half_activations */
+    size_t grad_unset_bytes; /* the last backward's gradients left unset (pbw_grad_out) */
     int failed;
     char msg[512];
     void *scratch[PBW_SCRATCH_SLOTS];
@@ -150,7 +151,10 @@ void pbw_ctx_free(pbw_ctx *ctx) {
 }
 
 void pbw_ctx_reset(pbw_ctx *ctx) {
-    for (grad_owner *g = ctx->grads; g; g = g->next) g->t->grad = NULL;
+    for (grad_owner *g = ctx->grads; g; g = g->next) {
+        g->t->grad = NULL;
+        g->t->grad_unset = 0;
+    }
     ctx->grads = NULL;
     ctx->tape = NULL;
     ctx->failed = 0;
@@ -201,6 +205,8 @@ const char *pbw_ctx_error(const pbw_ctx *ctx) { return ctx->failed ? ctx->msg : 
 size_t pbw_ctx_mem_used(const pbw_ctx *ctx) {
     return ctx->dev == PBW_DEV_CUDA ? ctx->dact.used : ctx->act.used;
 }
+size_t pbw_ctx_grad_unset_bytes(const pbw_ctx *ctx) { return ctx->grad_unset_bytes; }
+
 size_t pbw_ctx_mem_peak(const pbw_ctx *ctx) {
     return ctx->dev == PBW_DEV_CUDA ? ctx->dact.peak : ctx->act.peak;
 }
@@ -726,9 +732,39 @@ static int own_grad(pbw_ctx *ctx, pbw_tensor *t) {
     return 0;
 }
 
+/* Zeroes t's unset gradient (its first producer did not write it). 0, or -1 with ctx failed. */
+static int grad_set_zero(pbw_ctx *ctx, pbw_tensor *t) {
+    if (!t->grad_unset) return 0;
+    t->grad_unset = 0;
+    size_t bytes = (size_t)t->numel * sizeof(float);
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA) {
+        if (pbw_cuda_memset0(t->grad, bytes)) {
+            pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
+            return -1;
+        }
+        return 0;
+    }
+#endif
+    (void)ctx;
+    memset(t->grad, 0, bytes);
+    return 0;
+}
+
+float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
+    *beta = 1.0f;
+    if (!t || !t->requires_grad) return NULL;
+    if (t->grad && t->grad_unset) {
+        t->grad_unset = 0;
+        *beta = 0.0f;
+        return t->grad;
+    }
+    return pbw_grad(ctx, t);
+}
+
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
-    if (t->grad) return t->grad;
+    if (t->grad) return grad_set_zero(ctx, t) ? NULL : t->grad;
     if (t->device != ctx->dev) return pbw_ctx_fail(ctx, "gradient of a tensor on another device");
     size_t bytes = (size_t)t->numel * sizeof(float);
 #ifdef PBW_HAVE_CUDA
@@ -742,39 +778,60 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     return t->grad;
 }
 
-/* The gradient buffers of every tensor the backward will reach from the loss, in one block
- * zeroed at once: one memset on a GPU instead of one per tensor (~300 launches an Adam step).
- * The same tensors get gradients as when each is made on first use by pbw_grad. */
+/* The gradient buffers of every tensor the backward will reach from the loss, in one block:
+ * first those to be zeroed, with one memset (on a GPU one launch instead of one per tensor,
+ * ~300 an Adam step), then those left unset because the first backward to reach them writes
+ * them whole (node->writes; most of CLIP's activations: products and QuickGELU), which saves
+ * zeroing them and reading the zeros back. The same tensors get gradients as when each is made
+ * on first use by pbw_grad. */
 static void alloc_reached_grads(pbw_ctx *ctx) {
     static float pending; /* marks a tensor listed, before its buffer exists */
-    size_t total = 0, count = 0;
+    size_t part[2] = {0, 0}, count = 0; /* bytes: zeroed, unset */
+    const int may_unset = !pbw_env_zero("PBW_GRAD_UNSET"); /* 0: zero every gradient (tests) */
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* not reached */
         for (int i = 0; i < n->nin; i++) {
             pbw_tensor *t = n->in[i];
             if (!t || !t->requires_grad || t->grad || t->device != ctx->dev) continue;
+            /* backward runs the tape from the end: n is t's first producer; it may write t's
+             * gradient when it declared so and t is not another of its inputs too */
+            int w = may_unset && ((n->writes >> i) & 1u);
+            for (int j = 0; j < n->nin && w; j++) w = j == i || n->in[j] != t;
             t->grad = &pending;
-            total += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
+            t->grad_unset = w;
+            part[w] += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
             count++;
         }
     }
+    ctx->grad_unset_bytes = part[1];
     if (!count) return;
     unsigned char *block;
 #ifdef PBW_HAVE_CUDA
     if (ctx->dev == PBW_DEV_CUDA) {
-        block = pbw_arena_alloc(&ctx->dact, total);
-        if (block && pbw_cuda_memset0(block, total)) block = NULL;
+        block = pbw_arena_alloc(&ctx->dact, part[0] + part[1]);
+        if (block && part[0] && pbw_cuda_memset0(block, part[0])) block = NULL;
     } else
 #endif
-        block = pbw_arena_calloc(&ctx->act, total);
-    size_t off = 0;
+    {
+        block = pbw_arena_alloc(&ctx->act, part[0] + part[1]);
+        if (block) memset(block, 0, part[0]);
+    }
+    size_t off[2] = {0, part[0]};
     for (pbw_node *n = ctx->tape; n; n = n->prev)
         for (int i = 0; i < n->nin; i++) {
             pbw_tensor *t = n->in[i];
             if (!t || t->grad != &pending) continue;
-            t->grad = block ? (float *)(block + off) : NULL;
-            if (t->grad && own_grad(ctx, t)) t->grad = NULL; /* NULL: made by pbw_grad */
-            off += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
+            const int w = t->grad_unset;
+            t->grad = block ? (float *)(block + off[w]) : NULL;
+            if (!block) {
+                t->grad_unset = 0;
+                ctx->grad_unset_bytes = 0;
+            }
+            if (t->grad && own_grad(ctx, t)) { /* NULL: made by pbw_grad */
+                t->grad = NULL;
+                t->grad_unset = 0;
+            }
+            off[w] += ((size_t)t->numel * sizeof(float) + 63) / 64 * 64;
         }
 }
 
@@ -802,6 +859,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     alloc_reached_grads(ctx);
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
+        if (grad_set_zero(ctx, n->out)) break; /* unset: its consumers added nothing */
         double t0 = 0;
         if (pbw_profile_enabled()) {
             pbw_profile_mark(); /* books the last forward op */
@@ -815,5 +873,6 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         }
         if (ctx->failed) return pbw_ctx_check(ctx, err);
     }
+    for (grad_owner *o = ctx->grads; o && !ctx->failed; o = o->next) grad_set_zero(ctx, o->t);
     return pbw_ctx_check(ctx, err);
 }

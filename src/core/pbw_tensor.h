@@ -56,6 +56,8 @@ typedef struct pbw_tensor {
     int half_only; /* half holds the values and data (allocated) is not written yet: an output
                     * made under pbw_ctx_set_half_activations. pbw_tensor_sync_f32 writes data;
                     * ops that do not read halves call it through pbw_op_begin. */
+    int grad_unset; /* grad is allocated but holds no values yet, not even zeros: its first
+                     * producer writes it (pbw_grad_out); pbw_grad zeroes it first */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -72,6 +74,8 @@ struct pbw_node {
     pbw_tensor *in[PBW_NODE_MAX_IN];
     int nin;
     void *saved;                        /* op-specific parameters, in the activation arena */
+    unsigned writes; /* bit i: the backward writes all of in[i]'s gradient through
+                      * pbw_grad_out (set by the op after pbw_tape_push) */
     pbw_node *prev;
 };
 
@@ -201,6 +205,14 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
 /* The gradient buffer of t, allocated zeroed on first use; NULL when t needs no gradient (the
  * backward of an op skips that input then). */
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
+/* For a backward that computes every element of t's gradient contribution at once (a product,
+ * an elementwise map) and declared so in node->writes: the buffer, and *beta 0 when it holds
+ * no values yet (write the contribution; the buffer is then set) or 1 (add it). pbw_backward
+ * leaves a gradient unset, skipping its zeroing, when its first producer is such a backward
+ * (PBW_GRAD_UNSET=0: never). */
+float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
+/* Bytes of gradient the last pbw_backward allocated unset that way (tests, profiles). */
+size_t pbw_ctx_grad_unset_bytes(const pbw_ctx *ctx);
 /* Runs the tape backward from `loss`. A loss with one element gets gradient 1; otherwise
  * `seed` (numel floats) is the gradient of the output, or NULL for all ones. */
 int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err);

@@ -32,9 +32,9 @@ typedef enum pbw_unary_op {
 
 void pbw_cpu_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
                            int64_t n); /* x, y (n) */
-/* gx += dy/dx * gy, using x and/or y (both (n)). */
+/* gx += dy/dx * gy, using x and/or y (both (n)); add 0: gx = dy/dx * gy (gx not read). */
 void pbw_cpu_unary_backward(pbw_unary_op op, float p0, float p1, const float *x, const float *y,
-                            const float *gy, float *gx, int64_t n);
+                            const float *gy, float *gx, int64_t n, int add);
 
 typedef enum pbw_binary_op { PBW_BIN_ADD, PBW_BIN_SUB, PBW_BIN_MUL, PBW_BIN_DIV } pbw_binary_op;
 

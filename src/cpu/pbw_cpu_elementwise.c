@@ -38,14 +38,14 @@ void pbw_cpu_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, 
 }
 
 void pbw_cpu_unary_backward(pbw_unary_op op, float p0, float p1, const float *x, const float *y,
-                            const float *gy, float *gx, int64_t n) {
+                            const float *gy, float *gx, int64_t n, int add) {
 #define GRAD_LOOP(expr)                                                                       \
     _Pragma("omp parallel for schedule(static) if (n > PAR_MIN)") for (int64_t i = 0; i < n;  \
                                                                        i++) {                 \
         float v = x[i], o = y[i], g = gy[i];                                                  \
         (void)v;                                                                              \
         (void)o;                                                                              \
-        gx[i] += (expr);                                                                      \
+        gx[i] = add ? gx[i] + (expr) : (expr);                                                \
     }
     switch (op) {
     case PBW_UN_AFFINE: GRAD_LOOP(g * p0); break;

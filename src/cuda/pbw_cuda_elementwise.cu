@@ -94,11 +94,12 @@ __global__ void k_unary_fwd(float p0, float p1, const float *__restrict__ x, flo
 template <int OP>
 __global__ void k_unary_bwd(float p0, float p1, const float *__restrict__ x,
                             const float *__restrict__ y, const float *__restrict__ gy, float *gx,
-                            int64_t n) {
+                            int64_t n, int add) {
     PBW_GRID_STRIDE(i, n) {
         float v = unary_reads<OP>::x ? x[i] : 0.0f;
         float o = unary_reads<OP>::y ? y[i] : 0.0f;
-        gx[i] += unary_g<OP>(v, o, gy[i], p0, p1);
+        const float g = unary_g<OP>(v, o, gy[i], p0, p1);
+        gx[i] = add ? gx[i] + g : g;
     }
 }
 
@@ -117,11 +118,11 @@ __global__ void k_unary_fwd4(float p0, float p1, const float4 *__restrict__ x, f
 template <int OP>
 __global__ void k_unary_bwd4(float p0, float p1, const float4 *__restrict__ x,
                              const float4 *__restrict__ y, const float4 *__restrict__ gy,
-                             float4 *gx, int64_t n4) {
+                             float4 *gx, int64_t n4, int add) {
     PBW_GRID_STRIDE(i, n4) {
         const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z, g = gy[i];
-        float4 r = gx[i];
+        float4 r = add ? gx[i] : z; // add 0: gx holds no values yet (pbw_grad_out)
         r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
         r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
         r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
@@ -150,13 +151,13 @@ static bool vec4_ok(int64_t n, const void *a, const void *b, const void *c, cons
 
 template <int OP>
 static void launch_unary(bool bwd, float p0, float p1, const float *x, const float *y,
-                         const float *gy, float *out, int64_t n) {
+                         const float *gy, float *out, int64_t n, int add) {
     if (vec4_ok(n, x, y, gy, out)) { // NULL operands (not read) are aligned
         const int64_t n4 = n / 4;
         if (bwd)
             k_unary_bwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
                 p0, p1, (const float4 *)x, (const float4 *)y, (const float4 *)gy, (float4 *)out,
-                n4);
+                n4, add);
         else
             k_unary_fwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(p0, p1, (const float4 *)x,
                                                                     (float4 *)out, n4);
@@ -164,7 +165,7 @@ static void launch_unary(bool bwd, float p0, float p1, const float *x, const flo
         return;
     }
     if (bwd) {
-        k_unary_bwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, y, gy, out, n);
+        k_unary_bwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, y, gy, out, n, add);
         PBW_CUDA_LAUNCHED("unary_backward");
     } else {
         k_unary_fwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, out, n);
@@ -173,10 +174,10 @@ static void launch_unary(bool bwd, float p0, float p1, const float *x, const flo
 }
 
 static void unary_dispatch(pbw_unary_op op, bool bwd, float p0, float p1, const float *x,
-                           const float *y, const float *gy, float *out, int64_t n) {
+                           const float *y, const float *gy, float *out, int64_t n, int add) {
     if (n <= 0) return;
 #define UN_CASE(OP)                                                                             \
-    case OP: launch_unary<OP>(bwd, p0, p1, x, y, gy, out, n); break;
+    case OP: launch_unary<OP>(bwd, p0, p1, x, y, gy, out, n, add); break;
     switch (op) {
         UN_CASE(PBW_UN_AFFINE)
         UN_CASE(PBW_UN_RELU)
@@ -198,7 +199,7 @@ static void unary_dispatch(pbw_unary_op op, bool bwd, float p0, float p1, const 
 
 extern "C" void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x,
                                        float *y, int64_t n) {
-    unary_dispatch(op, false, p0, p1, x, nullptr, nullptr, y, n);
+    unary_dispatch(op, false, p0, p1, x, nullptr, nullptr, y, n, 0);
 }
 
 extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x,
@@ -260,8 +261,9 @@ extern "C" void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n) {
 }
 
 extern "C" void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
-                                        const float *y, const float *gy, float *gx, int64_t n) {
-    unary_dispatch(op, true, p0, p1, x, y, gy, gx, n);
+                                        const float *y, const float *gy, float *gx, int64_t n,
+                                        int add) {
+    unary_dispatch(op, true, p0, p1, x, y, gy, gx, n, add);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float
 int pbw_cuda_unary_half(pbw_unary_op op, float p0, float p1, const void *xh, void *yh, int64_t n);
 /* y (n floats) = the half values h (the precision's half type). */
 void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n);
-/* gx += dy/dx * gy (x, y, gy, gx all (n)) */
+/* gx += dy/dx * gy (x, y, gy, gx all (n)); add 0: gx = dy/dx * gy (gx not read) */
 void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
-                             const float *y, const float *gy, float *gx, int64_t n);
+                             const float *y, const float *gy, float *gx, int64_t n, int add);
 
 /* y[i*sy] = a[i*sa] op b[i*sb] over the 5-D index space `shape` */
 void pbw_cuda_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,
