@@ -14,6 +14,7 @@
  *         atomic order, one rounding per repeat.
  * Each case prints its worst error. */
 #include <stdint.h>
+#include <string.h>
 
 #include "core/pbw_ops.h"
 #include "cuda_parity.h"
@@ -574,5 +575,106 @@ PBW_TEST(cuda_linear_half) {
     printf("  fp32 precision: rel err %.2e (tol 1e-5)\n", e);
     CHECK(e <= 1e-5);
     free(ref), free(got), free(f32);
+#endif
+}
+
+/* ---------- input gradients on bf16 operands (pbw_cuda_linear_backward_half) ----------
+ * CLIP's MLP shapes at 4 crops: x (4,50,768) -> linear W (3072,768) + b, and h (4,50,3072) ->
+ * linear_add W (768,3072) + b + r, x, h and the residual r needing gradients, the weights
+ * constants moved by pbw_arena_to_device; the loss a fixed random-weighted sum of the output
+ * (pbw_backward's seed), so x.grad = seed W and r.grad = seed. Against the CPU in fp32: the
+ * half path rounds the seed and W to bf16 (8 bits of mantissa, unit roundoff 2^-9) and sums
+ * 3072 or 768 products in fp32: ~3e-3 of the largest value expected, 1e-2 the bound. r.grad is
+ * the seed added to zeros in the same pass: exact (1e-6). The half path must be taken once per
+ * product in bf16 (pbw_cuda_linear_half_backward_calls) and never in fp16 (small gradients
+ * would flush to zero without loss scaling), fp32 (1e-5 against the CPU, as cuda_linear) or
+ * with PBW_CUDA_HALF_BACKWARD=0 (the fp32-operand product in bf16 math: 1e-2). */
+#ifdef PBW_HAVE_CUDA
+/* add 0: linear of x (4,50,768); add 1: linear_add of x (4,50,3072) and r (4,50,768). gx gets
+ * x's gradient, gr (add 1 only) r's. */
+static int half_backward(pbw_device dev, pbw_precision prec, int add, float *gx, float *gr) {
+    const int64_t B = 4, T = 50, I = add ? 3072 : 768, O = add ? 768 : 3072, R = B * T;
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
+    pbw_tensor *w = pbw_tensor_new_in(&a, 2, (int64_t[]){O, I}, &err);
+    pbw_tensor *b = pbw_tensor_new_in(&a, 1, (int64_t[]){O}, &err);
+    float *xh = malloc((size_t)(R * I) * sizeof(float));
+    float *rh = malloc((size_t)(R * O) * sizeof(float));
+    float *seed = malloc((size_t)(R * O) * sizeof(float));
+    int rc = -1;
+    if (!w || !b || !xh || !rh || !seed) goto out;
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 31);
+    const float sc = 1.0f / sqrtf((float)I); /* weights ~ 1/sqrt(fan-in) */
+    for (int64_t i = 0; i < w->numel; i++) w->data[i] = sc * (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int64_t i = 0; i < O; i++) b->data[i] = 0.1f * (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int64_t i = 0; i < R * I; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int64_t i = 0; i < R * O; i++) rh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int64_t i = 0; i < R * O; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    if (pbw_arena_to_device(&a, ctx, &err)) goto out;
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 3, (int64_t[]){B, T, I});
+    pbw_tensor *r = add ? pbw_tensor_from_host(ctx, rh, 3, (int64_t[]){B, T, O}) : NULL;
+    if (!x || (add && !r)) goto out;
+    x->requires_grad = 1;
+    if (r) r->requires_grad = 1;
+    pbw_tensor *y = add ? pbw_linear_add(ctx, x, w, b, r) : pbw_linear(ctx, x, w, b);
+    if (!y || pbw_backward(ctx, y, seed, &err)) goto out;
+    const float *g = pbw_grad_host(ctx, x);
+    if (!g) goto out;
+    memcpy(gx, g, (size_t)(R * I) * sizeof(float));
+    if (r) {
+        if (!(g = pbw_grad_host(ctx, r))) goto out;
+        memcpy(gr, g, (size_t)(R * O) * sizeof(float));
+    }
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "  %s\n", pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : err.msg);
+    free(xh), free(rh), free(seed);
+    return half_end(ctx, &a, rc);
+}
+#endif
+
+PBW_TEST(cuda_linear_half_backward) {
+#ifdef PBW_HAVE_CUDA
+    const struct {
+        pbw_precision prec;
+        int env_off; /* PBW_CUDA_HALF_BACKWARD=0 */
+        long want;   /* half products expected */
+        double tol;
+    } runs[4] = {{PBW_PREC_BF16, 0, 1, 1e-2},
+                 {PBW_PREC_FP16, 0, 0, 1e-2},
+                 {PBW_PREC_FP32, 0, 0, 1e-5},
+                 {PBW_PREC_BF16, 1, 0, 1e-2}};
+    for (int add = 0; add < 2; add++) {
+        const int64_t nx = 200 * (add ? 3072 : 768), nr = 200 * 768;
+        float *ref = malloc((size_t)nx * sizeof(float)), *got = malloc((size_t)nx * sizeof(float));
+        float *rref = malloc((size_t)nr * sizeof(float));
+        float *rgot = malloc((size_t)nr * sizeof(float));
+        CHECK(half_backward(PBW_DEV_CPU, PBW_PREC_FP32, add, ref, rref) == 0);
+        double sx = 0, sr = 0;
+        for (int64_t i = 0; i < nx; i++) sx = fmax(sx, fabs(ref[i]));
+        for (int64_t i = 0; add && i < nr; i++) sr = fmax(sr, fabs(rref[i]));
+        CHECK(sx > 0.1); /* a real signal, not zeros */
+        for (int k = 0; k < 4; k++) {
+            if (runs[k].env_off) setenv("PBW_CUDA_HALF_BACKWARD", "0", 1);
+            const long before = pbw_cuda_linear_half_backward_calls();
+            CHECK(half_backward(PBW_DEV_CUDA, runs[k].prec, add, got, rgot) == 0);
+            const long calls = pbw_cuda_linear_half_backward_calls() - before;
+            if (runs[k].env_off) unsetenv("PBW_CUDA_HALF_BACKWARD");
+            double e = 0, er = 0;
+            for (int64_t i = 0; i < nx; i++) e = fmax(e, fabs(got[i] - ref[i]) / sx);
+            for (int64_t i = 0; add && i < nr; i++) er = fmax(er, fabs(rgot[i] - rref[i]) / sr);
+            printf("  %s, %s%s: %ld half products, rel err x.grad %.2e (tol %.0e)",
+                   add ? "linear_add 3072 -> 768" : "linear 768 -> 3072",
+                   pbw_precision_name(runs[k].prec),
+                   runs[k].env_off ? ", PBW_CUDA_HALF_BACKWARD=0" : "", calls, e, runs[k].tol);
+            if (add) printf(", r.grad %.2e (tol 1e-6)", er);
+            printf("\n");
+            CHECK(calls == runs[k].want && e <= runs[k].tol && er <= 1e-6);
+        }
+        free(ref), free(got), free(rref), free(rgot);
+    }
 #endif
 }

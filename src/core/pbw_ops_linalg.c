@@ -88,14 +88,23 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_tensor *r = n->nin > 3 ? n->in[3] : NULL;
     int64_t O = w->shape[0], I = w->shape[1], R = x->numel / I;
     const float *gy = n->out->grad; /* (R,O) */
-    float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = b ? pbw_grad(ctx, b) : NULL;
-    float *gr = r ? pbw_grad(ctx, r) : NULL;
+    /* x's and r's gradients are written whole (node->writes): beta 0 when still unset */
+    float bx = 1.0f, br = 1.0f;
+    float *gx = pbw_grad_out(ctx, x, &bx), *gw = pbw_grad(ctx, w);
+    float *gb = b ? pbw_grad(ctx, b) : NULL, *gr = r ? pbw_grad_out(ctx, r, &br) : NULL;
+#ifdef PBW_HAVE_CUDA
+    /* bf16 operands for gx (and gr gets gy in the same pass) where the precision allows */
+    if (gx && pbw_on_cuda(ctx) &&
+        pbw_cuda_linear_backward_half(gy, w->data, gx, bx, gr, br, R, O, I) == 0)
+        gx = gr = NULL;
+#endif
     if (gr) {
         int64_t shape[5] = {1, 1, 1, 1, R * O}, st[5] = {0, 0, 0, 0, 1};
-        PBW_KERNEL(ctx, accumulate, shape, gy, st, gr, st, 1.0f);
+        if (br != 0.0f) PBW_KERNEL(ctx, accumulate, shape, gy, st, gr, st, 1.0f);
+        else PBW_KERNEL(ctx, copy_strided, shape, gy, st, gr, st);
     }
     if (gx)
-        PBW_KERNEL(ctx, gemm_batched, 0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, 1, gx, I, 0, 1);
+        PBW_KERNEL(ctx, gemm_batched, 0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, bx, gx, I, 0, 1);
     if (gw)
         PBW_KERNEL(ctx, gemm_batched, 1, 0, O, I, R, 1, gy, O, 0, x->data, I, 0, 1, gw, I, 0, 1);
     if (gb) {
@@ -192,8 +201,11 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
             PBW_KERNEL(ctx, accumulate, shape, r->data, st, y->data, st, 1.0f);
         }
     }
-    if (pbw_needs_grad(ctx, in, nin) && !pbw_tape_push(ctx, op, linear_backward, y, in, nin, 0))
-        return NULL;
+    if (pbw_needs_grad(ctx, in, nin)) {
+        pbw_node *n = pbw_tape_push(ctx, op, linear_backward, y, in, nin, 0);
+        if (!n) return NULL;
+        n->writes = 1u | 8u; /* x's gradient (a product) and r's (a copy of the output's) */
+    }
     return y;
 }
 

@@ -80,7 +80,9 @@ void pbw_cuda_mem_reset_peak(void);
  * PBW_CUDA_HALF_GEMM is not 0. Then layer norm and QuickGELU also write a half copy of their
  * output (pbw_tensor.half), and pbw_linear multiplies it with a cached half copy of its weight
  * when the weight is a constant moved by pbw_arena_to_device (registered here with
- * pbw_cuda_weights_block; its half copies are dropped when the block is freed). */
+ * pbw_cuda_weights_block; its half copies are dropped when the block is freed). In bf16 the
+ * input gradient of such a product reads the same copy too (pbw_cuda_linear_backward_half;
+ * PBW_CUDA_HALF_BACKWARD=0 keeps it on fp32 operands). */
 int pbw_cuda_half_gemm(void);
 /* Half activations (pbw_ctx_set_half_activations) take effect: pbw_cuda_half_gemm() and
  * PBW_CUDA_HALF_ACTS is not 0. */

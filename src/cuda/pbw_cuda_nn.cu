@@ -1,6 +1,12 @@
 // pbw_cuda_nn.cu: batched GEMM (cuBLAS), layer norm, batch norm, softmax, the bias broadcast of
 // pbw_linear and embedding gathers on the GPU (see pbw_cuda_nn.h). Attention: pbw_cuda_attention.cu.
 //
+// Precision: pbw_cuda_gemm_batched keeps fp32 operands and lets cuBLAS multiply them on tensor
+// cores in the precision's type (compute_type). pbw_linear's forward reads half operands where
+// they exist (a half copy of its input, a cached one of its constant weight), and in bf16 its
+// input gradient rounds gy to bf16 to multiply it with the same cached weight (fp32 sums and
+// output; not in fp16, whose range would lose small gradients; PBW_CUDA_HALF_BACKWARD=0: off).
+//
 // Row kernels (layer norm, softmax) give each row to one warp, accumulate in fp32 and reduce with
 // shuffles; the CPU accumulates some of these sums in double, so results differ in the last
 // bits. Column reductions (weight and bias gradients) use a fixed order: deterministic.
@@ -120,7 +126,7 @@ const size_t LT_WS_BYTES = (size_t)32 << 20;
 cublasLtHandle_t g_lt;
 void *g_lt_ws;
 lt_plan g_lt_plans[LT_PLANS];
-int g_lt_nplans, g_lt_broken;
+int g_lt_nplans, g_lt_evict, g_lt_broken;
 long g_lt_half_calls;
 
 int align_of(const void *p) { // largest power of two dividing the address, at most 256
@@ -128,6 +134,16 @@ int align_of(const void *p) { // largest power of two dividing the address, at m
     int a = 256;
     while (a > 4 && (u & (uintptr_t)(a - 1))) a >>= 1;
     return a;
+}
+
+void lt_destroy(lt_plan *pl) {
+    if (pl->op) cublasLtMatmulDescDestroy(pl->op);
+    if (pl->a) cublasLtMatrixLayoutDestroy(pl->a);
+    if (pl->b) cublasLtMatrixLayoutDestroy(pl->b);
+    if (pl->c) cublasLtMatrixLayoutDestroy(pl->c);
+    pl->op = nullptr;
+    pl->a = pl->b = pl->c = nullptr;
+    pl->ok = 0;
 }
 
 bool lt_make(lt_plan *pl) {
@@ -258,8 +274,13 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
         }
     }
     if (!pl) {
-        if (g_lt_nplans == LT_PLANS) return -1;
-        pl = &g_lt_plans[g_lt_nplans++];
+        if (g_lt_nplans < LT_PLANS) {
+            pl = &g_lt_plans[g_lt_nplans++];
+        } else { // full (many shapes in one process): the plans made longest ago go first
+            pl = &g_lt_plans[g_lt_evict];
+            g_lt_evict = (g_lt_evict + 1) % LT_PLANS;
+            lt_destroy(pl);
+        }
         *pl = lt_plan{R, O, I, prec, al, half, hasb, outh, 0, nullptr, nullptr, nullptr, nullptr, {}};
         lt_make(pl);
     }
@@ -278,6 +299,87 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
                       (long long)O, (long long)I, (int)st);
         return 0; // reported: the sticky error ends the pass
     }
+    return 0;
+}
+
+// ---------------- input gradient of linear on bf16 operands ----------------
+// gx (R,I) += gy (R,O) W (O,I): gy is rounded to bf16 into a scratch buffer of this module (the
+// pass that does it also adds gy into the residual's gradient), then one cuBLAS product reads it
+// and the weight's cached bf16 copy and accumulates in fp32. In column-major terms
+// gx^T (I,R) += W^T (I,O) gy^T (O,R): A = W stored (I,O), B = gy stored (O,R), both untransposed.
+
+namespace {
+long g_half_bwd_calls;
+void *g_gyh; // gy in bf16, grown only outside graph recording (see gyh_get)
+size_t g_gyh_size;
+
+// At least `bytes` of the scratch, reused in stream order; NULL when it would have to grow while
+// a graph is recorded (a free breaks the recording: the fp32 path serves instead) or when out of
+// memory (the fp32 path then too).
+void *gyh_get(size_t bytes) {
+    if (bytes <= g_gyh_size && g_gyh) return g_gyh;
+    if (pbw_cuda_capturing()) return nullptr;
+    pbw_cuda_free(g_gyh); // waits for kernels still reading it
+    g_gyh_size = 0;
+    if (!(g_gyh = pbw_cuda_malloc(bytes))) return nullptr;
+    g_gyh_size = bytes;
+    return g_gyh;
+}
+} // namespace
+
+// gyh = bf16(gy), and gr += gy (add) or gr = gy (!add) when gr is given: one read of gy.
+__global__ static void gy_to_bf16_kernel(const float *gy, __nv_bfloat16 *gyh, float *gr,
+                                         int add, int64_t n) {
+    PBW_GRID_STRIDE(i, n) {
+        const float v = gy[i];
+        gyh[i] = pbw_to_half<__nv_bfloat16>(v);
+        if (gr) gr[i] = add ? gr[i] + v : v;
+    }
+}
+
+// The same four values at a time (n4 = n / 4; gy, gr 16-byte aligned).
+__global__ static void gy_to_bf16_kernel4(const float4 *gy, uint2 *gyh, float4 *gr, int add,
+                                          int64_t n4) {
+    PBW_GRID_STRIDE(i, n4) {
+        const float4 v = gy[i];
+        gyh[i] = pbw_pack_half4<__nv_bfloat16>(v);
+        if (gr) {
+            float4 r = v;
+            if (add) {
+                const float4 o = gr[i];
+                r.x += o.x, r.y += o.y, r.z += o.z, r.w += o.w;
+            }
+            gr[i] = r;
+        }
+    }
+}
+
+extern "C" long pbw_cuda_linear_half_backward_calls(void) { return g_half_bwd_calls; }
+
+extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx,
+                                             float beta_x, float *gr, float beta_r, int64_t R,
+                                             int64_t O, int64_t I) {
+    // the switch is read at each call (not cached as the others are) so tests can turn it off
+    if (pbw_cuda_precision() != PBW_PREC_BF16 || !pbw_cuda_half_gemm() ||
+        pbw_env_zero("PBW_CUDA_HALF_BACKWARD") || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX ||
+        O > INT_MAX || I > INT_MAX)
+        return -1;
+    const void *wh = half_weight_of(w, (size_t)(O * I));
+    const int64_t n = R * O;
+    __nv_bfloat16 *gyh = wh ? (__nv_bfloat16 *)gyh_get((size_t)n * sizeof(__nv_bfloat16)) : nullptr;
+    if (!gyh) return -1;
+    if (n % 4 == 0 && ((uintptr_t)gy | (uintptr_t)gr) % 16 == 0) {
+        gy_to_bf16_kernel4<<<pbw_grid(n / 4), 256, 0, pbw_stream()>>>(
+            (const float4 *)gy, (uint2 *)gyh, (float4 *)gr, beta_r != 0.0f, n / 4);
+    } else {
+        gy_to_bf16_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gy, gyh, gr, beta_r != 0.0f, n);
+    }
+    PBW_CUDA_LAUNCHED("linear backward (gy to bf16)");
+    const float one = 1.0f;
+    PBW_CUBLAS_OK(cublasGemmEx(pbw_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)R, (int)O,
+                               &one, wh, CUDA_R_16BF, (int)I, gyh, CUDA_R_16BF, (int)O, &beta_x, gx,
+                               CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    g_half_bwd_calls++;
     return 0;
 }
 
