@@ -170,8 +170,8 @@ static void on_step(const pbw_paint_progress *pr, void *user) {
     if (s->n < 64) s->v[s->n++] = pr->loss.total;
 }
 
-/* A fixed-seed edit of the shapes world on `dev` (seed 0, "a yellow star", a square mask, with
- * LPIPS or not); rq carries the caller's optimizer settings. The result image into out (and its
+/* A fixed-seed edit of the shapes world on `dev` (seed 0 and "a yellow star" unless rq sets a
+ * text, a square mask, with LPIPS or not); rq carries the caller's optimizer settings. The result image into out (and its
  * CLIP loss, latent and each step's loss where asked for). */
 static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *out, int64_t *n,
                        double *clip_after, float *lat, step_losses *losses) {
@@ -193,8 +193,10 @@ static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *
     float *mask = calloc((size_t)S * S, sizeof(float));
     for (int y = S / 4; y < S / 2; y++)
         for (int x = S / 4; x < S / 2; x++) mask[y * S + x] = 1;
-    rq->seed = 0;
-    rq->text = "a yellow star";
+    if (!rq->text) {
+        rq->seed = 0;
+        rq->text = "a yellow star";
+    }
     rq->mask = mask;
     rq->allow_no_lpips = !lpips;
     pbw_paint_result res;
@@ -213,14 +215,23 @@ static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *
     return rc;
 }
 
-/* `steps` Adam steps (no CMA), the method's defaults otherwise (lr 0.01 one-cycle, 32 crops). */
-static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *n,
-                     double *clip_after, float *lat, step_losses *losses) {
+/* `steps` Adam steps (no CMA), the method's defaults otherwise (lr 0.01 one-cycle, 32 crops);
+ * text NULL: shapes_edit's seed and text. */
+static int edit_adam_text(pbw_device dev, int steps, int lpips, uint64_t seed, const char *text,
+                          float *out, int64_t *n, double *clip_after, float *lat,
+                          step_losses *losses) {
     pbw_paint_request rq;
     pbw_paint_request_default(&rq);
     rq.optim = PBW_OPTIM_ADAM;
     rq.adam_steps = steps;
+    rq.seed = seed;
+    rq.text = text;
     return shapes_edit(dev, lpips, &rq, out, n, clip_after, lat, losses);
+}
+
+static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *n,
+                     double *clip_after, float *lat, step_losses *losses) {
+    return edit_adam_text(dev, steps, lpips, 0, NULL, out, n, clip_after, lat, losses);
 }
 
 #endif
@@ -228,16 +239,35 @@ static int edit_adam(pbw_device dev, int steps, int lpips, float *out, int64_t *
 PBW_TEST(cuda_edit_adam5_fp32) {
 #ifdef PBW_HAVE_CUDA
     static float a[3 * 256 * 256], b[3 * 256 * 256];
-    int64_t na = 0, nb = 0;
     static float la[1024], lb[1024];
-    double ca = 0, cb = 0;
-    CHECK(edit_adam(PBW_DEV_CPU, 5, 0, a, &na, &ca, la, NULL) == 0);
-    pbw_cuda_set_precision(PBW_PREC_FP32);
-    CHECK(edit_adam(PBW_DEV_CUDA, 5, 0, b, &nb, &cb, lb, NULL) == 0 && na == nb);
-    double ls = 0, d = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, &ls);
-    printf("  edit, 5 Adam steps, fp32: image max abs diff %.2e (latent max abs diff %.2e of "
-           "%.2f); clip loss after %.5f (cpu) %.5f (cuda)\n", d, dl, ls, ca, cb);
-    CHECK(d <= 1e-3);
+    /* Issue 6's criterion: the fixed-seed edit (seed 0) within 1e-3 of the CPU's image. Other
+     * seeds and texts are held to 1e-2: Adam moves every latent component by about the step
+     * size whatever its gradient's magnitude, so where a component's gradient lies within the
+     * CPU's and the GPU's rounding (summation orders) of zero the two runs step apart, and
+     * this generator's hard shape edges turn a latent difference of 1e-4 into pixel
+     * differences of a few 1e-3 (seed 3: 3.2e-3 to 3.9e-3 over runs; seed 5: 2.4e-3 to
+     * 2.9e-3, measured on an H100). A wrong gradient moves the image by far more. */
+    const struct {
+        uint64_t seed;
+        const char *text;
+        double tol;
+    } cases[3] = {{0, "a yellow star", 1e-3}, {3, "a red circle", 1e-2},
+                  {11, "a big green square", 1e-2}};
+    for (int c = 0; c < 3; c++) {
+        int64_t na = 0, nb = 0;
+        double ca = 0, cb = 0;
+        CHECK(edit_adam_text(PBW_DEV_CPU, 5, 0, cases[c].seed, cases[c].text, a, &na, &ca, la,
+                             NULL) == 0);
+        pbw_cuda_set_precision(PBW_PREC_FP32);
+        CHECK(edit_adam_text(PBW_DEV_CUDA, 5, 0, cases[c].seed, cases[c].text, b, &nb, &cb, lb,
+                             NULL) == 0 && na == nb);
+        double ls = 0, d = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, &ls);
+        printf("  edit, seed %llu \"%s\", 5 Adam steps, fp32: image max abs diff %.2e (tol "
+               "%.0e; latent max abs diff %.2e of %.2f); clip loss after %.5f (cpu) %.5f "
+               "(cuda)\n", (unsigned long long)cases[c].seed, cases[c].text, d, cases[c].tol,
+               dl, ls, ca, cb);
+        CHECK(d <= cases[c].tol);
+    }
 #endif
 }
 
