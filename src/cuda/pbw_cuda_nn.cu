@@ -309,6 +309,7 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
 // gx^T (I,R) += W^T (I,O) gy^T (O,R): A = W stored (I,O), B = gy stored (O,R), both untransposed.
 
 namespace {
+const int64_t HALF_BWD_MIN_ROWS = 64;
 long g_half_bwd_calls;
 void *g_gyh; // gy in bf16, grown only outside graph recording (see gyh_get)
 size_t g_gyh_size;
@@ -360,8 +361,10 @@ extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, fl
                                              float beta_x, float *gr, float beta_r, int64_t R,
                                              int64_t O, int64_t I) {
     // the switch is read at each call (not cached as the others are) so tests can turn it off
-    if (pbw_cuda_precision() != PBW_PREC_BF16 || !pbw_cuda_half_gemm() ||
-        pbw_env_zero("PBW_CUDA_HALF_BACKWARD") || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX ||
+    // few rows (the generator's style products: one row a sample) are matrix-vector products,
+    // bound by reading w, where the conversion pass would only add a launch
+    if (pbw_cuda_precision() != PBW_PREC_BF16 || !pbw_cuda_half_gemm() || R < HALF_BWD_MIN_ROWS ||
+        pbw_env_zero("PBW_CUDA_HALF_BACKWARD") || O <= 0 || I <= 0 || R > INT_MAX ||
         O > INT_MAX || I > INT_MAX)
         return -1;
     const void *wh = half_weight_of(w, (size_t)(O * I));

@@ -79,11 +79,12 @@ int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const flo
 long pbw_cuda_linear_half_calls(void);
 /* gx (R,I) = beta_x gx + gy (R,O) w (O,I) (pbw_linear's input gradient; beta_x 0 or 1, gx not
  * read for 0) on bf16 operands with fp32 accumulation, and gr (R,O) = beta_r gr + gy in the
- * same pass over gy when gr is not NULL (linear_add's residual gradient). Taken only under PBW_PREC_BF16 with pbw_cuda_half_gemm(), for a constant
- * weight (its cached bf16 copy) and unless PBW_CUDA_HALF_BACKWARD is "0"; never in fp16, whose
- * range would flush small gradients to zero without loss scaling, nor in tf32/fp32. Returns 0
- * when enqueued, -1 when not taken (nothing was done: the caller adds gr and computes gx its
- * own way). */
+ * same pass over gy when gr is not NULL (linear_add's residual gradient). Taken only under
+ * PBW_PREC_BF16 with pbw_cuda_half_gemm(), for R >= 64 rows (fewer make a matrix-vector product
+ * bound by reading w), a constant weight (its cached bf16 copy), and unless
+ * PBW_CUDA_HALF_BACKWARD is "0"; never in fp16, whose range would flush small gradients to zero
+ * without loss scaling, nor in tf32/fp32. Returns 0 when enqueued, -1 when not taken (nothing
+ * was done: the caller writes gr and computes gx its own way). */
 int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx, float beta_x,
                                   float *gr, float beta_r, int64_t R, int64_t O, int64_t I);
 /* Input gradients made on bf16 operands so far (tests). */
