@@ -815,6 +815,112 @@ PBW_TEST(cuda_sg_blur_act) {
 #endif
 }
 
+/* ---------- NHWC halves between the generator's upsampling convolution, blur and next
+ * convolution (pbw_cuda_nhwc) ----------
+ * A block's chain as the generator runs it without gradients: an upsampling modulated
+ * convolution, the blur with the activation, a modulated convolution with the activation, per
+ * sample and masked. With NHWC halves on, the first two outputs stay NHWC halves (checked before
+ * anything reads them, the blur's also after the convolution read it: never written to fp32)
+ * and the blur reads and writes them; off, the same ops on fp32 NCHW. Sizes: 64 -> 32 -> 48
+ * channels (the blur's 32 fill half of its tiles' 64), 8 -> 17 -> 16 pixels (2 x 2 tiles). The
+ * two differ by the blur output's rounding to bf16 (NCHW keeps it in fp32 until the next
+ * staging rounds it after the style scale): a few bf16 units (2^-8 relative) at most; the
+ * bound is 1e-2 of the largest value, as the other bf16 comparisons. The blur's output read
+ * back (written from its NHWC halves) against the fp32 one: 2^-8 relative, bf16's rounding. */
+#ifdef PBW_HAVE_CUDA
+typedef struct {
+    pbw_tensor *y1, *y2;
+} nhwc_chain_out;
+
+static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_conv_plan *pl,
+                      const pbw_sg_fir *f, const float *h, int masked, nhwc_chain_out *o,
+                      int *kept) {
+    const int N = 2, C = up->C, O = up->O, O2 = pl->O, H = 8, S = 16;
+    int64_t off = 0;
+#define TAKE(nd, ...) pbw_tensor_from_host(ctx, h + (off += 4096) - 4096, nd, (int64_t[]){__VA_ARGS__})
+    pbw_tensor *x = TAKE(4, N, C, H, H);
+    pbw_tensor *s = pbw_affine(ctx, TAKE(2, N, C), 0.5f, 1.0f);
+    pbw_tensor *s0 = masked ? pbw_affine(ctx, TAKE(2, 1, C), 0.5f, 1.0f) : NULL;
+    pbw_tensor *m = masked ? pbw_abs(ctx, TAKE(4, N, 1, H, H)) : NULL;
+    pbw_tensor *d = pbw_affine(ctx, TAKE(2, N, O), 0.5f, 1.0f);
+    pbw_tensor *nz = TAKE(4, N, 1, S, S);
+    pbw_tensor *b = TAKE(1, O);
+    pbw_tensor *s2 = pbw_affine(ctx, TAKE(2, N, O), 0.5f, 1.0f);
+    pbw_tensor *s02 = masked ? pbw_affine(ctx, TAKE(2, 1, O), 0.5f, 1.0f) : NULL;
+    pbw_tensor *m2 = masked ? pbw_abs(ctx, TAKE(4, N, 1, S, S)) : NULL;
+    pbw_tensor *d2 = pbw_affine(ctx, TAKE(2, N, O2), 0.5f, 1.0f);
+    pbw_tensor *b2 = TAKE(1, O2);
+#undef TAKE
+    pbw_tensor *y0 = pbw_sg_modconv(ctx, x, s, s0, m, up);
+    o->y1 = pbw_sg_blur_act(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+    *kept = y0 && o->y1 && y0->half_nhwc && o->y1->half_nhwc;
+    o->y2 = pbw_sg_modconv_act(ctx, o->y1, s2, s02, m2, pl, d2, nz, b2, 0.7f, 0.2f, sqrtf(2.0f));
+    *kept = *kept && o->y1->half_nhwc; /* staged as it was: never written to fp32 */
+    return o->y2 ? 0 : -1;
+}
+
+static double max_rel(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    if (!a || !b || a->numel != b->numel) return INFINITY;
+    float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
+    double e = INFINITY, mx = 0;
+    if (pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0) {
+        e = 0;
+        for (int64_t i = 0; i < a->numel; i++) mx = fmax(mx, fabs(hb[i]));
+        for (int64_t i = 0; i < a->numel; i++) e = fmax(e, fabs(ha[i] - hb[i]) / mx);
+    }
+    free(ha), free(hb);
+    return mx > 0 ? e : INFINITY;
+}
+#endif
+
+PBW_TEST(cuda_sg_nhwc_chain) {
+#ifdef PBW_HAVE_CUDA
+    static const float t4[4] = {1, 3, 3, 1};
+    const int C = 64, O = 32, O2 = 48;
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_arena ga;
+    pbw_arena_init(&ga, 1 << 16);
+    pbw_tensor *wu = pbw_tensor_new_in(&ga, 4, (int64_t[]){O, C, 3, 3}, &err);
+    pbw_tensor *wp = pbw_tensor_new_in(&ga, 4, (int64_t[]){O2, O, 3, 3}, &err);
+    pbw_tensor *k4 = pbw_tensor_new_in(&ga, 2, (int64_t[]){4, 4}, &err);
+    CHECK(ctx && wu && wp && k4);
+    if (!ctx || !wu || !wp || !k4) return;
+    for (int64_t j = 0; j < wu->numel; j++) wu->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+    for (int64_t j = 0; j < wp->numel; j++) wp->data[j] = (float)((j * 41) % 103 - 51) / 900.0f;
+    for (int i = 0; i < 16; i++) k4->data[i] = t4[i / 4] * t4[i % 4] / 16.0f;
+    pbw_sg_fir fir;
+    CHECK(pbw_sg_fir_init(&fir, k4, 1, 1) == 0);
+    pbw_sg_conv_plan *up = pbw_sg_conv_prepare(&ga, wu, 1, &err);
+    pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&ga, wp, 0, &err);
+    CHECK(up && pl && pbw_arena_to_device(&ga, ctx, &err) == 0);
+    float *h = malloc(16 * 4096 * sizeof(float));
+    for (int64_t j = 0; j < 16 * 4096; j++) h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
+    for (int masked = 0; up && pl && masked < 2; masked++) {
+        nhwc_chain_out on, off;
+        int kept_on = 0, kept_off = 0;
+        const long before = pbw_cuda_sg_blur_nhwc_calls();
+        CHECK(nhwc_chain(ctx, up, pl, &fir, h, masked, &on, &kept_on) == 0);
+        const long calls = pbw_cuda_sg_blur_nhwc_calls() - before;
+        setenv("PBW_CUDA_NHWC", "0", 1);
+        CHECK(nhwc_chain(ctx, up, pl, &fir, h, masked, &off, &kept_off) == 0);
+        unsetenv("PBW_CUDA_NHWC");
+        const double e2 = max_rel(ctx, on.y2, off.y2), e1 = max_rel(ctx, on.y1, off.y1);
+        printf("  %s: NHWC halves kept %d (off: %d), NHWC blurs %ld; next convolution's output "
+               "rel diff %.2e (tol 1e-2), blur's %.2e (tol 4e-3)\n",
+               masked ? "masked" : "per sample", kept_on, kept_off, calls, e2, e1);
+        CHECK(kept_on && !kept_off && calls == 1 && e2 <= 1e-2 && e1 <= 4e-3);
+        CHECK(!on.y1->half_nhwc && !on.y1->half_only); /* read back: written to fp32 */
+        pbw_ctx_reset(ctx);
+    }
+    free(h);
+    pbw_ctx_free(ctx);
+    pbw_arena_free(&ga);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* ---------- CLIP's crops (pbw_clip_crops: bicubic crop + resize, clamp, normalize) ----------
  * Crops of every kind: the whole image, sides below R (upsampling), above R (downsampling),
  * equal to R (a plain copy), at the borders. Inputs stay in (-0.7, 0.7): with the bicubic

@@ -8,12 +8,20 @@
 
 static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int sync);
 
+/* mode: SYNC_ALL, or READS_HALF (half copies in row-major layout: NHWC ones are synced), or
+ * READS_NHWC (NHWC half copies: other half-only tensors are synced) */
+enum { SYNC_ALL = 0, READS_HALF = 1, READS_NHWC = 2 };
+
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
-    return op_begin(ctx, op, n, ts, 1);
+    return op_begin(ctx, op, n, ts, SYNC_ALL);
 }
 
 int pbw_op_begin_half(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
-    return op_begin(ctx, op, n, ts, 0);
+    return op_begin(ctx, op, n, ts, READS_HALF);
+}
+
+int pbw_op_begin_nhwc(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts) {
+    return op_begin(ctx, op, n, ts, READS_NHWC);
 }
 
 int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
@@ -32,7 +40,7 @@ void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {
     return t->half;
 }
 
-static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int sync) {
+static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int mode) {
     if (pbw_ctx_failed(ctx)) return -1;
     if (pbw_profile_enabled()) pbw_profile_op(op);
     for (int i = 0; i < n; i++) {
@@ -49,7 +57,9 @@ static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, 
             pbw_ctx_fail(ctx, "%s: input %d is on another device than the context", op, i);
             return -1;
         }
-        if (sync && ts[i]->half_only && pbw_tensor_sync_f32(ctx, ts[i])) return -1;
+        const int keep = mode == READS_HALF ? !ts[i]->half_nhwc
+                                            : mode == READS_NHWC && ts[i]->half_nhwc;
+        if (ts[i]->half_only && !keep && pbw_tensor_sync_f32(ctx, ts[i])) return -1;
     }
     return 0;
 }

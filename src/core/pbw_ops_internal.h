@@ -24,8 +24,11 @@
  * Returns 0 when the op may run. NULL inputs mean an earlier op failed: no new message. */
 int pbw_op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);
 /* The same checks for an op that reads half_only inputs as they are (pbw_op_begin first writes
- * their fp32 values). */
+ * their fp32 values); those held as NHWC halves (half_nhwc) are written back all the same. */
 int pbw_op_begin_half(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);
+/* The same for an op that reads NHWC halves (half_nhwc) as they are; other half_only inputs are
+ * written back. */
+int pbw_op_begin_nhwc(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts);
 /* 1 when an op with inputs in[] keeps its output in half precision alone: half activations on
  * (pbw_ctx_set_half_activations), a CUDA context multiplying on half operands, and no
  * gradient recorded. */

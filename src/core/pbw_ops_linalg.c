@@ -154,6 +154,7 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
     if (into && !overlaps(r, x) && !pbw_needs_grad(ctx, in, nin) && !pbw_ctx_mark_get(ctx).tape) {
         y = r;
         r->half = NULL; /* r's values change: a half copy would be stale */
+        r->half_nhwc = 0;
     } else if (!(y = pbw_tensor_new(ctx, x->ndim, oshape)))
         return NULL;
     int done = 0;

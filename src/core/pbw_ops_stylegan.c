@@ -39,14 +39,16 @@ static void modulate_backward(pbw_ctx *ctx, pbw_node *nd) {
 
 /* Checks pbw_sg_modulate's arguments and fills its geometry; -1 with the context failed. */
 static int mod_geom(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
-                    pbw_tensor *m, pbw_cpu_sg_mod_geom *gp) {
+                    pbw_tensor *m, pbw_cpu_sg_mod_geom *gp, int reads_nhwc) {
     pbw_tensor *ins[4] = {x, s, s0, m};
-    if (pbw_op_begin(ctx, op, 2, ins)) return -1;
+    int (*begin)(pbw_ctx *, const char *, int, pbw_tensor *const *) =
+        reads_nhwc ? pbw_op_begin_nhwc : pbw_op_begin;
+    if (begin(ctx, op, 2, ins)) return -1;
     if ((s0 == NULL) != (m == NULL)) {
         pbw_ctx_fail(ctx, "%s: s0 and m go together (both or neither)", op);
         return -1;
     }
-    if (m && pbw_op_begin(ctx, op, 4, ins)) return -1;
+    if (m && begin(ctx, op, 4, ins)) return -1;
     char sx[96];
     pbw_shape_str(x, sx, sizeof sx);
     pbw_cpu_sg_mod_geom g;
@@ -85,7 +87,7 @@ pbw_tensor *pbw_sg_modulate(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tens
     pbw_tensor *ins[4] = {x, s, s0, m};
     int nin = m ? 4 : 2;
     pbw_cpu_sg_mod_geom g;
-    if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
+    if (mod_geom(ctx, op, x, s, s0, m, &g, 0)) return NULL;
     pbw_tensor *out = pbw_tensor_new(ctx, 4, x->shape);
     if (!out) return NULL;
     PBW_KERNEL(ctx, sg_modulate_forward, out->data, x->data, s->data, s0 ? s0->data : NULL,
@@ -535,7 +537,7 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
     if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
         !pbw_needs_grad(ctx, ins, 7)) {
         pbw_cpu_sg_mod_geom g;
-        if (mod_geom(ctx, op, x, s, s0, m, &g)) return NULL;
+        if (mod_geom(ctx, op, x, s, s0, m, &g, 1)) return NULL;
         pbw_tensor *out = sgconv_out(ctx, op, x, pl);
         const float *wt;
         const void *wh;
@@ -551,11 +553,18 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         }
         const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
                                     g.s_nstride, g.s0_nstride, g.m_nstride};
+        /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and an upsampling
+         * convolution's output (the blur reads it next) stays so */
+        const int nhwc_out = !act && pl->transposed && pbw_cuda_nhwc();
+        if (nhwc_out && !pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
+        out->half_nhwc = nhwc_out;
         if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, act ? &pa : NULL,
                                          pl->weight->data, wt, wh, (int)x->shape[0], pl->C,
                                          (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
-                                         pl->transposed) == 0)
+                                         pl->transposed, x->half_nhwc ? x->half : NULL,
+                                         nhwc_out ? out->half : NULL) == 0)
             return out;
+        /* not staged: the ops apart, on fp32 values (their pbw_op_begin writes x's) */
     }
 #endif
     pbw_tensor *y = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
@@ -688,7 +697,7 @@ pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pb
     static const char *op = "sg_blur";
     pbw_tensor *ins[4] = {x, d, noise, bias};
     if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 4)) {
-        if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+        if (pbw_op_begin_nhwc(ctx, op, 1, &x)) return NULL;
         pbw_tensor *out = blur_out(ctx, op, x, f);
         pbw_cuda_postact pa;
         if (!out || act_geom(ctx, op, out, d, noise, bias, noise_weight, slope, gain, &pa.g))
@@ -696,6 +705,18 @@ pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pb
         pa.d = d ? d->data : NULL;
         pa.noise = noise ? noise->data : NULL;
         pa.bias = bias ? bias->data : NULL;
+        if (x->half_nhwc) { /* NHWC halves in (an upsampling convolution's), NHWC halves out */
+            if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
+            out->half_nhwc = 1;
+            if (pbw_cuda_sg_blur_act_nhwc(out->half, x->half, (int)x->shape[0], (int)x->shape[1],
+                                          (int)x->shape[2], (int)x->shape[3], (int)out->shape[2],
+                                          (int)out->shape[3], f->kv, f->kh, f->K, f->pad0,
+                                          &pa) == 0)
+                return out;
+            out->half = NULL;
+            out->half_only = out->half_nhwc = 0;
+            if (pbw_tensor_sync_f32(ctx, x)) return NULL;
+        }
         pbw_cuda_sg_blur_act_forward(out->data, x->data, x->shape[0] * x->shape[1],
                                      (int)x->shape[2], (int)x->shape[3], (int)out->shape[2],
                                      (int)out->shape[3], f->kv, f->kh, f->K, f->pad0, &pa);

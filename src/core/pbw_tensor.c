@@ -3,6 +3,7 @@
 
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_elementwise.h"
 #endif
 
@@ -189,6 +190,13 @@ int pbw_tensor_sync_f32(pbw_ctx *ctx, pbw_tensor *t) {
     if (ctx->failed) return -1;
     if (!t || !t->half_only) return 0;
 #ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->half && t->data && t->half_nhwc) {
+        pbw_cuda_nhwc_half_to_f32(t->half, t->data, (int)t->shape[0], (int)t->shape[1],
+                                  t->shape[2] * t->shape[3]);
+        t->half = NULL; /* no op but the NHWC ones reads that layout */
+        t->half_only = t->half_nhwc = 0;
+        return 0;
+    }
     if (t->device == PBW_DEV_CUDA && t->half && t->data) {
         pbw_cuda_half_to_f32(t->half, t->data, t->numel);
         t->half_only = 0;
@@ -527,7 +535,7 @@ int pbw_tensor_write(pbw_ctx *ctx, pbw_tensor *t, const float *src) {
         return -1;
     }
     t->half = NULL; /* a half copy would hold the old values */
-    t->half_only = 0;
+    t->half_only = t->half_nhwc = 0;
     return ctx_copy(ctx, t->data, src, (size_t)t->numel * sizeof(float), 0);
 }
 
@@ -603,10 +611,10 @@ static double prof_now(void) {
 
 int pbw_profile_enabled(void) {
     if (g_prof_on < 0) {
-        const char *e = getenv("PBW_PROFILE");
         g_prof_on = pbw_env_set("PBW_PROFILE");
 #ifdef PBW_HAVE_CUDA
         /* gpu: device time per op from CUPTI; host times below are then launch costs */
+        const char *e = getenv("PBW_PROFILE");
         if (g_prof_on && !strcmp(e, "gpu")) g_prof_gpu = pbw_cuda_trace_on();
 #endif
     }

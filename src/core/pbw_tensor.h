@@ -56,6 +56,10 @@ typedef struct pbw_tensor {
     int half_only; /* half holds the values and data (allocated) is not written yet: an output
                     * made under pbw_ctx_set_half_activations. pbw_tensor_sync_f32 writes data;
                     * ops that do not read halves call it through pbw_op_begin. */
+    int half_nhwc; /* half is laid out (N,H,W,C) (a 4-D tensor; half_only too): read only by the
+                    * ops that take NHWC halves (pbw_op_begin_nhwc: StyleGAN2's upsampling
+                    * convolution, blur and the convolution after them, pbw_cuda_nhwc); for any
+                    * other op pbw_tensor_sync_f32 writes data and drops the half copy */
     int grad_unset; /* grad is allocated but holds no values yet, not even zeros: its first
                      * producer writes it (pbw_grad_out); pbw_grad zeroes it first */
 } pbw_tensor;

@@ -194,6 +194,10 @@ extern "C" int pbw_cuda_modconv(void) {
     return env_on("PBW_CUDA_MODCONV", &env);
 }
 
+extern "C" int pbw_cuda_nhwc(void) { // read at each call: tests compare both paths
+    return pbw_cuda_modconv() && !pbw_env_zero("PBW_CUDA_NHWC");
+}
+
 extern "C" void pbw_cuda_free(void *p) {
     if (!p) return;
     for (size_t i = 0; i < g_weight_blocks.size(); i++)

@@ -747,6 +747,30 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
     });
 }
 
+// dst (N,P,C) = src (N,P,C) scaled by pm, both half: the staging of an input already held as
+// NHWC halves (pbw_tensor.half_nhwc), with nchw_to_nhwc_kernel's arithmetic. V channels a
+// thread in one word W (8 in 16 bytes where C allows, else 2 in 4).
+template <typename T, int V, typename W>
+__global__ void nhwc_modulate_kernel(T *dst, const T *src, int N, int C, int64_t P,
+                                     pbw_cuda_premod pm) {
+    const int cv = C / V;
+    PBW_GRID_STRIDE(i, (int64_t)N * P * cv) {
+        const int c = V * (int)(i % cv);
+        const int64_t np = i / cv, p = np % P;
+        const int n = (int)(np / P);
+        float f[V];
+        pbw_unpack_half<T, V>(reinterpret_cast<const W *>(src)[i], f);
+        const float mv = pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float sc = pm.s[n * pm.s_nstride + c + k];
+            if (pm.m) sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c + k], mv);
+            f[k] = __fmul_rn(f[k], sc);
+        }
+        reinterpret_cast<W *>(dst)[i] = pbw_pack_half<T, V, W>(f);
+    }
+}
+
 dim3 transpose_grid(int N, int C, int64_t P) {
     int64_t px = (P + TP - 1) / TP, cy = (C + TC - 1) / TC;
     return dim3((unsigned)(px < 65536 * 32 ? px : 65536 * 32), (unsigned)(cy < 65535 ? cy : 65535),
@@ -782,16 +806,36 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
 
+// (N,P,C) half -> (N,P,C) half scaled by pm, enqueued (C even).
+void nhwc_modulate(void *dst, const void *src, int N, int C, int64_t P, int prec,
+                   const pbw_cuda_premod &pm) {
+    if ((int64_t)N * P * C == 0) return;
+    const bool wide = C % 8 == 0 && ((uintptr_t)dst | (uintptr_t)src) % 16 == 0;
+    const int64_t n = (int64_t)N * P * (C / (wide ? 8 : 2));
+    pbw_half_type(prec, [&](auto t) {
+        using H = decltype(t);
+        if (wide)
+            nhwc_modulate_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H *)dst, (const H *)src, N, C, P, pm);
+        else
+            nhwc_modulate_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H *)dst, (const H *)src, N, C, P, pm);
+    });
+    PBW_CUDA_LAUNCHED("conv2d nhwc_modulate");
+}
+
 long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 
 // Runs direction dir (DIR_FWD: out = conv(in, w); DIR_BWD_DATA: out = conv's adjoint applied
 // to in) of a staged plan on half NHWC copies and converts the result into dst (fp32 NCHW),
 // overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
-// the plan's precision, or NULL to convert w here. 0 when done; -1 on failure (recorded); 1
-// when the direction has no NHWC algorithm (now unstaged: run the float32 path).
+// the plan's precision, or NULL to convert w here. in_h: NULL, or the input already as NHWC
+// halves (in is then not read; pm scales it into the stage); out_h: NULL, or where the result
+// stays as NHWC halves (dst, beta and pa are then unused). 0 when done; -1 on failure
+// (recorded); 1 when the direction has no NHWC algorithm (now unstaged: run the float32 path).
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
                const void *wh, float beta, const pbw_cuda_premod *pm,
-               const pbw_cuda_postact *pa) {
+               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr) {
     const pbw_cpu_conv_geom &g = p->key.g;
     const int prec = p->key.prec, fwd = dir == DIR_FWD;
     const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
@@ -803,12 +847,14 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
     const size_t w_b = wh ? 0 : align256((size_t)g.O * cg * kk * 2);
     char *buf = (char *)stage_get(in_b + out_b + w_b);
     if (!buf) return -1;
-    void *hin = buf, *hout = buf + in_b;
+    void *hin = buf, *hout = out_h ? out_h : buf + in_b;
     if (!wh) {
         wh = buf + in_b + out_b;
         to_nhwc((void *)wh, w, g.O, cg, kk, prec); // (O, C/G, KH*KW) -> KRSC
     }
-    to_nhwc(hin, in, g.N, in_c, in_p, prec, pm);
+    if (!in_h) to_nhwc(hin, in, g.N, in_c, in_p, prec, pm);
+    else if (pm) nhwc_modulate(hin, in_h, g.N, in_c, in_p, prec, *pm);
+    else hin = (void *)in_h;
     void *ws;
     int rc = fwd ? prepare(p, dir, hin, wh, &ws) : prepare(p, dir, wh, hin, &ws);
     if (rc) return rc;
@@ -823,6 +869,7 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                          (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
                                          p->ws[dir], &zero, p->hxd, hout);
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
+    if (out_h) return 0;
     from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
     g_postact_calls += pa != nullptr;
     return 0;
@@ -839,14 +886,15 @@ int empty(const pbw_cpu_conv_geom *g) {
 // otherwise: done, or failed and recorded).
 int conv_forward(float *out, const float *x, const float *w, const void *wh,
                  const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr,
-                 const pbw_cuda_postact *pa = nullptr) {
+                 const pbw_cuda_postact *pa = nullptr, const void *x_h = nullptr,
+                 void *out_h = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_FWD]) {
-        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa);
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa, x_h, out_h);
         if (rc <= 0) return 0; // done, or failed (recorded); 1: unstaged now
     }
-    if (pm || pa) return 1;
+    if (pm || pa || x_h || out_h) return 1;
     void *ws;
     if (prepare(p, DIR_FWD, x, w, &ws)) return 0;
     const float alpha = 1.0f;
@@ -859,14 +907,15 @@ int conv_forward(float *out, const float *x, const float *w, const void *wh,
 int conv_backward_data(float *dx, const float *dout, const float *w, const void *wh,
                        const pbw_cpu_conv_geom *g, float beta,
                        const pbw_cuda_premod *pm = nullptr,
-                       const pbw_cuda_postact *pa = nullptr) {
+                       const pbw_cuda_postact *pa = nullptr, const void *dout_h = nullptr,
+                       void *dx_h = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_BWD_DATA]) {
-        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta, pm, pa);
+        int rc = staged_run(p, DIR_BWD_DATA, dx, dout, w, wh, beta, pm, pa, dout_h, dx_h);
         if (rc <= 0) return 0;
     }
-    if (pm || pa) return 1;
+    if (pm || pa || dout_h || dx_h) return 1;
     void *ws;
     if (prepare(p, DIR_BWD_DATA, w, dout, &ws)) return 0;
     const float alpha = 1.0f;
@@ -1027,15 +1076,22 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
                                             const pbw_cuda_premod *pm,
                                             const pbw_cuda_postact *pa, const float *w,
                                             const float *wt, const void *wh, int N, int C,
-                                            int H, int W, int O, int k, int transposed) {
+                                            int H, int W, int O, int k, int transposed,
+                                            const void *xh, void *outh) {
     if (N == 0) return 0;
-    if (!prec_staged((int)pbw_cuda_precision())) return -1;
+    if (!prec_staged((int)pbw_cuda_precision()) || ((xh || outh) && (C % 2 || O % 2)) ||
+        (outh && pa))
+        return -1;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-        return conv_forward(out, x, w, wh, &g, 0.0f, pm, pa) ? -1 : 0;
+        return conv_forward(out, x, w, wh, &g, 0.0f, pm, pa, xh, outh) ? -1 : 0;
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
-    return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm, pa) ? -1 : 0;
+    return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm, pa, xh, outh) ? -1 : 0;
+}
+
+extern "C" void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P) {
+    from_nhwc(y, h, N, C, P, 0, (int)pbw_cuda_precision());
 }
 
 extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w,

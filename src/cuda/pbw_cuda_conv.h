@@ -149,11 +149,14 @@ typedef struct pbw_cuda_postact {
 } pbw_cuda_postact;
 /* pbw_cuda_sg_conv_forward of the modulated input, then pa (may be NULL) on its output: 0 when
  * enqueued (or failed, recorded); -1, nothing written, when the convolution does not run on
- * staged half copies (the caller then modulates, convolves and activates apart). */
+ * staged half copies (the caller then modulates, convolves and activates apart). xh: NULL, or
+ * x as NHWC halves of the precision's type (pbw_tensor.half_nhwc; x is then not read); outh:
+ * NULL, or where the output stays as NHWC halves instead of out (no pa then). Both need even
+ * channel counts. */
 int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
                                  const pbw_cuda_postact *pa, const float *w, const float *wt,
                                  const void *wh, int N, int C, int H, int W, int O, int k,
-                                 int transposed);
+                                 int transposed, const void *xh, void *outh);
 /* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_postact_calls(void);
 /* pbw_cuda_sg_blur_forward, then pa (may be NULL) on its output (pbw_sg_blur_act); the planes
@@ -163,6 +166,16 @@ void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, in
                                   const pbw_cuda_postact *pa);
 /* Blurs that applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_blur_postact_calls(void);
+/* pbw_cuda_sg_blur_act_forward on half values in NHWC layout (pbw_tensor.half_nhwc): x
+ * (N,H,W,C) and out (N,OH,OW,C) in the precision's half type, pa (may be NULL) on the fp32 sums
+ * before out is rounded. 0 when enqueued; -1, nothing done, for an odd C. */
+int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int W, int OH,
+                              int OW, const float *kv, const float *kh, int K, int p0,
+                              const pbw_cuda_postact *pa);
+/* NHWC blurs so far (tests). */
+long pbw_cuda_sg_blur_nhwc_calls(void);
+/* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
+void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
                                int transposed);

@@ -495,6 +495,112 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
     }
 }
 
+// sg_blur_fwd_kernel's sums on (N,H,W,C) half values (pbw_tensor.half_nhwc), out (N,OH,OW,C) in
+// the same type, activated by pa when pa.g.N: a thread makes two channels of one pixel (C even),
+// so a warp reads 128 contiguous bytes of each source pixel it needs.
+template <typename T>
+__global__ void sg_blur_nhwc_kernel(T *out, const T *x, int N, int C, int H, int W, int OH,
+                                    int OW, fir_taps f, int K, int p0, pbw_cuda_postact pa) {
+    const int half_c = C / 2;
+    const int64_t n = (int64_t)N * OH * OW * half_c;
+    PBW_GRID_STRIDE(i, n) {
+        int64_t cr_, xr_, yr_;
+        const int64_t s = divmod(divmod(divmod(i, half_c, &cr_), OW, &xr_), OH, &yr_);
+        const int c = 2 * (int)cr_, ox = (int)xr_, oy = (int)yr_;
+        const T *xp = x + (s * H * W) * C + c;
+        const int jh0 = p0 - ox > 0 ? p0 - ox : 0;
+        const int jh1 = W + p0 - ox < K ? W + p0 - ox : K; // exclusive
+        float acc[2] = {0.0f, 0.0f};
+        for (int jv = 0; jv < K; jv++) {
+            const int iy = oy + jv - p0;
+            if (iy < 0 || iy >= H) continue;
+            const T *row = xp + ((int64_t)iy * W + (ox - p0)) * C;
+            float r[2] = {0.0f, 0.0f};
+            for (int jh = jh0; jh < jh1; jh++) {
+                float v[2];
+                pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(row + (int64_t)jh * C), v);
+                r[0] += f.h[jh] * v[0];
+                r[1] += f.h[jh] * v[1];
+            }
+            acc[0] += f.v[jv] * r[0];
+            acc[1] += f.v[jv] * r[1];
+        }
+        if (pa.g.N) {
+            const int64_t p = (int64_t)oy * OW + ox;
+            for (int k = 0; k < 2; k++)
+                acc[k] = act_at(acc[k], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)s, c + k),
+                                pa.g, p);
+        }
+        *reinterpret_cast<uint32_t *>(out + 2 * i) = pbw_pack_half<T, 2, uint32_t>(acc);
+    }
+}
+
+// The same for K taps known at compile time, tiled: a block makes TX x TY pixels of 64
+// channels of one sample. Its source tile with the K-1 halo (zeros outside, which add nothing)
+// is loaded once into shared memory as pairs of halves, a warp reading 128 contiguous bytes of
+// a pixel; the row sums go to shared memory in fp32, then the column sums make the outputs.
+// Thread t keeps channels 2 (t % 32) and the one after of the block's 64 (so their activation
+// planes are looked up once) and walks pixels t / 32, + 8, ... The sums run in
+// sg_blur_fwd_kernel's order.
+template <typename T, int K, int TX, int TY>
+__global__ void __launch_bounds__(256)
+    sg_blur_nhwc_tile_kernel(T *out, const T *x, int C, int H, int W, int OH, int OW, fir_taps f,
+                             int p0, pbw_cuda_postact pa) {
+    constexpr int TR = TY + K - 1, TC = TX + K - 1;
+    __shared__ uint32_t tile[TR * TC * 32];
+    __shared__ float2 rs[TR * TX * 32];
+    const int cp = threadIdx.x & 31, grp = threadIdx.x >> 5;
+    const int cgroups = (C + 63) / 64;
+    const int n = (int)(blockIdx.z / cgroups), c = (int)(blockIdx.z % cgroups) * 64 + 2 * cp;
+    const bool cok = c < C;
+    const int ox0 = blockIdx.x * TX, oy0 = blockIdx.y * TY, sx0 = ox0 - p0, sy0 = oy0 - p0;
+    const T *xs = x + (int64_t)n * H * W * C;
+    for (int e = grp; e < TR * TC; e += 8) {
+        const int r = e / TC, cc = e - r * TC, sy = sy0 + r, sx = sx0 + cc;
+        uint32_t v = 0; // two zero halves
+        if (cok && sy >= 0 && sy < H && sx >= 0 && sx < W)
+            v = *reinterpret_cast<const uint32_t *>(xs + ((int64_t)sy * W + sx) * C + c);
+        tile[e * 32 + cp] = v;
+    }
+    __syncthreads();
+    for (int e = grp; e < TR * TX; e += 8) {
+        const int r = e / TX, ox = e - r * TX;
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int jh = 0; jh < K; jh++) {
+            float v[2];
+            pbw_unpack_half<T, 2>(tile[(r * TC + ox + jh) * 32 + cp], v);
+            s0 += f.h[jh] * v[0];
+            s1 += f.h[jh] * v[1];
+        }
+        rs[e * 32 + cp] = make_float2(s0, s1);
+    }
+    __syncthreads();
+    if (!cok) return;
+    const bool activate = pa.g.N != 0;
+    const act_plane a0 = activate ? act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c) : act_plane{};
+    const act_plane a1 =
+        activate ? act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c + 1) : act_plane{};
+    T *os = out + (int64_t)n * OH * OW * C + c;
+    for (int e = grp; e < TY * TX; e += 8) {
+        const int ty = e / TX, tx = e - ty * TX, oy = oy0 + ty, ox = ox0 + tx;
+        if (oy >= OH || ox >= OW) continue;
+        float acc[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int jv = 0; jv < K; jv++) {
+            const float2 r = rs[((ty + jv) * TX + tx) * 32 + cp];
+            acc[0] += f.v[jv] * r.x;
+            acc[1] += f.v[jv] * r.y;
+        }
+        const int64_t p = (int64_t)oy * OW + ox;
+        if (activate) {
+            acc[0] = act_at(acc[0], a0, pa.g, p);
+            acc[1] = act_at(acc[1], a1, pa.g, p);
+        }
+        *reinterpret_cast<uint32_t *>(os + p * C) = pbw_pack_half<T, 2, uint32_t>(acc);
+    }
+}
+
 // The adjoint, gathered: gx[iy][ix] += sum_jv fv[jv] * sum_jh fh[jh] * gout[iy-jv+p0][ix-jh+p0].
 __global__ void sg_blur_bwd_kernel(float *gx, const float *gout, int64_t planes, int H, int W,
                                    int OH, int OW, fir_taps f, int K, int p0) {
@@ -625,6 +731,35 @@ extern "C" void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t
         sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,
                                                                  f, K, p0, a);
     PBW_CUDA_LAUNCHED("sg_blur_forward");
+}
+
+static long g_blur_nhwc_calls;
+extern "C" long pbw_cuda_sg_blur_nhwc_calls(void) { return g_blur_nhwc_calls; }
+
+extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int W,
+                                         int OH, int OW, const float *kv, const float *kh, int K,
+                                         int p0, const pbw_cuda_postact *pa) {
+    if (C % 2 || K < 1 || K > 16) return -1;
+    const int64_t n = (int64_t)N * OH * OW * (C / 2);
+    if (n == 0) return 0;
+    const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
+    const fir_taps f = flip_taps(kv, kh, K);
+    const int64_t planes = (int64_t)N * ((C + 63) / 64);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H_ = decltype(t);
+        if (K == 4 && planes <= 65535) { // StyleGAN2's [1,3,3,1]: tiles of 8 x 8 pixels
+            const dim3 grid((unsigned)((OW + 7) / 8), (unsigned)((OH + 7) / 8), (unsigned)planes);
+            sg_blur_nhwc_tile_kernel<H_, 4, 8, 8><<<grid, 256, 0, pbw_stream()>>>(
+                (H_ *)out, (const H_ *)x, C, H, W, OH, OW, f, p0, a);
+        } else {
+            sg_blur_nhwc_kernel<H_><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, K, p0, a);
+        }
+    });
+    PBW_CUDA_LAUNCHED("sg_blur_act_nhwc");
+    g_blur_nhwc_calls++;
+    g_blur_postact_calls += pa != nullptr;
+    return 0;
 }
 
 extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int H,
