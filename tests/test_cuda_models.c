@@ -353,11 +353,13 @@ PBW_TEST(cuda_graph_replay) {
  * direct runs of the benchmark's models agreed to 4 decimals in every step), and Adam's
  * normalized steps amplify that in coordinates whose gradient is near zero: on an H100 two
  * direct runs differed by 1.4e-4 to 9.8e-4 relative in a later step's loss, the graph run from
- * a direct one by 2.9e-4 to 9.2e-4 (eight runs). So: step 2 (recorded, then run from its graph,
- * on the same latent and crops as the direct run) must give the same loss bit for bit, and the
- * later steps must stay within 4e-3 relative; crops not refreshed on replay move a step's loss
- * by 1-2% (the crops of consecutive steps give losses 2% apart), and cuda_graph_replay checks
- * the refresh itself bit for bit. */
+ * a direct one by 2.9e-4 to 9.2e-4 (eight runs). So: step 1 (direct in every run) must give the
+ * same loss bit for bit; step 2 (recorded, then run from its graph) within 5e-4 relative: its
+ * latent comes from step 1's gradient, whose atomic sums made two direct runs' step-2 losses
+ * differ by 7e-5 relative once in eleven runs on an H100, as the graph run's did once; the
+ * later steps within 4e-3. Crops not refreshed on replay move a step's loss by 1-2% (the crops
+ * of consecutive steps give losses 2% apart), and cuda_graph_replay checks the refresh itself
+ * bit for bit. */
 PBW_TEST(cuda_edit_graph) {
 #ifdef PBW_HAVE_CUDA
     static float a[3 * 256 * 256], b[3 * 256 * 256], c[3 * 256 * 256];
@@ -390,7 +392,7 @@ PBW_TEST(cuda_edit_graph) {
            "%.1e, direct vs direct %.1e (relative); image graph vs direct %.2e (direct vs direct "
            "%.2e), latent %.2e\n", used, worst, spread, d, d2, dl);
     CHECK(used == 5); /* step 2 is recorded and run from its graph, steps 3-6 replay it */
-    CHECK(sb.v[1] == sa.v[1] && sb.v[0] == sa.v[0]);
+    CHECK(sb.v[0] == sa.v[0] && fabs(sb.v[1] - sa.v[1]) <= 5e-4 * fabs(sa.v[1]));
     CHECK(worst <= 4e-3);
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
