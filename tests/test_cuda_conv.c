@@ -511,6 +511,7 @@ typedef struct {
     int masked;
 } modconv_arg;
 
+#ifdef PBW_HAVE_CUDA
 /* in: x, s, then s0 and m when masked */
 static pbw_tensor *modconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     modconv_arg *a = arg;
@@ -519,6 +520,7 @@ static pbw_tensor *modconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
                                a->masked ? in[3] : NULL, pl)
               : NULL;
 }
+#endif
 
 /* Without gradients (the CMA path) the GPU scales x while staging it; with them it runs
  * pbw_sg_modulate and pbw_sg_conv. Both against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in
@@ -599,6 +601,7 @@ typedef struct {
     float slope;
 } modconv_act_arg;
 
+#ifdef PBW_HAVE_CUDA
 /* in: x, s, d (per channel (N,O) or per pixel (N,O,H,W)), noise (N,1,H,W), bias (O) */
 static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     modconv_act_arg *a = arg;
@@ -607,6 +610,7 @@ static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
                                    a->slope, sqrtf(2.0f))
               : NULL;
 }
+#endif
 
 /* Without gradients on staged convolutions (bf16) the GPU applies StyleGAN2's bias and
  * activation as the output is copied back; with them, or in fp32, it runs pbw_sg_modconv and

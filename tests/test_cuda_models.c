@@ -31,6 +31,7 @@
 /* The models under test: the shapes-world ones, or full-size files named by PBW_TEST_CLIP (a
  * CLIP directory with its vocabulary, e.g. a random ViT-B/32 written by transformers) and
  * PBW_TEST_GAN (a rosinality checkpoint, e.g. 256 px); bench/run_cuda.sh writes both. */
+#ifdef PBW_HAVE_CUDA
 static const char *clip_path(void) {
     const char *e = getenv("PBW_TEST_CLIP");
     return e && *e ? e : SHAPES_CLIP;
@@ -80,6 +81,7 @@ out:
     pbw_ctx_free(ctx);
     return rc;
 }
+#endif
 
 PBW_TEST(cuda_clip_model) {
 #ifdef PBW_HAVE_CUDA
@@ -109,6 +111,7 @@ PBW_TEST(cuda_clip_model) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
 /* Images of seeds 0..3 of the shapes GAN, plain and with a masked style, on `dev`. */
 static int gan_images(pbw_device dev, float *out, int64_t *n) {
     pbw_err err = {0};
@@ -137,6 +140,7 @@ out:
     pbw_ctx_free(ctx);
     return rc;
 }
+#endif
 
 PBW_TEST(cuda_stylegan2_model) {
 #ifdef PBW_HAVE_CUDA

@@ -25,7 +25,14 @@ int pbw_err_prefix(pbw_err *err, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(pre, sizeof pre, fmt, ap);
         va_end(ap);
-        snprintf(err->msg, sizeof err->msg, "%s%s", pre, old);
+        /* pre then old, cut to the message's room (without snprintf's truncation warning) */
+        const size_t room = sizeof err->msg - 1;
+        size_t lp = strnlen(pre, sizeof pre), lo = strnlen(old, sizeof old);
+        if (lp > room) lp = room;
+        if (lo > room - lp) lo = room - lp;
+        memcpy(err->msg, pre, lp);
+        memcpy(err->msg + lp, old, lo);
+        err->msg[lp + lo] = 0;
     }
     return -1;
 }
