@@ -30,11 +30,12 @@ static void modulate_backward(pbw_ctx *ctx, pbw_node *nd) {
     const pbw_cpu_sg_mod_geom *g = nd->saved;
     pbw_tensor *x = nd->in[0], *s = nd->in[1], *s0 = nd->nin > 2 ? nd->in[2] : NULL,
                *m = nd->nin > 3 ? nd->in[3] : NULL;
-    float *gx = pbw_grad(ctx, x), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0),
+    float bx; /* x's gradient is written whole (nd->writes) */
+    float *gx = pbw_grad_out(ctx, x, &bx), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0),
           *gm = pbw_grad(ctx, m);
     if (pbw_ctx_failed(ctx)) return;
     PBW_KERNEL(ctx, sg_modulate_backward, nd->out->grad, x->data, s->data, s0 ? s0->data : NULL,
-                                 m ? m->data : NULL, g, gx, gs, gs0, gm);
+                                 m ? m->data : NULL, g, gx, gs, gs0, gm, bx != 0.0f);
 }
 
 /* Checks pbw_sg_modulate's arguments and fills its geometry; -1 with the context failed. */
@@ -96,6 +97,7 @@ pbw_tensor *pbw_sg_modulate(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tens
         pbw_node *nd = pbw_tape_push(ctx, op, modulate_backward, out, ins, nin, sizeof g);
         if (!nd) return NULL;
         memcpy(nd->saved, &g, sizeof g);
+        nd->writes = 1u; /* x's gradient, elementwise */
     }
     return out;
 }
@@ -106,12 +108,13 @@ static void bias_act_backward(pbw_ctx *ctx, pbw_node *nd) {
     const pbw_cpu_sg_act_geom *g = nd->saved;
     /* inputs are recorded in a fixed order with NULLs kept, so slots are stable */
     pbw_tensor *y = nd->in[0], *d = nd->in[1], *noise = nd->in[2], *bias = nd->in[3];
-    float *gy = pbw_grad(ctx, y), *gd = pbw_grad(ctx, d), *gn = pbw_grad(ctx, noise),
+    float by; /* y's gradient is written whole (nd->writes) */
+    float *gy = pbw_grad_out(ctx, y, &by), *gd = pbw_grad(ctx, d), *gn = pbw_grad(ctx, noise),
           *gb = pbw_grad(ctx, bias);
     if (pbw_ctx_failed(ctx)) return;
     PBW_KERNEL(ctx, sg_bias_act_backward, nd->out->grad, y->data, d ? d->data : NULL,
                                  noise ? noise->data : NULL, bias ? bias->data : NULL, g, gy, gd,
-                                 gn, gb);
+                                 gn, gb, by != 0.0f);
 }
 
 /* The geometry of sg_bias_act on y (its shape alone is read) with d, noise and bias, each
@@ -172,6 +175,7 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
         pbw_node *nd = pbw_tape_push(ctx, op, bias_act_backward, out, ins, 4, sizeof g);
         if (!nd) return NULL;
         memcpy(nd->saved, &g, sizeof g);
+        nd->writes = 1u; /* y's gradient, elementwise */
     }
     return out;
 }
@@ -408,7 +412,8 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     const sgconv_saved *sv = nd->saved;
     const pbw_sg_conv_plan *pl = sv->pl;
     pbw_tensor *x = nd->in[0], *y = nd->out;
-    float *gx = pbw_grad(ctx, x);
+    float bx; /* x's gradient is written whole (nd->writes) */
+    float *gx = pbw_grad_out(ctx, x, &bx);
     if (!gx) return;
     const int N = (int)x->shape[0], OH = (int)y->shape[2], OW = (int)y->shape[3];
 #ifdef PBW_HAVE_CUDA
@@ -417,10 +422,11 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
         const void *wh;
         if (sgconv_gpu_wh(ctx, pl, &wh)) return;
         pbw_cuda_sg_conv_backward(gx, y->grad, pl->weight->data, sv->wt, wh, N, pl->C, sv->H,
-                                  sv->W, pl->O, pl->k, pl->transposed);
+                                  sv->W, pl->O, pl->k, pl->transposed, bx);
         return;
     }
 #endif
+    if (bx == 0.0f) memset(gx, 0, (size_t)x->numel * sizeof *gx); /* the CPU kernels add */
     if (pl->wino_bwd) {
         int nt = pbw_cpu_sgconv_threads();
         float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->O, pl->C, OW, nt) * 4);
@@ -515,6 +521,7 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
         pbw_node *nd = pbw_tape_push(ctx, op, sgconv_backward, out, &x, 1, sizeof(sgconv_saved));
         if (!nd) return NULL;
         *(sgconv_saved *)nd->saved = (sgconv_saved){pl, H, W, wt};
+        nd->writes = 1u; /* x's gradient: the whole adjoint convolution */
     }
     return out;
 }
@@ -628,17 +635,19 @@ typedef struct blur_saved {
 static void blur_backward(pbw_ctx *ctx, pbw_node *nd) {
     const pbw_sg_fir *f = &((const blur_saved *)nd->saved)->f;
     pbw_tensor *x = nd->in[0], *y = nd->out;
-    float *gx = pbw_grad(ctx, x);
+    float bx; /* x's gradient is written whole (nd->writes) */
+    float *gx = pbw_grad_out(ctx, x, &bx);
     if (!gx) return;
     const int H = (int)x->shape[2], W = (int)x->shape[3], OH = (int)y->shape[2],
               OW = (int)y->shape[3];
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx)) { /* the taps go by value into the kernel's parameters */
         pbw_cuda_sg_blur_backward(gx, y->grad, x->shape[0] * x->shape[1], H, W, OH, OW, f->kv,
-                                  f->kh, f->K, f->pad0, NULL, 0);
+                                  f->kh, f->K, f->pad0, NULL, 0, bx != 0.0f);
         return;
     }
 #endif
+    if (bx == 0.0f) memset(gx, 0, (size_t)x->numel * sizeof *gx); /* the CPU kernels add */
     int nt = pbw_cpu_sgconv_threads();
     float *s = pbw_ctx_scratch(ctx, 2, pbw_cpu_sg_blur_scratch_floats(H, W, OH, OW, nt) * 4);
     if (!s) return;
@@ -685,6 +694,7 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
         pbw_node *nd = pbw_tape_push(ctx, op, blur_backward, out, &x, 1, sizeof(blur_saved));
         if (!nd) return NULL;
         ((blur_saved *)nd->saved)->f = *f;
+        nd->writes = 1u; /* x's gradient: the whole adjoint blur */
     }
     return out;
 }

@@ -75,7 +75,7 @@ void pbw_cpu_sg_modulate_forward(float *out, const float *x, const float *s, con
 
 void pbw_cpu_sg_modulate_backward(const float *gout, const float *x, const float *s,
                                   const float *s0, const float *m, const pbw_cpu_sg_mod_geom *g,
-                                  float *gx, float *gs, float *gs0, float *gm) {
+                                  float *gx, float *gs, float *gs0, float *gm, int gx_add) {
     const int N = g->N, C = g->C;
     const int64_t P = g->P, planes = (int64_t)N * C;
     if (gx) {
@@ -85,6 +85,7 @@ void pbw_cpu_sg_modulate_backward(const float *gout, const float *x, const float
             const float *go = gout + i * P;
             float *gxp = gx + i * P;
             const float sv = s[n * g->s_nstride + c];
+            if (!gx_add) memset(gxp, 0, (size_t)P * sizeof *gxp);
             if (!m) {
                 for (int64_t p = 0; p < P; p++) gxp[p] += go[p] * sv;
             } else {
@@ -206,7 +207,7 @@ void pbw_cpu_sg_bias_act_forward(float *out, const float *y, const float *d, con
 void pbw_cpu_sg_bias_act_backward(const float *gout, const float *y, const float *d,
                                   const float *noise, const float *bias,
                                   const pbw_cpu_sg_act_geom *g, float *gy, float *gd,
-                                  float *gnoise, float *gbias) {
+                                  float *gnoise, float *gbias, int gy_add) {
     const int N = g->N, O = g->O;
     const int64_t P = g->P, planes = (int64_t)N * O;
     /* one task per output channel: it owns that channel's planes of gy and gd and the
@@ -224,6 +225,7 @@ void pbw_cpu_sg_bias_act_backward(const float *gout, const float *y, const float
                 const float *nz = noise ? noise + n * g->noise_nstride : NULL;
                 const float bo = bias ? bias[o] : 0.0f, slope = g->slope, gain = g->gain;
                 float *gyp = gy ? gy + i * P : NULL;
+                if (gyp && !gy_add) memset(gyp, 0, (size_t)P * sizeof *gyp);
                 float *gdp = gd && g->d_mode == 2 ? gd + i * P : NULL;
                 double dsum = 0;
                 for (int64_t p0 = 0; p0 < P; p0 += BLK) {

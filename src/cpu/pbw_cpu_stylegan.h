@@ -37,7 +37,8 @@ void pbw_cpu_sg_modulate_backward(const float *gout, // (N,C,P)
                                   float *gx,           // (N,C,P) or NULL
                                   float *gs,           // (N|1,C) or NULL
                                   float *gs0,          // (N|1,C) or NULL
-                                  float *gm);          // (N|1,P) or NULL
+                                  float *gm,           // (N|1,P) or NULL
+                                  int gx_add);         // 0: gx = its gradient (gx not read)
 
 typedef struct pbw_cpu_sg_act_geom {
     int N, O;
@@ -61,7 +62,8 @@ void pbw_cpu_sg_bias_act_backward(const float *gout, const float *y, const float
                                   float *gy,      // (N,O,P) or NULL
                                   float *gd,      // like d, or NULL
                                   float *gnoise,  // (N|1,P) or NULL
-                                  float *gbias);  // (O) or NULL
+                                  float *gbias,   // (O) or NULL
+                                  int gy_add);    // 0: gy = its gradient (gy not read)
 
 /* ---------- convolution with frozen, pre-packed weights (pbw_cpu_sgconv.c) ---------- */
 

@@ -1096,15 +1096,15 @@ extern "C" void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C,
 
 extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w,
                                           const float *wt, const void *wh, int N, int C, int H,
-                                          int W, int O, int k, int transposed) {
+                                          int W, int O, int k, int transposed, float beta) {
     if (N == 0) return;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-        conv_backward_data(gx, gout, w, wh, &g, 1.0f);
+        conv_backward_data(gx, gout, w, wh, &g, beta);
         return;
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
-    conv_forward(gx, gout, wt, wh, &g, 1.0f);
+    conv_forward(gx, gout, wt, wh, &g, beta);
 }
 
 extern "C" long pbw_cuda_conv_forget(void) {

@@ -89,24 +89,24 @@ void pbw_cuda_sg_modulate_forward(float *out, const float *x, const float *s, co
 void pbw_cuda_sg_modulate_backward(const float *gout, const float *x, const float *s,
                                    const float *s0, const float *m,
                                    const pbw_cpu_sg_mod_geom *g, float *gx, float *gs,
-                                   float *gs0, float *gm);
+                                   float *gs0, float *gm, int gx_add);
 void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const float *d,
                                   const float *noise, const float *bias,
                                   const pbw_cpu_sg_act_geom *g);
 void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y, const float *d,
                                    const float *noise, const float *bias,
                                    const pbw_cpu_sg_act_geom *g, float *gy, float *gd,
-                                   float *gnoise, float *gbias);
+                                   float *gnoise, float *gbias, int gy_add);
 
 /* StyleGAN2's blur: kv and kh (K <= 16 taps) are HOST arrays, copied into the kernels'
  * parameters; no scratch (one fused pass), nthreads unused. */
 void pbw_cuda_sg_blur_forward(float *out, const float *x, int64_t planes, int H, int W, int OH,
                               int OW, const float *kv, const float *kh, int K, int p0,
                               float *scratch, int nthreads);
-/* Deterministic gather: gx += the adjoint. */
+/* Deterministic gather: gx += the adjoint (add 0: gx = it, gx not read). */
 void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int H, int W,
                                int OH, int OW, const float *kv, const float *kh, int K, int p0,
-                               float *scratch, int nthreads);
+                               float *scratch, int nthreads, int add);
 
 /* pbw_sg_conv on the GPU (the CPU packs its weights in CPU-only layouts, so this reads the
  * plan's weight tensor instead). w (O,C,k,k) device memory.
@@ -176,9 +176,10 @@ int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int
 long pbw_cuda_sg_blur_nhwc_calls(void);
 /* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
 void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
+/* gx = beta gx + the input gradient (beta 0 or 1; gx not read for 0). */
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
-                               int transposed);
+                               int transposed, float beta);
 
 #ifdef __cplusplus
 }

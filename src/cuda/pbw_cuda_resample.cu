@@ -395,7 +395,7 @@ template <int K, int TW, int TY, int RY, bool BWD>
 __global__ void __launch_bounds__(TW *TY)
     sg_blur_tile_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t planes,
                         int SH, int SW, int DH, int DW, fir_taps f, int p0,
-                        pbw_cuda_postact pa) {
+                        pbw_cuda_postact pa, int add) {
     static_assert(TW * TY % 32 == 0 && RY <= 16, "blur tile shape");
     constexpr int TH = TY * RY, TR = TH + K - 1, TC = TW + K - 1;
     constexpr int TS = blur_stride(TC, RY, TW), NT = TW * TY;
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(TW *TY)
             const int oy = oyt + r;
             if (oy < DH && ox < DW) {
                 float *d = dp + (int64_t)oy * DW + ox;
-                if (BWD) *d += acc;
+                if (BWD) *d = add ? *d + acc : acc; // add 0: dst holds no values yet
                 else *d = activate ? act_at(acc, a, pa.g, (int64_t)oy * DW + ox) : acc;
             }
         }
@@ -449,21 +449,21 @@ __global__ void __launch_bounds__(TW *TY)
 // 16 wide.
 template <bool BWD>
 int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, int DH, int DW,
-                  const fir_taps &f, int K, int p0, const pbw_cuda_postact &pa) {
+                  const fir_taps &f, int K, int p0, const pbw_cuda_postact &pa, int add = 1) {
     if (K != 4) return 0;
     const unsigned gz = (unsigned)(planes < 65535 ? planes : 65535);
     if (DW <= 16) {
         const dim3 grid((unsigned)((DW + 15) / 16), (unsigned)((DH + 15) / 16), gz);
         sg_blur_tile_kernel<4, 16, 8, 2, BWD>
-            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
+            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
     } else if (DH >= 64) {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 63) / 64), gz);
         sg_blur_tile_kernel<4, 32, 8, 8, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
     } else {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 31) / 32), gz);
         sg_blur_tile_kernel<4, 32, 8, 4, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa);
+            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
     }
     return 1;
 }
@@ -603,7 +603,7 @@ __global__ void __launch_bounds__(256)
 
 // The adjoint, gathered: gx[iy][ix] += sum_jv fv[jv] * sum_jh fh[jh] * gout[iy-jv+p0][ix-jh+p0].
 __global__ void sg_blur_bwd_kernel(float *gx, const float *gout, int64_t planes, int H, int W,
-                                   int OH, int OW, fir_taps f, int K, int p0) {
+                                   int OH, int OW, fir_taps f, int K, int p0, int add) {
     const int64_t n = planes * H * W;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -622,7 +622,7 @@ __global__ void sg_blur_bwd_kernel(float *gx, const float *gout, int64_t planes,
             }
             acc += f.v[jv] * s;
         }
-        gx[i] += acc;
+        gx[i] = add ? gx[i] + acc : acc;
     }
 }
 
@@ -765,7 +765,7 @@ extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C,
 extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t planes, int H,
                                           int W, int OH, int OW, const float *kv,
                                           const float *kh, int K, int p0, float *scratch,
-                                          int nthreads) {
+                                          int nthreads, int add) {
     (void)scratch;
     (void)nthreads;
     const int64_t n = planes * H * W;
@@ -776,8 +776,8 @@ extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t 
     }
     const fir_taps f = flip_taps(kv, kh, K);
     const pbw_cuda_postact none = {};
-    if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0, none))
+    if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0, none, add))
         sg_blur_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, planes, H, W, OH, OW,
-                                                                 f, K, p0);
+                                                                 f, K, p0, add);
     PBW_CUDA_LAUNCHED("sg_blur_backward");
 }

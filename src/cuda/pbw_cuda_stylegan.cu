@@ -267,7 +267,7 @@ __global__ void bias_act_fwd_kernel(float *out, const float *y, const float *d,
 template <int V>
 __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, const float *y,
                                    const float *d, const float *noise, const float *bias,
-                                   pbw_cpu_sg_act_geom g) {
+                                   pbw_cpu_sg_act_geom g, int gy_add) {
     EW_PLANES(g.N, g.O) {
         const act_plane a = act_plane_at(d, noise, bias, g, n, c);
         EW_PIXELS(p, g.P, V) {
@@ -280,8 +280,8 @@ __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, cons
             for (int k = 0; k < V; k++)
                 gp[k] = act_grad(gp[k], pre_act(yv[k], dv[k], nz[k], a, g), g);
             if (gy) {
-                float t[V];
-                ld<V>(t, gy + i);
+                float t[V] = {};
+                if (gy_add) ld<V>(t, gy + i);
 #pragma unroll
                 for (int k = 0; k < V; k++)
                     t[k] = g.d_mode ? __fmaf_rn(gp[k], dv[k], t[k]) : __fadd_rn(t[k], gp[k]);
@@ -363,16 +363,21 @@ extern "C" void pbw_cuda_sg_modulate_forward(float *out, const float *x, const f
 extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x, const float *s,
                                               const float *s0, const float *m,
                                               const pbw_cpu_sg_mod_geom *g, float *gx, float *gs,
-                                              float *gs0, float *gm) {
+                                              float *gs0, float *gm, int gx_add) {
     const int64_t planes = (int64_t)g->N * g->C, n = planes * g->P;
     if (n == 0) return;
     if (gx) {
         const int v4 = g->P % 4 == 0 && al16(gx) && al16(gout) && al16(m);
         const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
-        if (v4)
+        // gx_add 0: the forward's product (fma with a zero addend rounds alike)
+        if (v4 && gx_add)
             modulate_kernel<4, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
-        else
+        else if (v4)
+            modulate_kernel<4, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+        else if (gx_add)
             modulate_kernel<1, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+        else
+            modulate_kernel<1, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_x");
     }
     if (gs || (gs0 && m)) {
@@ -415,7 +420,7 @@ extern "C" void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const f
 extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y, const float *d,
                                               const float *noise, const float *bias,
                                               const pbw_cpu_sg_act_geom *g, float *gy, float *gd,
-                                              float *gnoise, float *gbias) {
+                                              float *gnoise, float *gbias, int gy_add) {
     const int64_t planes = (int64_t)g->N * g->O, n = planes * g->P;
     if (n == 0) return;
     if (gy || (gd && g->d_mode == 2)) {
@@ -425,10 +430,10 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
         const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
         if (v4)
             bias_act_gy_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
-                                                                         noise, bias, *g);
+                                                                         noise, bias, *g, gy_add);
         else
             bias_act_gy_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
-                                                                         noise, bias, *g);
+                                                                         noise, bias, *g, gy_add);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_y");
     }
     const int want_d = gd && g->d_mode == 1;
