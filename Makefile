@@ -118,7 +118,11 @@ $(BUILD)/bench_clip: bench/bench_clip.c $(BUILD)/libpbw.a
 $(BUILD)/bench_stylegan2: bench/bench_stylegan2.c $(BUILD)/libpbw.a
 	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
 
-bench: all $(BUILD)/bench_ops $(BUILD)/bench_clip $(BUILD)/bench_stylegan2
+$(BUILD)/bench_cma: bench/bench_cma.c $(BUILD)/libpbw.a
+	$(CC) $(BASE) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpbw.a $(LDLIBS)
+
+bench: all $(BUILD)/bench_ops $(BUILD)/bench_clip $(BUILD)/bench_stylegan2 $(BUILD)/bench_cma
+	$(BUILD)/bench_cma
 	bench/run.sh
 	bench/run_clip.sh
 	bench/run_stylegan2.sh
