@@ -496,47 +496,8 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
 }
 
 // sg_blur_fwd_kernel's sums on (N,H,W,C) half values (pbw_tensor.half_nhwc), out (N,OH,OW,C) in
-// the same type, activated by pa when pa.g.N: a thread makes two channels of one pixel (C even),
-// so a warp reads 128 contiguous bytes of each source pixel it needs.
-template <typename T>
-__global__ void sg_blur_nhwc_kernel(T *out, const T *x, int N, int C, int H, int W, int OH,
-                                    int OW, fir_taps f, int K, int p0, pbw_cuda_postact pa) {
-    const int half_c = C / 2;
-    const int64_t n = (int64_t)N * OH * OW * half_c;
-    PBW_GRID_STRIDE(i, n) {
-        int64_t cr_, xr_, yr_;
-        const int64_t s = divmod(divmod(divmod(i, half_c, &cr_), OW, &xr_), OH, &yr_);
-        const int c = 2 * (int)cr_, ox = (int)xr_, oy = (int)yr_;
-        const T *xp = x + (s * H * W) * C + c;
-        const int jh0 = p0 - ox > 0 ? p0 - ox : 0;
-        const int jh1 = W + p0 - ox < K ? W + p0 - ox : K; // exclusive
-        float acc[2] = {0.0f, 0.0f};
-        for (int jv = 0; jv < K; jv++) {
-            const int iy = oy + jv - p0;
-            if (iy < 0 || iy >= H) continue;
-            const T *row = xp + ((int64_t)iy * W + (ox - p0)) * C;
-            float r[2] = {0.0f, 0.0f};
-            for (int jh = jh0; jh < jh1; jh++) {
-                float v[2];
-                pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(row + (int64_t)jh * C), v);
-                r[0] += f.h[jh] * v[0];
-                r[1] += f.h[jh] * v[1];
-            }
-            acc[0] += f.v[jv] * r[0];
-            acc[1] += f.v[jv] * r[1];
-        }
-        if (pa.g.N) {
-            const int64_t p = (int64_t)oy * OW + ox;
-            for (int k = 0; k < 2; k++)
-                acc[k] = act_at(acc[k], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)s, c + k),
-                                pa.g, p);
-        }
-        *reinterpret_cast<uint32_t *>(out + 2 * i) = pbw_pack_half<T, 2, uint32_t>(acc);
-    }
-}
-
-// The same for K taps known at compile time, tiled: a block makes TX x TY pixels of 64
-// channels of one sample. Its source tile with the K-1 halo (zeros outside, which add nothing)
+// the same type, activated by pa when pa.g.N, for K taps known at compile time: a block makes
+// TX x TY pixels of 64 channels of one sample. Its source tile with the K-1 halo (zeros outside, which add nothing)
 // is loaded once into shared memory as pairs of halves, a warp reading 128 contiguous bytes of
 // a pixel; the row sums go to shared memory in fp32, then the column sums make the outputs.
 // Thread t keeps channels 2 (t % 32) and the one after of the block's 64 (so their activation
@@ -739,22 +700,17 @@ extern "C" long pbw_cuda_sg_blur_nhwc_calls(void) { return g_blur_nhwc_calls; }
 extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int W,
                                          int OH, int OW, const float *kv, const float *kh, int K,
                                          int p0, const pbw_cuda_postact *pa) {
-    if (C % 2 || K < 1 || K > 16) return -1;
-    const int64_t n = (int64_t)N * OH * OW * (C / 2);
-    if (n == 0) return 0;
+    // four taps alone (StyleGAN2's [1,3,3,1]); other kernels take the fp32 path
+    const int64_t planes = (int64_t)N * ((C + 63) / 64);
+    if (C % 2 || K != 4 || planes > 65535) return -1;
+    if ((int64_t)N * OH * OW * C == 0) return 0;
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
     const fir_taps f = flip_taps(kv, kh, K);
-    const int64_t planes = (int64_t)N * ((C + 63) / 64);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H_ = decltype(t);
-        if (K == 4 && planes <= 65535) { // StyleGAN2's [1,3,3,1]: tiles of 8 x 8 pixels
-            const dim3 grid((unsigned)((OW + 7) / 8), (unsigned)((OH + 7) / 8), (unsigned)planes);
-            sg_blur_nhwc_tile_kernel<H_, 4, 8, 8><<<grid, 256, 0, pbw_stream()>>>(
-                (H_ *)out, (const H_ *)x, C, H, W, OH, OW, f, p0, a);
-        } else {
-            sg_blur_nhwc_kernel<H_><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, K, p0, a);
-        }
+        const dim3 grid((unsigned)((OW + 7) / 8), (unsigned)((OH + 7) / 8), (unsigned)planes);
+        sg_blur_nhwc_tile_kernel<H_, 4, 8, 8><<<grid, 256, 0, pbw_stream()>>>(
+            (H_ *)out, (const H_ *)x, C, H, W, OH, OW, f, p0, a);
     });
     PBW_CUDA_LAUNCHED("sg_blur_act_nhwc");
     g_blur_nhwc_calls++;
