@@ -532,6 +532,20 @@ typedef struct act_args {
     float noise_weight, slope, gain;
 } act_args;
 
+#ifdef PBW_HAVE_CUDA
+/* The GPU's form of act applied to out (act_geom's checks); 0, or -1 with the context failed. */
+static int postact_of(pbw_ctx *ctx, const char *op, const pbw_tensor *out, const act_args *act,
+                      pbw_cuda_postact *pa) {
+    if (act_geom(ctx, op, out, act->d, act->noise, act->bias, act->noise_weight, act->slope,
+                 act->gain, &pa->g))
+        return -1;
+    pa->d = act->d ? act->d->data : NULL;
+    pa->noise = act->noise ? act->noise->data : NULL;
+    pa->bias = act->bias ? act->bias->data : NULL;
+    return 0;
+}
+#endif
+
 /* pbw_sg_modconv, then act (NULL: none). Without gradients on staged convolutions the style
  * scales x as it is staged (no modulated copy of x) and act is applied as the output is copied
  * back (no unactivated output); otherwise the ops it stands for. */
@@ -550,14 +564,8 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         const void *wh;
         pbw_cuda_postact pa;
         if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh) ||
-            (act && act_geom(ctx, op, out, act->d, act->noise, act->bias, act->noise_weight,
-                             act->slope, act->gain, &pa.g)))
+            (act && postact_of(ctx, op, out, act, &pa)))
             return NULL;
-        if (act) {
-            pa.d = act->d ? act->d->data : NULL;
-            pa.noise = act->noise ? act->noise->data : NULL;
-            pa.bias = act->bias ? act->bias->data : NULL;
-        }
         const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
                                     g.s_nstride, g.s0_nstride, g.m_nstride};
         /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and an upsampling
@@ -709,12 +717,9 @@ pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pb
     if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 4)) {
         if (pbw_op_begin_nhwc(ctx, op, 1, &x)) return NULL;
         pbw_tensor *out = blur_out(ctx, op, x, f);
+        const act_args act = {d, noise, bias, noise_weight, slope, gain};
         pbw_cuda_postact pa;
-        if (!out || act_geom(ctx, op, out, d, noise, bias, noise_weight, slope, gain, &pa.g))
-            return NULL;
-        pa.d = d ? d->data : NULL;
-        pa.noise = noise ? noise->data : NULL;
-        pa.bias = bias ? bias->data : NULL;
+        if (!out || postact_of(ctx, op, out, &act, &pa)) return NULL;
         if (x->half_nhwc) { /* NHWC halves in (an upsampling convolution's), NHWC halves out */
             if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
             out->half_nhwc = 1;
