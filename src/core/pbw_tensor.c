@@ -247,6 +247,21 @@ void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes) {
     return p;
 }
 
+/* Zeroes bytes of the context's memory at p (device memory on CUDA); 0, or -1 with the context
+ * failed. */
+static int ctx_zero(pbw_ctx *ctx, void *p, size_t bytes) {
+    if (!bytes) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) {
+        if (!pbw_cuda_memset0(p, bytes)) return 0;
+        pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
+        return -1;
+    }
+#endif
+    memset(p, 0, bytes);
+    return 0;
+}
+
 /* Copies bytes between host and the context's memory (dir 0: host to ctx, 1: ctx to host,
  * 2: ctx to ctx). */
 static int ctx_copy(pbw_ctx *ctx, void *dst, const void *src, size_t bytes, int dir) {
@@ -458,16 +473,7 @@ pbw_tensor *pbw_tensor_new(pbw_ctx *ctx, int ndim, const int64_t *shape) {
 
 pbw_tensor *pbw_tensor_zeros(pbw_ctx *ctx, int ndim, const int64_t *shape) {
     pbw_tensor *t = pbw_tensor_new(ctx, ndim, shape);
-    if (!t) return NULL;
-#ifdef PBW_HAVE_CUDA
-    if (ctx->dev == PBW_DEV_CUDA) {
-        if (pbw_cuda_memset0(t->data, (size_t)t->numel * sizeof(float)))
-            return pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
-        return t;
-    }
-#endif
-    memset(t->data, 0, (size_t)t->numel * sizeof(float));
-    return t;
+    return t && ctx_zero(ctx, t->data, (size_t)t->numel * sizeof(float)) == 0 ? t : NULL;
 }
 
 pbw_tensor *pbw_tensor_new_in(pbw_arena *a, int ndim, const int64_t *shape, pbw_err *err) {
@@ -744,19 +750,7 @@ static int own_grad(pbw_ctx *ctx, pbw_tensor *t) {
 static int grad_set_zero(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t->grad_unset) return 0;
     t->grad_unset = 0;
-    size_t bytes = (size_t)t->numel * sizeof(float);
-#ifdef PBW_HAVE_CUDA
-    if (t->device == PBW_DEV_CUDA) {
-        if (pbw_cuda_memset0(t->grad, bytes)) {
-            pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
-            return -1;
-        }
-        return 0;
-    }
-#endif
-    (void)ctx;
-    memset(t->grad, 0, bytes);
-    return 0;
+    return ctx_zero(ctx, t->grad, (size_t)t->numel * sizeof(float));
 }
 
 float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
@@ -775,13 +769,8 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (t->grad) return grad_set_zero(ctx, t) ? NULL : t->grad;
     if (t->device != ctx->dev) return pbw_ctx_fail(ctx, "gradient of a tensor on another device");
     size_t bytes = (size_t)t->numel * sizeof(float);
-#ifdef PBW_HAVE_CUDA
-    if (ctx->dev == PBW_DEV_CUDA) {
-        t->grad = pbw_arena_alloc(&ctx->dact, bytes ? bytes : 1);
-        if (t->grad && pbw_cuda_memset0(t->grad, bytes)) return pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error());
-    } else
-#endif
-        t->grad = pbw_arena_calloc(&ctx->act, bytes);
+    t->grad = pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, bytes);
+    if (t->grad && ctx_zero(ctx, t->grad, bytes)) return NULL;
     if (!t->grad || own_grad(ctx, t)) return pbw_ctx_fail(ctx, "out of memory for a gradient");
     return t->grad;
 }
@@ -813,17 +802,10 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
     }
     ctx->grad_unset_bytes = part[1];
     if (!count) return;
-    unsigned char *block;
-#ifdef PBW_HAVE_CUDA
-    if (ctx->dev == PBW_DEV_CUDA) {
-        block = pbw_arena_alloc(&ctx->dact, part[0] + part[1]);
-        if (block && part[0] && pbw_cuda_memset0(block, part[0])) block = NULL;
-    } else
-#endif
-    {
-        block = pbw_arena_alloc(&ctx->act, part[0] + part[1]);
-        if (block) memset(block, 0, part[0]);
-    }
+    unsigned char *block =
+        pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, part[0] + part[1]);
+    if (block && ctx_zero(ctx, block, part[0])) block = NULL;
+    if (!block) ctx->grad_unset_bytes = 0; /* each made zeroed by pbw_grad */
     size_t off[2] = {0, part[0]};
     for (pbw_node *n = ctx->tape; n; n = n->prev)
         for (int i = 0; i < n->nin; i++) {
@@ -831,11 +813,7 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
             if (!t || t->grad != &pending) continue;
             const int w = t->grad_unset;
             t->grad = block ? (float *)(block + off[w]) : NULL;
-            if (!block) {
-                t->grad_unset = 0;
-                ctx->grad_unset_bytes = 0;
-            }
-            if (t->grad && own_grad(ctx, t)) { /* NULL: made by pbw_grad */
+            if (!t->grad || own_grad(ctx, t)) { /* NULL: made by pbw_grad */
                 t->grad = NULL;
                 t->grad_unset = 0;
             }
