@@ -645,6 +645,43 @@ PBW_TEST(stylegan2_op_bias_act_grad) {
     }
 }
 
+/* pbw_sg_pointwise: the forward against the sum written out, the backward (through the
+ * batched product it records) by finite differences (both inputs; the op is bilinear, so the
+ * central difference is exact up to rounding), and its shape errors. */
+static pbw_tensor *f_pointwise(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    (void)user;
+    return pbw_sg_pointwise(ctx, in[0], in[1]);
+}
+
+PBW_TEST(stylegan2_op_pointwise) {
+    const int N = 2, C = 5, H = 3, W = 4, O = 3, P = H * W;
+    float *x = gc_rand((int64_t)N * C * P, 91, -1, 1), *w = gc_rand((int64_t)N * O * C, 92, -1, 1);
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
+    pbw_tensor *tw = pbw_tensor_from_host(ctx, w, 3, (int64_t[]){N, O, C});
+    pbw_tensor *y = pbw_sg_pointwise(ctx, tx, tw);
+    CHECK_MSG(y && y->ndim == 4 && y->shape[0] == N && y->shape[1] == O && y->shape[2] == H &&
+                  y->shape[3] == W, "%s", pbw_ctx_error(ctx));
+    double e = 0;
+    for (int n = 0; y && n < N; n++)
+        for (int o = 0; o < O; o++)
+            for (int p = 0; p < P; p++) {
+                double r = 0;
+                for (int c = 0; c < C; c++)
+                    r += (double)w[(n * O + o) * C + c] * x[(n * C + c) * P + p];
+                e = fmax(e, fabs(y->data[(n * O + o) * P + p] - r));
+            }
+    CHECK_MSG(e < 1e-5, "max diff %g", e); /* fp32 sums of 5 products of values below 1 */
+    CHECK(pbw_sg_pointwise(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, O, C + 1})) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "sg_pointwise") && strstr(pbw_ctx_error(ctx), "(2,3,6)"),
+              "%s", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+    gc_input in[2] = {{4, {N, C, H, W}, x, 1}, {3, {N, O, C}, w, 1}};
+    CHECK(gc_check("sg_pointwise", f_pointwise, NULL, 2, in, (gc_opts){0}) == 0);
+    free(x), free(w);
+}
+
 PBW_TEST(stylegan2_op_shape_errors) {
     pbw_err err = {{0}};
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);

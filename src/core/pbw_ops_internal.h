@@ -33,9 +33,6 @@ int pbw_op_begin_nhwc(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts
  * (pbw_ctx_set_half_activations), a CUDA context multiplying on half operands, and no
  * gradient recorded. */
 int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n);
-/* Allocates t->half (numel half values, device memory) and sets t->half_only = only; NULL, the
- * context failed, when out of memory. */
-void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only);
 
 /* The tensor's shape right-aligned in 5 slots (leading ones). */
 void pbw_shape5(const pbw_tensor *t, int64_t *s5);

@@ -568,9 +568,10 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
             return NULL;
         const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
                                     g.s_nstride, g.s0_nstride, g.m_nstride};
-        /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and an upsampling
-         * convolution's output (the blur reads it next) stays so */
-        const int nhwc_out = !act && pl->transposed && pbw_cuda_nhwc();
+        /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and the output
+         * stays so, activated there when act is given; an upsampling convolution's only
+         * without act (the blur after it activates) */
+        const int nhwc_out = (act ? !pl->transposed : pl->transposed) && pbw_cuda_nhwc();
         if (nhwc_out && !pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
         out->half_nhwc = nhwc_out;
         if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, act ? &pa : NULL,
@@ -599,6 +600,34 @@ pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_t
                                float slope, float gain) {
     const act_args act = {d, noise, bias, noise_weight, slope, gain};
     return modconv(ctx, x, s, s0, m, pl, &act);
+}
+
+/* ---------- a 1x1 convolution with a weight per sample ---------- */
+
+pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w) {
+    static const char *op = "sg_pointwise";
+    if (pbw_ctx_failed(ctx)) return NULL;
+    if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0);
+    char sx[96], sw[96];
+    if (x->ndim != 4 || w->ndim != 3 || w->shape[0] != x->shape[0] || w->shape[2] != x->shape[1])
+        return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C)", op,
+                            pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw));
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t O = w->shape[1];
+#ifdef PBW_HAVE_CUDA
+    pbw_tensor *ins[2] = {x, w};
+    if (x->half_nhwc && pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, 2)) {
+        if (pbw_op_begin_nhwc(ctx, op, 2, ins)) return NULL;
+        pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
+        if (!out) return NULL;
+        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)C, H * W,
+                                       (int)O) == 0)
+            return out;
+        /* a shape the kernel does not take: the product on fp32 values (written below) */
+    }
+#endif
+    pbw_tensor *y = pbw_matmul(ctx, w, pbw_reshape(ctx, x, 3, (int64_t[]){N, C, H * W}), 0, 0);
+    return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, H, W});
 }
 
 /* ---------- separable blur ---------- */

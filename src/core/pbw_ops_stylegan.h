@@ -99,6 +99,12 @@ pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_t
                                pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
                                pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
                                float slope, float gain);
+/* A 1x1 convolution with a weight per sample (StyleGAN2's ToRGB, whose weight the style
+ * scales): x (N,C,H,W), w (N,O,C) -> y (N,O,H,W), y[n,o] = sum_c w[n,o,c] x[n,c]. The batched
+ * product pbw_matmul(w, x as (N,C,H*W)) it stands for (recorded for the backward), except
+ * without gradients on a GPU where x is held as NHWC halves (pbw_cuda_nhwc), which it reads as
+ * they are. */
+pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w);
 
 /* ---------- separable blur ----------
  *

@@ -299,32 +299,37 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
         pbw_ctx_fail(ctx, "release: %d tensors to keep (at most %d)", n, RELEASE_MAX);
         return -1;
     }
-    for (int i = 0; i < n; i++) /* the copies below move fp32 data */
-        if (keep[i] && pbw_tensor_sync_f32(ctx, keep[i])) return -1;
     const int cuda = ctx->dev == PBW_DEV_CUDA;
     pbw_arena *da = cuda ? &ctx->dact : &ctx->act;
+    const int direct = cuda && pbw_arena_mark_get(da).chunk == m.dev.chunk;
+    /* the copies below move fp32 data, or on the direct path NHWC halves as they are */
+    int nhwc[RELEASE_MAX];
+    for (int i = 0; i < n; i++) {
+        if (!keep[i]) return -1;
+        nhwc[i] = direct && keep[i]->half_nhwc && keep[i]->half_only;
+        if (!nhwc[i] && pbw_tensor_sync_f32(ctx, keep[i])) return -1;
+    }
     int ndim[RELEASE_MAX];
     int64_t shape[RELEASE_MAX][PBW_MAX_DIMS];
     size_t off[RELEASE_MAX], total = 0;
     for (int i = 0; i < n; i++) {
-        if (!keep[i]) return -1;
         ndim[i] = keep[i]->ndim;
         memcpy(shape[i], keep[i]->shape, sizeof shape[i]);
         off[i] = total;
-        total += ((size_t)keep[i]->numel * sizeof(float) + 63) / 64 * 64;
+        total += ((size_t)keep[i]->numel * (nhwc[i] ? 2 : sizeof(float)) + 63) / 64 * 64;
     }
-    if (cuda && pbw_arena_mark_get(da).chunk == m.dev.chunk) {
+    if (direct) {
         /* Device data and host headers live apart, and no device chunk was made since the
          * mark (a release would free it, kept data included): release both, place the kept
          * tensors at the mark and copy each once, old place to new, when no new place overlaps
          * an old one (the usual case: a block's output was made last, far above the mark).
          * Nothing has overwritten the old places yet, and the stream runs the copies before any
          * later kernel. Overlaps go through the scratch stage. */
-        float *old[RELEASE_MAX];
+        void *old[RELEASE_MAX];
         size_t bytes[RELEASE_MAX];
         for (int i = 0; i < n; i++) {
-            old[i] = keep[i]->data;
-            bytes[i] = (size_t)keep[i]->numel * sizeof(float);
+            old[i] = nhwc[i] ? keep[i]->half : (void *)keep[i]->data;
+            bytes[i] = (size_t)keep[i]->numel * (nhwc[i] ? 2 : sizeof(float));
         }
         unsigned char *stage = NULL;
         int overlap = 0;
@@ -332,13 +337,16 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
             pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
             return -1;
         }
+        void *dst[RELEASE_MAX];
         for (int i = 0; i < n; i++) {
             keep[i] = pbw_tensor_new(ctx, ndim[i], shape[i]);
-            if (!keep[i]) return -1;
+            if (!keep[i] || (nhwc[i] && !pbw_tensor_half_alloc(ctx, keep[i], 1))) return -1;
+            keep[i]->half_nhwc = nhwc[i];
+            dst[i] = nhwc[i] ? keep[i]->half : (void *)keep[i]->data;
         }
         for (int i = 0; i < n && !overlap; i++)
             for (int j = 0; j < n && !overlap; j++) {
-                const char *a = (const char *)keep[i]->data, *b = (const char *)old[j];
+                const char *a = (const char *)dst[i], *b = (const char *)old[j];
                 overlap = (a != b || i != j) && a < b + bytes[j] && b < a + bytes[i];
             }
         if (overlap) {
@@ -349,7 +357,7 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
         }
         for (int i = 0; i < n; i++) {
             const void *src = overlap ? (const void *)(stage + off[i]) : (const void *)old[i];
-            if (src != keep[i]->data && ctx_copy(ctx, keep[i]->data, src, bytes[i], 2)) return -1;
+            if (src != dst[i] && ctx_copy(ctx, dst[i], src, bytes[i], 2)) return -1;
         }
         return 0;
     }

@@ -117,6 +117,9 @@ int pbw_ctx_half_activations(const pbw_ctx *ctx);
 /* Writes t's fp32 values from its half copy when t is half_only; 0, or -1 with the context
  * failed. */
 int pbw_tensor_sync_f32(pbw_ctx *ctx, pbw_tensor *t);
+/* Allocates t->half (numel half values, device memory) and sets t->half_only = only; NULL, the
+ * context failed, when out of memory. For the op that writes t. */
+void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only);
 pbw_device pbw_ctx_device(const pbw_ctx *ctx);
 int pbw_ctx_failed(const pbw_ctx *ctx);
 const char *pbw_ctx_error(const pbw_ctx *ctx);

@@ -91,9 +91,10 @@ int pbw_cuda_half_acts(void);
  * pbw_sg_modconv_act and pbw_sg_blur_act activate their output as they write it): 1 unless
  * PBW_CUDA_MODCONV is 0 (then each runs the ops it stands for). */
 int pbw_cuda_modconv(void);
-/* The generator's upsampling convolution keeps its output as NHWC halves, which the blur after
- * it reads and writes as NHWC halves and the next convolution stages directly
- * (pbw_tensor.half_nhwc): pbw_cuda_modconv() and PBW_CUDA_NHWC is not 0. */
+/* The generator's convolutions keep their outputs as NHWC halves (pbw_tensor.half_nhwc), with
+ * the activation applied there when they have one: the blur after an upsampling convolution
+ * reads and writes NHWC halves, the next convolution stages them directly, and ToRGB
+ * (pbw_sg_pointwise) reads them: pbw_cuda_modconv() and PBW_CUDA_NHWC is not 0. */
 int pbw_cuda_nhwc(void);
 void pbw_cuda_weights_block(const void *p, size_t bytes);
 int pbw_cuda_is_weight(const void *p, size_t bytes);

@@ -771,6 +771,26 @@ __global__ void nhwc_modulate_kernel(T *dst, const T *src, int N, int C, int64_t
     }
 }
 
+// y (N,P,C) half -> StyleGAN2's bias and activation of it (pa), in place: the output of a
+// convolution that stays as NHWC halves (pbw_sg_modconv_act), with nhwc_to_nchw_kernel's
+// arithmetic on the same values, rounded to the half type once more. V channels a thread in one
+// word W.
+template <typename T, int V, typename W>
+__global__ void nhwc_postact_kernel(T *y, int N, int C, int64_t P, pbw_cuda_postact pa) {
+    const int cv = C / V;
+    PBW_GRID_STRIDE(i, (int64_t)N * P * cv) {
+        const int c = V * (int)(i % cv);
+        const int64_t np = i / cv, p = np % P;
+        const int n = (int)(np / P);
+        float f[V];
+        pbw_unpack_half<T, V>(reinterpret_cast<const W *>(y)[i], f);
+#pragma unroll
+        for (int k = 0; k < V; k++)
+            f[k] = act_at(f[k], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c + k), pa.g, p);
+        reinterpret_cast<W *>(y)[i] = pbw_pack_half<T, V, W>(f);
+    }
+}
+
 dim3 transpose_grid(int N, int C, int64_t P) {
     int64_t px = (P + TP - 1) / TP, cy = (C + TC - 1) / TC;
     return dim3((unsigned)(px < 65536 * 32 ? px : 65536 * 32), (unsigned)(cy < 65535 ? cy : 65535),
@@ -824,6 +844,23 @@ void nhwc_modulate(void *dst, const void *src, int N, int C, int64_t P, int prec
     PBW_CUDA_LAUNCHED("conv2d nhwc_modulate");
 }
 
+// (N,P,C) half -> pa applied in place, enqueued (C even).
+void nhwc_postact(void *y, int N, int C, int64_t P, int prec, const pbw_cuda_postact &pa) {
+    if ((int64_t)N * P * C == 0) return;
+    const bool wide = C % 8 == 0 && (uintptr_t)y % 16 == 0;
+    const int64_t n = (int64_t)N * P * (C / (wide ? 8 : 2));
+    pbw_half_type(prec, [&](auto t) {
+        using H = decltype(t);
+        if (wide)
+            nhwc_postact_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>((H *)y, N, C,
+                                                                                  P, pa);
+        else
+            nhwc_postact_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H *)y, N, C, P, pa);
+    });
+    PBW_CUDA_LAUNCHED("conv2d nhwc_postact");
+}
+
 long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 
 // Runs direction dir (DIR_FWD: out = conv(in, w); DIR_BWD_DATA: out = conv's adjoint applied
@@ -831,7 +868,8 @@ long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 // overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
 // the plan's precision, or NULL to convert w here. in_h: NULL, or the input already as NHWC
 // halves (in is then not read; pm scales it into the stage); out_h: NULL, or where the result
-// stays as NHWC halves (dst, beta and pa are then unused). 0 when done; -1 on failure
+// stays as NHWC halves (dst and beta are then unused; pa is applied there in place). 0 when
+// done; -1 on failure
 // (recorded); 1 when the direction has no NHWC algorithm (now unstaged: run the float32 path).
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
                const void *wh, float beta, const pbw_cuda_premod *pm,
@@ -869,8 +907,11 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                          (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
                                          p->ws[dir], &zero, p->hxd, hout);
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
-    if (out_h) return 0;
-    from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
+    if (out_h) {
+        if (pa) nhwc_postact(out_h, g.N, out_c, out_p, prec, *pa);
+    } else {
+        from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
+    }
     g_postact_calls += pa != nullptr;
     return 0;
 }
@@ -1079,8 +1120,7 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
                                             int H, int W, int O, int k, int transposed,
                                             const void *xh, void *outh) {
     if (N == 0) return 0;
-    if (!prec_staged((int)pbw_cuda_precision()) || ((xh || outh) && (C % 2 || O % 2)) ||
-        (outh && pa))
+    if (!prec_staged((int)pbw_cuda_precision()) || ((xh || outh) && (C % 2 || O % 2)))
         return -1;
     if (!transposed) {
         pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
@@ -1088,6 +1128,133 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm, pa, xh, outh) ? -1 : 0;
+}
+
+// ---------- a 1x1 convolution with a weight per sample, on NHWC halves (pbw_sg_pointwise) ----
+// y (N,O,P) float = w_n (O,C) x_n, x (N,P,C) halves: each pixel's C channels are a contiguous
+// row, read by a group of L lanes (16 bytes, 8 channels, a lane at a time, so a warp reads
+// 32 x 16 contiguous bytes), each lane summing its channels' products for the O outputs in
+// fp32; the group then sums its lanes with shuffles (trading halves of the outputs, see below)
+// and writes the pixel's O outputs. A group takes two pixels a round (both rows' loads in flight before the sums) and
+// PW_ROUNDS rounds or more, so that a block's setup (its sample's weights into shared memory)
+// is spread over enough pixels. Memory-bound: x is read once.
+namespace {
+const int PW_THREADS = 256, PW_OMAX = 8, PW_CMAX = 1024, PW_ROUNDS = 4;
+
+template <typename T, int L, int OM>
+__global__ void __launch_bounds__(PW_THREADS, OM <= 4 ? 4 : 3) pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P,
+                                      int O) {
+    extern __shared__ float ws[]; // (O, C) of sample blockIdx.y
+    const int n = blockIdx.y, cv = C / 8;
+    for (int i = threadIdx.x; i < O * C; i += blockDim.x) ws[i] = w[(int64_t)n * O * C + i];
+    __syncthreads();
+    const int lane = threadIdx.x % L, groups = PW_THREADS / L;
+    const int64_t first = (int64_t)blockIdx.x * groups + threadIdx.x / L,
+                  step = (int64_t)gridDim.x * groups;
+    const T *xn = x + (int64_t)n * P * C;
+    // every lane of a warp runs the same number of rounds (P rounded up to whole double
+    // steps), so the shuffles below always see the whole warp
+    const int64_t rounds = (P + 2 * step - 1) / (2 * step);
+    for (int64_t r = 0; r < rounds; r++) {
+        const int64_t p[2] = {first + 2 * r * step, first + (2 * r + 1) * step};
+        float acc[2][OM];
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int o = 0; o < OM; o++) acc[k][o] = 0.0f;
+        for (int j = lane; j < cv; j += L) {
+            uint4 u[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+                u[k] = p[k] < P ? reinterpret_cast<const uint4 *>(xn + p[k] * C)[j]
+                                : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                float f[8];
+                pbw_unpack_half<T, 8>(u[k], f);
+#pragma unroll
+                for (int o = 0; o < OM; o++) {
+                    if (o >= O) break;
+                    const float4 a = reinterpret_cast<const float4 *>(ws + o * C + 8 * j)[0],
+                                 b = reinterpret_cast<const float4 *>(ws + o * C + 8 * j)[1];
+                    acc[k][o] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w +
+                                 f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                }
+            }
+        }
+        // The group's sums: while a lane holds several outputs' partial sums it keeps half of
+        // them and trades the other half with its partner (a lane with the mask's bit set
+        // keeps the upper half), so that OM outputs cost OM - 1 shuffles instead of
+        // OM log2(L); then single sums add across the remaining lanes. Every lane ends with
+        // `cnt` outputs from `first_o`, summed over the group; those whose bits of the plain
+        // levels are 0 write them.
+        int cnt = OM, first_o = 0, plain = 0;
+#pragma unroll
+        for (int h = L / 2; h > 0; h /= 2) {
+            const bool hi = lane & h;
+            if (cnt > 1) {
+                const int half = cnt / 2;
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+#pragma unroll
+                    for (int i = 0; i < OM / 2; i++) {
+                        if (i >= half) break;
+                        const float send = hi ? acc[k][i] : acc[k][i + half];
+                        const float keep = hi ? acc[k][i + half] : acc[k][i];
+                        acc[k][i] = keep + __shfl_xor_sync(0xffffffffu, send, h);
+                    }
+                first_o += hi ? half : 0;
+                cnt = half;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 2; k++) acc[k][0] += __shfl_xor_sync(0xffffffffu, acc[k][0], h);
+                plain |= h;
+            }
+        }
+        if ((lane & plain) == 0)
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+#pragma unroll
+                for (int i = 0; i < OM; i++) {
+                    const int o = first_o + i;
+                    if (i < cnt && o < O && p[k] < P) y[((int64_t)n * O + o) * P + p[k]] = acc[k][i];
+                }
+    }
+}
+
+template <typename T, int L>
+void pointwise_launch(dim3 grid, size_t smem, float *y, const T *x, const float *w, int C,
+                      int64_t P, int O) {
+    if (O <= 4)
+        pointwise_nhwc_kernel<T, L, 4><<<grid, PW_THREADS, smem, pbw_stream()>>>(y, x, w, C, P, O);
+    else
+        pointwise_nhwc_kernel<T, L, 8><<<grid, PW_THREADS, smem, pbw_stream()>>>(y, x, w, C, P, O);
+}
+} // namespace
+
+extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C,
+                                          int64_t P, int O) {
+    if (N == 0 || P == 0 || O == 0) return 0;
+    if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535) return -1;
+    const int cv = C / 8, L = cv >= 32 ? 32 : cv >= 16 ? 16 : cv >= 8 ? 8 : cv >= 4 ? 4 : cv >= 2 ? 2 : 1;
+    const int64_t per_block = (int64_t)(PW_THREADS / L) * 2 * PW_ROUNDS; // pixels
+    const int64_t blocks = (P + per_block - 1) / per_block;
+    const dim3 grid((unsigned)(blocks < 4096 ? blocks : 4096), (unsigned)N);
+    const size_t smem = (size_t)O * C * sizeof(float);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        const H *x = (const H *)xh;
+        switch (L) {
+        case 32: pointwise_launch<H, 32>(grid, smem, y, x, w, C, P, O); break;
+        case 16: pointwise_launch<H, 16>(grid, smem, y, x, w, C, P, O); break;
+        case 8: pointwise_launch<H, 8>(grid, smem, y, x, w, C, P, O); break;
+        case 4: pointwise_launch<H, 4>(grid, smem, y, x, w, C, P, O); break;
+        case 2: pointwise_launch<H, 2>(grid, smem, y, x, w, C, P, O); break;
+        default: pointwise_launch<H, 1>(grid, smem, y, x, w, C, P, O); break;
+        }
+    });
+    PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves)");
+    return 0;
 }
 
 extern "C" void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P) {

@@ -151,8 +151,8 @@ typedef struct pbw_cuda_postact {
  * enqueued (or failed, recorded); -1, nothing written, when the convolution does not run on
  * staged half copies (the caller then modulates, convolves and activates apart). xh: NULL, or
  * x as NHWC halves of the precision's type (pbw_tensor.half_nhwc; x is then not read); outh:
- * NULL, or where the output stays as NHWC halves instead of out (no pa then). Both need even
- * channel counts. */
+ * NULL, or where the output stays as NHWC halves instead of out (pa, if any, applied there
+ * before they are rounded once more). Both need even channel counts. */
 int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_premod *pm,
                                  const pbw_cuda_postact *pa, const float *w, const float *wt,
                                  const void *wh, int N, int C, int H, int W, int O, int k,
@@ -175,6 +175,12 @@ int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int
                               const pbw_cuda_postact *pa);
 /* NHWC blurs so far (tests). */
 long pbw_cuda_sg_blur_nhwc_calls(void);
+/* y (N,O,P) = w_n (O,C) x_n for each sample n: a 1x1 convolution with a weight per sample
+ * (pbw_sg_pointwise, StyleGAN2's ToRGB) of x held as NHWC halves of the precision's type
+ * (pbw_tensor.half_nhwc), w (N,O,C) float, sums in fp32. 0 when enqueued; -1, nothing done,
+ * unless C is a multiple of 8 up to 1024, O at most 8 and x 16-byte aligned. */
+int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C, int64_t P,
+                               int O);
 /* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
 void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
 /* gx = beta gx + the input gradient (beta 0 or 1; gx not read for 0). */

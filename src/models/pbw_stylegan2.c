@@ -473,24 +473,17 @@ static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer
 static pbw_tensor *rgb_conv(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                             const layer_in *li, pbw_tensor *s, pbw_tensor *s0) {
     if (!x || !s || (li->m_in && !s0)) return NULL;
-    const int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3];
+    const int64_t N = x->shape[0], C = x->shape[1];
     const int64_t O = mc->weight->shape[0];
     pbw_tensor *w = pbw_reshape(ctx, mc->weight, 3, (int64_t[]){1, O, C});
-    pbw_tensor *xr = pbw_reshape(ctx, x, 3, (int64_t[]){N, C, HW});
     pbw_tensor *ws = pbw_mul(ctx, w, pbw_reshape(ctx, s, 3, (int64_t[]){N, 1, C})); /* (N,O,C) */
-    pbw_tensor *y;
-    if (!li->m_in) {
-        y = pbw_matmul(ctx, ws, xr, 0, 0);
-    } else {
-        if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
-            s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
-        pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
-        pbw_tensor *y10 = pbw_matmul(ctx, pbw_concat(ctx, 2, parts, 1), xr, 0, 0); /* (N,2O,HW) */
-        pbw_tensor *y1 = pbw_slice(ctx, y10, 1, 0, O, 1), *y0 = pbw_slice(ctx, y10, 1, O, 2 * O, 1);
-        pbw_tensor *m = pbw_reshape(ctx, li->m_in, 3, (int64_t[]){li->m_in->shape[0], 1, HW});
-        y = pbw_add(ctx, y0, pbw_mul(ctx, m, pbw_sub(ctx, y1, y0)));
-    }
-    return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, x->shape[2], x->shape[3]});
+    if (!li->m_in) return pbw_sg_pointwise(ctx, x, ws);
+    if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
+        s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
+    pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
+    pbw_tensor *y10 = pbw_sg_pointwise(ctx, x, pbw_concat(ctx, 2, parts, 1)); /* (N,2O,H,W) */
+    pbw_tensor *y1 = pbw_slice(ctx, y10, 1, 0, O, 1), *y0 = pbw_slice(ctx, y10, 1, O, 2 * O, 1);
+    return pbw_add(ctx, y0, pbw_mul(ctx, li->m_in, pbw_sub(ctx, y1, y0)));
 }
 
 /* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
