@@ -473,13 +473,32 @@ PBW_TEST(cuda_sg_conv_half) {
 #ifdef PBW_HAVE_CUDA
 /* 1 when a and b, tensors of ctx, hold the same values bit for bit (a fused op against the ops
  * it stands for). */
-static int same_bits(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+static uint16_t host_bf16(float f) { /* round to nearest even */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float host_from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* a's values are b's, bit for bit (rounded = 0), or b's rounded to bf16 (rounded = 1) */
+static int same_bits_as(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int rounded) {
     if (!a || !b || a->numel != b->numel) return 0;
     float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
-    int same = ha && hb && pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0 &&
-               memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0;
+    int same = ha && hb && pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0;
+    for (int64_t i = 0; same && rounded && i < b->numel; i++) hb[i] = host_from_bf16(host_bf16(hb[i]));
+    same = same && memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0;
     free(ha), free(hb);
     return same;
+}
+
+static int same_bits(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    return same_bits_as(ctx, a, b, 0);
 }
 
 /* The bit-for-bit checks' setting: a CUDA context in bf16 (*ctx) and the plan of an (O,C,3,3)
@@ -570,7 +589,9 @@ PBW_TEST(cuda_sg_modconv) {
                     pbw_arena_free(&ga);
                     pbw_arena_free(&ca);
                 }
-    /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
+    /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients); with NHWC halves
+     * (pbw_cuda_nhwc) the fused output stays so, activated there from the same convolution
+     * output with the same arithmetic: the two ops' values rounded to bf16, bit for bit */
     pbw_ctx *ctx;
     pbw_arena ga;
     pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, 64, 64, 1);
@@ -686,15 +707,22 @@ PBW_TEST(cuda_sg_modconv_act) {
             {dc, nz, bias, NULL}, {dp, nz1, bias, NULL}, {NULL, NULL, NULL, NULL},
             {dc, nz, NULL, mm}, {dp, NULL, bias, mm}};
         const long before = pbw_cuda_sg_postact_calls();
-        for (int k = 0; k < 5; k++) {
-            pbw_tensor *s0k = v[k].m ? s0 : NULL;
-            pbw_tensor *a = pbw_sg_modconv_act(ctx, x, s, s0k, v[k].m, pl, v[k].d, v[k].noise,
-                                               v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
-            pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
-                                            v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
-            CHECK_MSG(same_bits(ctx, a, b), "variant %d: %s", k, pbw_ctx_error(ctx));
+        for (int nhwc = 0; nhwc < 2; nhwc++) {
+            if (!nhwc) setenv("PBW_CUDA_NHWC", "0", 1);
+            for (int k = 0; k < 5; k++) {
+                pbw_tensor *s0k = v[k].m ? s0 : NULL;
+                pbw_tensor *a = pbw_sg_modconv_act(ctx, x, s, s0k, v[k].m, pl, v[k].d,
+                                                   v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
+                CHECK(a && a->half_nhwc == nhwc);
+                pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
+                                                v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f,
+                                                sqrtf(2.0f));
+                CHECK_MSG(same_bits_as(ctx, a, b, nhwc), "variant %d%s: %s", k,
+                          nhwc ? " (NHWC halves)" : "", pbw_ctx_error(ctx));
+            }
+            unsetenv("PBW_CUDA_NHWC");
         }
-        CHECK(pbw_cuda_sg_postact_calls() - before == 5); /* each variant fused */
+        CHECK(pbw_cuda_sg_postact_calls() - before == 10); /* each variant fused */
         free(h);
     }
     bf16_plan_end(ctx, &ga);
@@ -819,28 +847,39 @@ PBW_TEST(cuda_sg_blur_act) {
 #endif
 }
 
-/* ---------- NHWC halves between the generator's upsampling convolution, blur and next
- * convolution (pbw_cuda_nhwc) ----------
+/* ---------- NHWC halves between the generator's convolutions, blur and ToRGB
+ * (pbw_cuda_nhwc) ----------
  * A block's chain as the generator runs it without gradients: an upsampling modulated
- * convolution, the blur with the activation, a modulated convolution with the activation, per
- * sample and masked. With NHWC halves on, the first two outputs stay NHWC halves (checked before
- * anything reads them, the blur's also after the convolution read it: never written to fp32)
- * and the blur reads and writes them; off, the same ops on fp32 NCHW. Sizes: 64 -> 32 -> 48
- * channels (the blur's 32 fill half of its tiles' 64), 8 -> 17 -> 16 pixels (2 x 2 tiles). The
- * two differ by the blur output's rounding to bf16 (NCHW keeps it in fp32 until the next
- * staging rounds it after the style scale): a few bf16 units (2^-8 relative) at most; the
- * bound is 1e-2 of the largest value, as the other bf16 comparisons. The blur's output read
- * back (written from its NHWC halves) against the fp32 one: 2^-8 relative, bf16's rounding. */
+ * convolution, the blur with the activation, a modulated convolution with the activation, the
+ * block's end (pbw_ctx_release keeping that output), then ToRGB's per-sample 1x1 product
+ * (pbw_sg_pointwise, 6 outputs as masked ToRGB has), per sample and masked. With NHWC halves
+ * on, every output but ToRGB's stays NHWC halves (checked before anything reads them: never
+ * written to fp32, the release included) and the ops read them so; off, the same ops on fp32
+ * NCHW. Sizes: 64 -> 32 -> 48 channels (the blur's 32 fill half of its tiles' 64; ToRGB's 48
+ * are 6 lanes of 8 channels), 8 -> 17 -> 16 pixels (2 x 2 tiles). The two differ by the
+ * rounding of the blur's and the convolution's activated outputs to bf16 (NCHW keeps them in
+ * fp32 until the next staging rounds them after the style scale): a few bf16 units (2^-8
+ * relative) at most; the bound is 1e-2 of the largest value, as the other bf16 comparisons.
+ * The outputs read back (written from their NHWC halves) against the fp32 ones: the blur's
+ * 2^-8 relative (bf16's rounding; bound 4e-3), the others 1e-2. */
 #ifdef PBW_HAVE_CUDA
 typedef struct {
-    pbw_tensor *y1, *y2;
+    float *y[3]; /* the blur's, the convolution's and ToRGB's outputs read back (malloc'd) */
+    int64_t n[3];
 } nhwc_chain_out;
+
+static int read_out(pbw_ctx *ctx, pbw_tensor *t, float **h, int64_t *n) {
+    *n = t ? t->numel : 0;
+    *h = t ? malloc((size_t)t->numel * sizeof(float)) : NULL;
+    return *h && pbw_tensor_read(ctx, t, *h) == 0 ? 0 : -1;
+}
 
 static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_conv_plan *pl,
                       const pbw_sg_fir *f, const float *h, int masked, nhwc_chain_out *o,
                       int *kept) {
     const int N = 2, C = up->C, O = up->O, O2 = pl->O, H = 8, S = 16;
     int64_t off = 0;
+    const pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
 #define TAKE(nd, ...) pbw_tensor_from_host(ctx, h + (off += 4096) - 4096, nd, (int64_t[]){__VA_ARGS__})
     pbw_tensor *x = TAKE(4, N, C, H, H);
     pbw_tensor *s = pbw_affine(ctx, TAKE(2, N, C), 0.5f, 1.0f);
@@ -854,25 +893,30 @@ static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_con
     pbw_tensor *m2 = masked ? pbw_abs(ctx, TAKE(4, N, 1, S, S)) : NULL;
     pbw_tensor *d2 = pbw_affine(ctx, TAKE(2, N, O2), 0.5f, 1.0f);
     pbw_tensor *b2 = TAKE(1, O2);
-#undef TAKE
     pbw_tensor *y0 = pbw_sg_modconv(ctx, x, s, s0, m, up);
-    o->y1 = pbw_sg_blur_act(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
-    *kept = y0 && o->y1 && y0->half_nhwc && o->y1->half_nhwc;
-    o->y2 = pbw_sg_modconv_act(ctx, o->y1, s2, s02, m2, pl, d2, nz, b2, 0.7f, 0.2f, sqrtf(2.0f));
-    *kept = *kept && o->y1->half_nhwc; /* staged as it was: never written to fp32 */
-    return o->y2 ? 0 : -1;
+    pbw_tensor *y1 = pbw_sg_blur_act(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+    *kept = y0 && y1 && y0->half_nhwc && y1->half_nhwc;
+    pbw_tensor *y2 = pbw_sg_modconv_act(ctx, y1, s2, s02, m2, pl, d2, nz, b2, 0.7f, 0.2f,
+                                        sqrtf(2.0f));
+    *kept = *kept && y1->half_nhwc && y2 && y2->half_nhwc; /* y1 staged as it was */
+    if (read_out(ctx, y1, &o->y[0], &o->n[0])) return -1;
+    pbw_tensor *keep[1] = {y2};
+    if (pbw_ctx_release(ctx, mark, 1, keep)) return -1;
+    y2 = keep[0];
+    *kept = *kept && y2->half_nhwc;
+    pbw_tensor *wr = TAKE(3, N, 6, O2);
+#undef TAKE
+    pbw_tensor *y3 = pbw_sg_pointwise(ctx, y2, wr);
+    *kept = *kept && y2->half_nhwc;
+    return read_out(ctx, y2, &o->y[1], &o->n[1]) || read_out(ctx, y3, &o->y[2], &o->n[2]) ? -1
+                                                                                           : 0;
 }
 
-static double max_rel(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
-    if (!a || !b || a->numel != b->numel) return INFINITY;
-    float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
-    double e = INFINITY, mx = 0;
-    if (pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0) {
-        e = 0;
-        for (int64_t i = 0; i < a->numel; i++) mx = fmax(mx, fabs(hb[i]));
-        for (int64_t i = 0; i < a->numel; i++) e = fmax(e, fabs(ha[i] - hb[i]) / mx);
-    }
-    free(ha), free(hb);
+static double max_rel(const float *a, int64_t na, const float *b, int64_t nb) {
+    if (!a || !b || na != nb) return INFINITY;
+    double e = 0, mx = 0;
+    for (int64_t i = 0; i < na; i++) mx = fmax(mx, fabs(b[i]));
+    for (int64_t i = 0; i < na; i++) e = fmax(e, fabs(a[i] - b[i]) / mx);
     return mx > 0 ? e : INFINITY;
 }
 #endif
@@ -884,6 +928,9 @@ PBW_TEST(cuda_sg_nhwc_chain) {
     pbw_err err = {{0}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    /* a chunk of device memory the chains fit in, made before their marks: a chunk made after
+     * a mark makes pbw_ctx_release write its kept tensors to fp32 */
+    if (ctx) pbw_tensor_zeros(ctx, 1, (int64_t[]){4 << 20}), pbw_ctx_reset(ctx);
     pbw_arena ga;
     pbw_arena_init(&ga, 1 << 16);
     pbw_tensor *wu = pbw_tensor_new_in(&ga, 4, (int64_t[]){O, C, 3, 3}, &err);
@@ -902,25 +949,87 @@ PBW_TEST(cuda_sg_nhwc_chain) {
     float *h = malloc(16 * 4096 * sizeof(float));
     for (int64_t j = 0; j < 16 * 4096; j++) h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
     for (int masked = 0; up && pl && masked < 2; masked++) {
-        nhwc_chain_out on, off;
+        nhwc_chain_out on = {{0}}, off = {{0}};
         int kept_on = 0, kept_off = 0;
-        const long before = pbw_cuda_sg_blur_nhwc_calls();
-        CHECK(nhwc_chain(ctx, up, pl, &fir, h, masked, &on, &kept_on) == 0);
-        const long calls = pbw_cuda_sg_blur_nhwc_calls() - before;
+        const long before = pbw_cuda_sg_blur_nhwc_calls(), acts = pbw_cuda_sg_postact_calls();
+        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, &on, &kept_on) == 0, "%s",
+                  pbw_ctx_error(ctx));
+        const long calls = pbw_cuda_sg_blur_nhwc_calls() - before,
+                   act_calls = pbw_cuda_sg_postact_calls() - acts;
         setenv("PBW_CUDA_NHWC", "0", 1);
-        CHECK(nhwc_chain(ctx, up, pl, &fir, h, masked, &off, &kept_off) == 0);
+        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, &off, &kept_off) == 0, "%s",
+                  pbw_ctx_error(ctx));
         unsetenv("PBW_CUDA_NHWC");
-        const double e2 = max_rel(ctx, on.y2, off.y2), e1 = max_rel(ctx, on.y1, off.y1);
-        printf("  %s: NHWC halves kept %d (off: %d), NHWC blurs %ld; next convolution's output "
-               "rel diff %.2e (tol 1e-2), blur's %.2e (tol 4e-3)\n",
-               masked ? "masked" : "per sample", kept_on, kept_off, calls, e2, e1);
-        CHECK(kept_on && !kept_off && calls == 1 && e2 <= 1e-2 && e1 <= 4e-3);
-        CHECK(!on.y1->half_nhwc && !on.y1->half_only); /* read back: written to fp32 */
+        double e[3];
+        for (int k = 0; k < 3; k++) e[k] = max_rel(on.y[k], on.n[k], off.y[k], off.n[k]);
+        printf("  %s: NHWC halves kept %d (off: %d), NHWC blurs %ld, activated convolutions "
+               "%ld; rel diff of the blur's output %.2e (tol 4e-3), the convolution's %.2e, "
+               "ToRGB's %.2e (tol 1e-2)\n",
+               masked ? "masked" : "per sample", kept_on, kept_off, calls, act_calls, e[0], e[1],
+               e[2]);
+        CHECK(kept_on && !kept_off && calls == 1 && act_calls == 1);
+        CHECK(e[0] <= 4e-3 && e[1] <= 1e-2 && e[2] <= 1e-2);
+        for (int k = 0; k < 3; k++) free(on.y[k]), free(off.y[k]);
         pbw_ctx_reset(ctx);
     }
     free(h);
     pbw_ctx_free(ctx);
     pbw_arena_free(&ga);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* ---------- ToRGB's product on NHWC halves (pbw_cuda_sg_pointwise_nhwc) ----------
+ * The kernel alone on bf16 values written on the host, against double sums of the same
+ * (rounded) values: channel counts that give every lane group (C/8 = 1, 6, 17 with lanes left
+ * over, 64 with two rows a lane), 1 to 8 outputs, pixel counts below, across and above a
+ * block's. The kernel sums in fp32 in another order: the bound is 1e-5 of the sum of the
+ * products' magnitudes (at most 512 fp32 additions of 2^-24 relative rounding each, 3e-5 in
+ * the worst case, ~1e-6 typically). Shapes it does not take are refused (-1). */
+PBW_TEST(cuda_sg_pointwise_nhwc) {
+#ifdef PBW_HAVE_CUDA
+    static const struct { int n, c, o; int64_t p; } cases[] = {
+        {1, 8, 3, 37}, {2, 48, 6, 300}, {3, 136, 8, 1}, {2, 512, 3, 70}, {1, 16, 1, 1000}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const int N = cases[i].n, C = cases[i].c, O = cases[i].o;
+        const int64_t P = cases[i].p, nx = (int64_t)N * P * C, nw = (int64_t)N * O * C,
+                      ny = (int64_t)N * O * P;
+        uint16_t *xh = malloc((size_t)nx * 2);
+        float *xf = malloc((size_t)nx * 4), *w = malloc((size_t)nw * 4), *y = malloc((size_t)ny * 4);
+        for (int64_t j = 0; j < nx; j++) { /* (N,P,C) */
+            xh[j] = host_bf16((float)((j * 31 + (int64_t)i) % 113 - 56) / 40.0f);
+            xf[j] = host_from_bf16(xh[j]);
+        }
+        for (int64_t j = 0; j < nw; j++) w[j] = (float)((j * 17) % 89 - 44) / 60.0f;
+        void *dx = pbw_cuda_malloc((size_t)nx * 2 + 16);
+        float *dw = pbw_cuda_malloc((size_t)nw * 4), *dy = pbw_cuda_malloc((size_t)ny * 4);
+        CHECK(dx && dw && dy && pbw_cuda_h2d(dx, xh, (size_t)nx * 2) == 0 &&
+              pbw_cuda_h2d(dw, w, (size_t)nw * 4) == 0);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C, P, O) == 0);
+        CHECK(pbw_cuda_d2h(y, dy, (size_t)ny * 4) == 0);
+        double worst = 0;
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++)
+                for (int64_t p = 0; p < P; p++) {
+                    double r = 0, mag = 0;
+                    for (int c = 0; c < C; c++) {
+                        const double t = (double)w[((int64_t)n * O + o) * C + c] *
+                                         xf[((int64_t)n * P + p) * C + c];
+                        r += t, mag += fabs(t);
+                    }
+                    worst = fmax(worst, fabs(y[((int64_t)n * O + o) * P + p] - r) / mag);
+                }
+        printf("  N %d C %d O %d P %lld: max error %.2e of the products' magnitude (tol 1e-5)\n",
+               N, C, O, (long long)P, worst);
+        CHECK(worst <= 1e-5);
+        /* refused: C not a multiple of 8, more than 8 outputs, a misaligned x */
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C + 4, 1, O) == -1);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, 1, C, 1, 9) == -1);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, (char *)dx + 2, dw, 1, C, 1, O) == -1);
+        pbw_cuda_free(dx), pbw_cuda_free(dw), pbw_cuda_free(dy);
+        free(xh), free(xf), free(w), free(y);
+    }
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }
@@ -934,12 +1043,13 @@ PBW_TEST(cuda_sg_nhwc_chain) {
  * with atomics on the GPU, whose order varies. */
 typedef struct crops_arg {
     const pbw_crop *crops;
-    int n, R;
+    int n, R, P; /* P > 0: cut into patches (pbw_clip_crops_patches) */
 } crops_arg;
 
 static pbw_tensor *crops_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     const crops_arg *c = arg;
-    return pbw_clip_crops(ctx, in[0], c->crops, c->n, c->R);
+    return c->P ? pbw_clip_crops_patches(ctx, in[0], c->crops, c->n, c->R, c->P)
+                : pbw_clip_crops(ctx, in[0], c->crops, c->n, c->R);
 }
 
 PBW_TEST(cuda_clip_crops) {
@@ -947,13 +1057,45 @@ PBW_TEST(cuda_clip_crops) {
                                      {40, 40, 24}, {1, 1, 61}, {0, 0, 33}};
     static const pbw_crop big[] = {{0, 0, 256}, {16, 40, 200}, {0, 0, 224}, {100, 3, 150},
                                    {30, 31, 225}};
-    const crops_arg a = {small, 7, 32}, b = {big, 5, 224};
+    const crops_arg a = {small, 7, 32, 0}, b = {big, 5, 224, 0};
     parity_input ina[] = {{4, {2, 3, 64, 64}, 1, -0.7f, 0.7f}};
     parity_input inb[] = {{4, {1, 3, 256, 256}, 1, -0.7f, 0.7f}};
     CHECK(parity_check("clip_crops 2x(3,64,64) -> 7 crops of 32", crops_fn, (void *)&a, 1, ina,
                        TOL_EW) == 0);
     CHECK(parity_check("clip_crops (3,256,256) -> 5 crops of 224", crops_fn, (void *)&b, 1, inb,
                        TOL_EW) == 0);
+    /* cut into patches: the GPU writes (and reads back the gradient in) the patch layout in the
+     * crops kernels, the CPU cuts them with pbw_clip_patches' permutes */
+    const crops_arg ap = {small, 7, 32, 8}, bp = {big, 5, 224, 32};
+    CHECK(parity_check("clip_crops_patches 2x(3,64,64) -> 7 crops of 32, patches of 8", crops_fn,
+                       (void *)&ap, 1, ina, TOL_EW) == 0);
+    CHECK(parity_check("clip_crops_patches (3,256,256) -> 5 crops of 224, patches of 32",
+                       crops_fn, (void *)&bp, 1, inb, TOL_EW) == 0);
+#ifdef PBW_HAVE_CUDA
+    /* without gradients in bf16 the patches are written as bf16 halves alone: the fp32 values
+     * (of the same kernel, writing fp32 when a gradient is wanted) rounded to bf16, bit for
+     * bit */
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx != NULL);
+    if (ctx) {
+        const int64_t nx = 2 * 3 * 64 * 64;
+        float *h = malloc((size_t)nx * sizeof(float));
+        for (int64_t j = 0; j < nx; j++) h[j] = (float)((j * 29) % 97 - 48) / 70.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){2, 3, 64, 64});
+        pbw_tensor *half = pbw_clip_crops_patches(ctx, x, small, 7, 32, 8);
+        CHECK(half && half->half_only && half->half);
+        pbw_tensor *xg = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){2, 3, 64, 64});
+        xg->requires_grad = 1;
+        pbw_tensor *full = pbw_clip_crops_patches(ctx, xg, small, 7, 32, 8);
+        CHECK(full && !full->half);
+        CHECK_MSG(same_bits_as(ctx, half, full, 1), "%s", pbw_ctx_error(ctx));
+        free(h);
+        pbw_ctx_free(ctx);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
 }
 
 /* ---------- cuDNN algorithm choices kept on disk ----------

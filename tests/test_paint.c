@@ -172,7 +172,30 @@ PBW_TEST(paint_clip_crops_values) {
         }
         pbw_ctx_free(ctx2);
     }
+    /* cut into patches of 4 (CLIP's patch embedding's input): element (u, patch py*2+px,
+     * channel-major vector c*16 + yy*4 + xx) is the crop's (u, c, py*4 + yy, px*4 + xx) */
+    pbw_ctx_reset(ctx);
+    x = pbw_tensor_new(ctx, 4, (int64_t[]){B, 3, S, S});
+    for (int64_t i = 0; i < x->numel; i++) x->data[i] = (float)(2.6 * pbw_rng_uniform(&rng) - 1.3);
+    pbw_tensor *img = pbw_clip_crops(ctx, x, crops, 2, R);
+    pbw_tensor *pt = pbw_clip_crops_patches(ctx, x, crops, 2, R, 4);
+    CHECK(img && pt && pt->ndim == 3 && pt->shape[0] == B * 2 && pt->shape[1] == 4 &&
+          pt->shape[2] == 48);
+    int moved = 0;
+    for (int64_t u = 0; img && pt && u < B * 2; u++)
+        for (int c = 0; c < 3; c++)
+            for (int yy = 0; yy < R; yy++)
+                for (int xx = 0; xx < R; xx++) {
+                    const int64_t j = (u * 4 + (yy / 4) * 2 + xx / 4) * 48 + c * 16 +
+                                      (yy % 4) * 4 + xx % 4;
+                    moved += pt->data[j] != img->data[((u * 3 + c) * R + yy) * R + xx];
+                }
+    CHECK(moved == 0);
+    CHECK(pbw_clip_crops_patches(ctx, x, crops, 2, R, 3) == NULL); /* 3 does not tile 8 */
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "patches of 3"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
     /* a crop outside the image is refused */
+    x = pbw_tensor_new(ctx, 4, (int64_t[]){B, 3, S, S});
     pbw_crop badc = {.y = 5, .x = 5, .side = 8};
     CHECK(pbw_clip_crops(ctx, x, &badc, 1, R) == NULL && pbw_ctx_failed(ctx));
     pbw_ctx_free(ctx);

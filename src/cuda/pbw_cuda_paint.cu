@@ -35,13 +35,37 @@ __device__ __forceinline__ crop_site crop_site_of(int64_t i, int64_t H, int64_t 
             (int)(p % R)};
 }
 
+// Where output (unit u, channel ch, pixel oy, ox) is stored: (B*n,3,R,R) for P = 0, else
+// cut into P x P patches, (B*n, (R/P)^2, 3*P*P) (patch-major, then channel, row, column: the
+// vectors CLIP's patch embedding multiplies). pass is laid out alike.
+__device__ __forceinline__ int64_t crop_index(int64_t u, int ch, int oy, int ox, int R, int P) {
+    if (!P) return ((u * 3 + ch) * R + oy) * (int64_t)R + ox;
+    const int g = R / P, py = oy / P, px = ox / P;
+    return u * 3 * (int64_t)R * R + ((int64_t)(py * g + px) * 3 + ch) * P * P +
+           (int64_t)(oy - py * P) * P + (ox - px * P);
+}
+
+// Element i of the logical (B*n,3,R,R) order: its index in the layout of P.
+__device__ __forceinline__ int64_t crop_index_of(int64_t i, int R, int P) {
+    if (!P) return i;
+    const int64_t RR = (int64_t)R * R, uc = i / RR, p = i % RR;
+    return crop_index(uc / 3, (int)(uc % 3), (int)(p / R), (int)(p % R), R, P);
+}
+
+__device__ __forceinline__ void crop_put(float *o, int64_t i, float v) { o[i] = v; }
+template <typename H> __device__ __forceinline__ void crop_put(H *o, int64_t i, float v) {
+    o[i] = pbw_to_half<H>(v);
+}
+
+template <typename T>
 __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, int64_t H,
                                         int64_t W, const int *__restrict__ crops, int n, int R,
-                                        pbw_cuda_norm3 norm, float *__restrict__ out,
+                                        int P, pbw_cuda_norm3 norm, T *__restrict__ out,
                                         uint8_t *__restrict__ pass) {
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
-    PBW_GRID_STRIDE(i, total) {
-        const crop_site c = crop_site_of(i, H, W, crops, n, R);
+    PBW_GRID_STRIDE(e, total) {
+        const int64_t i = crop_index_of(e, R, P);
+        const crop_site c = crop_site_of(e, H, W, crops, n, R);
         const int ch = c.ch, sd = c.sd, oy = c.oy, ox = c.ox;
         const float *xp = x + c.base;
         float v;
@@ -62,18 +86,19 @@ __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, 
         }
         if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
         v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-        out[i] = (v - norm.mean[ch]) / norm.std[ch];
+        crop_put(out, i, (v - norm.mean[ch]) / norm.std[ch]);
     }
 }
 
 __global__ static void crops_bwd_kernel(const float *__restrict__ gy,
                                         const uint8_t *__restrict__ pass, int64_t B, int64_t H,
                                         int64_t W, const int *__restrict__ crops, int n, int R,
-                                        pbw_cuda_norm3 norm, float *__restrict__ gx) {
+                                        int P, pbw_cuda_norm3 norm, float *__restrict__ gx) {
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
-    PBW_GRID_STRIDE(i, total) {
+    PBW_GRID_STRIDE(e, total) {
+        const int64_t i = crop_index_of(e, R, P);
         if (!pass[i]) continue;
-        const crop_site c = crop_site_of(i, H, W, crops, n, R);
+        const crop_site c = crop_site_of(e, H, W, crops, n, R);
         const int sd = c.sd, oy = c.oy, ox = c.ox;
         const float g = gy[i] / norm.std[c.ch] * 0.5f;
         float *gp = gx + c.base;
@@ -153,13 +178,14 @@ static __device__ __forceinline__ float crop_hsum(const float *row, int4 qx, flo
     return r;
 }
 
+template <typename T>
 static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cuda_norm3 &norm,
-                                                  int64_t i, float *out, uint8_t *pass) {
+                                                  int64_t i, T *out, uint8_t *pass) {
     if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
     v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
     const float m = ch == 0 ? norm.mean[0] : ch == 1 ? norm.mean[1] : norm.mean[2];
     const float s = ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
-    out[i] = (v - m) / s;
+    crop_put(out, i, (v - m) / s);
 }
 
 // Grid (B*n units, ceil(R / CROP_ROWS)). Dynamic shared memory: column taps sxi/sxw (R) and
@@ -167,10 +193,11 @@ static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cud
 // column pass (crop_hsum) of every input row the block's output rows read, ny of them (rows
 // iy_lo ..), each once; the row pass then reads 4 of them per output. A block whose rows read
 // more than nycap input rows (not with CLIP's crops) sums each output from x directly.
+template <typename T>
 __global__ static void __launch_bounds__(CROP_THREADS, 4)
     crops_fwd_tile_kernel(const float *__restrict__ x, int64_t H, int64_t W,
-                          const int *__restrict__ crops, int n, int R, int nycap,
-                          pbw_cuda_norm3 norm, float *__restrict__ out,
+                          const int *__restrict__ crops, int n, int R, int P, int nycap,
+                          pbw_cuda_norm3 norm, T *__restrict__ out,
                           uint8_t *__restrict__ pass) {
     extern __shared__ int4 crop_smem[];
     const crop_tabs tab = crop_tables(crop_smem, R, CROP_ROWS);
@@ -181,16 +208,15 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
     const int oy0 = blockIdx.y * CROP_ROWS, rows = min(CROP_ROWS, R - oy0);
-    const int64_t RR = (int64_t)R * R, HW = H * W;
+    const int64_t HW = H * W;
     const float *xb = x + b * 3 * HW + (int64_t)cy * W + cx;
-    const int64_t ob = u * 3 * RR + (int64_t)oy0 * R; // output element of (u, 0, oy0, 0)
     if (sd == R) { // a plain copy (uniform over the block)
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R, ox = e - ly * R;
 #pragma unroll
             for (int ch = 0; ch < 3; ch++)
                 crop_store(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f, ch, norm,
-                           ob + ch * RR + e, out, pass);
+                           crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
         }
         return;
     }
@@ -213,7 +239,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                 const float *xp = xb + ch * HW;
                 float v = 0.0f;
                 for (int j = 0; j < 4; j++) v += wy[j] * crop_hsum(xp + (int64_t)iy[j] * W, qx, vx);
-                crop_store(v, ch, norm, ob + ch * RR + e, out, pass);
+                crop_store(v, ch, norm, crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
             }
         }
         return;
@@ -233,7 +259,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
             const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
             float v = 0.0f;
             for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
-            crop_store(v, ch, norm, ob + ch * RR + e, out, pass);
+            crop_store(v, ch, norm, crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
         }
         __syncthreads(); // hs is read before the next channel overwrites it
     }
@@ -268,7 +294,8 @@ static size_t crops_bwd_smem(int R, int rows, int sdm) {
 __global__ static void __launch_bounds__(CROP_THREADS)
     crops_bwd_tile_kernel(const float *__restrict__ gy, const uint8_t *__restrict__ pass,
                           int64_t H, int64_t W, const int *__restrict__ crops, int n, int R,
-                          int rows_max, int sdm, pbw_cuda_norm3 norm, float *__restrict__ gx) {
+                          int P, int rows_max, int sdm, pbw_cuda_norm3 norm,
+                          float *__restrict__ gx) {
     extern __shared__ int4 crop_smem[];
     const crop_tabs tab = crop_tables(crop_smem, R, rows_max);
     int4 *sxi = tab.xi, *syi = tab.yi;
@@ -280,14 +307,13 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
     const int oy0 = blockIdx.y * rows_max, rows = min(rows_max, R - oy0);
-    const int64_t RR = (int64_t)R * R, HW = H * W;
-    const int64_t ob = u * 3 * RR + (int64_t)oy0 * R; // output element of (u, 0, oy0, 0)
+    const int64_t HW = H * W;
     float *gb = gx + b * 3 * HW + (int64_t)cy * W + cx;
     if (sd == R) { // a plain copy: one atomic per output, as the per-element kernel
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R, ox = e - ly * R;
             for (int ch = 0; ch < 3; ch++) {
-                const int64_t i = ob + ch * RR + e;
+                const int64_t i = crop_index(u, ch, oy0 + ly, ox, R, P);
                 if (pass[i])
                     atomicAdd(gb + ch * HW + (int64_t)(oy0 + ly) * W + ox,
                               gy[i] / std_of(norm, ch) * 0.5f);
@@ -309,7 +335,8 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     for (int ch = 0; ch < 3; ch++) {
         const float sc = std_of(norm, ch);
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int64_t i = ob + ch * RR + e;
+            const int ly = e / R;
+            const int64_t i = crop_index(u, ch, oy0 + ly, e - ly * R, R, P);
             gt[e] = pass[i] ? gy[i] / sc * 0.5f : 0.0f;
         }
         __syncthreads();
@@ -348,9 +375,9 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     }
 }
 
-extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
-                                            const int *crops, int n, int R, pbw_cuda_norm3 norm,
-                                            float *out, uint8_t *pass) {
+template <typename T>
+static void crops_forward(const float *x, int64_t B, int64_t H, int64_t W, const int *crops, int n,
+                          int R, int P, pbw_cuda_norm3 norm, T *out, uint8_t *pass) {
     int64_t total = B * n * 3 * (int64_t)R * R;
     if (total <= 0) return;
     // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
@@ -366,17 +393,31 @@ extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H
     if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
         const dim3 grid((unsigned)(B * n), (unsigned)((R + CROP_ROWS - 1) / CROP_ROWS));
         crops_fwd_tile_kernel<<<grid, CROP_THREADS, smem, pbw_stream()>>>(
-            x, H, W, crops, n, R, nycap, norm, out, pass);
+            x, H, W, crops, n, R, P, nycap, norm, out, pass);
     } else {
-        crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R,
+        crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R, P,
                                                                      norm, out, pass);
     }
     PBW_CUDA_LAUNCHED("clip_crops forward");
 }
 
+extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
+                                            const int *crops, int n, int R, int P,
+                                            pbw_cuda_norm3 norm, float *out, void *out_half,
+                                            uint8_t *pass) {
+    if (!out_half) {
+        crops_forward(x, B, H, W, crops, n, R, P, norm, out, pass);
+        return;
+    }
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using Hf = decltype(t);
+        crops_forward(x, B, H, W, crops, n, R, P, norm, (Hf *)out_half, pass);
+    });
+}
+
 extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B,
                                              int64_t H, int64_t W, const int *crops, int n,
-                                             int R, pbw_cuda_norm3 norm, float *gx) {
+                                             int R, int P, pbw_cuda_norm3 norm, float *gx) {
     int64_t total = B * n * 3 * (int64_t)R * R;
     if (total <= 0) return;
     // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
@@ -387,10 +428,10 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
     if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
         const dim3 grid((unsigned)(B * n), (unsigned)((R + rows - 1) / rows));
         crops_bwd_tile_kernel<<<grid, CROP_THREADS, smem, pbw_stream()>>>(
-            gy, pass, H, W, crops, n, R, rows, sdm, norm, gx);
+            gy, pass, H, W, crops, n, R, P, rows, sdm, norm, gx);
     } else {
         crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n,
-                                                                     R, norm, gx);
+                                                                     R, P, norm, gx);
     }
     PBW_CUDA_LAUNCHED("clip_crops backward");
 }

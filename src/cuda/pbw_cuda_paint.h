@@ -3,9 +3,12 @@
  * crops: n squares (y, x, side) as int triples in device memory; each is cut from every image
  * of x (B,3,H,W) in [-1,1], mapped to [0,1], resized to R x R (bicubic, PyTorch's conventions:
  * align_corners=False, a = -0.75, taps clamped to the border), clamped to [0,1] and normalized
- * with mean/std -> out (B*n,3,R,R) (unit u = b*n + k). pass (B*n*3*R*R bytes, may be NULL)
- * records where the clamp let the gradient through. Backward accumulates into gx (atomics:
- * the float sums' order varies from run to run). */
+ * with mean/std -> out (B*n,3,R,R) (unit u = b*n + k), or with P > 0 (a divisor of R) cut
+ * into P x P patches: (B*n, (R/P)^2, 3*P*P), each patch's vector channel-major then row, column
+ * (CLIP's patch embedding's input). out_half (NULL, or instead of out): the values rounded to
+ * the precision's half type. pass (B*n*3*R*R bytes, laid out as out, may be NULL) records where
+ * the clamp let the gradient through. Backward (gy and pass in the forward's layout)
+ * accumulates into gx (atomics: the float sums' order varies from run to run). */
 #ifndef PBW_CUDA_PAINT_H
 #define PBW_CUDA_PAINT_H
 
@@ -20,11 +23,11 @@ typedef struct pbw_cuda_norm3 {
 } pbw_cuda_norm3;
 
 void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W,
-                                 const int *crops, int n, int R, pbw_cuda_norm3 norm, float *out,
-                                 uint8_t *pass);
+                                 const int *crops, int n, int R, int P, pbw_cuda_norm3 norm,
+                                 float *out, void *out_half, uint8_t *pass);
 void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B, int64_t H,
-                                  int64_t W, const int *crops, int n, int R, pbw_cuda_norm3 norm,
-                                  float *gx);
+                                  int64_t W, const int *crops, int n, int R, int P,
+                                  pbw_cuda_norm3 norm, float *gx);
 
 #ifdef __cplusplus
 }

@@ -678,25 +678,39 @@ static pbw_tensor *blocks_forward(pbw_ctx *ctx, const pbw_clip_block *blocks,
     return x;
 }
 
+pbw_tensor *pbw_clip_patches(pbw_ctx *ctx, pbw_tensor *x, int P) {
+    if (!x) return NULL;
+    char s[64];
+    if (x->ndim != 4 || P < 1 || x->shape[2] % P || x->shape[3] % P)
+        return pbw_ctx_fail(ctx, "clip patches: images %s are not (B,C,S,S') with S and S' "
+                            "multiples of %d", pbw_shape_str(x, s, sizeof s), P);
+    const int64_t B = x->shape[0], C = x->shape[1], gy = x->shape[2] / P, gx = x->shape[3] / P;
+    x = pbw_reshape(ctx, x, 4, (int64_t[]){B * C * gy, P, gx, P});
+    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B*C*gy,gx,P,P) */
+    x = pbw_reshape(ctx, x, 4, (int64_t[]){B, C, gy * gx, (int64_t)P * P});
+    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B,gy*gx,C,P*P) */
+    return pbw_reshape(ctx, x, 3, (int64_t[]){B, gy * gx, C * P * P});
+}
+
 pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *px) {
     if (pbw_ctx_failed(ctx)) return NULL;
     if (!px) return pbw_ctx_fail(ctx, "clip image: pixels are NULL");
     const pbw_clip_config *c = &m->cfg;
     int64_t S = c->image_size, P = c->patch_size, W = c->vision.width, g = S / P;
+    int64_t C = c->channels;
     char s[64];
-    if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != S || px->shape[3] != S ||
-        px->shape[0] < 1)
-        return pbw_ctx_fail(ctx, "clip image: pixels %s must be (B,%d,%lld,%lld)",
-                            pbw_shape_str(px, s, sizeof s), c->channels, (long long)S, (long long)S);
+    const int patches = px->ndim == 3 && px->shape[1] == g * g && px->shape[2] == C * P * P;
+    if (!patches && (px->ndim != 4 || px->shape[1] != C || px->shape[2] != S ||
+                     px->shape[3] != S))
+        return pbw_ctx_fail(ctx, "clip image: pixels %s must be (B,%d,%lld,%lld) or cut into "
+                            "patches (B,%lld,%lld)", pbw_shape_str(px, s, sizeof s), c->channels,
+                            (long long)S, (long long)S, (long long)(g * g), (long long)(C * P * P));
+    if (px->shape[0] < 1)
+        return pbw_ctx_fail(ctx, "clip image: no pixels (%s)", pbw_shape_str(px, s, sizeof s));
     int64_t B = px->shape[0];
     /* The patch embedding is a convolution whose stride is its size: cut the image into
-     * patches (two copies) and multiply by the kernel as a (W, C*P*P) matrix, one GEMM. */
-    int64_t C = c->channels;
-    pbw_tensor *x = pbw_reshape(ctx, px, 4, (int64_t[]){B * C * g, P, g, P});
-    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B*C*g,g,P,P) */
-    x = pbw_reshape(ctx, x, 4, (int64_t[]){B, C, g * g, P * P});
-    x = pbw_permute(ctx, x, (int[]){0, 2, 1, 3});                        /* (B,g*g,C,P*P) */
-    x = pbw_reshape(ctx, x, 3, (int64_t[]){B, g * g, C * P * P});
+     * patches and multiply by the kernel as a (W, C*P*P) matrix, one GEMM. */
+    pbw_tensor *x = patches ? px : pbw_clip_patches(ctx, px, (int)P);
     pbw_tensor *wp = pbw_reshape(ctx, m->patch_w, 2, (int64_t[]){W, C * P * P});
     x = pbw_linear(ctx, x, wp, NULL);                                    /* (B,g*g,W) */
     pbw_tensor *cls = pbw_add(ctx, pbw_tensor_zeros(ctx, 3, (int64_t[]){B, 1, W}), m->class_emb);

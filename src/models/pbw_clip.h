@@ -125,8 +125,13 @@ void pbw_clip_free(pbw_clip *m);
 int pbw_clip_to_device(pbw_clip *m, pbw_ctx *ctx, pbw_err *err);
 
 /* Image tower: pixels (B, C, S, S) already normalized with pbw_clip_mean / pbw_clip_std at the
- * model's image_size -> image embeddings (B, E). */
+ * model's image_size, or those pixels already cut into patches (pbw_clip_patches' output, as
+ * pbw_clip_crops_patches writes it) -> image embeddings (B, E). */
 pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *pixels);
+/* Images (B, C, S, S') cut into P x P patches for the patch embedding: (B, (S/P)(S'/P), C*P*P),
+ * patches row-major, each vector channel-major then row, column (the convolution weight's
+ * order). Taped (two permutes). */
+pbw_tensor *pbw_clip_patches(pbw_ctx *ctx, pbw_tensor *x, int P);
 /* Text tower: ids (B, T) row-major (T <= context_length, start and end tokens included, padded
  * with anything after the end token) -> text embeddings (B, E). */
 pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t *ids, int64_t B,

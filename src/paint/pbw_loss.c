@@ -58,7 +58,7 @@ void pbw_crops_draw(pbw_rng *rng, int S, int n, pbw_crop *out) {
  * order at the end: deterministic for a given thread count. */
 
 typedef struct crops_saved {
-    int n, R;
+    int n, R, P;      /* P: patch side of the output's layout (CUDA), 0 for images */
     pbw_crop *crops;  /* (n) */
     uint8_t *pass;    /* (B*n*3*R*R): 1 where the clamp passed the gradient */
     int *dev_crops;   /* CUDA: the crops as (y, x, side) triples in device memory */
@@ -112,10 +112,12 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
         pbw_cuda_norm3 nm;
         memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
         memcpy(nm.std, pbw_clip_std, sizeof nm.std);
-        pbw_cuda_clip_crops_backward(y->grad, sv->pass, B, H, W, sv->dev_crops, sv->n, sv->R, nm, gx);
+        pbw_cuda_clip_crops_backward(y->grad, sv->pass, B, H, W, sv->dev_crops, sv->n, sv->R,
+                                     sv->P, nm, gx);
         return;
     }
 #endif
+    PBW_ASSERT(sv->P == 0); /* the CPU cuts patches with pbw_clip_patches, taped apart */
     const int n = sv->n, R = sv->R;
     const int64_t units = B * n, RR = (int64_t)R * R;
     int smax = 1;
@@ -168,7 +170,9 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
     }
 }
 
-pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
+/* pbw_clip_crops, or with P > 0 pbw_clip_crops_patches */
+static pbw_tensor *crops_op(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R,
+                            int P) {
     if (!x) return NULL;
     if (pbw_profile_enabled()) pbw_profile_op("clip_crops");
     char sx[64];
@@ -177,8 +181,12 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
                             "context's device", pbw_shape_str(x, sx, sizeof sx));
     if (n < 0 || n > PBW_MAX_CROPS || (n > 0 && !crops) || R < 1 || R > 4096)
         return pbw_ctx_fail(ctx, "clip crops: bad crop count %d or size %d", n, R);
+    if (P < 0 || (P > 0 && R % P))
+        return pbw_ctx_fail(ctx, "clip crops: patches of %d do not tile crops of %d", P, R);
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
     pbw_crop whole = {0, 0, (int)H};
+    if (P > 0 && (pbw_ctx_device(ctx) != PBW_DEV_CUDA || (n == 0 && H != W)))
+        return pbw_clip_patches(ctx, crops_op(ctx, x, crops, n, R, 0), P);
     if (n == 0) {
         if (H != W) {
             /* the whole of a non-square image: the composed ops */
@@ -199,7 +207,9 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
                                 "image", k, c->y, c->x, c->side, pbw_shape_str(x, sx, sizeof sx));
         if (c->side > smax) smax = c->side;
     }
-    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){B * n, 3, R, R});
+    const int64_t g = P ? R / P : 0;
+    pbw_tensor *out = P ? pbw_tensor_new(ctx, 3, (int64_t[]){B * n, g * g, 3 * (int64_t)P * P})
+                        : pbw_tensor_new(ctx, 4, (int64_t[]){B * n, 3, R, R});
     if (!out) return NULL;
     const int grad = pbw_needs_grad(ctx, &x, 1);
     pbw_node *nd = NULL;
@@ -210,6 +220,7 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
         sv = nd->saved;
         sv->n = n;
         sv->R = R;
+        sv->P = P;
         sv->crops = pbw_arena_alloc(pbw_ctx_arena(ctx), (size_t)n * sizeof *crops);
         sv->pass = pbw_ctx_alloc(ctx, (size_t)(B * n * 3) * R * R);
         if (!sv->crops || !sv->pass) return pbw_ctx_fail(ctx, "clip crops: out of memory");
@@ -223,7 +234,13 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
         pbw_cuda_norm3 nm;
         memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
         memcpy(nm.std, pbw_clip_std, sizeof nm.std);
-        pbw_cuda_clip_crops_forward(x->data, B, H, W, dc, n, R, nm, out->data, sv ? sv->pass : NULL);
+        /* patches feed the patch embedding's product: without gradients, under half
+         * activations' precisions, they are written as the half copy it reads, alone */
+        if (P && !grad && pbw_cuda_half_acts() && !pbw_tensor_half_alloc(ctx, out, 1))
+            return NULL;
+        pbw_cuda_clip_crops_forward(x->data, B, H, W, dc, n, R, P, nm,
+                                    out->half ? NULL : out->data, out->half,
+                                    sv ? sv->pass : NULL);
         return out;
     }
 #endif
@@ -234,11 +251,22 @@ pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, i
     return out;
 }
 
+pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R) {
+    return crops_op(ctx, x, crops, n, R, 0);
+}
+
+pbw_tensor *pbw_clip_crops_patches(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n,
+                                   int R, int P) {
+    if (P < 1) return pbw_ctx_fail(ctx, "clip crops: patch side %d", P);
+    return crops_op(ctx, x, crops, n, R, P);
+}
+
 pbw_tensor *pbw_clip_crop_loss(pbw_ctx *ctx, const pbw_clip *clip, pbw_tensor *x,
                                pbw_tensor *target, const pbw_crop *crops, int n) {
     if (!x || !target) return NULL;
     const int64_t B = x->shape[0], per = n > 0 ? n : 1;
-    pbw_tensor *px = pbw_clip_crops(ctx, x, crops, n, clip->cfg.image_size);
+    pbw_tensor *px = pbw_clip_crops_patches(ctx, x, crops, n, clip->cfg.image_size,
+                                            clip->cfg.patch_size);
     pbw_tensor *cos = pbw_clip_cosine(ctx, pbw_clip_encode_image(ctx, clip, px), target);
     pbw_tensor *l = pbw_affine(ctx, cos, -100.0f, 100.0f);          /* 100 (1 - cos), (B*n) */
     l = pbw_reshape(ctx, l, 2, (int64_t[]){B, per});

@@ -76,6 +76,12 @@ void pbw_crops_draw(pbw_rng *rng, int S, int n, pbw_crop *out);
  * crop k of image b), mapped to [0,1], bicubic-resized to R, clamped and normalized.
  * n = 0 (crops may be NULL): the whole image, (B,3,R,R). Fails on a crop outside the image. */
 pbw_tensor *pbw_clip_crops(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n, int R);
+/* pbw_clip_patches(pbw_clip_crops(x, crops, n, R), P): the crops cut into P x P patches for
+ * CLIP's patch embedding, (B*n, (R/P)^2, 3*P*P) (P divides R). On a GPU the crops are written
+ * in that layout directly (one pass instead of three), and without gradients in bf16/fp16 as
+ * the half copy the patch embedding's product reads; elsewhere the ops it stands for. */
+pbw_tensor *pbw_clip_crops_patches(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, int n,
+                                   int R, int P);
 
 /* Per image mean over crops of 100 (1 - cos(Ci(crop), target)): x (B,3,S,S), target (1,E)
  * -> (B). With gradients when x needs them. */
