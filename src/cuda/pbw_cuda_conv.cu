@@ -747,49 +747,50 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
     });
 }
 
-// dst (N,P,C) = src (N,P,C) scaled by pm, both half: the staging of an input already held as
-// NHWC halves (pbw_tensor.half_nhwc), with nchw_to_nhwc_kernel's arithmetic. V channels a
-// thread in one word W (8 in 16 bytes where C allows, else 2 in 4).
-template <typename T, int V, typename W>
-__global__ void nhwc_modulate_kernel(T *dst, const T *src, int N, int C, int64_t P,
-                                     pbw_cuda_premod pm) {
+// dst (N,P,C) = f(src (N,P,C)), both half (dst may be src), V channels a thread in one word W
+// (8 in 16 bytes where C allows, else 2 in 4): f(v, n, c, p) maps the V values of sample n,
+// pixel p, channels c.. in place, as floats.
+template <typename T, int V, typename W, class F>
+__global__ void nhwc_map_kernel(T *dst, const T *src, int N, int C, int64_t P, F f) {
     const int cv = C / V;
     PBW_GRID_STRIDE(i, (int64_t)N * P * cv) {
         const int c = V * (int)(i % cv);
         const int64_t np = i / cv, p = np % P;
-        const int n = (int)(np / P);
-        float f[V];
-        pbw_unpack_half<T, V>(reinterpret_cast<const W *>(src)[i], f);
+        float v[V];
+        pbw_unpack_half<T, V>(reinterpret_cast<const W *>(src)[i], v);
+        f(v, (int)(np / P), c, p);
+        reinterpret_cast<W *>(dst)[i] = pbw_pack_half<T, V, W>(v);
+    }
+}
+
+// The staging of an input already held as NHWC halves (pbw_tensor.half_nhwc): scaled by pm,
+// with nchw_to_nhwc_kernel's arithmetic.
+struct NhwcModulate {
+    pbw_cuda_premod pm;
+    template <int V>
+    __device__ __forceinline__ void operator()(float (&v)[V], int n, int c, int64_t p) const {
         const float mv = pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f;
 #pragma unroll
         for (int k = 0; k < V; k++) {
             float sc = pm.s[n * pm.s_nstride + c + k];
             if (pm.m) sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c + k], mv);
-            f[k] = __fmul_rn(f[k], sc);
+            v[k] = __fmul_rn(v[k], sc);
         }
-        reinterpret_cast<W *>(dst)[i] = pbw_pack_half<T, V, W>(f);
     }
-}
+};
 
-// y (N,P,C) half -> StyleGAN2's bias and activation of it (pa), in place: the output of a
-// convolution that stays as NHWC halves (pbw_sg_modconv_act), with nhwc_to_nchw_kernel's
-// arithmetic on the same values, rounded to the half type once more. V channels a thread in one
-// word W.
-template <typename T, int V, typename W>
-__global__ void nhwc_postact_kernel(T *y, int N, int C, int64_t P, pbw_cuda_postact pa) {
-    const int cv = C / V;
-    PBW_GRID_STRIDE(i, (int64_t)N * P * cv) {
-        const int c = V * (int)(i % cv);
-        const int64_t np = i / cv, p = np % P;
-        const int n = (int)(np / P);
-        float f[V];
-        pbw_unpack_half<T, V>(reinterpret_cast<const W *>(y)[i], f);
+// StyleGAN2's bias and activation (pa) of a convolution's output that stays as NHWC halves
+// (pbw_sg_modconv_act), with nhwc_to_nchw_kernel's arithmetic on the same values, rounded to the
+// half type once more.
+struct NhwcPostact {
+    pbw_cuda_postact pa;
+    template <int V>
+    __device__ __forceinline__ void operator()(float (&v)[V], int n, int c, int64_t p) const {
 #pragma unroll
         for (int k = 0; k < V; k++)
-            f[k] = act_at(f[k], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c + k), pa.g, p);
-        reinterpret_cast<W *>(y)[i] = pbw_pack_half<T, V, W>(f);
+            v[k] = act_at(v[k], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c + k), pa.g, p);
     }
-}
+};
 
 dim3 transpose_grid(int N, int C, int64_t P) {
     int64_t px = (P + TP - 1) / TP, cy = (C + TC - 1) / TC;
@@ -826,39 +827,23 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
 
-// (N,P,C) half -> (N,P,C) half scaled by pm, enqueued (C even).
-void nhwc_modulate(void *dst, const void *src, int N, int C, int64_t P, int prec,
-                   const pbw_cuda_premod &pm) {
+// dst (N,P,C) half = f(src) (nhwc_map_kernel), enqueued (C even).
+template <class F>
+void nhwc_map(void *dst, const void *src, int N, int C, int64_t P, int prec, const F &f,
+              const char *what) {
     if ((int64_t)N * P * C == 0) return;
     const bool wide = C % 8 == 0 && ((uintptr_t)dst | (uintptr_t)src) % 16 == 0;
     const int64_t n = (int64_t)N * P * (C / (wide ? 8 : 2));
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
         if (wide)
-            nhwc_modulate_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H *)dst, (const H *)src, N, C, P, pm);
+            nhwc_map_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H *)dst, (const H *)src, N, C, P, f);
         else
-            nhwc_modulate_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H *)dst, (const H *)src, N, C, P, pm);
+            nhwc_map_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
+                (H *)dst, (const H *)src, N, C, P, f);
     });
-    PBW_CUDA_LAUNCHED("conv2d nhwc_modulate");
-}
-
-// (N,P,C) half -> pa applied in place, enqueued (C even).
-void nhwc_postact(void *y, int N, int C, int64_t P, int prec, const pbw_cuda_postact &pa) {
-    if ((int64_t)N * P * C == 0) return;
-    const bool wide = C % 8 == 0 && (uintptr_t)y % 16 == 0;
-    const int64_t n = (int64_t)N * P * (C / (wide ? 8 : 2));
-    pbw_half_type(prec, [&](auto t) {
-        using H = decltype(t);
-        if (wide)
-            nhwc_postact_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>((H *)y, N, C,
-                                                                                  P, pa);
-        else
-            nhwc_postact_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H *)y, N, C, P, pa);
-    });
-    PBW_CUDA_LAUNCHED("conv2d nhwc_postact");
+    PBW_CUDA_LAUNCHED(what);
 }
 
 long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
@@ -891,7 +876,8 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
         to_nhwc((void *)wh, w, g.O, cg, kk, prec); // (O, C/G, KH*KW) -> KRSC
     }
     if (!in_h) to_nhwc(hin, in, g.N, in_c, in_p, prec, pm);
-    else if (pm) nhwc_modulate(hin, in_h, g.N, in_c, in_p, prec, *pm);
+    else if (pm)
+        nhwc_map(hin, in_h, g.N, in_c, in_p, prec, NhwcModulate{*pm}, "conv2d nhwc_modulate");
     else hin = (void *)in_h;
     void *ws;
     int rc = fwd ? prepare(p, dir, hin, wh, &ws) : prepare(p, dir, wh, hin, &ws);
@@ -908,7 +894,9 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                          p->ws[dir], &zero, p->hxd, hout);
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
     if (out_h) {
-        if (pa) nhwc_postact(out_h, g.N, out_c, out_p, prec, *pa);
+        if (pa)
+            nhwc_map(out_h, out_h, g.N, out_c, out_p, prec, NhwcPostact{*pa},
+                     "conv2d nhwc_postact");
     } else {
         from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
     }
@@ -1135,15 +1123,16 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
 // row, read by a group of L lanes (16 bytes, 8 channels, a lane at a time, so a warp reads
 // 32 x 16 contiguous bytes), each lane summing its channels' products for the O outputs in
 // fp32; the group then sums its lanes with shuffles (trading halves of the outputs, see below)
-// and writes the pixel's O outputs. A group takes two pixels a round (both rows' loads in flight before the sums) and
-// PW_ROUNDS rounds or more, so that a block's setup (its sample's weights into shared memory)
-// is spread over enough pixels. Memory-bound: x is read once.
+// and writes the pixel's O outputs. A group takes two pixels a round (both rows' loads in
+// flight before the sums) and PW_ROUNDS rounds or more, so that a block's setup (its sample's
+// weights into shared memory) is spread over enough pixels. x is read once, at ~1.2 TB/s on an
+// H100 (measured): below the memory's rate, as a round's loads wait for the last round's sums.
 namespace {
 const int PW_THREADS = 256, PW_OMAX = 8, PW_CMAX = 1024, PW_ROUNDS = 4;
 
 template <typename T, int L, int OM>
-__global__ void __launch_bounds__(PW_THREADS, OM <= 4 ? 4 : 3) pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P,
-                                      int O) {
+__global__ void __launch_bounds__(PW_THREADS, OM <= 4 ? 4 : 3)
+    pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P, int O) {
     extern __shared__ float ws[]; // (O, C) of sample blockIdx.y
     const int n = blockIdx.y, cv = C / 8;
     for (int i = threadIdx.x; i < O * C; i += blockDim.x) ws[i] = w[(int64_t)n * O * C + i];
@@ -1217,7 +1206,8 @@ __global__ void __launch_bounds__(PW_THREADS, OM <= 4 ? 4 : 3) pointwise_nhwc_ke
 #pragma unroll
                 for (int i = 0; i < OM; i++) {
                     const int o = first_o + i;
-                    if (i < cnt && o < O && p[k] < P) y[((int64_t)n * O + o) * P + p[k]] = acc[k][i];
+                    if (i < cnt && o < O && p[k] < P)
+                        y[((int64_t)n * O + o) * P + p[k]] = acc[k][i];
                 }
     }
 }
@@ -1236,7 +1226,8 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
                                           int64_t P, int O) {
     if (N == 0 || P == 0 || O == 0) return 0;
     if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535) return -1;
-    const int cv = C / 8, L = cv >= 32 ? 32 : cv >= 16 ? 16 : cv >= 8 ? 8 : cv >= 4 ? 4 : cv >= 2 ? 2 : 1;
+    const int cv = C / 8; // lanes a pixel: the largest power of two up to 32 and cv
+    const int L = cv >= 32 ? 32 : cv >= 16 ? 16 : cv >= 8 ? 8 : cv >= 4 ? 4 : cv >= 2 ? 2 : 1;
     const int64_t per_block = (int64_t)(PW_THREADS / L) * 2 * PW_ROUNDS; // pixels
     const int64_t blocks = (P + per_block - 1) / per_block;
     const dim3 grid((unsigned)(blocks < 4096 ? blocks : 4096), (unsigned)N);
