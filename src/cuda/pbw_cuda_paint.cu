@@ -38,11 +38,18 @@ __device__ __forceinline__ crop_site crop_site_of(int64_t i, int64_t H, int64_t 
 // Where output (unit u, channel ch, pixel oy, ox) is stored: (B*n,3,R,R) for P = 0, else
 // cut into P x P patches, (B*n, (R/P)^2, 3*P*P) (patch-major, then channel, row, column: the
 // vectors CLIP's patch embedding multiplies). pass is laid out alike.
+// The index is u * 3 R^2 + ch * crop_ch_stride + crop_row_off(oy) + crop_col_off(ox); the
+// tiled kernels keep the row and column offsets of their tile in shared memory.
+__device__ __forceinline__ int crop_row_off(int oy, int R, int P) {
+    return P ? (oy / P) * (R / P) * 3 * P * P + (oy % P) * P : oy * R;
+}
+__device__ __forceinline__ int crop_col_off(int ox, int P) {
+    return P ? (ox / P) * 3 * P * P + ox % P : ox;
+}
+__device__ __forceinline__ int crop_ch_stride(int R, int P) { return P ? P * P : R * R; }
 __device__ __forceinline__ int64_t crop_index(int64_t u, int ch, int oy, int ox, int R, int P) {
-    if (!P) return ((u * 3 + ch) * R + oy) * (int64_t)R + ox;
-    const int g = R / P, py = oy / P, px = ox / P;
-    return u * 3 * (int64_t)R * R + ((int64_t)(py * g + px) * 3 + ch) * P * P +
-           (int64_t)(oy - py * P) * P + (ox - px * P);
+    return u * 3 * (int64_t)R * R + (int64_t)ch * crop_ch_stride(R, P) + crop_row_off(oy, R, P) +
+           crop_col_off(ox, P);
 }
 
 // Element i of the logical (B*n,3,R,R) order: its index in the layout of P.
@@ -142,17 +149,20 @@ static __device__ __forceinline__ int count_below(const int4 *t, int n, int v, i
     return lo;
 }
 
-// The tiled kernels' tap tables at the start of dynamic shared memory, 16 bytes an entry:
-// column taps xi/xw (R) for the crop's output columns, then row taps yi/yw (rows) for the block's
-// output rows; crop_taps_bytes is their size, crop_tables lays them out, rest is what follows.
+// The tiled kernels' tables at the start of dynamic shared memory: column taps xi/xw (R) for the
+// crop's output columns, then row taps yi/yw (rows) for the block's output rows, 16 bytes an
+// entry, then the output's column and row offsets xo (R) and yo (rows) (crop_col_off,
+// crop_row_off); crop_taps_bytes is their size, crop_tables lays them out, rest is what follows
+// (16-byte aligned).
 static __host__ __device__ __forceinline__ size_t crop_taps_bytes(int R, int rows) {
-    return ((size_t)2 * R + 2 * (size_t)rows) * 16;
+    return ((size_t)2 * R + 2 * (size_t)rows) * 16 + ((size_t)R + rows + 3) / 4 * 16;
 }
 struct crop_tabs {
     int4 *xi;
     float4 *xw;
     int4 *yi;
     float4 *yw;
+    int *xo, *yo;
     float *rest;
 };
 static __device__ __forceinline__ crop_tabs crop_tables(int4 *smem, int R, int rows) {
@@ -161,8 +171,20 @@ static __device__ __forceinline__ crop_tabs crop_tables(int4 *smem, int R, int r
     t.xw = (float4 *)(t.xi + R);
     t.yi = (int4 *)(t.xw + R);
     t.yw = (float4 *)(t.yi + rows);
-    t.rest = (float *)(t.yw + rows);
+    t.xo = (int *)(t.yw + rows);
+    t.yo = t.xo + R;
+    t.rest = (float *)((int4 *)t.xo + (R + rows + 3) / 4);
     return t;
+}
+
+// Fills the tile's output offsets (rows from oy0) and waits for them.
+static __device__ __forceinline__ void crop_offsets(const crop_tabs &t, int R, int P, int oy0,
+                                                    int rows) {
+    for (int o = threadIdx.x; o < R + rows; o += blockDim.x) {
+        if (o < R) t.xo[o] = crop_col_off(o, P);
+        else t.yo[o - R] = crop_row_off(oy0 + (o - R), R, P);
+    }
+    __syncthreads();
 }
 
 // The forward's output value before the clamp from the taps of its row and column: the
@@ -208,15 +230,17 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
     const int oy0 = blockIdx.y * CROP_ROWS, rows = min(CROP_ROWS, R - oy0);
-    const int64_t HW = H * W;
+    const int64_t HW = H * W, ob = u * 3 * (int64_t)R * R;
+    const int chs = crop_ch_stride(R, P);
     const float *xb = x + b * 3 * HW + (int64_t)cy * W + cx;
+    crop_offsets(tab, R, P, oy0, rows);
     if (sd == R) { // a plain copy (uniform over the block)
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R, ox = e - ly * R;
 #pragma unroll
             for (int ch = 0; ch < 3; ch++)
                 crop_store(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f, ch, norm,
-                           crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
+                           ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
         }
         return;
     }
@@ -239,7 +263,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                 const float *xp = xb + ch * HW;
                 float v = 0.0f;
                 for (int j = 0; j < 4; j++) v += wy[j] * crop_hsum(xp + (int64_t)iy[j] * W, qx, vx);
-                crop_store(v, ch, norm, crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
+                crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
             }
         }
         return;
@@ -259,7 +283,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
             const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
             float v = 0.0f;
             for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
-            crop_store(v, ch, norm, crop_index(u, ch, oy0 + ly, ox, R, P), out, pass);
+            crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
         }
         __syncthreads(); // hs is read before the next channel overwrites it
     }
@@ -307,13 +331,15 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
     const int oy0 = blockIdx.y * rows_max, rows = min(rows_max, R - oy0);
-    const int64_t HW = H * W;
+    const int64_t HW = H * W, ob = u * 3 * (int64_t)R * R;
+    const int chs = crop_ch_stride(R, P);
     float *gb = gx + b * 3 * HW + (int64_t)cy * W + cx;
+    crop_offsets(tab, R, P, oy0, rows);
     if (sd == R) { // a plain copy: one atomic per output, as the per-element kernel
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R, ox = e - ly * R;
             for (int ch = 0; ch < 3; ch++) {
-                const int64_t i = crop_index(u, ch, oy0 + ly, ox, R, P);
+                const int64_t i = ob + ch * chs + tab.yo[ly] + tab.xo[ox];
                 if (pass[i])
                     atomicAdd(gb + ch * HW + (int64_t)(oy0 + ly) * W + ox,
                               gy[i] / std_of(norm, ch) * 0.5f);
@@ -336,7 +362,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
         const float sc = std_of(norm, ch);
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R;
-            const int64_t i = crop_index(u, ch, oy0 + ly, e - ly * R, R, P);
+            const int64_t i = ob + ch * chs + tab.yo[ly] + tab.xo[e - ly * R];
             gt[e] = pass[i] ? gy[i] / sc * 0.5f : 0.0f;
         }
         __syncthreads();
