@@ -662,6 +662,13 @@ template <class F> __device__ __forceinline__ void for_tiles(int N, int C, int64
             for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) tile(n, ct * TC, pt * TP);
 }
 
+// The scale pm gives channel c of sample n at a pixel whose mask value is mv (0 unless masked):
+// pbw_sg_modulate's s, or s m + s0 (1 - m).
+__device__ __forceinline__ float premod_scale(const pbw_cuda_premod &pm, int n, int c, float mv) {
+    const float sc = pm.s[n * pm.s_nstride + c];
+    return pm.m ? pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c], mv) : sc;
+}
+
 // dst (N,P,C) half = src (N,C,P) float. pm.s non-NULL: each value scaled first
 // (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
 template <typename T>
@@ -678,13 +685,8 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
             const int c = c0 + j;
             if (c >= C || p >= P) continue;
             float v = sp[(int64_t)c * P + p];
-            if (pm.s) {
-                float sc = pm.s[n * pm.s_nstride + c];
-                if (pm.m)
-                    sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c],
-                                          pm.m[n * pm.m_nstride + p]);
-                v = __fmul_rn(v, sc);
-            }
+            if (pm.s)
+                v = __fmul_rn(v, premod_scale(pm, n, c, pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f));
             tile[j][tx] = v;
         }
         __syncthreads();
@@ -771,11 +773,7 @@ struct NhwcModulate {
     __device__ __forceinline__ void operator()(float (&v)[V], int n, int c, int64_t p) const {
         const float mv = pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f;
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-            float sc = pm.s[n * pm.s_nstride + c + k];
-            if (pm.m) sc = pbw_sg_mod_scale(sc, pm.s0[n * pm.s0_nstride + c + k], mv);
-            v[k] = __fmul_rn(v[k], sc);
-        }
+        for (int k = 0; k < V; k++) v[k] = __fmul_rn(v[k], premod_scale(pm, n, c + k, mv));
     }
 };
 
