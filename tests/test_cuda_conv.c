@@ -473,25 +473,13 @@ PBW_TEST(cuda_sg_conv_half) {
 #ifdef PBW_HAVE_CUDA
 /* 1 when a and b, tensors of ctx, hold the same values bit for bit (a fused op against the ops
  * it stands for). */
-static uint16_t host_bf16(float f) { /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float host_from_bf16(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* a's values are b's, bit for bit (rounded = 0), or b's rounded to bf16 (rounded = 1) */
 static int same_bits_as(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int rounded) {
     if (!a || !b || a->numel != b->numel) return 0;
     float *ha = malloc((size_t)a->numel * sizeof(float)), *hb = malloc((size_t)b->numel * sizeof(float));
     int same = ha && hb && pbw_tensor_read(ctx, a, ha) == 0 && pbw_tensor_read(ctx, b, hb) == 0;
-    for (int64_t i = 0; same && rounded && i < b->numel; i++) hb[i] = host_from_bf16(host_bf16(hb[i]));
+    for (int64_t i = 0; same && rounded && i < b->numel; i++)
+        hb[i] = pbw_bf16_to_f32(pbw_f32_to_bf16(hb[i]));
     same = same && memcmp(ha, hb, (size_t)a->numel * sizeof(float)) == 0;
     free(ha), free(hb);
     return same;
@@ -998,8 +986,8 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
         uint16_t *xh = malloc((size_t)nx * 2);
         float *xf = malloc((size_t)nx * 4), *w = malloc((size_t)nw * 4), *y = malloc((size_t)ny * 4);
         for (int64_t j = 0; j < nx; j++) { /* (N,P,C) */
-            xh[j] = host_bf16((float)((j * 31 + (int64_t)i) % 113 - 56) / 40.0f);
-            xf[j] = host_from_bf16(xh[j]);
+            xh[j] = pbw_f32_to_bf16((float)((j * 31 + (int64_t)i) % 113 - 56) / 40.0f);
+            xf[j] = pbw_bf16_to_f32(xh[j]);
         }
         for (int64_t j = 0; j < nw; j++) w[j] = (float)((j * 17) % 89 - 44) / 60.0f;
         void *dx = pbw_cuda_malloc((size_t)nx * 2 + 16);
