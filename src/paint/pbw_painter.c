@@ -621,9 +621,12 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                                     (size_t)r->per * sizeof(float)))
                 rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
         }
-        if (!graph) /* the graph replays into ctx's memory: a reset merging chunks would free it */
+        /* a graph replays into ctx's memory: a reset merging chunks would free it */
+        const int replays = graph != NULL;
+#else
+        const int replays = 0;
 #endif
-            pbw_ctx_reset(ctx);
+        if (!replays) pbw_ctx_reset(ctx);
         if (rc || cancelled(r)) break; /* a partly evaluated generation is not told */
         double mean = 0;
         for (int k = 0; k < lam; k++) {
