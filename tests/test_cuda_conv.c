@@ -621,6 +621,57 @@ static pbw_tensor *modconv_act_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
 }
 #endif
 
+#ifdef PBW_HAVE_CUDA
+/* pbw_sg_modconv_act = pbw_sg_bias_act of pbw_sg_modconv, bit for bit, on the GPU in bf16 (no
+ * gradients), its output as fp32 and as NHWC halves, for five variants of d, noise, bias and
+ * mask. */
+static void modconv_act_bits(int N, int C, int H, int W, int O) {
+    pbw_ctx *ctx;
+    pbw_arena ga;
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, O, C, 0);
+    CHECK(pl != NULL);
+    if (pl) {
+        const int64_t nx = (int64_t)N * C * H * W, np = (int64_t)N * O * H * W;
+        float *h = malloc((size_t)(nx + np + 4 * N * H * W + 4 * C) * sizeof(float));
+        for (int64_t j = 0; j < nx + np + 4 * N * H * W + 4 * C; j++)
+            h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *dp = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){N, O, H, W});
+        pbw_tensor *nz = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *nz1 = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){1, 1, H, W});
+        pbw_tensor *m = pbw_tensor_from_host(ctx, h + nx + np + N * H * W, 4,
+                                             (int64_t[]){N, 1, H, W});
+        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+        pbw_tensor *s0 = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + C, 2, (int64_t[]){1, C}), 0.5f, 1.0f);
+        pbw_tensor *dc = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + 3 * C, 2, (int64_t[]){N, O}), 0.5f, 1.0f);
+        pbw_tensor *bias = pbw_tensor_from_host(ctx, h + 2 * C, 1, (int64_t[]){O});
+        pbw_tensor *mm = pbw_affine(ctx, pbw_abs(ctx, m), 1.0f, 0.0f); /* in [0, 1] */
+        struct { pbw_tensor *d, *noise, *bias, *m; } v[5] = {
+            {dc, nz, bias, NULL}, {dp, nz1, bias, NULL}, {NULL, NULL, NULL, NULL},
+            {dc, nz, NULL, mm}, {dp, NULL, bias, mm}};
+        const long before = pbw_cuda_sg_postact_calls();
+        for (int nhwc = 0; nhwc < 2; nhwc++) {
+            if (!nhwc) setenv("PBW_CUDA_NHWC", "0", 1);
+            for (int k = 0; k < 5; k++) {
+                pbw_tensor *s0k = v[k].m ? s0 : NULL;
+                pbw_tensor *a = pbw_sg_modconv_act(ctx, x, s, s0k, v[k].m, pl, v[k].d,
+                                                   v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
+                CHECK(a && a->half_nhwc == nhwc);
+                pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
+                                                v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f,
+                                                sqrtf(2.0f));
+                CHECK_MSG(same_bits_as(ctx, a, b, nhwc), "variant %d%s: %s", k,
+                          nhwc ? " (NHWC halves)" : "", pbw_ctx_error(ctx));
+            }
+            unsetenv("PBW_CUDA_NHWC");
+        }
+        CHECK(pbw_cuda_sg_postact_calls() - before == 10); /* each variant fused */
+        free(h);
+    }
+    bf16_plan_end(ctx, &ga);
+}
+#endif
+
 /* Without gradients on staged convolutions (bf16) the GPU applies StyleGAN2's bias and
  * activation as the output is copied back; with them, or in fp32, it runs pbw_sg_modconv and
  * pbw_sg_bias_act. Against the CPU in fp32 (TOL_HALF in bf16, TOL_CONV in fp32), per-channel
@@ -670,50 +721,10 @@ PBW_TEST(cuda_sg_modconv_act) {
                 pbw_arena_free(&ga);
                 pbw_arena_free(&ca);
             }
-    /* fused = the two ops, bit for bit, on the GPU in bf16 (no gradients) */
-    pbw_ctx *ctx;
-    pbw_arena ga;
-    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, O, C, 0);
-    CHECK(pl != NULL);
-    if (pl) {
-        const int64_t nx = (int64_t)N * C * H * W, np = (int64_t)N * O * H * W;
-        float *h = malloc((size_t)(nx + np + 4 * N * H * W + 4 * C) * sizeof(float));
-        for (int64_t j = 0; j < nx + np + 4 * N * H * W + 4 * C; j++)
-            h[j] = (float)((j * 29) % 97 - 48) / 48.0f;
-        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
-        pbw_tensor *dp = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){N, O, H, W});
-        pbw_tensor *nz = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){N, 1, H, W});
-        pbw_tensor *nz1 = pbw_tensor_from_host(ctx, h + nx + np, 4, (int64_t[]){1, 1, H, W});
-        pbw_tensor *m = pbw_tensor_from_host(ctx, h + nx + np + N * H * W, 4,
-                                             (int64_t[]){N, 1, H, W});
-        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
-        pbw_tensor *s0 = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + C, 2, (int64_t[]){1, C}), 0.5f, 1.0f);
-        pbw_tensor *dc = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + 3 * C, 2, (int64_t[]){N, O}), 0.5f, 1.0f);
-        pbw_tensor *bias = pbw_tensor_from_host(ctx, h + 2 * C, 1, (int64_t[]){O});
-        pbw_tensor *mm = pbw_affine(ctx, pbw_abs(ctx, m), 1.0f, 0.0f); /* in [0, 1] */
-        struct { pbw_tensor *d, *noise, *bias, *m; } v[5] = {
-            {dc, nz, bias, NULL}, {dp, nz1, bias, NULL}, {NULL, NULL, NULL, NULL},
-            {dc, nz, NULL, mm}, {dp, NULL, bias, mm}};
-        const long before = pbw_cuda_sg_postact_calls();
-        for (int nhwc = 0; nhwc < 2; nhwc++) {
-            if (!nhwc) setenv("PBW_CUDA_NHWC", "0", 1);
-            for (int k = 0; k < 5; k++) {
-                pbw_tensor *s0k = v[k].m ? s0 : NULL;
-                pbw_tensor *a = pbw_sg_modconv_act(ctx, x, s, s0k, v[k].m, pl, v[k].d,
-                                                   v[k].noise, v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
-                CHECK(a && a->half_nhwc == nhwc);
-                pbw_tensor *b = pbw_sg_bias_act(ctx, pbw_sg_modconv(ctx, x, s, s0k, v[k].m, pl),
-                                                v[k].d, v[k].noise, v[k].bias, 0.7f, 0.2f,
-                                                sqrtf(2.0f));
-                CHECK_MSG(same_bits_as(ctx, a, b, nhwc), "variant %d%s: %s", k,
-                          nhwc ? " (NHWC halves)" : "", pbw_ctx_error(ctx));
-            }
-            unsetenv("PBW_CUDA_NHWC");
-        }
-        CHECK(pbw_cuda_sg_postact_calls() - before == 10); /* each variant fused */
-        free(h);
-    }
-    bf16_plan_end(ctx, &ga);
+    /* the second shape's O / 8 = 5 channel groups do not divide a block: its NHWC outputs take
+     * the map kernel that prepares every element, not the one that walks pixels */
+    modconv_act_bits(N, C, H, W, O);
+    modconv_act_bits(N, 24, H, W, 40);
 #endif
 }
 
@@ -967,11 +978,103 @@ PBW_TEST(cuda_sg_nhwc_chain) {
 #endif
 }
 
+/* ---------- the blur on NHWC halves (pbw_cuda_sg_blur_act_nhwc) ----------
+ * The kernel alone on bf16 values written on the host, against double sums of the same
+ * (rounded) values with zero padding, then StyleGAN2's activation in double: 8 channels a thread
+ * (C = 16, 24, 512) and 2 (C = 6), result heights that are and are not whole strips, pads 1 and
+ * 2, with and without the activation (d per channel, noise per sample or shared, bias). The
+ * kernel sums in fp32 and rounds the result to bf16 once: the bound is 2^-8 of the result (bf16
+ * keeps 8 significant bits, so rounding to nearest moves a value by at most 2^-8 of itself)
+ * plus 1e-5 of the magnitudes summed (fp32 sums of 16 terms and the activation's 3 steps). */
+#ifdef PBW_HAVE_CUDA
+typedef struct { int n, c, h, w, oh, ow, p0, act, shared_noise; } blur_case;
+
+static double blur_ref(const float *xf, const float *t, const blur_case *k, int n, int oy, int ox,
+                       int c, double *mag) {
+    double s = 0;
+    *mag = 0;
+    for (int jv = 0; jv < 4; jv++)
+        for (int jh = 0; jh < 4; jh++) {
+            const int sy = oy + jv - k->p0, sx = ox + jh - k->p0;
+            if (sy < 0 || sy >= k->h || sx < 0 || sx >= k->w) continue;
+            /* taps flipped: a true convolution (symmetric here all the same) */
+            const double v = (double)t[3 - jv] * t[3 - jh] *
+                             xf[(((int64_t)n * k->h + sy) * k->w + sx) * k->c + c];
+            s += v, *mag += fabs(v);
+        }
+    return s;
+}
+#endif
+
+PBW_TEST(cuda_sg_blur_nhwc) {
+#ifdef PBW_HAVE_CUDA
+    static const float t[4] = {0.125f, 0.375f, 0.375f, 0.125f};
+    static const blur_case cases[] = {
+        {2, 16, 17, 17, 16, 16, 1, 1, 0}, {1, 6, 9, 7, 9, 7, 2, 0, 0},
+        {3, 24, 20, 20, 19, 19, 1, 1, 1}, {1, 512, 9, 9, 8, 8, 1, 1, 0},
+        {1, 8, 40, 3, 39, 2, 1, 0, 0}};
+    const float nw = 0.7f, slope = 0.2f, gain = sqrtf(2.0f);
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const blur_case *k = &cases[i];
+        const int64_t nx = (int64_t)k->n * k->h * k->w * k->c,
+                      P = (int64_t)k->oh * k->ow, ny = (int64_t)k->n * P * k->c;
+        uint16_t *xh = malloc((size_t)nx * 2), *yh = malloc((size_t)ny * 2);
+        float *xf = malloc((size_t)nx * 4), *d = malloc((size_t)k->n * k->c * 4);
+        float *noise = malloc((size_t)k->n * P * 4), *bias = malloc((size_t)k->c * 4);
+        for (int64_t j = 0; j < nx; j++) {
+            xh[j] = pbw_f32_to_bf16((float)((j * 37 + (int64_t)i) % 127 - 63) / 32.0f);
+            xf[j] = pbw_bf16_to_f32(xh[j]);
+        }
+        for (int j = 0; j < k->n * k->c; j++) d[j] = 0.5f + (float)(j % 11) / 10.0f;
+        for (int64_t j = 0; j < k->n * P; j++) noise[j] = (float)((j * 13) % 23 - 11) / 7.0f;
+        for (int j = 0; j < k->c; j++) bias[j] = (float)(j % 7 - 3) / 5.0f;
+        void *dx = pbw_cuda_malloc((size_t)nx * 2), *dy = pbw_cuda_malloc((size_t)ny * 2);
+        float *dd = pbw_cuda_malloc((size_t)k->n * k->c * 4);
+        float *dn = pbw_cuda_malloc((size_t)k->n * P * 4), *db = pbw_cuda_malloc((size_t)k->c * 4);
+        CHECK(dx && dy && dd && dn && db && pbw_cuda_h2d(dx, xh, (size_t)nx * 2) == 0 &&
+              pbw_cuda_h2d(dd, d, (size_t)k->n * k->c * 4) == 0 &&
+              pbw_cuda_h2d(dn, noise, (size_t)k->n * P * 4) == 0 &&
+              pbw_cuda_h2d(db, bias, (size_t)k->c * 4) == 0);
+        pbw_cuda_postact pa = {dd, dn, db,
+                               {k->n, k->c, P, 1, k->c, k->shared_noise ? 0 : P, nw, slope, gain}};
+        CHECK(pbw_cuda_sg_blur_act_nhwc(dy, dx, k->n, k->c, k->h, k->w, k->oh, k->ow, t, t, 4,
+                                        k->p0, k->act ? &pa : NULL) == 0);
+        CHECK(pbw_cuda_d2h(yh, dy, (size_t)ny * 2) == 0);
+        double worst = 0;
+        for (int n = 0; n < k->n; n++)
+            for (int oy = 0; oy < k->oh; oy++)
+                for (int ox = 0; ox < k->ow; ox++)
+                    for (int c = 0; c < k->c; c++) {
+                        double mag, r = blur_ref(xf, t, k, n, oy, ox, c, &mag);
+                        if (k->act) {
+                            const int64_t p = (int64_t)oy * k->ow + ox;
+                            const double nz = noise[(k->shared_noise ? 0 : n * P) + p];
+                            r = r * d[n * k->c + c] + nw * nz + bias[c];
+                            mag = mag * d[n * k->c + c] + fabs(nw * nz) + fabs(bias[c]);
+                            r = gain * (r > 0 ? r : slope * r);
+                            mag *= gain;
+                        }
+                        const double y = pbw_bf16_to_f32(yh[(((int64_t)n * k->oh + oy) * k->ow +
+                                                             ox) * k->c + c]);
+                        worst = fmax(worst, fabs(y - r) / (fabs(r) / 256.0 + 1e-5 * mag + 1e-30));
+                    }
+        printf("  blur (%d,%d,%d,%d) -> %dx%d pad %d%s: worst error %.3f of the bound\n", k->n,
+               k->h, k->w, k->c, k->oh, k->ow, k->p0, k->act ? ", activated" : "", worst);
+        CHECK(worst <= 1.0);
+        pbw_cuda_free(dx), pbw_cuda_free(dy), pbw_cuda_free(dd), pbw_cuda_free(dn),
+            pbw_cuda_free(db);
+        free(xh), free(yh), free(xf), free(d), free(noise), free(bias);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* ---------- ToRGB's product on NHWC halves (pbw_cuda_sg_pointwise_nhwc) ----------
  * The kernel alone on bf16 values written on the host, against double sums of the same
- * (rounded) values: channel counts that give every lane group (C/8 = 1, 6, 17 with lanes left
- * over, 64 with two rows a lane), 1 to 8 outputs, pixel counts below, across and above a
- * block's. The kernel sums in fp32 in another order: the bound is 1e-5 of the sum of the
+ * (rounded) values: rows of 16-byte chunks below, across and above a batch of loads (C/8 = 1,
+ * 6, 17, 64), 1 to 8 outputs (3, RGB, has a kernel of its own), pixel counts below, across and
+ * above a block's. The kernel sums in fp32 in another order: the bound is 1e-5 of the sum of the
  * products' magnitudes (at most 512 fp32 additions of 2^-24 relative rounding each, 3e-5 in
  * the worst case, ~1e-6 typically). Shapes it does not take are refused (-1). */
 PBW_TEST(cuda_sg_pointwise_nhwc) {
