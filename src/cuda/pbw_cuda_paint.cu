@@ -210,6 +210,19 @@ static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cud
     crop_put(out, i, (v - m) / s);
 }
 
+// Calls f(l, ox) for this thread's share of a rows x R grid (l < rows, ox < R): the elements
+// threadIdx.x, + CROP_THREADS, ... in row-major order, stepped without a division per element.
+template <class F> static __device__ __forceinline__ void for_tile(int rows, int R, F &&f) {
+    const int dl = CROP_THREADS / R, dox = CROP_THREADS - dl * R;
+    int l = threadIdx.x / R, ox = threadIdx.x - l * R;
+    while (l < rows) {
+        f(l, ox);
+        l += dl;
+        ox += dox;
+        if (ox >= R) ox -= R, l++;
+    }
+}
+
 // Grid (B*n units, ceil(R / CROP_ROWS)). Dynamic shared memory: column taps sxi/sxw (R) and
 // row taps syi/syw (CROP_ROWS), 16 bytes each, then hs (nycap, R) floats: per channel, the
 // column pass (crop_hsum) of every input row the block's output rows read, ny of them (rows
@@ -235,13 +248,12 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     const float *xb = x + b * 3 * HW + (int64_t)cy * W + cx;
     crop_offsets(tab, R, P, oy0, rows);
     if (sd == R) { // a plain copy (uniform over the block)
-        for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int ly = e / R, ox = e - ly * R;
+        for_tile(rows, R, [&](int ly, int ox) {
 #pragma unroll
             for (int ch = 0; ch < 3; ch++)
                 crop_store(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f, ch, norm,
                            ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
-        }
+        });
         return;
     }
     for (int o = tid; o < R + rows; o += CROP_THREADS) {
@@ -253,8 +265,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     // syi[0].x .. syi[rows - 1].w
     const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
     if (ny > nycap) { // uniform over the block
-        for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int ly = e / R, ox = e - ly * R;
+        for_tile(rows, R, [&](int ly, int ox) {
             const int4 qy = syi[ly], qx = sxi[ox];
             const float4 vy = syw[ly], vx = sxw[ox];
             const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
@@ -265,18 +276,16 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                 for (int j = 0; j < 4; j++) v += wy[j] * crop_hsum(xp + (int64_t)iy[j] * W, qx, vx);
                 crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
             }
-        }
+        });
         return;
     }
     for (int ch = 0; ch < 3; ch++) {
         const float *xp = xb + ch * HW + (int64_t)iy_lo * W;
-        for (int e = tid; e < ny * R; e += CROP_THREADS) {
-            const int l = e / R, ox = e - l * R;
-            hs[e] = crop_hsum(xp + (int64_t)l * W, sxi[ox], sxw[ox]);
-        }
+        for_tile(ny, R, [&](int l, int ox) {
+            hs[l * R + ox] = crop_hsum(xp + (int64_t)l * W, sxi[ox], sxw[ox]);
+        });
         __syncthreads();
-        for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int ly = e / R, ox = e - ly * R;
+        for_tile(rows, R, [&](int ly, int ox) {
             const int4 qy = syi[ly];
             const float4 vy = syw[ly];
             const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
@@ -284,7 +293,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
             float v = 0.0f;
             for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
             crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
-        }
+        });
         __syncthreads(); // hs is read before the next channel overwrites it
     }
 }
