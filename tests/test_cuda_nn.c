@@ -152,7 +152,30 @@ PBW_TEST(cuda_layer_norm) {
         }
 }
 
-/* ---- batch norm ---- */
+/* ---- LPIPS's weighted layer term ---- */
+
+static pbw_tensor *lpl_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    return pbw_lpips_layer(ctx, in[0], in[1], in[2], in[3], 1e-10f);
+}
+
+PBW_TEST(cuda_lpips_layer) {
+    /* fp32 block sums against the CPU's double sum over up to 4k positions of fp32 terms */
+    const double tol = 1e-5;
+    static const int64_t shapes[3][5] = {{2, 64, 63, 63, 1}, {3, 192, 15, 15, 3}, {1, 7, 5, 3, 1}};
+    for (int i = 0; i < 3; i++) {
+        const int64_t N = shapes[i][0], C = shapes[i][1], h = shapes[i][2], w = shapes[i][3],
+                      nr = shapes[i][4];
+        parity_input in[] = {{4, {N, C, h, w}, 1, 0.0f, 2.0f}, {4, {nr, C, h, w}, 0, -0.2f, 0.2f},
+                             {1, {C}, 0, 0.0f, 1.0f}, {2, {h, w}, 0, 0.0f, 1.0f}};
+        char name[80];
+        snprintf(name, sizeof name, "lpips_layer (%lld,%lld,%lld,%lld) ref batch %lld",
+                 (long long)N, (long long)C, (long long)h, (long long)w, (long long)nr);
+        CHECK(parity_check(name, lpl_fn, NULL, 4, in, tol) == 0);
+    }
+}
+
+/* ---- batch norm ---- *//* ---- batch norm ---- */
 
 static pbw_tensor *bn_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     int affine = *(const int *)arg;

@@ -216,6 +216,65 @@ done:
     pbw_lpips_free(m);
 }
 
+/* pbw_lpips_keep (the painting loss's masked LPIPS, the spatial map's resize folded into the
+ * weights) against the reference's weighted value and against pbw_lpips_weighted of the
+ * spatial map, values and gradients. The same sums in another order: 1e-5 relative for the
+ * values (about 20k fp32 terms), 1e-4 of the largest gradient element. */
+PBW_TEST(lpips_keep_matches_weighted_map) {
+    pbw_lpips *m = load_model();
+    pbw_npy x0, x1, e_w;
+    memset(&x0, 0, sizeof x0), x1 = e_w = x0;
+    if (!m || load_npy(FIX "x0.npy", &x0) || load_npy(FIX "x1.npy", &x1) ||
+        load_npy(FIX "weighted.npy", &e_w)) {
+        CHECK_MSG(0, "fixture or model missing (tools/reference/lpips.py writes them)");
+        goto done;
+    }
+    pbw_err err;
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    float keep[56 * 64];
+    double keep_sum = 0;
+    for (int y = 0; y < 56; y++)
+        for (int x = 0; x < 64; x++) keep_sum += keep[y * 64 + x] = 1.0f - mask_at(y, x);
+    pbw_tensor *ref[PBW_LPIPS_LAYERS], *kw[PBW_LPIPS_LAYERS];
+    CHECK(pbw_lpips_features(ctx, m, wrap(ctx, &x1), ref) == 0);
+    CHECK(pbw_lpips_keep_weights(ctx, keep, 56, 64, ref, kw) == 0);
+    /* the adjoint: the weights sum to the keep map's sum (bilinear rows sum to 1) */
+    for (int k = 0; k < PBW_LPIPS_LAYERS && kw[k]; k++) {
+        double s = 0;
+        for (int64_t i = 0; i < kw[k]->numel; i++) s += kw[k]->data[i];
+        CHECK_MSG(fabs(s - keep_sum) <= 1e-4 * keep_sum, "layer %d: %.6g vs %.6g", k, s, keep_sum);
+    }
+    pbw_tensor *t0 = wrap(ctx, &x0);
+    t0->requires_grad = 1;
+    pbw_tensor *v = pbw_lpips_keep(ctx, m, t0, ref, kw, keep_sum);
+    CHECK_MSG(v && v->numel == 2, "%s", pbw_ctx_error(ctx));
+    pbw_ctx *ctx2 = pbw_ctx_new(PBW_DEV_CPU, &err); /* a tape of its own */
+    pbw_tensor *w = pbw_tensor_from_host(ctx2, keep, 4, (int64_t[]){1, 1, 56, 64});
+    pbw_tensor *u = wrap(ctx2, &x0);
+    u->requires_grad = 1;
+    pbw_tensor *c = pbw_lpips_weighted(ctx2, pbw_lpips_forward(ctx2, m, u, wrap(ctx2, &x1), 1), w);
+    CHECK(c && c->numel == 2);
+    if (v && c) {
+        double rm, d = gc_max_diff(v->data, e_w.data, 2, &rm);
+        double dc = gc_max_diff(v->data, c->data, 2, NULL);
+        printf("  keep: %.7g %.7g; reference %.7g %.7g (max|d| %.3g); map %.3g apart\n",
+               v->data[0], v->data[1], e_w.data[0], e_w.data[1], d, dc);
+        CHECK(d <= 1e-4 && dc <= 1e-5 * rm);
+        CHECK(pbw_backward(ctx, pbw_sum_all(ctx, v), NULL, &err) == 0 && t0->grad);
+        CHECK(pbw_backward(ctx2, pbw_sum_all(ctx2, c), NULL, &err) == 0 && u->grad);
+        if (t0->grad && u->grad) {
+            double gm, gd = gc_max_diff(t0->grad, u->grad, t0->numel, &gm);
+            printf("  d/dx0: max|d| / max|map's| = %.3g\n", gd / gm);
+            CHECK(gm > 0 && gd <= 1e-4 * gm);
+        }
+    }
+    pbw_ctx_free(ctx2);
+    pbw_ctx_free(ctx);
+done:
+    pbw_npy_free(&x0), pbw_npy_free(&x1), pbw_npy_free(&e_w);
+    pbw_lpips_free(m);
+}
+
 /* A (1,3,H,W) reference against a batch equals comparing each image with it; the features
  * path (pbw_lpips_features + pbw_lpips_compare) equals pbw_lpips_forward. */
 PBW_TEST(lpips_broadcasts_one_reference) {

@@ -606,6 +606,53 @@ PBW_TEST(ops_batch_norm) {
     free(x); free(mean); free(var); free(w); free(b);
 }
 
+static pbw_tensor *lpl_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_lpips_layer(ctx, in[0], in[1], in[2], in[3], 1e-10f);
+}
+
+/* LPIPS's weighted layer term against the formula in double, with one position's vector all
+ * zero (its normalized vector is 0, as lpips's eps makes it), for a reference of batch 1 and
+ * of batch N; the gradient to f by finite differences away from the zero vector (where the
+ * normalization has no derivative). */
+PBW_TEST(ops_lpips_layer) {
+    const int64_t N = 2, C = 5, h = 3, w = 4, S = h * w;
+    for (int nr = 1; nr <= N; nr += N - 1) {
+        float *f = gc_rand(N * C * S, 95, 0.0f, 2.0f), *ref = gc_rand(nr * C * S, 96, -0.5f, 0.5f);
+        float *wt = gc_rand(C, 97, 0.0f, 1.0f), *k = gc_rand(S, 98, 0.0f, 1.0f);
+        for (int64_t c = 0; c < C; c++) f[c * S + 5] = 0.0f; /* image 0, position 5 */
+        pbw_ctx *ctx = new_ctx();
+        pbw_tensor *in[4] = {pbw_tensor_wrap(ctx, f, 4, (int64_t[]){N, C, h, w}),
+                             pbw_tensor_wrap(ctx, ref, 4, (int64_t[]){nr, C, h, w}),
+                             pbw_tensor_wrap(ctx, wt, 4, (int64_t[]){1, C, 1, 1}),
+                             pbw_tensor_wrap(ctx, k, 2, (int64_t[]){h, w})};
+        pbw_tensor *y = lpl_fn(ctx, in, NULL);
+        CHECK_MSG(y && y->numel == N, "%s", pbw_ctx_error(ctx));
+        for (int64_t n = 0; y && n < N; n++) {
+            double e = 0;
+            for (int64_t s = 0; s < S; s++) {
+                double ss = 0, r = 0;
+                for (int64_t c = 0; c < C; c++) ss += (double)f[(n * C + c) * S + s] * f[(n * C + c) * S + s];
+                for (int64_t c = 0; c < C; c++) {
+                    const double d = f[(n * C + c) * S + s] / (sqrt(ss) + 1e-10) -
+                                     ref[((n % nr) * C + c) * S + s];
+                    r += wt[c] * d * d;
+                }
+                e += k[s] * r;
+            }
+            CHECK_MSG(fabs(y->data[n] - e) <= 1e-5 * fabs(e), "ref batch %d, image %lld: %.7g vs %.7g",
+                      nr, (long long)n, y->data[n], e);
+        }
+        /* bad shapes and constant inputs that ask for gradients are refused */
+        CHECK(!pbw_lpips_layer(ctx, in[0], in[1], in[3], in[3], 1e-10f));
+        pbw_ctx_free(ctx);
+        f[5] = 0.5f; /* a nonzero vector at position 5 for the finite differences */
+        gc_input gin[4] = {{4, {N, C, h, w}, f, 1}, {4, {nr, C, h, w}, ref, 0},
+                           {4, {1, C, 1, 1}, wt, 0}, {2, {h, w}, k, 0}};
+        CHECK(gc_check("lpips_layer", lpl_fn, NULL, 4, gin, (gc_opts){0}) == 0);
+        free(f), free(ref), free(wt), free(k);
+    }
+}
+
 static pbw_tensor *softmax_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) { return pbw_softmax(ctx, in[0]); }
 
 PBW_TEST(ops_softmax) {

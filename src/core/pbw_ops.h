@@ -134,6 +134,14 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
  * mean, var (C) are constants; w, b (C) may be NULL. x (N,C,...). */
 pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_tensor *var,
                            pbw_tensor *w, pbw_tensor *b, float eps);
+/* LPIPS's term of one layer, summed over positions with a weight map: f (N,C,h,w), ref (N or
+ * 1,C,h,w), w with C elements (the layer's 1x1 head), k with h*w (the weight map) ->
+ * (N): sum_q k[q] sum_c w[c] (f[n,c,q] / (|f[n,:,q]| + eps) - ref[.,c,q])^2, |.| the norm over
+ * channels. lpips's normalize_tensor, squared difference and head, then a weighted sum over the
+ * positions, in one pass (pbw_lpips_keep sums a spatial map's masked mean this way). ref, w and
+ * k are constants (they must not require gradients); the gradient goes to f. */
+pbw_tensor *pbw_lpips_layer(pbw_ctx *ctx, pbw_tensor *f, pbw_tensor *ref, pbw_tensor *w,
+                            pbw_tensor *k, float eps);
 /* Softmax over the last dim. */
 pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x);
 /* Scaled dot-product attention: q (B,H,T,D), k and v (B,H,S,D) -> (B,H,T,D).

@@ -1,4 +1,5 @@
-/* pbw_ops_nn.c: layer norm, batch norm (inference statistics), softmax, attention, embedding. */
+/* pbw_ops_nn.c: layer norm, batch norm (inference statistics), LPIPS's weighted layer term,
+ * softmax, attention, embedding. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -113,6 +114,53 @@ pbw_tensor *pbw_batch_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *mean, pbw_te
         ((bn_saved *)n->saved)->rstd = rstd;
     }
     return y;
+}
+
+/* ---- LPIPS's weighted layer term ---- */
+
+typedef struct {
+    float eps;
+} lpips_layer_saved;
+
+static void lpips_layer_backward(pbw_ctx *ctx, pbw_node *n) {
+    pbw_tensor *f = n->in[0], *ref = n->in[1], *w = n->in[2], *k = n->in[3];
+    float *gf = pbw_grad(ctx, f);
+    if (!gf) return;
+    const int64_t N = f->shape[0], C = f->shape[1], S = f->shape[2] * f->shape[3];
+    PBW_KERNEL(ctx, lpips_layer_backward, f->data, ref->data, w->data, k->data, n->out->grad, gf,
+               N, ref->shape[0], C, S, ((const lpips_layer_saved *)n->saved)->eps);
+}
+
+pbw_tensor *pbw_lpips_layer(pbw_ctx *ctx, pbw_tensor *f, pbw_tensor *ref, pbw_tensor *w,
+                            pbw_tensor *k, float eps) {
+    pbw_tensor *in[4] = {f, ref, w, k};
+    if (pbw_op_begin(ctx, "lpips_layer", 4, in)) return NULL;
+    char sf[64], sr[64];
+    pbw_shape_str(f, sf, sizeof sf);
+    pbw_shape_str(ref, sr, sizeof sr);
+    if (f->ndim != 4 || ref->ndim != 4 || ref->shape[1] != f->shape[1] ||
+        ref->shape[2] != f->shape[2] || ref->shape[3] != f->shape[3] ||
+        (ref->shape[0] != 1 && ref->shape[0] != f->shape[0]) || w->numel != f->shape[1] ||
+        k->numel != f->shape[2] * f->shape[3] || f->shape[0] < 1)
+        return pbw_ctx_fail(ctx, "lpips_layer: f %s and ref %s must be (N,C,h,w) and (N or "
+                            "1,C,h,w), with C weights and h*w weights of positions (%lld, %lld)",
+                            sf, sr, (long long)w->numel, (long long)k->numel);
+    if (ref->requires_grad || w->requires_grad || k->requires_grad)
+        return pbw_ctx_fail(ctx, "lpips_layer: ref, w and k are constants (no gradients)");
+    const int64_t N = f->shape[0], C = f->shape[1], S = f->shape[2] * f->shape[3];
+    pbw_tensor *out = pbw_tensor_new(ctx, 1, (int64_t[]){N});
+    const size_t sc = PBW_KERNEL(ctx, lpips_layer_scratch_floats, N, S);
+    float *scratch = sc ? pbw_ctx_alloc(ctx, sc * sizeof(float)) : NULL;
+    if (!out || (sc && !scratch)) return pbw_ctx_fail(ctx, "lpips_layer: out of memory");
+    PBW_KERNEL(ctx, lpips_layer_forward, f->data, ref->data, w->data, k->data, out->data, N,
+               ref->shape[0], C, S, eps, scratch);
+    if (pbw_needs_grad(ctx, &f, 1)) {
+        pbw_node *n = pbw_tape_push(ctx, "lpips_layer", lpips_layer_backward, out, in, 4,
+                                    sizeof(lpips_layer_saved));
+        if (!n) return NULL;
+        ((lpips_layer_saved *)n->saved)->eps = eps;
+    }
+    return out;
 }
 
 /* ---- softmax ---- */

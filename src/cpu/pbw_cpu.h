@@ -78,6 +78,19 @@ void pbw_cpu_layer_norm_forward(const float *x, const float *w, const float *b, 
 void pbw_cpu_layer_norm_backward(const float *x, const float *w, const float *mean,
                                  const float *rstd, const float *gy, float *gx, float *gw,
                                  float *gb, int64_t R, int64_t D);
+/* LPIPS's term of one layer weighted over positions (pbw_lpips_layer): f (N,C,S), ref (Nr,C,S)
+ * with Nr 1 or N, w (C), k (S) -> out (N) =
+ *   sum_s k[s] sum_c w[c] (f[n,c,s] / (sqrt(sum_c' f[n,c',s]^2) + eps) - ref[n % Nr,c,s])^2.
+ * scratch: pbw_cpu/cuda_lpips_layer_scratch_floats(N, S) floats. Backward adds gout[n]'s
+ * gradient to gf (N,C,S) (where a position's vector is all zero, its normalization's own
+ * term, 0/0, is left out). */
+size_t pbw_cpu_lpips_layer_scratch_floats(int64_t N, int64_t S);
+void pbw_cpu_lpips_layer_forward(const float *f, const float *ref, const float *w,
+                                 const float *k, float *out, int64_t N, int64_t Nr, int64_t C,
+                                 int64_t S, float eps, float *scratch);
+void pbw_cpu_lpips_layer_backward(const float *f, const float *ref, const float *w,
+                                  const float *k, const float *gout, float *gf, int64_t N,
+                                  int64_t Nr, int64_t C, int64_t S, float eps);
 /* x (N,C,S): y = (x - mean[c]) * rstd[c] * w[c] + b[c]; w, b may be NULL. */
 void pbw_cpu_batch_norm_forward(const float *x, const float *mean, const float *rstd,
                                 const float *w, const float *b, float *y, int64_t N, int64_t C,

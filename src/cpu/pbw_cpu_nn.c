@@ -366,3 +366,65 @@ void pbw_cpu_attention_bwd(const pbw_attn_geom *g, const float *q, const float *
         }
     }
 }
+
+/* ---------- LPIPS's weighted layer term ---------- */
+
+size_t pbw_cpu_lpips_layer_scratch_floats(int64_t N, int64_t S) {
+    (void)N, (void)S;
+    return 0;
+}
+
+/* One position (channels C apart at stride S): nrm = |f|, den = |f| + eps, returns the sum over
+ * channels of w (f / den - ref)^2; with dot, also the sum of 2 w (f / den - ref) f. */
+static float lpips_site(const float *fp, const float *rp, const float *w, int64_t C, int64_t S,
+                        float eps, float *nrm, float *den, float *dot) {
+    float ss = 0.0f;
+    for (int64_t c = 0; c < C; c++) ss += fp[c * S] * fp[c * S];
+    *nrm = sqrtf(ss);
+    *den = *nrm + eps;
+    float r = 0.0f, a = 0.0f;
+    for (int64_t c = 0; c < C; c++) {
+        const float d = fp[c * S] / *den - rp[c * S];
+        r += w[c] * (d * d);
+        if (dot) a += 2.0f * w[c] * d * fp[c * S];
+    }
+    if (dot) *dot = a;
+    return r;
+}
+
+void pbw_cpu_lpips_layer_forward(const float *f, const float *ref, const float *w,
+                                 const float *k, float *out, int64_t N, int64_t Nr, int64_t C,
+                                 int64_t S, float eps, float *scratch) {
+    (void)scratch;
+#pragma omp parallel for schedule(static) if (N * C * S > 16384)
+    for (int64_t n = 0; n < N; n++) {
+        double acc = 0;
+        for (int64_t s = 0; s < S; s++) {
+            float nrm, den;
+            const float r = lpips_site(f + n * C * S + s, ref + (n % Nr) * C * S + s, w, C, S,
+                                       eps, &nrm, &den, NULL);
+            acc += (double)k[s] * r;
+        }
+        out[n] = (float)acc;
+    }
+}
+
+void pbw_cpu_lpips_layer_backward(const float *f, const float *ref, const float *w,
+                                  const float *k, const float *gout, float *gf, int64_t N,
+                                  int64_t Nr, int64_t C, int64_t S, float eps) {
+#pragma omp parallel for schedule(static) if (N * C * S > 16384)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t s = 0; s < S; s++) {
+            const float *fp = f + n * C * S + s, *rp = ref + (n % Nr) * C * S + s;
+            float nrm, den, dot;
+            lpips_site(fp, rp, w, C, S, eps, &nrm, &den, &dot);
+            /* d/df_j of sum_c w_c (f_c / den - r_c)^2 with den = |f| + eps:
+             * a_j / den - f_j dot / (|f| den^2), a_c = 2 w_c (f_c / den - r_c), dot = a . f */
+            const float g = gout[n] * k[s];
+            const float t = nrm > 0.0f ? dot / (nrm * den * den) : 0.0f;
+            for (int64_t c = 0; c < C; c++) {
+                const float a = 2.0f * w[c] * (fp[c * S] / den - rp[c * S]);
+                gf[n * C * S + c * S + s] += g * (a / den - fp[c * S] * t);
+            }
+        }
+}

@@ -840,3 +840,136 @@ extern "C" void pbw_cuda_embedding_backward(const float *gy, const int32_t *ids,
     embedding_backward_kernel<<<pbw_grid(n * D), 256, 0, pbw_stream()>>>(gy, ids, gt, n, D);
     PBW_CUDA_LAUNCHED("embedding_backward");
 }
+
+// ---------- LPIPS's weighted layer term ----------
+// A block takes LP_POS positions of one image with LP_SL threads a position, each summing every
+// LP_SL-th channel (a warp reads 32 consecutive positions of one channel: 128 bytes); the
+// slices' sums meet in shared memory, added in slice order. The forward's block sums go to
+// scratch (N, blocks) and one block per image adds them in order: no atomics, the same bits
+// every run.
+
+static const int LP_POS = 32, LP_SL = 8, LP_THREADS = LP_POS * LP_SL;
+
+// The sum over the LP_SL slices of position threadIdx.x's values v (every thread gets it).
+__device__ __forceinline__ float slices_sum(float v, float (*sh)[LP_POS]) {
+    sh[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LP_SL; i++) t += sh[i][threadIdx.x];
+    __syncthreads(); // sh is free again
+    return t;
+}
+
+// Position s of image n (threadIdx.y's channels): den = |f| + eps, the weighted squared
+// distance r over all channels, and with dot the sum of 2 w (f / den - ref) f.
+__device__ __forceinline__ void lpips_site(const float *fp, const float *rp, const float *w,
+                                           int64_t C, int64_t S, float eps, bool valid,
+                                           float (*sh)[LP_POS], float *nrm, float *den, float *r,
+                                           float *dot) {
+    float ss = 0.0f;
+    if (valid)
+        for (int64_t c = threadIdx.y; c < C; c += LP_SL) ss += fp[c * S] * fp[c * S];
+    *nrm = sqrtf(slices_sum(ss, sh));
+    *den = *nrm + eps;
+    float rp_ = 0.0f, a = 0.0f;
+    if (valid)
+        for (int64_t c = threadIdx.y; c < C; c += LP_SL) {
+            const float d = fp[c * S] / *den - rp[c * S];
+            rp_ += w[c] * (d * d);
+            if (dot) a += 2.0f * w[c] * d * fp[c * S];
+        }
+    *r = slices_sum(rp_, sh);
+    if (dot) *dot = slices_sum(a, sh);
+}
+
+__global__ static void __launch_bounds__(LP_THREADS)
+    lpips_layer_partial_kernel(const float *f, const float *ref, const float *w, const float *k,
+                               float *part, int64_t Nr, int64_t C, int64_t S, float eps) {
+    __shared__ float sh[LP_SL][LP_POS];
+    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * LP_POS + threadIdx.x;
+    const bool valid = s < S;
+    const int64_t sv = valid ? s : 0;
+    float nrm, den, r;
+    lpips_site(f + n * C * S + sv, ref + (n % Nr) * C * S + sv, w, C, S, eps, valid, sh, &nrm,
+               &den, &r, nullptr);
+    // the block's positions in order (warp 0 of slice 0: a shuffle tree)
+    if (threadIdx.y == 0) {
+        float v = valid ? k[s] * r : 0.0f;
+        for (int h = 16; h > 0; h /= 2) v += __shfl_down_sync(0xffffffffu, v, h);
+        if (threadIdx.x == 0) part[n * gridDim.x + blockIdx.x] = v;
+    }
+}
+
+__global__ static void __launch_bounds__(256)
+    lpips_layer_total_kernel(const float *part, float *out, int nb) {
+    __shared__ float sh[256];
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < nb; i += 256) v += part[(int64_t)blockIdx.x * nb + i];
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int h = 128; h > 0; h /= 2) {
+        if ((int)threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
+}
+
+__global__ static void __launch_bounds__(LP_THREADS)
+    lpips_layer_backward_kernel(const float *f, const float *ref, const float *w, const float *k,
+                                const float *gout, float *gf, int64_t Nr, int64_t C, int64_t S,
+                                float eps) {
+    __shared__ float sh[LP_SL][LP_POS];
+    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * LP_POS + threadIdx.x;
+    const bool valid = s < S;
+    const int64_t sv = valid ? s : 0;
+    const float *fp = f + n * C * S + sv, *rp = ref + (n % Nr) * C * S + sv;
+    float nrm, den, r, dot;
+    lpips_site(fp, rp, w, C, S, eps, valid, sh, &nrm, &den, &r, &dot);
+    if (!valid) return;
+    // d/df_j: a_j / den - f_j dot / (|f| den^2), a_c = 2 w_c (f_c / den - ref_c)
+    const float g = gout[n] * k[s];
+    const float t = nrm > 0.0f ? dot / (nrm * den * den) : 0.0f;
+    float *gp = gf + n * C * S + s;
+    for (int64_t c = threadIdx.y; c < C; c += LP_SL) {
+        const float a = 2.0f * w[c] * (fp[c * S] / den - rp[c * S]);
+        gp[c * S] += g * (a / den - fp[c * S] * t);
+    }
+}
+
+extern "C" size_t pbw_cuda_lpips_layer_scratch_floats(int64_t N, int64_t S) {
+    return (size_t)N * (size_t)((S + LP_POS - 1) / LP_POS);
+}
+
+extern "C" void pbw_cuda_lpips_layer_forward(const float *f, const float *ref, const float *w,
+                                             const float *k, float *out, int64_t N, int64_t Nr,
+                                             int64_t C, int64_t S, float eps, float *scratch) {
+    if (N <= 0) return;
+    const int64_t nb = (S + LP_POS - 1) / LP_POS;
+    if (N > 65535 || nb > INT_MAX) {
+        pbw_cuda_fail("lpips_layer: %lld images of %lld positions", (long long)N, (long long)S);
+        return;
+    }
+    if (nb > 0) {
+        lpips_layer_partial_kernel<<<dim3((unsigned)nb, (unsigned)N), dim3(LP_POS, LP_SL), 0,
+                                     pbw_stream()>>>(f, ref, w, k, scratch, Nr, C, S, eps);
+        PBW_CUDA_LAUNCHED("lpips_layer forward");
+    }
+    lpips_layer_total_kernel<<<(unsigned)N, 256, 0, pbw_stream()>>>(scratch, out, (int)nb);
+    PBW_CUDA_LAUNCHED("lpips_layer forward (sums)");
+}
+
+extern "C" void pbw_cuda_lpips_layer_backward(const float *f, const float *ref, const float *w,
+                                              const float *k, const float *gout, float *gf,
+                                              int64_t N, int64_t Nr, int64_t C, int64_t S,
+                                              float eps) {
+    const int64_t nb = (S + LP_POS - 1) / LP_POS;
+    if (N <= 0 || nb <= 0) return;
+    if (N > 65535 || nb > INT_MAX) {
+        pbw_cuda_fail("lpips_layer: %lld images of %lld positions", (long long)N, (long long)S);
+        return;
+    }
+    lpips_layer_backward_kernel<<<dim3((unsigned)nb, (unsigned)N), dim3(LP_POS, LP_SL), 0,
+                                  pbw_stream()>>>(f, ref, w, k, gout, gf, Nr, C, S, eps);
+    PBW_CUDA_LAUNCHED("lpips_layer backward");
+}

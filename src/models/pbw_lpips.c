@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/pbw_cpu_conv.h"
 #include "models/pbw_weights.h"
 
 const int pbw_lpips_channels[PBW_LPIPS_LAYERS] = {64, 192, 384, 256, 256};
@@ -170,23 +171,71 @@ static int check_image(pbw_ctx *ctx, const char *what, const pbw_tensor *x) {
     return 0;
 }
 
-int pbw_lpips_features(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
-                       pbw_tensor *feats[PBW_LPIPS_LAYERS]) {
-    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) feats[k] = NULL;
+/* The trunk's five ReLU outputs for x (N,3,H,W): relu[k] (N,C_k,h_k,w_k). 0, or -1 with the
+ * context failed. */
+static int trunk(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
+                 pbw_tensor *relu[PBW_LPIPS_LAYERS]) {
+    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) relu[k] = NULL;
     if (!m) {
         pbw_ctx_fail(ctx, "lpips: no model");
         return -1;
     }
     if (check_image(ctx, "input", x)) return -1;
     pbw_tensor *h = pbw_div(ctx, pbw_sub(ctx, x, m->shift), m->scale);
-    pbw_tensor *relu[PBW_LPIPS_LAYERS];
     relu[0] = conv_relu(ctx, m, 0, h);
     relu[1] = conv_relu(ctx, m, 1, pbw_max_pool2d(ctx, relu[0], 3, 2, 0));
     relu[2] = conv_relu(ctx, m, 2, pbw_max_pool2d(ctx, relu[1], 3, 2, 0));
     relu[3] = conv_relu(ctx, m, 3, relu[2]);
     relu[4] = conv_relu(ctx, m, 4, relu[3]);
-    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) feats[k] = normalize_channels(ctx, relu[k]);
     return pbw_ctx_failed(ctx) ? -1 : 0;
+}
+
+int pbw_lpips_features(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
+                       pbw_tensor *feats[PBW_LPIPS_LAYERS]) {
+    pbw_tensor *relu[PBW_LPIPS_LAYERS];
+    int rc = trunk(ctx, m, x, relu);
+    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) feats[k] = rc ? NULL : normalize_channels(ctx, relu[k]);
+    return rc || pbw_ctx_failed(ctx) ? -1 : 0;
+}
+
+int pbw_lpips_keep_weights(pbw_ctx *ctx, const float *keep, int H, int W,
+                           pbw_tensor *const ref[PBW_LPIPS_LAYERS],
+                           pbw_tensor *kw[PBW_LPIPS_LAYERS]) {
+    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) kw[k] = NULL;
+    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) {
+        if (!ref[k] || ref[k]->ndim != 4) {
+            pbw_ctx_fail(ctx, "lpips keep weights: reference features of layer %d missing", k);
+            return -1;
+        }
+        const int h = (int)ref[k]->shape[2], w = (int)ref[k]->shape[3];
+        const size_t sb = pbw_cpu_resize_scratch_bytes(1, h, w, H, W);
+        float *kh = calloc((size_t)h * w, sizeof(float));
+        void *scratch = malloc(sb + 1);
+        if (kh && scratch) /* resize^T keep: sum_p keep(p) resize(r)(p) = sum_q kw(q) r(q) */
+            pbw_cpu_resize_backward(kh, keep, 1, h, w, H, W, 1, scratch);
+        kw[k] = kh && scratch ? pbw_tensor_from_host(ctx, kh, 2, (int64_t[]){h, w}) : NULL;
+        free(kh);
+        free(scratch);
+        if (!kw[k]) {
+            if (!pbw_ctx_failed(ctx)) pbw_ctx_fail(ctx, "lpips keep weights: out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+pbw_tensor *pbw_lpips_keep(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
+                           pbw_tensor *const ref[PBW_LPIPS_LAYERS],
+                           pbw_tensor *const kw[PBW_LPIPS_LAYERS], double keep_sum) {
+    if (!(keep_sum > 0)) return pbw_ctx_fail(ctx, "lpips keep: the weights sum to %g", keep_sum);
+    pbw_tensor *relu[PBW_LPIPS_LAYERS];
+    if (trunk(ctx, m, x, relu)) return NULL;
+    pbw_tensor *val = NULL;
+    for (int k = 0; k < PBW_LPIPS_LAYERS; k++) {
+        pbw_tensor *t = pbw_lpips_layer(ctx, relu[k], ref[k], m->lin_w[k], kw[k], 1e-10f);
+        val = val ? pbw_add(ctx, val, t) : t;
+    }
+    return pbw_scale(ctx, val, (float)(1.0 / keep_sum));
 }
 
 pbw_tensor *pbw_lpips_compare(pbw_ctx *ctx, const pbw_lpips *m,

@@ -105,6 +105,24 @@ pbw_tensor *pbw_lpips_compare(pbw_ctx *ctx, const pbw_lpips *m,
                               pbw_tensor *const f1[PBW_LPIPS_LAYERS], int spatial, int64_t H,
                               int64_t W);
 
+/* Paint by Word's masked LPIPS in one pass per layer: per image
+ *   sum_p keep(p) map(p) / keep_sum,   map = the spatial LPIPS map of x against the reference
+ * (pbw_lpips_compare's, spatial), as pbw_lpips_weighted_sums of that map gives it, without the
+ * map: bilinear upsampling is linear, so sum_p keep(p) resize(r_k)(p) = sum_q kw_k(q) r_k(q)
+ * with kw_k = resize^T keep, and each layer's term is one pbw_lpips_layer. The sums run in
+ * another order (equal up to float rounding). ref: pbw_lpips_features of the reference (batch 1
+ * or N); kw: pbw_lpips_keep_weights for the same keep map; keep_sum > 0 its sum. x (N,3,H,W)
+ * -> (N), with gradients to x. */
+pbw_tensor *pbw_lpips_keep(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
+                           pbw_tensor *const ref[PBW_LPIPS_LAYERS],
+                           pbw_tensor *const kw[PBW_LPIPS_LAYERS], double keep_sum);
+/* The weights of pbw_lpips_keep for a keep map (host floats (H,W), the reference's image size)
+ * and the reference's features ref: kw[k] (h_k,w_k) = the bilinear resize's adjoint applied to
+ * keep, made in ctx (a context that is not reset, beside ref). 0, or -1 with ctx failed. */
+int pbw_lpips_keep_weights(pbw_ctx *ctx, const float *keep, int H, int W,
+                           pbw_tensor *const ref[PBW_LPIPS_LAYERS],
+                           pbw_tensor *kw[PBW_LPIPS_LAYERS]);
+
 /* Paint by Word's weighting of a spatial LPIPS map (paintbyword/losses.py, PerceptualLoss):
  * per image sum(map * weight) / sum(weight) over (C,H,W). map (N,1,H,W); weight (N,1,H,W) or
  * (1,1,H,W), nonnegative, a constant (1 - mask in the painting loss). Returns (N). Where

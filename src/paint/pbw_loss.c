@@ -582,15 +582,17 @@ int pbw_objective_set_mask(pbw_objective *o, pbw_ctx *cctx, const float *mask,
     pbw_mask_square_box(mh, (int)H, (int)W, 128, o->box);
     o->mask = pbw_tensor_from_host(cctx, mh, 4, (int64_t[]){1, 1, H, W});
     o->keep = pbw_tensor_from_host(cctx, kh, 4, (int64_t[]){1, 1, H, W});
-    free(mh);
     o->orig = pbw_tensor_copy(cctx, orig);
-    if (!o->mask || !o->keep || !o->orig) return pbw_ctx_check(cctx, err);
-    if (o->lpips) {
+    int rc = !o->mask || !o->keep || !o->orig ? -1 : 0;
+    if (!rc && o->lpips) {
         int prev = pbw_ctx_set_grad(cctx, 0);
-        int rc = pbw_lpips_features(cctx, o->lpips, o->orig, o->orig_feats);
+        rc = pbw_lpips_features(cctx, o->lpips, o->orig, o->orig_feats);
         pbw_ctx_set_grad(cctx, prev);
-        if (rc) return pbw_ctx_check(cctx, err) ? -1 : pbw_err_set(err, "lpips features failed");
+        /* the masked mean of the spatial map in one pass a layer (pbw_lpips_keep) */
+        if (!rc) rc = pbw_lpips_keep_weights(cctx, kh, (int)H, (int)W, o->orig_feats, o->lpips_kw);
     }
+    free(mh);
+    if (rc) return pbw_ctx_check(cctx, err) ? -1 : pbw_err_set(err, "lpips features failed");
     return 0;
 }
 
@@ -639,11 +641,10 @@ static pbw_tensor *l1_term(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img
     return pbw_scale(ctx, pbw_sum(ctx, d, 3, chw, 0), (float)(1.0 / o->keep_sum));
 }
 
+/* sum_p keep(p) lpips_map(img, orig)(p) / sum keep -> (B): the reference's
+ * PerceptualLoss(spatial) weighted by 1 - mask, summed without the map (pbw_lpips_keep) */
 static pbw_tensor *lpips_term(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
-    pbw_tensor *f[PBW_LPIPS_LAYERS];
-    if (pbw_lpips_features(ctx, o->lpips, img, f)) return NULL;
-    pbw_tensor *map = pbw_lpips_compare(ctx, o->lpips, f, o->orig_feats, 1, o->H, o->W);
-    return pbw_lpips_weighted_sums(ctx, map, o->keep, &o->keep_sum);
+    return pbw_lpips_keep(ctx, o->lpips, img, o->orig_feats, o->lpips_kw, o->keep_sum);
 }
 
 static int check_img(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {

@@ -145,6 +145,7 @@ typedef struct pbw_objective {
     double keep_sum;          /* sum of keep; 0: no reconstruction term */
     pbw_tensor *orig;         /* (1,3,H,W) */
     pbw_tensor *orig_feats[PBW_LPIPS_LAYERS]; /* LPIPS features of orig (with lpips) */
+    pbw_tensor *lpips_kw[PBW_LPIPS_LAYERS];   /* pbw_lpips_keep_weights of keep (with lpips) */
     int box[4];               /* zoom box */
 } pbw_objective;
 
