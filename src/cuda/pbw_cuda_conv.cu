@@ -20,8 +20,10 @@
 // The fastest candidate wins, but a nondeterministic one only when it is more than
 // NONDET_SPEEDUP (1.3x) faster than the fastest deterministic one: run-to-run identical
 // results are worth a little speed, not a lot. Should measuring fail, the heuristics choose.
-// PBW_CUDNN_HEURISTIC=1 chooses by cuDNN's heuristics instead (cudnnGet*_v7, no measuring:
-// the first deterministic candidate under a 1 GiB workspace, else the first), for debugging;
+// In fp32, and in every precision with PBW_CUDNN_HEURISTIC=1, cuDNN's heuristics choose
+// instead (cudnnGet*_v7, no measuring: the first deterministic candidate under a 1 GiB
+// workspace, else the first): fp32 is the parity reference, whose results should repeat from
+// one process to the next (use_heuristics; PBW_CUDNN_HEURISTIC=0 measures fp32 too);
 // PBW_CUDNN_LOG=1 prints each choice and its candidates (algo, t = tensor op, nd =
 // nondeterministic, time, workspace; * marks the pick) on stderr.
 //
@@ -244,11 +246,17 @@ conv_plan *plan_get(const pbw_cpu_conv_geom *g) {
     return p;
 }
 
-// PBW_CUDNN_HEURISTIC=1: choose by cudnnGet*_v7 (no benchmarking), as before measuring.
-int use_heuristics() {
-    static int v = -1;
-    if (v < 0) v = pbw_env_set("PBW_CUDNN_HEURISTIC");
-    return v;
+// Whether precision prec's algorithms come from cuDNN's heuristics (cudnnGet*_v7, no
+// benchmarking) instead of measuring: in fp32, the parity reference, so that every process
+// takes the same algorithms and its sums repeat (measured picks change with timing noise, and
+// with them an fp32 edit's result: cuda_edit_adam5_fp32's seed 0 came out 8.9e-5, 4.0e-4 and
+// 3.7e-4 from the CPU's in separate processes on one H100, 4.3e-4 each time by the heuristics).
+// PBW_CUDNN_HEURISTIC=1 takes the heuristics in every precision, =0 measures fp32 too (read
+// at each plan, so tests can switch it).
+int use_heuristics(int prec) {
+    if (pbw_env_set("PBW_CUDNN_HEURISTIC")) return 1;
+    if (pbw_env_zero("PBW_CUDNN_HEURISTIC")) return 0;
+    return prec == PBW_PREC_FP32;
 }
 
 // PBW_CUDNN_LOG=1: one line on stderr per choice (geometry, precision, candidates, pick).
@@ -462,7 +470,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     const int prec = p->key.prec;
     Perf perf[16];
     int n = 0, i = -1, measured = 0;
-    if (!use_heuristics()) {
+    if (!use_heuristics(prec)) {
         int algo;
         cudnnMathType_t math;
         size_t ws = 0;
