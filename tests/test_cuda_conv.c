@@ -978,6 +978,54 @@ PBW_TEST(cuda_sg_nhwc_chain) {
 #endif
 }
 
+/* ---------- ToRGB's blend and bias after the product (pbw_sg_pointwise_blend) ----------
+ * On NHWC halves without gradients the kernel writes y0 + m (y1 - y0) + bias after the
+ * products: bit for bit the ops it stands for (pbw_sg_pointwise, slices, sub, mul, add, add on
+ * the same GPU), masked with one mask for the batch and one per sample, and unmasked, with and
+ * without a bias. The CPU op against the same ops is in stylegan2_op_pointwise_blend. */
+PBW_TEST(cuda_sg_pointwise_blend) {
+#ifdef PBW_HAVE_CUDA
+    const int N = 2, C = 64, H = 16, W = 16, O = 3;
+    pbw_ctx *ctx;
+    pbw_arena ga;
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, C, C, 0);
+    CHECK(pl != NULL);
+    if (pl) {
+        const int64_t nx = (int64_t)N * C * H * W;
+        float *h = malloc((size_t)(nx + 2 * N * H * W + 2 * N * O * C + 2 * C) * sizeof(float));
+        for (int64_t j = 0; j < nx + 2 * N * H * W + 2 * N * O * C + 2 * C; j++)
+            h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
+        pbw_tensor *x0 = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+        /* NHWC halves, as the generator's last convolution leaves them */
+        pbw_tensor *x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, pl, NULL, NULL, NULL, 0.0f, 0.2f,
+                                           sqrtf(2.0f));
+        CHECK(x && x->half_nhwc);
+        const float *hm = h + nx, *hw = hm + 2 * N * H * W, *hb = hw + 2 * N * O * C;
+        pbw_tensor *mN = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W})), 1.0f, 0.0f);
+        pbw_tensor *m1 = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W})), 1.0f, 0.0f);
+        pbw_tensor *w2 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, 2 * O, C});
+        pbw_tensor *w1 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, O, C});
+        pbw_tensor *b = pbw_tensor_from_host(ctx, hb, 4, (int64_t[]){1, O, 1, 1});
+        struct { pbw_tensor *w, *m, *b; } v[4] = {{w2, mN, b}, {w2, m1, NULL}, {w1, NULL, b},
+                                                   {w2, m1, b}};
+        for (int k = 0; x && k < 4; k++) {
+            pbw_tensor *a = pbw_sg_pointwise_blend(ctx, x, v[k].w, v[k].m, v[k].b);
+            pbw_tensor *y = pbw_sg_pointwise(ctx, x, v[k].w);
+            if (v[k].m) {
+                pbw_tensor *y1 = pbw_slice(ctx, y, 1, 0, O, 1), *y0 = pbw_slice(ctx, y, 1, O, 2 * O, 1);
+                y = pbw_add(ctx, y0, pbw_mul(ctx, v[k].m, pbw_sub(ctx, y1, y0)));
+            }
+            if (v[k].b) y = pbw_add(ctx, y, v[k].b);
+            CHECK_MSG(a && a->shape[1] == O && same_bits(ctx, a, y), "variant %d: %s", k,
+                      pbw_ctx_error(ctx));
+        }
+        free(h);
+    }
+    bf16_plan_end(ctx, &ga);
+#endif
+}
+
 /* ---------- the blur on NHWC halves (pbw_cuda_sg_blur_act_nhwc) ----------
  * The kernel alone on bf16 values written on the host, against double sums of the same
  * (rounded) values with zero padding, then StyleGAN2's activation in double: 8 channels a thread
@@ -1097,7 +1145,7 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
         float *dw = pbw_cuda_malloc((size_t)nw * 4), *dy = pbw_cuda_malloc((size_t)ny * 4);
         CHECK(dx && dw && dy && pbw_cuda_h2d(dx, xh, (size_t)nx * 2) == 0 &&
               pbw_cuda_h2d(dw, w, (size_t)nw * 4) == 0);
-        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C, P, O) == 0);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C, P, O, NULL, 0, NULL) == 0);
         CHECK(pbw_cuda_d2h(y, dy, (size_t)ny * 4) == 0);
         double worst = 0;
         for (int n = 0; n < N; n++)
@@ -1115,9 +1163,9 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
                N, C, O, (long long)P, worst);
         CHECK(worst <= 1e-5);
         /* refused: C not a multiple of 8, more than 8 outputs, a misaligned x */
-        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C + 4, 1, O) == -1);
-        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, 1, C, 1, 9) == -1);
-        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, (char *)dx + 2, dw, 1, C, 1, O) == -1);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C + 4, 1, O, NULL, 0, NULL) == -1);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, 1, C, 1, 9, NULL, 0, NULL) == -1);
+        CHECK(pbw_cuda_sg_pointwise_nhwc(dy, (char *)dx + 2, dw, 1, C, 1, O, NULL, 0, NULL) == -1);
         pbw_cuda_free(dx), pbw_cuda_free(dw), pbw_cuda_free(dy);
         free(xh), free(xf), free(w), free(y);
     }

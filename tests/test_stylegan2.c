@@ -682,6 +682,67 @@ PBW_TEST(stylegan2_op_pointwise) {
     free(x), free(w);
 }
 
+/* pbw_sg_pointwise_blend: the forward against y0 + m (y1 - y0) + bias written out (masks of
+ * batch 1 and N, without a mask, without a bias), finite differences for x, w and the mask
+ * (the op is the ops it stands for on the CPU), and its shape errors. */
+static pbw_tensor *f_pointwise_blend(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    (void)user;
+    return pbw_sg_pointwise_blend(ctx, in[0], in[1], in[2], in[3]);
+}
+
+PBW_TEST(stylegan2_op_pointwise_blend) {
+    const int N = 2, C = 5, H = 3, W = 4, O = 3, P = H * W;
+    float *x = gc_rand((int64_t)N * C * P, 93, -1, 1), *w = gc_rand((int64_t)N * 2 * O * C, 94, -1, 1);
+    float *m = gc_rand((int64_t)N * P, 95, 0, 1), *b = gc_rand(O, 96, -1, 1);
+    pbw_err err = {{0}};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
+    pbw_tensor *tb = pbw_tensor_from_host(ctx, b, 4, (int64_t[]){1, O, 1, 1});
+    for (int k = 0; k < 4; k++) { /* mask per sample, mask shared, no mask, no bias */
+        const int mb = k == 0 ? N : 1, masked = k != 2, biased = k != 3;
+        pbw_tensor *tw = pbw_tensor_from_host(ctx, w, 3, (int64_t[]){N, masked ? 2 * O : O, C});
+        pbw_tensor *tm = masked ? pbw_tensor_from_host(ctx, m, 4, (int64_t[]){mb, 1, H, W}) : NULL;
+        pbw_tensor *y = pbw_sg_pointwise_blend(ctx, tx, tw, tm, biased ? tb : NULL);
+        CHECK_MSG(y && y->shape[0] == N && y->shape[1] == O && y->shape[2] == H, "%s",
+                  pbw_ctx_error(ctx));
+        double e = 0;
+        for (int n = 0; y && n < N; n++)
+            for (int o = 0; o < O; o++)
+                for (int p = 0; p < P; p++) {
+                    double y1 = 0, y0 = 0;
+                    const int rows = masked ? 2 * O : O;
+                    for (int c = 0; c < C; c++) {
+                        y1 += (double)w[(n * rows + o) * C + c] * x[(n * C + c) * P + p];
+                        if (masked) y0 += (double)w[(n * rows + O + o) * C + c] * x[(n * C + c) * P + p];
+                    }
+                    const double mv = masked ? m[(mb == N ? n : 0) * P + p] : 0;
+                    const double r = (masked ? y0 + mv * (y1 - y0) : y1) + (biased ? b[o] : 0);
+                    e = fmax(e, fabs(y->data[(n * O + o) * P + p] - r));
+                }
+        CHECK_MSG(e < 1e-5, "variant %d: max diff %g", k, e); /* fp32 sums of 5 products, 3 ops */
+        pbw_ctx_reset(ctx);
+        tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
+        tb = pbw_tensor_from_host(ctx, b, 4, (int64_t[]){1, O, 1, 1});
+    }
+    /* odd weight rows with a mask, a mask of another size, a bias of another length */
+    pbw_tensor *m1 = pbw_tensor_zeros(ctx, 4, (int64_t[]){1, 1, H, W});
+    CHECK(!pbw_sg_pointwise_blend(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, 5, C}), m1, NULL));
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "sg_pointwise_blend"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
+    CHECK(!pbw_sg_pointwise_blend(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, 6, C}),
+                                  pbw_tensor_zeros(ctx, 4, (int64_t[]){1, 1, H + 1, W}), NULL));
+    pbw_ctx_reset(ctx);
+    tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
+    CHECK(!pbw_sg_pointwise_blend(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, O, C}), NULL,
+                                  pbw_tensor_zeros(ctx, 1, (int64_t[]){O + 1})));
+    pbw_ctx_free(ctx);
+    gc_input in[4] = {{4, {N, C, H, W}, x, 1}, {3, {N, 2 * O, C}, w, 1}, {4, {N, 1, H, W}, m, 1},
+                      {4, {1, O, 1, 1}, b, 1}};
+    CHECK(gc_check("sg_pointwise_blend", f_pointwise_blend, NULL, 4, in, (gc_opts){0}) == 0);
+    free(x), free(w), free(m), free(b);
+}
+
 PBW_TEST(stylegan2_op_shape_errors) {
     pbw_err err = {{0}};
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);

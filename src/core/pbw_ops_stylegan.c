@@ -621,13 +621,57 @@ pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w) {
         pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
         if (!out) return NULL;
         if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)C, H * W,
-                                       (int)O) == 0)
+                                       (int)O, NULL, 0, NULL) == 0)
             return out;
         /* a shape the kernel does not take: the product on fp32 values (written below) */
     }
 #endif
     pbw_tensor *y = pbw_matmul(ctx, w, pbw_reshape(ctx, x, 3, (int64_t[]){N, C, H * W}), 0, 0);
     return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, H, W});
+}
+
+pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
+                                   pbw_tensor *bias) {
+    static const char *op = "sg_pointwise_blend";
+    if (pbw_ctx_failed(ctx)) return NULL;
+    if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0);
+    char sx[96], sw[96], sm[96];
+    if (x->ndim != 4 || w->ndim != 3 || (m && w->shape[1] % 2))
+        return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C), O even with "
+                            "a mask", op, pbw_shape_str(x, sx, sizeof sx),
+                            pbw_shape_str(w, sw, sizeof sw));
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t O = m ? w->shape[1] / 2 : w->shape[1];
+    if (m && (m->ndim != 4 || m->shape[1] != 1 || m->shape[2] != H || m->shape[3] != W ||
+              (m->shape[0] != 1 && m->shape[0] != N)))
+        return pbw_ctx_fail(ctx, "%s: mask %s must be (N or 1,1,%lld,%lld)", op,
+                            pbw_shape_str(m, sm, sizeof sm), (long long)H, (long long)W);
+    if (bias && bias->numel != O)
+        return pbw_ctx_fail(ctx, "%s: bias %s must have %lld elements", op,
+                            pbw_shape_str(bias, sm, sizeof sm), (long long)O);
+#ifdef PBW_HAVE_CUDA
+    pbw_tensor *ins[4] = {x, w, m, bias};
+    int nin = 2;
+    if (m) ins[nin++] = m;
+    if (bias) ins[nin++] = bias;
+    if (x->half_nhwc && pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, nin) && N <= 65535) {
+        if (pbw_op_begin_nhwc(ctx, op, nin, ins)) return NULL;
+        pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
+        if (!out) return NULL;
+        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)C, H * W,
+                                       (int)w->shape[1], m ? m->data : NULL,
+                                       m && m->shape[0] == N ? H * W : 0,
+                                       bias ? bias->data : NULL) == 0)
+            return out;
+        /* a shape the kernel does not take: the ops (below) */
+    }
+#endif
+    pbw_tensor *y = pbw_sg_pointwise(ctx, x, w);
+    if (m) {
+        pbw_tensor *y1 = pbw_slice(ctx, y, 1, 0, O, 1), *y0 = pbw_slice(ctx, y, 1, O, 2 * O, 1);
+        y = pbw_add(ctx, y0, pbw_mul(ctx, m, pbw_sub(ctx, y1, y0)));
+    }
+    return bias ? pbw_add(ctx, y, pbw_reshape(ctx, bias, 4, (int64_t[]){1, O, 1, 1})) : y;
 }
 
 /* ---------- separable blur ---------- */

@@ -105,6 +105,15 @@ pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_t
  * without gradients on a GPU where x is held as NHWC halves (pbw_cuda_nhwc), which it reads as
  * they are. */
 pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w);
+/* ToRGB's product with its masked blend and bias: with m (N|1,1,H,W), w (N,2O,C) holds the
+ * edit's weights in rows 0..O-1 and the original style's in O..2O-1, and
+ *   y = y0 + m (y1 - y0) + bias,   y1, y0 = pbw_sg_pointwise's outputs 0..O-1 and O..2O-1;
+ * without m, w (N,O,C) and y = pbw_sg_pointwise(x, w) + bias. bias (O elements) may be NULL.
+ * The ops it stands for (pbw_sg_pointwise, two slices, sub, mul, add, add) are what it runs,
+ * and records, on the CPU or with gradients; without gradients on a GPU where x is NHWC
+ * halves, one kernel writes y after the products, with those ops' roundings. */
+pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
+                                   pbw_tensor *bias);
 
 /* ---------- separable blur ----------
  *

@@ -1206,9 +1206,18 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
 namespace {
 const int PW_THREADS = 256, PW_OMAX = 8, PW_CMAX = 1024, PW_BATCH = 8;
 
+// The outputs of one pixel from its O sums: as they are, or (m non-NULL) the blend
+// y0 + m (y1 - y0) of the second half (y0) and the first (y1); then + bias. Written with the
+// separate ops' roundings (pbw_sg_pointwise_blend), no fused multiply-add.
+struct pw_epilogue {
+    const float *m, *bias;
+    int64_t m_nstride;
+};
+
 template <typename T, int OM>
 __global__ void __launch_bounds__(PW_THREADS)
-    pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P, int O) {
+    pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P, int O,
+                          pw_epilogue ep) {
     extern __shared__ float4 ws4[]; // (O, C) floats of sample blockIdx.y
     const int n = blockIdx.y, cv = C / 8;
     float *ws = reinterpret_cast<float *>(ws4);
@@ -1241,23 +1250,43 @@ __global__ void __launch_bounds__(PW_THREADS)
                 }
             }
         }
+        if (!ep.m && !ep.bias) {
 #pragma unroll
-        for (int o = 0; o < OM; o++)
-            if (o < O) y[((int64_t)n * O + o) * P + p] = acc[o];
+            for (int o = 0; o < OM; o++)
+                if (o < O) y[((int64_t)n * O + o) * P + p] = acc[o];
+            continue;
+        }
+        const int Oy = ep.m ? O / 2 : O;
+        const float mv = ep.m ? ep.m[n * ep.m_nstride + p] : 0.0f;
+#pragma unroll
+        for (int o = 0; o < OM; o++) {
+            if (o >= Oy) break;
+            float v = acc[o];
+            if (ep.m) {
+#pragma unroll
+                for (int h = 0; h < OM; h++) // acc[o + Oy] with a constant index (registers)
+                    if (h == o + Oy) v = __fadd_rn(acc[h], __fmul_rn(mv, __fsub_rn(acc[o], acc[h])));
+            }
+            if (ep.bias) v = __fadd_rn(v, ep.bias[o]);
+            y[((int64_t)n * Oy + o) * P + p] = v;
+        }
     }
 }
 
 template <typename T, int OM>
 void pointwise_launch(dim3 grid, size_t smem, float *y, const T *x, const float *w, int C,
-                      int64_t P, int O) {
-    pointwise_nhwc_kernel<T, OM><<<grid, PW_THREADS, smem, pbw_stream()>>>(y, x, w, C, P, O);
+                      int64_t P, int O, const pw_epilogue &ep) {
+    pointwise_nhwc_kernel<T, OM><<<grid, PW_THREADS, smem, pbw_stream()>>>(y, x, w, C, P, O, ep);
 }
 } // namespace
 
 extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C,
-                                          int64_t P, int O) {
+                                          int64_t P, int O, const float *m, int64_t m_nstride,
+                                          const float *bias) {
     if (N == 0 || P == 0 || O == 0) return 0;
-    if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535) return -1;
+    if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535 || (m && O % 2))
+        return -1;
+    const pw_epilogue ep = {m, bias, m_nstride};
     // a few pixels a thread where there are many (the weights are loaded once a block):
     // GRID_BLOCKS in all
     const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS, want = (GRID_BLOCKS + N - 1) / N;
@@ -1267,11 +1296,11 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
         using H = decltype(t);
         const H *x = (const H *)xh;
         if (O <= 3) // RGB
-            pointwise_launch<H, 3>(grid, smem, y, x, w, C, P, O);
+            pointwise_launch<H, 3>(grid, smem, y, x, w, C, P, O, ep);
         else if (O <= 6) // RGB of the edit and of the original style (masked)
-            pointwise_launch<H, 6>(grid, smem, y, x, w, C, P, O);
+            pointwise_launch<H, 6>(grid, smem, y, x, w, C, P, O, ep);
         else
-            pointwise_launch<H, PW_OMAX>(grid, smem, y, x, w, C, P, O);
+            pointwise_launch<H, PW_OMAX>(grid, smem, y, x, w, C, P, O, ep);
     });
     PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves)");
     return 0;

@@ -177,10 +177,13 @@ int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int
 long pbw_cuda_sg_blur_nhwc_calls(void);
 /* y (N,O,P) = w_n (O,C) x_n for each sample n: a 1x1 convolution with a weight per sample
  * (pbw_sg_pointwise, StyleGAN2's ToRGB) of x held as NHWC halves of the precision's type
- * (pbw_tensor.half_nhwc), w (N,O,C) float, sums in fp32. 0 when enqueued; -1, nothing done,
+ * (pbw_tensor.half_nhwc), w (N,O,C) float, sums in fp32. With m (mask values of sample n at
+ * m + n m_nstride, P of them; O even), y has O/2 outputs, y0 + m (y1 - y0) from outputs
+ * O/2.. (y0) and ..O/2 (y1) (pbw_sg_pointwise_blend); with bias (O or O/2 floats) it is added
+ * last; the roundings are those of the separate ops. 0 when enqueued; -1, nothing done,
  * unless C is a multiple of 8 up to 1024, O at most 8 and x 16-byte aligned. */
 int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C, int64_t P,
-                               int O);
+                               int O, const float *m, int64_t m_nstride, const float *bias);
 /* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
 void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
 /* gx = beta gx + the input gradient (beta 0 or 1; gx not read for 0). */

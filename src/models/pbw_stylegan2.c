@@ -469,21 +469,20 @@ static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer
 /* A 1x1 modulated convolution (ToRGB, O = 3 outputs) as one product per sample whose weight
  * the style scales: y_n = (W diag s_n) x_n, so x is read once and no modulated copy of it is
  * made. Masked, the per-pixel style s m + s0 (1 - m) is linear in m: y = y0 + m (y1 - y0) with
- * y1 from s and y0 from s0, both rows of one product. */
+ * y1 from s and y0 from s0, both rows of one product. bias (may be NULL) is added last, all in
+ * one op (pbw_sg_pointwise_blend). */
 static pbw_tensor *rgb_conv(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
-                            const layer_in *li, pbw_tensor *s, pbw_tensor *s0) {
+                            const layer_in *li, pbw_tensor *s, pbw_tensor *s0, pbw_tensor *bias) {
     if (!x || !s || (li->m_in && !s0)) return NULL;
     const int64_t N = x->shape[0], C = x->shape[1];
     const int64_t O = mc->weight->shape[0];
     pbw_tensor *w = pbw_reshape(ctx, mc->weight, 3, (int64_t[]){1, O, C});
     pbw_tensor *ws = pbw_mul(ctx, w, pbw_reshape(ctx, s, 3, (int64_t[]){N, 1, C})); /* (N,O,C) */
-    if (!li->m_in) return pbw_sg_pointwise(ctx, x, ws);
+    if (!li->m_in) return pbw_sg_pointwise_blend(ctx, x, ws, NULL, bias);
     if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
         s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
     pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
-    pbw_tensor *y10 = pbw_sg_pointwise(ctx, x, pbw_concat(ctx, 2, parts, 1)); /* (N,2O,H,W) */
-    pbw_tensor *y1 = pbw_slice(ctx, y10, 1, 0, O, 1), *y0 = pbw_slice(ctx, y10, 1, O, 2 * O, 1);
-    return pbw_add(ctx, y0, pbw_mul(ctx, li->m_in, pbw_sub(ctx, y1, y0)));
+    return pbw_sg_pointwise_blend(ctx, x, pbw_concat(ctx, 2, parts, 1), li->m_in, bias);
 }
 
 /* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
@@ -494,7 +493,7 @@ static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc
     styles(ctx, mc, li, &s, &s0);
     *s_out = s;
     *s0_out = s0;
-    if (!mc->plan) return rgb_conv(ctx, mc, x, li, s, s0); /* 1x1 (ToRGB) */
+    if (!mc->plan) return rgb_conv(ctx, mc, x, li, s, s0, NULL); /* 1x1 (ToRGB) */
     pbw_tensor *y = pbw_sg_modconv(ctx, x, s, s0, li->m_in, mc->plan);
     if (!mc->upsample) return y;
     if (mc->blur.K) return pbw_sg_blur(ctx, y, &mc->blur);
@@ -534,7 +533,8 @@ static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_
 static pbw_tensor *to_rgb(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
                           const layer_in *li, pbw_tensor *skip) {
     pbw_tensor *s, *s0;
-    pbw_tensor *out = pbw_add(ctx, modconv_core(ctx, &tr->conv, x, li, &s, &s0), tr->bias);
+    styles(ctx, &tr->conv, li, &s, &s0);
+    pbw_tensor *out = rgb_conv(ctx, &tr->conv, x, li, s, s0, tr->bias);
     if (skip)
         out = pbw_add(ctx, out,
                       pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0,
