@@ -640,7 +640,7 @@ pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, p
         return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C), O even with "
                             "a mask", op, pbw_shape_str(x, sx, sizeof sx),
                             pbw_shape_str(w, sw, sizeof sw));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t N = x->shape[0], H = x->shape[2], W = x->shape[3];
     const int64_t O = m ? w->shape[1] / 2 : w->shape[1];
     if (m && (m->ndim != 4 || m->shape[1] != 1 || m->shape[2] != H || m->shape[3] != W ||
               (m->shape[0] != 1 && m->shape[0] != N)))
@@ -658,8 +658,8 @@ pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, p
         if (pbw_op_begin_nhwc(ctx, op, nin, ins)) return NULL;
         pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
         if (!out) return NULL;
-        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)C, H * W,
-                                       (int)w->shape[1], m ? m->data : NULL,
+        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)x->shape[1],
+                                       H * W, (int)w->shape[1], m ? m->data : NULL,
                                        m && m->shape[0] == N ? H * W : 0,
                                        bias ? bias->data : NULL) == 0)
             return out;
