@@ -724,7 +724,13 @@ PBW_TEST(stylegan2_op_pointwise_blend) {
         tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
         tb = pbw_tensor_from_host(ctx, b, 4, (int64_t[]){1, O, 1, 1});
     }
-    /* odd weight rows with a mask, a mask of another size, a bias of another length */
+    /* odd weight rows with a mask, a mask of another size, a bias of another length, weights
+     * for other channels */
+    CHECK(!pbw_sg_pointwise_blend(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, O, C + 1}), NULL,
+                                  NULL));
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "(2,3,6)"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    tx = pbw_tensor_from_host(ctx, x, 4, (int64_t[]){N, C, H, W});
     pbw_tensor *m1 = pbw_tensor_zeros(ctx, 4, (int64_t[]){1, 1, H, W});
     CHECK(!pbw_sg_pointwise_blend(ctx, tx, pbw_tensor_zeros(ctx, 3, (int64_t[]){N, 5, C}), m1, NULL));
     CHECK_MSG(strstr(pbw_ctx_error(ctx), "sg_pointwise_blend"), "%s", pbw_ctx_error(ctx));

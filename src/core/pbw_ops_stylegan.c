@@ -636,7 +636,8 @@ pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, p
     if (pbw_ctx_failed(ctx)) return NULL;
     if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0);
     char sx[96], sw[96], sm[96];
-    if (x->ndim != 4 || w->ndim != 3 || (m && w->shape[1] % 2))
+    if (x->ndim != 4 || w->ndim != 3 || w->shape[0] != x->shape[0] ||
+        w->shape[2] != x->shape[1] || (m && w->shape[1] % 2))
         return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C), O even with "
                             "a mask", op, pbw_shape_str(x, sx, sizeof sx),
                             pbw_shape_str(w, sw, sizeof sw));
