@@ -874,8 +874,8 @@ static int read_out(pbw_ctx *ctx, pbw_tensor *t, float **h, int64_t *n) {
 }
 
 static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_conv_plan *pl,
-                      const pbw_sg_fir *f, const float *h, int masked, nhwc_chain_out *o,
-                      int *kept) {
+                      const pbw_sg_fir *f, const float *h, int masked, int fused,
+                      nhwc_chain_out *o, int *kept) {
     const int N = 2, C = up->C, O = up->O, O2 = pl->O, H = 8, S = 16;
     int64_t off = 0;
     const pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
@@ -893,10 +893,16 @@ static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_con
     pbw_tensor *d2 = pbw_affine(ctx, TAKE(2, N, O2), 0.5f, 1.0f);
     pbw_tensor *b2 = TAKE(1, O2);
     pbw_tensor *y0 = pbw_sg_modconv(ctx, x, s, s0, m, up);
-    pbw_tensor *y1 = pbw_sg_blur_act(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
+    /* fused: the blur writes its output scaled by the next style, which then does not scale
+     * it again (the generator's blocks) */
+    pbw_tensor *y1 = fused ? pbw_sg_blur_act_mod(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f),
+                                                 s2, s02, m2)
+                           : pbw_sg_blur_act(ctx, y0, f, d, nz, b, 0.7f, 0.2f, sqrtf(2.0f));
     *kept = y0 && y1 && y0->half_nhwc && y1->half_nhwc;
-    pbw_tensor *y2 = pbw_sg_modconv_act(ctx, y1, s2, s02, m2, pl, d2, nz, b2, 0.7f, 0.2f,
-                                        sqrtf(2.0f));
+    pbw_tensor *y2 = fused ? pbw_sg_modconv_act(ctx, y1, NULL, NULL, NULL, pl, d2, nz, b2, 0.7f,
+                                                0.2f, sqrtf(2.0f))
+                           : pbw_sg_modconv_act(ctx, y1, s2, s02, m2, pl, d2, nz, b2, 0.7f, 0.2f,
+                                                sqrtf(2.0f));
     *kept = *kept && y1->half_nhwc && y2 && y2->half_nhwc; /* y1 staged as it was */
     if (read_out(ctx, y1, &o->y[0], &o->n[0])) return -1;
     pbw_tensor *keep[1] = {y2};
@@ -951,14 +957,33 @@ PBW_TEST(cuda_sg_nhwc_chain) {
         nhwc_chain_out on = {{0}}, off = {{0}};
         int kept_on = 0, kept_off = 0;
         const long before = pbw_cuda_sg_blur_nhwc_calls(), acts = pbw_cuda_sg_postact_calls();
-        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, &on, &kept_on) == 0, "%s",
+        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, 0, &on, &kept_on) == 0, "%s",
                   pbw_ctx_error(ctx));
         const long calls = pbw_cuda_sg_blur_nhwc_calls() - before,
                    act_calls = pbw_cuda_sg_postact_calls() - acts;
         setenv("PBW_CUDA_NHWC", "0", 1);
-        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, &off, &kept_off) == 0, "%s",
+        CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, 0, &off, &kept_off) == 0, "%s",
                   pbw_ctx_error(ctx));
         unsetenv("PBW_CUDA_NHWC");
+        /* the blur scaling for the next convolution: the chain's convolution and ToRGB, bit for
+         * bit (the scale applies to the rounded activation, as the staging did), on NHWC and
+         * on fp32 values */
+        for (int nhwc = 1; nhwc >= 0; nhwc--) {
+            nhwc_chain_out fu = {{0}};
+            int kept_fu = 0;
+            if (!nhwc) setenv("PBW_CUDA_NHWC", "0", 1);
+            CHECK_MSG(nhwc_chain(ctx, up, pl, &fir, h, masked, 1, &fu, &kept_fu) == 0, "%s",
+                      pbw_ctx_error(ctx));
+            unsetenv("PBW_CUDA_NHWC");
+            const nhwc_chain_out *ref = nhwc ? &on : &off;
+            for (int k = 1; k < 3; k++)
+                CHECK_MSG(fu.n[k] == ref->n[k] && fu.y[k] && ref->y[k] &&
+                              !memcmp(fu.y[k], ref->y[k], (size_t)fu.n[k] * sizeof(float)),
+                          "%s, fused blur and scale, %s: output %d differs",
+                          masked ? "masked" : "per sample", nhwc ? "NHWC" : "fp32", k);
+            CHECK(kept_fu == nhwc);
+            for (int k = 0; k < 3; k++) free(fu.y[k]);
+        }
         double e[3];
         for (int k = 0; k < 3; k++) e[k] = max_rel(on.y[k], on.n[k], off.y[k], off.n[k]);
         printf("  %s: NHWC halves kept %d (off: %d), NHWC blurs %ld, activated convolutions "
@@ -1087,7 +1112,7 @@ PBW_TEST(cuda_sg_blur_nhwc) {
         pbw_cuda_postact pa = {dd, dn, db,
                                {k->n, k->c, P, 1, k->c, k->shared_noise ? 0 : P, nw, slope, gain}};
         CHECK(pbw_cuda_sg_blur_act_nhwc(dy, dx, k->n, k->c, k->h, k->w, k->oh, k->ow, t, t, 4,
-                                        k->p0, k->act ? &pa : NULL) == 0);
+                                        k->p0, k->act ? &pa : NULL, NULL) == 0);
         CHECK(pbw_cuda_d2h(yh, dy, (size_t)ny * 2) == 0);
         double worst = 0;
         for (int n = 0; n < k->n; n++)

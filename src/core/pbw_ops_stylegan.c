@@ -558,7 +558,9 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
     if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
         !pbw_needs_grad(ctx, ins, 7)) {
         pbw_cpu_sg_mod_geom g;
-        if (mod_geom(ctx, op, x, s, s0, m, &g, 1)) return NULL;
+        memset(&g, 0, sizeof g);
+        if (s ? mod_geom(ctx, op, x, s, s0, m, &g, 1) : pbw_op_begin_nhwc(ctx, op, 1, &x))
+            return NULL;
         pbw_tensor *out = sgconv_out(ctx, op, x, pl);
         const float *wt;
         const void *wh;
@@ -566,15 +568,15 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh) ||
             (act && postact_of(ctx, op, out, act, &pa)))
             return NULL;
-        const pbw_cuda_premod pm = {s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
-                                    g.s_nstride, g.s0_nstride, g.m_nstride};
+        const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL,
+                                    m ? m->data : NULL, g.s_nstride, g.s0_nstride, g.m_nstride};
         /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and the output
          * stays so, activated there when act is given; an upsampling convolution's only
          * without act (the blur after it activates) */
         const int nhwc_out = (act ? !pl->transposed : pl->transposed) && pbw_cuda_nhwc();
         if (nhwc_out && !pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
         out->half_nhwc = nhwc_out;
-        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, act ? &pa : NULL,
+        if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, s ? &pm : NULL, act ? &pa : NULL,
                                          pl->weight->data, wt, wh, (int)x->shape[0], pl->C,
                                          (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
                                          pl->transposed, x->half_nhwc ? x->half : NULL,
@@ -583,7 +585,7 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         /* not staged: the ops apart, on fp32 values (their pbw_op_begin writes x's) */
     }
 #endif
-    pbw_tensor *y = pbw_sg_conv(ctx, pbw_sg_modulate(ctx, x, s, s0, m), pl);
+    pbw_tensor *y = pbw_sg_conv(ctx, s ? pbw_sg_modulate(ctx, x, s, s0, m) : x, pl);
     return act ? pbw_sg_bias_act(ctx, y, act->d, act->noise, act->bias, act->noise_weight,
                                  act->slope, act->gain)
                : y;
@@ -781,26 +783,30 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
     return out;
 }
 
-pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
-                            pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
-                            float gain) {
+/* pbw_sg_blur_act, then (s non-NULL) pbw_sg_modulate by s, s0, m: see pbw_sg_blur_act_mod. */
+static pbw_tensor *blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, const act_args *act,
+                            pbw_tensor *s, pbw_tensor *s0, pbw_tensor *m) {
 #ifdef PBW_HAVE_CUDA
     /* without gradients on a GPU: the activation is applied as the blur writes its output */
     static const char *op = "sg_blur";
-    pbw_tensor *ins[4] = {x, d, noise, bias};
-    if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 4)) {
+    pbw_tensor *ins[7] = {x, act->d, act->noise, act->bias, s, s0, m};
+    if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 7)) {
         if (pbw_op_begin_nhwc(ctx, op, 1, &x)) return NULL;
         pbw_tensor *out = blur_out(ctx, op, x, f);
-        const act_args act = {d, noise, bias, noise_weight, slope, gain};
         pbw_cuda_postact pa;
-        if (!out || postact_of(ctx, op, out, &act, &pa)) return NULL;
+        if (!out || postact_of(ctx, op, out, act, &pa)) return NULL;
         if (x->half_nhwc) { /* NHWC halves in (an upsampling convolution's), NHWC halves out */
+            pbw_cpu_sg_mod_geom g;
+            if (s && mod_geom(ctx, op, out, s, s0, m, &g, 1)) return NULL;
+            const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL,
+                                        m ? m->data : NULL, g.s_nstride, g.s0_nstride,
+                                        g.m_nstride};
             if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
             out->half_nhwc = 1;
             if (pbw_cuda_sg_blur_act_nhwc(out->half, x->half, (int)x->shape[0], (int)x->shape[1],
                                           (int)x->shape[2], (int)x->shape[3], (int)out->shape[2],
-                                          (int)out->shape[3], f->kv, f->kh, f->K, f->pad0,
-                                          &pa) == 0)
+                                          (int)out->shape[3], f->kv, f->kh, f->K, f->pad0, &pa,
+                                          s ? &pm : NULL) == 0)
                 return out;
             out->half = NULL;
             out->half_only = out->half_nhwc = 0;
@@ -809,9 +815,26 @@ pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pb
         pbw_cuda_sg_blur_act_forward(out->data, x->data, x->shape[0] * x->shape[1],
                                      (int)x->shape[2], (int)x->shape[3], (int)out->shape[2],
                                      (int)out->shape[3], f->kv, f->kh, f->K, f->pad0, &pa);
-        return out;
+        return s ? pbw_sg_modulate(ctx, out, s, s0, m) : out;
     }
 #endif
-    return pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, f), d, noise, bias, noise_weight, slope,
-                           gain);
+    pbw_tensor *y = pbw_sg_bias_act(ctx, pbw_sg_blur(ctx, x, f), act->d, act->noise, act->bias,
+                                    act->noise_weight, act->slope, act->gain);
+    return s ? pbw_sg_modulate(ctx, y, s, s0, m) : y;
+}
+
+pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
+                            pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
+                            float gain) {
+    const act_args act = {d, noise, bias, noise_weight, slope, gain};
+    return blur_act(ctx, x, f, &act, NULL, NULL, NULL);
+}
+
+pbw_tensor *pbw_sg_blur_act_mod(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
+                                pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
+                                float slope, float gain, pbw_tensor *s, pbw_tensor *s0,
+                                pbw_tensor *m) {
+    if (!s) return pbw_ctx_fail(ctx, "sg_blur_act_mod: no style");
+    const act_args act = {d, noise, bias, noise_weight, slope, gain};
+    return blur_act(ctx, x, f, &act, s, s0, m);
 }

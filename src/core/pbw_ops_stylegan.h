@@ -94,7 +94,8 @@ pbw_tensor *pbw_sg_modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
 /* pbw_sg_bias_act(pbw_sg_modconv(x, s, s0, m, pl), d, noise, bias, noise_weight, slope, gain)
  * in one op: without gradients on a GPU whose convolutions run on half copies, the activation
  * is applied as the convolution's output is copied back (its unactivated output is never
- * written); otherwise exactly the two ops. */
+ * written); otherwise exactly the two ops. s NULL (then s0 and m NULL): x is already
+ * modulated (pbw_sg_blur_act_mod's output), and pbw_sg_conv takes it as it is. */
 pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
                                pbw_tensor *m, const pbw_sg_conv_plan *pl, pbw_tensor *d,
                                pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
@@ -138,6 +139,16 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f);
 pbw_tensor *pbw_sg_blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
                             pbw_tensor *noise, pbw_tensor *bias, float noise_weight, float slope,
                             float gain);
+/* pbw_sg_modulate(pbw_sg_blur_act(x, f, d, noise, bias, ...), s, s0, m) in one op: an upsampling
+ * convolution's output (blurred and activated) scaled by the next convolution's style, which
+ * then runs as pbw_sg_modconv_act with s NULL. Without gradients on a GPU where x is NHWC
+ * halves, the blur writes the scaled values (with the two ops' roundings: the activation
+ * rounded to the half type, then scaled, then rounded), so nothing else reads or writes the
+ * unscaled output; otherwise exactly the ops. s is required; s0 and m as pbw_sg_modulate. */
+pbw_tensor *pbw_sg_blur_act_mod(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, pbw_tensor *d,
+                                pbw_tensor *noise, pbw_tensor *bias, float noise_weight,
+                                float slope, float gain, pbw_tensor *s, pbw_tensor *s0,
+                                pbw_tensor *m);
 
 #ifdef __cplusplus
 }

@@ -168,11 +168,12 @@ void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, in
 long pbw_cuda_sg_blur_postact_calls(void);
 /* pbw_cuda_sg_blur_act_forward on half values in NHWC layout (pbw_tensor.half_nhwc): x
  * (N,H,W,C) and out (N,OH,OW,C) in the precision's half type, pa (may be NULL) on the fp32 sums
- * before out is rounded. 0 when enqueued; -1, nothing done, for an odd C or K other than 4
- * (the caller then blurs fp32 values). */
+ * before out is rounded; pm (may be NULL; the premod of out's shape) then scales the rounded
+ * value, rounded again (pbw_sg_blur_act_mod). 0 when enqueued; -1, nothing done, for an odd C
+ * or K other than 4 (the caller then blurs fp32 values). */
 int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int W, int OH,
                               int OW, const float *kv, const float *kh, int K, int p0,
-                              const pbw_cuda_postact *pa);
+                              const pbw_cuda_postact *pa, const pbw_cuda_premod *pm);
 /* NHWC blurs so far (tests). */
 long pbw_cuda_sg_blur_nhwc_calls(void);
 /* y (N,O,P) = w_n (O,C) x_n for each sample n: a 1x1 convolution with a weight per sample

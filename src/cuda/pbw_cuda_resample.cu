@@ -15,6 +15,7 @@
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
@@ -506,10 +507,10 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
 // sg_blur_fwd_kernel, in its order). Measured on an H100, a CMA generation's blurs: 2.73 ms
 // with V = 8, R = 8; 3.71 ms with 8x8 tiles staged in shared memory; 3.0 ms with V = 4,
 // 3.8 ms with V = 2 and R = 16, 3.3 ms with registers capped for 3 blocks an SM (spills).
-template <typename T, int V, typename Wd, int K, int R>
+template <typename T, int V, typename Wd, int K, int R, bool MOD>
 __global__ void __launch_bounds__(256)
     sg_blur_nhwc_strip_kernel(T *out, const T *x, int N, int C, int H, int W, int OH, int OW,
-                              fir_taps f, int p0, pbw_cuda_postact pa) {
+                              fir_taps f, int p0, pbw_cuda_postact pa, pbw_cuda_premod pm) {
     const int cv = C / V, strips = (OH + R - 1) / R;
     const int64_t total = (int64_t)N * strips * OW * cv;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -561,6 +562,18 @@ __global__ void __launch_bounds__(256)
             if (activate)
 #pragma unroll
                 for (int e = 0; e < V; e++) acc[e] = act_at(acc[e], a[e], pa.g, p);
+            if (MOD) { // the next convolution's style: on the rounded value, as its staging
+                // (its factors read again per pixel, from the L1 cache: kept in registers
+                // they cost the kernel half its occupancy)
+                const float mv = pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f;
+                const float *sp = pm.s + n * pm.s_nstride + c;
+                const float *s0p = pm.m ? pm.s0 + n * pm.s0_nstride + c : nullptr;
+#pragma unroll
+                for (int e = 0; e < V; e++) {
+                    const float sc = pm.m ? pbw_sg_mod_scale(sp[e], s0p[e], mv) : sp[e];
+                    acc[e] = __fmul_rn(pbw_from_half<T>(pbw_to_half<T>(acc[e])), sc);
+                }
+            }
             os[p * cv] = pbw_pack_half<T, V, Wd>(acc);
         }
 #pragma unroll
@@ -707,11 +720,13 @@ extern "C" long pbw_cuda_sg_blur_nhwc_calls(void) { return g_blur_nhwc_calls; }
 
 extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C, int H, int W,
                                          int OH, int OW, const float *kv, const float *kh, int K,
-                                         int p0, const pbw_cuda_postact *pa) {
+                                         int p0, const pbw_cuda_postact *pa,
+                                         const pbw_cuda_premod *pm) {
     // four taps alone (StyleGAN2's [1,3,3,1]); other kernels take the fp32 path
     if (C % 2 || K != 4) return -1;
     if ((int64_t)N * OH * OW * C == 0) return 0;
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
+    const pbw_cuda_premod nomod = {}, &mo = pm ? *pm : nomod;
     const fir_taps f = flip_taps(kv, kh, K);
     const bool wide = C % 8 == 0 && ((uintptr_t)out | (uintptr_t)x) % 16 == 0;
     constexpr int R = 8; // rows a thread: (R + 3) / R source rows read per result row
@@ -720,12 +735,17 @@ extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C,
     const unsigned blocks = (unsigned)((threads + 255) / 256);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H_ = decltype(t);
-        if (wide)
-            sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R><<<blocks, 256, 0, pbw_stream()>>>(
-                (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a);
-        else
-            sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R><<<blocks, 256, 0, pbw_stream()>>>(
-                (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a);
+        auto launch = [&](auto mod) {
+            constexpr bool M = decltype(mod)::value;
+            if (wide)
+                sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R, M><<<blocks, 256, 0, pbw_stream()>>>(
+                    (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
+            else
+                sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R, M><<<blocks, 256, 0, pbw_stream()>>>(
+                    (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
+        };
+        if (mo.s) launch(std::true_type{});
+        else launch(std::false_type{});
     });
     PBW_CUDA_LAUNCHED("sg_blur_act_nhwc");
     g_blur_nhwc_calls++;

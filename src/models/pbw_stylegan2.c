@@ -530,6 +530,31 @@ static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_
                            SG2_SLOPE, (float)M_SQRT2);
 }
 
+/* A block's two styled convolutions: the upsampling one, whose blur writes its activated
+ * output already scaled by the second's style (pbw_sg_blur_act_mod: nothing else reads that
+ * output), then the second without a modulation of its own. The same ops as styled_conv twice
+ * (the modulation moves from the second's op into the first's), where the layers are of the
+ * kind this applies to. */
+static pbw_tensor *block_convs(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc0,
+                               const pbw_sg2_styled_conv *sc1, pbw_tensor *x, const layer_in *li0,
+                               const layer_in *li1, pbw_tensor *noise0, pbw_tensor *noise1) {
+    const pbw_sg2_modulated_conv2d *mc0 = &sc0->conv, *mc1 = &sc1->conv;
+    if (!mc0->plan || !mc0->upsample || !mc0->blur.K || !mc1->plan || mc1->upsample)
+        return styled_conv(ctx, sc1, styled_conv(ctx, sc0, x, li0, noise0), li1, noise1);
+    pbw_tensor *s, *s0, *t, *t0;
+    styles(ctx, mc0, li0, &s, &s0);
+    pbw_tensor *d0 = demod(ctx, sc0, li0, s, s0);
+    styles(ctx, mc1, li1, &t, &t0);
+    pbw_tensor *d1 = demod(ctx, sc1, li1, t, t0);
+    pbw_tensor *xm = pbw_sg_blur_act_mod(ctx, pbw_sg_modconv(ctx, x, s, s0, li0->m_in, mc0->plan),
+                                         &mc0->blur, d0, noise0, sc0->activate_bias,
+                                         noise0 ? sc0->noise_weight : 0, SG2_SLOPE,
+                                         (float)M_SQRT2, t, t0, li1->m_in);
+    return pbw_sg_modconv_act(ctx, xm, NULL, NULL, NULL, mc1->plan, d1, noise1,
+                              sc1->activate_bias, noise1 ? sc1->noise_weight : 0, SG2_SLOPE,
+                              (float)M_SQRT2);
+}
+
 static pbw_tensor *to_rgb(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
                           const layer_in *li, pbw_tensor *skip) {
     pbw_tensor *s, *s0;
@@ -599,9 +624,10 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
         pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
         int l = 1 + 2 * b, ls = 2 + b; /* ls: log2 of the input side of this block */
         li = LAYER(l, ls, ls + 1);
-        x = styled_conv(ctx, &g->convs[2 * b], x, &li, layer_noise(ctx, g, opts, l, n));
-        li = LAYER(l + 1, ls + 1, ls + 1);
-        x = styled_conv(ctx, &g->convs[2 * b + 1], x, &li, layer_noise(ctx, g, opts, l + 1, n));
+        const layer_in li1 = LAYER(l + 1, ls + 1, ls + 1);
+        pbw_tensor *noise0 = layer_noise(ctx, g, opts, l, n); /* drawn in the layers' order */
+        pbw_tensor *noise1 = layer_noise(ctx, g, opts, l + 1, n);
+        x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1);
         li = LAYER(l + 2, ls + 1, ls + 1);
         if (mk && opts->unmasked_torgb) li.m_in = NULL;
         skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
