@@ -1003,6 +1003,53 @@ PBW_TEST(stylegan2_op_sg_blur_act) {
     pbw_arena_free(&a);
 }
 
+/* pbw_sg_blur_act_mod: on the CPU exactly pbw_sg_modulate of pbw_sg_blur_act (bit for bit,
+ * with a mask and without), gradients to x and both styles and the mask by finite
+ * differences, and a missing style refused. (The GPU's fused write: cuda_sg_nhwc_chain.) */
+static pbw_tensor *f_blur_act_mod(pbw_ctx *ctx, pbw_tensor **in, void *user) {
+    return pbw_sg_blur_act_mod(ctx, in[0], (const pbw_sg_fir *)user, in[1], NULL, NULL, 0.0f,
+                               0.2f, sqrtf(2.0f), in[2], in[3], in[4]);
+}
+
+PBW_TEST(stylegan2_op_sg_blur_act_mod) {
+    static const float k1[4] = {1, 3, 3, 1};
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_arena_init(&a, 1 << 12);
+    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
+    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 16.0f;
+    pbw_sg_fir f;
+    CHECK(pbw_sg_fir_init(&f, k, 1, 1) == 0);
+    const int N = 2, C = 3, H = 6, W = 5, OH = H - 1, OW = W - 1;
+    float *xd = gc_rand(N * C * H * W, 150, -1, 1), *dd = gc_rand(N * C, 151, 0.5f, 1.5f);
+    float *sd = gc_rand(N * C, 152, 0.5f, 1.5f), *s0d = gc_rand(C, 153, 0.5f, 1.5f);
+    float *md = gc_rand(N * OH * OW, 154, 0, 1);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_tensor *x = pbw_tensor_wrap(ctx, xd, 4, (int64_t[]){N, C, H, W});
+    pbw_tensor *d = pbw_tensor_wrap(ctx, dd, 2, (int64_t[]){N, C});
+    pbw_tensor *s = pbw_tensor_wrap(ctx, sd, 2, (int64_t[]){N, C});
+    pbw_tensor *s0 = pbw_tensor_wrap(ctx, s0d, 2, (int64_t[]){1, C});
+    pbw_tensor *m = pbw_tensor_wrap(ctx, md, 4, (int64_t[]){N, 1, OH, OW});
+    for (int masked = 0; masked < 2; masked++) {
+        pbw_tensor *y = pbw_sg_blur_act_mod(ctx, x, &f, d, NULL, NULL, 0.0f, 0.2f, sqrtf(2.0f), s,
+                                            masked ? s0 : NULL, masked ? m : NULL);
+        pbw_tensor *ref = pbw_sg_modulate(ctx, pbw_sg_blur_act(ctx, x, &f, d, NULL, NULL, 0.0f,
+                                                               0.2f, sqrtf(2.0f)),
+                                          s, masked ? s0 : NULL, masked ? m : NULL);
+        CHECK_MSG(y && ref && pbw_shape_equal(y, ref) &&
+                      memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0,
+                  "masked %d: %s", masked, pbw_ctx_error(ctx));
+    }
+    CHECK(!pbw_sg_blur_act_mod(ctx, x, &f, d, NULL, NULL, 0.0f, 0.2f, 1.0f, NULL, NULL, NULL));
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "sg_blur_act_mod"), "%s", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+    gc_input in[5] = {{4, {N, C, H, W}, xd, 1}, {2, {N, C}, dd, 0}, {2, {N, C}, sd, 1},
+                      {2, {1, C}, s0d, 1}, {4, {N, 1, OH, OW}, md, 1}};
+    CHECK(gc_check("sg_blur_act_mod", f_blur_act_mod, &f, 5, in, (gc_opts){0}) == 0);
+    free(xd), free(dd), free(sd), free(s0d), free(md);
+    pbw_arena_free(&a);
+}
+
 PBW_TEST(stylegan2_op_sg_blur) {
     static const float k1[4] = {1, 3, 3, 1};
     static const int pads[4][2] = {{1, 1}, {2, 1}, {0, 0}, {3, 2}};
