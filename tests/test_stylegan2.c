@@ -971,18 +971,25 @@ static pbw_tensor *f_blur_act(pbw_ctx *ctx, pbw_tensor **in, void *user) {
                            sqrtf(2.0f));
 }
 
+/* StyleGAN2's [1,3,3,1] blur with pads 1, 1 (an upsampling convolution's), its taps in a. */
+static int fir_1331(pbw_arena *a, pbw_sg_fir *f) {
+    static const float k1[4] = {1, 3, 3, 1};
+    pbw_err err = {{0}};
+    pbw_arena_init(a, 1 << 12);
+    pbw_tensor *k = pbw_tensor_new_in(a, 2, (int64_t[]){4, 4}, &err);
+    if (!k) return -1;
+    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 16.0f;
+    return pbw_sg_fir_init(f, k, 1, 1);
+}
+
 /* pbw_sg_blur_act on the CPU runs pbw_sg_blur then pbw_sg_bias_act: the equality checks that
  * each argument reaches its place, and the gradients of x, d, the noise and the bias that the
  * backward follows them (the GPU's fused write: cuda_sg_blur_act). */
 PBW_TEST(stylegan2_op_sg_blur_act) {
-    static const float k1[4] = {1, 3, 3, 1};
     pbw_err err = {{0}};
     pbw_arena a;
-    pbw_arena_init(&a, 1 << 12);
-    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
-    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 16.0f;
     pbw_sg_fir f;
-    CHECK(pbw_sg_fir_init(&f, k, 1, 1) == 0);
+    CHECK(fir_1331(&a, &f) == 0);
     const int N = 2, C = 3, H = 6, W = 5, OH = H - 1, OW = W - 1;
     float *xd = gc_rand(N * C * H * W, 140, -1, 1), *dd = gc_rand(N * C, 141, 0.5f, 1.5f);
     float *nd = gc_rand(N * OH * OW, 142, -1, 1), *bd = gc_rand(C, 143, -0.5f, 0.5f);
@@ -1012,14 +1019,10 @@ static pbw_tensor *f_blur_act_mod(pbw_ctx *ctx, pbw_tensor **in, void *user) {
 }
 
 PBW_TEST(stylegan2_op_sg_blur_act_mod) {
-    static const float k1[4] = {1, 3, 3, 1};
     pbw_err err = {{0}};
     pbw_arena a;
-    pbw_arena_init(&a, 1 << 12);
-    pbw_tensor *k = pbw_tensor_new_in(&a, 2, (int64_t[]){4, 4}, &err);
-    for (int i = 0; i < 16; i++) k->data[i] = k1[i / 4] * k1[i % 4] / 16.0f;
     pbw_sg_fir f;
-    CHECK(pbw_sg_fir_init(&f, k, 1, 1) == 0);
+    CHECK(fir_1331(&a, &f) == 0);
     const int N = 2, C = 3, H = 6, W = 5, OH = H - 1, OW = W - 1;
     float *xd = gc_rand(N * C * H * W, 150, -1, 1), *dd = gc_rand(N * C, 151, 0.5f, 1.5f);
     float *sd = gc_rand(N * C, 152, 0.5f, 1.5f), *s0d = gc_rand(C, 153, 0.5f, 1.5f);
