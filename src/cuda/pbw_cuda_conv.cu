@@ -670,17 +670,6 @@ template <class F> __device__ __forceinline__ void for_tiles(int N, int C, int64
             for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) tile(n, ct * TC, pt * TP);
 }
 
-// The scale of a channel of style s (s0 the original's) at a pixel whose mask value is mv:
-// pbw_sg_modulate's s unmasked, s m + s0 (1 - m) masked.
-__device__ __forceinline__ float masked_scale(bool masked, float s, float s0, float mv) {
-    return masked ? pbw_sg_mod_scale(s, s0, mv) : s;
-}
-// The scale pm gives channel c of sample n at a pixel whose mask value is mv (0 unless masked).
-__device__ __forceinline__ float premod_scale(const pbw_cuda_premod &pm, int n, int c, float mv) {
-    return masked_scale(pm.m, pm.s[n * pm.s_nstride + c], pm.m ? pm.s0[n * pm.s0_nstride + c] : 0.0f,
-                        mv);
-}
-
 // dst (N,P,C) half = src (N,C,P) float. pm.s non-NULL: each value scaled first
 // (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
 template <typename T>

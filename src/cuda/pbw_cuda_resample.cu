@@ -566,13 +566,10 @@ __global__ void __launch_bounds__(256)
                 // (its factors read again per pixel, from the L1 cache: kept in registers
                 // they cost the kernel half its occupancy)
                 const float mv = pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f;
-                const float *sp = pm.s + n * pm.s_nstride + c;
-                const float *s0p = pm.m ? pm.s0 + n * pm.s0_nstride + c : nullptr;
 #pragma unroll
-                for (int e = 0; e < V; e++) {
-                    const float sc = pm.m ? pbw_sg_mod_scale(sp[e], s0p[e], mv) : sp[e];
-                    acc[e] = __fmul_rn(pbw_from_half<T>(pbw_to_half<T>(acc[e])), sc);
-                }
+                for (int e = 0; e < V; e++)
+                    acc[e] = __fmul_rn(pbw_from_half<T>(pbw_to_half<T>(acc[e])),
+                                       premod_scale(pm, n, c + e, mv));
             }
             os[p * cv] = pbw_pack_half<T, V, Wd>(acc);
         }

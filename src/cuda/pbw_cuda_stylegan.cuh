@@ -1,6 +1,8 @@
-// pbw_cuda_stylegan.cuh: StyleGAN2's bias/noise/activation arithmetic on the GPU, shared by
-// the sg_bias_act kernels (pbw_cuda_stylegan.cu) and the convolution's copy back when it applies
-// them (pbw_sg_modconv_act, pbw_cuda_conv.cu): one definition, so both round alike.
+// pbw_cuda_stylegan.cuh: StyleGAN2's bias/noise/activation and style-scale arithmetic on the
+// GPU, shared by the sg_bias_act kernels (pbw_cuda_stylegan.cu), the convolution's staging and
+// copy back when they apply them (pbw_sg_modconv_act, pbw_cuda_conv.cu) and the blur that
+// scales for the next convolution (pbw_sg_blur_act_mod, pbw_cuda_resample.cu): one definition,
+// so all round alike.
 #ifndef PBW_CUDA_STYLEGAN_CUH
 #define PBW_CUDA_STYLEGAN_CUH
 
@@ -8,6 +10,7 @@
 
 #include "cpu/pbw_cpu_stylegan.h"
 #include "cuda/pbw_cuda_conv.h"
+#include "cuda/pbw_cuda_internal.cuh"
 
 // What the elements of plane (n, o) share: where the plane starts in y (and out, gout, gy and a
 // per-pixel d), its per-channel d and bias, and its per-pixel d and noise maps.
@@ -47,6 +50,20 @@ __device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
 // What plane pl (sample pl / O, channel pl % O) of a pbw_cuda_postact's output shares.
 __device__ __forceinline__ act_plane postact_plane(const pbw_cuda_postact &pa, int64_t pl) {
     return act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)(pl / pa.g.O), (int)(pl % pa.g.O));
+}
+
+// The scale of a channel of style s (s0 the original's) at a pixel whose mask value is mv:
+// pbw_sg_modulate's s unmasked, s m + s0 (1 - m) masked.
+__device__ __forceinline__ float masked_scale(bool masked, float s, float s0, float mv) {
+    return masked ? pbw_sg_mod_scale(s, s0, mv) : s;
+}
+
+// The scale pm gives channel c of sample n at a pixel whose mask value is mv (0 unless masked):
+// the convolution's staging (pbw_cuda_conv.cu) and the blur that scales for the next
+// convolution (pbw_cuda_resample.cu) alike.
+__device__ __forceinline__ float premod_scale(const pbw_cuda_premod &pm, int n, int c, float mv) {
+    return masked_scale(pm.m, pm.s[n * pm.s_nstride + c], pm.m ? pm.s0[n * pm.s0_nstride + c] : 0.0f,
+                        mv);
 }
 
 // The output for y at pixel p of the plane, with scalar loads.
