@@ -606,28 +606,55 @@ pbw_tensor *pbw_sg_modconv_act(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_t
 
 /* ---------- a 1x1 convolution with a weight per sample ---------- */
 
+/* x (N,C,H,W) and w (N,O,C) as op takes them (O even with a mask); 0, or -1 with the context
+ * failed. */
+static int pointwise_check(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w, int masked) {
+    if (pbw_ctx_failed(ctx)) return -1;
+    if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0), -1;
+    char sx[96], sw[96];
+    if (x->ndim != 4 || w->ndim != 3 || w->shape[0] != x->shape[0] ||
+        w->shape[2] != x->shape[1] || (masked && w->shape[1] % 2))
+        return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C)%s", op,
+                            pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw),
+                            masked ? ", O even with a mask" : ""),
+               -1;
+    return 0;
+}
+
+/* The GPU's kernel on x held as NHWC halves, without gradients: y (N,O,H,W), O = w's rows, or
+ * half of them blended by m (pbw_cuda_sg_pointwise_nhwc); NULL (nothing failed) where it does
+ * not apply or does not take the shape, for the caller's ops. ins: x, w, then m and bias where
+ * given. */
+static pbw_tensor *pointwise_nhwc(pbw_ctx *ctx, const char *op, pbw_tensor *const *ins, int nin,
+                                  pbw_tensor *m, pbw_tensor *bias) {
+#ifdef PBW_HAVE_CUDA
+    pbw_tensor *x = ins[0], *w = ins[1];
+    const int64_t N = x->shape[0], H = x->shape[2], W = x->shape[3];
+    if (!x->half_nhwc || !pbw_on_cuda(ctx) || pbw_needs_grad(ctx, ins, nin) || N > 65535)
+        return NULL;
+    if (pbw_op_begin_nhwc(ctx, op, nin, ins)) return NULL;
+    pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, m ? w->shape[1] / 2 : w->shape[1], H, W});
+    if (!out) return NULL;
+    if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)x->shape[1], H * W,
+                                   (int)w->shape[1], m ? m->data : NULL,
+                                   m && m->shape[0] == N ? H * W : 0,
+                                   bias ? bias->data : NULL) == 0)
+        return out;
+#else
+    (void)ctx, (void)op, (void)ins, (void)nin, (void)m, (void)bias;
+#endif
+    return NULL;
+}
+
 pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w) {
     static const char *op = "sg_pointwise";
-    if (pbw_ctx_failed(ctx)) return NULL;
-    if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0);
-    char sx[96], sw[96];
-    if (x->ndim != 4 || w->ndim != 3 || w->shape[0] != x->shape[0] || w->shape[2] != x->shape[1])
-        return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C)", op,
-                            pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw));
+    if (pointwise_check(ctx, op, x, w, 0)) return NULL;
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t O = w->shape[1];
-#ifdef PBW_HAVE_CUDA
     pbw_tensor *ins[2] = {x, w};
-    if (x->half_nhwc && pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, 2)) {
-        if (pbw_op_begin_nhwc(ctx, op, 2, ins)) return NULL;
-        pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
-        if (!out) return NULL;
-        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)C, H * W,
-                                       (int)O, NULL, 0, NULL) == 0)
-            return out;
-        /* a shape the kernel does not take: the product on fp32 values (written below) */
-    }
-#endif
+    pbw_tensor *out = pointwise_nhwc(ctx, op, ins, 2, NULL, NULL);
+    if (out || pbw_ctx_failed(ctx)) return out;
+    /* otherwise the product on fp32 values */
     pbw_tensor *y = pbw_matmul(ctx, w, pbw_reshape(ctx, x, 3, (int64_t[]){N, C, H * W}), 0, 0);
     return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, H, W});
 }
@@ -635,14 +662,8 @@ pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w) {
 pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
                                    pbw_tensor *bias) {
     static const char *op = "sg_pointwise_blend";
-    if (pbw_ctx_failed(ctx)) return NULL;
-    if (!x || !w) return pbw_ctx_fail(ctx, "%s: input %d is NULL", op, x ? 1 : 0);
-    char sx[96], sw[96], sm[96];
-    if (x->ndim != 4 || w->ndim != 3 || w->shape[0] != x->shape[0] ||
-        w->shape[2] != x->shape[1] || (m && w->shape[1] % 2))
-        return pbw_ctx_fail(ctx, "%s: x %s and w %s must be (N,C,H,W) and (N,O,C), O even with "
-                            "a mask", op, pbw_shape_str(x, sx, sizeof sx),
-                            pbw_shape_str(w, sw, sizeof sw));
+    if (pointwise_check(ctx, op, x, w, m != NULL)) return NULL;
+    char sm[96];
     const int64_t N = x->shape[0], H = x->shape[2], W = x->shape[3];
     const int64_t O = m ? w->shape[1] / 2 : w->shape[1];
     if (m && (m->ndim != 4 || m->shape[1] != 1 || m->shape[2] != H || m->shape[3] != W ||
@@ -652,23 +673,13 @@ pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, p
     if (bias && bias->numel != O)
         return pbw_ctx_fail(ctx, "%s: bias %s must have %lld elements", op,
                             pbw_shape_str(bias, sm, sizeof sm), (long long)O);
-#ifdef PBW_HAVE_CUDA
     pbw_tensor *ins[4] = {x, w, m, bias};
     int nin = 2;
     if (m) ins[nin++] = m;
     if (bias) ins[nin++] = bias;
-    if (x->half_nhwc && pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, ins, nin) && N <= 65535) {
-        if (pbw_op_begin_nhwc(ctx, op, nin, ins)) return NULL;
-        pbw_tensor *out = pbw_tensor_new(ctx, 4, (int64_t[]){N, O, H, W});
-        if (!out) return NULL;
-        if (pbw_cuda_sg_pointwise_nhwc(out->data, x->half, w->data, (int)N, (int)x->shape[1],
-                                       H * W, (int)w->shape[1], m ? m->data : NULL,
-                                       m && m->shape[0] == N ? H * W : 0,
-                                       bias ? bias->data : NULL) == 0)
-            return out;
-        /* a shape the kernel does not take: the ops (below) */
-    }
-#endif
+    pbw_tensor *out = pointwise_nhwc(ctx, op, ins, nin, m, bias);
+    if (out || pbw_ctx_failed(ctx)) return out;
+    /* otherwise the ops it stands for */
     pbw_tensor *y = pbw_sg_pointwise(ctx, x, w);
     if (m) {
         pbw_tensor *y1 = pbw_slice(ctx, y, 1, 0, O, 1), *y0 = pbw_slice(ctx, y, 1, O, 2 * O, 1);
