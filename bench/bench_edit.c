@@ -25,6 +25,8 @@
  * 256). Words: --text (needs a vocabulary: --vocab, or the CLIP directory's), or --ids.
  *
  * Prints one JSON line on stdout (seconds; null for what was not measured); progress on stderr.
+ * With PBW_PROFILE=1 or =gpu (see `pbw edit --help`), the time per op of the adam and cma
+ * phases' steps after their first, a table each on stderr.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,7 @@ typedef struct steps {
     int n[2], cap;
     double last_loss[2];
     int verbose;
+    int prof_steps; /* steps in the PBW_PROFILE table */
 } steps;
 
 static void on_progress(const pbw_paint_progress *pr, void *user) {
@@ -62,6 +65,22 @@ static void on_progress(const pbw_paint_progress *pr, void *user) {
     if (s->verbose)
         fprintf(stderr, "bench_edit: %s %d/%d  %.1f ms  loss %.4f\n", ph ? "adam" : "cma",
                 pr->phase_step, pr->phase_steps, 1e3 * pr->step_seconds, pr->loss.total);
+    if (pbw_profile_enabled()) { /* the table counts the steps after the phase's first */
+        if (pr->phase_step <= 1) {
+            pbw_profile_clear();
+            s->prof_steps = 0;
+        } else {
+            s->prof_steps++;
+        }
+    }
+}
+
+/* PBW_PROFILE set: the per-op table of the measured phase's steps after its first. */
+static void profile_report(const steps *s, const char *phase) {
+    if (!pbw_profile_enabled() || s->prof_steps < 1) return;
+    fprintf(stderr, "bench_edit: %s: time per op and step (PBW_PROFILE), over %d steps:\n", phase,
+            s->prof_steps);
+    pbw_profile_report(stderr, 1.0 / s->prof_steps);
 }
 
 static int steps_init(steps *s, int cap, int verbose) {
@@ -322,6 +341,7 @@ int main(int argc, char **argv) {
         R.adam_s = median_after(st.t[1], st.n[1], st.n[1] > 2 ? 2 : 0);
         fprintf(stderr, "bench_edit: adam step %.2f ms (median of %d)\n", 1e3 * R.adam_s,
                 st.n[1] > 2 ? st.n[1] - 2 : st.n[1]);
+        profile_report(&st, "adam");
     }
     if (do_cma) { /* CMA generations */
         pbw_paint_request rq = base;
@@ -342,6 +362,7 @@ int main(int argc, char **argv) {
         R.cma_s = median_after(st.t[0], st.n[0], st.n[0] > 1 ? 1 : 0);
         fprintf(stderr, "bench_edit: cma generation %.2f ms (median of %d)\n", 1e3 * R.cma_s,
                 st.n[0] > 1 ? st.n[0] - 1 : st.n[0]);
+        profile_report(&st, "cma");
     }
 
     emit(&R, 0); /* what is measured so far, in case the edit runs out of time */

@@ -803,6 +803,28 @@ PBW_TEST(core_arena) {
     pbw_arena_free(&a);
 }
 
+/* A block that outgrows the chunk and is then released (pbw_ctx_release after a generator
+ * block) leaves the arena with its first small chunk; the reset that follows grows that chunk
+ * to the peak, so the next repeat of the work neither makes nor frees a chunk (on a GPU, a
+ * free while a CUDA graph is recorded would refuse the recording). */
+PBW_TEST(core_arena_release_then_reset) {
+    pbw_arena a;
+    pbw_arena_init(&a, 4096);
+    for (int round = 0; round < 3; round++) {
+        CHECK(pbw_arena_alloc(&a, 1000) != NULL);
+        pbw_arena_mark m = pbw_arena_mark_get(&a);
+        for (int i = 0; i < 20; i++) CHECK(pbw_arena_alloc(&a, 3000) != NULL); /* > one chunk */
+        int freed = pbw_arena_release(&a, m);
+        /* the first round needed new chunks; after its reset the work fits in one */
+        CHECK(round == 0 ? freed > 0 : freed == 0);
+        CHECK(pbw_arena_chunks(&a) == 1 && a.used == 1024);
+        pbw_arena_reset(&a);
+        CHECK(pbw_arena_chunks(&a) == 1 && a.used == 0);
+    }
+    CHECK(a.peak == 1024 + 20 * 3008);
+    pbw_arena_free(&a);
+}
+
 /* --device parsing on any machine: bad names are refused with a message; auto always answers. */
 PBW_TEST(device_parse_any_machine) {
     pbw_device dev;

@@ -102,8 +102,11 @@ static void chunks_free(const pbw_arena *a, pbw_arena_chunk *c) {
 
 void pbw_arena_reset(pbw_arena *a) {
     if (!a->head) return;
-    if (a->head->next) {
-        /* several chunks were needed: replace them by one that holds the peak use */
+    if (a->head->next || a->head->size < a->peak) {
+        /* several chunks were needed, or a release freed those a block needed: replace them
+         * by one that holds the peak use (else each repeat of the work would allocate and
+         * free the same chunks again; on a GPU each free waits for the device and breaks
+         * the recording of a CUDA graph) */
         size_t total = a->peak > a->min_chunk ? a->peak : a->min_chunk;
         chunks_free(a, a->head);
         a->head = chunk_new(a, total); /* NULL is fine: the next alloc makes one */

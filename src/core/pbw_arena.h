@@ -3,7 +3,8 @@
  * pbw keeps three lifetimes apart: weights (live as long as a model), per-step activations
  * (reset after every optimization step) and per-op scratch. An arena hands out 64-byte aligned
  * blocks by bumping a pointer; nothing is freed one by one. When a chunk is full a new one is
- * chained; on reset the chunks are merged into one big enough for the whole previous use, so a
+ * chained; on reset the chunks are merged into one big enough for the whole previous use (the
+ * largest `used` seen, also when pbw_arena_release freed the chunks a block had needed), so a
  * loop that does the same work every step stops calling malloc after its first step.
  *
  *     pbw_arena a; pbw_arena_init(&a, 1 << 20);
