@@ -7,6 +7,7 @@
  *       [--vocab bpe.txt.gz] [--device cpu|cuda|auto] [--precision bf16|fp16|tf32|fp32]
  *       [--mask M.png | --box SIDE] [--text "a rustic bed" | --ids 49406,...,49407] [--seed 30]
  *       [--steps 20] [--generations 5] [--population 50] [--crops 32] [--cma-batch 0]
+ *       [--clip-chunk 0]   (crops per CLIP pass of CMA's generations; 0: the painter's default)
  *       [--edit-generations 20] [--edit-population 50] [--edit-steps 100] [--edit-runs 2]
  *       [--only adam,cma,edit] [--max-edit-seconds 0]
  *
@@ -169,6 +170,7 @@ static void usage(void) {
             "  [--vocab V] [--device cpu|cuda|auto] [--precision bf16|fp16|tf32|fp32]\n"
             "  [--mask M.png | --box SIDE] [--text T | --ids N,N,...] [--seed 30]\n"
             "  [--steps 20] [--generations 5] [--population 50] [--crops 32] [--cma-batch 0]\n"
+            "  [--clip-chunk 0]\n"
             "  [--edit-generations 20] [--edit-population 50] [--edit-steps 100] [--edit-runs 2]\n"
             "  [--only adam,cma,edit] [--max-edit-seconds S] [--verbose]\n");
 }
@@ -178,6 +180,7 @@ int main(int argc, char **argv) {
     const char *device = "cpu", *precision = NULL, *mask_path = NULL, *text = NULL,
                *ids_s = NULL, *only = "adam,cma,edit";
     int box = 0, seed = 30, steps_n = 20, gens = 5, pop = 50, crops = 32, cma_batch = 0;
+    int clip_chunk = 0;
     int e_gens = 20, e_pop = 50, e_steps = 100, e_runs = 2, verbose = 0;
     double max_edit_s = 0;
     for (int i = 1; i < argc; i++) {
@@ -213,6 +216,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(o, "--population")) pop = atoi(v);
         else if (!strcmp(o, "--crops")) crops = atoi(v);
         else if (!strcmp(o, "--cma-batch")) cma_batch = atoi(v);
+        else if (!strcmp(o, "--clip-chunk")) clip_chunk = atoi(v);
         else if (!strcmp(o, "--edit-generations")) e_gens = atoi(v);
         else if (!strcmp(o, "--edit-population")) e_pop = atoi(v);
         else if (!strcmp(o, "--edit-steps")) e_steps = atoi(v);
@@ -350,6 +354,7 @@ int main(int argc, char **argv) {
         rq.population = pop;
         rq.crops = crops;
         rq.cma_batch = cma_batch;
+        rq.clip_chunk = clip_chunk;
         steps_free(&st);
         steps_init(&st, cap, verbose);
         if (pbw_painter_edit(p, &rq, on_progress, &st, NULL, &res, &err)) {
@@ -381,6 +386,7 @@ int main(int argc, char **argv) {
             rq.adam_steps = e_steps;
             rq.crops = crops;
             rq.cma_batch = cma_batch;
+            rq.clip_chunk = clip_chunk;
             if (e_gens == 0) rq.optim = PBW_OPTIM_ADAM;
             steps_free(&st);
             steps_init(&st, cap, verbose);

@@ -819,6 +819,52 @@ PBW_TEST(paint_edit_refusals_cancel_repro) {
     free_models(&m);
 }
 
+/* CMA-ES renders a generation's first generator blocks once for the whole population, the
+ * rest per batch (pbw_sg2_shared_blocks); with PBW_CMA_HEAD=0 every batch renders whole. On
+ * the CPU the two give the same bytes (each sample's values do not depend on its batch), with
+ * and without the latent mask. */
+PBW_TEST(paint_cma_shared_head) {
+    models m;
+    pbw_painter *p = NULL;
+    pbw_err err;
+    if (load_models(&m, 0) || pbw_painter_wrap(&p, m.g, m.clip, NULL, NULL, &err)) {
+        CHECK(!"fixtures");
+        free_models(&m);
+        return;
+    }
+    const int k = pbw_sg2_shared_blocks(m.g, 6, 2);
+    printf("  shared blocks for 6 candidates in batches of 2: %d of %d\n", k, m.g->log_size - 2);
+    CHECK(k >= 1 && k < m.g->log_size - 2);
+    CHECK(pbw_sg2_shared_blocks(m.g, 2, 2) >= 1 && pbw_sg2_shared_blocks(m.g, 600, 2) == 0);
+    float mask[32 * 32];
+    corner_mask(mask);
+    for (int mode = 0; mode < 2; mode++) {
+        pbw_paint_request rq;
+        small_request(&rq, mask);
+        rq.optim = PBW_OPTIM_CMA;
+        rq.cma_generations = 3;
+        rq.population = 6;
+        rq.cma_batch = 2;
+        rq.mask_mode = mode ? PBW_MASK_OUTPUT : PBW_MASK_LATENT;
+        pbw_paint_result r1, r2;
+        int rc = pbw_painter_edit(p, &rq, NULL, NULL, NULL, &r1, &err);
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        setenv("PBW_CMA_HEAD", "0", 1);
+        int rc2 = pbw_painter_edit(p, &rq, NULL, NULL, NULL, &r2, &err);
+        unsetenv("PBW_CMA_HEAD");
+        CHECK_MSG(rc2 == 0, "%s", err.msg);
+        if (!rc && !rc2) {
+            CHECK(memcmp(r1.latent, r2.latent, 32 * sizeof(float)) == 0);
+            CHECK(memcmp(r1.image, r2.image, 3 * 1024 * sizeof(float)) == 0);
+            CHECK(r1.after.total == r2.after.total);
+        }
+        if (!rc) pbw_paint_result_free(&r1);
+        if (!rc2) pbw_paint_result_free(&r2);
+    }
+    pbw_painter_free(p);
+    free_models(&m);
+}
+
 PBW_TEST(paint_generate_fixture) {
     models m;
     pbw_painter *p = NULL;

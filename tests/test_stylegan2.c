@@ -555,6 +555,75 @@ PBW_TEST(stylegan2_batch_independent) {
     pbw_sg2_free(g);
 }
 
+/* begin (k blocks for the whole batch), rows, finish (the rest per row) equals the synthesis
+ * of each row alone, masked or not, for every k; mismatched rows are refused. */
+PBW_TEST(stylegan2_split_synthesis) {
+    pbw_err err = {{0}};
+    pbw_stylegan2 *g;
+    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *w = load_npy(ctx, FIX, "w"), *w0 = load_npy(ctx, FIX, "w0");
+    pbw_tensor *mask = load_npy(ctx, FIX, "mask");
+    pbw_sg2_mask mk;
+    CHECK(w && w0 && mask && w->shape[0] >= 2 &&
+          pbw_sg2_mask_init(&mk, g, mask->data, 32, 32, &err) == 0);
+    if (!w || !w0 || !mask || w->shape[0] < 2) goto out;
+    pbw_tensor *la[PBW_SG2_MAX_LATENT], *lat0[PBW_SG2_MAX_LATENT];
+    pbw_tensor *w0row = pbw_slice(ctx, w0, 0, 0, 1, 1);
+    for (int i = 0; i < g->n_latent; i++) la[i] = w, lat0[i] = w0row;
+    const int64_t N = w->shape[0], per = 3 * (int64_t)g->size * g->size;
+    for (int masked = 0; masked < 2; masked++) {
+        pbw_sg2_opts o = {0};
+        if (masked) o = (pbw_sg2_opts){.mask = &mk, .lat0 = lat0};
+        pbw_tensor *full = pbw_sg2_synthesis(ctx, g, la, &o);
+        CHECK(full != NULL);
+        if (!full) break;
+        for (int k = 0; k <= g->log_size - 2; k++) {
+            pbw_sg2_partial p, q;
+            CHECK(pbw_sg2_synthesis_begin(ctx, g, la, &o, k, &p) == 0 && p.next_block == k);
+            CHECK(k == g->log_size - 2 ? p.x == NULL : p.x != NULL);
+            for (int64_t r = 0; r < N; r++) {
+                pbw_tensor *lr[PBW_SG2_MAX_LATENT];
+                pbw_tensor *wr = pbw_slice(ctx, w, 0, r, r + 1, 1);
+                for (int i = 0; i < g->n_latent; i++) lr[i] = wr;
+                CHECK(pbw_sg2_partial_rows(ctx, &p, r, 1, &q) == 0);
+                pbw_tensor *img = pbw_sg2_synthesis_finish(ctx, g, lr, &o, &q);
+                CHECK_MSG(img != NULL, "%s", pbw_ctx_error(ctx));
+                if (img)
+                    CHECK_NEAR(gc_max_diff(img->data, full->data + r * per, per, NULL), 0, 1e-6);
+            }
+            /* the whole batch's latents do not fit a one-row partial */
+            CHECK(pbw_sg2_partial_rows(ctx, &p, 0, 1, &q) == 0);
+            CHECK(pbw_sg2_synthesis_finish(ctx, g, la, &o, &q) == NULL);
+            CHECK(strstr(pbw_ctx_error(ctx), "partial"));
+            pbw_ctx_reset(ctx);
+            w = load_npy(ctx, FIX, "w");
+            w0row = pbw_slice(ctx, load_npy(ctx, FIX, "w0"), 0, 0, 1, 1);
+            for (int i = 0; i < g->n_latent; i++) la[i] = w, lat0[i] = w0row;
+            full = pbw_sg2_synthesis(ctx, g, la, &o);
+            if (!w || !full) break;
+        }
+    }
+    /* rows out of range and blocks out of range are refused */
+    pbw_sg2_partial p, q;
+    CHECK(pbw_sg2_synthesis_begin(ctx, g, la, NULL, g->log_size - 1, &p) != 0);
+    pbw_ctx_reset(ctx);
+    w = load_npy(ctx, FIX, "w");
+    for (int i = 0; i < g->n_latent; i++) la[i] = w;
+    CHECK(w && pbw_sg2_synthesis_begin(ctx, g, la, NULL, 1, &p) == 0);
+    CHECK(pbw_sg2_partial_rows(ctx, &p, w ? w->shape[0] - 1 : 0, 2, &q) != 0);
+    pbw_ctx_reset(ctx); /* the refusals above left their messages */
+    pbw_sg2_mask_free(&mk);
+out:
+    if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+    pbw_sg2_free(g);
+}
+
 /* ---------- fused ops against finite differences ---------- */
 
 typedef struct mod_case {

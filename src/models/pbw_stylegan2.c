@@ -581,49 +581,55 @@ static pbw_tensor *layer_noise(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_s
     return pbw_tensor_from_host(ctx, h, 4, (int64_t[]){n, 1, side, side});
 }
 
-pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
-                              const pbw_sg2_opts *opts) {
-    if (pbw_ctx_failed(ctx)) return NULL;
+/* The latents and the original latents of a masked synthesis, checked. 0, or -1 (ctx failed). */
+static int check_latents(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                         const pbw_sg2_opts *opts) {
+    if (pbw_ctx_failed(ctx)) return -1;
     char sb[96];
     for (int i = 0; i < g->n_latent; i++) {
-        if (!lat[i]) return pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d is NULL", i);
+        if (!lat[i]) return pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d is NULL", i), -1;
         if (lat[i]->ndim != 2 || lat[i]->shape[1] != g->style_dim ||
-            lat[i]->shape[0] != lat[0]->shape[0])
-            return pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d %s must be (N,%d) like "
-                                "latent 0", i, pbw_shape_str(lat[i], sb, sizeof sb), g->style_dim);
+            lat[i]->shape[0] != lat[0]->shape[0]) {
+            pbw_ctx_fail(ctx, "stylegan2 synthesis: latent %d %s must be (N,%d) like latent 0", i,
+                         pbw_shape_str(lat[i], sb, sizeof sb), g->style_dim);
+            return -1;
+        }
     }
     const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
     if (mk) {
-        if (mk->log_size != g->log_size || !opts->lat0)
-            return pbw_ctx_fail(ctx, "stylegan2 synthesis: the mask was made for another "
-                                "generator size, or opts->lat0 is missing");
+        if (mk->log_size != g->log_size || !opts->lat0) {
+            pbw_ctx_fail(ctx, "stylegan2 synthesis: the mask was made for another generator "
+                              "size, or opts->lat0 is missing");
+            return -1;
+        }
         for (int i = 0; i < g->n_latent; i++)
             if (!opts->lat0[i] || opts->lat0[i]->ndim != 2 ||
                 opts->lat0[i]->shape[1] != g->style_dim ||
-                (opts->lat0[i]->shape[0] != 1 && opts->lat0[i]->shape[0] != lat[0]->shape[0]))
-                return pbw_ctx_fail(ctx, "stylegan2 synthesis: original latent %d must be "
-                                    "(N,%d) or (1,%d)", i, g->style_dim, g->style_dim);
+                (opts->lat0[i]->shape[0] != 1 && opts->lat0[i]->shape[0] != lat[0]->shape[0])) {
+                pbw_ctx_fail(ctx, "stylegan2 synthesis: original latent %d must be (N,%d) or "
+                                  "(1,%d)", i, g->style_dim, g->style_dim);
+                return -1;
+            }
     }
+    return 0;
+}
+
+/* Upsampling blocks b0..b1-1 from p's features and skip (p->next_block == b0), into p. */
+static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                      const pbw_sg2_opts *opts, int b1, pbw_sg2_partial *p) {
+    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
     const int64_t n = lat[0]->shape[0];
-    /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
-    pbw_tensor *x = g->input;
-    if (n != 1) /* broadcast over the batch (a copy, on any device) */
-        x = pbw_add(ctx, g->input, pbw_tensor_zeros(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4}));
+    pbw_tensor *x = p->x, *skip = p->skip;
 #define LAYER(idx, side_in, side_out)                                                          \
     (layer_in) {                                                                               \
         lat[idx], mk ? opts->lat0[idx] : NULL, mk ? mk->m[side_in] : NULL,                     \
             mk ? mk->m[side_out] : NULL, mk ? opts->demod_mixed : 0                            \
     }
-    layer_in li = LAYER(0, 2, 2);
-    x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
-    li = LAYER(1, 2, 2);
-    if (mk && opts->unmasked_torgb) li.m_in = NULL;
-    pbw_tensor *skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
-    for (int b = 0; b < g->log_size - 2; b++) {
+    for (int b = p->next_block; b < b1; b++) {
         /* without gradients, a block's temporaries are freed as it ends */
         pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
         int l = 1 + 2 * b, ls = 2 + b; /* ls: log2 of the input side of this block */
-        li = LAYER(l, ls, ls + 1);
+        layer_in li = LAYER(l, ls, ls + 1);
         const layer_in li1 = LAYER(l + 1, ls + 1, ls + 1);
         pbw_tensor *noise0 = layer_noise(ctx, g, opts, l, n); /* drawn in the layers' order */
         pbw_tensor *noise1 = layer_noise(ctx, g, opts, l + 1, n);
@@ -634,12 +640,86 @@ pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *
         /* the last block's features are not read again: only the image moves */
         const int last = b + 1 == g->log_size - 2;
         pbw_tensor *keep[2] = {skip, x};
-        if (pbw_ctx_release(ctx, mark, last ? 1 : 2, keep)) return NULL;
+        if (pbw_ctx_release(ctx, mark, last ? 1 : 2, keep)) return -1;
         skip = keep[0];
         x = last ? NULL : keep[1];
+        p->x = x;
+        p->skip = skip;
+        p->next_block = b + 1;
     }
+    if (!p->skip) return -1;
+    return 0;
+}
+
+int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                            const pbw_sg2_opts *opts, int blocks, pbw_sg2_partial *p) {
+    memset(p, 0, sizeof *p);
+    if (check_latents(ctx, g, lat, opts)) return -1;
+    if (blocks < 0 || blocks > g->log_size - 2) {
+        pbw_ctx_fail(ctx, "stylegan2 synthesis: %d blocks of %d", blocks, g->log_size - 2);
+        return -1;
+    }
+    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
+    const int64_t n = lat[0]->shape[0];
+    /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
+    pbw_tensor *x = g->input;
+    if (n != 1) /* broadcast over the batch (a copy, on any device) */
+        x = pbw_add(ctx, g->input, pbw_tensor_zeros(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4}));
+    layer_in li = LAYER(0, 2, 2);
+    x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
+    li = LAYER(1, 2, 2);
+    if (mk && opts->unmasked_torgb) li.m_in = NULL;
+    p->skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
+    p->x = x;
+    if (!p->skip || !p->x) return -1;
+    return run_blocks(ctx, g, lat, opts, blocks, p);
+}
 #undef LAYER
-    return skip;
+
+pbw_tensor *pbw_sg2_synthesis_finish(pbw_ctx *ctx, const pbw_stylegan2 *g,
+                                     pbw_tensor *const *lat, const pbw_sg2_opts *opts,
+                                     const pbw_sg2_partial *p) {
+    if (check_latents(ctx, g, lat, opts)) return NULL;
+    pbw_sg2_partial q = *p;
+    if (!q.skip || q.next_block < 0 || q.next_block > g->log_size - 2 ||
+        (q.next_block < g->log_size - 2 && !q.x))
+        return pbw_ctx_fail(ctx, "stylegan2 synthesis: not a partial synthesis of this generator");
+    if (q.skip->shape[0] != lat[0]->shape[0])
+        return pbw_ctx_fail(ctx, "stylegan2 synthesis: %lld latents for a partial synthesis of "
+                            "%lld", (long long)lat[0]->shape[0], (long long)q.skip->shape[0]);
+    if (run_blocks(ctx, g, lat, opts, g->log_size - 2, &q)) return NULL;
+    return q.skip;
+}
+
+int pbw_sg2_partial_rows(pbw_ctx *ctx, const pbw_sg2_partial *p, int64_t i, int64_t n,
+                         pbw_sg2_partial *out) {
+    *out = *p;
+    if (!p->skip || i < 0 || n < 1 || i + n > p->skip->shape[0]) {
+        pbw_ctx_fail(ctx, "stylegan2 synthesis: rows %lld..%lld of a partial synthesis",
+                     (long long)i, (long long)(i + n));
+        return -1;
+    }
+    out->skip = pbw_slice(ctx, p->skip, 0, i, i + n, 1);
+    out->x = p->x ? pbw_slice(ctx, p->x, 0, i, i + n, 1) : NULL;
+    return !out->skip || (p->x && !out->x) ? -1 : 0;
+}
+
+int pbw_sg2_shared_blocks(const pbw_stylegan2 *g, int64_t n_all, int64_t n_batch) {
+    const double cap = (double)n_batch * g->size * g->size * g->channels[g->log_size];
+    int k = 0;
+    for (int b = 0; b + 1 < g->log_size - 2; b++) { /* the last block always runs per batch */
+        const double side = (double)(8 << b);    /* output side of block b */
+        if ((double)n_all * side * side * g->channels[3 + b] > cap) break;
+        k = b + 1;
+    }
+    return k;
+}
+
+pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                              const pbw_sg2_opts *opts) {
+    pbw_sg2_partial p;
+    if (pbw_sg2_synthesis_begin(ctx, g, lat, opts, g->log_size - 2, &p)) return NULL;
+    return p.skip;
 }
 
 int pbw_sg2_split_wplus(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *wplus,

@@ -178,6 +178,30 @@ pbw_tensor *pbw_sg2_truncate(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *w
  * image (N,3,size,size). */
 pbw_tensor *pbw_sg2_synthesis(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
                               const pbw_sg2_opts *opts);
+/* The synthesis in two parts, so that the first blocks can run once for many samples and
+ * the rest in smaller batches (CMA-ES's population: the low-resolution blocks keep a GPU
+ * mostly idle at a batch's size). pbw_sg2_synthesis_begin runs the 4x4 layers and the first
+ * `blocks` upsampling blocks (0..log_size-2) into p: the features x (NULL after the last
+ * block) and the RGB skip (the image after the last block). pbw_sg2_partial_rows takes rows
+ * [i, i+n) of p; pbw_sg2_synthesis_finish runs the remaining blocks for latents with as many
+ * rows as p and returns the image. With fixed or no noise, begin then finish (on any rows)
+ * gives pbw_sg2_synthesis's values; random noise is drawn in the order the layers run.
+ * 0 / the image, or -1 / NULL with ctx failed. */
+typedef struct pbw_sg2_partial {
+    pbw_tensor *x, *skip;
+    int next_block; /* upsampling blocks done */
+} pbw_sg2_partial;
+/* How many upsampling blocks to run for n_all samples at once before batches of n_batch:
+ * those whose output (n_all x side^2 x channels) is no larger than the last block's for a
+ * batch, never the last block itself (0 when none qualifies). */
+int pbw_sg2_shared_blocks(const pbw_stylegan2 *g, int64_t n_all, int64_t n_batch);
+int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                            const pbw_sg2_opts *opts, int blocks, pbw_sg2_partial *p);
+int pbw_sg2_partial_rows(pbw_ctx *ctx, const pbw_sg2_partial *p, int64_t i, int64_t n,
+                         pbw_sg2_partial *out);
+pbw_tensor *pbw_sg2_synthesis_finish(pbw_ctx *ctx, const pbw_stylegan2 *g,
+                                     pbw_tensor *const *lat, const pbw_sg2_opts *opts,
+                                     const pbw_sg2_partial *p);
 /* Convenience entry points. */
 pbw_tensor *pbw_sg2_from_z(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *z, float psi,
                            const pbw_sg2_opts *opts);

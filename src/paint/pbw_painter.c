@@ -287,15 +287,15 @@ typedef struct run {
 
 static int cancelled(const run *r) { return r->cancel && *r->cancel; }
 
-/* latent (B,D) -> image (B,3,S,S) as the request paints it. */
-static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
+/* The W latents (B,style) of latents (B,D) as the request takes them. */
+static pbw_tensor *latent_w(pbw_ctx *ctx, const run *r, pbw_tensor *lat) {
+    if (r->var != PBW_VAR_Z) return lat;
     const pbw_stylegan2 *g = r->p->g;
-    pbw_tensor *w = lat;
-    if (r->var == PBW_VAR_Z)
-        w = pbw_sg2_truncate(ctx, g, pbw_sg2_mapping(ctx, g, lat), r->rq->truncation);
-    if (!w) return NULL;
-    pbw_tensor *la[PBW_SG2_MAX_LATENT];
-    for (int i = 0; i < g->n_latent; i++) la[i] = w;
+    return pbw_sg2_truncate(ctx, g, pbw_sg2_mapping(ctx, g, lat), r->rq->truncation);
+}
+
+/* The generator's options for this request (fixed noise; the latent mask of an edit). */
+static pbw_sg2_opts synth_opts(const run *r) {
     pbw_sg2_opts o = {.noise = PBW_SG2_NOISE_FIXED};
     if (r->edit && r->rq->mask_mode == PBW_MASK_LATENT) {
         o.mask = &r->mk;
@@ -303,10 +303,81 @@ static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
         o.demod_mixed = r->rq->demod_mixed;
         o.unmasked_torgb = r->rq->unmasked_torgb;
     }
-    pbw_tensor *img = pbw_sg2_synthesis(ctx, g, la, &o);
-    if (r->edit && r->rq->mask_mode == PBW_MASK_OUTPUT)
+    return o;
+}
+
+/* The generator's image as the request paints it (output masking: the original outside). */
+static pbw_tensor *paint_out(pbw_ctx *ctx, const run *r, pbw_tensor *img) {
+    if (img && r->edit && r->rq->mask_mode == PBW_MASK_OUTPUT)
         img = pbw_add(ctx, pbw_mul(ctx, img, r->obj.mask), r->orig_keep);
     return img;
+}
+
+/* latent (B,D) -> image (B,3,S,S) as the request paints it. */
+static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
+    const pbw_stylegan2 *g = r->p->g;
+    pbw_tensor *w = latent_w(ctx, r, lat);
+    if (!w) return NULL;
+    pbw_tensor *la[PBW_SG2_MAX_LATENT];
+    for (int i = 0; i < g->n_latent; i++) la[i] = w;
+    pbw_sg2_opts o = synth_opts(r);
+    return paint_out(ctx, r, pbw_sg2_synthesis(ctx, g, la, &o));
+}
+
+/* A CMA-ES generation's candidates, rendered in batches of bsz. The generator's first blocks
+ * run once for the whole population (pop_begin): those whose output for lam images is no
+ * larger than the last block's for a batch (at 256 px: the blocks up to 32x32 for 50
+ * candidates in batches of 8), where a batch's products are too small to keep a GPU busy. The
+ * rest runs per batch (pop_rows), each batch's temporaries freed back to the population's
+ * first blocks. PBW_CMA_HEAD=0 renders every batch whole (a measurement switch). */
+typedef struct pop_render {
+    int blocks;           /* upsampling blocks run for the whole population; 0: none */
+    pbw_tensor *w;        /* (lam,style) the population's W latents */
+    pbw_sg2_partial head; /* their first blocks */
+    pbw_ctx_mark mark;    /* where each batch frees back to */
+} pop_render;
+
+static int head_blocks(const pbw_stylegan2 *g, int lam, int bsz) {
+    if (lam <= bsz || pbw_env_zero("PBW_CMA_HEAD")) return 0;
+    return pbw_sg2_shared_blocks(g, lam, bsz);
+}
+
+/* Resets ctx for a generation of lam candidates (rows of X) and runs their first blocks.
+ * 0, or -1 with ctx failed. */
+static int pop_begin(pbw_ctx *ctx, const run *r, const float *X, int lam, int bsz,
+                     pop_render *pr) {
+    const pbw_stylegan2 *g = r->p->g;
+    memset(pr, 0, sizeof *pr);
+    pbw_ctx_reset(ctx);
+    pr->blocks = head_blocks(g, lam, bsz);
+    if (!pr->blocks) return 0;
+    pr->w = latent_w(ctx, r, pbw_tensor_from_host(ctx, X, 2, (int64_t[]){lam, r->D}));
+    if (!pr->w) return -1;
+    pbw_tensor *la[PBW_SG2_MAX_LATENT];
+    for (int i = 0; i < g->n_latent; i++) la[i] = pr->w;
+    pbw_sg2_opts o = synth_opts(r);
+    if (pbw_sg2_synthesis_begin(ctx, g, la, &o, pr->blocks, &pr->head)) return -1;
+    pr->mark = pbw_ctx_mark_get(ctx);
+    return 0;
+}
+
+/* The images (b,3,S,S) of candidates [i, i+b), after the previous batch's memory is freed. */
+static pbw_tensor *pop_rows(pbw_ctx *ctx, run *r, pop_render *pr, const float *X, int i,
+                            int b) {
+    const pbw_stylegan2 *g = r->p->g;
+    if (!pr->blocks) {
+        pbw_ctx_reset(ctx);
+        return render(ctx, r, pbw_tensor_from_host(ctx, X + (int64_t)i * r->D, 2,
+                                                   (int64_t[]){b, r->D}));
+    }
+    if (pbw_ctx_release(ctx, pr->mark, 0, NULL)) return NULL;
+    pbw_tensor *w = pbw_slice(ctx, pr->w, 0, i, i + b, 1);
+    pbw_sg2_partial q;
+    if (!w || pbw_sg2_partial_rows(ctx, &pr->head, i, b, &q)) return NULL;
+    pbw_tensor *la[PBW_SG2_MAX_LATENT];
+    for (int k = 0; k < g->n_latent; k++) la[k] = w;
+    pbw_sg2_opts o = synth_opts(r);
+    return paint_out(ctx, r, pbw_sg2_synthesis_finish(ctx, g, la, &o, &q));
 }
 
 static void note_best(run *r, const float *lat, double total) {
@@ -460,13 +531,12 @@ static int crops_per_draw(const pbw_objective *o) {
  * of lam) and its images into dframes, with nothing read back. 0, or -1 with err set. */
 static int queue_generation(run *r, pbw_ctx *ctx, const float *X, int lam, int bsz,
                             const pbw_crop *crops, float *dvals, float *dframes, pbw_err *err) {
-    const int D = r->D;
+    pop_render pr;
+    if (pop_begin(ctx, r, X, lam, bsz, &pr)) return ctx_err(ctx, err, "generator");
     for (int i = 0; i < lam; i += bsz) {
         if (i > 0 && !pbw_cuda_capturing() && cancelled(r)) return 0; /* the caller sees it */
         int b = lam - i < bsz ? lam - i : bsz;
-        pbw_ctx_reset(ctx);
-        pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
-        pbw_tensor *img = render(ctx, r, lat);
+        pbw_tensor *img = pop_rows(ctx, r, &pr, X, i, b);
         if (!img || pbw_ctx_failed(ctx)) return ctx_err(ctx, err, "generator");
         int q = pbw_objective_values_queue(ctx, r->p->scratch, &r->obj, img, crops, dvals + i,
                                            dvals + lam + i, dvals + 2 * lam + i, err);
@@ -579,12 +649,13 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
 #endif
         /* the strategy's own work for the next generation, while the GPU runs this one */
         pbw_cma_settle(cma);
+        pop_render pr;
+        if (!dvals && !rc && pop_begin(ctx, r, X, lam, bsz, &pr))
+            rc = ctx_err(ctx, err, "generator");
         for (int i = 0; i < lam && !rc && !dvals; i += bsz) {
             if (cancelled(r)) break;
             int b = lam - i < bsz ? lam - i : bsz;
-            pbw_ctx_reset(ctx);
-            pbw_tensor *lat = pbw_tensor_from_host(ctx, X + (int64_t)i * D, 2, (int64_t[]){b, D});
-            pbw_tensor *img = render(ctx, r, lat);
+            pbw_tensor *img = pop_rows(ctx, r, &pr, X, i, b);
             if (!img || pbw_ctx_failed(ctx)) {
                 rc = ctx_err(ctx, err, "generator");
                 break;
