@@ -825,6 +825,27 @@ PBW_TEST(core_arena_release_then_reset) {
     pbw_arena_free(&a);
 }
 
+/* A large chunk that is just short grows the arena by half of what it holds, not by a copy of
+ * itself twice as large (a GPU edit's Adam step after its CMA-ES generations had held three
+ * times the need that way); a long first step still makes few chunks. */
+PBW_TEST(core_arena_growth_bound) {
+    pbw_arena a;
+    pbw_arena_init(&a, 4096);
+    CHECK(pbw_arena_alloc(&a, 1 << 20) != NULL);
+    pbw_arena_reset(&a);
+    CHECK(pbw_arena_held(&a) == 1 << 20 && pbw_arena_chunks(&a) == 1);
+    CHECK(pbw_arena_alloc(&a, 1 << 20) != NULL && pbw_arena_alloc(&a, 1000) != NULL);
+    CHECK(pbw_arena_chunks(&a) == 2 && pbw_arena_held(&a) == (1 << 20) + (1 << 19));
+    pbw_arena_free(&a);
+    pbw_arena_init(&a, 4096);
+    for (int i = 0; i < 1000; i++) CHECK(pbw_arena_alloc(&a, 10000) != NULL); /* ~10 MB */
+    printf("  1000 blocks of 10000 bytes: %d chunks holding %zu bytes for %zu used\n",
+           pbw_arena_chunks(&a), pbw_arena_held(&a), a.used);
+    CHECK(pbw_arena_chunks(&a) <= 20);
+    CHECK(pbw_arena_held(&a) <= a.used + a.used / 2 + 10048);
+    pbw_arena_free(&a);
+}
+
 /* --device parsing on any machine: bad names are refused with a message; auto always answers. */
 PBW_TEST(device_parse_any_machine) {
     pbw_device dev;

@@ -64,8 +64,12 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes) {
     pbw_arena_chunk *c = a->head;
     if (!c || c->size - c->off < need) {
         size_t size = need > a->min_chunk ? need : a->min_chunk;
-        /* grow geometrically so a long first step does not make thousands of chunks */
-        if (c && size < c->size * 2 && c->size * 2 > c->size) size = c->size * 2;
+        /* grow geometrically so a long first step does not make thousands of chunks: by half
+         * of what is held (the held memory grows 1.5x a chunk). Doubling the last chunk instead
+         * held up to three times the need when a large chunk was just short (a step with
+         * gradients after a step without). */
+        const size_t held = pbw_arena_held(a);
+        if (size < held / 2) size = held / 2;
         pbw_arena_chunk *n = chunk_new(a, size);
         if (!n) {
             n = chunk_new(a, need); /* the doubling may have been too greedy */
@@ -127,6 +131,12 @@ void pbw_arena_free(pbw_arena *a) {
     a->head = NULL;
     a->used = 0;
     a->tensors = NULL;
+}
+
+size_t pbw_arena_held(const pbw_arena *a) {
+    size_t n = 0;
+    for (const pbw_arena_chunk *c = a->head; c; c = c->next) n += c->size;
+    return n;
 }
 
 int pbw_arena_chunks(const pbw_arena *a) {

@@ -55,6 +55,8 @@ pbw_arena_mark pbw_arena_mark_get(const pbw_arena *a);
  * cut back. Returns the number of chunks released, or -1 (nothing done) when m is not a
  * position of this arena's current life (a reset came between). */
 int pbw_arena_release(pbw_arena *a, pbw_arena_mark m);
+/* Bytes of the chunks held now. */
+size_t pbw_arena_held(const pbw_arena *a);
 /* Number of chunks held now (1 in the steady state of a repeated workload). */
 int pbw_arena_chunks(const pbw_arena *a);
 void pbw_arena_free(pbw_arena *a);
