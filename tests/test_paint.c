@@ -698,15 +698,22 @@ static void small_request(pbw_paint_request *rq, const float *mask) {
     rq->crops = 8;
 }
 
+/* The fixture models (no LPIPS) in a painter; -1 (checked, freed) when they cannot load. */
+static int open_painter(models *m, pbw_painter **p) {
+    pbw_err err;
+    if (load_models(m, 0) || pbw_painter_wrap(p, m->g, m->clip, NULL, NULL, &err)) {
+        CHECK(!"fixtures");
+        free_models(m);
+        return -1;
+    }
+    return 0;
+}
+
 PBW_TEST(paint_edit_adam_fixture) {
     models m;
     pbw_painter *p = NULL;
     pbw_err err;
-    if (load_models(&m, 0) || pbw_painter_wrap(&p, m.g, m.clip, NULL, NULL, &err)) {
-        CHECK(!"fixtures");
-        free_models(&m);
-        return;
-    }
+    if (open_painter(&m, &p)) return;
     float mask[32 * 32];
     corner_mask(mask);
     pbw_paint_request rq;
@@ -749,11 +756,7 @@ PBW_TEST(paint_edit_refusals_cancel_repro) {
     models m;
     pbw_painter *p = NULL;
     pbw_err err;
-    if (load_models(&m, 0) || pbw_painter_wrap(&p, m.g, m.clip, NULL, NULL, &err)) {
-        CHECK(!"fixtures");
-        free_models(&m);
-        return;
-    }
+    if (open_painter(&m, &p)) return;
     float mask[32 * 32], empty[32 * 32] = {0};
     corner_mask(mask);
     pbw_paint_request rq;
@@ -827,11 +830,7 @@ PBW_TEST(paint_cma_shared_head) {
     models m;
     pbw_painter *p = NULL;
     pbw_err err;
-    if (load_models(&m, 0) || pbw_painter_wrap(&p, m.g, m.clip, NULL, NULL, &err)) {
-        CHECK(!"fixtures");
-        free_models(&m);
-        return;
-    }
+    if (open_painter(&m, &p)) return;
     const int k = pbw_sg2_shared_blocks(m.g, 6, 2);
     printf("  shared blocks for 6 candidates in batches of 2: %d of %d\n", k, m.g->log_size - 2);
     CHECK(k >= 1 && k < m.g->log_size - 2);
@@ -869,11 +868,7 @@ PBW_TEST(paint_generate_fixture) {
     models m;
     pbw_painter *p = NULL;
     pbw_err err;
-    if (load_models(&m, 0) || pbw_painter_wrap(&p, m.g, m.clip, NULL, NULL, &err)) {
-        CHECK(!"fixtures");
-        free_models(&m);
-        return;
-    }
+    if (open_painter(&m, &p)) return;
     pbw_paint_request rq;
     small_request(&rq, NULL);
     rq.cma_generations = 2;

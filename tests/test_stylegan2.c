@@ -427,20 +427,55 @@ PBW_TEST(stylegan2_refusals) {
 
 /* ---------- behaviour ---------- */
 
+/* The fixture generator, a CPU context without gradients, the fixture's latents w and w0 and
+ * the mask pyramid of its 32x32 mask: 0, or -1 (checked; what was made is freed). */
+typedef struct masked_fixture {
+    pbw_stylegan2 *g;
+    pbw_ctx *ctx;
+    pbw_tensor *w, *w0;
+    pbw_sg2_mask mk;
+} masked_fixture;
+
+static void masked_fixture_close(masked_fixture *f) {
+    if (f->ctx && pbw_ctx_failed(f->ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(f->ctx));
+    pbw_sg2_mask_free(&f->mk);
+    pbw_ctx_free(f->ctx);
+    pbw_sg2_free(f->g);
+}
+
+static int masked_fixture_open(masked_fixture *f) {
+    pbw_err err = {{0}};
+    memset(f, 0, sizeof *f);
+    if (pbw_sg2_load(FIX "/g.pt", &f->g, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return -1;
+    }
+    f->ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
+    if (!f->ctx) {
+        CHECK_MSG(0, "%s", err.msg);
+        masked_fixture_close(f);
+        return -1;
+    }
+    pbw_ctx_set_grad(f->ctx, 0);
+    f->w = load_npy(f->ctx, FIX, "w");
+    f->w0 = load_npy(f->ctx, FIX, "w0");
+    pbw_tensor *mask = load_npy(f->ctx, FIX, "mask");
+    if (!f->w || !f->w0 || !mask || pbw_sg2_mask_init(&f->mk, f->g, mask->data, 32, 32, &err)) {
+        CHECK(!"fixture latents and mask");
+        masked_fixture_close(f);
+        return -1;
+    }
+    return 0;
+}
+
 PBW_TEST(stylegan2_masked_identities) {
     pbw_err err = {{0}};
-    pbw_stylegan2 *g;
-    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return;
-    }
-    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
-    pbw_ctx_set_grad(ctx, 0);
-    pbw_tensor *w = load_npy(ctx, FIX, "w"), *w0 = load_npy(ctx, FIX, "w0");
-    pbw_tensor *mask = load_npy(ctx, FIX, "mask");
-    pbw_sg2_mask mk;
-    CHECK(w && w0 && mask && pbw_sg2_mask_init(&mk, g, mask->data, 32, 32, &err) == 0);
-    if (!w || !w0 || !mask) goto out;
+    masked_fixture f;
+    if (masked_fixture_open(&f)) return;
+    pbw_stylegan2 *g = f.g;
+    pbw_ctx *ctx = f.ctx;
+    pbw_tensor *w = f.w, *w0 = f.w0;
+    const pbw_sg2_mask mk = f.mk;
     pbw_tensor *lat0[PBW_SG2_MAX_LATENT], *lat1[PBW_SG2_MAX_LATENT];
     pbw_tensor *w0row = pbw_slice(ctx, w0, 0, 0, 1, 1); /* (1,S): shared by the batch */
     for (int i = 0; i < g->n_latent; i++) lat0[i] = w0, lat1[i] = w0row;
@@ -489,11 +524,7 @@ PBW_TEST(stylegan2_masked_identities) {
     CHECK(ib && is);
     if (ib && is) CHECK(memcmp(ib->data, is->data, (size_t)ib->numel * 4) == 0);
     pbw_arena_free(&a);
-    pbw_sg2_mask_free(&mk);
-out:
-    if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
-    pbw_ctx_free(ctx);
-    pbw_sg2_free(g);
+    masked_fixture_close(&f);
 }
 
 PBW_TEST(stylegan2_noise_modes) {
@@ -558,27 +589,21 @@ PBW_TEST(stylegan2_batch_independent) {
 /* begin (k blocks for the whole batch), rows, finish (the rest per row) equals the synthesis
  * of each row alone, masked or not, for every k; mismatched rows are refused. */
 PBW_TEST(stylegan2_split_synthesis) {
-    pbw_err err = {{0}};
-    pbw_stylegan2 *g;
-    if (pbw_sg2_load(FIX "/g.pt", &g, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return;
-    }
-    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CPU, &err);
-    pbw_ctx_set_grad(ctx, 0);
-    pbw_tensor *w = load_npy(ctx, FIX, "w"), *w0 = load_npy(ctx, FIX, "w0");
-    pbw_tensor *mask = load_npy(ctx, FIX, "mask");
-    pbw_sg2_mask mk;
-    CHECK(w && w0 && mask && w->shape[0] >= 2 &&
-          pbw_sg2_mask_init(&mk, g, mask->data, 32, 32, &err) == 0);
-    if (!w || !w0 || !mask || w->shape[0] < 2) goto out;
+    masked_fixture f;
+    if (masked_fixture_open(&f)) return;
+    pbw_stylegan2 *g = f.g;
+    pbw_ctx *ctx = f.ctx;
+    pbw_tensor *w = f.w, *w0 = f.w0;
+    const pbw_sg2_mask *mk = &f.mk;
+    CHECK(w->shape[0] >= 2);
+    if (w->shape[0] < 2) goto out;
     pbw_tensor *la[PBW_SG2_MAX_LATENT], *lat0[PBW_SG2_MAX_LATENT];
     pbw_tensor *w0row = pbw_slice(ctx, w0, 0, 0, 1, 1);
     for (int i = 0; i < g->n_latent; i++) la[i] = w, lat0[i] = w0row;
     const int64_t N = w->shape[0], per = 3 * (int64_t)g->size * g->size;
     for (int masked = 0; masked < 2; masked++) {
         pbw_sg2_opts o = {0};
-        if (masked) o = (pbw_sg2_opts){.mask = &mk, .lat0 = lat0};
+        if (masked) o = (pbw_sg2_opts){.mask = mk, .lat0 = lat0};
         pbw_tensor *full = pbw_sg2_synthesis(ctx, g, la, &o);
         CHECK(full != NULL);
         if (!full) break;
@@ -617,11 +642,8 @@ PBW_TEST(stylegan2_split_synthesis) {
     CHECK(w && pbw_sg2_synthesis_begin(ctx, g, la, NULL, 1, &p) == 0);
     CHECK(pbw_sg2_partial_rows(ctx, &p, w ? w->shape[0] - 1 : 0, 2, &q) != 0);
     pbw_ctx_reset(ctx); /* the refusals above left their messages */
-    pbw_sg2_mask_free(&mk);
 out:
-    if (pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
-    pbw_ctx_free(ctx);
-    pbw_sg2_free(g);
+    masked_fixture_close(&f);
 }
 
 /* ---------- fused ops against finite differences ---------- */
