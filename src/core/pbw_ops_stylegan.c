@@ -544,6 +544,20 @@ static int postact_of(pbw_ctx *ctx, const char *op, const pbw_tensor *out, const
     pa->bias = act->bias ? act->bias->data : NULL;
     return 0;
 }
+
+/* The GPU's form of pbw_sg_modulate's style (s, s0, m; mod_geom's checks, x's shape read as
+ * NHWC halves where so held): *pm zeroed (no scale) when s is NULL. 0, or -1 with the context
+ * failed. */
+static int premod_of(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                     pbw_tensor *m, pbw_cuda_premod *pm) {
+    memset(pm, 0, sizeof *pm);
+    if (!s) return 0;
+    pbw_cpu_sg_mod_geom g;
+    if (mod_geom(ctx, op, x, s, s0, m, &g, 1)) return -1;
+    *pm = (pbw_cuda_premod){s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
+                            g.s_nstride, g.s0_nstride, g.m_nstride};
+    return 0;
+}
 #endif
 
 /* pbw_sg_modconv, then act (NULL: none). Without gradients on staged convolutions the style
@@ -557,9 +571,8 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
                           act ? act->bias : NULL};
     if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
         !pbw_needs_grad(ctx, ins, 7)) {
-        pbw_cpu_sg_mod_geom g;
-        memset(&g, 0, sizeof g);
-        if (s ? mod_geom(ctx, op, x, s, s0, m, &g, 1) : pbw_op_begin_nhwc(ctx, op, 1, &x))
+        pbw_cuda_premod pm;
+        if ((!s && pbw_op_begin_nhwc(ctx, op, 1, &x)) || premod_of(ctx, op, x, s, s0, m, &pm))
             return NULL;
         pbw_tensor *out = sgconv_out(ctx, op, x, pl);
         const float *wt;
@@ -568,8 +581,6 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
         if (!out || sgconv_gpu_weights(ctx, op, pl, &wt, &wh) ||
             (act && postact_of(ctx, op, out, act, &pa)))
             return NULL;
-        const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL,
-                                    m ? m->data : NULL, g.s_nstride, g.s0_nstride, g.m_nstride};
         /* NHWC halves (pbw_cuda_nhwc): an input held so is staged as it is, and the output
          * stays so, activated there when act is given; an upsampling convolution's only
          * without act (the blur after it activates) */
@@ -807,11 +818,8 @@ static pbw_tensor *blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, co
         pbw_cuda_postact pa;
         if (!out || postact_of(ctx, op, out, act, &pa)) return NULL;
         if (x->half_nhwc) { /* NHWC halves in (an upsampling convolution's), NHWC halves out */
-            pbw_cpu_sg_mod_geom g;
-            if (s && mod_geom(ctx, op, out, s, s0, m, &g, 1)) return NULL;
-            const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL,
-                                        m ? m->data : NULL, g.s_nstride, g.s0_nstride,
-                                        g.m_nstride};
+            pbw_cuda_premod pm;
+            if (premod_of(ctx, op, out, s, s0, m, &pm)) return NULL;
             if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
             out->half_nhwc = 1;
             if (pbw_cuda_sg_blur_act_nhwc(out->half, x->half, (int)x->shape[0], (int)x->shape[1],
