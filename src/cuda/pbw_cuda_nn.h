@@ -36,7 +36,7 @@ void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *m
                                   const float *rstd, const float *gy, float *gx, float *gw,
                                   float *gb, int64_t R, int64_t D);
 /* pbw_cpu_lpips_layer_forward / _backward's contract (device memory); the forward sums each
- * image's positions in blocks of 256 (scratch: pbw_cuda_lpips_layer_scratch_floats) and then
+ * image's positions in blocks of 32 (scratch: pbw_cuda_lpips_layer_scratch_floats) and then
  * the blocks' sums in order: no atomics, the same bits every run. */
 size_t pbw_cuda_lpips_layer_scratch_floats(int64_t N, int64_t S);
 void pbw_cuda_lpips_layer_forward(const float *f, const float *ref, const float *w,

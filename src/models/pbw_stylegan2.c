@@ -493,7 +493,7 @@ static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc
     styles(ctx, mc, li, &s, &s0);
     *s_out = s;
     *s0_out = s0;
-    if (!mc->plan) return rgb_conv(ctx, mc, x, li, s, s0, NULL); /* 1x1 (ToRGB) */
+    if (!mc->plan) return rgb_conv(ctx, mc, x, li, s, s0, NULL); /* 1x1: a product a sample */
     pbw_tensor *y = pbw_sg_modconv(ctx, x, s, s0, li->m_in, mc->plan);
     if (!mc->upsample) return y;
     if (mc->blur.K) return pbw_sg_blur(ctx, y, &mc->blur);
