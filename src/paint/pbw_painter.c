@@ -342,15 +342,15 @@ static int head_blocks(const pbw_stylegan2 *g, int lam, int bsz) {
     return pbw_sg2_shared_blocks(g, lam, bsz);
 }
 
-/* Resets ctx for a generation of lam candidates (rows of X) and runs their first blocks.
- * 0, or -1 with ctx failed. */
+/* Runs the first blocks of a generation of lam candidates (rows of X) in ctx, reset first;
+ * without shared blocks nothing (each batch resets ctx). 0, or -1 with ctx failed. */
 static int pop_begin(pbw_ctx *ctx, const run *r, const float *X, int lam, int bsz,
                      pop_render *pr) {
     const pbw_stylegan2 *g = r->p->g;
     memset(pr, 0, sizeof *pr);
-    pbw_ctx_reset(ctx);
     pr->blocks = head_blocks(g, lam, bsz);
     if (!pr->blocks) return 0;
+    pbw_ctx_reset(ctx);
     pr->w = latent_w(ctx, r, pbw_tensor_from_host(ctx, X, 2, (int64_t[]){lam, r->D}));
     if (!pr->w) return -1;
     pbw_tensor *la[PBW_SG2_MAX_LATENT];
