@@ -853,7 +853,8 @@ PBW_TEST(cuda_sg_blur_act) {
  * block's end (pbw_ctx_release keeping that output), then ToRGB's per-sample 1x1 product
  * (pbw_sg_pointwise, 6 outputs as masked ToRGB has), per sample and masked. With NHWC halves
  * on, every output but ToRGB's stays NHWC halves (checked before anything reads them: never
- * written to fp32, the release included) and the ops read them so; off, the same ops on fp32
+ * written to fp32, the release included, on its direct and its staged path) and the ops read
+ * them so; off, the same ops on fp32
  * NCHW. Sizes: 64 -> 32 -> 48 channels (the blur's 32 fill half of its tiles' 64; ToRGB's 48
  * are 6 lanes of 8 channels), 8 -> 17 -> 16 pixels (2 x 2 tiles). The two differ by the
  * rounding of the blur's and the convolution's activated outputs to bf16 (NCHW keeps them in
@@ -933,8 +934,8 @@ PBW_TEST(cuda_sg_nhwc_chain) {
     pbw_err err = {{0}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
-    /* a chunk of device memory the chains fit in, made before their marks: a chunk made after
-     * a mark makes pbw_ctx_release write its kept tensors to fp32 */
+    /* a chunk of device memory the chains fit in, made before their marks (the release's
+     * direct path; a fresh context below takes its staged path) */
     if (ctx) pbw_tensor_zeros(ctx, 1, (int64_t[]){4 << 20}), pbw_ctx_reset(ctx);
     pbw_arena ga;
     pbw_arena_init(&ga, 1 << 16);
@@ -984,6 +985,23 @@ PBW_TEST(cuda_sg_nhwc_chain) {
             CHECK(kept_fu == nhwc);
             for (int k = 0; k < 3; k++) free(fu.y[k]);
         }
+        /* memory that grows after the mark (a fresh context): the release stages the kept
+         * output through scratch and keeps it NHWC all the same, so the ops after it take the
+         * inputs, hence the memory, of a repeat in memory that holds (the first of a pass's
+         * repeats is what a CUDA graph of the later ones is sized on) */
+        pbw_ctx *fresh = pbw_ctx_new(PBW_DEV_CUDA, &err);
+        nhwc_chain_out st = {{0}};
+        int kept_st = 0;
+        CHECK_MSG(fresh && nhwc_chain(fresh, up, pl, &fir, h, masked, 0, &st, &kept_st) == 0,
+                  "%s", fresh ? pbw_ctx_error(fresh) : err.msg);
+        CHECK(kept_st);
+        for (int k = 0; k < 3; k++)
+            CHECK_MSG(st.n[k] == on.n[k] && st.y[k] && on.y[k] &&
+                          !memcmp(st.y[k], on.y[k], (size_t)st.n[k] * sizeof(float)),
+                      "%s, staged release: output %d differs", masked ? "masked" : "per sample",
+                      k);
+        for (int k = 0; k < 3; k++) free(st.y[k]);
+        pbw_ctx_free(fresh);
         double e[3];
         for (int k = 0; k < 3; k++) e[k] = max_rel(on.y[k], on.n[k], off.y[k], off.n[k]);
         printf("  %s: NHWC halves kept %d (off: %d), NHWC blurs %ld, activated convolutions "

@@ -291,6 +291,15 @@ pbw_ctx_mark pbw_ctx_mark_get(pbw_ctx *ctx) {
     return m;
 }
 
+/* A kept tensor's new header and place (pbw_ctx_release): fp32 data, or an NHWC half copy
+ * (half_only) when nhwc; returns where its bytes go, NULL with the context failed. */
+static void *kept_new(pbw_ctx *ctx, pbw_tensor **t, int ndim, const int64_t *shape, int nhwc) {
+    *t = pbw_tensor_new(ctx, ndim, shape);
+    if (!*t || (nhwc && !pbw_tensor_half_alloc(ctx, *t, 1))) return NULL;
+    (*t)->half_nhwc = nhwc;
+    return nhwc ? (*t)->half : (void *)(*t)->data;
+}
+
 #define RELEASE_MAX 8
 int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
     if (ctx->failed) return -1;
@@ -302,21 +311,26 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
     const int cuda = ctx->dev == PBW_DEV_CUDA;
     pbw_arena *da = cuda ? &ctx->dact : &ctx->act;
     const int direct = cuda && pbw_arena_mark_get(da).chunk == m.dev.chunk;
-    /* the copies below move fp32 data, or on the direct path NHWC halves as they are */
+    /* the copies below move fp32 data, or NHWC halves as they are: on both paths, so that a
+     * pass whose memory grew (the staged path) leaves the next ops the same inputs, hence the
+     * same allocations, as a later repeat of it in memory that holds (the direct path) */
     int nhwc[RELEASE_MAX];
     for (int i = 0; i < n; i++) {
         if (!keep[i]) return -1;
-        nhwc[i] = direct && keep[i]->half_nhwc && keep[i]->half_only;
+        nhwc[i] = cuda && keep[i]->half_nhwc && keep[i]->half_only;
         if (!nhwc[i] && pbw_tensor_sync_f32(ctx, keep[i])) return -1;
     }
     int ndim[RELEASE_MAX];
     int64_t shape[RELEASE_MAX][PBW_MAX_DIMS];
-    size_t off[RELEASE_MAX], total = 0;
+    void *old[RELEASE_MAX];
+    size_t off[RELEASE_MAX], bytes[RELEASE_MAX], total = 0;
     for (int i = 0; i < n; i++) {
         ndim[i] = keep[i]->ndim;
         memcpy(shape[i], keep[i]->shape, sizeof shape[i]);
+        old[i] = nhwc[i] ? keep[i]->half : (void *)keep[i]->data;
+        bytes[i] = (size_t)keep[i]->numel * (nhwc[i] ? 2 : sizeof(float));
         off[i] = total;
-        total += ((size_t)keep[i]->numel * (nhwc[i] ? 2 : sizeof(float)) + 63) / 64 * 64;
+        total += (bytes[i] + 63) / 64 * 64;
     }
     if (direct) {
         /* Device data and host headers live apart, and no device chunk was made since the
@@ -325,12 +339,6 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
          * an old one (the usual case: a block's output was made last, far above the mark).
          * Nothing has overwritten the old places yet, and the stream runs the copies before any
          * later kernel. Overlaps go through the scratch stage. */
-        void *old[RELEASE_MAX];
-        size_t bytes[RELEASE_MAX];
-        for (int i = 0; i < n; i++) {
-            old[i] = nhwc[i] ? keep[i]->half : (void *)keep[i]->data;
-            bytes[i] = (size_t)keep[i]->numel * (nhwc[i] ? 2 : sizeof(float));
-        }
         unsigned char *stage = NULL;
         int overlap = 0;
         if (pbw_arena_release(da, m.dev) < 0 || pbw_arena_release(&ctx->act, m.host) < 0) {
@@ -338,12 +346,8 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
             return -1;
         }
         void *dst[RELEASE_MAX];
-        for (int i = 0; i < n; i++) {
-            keep[i] = pbw_tensor_new(ctx, ndim[i], shape[i]);
-            if (!keep[i] || (nhwc[i] && !pbw_tensor_half_alloc(ctx, keep[i], 1))) return -1;
-            keep[i]->half_nhwc = nhwc[i];
-            dst[i] = nhwc[i] ? keep[i]->half : (void *)keep[i]->data;
-        }
+        for (int i = 0; i < n; i++)
+            if (!(dst[i] = kept_new(ctx, &keep[i], ndim[i], shape[i], nhwc[i]))) return -1;
         for (int i = 0; i < n && !overlap; i++)
             for (int j = 0; j < n && !overlap; j++) {
                 const char *a = (const char *)dst[i], *b = (const char *)old[j];
@@ -366,8 +370,7 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
     unsigned char *stage = total ? pbw_ctx_scratch(ctx, 7, total) : NULL;
     if (total && !stage) return -1;
     for (int i = 0; i < n; i++)
-        if (ctx_copy(ctx, stage + off[i], keep[i]->data, (size_t)keep[i]->numel * sizeof(float), 2))
-            return -1;
+        if (ctx_copy(ctx, stage + off[i], old[i], bytes[i], 2)) return -1;
     if (pbw_arena_release(da, cuda ? m.dev : m.host) < 0) {
         pbw_ctx_fail(ctx, "release: the mark is older than the last reset");
         return -1;
@@ -377,10 +380,8 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep) {
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        keep[i] = pbw_tensor_new(ctx, ndim[i], shape[i]);
-        if (!keep[i] ||
-            ctx_copy(ctx, keep[i]->data, stage + off[i], (size_t)keep[i]->numel * sizeof(float), 2))
-            return -1;
+        void *dst = kept_new(ctx, &keep[i], ndim[i], shape[i], nhwc[i]);
+        if (!dst || ctx_copy(ctx, dst, stage + off[i], bytes[i], 2)) return -1;
     }
     return 0;
 }
