@@ -40,8 +40,8 @@ extern "C" void pbw_cuda_clear_error(void) {
 
 // ---- CUDA graph capture state (see the graphs section below) ----
 
-static int g_capturing, g_capture_broken;
-static void capture_refuse(const char *what);
+static int g_capturing, g_capture_broken, g_capture_grew;
+static void capture_refuse(const char *what, int grew);
 static void *capture_stage(const void *src, size_t bytes);
 static std::vector<void *> g_deferred_free; // pbw_cuda_free calls made while capturing
 
@@ -100,7 +100,7 @@ cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }
 void *pbw_cuda_workspace(size_t bytes) {
     if (bytes <= g_ws_size && g_ws) return g_ws;
     if (g_capturing) {
-        capture_refuse("a library workspace grew");
+        capture_refuse("a library workspace grew", 1);
         return nullptr;
     }
     cudaStreamSynchronize(g_stream); // a queued kernel may still use the old one
@@ -210,7 +210,7 @@ extern "C" void pbw_cuda_free(void *p) {
     if (g_capturing) { // nothing has run yet: freed when the capture ends
         // but the graph would replay into it: a block the recorded pass allocated, or one it
         // used before the free (an arena's chunks merged on a reset between passes)
-        capture_refuse("memory freed while recording");
+        capture_refuse("memory freed while recording", 1);
         g_deferred_free.push_back(p);
         return;
     }
@@ -249,7 +249,7 @@ extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
 
 extern "C" int pbw_cuda_d2h(void *dst, const void *src, size_t bytes) {
     if (g_capturing) {
-        capture_refuse("a read back from the GPU");
+        capture_refuse("a read back from the GPU", 0);
         return -1;
     }
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream);
@@ -268,7 +268,7 @@ extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
 
 extern "C" int pbw_cuda_sync(pbw_err *err) {
     if (g_capturing) {
-        capture_refuse("a wait for the GPU");
+        capture_refuse("a wait for the GPU", 0);
         return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
     }
     if (g_dev >= 0) {
@@ -372,8 +372,12 @@ struct pbw_cuda_graph {
 
 static pbw_cuda_graph *g_cap; // the graph being recorded
 
-static void capture_refuse(const char *what) {
-    if (!g_capture_broken) snprintf(g_refusal, sizeof g_refusal, "%s", what);
+// grew: memory or a workspace had to grow (the pass run directly leaves them grown)
+static void capture_refuse(const char *what, int grew) {
+    if (!g_capture_broken) {
+        snprintf(g_refusal, sizeof g_refusal, "%s", what);
+        g_capture_grew = grew;
+    }
     g_capture_broken = 1;
     pbw_cuda_fail("not recordable in a CUDA graph: %s", what);
 }
@@ -386,7 +390,7 @@ static void *capture_stage(const void *src, size_t bytes) {
         void *p = nullptr;
         if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
             cudaGetLastError();
-            capture_refuse("pinned staging memory");
+            capture_refuse("pinned staging memory", 0);
             return nullptr;
         }
         g->pins.push_back({(char *)p, size, 0});
@@ -423,7 +427,7 @@ extern "C" int pbw_cuda_capture_begin(void) {
     if (pbw_cuda_sync(nullptr)) return -1;
     g_cap = new pbw_cuda_graph();
     g_cap->exec = nullptr;
-    g_capture_broken = 0;
+    g_capture_broken = g_capture_grew = 0;
     g_refusal[0] = 0;
     // relaxed: an arena that grows may still call cudaMalloc while recording
     if (cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -466,6 +470,7 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
 }
 
 extern "C" int pbw_cuda_capturing(void) { return g_capturing; }
+extern "C" int pbw_cuda_capture_grew(void) { return g_capture_grew; }
 
 static long g_graph_launches;
 extern "C" long pbw_cuda_graph_launches(void) { return g_graph_launches; }

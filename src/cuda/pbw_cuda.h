@@ -113,6 +113,10 @@ void pbw_cuda_graph_input(const void *host, size_t bytes);
 int pbw_cuda_capture_begin(void);
 pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len);
 int pbw_cuda_capturing(void);
+/* Whether the last recording was refused because device memory or a library workspace had to
+ * grow: the pass run directly afterwards leaves them grown, so recording a repeat of it may
+ * succeed. */
+int pbw_cuda_capture_grew(void);
 int pbw_cuda_graph_launch(pbw_cuda_graph *g);
 void pbw_cuda_graph_free(pbw_cuda_graph *g);
 /* Graph launches so far in this process (tests check that a pass was replayed). */

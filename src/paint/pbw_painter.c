@@ -551,7 +551,9 @@ static int queue_generation(run *r, pbw_ctx *ctx, const float *X, int lam, int b
 /* The queued generation, replayed from a CUDA graph from the third on: the second (the first is
  * a warm-up: algorithm searches, memory growth, weight caches) is recorded with X and the crops
  * as inputs read again at each launch; where recording fails, or PBW_CUDA_GRAPHS=0, every
- * generation is queued directly. *graph and *try_graph carry the state between generations. */
+ * generation is queued directly. A recording refused because memory had to grow is tried once
+ * more on the next generation (the refused one, run directly, left the memory grown).
+ * *graph and *try_graph (recordings left to try) carry the state between generations. */
 static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam, int bsz,
                           const pbw_crop *crops, size_t crops_bytes, float *dvals,
                           float *dframes, pbw_cuda_graph **graph, int *try_graph, pbw_err *err) {
@@ -559,8 +561,13 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
         if (pbw_cuda_graph_launch(*graph)) return pbw_err_set(err, "CMA-ES: %s", pbw_cuda_error());
         return 0;
     }
-    if (!*try_graph || gen != 1 || pbw_cuda_capture_begin()) {
-        if (gen == 1) *try_graph = 0; /* recording could not begin */
+    if (!*try_graph || gen < 1 || pbw_cuda_capture_begin()) {
+        if (gen >= 1 && *try_graph) {
+            *try_graph = 0;
+            if (pbw_env_set("PBW_VERBOSE"))
+                fprintf(stderr, "pbw: CMA-ES generations run without a CUDA graph (recording "
+                                "could not begin)\n");
+        }
         return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
     }
     pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X); /* before anything is uploaded */
@@ -570,12 +577,13 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
     char why[160];
     *graph = pbw_cuda_capture_end(why, sizeof why);
     if (*graph && !prc && pbw_cuda_graph_launch(*graph) == 0) return 0;
+    *try_graph = pbw_cuda_capture_grew() ? *try_graph - 1 : 0;
     if (pbw_env_set("PBW_VERBOSE"))
-        fprintf(stderr, "pbw: CMA-ES generations run without a CUDA graph (%s)\n",
-                why[0] ? why : (prc ? cerr.msg : "launch failed"));
+        fprintf(stderr, "pbw: CMA-ES generation %d runs without a CUDA graph (%s)%s\n", gen + 1,
+                why[0] ? why : (prc ? cerr.msg : "launch failed"),
+                *try_graph ? "; recording again on the next" : "");
     pbw_cuda_graph_free(*graph);
     *graph = NULL;
-    *try_graph = 0;
     pbw_cuda_clear_error();
     return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
 }
@@ -623,7 +631,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
     pbw_cuda_graph *graph = NULL;
-    int try_graph = !pbw_env_zero("PBW_CUDA_GRAPHS");
+    int try_graph = pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2; /* recordings to try */
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
@@ -787,7 +795,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     int rc = crops && grad ? 0 : pbw_err_set(err, "out of memory");
     int prev = pbw_ctx_set_grad(ctx, 1);
 #ifdef PBW_HAVE_CUDA
-    int try_graph = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS");
+    /* recordings to try: as the CMA-ES generations (run_generation), a second one when the
+     * first was refused because memory had to grow */
+    int try_graph = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS") ? 2 : 0;
     pbw_cuda_graph *graph = NULL;
     step_out gso = {0};
 #endif
@@ -809,7 +819,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             pbw_ctx_reset(ctx);
             int capture = 0;
 #ifdef PBW_HAVE_CUDA
-            if (try_graph && t == 1 && pbw_cuda_capture_begin() == 0) {
+            if (try_graph && t >= 1 && pbw_cuda_capture_begin() != 0) try_graph = 0;
+            else if (try_graph && t >= 1) {
                 capture = 1; /* the inputs registered before anything is uploaded */
                 pbw_cuda_graph_input(var, (size_t)D * sizeof *var);
                 pbw_cuda_graph_input(crops, (size_t)ncrops * sizeof *crops);
@@ -824,12 +835,13 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                 if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
                     gso = so;
                 } else {
+                    try_graph = pbw_cuda_capture_grew() ? try_graph - 1 : 0;
                     if (pbw_env_set("PBW_VERBOSE"))
-                        fprintf(stderr, "pbw: the Adam step runs without a CUDA graph (%s)\n",
-                                why[0] ? why : (prc ? cerr.msg : "launch failed"));
+                        fprintf(stderr, "pbw: Adam step %d runs without a CUDA graph (%s)%s\n",
+                                t + 1, why[0] ? why : (prc ? cerr.msg : "launch failed"),
+                                try_graph ? "; recording again on the next" : "");
                     pbw_cuda_graph_free(graph);
                     graph = NULL;
-                    try_graph = 0;
                     pbw_cuda_clear_error();
                     pbw_ctx_reset(ctx);
                     prc = adam_pass(r, ctx, var, crops, &so, err);
