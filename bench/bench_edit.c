@@ -56,6 +56,7 @@ typedef struct steps {
     double last_loss[2];
     int verbose;
     int prof_steps; /* steps in the PBW_PROFILE table */
+    double t0;      /* when the run began (bench_now), for --verbose */
 } steps;
 
 static void on_progress(const pbw_paint_progress *pr, void *user) {
@@ -64,8 +65,9 @@ static void on_progress(const pbw_paint_progress *pr, void *user) {
     if (s->n[ph] < s->cap) s->t[ph][s->n[ph]++] = pr->step_seconds;
     s->last_loss[ph] = pr->loss.total;
     if (s->verbose)
-        fprintf(stderr, "bench_edit: %s %d/%d  %.1f ms  loss %.4f\n", ph ? "adam" : "cma",
-                pr->phase_step, pr->phase_steps, 1e3 * pr->step_seconds, pr->loss.total);
+        fprintf(stderr, "bench_edit: %s %d/%d  %.1f ms  loss %.4f  at %.3f s\n",
+                ph ? "adam" : "cma", pr->phase_step, pr->phase_steps, 1e3 * pr->step_seconds,
+                pr->loss.total, bench_now() - s->t0);
     if (pbw_profile_enabled()) { /* the table counts the steps after the phase's first */
         if (pr->phase_step <= 1) {
             pbw_profile_clear();
@@ -88,6 +90,7 @@ static int steps_init(steps *s, int cap, int verbose) {
     memset(s, 0, sizeof *s);
     s->cap = cap;
     s->verbose = verbose;
+    s->t0 = bench_now();
     s->t[0] = malloc((size_t)cap * sizeof(double));
     s->t[1] = malloc((size_t)cap * sizeof(double));
     return s->t[0] && s->t[1] ? 0 : -1;
@@ -398,6 +401,7 @@ int main(int argc, char **argv) {
             }
 #endif
             double t0 = bench_now();
+            st.t0 = t0;
             if (pbw_painter_edit(p, &rq, on_progress, &st, NULL, &res, &err)) {
                 fprintf(stderr, "bench_edit: edit: %s\n", err.msg);
                 rc = 1;
