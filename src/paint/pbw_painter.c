@@ -548,6 +548,19 @@ static int queue_generation(run *r, pbw_ctx *ctx, const float *X, int lam, int b
     return 0;
 }
 
+/* After a failed recording of step `step` of `pass`, the recordings left to try: one fewer
+ * when it was refused because memory had to grow (the pass, run directly, leaves it grown; a
+ * repeat may then record), else none. why: the refusal, or NULL when recording could not
+ * begin. PBW_VERBOSE says so on stderr. */
+static int recording_failed(const char *pass, int step, const char *why, int tries) {
+    tries = why && pbw_cuda_capture_grew() ? tries - 1 : 0;
+    if (pbw_env_set("PBW_VERBOSE"))
+        fprintf(stderr, "pbw: %s %d runs without a CUDA graph (%s)%s\n", pass, step,
+                why ? why : "recording could not begin",
+                tries ? "; recording again on the next" : "");
+    return tries;
+}
+
 /* The queued generation, replayed from a CUDA graph from the third on: the second (the first is
  * a warm-up: algorithm searches, memory growth, weight caches) is recorded with X and the crops
  * as inputs read again at each launch; where recording fails, or PBW_CUDA_GRAPHS=0, every
@@ -561,13 +574,10 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
         if (pbw_cuda_graph_launch(*graph)) return pbw_err_set(err, "CMA-ES: %s", pbw_cuda_error());
         return 0;
     }
-    if (!*try_graph || gen < 1 || pbw_cuda_capture_begin()) {
-        if (gen >= 1 && *try_graph) {
-            *try_graph = 0;
-            if (pbw_env_set("PBW_VERBOSE"))
-                fprintf(stderr, "pbw: CMA-ES generations run without a CUDA graph (recording "
-                                "could not begin)\n");
-        }
+    if (!*try_graph || gen < 1)
+        return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
+    if (pbw_cuda_capture_begin()) {
+        *try_graph = recording_failed("CMA-ES generation", gen + 1, NULL, *try_graph);
         return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
     }
     pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X); /* before anything is uploaded */
@@ -577,11 +587,8 @@ static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam
     char why[160];
     *graph = pbw_cuda_capture_end(why, sizeof why);
     if (*graph && !prc && pbw_cuda_graph_launch(*graph) == 0) return 0;
-    *try_graph = pbw_cuda_capture_grew() ? *try_graph - 1 : 0;
-    if (pbw_env_set("PBW_VERBOSE"))
-        fprintf(stderr, "pbw: CMA-ES generation %d runs without a CUDA graph (%s)%s\n", gen + 1,
-                why[0] ? why : (prc ? cerr.msg : "launch failed"),
-                *try_graph ? "; recording again on the next" : "");
+    *try_graph = recording_failed("CMA-ES generation", gen + 1,
+                                  why[0] ? why : (prc ? cerr.msg : "launch failed"), *try_graph);
     pbw_cuda_graph_free(*graph);
     *graph = NULL;
     pbw_cuda_clear_error();
@@ -819,8 +826,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             pbw_ctx_reset(ctx);
             int capture = 0;
 #ifdef PBW_HAVE_CUDA
-            if (try_graph && t >= 1 && pbw_cuda_capture_begin() != 0) try_graph = 0;
-            else if (try_graph && t >= 1) {
+            if (try_graph && t >= 1 && pbw_cuda_capture_begin() != 0) {
+                try_graph = recording_failed("Adam step", t + 1, NULL, try_graph);
+            } else if (try_graph && t >= 1) {
                 capture = 1; /* the inputs registered before anything is uploaded */
                 pbw_cuda_graph_input(var, (size_t)D * sizeof *var);
                 pbw_cuda_graph_input(crops, (size_t)ncrops * sizeof *crops);
@@ -835,11 +843,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                 if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
                     gso = so;
                 } else {
-                    try_graph = pbw_cuda_capture_grew() ? try_graph - 1 : 0;
-                    if (pbw_env_set("PBW_VERBOSE"))
-                        fprintf(stderr, "pbw: Adam step %d runs without a CUDA graph (%s)%s\n",
-                                t + 1, why[0] ? why : (prc ? cerr.msg : "launch failed"),
-                                try_graph ? "; recording again on the next" : "");
+                    try_graph = recording_failed("Adam step", t + 1,
+                                                 why[0] ? why : (prc ? cerr.msg : "launch failed"),
+                                                 try_graph);
                     pbw_cuda_graph_free(graph);
                     graph = NULL;
                     pbw_cuda_clear_error();
