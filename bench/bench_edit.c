@@ -401,7 +401,6 @@ int main(int argc, char **argv) {
             }
 #endif
             double t0 = bench_now();
-            st.t0 = t0;
             if (pbw_painter_edit(p, &rq, on_progress, &st, NULL, &res, &err)) {
                 fprintf(stderr, "bench_edit: edit: %s\n", err.msg);
                 rc = 1;

@@ -87,7 +87,7 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes) {
         if (size < held / 2) size = held / 2;
         pbw_arena_chunk *n = chunk_new(a, size);
         if (!n) {
-            n = chunk_new(a, need); /* the doubling may have been too greedy */
+            n = chunk_new(a, need); /* the growth by half may have been too greedy */
             if (!n) return NULL;
         }
         n->next = c;
