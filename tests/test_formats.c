@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/pbw_cache.h"
 #include "formats/pbw_file.h"
 #include "formats/pbw_json.h"
 #include "formats/pbw_npy.h"
@@ -838,6 +839,73 @@ PBW_TEST(formats_file_atomic_write) {
     CHECK(pbw_file_read(missing, 10, &buf, &len, &err) != 0);
     unlink(path);
     CHECK(rmdir(dir) == 0); /* fails if a temporary was left behind */
+}
+
+/* The GPU libraries' choice files (pbw_cache.h): where they go, what a line may hold, and that
+ * appended lines read back. */
+PBW_TEST(formats_choice_cache) {
+    uint64_t v[4];
+    CHECK(pbw_cache_parse_line("v1 12800 0 768 0x1f\n", "v1", v, 4) == 0 && v[0] == 12800 &&
+          v[1] == 0 && v[2] == 768 && v[3] == 31);
+    CHECK(pbw_cache_parse_line("v1 1 2 3 0xFFFFFFFFFFFFFFFF", "v1", v, 4) == 0 &&
+          v[3] == UINT64_MAX);
+    CHECK(pbw_cache_parse_line("v1 18446744073709551615 0 0 0", "v1", v, 4) == 0 &&
+          v[0] == UINT64_MAX);
+    const char *bad[] = {
+        "v1 1 2 3\n",                      /* too few fields */
+        "v1 1 2 3 4 5\n",                  /* too many */
+        "v2 1 2 3 4\n",                    /* another tag */
+        "v1 1 2 -3 4\n",                   /* signed */
+        "v1 1 2  3 4\n",                   /* two spaces */
+        "v1 1 2 3 4 \n",                   /* trailing space */
+        "v1 1 2 3 4\n\n",                  /* more after the newline */
+        "v1 1 2 3 0x\n",                   /* no hex digits */
+        "v1 1 2 3 0x10000000000000000\n",  /* 65 bits */
+        "v1 18446744073709551616 2 3 4\n", /* 2^64 */
+        "v1 1 2 3 4x\n",                   /* junk */
+        "v11 1 2 3 4\n",                   /* a longer tag */
+        "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK_MSG(pbw_cache_parse_line(bad[i], "v1", v, 4) != 0, "accepted \"%s\"", bad[i]);
+
+    char dir[] = "/tmp/pbw_test_cache_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char sub[300], path[512];
+    snprintf(sub, sizeof sub, "%s/a/b", dir);
+    setenv("PBW_CACHE_DIR", sub, 1);
+    CHECK(pbw_cache_path("cudnn", "NVIDIA H100 80GB HBM3", 91400, path, sizeof path) == 0);
+    char want[512];
+    snprintf(want, sizeof want, "%s/cudnn-NVIDIA_H100_80GB_HBM3-91400.txt", sub);
+    CHECK_MSG(!strcmp(path, want), "%s", path);
+    char tiny[16];
+    CHECK(pbw_cache_path("cudnn", "x", 1, tiny, sizeof tiny) != 0); /* does not fit */
+    /* the folders are made; lines append */
+    CHECK(pbw_cache_append(path, "v1 1 2 3 0x4\n") == 0);
+    CHECK(pbw_cache_append(path, "v1 5 6 7 0x8\n") == 0);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    int lines = 0;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (pbw_cache_parse_line(line, "v1", v, 4) == 0 && v[0] == (uint64_t)(4 * lines + 1) &&
+            v[3] == (uint64_t)(4 * lines + 4))
+            lines++;
+    if (f) fclose(f);
+    CHECK(lines == 2);
+    unsetenv("PBW_CACHE_DIR");
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    char *saved = xdg ? strdup(xdg) : NULL;
+    setenv("XDG_CACHE_HOME", dir, 1);
+    CHECK(pbw_cache_path("cudnn", "g", 9, path, sizeof path) == 0);
+    snprintf(want, sizeof want, "%s/pbw/cudnn-g-9.txt", dir);
+    CHECK_MSG(!strcmp(path, want), "%s", path);
+    if (saved) setenv("XDG_CACHE_HOME", saved, 1);
+    else unsetenv("XDG_CACHE_HOME");
+    free(saved);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
 }
 
 PBW_TEST(formats_json_config) {

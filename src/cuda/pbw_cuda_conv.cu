@@ -68,17 +68,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <cctype>
-#include <vector>
-
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
+#include "core/pbw_cache.h"
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_stylegan.cuh"
@@ -382,40 +379,32 @@ void cache_open() {
     if (g_cache_state) return;
     g_cache_state = -1;
     if (pbw_env_zero("PBW_CUDNN_CACHE")) return;
-    char dir[3072];
-    const char *d = std::getenv("PBW_CACHE_DIR"), *x = std::getenv("XDG_CACHE_HOME"),
-               *h = std::getenv("HOME");
-    if (d && *d) std::snprintf(dir, sizeof dir, "%s", d);
-    else if (x && *x) std::snprintf(dir, sizeof dir, "%s/pbw", x);
-    else if (h && *h) std::snprintf(dir, sizeof dir, "%s/.cache/pbw", h);
-    else return;
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, pbw_cuda_current()) != cudaSuccess) {
         cudaGetLastError();
         return;
     }
-    char gpu[256];
-    size_t k = 0;
-    for (const char *c = prop.name; *c && k + 1 < sizeof gpu; c++)
-        gpu[k++] = std::isalnum((unsigned char)*c) ? *c : '_';
-    gpu[k] = 0;
-    std::snprintf(g_cache_path, sizeof g_cache_path, "%s/cudnn-%s-%zu.txt", dir, gpu,
-                  (size_t)cudnnGetVersion());
+    if (pbw_cache_path("cudnn", prop.name, (size_t)cudnnGetVersion(), g_cache_path,
+                       sizeof g_cache_path))
+        return;
     g_cache_state = 1;
     FILE *f = std::fopen(g_cache_path, "r");
     if (!f) return;
     char line[512];
-    int reserved;
     while (std::fgets(line, sizeof line, f)) {
+        uint64_t v[22];
+        if (pbw_cache_parse_line(line, "v1", v, 22)) continue;
+        bool fits = v[0] < 3;
+        for (int i = 1; i < 22; i++) fits = fits && v[i] <= INT_MAX;
+        if (!fits) continue;
         cached_choice c;
-        pbw_cpu_conv_geom &g = c.key.g;
         std::memset(&c, 0, sizeof c);
-        if (std::sscanf(line, "v1 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d",
-                        &c.dir, &c.key.prec, &c.staged, &g.N, &g.C, &g.H, &g.W, &g.O, &g.KH,
-                        &g.KW, &g.OH, &g.OW, &g.sh, &g.sw, &g.ph, &g.pw, &g.dh, &g.dw, &g.G,
-                        &c.algo, &c.math, &reserved) == 22 &&
-            c.dir >= 0 && c.dir < 3)
-            g_cache.push_back(c);
+        pbw_cpu_conv_geom &g = c.key.g;
+        int *dst[21] = {&c.dir, &c.key.prec, &c.staged, &g.N, &g.C, &g.H, &g.W, &g.O,
+                        &g.KH, &g.KW, &g.OH, &g.OW, &g.sh, &g.sw, &g.ph, &g.pw, &g.dh, &g.dw,
+                        &g.G, &c.algo, &c.math}; // the 22nd field is reserved
+        for (int i = 0; i < 21; i++) *dst[i] = (int)v[i];
+        g_cache.push_back(c);
     }
     std::fclose(f);
 }
@@ -438,28 +427,13 @@ void cache_add(const conv_plan *p, int dir) {
     if (g_cache_state != 1) return;
     cached_choice c{p->key, dir, p->stage[dir], p->algo[dir], (int)p->math[dir]};
     g_cache.push_back(c);
-    // the folder, then one line appended (short appends of one write are not interleaved)
-    char d[4096];
-    std::snprintf(d, sizeof d, "%s", g_cache_path);
-    for (char *q = d + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            mkdir(d, 0755);
-            *q = '/';
-        }
     const pbw_cpu_conv_geom &g = p->key.g;
     char line[512];
-    int n = std::snprintf(line, sizeof line,
-                          "v1 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n",
-                          dir, p->key.prec, p->stage[dir], g.N, g.C, g.H, g.W, g.O, g.KH, g.KW,
-                          g.OH, g.OW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G, p->algo[dir],
-                          (int)p->math[dir], 0);
-    int fd = open(g_cache_path, O_WRONLY | O_APPEND | O_CREAT, 0644);
-    if (fd < 0) return;
-    if (n > 0 && write(fd, line, (size_t)n) != n) {
-        // a cache that could not be written is only slower next time
-    }
-    close(fd);
+    std::snprintf(line, sizeof line,
+                  "v1 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", dir,
+                  p->key.prec, p->stage[dir], g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW,
+                  g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G, p->algo[dir], (int)p->math[dir], 0);
+    pbw_cache_append(g_cache_path, line); // a cache not written is only slower next time
 }
 
 // Looks the candidates of one direction up (measured, or the heuristics when asked or when
