@@ -395,6 +395,18 @@ static int sgconv_cases(const sgconv_case *cases, size_t ncases, const char *tag
             snprintf(name, sizeof name, "sg_conv%s%s %dx%d C=%d O=%d k=%d", tag,
                      cases[i].transposed ? " transposed" : "", cases[i].h, cases[i].w, c, o, k);
             bad += parity_check(name, sgconv_fn, &arg, 1, in, tol) != 0;
+            /* the GPU's plan never packed the CPU kernel's weights; the CPU's did on its first
+             * call; a CPU call with the GPU's plan fails, naming why */
+            pbw_ctx *cpu = pbw_ctx_new(PBW_DEV_CPU, &err);
+            pbw_tensor *x = cpu ? pbw_tensor_zeros(cpu, 4, (int64_t[]){1, c, 4, 4}) : NULL;
+            const int refused = x && !pbw_sg_conv(cpu, x, arg.gpu) &&
+                                strstr(pbw_ctx_error(cpu), "on the GPU");
+            if (arg.gpu->cpu->packed || !arg.cpu->cpu->packed || !refused) {
+                fprintf(stderr, "  %s: packed on the GPU %d, on the CPU %d; CPU call refused %d\n",
+                        name, arg.gpu->cpu->packed, arg.cpu->cpu->packed, refused);
+                bad++;
+            }
+            pbw_ctx_free(cpu);
         } else {
             fprintf(stderr, "  sg_conv plans: %s\n", err.msg);
             bad++;

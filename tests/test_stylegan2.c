@@ -927,7 +927,7 @@ PBW_TEST(stylegan2_op_sg_conv) {
         pbw_sg_conv_plan *pl = pbw_sg_conv_prepare_ex(&a, w, sc->transposed, direct, &err);
         CHECK_MSG(pl != NULL, "%s", err.msg);
         if (!pl) continue;
-        CHECK(direct || pl->wino_fwd);
+        CHECK(!pl->cpu->packed); /* packed on the first CPU call */
         pbw_tensor *x = pbw_tensor_new(ctx, 4, (int64_t[]){sc->n, sc->c, sc->h, sc->w});
         gc_fill(x->data, x->numel, 100 + i, -1, 1);
         pbw_tensor *ref;
@@ -942,6 +942,7 @@ PBW_TEST(stylegan2_op_sg_conv) {
         }
         pbw_tensor *y = pbw_sg_conv(ctx, x, pl);
         CHECK_MSG(y && ref && pbw_shape_equal(y, ref), "case %d: %s", i, pbw_ctx_error(ctx));
+        CHECK(pl->cpu->packed && (direct || (pl->cpu->wino_fwd && pl->cpu->wino_bwd)));
         /* both are float32 sums of <= 6*25 products of unit-scale values */
         if (y && ref && pbw_shape_equal(y, ref))
             CHECK_MSG(gc_compare("sg_conv", y->data, ref->data, y->numel, 1e-5, 1e-5) == 0,

@@ -221,76 +221,86 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
                     w ? pbw_shape_str(w, sw, sizeof sw) : "NULL");
         return NULL;
     }
-    const int O = (int)w->shape[0], C = (int)w->shape[1], k = (int)w->shape[2];
-    const int64_t kk = (int64_t)k * k;
     pbw_sg_conv_plan *pl = pbw_arena_calloc(a, sizeof *pl);
-    /* staging for one rearranged weight before packing */
-    float *tmp = malloc((size_t)O * C * kk * sizeof(float));
-    if (!pl || !tmp) {
-        free(tmp);
-        pbw_err_set(err, "sg_conv: out of memory packing a (%d,%d,%d,%d) weight", O, C, k, k);
+    if (pl) pl->cpu = pbw_arena_calloc(a, sizeof *pl->cpu);
+    if (!pl || !pl->cpu) {
+        pbw_err_set(err, "sg_conv: out of memory");
         return NULL;
     }
     pl->transposed = transposed;
-    pl->C = C, pl->O = O, pl->k = k;
+    pl->C = (int)w->shape[1], pl->O = (int)w->shape[0], pl->k = (int)w->shape[2];
+    pl->direct = direct;
     pl->weight = w;
+    pl->cpu->arena = a;
+    for (int p = 0; p < 2; p++) pl->phase_kh[p] = pl->phase_kw[p] = phase_taps(pl->k, p);
 #ifdef PBW_HAVE_CUDA
-    { /* room for the GPU's copies of the weight, made on first use */
-        pl->gpu = pbw_arena_calloc(a, sizeof *pl->gpu);
-        if (!pl->gpu) {
-            free(tmp);
-            pbw_err_set(err, "sg_conv: out of memory");
-            return NULL;
-        }
-        pl->gpu->arena = a;
+    /* room for the GPU's copies of the weight, made on first use */
+    pl->gpu = pbw_arena_calloc(a, sizeof *pl->gpu);
+    if (!pl->gpu) {
+        pbw_err_set(err, "sg_conv: out of memory");
+        return NULL;
     }
+    pl->gpu->arena = a;
 #endif
-    if (w->device != PBW_DEV_CPU) { /* GPU-only plan: nothing to pack (w->data is device memory) */
-        free(tmp);
-        return pl;
-    }
+    return pl;
+}
+
+/* The plan's CPU packs, made on its first CPU call (see pbw_ops_stylegan.h); NULL with the
+ * context failed. */
+static const struct pbw_sg_conv_cpu *cpu_packs(pbw_ctx *ctx, const pbw_sg_conv_plan *pl) {
+    struct pbw_sg_conv_cpu *pk = pl->cpu;
+    if (pk->packed) return pk;
+    const pbw_tensor *w = pl->weight;
+    if (!w || w->device != PBW_DEV_CPU || !w->data)
+        return pbw_ctx_fail(ctx, "sg_conv: the plan's weight is on the GPU: the CPU kernel's "
+                            "weights cannot be packed from it");
+    const int O = pl->O, C = pl->C, k = pl->k;
+    const int64_t kk = (int64_t)k * k;
+    pbw_arena *a = pk->arena;
+    /* staging for one rearranged weight before packing */
+    float *tmp = malloc((size_t)O * C * kk * sizeof(float));
+    if (!tmp)
+        return pbw_ctx_fail(ctx, "sg_conv: out of memory packing a (%d,%d,%d,%d) weight", O, C,
+                            k, k);
     const float *wd = w->data;
 #define PACK(dst, rows, K)                                                                     \
     do {                                                                                       \
         (dst) = pbw_arena_alloc(a, (pbw_cpu_sgconv_packed_floats((rows), (K)) + 1) * 4);    \
         if (!(dst)) {                                                                          \
             free(tmp);                                                                         \
-            pbw_err_set(err, "sg_conv: out of memory packing a weight");                       \
-            return NULL;                                                                       \
+            return pbw_ctx_fail(ctx, "sg_conv: out of memory packing a weight");              \
         }                                                                                      \
         pbw_cpu_sgconv_pack_weight((dst), tmp, (rows), (K));                                   \
     } while (0)
-    if (!transposed && k == 3 && !direct) {
+    if (!pl->transposed && k == 3 && !pl->direct) {
         /* Winograd: the forward from w, the input gradient from w flipped and transposed */
-        pl->wino_fwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(O, C) * 4);
-        pl->wino_bwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(C, O) * 4);
-        if (!pl->wino_fwd || !pl->wino_bwd) {
+        pk->wino_fwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(O, C) * 4);
+        pk->wino_bwd = pbw_arena_alloc(a, pbw_cpu_sgconv_wino_packed_floats(C, O) * 4);
+        if (!pk->wino_fwd || !pk->wino_bwd) {
             free(tmp);
-            pbw_err_set(err, "sg_conv: out of memory packing a weight");
-            return NULL;
+            return pbw_ctx_fail(ctx, "sg_conv: out of memory packing a weight");
         }
-        pbw_cpu_sgconv_wino_pack(pl->wino_fwd, wd, O, C);
+        pbw_cpu_sgconv_wino_pack(pk->wino_fwd, wd, O, C);
         for (int c = 0; c < C; c++)
             for (int o = 0; o < O; o++)
                 for (int t = 0; t < kk; t++)
                     tmp[((int64_t)c * O + o) * kk + t] = wd[((int64_t)o * C + c) * kk + (kk - 1 - t)];
-        pbw_cpu_sgconv_wino_pack(pl->wino_bwd, tmp, C, O);
-    } else if (!transposed) {
+        pbw_cpu_sgconv_wino_pack(pk->wino_bwd, tmp, C, O);
+    } else if (!pl->transposed) {
         /* forward: w as (O, C*k*k) */
         memcpy(tmp, wd, (size_t)O * C * kk * sizeof(float));
-        PACK(pl->fwd[0], O, (int64_t)C * kk);
+        PACK(pk->fwd[0], O, (int64_t)C * kk);
         /* input gradient: conv of dy with w'[c][o][y][x] = w[o][c][k-1-y][k-1-x], same padding */
         for (int c = 0; c < C; c++)
             for (int o = 0; o < O; o++)
                 for (int t = 0; t < kk; t++)
                     tmp[((int64_t)c * O + o) * kk + t] = wd[((int64_t)o * C + c) * kk + (kk - 1 - t)];
-        PACK(pl->bwd, C, (int64_t)O * kk);
+        PACK(pk->bwd, C, (int64_t)O * kk);
     } else {
         /* forward phase (a,b): a correlation with taps ty -> ky = a + 2*(Ta-1-ty) (rows),
          * likewise columns, over the input with top/left padding Ta-1 / Tb-1 */
         for (int ab = 0; ab < 4; ab++) {
-            int pa = ab / 2, pb = ab % 2, Ta = phase_taps(k, pa), Tb = phase_taps(k, pb);
-            pl->phase_kh[pa] = Ta, pl->phase_kw[pb] = Tb;
+            int pa = ab / 2, pb = ab % 2, Ta = pl->phase_kh[pa], Tb = pl->phase_kw[pb];
             for (int o = 0; o < O; o++)
                 for (int c = 0; c < C; c++)
                     for (int ty = 0; ty < Ta; ty++)
@@ -299,18 +309,19 @@ pbw_sg_conv_plan *pbw_sg_conv_prepare_ex(pbw_arena *a, const pbw_tensor *w, int 
                             tmp[(((int64_t)o * C + c) * Ta + ty) * Tb + tx] =
                                 wd[((int64_t)o * C + c) * kk + ky * k + kx];
                         }
-            PACK(pl->fwd[ab], O, (int64_t)C * Ta * Tb);
+            PACK(pk->fwd[ab], O, (int64_t)C * Ta * Tb);
         }
         /* input gradient: dx[c] = sum_o corr(dy[o], w[o][c]) with stride 2: weight (C, O*k*k) */
         for (int c = 0; c < C; c++)
             for (int o = 0; o < O; o++)
                 memcpy(tmp + ((int64_t)c * O + o) * kk, wd + ((int64_t)o * C + c) * kk,
                        (size_t)kk * sizeof(float));
-        PACK(pl->bwd, C, (int64_t)O * kk);
+        PACK(pk->bwd, C, (int64_t)O * kk);
     }
 #undef PACK
     free(tmp);
-    return pl;
+    pk->packed = 1;
+    return pk;
 }
 
 typedef struct sgconv_saved {
@@ -426,12 +437,14 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
         return;
     }
 #endif
+    const struct pbw_sg_conv_cpu *pk = cpu_packs(ctx, pl);
+    if (!pk) return;
     if (bx == 0.0f) memset(gx, 0, (size_t)x->numel * sizeof *gx); /* the CPU kernels add */
-    if (pl->wino_bwd) {
+    if (pk->wino_bwd) {
         int nt = pbw_cpu_sgconv_threads();
         float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->O, pl->C, OW, nt) * 4);
         if (s)
-            pbw_cpu_sgconv_wino_forward(gx, y->grad, pl->wino_bwd, pl->O, OH, OW, pl->C, N, 1, s,
+            pbw_cpu_sgconv_wino_forward(gx, y->grad, pk->wino_bwd, pl->O, OH, OW, pl->C, N, 1, s,
                                         nt);
         return;
     }
@@ -440,7 +453,7 @@ static void sgconv_backward(pbw_ctx *ctx, pbw_node *nd) {
         g = plain_geom(pl->O, OH, OW, pl->C, pl->k, pl->k, sv->H, sv->W, 1, pl->k / 2, pl->k / 2);
     else
         g = plain_geom(pl->O, OH, OW, pl->C, pl->k, pl->k, sv->H, sv->W, 2, 0, 0);
-    run_sgconv(ctx, gx, y->grad, pl->bwd, &g, N, 1);
+    run_sgconv(ctx, gx, y->grad, pk->bwd, &g, N, 1);
 }
 
 /* sg_conv's shape checks and its output (N,O,OH,OW); NULL with the context failed. */
@@ -483,6 +496,7 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
     const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3];
     const int OH = (int)out->shape[2], OW = (int)out->shape[3], k = pl->k;
     const float *wt = NULL; /* CUDA, transposed: the weight in the adjoint convolution's layout */
+    const struct pbw_sg_conv_cpu *pk = NULL;
     if (pbw_on_cuda(ctx)) {
 #ifdef PBW_HAVE_CUDA
         const void *wh;
@@ -490,18 +504,17 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
         pbw_cuda_sg_conv_forward(out->data, x->data, pl->weight->data, wt, wh, N, pl->C, H, W,
                                  pl->O, k, pl->transposed);
 #endif
-    } else if (!pl->wino_fwd && !pl->fwd[0]) {
-        return pbw_ctx_fail(ctx, "%s: the plan was prepared from a GPU weight and has no CPU "
-                            "kernel weights", op);
-    } else if (pl->wino_fwd) {
+    } else if (!(pk = cpu_packs(ctx, pl))) {
+        return NULL;
+    } else if (pk->wino_fwd) {
         int nt = pbw_cpu_sgconv_threads();
         float *s = pbw_ctx_scratch(ctx, 1, pbw_cpu_sgconv_wino_scratch_floats(pl->C, pl->O, W, nt) * 4);
         if (!s) return NULL;
-        pbw_cpu_sgconv_wino_forward(out->data, x->data, pl->wino_fwd, pl->C, H, W, pl->O, N, 0, s,
+        pbw_cpu_sgconv_wino_forward(out->data, x->data, pk->wino_fwd, pl->C, H, W, pl->O, N, 0, s,
                                     nt);
     } else if (!pl->transposed) {
         pbw_cpu_sgconv_geom g = plain_geom(pl->C, H, W, pl->O, k, k, H, W, 1, k / 2, k / 2);
-        if (run_sgconv(ctx, out->data, x->data, pl->fwd[0], &g, N, 0)) return NULL;
+        if (run_sgconv(ctx, out->data, x->data, pk->fwd[0], &g, N, 0)) return NULL;
     } else {
         for (int ab = 0; ab < 4; ab++) {
             int pa = ab / 2, pb = ab % 2, Ta = pl->phase_kh[pa], Tb = pl->phase_kw[pb];
@@ -514,7 +527,7 @@ pbw_tensor *pbw_sg_conv(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl)
             g.out_step = 2;
             g.out_y0 = pa;
             g.out_x0 = pb;
-            if (run_sgconv(ctx, out->data, x->data, pl->fwd[ab], &g, N, 0)) return NULL;
+            if (run_sgconv(ctx, out->data, x->data, pk->fwd[ab], &g, N, 0)) return NULL;
         }
     }
     if (pbw_needs_grad(ctx, &x, 1)) {

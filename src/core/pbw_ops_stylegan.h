@@ -47,27 +47,37 @@ pbw_tensor *pbw_sg_bias_act(pbw_ctx *ctx, pbw_tensor *y, pbw_tensor *d, pbw_tens
  *
  * StyleGAN2's styled convolutions never need a weight gradient, so their weights are packed
  * once for the CPU kernel (src/cpu/pbw_cpu_sgconv.c) in the two layouts the forward pass and
- * the input gradient read:
+ * the input gradient read, on the plan's first CPU call (a model that runs on the GPU never
+ * packs: loading the 256 px generator spent a third of its CPU time and 270 MB packing):
  *
  *     pbw_sg_conv_plan *pl = pbw_sg_conv_prepare(&model_arena, w, 0, &err);  // w (O,C,k,k)
  *     y = pbw_sg_conv(ctx, x, pl);     // F.conv2d(x, w, padding=k//2)
  *     pl = pbw_sg_conv_prepare(&model_arena, w, 1, &err);
  *     y = pbw_sg_conv(ctx, x, pl);     // F.conv_transpose2d(x, w.transpose(0,1), stride=2)
  *
- * The plan lives in the arena given (the model's). The CPU reads only its packed copies; the
- * GPU (cuDNN, which wants the natural layout) reads w itself through the plan's `weight`
- * pointer, so w must outlive the plan and be on the context's device when the op runs (a
- * model moves its weights with pbw_arena_to_device, which keeps the tensor and swaps its data
- * pointer). A plan prepared from a weight already on the GPU packs nothing and runs on CUDA
- * contexts only. Gradients reach x only: the weight is a constant of the op. */
-typedef struct pbw_sg_conv_plan {
-    int transposed;        /* 0: stride 1, padding k/2; 1: transposed, stride 2, no padding */
-    int C, O, k;           /* input channels, output channels, kernel side (odd) */
+ * The plan lives in the arena given (the model's), and so do the packed copies made later. The
+ * CPU reads only its packed copies; the GPU (cuDNN, which wants the natural layout) reads w
+ * itself through the plan's `weight` pointer, so w must outlive the plan and be on the
+ * context's device when the op runs (a model moves its weights with pbw_arena_to_device, which
+ * keeps the tensor and swaps its data pointer). A plan whose weight is on the GPU at its first
+ * CPU call cannot pack and fails that call. Gradients reach x only: the weight is a constant
+ * of the op. Not thread-safe: a plan's first CPU call writes the plan's packs. */
+/* The CPU kernel's packed weights, made on the plan's first CPU call. */
+struct pbw_sg_conv_cpu {
+    pbw_arena *arena;      /* where the packs go: the plan's */
+    int packed;            /* 1 once made */
     float *fwd[4];         /* packed forward weight; transposed: one per output phase */
-    int phase_kh[2], phase_kw[2]; /* transposed: taps of phase a (rows) / b (columns) */
     float *bwd;            /* packed weight of the input gradient (C, O*k*k) */
     float *wino_fwd;       /* 3x3 stride 1: Winograd F(2x2,3x3) weights of the forward ... */
     float *wino_bwd;       /* ... and of the input gradient (then fwd[0], bwd are NULL) */
+};
+
+typedef struct pbw_sg_conv_plan {
+    int transposed;        /* 0: stride 1, padding k/2; 1: transposed, stride 2, no padding */
+    int C, O, k;           /* input channels, output channels, kernel side (odd) */
+    int direct;            /* 3x3 stride 1 by the direct kernel, not Winograd */
+    int phase_kh[2], phase_kw[2]; /* transposed: taps of phase a (rows) / b (columns) */
+    struct pbw_sg_conv_cpu *cpu; /* the CPU kernel's weights (see above) */
     const pbw_tensor *weight; /* w itself (O,C,k,k): its data is read at call time on CUDA */
     /* CUDA caches made on the first GPU call (again if w's data moves or the precision
      * changes), freed with the plan's arena (pbw_ops_stylegan.c): w.transpose(0,1) for a
