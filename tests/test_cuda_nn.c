@@ -601,6 +601,105 @@ PBW_TEST(cuda_linear_half) {
 #endif
 }
 
+/* ---------- measured cuBLASLt algorithms, kept on disk ----------
+ * half_mlp's two products on bf16 operands (136 rows: shapes no other test makes) measure their
+ * algorithms in a first "process", which writes the cache file; after pbw_cuda_linear_lt_forget
+ * (what a new process starts from) they take both from the file, measure nothing and give the
+ * same bytes (the same algorithms on the same data). Lines whose algorithm cuBLASLt rejects
+ * (cublasLtMatmulAlgoCheck) are passed over and measured afresh; PBW_CUBLASLT_CACHE=0 neither
+ * reads nor writes; fp32 takes the heuristic's pick and measures nothing. */
+#ifdef PBW_HAVE_CUDA
+static int lines_of(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int n = 0;
+    for (int c; (c = fgetc(f)) != EOF;) n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Rewrites every line of the file with the same key and an algorithm of all ones bits. */
+static int foreign_algorithms(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char out[4096] = "", line[512];
+    while (fgets(line, sizeof line, f)) {
+        char *p = line;
+        for (int k = 0; k < 9 && p; k++) p = strchr(p + 1, ' '); /* the tag and 8 key fields */
+        if (!p) continue;
+        *p = 0;
+        size_t n = strlen(out);
+        snprintf(out + n, sizeof out - n, "%s", line);
+        for (int k = 0; k < 8; k++) {
+            n = strlen(out);
+            snprintf(out + n, sizeof out - n, " 0xffffffffffffffff");
+        }
+        n = strlen(out);
+        snprintf(out + n, sizeof out - n, "\n");
+    }
+    fclose(f);
+    f = fopen(path, "w");
+    if (!f) return -1;
+    int rc = fputs(out, f) >= 0 ? 0 : -1;
+    fclose(f);
+    return rc;
+}
+#endif
+
+PBW_TEST(cuda_linear_lt_choice) {
+#ifdef PBW_HAVE_CUDA
+    const int64_t R = 136, D = 768, M = 3072;
+    char dir[] = "/tmp/pbw_cublaslt_cache_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    setenv("PBW_CACHE_DIR", dir, 1);
+    float *y1 = malloc((size_t)(R * D) * sizeof(float)), *y2 = malloc((size_t)(R * D) * sizeof(float));
+    pbw_cuda_linear_lt_forget();
+    long m = pbw_cuda_linear_lt_measured();
+    long measured[5], hits[5];
+    for (int k = 0; k < 5; k++) {
+        if (k == 3) setenv("PBW_CUBLASLT_CACHE", "0", 1);
+        CHECK(half_mlp(PBW_DEV_CUDA, k == 4 ? PBW_PREC_FP32 : PBW_PREC_BF16, k ? y2 : y1, R, D,
+                       M) == 0);
+        unsetenv("PBW_CUBLASLT_CACHE");
+        measured[k] = pbw_cuda_linear_lt_measured() - m;
+        m += measured[k];
+        hits[k] = pbw_cuda_linear_lt_forget();
+        char path[512] = "", cmd[600];
+        snprintf(cmd, sizeof cmd, "ls %s/cublaslt-*.txt 2>/dev/null", dir);
+        FILE *ls = popen(cmd, "r");
+        if (ls) {
+            if (!fgets(path, sizeof path, ls)) path[0] = 0;
+            pclose(ls);
+        }
+        path[strcspn(path, "\n")] = 0;
+        int lines = lines_of(path);
+        double e = 0, sc = 0;
+        for (int64_t i = 0; i < R * D; i++) {
+            e = fmax(e, fabs(y2[i] - y1[i]));
+            sc = fmax(sc, fabs(y1[i]));
+        }
+        static const char *what[5] = {"first process", "second process (the file)",
+                                      "foreign algorithms in the file", "PBW_CUBLASLT_CACHE=0",
+                                      "fp32"};
+        printf("  %s: %ld measured, %ld from the file, %d line(s)%s", what[k], measured[k],
+               hits[k], lines, k ? "" : "\n");
+        if (k) printf(", max diff to the first %.2e of %.2f\n", e, sc);
+        const int want_lines[5] = {2, 2, 4, 4, 4};
+        CHECK(lines == want_lines[k]);
+        if (k == 0) CHECK(measured[k] == 2 && hits[k] == 0);
+        if (k == 1) CHECK(measured[k] == 0 && hits[k] == 2 && e == 0);
+        if (k == 2 || k == 3) CHECK(measured[k] == 2 && hits[k] == 0 && e <= 1e-2 * sc);
+        if (k == 4) CHECK(measured[k] == 0 && hits[k] == 0 && e <= 1e-2 * sc);
+        if (k == 1) CHECK(foreign_algorithms(path) == 0 && lines_of(path) == 2);
+    }
+    unsetenv("PBW_CACHE_DIR");
+    free(y1), free(y2);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+#endif
+}
+
 /* ---------- input gradients on bf16 operands (pbw_cuda_linear_backward_half) ----------
  * CLIP's MLP shapes at 4 crops: x (4,50,768) -> linear W (3072,768) + b, and h (4,50,3072) ->
  * linear_add W (768,3072) + b + r, x, h and the residual r needing gradients, the weights

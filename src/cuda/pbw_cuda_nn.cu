@@ -14,8 +14,10 @@
 
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
+#include "core/pbw_cache.h"
 #include "cpu/pbw_cpu.h"
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_nn.h"
@@ -107,9 +109,26 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
 // y = x W^T + b (+ r) in one kernel: the bias is added as the product's tiles are stored, and a
 // residual r is read as the product's C (beta = 1), instead of a pass that fills y with the bias,
 // a product that reads y back and an add. In column-major terms y^T (O,R) = W (O,I) x^T (I,R):
-// A = W stored (I,O) transposed, B = x stored (I,R). A plan (descriptors and the heuristic's
-// algorithm) is kept per shape, precision, pointer alignment, operand and output types and
-// bias; shapes the library has no algorithm for fall back to the two-pass path.
+// A = W stored (I,O) transposed, B = x stored (I,R). A plan (descriptors and an algorithm) is
+// kept per shape, precision, pointer alignment, operand and output types and bias; shapes the
+// library has no algorithm for fall back to the two-pass path.
+//
+// The algorithm is measured, as cuDNN's are (pbw_cuda_conv.cu): the first product of a plan
+// times each of the heuristic's first LT_CANDIDATES candidates on its own operands, writing a
+// temporary output, and keeps the fastest. Run alone, the heuristic's first pick was 10-11%
+// slower summed over CLIP's products at the edit's shapes (H100, bench/lt_candidates.cu: a
+// CMA-ES pass's out_proj + residual 64 -> 44 us, fc2 + residual 121 -> 104 us); inside a
+// generation, where a product reads what the last kernel left in L2, the products' GPU time
+// fell by less, 24.2 -> 23.7 ms (CUPTI, bench/profile_cuda.sh). In fp32, the parity
+// reference, the heuristic's first pick serves, so that every process sums alike;
+// PBW_CUBLASLT_HEURISTIC=1 takes it in every precision, =0 measures fp32 too. A product first
+// met while a CUDA graph records takes the heuristic's pick (measuring waits for the GPU).
+// Measured picks are kept on disk (pbw_cache.h: cublaslt-<GPU>-<version>.txt, a line per plan
+// key and its algorithm, which cuBLASLt documents as serializable for the same library version)
+// and read back by later processes instead of measuring again; a cached algorithm is checked
+// with cublasLtMatmulAlgoCheck (and its workspace against ours) before use, and measured afresh
+// when that fails. PBW_CUBLASLT_CACHE=0 neither reads nor writes the file; PBW_CUBLASLT_LOG=1
+// prints each measurement on stderr.
 
 namespace {
 struct lt_plan {
@@ -146,8 +165,168 @@ void lt_destroy(lt_plan *pl) {
     pl->ok = 0;
 }
 
-bool lt_make(lt_plan *pl) {
-    pl->ok = 0;
+// The operands of a plan's first product, which its measurement runs on.
+struct lt_call {
+    const void *A, *B, *C; // C: the residual read with beta 1, or NULL (beta 0)
+};
+
+const int LT_CANDIDATES = 8;
+long g_lt_measured, g_lt_cache_hits;
+
+// PBW_CUBLASLT_LOG=1: each measured candidate's time on stderr.
+bool log_choices_lt() {
+    static int v = -1;
+    if (v < 0) v = pbw_env_set("PBW_CUBLASLT_LOG");
+    return v != 0;
+}
+
+bool lt_measure(int prec) {
+    if (pbw_env_set("PBW_CUBLASLT_HEURISTIC")) return false;
+    if (pbw_env_zero("PBW_CUBLASLT_HEURISTIC")) return true;
+    return prec != PBW_PREC_FP32;
+}
+
+// ---- measured choices on disk (see above) ----
+struct lt_cached {
+    int64_t R, O, I;
+    int prec, align, half, bias, outh;
+    cublasLtMatmulAlgo_t algo;
+};
+std::vector<lt_cached> g_lt_cache;
+int g_lt_cache_state; // 0: not read yet, 1: read (path set), -1: off or no place for it
+char g_lt_cache_path[4096];
+const int LT_LINE_FIELDS = 16; // the key's 8, then the algorithm's 8 words
+
+bool lt_same_key(const lt_cached &c, const lt_plan *pl) {
+    return c.R == pl->R && c.O == pl->O && c.I == pl->I && c.prec == pl->prec &&
+           c.align == pl->align && c.half == pl->half && c.bias == pl->bias &&
+           c.outh == pl->outh;
+}
+
+void lt_cache_open() {
+    if (g_lt_cache_state) return;
+    g_lt_cache_state = -1;
+    if (pbw_env_zero("PBW_CUBLASLT_CACHE")) return;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, pbw_cuda_current()) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    if (pbw_cache_path("cublaslt", prop.name, cublasLtGetVersion(), g_lt_cache_path,
+                       sizeof g_lt_cache_path))
+        return;
+    g_lt_cache_state = 1;
+    FILE *f = std::fopen(g_lt_cache_path, "r");
+    if (!f) return;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+        uint64_t v[LT_LINE_FIELDS];
+        if (pbw_cache_parse_line(line, "v1", v, LT_LINE_FIELDS)) continue;
+        bool fits = true;
+        for (int i = 0; i < 8; i++) fits = fits && v[i] <= INT_MAX;
+        if (!fits) continue;
+        lt_cached c;
+        c.R = (int64_t)v[0];
+        c.O = (int64_t)v[1];
+        c.I = (int64_t)v[2];
+        c.prec = (int)v[3];
+        c.align = (int)v[4];
+        c.half = (int)v[5];
+        c.bias = (int)v[6];
+        c.outh = (int)v[7];
+        for (int i = 0; i < 8; i++) c.algo.data[i] = v[8 + i];
+        g_lt_cache.push_back(c);
+    }
+    std::fclose(f);
+}
+
+// The newest cached algorithm of pl's key, if cuBLASLt accepts it for pl's descriptors.
+bool lt_cache_find(const lt_plan *pl, cublasLtMatmulAlgo_t *algo) {
+    lt_cache_open();
+    for (size_t i = g_lt_cache.size(); i-- > 0;) {
+        const lt_cached &c = g_lt_cache[i];
+        if (!lt_same_key(c, pl)) continue;
+        cublasLtMatmulHeuristicResult_t chk;
+        if (cublasLtMatmulAlgoCheck(g_lt, pl->op, pl->a, pl->b, pl->c, pl->c, &c.algo, &chk) !=
+                CUBLAS_STATUS_SUCCESS ||
+            chk.workspaceSize > LT_WS_BYTES)
+            return false;
+        *algo = c.algo;
+        return true;
+    }
+    return false;
+}
+
+void lt_cache_add(const lt_plan *pl) {
+    lt_cache_open();
+    if (g_lt_cache_state != 1) return;
+    lt_cached c{pl->R, pl->O, pl->I, pl->prec, pl->align, pl->half, pl->bias, pl->outh, pl->algo};
+    g_lt_cache.push_back(c);
+    char line[512];
+    int n = std::snprintf(line, sizeof line, "v1 %lld %lld %lld %d %d %d %d %d", (long long)c.R,
+                          (long long)c.O, (long long)c.I, c.prec, c.align, c.half, c.bias, c.outh);
+    for (int i = 0; i < 8 && n > 0 && (size_t)n < sizeof line; i++)
+        n += std::snprintf(line + n, sizeof line - (size_t)n, " 0x%llx",
+                           (unsigned long long)c.algo.data[i]);
+    if (n > 0 && (size_t)n + 1 < sizeof line) {
+        line[n] = '\n';
+        line[n + 1] = 0;
+        pbw_cache_append(g_lt_cache_path, line); // a cache not written is only slower next time
+    }
+}
+
+// The index of the fastest of the n candidates on the call's operands (each run once to warm
+// up, then timed three times, its best time counted), the output written to a temporary (never
+// to the call's D, which may be its C); -1 when none could be timed.
+int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, int n,
+               const lt_call &k) {
+    const size_t bytes = (size_t)(pl->R * pl->O) * (pl->outh ? 2 : 4);
+    void *tmp = pbw_cuda_malloc(bytes);
+    cudaEvent_t ev[4];
+    int nev = 0;
+    while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;
+    int best = -1;
+    float best_ms = 0;
+    const float one = 1.0f, zero = 0.0f;
+    cudaStream_t st = pbw_stream();
+    for (int c = 0; c < n && tmp && nev == 4; c++) {
+        auto run = [&]() {
+            return cublasLtMatmul(g_lt, pl->op, &one, k.A, pl->a, k.B, pl->b, k.C ? &one : &zero,
+                                  k.C ? k.C : tmp, pl->c, tmp, pl->c, &res[c].algo, g_lt_ws,
+                                  LT_WS_BYTES, st);
+        };
+        bool ok = res[c].workspaceSize <= LT_WS_BYTES && run() == CUBLAS_STATUS_SUCCESS;
+        for (int r = 0; r < 3 && ok; r++)
+            ok = cudaEventRecord(ev[r], st) == cudaSuccess && run() == CUBLAS_STATUS_SUCCESS;
+        ok = ok && cudaEventRecord(ev[3], st) == cudaSuccess &&
+             cudaEventSynchronize(ev[3]) == cudaSuccess;
+        float t = -1;
+        for (int r = 0; r < 3 && ok; r++) {
+            float ms = 0;
+            if (cudaEventElapsedTime(&ms, ev[r], ev[r + 1]) != cudaSuccess) ok = false;
+            else if (t < 0 || ms < t) t = ms;
+        }
+        if (!ok) {
+            cudaGetLastError(); // a candidate that failed to run is passed over
+            continue;
+        }
+        if (log_choices_lt())
+            std::fprintf(stderr, "pbw cublaslt %lld x %lld x %lld%s%s: candidate %d %.1f us\n",
+                         (long long)pl->R, (long long)pl->O, (long long)pl->I,
+                         pl->half ? " half" : "", pl->outh ? " half-out" : "", c, 1e3 * t);
+        if (best < 0 || t < best_ms) {
+            best = c;
+            best_ms = t;
+        }
+    }
+    for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
+    pbw_cuda_free(tmp);
+    cudaGetLastError();
+    return best;
+}
+
+// The plan's descriptors.
+bool lt_describe(lt_plan *pl) {
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = pl->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     const cudaDataType_t ht = pl->prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -158,10 +337,19 @@ bool lt_make(lt_plan *pl) {
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    if (cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) ||
-        cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) ||
-        cublasLtMatrixLayoutCreate(&pl->c, out, (uint64_t)pl->O, (uint64_t)pl->R, pl->O))
-        return false;
+    return !cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) &&
+           !cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) &&
+           !cublasLtMatrixLayoutCreate(&pl->c, out, (uint64_t)pl->O, (uint64_t)pl->R, pl->O);
+}
+
+// The plan's algorithm (see above): from the file, measured, or the heuristic's first. The
+// bias pointer must be set on pl->op already (the measurement runs the epilogue).
+bool lt_choose(lt_plan *pl, const lt_call &k) {
+    const bool want = lt_measure(pl->prec), measure = want && !pbw_cuda_capturing();
+    if (want && lt_cache_find(pl, &pl->algo)) {
+        g_lt_cache_hits++;
+        return pl->ok = 1;
+    }
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
     size_t ws = LT_WS_BYTES;
@@ -176,14 +364,26 @@ bool lt_make(lt_plan *pl) {
                                          sizeof al);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al,
                                          sizeof al);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[LT_CANDIDATES];
     int found = 0;
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, pl->op, pl->a, pl->b, pl->c, pl->c,
-                                                       pref, 1, &res, &found);
+                                                       pref, measure ? LT_CANDIDATES : 1, res,
+                                                       &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found < 1) return false;
-    pl->algo = res.algo;
+    int pick = 0;
+    bool measured = measure && found == 1; // one candidate: nothing to compare
+    if (measure && found > 1) {
+        int f = lt_fastest(pl, res, found, k);
+        if (f >= 0) {
+            pick = f;
+            measured = true;
+            g_lt_measured++;
+        }
+    }
+    pl->algo = res[pick].algo;
     pl->ok = 1;
+    if (measured) lt_cache_add(pl);
     return true;
 }
 } // namespace
@@ -235,6 +435,18 @@ void pbw_cuda_nn_forget_weights(const void *p, size_t bytes) {
 
 extern "C" long pbw_cuda_linear_half_calls(void) { return g_lt_half_calls; }
 
+extern "C" long pbw_cuda_linear_lt_measured(void) { return g_lt_measured; }
+
+extern "C" long pbw_cuda_linear_lt_forget(void) {
+    for (int i = 0; i < g_lt_nplans; i++) lt_destroy(&g_lt_plans[i]);
+    g_lt_nplans = g_lt_evict = 0;
+    g_lt_cache.clear();
+    g_lt_cache_state = 0;
+    long hits = g_lt_cache_hits;
+    g_lt_cache_hits = 0;
+    return hits;
+}
+
 extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
                                   const float *r, float *y, void *yh, int64_t R, int64_t O,
                                   int64_t I) {
@@ -282,7 +494,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
             lt_destroy(pl);
         }
         *pl = lt_plan{R, O, I, prec, al, half, hasb, outh, 0, nullptr, nullptr, nullptr, nullptr, {}};
-        lt_make(pl);
+        // the bias pointer is set before choosing: a measurement runs the epilogue
+        if (lt_describe(pl) &&
+            (!hasb || cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &bias, sizeof bias) == CUBLAS_STATUS_SUCCESS))
+            lt_choose(pl, lt_call{A, B, r});
     }
     if (!pl->ok) return -1;
     if (hasb && cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,

@@ -87,6 +87,12 @@ int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const flo
                        const float *r, float *y, void *yh, int64_t R, int64_t O, int64_t I);
 /* Products made on half operands so far (tests). */
 long pbw_cuda_linear_half_calls(void);
+/* Products whose algorithm was measured so far (tests; see pbw_cuda_nn.cu). */
+long pbw_cuda_linear_lt_measured(void);
+/* Drops every product plan and the algorithm choices read from disk (the next product of each
+ * shape reads the cache file again, or measures): what a new process would start from.
+ * Returns how many choices were taken from the file since the last call. For tests. */
+long pbw_cuda_linear_lt_forget(void);
 /* gx (R,I) = beta_x gx + gy (R,O) w (O,I) (pbw_linear's input gradient; beta_x 0 or 1, gx not
  * read for 0) on bf16 operands with fp32 accumulation, and gr (R,O) = beta_r gr + gy in the
  * same pass over gy when gr is not NULL (linear_add's residual gradient). Taken only under
