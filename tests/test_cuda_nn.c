@@ -162,8 +162,10 @@ static pbw_tensor *lpl_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
 PBW_TEST(cuda_lpips_layer) {
     /* fp32 block sums against the CPU's double sum over up to 4k positions of fp32 terms */
     const double tol = 1e-5;
-    static const int64_t shapes[3][5] = {{2, 64, 63, 63, 1}, {3, 192, 15, 15, 3}, {1, 7, 5, 3, 1}};
-    for (int i = 0; i < 3; i++) {
+    /* wide maps (>= 1024 positions) and small ones run with different block shapes */
+    static const int64_t shapes[4][5] = {{2, 64, 63, 63, 1}, {3, 192, 15, 15, 3}, {1, 7, 5, 3, 1},
+                                         {1, 384, 31, 31, 1}};
+    for (int i = 0; i < 4; i++) {
         const int64_t N = shapes[i][0], C = shapes[i][1], h = shapes[i][2], w = shapes[i][3],
                       nr = shapes[i][4];
         parity_input in[] = {{4, {N, C, h, w}, 1, 0.0f, 2.0f}, {4, {nr, C, h, w}, 0, -0.2f, 0.2f},
@@ -175,7 +177,7 @@ PBW_TEST(cuda_lpips_layer) {
     }
 }
 
-/* ---- batch norm ---- *//* ---- batch norm ---- */
+/* ---- batch norm ---- */
 
 static pbw_tensor *bn_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     int affine = *(const int *)arg;

@@ -1058,62 +1058,71 @@ extern "C" void pbw_cuda_embedding_backward(const float *gy, const int32_t *ids,
 }
 
 // ---------- LPIPS's weighted layer term ----------
-// A block takes LP_POS positions of one image with LP_SL threads a position, each summing every
-// LP_SL-th channel (a warp reads 32 consecutive positions of one channel: 128 bytes); the
-// slices' sums meet in shared memory, added in slice order. The forward's block sums go to
-// scratch (N, blocks) and one block per image adds them in order: no atomics, the same bits
-// every run.
+// A block takes POS positions of one image with SL threads a position, each summing every
+// SL-th channel; the slices' sums meet in shared memory, added in slice order. Wide maps (the
+// first AlexNet layer's 63 x 63 at 256 px) take 32 positions of 8 slices (a warp reads 32
+// consecutive positions of one channel: 128 bytes); small ones 8 positions of 32 slices, so
+// that the 15 x 15 maps of 256 to 384 channels fill 29 blocks instead of 8, each thread summing
+// 8 to 12 channels instead of 32 to 48 (an Adam step's five backward launches took 42 us
+// each). The forward's block sums go to scratch (N, blocks) and one block per image adds them
+// in order: no atomics, the same bits every run.
 
-static const int LP_POS = 32, LP_SL = 8, LP_THREADS = LP_POS * LP_SL;
+static const int LP_THREADS = 256, LP_WIDE = 1024; // positions from which maps count as wide
 
-// The sum over the LP_SL slices of position threadIdx.x's values v (every thread gets it).
-__device__ __forceinline__ float slices_sum(float v, float (*sh)[LP_POS]) {
+// The sum over the SL slices of position threadIdx.x's values v (every thread gets it).
+template <int POS, int SL>
+__device__ __forceinline__ float slices_sum(float v, float (*sh)[POS]) {
     sh[threadIdx.y][threadIdx.x] = v;
     __syncthreads();
     float t = 0.0f;
 #pragma unroll
-    for (int i = 0; i < LP_SL; i++) t += sh[i][threadIdx.x];
+    for (int i = 0; i < SL; i++) t += sh[i][threadIdx.x];
     __syncthreads(); // sh is free again
     return t;
 }
 
 // Position s of image n (threadIdx.y's channels): den = |f| + eps, the weighted squared
 // distance r over all channels, and with dot the sum of 2 w (f / den - ref) f.
+template <int POS, int SL>
 __device__ __forceinline__ void lpips_site(const float *fp, const float *rp, const float *w,
                                            int64_t C, int64_t S, float eps, bool valid,
-                                           float (*sh)[LP_POS], float *nrm, float *den, float *r,
+                                           float (*sh)[POS], float *nrm, float *den, float *r,
                                            float *dot) {
     float ss = 0.0f;
     if (valid)
-        for (int64_t c = threadIdx.y; c < C; c += LP_SL) ss += fp[c * S] * fp[c * S];
-    *nrm = sqrtf(slices_sum(ss, sh));
+        for (int64_t c = threadIdx.y; c < C; c += SL) ss += fp[c * S] * fp[c * S];
+    *nrm = sqrtf(slices_sum<POS, SL>(ss, sh));
     *den = *nrm + eps;
     float rp_ = 0.0f, a = 0.0f;
     if (valid)
-        for (int64_t c = threadIdx.y; c < C; c += LP_SL) {
+        for (int64_t c = threadIdx.y; c < C; c += SL) {
             const float d = fp[c * S] / *den - rp[c * S];
             rp_ += w[c] * (d * d);
             if (dot) a += 2.0f * w[c] * d * fp[c * S];
         }
-    *r = slices_sum(rp_, sh);
-    if (dot) *dot = slices_sum(a, sh);
+    *r = slices_sum<POS, SL>(rp_, sh);
+    if (dot) *dot = slices_sum<POS, SL>(a, sh);
 }
 
+template <int POS, int SL>
 __global__ static void __launch_bounds__(LP_THREADS)
     lpips_layer_partial_kernel(const float *f, const float *ref, const float *w, const float *k,
                                float *part, int64_t Nr, int64_t C, int64_t S, float eps) {
-    __shared__ float sh[LP_SL][LP_POS];
-    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * LP_POS + threadIdx.x;
+    static_assert(POS * SL == LP_THREADS, "a block of LP_THREADS");
+    __shared__ float sh[SL][POS];
+    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * POS + threadIdx.x;
     const bool valid = s < S;
     const int64_t sv = valid ? s : 0;
     float nrm, den, r;
-    lpips_site(f + n * C * S + sv, ref + (n % Nr) * C * S + sv, w, C, S, eps, valid, sh, &nrm,
-               &den, &r, nullptr);
-    // the block's positions in order (warp 0 of slice 0: a shuffle tree)
-    if (threadIdx.y == 0) {
-        float v = valid ? k[s] * r : 0.0f;
-        for (int h = 16; h > 0; h /= 2) v += __shfl_down_sync(0xffffffffu, v, h);
-        if (threadIdx.x == 0) part[n * gridDim.x + blockIdx.x] = v;
+    lpips_site<POS, SL>(f + n * C * S + sv, ref + (n % Nr) * C * S + sv, w, C, S, eps, valid,
+                        sh, &nrm, &den, &r, nullptr);
+    // the block's positions in order
+    if (threadIdx.y == 0) sh[0][threadIdx.x] = valid ? k[s] * r : 0.0f;
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        float v = 0.0f;
+        for (int i = 0; i < POS; i++) v += sh[0][i];
+        part[n * gridDim.x + blockIdx.x] = v;
     }
 }
 
@@ -1131,44 +1140,55 @@ __global__ static void __launch_bounds__(256)
     if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
 }
 
+template <int POS, int SL>
 __global__ static void __launch_bounds__(LP_THREADS)
     lpips_layer_backward_kernel(const float *f, const float *ref, const float *w, const float *k,
                                 const float *gout, float *gf, int64_t Nr, int64_t C, int64_t S,
                                 float eps) {
-    __shared__ float sh[LP_SL][LP_POS];
-    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * LP_POS + threadIdx.x;
+    __shared__ float sh[SL][POS];
+    const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * POS + threadIdx.x;
     const bool valid = s < S;
     const int64_t sv = valid ? s : 0;
     const float *fp = f + n * C * S + sv, *rp = ref + (n % Nr) * C * S + sv;
     float nrm, den, r, dot;
-    lpips_site(fp, rp, w, C, S, eps, valid, sh, &nrm, &den, &r, &dot);
+    lpips_site<POS, SL>(fp, rp, w, C, S, eps, valid, sh, &nrm, &den, &r, &dot);
     if (!valid) return;
     // d/df_j: a_j / den - f_j dot / (|f| den^2), a_c = 2 w_c (f_c / den - ref_c)
     const float g = gout[n] * k[s];
     const float t = nrm > 0.0f ? dot / (nrm * den * den) : 0.0f;
     float *gp = gf + n * C * S + s;
-    for (int64_t c = threadIdx.y; c < C; c += LP_SL) {
+    for (int64_t c = threadIdx.y; c < C; c += SL) {
         const float a = 2.0f * w[c] * (fp[c * S] / den - rp[c * S]);
         gp[c * S] += g * (a / den - fp[c * S] * t);
     }
 }
 
+// Positions a block takes for a map of S positions (see above).
+static int lp_positions(int64_t S) { return S >= LP_WIDE ? 32 : 8; }
+
 extern "C" size_t pbw_cuda_lpips_layer_scratch_floats(int64_t N, int64_t S) {
-    return (size_t)N * (size_t)((S + LP_POS - 1) / LP_POS);
+    const int pos = lp_positions(S);
+    return (size_t)N * (size_t)((S + pos - 1) / pos);
 }
 
 extern "C" void pbw_cuda_lpips_layer_forward(const float *f, const float *ref, const float *w,
                                              const float *k, float *out, int64_t N, int64_t Nr,
                                              int64_t C, int64_t S, float eps, float *scratch) {
     if (N <= 0) return;
-    const int64_t nb = (S + LP_POS - 1) / LP_POS;
+    const int pos = lp_positions(S);
+    const int64_t nb = (S + pos - 1) / pos;
     if (N > 65535 || nb > INT_MAX) {
         pbw_cuda_fail("lpips_layer: %lld images of %lld positions", (long long)N, (long long)S);
         return;
     }
     if (nb > 0) {
-        lpips_layer_partial_kernel<<<dim3((unsigned)nb, (unsigned)N), dim3(LP_POS, LP_SL), 0,
-                                     pbw_stream()>>>(f, ref, w, k, scratch, Nr, C, S, eps);
+        const dim3 grid((unsigned)nb, (unsigned)N), block(pos, LP_THREADS / pos);
+        if (pos == 32)
+            lpips_layer_partial_kernel<32, 8><<<grid, block, 0, pbw_stream()>>>(
+                f, ref, w, k, scratch, Nr, C, S, eps);
+        else
+            lpips_layer_partial_kernel<8, 32><<<grid, block, 0, pbw_stream()>>>(
+                f, ref, w, k, scratch, Nr, C, S, eps);
         PBW_CUDA_LAUNCHED("lpips_layer forward");
     }
     lpips_layer_total_kernel<<<(unsigned)N, 256, 0, pbw_stream()>>>(scratch, out, (int)nb);
@@ -1179,13 +1199,19 @@ extern "C" void pbw_cuda_lpips_layer_backward(const float *f, const float *ref, 
                                               const float *k, const float *gout, float *gf,
                                               int64_t N, int64_t Nr, int64_t C, int64_t S,
                                               float eps) {
-    const int64_t nb = (S + LP_POS - 1) / LP_POS;
+    const int pos = lp_positions(S);
+    const int64_t nb = (S + pos - 1) / pos;
     if (N <= 0 || nb <= 0) return;
     if (N > 65535 || nb > INT_MAX) {
         pbw_cuda_fail("lpips_layer: %lld images of %lld positions", (long long)N, (long long)S);
         return;
     }
-    lpips_layer_backward_kernel<<<dim3((unsigned)nb, (unsigned)N), dim3(LP_POS, LP_SL), 0,
-                                  pbw_stream()>>>(f, ref, w, k, gout, gf, Nr, C, S, eps);
+    const dim3 grid((unsigned)nb, (unsigned)N), block(pos, LP_THREADS / pos);
+    if (pos == 32)
+        lpips_layer_backward_kernel<32, 8><<<grid, block, 0, pbw_stream()>>>(
+            f, ref, w, k, gout, gf, Nr, C, S, eps);
+    else
+        lpips_layer_backward_kernel<8, 32><<<grid, block, 0, pbw_stream()>>>(
+            f, ref, w, k, gout, gf, Nr, C, S, eps);
     PBW_CUDA_LAUNCHED("lpips_layer backward");
 }
