@@ -1234,7 +1234,8 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
  * kernel's overshoot (< 15% of the range) no value reaches the clamp's corners, where a last-bit
  * difference could flip a pixel's clamp and its gradient. Tolerance 1e-5 (TOL_EW): the same
  * taps (pbw_cuda_resample.cuh, bit-equal to the CPU's) in the same order; the backward sums
- * with atomics on the GPU, whose order varies. */
+ * each crop's share in another order than the CPU. The GPU's backward must also give the same
+ * bits from run to run: 32 overlapping crops of an Adam step, twice. */
 typedef struct crops_arg {
     const pbw_crop *crops;
     int n, R, P; /* P > 0: cut into patches (pbw_clip_crops_patches) */
@@ -1289,6 +1290,37 @@ PBW_TEST(cuda_clip_crops) {
         pbw_ctx_free(ctx);
     }
     pbw_cuda_set_precision(PBW_PREC_FP32);
+    /* 32 overlapping crops of 224 from 256 px (every side from 112 to 256, at the borders too),
+     * into patches of 32 as CLIP reads them: the image's gradient twice, the same bits */
+    pbw_crop many[32];
+    for (int k = 0; k < 32; k++) {
+        const int sd = 112 + (k * 37) % 145, room = 256 - sd;
+        many[k] = (pbw_crop){(k * 53) % (room + 1), (k * 29) % (room + 1), sd};
+    }
+    float *g[2];
+    const int64_t ng = 3 * 256 * 256;
+    for (int run = 0; run < 2; run++) {
+        g[run] = calloc((size_t)ng, sizeof(float));
+        ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+        float *h = malloc((size_t)ng * sizeof(float));
+        for (int64_t j = 0; j < ng; j++) h[j] = (float)((j * 31) % 89 - 44) / 70.0f;
+        pbw_tensor *x = ctx ? pbw_tensor_from_host(ctx, h, 4, (int64_t[]){1, 3, 256, 256}) : NULL;
+        if (x) x->requires_grad = 1;
+        pbw_tensor *y = x ? pbw_clip_crops_patches(ctx, x, many, 32, 224, 32) : NULL;
+        float *seed = malloc((size_t)(32 * 3 * 224 * 224) * sizeof(float));
+        for (int64_t j = 0; j < 32 * 3 * 224 * 224; j++) seed[j] = (float)((j * 7) % 13 - 6) / 6.0f;
+        CHECK_MSG(y && pbw_backward(ctx, y, seed, &err) == 0 &&
+                      pbw_cuda_d2h(g[run], x->grad, (size_t)ng * sizeof(float)) == 0,
+                  "%s %s", ctx ? pbw_ctx_error(ctx) : "", err.msg);
+        free(seed), free(h);
+        pbw_ctx_free(ctx);
+    }
+    double mx = 0;
+    for (int64_t j = 0; j < ng; j++) mx = fmax(mx, fabs(g[0][j]));
+    printf("  32 crops of 224 from 256 px, backward twice: %s (largest |gx| %.3g)\n",
+           memcmp(g[0], g[1], (size_t)ng * sizeof(float)) ? "different bits" : "same bits", mx);
+    CHECK(mx > 0 && !memcmp(g[0], g[1], (size_t)ng * sizeof(float)));
+    free(g[0]), free(g[1]);
 #endif
 }
 
