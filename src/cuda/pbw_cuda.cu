@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/pbw_cache.h"
 #include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_internal.cuh"
 
@@ -92,6 +93,18 @@ extern "C" int pbw_cuda_init(int dev, pbw_err *err) {
 }
 
 extern "C" int pbw_cuda_current(void) { return g_dev; }
+
+int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f) {
+    *f = nullptr;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, g_dev) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    if (pbw_cache_path(kind, prop.name, version, path, n)) return -1;
+    *f = std::fopen(path, "r");
+    return 0;
+}
 
 cudaStream_t pbw_stream(void) { return g_stream; }
 cublasHandle_t pbw_cublas(void) { return g_cublas; }

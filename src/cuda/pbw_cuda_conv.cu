@@ -378,17 +378,12 @@ char g_cache_path[4096];
 void cache_open() {
     if (g_cache_state) return;
     g_cache_state = -1;
-    if (pbw_env_zero("PBW_CUDNN_CACHE")) return;
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, pbw_cuda_current()) != cudaSuccess) {
-        cudaGetLastError();
-        return;
-    }
-    if (pbw_cache_path("cudnn", prop.name, (size_t)cudnnGetVersion(), g_cache_path,
-                       sizeof g_cache_path))
+    FILE *f;
+    if (pbw_env_zero("PBW_CUDNN_CACHE") ||
+        pbw_cuda_cache_file("cudnn", (size_t)cudnnGetVersion(), g_cache_path,
+                            sizeof g_cache_path, &f))
         return;
     g_cache_state = 1;
-    FILE *f = std::fopen(g_cache_path, "r");
     if (!f) return;
     char line[512];
     while (std::fgets(line, sizeof line, f)) {

@@ -118,6 +118,12 @@ template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const floa
     return pbw_pack_half<H, 4, uint2>(f);
 }
 
+// The libraries' choice file `kind` for this GPU and library `version` (core/pbw_cache.h):
+// its path in path (n bytes) and *f opened for reading, or NULL when it does not exist yet.
+// -1 when it has no place (no cache folder, or the device's name is unknown).
+#include <cstdio>
+int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f);
+
 // Libraries opened at run time (cuSOLVER, CUPTI: pbw needs them only where they are used).
 // pbw_dlopen_first: the first of names[0..n) that loads, or nullptr; pbw_dlsym: f = the symbol,
 // true when found.

@@ -206,17 +206,12 @@ bool lt_same_key(const lt_cached &c, const lt_plan *pl) {
 void lt_cache_open() {
     if (g_lt_cache_state) return;
     g_lt_cache_state = -1;
-    if (pbw_env_zero("PBW_CUBLASLT_CACHE")) return;
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, pbw_cuda_current()) != cudaSuccess) {
-        cudaGetLastError();
-        return;
-    }
-    if (pbw_cache_path("cublaslt", prop.name, cublasLtGetVersion(), g_lt_cache_path,
-                       sizeof g_lt_cache_path))
+    FILE *f;
+    if (pbw_env_zero("PBW_CUBLASLT_CACHE") ||
+        pbw_cuda_cache_file("cublaslt", cublasLtGetVersion(), g_lt_cache_path,
+                            sizeof g_lt_cache_path, &f))
         return;
     g_lt_cache_state = 1;
-    FILE *f = std::fopen(g_lt_cache_path, "r");
     if (!f) return;
     char line[512];
     while (std::fgets(line, sizeof line, f)) {
