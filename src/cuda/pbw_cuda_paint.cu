@@ -12,9 +12,10 @@
 // slice of scratch of its own; a second kernel adds, for each image pixel, the slices that hold
 // it, crop by crop and block by block, into gx: no atomics, so the same bits every run. With
 // atomics (one add per touched pixel and block) an Adam step's 32 crops of 224 from 256 px took
-// 148 us on an H100 and two identical 6-step edits ended 2-3e-2 apart; now 192 us (the tile
-// kernel alone still 146 us: its loops, not the atomics, set its time) and 1.5e-7 apart. The
-// per-element kernels (atomics) remain for shapes whose tiles do not fit in shared memory.
+// 148 us on an H100; now 168 us (the tile kernel 122 us, its loops, not the atomics, setting
+// its time; 146 us before the rows' tap ranges were found once a row instead of once an
+// element). The per-element kernels (atomics) remain for shapes whose tiles do not fit in
+// shared memory.
 #include <cmath>
 
 #include "cuda/pbw_cuda_internal.cuh"
@@ -321,10 +322,10 @@ static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int c
 
 // Shared memory of the tiled backward for tiles of `rows` output rows and crops of side <= sdm:
 // the taps (16-byte entries: sxi, sxw (R), syi, syw (rows)), then floats gt (rows, R) and
-// tt (rows, sdm), then ints cr (sdm, 2).
+// tt (rows, sdm), then ints cr (sdm, 2) and rr (crops_bwd_nycap, 2).
 static size_t crops_bwd_smem(int R, int rows, int sdm) {
     return crop_taps_bytes(R, rows) + ((size_t)rows * R + (size_t)rows * sdm) * sizeof(float) +
-           (size_t)sdm * 2 * sizeof(int);
+           ((size_t)sdm + (size_t)crops_bwd_nycap(R, rows, sdm)) * 2 * sizeof(int);
 }
 
 // Per channel: gt = the tile's gradient at the resize's output (pass ? gy / std * 0.5 : 0, as
@@ -334,8 +335,8 @@ static size_t crops_bwd_smem(int R, int rows, int sdm) {
 // slice of part (nycap rows of sd floats a channel; rng holds iy_lo and the rows stored). Rows
 // past nycap (the bound crops_bwd_nycap never lets happen) are added to gx by atomics instead.
 // Outputs reading column c are those whose taps (consecutive clamped indices, nondecreasing in
-// the output) span it: [cr[2c], cr[2c+1]); rows reading iy likewise, found by a search over
-// the tile.
+// the output) span it: [cr[2c], cr[2c+1]); rows reading iy likewise, [rr[2l], rr[2l+1]) for
+// l = iy - iy_lo, each found once by a search over the tile.
 __global__ static void __launch_bounds__(CROP_THREADS)
     crops_bwd_tile_kernel(const float *__restrict__ gy, const uint8_t *__restrict__ pass,
                           int64_t H, int64_t W, const int *__restrict__ crops, int n, int R,
@@ -348,7 +349,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     float4 *sxw = tab.xw, *syw = tab.yw;
     float *gt = tab.rest;
     float *tt = gt + (size_t)rows_max * R;
-    int *cr = (int *)(tt + (size_t)rows_max * sdm);
+    int *cr = (int *)(tt + (size_t)rows_max * sdm), *rr = cr + 2 * sdm;
     const int64_t u = blockIdx.x, b = u / n;
     const int k = (int)(u % n), tid = threadIdx.x;
     const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
@@ -381,7 +382,11 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     }
     const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
     if (tid == 0) rng[blk] = make_int2(iy_lo, min(ny, nycap));
-    // (cr is first read after the barrier below)
+    for (int l = tid; l < min(ny, nycap); l += CROP_THREADS) {
+        rr[2 * l] = count_below(syi, rows, iy_lo + l, 1);
+        rr[2 * l + 1] = count_below(syi, rows, iy_lo + l + 1, 0);
+    }
+    // (cr and rr are first read after the barrier below)
     for (int ch = 0; ch < 3; ch++) {
         const float sc = std_of(norm, ch);
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
@@ -409,7 +414,8 @@ __global__ static void __launch_bounds__(CROP_THREADS)
         float *gc = gb + ch * HW, *pc = pb + ch * slice;
         for (int e = tid; e < ny * sd; e += CROP_THREADS) {
             const int l = e / sd, c = e - l * sd, iy = iy_lo + l;
-            const int r0 = count_below(syi, rows, iy, 1), r1 = count_below(syi, rows, iy + 1, 0);
+            const int r0 = l < nycap ? rr[2 * l] : count_below(syi, rows, iy, 1);
+            const int r1 = l < nycap ? rr[2 * l + 1] : count_below(syi, rows, iy + 1, 0);
             float s = 0.0f;
             for (int r = r0; r < r1; r++) {
                 const int4 q = syi[r];
