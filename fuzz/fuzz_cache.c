@@ -21,6 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int k = snprintf(out, sizeof out, "v1");
         for (int i = 0; i < n; i++)
             k += snprintf(out + k, sizeof out - (size_t)k, i % 2 ? " 0x%" PRIx64 : " %" PRIu64, v[i]);
+        snprintf(out + k, sizeof out - (size_t)k, "\n");
         if (pbw_cache_parse_line(out, "v1", w, n) != 0 || memcmp(v, w, (size_t)n * sizeof *v))
             abort();
     }

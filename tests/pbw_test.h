@@ -51,6 +51,23 @@ extern int pbw_test_failures; /* failures in the current test */
         }                                                                                     \
     } while (0)
 
+/* An environment variable set for one test and put back as it was after (tests share a
+ * process): pbw_test_env_set saves the old value (NULL: unset) in *saved, to free with
+ * pbw_test_env_restore. */
+#include <stdlib.h>
+#include <string.h>
+static inline void pbw_test_env_set(const char *name, const char *value, char **saved) {
+    const char *old = getenv(name);
+    *saved = old ? strdup(old) : NULL;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+}
+static inline void pbw_test_env_restore(const char *name, char *saved) {
+    if (saved) setenv(name, saved, 1);
+    else unsetenv(name);
+    free(saved);
+}
+
 /* Path to shared data relative to the repository root. */
 #define PBW_SHARED(p) "../shared/" p
 

@@ -1361,7 +1361,8 @@ PBW_TEST(cuda_conv_algo_cache) {
 #ifdef PBW_HAVE_CUDA
     char dir[] = "/tmp/pbw_cudnn_cache_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    setenv("PBW_CACHE_DIR", dir, 1);
+    char *saved_dir;
+    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
     static float y1[2 * 32 * 400], y2[2 * 32 * 400], g1[2 * 16 * 400], g2[2 * 16 * 400];
     /* fp32 measured (PBW_CUDNN_HEURISTIC=0), bf16, then fp32 as it runs by default: chosen by
      * the heuristics, nothing read from the file, and the same bytes all the same */
@@ -1380,7 +1381,7 @@ PBW_TEST(cuda_conv_algo_cache) {
         CHECK(first == 0 && second == (k < 2 ? 3 : 0));
         CHECK(!memcmp(y1, y2, sizeof y1) && !memcmp(g1, g2, sizeof g1));
     }
-    unsetenv("PBW_CACHE_DIR");
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

@@ -653,7 +653,10 @@ PBW_TEST(cuda_linear_lt_choice) {
     const int64_t R = 136, D = 768, M = 3072;
     char dir[] = "/tmp/pbw_cublaslt_cache_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    setenv("PBW_CACHE_DIR", dir, 1);
+    char *saved_dir, *saved_heur, *saved_cache;
+    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    pbw_test_env_set("PBW_CUBLASLT_HEURISTIC", NULL, &saved_heur); /* measuring and the file */
+    pbw_test_env_set("PBW_CUBLASLT_CACHE", NULL, &saved_cache);    /* on, as by default */
     float *y1 = malloc((size_t)(R * D) * sizeof(float)), *y2 = malloc((size_t)(R * D) * sizeof(float));
     pbw_cuda_linear_lt_forget();
     long m = pbw_cuda_linear_lt_measured();
@@ -694,7 +697,9 @@ PBW_TEST(cuda_linear_lt_choice) {
         if (k == 4) CHECK(measured[k] == 0 && hits[k] == 0 && e <= 1e-2 * sc);
         if (k == 1) CHECK(foreign_algorithms(path) == 0 && lines_of(path) == 2);
     }
-    unsetenv("PBW_CACHE_DIR");
+    pbw_test_env_restore("PBW_CUBLASLT_CACHE", saved_cache);
+    pbw_test_env_restore("PBW_CUBLASLT_HEURISTIC", saved_heur);
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
     free(y1), free(y2);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

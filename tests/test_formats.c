@@ -847,9 +847,9 @@ PBW_TEST(formats_choice_cache) {
     uint64_t v[4];
     CHECK(pbw_cache_parse_line("v1 12800 0 768 0x1f\n", "v1", v, 4) == 0 && v[0] == 12800 &&
           v[1] == 0 && v[2] == 768 && v[3] == 31);
-    CHECK(pbw_cache_parse_line("v1 1 2 3 0xFFFFFFFFFFFFFFFF", "v1", v, 4) == 0 &&
+    CHECK(pbw_cache_parse_line("v1 1 2 3 0xFFFFFFFFFFFFFFFF\n", "v1", v, 4) == 0 &&
           v[3] == UINT64_MAX);
-    CHECK(pbw_cache_parse_line("v1 18446744073709551615 0 0 0", "v1", v, 4) == 0 &&
+    CHECK(pbw_cache_parse_line("v1 18446744073709551615 0 0 0\n", "v1", v, 4) == 0 &&
           v[0] == UINT64_MAX);
     const char *bad[] = {
         "v1 1 2 3\n",                      /* too few fields */
@@ -864,6 +864,7 @@ PBW_TEST(formats_choice_cache) {
         "v1 18446744073709551616 2 3 4\n", /* 2^64 */
         "v1 1 2 3 4x\n",                   /* junk */
         "v11 1 2 3 4\n",                   /* a longer tag */
+        "v1 1 2 3 0x30",                   /* no newline: a line cut short by a failed write */
         "",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
@@ -873,7 +874,9 @@ PBW_TEST(formats_choice_cache) {
     CHECK(mkdtemp(dir) != NULL);
     char sub[300], path[512];
     snprintf(sub, sizeof sub, "%s/a/b", dir);
-    setenv("PBW_CACHE_DIR", sub, 1);
+    char *saved_dir, *saved_xdg;
+    pbw_test_env_set("PBW_CACHE_DIR", sub, &saved_dir);
+    pbw_test_env_set("XDG_CACHE_HOME", NULL, &saved_xdg);
     CHECK(pbw_cache_path("cudnn", "NVIDIA H100 80GB HBM3", 91400, path, sizeof path) == 0);
     char want[512];
     snprintf(want, sizeof want, "%s/cudnn-NVIDIA_H100_80GB_HBM3-91400.txt", sub);
@@ -893,16 +896,13 @@ PBW_TEST(formats_choice_cache) {
             lines++;
     if (f) fclose(f);
     CHECK(lines == 2);
-    unsetenv("PBW_CACHE_DIR");
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    char *saved = xdg ? strdup(xdg) : NULL;
+    unsetenv("PBW_CACHE_DIR"); /* then $XDG_CACHE_HOME/pbw */
     setenv("XDG_CACHE_HOME", dir, 1);
     CHECK(pbw_cache_path("cudnn", "g", 9, path, sizeof path) == 0);
     snprintf(want, sizeof want, "%s/pbw/cudnn-g-9.txt", dir);
     CHECK_MSG(!strcmp(path, want), "%s", path);
-    if (saved) setenv("XDG_CACHE_HOME", saved, 1);
-    else unsetenv("XDG_CACHE_HOME");
-    free(saved);
+    pbw_test_env_restore("XDG_CACHE_HOME", saved_xdg);
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

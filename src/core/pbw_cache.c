@@ -87,5 +87,5 @@ int pbw_cache_parse_line(const char *line, const char *tag, uint64_t *v, int n) 
         if (*p != ' ') return -1;
         if (parse_field(p + 1, &v[i], &p)) return -1;
     }
-    return *p == 0 || (p[0] == '\n' && p[1] == 0) ? 0 : -1;
+    return p[0] == '\n' && p[1] == 0 ? 0 : -1;
 }

@@ -36,8 +36,9 @@ int pbw_cache_path(const char *kind, const char *gpu, size_t version, char *out,
 int pbw_cache_append(const char *path, const char *line);
 
 /* Reads line as tag followed by exactly n fields, each a decimal number or 0x and hexadecimal
- * digits (at most 64 bits), separated by single spaces, then "\n" or the end. 0 with the fields
- * in v; -1 (v partly written) for anything else. */
+ * digits (at most 64 bits), separated by single spaces, then "\n" and the end: a last line
+ * without its newline may have been cut short by a failed write, and a cut field would still
+ * read as a number. 0 with the fields in v; -1 (v partly written) for anything else. */
 int pbw_cache_parse_line(const char *line, const char *tag, uint64_t *v, int n);
 
 #ifdef __cplusplus

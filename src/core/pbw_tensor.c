@@ -392,7 +392,7 @@ void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes) {
     return p;
 }
 
-void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
+static void *scratch_get(pbw_ctx *ctx, int slot, size_t bytes, int fail) {
     PBW_ASSERT(slot >= 0 && slot < PBW_SCRATCH_SLOTS);
     if (bytes > ctx->scratch_size[slot]) {
         size_t sz = (bytes + 63) / 64 * 64;
@@ -401,7 +401,7 @@ void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
             pbw_cuda_free(ctx->scratch[slot]); /* waits for kernels still using it */
             ctx->scratch[slot] = pbw_cuda_malloc(sz);
             ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
-            if (!ctx->scratch[slot])
+            if (!ctx->scratch[slot] && fail)
                 return pbw_ctx_fail(ctx, "out of GPU memory (%zu bytes of scratch)", bytes);
             return ctx->scratch[slot];
         }
@@ -409,9 +409,18 @@ void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
         free(ctx->scratch[slot]);
         ctx->scratch[slot] = aligned_alloc(64, sz);
         ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
-        if (!ctx->scratch[slot]) return pbw_ctx_fail(ctx, "out of memory (%zu bytes of scratch)", bytes);
+        if (!ctx->scratch[slot] && fail)
+            return pbw_ctx_fail(ctx, "out of memory (%zu bytes of scratch)", bytes);
     }
     return ctx->scratch[slot];
+}
+
+void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
+    return scratch_get(ctx, slot, bytes, 1);
+}
+
+void *pbw_ctx_scratch_opt(pbw_ctx *ctx, int slot, size_t bytes) {
+    return scratch_get(ctx, slot, bytes, 0);
 }
 
 int pbw_shape_set(pbw_tensor *t, int ndim, const int64_t *shape) {

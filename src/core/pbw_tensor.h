@@ -141,6 +141,9 @@ pbw_arena *pbw_ctx_arena(pbw_ctx *ctx);
  * on a CUDA context. */
 #define PBW_SCRATCH_SLOTS 8
 void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes);
+/* The same for an op that has another way when memory is short: NULL without failing the
+ * context (the slot is then empty). */
+void *pbw_ctx_scratch_opt(pbw_ctx *ctx, int slot, size_t bytes);
 
 /* Activation memory of the context's device (device memory for a CUDA context) that lives
  * until pbw_ctx_reset: for op temporaries a backward reads. Fails the context when out of

@@ -460,7 +460,7 @@ __global__ static void crops_bwd_sum_kernel(const float *__restrict__ part,
         // the output rows reading input row iy lie within 2.5 input rows of it (clamped taps
         // at the borders: within 2)
         const float up = (float)R / (float)sd;
-        const int oy = max(0, (int)((iy + 0.5f) * up - 0.5f)), span = (int)(3.0f * up / rows) + 1;
+        const int oy = max(0, (int)((iy + 0.5f) * up - 0.5f)), span = (int)(3.0f * up / rows) + 2;
         const int j0 = max(0, oy / rows - span), j1 = min(nblk, oy / rows + span + 1);
         for (int j = j0; j < j1; j++) {
             const int2 r = srng[k * nblk + j];
@@ -530,13 +530,20 @@ static int crops_bwd_rows(int R, int sdm) {
     return crops_bwd_smem(R, rows, sdm) <= CROP_SMEM ? rows : 0;
 }
 
+// The most scratch the ordered backward takes (32 crops of 224 need 33 MB from 256 px, 121 MB
+// from 512 px, 440 MB from 1024 px): beyond it the atomics serve.
+static const size_t CROPS_SCRATCH_MAX = (size_t)256 << 20;
+
 extern "C" size_t pbw_cuda_clip_crops_backward_scratch_floats(int64_t B, int64_t H, int64_t W,
                                                               int n, int R) {
     const int sdm = (int)(H < W ? H : W), rows = crops_bwd_rows(R, sdm);
-    if (B * n <= 0 || rows == 0 || B * n > INT32_MAX) return 0;
-    const int64_t blocks = B * n * ((R + rows - 1) / rows);
+    if (B * n <= 0 || rows == 0 || B * n > INT32_MAX || B * 3 > 65535) return 0;
+    const int nblk = (R + rows - 1) / rows;
+    if (crops_sum_smem(n, nblk) > CROP_SMEM) return 0;
+    const int64_t blocks = B * n * nblk;
     // the slices, then the blocks' (iy_lo, rows) pairs as ints, 8-byte aligned
-    return crops_bwd_part_floats(blocks, crops_bwd_nycap(R, rows, sdm), sdm) + 2 * blocks;
+    const size_t f = crops_bwd_part_floats(blocks, crops_bwd_nycap(R, rows, sdm), sdm) + 2 * blocks;
+    return f * sizeof(float) <= CROPS_SCRATCH_MAX ? f : 0;
 }
 
 extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B,
@@ -547,8 +554,7 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
     if (total <= 0) return;
     // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
     const int sdm = (int)(H < W ? H : W), rows = crops_bwd_rows(R, sdm);
-    if (scratch && rows > 0 && B * n <= INT32_MAX && B * 3 <= 65535 &&
-        crops_sum_smem(n, (R + rows - 1) / rows) <= CROP_SMEM) {
+    if (scratch && pbw_cuda_clip_crops_backward_scratch_floats(B, H, W, n, R) > 0) {
         const int nblk = (R + rows - 1) / rows, nycap = crops_bwd_nycap(R, rows, sdm);
         const int64_t blocks = B * n * nblk;
         float *part = scratch;

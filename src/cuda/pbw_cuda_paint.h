@@ -27,8 +27,9 @@ void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W
                                  float *out, void *out_half, uint8_t *pass);
 /* gx (B,3,H,W) += the crops' gradient. scratch: device memory of
  * pbw_cuda_clip_crops_backward_scratch_floats floats, where each tile of the crops stores its
- * share before one pass adds them in a fixed order (the same bits every run); NULL, or a size
- * of 0, takes a kernel of atomics instead. */
+ * share before one pass adds them in a fixed order (the same bits every run); NULL takes a
+ * kernel of atomics instead, as do the shapes whose size is 0 (the tiles do not fit, or the
+ * scratch would pass 256 MiB). */
 size_t pbw_cuda_clip_crops_backward_scratch_floats(int64_t B, int64_t H, int64_t W, int n, int R);
 void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B, int64_t H,
                                   int64_t W, const int *crops, int n, int R, int P,

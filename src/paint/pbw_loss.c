@@ -112,9 +112,9 @@ static void crops_backward(pbw_ctx *ctx, pbw_node *nd) {
         pbw_cuda_norm3 nm;
         memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
         memcpy(nm.std, pbw_clip_std, sizeof nm.std);
+        /* without the scratch (out of memory, or shapes it does not serve) atomics add */
         const size_t nscr = pbw_cuda_clip_crops_backward_scratch_floats(B, H, W, sv->n, sv->R);
-        float *scr = nscr ? pbw_ctx_scratch(ctx, 0, nscr * sizeof(float)) : NULL;
-        if (nscr && !scr) return; /* the context failed */
+        float *scr = nscr ? pbw_ctx_scratch_opt(ctx, 0, nscr * sizeof(float)) : NULL;
         pbw_cuda_clip_crops_backward(y->grad, sv->pass, B, H, W, sv->dev_crops, sv->n, sv->R,
                                      sv->P, nm, gx, scr);
         return;
