@@ -10,19 +10,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        auto e_ = (x);                                                                         \
-        if ((int)e_ != 0) {                                                                    \
-            fprintf(stderr, "%s:%d: %s -> %d\n", __FILE__, __LINE__, #x, (int)e_);            \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "bench_cuda_check.cuh"
 
 __global__ void fill(__nv_bfloat16 *x, size_t n, unsigned s) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -99,8 +91,8 @@ int main() {
         const int M = s.grad ? s.I : s.O, K = s.grad ? s.O : s.I;
         const cudaDataType_t out = s.outh ? CUDA_R_16BF : CUDA_R_32F;
         cublasLtMatrixLayout_t la, lb, lc, ld;
-        if (s.grad) CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.I, s.O, s.I));
-        else CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.I, s.O, s.I));
+        // W is stored (O,I) either way: column-major (I,O), transposed by TRANSA in the forward
+        CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.I, s.O, s.I));
         CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, s.R, K));
         CK(cublasLtMatrixLayoutCreate(&lc, s.resid ? CUDA_R_32F : out, M, s.R, M));
         CK(cublasLtMatrixLayoutCreate(&ld, out, M, s.R, M));
