@@ -14,8 +14,9 @@
 // atomics (one add per touched pixel and block) an Adam step's 32 crops of 224 from 256 px took
 // 148 us on an H100; now 168 us (the tile kernel 122 us, its loops, not the atomics, setting
 // its time; 146 us before the rows' tap ranges were found once a row instead of once an
-// element). The per-element kernels (atomics) remain for shapes whose tiles do not fit in
-// shared memory.
+// element). Without its scratch (out of memory, or more than 256 MiB of it) the tile kernel
+// adds by atomics, as before; the per-element kernels (atomics) remain for shapes whose tiles
+// do not fit in shared memory.
 #include <cmath>
 
 #include "cuda/pbw_cuda_internal.cuh"
@@ -333,7 +334,8 @@ static size_t crops_bwd_smem(int R, int rows, int sdm) {
 // c and their taps of wx * gt[r][ox]; then each crop pixel (iy, c) the tile's rows reach gets
 // sum over those rows r and taps of wy * tt[r][c], stored at row iy - iy_lo of the block's
 // slice of part (nycap rows of sd floats a channel; rng holds iy_lo and the rows stored). Rows
-// past nycap (the bound crops_bwd_nycap never lets happen) are added to gx by atomics instead.
+// past nycap (the bound crops_bwd_nycap never lets happen) are added to gx by atomics instead,
+// and so is every row when part is NULL (no scratch: nycap 0, rng NULL).
 // Outputs reading column c are those whose taps (consecutive clamped indices, nondecreasing in
 // the output) span it: [cr[2c], cr[2c+1]); rows reading iy likewise, [rr[2l], rr[2l+1]) for
 // l = iy - iy_lo, each found once by a search over the tile.
@@ -358,15 +360,17 @@ __global__ static void __launch_bounds__(CROP_THREADS)
     const int chs = crop_ch_stride(R, P);
     float *gb = gx + b * 3 * HW + (int64_t)cy * W + cx;
     const int64_t slice = (int64_t)nycap * sdm, blk = u * gridDim.y + blockIdx.y;
-    float *pb = part + blk * 3 * (int64_t)nycap * sdm;
+    float *pb = part ? part + blk * 3 * (int64_t)nycap * sdm : nullptr;
     crop_offsets(tab, R, P, oy0, rows);
     if (sd == R) { // a plain copy: the block's output rows are the input rows it reaches
-        if (tid == 0) rng[blk] = make_int2(oy0, rows);
+        if (tid == 0 && rng) rng[blk] = make_int2(oy0, rows);
         for (int e = tid; e < rows * R; e += CROP_THREADS) {
             const int ly = e / R, ox = e - ly * R;
             for (int ch = 0; ch < 3; ch++) {
                 const int64_t i = ob + ch * chs + tab.yo[ly] + tab.xo[ox];
-                pb[ch * slice + e] = pass[i] ? gy[i] / std_of(norm, ch) * 0.5f : 0.0f;
+                const float g = pass[i] ? gy[i] / std_of(norm, ch) * 0.5f : 0.0f;
+                if (pb) pb[ch * slice + e] = g;
+                else if (g != 0.0f) atomicAdd(gb + ch * HW + (int64_t)(oy0 + ly) * W + ox, g);
             }
         }
         return;
@@ -381,7 +385,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
         cr[2 * c + 1] = count_below(sxi, R, c + 1, 0);
     }
     const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
-    if (tid == 0) rng[blk] = make_int2(iy_lo, min(ny, nycap));
+    if (tid == 0 && rng) rng[blk] = make_int2(iy_lo, min(ny, nycap));
     for (int l = tid; l < min(ny, nycap); l += CROP_THREADS) {
         rr[2 * l] = count_below(syi, rows, iy_lo + l, 1);
         rr[2 * l + 1] = count_below(syi, rows, iy_lo + l + 1, 0);
@@ -411,7 +415,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
             tt[(size_t)r * sd + c] = s;
         }
         __syncthreads(); // the next channel's gt is written only after its pass reads tt
-        float *gc = gb + ch * HW, *pc = pb + ch * slice;
+        float *gc = gb + ch * HW, *pc = pb ? pb + ch * slice : nullptr;
         for (int e = tid; e < ny * sd; e += CROP_THREADS) {
             const int l = e / sd, c = e - l * sd, iy = iy_lo + l;
             const int r0 = l < nycap ? rr[2 * l] : count_below(syi, rows, iy, 1);
@@ -566,6 +570,10 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
         const dim3 sgrid((unsigned)((H * W + 255) / 256), (unsigned)(B * 3));
         crops_bwd_sum_kernel<<<sgrid, 256, crops_sum_smem(n, nblk), pbw_stream()>>>(
             part, rng, crops, n, nblk, rows, R, nycap, sdm, H, W, gx);
+    } else if (rows > 0 && B * n <= INT32_MAX) { // the tiles, adding by atomics
+        const dim3 grid((unsigned)(B * n), (unsigned)((R + rows - 1) / rows));
+        crops_bwd_tile_kernel<<<grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), pbw_stream()>>>(
+            gy, pass, H, W, crops, n, R, P, rows, sdm, norm, 0, nullptr, nullptr, gx);
     } else {
         crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n,
                                                                      R, P, norm, gx);
