@@ -131,11 +131,21 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
 // prints each measurement on stderr.
 
 namespace {
-struct lt_plan {
+// What a plan is made for; also the key of a choice on disk.
+struct lt_key {
     int64_t R, O, I;
     int prec, align, half; // half: operands in the precision's half type (else float32)
     int bias, outh;        // a bias epilogue; C and D in the half type (else float32)
+    bool operator==(const lt_key &o) const {
+        return R == o.R && O == o.O && I == o.I && prec == o.prec && align == o.align &&
+               half == o.half && bias == o.bias && outh == o.outh;
+    }
+};
+
+struct lt_plan {
+    lt_key k;
     int ok;
+    const void *bias_ptr; // the bias pointer the descriptor holds
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -188,20 +198,13 @@ bool lt_measure(int prec) {
 
 // ---- measured choices on disk (see above) ----
 struct lt_cached {
-    int64_t R, O, I;
-    int prec, align, half, bias, outh;
+    lt_key k;
     cublasLtMatmulAlgo_t algo;
 };
 std::vector<lt_cached> g_lt_cache;
 int g_lt_cache_state; // 0: not read yet, 1: read (path set), -1: off or no place for it
 char g_lt_cache_path[4096];
 const int LT_LINE_FIELDS = 16; // the key's 8, then the algorithm's 8 words
-
-bool lt_same_key(const lt_cached &c, const lt_plan *pl) {
-    return c.R == pl->R && c.O == pl->O && c.I == pl->I && c.prec == pl->prec &&
-           c.align == pl->align && c.half == pl->half && c.bias == pl->bias &&
-           c.outh == pl->outh;
-}
 
 void lt_cache_open() {
     if (g_lt_cache_state) return;
@@ -221,14 +224,8 @@ void lt_cache_open() {
         for (int i = 0; i < 8; i++) fits = fits && v[i] <= INT_MAX;
         if (!fits) continue;
         lt_cached c;
-        c.R = (int64_t)v[0];
-        c.O = (int64_t)v[1];
-        c.I = (int64_t)v[2];
-        c.prec = (int)v[3];
-        c.align = (int)v[4];
-        c.half = (int)v[5];
-        c.bias = (int)v[6];
-        c.outh = (int)v[7];
+        c.k = lt_key{(int64_t)v[0], (int64_t)v[1], (int64_t)v[2], (int)v[3],
+                     (int)v[4],     (int)v[5],     (int)v[6],     (int)v[7]};
         for (int i = 0; i < 8; i++) c.algo.data[i] = v[8 + i];
         g_lt_cache.push_back(c);
     }
@@ -240,7 +237,7 @@ bool lt_cache_find(const lt_plan *pl, cublasLtMatmulAlgo_t *algo) {
     lt_cache_open();
     for (size_t i = g_lt_cache.size(); i-- > 0;) {
         const lt_cached &c = g_lt_cache[i];
-        if (!lt_same_key(c, pl)) continue;
+        if (!(c.k == pl->k)) continue;
         cublasLtMatmulHeuristicResult_t chk;
         if (cublasLtMatmulAlgoCheck(g_lt, pl->op, pl->a, pl->b, pl->c, pl->c, &c.algo, &chk) !=
                 CUBLAS_STATUS_SUCCESS ||
@@ -255,11 +252,12 @@ bool lt_cache_find(const lt_plan *pl, cublasLtMatmulAlgo_t *algo) {
 void lt_cache_add(const lt_plan *pl) {
     lt_cache_open();
     if (g_lt_cache_state != 1) return;
-    lt_cached c{pl->R, pl->O, pl->I, pl->prec, pl->align, pl->half, pl->bias, pl->outh, pl->algo};
+    const lt_cached c{pl->k, pl->algo};
     g_lt_cache.push_back(c);
+    const lt_key &k = c.k;
     char line[512];
-    int n = std::snprintf(line, sizeof line, "v1 %lld %lld %lld %d %d %d %d %d", (long long)c.R,
-                          (long long)c.O, (long long)c.I, c.prec, c.align, c.half, c.bias, c.outh);
+    int n = std::snprintf(line, sizeof line, "v1 %lld %lld %lld %d %d %d %d %d", (long long)k.R,
+                          (long long)k.O, (long long)k.I, k.prec, k.align, k.half, k.bias, k.outh);
     for (int i = 0; i < 8 && n > 0 && (size_t)n < sizeof line; i++)
         n += std::snprintf(line + n, sizeof line - (size_t)n, " 0x%llx",
                            (unsigned long long)c.algo.data[i]);
@@ -275,7 +273,7 @@ void lt_cache_add(const lt_plan *pl) {
 // to the call's D, which may be its C); -1 when none could be timed.
 int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, int n,
                const lt_call &k) {
-    const size_t bytes = (size_t)(pl->R * pl->O) * (pl->outh ? 2 : 4);
+    const size_t bytes = (size_t)(pl->k.R * pl->k.O) * (pl->k.outh ? 2 : 4);
     void *tmp = pbw_cuda_malloc(bytes);
     cudaEvent_t ev[4];
     int nev = 0;
@@ -307,8 +305,8 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
         }
         if (log_choices_lt())
             std::fprintf(stderr, "pbw cublaslt %lld x %lld x %lld%s%s: candidate %d %.1f us\n",
-                         (long long)pl->R, (long long)pl->O, (long long)pl->I,
-                         pl->half ? " half" : "", pl->outh ? " half-out" : "", c, 1e3 * t);
+                         (long long)pl->k.R, (long long)pl->k.O, (long long)pl->k.I,
+                         pl->k.half ? " half" : "", pl->k.outh ? " half-out" : "", c, 1e3 * t);
         if (best < 0 || t < best_ms) {
             best = c;
             best_ms = t;
@@ -320,27 +318,37 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
     return best;
 }
 
+// Points the plan's bias epilogue at bias (a host call only when the pointer changes).
+bool lt_set_bias(lt_plan *pl, const void *bias) {
+    if (pl->bias_ptr == bias) return true;
+    if (cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                       sizeof bias) != CUBLAS_STATUS_SUCCESS)
+        return false;
+    pl->bias_ptr = bias;
+    return true;
+}
+
 // The plan's descriptors.
 bool lt_describe(lt_plan *pl) {
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = pl->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    const cudaDataType_t ht = pl->prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
-    const cudaDataType_t in = pl->half ? ht : CUDA_R_32F, out = pl->outh ? ht : CUDA_R_32F;
-    const cublasComputeType_t ct = pl->half ? CUBLAS_COMPUTE_32F : compute_type();
+    const cublasLtEpilogue_t epi = pl->k.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const cudaDataType_t ht = pl->k.prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    const cudaDataType_t in = pl->k.half ? ht : CUDA_R_32F, out = pl->k.outh ? ht : CUDA_R_32F;
+    const cublasComputeType_t ct = pl->k.half ? CUBLAS_COMPUTE_32F : compute_type();
     if (cublasLtMatmulDescCreate(&pl->op, ct, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
         return false;
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    return !cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->I, (uint64_t)pl->O, pl->I) &&
-           !cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->I, (uint64_t)pl->R, pl->I) &&
-           !cublasLtMatrixLayoutCreate(&pl->c, out, (uint64_t)pl->O, (uint64_t)pl->R, pl->O);
+    return !cublasLtMatrixLayoutCreate(&pl->a, in, (uint64_t)pl->k.I, (uint64_t)pl->k.O, pl->k.I) &&
+           !cublasLtMatrixLayoutCreate(&pl->b, in, (uint64_t)pl->k.I, (uint64_t)pl->k.R, pl->k.I) &&
+           !cublasLtMatrixLayoutCreate(&pl->c, out, (uint64_t)pl->k.O, (uint64_t)pl->k.R, pl->k.O);
 }
 
 // The plan's algorithm (see above): from the file, measured, or the heuristic's first. The
 // bias pointer must be set on pl->op already (the measurement runs the epilogue).
 bool lt_choose(lt_plan *pl, const lt_call &k) {
-    const bool want = lt_measure(pl->prec), measure = want && !pbw_cuda_capturing();
+    const bool want = lt_measure(pl->k.prec), measure = want && !pbw_cuda_capturing();
     if (want && lt_cache_find(pl, &pl->algo)) {
         g_lt_cache_hits++;
         return pl->ok = 1;
@@ -348,7 +356,7 @@ bool lt_choose(lt_plan *pl, const lt_call &k) {
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
     size_t ws = LT_WS_BYTES;
-    uint32_t al = (uint32_t)pl->align;
+    uint32_t al = (uint32_t)pl->k.align;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                          sizeof ws);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al,
@@ -470,16 +478,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     if (align_of(A) < al) al = align_of(A);
     if (align_of(D) < al) al = align_of(D);
     if (r && align_of(r) < al) al = align_of(r);
-    const int prec = (int)pbw_cuda_precision(), hasb = b != nullptr, outh = yh != nullptr;
+    const int hasb = b != nullptr;
+    const lt_key key{R, O, I, (int)pbw_cuda_precision(), al, half, hasb, yh != nullptr};
     lt_plan *pl = nullptr;
-    for (int i = 0; i < g_lt_nplans; i++) {
-        lt_plan *q = &g_lt_plans[i];
-        if (q->R == R && q->O == O && q->I == I && q->prec == prec && q->align == al &&
-            q->half == half && q->bias == hasb && q->outh == outh) {
-            pl = q;
-            break;
-        }
-    }
+    for (int i = 0; i < g_lt_nplans && !pl; i++)
+        if (g_lt_plans[i].k == key) pl = &g_lt_plans[i];
     if (!pl) {
         if (g_lt_nplans < LT_PLANS) {
             pl = &g_lt_plans[g_lt_nplans++];
@@ -488,17 +491,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
             g_lt_evict = (g_lt_evict + 1) % LT_PLANS;
             lt_destroy(pl);
         }
-        *pl = lt_plan{R, O, I, prec, al, half, hasb, outh, 0, nullptr, nullptr, nullptr, nullptr, {}};
+        *pl = lt_plan{key, 0, nullptr, nullptr, nullptr, nullptr, nullptr, {}};
         // the bias pointer is set before choosing: a measurement runs the epilogue
-        if (lt_describe(pl) &&
-            (!hasb || cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                     &bias, sizeof bias) == CUBLAS_STATUS_SUCCESS))
-            lt_choose(pl, lt_call{A, B, r});
+        if (lt_describe(pl) && (!hasb || lt_set_bias(pl, bias))) lt_choose(pl, lt_call{A, B, r});
     }
-    if (!pl->ok) return -1;
-    if (hasb && cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                               sizeof bias) != CUBLAS_STATUS_SUCCESS)
-        return -1;
+    if (!pl->ok || (hasb && !lt_set_bias(pl, bias))) return -1;
     const float one = 1.0f, zero = 0.0f;
     g_lt_half_calls += half;
     const void *C = r ? (const void *)r : (const void *)D;
