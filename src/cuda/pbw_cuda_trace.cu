@@ -14,6 +14,7 @@
 #include <ctime>
 #include <mutex>
 #include <string>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -226,6 +227,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     }
     std::vector<row> ops(g_ops.size() + 1);
     std::vector<row> kern(g_names.size());
+    std::map<std::pair<size_t, size_t>, row> opk; // (op, kernel)
     for (const span &x : s) {
         auto it = g_ext.find(x.corr);
         size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
@@ -250,6 +252,9 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         }
         kern[k].ns += (double)(x.end - x.start);
         kern[k].n++;
+        row &ok = opk[{op, k}];
+        ok.ns += (double)(x.end - x.start);
+        ok.n++;
     }
     fprintf(f, "GPU time per op and step (PBW_PROFILE=gpu, CUPTI activity; device time of the "
                "kernels, copies and memsets each op launched):\n");
@@ -293,6 +298,20 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         const char *name = g_names[i].c_str();
         fprintf(f, "%10.3f %9.0f %9.1f  %.150s\n", 1e-6 * kern[i].ns * scale,
                 (double)kern[i].n * scale, 1e-3 * kern[i].ns / (double)kern[i].n, name);
+    }
+    std::vector<std::pair<std::pair<size_t, size_t>, row>> ok(opk.begin(), opk.end());
+    std::sort(ok.begin(), ok.end(), [](const auto &a, const auto &b) { return a.second.ns > b.second.ns; });
+    fprintf(f, "kernels by op and GPU time (top 40):\n%-24s %-9s %10s %9s %9s  %s\n", "op", "pass",
+            "GPU ms", "launches", "us each", "kernel");
+    shown = 0;
+    for (const auto &e : ok) {
+        if (shown++ == 40) break;
+        const size_t i = e.first.first;
+        const char *name = i ? g_ops[i - 1].first : "(outside ops)";
+        const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
+        fprintf(f, "%-24s %-9s %10.3f %9.0f %9.1f  %.110s\n", name, pass,
+                1e-6 * e.second.ns * scale, (double)e.second.n * scale,
+                1e-3 * e.second.ns / (double)e.second.n, g_names[e.first.second].c_str());
     }
     g_spans.clear();
     g_ext.clear();
