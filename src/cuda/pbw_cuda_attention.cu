@@ -736,14 +736,35 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const H *vh = v + b * g.v[0] + h * g.v[1];
     H *oh = o + b * g.o[0] + h * g.o[1];
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int x = tid; x < S16 * C8; x += MMA_THREADS) {
-        const int r = x / C8, c = 8 * (x % C8);
-        const uint4 kv = r < S ? *reinterpret_cast<const uint4 *>(kh + r * g.k[2] + c) : zero;
-        const uint4 vv = r < S ? *reinterpret_cast<const uint4 *>(vh + r * g.v[2] + c) : zero;
-        *reinterpret_cast<uint4 *>(Ks + r * LDK + c) = kv;
-        *reinterpret_cast<uint4 *>(Vs + r * LDK + c) = vv;
+    // Every load of K, V and Q is issued before the first store to shared memory: the stores
+    // could alias the loads' generic addresses, so the compiler would not move a load above
+    // one, and each load's latency would be paid alone. S16 C8 = 128 KT: KT loads each a thread.
+    static_assert(S16 * C8 == KT * MMA_THREADS, "a thread stages KT 16-byte pieces of K and V");
+    uint4 kv[KT], vv[KT], qv[MMA_KT_MAX];
+#pragma unroll
+    for (int u = 0; u < KT; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        kv[u] = r < S ? *reinterpret_cast<const uint4 *>(kh + r * g.k[2] + c) : zero;
+        vv[u] = r < S ? *reinterpret_cast<const uint4 *>(vh + r * g.v[2] + c) : zero;
     }
-    for (int x = tid; x < T16 * C8; x += MMA_THREADS) {
+    const int qn = T16 * C8 / MMA_THREADS; // T16 / 16 pieces of Q a thread
+#pragma unroll
+    for (int u = 0; u < MMA_KT_MAX; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        qv[u] = u < qn && r < T ? *reinterpret_cast<const uint4 *>(qh + r * g.q[2] + c) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < KT; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Ks + r * LDK + c) = kv[u];
+        *reinterpret_cast<uint4 *>(Vs + r * LDK + c) = vv[u];
+    }
+#pragma unroll
+    for (int u = 0; u < MMA_KT_MAX; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        if (u < qn) *reinterpret_cast<uint4 *>(Qs + r * LDK + c) = qv[u];
+    }
+    for (int x = tid + MMA_KT_MAX * MMA_THREADS; x < T16 * C8; x += MMA_THREADS) { // T > 80
         const int r = x / C8, c = 8 * (x % C8);
         *reinterpret_cast<uint4 *>(Qs + r * LDK + c) =
             r < T ? *reinterpret_cast<const uint4 *>(qh + r * g.q[2] + c) : zero;

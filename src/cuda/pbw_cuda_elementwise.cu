@@ -216,6 +216,15 @@ extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, 
     return 0;
 }
 
+// QuickGELU of a value bound for a half type: v / (1 + exp(-1.702 v)) with the hardware's
+// approximate exponential and division (a few ulps of float32, far below the half type's
+// rounding, which alone the result keeps). pbw_expf and an IEEE division, as unary_f has them
+// for float32 results, cost as much time as the memory traffic: CUPTI on an H100, 52.5 us a
+// (10000, 3072) bf16 tensor of a CMA generation.
+__device__ __forceinline__ float quick_gelu_to_half(float v) {
+    return __fdividef(v, 1.0f + __expf(-1.702f * v));
+}
+
 // Eight half values a thread: one 16-byte load and store.
 template <int OP, typename H>
 __global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, uint4 *y,
@@ -224,7 +233,8 @@ __global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, u
         float f[8];
         pbw_unpack_half<H, 8>(x[i], f);
 #pragma unroll
-        for (int j = 0; j < 8; j++) f[j] = unary_f<OP>(f[j], p0, p1);
+        for (int j = 0; j < 8; j++)
+            f[j] = OP == PBW_UN_QUICK_GELU ? quick_gelu_to_half(f[j]) : unary_f<OP>(f[j], p0, p1);
         y[i] = pbw_pack_half<H, 8, uint4>(f);
     }
 }
