@@ -461,6 +461,47 @@ PBW_TEST(cuda_conv_half) {
 #endif
 }
 
+/* Staged forwards as im2col and one cuBLAS product (PBW_CONV_GEMM=1 forces the path that
+ * measuring picks for small outputs), in bf16 and fp16 against the CPU's fp32: padding,
+ * stride, dilation, a 1x1, StyleGAN2's 4x4 layer; the transposed case's input gradient is a
+ * staged forward accumulating. The products must have run; with PBW_CONV_GEMM=0 none may. */
+PBW_TEST(cuda_conv_gemm) {
+#ifdef PBW_HAVE_CUDA
+    static const conv_case cases[] = {
+        {"4x4 pad 1 (StyleGAN2's first layer)", 2, 64, 4, 4, 32, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+        {"3x3 stride 2 pad 1", 2, 16, 9, 7, 24, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, 0},
+        {"3x3 dilation 2 pad 2", 1, 24, 8, 8, 16, 3, 3, {.pad_h = 2, .pad_w = 2, .dil_h = 2, .dil_w = 2}, 1},
+        {"1x1", 3, 32, 5, 6, 16, 1, 1, {0}, 0},
+    };
+    static const conv_case tcases[] = {
+        {"3x3 stride 2", 2, 16, 5, 5, 8, 3, 3, {.stride_h = 2, .stride_w = 2}, 0},
+    };
+    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    char *saved;
+    pbw_test_env_set("PBW_CONV_GEMM", "1", &saved);
+    for (int pi = 0; pi < 2; pi++) {
+        pbw_cuda_set_precision(precs[pi]);
+        const char *pn = pbw_precision_name(precs[pi]);
+        pbw_cuda_conv_forget();
+        const long before = pbw_cuda_conv_gemm_calls();
+        CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, pn, TOL_HALF) == 0);
+        CHECK(conv_cases(tcases, sizeof tcases / sizeof tcases[0], 1, pn, TOL_HALF) == 0);
+        const long ran = pbw_cuda_conv_gemm_calls() - before;
+        printf("  %s: %ld im2col products\n", pn, ran);
+        CHECK(ran >= 5); /* each case's forward at least once */
+    }
+    setenv("PBW_CONV_GEMM", "0", 1);
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_cuda_conv_forget();
+    const long before = pbw_cuda_conv_gemm_calls();
+    CHECK(conv_cases(cases, 1, 0, "bf16 (cuDNN)", TOL_HALF) == 0);
+    CHECK(pbw_cuda_conv_gemm_calls() == before);
+    pbw_test_env_restore("PBW_CONV_GEMM", saved);
+    pbw_cuda_conv_forget();
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* sg_conv plain (forward staged, input gradient staged backward-data accumulating) and
  * transposed (forward staged backward-data, input gradient staged forward accumulating), with
  * the plan's cached half KRSC weight; the last case is not staged (4 output channels). */

@@ -26,6 +26,7 @@
 // instead (cudnnGet*_v7, no measuring: the first deterministic candidate under a 1 GiB
 // workspace, else the first): fp32 is the parity reference, whose results should repeat from
 // one process to the next (use_heuristics; PBW_CUDNN_HEURISTIC=0 measures fp32 too);
+// Small staged forwards have one more candidate, im2col and a cuBLAS product (ALGO_GEMM, below).
 // PBW_CUDNN_LOG=1 prints each choice and its candidates (algo, t = tensor op, nd =
 // nondeterministic, time, workspace; * marks the pick) on stderr.
 //
@@ -363,6 +364,102 @@ size_t tensor_bytes(int64_t a, int64_t b, int64_t c, int64_t d, size_t elem) {
     return (size_t)(a * b * c * d) * elem;
 }
 
+// ---- small outputs: im2col and one cuBLAS product (a candidate beside cuDNN's) ----
+// cuDNN's kernels tile the output's pixels; where a staged forward has few of them and a long
+// reduction (StyleGAN2's 4x4 layer: N x 16 pixels, 512 x 9 inputs each) they run on a few
+// blocks: CUPTI on an H100 saw 184 us for that layer at N = 1 (an Adam step) and 375 us at
+// N = 50 (a CMA generation). Laid out as rows of its taps (im2col, NHWC: a row per output
+// pixel, (tap, channel) along it, matching the KRSC weight), the convolution is one product
+// that cuBLAS splits along the reduction. It is measured beside cuDNN's candidates when the
+// output has at most GEMM_MAX_ROWS pixels and the rows fit GEMM_MAX_BYTES, and kept as the
+// pseudo-algorithm ALGO_GEMM (cached on disk like cuDNN's numbers) when faster.
+const int ALGO_GEMM = 1000;
+const int64_t GEMM_MAX_ROWS = 4096;
+const size_t GEMM_MAX_BYTES = (size_t)64 << 20;
+
+size_t gemm_col_bytes(const pbw_cpu_conv_geom &g) {
+    return (size_t)g.N * g.OH * g.OW * g.KH * g.KW * g.C * 2;
+}
+
+bool gemm_eligible(const conv_plan *p, int dir) {
+    const pbw_cpu_conv_geom &g = p->key.g;
+    return dir == DIR_FWD && p->stage[dir] && g.G == 1 && g.C % 8 == 0 &&
+           (int64_t)g.N * g.OH * g.OW <= GEMM_MAX_ROWS && gemm_col_bytes(g) <= GEMM_MAX_BYTES;
+}
+
+// PBW_CONV_GEMM=1: the product wherever eligible, unmeasured; =0: never (tests, comparisons).
+int gemm_forced() {
+    return pbw_env_set("PBW_CONV_GEMM") ? 1 : pbw_env_zero("PBW_CONV_GEMM") ? 0 : -1;
+}
+
+long g_gemm_calls;
+
+// col (N OH OW, KH KW C) from x (N, H, W, C) halves, 8 channels (16 bytes) a thread; taps
+// outside the input are zeros.
+__global__ void im2col_nhwc_kernel(uint4 *col, const uint4 *x, pbw_cpu_conv_geom g) {
+    const int c8 = g.C / 8;
+    const int64_t n = (int64_t)g.N * g.OH * g.OW * g.KH * g.KW * c8;
+    PBW_GRID_STRIDE(i, n) {
+        int64_t t = i / c8;
+        const int c = (int)(i % c8), s = (int)(t % g.KW);
+        t /= g.KW;
+        const int r = (int)(t % g.KH);
+        t /= g.KH;
+        const int ox = (int)(t % g.OW);
+        t /= g.OW;
+        const int oy = (int)(t % g.OH), b = (int)(t / g.OH);
+        const int iy = oy * g.sh - g.ph + r * g.dh, ix = ox * g.sw - g.pw + s * g.dw;
+        col[i] = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W
+                     ? x[(((int64_t)b * g.H + iy) * g.W + ix) * c8 + c]
+                     : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// y (N OH OW, O) halves = col (N OH OW, K) wh (O, K)^T, K = KH KW C; col: gemm_col_bytes of
+// device memory. In cuBLAS's column-major terms y^T (O, P) = wh^T (O, K) col^T (K, P).
+bool gemm_conv(const conv_plan *p, const void *xh, const void *wh, void *yh, void *col) {
+    const pbw_cpu_conv_geom &g = p->key.g;
+    const int64_t P = (int64_t)g.N * g.OH * g.OW, K = (int64_t)g.KH * g.KW * g.C;
+    const int64_t n = P * g.KH * g.KW * (g.C / 8);
+    im2col_nhwc_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>((uint4 *)col, (const uint4 *)xh, g);
+    PBW_CUDA_LAUNCHED("conv2d im2col");
+    const cudaDataType_t t = p->key.prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    const float one = 1.0f, zero = 0.0f;
+    g_gemm_calls++;
+    return cublasGemmEx(pbw_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, g.O, (int)P, (int)K, &one, wh, t,
+                        (int)K, col, t, (int)K, &zero, yh, t, g.O, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+}
+
+// The best of three timed runs of run() (after one untimed), in ms; -1 when a run fails.
+template <typename Run> float best_of_three(Run run) {
+    cudaEvent_t ev[4];
+    int nev = 0;
+    while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;
+    cudaStream_t st = pbw_stream();
+    bool ok = nev == 4 && run();
+    for (int r = 0; r < 3 && ok; r++) ok = cudaEventRecord(ev[r], st) == cudaSuccess && run();
+    ok = ok && cudaEventRecord(ev[3], st) == cudaSuccess &&
+         cudaEventSynchronize(ev[3]) == cudaSuccess;
+    float best = -1;
+    for (int r = 0; r < 3 && ok; r++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, ev[r], ev[r + 1]) != cudaSuccess) ok = false;
+        else if (best < 0 || ms < best) best = ms;
+    }
+    for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
+    cudaGetLastError(); // a failed run only leaves the other candidate
+    return ok ? best : -1;
+}
+
+// gemm_conv's time on the measurement's operands, its output to out; -1 when it cannot run.
+float gemm_conv_time(const conv_plan *p, const void *xh, const void *wh, void *out) {
+    void *col = pbw_cuda_malloc(gemm_col_bytes(p->key.g));
+    const float t = col ? best_of_three([&] { return gemm_conv(p, xh, wh, out, col); }) : -1;
+    pbw_cuda_free(col);
+    return t;
+}
+
 // ---- measured choices on disk (see the file comment) ----
 struct cached_choice {
     conv_key key;
@@ -386,7 +483,8 @@ void cache_open() {
     char line[512];
     while (std::fgets(line, sizeof line, f)) {
         uint64_t v[22];
-        if (pbw_cache_parse_line(line, "v2", v, 22)) continue; // v1: picks of the old rule
+        // v1: picks of the 1.3x rule; v2: made before ALGO_GEMM was a candidate
+        if (pbw_cache_parse_line(line, "v3", v, 22)) continue;
         bool fits = v[0] < 3;
         for (int i = 1; i < 22; i++) fits = fits && v[i] <= INT_MAX;
         if (!fits) continue;
@@ -423,7 +521,7 @@ void cache_add(const conv_plan *p, int dir) {
     const pbw_cpu_conv_geom &g = p->key.g;
     char line[512];
     std::snprintf(line, sizeof line,
-                  "v2 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", dir,
+                  "v3 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", dir,
                   p->key.prec, p->stage[dir], g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW,
                   g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G, p->algo[dir], (int)p->math[dir], 0);
     pbw_cache_append(g_cache_path, line); // a cache not written is only slower next time
@@ -432,18 +530,28 @@ void cache_add(const conv_plan *p, int dir) {
 // Looks the candidates of one direction up (measured, or the heuristics when asked or when
 // measuring fails) and records the pick in p. in0/in1: the direction's two inputs (forward x,
 // w; backward-data w, dy; backward-filter x, dy). 0, or -1 with no candidate found.
-template <typename Perf, typename FindFn, typename HeurFn, typename WsFn>
-int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, WsFn wsize) {
+template <typename Perf, typename FindFn, typename HeurFn, typename WsFn, typename AltFn>
+int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, WsFn wsize,
+           AltFn gemm_time) {
     const int prec = p->key.prec;
     Perf perf[16];
     int n = 0, i = -1, measured = 0;
+    const int forced = gemm_forced();
+    if (forced == 1 && gemm_eligible(p, dir)) {
+        p->algo[dir] = ALGO_GEMM;
+        p->math[dir] = CUDNN_DEFAULT_MATH;
+        p->ws[dir] = gemm_col_bytes(p->key.g);
+        return 0;
+    }
     if (!use_heuristics(prec)) {
         int algo;
         cudnnMathType_t math;
         size_t ws = 0;
-        if (cache_find(p, dir, &algo, &math) &&
-            cudnnSetConvolutionMathType(p->cd, math) == CUDNN_STATUS_SUCCESS &&
-            wsize(algo, &ws) == CUDNN_STATUS_SUCCESS) {
+        if (forced < 0 && cache_find(p, dir, &algo, &math) &&
+            (algo == ALGO_GEMM
+                 ? gemm_eligible(p, dir) && (ws = gemm_col_bytes(p->key.g), true)
+                 : cudnnSetConvolutionMathType(p->cd, math) == CUDNN_STATUS_SUCCESS &&
+                       wsize(algo, &ws) == CUDNN_STATUS_SUCCESS)) {
             p->algo[dir] = algo;
             p->math[dir] = math;
             p->ws[dir] = ws;
@@ -465,6 +573,21 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
                 i = pick_measured(perf, n, prec, fs.ws_bytes);
                 measured = i >= 0;
                 log_choice(p, dir, "measured", perf, n, i);
+                // cuDNN's times are of single runs: its pick is timed again as the product is
+                float tc = -1, tg = -1;
+                if (measured && forced < 0 && gemm_eligible(p, dir) &&
+                    cudnnSetConvolutionMathType(p->cd, perf[i].mathType) == CUDNN_STATUS_SUCCESS)
+                    tg = gemm_time(fs.out, (int)perf[i].algo, fs.ws, fs.ws_bytes, &tc);
+                if (log_choices() && tg >= 0)
+                    std::fprintf(stderr, "pbw cudnn: im2col + cuBLAS %.3f ms against %.3f ms "
+                                 "(algorithm %d)\n", (double)tg, (double)tc, (int)perf[i].algo);
+                if (tg >= 0 && tc >= 0 && tg < tc) {
+                    p->algo[dir] = ALGO_GEMM;
+                    p->math[dir] = CUDNN_DEFAULT_MATH;
+                    p->ws[dir] = gemm_col_bytes(p->key.g);
+                    cache_add(p, dir);
+                    return 0;
+                }
             } else if (log_choices()) {
                 std::fprintf(stderr, "pbw cudnn: %s search failed (%s); using the heuristics\n",
                              dir_name(dir), cudnnGetErrorString(s));
@@ -485,7 +608,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     p->algo[dir] = (int)perf[i].algo;
     p->math[dir] = perf[i].mathType;
     p->ws[dir] = perf[i].memory;
-    if (measured) cache_add(p, dir);
+    if (measured && forced < 0) cache_add(p, dir); // the file holds the default rule's picks
     return 0;
 }
 
@@ -521,6 +644,15 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
             [&](int algo, size_t *ws) {
                 return cudnnGetConvolutionForwardWorkspaceSize(
                     h, xd, wd, p->cd, yd, (cudnnConvolutionFwdAlgo_t)algo, ws);
+            },
+            [&](void *out, int algo, void *ws, size_t wsb, float *t_cudnn) {
+                const float one = 1.0f, zero = 0.0f;
+                *t_cudnn = best_of_three([&] {
+                    return cudnnConvolutionForward(h, &one, xd, in0, wd, in1, p->cd,
+                                                   (cudnnConvolutionFwdAlgo_t)algo, ws, wsb,
+                                                   &zero, yd, out) == CUDNN_STATUS_SUCCESS;
+                });
+                return gemm_conv_time(p, in0, in1, out);
             });
     } else if (dir == DIR_BWD_DATA) {
         rc = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
@@ -539,7 +671,8 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
             [&](int algo, size_t *ws) {
                 return cudnnGetConvolutionBackwardDataWorkspaceSize(
                     h, wd, yd, p->cd, xd, (cudnnConvolutionBwdDataAlgo_t)algo, ws);
-            });
+            },
+            [](void *, int, void *, size_t, float *) { return -1.0f; });
     } else {
         rc = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
             p, dir, tensor_bytes(g.O, g.C / g.G, g.KH, g.KW, sizeof(float)),
@@ -557,7 +690,8 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
             [&](int algo, size_t *ws) {
                 return cudnnGetConvolutionBackwardFilterWorkspaceSize(
                     h, p->xd, p->yd, p->cd, p->wd, (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
-            });
+            },
+            [](void *, int, void *, size_t, float *) { return -1.0f; });
     }
     if (rc < 0 && staged && !pbw_cuda_error()) {
         if (log_choices())
@@ -916,7 +1050,13 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
     if (rc) return rc;
     const float alpha = 1.0f, zero = 0.0f;
     cudnnStatus_t s;
-    if (fwd)
+    if (fwd && p->algo[dir] == ALGO_GEMM) {
+        if (!gemm_conv(p, hin, wh, hout, ws)) {
+            pbw_cuda_fail("conv2d: the im2col product (cuBLAS) failed");
+            return -1;
+        }
+        s = CUDNN_STATUS_SUCCESS;
+    } else if (fwd)
         s = cudnnConvolutionForward(pbw_cudnn(), &alpha, p->hxd, hin, p->hwd, wh, p->cd,
                                     (cudnnConvolutionFwdAlgo_t)p->algo[dir], ws, p->ws[dir], &zero,
                                     p->hyd, hout);
@@ -1278,6 +1418,8 @@ extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const fl
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     conv_forward(gx, gout, wt, wh, &g, beta);
 }
+
+extern "C" long pbw_cuda_conv_gemm_calls(void) { return g_gemm_calls; }
 
 extern "C" long pbw_cuda_conv_forget(void) {
     for (int i = 0; i < NPLANS; i++) plan_destroy(&plans[i]);

@@ -60,6 +60,11 @@ void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const float *k,
  * Returns how many choices were taken from the file since the last call. For tests. */
 long pbw_cuda_conv_forget(void);
 
+/* Staged forward convolutions run as im2col and one cuBLAS product (pbw_cuda_conv.cu: a
+ * candidate measured beside cuDNN's for small outputs; PBW_CONV_GEMM=1 forces it wherever
+ * eligible, =0 never), counted since the process began. For tests. */
+long pbw_cuda_conv_gemm_calls(void);
+
 /* ---------- resize ----------
  * The index and weight tables are computed on the device with the CPU's formulas, rounded
  * step by step (no fused multiply-adds where the CPU has none), so they are bit-identical.
