@@ -240,14 +240,25 @@ typedef struct {
     float *p; /* (B*H,Tq,T) */
 } attn_qkv_saved;
 
+/* With every query (T = S) the backward writes all of qkv's gradient (node->writes): q's T
+ * rows, k's and v's S. Unset, it is written where the GPU's tiled kernel runs, else zeroed
+ * first (the CPU's kernels add). */
 static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
     const attn_qkv_saved *s = n->saved;
-    float *g = pbw_grad(ctx, n->in[0]);
+    float beta = 1.0f;
+    float *g = n->writes ? pbw_grad_out(ctx, n->in[0], &beta) : pbw_grad(ctx, n->in[0]);
     if (!g) return;
-    float *scratch = attn_scratch(ctx, &s->g);
-    if (!scratch) return;
     int64_t W = s->g.H * s->g.D;
     const float *x = n->in[0]->data;
+#ifdef PBW_HAVE_CUDA
+    if (beta == 0.0f && pbw_on_cuda(ctx) &&
+        pbw_cuda_attention_bwd_write(&s->g, x, x + W, x + 2 * W, s->p, n->out->grad, g, g + W,
+                                     g + 2 * W) == 0)
+        return;
+#endif
+    if (beta == 0.0f && pbw_grad_zero(ctx, n->in[0])) return;
+    float *scratch = attn_scratch(ctx, &s->g);
+    if (!scratch) return;
     PBW_KERNEL(ctx, attention_bwd, &s->g, x, x + W, x + 2 * W, s->p, n->out->grad, g, g + W,
                g + 2 * W, scratch);
 }
@@ -311,6 +322,7 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         pbw_node *n = pbw_tape_push(ctx, "attention_qkv", attention_qkv_backward, o, &qkv, 1, sizeof s);
         if (!n) return NULL;
         memcpy(n->saved, &s, sizeof s);
+        if (n_queries == T) n->writes = 1u; /* qkv's gradient, whole */
     }
     return o;
 }

@@ -782,6 +782,12 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
     return pbw_grad(ctx, t);
 }
 
+int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t) {
+    if (!t || !t->grad) return 0;
+    t->grad_unset = 0;
+    return ctx_zero(ctx, t->grad, (size_t)t->numel * sizeof(float));
+}
+
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
     if (t->grad) return grad_set_zero(ctx, t) ? NULL : t->grad;

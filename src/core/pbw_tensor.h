@@ -221,6 +221,9 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
  * leaves a gradient unset, skipping its zeroing, when its first producer is such a backward
  * (PBW_GRAD_UNSET=0: never). */
 float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
+/* Zeroes t's gradient buffer: for a backward that got beta 0 from pbw_grad_out but will add
+ * after all (no kernel of the geometry writes). 0, or -1 with ctx failed. */
+int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t);
 /* Bytes of gradient the last pbw_backward allocated unset that way (tests, profiles). */
 size_t pbw_ctx_grad_unset_bytes(const pbw_ctx *ctx);
 /* Runs the tape backward from `loss`. A loss with one element gets gradient 1; otherwise

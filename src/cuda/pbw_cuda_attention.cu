@@ -490,15 +490,17 @@ static bwd_layout bwd_layout_of(const pbw_attn_geom *g) {
 static const int BWD_THREADS = 256; // two halves of 128, each an 8 x 16 grid of tiles
 static const int BWD_TM = 7, BWD_TN = 4; // 56 rows x 64 columns (16 float4) a pass
 
-// gh(r, 4 col .. 4 col + 3) += acc[a] for the rows r = r0 + 8a < R, rows ld floats apart, when
-// col < C.
+// gh(r, 4 col .. 4 col + 3) += acc[a] (add), or = acc[a], for the rows r = r0 + 8a < R, rows
+// ld floats apart, when col < C.
 __device__ __forceinline__ void add_rows(float *gh, int64_t ld, const float4 (&acc)[BWD_TM][1],
-                                         int r0, int R, int col, int C) {
+                                         int r0, int R, int col, int C, bool add) {
     if (col >= C) return;
     float4 x[BWD_TM]; // every load issued before the first store: one memory latency, not 7
 #pragma unroll
     for (int a = 0; a < BWD_TM; a++)
-        if (r0 + 8 * a < R) x[a] = *reinterpret_cast<const float4 *>(gh + (r0 + 8 * a) * ld + 4 * col);
+        if (r0 + 8 * a < R)
+            x[a] = add ? *reinterpret_cast<const float4 *>(gh + (r0 + 8 * a) * ld + 4 * col)
+                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int a = 0; a < BWD_TM; a++) {
         if (r0 + 8 * a >= R) continue;
@@ -510,10 +512,10 @@ __device__ __forceinline__ void add_rows(float *gh, int64_t ld, const float4 (&a
     }
 }
 
-// (R, 4 C) += A (R, K) B (K, 4 C) by one half: A's rows lda floats apart, B's ldb.
+// (R, 4 C) += A (R, K) B (K, 4 C) (add; else =) by one half: A's rows lda floats apart, B's ldb.
 __device__ __forceinline__ void half_nn(float *gh, int64_t ld, const float *A, int lda,
                                         const float *B, int ldb, int R, int K, int C, int i,
-                                        int j) {
+                                        int j, bool add) {
     for (int rb = 0; rb < R; rb += 8 * BWD_TM)
         for (int cb = 0; cb < C; cb += 16) {
             int ao[BWD_TM], bo[1] = {min(cb + j, C - 1) * 4};
@@ -521,14 +523,14 @@ __device__ __forceinline__ void half_nn(float *gh, int64_t ld, const float *A, i
             for (int a = 0; a < BWD_TM; a++) ao[a] = min(rb + i + 8 * a, R - 1) * lda;
             float4 acc[BWD_TM][1];
             tile_nn<BWD_TM, 1>(acc, A, ao, B, ldb, bo, rb + i < R ? K : 0);
-            add_rows(gh, ld, acc, rb + i, R, cb + j, C);
+            add_rows(gh, ld, acc, rb + i, R, cb + j, C, add);
         }
 }
 
 __global__ static void __launch_bounds__(BWD_THREADS, 3)
     attention_bwd_tiled_kernel(pbw_attn_geom g, bwd_layout l, const float *q, const float *k,
                                const float *v, const float *p, const float *go, float *gq,
-                               float *gk, float *gv) {
+                               float *gk, float *gv, bool add) {
     extern __shared__ float4 smem_f4[];
     float *sm = reinterpret_cast<float *>(smem_f4);
     const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4;
@@ -591,7 +593,7 @@ __global__ static void __launch_bounds__(BWD_THREADS, 3)
                     }
                 }
     } else if (gv) { // dV += P^T dO
-        half_nn(gv + vo, g.v[2], PT, l.tp, Os, l.dp, S, l.t4, C, i, j);
+        half_nn(gv + vo, g.v[2], PT, l.tp, Os, l.dp, S, l.t4, C, i, j, add);
     }
     if (!dscores) return; // no barrier follows
     __syncthreads();
@@ -609,9 +611,9 @@ __global__ static void __launch_bounds__(BWD_THREADS, 3)
     }
     __syncthreads();
     if (half == 0) {
-        if (gq) half_nn(gq + qo, g.q[2], dSs, l.sp, Ks, l.dp, T, l.s4, C, i, j); // dQ += dS K
+        if (gq) half_nn(gq + qo, g.q[2], dSs, l.sp, Ks, l.dp, T, l.s4, C, i, j, add); // dQ += dS K
     } else if (gk) {
-        half_nn(gk + ko, g.k[2], PT, l.tp, Qs, D, S, l.t4, C, i, j); // dK += dS^T Q
+        half_nn(gk + ko, g.k[2], PT, l.tp, Qs, D, S, l.t4, C, i, j, add); // dK += dS^T Q
     }
 }
 
@@ -902,7 +904,8 @@ static bool fwd_tiled(const pbw_attn_geom *g, const In *q, const In *k, const In
 }
 
 static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
-                      const float *p, const float *go, float *gq, float *gk, float *gv) {
+                      const float *p, const float *go, float *gq, float *gk, float *gv,
+                      bool add) {
     const int64_t BH = g->B * g->H, LIM = 1 << 14;
     if (BH > 0x7fffffff || g->T > LIM || g->S > LIM || g->D > LIM || g->D % 4 ||
         !vec4_ok(q, g->q) || !vec4_ok(k, g->k) || !vec4_ok(v, g->v) || !vec4_ok(go, g->o) ||
@@ -914,7 +917,7 @@ static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, co
     if (bytes > smem_optin_max() || !smem_allow(attention_bwd_tiled_kernel, bytes, &opted))
         return false;
     attention_bwd_tiled_kernel<<<(unsigned)BH, BWD_THREADS, bytes, pbw_stream()>>>(
-        *g, l, q, k, v, p, go, gq, gk, gv);
+        *g, l, q, k, v, p, go, gq, gk, gv, add);
     PBW_CUDA_LAUNCHED("attention_bwd");
     return true;
 }
@@ -1034,12 +1037,20 @@ extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void 
     return done ? 0 : -1;
 }
 
+extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float *q,
+                                            const float *k, const float *v, const float *p,
+                                            const float *go, float *gq, float *gk, float *gv) {
+    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (!gq || !gk || !gv) return -1;
+    return bwd_tiled(g, q, k, v, p, go, gq, gk, gv, false) ? 0 : -1;
+}
+
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,
                                        const float *v, const float *p, const float *go, float *gq,
                                        float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H, TS = T * S;
     if (BH <= 0 || T <= 0 || S <= 0 || D <= 0 || (!gq && !gk && !gv)) return;
-    if (bwd_tiled(g, q, k, v, p, go, gq, gk, gv)) return;
+    if (bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true)) return;
     size_t fused = fused_bwd_smem_bytes(g);
     if (fused <= smem_optin_max() && BH <= 0x7fffffff) {
         static size_t opted = FUSED_SMEM_MAX; // the kernel's current limit

@@ -72,6 +72,12 @@ long pbw_cuda_attention_mma_calls(void);
 void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const float *k,
                             const float *v, const float *p, const float *go, float *gq,
                             float *gk, float *gv, float *scratch);
+/* The same with gq, gk and gv written, not added to (none may be NULL): every element of the
+ * T rows of gq and the S rows of gk and gv. 0, or -1 with nothing launched when the tiled
+ * kernel does not take the geometry (the caller then zeroes them and adds). */
+int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, const float *k,
+                                 const float *v, const float *p, const float *go, float *gq,
+                                 float *gk, float *gv);
 
 /* ---- no CPU twin ---- */
 
