@@ -429,8 +429,8 @@ static int decompose(pbw_cma *c) {
     int n = c->n;
     size_t nn = (size_t)n * n;
     for (int attempt = 0; attempt < 4; attempt++) {
-        for (int i = 0; i < n; i++) /* the upper triangle is C (apply_update) */
-            for (int j = i + 1; j < n; j++) c->C[(size_t)j * n + i] = c->C[(size_t)i * n + j];
+        /* C's upper triangle alone holds C (apply_update); the solvers read only that one
+         * (row-major 'U'), so the lower one is left as it is */
         double *A = c->eigA, *ev = c->eigv;
         memcpy(A, c->C, nn * sizeof *A);
         lapack_int info = 1;
