@@ -327,8 +327,8 @@ static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
 /* A CMA-ES generation's candidates, rendered in batches of bsz. The generator's first blocks
  * run once for the whole population (pop_begin): those whose output for lam images is no
  * larger than the last block's for a batch (at 256 px: the blocks up to 32x32 for 50
- * candidates in batches of 8), where a batch's products are too small to keep a GPU busy. The
- * rest runs per batch (pop_rows), each batch's temporaries freed back to the population's
+ * candidates in batches of 12 on a GPU), where a batch's products are too small to keep a GPU
+ * busy. The rest runs per batch (pop_rows), each batch's temporaries freed back to the population's
  * first blocks. PBW_CMA_HEAD=0 renders every batch whole (a measurement switch). */
 typedef struct pop_render {
     int blocks;           /* upsampling blocks run for the whole population; 0: none */
@@ -478,7 +478,8 @@ static int setup(run *r, const float *mask, pbw_err *err) {
     o->mode = rq->loss_mode;
     o->n_crops = rq->crops;
     /* crops per CLIP pass when only values are needed: 256 on a GPU (ViT-B/32 without
-     * gradients frees each block's temporaries: about 5 MB a crop), 32 on the CPU */
+     * gradients frees each block's temporaries: about 5 MB a crop; CMA-ES raises it to a whole
+     * generator batch's crops), 32 on the CPU */
     o->clip_chunk = rq->clip_chunk > 0 ? rq->clip_chunk : (p->dev == PBW_DEV_CUDA ? 256 : 32);
     o->recon_weight = rq->recon_weight;
     o->lpips_weight = rq->lpips_weight;
@@ -614,13 +615,19 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     pbw_cma *cma = NULL;
     if (pbw_cma_new(&cma, D, var, &co, err)) return pbw_err_prefix(err, "CMA-ES: ");
     const int lam = pbw_cma_lambda(cma);
-    /* candidates per generator pass: a few on the CPU, more on a GPU (8 at 256 px: larger
-     * batches measured no faster on an H100 and took more memory) */
-    const int64_t budget = r->p->dev == PBW_DEV_CUDA ? (int64_t)1 << 19 : (int64_t)2 << 16;
+    /* candidates per generator pass: a few on the CPU, more on a GPU, where each batch's crops
+     * then go through CLIP in one pass (unless clip_chunk says otherwise). H100, 256 px, CMA
+     * generation (median of 12) and the default edit's peak memory, batch:crops a CLIP pass:
+     * 8:256 61.7-61.9 ms 5.80 GiB; 10:320 59.8-60.1 ms 6.54 GiB; 12:384 59.4-59.6 ms
+     * 7.39 GiB; 13:416 58.9-59.4 ms 8.72 GiB; 17:544 58.0-58.2 ms 9.47 GiB; 17:256
+     * 59.9-60.4 ms. 12 keeps the peak below the reference implementation's 8.7-9.0 GiB. */
+    const int64_t budget = r->p->dev == PBW_DEV_CUDA ? (int64_t)12 << 16 : (int64_t)2 << 16;
     int bsz = rq->cma_batch > 0 ? rq->cma_batch : (int)(budget / ((int64_t)r->S * r->S));
     if (bsz < 1) bsz = 1;
     if (bsz > lam) bsz = lam;
     const int ncrops = crops_per_draw(&r->obj);
+    if (rq->clip_chunk <= 0 && r->p->dev == PBW_DEV_CUDA && bsz * ncrops > r->obj.clip_chunk)
+        r->obj.clip_chunk = bsz * ncrops;
     float *X = malloc((size_t)lam * D * sizeof *X);
     double *f = malloc((size_t)lam * sizeof *f);
     pbw_loss_values *vals = malloc((size_t)lam * sizeof *vals);
