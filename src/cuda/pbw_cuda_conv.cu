@@ -934,18 +934,15 @@ struct NhwcModulate {
 struct NhwcPostact {
     pbw_cuda_postact pa;
     template <int V> struct state {
-        act_plane a[V];
+        act_group<V> a;
     };
     template <int V> __device__ __forceinline__ state<V> prep(int n, int c) const {
-        state<V> st;
-#pragma unroll
-        for (int k = 0; k < V; k++) st.a[k] = act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c + k);
-        return st;
+        return state<V>{act_group_at<V>(pa.d, pa.noise, pa.bias, pa.g, n, c)};
     }
     template <int V>
     __device__ __forceinline__ void apply(const state<V> &st, float (&v)[V], int64_t p) const {
 #pragma unroll
-        for (int k = 0; k < V; k++) v[k] = act_at(v[k], st.a[k], pa.g, p);
+        for (int k = 0; k < V; k++) v[k] = act_group_apply<V>(v[k], st.a, k, pa.g, p);
     }
 };
 

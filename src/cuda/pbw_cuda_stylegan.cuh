@@ -47,6 +47,40 @@ __device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
     return __fmul_rn(v > 0 ? v : __fmul_rn(v, g.slope), g.gain);
 }
 
+// act_plane for V consecutive channels c.. of sample n, kept once: V act_planes cost a kernel
+// ~9 registers each, most of them copies of the sample's pointers (an NHWC kernel holding 8
+// ran at 25% occupancy for its 128 registers). dv and b per channel; d's plane of channel c + e
+// (d_mode 2) at dp + e P; the sample's noise at np.
+template <int V> struct act_group {
+    float dv[V], b[V];
+    const float *dp, *np; // NULL when not d_mode 2 / without noise
+};
+
+template <int V>
+__device__ __forceinline__ act_group<V> act_group_at(const float *d, const float *noise,
+                                                     const float *bias,
+                                                     const pbw_cpu_sg_act_geom &g, int n, int c) {
+    act_group<V> a;
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        a.dv[e] = g.d_mode == 1 ? d[n * g.d_nstride + c + e] : 1.0f;
+        a.b[e] = bias ? bias[c + e] : 0.0f;
+    }
+    a.dp = g.d_mode == 2 ? d + ((int64_t)n * g.O + c) * g.P : NULL;
+    a.np = noise ? noise + n * g.noise_nstride : NULL;
+    return a;
+}
+
+// act_at of channel c + e at pixel p: the same arithmetic.
+template <int V>
+__device__ __forceinline__ float act_group_apply(float yv, const act_group<V> &a, int e,
+                                                 const pbw_cpu_sg_act_geom &g, int64_t p) {
+    const float dv = g.d_mode == 2 ? a.dp[e * g.P + p] : a.dv[e];
+    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
+    if (a.np) v = __fmaf_rn(g.noise_weight, a.np[p], v);
+    return act(__fadd_rn(v, a.b[e]), g);
+}
+
 // What plane pl (sample pl / O, channel pl % O) of a pbw_cuda_postact's output shares.
 __device__ __forceinline__ act_plane postact_plane(const pbw_cuda_postact &pa, int64_t pl) {
     return act_plane_at(pa.d, pa.noise, pa.bias, pa.g, (int)(pl / pa.g.O), (int)(pl % pa.g.O));
