@@ -106,6 +106,20 @@ int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, 
     return 0;
 }
 
+int pbw_cuda_sm_count(void) {
+    static int dev = -1, count = 1;
+    if (g_dev >= 0 && dev != g_dev) {
+        int n = 0;
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, g_dev) == cudaSuccess &&
+            n > 0)
+            count = n;
+        else
+            cudaGetLastError();
+        dev = g_dev;
+    }
+    return count;
+}
+
 cudaStream_t pbw_stream(void) { return g_stream; }
 cublasHandle_t pbw_cublas(void) { return g_cublas; }
 cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }

@@ -873,9 +873,9 @@ __global__ void nhwc_map_kernel(T *dst, const T *src, int N, int C, int64_t P, F
 // keeps one sample's 8 channels (prepared once) and walks pixels, MAP_UNROLL 16-byte loads in
 // flight; the grid spans (pixel chunks, N). No 64-bit division per element.
 const int MAP_THREADS = 256, MAP_UNROLL = 4;
-// Blocks of 256 threads for the kernels that walk pixels: two waves of 8 an SM on an H100 (132
-// SMs), enough to hide the memory's latency without a long tail.
-const int64_t GRID_BLOCKS = 2 * 8 * 132;
+// Blocks of 256 threads for the kernels that walk pixels: two waves of 8 an SM (2112 on an
+// H100's 132), enough to hide the memory's latency without a long tail.
+int64_t grid_blocks() { return (int64_t)2 * 8 * pbw_cuda_sm_count(); }
 template <typename T, class F>
 __global__ void __launch_bounds__(MAP_THREADS)
     nhwc_map_rows_kernel(T *dst, const T *src, int cv, int64_t P, F f) {
@@ -990,9 +990,9 @@ void nhwc_map(void *dst, const void *src, int N, int C, int64_t P, int prec, con
     const int64_t n = (int64_t)N * P * (C / (wide ? 8 : 2));
     const int cv = C / 8;
     const bool rows = wide && cv <= MAP_THREADS && MAP_THREADS % cv == 0 && N <= 65535;
-    // GRID_BLOCKS in all, or a pixel a thread where that takes fewer
+    // grid_blocks() in all, or a pixel a thread where that takes fewer
     const int64_t chunks = rows ? (P + MAP_THREADS / cv - 1) / (MAP_THREADS / cv) : 1;
-    const int64_t want = (GRID_BLOCKS + N - 1) / N;
+    const int64_t want = (grid_blocks() + N - 1) / N;
     const dim3 grid((unsigned)(chunks < want ? chunks : want), (unsigned)N);
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
@@ -1381,8 +1381,8 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
         return -1;
     const pw_epilogue ep = {m, bias, m_nstride};
     // a few pixels a thread where there are many (the weights are loaded once a block):
-    // GRID_BLOCKS in all
-    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS, want = (GRID_BLOCKS + N - 1) / N;
+    // grid_blocks() in all
+    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS, want = (grid_blocks() + N - 1) / N;
     const dim3 grid((unsigned)(blocks < want ? blocks : want), (unsigned)N);
     const size_t smem = (size_t)O * C * sizeof(float);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {

@@ -20,6 +20,8 @@
 cudaStream_t pbw_stream(void);
 cublasHandle_t pbw_cublas(void);  // bound to pbw_stream(), math mode set from the precision
 cudnnHandle_t pbw_cudnn(void);    // bound to pbw_stream()
+// Multiprocessors of the current device (132 on an H100 SXM); 1 before pbw_cuda_init.
+int pbw_cuda_sm_count(void);
 // Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least
 // `bytes`, valid until the next call. NULL when out of memory (failure recorded).
 void *pbw_cuda_workspace(size_t bytes);
