@@ -377,14 +377,15 @@ const int ALGO_GEMM = 1000;
 const int64_t GEMM_MAX_ROWS = 4096;
 const size_t GEMM_MAX_BYTES = (size_t)64 << 20;
 
-size_t gemm_col_bytes(const pbw_cpu_conv_geom &g) {
+size_t gemm_col_bytes(const conv_plan *p) {
+    const pbw_cpu_conv_geom &g = p->key.g;
     return (size_t)g.N * g.OH * g.OW * g.KH * g.KW * g.C * 2;
 }
 
 bool gemm_eligible(const conv_plan *p, int dir) {
     const pbw_cpu_conv_geom &g = p->key.g;
     return dir == DIR_FWD && p->stage[dir] && g.G == 1 && g.C % 8 == 0 &&
-           (int64_t)g.N * g.OH * g.OW <= GEMM_MAX_ROWS && gemm_col_bytes(g) <= GEMM_MAX_BYTES;
+           (int64_t)g.N * g.OH * g.OW <= GEMM_MAX_ROWS && gemm_col_bytes(p) <= GEMM_MAX_BYTES;
 }
 
 // PBW_CONV_GEMM=1: the product wherever eligible, unmeasured; =0: never (tests, comparisons).
@@ -431,31 +432,11 @@ bool gemm_conv(const conv_plan *p, const void *xh, const void *wh, void *yh, voi
                         CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
 }
 
-// The best of three timed runs of run() (after one untimed), in ms; -1 when a run fails.
-template <typename Run> float best_of_three(Run run) {
-    cudaEvent_t ev[4];
-    int nev = 0;
-    while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;
-    cudaStream_t st = pbw_stream();
-    bool ok = nev == 4 && run();
-    for (int r = 0; r < 3 && ok; r++) ok = cudaEventRecord(ev[r], st) == cudaSuccess && run();
-    ok = ok && cudaEventRecord(ev[3], st) == cudaSuccess &&
-         cudaEventSynchronize(ev[3]) == cudaSuccess;
-    float best = -1;
-    for (int r = 0; r < 3 && ok; r++) {
-        float ms = 0;
-        if (cudaEventElapsedTime(&ms, ev[r], ev[r + 1]) != cudaSuccess) ok = false;
-        else if (best < 0 || ms < best) best = ms;
-    }
-    for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
-    cudaGetLastError(); // a failed run only leaves the other candidate
-    return ok ? best : -1;
-}
-
 // gemm_conv's time on the measurement's operands, its output to out; -1 when it cannot run.
 float gemm_conv_time(const conv_plan *p, const void *xh, const void *wh, void *out) {
-    void *col = pbw_cuda_malloc(gemm_col_bytes(p->key.g));
-    const float t = col ? best_of_three([&] { return gemm_conv(p, xh, wh, out, col); }) : -1;
+    void *col = pbw_cuda_malloc(gemm_col_bytes(p));
+    const float t =
+        col ? pbw_cuda_best_of_three([&] { return gemm_conv(p, xh, wh, out, col); }) : -1;
     pbw_cuda_free(col);
     return t;
 }
@@ -472,32 +453,22 @@ char g_cache_path[4096];
 
 void cache_open() {
     if (g_cache_state) return;
-    g_cache_state = -1;
-    FILE *f;
-    if (pbw_env_zero("PBW_CUDNN_CACHE") ||
-        pbw_cuda_cache_file("cudnn", (size_t)cudnnGetVersion(), g_cache_path,
-                            sizeof g_cache_path, &f))
-        return;
-    g_cache_state = 1;
-    if (!f) return;
-    char line[512];
-    while (std::fgets(line, sizeof line, f)) {
-        uint64_t v[22];
-        // v1: picks of the 1.3x rule; v2: made before ALGO_GEMM was a candidate
-        if (pbw_cache_parse_line(line, "v3", v, 22)) continue;
-        bool fits = v[0] < 3;
-        for (int i = 1; i < 22; i++) fits = fits && v[i] <= INT_MAX;
-        if (!fits) continue;
-        cached_choice c;
-        std::memset(&c, 0, sizeof c);
-        pbw_cpu_conv_geom &g = c.key.g;
-        int *dst[21] = {&c.dir, &c.key.prec, &c.staged, &g.N, &g.C, &g.H, &g.W, &g.O,
-                        &g.KH, &g.KW, &g.OH, &g.OW, &g.sh, &g.sw, &g.ph, &g.pw, &g.dh, &g.dw,
-                        &g.G, &c.algo, &c.math}; // the 22nd field is reserved
-        for (int i = 0; i < 21; i++) *dst[i] = (int)v[i];
-        g_cache.push_back(c);
-    }
-    std::fclose(f);
+    // v1: picks of the 1.3x rule; v2: made before ALGO_GEMM was a candidate
+    g_cache_state = pbw_cuda_cache_read<22>(
+        "cudnn", (size_t)cudnnGetVersion(), "PBW_CUDNN_CACHE", "v3", g_cache_path,
+        sizeof g_cache_path, [](const uint64_t *v) {
+            bool fits = v[0] < 3;
+            for (int i = 1; i < 22; i++) fits = fits && v[i] <= INT_MAX;
+            if (!fits) return;
+            cached_choice c;
+            std::memset(&c, 0, sizeof c);
+            pbw_cpu_conv_geom &g = c.key.g;
+            int *dst[21] = {&c.dir, &c.key.prec, &c.staged, &g.N, &g.C, &g.H, &g.W,
+                            &g.O,   &g.KH,       &g.KW,     &g.OH, &g.OW, &g.sh, &g.sw,
+                            &g.ph,  &g.pw,       &g.dh,     &g.dw, &g.G, &c.algo, &c.math};
+            for (int i = 0; i < 21; i++) *dst[i] = (int)v[i]; // the 22nd field is reserved
+            g_cache.push_back(c);
+        });
 }
 
 bool cache_find(const conv_plan *p, int dir, int *algo, cudnnMathType_t *math) {
@@ -540,7 +511,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     if (forced == 1 && gemm_eligible(p, dir)) {
         p->algo[dir] = ALGO_GEMM;
         p->math[dir] = CUDNN_DEFAULT_MATH;
-        p->ws[dir] = gemm_col_bytes(p->key.g);
+        p->ws[dir] = gemm_col_bytes(p);
         return 0;
     }
     if (!use_heuristics(prec)) {
@@ -549,7 +520,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
         size_t ws = 0;
         if (forced < 0 && cache_find(p, dir, &algo, &math) &&
             (algo == ALGO_GEMM
-                 ? gemm_eligible(p, dir) && (ws = gemm_col_bytes(p->key.g), true)
+                 ? gemm_eligible(p, dir) && (ws = gemm_col_bytes(p), true)
                  : cudnnSetConvolutionMathType(p->cd, math) == CUDNN_STATUS_SUCCESS &&
                        wsize(algo, &ws) == CUDNN_STATUS_SUCCESS)) {
             p->algo[dir] = algo;
@@ -584,7 +555,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
                 if (tg >= 0 && tc >= 0 && tg < tc) {
                     p->algo[dir] = ALGO_GEMM;
                     p->math[dir] = CUDNN_DEFAULT_MATH;
-                    p->ws[dir] = gemm_col_bytes(p->key.g);
+                    p->ws[dir] = gemm_col_bytes(p);
                     cache_add(p, dir);
                     return 0;
                 }
@@ -647,7 +618,7 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
             },
             [&](void *out, int algo, void *ws, size_t wsb, float *t_cudnn) {
                 const float one = 1.0f, zero = 0.0f;
-                *t_cudnn = best_of_three([&] {
+                *t_cudnn = pbw_cuda_best_of_three([&] {
                     return cudnnConvolutionForward(h, &one, xd, in0, wd, in1, p->cd,
                                                    (cudnnConvolutionFwdAlgo_t)algo, ws, wsb,
                                                    &zero, yd, out) == CUDNN_STATUS_SUCCESS;

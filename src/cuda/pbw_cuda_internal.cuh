@@ -124,7 +124,49 @@ template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const floa
 // its path in path (n bytes) and *f opened for reading, or NULL when it does not exist yet.
 // -1 when it has no place (no cache folder, or the device's name is unknown).
 #include <cstdio>
+#include "core/pbw_cache.h"
 int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f);
+
+// Reads that file: on_line(v) for each line tagged `tag` with exactly NF numbers
+// (pbw_cache_parse_line; other lines are passed over). 1 with path set (the file may not exist
+// yet: appends create it), or -1 when the switch off_env is 0 or the file has no place.
+template <int NF, class F>
+int pbw_cuda_cache_read(const char *kind, size_t version, const char *off_env, const char *tag,
+                        char *path, size_t n, F on_line) {
+    FILE *f;
+    if (pbw_env_zero(off_env) || pbw_cuda_cache_file(kind, version, path, n, &f)) return -1;
+    if (!f) return 1;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+        uint64_t v[NF];
+        if (pbw_cache_parse_line(line, tag, v, NF) == 0) on_line(v);
+    }
+    std::fclose(f);
+    return 1;
+}
+
+// The best of three timed runs of run() on the stream (after one untimed run), in ms; -1 when
+// a run returns false or the events fail (the error is cleared). For choosing between
+// candidate kernels on the operands of a first call.
+template <class Run> float pbw_cuda_best_of_three(Run run) {
+    cudaEvent_t ev[4];
+    int nev = 0;
+    while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;
+    cudaStream_t st = pbw_stream();
+    bool ok = nev == 4 && run();
+    for (int r = 0; r < 3 && ok; r++) ok = cudaEventRecord(ev[r], st) == cudaSuccess && run();
+    ok = ok && cudaEventRecord(ev[3], st) == cudaSuccess &&
+         cudaEventSynchronize(ev[3]) == cudaSuccess;
+    float best = -1;
+    for (int r = 0; r < 3 && ok; r++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, ev[r], ev[r + 1]) != cudaSuccess) ok = false;
+        else if (best < 0 || ms < best) best = ms;
+    }
+    for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
+    cudaGetLastError();
+    return ok ? best : -1;
+}
 
 // Libraries opened at run time (cuSOLVER, CUPTI: pbw needs them only where they are used).
 // pbw_dlopen_first: the first of names[0..n) that loads, or nullptr; pbw_dlsym: f = the symbol,

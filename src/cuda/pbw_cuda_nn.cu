@@ -208,28 +208,18 @@ const int LT_LINE_FIELDS = 16; // the key's 8, then the algorithm's 8 words
 
 void lt_cache_open() {
     if (g_lt_cache_state) return;
-    g_lt_cache_state = -1;
-    FILE *f;
-    if (pbw_env_zero("PBW_CUBLASLT_CACHE") ||
-        pbw_cuda_cache_file("cublaslt", cublasLtGetVersion(), g_lt_cache_path,
-                            sizeof g_lt_cache_path, &f))
-        return;
-    g_lt_cache_state = 1;
-    if (!f) return;
-    char line[512];
-    while (std::fgets(line, sizeof line, f)) {
-        uint64_t v[LT_LINE_FIELDS];
-        if (pbw_cache_parse_line(line, "v1", v, LT_LINE_FIELDS)) continue;
-        bool fits = true;
-        for (int i = 0; i < 8; i++) fits = fits && v[i] <= INT_MAX;
-        if (!fits) continue;
-        lt_cached c;
-        c.k = lt_key{(int64_t)v[0], (int64_t)v[1], (int64_t)v[2], (int)v[3],
-                     (int)v[4],     (int)v[5],     (int)v[6],     (int)v[7]};
-        for (int i = 0; i < 8; i++) c.algo.data[i] = v[8 + i];
-        g_lt_cache.push_back(c);
-    }
-    std::fclose(f);
+    g_lt_cache_state = pbw_cuda_cache_read<LT_LINE_FIELDS>(
+        "cublaslt", cublasLtGetVersion(), "PBW_CUBLASLT_CACHE", "v1", g_lt_cache_path,
+        sizeof g_lt_cache_path, [](const uint64_t *v) {
+            bool fits = true;
+            for (int i = 0; i < 8; i++) fits = fits && v[i] <= INT_MAX;
+            if (!fits) return;
+            lt_cached c;
+            c.k = lt_key{(int64_t)v[0], (int64_t)v[1], (int64_t)v[2], (int)v[3],
+                         (int)v[4],     (int)v[5],     (int)v[6],     (int)v[7]};
+            for (int i = 0; i < 8; i++) c.algo.data[i] = v[8 + i];
+            g_lt_cache.push_back(c);
+        });
 }
 
 // The newest cached algorithm of pl's key, if cuBLASLt accepts it for pl's descriptors.
@@ -275,34 +265,17 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
                const lt_call &k) {
     const size_t bytes = (size_t)(pl->k.R * pl->k.O) * (pl->k.outh ? 2 : 4);
     void *tmp = pbw_cuda_malloc(bytes);
-    cudaEvent_t ev[4];
-    int nev = 0;
-    while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;
     int best = -1;
     float best_ms = 0;
     const float one = 1.0f, zero = 0.0f;
-    cudaStream_t st = pbw_stream();
-    for (int c = 0; c < n && tmp && nev == 4; c++) {
-        auto run = [&]() {
+    for (int c = 0; c < n && tmp; c++) {
+        if (res[c].workspaceSize > LT_WS_BYTES) continue;
+        const float t = pbw_cuda_best_of_three([&] {
             return cublasLtMatmul(g_lt, pl->op, &one, k.A, pl->a, k.B, pl->b, k.C ? &one : &zero,
                                   k.C ? k.C : tmp, pl->c, tmp, pl->c, &res[c].algo, g_lt_ws,
-                                  LT_WS_BYTES, st);
-        };
-        bool ok = res[c].workspaceSize <= LT_WS_BYTES && run() == CUBLAS_STATUS_SUCCESS;
-        for (int r = 0; r < 3 && ok; r++)
-            ok = cudaEventRecord(ev[r], st) == cudaSuccess && run() == CUBLAS_STATUS_SUCCESS;
-        ok = ok && cudaEventRecord(ev[3], st) == cudaSuccess &&
-             cudaEventSynchronize(ev[3]) == cudaSuccess;
-        float t = -1;
-        for (int r = 0; r < 3 && ok; r++) {
-            float ms = 0;
-            if (cudaEventElapsedTime(&ms, ev[r], ev[r + 1]) != cudaSuccess) ok = false;
-            else if (t < 0 || ms < t) t = ms;
-        }
-        if (!ok) {
-            cudaGetLastError(); // a candidate that failed to run is passed over
-            continue;
-        }
+                                  LT_WS_BYTES, pbw_stream()) == CUBLAS_STATUS_SUCCESS;
+        });
+        if (t < 0) continue; // a candidate that failed to run is passed over
         if (log_choices_lt())
             std::fprintf(stderr, "pbw cublaslt %lld x %lld x %lld%s%s: candidate %d %.1f us\n",
                          (long long)pl->k.R, (long long)pl->k.O, (long long)pl->k.I,
@@ -312,7 +285,6 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
             best_ms = t;
         }
     }
-    for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
     pbw_cuda_free(tmp);
     cudaGetLastError();
     return best;
