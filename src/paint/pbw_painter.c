@@ -626,8 +626,10 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     if (bsz < 1) bsz = 1;
     if (bsz > lam) bsz = lam;
     const int ncrops = crops_per_draw(&r->obj);
+    /* at most 512 crops a CLIP pass (~2.5 GB of ViT-B/32's temporaries), however large a
+     * --cma-batch asks for */
     if (rq->clip_chunk <= 0 && r->p->dev == PBW_DEV_CUDA && bsz * ncrops > r->obj.clip_chunk)
-        r->obj.clip_chunk = bsz * ncrops;
+        r->obj.clip_chunk = bsz * ncrops < 512 ? bsz * ncrops : 512;
     float *X = malloc((size_t)lam * D * sizeof *X);
     double *f = malloc((size_t)lam * sizeof *f);
     pbw_loss_values *vals = malloc((size_t)lam * sizeof *vals);

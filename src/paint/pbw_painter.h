@@ -134,7 +134,7 @@ typedef struct pbw_paint_request {
     uint32_t rng_seed;       /* 1: crops and CMA-ES */
     int cma_batch;           /* candidates per forward pass; 0: by image size */
     int clip_chunk;          /* crops per CLIP forward in CMA's forward-only passes (0: 32 on
-                                the CPU; on a GPU a generator batch's crops, at least 256) */
+                                the CPU; on a GPU a generator batch's crops, 256 to 512) */
 } pbw_paint_request;
 
 void pbw_paint_request_default(pbw_paint_request *rq);
