@@ -284,6 +284,35 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
         });
         return;
     }
+    // A thread an output column where they fit in the block: its taps and offset are read
+    // once, not per element (for_tile below steps a thread across columns). The kernel is
+    // bound by its arithmetic (Nsight Compute: SM 77%, DRAM 10%); CUPTI on an H100, a CMA
+    // generation's crops 1.37 -> 0.96 ms, an Adam step's 0.043 -> 0.035 ms.
+    if (R <= CROP_THREADS) {
+        const int ox = tid;
+        int4 qx = make_int4(0, 0, 0, 0);
+        float4 vx = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        int xo = 0;
+        if (ox < R) qx = sxi[ox], vx = sxw[ox], xo = tab.xo[ox];
+        for (int ch = 0; ch < 3; ch++) {
+            const float *xp = xb + ch * HW + (int64_t)iy_lo * W;
+            if (ox < R)
+                for (int l = 0; l < ny; l++) hs[l * R + ox] = crop_hsum(xp + (int64_t)l * W, qx, vx);
+            __syncthreads();
+            if (ox < R)
+                for (int ly = 0; ly < rows; ly++) {
+                    const int4 qy = syi[ly];
+                    const float4 vy = syw[ly];
+                    const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
+                    const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
+                    float v = 0.0f;
+                    for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
+                    crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + xo, out, pass);
+                }
+            __syncthreads(); // hs is read before the next channel overwrites it
+        }
+        return;
+    }
     for (int ch = 0; ch < 3; ch++) {
         const float *xp = xb + ch * HW + (int64_t)iy_lo * W;
         for_tile(ny, R, [&](int l, int ox) {
