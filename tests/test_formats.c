@@ -869,6 +869,13 @@ PBW_TEST(formats_choice_cache) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         CHECK_MSG(pbw_cache_parse_line(bad[i], "v1", v, 4) != 0, "accepted \"%s\"", bad[i]);
+    /* the writer: decimal, then hex from hex_from; what it writes reads back the same */
+    const uint64_t fv[4] = {12800, 0, UINT64_MAX, 31};
+    char fl[96];
+    CHECK(pbw_cache_format_line(fl, sizeof fl, "v1", fv, 4, 2) == 0);
+    CHECK_MSG(!strcmp(fl, "v1 12800 0 0xffffffffffffffff 0x1f\n"), "%s", fl);
+    CHECK(pbw_cache_parse_line(fl, "v1", v, 4) == 0 && !memcmp(v, fv, sizeof fv));
+    CHECK(pbw_cache_format_line(fl, 20, "v1", fv, 4, 2) != 0); /* does not fit */
 
     char dir[] = "/tmp/pbw_test_cache_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);

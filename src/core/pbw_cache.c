@@ -89,3 +89,16 @@ int pbw_cache_parse_line(const char *line, const char *tag, uint64_t *v, int n) 
     }
     return p[0] == '\n' && p[1] == 0 ? 0 : -1;
 }
+
+int pbw_cache_format_line(char *out, size_t n_out, const char *tag, const uint64_t *v, int n,
+                          int hex_from) {
+    if (!out || !tag || (n > 0 && !v) || n < 0) return -1;
+    int k = snprintf(out, n_out, "%s", tag);
+    for (int i = 0; i < n && k >= 0 && (size_t)k < n_out; i++)
+        k += snprintf(out + k, n_out - (size_t)k, i >= hex_from ? " 0x%llx" : " %llu",
+                      (unsigned long long)v[i]);
+    if (k < 0 || (size_t)k + 2 > n_out) return -1;
+    out[k] = '\n';
+    out[k + 1] = 0;
+    return 0;
+}

@@ -9,7 +9,10 @@
  *         // ... for each line of the file:
  *         if (pbw_cache_parse_line(line, "v1", v, 3) == 0) use(v);
  *         // ... a new choice:
- *         pbw_cache_append(path, "v1 12800 768 0x1f\n");
+ *         char line[64];
+ *         const uint64_t w[3] = {12800, 768, 0x1f};
+ *         if (pbw_cache_format_line(line, sizeof line, "v1", w, 3, 2) == 0)
+ *             pbw_cache_append(path, line); // "v1 12800 768 0x1f\n"
  *     }
  *
  * The folder is $PBW_CACHE_DIR, else $XDG_CACHE_HOME/pbw, else $HOME/.cache/pbw. A file that
@@ -40,6 +43,11 @@ int pbw_cache_append(const char *path, const char *line);
  * without its newline may have been cut short by a failed write, and a cut field would still
  * read as a number. 0 with the fields in v; -1 (v partly written) for anything else. */
 int pbw_cache_parse_line(const char *line, const char *tag, uint64_t *v, int n);
+
+/* Writes the line pbw_cache_parse_line reads: tag, the n fields (decimal, those from hex_from
+ * on as 0x and hexadecimal digits), "\n". 0; -1 when it does not fit in out (n_out bytes). */
+int pbw_cache_format_line(char *out, size_t n_out, const char *tag, const uint64_t *v, int n,
+                          int hex_from);
 
 #ifdef __cplusplus
 }

@@ -490,12 +490,14 @@ void cache_add(const conv_plan *p, int dir) {
     cached_choice c{p->key, dir, p->stage[dir], p->algo[dir], (int)p->math[dir]};
     g_cache.push_back(c);
     const pbw_cpu_conv_geom &g = p->key.g;
+    const int f[22] = {dir,  p->key.prec, p->stage[dir], g.N,  g.C,  g.H,  g.W,  g.O,
+                       g.KH, g.KW,        g.OH,          g.OW, g.sh, g.sw, g.ph, g.pw,
+                       g.dh, g.dw,        g.G,           p->algo[dir], (int)p->math[dir], 0};
+    uint64_t v[22];
+    for (int i = 0; i < 22; i++) v[i] = (uint64_t)f[i]; // every field is >= 0
     char line[512];
-    std::snprintf(line, sizeof line,
-                  "v3 %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", dir,
-                  p->key.prec, p->stage[dir], g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW,
-                  g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G, p->algo[dir], (int)p->math[dir], 0);
-    pbw_cache_append(g_cache_path, line); // a cache not written is only slower next time
+    if (pbw_cache_format_line(line, sizeof line, "v3", v, 22, 22) == 0)
+        pbw_cache_append(g_cache_path, line); // a cache not written is only slower next time
 }
 
 // Looks the candidates of one direction up (measured, or the heuristics when asked or when

@@ -245,17 +245,14 @@ void lt_cache_add(const lt_plan *pl) {
     const lt_cached c{pl->k, pl->algo};
     g_lt_cache.push_back(c);
     const lt_key &k = c.k;
+    const uint64_t v[LT_LINE_FIELDS] = {
+        (uint64_t)k.R,    (uint64_t)k.O,    (uint64_t)k.I,    (uint64_t)k.prec,
+        (uint64_t)k.align, (uint64_t)k.half, (uint64_t)k.bias, (uint64_t)k.outh,
+        c.algo.data[0],   c.algo.data[1],   c.algo.data[2],   c.algo.data[3],
+        c.algo.data[4],   c.algo.data[5],   c.algo.data[6],   c.algo.data[7]};
     char line[512];
-    int n = std::snprintf(line, sizeof line, "v1 %lld %lld %lld %d %d %d %d %d", (long long)k.R,
-                          (long long)k.O, (long long)k.I, k.prec, k.align, k.half, k.bias, k.outh);
-    for (int i = 0; i < 8 && n > 0 && (size_t)n < sizeof line; i++)
-        n += std::snprintf(line + n, sizeof line - (size_t)n, " 0x%llx",
-                           (unsigned long long)c.algo.data[i]);
-    if (n > 0 && (size_t)n + 1 < sizeof line) {
-        line[n] = '\n';
-        line[n + 1] = 0;
+    if (pbw_cache_format_line(line, sizeof line, "v1", v, LT_LINE_FIELDS, 8) == 0)
         pbw_cache_append(g_lt_cache_path, line); // a cache not written is only slower next time
-    }
 }
 
 // The index of the fastest of the n candidates on the call's operands (each run once to warm
