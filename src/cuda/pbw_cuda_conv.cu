@@ -388,6 +388,13 @@ bool gemm_eligible(const conv_plan *p, int dir) {
            (int64_t)g.N * g.OH * g.OW <= GEMM_MAX_ROWS && gemm_col_bytes(p) <= GEMM_MAX_BYTES;
 }
 
+// Makes the product the plan's algorithm for dir, its rows the workspace.
+void use_gemm(conv_plan *p, int dir) {
+    p->algo[dir] = ALGO_GEMM;
+    p->math[dir] = CUDNN_DEFAULT_MATH;
+    p->ws[dir] = gemm_col_bytes(p);
+}
+
 // PBW_CONV_GEMM=1: the product wherever eligible, unmeasured; =0: never (tests, comparisons).
 int gemm_forced() {
     return pbw_env_set("PBW_CONV_GEMM") ? 1 : pbw_env_zero("PBW_CONV_GEMM") ? 0 : -1;
@@ -511,9 +518,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     int n = 0, i = -1, measured = 0;
     const int forced = gemm_forced();
     if (forced == 1 && gemm_eligible(p, dir)) {
-        p->algo[dir] = ALGO_GEMM;
-        p->math[dir] = CUDNN_DEFAULT_MATH;
-        p->ws[dir] = gemm_col_bytes(p);
+        use_gemm(p, dir);
         return 0;
     }
     if (!use_heuristics(prec)) {
@@ -555,9 +560,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
                     std::fprintf(stderr, "pbw cudnn: im2col + cuBLAS %.3f ms against %.3f ms "
                                  "(algorithm %d)\n", (double)tg, (double)tc, (int)perf[i].algo);
                 if (tg >= 0 && tc >= 0 && tg < tc) {
-                    p->algo[dir] = ALGO_GEMM;
-                    p->math[dir] = CUDNN_DEFAULT_MATH;
-                    p->ws[dir] = gemm_col_bytes(p);
+                    use_gemm(p, dir);
                     cache_add(p, dir);
                     return 0;
                 }

@@ -15,6 +15,9 @@
 #include <cudnn.h>
 #include <stdint.h>
 
+#include <cstdio>
+
+#include "core/pbw_cache.h"
 #include "cuda/pbw_cuda.h"
 
 cudaStream_t pbw_stream(void);
@@ -123,8 +126,6 @@ template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const floa
 // The libraries' choice file `kind` for this GPU and library `version` (core/pbw_cache.h):
 // its path in path (n bytes) and *f opened for reading, or NULL when it does not exist yet.
 // -1 when it has no place (no cache folder, or the device's name is unknown).
-#include <cstdio>
-#include "core/pbw_cache.h"
 int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f);
 
 // Reads that file: on_line(v) for each line tagged `tag` with exactly NF numbers

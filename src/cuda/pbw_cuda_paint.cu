@@ -205,6 +205,16 @@ static __device__ __forceinline__ float crop_hsum(const float *row, int4 qx, flo
     return r;
 }
 
+// The row pass: the output value from the column sums col[(iy - iy_lo) R] of its 4 row taps.
+static __device__ __forceinline__ float crop_vsum(const float *col, int R, int4 qy, float4 vy,
+                                                  int iy_lo) {
+    const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
+    const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
+    float v = 0.0f;
+    for (int j = 0; j < 4; j++) v += wy[j] * col[(iy[j] - iy_lo) * R];
+    return v;
+}
+
 template <typename T>
 static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cuda_norm3 &norm,
                                                   int64_t i, T *out, uint8_t *pass) {
@@ -300,15 +310,9 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                 for (int l = 0; l < ny; l++) hs[l * R + ox] = crop_hsum(xp + (int64_t)l * W, qx, vx);
             __syncthreads();
             if (ox < R)
-                for (int ly = 0; ly < rows; ly++) {
-                    const int4 qy = syi[ly];
-                    const float4 vy = syw[ly];
-                    const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
-                    const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
-                    float v = 0.0f;
-                    for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
-                    crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + xo, out, pass);
-                }
+                for (int ly = 0; ly < rows; ly++)
+                    crop_store(crop_vsum(hs + ox, R, syi[ly], syw[ly], iy_lo), ch, norm,
+                               ob + ch * chs + tab.yo[ly] + xo, out, pass);
             __syncthreads(); // hs is read before the next channel overwrites it
         }
         return;
@@ -320,13 +324,8 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
         });
         __syncthreads();
         for_tile(rows, R, [&](int ly, int ox) {
-            const int4 qy = syi[ly];
-            const float4 vy = syw[ly];
-            const int iy[4] = {qy.x, qy.y, qy.z, qy.w};
-            const float wy[4] = {vy.x, vy.y, vy.z, vy.w};
-            float v = 0.0f;
-            for (int j = 0; j < 4; j++) v += wy[j] * hs[(iy[j] - iy_lo) * R + ox];
-            crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
+            crop_store(crop_vsum(hs + ox, R, syi[ly], syw[ly], iy_lo), ch, norm,
+                       ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
         });
         __syncthreads(); // hs is read before the next channel overwrites it
     }

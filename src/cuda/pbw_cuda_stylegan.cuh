@@ -36,11 +36,15 @@ __device__ __forceinline__ act_plane act_plane_at(const float *d, const float *n
 }
 
 // The pre-activation y d + w noise + bias, rounded as y*d, then an fma with the noise.
+__device__ __forceinline__ float pre_act_of(float yv, float dv, bool noisy, float nz, float b,
+                                            const pbw_cpu_sg_act_geom &g) {
+    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
+    if (noisy) v = __fmaf_rn(g.noise_weight, nz, v);
+    return __fadd_rn(v, b);
+}
 __device__ __forceinline__ float pre_act(float yv, float dv, float nz, const act_plane &a,
                                          const pbw_cpu_sg_act_geom &g) {
-    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
-    if (a.noisy) v = __fmaf_rn(g.noise_weight, nz, v);
-    return __fadd_rn(v, a.b);
+    return pre_act_of(yv, dv, a.noisy, nz, a.b, g);
 }
 
 __device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
@@ -76,9 +80,7 @@ template <int V>
 __device__ __forceinline__ float act_group_apply(float yv, const act_group<V> &a, int e,
                                                  const pbw_cpu_sg_act_geom &g, int64_t p) {
     const float dv = g.d_mode == 2 ? a.dp[e * g.P + p] : a.dv[e];
-    float v = g.d_mode ? __fmul_rn(yv, dv) : yv;
-    if (a.np) v = __fmaf_rn(g.noise_weight, a.np[p], v);
-    return act(__fadd_rn(v, a.b[e]), g);
+    return act(pre_act_of(yv, dv, a.np != NULL, a.np ? a.np[p] : 0.0f, a.b[e], g), g);
 }
 
 // What plane pl (sample pl / O, channel pl % O) of a pbw_cuda_postact's output shares.
