@@ -387,6 +387,8 @@ out:
 typedef struct {
     int64_t B, T, D, M;
     int heads, causal, half_acts;
+    int into; /* the residual adds in place (pbw_linear_add_into), x from a layer norm made
+               * before half activations (as CLIP's ln_pre: fp32 values and a half copy) */
 } block_case;
 
 static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, float *out,
@@ -418,17 +420,22 @@ static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, 
     for (int64_t i = 0; i < B * T * D; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
     pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 3, (int64_t[]){B, T, D});
     free(xh);
+    if (bc->into) x = pbw_layer_norm(ctx, x, NULL, NULL, 1e-5f);
     pbw_ctx_set_half_activations(ctx, bc->half_acts);
+    pbw_tensor *(*add)(pbw_ctx *, pbw_tensor *, pbw_tensor *, pbw_tensor *, pbw_tensor *) =
+        bc->into ? pbw_linear_add_into : pbw_linear_add;
     pbw_tensor *h = pbw_layer_norm(ctx, x, ws[0], ws[1], 1e-5f);
     pbw_tensor *qkv = pbw_linear(ctx, h, ws[2], ws[3]);
     pbw_tensor *att = pbw_attention_qkv(ctx, qkv, bc->heads, T, bc->causal, 0);
-    pbw_tensor *x1 = pbw_linear_add(ctx, att, ws[4], ws[5], x);
+    pbw_tensor *x1 = add(ctx, att, ws[4], ws[5], x);
+    const int x1_half = x1 && x1->half_only; /* the residual kept in the half type */
     pbw_tensor *h2 = pbw_layer_norm(ctx, x1, ws[6], ws[7], 1e-5f);
     pbw_tensor *f = pbw_quick_gelu(ctx, pbw_linear(ctx, h2, ws[8], ws[9]));
-    pbw_tensor *y = pbw_linear_add(ctx, f, ws[10], ws[11], x1);
+    pbw_tensor *y = add(ctx, f, ws[10], ws[11], x1);
     pbw_tensor *mids[5] = {h, qkv, att, h2, f};
     *n_half = 0;
     for (int k = 0; k < 5; k++) *n_half += mids[k] && mids[k]->half_only;
+    *n_half += 10 * (x1_half + (y && y->half_only)); /* tens: residual sums kept half */
     if (y && pbw_tensor_read(ctx, y, out) == 0 && (!mid || pbw_tensor_read(ctx, f, mid) == 0) &&
         !f->half_only)
         rc = 0;
@@ -440,16 +447,20 @@ out:
 
 /* Half activations (pbw_ctx_set_half_activations): a CLIP block whose intermediates stay in
  * bf16/fp16 alone between products (layer norm, the qkv and fc1 products, attention and
- * QuickGELU all half_only; the residual stream fp32) against the CPU in fp32, image-tower
- * (50 tokens) and text-tower (77, causal) shapes. Beyond cuda_linear_half's operand rounding,
- * each intermediate is rounded once to the half type (2^-9 relative in bf16) before the next
- * op: a few more roundings of the same size, within the same 1e-2 of the output's scale. The
- * QuickGELU output read back checks the fp32 values written on demand (1e-2 of its scale). */
+ * QuickGELU all half_only; the residual stream fp32, or with the adds in place as CLIP's
+ * forward without gradients makes them, kept in the half type too and read so by the second
+ * layer norm) against the CPU in fp32, image-tower (50 tokens) and text-tower (77, causal)
+ * shapes. Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to the
+ * half type (2^-9 relative in bf16) before the next op: a few more roundings of the same size,
+ * within the same 1e-2 of the output's scale. The QuickGELU output read back checks the fp32
+ * values written on demand (1e-2 of its scale). */
 PBW_TEST(cuda_half_activations) {
 #ifdef PBW_HAVE_CUDA
-    const block_case cases[2] = {{4, 50, 768, 3072, 12, 0, 1}, {3, 77, 512, 2048, 8, 1, 1}};
+    const block_case cases[3] = {{4, 50, 768, 3072, 12, 0, 1, 0},
+                                 {3, 77, 512, 2048, 8, 1, 1, 0},
+                                 {4, 50, 768, 3072, 12, 0, 1, 1}};
     const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < 3; c++) {
         const block_case *bc = &cases[c];
         const int64_t ny = bc->B * bc->T * bc->D, nm = bc->B * bc->T * bc->M;
         float *ref = malloc((size_t)ny * sizeof(float)), *got = malloc((size_t)ny * sizeof(float));
@@ -465,11 +476,12 @@ PBW_TEST(cuda_half_activations) {
             double ey = 0, em = 0;
             for (int64_t i = 0; i < ny; i++) ey = fmax(ey, fabs(got[i] - ref[i]) / sy);
             for (int64_t i = 0; i < nm; i++) em = fmax(em, fabs(gm[i] - rm[i]) / sm);
-            printf("  block T=%lld D=%lld%s, %s activations: %d of 5 intermediates half only, "
-                   "rel err out %.2e, QuickGELU %.2e (tol 1e-2)\n", (long long)bc->T,
-                   (long long)bc->D, bc->causal ? " causal" : "", pbw_precision_name(precs[k]), nh,
+            printf("  block T=%lld D=%lld%s%s, %s activations: %d of 5 intermediates and %d of "
+                   "2 residual sums half only, rel err out %.2e, QuickGELU %.2e (tol 1e-2)\n",
+                   (long long)bc->T, (long long)bc->D, bc->causal ? " causal" : "",
+                   bc->into ? " in place" : "", pbw_precision_name(precs[k]), nh % 10, nh / 10,
                    ey, em);
-            CHECK(nh == 5 && ey <= 1e-2 && em <= 1e-2);
+            CHECK(nh == (bc->into ? 25 : 5) && ey <= 1e-2 && em <= 1e-2);
         }
         /* half activations off, or fp32 precision: no half-only tensor */
         block_case off = *bc;

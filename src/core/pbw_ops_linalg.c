@@ -129,12 +129,15 @@ static int overlaps(const pbw_tensor *a, const pbw_tensor *b) {
  * values; y is then half_only too when no residual is added. into: y is r itself (r += ...)
  * when nothing can need r's old values: no gradient for this op and an empty tape (an op
  * recorded earlier may have saved r for its backward) and r shares no memory with x; else a
- * new tensor as without it. */
+ * new tensor as without it. Under half activations r += ... then runs on r's half values (a
+ * residual stream kept in the half type: r half_only after it, read so by the next add and
+ * by layer norm) when r has them. */
 static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w,
                           pbw_tensor *b, pbw_tensor *r, int into) {
     pbw_tensor *in[4] = {x, w, b, r};
     if (pbw_op_begin_half(ctx, op, 1, &x) || pbw_op_begin(ctx, op, 1, &w) ||
-        (b && pbw_op_begin(ctx, op, 1, &b)) || (r && pbw_op_begin(ctx, op, 1, &r)))
+        (b && pbw_op_begin(ctx, op, 1, &b)) ||
+        (r && (into ? pbw_op_begin_half : pbw_op_begin)(ctx, op, 1, &r)))
         return NULL;
     char sx[64], sw[64];
     if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
@@ -153,9 +156,18 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
     pbw_tensor *y = NULL;
     if (into && !overlaps(r, x) && !pbw_needs_grad(ctx, in, nin) && !pbw_ctx_mark_get(ctx).tape) {
         y = r;
+#ifdef PBW_HAVE_CUDA
+        if (x->half && r->half && !r->half_nhwc && pbw_half_out(ctx, in, nin) &&
+            pbw_cuda_linear_lt(NULL, x->half, w->data, b ? b->data : NULL, NULL, NULL, r->half,
+                               r->half, R, O, I) == 0) {
+            r->half_only = 1; /* its fp32 values are stale now */
+            return r;
+        }
+#endif
+        if (pbw_tensor_sync_f32(ctx, r)) return NULL;
         r->half = NULL; /* r's values change: a half copy would be stale */
         r->half_nhwc = 0;
-    } else if (!(y = pbw_tensor_new(ctx, x->ndim, oshape)))
+    } else if ((r && pbw_tensor_sync_f32(ctx, r)) || !(y = pbw_tensor_new(ctx, x->ndim, oshape)))
         return NULL;
     int done = 0;
 #ifdef PBW_HAVE_CUDA
@@ -163,18 +175,18 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
         const float *bd = b ? b->data : NULL, *rd = r ? r->data : NULL;
         if (x->half && !r && pbw_half_out(ctx, in, nin)) { /* half activations: half out */
             if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
-            if (pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, R, O, I) == 0)
+            if (pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, NULL, R, O, I) == 0)
                 return y; /* no gradient: nothing to record */
             y->half = NULL;
             y->half_only = 0;
         }
         /* a half_only x serves when the weight has a half copy; else its fp32 values */
         done = pbw_cuda_linear_lt(x->half_only ? NULL : x->data, x->half, w->data, bd, rd,
-                                  y->data, NULL, R, O, I) == 0;
+                                  y->data, NULL, NULL, R, O, I) == 0;
         if (!done && x->half_only) {
             if (pbw_tensor_sync_f32(ctx, x)) return NULL;
-            done = pbw_cuda_linear_lt(x->data, x->half, w->data, bd, rd, y->data, NULL, R, O,
-                                      I) == 0;
+            done = pbw_cuda_linear_lt(x->data, x->half, w->data, bd, rd, y->data, NULL, NULL, R,
+                                      O, I) == 0;
         }
     }
 #endif

@@ -32,7 +32,9 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
 }
 
 pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b, float eps) {
-    if (pbw_op_begin(ctx, "layer_norm", 1, &x)) return NULL;
+    /* a half_only x (a residual stream kept in the half type) is read as it is where the
+     * output is half_only too; else its fp32 values are written first */
+    if (pbw_op_begin_half(ctx, "layer_norm", 1, &x)) return NULL;
     int64_t D = x->shape[x->ndim - 1];
     if ((w && (pbw_op_begin(ctx, "layer_norm", 1, &w) || w->numel != D)) ||
         (b && (pbw_op_begin(ctx, "layer_norm", 1, &b) || b->numel != D))) {
@@ -45,6 +47,17 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
     float *mean = saved_floats(ctx, R), *rstd = saved_floats(ctx, R);
     if (!y || !mean || !rstd) return pbw_ctx_fail(ctx, "layer_norm: out of memory");
     pbw_tensor *in[3] = {x, w, b};
+#ifdef PBW_HAVE_CUDA
+    if (x->half_only && pbw_half_out(ctx, in, 3)) {
+        if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
+        if (pbw_cuda_layer_norm_forward_hx(x->half, w ? w->data : NULL, b ? b->data : NULL,
+                                           y->half, mean, rstd, R, D, eps) == 0)
+            return y; /* no gradient: nothing to record */
+        y->half = NULL;
+        y->half_only = 0;
+    }
+#endif
+    if (pbw_tensor_sync_f32(ctx, x)) return NULL;
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too, or
                                                       * the half values alone */

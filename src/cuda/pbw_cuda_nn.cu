@@ -420,10 +420,10 @@ extern "C" long pbw_cuda_linear_lt_forget(void) {
 }
 
 extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
-                                  const float *r, float *y, void *yh, int64_t R, int64_t O,
-                                  int64_t I) {
+                                  const float *r, float *y, void *yh, const void *rh, int64_t R,
+                                  int64_t O, int64_t I) {
     if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX ||
-        (yh && r))
+        (yh && r) || (rh && (!yh || r)))
         return -1;
     if (!g_lt) {
         if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS ||
@@ -446,7 +446,8 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     int al = align_of(B);
     if (align_of(A) < al) al = align_of(A);
     if (align_of(D) < al) al = align_of(D);
-    if (r && align_of(r) < al) al = align_of(r);
+    const void *res = rh ? rh : (const void *)r; // C: the residual in D's type
+    if (res && align_of(res) < al) al = align_of(res);
     const int hasb = b != nullptr;
     const lt_key key{R, O, I, (int)pbw_cuda_precision(), al, half, hasb, yh != nullptr};
     lt_plan *pl = nullptr;
@@ -462,13 +463,13 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
         }
         *pl = lt_plan{key, 0, nullptr, nullptr, nullptr, nullptr, nullptr, {}};
         // the bias pointer is set before choosing: a measurement runs the epilogue
-        if (lt_describe(pl) && (!hasb || lt_set_bias(pl, bias))) lt_choose(pl, lt_call{A, B, r});
+        if (lt_describe(pl) && (!hasb || lt_set_bias(pl, bias))) lt_choose(pl, lt_call{A, B, res});
     }
     if (!pl->ok || (hasb && !lt_set_bias(pl, bias))) return -1;
     const float one = 1.0f, zero = 0.0f;
     g_lt_half_calls += half;
-    const void *C = r ? (const void *)r : (const void *)D;
-    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, r ? &one : &zero,
+    const void *C = res ? res : (const void *)D;
+    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, res ? &one : &zero,
                                        C, pl->c, D, pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES,
                                        pbw_stream());
     if (st != CUBLAS_STATUS_SUCCESS) {
@@ -659,8 +660,19 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
 // The same for rows of V*128 floats (CLIP: 512 = 4*128, 768 = 6*128), 16-byte aligned: each
 // lane keeps its V float4 of the row in registers (the row is read once, every load in flight
 // at once) and writes float4 and four half values a store.
-template <int V, typename H>
-__global__ static void layer_norm_forward_vec_kernel(const float *x, const float *w,
+// Four values of a row as a float4: fp32, or the half type H (an 8-byte load).
+template <typename H> __device__ __forceinline__ float4 ln_load4(const float *x, int64_t i) {
+    return *reinterpret_cast<const float4 *>(x + i);
+}
+template <typename H> __device__ __forceinline__ float4 ln_load4(const H *x, int64_t i) {
+    float f[4];
+    pbw_unpack_half<H, 4>(*reinterpret_cast<const uint2 *>(x + i), f);
+    return make_float4(f[0], f[1], f[2], f[3]);
+}
+
+// X: float, or H (a residual stream kept in the half type: pbw_cuda_layer_norm_forward_hx).
+template <int V, typename H, typename X>
+__global__ static void layer_norm_forward_vec_kernel(const X *x, const float *w,
                                                      const float *b, float *y, H *yh,
                                                      float *mean, float *rstd, int64_t R,
                                                      float eps) {
@@ -668,12 +680,11 @@ __global__ static void layer_norm_forward_vec_kernel(const float *x, const float
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
-    const float4 *xr = (const float4 *)(x + r * D);
     float4 xv[V];
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; j++) {
-        xv[j] = xr[lane + 32 * j];
+        xv[j] = ln_load4<H>(x + r * D, 4 * (int64_t)(lane + 32 * j));
         s += xv[j].x + xv[j].y + xv[j].z + xv[j].w;
     }
     const float m = pbw_warp_sum(s) / (float)D;
@@ -707,26 +718,25 @@ __global__ static void layer_norm_forward_vec_kernel(const float *x, const float
 
 static bool aligned(const void *p, uintptr_t n) { return ((uintptr_t)p & (n - 1)) == 0; }
 
-template <typename H>
-static bool layer_norm_forward_vec(const float *x, const float *w, const float *b, float *y,
-                                   H *yh, float *mean, float *rstd, int64_t R, int64_t D,
-                                   float eps) {
-    if (D % 128 || !aligned(x, 16) || !aligned(w, 16) || !aligned(b, 16) || !aligned(y, 16) ||
-        !aligned(yh, 8))
+template <typename H, typename X>
+static bool layer_norm_forward_vec(const X *x, const float *w, const float *b, float *y, H *yh,
+                                   float *mean, float *rstd, int64_t R, int64_t D, float eps) {
+    if (D % 128 || !aligned(x, 16 * sizeof(X) / 4) || !aligned(w, 16) || !aligned(b, 16) ||
+        !aligned(y, 16) || !aligned(yh, 8))
         return false;
     dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
     switch (D / 128) {
     case 4: // CLIP text: 512
-        layer_norm_forward_vec_kernel<4, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                         rstd, R, eps);
+        layer_norm_forward_vec_kernel<4, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                            rstd, R, eps);
         return true;
     case 6: // CLIP ViT-B: 768
-        layer_norm_forward_vec_kernel<6, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                         rstd, R, eps);
+        layer_norm_forward_vec_kernel<6, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                            rstd, R, eps);
         return true;
     case 8: // ViT-L: 1024
-        layer_norm_forward_vec_kernel<8, H><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                         rstd, R, eps);
+        layer_norm_forward_vec_kernel<8, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
+                                                                            rstd, R, eps);
         return true;
     default: return false;
     }
@@ -743,6 +753,21 @@ extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w,
                 x, w, b, y, (H *)yh, mean, rstd, R, D, eps);
     });
     PBW_CUDA_LAUNCHED("layer_norm_forward");
+}
+
+extern "C" int pbw_cuda_layer_norm_forward_hx(const void *xh, const float *w, const float *b,
+                                              void *yh, float *mean, float *rstd, int64_t R,
+                                              int64_t D, float eps) {
+    if (R <= 0 || D <= 0) return 0;
+    bool ok = false;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        ok = layer_norm_forward_vec((const H *)xh, w, b, (float *)nullptr, (H *)yh, mean, rstd, R,
+                                    D, eps);
+    });
+    if (!ok) return -1;
+    PBW_CUDA_LAUNCHED("layer_norm_forward");
+    return 0;
 }
 
 extern "C" void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b,

@@ -86,11 +86,13 @@ int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, 
  * copy (pbw_tensor.half); with pbw_cuda_half_gemm() and a constant weight (pbw_cuda_is_weight)
  * the product then reads xh and a cached half copy of w (bf16/fp16 operands, fp32
  * accumulation). yh: NULL, or the output in the precision's half type instead of y (half
- * operands only, no residual; the bias then from a cached half copy). Returns 0 when enqueued,
- * -1 when this case has no such algorithm (nothing was done: the caller computes it another
- * way). */
+ * operands only, no fp32 residual r; the bias then from a cached half copy). rh: NULL, or with
+ * yh a residual in the half type (it may be yh itself: r += x W^T + b in place). Returns 0 when
+ * enqueued, -1 when this case has no such algorithm (nothing was done: the caller computes it
+ * another way). */
 int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
-                       const float *r, float *y, void *yh, int64_t R, int64_t O, int64_t I);
+                       const float *r, float *y, void *yh, const void *rh, int64_t R, int64_t O,
+                       int64_t I);
 /* Products made on half operands so far (tests). */
 long pbw_cuda_linear_half_calls(void);
 /* Products whose algorithm was measured so far (tests; see pbw_cuda_nn.cu). */
@@ -116,6 +118,11 @@ long pbw_cuda_linear_half_backward_calls(void);
 void pbw_cuda_layer_norm_forward_half(const float *x, const float *w, const float *b, float *y,
                                       void *yh, float *mean, float *rstd, int64_t R, int64_t D,
                                       float eps);
+/* The same from xh (R,D) in the precision's half type (a residual stream kept in it: see
+ * pbw_cuda_linear_lt's rh) into yh alone; -1 (nothing done) where only the fp32 path serves
+ * (D not 512, 768 or 1024, or misaligned rows). */
+int pbw_cuda_layer_norm_forward_hx(const void *xh, const float *w, const float *b, void *yh,
+                                   float *mean, float *rstd, int64_t R, int64_t D, float eps);
 /* y (R,O) = b (O) on every row (pbw_linear starts from the bias). */
 void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O);
 /* gb (O) += sum over rows of gy (R,O) (deterministic: fixed reduction order). */

@@ -660,9 +660,10 @@ static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
 
 /* The blocks of a tower, each one's temporaries freed as it ends when no gradient is recorded.
  * Inside them every product runs on half operands on a GPU in bf16/fp16, so the activations
- * between products stay in that half type (pbw_ctx_set_half_activations); the residual stream
- * stays fp32, and without gradients the residual adds write over it (pbw_linear_add_into: x,
- * the tower's own activation, is consumed). n_last: the positions the last block computes. */
+ * between products stay in that half type (pbw_ctx_set_half_activations). Without gradients
+ * the residual adds write over the residual stream (pbw_linear_add_into: x, the tower's own
+ * activation, is consumed), which then stays in the half type too, as CLIP's own fp16 forward
+ * keeps it; with gradients it stays fp32. n_last: the positions the last block computes. */
 static pbw_tensor *blocks_forward(pbw_ctx *ctx, const pbw_clip_block *blocks,
                                   const pbw_clip_tower_config *c, pbw_tensor *x, int causal,
                                   int64_t n_last) {
