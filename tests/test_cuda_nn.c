@@ -819,3 +819,38 @@ PBW_TEST(cuda_linear_half_backward) {
     }
 #endif
 }
+
+/* The backward on tensor cores (bf16/fp16 precision: pbw_cuda_attention_bwd_mma_calls must
+ * grow; the forward stays fp32): q, k, v, dO, P and dS are each rounded once to the half type
+ * (2^-9 relative in bf16, 2^-11 in fp16) before fp32 sums of up to 64 terms, ~3e-3 of the
+ * gradients' scale in bf16; 1e-2 is the bound, as for the other half-operand products. */
+PBW_TEST(cuda_attention_bwd_half) {
+#ifdef PBW_HAVE_CUDA
+    const double tol = 1e-2;
+    const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    char name[80];
+    for (int k = 0; k < 2; k++) {
+        pbw_cuda_set_precision(precs[k]);
+        const long before = pbw_cuda_attention_bwd_mma_calls();
+        /* CLIP ViT (2,50,3*768), 12 heads, all queries and the class token only */
+        const int64_t nqs[2] = {50, 1};
+        for (int i = 0; i < 2; i++) {
+            qkv_arg a = {12, 0, nqs[i]};
+            parity_input in[] = {{3, {2, 50, 3 * 768}, 1}};
+            snprintf(name, sizeof name, "vit nq=%lld %s", (long long)nqs[i],
+                     pbw_precision_name(precs[k]));
+            CHECK(parity_check(name, qkv_fn, &a, 1, in, tol) == 0);
+        }
+        /* causal, 64 tokens (four whole row tiles), 2 heads */
+        qkv_arg c = {2, 1, 64};
+        parity_input cin[] = {{3, {3, 64, 3 * 128}, 1}};
+        snprintf(name, sizeof name, "causal T=64 %s", pbw_precision_name(precs[k]));
+        CHECK(parity_check(name, qkv_fn, &c, 1, cin, tol) == 0);
+        const long calls = pbw_cuda_attention_bwd_mma_calls() - before;
+        printf("  %s: %ld backward launches on tensor cores\n", pbw_precision_name(precs[k]),
+               calls);
+        CHECK(calls >= 3);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}

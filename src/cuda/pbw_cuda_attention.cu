@@ -857,6 +857,221 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     }
 }
 
+// ---------- the backward on tensor cores (bf16/fp16 precision) ----------
+// A block of 4 warps per (sample, head), head size 64, T and S up to 64. Q, dO, K and V (fp32)
+// and P are staged as halves, the rows past T or S zero. Then, a warp per 16 query rows:
+// dP = dO V^T in registers, dS = P (dP - rowsum(P dP)) scale (stored as halves for the second
+// part), dQ = dS K with dS's registers as A fragments. A warp per 16 key rows: dK = dS^T Q and
+// dV = P^T dO, the transposed A operands read by ldmatrix.trans from dS and P as stored.
+// Operands are rounded to the half type as the precision's products are; sums are fp32.
+static const int BMMA_MAX = 64; // T and S at most
+static size_t bwd_mma_smem_bytes(int64_t T, int kt) {
+    const int64_t s16 = 16 * kt, t16 = (T + 15) / 16 * 16, ldp = s16 + 8;
+    return 2 * (size_t)(2 * t16 * MMA_LDK + 2 * s16 * MMA_LDK + 2 * t16 * ldp);
+}
+
+// Eight fp32 values (16-byte aligned) as eight halves in one 16-byte word.
+template <typename H> __device__ __forceinline__ uint4 half8_of(const float *x) {
+    const float4 a = *reinterpret_cast<const float4 *>(x), b = *reinterpret_cast<const float4 *>(x + 4);
+    const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    return pbw_pack_half<H, 8, uint4>(f);
+}
+
+// Rows r0 and r0 + 8 (when below R) of a C fragment pair into g (rows ld floats apart): added
+// or written.
+__device__ __forceinline__ void store_c(float *g, int64_t ld, int r0, int R, int col,
+                                        const float (&c)[4], bool add) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + 8 * h;
+        if (r >= R) continue;
+        float2 *d = reinterpret_cast<float2 *>(g + r * ld + col);
+        float2 v = make_float2(c[2 * h], c[2 * h + 1]);
+        if (add) {
+            const float2 o = *d;
+            v.x += o.x;
+            v.y += o.y;
+        }
+        *d = v;
+    }
+}
+
+template <int KT, typename H>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    attention_bwd_mma_kernel(pbw_attn_geom g, const float *q, const float *k, const float *v,
+                             const float *p, const float *go, float *gq, float *gk, float *gv,
+                             bool add) {
+    constexpr int D = MMA_D, LD = MMA_LDK, S16 = 16 * KT, LDP = S16 + 8, C8 = D / 8;
+    extern __shared__ uint4 smem_u4[];
+    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
+    H *Qs = reinterpret_cast<H *>(smem_u4), *dOs = Qs + T16 * LD, *Ks = dOs + T16 * LD;
+    H *Vs = Ks + S16 * LD, *Ps = Vs + S16 * LD, *dSs = Ps + T16 * LDP;
+    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
+    const int64_t qo = b * g.q[0] + h * g.q[1], ko = b * g.k[0] + h * g.k[1];
+    const int64_t vo = b * g.v[0] + h * g.v[1], oo = b * g.o[0] + h * g.o[1];
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int x = tid; x < T16 * C8; x += MMA_THREADS) {
+        const int r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Qs + r * LD + c) = r < T ? half8_of<H>(q + qo + r * g.q[2] + c) : zero;
+        *reinterpret_cast<uint4 *>(dOs + r * LD + c) = r < T ? half8_of<H>(go + oo + r * g.o[2] + c) : zero;
+    }
+    for (int x = tid; x < S16 * C8; x += MMA_THREADS) {
+        const int r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Ks + r * LD + c) = r < S ? half8_of<H>(k + ko + r * g.k[2] + c) : zero;
+        *reinterpret_cast<uint4 *>(Vs + r * LD + c) = r < S ? half8_of<H>(v + vo + r * g.v[2] + c) : zero;
+    }
+    const float *ph = p + bh * T * S;
+    for (int x = tid; x < T16 * (S16 / 2); x += MMA_THREADS) {
+        const int t = x / (S16 / 2), s = 2 * (x % (S16 / 2));
+        const float p0 = t < T && s < S ? ph[t * S + s] : 0.0f;
+        const float p1 = t < T && s + 1 < S ? ph[t * S + s + 1] : 0.0f;
+        *reinterpret_cast<uint32_t *>(Ps + t * LDP + s) = mma_pack<H>(p0, p1);
+    }
+    __syncthreads();
+    const int warp = tid / 32, lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
+    // B fragments of a row-major (k, n) operand: this lane's row address within a 16-row chunk
+    const int brow = (8 * (lane / 8 % 2) + lane % 8) * LD + 8 * (lane / 16);
+    for (int mt = warp; mt < T16 / 16; mt += MMA_THREADS / 32) {
+        const H *Ow = dOs + mt * 16 * LD;
+        float ds[2 * KT][4]; // dP, then dS
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < D; kd += 16) {
+            const uint32_t a[4] = {ld32(Ow + gr * LD + kd + c2), ld32(Ow + (gr + 8) * LD + kd + c2),
+                                   ld32(Ow + gr * LD + kd + c2 + 8),
+                                   ld32(Ow + (gr + 8) * LD + kd + c2 + 8)};
+#pragma unroll
+            for (int n = 0; n < 2 * KT; n++) {
+                const H *vr = Vs + (8 * n + gr) * LD + kd + c2;
+                mma_16816<H>(ds[n], a, ld32(vr), ld32(vr + 8));
+            }
+        }
+        const int t0 = 16 * mt + gr, t1 = t0 + 8;
+        float pv[2 * KT][4], d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++) {
+            float f[2];
+            pbw_unpack_half<H, 2>(ld32(Ps + t0 * LDP + 8 * n + c2), f);
+            pv[n][0] = f[0];
+            pv[n][1] = f[1];
+            pbw_unpack_half<H, 2>(ld32(Ps + t1 * LDP + 8 * n + c2), f);
+            pv[n][2] = f[0];
+            pv[n][3] = f[1];
+            d0 = fmaf(pv[n][0], ds[n][0], fmaf(pv[n][1], ds[n][1], d0));
+            d1 = fmaf(pv[n][2], ds[n][2], fmaf(pv[n][3], ds[n][3], d1));
+        }
+        d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+        d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+        d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+        d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++) {
+            ds[n][0] = pv[n][0] * (ds[n][0] - d0) * g.scale;
+            ds[n][1] = pv[n][1] * (ds[n][1] - d0) * g.scale;
+            ds[n][2] = pv[n][2] * (ds[n][2] - d1) * g.scale;
+            ds[n][3] = pv[n][3] * (ds[n][3] - d1) * g.scale;
+            *reinterpret_cast<uint32_t *>(dSs + t0 * LDP + 8 * n + c2) = mma_pack<H>(ds[n][0], ds[n][1]);
+            *reinterpret_cast<uint32_t *>(dSs + t1 * LDP + 8 * n + c2) = mma_pack<H>(ds[n][2], ds[n][3]);
+        }
+        if (!gq) continue;
+        float acc[C8][4]; // dQ = dS K
+#pragma unroll
+        for (int n = 0; n < C8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KT; j++) {
+            const uint32_t a[4] = {mma_pack<H>(ds[2 * j][0], ds[2 * j][1]),
+                                   mma_pack<H>(ds[2 * j][2], ds[2 * j][3]),
+                                   mma_pack<H>(ds[2 * j + 1][0], ds[2 * j + 1][1]),
+                                   mma_pack<H>(ds[2 * j + 1][2], ds[2 * j + 1][3])};
+#pragma unroll
+            for (int n = 0; n < C8; n += 2) {
+                uint32_t bf[4];
+                ldsm_x4_trans(bf, Ks + 16 * j * LD + brow + 8 * n);
+                mma_16816<H>(acc[n], a, bf[0], bf[1]);
+                mma_16816<H>(acc[n + 1], a, bf[2], bf[3]);
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < C8; n++) store_c(gq + qo, g.q[2], t0, T, 8 * n + c2, acc[n], add);
+    }
+    if (!gk && !gv) return;
+    __syncthreads(); // dS complete
+    // A fragments of dS^T and P^T (rows s, k = t) from (t, s) storage: tile i of ldmatrix has
+    // rows t + 8 (i / 2), columns s + 8 (i % 2)
+    const int arow = (lane % 8 + 8 * (lane / 16)) * LDP + 8 * (lane / 8 % 2);
+    for (int ms = warp; ms < S16 / 16; ms += MMA_THREADS / 32) {
+        float ak[C8][4], av[C8][4];
+#pragma unroll
+        for (int n = 0; n < C8; n++) {
+            ak[n][0] = ak[n][1] = ak[n][2] = ak[n][3] = 0.0f;
+            av[n][0] = av[n][1] = av[n][2] = av[n][3] = 0.0f;
+        }
+        for (int kt = 0; kt < T16 / 16; kt++) {
+            uint32_t as[4], ap[4];
+            ldsm_x4_trans(as, dSs + 16 * kt * LDP + 16 * ms + arow);
+            ldsm_x4_trans(ap, Ps + 16 * kt * LDP + 16 * ms + arow);
+#pragma unroll
+            for (int n = 0; n < C8; n += 2) {
+                uint32_t bf[4];
+                ldsm_x4_trans(bf, Qs + 16 * kt * LD + brow + 8 * n); // dK += dS^T Q
+                mma_16816<H>(ak[n], as, bf[0], bf[1]);
+                mma_16816<H>(ak[n + 1], as, bf[2], bf[3]);
+                ldsm_x4_trans(bf, dOs + 16 * kt * LD + brow + 8 * n); // dV += P^T dO
+                mma_16816<H>(av[n], ap, bf[0], bf[1]);
+                mma_16816<H>(av[n + 1], ap, bf[2], bf[3]);
+            }
+        }
+        const int s0 = 16 * ms + gr;
+#pragma unroll
+        for (int n = 0; n < C8; n++) {
+            if (gk) store_c(gk + ko, g.k[2], s0, S, 8 * n + c2, ak[n], add);
+            if (gv) store_c(gv + vo, g.v[2], s0, S, 8 * n + c2, av[n], add);
+        }
+    }
+}
+
+static long g_bwd_mma_calls = 0;
+extern "C" long pbw_cuda_attention_bwd_mma_calls(void) { return g_bwd_mma_calls; }
+
+template <int KT, typename H>
+static bool bwd_mma_launch(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
+                           const float *p, const float *go, float *gq, float *gk, float *gv,
+                           bool add) {
+    static size_t opted = 0;
+    const size_t bytes = bwd_mma_smem_bytes(g->T, KT);
+    if (bytes > smem_optin_max() || !smem_allow(attention_bwd_mma_kernel<KT, H>, bytes, &opted))
+        return false;
+    attention_bwd_mma_kernel<KT, H><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
+                                      pbw_stream()>>>(*g, q, k, v, p, go, gq, gk, gv, add);
+    PBW_CUDA_LAUNCHED("attention_bwd (tensor cores)");
+    g_bwd_mma_calls++;
+    return true;
+}
+
+// The tensor-core backward where the precision multiplies on halves, for head size 64, T and S
+// up to 64, on 16-byte aligned rows; false (nothing launched) otherwise.
+static bool bwd_mma(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
+                    const float *p, const float *go, float *gq, float *gk, float *gv, bool add) {
+    const int kt = (int)((g->S + 15) / 16);
+    if (!pbw_cuda_half_gemm() || g->B * g->H > 0x7fffffff || g->T > BMMA_MAX || g->S < 1 ||
+        g->S > BMMA_MAX || g->D != MMA_D || !vec4_ok(q, g->q) || !vec4_ok(k, g->k) ||
+        !vec4_ok(v, g->v) || !vec4_ok(go, g->o) || !vec4_ok(gq, g->q) || !vec4_ok(gk, g->k) ||
+        !vec4_ok(gv, g->v))
+        return false;
+    bool ok = false;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        switch (kt) {
+        case 1: ok = bwd_mma_launch<1, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
+        case 2: ok = bwd_mma_launch<2, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
+        case 3: ok = bwd_mma_launch<3, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
+        default: ok = bwd_mma_launch<4, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
+        }
+    });
+    return ok;
+}
+
 static long g_mma_calls = 0;
 extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
 
@@ -1042,6 +1257,7 @@ extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float 
                                             const float *go, float *gq, float *gk, float *gv) {
     if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
     if (!gq || !gk || !gv) return -1;
+    if (bwd_mma(g, q, k, v, p, go, gq, gk, gv, false)) return 0;
     return bwd_tiled(g, q, k, v, p, go, gq, gk, gv, false) ? 0 : -1;
 }
 
@@ -1050,7 +1266,8 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
                                        float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H, TS = T * S;
     if (BH <= 0 || T <= 0 || S <= 0 || D <= 0 || (!gq && !gk && !gv)) return;
-    if (bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true)) return;
+    if (bwd_mma(g, q, k, v, p, go, gq, gk, gv, true) || bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true))
+        return;
     size_t fused = fused_bwd_smem_bytes(g);
     if (fused <= smem_optin_max() && BH <= 0x7fffffff) {
         static size_t opted = FUSED_SMEM_MAX; // the kernel's current limit

@@ -69,6 +69,9 @@ int pbw_cuda_attention_fwd_nograd(const struct pbw_attn_geom *g, const void *q, 
                                   const void *v, float *p, void *o, int half);
 /* Forwards run on tensor cores so far (half activations, head size 64, S <= 80; tests). */
 long pbw_cuda_attention_mma_calls(void);
+/* Backward launches on tensor cores so far (bf16/fp16 precision, head size 64, T and S up to
+ * 64; tests). */
+long pbw_cuda_attention_bwd_mma_calls(void);
 void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const float *k,
                             const float *v, const float *p, const float *go, float *gq,
                             float *gk, float *gv, float *scratch);
