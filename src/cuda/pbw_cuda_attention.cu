@@ -870,13 +870,6 @@ static size_t bwd_mma_smem_bytes(int64_t T, int kt) {
     return 2 * (size_t)(2 * t16 * MMA_LDK + 2 * s16 * MMA_LDK + 2 * t16 * ldp);
 }
 
-// Eight fp32 values (16-byte aligned) as eight halves in one 16-byte word.
-template <typename H> __device__ __forceinline__ uint4 half8_of(const float *x) {
-    const float4 a = *reinterpret_cast<const float4 *>(x), b = *reinterpret_cast<const float4 *>(x + 4);
-    const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-    return pbw_pack_half<H, 8, uint4>(f);
-}
-
 // Rows r0 and r0 + 8 (when below R) of a C fragment pair into g (rows ld floats apart): added
 // or written.
 __device__ __forceinline__ void store_c(float *g, int64_t ld, int r0, int R, int col,
@@ -896,6 +889,36 @@ __device__ __forceinline__ void store_c(float *g, int64_t ld, int r0, int R, int
     }
 }
 
+// Rows 0 .. 16 n - 1 of two (rows, 64) fp32 operands a and b (rows lda, ldb floats apart; zero
+// from row R) into halves at as and bs (rows MMA_LDK apart); n <= 4, by MMA_THREADS threads.
+template <typename H>
+__device__ __forceinline__ void stage_pair(H *as, H *bs, const float *a, int64_t lda,
+                                           const float *b, int64_t ldb, int R, int n, int tid) {
+    constexpr int C8 = MMA_D / 8, U = BMMA_MAX * C8 / MMA_THREADS;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 va[U][2], vb[U][2];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        const bool in = u < n && r < R;
+        va[u][0] = in ? *reinterpret_cast<const float4 *>(a + r * lda + c) : z;
+        va[u][1] = in ? *reinterpret_cast<const float4 *>(a + r * lda + c + 4) : z;
+        vb[u][0] = in ? *reinterpret_cast<const float4 *>(b + r * ldb + c) : z;
+        vb[u][1] = in ? *reinterpret_cast<const float4 *>(b + r * ldb + c + 4) : z;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (u >= n) break;
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        const float fa[8] = {va[u][0].x, va[u][0].y, va[u][0].z, va[u][0].w,
+                             va[u][1].x, va[u][1].y, va[u][1].z, va[u][1].w};
+        const float fb[8] = {vb[u][0].x, vb[u][0].y, vb[u][0].z, vb[u][0].w,
+                             vb[u][1].x, vb[u][1].y, vb[u][1].z, vb[u][1].w};
+        *reinterpret_cast<uint4 *>(as + r * MMA_LDK + c) = pbw_pack_half<H, 8, uint4>(fa);
+        *reinterpret_cast<uint4 *>(bs + r * MMA_LDK + c) = pbw_pack_half<H, 8, uint4>(fb);
+    }
+}
+
 template <int KT, typename H>
 __global__ static void __launch_bounds__(MMA_THREADS)
     attention_bwd_mma_kernel(pbw_attn_geom g, const float *q, const float *k, const float *v,
@@ -909,23 +932,28 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
     const int64_t qo = b * g.q[0] + h * g.q[1], ko = b * g.k[0] + h * g.k[1];
     const int64_t vo = b * g.v[0] + h * g.v[1], oo = b * g.o[0] + h * g.o[1];
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int x = tid; x < T16 * C8; x += MMA_THREADS) {
-        const int r = x / C8, c = 8 * (x % C8);
-        *reinterpret_cast<uint4 *>(Qs + r * LD + c) = r < T ? half8_of<H>(q + qo + r * g.q[2] + c) : zero;
-        *reinterpret_cast<uint4 *>(dOs + r * LD + c) = r < T ? half8_of<H>(go + oo + r * g.o[2] + c) : zero;
-    }
-    for (int x = tid; x < S16 * C8; x += MMA_THREADS) {
-        const int r = x / C8, c = 8 * (x % C8);
-        *reinterpret_cast<uint4 *>(Ks + r * LD + c) = r < S ? half8_of<H>(k + ko + r * g.k[2] + c) : zero;
-        *reinterpret_cast<uint4 *>(Vs + r * LD + c) = r < S ? half8_of<H>(v + vo + r * g.v[2] + c) : zero;
-    }
-    const float *ph = p + bh * T * S;
-    for (int x = tid; x < T16 * (S16 / 2); x += MMA_THREADS) {
-        const int t = x / (S16 / 2), s = 2 * (x % (S16 / 2));
-        const float p0 = t < T && s < S ? ph[t * S + s] : 0.0f;
-        const float p1 = t < T && s + 1 < S ? ph[t * S + s + 1] : 0.0f;
-        *reinterpret_cast<uint32_t *>(Ps + t * LDP + s) = mma_pack<H>(p0, p1);
+    // Staged in three rounds, each round's loads all issued before its first store (a store to
+    // shared memory could alias a load's generic address, so the compiler would not move a
+    // load above it): 16-row pieces of Q and dO (a thread: 8 floats of a row each), of K and V,
+    // then pairs of P.
+    stage_pair<H>(Qs, dOs, q + qo, g.q[2], go + oo, g.o[2], T, T16 / 16, tid);
+    stage_pair<H>(Ks, Vs, k + ko, g.k[2], v + vo, g.v[2], S, KT, tid);
+    {
+        const float *ph = p + bh * T * S;
+        constexpr int NP = S16 / 2 * BMMA_MAX / MMA_THREADS; // pairs a thread at most
+        float2 pv[NP];
+        const int np = T16 * (S16 / 2) / MMA_THREADS;
+#pragma unroll
+        for (int u = 0; u < NP; u++) {
+            const int x = tid + u * MMA_THREADS, t = x / (S16 / 2), s = 2 * (x % (S16 / 2));
+            pv[u].x = u < np && t < T && s < S ? ph[t * S + s] : 0.0f;
+            pv[u].y = u < np && t < T && s + 1 < S ? ph[t * S + s + 1] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < NP; u++) {
+            const int x = tid + u * MMA_THREADS, t = x / (S16 / 2), s = 2 * (x % (S16 / 2));
+            if (u < np) *reinterpret_cast<uint32_t *>(Ps + t * LDP + s) = mma_pack<H>(pv[u].x, pv[u].y);
+        }
     }
     __syncthreads();
     const int warp = tid / 32, lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
