@@ -820,9 +820,10 @@ PBW_TEST(cuda_linear_half_backward) {
 #endif
 }
 
-/* The backward on tensor cores (bf16/fp16 precision: pbw_cuda_attention_bwd_mma_calls must
- * grow; the forward stays fp32): q, k, v, dO, P and dS are each rounded once to the half type
- * (2^-9 relative in bf16, 2^-11 in fp16) before fp32 sums of up to 64 terms, ~3e-3 of the
+/* Attention with gradients on tensor cores (bf16/fp16 precision: the forward keeps fp32
+ * outputs and weights, pbw_cuda_attention_mma_calls and pbw_cuda_attention_bwd_mma_calls must
+ * grow): q, k, v, the weights, dO and dS are each rounded once to the half type (2^-9 relative
+ * in bf16, 2^-11 in fp16) before fp32 sums of up to 64 terms, ~3e-3 of the outputs' and the
  * gradients' scale in bf16; 1e-2 is the bound, as for the other half-operand products. */
 PBW_TEST(cuda_attention_bwd_half) {
 #ifdef PBW_HAVE_CUDA
@@ -831,7 +832,8 @@ PBW_TEST(cuda_attention_bwd_half) {
     char name[80];
     for (int k = 0; k < 2; k++) {
         pbw_cuda_set_precision(precs[k]);
-        const long before = pbw_cuda_attention_bwd_mma_calls();
+        const long before = pbw_cuda_attention_bwd_mma_calls(),
+                   fwd_before = pbw_cuda_attention_mma_calls();
         /* CLIP ViT (2,50,3*768), 12 heads, all queries and the class token only */
         const int64_t nqs[2] = {50, 1};
         for (int i = 0; i < 2; i++) {
@@ -846,10 +848,11 @@ PBW_TEST(cuda_attention_bwd_half) {
         parity_input cin[] = {{3, {3, 64, 3 * 128}, 1}};
         snprintf(name, sizeof name, "causal T=64 %s", pbw_precision_name(precs[k]));
         CHECK(parity_check(name, qkv_fn, &c, 1, cin, tol) == 0);
-        const long calls = pbw_cuda_attention_bwd_mma_calls() - before;
-        printf("  %s: %ld backward launches on tensor cores\n", pbw_precision_name(precs[k]),
-               calls);
-        CHECK(calls >= 3);
+        const long calls = pbw_cuda_attention_bwd_mma_calls() - before,
+                   fwd = pbw_cuda_attention_mma_calls() - fwd_before;
+        printf("  %s: %ld forward and %ld backward launches on tensor cores\n",
+               pbw_precision_name(precs[k]), fwd, calls);
+        CHECK(calls >= 3 && fwd >= 3);
     }
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif

@@ -726,17 +726,39 @@ static size_t mma_smem_bytes(int64_t T, int kt) {
     return 2 * (size_t)(2 * s16 * MMA_LDK + t16 * MMA_LDK);
 }
 
-template <int KT, typename H>
+// Eight values of a row as eight halves of H in one 16-byte word: read as they are, or (fp32,
+// the forward that keeps the weights for a backward) two 16-byte loads rounded.
+template <typename H> __device__ __forceinline__ uint4 load_half8(const H *x) {
+    return *reinterpret_cast<const uint4 *>(x);
+}
+template <typename H> __device__ __forceinline__ uint4 load_half8(const float *x) {
+    const float4 a = *reinterpret_cast<const float4 *>(x), b = *reinterpret_cast<const float4 *>(x + 4);
+    const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    return pbw_pack_half<H, 8, uint4>(f);
+}
+
+// Two adjacent outputs of a row: as halves of H (packed), or fp32.
+template <typename H> __device__ __forceinline__ void store2(H *o, float a, float b) {
+    *reinterpret_cast<uint32_t *>(o) = mma_pack<H>(a, b);
+}
+__device__ __forceinline__ void store2(float *o, float a, float b) {
+    *reinterpret_cast<float2 *>(o) = make_float2(a, b);
+}
+
+// In, Out: H (half activations), or float (with gradients: q, k, v rounded to H as staged, o
+// in fp32, and the softmax weights written to p, (B*H, T, S) fp32, for the backward).
+template <int KT, typename H, typename In, typename Out>
 __global__ static void __launch_bounds__(MMA_THREADS)
-    attention_fwd_mma_kernel(pbw_attn_geom g, const H *q, const H *k, const H *v, H *o) {
+    attention_fwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v, Out *o,
+                             float *p) {
     constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, C8 = D / 8;
     extern __shared__ uint4 smem_u4[];
     H *Ks = reinterpret_cast<H *>(smem_u4), *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
     const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
     const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
-    const H *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
-    const H *vh = v + b * g.v[0] + h * g.v[1];
-    H *oh = o + b * g.o[0] + h * g.o[1];
+    const In *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const In *vh = v + b * g.v[0] + h * g.v[1];
+    Out *oh = o + b * g.o[0] + h * g.o[1];
     const uint4 zero = make_uint4(0, 0, 0, 0);
     // Every load of K, V and Q is issued before the first store to shared memory: the stores
     // could alias the loads' generic addresses, so the compiler would not move a load above
@@ -746,14 +768,14 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
     for (int u = 0; u < KT; u++) {
         const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        kv[u] = r < S ? *reinterpret_cast<const uint4 *>(kh + r * g.k[2] + c) : zero;
-        vv[u] = r < S ? *reinterpret_cast<const uint4 *>(vh + r * g.v[2] + c) : zero;
+        kv[u] = r < S ? load_half8<H>(kh + r * g.k[2] + c) : zero;
+        vv[u] = r < S ? load_half8<H>(vh + r * g.v[2] + c) : zero;
     }
     const int qn = T16 * C8 / MMA_THREADS; // T16 / 16 pieces of Q a thread
 #pragma unroll
     for (int u = 0; u < MMA_KT_MAX; u++) {
         const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        qv[u] = u < qn && r < T ? *reinterpret_cast<const uint4 *>(qh + r * g.q[2] + c) : zero;
+        qv[u] = u < qn && r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
     }
 #pragma unroll
     for (int u = 0; u < KT; u++) {
@@ -769,7 +791,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     for (int x = tid + MMA_KT_MAX * MMA_THREADS; x < T16 * C8; x += MMA_THREADS) { // T > 80
         const int r = x / C8, c = 8 * (x % C8);
         *reinterpret_cast<uint4 *>(Qs + r * LDK + c) =
-            r < T ? *reinterpret_cast<const uint4 *>(qh + r * g.q[2] + c) : zero;
+            r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
     }
     __syncthreads();
     const int lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
@@ -847,12 +869,20 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         const float i0 = 1.0f / l0, i1 = 1.0f / l1;
 #pragma unroll
         for (int n = 0; n < C8; n++) {
-            if (t0 < T)
-                *reinterpret_cast<uint32_t *>(oh + t0 * g.o[2] + 8 * n + c2) =
-                    mma_pack<H>(acc[n][0] * i0, acc[n][1] * i0);
-            if (t1 < T)
-                *reinterpret_cast<uint32_t *>(oh + t1 * g.o[2] + 8 * n + c2) =
-                    mma_pack<H>(acc[n][2] * i1, acc[n][3] * i1);
+            if (t0 < T) store2(oh + t0 * g.o[2] + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
+            if (t1 < T) store2(oh + t1 * g.o[2] + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
+        }
+        if (p) { // the weights, exp(s - m) / l in fp32 (0 where left out)
+            float *pr = p + bh * T * S;
+#pragma unroll
+            for (int n = 0; n < 2 * KT; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int sx = 8 * n + c2 + e;
+                    if (sx >= S) continue;
+                    if (t0 < T) pr[t0 * S + sx] = exp2f(sc[n][e] - m0) * i0;
+                    if (t1 < T) pr[t1 * S + sx] = exp2f(sc[n][2 + e] - m1) * i1;
+                }
         }
     }
 }
@@ -1103,14 +1133,16 @@ static bool bwd_mma(const pbw_attn_geom *g, const float *q, const float *k, cons
 static long g_mma_calls = 0;
 extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
 
-template <int KT, typename H>
-static bool fwd_mma_launch(const pbw_attn_geom *g, const H *q, const H *k, const H *v, H *o) {
+template <int KT, typename H, typename In, typename Out>
+static bool fwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v, Out *o,
+                           float *p) {
     static size_t opted = 0;
     const size_t bytes = mma_smem_bytes(g->T, KT);
-    if (bytes > smem_optin_max() || !smem_allow(attention_fwd_mma_kernel<KT, H>, bytes, &opted))
+    if (bytes > smem_optin_max() ||
+        !smem_allow(attention_fwd_mma_kernel<KT, H, In, Out>, bytes, &opted))
         return false;
-    attention_fwd_mma_kernel<KT, H><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
-                                      pbw_stream()>>>(*g, q, k, v, o);
+    attention_fwd_mma_kernel<KT, H, In, Out><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
+                                               pbw_stream()>>>(*g, q, k, v, o, p);
     PBW_CUDA_LAUNCHED("attention_fwd (tensor cores)");
     g_mma_calls++;
     return true;
@@ -1118,8 +1150,9 @@ static bool fwd_mma_launch(const pbw_attn_geom *g, const H *q, const H *k, const
 
 // The tensor-core forward for head size 64 and S <= 80 on 16-byte aligned rows; false
 // (nothing launched) otherwise. (The build's targets are sm_80 and sm_90.)
-template <typename H>
-static bool fwd_mma(const pbw_attn_geom *g, const H *q, const H *k, const H *v, H *o) {
+template <typename H, typename In, typename Out>
+static bool fwd_mma(const pbw_attn_geom *g, const In *q, const In *k, const In *v, Out *o,
+                    float *p = nullptr) {
     const int64_t BH = g->B * g->H, LIM = 1 << 12; // keeps every in-head index an int
     const int kt = (int)((g->S + 15) / 16);
     if (BH > 0x7fffffff || g->T > LIM || g->S < 1 || kt > MMA_KT_MAX || g->D != MMA_D ||
@@ -1127,11 +1160,11 @@ static bool fwd_mma(const pbw_attn_geom *g, const H *q, const H *k, const H *v, 
         !vec4_ok(o, g->o))
         return false;
     switch (kt) {
-    case 1: return fwd_mma_launch<1>(g, q, k, v, o);
-    case 2: return fwd_mma_launch<2>(g, q, k, v, o);
-    case 3: return fwd_mma_launch<3>(g, q, k, v, o);
-    case 4: return fwd_mma_launch<4>(g, q, k, v, o); // ViT-B/32: 50 tokens
-    default: return fwd_mma_launch<5>(g, q, k, v, o); // text: 77 tokens
+    case 1: return fwd_mma_launch<1, H>(g, q, k, v, o, p);
+    case 2: return fwd_mma_launch<2, H>(g, q, k, v, o, p);
+    case 3: return fwd_mma_launch<3, H>(g, q, k, v, o, p);
+    case 4: return fwd_mma_launch<4, H>(g, q, k, v, o, p); // ViT-B/32: 50 tokens
+    default: return fwd_mma_launch<5, H>(g, q, k, v, o, p); // text: 77 tokens
     }
 }
 
@@ -1235,7 +1268,14 @@ extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, c
     (void)scratch; // only the backward needs scratch
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H;
     if (BH <= 0 || T <= 0 || D <= 0) return;
-    if (S > 0 && fwd_tiled(g, q, k, v, p, o)) return;
+    // on tensor cores where the precision multiplies on halves (the weights kept in fp32)
+    bool done = false;
+    if (S > 0 && pbw_cuda_half_gemm())
+        pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+            using H = decltype(t);
+            done = fwd_mma<H>(g, q, k, v, o, p);
+        });
+    if (done || (S > 0 && fwd_tiled(g, q, k, v, p, o))) return;
     if (fused_smem_bytes(g) <= FUSED_SMEM_MAX && BH <= 0x7fffffff) {
         // enough blocks to fill the GPU (~2 per SM of an H100) when B*H alone is small
         int64_t chunks = (264 + BH - 1) / BH, max_chunks = (T + WARPS - 1) / WARPS;
@@ -1275,7 +1315,7 @@ extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void 
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
         const H *qh = (const H *)q, *kh = (const H *)k, *vh = (const H *)v;
-        done = fwd_mma(g, qh, kh, vh, (H *)o) || fwd_tiled(g, qh, kh, vh, (float *)nullptr, (H *)o);
+        done = fwd_mma<H>(g, qh, kh, vh, (H *)o) || fwd_tiled(g, qh, kh, vh, (float *)nullptr, (H *)o);
     });
     return done ? 0 : -1;
 }
