@@ -329,8 +329,20 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         return o;
     }
 #endif
-    PBW_KERNEL(ctx, attention_fwd, g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p, o->data,
-               scratch);
+    int done = 0;
+#ifdef PBW_HAVE_CUDA
+    /* tensor cores where products run on halves: o in fp32 and a half copy for the product
+     * that follows */
+    if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
+        if (!pbw_tensor_half_alloc(ctx, o, 0)) return NULL;
+        done = pbw_cuda_attention_fwd_keep(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
+                                           o->data, o->half) == 0;
+        if (!done) o->half = NULL;
+    }
+#endif
+    if (!done)
+        PBW_KERNEL(ctx, attention_fwd, g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
+                   o->data, scratch);
     if (pbw_needs_grad(ctx, &qkv, 1)) {
         pbw_node *n = pbw_tape_push(ctx, "attention_qkv", attention_qkv_backward, o, &qkv, 1, sizeof s);
         if (!n) return NULL;

@@ -746,11 +746,12 @@ __device__ __forceinline__ void store2(float *o, float a, float b) {
 }
 
 // In, Out: H (half activations), or float (with gradients: q, k, v rounded to H as staged, o
-// in fp32, and the softmax weights written to p, (B*H, T, S) fp32, for the backward).
+// in fp32, and the softmax weights written to p, (B*H, T, S) fp32, for the backward; o2, when
+// not NULL, gets o's half copy too, laid out as o, for the product that reads it).
 template <int KT, typename H, typename In, typename Out>
 __global__ static void __launch_bounds__(MMA_THREADS)
     attention_fwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v, Out *o,
-                             float *p) {
+                             float *p, H *o2) {
     constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, C8 = D / 8;
     extern __shared__ uint4 smem_u4[];
     H *Ks = reinterpret_cast<H *>(smem_u4), *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
@@ -871,6 +872,14 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         for (int n = 0; n < C8; n++) {
             if (t0 < T) store2(oh + t0 * g.o[2] + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
             if (t1 < T) store2(oh + t1 * g.o[2] + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
+        }
+        if (o2) {
+            H *hh = o2 + b * g.o[0] + h * g.o[1];
+#pragma unroll
+            for (int n = 0; n < C8; n++) {
+                if (t0 < T) store2(hh + t0 * g.o[2] + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
+                if (t1 < T) store2(hh + t1 * g.o[2] + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
+            }
         }
         if (p) { // the weights, exp(s - m) / l in fp32 (0 where left out)
             float *pr = p + bh * T * S;
@@ -1135,14 +1144,14 @@ extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
 
 template <int KT, typename H, typename In, typename Out>
 static bool fwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v, Out *o,
-                           float *p) {
+                           float *p, H *o2) {
     static size_t opted = 0;
     const size_t bytes = mma_smem_bytes(g->T, KT);
     if (bytes > smem_optin_max() ||
         !smem_allow(attention_fwd_mma_kernel<KT, H, In, Out>, bytes, &opted))
         return false;
     attention_fwd_mma_kernel<KT, H, In, Out><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
-                                               pbw_stream()>>>(*g, q, k, v, o, p);
+                                               pbw_stream()>>>(*g, q, k, v, o, p, o2);
     PBW_CUDA_LAUNCHED("attention_fwd (tensor cores)");
     g_mma_calls++;
     return true;
@@ -1152,7 +1161,7 @@ static bool fwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, con
 // (nothing launched) otherwise. (The build's targets are sm_80 and sm_90.)
 template <typename H, typename In, typename Out>
 static bool fwd_mma(const pbw_attn_geom *g, const In *q, const In *k, const In *v, Out *o,
-                    float *p = nullptr) {
+                    float *p = nullptr, H *o2 = nullptr) {
     const int64_t BH = g->B * g->H, LIM = 1 << 12; // keeps every in-head index an int
     const int kt = (int)((g->S + 15) / 16);
     if (BH > 0x7fffffff || g->T > LIM || g->S < 1 || kt > MMA_KT_MAX || g->D != MMA_D ||
@@ -1160,11 +1169,11 @@ static bool fwd_mma(const pbw_attn_geom *g, const In *q, const In *k, const In *
         !vec4_ok(o, g->o))
         return false;
     switch (kt) {
-    case 1: return fwd_mma_launch<1, H>(g, q, k, v, o, p);
-    case 2: return fwd_mma_launch<2, H>(g, q, k, v, o, p);
-    case 3: return fwd_mma_launch<3, H>(g, q, k, v, o, p);
-    case 4: return fwd_mma_launch<4, H>(g, q, k, v, o, p); // ViT-B/32: 50 tokens
-    default: return fwd_mma_launch<5, H>(g, q, k, v, o, p); // text: 77 tokens
+    case 1: return fwd_mma_launch<1, H>(g, q, k, v, o, p, o2);
+    case 2: return fwd_mma_launch<2, H>(g, q, k, v, o, p, o2);
+    case 3: return fwd_mma_launch<3, H>(g, q, k, v, o, p, o2);
+    case 4: return fwd_mma_launch<4, H>(g, q, k, v, o, p, o2); // ViT-B/32: 50 tokens
+    default: return fwd_mma_launch<5, H>(g, q, k, v, o, p, o2); // text: 77 tokens
     }
 }
 
@@ -1263,19 +1272,26 @@ extern "C" size_t pbw_cuda_attention_scratch_floats(const pbw_attn_geom *g) {
     return (size_t)(g->B * g->H * g->T * g->S); // the backward's dP / dS
 }
 
+extern "C" int pbw_cuda_attention_fwd_keep(const pbw_attn_geom *g, const float *q,
+                                           const float *k, const float *v, float *p, float *o,
+                                           void *oh) {
+    if (g->S <= 0 || !pbw_cuda_half_gemm()) return -1;
+    bool done = false;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        done = fwd_mma<H>(g, q, k, v, o, p, (H *)oh);
+    });
+    return done ? 0 : -1;
+}
+
 extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
                                        const float *v, float *p, float *o, float *scratch) {
     (void)scratch; // only the backward needs scratch
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H;
     if (BH <= 0 || T <= 0 || D <= 0) return;
-    // on tensor cores where the precision multiplies on halves (the weights kept in fp32)
-    bool done = false;
-    if (S > 0 && pbw_cuda_half_gemm())
-        pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
-            using H = decltype(t);
-            done = fwd_mma<H>(g, q, k, v, o, p);
-        });
-    if (done || (S > 0 && fwd_tiled(g, q, k, v, p, o))) return;
+    if (pbw_cuda_attention_fwd_keep(g, q, k, v, p, o, nullptr) == 0 ||
+        (S > 0 && fwd_tiled(g, q, k, v, p, o)))
+        return;
     if (fused_smem_bytes(g) <= FUSED_SMEM_MAX && BH <= 0x7fffffff) {
         // enough blocks to fill the GPU (~2 per SM of an H100) when B*H alone is small
         int64_t chunks = (264 + BH - 1) / BH, max_chunks = (T + WARPS - 1) / WARPS;
