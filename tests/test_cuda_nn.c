@@ -436,10 +436,21 @@ static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, 
     *n_half = 0;
     for (int k = 0; k < 5; k++) *n_half += mids[k] && mids[k]->half_only;
     *n_half += 10 * (x1_half + (y && y->half_only)); /* tens: residual sums kept half */
+    /* the class token's row, sliced from a half_only y before y is read back: the same values
+     * as y's first rows (one conversion from the half type either way) */
+    pbw_tensor *cls = y && y->half_only ? pbw_slice(ctx, y, 1, 0, 1, 1) : NULL;
+    float *cv = cls ? malloc((size_t)(B * D) * sizeof(float)) : NULL;
+    if (cls && (!cv || pbw_tensor_read(ctx, cls, cv))) y = NULL;
     if (y && pbw_tensor_read(ctx, y, out) == 0 && (!mid || pbw_tensor_read(ctx, f, mid) == 0) &&
         !f->half_only)
         rc = 0;
     else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+    for (int64_t b = 0; cls && cv && rc == 0 && b < B; b++)
+        if (memcmp(cv + b * D, out + b * T * D, (size_t)D * sizeof(float))) {
+            fprintf(stderr, "  the slice of a half_only tensor differs from its values\n");
+            rc = -1;
+        }
+    free(cv);
 out:
     return half_end(ctx, &a, rc);
 }
@@ -449,7 +460,7 @@ out:
  * bf16/fp16 alone between products (layer norm, the qkv and fc1 products, attention and
  * QuickGELU all half_only; the residual stream fp32, or with the adds in place as CLIP's
  * forward without gradients makes them, kept in the half type too and read so by the second
- * layer norm) against the CPU in fp32, image-tower (50 tokens) and text-tower (77, causal)
+ * layer norm and by a slice of the class token's row) against the CPU in fp32, image-tower (50 tokens) and text-tower (77, causal)
  * shapes. Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to the
  * half type (2^-9 relative in bf16) before the next op: a few more roundings of the same size,
  * within the same 1e-2 of the output's scale. The QuickGELU output read back checks the fp32

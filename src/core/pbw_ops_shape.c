@@ -193,7 +193,8 @@ pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm) {
 
 pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int64_t end,
                       int64_t step) {
-    if (pbw_op_begin(ctx, "slice", 1, &x)) return NULL;
+    /* a half_only x (a residual stream kept in the half type) is read as it is */
+    if (pbw_op_begin_half(ctx, "slice", 1, &x)) return NULL;
     int a = pbw_axis(axis, x->ndim);
     if (a < 0) return pbw_ctx_fail(ctx, "slice: axis %d out of range for rank %d", axis, x->ndim);
     if (step <= 0) return pbw_ctx_fail(ctx, "slice: step %lld must be positive", (long long)step);
@@ -218,7 +219,13 @@ pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int6
     int a5 = a + 5 - x->ndim;
     v.x_off = start * v.sx[a5];
     v.sx[a5] *= step;
-    PBW_KERNEL(ctx, copy_strided, v.shape5, x->data + v.x_off, v.sx, y->data, v.sy);
+#ifdef PBW_HAVE_CUDA
+    if (x->half_only && pbw_on_cuda(ctx))
+        pbw_cuda_copy_strided_half(v.shape5, (const uint16_t *)x->half + v.x_off, v.sx, y->data,
+                                   v.sy);
+    else
+#endif
+        PBW_KERNEL(ctx, copy_strided, v.shape5, x->data + v.x_off, v.sx, y->data, v.sy);
     return push_view(ctx, "slice", x, y, &v) ? NULL : y;
 }
 

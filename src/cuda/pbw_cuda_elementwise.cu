@@ -381,6 +381,13 @@ template <typename T> struct FCopy { // y = x (T: float, or float4 four floats a
     __host__ __device__ void operator()(const int64_t *o) const { y[o[0]] = x[o[1]]; }
 };
 
+template <typename H> struct FCopyHalf { // y = x, x values of the half type H
+    static constexpr int K = 2;
+    const H *x;
+    float *y;
+    __host__ __device__ void operator()(const int64_t *o) const { y[o[0]] = pbw_from_half<H>(x[o[1]]); }
+};
+
 // Loaders: the value summed into the destination, from the source offsets o[1..K-1].
 struct LX { // x
     static constexpr int K = 2;
@@ -589,6 +596,17 @@ extern "C" void pbw_cuda_copy_strided(const int64_t *shape, const float *x, cons
         launch_map(g4, n / 4, FCopy<float4>{(const float4 *)x, (float4 *)y}, "copy_strided");
     else
         launch_map(g, n, FCopy<float>{x, y}, "copy_strided");
+}
+
+extern "C" void pbw_cuda_copy_strided_half(const int64_t *shape, const void *xh,
+                                           const int64_t *sx, float *y, const int64_t *sy) {
+    const int64_t *st[4] = {sy, sx, nullptr, nullptr};
+    Geo g;
+    int64_t n = make_geo(shape, st, &g);
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        launch_map(g, n, FCopyHalf<H>{(const H *)xh, y}, "copy_strided (half)");
+    });
 }
 
 // As on the CPU: ADD and SUB gradients are (signed) accumulations of gy; MUL and DIV gradients

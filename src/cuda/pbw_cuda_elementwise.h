@@ -39,6 +39,9 @@ int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float
 int pbw_cuda_unary_half(pbw_unary_op op, float p0, float p1, const void *xh, void *yh, int64_t n);
 /* y (n floats) = the half values h (the precision's half type). */
 void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n);
+/* pbw_cuda_copy_strided from values of the precision's half type (a half_only tensor). */
+void pbw_cuda_copy_strided_half(const int64_t *shape, const void *xh, const int64_t *sx,
+                                float *y, const int64_t *sy);
 /* gx += dy/dx * gy (x, y, gy, gx all (n)); add 0: gx = dy/dx * gy (gx not read) */
 void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                              const float *y, const float *gy, float *gx, int64_t n, int add);
