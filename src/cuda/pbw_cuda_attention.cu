@@ -726,6 +726,28 @@ static size_t mma_smem_bytes(int64_t T, int kt) {
     return 2 * (size_t)(2 * s16 * MMA_LDK + t16 * MMA_LDK);
 }
 
+// c (16 x 16 KT, as 2 KT tiles of 16 x 8) = A B^T for a 16-row tile A (16, MMA_D) and B
+// (16 KT, MMA_D), halves in shared memory with rows MMA_LDK apart: the scores Q K^T of the
+// forward, dO V^T of the backward.
+template <int KT, typename H>
+__device__ __forceinline__ void mma_rows_abt(float (&c)[2 * KT][4], const H *A, const H *B,
+                                             int gr, int c2) {
+    constexpr int LD = MMA_LDK;
+#pragma unroll
+    for (int n = 0; n < 2 * KT; n++) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+#pragma unroll
+    for (int kd = 0; kd < MMA_D; kd += 16) {
+        const uint32_t a[4] = {ld32(A + gr * LD + kd + c2), ld32(A + (gr + 8) * LD + kd + c2),
+                               ld32(A + gr * LD + kd + c2 + 8),
+                               ld32(A + (gr + 8) * LD + kd + c2 + 8)};
+#pragma unroll
+        for (int n = 0; n < 2 * KT; n++) {
+            const H *br = B + (8 * n + gr) * LD + kd + c2;
+            mma_16816<H>(c[n], a, ld32(br), ld32(br + 8));
+        }
+    }
+}
+
 // Eight values of a row as eight halves of H in one 16-byte word: read as they are, or (fp32,
 // the forward that keeps the weights for a backward) two 16-byte loads rounded.
 template <typename H> __device__ __forceinline__ uint4 load_half8(const H *x) {
@@ -798,21 +820,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const int lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
     const float sl2 = g.scale * 1.4426950408889634f; // exp(x) = exp2(x log2 e)
     for (int mt = tid / 32; mt < T16 / 16; mt += MMA_THREADS / 32) {
-        const H *Qw = Qs + mt * 16 * LDK;
         float sc[2 * KT][4];
-#pragma unroll
-        for (int n = 0; n < 2 * KT; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-#pragma unroll
-        for (int kd = 0; kd < D; kd += 16) {
-            const uint32_t a[4] = {ld32(Qw + gr * LDK + kd + c2), ld32(Qw + (gr + 8) * LDK + kd + c2),
-                                   ld32(Qw + gr * LDK + kd + c2 + 8),
-                                   ld32(Qw + (gr + 8) * LDK + kd + c2 + 8)};
-#pragma unroll
-            for (int n = 0; n < 2 * KT; n++) {
-                const H *kr = Ks + (8 * n + gr) * LDK + kd + c2;
-                mma_16816<H>(sc[n], a, ld32(kr), ld32(kr + 8));
-            }
-        }
+        mma_rows_abt<KT>(sc, Qs + mt * 16 * LDK, Ks, gr, c2);
         // softmax of rows t0 (sc[.][0..1]) and t1 = t0 + 8 (sc[.][2..3]); keys past S (or past
         // the row, causal) are left out; every row keeps key 0, so the maxima are finite
         const int t0 = 16 * mt + gr, t1 = t0 + 8;
@@ -999,21 +1008,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     // B fragments of a row-major (k, n) operand: this lane's row address within a 16-row chunk
     const int brow = (8 * (lane / 8 % 2) + lane % 8) * LD + 8 * (lane / 16);
     for (int mt = warp; mt < T16 / 16; mt += MMA_THREADS / 32) {
-        const H *Ow = dOs + mt * 16 * LD;
         float ds[2 * KT][4]; // dP, then dS
-#pragma unroll
-        for (int n = 0; n < 2 * KT; n++) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.0f;
-#pragma unroll
-        for (int kd = 0; kd < D; kd += 16) {
-            const uint32_t a[4] = {ld32(Ow + gr * LD + kd + c2), ld32(Ow + (gr + 8) * LD + kd + c2),
-                                   ld32(Ow + gr * LD + kd + c2 + 8),
-                                   ld32(Ow + (gr + 8) * LD + kd + c2 + 8)};
-#pragma unroll
-            for (int n = 0; n < 2 * KT; n++) {
-                const H *vr = Vs + (8 * n + gr) * LD + kd + c2;
-                mma_16816<H>(ds[n], a, ld32(vr), ld32(vr + 8));
-            }
-        }
+        mma_rows_abt<KT>(ds, dOs + mt * 16 * LD, Vs, gr, c2);
         const int t0 = 16 * mt + gr, t1 = t0 + 8;
         float pv[2 * KT][4], d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
