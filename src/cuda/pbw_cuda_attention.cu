@@ -877,18 +877,16 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
         l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
         const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+        H *hh = o2 ? o2 + b * g.o[0] + h * g.o[1] : nullptr;
 #pragma unroll
         for (int n = 0; n < C8; n++) {
-            if (t0 < T) store2(oh + t0 * g.o[2] + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
-            if (t1 < T) store2(oh + t1 * g.o[2] + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
-        }
-        if (o2) {
-            H *hh = o2 + b * g.o[0] + h * g.o[1];
-#pragma unroll
-            for (int n = 0; n < C8; n++) {
-                if (t0 < T) store2(hh + t0 * g.o[2] + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
-                if (t1 < T) store2(hh + t1 * g.o[2] + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
-            }
+            const int64_t c0 = t0 * g.o[2] + 8 * n + c2, c1 = t1 * g.o[2] + 8 * n + c2;
+            const float a0 = acc[n][0] * i0, a1 = acc[n][1] * i0;
+            const float a2 = acc[n][2] * i1, a3 = acc[n][3] * i1;
+            if (t0 < T) store2(oh + c0, a0, a1);
+            if (t1 < T) store2(oh + c1, a2, a3);
+            if (hh && t0 < T) store2(hh + c0, a0, a1);
+            if (hh && t1 < T) store2(hh + c1, a2, a3);
         }
         if (p) { // the weights, exp(s - m) / l in fp32 (0 where left out)
             float *pr = p + bh * T * S;
@@ -943,27 +941,21 @@ template <typename H>
 __device__ __forceinline__ void stage_pair(H *as, H *bs, const float *a, int64_t lda,
                                            const float *b, int64_t ldb, int R, int n, int tid) {
     constexpr int C8 = MMA_D / 8, U = BMMA_MAX * C8 / MMA_THREADS;
-    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 va[U][2], vb[U][2];
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    uint4 ha[U], hb[U];
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
         const bool in = u < n && r < R;
-        va[u][0] = in ? *reinterpret_cast<const float4 *>(a + r * lda + c) : z;
-        va[u][1] = in ? *reinterpret_cast<const float4 *>(a + r * lda + c + 4) : z;
-        vb[u][0] = in ? *reinterpret_cast<const float4 *>(b + r * ldb + c) : z;
-        vb[u][1] = in ? *reinterpret_cast<const float4 *>(b + r * ldb + c + 4) : z;
+        ha[u] = in ? load_half8<H>(a + r * lda + c) : zero;
+        hb[u] = in ? load_half8<H>(b + r * ldb + c) : zero;
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
         if (u >= n) break;
         const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        const float fa[8] = {va[u][0].x, va[u][0].y, va[u][0].z, va[u][0].w,
-                             va[u][1].x, va[u][1].y, va[u][1].z, va[u][1].w};
-        const float fb[8] = {vb[u][0].x, vb[u][0].y, vb[u][0].z, vb[u][0].w,
-                             vb[u][1].x, vb[u][1].y, vb[u][1].z, vb[u][1].w};
-        *reinterpret_cast<uint4 *>(as + r * MMA_LDK + c) = pbw_pack_half<H, 8, uint4>(fa);
-        *reinterpret_cast<uint4 *>(bs + r * MMA_LDK + c) = pbw_pack_half<H, 8, uint4>(fb);
+        *reinterpret_cast<uint4 *>(as + r * MMA_LDK + c) = ha[u];
+        *reinterpret_cast<uint4 *>(bs + r * MMA_LDK + c) = hb[u];
     }
 }
 

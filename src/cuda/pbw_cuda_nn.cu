@@ -423,7 +423,7 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
                                   const float *r, float *y, void *yh, const void *rh, int64_t R,
                                   int64_t O, int64_t I) {
     if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX ||
-        (yh && r) || (rh && (!yh || r)))
+        (yh && r) || (rh && !yh))
         return -1;
     if (!g_lt) {
         if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS ||
@@ -657,9 +657,6 @@ __global__ static void layer_norm_forward_kernel(const float *x, const float *w,
     }
 }
 
-// The same for rows of V*128 floats (CLIP: 512 = 4*128, 768 = 6*128), 16-byte aligned: each
-// lane keeps its V float4 of the row in registers (the row is read once, every load in flight
-// at once) and writes float4 and four half values a store.
 // Four values of a row as a float4: fp32, or the half type H (an 8-byte load).
 template <typename H> __device__ __forceinline__ float4 ln_load4(const float *x, int64_t i) {
     return *reinterpret_cast<const float4 *>(x + i);
@@ -670,7 +667,10 @@ template <typename H> __device__ __forceinline__ float4 ln_load4(const H *x, int
     return make_float4(f[0], f[1], f[2], f[3]);
 }
 
-// X: float, or H (a residual stream kept in the half type: pbw_cuda_layer_norm_forward_hx).
+// The same for rows of V*128 floats (CLIP: 512 = 4*128, 768 = 6*128), 16-byte aligned: each
+// lane keeps its V float4 of the row in registers (the row is read once, every load in flight
+// at once) and writes float4 and four half values a store. X: float, or H (a residual stream
+// kept in the half type: pbw_cuda_layer_norm_forward_hx).
 template <int V, typename H, typename X>
 __global__ static void layer_norm_forward_vec_kernel(const X *x, const float *w,
                                                      const float *b, float *y, H *yh,
