@@ -617,11 +617,13 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     const int lam = pbw_cma_lambda(cma);
     /* candidates per generator pass: a few on the CPU, more on a GPU, where each batch's crops
      * then go through CLIP in one pass (unless clip_chunk says otherwise). H100, 256 px, CMA
-     * generation (median of 12) and the default edit's peak memory, batch:crops a CLIP pass:
-     * 8:256 61.7-61.9 ms 5.80 GiB; 10:320 59.8-60.1 ms 6.54 GiB; 12:384 59.4-59.6 ms
-     * 7.39 GiB; 13:416 58.9-59.4 ms 8.72 GiB; 17:544 58.0-58.2 ms 9.47 GiB; 17:256
-     * 59.9-60.4 ms. 12 keeps the peak below the reference implementation's 8.7-9.0 GiB. */
-    const int64_t budget = r->p->dev == PBW_DEV_CUDA ? (int64_t)12 << 16 : (int64_t)2 << 16;
+     * generation (bench_edit, 8 generations, two runs each) and the default edit's peak
+     * memory, batch (passes of 50): 10 (5) 57.0 ms 6.54 GiB; 12 (5) 56.8-56.9 ms 7.29 GiB;
+     * 13 (4) 56.2-57.0 ms 6.93 GiB; 14 (4) 55.2-56.0 ms 7.25 GiB; 15 (4) 55.8-56.5 ms
+     * 7.57 GiB; 16 (4) 55.4-55.6 ms 8.02 GiB; 17 (3) 55.2-55.5 ms 8.24 GiB. 14 is as fast as
+     * the larger batches at the memory of 12, well below the reference implementation's
+     * 8.7-9.0 GiB. */
+    const int64_t budget = r->p->dev == PBW_DEV_CUDA ? (int64_t)14 << 16 : (int64_t)2 << 16;
     int bsz = rq->cma_batch > 0 ? rq->cma_batch : (int)(budget / ((int64_t)r->S * r->S));
     if (bsz < 1) bsz = 1;
     if (bsz > lam) bsz = lam;
