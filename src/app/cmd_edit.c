@@ -68,7 +68,7 @@ static void help(FILE *f, int edit) {
             "  --latent w|z          the optimized latent (%s)\n"
             "  --rng-seed N          seed of the crops and of CMA-ES (1): same inputs and seeds give\n"
             "                        the same output bytes\n"
-            "  --cma-batch N         CMA candidates per forward pass (default: by image size, 12\n"
+            "  --cma-batch N         CMA candidates per forward pass (default: by image size, 14\n"
             "                        at 256 px on a GPU; fewer take less GPU memory)\n",
             edit ? "w" : "z");
     if (edit)
