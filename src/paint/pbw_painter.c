@@ -326,10 +326,11 @@ static pbw_tensor *render(pbw_ctx *ctx, run *r, pbw_tensor *lat) {
 
 /* A CMA-ES generation's candidates, rendered in batches of bsz. The generator's first blocks
  * run once for the whole population (pop_begin): those whose output for lam images is no
- * larger than the last block's for a batch (at 256 px: the blocks up to 32x32 for 50
- * candidates in batches of 12 on a GPU), where a batch's products are too small to keep a GPU
- * busy. The rest runs per batch (pop_rows), each batch's temporaries freed back to the population's
- * first blocks. PBW_CMA_HEAD=0 renders every batch whole (a measurement switch). */
+ * larger than the last block's for a batch (at 256 px: the blocks up to 64x64 for 50
+ * candidates in batches of 14 on a GPU, up to 32x32 in batches of 12), where a batch's
+ * products are too small to keep a GPU busy. The rest runs per batch (pop_rows), each batch's
+ * temporaries freed back to the population's first blocks. PBW_CMA_HEAD=0 renders every batch
+ * whole (a measurement switch). */
 typedef struct pop_render {
     int blocks;           /* upsampling blocks run for the whole population; 0: none */
     pbw_tensor *w;        /* (lam,style) the population's W latents */
@@ -622,7 +623,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
      * 13 (4) 56.2-57.0 ms 6.93 GiB; 14 (4) 55.2-56.0 ms 7.25 GiB; 15 (4) 55.8-56.5 ms
      * 7.57 GiB; 16 (4) 55.4-55.6 ms 8.02 GiB; 17 (3) 55.2-55.5 ms 8.24 GiB. 14 is as fast as
      * the larger batches at the memory of 12, well below the reference implementation's
-     * 8.7-9.0 GiB. */
+     * 8.7-9.0 GiB (from 14 on, pop_begin also renders the 64x64 block for all 50). */
     const int64_t budget = r->p->dev == PBW_DEV_CUDA ? (int64_t)14 << 16 : (int64_t)2 << 16;
     int bsz = rq->cma_batch > 0 ? rq->cma_batch : (int)(budget / ((int64_t)r->S * r->S));
     if (bsz < 1) bsz = 1;
