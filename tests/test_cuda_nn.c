@@ -461,17 +461,21 @@ out:
  * QuickGELU all half_only; the residual stream fp32, or with the adds in place as CLIP's
  * forward without gradients makes them, kept in the half type too and read so by the second
  * layer norm and by a slice of the class token's row) against the CPU in fp32, image-tower (50 tokens) and text-tower (77, causal)
- * shapes. Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to the
+ * shapes, and ViT-B/16's image tower (197 tokens). Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to the
  * half type (2^-9 relative in bf16) before the next op: a few more roundings of the same size,
  * within the same 1e-2 of the output's scale. The QuickGELU output read back checks the fp32
  * values written on demand (1e-2 of its scale). */
 PBW_TEST(cuda_half_activations) {
 #ifdef PBW_HAVE_CUDA
-    const block_case cases[3] = {{4, 50, 768, 3072, 12, 0, 1, 0},
+    /* the last: ViT-B/16's 197 tokens, more than the tensor-core attention takes (80), so its
+     * fallback runs inside a half-activation block; only the values are held to the bound
+     * there (which intermediates stay half depends on the fallback) */
+    const block_case cases[4] = {{4, 50, 768, 3072, 12, 0, 1, 0},
                                  {3, 77, 512, 2048, 8, 1, 1, 0},
-                                 {4, 50, 768, 3072, 12, 0, 1, 1}};
+                                 {4, 50, 768, 3072, 12, 0, 1, 1},
+                                 {2, 197, 768, 3072, 12, 0, 1, 1}};
     const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < 4; c++) {
         const block_case *bc = &cases[c];
         const int64_t ny = bc->B * bc->T * bc->D, nm = bc->B * bc->T * bc->M;
         float *ref = malloc((size_t)ny * sizeof(float)), *got = malloc((size_t)ny * sizeof(float));
@@ -492,7 +496,7 @@ PBW_TEST(cuda_half_activations) {
                    (long long)bc->T, (long long)bc->D, bc->causal ? " causal" : "",
                    bc->into ? " in place" : "", pbw_precision_name(precs[k]), nh % 10, nh / 10,
                    ey, em);
-            CHECK(nh == (bc->into ? 25 : 5) && ey <= 1e-2 && em <= 1e-2);
+            CHECK((bc->T > 80 || nh == (bc->into ? 25 : 5)) && ey <= 1e-2 && em <= 1e-2);
         }
         /* half activations off, or fp32 precision: no half-only tensor */
         block_case off = *bc;
