@@ -15,15 +15,8 @@ ARCH=${ARCH:-sm_90}
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "run_micro: nvcc not found (NVCC=path)" >&2; exit 1; }
 mkdir -p "$OUT" || exit 1
-# the libraries each one links
-libs() {
-    case $1 in
-    gelu_gemm | lt_candidates) echo -lcublasLt ;;
-    gemm_modes) echo -lcublas ;;
-    eigh_gpu) echo -lcusolver ;;
-    *) echo ;;
-    esac
-}
+# the libraries a benchmark links: the -l flags of the nvcc line its opening comment gives
+libs() { grep -m1 'nvcc ' "$1" | grep -o -- ' -l[A-Za-z0-9_]*'; }
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
     for f in bench/*.cu; do names+=("$(basename "$f" .cu)"); done
@@ -33,7 +26,7 @@ for n in "${names[@]}"; do
     src=bench/$n.cu
     [ -f "$src" ] || { echo "run_micro: no $src" >&2; rc=1; continue; }
     # shellcheck disable=SC2046
-    if ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" "$src" $(libs "$n") -o "$OUT/$n" 2>"$OUT/$n.build.txt"; then
+    if ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" "$src" $(libs "$src") -o "$OUT/$n" 2>"$OUT/$n.build.txt"; then
         echo "run_micro: $n did not build:" >&2
         tail -5 "$OUT/$n.build.txt" >&2
         rc=1
