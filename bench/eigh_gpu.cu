@@ -8,7 +8,6 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -55,31 +54,19 @@ template <typename T> static double median_ms(int n, const std::vector<double> &
     CK(buffer_size<T>(h, jacobi, n, a, w, &lwork, p));
     CK(cudaMalloc(&work, sizeof(T) * (lwork > 0 ? lwork : 1)));
     const std::vector<T> host(C.begin(), C.end());
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> t;
-    for (int r = 0; r < 12; r++) {
-        CK(cudaMemcpy(a, host.data(), sizeof(T) * n * n, cudaMemcpyHostToDevice));
-        CK(cudaEventRecord(e0));
-        CK(solve<T>(h, jacobi, n, a, w, work, lwork, info, p));
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t.push_back(ms);
-        int hinfo = 0;
-        CK(cudaMemcpy(&hinfo, info, sizeof hinfo, cudaMemcpyDeviceToHost));
-        if (hinfo != 0) fprintf(stderr, "solver info %d\n", hinfo);
-    }
-    std::sort(t.begin(), t.end());
+    const double ms = bench_median_ms(
+        [&] { CK(solve<T>(h, jacobi, n, a, w, work, lwork, info, p)); }, 0, 12,
+        [&] { CK(cudaMemcpy(a, host.data(), sizeof(T) * n * n, cudaMemcpyHostToDevice)); });
+    int hinfo = 0;
+    CK(cudaMemcpy(&hinfo, info, sizeof hinfo, cudaMemcpyDeviceToHost));
+    if (hinfo != 0) fprintf(stderr, "solver info %d\n", hinfo);
     CK(cudaFree(a));
     CK(cudaFree(w));
     CK(cudaFree(work));
     CK(cudaFree(info));
     CK(cusolverDnDestroySyevjInfo(p));
     CK(cusolverDnDestroy(h));
-    return t[t.size() / 2];
+    return ms;
 }
 
 int main(int argc, char **argv) {

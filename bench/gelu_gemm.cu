@@ -177,27 +177,6 @@ __global__ void fill(__nv_bfloat16 *p, size_t n, float scale, unsigned seed) {
     }
 }
 
-template <typename F> float median_us(F run) {
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; i++) run();
-    std::vector<float> t;
-    for (int i = 0; i < 20; i++) {
-        CK(cudaEventRecord(e0));
-        run();
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t.push_back(1e3f * ms);
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
-
 void run_shape(cublasLtHandle_t lt, void *ws, size_t ws_bytes, int R, int O, int I) {
     __nv_bfloat16 *x, *w, *b, *y_lt, *y_fused;
     CK(cudaMalloc(&x, sizeof(__nv_bfloat16) * R * I));
@@ -247,8 +226,9 @@ void run_shape(cublasLtHandle_t lt, void *ws, size_t ws_bytes, int R, int O, int
     auto fused = [&] {
         gelu_gemm_kernel<<<grid, THREADS, SMEM_BYTES>>>(x, w, b, y_fused, R, O, I);
     };
-    const float t_product = median_us(product), t_gelu = median_us(gelu);
-    const float t_both = median_us([&] { product(), gelu(); }), t_fused = median_us(fused);
+    auto us = [](auto run) { return 1e3f * bench_median_ms(run, 3, 20); };
+    const float t_product = us(product), t_gelu = us(gelu);
+    const float t_both = us([&] { product(), gelu(); }), t_fused = us(fused);
     CK(cudaGetLastError());
 
     product(), gelu(), fused();
