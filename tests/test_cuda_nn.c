@@ -460,11 +460,12 @@ out:
  * bf16/fp16 alone between products (layer norm, the qkv and fc1 products, attention and
  * QuickGELU all half_only; the residual stream fp32, or with the adds in place as CLIP's
  * forward without gradients makes them, kept in the half type too and read so by the second
- * layer norm and by a slice of the class token's row) against the CPU in fp32, image-tower (50 tokens) and text-tower (77, causal)
- * shapes, and ViT-B/16's image tower (197 tokens). Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to the
- * half type (2^-9 relative in bf16) before the next op: a few more roundings of the same size,
- * within the same 1e-2 of the output's scale. The QuickGELU output read back checks the fp32
- * values written on demand (1e-2 of its scale). */
+ * layer norm and by a slice of the class token's row) against the CPU in fp32, at the shapes
+ * of the image tower (50 tokens), the text tower (77, causal) and ViT-B/16's image tower (197
+ * tokens). Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to
+ * the half type (2^-9 relative in bf16) before the next op: a few more roundings of the same
+ * size, within the same 1e-2 of the output's scale. The QuickGELU output read back checks the
+ * fp32 values written on demand (1e-2 of its scale). */
 PBW_TEST(cuda_half_activations) {
 #ifdef PBW_HAVE_CUDA
     /* the last: ViT-B/16's 197 tokens, more than the tensor-core attention takes (80), so its
