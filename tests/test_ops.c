@@ -522,9 +522,10 @@ PBW_TEST(ops_grad_first_writer) {
     CHECK(gc_check("mul adds first", adder_first_fn, NULL, 2, two, (gc_opts){0}) == 0);
     gc_input lin[2] = {{2, {R, C}, x, 1}, {2, {C, C}, w, 1}};
     CHECK(gc_check("x twice in linear_add", same_twice_fn, NULL, 2, lin, (gc_opts){0}) == 0);
-    /* which gradients were left unset: x (tanh writes it) but not sigmoid's or tanh's outputs
-     * (add's backward adds); in the second function none (mul adds x's first, e is a leaf of
-     * mul alone, sigmoid's output feeds add) */
+    /* which gradients were left unset: x (tanh writes it), and sigmoid's and tanh's outputs
+     * (add's operands of its output's shape take or copy its gradient); in the second function
+     * sigmoid's output and mul's (add's operands) but not x (mul adds x's first) or e (a leaf of
+     * mul alone) */
     pbw_ctx *ctx = new_ctx();
     pbw_err err;
     pbw_tensor *tx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C});
@@ -532,15 +533,69 @@ PBW_TEST(ops_grad_first_writer) {
     tx->requires_grad = te->requires_grad = 1;
     CHECK(pbw_backward(ctx, pbw_sum_all(ctx, two_writers_fn(ctx, (pbw_tensor *[]){tx}, NULL)),
                        NULL, &err) == 0);
+    const size_t one_grad = (size_t)((R * C * 4 + 63) / 64 * 64);
     printf("  tanh writes x: %zu bytes unset\n", pbw_ctx_grad_unset_bytes(ctx));
-    CHECK(pbw_ctx_grad_unset_bytes(ctx) == (size_t)((R * C * 4 + 63) / 64 * 64));
+    CHECK(pbw_ctx_grad_unset_bytes(ctx) == 3 * one_grad);
     pbw_ctx_reset(ctx);
     tx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C});
     te = pbw_tensor_from_host(ctx, e, 2, (int64_t[]){R, C});
     tx->requires_grad = te->requires_grad = 1;
     CHECK(pbw_backward(ctx, pbw_sum_all(ctx, adder_first_fn(ctx, (pbw_tensor *[]){tx, te}, NULL)),
                        NULL, &err) == 0);
-    CHECK(pbw_ctx_grad_unset_bytes(ctx) == 0);
+    CHECK(pbw_ctx_grad_unset_bytes(ctx) == 2 * one_grad);
+    pbw_ctx_free(ctx);
+    free(x); free(e); free(w);
+}
+
+/* Gradients passed through unchanged (pbw_grad_pass): a reshape's input, an add's operands and
+ * a sub's first, linear_add's residual take their output's gradient buffer when it is their
+ * first producer, instead of a copy. The buffer is shared where the rule says, and every
+ * gradient is the same as with the sharing off (PBW_GRAD_ALIAS=0), and as finite differences. */
+static pbw_tensor *pass_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* x -> reshape -> (add with e) -> sub tanh(x) -> linear_add residual; e broadcast */
+    const int64_t C = in[0]->shape[1];
+    pbw_tensor *r = pbw_reshape(ctx, in[0], 2, (int64_t[]){in[0]->numel / C, C});
+    pbw_tensor *s = pbw_sub(ctx, pbw_add(ctx, r, in[1]), pbw_tanh(ctx, in[0]));
+    return pbw_linear_add(ctx, pbw_sigmoid(ctx, s), in[2], NULL, s);
+}
+
+PBW_TEST(ops_grad_pass_through) {
+    const int64_t R = 4, C = 5;
+    float *x = gc_rand(R * C, 81, -1, 1), *e = gc_rand(C, 82, -1, 1), *w = gc_rand(C * C, 83, -1, 1);
+    gc_input in[3] = {{2, {R, C}, x, 1}, {1, {C}, e, 1}, {2, {C, C}, w, 1}};
+    CHECK(gc_check("reshape, add, sub, linear_add pass gradients", pass_fn, NULL, 3, in,
+                   (gc_opts){0}) == 0);
+    /* y = reshape(x): x's only producer, so x's gradient is y's buffer */
+    pbw_ctx *ctx = new_ctx();
+    pbw_err err;
+    pbw_tensor *tx = pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C});
+    tx->requires_grad = 1;
+    pbw_tensor *y = pbw_reshape(ctx, tx, 1, (int64_t[]){R * C});
+    pbw_tensor *t = pbw_tanh(ctx, y);
+    CHECK(pbw_backward(ctx, pbw_sum_all(ctx, t), NULL, &err) == 0);
+    CHECK(tx->grad && tx->grad == y->grad);
+    /* the whole chain, sharing on and off: the same gradients, bit for bit */
+    float *g[2][3];
+    for (int off = 0; off < 2; off++) {
+        if (off) setenv("PBW_GRAD_ALIAS", "0", 1);
+        pbw_ctx_reset(ctx);
+        pbw_tensor *ts[3] = {pbw_tensor_from_host(ctx, x, 2, (int64_t[]){R, C}),
+                             pbw_tensor_from_host(ctx, e, 1, (int64_t[]){C}),
+                             pbw_tensor_from_host(ctx, w, 2, (int64_t[]){C, C})};
+        for (int i = 0; i < 3; i++) ts[i]->requires_grad = 1;
+        CHECK(pbw_backward(ctx, pbw_sum_all(ctx, pbw_square(ctx, pass_fn(ctx, ts, NULL))), NULL,
+                           &err) == 0);
+        for (int i = 0; i < 3; i++) {
+            g[off][i] = malloc((size_t)ts[i]->numel * sizeof(float));
+            memcpy(g[off][i], ts[i]->grad, (size_t)ts[i]->numel * sizeof(float));
+        }
+        unsetenv("PBW_GRAD_ALIAS");
+    }
+    CHECK(memcmp(g[0][0], g[1][0], R * C * sizeof(float)) == 0);
+    CHECK(memcmp(g[0][1], g[1][1], C * sizeof(float)) == 0);
+    CHECK(memcmp(g[0][2], g[1][2], C * C * sizeof(float)) == 0);
+    for (int off = 0; off < 2; off++)
+        for (int i = 0; i < 3; i++) free(g[off][i]);
     pbw_ctx_free(ctx);
     free(x); free(e); free(w);
 }

@@ -179,15 +179,33 @@ typedef struct {
     int64_t shape[5];
 } binary_saved;
 
+/* An add's operands of the output's shape, and a sub's first, get the output's gradient
+ * unchanged (node->writes): the first of them still unset takes the output's gradient buffer
+ * itself (pbw_grad_pass), an add's other one is then written by a copy when unset. */
 static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     const binary_saved *s = n->saved;
     pbw_tensor *a = n->in[0], *b = n->in[1];
-    float *ga = pbw_grad(ctx, a), *gb = pbw_grad(ctx, b);
-    if (!ga && !gb) return;
     int64_t sa[5], sb[5], sy[5];
     pbw_strides5(a, s->shape, sa);
     pbw_strides5(b, s->shape, sb);
     pbw_dense_strides5(s->shape, sy);
+    float *ga, *gb;
+    if ((n->writes & 1u) && pbw_grad_pass(ctx, a, n->out)) {
+        ga = NULL;
+        float beta = 1.0f;
+        gb = (n->writes & 2u) ? pbw_grad_out(ctx, b, &beta) : pbw_grad(ctx, b);
+        if (gb && beta == 0.0f) { /* b's gradient is gy itself, a copy */
+            PBW_KERNEL(ctx, copy_strided, s->shape, n->out->grad, sy, gb, sb);
+            return;
+        }
+    } else if ((n->writes & 2u) && pbw_grad_pass(ctx, b, n->out)) {
+        ga = pbw_grad(ctx, a);
+        gb = NULL;
+    } else {
+        ga = pbw_grad(ctx, a);
+        gb = pbw_grad(ctx, b);
+    }
+    if (!ga && !gb) return;
     PBW_KERNEL(ctx, binary_backward, s->op, s->shape, a->data, sa, b->data, sb, n->out->grad, sy,
                ga, gb);
 }
@@ -221,6 +239,9 @@ static pbw_tensor *binary(pbw_ctx *ctx, const char *name, pbw_tensor *a, pbw_ten
         binary_saved *s = n->saved;
         s->op = op;
         memcpy(s->shape, s5, sizeof s5);
+        /* operands whose gradient is the output's, whole (binary_backward) */
+        if (op == PBW_BIN_ADD || op == PBW_BIN_SUB) n->writes |= a->numel == y->numel ? 1u : 0u;
+        if (op == PBW_BIN_ADD) n->writes |= b->numel == y->numel ? 2u : 0u;
     }
     return y;
 }

@@ -91,7 +91,9 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     /* x's and r's gradients are written whole (node->writes): beta 0 when still unset */
     float bx = 1.0f, br = 1.0f;
     float *gx = pbw_grad_out(ctx, x, &bx), *gw = pbw_grad(ctx, w);
-    float *gb = b ? pbw_grad(ctx, b) : NULL, *gr = r ? pbw_grad_out(ctx, r, &br) : NULL;
+    float *gb = b ? pbw_grad(ctx, b) : NULL;
+    /* r's gradient is gy itself: r takes gy's buffer when still unset (pbw_grad_pass) */
+    float *gr = r && !pbw_grad_pass(ctx, r, n->out) ? pbw_grad_out(ctx, r, &br) : NULL;
 #ifdef PBW_HAVE_CUDA
     /* bf16 operands for gx (and gr gets gy in the same pass) where the precision allows */
     if (gx && pbw_on_cuda(ctx) &&

@@ -95,19 +95,14 @@ pbw_tensor *pbw_mean_all(pbw_ctx *ctx, pbw_tensor *x) {
 /* ---- reshape: a view ---- */
 
 static void reshape_backward(pbw_ctx *ctx, pbw_node *n) {
-    float *gx = pbw_grad(ctx, n->in[0]);
+    pbw_tensor *x = n->in[0];
+    if (pbw_grad_pass(ctx, x, n->out)) return; /* x's gradient is the output's buffer itself */
+    float beta;
+    float *gx = pbw_grad_out(ctx, x, &beta);
     if (!gx) return;
-    const float *gy = n->out->grad;
-    int64_t m = n->out->numel;
-#ifdef PBW_HAVE_CUDA
-    if (pbw_on_cuda(ctx)) { /* gx += gy as a flat accumulation */
-        const int64_t shape[5] = {1, 1, 1, 1, m}, st[5] = {0, 0, 0, 0, 1};
-        pbw_cuda_accumulate(shape, gy, st, gx, st, 1.0f);
-        return;
-    }
-#endif
-#pragma omp parallel for schedule(static) if (m > 32768)
-    for (int64_t i = 0; i < m; i++) gx[i] += gy[i];
+    const int64_t shape[5] = {1, 1, 1, 1, n->out->numel}, st[5] = {0, 0, 0, 0, 1};
+    if (beta != 0.0f) PBW_KERNEL(ctx, accumulate, shape, n->out->grad, st, gx, st, 1.0f);
+    else PBW_KERNEL(ctx, copy_strided, shape, n->out->grad, st, gx, st);
 }
 
 pbw_tensor *pbw_reshape(pbw_ctx *ctx, pbw_tensor *x, int ndim, const int64_t *shape) {
@@ -131,8 +126,11 @@ pbw_tensor *pbw_reshape(pbw_ctx *ctx, pbw_tensor *x, int ndim, const int64_t *sh
     }
     pbw_tensor *y = pbw_tensor_wrap(ctx, x->data, ndim, s);
     if (!y) return NULL;
-    if (pbw_needs_grad(ctx, &x, 1) && !pbw_tape_push(ctx, "reshape", reshape_backward, y, &x, 1, 0))
-        return NULL;
+    if (pbw_needs_grad(ctx, &x, 1)) {
+        pbw_node *nd = pbw_tape_push(ctx, "reshape", reshape_backward, y, &x, 1, 0);
+        if (!nd) return NULL;
+        nd->writes = 1u; /* x's gradient: the output's, whole */
+    }
     return y;
 }
 

@@ -782,6 +782,16 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
     return pbw_grad(ctx, t);
 }
 
+int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out) {
+    (void)ctx;
+    if (!t || !t->requires_grad || !t->grad || !t->grad_unset || !out->grad ||
+        t->numel != out->numel || t->device != out->device || pbw_env_zero("PBW_GRAD_ALIAS"))
+        return 0;
+    t->grad = out->grad; /* t's own unset buffer stays unused until the context's reset */
+    t->grad_unset = 0;
+    return 1;
+}
+
 int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->grad) return 0;
     t->grad_unset = 0;

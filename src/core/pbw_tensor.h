@@ -221,6 +221,13 @@ float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t);
  * leaves a gradient unset, skipping its zeroing, when its first producer is such a backward
  * (PBW_GRAD_UNSET=0: never). */
 float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
+/* For a backward whose gradient for t is the output's own gradient, unchanged (a reshape, an
+ * add's operand of the output's shape) and that declared so in node->writes: when t's gradient
+ * is still unset, t takes the output's gradient buffer as its own (every consumer of the output
+ * has run its backward, so nothing reads that buffer as the output's again) and 1 is returned:
+ * nothing to copy. 0: the caller writes or adds the gradient itself (PBW_GRAD_ALIAS=0: never
+ * shared). At most one input of a node may take the buffer. */
+int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
 /* Zeroes t's gradient buffer: for a backward that got beta 0 from pbw_grad_out but will add
  * after all (no kernel of the geometry writes). 0, or -1 with ctx failed. */
 int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t);
