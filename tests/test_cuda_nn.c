@@ -327,6 +327,7 @@ PBW_TEST(cuda_embedding) {
 
 #include "core/pbw_rng.h"
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_elementwise.h"
 #include "cuda/pbw_cuda_nn.h"
 
 /* A context on dev in precision prec (CUDA) and an empty weight arena; half_end frees both,
@@ -346,8 +347,10 @@ static int half_end(pbw_ctx *ctx, pbw_arena *a, int rc) {
     return rc;
 }
 
-static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
-                    int64_t M) {
+/* x (R,D) -> layer norm -> linear (M) -> QuickGELU -> linear (D) into out; with gx (R*D floats,
+ * else NULL) x's gradient too, from the output's gradient seed (R*D floats). */
+static int half_mlp_grad(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
+                         int64_t M, const float *seed, float *gx) {
     pbw_err err = {{0}};
     pbw_arena a;
     pbw_ctx *ctx = half_begin(dev, prec, &a);
@@ -372,12 +375,24 @@ static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, i
     for (int64_t i = 0; i < R * D; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
     pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 2, (int64_t[]){R, D});
     free(xh);
+    if (x && gx) x->requires_grad = 1;
     pbw_tensor *h = pbw_linear(ctx, pbw_layer_norm(ctx, x, lw, lb, 1e-5f), w1, b1);
     pbw_tensor *y = pbw_linear(ctx, pbw_quick_gelu(ctx, h), w2, b2);
-    if (y && pbw_tensor_read(ctx, y, out) == 0) rc = 0;
-    else fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
+    const float *g = NULL;
+    if (y && pbw_tensor_read(ctx, y, out) == 0 &&
+        (!gx || (pbw_backward(ctx, y, seed, &err) == 0 && (g = pbw_grad_host(ctx, x))))) {
+        if (gx) memcpy(gx, g, (size_t)(R * D) * sizeof(float));
+        rc = 0;
+    } else {
+        fprintf(stderr, "  %s\n", pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : err.msg);
+    }
 out:
     return half_end(ctx, &a, rc);
+}
+
+static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
+                    int64_t M) {
+    return half_mlp_grad(dev, prec, out, R, D, M, NULL, NULL);
 }
 
 /* One CLIP block, x (B,T,D) -> x + attn(ln1 x), then + mlp(ln2 .), with weights
@@ -833,6 +848,44 @@ PBW_TEST(cuda_linear_half_backward) {
         }
         free(ref), free(got), free(rref), free(rgot);
     }
+#endif
+}
+
+/* QuickGELU's gradient into a product's input gradient (CLIP's MLP with gradients): in bf16
+ * QuickGELU's backward writes its gradient in bf16 alone for fc1's product
+ * (pbw_tensor.grad_half), which then needs no conversion pass. That is the rounding the
+ * conversion made of the fp32 gradient: x's gradient must be the same bits as with
+ * PBW_CUDA_HALF_GRAD=0 (fp32 gradient, then converted), and within the half products' 1e-2
+ * of the CPU's. */
+PBW_TEST(cuda_half_grad_chain) {
+#ifdef PBW_HAVE_CUDA
+    const int64_t R = 200, D = 768, M = 3072, n = R * D;
+    float *y = malloc((size_t)n * sizeof(float)), *seed = malloc((size_t)n * sizeof(float));
+    float *ref = malloc((size_t)n * sizeof(float)), *g[2];
+    g[0] = malloc((size_t)n * sizeof(float)), g[1] = malloc((size_t)n * sizeof(float));
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 41);
+    for (int64_t i = 0; i < n; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    CHECK(half_mlp_grad(PBW_DEV_CPU, PBW_PREC_FP32, y, R, D, M, seed, ref) == 0);
+    double sx = 0;
+    for (int64_t i = 0; i < n; i++) sx = fmax(sx, fabs(ref[i]));
+    CHECK(sx > 1e-3); /* a real signal */
+    long calls[2];
+    for (int off = 0; off < 2; off++) {
+        if (off) setenv("PBW_CUDA_HALF_GRAD", "0", 1);
+        const long before = pbw_cuda_unary_backward_half_calls();
+        CHECK(half_mlp_grad(PBW_DEV_CUDA, PBW_PREC_BF16, y, R, D, M, seed, g[off]) == 0);
+        calls[off] = pbw_cuda_unary_backward_half_calls() - before;
+        if (off) unsetenv("PBW_CUDA_HALF_GRAD");
+    }
+    double e = 0;
+    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs(g[0][i] - ref[i]) / sx);
+    const int same = memcmp(g[0], g[1], (size_t)n * sizeof(float)) == 0;
+    printf("  bf16 MLP gradient: %ld and %ld half gradients written (PBW_CUDA_HALF_GRAD=0), "
+           "%s bits; rel err x.grad %.2e (tol 1e-2)\n",
+           calls[0], calls[1], same ? "the same" : "DIFFERENT", e);
+    CHECK(calls[0] == 1 && calls[1] == 0 && same && e <= 1e-2);
+    free(y), free(seed), free(ref), free(g[0]), free(g[1]);
 #endif
 }
 

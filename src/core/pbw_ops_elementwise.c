@@ -100,10 +100,22 @@ typedef struct {
 static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     const unary_saved *s = n->saved;
     float beta;
-    float *gx = pbw_grad_out(ctx, n->in[0], &beta);
+    pbw_tensor *x = n->in[0];
+    float *gx = pbw_grad_out(ctx, x, &beta);
     if (!gx) return;
-    PBW_KERNEL(ctx, unary_backward, s->op, s->p0, s->p1, n->in[0]->data, n->out->data,
-               n->out->grad, gx, n->out->numel, beta != 0.0f);
+#ifdef PBW_HAVE_CUDA
+    /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy alone */
+    if (beta == 0.0f && x->grad_half_wanted && pbw_on_cuda(ctx)) {
+        void *h = pbw_ctx_alloc(ctx, (size_t)x->numel * 2 + 16);
+        if (h && pbw_cuda_unary_backward_half(s->op, s->p0, s->p1, x->data, n->out->data,
+                                              n->out->grad, h, x->numel) == 0) {
+            x->grad_half = h;
+            return;
+        }
+    }
+#endif
+    PBW_KERNEL(ctx, unary_backward, s->op, s->p0, s->p1, x->data, n->out->data, n->out->grad, gx,
+               n->out->numel, beta != 0.0f);
 }
 
 static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unary_op op, float p0,

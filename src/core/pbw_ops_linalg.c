@@ -95,6 +95,13 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     /* r's gradient is gy itself: r takes gy's buffer when still unset (pbw_grad_pass) */
     float *gr = r && !pbw_grad_pass(ctx, r, n->out) ? pbw_grad_out(ctx, r, &br) : NULL;
 #ifdef PBW_HAVE_CUDA
+    /* gy written in bf16 alone by its producer (grad_half_wanted): the product reads it */
+    if (n->out->grad_half) {
+        if (gx && !gw && !gb && !gr &&
+            pbw_cuda_linear_backward_half_gy(n->out->grad_half, w->data, gx, bx, R, O, I) == 0)
+            return;
+        if (pbw_grad_sync(ctx, n->out)) return;
+    }
     /* bf16 operands for gx (and gr gets gy in the same pass) where the precision allows */
     if (gx && pbw_on_cuda(ctx) &&
         pbw_cuda_linear_backward_half(gy, w->data, gx, bx, gr, br, R, O, I) == 0)
@@ -220,6 +227,15 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
         pbw_node *n = pbw_tape_push(ctx, op, linear_backward, y, in, nin, 0);
         if (!n) return NULL;
         n->writes = 1u | 8u; /* x's gradient (a product) and r's (a copy of the output's) */
+        n->reads_grad_half = 1;
+#ifdef PBW_HAVE_CUDA
+        /* where the input gradient will be a product of bf16 operands and y's gradient feeds
+         * nothing else, y's gradient may come in bf16 alone (pbw_tensor.grad_half) */
+        y->grad_half_wanted = pbw_on_cuda(ctx) && x->requires_grad && !w->requires_grad &&
+                              !(b && b->requires_grad) && !r && !pbw_env_zero("PBW_CUDA_HALF_GRAD") &&
+                              pbw_cuda_linear_backward_half_ok(w->data, x->numel / w->shape[1],
+                                                               w->shape[0], w->shape[1]);
+#endif
     }
     return y;
 }

@@ -155,6 +155,7 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
     for (grad_owner *g = ctx->grads; g; g = g->next) {
         g->t->grad = NULL;
         g->t->grad_unset = 0;
+        g->t->grad_half = NULL;
     }
     ctx->grads = NULL;
     ctx->tape = NULL;
@@ -576,7 +577,11 @@ const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
     if (pbw_tensor_sync_f32(ctx, (pbw_tensor *)t)) return NULL; /* same values, fp32 too */
     return host_view(ctx, t, t->data);
 }
-const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) { return host_view(ctx, t, t->grad); }
+const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) {
+    /* a gradient still in its half copy alone: its values, written once into grad */
+    if (t->grad_half && pbw_grad_sync(ctx, (pbw_tensor *)t)) return NULL;
+    return host_view(ctx, t, t->grad);
+}
 
 int pbw_arena_to_device(pbw_arena *a, pbw_ctx *ctx, pbw_err *err) {
     if (ctx->dev == PBW_DEV_CPU) return 0;
@@ -771,9 +776,23 @@ static int grad_set_zero(pbw_ctx *ctx, pbw_tensor *t) {
     return ctx_zero(ctx, t->grad, (size_t)t->numel * sizeof(float));
 }
 
+int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t) {
+    if (!t || !t->grad_half) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->grad) {
+        pbw_cuda_half_to_f32(t->grad_half, t->grad, t->numel);
+        t->grad_half = NULL;
+        return 0;
+    }
+#endif
+    pbw_ctx_fail(ctx, "a half-precision gradient without its buffers");
+    return -1;
+}
+
 float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
     *beta = 1.0f;
     if (!t || !t->requires_grad) return NULL;
+    if (pbw_grad_sync(ctx, t)) return NULL; /* more is added to the values of the half copy */
     if (t->grad && t->grad_unset) {
         t->grad_unset = 0;
         *beta = 0.0f;
@@ -784,7 +803,7 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
 
 int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out) {
     (void)ctx;
-    if (!t || !t->requires_grad || !t->grad || !t->grad_unset || !out->grad ||
+    if (!t || !t->requires_grad || !t->grad || !t->grad_unset || !out->grad || out->grad_half ||
         t->numel != out->numel || t->device != out->device || pbw_env_zero("PBW_GRAD_ALIAS"))
         return 0;
     t->grad = out->grad; /* t's own unset buffer stays unused until the context's reset */
@@ -800,6 +819,7 @@ int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t) {
 
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
+    if (pbw_grad_sync(ctx, t)) return NULL;
     if (t->grad) return grad_set_zero(ctx, t) ? NULL : t->grad;
     if (t->device != ctx->dev) return pbw_ctx_fail(ctx, "gradient of a tensor on another device");
     size_t bytes = (size_t)t->numel * sizeof(float);
@@ -880,6 +900,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
         if (grad_set_zero(ctx, n->out)) break; /* unset: its consumers added nothing */
+        if (!n->reads_grad_half && pbw_grad_sync(ctx, n->out)) break;
         double t0 = 0;
         if (pbw_profile_enabled()) {
             pbw_profile_mark(); /* books the last forward op */

@@ -62,6 +62,15 @@ typedef struct pbw_tensor {
                     * other op pbw_tensor_sync_f32 writes data and drops the half copy */
     int grad_unset; /* grad is allocated but holds no values yet, not even zeros: its first
                      * producer writes it (pbw_grad_out); pbw_grad zeroes it first */
+    int grad_half_wanted; /* CUDA: the op that made this tensor reads its gradient as a bf16
+                           * copy (a product's input gradient, pbw_cuda_linear_backward_half):
+                           * a first producer that writes the gradient whole may write that
+                           * copy alone (grad_half) */
+    void *grad_half; /* that copy, holding the gradient's values while grad is not written;
+                      * pbw_grad_sync writes grad from it (pbw_grad, pbw_grad_out, pbw_backward
+                      * and pbw_grad_host do before anything else reads or adds to grad; a
+                      * backward leaves it so where only the product read it: code reading
+                      * such a tensor's grad directly calls pbw_grad_sync first) */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -80,6 +89,8 @@ struct pbw_node {
     void *saved;                        /* op-specific parameters, in the activation arena */
     unsigned writes; /* bit i: the backward writes all of in[i]'s gradient through
                       * pbw_grad_out (set by the op after pbw_tape_push) */
+    int reads_grad_half; /* the backward reads out->grad_half when set (else pbw_backward
+                          * writes out->grad from it first) */
     pbw_node *prev;
 };
 
@@ -228,6 +239,9 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
  * nothing to copy. 0: the caller writes or adds the gradient itself (PBW_GRAD_ALIAS=0: never
  * shared). At most one input of a node may take the buffer. */
 int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
+/* Writes t's gradient buffer from its half copy (pbw_tensor.grad_half) and drops the copy; no-op
+ * without one. 0, or -1 with ctx failed. */
+int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t);
 /* Zeroes t's gradient buffer: for a backward that got beta 0 from pbw_grad_out but will add
  * after all (no kernel of the geometry writes). 0, or -1 with ctx failed. */
 int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t);

@@ -270,6 +270,42 @@ extern "C" void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n) {
     PBW_CUDA_LAUNCHED("half_to_f32");
 }
 
+// k_unary_bwd4 for a gradient written whole (no add), stored in the half type H alone.
+template <int OP, typename H>
+__global__ void k_unary_bwd4h(float p0, float p1, const float4 *__restrict__ x,
+                              const float4 *__restrict__ y, const float4 *__restrict__ gy,
+                              H *gxh, int64_t n4) {
+    PBW_GRID_STRIDE(i, n4) {
+        const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z, g = gy[i];
+        float4 r = z; // 0 + g: the bits of k_unary_bwd4's written gradient
+        r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
+        r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
+        r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
+        r.w += unary_g<OP>(v.w, o.w, g.w, p0, p1);
+        reinterpret_cast<uint2 *>(gxh)[i] = pbw_pack_half4<H>(r);
+    }
+}
+
+static long g_unary_bwd_half_calls;
+extern "C" long pbw_cuda_unary_backward_half_calls(void) { return g_unary_bwd_half_calls; }
+
+extern "C" int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1, const float *x,
+                                            const float *y, const float *gy, void *gxh,
+                                            int64_t n) {
+    if (op != PBW_UN_QUICK_GELU || n <= 0 || !vec4_ok(n, x, y, gy, gy) || ((uintptr_t)gxh & 7))
+        return -1;
+    const int64_t n4 = n / 4;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        k_unary_bwd4h<PBW_UN_QUICK_GELU, H><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
+            p0, p1, (const float4 *)x, (const float4 *)y, (const float4 *)gy, (H *)gxh, n4);
+    });
+    PBW_CUDA_LAUNCHED("unary_backward (half)");
+    g_unary_bwd_half_calls++;
+    return 0;
+}
+
 extern "C" void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                                         const float *y, const float *gy, float *gx, int64_t n,
                                         int add) {

@@ -45,6 +45,13 @@ void pbw_cuda_copy_strided_half(const int64_t *shape, const void *xh, const int6
 /* gx += dy/dx * gy (x, y, gy, gx all (n)); add 0: gx = dy/dx * gy (gx not read) */
 void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                              const float *y, const float *gy, float *gx, int64_t n, int add);
+/* QuickGELU's gradient written whole (add 0) into gxh alone, n values of the precision's half
+ * type: the rounding of what pbw_cuda_unary_backward writes (pbw_tensor.grad_half). 0, or -1
+ * (nothing launched) for other ops, n not a multiple of 4 or pointers not aligned. */
+int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1, const float *x,
+                                 const float *y, const float *gy, void *gxh, int64_t n);
+/* Gradients written that way so far (tests). */
+long pbw_cuda_unary_backward_half_calls(void);
 
 /* y[i*sy] = a[i*sa] op b[i*sb] over the 5-D index space `shape` */
 void pbw_cuda_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,

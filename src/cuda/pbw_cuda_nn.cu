@@ -535,17 +535,37 @@ __global__ static void gy_to_bf16_kernel4(const float4 *gy, uint2 *gyh, float4 *
 
 extern "C" long pbw_cuda_linear_half_backward_calls(void) { return g_half_bwd_calls; }
 
-extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx,
-                                             float beta_x, float *gr, float beta_r, int64_t R,
-                                             int64_t O, int64_t I) {
+// Whether the bf16 input gradient applies to this product (the conditions of
+// pbw_cuda_linear_backward_half), and w's cached bf16 copy then (made on first use).
+static const void *half_backward_weight(const float *w, int64_t R, int64_t O, int64_t I) {
     // the switch is read at each call (not cached as the others are) so tests can turn it off
     // few rows (the generator's style products: one row a sample) are matrix-vector products,
     // bound by reading w, where the conversion pass would only add a launch
     if (pbw_cuda_precision() != PBW_PREC_BF16 || !pbw_cuda_half_gemm() || R < HALF_BWD_MIN_ROWS ||
         pbw_env_zero("PBW_CUDA_HALF_BACKWARD") || O <= 0 || I <= 0 || R > INT_MAX ||
         O > INT_MAX || I > INT_MAX)
-        return -1;
-    const void *wh = half_weight_of(w, (size_t)(O * I));
+        return nullptr;
+    return half_weight_of(w, (size_t)(O * I));
+}
+
+extern "C" int pbw_cuda_linear_backward_half_ok(const float *w, int64_t R, int64_t O, int64_t I) {
+    return half_backward_weight(w, R, O, I) != nullptr;
+}
+
+// gx = beta_x gx + gyh wh on bf16 operands.
+static void half_input_gradient(const void *gyh, const void *wh, float *gx, float beta_x,
+                                int64_t R, int64_t O, int64_t I) {
+    const float one = 1.0f;
+    PBW_CUBLAS_OK(cublasGemmEx(pbw_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)R, (int)O,
+                               &one, wh, CUDA_R_16BF, (int)I, gyh, CUDA_R_16BF, (int)O, &beta_x, gx,
+                               CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    g_half_bwd_calls++;
+}
+
+extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx,
+                                             float beta_x, float *gr, float beta_r, int64_t R,
+                                             int64_t O, int64_t I) {
+    const void *wh = half_backward_weight(w, R, O, I);
     const int64_t n = R * O;
     __nv_bfloat16 *gyh = wh ? (__nv_bfloat16 *)gyh_get((size_t)n * sizeof(__nv_bfloat16)) : nullptr;
     if (!gyh) return -1;
@@ -556,11 +576,15 @@ extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, fl
         gy_to_bf16_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gy, gyh, gr, beta_r != 0.0f, n);
     }
     PBW_CUDA_LAUNCHED("linear backward (gy to bf16)");
-    const float one = 1.0f;
-    PBW_CUBLAS_OK(cublasGemmEx(pbw_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)R, (int)O,
-                               &one, wh, CUDA_R_16BF, (int)I, gyh, CUDA_R_16BF, (int)O, &beta_x, gx,
-                               CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    g_half_bwd_calls++;
+    half_input_gradient(gyh, wh, gx, beta_x, R, O, I);
+    return 0;
+}
+
+extern "C" int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx,
+                                                float beta_x, int64_t R, int64_t O, int64_t I) {
+    const void *wh = half_backward_weight(w, R, O, I);
+    if (!wh) return -1;
+    half_input_gradient(gyh, wh, gx, beta_x, R, O, I);
     return 0;
 }
 

@@ -120,6 +120,14 @@ long pbw_cuda_linear_lt_forget(void);
  * was done: the caller writes gr and computes gx its own way). */
 int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx, float beta_x,
                                   float *gr, float beta_r, int64_t R, int64_t O, int64_t I);
+/* 1 when pbw_cuda_linear_backward_half would take this product now (w's cached bf16 copy is
+ * made on the way), 0 when not: for an op that decides at its forward whose gradient to write
+ * in bf16 alone (pbw_tensor.grad_half). */
+int pbw_cuda_linear_backward_half_ok(const float *w, int64_t R, int64_t O, int64_t I);
+/* pbw_cuda_linear_backward_half's product from gy already in bf16 (gyh, (R,O)): no conversion
+ * pass. 0 when enqueued, -1 when not taken (as pbw_cuda_linear_backward_half_ok). */
+int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx, float beta_x,
+                                     int64_t R, int64_t O, int64_t I);
 /* Input gradients made on bf16 operands so far (tests). */
 long pbw_cuda_linear_half_backward_calls(void);
 /* pbw_cuda_layer_norm_forward that also writes yh (R,D), y in the precision's half type; y may
