@@ -348,9 +348,11 @@ static int half_end(pbw_ctx *ctx, pbw_arena *a, int rc) {
 }
 
 /* x (R,D) -> layer norm -> linear (M) -> QuickGELU -> linear (D) into out; with gx (R*D floats,
- * else NULL) x's gradient too, from the output's gradient seed (R*D floats). */
+ * else NULL) x's gradient too, from the output's gradient seed (R*D floats). With gh (R*M
+ * floats, else NULL) the first product's output h also feeds sum(tanh(h)), added to the loss,
+ * whose backward runs after QuickGELU's; gh gets h's gradient. */
 static int half_mlp_grad(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
-                         int64_t M, const float *seed, float *gx) {
+                         int64_t M, const float *seed, float *gx, float *gh) {
     pbw_err err = {{0}};
     pbw_arena a;
     pbw_ctx *ctx = half_begin(dev, prec, &a);
@@ -377,11 +379,18 @@ static int half_mlp_grad(pbw_device dev, pbw_precision prec, float *out, int64_t
     free(xh);
     if (x && gx) x->requires_grad = 1;
     pbw_tensor *h = pbw_linear(ctx, pbw_layer_norm(ctx, x, lw, lb, 1e-5f), w1, b1);
-    pbw_tensor *y = pbw_linear(ctx, pbw_quick_gelu(ctx, h), w2, b2);
-    const float *g = NULL;
-    if (y && pbw_tensor_read(ctx, y, out) == 0 &&
-        (!gx || (pbw_backward(ctx, y, seed, &err) == 0 && (g = pbw_grad_host(ctx, x))))) {
+    pbw_tensor *t = gh ? pbw_sum_all(ctx, pbw_tanh(ctx, h)) : NULL;
+    pbw_tensor *y = pbw_linear(ctx, pbw_quick_gelu(ctx, h), w2, b2), *loss = y;
+    if (gh) {
+        pbw_tensor *st = pbw_tensor_from_host(ctx, seed, 2, (int64_t[]){R, D});
+        loss = pbw_add(ctx, pbw_sum_all(ctx, pbw_mul(ctx, y, st)), t);
+    }
+    const float *g = NULL, *g2 = NULL;
+    if (loss && pbw_tensor_read(ctx, y, out) == 0 &&
+        (!gx || (pbw_backward(ctx, loss, gh ? NULL : seed, &err) == 0 &&
+                 (g = pbw_grad_host(ctx, x)) && (!gh || (g2 = pbw_grad_host(ctx, h)))))) {
         if (gx) memcpy(gx, g, (size_t)(R * D) * sizeof(float));
+        if (gh) memcpy(gh, g2, (size_t)(R * M) * sizeof(float));
         rc = 0;
     } else {
         fprintf(stderr, "  %s\n", pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : err.msg);
@@ -392,7 +401,7 @@ out:
 
 static int half_mlp(pbw_device dev, pbw_precision prec, float *out, int64_t R, int64_t D,
                     int64_t M) {
-    return half_mlp_grad(dev, prec, out, R, D, M, NULL, NULL);
+    return half_mlp_grad(dev, prec, out, R, D, M, NULL, NULL, NULL);
 }
 
 /* One CLIP block, x (B,T,D) -> x + attn(ln1 x), then + mlp(ln2 .), with weights
@@ -866,7 +875,7 @@ PBW_TEST(cuda_half_grad_chain) {
     pbw_rng rng;
     pbw_rng_seed(&rng, 41);
     for (int64_t i = 0; i < n; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-    CHECK(half_mlp_grad(PBW_DEV_CPU, PBW_PREC_FP32, y, R, D, M, seed, ref) == 0);
+    CHECK(half_mlp_grad(PBW_DEV_CPU, PBW_PREC_FP32, y, R, D, M, seed, ref, NULL) == 0);
     double sx = 0;
     for (int64_t i = 0; i < n; i++) sx = fmax(sx, fabs(ref[i]));
     CHECK(sx > 1e-3); /* a real signal */
@@ -874,7 +883,7 @@ PBW_TEST(cuda_half_grad_chain) {
     for (int off = 0; off < 2; off++) {
         if (off) setenv("PBW_CUDA_HALF_GRAD", "0", 1);
         const long before = pbw_cuda_unary_backward_half_calls();
-        CHECK(half_mlp_grad(PBW_DEV_CUDA, PBW_PREC_BF16, y, R, D, M, seed, g[off]) == 0);
+        CHECK(half_mlp_grad(PBW_DEV_CUDA, PBW_PREC_BF16, y, R, D, M, seed, g[off], NULL) == 0);
         calls[off] = pbw_cuda_unary_backward_half_calls() - before;
         if (off) unsetenv("PBW_CUDA_HALF_GRAD");
     }
@@ -885,6 +894,23 @@ PBW_TEST(cuda_half_grad_chain) {
            "%s bits; rel err x.grad %.2e (tol 1e-2)\n",
            calls[0], calls[1], same ? "the same" : "DIFFERENT", e);
     CHECK(calls[0] == 1 && calls[1] == 0 && same && e <= 1e-2);
+    /* h feeding tanh too, whose backward adds to h's gradient after QuickGELU's wrote the bf16
+     * copy: the copy is written out in fp32 first (pbw_grad_out), the product reads that, and
+     * h's gradient read back is whole: x's and h's within 1e-2 of the CPU's */
+    float *gh_ref = malloc((size_t)(R * M) * sizeof(float)), *gh = malloc((size_t)(R * M) * sizeof(float));
+    CHECK(half_mlp_grad(PBW_DEV_CPU, PBW_PREC_FP32, y, R, D, M, seed, ref, gh_ref) == 0);
+    const long before2 = pbw_cuda_unary_backward_half_calls();
+    CHECK(half_mlp_grad(PBW_DEV_CUDA, PBW_PREC_BF16, y, R, D, M, seed, g[0], gh) == 0);
+    const long calls2 = pbw_cuda_unary_backward_half_calls() - before2;
+    double sx2 = 0, sh = 0, e2 = 0, eh = 0;
+    for (int64_t i = 0; i < n; i++) sx2 = fmax(sx2, fabs(ref[i]));
+    for (int64_t i = 0; i < R * M; i++) sh = fmax(sh, fabs(gh_ref[i]));
+    for (int64_t i = 0; i < n; i++) e2 = fmax(e2, fabs(g[0][i] - ref[i]) / sx2);
+    for (int64_t i = 0; i < R * M; i++) eh = fmax(eh, fabs(gh[i] - gh_ref[i]) / sh);
+    printf("  h with a second consumer: %ld half gradients written, rel err x.grad %.2e, "
+           "h.grad %.2e (tol 1e-2)\n", calls2, e2, eh);
+    CHECK(calls2 == 1 && sx2 > 1e-3 && sh > 1e-3 && e2 <= 1e-2 && eh <= 1e-2);
+    free(gh_ref), free(gh);
     free(y), free(seed), free(ref), free(g[0]), free(g[1]);
 #endif
 }

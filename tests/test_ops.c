@@ -559,12 +559,27 @@ static pbw_tensor *pass_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_linear_add(ctx, pbw_sigmoid(ctx, s), in[2], NULL, s);
 }
 
+static pbw_tensor *one_taker_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* both of add's operands unset when it runs backward; a has another consumer
+              * (exp) whose backward runs after add's: had both taken add's buffer, exp's
+              * share of a's gradient would land in b's too */
+    pbw_tensor *a = pbw_tanh(ctx, in[0]), *b = pbw_sigmoid(ctx, in[1]);
+    pbw_tensor *c = pbw_exp(ctx, a);
+    pbw_tensor *s = pbw_add(ctx, a, b);
+    return pbw_add(ctx, pbw_sum_all(ctx, pbw_square(ctx, s)), pbw_sum_all(ctx, c));
+}
+
 PBW_TEST(ops_grad_pass_through) {
     const int64_t R = 4, C = 5;
     float *x = gc_rand(R * C, 81, -1, 1), *e = gc_rand(C, 82, -1, 1), *w = gc_rand(C * C, 83, -1, 1);
     gc_input in[3] = {{2, {R, C}, x, 1}, {1, {C}, e, 1}, {2, {C, C}, w, 1}};
     CHECK(gc_check("reshape, add, sub, linear_add pass gradients", pass_fn, NULL, 3, in,
                    (gc_opts){0}) == 0);
+    float *x2 = gc_rand(R * C, 84, -1, 1);
+    gc_input two[2] = {{2, {R, C}, x, 1}, {2, {R, C}, x2, 1}};
+    CHECK(gc_check("one of add's operands takes its buffer", one_taker_fn, NULL, 2, two,
+                   (gc_opts){0}) == 0);
+    free(x2);
     /* y = reshape(x): x's only producer, so x's gradient is y's buffer */
     pbw_ctx *ctx = new_ctx();
     pbw_err err;

@@ -105,8 +105,9 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     if (!gx) return;
 #ifdef PBW_HAVE_CUDA
     /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy alone */
-    if (beta == 0.0f && x->grad_half_wanted && pbw_on_cuda(ctx)) {
-        void *h = pbw_ctx_alloc(ctx, (size_t)x->numel * 2 + 16);
+    if (beta == 0.0f && x->grad_half_wanted && s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 &&
+        pbw_on_cuda(ctx)) {
+        void *h = pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16);
         if (h && pbw_cuda_unary_backward_half(s->op, s->p0, s->p1, x->data, n->out->data,
                                               n->out->grad, h, x->numel) == 0) {
             x->grad_half = h;
@@ -191,9 +192,23 @@ typedef struct {
     int64_t shape[5];
 } binary_saved;
 
+/* t's gradient += the output's (t of the output's shape, strides st): the output's buffer
+ * itself when t's gradient is still unset and may_take (pbw_grad_pass), a copy when unset
+ * otherwise, an add when it holds values. 1 when t took the buffer. */
+static int pass_to(pbw_ctx *ctx, pbw_tensor *t, pbw_node *n, const int64_t *shape,
+                   const int64_t *sy, const int64_t *st, int may_take) {
+    if (may_take && pbw_grad_pass(ctx, t, n->out)) return 1;
+    float beta;
+    float *g = pbw_grad_out(ctx, t, &beta);
+    if (!g) return 0;
+    if (beta == 0.0f) PBW_KERNEL(ctx, copy_strided, shape, n->out->grad, sy, g, st);
+    else PBW_KERNEL(ctx, accumulate, shape, n->out->grad, sy, g, st, 1.0f);
+    return 0;
+}
+
 /* An add's operands of the output's shape, and a sub's first, get the output's gradient
  * unchanged (node->writes): the first of them still unset takes the output's gradient buffer
- * itself (pbw_grad_pass), an add's other one is then written by a copy when unset. */
+ * itself (at most one may: both would then add into it), the other is copied (pass_to). */
 static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     const binary_saved *s = n->saved;
     pbw_tensor *a = n->in[0], *b = n->in[1];
@@ -201,22 +216,11 @@ static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_strides5(a, s->shape, sa);
     pbw_strides5(b, s->shape, sb);
     pbw_dense_strides5(s->shape, sy);
-    float *ga, *gb;
-    if ((n->writes & 1u) && pbw_grad_pass(ctx, a, n->out)) {
-        ga = NULL;
-        float beta = 1.0f;
-        gb = (n->writes & 2u) ? pbw_grad_out(ctx, b, &beta) : pbw_grad(ctx, b);
-        if (gb && beta == 0.0f) { /* b's gradient is gy itself, a copy */
-            PBW_KERNEL(ctx, copy_strided, s->shape, n->out->grad, sy, gb, sb);
-            return;
-        }
-    } else if ((n->writes & 2u) && pbw_grad_pass(ctx, b, n->out)) {
-        ga = pbw_grad(ctx, a);
-        gb = NULL;
-    } else {
-        ga = pbw_grad(ctx, a);
-        gb = pbw_grad(ctx, b);
-    }
+    int taken = 0;
+    if (n->writes & 1u) taken = pass_to(ctx, a, n, s->shape, sy, sa, 1);
+    if (n->writes & 2u) pass_to(ctx, b, n, s->shape, sy, sb, !taken);
+    float *ga = (n->writes & 1u) ? NULL : pbw_grad(ctx, a);
+    float *gb = (n->writes & 2u) ? NULL : pbw_grad(ctx, b);
     if (!ga && !gb) return;
     PBW_KERNEL(ctx, binary_backward, s->op, s->shape, a->data, sa, b->data, sb, n->out->grad, sy,
                ga, gb);

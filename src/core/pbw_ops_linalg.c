@@ -233,8 +233,7 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
          * nothing else, y's gradient may come in bf16 alone (pbw_tensor.grad_half) */
         y->grad_half_wanted = pbw_on_cuda(ctx) && x->requires_grad && !w->requires_grad &&
                               !(b && b->requires_grad) && !r && !pbw_env_zero("PBW_CUDA_HALF_GRAD") &&
-                              pbw_cuda_linear_backward_half_ok(w->data, x->numel / w->shape[1],
-                                                               w->shape[0], w->shape[1]);
+                              pbw_cuda_linear_backward_half_ok(w->data, R, O, I);
 #endif
     }
     return y;

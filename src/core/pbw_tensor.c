@@ -241,6 +241,11 @@ int pbw_ctx_check(const pbw_ctx *ctx, pbw_err *err) {
     return pbw_err_set(err, "%s", ctx->msg);
 }
 
+void *pbw_ctx_alloc_opt(pbw_ctx *ctx, size_t bytes) {
+    if (ctx->failed) return NULL;
+    return pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, bytes);
+}
+
 void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes) {
     if (ctx->failed) return NULL;
     void *p = pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, bytes);

@@ -43,7 +43,10 @@ typedef struct pbw_tensor {
     int64_t shape[PBW_MAX_DIMS];
     int64_t numel;
     float *data;          /* numel floats (NULL when dtype != PBW_F32) */
-    float *grad;          /* numel floats once backward reached it, else NULL */
+    float *grad;          /* numel floats once backward reached it, else NULL. After a backward
+                           * only the gradients of leaves (tensors made outside the recorded ops)
+                           * are theirs alone: an op's output may share its buffer with an input
+                           * (pbw_grad_pass) or hold it in grad_half */
     void *raw;            /* fp16/bf16 storage when dtype != PBW_F32 */
     pbw_dtype dtype;
     pbw_device device;
@@ -161,6 +164,8 @@ void *pbw_ctx_scratch_opt(pbw_ctx *ctx, int slot, size_t bytes);
  * memory. pbw_ctx_upload copies host bytes into such memory (the host buffer may be reused at
  * once). pbw_arena_alloc(pbw_ctx_arena(ctx)) stays host memory on every device. */
 void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes);
+/* The same for an op that has another way when memory is short: NULL without failing. */
+void *pbw_ctx_alloc_opt(pbw_ctx *ctx, size_t bytes);
 void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes);
 
 /* Freeing a finished part of a forward pass that records no gradients (a CMA generation's
