@@ -1122,6 +1122,39 @@ PBW_TEST(cuda_sg_pointwise_blend) {
 #endif
 }
 
+/* A batch slice of NHWC halves (the generator's activations without gradients, as a CMA
+ * generation slices its batches from the blocks rendered once for the population): a view of
+ * the rows' halves, held the same way, whose values read back are the rows' bit for bit. */
+PBW_TEST(cuda_slice_nhwc_rows) {
+#ifdef PBW_HAVE_CUDA
+    const int N = 3, C = 64, H = 16, W = 16;
+    const int64_t per = (int64_t)C * H * W, nx = N * per;
+    pbw_ctx *ctx;
+    pbw_arena ga;
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, C, C, 0);
+    CHECK(pl != NULL);
+    if (pl) {
+        float *h = malloc((size_t)nx * sizeof(float)), *xs = malloc((size_t)nx * sizeof(float));
+        float *ys = malloc((size_t)(2 * per) * sizeof(float));
+        for (int64_t j = 0; j < nx; j++) h[j] = (float)((j * 29) % 83 - 41) / 41.0f;
+        pbw_tensor *x0 = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+        pbw_tensor *x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, pl, NULL, NULL, NULL, 0.0f, 0.2f,
+                                           sqrtf(2.0f));
+        CHECK(x && x->half_nhwc && x->half_only);
+        pbw_tensor *y = x ? pbw_slice(ctx, x, 0, 1, 3, 1) : NULL;
+        CHECK_MSG(y && y->half_nhwc && y->half_only && y->shape[0] == 2 &&
+                      y->half == (const uint16_t *)x->half + per,
+                  "%s", pbw_ctx_error(ctx));
+        /* y first: reading x writes its fp32 values and drops its half copy */
+        CHECK(y && pbw_tensor_read(ctx, y, ys) == 0 && pbw_tensor_read(ctx, x, xs) == 0 &&
+              memcmp(ys, xs + per, (size_t)(2 * per) * sizeof(float)) == 0);
+        free(h), free(xs), free(ys);
+    }
+    bf16_plan_end(ctx, &ga);
+#endif
+}
+
 /* ---------- the blur on NHWC halves (pbw_cuda_sg_blur_act_nhwc) ----------
  * The kernel alone on bf16 values written on the host, against double sums of the same
  * (rounded) values with zero padding, then StyleGAN2's activation in double: 8 channels a thread

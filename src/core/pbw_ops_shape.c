@@ -189,8 +189,34 @@ pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm) {
     return push_view(ctx, "permute", x, y, &v) ? NULL : y;
 }
 
+#ifdef PBW_HAVE_CUDA
+/* Rows start..end-1 of x's batch, x held as NHWC halves alone (the generator's activations
+ * without gradients): a sample's halves are contiguous there, so y is a view of them, held the
+ * same way (no copy, and no fp32 copy of x: a CMA generation's batches sliced from the blocks
+ * rendered once for the whole population took ~1 ms of conversions and copies so). */
+static pbw_tensor *slice_nhwc_rows(pbw_ctx *ctx, pbw_tensor *x, int64_t start, int64_t end) {
+    if (pbw_op_begin_nhwc(ctx, "slice", 1, &x)) return NULL;
+    const int64_t L = x->shape[0];
+    if (start < 0) start += L;
+    if (end < 0) end += L;
+    start = start < 0 ? 0 : (start > L ? L : start);
+    end = end < start ? start : (end > L ? L : end);
+    const int64_t shape[4] = {end - start, x->shape[1], x->shape[2], x->shape[3]};
+    pbw_tensor *y = pbw_tensor_new(ctx, 4, shape); /* data: written only if an op needs fp32 */
+    if (!y) return NULL;
+    y->half = (uint16_t *)x->half + start * (x->numel / (L ? L : 1));
+    y->half_only = y->half_nhwc = 1;
+    return y;
+}
+#endif
+
 pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int64_t end,
                       int64_t step) {
+#ifdef PBW_HAVE_CUDA
+    if (x && x->half_only && x->half_nhwc && x->ndim == 4 && step == 1 && pbw_axis(axis, 4) == 0 &&
+        pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, &x, 1))
+        return slice_nhwc_rows(ctx, x, start, end);
+#endif
     /* a half_only x (a residual stream kept in the half type) is read as it is */
     if (pbw_op_begin_half(ctx, "slice", 1, &x)) return NULL;
     int a = pbw_axis(axis, x->ndim);
