@@ -192,11 +192,8 @@ typedef struct {
     int64_t shape[5];
 } binary_saved;
 
-/* t's gradient += the output's (t of the output's shape, strides st): the output's buffer
- * itself when t's gradient is still unset and may_take (pbw_grad_pass), a copy when unset
- * otherwise, an add when it holds values. 1 when t took the buffer. */
-static int pass_to(pbw_ctx *ctx, pbw_tensor *t, pbw_node *n, const int64_t *shape,
-                   const int64_t *sy, const int64_t *st, int may_take) {
+int pbw_grad_pass_to(pbw_ctx *ctx, pbw_tensor *t, pbw_node *n, const int64_t *shape,
+                     const int64_t *sy, const int64_t *st, int may_take) {
     if (may_take && pbw_grad_pass(ctx, t, n->out)) return 1;
     float beta;
     float *g = pbw_grad_out(ctx, t, &beta);
@@ -208,7 +205,7 @@ static int pass_to(pbw_ctx *ctx, pbw_tensor *t, pbw_node *n, const int64_t *shap
 
 /* An add's operands of the output's shape, and a sub's first, get the output's gradient
  * unchanged (node->writes): the first of them still unset takes the output's gradient buffer
- * itself (at most one may: both would then add into it), the other is copied (pass_to). */
+ * itself (at most one may: both would then add into it), the other is copied (pbw_grad_pass_to). */
 static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     const binary_saved *s = n->saved;
     pbw_tensor *a = n->in[0], *b = n->in[1];
@@ -217,8 +214,8 @@ static void binary_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_strides5(b, s->shape, sb);
     pbw_dense_strides5(s->shape, sy);
     int taken = 0;
-    if (n->writes & 1u) taken = pass_to(ctx, a, n, s->shape, sy, sa, 1);
-    if (n->writes & 2u) pass_to(ctx, b, n, s->shape, sy, sb, !taken);
+    if (n->writes & 1u) taken = pbw_grad_pass_to(ctx, a, n, s->shape, sy, sa, 1);
+    if (n->writes & 2u) pbw_grad_pass_to(ctx, b, n, s->shape, sy, sb, !taken);
     float *ga = (n->writes & 1u) ? NULL : pbw_grad(ctx, a);
     float *gb = (n->writes & 2u) ? NULL : pbw_grad(ctx, b);
     if (!ga && !gb) return;

@@ -44,4 +44,12 @@ void pbw_dense_strides5(const int64_t *shape5, int64_t *st);
 /* Normalizes a possibly negative axis; -1 when out of range. */
 int pbw_axis(int axis, int ndim);
 
+/* For a backward whose gradient for t is n's output's gradient unchanged, t of the output's
+ * element count seen through the 5-D index space `shape` (output strides sy, t's st): t's
+ * gradient += it. The output's buffer itself when t's gradient is still unset and may_take
+ * (pbw_grad_pass), a copy when unset otherwise, an add when it holds values. 1 when t took the
+ * buffer. */
+int pbw_grad_pass_to(pbw_ctx *ctx, pbw_tensor *t, pbw_node *n, const int64_t *shape,
+                     const int64_t *sy, const int64_t *st, int may_take);
+
 #endif

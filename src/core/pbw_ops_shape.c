@@ -95,14 +95,9 @@ pbw_tensor *pbw_mean_all(pbw_ctx *ctx, pbw_tensor *x) {
 /* ---- reshape: a view ---- */
 
 static void reshape_backward(pbw_ctx *ctx, pbw_node *n) {
-    pbw_tensor *x = n->in[0];
-    if (pbw_grad_pass(ctx, x, n->out)) return; /* x's gradient is the output's buffer itself */
-    float beta;
-    float *gx = pbw_grad_out(ctx, x, &beta);
-    if (!gx) return;
+    /* x's gradient is the output's, element for element */
     const int64_t shape[5] = {1, 1, 1, 1, n->out->numel}, st[5] = {0, 0, 0, 0, 1};
-    if (beta != 0.0f) PBW_KERNEL(ctx, accumulate, shape, n->out->grad, st, gx, st, 1.0f);
-    else PBW_KERNEL(ctx, copy_strided, shape, n->out->grad, st, gx, st);
+    pbw_grad_pass_to(ctx, n->in[0], n, shape, st, st, 1);
 }
 
 pbw_tensor *pbw_reshape(pbw_ctx *ctx, pbw_tensor *x, int ndim, const int64_t *shape) {
@@ -189,6 +184,15 @@ pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm) {
     return push_view(ctx, "permute", x, y, &v) ? NULL : y;
 }
 
+/* start and end of a slice of an axis of length L, as Python's: negatives count from the end,
+ * both clamped to [0, L], end at least start. */
+static void slice_bounds(int64_t L, int64_t *start, int64_t *end) {
+    if (*start < 0) *start += L;
+    if (*end < 0) *end += L;
+    *start = *start < 0 ? 0 : (*start > L ? L : *start);
+    *end = *end < *start ? *start : (*end > L ? L : *end);
+}
+
 #ifdef PBW_HAVE_CUDA
 /* Rows start..end-1 of x's batch, x held as NHWC halves alone (the generator's activations
  * without gradients): a sample's halves are contiguous there, so y is a view of them, held the
@@ -197,10 +201,7 @@ pbw_tensor *pbw_permute(pbw_ctx *ctx, pbw_tensor *x, const int *perm) {
 static pbw_tensor *slice_nhwc_rows(pbw_ctx *ctx, pbw_tensor *x, int64_t start, int64_t end) {
     if (pbw_op_begin_nhwc(ctx, "slice", 1, &x)) return NULL;
     const int64_t L = x->shape[0];
-    if (start < 0) start += L;
-    if (end < 0) end += L;
-    start = start < 0 ? 0 : (start > L ? L : start);
-    end = end < start ? start : (end > L ? L : end);
+    slice_bounds(L, &start, &end);
     const int64_t shape[4] = {end - start, x->shape[1], x->shape[2], x->shape[3]};
     pbw_tensor *y = pbw_tensor_new(ctx, 4, shape); /* data: written only if an op needs fp32 */
     if (!y) return NULL;
@@ -222,11 +223,7 @@ pbw_tensor *pbw_slice(pbw_ctx *ctx, pbw_tensor *x, int axis, int64_t start, int6
     int a = pbw_axis(axis, x->ndim);
     if (a < 0) return pbw_ctx_fail(ctx, "slice: axis %d out of range for rank %d", axis, x->ndim);
     if (step <= 0) return pbw_ctx_fail(ctx, "slice: step %lld must be positive", (long long)step);
-    int64_t L = x->shape[a];
-    if (start < 0) start += L;
-    if (end < 0) end += L;
-    start = start < 0 ? 0 : (start > L ? L : start);
-    end = end < start ? start : (end > L ? L : end);
+    slice_bounds(x->shape[a], &start, &end);
     int64_t len = (end - start + step - 1) / step;
     int64_t oshape[PBW_MAX_DIMS];
     memcpy(oshape, x->shape, sizeof oshape);

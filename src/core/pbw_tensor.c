@@ -247,9 +247,9 @@ void *pbw_ctx_alloc_opt(pbw_ctx *ctx, size_t bytes) {
 }
 
 void *pbw_ctx_alloc(pbw_ctx *ctx, size_t bytes) {
-    if (ctx->failed) return NULL;
-    void *p = pbw_arena_alloc(ctx->dev == PBW_DEV_CUDA ? &ctx->dact : &ctx->act, bytes);
-    if (!p) return pbw_ctx_fail(ctx, "out of %s memory (%zu bytes)", pbw_device_name(ctx->dev), bytes);
+    void *p = pbw_ctx_alloc_opt(ctx, bytes);
+    if (!p && !ctx->failed)
+        return pbw_ctx_fail(ctx, "out of %s memory (%zu bytes)", pbw_device_name(ctx->dev), bytes);
     return p;
 }
 
