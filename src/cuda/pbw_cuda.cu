@@ -120,6 +120,20 @@ int pbw_cuda_sm_count(void) {
     return count;
 }
 
+bool pbw_cuda_pdl(void) {
+    static int dev = -1, off = -1;
+    static bool ok = false;
+    if (off < 0) off = pbw_env_zero("PBW_CUDA_PDL");
+    if (g_dev >= 0 && dev != g_dev) {
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, g_dev) != cudaSuccess)
+            cudaGetLastError();
+        ok = major >= 9;
+        dev = g_dev;
+    }
+    return ok && !off;
+}
+
 cudaStream_t pbw_stream(void) { return g_stream; }
 cublasHandle_t pbw_cublas(void) { return g_cublas; }
 cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }
@@ -326,6 +340,7 @@ extern "C" int pbw_cuda_describe(int dev, char *buf, size_t len, pbw_err *err) {
 
 // y = a*x + y, one thread per element
 __global__ static void axpy_kernel(int n, float a, const float *x, float *y) {
+    pbw_pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = a * x[i] + y[i];
 }

@@ -46,6 +46,7 @@ static size_t fused_smem_bytes(const pbw_attn_geom *g) {
 __global__ static void attention_fwd_fused_kernel(pbw_attn_geom g, const float *q, const float *k,
                                                   const float *v, float *p, float *o,
                                                   int64_t rows_per_block) {
+    pbw_pdl_wait();
     extern __shared__ float sm[];
     const int64_t H = g.H, T = g.T, S = g.S, D = g.D, Dp = D + 1;
     float *Ks = sm, *Vs = Ks + S * Dp, *wb = Vs + S * D;
@@ -108,6 +109,7 @@ static size_t fused_bwd_smem_bytes(const pbw_attn_geom *g) {
 __global__ static void attention_bwd_fused_kernel(pbw_attn_geom g, const float *q, const float *k,
                                                   const float *v, const float *p, const float *go,
                                                   float *gq, float *gk, float *gv) {
+    pbw_pdl_wait();
     extern __shared__ float sm[];
     const int64_t H = g.H, T = g.T, S = g.S, D = g.D, Dp = D + 1;
     float *Ks = sm, *Vs = Ks + S * Dp, *Qs = Vs + S * Dp, *Os = Qs + T * D, *dSs = Os + T * D;
@@ -365,6 +367,7 @@ template <int TM, int TN, typename In, typename Out>
 __global__ static void __launch_bounds__(FWD_THREADS)
     attention_fwd_tiled_kernel(pbw_attn_geom g, fwd_layout l, const In *q, const In *k,
                                const In *v, float *p, Out *o) {
+    pbw_pdl_wait();
     extern __shared__ float4 smem_f4[];
     float *sm = reinterpret_cast<float *>(smem_f4);
     const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4, RB = 8 * TM;
@@ -531,6 +534,7 @@ __global__ static void __launch_bounds__(BWD_THREADS, 3)
     attention_bwd_tiled_kernel(pbw_attn_geom g, bwd_layout l, const float *q, const float *k,
                                const float *v, const float *p, const float *go, float *gq,
                                float *gk, float *gv, bool add) {
+    pbw_pdl_wait();
     extern __shared__ float4 smem_f4[];
     float *sm = reinterpret_cast<float *>(smem_f4);
     const int T = (int)g.T, S = (int)g.S, D = (int)g.D, C = D / 4;
@@ -648,8 +652,8 @@ static bool fwd_tiled_launch(const pbw_attn_geom *g, const In *q, const In *k, c
     if (bytes > smem_optin_max() ||
         !smem_allow(attention_fwd_tiled_kernel<TM, TN, In, Out>, bytes, &opted))
         return false;
-    attention_fwd_tiled_kernel<TM, TN, In, Out><<<(unsigned)(g->B * g->H), FWD_THREADS, bytes,
-                                                  pbw_stream()>>>(*g, l, q, k, v, p, o);
+    pbw_launch(attention_fwd_tiled_kernel<TM, TN, In, Out>, (unsigned)(g->B * g->H), FWD_THREADS,
+               bytes, *g, l, q, k, v, p, o);
     PBW_CUDA_LAUNCHED("attention_fwd");
     return true;
 }
@@ -774,6 +778,7 @@ template <int KT, typename H, typename In, typename Out>
 __global__ static void __launch_bounds__(MMA_THREADS)
     attention_fwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v, Out *o,
                              float *p, H *o2) {
+    pbw_pdl_wait();
     constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, C8 = D / 8;
     extern __shared__ uint4 smem_u4[];
     H *Ks = reinterpret_cast<H *>(smem_u4), *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
@@ -964,6 +969,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     attention_bwd_mma_kernel(pbw_attn_geom g, const float *q, const float *k, const float *v,
                              const float *p, const float *go, float *gq, float *gk, float *gv,
                              bool add) {
+    pbw_pdl_wait();
     constexpr int D = MMA_D, LD = MMA_LDK, S16 = 16 * KT, LDP = S16 + 8, C8 = D / 8;
     extern __shared__ uint4 smem_u4[];
     const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
@@ -1097,8 +1103,8 @@ static bool bwd_mma_launch(const pbw_attn_geom *g, const float *q, const float *
     const size_t bytes = bwd_mma_smem_bytes(g->T, KT);
     if (bytes > smem_optin_max() || !smem_allow(attention_bwd_mma_kernel<KT, H>, bytes, &opted))
         return false;
-    attention_bwd_mma_kernel<KT, H><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
-                                      pbw_stream()>>>(*g, q, k, v, p, go, gq, gk, gv, add);
+    pbw_launch(attention_bwd_mma_kernel<KT, H>, (unsigned)(g->B * g->H), MMA_THREADS, bytes, *g, q,
+               k, v, p, go, gq, gk, gv, add);
     PBW_CUDA_LAUNCHED("attention_bwd (tensor cores)");
     g_bwd_mma_calls++;
     return true;
@@ -1138,8 +1144,8 @@ static bool fwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, con
     if (bytes > smem_optin_max() ||
         !smem_allow(attention_fwd_mma_kernel<KT, H, In, Out>, bytes, &opted))
         return false;
-    attention_fwd_mma_kernel<KT, H, In, Out><<<(unsigned)(g->B * g->H), MMA_THREADS, bytes,
-                                               pbw_stream()>>>(*g, q, k, v, o, p, o2);
+    pbw_launch(attention_fwd_mma_kernel<KT, H, In, Out>, (unsigned)(g->B * g->H), MMA_THREADS,
+               bytes, *g, q, k, v, o, p, o2);
     PBW_CUDA_LAUNCHED("attention_fwd (tensor cores)");
     g_mma_calls++;
     return true;
@@ -1189,8 +1195,8 @@ static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, co
     size_t bytes = sizeof(float) * (size_t)l.total;
     if (bytes > smem_optin_max() || !smem_allow(attention_bwd_tiled_kernel, bytes, &opted))
         return false;
-    attention_bwd_tiled_kernel<<<(unsigned)BH, BWD_THREADS, bytes, pbw_stream()>>>(
-        *g, l, q, k, v, p, go, gq, gk, gv, add);
+    pbw_launch(attention_bwd_tiled_kernel, (unsigned)BH, BWD_THREADS, bytes, *g, l, q, k, v, p, go,
+               gq, gk, gv, add);
     PBW_CUDA_LAUNCHED("attention_bwd");
     return true;
 }
@@ -1199,6 +1205,7 @@ static bool bwd_tiled(const pbw_attn_geom *g, const float *q, const float *k, co
 // causal (their weight 0), as the CPU.
 __global__ static void attention_softmax_kernel(float *p, int64_t R, int64_t T, int64_t S,
                                                 int causal) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * WARPS + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -1218,6 +1225,7 @@ __global__ static void attention_softmax_kernel(float *p, int64_t R, int64_t T, 
 // ds (R,S) = p * (ds - rowsum(p * ds)) * scale: the gradient of the scores from that of P.
 __global__ static void attention_dscores_kernel(const float *p, float *ds, int64_t R, int64_t S,
                                                 float scale) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * WARPS + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -1287,9 +1295,8 @@ extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, c
         if (chunks < 1) chunks = 1;
         int64_t rows = (T + chunks - 1) / chunks;
         chunks = (T + rows - 1) / rows;
-        attention_fwd_fused_kernel<<<dim3((unsigned)BH, (unsigned)chunks), 32 * WARPS,
-                                     fused_smem_bytes(g), pbw_stream()>>>(*g, q, k, v, p, o,
-                                                                         rows);
+        pbw_launch(attention_fwd_fused_kernel, dim3((unsigned)BH, (unsigned)chunks), 32 * WARPS,
+                   fused_smem_bytes(g), *g, q, k, v, p, o, rows);
         PBW_CUDA_LAUNCHED("attention_fwd");
         return;
     }
@@ -1298,8 +1305,8 @@ extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, c
     head_op vo = {v, g->v[0], g->v[1], g->v[2]}, oo = {o, g->o[0], g->o[1], g->o[2]};
     head_op po = {p, H * TS, TS, S};
     head_gemm(g, 0, 1, T, S, D, g->scale, qo, ko, 0.0f, po); // scale q k^T
-    attention_softmax_kernel<<<(unsigned)((BH * T + WARPS - 1) / WARPS), 32 * WARPS, 0,
-                               pbw_stream()>>>(p, BH * T, T, S, g->causal);
+    pbw_launch(attention_softmax_kernel, (unsigned)((BH * T + WARPS - 1) / WARPS), 32 * WARPS, 0, p,
+               BH * T, T, S, g->causal);
     PBW_CUDA_LAUNCHED("attention_fwd (softmax)");
     head_gemm(g, 0, 0, T, D, S, 1.0f, po, vo, 0.0f, oo); // p v
 }
@@ -1353,8 +1360,8 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
             }
             opted = fused;
         }
-        attention_bwd_fused_kernel<<<(unsigned)BH, 32 * WARPS, fused, pbw_stream()>>>(
-            *g, q, k, v, p, go, gq, gk, gv);
+        pbw_launch(attention_bwd_fused_kernel, (unsigned)BH, 32 * WARPS, fused, *g, q, k, v, p, go,
+                   gq, gk, gv);
         PBW_CUDA_LAUNCHED("attention_bwd");
         return;
     }
@@ -1367,8 +1374,8 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
     }
     if (!gq && !gk) return;
     head_gemm(g, 0, 1, T, S, D, 1.0f, goo, vo, 0.0f, dso); // dP = dO V^T
-    attention_dscores_kernel<<<(unsigned)((BH * T + WARPS - 1) / WARPS), 32 * WARPS, 0,
-                               pbw_stream()>>>(p, scratch, BH * T, S, g->scale);
+    pbw_launch(attention_dscores_kernel, (unsigned)((BH * T + WARPS - 1) / WARPS), 32 * WARPS, 0, p,
+               scratch, BH * T, S, g->scale);
     PBW_CUDA_LAUNCHED("attention_bwd (scores)");
     if (gq) { // dQ += dS K
         head_op gqo = {gq, g->q[0], g->q[1], g->q[2]};

@@ -405,6 +405,7 @@ long g_gemm_calls;
 // col (N OH OW, KH KW C) from x (N, H, W, C) halves, 8 channels (16 bytes) a thread; taps
 // outside the input are zeros.
 __global__ void im2col_nhwc_kernel(uint4 *col, const uint4 *x, pbw_cpu_conv_geom g) {
+    pbw_pdl_wait();
     const int c8 = g.C / 8;
     const int64_t n = (int64_t)g.N * g.OH * g.OW * g.KH * g.KW * c8;
     PBW_GRID_STRIDE(i, n) {
@@ -429,7 +430,7 @@ bool gemm_conv(const conv_plan *p, const void *xh, const void *wh, void *yh, voi
     const pbw_cpu_conv_geom &g = p->key.g;
     const int64_t P = (int64_t)g.N * g.OH * g.OW, K = (int64_t)g.KH * g.KW * g.C;
     const int64_t n = P * g.KH * g.KW * (g.C / 8);
-    im2col_nhwc_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>((uint4 *)col, (const uint4 *)xh, g);
+    pbw_launch(im2col_nhwc_kernel, pbw_grid(n), 256, 0, (uint4 *)col, (const uint4 *)xh, g);
     PBW_CUDA_LAUNCHED("conv2d im2col");
     const cudaDataType_t t = p->key.prec == PBW_PREC_FP16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.0f, zero = 0.0f;
@@ -752,6 +753,7 @@ template <class F> __device__ __forceinline__ void for_tiles(int N, int C, int64
 template <typename T>
 __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P,
                                     pbw_cuda_premod pm) {
+    pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = C % 2 == 0;
@@ -790,6 +792,7 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
 template <typename T>
 __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
                                     int accumulate, pbw_cuda_postact pa) {
+    pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = C % 2 == 0;
@@ -834,6 +837,7 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
 // pixel's values. This kernel takes any (N, P, C) and prepares per element.
 template <typename T, int V, typename W, class F>
 __global__ void nhwc_map_kernel(T *dst, const T *src, int N, int C, int64_t P, F f) {
+    pbw_pdl_wait();
     const int cv = C / V;
     PBW_GRID_STRIDE(i, (int64_t)N * P * cv) {
         const int c = V * (int)(i % cv);
@@ -855,6 +859,7 @@ int64_t grid_blocks() { return (int64_t)2 * 8 * pbw_cuda_sm_count(); }
 template <typename T, class F>
 __global__ void __launch_bounds__(MAP_THREADS)
     nhwc_map_rows_kernel(T *dst, const T *src, int cv, int64_t P, F f) {
+    pbw_pdl_wait();
     const int lane = threadIdx.x % cv, rows = MAP_THREADS / cv, n = blockIdx.y;
     const auto st = f.template prep<8>(n, 8 * lane);
     const uint4 *s = reinterpret_cast<const uint4 *>(src) + (int64_t)n * P * cv + lane;
@@ -937,7 +942,7 @@ void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
     const pbw_cuda_premod none = {}, &m = pm ? *pm : none;
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
-        nchw_to_nhwc_kernel<<<grid, block, 0, pbw_stream()>>>((H *)dst, src, N, C, P, m);
+        pbw_launch(nchw_to_nhwc_kernel<H>, grid, block, 0, (H *)dst, src, N, C, P, m);
     });
     PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
 }
@@ -951,8 +956,8 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
-        nhwc_to_nchw_kernel<<<grid, block, 0, pbw_stream()>>>(dst, (const H *)src, N, C, P,
-                                                              accumulate, a);
+        pbw_launch(nhwc_to_nchw_kernel<H>, grid, block, 0, dst, (const H *)src, N, C, P, accumulate,
+                   a);
     });
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
@@ -973,14 +978,14 @@ void nhwc_map(void *dst, const void *src, int N, int C, int64_t P, int prec, con
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
         if (rows)
-            nhwc_map_rows_kernel<H><<<grid, MAP_THREADS, 0, pbw_stream()>>>(
-                (H *)dst, (const H *)src, cv, P, f);
+            pbw_launch(nhwc_map_rows_kernel<H, F>, grid, MAP_THREADS, 0, (H *)dst, (const H *)src, cv,
+                       P, f);
         else if (wide)
-            nhwc_map_kernel<H, 8, uint4><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H *)dst, (const H *)src, N, C, P, f);
+            pbw_launch(nhwc_map_kernel<H, 8, uint4, F>, pbw_grid(n), 256, 0, (H *)dst, (const H *)src,
+                       N, C, P, f);
         else
-            nhwc_map_kernel<H, 2, uint32_t><<<pbw_grid(n), 256, 0, pbw_stream()>>>(
-                (H *)dst, (const H *)src, N, C, P, f);
+            pbw_launch(nhwc_map_kernel<H, 2, uint32_t, F>, pbw_grid(n), 256, 0, (H *)dst,
+                       (const H *)src, N, C, P, f);
     });
     PBW_CUDA_LAUNCHED(what);
 }
@@ -1102,6 +1107,7 @@ int conv_backward_data(float *dx, const float *dout, const float *w, const void 
 // ---------- bias ----------
 
 __global__ void add_bias_kernel(float *out, const float *b, int O, int64_t P, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) out[i] += b[(i / P) % O];
 }
 
@@ -1110,6 +1116,7 @@ __global__ void add_bias_kernel(float *out, const float *b, int O, int64_t P, in
 const int BIAS_THREADS = 512;
 
 __global__ void backward_bias_kernel(float *db, const float *dout, int N, int O, int64_t P) {
+    pbw_pdl_wait();
     __shared__ double part[BIAS_THREADS];
     const int o = blockIdx.x;
     double s = 0;
@@ -1128,6 +1135,7 @@ __global__ void backward_bias_kernel(float *db, const float *dout, int N, int O,
 
 // (O,C,k,k) -> (C,O,k,k)
 __global__ void transpose01_kernel(float *dst, const float *src, int O, int C, int kk) {
+    pbw_pdl_wait();
     const int64_t n = (int64_t)O * C * kk;
     PBW_GRID_STRIDE(i, n) {
         int64_t t = i % kk, r = i / kk;
@@ -1195,14 +1203,14 @@ extern "C" void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, co
 extern "C" void pbw_cuda_conv2d_add_bias(float *out, const float *b, int N, int O, int64_t P) {
     const int64_t n = (int64_t)N * O * P;
     if (n == 0) return;
-    add_bias_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, b, O, P, n);
+    pbw_launch(add_bias_kernel, pbw_grid(n), 256, 0, out, b, O, P, n);
     PBW_CUDA_LAUNCHED("conv2d_add_bias");
 }
 
 extern "C" void pbw_cuda_conv2d_backward_bias(float *db, const float *dout, int N, int O,
                                               int64_t P) {
     if (O == 0) return;
-    backward_bias_kernel<<<O, BIAS_THREADS, 0, pbw_stream()>>>(db, dout, N, O, P);
+    pbw_launch(backward_bias_kernel, O, BIAS_THREADS, 0, db, dout, N, O, P);
     PBW_CUDA_LAUNCHED("conv2d_backward_bias");
 }
 
@@ -1210,7 +1218,7 @@ extern "C" void pbw_cuda_sg_conv_transpose_weight(float *wt, const float *w, int
                                                   int k) {
     const int64_t n = (int64_t)O * C * k * k;
     if (n == 0) return;
-    transpose01_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(wt, w, O, C, k * k);
+    pbw_launch(transpose01_kernel, pbw_grid(n), 256, 0, wt, w, O, C, k * k);
     PBW_CUDA_LAUNCHED("sg_conv_transpose_weight");
 }
 
@@ -1287,6 +1295,7 @@ template <typename T, int OM>
 __global__ void __launch_bounds__(PW_THREADS)
     pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P, int O,
                           pw_epilogue ep) {
+    pbw_pdl_wait();
     extern __shared__ float4 ws4[]; // (O, C) floats of sample blockIdx.y
     const int n = blockIdx.y, cv = C / 8;
     float *ws = reinterpret_cast<float *>(ws4);
@@ -1345,7 +1354,7 @@ __global__ void __launch_bounds__(PW_THREADS)
 template <typename T, int OM>
 void pointwise_launch(dim3 grid, size_t smem, float *y, const T *x, const float *w, int C,
                       int64_t P, int O, const pw_epilogue &ep) {
-    pointwise_nhwc_kernel<T, OM><<<grid, PW_THREADS, smem, pbw_stream()>>>(y, x, w, C, P, O, ep);
+    pbw_launch(pointwise_nhwc_kernel<T, OM>, grid, PW_THREADS, smem, y, x, w, C, P, O, ep);
 }
 } // namespace
 

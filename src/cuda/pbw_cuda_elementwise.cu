@@ -88,6 +88,7 @@ template <int OP> struct unary_reads {
 
 template <int OP>
 __global__ void k_unary_fwd(float p0, float p1, const float *__restrict__ x, float *y, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) y[i] = unary_f<OP>(x[i], p0, p1);
 }
 
@@ -95,6 +96,7 @@ template <int OP>
 __global__ void k_unary_bwd(float p0, float p1, const float *__restrict__ x,
                             const float *__restrict__ y, const float *__restrict__ gy, float *gx,
                             int64_t n, int add) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) {
         float v = unary_reads<OP>::x ? x[i] : 0.0f;
         float o = unary_reads<OP>::y ? y[i] : 0.0f;
@@ -108,6 +110,7 @@ __global__ void k_unary_bwd(float p0, float p1, const float *__restrict__ x,
 template <int OP>
 __global__ void k_unary_fwd4(float p0, float p1, const float4 *__restrict__ x, float4 *y,
                              int64_t n4) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
         float4 v = x[i];
         y[i] = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
@@ -115,19 +118,29 @@ __global__ void k_unary_fwd4(float p0, float p1, const float4 *__restrict__ x, f
     }
 }
 
+// r plus the gradient of four elements at index i (x and y read only where the op needs them).
+template <int OP>
+__device__ __forceinline__ float4 unary_g4_add(float4 r, const float4 *__restrict__ x,
+                                               const float4 *__restrict__ y, float4 g, int64_t i,
+                                               float p0, float p1) {
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z;
+    r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
+    r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
+    r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
+    r.w += unary_g<OP>(v.w, o.w, g.w, p0, p1);
+    return r;
+}
+
 template <int OP>
 __global__ void k_unary_bwd4(float p0, float p1, const float4 *__restrict__ x,
                              const float4 *__restrict__ y, const float4 *__restrict__ gy,
                              float4 *gx, int64_t n4, int add) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
         const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z, g = gy[i];
-        float4 r = add ? gx[i] : z; // add 0: gx holds no values yet (pbw_grad_out)
-        r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
-        r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
-        r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
-        r.w += unary_g<OP>(v.w, o.w, g.w, p0, p1);
-        gx[i] = r;
+        // add 0: gx holds no values yet (pbw_grad_out)
+        gx[i] = unary_g4_add<OP>(add ? gx[i] : z, x, y, gy[i], i, p0, p1);
     }
 }
 
@@ -135,6 +148,7 @@ __global__ void k_unary_bwd4(float p0, float p1, const float4 *__restrict__ x,
 template <int OP, typename H>
 __global__ void k_unary_fwd4h(float p0, float p1, const float4 *__restrict__ x, float4 *y,
                               H *yh, int64_t n4) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
         float4 v = x[i];
         float4 o = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
@@ -155,20 +169,19 @@ static void launch_unary(bool bwd, float p0, float p1, const float *x, const flo
     if (vec4_ok(n, x, y, gy, out)) { // NULL operands (not read) are aligned
         const int64_t n4 = n / 4;
         if (bwd)
-            k_unary_bwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
-                p0, p1, (const float4 *)x, (const float4 *)y, (const float4 *)gy, (float4 *)out,
-                n4, add);
+            pbw_launch(k_unary_bwd4<OP>, pbw_grid(n4), 256, 0, p0, p1, (const float4 *)x,
+                       (const float4 *)y, (const float4 *)gy, (float4 *)out, n4, add);
         else
-            k_unary_fwd4<OP><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(p0, p1, (const float4 *)x,
-                                                                    (float4 *)out, n4);
+            pbw_launch(k_unary_fwd4<OP>, pbw_grid(n4), 256, 0, p0, p1, (const float4 *)x,
+                       (float4 *)out, n4);
         PBW_CUDA_LAUNCHED(bwd ? "unary_backward" : "unary_forward");
         return;
     }
     if (bwd) {
-        k_unary_bwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, y, gy, out, n, add);
+        pbw_launch(k_unary_bwd<OP>, pbw_grid(n), 256, 0, p0, p1, x, y, gy, out, n, add);
         PBW_CUDA_LAUNCHED("unary_backward");
     } else {
-        k_unary_fwd<OP><<<pbw_grid(n), 256, 0, pbw_stream()>>>(p0, p1, x, out, n);
+        pbw_launch(k_unary_fwd<OP>, pbw_grid(n), 256, 0, p0, p1, x, out, n);
         PBW_CUDA_LAUNCHED("unary_forward");
     }
 }
@@ -209,8 +222,8 @@ extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, 
     const int64_t n4 = n / 4;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        k_unary_fwd4h<PBW_UN_QUICK_GELU, H><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
-            p0, p1, (const float4 *)x, (float4 *)y, (H *)yh, n4);
+        pbw_launch(k_unary_fwd4h<PBW_UN_QUICK_GELU, H>, pbw_grid(n4), 256, 0, p0, p1,
+                   (const float4 *)x, (float4 *)y, (H *)yh, n4);
     });
     PBW_CUDA_LAUNCHED("unary_forward");
     return 0;
@@ -229,6 +242,7 @@ __device__ __forceinline__ float quick_gelu_to_half(float v) {
 template <int OP, typename H>
 __global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, uint4 *y,
                               int64_t n8) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n8) {
         float f[8];
         pbw_unpack_half<H, 8>(x[i], f);
@@ -242,8 +256,8 @@ __global__ void k_unary_half8(float p0, float p1, const uint4 *__restrict__ x, u
 template <int OP>
 static void launch_unary_half(float p0, float p1, const void *xh, void *yh, int64_t n8) {
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
-        k_unary_half8<OP, decltype(t)><<<pbw_grid(n8), 256, 0, pbw_stream()>>>(
-            p0, p1, (const uint4 *)xh, (uint4 *)yh, n8);
+        pbw_launch(k_unary_half8<OP, decltype(t)>, pbw_grid(n8), 256, 0, p0, p1, (const uint4 *)xh,
+                   (uint4 *)yh, n8);
     });
     PBW_CUDA_LAUNCHED("unary_half");
 }
@@ -258,6 +272,7 @@ extern "C" int pbw_cuda_unary_half(pbw_unary_op op, float p0, float p1, const vo
 }
 
 template <typename H> __global__ void k_half_to_f32(const H *__restrict__ h, float *y, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) y[i] = pbw_from_half<H>(h[i]);
 }
 
@@ -265,7 +280,7 @@ extern "C" void pbw_cuda_half_to_f32(const void *h, float *y, int64_t n) {
     if (n <= 0) return;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        k_half_to_f32<<<pbw_grid(n), 256, 0, pbw_stream()>>>((const H *)h, y, n);
+        pbw_launch(k_half_to_f32<H>, pbw_grid(n), 256, 0, (const H *)h, y, n);
     });
     PBW_CUDA_LAUNCHED("half_to_f32");
 }
@@ -275,14 +290,11 @@ template <int OP, typename H>
 __global__ void k_unary_bwd4h(float p0, float p1, const float4 *__restrict__ x,
                               const float4 *__restrict__ y, const float4 *__restrict__ gy,
                               H *gxh, int64_t n4) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
         const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        float4 v = unary_reads<OP>::x ? x[i] : z, o = unary_reads<OP>::y ? y[i] : z, g = gy[i];
-        float4 r = z; // 0 + g: the bits of k_unary_bwd4's written gradient
-        r.x += unary_g<OP>(v.x, o.x, g.x, p0, p1);
-        r.y += unary_g<OP>(v.y, o.y, g.y, p0, p1);
-        r.z += unary_g<OP>(v.z, o.z, g.z, p0, p1);
-        r.w += unary_g<OP>(v.w, o.w, g.w, p0, p1);
+        // 0 + g: the bits of k_unary_bwd4's written gradient
+        const float4 r = unary_g4_add<OP>(z, x, y, gy[i], i, p0, p1);
         reinterpret_cast<uint2 *>(gxh)[i] = pbw_pack_half4<H>(r);
     }
 }
@@ -298,8 +310,8 @@ extern "C" int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1,
     const int64_t n4 = n / 4;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        k_unary_bwd4h<PBW_UN_QUICK_GELU, H><<<pbw_grid(n4), 256, 0, pbw_stream()>>>(
-            p0, p1, (const float4 *)x, (const float4 *)y, (const float4 *)gy, (H *)gxh, n4);
+        pbw_launch(k_unary_bwd4h<PBW_UN_QUICK_GELU, H>, pbw_grid(n4), 256, 0, p0, p1,
+                   (const float4 *)x, (const float4 *)y, (const float4 *)gy, (H *)gxh, n4);
     });
     PBW_CUDA_LAUNCHED("unary_backward (half)");
     g_unary_bwd_half_calls++;
@@ -374,6 +386,7 @@ __host__ __device__ __forceinline__ void geo_off(const Geo &g, I idx, int64_t *o
 // One thread per element of the index space: f(offsets).
 template <typename I, typename F>
 __global__ void k_map(Geo g, I n, F f) {
+    pbw_pdl_wait();
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)blockDim.x * gridDim.x) {
         int64_t off[4];
         geo_off<I, F::K>(g, i, off);
@@ -385,9 +398,9 @@ template <typename F>
 static void launch_map(const Geo &g, int64_t n, F f, const char *name) {
     if (n <= 0) return;
     if (n < INT32_MAX)
-        k_map<uint32_t, F><<<pbw_grid(n), 256, 0, pbw_stream()>>>(g, (uint32_t)n, f);
+        pbw_launch(k_map<uint32_t, F>, pbw_grid(n), 256, 0, g, (uint32_t)n, f);
     else
-        k_map<uint64_t, F><<<pbw_grid(n), 256, 0, pbw_stream()>>>(g, (uint64_t)n, f);
+        pbw_launch(k_map<uint64_t, F>, pbw_grid(n), 256, 0, g, (uint64_t)n, f);
     PBW_CUDA_LAUNCHED(name);
 }
 
@@ -477,6 +490,7 @@ static void split_geo(const Geo &g, Geo *kept, Geo *red, int64_t *M, int64_t *R)
 template <typename I, bool INNER, typename L>
 __global__ void __launch_bounds__(256)
     k_reduce(Geo kept, Geo red, I M, I R, L l, float *y, float s, double *part) {
+    pbw_pdl_wait();
     constexpr int DM = INNER ? 8 : 32, DL = 256 / DM, LS = INNER ? 1 : 32;
     const int tid = threadIdx.x;
     const int dm = INNER ? tid / 32 : tid % 32, dl = INNER ? tid % 32 : tid / 32;
@@ -512,6 +526,7 @@ __global__ void __launch_bounds__(256)
 template <typename I>
 __global__ void k_reduce_finish(Geo kept, I M, unsigned parts, const double *__restrict__ part,
                                 float *y, float s) {
+    pbw_pdl_wait();
     for (I m = (I)blockIdx.x * blockDim.x + threadIdx.x; m < M; m += (I)blockDim.x * gridDim.x) {
         double acc = 0;
         for (unsigned j = 0; j < parts; j++) acc += part[(size_t)m * parts + j];
@@ -548,12 +563,11 @@ static void launch_reduce(const Geo &kept, const Geo &red, int64_t M, int64_t R,
         return;
     }
     dim3 grid((unsigned)gx, (unsigned)gy);
-    k_reduce<I, INNER, L><<<grid, 256, 0, pbw_stream()>>>(kept, red, (I)M, (I)R, l, y, s,
-                                                          gy > 1 ? part : nullptr);
+    pbw_launch(k_reduce<I, INNER, L>, grid, 256, 0, kept, red, (I)M, (I)R, l, y, s,
+               gy > 1 ? part : nullptr);
     PBW_CUDA_LAUNCHED(name);
     if (gy > 1) {
-        k_reduce_finish<I><<<pbw_grid(M), 256, 0, pbw_stream()>>>(kept, (I)M, (unsigned)gy,
-                                                                  part, y, s);
+        pbw_launch(k_reduce_finish<I>, pbw_grid(M), 256, 0, kept, (I)M, (unsigned)gy, part, y, s);
         PBW_CUDA_LAUNCHED(name);
     }
 }
@@ -712,6 +726,7 @@ __host__ __device__ __forceinline__ void max_pool_fwd_one(float *out, int32_t *i
 
 __global__ void k_max_pool_fwd(float *out, int32_t *idx, const float *__restrict__ x,
                                pbw_cpu_pool_geom g, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) max_pool_fwd_one(out, idx, x, g, i);
 }
 
@@ -751,6 +766,7 @@ __host__ __device__ __forceinline__ void max_pool_bwd_one(float *dx,
 __global__ void k_max_pool_bwd_gather(float *dx, const float *__restrict__ dout,
                                       const int32_t *__restrict__ idx, pbw_cpu_pool_geom g,
                                       int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) max_pool_bwd_one(dx, dout, idx, g, i);
 }
 
@@ -759,6 +775,7 @@ __global__ void k_max_pool_bwd_gather(float *dx, const float *__restrict__ dout,
 __global__ void k_max_pool_bwd_scatter(float *dx, const float *__restrict__ dout,
                                        const int32_t *__restrict__ idx, pbw_cpu_pool_geom g,
                                        int64_t n) {
+    pbw_pdl_wait();
     const int64_t hw = (int64_t)g.H * g.W, ohw = (int64_t)g.OH * g.OW;
     PBW_GRID_STRIDE(i, n) {
         int64_t p = i / ohw;
@@ -770,7 +787,7 @@ extern "C" void pbw_cuda_max_pool2d_forward(float *out, int32_t *idx, const floa
                                             const pbw_cpu_pool_geom *g) {
     int64_t n = g->planes * g->OH * g->OW;
     if (n <= 0) return;
-    k_max_pool_fwd<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, idx, x, *g, n);
+    pbw_launch(k_max_pool_fwd, pbw_grid(n), 256, 0, out, idx, x, *g, n);
     PBW_CUDA_LAUNCHED("max_pool2d_forward");
 }
 
@@ -780,11 +797,11 @@ extern "C" void pbw_cuda_max_pool2d_backward(float *dx, const float *dout, const
     if (windows <= 16) {
         int64_t n = g->planes * g->H * g->W;
         if (n <= 0) return;
-        k_max_pool_bwd_gather<<<pbw_grid(n), 256, 0, pbw_stream()>>>(dx, dout, idx, *g, n);
+        pbw_launch(k_max_pool_bwd_gather, pbw_grid(n), 256, 0, dx, dout, idx, *g, n);
     } else {
         int64_t n = g->planes * g->OH * g->OW;
         if (n <= 0) return;
-        k_max_pool_bwd_scatter<<<pbw_grid(n), 256, 0, pbw_stream()>>>(dx, dout, idx, *g, n);
+        pbw_launch(k_max_pool_bwd_scatter, pbw_grid(n), 256, 0, dx, dout, idx, *g, n);
     }
     PBW_CUDA_LAUNCHED("max_pool2d_backward");
 }

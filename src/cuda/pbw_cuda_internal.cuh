@@ -1,7 +1,11 @@
 // pbw_cuda_internal.cuh: what the kernel files of the CUDA backend share (not a public header).
 //
 //   #include "cuda/pbw_cuda_internal.cuh"
-//   my_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(...);
+//   __global__ void my_kernel(float *y, int64_t n) {
+//       pbw_pdl_wait(); // first, in every kernel (see pbw_launch)
+//       ...
+//   }
+//   pbw_launch(my_kernel, pbw_grid(n), 256, 0, y, n); // grid, block, dynamic shared bytes, args
 //   PBW_CUDA_LAUNCHED("my_kernel");        // records a launch failure (sticky, see pbw_cuda.h)
 //
 // Every launch goes on pbw_stream(); nothing here synchronizes.
@@ -16,6 +20,7 @@
 #include <stdint.h>
 
 #include <cstdio>
+#include <utility>
 
 #include "core/pbw_cache.h"
 #include "cuda/pbw_cuda.h"
@@ -28,6 +33,41 @@ int pbw_cuda_sm_count(void);
 // Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least
 // `bytes`, valid until the next call. NULL when out of memory (failure recorded).
 void *pbw_cuda_workspace(size_t bytes);
+
+// Programmatic dependent launch (Hopper and later): pbw_launch lets a kernel start while the
+// kernel before it on the stream finishes, so that its blocks are resident and its launch paid
+// when its predecessor's last block exits (in a graph or not). Correct only because every kernel
+// of pbw calls pbw_pdl_wait() before it reads or writes global memory: the wait returns when the
+// grids it depends on have completed and their writes are visible. A kernel launched without
+// the attribute (a library's, or any kernel when PDL is off) passes the wait at once.
+// tests/test_sources.c checks that every __global__ function of src/cuda begins with it.
+__device__ __forceinline__ void pbw_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cudaGridDependencySynchronize();
+    cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
+// Whether pbw_launch asks for programmatic dependent launch: a device of compute capability 9.0
+// or later, and PBW_CUDA_PDL not 0 (read once).
+bool pbw_cuda_pdl(void);
+
+// kernel<<<grid, block, smem, pbw_stream()>>>(args...), with programmatic dependent launch
+// where pbw_cuda_pdl() allows it. A failure to launch is left for PBW_CUDA_LAUNCHED.
+template <typename... P, typename... A>
+inline void pbw_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = pbw_stream();
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pbw_cuda_pdl() ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...); // error: cudaGetLastError
+}
 
 // Blocks for a grid-stride loop over n elements with 256 threads a block.
 static inline unsigned pbw_grid(int64_t n) {
@@ -69,7 +109,7 @@ __device__ __forceinline__ float pbw_warp_max(float v) {
 // The half types of the reduced precisions: __nv_bfloat16 (bf16) and __half (fp16).
 // pbw_half_type calls f with a value of the one precision prec multiplies in (__half for
 // PBW_PREC_FP16, __nv_bfloat16 otherwise), so that a launch over either is written once:
-//     pbw_half_type(prec, [&](auto h) { using H = decltype(h); k<H><<<...>>>((H *)p, ...); });
+//     pbw_half_type(prec, [&](auto h) { using H = decltype(h); pbw_launch(k<H>, ...); });
 template <class F> static inline void pbw_half_type(int prec, F &&f) {
     if (prec == PBW_PREC_FP16) f(__half());
     else f(__nv_bfloat16());

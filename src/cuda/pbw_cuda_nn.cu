@@ -42,6 +42,7 @@ static cublasComputeType_t compute_type(void) {
 // C (M,N,ldc) *= beta for batch matrices (beta 0: set to 0, as BLAS does for K = 0).
 __global__ static void scale_matrix_kernel(float *C, int64_t M, int64_t N, int64_t ldc,
                                            int64_t sc, int64_t batch, float beta) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, batch * M * N) {
         int64_t j = i % N, r = (i / N) % M, b = i / (M * N);
         float *c = C + b * sc + r * ldc + j;
@@ -75,8 +76,8 @@ extern "C" void pbw_cuda_gemm_batched(int trans_a, int trans_b, int64_t M, int64
     if (K <= 0) { // C = beta C, once per item applied (stride_c 0: applied batch times)
         int64_t reps = stride_c == 0 ? batch : 1, items = stride_c == 0 ? 1 : batch;
         for (int64_t r = 0; r < reps; r++) {
-            scale_matrix_kernel<<<pbw_grid(items * M * N), 256, 0, pbw_stream()>>>(
-                C, M, N, ldc, stride_c, items, beta);
+            pbw_launch(scale_matrix_kernel, pbw_grid(items * M * N), 256, 0, C, M, N, ldc, stride_c,
+                       items, beta);
             PBW_CUDA_LAUNCHED("gemm_batched (K = 0)");
         }
         return;
@@ -372,6 +373,7 @@ struct half_weight {
 std::vector<half_weight> g_half_w;
 
 template <typename H> __global__ static void to_half_kernel(H *out, const float *x, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) out[i] = pbw_to_half<H>(x[i]);
 }
 
@@ -384,7 +386,7 @@ const void *half_weight_of(const float *w, size_t n) {
     if (!h) return nullptr;
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
-        to_half_kernel<H><<<pbw_grid((int64_t)n), 256, 0, pbw_stream()>>>((H *)h, w, (int64_t)n);
+        pbw_launch(to_half_kernel<H>, pbw_grid((int64_t)n), 256, 0, (H *)h, w, (int64_t)n);
     });
     PBW_CUDA_LAUNCHED("half weight");
     g_half_w.push_back({w, n, prec, h});
@@ -509,6 +511,7 @@ void *gyh_get(size_t bytes) {
 // gyh = bf16(gy), and gr += gy (add) or gr = gy (!add) when gr is given: one read of gy.
 __global__ static void gy_to_bf16_kernel(const float *gy, __nv_bfloat16 *gyh, float *gr,
                                          int add, int64_t n) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n) {
         const float v = gy[i];
         gyh[i] = pbw_to_half<__nv_bfloat16>(v);
@@ -519,6 +522,7 @@ __global__ static void gy_to_bf16_kernel(const float *gy, __nv_bfloat16 *gyh, fl
 // The same four values at a time (n4 = n / 4; gy, gr 16-byte aligned).
 __global__ static void gy_to_bf16_kernel4(const float4 *gy, uint2 *gyh, float4 *gr, int add,
                                           int64_t n4) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
         const float4 v = gy[i];
         gyh[i] = pbw_pack_half4<__nv_bfloat16>(v);
@@ -570,10 +574,10 @@ extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, fl
     __nv_bfloat16 *gyh = wh ? (__nv_bfloat16 *)gyh_get((size_t)n * sizeof(__nv_bfloat16)) : nullptr;
     if (!gyh) return -1;
     if (n % 4 == 0 && ((uintptr_t)gy | (uintptr_t)gr) % 16 == 0) {
-        gy_to_bf16_kernel4<<<pbw_grid(n / 4), 256, 0, pbw_stream()>>>(
-            (const float4 *)gy, (uint2 *)gyh, (float4 *)gr, beta_r != 0.0f, n / 4);
+        pbw_launch(gy_to_bf16_kernel4, pbw_grid(n / 4), 256, 0, (const float4 *)gy, (uint2 *)gyh,
+                   (float4 *)gr, beta_r != 0.0f, n / 4);
     } else {
-        gy_to_bf16_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gy, gyh, gr, beta_r != 0.0f, n);
+        pbw_launch(gy_to_bf16_kernel, pbw_grid(n), 256, 0, gy, gyh, gr, beta_r != 0.0f, n);
     }
     PBW_CUDA_LAUNCHED("linear backward (gy to bf16)");
     half_input_gradient(gyh, wh, gx, beta_x, R, O, I);
@@ -591,12 +595,13 @@ extern "C" int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w,
 // ---------------- bias rows (pbw_linear) ----------------
 
 __global__ static void bias_rows_forward_kernel(const float *b, float *y, int64_t R, int64_t O) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, R * O) y[i] = b[i % O];
 }
 
 extern "C" void pbw_cuda_bias_rows_forward(const float *b, float *y, int64_t R, int64_t O) {
     if (R * O <= 0) return;
-    bias_rows_forward_kernel<<<pbw_grid(R * O), 256, 0, pbw_stream()>>>(b, y, R, O);
+    pbw_launch(bias_rows_forward_kernel, pbw_grid(R * O), 256, 0, b, y, R, O);
     PBW_CUDA_LAUNCHED("bias_rows_forward");
 }
 
@@ -608,6 +613,7 @@ static const int COL_TY = 16;
 __global__ static void column_sums_kernel(const float *gy, const float *x, const float *mean,
                                           const float *rstd, float *gw, float *gb, int64_t R,
                                           int64_t D) {
+    pbw_pdl_wait();
     __shared__ float sw[COL_TY][33], sb[COL_TY][33];
     int tx = threadIdx.x, ty = threadIdx.y;
     int64_t i = (int64_t)blockIdx.x * 32 + tx;
@@ -635,8 +641,8 @@ __global__ static void column_sums_kernel(const float *gy, const float *x, const
 static void column_sums(const float *gy, const float *x, const float *mean, const float *rstd,
                         float *gw, float *gb, int64_t R, int64_t D, const char *name) {
     if ((!gw && !gb) || D <= 0) return;
-    column_sums_kernel<<<(unsigned)((D + 31) / 32), dim3(32, COL_TY), 0, pbw_stream()>>>(
-        gy, x, mean, rstd, gw, gb, R, D);
+    pbw_launch(column_sums_kernel, (unsigned)((D + 31) / 32), dim3(32, COL_TY), 0, gy, x, mean,
+               rstd, gw, gb, R, D);
     PBW_CUDA_LAUNCHED(name);
 }
 
@@ -654,6 +660,7 @@ template <typename H>
 __global__ static void layer_norm_forward_kernel(const float *x, const float *w, const float *b,
                                                  float *y, H *yh, float *mean, float *rstd,
                                                  int64_t R, int64_t D, float eps) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -700,6 +707,7 @@ __global__ static void layer_norm_forward_vec_kernel(const X *x, const float *w,
                                                      const float *b, float *y, H *yh,
                                                      float *mean, float *rstd, int64_t R,
                                                      float eps) {
+    pbw_pdl_wait();
     const int64_t D = 128 * V;
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
@@ -751,16 +759,16 @@ static bool layer_norm_forward_vec(const X *x, const float *w, const float *b, f
     dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
     switch (D / 128) {
     case 4: // CLIP text: 512
-        layer_norm_forward_vec_kernel<4, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                            rstd, R, eps);
+        pbw_launch(layer_norm_forward_vec_kernel<4, H, X>, gr, bl, 0, x, w, b, y, yh, mean, rstd, R,
+                   eps);
         return true;
     case 6: // CLIP ViT-B: 768
-        layer_norm_forward_vec_kernel<6, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                            rstd, R, eps);
+        pbw_launch(layer_norm_forward_vec_kernel<6, H, X>, gr, bl, 0, x, w, b, y, yh, mean, rstd, R,
+                   eps);
         return true;
     case 8: // ViT-L: 1024
-        layer_norm_forward_vec_kernel<8, H, X><<<gr, bl, 0, pbw_stream()>>>(x, w, b, y, yh, mean,
-                                                                            rstd, R, eps);
+        pbw_launch(layer_norm_forward_vec_kernel<8, H, X>, gr, bl, 0, x, w, b, y, yh, mean, rstd, R,
+                   eps);
         return true;
     default: return false;
     }
@@ -773,8 +781,8 @@ extern "C" void pbw_cuda_layer_norm_forward_half(const float *x, const float *w,
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) { // H: yh's type (unused without yh)
         using H = decltype(t);
         if (!layer_norm_forward_vec(x, w, b, y, (H *)yh, mean, rstd, R, D, eps))
-            layer_norm_forward_kernel<H><<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
-                x, w, b, y, (H *)yh, mean, rstd, R, D, eps);
+            pbw_launch(layer_norm_forward_kernel<H>, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, x, w, b,
+                       y, (H *)yh, mean, rstd, R, D, eps);
     });
     PBW_CUDA_LAUNCHED("layer_norm_forward");
 }
@@ -804,6 +812,7 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
                                                   const float *mean, const float *rstd,
                                                   const float *gy, float *gx, int64_t R,
                                                   int64_t D) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -830,6 +839,7 @@ template <int V>
 __global__ static void layer_norm_backward_vec_kernel(const float *x, const float *w,
                                                       const float *mean, const float *rstd,
                                                       const float *gy, float *gx, int64_t R) {
+    pbw_pdl_wait();
     const int64_t D = 128 * V;
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
@@ -874,9 +884,9 @@ extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, con
         const int V = (int)(D / 128);
         dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
         switch (V) {
-#define PBW_LN_BWD_CASE(v)                                                                        \
-    case v:                                                                                       \
-        layer_norm_backward_vec_kernel<v><<<gr, bl, 0, pbw_stream()>>>(x, w, mean, rstd, gy, gx, R); \
+#define PBW_LN_BWD_CASE(v)                                                                         \
+    case v:                                                                                        \
+        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, R);     \
         break;
             PBW_LN_BWD_CASE(1)
             PBW_LN_BWD_CASE(2)
@@ -890,8 +900,8 @@ extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, con
         }
         PBW_CUDA_LAUNCHED("layer_norm_backward");
     } else if (gx) {
-        layer_norm_backward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(
-            x, w, mean, rstd, gy, gx, R, D);
+        pbw_launch(layer_norm_backward_kernel, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, x, w, mean,
+                   rstd, gy, gx, R, D);
         PBW_CUDA_LAUNCHED("layer_norm_backward");
     }
     column_sums(gy, x, mean, rstd, gw, gb, R, D, "layer_norm_backward (weights)");
@@ -901,12 +911,13 @@ extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, con
 
 __global__ static void batch_norm_rstd_kernel(const float *var, float *rstd, int64_t C,
                                               float eps) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(c, C) rstd[c] = 1.0f / sqrtf(var[c] + eps);
 }
 
 extern "C" void pbw_cuda_batch_norm_rstd(const float *var, float *rstd, int64_t C, float eps) {
     if (C <= 0) return;
-    batch_norm_rstd_kernel<<<pbw_grid(C), 256, 0, pbw_stream()>>>(var, rstd, C, eps);
+    pbw_launch(batch_norm_rstd_kernel, pbw_grid(C), 256, 0, var, rstd, C, eps);
     PBW_CUDA_LAUNCHED("batch_norm_rstd");
 }
 
@@ -914,6 +925,7 @@ __global__ static void batch_norm_forward_kernel(const float *x, const float *me
                                                  const float *rstd, const float *w,
                                                  const float *b, float *y, int64_t N, int64_t C,
                                                  int64_t S) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, N * C * S) {
         int64_t c = (i / S) % C;
         float sc = rstd[c] * (w ? w[c] : 1.0f);
@@ -926,14 +938,15 @@ extern "C" void pbw_cuda_batch_norm_forward(const float *x, const float *mean, c
                                             const float *w, const float *b, float *y, int64_t N,
                                             int64_t C, int64_t S) {
     if (N * C * S <= 0) return;
-    batch_norm_forward_kernel<<<pbw_grid(N * C * S), 256, 0, pbw_stream()>>>(x, mean, rstd, w, b,
-                                                                             y, N, C, S);
+    pbw_launch(batch_norm_forward_kernel, pbw_grid(N * C * S), 256, 0, x, mean, rstd, w, b, y, N, C,
+               S);
     PBW_CUDA_LAUNCHED("batch_norm_forward");
 }
 
 __global__ static void batch_norm_backward_x_kernel(const float *rstd, const float *w,
                                                     const float *gy, float *gx, int64_t N,
                                                     int64_t C, int64_t S) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, N * C * S) {
         int64_t c = (i / S) % C;
         gx[i] += gy[i] * (rstd[c] * (w ? w[c] : 1.0f));
@@ -945,6 +958,7 @@ __global__ static void batch_norm_backward_w_kernel(const float *x, const float 
                                                     const float *rstd, const float *gy,
                                                     float *gw, float *gb, int64_t N, int64_t C,
                                                     int64_t S) {
+    pbw_pdl_wait();
     __shared__ float sw[256], sb[256];
     int64_t c = blockIdx.x;
     float m = mean[c], rs = rstd[c], aw = 0.0f, ab = 0.0f;
@@ -977,13 +991,13 @@ extern "C" void pbw_cuda_batch_norm_backward(const float *x, const float *mean,
                                              int64_t C, int64_t S) {
     if (N * C * S <= 0) return;
     if (gx) {
-        batch_norm_backward_x_kernel<<<pbw_grid(N * C * S), 256, 0, pbw_stream()>>>(
-            rstd, w, gy, gx, N, C, S);
+        pbw_launch(batch_norm_backward_x_kernel, pbw_grid(N * C * S), 256, 0, rstd, w, gy, gx, N, C,
+                   S);
         PBW_CUDA_LAUNCHED("batch_norm_backward");
     }
     if (gw || gb) {
-        batch_norm_backward_w_kernel<<<(unsigned)C, 256, 0, pbw_stream()>>>(x, mean, rstd, gy, gw,
-                                                                          gb, N, C, S);
+        pbw_launch(batch_norm_backward_w_kernel, (unsigned)C, 256, 0, x, mean, rstd, gy, gw, gb, N,
+                   C, S);
         PBW_CUDA_LAUNCHED("batch_norm_backward (weights)");
     }
 }
@@ -991,6 +1005,7 @@ extern "C" void pbw_cuda_batch_norm_backward(const float *x, const float *mean,
 // ---------------- softmax ----------------
 
 __global__ static void softmax_forward_kernel(const float *x, float *y, int64_t R, int64_t D) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -1015,12 +1030,13 @@ __global__ static void softmax_forward_kernel(const float *x, float *y, int64_t 
 
 extern "C" void pbw_cuda_softmax_forward(const float *x, float *y, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    softmax_forward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(x, y, R, D);
+    pbw_launch(softmax_forward_kernel, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, x, y, R, D);
     PBW_CUDA_LAUNCHED("softmax_forward");
 }
 
 __global__ static void softmax_backward_kernel(const float *y, const float *gy, float *gx,
                                                int64_t R, int64_t D) {
+    pbw_pdl_wait();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -1034,8 +1050,7 @@ __global__ static void softmax_backward_kernel(const float *y, const float *gy, 
 extern "C" void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64_t R,
                                           int64_t D) {
     if (R <= 0 || D <= 0 || !gx) return;
-    softmax_backward_kernel<<<row_blocks(R), 32 * ROWS_PER_BLOCK, 0, pbw_stream()>>>(y, gy, gx, R,
-                                                                                    D);
+    pbw_launch(softmax_backward_kernel, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, y, gy, gx, R, D);
     PBW_CUDA_LAUNCHED("softmax_backward");
 }
 
@@ -1043,13 +1058,14 @@ extern "C" void pbw_cuda_softmax_backward(const float *y, const float *gy, float
 
 __global__ static void embedding_forward_kernel(const float *table, const int32_t *ids, float *y,
                                                 int64_t n, int64_t D) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n * D) y[i] = table[(int64_t)ids[i / D] * D + i % D];
 }
 
 extern "C" void pbw_cuda_embedding_forward(const float *table, const int32_t *ids, float *y,
                                            int64_t n, int64_t D) {
     if (n * D <= 0) return;
-    embedding_forward_kernel<<<pbw_grid(n * D), 256, 0, pbw_stream()>>>(table, ids, y, n, D);
+    pbw_launch(embedding_forward_kernel, pbw_grid(n * D), 256, 0, table, ids, y, n, D);
     PBW_CUDA_LAUNCHED("embedding_forward");
 }
 
@@ -1057,13 +1073,14 @@ extern "C" void pbw_cuda_embedding_forward(const float *table, const int32_t *id
 // whose order (so the last bit of such rows) may differ between runs.
 __global__ static void embedding_backward_kernel(const float *gy, const int32_t *ids, float *gt,
                                                  int64_t n, int64_t D) {
+    pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n * D) atomicAdd(gt + (int64_t)ids[i / D] * D + i % D, gy[i]);
 }
 
 extern "C" void pbw_cuda_embedding_backward(const float *gy, const int32_t *ids, float *gt,
                                             int64_t n, int64_t D) {
     if (n * D <= 0 || !gt) return;
-    embedding_backward_kernel<<<pbw_grid(n * D), 256, 0, pbw_stream()>>>(gy, ids, gt, n, D);
+    pbw_launch(embedding_backward_kernel, pbw_grid(n * D), 256, 0, gy, ids, gt, n, D);
     PBW_CUDA_LAUNCHED("embedding_backward");
 }
 
@@ -1118,6 +1135,7 @@ template <int POS, int SL>
 __global__ static void __launch_bounds__(LP_THREADS)
     lpips_layer_partial_kernel(const float *f, const float *ref, const float *w, const float *k,
                                float *part, int64_t Nr, int64_t C, int64_t S, float eps) {
+    pbw_pdl_wait();
     static_assert(POS * SL == LP_THREADS, "a block of LP_THREADS");
     __shared__ float sh[SL][POS];
     const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * POS + threadIdx.x;
@@ -1138,6 +1156,7 @@ __global__ static void __launch_bounds__(LP_THREADS)
 
 __global__ static void __launch_bounds__(256)
     lpips_layer_total_kernel(const float *part, float *out, int nb) {
+    pbw_pdl_wait();
     __shared__ float sh[256];
     float v = 0.0f;
     for (int i = threadIdx.x; i < nb; i += 256) v += part[(int64_t)blockIdx.x * nb + i];
@@ -1155,6 +1174,7 @@ __global__ static void __launch_bounds__(LP_THREADS)
     lpips_layer_backward_kernel(const float *f, const float *ref, const float *w, const float *k,
                                 const float *gout, float *gf, int64_t Nr, int64_t C, int64_t S,
                                 float eps) {
+    pbw_pdl_wait();
     __shared__ float sh[SL][POS];
     const int64_t n = blockIdx.y, s = (int64_t)blockIdx.x * POS + threadIdx.x;
     const bool valid = s < S;
@@ -1194,14 +1214,14 @@ extern "C" void pbw_cuda_lpips_layer_forward(const float *f, const float *ref, c
     if (nb > 0) {
         const dim3 grid((unsigned)nb, (unsigned)N), block(pos, LP_THREADS / pos);
         if (pos == 32)
-            lpips_layer_partial_kernel<32, 8><<<grid, block, 0, pbw_stream()>>>(
-                f, ref, w, k, scratch, Nr, C, S, eps);
+            pbw_launch(lpips_layer_partial_kernel<32, 8>, grid, block, 0, f, ref, w, k, scratch, Nr,
+                       C, S, eps);
         else
-            lpips_layer_partial_kernel<8, 32><<<grid, block, 0, pbw_stream()>>>(
-                f, ref, w, k, scratch, Nr, C, S, eps);
+            pbw_launch(lpips_layer_partial_kernel<8, 32>, grid, block, 0, f, ref, w, k, scratch, Nr,
+                       C, S, eps);
         PBW_CUDA_LAUNCHED("lpips_layer forward");
     }
-    lpips_layer_total_kernel<<<(unsigned)N, 256, 0, pbw_stream()>>>(scratch, out, (int)nb);
+    pbw_launch(lpips_layer_total_kernel, (unsigned)N, 256, 0, scratch, out, (int)nb);
     PBW_CUDA_LAUNCHED("lpips_layer forward (sums)");
 }
 
@@ -1218,10 +1238,10 @@ extern "C" void pbw_cuda_lpips_layer_backward(const float *f, const float *ref, 
     }
     const dim3 grid((unsigned)nb, (unsigned)N), block(pos, LP_THREADS / pos);
     if (pos == 32)
-        lpips_layer_backward_kernel<32, 8><<<grid, block, 0, pbw_stream()>>>(
-            f, ref, w, k, gout, gf, Nr, C, S, eps);
+        pbw_launch(lpips_layer_backward_kernel<32, 8>, grid, block, 0, f, ref, w, k, gout, gf, Nr,
+                   C, S, eps);
     else
-        lpips_layer_backward_kernel<8, 32><<<grid, block, 0, pbw_stream()>>>(
-            f, ref, w, k, gout, gf, Nr, C, S, eps);
+        pbw_launch(lpips_layer_backward_kernel<8, 32>, grid, block, 0, f, ref, w, k, gout, gf, Nr,
+                   C, S, eps);
     PBW_CUDA_LAUNCHED("lpips_layer backward");
 }

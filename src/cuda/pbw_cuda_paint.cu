@@ -74,6 +74,7 @@ __global__ static void crops_fwd_kernel(const float *__restrict__ x, int64_t B, 
                                         int64_t W, const int *__restrict__ crops, int n, int R,
                                         int P, pbw_cuda_norm3 norm, T *__restrict__ out,
                                         uint8_t *__restrict__ pass) {
+    pbw_pdl_wait();
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
     PBW_GRID_STRIDE(e, total) {
         const int64_t i = crop_index_of(e, R, P);
@@ -106,6 +107,7 @@ __global__ static void crops_bwd_kernel(const float *__restrict__ gy,
                                         const uint8_t *__restrict__ pass, int64_t B, int64_t H,
                                         int64_t W, const int *__restrict__ crops, int n, int R,
                                         int P, pbw_cuda_norm3 norm, float *__restrict__ gx) {
+    pbw_pdl_wait();
     const int64_t RR = (int64_t)R * R, total = B * n * 3 * RR;
     PBW_GRID_STRIDE(e, total) {
         const int64_t i = crop_index_of(e, R, P);
@@ -249,6 +251,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                           const int *__restrict__ crops, int n, int R, int P, int nycap,
                           pbw_cuda_norm3 norm, T *__restrict__ out,
                           uint8_t *__restrict__ pass) {
+    pbw_pdl_wait();
     extern __shared__ int4 crop_smem[];
     const crop_tabs tab = crop_tables(crop_smem, R, CROP_ROWS);
     int4 *sxi = tab.xi, *syi = tab.yi;
@@ -373,6 +376,7 @@ __global__ static void __launch_bounds__(CROP_THREADS)
                           int P, int rows_max, int sdm, pbw_cuda_norm3 norm, int nycap,
                           float *__restrict__ part, int2 *__restrict__ rng,
                           float *__restrict__ gx) {
+    pbw_pdl_wait();
     extern __shared__ int4 crop_smem[];
     const crop_tabs tab = crop_tables(crop_smem, R, rows_max);
     int4 *sxi = tab.xi, *syi = tab.yi;
@@ -473,6 +477,7 @@ __global__ static void crops_bwd_sum_kernel(const float *__restrict__ part,
                                             const int *__restrict__ crops, int n, int nblk,
                                             int rows, int R, int nycap, int sdm, int64_t H,
                                             int64_t W, float *__restrict__ gx) {
+    pbw_pdl_wait();
     extern __shared__ int4 sum_smem[];
     const int64_t b = blockIdx.y / 3;
     const int ch = (int)(blockIdx.y % 3);
@@ -526,11 +531,11 @@ static void crops_forward(const float *x, int64_t B, int64_t H, int64_t W, const
     const size_t smem = taps + (size_t)nycap * R * sizeof(float);
     if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
         const dim3 grid((unsigned)(B * n), (unsigned)((R + CROP_ROWS - 1) / CROP_ROWS));
-        crops_fwd_tile_kernel<<<grid, CROP_THREADS, smem, pbw_stream()>>>(
-            x, H, W, crops, n, R, P, nycap, norm, out, pass);
+        pbw_launch(crops_fwd_tile_kernel<T>, grid, CROP_THREADS, smem, x, H, W, crops, n, R, P, nycap,
+                   norm, out, pass);
     } else {
-        crops_fwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(x, B, H, W, crops, n, R, P,
-                                                                     norm, out, pass);
+        pbw_launch(crops_fwd_kernel<T>, pbw_grid(total), 256, 0, x, B, H, W, crops, n, R, P, norm, out,
+                   pass);
     }
     PBW_CUDA_LAUNCHED("clip_crops forward");
 }
@@ -592,19 +597,19 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
         float *part = scratch;
         int2 *rng = reinterpret_cast<int2 *>(scratch + crops_bwd_part_floats(blocks, nycap, sdm));
         const dim3 grid((unsigned)(B * n), (unsigned)nblk);
-        crops_bwd_tile_kernel<<<grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), pbw_stream()>>>(
-            gy, pass, H, W, crops, n, R, P, rows, sdm, norm, nycap, part, rng, gx);
+        pbw_launch(crops_bwd_tile_kernel, grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), gy,
+                   pass, H, W, crops, n, R, P, rows, sdm, norm, nycap, part, rng, gx);
         PBW_CUDA_LAUNCHED("clip_crops backward");
         const dim3 sgrid((unsigned)((H * W + 255) / 256), (unsigned)(B * 3));
-        crops_bwd_sum_kernel<<<sgrid, 256, crops_sum_smem(n, nblk), pbw_stream()>>>(
-            part, rng, crops, n, nblk, rows, R, nycap, sdm, H, W, gx);
+        pbw_launch(crops_bwd_sum_kernel, sgrid, 256, crops_sum_smem(n, nblk), part, rng, crops, n,
+                   nblk, rows, R, nycap, sdm, H, W, gx);
     } else if (rows > 0 && B * n <= INT32_MAX) { // the tiles, adding by atomics
         const dim3 grid((unsigned)(B * n), (unsigned)((R + rows - 1) / rows));
-        crops_bwd_tile_kernel<<<grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), pbw_stream()>>>(
-            gy, pass, H, W, crops, n, R, P, rows, sdm, norm, 0, nullptr, nullptr, gx);
+        pbw_launch(crops_bwd_tile_kernel, grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), gy,
+                   pass, H, W, crops, n, R, P, rows, sdm, norm, 0, nullptr, nullptr, gx);
     } else {
-        crops_bwd_kernel<<<pbw_grid(total), 256, 0, pbw_stream()>>>(gy, pass, B, H, W, crops, n,
-                                                                     R, P, norm, gx);
+        pbw_launch(crops_bwd_kernel, pbw_grid(total), 256, 0, gy, pass, B, H, W, crops, n, R, P,
+                   norm, gx);
     }
     PBW_CUDA_LAUNCHED("clip_crops backward");
 }

@@ -45,6 +45,7 @@ __device__ __forceinline__ int floordiv(int a, int b) {
 
 __global__ void upfirdn_fwd_kernel(float *out, const float *x, const float *k,
                                    pbw_cpu_upfirdn_geom g) {
+    pbw_pdl_wait();
     const int64_t n = g.planes * g.OH * g.OW;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -74,6 +75,7 @@ __global__ void upfirdn_fwd_kernel(float *out, const float *x, const float *k,
 // ky = iy*up + py0 - oy*down of it, so the outputs that read it are those with ky in [0,KH).
 __global__ void upfirdn_bwd_kernel(float *dx, const float *dout, const float *k,
                                    pbw_cpu_upfirdn_geom g) {
+    pbw_pdl_wait();
     const int64_t n = g.planes * g.H * g.W;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -136,6 +138,7 @@ resize_tabs tabs_at(void *scratch, int H, int W, int OH, int OW) {
 // One table row per thread over both axes (o < out_y: rows, else columns); the CPU's
 // resize_axis with every double and float step rounded as written there.
 __global__ void resize_table_kernel(resize_tabs t, int H, int W, int OH, int OW, int mode) {
+    pbw_pdl_wait();
     const int64_t n = (int64_t)OH + OW;
     PBW_GRID_STRIDE(i, n) {
         const int row = i < OH;
@@ -182,6 +185,7 @@ __global__ void resize_table_kernel(resize_tabs t, int H, int W, int OH, int OW,
 // binary searches share one sequence of interval lengths, so they run in one loop whose loads
 // are independent (a search alone would wait on each load in turn).
 __global__ void resize_list_kernel(resize_tabs t, int H, int W, int OH, int OW, int taps) {
+    pbw_pdl_wait();
     const int64_t n = (int64_t)H + W;
     PBW_GRID_STRIDE(i, n) {
         const int row = i < H;
@@ -226,6 +230,7 @@ __global__ void resize_list_kernel(resize_tabs t, int H, int W, int OH, int OW, 
 
 __global__ void resize_fwd_kernel(float *out, const float *x, resize_tabs t, int64_t planes,
                                   int H, int W, int OH, int OW, int taps) {
+    pbw_pdl_wait();
     const int64_t n = planes * OH * OW;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -267,6 +272,7 @@ const int RB_CHUNK = 2048;  // output columns of u[] in shared memory at a time
 __global__ void __launch_bounds__(RB_THREADS)
     resize_bwd_kernel(float *dx, const float *dout, resize_tabs t, int64_t planes, int H, int W,
                       int OH, int OW) {
+    pbw_pdl_wait();
     __shared__ float u[RB_CHUNK];
     __shared__ int red[2][RB_THREADS / 32];
     const int tid = threadIdx.x;
@@ -311,12 +317,11 @@ int resize_taps(int mode) { return mode == 0 ? 1 : mode == 1 ? 2 : 4; }
 
 resize_tabs resize_setup(void *scratch, int H, int W, int OH, int OW, int mode, int lists) {
     resize_tabs t = tabs_at(scratch, H, W, OH, OW);
-    resize_table_kernel<<<pbw_grid((int64_t)OH + OW), 256, 0, pbw_stream()>>>(t, H, W, OH, OW,
-                                                                             mode);
+    pbw_launch(resize_table_kernel, pbw_grid((int64_t)OH + OW), 256, 0, t, H, W, OH, OW, mode);
     PBW_CUDA_LAUNCHED("resize_tables");
     if (lists) {
-        resize_list_kernel<<<pbw_grid((int64_t)H + W), 256, 0, pbw_stream()>>>(
-            t, H, W, OH, OW, resize_taps(mode));
+        pbw_launch(resize_list_kernel, pbw_grid((int64_t)H + W), 256, 0, t, H, W, OH, OW,
+                   resize_taps(mode));
         PBW_CUDA_LAUNCHED("resize_lists");
     }
     return t;
@@ -327,6 +332,7 @@ resize_tabs resize_setup(void *scratch, int H, int W, int OH, int OW, int mode, 
 // tmp[y][x] = sum_j k[j] * in[y][x + j - r], zero outside (j over the valid range, as the CPU)
 __global__ void sep_rows_kernel(float *tmp, const float *x, int64_t planes, int H, int W,
                                 const float *k, int ksize) {
+    pbw_pdl_wait();
     const int64_t n = planes * H * W;
     const int r = ksize / 2;
     PBW_GRID_STRIDE(i, n) {
@@ -344,6 +350,7 @@ __global__ void sep_rows_kernel(float *tmp, const float *x, int64_t planes, int 
 
 __global__ void sep_cols_kernel(float *out, const float *tmp, int64_t planes, int H, int W,
                                 const float *k, int ksize, int accumulate) {
+    pbw_pdl_wait();
     const int64_t n = planes * H * W;
     const int r = ksize / 2;
     PBW_GRID_STRIDE(i, n) {
@@ -397,6 +404,7 @@ __global__ void __launch_bounds__(TW *TY)
     sg_blur_tile_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t planes,
                         int SH, int SW, int DH, int DW, fir_taps f, int p0,
                         pbw_cuda_postact pa, int add) {
+    pbw_pdl_wait();
     static_assert(TW * TY % 32 == 0 && RY <= 16, "blur tile shape");
     constexpr int TH = TY * RY, TR = TH + K - 1, TC = TW + K - 1;
     constexpr int TS = blur_stride(TC, RY, TW), NT = TW * TY;
@@ -455,16 +463,16 @@ int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, 
     const unsigned gz = (unsigned)(planes < 65535 ? planes : 65535);
     if (DW <= 16) {
         const dim3 grid((unsigned)((DW + 15) / 16), (unsigned)((DH + 15) / 16), gz);
-        sg_blur_tile_kernel<4, 16, 8, 2, BWD>
-            <<<grid, dim3(16, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
+        pbw_launch(sg_blur_tile_kernel<4, 16, 8, 2, BWD>, grid, dim3(16, 8), 0, dst, src, planes,
+                   SH, SW, DH, DW, f, p0, pa, add);
     } else if (DH >= 64) {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 63) / 64), gz);
-        sg_blur_tile_kernel<4, 32, 8, 8, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
+        pbw_launch(sg_blur_tile_kernel<4, 32, 8, 8, BWD>, grid, dim3(32, 8), 0, dst, src, planes,
+                   SH, SW, DH, DW, f, p0, pa, add);
     } else {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 31) / 32), gz);
-        sg_blur_tile_kernel<4, 32, 8, 4, BWD>
-            <<<grid, dim3(32, 8), 0, pbw_stream()>>>(dst, src, planes, SH, SW, DH, DW, f, p0, pa, add);
+        pbw_launch(sg_blur_tile_kernel<4, 32, 8, 4, BWD>, grid, dim3(32, 8), 0, dst, src, planes,
+                   SH, SW, DH, DW, f, p0, pa, add);
     }
     return 1;
 }
@@ -475,6 +483,7 @@ int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, 
 __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, int H, int W,
                                    int OH, int OW, fir_taps f, int K, int p0,
                                    pbw_cuda_postact pa) {
+    pbw_pdl_wait();
     const int64_t n = planes * OH * OW;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -515,6 +524,7 @@ template <typename T, int V, typename Wd, int K, int R, bool MOD>
 __global__ void __launch_bounds__(256)
     sg_blur_nhwc_strip_kernel(T *out, const T *x, int N, int C, int H, int W, int OH, int OW,
                               fir_taps f, int p0, pbw_cuda_postact pa, pbw_cuda_premod pm) {
+    pbw_pdl_wait();
     const int cv = C / V, strips = (OH + R - 1) / R;
     const int64_t total = (int64_t)N * strips * OW * cv;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -585,6 +595,7 @@ __global__ void __launch_bounds__(256)
 // The adjoint, gathered: gx[iy][ix] += sum_jv fv[jv] * sum_jh fh[jh] * gout[iy-jv+p0][ix-jh+p0].
 __global__ void sg_blur_bwd_kernel(float *gx, const float *gout, int64_t planes, int H, int W,
                                    int OH, int OW, fir_taps f, int K, int p0, int add) {
+    pbw_pdl_wait();
     const int64_t n = planes * H * W;
     PBW_GRID_STRIDE(i, n) {
         int64_t xr_, yr_;
@@ -621,7 +632,7 @@ extern "C" void pbw_cuda_upfirdn2d_forward(float *out, const float *x, const flo
     (void)scratch;
     const int64_t n = g->planes * g->OH * g->OW;
     if (n == 0) return;
-    upfirdn_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, k, *g);
+    pbw_launch(upfirdn_fwd_kernel, pbw_grid(n), 256, 0, out, x, k, *g);
     PBW_CUDA_LAUNCHED("upfirdn2d_forward");
 }
 
@@ -630,7 +641,7 @@ extern "C" void pbw_cuda_upfirdn2d_backward(float *dx, const float *dout, const 
     (void)scratch;
     const int64_t n = g->planes * g->H * g->W;
     if (n == 0) return;
-    upfirdn_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(dx, dout, k, *g);
+    pbw_launch(upfirdn_bwd_kernel, pbw_grid(n), 256, 0, dx, dout, k, *g);
     PBW_CUDA_LAUNCHED("upfirdn2d_backward");
 }
 
@@ -648,8 +659,8 @@ extern "C" void pbw_cuda_resize_forward(float *out, const float *x, int64_t plan
     const int64_t n = planes * OH * OW;
     if (n == 0) return;
     resize_tabs t = resize_setup(scratch, H, W, OH, OW, mode, 0);
-    resize_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, t, planes, H, W, OH, OW,
-                                                            resize_taps(mode));
+    pbw_launch(resize_fwd_kernel, pbw_grid(n), 256, 0, out, x, t, planes, H, W, OH, OW,
+               resize_taps(mode));
     PBW_CUDA_LAUNCHED("resize_forward");
 }
 
@@ -661,7 +672,7 @@ extern "C" void pbw_cuda_resize_backward(float *dx, const float *dout, int64_t p
     const dim3 grid((unsigned)((W + RB_THREADS - 1) / RB_THREADS),
                     (unsigned)(H < 65535 ? H : 65535),
                     (unsigned)(planes < 65535 ? planes : 65535));
-    resize_bwd_kernel<<<grid, RB_THREADS, 0, pbw_stream()>>>(dx, dout, t, planes, H, W, OH, OW);
+    pbw_launch(resize_bwd_kernel, grid, RB_THREADS, 0, dx, dout, t, planes, H, W, OH, OW);
     PBW_CUDA_LAUNCHED("resize_backward");
 }
 
@@ -675,10 +686,10 @@ extern "C" void pbw_cuda_sep_filter2d(float *out, const float *x, int64_t planes
                                       const float *k, int ksize, int accumulate, float *scratch) {
     const int64_t n = planes * H * W;
     if (n == 0) return;
-    sep_rows_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(scratch, x, planes, H, W, k, ksize);
+    pbw_launch(sep_rows_kernel, pbw_grid(n), 256, 0, scratch, x, planes, H, W, k, ksize);
     PBW_CUDA_LAUNCHED("sep_filter2d_rows");
-    sep_cols_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, scratch, planes, H, W, k, ksize,
-                                                          accumulate);
+    pbw_launch(sep_cols_kernel, pbw_grid(n), 256, 0, out, scratch, planes, H, W, k, ksize,
+               accumulate);
     PBW_CUDA_LAUNCHED("sep_filter2d_cols");
 }
 
@@ -709,8 +720,8 @@ extern "C" void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t
     g_blur_postact_calls += pa != nullptr;
     const fir_taps f = flip_taps(kv, kh, K);
     if (!sg_blur_tiled<false>(out, x, planes, H, W, OH, OW, f, K, p0, a))
-        sg_blur_fwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(out, x, planes, H, W, OH, OW,
-                                                                 f, K, p0, a);
+        pbw_launch(sg_blur_fwd_kernel, pbw_grid(n), 256, 0, out, x, planes, H, W, OH, OW, f, K, p0,
+                   a);
     PBW_CUDA_LAUNCHED("sg_blur_forward");
 }
 
@@ -737,11 +748,11 @@ extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C,
         auto launch = [&](auto mod) {
             constexpr bool M = decltype(mod)::value;
             if (wide)
-                sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R, M><<<blocks, 256, 0, pbw_stream()>>>(
-                    (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
+                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R, M>, blocks, 256, 0,
+                           (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
             else
-                sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R, M><<<blocks, 256, 0, pbw_stream()>>>(
-                    (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
+                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R, M>, blocks, 256, 0,
+                           (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
         };
         if (mo.s) launch(std::true_type{});
         else launch(std::false_type{});
@@ -767,7 +778,7 @@ extern "C" void pbw_cuda_sg_blur_backward(float *gx, const float *gout, int64_t 
     const fir_taps f = flip_taps(kv, kh, K);
     const pbw_cuda_postact none = {};
     if (!sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0, none, add))
-        sg_blur_bwd_kernel<<<pbw_grid(n), 256, 0, pbw_stream()>>>(gx, gout, planes, H, W, OH, OW,
-                                                                 f, K, p0, add);
+        pbw_launch(sg_blur_bwd_kernel, pbw_grid(n), 256, 0, gx, gout, planes, H, W, OH, OW, f, K,
+                   p0, add);
     PBW_CUDA_LAUNCHED("sg_blur_backward");
 }

@@ -53,6 +53,7 @@ __device__ double block_sum(double v, double *sh) {
 // n in order; with `total` the sums over n are added first (one float addition: the bias).
 __global__ void finish_kernel(float *dst, const double *part, int N, int C, int64_t nch,
                               int64_t nstride, int total) {
+    pbw_pdl_wait();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     double all = 0;
@@ -68,8 +69,7 @@ __global__ void finish_kernel(float *dst, const double *part, int N, int C, int6
 
 void finish(float *dst, const double *part, int N, int C, int64_t nch, int64_t nstride,
             int total) {
-    finish_kernel<<<(C + 255) / 256, 256, 0, pbw_stream()>>>(dst, part, N, C, nch, nstride,
-                                                            total);
+    pbw_launch(finish_kernel, (C + 255) / 256, 256, 0, dst, part, N, C, nch, nstride, total);
     PBW_CUDA_LAUNCHED("sg_reduce_finish");
 }
 
@@ -142,6 +142,7 @@ template <int V> __device__ __forceinline__ void st(float *p, const float (&r)[V
 template <int V, bool ACC>
 __global__ void modulate_kernel(float *out, const float *x, const float *s, const float *s0,
                                 const float *m, pbw_cpu_sg_mod_geom g) {
+    pbw_pdl_wait();
     EW_PLANES(g.N, g.C) {
         const int64_t base = ((int64_t)n * g.C + c) * g.P;
         const float sv = s[n * g.s_nstride + c];
@@ -170,6 +171,7 @@ __global__ void modulate_kernel(float *out, const float *x, const float *s, cons
 // Pass 1 of d/ds = sum g x (m) and d/ds0 = sum g x (1-m): block (plane, chunk).
 __global__ void modulate_gs_kernel(double *pa, double *pb, const float *gout, const float *x,
                                    const float *m, pbw_cpu_sg_mod_geom g, int64_t nch) {
+    pbw_pdl_wait();
     __shared__ double sh[RED_THREADS];
     const int64_t plane = blockIdx.x, k = blockIdx.y;
     const int nn = (int)(plane / g.C);
@@ -197,6 +199,7 @@ __global__ void modulate_gs_kernel(double *pa, double *pb, const float *gout, co
 // d out / d m = x (s - s0), summed over channels (and the batch when m is shared).
 __global__ void modulate_gm_kernel(float *gm, const float *gout, const float *x, const float *s,
                                    const float *s0, pbw_cpu_sg_mod_geom g) {
+    pbw_pdl_wait();
     const int mb = g.m_nstride ? g.N : 1;
     const int64_t n = (int64_t)mb * g.P;
     PBW_GRID_STRIDE(i, n) {
@@ -250,6 +253,7 @@ template <int V>
 __global__ void bias_act_fwd_kernel(float *out, const float *y, const float *d,
                                     const float *noise, const float *bias,
                                     pbw_cpu_sg_act_geom g) {
+    pbw_pdl_wait();
     EW_PLANES(g.N, g.O) {
         const act_plane a = act_plane_at(d, noise, bias, g, n, c);
         EW_PIXELS(p, g.P, V) {
@@ -268,6 +272,7 @@ template <int V>
 __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, const float *y,
                                    const float *d, const float *noise, const float *bias,
                                    pbw_cpu_sg_act_geom g, int gy_add) {
+    pbw_pdl_wait();
     EW_PLANES(g.N, g.O) {
         const act_plane a = act_plane_at(d, noise, bias, g, n, c);
         EW_PIXELS(p, g.P, V) {
@@ -302,6 +307,7 @@ __global__ void bias_act_gy_kernel(float *gy, float *gd, const float *gout, cons
 __global__ void bias_act_sums_kernel(double *pd, double *pbias, const float *gout,
                                      const float *y, const float *d, const float *noise,
                                      const float *bias, pbw_cpu_sg_act_geom g, int64_t nch) {
+    pbw_pdl_wait();
     __shared__ double sh[RED_THREADS];
     const int64_t plane = blockIdx.x, k = blockIdx.y;
     const act_plane pl = act_plane_at(d, noise, bias, g, (int)(plane / g.O), (int)(plane % g.O));
@@ -324,6 +330,7 @@ __global__ void bias_act_sums_kernel(double *pd, double *pbias, const float *gou
 __global__ void bias_act_gnoise_kernel(float *gnoise, const float *gout, const float *y,
                                        const float *d, const float *noise, const float *bias,
                                        pbw_cpu_sg_act_geom g) {
+    pbw_pdl_wait();
     const int nb = g.noise_nstride ? g.N : 1;
     const int64_t n = (int64_t)nb * g.P;
     PBW_GRID_STRIDE(i, n) {
@@ -355,8 +362,10 @@ extern "C" void pbw_cuda_sg_modulate_forward(float *out, const float *x, const f
     if (n == 0) return;
     const int v4 = g->P % 4 == 0 && al16(out) && al16(x) && al16(m);
     const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
-    if (v4) modulate_kernel<4, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
-    else modulate_kernel<1, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, x, s, s0, m, *g);
+    if (v4)
+        pbw_launch(modulate_kernel<4, false>, sh.grid, sh.block, 0, out, x, s, s0, m, *g);
+    else
+        pbw_launch(modulate_kernel<1, false>, sh.grid, sh.block, 0, out, x, s, s0, m, *g);
     PBW_CUDA_LAUNCHED("sg_modulate_forward");
 }
 
@@ -371,13 +380,13 @@ extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x,
         const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
         // gx_add 0: the forward's product (fma with a zero addend rounds alike)
         if (v4 && gx_add)
-            modulate_kernel<4, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            pbw_launch(modulate_kernel<4, true>, sh.grid, sh.block, 0, gx, gout, s, s0, m, *g);
         else if (v4)
-            modulate_kernel<4, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            pbw_launch(modulate_kernel<4, false>, sh.grid, sh.block, 0, gx, gout, s, s0, m, *g);
         else if (gx_add)
-            modulate_kernel<1, true><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            pbw_launch(modulate_kernel<1, true>, sh.grid, sh.block, 0, gx, gout, s, s0, m, *g);
         else
-            modulate_kernel<1, false><<<sh.grid, sh.block, 0, pbw_stream()>>>(gx, gout, s, s0, m, *g);
+            pbw_launch(modulate_kernel<1, false>, sh.grid, sh.block, 0, gx, gout, s, s0, m, *g);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_x");
     }
     if (gs || (gs0 && m)) {
@@ -389,15 +398,15 @@ extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x,
         double *part = partials(each, 2);
         if (!part) return;
         double *pa = gs ? part : NULL, *pb = (gs0 && m) ? part + each : NULL;
-        modulate_gs_kernel<<<dim3((unsigned)planes, (unsigned)nch), RED_THREADS, 0,
-                             pbw_stream()>>>(pa, pb, gout, x, m, *g, nch);
+        pbw_launch(modulate_gs_kernel, dim3((unsigned)planes, (unsigned)nch), RED_THREADS, 0, pa,
+                   pb, gout, x, m, *g, nch);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_s");
         if (pa) finish(gs, pa, g->N, g->C, nch, g->s_nstride, 0);
         if (pb) finish(gs0, pb, g->N, g->C, nch, g->s0_nstride, 0);
     }
     if (gm && m) {
         const int64_t nm = (int64_t)(g->m_nstride ? g->N : 1) * g->P;
-        modulate_gm_kernel<<<pbw_grid(nm), 256, 0, pbw_stream()>>>(gm, gout, x, s, s0, *g);
+        pbw_launch(modulate_gm_kernel, pbw_grid(nm), 256, 0, gm, gout, x, s, s0, *g);
         PBW_CUDA_LAUNCHED("sg_modulate_backward_m");
     }
 }
@@ -411,9 +420,9 @@ extern "C" void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const f
                    (g->d_mode != 2 || al16(d));
     const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
     if (v4)
-        bias_act_fwd_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, y, d, noise, bias, *g);
+        pbw_launch(bias_act_fwd_kernel<4>, sh.grid, sh.block, 0, out, y, d, noise, bias, *g);
     else
-        bias_act_fwd_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(out, y, d, noise, bias, *g);
+        pbw_launch(bias_act_fwd_kernel<1>, sh.grid, sh.block, 0, out, y, d, noise, bias, *g);
     PBW_CUDA_LAUNCHED("sg_bias_act_forward");
 }
 
@@ -429,11 +438,11 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
                        al16(noise) && (g->d_mode != 2 || al16(d));
         const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
         if (v4)
-            bias_act_gy_kernel<4><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
-                                                                         noise, bias, *g, gy_add);
+            pbw_launch(bias_act_gy_kernel<4>, sh.grid, sh.block, 0, gy, gdp, gout, y, d, noise,
+                       bias, *g, gy_add);
         else
-            bias_act_gy_kernel<1><<<sh.grid, sh.block, 0, pbw_stream()>>>(gy, gdp, gout, y, d,
-                                                                         noise, bias, *g, gy_add);
+            pbw_launch(bias_act_gy_kernel<1>, sh.grid, sh.block, 0, gy, gdp, gout, y, d, noise,
+                       bias, *g, gy_add);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_y");
     }
     const int want_d = gd && g->d_mode == 1;
@@ -446,16 +455,16 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
         double *part = partials(each, 2);
         if (!part) return;
         double *pd = want_d ? part : NULL, *pb = gbias ? part + each : NULL;
-        bias_act_sums_kernel<<<dim3((unsigned)planes, (unsigned)nch), RED_THREADS, 0,
-                               pbw_stream()>>>(pd, pb, gout, y, d, noise, bias, *g, nch);
+        pbw_launch(bias_act_sums_kernel, dim3((unsigned)planes, (unsigned)nch), RED_THREADS, 0, pd,
+                   pb, gout, y, d, noise, bias, *g, nch);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_sums");
         if (pd) finish(gd, pd, g->N, g->O, nch, g->d_nstride, 0);
         if (pb) finish(gbias, pb, g->N, g->O, nch, 0, 1);
     }
     if (gnoise && noise) {
         const int64_t nn = (int64_t)(g->noise_nstride ? g->N : 1) * g->P;
-        bias_act_gnoise_kernel<<<pbw_grid(nn), 256, 0, pbw_stream()>>>(gnoise, gout, y, d, noise,
-                                                                      bias, *g);
+        pbw_launch(bias_act_gnoise_kernel, pbw_grid(nn), 256, 0, gnoise, gout, y, d, noise, bias,
+                   *g);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_noise");
     }
 }
