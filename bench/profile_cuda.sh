@@ -7,7 +7,8 @@
 #   bench/run_cuda.sh                 (writes the models under MODELS first)
 #   bench/profile_cuda.sh             OUT=DIR (default build/profile_cuda) PRECISIONS="bf16 fp32"
 #                                     GRAPHS=1 (replay CUDA graphs as the edit does: their
-#                                     kernels then show as "(outside ops)")
+#                                     kernels then show as "(outside ops)"), PDL=1 (launch as
+#                                     the edit does; kernels' times then include their wait)
 #
 # Needs libcupti on the library path (CUDA's extras/CUPTI/lib64 or the toolkit's lib64; the
 # script adds those it finds) and python3 with Pillow for the mask.
@@ -34,6 +35,9 @@ common=(--gan "$MODELS/g256.pt" --clip "$MODELS/clip_vit_b32" --vocab "$CARRY/bp
     --seed 30 --mask "$OUT/mask.png" --text "a rustic bed" --device cuda --quiet)
 # CUDA graphs off by default (GRAPHS=1 keeps them): a replayed graph's kernels belong to no op
 export PBW_CUDA_GRAPHS=${GRAPHS:-0}
+# programmatic dependent launch off by default (PDL=1 keeps it): a kernel launched early waits
+# for the one before inside its own span, which CUPTI would book to it
+export PBW_CUDA_PDL=${PDL:-0}
 for p in ${PRECISIONS:-bf16 fp32}; do
     PBW_PROFILE=gpu "$PBW" edit "${common[@]}" --precision "$p" --optim cma --cma-generations "$GENS" \
         --out "$OUT/cma_$p.png" 2>"$OUT/cma_$p.txt"

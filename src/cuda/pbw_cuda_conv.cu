@@ -978,11 +978,11 @@ void nhwc_map(void *dst, const void *src, int N, int C, int64_t P, int prec, con
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
         if (rows)
-            pbw_launch(nhwc_map_rows_kernel<H, F>, grid, MAP_THREADS, 0, (H *)dst, (const H *)src, cv,
-                       P, f);
+            pbw_launch(nhwc_map_rows_kernel<H, F>, grid, MAP_THREADS, 0, (H *)dst, (const H *)src,
+                       cv, P, f);
         else if (wide)
-            pbw_launch(nhwc_map_kernel<H, 8, uint4, F>, pbw_grid(n), 256, 0, (H *)dst, (const H *)src,
-                       N, C, P, f);
+            pbw_launch(nhwc_map_kernel<H, 8, uint4, F>, pbw_grid(n), 256, 0, (H *)dst,
+                       (const H *)src, N, C, P, f);
         else
             pbw_launch(nhwc_map_kernel<H, 2, uint32_t, F>, pbw_grid(n), 256, 0, (H *)dst,
                        (const H *)src, N, C, P, f);

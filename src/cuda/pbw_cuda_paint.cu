@@ -531,11 +531,11 @@ static void crops_forward(const float *x, int64_t B, int64_t H, int64_t W, const
     const size_t smem = taps + (size_t)nycap * R * sizeof(float);
     if (B * n <= INT32_MAX && smem <= CROP_SMEM) {
         const dim3 grid((unsigned)(B * n), (unsigned)((R + CROP_ROWS - 1) / CROP_ROWS));
-        pbw_launch(crops_fwd_tile_kernel<T>, grid, CROP_THREADS, smem, x, H, W, crops, n, R, P, nycap,
-                   norm, out, pass);
+        pbw_launch(crops_fwd_tile_kernel<T>, grid, CROP_THREADS, smem, x, H, W, crops, n, R, P,
+                   nycap, norm, out, pass);
     } else {
-        pbw_launch(crops_fwd_kernel<T>, pbw_grid(total), 256, 0, x, B, H, W, crops, n, R, P, norm, out,
-                   pass);
+        pbw_launch(crops_fwd_kernel<T>, pbw_grid(total), 256, 0, x, B, H, W, crops, n, R, P, norm,
+                   out, pass);
     }
     PBW_CUDA_LAUNCHED("clip_crops forward");
 }
