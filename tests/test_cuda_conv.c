@@ -781,166 +781,6 @@ PBW_TEST(cuda_sg_modconv_act) {
 #endif
 }
 
-/* ---------- sg_modconv(_act) with gradients: one recorded op on staged convolutions ---------- */
-
-#ifdef PBW_HAVE_CUDA
-/* in: x, s, d (N,O), noise (N,1,H,W, no gradient asked), bias (O) */
-static pbw_tensor *modconv_act1_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
-    const pbw_sg_conv_plan *pl = plan_for(ctx, &((modconv_act_arg *)arg)->conv);
-    return pl ? pbw_sg_modconv_act(ctx, in[0], in[1], NULL, NULL, pl, in[2], in[3], in[4], 0.7f,
-                                   1.0f, sqrtf(2.0f))
-              : NULL;
-}
-
-/* One forward and backward on ctx (bf16) from host values: act (1: then d per channel, noise,
- * bias; 2: the same without a style, s's gradient left 0) or a transposed plan with a masked
- * style (0); outputs and every input gradient to host (out first, then x, s, and d and bias,
- * or s0 and m). 0, or -1. */
-static int modconv_grad_run(pbw_ctx *ctx, const pbw_sg_conv_plan *pl, int act, int N, int C,
-                            int H, int W, int O, const float *h, const float *seed, float **res) {
-    const int64_t nx = (int64_t)N * C * H * W;
-    pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
-    pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h + nx, 2, (int64_t[]){N, C}),
-                               0.5f, 1.0f);
-    pbw_tensor *a = act ? pbw_affine(ctx, pbw_tensor_from_host(ctx, h + nx + N * C, 2,
-                                                              (int64_t[]){N, O}), 0.5f, 1.0f)
-                        : pbw_affine(ctx, pbw_tensor_from_host(ctx, h + nx + N * C, 2,
-                                                              (int64_t[]){1, C}), 0.5f, 1.0f);
-    pbw_tensor *noise = pbw_tensor_from_host(ctx, h + 2 * nx, 4, (int64_t[]){N, 1, H, W});
-    pbw_tensor *b = act ? pbw_tensor_from_host(ctx, h + 3 * nx, 1, (int64_t[]){O})
-                        : pbw_affine(ctx, pbw_abs(ctx, noise), 0.5f, 0.0f); /* m in [0, 0.5] */
-    if (!x || !s || !a || !noise || !b) return -1;
-    pbw_tensor *leaf[4] = {x, s, a, b};
-    for (int i = 0; i < 4; i++) leaf[i]->requires_grad = i != 1 || act != 2;
-    pbw_tensor *y = act ? pbw_sg_modconv_act(ctx, x, act == 2 ? NULL : s, NULL, NULL, pl, a,
-                                             noise, b, 0.7f, 1.0f, sqrtf(2.0f))
-                        : pbw_sg_modconv(ctx, x, s, a, b, pl);
-    pbw_err err = {{0}};
-    if (!y || pbw_tensor_read(ctx, y, res[0]) || pbw_backward(ctx, y, seed, &err)) return -1;
-    memset(res[2], 0, (size_t)s->numel * sizeof(float));
-    for (int i = 0; i < 4; i++) {
-        if (!leaf[i]->requires_grad) continue;
-        const float *g = pbw_grad_host(ctx, leaf[i]);
-        if (!g) return -1;
-        memcpy(res[1 + i], g, (size_t)leaf[i]->numel * sizeof(float));
-    }
-    return 0;
-}
-
-/* The largest |a - b| relative to the largest |b| (INFINITY for unequal sizes or b all 0). */
-static double max_rel(const float *a, int64_t na, const float *b, int64_t nb) {
-    if (!a || !b || na != nb) return INFINITY;
-    double e = 0, mx = 0;
-    for (int64_t i = 0; i < na; i++) mx = fmax(mx, fabs(b[i]));
-    for (int64_t i = 0; i < na; i++) e = fmax(e, fabs(a[i] - b[i]) / mx);
-    return mx > 0 ? e : INFINITY;
-}
-
-/* The fused op against the ops apart (PBW_CUDA_MODCONV_GRAD=0) on the GPU in bf16. */
-static void modconv_grad_bits(int act, int N, int C, int H, int W, int O) {
-    pbw_ctx *ctx;
-    pbw_arena ga;
-    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, O, C, act == 0);
-    CHECK(pl != NULL);
-    const int OH = act ? H : 2 * H + 1, OW = act ? W : 2 * W + 1;
-    const int64_t nx = (int64_t)N * C * H * W, ny = (int64_t)N * O * OH * OW;
-    const int64_t sizes[5] = {ny, nx, (int64_t)N * C, act ? (int64_t)N * O : C,
-                              act ? O : (int64_t)N * H * W};
-    float *h = malloc((size_t)(4 * nx + N * C + N * O + O + 8) * sizeof(float));
-    float *seed = malloc((size_t)ny * sizeof(float)), *r[2][5];
-    pbw_rng rng;
-    pbw_rng_seed(&rng, 61);
-    for (int64_t j = 0; j < 4 * nx + N * C + N * O + O + 8; j++)
-        h[j] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-    for (int64_t j = 0; j < ny; j++) seed[j] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; i < 5; i++) r[k][i] = malloc((size_t)sizes[i] * sizeof(float));
-    long calls[2] = {0, 0};
-    for (int k = 0; k < 2 && pl; k++) {
-        if (k) setenv("PBW_CUDA_MODCONV_GRAD", "0", 1);
-        const long before = pbw_cuda_sg_act_backward_nhwc_calls();
-        CHECK_MSG(modconv_grad_run(ctx, pl, act, N, C, H, W, O, h, seed, r[k]) == 0, "%s",
-                  pbw_ctx_error(ctx));
-        calls[k] = pbw_cuda_sg_act_backward_nhwc_calls() - before;
-        pbw_ctx_reset(ctx); /* a fresh tape for the next run */
-        unsetenv("PBW_CUDA_MODCONV_GRAD");
-    }
-    const char *names[5] = {"out", "x", "s", act ? "d" : "s0", act ? "bias" : "m"};
-    for (int i = 0; i < 5 && pl; i++) {
-        const int same = memcmp(r[0][i], r[1][i], (size_t)sizes[i] * sizeof(float)) == 0;
-        const double e = max_rel(r[0][i], sizes[i], r[1][i], sizes[i]);
-        /* d and bias: sums over pixels in another order (double, rounded once) */
-        const int reordered = act && i >= 3;
-        if (act == 2 && i == 2) continue; /* no style */
-        printf("  modconv%s (%d,%d,%d,%d) -> %d, %s: %s (max rel diff %.2e)\n",
-               act == 2 ? "_act without a style" : act ? "_act" : " transposed masked", N, C, H,
-               W, O, names[i], same ? "the same bits" : "different bits", e);
-        CHECK(reordered ? e <= 1e-6 : same);
-    }
-    CHECK(calls[0] == (act != 0) && calls[1] == 0);
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; i < 5; i++) free(r[k][i]);
-    free(h), free(seed);
-    bf16_plan_end(ctx, &ga);
-}
-#endif
-
-/* With gradients on staged convolutions (bf16) pbw_sg_modconv(_act) records one op: the style
- * scales x as it is staged and the activation is applied as the output is copied back, as
- * without gradients; the backward stages the activation's gradient for the input gradient
- * from the convolution's output kept as NHWC halves (pbw_cuda_sg_act_backward_nhwc). Taken
- * when the noise asks no gradient and d is per channel (cuda_sg_modconv_act's gradients, with
- * the noise's, take the ops apart). Against the CPU (TOL_HALF, the slope 1 as there), on two
- * shapes whose channels fill one and two tiles of 64 and whose pixels take one and many
- * blocks; then against the ops apart on the GPU from the same output gradient: the output and
- * x's and s's gradients bit for bit (the same arithmetic), d's and bias's within 1e-6 of their
- * scale (their sums over pixels run in double in another order, rounded once to float); the
- * upsampling convolution with a masked style (no activation), and the plain one without a
- * style (a block's second, whose input the blur scaled), bit for bit throughout. */
-PBW_TEST(cuda_sg_modconv_grad) {
-#ifdef PBW_HAVE_CUDA
-    static const int shapes[2][5] = {{2, 64, 16, 16, 40}, {1, 32, 64, 64, 128}};
-    for (int i = 0; i < 2; i++) {
-        const int N = shapes[i][0], C = shapes[i][1], H = shapes[i][2], W = shapes[i][3],
-                  O = shapes[i][4];
-        pbw_err err = {{0}};
-        pbw_arena ca, ga;
-        pbw_arena_init(&ca, 1 << 16);
-        pbw_arena_init(&ga, 1 << 16);
-        int64_t ws[4] = {O, C, 3, 3};
-        pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
-        pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
-        CHECK(wc && wg);
-        if (!wc || !wg) continue;
-        for (int64_t j = 0; j < wc->numel; j++)
-            wc->data[j] = wg->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
-        modconv_act_arg arg = {{pbw_sg_conv_prepare(&ca, wc, 0, &err),
-                                pbw_sg_conv_prepare(&ga, wg, 0, &err), &ga, 0},
-                               1.0f};
-        parity_input in[] = {{4, {N, C, H, W}, 1},
-                             {2, {N, C}, 1, 0.5f, 1.5f},
-                             {2, {N, O}, 1, 0.5f, 1.5f},
-                             {4, {N, 1, H, W}, 0},
-                             {1, {O}, 1}};
-        char name[96];
-        snprintf(name, sizeof name, "sg_modconv_act bf16 +grad (%d,%d,%d,%d) -> %d", N, C, H, W,
-                 O);
-        pbw_cuda_set_precision(PBW_PREC_BF16);
-        const long before = pbw_cuda_sg_act_backward_nhwc_calls();
-        CHECK(arg.conv.cpu && arg.conv.gpu &&
-              parity_check(name, modconv_act1_fn, &arg, 5, in, TOL_HALF) == 0);
-        CHECK(pbw_cuda_sg_act_backward_nhwc_calls() - before == 1);
-        pbw_cuda_set_precision(PBW_PREC_FP32);
-        pbw_arena_free(&ga);
-        pbw_arena_free(&ca);
-    }
-    modconv_grad_bits(1, 2, 64, 16, 16, 40);
-    modconv_grad_bits(1, 1, 32, 64, 64, 128);
-    modconv_grad_bits(2, 2, 64, 16, 16, 40);
-    modconv_grad_bits(0, 2, 32, 8, 8, 64);
-#endif
-}
-
 /* ---------- sg_blur ---------- */
 
 static pbw_tensor *sgblur_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
@@ -1131,6 +971,13 @@ static int nhwc_chain(pbw_ctx *ctx, const pbw_sg_conv_plan *up, const pbw_sg_con
                                                                                            : 0;
 }
 
+static double max_rel(const float *a, int64_t na, const float *b, int64_t nb) {
+    if (!a || !b || na != nb) return INFINITY;
+    double e = 0, mx = 0;
+    for (int64_t i = 0; i < na; i++) mx = fmax(mx, fabs(b[i]));
+    for (int64_t i = 0; i < na; i++) e = fmax(e, fabs(a[i] - b[i]) / mx);
+    return mx > 0 ? e : INFINITY;
+}
 #endif
 
 PBW_TEST(cuda_sg_nhwc_chain) {

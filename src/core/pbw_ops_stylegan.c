@@ -573,105 +573,6 @@ static int premod_of(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s,
 }
 #endif
 
-#ifdef PBW_HAVE_CUDA
-/* sg_modconv with gradients on the GPU (modconv_train): what its backward reads. */
-typedef struct modconv_saved {
-    const pbw_sg_conv_plan *pl;
-    const float *wt;          /* transposed: the plan's w.transpose(0,1) */
-    pbw_cpu_sg_mod_geom mod;  /* the style's geometry on x */
-    pbw_cuda_postact pa;      /* the activation's (pa.g.N 0: none) */
-    void *yh;                 /* with the activation: the convolution's output, NHWC halves */
-    int H, W;                 /* x's side */
-} modconv_saved;
-
-static void modconv_train_backward(pbw_ctx *ctx, pbw_node *nd) {
-    const modconv_saved *sv = nd->saved;
-    const pbw_sg_conv_plan *pl = sv->pl;
-    pbw_tensor *x = nd->in[0], *s = nd->in[1], *s0 = nd->in[2], *m = nd->in[3], *d = nd->in[4],
-               *bias = nd->in[6];
-    const int N = (int)x->shape[0], OH = (int)nd->out->shape[2], OW = (int)nd->out->shape[3];
-    float bx; /* x's gradient is written whole (nd->writes) */
-    float *gx = pbw_grad_out(ctx, x, &bx), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0),
-          *gm = pbw_grad(ctx, m), *gd = pbw_grad(ctx, d), *gb = pbw_grad(ctx, bias);
-    const void *wh;
-    if (pbw_ctx_failed(ctx) || sgconv_gpu_wh(ctx, pl, &wh)) return;
-    /* the convolution's input gradient: x's itself without a style, else the modulated
-     * input's, (N,C,H,W) floats, which sg_modulate's backward then takes to x and the style */
-    float *gin = gx;
-    if (s && (gx || gs || gs0 || gm) &&
-        !(gin = pbw_ctx_scratch(ctx, 2, (size_t)x->numel * sizeof(float))))
-        return;
-    const float beta = s ? 0.0f : bx;
-    if (sv->yh) {
-        void *gyh = pbw_ctx_scratch(ctx, 3, (size_t)nd->out->numel * 2);
-        if (!gyh || pbw_cuda_sg_act_backward_nhwc(gyh, gd, gb, nd->out->grad, sv->yh, &sv->pa))
-            return; /* -1 was ruled out by the forward */
-        if (gin)
-            pbw_cuda_sg_conv_backward_half(gin, gyh, pl->weight->data, wh, N, pl->C, OH, OW,
-                                           pl->O, pl->k, beta);
-    } else if (gin) {
-        pbw_cuda_sg_conv_backward(gin, nd->out->grad, pl->weight->data, sv->wt, wh, N, pl->C,
-                                  sv->H, sv->W, pl->O, pl->k, pl->transposed, beta);
-    }
-    if (s && gin)
-        pbw_cuda_sg_modulate_backward(gin, x->data, s->data, s0 ? s0->data : NULL,
-                                      m ? m->data : NULL, &sv->mod, gx, gs, gs0, gm, bx != 0.0f);
-}
-
-/* PBW_CUDA_MODCONV_GRAD=0: modconv_train is not taken (read at each call: tests switch it). */
-static int modconv_train_on(void) { return !pbw_env_zero("PBW_CUDA_MODCONV_GRAD"); }
-
-/* pbw_sg_modconv(_act) with gradients on the GPU's staged convolutions, as one recorded op: the
- * style scales x as it is staged and the activation is applied as the output is copied back,
- * as without gradients (no modulated copy of x, no unactivated fp32 output); the convolution's
- * output stays as NHWC halves for the backward, which stages the activation's gradient for
- * the input gradient in one pass (pbw_cuda_sg_act_backward_nhwc) and ends in sg_modulate's
- * backward (without a style, a block's second convolution whose input the blur scaled, the
- * input gradient is x's). The values are those of the separate ops; the sums into d and bias
- * run in another order. Taken for a plain convolution with act or an upsampling one with a
- * style and without act, d per channel (or none), and no gradient asked of the noise; NULL
- * with the context not failed when not taken (the caller then runs the ops apart). */
-static pbw_tensor *modconv_train(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s,
-                                 pbw_tensor *s0, pbw_tensor *m, const pbw_sg_conv_plan *pl,
-                                 const act_args *act) {
-    if (!modconv_train_on() || (!s && !act) || (act ? pl->transposed : !pl->transposed) ||
-        (act && act->noise && act->noise->requires_grad) || (act && act->d && act->d->ndim == 4))
-        return NULL;
-    modconv_saved sv;
-    memset(&sv, 0, sizeof sv);
-    if (s ? mod_geom(ctx, op, x, s, s0, m, &sv.mod, 0) : pbw_op_begin(ctx, op, 1, &x))
-        return NULL;
-    pbw_tensor *out = sgconv_out(ctx, op, x, pl);
-    const void *wh;
-    if (!out || sgconv_gpu_weights(ctx, op, pl, &sv.wt, &wh) ||
-        (act && postact_of(ctx, op, out, act, &sv.pa)))
-        return NULL;
-    const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL, m ? m->data : NULL,
-                                sv.mod.s_nstride, sv.mod.s0_nstride, sv.mod.m_nstride};
-    const int N = (int)x->shape[0], H = (int)x->shape[2], W = (int)x->shape[3];
-    if (act) {
-        if (pl->O % 2 || !(sv.yh = pbw_ctx_alloc_opt(ctx, (size_t)out->numel * 2))) return NULL;
-        if (pbw_cuda_sg_conv_forward_keep(out->data, sv.yh, x->data, s ? &pm : NULL, &sv.pa,
-                                          pl->weight->data, wh, N, pl->C, H, W, pl->O, pl->k))
-            return NULL;
-    } else if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, &pm, NULL, pl->weight->data,
-                                            sv.wt, wh, N, pl->C, H, W, pl->O, pl->k,
-                                            pl->transposed, NULL, NULL)) {
-        return NULL;
-    }
-    sv.pl = pl;
-    sv.H = H;
-    sv.W = W;
-    pbw_tensor *ins[7] = {x, s, s0, m, act ? act->d : NULL, act ? act->noise : NULL,
-                          act ? act->bias : NULL};
-    pbw_node *nd = pbw_tape_push(ctx, op, modconv_train_backward, out, ins, 7, sizeof sv);
-    if (!nd) return NULL;
-    memcpy(nd->saved, &sv, sizeof sv);
-    nd->writes = 1u; /* x's gradient: sg_modulate's backward writes it whole */
-    return out;
-}
-#endif
-
 /* pbw_sg_modconv, then act (NULL: none). Without gradients on staged convolutions the style
  * scales x as it is staged (no modulated copy of x) and act is applied as the output is copied
  * back (no unactivated output); otherwise the ops it stands for. */
@@ -706,10 +607,6 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
                                          nhwc_out ? out->half : NULL) == 0)
             return out;
         /* not staged: the ops apart, on fp32 values (their pbw_op_begin writes x's) */
-    } else if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
-               pbw_needs_grad(ctx, ins, 7)) {
-        pbw_tensor *out = modconv_train(ctx, op, x, s, s0, m, pl, act);
-        if (out || pbw_ctx_failed(ctx)) return out;
     }
 #endif
     pbw_tensor *y = pbw_sg_conv(ctx, s ? pbw_sg_modulate(ctx, x, s, s0, m) : x, pl);

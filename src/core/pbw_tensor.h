@@ -82,7 +82,7 @@ typedef struct pbw_node pbw_node;
 /* Backward of one recorded op: reads node->out->grad, adds into the inputs' grads. */
 typedef void (*pbw_backward_fn)(pbw_ctx *ctx, pbw_node *node);
 
-#define PBW_NODE_MAX_IN 8
+#define PBW_NODE_MAX_IN 4
 struct pbw_node {
     pbw_backward_fn backward;
     const char *op;                     /* op name, for error messages and profiling */

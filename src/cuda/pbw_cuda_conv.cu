@@ -1002,8 +1002,7 @@ long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 // (recorded); 1 when the direction has no NHWC algorithm (now unstaged: run the float32 path).
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
                const void *wh, float beta, const pbw_cuda_premod *pm,
-               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr,
-               bool keep = false) {
+               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr) {
     const pbw_cpu_conv_geom &g = p->key.g;
     const int prec = p->key.prec, fwd = dir == DIR_FWD;
     const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
@@ -1044,11 +1043,11 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                          (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
                                          p->ws[dir], &zero, p->hxd, hout);
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
-    if (out_h && !keep) {
+    if (out_h) {
         if (pa)
             nhwc_map(out_h, out_h, g.N, out_c, out_p, prec, NhwcPostact{*pa},
                      "conv2d nhwc_postact");
-    } else { // keep: out_h holds the output as it is, dst gets it through pa
+    } else {
         from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
     }
     g_postact_calls += pa != nullptr;
@@ -1067,11 +1066,11 @@ int empty(const pbw_cpu_conv_geom *g) {
 int conv_forward(float *out, const float *x, const float *w, const void *wh,
                  const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr,
                  const pbw_cuda_postact *pa = nullptr, const void *x_h = nullptr,
-                 void *out_h = nullptr, bool keep = false) {
+                 void *out_h = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_FWD]) {
-        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa, x_h, out_h, keep);
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa, x_h, out_h);
         if (rc <= 0) return 0; // done, or failed (recorded); 1: unstaged now
     }
     if (pm || pa || x_h || out_h) return 1;
@@ -1270,31 +1269,6 @@ extern "C" int pbw_cuda_sg_conv_forward_mod(float *out, const float *x,
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     return conv_backward_data(out, x, wt, wh, &g, 0.0f, pm, pa, xh, outh) ? -1 : 0;
-}
-
-extern "C" int pbw_cuda_sg_conv_forward_keep(float *out, void *yh, const float *x,
-                                             const pbw_cuda_premod *pm,
-                                             const pbw_cuda_postact *pa, const float *w,
-                                             const void *wh, int N, int C, int H, int W, int O,
-                                             int k) {
-    if (N == 0) return 0;
-    if (!prec_staged((int)pbw_cuda_precision()) || C % 2 || O % 2) return -1;
-    pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-    return conv_forward(out, x, w, wh, &g, 0.0f, pm, pa, nullptr, yh, true) ? -1 : 0;
-}
-
-extern "C" void pbw_cuda_sg_conv_backward_half(float *gx, const void *gyh, const float *w,
-                                               const void *wh, int N, int C, int H, int W, int O,
-                                               int k, float beta) {
-    if (N == 0) return;
-    pbw_cpu_conv_geom g = sg_plain_geom(N, C, H, W, O, k);
-    if (conv_backward_data(gx, nullptr, w, wh, &g, beta, nullptr, nullptr, gyh) != 1) return;
-    // no staged algorithm after all: the float gradient, then cuDNN's float convolution
-    const int64_t P = (int64_t)H * W;
-    float *gy = (float *)stage_get((size_t)N * O * P * sizeof(float));
-    if (!gy) return;
-    from_nhwc(gy, gyh, N, O, P, 0, (int)pbw_cuda_precision());
-    conv_backward_data(gx, gy, w, nullptr, &g, beta);
 }
 
 // ---------- a 1x1 convolution with a weight per sample, on NHWC halves (pbw_sg_pointwise) ----

@@ -162,28 +162,6 @@ int pbw_cuda_sg_conv_forward_mod(float *out, const float *x, const pbw_cuda_prem
                                  const pbw_cuda_postact *pa, const float *w, const float *wt,
                                  const void *wh, int N, int C, int H, int W, int O, int k,
                                  int transposed, const void *xh, void *outh);
-/* pbw_sg_modconv_act with gradients (a plain convolution, not transposed): as
- * pbw_cuda_sg_conv_forward_mod with pm and pa, and the convolution's output also kept in yh as
- * NHWC halves of the precision's type (N,H,W,O), unactivated, for the backward. 0 when enqueued
- * (or failed, recorded); -1, nothing written, when the convolution is not staged or C or O is
- * odd. */
-int pbw_cuda_sg_conv_forward_keep(float *out, void *yh, const float *x, const pbw_cuda_premod *pm,
-                                  const pbw_cuda_postact *pa, const float *w, const void *wh,
-                                  int N, int C, int H, int W, int O, int k);
-/* pbw_cuda_sg_conv_backward of a plain convolution whose output gradient is held as NHWC halves
- * (pbw_cuda_sg_act_backward_nhwc's gyh): gx = beta gx + the input gradient. */
-void pbw_cuda_sg_conv_backward_half(float *gx, const void *gyh, const float *w, const void *wh,
-                                    int N, int C, int H, int W, int O, int k, float beta);
-/* sg_bias_act's backward for pbw_sg_modconv_act with gradients, from its output gradient gout
- * (N,O,P) float and the convolution's output yh (N,P,O) halves (pbw_cuda_sg_conv_forward_keep),
- * with pa's d, noise, bias and geometry: gyh (N,P,O) halves = the convolution's output
- * gradient (pbw_cuda_sg_bias_act_backward's gy, written, rounded to the half type), gd += the
- * per-channel d's gradient, gbias += the bias's (each may be NULL). Sums over pixels in double,
- * in a fixed order. 0 when enqueued; -1, nothing done, for d per pixel or an odd O. */
-int pbw_cuda_sg_act_backward_nhwc(void *gyh, float *gd, float *gbias, const float *gout,
-                                  const void *yh, const pbw_cuda_postact *pa);
-/* Calls of pbw_cuda_sg_act_backward_nhwc that ran so far (tests). */
-long pbw_cuda_sg_act_backward_nhwc_calls(void);
 /* Convolutions whose copy back applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_postact_calls(void);
 /* pbw_cuda_sg_blur_forward, then pa (may be NULL) on its output (pbw_sg_blur_act); the planes

@@ -348,79 +348,6 @@ __global__ void bias_act_gnoise_kernel(float *gnoise, const float *gout, const f
     }
 }
 
-// sg_bias_act's backward staged for the convolution's input gradient (pbw_sg_modconv_act with
-// gradients): from gout (N,O,P) float and the convolution's output y (N,P,O) halves, gy = gp d
-// (gp = d out / d pre, with bias_act_gy_kernel's arithmetic: its float gy, rounded to the half
-// type) written as (N,P,O) halves, and per (sample, channel) the sums of gp y (pd) and gp (pb)
-// over the pixels of the block's tiles, in double (bias_act_sums_kernel's products), each lane
-// its pixels in order, then the 32 lanes in a fixed tree. Tiles of AT_C channels by AT_P
-// pixels pass through shared memory: the float side is read along P (a warp covers 32 pixels),
-// the half side along O two channels a thread (O even). Grid (pixel blocks, channel tiles,
-// samples): block x takes pixel tiles x, x + gridDim.x, ... and writes its sums at
-// ((n O + c) gridDim.x + x). d per channel or none (d_mode 0 or 1).
-const int AT_P = 32, AT_C = 64, AT_ROWS = 8, AT_K = AT_C / AT_ROWS;
-
-template <typename T>
-__global__ void __launch_bounds__(AT_P *AT_ROWS)
-    act_grad_nhwc_kernel(T *gyh, double *pd, double *pb, const float *gout, const T *yh,
-                         const float *d, const float *noise, const float *bias,
-                         pbw_cpu_sg_act_geom g) {
-    pbw_pdl_wait();
-    __shared__ float tile[AT_C][AT_P + 1];
-    const int tx = threadIdx.x, ty = threadIdx.y, O = g.O, n = blockIdx.z;
-    const int c0 = blockIdx.y * AT_C, c = c0 + 2 * tx;
-    const int64_t P = g.P, ptiles = (P + AT_P - 1) / AT_P;
-    const T *yn = yh + (int64_t)n * P * O;
-    T *gn = gyh + (int64_t)n * P * O;
-    double sd[AT_K], sb[AT_K];
-#pragma unroll
-    for (int k = 0; k < AT_K; k++) sd[k] = sb[k] = 0.0;
-    for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) {
-        const int64_t p0 = pt * AT_P, p = p0 + tx;
-        for (int j = ty; j < AT_P; j += AT_ROWS) {
-            const int64_t q = p0 + j;
-            if (q >= P || c >= O) continue;
-            float f[2];
-            pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(yn + q * O + c), f);
-            tile[2 * tx][j] = f[0];
-            tile[2 * tx + 1][j] = f[1];
-        }
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < AT_K; k++) {
-            const int j = ty + k * AT_ROWS, cc = c0 + j;
-            if (cc >= O || p >= P) continue;
-            const act_plane a = act_plane_at(d, noise, bias, g, n, cc);
-            const float yv = tile[j][tx], gp = grad_at(a, g, gout[a.base + p], yv, p);
-            sd[k] += (double)(gp * yv);
-            sb[k] += gp;
-            tile[j][tx] = g.d_mode ? __fmaf_rn(gp, a.dv, 0.0f) : __fadd_rn(0.0f, gp);
-        }
-        __syncthreads();
-        for (int j = ty; j < AT_P; j += AT_ROWS) {
-            const int64_t q = p0 + j;
-            if (q >= P || c >= O) continue;
-            const float f[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
-            *reinterpret_cast<uint32_t *>(gn + q * O + c) = pbw_pack_half<T, 2, uint32_t>(f);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int k = 0; k < AT_K; k++) {
-        double a = sd[k], b = sb[k];
-        for (int o = 16; o > 0; o >>= 1) {
-            a += __shfl_xor_sync(0xffffffffu, a, o);
-            b += __shfl_xor_sync(0xffffffffu, b, o);
-        }
-        const int cc = c0 + ty + k * AT_ROWS;
-        if (tx == 0 && cc < O) {
-            const int64_t at = ((int64_t)n * O + cc) * gridDim.x + blockIdx.x;
-            if (pd) pd[at] = a;
-            if (pb) pb[at] = b;
-        }
-    }
-}
-
 // Two arrays of `each` doubles from the workspace; NULL (failure recorded) when out of memory.
 double *partials(int64_t each, int count) {
     return (double *)pbw_cuda_workspace((size_t)each * count * sizeof(double));
@@ -540,37 +467,4 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
                    *g);
         PBW_CUDA_LAUNCHED("sg_bias_act_backward_noise");
     }
-}
-
-static long g_act_nhwc_calls;
-extern "C" long pbw_cuda_sg_act_backward_nhwc_calls(void) { return g_act_nhwc_calls; }
-
-extern "C" int pbw_cuda_sg_act_backward_nhwc(void *gyh, float *gd, float *gbias,
-                                             const float *gout, const void *yh,
-                                             const pbw_cuda_postact *pa) {
-    const pbw_cpu_sg_act_geom &g = pa->g;
-    if (g.d_mode == 2 || g.O % 2) return -1;
-    const int64_t planes = (int64_t)g.N * g.O;
-    if (planes * g.P == 0) return 0;
-    if (g.N > 65535) return -1;
-    // pixel blocks: about four blocks an SM in all, each at least one tile
-    const int64_t ptiles = (g.P + AT_P - 1) / AT_P, ctiles = (g.O + AT_C - 1) / AT_C;
-    int64_t bx = (4 * pbw_cuda_sm_count() + ctiles * g.N - 1) / (ctiles * g.N);
-    if (bx > ptiles) bx = ptiles;
-    if (bx < 1) bx = 1;
-    const int want_d = gd && g.d_mode == 1;
-    double *part = want_d || gbias ? partials(planes * bx, 2) : NULL;
-    if ((want_d || gbias) && !part) return 0; // failure recorded
-    double *pd = want_d ? part : NULL, *pbs = gbias ? part + planes * bx : NULL;
-    const dim3 grid((unsigned)bx, (unsigned)ctiles, (unsigned)g.N), block(AT_P, AT_ROWS);
-    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
-        using H = decltype(t);
-        pbw_launch(act_grad_nhwc_kernel<H>, grid, block, 0, (H *)gyh, pd, pbs, gout,
-                   (const H *)yh, pa->d, pa->noise, pa->bias, g);
-    });
-    PBW_CUDA_LAUNCHED("sg_bias_act backward (NHWC halves)");
-    if (pd) finish(gd, pd, g.N, g.O, bx, g.d_nstride, 0);
-    if (pbs) finish(gbias, pbs, g.N, g.O, bx, 0, 1);
-    g_act_nhwc_calls++;
-    return 0;
 }
