@@ -14,25 +14,15 @@
 // Standalone:
 //   nvcc -O3 -arch=sm_90 bench/gelu_gemm.cu -lcublasLt -o build/gelu_gemm
 //   build/gelu_gemm
-#include <cublasLt.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <vector>
 
-#include "bench_cuda_check.cuh"
+#include "bench_gemm_ref.cuh"
 
 namespace {
 
 const int BM = 128, BN = 128, BK = 32, STAGES = 4, THREADS = 256;
 const int TILE_BYTES = BM * BK * 2; // one operand's stage: 128 rows of 64 bytes
 const int SMEM_BYTES = STAGES * 2 * TILE_BYTES;
-
-__device__ __forceinline__ float quick_gelu(float v) { return v / (1.0f + __expf(-1.702f * v)); }
 
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -153,109 +143,28 @@ __global__ void __launch_bounds__(THREADS, 2)
     }
 }
 
-// pbw's QuickGELU pass over bf16, 8 values a thread.
-__global__ void quick_gelu_kernel(uint4 *y, size_t n8) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8;
-         i += (size_t)gridDim.x * blockDim.x) {
-        uint4 v = y[i];
-        __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float2 f = __bfloat1622float2(h[e]);
-            h[e] = __floats2bfloat162_rn(quick_gelu(f.x), quick_gelu(f.y));
-        }
-        y[i] = v;
-    }
-}
-
-__global__ void fill(__nv_bfloat16 *p, size_t n, float scale, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13, h *= 0x5bd1e995u, h ^= h >> 15;
-        p[i] = __float2bfloat16(scale * ((h & 0xffffff) / 8388608.0f - 1.0f));
-    }
-}
-
 void run_shape(cublasLtHandle_t lt, void *ws, size_t ws_bytes, int R, int O, int I) {
-    __nv_bfloat16 *x, *w, *b, *y_lt, *y_fused;
-    CK(cudaMalloc(&x, sizeof(__nv_bfloat16) * R * I));
-    CK(cudaMalloc(&w, sizeof(__nv_bfloat16) * O * I));
-    CK(cudaMalloc(&b, sizeof(__nv_bfloat16) * O));
-    CK(cudaMalloc(&y_lt, sizeof(__nv_bfloat16) * R * O));
+    GemmCase c(R, O, I);
+    LtLinear ref(c, lt, ws, ws_bytes);
+    __nv_bfloat16 *y_fused;
     CK(cudaMalloc(&y_fused, sizeof(__nv_bfloat16) * R * O));
-    fill<<<1024, 256>>>(x, (size_t)R * I, 2.0f, 1u);
-    fill<<<1024, 256>>>(w, (size_t)O * I, 1.0f / sqrtf((float)I), 2u);
-    fill<<<64, 256>>>(b, (size_t)O, 0.1f, 3u);
-    CK(cudaGetLastError());
-
-    // cuBLASLt, as pbw's linear: column-major y^T (O,R) = W (O,I) x^T (I,R), bias epilogue
-    cublasLtMatmulDesc_t op;
-    CK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    CK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA));
-    CK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB));
-    CK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    CK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
-    const cudaDataType_t bt = CUDA_R_16BF;
-    CK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
-    cublasLtMatrixLayout_t la, lb, lc;
-    CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, I, O, I));
-    CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, I, R, I));
-    CK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, O, R, O));
-    cublasLtMatmulPreference_t pref;
-    CK(cublasLtMatmulPreferenceCreate(&pref));
-    CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                            &ws_bytes, sizeof ws_bytes));
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    CK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &res, &found));
-    if (found < 1) {
-        fprintf(stderr, "cuBLASLt has no algorithm for %d x %d x %d\n", R, O, I);
-        exit(1);
-    }
-    const float one = 1.0f, zero = 0.0f;
-    const size_t n8 = (size_t)R * O / 8;
-    auto product = [&] {
-        CK(cublasLtMatmul(lt, op, &one, w, la, x, lb, &zero, y_lt, lc, y_lt, lc, &res.algo, ws,
-                          ws_bytes, 0));
-    };
-    auto gelu = [&] { quick_gelu_kernel<<<1056, 256>>>(reinterpret_cast<uint4 *>(y_lt), n8); };
     const dim3 grid(O / BN, (R + BM - 1) / BM);
     auto fused = [&] {
-        gelu_gemm_kernel<<<grid, THREADS, SMEM_BYTES>>>(x, w, b, y_fused, R, O, I);
+        gelu_gemm_kernel<<<grid, THREADS, SMEM_BYTES>>>(c.x, c.w, c.b, y_fused, R, O, I);
     };
     auto us = [](auto run) { return 1e3f * bench_median_ms(run, 3, 20); };
-    const float t_product = us(product), t_gelu = us(gelu);
-    const float t_both = us([&] { product(), gelu(); }), t_fused = us(fused);
+    const float t_product = us([&] { ref.product(); }), t_gelu = us([&] { ref.gelu(); });
+    const float t_both = us([&] { ref.product(), ref.gelu(); }), t_fused = us(fused);
     CK(cudaGetLastError());
 
-    product(), gelu(), fused();
-    CK(cudaDeviceSynchronize());
-    std::vector<__nv_bfloat16> a((size_t)R * O), f((size_t)R * O);
-    CK(cudaMemcpy(a.data(), y_lt, a.size() * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(f.data(), y_fused, f.size() * 2, cudaMemcpyDeviceToHost));
-    double scale = 0, err = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        const double va = __bfloat162float(a[i]), vf = __bfloat162float(f[i]);
-        scale = std::max(scale, std::fabs(va));
-        err = std::max(err, std::fabs(va - vf));
-    }
-    const double flop = 2.0 * R * O * I;
+    ref.product(), ref.gelu(), fused();
+    double err, scale;
+    c.compare(y_fused, &err, &scale);
+    const double flop = c.flop();
     printf("%6d x %4d x %4d: cuBLASLt %.1f us (%.0f TFLOP/s) + QuickGELU %.1f us = %.1f us in "
            "sequence; fused %.1f us (%.0f TFLOP/s), %.2fx; max abs diff %.2e of %.2f\n",
            R, O, I, t_product, flop / t_product * 1e-6, t_gelu, t_both, t_fused,
            flop / t_fused * 1e-6, t_both / t_fused, err, scale);
-    CK(cublasLtMatmulPreferenceDestroy(pref));
-    CK(cublasLtMatrixLayoutDestroy(la));
-    CK(cublasLtMatrixLayoutDestroy(lb));
-    CK(cublasLtMatrixLayoutDestroy(lc));
-    CK(cublasLtMatmulDescDestroy(op));
-    CK(cudaFree(x));
-    CK(cudaFree(w));
-    CK(cudaFree(b));
-    CK(cudaFree(y_lt));
     CK(cudaFree(y_fused));
 }
 
