@@ -454,7 +454,7 @@ static int half_block(pbw_device dev, pbw_precision prec, const block_case *bc, 
     pbw_tensor *x1 = add(ctx, att, ws[4], ws[5], x);
     const int x1_half = x1 && x1->half_only; /* the residual kept in the half type */
     pbw_tensor *h2 = pbw_layer_norm(ctx, x1, ws[6], ws[7], 1e-5f);
-    pbw_tensor *f = pbw_quick_gelu(ctx, pbw_linear(ctx, h2, ws[8], ws[9]));
+    pbw_tensor *f = pbw_linear_quick_gelu(ctx, h2, ws[8], ws[9]);
     pbw_tensor *y = add(ctx, f, ws[10], ws[11], x1);
     pbw_tensor *mids[5] = {h, qkv, att, h2, f};
     *n_half = 0;
@@ -481,9 +481,9 @@ out:
 #endif
 
 /* Half activations (pbw_ctx_set_half_activations): a CLIP block whose intermediates stay in
- * bf16/fp16 alone between products (layer norm, the qkv and fc1 products, attention and
- * QuickGELU all half_only; the residual stream fp32, or with the adds in place as CLIP's
- * forward without gradients makes them, kept in the half type too and read so by the second
+ * bf16/fp16 alone between products (layer norm, the qkv product, attention, and fc1 with its
+ * QuickGELU as one fused cuDNN kernel (pbw_linear_quick_gelu), all half_only; the residual
+ * stream fp32, or with the adds in place as CLIP's forward without gradients makes them, kept in the half type too and read so by the second
  * layer norm and by a slice of the class token's row) against the CPU in fp32, at the shapes
  * of the image tower (50 tokens), the text tower (77, causal) and ViT-B/16's image tower (197
  * tokens). Beyond cuda_linear_half's operand rounding, each intermediate is rounded once to
@@ -512,22 +512,30 @@ PBW_TEST(cuda_half_activations) {
         for (int64_t i = 0; i < ny; i++) sy = fmax(sy, fabs(ref[i]));
         for (int64_t i = 0; i < nm; i++) sm = fmax(sm, fabs(rm[i]));
         for (int k = 0; k < 2; k++) {
+            const long fused0 = pbw_cuda_linear_quick_gelu_calls();
             CHECK(half_block(PBW_DEV_CUDA, precs[k], bc, got, gm, &nh) == 0);
+            const long fused = pbw_cuda_linear_quick_gelu_calls() - fused0;
             double ey = 0, em = 0;
             for (int64_t i = 0; i < ny; i++) ey = fmax(ey, fabs(got[i] - ref[i]) / sy);
             for (int64_t i = 0; i < nm; i++) em = fmax(em, fabs(gm[i] - rm[i]) / sm);
             printf("  block T=%lld D=%lld%s%s, %s activations: %d of 5 intermediates and %d of "
-                   "2 residual sums half only, rel err out %.2e, QuickGELU %.2e (tol 1e-2)\n",
+                   "2 residual sums half only, %ld fused fc1, rel err out %.2e, QuickGELU %.2e "
+                   "(tol 1e-2)\n",
                    (long long)bc->T, (long long)bc->D, bc->causal ? " causal" : "",
                    bc->into ? " in place" : "", pbw_precision_name(precs[k]), nh % 10, nh / 10,
-                   ey, em);
+                   fused, ey, em);
             CHECK((bc->T > 80 || nh == (bc->into ? 25 : 5)) && ey <= 1e-2 && em <= 1e-2);
+            /* fc1 and QuickGELU as one cuDNN kernel wherever the precision's operands are half
+             * (PBW_CUDA_GELU_FUSION=0 turns it off) */
+            CHECK(fused == (pbw_env_zero("PBW_CUDA_GELU_FUSION") ? 0 : 1));
         }
         /* half activations off, or fp32 precision: no half-only tensor */
         block_case off = *bc;
         off.half_acts = 0;
+        const long fused0 = pbw_cuda_linear_quick_gelu_calls();
         CHECK(half_block(PBW_DEV_CUDA, PBW_PREC_BF16, &off, got, NULL, &nh) == 0 && nh == 0);
         CHECK(half_block(PBW_DEV_CUDA, PBW_PREC_FP32, bc, got, NULL, &nh) == 0 && nh == 0);
+        CHECK(pbw_cuda_linear_quick_gelu_calls() == fused0); /* neither fuses */
         double e = 0;
         for (int64_t i = 0; i < ny; i++) e = fmax(e, fabs(got[i] - ref[i]) / sy);
         printf("  fp32 precision with half activations asked: rel err %.2e (tol 1e-5)\n", e);

@@ -391,6 +391,33 @@ PBW_TEST(ops_linear) {
     free(x); free(w); free(b);
 }
 
+static pbw_tensor *linear_quick_gelu_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_linear_quick_gelu(ctx, in[0], in[1], in[2]);
+}
+
+/* linear_quick_gelu = quick_gelu(linear) on the CPU: the same values to the bit (the same two
+ * ops), and their gradients for x, w and b. (On CUDA the fused kernel is checked by
+ * cuda_half_activations.) */
+PBW_TEST(ops_linear_quick_gelu) {
+    int64_t R = 6, I = 7, O = 5;
+    float *x = gc_rand(R * I, 61, -2, 2), *w = gc_rand(O * I, 62, -1, 1);
+    float *b = gc_rand(O, 63, -1, 1);
+    pbw_ctx *ctx = new_ctx();
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){R, I});
+    pbw_tensor *tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+    pbw_tensor *tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+    pbw_tensor *y = pbw_linear_quick_gelu(ctx, tx, tw, tb);
+    pbw_tensor *ref = pbw_quick_gelu(ctx, pbw_linear(ctx, tx, tw, tb));
+    CHECK(y && ref && y->ndim == 2 && y->shape[1] == O);
+    CHECK(y && ref && memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+    /* a weight that does not fit is refused with the product's message */
+    CHECK(pbw_linear_quick_gelu(ctx, tw, tx, tb) == NULL && strstr(pbw_ctx_error(ctx), "fit"));
+    pbw_ctx_free(ctx);
+    gc_input in[3] = {{2, {R, I}, x, 1}, {2, {O, I}, w, 1}, {1, {O}, b, 1}};
+    CHECK(gc_check("linear_quick_gelu", linear_quick_gelu_fn, NULL, 3, in, (gc_opts){0}) == 0);
+    free(x); free(w); free(b);
+}
+
 static pbw_tensor *linear_add_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_linear_add(ctx, in[0], in[1], u ? in[3] : NULL, in[2]);
 }

@@ -36,6 +36,11 @@ pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
  * activation, never a weight or a tensor still to be read. */
 pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,
                                 pbw_tensor *r);
+/* pbw_quick_gelu(pbw_linear(x, w, b)), CLIP's first MLP product and its activation: the two ops
+ * (their gradients), or without gradients under half activations on CUDA one fused product
+ * with QuickGELU in its epilogue (pbw_cuda_linear_quick_gelu), whose sums are not rounded to
+ * the half type before the activation. */
+pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b);
 
 /* ---------- convolution and resampling (src/cpu/pbw_cpu_conv.c, pbw_cpu_resample.c) ---------- */
 

@@ -254,3 +254,26 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
     if (!r && !pbw_ctx_failed(ctx)) return pbw_ctx_fail(ctx, "linear_add: the residual is NULL");
     return linear(ctx, "linear_add", x, w, b, r, 1);
 }
+
+pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
+#ifdef PBW_HAVE_CUDA
+    pbw_tensor *in[3] = {x, w, b};
+    if (x && w && b && pbw_on_cuda(ctx) && x->half_only && w->ndim == 2 &&
+        x->shape[x->ndim - 1] == w->shape[1] && b->numel == w->shape[0] &&
+        pbw_half_out(ctx, in, 3)) {
+        if (pbw_op_begin_half(ctx, "linear_quick_gelu", 1, &x) ||
+            pbw_op_begin(ctx, "linear_quick_gelu", 2, in + 1))
+            return NULL;
+        const int64_t O = w->shape[0], I = w->shape[1], R = x->numel / (I ? I : 1);
+        int64_t oshape[PBW_MAX_DIMS];
+        memcpy(oshape, x->shape, sizeof oshape);
+        oshape[x->ndim - 1] = O;
+        pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
+        if (!y || !pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
+        if (x->half_only && pbw_cuda_linear_quick_gelu(x->half, w->data, b->data, y->half, R, O, I) == 0)
+            return y; /* no gradient: nothing to record */
+        /* not taken: y's memory stays with the context until its next release */
+    }
+#endif
+    return pbw_quick_gelu(ctx, pbw_linear(ctx, x, w, b));
+}

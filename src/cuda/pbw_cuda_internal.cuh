@@ -28,6 +28,9 @@
 cudaStream_t pbw_stream(void);
 cublasHandle_t pbw_cublas(void);  // bound to pbw_stream(), math mode set from the precision
 cudnnHandle_t pbw_cudnn(void);    // bound to pbw_stream()
+// The cached half copy (the precision's type) of a constant weight of n floats (see
+// pbw_cuda_half_gemm), made on first use; NULL when w is not such a weight or out of memory.
+const void *pbw_cuda_half_weight(const float *w, size_t n);
 // Multiprocessors of the current device (132 on an H100 SXM); 1 before pbw_cuda_init.
 int pbw_cuda_sm_count(void);
 // Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least

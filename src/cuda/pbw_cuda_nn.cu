@@ -394,6 +394,8 @@ const void *half_weight_of(const float *w, size_t n) {
 }
 } // namespace
 
+const void *pbw_cuda_half_weight(const float *w, size_t n) { return half_weight_of(w, n); }
+
 void pbw_cuda_nn_forget_weights(const void *p, size_t bytes) {
     std::vector<void *> drop;
     const char *lo = (const char *)p, *hi = lo + bytes;

@@ -102,6 +102,15 @@ int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, 
 int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w, const float *b,
                        const float *r, float *y, void *yh, const void *rh, int64_t R, int64_t O,
                        int64_t I);
+/* yh (R,O) = QuickGELU(xh (R,I) w (O,I)^T + b (O)) as one fused cuDNN kernel
+ * (pbw_cuda_fusion.cu): xh and yh in the precision's half type (bf16 or fp16), w and b constant
+ * weights read through their cached half copies, fp32 sums. Returns 0 when enqueued, -1 when
+ * not taken (another precision, PBW_CUDA_GELU_FUSION=0, an unaligned operand, or a shape cuDNN
+ * has no plan for): nothing was done, the caller runs the product and QuickGELU apart. */
+int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, void *yh,
+                               int64_t R, int64_t O, int64_t I);
+/* Fused products run so far (tests). */
+long pbw_cuda_linear_quick_gelu_calls(void);
 /* Products made on half operands so far (tests). */
 long pbw_cuda_linear_half_calls(void);
 /* Products whose algorithm was measured so far (tests; see pbw_cuda_nn.cu). */

@@ -653,8 +653,8 @@ static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
     if (Tq < T) x = pbw_slice(ctx, x, 1, 0, Tq, 1);
     x = pbw_linear_add_into(ctx, a, b->out_w, b->out_b, x); /* x itself without gradients */
     h = pbw_layer_norm(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps);
-    h = pbw_linear(ctx, h, b->fc1_w, b->fc1_b);                          /* (B,Tq,M) */
-    h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, h) : pbw_quick_gelu(ctx, h);
+    h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, pbw_linear(ctx, h, b->fc1_w, b->fc1_b))
+                                : pbw_linear_quick_gelu(ctx, h, b->fc1_w, b->fc1_b); /* (B,Tq,M) */
     return pbw_linear_add_into(ctx, h, b->fc2_w, b->fc2_b, x);
 }
 

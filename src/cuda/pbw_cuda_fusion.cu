@@ -1,0 +1,256 @@
+// pbw_cuda_fusion.cu: products with their activation fused in, through cuDNN's runtime fusion
+// (the backend graph API of cudnn_graph.h). CLIP's first MLP product and its QuickGELU,
+// y = QuickGELU(x W^T + b), run as one kernel: a matmul whose epilogue adds the bias and applies
+// cuDNN's SWISH, x sigmoid(beta x), with beta = 1.702, which is QuickGELU. cuBLASLt has no such
+// epilogue, and the separate pass reads and writes the product's whole output once more (a CMA
+// generation's CLIP: ~3.8 ms of its ~55). bench/cudnn_swish_gemm.cu measured the fused kernel at
+// cuBLASLt's rate for the product alone (22400 x 3072 x 768: 170 us against 169 + 105 us).
+//
+// Where it runs: half operands (bf16 or fp16; the weight's and bias's cached half copies) and a
+// half output, no gradient (pbw_linear_quick_gelu on half activations: CMA's CLIP). The sums and
+// the biased sums stay in fp32 in the kernel, so the activation sees the unrounded product where
+// the two ops round it to the half type first (one rounding fewer; both within the half-precision
+// tolerances of cuda_half_activations).
+//
+// Plans: one per shape (R, O, I) and precision, the first engine config of cuDNN's heuristic
+// (mode A) that builds, kept for the process. Building a runtime-fusion plan compiles its kernel
+// (NVRTC): 0.3-0.9 s a shape on an H100 the first time in a process (a CMA generation has two
+// shapes, full and last batch). A shape whose plan cuDNN refuses is remembered as refused and
+// runs as the two ops. PBW_CUDA_GELU_FUSION=0 turns the fusion off.
+#include <cudnn_graph.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/pbw_common.h"
+#include "cuda/pbw_cuda_internal.cuh"
+
+namespace {
+
+const double QUICK_GELU_BETA = 1.702;
+enum : int64_t { UID_X = 1, UID_W, UID_B, UID_Y, UID_ACC, UID_BIASED };
+
+struct fusion_key {
+    int64_t R, O, I;
+    int prec;
+    bool operator==(const fusion_key &o) const {
+        return R == o.R && O == o.O && I == o.I && prec == o.prec;
+    }
+};
+
+// A built plan (ok) or a refused shape (!ok); descs owns every descriptor the plan refers to.
+struct fusion_plan {
+    fusion_key k;
+    bool ok;
+    cudnnBackendDescriptor_t plan;
+    int64_t ws_bytes;
+    std::vector<cudnnBackendDescriptor_t> descs;
+};
+
+std::vector<fusion_plan> g_plans;
+long g_calls;
+int g_state; // 0 unread, 1 on, -1 off (PBW_CUDA_GELU_FUSION=0)
+
+// Descriptor building: the first failing call sets st and the rest are skipped.
+struct builder {
+    fusion_plan &p;
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t t) {
+        cudnnBackendDescriptor_t d = nullptr;
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = cudnnBackendCreateDescriptor(t, &d);
+        if (d)
+            p.descs.push_back(d);
+        return d;
+    }
+    void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a,
+             cudnnBackendAttributeType_t t, int64_t n, const void *v) {
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = cudnnBackendSetAttribute(d, a, t, n, v);
+    }
+    void set_desc(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a,
+                  cudnnBackendDescriptor_t v) {
+        set(d, a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v);
+    }
+    void finalize(cudnnBackendDescriptor_t d) {
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = cudnnBackendFinalize(d);
+    }
+    // A 3-D tensor [1, rows, columns] with the given strides, 16-byte aligned.
+    cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, int64_t rows, int64_t cols,
+                                    int64_t row_stride, int64_t col_stride, bool is_virtual) {
+        cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+        const int64_t dims[3] = {1, rows, cols}, strides[3] = {rows * cols, row_stride, col_stride};
+        const int64_t align = 16;
+        set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
+        set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 3, dims);
+        set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 3, strides);
+        set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+        set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+        set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
+        finalize(t);
+        return t;
+    }
+    // The pointwise operation y = mode(x [, b]) computed in fp32.
+    cudnnBackendDescriptor_t pointwise(cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x,
+                                       cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y) {
+        const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+        cudnnBackendDescriptor_t pw = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+        set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+        set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+        if (mode == CUDNN_POINTWISE_SWISH_FWD)
+            set(pw, CUDNN_ATTR_POINTWISE_SWISH_BETA, CUDNN_TYPE_DOUBLE, 1, &QUICK_GELU_BETA);
+        finalize(pw);
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw);
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x);
+        if (b)
+            set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b);
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y);
+        finalize(op);
+        return op;
+    }
+};
+
+// The graph y = SWISH_1.702(x W^T + b) for p.k, and the first plan of the heuristic's configs
+// that builds. x (R,I), y (R,O) row-major; W (O,I) row-major read as W^T (I,O) column-major.
+void build(fusion_plan &p) {
+    builder bd{p};
+    const int64_t R = p.k.R, O = p.k.O, I = p.k.I;
+    const cudnnDataType_t h = p.k.prec == PBW_PREC_FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    cudnnBackendDescriptor_t x = bd.tensor(UID_X, h, R, I, I, 1, false);
+    cudnnBackendDescriptor_t w = bd.tensor(UID_W, h, I, O, 1, I, false);
+    cudnnBackendDescriptor_t b = bd.tensor(UID_B, h, 1, O, O, 1, false); // broadcast over rows
+    cudnnBackendDescriptor_t y = bd.tensor(UID_Y, h, R, O, O, 1, false);
+    cudnnBackendDescriptor_t acc = bd.tensor(UID_ACC, f32, R, O, O, 1, true);
+    cudnnBackendDescriptor_t biased = bd.tensor(UID_BIASED, f32, R, O, O, 1, true);
+
+    cudnnBackendDescriptor_t mm = bd.make(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
+    bd.set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+    bd.finalize(mm);
+    cudnnBackendDescriptor_t mm_op = bd.make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
+    bd.set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, x);
+    bd.set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, w);
+    bd.set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, acc);
+    bd.set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm);
+    bd.finalize(mm_op);
+    cudnnBackendDescriptor_t ops[3] = {mm_op, bd.pointwise(CUDNN_POINTWISE_ADD, acc, b, biased),
+                                       bd.pointwise(CUDNN_POINTWISE_SWISH_FWD, biased, nullptr, y)};
+
+    cudnnHandle_t dnn = pbw_cudnn();
+    cudnnBackendDescriptor_t graph = bd.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    bd.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 3, ops);
+    bd.set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &dnn);
+    bd.finalize(graph);
+    cudnnBackendDescriptor_t heur = bd.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    bd.set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph);
+    bd.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    bd.finalize(heur);
+    int64_t n = 0;
+    if (bd.st == CUDNN_STATUS_SUCCESS)
+        bd.st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                         CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, nullptr);
+    if (bd.st != CUDNN_STATUS_SUCCESS || n <= 0)
+        return;
+    std::vector<cudnnBackendDescriptor_t> cfgs;
+    for (int64_t i = 0; i < n && i < 16; i++)
+        cfgs.push_back(bd.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+    if (bd.st == CUDNN_STATUS_SUCCESS)
+        bd.st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                         CUDNN_TYPE_BACKEND_DESCRIPTOR, (int64_t)cfgs.size(), &n,
+                                         cfgs.data());
+    for (int64_t i = 0; bd.st == CUDNN_STATUS_SUCCESS && i < n && i < (int64_t)cfgs.size(); i++) {
+        cudnnBackendDescriptor_t plan = nullptr;
+        if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) !=
+            CUDNN_STATUS_SUCCESS)
+            return;
+        int64_t ws = 0, got = 0;
+        if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                     &dnn) == CUDNN_STATUS_SUCCESS &&
+            cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                     &cfgs[(size_t)i]) == CUDNN_STATUS_SUCCESS &&
+            cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
+            cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                     CUDNN_TYPE_INT64, 1, &got, &ws) == CUDNN_STATUS_SUCCESS) {
+            p.descs.push_back(plan);
+            p.plan = plan;
+            p.ws_bytes = ws;
+            p.ok = true;
+            return;
+        }
+        cudnnBackendDestroyDescriptor(plan); // this config refused: the next
+    }
+}
+
+fusion_plan *plan_for(const fusion_key &k) {
+    for (fusion_plan &p : g_plans)
+        if (p.k == k)
+            return &p;
+    g_plans.push_back(fusion_plan{k, false, nullptr, 0, {}});
+    fusion_plan &p = g_plans.back();
+    build(p);
+    char msg[256];
+    cudnnGetLastErrorString(msg, sizeof msg); // a refused config's message is no failure of ours
+    if (!p.ok) {
+        for (size_t i = p.descs.size(); i-- > 0;)
+            cudnnBackendDestroyDescriptor(p.descs[i]);
+        p.descs.clear();
+    }
+    return &p;
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+} // namespace
+
+extern "C" long pbw_cuda_linear_quick_gelu_calls(void) { return g_calls; }
+
+extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, void *yh,
+                                          int64_t R, int64_t O, int64_t I) {
+    if (!g_state)
+        g_state = pbw_env_zero("PBW_CUDA_GELU_FUSION") ? -1 : 1;
+    const int prec = (int)pbw_cuda_precision();
+    if (g_state < 0 || !xh || !yh || !b || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() ||
+        (prec != PBW_PREC_BF16 && prec != PBW_PREC_FP16))
+        return -1;
+    const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
+    const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
+    if (!bh || !aligned16(xh) || !aligned16(wh) || !aligned16(bh) || !aligned16(yh) ||
+        (I * 2) % 16 || (O * 2) % 16)
+        return -1;
+    fusion_plan *p = plan_for(fusion_key{R, O, I, prec});
+    if (!p->ok)
+        return -1;
+    void *ws = p->ws_bytes > 0 ? pbw_cuda_workspace((size_t)p->ws_bytes) : nullptr;
+    if (p->ws_bytes > 0 && !ws)
+        return -1;
+    int64_t uids[4] = {UID_X, UID_W, UID_B, UID_Y};
+    void *ptrs[4] = {const_cast<void *>(xh), const_cast<void *>(wh), const_cast<void *>(bh), yh};
+    cudnnBackendDescriptor_t vp = nullptr;
+    cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 4,
+                                      uids);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                                      CUDNN_TYPE_VOID_PTR, 4, ptrs);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
+                                      &ws);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendFinalize(vp);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendExecute(pbw_cudnn(), p->plan, vp);
+    if (vp)
+        cudnnBackendDestroyDescriptor(vp);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        // nothing was written: the caller runs the two ops, and this shape stays with them
+        p->ok = false;
+        return -1;
+    }
+    g_calls++;
+    return 0;
+}
