@@ -545,6 +545,97 @@ PBW_TEST(cuda_half_activations) {
 #endif
 }
 
+/* fc1's fused plan (pbw_cuda_fusion.cu) written to the cache folder and read back as a new
+ * process would (pbw_cuda_linear_quick_gelu_forget drops the process's plans): the same block
+ * output and QuickGELU output to the bit, without building, and the file left as it was; a
+ * file whose plan cuDNN refuses (its JSON replaced) is rebuilt and written afresh; PBW_CUDNN_CACHE=0 neither reads nor
+ * writes a file. */
+#ifdef PBW_HAVE_CUDA
+/* The fused plans' files under dir: how many, and the first one's path and size. */
+static int fusion_files(const char *dir, char *path, size_t n, long *size) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls %s/cudnn-fusion-qgelu-*.txt 2>/dev/null", dir);
+    FILE *ls = popen(cmd, "r");
+    int count = 0;
+    char line[512];
+    path[0] = 0;
+    *size = 0;
+    while (ls && fgets(line, sizeof line, ls))
+        if (count++ == 0) snprintf(path, n, "%.*s", (int)strcspn(line, "\n"), line);
+    if (ls) pclose(ls);
+    FILE *f = path[0] ? fopen(path, "rb") : NULL;
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        *size = ftell(f);
+        fclose(f);
+    }
+    return count;
+}
+#endif
+
+PBW_TEST(cuda_linear_quick_gelu_plan_file) {
+#ifdef PBW_HAVE_CUDA
+    const block_case bc = {4, 50, 768, 3072, 12, 0, 1, 1};
+    const int64_t ny = bc.B * bc.T * bc.D, nm = bc.B * bc.T * bc.M;
+    char dir[] = "/tmp/pbw_fusion_cache_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *saved_dir, *saved_cache;
+    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    pbw_test_env_set("PBW_CUDNN_CACHE", NULL, &saved_cache);
+    float *y[4], *m[4];
+    for (int k = 0; k < 4; k++) {
+        y[k] = malloc((size_t)ny * sizeof(float));
+        m[k] = malloc((size_t)nm * sizeof(float));
+    }
+    pbw_cuda_linear_quick_gelu_forget();
+    static const char *what[4] = {"first process (builds, writes the file)",
+                                  "second process (reads the file)",
+                                  "a file cuDNN refuses (rebuilt, written again)",
+                                  "PBW_CUDNN_CACHE=0 (no file read or written)"};
+    char path[512];
+    long size0 = 0;
+    for (int k = 0; k < 4; k++) {
+        long size;
+        if (k == 2) { /* keep the header line, replace cuDNN's JSON */
+            fusion_files(dir, path, sizeof path, &size);
+            FILE *f = fopen(path, "rb");
+            char head[256] = "";
+            if (f && !fgets(head, sizeof head, f)) head[0] = 0;
+            if (f) fclose(f);
+            f = fopen(path, "wb");
+            CHECK(f && head[0]);
+            if (f) fprintf(f, "%s{\"not\": \"a plan\"}\n", head), fclose(f);
+        }
+        if (k == 3) {
+            remove(path);
+            setenv("PBW_CUDNN_CACHE", "0", 1);
+        }
+        const long f0 = pbw_cuda_linear_quick_gelu_calls();
+        int nh = 0;
+        CHECK(half_block(PBW_DEV_CUDA, PBW_PREC_BF16, &bc, y[k], m[k], &nh) == 0);
+        const long fused = pbw_cuda_linear_quick_gelu_calls() - f0;
+        const long loaded = pbw_cuda_linear_quick_gelu_forget();
+        const int files = fusion_files(dir, path, sizeof path, &size);
+        const int same = k == 0 || (!memcmp(y[k], y[0], (size_t)ny * sizeof(float)) &&
+                                    !memcmp(m[k], m[0], (size_t)nm * sizeof(float)));
+        printf("  %s: %ld fused, %ld plan(s) from a file, %d file(s) of %ld bytes, %s\n", what[k],
+               fused, loaded, files, size, same ? "outputs equal to the first" : "OUTPUTS DIFFER");
+        CHECK(fused == 1 && same);
+        if (k == 0) size0 = size;
+        if (k == 0) CHECK(loaded == 0 && files == 1 && size > 100);
+        if (k == 1) CHECK(loaded == 1 && files == 1 && size == size0);
+        if (k == 2) CHECK(loaded == 0 && files == 1 && size > 100);
+        if (k == 3) CHECK(loaded == 0 && files == 0);
+    }
+    for (int k = 0; k < 4; k++) free(y[k]), free(m[k]);
+    pbw_test_env_restore("PBW_CUDNN_CACHE", saved_cache);
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+#endif
+}
+
 /* Attention on half activations: qkv made by a layer norm and a product with a half output
  * (half_only), then pbw_attention_qkv, against the CPU in fp32. q, k and v are rounded once to the half type, the
  * tensor-core forward (head size 64, S <= 80) also rounds the softmax weights before P V, and the

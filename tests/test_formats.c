@@ -903,6 +903,25 @@ PBW_TEST(formats_choice_cache) {
             lines++;
     if (f) fclose(f);
     CHECK(lines == 2);
+    /* whole files (serialized plans): written by a rename, read back whole, refused past max */
+    char blob_path[600];
+    snprintf(blob_path, sizeof blob_path, "%s/c/d/plan.txt", sub);
+    static const char blob[] = "pbw-plan v1\n{\"a\": [1, 2]}\n";
+    CHECK(pbw_cache_write_file(blob_path, blob, sizeof blob - 1) == 0);
+    size_t blob_n = 0;
+    char *got = pbw_cache_read_file(blob_path, 1 << 20, &blob_n);
+    CHECK(got && blob_n == sizeof blob - 1 && !memcmp(got, blob, blob_n) && got[blob_n] == 0);
+    free(got);
+    CHECK(pbw_cache_read_file(blob_path, sizeof blob - 2, &blob_n) == NULL && blob_n == 0);
+    got = pbw_cache_read_file(blob_path, sizeof blob - 1, &blob_n); /* exactly max */
+    CHECK(got && blob_n == sizeof blob - 1);
+    free(got);
+    CHECK(pbw_cache_write_file(blob_path, "x", 1) == 0); /* replaced whole */
+    got = pbw_cache_read_file(blob_path, 16, &blob_n);
+    CHECK(got && blob_n == 1 && got[0] == 'x');
+    free(got);
+    snprintf(blob_path, sizeof blob_path, "%s/none.txt", sub);
+    CHECK(pbw_cache_read_file(blob_path, 16, &blob_n) == NULL);
     unsetenv("PBW_CACHE_DIR"); /* then $XDG_CACHE_HOME/pbw */
     setenv("XDG_CACHE_HOME", dir, 1);
     CHECK(pbw_cache_path("cudnn", "g", 9, path, sizeof path) == 0);

@@ -31,17 +31,22 @@ int pbw_cache_path(const char *kind, const char *gpu, size_t version, char *out,
     return k < 0 || (size_t)k >= n ? -1 : 0;
 }
 
-int pbw_cache_append(const char *path, const char *line) {
-    if (!path || !line) return -1;
+/* The folders of path, outermost first. 0; -1 when one cannot be made. */
+static int make_folders(const char *path) {
     char d[4096];
     int k = snprintf(d, sizeof d, "%s", path);
     if (k < 0 || (size_t)k >= sizeof d) return -1;
-    for (char *q = d + 1; *q; q++) /* the folders, outermost first */
+    for (char *q = d + 1; *q; q++)
         if (*q == '/') {
             *q = 0;
             if (mkdir(d, 0755) != 0 && errno != EEXIST) return -1;
             *q = '/';
         }
+    return 0;
+}
+
+int pbw_cache_append(const char *path, const char *line) {
+    if (!path || !line || make_folders(path)) return -1;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
     if (fd < 0) return -1;
     size_t len = strlen(line);
@@ -101,4 +106,56 @@ int pbw_cache_format_line(char *out, size_t n_out, const char *tag, const uint64
     out[k] = '\n';
     out[k + 1] = 0;
     return 0;
+}
+
+int pbw_cache_write_file(const char *path, const void *data, size_t n) {
+    if (!path || (!data && n) || make_folders(path)) return -1;
+    char tmp[4160];
+    int k = snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    if (k < 0 || (size_t)k >= sizeof tmp) return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return -1;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)data + done, n - done);
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+    int ok = close(fd) == 0 && done == n;
+    if (ok && rename(tmp, path) == 0) return 0;
+    unlink(tmp);
+    return -1;
+}
+
+void *pbw_cache_read_file(const char *path, size_t max, size_t *n) {
+    *n = 0;
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int ok = 0;
+    for (;;) {
+        if (len == cap) {
+            if (cap > max) break; /* more than max bytes */
+            size_t want = cap ? 2 * cap : 65536;
+            if (want > max + 1) want = max + 1;
+            char *b = realloc(buf, want + 1);
+            if (!b) break;
+            buf = b, cap = want;
+        }
+        size_t r = fread(buf + len, 1, cap - len, f);
+        len += r;
+        if (r == 0) {
+            ok = !ferror(f) && len <= max;
+            break;
+        }
+    }
+    fclose(f);
+    if (!ok) {
+        free(buf);
+        return NULL;
+    }
+    buf[len] = 0;
+    *n = len;
+    return buf;
 }

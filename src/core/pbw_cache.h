@@ -38,6 +38,16 @@ int pbw_cache_path(const char *kind, const char *gpu, size_t version, char *out,
  * lines of processes appending at once are not interleaved. 0; -1 when it could not. */
 int pbw_cache_append(const char *path, const char *line);
 
+/* A whole file (a library's serialized plan): written to a temporary file beside path, then
+ * renamed over it, so that a reader never sees half of it; folders made first. 0; -1 when it
+ * could not (nothing left behind). */
+int pbw_cache_write_file(const char *path, const void *data, size_t n);
+
+/* The whole file at path, at most max bytes, with a 0 byte after its end (malloc'd; the
+ * caller frees it) and its length in *n; NULL when it does not exist, cannot be read or is
+ * larger than max. */
+void *pbw_cache_read_file(const char *path, size_t max, size_t *n);
+
 /* Reads line as tag followed by exactly n fields, each a decimal number or 0x and hexadecimal
  * digits (at most 64 bits), separated by single spaces, then "\n" and the end: a last line
  * without its newline may have been cut short by a failed write, and a cut field would still

@@ -15,13 +15,22 @@
 // Plans: one per shape (R, O, I) and precision, the first engine config of cuDNN's heuristic
 // (mode A) that builds, kept for the process. Building a runtime-fusion plan compiles its kernel
 // (NVRTC): 0.3-0.9 s a shape on an H100 the first time in a process (a CMA generation has two
-// shapes, full and last batch). A shape whose plan cuDNN refuses is remembered as refused and
-// runs as the two ops. PBW_CUDA_GELU_FUSION=0 turns the fusion off.
+// shapes, full and last batch). So each plan is also written to the cache folder (pbw_cache.h:
+// "cudnn-fusion-qgelu-RxOxI-PREC-GPU-CUDNNVERSION.txt", a header line naming the shape, then
+// cuDNN's JSON of the plan, its compiled kernel included), and a later process turns the file
+// back into a plan without compiling; a file cuDNN refuses, or whose plan fails to run, is
+// replaced by a fresh build. PBW_CUDNN_CACHE=0 neither reads nor writes the files. A shape whose
+// plan cuDNN refuses is remembered as refused and runs as the two ops. PBW_CUDA_GELU_FUSION=0
+// turns the fusion off.
 #include <cudnn_graph.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "core/pbw_cache.h"
 #include "core/pbw_common.h"
 #include "cuda/pbw_cuda_internal.cuh"
 
@@ -39,16 +48,17 @@ struct fusion_key {
 };
 
 // A built plan (ok) or a refused shape (!ok); descs owns every descriptor the plan refers to.
+// from_file: the plan was read from the cache folder.
 struct fusion_plan {
     fusion_key k;
-    bool ok;
+    bool ok, from_file;
     cudnnBackendDescriptor_t plan;
     int64_t ws_bytes;
     std::vector<cudnnBackendDescriptor_t> descs;
 };
 
 std::vector<fusion_plan> g_plans;
-long g_calls;
+long g_calls, g_loaded;
 int g_state; // 0 unread, 1 on, -1 off (PBW_CUDA_GELU_FUSION=0)
 
 // Descriptor building: the first failing call sets st and the rest are skipped.
@@ -185,48 +195,125 @@ void build(fusion_plan &p) {
     }
 }
 
-fusion_plan *plan_for(const fusion_key &k) {
-    for (fusion_plan &p : g_plans)
-        if (p.k == k)
-            return &p;
-    g_plans.push_back(fusion_plan{k, false, nullptr, 0, {}});
-    fusion_plan &p = g_plans.back();
-    build(p);
+void drop(fusion_plan &p) {
+    for (size_t i = p.descs.size(); i-- > 0;)
+        cudnnBackendDestroyDescriptor(p.descs[i]);
+    p.descs.clear();
+    p.ok = p.from_file = false;
+    p.plan = nullptr;
+}
+
+// The plan's file in path (n bytes); false when files are off (PBW_CUDNN_CACHE=0) or have no
+// place. header: the line the file begins with.
+bool plan_file(const fusion_key &k, char *path, size_t n, char *header, size_t hn) {
+    if (pbw_env_zero("PBW_CUDNN_CACHE"))
+        return false;
+    const char *prec = pbw_precision_name((pbw_precision)k.prec);
+    char kind[128];
+    snprintf(kind, sizeof kind, "cudnn-fusion-qgelu-%lldx%lldx%lld-%s", (long long)k.R,
+             (long long)k.O, (long long)k.I, prec);
+    snprintf(header, hn, "pbw cudnn plan v1 quick_gelu %lld %lld %lld %s\n", (long long)k.R,
+             (long long)k.O, (long long)k.I, prec);
+    FILE *f = nullptr;
+    if (pbw_cuda_cache_file(kind, cudnnGetVersion(), path, n, &f))
+        return false;
+    if (f)
+        std::fclose(f);
+    return true;
+}
+
+// p's plan from its file, when the file begins with header and cuDNN takes the rest.
+bool load_plan(fusion_plan &p, const char *path, const char *header) {
+    size_t n = 0;
+    char *text = (char *)pbw_cache_read_file(path, (size_t)64 << 20, &n);
+    const size_t hl = std::strlen(header);
+    if (!text || n <= hl || std::memcmp(text, header, hl)) {
+        std::free(text);
+        return false;
+    }
+    cudnnHandle_t dnn = pbw_cudnn();
+    cudnnBackendDescriptor_t plan = nullptr;
+    int64_t ws = 0, got = 0;
+    bool ok = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) ==
+                  CUDNN_STATUS_SUCCESS &&
+              cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                       &dnn) == CUDNN_STATUS_SUCCESS &&
+              cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                                       CUDNN_TYPE_CHAR, (int64_t)(n - hl),
+                                       text + hl) == CUDNN_STATUS_SUCCESS &&
+              cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
+              cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                       CUDNN_TYPE_INT64, 1, &got, &ws) == CUDNN_STATUS_SUCCESS;
+    std::free(text);
+    if (!ok) {
+        if (plan)
+            cudnnBackendDestroyDescriptor(plan);
+        return false;
+    }
+    p.descs.push_back(plan);
+    p.plan = plan;
+    p.ws_bytes = ws;
+    p.ok = p.from_file = true;
+    return true;
+}
+
+// Writes p's plan to its file: header, then cuDNN's JSON of the plan.
+void save_plan(const fusion_plan &p, const char *path, const char *header) {
+    int64_t n = 0;
+    if (cudnnBackendGetAttribute(p.plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                                 CUDNN_TYPE_CHAR, 0, &n, nullptr) != CUDNN_STATUS_SUCCESS ||
+        n <= 0)
+        return;
+    const size_t hl = std::strlen(header);
+    std::vector<char> buf(hl + (size_t)n + 1, 0);
+    std::memcpy(buf.data(), header, hl);
+    if (cudnnBackendGetAttribute(p.plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                                 CUDNN_TYPE_CHAR, n, &n, buf.data() + hl) != CUDNN_STATUS_SUCCESS)
+        return;
+    size_t len = hl + (size_t)n;
+    while (len > hl && buf[len - 1] == 0)
+        len--; // the JSON's own terminator, if counted
+    pbw_cache_write_file(path, buf.data(), len);
+}
+
+// The plan of k: from the process's list, else its file, else built (and its file written).
+// fresh: build even when a file exists (its plan failed to run).
+fusion_plan *plan_for(const fusion_key &k, bool fresh = false) {
+    fusion_plan *p = nullptr;
+    for (fusion_plan &q : g_plans)
+        if (q.k == k)
+            p = &q;
+    if (p && !fresh)
+        return p;
+    if (!p) {
+        g_plans.push_back(fusion_plan{k, false, false, nullptr, 0, {}});
+        p = &g_plans.back();
+    }
+    drop(*p);
+    char path[4096], header[160];
+    const bool file = plan_file(k, path, sizeof path, header, sizeof header);
+    if (file && !fresh && load_plan(*p, path, header)) {
+        g_loaded++;
+        return p;
+    }
+    build(*p);
     char msg[256];
     cudnnGetLastErrorString(msg, sizeof msg); // a refused config's message is no failure of ours
-    if (!p.ok) {
-        for (size_t i = p.descs.size(); i-- > 0;)
-            cudnnBackendDestroyDescriptor(p.descs[i]);
-        p.descs.clear();
-    }
-    return &p;
+    if (!p->ok)
+        drop(*p);
+    else if (file)
+        save_plan(*p, path, header);
+    return p;
 }
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-} // namespace
-
-extern "C" long pbw_cuda_linear_quick_gelu_calls(void) { return g_calls; }
-
-extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, void *yh,
-                                          int64_t R, int64_t O, int64_t I) {
-    if (!g_state)
-        g_state = pbw_env_zero("PBW_CUDA_GELU_FUSION") ? -1 : 1;
-    const int prec = (int)pbw_cuda_precision();
-    if (g_state < 0 || !xh || !yh || !b || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() ||
-        (prec != PBW_PREC_BF16 && prec != PBW_PREC_FP16))
-        return -1;
-    const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
-    const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
-    if (!bh || !aligned16(xh) || !aligned16(wh) || !aligned16(bh) || !aligned16(yh) ||
-        (I * 2) % 16 || (O * 2) % 16)
-        return -1;
-    fusion_plan *p = plan_for(fusion_key{R, O, I, prec});
-    if (!p->ok)
-        return -1;
-    void *ws = p->ws_bytes > 0 ? pbw_cuda_workspace((size_t)p->ws_bytes) : nullptr;
-    if (p->ws_bytes > 0 && !ws)
-        return -1;
+// Runs p's plan on the operands; the status.
+cudnnStatus_t run_plan(const fusion_plan &p, const void *xh, const void *wh, const void *bh,
+                       void *yh) {
+    void *ws = p.ws_bytes > 0 ? pbw_cuda_workspace((size_t)p.ws_bytes) : nullptr;
+    if (p.ws_bytes > 0 && !ws)
+        return CUDNN_STATUS_ALLOC_FAILED;
     int64_t uids[4] = {UID_X, UID_W, UID_B, UID_Y};
     void *ptrs[4] = {const_cast<void *>(xh), const_cast<void *>(wh), const_cast<void *>(bh), yh};
     cudnnBackendDescriptor_t vp = nullptr;
@@ -243,12 +330,52 @@ extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const 
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnBackendFinalize(vp);
     if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnBackendExecute(pbw_cudnn(), p->plan, vp);
+        st = cudnnBackendExecute(pbw_cudnn(), p.plan, vp);
     if (vp)
         cudnnBackendDestroyDescriptor(vp);
+    return st;
+}
+
+} // namespace
+
+extern "C" long pbw_cuda_linear_quick_gelu_calls(void) { return g_calls; }
+
+extern "C" long pbw_cuda_linear_quick_gelu_forget(void) {
+    for (fusion_plan &p : g_plans)
+        drop(p);
+    g_plans.clear();
+    const long n = g_loaded;
+    g_loaded = 0;
+    return n;
+}
+
+extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, void *yh,
+                                          int64_t R, int64_t O, int64_t I) {
+    if (!g_state)
+        g_state = pbw_env_zero("PBW_CUDA_GELU_FUSION") ? -1 : 1;
+    const int prec = (int)pbw_cuda_precision();
+    if (g_state < 0 || !xh || !yh || !b || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() ||
+        (prec != PBW_PREC_BF16 && prec != PBW_PREC_FP16))
+        return -1;
+    const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
+    const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
+    if (!bh || !aligned16(xh) || !aligned16(wh) || !aligned16(bh) || !aligned16(yh) ||
+        (I * 2) % 16 || (O * 2) % 16)
+        return -1;
+    const fusion_key k{R, O, I, prec};
+    fusion_plan *p = plan_for(k);
+    if (!p->ok)
+        return -1;
+    cudnnStatus_t st = run_plan(*p, xh, wh, bh, yh);
+    if (st != CUDNN_STATUS_SUCCESS && p->from_file) { // a stale file: build it afresh
+        p = plan_for(k, true);
+        if (!p->ok)
+            return -1;
+        st = run_plan(*p, xh, wh, bh, yh);
+    }
     if (st != CUDNN_STATUS_SUCCESS) {
         // nothing was written: the caller runs the two ops, and this shape stays with them
-        p->ok = false;
+        drop(*p);
         return -1;
     }
     g_calls++;

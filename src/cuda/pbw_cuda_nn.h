@@ -111,6 +111,10 @@ int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, v
                                int64_t R, int64_t O, int64_t I);
 /* Fused products run so far (tests). */
 long pbw_cuda_linear_quick_gelu_calls(void);
+/* Drops every fused plan (the next product of each shape reads its file again, or builds):
+ * what a new process would start from. Returns how many plans were read from files since the
+ * last call. For tests. */
+long pbw_cuda_linear_quick_gelu_forget(void);
 /* Products made on half operands so far (tests). */
 long pbw_cuda_linear_half_calls(void);
 /* Products whose algorithm was measured so far (tests; see pbw_cuda_nn.cu). */
