@@ -14,8 +14,8 @@
 //     own, the two taking turns (named barriers) so that one's epilogue overlaps the other's
 //     products;
 //   - pp-mc: pingpong in clusters of two blocks side by side, each loading half of the x slice
-//     both multiply, multicast into both (MODE 1 and 2 take the multicast, then the cross-block
-//     stage release, away, to see what each costs).
+//     both multiply, multicast into both (pp-cross and pp-cluster take the multicast, then the
+//     cross-block stage release, away, to see what each costs).
 // Also the plain product with the bias (no QuickGELU) against cuBLASLt's alone, at fc1's, fc2's
 // and qkv's shapes, for the kernels' raw rate. Each is timed as the median of 20 runs after 3
 // warm-ups at 448 crops x 50 tokens (a CMA batch of 14) and, for fc1, 32 crops x 50 (an Adam
@@ -28,10 +28,10 @@
 // 175 us (605). With K = 768 a tile has only 12 k steps, and coop pays its pipeline's fill and
 // its epilogue once a tile; pingpong hides them but its 128x128 tiles draw a third more from L2 a
 // flop (~6.6 TB/s at its 420 TFLOP/s). The clusters' multicast, which should have cut that,
-// made it 1.3-2.2x slower; MODE 1 (no multicast, stages still freed in both blocks) was as slow
-// and MODE 2 (clusters alone) as fast as pingpong: the cost is the two blocks waiting on each
-// other at every stage. pbw took cuDNN's runtime fusion instead (bench/cudnn_swish_gemm.cu).
-// Standalone (wgmma needs sm_90a):
+// made it 1.3-2.2x slower; pp-cross (no multicast, stages still freed in both blocks) was as
+// slow and pp-cluster (clusters alone) as fast as pingpong: the cost is the two blocks waiting
+// on each other at every stage. pbw took cuDNN's runtime fusion instead
+// (bench/cudnn_swish_gemm.cu). Standalone (wgmma needs sm_90a):
 //   nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/wgmma_gemm.cu -lcublasLt -o wgmma_gemm
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -327,140 +327,69 @@ __global__ void __launch_bounds__(THREADS, 1)
     store_tile<BN, GELU>(d, b, y, m0 + c * 64, n0, R, O, warp, lane);
 }
 
-// Ping-pong, persistent: block p takes tiles p, p + gridDim.x, ... (WM x BN each, row-major
-// over y's tiles), alternately consumer warpgroup 1 and 2. A warpgroup waits for the other to
-// have issued its tile's products before it issues its own (named barriers 1 and 2), so that
-// one's epilogue runs while the other's products keep the tensor cores busy. The producer fills
-// one ring of stages for both in tile order. Same y as coop_kernel.
-template <int WM, int BN, int STAGES, bool GELU>
+// How ping-pong blocks share their x slices: PLAIN alone; in clusters of two blocks side by side
+// along y's columns, MC each loading half of the x slice both multiply, multicast into both, a
+// stage refilled only once the consuming warps of both blocks have freed it (each arrives on both
+// blocks' empty barrier: 8 arrivals), which cuts the traffic from L2 a k step from (WM + BN) *
+// 128 to (WM / 2 + BN) * 128 bytes a block; and, to see what each part of that costs, CROSS (each
+// block loads its own x slice, stages still freed in both) and CLUSTER (clusters alone).
+enum Share { MC, CROSS, CLUSTER, PLAIN };
+
+// A consuming warp's arrival on the empty barrier of its stage: in both blocks of the cluster
+// where they share stages, else in its own.
+template <int MODE> __device__ __forceinline__ void free_stage(uint32_t bar, int rank) {
+    mbar_arrive(bar);
+    if (MODE == MC || MODE == CROSS)
+        mbar_arrive_in(bar, rank ^ 1);
+}
+
+// Ping-pong, persistent: each block (or cluster of two) takes its units of WM rows by BN columns
+// (by 2 BN in a cluster) in turn, unit u = p + j x the blocks (clusters), row-major over y,
+// alternately consumer warpgroup 1 and 2. A warpgroup waits for the other to have issued its
+// unit's products before it issues its own (named barriers 1 and 2), so that one's epilogue runs
+// while the other's products keep the tensor cores busy. The producer fills one ring of stages
+// for both in unit order. Same y as coop_kernel; MODE a Share.
+template <int WM, int BN, int STAGES, bool GELU, int MODE>
 __global__ void __launch_bounds__(THREADS, 1)
     pingpong_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw,
                     const __nv_bfloat16 *__restrict__ b, __nv_bfloat16 *__restrict__ y, int R,
                     int O, int I) {
-    constexpr int MI = WM / 64; // m64 products a k step
+    constexpr int MI = WM / 64, WIDTH = MODE == PLAIN ? 1 : 2; // m64 products a k step; blocks
     extern __shared__ unsigned char smem_raw[];
     const int A_BYTES = WM * BK * 2, STAGE_BYTES = (WM + BN) * BK * 2;
     const uint32_t base = (smem_u32(smem_raw) + 1023) & ~1023u;
     const uint32_t full = base + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    const int KT = I / BK, NT = O / BN, tiles = (R + WM - 1) / WM * NT;
-    const int mine = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
-    init_barriers(full, empty, STAGES, 4);
-
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (tid == 0) {
-            int g = 0; // k steps loaded so far, over all tiles
-            for (int j = 0; j < mine; j++) {
-                const int t = blockIdx.x + j * gridDim.x, m0 = t / NT * WM, n0 = t % NT * BN;
-                for (int kt = 0; kt < KT; kt++, g++) {
-                    const int s = g % STAGES;
-                    if (g >= STAGES)
-                        mbar_wait(empty + 8 * s, (g / STAGES - 1) & 1);
-                    const uint32_t sa = base + s * STAGE_BYTES;
-                    mbar_expect_tx(full + 8 * s, STAGE_BYTES);
-                    tma_load_2d(sa, &tx, full + 8 * s, kt * BK, m0);
-                    tma_load_2d(sa + A_BYTES, &tw, full + 8 * s, kt * BK, n0);
-                }
-            }
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int c = wg - 1, warp = tid / 32, lane = tid % 32;
-    float d[MI][BN / 2];
-    for (int j = c; j < mine; j += 2) {
-        const int t = blockIdx.x + j * gridDim.x, m0 = t / NT * WM, n0 = t % NT * BN;
-        if (j > 0)
-            named_sync(1 + c, 256); // the other has issued tile j - 1's products
-        for (int kt = 0; kt < KT; kt++) {
-            const int g = j * KT + kt, s = g % STAGES;
-            mbar_wait(full + 8 * s, (g / STAGES) & 1);
-            const uint32_t sa = base + s * STAGE_BYTES;
-            const uint64_t db = sw128_desc(sa + A_BYTES);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++)
-#pragma unroll
-                for (int mi = 0; mi < MI; mi++)
-                    wgmma_tile<BN>(d[mi], sw128_desc(sa + mi * 64 * 128) + 2 * kk, db + 2 * kk,
-                                   kt > 0 || kk > 0);
-            wgmma_commit();
-            wgmma_wait<1>();
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++)
-                fence_regs(d[mi]);
-            if (kt > 0 && lane == 0)
-                mbar_arrive(empty + 8 * ((g - 1) % STAGES));
-        }
-        if (j + 1 < mine)
-            named_arrive(2 - c, 256); // the other may issue tile j + 1's
-        wgmma_wait<0>();
-#pragma unroll
-        for (int mi = 0; mi < MI; mi++)
-            fence_regs(d[mi]);
-        if (lane == 0)
-            mbar_arrive(empty + 8 * ((j * KT + KT - 1) % STAGES));
-#pragma unroll
-        for (int mi = 0; mi < MI; mi++)
-            store_tile<BN, GELU>(d[mi], b, y, m0 + mi * 64, n0, R, O, warp, lane);
-    }
-}
-
-// A consuming warp's arrival on the empty barrier of its stage: in both blocks of the cluster,
-// or (MODE 2) in its own.
-template <int MODE> __device__ __forceinline__ void free_stage(uint32_t bar, int rank) {
-    if (MODE == 2) {
-        mbar_arrive(bar);
-    } else {
-        mbar_arrive(bar);
-        mbar_arrive_in(bar, rank ^ 1);
-    }
-}
-
-// Ping-pong as above, in clusters of two blocks side by side along y's columns: the pair takes
-// tile pairs (the same WM rows, 2 BN columns) in turn, and each block loads half of the x slice
-// that both multiply, multicast into both. A stage is refilled only once the consuming warps of
-// both blocks have freed it (each arrives on both blocks' empty barrier: 8 arrivals). This cuts
-// the traffic from L2 a k step from (WM + BN) * 128 to (WM / 2 + BN) * 128 bytes a block.
-// MODE (a diagnosis): 0 as above; 1 each block loads its whole x slice itself, still freeing
-// stages in both; 2 as 1, freeing stages in its own block only (ping-pong in clusters).
-template <int WM, int BN, int STAGES, bool GELU, int MODE>
-__global__ void __launch_bounds__(THREADS, 1)
-    pingpong_mc_kernel(const __grid_constant__ CUtensorMap tx,
-                       const __grid_constant__ CUtensorMap tw, const __nv_bfloat16 *__restrict__ b,
-                       __nv_bfloat16 *__restrict__ y, int R, int O, int I) {
-    constexpr int MI = WM / 64;
-    extern __shared__ unsigned char smem_raw[];
-    const int A_BYTES = WM * BK * 2, STAGE_BYTES = (WM + BN) * BK * 2;
-    const uint32_t base = (smem_u32(smem_raw) + 1023) & ~1023u;
-    const uint32_t full = base + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
-    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    const int rank = (int)cluster_reg(0), cid = (int)cluster_reg(1), ncl = (int)cluster_reg(2);
-    const int KT = I / BK, NP = O / BN / 2, pairs = (R + WM - 1) / WM * NP;
-    const int mine = (pairs - cid + ncl - 1) / ncl;
+    const int rank = MODE == PLAIN ? 0 : (int)cluster_reg(0);
+    const int cid = MODE == PLAIN ? (int)blockIdx.x : (int)cluster_reg(1);
+    const int ncl = MODE == PLAIN ? (int)gridDim.x : (int)cluster_reg(2);
+    const int KT = I / BK, NP = O / BN / WIDTH, units = (R + WM - 1) / WM * NP;
+    const int mine = (units - cid + ncl - 1) / ncl;
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
-            mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, MODE == 2 ? 4 : 8);
+            mbar_init(full + 8 * s, 1); // the producer's expect_tx, then TMA's bytes
+            mbar_init(empty + 8 * s, MODE == MC || MODE == CROSS ? 8 : 4);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    cluster_sync(); // both blocks' barriers exist before either multicasts or arrives
+    if (MODE == PLAIN)
+        __syncthreads();
+    else
+        cluster_sync(); // both blocks' barriers exist before either multicasts or arrives
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (tid == 0) {
-            int g = 0;
+            int g = 0; // k steps loaded so far, over all units
             for (int j = 0; j < mine; j++) {
-                const int p = cid + j * ncl, m0 = p / NP * WM, n0 = (p % NP * 2 + rank) * BN;
+                const int u = cid + j * ncl, m0 = u / NP * WM, n0 = (u % NP * WIDTH + rank) * BN;
                 for (int kt = 0; kt < KT; kt++, g++) {
                     const int s = g % STAGES;
                     if (g >= STAGES)
                         mbar_wait(empty + 8 * s, (g / STAGES - 1) & 1);
                     const uint32_t sa = base + s * STAGE_BYTES;
                     mbar_expect_tx(full + 8 * s, STAGE_BYTES);
-                    if (MODE == 0)
+                    if (MODE == MC)
                         tma_load_2d_mc(sa + rank * (WM / 2) * 128, &tx, full + 8 * s, kt * BK,
                                        m0 + rank * (WM / 2), 3);
                     else
@@ -475,9 +404,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         const int c = wg - 1, warp = tid / 32, lane = tid % 32;
         float d[MI][BN / 2];
         for (int j = c; j < mine; j += 2) {
-            const int p = cid + j * ncl, m0 = p / NP * WM, n0 = (p % NP * 2 + rank) * BN;
+            const int u = cid + j * ncl, m0 = u / NP * WM, n0 = (u % NP * WIDTH + rank) * BN;
             if (j > 0)
-                named_sync(1 + c, 256);
+                named_sync(1 + c, 256); // the other has issued unit j - 1's products
             for (int kt = 0; kt < KT; kt++) {
                 const int g = j * KT + kt, s = g % STAGES;
                 mbar_wait(full + 8 * s, (g / STAGES) & 1);
@@ -491,7 +420,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                         wgmma_tile<BN>(d[mi], sw128_desc(sa + mi * 64 * 128) + 2 * kk, db + 2 * kk,
                                        kt > 0 || kk > 0);
                 wgmma_commit();
-                wgmma_wait<1>();
+                wgmma_wait<1>(); // the group before this one is done: its stage may be refilled
 #pragma unroll
                 for (int mi = 0; mi < MI; mi++)
                     fence_regs(d[mi]);
@@ -499,7 +428,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     free_stage<MODE>(empty + 8 * ((g - 1) % STAGES), rank);
             }
             if (j + 1 < mine)
-                named_arrive(2 - c, 256);
+                named_arrive(2 - c, 256); // the other may issue unit j + 1's
             wgmma_wait<0>();
 #pragma unroll
             for (int mi = 0; mi < MI; mi++)
@@ -511,7 +440,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                 store_tile<BN, GELU>(d[mi], b, y, m0 + mi * 64, n0, R, O, warp, lane);
         }
     }
-    cluster_sync(); // neither block leaves while the other may still write to its memory
+    if (MODE != PLAIN)
+        cluster_sync(); // neither block leaves while the other may still write to its memory
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 g_encode;
@@ -566,38 +496,29 @@ void coop(const GemmCase &c, const LtLinear &ref, __nv_bfloat16 *y) {
             [&] { k<<<grid, THREADS, smem>>>(tx, tw, c.b, y, c.R, c.O, c.I); });
 }
 
-template <int WM, int BN, int STAGES, bool GELU>
-void pingpong(const GemmCase &c, const LtLinear &ref, __nv_bfloat16 *y) {
-    auto k = pingpong_kernel<WM, BN, STAGES, GELU>;
-    const int smem = smem_bytes<WM, BN, STAGES>();
-    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const CUtensorMap tx = tensor_map(c.x, c.R, c.I, WM), tw = tensor_map(c.w, c.O, c.I, BN);
-    const int tiles = (c.R + WM - 1) / WM * (c.O / BN), grid = std::min(tiles, g_sms);
-    char name[64];
-    snprintf(name, sizeof name, "pingpong %dx%d, %d st", WM, BN, STAGES);
-    compare(c, ref, y, GELU, name,
-            [&] { k<<<grid, THREADS, smem>>>(tx, tw, c.b, y, c.R, c.O, c.I); });
-}
-
 template <int WM, int BN, int STAGES, bool GELU, int MODE>
-void pingpong_mc(const GemmCase &c, const LtLinear &ref, __nv_bfloat16 *y) {
-    auto k = pingpong_mc_kernel<WM, BN, STAGES, GELU, MODE>;
+void pingpong(const GemmCase &c, const LtLinear &ref, __nv_bfloat16 *y) {
+    auto k = pingpong_kernel<WM, BN, STAGES, GELU, MODE>;
     const int smem = smem_bytes<WM, BN, STAGES>();
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const CUtensorMap tx = tensor_map(c.x, c.R, c.I, MODE == 0 ? WM / 2 : WM),
+    const CUtensorMap tx = tensor_map(c.x, c.R, c.I, MODE == MC ? WM / 2 : WM),
                       tw = tensor_map(c.w, c.O, c.I, BN);
+    const int width = MODE == PLAIN ? 1 : 2, units = (c.R + WM - 1) / WM * (c.O / BN / width);
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 2, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-    cfg.blockDim = dim3(THREADS), cfg.dynamicSmemBytes = smem, cfg.attrs = attr, cfg.numAttrs = 1;
-    cfg.gridDim = dim3(2 * g_sms);
-    int clusters = 0;
-    CK(cudaOccupancyMaxActiveClusters(&clusters, k, &cfg));
-    const int pairs = (c.R + WM - 1) / WM * (c.O / BN / 2);
-    cfg.gridDim = dim3(2 * std::min(pairs, clusters));
+    cfg.blockDim = dim3(THREADS), cfg.dynamicSmemBytes = smem, cfg.attrs = attr;
+    cfg.numAttrs = MODE == PLAIN ? 0 : 1;
+    int groups = g_sms; // blocks, or clusters of two that fit at once
+    if (MODE != PLAIN) {
+        cfg.gridDim = dim3(2 * g_sms);
+        CK(cudaOccupancyMaxActiveClusters(&groups, k, &cfg));
+    }
+    cfg.gridDim = dim3(width * std::min(units, groups));
+    static const char *share[4] = {"pp-mc", "pp-cross", "pp-cluster", "pingpong"};
     char name[64];
-    snprintf(name, sizeof name, "pp-mc%d %dx%d, %d st, %d cl", MODE, WM, BN, STAGES, clusters);
+    snprintf(name, sizeof name, "%s %dx%d, %d st", share[MODE], WM, BN, STAGES);
     compare(c, ref, y, GELU, name,
             [&] { CK(cudaLaunchKernelEx(&cfg, k, tx, tw, c.b, y, c.R, c.O, c.I)); });
 }
@@ -609,10 +530,10 @@ void run_shape(cublasLtHandle_t lt, void *ws, size_t ws_bytes, int R, int O, int
     __nv_bfloat16 *y;
     CK(cudaMalloc(&y, sizeof(__nv_bfloat16) * R * O));
     coop<256, 4, GELU>(c, ref, y);
-    pingpong<128, 128, 6, GELU>(c, ref, y);
-    pingpong_mc<128, 128, 6, GELU, 0>(c, ref, y);
-    pingpong_mc<128, 128, 6, GELU, 1>(c, ref, y);
-    pingpong_mc<128, 128, 6, GELU, 2>(c, ref, y);
+    pingpong<128, 128, 6, GELU, PLAIN>(c, ref, y);
+    pingpong<128, 128, 6, GELU, MC>(c, ref, y);
+    pingpong<128, 128, 6, GELU, CROSS>(c, ref, y);
+    pingpong<128, 128, 6, GELU, CLUSTER>(c, ref, y);
     CK(cudaFree(y));
 }
 
