@@ -1,10 +1,10 @@
 // pbw_cuda_fusion.cu: products with their activation fused in, through cuDNN's runtime fusion
-// (the backend graph API of cudnn_graph.h). CLIP's first MLP product and its QuickGELU,
-// y = QuickGELU(x W^T + b), run as one kernel: a matmul whose epilogue adds the bias and applies
-// cuDNN's SWISH, x sigmoid(beta x), with beta = 1.702, which is QuickGELU. cuBLASLt has no such
-// epilogue, and the separate pass reads and writes the product's whole output once more (a CMA
-// generation's CLIP: ~3.8 ms of its ~55). bench/cudnn_swish_gemm.cu measured the fused kernel at
-// cuBLASLt's rate for the product alone (22400 x 3072 x 768: 170 us against 169 + 105 us).
+// (the backend graph API). CLIP's first MLP product and its QuickGELU, y = QuickGELU(x W^T + b),
+// run as one kernel: a matmul whose epilogue adds the bias and applies cuDNN's SWISH,
+// x sigmoid(beta x), with beta = 1.702, which is QuickGELU. cuBLASLt has no such epilogue, and
+// the separate pass reads and writes the product's whole output once more (a CMA generation's
+// CLIP: ~3.8 ms of its ~55). bench/cudnn_swish_gemm.cu measured the fused kernel at cuBLASLt's
+// rate for the product alone (22400 x 3072 x 768: 170 us against 169 + 105 us).
 //
 // Where it runs: half operands (bf16 or fp16; the weight's and bias's cached half copies) and a
 // half output, no gradient (pbw_linear_quick_gelu on half activations: CMA's CLIP). The sums and
@@ -22,8 +22,6 @@
 // replaced by a fresh build. PBW_CUDNN_CACHE=0 neither reads nor writes the files. A shape whose
 // plan cuDNN refuses is remembered as refused and runs as the two ops. PBW_CUDA_GELU_FUSION=0
 // turns the fusion off.
-#include <cudnn_graph.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -297,8 +295,10 @@ fusion_plan *plan_for(const fusion_key &k, bool fresh = false) {
         return p;
     }
     build(*p);
+#if CUDNN_MAJOR >= 9
     char msg[256];
     cudnnGetLastErrorString(msg, sizeof msg); // a refused config's message is no failure of ours
+#endif
     if (!p->ok)
         drop(*p);
     else if (file)
