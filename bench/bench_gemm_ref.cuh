@@ -34,13 +34,14 @@ __global__ void quick_gelu_kernel(uint4 *y, size_t n8) {
     }
 }
 
-// Deterministic values uniform in [-scale, scale).
-__global__ void fill(__nv_bfloat16 *p, size_t n, float scale, unsigned seed) {
+// Deterministic values uniform in [offset - scale, offset + scale), as T (float or bf16).
+template <typename T>
+__global__ void fill(T *p, size_t n, float scale, unsigned seed, float offset = 0.0f) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         unsigned h = (unsigned)i * 2654435761u ^ seed;
         h ^= h >> 13, h *= 0x5bd1e995u, h ^= h >> 15;
-        p[i] = __float2bfloat16(scale * ((h & 0xffffff) / 8388608.0f - 1.0f));
+        p[i] = (T)(offset + scale * ((h & 0xffffff) / 8388608.0f - 1.0f));
     }
 }
 
