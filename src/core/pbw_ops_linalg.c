@@ -258,7 +258,7 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
 pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
 #ifdef PBW_HAVE_CUDA
     pbw_tensor *in[3] = {x, w, b};
-    if (x && w && b && pbw_on_cuda(ctx) && x->half_only && w->ndim == 2 &&
+    if (x && w && b && pbw_on_cuda(ctx) && x->half_only && x->ndim >= 1 && w->ndim == 2 &&
         x->shape[x->ndim - 1] == w->shape[1] && b->numel == w->shape[0] &&
         pbw_half_out(ctx, in, 3)) {
         if (pbw_op_begin_half(ctx, "linear_quick_gelu", 1, &x) ||
@@ -270,7 +270,9 @@ pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pb
         oshape[x->ndim - 1] = O;
         pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
         if (!y || !pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
-        if (x->half_only && pbw_cuda_linear_quick_gelu(x->half, w->data, b->data, y->half, R, O, I) == 0)
+        /* x stays half_only unless it was held as NHWC halves (pbw_op_begin_half wrote it) */
+        if (x->half_only &&
+            pbw_cuda_linear_quick_gelu(x->half, w->data, b->data, y->half, R, O, I) == 0)
             return y; /* no gradient: nothing to record */
         /* not taken: y's memory stays with the context until its next release */
     }
