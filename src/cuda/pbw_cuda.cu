@@ -95,14 +95,14 @@ extern "C" int pbw_cuda_init(int dev, pbw_err *err) {
 extern "C" int pbw_cuda_current(void) { return g_dev; }
 
 int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f) {
-    *f = nullptr;
+    if (f) *f = nullptr;
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, g_dev) != cudaSuccess) {
         cudaGetLastError();
         return -1;
     }
     if (pbw_cache_path(kind, prop.name, version, path, n)) return -1;
-    *f = std::fopen(path, "r");
+    if (f) *f = std::fopen(path, "r");
     return 0;
 }
 

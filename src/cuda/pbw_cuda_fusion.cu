@@ -120,6 +120,34 @@ struct builder {
     }
 };
 
+// Finalizes an execution plan made from `source` (an engine config, or the plan's JSON) into
+// p, with its workspace size; false (nothing kept) when cuDNN refuses it.
+bool finish_plan(fusion_plan &p, cudnnBackendAttributeName_t source,
+                 cudnnBackendAttributeType_t type, int64_t count, const void *value) {
+    cudnnHandle_t dnn = pbw_cudnn();
+    cudnnBackendDescriptor_t plan = nullptr;
+    int64_t ws = 0, got = 0;
+    const bool ok =
+        cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) ==
+            CUDNN_STATUS_SUCCESS &&
+        cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                 &dnn) == CUDNN_STATUS_SUCCESS &&
+        cudnnBackendSetAttribute(plan, source, type, count, value) == CUDNN_STATUS_SUCCESS &&
+        cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
+        cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64,
+                                 1, &got, &ws) == CUDNN_STATUS_SUCCESS;
+    if (!ok) {
+        if (plan)
+            cudnnBackendDestroyDescriptor(plan);
+        return false;
+    }
+    p.descs.push_back(plan);
+    p.plan = plan;
+    p.ws_bytes = ws;
+    p.ok = true;
+    return true;
+}
+
 // The graph y = SWISH_1.702(x W^T + b) for p.k, and the first plan of the heuristic's configs
 // that builds. x (R,I), y (R,O) row-major; W (O,I) row-major read as W^T (I,O) column-major.
 void build(fusion_plan &p) {
@@ -169,28 +197,10 @@ void build(fusion_plan &p) {
         bd.st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                          CUDNN_TYPE_BACKEND_DESCRIPTOR, (int64_t)cfgs.size(), &n,
                                          cfgs.data());
-    for (int64_t i = 0; bd.st == CUDNN_STATUS_SUCCESS && i < n && i < (int64_t)cfgs.size(); i++) {
-        cudnnBackendDescriptor_t plan = nullptr;
-        if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) !=
-            CUDNN_STATUS_SUCCESS)
-            return;
-        int64_t ws = 0, got = 0;
-        if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
-                                     &dnn) == CUDNN_STATUS_SUCCESS &&
-            cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
-                                     &cfgs[(size_t)i]) == CUDNN_STATUS_SUCCESS &&
-            cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
-            cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                     CUDNN_TYPE_INT64, 1, &got, &ws) == CUDNN_STATUS_SUCCESS) {
-            p.descs.push_back(plan);
-            p.plan = plan;
-            p.ws_bytes = ws;
-            p.ok = true;
-            return;
-        }
-        cudnnBackendDestroyDescriptor(plan); // this config refused: the next
-    }
+    for (int64_t i = 0; bd.st == CUDNN_STATUS_SUCCESS && i < n && i < (int64_t)cfgs.size(); i++)
+        if (finish_plan(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                        1, &cfgs[(size_t)i]))
+            return; // else this config was refused: the next
 }
 
 void drop(fusion_plan &p) {
@@ -212,12 +222,7 @@ bool plan_file(const fusion_key &k, char *path, size_t n, char *header, size_t h
              (long long)k.O, (long long)k.I, prec);
     snprintf(header, hn, "pbw cudnn plan v1 quick_gelu %lld %lld %lld %s\n", (long long)k.R,
              (long long)k.O, (long long)k.I, prec);
-    FILE *f = nullptr;
-    if (pbw_cuda_cache_file(kind, cudnnGetVersion(), path, n, &f))
-        return false;
-    if (f)
-        std::fclose(f);
-    return true;
+    return pbw_cuda_cache_file(kind, cudnnGetVersion(), path, n, nullptr) == 0;
 }
 
 // p's plan from its file, when the file begins with header and cuDNN takes the rest.
@@ -229,30 +234,11 @@ bool load_plan(fusion_plan &p, const char *path, const char *header) {
         std::free(text);
         return false;
     }
-    cudnnHandle_t dnn = pbw_cudnn();
-    cudnnBackendDescriptor_t plan = nullptr;
-    int64_t ws = 0, got = 0;
-    bool ok = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) ==
-                  CUDNN_STATUS_SUCCESS &&
-              cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
-                                       &dnn) == CUDNN_STATUS_SUCCESS &&
-              cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
-                                       CUDNN_TYPE_CHAR, (int64_t)(n - hl),
-                                       text + hl) == CUDNN_STATUS_SUCCESS &&
-              cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
-              cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                       CUDNN_TYPE_INT64, 1, &got, &ws) == CUDNN_STATUS_SUCCESS;
+    const bool ok = finish_plan(p, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                                (int64_t)(n - hl), text + hl);
     std::free(text);
-    if (!ok) {
-        if (plan)
-            cudnnBackendDestroyDescriptor(plan);
-        return false;
-    }
-    p.descs.push_back(plan);
-    p.plan = plan;
-    p.ws_bytes = ws;
-    p.ok = p.from_file = true;
-    return true;
+    p.from_file = ok;
+    return ok;
 }
 
 // Writes p's plan to its file: header, then cuDNN's JSON of the plan.
@@ -306,8 +292,6 @@ fusion_plan *plan_for(const fusion_key &k, bool fresh = false) {
     return p;
 }
 
-bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 // Runs p's plan on the operands; the status.
 cudnnStatus_t run_plan(const fusion_plan &p, const void *xh, const void *wh, const void *bh,
                        void *yh) {
@@ -359,7 +343,7 @@ extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const 
         return -1;
     const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
     const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
-    if (!bh || !aligned16(xh) || !aligned16(wh) || !aligned16(bh) || !aligned16(yh) ||
+    if (!bh || (((uintptr_t)xh | (uintptr_t)wh | (uintptr_t)bh | (uintptr_t)yh) & 15) ||
         (I * 2) % 16 || (O * 2) % 16)
         return -1;
     const fusion_key k{R, O, I, prec};

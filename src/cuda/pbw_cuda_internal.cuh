@@ -167,8 +167,8 @@ template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const floa
 }
 
 // The libraries' choice file `kind` for this GPU and library `version` (core/pbw_cache.h):
-// its path in path (n bytes) and *f opened for reading, or NULL when it does not exist yet.
-// -1 when it has no place (no cache folder, or the device's name is unknown).
+// its path in path (n bytes) and, unless f is NULL, *f opened for reading, or NULL when it does
+// not exist yet. -1 when it has no place (no cache folder, or the device's name is unknown).
 int pbw_cuda_cache_file(const char *kind, size_t version, char *path, size_t n, FILE **f);
 
 // Reads that file: on_line(v) for each line tagged `tag` with exactly NF numbers
