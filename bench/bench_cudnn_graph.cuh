@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -267,7 +268,8 @@ struct ConfigResults {
 
 // Every engine config heuristic mode A proposes for `graph` (B, then FALLBACK, only where A gives
 // no working plan), each given to run() (run_plan with the graph's operands), a line each with
-// its rate for `flop` operations. False when no plan worked.
+// its rate for `flop` operations; with PBW_BENCH_CONFIG=I set, config I alone (a config that
+// faults takes the process with it). False when no plan worked.
 static inline bool try_configs(const Desc &graph, double flop,
                                const std::function<cudnnStatus_t(const Desc &, PlanRun *)> &run,
                                ConfigResults *res) {
@@ -282,9 +284,12 @@ static inline bool try_configs(const Desc &graph, double flop,
             printf("  heuristic mode %s failed: %s\n", name, dnn_last_failure.c_str());
         else
             printf("  heuristic mode %s: %zu engine configs\n", name, got.size());
+        const char *only = getenv("PBW_BENCH_CONFIG");
         for (Desc &cfg : got) {
             const size_t k = res->cfgs.size();
             res->cfgs.push_back(std::move(cfg));
+            if (only && atoi(only) != (int)k)
+                continue;
             const std::string what = describe_engine(res->cfgs[k]);
             PlanRun r;
             if (run(res->cfgs[k], &r) != CUDNN_STATUS_SUCCESS) {

@@ -18,16 +18,26 @@
 // runs after 3 warm-ups, at the generator's 3x3 convolutions without upsampling for a CMA batch of
 // 14 at 256 px (channel multiplier 2): 32, 64, 128 and 256 px.
 //
-// Measured on an H100 80GB HBM3 (cuDNN 9.14), pbw's path: 32 px 152-199 us + the pass 24 us;
-// 64 px 455 + 74 us; 128 px 389 + 137 us; 256 px 428 + 188 us. The pass is 14-44% of the
-// convolution, which is what the fusion could save. The fused graph was not timed: the first
-// config the heuristic proposes (runtime-compiled) faulted with a misaligned address (CUDA error
-// 716) at every shape, both with the gain as a (1,1,1,1) operand of a final MUL and with it
-// taken into d, noise and b, the noise's strides then (HW, HW, W, 1). Its strides as NHWC with
-// one channel (HW, 1, W, 1), as now, and the graph without noise (`nonoise`) were not run yet.
+// Measured with cuDNN 9.14. pbw's path on an H100 80GB HBM3: 32 px 152-199 us + the pass 24 us;
+// 64 px 455 + 74 us; 128 px 389 + 137 us; 256 px 428 + 188 us (the pass 14-44% of the
+// convolution: what the fusion could save). The whole epilogue cannot be fused: at 64 px on an
+// H200, every engine config of `full` and of `nonoise` either faults with a misaligned address
+// (CUDA error 716: configs 0-4, 8 and 9, engine 4, runtime-compiled) or runs and is wrong (5-7,
+// engine 7: max abs diff 2.4 of 2.5); with d's strides those of a packed tensor (`dpacked`) none
+// faults and every one is wrong (up to 1e36). What the three have in common is d, a per-sample,
+// per-channel (N,K,1,1) operand: `nod`, the same graph without it (the noise's per-pixel
+// operand kept), is right with all 10 configs, the best 363 us against 510 us for the
+// convolution and the pass, and `plain` (bias and activation alone) is right everywhere (H100:
+// 103.5 / 358 / 370 / 427 us at 32 / 64 / 128 / 256 px). StyleGAN2's demodulation is per sample
+// and output channel, so it cannot move into the weight of a batched convolution, and without it
+// the epilogue is not StyleGAN2's. `conv`, the convolution alone through the backend API
+// (engine 62, no runtime compilation), ran 108 / 348 / 350 / 363 us on the H200, 1.79 / 1.44 /
+// 1.59 / 1.63 times faster than the legacy algorithm's convolution and pass; that is why pbw now
+// measures the backend API's engine configs beside the legacy algorithms (pbw_cuda_conv.cu).
 // Standalone:
 //   nvcc -O3 -arch=sm_90 bench/cudnn_conv_act.cu -lcudnn -o build/cudnn_conv_act
-//   build/cudnn_conv_act [K [nonoise]]    (shape K alone, 0-3; without the noise term)
+//   build/cudnn_conv_act [K [full|dpacked|nonoise|nod|plain|conv]]  (shape K alone, 0-3; the
+//                      graph's epilogue, Mode below; PBW_BENCH_CONFIG=I: engine config I alone)
 #include <cmath>
 #include <cstring>
 
@@ -37,7 +47,15 @@
 namespace {
 
 const float SLOPE = 0.2f; // StyleGAN2's leaky ReLU
-bool g_noise = true;      // the noise term in the graph (else zero noise on both sides)
+// Which epilogue the graph has: all of it (DPACKED: with d's strides those of a packed NCHW
+// tensor), no noise term (zero noise on both sides), no demodulation (d = 1 on both sides), the
+// bias and the activation alone (d = 1 and zero noise: cuDNN's common ConvBiasAct), or none (the
+// convolution alone, checked against the legacy API's).
+enum Mode { FULL, DPACKED, NONOISE, NOD, PLAIN, CONV };
+const char *const MODE_NAMES[] = {"full", "dpacked", "nonoise", "nod", "plain", "conv"};
+Mode g_mode = FULL;
+bool has_d() { return g_mode == FULL || g_mode == DPACKED || g_mode == NONOISE; }
+bool has_noise() { return g_mode == FULL || g_mode == DPACKED || g_mode == NOD; }
 
 // The graph's tensors; the first six are the ones the variant pack binds.
 enum : int64_t {
@@ -99,7 +117,10 @@ struct ConvActGraph {
         const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
         make_tensor(x, UID_X, bf, {N, C, H, W}, {H * W * C, 1, W * C, C}, false);
         make_tensor(w, UID_W, bf, {K, C, 3, 3}, {9 * C, 1, 3 * C, C}, false);
-        make_tensor(d, UID_D, f32, {N, K, 1, 1}, {K, 1, K, K}, false);
+        make_tensor(d, UID_D, f32, {N, K, 1, 1},
+                    g_mode == DPACKED ? std::vector<int64_t>{K, 1, 1, 1}
+                                      : std::vector<int64_t>{K, 1, K, K},
+                    false);
         make_tensor(noise, UID_NOISE, f32, {N, 1, H, W}, {H * W, 1, W, 1}, false);
         make_tensor(b, UID_B, f32, {1, K, 1, 1}, {K, 1, K, K}, false);
         const std::vector<int64_t> dims = {N, K, H, W}, nhwc = {H * W * K, 1, W * K, K};
@@ -122,7 +143,7 @@ struct ConvActGraph {
         const float one = 1.0f, zero = 0.0f;
         set_desc(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x);
         set_desc(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w);
-        set_desc(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, conv);
+        set_desc(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, g_mode == CONV ? y : conv);
         set_desc(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, cd);
         set(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &one);
         set(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &zero);
@@ -136,16 +157,23 @@ struct ConvActGraph {
         const double slope = SLOPE;
         set(relu, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE, CUDNN_TYPE_DOUBLE, 1, &slope);
         DNN_TRY(cudnnBackendFinalize(relu.d));
-        DNN_TRY(make_pointwise_op(op_d, mul, conv, &d, t1));
-        if (g_noise)
-            DNN_TRY(make_pointwise_op(op_noise, add, t1, &noise, t2));
-        DNN_TRY(make_pointwise_op(op_b, add, g_noise ? t2 : t1, &b, t3));
-        DNN_TRY(make_pointwise_op(op_relu, relu, t3, nullptr, y));
-
-        const cudnnBackendDescriptor_t with[5] = {conv_op.d, op_d.d, op_noise.d, op_b.d, op_relu.d},
-                                       without[4] = {conv_op.d, op_d.d, op_b.d, op_relu.d};
-        set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g_noise ? 5 : 4,
-            g_noise ? with : without);
+        std::vector<cudnnBackendDescriptor_t> ops = {conv_op.d};
+        const Desc *last = &conv;
+        if (has_d()) {
+            DNN_TRY(make_pointwise_op(op_d, mul, *last, &d, t1));
+            ops.push_back(op_d.d), last = &t1;
+        }
+        if (has_noise()) {
+            DNN_TRY(make_pointwise_op(op_noise, add, *last, &noise, t2));
+            ops.push_back(op_noise.d), last = &t2;
+        }
+        if (g_mode != CONV) {
+            DNN_TRY(make_pointwise_op(op_b, add, *last, &b, t3));
+            DNN_TRY(make_pointwise_op(op_relu, relu, t3, nullptr, y));
+            ops.push_back(op_b.d), ops.push_back(op_relu.d);
+        }
+        set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            (int64_t)ops.size(), ops.data());
         set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &dnn);
         DNN_TRY(cudnnBackendFinalize(graph.d));
         return CUDNN_STATUS_SUCCESS;
@@ -181,8 +209,8 @@ bool run_shape(cudnnHandle_t dnn, int N, int C, int K, int H, int W) {
     CK(cudaMalloc(&b, sizeof(float) * K));
     fill<<<1024, 256>>>(x, nx, 1.0f, 1u);
     fill<<<1024, 256>>>(w, nw, 1.0f / sqrtf(9.0f * C), 2u);
-    fill<<<64, 256>>>(d, (size_t)N * K, 0.5f, 3u, 1.0f);
-    fill<<<1024, 256>>>(noise, (size_t)N * H * W, g_noise ? 0.1f : 0.0f, 4u);
+    fill<<<64, 256>>>(d, (size_t)N * K, has_d() ? 0.5f : 0.0f, 3u, 1.0f);
+    fill<<<1024, 256>>>(noise, (size_t)N * H * W, has_noise() ? 0.1f : 0.0f, 4u);
     fill<<<64, 256>>>(b, (size_t)K, 0.1f, 5u);
     CK(cudaGetLastError());
 
@@ -243,18 +271,25 @@ bool run_shape(cudnnHandle_t dnn, int N, int C, int K, int H, int W) {
         printf("  cuDNN refused the graph: %s\n  (%s says why)\n", dnn_last_failure.c_str(),
                DNN_LOG_HINT);
     } else {
+        std::vector<int64_t> uids = {UID_X, UID_W};
+        std::vector<void *> ptrs = {x, w};
+        if (has_d())
+            uids.push_back(UID_D), ptrs.push_back(d);
+        if (has_noise())
+            uids.push_back(UID_NOISE), ptrs.push_back(noise);
+        if (g_mode != CONV)
+            uids.push_back(UID_B), ptrs.push_back(b);
+        uids.push_back(UID_Y), ptrs.push_back(y);
         ConfigResults res;
         ok = try_configs(
             g.graph, flop,
             [&](const Desc &cfg, PlanRun *r) {
                 return run_plan(
-                    dnn, cfg,
-                    g_noise ? std::vector<int64_t>{UID_X, UID_W, UID_D, UID_NOISE, UID_B, UID_Y}
-                            : std::vector<int64_t>{UID_X, UID_W, UID_D, UID_B, UID_Y},
-                    g_noise ? std::vector<void *>{x, w, d, noise, b, y}
-                            : std::vector<void *>{x, w, d, b, y},
-                    [&] { CK(cudaMemset(y, 0, ny * 2)); },
-                    [&](double *err, double *scale) { compare(y_ref, y, ny, err, scale); }, r);
+                    dnn, cfg, uids, ptrs, [&] { CK(cudaMemset(y, 0, ny * 2)); },
+                    [&](double *err, double *scale) {
+                        compare(g_mode == CONV ? c : y_ref, y, ny, err, scale);
+                    },
+                    r);
             },
             &res);
         if (ok)
@@ -272,13 +307,16 @@ bool run_shape(cudnnHandle_t dnn, int N, int C, int K, int H, int W) {
 
 } // namespace
 
-// cudnn_conv_act [K [nonoise]]: every shape, or shape K (0-3) alone (an engine that faults takes
-// its process with it: one process a shape keeps the others' results); nonoise: the graph
-// without its noise term (and zero noise in pbw's pass).
+// cudnn_conv_act [K [MODE]]: every shape, or shape K (0-3) alone (an engine that faults takes its
+// process with it: one process a shape keeps the others' results); MODE one of MODE_NAMES
+// (Mode says which graph each is). PBW_BENCH_CONFIG=I runs engine config I alone.
 int main(int argc, char **argv) {
     const int shapes[4][4] = {{512, 32}, {512, 64}, {256, 128}, {128, 256}};
     const int only = argc > 1 ? atoi(argv[1]) : -1;
-    g_noise = !(argc > 2 && !strcmp(argv[2], "nonoise"));
+    for (int m = 0; argc > 2 && m <= CONV; m++)
+        if (!strcmp(argv[2], MODE_NAMES[m]))
+            g_mode = (Mode)m;
+    printf("graph: %s\n", MODE_NAMES[g_mode]);
     printf("cuDNN %zu (built against %d)\n", cudnnGetVersion(), CUDNN_VERSION);
     cudnnHandle_t dnn;
     DNN_CK(cudnnCreate(&dnn));
