@@ -502,6 +502,58 @@ PBW_TEST(cuda_conv_gemm) {
 #endif
 }
 
+/* Staged convolutions as plans of cuDNN's backend API (PBW_CUDNN_BACKEND=1 forces the first
+ * engine config that builds, where measuring keeps the fastest when it beats the legacy
+ * algorithms): forward and backward-data (each case's input gradient; the transposed cases'
+ * forward), in bf16 and fp16 against the CPU's fp32. The plans must have run; with
+ * PBW_CUDNN_BACKEND=0 none may. */
+PBW_TEST(cuda_conv_backend) {
+#ifdef PBW_HAVE_CUDA
+    static const conv_case cases[] = {
+        {"3x3 pad 1", 2, 16, 17, 19, 24, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+        {"3x3 stride 2 pad 1", 2, 16, 9, 7, 24, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, 0},
+        {"3x3 dilation 2 pad 2", 1, 24, 8, 8, 16, 3, 3, {.pad_h = 2, .pad_w = 2, .dil_h = 2, .dil_w = 2}, 1},
+        {"1x1", 3, 32, 5, 6, 16, 1, 1, {0}, 0},
+        {"StyleGAN2 128ch 32x32", 2, 128, 32, 32, 128, 3, 3, {.pad_h = 1, .pad_w = 1}, 1},
+    };
+    static const conv_case tcases[] = {
+        {"3x3 stride 2", 2, 16, 9, 9, 8, 3, 3, {.stride_h = 2, .stride_w = 2}, 0},
+        {"3x3/2 pad 1 out_pad 1", 2, 16, 9, 7, 24, 3, 3,
+         {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .out_pad_h = 1, .out_pad_w = 1}, 1},
+    };
+    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    char dir[] = "/tmp/pbw_backend_conv_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *saved, *saved_dir;
+    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    pbw_test_env_set("PBW_CUDNN_BACKEND", "1", &saved);
+    for (int pi = 0; pi < 2; pi++) {
+        pbw_cuda_set_precision(precs[pi]);
+        const char *pn = pbw_precision_name(precs[pi]);
+        pbw_cuda_conv_forget();
+        const long before = pbw_cuda_conv_backend_calls();
+        CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, pn, TOL_HALF) == 0);
+        CHECK(conv_cases(tcases, sizeof tcases / sizeof tcases[0], 1, pn, TOL_HALF) == 0);
+        const long ran = pbw_cuda_conv_backend_calls() - before;
+        printf("  %s: %ld backend plans ran\n", pn, ran);
+        CHECK(ran >= 14); /* each case's forward and input gradient at least once */
+    }
+    setenv("PBW_CUDNN_BACKEND", "0", 1);
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_cuda_conv_forget();
+    const long before = pbw_cuda_conv_backend_calls();
+    CHECK(conv_cases(cases, 1, 0, "bf16 (legacy algorithms)", TOL_HALF) == 0);
+    CHECK(pbw_cuda_conv_backend_calls() == before);
+    pbw_test_env_restore("PBW_CUDNN_BACKEND", saved);
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
+    pbw_cuda_conv_forget();
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+#endif
+}
+
 /* sg_conv plain (forward staged, input gradient staged backward-data accumulating) and
  * transposed (forward staged backward-data, input gradient staged forward accumulating), with
  * the plan's cached half KRSC weight; the last case is not staged (4 output channels). */
@@ -1430,6 +1482,38 @@ static int conv_once(pbw_precision prec, float *out, float *gx, size_t n_out, si
 }
 
 #endif
+
+/* A backend plan's choice read back by a new "process": the first runs with
+ * PBW_CUDNN_BACKEND=1 (its forward and backward-data configs written as measured picks are),
+ * the second as by default, which takes both from the file (the plans made from the same
+ * engine configs, nothing measured) and gives the same bytes. */
+PBW_TEST(cuda_conv_backend_choice_cache) {
+#ifdef PBW_HAVE_CUDA
+    char dir[] = "/tmp/pbw_backend_choice_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *saved_dir, *saved;
+    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    pbw_test_env_set("PBW_CUDNN_BACKEND", "1", &saved);
+    static float y1[2 * 32 * 400], y2[2 * 32 * 400], g1[2 * 16 * 400], g2[2 * 16 * 400];
+    pbw_cuda_conv_forget();
+    const long calls0 = pbw_cuda_conv_backend_calls();
+    CHECK(conv_once(PBW_PREC_BF16, y1, g1, 2 * 32 * 400, 2 * 16 * 400) == 0);
+    const long first = pbw_cuda_conv_forget(), calls1 = pbw_cuda_conv_backend_calls();
+    unsetenv("PBW_CUDNN_BACKEND");
+    CHECK(conv_once(PBW_PREC_BF16, y2, g2, 2 * 32 * 400, 2 * 16 * 400) == 0);
+    const long second = pbw_cuda_conv_forget(), calls2 = pbw_cuda_conv_backend_calls();
+    printf("  backend plans run %ld then %ld; choices from the file %ld then %ld\n",
+           calls1 - calls0, calls2 - calls1, first, second);
+    CHECK(calls1 - calls0 >= 2 && calls2 - calls1 >= 2);
+    CHECK(first == 0 && second == 2); /* forward and backward-data (backward-filter measured) */
+    CHECK(!memcmp(y1, y2, sizeof y1) && !memcmp(g1, g2, sizeof g1));
+    pbw_test_env_restore("PBW_CUDNN_BACKEND", saved);
+    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+#endif
+}
 
 PBW_TEST(cuda_conv_algo_cache) {
 #ifdef PBW_HAVE_CUDA

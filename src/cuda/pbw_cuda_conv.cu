@@ -80,6 +80,7 @@
 
 #include "core/pbw_cache.h"
 #include "cuda/pbw_cuda_conv.h"
+#include "cuda/pbw_cuda_dnn.cuh"
 #include "cuda/pbw_cuda_internal.cuh"
 #include "cuda/pbw_cuda_stylegan.cuh"
 
@@ -98,6 +99,8 @@ struct conv_key {
     int prec;
 };
 
+struct backend_conv;
+
 struct conv_plan {
     int used;
     conv_key key;
@@ -114,6 +117,12 @@ struct conv_plan {
     int algo[3];             // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
     cudnnMathType_t math[3]; // math type of that algorithm
     size_t ws[3];            // its workspace bytes
+    // ALGO_BACKEND's execution plan (FWD and BWD_DATA; NULL until chosen) and, for a staged
+    // call whose operands are not 16-byte aligned, the legacy algorithm cuDNN's heuristics give
+    backend_conv *bk[2];
+    int bk_code[2]; // the plan's config: engine * 256 + its place in the heuristic's list
+    int fb_have[2], fb_algo[2];
+    size_t fb_ws[2];
 };
 
 const int NPLANS = 256; // a generator, LPIPS and CLIP at two batch sizes fit
@@ -124,8 +133,12 @@ int key_equal(const conv_key &a, const conv_key &b) {
     return std::memcmp(&a.g, &b.g, sizeof a.g) == 0 && a.prec == b.prec;
 }
 
+void backend_free(backend_conv *b);
+
 void plan_destroy(conv_plan *p) {
     if (!p->used) return;
+    for (int d = 0; d < 2; d++) backend_free(p->bk[d]);
+    p->bk[0] = p->bk[1] = NULL;
     cudnnDestroyTensorDescriptor(p->xd);
     cudnnDestroyTensorDescriptor(p->yd);
     cudnnDestroyFilterDescriptor(p->wd);
@@ -449,10 +462,197 @@ float gemm_conv_time(const conv_plan *p, const void *xh, const void *wh, void *o
     return t;
 }
 
+// ---- cuDNN's backend API: engine configs, a candidate beside the legacy algorithms ----
+// cudnnFind*Ex chooses among the legacy API's eight algorithms; the backend API's heuristic
+// lists a few dozen engine configs of the same convolution (engine 62's tile shapes, ...), and
+// bench/cudnn_conv_act.cu measured the best of them 15-35% faster than Find's pick at
+// StyleGAN2's 3x3 convolutions (batch 14, bf16 NHWC, on an H200: 32 px 108 against ~169 us,
+// 64 px 348 against ~428). So a staged forward or backward-data (one group) also measures the
+// engine configs heuristic mode A lists (at most BACKEND_MAX_CONFIGS; none that compiles its
+// kernel at run time, 0.3-1 s a plan, and none cuDNN notes as nondeterministic) and keeps the
+// fastest, as the pseudo-algorithm ALGO_BACKEND, where it beats the legacy pick (and the im2col
+// product). The cache file's choice line names the config by its place in the heuristic's list
+// and its engine (bk_code; the file is per GPU model and cuDNN version, for which the list is
+// the same), and a later process makes the plan from the same config without measuring (a
+// config that is no longer there, or is another engine's, is measured afresh). A staged call
+// whose operands are not 16-byte aligned (the plan's promise) runs the legacy algorithm cuDNN's
+// heuristics give instead. PBW_CUDNN_BACKEND=0: never, and no choice read or written; =1: the
+// first plan that builds, wherever one does, unmeasured, and written to the file as a measured
+// pick would be (tests).
+const int ALGO_BACKEND = 1001;
+const int BACKEND_MAX_CONFIGS = 40;
+enum : int64_t { BK_X = 1, BK_W, BK_Y };
+
+struct backend_conv {
+    pbw_dnn_graph graph; // the descriptors of a plan made from a config (empty from a file)
+    pbw_dnn_plan plan;
+};
+
+void backend_free(backend_conv *b) { delete b; }
+
+long g_backend_calls;
+
+int backend_forced() {
+    return pbw_env_set("PBW_CUDNN_BACKEND") ? 1 : pbw_env_zero("PBW_CUDNN_BACKEND") ? 0 : -1;
+}
+
+bool backend_eligible(const conv_plan *p, int dir) {
+    return (dir == DIR_FWD || dir == DIR_BWD_DATA) && p->stage[dir] && p->key.g.G == 1 &&
+           backend_forced() != 0;
+}
+
+// The operation graph of direction dir of p: x (N,C,H,W), w (O,C,KH,KW) and y (N,O,OH,OW) as
+// the staged NHWC / KRSC halves, fp32 sums; NULL when cuDNN refuses it.
+cudnnBackendDescriptor_t backend_graph(pbw_dnn_graph &gr, const conv_plan *p, int dir) {
+    const pbw_cpu_conv_geom &g = p->key.g;
+    const cudnnDataType_t h = half_type(p->key.prec), f32 = CUDNN_DATA_FLOAT;
+    const int64_t xd[4] = {g.N, g.C, g.H, g.W}, wd[4] = {g.O, g.C, g.KH, g.KW},
+                  yd[4] = {g.N, g.O, g.OH, g.OW};
+    const int64_t xs[4] = {(int64_t)g.H * g.W * g.C, 1, (int64_t)g.W * g.C, g.C},
+                  ws[4] = {(int64_t)g.KH * g.KW * g.C, 1, (int64_t)g.KW * g.C, g.C},
+                  ys[4] = {(int64_t)g.OH * g.OW * g.O, 1, (int64_t)g.OW * g.O, g.O};
+    cudnnBackendDescriptor_t x = gr.tensor(BK_X, h, 4, xd, xs, false);
+    cudnnBackendDescriptor_t w = gr.tensor(BK_W, h, 4, wd, ws, false);
+    cudnnBackendDescriptor_t y = gr.tensor(BK_Y, h, 4, yd, ys, false);
+    cudnnBackendDescriptor_t cd = gr.make(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+    const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    const int64_t dims = 2, dil[2] = {g.dh, g.dw}, str[2] = {g.sh, g.sw}, pad[2] = {g.ph, g.pw};
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &dims);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dil);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, str);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
+    gr.set(cd, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
+    gr.finalize(cd);
+    const float one = 1.0f, zero = 0.0f;
+    cudnnBackendDescriptor_t op;
+    if (dir == DIR_FWD) {
+        op = gr.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, y);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, cd);
+        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &one);
+        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &zero);
+    } else {
+        op = gr.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, x);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, w);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, y);
+        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, cd);
+        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, 1, &one);
+        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, 1, &zero);
+    }
+    gr.finalize(op);
+    cudnnBackendDescriptor_t graph = gr.graph(&op, 1);
+    return gr.st == CUDNN_STATUS_SUCCESS ? graph : NULL;
+}
+
+// Runs plan pl of direction dir: its input `in` (x forward, dy backward-data), the KRSC weight
+// wh, its output `out`.
+cudnnStatus_t backend_run(const pbw_dnn_plan &pl, int dir, const void *in, const void *wh,
+                          void *out) {
+    const int64_t uids[3] = {BK_X, BK_W, BK_Y};
+    void *x = dir == DIR_FWD ? const_cast<void *>(in) : out;
+    void *y = dir == DIR_FWD ? out : const_cast<void *>(in);
+    void *const ptrs[3] = {x, const_cast<void *>(wh), y};
+    return pl.execute(3, uids, ptrs);
+}
+
+// Whether an engine config may be measured and kept: none that compiles its kernel when its
+// plan is made (0.3-1 s a plan) and none whose results cuDNN notes as nondeterministic.
+bool backend_config_ok(const pbw_dnn_notes &nt) {
+    return !nt.runtime_compiled && !nt.nondeterministic && nt.engine >= 0 && nt.engine < (1 << 22);
+}
+
+// Direction dir's plan of p from the config bk_code names (a choice read from the file) into
+// p->bk[dir]; false when the heuristic no longer lists that engine there or cuDNN refuses it.
+bool backend_load(conv_plan *p, int dir, int code) {
+    const int index = code % 256;
+    const int64_t engine = code / 256;
+    backend_conv *b = new backend_conv;
+    cudnnBackendDescriptor_t graph = backend_graph(b->graph, p, dir);
+    bool ok = false;
+    if (graph && index < BACKEND_MAX_CONFIGS) {
+        std::vector<cudnnBackendDescriptor_t> cfgs = b->graph.configs(graph, index + 1);
+        if ((int)cfgs.size() > index) {
+            const pbw_dnn_notes nt = pbw_dnn_config_notes(cfgs[(size_t)index]);
+            ok = backend_config_ok(nt) && nt.engine == engine &&
+                 b->plan.from_config(cfgs[(size_t)index]) &&
+                 b->plan.ws_bytes <= (int64_t)FIND_WS_CAP;
+        }
+    }
+    pbw_dnn_forget_error();
+    if (!ok) {
+        delete b;
+        return false;
+    }
+    backend_free(p->bk[dir]);
+    p->bk[dir] = b;
+    p->bk_code[dir == DIR_FWD ? 0 : 1] = code;
+    return true;
+}
+
+// Measures direction dir's engine configs on the staged operands (in and wh; out a scratch
+// output) and keeps the fastest plan in p->bk[dir] (forced: the first that builds, untimed);
+// its time in ms, -1 when none ran (nothing kept).
+float backend_measure(conv_plan *p, int dir, const void *in, const void *wh, void *out,
+                      bool forced) {
+    backend_conv *b = new backend_conv;
+    cudnnBackendDescriptor_t graph = backend_graph(b->graph, p, dir);
+    float best = -1;
+    int64_t engine = -1;
+    int tried = 0, code = 0;
+    if (graph) {
+        pbw_dnn_plan cand;
+        std::vector<cudnnBackendDescriptor_t> cfgs = b->graph.configs(graph, BACKEND_MAX_CONFIGS);
+        for (size_t i = 0; i < cfgs.size(); i++) {
+            const pbw_dnn_notes nt = pbw_dnn_config_notes(cfgs[i]);
+            if (!backend_config_ok(nt) || !cand.from_config(cfgs[i]) ||
+                cand.ws_bytes > (int64_t)FIND_WS_CAP)
+                continue;
+            tried++;
+            const float t = forced ? 0.0f : pbw_cuda_best_of_three([&] {
+                return backend_run(cand, dir, in, wh, out) == CUDNN_STATUS_SUCCESS;
+            });
+            if (t < 0 || (best >= 0 && t >= best)) continue;
+            best = t;
+            engine = nt.engine;
+            code = (int)(nt.engine * 256 + (int64_t)i);
+            b->plan.swap(cand);
+            if (forced) break;
+        }
+    }
+    pbw_dnn_forget_error(); // refused configs are no failure of ours
+    cudaGetLastError();
+    if (log_choices()) {
+        const pbw_cpu_conv_geom &g = p->key.g;
+        std::fprintf(stderr, "pbw cudnn backend %s: N=%d C=%d %dx%d -> O=%d %dx%d: %d engine "
+                     "configs ran, fastest engine %lld %.3f ms\n", dir_name(dir), g.N, g.C, g.H,
+                     g.W, g.O, g.OH, g.OW, tried, (long long)engine, (double)best);
+    }
+    if (best < 0) {
+        delete b;
+        return -1;
+    }
+    backend_free(p->bk[dir]);
+    p->bk[dir] = b;
+    p->bk_code[dir == DIR_FWD ? 0 : 1] = code;
+    return best;
+}
+
+// Makes the backend plan in p->bk[dir] the plan's algorithm for dir.
+void use_backend(conv_plan *p, int dir) {
+    p->algo[dir] = ALGO_BACKEND;
+    p->math[dir] = CUDNN_DEFAULT_MATH;
+    p->ws[dir] = 0; // the plan asks for its own (pbw_dnn_plan::execute)
+}
+
 // ---- measured choices on disk (see the file comment) ----
 struct cached_choice {
     conv_key key;
-    int dir, staged, algo, math;
+    int dir, staged, algo, math, extra; // extra: ALGO_BACKEND's bk_code, else 0
 };
 std::vector<cached_choice> g_cache;
 long g_cache_hits;
@@ -461,9 +661,10 @@ char g_cache_path[4096];
 
 void cache_open() {
     if (g_cache_state) return;
-    // v1: picks of the 1.3x rule; v2: made before ALGO_GEMM was a candidate
+    // v1: picks of the 1.3x rule; v2: made before ALGO_GEMM was a candidate; v3: before the
+    // backend API's engine configs were
     g_cache_state = pbw_cuda_cache_read<22>(
-        "cudnn", (size_t)cudnnGetVersion(), "PBW_CUDNN_CACHE", "v3", g_cache_path,
+        "cudnn", (size_t)cudnnGetVersion(), "PBW_CUDNN_CACHE", "v4", g_cache_path,
         sizeof g_cache_path, [](const uint64_t *v) {
             bool fits = v[0] < 3;
             for (int i = 1; i < 22; i++) fits = fits && v[i] <= INT_MAX;
@@ -474,18 +675,20 @@ void cache_open() {
             int *dst[21] = {&c.dir, &c.key.prec, &c.staged, &g.N, &g.C, &g.H, &g.W,
                             &g.O,   &g.KH,       &g.KW,     &g.OH, &g.OW, &g.sh, &g.sw,
                             &g.ph,  &g.pw,       &g.dh,     &g.dw, &g.G, &c.algo, &c.math};
-            for (int i = 0; i < 21; i++) *dst[i] = (int)v[i]; // the 22nd field is reserved
+            for (int i = 0; i < 21; i++) *dst[i] = (int)v[i];
+            c.extra = (int)v[21];
             g_cache.push_back(c);
         });
 }
 
-bool cache_find(const conv_plan *p, int dir, int *algo, cudnnMathType_t *math) {
+bool cache_find(const conv_plan *p, int dir, int *algo, cudnnMathType_t *math, int *extra) {
     cache_open();
     for (size_t i = g_cache.size(); i-- > 0;) { // the newest line wins
         const cached_choice &c = g_cache[i];
         if (c.dir == dir && c.staged == p->stage[dir] && key_equal(c.key, p->key)) {
             *algo = c.algo;
             *math = (cudnnMathType_t)c.math;
+            *extra = c.extra;
             return true;
         }
     }
@@ -495,44 +698,63 @@ bool cache_find(const conv_plan *p, int dir, int *algo, cudnnMathType_t *math) {
 void cache_add(const conv_plan *p, int dir) {
     cache_open();
     if (g_cache_state != 1) return;
-    cached_choice c{p->key, dir, p->stage[dir], p->algo[dir], (int)p->math[dir]};
+    const int extra = p->algo[dir] == ALGO_BACKEND ? p->bk_code[dir == DIR_FWD ? 0 : 1] : 0;
+    cached_choice c{p->key, dir, p->stage[dir], p->algo[dir], (int)p->math[dir], extra};
     g_cache.push_back(c);
     const pbw_cpu_conv_geom &g = p->key.g;
     const int f[22] = {dir,  p->key.prec, p->stage[dir], g.N,  g.C,  g.H,  g.W,  g.O,
                        g.KH, g.KW,        g.OH,          g.OW, g.sh, g.sw, g.ph, g.pw,
-                       g.dh, g.dw,        g.G,           p->algo[dir], (int)p->math[dir], 0};
+                       g.dh, g.dw,        g.G,           p->algo[dir], (int)p->math[dir], extra};
     uint64_t v[22];
     for (int i = 0; i < 22; i++) v[i] = (uint64_t)f[i]; // every field is >= 0
     char line[512];
-    if (pbw_cache_format_line(line, sizeof line, "v3", v, 22, 22) == 0)
+    if (pbw_cache_format_line(line, sizeof line, "v4", v, 22, 22) == 0)
         pbw_cache_append(g_cache_path, line); // a cache not written is only slower next time
+}
+
+// Whether a choice read from the cache file can run: the legacy algorithm's workspace query
+// passes under its math type, the im2col product is eligible, or the backend config `extra`
+// names makes a plan (backend_load). Sets *ws.
+template <typename WsFn>
+bool cached_usable(conv_plan *p, int dir, int algo, cudnnMathType_t math, int extra, WsFn wsize,
+                   size_t *ws) {
+    *ws = 0;
+    if (algo == ALGO_GEMM) {
+        if (!gemm_eligible(p, dir)) return false;
+        *ws = gemm_col_bytes(p);
+        return true;
+    }
+    if (algo == ALGO_BACKEND) return backend_eligible(p, dir) && backend_load(p, dir, extra);
+    return cudnnSetConvolutionMathType(p->cd, math) == CUDNN_STATUS_SUCCESS &&
+           wsize(algo, ws) == CUDNN_STATUS_SUCCESS;
 }
 
 // Looks the candidates of one direction up (measured, or the heuristics when asked or when
 // measuring fails) and records the pick in p. in0/in1: the direction's two inputs (forward x,
-// w; backward-data w, dy; backward-filter x, dy). 0, or -1 with no candidate found.
-template <typename Perf, typename FindFn, typename HeurFn, typename WsFn, typename AltFn>
+// w; backward-data w, dy; backward-filter x, dy). Measured, the legacy pick is timed again
+// (legacy_time: cuDNN's times are of single runs) beside the im2col product (gemm_time) and
+// the backend API's engine configs (backend_time), where those apply; the fastest wins.
+// 0, or -1 with no candidate found.
+template <typename Perf, typename FindFn, typename HeurFn, typename WsFn, typename LegacyFn,
+          typename AltFn, typename BkFn>
 int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, WsFn wsize,
-           AltFn gemm_time) {
+           LegacyFn legacy_time, AltFn gemm_time, BkFn backend_time) {
     const int prec = p->key.prec;
     Perf perf[16];
     int n = 0, i = -1, measured = 0;
-    const int forced = gemm_forced();
+    const int forced = gemm_forced(), bk_forced = backend_forced();
     if (forced == 1 && gemm_eligible(p, dir)) {
         use_gemm(p, dir);
         return 0;
     }
     if (!use_heuristics(prec)) {
-        int algo;
+        int algo, extra;
         cudnnMathType_t math;
         size_t ws = 0;
-        if (forced < 0 && cache_find(p, dir, &algo, &math) &&
-            (algo == ALGO_GEMM
-                 ? gemm_eligible(p, dir) && (ws = gemm_col_bytes(p), true)
-                 : cudnnSetConvolutionMathType(p->cd, math) == CUDNN_STATUS_SUCCESS &&
-                       wsize(algo, &ws) == CUDNN_STATUS_SUCCESS)) {
+        if (forced < 0 && bk_forced < 0 && cache_find(p, dir, &algo, &math, &extra) &&
+            cached_usable(p, dir, algo, math, extra, wsize, &ws)) {
             p->algo[dir] = algo;
-            p->math[dir] = math;
+            p->math[dir] = algo == ALGO_BACKEND ? CUDNN_DEFAULT_MATH : math;
             p->ws[dir] = ws;
             g_cache_hits++;
             if (log_choices())
@@ -544,6 +766,11 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
         cudnnSetConvolutionMathType(p->cd, base_math(prec, p->stage[dir]));
         find_scratch fs;
         if (fs.init(out_bytes) == 0) {
+            if (bk_forced == 1 && backend_eligible(p, dir) && backend_time(fs.out, true) >= 0) {
+                use_backend(p, dir);
+                cache_add(p, dir); // as a measured pick would be (tests read it back)
+                return 0;
+            }
             cudnnStatus_t s = find(fs.out, perf, &n, fs.ws, fs.ws_bytes);
             // a candidate's failed launch is reported in perf; don't let it reach the next
             // kernel's launch check
@@ -552,17 +779,26 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
                 i = pick_measured(perf, n, prec, fs.ws_bytes);
                 measured = i >= 0;
                 log_choice(p, dir, "measured", perf, n, i);
-                // cuDNN's times are of single runs: its pick is timed again as the product is
-                float tc = -1, tg = -1;
-                if (measured && forced < 0 && gemm_eligible(p, dir) &&
+                const bool gemm = forced < 0 && gemm_eligible(p, dir),
+                           bk = bk_forced < 0 && backend_eligible(p, dir);
+                float tc = -1, tg = -1, tb = -1;
+                if (measured && (gemm || bk) &&
                     cudnnSetConvolutionMathType(p->cd, perf[i].mathType) == CUDNN_STATUS_SUCCESS)
-                    tg = gemm_time(fs.out, (int)perf[i].algo, fs.ws, fs.ws_bytes, &tc);
-                if (log_choices() && tg >= 0)
-                    std::fprintf(stderr, "pbw cudnn: im2col + cuBLAS %.3f ms against %.3f ms "
-                                 "(algorithm %d)\n", (double)tg, (double)tc, (int)perf[i].algo);
-                if (tg >= 0 && tc >= 0 && tg < tc) {
-                    use_gemm(p, dir);
+                    tc = legacy_time(fs.out, (int)perf[i].algo, fs.ws, fs.ws_bytes);
+                if (tc >= 0 && gemm) tg = gemm_time(fs.out);
+                if (tc >= 0 && bk) tb = backend_time(fs.out, false);
+                if (log_choices() && tc >= 0)
+                    std::fprintf(stderr, "pbw cudnn: algorithm %d %.3f ms, im2col + cuBLAS "
+                                 "%.3f ms, backend %.3f ms\n", (int)perf[i].algo, (double)tc,
+                                 (double)tg, (double)tb);
+                if (tb >= 0 && tb < tc && (tg < 0 || tb <= tg)) {
+                    use_backend(p, dir);
                     cache_add(p, dir);
+                    return 0;
+                }
+                if (tg >= 0 && tg < tc) {
+                    use_gemm(p, dir);
+                    if (bk_forced < 0) cache_add(p, dir);
                     return 0;
                 }
             } else if (log_choices()) {
@@ -585,7 +821,8 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     p->algo[dir] = (int)perf[i].algo;
     p->math[dir] = perf[i].mathType;
     p->ws[dir] = perf[i].memory;
-    if (measured && forced < 0) cache_add(p, dir); // the file holds the default rule's picks
+    if (measured && forced < 0 && bk_forced < 0)
+        cache_add(p, dir); // the file holds the default rule's picks
     return 0;
 }
 
@@ -622,15 +859,16 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                 return cudnnGetConvolutionForwardWorkspaceSize(
                     h, xd, wd, p->cd, yd, (cudnnConvolutionFwdAlgo_t)algo, ws);
             },
-            [&](void *out, int algo, void *ws, size_t wsb, float *t_cudnn) {
+            [&](void *out, int algo, void *ws, size_t wsb) {
                 const float one = 1.0f, zero = 0.0f;
-                *t_cudnn = pbw_cuda_best_of_three([&] {
+                return pbw_cuda_best_of_three([&] {
                     return cudnnConvolutionForward(h, &one, xd, in0, wd, in1, p->cd,
                                                    (cudnnConvolutionFwdAlgo_t)algo, ws, wsb,
                                                    &zero, yd, out) == CUDNN_STATUS_SUCCESS;
                 });
-                return gemm_conv_time(p, in0, in1, out);
-            });
+            },
+            [&](void *out) { return gemm_conv_time(p, in0, in1, out); },
+            [&](void *out, bool forced) { return backend_measure(p, dir, in0, in1, out, forced); });
     } else if (dir == DIR_BWD_DATA) {
         rc = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
             p, dir, tensor_bytes(g.N, g.C, g.H, g.W, elem),
@@ -649,7 +887,17 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                 return cudnnGetConvolutionBackwardDataWorkspaceSize(
                     h, wd, yd, p->cd, xd, (cudnnConvolutionBwdDataAlgo_t)algo, ws);
             },
-            [](void *, int, void *, size_t, float *) { return -1.0f; });
+            [&](void *out, int algo, void *ws, size_t wsb) {
+                const float one = 1.0f, zero = 0.0f;
+                return pbw_cuda_best_of_three([&] {
+                    return cudnnConvolutionBackwardData(h, &one, wd, in0, yd, in1, p->cd,
+                                                        (cudnnConvolutionBwdDataAlgo_t)algo, ws,
+                                                        wsb, &zero, xd, out) ==
+                           CUDNN_STATUS_SUCCESS;
+                });
+            },
+            [](void *) { return -1.0f; },
+            [&](void *out, bool forced) { return backend_measure(p, dir, in1, in0, out, forced); });
     } else {
         rc = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
             p, dir, tensor_bytes(g.O, g.C / g.G, g.KH, g.KW, sizeof(float)),
@@ -668,7 +916,8 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                 return cudnnGetConvolutionBackwardFilterWorkspaceSize(
                     h, p->xd, p->yd, p->cd, p->wd, (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
             },
-            [](void *, int, void *, size_t, float *) { return -1.0f; });
+            [](void *, int, void *, size_t) { return -1.0f; }, [](void *) { return -1.0f; },
+            [](void *, bool) { return -1.0f; });
     }
     if (rc < 0 && staged && !pbw_cuda_error()) {
         if (log_choices())
@@ -704,6 +953,38 @@ int prepare(conv_plan *p, int dir, const void *in0, const void *in1, void **ws) 
         if (!*ws) return -1;
     }
     return 0;
+}
+
+// The legacy algorithm cuDNN's heuristics give direction dir of a staged plan (for calls whose
+// operands its backend plan cannot take), chosen once; the descriptor's math type set for it.
+// False (recorded) when there is none.
+bool fallback_algo(conv_plan *p, int dir) {
+    const int d = dir == DIR_FWD ? 0 : 1;
+    int n = 0, i = -1;
+    cudnnStatus_t s;
+    if (!p->fb_have[d]) {
+        if (dir == DIR_FWD) {
+            cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+            s = cudnnGetConvolutionForwardAlgorithm_v7(pbw_cudnn(), p->hxd, p->hwd, p->cd, p->hyd,
+                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf);
+            if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
+                p->fb_algo[d] = (int)perf[i].algo, p->fb_ws[d] = perf[i].memory;
+        } else {
+            cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+            s = cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                pbw_cudnn(), p->hwd, p->hyd, p->cd, p->hxd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                &n, perf);
+            if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
+                p->fb_algo[d] = (int)perf[i].algo, p->fb_ws[d] = perf[i].memory;
+        }
+        if (i < 0) {
+            pbw_cuda_fail("conv2d: cuDNN offers no %s algorithm for unaligned operands",
+                          dir_name(dir));
+            return false;
+        }
+        p->fb_have[d] = 1;
+    }
+    return status_ok(cudnnSetConvolutionMathType(p->cd, CUDNN_TENSOR_OP_MATH), "math type");
 }
 
 // ---------- staging (see the file comment) ----------
@@ -1034,14 +1315,27 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
             return -1;
         }
         s = CUDNN_STATUS_SUCCESS;
-    } else if (fwd)
-        s = cudnnConvolutionForward(pbw_cudnn(), &alpha, p->hxd, hin, p->hwd, wh, p->cd,
-                                    (cudnnConvolutionFwdAlgo_t)p->algo[dir], ws, p->ws[dir], &zero,
-                                    p->hyd, hout);
-    else
-        s = cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->hwd, wh, p->hyd, hin, p->cd,
-                                         (cudnnConvolutionBwdDataAlgo_t)p->algo[dir], ws,
-                                         p->ws[dir], &zero, p->hxd, hout);
+    } else if (p->algo[dir] == ALGO_BACKEND &&
+               !(((uintptr_t)hin | (uintptr_t)wh | (uintptr_t)hout) & 15)) {
+        s = backend_run(p->bk[dir]->plan, dir, hin, wh, hout);
+        g_backend_calls += s == CUDNN_STATUS_SUCCESS;
+    } else {
+        int algo = p->algo[dir];
+        size_t wsb = p->ws[dir];
+        if (algo == ALGO_BACKEND) { // operands the plan cannot take: the heuristics' algorithm
+            if (!fallback_algo(p, dir)) return -1;
+            algo = p->fb_algo[dir];
+            wsb = p->fb_ws[dir];
+            ws = wsb ? pbw_cuda_workspace(wsb) : NULL;
+            if (wsb && !ws) return -1;
+        }
+        s = fwd ? cudnnConvolutionForward(pbw_cudnn(), &alpha, p->hxd, hin, p->hwd, wh, p->cd,
+                                          (cudnnConvolutionFwdAlgo_t)algo, ws, wsb, &zero,
+                                          p->hyd, hout)
+                : cudnnConvolutionBackwardData(pbw_cudnn(), &alpha, p->hwd, wh, p->hyd, hin,
+                                               p->cd, (cudnnConvolutionBwdDataAlgo_t)algo, ws,
+                                               wsb, &zero, p->hxd, hout);
+    }
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
     if (out_h) {
         if (pa)
@@ -1402,6 +1696,8 @@ extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const fl
 }
 
 extern "C" long pbw_cuda_conv_gemm_calls(void) { return g_gemm_calls; }
+
+extern "C" long pbw_cuda_conv_backend_calls(void) { return g_backend_calls; }
 
 extern "C" long pbw_cuda_conv_forget(void) {
     for (int i = 0; i < NPLANS; i++) plan_destroy(&plans[i]);

@@ -65,6 +65,12 @@ long pbw_cuda_conv_forget(void);
  * eligible, =0 never), counted since the process began. For tests. */
 long pbw_cuda_conv_gemm_calls(void);
 
+/* Staged convolutions (forward or backward-data) run as a plan of cuDNN's backend API, an
+ * engine config measured beside the legacy algorithms (pbw_cuda_conv.cu; PBW_CUDNN_BACKEND=1
+ * forces the first that builds wherever one does, =0 never), counted since the process began.
+ * For tests. */
+long pbw_cuda_conv_backend_calls(void);
+
 /* ---------- resize ----------
  * The index and weight tables are computed on the device with the CPU's formulas, rounded
  * step by step (no fused multiply-adds where the CPU has none), so they are bit-identical.
