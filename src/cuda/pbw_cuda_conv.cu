@@ -1,5 +1,6 @@
-// pbw_cuda_conv.cu: 2-D convolution through cuDNN's legacy API, its bias, and StyleGAN2's
-// frozen-weight convolution (pbw_sg_conv) on the GPU. Contracts in pbw_cuda_conv.h.
+// pbw_cuda_conv.cu: 2-D convolution through cuDNN (its legacy API, and engine configs of its
+// backend API where they measure faster), its bias, and StyleGAN2's frozen-weight convolution
+// (pbw_sg_conv) on the GPU. Contracts in pbw_cuda_conv.h.
 //
 // Plans. A convolution's descriptors (x, y, w, conv) and the algorithm of each direction are
 // kept in a table keyed by the geometry and the precision, so the algorithm of a layer shape is
@@ -21,7 +22,8 @@
 // deterministic. (A nondeterministic one 1.3x faster used to win: LPIPS's first convolution's
 // backward-data then took algorithm 0, 0.044 against 0.079 ms on an H100, and two identical
 // bf16 edits could end 1.7e-2 apart in the image; 0.035 ms of a 6.7 ms Adam step buys edits
-// that repeat.) Should measuring fail, the heuristics choose.
+// that repeat.) Staged directions also measure the im2col product and the backend API's engine
+// configs (their sections below). Should measuring fail, the heuristics choose.
 // In fp32, and in every precision with PBW_CUDNN_HEURISTIC=1, cuDNN's heuristics choose
 // instead (cudnnGet*_v7, no measuring: the first deterministic candidate under a 1 GiB
 // workspace, else the first): fp32 is the parity reference, whose results should repeat from
