@@ -68,6 +68,21 @@ static inline void pbw_test_env_restore(const char *name, char *saved) {
     free(saved);
 }
 
+/* The files matching pattern (glob(3): "DIR/cublaslt-*.txt"): how many, and the first one's path
+ * in path (n bytes; "" when none). For tests that look into a cache folder. */
+#include <glob.h>
+static inline int pbw_test_files(const char *pattern, char *path, size_t n) {
+    glob_t g;
+    int count = 0;
+    if (n) path[0] = 0;
+    if (glob(pattern, 0, NULL, &g) == 0) {
+        count = (int)g.gl_pathc;
+        if (count && n) snprintf(path, n, "%s", g.gl_pathv[0]);
+    }
+    globfree(&g);
+    return count;
+}
+
 /* Path to shared data relative to the repository root. */
 #define PBW_SHARED(p) "../shared/" p
 

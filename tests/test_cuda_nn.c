@@ -553,16 +553,10 @@ PBW_TEST(cuda_half_activations) {
 #ifdef PBW_HAVE_CUDA
 /* The fused plans' files under dir: how many, and the first one's path and size. */
 static int fusion_files(const char *dir, char *path, size_t n, long *size) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "ls %s/cudnn-fusion-qgelu-*.txt 2>/dev/null", dir);
-    FILE *ls = popen(cmd, "r");
-    int count = 0;
-    char line[512];
-    path[0] = 0;
+    char pattern[600];
+    snprintf(pattern, sizeof pattern, "%s/cudnn-fusion-qgelu-*.txt", dir);
+    const int count = pbw_test_files(pattern, path, n);
     *size = 0;
-    while (ls && fgets(line, sizeof line, ls))
-        if (count++ == 0) snprintf(path, n, "%.*s", (int)strcspn(line, "\n"), line);
-    if (ls) pclose(ls);
     FILE *f = path[0] ? fopen(path, "rb") : NULL;
     if (f) {
         fseek(f, 0, SEEK_END);
@@ -820,14 +814,9 @@ PBW_TEST(cuda_linear_lt_choice) {
         measured[k] = pbw_cuda_linear_lt_measured() - m;
         m += measured[k];
         hits[k] = pbw_cuda_linear_lt_forget();
-        char path[512] = "", cmd[600];
-        snprintf(cmd, sizeof cmd, "ls %s/cublaslt-*.txt 2>/dev/null", dir);
-        FILE *ls = popen(cmd, "r");
-        if (ls) {
-            if (!fgets(path, sizeof path, ls)) path[0] = 0;
-            pclose(ls);
-        }
-        path[strcspn(path, "\n")] = 0;
+        char path[512], pattern[600];
+        snprintf(pattern, sizeof pattern, "%s/cublaslt-*.txt", dir);
+        pbw_test_files(pattern, path, sizeof path);
         int lines = lines_of(path);
         double e = 0, sc = 0;
         for (int64_t i = 0; i < R * D; i++) {

@@ -412,6 +412,13 @@ PBW_TEST(ops_linear_quick_gelu) {
     CHECK(y && ref && memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
     /* a weight that does not fit is refused with the product's message */
     CHECK(pbw_linear_quick_gelu(ctx, tw, tx, tb) == NULL && strstr(pbw_ctx_error(ctx), "fit"));
+    /* so is a 0-d input (it has no last dimension to read) */
+    pbw_ctx_reset(ctx);
+    tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+    tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+    pbw_tensor *t0 = pbw_tensor_wrap(ctx, x, 0, NULL);
+    CHECK(t0 && pbw_linear_quick_gelu(ctx, t0, tw, tb) == NULL &&
+          strstr(pbw_ctx_error(ctx), "fit"));
     pbw_ctx_free(ctx);
     gc_input in[3] = {{2, {R, I}, x, 1}, {2, {O, I}, w, 1}, {1, {O}, b, 1}};
     CHECK(gc_check("linear_quick_gelu", linear_quick_gelu_fn, NULL, 3, in, (gc_opts){0}) == 0);

@@ -134,6 +134,19 @@ static int overlaps(const pbw_tensor *a, const pbw_tensor *b) {
     return pa < pb + (size_t)b->numel * sizeof(float) && pb < pa + (size_t)a->numel * sizeof(float);
 }
 
+/* Whether x (..., I) fits the weight w (O, I) and its bias b (O values, or NULL); then the
+ * output's shape (x's, its last dimension O) in oshape and the product's rows in *R. */
+static int linear_fits(const pbw_tensor *x, const pbw_tensor *w, const pbw_tensor *b,
+                       int64_t oshape[PBW_MAX_DIMS], int64_t *R) {
+    if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
+        (b && b->numel != w->shape[0]))
+        return 0;
+    memcpy(oshape, x->shape, sizeof(int64_t) * PBW_MAX_DIMS);
+    oshape[x->ndim - 1] = w->shape[0];
+    *R = x->numel / (w->shape[1] ? w->shape[1] : 1);
+    return 1;
+}
+
 /* y = x W^T (+ b) (+ r). x may be half_only (half activations): the product reads its half
  * values; y is then half_only too when no residual is added. into: y is r itself (r += ...)
  * when nothing can need r's old values: no gradient for this op and an empty tape (an op
@@ -149,15 +162,12 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
         (r && (into ? pbw_op_begin_half : pbw_op_begin)(ctx, op, 1, &r)))
         return NULL;
     char sx[64], sw[64];
-    if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
-        (b && (b->numel != w->shape[0])))
+    int64_t oshape[PBW_MAX_DIMS], R;
+    if (!linear_fits(x, w, b, oshape, &R))
         return pbw_ctx_fail(ctx, "%s: input %s does not fit weight %s%s", op,
                             pbw_shape_str(x, sx, sizeof sx), pbw_shape_str(w, sw, sizeof sw),
                             b ? " and its bias" : "");
-    int64_t O = w->shape[0], I = w->shape[1], R = x->numel / (I ? I : 1);
-    int64_t oshape[PBW_MAX_DIMS];
-    memcpy(oshape, x->shape, sizeof oshape);
-    oshape[x->ndim - 1] = O;
+    const int64_t O = w->shape[0], I = w->shape[1];
     if (r && (r->ndim != x->ndim || memcmp(r->shape, oshape, sizeof(int64_t) * (size_t)x->ndim)))
         return pbw_ctx_fail(ctx, "%s: the residual %s differs from the output's shape", op,
                             pbw_shape_str(r, sx, sizeof sx));
@@ -258,16 +268,13 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
 pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
 #ifdef PBW_HAVE_CUDA
     pbw_tensor *in[3] = {x, w, b};
-    if (x && w && b && pbw_on_cuda(ctx) && x->half_only && x->ndim >= 1 && w->ndim == 2 &&
-        x->shape[x->ndim - 1] == w->shape[1] && b->numel == w->shape[0] &&
+    int64_t oshape[PBW_MAX_DIMS], R;
+    if (x && w && b && pbw_on_cuda(ctx) && x->half_only && linear_fits(x, w, b, oshape, &R) &&
         pbw_half_out(ctx, in, 3)) {
         if (pbw_op_begin_half(ctx, "linear_quick_gelu", 1, &x) ||
             pbw_op_begin(ctx, "linear_quick_gelu", 2, in + 1))
             return NULL;
-        const int64_t O = w->shape[0], I = w->shape[1], R = x->numel / (I ? I : 1);
-        int64_t oshape[PBW_MAX_DIMS];
-        memcpy(oshape, x->shape, sizeof oshape);
-        oshape[x->ndim - 1] = O;
+        const int64_t O = w->shape[0], I = w->shape[1];
         pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
         if (!y || !pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
         /* x stays half_only unless it was held as NHWC halves (pbw_op_begin_half wrote it) */
