@@ -68,6 +68,23 @@ static inline void pbw_test_env_restore(const char *name, char *saved) {
     free(saved);
 }
 
+/* A cache folder of the test's own: a new folder made from tmpl ("/tmp/pbw_NAME_XXXXXX",
+ * mkdtemp(3), rewritten in place) becomes PBW_CACHE_DIR, its old value saved in *saved;
+ * pbw_test_cache_dir_end puts that back and removes the folder. Each returns 0, or -1 on
+ * failure. */
+static inline int pbw_test_cache_dir_begin(char *tmpl, char **saved) {
+    *saved = NULL;
+    if (!mkdtemp(tmpl)) return -1;
+    pbw_test_env_set("PBW_CACHE_DIR", tmpl, saved);
+    return 0;
+}
+static inline int pbw_test_cache_dir_end(const char *dir, char *saved) {
+    pbw_test_env_restore("PBW_CACHE_DIR", saved);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 /* The files matching pattern (glob(3): "DIR/cublaslt-*.txt"): how many, and the first one's path
  * in path (n bytes; "" when none). For tests that look into a cache folder. */
 #include <glob.h>

@@ -461,6 +461,40 @@ PBW_TEST(cuda_conv_half) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* A path of the staged convolutions that the switch `env` forces (=1) wherever it applies: the
+ * cases and the transposed cases in bf16 and fp16 against the CPU's fp32, its runs counted by
+ * calls() (at least min_ran a precision); then with the switch at 0 the first case again, and
+ * the path may not run. The switch is put back as it was. */
+static void forced_path_cases(const char *env, long (*calls)(void), const char *what, long min_ran,
+                              const conv_case *cases, size_t n, const conv_case *tcases,
+                              size_t nt) {
+    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    char *saved;
+    pbw_test_env_set(env, "1", &saved);
+    for (int pi = 0; pi < 2; pi++) {
+        pbw_cuda_set_precision(precs[pi]);
+        const char *pn = pbw_precision_name(precs[pi]);
+        pbw_cuda_conv_forget();
+        const long before = calls();
+        CHECK(conv_cases(cases, n, 0, pn, TOL_HALF) == 0);
+        CHECK(conv_cases(tcases, nt, 1, pn, TOL_HALF) == 0);
+        const long ran = calls() - before;
+        printf("  %s: %ld %s\n", pn, ran, what);
+        CHECK(ran >= min_ran);
+    }
+    setenv(env, "0", 1);
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_cuda_conv_forget();
+    const long before = calls();
+    CHECK(conv_cases(cases, 1, 0, "bf16 (switched off)", TOL_HALF) == 0);
+    CHECK(calls() == before);
+    pbw_test_env_restore(env, saved);
+    pbw_cuda_conv_forget();
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+}
+#endif
+
 /* Staged forwards as im2col and one cuBLAS product (PBW_CONV_GEMM=1 forces the path that
  * measuring picks for small outputs), in bf16 and fp16 against the CPU's fp32: padding,
  * stride, dilation, a 1x1, StyleGAN2's 4x4 layer; the transposed case's input gradient is a
@@ -476,29 +510,9 @@ PBW_TEST(cuda_conv_gemm) {
     static const conv_case tcases[] = {
         {"3x3 stride 2", 2, 16, 5, 5, 8, 3, 3, {.stride_h = 2, .stride_w = 2}, 0},
     };
-    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
-    char *saved;
-    pbw_test_env_set("PBW_CONV_GEMM", "1", &saved);
-    for (int pi = 0; pi < 2; pi++) {
-        pbw_cuda_set_precision(precs[pi]);
-        const char *pn = pbw_precision_name(precs[pi]);
-        pbw_cuda_conv_forget();
-        const long before = pbw_cuda_conv_gemm_calls();
-        CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, pn, TOL_HALF) == 0);
-        CHECK(conv_cases(tcases, sizeof tcases / sizeof tcases[0], 1, pn, TOL_HALF) == 0);
-        const long ran = pbw_cuda_conv_gemm_calls() - before;
-        printf("  %s: %ld im2col products\n", pn, ran);
-        CHECK(ran >= 5); /* each case's forward at least once */
-    }
-    setenv("PBW_CONV_GEMM", "0", 1);
-    pbw_cuda_set_precision(PBW_PREC_BF16);
-    pbw_cuda_conv_forget();
-    const long before = pbw_cuda_conv_gemm_calls();
-    CHECK(conv_cases(cases, 1, 0, "bf16 (cuDNN)", TOL_HALF) == 0);
-    CHECK(pbw_cuda_conv_gemm_calls() == before);
-    pbw_test_env_restore("PBW_CONV_GEMM", saved);
-    pbw_cuda_conv_forget();
-    pbw_cuda_set_precision(PBW_PREC_FP32);
+    /* each case's forward at least once */
+    forced_path_cases("PBW_CONV_GEMM", pbw_cuda_conv_gemm_calls, "im2col products", 5, cases,
+                      sizeof cases / sizeof cases[0], tcases, sizeof tcases / sizeof tcases[0]);
 #endif
 }
 
@@ -521,36 +535,15 @@ PBW_TEST(cuda_conv_backend) {
         {"3x3/2 pad 1 out_pad 1", 2, 16, 9, 7, 24, 3, 3,
          {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .out_pad_h = 1, .out_pad_w = 1}, 1},
     };
-    static const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+    /* forced picks are written to the cache file as measured ones: a folder of the test's */
     char dir[] = "/tmp/pbw_backend_conv_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char *saved, *saved_dir;
-    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
-    pbw_test_env_set("PBW_CUDNN_BACKEND", "1", &saved);
-    for (int pi = 0; pi < 2; pi++) {
-        pbw_cuda_set_precision(precs[pi]);
-        const char *pn = pbw_precision_name(precs[pi]);
-        pbw_cuda_conv_forget();
-        const long before = pbw_cuda_conv_backend_calls();
-        CHECK(conv_cases(cases, sizeof cases / sizeof cases[0], 0, pn, TOL_HALF) == 0);
-        CHECK(conv_cases(tcases, sizeof tcases / sizeof tcases[0], 1, pn, TOL_HALF) == 0);
-        const long ran = pbw_cuda_conv_backend_calls() - before;
-        printf("  %s: %ld backend plans ran\n", pn, ran);
-        CHECK(ran >= 14); /* each case's forward and input gradient at least once */
-    }
-    setenv("PBW_CUDNN_BACKEND", "0", 1);
-    pbw_cuda_set_precision(PBW_PREC_BF16);
-    pbw_cuda_conv_forget();
-    const long before = pbw_cuda_conv_backend_calls();
-    CHECK(conv_cases(cases, 1, 0, "bf16 (legacy algorithms)", TOL_HALF) == 0);
-    CHECK(pbw_cuda_conv_backend_calls() == before);
-    pbw_test_env_restore("PBW_CUDNN_BACKEND", saved);
-    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
-    pbw_cuda_conv_forget();
-    pbw_cuda_set_precision(PBW_PREC_FP32);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    char *saved_dir;
+    CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
+    /* each case's forward and input gradient at least once */
+    forced_path_cases("PBW_CUDNN_BACKEND", pbw_cuda_conv_backend_calls, "backend plans ran", 14,
+                      cases, sizeof cases / sizeof cases[0], tcases,
+                      sizeof tcases / sizeof tcases[0]);
+    CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif
 }
 
@@ -1490,9 +1483,8 @@ static int conv_once(pbw_precision prec, float *out, float *gx, size_t n_out, si
 PBW_TEST(cuda_conv_backend_choice_cache) {
 #ifdef PBW_HAVE_CUDA
     char dir[] = "/tmp/pbw_backend_choice_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
     char *saved_dir, *saved;
-    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
     pbw_test_env_set("PBW_CUDNN_BACKEND", "1", &saved);
     static float y1[2 * 32 * 400], y2[2 * 32 * 400], g1[2 * 16 * 400], g2[2 * 16 * 400];
     pbw_cuda_conv_forget();
@@ -1508,19 +1500,15 @@ PBW_TEST(cuda_conv_backend_choice_cache) {
     CHECK(first == 0 && second == 2); /* forward and backward-data (backward-filter measured) */
     CHECK(!memcmp(y1, y2, sizeof y1) && !memcmp(g1, g2, sizeof g1));
     pbw_test_env_restore("PBW_CUDNN_BACKEND", saved);
-    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif
 }
 
 PBW_TEST(cuda_conv_algo_cache) {
 #ifdef PBW_HAVE_CUDA
     char dir[] = "/tmp/pbw_cudnn_cache_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
     char *saved_dir;
-    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
     static float y1[2 * 32 * 400], y2[2 * 32 * 400], g1[2 * 16 * 400], g2[2 * 16 * 400];
     /* fp32 measured (PBW_CUDNN_HEURISTIC=0), bf16, then fp32 as it runs by default: chosen by
      * the heuristics, nothing read from the file, and the same bytes all the same */
@@ -1539,9 +1527,6 @@ PBW_TEST(cuda_conv_algo_cache) {
         CHECK(first == 0 && second == (k < 2 ? 3 : 0));
         CHECK(!memcmp(y1, y2, sizeof y1) && !memcmp(g1, g2, sizeof g1));
     }
-    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif
 }

@@ -572,9 +572,8 @@ PBW_TEST(cuda_linear_quick_gelu_plan_file) {
     const block_case bc = {4, 50, 768, 3072, 12, 0, 1, 1};
     const int64_t ny = bc.B * bc.T * bc.D, nm = bc.B * bc.T * bc.M;
     char dir[] = "/tmp/pbw_fusion_cache_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
     char *saved_dir, *saved_cache;
-    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
     pbw_test_env_set("PBW_CUDNN_CACHE", NULL, &saved_cache);
     float *y[4], *m[4];
     for (int k = 0; k < 4; k++) {
@@ -623,10 +622,7 @@ PBW_TEST(cuda_linear_quick_gelu_plan_file) {
     }
     for (int k = 0; k < 4; k++) free(y[k]), free(m[k]);
     pbw_test_env_restore("PBW_CUDNN_CACHE", saved_cache);
-    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif
 }
 
@@ -797,9 +793,8 @@ PBW_TEST(cuda_linear_lt_choice) {
 #ifdef PBW_HAVE_CUDA
     const int64_t R = 136, D = 768, M = 3072;
     char dir[] = "/tmp/pbw_cublaslt_cache_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
     char *saved_dir, *saved_heur, *saved_cache;
-    pbw_test_env_set("PBW_CACHE_DIR", dir, &saved_dir);
+    CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
     pbw_test_env_set("PBW_CUBLASLT_HEURISTIC", NULL, &saved_heur); /* measuring and the file */
     pbw_test_env_set("PBW_CUBLASLT_CACHE", NULL, &saved_cache);    /* on, as by default */
     float *y1 = malloc((size_t)(R * D) * sizeof(float)), *y2 = malloc((size_t)(R * D) * sizeof(float));
@@ -839,11 +834,8 @@ PBW_TEST(cuda_linear_lt_choice) {
     }
     pbw_test_env_restore("PBW_CUBLASLT_CACHE", saved_cache);
     pbw_test_env_restore("PBW_CUBLASLT_HEURISTIC", saved_heur);
-    pbw_test_env_restore("PBW_CACHE_DIR", saved_dir);
     free(y1), free(y2);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif
 }
 

@@ -527,25 +527,31 @@ cudnnBackendDescriptor_t backend_graph(pbw_dnn_graph &gr, const conv_plan *p, in
     gr.set(cd, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
     gr.set(cd, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
     gr.finalize(cd);
+    // the operation's attributes: x, w, y, the convolution, alpha, beta (backward-data: dx, dy)
+    typedef cudnnBackendAttributeName_t attr;
+    static const attr FWD[6] = {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
+    static const attr BWD[6] = {CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+                                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+    const attr *a = dir == DIR_FWD ? FWD : BWD;
     const float one = 1.0f, zero = 0.0f;
-    cudnnBackendDescriptor_t op;
-    if (dir == DIR_FWD) {
-        op = gr.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, y);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, cd);
-        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &one);
-        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &zero);
-    } else {
-        op = gr.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, x);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, w);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, y);
-        gr.set_desc(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, cd);
-        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, 1, &one);
-        gr.set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, 1, &zero);
-    }
+    cudnnBackendDescriptor_t op =
+        gr.make(dir == DIR_FWD ? CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR
+                               : CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
+    gr.set_desc(op, a[0], x);
+    gr.set_desc(op, a[1], w);
+    gr.set_desc(op, a[2], y);
+    gr.set_desc(op, a[3], cd);
+    gr.set(op, a[4], CUDNN_TYPE_FLOAT, 1, &one);
+    gr.set(op, a[5], CUDNN_TYPE_FLOAT, 1, &zero);
     gr.finalize(op);
     cudnnBackendDescriptor_t graph = gr.graph(&op, 1);
     return gr.st == CUDNN_STATUS_SUCCESS ? graph : NULL;

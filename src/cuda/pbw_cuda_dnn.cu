@@ -108,6 +108,21 @@ std::vector<cudnnBackendDescriptor_t> pbw_dnn_graph::configs(cudnnBackendDescrip
     return cfgs;
 }
 
+// Whether an engine's list of notes (behaviour or numerical: attribute a of type t, at most
+// Note's count of kinds) has `want`.
+template <typename Note, int64_t COUNT>
+static bool has_note(cudnnBackendDescriptor_t engine, cudnnBackendAttributeName_t a,
+                     cudnnBackendAttributeType_t t, Note want) {
+    Note notes[COUNT];
+    int64_t n = 0;
+    if (cudnnBackendGetAttribute(engine, a, t, COUNT, &n, notes) != CUDNN_STATUS_SUCCESS)
+        return false;
+    for (int64_t i = 0; i < n && i < COUNT; i++)
+        if (notes[i] == want)
+            return true;
+    return false;
+}
+
 pbw_dnn_notes pbw_dnn_config_notes(cudnnBackendDescriptor_t cfg) {
     pbw_dnn_notes r = {false, false, -1};
     cudnnBackendDescriptor_t engine = nullptr;
@@ -120,18 +135,12 @@ pbw_dnn_notes pbw_dnn_config_notes(cudnnBackendDescriptor_t cfg) {
         if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1,
                                      &n, &r.engine) != CUDNN_STATUS_SUCCESS)
             r.engine = -1;
-        cudnnBackendBehaviorNote_t bn[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
-        if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
-                                     CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n,
-                                     bn) == CUDNN_STATUS_SUCCESS)
-            for (int64_t i = 0; i < n; i++)
-                r.runtime_compiled |= bn[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
-        cudnnBackendNumericalNote_t nn[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
-        if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-                                     CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n,
-                                     nn) == CUDNN_STATUS_SUCCESS)
-            for (int64_t i = 0; i < n; i++)
-                r.nondeterministic |= nn[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        r.runtime_compiled = has_note<cudnnBackendBehaviorNote_t, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT>(
+            engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+            CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION);
+        r.nondeterministic = has_note<cudnnBackendNumericalNote_t, CUDNN_NUMERICAL_NOTE_TYPE_COUNT>(
+            engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+            CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC);
     }
     cudnnBackendDestroyDescriptor(engine);
     return r;
