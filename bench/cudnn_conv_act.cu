@@ -32,8 +32,10 @@
 // and output channel, so it cannot move into the weight of a batched convolution, and without it
 // the epilogue is not StyleGAN2's. `conv`, the convolution alone through the backend API
 // (engine 62, no runtime compilation), ran 108 / 348 / 350 / 363 us on the H200, 1.79 / 1.44 /
-// 1.59 / 1.63 times faster than the legacy algorithm's convolution and pass; that is why pbw now
-// measures the backend API's engine configs beside the legacy algorithms (pbw_cuda_conv.cu).
+// 1.59 / 1.63 times faster than the legacy algorithm's convolution and pass. pbw now measures the
+// backend API's engine configs beside the legacy algorithms (pbw_cuda_conv.cu); at its own large
+// layers the legacy pick measured as fast as the best config, at the batch-1 ones several times
+// slower (docs/cuda.md).
 // Standalone:
 //   nvcc -O3 -arch=sm_90 bench/cudnn_conv_act.cu -lcudnn -o build/cudnn_conv_act
 //   build/cudnn_conv_act [K [full|dpacked|nonoise|nod|plain|conv]]  (shape K alone, 0-3; the

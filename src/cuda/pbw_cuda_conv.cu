@@ -465,22 +465,22 @@ float gemm_conv_time(const conv_plan *p, const void *xh, const void *wh, void *o
 }
 
 // ---- cuDNN's backend API: engine configs, a candidate beside the legacy algorithms ----
-// cudnnFind*Ex chooses among the legacy API's eight algorithms; the backend API's heuristic
-// lists a few dozen engine configs of the same convolution (engine 62's tile shapes, ...), and
-// bench/cudnn_conv_act.cu measured the best of them 15-35% faster than Find's pick at
-// StyleGAN2's 3x3 convolutions (batch 14, bf16 NHWC, on an H200: 32 px 108 against ~169 us,
-// 64 px 348 against ~428). So a staged forward or backward-data (one group) also measures the
-// engine configs heuristic mode A lists (at most BACKEND_MAX_CONFIGS; none that compiles its
-// kernel at run time, 0.3-1 s a plan, and none cuDNN notes as nondeterministic) and keeps the
-// fastest, as the pseudo-algorithm ALGO_BACKEND, where it beats the legacy pick (and the im2col
-// product). The cache file's choice line names the config by its place in the heuristic's list
-// and its engine (bk_code; the file is per GPU model and cuDNN version, for which the list is
-// the same), and a later process makes the plan from the same config without measuring (a
-// config that is no longer there, or is another engine's, is measured afresh). A staged call
-// whose operands are not 16-byte aligned (the plan's promise) runs the legacy algorithm cuDNN's
-// heuristics give instead. PBW_CUDNN_BACKEND=0: never, and no choice read or written; =1: the
-// first plan that builds, wherever one does, unmeasured, and written to the file as a measured
-// pick would be (tests).
+// cudnnFind*Ex chooses among the legacy API's eight algorithms; the backend API's heuristic lists a
+// few dozen engine configs of the same convolution (engine 62's tile shapes and splits, ...). Where
+// the output is small the legacy pick runs on a few blocks and some configs are several times
+// faster (the Adam step's batch-1 layers: 0.01-0.03 against 0.04-0.11 ms, each timed alone on an
+// H100); at the CMA generation's large layers the legacy pick is the same kernel as the best config
+// (docs/cuda.md). So a staged forward or backward-data (one group) also measures the engine configs
+// heuristic mode A lists (at most BACKEND_MAX_CONFIGS; none that compiles its kernel at run time,
+// 0.3-1 s a plan, and none cuDNN notes as nondeterministic) and keeps the fastest, as the
+// pseudo-algorithm ALGO_BACKEND, where it beats the legacy pick (and the im2col product). The cache
+// file's choice line names the config by its place in the heuristic's list and its engine (bk_code;
+// the file is per GPU model and cuDNN version, for which the list is the same), and a later process
+// makes the plan from the same config without measuring (a config that is no longer there, or is
+// another engine's, is measured afresh). A staged call whose operands are not 16-byte aligned (the
+// plan's promise) runs the legacy algorithm cuDNN's heuristics give instead. PBW_CUDNN_BACKEND=0:
+// never, and no choice read or written; =1: the first plan that builds, wherever one does,
+// unmeasured, and written to the file as a measured pick would be (tests).
 const int ALGO_BACKEND = 1001;
 const int BACKEND_MAX_CONFIGS = 40;
 enum : int64_t { BK_X = 1, BK_W, BK_Y };
