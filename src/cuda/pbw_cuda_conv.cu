@@ -94,7 +94,7 @@ const size_t WS_CAP = (size_t)1 << 30;
 // Measured selection: the workspace offered to cudnnFind*Ex (see the file comment).
 const size_t FIND_WS_CAP = (size_t)512 << 20;
 
-enum { DIR_FWD = 0, DIR_BWD_DATA = 1, DIR_BWD_FILTER = 2 };
+enum { DIR_FWD = 0, DIR_BWD_DATA = 1, DIR_BWD_FILTER = 2 }; // the two first index conv_plan's bk
 
 struct conv_key {
     pbw_cpu_conv_geom g;
@@ -119,8 +119,9 @@ struct conv_plan {
     int algo[3];             // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
     cudnnMathType_t math[3]; // math type of that algorithm
     size_t ws[3];            // its workspace bytes
-    // ALGO_BACKEND's execution plan (FWD and BWD_DATA; NULL until chosen) and, for a staged
-    // call whose operands are not 16-byte aligned, the legacy algorithm cuDNN's heuristics give
+    // Indexed by direction, FWD and BWD_DATA only: ALGO_BACKEND's execution plan (NULL until
+    // chosen) and, for a staged call whose operands are not 16-byte aligned, the legacy
+    // algorithm cuDNN's heuristics give
     backend_conv *bk[2];
     int bk_code[2]; // the plan's config: engine * 256 + its place in the heuristic's list
     int fb_have[2], fb_algo[2];
@@ -139,7 +140,7 @@ void backend_free(backend_conv *b);
 
 void plan_destroy(conv_plan *p) {
     if (!p->used) return;
-    for (int d = 0; d < 2; d++) backend_free(p->bk[d]);
+    for (int dir = DIR_FWD; dir <= DIR_BWD_DATA; dir++) backend_free(p->bk[dir]);
     p->bk[0] = p->bk[1] = NULL;
     cudnnDestroyTensorDescriptor(p->xd);
     cudnnDestroyTensorDescriptor(p->yd);
@@ -574,6 +575,13 @@ bool backend_config_ok(const pbw_dnn_notes &nt) {
     return !nt.runtime_compiled && !nt.nondeterministic && nt.engine >= 0 && nt.engine < (1 << 22);
 }
 
+// Makes b, made from config `code`, direction dir's backend plan of p (in place of any before).
+void backend_keep(conv_plan *p, int dir, backend_conv *b, int code) {
+    backend_free(p->bk[dir]);
+    p->bk[dir] = b;
+    p->bk_code[dir] = code;
+}
+
 // Direction dir's plan of p from the config bk_code names (a choice read from the file) into
 // p->bk[dir]; false when the heuristic no longer lists that engine there or cuDNN refuses it.
 bool backend_load(conv_plan *p, int dir, int code) {
@@ -596,9 +604,7 @@ bool backend_load(conv_plan *p, int dir, int code) {
         delete b;
         return false;
     }
-    backend_free(p->bk[dir]);
-    p->bk[dir] = b;
-    p->bk_code[dir == DIR_FWD ? 0 : 1] = code;
+    backend_keep(p, dir, b, code);
     return true;
 }
 
@@ -610,7 +616,6 @@ float backend_measure(conv_plan *p, int dir, const void *in, const void *wh, voi
     backend_conv *b = new backend_conv;
     cudnnBackendDescriptor_t graph = backend_graph(b->graph, p, dir);
     float best = -1;
-    int64_t engine = -1;
     int tried = 0, code = 0;
     if (graph) {
         pbw_dnn_plan cand;
@@ -626,7 +631,6 @@ float backend_measure(conv_plan *p, int dir, const void *in, const void *wh, voi
             });
             if (t < 0 || (best >= 0 && t >= best)) continue;
             best = t;
-            engine = nt.engine;
             code = (int)(nt.engine * 256 + (int64_t)i);
             b->plan.swap(cand);
             if (forced) break;
@@ -637,16 +641,14 @@ float backend_measure(conv_plan *p, int dir, const void *in, const void *wh, voi
     if (log_choices()) {
         const pbw_cpu_conv_geom &g = p->key.g;
         std::fprintf(stderr, "pbw cudnn backend %s: N=%d C=%d %dx%d -> O=%d %dx%d: %d engine "
-                     "configs ran, fastest engine %lld %.3f ms\n", dir_name(dir), g.N, g.C, g.H,
-                     g.W, g.O, g.OH, g.OW, tried, (long long)engine, (double)best);
+                     "configs ran, fastest engine %d %.3f ms\n", dir_name(dir), g.N, g.C, g.H,
+                     g.W, g.O, g.OH, g.OW, tried, best >= 0 ? code / 256 : -1, (double)best);
     }
     if (best < 0) {
         delete b;
         return -1;
     }
-    backend_free(p->bk[dir]);
-    p->bk[dir] = b;
-    p->bk_code[dir == DIR_FWD ? 0 : 1] = code;
+    backend_keep(p, dir, b, code);
     return best;
 }
 
@@ -706,7 +708,7 @@ bool cache_find(const conv_plan *p, int dir, int *algo, cudnnMathType_t *math, i
 void cache_add(const conv_plan *p, int dir) {
     cache_open();
     if (g_cache_state != 1) return;
-    const int extra = p->algo[dir] == ALGO_BACKEND ? p->bk_code[dir == DIR_FWD ? 0 : 1] : 0;
+    const int extra = p->algo[dir] == ALGO_BACKEND ? p->bk_code[dir] : 0;
     cached_choice c{p->key, dir, p->stage[dir], p->algo[dir], (int)p->math[dir], extra};
     g_cache.push_back(c);
     const pbw_cpu_conv_geom &g = p->key.g;
@@ -967,30 +969,29 @@ int prepare(conv_plan *p, int dir, const void *in0, const void *in1, void **ws) 
 // operands its backend plan cannot take), chosen once; the descriptor's math type set for it.
 // False (recorded) when there is none.
 bool fallback_algo(conv_plan *p, int dir) {
-    const int d = dir == DIR_FWD ? 0 : 1;
     int n = 0, i = -1;
     cudnnStatus_t s;
-    if (!p->fb_have[d]) {
+    if (!p->fb_have[dir]) {
         if (dir == DIR_FWD) {
             cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
             s = cudnnGetConvolutionForwardAlgorithm_v7(pbw_cudnn(), p->hxd, p->hwd, p->cd, p->hyd,
                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf);
             if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
-                p->fb_algo[d] = (int)perf[i].algo, p->fb_ws[d] = perf[i].memory;
+                p->fb_algo[dir] = (int)perf[i].algo, p->fb_ws[dir] = perf[i].memory;
         } else {
             cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
             s = cudnnGetConvolutionBackwardDataAlgorithm_v7(
                 pbw_cudnn(), p->hwd, p->hyd, p->cd, p->hxd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                 &n, perf);
             if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
-                p->fb_algo[d] = (int)perf[i].algo, p->fb_ws[d] = perf[i].memory;
+                p->fb_algo[dir] = (int)perf[i].algo, p->fb_ws[dir] = perf[i].memory;
         }
         if (i < 0) {
             pbw_cuda_fail("conv2d: cuDNN offers no %s algorithm for unaligned operands",
                           dir_name(dir));
             return false;
         }
-        p->fb_have[d] = 1;
+        p->fb_have[dir] = 1;
     }
     return status_ok(cudnnSetConvolutionMathType(p->cd, CUDNN_TENSOR_OP_MATH), "math type");
 }
