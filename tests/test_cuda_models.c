@@ -356,6 +356,97 @@ PBW_TEST(cuda_graph_replay) {
 #endif
 }
 
+/* Lanes (pbw_lane_fork): a pass whose side lane reads what the main lane reads too (a
+ * product's worth of elementwise work on each lane) gives on two lanes what it gives on one
+ * (PBW_CUDA_LANES=0): the loss bit for bit (the same kernels on the same data) and the input's
+ * gradient within 1e-6 relative: the gradients meet in the same order (the main lane's write,
+ * then the side lane's), but on one lane the side's last backward adds its product into the
+ * gradient in one kernel, where on two it writes its own buffer and the fork's view adds that,
+ * so a product and a sum may round apart (contracted to one fma or not). Recorded in a CUDA
+ * graph (both branches) and replayed on new inputs, the pass gives what it gives run directly,
+ * bit for bit. */
+#ifdef PBW_HAVE_CUDA
+enum { LANES_R = 256, LANES_C = 1024 };
+
+static pbw_tensor *lanes_pass(pbw_ctx *ctx, const float *in, const float *k, pbw_tensor **x) {
+    static const int ax = 1;
+    *x = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){LANES_R, LANES_C});
+    if (!*x) return NULL;
+    (*x)->requires_grad = 1;
+    pbw_tensor *kt = pbw_tensor_from_host(ctx, k, 2, (int64_t[]){1, LANES_C});
+    pbw_tensor *t = pbw_affine(ctx, *x, 2.0f, 0.5f), *side = t;
+    if (pbw_lane_fork(ctx, 1, &side) < 0) return NULL;
+    pbw_tensor *a = pbw_sum(ctx, pbw_square(ctx, pbw_quick_gelu(ctx, side)), 1, &ax, 0);
+    pbw_lane_main(ctx);
+    pbw_tensor *b = pbw_sum(ctx, pbw_mul(ctx, pbw_quick_gelu(ctx, t), kt), 1, &ax, 0);
+    pbw_lane_join(ctx);
+    return pbw_add(ctx, a, b); /* (R) */
+}
+
+/* loss and gradient of lanes_pass run directly on ctx (reset first) */
+static int lanes_direct(pbw_ctx *ctx, const float *in, const float *k, float *loss, float *grad) {
+    pbw_err err = {0};
+    pbw_ctx_reset(ctx);
+    pbw_tensor *x = NULL, *l = lanes_pass(ctx, in, k, &x);
+    if (!l || pbw_backward(ctx, l, NULL, &err)) return -1;
+    if (pbw_tensor_read(ctx, l, loss)) return -1;
+    return pbw_cuda_d2h(grad, x->grad, sizeof(float) * LANES_R * LANES_C);
+}
+#endif
+
+PBW_TEST(cuda_lanes) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err), *cap = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx && cap);
+    if (!ctx || !cap) return;
+    static float in[LANES_R * LANES_C], k[LANES_C], g1[LANES_R * LANES_C], g2[LANES_R * LANES_C];
+    float l1[LANES_R], l2[LANES_R];
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 5);
+    for (int i = 0; i < LANES_C; i++) k[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    for (int i = 0; i < LANES_R * LANES_C; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    setenv("PBW_CUDA_LANES", "0", 1);
+    long w0 = pbw_cuda_lane_waits();
+    CHECK(lanes_direct(ctx, in, k, l1, g1) == 0);
+    CHECK(pbw_cuda_lane_waits() == w0);
+    unsetenv("PBW_CUDA_LANES");
+    CHECK(lanes_direct(ctx, in, k, l2, g2) == 0);
+    const long waits = pbw_cuda_lane_waits() - w0;
+    CHECK(pbw_cuda_lane() == 0);
+    double gs = 0, dl = gc_max_diff(l2, l1, LANES_R, NULL),
+           dg = gc_max_diff(g2, g1, LANES_R * LANES_C, &gs);
+    printf("  two lanes against one: %ld waits, loss max diff %.1e, gradient %.1e of %.2f\n",
+           waits, dl, dg, gs);
+    CHECK(waits == 4); /* fork and join, forward and backward */
+    CHECK(dl == 0 && dg <= 1e-6 * gs);
+    /* recorded with both branches, replayed on new inputs */
+    pbw_ctx_set_grad(cap, 1);
+    CHECK(pbw_cuda_capture_begin() == 0);
+    pbw_cuda_graph_input(in, sizeof in);
+    pbw_tensor *x = NULL, *l = lanes_pass(cap, in, k, &x);
+    CHECK(l && pbw_backward(cap, l, NULL, &err) == 0);
+    char why[160];
+    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
+    if (!g) printf("  capture failed: %s\n", why);
+    CHECK(g != NULL && pbw_cuda_lane() == 0);
+    for (int round = 0; round < 2 && g && l && x; round++) {
+        for (int i = 0; i < LANES_R * LANES_C; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+        CHECK(pbw_cuda_graph_launch(g) == 0);
+        CHECK(pbw_cuda_d2h(l2, l->data, sizeof l2) == 0 &&
+              pbw_cuda_d2h(g2, x->grad, sizeof g2) == 0);
+        CHECK(lanes_direct(ctx, in, k, l1, g1) == 0);
+        dl = gc_max_diff(l2, l1, LANES_R, NULL);
+        dg = gc_max_diff(g2, g1, LANES_R * LANES_C, NULL);
+        printf("  replay %d against the direct run: loss %.1e, gradient %.1e\n", round, dl, dg);
+        CHECK(dl == 0 && dg == 0);
+    }
+    pbw_cuda_graph_free(g);
+    pbw_ctx_free(ctx);
+    pbw_ctx_free(cap);
+#endif
+}
+
 /* The painter's Adam steps replayed from a CUDA graph (steps 3 on) against the same edit run
  * op by op (PBW_CUDA_GRAPHS=0), LPIPS included, twice. The crops' backward sums with atomics
  * and under bf16 cuDNN may pick a nondeterministic algorithm (when over 1.3x faster), so even
@@ -404,6 +495,45 @@ PBW_TEST(cuda_edit_graph) {
     CHECK(used == 5); /* step 2 is recorded and run from its graph, steps 3-6 replay it */
     CHECK(sb.v[0] == sa.v[0] && fabs(sb.v[1] - sa.v[1]) <= 5e-4 * fabs(sa.v[1]));
     CHECK(worst <= 4e-3);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* The painter's Adam edit with LPIPS, its reconstruction terms on a side lane beside CLIP's
+ * pass (the default on a GPU), against the same edit on one lane (PBW_CUDA_LANES=0): step 1's
+ * loss bit for bit (its forward runs the same kernels on the same data), the later steps within
+ * cuda_edit_graph's 4e-3 relative for cuda_edit_graph's reason: the image's gradient adds the
+ * terms' shares in another grouping (CLIP's, then LPIPS's and L1's summed apart on the side
+ * lane), and Adam's normalized steps amplify last-bit differences. The CMA-ES edits of
+ * cuda_cma_pipeline use the side lane too, and must give the same bytes as each other. */
+PBW_TEST(cuda_lanes_edit) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 256 * 256], b[3 * 256 * 256];
+    static float la[1024], lb[1024];
+    int64_t na = 0, nb = 0;
+    double ca = 0, cb = 0;
+    step_losses sa = {{0}, 0}, sb = {{0}, 0};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    setenv("PBW_CUDA_LANES", "0", 1);
+    const long w0 = pbw_cuda_lane_waits();
+    CHECK(edit_adam(PBW_DEV_CUDA, 6, 1, a, &na, &ca, la, &sa) == 0);
+    CHECK(pbw_cuda_lane_waits() == w0);
+    unsetenv("PBW_CUDA_LANES");
+    const long w1 = pbw_cuda_lane_waits();
+    CHECK(edit_adam(PBW_DEV_CUDA, 6, 1, b, &nb, &cb, lb, &sb) == 0 && na == nb);
+    const long waits = pbw_cuda_lane_waits() - w1;
+    CHECK(sa.n == 6 && sb.n == 6);
+    double worst = 0;
+    for (int t = 0; t < sa.n && t < sb.n; t++) {
+        double r = fabs(sa.v[t] - sb.v[t]) / fabs(sa.v[t]);
+        printf("  step %d: loss one lane %.6f, two lanes %.6f\n", t + 1, sa.v[t], sb.v[t]);
+        if (r > worst) worst = r;
+    }
+    printf("  edit, 6 Adam steps, bf16, LPIPS: %ld lane waits queued (steps 3-6 replay a graph); "
+           "step losses within %.1e relative; image %.2e, latent %.2e\n",
+           waits, worst, gc_max_diff(b, a, na, NULL), gc_max_diff(lb, la, 128, NULL));
+    CHECK(waits >= 8); /* steps 1 and 2 run directly: 4 waits each */
+    CHECK(sb.v[0] == sa.v[0] && worst <= 4e-3);
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }

@@ -993,3 +993,30 @@ PBW_TEST(ctx_release_block) {
     CHECK(pbw_ctx_release(ctx, m, 1, k1) == 0 && k1[0] == y && pbw_ctx_mem_used(ctx) == used);
     pbw_ctx_free(ctx);
 }
+
+/* Lanes (pbw_lane_fork) on the CPU: nothing forks (0, the tensor handed back unchanged) and
+ * the ops run in order, so the pass's gradient is the analytic one: loss = sum((2x+.5)^2) +
+ * sum(k (2x+.5)), d/dx = 4 (2x+.5) + 2k. The GPU's two lanes are checked against one lane in
+ * cuda_lanes and cuda_lanes_edit. */
+PBW_TEST(lanes_cpu) {
+    pbw_ctx *ctx = new_ctx();
+    const int64_t shape[2] = {3, 5};
+    pbw_tensor *x = rand_tensor(ctx, 2, shape, 21, -1, 1), *k = rand_tensor(ctx, 2, shape, 22, -1, 1);
+    x->requires_grad = 1;
+    pbw_tensor *t = pbw_affine(ctx, x, 2.0f, 0.5f), *side = t;
+    CHECK(pbw_lane_fork(ctx, 1, &side) == 0 && side == t);
+    pbw_tensor *a = pbw_sum(ctx, pbw_square(ctx, side), 0, NULL, 0);
+    pbw_lane_main(ctx);
+    pbw_tensor *b = pbw_sum(ctx, pbw_mul(ctx, t, k), 0, NULL, 0);
+    pbw_lane_join(ctx);
+    pbw_err err = {0};
+    CHECK(pbw_backward(ctx, pbw_add(ctx, a, b), NULL, &err) == 0);
+    double worst = 0;
+    for (int64_t i = 0; i < x->numel && x->grad; i++) {
+        double want = 4.0 * (2.0 * x->data[i] + 0.5) + 2.0 * k->data[i];
+        double d = fabs(x->grad[i] - want);
+        if (d > worst) worst = d;
+    }
+    CHECK(x->grad != NULL && worst <= FWD_ATOL + FWD_RTOL * 6);
+    pbw_ctx_free(ctx);
+}

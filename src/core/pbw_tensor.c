@@ -1,10 +1,14 @@
-/* pbw_tensor.c: tensors, the context (arenas, scratch, sticky errors) and the gradient tape. */
+/* pbw_tensor.c: tensors, the context (arenas, scratch, sticky errors), the gradient tape and
+ * its lanes. */
 #include "pbw_tensor.h"
+
+#include "pbw_ops.h" /* pbw_reshape: a side lane's handles */
 
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_conv.h"
 #include "cuda/pbw_cuda_elementwise.h"
+_Static_assert(PBW_LANES == PBW_CUDA_LANES, "a context's scratch sets match the GPU's lanes");
 #endif
 
 #include <stdarg.h>
@@ -31,8 +35,11 @@ struct pbw_ctx {
     size_t grad_unset_bytes; /* the last backward's gradients left unset (pbw_grad_out) */
     int failed;
     char msg[512];
-    void *scratch[PBW_SCRATCH_SLOTS];
-    size_t scratch_size[PBW_SCRATCH_SLOTS];
+    int lane_open;  /* a fork (pbw_lane_fork) not joined yet */
+    int lane_taped; /* the open fork records its marks on the tape */
+    /* scratch slots, one set a GPU lane (pbw_lane_fork): work on two lanes may run at once */
+    void *scratch[PBW_LANES][PBW_SCRATCH_SLOTS];
+    size_t scratch_size[PBW_LANES][PBW_SCRATCH_SLOTS];
 };
 
 /* --- devices --- */
@@ -143,10 +150,11 @@ void pbw_ctx_free(pbw_ctx *ctx) {
     if (ctx->dev == PBW_DEV_CUDA) {
 #ifdef PBW_HAVE_CUDA
         pbw_arena_free(&ctx->dact); /* pbw_cuda_free waits for queued kernels */
-        for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) pbw_cuda_free(ctx->scratch[i]);
+        for (int l = 0; l < PBW_LANES; l++)
+            for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) pbw_cuda_free(ctx->scratch[l][i]);
 #endif
     } else {
-        for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) free(ctx->scratch[i]);
+        for (int i = 0; i < PBW_SCRATCH_SLOTS; i++) free(ctx->scratch[0][i]);
     }
     free(ctx);
 }
@@ -168,9 +176,14 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
          * later kernels writing it run after them (chunks freed go through pbw_cuda_free,
          * which waits) */
         pbw_arena_reset(&ctx->dact);
+        if (pbw_cuda_lane() != 0) { /* a fork left open (a pass that failed): lane 0 waits */
+            pbw_cuda_lane_wait(0, pbw_cuda_lane());
+            pbw_cuda_lane_set(0);
+        }
         pbw_cuda_clear_error();
     }
 #endif
+    ctx->lane_open = ctx->lane_taped = 0;
 }
 
 int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled) {
@@ -400,25 +413,30 @@ void *pbw_ctx_upload(pbw_ctx *ctx, const void *src, size_t bytes) {
 
 static void *scratch_get(pbw_ctx *ctx, int slot, size_t bytes, int fail) {
     PBW_ASSERT(slot >= 0 && slot < PBW_SCRATCH_SLOTS);
-    if (bytes > ctx->scratch_size[slot]) {
+    int lane = 0;
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) lane = pbw_cuda_lane();
+#endif
+    void **p = &ctx->scratch[lane][slot];
+    size_t *size = &ctx->scratch_size[lane][slot];
+    if (bytes > *size) {
         size_t sz = (bytes + 63) / 64 * 64;
 #ifdef PBW_HAVE_CUDA
         if (ctx->dev == PBW_DEV_CUDA) {
-            pbw_cuda_free(ctx->scratch[slot]); /* waits for kernels still using it */
-            ctx->scratch[slot] = pbw_cuda_malloc(sz);
-            ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
-            if (!ctx->scratch[slot] && fail)
+            pbw_cuda_free(*p); /* waits for kernels still using it */
+            *p = pbw_cuda_malloc(sz);
+            *size = *p ? sz : 0;
+            if (!*p && fail)
                 return pbw_ctx_fail(ctx, "out of GPU memory (%zu bytes of scratch)", bytes);
-            return ctx->scratch[slot];
+            return *p;
         }
 #endif
-        free(ctx->scratch[slot]);
-        ctx->scratch[slot] = aligned_alloc(64, sz);
-        ctx->scratch_size[slot] = ctx->scratch[slot] ? sz : 0;
-        if (!ctx->scratch[slot] && fail)
-            return pbw_ctx_fail(ctx, "out of memory (%zu bytes of scratch)", bytes);
+        free(*p);
+        *p = aligned_alloc(64, sz);
+        *size = *p ? sz : 0;
+        if (!*p && fail) return pbw_ctx_fail(ctx, "out of memory (%zu bytes of scratch)", bytes);
     }
-    return ctx->scratch[slot];
+    return *p;
 }
 
 void *pbw_ctx_scratch(pbw_ctx *ctx, int slot, size_t bytes) {
@@ -764,6 +782,83 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
     return n;
 }
 
+/* --- lanes --- */
+
+enum { LANE_FORK = 1, LANE_MAIN, LANE_JOIN };
+
+/* What a lane mark does in the forward (backward 0), or in the backward, where the tape runs
+ * in reverse: a join's mark lets lane 1 start on the gradients lane 0 has made (lane 0 goes
+ * on), the switch back to lane 0 becomes the switch to lane 1, and the fork's mark makes lane 0
+ * wait for lane 1's gradients. */
+static void lane_act(pbw_ctx *ctx, int mark, int backward) {
+#ifdef PBW_HAVE_CUDA
+    int rc = 0;
+    if (mark == LANE_MAIN) {
+        pbw_cuda_lane_set(backward ? 1 : 0);
+    } else if ((mark == LANE_FORK) != backward) { /* fork forward, or join backward */
+        rc = pbw_cuda_lane_wait(1, 0);
+        if (!backward && rc > 0) pbw_cuda_lane_set(1);
+    } else { /* join forward, fork backward */
+        rc = pbw_cuda_lane_wait(0, 1);
+        pbw_cuda_lane_set(0);
+    }
+    if (rc < 0) pbw_ctx_fail(ctx, "cuda: %s", pbw_cuda_error() ? pbw_cuda_error() : "lanes");
+#else
+    (void)ctx, (void)mark, (void)backward;
+#endif
+}
+
+static int lanes_used(const pbw_ctx *ctx) {
+#ifdef PBW_HAVE_CUDA
+    return ctx->dev == PBW_DEV_CUDA && pbw_cuda_lanes_on();
+#else
+    (void)ctx;
+    return 0;
+#endif
+}
+
+static void lane_mark(pbw_ctx *ctx, int mark) {
+    lane_act(ctx, mark, 0);
+    if (!ctx->lane_taped) return;
+    pbw_node *n = pbw_arena_calloc(&ctx->act, sizeof *n);
+    if (!n) {
+        pbw_ctx_fail(ctx, "out of memory recording a lane mark");
+        return;
+    }
+    n->op = "lane";
+    n->lane_mark = mark;
+    n->prev = ctx->tape;
+    ctx->tape = n;
+}
+
+int pbw_lane_fork(pbw_ctx *ctx, int n, pbw_tensor **t) {
+    if (ctx->failed || !lanes_used(ctx)) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (pbw_cuda_lane() != 0) {
+        pbw_ctx_fail(ctx, "lanes: a fork inside a fork");
+        return -1;
+    }
+#endif
+    /* a recorded pass marks its lanes when a gradient may flow through them; a pass with an
+     * empty tape records no mark (releases between its blocks look for new nodes) */
+    ctx->lane_taped = ctx->grad_enabled && ctx->tape != NULL;
+    for (int i = 0; i < n; i++) /* the side lane's own handles: their gradients add up apart */
+        if (t[i] && !(t[i] = pbw_reshape(ctx, t[i], t[i]->ndim, t[i]->shape))) return -1;
+    lane_mark(ctx, LANE_FORK);
+    ctx->lane_open = 1;
+    return ctx->failed ? -1 : 1;
+}
+
+void pbw_lane_main(pbw_ctx *ctx) {
+    if (ctx->lane_open) lane_mark(ctx, LANE_MAIN);
+}
+
+void pbw_lane_join(pbw_ctx *ctx) {
+    if (!ctx->lane_open) return;
+    lane_mark(ctx, LANE_JOIN);
+    ctx->lane_open = ctx->lane_taped = 0;
+}
+
 /* Lists t, whose grad was just set, for pbw_ctx_reset to clear; -1 when out of memory. */
 static int own_grad(pbw_ctx *ctx, pbw_tensor *t) {
     grad_owner *g = pbw_arena_alloc(&ctx->act, sizeof *g);
@@ -845,7 +940,7 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
     size_t part[2] = {0, 0}, count = 0; /* bytes: zeroed, unset */
     const int may_unset = !pbw_env_zero("PBW_GRAD_UNSET"); /* 0: zero every gradient (tests) */
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
-        if (!n->out->grad) continue; /* not reached */
+        if (!n->out || !n->out->grad) continue; /* a lane mark, or not reached */
         for (int i = 0; i < n->nin; i++) {
             pbw_tensor *t = n->in[i];
             if (!t || !t->requires_grad || t->grad || t->device != ctx->dev) continue;
@@ -903,6 +998,10 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     }
     alloc_reached_grads(ctx);
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
+        if (n->lane_mark) {
+            lane_act(ctx, n->lane_mark, 1);
+            continue;
+        }
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
         if (grad_set_zero(ctx, n->out)) break; /* unset: its consumers added nothing */
         if (!n->reads_grad_half && pbw_grad_sync(ctx, n->out)) break;

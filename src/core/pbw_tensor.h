@@ -94,6 +94,7 @@ struct pbw_node {
                       * pbw_grad_out (set by the op after pbw_tape_push) */
     int reads_grad_half; /* the backward reads out->grad_half when set (else pbw_backward
                           * writes out->grad from it first) */
+    int lane_mark;       /* a lane's fork, switch or join (pbw_lane_fork; out NULL), not an op */
     pbw_node *prev;
 };
 
@@ -185,6 +186,32 @@ typedef struct pbw_ctx_mark {
 } pbw_ctx_mark;
 pbw_ctx_mark pbw_ctx_mark_get(pbw_ctx *ctx);
 int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep);
+
+/* --- lanes: independent work side by side on a GPU ---
+ * On a CUDA context, pbw_lane_fork starts a side lane: the ops that follow run on a second
+ * stream, after the work queued so far, until pbw_lane_main switches back (without waiting);
+ * pbw_lane_join makes the main lane wait for the side lane. Work between main and join runs
+ * beside the side lane's. The tensors t[0..n-1] that the side lane reads are replaced by
+ * handles of their own (views), whose gradients the backward adds into the originals after the
+ * side lane's backward: the two lanes never write one gradient buffer. The backward runs each
+ * lane's ops on its lane, in the reverse order. The side lane must not read what the main lane
+ * writes after the fork, nor the main lane what the side lane writes before the join; neither
+ * may free memory the other uses (pbw_ctx_release, a reset) before the join. On the CPU, or with
+ * PBW_CUDA_LANES=0, nothing changes: fork returns 0 and the ops run in order. Returns 1 (forked),
+ * 0, or -1 with the context failed.
+ *
+ *     pbw_tensor *side = img;
+ *     pbw_lane_fork(ctx, 1, &side);
+ *     pbw_tensor *a = term_a(ctx, side);   // lane 1
+ *     pbw_lane_main(ctx);
+ *     pbw_tensor *b = term_b(ctx, img);    // lane 0, beside it
+ *     pbw_lane_join(ctx);
+ *     pbw_tensor *loss = pbw_add(ctx, a, b);
+ */
+#define PBW_LANES 2
+int pbw_lane_fork(pbw_ctx *ctx, int n, pbw_tensor **t);
+void pbw_lane_main(pbw_ctx *ctx);
+void pbw_lane_join(pbw_ctx *ctx);
 
 /* --- tensors --- */
 /* New float32 tensor in the activation arena, uninitialized. */

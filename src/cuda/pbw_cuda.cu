@@ -49,19 +49,55 @@ static std::vector<void *> g_deferred_free; // pbw_cuda_free calls made while ca
 // ---- device, stream, handles ----
 
 static int g_dev = -1;
-static cudaStream_t g_stream;
-static cublasHandle_t g_cublas;
-static cudnnHandle_t g_cudnn;
-static void *g_ws;
-static size_t g_ws_size;
+static cudnnHandle_t g_cudnn; // one handle: its stream follows the current lane
 static pbw_precision g_prec = PBW_PREC_FP32;
 
+// A lane: a stream with the library state that work on it must not share with work that may
+// run beside it (see pbw_cuda_lane_wait in pbw_cuda.h). Lane 0 is made by pbw_cuda_init, lane
+// 1 on its first use.
+struct lane {
+    cudaStream_t stream;
+    cublasHandle_t cublas; // bound to stream, with a workspace of its own
+    void *ws;              // pbw_cuda_workspace
+    size_t ws_size;
+    cudaEvent_t mark; // recorded when another lane waits for this one's work
+};
+static lane g_lanes[PBW_CUDA_LANES];
+static int g_lane;                     // the current lane
+static int g_lanes_made = 1;           // lanes made so far (lane 0 at init)
+
 static void apply_math_mode(void) {
-    if (!g_cublas) return;
     cublasMath_t m = CUBLAS_DEFAULT_MATH;
     if (g_prec == PBW_PREC_FP32) m = CUBLAS_PEDANTIC_MATH;
     else if (g_prec == PBW_PREC_TF32) m = CUBLAS_TF32_TENSOR_OP_MATH;
-    cublasSetMathMode(g_cublas, m);
+    for (int i = 0; i < g_lanes_made; i++)
+        if (g_lanes[i].cublas) cublasSetMathMode(g_lanes[i].cublas, m);
+}
+
+// Lane i's stream, cuBLAS handle (bound to it, with a workspace of its own: cuBLAS then
+// allocates nothing itself, which graph capture needs) and event. 0, or -1 (nothing kept).
+static int lane_make(int i) {
+    lane &l = g_lanes[i];
+    if (cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking) != cudaSuccess) {
+        cudaGetLastError();
+        l.stream = nullptr;
+        return -1;
+    }
+    void *cws = nullptr;
+    if (cudaEventCreateWithFlags(&l.mark, cudaEventDisableTiming) != cudaSuccess ||
+        cublasCreate(&l.cublas) != CUBLAS_STATUS_SUCCESS) {
+        cudaGetLastError();
+        if (l.mark) cudaEventDestroy(l.mark);
+        cudaStreamDestroy(l.stream);
+        l = lane();
+        return -1;
+    }
+    cublasSetStream(l.cublas, l.stream);
+    if (cudaMalloc(&cws, (size_t)32 << 20) == cudaSuccess)
+        cublasSetWorkspace(l.cublas, cws, (size_t)32 << 20);
+    else
+        cudaGetLastError();
+    return 0;
 }
 
 extern "C" int pbw_cuda_init(int dev, pbw_err *err) {
@@ -72,21 +108,13 @@ extern "C" int pbw_cuda_init(int dev, pbw_err *err) {
     if (dev < 0 || dev >= n)
         return pbw_err_set(err, "cuda:%d: no such device (%d found)", dev, n);
     cudaError_t e = cudaSetDevice(dev);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) return pbw_err_set(err, "cuda:%d: %s", dev, cudaGetErrorString(e));
-    if (cublasCreate(&g_cublas) != CUBLAS_STATUS_SUCCESS)
-        return pbw_err_set(err, "cuda:%d: cannot create a cuBLAS handle", dev);
-    cublasSetStream(g_cublas, g_stream);
-    // an explicit workspace: cuBLAS then allocates nothing itself, which graph capture needs
-    void *cws = nullptr;
-    if (cudaMalloc(&cws, (size_t)32 << 20) == cudaSuccess)
-        cublasSetWorkspace(g_cublas, cws, (size_t)32 << 20);
-    else
-        cudaGetLastError();
+    if (lane_make(0))
+        return pbw_err_set(err, "cuda:%d: cannot create a stream and a cuBLAS handle", dev);
     cudnnStatus_t ds = cudnnCreate(&g_cudnn);
     if (ds != CUDNN_STATUS_SUCCESS)
         return pbw_err_set(err, "cuda:%d: cannot create a cuDNN handle: %s", dev, cudnnGetErrorString(ds));
-    cudnnSetStream(g_cudnn, g_stream);
+    cudnnSetStream(g_cudnn, pbw_stream());
     g_dev = dev;
     apply_math_mode();
     return 0;
@@ -134,29 +162,90 @@ bool pbw_cuda_pdl(void) {
     return ok && !off;
 }
 
-cudaStream_t pbw_stream(void) { return g_stream; }
-cublasHandle_t pbw_cublas(void) { return g_cublas; }
+cudaStream_t pbw_stream(void) { return g_lanes[g_lane].stream; }
+cublasHandle_t pbw_cublas(void) { return g_lanes[g_lane].cublas; }
 cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }
 
 void *pbw_cuda_workspace(size_t bytes) {
-    if (bytes <= g_ws_size && g_ws) return g_ws;
+    lane &l = g_lanes[g_lane];
+    if (bytes <= l.ws_size && l.ws) return l.ws;
     if (g_capturing) {
         capture_refuse("a library workspace grew", 1);
         return nullptr;
     }
-    cudaStreamSynchronize(g_stream); // a queued kernel may still use the old one
-    if (g_ws) cudaFree(g_ws);
-    g_ws = nullptr;
-    g_ws_size = 0;
+    cudaStreamSynchronize(l.stream); // a queued kernel may still use the old one
+    if (l.ws) cudaFree(l.ws);
+    l.ws = nullptr;
+    l.ws_size = 0;
     size_t sz = bytes < ((size_t)32 << 20) ? ((size_t)32 << 20) : bytes;
-    if (cudaMalloc(&g_ws, sz) != cudaSuccess) {
+    if (cudaMalloc(&l.ws, sz) != cudaSuccess) {
         cudaGetLastError();
-        g_ws = nullptr;
+        l.ws = nullptr;
         pbw_cuda_fail("out of GPU memory for a %zu-byte library workspace", bytes);
         return nullptr;
     }
-    g_ws_size = sz;
-    return g_ws;
+    l.ws_size = sz;
+    return l.ws;
+}
+
+// ---- lanes ----
+
+static cudaError_t sync_lanes(void);
+
+void pbw_cuda_wait_lanes(void) {
+    if (!g_capturing && g_dev >= 0) sync_lanes();
+}
+
+extern "C" int pbw_cuda_lane(void) { return g_lane; }
+
+extern "C" int pbw_cuda_lanes_on(void) { // read at each call: tests compare both ways
+    return g_dev >= 0 && !pbw_env_zero("PBW_CUDA_LANES");
+}
+
+static long g_lane_waits;
+extern "C" long pbw_cuda_lane_waits(void) { return g_lane_waits; }
+
+extern "C" void pbw_cuda_lane_set(int i) {
+    if (i < 0 || i >= g_lanes_made || i == g_lane) return;
+    g_lane = i;
+    cudnnSetStream(g_cudnn, pbw_stream());
+}
+
+extern "C" int pbw_cuda_lane_wait(int waiter, int on) {
+    if (!pbw_cuda_lanes_on() || waiter < 0 || on < 0 || waiter >= PBW_CUDA_LANES ||
+        on >= PBW_CUDA_LANES || waiter == on)
+        return 0;
+    for (int i = g_lanes_made; i <= waiter || i <= on; i++) {
+        if (g_capturing) { // a stream made now would not be part of the recording
+            capture_refuse("a lane made while recording", 1);
+            return -1;
+        }
+        if (lane_make(i)) {
+            pbw_cuda_fail("cannot create the stream of GPU lane %d", i);
+            return -1;
+        }
+        g_lanes_made = i + 1;
+        apply_math_mode();
+    }
+    cudaError_t e = cudaEventRecord(g_lanes[on].mark, g_lanes[on].stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(g_lanes[waiter].stream, g_lanes[on].mark, 0);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        pbw_cuda_fail("a wait between GPU lanes: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    g_lane_waits++;
+    return 1;
+}
+
+// Waits for every lane made (a read-back or a free may concern work on any of them).
+static cudaError_t sync_lanes(void) {
+    cudaError_t first = cudaSuccess;
+    for (int i = 0; i < g_lanes_made; i++) {
+        cudaError_t e = cudaStreamSynchronize(g_lanes[i].stream);
+        if (first == cudaSuccess) first = e;
+    }
+    return first;
 }
 
 extern "C" void pbw_cuda_set_precision(pbw_precision p) {
@@ -284,7 +373,7 @@ extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
         src = capture_stage(src, bytes);
         if (!src) return -1;
     }
-    return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream),
+    return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, pbw_stream()),
                        "copy to the GPU");
 }
 
@@ -293,18 +382,18 @@ extern "C" int pbw_cuda_d2h(void *dst, const void *src, size_t bytes) {
         capture_refuse("a read back from the GPU", 0);
         return -1;
     }
-    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(g_stream);
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, pbw_stream());
+    if (e == cudaSuccess) e = sync_lanes();
     return copy_result(e, "copy from the GPU");
 }
 
 extern "C" int pbw_cuda_d2d(void *dst, const void *src, size_t bytes) {
-    return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream),
+    return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, pbw_stream()),
                        "copy on the GPU");
 }
 
 extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
-    return copy_result(cudaMemsetAsync(dst, 0, bytes, g_stream), "memset on the GPU");
+    return copy_result(cudaMemsetAsync(dst, 0, bytes, pbw_stream()), "memset on the GPU");
 }
 
 extern "C" int pbw_cuda_sync(pbw_err *err) {
@@ -313,7 +402,7 @@ extern "C" int pbw_cuda_sync(pbw_err *err) {
         return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
     }
     if (g_dev >= 0) {
-        cudaError_t e = cudaStreamSynchronize(g_stream);
+        cudaError_t e = sync_lanes();
         if (e != cudaSuccess) pbw_cuda_fail("%s", cudaGetErrorString(e));
     }
     if (pbw_cuda_error()) return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
@@ -464,7 +553,7 @@ extern "C" void pbw_cuda_graph_input(const void *host, size_t bytes) {
 }
 
 extern "C" int pbw_cuda_capture_begin(void) {
-    if (g_dev < 0 || g_capturing) return -1;
+    if (g_dev < 0 || g_capturing || g_lane != 0) return -1;
     g_inputs.clear();
     if (pbw_cuda_sync(nullptr)) return -1;
     g_cap = new pbw_cuda_graph();
@@ -472,7 +561,7 @@ extern "C" int pbw_cuda_capture_begin(void) {
     g_capture_broken = g_capture_grew = 0;
     g_refusal[0] = 0;
     // relaxed: an arena that grows may still call cudaMalloc while recording
-    if (cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+    if (cudaStreamBeginCapture(pbw_stream(), cudaStreamCaptureModeRelaxed) != cudaSuccess) {
         cudaGetLastError();
         graph_release(g_cap);
         g_cap = nullptr;
@@ -485,7 +574,11 @@ extern "C" int pbw_cuda_capture_begin(void) {
 extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
     if (!g_capturing) return nullptr;
     cudaGraph_t graph = nullptr;
-    cudaError_t e = cudaStreamEndCapture(g_stream, &graph);
+    if (g_lane != 0) { // a lane left current: end on lane 0 (the recording fails if unjoined)
+        capture_refuse("a pass that left GPU lane 0", 0);
+        pbw_cuda_lane_set(0);
+    }
+    cudaError_t e = cudaStreamEndCapture(pbw_stream(), &graph);
     g_capturing = 0;
     pbw_cuda_graph *g = g_cap;
     g_cap = nullptr;
@@ -522,14 +615,14 @@ extern "C" int pbw_cuda_graph_launch(pbw_cuda_graph *g) {
     g_graph_launches++;
     if (!g->inputs.empty()) {
         // the last replay's copies may still read the pinned buffers
-        if (cudaStreamSynchronize(g_stream) != cudaSuccess) return copy_result(cudaGetLastError(), "graph");
+        if (cudaStreamSynchronize(pbw_stream()) != cudaSuccess) return copy_result(cudaGetLastError(), "graph");
         for (const staged_input &in : g->inputs) memcpy(in.pinned, in.src, in.bytes);
     }
-    return copy_result(cudaGraphLaunch(g->exec, g_stream), "graph launch");
+    return copy_result(cudaGraphLaunch(g->exec, pbw_stream()), "graph launch");
 }
 
 extern "C" void pbw_cuda_graph_free(pbw_cuda_graph *g) {
     if (!g) return;
-    cudaStreamSynchronize(g_stream);
+    sync_lanes();
     graph_release(g);
 }

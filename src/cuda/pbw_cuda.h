@@ -99,6 +99,23 @@ int pbw_cuda_nhwc(void);
 void pbw_cuda_weights_block(const void *p, size_t bytes);
 int pbw_cuda_is_weight(const void *p, size_t bytes);
 
+/* Lanes: work that does not depend on other work queued beside it (LPIPS's term beside CLIP's)
+ * runs on a second stream, so that the GPU fills with both where either alone leaves it idle.
+ * Every launch, copy and library call goes to the current lane's stream; each lane has its own
+ * library workspaces and scratch (pbw_cuda_lane() indexes them), so two lanes never share
+ * temporaries. pbw_cuda_lane_wait(w, o) makes lane w wait for the work queued on lane o so far
+ * (made on first use; 1), or does nothing (0: PBW_CUDA_LANES=0, no device) or fails (-1);
+ * pbw_cuda_lane_set makes a lane current without waiting. A read-back or pbw_cuda_sync waits
+ * for every lane. A recorded pass begins and ends on lane 0, with every other lane's work
+ * waited for by lane 0 (the graph then holds both branches). Core code reaches this through
+ * pbw_lane_fork/_main/_join (pbw_tensor.h), which also order the backward. */
+#define PBW_CUDA_LANES 2
+int pbw_cuda_lanes_on(void);
+int pbw_cuda_lane(void);
+void pbw_cuda_lane_set(int lane);
+int pbw_cuda_lane_wait(int waiter, int on);
+long pbw_cuda_lane_waits(void); /* waits queued so far in this process (tests) */
+
 /* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
  * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.
  * Uploads are staged in pinned memory the graph owns: those from a host range registered with

@@ -774,6 +774,7 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
         }
         // the search runs under the precision's math type (plan_algo set it)
         cudnnSetConvolutionMathType(p->cd, base_math(prec, p->stage[dir]));
+        pbw_cuda_wait_lanes(); // cuDNN's times of this lane alone
         find_scratch fs;
         if (fs.init(out_bytes) == 0) {
             if (bk_forced == 1 && backend_eligible(p, dir) && backend_time(fs.out, true) >= 0) {
@@ -998,26 +999,28 @@ bool fallback_algo(conv_plan *p, int dir) {
 
 // ---------- staging (see the file comment) ----------
 
-// The module's grow-only staging buffer (device memory of its own, pbw_cuda_malloc): at least
-// `bytes`. Reused in stream order; freed to grow only after the stream has drained, since a
-// kernel queued earlier may still read it. NULL (failure recorded) when out of memory.
-void *g_stage;
-size_t g_stage_size;
+// The module's grow-only staging buffer, one a GPU lane (device memory of its own,
+// pbw_cuda_malloc): at least `bytes`. Reused in stream order; freed to grow only after the
+// streams have drained, since a kernel queued earlier may still read it. NULL (failure
+// recorded) when out of memory.
+void *g_stage[PBW_CUDA_LANES];
+size_t g_stage_size[PBW_CUDA_LANES];
 
 void *stage_get(size_t bytes) {
-    if (bytes <= g_stage_size && g_stage) return g_stage;
-    pbw_cuda_free(g_stage); // waits for kernels still reading it
-    g_stage = NULL;
-    g_stage_size = 0;
+    const int l = pbw_cuda_lane();
+    if (bytes <= g_stage_size[l] && g_stage[l]) return g_stage[l];
+    pbw_cuda_free(g_stage[l]); // waits for kernels still reading it
+    g_stage[l] = NULL;
+    g_stage_size[l] = 0;
     // grow by at least a quarter, so batch sizes creeping up don't reallocate each time
     size_t want = bytes + bytes / 4;
-    if (!(g_stage = pbw_cuda_malloc(want))) want = bytes, g_stage = pbw_cuda_malloc(want);
-    if (!g_stage) {
+    if (!(g_stage[l] = pbw_cuda_malloc(want))) want = bytes, g_stage[l] = pbw_cuda_malloc(want);
+    if (!g_stage[l]) {
         pbw_cuda_fail("conv2d: out of GPU memory for %zu bytes of half-precision staging", bytes);
         return NULL;
     }
-    g_stage_size = want;
-    return g_stage;
+    g_stage_size[l] = want;
+    return g_stage[l];
 }
 
 size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }

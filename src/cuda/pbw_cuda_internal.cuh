@@ -36,6 +36,8 @@ int pbw_cuda_sm_count(void);
 // Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least
 // `bytes`, valid until the next call. NULL when out of memory (failure recorded).
 void *pbw_cuda_workspace(size_t bytes);
+// Waits for the work queued on every GPU lane (nothing while a graph is recorded).
+void pbw_cuda_wait_lanes(void);
 
 // Programmatic dependent launch (Hopper and later): pbw_launch lets a kernel start while the
 // kernel before it on the stream finishes, so that its blocks are resident and its launch paid
@@ -193,6 +195,7 @@ int pbw_cuda_cache_read(const char *kind, size_t version, const char *off_env, c
 // a run returns false or the events fail (the error is cleared). For choosing between
 // candidate kernels on the operands of a first call.
 template <class Run> float pbw_cuda_best_of_three(Run run) {
+    pbw_cuda_wait_lanes(); // times of this lane alone, not shared with another's work
     cudaEvent_t ev[4];
     int nev = 0;
     while (nev < 4 && cudaEventCreate(&ev[nev]) == cudaSuccess) nev++;

@@ -154,10 +154,21 @@ struct lt_plan {
 const int LT_PLANS = 64;
 const size_t LT_WS_BYTES = (size_t)32 << 20;
 cublasLtHandle_t g_lt;
-void *g_lt_ws;
+void *g_lt_ws_lane[PBW_CUDA_LANES]; // one workspace a GPU lane (lt_ws)
 lt_plan g_lt_plans[LT_PLANS];
 int g_lt_nplans, g_lt_evict, g_lt_broken;
 long g_lt_half_calls;
+
+// The current GPU lane's cuBLASLt workspace, made on the lane's first product; NULL when out
+// of memory (or while a graph is recorded: the caller's other path serves).
+void *lt_ws() {
+    void *&ws = g_lt_ws_lane[pbw_cuda_lane()];
+    if (!ws && !pbw_cuda_capturing() && cudaMalloc(&ws, LT_WS_BYTES) != cudaSuccess) {
+        cudaGetLastError();
+        ws = nullptr;
+    }
+    return ws;
+}
 
 int align_of(const void *p) { // largest power of two dividing the address, at most 256
     uintptr_t u = (uintptr_t)p;
@@ -270,7 +281,7 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
         if (res[c].workspaceSize > LT_WS_BYTES) continue;
         const float t = pbw_cuda_best_of_three([&] {
             return cublasLtMatmul(g_lt, pl->op, &one, k.A, pl->a, k.B, pl->b, k.C ? &one : &zero,
-                                  k.C ? k.C : tmp, pl->c, tmp, pl->c, &res[c].algo, g_lt_ws,
+                                  k.C ? k.C : tmp, pl->c, tmp, pl->c, &res[c].algo, lt_ws(),
                                   LT_WS_BYTES, pbw_stream()) == CUBLAS_STATUS_SUCCESS;
         });
         if (t < 0) continue; // a candidate that failed to run is passed over
@@ -429,14 +440,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX ||
         (yh && r) || (rh && !yh))
         return -1;
-    if (!g_lt) {
-        if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS ||
-            cudaMalloc(&g_lt_ws, LT_WS_BYTES) != cudaSuccess) {
-            cudaGetLastError();
-            g_lt_broken = 1;
-            return -1;
-        }
+    if (!g_lt && cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) {
+        g_lt_broken = 1;
+        return -1;
     }
+    if (!lt_ws()) return -1;
     // half operands: x's half copy (made by the op that wrote x) and the weight's
     const void *wh = xh && pbw_cuda_half_gemm() ? half_weight_of(w, (size_t)(O * I)) : nullptr;
     const int half = wh != nullptr;
@@ -474,7 +482,7 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     g_lt_half_calls += half;
     const void *C = res ? res : (const void *)D;
     cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, res ? &one : &zero,
-                                       C, pl->c, D, pl->c, &pl->algo, g_lt_ws, LT_WS_BYTES,
+                                       C, pl->c, D, pl->c, &pl->algo, lt_ws(), LT_WS_BYTES,
                                        pbw_stream());
     if (st != CUBLAS_STATUS_SUCCESS) {
         pbw_cuda_fail("linear (cuBLASLt, %lld x %lld x %lld): status %d", (long long)R,
@@ -493,20 +501,21 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
 namespace {
 const int64_t HALF_BWD_MIN_ROWS = 64;
 long g_half_bwd_calls;
-void *g_gyh; // gy in bf16, grown only outside graph recording (see gyh_get)
-size_t g_gyh_size;
+void *g_gyh[PBW_CUDA_LANES]; // gy in bf16, one a GPU lane, grown only outside graph recording
+size_t g_gyh_size[PBW_CUDA_LANES];
 
-// At least `bytes` of the scratch, reused in stream order; NULL when it would have to grow while
-// a graph is recorded (a free breaks the recording: the fp32 path serves instead) or when out of
-// memory (the fp32 path then too).
+// At least `bytes` of the current lane's scratch, reused in stream order; NULL when it would
+// have to grow while a graph is recorded (a free breaks the recording: the fp32 path serves
+// instead) or when out of memory (the fp32 path then too).
 void *gyh_get(size_t bytes) {
-    if (bytes <= g_gyh_size && g_gyh) return g_gyh;
+    const int l = pbw_cuda_lane();
+    if (bytes <= g_gyh_size[l] && g_gyh[l]) return g_gyh[l];
     if (pbw_cuda_capturing()) return nullptr;
-    pbw_cuda_free(g_gyh); // waits for kernels still reading it
-    g_gyh_size = 0;
-    if (!(g_gyh = pbw_cuda_malloc(bytes))) return nullptr;
-    g_gyh_size = bytes;
-    return g_gyh;
+    pbw_cuda_free(g_gyh[l]); // waits for kernels still reading it
+    g_gyh_size[l] = 0;
+    if (!(g_gyh[l] = pbw_cuda_malloc(bytes))) return nullptr;
+    g_gyh_size[l] = bytes;
+    return g_gyh[l];
 }
 } // namespace
 

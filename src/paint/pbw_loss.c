@@ -661,10 +661,34 @@ static int check_img(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img) {
     return 0;
 }
 
+/* The reconstruction terms of img queued on ctx: L1 into *l1 and (with LPIPS) *lp, each (B);
+ * both NULL without a reconstruction term. On a GPU they go to a side lane (pbw_lane_fork),
+ * which stays current: the caller queues what else reads them there, switches back
+ * (pbw_lane_main), queues CLIP's pass, which then runs beside them, and calls pbw_lane_join
+ * before anything else reads the terms (on error too). */
+static int recon_terms(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img, pbw_tensor **l1,
+                       pbw_tensor **lp, pbw_err *err) {
+    *l1 = *lp = NULL;
+    if (!has_recon(o)) return 0;
+    if (pbw_lane_fork(ctx, 1, &img) >= 0) {
+        *l1 = l1_term(ctx, o, img);
+        *lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
+    }
+    if (!*l1 || (o->lpips && !*lp) || pbw_ctx_failed(ctx))
+        return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
+    return 0;
+}
+
 int pbw_objective_eval(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img,
                        const pbw_crop *crops, pbw_loss_parts *out) {
     memset(out, 0, sizeof *out);
     if (check_img(ctx, o, img)) return -1;
+    pbw_err err = {0};
+    if (recon_terms(ctx, o, img, &out->l1, &out->lpips, &err)) {
+        pbw_lane_join(ctx);
+        return -1;
+    }
+    pbw_lane_main(ctx);
     pbw_tensor *clip = pbw_clip_crop_loss(ctx, o->clip, pbw_objective_view(ctx, o, img, 0),
                                           o->target, crops, o->n_crops);
     if (pbw_objective_crop_sets(o) == 2) {
@@ -672,32 +696,16 @@ int pbw_objective_eval(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img,
                                               crops + o->n_crops, o->n_crops);
         clip = pbw_scale(ctx, pbw_add(ctx, clip, full), 0.5f);
     }
+    pbw_lane_join(ctx);
     out->clip = clip;
     pbw_tensor *total = clip;
-    if (has_recon(o)) {
-        out->l1 = l1_term(ctx, o, img);
+    if (out->l1) {
         pbw_tensor *rec = out->l1;
-        if (o->lpips) {
-            out->lpips = lpips_term(ctx, o, img);
-            rec = pbw_add(ctx, rec, pbw_scale(ctx, out->lpips, o->lpips_weight));
-        }
+        if (out->lpips) rec = pbw_add(ctx, rec, pbw_scale(ctx, out->lpips, o->lpips_weight));
         total = pbw_add(ctx, clip, pbw_scale(ctx, rec, o->recon_weight));
     }
     out->total = total;
     return total && !pbw_ctx_failed(ctx) ? 0 : -1;
-}
-
-/* The reconstruction terms of img queued on ctx: L1 into *l1 and (with LPIPS) *lp, each (B);
- * both NULL without a reconstruction term. */
-static int recon_terms(pbw_ctx *ctx, const pbw_objective *o, pbw_tensor *img, pbw_tensor **l1,
-                       pbw_tensor **lp, pbw_err *err) {
-    *l1 = *lp = NULL;
-    if (!has_recon(o)) return 0;
-    *l1 = l1_term(ctx, o, img);
-    *lp = o->lpips ? lpips_term(ctx, o, img) : NULL;
-    if (!*l1 || (o->lpips && !*lp) || pbw_ctx_failed(ctx))
-        return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "reconstruction loss failed");
-    return 0;
 }
 
 int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
@@ -718,6 +726,7 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
         rc = -1;
         goto out;
     }
+    pbw_lane_main(ctx);
     pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
     if (!view || pbw_ctx_failed(ctx)) {
         rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
@@ -736,6 +745,7 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
         }
         for (int64_t b = 0; b < B; b++) a[b] = (a[b] + a[B + b]) / 2;
     }
+    pbw_lane_join(ctx);
     const float *l1h = l1 ? pbw_tensor_host(ctx, l1) : NULL;
     const float *lph = lp ? pbw_tensor_host(ctx, lp) : NULL;
     if ((l1 && !l1h) || (lp && !lph)) {
@@ -745,6 +755,7 @@ int pbw_objective_values(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objective *o,
     for (int64_t b = 0; b < B; b++)
         pbw_objective_combine(o, a[b], l1h ? l1h[b] : 0, lph ? lph[b] : 0, &out[b]);
 out:
+    pbw_lane_join(ctx); /* no-op when joined */
     free(a);
     return rc;
 }
@@ -778,15 +789,20 @@ int pbw_objective_values_queue(pbw_ctx *ctx, pbw_ctx *scratch, const pbw_objecti
     const int64_t B = img->shape[0];
     /* the terms' values go to the caller's device memory, each copy queued after its pass */
     pbw_tensor *tl1, *tlp;
-    if (recon_terms(ctx, o, img, &tl1, &tlp, err)) return -1;
-    if ((tl1 && pbw_cuda_d2d(l1, tl1->data, (size_t)B * sizeof(float))) ||
-        (tlp && pbw_cuda_d2d(lpips, tlp->data, (size_t)B * sizeof(float))))
-        return pbw_err_set(err, "cuda: %s", pbw_cuda_error());
-    pbw_tensor *view = pbw_objective_view(ctx, o, img, 0);
-    if (!view || pbw_ctx_failed(ctx))
-        return pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
-    return clip_chunks(scratch, o->clip, view, o->target, crops, o->n_crops, o->clip_chunk, NULL,
-                       clip, err);
+    int rc = recon_terms(ctx, o, img, &tl1, &tlp, err);
+    /* the copies on the terms' lane, CLIP's pass beside them */
+    if (!rc && ((tl1 && pbw_cuda_d2d(l1, tl1->data, (size_t)B * sizeof(float))) ||
+                (tlp && pbw_cuda_d2d(lpips, tlp->data, (size_t)B * sizeof(float)))))
+        rc = pbw_err_set(err, "cuda: %s", pbw_cuda_error());
+    pbw_lane_main(ctx);
+    pbw_tensor *view = rc ? NULL : pbw_objective_view(ctx, o, img, 0);
+    if (!rc && (!view || pbw_ctx_failed(ctx)))
+        rc = pbw_ctx_check(ctx, err) ? -1 : pbw_err_set(err, "loss view failed");
+    if (!rc)
+        rc = clip_chunks(scratch, o->clip, view, o->target, crops, o->n_crops, o->clip_chunk,
+                         NULL, clip, err);
+    pbw_lane_join(ctx);
+    return rc;
 #else
     (void)ctx, (void)scratch, (void)o, (void)img, (void)crops, (void)clip, (void)l1, (void)lpips,
         (void)err;
