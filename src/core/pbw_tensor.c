@@ -835,13 +835,15 @@ int pbw_lane_fork(pbw_ctx *ctx, int n, pbw_tensor **t) {
     if (ctx->failed || !lanes_used(ctx)) return 0;
 #ifdef PBW_HAVE_CUDA
     if (pbw_cuda_lane() != 0) {
-        pbw_ctx_fail(ctx, "lanes: a fork inside a fork");
+        pbw_ctx_fail(ctx, "lanes: a fork from the side lane");
         return -1;
     }
 #endif
     /* a recorded pass marks its lanes when a gradient may flow through them; a pass with an
-     * empty tape records no mark (releases between its blocks look for new nodes) */
-    ctx->lane_taped = ctx->grad_enabled && ctx->tape != NULL;
+     * empty tape records no mark (releases between its blocks look for new nodes). A fork
+     * before the join (the side lane goes on after more main-lane work) keeps the first's
+     * choice: the marks of one join come all or none. */
+    if (!ctx->lane_open) ctx->lane_taped = ctx->grad_enabled && ctx->tape != NULL;
     for (int i = 0; i < n; i++) /* the side lane's own handles: their gradients add up apart */
         if (t[i] && !(t[i] = pbw_reshape(ctx, t[i], t[i]->ndim, t[i]->shape))) return -1;
     lane_mark(ctx, LANE_FORK);

@@ -614,6 +614,23 @@ static int check_latents(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const
     return 0;
 }
 
+/* ToRGB of x into skip. Where gradients flow (the Adam step) on a GPU, on a side lane
+ * (pbw_lane_fork; the caller joins after the last block): the skip path (ToRGB, the skip's
+ * upsampling and sum) reads the block's features and the latent but feeds nothing back into the
+ * features, so it runs beside the next block's convolutions, and its backward beside theirs.
+ * Without gradients it stays on the main lane: the release between blocks moves the skip. */
+static pbw_tensor *to_rgb_lane(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
+                               const layer_in *li, pbw_tensor *skip) {
+    pbw_tensor *in[2] = {x, li->lat};
+    if (!pbw_needs_grad(ctx, in, 2)) return to_rgb(ctx, tr, x, li, skip);
+    layer_in ls = *li;
+    if (pbw_lane_fork(ctx, 2, in) < 0) return NULL;
+    ls.lat = in[1];
+    pbw_tensor *out = to_rgb(ctx, tr, in[0], &ls, skip);
+    pbw_lane_main(ctx);
+    return out;
+}
+
 /* Upsampling blocks b0..b1-1 from p's features and skip (p->next_block == b0), into p. */
 static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
                       const pbw_sg2_opts *opts, int b1, pbw_sg2_partial *p) {
@@ -636,7 +653,7 @@ static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *l
         x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1);
         li = LAYER(l + 2, ls + 1, ls + 1);
         if (mk && opts->unmasked_torgb) li.m_in = NULL;
-        skip = to_rgb(ctx, &g->to_rgbs[b], x, &li, skip);
+        skip = to_rgb_lane(ctx, &g->to_rgbs[b], x, &li, skip);
         /* the last block's features are not read again: only the image moves */
         const int last = b + 1 == g->log_size - 2;
         pbw_tensor *keep[2] = {skip, x};
@@ -647,6 +664,7 @@ static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *l
         p->skip = skip;
         p->next_block = b + 1;
     }
+    pbw_lane_join(ctx); /* the skip path's side lane, if any */
     if (!p->skip) return -1;
     return 0;
 }
@@ -669,9 +687,12 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
     x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
     li = LAYER(1, 2, 2);
     if (mk && opts->unmasked_torgb) li.m_in = NULL;
-    p->skip = to_rgb(ctx, &g->to_rgb1, x, &li, NULL);
+    p->skip = to_rgb_lane(ctx, &g->to_rgb1, x, &li, NULL);
     p->x = x;
-    if (!p->skip || !p->x) return -1;
+    if (!p->skip || !p->x) {
+        pbw_lane_join(ctx);
+        return -1;
+    }
     return run_blocks(ctx, g, lat, opts, blocks, p);
 }
 #undef LAYER
