@@ -527,6 +527,64 @@ PBW_TEST(stylegan2_masked_identities) {
     masked_fixture_close(&f);
 }
 
+/* A masked synthesis's constants made once (pbw_sg2_fixed_make: lat0's styles and
+ * demodulation) give the image and w's gradient that computing them on each pass gives, to the
+ * bit (the same ops on the same values), with either demodulation and with ToRGB unmasked; and
+ * the table holds every layer's entries. */
+PBW_TEST(stylegan2_masked_fixed) {
+    masked_fixture f;
+    if (masked_fixture_open(&f)) return;
+    pbw_stylegan2 *g = f.g;
+    pbw_ctx *ctx = f.ctx;
+    pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
+    pbw_tensor *w0row = pbw_slice(ctx, f.w0, 0, 0, 1, 1);
+    for (int i = 0; i < g->n_latent; i++) lat0[i] = w0row;
+    pbw_sg2_fixed fx;
+    pbw_sg2_opts o = {.mask = &f.mk, .lat0 = lat0};
+    CHECK(pbw_sg2_fixed_make(ctx, g, &o, &fx) == 0);
+    int entries = 0;
+    for (int i = 0; i < g->n_latent; i++)
+        entries += (fx.conv_s0[i] && fx.conv_d0[i]) + (fx.rgb_s0[i] != NULL);
+    /* every convolution (n_latent - 1 of them) and every ToRGB (log_size - 1) */
+    CHECK(entries == g->n_latent - 1 + g->log_size - 1);
+    pbw_err err = {{0}};
+    pbw_ctx *run = pbw_ctx_new(PBW_DEV_CPU, &err); /* reset between runs; f's tensors stay */
+    CHECK(run != NULL);
+    const int64_t n = 3 * (int64_t)g->size * g->size * f.w->shape[0];
+    float *img[2] = {malloc((size_t)n * 4), malloc((size_t)n * 4)};
+    float *grad[2] = {malloc((size_t)f.w->numel * 4), malloc((size_t)f.w->numel * 4)};
+    for (int v = 0; v < 3 && run; v++) {
+        int ok = 1;
+        for (int use = 0; use < 2; use++) {
+            pbw_ctx_reset(run);
+            pbw_tensor *w = pbw_tensor_copy(run, f.w);
+            w->requires_grad = 1;
+            pbw_sg2_opts ov = o;
+            ov.demod_mixed = v == 1;
+            ov.unmasked_torgb = v == 2;
+            ov.fixed = use ? &fx : NULL;
+            pbw_tensor *out = pbw_sg2_from_w(run, g, w, &ov);
+            ok &= out && out->numel == n &&
+                  pbw_backward(run, pbw_sum(run, pbw_square(run, out), 0, NULL, 0), NULL, &err) == 0 &&
+                  w->grad;
+            if (!ok) break;
+            memcpy(img[use], out->data, (size_t)n * 4);
+            memcpy(grad[use], w->grad, (size_t)f.w->numel * 4);
+        }
+        CHECK(ok);
+        if (ok) {
+            printf("  variant %d: image max diff %.1e, gradient %.1e\n", v,
+                   gc_max_diff(img[0], img[1], n, NULL),
+                   gc_max_diff(grad[0], grad[1], f.w->numel, NULL));
+            CHECK(!memcmp(img[0], img[1], (size_t)n * 4) &&
+                  !memcmp(grad[0], grad[1], (size_t)f.w->numel * 4));
+        }
+    }
+    for (int i = 0; i < 2; i++) free(img[i]), free(grad[i]);
+    pbw_ctx_free(run);
+    masked_fixture_close(&f);
+}
+
 PBW_TEST(stylegan2_noise_modes) {
     pbw_err err = {{0}};
     pbw_stylegan2 *g;

@@ -436,6 +436,7 @@ typedef struct layer_in {
     pbw_tensor *lat, *lat0; /* (N,S), (N|1,S) */
     pbw_tensor *m_in, *m_out;
     int mixed;
+    pbw_tensor *s0, *d0; /* lat0's style and demodulation when made already (pbw_sg2_fixed) */
 } layer_in;
 
 /* Demodulation coefficients from style s (N,C): rsqrt(s^2 Wsq^T + 1e-8) -> (N,O). */
@@ -463,7 +464,9 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
 static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer_in *li,
                    pbw_tensor **s, pbw_tensor **s0) {
     *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
-    *s0 = li->m_in ? pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias) : NULL;
+    *s0 = !li->m_in ? NULL
+          : li->s0  ? li->s0
+                    : pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
 }
 
 /* A 1x1 modulated convolution (ToRGB, O = 3 outputs) as one product per sample whose weight
@@ -505,7 +508,7 @@ static pbw_tensor *modconv_core(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc
 static pbw_tensor *demod(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, const layer_in *li,
                          pbw_tensor *s, pbw_tensor *s0) {
     if (!li->m_in) return demod_coefs(ctx, &sc->conv, s);
-    if (!li->mixed) return demod_coefs(ctx, &sc->conv, s0);
+    if (!li->mixed) return li->d0 ? li->d0 : demod_coefs(ctx, &sc->conv, s0);
     return demod_mixed(ctx, &sc->conv, s, s0, li->m_out);
 }
 
@@ -631,17 +634,55 @@ static pbw_tensor *to_rgb_lane(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tenso
     return out;
 }
 
+/* The masked-style context of the layer with latent index idx (a ToRGB layer when rgb). */
+static layer_in layer_of(pbw_tensor *const *lat, const pbw_sg2_opts *opts, int idx, int side_in,
+                         int side_out, int rgb) {
+    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
+    layer_in li = {lat[idx], NULL, NULL, NULL, 0, NULL, NULL};
+    if (!mk) return li;
+    li.lat0 = opts->lat0[idx];
+    li.m_in = rgb && opts->unmasked_torgb ? NULL : mk->m[side_in];
+    li.m_out = mk->m[side_out];
+    li.mixed = opts->demod_mixed;
+    if (opts->fixed) {
+        li.s0 = rgb ? opts->fixed->rgb_s0[idx] : opts->fixed->conv_s0[idx];
+        li.d0 = rgb ? NULL : opts->fixed->conv_d0[idx];
+    }
+    return li;
+}
+
+int pbw_sg2_fixed_make(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_sg2_opts *opts,
+                       pbw_sg2_fixed *out) {
+    memset(out, 0, sizeof *out);
+    if (!opts || !opts->mask || !opts->lat0) {
+        pbw_ctx_fail(ctx, "stylegan2: constants of a masked synthesis need a mask and lat0");
+        return -1;
+    }
+    const int grad = pbw_ctx_set_grad(ctx, 0);
+    const pbw_sg2_modulated_conv2d *mc;
+    for (int k = 0; k < 2 * (g->log_size - 2) + 1; k++) { /* conv1 (latent 0), convs[k-1] (k) */
+        mc = k ? &g->convs[k - 1].conv : &g->conv1.conv;
+        out->conv_s0[k] = pbw_linear(ctx, opts->lat0[k], mc->modulation.weight,
+                                     mc->modulation.bias);
+        out->conv_d0[k] = demod_coefs(ctx, mc, out->conv_s0[k]);
+    }
+    for (int b = -1; b < g->log_size - 2; b++) { /* to_rgb1 (latent 1), to_rgbs[b] (3 + 2b) */
+        mc = b < 0 ? &g->to_rgb1.conv : &g->to_rgbs[b].conv;
+        const int idx = 3 + 2 * b;
+        out->rgb_s0[idx] = pbw_linear(ctx, opts->lat0[idx], mc->modulation.weight,
+                                      mc->modulation.bias);
+    }
+    pbw_ctx_set_grad(ctx, grad);
+    return pbw_ctx_failed(ctx) ? -1 : 0;
+}
+
 /* Upsampling blocks b0..b1-1 from p's features and skip (p->next_block == b0), into p. */
 static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
                       const pbw_sg2_opts *opts, int b1, pbw_sg2_partial *p) {
-    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
     const int64_t n = lat[0]->shape[0];
     pbw_tensor *x = p->x, *skip = p->skip;
-#define LAYER(idx, side_in, side_out)                                                          \
-    (layer_in) {                                                                               \
-        lat[idx], mk ? opts->lat0[idx] : NULL, mk ? mk->m[side_in] : NULL,                     \
-            mk ? mk->m[side_out] : NULL, mk ? opts->demod_mixed : 0                            \
-    }
+#define LAYER(idx, side_in, side_out) layer_of(lat, opts, idx, side_in, side_out, 0)
+#define RGB_LAYER(idx, side) layer_of(lat, opts, idx, side, side, 1)
     for (int b = p->next_block; b < b1; b++) {
         /* without gradients, a block's temporaries are freed as it ends */
         pbw_ctx_mark mark = pbw_ctx_mark_get(ctx);
@@ -651,8 +692,7 @@ static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *l
         pbw_tensor *noise0 = layer_noise(ctx, g, opts, l, n); /* drawn in the layers' order */
         pbw_tensor *noise1 = layer_noise(ctx, g, opts, l + 1, n);
         x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1);
-        li = LAYER(l + 2, ls + 1, ls + 1);
-        if (mk && opts->unmasked_torgb) li.m_in = NULL;
+        li = RGB_LAYER(l + 2, ls + 1);
         skip = to_rgb_lane(ctx, &g->to_rgbs[b], x, &li, skip);
         /* the last block's features are not read again: only the image moves */
         const int last = b + 1 == g->log_size - 2;
@@ -677,7 +717,6 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
         pbw_ctx_fail(ctx, "stylegan2 synthesis: %d blocks of %d", blocks, g->log_size - 2);
         return -1;
     }
-    const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
     const int64_t n = lat[0]->shape[0];
     /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
     pbw_tensor *x = g->input;
@@ -685,8 +724,7 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
         x = pbw_add(ctx, g->input, pbw_tensor_zeros(ctx, 4, (int64_t[]){n, g->channels[2], 4, 4}));
     layer_in li = LAYER(0, 2, 2);
     x = styled_conv(ctx, &g->conv1, x, &li, layer_noise(ctx, g, opts, 0, n));
-    li = LAYER(1, 2, 2);
-    if (mk && opts->unmasked_torgb) li.m_in = NULL;
+    li = RGB_LAYER(1, 2);
     p->skip = to_rgb_lane(ctx, &g->to_rgb1, x, &li, NULL);
     p->x = x;
     if (!p->skip || !p->x) {
@@ -696,6 +734,7 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
     return run_blocks(ctx, g, lat, opts, blocks, p);
 }
 #undef LAYER
+#undef RGB_LAYER
 
 pbw_tensor *pbw_sg2_synthesis_finish(pbw_ctx *ctx, const pbw_stylegan2 *g,
                                      pbw_tensor *const *lat, const pbw_sg2_opts *opts,

@@ -158,6 +158,15 @@ typedef enum pbw_sg2_noise {
     PBW_SG2_NOISE_NONE       /* no noise */
 } pbw_sg2_noise;
 
+/* The constants of a masked synthesis (pbw_sg2_fixed_make): each layer's style of the original
+ * latents, s0 = A lat0 + b, and each convolution's demodulation with it, made once for an edit
+ * instead of on every pass (an Adam step would otherwise repeat ~70 small kernels of them). conv_*
+ * and rgb_* are indexed by the layer's latent index; NULL where a layer has none. */
+typedef struct pbw_sg2_fixed {
+    pbw_tensor *conv_s0[PBW_SG2_MAX_LATENT], *conv_d0[PBW_SG2_MAX_LATENT];
+    pbw_tensor *rgb_s0[PBW_SG2_MAX_LATENT];
+} pbw_sg2_fixed;
+
 typedef struct pbw_sg2_opts {
     pbw_sg2_noise noise;
     pbw_rng *rng;               /* PBW_SG2_NOISE_RANDOM */
@@ -166,7 +175,14 @@ typedef struct pbw_sg2_opts {
     int demod_mixed;            /* masked: demodulate with the mixed style (see above) */
     int unmasked_torgb;         /* masked: ToRGB layers use s(w) everywhere, as Bau's
                                  * sequential StyleGAN2 does (default 0: masked too) */
+    const pbw_sg2_fixed *fixed; /* masked: the constants of these lat0, or NULL (computed) */
 } pbw_sg2_opts;
+
+/* The constants of a masked synthesis with opts (mask and lat0 set) into *out, made on ctx (they
+ * live as long as its activations; ctx records no gradients for them). 0, or -1 with ctx
+ * failed. */
+int pbw_sg2_fixed_make(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_sg2_opts *opts,
+                       pbw_sg2_fixed *out);
 
 /* z (N,S) -> w (N,S): PixelNorm, then the mapping layers. */
 pbw_tensor *pbw_sg2_mapping(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *z);

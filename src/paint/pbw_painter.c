@@ -267,6 +267,8 @@ typedef struct run {
     pbw_ctx *cctx;              /* constants of this request */
     pbw_tensor *w0;             /* (1,D) */
     pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
+    pbw_sg2_fixed fixed; /* the masked synthesis's constants of lat0 (have_fixed) */
+    int have_fixed;
     pbw_sg2_mask mk;
     int have_mk;
     pbw_tensor *orig;           /* (1,3,S,S) */
@@ -302,6 +304,7 @@ static pbw_sg2_opts synth_opts(const run *r) {
         o.lat0 = r->lat0;
         o.demod_mixed = r->rq->demod_mixed;
         o.unmasked_torgb = r->rq->unmasked_torgb;
+        o.fixed = r->have_fixed ? &r->fixed : NULL;
     }
     return o;
 }
@@ -490,6 +493,10 @@ static int setup(run *r, const float *mask, pbw_err *err) {
             if (pbw_sg2_mask_init(&r->mk, g, mask, S, S, err)) return -1;
             r->have_mk = 1;
             if (pbw_sg2_mask_to_device(&r->mk, c, err)) return -1;
+            /* lat0's styles and demodulation, once for every pass of the edit */
+            pbw_sg2_opts so = synth_opts(r);
+            if (pbw_sg2_fixed_make(c, g, &so, &r->fixed)) return ctx_err(c, err, "generator");
+            r->have_fixed = 1;
         } else {
             r->orig_keep = pbw_mul(c, r->orig, o->keep);
             if (!r->orig_keep) return ctx_err(c, err, "output mask");
