@@ -982,6 +982,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     if (pbw_ctx_check(ctx, err)) return -1;
     if (!loss->requires_grad)
         return pbw_err_set(err, "backward: the loss does not depend on any tensor that requires a gradient");
+    pbw_lane_join(ctx); /* a fork left open: its mark then starts the backward (no-op if none) */
     float *g = pbw_grad(ctx, loss);
     if (!g) return pbw_ctx_check(ctx, err);
     if (ctx->dev == PBW_DEV_CUDA) {
