@@ -192,9 +192,10 @@ int pbw_ctx_release(pbw_ctx *ctx, pbw_ctx_mark m, int n, pbw_tensor **keep);
  * stream, after the work queued so far, until pbw_lane_main switches back (without waiting);
  * pbw_lane_join makes the main lane wait for the side lane. Work between main and join runs
  * beside the side lane's. A fork before the join (from the main lane) lets the side lane go on
- * after the main lane's work so far, with more inputs of its own. The tensors t[0..n-1] that the side lane reads are replaced by
- * handles of their own (views), whose gradients the backward adds into the originals after the
- * side lane's backward: the two lanes never write one gradient buffer. The backward runs each
+ * after the main lane's work so far, with more inputs of its own. The tensors t[0..n-1] that
+ * the side lane reads are replaced by handles of their own (views), whose gradients the
+ * backward adds into the originals after the side lane's backward: the two lanes never write
+ * one gradient buffer (without gradients, n may be 0). The backward runs each
  * lane's ops on its lane, in the reverse order. The side lane must not read what the main lane
  * writes after the fork, nor the main lane what the side lane writes before the join; neither
  * may free memory the other uses (pbw_ctx_release, a reset) before the join. On the CPU, or with
