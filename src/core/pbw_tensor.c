@@ -159,7 +159,13 @@ void pbw_ctx_free(pbw_ctx *ctx) {
     free(ctx);
 }
 
+enum { LANE_FORK = 1, LANE_MAIN, LANE_JOIN }; /* lane marks (see "lanes" below) */
+static void lane_act(pbw_ctx *ctx, int mark, int backward);
+
 void pbw_ctx_reset(pbw_ctx *ctx) {
+    /* a fork left open (a pass that failed): the main lane waits for the side lane before the
+     * memory is reused */
+    if (ctx->lane_open) lane_act(ctx, LANE_JOIN, 0);
     for (grad_owner *g = ctx->grads; g; g = g->next) {
         g->t->grad = NULL;
         g->t->grad_unset = 0;
@@ -176,10 +182,6 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
          * later kernels writing it run after them (chunks freed go through pbw_cuda_free,
          * which waits) */
         pbw_arena_reset(&ctx->dact);
-        if (pbw_cuda_lane() != 0) { /* a fork left open (a pass that failed): lane 0 waits */
-            pbw_cuda_lane_wait(0, pbw_cuda_lane());
-            pbw_cuda_lane_set(0);
-        }
         pbw_cuda_clear_error();
     }
 #endif
@@ -783,8 +785,6 @@ pbw_node *pbw_tape_push(pbw_ctx *ctx, const char *op, pbw_backward_fn fn, pbw_te
 }
 
 /* --- lanes --- */
-
-enum { LANE_FORK = 1, LANE_MAIN, LANE_JOIN };
 
 /* What a lane mark does in the forward (backward 0), or in the backward, where the tape runs
  * in reverse: a join's mark lets lane 1 start on the gradients lane 0 has made (lane 0 goes
