@@ -460,13 +460,16 @@ static pbw_tensor *demod_mixed(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc,
     return pbw_rsqrt(ctx, pbw_add_scalar(ctx, d2, SG2_EPS));
 }
 
+/* The style of latent lat (N,S) for a modulated convolution: its affine map -> (N,C). */
+static pbw_tensor *style_of(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *lat) {
+    return pbw_linear(ctx, lat, mc->modulation.weight, mc->modulation.bias);
+}
+
 /* The layer's style s, and s0 (the original latent's) when masked. */
 static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer_in *li,
                    pbw_tensor **s, pbw_tensor **s0) {
-    *s = pbw_linear(ctx, li->lat, mc->modulation.weight, mc->modulation.bias);
-    *s0 = !li->m_in ? NULL
-          : li->s0  ? li->s0
-                    : pbw_linear(ctx, li->lat0, mc->modulation.weight, mc->modulation.bias);
+    *s = style_of(ctx, mc, li->lat);
+    *s0 = !li->m_in ? NULL : li->s0 ? li->s0 : style_of(ctx, mc, li->lat0);
 }
 
 /* A 1x1 modulated convolution (ToRGB, O = 3 outputs) as one product per sample whose weight
@@ -662,15 +665,13 @@ int pbw_sg2_fixed_make(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_sg2_opts 
     const pbw_sg2_modulated_conv2d *mc;
     for (int k = 0; k < 2 * (g->log_size - 2) + 1; k++) { /* conv1 (latent 0), convs[k-1] (k) */
         mc = k ? &g->convs[k - 1].conv : &g->conv1.conv;
-        out->conv_s0[k] = pbw_linear(ctx, opts->lat0[k], mc->modulation.weight,
-                                     mc->modulation.bias);
+        out->conv_s0[k] = style_of(ctx, mc, opts->lat0[k]);
         out->conv_d0[k] = demod_coefs(ctx, mc, out->conv_s0[k]);
     }
     for (int b = -1; b < g->log_size - 2; b++) { /* to_rgb1 (latent 1), to_rgbs[b] (3 + 2b) */
         mc = b < 0 ? &g->to_rgb1.conv : &g->to_rgbs[b].conv;
         const int idx = 3 + 2 * b;
-        out->rgb_s0[idx] = pbw_linear(ctx, opts->lat0[idx], mc->modulation.weight,
-                                      mc->modulation.bias);
+        out->rgb_s0[idx] = style_of(ctx, mc, opts->lat0[idx]);
     }
     pbw_ctx_set_grad(ctx, grad);
     return pbw_ctx_failed(ctx) ? -1 : 0;

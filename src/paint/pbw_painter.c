@@ -267,8 +267,7 @@ typedef struct run {
     pbw_ctx *cctx;              /* constants of this request */
     pbw_tensor *w0;             /* (1,D) */
     pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
-    pbw_sg2_fixed fixed; /* the masked synthesis's constants of lat0 (have_fixed) */
-    int have_fixed;
+    pbw_sg2_fixed fixed; /* the latent mask's constants of lat0 (made with mk) */
     pbw_sg2_mask mk;
     int have_mk;
     pbw_tensor *orig;           /* (1,3,S,S) */
@@ -304,7 +303,7 @@ static pbw_sg2_opts synth_opts(const run *r) {
         o.lat0 = r->lat0;
         o.demod_mixed = r->rq->demod_mixed;
         o.unmasked_torgb = r->rq->unmasked_torgb;
-        o.fixed = r->have_fixed ? &r->fixed : NULL;
+        o.fixed = r->have_mk ? &r->fixed : NULL; /* entries NULL until made: computed */
     }
     return o;
 }
@@ -496,7 +495,6 @@ static int setup(run *r, const float *mask, pbw_err *err) {
             /* lat0's styles and demodulation, once for every pass of the edit */
             pbw_sg2_opts so = synth_opts(r);
             if (pbw_sg2_fixed_make(c, g, &so, &r->fixed)) return ctx_err(c, err, "generator");
-            r->have_fixed = 1;
         } else {
             r->orig_keep = pbw_mul(c, r->orig, o->keep);
             if (!r->orig_keep) return ctx_err(c, err, "output mask");
