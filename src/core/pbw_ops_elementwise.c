@@ -34,6 +34,16 @@ int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
 #endif
 }
 
+int pbw_half_out_grad(pbw_ctx *ctx) {
+#ifdef PBW_HAVE_CUDA
+    return pbw_ctx_half_activations(ctx) && pbw_on_cuda(ctx) && pbw_cuda_half_acts() &&
+           !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD");
+#else
+    (void)ctx;
+    return 0;
+#endif
+}
+
 void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {
     t->half = pbw_ctx_alloc(ctx, (size_t)t->numel * 2 + 16);
     t->half_only = t->half && only;
@@ -135,11 +145,17 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
         }
         if (pbw_tensor_sync_f32(ctx, x)) return NULL;
     }
-    /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one */
+    /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one, or
+     * the half values alone (its backward reads x, not y) */
     if (op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
-        if (!pbw_tensor_half_alloc(ctx, y, 0)) return NULL;
-        if (pbw_cuda_unary_forward_half(op, p0, p1, x->data, y->data, y->half, x->numel))
+        const int only = pbw_half_out_grad(ctx);
+        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;
+        if (pbw_cuda_unary_forward_half(op, p0, p1, x->data, only ? NULL : y->data, y->half,
+                                        x->numel)) {
             y->half = NULL; /* no vector path for these sizes: the product reads fp32 */
+            y->half_only = 0;
+            if (only) PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
+        }
     } else
 #endif
         PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);

@@ -172,6 +172,8 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
         return pbw_ctx_fail(ctx, "%s: the residual %s differs from the output's shape", op,
                             pbw_shape_str(r, sx, sizeof sx));
     const int nin = r ? 4 : b ? 3 : 2;
+    /* the weight's gradient reads x's fp32 values, which a half_only x has not written */
+    if (x->half_only && pbw_needs_grad(ctx, &w, 1) && pbw_tensor_sync_f32(ctx, x)) return NULL;
     pbw_tensor *y = NULL;
     if (into && !overlaps(r, x) && !pbw_needs_grad(ctx, in, nin) && !pbw_ctx_mark_get(ctx).tape) {
         y = r;

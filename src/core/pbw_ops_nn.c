@@ -61,8 +61,8 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too, or
                                                       * the half values alone */
-        const int only = pbw_half_out(ctx, in, 3);
-        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;
+        const int only = pbw_half_out(ctx, in, 3) || pbw_half_out_grad(ctx); /* (x, not y, */
+        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;            /* is read back) */
         pbw_cuda_layer_norm_forward_half(x->data, w ? w->data : NULL, b ? b->data : NULL,
                                          only ? NULL : y->data, y->half, mean, rstd, R, D, eps);
     } else
@@ -332,12 +332,16 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     int done = 0;
 #ifdef PBW_HAVE_CUDA
     /* tensor cores where products run on halves: o in fp32 and a half copy for the product
-     * that follows */
+     * that follows, or the half values alone (the backward reads the weights s.p, not o) */
     if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
-        if (!pbw_tensor_half_alloc(ctx, o, 0)) return NULL;
+        const int only = pbw_half_out_grad(ctx);
+        if (!pbw_tensor_half_alloc(ctx, o, only)) return NULL;
         done = pbw_cuda_attention_fwd_keep(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
-                                           o->data, o->half) == 0;
-        if (!done) o->half = NULL;
+                                           only ? NULL : o->data, o->half) == 0;
+        if (!done) {
+            o->half = NULL;
+            o->half_only = 0;
+        }
     }
 #endif
     if (!done)

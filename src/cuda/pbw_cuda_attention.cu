@@ -1275,7 +1275,8 @@ extern "C" int pbw_cuda_attention_fwd_keep(const pbw_attn_geom *g, const float *
     bool done = false;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        done = fwd_mma<H>(g, q, k, v, o, p, (H *)oh);
+        done = o ? fwd_mma<H>(g, q, k, v, o, p, (H *)oh)
+                 : fwd_mma<H>(g, q, k, v, (H *)oh, p, (H *)nullptr); // the halves alone
     });
     return done ? 0 : -1;
 }

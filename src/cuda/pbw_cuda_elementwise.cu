@@ -153,7 +153,7 @@ __global__ void k_unary_fwd4h(float p0, float p1, const float4 *__restrict__ x, 
         float4 v = x[i];
         float4 o = make_float4(unary_f<OP>(v.x, p0, p1), unary_f<OP>(v.y, p0, p1),
                                unary_f<OP>(v.z, p0, p1), unary_f<OP>(v.w, p0, p1));
-        y[i] = o;
+        if (y) y[i] = o;
         reinterpret_cast<uint2 *>(yh)[i] = pbw_pack_half4<H>(o);
     }
 }
@@ -217,8 +217,10 @@ extern "C" void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, cons
 
 extern "C" int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x,
                                            float *y, void *yh, int64_t n) {
-    if (op != PBW_UN_QUICK_GELU || n <= 0 || !vec4_ok(n, x, y, yh, yh) || ((uintptr_t)yh & 7))
-        return pbw_cuda_unary_forward(op, p0, p1, x, y, n), -1;
+    if (op != PBW_UN_QUICK_GELU || n <= 0 || !vec4_ok(n, x, y, yh, yh) || ((uintptr_t)yh & 7)) {
+        if (y) pbw_cuda_unary_forward(op, p0, p1, x, y, n);
+        return -1;
+    }
     const int64_t n4 = n / 4;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);

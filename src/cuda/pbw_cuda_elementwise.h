@@ -29,8 +29,9 @@ extern "C" {
 
 void pbw_cuda_unary_forward(pbw_unary_op op, float p0, float p1, const float *x, float *y,
                             int64_t n);
-/* QuickGELU forward that also writes yh (n, the precision's half type: a product's operand);
- * 0, or -1 when these sizes or pointers take no vector path (y is written, yh is not). */
+/* QuickGELU forward that also writes yh (n, the precision's half type: a product's operand), y
+ * (fp32) unless NULL; 0, or -1 when these sizes or pointers take no vector path (y, if any, is
+ * written, yh is not). */
 int pbw_cuda_unary_forward_half(pbw_unary_op op, float p0, float p1, const float *x, float *y,
                                 void *yh, int64_t n); /* x, y (n) */
 /* Half in, half out (the precision's half type, n values each; half activations): QuickGELU

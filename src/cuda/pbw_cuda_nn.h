@@ -71,8 +71,8 @@ int pbw_cuda_attention_fwd_nograd(const struct pbw_attn_geom *g, const void *q, 
 long pbw_cuda_attention_mma_calls(void);
 /* The forward that keeps its weights for a backward (p, as pbw_cuda_attention_fwd) on tensor
  * cores, where the precision multiplies on halves (head size 64, S <= 80): o in fp32 and, when
- * oh is not NULL, o's half copy (laid out as o) for the product that reads it. 0 when done, -1
- * with nothing launched otherwise. */
+ * oh is not NULL, o's half copy (laid out as o) for the product that reads it; o NULL: the
+ * halves alone. 0 when done, -1 with nothing launched otherwise. */
 int pbw_cuda_attention_fwd_keep(const struct pbw_attn_geom *g, const float *q, const float *k,
                                 const float *v, float *p, float *o, void *oh);
 /* Backward launches on tensor cores so far (bf16/fp16 precision, head size 64, T and S up to
