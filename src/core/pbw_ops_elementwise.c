@@ -114,6 +114,17 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     float *gx = pbw_grad_out(ctx, x, &beta);
     if (!gx) return;
 #ifdef PBW_HAVE_CUDA
+    if (x->half_only) { /* the forward read x's halves alone (pbw_half_out_grad) */
+        void *h = beta == 0.0f && x->grad_half_wanted
+                      ? pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16)
+                      : NULL;
+        if (h && pbw_cuda_unary_backward_half_hx(s->op, s->p0, s->p1, x->half, n->out->grad, h,
+                                                 x->numel) == 0) {
+            x->grad_half = h;
+            return;
+        }
+        if (pbw_tensor_sync_f32(ctx, x)) return; /* else x's fp32 values, written now */
+    }
     /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy alone */
     if (beta == 0.0f && x->grad_half_wanted && s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 &&
         pbw_on_cuda(ctx)) {
@@ -135,31 +146,38 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
     if ((half_in ? pbw_op_begin_half : pbw_op_begin)(ctx, name, 1, &x)) return NULL;
     pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, x->shape);
     if (!y) return NULL;
+    const int grad = pbw_needs_grad(ctx, &x, 1);
+    int done = 0;
 #ifdef PBW_HAVE_CUDA
-    if (x->half_only) { /* half activations: half in, half out when the kernel takes it */
-        if (pbw_half_out(ctx, &x, 1)) {
+    if (x->half_only) { /* half activations: half in, half out when the kernel takes it; with
+                         * gradients QuickGELU alone, whose backward reads x's halves then */
+        if (grad ? op == PBW_UN_QUICK_GELU && pbw_half_out_grad(ctx) : pbw_half_out(ctx, &x, 1)) {
             if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
-            if (pbw_cuda_unary_half(op, p0, p1, x->half, y->half, x->numel) == 0) return y;
-            y->half = NULL;
-            y->half_only = 0;
+            done = pbw_cuda_unary_half(op, p0, p1, x->half, y->half, x->numel) == 0;
+            if (done && !grad) return y;
+            if (!done) {
+                y->half = NULL;
+                y->half_only = 0;
+            }
         }
-        if (pbw_tensor_sync_f32(ctx, x)) return NULL;
+        if (!done && pbw_tensor_sync_f32(ctx, x)) return NULL;
     }
     /* QuickGELU feeds CLIP's second MLP product: a half copy too when products read one, or
      * the half values alone (its backward reads x, not y) */
-    if (op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
+    if (!done && op == PBW_UN_QUICK_GELU && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
         const int only = pbw_half_out_grad(ctx);
         if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;
-        if (pbw_cuda_unary_forward_half(op, p0, p1, x->data, only ? NULL : y->data, y->half,
-                                        x->numel)) {
-            y->half = NULL; /* no vector path for these sizes: the product reads fp32 */
+        done = pbw_cuda_unary_forward_half(op, p0, p1, x->data, only ? NULL : y->data, y->half,
+                                           x->numel) == 0;
+        if (!done) { /* no vector path for these sizes (y's fp32 values written unless only) */
+            y->half = NULL;
             y->half_only = 0;
-            if (only) PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
+            done = !only;
         }
-    } else
+    }
 #endif
-        PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
-    if (pbw_needs_grad(ctx, &x, 1)) {
+    if (!done) PBW_KERNEL(ctx, unary_forward, op, p0, p1, x->data, y->data, x->numel);
+    if (grad) {
         pbw_node *n = pbw_tape_push(ctx, name, unary_backward, y, &x, 1, sizeof(unary_saved));
         if (!n) return NULL;
         *(unary_saved *)n->saved = (unary_saved){op, p0, p1};

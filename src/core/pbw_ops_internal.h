@@ -35,10 +35,11 @@ int pbw_op_begin_nhwc(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts
 int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n);
 /* 1 when an op whose backward does not read its output keeps that output in half precision
  * alone with gradients too: half activations on a CUDA context (CLIP's blocks: the layer norms,
- * QuickGELU and attention, whose outputs only products read, as halves). A half_only tensor's
- * fp32 values are written for any op that reads them (pbw_op_begin); pbw_linear, which reads
- * the halves, writes them where its weight's gradient will need them. PBW_CUDA_HALF_ACTS_GRAD=0
- * keeps the fp32 values with gradients. */
+ * QuickGELU and attention, whose outputs only products read, as halves; the products, whose
+ * outputs attention and QuickGELU read as halves, forward and backward). A half_only tensor's
+ * fp32 values are written for any op that reads them (pbw_op_begin), or by a backward that
+ * needs them; pbw_linear, which reads the halves, writes them where its weight's gradient will
+ * need them. PBW_CUDA_HALF_ACTS_GRAD=0 keeps the fp32 values with gradients. */
 int pbw_half_out_grad(pbw_ctx *ctx);
 
 /* The tensor's shape right-aligned in 5 slots (leading ones). */

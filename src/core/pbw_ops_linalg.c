@@ -194,16 +194,22 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx)) { /* one product with the bias (and residual) in its epilogue */
         const float *bd = b ? b->data : NULL, *rd = r ? r->data : NULL;
-        if (x->half && !r && pbw_half_out(ctx, in, nin)) { /* half activations: half out */
+        const int grad = pbw_needs_grad(ctx, in, nin);
+        /* half activations: half out, with gradients too (the backward reads x, not y) */
+        if (x->half && !r && (grad ? pbw_half_out_grad(ctx) : pbw_half_out(ctx, in, nin))) {
             if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
-            if (pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, NULL, R, O, I) == 0)
-                return y; /* no gradient: nothing to record */
-            y->half = NULL;
-            y->half_only = 0;
+            done = pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, NULL, R, O,
+                                      I) == 0;
+            if (done && !grad) return y; /* no gradient: nothing to record */
+            if (!done) {
+                y->half = NULL;
+                y->half_only = 0;
+            }
         }
         /* a half_only x serves when the weight has a half copy; else its fp32 values */
-        done = pbw_cuda_linear_lt(x->half_only ? NULL : x->data, x->half, w->data, bd, rd,
-                                  y->data, NULL, NULL, R, O, I) == 0;
+        if (!done)
+            done = pbw_cuda_linear_lt(x->half_only ? NULL : x->data, x->half, w->data, bd, rd,
+                                      y->data, NULL, NULL, R, O, I) == 0;
         if (!done && x->half_only) {
             if (pbw_tensor_sync_f32(ctx, x)) return NULL;
             done = pbw_cuda_linear_lt(x->data, x->half, w->data, bd, rd, y->data, NULL, NULL, R,

@@ -250,7 +250,8 @@ pbw_tensor *pbw_attention(pbw_ctx *ctx, pbw_tensor *q, pbw_tensor *k, pbw_tensor
 
 typedef struct {
     pbw_attn_geom g;
-    float *p; /* (B*H,Tq,T) */
+    float *p;    /* (B*H,Tq,T) */
+    int half_in; /* qkv read as its halves alone (pbw_half_out_grad) */
 } attn_qkv_saved;
 
 /* With every query (T = S) the backward writes all of qkv's gradient (node->writes): q's T
@@ -262,6 +263,15 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
     float *g = n->writes ? pbw_grad_out(ctx, n->in[0], &beta) : pbw_grad(ctx, n->in[0]);
     if (!g) return;
     int64_t W = s->g.H * s->g.D;
+#ifdef PBW_HAVE_CUDA
+    if (s->half_in) { /* the halves the forward read, or their fp32 values written now */
+        const uint16_t *h = n->in[0]->half;
+        if (beta == 0.0f && pbw_cuda_attention_bwd_write_h(&s->g, h, h + W, h + 2 * W, s->p,
+                                                           n->out->grad, g, g + W, g + 2 * W) == 0)
+            return;
+        if (pbw_tensor_sync_f32(ctx, n->in[0])) return;
+    }
+#endif
     const float *x = n->in[0]->data;
 #ifdef PBW_HAVE_CUDA
     if (beta == 0.0f && pbw_on_cuda(ctx) &&
@@ -321,7 +331,23 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
     s.p = saved_floats(ctx, B * heads * n_queries * T);
     float *scratch = attn_scratch(ctx, g);
     if (!s.p || !scratch) return pbw_ctx_fail(ctx, "attention_qkv: out of memory");
-    if (pbw_tensor_sync_f32(ctx, qkv)) return NULL;
+    int done = 0;
+#ifdef PBW_HAVE_CUDA
+    /* with gradients, qkv held as halves alone (a product's half output, pbw_half_out_grad):
+     * the tensor-core forward reads them, as the backward will (s.half_in) */
+    if (pbw_on_cuda(ctx) && qkv->half_only && !qkv->half_nhwc && pbw_needs_grad(ctx, &qkv, 1) &&
+        pbw_half_out_grad(ctx)) {
+        const uint16_t *h = qkv->half;
+        if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
+        done = s.half_in =
+            pbw_cuda_attention_fwd_keep_h(g, h, h + W, h + 2 * W, s.p, NULL, o->half) == 0;
+        if (!done) {
+            o->half = NULL;
+            o->half_only = 0;
+        }
+    }
+#endif
+    if (!done && pbw_tensor_sync_f32(ctx, qkv)) return NULL;
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx) && !pbw_needs_grad(ctx, &qkv, 1)) { /* the weights are not kept */
         pbw_cuda_attention_fwd_nograd(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
@@ -329,11 +355,10 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         return o;
     }
 #endif
-    int done = 0;
 #ifdef PBW_HAVE_CUDA
     /* tensor cores where products run on halves: o in fp32 and a half copy for the product
      * that follows, or the half values alone (the backward reads the weights s.p, not o) */
-    if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
+    if (!done && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
         const int only = pbw_half_out_grad(ctx);
         if (!pbw_tensor_half_alloc(ctx, o, only)) return NULL;
         done = pbw_cuda_attention_fwd_keep(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,

@@ -940,11 +940,12 @@ __device__ __forceinline__ void store_c(float *g, int64_t ld, int r0, int R, int
     }
 }
 
-// Rows 0 .. 16 n - 1 of two (rows, 64) fp32 operands a and b (rows lda, ldb floats apart; zero
-// from row R) into halves at as and bs (rows MMA_LDK apart); n <= 4, by MMA_THREADS threads.
-template <typename H>
-__device__ __forceinline__ void stage_pair(H *as, H *bs, const float *a, int64_t lda,
-                                           const float *b, int64_t ldb, int R, int n, int tid) {
+// Rows 0 .. 16 n - 1 of two (rows, 64) operands a and b, fp32 or halves H (rows lda, ldb
+// elements apart; zero from row R) into halves at as and bs (rows MMA_LDK apart); n <= 4, by
+// MMA_THREADS threads.
+template <typename H, typename A, typename B>
+__device__ __forceinline__ void stage_pair(H *as, H *bs, const A *a, int64_t lda, const B *b,
+                                           int64_t ldb, int R, int n, int tid) {
     constexpr int C8 = MMA_D / 8, U = BMMA_MAX * C8 / MMA_THREADS;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     uint4 ha[U], hb[U];
@@ -964,9 +965,10 @@ __device__ __forceinline__ void stage_pair(H *as, H *bs, const float *a, int64_t
     }
 }
 
-template <int KT, typename H>
+// In: float, or H where the forward kept q, k and v as halves alone (the same values staged).
+template <int KT, typename H, typename In>
 __global__ static void __launch_bounds__(MMA_THREADS)
-    attention_bwd_mma_kernel(pbw_attn_geom g, const float *q, const float *k, const float *v,
+    attention_bwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v,
                              const float *p, const float *go, float *gq, float *gk, float *gv,
                              bool add) {
     pbw_pdl_wait();
@@ -982,8 +984,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     // shared memory could alias a load's generic address, so the compiler would not move a
     // load above it): 16-row pieces of Q and dO (a thread: 8 floats of a row each), of K and V,
     // then pairs of P.
-    stage_pair<H>(Qs, dOs, q + qo, g.q[2], go + oo, g.o[2], T, T16 / 16, tid);
-    stage_pair<H>(Ks, Vs, k + ko, g.k[2], v + vo, g.v[2], S, KT, tid);
+    stage_pair(Qs, dOs, q + qo, g.q[2], go + oo, g.o[2], T, T16 / 16, tid);
+    stage_pair(Ks, Vs, k + ko, g.k[2], v + vo, g.v[2], S, KT, tid);
     {
         const float *ph = p + bh * T * S;
         constexpr int NP = S16 / 2 * BMMA_MAX / MMA_THREADS; // pairs a thread at most
@@ -1095,40 +1097,47 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 static long g_bwd_mma_calls = 0;
 extern "C" long pbw_cuda_attention_bwd_mma_calls(void) { return g_bwd_mma_calls; }
 
-template <int KT, typename H>
-static bool bwd_mma_launch(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
+template <int KT, typename H, typename In>
+static bool bwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v,
                            const float *p, const float *go, float *gq, float *gk, float *gv,
                            bool add) {
     static size_t opted = 0;
     const size_t bytes = bwd_mma_smem_bytes(g->T, KT);
-    if (bytes > smem_optin_max() || !smem_allow(attention_bwd_mma_kernel<KT, H>, bytes, &opted))
+    if (bytes > smem_optin_max() ||
+        !smem_allow(attention_bwd_mma_kernel<KT, H, In>, bytes, &opted))
         return false;
-    pbw_launch(attention_bwd_mma_kernel<KT, H>, (unsigned)(g->B * g->H), MMA_THREADS, bytes, *g, q,
-               k, v, p, go, gq, gk, gv, add);
+    pbw_launch(attention_bwd_mma_kernel<KT, H, In>, (unsigned)(g->B * g->H), MMA_THREADS, bytes,
+               *g, q, k, v, p, go, gq, gk, gv, add);
     PBW_CUDA_LAUNCHED("attention_bwd (tensor cores)");
     g_bwd_mma_calls++;
     return true;
 }
 
 // The tensor-core backward where the precision multiplies on halves, for head size 64, T and S
-// up to 64, on 16-byte aligned rows; false (nothing launched) otherwise.
-static bool bwd_mma(const pbw_attn_geom *g, const float *q, const float *k, const float *v,
-                    const float *p, const float *go, float *gq, float *gk, float *gv, bool add) {
+// up to 64, on 16-byte aligned rows; false (nothing launched) otherwise. q, k, v: fp32, or
+// with half_in the precision's halves.
+static bool bwd_mma(const pbw_attn_geom *g, const void *q, const void *k, const void *v,
+                    bool half_in, const float *p, const float *go, float *gq, float *gk,
+                    float *gv, bool add) {
     const int kt = (int)((g->S + 15) / 16);
     if (!pbw_cuda_half_gemm() || g->B * g->H > 0x7fffffff || g->T > BMMA_MAX || g->S < 1 ||
-        g->S > BMMA_MAX || g->D != MMA_D || !vec4_ok(q, g->q) || !vec4_ok(k, g->k) ||
-        !vec4_ok(v, g->v) || !vec4_ok(go, g->o) || !vec4_ok(gq, g->q) || !vec4_ok(gk, g->k) ||
-        !vec4_ok(gv, g->v))
+        g->S > BMMA_MAX || g->D != MMA_D || !vec4_ok(go, g->o) || !vec4_ok(gq, g->q) ||
+        !vec4_ok(gk, g->k) || !vec4_ok(gv, g->v))
         return false;
     bool ok = false;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        switch (kt) {
-        case 1: ok = bwd_mma_launch<1, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
-        case 2: ok = bwd_mma_launch<2, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
-        case 3: ok = bwd_mma_launch<3, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
-        default: ok = bwd_mma_launch<4, H>(g, q, k, v, p, go, gq, gk, gv, add); break;
-        }
+        auto run = [&](auto *qt, auto *kt_, auto *vt) {
+            if (!vec4_ok(qt, g->q) || !vec4_ok(kt_, g->k) || !vec4_ok(vt, g->v)) return;
+            switch (kt) {
+            case 1: ok = bwd_mma_launch<1, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
+            case 2: ok = bwd_mma_launch<2, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
+            case 3: ok = bwd_mma_launch<3, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
+            default: ok = bwd_mma_launch<4, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
+            }
+        };
+        if (half_in) run((const H *)q, (const H *)k, (const H *)v);
+        else run((const float *)q, (const float *)k, (const float *)v);
     });
     return ok;
 }
@@ -1281,6 +1290,20 @@ extern "C" int pbw_cuda_attention_fwd_keep(const pbw_attn_geom *g, const float *
     return done ? 0 : -1;
 }
 
+extern "C" int pbw_cuda_attention_fwd_keep_h(const pbw_attn_geom *g, const void *q,
+                                             const void *k, const void *v, float *p, float *o,
+                                             void *oh) {
+    if (g->S <= 0 || !pbw_cuda_half_gemm()) return -1;
+    bool done = false;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        const H *qh = (const H *)q, *kh = (const H *)k, *vh = (const H *)v;
+        done = o ? fwd_mma<H>(g, qh, kh, vh, o, p, (H *)oh)
+                 : fwd_mma<H>(g, qh, kh, vh, (H *)oh, p, (H *)nullptr);
+    });
+    return done ? 0 : -1;
+}
+
 extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,
                                        const float *v, float *p, float *o, float *scratch) {
     (void)scratch; // only the backward needs scratch
@@ -1337,8 +1360,16 @@ extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float 
                                             const float *go, float *gq, float *gk, float *gv) {
     if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
     if (!gq || !gk || !gv) return -1;
-    if (bwd_mma(g, q, k, v, p, go, gq, gk, gv, false)) return 0;
+    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, false)) return 0;
     return bwd_tiled(g, q, k, v, p, go, gq, gk, gv, false) ? 0 : -1;
+}
+
+extern "C" int pbw_cuda_attention_bwd_write_h(const pbw_attn_geom *g, const void *q,
+                                              const void *k, const void *v, const float *p,
+                                              const float *go, float *gq, float *gk, float *gv) {
+    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (!gq || !gk || !gv) return -1;
+    return bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false) ? 0 : -1;
 }
 
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,
@@ -1346,7 +1377,8 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
                                        float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H, TS = T * S;
     if (BH <= 0 || T <= 0 || S <= 0 || D <= 0 || (!gq && !gk && !gv)) return;
-    if (bwd_mma(g, q, k, v, p, go, gq, gk, gv, true) || bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true))
+    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, true) ||
+        bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true))
         return;
     size_t fused = fused_bwd_smem_bytes(g);
     if (fused <= smem_optin_max() && BH <= 0x7fffffff) {

@@ -320,6 +320,40 @@ extern "C" int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1,
     return 0;
 }
 
+// k_unary_bwd4h from x held as halves alone (the forward read them so): four a thread.
+template <int OP, typename H>
+__global__ void k_unary_bwd4h_hx(float p0, float p1, const uint2 *__restrict__ xh,
+                                 const float4 *__restrict__ gy, H *gxh, int64_t n4) {
+    pbw_pdl_wait();
+    PBW_GRID_STRIDE(i, n4) {
+        float v[4];
+        pbw_unpack_half<H, 4>(xh[i], v);
+        const float4 g = gy[i];
+        const float4 r = make_float4(unary_g<OP>(v[0], 0.0f, g.x, p0, p1),
+                                     unary_g<OP>(v[1], 0.0f, g.y, p0, p1),
+                                     unary_g<OP>(v[2], 0.0f, g.z, p0, p1),
+                                     unary_g<OP>(v[3], 0.0f, g.w, p0, p1));
+        reinterpret_cast<uint2 *>(gxh)[i] = pbw_pack_half4<H>(r);
+    }
+}
+
+extern "C" int pbw_cuda_unary_backward_half_hx(pbw_unary_op op, float p0, float p1,
+                                               const void *xh, const float *gy, void *gxh,
+                                               int64_t n) {
+    if (op != PBW_UN_QUICK_GELU || n <= 0 || n % 4 || ((uintptr_t)xh & 7) ||
+        ((uintptr_t)gy & 15) || ((uintptr_t)gxh & 7))
+        return -1;
+    const int64_t n4 = n / 4;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H>, pbw_grid(n4), 256, 0, p0, p1,
+                   (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
+    });
+    PBW_CUDA_LAUNCHED("unary_backward (half in, half out)");
+    g_unary_bwd_half_calls++;
+    return 0;
+}
+
 extern "C" void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x,
                                         const float *y, const float *gy, float *gx, int64_t n,
                                         int add) {

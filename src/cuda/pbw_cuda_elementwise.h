@@ -51,6 +51,9 @@ void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x
  * (nothing launched) for other ops, n not a multiple of 4 or pointers not aligned. */
 int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1, const float *x,
                                  const float *y, const float *gy, void *gxh, int64_t n);
+/* The same from x held as the precision's halves alone (xh). */
+int pbw_cuda_unary_backward_half_hx(pbw_unary_op op, float p0, float p1, const void *xh,
+                                    const float *gy, void *gxh, int64_t n);
 /* Gradients written that way so far (tests). */
 long pbw_cuda_unary_backward_half_calls(void);
 

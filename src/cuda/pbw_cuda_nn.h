@@ -75,6 +75,9 @@ long pbw_cuda_attention_mma_calls(void);
  * halves alone. 0 when done, -1 with nothing launched otherwise. */
 int pbw_cuda_attention_fwd_keep(const struct pbw_attn_geom *g, const float *q, const float *k,
                                 const float *v, float *p, float *o, void *oh);
+/* The same from q, k, v held as the precision's halves alone (a product's half output). */
+int pbw_cuda_attention_fwd_keep_h(const struct pbw_attn_geom *g, const void *q, const void *k,
+                                  const void *v, float *p, float *o, void *oh);
 /* Backward launches on tensor cores so far (bf16/fp16 precision, head size 64, T and S up to
  * 64; tests). */
 long pbw_cuda_attention_bwd_mma_calls(void);
@@ -87,6 +90,11 @@ void pbw_cuda_attention_bwd(const struct pbw_attn_geom *g, const float *q, const
 int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, const float *k,
                                  const float *v, const float *p, const float *go, float *gq,
                                  float *gk, float *gv);
+/* pbw_cuda_attention_bwd_write from q, k, v held as the precision's halves alone, on tensor
+ * cores only (-1, nothing launched, where they do not take the geometry). */
+int pbw_cuda_attention_bwd_write_h(const struct pbw_attn_geom *g, const void *q, const void *k,
+                                   const void *v, const float *p, const float *go, float *gq,
+                                   float *gk, float *gv);
 
 /* ---- no CPU twin ---- */
 
