@@ -1277,31 +1277,34 @@ extern "C" size_t pbw_cuda_attention_scratch_floats(const pbw_attn_geom *g) {
     return (size_t)(g->B * g->H * g->T * g->S); // the backward's dP / dS
 }
 
-extern "C" int pbw_cuda_attention_fwd_keep(const pbw_attn_geom *g, const float *q,
-                                           const float *k, const float *v, float *p, float *o,
-                                           void *oh) {
+// The forward that keeps its weights, from q, k, v in fp32 or (half_in) the precision's halves:
+// o in fp32 with its half copy oh (may be NULL), or with o NULL the halves alone.
+static int fwd_keep(const pbw_attn_geom *g, const void *q, const void *k, const void *v,
+                    bool half_in, float *p, float *o, void *oh) {
     if (g->S <= 0 || !pbw_cuda_half_gemm()) return -1;
     bool done = false;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        done = o ? fwd_mma<H>(g, q, k, v, o, p, (H *)oh)
-                 : fwd_mma<H>(g, q, k, v, (H *)oh, p, (H *)nullptr); // the halves alone
+        auto run = [&](auto *qt, auto *kt, auto *vt) {
+            done = o ? fwd_mma<H>(g, qt, kt, vt, o, p, (H *)oh)
+                     : fwd_mma<H>(g, qt, kt, vt, (H *)oh, p, (H *)nullptr);
+        };
+        if (half_in) run((const H *)q, (const H *)k, (const H *)v);
+        else run((const float *)q, (const float *)k, (const float *)v);
     });
     return done ? 0 : -1;
+}
+
+extern "C" int pbw_cuda_attention_fwd_keep(const pbw_attn_geom *g, const float *q,
+                                           const float *k, const float *v, float *p, float *o,
+                                           void *oh) {
+    return fwd_keep(g, q, k, v, false, p, o, oh);
 }
 
 extern "C" int pbw_cuda_attention_fwd_keep_h(const pbw_attn_geom *g, const void *q,
                                              const void *k, const void *v, float *p, float *o,
                                              void *oh) {
-    if (g->S <= 0 || !pbw_cuda_half_gemm()) return -1;
-    bool done = false;
-    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
-        using H = decltype(t);
-        const H *qh = (const H *)q, *kh = (const H *)k, *vh = (const H *)v;
-        done = o ? fwd_mma<H>(g, qh, kh, vh, o, p, (H *)oh)
-                 : fwd_mma<H>(g, qh, kh, vh, (H *)oh, p, (H *)nullptr);
-    });
-    return done ? 0 : -1;
+    return fwd_keep(g, q, k, v, true, p, o, oh);
 }
 
 extern "C" void pbw_cuda_attention_fwd(const pbw_attn_geom *g, const float *q, const float *k,

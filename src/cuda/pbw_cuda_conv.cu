@@ -841,6 +841,21 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
 // direction's inputs, read by the measurement (for a staged direction the staged copies).
 // 0; -1 with the failure recorded; 1 when a staged direction found no NHWC algorithm (it is
 // then unstaged for the plan: the caller runs the float32 path, which chooses afresh).
+// cuDNN's heuristic candidates for the forward or the backward-data of p's staged (half NHWC)
+// or float32 descriptors.
+cudnnStatus_t heuristics(const conv_plan *p, bool staged, cudnnConvolutionFwdAlgoPerf_t *perf,
+                         int *n) {
+    return cudnnGetConvolutionForwardAlgorithm_v7(
+        pbw_cudnn(), staged ? p->hxd : p->xd, staged ? p->hwd : p->wd, p->cd,
+        staged ? p->hyd : p->yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf);
+}
+cudnnStatus_t heuristics(const conv_plan *p, bool staged,
+                         cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n) {
+    return cudnnGetConvolutionBackwardDataAlgorithm_v7(
+        pbw_cudnn(), staged ? p->hwd : p->wd, staged ? p->hyd : p->yd, p->cd,
+        staged ? p->hxd : p->xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n, perf);
+}
+
 int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
     if (p->have[dir]) return 0;
     cudnnHandle_t h = pbw_cudnn();
@@ -863,8 +878,7 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf, ws, wsb);
             },
             [&](cudnnConvolutionFwdAlgoPerf_t *perf, int *n) {
-                return cudnnGetConvolutionForwardAlgorithm_v7(
-                    h, xd, wd, p->cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, n, perf);
+                return heuristics(p, staged, perf, n);
             },
             [&](int algo, size_t *ws) {
                 return cudnnGetConvolutionForwardWorkspaceSize(
@@ -890,9 +904,7 @@ int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n, perf, ws, wsb);
             },
             [&](cudnnConvolutionBwdDataAlgoPerf_t *perf, int *n) {
-                return cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                    h, wd, yd, p->cd, xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n,
-                    perf);
+                return heuristics(p, staged, perf, n);
             },
             [&](int algo, size_t *ws) {
                 return cudnnGetConvolutionBackwardDataWorkspaceSize(
@@ -966,27 +978,27 @@ int prepare(conv_plan *p, int dir, const void *in0, const void *in1, void **ws) 
     return 0;
 }
 
+// fallback_algo's pick among N candidates of type Perf: its index, or -1.
+template <typename Perf, int N> int fallback_pick(conv_plan *p, int dir) {
+    Perf perf[N];
+    int n = 0, i = -1;
+    if (heuristics(p, true, perf, &n) == CUDNN_STATUS_SUCCESS &&
+        (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
+        p->fb_algo[dir] = (int)perf[i].algo, p->fb_ws[dir] = perf[i].memory;
+    return i;
+}
+
 // The legacy algorithm cuDNN's heuristics give direction dir of a staged plan (for calls whose
 // operands its backend plan cannot take), chosen once; the descriptor's math type set for it.
 // False (recorded) when there is none.
 bool fallback_algo(conv_plan *p, int dir) {
-    int n = 0, i = -1;
-    cudnnStatus_t s;
     if (!p->fb_have[dir]) {
-        if (dir == DIR_FWD) {
-            cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-            s = cudnnGetConvolutionForwardAlgorithm_v7(pbw_cudnn(), p->hxd, p->hwd, p->cd, p->hyd,
-                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf);
-            if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
-                p->fb_algo[dir] = (int)perf[i].algo, p->fb_ws[dir] = perf[i].memory;
-        } else {
-            cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-            s = cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                pbw_cudnn(), p->hwd, p->hyd, p->cd, p->hxd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                &n, perf);
-            if (s == CUDNN_STATUS_SUCCESS && (i = pick_heuristic(perf, n, p->key.prec)) >= 0)
-                p->fb_algo[dir] = (int)perf[i].algo, p->fb_ws[dir] = perf[i].memory;
-        }
+        const int i =
+            dir == DIR_FWD
+                ? fallback_pick<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+                      p, dir)
+                : fallback_pick<cudnnConvolutionBwdDataAlgoPerf_t,
+                                CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(p, dir);
         if (i < 0) {
             pbw_cuda_fail("conv2d: cuDNN offers no %s algorithm for unaligned operands",
                           dir_name(dir));
