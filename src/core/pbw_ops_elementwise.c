@@ -24,24 +24,23 @@ int pbw_op_begin_nhwc(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts
     return op_begin(ctx, op, n, ts, READS_NHWC);
 }
 
-int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
+/* Half activations asked for on a CUDA context that keeps them (pbw_half_out's terms but the
+ * gradient). */
+static int half_acts_on(pbw_ctx *ctx) {
 #ifdef PBW_HAVE_CUDA
-    return pbw_ctx_half_activations(ctx) && pbw_on_cuda(ctx) && pbw_cuda_half_acts() &&
-           !pbw_needs_grad(ctx, in, n);
-#else
-    (void)ctx, (void)in, (void)n;
-    return 0;
-#endif
-}
-
-int pbw_half_out_grad(pbw_ctx *ctx) {
-#ifdef PBW_HAVE_CUDA
-    return pbw_ctx_half_activations(ctx) && pbw_on_cuda(ctx) && pbw_cuda_half_acts() &&
-           !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD");
+    return pbw_ctx_half_activations(ctx) && pbw_on_cuda(ctx) && pbw_cuda_half_acts();
 #else
     (void)ctx;
     return 0;
 #endif
+}
+
+int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
+    return half_acts_on(ctx) && !pbw_needs_grad(ctx, in, n);
+}
+
+int pbw_half_out_grad(pbw_ctx *ctx) {
+    return half_acts_on(ctx) && !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD");
 }
 
 void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {

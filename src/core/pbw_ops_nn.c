@@ -61,8 +61,10 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
 #ifdef PBW_HAVE_CUDA
     if (pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) { /* products follow: a half copy too, or
                                                       * the half values alone */
-        const int only = pbw_half_out(ctx, in, 3) || pbw_half_out_grad(ctx); /* (x, not y, */
-        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;            /* is read back) */
+        /* (with gradients too: the backward reads x, not y) */
+        const int only = pbw_needs_grad(ctx, in, 3) ? pbw_half_out_grad(ctx)
+                                                    : pbw_half_out(ctx, in, 3);
+        if (!pbw_tensor_half_alloc(ctx, y, only)) return NULL;
         pbw_cuda_layer_norm_forward_half(x->data, w ? w->data : NULL, b ? b->data : NULL,
                                          only ? NULL : y->data, y->half, mean, rstd, R, D, eps);
     } else
@@ -354,8 +356,6 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
                                       o->data, 0);
         return o;
     }
-#endif
-#ifdef PBW_HAVE_CUDA
     /* tensor cores where products run on halves: o in fp32 and a half copy for the product
      * that follows, or the half values alone (the backward reads the weights s.p, not o) */
     if (!done && pbw_on_cuda(ctx) && pbw_cuda_half_gemm()) {
