@@ -38,6 +38,7 @@
 #include "core/pbw_ops.h"
 #include "core/pbw_ops_stylegan.h"
 #include "cuda_parity.h"
+#include "gradcheck.h"
 #include "core/pbw_rng.h"
 #include "paint/pbw_loss.h"
 #include "pbw_test.h"
@@ -823,6 +824,159 @@ PBW_TEST(cuda_sg_modconv_act) {
      * the map kernel that prepares every element, not the one that walks pixels */
     modconv_act_bits(N, C, H, W, O);
     modconv_act_bits(N, 24, H, W, 40);
+#endif
+}
+
+/* ---------- sg_modconv(_act) with gradients: one op ---------- */
+
+typedef struct {
+    sgconv_arg conv;
+    int act, masked;
+    float slope;
+} modconv_grad_arg;
+
+#ifdef PBW_HAVE_CUDA
+/* in: x, s, s0, m, d (N,O), noise (N,1,OH,OW), bias (O): s0 and m read when masked, the last
+ * three with the activation */
+static pbw_tensor *modconv_grad_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    modconv_grad_arg *a = arg;
+    const pbw_sg_conv_plan *pl = plan_for(ctx, &a->conv);
+    if (!pl) return NULL;
+    pbw_tensor *s0 = a->masked ? in[2] : NULL, *m = a->masked ? in[3] : NULL;
+    if (!a->act) return pbw_sg_modconv(ctx, in[0], in[1], s0, m, pl);
+    return pbw_sg_modconv_act(ctx, in[0], in[1], s0, m, pl, in[4], in[5], in[6], 0.7f, a->slope,
+                              sqrtf(2.0f));
+}
+
+/* fn on the GPU in bf16 with the fused op (fused 1) or the ops apart (PBW_CUDA_MODCONV_GRAD=0),
+ * from the same inputs (x, s, and s0 where in[2] asks, with gradients) and output gradient:
+ * the output and the gradients of x, s, s0 into out[0..3] (malloc'd, NULL for s0 without a
+ * gradient; free with free). 0 when all ran. */
+static int modconv_grad_run(modconv_grad_arg *a, const parity_input *in, int fused,
+                            float *out[4], int64_t nout[4]) {
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    if (!fused) setenv("PBW_CUDA_MODCONV_GRAD", "0", 1);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    pbw_tensor *t[7] = {0};
+    int rc = ctx ? 0 : -1;
+    uint32_t st = 4242u;
+    for (int i = 0; i < 7 && !rc; i++) {
+        int64_t n = 1;
+        for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
+        float *h = malloc((size_t)n * sizeof(float));
+        const float lo = in[i].lo == in[i].hi ? -1.0f : in[i].lo, hi = in[i].lo == in[i].hi ? 1.0f : in[i].hi;
+        for (int64_t j = 0; j < n; j++) {
+            st = st * 1664525u + 1013904223u;
+            h[j] = lo + (hi - lo) * (float)(st >> 8) / 16777216.0f;
+        }
+        t[i] = pbw_tensor_from_host(ctx, h, in[i].ndim, in[i].shape);
+        free(h);
+        if (!t[i]) rc = -1;
+        else t[i]->requires_grad = i < 3 && in[i].requires_grad;
+    }
+    pbw_tensor *y = rc ? NULL : modconv_grad_fn(ctx, t, a);
+    float *seed = NULL;
+    if (y) {
+        seed = malloc((size_t)y->numel * sizeof(float));
+        for (int64_t j = 0; j < y->numel; j++) {
+            st = st * 1664525u + 1013904223u;
+            seed[j] = 2.0f * (float)(st >> 8) / 16777216.0f - 1.0f;
+        }
+    }
+    if (!y || pbw_backward(ctx, y, seed, &err)) rc = -1;
+    pbw_tensor *src[4] = {y, t[0], t[1], t[2]};
+    for (int i = 0; i < 4 && !rc; i++) {
+        if (i && !src[i]->requires_grad) continue; /* out[i] stays NULL */
+        nout[i] = src[i]->numel;
+        out[i] = malloc((size_t)nout[i] * sizeof(float));
+        const float *g = i ? pbw_grad_host(ctx, src[i]) : NULL;
+        if (i ? !g : pbw_tensor_read(ctx, y, out[0]) != 0) rc = -1;
+        else if (i) memcpy(out[i], g, (size_t)nout[i] * sizeof(float));
+    }
+    if (rc) fprintf(stderr, "  %s %s\n", err.msg, ctx ? pbw_ctx_error(ctx) : "");
+    free(seed);
+    pbw_ctx_free(ctx);
+    unsetenv("PBW_CUDA_MODCONV_GRAD");
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    return rc;
+}
+#endif
+
+/* With gradients that reach only x and the styles (the Adam step's: the mask, demodulation,
+ * noise and bias are constants), a staged convolution's modulation, convolution and activation
+ * run as one op (pbw_cuda_modconv_grad): its backward stages the activation's gradient and
+ * copies back the modulation's. Against the CPU in fp32 (TOL_HALF; slope 1 as in
+ * cuda_sg_modconv_act: bf16 moves pre-activations across the kink), plain and transposed,
+ * with and without the activation and the mask. On the GPU in bf16 (slope 0.2), against the
+ * ops apart (PBW_CUDA_MODCONV_GRAD=0): the output and x's gradient bit for bit (the same
+ * roundings and the same convolution algorithm), the styles' gradients within 1e-5 of their
+ * largest (their pixel sums, in double, are added in another order). */
+PBW_TEST(cuda_sg_modconv_grad) {
+#ifdef PBW_HAVE_CUDA
+    static const sgconv_case cases[] = {{2, 64, 16, 16, 32, 3, 0}, {2, 64, 8, 8, 32, 3, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int act = 0; act < 2; act++)
+            for (int masked = 0; masked < 2; masked++) {
+                const sgconv_case *c = &cases[i];
+                const int64_t oh = c->transposed ? 2 * (c->h - 1) + c->k : c->h;
+                const int64_t ow = c->transposed ? 2 * (c->w - 1) + c->k : c->w;
+                pbw_err err = {{0}};
+                pbw_arena ca, ga;
+                pbw_arena_init(&ca, 1 << 16);
+                pbw_arena_init(&ga, 1 << 16);
+                int64_t ws[4] = {c->o, c->c, c->k, c->k};
+                pbw_tensor *wc = pbw_tensor_new_in(&ca, 4, ws, &err);
+                pbw_tensor *wg = pbw_tensor_new_in(&ga, 4, ws, &err);
+                CHECK(wc && wg);
+                if (!wc || !wg) continue;
+                for (int64_t j = 0; j < wc->numel; j++)
+                    wc->data[j] = wg->data[j] = (float)((j * 37) % 101 - 50) / 1200.0f;
+                modconv_grad_arg arg = {{pbw_sg_conv_prepare(&ca, wc, c->transposed, &err),
+                                         pbw_sg_conv_prepare(&ga, wg, c->transposed, &err), &ga, 0},
+                                        act, masked, 1.0f};
+                const parity_input in[7] = {{4, {c->n, c->c, c->h, c->w}, 1},
+                                            {2, {c->n, c->c}, 1, 0.5f, 1.5f},
+                                            {2, {1, c->c}, masked, 0.5f, 1.5f},
+                                            {4, {c->n, 1, c->h, c->w}, 0, 0.0f, 1.0f},
+                                            {2, {c->n, c->o}, 0, 0.5f, 1.5f},
+                                            {4, {c->n, 1, oh, ow}, 0},
+                                            {1, {c->o}, 0}};
+                char name[96];
+                snprintf(name, sizeof name, "sg_modconv%s +grad bf16%s%s", act ? "_act" : "",
+                         c->transposed ? " transposed" : "", masked ? " masked" : "");
+                pbw_cuda_set_precision(PBW_PREC_BF16);
+                const long before = pbw_cuda_sg_modconv_backward_calls();
+                CHECK(arg.conv.cpu && arg.conv.gpu &&
+                      parity_check(name, modconv_grad_fn, &arg, 7, in, TOL_HALF) == 0);
+                CHECK_MSG(pbw_cuda_sg_modconv_backward_calls() - before == 1, "%s: not fused",
+                          name);
+                pbw_cuda_set_precision(PBW_PREC_FP32);
+                arg.slope = 0.2f;
+                float *a[4] = {0}, *b[4] = {0};
+                int64_t na[4] = {0}, nb[4] = {0};
+                const int ra = modconv_grad_run(&arg, in, 1, a, na);
+                const int rb = modconv_grad_run(&arg, in, 0, b, nb);
+                CHECK(ra == 0 && rb == 0);
+                if (!ra && !rb) {
+                    static const char *what[4] = {"output", "x's gradient", "s's gradient",
+                                                  "s0's gradient"};
+                    for (int k = 0; k < 4; k++) {
+                        if (k == 3 && !masked) continue;
+                        CHECK(na[k] == nb[k]);
+                        if (na[k] != nb[k]) continue;
+                        double scale, d = gc_max_diff(a[k], b[k], na[k], &scale);
+                        printf("  %-44s fused vs apart: %s max abs diff %.2e (of %.2e)\n", name,
+                               what[k], d, scale);
+                        if (k < 2) CHECK_MSG(memcmp(a[k], b[k], (size_t)na[k] * sizeof(float)) == 0,
+                                             "%s: %s differs", name, what[k]);
+                        else CHECK(d <= 1e-5 * scale);
+                    }
+                }
+                for (int k = 0; k < 4; k++) free(a[k]), free(b[k]);
+                pbw_arena_free(&ga);
+                pbw_arena_free(&ca);
+            }
 #endif
 }
 

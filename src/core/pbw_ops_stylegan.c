@@ -573,6 +573,102 @@ static int premod_of(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s,
 }
 #endif
 
+#ifdef PBW_HAVE_CUDA
+/* What the fused op with gradients (modconv_grad) keeps for its backward. */
+typedef struct modconv_saved {
+    const pbw_sg_conv_plan *pl;
+    int H, W;                /* input side */
+    const float *wt;         /* transposed: the plan's w.transpose(0,1), device memory */
+    int has_act;
+    pbw_cpu_sg_act_geom ag;  /* the activation's geometry (has_act) */
+    pbw_cpu_sg_mod_geom mg;  /* the style's (s non-NULL) */
+    pbw_tensor *d, *noise, *bias; /* the activation's constants (the node's inputs are x, s,
+                                   * s0, m) */
+} modconv_saved;
+
+/* The fused op's backward (pbw_cuda_sg_modconv_backward); where the convolution no longer runs
+ * staged, the separate ops' backwards on scratch: the activation's gradient from out's sign,
+ * the convolution's adjoint, the modulation's backward. */
+static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
+    const modconv_saved *sv = nd->saved;
+    const pbw_sg_conv_plan *pl = sv->pl;
+    pbw_tensor *x = nd->in[0], *s = nd->in[1], *s0 = nd->in[2], *m = nd->in[3], *y = nd->out;
+    float bx; /* x's gradient is written whole (nd->writes) */
+    float *gx = pbw_grad_out(ctx, x, &bx), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0);
+    const void *wh;
+    if (pbw_ctx_failed(ctx) || sgconv_gpu_wh(ctx, pl, &wh)) return;
+    const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL, m ? m->data : NULL,
+                                sv->mg.s_nstride, sv->mg.s0_nstride, sv->mg.m_nstride};
+    const pbw_cuda_postact pa = {sv->d ? sv->d->data : NULL, sv->noise ? sv->noise->data : NULL,
+                                 sv->bias ? sv->bias->data : NULL, sv->ag};
+    const int N = (int)x->shape[0];
+    const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &pm : NULL,
+                                     sv->has_act ? &pa : NULL, gx, gs, gs0, bx};
+    if (pbw_cuda_sg_modconv_backward(&a, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
+                                     pl->O, pl->k, pl->transposed) == 0)
+        return;
+    float *gy = y->grad, *gxm = gx;
+    if (sv->has_act) {
+        if (!(gy = pbw_ctx_scratch(ctx, 0, (size_t)y->numel * sizeof(float)))) return;
+        pbw_cuda_sg_act_grad_from_out(gy, y->grad, y->data, &pa);
+    }
+    if (s && !(gxm = pbw_ctx_scratch(ctx, 1, (size_t)x->numel * sizeof(float)))) return;
+    if (gxm)
+        pbw_cuda_sg_conv_backward(gxm, gy, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
+                                  pl->O, pl->k, pl->transposed, s ? 0.0f : bx);
+    if (s)
+        pbw_cuda_sg_modulate_backward(gxm, x->data, s->data, s0 ? s0->data : NULL,
+                                      m ? m->data : NULL, &sv->mg, gx, gs, m ? gs0 : NULL, NULL,
+                                      bx != 0.0f);
+}
+
+/* pbw_sg_modconv(_act) with gradients on a GPU that stages convolutions, as one op (see
+ * pbw_cuda_modconv_grad): where only x and the styles take gradients, its forward is the
+ * no-gradient path's on fp32 NCHW tensors and its backward modconv_backward. NULL without
+ * failing where it does not apply (the caller then runs the ops apart). */
+static pbw_tensor *modconv_grad(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tensor *s0,
+                                pbw_tensor *m, const pbw_sg_conv_plan *pl, const act_args *act) {
+    static const char *op = "sg_modconv";
+    pbw_tensor *ins[7] = {x, s, s0, m, act ? act->d : NULL, act ? act->noise : NULL,
+                          act ? act->bias : NULL};
+    /* the sign of out stands for the pre-activation's in the backward: slope and gain > 0 */
+    if (!pbw_cuda_modconv_grad() || pbw_needs_grad(ctx, ins + 3, 4) ||
+        (act && !(act->slope > 0 && act->gain > 0)))
+        return NULL;
+    modconv_saved sv;
+    memset(&sv, 0, sizeof sv);
+    if (s ? mod_geom(ctx, op, x, s, s0, m, &sv.mg, 0) : pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    pbw_tensor *out = sgconv_out(ctx, op, x, pl);
+    const void *wh;
+    pbw_cuda_postact pa;
+    if (!out || sgconv_gpu_weights(ctx, op, pl, &sv.wt, &wh) ||
+        (act && postact_of(ctx, op, out, act, &pa)))
+        return NULL;
+    const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL, m ? m->data : NULL,
+                                sv.mg.s_nstride, sv.mg.s0_nstride, sv.mg.m_nstride};
+    if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, s ? &pm : NULL, act ? &pa : NULL,
+                                     pl->weight->data, sv.wt, wh, (int)x->shape[0], pl->C,
+                                     (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
+                                     pl->transposed, NULL, NULL))
+        return NULL; /* not staged */
+    sv.pl = pl;
+    sv.H = (int)x->shape[2];
+    sv.W = (int)x->shape[3];
+    sv.has_act = act != NULL;
+    if (act) {
+        sv.ag = pa.g;
+        sv.d = act->d;
+        sv.noise = act->noise;
+        sv.bias = act->bias;
+    }
+    pbw_node *nd = pbw_tape_push(ctx, op, modconv_backward, out, ins, 4, sizeof sv);
+    if (!nd) return NULL;
+    memcpy(nd->saved, &sv, sizeof sv);
+    nd->writes = 1u; /* x's gradient: the whole adjoint convolution, scaled */
+    return out;
+}
+#endif
+
 /* pbw_sg_modconv, then act (NULL: none). Without gradients on staged convolutions the style
  * scales x as it is staged (no modulated copy of x) and act is applied as the output is copied
  * back (no unactivated output); otherwise the ops it stands for. */
@@ -583,7 +679,10 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
     pbw_tensor *ins[7] = {x, s, s0, m, act ? act->d : NULL, act ? act->noise : NULL,
                           act ? act->bias : NULL};
     if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
-        !pbw_needs_grad(ctx, ins, 7)) {
+        pbw_needs_grad(ctx, ins, 7)) {
+        pbw_tensor *out = modconv_grad(ctx, x, s, s0, m, pl, act);
+        if (out || pbw_ctx_failed(ctx)) return out;
+    } else if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv()) {
         pbw_cuda_premod pm;
         if ((!s && pbw_op_begin_nhwc(ctx, op, 1, &x)) || premod_of(ctx, op, x, s, s0, m, &pm))
             return NULL;

@@ -324,6 +324,10 @@ extern "C" int pbw_cuda_modconv(void) {
     return env_on("PBW_CUDA_MODCONV", &env);
 }
 
+extern "C" int pbw_cuda_modconv_grad(void) { // read at each call: tests compare both paths
+    return pbw_cuda_modconv() && !pbw_env_zero("PBW_CUDA_MODCONV_GRAD");
+}
+
 extern "C" int pbw_cuda_nhwc(void) { // read at each call: tests compare both paths
     return pbw_cuda_modconv() && !pbw_env_zero("PBW_CUDA_NHWC");
 }

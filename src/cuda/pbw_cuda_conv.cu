@@ -1053,11 +1053,35 @@ template <class F> __device__ __forceinline__ void for_tiles(int N, int C, int64
             for (int64_t pt = blockIdx.x; pt < ptiles; pt += gridDim.x) tile(n, ct * TC, pt * TP);
 }
 
-// dst (N,P,C) half = src (N,C,P) float. pm.s non-NULL: each value scaled first
+// What the staging (nchw_to_nhwc_kernel) does to each value v of sample n, channel c, pixel p
+// (element i of the float tensor) before rounding it: scale it by pm when pm.s is set
 // (pbw_sg_modconv), with pbw_sg_modulate's arithmetic.
-template <typename T>
-__global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P,
-                                    pbw_cuda_premod pm) {
+struct StagePremod {
+    pbw_cuda_premod pm;
+    __device__ __forceinline__ float operator()(float v, int n, int c, int64_t p, int64_t) const {
+        if (!pm.s) return v;
+        return __fmul_rn(v, premod_scale(pm, n, c, pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f));
+    }
+};
+
+// The staging of an activated output's gradient (pbw_sg_modconv_act's backward): v, the
+// gradient of out = act(y d + noise + bias), becomes y's, as sg_bias_act's backward computes it
+// (its bias_act_gy_kernel, gy written), with the pre-activation's sign read from out's: the
+// leaky ReLU's slope and gain are positive, so out > 0 exactly where y d + noise + bias > 0.
+struct StageActGrad {
+    const float *out;
+    pbw_cuda_postact pa;
+    __device__ __forceinline__ float operator()(float v, int n, int c, int64_t, int64_t i) const {
+        const pbw_cpu_sg_act_geom &g = pa.g;
+        const float gp = __fmul_rn(__fmul_rn(v, g.gain), out[i] > 0 ? 1.0f : g.slope);
+        if (!g.d_mode) return __fadd_rn(0.0f, gp);
+        return __fmaf_rn(gp, g.d_mode == 2 ? pa.d[i] : pa.d[n * g.d_nstride + c], 0.0f);
+    }
+};
+
+// dst (N,P,C) half = f(src (N,C,P) float), f one of the Stage* maps above.
+template <typename T, class F>
+__global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int64_t P, F f) {
     pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -1069,10 +1093,7 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
         for (int j = ty; j < TC; j += TROWS) {
             const int c = c0 + j;
             if (c >= C || p >= P) continue;
-            float v = sp[(int64_t)c * P + p];
-            if (pm.s)
-                v = __fmul_rn(v, premod_scale(pm, n, c, pm.m ? pm.m[n * pm.m_nstride + p] : 0.0f));
-            tile[j][tx] = v;
+            tile[j][tx] = f(sp[(int64_t)c * P + p], n, c, p, ((int64_t)n * C + c) * P + p);
         }
         __syncthreads();
         const int c = c0 + 2 * tx;
@@ -1081,8 +1102,8 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
             if (q >= P || c >= C) continue;
             T *o = d + q * C + c;
             if (pairs) {
-                const float f[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
-                *reinterpret_cast<uint32_t *>(o) = pbw_pack_half<T, 2, uint32_t>(f);
+                const float f2[2] = {tile[2 * tx][j], tile[2 * tx + 1][j]};
+                *reinterpret_cast<uint32_t *>(o) = pbw_pack_half<T, 2, uint32_t>(f2);
             } else {
                 o[0] = pbw_to_half<T>(tile[2 * tx][j]);
                 if (c + 1 < C) o[1] = pbw_to_half<T>(tile[2 * tx + 1][j]);
@@ -1133,6 +1154,109 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
         }
         __syncthreads();
     });
+}
+
+// The copy back of pbw_sg_modconv's input gradient (its backward): gx (N,C,P) float = src
+// (N,P,C) half, the gradient of the modulated input, scaled by pm as pbw_sg_modulate's backward
+// scales it (written, or added with one fused multiply-add when accumulate; gx NULL: not
+// wanted), and where ps is set the style gradients' partial sums over pixels: ps of src x (x:
+// the modulated input, (N,C,P) float), times m when masked, and ps0 of src x (1 - m) (NULL: not
+// wanted). A block a tile of TC channels by TP pixels, as the other transposes (grid: pixel
+// tiles, channel tiles, samples); its warps (a channel each of every TROWS) sum their 32
+// pixels' products in double with a fixed shuffle tree, so the partial of (sample n, channel c,
+// pixel tile b) at ps[(n C + c) gridDim.x + b] comes out the same every run. The half tile is
+// read 16 bytes (8 channels) a thread where C allows; each thread loads its channels' values
+// (x, the scales) before it uses any, so their loads are in flight together.
+template <typename T>
+__global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int N, int C,
+                                    int64_t P, int accumulate, pbw_cuda_premod pm, double *ps,
+                                    double *ps0) {
+    pbw_pdl_wait();
+    __shared__ float tile[TC][TP + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int n = blockIdx.z, c0 = blockIdx.y * TC;
+    const int64_t p0 = (int64_t)blockIdx.x * TP;
+    if (n >= N || c0 >= C) return; // the grid spans the tiles exactly (whole block)
+    const T *sp = src + (int64_t)n * C * P;
+    if (C % 8 == 0 && ((uintptr_t)src & 15) == 0) {
+        const int t = ty * TP + tx, q = t / (TC / 8), g = t % (TC / 8); // pixel, channel group
+        if (p0 + q < P && c0 + 8 * g < C) {
+            float f[8];
+            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(sp + (p0 + q) * C + c0 + 8 * g), f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) tile[8 * g + e][q] = f[e];
+        }
+    } else {
+        const int c = c0 + 2 * tx;
+        for (int j = ty; j < TP; j += TROWS) {
+            const int64_t q = p0 + j;
+            if (q >= P || c >= C) continue;
+            const T *i = sp + q * C + c;
+            tile[2 * tx][j] = pbw_from_half<T>(i[0]);
+            if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
+        }
+    }
+    __syncthreads();
+    constexpr int KJ = TC / TROWS; // channels a thread
+    const int64_t p = p0 + tx;
+    const bool pin = p < P;
+    const float mv = pm.m && pin ? pm.m[n * pm.m_nstride + p] : 0.0f;
+    float xv[KJ], sc[KJ];
+#pragma unroll
+    for (int k = 0; k < KJ; k++) {
+        const int cc = c0 + ty + k * TROWS;
+        const bool ok = pin && cc < C;
+        xv[k] = ok && ps ? x[((int64_t)n * C + cc) * P + p] : 0.0f;
+        sc[k] = ok && pm.s ? premod_scale(pm, n, cc, mv) : 1.0f;
+    }
+    float a[KJ], b[KJ];
+#pragma unroll
+    for (int k = 0; k < KJ; k++) {
+        const int cc = c0 + ty + k * TROWS;
+        const bool ok = pin && cc < C;
+        const float gv = ok ? tile[ty + k * TROWS][tx] : 0.0f;
+        if (ok && gx) { // modulate_kernel's arithmetic (pbw_cuda_stylegan.cu)
+            float *o = gx + ((int64_t)n * C + cc) * P + p;
+            *o = accumulate ? __fmaf_rn(gv, sc[k], *o) : __fmul_rn(gv, sc[k]);
+        }
+        const float tv = __fmul_rn(gv, xv[k]); // modulate_gs_kernel's products
+        a[k] = pm.m ? __fmul_rn(tv, mv) : tv;
+        b[k] = pm.m ? __fmul_rn(tv, __fsub_rn(1.0f, mv)) : 0.0f;
+    }
+    if (!ps) return;
+#pragma unroll
+    for (int k = 0; k < KJ; k++) {
+        double u = a[k], v = b[k];
+#pragma unroll
+        for (int o = TP / 2; o > 0; o >>= 1) {
+            u += __shfl_xor_sync(0xffffffffu, u, o);
+            if (ps0) v += __shfl_xor_sync(0xffffffffu, v, o);
+        }
+        const int cc = c0 + ty + k * TROWS;
+        if (tx == 0 && cc < C) {
+            const int64_t at = ((int64_t)n * C + cc) * gridDim.x + blockIdx.x;
+            ps[at] = u;
+            if (ps0) ps0[at] = v;
+        }
+    }
+}
+
+// dst[n nstride + c] += (float)(the sum of part[(n C + c) nparts ..]) for every n in order (a
+// style shared by the batch gets one float addition a sample, as the CPU adds): a warp a
+// channel, its lanes striding over the partials, then a fixed shuffle tree.
+__global__ void modgrad_finish_kernel(float *dst, const double *part, int N, int C, int nparts,
+                                      int64_t nstride) {
+    pbw_pdl_wait();
+    const int c = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+    if (c >= C) return; // the whole warp
+    for (int n = 0; n < N; n++) {
+        const double *q = part + ((int64_t)n * C + c) * nparts;
+        double v = 0;
+        for (int k = lane; k < nparts; k += 32) v += q[k];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) dst[n * nstride + c] += (float)v;
+    }
 }
 
 // dst (N,P,C) = f(src (N,P,C)), both half (dst may be src), V channels a thread in one word W
@@ -1240,16 +1364,20 @@ dim3 transpose_grid(int N, int C, int64_t P) {
 
 // (N,C,P) float -> (N,P,C) half of the precision's type, enqueued; scaled by pm first when
 // given.
-void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
-             const pbw_cuda_premod *pm = nullptr) {
+template <class F>
+void to_nhwc_map(void *dst, const float *src, int N, int C, int64_t P, int prec, const F &f) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
-    const pbw_cuda_premod none = {}, &m = pm ? *pm : none;
     pbw_half_type(prec, [&](auto t) {
         using H = decltype(t);
-        pbw_launch(nchw_to_nhwc_kernel<H>, grid, block, 0, (H *)dst, src, N, C, P, m);
+        pbw_launch(nchw_to_nhwc_kernel<H, F>, grid, block, 0, (H *)dst, src, N, C, P, f);
     });
     PBW_CUDA_LAUNCHED("conv2d nchw_to_nhwc");
+}
+void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
+             const pbw_cuda_premod *pm = nullptr) {
+    const pbw_cuda_premod none = {};
+    to_nhwc_map(dst, src, N, C, P, prec, StagePremod{pm ? *pm : none});
 }
 
 // (N,P,C) half -> (N,C,P) float, written or added, enqueued; activated by pa when given (then
@@ -1297,37 +1425,39 @@ void nhwc_map(void *dst, const void *src, int N, int C, int64_t P, int prec, con
 
 long g_postact_calls; // staged runs whose copy back applied a pbw_cuda_postact
 
+// The dimensions of a staged direction's input and output: channels and pixels a sample.
+struct stage_dims {
+    int in_c, out_c;
+    int64_t in_p, out_p;
+};
+
 // Runs direction dir (DIR_FWD: out = conv(in, w); DIR_BWD_DATA: out = conv's adjoint applied
-// to in) of a staged plan on half NHWC copies and converts the result into dst (fp32 NCHW),
-// overwriting when beta == 0 and adding when beta == 1. wh: the caller's half KRSC copy of w in
-// the plan's precision, or NULL to convert w here. in_h: NULL, or the input already as NHWC
-// halves (in is then not read; pm scales it into the stage); out_h: NULL, or where the result
-// stays as NHWC halves (dst and beta are then unused; pa is applied there in place). 0 when
-// done; -1 on failure
-// (recorded); 1 when the direction has no NHWC algorithm (now unstaged: run the float32 path).
-int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
-               const void *wh, float beta, const pbw_cuda_premod *pm,
-               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr) {
+// to in) of a staged plan on half NHWC copies. stage(hin, dims) fills the half input at hin (the
+// staging buffer's) and returns what cuDNN reads (hin, or an input already held as halves);
+// back(hout, dims) reads the half output. wh: the caller's half KRSC copy of w in the plan's
+// precision, or NULL to convert w here; out_h: NULL, or where the half output goes instead of
+// the staging buffer. 0 when done; -1 on failure (recorded); 1 when the direction has no NHWC
+// algorithm (now unstaged: run the float32 path; back has not run).
+template <class Stage, class Back>
+int staged_core(conv_plan *p, int dir, const float *w, const void *wh, void *out_h,
+                const Stage &stage, const Back &back) {
     const pbw_cpu_conv_geom &g = p->key.g;
     const int prec = p->key.prec, fwd = dir == DIR_FWD;
-    const int in_c = fwd ? g.C : g.O, out_c = fwd ? g.O : g.C;
-    const int64_t in_p = fwd ? (int64_t)g.H * g.W : (int64_t)g.OH * g.OW;
-    const int64_t out_p = fwd ? (int64_t)g.OH * g.OW : (int64_t)g.H * g.W;
+    const stage_dims d = {fwd ? g.C : g.O, fwd ? g.O : g.C,
+                          fwd ? (int64_t)g.H * g.W : (int64_t)g.OH * g.OW,
+                          fwd ? (int64_t)g.OH * g.OW : (int64_t)g.H * g.W};
     const int cg = g.C / g.G, kk = g.KH * g.KW;
-    const size_t in_b = align256((size_t)g.N * in_c * in_p * 2);
-    const size_t out_b = align256((size_t)g.N * out_c * out_p * 2);
+    const size_t in_b = align256((size_t)g.N * d.in_c * d.in_p * 2);
+    const size_t out_b = align256((size_t)g.N * d.out_c * d.out_p * 2);
     const size_t w_b = wh ? 0 : align256((size_t)g.O * cg * kk * 2);
     char *buf = (char *)stage_get(in_b + out_b + w_b);
     if (!buf) return -1;
-    void *hin = buf, *hout = out_h ? out_h : buf + in_b;
+    void *hout = out_h ? out_h : buf + in_b;
     if (!wh) {
         wh = buf + in_b + out_b;
         to_nhwc((void *)wh, w, g.O, cg, kk, prec); // (O, C/G, KH*KW) -> KRSC
     }
-    if (!in_h) to_nhwc(hin, in, g.N, in_c, in_p, prec, pm);
-    else if (pm)
-        nhwc_map(hin, in_h, g.N, in_c, in_p, prec, NhwcModulate{*pm}, "conv2d nhwc_modulate");
-    else hin = (void *)in_h;
+    const void *hin = stage((void *)buf, d);
     void *ws;
     int rc = fwd ? prepare(p, dir, hin, wh, &ws) : prepare(p, dir, wh, hin, &ws);
     if (rc) return rc;
@@ -1361,15 +1491,40 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                                                wsb, &zero, p->hxd, hout);
     }
     if (!status_ok(s, fwd ? "staged forward" : "staged backward-data")) return -1;
-    if (out_h) {
-        if (pa)
-            nhwc_map(out_h, out_h, g.N, out_c, out_p, prec, NhwcPostact{*pa},
-                     "conv2d nhwc_postact");
-    } else {
-        from_nhwc(dst, hout, g.N, out_c, out_p, beta != 0.0f, prec, pa);
-    }
-    g_postact_calls += pa != nullptr;
+    back(hout, d);
     return 0;
+}
+
+// staged_core with the plain staging: in (fp32 NCHW) converted, scaled by pm first when given,
+// and the output converted into dst (fp32 NCHW), overwriting when beta == 0 and adding when
+// beta == 1. in_h: NULL, or the input already as NHWC halves (in is then not read; pm scales it
+// into the stage); out_h: NULL, or where the result stays as NHWC halves (dst and beta are then
+// unused; pa is applied there in place).
+int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
+               const void *wh, float beta, const pbw_cuda_premod *pm,
+               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr) {
+    const int prec = p->key.prec, N = p->key.g.N;
+    const int rc = staged_core(
+        p, dir, w, wh, out_h,
+        [&](void *hin, const stage_dims &d) -> const void * {
+            if (!in_h) to_nhwc(hin, in, N, d.in_c, d.in_p, prec, pm);
+            else if (pm)
+                nhwc_map(hin, in_h, N, d.in_c, d.in_p, prec, NhwcModulate{*pm},
+                         "conv2d nhwc_modulate");
+            else return in_h;
+            return hin;
+        },
+        [&](void *hout, const stage_dims &d) {
+            if (out_h) {
+                if (pa)
+                    nhwc_map(out_h, out_h, N, d.out_c, d.out_p, prec, NhwcPostact{*pa},
+                             "conv2d nhwc_postact");
+            } else {
+                from_nhwc(dst, hout, N, d.out_c, d.out_p, beta != 0.0f, prec, pa);
+            }
+            g_postact_calls += pa != nullptr;
+        });
+    return rc;
 }
 
 int empty(const pbw_cpu_conv_geom *g) {
@@ -1717,6 +1872,90 @@ extern "C" void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const fl
     }
     pbw_cpu_conv_geom g = sg_adjoint_geom(N, C, H, W, O, k);
     conv_forward(gx, gout, wt, wh, &g, beta);
+}
+
+// dst (N,C,P) float = f(src (N,C,P) float), f one of the Stage* maps: a thread an element.
+template <class F>
+__global__ void nchw_map_kernel(float *dst, const float *src, int N, int C, int64_t P, F f) {
+    pbw_pdl_wait();
+    PBW_GRID_STRIDE(i, (int64_t)N * C * P) {
+        const int64_t np = i / P;
+        dst[i] = f(src[i], (int)(np / C), (int)(np % C), i % P, i);
+    }
+}
+
+extern "C" void pbw_cuda_sg_act_grad_from_out(float *gy, const float *gout, const float *out,
+                                              const pbw_cuda_postact *pa) {
+    const int64_t n = (int64_t)pa->g.N * pa->g.O * pa->g.P;
+    if (n == 0) return;
+    pbw_launch(nchw_map_kernel<StageActGrad>, pbw_grid(n), 256, 0, gy, gout, pa->g.N, pa->g.O,
+               pa->g.P, StageActGrad{out, *pa});
+    PBW_CUDA_LAUNCHED("sg_act_grad_from_out");
+}
+
+static long g_modconv_bwd_calls;
+extern "C" long pbw_cuda_sg_modconv_backward_calls(void) { return g_modconv_bwd_calls; }
+
+extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, const float *w,
+                                            const float *wt, const void *wh, int N, int C, int H,
+                                            int W, int O, int k, int transposed) {
+    if (N == 0) return 0;
+    if (!prec_staged((int)pbw_cuda_precision())) return -1;
+    // the convolution's adjoint: backward-data of the plain one, the forward of the strided
+    // one whose adjoint the transposed convolution is; either reads O channels, writes C
+    const pbw_cpu_conv_geom g =
+        transposed ? sg_adjoint_geom(N, C, H, W, O, k) : sg_plain_geom(N, C, H, W, O, k);
+    const int dir = transposed ? DIR_FWD : DIR_BWD_DATA;
+    conv_plan *p = plan_get(&g);
+    if (!p) return 0;
+    if (!p->stage[dir]) return -1;
+    const int prec = p->key.prec;
+    const pbw_cuda_premod none = {};
+    const pbw_cuda_premod pm = a->pm ? *a->pm : none;
+    const bool sums = pm.s && (a->gs || (a->gs0 && pm.m));
+    const int rc = staged_core(
+        p, dir, transposed ? wt : w, wh, nullptr,
+        [&](void *hin, const stage_dims &d) -> const void * {
+            if (a->pa) to_nhwc_map(hin, a->gout, N, d.in_c, d.in_p, prec, StageActGrad{a->out, *a->pa});
+            else to_nhwc(hin, a->gout, N, d.in_c, d.in_p, prec);
+            return hin;
+        },
+        [&](void *hout, const stage_dims &d) {
+            const int64_t ptiles = (d.out_p + TP - 1) / TP, ctiles = (d.out_c + TC - 1) / TC;
+            // a block a tile (the kernel takes no more: grid limits checked here)
+            if (ptiles > 0x7fffffff || ctiles > 65535 || N > 65535) {
+                pbw_cuda_fail("sg_modconv backward: %d x %d x %lld is too large", N, d.out_c,
+                              (long long)d.out_p);
+                return;
+            }
+            const int64_t cols = ptiles;
+            const int nz = N;
+            double *ps = nullptr, *ps0 = nullptr;
+            const int64_t each = (int64_t)N * d.out_c * cols;
+            if (sums) {
+                if (!(ps = (double *)pbw_cuda_workspace((size_t)each * 2 * sizeof(double)))) return;
+                if (a->gs0 && pm.m) ps0 = ps + each;
+            }
+            const dim3 grid((unsigned)cols, (unsigned)(ctiles < 65535 ? ctiles : 65535),
+                            (unsigned)nz),
+                block(TP, TROWS);
+            pbw_half_type(prec, [&](auto t) {
+                using Hh = decltype(t);
+                pbw_launch(nhwc_modgrad_kernel<Hh>, grid, block, 0, a->gx, (const Hh *)hout,
+                           a->x, N, d.out_c, d.out_p, a->gx_beta != 0.0f, pm, ps, ps0);
+            });
+            PBW_CUDA_LAUNCHED("sg_modconv backward (copy back)");
+            const unsigned fb = (unsigned)((d.out_c * 32 + 255) / 256);
+            if (ps && a->gs)
+                pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs, (const double *)ps, N,
+                           d.out_c, (int)cols, pm.s_nstride);
+            if (ps0)
+                pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs0, (const double *)ps0, N,
+                           d.out_c, (int)cols, pm.s0_nstride);
+            PBW_CUDA_LAUNCHED("sg_modconv backward (style sums)");
+            g_modconv_bwd_calls++;
+        });
+    return rc == 1 ? -1 : 0;
 }
 
 extern "C" long pbw_cuda_conv_gemm_calls(void) { return g_gemm_calls; }

@@ -202,6 +202,33 @@ void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P)
 void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, const float *wt,
                                const void *wh, int N, int C, int H, int W, int O, int k,
                                int transposed, float beta);
+/* The backward of pbw_cuda_sg_conv_forward_mod run with gradients on fp32 NCHW tensors (x in,
+ * out out, no half copies): from gout, the gradient of out (N,O,OH,OW), y's through pa's
+ * activation (pa NULL: none; its d, noise and bias are constants) is staged as halves, the
+ * convolution's adjoint runs on them, and its half output is copied back as pbw_sg_modulate's
+ * backward takes it (pm NULL: no style): gx (N,C,H,W) written (gx_beta 0) or added (1), gs and
+ * gs0 (pm's shapes) added to, each NULL when not wanted (gs0 only with a mask). x is the
+ * forward's input, read for the style gradients. Every rounding is the separate ops' (
+ * sg_bias_act's, the staging's, sg_modulate's), the style sums in double in another order. 0
+ * when enqueued (or failed, recorded); -1, nothing written, when the convolution does not run
+ * on staged half copies (the caller then runs the separate ops' backwards). */
+typedef struct pbw_cuda_modconv_bwd_args {
+    const float *gout, *out, *x;
+    const pbw_cuda_premod *pm;
+    const pbw_cuda_postact *pa;
+    float *gx, *gs, *gs0;
+    float gx_beta;
+} pbw_cuda_modconv_bwd_args;
+int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, const float *w, const float *wt,
+                                 const void *wh, int N, int C, int H, int W, int O, int k,
+                                 int transposed);
+/* gy (pa's (N,O,P)) = the gradient of y d + noise + bias, from gout, the gradient of
+ * out = pa's activation of it, and out: pbw_cuda_sg_modconv_backward's first step on fp32 values
+ * (its fallback). */
+void pbw_cuda_sg_act_grad_from_out(float *gy, const float *gout, const float *out,
+                                   const pbw_cuda_postact *pa);
+/* Backward passes run by pbw_cuda_sg_modconv_backward so far (tests). */
+long pbw_cuda_sg_modconv_backward_calls(void);
 
 #ifdef __cplusplus
 }

@@ -545,7 +545,12 @@ static pbw_tensor *block_convs(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc0,
                                const pbw_sg2_styled_conv *sc1, pbw_tensor *x, const layer_in *li0,
                                const layer_in *li1, pbw_tensor *noise0, pbw_tensor *noise1) {
     const pbw_sg2_modulated_conv2d *mc0 = &sc0->conv, *mc1 = &sc1->conv;
-    if (!mc0->plan || !mc0->upsample || !mc0->blur.K || !mc1->plan || mc1->upsample)
+    pbw_tensor *in[3] = {x, li0->lat, li1->lat};
+    /* with gradients the blur's op cannot scale (pbw_sg_blur_act_mod runs the three ops apart
+     * then), and the second convolution scales its own input as one op where it can
+     * (pbw_sg_modconv_act) */
+    if (!mc0->plan || !mc0->upsample || !mc0->blur.K || !mc1->plan || mc1->upsample ||
+        pbw_needs_grad(ctx, in, 3))
         return styled_conv(ctx, sc1, styled_conv(ctx, sc0, x, li0, noise0), li1, noise1);
     pbw_tensor *s, *s0, *t, *t0;
     styles(ctx, mc0, li0, &s, &s0);
