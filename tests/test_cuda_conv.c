@@ -361,6 +361,7 @@ typedef struct {
     int n, c, h, w, o, k, transposed;
 } sgconv_case;
 
+#ifdef PBW_HAVE_CUDA
 /* a's CPU and GPU plans of one (O,C,k,k) weight of fixed values, in arenas ca and ga
  * (initialized here: free both). 0, or -1 on failure. */
 static int fixed_plans(sgconv_arg *a, pbw_arena *ca, pbw_arena *ga, int O, int C, int k,
@@ -377,6 +378,7 @@ static int fixed_plans(sgconv_arg *a, pbw_arena *ca, pbw_arena *ga, int O, int C
                       pbw_sg_conv_prepare(ga, wg, transposed, &err), ga, 0};
     return a->cpu && a->gpu ? 0 : -1;
 }
+#endif
 
 /* Each case's CPU and GPU plans from one random weight; returns the failures. */
 static int sgconv_cases(const sgconv_case *cases, size_t ncases, const char *tag, double tol) {
