@@ -872,7 +872,8 @@ static int modconv_grad_run(modconv_grad_arg *a, const parity_input *in, int fus
         int64_t n = 1;
         for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
         float *h = malloc((size_t)n * sizeof(float));
-        const float lo = in[i].lo == in[i].hi ? -1.0f : in[i].lo, hi = in[i].lo == in[i].hi ? 1.0f : in[i].hi;
+        const int unit = in[i].lo == in[i].hi; /* (-1, 1), as parity_check draws */
+        const float lo = unit ? -1.0f : in[i].lo, hi = unit ? 1.0f : in[i].hi;
         for (int64_t j = 0; j < n; j++) {
             st = st * 1664525u + 1013904223u;
             h[j] = lo + (hi - lo) * (float)(st >> 8) / 16777216.0f;

@@ -603,7 +603,7 @@ static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
                                  sv->bias ? sv->bias->data : NULL, sv->ag};
     const int N = (int)x->shape[0];
     const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &pm : NULL,
-                                     sv->has_act ? &pa : NULL, gx, gs, gs0, bx};
+                                         sv->has_act ? &pa : NULL, gx, gs, gs0, bx};
     if (pbw_cuda_sg_modconv_backward(&a, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
                                      pl->O, pl->k, pl->transposed) == 0)
         return;

@@ -1217,8 +1217,8 @@ __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C,
     for_tiles(N, C, P, [&](int n, int c0, int64_t p0) {
         if (p0 + q < P && c0 + 8 * g < C) {
             float h[8];
-            pbw_unpack_half<T, 8>(
-                *reinterpret_cast<const uint4 *>(src + ((int64_t)n * P + p0 + q) * C + c0 + 8 * g), h);
+            const T *i = src + ((int64_t)n * P + p0 + q) * C + c0 + 8 * g;
+            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(i), h);
 #pragma unroll
             for (int e = 0; e < 8; e++) tile[8 * g + e][q] = h[e];
         }
@@ -1271,7 +1271,8 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
         const int t = ty * TP + tx, q = t / (TC / 8), g = t % (TC / 8); // pixel, channel group
         if (p0 + q < P && c0 + 8 * g < C) {
             float f[8];
-            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(sp + (p0 + q) * C + c0 + 8 * g), f);
+            const T *i = sp + (p0 + q) * C + c0 + 8 * g;
+            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(i), f);
 #pragma unroll
             for (int e = 0; e < 8; e++) tile[8 * g + e][q] = f[e];
         }
@@ -1336,7 +1337,8 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
 __global__ void modgrad_finish_kernel(float *dst, const double *part, int N, int C, int nparts,
                                       int64_t nstride) {
     pbw_pdl_wait();
-    const int c = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+    const int c = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32);
+    const int lane = threadIdx.x % 32;
     if (c >= C) return; // the whole warp
     for (int n = 0; n < N; n++) {
         const double *q = part + ((int64_t)n * C + c) * nparts;
@@ -2014,8 +2016,10 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
     const int rc = staged_core(
         p, dir, transposed ? wt : w, wh, nullptr,
         [&](void *hin, const stage_dims &d) -> const void * {
-            if (a->pa) to_nhwc_map(hin, a->gout, N, d.in_c, d.in_p, prec, StageActGrad{a->out, *a->pa});
-            else to_nhwc(hin, a->gout, N, d.in_c, d.in_p, prec);
+            if (a->pa)
+                to_nhwc_map(hin, a->gout, N, d.in_c, d.in_p, prec, StageActGrad{a->out, *a->pa});
+            else
+                to_nhwc(hin, a->gout, N, d.in_c, d.in_p, prec);
             return hin;
         },
         [&](void *hout, const stage_dims &d) {

@@ -219,9 +219,9 @@ typedef struct pbw_cuda_modconv_bwd_args {
     float *gx, *gs, *gs0;
     float gx_beta;
 } pbw_cuda_modconv_bwd_args;
-int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, const float *w, const float *wt,
-                                 const void *wh, int N, int C, int H, int W, int O, int k,
-                                 int transposed);
+int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, const float *w,
+                                 const float *wt, const void *wh, int N, int C, int H, int W,
+                                 int O, int k, int transposed);
 /* gy (pa's (N,O,P)) = the gradient of y d + noise + bias, from gout, the gradient of
  * out = pa's activation of it, and out: pbw_cuda_sg_modconv_backward's first step on fp32 values
  * (its fallback). */
