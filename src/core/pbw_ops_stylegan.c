@@ -558,6 +558,13 @@ static int postact_of(pbw_ctx *ctx, const char *op, const pbw_tensor *out, const
     return 0;
 }
 
+/* The GPU's form of pbw_sg_modulate's style s, s0, m of geometry g (mod_geom's). */
+static pbw_cuda_premod premod_make(pbw_tensor *s, pbw_tensor *s0, pbw_tensor *m,
+                                   const pbw_cpu_sg_mod_geom *g) {
+    return (pbw_cuda_premod){s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
+                             g->s_nstride, g->s0_nstride, g->m_nstride};
+}
+
 /* The GPU's form of pbw_sg_modulate's style (s, s0, m; mod_geom's checks, x's shape read as
  * NHWC halves where so held): *pm zeroed (no scale) when s is NULL. 0, or -1 with the context
  * failed. */
@@ -567,8 +574,7 @@ static int premod_of(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s,
     if (!s) return 0;
     pbw_cpu_sg_mod_geom g;
     if (mod_geom(ctx, op, x, s, s0, m, &g, 1)) return -1;
-    *pm = (pbw_cuda_premod){s->data, s0 ? s0->data : NULL, m ? m->data : NULL,
-                            g.s_nstride, g.s0_nstride, g.m_nstride};
+    *pm = premod_make(s, s0, m, &g);
     return 0;
 }
 #endif
@@ -577,13 +583,12 @@ static int premod_of(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *s,
 /* What the fused op with gradients (modconv_grad) keeps for its backward. */
 typedef struct modconv_saved {
     const pbw_sg_conv_plan *pl;
-    int H, W;                /* input side */
-    const float *wt;         /* transposed: the plan's w.transpose(0,1), device memory */
-    int has_act;
-    pbw_cpu_sg_act_geom ag;  /* the activation's geometry (has_act) */
-    pbw_cpu_sg_mod_geom mg;  /* the style's (s non-NULL) */
-    pbw_tensor *d, *noise, *bias; /* the activation's constants (the node's inputs are x, s,
-                                   * s0, m) */
+    int H, W;               /* input side */
+    const float *wt;        /* transposed: the plan's w.transpose(0,1), device memory */
+    pbw_cpu_sg_mod_geom mg; /* the style's geometry (s non-NULL) */
+    pbw_cuda_premod pm;     /* the forward's style (pm.s NULL: none) */
+    pbw_cuda_postact pa;    /* the forward's activation (pa.g.N 0: none); its d, noise and bias
+                             * are constants, not the node's inputs (x, s, s0, m) */
 } modconv_saved;
 
 /* The fused op's backward (pbw_cuda_sg_modconv_backward); where the convolution no longer runs
@@ -597,20 +602,16 @@ static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     float *gx = pbw_grad_out(ctx, x, &bx), *gs = pbw_grad(ctx, s), *gs0 = pbw_grad(ctx, s0);
     const void *wh;
     if (pbw_ctx_failed(ctx) || sgconv_gpu_wh(ctx, pl, &wh)) return;
-    const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL, m ? m->data : NULL,
-                                sv->mg.s_nstride, sv->mg.s0_nstride, sv->mg.m_nstride};
-    const pbw_cuda_postact pa = {sv->d ? sv->d->data : NULL, sv->noise ? sv->noise->data : NULL,
-                                 sv->bias ? sv->bias->data : NULL, sv->ag};
-    const int N = (int)x->shape[0];
-    const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &pm : NULL,
-                                         sv->has_act ? &pa : NULL, gx, gs, gs0, bx};
+    const int N = (int)x->shape[0], act = sv->pa.g.N != 0;
+    const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &sv->pm : NULL,
+                                         act ? &sv->pa : NULL, gx, gs, gs0, bx};
     if (pbw_cuda_sg_modconv_backward(&a, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
                                      pl->O, pl->k, pl->transposed) == 0)
         return;
     float *gy = y->grad, *gxm = gx;
-    if (sv->has_act) {
+    if (act) {
         if (!(gy = pbw_ctx_scratch(ctx, 0, (size_t)y->numel * sizeof(float)))) return;
-        pbw_cuda_sg_act_grad_from_out(gy, y->grad, y->data, &pa);
+        pbw_cuda_sg_act_grad_from_out(gy, y->grad, y->data, &sv->pa);
     }
     if (s && !(gxm = pbw_ctx_scratch(ctx, 1, (size_t)x->numel * sizeof(float)))) return;
     if (gxm)
@@ -640,13 +641,11 @@ static pbw_tensor *modconv_grad(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_
     if (s ? mod_geom(ctx, op, x, s, s0, m, &sv.mg, 0) : pbw_op_begin(ctx, op, 1, &x)) return NULL;
     pbw_tensor *out = sgconv_out(ctx, op, x, pl);
     const void *wh;
-    pbw_cuda_postact pa;
     if (!out || sgconv_gpu_weights(ctx, op, pl, &sv.wt, &wh) ||
-        (act && postact_of(ctx, op, out, act, &pa)))
+        (act && postact_of(ctx, op, out, act, &sv.pa)))
         return NULL;
-    const pbw_cuda_premod pm = {s ? s->data : NULL, s0 ? s0->data : NULL, m ? m->data : NULL,
-                                sv.mg.s_nstride, sv.mg.s0_nstride, sv.mg.m_nstride};
-    if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, s ? &pm : NULL, act ? &pa : NULL,
+    if (s) sv.pm = premod_make(s, s0, m, &sv.mg);
+    if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, s ? &sv.pm : NULL, act ? &sv.pa : NULL,
                                      pl->weight->data, sv.wt, wh, (int)x->shape[0], pl->C,
                                      (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
                                      pl->transposed, NULL, NULL))
@@ -654,13 +653,6 @@ static pbw_tensor *modconv_grad(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_
     sv.pl = pl;
     sv.H = (int)x->shape[2];
     sv.W = (int)x->shape[3];
-    sv.has_act = act != NULL;
-    if (act) {
-        sv.ag = pa.g;
-        sv.d = act->d;
-        sv.noise = act->noise;
-        sv.bias = act->bias;
-    }
     pbw_node *nd = pbw_tape_push(ctx, op, modconv_backward, out, ins, 4, sizeof sv);
     if (!nd) return NULL;
     memcpy(nd->saved, &sv, sizeof sv);
@@ -678,11 +670,11 @@ static pbw_tensor *modconv(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_tenso
     static const char *op = "sg_modconv";
     pbw_tensor *ins[7] = {x, s, s0, m, act ? act->d : NULL, act ? act->noise : NULL,
                           act ? act->bias : NULL};
-    if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv() &&
-        pbw_needs_grad(ctx, ins, 7)) {
+    const int fused = pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv();
+    if (fused && pbw_needs_grad(ctx, ins, 7)) {
         pbw_tensor *out = modconv_grad(ctx, x, s, s0, m, pl, act);
         if (out || pbw_ctx_failed(ctx)) return out;
-    } else if (pbw_on_cuda(ctx) && pbw_cuda_conv_staged() && pbw_cuda_modconv()) {
+    } else if (fused) {
         pbw_cuda_premod pm;
         if ((!s && pbw_op_begin_nhwc(ctx, op, 1, &x)) || premod_of(ctx, op, x, s, s0, m, &pm))
             return NULL;
