@@ -1113,6 +1113,42 @@ __global__ void nchw_to_nhwc_kernel(T *dst, const float *src, int N, int C, int6
     });
 }
 
+// tile[c - c0][q - p0] = the half value of channel c at pixel q of one sample's (P,C) values sp,
+// for the tile's TC channels from c0 and TP pixels from p0 (entries past C or P are left as
+// they are): 8 channels (16 bytes) a thread where wide (C % 8 == 0, sp 16-byte aligned), else
+// two a thread, as one word where C is even. The copies back from NHWC halves share it.
+template <typename T>
+__device__ __forceinline__ void load_half_tile(float (&tile)[TC][TP + 1], const T *sp, int C,
+                                               int64_t P, int c0, int64_t p0, bool wide) {
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    if (wide) {
+        const int t = ty * TP + tx, q = t / (TC / 8), g = t % (TC / 8); // pixel, channel group
+        if (p0 + q < P && c0 + 8 * g < C) {
+            float h[8];
+            const T *i = sp + (p0 + q) * C + c0 + 8 * g;
+            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(i), h);
+#pragma unroll
+            for (int e = 0; e < 8; e++) tile[8 * g + e][q] = h[e];
+        }
+        return;
+    }
+    const int c = c0 + 2 * tx;
+    for (int j = ty; j < TP; j += TROWS) {
+        const int64_t q = p0 + j;
+        if (q >= P || c >= C) continue;
+        const T *i = sp + q * C + c;
+        if (C % 2 == 0) {
+            float f[2];
+            pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(i), f);
+            tile[2 * tx][j] = f[0];
+            tile[2 * tx + 1][j] = f[1];
+        } else {
+            tile[2 * tx][j] = pbw_from_half<T>(i[0]);
+            if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
+        }
+    }
+}
+
 // dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose.
 // pa.g.N non-zero: each value goes through StyleGAN2's bias and activation first (pbw_sg_modconv_act).
 template <typename T>
@@ -1121,25 +1157,9 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
     pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const bool pairs = C % 2 == 0;
     for_tiles(N, C, P, [&](int n, int c0, int64_t p0) {
-        const T *sp = src + (int64_t)n * C * P;
         float *d = dst + (int64_t)n * C * P;
-        const int c = c0 + 2 * tx;
-        for (int j = ty; j < TP; j += TROWS) {
-            const int64_t q = p0 + j;
-            if (q >= P || c >= C) continue;
-            const T *i = sp + q * C + c;
-            if (pairs) {
-                float f[2];
-                pbw_unpack_half<T, 2>(*reinterpret_cast<const uint32_t *>(i), f);
-                tile[2 * tx][j] = f[0];
-                tile[2 * tx + 1][j] = f[1];
-            } else {
-                tile[2 * tx][j] = pbw_from_half<T>(i[0]);
-                if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
-            }
-        }
+        load_half_tile(tile, src + (int64_t)n * C * P, C, P, c0, p0, false);
         __syncthreads();
         const int64_t p = p0 + tx;
         for (int j = ty; j < TC; j += TROWS) {
@@ -1213,15 +1233,8 @@ __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C,
     __shared__ float tile[TC][TP + 1];
     const int t = threadIdx.y * TP + threadIdx.x;
     const int q4 = t % (TP / 4), cr = t / (TP / 4);
-    const int q = t / (TC / 8), g = t % (TC / 8);
     for_tiles(N, C, P, [&](int n, int c0, int64_t p0) {
-        if (p0 + q < P && c0 + 8 * g < C) {
-            float h[8];
-            const T *i = src + ((int64_t)n * P + p0 + q) * C + c0 + 8 * g;
-            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(i), h);
-#pragma unroll
-            for (int e = 0; e < 8; e++) tile[8 * g + e][q] = h[e];
-        }
+        load_half_tile(tile, src + (int64_t)n * C * P, C, P, c0, p0, true);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -1266,26 +1279,8 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
     const int n = blockIdx.z, c0 = blockIdx.y * TC;
     const int64_t p0 = (int64_t)blockIdx.x * TP;
     if (n >= N || c0 >= C) return; // the grid spans the tiles exactly (whole block)
-    const T *sp = src + (int64_t)n * C * P;
-    if (C % 8 == 0 && ((uintptr_t)src & 15) == 0) {
-        const int t = ty * TP + tx, q = t / (TC / 8), g = t % (TC / 8); // pixel, channel group
-        if (p0 + q < P && c0 + 8 * g < C) {
-            float f[8];
-            const T *i = sp + (p0 + q) * C + c0 + 8 * g;
-            pbw_unpack_half<T, 8>(*reinterpret_cast<const uint4 *>(i), f);
-#pragma unroll
-            for (int e = 0; e < 8; e++) tile[8 * g + e][q] = f[e];
-        }
-    } else {
-        const int c = c0 + 2 * tx;
-        for (int j = ty; j < TP; j += TROWS) {
-            const int64_t q = p0 + j;
-            if (q >= P || c >= C) continue;
-            const T *i = sp + q * C + c;
-            tile[2 * tx][j] = pbw_from_half<T>(i[0]);
-            if (c + 1 < C) tile[2 * tx + 1][j] = pbw_from_half<T>(i[1]);
-        }
-    }
+    load_half_tile(tile, src + (int64_t)n * C * P, C, P, c0, p0,
+                   C % 8 == 0 && ((uintptr_t)src & 15) == 0);
     __syncthreads();
     constexpr int KJ = TC / TROWS; // channels a thread
     const int64_t p = p0 + tx;
@@ -2030,17 +2025,13 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
                               (long long)d.out_p);
                 return;
             }
-            const int64_t cols = ptiles;
-            const int nz = N;
             double *ps = nullptr, *ps0 = nullptr;
-            const int64_t each = (int64_t)N * d.out_c * cols;
+            const int64_t each = (int64_t)N * d.out_c * ptiles; // a partial a pixel tile
             if (sums) {
                 if (!(ps = (double *)pbw_cuda_workspace((size_t)each * 2 * sizeof(double)))) return;
                 if (a->gs0 && pm.m) ps0 = ps + each;
             }
-            const dim3 grid((unsigned)cols, (unsigned)(ctiles < 65535 ? ctiles : 65535),
-                            (unsigned)nz),
-                block(TP, TROWS);
+            const dim3 grid((unsigned)ptiles, (unsigned)ctiles, (unsigned)N), block(TP, TROWS);
             pbw_half_type(prec, [&](auto t) {
                 using Hh = decltype(t);
                 pbw_launch(nhwc_modgrad_kernel<Hh>, grid, block, 0, a->gx, (const Hh *)hout,
@@ -2050,10 +2041,10 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
             const unsigned fb = (unsigned)((d.out_c * 32 + 255) / 256);
             if (ps && a->gs)
                 pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs, (const double *)ps, N,
-                           d.out_c, (int)cols, pm.s_nstride);
+                           d.out_c, (int)ptiles, pm.s_nstride);
             if (ps0)
                 pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs0, (const double *)ps0, N,
-                           d.out_c, (int)cols, pm.s0_nstride);
+                           d.out_c, (int)ptiles, pm.s0_nstride);
             PBW_CUDA_LAUNCHED("sg_modconv backward (style sums)");
             g_modconv_bwd_calls++;
         });
