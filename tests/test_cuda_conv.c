@@ -631,19 +631,24 @@ static void bf16_plan_end(pbw_ctx *ctx, pbw_arena *ga) {
 
 /* ---------- sg_modconv: the style applied as the input is staged ---------- */
 
+/* pbw_sg_modconv, or with act pbw_sg_modconv_act (noise weight 0.7, the slope given) */
 typedef struct {
     sgconv_arg conv;
-    int masked;
+    int act, masked;
+    float slope;
 } modconv_arg;
 
 #ifdef PBW_HAVE_CUDA
-/* in: x, s, then s0 and m when masked */
+/* in: x, s, s0, m, d (N,O), noise (N,1,OH,OW), bias (O): s0 and m read when masked, the last
+ * three with the activation (so x and s alone, or x, s, s0, m, suffice without them) */
 static pbw_tensor *modconv_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
     modconv_arg *a = arg;
     const pbw_sg_conv_plan *pl = plan_for(ctx, &a->conv);
-    return pl ? pbw_sg_modconv(ctx, in[0], in[1], a->masked ? in[2] : NULL,
-                               a->masked ? in[3] : NULL, pl)
-              : NULL;
+    if (!pl) return NULL;
+    pbw_tensor *s0 = a->masked ? in[2] : NULL, *m = a->masked ? in[3] : NULL;
+    if (!a->act) return pbw_sg_modconv(ctx, in[0], in[1], s0, m, pl);
+    return pbw_sg_modconv_act(ctx, in[0], in[1], s0, m, pl, in[4], in[5], in[6], 0.7f, a->slope,
+                              sqrtf(2.0f));
 }
 #endif
 
@@ -678,7 +683,7 @@ PBW_TEST(cuda_sg_modconv) {
                     }
                     modconv_arg arg = {{pbw_sg_conv_prepare(&ca, wc, c->transposed, &err),
                                         pbw_sg_conv_prepare(&ga, wg, c->transposed, &err), &ga, 0},
-                                       masked};
+                                       0, masked, 0.0f};
                     parity_input in[] = {{4, {c->n, c->c, c->h, c->w}, grad},
                                          {2, {c->n, c->c}, grad, 0.5f, 1.5f},
                                          {2, {1, c->c}, grad, 0.5f, 1.5f},
@@ -836,30 +841,12 @@ PBW_TEST(cuda_sg_modconv_act) {
 
 /* ---------- sg_modconv(_act) with gradients: one op ---------- */
 
-typedef struct {
-    sgconv_arg conv;
-    int act, masked;
-    float slope;
-} modconv_grad_arg;
-
 #ifdef PBW_HAVE_CUDA
-/* in: x, s, s0, m, d (N,O), noise (N,1,OH,OW), bias (O): s0 and m read when masked, the last
- * three with the activation */
-static pbw_tensor *modconv_grad_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
-    modconv_grad_arg *a = arg;
-    const pbw_sg_conv_plan *pl = plan_for(ctx, &a->conv);
-    if (!pl) return NULL;
-    pbw_tensor *s0 = a->masked ? in[2] : NULL, *m = a->masked ? in[3] : NULL;
-    if (!a->act) return pbw_sg_modconv(ctx, in[0], in[1], s0, m, pl);
-    return pbw_sg_modconv_act(ctx, in[0], in[1], s0, m, pl, in[4], in[5], in[6], 0.7f, a->slope,
-                              sqrtf(2.0f));
-}
-
 /* fn on the GPU in bf16 with the fused op (fused 1) or the ops apart (PBW_CUDA_MODCONV_GRAD=0),
  * from the same inputs (x, s, and s0 where in[2] asks, with gradients) and output gradient:
  * the output and the gradients of x, s, s0 into out[0..3] (malloc'd, NULL for s0 without a
  * gradient; free with free). 0 when all ran. */
-static int modconv_grad_run(modconv_grad_arg *a, const parity_input *in, int fused,
+static int modconv_grad_run(modconv_arg *a, const parity_input *in, int fused,
                             float *out[4], int64_t nout[4]) {
     pbw_err err = {{0}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
@@ -883,7 +870,7 @@ static int modconv_grad_run(modconv_grad_arg *a, const parity_input *in, int fus
         if (!t[i]) rc = -1;
         else t[i]->requires_grad = i < 3 && in[i].requires_grad;
     }
-    pbw_tensor *y = rc ? NULL : modconv_grad_fn(ctx, t, a);
+    pbw_tensor *y = rc ? NULL : modconv_fn(ctx, t, a);
     float *seed = NULL;
     if (y) {
         seed = malloc((size_t)y->numel * sizeof(float));
@@ -930,7 +917,7 @@ PBW_TEST(cuda_sg_modconv_grad) {
                 const int64_t oh = c->transposed ? 2 * (c->h - 1) + c->k : c->h;
                 const int64_t ow = c->transposed ? 2 * (c->w - 1) + c->k : c->w;
                 pbw_arena ca, ga;
-                modconv_grad_arg arg = {{0}, act, masked, 1.0f};
+                modconv_arg arg = {{0}, act, masked, 1.0f};
                 const int planned = fixed_plans(&arg.conv, &ca, &ga, c->o, c->c, c->k,
                                                 c->transposed) == 0;
                 CHECK(planned);
@@ -951,7 +938,7 @@ PBW_TEST(cuda_sg_modconv_grad) {
                          c->transposed ? " transposed" : "", masked ? " masked" : "");
                 pbw_cuda_set_precision(PBW_PREC_BF16);
                 const long before = pbw_cuda_sg_modconv_backward_calls();
-                CHECK(parity_check(name, modconv_grad_fn, &arg, 7, in, TOL_HALF) == 0);
+                CHECK(parity_check(name, modconv_fn, &arg, 7, in, TOL_HALF) == 0);
                 CHECK_MSG(pbw_cuda_sg_modconv_backward_calls() - before == 1, "%s: not fused",
                           name);
                 pbw_cuda_set_precision(PBW_PREC_FP32);
