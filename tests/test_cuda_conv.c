@@ -842,20 +842,20 @@ PBW_TEST(cuda_sg_modconv_act) {
 /* ---------- sg_modconv(_act) with gradients: one op ---------- */
 
 #ifdef PBW_HAVE_CUDA
-/* fn on the GPU in bf16 with the fused op (fused 1) or the ops apart (PBW_CUDA_MODCONV_GRAD=0),
- * from the same inputs (x, s, and s0 where in[2] asks, with gradients) and output gradient:
- * the output and the gradients of x, s, s0 into out[0..3] (malloc'd, NULL for s0 without a
- * gradient; free with free). 0 when all ran. */
-static int modconv_grad_run(modconv_arg *a, const parity_input *in, int fused,
-                            float *out[4], int64_t nout[4]) {
+/* f on the GPU in precision prec with the generator's fused ops with gradients (fused 1) or the
+ * ops apart (PBW_CUDA_MODCONV_GRAD=0), from fixed-seed inputs (uniform in in[i]'s range, as
+ * parity_check draws) and output gradient: the output into out[0] and the gradient of each
+ * input i that asks for one into out[1 + i] (malloc'd, else NULL; free each). 0 when all ran. */
+static int gpu_grads(parity_fn f, void *arg, int nin, const parity_input *in, pbw_precision prec,
+                     int fused, float **out, int64_t *nout) {
     pbw_err err = {{0}};
-    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_cuda_set_precision(prec);
     if (!fused) setenv("PBW_CUDA_MODCONV_GRAD", "0", 1);
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
-    pbw_tensor *t[7] = {0};
-    int rc = ctx ? 0 : -1;
+    pbw_tensor *t[8] = {0};
+    int rc = ctx && nin <= 8 ? 0 : -1;
     uint32_t st = 4242u;
-    for (int i = 0; i < 7 && !rc; i++) {
+    for (int i = 0; i < nin && !rc; i++) {
         int64_t n = 1;
         for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
         float *h = malloc((size_t)n * sizeof(float));
@@ -868,9 +868,9 @@ static int modconv_grad_run(modconv_arg *a, const parity_input *in, int fused,
         t[i] = pbw_tensor_from_host(ctx, h, in[i].ndim, in[i].shape);
         free(h);
         if (!t[i]) rc = -1;
-        else t[i]->requires_grad = i < 3 && in[i].requires_grad;
+        else t[i]->requires_grad = in[i].requires_grad;
     }
-    pbw_tensor *y = rc ? NULL : modconv_fn(ctx, t, a);
+    pbw_tensor *y = rc ? NULL : f(ctx, t, arg);
     float *seed = NULL;
     if (y) {
         seed = malloc((size_t)y->numel * sizeof(float));
@@ -880,12 +880,12 @@ static int modconv_grad_run(modconv_arg *a, const parity_input *in, int fused,
         }
     }
     if (!y || pbw_backward(ctx, y, seed, &err)) rc = -1;
-    pbw_tensor *src[4] = {y, t[0], t[1], t[2]};
-    for (int i = 0; i < 4 && !rc; i++) {
-        if (i && !src[i]->requires_grad) continue; /* out[i] stays NULL */
-        nout[i] = src[i]->numel;
+    for (int i = 0; i <= nin && !rc; i++) {
+        pbw_tensor *src = i ? t[i - 1] : y;
+        if (i && !src->requires_grad) continue; /* out[i] stays NULL */
+        nout[i] = src->numel;
         out[i] = malloc((size_t)nout[i] * sizeof(float));
-        const float *g = i ? pbw_grad_host(ctx, src[i]) : NULL;
+        const float *g = i ? pbw_grad_host(ctx, src) : NULL;
         if (i ? !g : pbw_tensor_read(ctx, y, out[0]) != 0) rc = -1;
         else if (i) memcpy(out[i], g, (size_t)nout[i] * sizeof(float));
     }
@@ -895,6 +895,35 @@ static int modconv_grad_run(modconv_arg *a, const parity_input *in, int fused,
     unsetenv("PBW_CUDA_MODCONV_GRAD");
     pbw_cuda_set_precision(PBW_PREC_FP32);
     return rc;
+}
+
+/* gpu_grads fused and apart: the output and the first input's gradient bit for bit, the
+ * others' within tol of their largest (tol 0: bit for bit too). Returns the failures. */
+static int fused_vs_apart(const char *name, parity_fn f, void *arg, int nin,
+                          const parity_input *in, pbw_precision prec, double tol) {
+    float *a[9] = {0}, *b[9] = {0};
+    int64_t na[9] = {0}, nb[9] = {0};
+    int fails = 0;
+    if (gpu_grads(f, arg, nin, in, prec, 1, a, na) || gpu_grads(f, arg, nin, in, prec, 0, b, nb)) {
+        fails++;
+    } else {
+        for (int k = 0; k <= nin; k++) {
+            if (!a[k] && !b[k]) continue;
+            if (!a[k] || !b[k] || na[k] != nb[k]) {
+                fails++;
+                continue;
+            }
+            double scale, d = gc_max_diff(a[k], b[k], na[k], &scale);
+            char what[32];
+            if (k) snprintf(what, sizeof what, "in[%d]'s gradient", k - 1);
+            printf("  %-44s fused vs apart: %s max abs diff %.2e (of %.2e)\n", name,
+                   k ? what : "output", d, scale);
+            if (k < 2 || tol == 0) fails += memcmp(a[k], b[k], (size_t)na[k] * sizeof(float)) != 0;
+            else fails += !(d <= tol * scale);
+        }
+    }
+    for (int k = 0; k <= nin; k++) free(a[k]), free(b[k]);
+    return fails;
 }
 #endif
 
@@ -943,27 +972,8 @@ PBW_TEST(cuda_sg_modconv_grad) {
                           name);
                 pbw_cuda_set_precision(PBW_PREC_FP32);
                 arg.slope = 0.2f;
-                float *a[4] = {0}, *b[4] = {0};
-                int64_t na[4] = {0}, nb[4] = {0};
-                const int ra = modconv_grad_run(&arg, in, 1, a, na);
-                const int rb = modconv_grad_run(&arg, in, 0, b, nb);
-                CHECK(ra == 0 && rb == 0);
-                if (!ra && !rb) {
-                    static const char *what[4] = {"output", "x's gradient", "s's gradient",
-                                                  "s0's gradient"};
-                    for (int k = 0; k < 4; k++) {
-                        if (k == 3 && !masked) continue;
-                        CHECK(na[k] == nb[k]);
-                        if (na[k] != nb[k]) continue;
-                        double scale, d = gc_max_diff(a[k], b[k], na[k], &scale);
-                        printf("  %-44s fused vs apart: %s max abs diff %.2e (of %.2e)\n", name,
-                               what[k], d, scale);
-                        if (k < 2) CHECK_MSG(memcmp(a[k], b[k], (size_t)na[k] * sizeof(float)) == 0,
-                                             "%s: %s differs", name, what[k]);
-                        else CHECK(d <= 1e-5 * scale);
-                    }
-                }
-                for (int k = 0; k < 4; k++) free(a[k]), free(b[k]);
+                CHECK_MSG(fused_vs_apart(name, modconv_fn, &arg, 7, in, PBW_PREC_BF16,
+                                         1e-5) == 0, "%s: fused and apart differ", name);
                 pbw_arena_free(&ga);
                 pbw_arena_free(&ca);
             }
@@ -1053,18 +1063,28 @@ PBW_TEST(cuda_sg_blur_act) {
         const int ow = cases[i].w + cases[i].p0 + cases[i].p1 - cases[i].k + 1;
         blur_act_arg arg;
         CHECK(pbw_sg_fir_init(&arg.f, cases[i].k == 4 ? k4 : k3, cases[i].p0, cases[i].p1) == 0);
-        for (int grad = 0; grad < 2; grad++) {
+        /* grad 0: none; 1: every input's; 2: x's alone (the Adam step's) */
+        for (int grad = 0; grad < 3; grad++) {
+            const int all = grad == 1;
             arg.slope = grad ? 1.0f : 0.2f;
-            parity_input in[] = {{4, {n, c, cases[i].h, cases[i].w}, grad},
-                                 {2, {n, c}, grad, 0.5f, 1.5f},
-                                 {4, {n, 1, oh, ow}, grad},
-                                 {1, {c}, grad}};
+            parity_input in[] = {{4, {n, c, cases[i].h, cases[i].w}, grad != 0},
+                                 {2, {n, c}, all, 0.5f, 1.5f},
+                                 {4, {n, 1, oh, ow}, all},
+                                 {1, {c}, all}};
             char name[80];
             snprintf(name, sizeof name, "sg_blur_act (%d,%d,%d,%d) K=%d%s", n, c, cases[i].h,
-                     cases[i].w, cases[i].k, grad ? " +grad" : "");
+                     cases[i].w, cases[i].k, grad == 1 ? " +grad" : grad ? " +grad x" : "");
             const long before = pbw_cuda_sg_blur_postact_calls();
+            const long bwd = pbw_cuda_sg_blur_act_backward_calls();
             CHECK(parity_check(name, sgblur_act_fn, &arg, 4, in, TOL_EW) == 0);
-            CHECK(pbw_cuda_sg_blur_postact_calls() - before == !grad); /* fused without */
+            /* fused without gradients and with x's alone; the backward in one kernel for K = 4 */
+            CHECK(pbw_cuda_sg_blur_postact_calls() - before == !all);
+            CHECK(pbw_cuda_sg_blur_act_backward_calls() - bwd == (grad == 2 && cases[i].k == 4));
+            if (grad == 2) { /* against the two ops on the GPU, the leaky ReLU's slope kept */
+                arg.slope = 0.2f;
+                CHECK_MSG(fused_vs_apart(name, sgblur_act_fn, &arg, 4, in, PBW_PREC_FP32, 0) == 0,
+                          "%s: fused and apart differ", name);
+            }
         }
         /* fused = the two ops on the GPU, bit for bit */
         const int64_t nx = (int64_t)n * c * cases[i].h * cases[i].w, no = (int64_t)n * oh * ow;

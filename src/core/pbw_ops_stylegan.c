@@ -909,6 +909,63 @@ pbw_tensor *pbw_sg_blur(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f) {
     return out;
 }
 
+#ifdef PBW_HAVE_CUDA
+/* What the blur and its activation as one op with gradients (blur_act_grad) keep. */
+typedef struct blur_act_saved {
+    pbw_sg_fir f;
+    pbw_cuda_postact pa; /* the forward's activation: its d, noise and bias are constants (the
+                          * node's input is x alone) */
+} blur_act_saved;
+
+/* blur_act_grad's backward: the blur's adjoint of the pre-activation's gradient, formed as the
+ * blur loads the output's (pbw_cuda_sg_blur_act_backward), or on scratch first where it cannot. */
+static void blur_act_backward(pbw_ctx *ctx, pbw_node *nd) {
+    const blur_act_saved *sv = nd->saved;
+    const pbw_sg_fir *f = &sv->f;
+    pbw_tensor *x = nd->in[0], *y = nd->out;
+    float bx; /* x's gradient is written whole (nd->writes) */
+    float *gx = pbw_grad_out(ctx, x, &bx);
+    if (!gx) return;
+    const pbw_cuda_postact *pa = &sv->pa;
+    const int64_t planes = x->shape[0] * x->shape[1];
+    const int H = (int)x->shape[2], W = (int)x->shape[3], OH = (int)y->shape[2],
+              OW = (int)y->shape[3];
+    if (pbw_cuda_sg_blur_act_backward(gx, y->grad, y->data, planes, H, W, OH, OW, f->kv, f->kh,
+                                      f->K, f->pad0, pa, bx != 0.0f) == 0)
+        return;
+    float *gy = pbw_ctx_scratch(ctx, 0, (size_t)y->numel * sizeof(float));
+    if (!gy) return;
+    pbw_cuda_sg_act_grad_from_out(gy, y->grad, y->data, pa);
+    pbw_cuda_sg_blur_backward(gx, gy, planes, H, W, OH, OW, f->kv, f->kh, f->K, f->pad0, NULL, 0,
+                              bx != 0.0f);
+}
+
+/* pbw_sg_blur_act with gradients on a GPU, as one op (pbw_cuda_modconv_grad): where x alone
+ * takes a gradient (d, noise and bias are constants, as in the Adam step), the forward blurs
+ * and activates in one pass and the backward is blur_act_backward. NULL without failing where
+ * it does not apply (the caller then runs the two ops). */
+static pbw_tensor *blur_act_grad(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f,
+                                 const act_args *act) {
+    static const char *op = "sg_blur";
+    pbw_tensor *consts[3] = {act->d, act->noise, act->bias};
+    if (!pbw_cuda_modconv_grad() || pbw_needs_grad(ctx, consts, 3) ||
+        !(act->slope > 0 && act->gain > 0))
+        return NULL;
+    if (pbw_op_begin(ctx, op, 1, &x)) return NULL;
+    pbw_tensor *out = blur_out(ctx, op, x, f);
+    pbw_cuda_postact pa;
+    if (!out || postact_of(ctx, op, out, act, &pa)) return NULL;
+    pbw_cuda_sg_blur_act_forward(out->data, x->data, x->shape[0] * x->shape[1], (int)x->shape[2],
+                                 (int)x->shape[3], (int)out->shape[2], (int)out->shape[3], f->kv,
+                                 f->kh, f->K, f->pad0, &pa);
+    pbw_node *nd = pbw_tape_push(ctx, op, blur_act_backward, out, &x, 1, sizeof(blur_act_saved));
+    if (!nd) return NULL;
+    *(blur_act_saved *)nd->saved = (blur_act_saved){*f, pa};
+    nd->writes = 1u; /* x's gradient: the whole adjoint blur */
+    return out;
+}
+#endif
+
 /* pbw_sg_blur_act, then (s non-NULL) pbw_sg_modulate by s, s0, m: see pbw_sg_blur_act_mod. */
 static pbw_tensor *blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, const act_args *act,
                             pbw_tensor *s, pbw_tensor *s0, pbw_tensor *m) {
@@ -916,7 +973,10 @@ static pbw_tensor *blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, co
     /* without gradients on a GPU: the activation is applied as the blur writes its output */
     static const char *op = "sg_blur";
     pbw_tensor *ins[7] = {x, act->d, act->noise, act->bias, s, s0, m};
-    if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 7)) {
+    if (pbw_on_cuda(ctx) && !s && pbw_needs_grad(ctx, ins, 7)) {
+        pbw_tensor *out = blur_act_grad(ctx, x, f, act);
+        if (out || pbw_ctx_failed(ctx)) return out;
+    } else if (pbw_on_cuda(ctx) && pbw_cuda_modconv() && !pbw_needs_grad(ctx, ins, 7)) {
         if (pbw_op_begin_nhwc(ctx, op, 1, &x)) return NULL;
         pbw_tensor *out = blur_out(ctx, op, x, f);
         pbw_cuda_postact pa;

@@ -93,8 +93,9 @@ int pbw_cuda_half_acts(void);
 int pbw_cuda_modconv(void);
 /* With gradients too, pbw_sg_modconv and pbw_sg_modconv_act run as one op whose forward
  * modulates while staging and activates while copying back, and whose backward stages the
- * activation's gradient and copies back the modulation's (pbw_cuda_sg_modconv_backward):
- * pbw_cuda_modconv() and PBW_CUDA_MODCONV_GRAD is not 0. */
+ * activation's gradient and copies back the modulation's (pbw_cuda_sg_modconv_backward), and
+ * pbw_sg_blur_act as one op whose backward forms the activation's gradient as the blur loads it
+ * (pbw_cuda_sg_blur_act_backward): pbw_cuda_modconv() and PBW_CUDA_MODCONV_GRAD is not 0. */
 int pbw_cuda_modconv_grad(void);
 /* The generator's convolutions keep their outputs as NHWC halves (pbw_tensor.half_nhwc), with
  * the activation applied there when they have one: the blur after an upsampling convolution

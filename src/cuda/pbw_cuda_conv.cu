@@ -1065,17 +1065,12 @@ struct StagePremod {
 };
 
 // The staging of an activated output's gradient (pbw_sg_modconv_act's backward): v, the
-// gradient of out = act(y d + noise + bias), becomes y's, as sg_bias_act's backward computes it
-// (its bias_act_gy_kernel, gy written), with the pre-activation's sign read from out's: the
-// leaky ReLU's slope and gain are positive, so out > 0 exactly where y d + noise + bias > 0.
+// gradient of out = act(y d + noise + bias), becomes y's (act_grad_from_out).
 struct StageActGrad {
     const float *out;
     pbw_cuda_postact pa;
     __device__ __forceinline__ float operator()(float v, int n, int c, int64_t, int64_t i) const {
-        const pbw_cpu_sg_act_geom &g = pa.g;
-        const float gp = __fmul_rn(__fmul_rn(v, g.gain), out[i] > 0 ? 1.0f : g.slope);
-        if (!g.d_mode) return __fadd_rn(0.0f, gp);
-        return __fmaf_rn(gp, g.d_mode == 2 ? pa.d[i] : pa.d[n * g.d_nstride + c], 0.0f);
+        return act_grad_from_out(v, out[i], pa, n, c, i);
     }
 };
 

@@ -175,6 +175,17 @@ long pbw_cuda_sg_postact_calls(void);
 void pbw_cuda_sg_blur_act_forward(float *out, const float *x, int64_t planes, int H, int W,
                                   int OH, int OW, const float *kv, const float *kh, int K, int p0,
                                   const pbw_cuda_postact *pa);
+/* The backward of pbw_cuda_sg_blur_act_forward (pa given, its d, noise and bias constants):
+ * gx (planes,H,W) written (add 0) or added to (1) from gout, the gradient of its output out
+ * (planes,OH,OW): pbw_cuda_sg_blur_backward of the pre-activation's gradient, which each gout
+ * value becomes as the blur loads it (the pre-activation's sign read from out's; slope and
+ * gain > 0). 0 when enqueued; -1, nothing done, for K other than 4 (the caller then forms the
+ * pre-activation's gradient, pbw_cuda_sg_act_grad_from_out, and blurs it back). */
+int pbw_cuda_sg_blur_act_backward(float *gx, const float *gout, const float *out, int64_t planes,
+                                  int H, int W, int OH, int OW, const float *kv, const float *kh,
+                                  int K, int p0, const pbw_cuda_postact *pa, int add);
+/* Backward passes run by pbw_cuda_sg_blur_act_backward so far (tests). */
+long pbw_cuda_sg_blur_act_backward_calls(void);
 /* Blurs that applied a pbw_cuda_postact so far (tests). */
 long pbw_cuda_sg_blur_postact_calls(void);
 /* pbw_cuda_sg_blur_act_forward on half values in NHWC layout (pbw_tensor.half_nhwc): x

@@ -388,7 +388,10 @@ fir_taps flip_taps(const float *kv, const float *kh, int K) {
 // the same products, so the results are the same bits.
 //   forward:  out[oy][ox] = sum_jv fv[jv] * sum_jh fh[jh] * x[oy+jv-p0][ox+jh-p0]
 //   backward: gx[iy][ix] += sum_jv fv[jv] * sum_jh fh[jh] * gout[iy-jv+p0][ix-jh+p0]
-// src is (SH,SW) per plane, dst (DH,DW); planes run on grid z (looped past 65535).
+// src is (SH,SW) per plane, dst (DH,DW); planes run on grid z (looped past 65535). Forward, pa
+// (pa.g.N non-zero) activates each result; backward, it makes gout the gradient of an
+// activated output, aout (pbw_sg_blur_act's backward): each gout value becomes the
+// pre-activation's gradient as it is loaded (act_grad_from_out).
 
 // A tile row stride (>= tc) that puts the two half-warps of a 16-wide tile (rows RY apart) on
 // different banks; 32-wide tiles keep tc.
@@ -403,7 +406,7 @@ template <int K, int TW, int TY, int RY, bool BWD>
 __global__ void __launch_bounds__(TW *TY)
     sg_blur_tile_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t planes,
                         int SH, int SW, int DH, int DW, fir_taps f, int p0,
-                        pbw_cuda_postact pa, int add) {
+                        pbw_cuda_postact pa, int add, const float *__restrict__ aout) {
     pbw_pdl_wait();
     static_assert(TW * TY % 32 == 0 && RY <= 16, "blur tile shape");
     constexpr int TH = TY * RY, TR = TH + K - 1, TC = TW + K - 1;
@@ -415,13 +418,21 @@ __global__ void __launch_bounds__(TW *TY)
     const int off = BWD ? p0 - (K - 1) : -p0;
     const int sy0 = dy0 + off, sx0 = dx0 + off;
     const int ox = dx0 + tx, oyt = dy0 + ty * RY;
+    const bool act_bwd = BWD && pa.g.N;
     for (int64_t pl = blockIdx.z; pl < planes; pl += gridDim.z) {
         const float *sp = src + pl * SH * SW;
+        const int an = act_bwd ? (int)(pl / pa.g.O) : 0, ac = act_bwd ? (int)(pl % pa.g.O) : 0;
         for (int e = tid; e < TR * TC; e += NT) {
             const int r = e / TC, c = e - r * TC;
             const int sy = sy0 + r, sx = sx0 + c;
-            tile[r * TS + c] =
-                (sy >= 0 && sy < SH && sx >= 0 && sx < SW) ? sp[(int64_t)sy * SW + sx] : 0.0f;
+            float v = 0.0f;
+            if (sy >= 0 && sy < SH && sx >= 0 && sx < SW) {
+                const int64_t i = (int64_t)sy * SW + sx;
+                v = act_bwd ? act_grad_from_out(sp[i], aout[pl * SH * SW + i], pa, an, ac,
+                                                pl * SH * SW + i)
+                            : sp[i];
+            }
+            tile[r * TS + c] = v;
         }
         __syncthreads();
         float rs[RY + K - 1]; // row sums of tile rows ty*RY + t
@@ -458,21 +469,22 @@ __global__ void __launch_bounds__(TW *TY)
 // 16 wide.
 template <bool BWD>
 int sg_blur_tiled(float *dst, const float *src, int64_t planes, int SH, int SW, int DH, int DW,
-                  const fir_taps &f, int K, int p0, const pbw_cuda_postact &pa, int add = 1) {
+                  const fir_taps &f, int K, int p0, const pbw_cuda_postact &pa, int add = 1,
+                  const float *aout = nullptr) {
     if (K != 4) return 0;
     const unsigned gz = (unsigned)(planes < 65535 ? planes : 65535);
     if (DW <= 16) {
         const dim3 grid((unsigned)((DW + 15) / 16), (unsigned)((DH + 15) / 16), gz);
         pbw_launch(sg_blur_tile_kernel<4, 16, 8, 2, BWD>, grid, dim3(16, 8), 0, dst, src, planes,
-                   SH, SW, DH, DW, f, p0, pa, add);
+                   SH, SW, DH, DW, f, p0, pa, add, aout);
     } else if (DH >= 64) {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 63) / 64), gz);
         pbw_launch(sg_blur_tile_kernel<4, 32, 8, 8, BWD>, grid, dim3(32, 8), 0, dst, src, planes,
-                   SH, SW, DH, DW, f, p0, pa, add);
+                   SH, SW, DH, DW, f, p0, pa, add, aout);
     } else {
         const dim3 grid((unsigned)((DW + 31) / 32), (unsigned)((DH + 31) / 32), gz);
         pbw_launch(sg_blur_tile_kernel<4, 32, 8, 4, BWD>, grid, dim3(32, 8), 0, dst, src, planes,
-                   SH, SW, DH, DW, f, p0, pa, add);
+                   SH, SW, DH, DW, f, p0, pa, add, aout);
     }
     return 1;
 }
@@ -760,6 +772,22 @@ extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C,
     PBW_CUDA_LAUNCHED("sg_blur_act_nhwc");
     g_blur_nhwc_calls++;
     g_blur_postact_calls += pa != nullptr;
+    return 0;
+}
+
+static long g_blur_act_bwd_calls;
+extern "C" long pbw_cuda_sg_blur_act_backward_calls(void) { return g_blur_act_bwd_calls; }
+
+extern "C" int pbw_cuda_sg_blur_act_backward(float *gx, const float *gout, const float *out,
+                                             int64_t planes, int H, int W, int OH, int OW,
+                                             const float *kv, const float *kh, int K, int p0,
+                                             const pbw_cuda_postact *pa, int add) {
+    if (planes * H * W == 0) return 0;
+    if (K != 4 || !pa || !pa->g.N) return -1; // the tiled kernel alone takes the activation
+    const fir_taps f = flip_taps(kv, kh, K);
+    sg_blur_tiled<true>(gx, gout, planes, OH, OW, H, W, f, K, p0, *pa, add, out);
+    PBW_CUDA_LAUNCHED("sg_blur_act_backward");
+    g_blur_act_bwd_calls++;
     return 0;
 }
 

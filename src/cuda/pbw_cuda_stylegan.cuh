@@ -102,6 +102,20 @@ __device__ __forceinline__ float premod_scale(const pbw_cuda_premod &pm, int n, 
                         mv);
 }
 
+// The gradient of y d + noise + bias (sample n, channel c; element i of the (N,O,P) output) from
+// go, the gradient of out = act(y d + noise + bias) there, and ov, out's value: sg_bias_act's
+// backward (its bias_act_gy_kernel, gy written), with the pre-activation's sign read from
+// out's (the leaky ReLU's slope and gain are positive, so out > 0 exactly where the
+// pre-activation is). Shared by the convolution's staging (pbw_cuda_conv.cu) and the blur's
+// backward (pbw_cuda_resample.cu).
+__device__ __forceinline__ float act_grad_from_out(float go, float ov, const pbw_cuda_postact &pa,
+                                                   int n, int c, int64_t i) {
+    const pbw_cpu_sg_act_geom &g = pa.g;
+    const float gp = __fmul_rn(__fmul_rn(go, g.gain), ov > 0 ? 1.0f : g.slope);
+    if (!g.d_mode) return __fadd_rn(0.0f, gp);
+    return __fmaf_rn(gp, g.d_mode == 2 ? pa.d[i] : pa.d[n * g.d_nstride + c], 0.0f);
+}
+
 // The output for y at pixel p of the plane, with scalar loads.
 __device__ __forceinline__ float act_at(float yv, const act_plane &a, const pbw_cpu_sg_act_geom &g,
                                         int64_t p) {
