@@ -606,6 +606,45 @@ PBW_TEST(cuda_half_acts_grad) {
 #endif
 }
 
+/* The gradients CLIP's products read in bf16, written in bf16 by the op that makes them
+ * (bf16 block with gradients and half activations): attention's backward writes qkv's
+ * gradient as halves alone (pbw_tensor.grad_half), and the second layer norm's backward, the
+ * last to add to the residual sum's gradient, writes its bf16 copy beside the fp32 values that
+ * pass on to the residual (pbw_tensor.grad_half_copy). Each is the rounding the conversion pass
+ * makes of the fp32 values: x's gradient must be the same bits as with PBW_CUDA_HALF_GRAD=0,
+ * where neither is written. */
+PBW_TEST(cuda_half_grad_block) {
+#ifdef PBW_HAVE_CUDA
+    const block_case bc = {2, 50, 768, 3072, 12, 0, 1, 0};
+    const int64_t n = bc.B * bc.T * bc.D;
+    float *seed = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+    float *g[2] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float))};
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 47);
+    for (int64_t i = 0; i < n; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    long att[2], ln[2];
+    int nh = 0;
+    char *saved;
+    for (int off = 0; off < 2; off++) {
+        pbw_test_env_set("PBW_CUDA_HALF_GRAD", off ? "0" : NULL, &saved);
+        const long a0 = pbw_cuda_attention_bwd_half_out_calls();
+        const long l0 = pbw_cuda_layer_norm_backward_copy_calls();
+        CHECK(half_block_grad(PBW_DEV_CUDA, PBW_PREC_BF16, &bc, y, NULL, &nh, seed, g[off]) == 0);
+        att[off] = pbw_cuda_attention_bwd_half_out_calls() - a0;
+        ln[off] = pbw_cuda_layer_norm_backward_copy_calls() - l0;
+        pbw_test_env_restore("PBW_CUDA_HALF_GRAD", saved);
+    }
+    double sg = 0;
+    for (int64_t i = 0; i < n; i++) sg = fmax(sg, fabs(g[0][i]));
+    const int same = memcmp(g[0], g[1], (size_t)n * sizeof(float)) == 0;
+    printf("  bf16 block with gradients: %ld attention gradients and %ld layer norm copies "
+           "written in bf16 (%ld, %ld with PBW_CUDA_HALF_GRAD=0); x.grad %s bits\n",
+           att[0], ln[0], att[1], ln[1], same ? "the same" : "DIFFERENT");
+    CHECK(att[0] == 1 && ln[0] == 1 && att[1] == 0 && ln[1] == 0 && same && sg > 1e-3);
+    free(seed), free(y), free(g[0]), free(g[1]);
+#endif
+}
+
 /* fc1's fused plan (pbw_cuda_fusion.cu) written to the cache folder and read back as a new
  * process would (pbw_cuda_linear_quick_gelu_forget drops the process's plans): the same block
  * output and QuickGELU output to the bit, without building, and the file left as it was; a

@@ -102,6 +102,11 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
             return;
         if (pbw_grad_sync(ctx, n->out)) return;
     }
+    /* a bf16 copy of gy written beside it by the op that completed it: the product reads
+     * that (r's gradient below, in fp32) */
+    if (gx && n->out->grad_half_copy &&
+        pbw_cuda_linear_backward_half_gy(n->out->grad_half_copy, w->data, gx, bx, R, O, I) == 0)
+        gx = NULL;
     /* bf16 operands for gx (and gr gets gy in the same pass) where the precision allows */
     if (gx && pbw_on_cuda(ctx) &&
         pbw_cuda_linear_backward_half(gy, w->data, gx, bx, gr, br, R, O, I) == 0)
@@ -249,9 +254,13 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
 #ifdef PBW_HAVE_CUDA
         /* where the input gradient will be a product of bf16 operands and y's gradient feeds
          * nothing else, y's gradient may come in bf16 alone (pbw_tensor.grad_half) */
-        y->grad_half_wanted = pbw_on_cuda(ctx) && x->requires_grad && !w->requires_grad &&
-                              !(b && b->requires_grad) && !r && !pbw_env_zero("PBW_CUDA_HALF_GRAD") &&
-                              pbw_cuda_linear_backward_half_ok(w->data, R, O, I);
+        const int half_gy = pbw_on_cuda(ctx) && x->requires_grad && !w->requires_grad &&
+                            !(b && b->requires_grad) && !pbw_env_zero("PBW_CUDA_HALF_GRAD") &&
+                            pbw_cuda_linear_backward_half_ok(w->data, R, O, I);
+        y->grad_half_wanted = half_gy && !r;
+        /* with a residual, y's gradient is r's too (in fp32): a bf16 copy beside it, written
+         * by the op that completes it (a layer norm's backward: pbw_tensor.grad_half_copy) */
+        y->grad_half_copy_wanted = half_gy;
 #endif
     }
     return y;

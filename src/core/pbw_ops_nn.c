@@ -27,6 +27,18 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
     pbw_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
     int64_t D = x->shape[x->ndim - 1], R = x->numel / D;
     float *gx = pbw_grad(ctx, x), *gw = pbw_grad(ctx, w), *gb = pbw_grad(ctx, b);
+#ifdef PBW_HAVE_CUDA
+    /* the last to add to x's gradient, which a product reads in bf16 (a residual stream's sum
+     * made by linear_add): its bf16 copy written in the same pass */
+    if (gx && x->grad_half_copy_wanted && x->grad_last == n && pbw_on_cuda(ctx)) {
+        void *h = pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16);
+        if (h && pbw_cuda_layer_norm_backward_copy(x->data, w ? w->data : NULL, s->mean, s->rstd,
+                                                   n->out->grad, gx, h, gw, gb, R, D) == 0) {
+            x->grad_half_copy = h;
+            return;
+        }
+    }
+#endif
     PBW_KERNEL(ctx, layer_norm_backward, x->data, w ? w->data : NULL, s->mean, s->rstd,
                n->out->grad, gx, gw, gb, R, D);
 }
@@ -268,6 +280,16 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
 #ifdef PBW_HAVE_CUDA
     if (s->half_in) { /* the halves the forward read, or their fp32 values written now */
         const uint16_t *h = n->in[0]->half;
+        /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy
+         * alone */
+        uint16_t *gh = beta == 0.0f && n->in[0]->grad_half_wanted
+                           ? pbw_ctx_alloc_opt(ctx, (size_t)n->in[0]->numel * 2 + 16)
+                           : NULL;
+        if (gh && pbw_cuda_attention_bwd_write_hh(&s->g, h, h + W, h + 2 * W, s->p,
+                                                  n->out->grad, gh, gh + W, gh + 2 * W) == 0) {
+            n->in[0]->grad_half = gh;
+            return;
+        }
         if (beta == 0.0f && pbw_cuda_attention_bwd_write_h(&s->g, h, h + W, h + 2 * W, s->p,
                                                            n->out->grad, g, g + W, g + 2 * W) == 0)
             return;

@@ -170,6 +170,7 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
         g->t->grad = NULL;
         g->t->grad_unset = 0;
         g->t->grad_half = NULL;
+        g->t->grad_half_copy = NULL;
     }
     ctx->grads = NULL;
     ctx->tape = NULL;
@@ -895,6 +896,7 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
     *beta = 1.0f;
     if (!t || !t->requires_grad) return NULL;
     if (pbw_grad_sync(ctx, t)) return NULL; /* more is added to the values of the half copy */
+    t->grad_half_copy = NULL;                /* the values change */
     if (t->grad && t->grad_unset) {
         t->grad_unset = 0;
         *beta = 0.0f;
@@ -922,6 +924,7 @@ int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t) {
 float *pbw_grad(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
     if (pbw_grad_sync(ctx, t)) return NULL;
+    t->grad_half_copy = NULL; /* the caller adds to the values */
     if (t->grad) return grad_set_zero(ctx, t) ? NULL : t->grad;
     if (t->device != ctx->dev) return pbw_ctx_fail(ctx, "gradient of a tensor on another device");
     size_t bytes = (size_t)t->numel * sizeof(float);
@@ -945,6 +948,7 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
         if (!n->out || !n->out->grad) continue; /* a lane mark, or not reached */
         for (int i = 0; i < n->nin; i++) {
             pbw_tensor *t = n->in[i];
+            if (t && t->requires_grad) t->grad_last = n; /* the last one seen is the last run */
             if (!t || !t->requires_grad || t->grad || t->device != ctx->dev) continue;
             /* backward runs the tape from the end: n is t's first producer; it may write t's
              * gradient when it declared so and t is not another of its inputs too */

@@ -74,6 +74,14 @@ typedef struct pbw_tensor {
                       * and pbw_grad_host do before anything else reads or adds to grad; a
                       * backward leaves it so where only the product read it: code reading
                       * such a tensor's grad directly calls pbw_grad_sync first) */
+    int grad_half_copy_wanted; /* CUDA: the op that made this tensor reads its gradient as a
+                                * bf16 copy, and the gradient may feed others in fp32 too (a
+                                * residual): the op that completes the gradient (grad_last) may
+                                * write that copy beside it (grad_half_copy) */
+    void *grad_half_copy; /* that copy, the rounding of grad's values as they are: any op that
+                           * writes or adds to grad drops it (pbw_grad, pbw_grad_out) */
+    struct pbw_node *grad_last; /* the last backward to reach this tensor's gradient (its first
+                                 * consumer in the forward; set by pbw_backward) */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;

@@ -940,6 +940,19 @@ __device__ __forceinline__ void store_c(float *g, int64_t ld, int r0, int R, int
     }
 }
 
+// The same written as halves of H (the gradient a product reads in the half type, rounded as
+// a conversion pass would round the fp32 values; never added to).
+template <typename H>
+__device__ __forceinline__ void store_c(H *g, int64_t ld, int r0, int R, int col,
+                                        const float (&c)[4], bool) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + 8 * h;
+        if (r < R)
+            *reinterpret_cast<uint32_t *>(g + r * ld + col) = mma_pack<H>(c[2 * h], c[2 * h + 1]);
+    }
+}
+
 // Rows 0 .. 16 n - 1 of two (rows, 64) operands a and b, fp32 or halves H (rows lda, ldb
 // elements apart; zero from row R) into halves at as and bs (rows MMA_LDK apart); n <= 4, by
 // MMA_THREADS threads.
@@ -966,11 +979,11 @@ __device__ __forceinline__ void stage_pair(H *as, H *bs, const A *a, int64_t lda
 }
 
 // In: float, or H where the forward kept q, k and v as halves alone (the same values staged).
-template <int KT, typename H, typename In>
+// G: float, or H for gradients written (not added) in the half type alone.
+template <int KT, typename H, typename In, typename G>
 __global__ static void __launch_bounds__(MMA_THREADS)
     attention_bwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v,
-                             const float *p, const float *go, float *gq, float *gk, float *gv,
-                             bool add) {
+                             const float *p, const float *go, G *gq, G *gk, G *gv, bool add) {
     pbw_pdl_wait();
     constexpr int D = MMA_D, LD = MMA_LDK, S16 = 16 * KT, LDP = S16 + 8, C8 = D / 8;
     extern __shared__ uint4 smem_u4[];
@@ -1097,17 +1110,16 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 static long g_bwd_mma_calls = 0;
 extern "C" long pbw_cuda_attention_bwd_mma_calls(void) { return g_bwd_mma_calls; }
 
-template <int KT, typename H, typename In>
+template <int KT, typename H, typename In, typename G>
 static bool bwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v,
-                           const float *p, const float *go, float *gq, float *gk, float *gv,
-                           bool add) {
+                           const float *p, const float *go, G *gq, G *gk, G *gv, bool add) {
     static size_t opted = 0;
     const size_t bytes = bwd_mma_smem_bytes(g->T, KT);
     if (bytes > smem_optin_max() ||
-        !smem_allow(attention_bwd_mma_kernel<KT, H, In>, bytes, &opted))
+        !smem_allow(attention_bwd_mma_kernel<KT, H, In, G>, bytes, &opted))
         return false;
-    pbw_launch(attention_bwd_mma_kernel<KT, H, In>, (unsigned)(g->B * g->H), MMA_THREADS, bytes,
-               *g, q, k, v, p, go, gq, gk, gv, add);
+    pbw_launch(attention_bwd_mma_kernel<KT, H, In, G>, (unsigned)(g->B * g->H), MMA_THREADS,
+               bytes, *g, q, k, v, p, go, gq, gk, gv, add);
     PBW_CUDA_LAUNCHED("attention_bwd (tensor cores)");
     g_bwd_mma_calls++;
     return true;
@@ -1115,29 +1127,34 @@ static bool bwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, con
 
 // The tensor-core backward where the precision multiplies on halves, for head size 64, T and S
 // up to 64, on 16-byte aligned rows; false (nothing launched) otherwise. q, k, v: fp32, or
-// with half_in the precision's halves.
+// with half_in the precision's halves; gq, gk, gv: fp32, or with half_out (half_in, written)
+// the precision's halves.
 static bool bwd_mma(const pbw_attn_geom *g, const void *q, const void *k, const void *v,
-                    bool half_in, const float *p, const float *go, float *gq, float *gk,
-                    float *gv, bool add) {
+                    bool half_in, const float *p, const float *go, void *gq, void *gk, void *gv,
+                    bool half_out, bool add) {
     const int kt = (int)((g->S + 15) / 16);
     if (!pbw_cuda_half_gemm() || g->B * g->H > 0x7fffffff || g->T > BMMA_MAX || g->S < 1 ||
-        g->S > BMMA_MAX || g->D != MMA_D || !vec4_ok(go, g->o) || !vec4_ok(gq, g->q) ||
-        !vec4_ok(gk, g->k) || !vec4_ok(gv, g->v))
+        g->S > BMMA_MAX || g->D != MMA_D || !vec4_ok(go, g->o) || (half_out && (!half_in || add)))
         return false;
     bool ok = false;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        auto run = [&](auto *qt, auto *kt_, auto *vt) {
-            if (!vec4_ok(qt, g->q) || !vec4_ok(kt_, g->k) || !vec4_ok(vt, g->v)) return;
+        auto run = [&](auto *qt, auto *kt_, auto *vt, auto *gqt, auto *gkt, auto *gvt) {
+            if (!vec4_ok(qt, g->q) || !vec4_ok(kt_, g->k) || !vec4_ok(vt, g->v) ||
+                !vec4_ok(gqt, g->q) || !vec4_ok(gkt, g->k) || !vec4_ok(gvt, g->v))
+                return;
             switch (kt) {
-            case 1: ok = bwd_mma_launch<1, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
-            case 2: ok = bwd_mma_launch<2, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
-            case 3: ok = bwd_mma_launch<3, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
-            default: ok = bwd_mma_launch<4, H>(g, qt, kt_, vt, p, go, gq, gk, gv, add); break;
+            case 1: ok = bwd_mma_launch<1, H>(g, qt, kt_, vt, p, go, gqt, gkt, gvt, add); break;
+            case 2: ok = bwd_mma_launch<2, H>(g, qt, kt_, vt, p, go, gqt, gkt, gvt, add); break;
+            case 3: ok = bwd_mma_launch<3, H>(g, qt, kt_, vt, p, go, gqt, gkt, gvt, add); break;
+            default: ok = bwd_mma_launch<4, H>(g, qt, kt_, vt, p, go, gqt, gkt, gvt, add); break;
             }
         };
-        if (half_in) run((const H *)q, (const H *)k, (const H *)v);
-        else run((const float *)q, (const float *)k, (const float *)v);
+        float *fq = (float *)gq, *fk = (float *)gk, *fv = (float *)gv;
+        if (half_out)
+            run((const H *)q, (const H *)k, (const H *)v, (H *)gq, (H *)gk, (H *)gv);
+        else if (half_in) run((const H *)q, (const H *)k, (const H *)v, fq, fk, fv);
+        else run((const float *)q, (const float *)k, (const float *)v, fq, fk, fv);
     });
     return ok;
 }
@@ -1363,7 +1380,7 @@ extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float 
                                             const float *go, float *gq, float *gk, float *gv) {
     if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
     if (!gq || !gk || !gv) return -1;
-    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, false)) return 0;
+    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, false, false)) return 0;
     return bwd_tiled(g, q, k, v, p, go, gq, gk, gv, false) ? 0 : -1;
 }
 
@@ -1372,7 +1389,20 @@ extern "C" int pbw_cuda_attention_bwd_write_h(const pbw_attn_geom *g, const void
                                               const float *go, float *gq, float *gk, float *gv) {
     if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
     if (!gq || !gk || !gv) return -1;
-    return bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false) ? 0 : -1;
+    return bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false, false) ? 0 : -1;
+}
+
+static long g_bwd_half_out_calls = 0;
+extern "C" long pbw_cuda_attention_bwd_half_out_calls(void) { return g_bwd_half_out_calls; }
+
+extern "C" int pbw_cuda_attention_bwd_write_hh(const pbw_attn_geom *g, const void *q,
+                                               const void *k, const void *v, const float *p,
+                                               const float *go, void *gq, void *gk, void *gv) {
+    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (!gq || !gk || !gv || pbw_cuda_precision() != PBW_PREC_BF16) return -1;
+    if (!bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, true, false)) return -1;
+    g_bwd_half_out_calls++;
+    return 0;
 }
 
 extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, const float *k,
@@ -1380,7 +1410,7 @@ extern "C" void pbw_cuda_attention_bwd(const pbw_attn_geom *g, const float *q, c
                                        float *gk, float *gv, float *scratch) {
     const int64_t B = g->B, H = g->H, T = g->T, S = g->S, D = g->D, BH = B * H, TS = T * S;
     if (BH <= 0 || T <= 0 || S <= 0 || D <= 0 || (!gq && !gk && !gv)) return;
-    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, true) ||
+    if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, false, true) ||
         bwd_tiled(g, q, k, v, p, go, gq, gk, gv, true))
         return;
     size_t fused = fused_bwd_smem_bytes(g);

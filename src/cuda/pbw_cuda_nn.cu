@@ -845,11 +845,12 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
 // The same for rows of V*128 floats (CLIP: 768 = 6*128), 16-byte aligned: each lane keeps its
 // V float4 of x, gy and w in registers, so a row is read once, with every load of the row in
 // flight at once (the loop above keeps one or two: at CLIP's 1,600 rows a step that left it
-// latency-bound at ~64 us a launch).
+// latency-bound at ~64 us a launch). gxh, when not NULL, gets gx's sums in bf16 too.
 template <int V>
 __global__ static void layer_norm_backward_vec_kernel(const float *x, const float *w,
                                                       const float *mean, const float *rstd,
-                                                      const float *gy, float *gx, int64_t R) {
+                                                      const float *gy, float *gx,
+                                                      __nv_bfloat16 *gxh, int64_t R) {
     pbw_pdl_wait();
     const int64_t D = 128 * V;
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
@@ -882,40 +883,63 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
         o.z += rs * (gw_[j].z - af - xh[j].z * cf);
         o.w += rs * (gw_[j].w - af - xh[j].w * cf);
         go[lane + 32 * j] = o;
+        if (gxh) reinterpret_cast<uint2 *>(gxh + r * D)[lane + 32 * j] = pbw_pack_half4<__nv_bfloat16>(o);
     }
+}
+
+// The row-vector backward (gx added to; gxh, when not NULL, its bf16 copy); false, nothing
+// launched, where it does not take the geometry.
+static bool layer_norm_backward_vec(const float *x, const float *w, const float *mean,
+                                    const float *rstd, const float *gy, float *gx,
+                                    __nv_bfloat16 *gxh, int64_t R, int64_t D) {
+    if (!gx || D % 128 || D > 1024 || !aligned(x, 16) || !aligned(gy, 16) || !aligned(gx, 16) ||
+        (w && !aligned(w, 16)) || (gxh && !aligned(gxh, 8)))
+        return false;
+    dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
+    switch ((int)(D / 128)) {
+#define PBW_LN_BWD_CASE(v)                                                                         \
+    case v:                                                                                        \
+        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, gxh, R); \
+        break;
+        PBW_LN_BWD_CASE(1)
+        PBW_LN_BWD_CASE(2)
+        PBW_LN_BWD_CASE(3)
+        PBW_LN_BWD_CASE(4)
+        PBW_LN_BWD_CASE(5)
+        PBW_LN_BWD_CASE(6)
+        PBW_LN_BWD_CASE(7)
+        PBW_LN_BWD_CASE(8)
+#undef PBW_LN_BWD_CASE
+    }
+    PBW_CUDA_LAUNCHED("layer_norm_backward");
+    return true;
 }
 
 extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
                                              const float *rstd, const float *gy, float *gx,
                                              float *gw, float *gb, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    const bool vec = D % 128 == 0 && D <= 1024 && aligned(x, 16) && aligned(gy, 16) &&
-                     aligned(gx, 16) && (!w || aligned(w, 16));
-    if (gx && vec) {
-        const int V = (int)(D / 128);
-        dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
-        switch (V) {
-#define PBW_LN_BWD_CASE(v)                                                                         \
-    case v:                                                                                        \
-        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, R);     \
-        break;
-            PBW_LN_BWD_CASE(1)
-            PBW_LN_BWD_CASE(2)
-            PBW_LN_BWD_CASE(3)
-            PBW_LN_BWD_CASE(4)
-            PBW_LN_BWD_CASE(5)
-            PBW_LN_BWD_CASE(6)
-            PBW_LN_BWD_CASE(7)
-            PBW_LN_BWD_CASE(8)
-#undef PBW_LN_BWD_CASE
-        }
-        PBW_CUDA_LAUNCHED("layer_norm_backward");
-    } else if (gx) {
+    if (gx && !layer_norm_backward_vec(x, w, mean, rstd, gy, gx, nullptr, R, D)) {
         pbw_launch(layer_norm_backward_kernel, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, x, w, mean,
                    rstd, gy, gx, R, D);
         PBW_CUDA_LAUNCHED("layer_norm_backward");
     }
     column_sums(gy, x, mean, rstd, gw, gb, R, D, "layer_norm_backward (weights)");
+}
+
+static long g_ln_copy_calls = 0;
+extern "C" long pbw_cuda_layer_norm_backward_copy_calls(void) { return g_ln_copy_calls; }
+
+extern "C" int pbw_cuda_layer_norm_backward_copy(const float *x, const float *w,
+                                                 const float *mean, const float *rstd,
+                                                 const float *gy, float *gx, void *gxh,
+                                                 float *gw, float *gb, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0 || !gxh ||
+        !layer_norm_backward_vec(x, w, mean, rstd, gy, gx, (__nv_bfloat16 *)gxh, R, D))
+        return -1;
+    g_ln_copy_calls++;
+    column_sums(gy, x, mean, rstd, gw, gb, R, D, "layer_norm_backward (weights)");
+    return 0;
 }
 
 // ---------------- batch norm (given statistics) ----------------

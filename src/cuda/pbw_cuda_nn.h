@@ -35,6 +35,14 @@ void pbw_cuda_layer_norm_forward(const float *x, const float *w, const float *b,
 void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *mean,
                                   const float *rstd, const float *gy, float *gx, float *gw,
                                   float *gb, int64_t R, int64_t D);
+/* The same, gx added to (not NULL), with gxh (R*D bf16) getting the rounding of gx's sums: the
+ * gradient's bf16 copy for a product (pbw_tensor.grad_half_copy). 0, or -1 with nothing launched
+ * where the row-vector kernel does not take the geometry. */
+int pbw_cuda_layer_norm_backward_copy(const float *x, const float *w, const float *mean,
+                                      const float *rstd, const float *gy, float *gx, void *gxh,
+                                      float *gw, float *gb, int64_t R, int64_t D);
+/* Launches of pbw_cuda_layer_norm_backward_copy so far (tests). */
+long pbw_cuda_layer_norm_backward_copy_calls(void);
 /* pbw_cpu_lpips_layer_forward / _backward's contract (device memory); the forward sums each
  * image's positions in blocks of 32 (scratch: pbw_cuda_lpips_layer_scratch_floats) and then
  * the blocks' sums in order: no atomics, the same bits every run. */
@@ -95,6 +103,14 @@ int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, 
 int pbw_cuda_attention_bwd_write_h(const struct pbw_attn_geom *g, const void *q, const void *k,
                                    const void *v, const float *p, const float *go, float *gq,
                                    float *gk, float *gv);
+/* The same with gq, gk and gv written in bf16 alone (bf16 precision: the gradient a product
+ * reads in bf16, pbw_tensor.grad_half), each value rounded as a conversion of the fp32 one
+ * would be. 0, or -1 with nothing launched. */
+int pbw_cuda_attention_bwd_write_hh(const struct pbw_attn_geom *g, const void *q, const void *k,
+                                    const void *v, const float *p, const float *go, void *gq,
+                                    void *gk, void *gv);
+/* Launches of pbw_cuda_attention_bwd_write_hh so far (tests). */
+long pbw_cuda_attention_bwd_half_out_calls(void);
 
 /* ---- no CPU twin ---- */
 
