@@ -149,7 +149,7 @@ for p in sorted(glob.glob(os.path.join(out, "*.json"))):
                 pass
     if last:
         runs[os.path.basename(p)[:-5]] = last
-PEAK = 989e12  # H100 SXM dense fp16/bf16 tensor-core FLOP/s
+PEAK = 989e12  # H100 and H200 SXM dense fp16/bf16 tensor-core FLOP/s (the same chip)
 FLOP = {"adam": 755e9, "cma": 18.7e12, "edit": 450e12}  # issue 6's counts (256 px, ViT-B/32)
 full = size == 256
 def get(r, w):
@@ -193,7 +193,7 @@ for w in ("adam", "cma", "edit", "mem"):
         ratio, REF[w], GOAL[w], frac(w, pv), frac(w, tv)))
 print("\nBest of each side's variants per row (name in parentheses); whole edit: the faster of its runs."
       " % of peak: issue 6's FLOP counts (755 GFLOP an Adam step, 18.7 TFLOP a CMA generation,"
-      " ~450 TFLOP the whole edit) over the time, against 989 TFLOP/s (H100 SXM dense fp16/bf16)."
+      " ~450 TFLOP the whole edit) over the time, against 989 TFLOP/s (H100 or H200 SXM dense fp16/bf16)."
       " Peak memory: pbw's allocator (pbw_cuda_mem_peak) vs torch.cuda.max_memory_allocated, weights included.\n")
 print("## Every run\n")
 print("| run | Adam step | CMA gen | CMA update | edit runs | peak mem | edit loss before -> after | setup / capture | notes |")
