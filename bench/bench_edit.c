@@ -21,7 +21,8 @@
  *         before/after evaluation), --edit-runs times (a run is skipped when the time so far
  *         passes --max-edit-seconds, if set); on CUDA builds the peak device memory of the
  *         first edit (pbw_cuda_mem_peak after pbw_cuda_mem_reset_peak: the bytes pbw's
- *         allocator holds, weights included; cuBLAS/cuDNN's own workspaces are not counted).
+ *         allocator holds, weights and the libraries' workspaces included; what cuBLAS and
+ *         cuDNN allocate inside their handles is not counted).
  * Mask: --mask PNG, else a centered square of side --box (default 3/8 of the image side: 96 of
  * 256). Words: --text (needs a vocabulary: --vocab, or the CLIP directory's), or --ids.
  *

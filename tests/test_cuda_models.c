@@ -356,6 +356,42 @@ PBW_TEST(cuda_graph_replay) {
 #endif
 }
 
+/* The lanes' grow-only buffers (pbw_cuda_lane_buffer: staging, the libraries' workspaces): made
+ * at `min` bytes and counted as pbw's memory, kept while a request fits, grown with a quarter to
+ * spare; while a graph is recorded never grown: NULL, and only a buffer that names itself (no
+ * other path) refuses the recording, saying which grew. */
+PBW_TEST(cuda_lane_buffer) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err); /* the device made current */
+    CHECK(ctx != NULL);
+    if (!ctx) return;
+    pbw_lane_buffer b;
+    memset(&b, 0, sizeof b);
+    const size_t used0 = pbw_cuda_mem_used();
+    void *p1 = pbw_cuda_lane_buffer(&b, 1000, 4096, NULL);
+    CHECK(p1 && b.size[0] == 4096 && pbw_cuda_mem_used() == used0 + 4096);
+    CHECK(pbw_cuda_lane_buffer(&b, 4096, 4096, NULL) == p1); /* fits: kept */
+    void *p2 = pbw_cuda_lane_buffer(&b, 10000, 4096, NULL);
+    CHECK(p2 && b.size[0] == 12500 && pbw_cuda_mem_used() == used0 + 12500);
+    char why[160] = "";
+    CHECK(pbw_cuda_capture_begin() == 0);
+    CHECK(pbw_cuda_lane_buffer(&b, 12500, 0, "a test buffer") == b.p[0]); /* fits: no growth */
+    CHECK(pbw_cuda_lane_buffer(&b, 20000, 0, NULL) == NULL); /* the caller's other path */
+    CHECK(pbw_cuda_error() == NULL);
+    CHECK(pbw_cuda_lane_buffer(&b, 20000, 0, "a test buffer") == NULL);
+    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
+    printf("  4096 bytes made, 12500 after growing; recording refused: %s\n", why);
+    CHECK(g == NULL && strstr(why, "a test buffer grew") && pbw_cuda_capture_grew());
+    CHECK(b.size[0] == 12500 && pbw_cuda_mem_used() == used0 + 12500); /* left as it was */
+    pbw_cuda_graph_free(g);
+    pbw_cuda_clear_error();
+    pbw_cuda_free(b.p[0]);
+    CHECK(pbw_cuda_mem_used() == used0);
+    pbw_ctx_free(ctx);
+#endif
+}
+
 /* Lanes (pbw_lane_fork): a pass whose side lane reads what the main lane reads too (a
  * product's worth of elementwise work on each lane) gives on two lanes what it gives on one
  * (PBW_CUDA_LANES=0): the loss bit for bit (the same kernels on the same data) and the input's

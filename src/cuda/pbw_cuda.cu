@@ -58,8 +58,6 @@ static pbw_precision g_prec = PBW_PREC_FP32;
 struct lane {
     cudaStream_t stream;
     cublasHandle_t cublas; // bound to stream, with a workspace of its own
-    void *ws;              // pbw_cuda_workspace
-    size_t ws_size;
     cudaEvent_t mark; // recorded when another lane waits for this one's work
 };
 static lane g_lanes[PBW_CUDA_LANES];
@@ -93,10 +91,8 @@ static int lane_make(int i) {
         return -1;
     }
     cublasSetStream(l.cublas, l.stream);
-    if (cudaMalloc(&cws, (size_t)32 << 20) == cudaSuccess)
+    if ((cws = pbw_cuda_malloc((size_t)32 << 20))) // counted as pbw's memory
         cublasSetWorkspace(l.cublas, cws, (size_t)32 << 20);
-    else
-        cudaGetLastError();
     return 0;
 }
 
@@ -166,26 +162,36 @@ cudaStream_t pbw_stream(void) { return g_lanes[g_lane].stream; }
 cublasHandle_t pbw_cublas(void) { return g_lanes[g_lane].cublas; }
 cudnnHandle_t pbw_cudnn(void) { return g_cudnn; }
 
+extern "C" void *pbw_cuda_lane_buffer(pbw_lane_buffer *b, size_t bytes, size_t min,
+                                      const char *what) {
+    const int l = g_lane;
+    if (bytes <= b->size[l] && b->p[l]) return b->p[l];
+    if (g_capturing) { // the graph would replay into the old buffer, or a new one freed later
+        if (what) {
+            char why[96];
+            snprintf(why, sizeof why, "%s grew", what);
+            capture_refuse(why, 1);
+        }
+        return nullptr;
+    }
+    pbw_cuda_free(b->p[l]); // waits for kernels still using it
+    b->p[l] = nullptr;
+    b->size[l] = 0;
+    // min, or a quarter more than asked, so that sizes creeping up do not reallocate each time
+    size_t want = bytes <= min ? min : bytes + bytes / 4;
+    if (!(b->p[l] = pbw_cuda_malloc(want))) want = bytes, b->p[l] = pbw_cuda_malloc(bytes);
+    if (!b->p[l]) {
+        if (what) pbw_cuda_fail("out of GPU memory for %zu bytes of %s", bytes, what);
+        return nullptr;
+    }
+    b->size[l] = want;
+    return b->p[l];
+}
+
+static pbw_lane_buffer g_workspace;
+
 void *pbw_cuda_workspace(size_t bytes) {
-    lane &l = g_lanes[g_lane];
-    if (bytes <= l.ws_size && l.ws) return l.ws;
-    if (g_capturing) {
-        capture_refuse("a library workspace grew", 1);
-        return nullptr;
-    }
-    cudaStreamSynchronize(l.stream); // a queued kernel may still use the old one
-    if (l.ws) cudaFree(l.ws);
-    l.ws = nullptr;
-    l.ws_size = 0;
-    size_t sz = bytes < ((size_t)32 << 20) ? ((size_t)32 << 20) : bytes;
-    if (cudaMalloc(&l.ws, sz) != cudaSuccess) {
-        cudaGetLastError();
-        l.ws = nullptr;
-        pbw_cuda_fail("out of GPU memory for a %zu-byte library workspace", bytes);
-        return nullptr;
-    }
-    l.ws_size = sz;
-    return l.ws;
+    return pbw_cuda_lane_buffer(&g_workspace, bytes, (size_t)32 << 20, "a library workspace");
 }
 
 // ---- lanes ----

@@ -121,6 +121,18 @@ int pbw_cuda_lane(void);
 void pbw_cuda_lane_set(int lane);
 int pbw_cuda_lane_wait(int waiter, int on);
 long pbw_cuda_lane_waits(void); /* waits queued so far in this process (tests) */
+/* A grow-only device buffer a lane, reused in stream order (a workspace, staging). */
+typedef struct pbw_lane_buffer {
+    void *p[PBW_CUDA_LANES];
+    size_t size[PBW_CUDA_LANES];
+} pbw_lane_buffer;
+/* At least `bytes` of the current lane's buffer in b, counted as pbw's memory
+ * (pbw_cuda_mem_used). Growing frees the old one once the kernels queued before have run and
+ * takes `min` bytes, or bytes + bytes / 4 beyond it (bytes alone when that does not fit). NULL
+ * where it cannot grow: while a graph is recorded, or out of GPU memory. `what` names the buffer
+ * for a caller with no other path: the recording is then refused ("<what> grew"), or the
+ * failure recorded; NULL for a caller that has one (nothing recorded). */
+void *pbw_cuda_lane_buffer(pbw_lane_buffer *b, size_t bytes, size_t min, const char *what);
 
 /* CUDA graphs of a fixed-shape pass (the Adam step): between pbw_cuda_capture_begin and
  * pbw_cuda_capture_end every launch, copy and memset on the stream is recorded instead of run.

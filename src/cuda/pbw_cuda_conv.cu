@@ -1011,28 +1011,12 @@ bool fallback_algo(conv_plan *p, int dir) {
 
 // ---------- staging (see the file comment) ----------
 
-// The module's grow-only staging buffer, one a GPU lane (device memory of its own,
-// pbw_cuda_malloc): at least `bytes`. Reused in stream order; freed to grow only after the
-// streams have drained, since a kernel queued earlier may still read it. NULL (failure
-// recorded) when out of memory.
-void *g_stage[PBW_CUDA_LANES];
-size_t g_stage_size[PBW_CUDA_LANES];
+// The module's staging buffer, one a GPU lane: at least `bytes`, reused in stream order. NULL
+// (failure recorded, or the recording of a graph refused) where it cannot grow.
+pbw_lane_buffer g_stage;
 
 void *stage_get(size_t bytes) {
-    const int l = pbw_cuda_lane();
-    if (bytes <= g_stage_size[l] && g_stage[l]) return g_stage[l];
-    pbw_cuda_free(g_stage[l]); // waits for kernels still reading it
-    g_stage[l] = NULL;
-    g_stage_size[l] = 0;
-    // grow by at least a quarter, so batch sizes creeping up don't reallocate each time
-    size_t want = bytes + bytes / 4;
-    if (!(g_stage[l] = pbw_cuda_malloc(want))) want = bytes, g_stage[l] = pbw_cuda_malloc(want);
-    if (!g_stage[l]) {
-        pbw_cuda_fail("conv2d: out of GPU memory for %zu bytes of half-precision staging", bytes);
-        return NULL;
-    }
-    g_stage_size[l] = want;
-    return g_stage[l];
+    return pbw_cuda_lane_buffer(&g_stage, bytes, 0, "half-precision staging");
 }
 
 size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }

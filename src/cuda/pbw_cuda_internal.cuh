@@ -34,7 +34,8 @@ const void *pbw_cuda_half_weight(const float *w, size_t n);
 // Multiprocessors of the current device (132 on an H100 SXM); 1 before pbw_cuda_init.
 int pbw_cuda_sm_count(void);
 // Device scratch owned by the runtime, for library workspaces (cuBLAS, cuDNN): at least
-// `bytes`, valid until the next call. NULL when out of memory (failure recorded).
+// `bytes`, valid until the next call. NULL while a graph is recorded (recording refused) or
+// when out of memory (failure recorded).
 void *pbw_cuda_workspace(size_t bytes);
 // Waits for the work queued on every GPU lane (nothing while a graph is recorded).
 void pbw_cuda_wait_lanes(void);

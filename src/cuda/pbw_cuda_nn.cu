@@ -154,21 +154,14 @@ struct lt_plan {
 const int LT_PLANS = 64;
 const size_t LT_WS_BYTES = (size_t)32 << 20;
 cublasLtHandle_t g_lt;
-void *g_lt_ws_lane[PBW_CUDA_LANES]; // one workspace a GPU lane (lt_ws)
+pbw_lane_buffer g_lt_ws; // one workspace a GPU lane (lt_ws)
 lt_plan g_lt_plans[LT_PLANS];
 int g_lt_nplans, g_lt_evict, g_lt_broken;
 long g_lt_half_calls;
 
 // The current GPU lane's cuBLASLt workspace, made on the lane's first product; NULL when out
 // of memory (or while a graph is recorded: the caller's other path serves).
-void *lt_ws() {
-    void *&ws = g_lt_ws_lane[pbw_cuda_lane()];
-    if (!ws && !pbw_cuda_capturing() && cudaMalloc(&ws, LT_WS_BYTES) != cudaSuccess) {
-        cudaGetLastError();
-        ws = nullptr;
-    }
-    return ws;
-}
+void *lt_ws() { return pbw_cuda_lane_buffer(&g_lt_ws, LT_WS_BYTES, LT_WS_BYTES, nullptr); }
 
 int align_of(const void *p) { // largest power of two dividing the address, at most 256
     uintptr_t u = (uintptr_t)p;
@@ -501,22 +494,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
 namespace {
 const int64_t HALF_BWD_MIN_ROWS = 64;
 long g_half_bwd_calls;
-void *g_gyh[PBW_CUDA_LANES]; // gy in bf16, one a GPU lane, grown only outside graph recording
-size_t g_gyh_size[PBW_CUDA_LANES];
+pbw_lane_buffer g_gyh; // gy in bf16, one a GPU lane
 
 // At least `bytes` of the current lane's scratch, reused in stream order; NULL when it would
-// have to grow while a graph is recorded (a free breaks the recording: the fp32 path serves
-// instead) or when out of memory (the fp32 path then too).
-void *gyh_get(size_t bytes) {
-    const int l = pbw_cuda_lane();
-    if (bytes <= g_gyh_size[l] && g_gyh[l]) return g_gyh[l];
-    if (pbw_cuda_capturing()) return nullptr;
-    pbw_cuda_free(g_gyh[l]); // waits for kernels still reading it
-    g_gyh_size[l] = 0;
-    if (!(g_gyh[l] = pbw_cuda_malloc(bytes))) return nullptr;
-    g_gyh_size[l] = bytes;
-    return g_gyh[l];
-}
+// have to grow while a graph is recorded or when out of memory (the fp32 path serves then).
+void *gyh_get(size_t bytes) { return pbw_cuda_lane_buffer(&g_gyh, bytes, 0, nullptr); }
 } // namespace
 
 // gyh = bf16(gy), and gr += gy (add) or gr = gy (!add) when gr is given: one read of gy.
