@@ -281,11 +281,64 @@ PBW_TEST(cuda_edit_adam5_fp32) {
 #endif
 }
 
-/* The graph machinery itself: a pass recorded once (an upload from a registered host range, an
- * upload of a constant, ops, a backward) and replayed on new inputs gives what the ops give run
- * directly on those inputs, bit for bit (the same kernels on the same data, no atomics); a
- * read-back while recording is refused and leaves the context usable. */
+/* Graph tests: a pass of ops with its backward, recorded once in a CUDA graph and replayed on
+ * new inputs, must give what the ops give run directly on those inputs. A pass reads n_in
+ * floats of input `in` (x, the tensor whose gradient is checked) and a constant k, and returns
+ * its loss. */
 #ifdef PBW_HAVE_CUDA
+typedef pbw_tensor *(*replay_pass)(pbw_ctx *ctx, const float *in, const float *k, pbw_tensor **x);
+
+/* pass's loss (n_loss values) and x's gradient (n_in) run directly on ctx (reset first). */
+static int replay_direct(replay_pass pass, pbw_ctx *ctx, const float *in, int64_t n_in,
+                         const float *k, float *loss, float *grad) {
+    pbw_err err = {0};
+    pbw_ctx_reset(ctx);
+    pbw_tensor *x = NULL, *l = pass(ctx, in, k, &x);
+    if (!l || pbw_backward(ctx, l, NULL, &err) || pbw_tensor_read(ctx, l, loss)) return -1;
+    return pbw_cuda_d2h(grad, x->grad, sizeof(float) * (size_t)n_in);
+}
+
+/* Records pass on cap (in registered as the graph's input; k copied, and the copy zeroed once
+ * recorded: the bytes at recording time are what replays), then `rounds` times draws new inputs
+ * into in, replays (one graph launch) and checks loss and gradient against replay_direct on ref,
+ * bit for bit: the same kernels on the same data. */
+static void replay_check(const char *name, replay_pass pass, pbw_ctx *cap, pbw_ctx *ref,
+                         float *in, int64_t n_in, const float *k, int64_t n_k, int64_t n_loss,
+                         pbw_rng *rng, int rounds) {
+    pbw_err err = {0};
+    float *kc = malloc(sizeof(float) * (size_t)n_k);
+    float *lg = malloc(sizeof(float) * (size_t)n_loss), *lr = malloc(sizeof(float) * (size_t)n_loss);
+    float *gg = malloc(sizeof(float) * (size_t)n_in), *gr = malloc(sizeof(float) * (size_t)n_in);
+    CHECK(kc && lg && lr && gg && gr);
+    if (!kc || !lg || !lr || !gg || !gr) goto out;
+    memcpy(kc, k, sizeof(float) * (size_t)n_k);
+    pbw_ctx_set_grad(cap, 1);
+    CHECK(pbw_cuda_capture_begin() == 0);
+    pbw_cuda_graph_input(in, sizeof(float) * (size_t)n_in);
+    pbw_tensor *x = NULL, *l = pass(cap, in, kc, &x);
+    CHECK(l && pbw_backward(cap, l, NULL, &err) == 0);
+    char why[160];
+    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
+    if (!g) printf("  %s: capture failed: %s\n", name, why);
+    CHECK(g != NULL && pbw_cuda_lane() == 0); /* the recording ends on lane 0 */
+    memset(kc, 0, sizeof(float) * (size_t)n_k); /* must not matter any more */
+    for (int round = 0; round < rounds && g && l && x; round++) {
+        for (int64_t i = 0; i < n_in; i++) in[i] = (float)(2 * pbw_rng_uniform(rng) - 1);
+        const long before = pbw_cuda_graph_launches();
+        CHECK(pbw_cuda_graph_launch(g) == 0 && pbw_cuda_graph_launches() == before + 1);
+        CHECK(pbw_cuda_d2h(lg, l->data, sizeof(float) * (size_t)n_loss) == 0 &&
+              pbw_cuda_d2h(gg, x->grad, sizeof(float) * (size_t)n_in) == 0);
+        CHECK(replay_direct(pass, ref, in, n_in, k, lr, gr) == 0);
+        const double dl = gc_max_diff(lg, lr, n_loss, NULL), dg = gc_max_diff(gg, gr, n_in, NULL);
+        printf("  %s, replay %d against the direct run: loss %.6f vs %.6f, max diff %.1e, "
+               "gradient %.1e\n", name, round, lg[0], lr[0], dl, dg);
+        CHECK(dl == 0 && dg == 0);
+    }
+    pbw_cuda_graph_free(g);
+out:
+    free(kc), free(lg), free(lr), free(gg), free(gr);
+}
+
 static pbw_tensor *graph_pass(pbw_ctx *ctx, const float *in, const float *k, pbw_tensor **x) {
     *x = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
     if (!*x) return NULL;
@@ -295,9 +348,12 @@ static pbw_tensor *graph_pass(pbw_ctx *ctx, const float *in, const float *k, pbw
     static const int ax = 1;
     return pbw_sum(ctx, pbw_square(ctx, y), 1, &ax, 0); /* (4) */
 }
-
 #endif
 
+/* The graph machinery itself: a pass recorded once (an upload from a registered host range, an
+ * upload of a constant, ops, a backward) and replayed on new inputs gives what the ops give run
+ * directly on those inputs, bit for bit (the same kernels on the same data, no atomics); a
+ * read-back while recording is refused and leaves the context usable. */
 PBW_TEST(cuda_graph_replay) {
 #ifdef PBW_HAVE_CUDA
     pbw_err err = {0};
@@ -309,42 +365,15 @@ PBW_TEST(cuda_graph_replay) {
     pbw_rng_seed(&rng, 3);
     for (int i = 0; i < 64; i++) k[i] = (float)pbw_rng_uniform(&rng);
     for (int i = 0; i < 256; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-    pbw_ctx_set_grad(ctx, 1);
     pbw_ctx_set_grad(ref, 1);
-    float kc[64];
-    memcpy(kc, k, sizeof kc); /* the constant: its bytes at recording time are what replays */
-    CHECK(pbw_cuda_capture_begin() == 0);
-    pbw_cuda_graph_input(in, sizeof in);
-    pbw_tensor *x = NULL, *l = graph_pass(ctx, in, kc, &x);
-    CHECK(l && pbw_backward(ctx, l, NULL, &err) == 0);
-    char why[160];
-    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
-    if (!g) printf("  capture failed: %s\n", why);
-    CHECK(g != NULL);
-    memset(kc, 0, sizeof kc); /* must not matter any more */
-    const float *dl = l ? l->data : NULL, *dg = x ? x->grad : NULL;
-    for (int round = 0; round < 3 && g && dl && dg; round++) {
-        for (int i = 0; i < 256; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-        long before = pbw_cuda_graph_launches();
-        CHECK(pbw_cuda_graph_launch(g) == 0 && pbw_cuda_graph_launches() == before + 1);
-        float lg[4], gg[256], lr[4], gr[256];
-        CHECK(pbw_cuda_d2h(lg, dl, sizeof lg) == 0 && pbw_cuda_d2h(gg, dg, sizeof gg) == 0);
-        pbw_ctx_reset(ref);
-        pbw_tensor *xr = NULL, *r = graph_pass(ref, in, k, &xr);
-        CHECK(r && pbw_backward(ref, r, NULL, &err) == 0);
-        CHECK(pbw_tensor_read(ref, r, lr) == 0 && pbw_cuda_d2h(gr, xr->grad, sizeof gr) == 0);
-        double d = gc_max_diff(lg, lr, 4, NULL), dgr = gc_max_diff(gg, gr, 256, NULL);
-        printf("  replay %d: loss %.6f vs direct %.6f, max diff %.1e, gradient %.1e\n", round,
-               lg[0], lr[0], d, dgr);
-        CHECK(d == 0 && dgr == 0);
-    }
-    pbw_cuda_graph_free(g);
+    replay_check("graph", graph_pass, ctx, ref, in, 256, k, 64, 4, &rng, 3);
     /* a read-back cannot be recorded */
     pbw_ctx_reset(ctx);
+    char why[160];
     CHECK(pbw_cuda_capture_begin() == 0);
     pbw_tensor *t = pbw_tensor_from_host(ctx, in, 2, (int64_t[]){4, 64});
     CHECK(t && pbw_tensor_host(ctx, t) == NULL);
-    g = pbw_cuda_capture_end(why, sizeof why);
+    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
     printf("  refused: %s\n", why);
     CHECK(g == NULL && strstr(why, "read back") != NULL);
     pbw_ctx_reset(ctx);
@@ -418,16 +447,6 @@ static pbw_tensor *lanes_pass(pbw_ctx *ctx, const float *in, const float *k, pbw
     pbw_lane_join(ctx);
     return pbw_add(ctx, a, b); /* (R) */
 }
-
-/* loss and gradient of lanes_pass run directly on ctx (reset first) */
-static int lanes_direct(pbw_ctx *ctx, const float *in, const float *k, float *loss, float *grad) {
-    pbw_err err = {0};
-    pbw_ctx_reset(ctx);
-    pbw_tensor *x = NULL, *l = lanes_pass(ctx, in, k, &x);
-    if (!l || pbw_backward(ctx, l, NULL, &err)) return -1;
-    if (pbw_tensor_read(ctx, l, loss)) return -1;
-    return pbw_cuda_d2h(grad, x->grad, sizeof(float) * LANES_R * LANES_C);
-}
 #endif
 
 PBW_TEST(cuda_lanes) {
@@ -444,10 +463,10 @@ PBW_TEST(cuda_lanes) {
     for (int i = 0; i < LANES_R * LANES_C; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
     setenv("PBW_CUDA_LANES", "0", 1);
     long w0 = pbw_cuda_lane_waits();
-    CHECK(lanes_direct(ctx, in, k, l1, g1) == 0);
+    CHECK(replay_direct(lanes_pass, ctx, in, LANES_R * LANES_C, k, l1, g1) == 0);
     CHECK(pbw_cuda_lane_waits() == w0);
     unsetenv("PBW_CUDA_LANES");
-    CHECK(lanes_direct(ctx, in, k, l2, g2) == 0);
+    CHECK(replay_direct(lanes_pass, ctx, in, LANES_R * LANES_C, k, l2, g2) == 0);
     const long waits = pbw_cuda_lane_waits() - w0;
     CHECK(pbw_cuda_lane() == 0);
     double gs = 0, dl = gc_max_diff(l2, l1, LANES_R, NULL),
@@ -457,27 +476,7 @@ PBW_TEST(cuda_lanes) {
     CHECK(waits == 4); /* fork and join, forward and backward */
     CHECK(dl == 0 && dg <= 1e-6 * gs);
     /* recorded with both branches, replayed on new inputs */
-    pbw_ctx_set_grad(cap, 1);
-    CHECK(pbw_cuda_capture_begin() == 0);
-    pbw_cuda_graph_input(in, sizeof in);
-    pbw_tensor *x = NULL, *l = lanes_pass(cap, in, k, &x);
-    CHECK(l && pbw_backward(cap, l, NULL, &err) == 0);
-    char why[160];
-    pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
-    if (!g) printf("  capture failed: %s\n", why);
-    CHECK(g != NULL && pbw_cuda_lane() == 0);
-    for (int round = 0; round < 2 && g && l && x; round++) {
-        for (int i = 0; i < LANES_R * LANES_C; i++) in[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-        CHECK(pbw_cuda_graph_launch(g) == 0);
-        CHECK(pbw_cuda_d2h(l2, l->data, sizeof l2) == 0 &&
-              pbw_cuda_d2h(g2, x->grad, sizeof g2) == 0);
-        CHECK(lanes_direct(ctx, in, k, l1, g1) == 0);
-        dl = gc_max_diff(l2, l1, LANES_R, NULL);
-        dg = gc_max_diff(g2, g1, LANES_R * LANES_C, NULL);
-        printf("  replay %d against the direct run: loss %.1e, gradient %.1e\n", round, dl, dg);
-        CHECK(dl == 0 && dg == 0);
-    }
-    pbw_cuda_graph_free(g);
+    replay_check("lanes", lanes_pass, cap, ctx, in, LANES_R * LANES_C, k, LANES_C, LANES_R, &rng, 2);
     pbw_ctx_free(ctx);
     pbw_ctx_free(cap);
 #endif
