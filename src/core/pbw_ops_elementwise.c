@@ -49,6 +49,16 @@ void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {
     return t->half;
 }
 
+void pbw_tensor_half_drop(pbw_tensor *t) {
+    t->half = NULL;
+    t->half_only = t->half_nhwc = 0;
+}
+
+void *pbw_grad_half_room(pbw_ctx *ctx, const pbw_tensor *t, float beta) {
+    return beta == 0.0f && t->grad_half_wanted ? pbw_ctx_alloc_opt(ctx, (size_t)t->numel * 2 + 16)
+                                               : NULL;
+}
+
 static int op_begin(pbw_ctx *ctx, const char *op, int n, pbw_tensor *const *ts, int mode) {
     if (pbw_ctx_failed(ctx)) return -1;
     if (pbw_profile_enabled()) pbw_profile_op(op);
@@ -114,9 +124,7 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     if (!gx) return;
 #ifdef PBW_HAVE_CUDA
     if (x->half_only) { /* the forward read x's halves alone (pbw_half_out_grad) */
-        void *h = beta == 0.0f && x->grad_half_wanted
-                      ? pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16)
-                      : NULL;
+        void *h = pbw_grad_half_room(ctx, x, beta);
         if (h && pbw_cuda_unary_backward_half_hx(s->op, s->p0, s->p1, x->half, n->out->grad, h,
                                                  x->numel) == 0) {
             x->grad_half = h;
@@ -125,9 +133,8 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
         if (pbw_tensor_sync_f32(ctx, x)) return; /* else x's fp32 values, written now */
     }
     /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy alone */
-    if (beta == 0.0f && x->grad_half_wanted && s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 &&
-        pbw_on_cuda(ctx)) {
-        void *h = pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16);
+    if (s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 && pbw_on_cuda(ctx)) {
+        void *h = pbw_grad_half_room(ctx, x, beta);
         if (h && pbw_cuda_unary_backward_half(s->op, s->p0, s->p1, x->data, n->out->data,
                                               n->out->grad, h, x->numel) == 0) {
             x->grad_half = h;
@@ -154,10 +161,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
             if (!pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
             done = pbw_cuda_unary_half(op, p0, p1, x->half, y->half, x->numel) == 0;
             if (done && !grad) return y;
-            if (!done) {
-                y->half = NULL;
-                y->half_only = 0;
-            }
+            if (!done) pbw_tensor_half_drop(y);
         }
         if (!done && pbw_tensor_sync_f32(ctx, x)) return NULL;
     }
@@ -169,8 +173,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
         done = pbw_cuda_unary_forward_half(op, p0, p1, x->data, only ? NULL : y->data, y->half,
                                            x->numel) == 0;
         if (!done) { /* no vector path for these sizes (y's fp32 values written unless only) */
-            y->half = NULL;
-            y->half_only = 0;
+            pbw_tensor_half_drop(y);
             done = !only;
         }
     }

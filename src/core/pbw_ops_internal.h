@@ -41,6 +41,10 @@ int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n);
  * needs them; pbw_linear, which reads the halves, writes them where its weight's gradient will
  * need them. PBW_CUDA_HALF_ACTS_GRAD=0 keeps the fp32 values with gradients. */
 int pbw_half_out_grad(pbw_ctx *ctx);
+/* Room for t's gradient held in bf16 alone (pbw_tensor.grad_half), where the backward asking
+ * writes that gradient whole (beta 0, from pbw_grad_out) and the op that made t reads it so
+ * (grad_half_wanted); NULL otherwise or when out of memory (the fp32 gradient serves then). */
+void *pbw_grad_half_room(pbw_ctx *ctx, const pbw_tensor *t, float beta);
 
 /* The tensor's shape right-aligned in 5 slots (leading ones). */
 void pbw_shape5(const pbw_tensor *t, int64_t *s5);

@@ -206,10 +206,7 @@ static pbw_tensor *linear(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tenso
             done = pbw_cuda_linear_lt(NULL, x->half, w->data, bd, NULL, NULL, y->half, NULL, R, O,
                                       I) == 0;
             if (done && !grad) return y; /* no gradient: nothing to record */
-            if (!done) {
-                y->half = NULL;
-                y->half_only = 0;
-            }
+            if (!done) pbw_tensor_half_drop(y);
         }
         /* a half_only x serves when the weight has a half copy; else its fp32 values */
         if (!done)

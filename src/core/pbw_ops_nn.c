@@ -65,8 +65,7 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
         if (pbw_cuda_layer_norm_forward_hx(x->half, w ? w->data : NULL, b ? b->data : NULL,
                                            y->half, mean, rstd, R, D, eps) == 0)
             return y; /* no gradient: nothing to record */
-        y->half = NULL;
-        y->half_only = 0;
+        pbw_tensor_half_drop(y);
     }
 #endif
     if (pbw_tensor_sync_f32(ctx, x)) return NULL;
@@ -282,9 +281,7 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
         const uint16_t *h = n->in[0]->half;
         /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy
          * alone */
-        uint16_t *gh = beta == 0.0f && n->in[0]->grad_half_wanted
-                           ? pbw_ctx_alloc_opt(ctx, (size_t)n->in[0]->numel * 2 + 16)
-                           : NULL;
+        uint16_t *gh = pbw_grad_half_room(ctx, n->in[0], beta);
         if (gh && pbw_cuda_attention_bwd_write_hh(&s->g, h, h + W, h + 2 * W, s->p,
                                                   n->out->grad, gh, gh + W, gh + 2 * W) == 0) {
             n->in[0]->grad_half = gh;
@@ -348,8 +345,7 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
         if (pbw_cuda_attention_fwd_nograd(g, h, h + W, h + 2 * W, NULL, o->half, 1) == 0)
             return o;
-        o->half = NULL;
-        o->half_only = 0;
+        pbw_tensor_half_drop(o);
     }
 #endif
     s.p = saved_floats(ctx, B * heads * n_queries * T);
@@ -365,10 +361,7 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         if (!pbw_tensor_half_alloc(ctx, o, 1)) return NULL;
         done = s.half_in =
             pbw_cuda_attention_fwd_keep_h(g, h, h + W, h + 2 * W, s.p, NULL, o->half) == 0;
-        if (!done) {
-            o->half = NULL;
-            o->half_only = 0;
-        }
+        if (!done) pbw_tensor_half_drop(o);
     }
 #endif
     if (!done && pbw_tensor_sync_f32(ctx, qkv)) return NULL;
@@ -385,10 +378,7 @@ pbw_tensor *pbw_attention_qkv(pbw_ctx *ctx, pbw_tensor *qkv, int heads, int64_t 
         if (!pbw_tensor_half_alloc(ctx, o, only)) return NULL;
         done = pbw_cuda_attention_fwd_keep(g, qkv->data, qkv->data + W, qkv->data + 2 * W, s.p,
                                            only ? NULL : o->data, o->half) == 0;
-        if (!done) {
-            o->half = NULL;
-            o->half_only = 0;
-        }
+        if (!done) pbw_tensor_half_drop(o);
     }
 #endif
     if (!done)

@@ -991,8 +991,7 @@ static pbw_tensor *blur_act(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_fir *f, co
                                           (int)out->shape[3], f->kv, f->kh, f->K, f->pad0, &pa,
                                           s ? &pm : NULL) == 0)
                 return out;
-            out->half = NULL;
-            out->half_only = out->half_nhwc = 0;
+            pbw_tensor_half_drop(out);
             if (pbw_tensor_sync_f32(ctx, x)) return NULL;
         }
         pbw_cuda_sg_blur_act_forward(out->data, x->data, x->shape[0] * x->shape[1],

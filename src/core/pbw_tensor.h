@@ -143,6 +143,9 @@ int pbw_tensor_sync_f32(pbw_ctx *ctx, pbw_tensor *t);
 /* Allocates t->half (numel half values, device memory) and sets t->half_only = only; NULL, the
  * context failed, when out of memory. For the op that writes t. */
 void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only);
+/* Forgets the half copy pbw_tensor_half_alloc made when no kernel wrote it (the fp32 path
+ * serves instead): half NULL, half_only and half_nhwc 0. */
+void pbw_tensor_half_drop(pbw_tensor *t);
 pbw_device pbw_ctx_device(const pbw_ctx *ctx);
 int pbw_ctx_failed(const pbw_ctx *ctx);
 const char *pbw_ctx_error(const pbw_ctx *ctx);
