@@ -837,10 +837,6 @@ int choose(conv_plan *p, int dir, size_t out_bytes, FindFn find, HeurFn heur, Ws
     return 0;
 }
 
-// Chooses the algorithm of direction dir once per plan (see the file comment). in0, in1: the
-// direction's inputs, read by the measurement (for a staged direction the staged copies).
-// 0; -1 with the failure recorded; 1 when a staged direction found no NHWC algorithm (it is
-// then unstaged for the plan: the caller runs the float32 path, which chooses afresh).
 // cuDNN's heuristic candidates for the forward or the backward-data of p's staged (half NHWC)
 // or float32 descriptors.
 cudnnStatus_t heuristics(const conv_plan *p, bool staged, cudnnConvolutionFwdAlgoPerf_t *perf,
@@ -856,6 +852,10 @@ cudnnStatus_t heuristics(const conv_plan *p, bool staged,
         staged ? p->hxd : p->xd, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, n, perf);
 }
 
+// Chooses the algorithm of direction dir once per plan (see the file comment). in0, in1: the
+// direction's inputs, read by the measurement (for a staged direction the staged copies).
+// 0; -1 with the failure recorded; 1 when a staged direction found no NHWC algorithm (it is
+// then unstaged for the plan: the caller runs the float32 path, which chooses afresh).
 int plan_algo(conv_plan *p, int dir, const void *in0, const void *in1) {
     if (p->have[dir]) return 0;
     cudnnHandle_t h = pbw_cudnn();

@@ -865,7 +865,9 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
         o.z += rs * (gw_[j].z - af - xh[j].z * cf);
         o.w += rs * (gw_[j].w - af - xh[j].w * cf);
         go[lane + 32 * j] = o;
-        if (gxh) reinterpret_cast<uint2 *>(gxh + r * D)[lane + 32 * j] = pbw_pack_half4<__nv_bfloat16>(o);
+        if (gxh)
+            reinterpret_cast<uint2 *>(gxh + r * D)[lane + 32 * j] =
+                pbw_pack_half4<__nv_bfloat16>(o);
     }
 }
 
@@ -881,7 +883,8 @@ static bool layer_norm_backward_vec(const float *x, const float *w, const float 
     switch ((int)(D / 128)) {
 #define PBW_LN_BWD_CASE(v)                                                                         \
     case v:                                                                                        \
-        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, gxh, R); \
+        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, gxh,   \
+                   R);                                                                             \
         break;
         PBW_LN_BWD_CASE(1)
         PBW_LN_BWD_CASE(2)
