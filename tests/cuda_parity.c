@@ -15,13 +15,9 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return diff / (scale > 0 ? scale : 1);
 }
 
-typedef struct run_out {
-    float *y, *g[8];
-    int64_t ny, ng[8];
-} run_out;
-
 static int run_on(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
-                  float *const *host_in, const float *seed_src, run_out *o, const char *name) {
+                  float *const *host_in, const float *seed_src, parity_outputs *o,
+                  const char *name) {
     pbw_err err = {0};
     pbw_ctx *ctx = pbw_ctx_new(dev, &err);
     if (!ctx) {
@@ -65,17 +61,17 @@ done:
     return rc;
 }
 
-static void out_free(run_out *o) {
+void parity_outputs_free(parity_outputs *o) {
     free(o->y);
     for (int i = 0; i < 8; i++) free(o->g[i]);
+    memset(o, 0, sizeof *o);
 }
 
-int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
-                 double tol) {
-    if (nin > 8) return 1;
+/* The inputs (host_in[i], uniform in in[i]'s range) and the output gradient (seed: uniform(-1,1),
+ * as large as any output a test makes) of every run, from one fixed seed. */
+static void draw(int nin, const parity_input *in, float **host_in, float **seed) {
     pbw_rng rng;
     pbw_rng_seed(&rng, 1234);
-    float *host_in[8] = {0};
     for (int i = 0; i < nin; i++) {
         int64_t n = 1;
         for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
@@ -87,11 +83,29 @@ int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity
         }
         for (int64_t k = 0; k < n; k++) host_in[i][k] = lo + (hi - lo) * (float)pbw_rng_uniform(&rng);
     }
-    /* the output gradient: uniform(-1,1), as large as any output a test makes */
     int64_t nseed = (int64_t)1 << 24;
-    float *seed = malloc((size_t)nseed * sizeof(float));
-    for (int64_t k = 0; k < nseed; k++) seed[k] = (float)(2 * pbw_rng_uniform(&rng) - 1);
-    run_out a = {0}, b = {0};
+    *seed = malloc((size_t)nseed * sizeof(float));
+    for (int64_t k = 0; k < nseed; k++) (*seed)[k] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+}
+
+int parity_run(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
+               const char *name, parity_outputs *o) {
+    memset(o, 0, sizeof *o);
+    if (nin > 8) return -1;
+    float *host_in[8] = {0}, *seed;
+    draw(nin, in, host_in, &seed);
+    const int rc = run_on(dev, f, arg, nin, in, host_in, seed, o, name);
+    free(seed);
+    for (int i = 0; i < nin; i++) free(host_in[i]);
+    return rc;
+}
+
+int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
+                 double tol) {
+    if (nin > 8) return 1;
+    float *host_in[8] = {0}, *seed;
+    draw(nin, in, host_in, &seed);
+    parity_outputs a = {0}, b = {0};
     int bad = 0;
     if (run_on(PBW_DEV_CPU, f, arg, nin, in, host_in, seed, &a, name) ||
         run_on(PBW_DEV_CUDA, f, arg, nin, in, host_in, seed, &b, name)) {
@@ -121,8 +135,8 @@ int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity
         bad += !(eg <= tol);
     }
 done:
-    out_free(&a);
-    out_free(&b);
+    parity_outputs_free(&a);
+    parity_outputs_free(&b);
     free(seed);
     for (int i = 0; i < nin; i++) free(host_in[i]);
     return bad;

@@ -33,4 +33,17 @@ typedef struct parity_input {
 int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
                  double tol);
 
+/* One run's output and the gradients of the inputs that ask for one (g[i], NULL for the others);
+ * malloc'd, freed by parity_outputs_free. */
+typedef struct parity_outputs {
+    float *y, *g[8];
+    int64_t ny, ng[8];
+} parity_outputs;
+/* f run once on dev from parity_check's inputs and output gradient (the same fixed seed): for
+ * comparing two runs on one device, say with a switch set for one. 0, or -1 (printed, name
+ * saying which). */
+int parity_run(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
+               const char *name, parity_outputs *o);
+void parity_outputs_free(parity_outputs *o);
+
 #endif

@@ -842,56 +842,13 @@ PBW_TEST(cuda_sg_modconv_act) {
 /* ---------- sg_modconv(_act) with gradients: one op ---------- */
 
 #ifdef PBW_HAVE_CUDA
-/* f on the GPU in precision prec with the generator's fused ops with gradients (fused 1) or the
- * ops apart (PBW_CUDA_MODCONV_GRAD=0), from fixed-seed inputs (uniform in in[i]'s range, as
- * parity_check draws) and output gradient: the output into out[0] and the gradient of each
- * input i that asks for one into out[1 + i] (malloc'd, else NULL; free each). 0 when all ran. */
-static int gpu_grads(parity_fn f, void *arg, int nin, const parity_input *in, pbw_precision prec,
-                     int fused, float **out, int64_t *nout) {
-    pbw_err err = {{0}};
+/* parity_run on the GPU in precision prec with the generator's fused ops with gradients (fused
+ * 1) or the ops apart (PBW_CUDA_MODCONV_GRAD=0). */
+static int gpu_grads(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
+                     pbw_precision prec, int fused, parity_outputs *o) {
     pbw_cuda_set_precision(prec);
     if (!fused) setenv("PBW_CUDA_MODCONV_GRAD", "0", 1);
-    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
-    pbw_tensor *t[8] = {0};
-    int rc = ctx && nin <= 8 ? 0 : -1;
-    uint32_t st = 4242u;
-    for (int i = 0; i < nin && !rc; i++) {
-        int64_t n = 1;
-        for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
-        float *h = malloc((size_t)n * sizeof(float));
-        const int unit = in[i].lo == in[i].hi; /* (-1, 1), as parity_check draws */
-        const float lo = unit ? -1.0f : in[i].lo, hi = unit ? 1.0f : in[i].hi;
-        for (int64_t j = 0; j < n; j++) {
-            st = st * 1664525u + 1013904223u;
-            h[j] = lo + (hi - lo) * (float)(st >> 8) / 16777216.0f;
-        }
-        t[i] = pbw_tensor_from_host(ctx, h, in[i].ndim, in[i].shape);
-        free(h);
-        if (!t[i]) rc = -1;
-        else t[i]->requires_grad = in[i].requires_grad;
-    }
-    pbw_tensor *y = rc ? NULL : f(ctx, t, arg);
-    float *seed = NULL;
-    if (y) {
-        seed = malloc((size_t)y->numel * sizeof(float));
-        for (int64_t j = 0; j < y->numel; j++) {
-            st = st * 1664525u + 1013904223u;
-            seed[j] = 2.0f * (float)(st >> 8) / 16777216.0f - 1.0f;
-        }
-    }
-    if (!y || pbw_backward(ctx, y, seed, &err)) rc = -1;
-    for (int i = 0; i <= nin && !rc; i++) {
-        pbw_tensor *src = i ? t[i - 1] : y;
-        if (i && !src->requires_grad) continue; /* out[i] stays NULL */
-        nout[i] = src->numel;
-        out[i] = malloc((size_t)nout[i] * sizeof(float));
-        const float *g = i ? pbw_grad_host(ctx, src) : NULL;
-        if (i ? !g : pbw_tensor_read(ctx, y, out[0]) != 0) rc = -1;
-        else if (i) memcpy(out[i], g, (size_t)nout[i] * sizeof(float));
-    }
-    if (rc) fprintf(stderr, "  %s %s\n", err.msg, ctx ? pbw_ctx_error(ctx) : "");
-    free(seed);
-    pbw_ctx_free(ctx);
+    const int rc = parity_run(PBW_DEV_CUDA, f, arg, nin, in, name, o);
     unsetenv("PBW_CUDA_MODCONV_GRAD");
     pbw_cuda_set_precision(PBW_PREC_FP32);
     return rc;
@@ -901,28 +858,31 @@ static int gpu_grads(parity_fn f, void *arg, int nin, const parity_input *in, pb
  * others' within tol of their largest (tol 0: bit for bit too). Returns the failures. */
 static int fused_vs_apart(const char *name, parity_fn f, void *arg, int nin,
                           const parity_input *in, pbw_precision prec, double tol) {
-    float *a[9] = {0}, *b[9] = {0};
-    int64_t na[9] = {0}, nb[9] = {0};
+    parity_outputs a = {0}, b = {0};
     int fails = 0;
-    if (gpu_grads(f, arg, nin, in, prec, 1, a, na) || gpu_grads(f, arg, nin, in, prec, 0, b, nb)) {
+    if (gpu_grads(name, f, arg, nin, in, prec, 1, &a) ||
+        gpu_grads(name, f, arg, nin, in, prec, 0, &b)) {
         fails++;
     } else {
-        for (int k = 0; k <= nin; k++) {
-            if (!a[k] && !b[k]) continue;
-            if (!a[k] || !b[k] || na[k] != nb[k]) {
+        for (int k = 0; k <= nin; k++) { /* k 0: the output; k: input k - 1's gradient */
+            const float *va = k ? a.g[k - 1] : a.y, *vb = k ? b.g[k - 1] : b.y;
+            const int64_t na = k ? a.ng[k - 1] : a.ny, nb = k ? b.ng[k - 1] : b.ny;
+            if (!va && !vb) continue;
+            if (!va || !vb || na != nb) {
                 fails++;
                 continue;
             }
-            double scale, d = gc_max_diff(a[k], b[k], na[k], &scale);
+            double scale, d = gc_max_diff(va, vb, na, &scale);
             char what[32];
             if (k) snprintf(what, sizeof what, "in[%d]'s gradient", k - 1);
             printf("  %-44s fused vs apart: %s max abs diff %.2e (of %.2e)\n", name,
                    k ? what : "output", d, scale);
-            if (k < 2 || tol == 0) fails += memcmp(a[k], b[k], (size_t)na[k] * sizeof(float)) != 0;
+            if (k < 2 || tol == 0) fails += memcmp(va, vb, (size_t)na * sizeof(float)) != 0;
             else fails += !(d <= tol * scale);
         }
     }
-    for (int k = 0; k <= nin; k++) free(a[k]), free(b[k]);
+    parity_outputs_free(&a);
+    parity_outputs_free(&b);
     return fails;
 }
 #endif
