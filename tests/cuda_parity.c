@@ -15,8 +15,10 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return diff / (scale > 0 ? scale : 1);
 }
 
+/* f on dev from host_in, its backward seeded with the output gradient that seed_rng (a copy)
+ * draws: uniform(-1,1), as many as the output has. */
 static int run_on(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
-                  float *const *host_in, const float *seed_src, parity_outputs *o,
+                  float *const *host_in, const pbw_rng *seed_rng, parity_outputs *o,
                   const char *name) {
     pbw_err err = {0};
     pbw_ctx *ctx = pbw_ctx_new(dev, &err);
@@ -41,7 +43,13 @@ static int run_on(pbw_device dev, parity_fn f, void *arg, int nin, const parity_
     o->y = malloc((size_t)y->numel * sizeof(float) + 1);
     if (!o->y || pbw_tensor_read(ctx, y, o->y)) goto done;
     if (any_grad && y->requires_grad) {
-        if (pbw_backward(ctx, y, y->numel > 1 ? seed_src : NULL, &err)) {
+        float *seed = y->numel > 1 ? malloc((size_t)y->numel * sizeof(float)) : NULL;
+        pbw_rng r = *seed_rng;
+        for (int64_t k = 0; seed && k < y->numel; k++)
+            seed[k] = (float)(2 * pbw_rng_uniform(&r) - 1);
+        const int brc = (y->numel > 1 && !seed) || pbw_backward(ctx, y, seed, &err);
+        free(seed);
+        if (brc) {
             fprintf(stderr, "  %s backward on %s: %s\n", name, pbw_device_name(dev), err.msg);
             goto done;
         }
@@ -67,11 +75,10 @@ void parity_outputs_free(parity_outputs *o) {
     memset(o, 0, sizeof *o);
 }
 
-/* The inputs (host_in[i], uniform in in[i]'s range) and the output gradient (seed: uniform(-1,1),
- * as large as any output a test makes) of every run, from one fixed seed. */
-static void draw(int nin, const parity_input *in, float **host_in, float **seed) {
-    pbw_rng rng;
-    pbw_rng_seed(&rng, 1234);
+/* The inputs of every run (host_in[i], uniform in in[i]'s range) from one fixed seed, and in
+ * *seed_rng the generator's state after them, from which run_on draws the output gradient. */
+static void draw(int nin, const parity_input *in, float **host_in, pbw_rng *seed_rng) {
+    pbw_rng_seed(seed_rng, 1234);
     for (int i = 0; i < nin; i++) {
         int64_t n = 1;
         for (int d = 0; d < in[i].ndim; d++) n *= in[i].shape[d];
@@ -81,21 +88,18 @@ static void draw(int nin, const parity_input *in, float **host_in, float **seed)
             lo = -1;
             hi = 1;
         }
-        for (int64_t k = 0; k < n; k++) host_in[i][k] = lo + (hi - lo) * (float)pbw_rng_uniform(&rng);
+        for (int64_t k = 0; k < n; k++) host_in[i][k] = lo + (hi - lo) * (float)pbw_rng_uniform(seed_rng);
     }
-    int64_t nseed = (int64_t)1 << 24;
-    *seed = malloc((size_t)nseed * sizeof(float));
-    for (int64_t k = 0; k < nseed; k++) (*seed)[k] = (float)(2 * pbw_rng_uniform(&rng) - 1);
 }
 
 int parity_run(pbw_device dev, parity_fn f, void *arg, int nin, const parity_input *in,
                const char *name, parity_outputs *o) {
     memset(o, 0, sizeof *o);
     if (nin > 8) return -1;
-    float *host_in[8] = {0}, *seed;
+    float *host_in[8] = {0};
+    pbw_rng seed;
     draw(nin, in, host_in, &seed);
-    const int rc = run_on(dev, f, arg, nin, in, host_in, seed, o, name);
-    free(seed);
+    const int rc = run_on(dev, f, arg, nin, in, host_in, &seed, o, name);
     for (int i = 0; i < nin; i++) free(host_in[i]);
     return rc;
 }
@@ -103,12 +107,13 @@ int parity_run(pbw_device dev, parity_fn f, void *arg, int nin, const parity_inp
 int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity_input *in,
                  double tol) {
     if (nin > 8) return 1;
-    float *host_in[8] = {0}, *seed;
+    float *host_in[8] = {0};
+    pbw_rng seed;
     draw(nin, in, host_in, &seed);
     parity_outputs a = {0}, b = {0};
     int bad = 0;
-    if (run_on(PBW_DEV_CPU, f, arg, nin, in, host_in, seed, &a, name) ||
-        run_on(PBW_DEV_CUDA, f, arg, nin, in, host_in, seed, &b, name)) {
+    if (run_on(PBW_DEV_CPU, f, arg, nin, in, host_in, &seed, &a, name) ||
+        run_on(PBW_DEV_CUDA, f, arg, nin, in, host_in, &seed, &b, name)) {
         bad = 1;
         goto done;
     }
@@ -137,7 +142,6 @@ int parity_check(const char *name, parity_fn f, void *arg, int nin, const parity
 done:
     parity_outputs_free(&a);
     parity_outputs_free(&b);
-    free(seed);
     for (int i = 0; i < nin; i++) free(host_in[i]);
     return bad;
 }
