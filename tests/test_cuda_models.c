@@ -307,7 +307,8 @@ static void replay_check(const char *name, replay_pass pass, pbw_ctx *cap, pbw_c
                          pbw_rng *rng, int rounds) {
     pbw_err err = {0};
     float *kc = malloc(sizeof(float) * (size_t)n_k);
-    float *lg = malloc(sizeof(float) * (size_t)n_loss), *lr = malloc(sizeof(float) * (size_t)n_loss);
+    float *lg = malloc(sizeof(float) * (size_t)n_loss);
+    float *lr = malloc(sizeof(float) * (size_t)n_loss);
     float *gg = malloc(sizeof(float) * (size_t)n_in), *gr = malloc(sizeof(float) * (size_t)n_in);
     CHECK(kc && lg && lr && gg && gr);
     if (!kc || !lg || !lr || !gg || !gr) goto out;
@@ -476,7 +477,8 @@ PBW_TEST(cuda_lanes) {
     CHECK(waits == 4); /* fork and join, forward and backward */
     CHECK(dl == 0 && dg <= 1e-6 * gs);
     /* recorded with both branches, replayed on new inputs */
-    replay_check("lanes", lanes_pass, cap, ctx, in, LANES_R * LANES_C, k, LANES_C, LANES_R, &rng, 2);
+    replay_check("lanes", lanes_pass, cap, ctx, in, LANES_R * LANES_C, k, LANES_C, LANES_R, &rng,
+                 2);
     pbw_ctx_free(ctx);
     pbw_ctx_free(cap);
 #endif
