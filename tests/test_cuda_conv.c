@@ -1509,6 +1509,18 @@ PBW_TEST(cuda_clip_crops) {
                        (void *)&ap, 1, ina, TOL_EW) == 0);
     CHECK(parity_check("clip_crops_patches (3,256,256) -> 5 crops of 224, patches of 32",
                        crops_fn, (void *)&bp, 1, inb, TOL_EW) == 0);
+    /* from 1024 px the backward's slices of 24 crops would pass its scratch's bound, so it takes
+     * the crops in two passes (21, then 3) */
+    static const pbw_crop huge[] = {{0, 0, 1024}, {16, 40, 900}, {0, 0, 224}, {100, 3, 150},
+                                    {30, 31, 225}, {800, 700, 224}, {512, 0, 512}, {1, 2, 1000},
+                                    {7, 9, 300},   {600, 600, 400}, {0, 800, 224}, {3, 3, 111},
+                                    {44, 55, 666}, {200, 100, 800}, {900, 900, 124}, {5, 5, 5},
+                                    {10, 20, 700}, {300, 300, 300}, {0, 0, 1023}, {1, 1, 1023},
+                                    {333, 444, 555}, {50, 60, 70}, {64, 64, 896}, {2, 0, 448}};
+    const crops_arg hp = {huge, 24, 224, 32};
+    parity_input inh[] = {{4, {1, 3, 1024, 1024}, 1, -0.7f, 0.7f}};
+    CHECK(parity_check("clip_crops_patches (3,1024,1024) -> 24 crops of 224, patches of 32",
+                       crops_fn, (void *)&hp, 1, inh, TOL_EW) == 0);
 #ifdef PBW_HAVE_CUDA
     /* without gradients in bf16 the patches are written as bf16 halves alone: the fp32 values
      * (of the same kernel, writing fp32 when a gradient is wanted) rounded to bf16, bit for

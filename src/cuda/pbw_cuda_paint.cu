@@ -1,22 +1,16 @@
 // pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). The bicubic taps are
 // bit-equal to the CPU's (pbw_cuda_resample.cuh).
 //
-// A block of the tiled kernels takes CROP_ROWS output rows of one crop unit (image b, crop k)
+// A block of the tiled forward takes CROP_ROWS output rows of one crop unit (image b, crop k)
 // and all three channels: it computes the taps of the R output columns and its rows once, in
 // shared memory (the one-thread-per-output kernels recomputed 8 tap sets, in double, plus a
 // chain of 64-bit divisions, for every output element), and its threads walk the rows'
 // outputs in order, so the writes are coalesced. The forward adds each output's terms in the
 // same order and with the same products as the per-element kernel, so it gives the same bits.
-// The backward sums each block's share of the adjoint in shared memory, first along output
-// columns, then along output rows, and stores it, the input rows its output rows reach, in a
-// slice of scratch of its own; a second kernel adds, for each image pixel, the slices that hold
-// it, crop by crop and block by block, into gx: no atomics, so the same bits every run. With
-// atomics (one add per touched pixel and block) an Adam step's 32 crops of 224 from 256 px took
-// 148 us on an H100; now 168 us (the tile kernel 122 us, its loops, not the atomics, setting
-// its time; 146 us before the rows' tap ranges were found once a row instead of once an
-// element). Without its scratch (out of memory, or more than 256 MiB of it) the tile kernel
-// adds by atomics, as before; the per-element kernels (atomics) remain for shapes whose tiles
-// do not fit in shared memory.
+// The backward (below, before crops_bwd_cols_kernel) gives each crop its own slice of scratch,
+// summed into gx crop by crop by a second kernel: no atomics, so the same bits every run.
+// Without its scratch (out of memory, or more than 256 MiB for one crop) the per-element
+// kernel adds by atomics.
 #include <cmath>
 
 #include "cuda/pbw_cuda_internal.cuh"
@@ -341,177 +335,214 @@ static int crops_fwd_nycap(int R, int rows, int sdm) {
     return (int)ceil((double)(rows - 1) * sdm / R) + 6;
 }
 
-// The most input rows a backward tile of `rows` output rows stores (crops_fwd_nycap's bound).
-static int crops_bwd_nycap(int R, int rows, int sdm) {
-    const int c = crops_fwd_nycap(R, rows, sdm);
-    return c > rows ? c : rows; // a plain copy's tile stores its own rows
-}
-
 // norm.std[ch] without indexing the parameter array (which puts it in local memory)
 static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int ch) {
     return ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
 }
 
-// Shared memory of the tiled backward for tiles of `rows` output rows and crops of side <= sdm:
-// the taps (16-byte entries: sxi, sxw (R), syi, syw (rows)), then floats gt (rows, R) and
-// tt (rows, sdm), then ints cr (sdm, 2) and rr (crops_bwd_nycap, 2).
-static size_t crops_bwd_smem(int R, int rows, int sdm) {
-    return crop_taps_bytes(R, rows) + ((size_t)rows * R + (size_t)rows * sdm) * sizeof(float) +
-           ((size_t)sdm + (size_t)crops_bwd_nycap(R, rows, sdm)) * 2 * sizeof(int);
+// The ordered backward, in two kernels. A crop is resized the same way along both axes (it is
+// square), so one set of tables serves both. From the taps of the R outputs (consecutive
+// clamped indices, nondecreasing in the output): for each of the sd crop samples c, the
+// outputs that read it, [cr[2c], cr[2c+1]), and their weights on it, wc[c][j] for output
+// cr[2c] + j (the taps of an output that land on c, summed: two of them only where the clamp
+// folds them at a border); a sample read by more than CROP_KMAX outputs (a crop enlarged more
+// than about twice) has its weights found from the taps as it is summed instead.
+//
+// crops_bwd_cols_kernel: a block takes CROP_CW crop columns of one crop unit and channel. It
+// sums the adjoint of the column pass into shared memory, tt[oy][l] = sum_j wc[c][j] g[oy][cr
+// [2c] + j] for column c = c0 + l (g = pass ? gy / std * 0.5 : 0, as the per-element
+// kernel's), for all R output rows, a band of rows at a time, the band's g loaded once into gb;
+// then the adjoint of the row pass, for every crop row iy sum_j wc[iy][j] tt[cr[2iy] + j][l],
+// into its own columns of the unit's (sd, sd) slice of part (rows sdm floats apart): no other
+// block writes there, so no atomics and no second pass over partial rows.
+// crops_bwd_sum_kernel then adds, for each image pixel, the slices that hold it, crop by crop.
+// Measured on an H200, an Adam step's 32 crops of 224 from 256 px (CUPTI): 181 us with the
+// earlier design (blocks of 16 output rows, whose partial crop rows a search-and-sum kernel
+// added: 122 + 59 us); this one with the taps' comparisons in its inner loops 195 us (179 +
+// 16), its g loaded band by band 145, with the weight tables 102, with the band's loads all
+// in flight 87 (72 + 15). Nsight Compute: bound by issuing instructions (0.49 a cycle a
+// scheduler, 75% theoretical occupancy), not by memory (DRAM 7%).
+const int CROP_CW = 32;   // crop columns a block of crops_bwd_cols_kernel: a warp's lanes
+const int CROP_KMAX = 6;  // tabled weights a crop sample
+const int CROP_GB = 4096; // floats of gb, the band of g (at least R)
+const int CROP_BWD_THREADS = 512;
+// The band's loads: a warp takes CROP_BWD_ROWS rows at once, a lane CROP_BWD_OMAX of a row's
+// outputs at a time (one pass over the outputs that read the block's columns for crops down to
+// about a third of R)
+const int CROP_BWD_ROWS = 4, CROP_BWD_OMAX = 2;
+
+// Shared memory of crops_bwd_cols_kernel (floats and ints alike 4 bytes; the taps first, for
+// their 16-byte alignment): taps xi, xw (R, 32 bytes an entry), cr (2 sdm), wc (sdm, CROP_KMAX),
+// row and column offsets of the output's layout (R each), tt (R, CROP_CW), gb (max(CROP_GB,
+// R)).
+static size_t crops_bwd_smem(int R, int sdm) {
+    return (size_t)R * 32 + ((size_t)sdm * (2 + CROP_KMAX) + 2 * (size_t)R +
+                             (size_t)R * CROP_CW + (size_t)(R > CROP_GB ? R : CROP_GB)) * 4;
 }
 
-// Per channel: gt = the tile's gradient at the resize's output (pass ? gy / std * 0.5 : 0, as
-// the per-element kernel's g); tt[r][c] = sum over the outputs ox of row r reading crop column
-// c and their taps of wx * gt[r][ox]; then each crop pixel (iy, c) the tile's rows reach gets
-// sum over those rows r and taps of wy * tt[r][c], stored at row iy - iy_lo of the block's
-// slice of part (nycap rows of sd floats a channel; rng holds iy_lo and the rows stored). Rows
-// past nycap (the bound crops_bwd_nycap never lets happen) are added to gx by atomics instead,
-// and so is every row when part is NULL (no scratch: nycap 0, rng NULL).
-// Outputs reading column c are those whose taps (consecutive clamped indices, nondecreasing in
-// the output) span it: [cr[2c], cr[2c+1]); rows reading iy likewise, [rr[2l], rr[2l+1]) for
-// l = iy - iy_lo, each found once by a search over the tile.
-__global__ static void __launch_bounds__(CROP_THREADS)
-    crops_bwd_tile_kernel(const float *__restrict__ gy, const uint8_t *__restrict__ pass,
-                          int64_t H, int64_t W, const int *__restrict__ crops, int n, int R,
-                          int P, int rows_max, int sdm, pbw_cuda_norm3 norm, int nycap,
-                          float *__restrict__ part, int2 *__restrict__ rng,
-                          float *__restrict__ gx) {
+// The sum of w * v over the taps q of one output that equal c.
+static __device__ __forceinline__ float tap_term(int4 q, float4 w, int c, float v) {
+    float s = 0.0f;
+    if (q.x == c) s += w.x * v;
+    if (q.y == c) s += w.y * v;
+    if (q.z == c) s += w.z * v;
+    if (q.w == c) s += w.w * v;
+    return s;
+}
+
+// sum_j w_j v[j] over the outputs o0 + j (j < cnt) that read sample c: from the weights wc (cnt
+// <= CROP_KMAX), else from the taps. v is indexed from o0.
+static __device__ __forceinline__ float adjoint_sum(const float *wcc, int cnt, int o0, int c,
+                                                    const int4 *xi, const float4 *xw,
+                                                    const float *v, int vstride) {
+    float s = 0.0f;
+    if (cnt <= CROP_KMAX) {
+#pragma unroll
+        for (int j = 0; j < CROP_KMAX; j++)
+            if (j < cnt) s += wcc[j] * v[j * vstride];
+    } else {
+        for (int j = 0; j < cnt; j++) s += tap_term(xi[o0 + j], xw[o0 + j], c, v[j * vstride]);
+    }
+    return s;
+}
+
+__global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
+    crops_bwd_cols_kernel(const float *__restrict__ gy, const uint8_t *__restrict__ pass,
+                          const int *__restrict__ crops, int n, int k0, int kc, int R, int P,
+                          int sdm, pbw_cuda_norm3 norm, float *__restrict__ part) {
     pbw_pdl_wait();
     extern __shared__ int4 crop_smem[];
-    const crop_tabs tab = crop_tables(crop_smem, R, rows_max);
-    int4 *sxi = tab.xi, *syi = tab.yi;
-    float4 *sxw = tab.xw, *syw = tab.yw;
-    float *gt = tab.rest;
-    float *tt = gt + (size_t)rows_max * R;
-    int *cr = (int *)(tt + (size_t)rows_max * sdm), *rr = cr + 2 * sdm;
-    const int64_t u = blockIdx.x, b = u / n;
-    const int k = (int)(u % n), tid = threadIdx.x;
-    const int cy = crops[3 * k], cx = crops[3 * k + 1], sd = crops[3 * k + 2];
-    const int oy0 = blockIdx.y * rows_max, rows = min(rows_max, R - oy0);
-    const int64_t HW = H * W, ob = u * 3 * (int64_t)R * R;
-    const int chs = crop_ch_stride(R, P);
-    float *gb = gx + b * 3 * HW + (int64_t)cy * W + cx;
-    const int64_t slice = (int64_t)nycap * sdm, blk = u * gridDim.y + blockIdx.y;
-    float *pb = part ? part + blk * 3 * (int64_t)nycap * sdm : nullptr;
-    crop_offsets(tab, R, P, oy0, rows);
-    if (sd == R) { // a plain copy: the block's output rows are the input rows it reaches
-        if (tid == 0 && rng) rng[blk] = make_int2(oy0, rows);
-        for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int ly = e / R, ox = e - ly * R;
-            for (int ch = 0; ch < 3; ch++) {
-                const int64_t i = ob + ch * chs + tab.yo[ly] + tab.xo[ox];
-                const float g = pass[i] ? gy[i] / std_of(norm, ch) * 0.5f : 0.0f;
-                if (pb) pb[ch * slice + e] = g;
-                else if (g != 0.0f) atomicAdd(gb + ch * HW + (int64_t)(oy0 + ly) * W + ox, g);
-            }
-        }
+    int4 *xi = crop_smem;
+    float4 *xw = reinterpret_cast<float4 *>(xi + R);
+    int *cr = reinterpret_cast<int *>(xw + R);
+    float *wc = reinterpret_cast<float *>(cr + 2 * sdm);
+    int *roff = reinterpret_cast<int *>(wc + (size_t)sdm * CROP_KMAX), *coff = roff + R;
+    float *tt = reinterpret_cast<float *>(coff + R), *gb = tt + R * CROP_CW;
+    const int gcap = R > CROP_GB ? R : CROP_GB;
+    const int64_t uc = blockIdx.x, bk = uc / 3, b = bk / kc; // part's unit, its image
+    const int ch = (int)(uc % 3), k = k0 + (int)(bk % kc), tid = threadIdx.x;
+    const int lane = tid % 32, warp = tid / 32, nwarp = CROP_BWD_THREADS / 32;
+    const int64_t u = b * n + k; // the crop unit of gy
+    const int sd = crops[3 * k + 2], c0 = blockIdx.y * CROP_CW;
+    if (c0 >= sd) return; // uniform over the block: this crop is narrower than the widest
+    const int ncol = min(CROP_CW, sd - c0);
+    const int64_t ob = u * 3 * (int64_t)R * R + (int64_t)ch * crop_ch_stride(R, P);
+    float *pc = part + uc * (int64_t)sdm * sdm + c0;
+    const float sc = std_of(norm, ch);
+    for (int o = tid; o < R; o += CROP_BWD_THREADS) {
+        roff[o] = crop_row_off(o, R, P);
+        coff[o] = crop_col_off(o, P);
+        if (sd != R) crop_taps4(o, sd, R, &xi[o], &xw[o]);
+    }
+    __syncthreads();
+    auto g_at = [&](int oy, int ox) { // both loads issued before either is used
+        const int64_t i = ob + roff[oy] + coff[ox];
+        const float v = gy[i];
+        return pass[i] ? v / sc * 0.5f : 0.0f;
+    };
+    if (sd == R) { // a plain copy: the crop's gradient is g itself
+        for (int iy = warp; iy < R; iy += nwarp)
+            if (lane < ncol) pc[(int64_t)iy * sdm + lane] = g_at(iy, c0 + lane);
         return;
     }
-    for (int o = tid; o < R + rows; o += CROP_THREADS) {
-        if (o < R) crop_taps4(o, sd, R, &sxi[o], &sxw[o]);
-        else crop_taps4(oy0 + (o - R), sd, R, &syi[o - R], &syw[o - R]);
+    for (int c = tid; c < sd; c += CROP_BWD_THREADS) {
+        const int o0 = count_below(xi, R, c, 1), o1 = count_below(xi, R, c + 1, 0);
+        cr[2 * c] = o0;
+        cr[2 * c + 1] = o1;
+        if (o1 - o0 <= CROP_KMAX)
+            for (int j = 0; j < o1 - o0; j++) wc[c * CROP_KMAX + j] = tap_term(xi[o0 + j], xw[o0 + j], c, 1.0f);
     }
     __syncthreads();
-    for (int c = tid; c < sd; c += CROP_THREADS) {
-        cr[2 * c] = count_below(sxi, R, c, 1);
-        cr[2 * c + 1] = count_below(sxi, R, c + 1, 0);
-    }
-    const int iy_lo = syi[0].x, ny = syi[rows - 1].w - iy_lo + 1;
-    if (tid == 0 && rng) rng[blk] = make_int2(iy_lo, min(ny, nycap));
-    for (int l = tid; l < min(ny, nycap); l += CROP_THREADS) {
-        rr[2 * l] = count_below(syi, rows, iy_lo + l, 1);
-        rr[2 * l + 1] = count_below(syi, rows, iy_lo + l + 1, 0);
-    }
-    // (cr and rr are first read after the barrier below)
-    for (int ch = 0; ch < 3; ch++) {
-        const float sc = std_of(norm, ch);
-        for (int e = tid; e < rows * R; e += CROP_THREADS) {
-            const int ly = e / R;
-            const int64_t i = ob + ch * chs + tab.yo[ly] + tab.xo[e - ly * R];
-            gt[e] = pass[i] ? gy[i] / sc * 0.5f : 0.0f;
+    // the column pass's adjoint: a warp an output row, its lanes the block's columns
+    const int c = c0 + lane, olo = cr[2 * c0], no = cr[2 * (c0 + ncol - 1) + 1] - olo;
+    const int band = no > 0 ? min(R, gcap / no) : R;
+    const int co0 = lane < ncol ? cr[2 * c] : 0, cnt = lane < ncol ? cr[2 * c + 1] - co0 : 0;
+    for (int r0 = 0; r0 < R; r0 += band) {
+        const int nr = min(band, R - r0);
+        // a warp a row, its lanes the outputs (32 CROP_BWD_OMAX of them at a time): the loads
+        // of CROP_BWD_ROWS rows in flight together
+        for (int oc = 0; oc < no; oc += 32 * CROP_BWD_OMAX) {
+            for (int rb = warp * CROP_BWD_ROWS; rb < nr; rb += nwarp * CROP_BWD_ROWS) {
+                int lco[CROP_BWD_OMAX]; // the layout's column offsets of this lane's outputs
+#pragma unroll
+                for (int t = 0; t < CROP_BWD_OMAX; t++) {
+                    const int o = oc + lane + 32 * t;
+                    lco[t] = o < no ? coff[olo + o] : 0;
+                }
+                float v[CROP_BWD_ROWS][CROP_BWD_OMAX];
+#pragma unroll
+                for (int q = 0; q < CROP_BWD_ROWS; q++) {
+                    const int r = rb + q;
+                    const int64_t ro = r < nr ? ob + roff[r0 + r] : 0;
+#pragma unroll
+                    for (int t = 0; t < CROP_BWD_OMAX; t++) {
+                        const int o = oc + lane + 32 * t;
+                        v[q][t] = 0.0f;
+                        if (r < nr && o < no) {
+                            const int64_t i = ro + lco[t];
+                            const float x = gy[i];
+                            v[q][t] = pass[i] ? x / sc * 0.5f : 0.0f;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int q = 0; q < CROP_BWD_ROWS; q++)
+#pragma unroll
+                    for (int t = 0; t < CROP_BWD_OMAX; t++)
+                        if (rb + q < nr && oc + lane + 32 * t < no)
+                            gb[(rb + q) * no + oc + lane + 32 * t] = v[q][t];
+            }
         }
         __syncthreads();
-        for (int e = tid; e < rows * sd; e += CROP_THREADS) {
-            const int r = e / sd, c = e - r * sd;
-            const float *g = gt + (size_t)r * R;
-            float s = 0.0f;
-            for (int o = cr[2 * c]; o < cr[2 * c + 1]; o++) {
-                const int4 q = sxi[o];
-                const float4 w = sxw[o];
-                const float go = g[o];
-                if (q.x == c) s += w.x * go;
-                if (q.y == c) s += w.y * go;
-                if (q.z == c) s += w.z * go;
-                if (q.w == c) s += w.w * go;
-            }
-            tt[(size_t)r * sd + c] = s;
-        }
-        __syncthreads(); // the next channel's gt is written only after its pass reads tt
-        float *gc = gb + ch * HW, *pc = pb ? pb + ch * slice : nullptr;
-        for (int e = tid; e < ny * sd; e += CROP_THREADS) {
-            const int l = e / sd, c = e - l * sd, iy = iy_lo + l;
-            const int r0 = l < nycap ? rr[2 * l] : count_below(syi, rows, iy, 1);
-            const int r1 = l < nycap ? rr[2 * l + 1] : count_below(syi, rows, iy + 1, 0);
-            float s = 0.0f;
-            for (int r = r0; r < r1; r++) {
-                const int4 q = syi[r];
-                const float4 w = syw[r];
-                const float t = tt[(size_t)r * sd + c];
-                if (q.x == iy) s += w.x * t;
-                if (q.y == iy) s += w.y * t;
-                if (q.z == iy) s += w.z * t;
-                if (q.w == iy) s += w.w * t;
-            }
-            if (l < nycap) pc[e] = s;
-            else if (s != 0.0f) atomicAdd(gc + (int64_t)iy * W + c, s);
-        }
+        for (int r = warp; r < nr; r += nwarp)
+            tt[(r0 + r) * CROP_CW + lane] =
+                adjoint_sum(wc + c * CROP_KMAX, cnt, co0, c, xi, xw, gb + r * no + co0 - olo, 1);
+        __syncthreads(); // gb is read before the next band overwrites it
     }
+    // the row pass's adjoint, into this block's columns of the slice
+    if (lane < ncol)
+        for (int iy = warp; iy < sd; iy += nwarp) {
+            const int o0 = cr[2 * iy];
+            pc[(int64_t)iy * sdm + lane] = adjoint_sum(wc + iy * CROP_KMAX, cr[2 * iy + 1] - o0,
+                                                       o0, iy, xi, xw, tt + o0 * CROP_CW + lane,
+                                                       CROP_CW);
+        }
 }
 
-// gx (B,3,H,W) += the tile slices that hold each pixel: crop by crop, and in a crop the blocks
-// (at most two; looked for around the block of the output rows that read the pixel's row) in
-// order. A block takes pixels of one image plane (grid.y = b * 3 + ch), one thread a pixel,
-// with the crops and the image's (iy_lo, rows) pairs in shared memory when they fit.
+// gx (B,3,H,W) += the slices of part that hold each pixel, crop by crop (crops k0 .. k0 + kc,
+// whose slices part holds): a thread a pixel of one image plane (grid.y = b * 3 + ch), the
+// crops in shared memory.
 __global__ static void crops_bwd_sum_kernel(const float *__restrict__ part,
-                                            const int2 *__restrict__ rng,
-                                            const int *__restrict__ crops, int n, int nblk,
-                                            int rows, int R, int nycap, int sdm, int64_t H,
-                                            int64_t W, float *__restrict__ gx) {
+                                            const int *__restrict__ crops, int k0, int kc,
+                                            int sdm, int64_t H, int64_t W,
+                                            float *__restrict__ gx) {
     pbw_pdl_wait();
     extern __shared__ int4 sum_smem[];
-    const int64_t b = blockIdx.y / 3;
-    const int ch = (int)(blockIdx.y % 3);
-    int *scrop = (int *)sum_smem;
-    int2 *srng = (int2 *)(scrop + ((3 * n + 1) & ~1));
-    for (int i = threadIdx.x; i < 3 * n; i += blockDim.x) scrop[i] = crops[i];
-    for (int i = threadIdx.x; i < n * nblk; i += blockDim.x) srng[i] = rng[b * n * nblk + i];
+    int *scrop = reinterpret_cast<int *>(sum_smem);
+    for (int i = threadIdx.x; i < 3 * kc; i += blockDim.x) scrop[i] = crops[3 * k0 + i];
     __syncthreads();
-    const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t b = blockIdx.y / 3, p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int ch = (int)(blockIdx.y % 3);
     if (p >= H * W) return;
     const int x = (int)(p % W), y = (int)(p / W);
+    const int64_t slice = (int64_t)sdm * sdm;
+    const float *pb = part + (b * kc * 3 + ch) * slice;
     float s = 0.0f;
-    for (int k = 0; k < n; k++) {
-        const int cy = scrop[3 * k], cx = scrop[3 * k + 1], sd = scrop[3 * k + 2];
-        if (y < cy || y >= cy + sd || x < cx || x >= cx + sd) continue;
-        const int iy = y - cy, c = x - cx;
-        // the output rows reading input row iy lie within 2.5 input rows of it (clamped taps
-        // at the borders: within 2)
-        const float up = (float)R / (float)sd;
-        const int oy = max(0, (int)((iy + 0.5f) * up - 0.5f)), span = (int)(3.0f * up / rows) + 2;
-        const int j0 = max(0, oy / rows - span), j1 = min(nblk, oy / rows + span + 1);
-        for (int j = j0; j < j1; j++) {
-            const int2 r = srng[k * nblk + j];
-            if (iy >= r.x && iy < r.x + r.y)
-                s += part[(((b * n + k) * nblk + j) * 3 + ch) * (int64_t)nycap * sdm +
-                          (int64_t)(iy - r.x) * sd + c];
+    for (int k0 = 0; k0 < kc; k0 += 8) { // eight crops' loads in flight, then added in order
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int k = k0 + j;
+            v[j] = 0.0f;
+            if (k >= kc) continue;
+            const int iy = y - scrop[3 * k], c = x - scrop[3 * k + 1], sd = scrop[3 * k + 2];
+            if (iy >= 0 && iy < sd && c >= 0 && c < sd) v[j] = pb[k * 3 * slice + (int64_t)iy * sdm + c];
         }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (k0 + j < kc) s += v[j];
     }
     gx[(b * 3 + ch) * H * W + p] += s;
-}
-
-// Shared memory of crops_bwd_sum_kernel.
-static size_t crops_sum_smem(int n, int nblk) {
-    return (size_t)((3 * n + 1) & ~1) * sizeof(int) + (size_t)n * nblk * 8;
 }
 
 template <typename T>
@@ -554,33 +585,43 @@ extern "C" void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H
     });
 }
 
-// Floats of the backward's slices (an even count: the int2 table follows them).
-static size_t crops_bwd_part_floats(int64_t blocks, int nycap, int sdm) {
-    const size_t f = (size_t)(blocks * 3 * nycap * sdm);
-    return f + (f & 1);
+// Whether crops_bwd_cols_kernel's shared memory fits, asking for more than the 48 KB a kernel
+// gets without (the first time a shape needs it).
+static bool crops_bwd_fits(int R, int sdm) {
+    static size_t opted = CROP_SMEM;
+    const size_t need = crops_bwd_smem(R, sdm);
+    if (need <= opted) return true;
+    if (cudaFuncSetAttribute(crops_bwd_cols_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)need) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    opted = need;
+    return true;
 }
 
-// The tiled backward's tile height for crops of side <= sdm, or 0 when no tile fits.
-static int crops_bwd_rows(int R, int sdm) {
-    int rows = CROP_ROWS;
-    while (rows > 2 && crops_bwd_smem(R, rows, sdm) > CROP_SMEM) rows /= 2;
-    return crops_bwd_smem(R, rows, sdm) <= CROP_SMEM ? rows : 0;
-}
-
-// The most scratch the ordered backward takes (32 crops of 224 need 33 MB from 256 px, 121 MB
-// from 512 px, 440 MB from 1024 px): beyond it the atomics serve.
+// The most scratch the ordered backward takes: 32 crops of 224 from 256 px take 25 MB, from
+// 512 px 101 MB; beyond it the crops are taken a few at a time (1024 px: 21 a pass).
 static const size_t CROPS_SCRATCH_MAX = (size_t)256 << 20;
+
+// Crops a pass of the ordered backward: as many of the n as fit in CROPS_SCRATCH_MAX (each
+// takes B * 3 slices of sdm^2 floats), or 0 when not even one does or the grids would not.
+static int crops_bwd_chunk(int64_t B, int sdm, int n) {
+    const int64_t per = B * 3 * (int64_t)sdm * sdm * (int64_t)sizeof(float);
+    if (per <= 0 || B * 3 > 65535) return 0;
+    const int64_t fit = (int64_t)CROPS_SCRATCH_MAX / per;
+    int64_t kc = fit < n ? fit : n;
+    if (kc > 4096) kc = 4096; // the sum kernel keeps a pass's crops in shared memory
+    while (kc > 0 && B * kc * 3 > INT32_MAX) kc /= 2;
+    return (int)kc;
+}
 
 extern "C" size_t pbw_cuda_clip_crops_backward_scratch_floats(int64_t B, int64_t H, int64_t W,
                                                               int n, int R) {
-    const int sdm = (int)(H < W ? H : W), rows = crops_bwd_rows(R, sdm);
-    if (B * n <= 0 || rows == 0 || B * n > INT32_MAX || B * 3 > 65535) return 0;
-    const int nblk = (R + rows - 1) / rows;
-    if (crops_sum_smem(n, nblk) > CROP_SMEM) return 0;
-    const int64_t blocks = B * n * nblk;
-    // the slices, then the blocks' (iy_lo, rows) pairs as ints, 8-byte aligned
-    const size_t f = crops_bwd_part_floats(blocks, crops_bwd_nycap(R, rows, sdm), sdm) + 2 * blocks;
-    return f * sizeof(float) <= CROPS_SCRATCH_MAX ? f : 0;
+    const int sdm = (int)(H < W ? H : W);
+    if (B * n <= 0 || !crops_bwd_fits(R, sdm)) return 0;
+    const int kc = crops_bwd_chunk(B, sdm, n);
+    return kc > 0 ? (size_t)(B * kc * 3) * (size_t)sdm * (size_t)sdm : 0;
 }
 
 extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B,
@@ -590,23 +631,19 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
     int64_t total = B * n * 3 * (int64_t)R * R;
     if (total <= 0) return;
     // crops lie inside the image (pbw_clip_crops checks), so their sides are <= min(H, W)
-    const int sdm = (int)(H < W ? H : W), rows = crops_bwd_rows(R, sdm);
+    const int sdm = (int)(H < W ? H : W);
     if (scratch && pbw_cuda_clip_crops_backward_scratch_floats(B, H, W, n, R) > 0) {
-        const int nblk = (R + rows - 1) / rows, nycap = crops_bwd_nycap(R, rows, sdm);
-        const int64_t blocks = B * n * nblk;
-        float *part = scratch;
-        int2 *rng = reinterpret_cast<int2 *>(scratch + crops_bwd_part_floats(blocks, nycap, sdm));
-        const dim3 grid((unsigned)(B * n), (unsigned)nblk);
-        pbw_launch(crops_bwd_tile_kernel, grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), gy,
-                   pass, H, W, crops, n, R, P, rows, sdm, norm, nycap, part, rng, gx);
-        PBW_CUDA_LAUNCHED("clip_crops backward");
-        const dim3 sgrid((unsigned)((H * W + 255) / 256), (unsigned)(B * 3));
-        pbw_launch(crops_bwd_sum_kernel, sgrid, 256, crops_sum_smem(n, nblk), part, rng, crops, n,
-                   nblk, rows, R, nycap, sdm, H, W, gx);
-    } else if (rows > 0 && B * n <= INT32_MAX) { // the tiles, adding by atomics
-        const dim3 grid((unsigned)(B * n), (unsigned)((R + rows - 1) / rows));
-        pbw_launch(crops_bwd_tile_kernel, grid, CROP_THREADS, crops_bwd_smem(R, rows, sdm), gy,
-                   pass, H, W, crops, n, R, P, rows, sdm, norm, 0, nullptr, nullptr, gx);
+        const int kc = crops_bwd_chunk(B, sdm, n);
+        for (int k0 = 0; k0 < n; k0 += kc) { // crop by crop in order: the same bits every run
+            const int m = n - k0 < kc ? n - k0 : kc;
+            const dim3 grid((unsigned)(B * m * 3), (unsigned)((sdm + CROP_CW - 1) / CROP_CW));
+            pbw_launch(crops_bwd_cols_kernel, grid, CROP_BWD_THREADS, crops_bwd_smem(R, sdm), gy,
+                       pass, crops, n, k0, m, R, P, sdm, norm, scratch);
+            PBW_CUDA_LAUNCHED("clip_crops backward");
+            const dim3 sgrid((unsigned)((H * W + 255) / 256), (unsigned)(B * 3));
+            pbw_launch(crops_bwd_sum_kernel, sgrid, 256, (size_t)3 * m * sizeof(int), scratch,
+                       crops, k0, m, sdm, H, W, gx);
+        }
     } else {
         pbw_launch(crops_bwd_kernel, pbw_grid(total), 256, 0, gy, pass, B, H, W, crops, n, R, P,
                    norm, gx);
