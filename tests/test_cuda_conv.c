@@ -1422,13 +1422,22 @@ PBW_TEST(cuda_sg_blur_nhwc) {
  * 6, 17, 64), 1 to 8 outputs (3, RGB, has a kernel of its own), pixel counts below, across and
  * above a block's. The kernel sums in fp32 in another order: the bound is 1e-5 of the sum of the
  * products' magnitudes (at most 512 fp32 additions of 2^-24 relative rounding each, 3e-5 in
- * the worst case, ~1e-6 typically). Shapes it does not take are refused (-1). */
+ * the worst case, ~1e-6 typically). Shapes it does not take are refused (-1). Channel counts
+ * that are multiples of 32 run on tensor cores (their weights as three bf16 terms, to fp32's
+ * precision), under the same bound: 1 to 8 outputs, pixels within and across 16-pixel tiles;
+ * each case runs on both kernels (PBW_CUDA_TORGB_MMA=0 the other), and the tensor cores' count
+ * says which ran. */
 PBW_TEST(cuda_sg_pointwise_nhwc) {
 #ifdef PBW_HAVE_CUDA
     static const struct { int n, c, o; int64_t p; } cases[] = {
-        {1, 8, 3, 37}, {2, 48, 6, 300}, {3, 136, 8, 1}, {2, 512, 3, 70}, {1, 16, 1, 1000}};
+        {1, 8, 3, 37},  {2, 48, 6, 300}, {3, 136, 8, 1},    {2, 512, 3, 70},   {1, 16, 1, 1000},
+        {2, 128, 6, 1000}, {1, 256, 8, 33}, {3, 64, 3, 4097}, {2, 32, 1, 15}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    for (size_t k = 0; k < 2 * (sizeof cases / sizeof cases[0]); k++) {
+        const size_t i = k / 2; /* each case with the tensor cores, then without */
+        const int mma = k % 2 == 0;
+        setenv("PBW_CUDA_TORGB_MMA", mma ? "1" : "0", 1);
+        const long calls0 = pbw_cuda_sg_pointwise_mma_calls();
         const int N = cases[i].n, C = cases[i].c, O = cases[i].o;
         const int64_t P = cases[i].p, nx = (int64_t)N * P * C, nw = (int64_t)N * O * C,
                       ny = (int64_t)N * O * P;
@@ -1457,9 +1466,11 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
                     }
                     worst = fmax(worst, fabs(y[((int64_t)n * O + o) * P + p] - r) / mag);
                 }
-        printf("  N %d C %d O %d P %lld: max error %.2e of the products' magnitude (tol 1e-5)\n",
-               N, C, O, (long long)P, worst);
+        const int ran_mma = pbw_cuda_sg_pointwise_mma_calls() > calls0;
+        printf("  N %d C %d O %d P %lld%s: max error %.2e of the products' magnitude (tol 1e-5)\n",
+               N, C, O, (long long)P, ran_mma ? " (tensor cores)" : "", worst);
         CHECK(worst <= 1e-5);
+        CHECK(ran_mma == (mma && C % 32 == 0));
         /* refused: C not a multiple of 8, more than 8 outputs, a misaligned x */
         CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, N, C + 4, 1, O, NULL, 0, NULL) == -1);
         CHECK(pbw_cuda_sg_pointwise_nhwc(dy, dx, dw, 1, C, 1, 9, NULL, 0, NULL) == -1);
@@ -1467,6 +1478,7 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
         pbw_cuda_free(dx), pbw_cuda_free(dw), pbw_cuda_free(dy);
         free(xh), free(xf), free(w), free(y);
     }
+    unsetenv("PBW_CUDA_TORGB_MMA");
     pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
 }

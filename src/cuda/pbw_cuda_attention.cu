@@ -684,29 +684,6 @@ static const int MMA_D = 64;      // head size (CLIP: 64)
 static const int MMA_THREADS = 128; // 4 warps
 static const int MMA_KT_MAX = 5;  // keys up to 80 (16 KT)
 
-// Two values of H in one 32-bit fragment register, the first in the low half (the PTX order).
-template <typename H> __device__ __forceinline__ uint32_t mma_pack(float lo, float hi) {
-    const float f[2] = {lo, hi};
-    return pbw_pack_half<H, 2, uint32_t>(f);
-}
-
-// c += a b, a 16 x 16 (row), b 16 x 8 (col), c 16 x 8 fp32; T the PTX name of H.
-template <typename H>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1);
-#define PBW_MMA_16816(H, T)                                                                     \
-    template <>                                                                                 \
-    __device__ __forceinline__ void mma_16816<H>(float (&c)[4], const uint32_t (&a)[4],         \
-                                                 uint32_t b0, uint32_t b1) {                    \
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 "                   \
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                  \
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                           \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));           \
-    }
-PBW_MMA_16816(__nv_bfloat16, "bf16")
-PBW_MMA_16816(__half, "f16")
-#undef PBW_MMA_16816
-
 template <typename H> __device__ __forceinline__ uint32_t ld32(const H *p) {
     return *reinterpret_cast<const uint32_t *>(p);
 }

@@ -1898,12 +1898,109 @@ __global__ void __launch_bounds__(PW_THREADS)
     }
 }
 
+// The same product on tensor cores, for bf16 halves and C % 32 == 0: a warp takes 16 pixels
+// (mma.m16n8k16's rows) at a time and sums them against the sample's weights (its 8 columns,
+// those past O zero) in fp32. Each lane reads 16 bytes (8 channels) of its two rows per 32
+// channels, so a warp's load moves 8 rows x 64 contiguous bytes; the fragments' k order within
+// 32 channels is permuted to match (k-step h of chunk q: lane t's a0/a2 hold channels 32q + 8t +
+// 4h + {0,1} / {2,3}) and the weights' B fragments are laid out in shared memory in the same
+// order, one 8-byte word a lane a k-step. The fp32 weights enter as PW_TERMS bf16 terms
+// (w = hi + mid + lo to fp32's precision; each product of a bf16 value and a term is exact),
+// one product each. The epilogue (blend, bias) is pointwise_nhwc_kernel's, from the warp's
+// sums gathered per pixel in shared memory.
+const int PWM_WARPS = 4, PWM_QB = 4, PW_TERMS = 3;
+
+__global__ void __launch_bounds__(PWM_WARPS * 32)
+    pointwise_mma_kernel(float *y, const __nv_bfloat16 *x, const float *w, int C, int64_t P,
+                         int O, pw_epilogue ep) {
+    pbw_pdl_wait();
+    extern __shared__ uint4 pwm_smem[];
+    const int ks = C / 16, lane = threadIdx.x % 32, warp = threadIdx.x / 32, n = blockIdx.y;
+    uint2 *bf = reinterpret_cast<uint2 *>(pwm_smem);            // (ks, PW_TERMS, 32)
+    float *es = reinterpret_cast<float *>(bf + ks * PW_TERMS * 32) + warp * 16 * 9; // (16, 9)
+    for (int i = threadIdx.x; i < ks * 32; i += blockDim.x) {
+        const int j = i / 32, l = i % 32, g = l / 4, t = l % 4;
+        const int c = 32 * (j / 2) + 8 * t + 4 * (j % 2);
+        float r[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) r[e] = g < O ? w[((int64_t)n * O + g) * C + c + e] : 0.0f;
+#pragma unroll
+        for (int term = 0; term < PW_TERMS; term++) {
+            float h[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                h[e] = pbw_from_half<__nv_bfloat16>(pbw_to_half<__nv_bfloat16>(r[e]));
+                r[e] = __fsub_rn(r[e], h[e]); // exact: the rounding's remainder
+            }
+            bf[(j * PW_TERMS + term) * 32 + l] = make_uint2(
+                mma_pack<__nv_bfloat16>(h[0], h[1]), mma_pack<__nv_bfloat16>(h[2], h[3]));
+        }
+    }
+    __syncthreads();
+    const int g = lane / 4, t = lane % 4, nq = C / 32;
+    const __nv_bfloat16 *xn = x + (int64_t)n * P * C;
+    const int64_t tiles = (P + 15) / 16;
+    for (int64_t tile = (int64_t)blockIdx.x * PWM_WARPS + warp; tile < tiles;
+         tile += (int64_t)gridDim.x * PWM_WARPS) {
+        const int64_t pa = tile * 16 + g, pb = pa + 8;
+        const uint4 *ra = reinterpret_cast<const uint4 *>(xn + pa * C) + t;
+        const uint4 *rb = reinterpret_cast<const uint4 *>(xn + pb * C) + t;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int q0 = 0; q0 < nq; q0 += PWM_QB) {
+            uint4 A[PWM_QB], B[PWM_QB];
+#pragma unroll
+            for (int u = 0; u < PWM_QB; u++) {
+                const bool in = q0 + u < nq;
+                A[u] = in && pa < P ? ra[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
+                B[u] = in && pb < P ? rb[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < PWM_QB; u++) {
+                if (q0 + u >= nq) break;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const uint32_t a[4] = {h ? A[u].z : A[u].x, h ? B[u].z : B[u].x,
+                                           h ? A[u].w : A[u].y, h ? B[u].w : B[u].y};
+                    const uint2 *bj = bf + (2 * (q0 + u) + h) * PW_TERMS * 32 + lane;
+#pragma unroll
+                    for (int term = 0; term < PW_TERMS; term++)
+                        mma_16816<__nv_bfloat16>(acc, a, bj[term * 32].x, bj[term * 32].y);
+                }
+            }
+        }
+        // rows g and g + 8, outputs 2t and 2t + 1: gathered per pixel
+        es[g * 9 + 2 * t] = acc[0], es[g * 9 + 2 * t + 1] = acc[1];
+        es[(g + 8) * 9 + 2 * t] = acc[2], es[(g + 8) * 9 + 2 * t + 1] = acc[3];
+        __syncwarp();
+        const int64_t p = tile * 16 + lane;
+        if (lane < 16 && p < P) {
+            const float *v = es + lane * 9;
+            if (!ep.m && !ep.bias) {
+                for (int o = 0; o < O; o++) y[((int64_t)n * O + o) * P + p] = v[o];
+            } else {
+                const int Oy = ep.m ? O / 2 : O;
+                const float mv = ep.m ? ep.m[n * ep.m_nstride + p] : 0.0f;
+                for (int o = 0; o < Oy; o++) {
+                    float r = v[o];
+                    if (ep.m) r = __fadd_rn(v[o + Oy], __fmul_rn(mv, __fsub_rn(v[o], v[o + Oy])));
+                    if (ep.bias) r = __fadd_rn(r, ep.bias[o]);
+                    y[((int64_t)n * Oy + o) * P + p] = r;
+                }
+            }
+        }
+        __syncwarp(); // es is read before the next tile overwrites it
+    }
+}
+
 template <typename T, int OM>
 void pointwise_launch(dim3 grid, size_t smem, float *y, const T *x, const float *w, int C,
                       int64_t P, int O, const pw_epilogue &ep) {
     pbw_launch(pointwise_nhwc_kernel<T, OM>, grid, PW_THREADS, smem, y, x, w, C, P, O, ep);
 }
 } // namespace
+
+static long g_pointwise_mma_calls;
+extern "C" long pbw_cuda_sg_pointwise_mma_calls(void) { return g_pointwise_mma_calls; }
 
 extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C,
                                           int64_t P, int O, const float *m, int64_t m_nstride,
@@ -1912,9 +2009,22 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
     if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535 || (m && O % 2))
         return -1;
     const pw_epilogue ep = {m, bias, m_nstride};
+    const int64_t want = (grid_blocks() + N - 1) / N;
+    if (pbw_cuda_precision() == PBW_PREC_BF16 && C % 32 == 0 && !pbw_env_zero("PBW_CUDA_TORGB_MMA")) {
+        // tensor cores: 16-pixel tiles, a warp's in turn; blocks as below
+        const int64_t tiles = (P + 15) / 16, mb = (tiles + 4 * PWM_WARPS - 1) / (4 * PWM_WARPS);
+        const dim3 grid((unsigned)(mb < want ? mb : want), (unsigned)N);
+        const size_t smem = (size_t)C / 16 * PW_TERMS * 32 * sizeof(uint2) +
+                            (size_t)PWM_WARPS * 16 * 9 * sizeof(float);
+        pbw_launch(pointwise_mma_kernel, grid, PWM_WARPS * 32, smem, y, (const __nv_bfloat16 *)xh,
+                   w, C, P, O, ep);
+        PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves, tensor cores)");
+        g_pointwise_mma_calls++;
+        return 0;
+    }
     // a few pixels a thread where there are many (the weights are loaded once a block):
     // grid_blocks() in all
-    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS, want = (grid_blocks() + N - 1) / N;
+    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS;
     const dim3 grid((unsigned)(blocks < want ? blocks : want), (unsigned)N);
     const size_t smem = (size_t)O * C * sizeof(float);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {

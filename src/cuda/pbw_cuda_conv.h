@@ -204,9 +204,14 @@ long pbw_cuda_sg_blur_nhwc_calls(void);
  * m + n m_nstride, P of them; O even), y has O/2 outputs, y0 + m (y1 - y0) from outputs
  * O/2.. (y0) and ..O/2 (y1) (pbw_sg_pointwise_blend); with bias (O or O/2 floats) it is added
  * last; the roundings are those of the separate ops. 0 when enqueued; -1, nothing done,
- * unless C is a multiple of 8 up to 1024, O at most 8 and x 16-byte aligned. */
+ * unless C is a multiple of 8 up to 1024, O at most 8 and x 16-byte aligned. In bf16 with C a
+ * multiple of 32 the products run on tensor cores with the weights split into three bf16
+ * terms (fp32's precision; the sums' order differs from the other kernel's), unless
+ * PBW_CUDA_TORGB_MMA=0. */
 int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C, int64_t P,
                                int O, const float *m, int64_t m_nstride, const float *bias);
+/* pbw_cuda_sg_pointwise_nhwc calls that ran on tensor cores so far (tests). */
+long pbw_cuda_sg_pointwise_mma_calls(void);
 /* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
 void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
 /* gx = beta gx + the input gradient (beta 0 or 1; gx not read for 0). */
