@@ -1291,6 +1291,59 @@ PBW_TEST(cuda_sg_pointwise_blend) {
 #endif
 }
 
+/* ---------- A block's last convolution with its ToRGB (pbw_sg_conv_act_rgb) ----------
+ * Without gradients on NHWC bf16 halves ToRGB's tensor-core kernel activates the convolution's
+ * output as it reads it: the features and the image must be the two ops' (pbw_sg_modconv_act,
+ * then pbw_sg_pointwise_blend) bit for bit, masked (one mask for the batch, one per sample) and
+ * not, with and without noise and biases; the fused kernel's count says it ran. */
+PBW_TEST(cuda_sg_conv_act_rgb) {
+#ifdef PBW_HAVE_CUDA
+    const int N = 2, C = 64, H = 16, W = 16, O = 3;
+    pbw_ctx *ctx;
+    pbw_arena ga;
+    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, C, C, 0);
+    CHECK(pl != NULL);
+    if (pl) {
+        const int64_t nx = (int64_t)N * C * H * W, nh = nx + 4 * N * H * W + 2 * N * O * C + 4 * C;
+        float *h = malloc((size_t)nh * sizeof(float));
+        for (int64_t j = 0; j < nh; j++) h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
+        pbw_tensor *x0 = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+        /* NHWC halves, as the blur that scales for the block's second convolution leaves them */
+        pbw_tensor *x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, pl, NULL, NULL, NULL, 0.0f, 0.2f,
+                                           sqrtf(2.0f));
+        CHECK(x && x->half_nhwc);
+        const float *hm = h + nx, *hn = hm + 2 * N * H * W, *hw = hn + 2 * N * H * W;
+        const float *hb = hw + 2 * N * O * C;
+        pbw_tensor *mN = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W}));
+        pbw_tensor *m1 = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W}));
+        pbw_tensor *nz = pbw_tensor_from_host(ctx, hn, 4, (int64_t[]){N, 1, H, W});
+        pbw_tensor *w2 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, 2 * O, C});
+        pbw_tensor *w1 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, O, C});
+        pbw_tensor *d = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hb, 2, (int64_t[]){N, C})), 1.0f, 0.5f);
+        pbw_tensor *b = pbw_tensor_from_host(ctx, hb + 2 * C, 1, (int64_t[]){C});
+        pbw_tensor *rb = pbw_tensor_from_host(ctx, hb + 3 * C, 4, (int64_t[]){1, O, 1, 1});
+        struct { pbw_tensor *w, *m, *rb, *noise, *bias; } v[4] = {
+            {w2, mN, rb, nz, b}, {w2, m1, NULL, NULL, b}, {w1, NULL, rb, nz, NULL}, {w1, NULL, NULL, NULL, NULL}};
+        for (int k = 0; x && k < 4; k++) {
+            const long fused0 = pbw_cuda_sg_pointwise_act_calls();
+            pbw_tensor *rgb = NULL;
+            pbw_tensor *a = pbw_sg_conv_act_rgb(ctx, x, pl, d, v[k].noise, v[k].bias, 0.7f, 0.2f,
+                                                sqrtf(2.0f), v[k].w, v[k].m, v[k].rb, &rgb);
+            CHECK_MSG(a && rgb && a->half_nhwc, "variant %d: %s", k, pbw_ctx_error(ctx));
+            CHECK(pbw_cuda_sg_pointwise_act_calls() == fused0 + 1);
+            pbw_tensor *e = pbw_sg_modconv_act(ctx, x, NULL, NULL, NULL, pl, d, v[k].noise,
+                                               v[k].bias, 0.7f, 0.2f, sqrtf(2.0f));
+            pbw_tensor *erg = pbw_sg_pointwise_blend(ctx, e, v[k].w, v[k].m, v[k].rb);
+            CHECK_MSG(same_bits(ctx, a, e), "variant %d features: %s", k, pbw_ctx_error(ctx));
+            CHECK_MSG(same_bits(ctx, rgb, erg), "variant %d image: %s", k, pbw_ctx_error(ctx));
+        }
+        free(h);
+    }
+    bf16_plan_end(ctx, &ga);
+#endif
+}
+
 /* A batch slice of NHWC halves (the generator's activations without gradients, as a CMA
  * generation slices its batches from the blocks rendered once for the population): a view of
  * the rows' halves, held the same way, whose values read back are the rows' bit for bit. */

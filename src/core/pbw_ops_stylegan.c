@@ -774,20 +774,30 @@ pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w) {
     return pbw_reshape(ctx, y, 4, (int64_t[]){N, O, H, W});
 }
 
-pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
-                                   pbw_tensor *bias) {
-    static const char *op = "sg_pointwise_blend";
-    if (pointwise_check(ctx, op, x, w, m != NULL)) return NULL;
+/* pbw_sg_pointwise_blend's operands as it takes them; 0, or -1 with the context failed. */
+static int blend_check(pbw_ctx *ctx, const char *op, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
+                       pbw_tensor *bias) {
+    if (pointwise_check(ctx, op, x, w, m != NULL)) return -1;
     char sm[96];
     const int64_t N = x->shape[0], H = x->shape[2], W = x->shape[3];
     const int64_t O = m ? w->shape[1] / 2 : w->shape[1];
     if (m && (m->ndim != 4 || m->shape[1] != 1 || m->shape[2] != H || m->shape[3] != W ||
               (m->shape[0] != 1 && m->shape[0] != N)))
         return pbw_ctx_fail(ctx, "%s: mask %s must be (N or 1,1,%lld,%lld)", op,
-                            pbw_shape_str(m, sm, sizeof sm), (long long)H, (long long)W);
+                            pbw_shape_str(m, sm, sizeof sm), (long long)H, (long long)W),
+               -1;
     if (bias && bias->numel != O)
         return pbw_ctx_fail(ctx, "%s: bias %s must have %lld elements", op,
-                            pbw_shape_str(bias, sm, sizeof sm), (long long)O);
+                            pbw_shape_str(bias, sm, sizeof sm), (long long)O),
+               -1;
+    return 0;
+}
+
+pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
+                                   pbw_tensor *bias) {
+    static const char *op = "sg_pointwise_blend";
+    if (blend_check(ctx, op, x, w, m, bias)) return NULL;
+    const int64_t O = m ? w->shape[1] / 2 : w->shape[1];
     pbw_tensor *ins[4] = {x, w, m, bias};
     int nin = 2;
     if (m) ins[nin++] = m;
@@ -801,6 +811,72 @@ pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, p
         y = pbw_add(ctx, y0, pbw_mul(ctx, m, pbw_sub(ctx, y1, y0)));
     }
     return bias ? pbw_add(ctx, y, pbw_reshape(ctx, bias, 4, (int64_t[]){1, O, 1, 1})) : y;
+}
+
+/* The GPU's fused form of pbw_sg_conv_act_rgb (see there): the convolution's output left as
+ * NHWC halves before its activation, which ToRGB's kernel applies as it reads them. NULL
+ * without failing where it does not apply. */
+static pbw_tensor *conv_act_rgb_gpu(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl,
+                                    const act_args *act, pbw_tensor *w, pbw_tensor *m,
+                                    pbw_tensor *rgb_bias, pbw_tensor **rgb) {
+#ifdef PBW_HAVE_CUDA
+    static const char *op = "sg_conv_act_rgb";
+    pbw_tensor *ins[7] = {x, w, act->d, act->noise, act->bias, m, rgb_bias};
+    if (!pbw_on_cuda(ctx) || !pbw_cuda_conv_staged() || !pbw_cuda_modconv() || !pbw_cuda_nhwc() ||
+        pl->transposed || !x->half_nhwc || pbw_needs_grad(ctx, ins, 7) ||
+        pbw_env_zero("PBW_CUDA_ACT_RGB"))
+        return NULL;
+    int nin = 2;
+    for (int i = 2; i < 7; i++)
+        if (ins[i]) ins[nin++] = ins[i];
+    if (pbw_op_begin_nhwc(ctx, op, nin, ins)) return NULL;
+    pbw_tensor *out = sgconv_out(ctx, op, x, pl);
+    const float *wt;
+    const void *wh;
+    pbw_cuda_postact pa;
+    if (!out || blend_check(ctx, op, out, w, m, rgb_bias) ||
+        sgconv_gpu_weights(ctx, op, pl, &wt, &wh) || postact_of(ctx, op, out, act, &pa))
+        return NULL;
+    const int N = (int)out->shape[0], H = (int)out->shape[2], W = (int)out->shape[3];
+    const int O = (int)w->shape[1];
+    if (!pbw_cuda_sg_pointwise_act_ok(N, pl->O, (int64_t)H * W, O, NULL, m ? m->data : NULL, &pa))
+        return NULL;
+    if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
+    out->half_nhwc = 1;
+    pbw_tensor *y = pbw_tensor_new(ctx, 4, (int64_t[]){N, m ? O / 2 : O, H, W});
+    if (!y) return NULL;
+    if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, NULL, NULL, pl->weight->data, wt, wh,
+                                     N, pl->C, (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
+                                     0, x->half, out->half))
+        return NULL; /* not staged: the ops apart */
+    if (pbw_cuda_sg_pointwise_nhwc_act(y->data, out->half, &pa, w->data, N, pl->O,
+                                       (int64_t)H * W, O, m ? m->data : NULL,
+                                       m && m->shape[0] == N ? (int64_t)H * W : 0,
+                                       rgb_bias ? rgb_bias->data : NULL))
+        return pbw_ctx_fail(ctx, "%s: ToRGB's kernel refused its operands", op);
+    *rgb = y;
+    return out;
+#else
+    (void)ctx, (void)x, (void)pl, (void)act, (void)w, (void)m, (void)rgb_bias, (void)rgb;
+    return NULL;
+#endif
+}
+
+pbw_tensor *pbw_sg_conv_act_rgb(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl,
+                                pbw_tensor *d, pbw_tensor *noise, pbw_tensor *bias,
+                                float noise_weight, float slope, float gain, pbw_tensor *w,
+                                pbw_tensor *m, pbw_tensor *rgb_bias, pbw_tensor **rgb) {
+    *rgb = NULL;
+    if (pbw_ctx_failed(ctx)) return NULL;
+    if (!x) return pbw_ctx_fail(ctx, "sg_conv_act_rgb: input 0 is NULL");
+    const act_args act = {d, noise, bias, noise_weight, slope, gain};
+    pbw_tensor *out = conv_act_rgb_gpu(ctx, x, pl, &act, w, m, rgb_bias, rgb);
+    if (out || pbw_ctx_failed(ctx)) return out;
+    /* otherwise the two ops */
+    out = pbw_sg_modconv_act(ctx, x, NULL, NULL, NULL, pl, d, noise, bias, noise_weight, slope,
+                             gain);
+    *rgb = pbw_sg_pointwise_blend(ctx, out, w, m, rgb_bias);
+    return *rgb ? out : NULL;
 }
 
 /* ---------- separable blur ---------- */

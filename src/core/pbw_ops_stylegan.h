@@ -125,6 +125,17 @@ pbw_tensor *pbw_sg_pointwise(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w);
  * halves, one kernel writes y after the products, with those ops' roundings. */
 pbw_tensor *pbw_sg_pointwise_blend(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *m,
                                    pbw_tensor *bias);
+/* A block's last convolution and its ToRGB together: returns out = pbw_sg_modconv_act(x, NULL,
+ * NULL, NULL, pl, d, noise, bias, noise_weight, slope, gain) (x already modulated) and sets
+ * *rgb = pbw_sg_pointwise_blend(out, w, m, rgb_bias). Those two ops are what it runs, and
+ * records, on the CPU or with gradients; without gradients on a GPU where x is NHWC bf16 halves
+ * and the shapes suit ToRGB's tensor-core kernel, the convolution leaves its output
+ * unactivated and that kernel activates each value as it reads it, writing it back (the same
+ * bits as the two ops). NULL (and *rgb NULL) on failure. */
+pbw_tensor *pbw_sg_conv_act_rgb(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_conv_plan *pl,
+                                pbw_tensor *d, pbw_tensor *noise, pbw_tensor *bias,
+                                float noise_weight, float slope, float gain, pbw_tensor *w,
+                                pbw_tensor *m, pbw_tensor *rgb_bias, pbw_tensor **rgb);
 
 /* ---------- separable blur ----------
  *

@@ -1910,14 +1910,37 @@ __global__ void __launch_bounds__(PW_THREADS)
 // sums gathered per pixel in shared memory.
 const int PWM_WARPS = 4, PWM_QB = 4, PW_TERMS = 3;
 
+// With pa (pa.g.N != 0; d one value a channel or none), x holds the convolution's output
+// before its bias, noise and activation: each value is activated as it is loaded, with
+// NhwcPostact's arithmetic and rounding, written back in place and fed to the products, so
+// that the activated features and ToRGB's sums come out of one pass over x.
 __global__ void __launch_bounds__(PWM_WARPS * 32)
-    pointwise_mma_kernel(float *y, const __nv_bfloat16 *x, const float *w, int C, int64_t P,
-                         int O, pw_epilogue ep) {
+    pointwise_mma_kernel(float *y, __nv_bfloat16 *x, const float *w, int C, int64_t P, int O,
+                         pw_epilogue ep, pbw_cuda_postact pa) {
     pbw_pdl_wait();
     extern __shared__ uint4 pwm_smem[];
     const int ks = C / 16, lane = threadIdx.x % 32, warp = threadIdx.x / 32, n = blockIdx.y;
     uint2 *bf = reinterpret_cast<uint2 *>(pwm_smem);            // (ks, PW_TERMS, 32)
-    float *es = reinterpret_cast<float *>(bf + ks * PW_TERMS * 32) + warp * 16 * 9; // (16, 9)
+    float *adv = reinterpret_cast<float *>(bf + ks * PW_TERMS * 32), *ab = adv + C; // (C) each
+    float *es = ab + C + warp * 16 * 9;                          // (16, 9) a warp
+    const bool activate = pa.g.N != 0;
+    if (activate)
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            adv[c] = pa.g.d_mode == 1 ? pa.d[n * pa.g.d_nstride + c] : 1.0f;
+            ab[c] = pa.bias ? pa.bias[c] : 0.0f;
+        }
+    const float *noise = pa.noise ? pa.noise + n * pa.g.noise_nstride : nullptr;
+    // channels c.. of pixel p (in range), activated in place in the word and in x
+    auto act8 = [&](uint4 &word, uint4 *dst, int64_t p, int c) {
+        float v[8];
+        pbw_unpack_half<__nv_bfloat16, 8>(word, v);
+        const float nz = noise ? noise[p] : 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            v[e] = act(pre_act_of(v[e], adv[c + e], noise != nullptr, nz, ab[c + e], pa.g), pa.g);
+        word = pbw_pack_half<__nv_bfloat16, 8, uint4>(v);
+        *dst = word;
+    };
     for (int i = threadIdx.x; i < ks * 32; i += blockDim.x) {
         const int j = i / 32, l = i % 32, g = l / 4, t = l % 4;
         const int c = 32 * (j / 2) + 8 * t + 4 * (j % 2);
@@ -1938,22 +1961,30 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
     }
     __syncthreads();
     const int g = lane / 4, t = lane % 4, nq = C / 32;
-    const __nv_bfloat16 *xn = x + (int64_t)n * P * C;
+    __nv_bfloat16 *xn = x + (int64_t)n * P * C;
     const int64_t tiles = (P + 15) / 16;
     for (int64_t tile = (int64_t)blockIdx.x * PWM_WARPS + warp; tile < tiles;
          tile += (int64_t)gridDim.x * PWM_WARPS) {
-        const int64_t pa = tile * 16 + g, pb = pa + 8;
-        const uint4 *ra = reinterpret_cast<const uint4 *>(xn + pa * C) + t;
-        const uint4 *rb = reinterpret_cast<const uint4 *>(xn + pb * C) + t;
+        const int64_t px = tile * 16 + g, py = px + 8; // rows g and g + 8
+        uint4 *ra = reinterpret_cast<uint4 *>(xn + px * C) + t;
+        uint4 *rb = reinterpret_cast<uint4 *>(xn + py * C) + t;
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int q0 = 0; q0 < nq; q0 += PWM_QB) {
             uint4 A[PWM_QB], B[PWM_QB];
 #pragma unroll
             for (int u = 0; u < PWM_QB; u++) {
                 const bool in = q0 + u < nq;
-                A[u] = in && pa < P ? ra[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
-                B[u] = in && pb < P ? rb[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
+                A[u] = in && px < P ? ra[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
+                B[u] = in && py < P ? rb[4 * (q0 + u)] : make_uint4(0, 0, 0, 0);
             }
+            if (activate)
+#pragma unroll
+                for (int u = 0; u < PWM_QB; u++) {
+                    if (q0 + u >= nq) break;
+                    const int c = 32 * (q0 + u) + 8 * t;
+                    if (px < P) act8(A[u], ra + 4 * (q0 + u), px, c);
+                    if (py < P) act8(B[u], rb + 4 * (q0 + u), py, c);
+                }
 #pragma unroll
             for (int u = 0; u < PWM_QB; u++) {
                 if (q0 + u >= nq) break;
@@ -1999,8 +2030,32 @@ void pointwise_launch(dim3 grid, size_t smem, float *y, const T *x, const float 
 }
 } // namespace
 
-static long g_pointwise_mma_calls;
+static long g_pointwise_mma_calls, g_pointwise_act_calls;
 extern "C" long pbw_cuda_sg_pointwise_mma_calls(void) { return g_pointwise_mma_calls; }
+extern "C" long pbw_cuda_sg_pointwise_act_calls(void) { return g_pointwise_act_calls; }
+
+// Whether the tensor-core kernel takes the shape (and pa, may be NULL: one d a channel or none).
+static bool pointwise_mma_ok(int N, int C, int64_t P, int O, const void *xh, const float *m,
+                             const pbw_cuda_postact *pa) {
+    return pbw_cuda_precision() == PBW_PREC_BF16 && C % 32 == 0 && C <= PW_CMAX && O > 0 &&
+           O <= PW_OMAX && (uintptr_t)xh % 16 == 0 && N > 0 && N <= 65535 && P > 0 &&
+           !(m && O % 2) && !(pa && pa->g.d_mode == 2) && !pbw_env_zero("PBW_CUDA_TORGB_MMA");
+}
+
+static void pointwise_mma_launch(float *y, void *xh, const pbw_cuda_postact *pa, const float *w,
+                                 int N, int C, int64_t P, int O, const pw_epilogue &ep) {
+    // 16-pixel tiles, a warp's in turn; at most grid_blocks() blocks in all
+    const int64_t want = (grid_blocks() + N - 1) / N, tiles = (P + 15) / 16;
+    const int64_t mb = (tiles + 4 * PWM_WARPS - 1) / (4 * PWM_WARPS);
+    const dim3 grid((unsigned)(mb < want ? mb : want), (unsigned)N);
+    const size_t smem = (size_t)C / 16 * PW_TERMS * 32 * sizeof(uint2) +
+                        (size_t)2 * C * sizeof(float) + (size_t)PWM_WARPS * 16 * 9 * sizeof(float);
+    const pbw_cuda_postact none = {};
+    pbw_launch(pointwise_mma_kernel, grid, PWM_WARPS * 32, smem, y, (__nv_bfloat16 *)xh, w, C, P,
+               O, ep, pa ? *pa : none);
+    PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves, tensor cores)");
+    g_pointwise_mma_calls++;
+}
 
 extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, int C,
                                           int64_t P, int O, const float *m, int64_t m_nstride,
@@ -2009,22 +2064,13 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
     if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535 || (m && O % 2))
         return -1;
     const pw_epilogue ep = {m, bias, m_nstride};
-    const int64_t want = (grid_blocks() + N - 1) / N;
-    if (pbw_cuda_precision() == PBW_PREC_BF16 && C % 32 == 0 && !pbw_env_zero("PBW_CUDA_TORGB_MMA")) {
-        // tensor cores: 16-pixel tiles, a warp's in turn; blocks as below
-        const int64_t tiles = (P + 15) / 16, mb = (tiles + 4 * PWM_WARPS - 1) / (4 * PWM_WARPS);
-        const dim3 grid((unsigned)(mb < want ? mb : want), (unsigned)N);
-        const size_t smem = (size_t)C / 16 * PW_TERMS * 32 * sizeof(uint2) +
-                            (size_t)PWM_WARPS * 16 * 9 * sizeof(float);
-        pbw_launch(pointwise_mma_kernel, grid, PWM_WARPS * 32, smem, y, (const __nv_bfloat16 *)xh,
-                   w, C, P, O, ep);
-        PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves, tensor cores)");
-        g_pointwise_mma_calls++;
+    if (pointwise_mma_ok(N, C, P, O, xh, m, nullptr)) { // (not written: no activation)
+        pointwise_mma_launch(y, const_cast<void *>(xh), nullptr, w, N, C, P, O, ep);
         return 0;
     }
     // a few pixels a thread where there are many (the weights are loaded once a block):
     // grid_blocks() in all
-    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS;
+    const int64_t blocks = (P + PW_THREADS - 1) / PW_THREADS, want = (grid_blocks() + N - 1) / N;
     const dim3 grid((unsigned)(blocks < want ? blocks : want), (unsigned)N);
     const size_t smem = (size_t)O * C * sizeof(float);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
@@ -2038,6 +2084,23 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
             pointwise_launch<H, PW_OMAX>(grid, smem, y, x, w, C, P, O, ep);
     });
     PBW_CUDA_LAUNCHED("sg_pointwise (NHWC halves)");
+    return 0;
+}
+
+extern "C" int pbw_cuda_sg_pointwise_act_ok(int N, int C, int64_t P, int O, const void *xh,
+                                            const float *m, const pbw_cuda_postact *pa) {
+    return pa && pointwise_mma_ok(N, C, P, O, xh, m, pa);
+}
+
+extern "C" int pbw_cuda_sg_pointwise_nhwc_act(float *y, void *xh, const pbw_cuda_postact *pa,
+                                              const float *w, int N, int C, int64_t P, int O,
+                                              const float *m, int64_t m_nstride,
+                                              const float *bias) {
+    if (!pbw_cuda_sg_pointwise_act_ok(N, C, P, O, xh, m, pa)) return -1;
+    const pw_epilogue ep = {m, bias, m_nstride};
+    pointwise_mma_launch(y, xh, pa, w, N, C, P, O, ep);
+    g_postact_calls++;
+    g_pointwise_act_calls++;
     return 0;
 }
 

@@ -212,6 +212,18 @@ int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float *w, int N, 
                                int O, const float *m, int64_t m_nstride, const float *bias);
 /* pbw_cuda_sg_pointwise_nhwc calls that ran on tensor cores so far (tests). */
 long pbw_cuda_sg_pointwise_mma_calls(void);
+/* pbw_cuda_sg_pointwise_nhwc on xh holding a convolution's output before pa (its bias, noise and
+ * activation; d one value a channel or none): the tensor-core kernel activates each value as it
+ * loads it, rounded as pbw_cuda_sg_conv_forward_mod's copy back rounds it, writes it back into
+ * xh and sums the activated values; y as pbw_cuda_sg_pointwise_nhwc's. -1, nothing done, unless
+ * pbw_cuda_sg_pointwise_act_ok (the tensor-core kernel's shapes: bf16, C a multiple of 32). */
+int pbw_cuda_sg_pointwise_act_ok(int N, int C, int64_t P, int O, const void *xh, const float *m,
+                                 const pbw_cuda_postact *pa);
+int pbw_cuda_sg_pointwise_nhwc_act(float *y, void *xh, const pbw_cuda_postact *pa, const float *w,
+                                   int N, int C, int64_t P, int O, const float *m,
+                                   int64_t m_nstride, const float *bias);
+/* pbw_cuda_sg_pointwise_nhwc_act calls so far (tests). */
+long pbw_cuda_sg_pointwise_act_calls(void);
 /* (N,P,C) half values of the precision's type (pbw_tensor.half_nhwc) -> (N,C,P) float. */
 void pbw_cuda_nhwc_half_to_f32(const void *h, float *y, int N, int C, int64_t P);
 /* gx = beta gx + the input gradient (beta 0 or 1; gx not read for 0). */

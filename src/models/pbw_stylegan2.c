@@ -472,6 +472,21 @@ static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer
     *s0 = !li->m_in ? NULL : li->s0 ? li->s0 : style_of(ctx, mc, li->lat0);
 }
 
+/* rgb_conv's per-sample weights for N samples: (N,O,C), or (N,2O,C) with the original style's
+ * rows after the edit's when masked. */
+static pbw_tensor *rgb_weights(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, int64_t N,
+                               const layer_in *li, pbw_tensor *s, pbw_tensor *s0) {
+    if (!s || (li->m_in && !s0)) return NULL;
+    const int64_t C = mc->weight->shape[1], O = mc->weight->shape[0];
+    pbw_tensor *w = pbw_reshape(ctx, mc->weight, 3, (int64_t[]){1, O, C});
+    pbw_tensor *ws = pbw_mul(ctx, w, pbw_reshape(ctx, s, 3, (int64_t[]){N, 1, C})); /* (N,O,C) */
+    if (!li->m_in) return ws;
+    if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
+        s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
+    pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
+    return pbw_concat(ctx, 2, parts, 1);
+}
+
 /* A 1x1 modulated convolution (ToRGB, O = 3 outputs) as one product per sample whose weight
  * the style scales: y_n = (W diag s_n) x_n, so x is read once and no modulated copy of it is
  * made. Masked, the per-pixel style s m + s0 (1 - m) is linear in m: y = y0 + m (y1 - y0) with
@@ -479,16 +494,9 @@ static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer
  * one op (pbw_sg_pointwise_blend). */
 static pbw_tensor *rgb_conv(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pbw_tensor *x,
                             const layer_in *li, pbw_tensor *s, pbw_tensor *s0, pbw_tensor *bias) {
-    if (!x || !s || (li->m_in && !s0)) return NULL;
-    const int64_t N = x->shape[0], C = x->shape[1];
-    const int64_t O = mc->weight->shape[0];
-    pbw_tensor *w = pbw_reshape(ctx, mc->weight, 3, (int64_t[]){1, O, C});
-    pbw_tensor *ws = pbw_mul(ctx, w, pbw_reshape(ctx, s, 3, (int64_t[]){N, 1, C})); /* (N,O,C) */
-    if (!li->m_in) return pbw_sg_pointwise_blend(ctx, x, ws, NULL, bias);
-    if (s0->shape[0] != N) /* shared by the batch: one row per sample (adding 0 is exact) */
-        s0 = pbw_add(ctx, s0, pbw_tensor_zeros(ctx, 2, (int64_t[]){N, C}));
-    pbw_tensor *parts[2] = {ws, pbw_mul(ctx, w, pbw_reshape(ctx, s0, 3, (int64_t[]){N, 1, C}))};
-    return pbw_sg_pointwise_blend(ctx, x, pbw_concat(ctx, 2, parts, 1), li->m_in, bias);
+    if (!x) return NULL;
+    return pbw_sg_pointwise_blend(ctx, x, rgb_weights(ctx, mc, x->shape[0], li, s, s0), li->m_in,
+                                  bias);
 }
 
 /* ModulatedConv2d without its demodulation: conv(x * s, W) (+ blur when upsampling). Sets *s_out
@@ -538,19 +546,23 @@ static pbw_tensor *styled_conv(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc, pbw_
 
 /* A block's two styled convolutions: the upsampling one, whose blur writes its activated
  * output already scaled by the second's style (pbw_sg_blur_act_mod: nothing else reads that
- * output), then the second without a modulation of its own. The same ops as styled_conv twice
- * (the modulation moves from the second's op into the first's), where the layers are of the
- * kind this applies to. */
+ * output), then the second without a modulation of its own, together with the block's ToRGB
+ * (tr, of layer lr: pbw_sg_conv_act_rgb), whose output goes to *rgb. The same ops as
+ * styled_conv twice and rgb_conv (the modulation moves from the second's op into the first's),
+ * where the layers are of the kind this applies to and nothing takes a gradient; otherwise
+ * styled_conv twice, and *rgb is NULL (the caller's to_rgb runs). */
 static pbw_tensor *block_convs(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc0,
                                const pbw_sg2_styled_conv *sc1, pbw_tensor *x, const layer_in *li0,
-                               const layer_in *li1, pbw_tensor *noise0, pbw_tensor *noise1) {
+                               const layer_in *li1, pbw_tensor *noise0, pbw_tensor *noise1,
+                               const pbw_sg2_to_rgb *tr, const layer_in *lr, pbw_tensor **rgb) {
     const pbw_sg2_modulated_conv2d *mc0 = &sc0->conv, *mc1 = &sc1->conv;
-    pbw_tensor *in[3] = {x, li0->lat, li1->lat};
+    pbw_tensor *in[4] = {x, li0->lat, li1->lat, lr->lat};
+    *rgb = NULL;
     /* with gradients the blur's op cannot scale (pbw_sg_blur_act_mod runs the three ops apart
      * then), and the second convolution scales its own input as one op where it can
      * (pbw_sg_modconv_act) */
     if (!mc0->plan || !mc0->upsample || !mc0->blur.K || !mc1->plan || mc1->upsample ||
-        pbw_needs_grad(ctx, in, 3))
+        pbw_needs_grad(ctx, in, 4))
         return styled_conv(ctx, sc1, styled_conv(ctx, sc0, x, li0, noise0), li1, noise1);
     pbw_tensor *s, *s0, *t, *t0;
     styles(ctx, mc0, li0, &s, &s0);
@@ -561,21 +573,30 @@ static pbw_tensor *block_convs(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc0,
                                          &mc0->blur, d0, noise0, sc0->activate_bias,
                                          noise0 ? sc0->noise_weight : 0, SG2_SLOPE,
                                          (float)M_SQRT2, t, t0, li1->m_in);
-    return pbw_sg_modconv_act(ctx, xm, NULL, NULL, NULL, mc1->plan, d1, noise1,
-                              sc1->activate_bias, noise1 ? sc1->noise_weight : 0, SG2_SLOPE,
-                              (float)M_SQRT2);
+    /* the block's ToRGB reads the second convolution's output as it is activated
+     * (pbw_sg_conv_act_rgb) */
+    pbw_tensor *r, *r0;
+    styles(ctx, &tr->conv, lr, &r, &r0);
+    return pbw_sg_conv_act_rgb(ctx, xm, mc1->plan, d1, noise1, sc1->activate_bias,
+                               noise1 ? sc1->noise_weight : 0, SG2_SLOPE, (float)M_SQRT2,
+                               rgb_weights(ctx, &tr->conv, x->shape[0], lr, r, r0), lr->m_in,
+                               tr->bias, rgb);
+}
+
+/* ToRGB's output rgb plus the upsampled skip (none for the first). */
+static pbw_tensor *rgb_skip(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *rgb,
+                            pbw_tensor *skip) {
+    if (!skip) return rgb;
+    return pbw_add(ctx, rgb,
+                   pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0, tr->up_pad1,
+                                 tr->up_pad0, tr->up_pad1));
 }
 
 static pbw_tensor *to_rgb(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
                           const layer_in *li, pbw_tensor *skip) {
     pbw_tensor *s, *s0;
     styles(ctx, &tr->conv, li, &s, &s0);
-    pbw_tensor *out = rgb_conv(ctx, &tr->conv, x, li, s, s0, tr->bias);
-    if (skip)
-        out = pbw_add(ctx, out,
-                      pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0,
-                                    tr->up_pad1, tr->up_pad0, tr->up_pad1));
-    return out;
+    return rgb_skip(ctx, tr, rgb_conv(ctx, &tr->conv, x, li, s, s0, tr->bias), skip);
 }
 
 /* The noise of layer i: the fixed buffer, fresh Gaussian noise, or none. */
@@ -697,9 +718,12 @@ static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *l
         const layer_in li1 = LAYER(l + 1, ls + 1, ls + 1);
         pbw_tensor *noise0 = layer_noise(ctx, g, opts, l, n); /* drawn in the layers' order */
         pbw_tensor *noise1 = layer_noise(ctx, g, opts, l + 1, n);
-        x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1);
-        li = RGB_LAYER(l + 2, ls + 1);
-        skip = to_rgb_lane(ctx, &g->to_rgbs[b], x, &li, skip);
+        const layer_in lr = RGB_LAYER(l + 2, ls + 1);
+        pbw_tensor *rgb; /* the block's ToRGB, when its convolutions made it */
+        x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1,
+                        &g->to_rgbs[b], &lr, &rgb);
+        skip = rgb ? rgb_skip(ctx, &g->to_rgbs[b], rgb, skip)
+                   : to_rgb_lane(ctx, &g->to_rgbs[b], x, &lr, skip);
         /* the last block's features are not read again: only the image moves */
         const int last = b + 1 == g->log_size - 2;
         pbw_tensor *keep[2] = {skip, x};
