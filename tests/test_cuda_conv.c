@@ -1243,6 +1243,42 @@ PBW_TEST(cuda_sg_nhwc_chain) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* The ToRGB tests' setting: bf16_plan's context and (C,C,3,3) plan, host values h (N C H W +
+ * extra floats of a fixed pattern) and x, the first N C H W of them through pbw_sg_modconv_act
+ * (the first N C as its style): NHWC halves, as a block's convolution leaves them. 0, or -1
+ * (checked); torgb_end frees it either way. */
+typedef struct torgb_case {
+    pbw_ctx *ctx;
+    pbw_arena ga;
+    pbw_sg_conv_plan *pl;
+    float *h;
+    pbw_tensor *x;
+} torgb_case;
+
+static int torgb_begin(torgb_case *t, int N, int C, int H, int W, int64_t extra) {
+    const int64_t nx = (int64_t)N * C * H * W;
+    t->pl = bf16_plan(&t->ctx, &t->ga, C, C, 0);
+    t->h = malloc((size_t)(nx + extra) * sizeof(float));
+    t->x = NULL;
+    CHECK(t->pl && t->h);
+    if (!t->pl || !t->h) return -1;
+    for (int64_t j = 0; j < nx + extra; j++) t->h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
+    pbw_ctx *ctx = t->ctx;
+    pbw_tensor *x0 = pbw_tensor_from_host(ctx, t->h, 4, (int64_t[]){N, C, H, W});
+    pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, t->h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
+    t->x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, t->pl, NULL, NULL, NULL, 0.0f, 0.2f,
+                              sqrtf(2.0f));
+    CHECK_MSG(t->x && t->x->half_nhwc, "%s", pbw_ctx_error(ctx));
+    return t->x && t->x->half_nhwc ? 0 : -1;
+}
+
+static void torgb_end(torgb_case *t) {
+    free(t->h);
+    bf16_plan_end(t->ctx, &t->ga);
+}
+#endif
+
 /* ---------- ToRGB's blend and bias after the product (pbw_sg_pointwise_blend) ----------
  * On NHWC halves without gradients the kernel writes y0 + m (y1 - y0) + bias after the
  * products: bit for bit the ops it stands for (pbw_sg_pointwise, slices, sub, mul, add, add on
@@ -1251,21 +1287,12 @@ PBW_TEST(cuda_sg_nhwc_chain) {
 PBW_TEST(cuda_sg_pointwise_blend) {
 #ifdef PBW_HAVE_CUDA
     const int N = 2, C = 64, H = 16, W = 16, O = 3;
-    pbw_ctx *ctx;
-    pbw_arena ga;
-    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, C, C, 0);
-    CHECK(pl != NULL);
-    if (pl) {
+    torgb_case t;
+    if (torgb_begin(&t, N, C, H, W, 2 * N * H * W + 2 * N * O * C + 2 * C) == 0) {
+        pbw_ctx *ctx = t.ctx;
+        pbw_tensor *x = t.x;
+        const float *h = t.h;
         const int64_t nx = (int64_t)N * C * H * W;
-        float *h = malloc((size_t)(nx + 2 * N * H * W + 2 * N * O * C + 2 * C) * sizeof(float));
-        for (int64_t j = 0; j < nx + 2 * N * H * W + 2 * N * O * C + 2 * C; j++)
-            h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
-        pbw_tensor *x0 = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
-        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
-        /* NHWC halves, as the generator's last convolution leaves them */
-        pbw_tensor *x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, pl, NULL, NULL, NULL, 0.0f, 0.2f,
-                                           sqrtf(2.0f));
-        CHECK(x && x->half_nhwc);
         const float *hm = h + nx, *hw = hm + 2 * N * H * W, *hb = hw + 2 * N * O * C;
         pbw_tensor *mN = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W})), 1.0f, 0.0f);
         pbw_tensor *m1 = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W})), 1.0f, 0.0f);
@@ -1285,9 +1312,8 @@ PBW_TEST(cuda_sg_pointwise_blend) {
             CHECK_MSG(a && a->shape[1] == O && same_bits(ctx, a, y), "variant %d: %s", k,
                       pbw_ctx_error(ctx));
         }
-        free(h);
     }
-    bf16_plan_end(ctx, &ga);
+    torgb_end(&t);
 #endif
 }
 
@@ -1299,20 +1325,13 @@ PBW_TEST(cuda_sg_pointwise_blend) {
 PBW_TEST(cuda_sg_conv_act_rgb) {
 #ifdef PBW_HAVE_CUDA
     const int N = 2, C = 64, H = 16, W = 16, O = 3;
-    pbw_ctx *ctx;
-    pbw_arena ga;
-    pbw_sg_conv_plan *pl = bf16_plan(&ctx, &ga, C, C, 0);
-    CHECK(pl != NULL);
-    if (pl) {
-        const int64_t nx = (int64_t)N * C * H * W, nh = nx + 4 * N * H * W + 2 * N * O * C + 4 * C;
-        float *h = malloc((size_t)nh * sizeof(float));
-        for (int64_t j = 0; j < nh; j++) h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
-        pbw_tensor *x0 = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
-        pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
-        /* NHWC halves, as the blur that scales for the block's second convolution leaves them */
-        pbw_tensor *x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, pl, NULL, NULL, NULL, 0.0f, 0.2f,
-                                           sqrtf(2.0f));
-        CHECK(x && x->half_nhwc);
+    torgb_case t;
+    if (torgb_begin(&t, N, C, H, W, 4 * N * H * W + 2 * N * O * C + 4 * C) == 0) {
+        pbw_ctx *ctx = t.ctx;
+        pbw_tensor *x = t.x;
+        const pbw_sg_conv_plan *pl = t.pl;
+        const float *h = t.h;
+        const int64_t nx = (int64_t)N * C * H * W;
         const float *hm = h + nx, *hn = hm + 2 * N * H * W, *hw = hn + 2 * N * H * W;
         const float *hb = hw + 2 * N * O * C;
         pbw_tensor *mN = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W}));
@@ -1338,9 +1357,8 @@ PBW_TEST(cuda_sg_conv_act_rgb) {
             CHECK_MSG(same_bits(ctx, a, e), "variant %d features: %s", k, pbw_ctx_error(ctx));
             CHECK_MSG(same_bits(ctx, rgb, erg), "variant %d image: %s", k, pbw_ctx_error(ctx));
         }
-        free(h);
     }
-    bf16_plan_end(ctx, &ga);
+    torgb_end(&t);
 #endif
 }
 
