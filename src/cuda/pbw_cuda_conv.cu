@@ -1838,6 +1838,14 @@ struct pw_epilogue {
     int64_t m_nstride;
 };
 
+// Output o of a pixel whose mask value is mv from its sums y1 (output o) and y0 (output o + O/2,
+// read only with a mask), as both kernels below write it.
+__device__ __forceinline__ float pw_output(const pw_epilogue &ep, float y1, float y0, float mv,
+                                           int o) {
+    const float v = ep.m ? __fadd_rn(y0, __fmul_rn(mv, __fsub_rn(y1, y0))) : y1;
+    return ep.bias ? __fadd_rn(v, ep.bias[o]) : v;
+}
+
 template <typename T, int OM>
 __global__ void __launch_bounds__(PW_THREADS)
     pointwise_nhwc_kernel(float *y, const T *x, const float *w, int C, int64_t P, int O,
@@ -1886,14 +1894,13 @@ __global__ void __launch_bounds__(PW_THREADS)
 #pragma unroll
         for (int o = 0; o < OM; o++) {
             if (o >= Oy) break;
-            float v = acc[o];
+            float y0 = 0.0f;
             if (ep.m) {
 #pragma unroll
                 for (int h = 0; h < OM; h++) // acc[o + Oy] with a constant index (registers)
-                    if (h == o + Oy) v = __fadd_rn(acc[h], __fmul_rn(mv, __fsub_rn(acc[o], acc[h])));
+                    if (h == o + Oy) y0 = acc[h];
             }
-            if (ep.bias) v = __fadd_rn(v, ep.bias[o]);
-            y[((int64_t)n * Oy + o) * P + p] = v;
+            y[((int64_t)n * Oy + o) * P + p] = pw_output(ep, acc[o], y0, mv, o);
         }
     }
 }
@@ -1906,8 +1913,8 @@ __global__ void __launch_bounds__(PW_THREADS)
 // 4h + {0,1} / {2,3}) and the weights' B fragments are laid out in shared memory in the same
 // order, one 8-byte word a lane a k-step. The fp32 weights enter as PW_TERMS bf16 terms
 // (w = hi + mid + lo to fp32's precision; each product of a bf16 value and a term is exact),
-// one product each. The epilogue (blend, bias) is pointwise_nhwc_kernel's, from the warp's
-// sums gathered per pixel in shared memory.
+// one product each. The epilogue (pw_output) is pointwise_nhwc_kernel's, from the warp's sums
+// gathered per pixel in shared memory.
 const int PWM_WARPS = 4, PWM_QB = 4, PW_TERMS = 3;
 
 // With pa (pa.g.N != 0; d one value a channel or none), x holds the convolution's output
@@ -2012,10 +2019,8 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
                 const int Oy = ep.m ? O / 2 : O;
                 const float mv = ep.m ? ep.m[n * ep.m_nstride + p] : 0.0f;
                 for (int o = 0; o < Oy; o++) {
-                    float r = v[o];
-                    if (ep.m) r = __fadd_rn(v[o + Oy], __fmul_rn(mv, __fsub_rn(v[o], v[o + Oy])));
-                    if (ep.bias) r = __fadd_rn(r, ep.bias[o]);
-                    y[((int64_t)n * Oy + o) * P + p] = r;
+                    const float y0 = ep.m ? v[o + Oy] : 0.0f;
+                    y[((int64_t)n * Oy + o) * P + p] = pw_output(ep, v[o], y0, mv, o);
                 }
             }
         }
@@ -2034,12 +2039,19 @@ static long g_pointwise_mma_calls, g_pointwise_act_calls;
 extern "C" long pbw_cuda_sg_pointwise_mma_calls(void) { return g_pointwise_mma_calls; }
 extern "C" long pbw_cuda_sg_pointwise_act_calls(void) { return g_pointwise_act_calls; }
 
-// Whether the tensor-core kernel takes the shape (and pa, may be NULL: one d a channel or none).
+// Whether either kernel takes the shape: 8-channel groups of 16-byte aligned rows, at most
+// PW_OMAX outputs (an even count with a mask), a grid row a sample.
+static bool pointwise_shape_ok(int N, int C, int O, const void *xh, const float *m) {
+    return C % 8 == 0 && C <= PW_CMAX && O <= PW_OMAX && (uintptr_t)xh % 16 == 0 && N <= 65535 &&
+           !(m && O % 2);
+}
+
+// Whether the tensor-core kernel takes it (and pa, may be NULL: one d a channel or none).
 static bool pointwise_mma_ok(int N, int C, int64_t P, int O, const void *xh, const float *m,
                              const pbw_cuda_postact *pa) {
-    return pbw_cuda_precision() == PBW_PREC_BF16 && C % 32 == 0 && C <= PW_CMAX && O > 0 &&
-           O <= PW_OMAX && (uintptr_t)xh % 16 == 0 && N > 0 && N <= 65535 && P > 0 &&
-           !(m && O % 2) && !(pa && pa->g.d_mode == 2) && !pbw_env_zero("PBW_CUDA_TORGB_MMA");
+    return pointwise_shape_ok(N, C, O, xh, m) && pbw_cuda_precision() == PBW_PREC_BF16 &&
+           C % 32 == 0 && O > 0 && N > 0 && P > 0 && !(pa && pa->g.d_mode == 2) &&
+           !pbw_env_zero("PBW_CUDA_TORGB_MMA");
 }
 
 static void pointwise_mma_launch(float *y, void *xh, const pbw_cuda_postact *pa, const float *w,
@@ -2061,8 +2073,7 @@ extern "C" int pbw_cuda_sg_pointwise_nhwc(float *y, const void *xh, const float 
                                           int64_t P, int O, const float *m, int64_t m_nstride,
                                           const float *bias) {
     if (N == 0 || P == 0 || O == 0) return 0;
-    if (C % 8 || C > PW_CMAX || O > PW_OMAX || (uintptr_t)xh % 16 || N > 65535 || (m && O % 2))
-        return -1;
+    if (!pointwise_shape_ok(N, C, O, xh, m)) return -1;
     const pw_epilogue ep = {m, bias, m_nstride};
     if (pointwise_mma_ok(N, C, P, O, xh, m, nullptr)) { // (not written: no activation)
         pointwise_mma_launch(y, const_cast<void *>(xh), nullptr, w, N, C, P, O, ep);
