@@ -211,14 +211,18 @@ static __device__ __forceinline__ float crop_vsum(const float *col, int R, int4 
     return v;
 }
 
+// norm.std[ch] without indexing the parameter array (which puts it in local memory)
+static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int ch) {
+    return ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
+}
+
 template <typename T>
 static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cuda_norm3 &norm,
                                                   int64_t i, T *out, uint8_t *pass) {
     if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
     v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
     const float m = ch == 0 ? norm.mean[0] : ch == 1 ? norm.mean[1] : norm.mean[2];
-    const float s = ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
-    crop_put(out, i, (v - m) / s);
+    crop_put(out, i, (v - m) / std_of(norm, ch));
 }
 
 // Calls f(l, ox) for this thread's share of a rows x R grid (l < rows, ox < R): the elements
@@ -335,11 +339,6 @@ static int crops_fwd_nycap(int R, int rows, int sdm) {
     return (int)ceil((double)(rows - 1) * sdm / R) + 6;
 }
 
-// norm.std[ch] without indexing the parameter array (which puts it in local memory)
-static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int ch) {
-    return ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
-}
-
 // The ordered backward, in two kernels. A crop is resized the same way along both axes (it is
 // square), so one set of tables serves both. From the taps of the R outputs (consecutive
 // clamped indices, nondecreasing in the output): for each of the sd crop samples c, the
@@ -435,14 +434,13 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
         if (sd != R) crop_taps4(o, sd, R, &xi[o], &xw[o]);
     }
     __syncthreads();
-    auto g_at = [&](int oy, int ox) { // both loads issued before either is used
-        const int64_t i = ob + roff[oy] + coff[ox];
+    auto g_of = [&](int64_t i) { // both loads issued before either is used
         const float v = gy[i];
         return pass[i] ? v / sc * 0.5f : 0.0f;
     };
     if (sd == R) { // a plain copy: the crop's gradient is g itself
         for (int iy = warp; iy < R; iy += nwarp)
-            if (lane < ncol) pc[(int64_t)iy * sdm + lane] = g_at(iy, c0 + lane);
+            if (lane < ncol) pc[(int64_t)iy * sdm + lane] = g_of(ob + roff[iy] + coff[c0 + lane]);
         return;
     }
     for (int c = tid; c < sd; c += CROP_BWD_THREADS) {
@@ -450,7 +448,8 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
         cr[2 * c] = o0;
         cr[2 * c + 1] = o1;
         if (o1 - o0 <= CROP_KMAX)
-            for (int j = 0; j < o1 - o0; j++) wc[c * CROP_KMAX + j] = tap_term(xi[o0 + j], xw[o0 + j], c, 1.0f);
+            for (int j = 0; j < o1 - o0; j++)
+                wc[c * CROP_KMAX + j] = tap_term(xi[o0 + j], xw[o0 + j], c, 1.0f);
     }
     __syncthreads();
     // the column pass's adjoint: a warp an output row, its lanes the block's columns
@@ -478,11 +477,7 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
                     for (int t = 0; t < CROP_BWD_OMAX; t++) {
                         const int o = oc + lane + 32 * t;
                         v[q][t] = 0.0f;
-                        if (r < nr && o < no) {
-                            const int64_t i = ro + lco[t];
-                            const float x = gy[i];
-                            v[q][t] = pass[i] ? x / sc * 0.5f : 0.0f;
-                        }
+                        if (r < nr && o < no) v[q][t] = g_of(ro + lco[t]);
                     }
                 }
 #pragma unroll
@@ -536,7 +531,8 @@ __global__ static void crops_bwd_sum_kernel(const float *__restrict__ part,
             v[j] = 0.0f;
             if (k >= kc) continue;
             const int iy = y - scrop[3 * k], c = x - scrop[3 * k + 1], sd = scrop[3 * k + 2];
-            if (iy >= 0 && iy < sd && c >= 0 && c < sd) v[j] = pb[k * 3 * slice + (int64_t)iy * sdm + c];
+            if (iy >= 0 && iy < sd && c >= 0 && c < sd)
+                v[j] = pb[k * 3 * slice + (int64_t)iy * sdm + c];
         }
 #pragma unroll
         for (int j = 0; j < 8; j++)

@@ -8,7 +8,7 @@
  * (CLIP's patch embedding's input). out_half (NULL, or instead of out): the values rounded to
  * the precision's half type. pass (B*n*3*R*R bytes, laid out as out, may be NULL) records where
  * the clamp let the gradient through. Backward (gy and pass in the forward's layout)
- * accumulates into gx (atomics: the float sums' order varies from run to run). */
+ * accumulates into gx. */
 #ifndef PBW_CUDA_PAINT_H
 #define PBW_CUDA_PAINT_H
 
@@ -26,10 +26,11 @@ void pbw_cuda_clip_crops_forward(const float *x, int64_t B, int64_t H, int64_t W
                                  const int *crops, int n, int R, int P, pbw_cuda_norm3 norm,
                                  float *out, void *out_half, uint8_t *pass);
 /* gx (B,3,H,W) += the crops' gradient. scratch: device memory of
- * pbw_cuda_clip_crops_backward_scratch_floats floats, where each tile of the crops stores its
- * share before one pass adds them in a fixed order (the same bits every run); NULL takes a
- * kernel of atomics instead, as do the shapes whose size is 0 (the tiles do not fit, or the
- * scratch would pass 256 MiB). */
+ * pbw_cuda_clip_crops_backward_scratch_floats floats, where each crop's gradient is formed
+ * whole before one pass adds the crops', pixel by pixel, in a fixed order (the same bits every
+ * run; crops a few at a time where all of them would pass 256 MiB); NULL takes a kernel of
+ * atomics instead (the sums' order varies from run to run), as do the shapes whose size is 0
+ * (the kernel's tables do not fit in shared memory, or one crop alone would pass 256 MiB). */
 size_t pbw_cuda_clip_crops_backward_scratch_floats(int64_t B, int64_t H, int64_t W, int n, int R);
 void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B, int64_t H,
                                   int64_t W, const int *crops, int n, int R, int P,
