@@ -843,12 +843,12 @@ static pbw_tensor *conv_act_rgb_gpu(pbw_ctx *ctx, pbw_tensor *x, const pbw_sg_co
         return NULL;
     if (!pbw_tensor_half_alloc(ctx, out, 1)) return NULL;
     out->half_nhwc = 1;
-    pbw_tensor *y = pbw_tensor_new(ctx, 4, (int64_t[]){N, m ? O / 2 : O, H, W});
-    if (!y) return NULL;
     if (pbw_cuda_sg_conv_forward_mod(out->data, x->data, NULL, NULL, pl->weight->data, wt, wh,
                                      N, pl->C, (int)x->shape[2], (int)x->shape[3], pl->O, pl->k,
                                      0, x->half, out->half))
         return NULL; /* not staged: the ops apart */
+    pbw_tensor *y = pbw_tensor_new(ctx, 4, (int64_t[]){N, m ? O / 2 : O, H, W});
+    if (!y) return NULL;
     if (pbw_cuda_sg_pointwise_nhwc_act(y->data, out->half, &pa, w->data, N, pl->O,
                                        (int64_t)H * W, O, m ? m->data : NULL,
                                        m && m->shape[0] == N ? (int64_t)H * W : 0,
