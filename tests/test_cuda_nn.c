@@ -776,14 +776,15 @@ out:
 
 PBW_TEST(cuda_attention_half) {
 #ifdef PBW_HAVE_CUDA
-    /* B, T, heads, head size, causal, queries; the first six take the tensor cores (keys in 1
-     * to 5 tiles of 16), the last two do not (head size 32; 81 keys) and run the tiled or the
+    /* B, T, heads, head size, causal, queries; the first seven take the tensor cores (keys in
+     * 1 to 5 tiles of 16), the last two do not (head size 32; 81 keys) and run the tiled or the
      * fp32 forward */
     const attn_half_case cases[] = {
         {3, 50, 12, 64, 0, 50}, /* ViT-B/32 */
         {3, 50, 12, 64, 0, 1},  /* its last block: the class token's query alone */
         {2, 77, 8, 64, 1, 77},  /* text */
         {2, 5, 2, 64, 0, 5},    {2, 33, 3, 64, 1, 33}, {2, 80, 2, 64, 0, 80},
+        {200, 50, 12, 64, 0, 50}, /* 2,400 heads: more than the resident grid has blocks */
         {2, 20, 4, 32, 0, 20},  {1, 81, 2, 64, 1, 81},
     };
     const int n = (int)(sizeof cases / sizeof cases[0]);
@@ -808,6 +809,13 @@ PBW_TEST(cuda_attention_half) {
                    ac->D, ac->causal ? " causal" : "", (long long)ac->nq,
                    pbw_precision_name(precs[k]), mma ? "tensor cores" : "other kernel", ho, e);
             CHECK(e <= 1e-2 && mma == want_mma && (ho || !want_mma));
+            /* the resident double-buffered kernel against a block a head: the same bits */
+            float *one = malloc((size_t)ny * sizeof(float));
+            setenv("PBW_CUDA_ATTN_PIPE", "0", 1);
+            CHECK(half_attention(PBW_DEV_CUDA, precs[k], ac, one, &ho, &mma) == 0);
+            unsetenv("PBW_CUDA_ATTN_PIPE");
+            CHECK(memcmp(one, got, (size_t)ny * sizeof(float)) == 0);
+            free(one);
         }
         free(ref), free(got);
     }

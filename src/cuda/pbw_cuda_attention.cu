@@ -28,6 +28,7 @@
 // results do not depend on the launch, and the errors against the CPU are those of fp32 sums
 // in another order (tests/test_cuda_nn.c).
 #include <cmath>
+#include <type_traits>
 
 #include "cpu/pbw_cpu.h"
 #include "cuda/pbw_cuda_internal.cuh"
@@ -748,57 +749,16 @@ __device__ __forceinline__ void store2(float *o, float a, float b) {
     *reinterpret_cast<float2 *>(o) = make_float2(a, b);
 }
 
-// In, Out: H (half activations), or float (with gradients: q, k, v rounded to H as staged, o
-// in fp32, and the softmax weights written to p, (B*H, T, S) fp32, for the backward; o2, when
-// not NULL, gets o's half copy too, laid out as o, for the product that reads it).
-template <int KT, typename H, typename In, typename Out>
-__global__ static void __launch_bounds__(MMA_THREADS)
-    attention_fwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v, Out *o,
-                             float *p, H *o2) {
-    pbw_pdl_wait();
-    constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, C8 = D / 8;
-    extern __shared__ uint4 smem_u4[];
-    H *Ks = reinterpret_cast<H *>(smem_u4), *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
-    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
-    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
-    const In *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
-    const In *vh = v + b * g.v[0] + h * g.v[1];
+// One (batch, head) bh from its staged halves Qs, Ks, Vs (as the kernels below stage them): the
+// scores, the softmax and P V of each of the block's warps' 16-row tiles, and the stores.
+template <int KT, typename H, typename Out>
+__device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, const H *Qs, const H *Ks,
+                                             const H *Vs, Out *o, float *p, H *o2, int64_t bh,
+                                             int tid) {
+    constexpr int LDK = MMA_LDK, C8 = MMA_D / 8;
+    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16;
+    const int64_t b = bh / g.H, h = bh % g.H;
     Out *oh = o + b * g.o[0] + h * g.o[1];
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    // Every load of K, V and Q is issued before the first store to shared memory: the stores
-    // could alias the loads' generic addresses, so the compiler would not move a load above
-    // one, and each load's latency would be paid alone. S16 C8 = 128 KT: KT loads each a thread.
-    static_assert(S16 * C8 == KT * MMA_THREADS, "a thread stages KT 16-byte pieces of K and V");
-    uint4 kv[KT], vv[KT], qv[MMA_KT_MAX];
-#pragma unroll
-    for (int u = 0; u < KT; u++) {
-        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        kv[u] = r < S ? load_half8<H>(kh + r * g.k[2] + c) : zero;
-        vv[u] = r < S ? load_half8<H>(vh + r * g.v[2] + c) : zero;
-    }
-    const int qn = T16 * C8 / MMA_THREADS; // T16 / 16 pieces of Q a thread
-#pragma unroll
-    for (int u = 0; u < MMA_KT_MAX; u++) {
-        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        qv[u] = u < qn && r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
-    }
-#pragma unroll
-    for (int u = 0; u < KT; u++) {
-        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        *reinterpret_cast<uint4 *>(Ks + r * LDK + c) = kv[u];
-        *reinterpret_cast<uint4 *>(Vs + r * LDK + c) = vv[u];
-    }
-#pragma unroll
-    for (int u = 0; u < MMA_KT_MAX; u++) {
-        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
-        if (u < qn) *reinterpret_cast<uint4 *>(Qs + r * LDK + c) = qv[u];
-    }
-    for (int x = tid + MMA_KT_MAX * MMA_THREADS; x < T16 * C8; x += MMA_THREADS) { // T > 80
-        const int r = x / C8, c = 8 * (x % C8);
-        *reinterpret_cast<uint4 *>(Qs + r * LDK + c) =
-            r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
-    }
-    __syncthreads();
     const int lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
     const float sl2 = g.scale * 1.4426950408889634f; // exp(x) = exp2(x log2 e)
     for (int mt = tid / 32; mt < T16 / 16; mt += MMA_THREADS / 32) {
@@ -882,6 +842,121 @@ __global__ static void __launch_bounds__(MMA_THREADS)
                     if (t1 < T) pr[t1 * S + sx] = exp2f(sc[n][2 + e] - m1) * i1;
                 }
         }
+    }
+}
+
+// In, Out: H (half activations), or float (with gradients: q, k, v rounded to H as staged, o
+// in fp32, and the softmax weights written to p, (B*H, T, S) fp32, for the backward; o2, when
+// not NULL, gets o's half copy too, laid out as o, for the product that reads it).
+template <int KT, typename H, typename In, typename Out>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    attention_fwd_mma_kernel(pbw_attn_geom g, const In *q, const In *k, const In *v, Out *o,
+                             float *p, H *o2) {
+    pbw_pdl_wait();
+    constexpr int D = MMA_D, S16 = 16 * KT, LDK = MMA_LDK, C8 = D / 8;
+    extern __shared__ uint4 smem_u4[];
+    H *Ks = reinterpret_cast<H *>(smem_u4), *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
+    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16, tid = threadIdx.x;
+    const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H;
+    const In *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const In *vh = v + b * g.v[0] + h * g.v[1];
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    // Every load of K, V and Q is issued before the first store to shared memory: the stores
+    // could alias the loads' generic addresses, so the compiler would not move a load above
+    // one, and each load's latency would be paid alone. S16 C8 = 128 KT: KT loads each a thread.
+    static_assert(S16 * C8 == KT * MMA_THREADS, "a thread stages KT 16-byte pieces of K and V");
+    uint4 kv[KT], vv[KT], qv[MMA_KT_MAX];
+#pragma unroll
+    for (int u = 0; u < KT; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        kv[u] = r < S ? load_half8<H>(kh + r * g.k[2] + c) : zero;
+        vv[u] = r < S ? load_half8<H>(vh + r * g.v[2] + c) : zero;
+    }
+    const int qn = T16 * C8 / MMA_THREADS; // T16 / 16 pieces of Q a thread
+#pragma unroll
+    for (int u = 0; u < MMA_KT_MAX; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        qv[u] = u < qn && r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < KT; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Ks + r * LDK + c) = kv[u];
+        *reinterpret_cast<uint4 *>(Vs + r * LDK + c) = vv[u];
+    }
+#pragma unroll
+    for (int u = 0; u < MMA_KT_MAX; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8);
+        if (u < qn) *reinterpret_cast<uint4 *>(Qs + r * LDK + c) = qv[u];
+    }
+    for (int x = tid + MMA_KT_MAX * MMA_THREADS; x < T16 * C8; x += MMA_THREADS) { // T > 80
+        const int r = x / C8, c = 8 * (x % C8);
+        *reinterpret_cast<uint4 *>(Qs + r * LDK + c) =
+            r < T ? load_half8<H>(qh + r * g.q[2] + c) : zero;
+    }
+    __syncthreads();
+    mma_fwd_head<KT, H, Out>(g, Qs, Ks, Vs, o, p, o2, bh, tid);
+}
+
+// 16 bytes global -> shared by cp.async, or 16 zero bytes where !in (src then is not read).
+__device__ __forceinline__ void cp16_or_zero(void *dst, const void *src, bool in) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(in ? 16 : 0)
+                 : "memory");
+}
+
+// Issues the copies of head bh's K, V (rows past S zero) and Q (rows past T zero) into one stage
+// laid out as attention_fwd_mma_kernel's shared memory.
+template <int KT, typename H>
+__device__ __forceinline__ void mma_fwd_stage(const pbw_attn_geom &g, const H *q, const H *k,
+                                              const H *v, H *Ks, int64_t bh, int tid) {
+    constexpr int S16 = 16 * KT, LDK = MMA_LDK, C8 = MMA_D / 8;
+    H *Vs = Ks + S16 * LDK, *Qs = Vs + S16 * LDK;
+    const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16;
+    const int64_t b = bh / g.H, h = bh % g.H;
+    const H *qh = q + b * g.q[0] + h * g.q[1], *kh = k + b * g.k[0] + h * g.k[1];
+    const H *vh = v + b * g.v[0] + h * g.v[1];
+#pragma unroll
+    for (int u = 0; u < KT; u++) {
+        const int x = tid + u * MMA_THREADS, r = x / C8, c = 8 * (x % C8), rr = r < S ? r : 0;
+        cp16_or_zero(Ks + r * LDK + c, kh + rr * g.k[2] + c, r < S);
+        cp16_or_zero(Vs + r * LDK + c, vh + rr * g.v[2] + c, r < S);
+    }
+    for (int x = tid; x < T16 * C8; x += MMA_THREADS) {
+        const int r = x / C8, c = 8 * (x % C8), rr = r < T ? r : 0;
+        cp16_or_zero(Qs + r * LDK + c, qh + rr * g.q[2] + c, r < T);
+    }
+}
+
+// The same heads on half operands by a grid that stays resident: a block takes heads
+// blockIdx.x, + gridDim.x, ... and copies the next one's K, V and Q into its second stage of
+// shared memory (cp.async) while it computes the current one, so no block waits for its
+// operands alone and no last partial wave of blocks is left (one block a head, 116 registers,
+// ran 10.2 waves of 4 blocks an SM for ViT-B/32's 448 crops x 12 heads on 132 SMs). The same
+// arithmetic: the same bits (cuda_attention_half).
+template <int KT, typename H, typename Out>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    attention_fwd_mma_pipe_kernel(pbw_attn_geom g, const H *q, const H *k, const H *v, Out *o,
+                                  float *p, H *o2) {
+    pbw_pdl_wait();
+    constexpr int S16 = 16 * KT, LDK = MMA_LDK;
+    extern __shared__ uint4 smem_u4[];
+    const int T16 = ((int)g.T + 15) / 16 * 16, stage = (2 * S16 + T16) * LDK, tid = threadIdx.x;
+    H *base = reinterpret_cast<H *>(smem_u4);
+    const int64_t BH = g.B * g.H;
+    int64_t bh = blockIdx.x;
+    if (bh < BH) mma_fwd_stage<KT, H>(g, q, k, v, base, bh, tid);
+    cp_commit();
+    for (int it = 0; bh < BH; bh += gridDim.x, it++) {
+        H *cur = base + (it & 1) * stage;
+        const int64_t next = bh + gridDim.x;
+        if (next < BH) mma_fwd_stage<KT, H>(g, q, k, v, base + ((it + 1) & 1) * stage, next, tid);
+        cp_commit(); // (empty at the last head)
+        cp_wait<1>(); // this head's copies have landed, the next one's may still run
+        __syncthreads();
+        mma_fwd_head<KT, H, Out>(g, cur + 2 * S16 * LDK, cur, cur + S16 * LDK, o, p, o2, bh, tid);
+        __syncthreads(); // the stage is read before the copies of the head after next overwrite it
     }
 }
 
@@ -1139,9 +1214,50 @@ static bool bwd_mma(const pbw_attn_geom *g, const void *q, const void *k, const 
 static long g_mma_calls = 0;
 extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
 
+// The resident, double-buffered forward (attention_fwd_mma_pipe_kernel) where the operands are
+// halves already and there are more heads than blocks fit on the GPU at once: a grid of that
+// many blocks; false (nothing launched) otherwise. PBW_CUDA_ATTN_PIPE=0: a block a head.
+// H200, CUPTI, a CMA generation (448 crops x 12 heads a launch): 49.8 -> 45.3 us a launch.
+template <int KT, typename H, typename In, typename Out>
+static bool fwd_mma_pipe_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v,
+                                Out *o, float *p, H *o2) {
+    if constexpr (!std::is_same<In, H>::value) {
+        return false;
+    } else {
+        const bool off = pbw_env_zero("PBW_CUDA_ATTN_PIPE"); // read each time: tests switch it
+        static size_t opted = 0;
+        static int resident = -1; // blocks an SM
+        const size_t bytes = 2 * mma_smem_bytes(g->T, KT);
+        auto kern = attention_fwd_mma_pipe_kernel<KT, H, Out>;
+        if (off || bytes > smem_optin_max() || !smem_allow(kern, bytes, &opted)) return false;
+        if (resident < 0) {
+            int dev = 0, sms = 0, per = 0;
+            if (cudaGetDevice(&dev) != cudaSuccess ||
+                cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, MMA_THREADS, bytes) !=
+                    cudaSuccess) {
+                cudaGetLastError();
+                per = sms = 0;
+            }
+            resident = per * sms;
+        }
+        // no more heads than blocks: a block a head without the second stage (an Adam step's
+        // 32 crops x 12 heads: 11.1 us a launch here against 10.3 us)
+        const int64_t BH = g->B * g->H;
+        if (BH <= resident) return false;
+        pbw_launch(kern, (unsigned)resident, MMA_THREADS, bytes, *g, q, k, v, o, p, o2);
+        return true;
+    }
+}
+
 template <int KT, typename H, typename In, typename Out>
 static bool fwd_mma_launch(const pbw_attn_geom *g, const In *q, const In *k, const In *v, Out *o,
                            float *p, H *o2) {
+    if (fwd_mma_pipe_launch<KT, H>(g, q, k, v, o, p, o2)) {
+        PBW_CUDA_LAUNCHED("attention_fwd (tensor cores)");
+        g_mma_calls++;
+        return true;
+    }
     static size_t opted = 0;
     const size_t bytes = mma_smem_bytes(g->T, KT);
     if (bytes > smem_optin_max() ||
