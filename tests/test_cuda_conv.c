@@ -629,6 +629,45 @@ static void bf16_plan_end(pbw_ctx *ctx, pbw_arena *ga) {
 }
 #endif
 
+/* conv2d's bias, added as the staged output is copied back (no pass of its own): the same
+ * bits as the convolution without a bias followed by the bias added (pbw_add, broadcast), in
+ * bf16, on the transpose's 16-byte path (P % 4 == 0) and its scalar one (P = 17 x 19). */
+PBW_TEST(cuda_conv_bias_fused) {
+#ifdef PBW_HAVE_CUDA
+    static const struct {
+        int n, c, h, w, o;
+    } cases[] = {{2, 64, 16, 16, 32}, {2, 16, 17, 19, 24}};
+    pbw_err err = {{0}};
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx != NULL);
+    for (size_t i = 0; ctx && i < sizeof cases / sizeof cases[0]; i++) {
+        const int N = cases[i].n, C = cases[i].c, H = cases[i].h, W = cases[i].w, O = cases[i].o;
+        const int64_t nx = (int64_t)N * C * H * W, nw = (int64_t)O * C * 9;
+        float *h = malloc((size_t)(nx + nw + O) * sizeof(float));
+        for (int64_t j = 0; j < nx + nw + O; j++) h[j] = (float)((j * 29) % 97 - 48) / 96.0f;
+        pbw_tensor *x = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){N, C, H, W});
+        pbw_tensor *w = pbw_tensor_from_host(ctx, h + nx, 4, (int64_t[]){O, C, 3, 3});
+        pbw_tensor *b = pbw_tensor_from_host(ctx, h + nx + nw, 1, (int64_t[]){O});
+        const pbw_conv_params cp = {.pad_h = 1, .pad_w = 1};
+        pbw_tensor *fused = pbw_conv2d(ctx, x, w, b, cp);
+        pbw_tensor *apart = pbw_add(ctx, pbw_conv2d(ctx, x, w, NULL, cp),
+                                    pbw_reshape(ctx, b, 4, (int64_t[]){1, O, 1, 1}));
+        CHECK_MSG(fused && apart, "%s", pbw_ctx_error(ctx));
+        if (fused && apart) {
+            const int same = same_bits(ctx, fused, apart);
+            printf("  conv2d bias (%d,%d,%d,%d) -> %d: fused %s the convolution then the add\n",
+                   N, C, H, W, O, same ? "equals" : "differs from");
+            CHECK(same);
+        }
+        free(h);
+        pbw_ctx_reset(ctx);
+    }
+    pbw_ctx_free(ctx);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* ---------- sg_modconv: the style applied as the input is staged ---------- */
 
 /* pbw_sg_modconv, or with act pbw_sg_modconv_act (noise weight 0.7, the slope given) */

@@ -1128,11 +1128,13 @@ __device__ __forceinline__ void load_half_tile(float (&tile)[TC][TP + 1], const 
     }
 }
 
-// dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose.
-// pa.g.N non-zero: each value goes through StyleGAN2's bias and activation first (pbw_sg_modconv_act).
+// dst (N,C,P) float = src (N,P,C) half, or dst += it when accumulate: the reverse transpose;
+// then + bias[c] where bias is set (conv2d's bias: the same two fp32 adds as the output written,
+// then add_bias_kernel). pa.g.N non-zero: each value goes through StyleGAN2's bias and
+// activation instead (pbw_sg_modconv_act).
 template <typename T>
 __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int64_t P,
-                                    int accumulate, pbw_cuda_postact pa) {
+                                    int accumulate, pbw_cuda_postact pa, const float *bias) {
     pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -1145,11 +1147,13 @@ __global__ void nhwc_to_nchw_kernel(float *dst, const T *src, int N, int C, int6
             const int cc = c0 + j;
             if (cc >= C || p >= P) continue;
             float *o = &d[(int64_t)cc * P + p];
-            if (pa.g.N)
+            if (pa.g.N) {
                 *o = act_at(tile[j][tx], act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, cc),
                             pa.g, p);
-            else
-                *o = accumulate ? *o + tile[j][tx] : tile[j][tx];
+            } else {
+                const float v = accumulate ? *o + tile[j][tx] : tile[j][tx];
+                *o = bias ? v + bias[cc] : v;
+            }
         }
         __syncthreads();
     });
@@ -1207,7 +1211,8 @@ __global__ void nchw_to_nhwc_wide_kernel(T *dst, const float *src, int N, int C,
 
 template <typename T>
 __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C, int64_t P,
-                                         int accumulate, pbw_cuda_postact pa) {
+                                         int accumulate, pbw_cuda_postact pa,
+                                         const float *bias) {
     pbw_pdl_wait();
     __shared__ float tile[TC][TP + 1];
     const int t = threadIdx.y * TP + threadIdx.x;
@@ -1227,9 +1232,15 @@ __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C,
                 const act_plane a = act_plane_at(pa.d, pa.noise, pa.bias, pa.g, n, c);
                 v = make_float4(act_at(v.x, a, pa.g, p), act_at(v.y, a, pa.g, p + 1),
                                 act_at(v.z, a, pa.g, p + 2), act_at(v.w, a, pa.g, p + 3));
-            } else if (accumulate) {
-                const float4 u = *reinterpret_cast<const float4 *>(o);
-                v = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
+            } else {
+                if (accumulate) {
+                    const float4 u = *reinterpret_cast<const float4 *>(o);
+                    v = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
+                }
+                if (bias) {
+                    const float b = bias[c];
+                    v = make_float4(v.x + b, v.y + b, v.z + b, v.w + b);
+                }
             }
             *reinterpret_cast<float4 *>(o) = v;
         }
@@ -1449,10 +1460,10 @@ void to_nhwc(void *dst, const float *src, int N, int C, int64_t P, int prec,
     to_nhwc_map(dst, src, N, C, P, prec, StagePremod{pm ? *pm : none});
 }
 
-// (N,P,C) half -> (N,C,P) float, written or added, enqueued; activated by pa when given (then
-// written).
+// (N,P,C) half -> (N,C,P) float, written or added, then bias added where given, enqueued;
+// activated by pa when given (then written).
 void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumulate, int prec,
-               const pbw_cuda_postact *pa = nullptr) {
+               const pbw_cuda_postact *pa = nullptr, const float *bias = nullptr) {
     if ((int64_t)N * C * P == 0) return;
     dim3 grid = transpose_grid(N, C, P), block(TP, TROWS);
     const pbw_cuda_postact none = {}, &a = pa ? *pa : none;
@@ -1461,10 +1472,10 @@ void from_nhwc(float *dst, const void *src, int N, int C, int64_t P, int accumul
         using H = decltype(t);
         if (wide)
             pbw_launch(nhwc_to_nchw_wide_kernel<H>, grid, block, 0, dst, (const H *)src, N, C, P,
-                       accumulate, a);
+                       accumulate, a, bias);
         else
             pbw_launch(nhwc_to_nchw_kernel<H>, grid, block, 0, dst, (const H *)src, N, C, P,
-                       accumulate, a);
+                       accumulate, a, bias);
     });
     PBW_CUDA_LAUNCHED("conv2d nhwc_to_nchw");
 }
@@ -1576,7 +1587,8 @@ int staged_core(conv_plan *p, int dir, const float *w, const void *wh, void *out
 // unused; pa is applied there in place).
 int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *w,
                const void *wh, float beta, const pbw_cuda_premod *pm,
-               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr) {
+               const pbw_cuda_postact *pa, const void *in_h = nullptr, void *out_h = nullptr,
+               const float *bias = nullptr) {
     const int prec = p->key.prec, N = p->key.g.N;
     const int rc = staged_core(
         p, dir, w, wh, out_h,
@@ -1594,7 +1606,7 @@ int staged_run(conv_plan *p, int dir, float *dst, const float *in, const float *
                     nhwc_map(out_h, out_h, N, d.out_c, d.out_p, prec, NhwcPostact{*pa},
                              "conv2d nhwc_postact");
             } else {
-                from_nhwc(dst, hout, N, d.out_c, d.out_p, beta != 0.0f, prec, pa);
+                from_nhwc(dst, hout, N, d.out_c, d.out_p, beta != 0.0f, prec, pa, bias);
             }
             g_postact_calls += pa != nullptr;
         });
@@ -1606,18 +1618,21 @@ int empty(const pbw_cpu_conv_geom *g) {
            (int64_t)g->H * g->W == 0;
 }
 
+void add_bias(float *out, const float *b, int N, int O, int64_t P);
+
 // wh: a half KRSC copy of w for staged plans (see staged_run), or NULL. pm: NULL, or a scale
 // of x applied as it is staged; pa: NULL, or an activation applied as the output is copied
 // back; with either, 1 is returned, nothing written, when the plan does not run staged (0
-// otherwise: done, or failed and recorded).
+// otherwise: done, or failed and recorded). bias (with neither): added per output channel,
+// as the staged output is copied back (no pass of its own) or after cuDNN's.
 int conv_forward(float *out, const float *x, const float *w, const void *wh,
                  const pbw_cpu_conv_geom *g, float beta, const pbw_cuda_premod *pm = nullptr,
                  const pbw_cuda_postact *pa = nullptr, const void *x_h = nullptr,
-                 void *out_h = nullptr) {
+                 void *out_h = nullptr, const float *bias = nullptr) {
     conv_plan *p = plan_get(g);
     if (!p) return 0;
     if (p->stage[DIR_FWD]) {
-        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa, x_h, out_h);
+        int rc = staged_run(p, DIR_FWD, out, x, w, wh, beta, pm, pa, x_h, out_h, bias);
         if (rc <= 0) return 0; // done, or failed (recorded); 1: unstaged now
     }
     if (pm || pa || x_h || out_h) return 1;
@@ -1627,6 +1642,7 @@ int conv_forward(float *out, const float *x, const float *w, const void *wh,
     PBW_CUDNN_OK(cudnnConvolutionForward(pbw_cudnn(), &alpha, p->xd, x, p->wd, w, p->cd,
                                          (cudnnConvolutionFwdAlgo_t)p->algo[DIR_FWD], ws,
                                          p->ws[DIR_FWD], &beta, p->yd, out));
+    if (bias) add_bias(out, bias, g->N, g->O, (int64_t)g->OH * g->OW);
     return 0;
 }
 
@@ -1722,8 +1738,8 @@ extern "C" void pbw_cuda_conv2d_forward(float *out, const float *x, const float 
                                         int accumulate, float *scratch) {
     (void)scratch;
     if (empty(g)) return;
-    conv_forward(out, x, w, NULL, g, accumulate ? 1.0f : 0.0f);
-    if (b) pbw_cuda_conv2d_add_bias(out, b, g->N, g->O, (int64_t)g->OH * g->OW);
+    conv_forward(out, x, w, NULL, g, accumulate ? 1.0f : 0.0f, nullptr, nullptr, nullptr,
+                 nullptr, b);
 }
 
 extern "C" void pbw_cuda_conv2d_backward_data(float *dx, const float *dout, const float *w,
@@ -1747,11 +1763,17 @@ extern "C" void pbw_cuda_conv2d_backward_weight(float *dw, const float *dout, co
         p->wd, dw));
 }
 
-extern "C" void pbw_cuda_conv2d_add_bias(float *out, const float *b, int N, int O, int64_t P) {
+namespace {
+void add_bias(float *out, const float *b, int N, int O, int64_t P) {
     const int64_t n = (int64_t)N * O * P;
     if (n == 0) return;
     pbw_launch(add_bias_kernel, pbw_grid(n), 256, 0, out, b, O, P, n);
     PBW_CUDA_LAUNCHED("conv2d_add_bias");
+}
+} // namespace
+
+extern "C" void pbw_cuda_conv2d_add_bias(float *out, const float *b, int N, int O, int64_t P) {
+    add_bias(out, b, N, O, P);
 }
 
 extern "C" void pbw_cuda_conv2d_backward_bias(float *db, const float *dout, int N, int O,
