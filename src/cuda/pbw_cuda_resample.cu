@@ -530,9 +530,10 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
 // L1 cache serves. A grid row is a sample; its threads run channel groups fastest, then
 // columns, then strips of R rows: a warp reads whole pixels, contiguous. The sample's
 // per-channel factors (style, original style, demodulation, bias) wait in shared memory, read
-// as each result needs them: from global memory they were 16 scalar loads a pixel, kept in
-// registers 109 registers a thread; now 78 (H200, CUPTI, a CMA generation's blurs 3.35 -> 3.13
-// ms; 16 rows a thread: a CMA generation 48.6 against 48.0 ms, alternating in one call).
+// as each result needs them (read from global memory, they took 16 scalar loads a pixel; held
+// in registers, 109 registers a thread; now 78). H200, CUPTI: a CMA generation's blurs 3.35 ->
+// 3.13 ms; with 16 rows a thread, a CMA generation 48.6 against 48.0 ms (alternating in one
+// call).
 // Sources outside the input read as zeros, which add nothing (the sums are those of
 // sg_blur_fwd_kernel, in its order). Measured on an H100, a CMA generation's blurs: 2.73 ms
 // with V = 8, R = 8; 3.71 ms with 8x8 tiles staged in shared memory; 3.0 ms with V = 4,
@@ -609,15 +610,11 @@ __global__ void __launch_bounds__(256)
                 for (int jv = 0; jv < K; jv++) acc[e] += f.v[jv] * rs[jv][e];
             }
             const int64_t p = (int64_t)oy * OW + ox;
-            if (activate) { // act_group_apply's arithmetic, the factors from shared memory
-                const float nz = np ? np[p] : 0.0f;
+            if (activate) // the factors from shared memory
 #pragma unroll
-                for (int e = 0; e < V; e++) {
-                    const float dv = dp ? dp[e * pa.g.P + p] : sh_d[c + e];
-                    acc[e] = act(pre_act_of(acc[e], dv, np != nullptr, nz, sh_b[c + e], pa.g),
-                                 pa.g);
-                }
-            }
+                for (int e = 0; e < V; e++)
+                    acc[e] = act_value(acc[e], dp ? dp[e * pa.g.P + p] : sh_d[c + e], np, p,
+                                       sh_b[c + e], pa.g);
             if (MOD) { // the next convolution's style: on the rounded value, as its staging
                 const float mv = masked ? pm.m[n * pm.m_nstride + p] : 0.0f;
 #pragma unroll

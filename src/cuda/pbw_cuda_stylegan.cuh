@@ -75,12 +75,18 @@ __device__ __forceinline__ act_group<V> act_group_at(const float *d, const float
     return a;
 }
 
+// The activated value of yv at pixel p from its channel's d value dv and bias b and the
+// sample's noise map np (NULL: none): act_at's arithmetic.
+__device__ __forceinline__ float act_value(float yv, float dv, const float *np, int64_t p, float b,
+                                           const pbw_cpu_sg_act_geom &g) {
+    return act(pre_act_of(yv, dv, np != NULL, np ? np[p] : 0.0f, b, g), g);
+}
+
 // act_at of channel c + e at pixel p: the same arithmetic.
 template <int V>
 __device__ __forceinline__ float act_group_apply(float yv, const act_group<V> &a, int e,
                                                  const pbw_cpu_sg_act_geom &g, int64_t p) {
-    const float dv = g.d_mode == 2 ? a.dp[e * g.P + p] : a.dv[e];
-    return act(pre_act_of(yv, dv, a.np != NULL, a.np ? a.np[p] : 0.0f, a.b[e], g), g);
+    return act_value(yv, g.d_mode == 2 ? a.dp[e * g.P + p] : a.dv[e], a.np, p, a.b[e], g);
 }
 
 // What plane pl (sample pl / O, channel pl % O) of a pbw_cuda_postact's output shares.
