@@ -1283,33 +1283,45 @@ PBW_TEST(cuda_sg_nhwc_chain) {
 }
 
 #ifdef PBW_HAVE_CUDA
-/* The ToRGB tests' setting: bf16_plan's context and (C,C,3,3) plan, host values h (N C H W +
- * extra floats of a fixed pattern) and x, the first N C H W of them through pbw_sg_modconv_act
- * (the first N C as its style): NHWC halves, as a block's convolution leaves them. 0, or -1
- * (checked); torgb_end frees it either way. */
+/* The ToRGB tests' setting: bf16_plan's context and (C,C,3,3) plan; host values h of a fixed
+ * pattern: N C H W, then 2 N H W, then 2 N O C, then `extra` floats for the test's own; x, the
+ * first N C H W through pbw_sg_modconv_act (the first N C as its style): NHWC halves, as a
+ * block's convolution leaves them; ToRGB's masks from the next 2 N H W values, one a sample
+ * (mN, (N,1,H,W)) and one for the batch (m1, (1,1,H,W)), both |h|; its per-sample weights from
+ * the 2 N O C after them, with the original style's rows (w2, (N,2O,C)) and without (w1,
+ * (N,O,C)); `rest`, the test's own values. 0, or -1 (checked); torgb_end frees it either way. */
 typedef struct torgb_case {
     pbw_ctx *ctx;
     pbw_arena ga;
     pbw_sg_conv_plan *pl;
     float *h;
-    pbw_tensor *x;
+    const float *rest;
+    pbw_tensor *x, *mN, *m1, *w2, *w1;
 } torgb_case;
 
-static int torgb_begin(torgb_case *t, int N, int C, int H, int W, int64_t extra) {
-    const int64_t nx = (int64_t)N * C * H * W;
+static int torgb_begin(torgb_case *t, int N, int C, int H, int W, int O, int64_t extra) {
+    const int64_t nx = (int64_t)N * C * H * W, nm = 2 * (int64_t)N * H * W;
+    const int64_t nw = 2 * (int64_t)N * O * C, nh = nx + nm + nw + extra;
     t->pl = bf16_plan(&t->ctx, &t->ga, C, C, 0);
-    t->h = malloc((size_t)(nx + extra) * sizeof(float));
+    t->h = malloc((size_t)nh * sizeof(float));
     t->x = NULL;
     CHECK(t->pl && t->h);
     if (!t->pl || !t->h) return -1;
-    for (int64_t j = 0; j < nx + extra; j++) t->h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
+    for (int64_t j = 0; j < nh; j++) t->h[j] = (float)((j * 31) % 89 - 44) / 44.0f;
     pbw_ctx *ctx = t->ctx;
+    const float *hm = t->h + nx, *hw = hm + nm;
+    t->rest = hw + nw;
     pbw_tensor *x0 = pbw_tensor_from_host(ctx, t->h, 4, (int64_t[]){N, C, H, W});
     pbw_tensor *s = pbw_affine(ctx, pbw_tensor_from_host(ctx, t->h, 2, (int64_t[]){N, C}), 0.5f, 1.0f);
     t->x = pbw_sg_modconv_act(ctx, x0, s, NULL, NULL, t->pl, NULL, NULL, NULL, 0.0f, 0.2f,
                               sqrtf(2.0f));
-    CHECK_MSG(t->x && t->x->half_nhwc, "%s", pbw_ctx_error(ctx));
-    return t->x && t->x->half_nhwc ? 0 : -1;
+    t->mN = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W}));
+    t->m1 = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W}));
+    t->w2 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, 2 * O, C});
+    t->w1 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, O, C});
+    const int ok = t->x && t->x->half_nhwc && t->mN && t->m1 && t->w2 && t->w1;
+    CHECK_MSG(ok, "%s", pbw_ctx_error(ctx));
+    return ok ? 0 : -1;
 }
 
 static void torgb_end(torgb_case *t) {
@@ -1327,19 +1339,12 @@ PBW_TEST(cuda_sg_pointwise_blend) {
 #ifdef PBW_HAVE_CUDA
     const int N = 2, C = 64, H = 16, W = 16, O = 3;
     torgb_case t;
-    if (torgb_begin(&t, N, C, H, W, 2 * N * H * W + 2 * N * O * C + 2 * C) == 0) {
+    if (torgb_begin(&t, N, C, H, W, O, O) == 0) {
         pbw_ctx *ctx = t.ctx;
         pbw_tensor *x = t.x;
-        const float *h = t.h;
-        const int64_t nx = (int64_t)N * C * H * W;
-        const float *hm = h + nx, *hw = hm + 2 * N * H * W, *hb = hw + 2 * N * O * C;
-        pbw_tensor *mN = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W})), 1.0f, 0.0f);
-        pbw_tensor *m1 = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W})), 1.0f, 0.0f);
-        pbw_tensor *w2 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, 2 * O, C});
-        pbw_tensor *w1 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, O, C});
-        pbw_tensor *b = pbw_tensor_from_host(ctx, hb, 4, (int64_t[]){1, O, 1, 1});
-        struct { pbw_tensor *w, *m, *b; } v[4] = {{w2, mN, b}, {w2, m1, NULL}, {w1, NULL, b},
-                                                   {w2, m1, b}};
+        pbw_tensor *b = pbw_tensor_from_host(ctx, t.rest, 4, (int64_t[]){1, O, 1, 1});
+        struct { pbw_tensor *w, *m, *b; } v[4] = {{t.w2, t.mN, b}, {t.w2, t.m1, NULL},
+                                                   {t.w1, NULL, b}, {t.w2, t.m1, b}};
         for (int k = 0; x && k < 4; k++) {
             pbw_tensor *a = pbw_sg_pointwise_blend(ctx, x, v[k].w, v[k].m, v[k].b);
             pbw_tensor *y = pbw_sg_pointwise(ctx, x, v[k].w);
@@ -1365,24 +1370,18 @@ PBW_TEST(cuda_sg_conv_act_rgb) {
 #ifdef PBW_HAVE_CUDA
     const int N = 2, C = 64, H = 16, W = 16, O = 3;
     torgb_case t;
-    if (torgb_begin(&t, N, C, H, W, 4 * N * H * W + 2 * N * O * C + 4 * C) == 0) {
+    if (torgb_begin(&t, N, C, H, W, O, 2 * N * H * W + 3 * C + O) == 0) {
         pbw_ctx *ctx = t.ctx;
         pbw_tensor *x = t.x;
         const pbw_sg_conv_plan *pl = t.pl;
-        const float *h = t.h;
-        const int64_t nx = (int64_t)N * C * H * W;
-        const float *hm = h + nx, *hn = hm + 2 * N * H * W, *hw = hn + 2 * N * H * W;
-        const float *hb = hw + 2 * N * O * C;
-        pbw_tensor *mN = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){N, 1, H, W}));
-        pbw_tensor *m1 = pbw_abs(ctx, pbw_tensor_from_host(ctx, hm, 4, (int64_t[]){1, 1, H, W}));
+        const float *hn = t.rest, *hb = hn + 2 * N * H * W; /* noise; d, bias, ToRGB's bias */
         pbw_tensor *nz = pbw_tensor_from_host(ctx, hn, 4, (int64_t[]){N, 1, H, W});
-        pbw_tensor *w2 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, 2 * O, C});
-        pbw_tensor *w1 = pbw_tensor_from_host(ctx, hw, 3, (int64_t[]){N, O, C});
         pbw_tensor *d = pbw_affine(ctx, pbw_abs(ctx, pbw_tensor_from_host(ctx, hb, 2, (int64_t[]){N, C})), 1.0f, 0.5f);
         pbw_tensor *b = pbw_tensor_from_host(ctx, hb + 2 * C, 1, (int64_t[]){C});
         pbw_tensor *rb = pbw_tensor_from_host(ctx, hb + 3 * C, 4, (int64_t[]){1, O, 1, 1});
         struct { pbw_tensor *w, *m, *rb, *noise, *bias; } v[4] = {
-            {w2, mN, rb, nz, b}, {w2, m1, NULL, NULL, b}, {w1, NULL, rb, nz, NULL}, {w1, NULL, NULL, NULL, NULL}};
+            {t.w2, t.mN, rb, nz, b}, {t.w2, t.m1, NULL, NULL, b}, {t.w1, NULL, rb, nz, NULL},
+            {t.w1, NULL, NULL, NULL, NULL}};
         for (int k = 0; x && k < 4; k++) {
             const long fused0 = pbw_cuda_sg_pointwise_act_calls();
             pbw_tensor *rgb = NULL;
