@@ -559,6 +559,103 @@ PBW_TEST(cuda_half_activations) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* x (B,T,D) -> y = [QuickGELU](LN(x; g, be) w^T + b) (O) through pbw_layer_norm_linear, x itself
+ * made by a layer norm with a gain in [0.5, 1.5) and a shift in [0.5, 2.5) (rows whose means,
+ * ~1.5, are larger than their spread, ~1): under half activations (x half_only) or before them
+ * (fp32 values and a half copy, as CLIP's ln_pre). *fused: the fused runs it made. */
+static int ln_linear_run(pbw_device dev, pbw_precision prec, int64_t B, int64_t T, int64_t D,
+                         int64_t O, int quick, int x_half_only, float *out, long *fused) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
+    const int64_t shapes[6][2] = {{D, 0}, {D, 0}, {D, 0}, {D, 0}, {O, D}, {O, 0}};
+    const float lo[6] = {0.5f, 0.5f, 0.5f, -0.1f, 0, -0.1f}, hi[6] = {1.5f, 2.5f, 1.5f, 0.1f, 0, 0.1f};
+    pbw_tensor *ws[6]; /* x's gain and shift; the fused norm's gain and shift; w; b */
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 53 + (uint64_t)D + (uint64_t)O);
+    for (int k = 0; k < 6; k++) {
+        ws[k] = pbw_tensor_new_in(&a, shapes[k][1] ? 2 : 1, shapes[k], &err);
+        if (!ws[k]) return half_end(ctx, &a, -1);
+        const float l = k == 4 ? -1.0f / sqrtf((float)D) : lo[k], h = k == 4 ? -l : hi[k];
+        for (int64_t i = 0; i < ws[k]->numel; i++)
+            ws[k]->data[i] = l + (h - l) * (float)pbw_rng_uniform(&rng);
+    }
+    int rc = -1;
+    float *xh = malloc((size_t)(B * T * D) * sizeof(float));
+    for (int64_t i = 0; xh && i < B * T * D; i++) xh[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    if (xh && pbw_arena_to_device(&a, ctx, &err) == 0) {
+        pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 3, (int64_t[]){B, T, D});
+        pbw_ctx_set_half_activations(ctx, x_half_only);
+        x = pbw_layer_norm(ctx, x, ws[0], ws[1], 1e-5f);
+        pbw_ctx_set_half_activations(ctx, 1);
+        const long f0 = pbw_cuda_layer_norm_linear_calls();
+        pbw_tensor *y = pbw_layer_norm_linear(ctx, x, ws[2], ws[3], 1e-5f, ws[4], ws[5], quick);
+        *fused = pbw_cuda_layer_norm_linear_calls() - f0;
+        if (y && y->shape[2] == O && pbw_tensor_read(ctx, y, out) == 0) rc = 0;
+        else fprintf(stderr, "  %s\n", pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : err.msg);
+    }
+    free(xh);
+    return half_end(ctx, &a, rc);
+}
+#endif
+
+/* A layer norm and the product after it as one fused cuDNN product (pbw_layer_norm_linear on
+ * half activations: the norm's gain folded into a centred half copy of w, each row scaled by its
+ * 1/std in the epilogue, the shift folded into the bias), at CLIP's shapes (ViT-B/32's qkv and
+ * fc1 with QuickGELU, the text tower's), against the CPU's two ops in fp32 and against the two
+ * ops on the GPU (PBW_CUDA_LN_FOLD=0). Rounding: the centred weight once to the half type, as
+ * w's half copy is, and x read as its halves (rounded by the op that wrote it); the rows' means
+ * (~1.5 times their spread here) add the weight's rounding times mean / std (pbw_cuda_fusion.cu),
+ * against the two ops' rounding of the norm's output: both within the 1e-2 of the output's scale
+ * that the half products' tests take (cuda_half_activations). */
+PBW_TEST(cuda_layer_norm_linear) {
+#ifdef PBW_HAVE_CUDA
+    const int64_t cases[4][5] = {/* B, T, D, O, QuickGELU */
+                                 {4, 50, 768, 2304, 0},
+                                 {4, 50, 768, 3072, 1},
+                                 {3, 77, 512, 1536, 0},
+                                 {3, 77, 512, 2048, 1}};
+    for (int c = 0; c < 4; c++) {
+        const int64_t B = cases[c][0], T = cases[c][1], D = cases[c][2], O = cases[c][3];
+        const int quick = (int)cases[c][4];
+        const int64_t n = B * T * O;
+        float *ref = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+        long fused = 0;
+        CHECK(ln_linear_run(PBW_DEV_CPU, PBW_PREC_FP32, B, T, D, O, quick, 1, ref, &fused) == 0);
+        CHECK(fused == 0);
+        double sc = 0;
+        for (int64_t i = 0; i < n; i++) sc = fmax(sc, fabs(ref[i]));
+        const pbw_precision precs[2] = {PBW_PREC_BF16, PBW_PREC_FP16};
+        for (int k = 0; k < 2; k++)
+            for (int only = 1; only >= 0; only--)
+                for (int off = 0; off < 2; off++) {
+                    char *saved;
+                    pbw_test_env_set("PBW_CUDA_LN_FOLD", off ? "0" : NULL, &saved);
+                    CHECK(ln_linear_run(PBW_DEV_CUDA, precs[k], B, T, D, O, quick, only, got,
+                                        &fused) == 0);
+                    pbw_test_env_restore("PBW_CUDA_LN_FOLD", saved);
+                    double e = 0;
+                    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs(got[i] - ref[i]) / sc);
+                    printf("  %lld x %lld -> %lld%s, %s, x %s: %s, rel err %.2e (tol 1e-2)\n",
+                           (long long)(B * T), (long long)D, (long long)O,
+                           quick ? " QuickGELU" : "", pbw_precision_name(precs[k]),
+                           only ? "half only" : "fp32 and halves",
+                           off ? "two ops (PBW_CUDA_LN_FOLD=0)" : "fused", e);
+                    CHECK(e <= 1e-2 && fused == (off ? 0 : 1));
+                }
+        /* fp32: the two ops */
+        CHECK(ln_linear_run(PBW_DEV_CUDA, PBW_PREC_FP32, B, T, D, O, quick, 1, got, &fused) == 0);
+        double e = 0;
+        for (int64_t i = 0; i < n; i++) e = fmax(e, fabs(got[i] - ref[i]) / sc);
+        printf("  fp32: rel err %.2e (tol 1e-4)\n", e);
+        CHECK(fused == 0 && e <= 1e-4);
+        free(ref), free(got);
+    }
+#endif
+}
+
 /* Half activations with gradients (pbw_half_out_grad): every intermediate of the block is kept
  * as halves alone, 5 of 5 (the layer norms', attention's and QuickGELU's outputs, which their
  * own backward does not read, and the products' outputs qkv and fc1's, which attention and
@@ -672,9 +769,12 @@ PBW_TEST(cuda_linear_quick_gelu_plan_file) {
     const block_case bc = {4, 50, 768, 3072, 12, 0, 1, 1};
     const int64_t ny = bc.B * bc.T * bc.D, nm = bc.B * bc.T * bc.M;
     char dir[] = "/tmp/pbw_fusion_cache_XXXXXX";
-    char *saved_dir, *saved_cache;
+    char *saved_dir, *saved_cache, *saved_configs;
     CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
     pbw_test_env_set("PBW_CUDNN_CACHE", NULL, &saved_cache);
+    /* every build takes the heuristic's first config (untimed), so the rebuilt plans are the
+     * first one's and their outputs its bits */
+    pbw_test_env_set("PBW_CUDNN_FUSION_CONFIGS", "1", &saved_configs);
     float *y[4], *m[4];
     for (int k = 0; k < 4; k++) {
         y[k] = malloc((size_t)ny * sizeof(float));
@@ -721,6 +821,7 @@ PBW_TEST(cuda_linear_quick_gelu_plan_file) {
         if (k == 3) CHECK(loaded == 0 && files == 0);
     }
     for (int k = 0; k < 4; k++) free(y[k]), free(m[k]);
+    pbw_test_env_restore("PBW_CUDNN_FUSION_CONFIGS", saved_configs);
     pbw_test_env_restore("PBW_CUDNN_CACHE", saved_cache);
     CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
 #endif

@@ -425,6 +425,51 @@ PBW_TEST(ops_linear_quick_gelu) {
     free(x); free(w); free(b);
 }
 
+static pbw_tensor *layer_norm_linear_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_layer_norm_linear(ctx, in[0], in[1], in[2], 1e-5f, in[3], in[4], u != NULL);
+}
+
+/* layer_norm_linear = linear(layer_norm) (or linear_quick_gelu(layer_norm)) on the CPU: the same
+ * values to the bit (the same ops), and gradients for x, the norm's gain and shift, w and b.
+ * (The fused CUDA path is checked by cuda_layer_norm_linear.) */
+PBW_TEST(ops_layer_norm_linear) {
+    int64_t R = 5, I = 8, O = 6;
+    float *x = gc_rand(R * I, 71, -2, 2), *g = gc_rand(I, 72, 0.5f, 1.5f);
+    float *be = gc_rand(I, 73, -1, 1), *w = gc_rand(O * I, 74, -1, 1), *b = gc_rand(O, 75, -1, 1);
+    for (int quick = 0; quick < 2; quick++) {
+        pbw_ctx *ctx = new_ctx();
+        pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){R, I});
+        pbw_tensor *tg = pbw_tensor_wrap(ctx, g, 1, (int64_t[]){I});
+        pbw_tensor *tbe = pbw_tensor_wrap(ctx, be, 1, (int64_t[]){I});
+        pbw_tensor *tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+        pbw_tensor *tb = pbw_tensor_wrap(ctx, b, 1, (int64_t[]){O});
+        pbw_tensor *y = pbw_layer_norm_linear(ctx, tx, tg, tbe, 1e-5f, tw, tb, quick);
+        pbw_tensor *h = pbw_linear(ctx, pbw_layer_norm(ctx, tx, tg, tbe, 1e-5f), tw, tb);
+        pbw_tensor *ref = quick ? pbw_quick_gelu(ctx, h) : h;
+        CHECK(y && ref && y->ndim == 2 && y->shape[0] == R && y->shape[1] == O);
+        CHECK(y && ref && memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+        /* a weight that does not fit the input is refused with the product's message */
+        CHECK(pbw_layer_norm_linear(ctx, tx, tg, tbe, 1e-5f, tx, tb, quick) == NULL &&
+              strstr(pbw_ctx_error(ctx), "fit"));
+        /* so is a gain of another width, with the layer norm's */
+        pbw_ctx_reset(ctx);
+        tx = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){R, I});
+        tg = pbw_tensor_wrap(ctx, g, 1, (int64_t[]){I - 1});
+        tw = pbw_tensor_wrap(ctx, w, 2, (int64_t[]){O, I});
+        CHECK(pbw_layer_norm_linear(ctx, tx, tg, NULL, 1e-5f, tw, NULL, quick) == NULL &&
+              strstr(pbw_ctx_error(ctx), "layer_norm"));
+        pbw_ctx_free(ctx);
+        gc_input in[5] = {{2, {R, I}, x, 1},
+                          {1, {I}, g, 1},
+                          {1, {I}, be, 1},
+                          {2, {O, I}, w, 1},
+                          {1, {O}, b, 1}};
+        CHECK(gc_check(quick ? "layer_norm_linear quick_gelu" : "layer_norm_linear",
+                       layer_norm_linear_fn, quick ? (void *)1 : NULL, 5, in, (gc_opts){0}) == 0);
+    }
+    free(x), free(g), free(be), free(w), free(b);
+}
+
 static pbw_tensor *linear_add_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_linear_add(ctx, in[0], in[1], u ? in[3] : NULL, in[2]);
 }

@@ -41,6 +41,13 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
  * with QuickGELU in its epilogue (pbw_cuda_linear_quick_gelu), whose sums are not rounded to
  * the half type before the activation. */
 pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b);
+/* pbw_linear(pbw_layer_norm(x, ln_w, ln_b, eps), w, b), with quick_gelu its
+ * pbw_linear_quick_gelu: the two ops, save on a GPU in bf16/fp16 with half activations and no
+ * gradient, where one fused product reads x as it is, with the layer norm's affine folded into
+ * a centred copy of w, and scales each row by its 1/std in the epilogue
+ * (pbw_cuda_layer_norm_linear): the layer norm's output is never written. */
+pbw_tensor *pbw_layer_norm_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *ln_w, pbw_tensor *ln_b,
+                                  float eps, pbw_tensor *w, pbw_tensor *b, int quick_gelu);
 
 /* ---------- convolution and resampling (src/cpu/pbw_cpu_conv.c, pbw_cpu_resample.c) ---------- */
 

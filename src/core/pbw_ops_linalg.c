@@ -300,3 +300,32 @@ pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pb
 #endif
     return pbw_quick_gelu(ctx, pbw_linear(ctx, x, w, b));
 }
+
+pbw_tensor *pbw_layer_norm_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *ln_w, pbw_tensor *ln_b,
+                                  float eps, pbw_tensor *w, pbw_tensor *b, int quick_gelu) {
+#ifdef PBW_HAVE_CUDA
+    pbw_tensor *in[5] = {x, ln_w, ln_b, w, b};
+    int64_t oshape[PBW_MAX_DIMS], R;
+    /* x's half values serve: half_only (a residual stream kept in the half type) or a half
+     * copy beside its fp32 values (CLIP's ln_pre output) */
+    if (x && ln_w && ln_b && w && b && pbw_on_cuda(ctx) && x->half &&
+        linear_fits(x, w, b, oshape, &R) && ln_w->numel == w->shape[1] &&
+        ln_b->numel == w->shape[1] && pbw_half_out(ctx, in, 5)) {
+        const char *op = "layer_norm_linear";
+        if (pbw_op_begin_half(ctx, op, 1, &x) || pbw_op_begin(ctx, op, 4, in + 1)) return NULL;
+        const int64_t O = w->shape[0], I = w->shape[1], R4 = (R + 3) / 4 * 4;
+        pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
+        pbw_tensor *st = pbw_tensor_new(ctx, 1, (int64_t[]){2 * R4}); /* rstd, then mean */
+        if (!y || !st || !pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
+        /* unless x was held as NHWC halves (pbw_op_begin_half wrote its fp32 values) */
+        if (x->half && !x->half_nhwc &&
+            pbw_cuda_layer_norm_linear(x->half, ln_w->data, ln_b->data, eps, w->data, b->data,
+                                       y->half, st->data + R4, st->data, R, O, I,
+                                       quick_gelu) == 0)
+            return y; /* no gradient: nothing to record */
+        /* not taken: y's memory stays with the context until its next release */
+    }
+#endif
+    pbw_tensor *h = pbw_layer_norm(ctx, x, ln_w, ln_b, eps);
+    return quick_gelu ? pbw_linear_quick_gelu(ctx, h, w, b) : pbw_linear(ctx, h, w, b);
+}

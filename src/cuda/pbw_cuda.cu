@@ -296,7 +296,8 @@ extern "C" void *pbw_cuda_malloc(size_t bytes) {
 }
 
 static std::vector<std::pair<const char *, size_t>> g_weight_blocks;
-void pbw_cuda_nn_forget_weights(const void *p, size_t bytes); // pbw_cuda_nn.cu
+void pbw_cuda_nn_forget_weights(const void *p, size_t bytes);     // pbw_cuda_nn.cu
+void pbw_cuda_fusion_forget_weights(const void *p, size_t bytes); // pbw_cuda_fusion.cu
 
 extern "C" void pbw_cuda_weights_block(const void *p, size_t bytes) {
     g_weight_blocks.emplace_back((const char *)p, bytes);
@@ -345,6 +346,7 @@ extern "C" void pbw_cuda_free(void *p) {
             size_t bytes = g_weight_blocks[i].second;
             g_weight_blocks.erase(g_weight_blocks.begin() + (long)i);
             pbw_cuda_nn_forget_weights(p, bytes);
+            pbw_cuda_fusion_forget_weights(p, bytes);
             break;
         }
     if (g_capturing) { // nothing has run yet: freed when the capture ends

@@ -647,14 +647,16 @@ static pbw_tensor *block_forward(pbw_ctx *ctx, const pbw_clip_block *b,
                                  int64_t Tq) {
     if (!x) return NULL;
     int64_t T = x->shape[1];
-    pbw_tensor *h = pbw_layer_norm(ctx, x, b->ln1_w, b->ln1_b, c->ln_eps);
-    pbw_tensor *qkv = pbw_linear(ctx, h, b->qkv_w, b->qkv_b);           /* (B,T,3W) */
+    /* each layer norm and the product after it as one op (fused on a GPU in half precision) */
+    pbw_tensor *qkv = pbw_layer_norm_linear(ctx, x, b->ln1_w, b->ln1_b, c->ln_eps, b->qkv_w,
+                                            b->qkv_b, 0);                 /* (B,T,3W) */
     pbw_tensor *a = pbw_attention_qkv(ctx, qkv, c->heads, Tq, causal, 0); /* (B,Tq,W) */
     if (Tq < T) x = pbw_slice(ctx, x, 1, 0, Tq, 1);
     x = pbw_linear_add_into(ctx, a, b->out_w, b->out_b, x); /* x itself without gradients */
-    h = pbw_layer_norm(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps);
-    h = c->act == PBW_CLIP_GELU ? pbw_gelu(ctx, pbw_linear(ctx, h, b->fc1_w, b->fc1_b))
-                                : pbw_linear_quick_gelu(ctx, h, b->fc1_w, b->fc1_b); /* (B,Tq,M) */
+    const int quick = c->act != PBW_CLIP_GELU;
+    pbw_tensor *h = pbw_layer_norm_linear(ctx, x, b->ln2_w, b->ln2_b, c->ln_eps, b->fc1_w,
+                                          b->fc1_b, quick);
+    if (!quick) h = pbw_gelu(ctx, h); /* (B,Tq,M) */
     return pbw_linear_add_into(ctx, h, b->fc2_w, b->fc2_b, x);
 }
 
