@@ -645,6 +645,21 @@ PBW_TEST(cuda_layer_norm_linear) {
                            off ? "two ops (PBW_CUDA_LN_FOLD=0)" : "fused", e);
                     CHECK(e <= 1e-2 && fused == (off ? 0 : 1));
                 }
+        if (c == 0) { /* a plan built afresh (no file, none in the process) timing 3 configs */
+            char dir[] = "/tmp/pbw_fusion_time_XXXXXX";
+            char *saved_dir, *saved_configs;
+            CHECK(pbw_test_cache_dir_begin(dir, &saved_dir) == 0);
+            pbw_test_env_set("PBW_CUDNN_FUSION_CONFIGS", "3", &saved_configs);
+            pbw_cuda_linear_quick_gelu_forget();
+            CHECK(ln_linear_run(PBW_DEV_CUDA, PBW_PREC_BF16, B, T, D, O, quick, 1, got,
+                                &fused) == 0);
+            pbw_test_env_restore("PBW_CUDNN_FUSION_CONFIGS", saved_configs);
+            CHECK(pbw_test_cache_dir_end(dir, saved_dir) == 0);
+            double e = 0;
+            for (int64_t i = 0; i < n; i++) e = fmax(e, fabs(got[i] - ref[i]) / sc);
+            printf("  bf16, the fastest of 3 configs timed: rel err %.2e (tol 1e-2)\n", e);
+            CHECK(fused == 1 && e <= 1e-2);
+        }
         /* fp32: the two ops */
         CHECK(ln_linear_run(PBW_DEV_CUDA, PBW_PREC_FP32, B, T, D, O, quick, 1, got, &fused) == 0);
         double e = 0;
