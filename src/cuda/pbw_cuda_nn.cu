@@ -827,7 +827,9 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
 // The same for rows of V*128 floats (CLIP: 768 = 6*128), 16-byte aligned: each lane keeps its
 // V float4 of x, gy and w in registers, so a row is read once, with every load of the row in
 // flight at once (the loop above keeps one or two: at CLIP's 1,600 rows a step that left it
-// latency-bound at ~64 us a launch). gxh, when not NULL, gets gx's sums in bf16 too.
+// latency-bound at ~64 us a launch). gx's old values are loaded with them, before the row's
+// sums, so that the row's second round trip to memory is its stores alone. gxh, when not NULL,
+// gets gx's sums in bf16 too.
 template <int V>
 __global__ static void layer_norm_backward_vec_kernel(const float *x, const float *w,
                                                       const float *mean, const float *rstd,
@@ -840,12 +842,14 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
     if (r >= R) return;
     const float4 *xr = (const float4 *)(x + r * D), *gr = (const float4 *)(gy + r * D);
     const float4 *wr = (const float4 *)w;
-    float4 xh[V], gw_[V];
+    float4 *go = (float4 *)(gx + r * D);
+    float4 xh[V], gw_[V], ov[V];
     const float m = mean[r], rs = rstd[r];
     float a = 0.0f, c = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; j++) {
         float4 xv = xr[lane + 32 * j], gv = gr[lane + 32 * j];
+        ov[j] = go[lane + 32 * j];
         float4 wv = w ? wr[lane + 32 * j] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         xh[j] = make_float4((xv.x - m) * rs, (xv.y - m) * rs, (xv.z - m) * rs, (xv.w - m) * rs);
         gw_[j] = make_float4(gv.x * wv.x, gv.y * wv.y, gv.z * wv.z, gv.w * wv.w);
@@ -856,10 +860,9 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
         c = fmaf(gw_[j].w, xh[j].w, c);
     }
     const float af = pbw_warp_sum(a) / (float)D, cf = pbw_warp_sum(c) / (float)D;
-    float4 *go = (float4 *)(gx + r * D);
 #pragma unroll
     for (int j = 0; j < V; j++) {
-        float4 o = go[lane + 32 * j];
+        float4 o = ov[j];
         o.x += rs * (gw_[j].x - af - xh[j].x * cf);
         o.y += rs * (gw_[j].y - af - xh[j].y * cf);
         o.z += rs * (gw_[j].z - af - xh[j].z * cf);
