@@ -901,6 +901,9 @@ PBW_TEST(cuda_attention_half) {
         {2, 77, 8, 64, 1, 77},  /* text */
         {2, 5, 2, 64, 0, 5},    {2, 33, 3, 64, 1, 33}, {2, 80, 2, 64, 0, 80},
         {200, 50, 12, 64, 0, 50}, /* 2,400 heads: more than the resident grid has blocks */
+        {200, 50, 12, 64, 0, 1},  /* the same, the last block's class-token query */
+        {60, 77, 8, 64, 1, 77},   /* 480 text heads */
+        {240, 33, 3, 64, 1, 33},  /* 720 heads of odd sizes */
         {2, 20, 4, 32, 0, 20},  {1, 81, 2, 64, 1, 81},
     };
     const int n = (int)(sizeof cases / sizeof cases[0]);
@@ -916,15 +919,20 @@ PBW_TEST(cuda_attention_half) {
         for (int64_t i = 0; i < ny; i++) sy = fmax(sy, fabs(ref[i]));
         CHECK(sy > 0.1); /* a real signal, not zeros */
         for (int k = 0; k < 2; k++) {
+            const long pipe0 = pbw_cuda_attention_pipe_calls();
             CHECK(half_attention(PBW_DEV_CUDA, precs[k], ac, got, &ho, &mma) == 0);
+            const long pipe = pbw_cuda_attention_pipe_calls() - pipe0;
             double e = 0;
             for (int64_t i = 0; i < ny; i++) e = fmax(e, fabs(got[i] - ref[i]) / sy);
             const int want_mma = ac->D == 64 && ac->T <= 80;
-            printf("  B=%lld T=%lld heads=%d D=%d%s queries=%lld, %s: %s, half output %d, "
+            printf("  B=%lld T=%lld heads=%d D=%d%s queries=%lld, %s: %s%s, half output %d, "
                    "rel err %.2e (tol 1e-2)\n", (long long)ac->B, (long long)ac->T, ac->heads,
                    ac->D, ac->causal ? " causal" : "", (long long)ac->nq,
-                   pbw_precision_name(precs[k]), mma ? "tensor cores" : "other kernel", ho, e);
+                   pbw_precision_name(precs[k]), mma ? "tensor cores" : "other kernel",
+                   pipe ? " (resident grid)" : "", ho, e);
             CHECK(e <= 1e-2 && mma == want_mma && (ho || !want_mma));
+            /* 2,400 heads are more than any GPU keeps resident: the resident kernel ran */
+            CHECK(ac->B * ac->heads < 2400 || pipe == 1);
             /* the resident double-buffered kernel against a block a head: the same bits */
             float *one = malloc((size_t)ny * sizeof(float));
             setenv("PBW_CUDA_ATTN_PIPE", "0", 1);

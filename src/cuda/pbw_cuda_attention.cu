@@ -1214,6 +1214,9 @@ static bool bwd_mma(const pbw_attn_geom *g, const void *q, const void *k, const 
 static long g_mma_calls = 0;
 extern "C" long pbw_cuda_attention_mma_calls(void) { return g_mma_calls; }
 
+static long g_pipe_calls = 0;
+extern "C" long pbw_cuda_attention_pipe_calls(void) { return g_pipe_calls; }
+
 // The resident, double-buffered forward (attention_fwd_mma_pipe_kernel) where the operands are
 // halves already and there are more heads than blocks fit on the GPU at once: a grid of that
 // many blocks; false (nothing launched) otherwise. PBW_CUDA_ATTN_PIPE=0: a block a head.
@@ -1246,6 +1249,7 @@ static bool fwd_mma_pipe_launch(const pbw_attn_geom *g, const In *q, const In *k
         const int64_t BH = g->B * g->H;
         if (BH <= resident) return false;
         pbw_launch(kern, (unsigned)resident, MMA_THREADS, bytes, *g, q, k, v, o, p, o2);
+        g_pipe_calls++;
         return true;
     }
 }

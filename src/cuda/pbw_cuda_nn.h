@@ -109,6 +109,8 @@ int pbw_cuda_attention_bwd_write_h(const struct pbw_attn_geom *g, const void *q,
 int pbw_cuda_attention_bwd_write_hh(const struct pbw_attn_geom *g, const void *q, const void *k,
                                     const void *v, const float *p, const float *go, void *gq,
                                     void *gk, void *gv);
+/* Launches of the resident, double-buffered tensor-core forward so far (tests). */
+long pbw_cuda_attention_pipe_calls(void);
 /* Launches of pbw_cuda_attention_bwd_write_hh so far (tests). */
 long pbw_cuda_attention_bwd_half_out_calls(void);
 
