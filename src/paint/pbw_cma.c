@@ -433,7 +433,8 @@ static int decompose(pbw_cma *c) {
         for (int i = 0; ok && i < n; i++) ok = ev[i] > 0 && isfinite(ev[i]);
         if (ok) {
             c->eig_count++;
-            memcpy(c->B, A, nn * sizeof *A);
+            c->eigA = c->B; /* the eigenvectors become B; the old B is the next scratch */
+            c->B = A;
             for (int i = 0; i < n; i++) c->D[i] = sqrt(ev[i]);
             return 0;
         }
