@@ -79,7 +79,11 @@ struct fusion_plan {
 
 std::vector<std::unique_ptr<fusion_plan>> g_plans;
 long g_calls, g_ln_calls, g_loaded;
-int g_state; // 0 unread, 1 on, -1 off (PBW_CUDA_GELU_FUSION=0)
+// PBW_CUDA_GELU_FUSION=0 turns the QuickGELU fusion off (read once).
+bool gelu_fusion_on() {
+    static const bool on = !pbw_env_zero("PBW_CUDA_GELU_FUSION");
+    return on;
+}
 
 // A 3-D tensor [1, rows, columns] with the given strides.
 cudnnBackendDescriptor_t tensor(pbw_dnn_graph &g, int64_t uid, cudnnDataType_t type, int64_t rows,
@@ -422,12 +426,11 @@ extern "C" long pbw_cuda_linear_quick_gelu_forget(void) {
 
 extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, void *yh,
                                           int64_t R, int64_t O, int64_t I) {
-    if (!g_state)
-        g_state = pbw_env_zero("PBW_CUDA_GELU_FUSION") ? -1 : 1;
-    const int prec = (int)pbw_cuda_precision();
-    if (g_state < 0 || !xh || !yh || !b || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() ||
-        (prec != PBW_PREC_BF16 && prec != PBW_PREC_FP16))
+    // (pbw_cuda_half_gemm: the precision is bf16 or fp16)
+    if (!gelu_fusion_on() || !xh || !yh || !b || R <= 0 || O <= 0 || I <= 0 ||
+        !pbw_cuda_half_gemm())
         return -1;
+    const int prec = (int)pbw_cuda_precision();
     const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
     const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
     if (!bh || misaligned(xh) || misaligned(wh) || misaligned(bh) || misaligned(yh) ||
@@ -445,14 +448,11 @@ extern "C" int pbw_cuda_layer_norm_linear(const void *xh, const float *gamma, co
                                           int64_t I, int quick_gelu) {
     if (pbw_env_zero("PBW_CUDA_LN_FOLD")) // read at each call: tests compare both paths
         return -1;
-    if (!g_state)
-        g_state = pbw_env_zero("PBW_CUDA_GELU_FUSION") ? -1 : 1;
-    const int prec = (int)pbw_cuda_precision();
-    if ((quick_gelu && g_state < 0) || !xh || !yh || !gamma || !beta || !b ||
-        !mean || !rstd || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() ||
-        (prec != PBW_PREC_BF16 && prec != PBW_PREC_FP16) || misaligned(xh) || misaligned(yh) ||
-        misaligned(rstd) || (I != 512 && I != 768 && I != 1024) || (O * 2) % 16)
+    if ((quick_gelu && !gelu_fusion_on()) || !xh || !yh || !gamma || !beta || !b || !mean ||
+        !rstd || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() || misaligned(xh) ||
+        misaligned(yh) || misaligned(rstd) || (I != 512 && I != 768 && I != 1024) || (O * 2) % 16)
         return -1;
+    const int prec = (int)pbw_cuda_precision();
     const fusion_key k{R, O, I, prec, quick_gelu ? KIND_LN_QGELU : KIND_LN};
     if (refused(k)) // nothing launched: the caller runs the two ops
         return -1;
