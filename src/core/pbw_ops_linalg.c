@@ -313,15 +313,14 @@ pbw_tensor *pbw_layer_norm_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *ln_w,
         ln_b->numel == w->shape[1] && pbw_half_out(ctx, in, 5)) {
         const char *op = "layer_norm_linear";
         if (pbw_op_begin_half(ctx, op, 1, &x) || pbw_op_begin(ctx, op, 4, in + 1)) return NULL;
-        const int64_t O = w->shape[0], I = w->shape[1], R4 = (R + 3) / 4 * 4;
+        const int64_t O = w->shape[0], I = w->shape[1];
         pbw_tensor *y = pbw_tensor_new(ctx, x->ndim, oshape);
-        pbw_tensor *st = pbw_tensor_new(ctx, 1, (int64_t[]){2 * R4}); /* rstd, then mean */
+        pbw_tensor *st = pbw_tensor_new(ctx, 1, (int64_t[]){R}); /* the rows' 1/std */
         if (!y || !st || !pbw_tensor_half_alloc(ctx, y, 1)) return NULL;
         /* unless x was held as NHWC halves (pbw_op_begin_half wrote its fp32 values) */
         if (x->half && !x->half_nhwc &&
             pbw_cuda_layer_norm_linear(x->half, ln_w->data, ln_b->data, eps, w->data, b->data,
-                                       y->half, st->data + R4, st->data, R, O, I,
-                                       quick_gelu) == 0)
+                                       y->half, st->data, R, O, I, quick_gelu) == 0)
             return y; /* no gradient: nothing to record */
         /* not taken: y's memory stays with the context until its next release */
     }

@@ -345,8 +345,9 @@ const ln_fold *fold_of(const float *w, const float *gamma, const float *beta, co
 // The rows' statistics alone, x (R, 256 V) in the half type: a warp a row, each lane loading its
 // V 16-byte words at once (the layer norm's kernel loads 8 bytes at a time and also writes its
 // output); the mean, then the centred squares from the registers, as that kernel sums them.
+// Only 1/std is written: the centred weight takes the mean out of the product.
 template <int V, typename H>
-__global__ void ln_stats_kernel(const H *x, float *mean, float *rstd, int64_t R, float eps) {
+__global__ void ln_stats_kernel(const H *x, float *rstd, int64_t R, float eps) {
     pbw_pdl_wait();
     const int64_t D = 256 * V, r = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -373,23 +374,21 @@ __global__ void ln_stats_kernel(const H *x, float *mean, float *rstd, int64_t R,
         for (int i = 0; i < 8; i++)
             s2 = fmaf(v[j][i] - m, v[j][i] - m, s2);
     const float rs = 1.0f / sqrtf(pbw_warp_sum(s2) / (float)D + eps);
-    if (lane == 0) {
-        mean[r] = m;
+    if (lane == 0)
         rstd[r] = rs;
-    }
 }
 
 // Launches the statistics of x (R, D); false when D is not 512, 768 or 1024 (CLIP's widths).
-bool ln_stats(const void *xh, float *mean, float *rstd, int64_t R, int64_t D, float eps) {
+bool ln_stats(const void *xh, float *rstd, int64_t R, int64_t D, float eps) {
     bool ok = true;
     const unsigned blocks = (unsigned)((R + 7) / 8);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
         const H *x = (const H *)xh;
         switch (D) {
-        case 512: pbw_launch(ln_stats_kernel<2, H>, blocks, 256, 0, x, mean, rstd, R, eps); break;
-        case 768: pbw_launch(ln_stats_kernel<3, H>, blocks, 256, 0, x, mean, rstd, R, eps); break;
-        case 1024: pbw_launch(ln_stats_kernel<4, H>, blocks, 256, 0, x, mean, rstd, R, eps); break;
+        case 512: pbw_launch(ln_stats_kernel<2, H>, blocks, 256, 0, x, rstd, R, eps); break;
+        case 768: pbw_launch(ln_stats_kernel<3, H>, blocks, 256, 0, x, rstd, R, eps); break;
+        case 1024: pbw_launch(ln_stats_kernel<4, H>, blocks, 256, 0, x, rstd, R, eps); break;
         default: ok = false;
         }
     });
@@ -444,12 +443,12 @@ extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const 
 
 extern "C" int pbw_cuda_layer_norm_linear(const void *xh, const float *gamma, const float *beta,
                                           float eps, const float *w, const float *b, void *yh,
-                                          float *mean, float *rstd, int64_t R, int64_t O,
-                                          int64_t I, int quick_gelu) {
+                                          float *rstd, int64_t R, int64_t O, int64_t I,
+                                          int quick_gelu) {
     if (pbw_env_zero("PBW_CUDA_LN_FOLD")) // read at each call: tests compare both paths
         return -1;
-    if ((quick_gelu && !gelu_fusion_on()) || !xh || !yh || !gamma || !beta || !b || !mean ||
-        !rstd || R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() || misaligned(xh) ||
+    if ((quick_gelu && !gelu_fusion_on()) || !xh || !yh || !gamma || !beta || !b || !rstd ||
+        R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() || misaligned(xh) ||
         misaligned(yh) || misaligned(rstd) || (I != 512 && I != 768 && I != 1024) || (O * 2) % 16)
         return -1;
     const int prec = (int)pbw_cuda_precision();
@@ -457,7 +456,7 @@ extern "C" int pbw_cuda_layer_norm_linear(const void *xh, const float *gamma, co
     if (refused(k)) // nothing launched: the caller runs the two ops
         return -1;
     const ln_fold *f = fold_of(w, gamma, beta, b, O, I);
-    if (!f || misaligned(f->ut) || misaligned(f->bias) || !ln_stats(xh, mean, rstd, R, I, eps))
+    if (!f || misaligned(f->ut) || misaligned(f->bias) || !ln_stats(xh, rstd, R, I, eps))
         return -1;
     // (a new shape's plan is timed on these operands, the statistics included)
     if (!run_fused(k, fusion_args{xh, f->ut, f->bias, rstd, yh}))

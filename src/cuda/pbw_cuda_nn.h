@@ -138,16 +138,16 @@ int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const float *b, v
 /* Fused products run so far (tests). */
 long pbw_cuda_linear_quick_gelu_calls(void);
 /* yh (R,O) = [QuickGELU](LN(xh) w^T + b), LN's gain gamma and shift beta (I), eps, without
- * LN's output (pbw_cuda_fusion.cu): the rows' statistics (mean, rstd: R floats each, rstd
- * 16-byte aligned) from xh, then one fused cuDNN product of xh with w's folded, centred half
- * copy whose epilogue scales each row by rstd and adds the folded bias. xh, yh in the
+ * LN's output (pbw_cuda_fusion.cu): the rows' 1/std (rstd: R floats, 16-byte aligned) from
+ * xh, then one fused cuDNN product of xh with w's folded, centred half copy whose epilogue
+ * scales each row by rstd and adds the folded bias. xh, yh in the
  * precision's half type; gamma, beta, w, b constant weights. Returns 0 when enqueued, -1 when
  * not taken (PBW_CUDA_LN_FOLD=0, or with QuickGELU PBW_CUDA_GELU_FUSION=0, another precision,
  * an unaligned operand, a width the statistics kernel does not take, or a shape cuDNN has no
  * plan for): yh was not written, the caller runs the ops apart. */
 int pbw_cuda_layer_norm_linear(const void *xh, const float *gamma, const float *beta, float eps,
-                               const float *w, const float *b, void *yh, float *mean,
-                               float *rstd, int64_t R, int64_t O, int64_t I, int quick_gelu);
+                               const float *w, const float *b, void *yh, float *rstd,
+                               int64_t R, int64_t O, int64_t I, int quick_gelu);
 /* pbw_cuda_layer_norm_linear's runs so far (tests). */
 long pbw_cuda_layer_norm_linear_calls(void);
 /* Drops every fused plan (the next product of each shape reads its file again, or builds):
