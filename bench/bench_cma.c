@@ -12,15 +12,18 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench_util.h"
 #include "paint/pbw_cma.h"
 
 static double g_eigh_s; /* the eigensolves' time in the current measurement */
 
-static int timed_eigh(int n, double *A, double *w) {
+/* LAPACK in place on a copy, the copy counted with the solve: the GPU's solver reads C itself */
+static int timed_eigh(int n, const double *C, double *B, double *w) {
     double t = bench_now();
-    int rc = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, A, n, w) != 0;
+    memcpy(B, C, (size_t)n * n * sizeof *B);
+    int rc = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, B, n, w) != 0;
     g_eigh_s += bench_now() - t;
     return rc ? -1 : 0;
 }

@@ -654,9 +654,9 @@ PBW_TEST(cuda_eigh) {
                 for (int k = 0; k < n; k++) a += G[i * n + k] * G[j * n + k];
                 C[i * n + j] = a / n + (i == j ? 0.1 * (1 + i % 5) : 0);
             }
-        memcpy(A, C, sizeof(double) * n * n);
         memcpy(L, C, sizeof(double) * n * n);
-        CHECK(pbw_cuda_eigh(n, A, w) == 0);
+        CHECK(pbw_cuda_eigh(n, C, A, w) == 0);
+        CHECK(memcmp(L, C, sizeof(double) * n * n) == 0); /* C is left as it was */
         CHECK(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, L, n, wl) == 0);
         double cmax = 0, ew = 0, er = 0, eo = 0;
         for (int i = 0; i < n * n; i++) cmax = fmax(cmax, fabs(C[i]));

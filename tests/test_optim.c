@@ -257,7 +257,9 @@ PBW_TEST(optim_cma_constants_match_pycma) {
 
 /* Runs g generations on the ellipsoid and writes every sample into out (g * lambda * n).
  * settle: 0 never calls pbw_cma_settle; 1 between ask and tell (as the painter); 2 twice
- * there and once more after each tell. lambda 0: the library default. */
+ * there and once more after each tell; 3 as 1 and 4 as 0, with row t % lambda of generation
+ * t moved before it is evaluated and told (a caller's repair: not the sample settle saw).
+ * lambda 0: the library default. */
 static void sample_run_opt(uint64_t seed, int n, int g, int lambda, int settle, float *out,
                            int *lam_out) {
     pbw_cma_opts o;
@@ -278,7 +280,10 @@ static void sample_run_opt(uint64_t seed, int n, int g, int lambda, int settle, 
     for (int t = 0; t < g; t++) {
         float *X = out + (size_t)t * lam * n;
         pbw_cma_ask(c, X);
-        for (int s = 0; s < settle; s++) pbw_cma_settle(c);
+        const int calls = settle == 3 ? 1 : settle == 4 ? 0 : settle;
+        for (int s = 0; s < calls; s++) pbw_cma_settle(c);
+        if (settle >= 3)
+            for (int i = 0; i < n; i++) X[(size_t)(t % lam) * n + i] *= 1.5f;
         for (int k = 0; k < lam; k++) f[k] = f_elli(X + (size_t)k * n, n);
         pbw_cma_tell(c, X, f, &err);
         if (settle == 2) pbw_cma_settle(c);
@@ -294,7 +299,9 @@ static void sample_run(uint64_t seed, int n, int g, float *out, int *lam_out) {
 
 /* pbw_cma_settle moves work, never changes it: the same samples bit for bit whether and when
  * it is called, at a small size (eigendecompositions every few generations) and at the
- * painter's (n 512, lambda 50: one every other generation, negative weights). */
+ * painter's (n 512, lambda 50: one every other generation, negative weights; settle measures
+ * the samples' Mahalanobis lengths for those weights ahead of tell). A row the caller moves
+ * before tell is told as moved with or without settle (against a run that moves it unsettled). */
 PBW_TEST(optim_cma_settle_same_samples) {
     const int ns[2] = {12, 512}, gs[2] = {40, 7}, lams[2] = {0, 50};
     for (int t = 0; t < 2; t++) {
@@ -313,6 +320,14 @@ PBW_TEST(optim_cma_settle_same_samples) {
                    ns[t], lam, gs[t], mode, diff, used);
             CHECK(diff == 0);
         }
+        /* moved rows: the reference moves them too, without settle */
+        sample_run_opt(3, ns[t], gs[t], lams[t], 4, ref, &lam);
+        sample_run_opt(3, ns[t], gs[t], lams[t], 3, got, &lam);
+        size_t diff = 0;
+        for (size_t i = 0; i < used; i++) diff += ref[i] != got[i];
+        printf("  n=%d lambda=%d, rows moved before tell, settled vs not: %zu of %zu values differ\n",
+               ns[t], lam, diff, used);
+        CHECK(diff == 0);
         free(ref);
         free(got);
     }

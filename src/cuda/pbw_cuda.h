@@ -158,12 +158,13 @@ void pbw_cuda_graph_free(pbw_cuda_graph *g);
 long pbw_cuda_graph_launches(void);
 
 /* Symmetric eigendecomposition in double on the GPU (pbw_cuda_linalg.cu: cuSOLVER's syevd,
- * libcusolver opened at run time): A (n,n) row-major, symmetric, in; out, eigenvector j in column
- * j (A[i*n + j]), eigenvalues ascending in w, as LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', ...) gives
- * them. Returns 0, or -1 (nothing usable: no GPU or no libcusolver, or the solver failed) and the
- * caller uses LAPACK. Waits for the stream. */
+ * libcusolver opened at run time): C (n,n) row-major, symmetric (its upper triangle is read),
+ * in; eigenvector j into column j of B (B[i*n + j]; B may be C), eigenvalues ascending in w, as
+ * LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', ...) gives them. Returns 0, or -1 (nothing usable:
+ * no GPU or no libcusolver, or the solver failed; B may be half-written) and the caller uses
+ * LAPACK. Waits for the stream. */
 int pbw_cuda_eigh_available(void);
-int pbw_cuda_eigh(int n, double *A, double *w);
+int pbw_cuda_eigh(int n, const double *C, double *B, double *w);
 
 /* PBW_PROFILE=gpu (pbw_cuda_trace.cu): device time per op from CUPTI's activity records, with no
  * synchronization at op boundaries. pbw_cuda_trace_on loads libcupti and starts tracing (1), or

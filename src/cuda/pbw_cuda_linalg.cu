@@ -60,9 +60,9 @@ void release_buffers() {
 
 extern "C" int pbw_cuda_eigh_available(void) { return ready() ? 1 : 0; }
 
-extern "C" int pbw_cuda_eigh(int n, double *A, double *w) {
+extern "C" int pbw_cuda_eigh(int n, const double *C, double *B, double *w) {
     if (n < 1 || !ready() || pbw_cuda_capturing()) return -1;
-    // A symmetric matrix is its own transpose: row-major A is the column-major matrix cuSOLVER
+    // A symmetric matrix is its own transpose: row-major C is the column-major matrix cuSOLVER
     // reads; its row-major upper triangle is the column-major lower one.
     const cublasFillMode_t uplo = CUBLAS_FILL_MODE_LOWER;
     const cusolverEigMode_t job = CUSOLVER_EIG_MODE_VECTOR;
@@ -84,18 +84,18 @@ extern "C" int pbw_cuda_eigh(int n, double *A, double *w) {
         g_lwork = lwork;
     }
     int info = -1;
-    if (pbw_cuda_h2d(g_a, A, (size_t)n * n * sizeof(double)) ||
+    if (pbw_cuda_h2d(g_a, C, (size_t)n * n * sizeof(double)) ||
         g_api.syevd(g_handle, job, uplo, n, g_a, n, g_w, g_work, g_lwork, g_info) !=
             CUSOLVER_STATUS_SUCCESS ||
         pbw_cuda_d2h(&info, g_info, sizeof info) || info != 0)
         return -1;
-    // column j of the column-major result is eigenvector j: A[i][j] (row-major) = V[j*n + i],
+    // column j of the column-major result is eigenvector j: B[i][j] (row-major) = V[j*n + i],
     // transposed on the GPU by cuBLAS (on the host, a strided pass over 2 MB at n = 512):
     // t = 1 V^T + 0 V, column-major
     const double one = 1.0, zero = 0.0;
     if (cublasDgeam(pbw_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, n, n, &one, g_a, n, &zero, g_a, n,
                     g_t, n) != CUBLAS_STATUS_SUCCESS ||
-        pbw_cuda_error() || pbw_cuda_d2h(A, g_t, (size_t)n * n * sizeof(double)) ||
+        pbw_cuda_error() || pbw_cuda_d2h(B, g_t, (size_t)n * n * sizeof(double)) ||
         pbw_cuda_d2h(w, g_w, (size_t)n * sizeof(double)))
         return -1;
     return 0;

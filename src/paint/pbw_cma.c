@@ -109,6 +109,8 @@ struct pbw_cma {
     double *wr;    /* (lam) scratch: learning-rate-scaled weights */
     double *eigA;  /* (n, n) scratch for the eigensolver */
     double *eigv;  /* (n) scratch: eigenvalues */
+    double *mnorm; /* (lam) |C^{-1/2} y| of each sample of iteration mnorm_iter, in ask's order */
+    long mnorm_iter; /* -1: none (settle() makes them while the GPU evaluates) */
     int *idx;      /* (lam) ranking */
     double sigma;
     int asked;
@@ -117,7 +119,7 @@ struct pbw_cma {
     int z_ready, bdz_ready;
     long eig_count, bdz_stamp; /* decompositions so far; the one BDz was made with */
     long iter, last_eigen;
-    int (*eigh)(int n, double *A, double *w); /* opts->eigh */
+    int (*eigh)(int n, const double *C, double *B, double *w); /* opts->eigh */
     cma_rng rng;
 
     double best_f;
@@ -228,6 +230,7 @@ void pbw_cma_free(pbw_cma *c) {
     free(c->wr);
     free(c->eigA);
     free(c->eigv);
+    free(c->mnorm);
     free(c->idx);
     free(c->best_x);
     free(c->kept);
@@ -279,13 +282,15 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->wr = calloc((size_t)lam, sizeof *c->wr);
     c->eigA = calloc(nn, sizeof *c->eigA);
     c->eigv = calloc((size_t)n, sizeof *c->eigv);
+    c->mnorm = calloc((size_t)lam, sizeof *c->mnorm);
+    c->mnorm_iter = -1;
     c->idx = calloc((size_t)lam, sizeof *c->idx);
     c->best_x = calloc((size_t)n, sizeof *c->best_x);
     c->kept = calloc((size_t)n, sizeof *c->kept);
     c->hist_len = 10 + (int)ceil(30.0 * n / lam);
     c->hist = calloc((size_t)c->hist_len, sizeof *c->hist);
     if (!c->w || !c->mean || !c->mold || !c->pc || !c->ps || !c->C || !c->B || !c->D || !c->Xd ||
-        !c->Xf || !c->Y || !c->Yw || !c->Zn || !c->BDz || !c->tmp || !c->wr || !c->eigA || !c->eigv ||
+        !c->Xf || !c->Y || !c->Yw || !c->Zn || !c->BDz || !c->tmp || !c->wr || !c->eigA || !c->eigv || !c->mnorm ||
         !c->idx || !c->best_x || !c->kept || !c->hist) {
         pbw_cma_free(c);
         return pbw_err_set(err, "cma: out of memory for n=%d, lambda=%d", n, lam);
@@ -424,11 +429,12 @@ static int decompose(pbw_cma *c) {
         /* C's upper triangle alone holds C (apply_update); the solvers read only that one
          * (row-major 'U'), so the lower one is left as it is */
         double *A = c->eigA, *ev = c->eigv;
-        memcpy(A, c->C, nn * sizeof *A);
         lapack_int info = 1;
-        if (c->eigh && c->eigh(n, A, ev) == 0) info = 0;
-        else memcpy(A, c->C, nn * sizeof *A); /* the solver may have left A half-done */
-        if (info) info = eigh_single_thread(n, A, ev);
+        if (c->eigh && c->eigh(n, c->C, A, ev) == 0) info = 0;
+        else { /* LAPACK decomposes in place (over a half-done A where the solver failed) */
+            memcpy(A, c->C, nn * sizeof *A);
+            info = eigh_single_thread(n, A, ev);
+        }
         int ok = info == 0;
         for (int i = 0; ok && i < n; i++) ok = ev[i] > 0 && isfinite(ev[i]);
         if (ok) {
@@ -466,6 +472,31 @@ static void rank_by(const double *f, int *idx, int lam) {
     }
 }
 
+/* |diag(1/D) v| for v = B^T y: the Mahalanobis length of y under the B, D it was drawn with. */
+static double mahalanobis(const pbw_cma *c, const double *v) {
+    double nrm = 0;
+    for (int i = 0; i < c->n; i++) nrm += (v[i] / c->D[i]) * (v[i] / c->D[i]);
+    return sqrt(nrm);
+}
+
+/* The Mahalanobis lengths of the asked samples, for the negative weights of their update: one
+ * product for all lambda of them (the same sums, element for element, as apply_update's product
+ * over the ranked worst), so that the tell that decomposes C is left only the rank updates.
+ * BDz and Yw serve as scratch: ask() consumed the one, directions() refills both after. */
+static void make_mnorms(pbw_cma *c) {
+    const int n = c->n, lam = c->lam;
+    const long it = c->iter + 1; /* the samples' iteration once told */
+    if (!c->active || lam <= c->mu || !c->asked || c->mnorm_iter == it) return;
+    double *Yt = c->BDz, *Z = c->Yw;
+    for (int k = 0; k < lam; k++)
+        for (int i = 0; i < n; i++)
+            Yt[(size_t)k * n + i] = (c->Xd[(size_t)k * n + i] - c->mean[i]) / c->sigma;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lam, n, n, 1.0, Yt, n, c->B, n, 0.0,
+                Z, n);
+    for (int k = 0; k < lam; k++) c->mnorm[k] = mahalanobis(c, Z + (size_t)k * n);
+    c->mnorm_iter = it;
+}
+
 /* The covariance update tell() left pending: decay, rank one (pc), rank mu with negative
  * weights on Mahalanobis-normalized vectors, from the ranked Y of that tell and the B, D its
  * samples were drawn with. Only C's upper triangle is kept (decompose() mirrors it). */
@@ -475,16 +506,14 @@ static void apply_update(pbw_cma *c) {
     /* the negative weights' samples at squared Mahalanobis length n: |C^{-1/2} y| is the
      * length of diag(1/D) B^T y (B is orthogonal), one product for all of them */
     const int nneg = c->active ? lam - mu : 0;
-    if (nneg > 0)
+    const int made = c->mnorm_iter == c->iter; /* by settle(), for these samples */
+    if (nneg > 0 && !made)
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nneg, n, n, 1.0,
                     c->Y + (size_t)mu * n, n, c->B, n, 0.0, Z, n);
     for (int r = 0; r < lam; r++) {
         double wv = c->w[r];
         if (wv < 0 && r >= mu && nneg > 0) {
-            const double *v = Z + (size_t)(r - mu) * n;
-            double nrm = 0;
-            for (int i = 0; i < n; i++) nrm += (v[i] / c->D[i]) * (v[i] / c->D[i]);
-            nrm = sqrt(nrm);
+            const double nrm = made ? c->mnorm[c->idx[r]] : mahalanobis(c, Z + (size_t)(r - mu) * n);
             wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
         }
         wr[r] = c->cmu * wv;
@@ -515,6 +544,7 @@ static void apply_update(pbw_cma *c) {
 
 void pbw_cma_settle(pbw_cma *c) {
     if (c->pending) apply_update(c);
+    if (!c->bdz_ready) make_mnorms(c);
     if (!c->z_ready) draw_normals(c);
     /* the directions too, unless the tell() before the next ask() will decompose C anew */
     if (!c->bdz_ready && !(c->asked && eigen_due(c, c->iter + 1))) directions(c);
@@ -533,6 +563,7 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
     for (int k = 0; X && k < lam; k++) {
         const float *xr = X + (size_t)k * n;
         if (memcmp(xr, c->Xf + (size_t)k * n, (size_t)n * sizeof *xr) != 0) {
+            c->mnorm_iter = -1; /* not the samples settle() measured */
             for (int i = 0; i < n; i++) c->Xd[(size_t)k * n + i] = xr[i];
             memcpy(c->Xf + (size_t)k * n, xr, (size_t)n * sizeof *xr);
         }

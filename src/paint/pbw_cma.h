@@ -73,10 +73,12 @@ typedef struct pbw_cma_opts {
     double tolx;      /* stop when sigma * max(sqrt(C_ii), |pc_i|) < tolx for all i (1e-11) */
     long maxiter;     /* stop after this many iterations; 0: 100 + 150 (n+3)^2 / sqrt(lambda) */
     double tolcond;   /* stop when the condition number of C exceeds this (1e14) */
-    /* The eigendecomposition of C, when not LAPACK's dsyevd on one thread (NULL): same contract
-     * as LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, A, n, w); returns 0, or -1 and LAPACK
-     * is used for that update. The painter passes pbw_cuda_eigh on a GPU. */
-    int (*eigh)(int n, double *A, double *w);
+    /* The eigendecomposition of C, when not LAPACK's dsyevd on one thread (NULL): C (n,n)
+     * row-major, only its upper triangle read and left as it is; eigenvector j into column j of
+     * B (another buffer), eigenvalues ascending into w, as LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V',
+     * 'U', ...) gives them in place. Returns 0, or -1 and LAPACK is used for that update. The
+     * painter passes pbw_cuda_eigh on a GPU. */
+    int (*eigh)(int n, const double *C, double *B, double *w);
 } pbw_cma_opts;
 
 /* Painting defaults (DESIGN.md section 2): lambda 50, sigma0 0.5, seed 1, active 1, and
