@@ -208,6 +208,10 @@ int pbw_lpips_keep_weights(pbw_ctx *ctx, const float *keep, int H, int W,
             return -1;
         }
         const int h = (int)ref[k]->shape[2], w = (int)ref[k]->shape[3];
+        /* layers of one size (AlexNet's last three) share one tensor: the same weights */
+        for (int j = 0; j < k && !kw[k]; j++)
+            if (ref[j]->shape[2] == h && ref[j]->shape[3] == w) kw[k] = kw[j];
+        if (kw[k]) continue;
         const size_t sb = pbw_cpu_resize_scratch_bytes(1, h, w, H, W);
         float *kh = calloc((size_t)h * w, sizeof(float));
         void *scratch = malloc(sb + 1);

@@ -118,7 +118,8 @@ pbw_tensor *pbw_lpips_keep(pbw_ctx *ctx, const pbw_lpips *m, pbw_tensor *x,
                            pbw_tensor *const kw[PBW_LPIPS_LAYERS], double keep_sum);
 /* The weights of pbw_lpips_keep for a keep map (host floats (H,W), the reference's image size)
  * and the reference's features ref: kw[k] (h_k,w_k) = the bilinear resize's adjoint applied to
- * keep, made in ctx (a context that is not reset, beside ref). 0, or -1 with ctx failed. */
+ * keep, made in ctx (a context that is not reset, beside ref); layers of one size share one
+ * tensor. 0, or -1 with ctx failed. */
 int pbw_lpips_keep_weights(pbw_ctx *ctx, const float *keep, int H, int W,
                            pbw_tensor *const ref[PBW_LPIPS_LAYERS],
                            pbw_tensor *kw[PBW_LPIPS_LAYERS]);
