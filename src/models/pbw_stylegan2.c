@@ -334,8 +334,12 @@ static void area_resize(const float *src, int h, int w, int s, double *dst) {
     }
 }
 
-/* Separable normalized Gaussian, zero padding, in place (tmp: s*s doubles). */
-static void gauss_blur(double *m, double *tmp, int s, double sigma, int ks) {
+/* Separable normalized Gaussian, zero padding, in place (tmp: s*s doubles). Each output sums
+ * k[t] times the inputs under the kernel, t ascending, the taps outside the image left out; the
+ * loops run t outside and a row's outputs inside, so that a row is one vectorized pass per tap
+ * (the same operations in the same order for every output as a loop over t per output: the
+ * 256 px mask's sigma-16 blur is 4 M multiply-adds, and every edit waits for it). */
+static void gauss_blur(double *restrict m, double *restrict tmp, int s, double sigma, int ks) {
     double k[2 * 64 + 1], sum = 0;
     int r = ks / 2;
     for (int i = 0; i < ks; i++) {
@@ -344,24 +348,26 @@ static void gauss_blur(double *m, double *tmp, int s, double sigma, int ks) {
         sum += k[i];
     }
     for (int i = 0; i < ks; i++) k[i] /= sum;
-    for (int y = 0; y < s; y++) /* along rows */
-        for (int x = 0; x < s; x++) {
-            double a = 0;
-            for (int t = 0; t < ks; t++) {
-                int xx = x + t - r;
-                if (xx >= 0 && xx < s) a += k[t] * m[y * s + xx];
-            }
-            tmp[y * s + x] = a;
+    for (int y = 0; y < s; y++) { /* along rows: x + t - r inside [0, s) */
+        double *o = tmp + (size_t)y * s;
+        const double *in = m + (size_t)y * s;
+        for (int x = 0; x < s; x++) o[x] = 0;
+        for (int t = 0; t < ks; t++) {
+            const int lo = t < r ? r - t : 0, hi = t > r ? s + r - t : s, d = t - r;
+            const double kt = k[t];
+            for (int x = lo; x < hi; x++) o[x] += kt * in[x + d];
         }
-    for (int y = 0; y < s; y++) /* along columns */
-        for (int x = 0; x < s; x++) {
-            double a = 0;
-            for (int t = 0; t < ks; t++) {
-                int yy = y + t - r;
-                if (yy >= 0 && yy < s) a += k[t] * tmp[yy * s + x];
-            }
-            m[y * s + x] = a;
+    }
+    for (int y = 0; y < s; y++) { /* along columns */
+        double *o = m + (size_t)y * s;
+        for (int x = 0; x < s; x++) o[x] = 0;
+        for (int t = 0; t < ks; t++) {
+            const int yy = y + t - r;
+            if (yy < 0 || yy >= s) continue;
+            const double kt = k[t], *in = tmp + (size_t)yy * s;
+            for (int x = 0; x < s; x++) o[x] += kt * in[x];
         }
+    }
 }
 
 int pbw_sg2_mask_init(pbw_sg2_mask *mk, const pbw_stylegan2 *g, const float *mask, int h, int w,
