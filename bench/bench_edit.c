@@ -23,6 +23,8 @@
  *         first edit (pbw_cuda_mem_peak after pbw_cuda_mem_reset_peak: the bytes pbw's
  *         allocator holds, weights and the libraries' workspaces included; what cuBLAS and
  *         cuDNN allocate inside their handles is not counted).
+ * Every mode reports progress as `pbw edit` does without --history: each step's losses, the
+ * images left on the device (no_progress_images).
  * Mask: --mask PNG, else a centered square of side --box (default 3/8 of the image side: 96 of
  * 256). Words: --text (needs a vocabulary: --vocab, or the CLIP directory's), or --ids.
  *
@@ -317,6 +319,7 @@ int main(int argc, char **argv) {
 
     pbw_paint_request base;
     pbw_paint_request_default(&base);
+    base.no_progress_images = 1; /* as pbw edit without --history (and the PyTorch loop) */
     base.seed = seed;
     base.mask = mask;
     if (ids) {

@@ -752,6 +752,60 @@ PBW_TEST(paint_edit_adam_fixture) {
     free_models(&m);
 }
 
+/* Which phases' progress reports carried an image. */
+typedef struct seen_images {
+    int with[2], without[2];
+} seen_images;
+
+static void on_images(const pbw_paint_progress *pr, void *user) {
+    seen_images *s = user;
+    if (pr->image) s->with[pr->phase]++;
+    else s->without[pr->phase]++;
+}
+
+/* no_progress_images leaves every progress report without an image and changes nothing else:
+ * the same result bit for bit. */
+PBW_TEST(paint_edit_no_progress_images) {
+    models m;
+    pbw_painter *p = NULL;
+    pbw_err err;
+    if (open_painter(&m, &p)) return;
+    float mask[32 * 32];
+    corner_mask(mask);
+    pbw_paint_result res[2];
+    seen_images seen[2];
+    memset(seen, 0, sizeof seen);
+    int rc[2];
+    for (int k = 0; k < 2; k++) {
+        pbw_paint_request rq;
+        small_request(&rq, mask);
+        rq.cma_generations = 2;
+        rq.population = 4;
+        rq.adam_steps = 3;
+        rq.no_progress_images = k;
+        rc[k] = pbw_painter_edit(p, &rq, on_images, &seen[k], NULL, &res[k], &err);
+        CHECK_MSG(rc[k] == 0, "%s", err.msg);
+    }
+    if (rc[0] == 0 && rc[1] == 0) {
+        printf("  images in reports: cma %d/%d, adam %d/%d (default); cma %d/%d, adam %d/%d "
+               "(no_progress_images)\n", seen[0].with[0], seen[0].with[0] + seen[0].without[0],
+               seen[0].with[1], seen[0].with[1] + seen[0].without[1], seen[1].with[0],
+               seen[1].with[0] + seen[1].without[0], seen[1].with[1],
+               seen[1].with[1] + seen[1].without[1]);
+        CHECK(seen[0].with[0] == 2 && seen[0].with[1] == 3 && !seen[0].without[0] &&
+              !seen[0].without[1]);
+        CHECK(seen[1].without[0] == 2 && seen[1].without[1] == 3 && !seen[1].with[0] &&
+              !seen[1].with[1]);
+        CHECK(memcmp(res[0].image, res[1].image, sizeof(float) * 3 * 32 * 32) == 0);
+        CHECK(memcmp(res[0].latent, res[1].latent, sizeof(float) * 32) == 0);
+        CHECK(res[0].after.total == res[1].after.total);
+    }
+    for (int k = 0; k < 2; k++)
+        if (rc[k] == 0) pbw_paint_result_free(&res[k]);
+    pbw_painter_free(p);
+    free_models(&m);
+}
+
 PBW_TEST(paint_edit_refusals_cancel_repro) {
     models m;
     pbw_painter *p = NULL;

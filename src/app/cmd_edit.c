@@ -465,6 +465,7 @@ int app_paint_main(int argc, char **argv, int edit) {
         fprintf(stderr, "pbw %s: out of memory\n", cmd);
         goto out;
     }
+    a.rq.no_progress_images = !a.history; /* only the animation looks at the steps' images */
     if (a.history && pbw_gif_open(&s.gif, a.history, S, S, 10, &err)) {
         fprintf(stderr, "pbw %s: --history %s\n", cmd, err.msg);
         goto out;

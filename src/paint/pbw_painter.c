@@ -522,7 +522,7 @@ static void report(run *r, pbw_paint_phase phase, int phase_step, int phase_step
     pr.step_seconds = t_step;
     pr.step_cpu_seconds = cpu_step;
     pr.elapsed = now_s() - r->t0;
-    pr.image = r->frame;
+    pr.image = r->rq->no_progress_images ? NULL : r->frame;
     pr.size = r->S;
     r->progress(&pr, r->user);
 }
@@ -702,8 +702,9 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                     gbest = i + k;
                     kbest = k;
                 }
-            if (kbest >= 0) { /* this batch holds the generation's best so far: keep its frame
-                               * (only that image comes back from a GPU) */
+            /* this batch holds the generation's best so far: keep its frame for the report
+             * (only that image comes back from a GPU) */
+            if (kbest >= 0 && !rq->no_progress_images) {
                 pbw_tensor *best = pbw_slice(ctx, img, 0, kbest, kbest + 1, 1);
                 if (!best || pbw_tensor_read(ctx, best, r->frame)) {
                     rc = ctx_err(ctx, err, "reading the image back");
@@ -720,8 +721,9 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                                       &vals[k]);
                 if (gbest < 0 || vals[k].total < vals[gbest].total) gbest = k;
             }
-            if (!rc && pbw_cuda_d2h(r->frame, dframes + (int64_t)gbest * r->per,
-                                    (size_t)r->per * sizeof(float)))
+            if (!rc && !rq->no_progress_images &&
+                pbw_cuda_d2h(r->frame, dframes + (int64_t)gbest * r->per,
+                             (size_t)r->per * sizeof(float)))
                 rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
         }
         /* a graph replays into ctx's memory: a reset merging chunks would free it */
@@ -879,7 +881,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         float th = 0, ch = 0, l1h = 0, lph = 0;
         if (fetch(r, &th, so.total, 1) || fetch(r, &ch, so.clip, 1) ||
             (so.l1 && fetch(r, &l1h, so.l1, 1)) || (so.lpips && fetch(r, &lph, so.lpips, 1)) ||
-            fetch(r, grad, so.grad, D) || fetch(r, r->frame, so.img, r->per)) {
+            fetch(r, grad, so.grad, D) ||
+            (!rq->no_progress_images && fetch(r, r->frame, so.img, r->per))) {
             rc = ctx_err(ctx, err, "reading the step back");
             break;
         }

@@ -135,6 +135,9 @@ typedef struct pbw_paint_request {
     int cma_batch;           /* candidates per forward pass; 0: by image size */
     int clip_chunk;          /* crops per CLIP forward in CMA's forward-only passes (0: 32 on
                                 the CPU; on a GPU a generator batch's crops, 256 to 512) */
+    int no_progress_images;  /* 0: every progress report carries its image; 1: none does
+                                (image NULL), so that a GPU does not read an image back at
+                                every step (768 KiB at 256 px) for nobody to look at */
 } pbw_paint_request;
 
 void pbw_paint_request_default(pbw_paint_request *rq);
@@ -155,7 +158,8 @@ typedef struct pbw_paint_progress {
     double step_cpu_seconds;    /* CPU time of the process (all threads) during this step */
     double elapsed;             /* since the start of the request */
     const float *image;         /* (3,size,size) in [-1,1], this step's image (CMA: the
-                                   generation's best); valid during the call */
+                                   generation's best); valid during the call; NULL when the
+                                   request's no_progress_images is set */
     int size;
 } pbw_paint_progress;
 
