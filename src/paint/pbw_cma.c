@@ -290,8 +290,8 @@ int pbw_cma_new(pbw_cma **out, int n, const float *x0, const pbw_cma_opts *opts,
     c->hist_len = 10 + (int)ceil(30.0 * n / lam);
     c->hist = calloc((size_t)c->hist_len, sizeof *c->hist);
     if (!c->w || !c->mean || !c->mold || !c->pc || !c->ps || !c->C || !c->B || !c->D || !c->Xd ||
-        !c->Xf || !c->Y || !c->Yw || !c->Zn || !c->BDz || !c->tmp || !c->wr || !c->eigA || !c->eigv || !c->mnorm ||
-        !c->idx || !c->best_x || !c->kept || !c->hist) {
+        !c->Xf || !c->Y || !c->Yw || !c->Zn || !c->BDz || !c->tmp || !c->wr || !c->eigA ||
+        !c->eigv || !c->mnorm || !c->idx || !c->best_x || !c->kept || !c->hist) {
         pbw_cma_free(c);
         return pbw_err_set(err, "cma: out of memory for n=%d, lambda=%d", n, lam);
     }
@@ -513,7 +513,8 @@ static void apply_update(pbw_cma *c) {
     for (int r = 0; r < lam; r++) {
         double wv = c->w[r];
         if (wv < 0 && r >= mu && nneg > 0) {
-            const double nrm = made ? c->mnorm[c->idx[r]] : mahalanobis(c, Z + (size_t)(r - mu) * n);
+            const double nrm =
+                made ? c->mnorm[c->idx[r]] : mahalanobis(c, Z + (size_t)(r - mu) * n);
             wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
         }
         wr[r] = c->cmu * wv;
