@@ -806,6 +806,78 @@ PBW_TEST(paint_edit_no_progress_images) {
     free_models(&m);
 }
 
+/* PBW_TIMELINE=1: the painter's stages on stderr, in order (each generation's and each step's
+ * once), at times that never go back. */
+PBW_TEST(paint_timeline) {
+    models m;
+    pbw_painter *p = NULL;
+    pbw_err err;
+    if (open_painter(&m, &p)) return;
+    float mask[32 * 32];
+    corner_mask(mask);
+    pbw_paint_request rq;
+    small_request(&rq, mask);
+    rq.cma_generations = 2;
+    rq.population = 4;
+    rq.adam_steps = 2;
+    char path[] = "/tmp/pbw_test_timeline_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0) {
+        pbw_painter_free(p);
+        free_models(&m);
+        return;
+    }
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    setenv("PBW_TIMELINE", "1", 1);
+    pbw_paint_result res;
+    int rc = pbw_painter_edit(p, &rq, NULL, NULL, NULL, &res, &err);
+    unsetenv("PBW_TIMELINE");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    CHECK_MSG(rc == 0, "%s", err.msg);
+    if (rc == 0) pbw_paint_result_free(&res);
+    FILE *f = fopen(path, "r");
+    char text[16384] = {0};
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    remove(path);
+    const char *want[] = {"set-up: text embedded", "set-up: original rendered",
+                          "set-up: generator's mask", "set-up: before's evaluation",
+                          "cma: asked 1", "cma: settled 1", "cma: evaluated, values read back 1",
+                          "cma: told 1", "cma: asked 2", "cma: told 2", "adam: pass queued 1",
+                          "adam: read back 1", "adam: updated 1", "adam: updated 2", "result:"};
+    const char *at = text;
+    int found = 0;
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const char *q = strstr(at, want[i]);
+        if (!q) {
+            printf("  timeline: \"%s\" missing or out of order\n", want[i]);
+            break;
+        }
+        at = q + strlen(want[i]);
+        found++;
+    }
+    int lines = 0, back = 0;
+    double last = -1;
+    for (const char *l = strstr(text, "timeline:"); l; l = strstr(l + 1, "timeline:")) {
+        double t = atof(l + strlen("timeline:"));
+        back += t < last;
+        last = t;
+        lines++;
+    }
+    printf("  %zu bytes, %d marks, %d of %zu expected in order, %d going back in time\n", len,
+           lines, found, sizeof want / sizeof *want, back);
+    CHECK(found == (int)(sizeof want / sizeof *want) && back == 0);
+    CHECK(lines == 7 + 2 * 4 + 2 * 3 + 1); /* set-up, 2 generations, 2 steps, the result */
+    pbw_painter_free(p);
+    free_models(&m);
+}
+
 PBW_TEST(paint_edit_refusals_cancel_repro) {
     models m;
     pbw_painter *p = NULL;

@@ -98,7 +98,10 @@ static void help(FILE *f, int edit) {
             "PBW_PROFILE=1 prints the time per op and step at the end (the steps after the last\n"
             "phase's first, a warm-up); on a GPU the device is waited for at every op. PBW_PROFILE=gpu\n"
             "prints instead each op's device time from CUPTI (libcupti on the library path) with\n"
-            "no waiting, the GPU's busy time against the wall time, and the top kernels.\n");
+            "no waiting, the GPU's busy time against the wall time, and the top kernels.\n"
+            "PBW_TIMELINE=1 prints a line per stage (set-up, each generation's ask, evaluation\n"
+            "and tell, each Adam step's pass, read-back and update) with its time; =sync waits\n"
+            "for the GPU at each line, so that a stage's GPU work lands in it.\n");
 }
 
 typedef struct paint_args {

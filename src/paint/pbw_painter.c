@@ -283,10 +283,31 @@ typedef struct run {
     void *user;
     const volatile sig_atomic_t *cancel;
     double t0;
+    double t_mark; /* the last timeline mark */
     int step, steps;
 } run;
 
 static int cancelled(const run *r) { return r->cancel && *r->cancel; }
+
+/* PBW_TIMELINE=1: one line on stderr per stage of a request (the set-up's parts, each CMA-ES
+ * generation's ask, queue, settle, read-back and tell, each Adam step's pass, read-back and
+ * update, the result), with the time since the request began and since the mark before: where
+ * a request waits on the host. PBW_TIMELINE=sync first waits for the GPU at each mark, so
+ * that a stage's GPU work lands in it (the marks then serialize host and device). */
+static void mark(run *r, const char *what, int n) {
+    const char *e = getenv("PBW_TIMELINE");
+    if (!e || !*e || !strcmp(e, "0")) return;
+#ifdef PBW_HAVE_CUDA
+    if (!strcmp(e, "sync") && r->p->dev == PBW_DEV_CUDA && !pbw_cuda_capturing())
+        pbw_cuda_sync(NULL);
+#endif
+    const double t = now_s();
+    fprintf(stderr, "timeline: %10.3f ms  +%8.3f  %s", 1e3 * (t - r->t0), 1e3 * (t - r->t_mark),
+            what);
+    if (n > 0) fprintf(stderr, " %d", n);
+    fputc('\n', stderr);
+    r->t_mark = t;
+}
 
 /* The W latents (B,style) of latents (B,D) as the request takes them. */
 static pbw_tensor *latent_w(pbw_ctx *ctx, const run *r, pbw_tensor *lat) {
@@ -445,6 +466,7 @@ static int setup(run *r, const float *mask, pbw_err *err) {
     pbw_tensor *target = pbw_clip_encode_text(c, p->clip, ids, 1, T);
     free(ids);
     if (!target) return ctx_err(c, err, "text embedding");
+    mark(r, "set-up: text embedded", 0);
 
     /* start */
     float *z0 = malloc((size_t)D * sizeof *z0);
@@ -468,11 +490,13 @@ static int setup(run *r, const float *mask, pbw_err *err) {
         free(z0);
         return ctx_err(c, err, "mapping");
     }
+    mark(r, "set-up: mapped and read back", 0);
     memcpy(r->start, r->var == PBW_VAR_Z ? z0 : w0h, (size_t)D * sizeof(float));
     free(z0);
     for (int i = 0; i < g->n_latent; i++) r->lat0[i] = r->w0;
     r->orig = pbw_sg2_from_w(c, g, r->w0, NULL);
     if (!r->orig) return ctx_err(c, err, "generator");
+    mark(r, "set-up: original rendered", 0);
 
     /* objective */
     pbw_objective *o = &r->obj;
@@ -488,13 +512,16 @@ static int setup(run *r, const float *mask, pbw_err *err) {
     o->lpips_weight = rq->lpips_weight;
     if (r->edit) {
         if (pbw_objective_set_mask(o, c, mask, r->orig, err)) return -1;
+        mark(r, "set-up: objective's mask (LPIPS of the original, keep weights)", 0);
         if (rq->mask_mode == PBW_MASK_LATENT) {
             if (pbw_sg2_mask_init(&r->mk, g, mask, S, S, err)) return -1;
+            mark(r, "set-up: generator's mask at every layer's size", 0);
             r->have_mk = 1;
             if (pbw_sg2_mask_to_device(&r->mk, c, err)) return -1;
             /* lat0's styles and demodulation, once for every pass of the edit */
             pbw_sg2_opts so = synth_opts(r);
             if (pbw_sg2_fixed_make(c, g, &so, &r->fixed)) return ctx_err(c, err, "generator");
+            mark(r, "set-up: constant styles", 0);
         } else {
             r->orig_keep = pbw_mul(c, r->orig, o->keep);
             if (!r->orig_keep) return ctx_err(c, err, "output mask");
@@ -672,15 +699,19 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
         double t = now_s(), c0 = cpu_s();
         pbw_cma_ask(cma, X);
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
+        mark(r, "cma: asked", gen + 1);
         int gbest = -1;
 #ifdef PBW_HAVE_CUDA
         /* queued: values and images stay on the GPU until the generation ends */
-        if (dvals && !cancelled(r))
+        if (dvals && !cancelled(r)) {
             rc = run_generation(r, ctx, gen, X, lam, bsz, crops, (size_t)ncrops * sizeof *crops,
                                 dvals, dframes, &graph, &try_graph, err);
+            mark(r, "cma: queued on the GPU", gen + 1);
+        }
 #endif
         /* the strategy's own work for the next generation, while the GPU runs this one */
         pbw_cma_settle(cma);
+        mark(r, "cma: settled", gen + 1);
         pop_render pr;
         if (!dvals && !rc && pop_begin(ctx, r, X, lam, bsz, &pr))
             rc = ctx_err(ctx, err, "generator");
@@ -739,10 +770,12 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             mean += f[k] / lam;
             note_best(r, X + (int64_t)k * D, f[k]);
         }
+        mark(r, "cma: evaluated, values read back", gen + 1);
         if (pbw_cma_tell(cma, X, f, err)) {
             rc = pbw_err_prefix(err, "CMA-ES: ");
             break;
         }
+        mark(r, "cma: told", gen + 1);
         r->step++;
         report(r, PBW_PHASE_CMA, gen + 1, rq->cma_generations, &vals[gbest], mean,
                pbw_cma_sigma(cma), 0, 0, now_s() - t, cpu_s() - c0);
@@ -839,6 +872,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                 break;
             }
             so = gso;
+            mark(r, "adam: graph launched", t + 1);
         } else
 #endif
         {
@@ -855,10 +889,12 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
 #endif
             pbw_err cerr;
             int prc = adam_pass(r, ctx, var, crops, &so, capture ? &cerr : err);
+            mark(r, capture ? "adam: pass recorded" : "adam: pass queued", t + 1);
 #ifdef PBW_HAVE_CUDA
             if (capture) {
                 char why[160];
                 graph = pbw_cuda_capture_end(why, sizeof why);
+                mark(r, "adam: graph instantiated", t + 1);
                 if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
                     gso = so;
                 } else {
@@ -886,12 +922,14 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             rc = ctx_err(ctx, err, "reading the step back");
             break;
         }
+        mark(r, "adam: read back", t + 1);
         pbw_loss_values v = {th, ch, l1h, lph};
         note_best(r, var, v.total);
         if (pbw_adam_step(&adam, var, grad, err)) {
             rc = pbw_err_prefix(err, "Adam: ");
             break;
         }
+        mark(r, "adam: updated", t + 1);
         r->step++;
         report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0,
                cpu_s() - c0);
@@ -960,7 +998,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     r.progress = progress;
     r.user = user;
     r.cancel = cancel;
-    r.t0 = now_s();
+    r.t0 = r.t_mark = now_s();
     int do_cma = rq->optim != PBW_OPTIM_ADAM, do_adam = rq->optim != PBW_OPTIM_CMA;
     r.steps = (do_cma ? rq->cma_generations : 0) + (do_adam ? rq->adam_steps : 0);
     pbw_rng_seed(&r.rng, rq->rng_seed);
@@ -994,6 +1032,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     pbw_ctx_reset(p->ctx);
     pbw_ctx_set_grad(p->ctx, prev);
     if (erc) goto out;
+    mark(&r, "set-up: before's evaluation", 0);
 
     memcpy(var, r.start, (size_t)D * sizeof *var);
     if (do_cma && rq->cma_generations > 0 && phase_cma(&r, var, err)) goto out;
@@ -1033,6 +1072,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     pbw_ctx_reset(p->ctx);
     pbw_ctx_set_grad(p->ctx, prev);
     if (erc) goto out;
+    mark(&r, "result: rendered, read back, after's evaluation", 0);
     res->seconds = now_s() - r.t0;
     rc = 0;
 out:
