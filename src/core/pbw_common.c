@@ -128,28 +128,32 @@ uint16_t pbw_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* One loop per type (a switch per element kept a 600 MB checkpoint's copy at ~2 GB/s). */
+#define CONVERT(T, EXPR)                                                                          \
+    for (size_t i = 0; i < n; i++) {                                                             \
+        T v;                                                                                     \
+        memcpy(&v, s + i * sizeof v, sizeof v);                                                  \
+        dst[i] = (EXPR);                                                                         \
+    }                                                                                            \
+    return 0
+
 int pbw_convert_to_f32(pbw_dtype t, const void *src, size_t n, float *dst) {
     const unsigned char *s = (const unsigned char *)src;
-    size_t es = pbw_dtype_size(t);
-    if (es == 0) return -1;
-    for (size_t i = 0; i < n; i++) {
-        const unsigned char *p = s + i * es;
-        switch (t) {
-        case PBW_F32: { float v; memcpy(&v, p, 4); dst[i] = v; break; }
-        case PBW_F16: { uint16_t v; memcpy(&v, p, 2); dst[i] = pbw_f16_to_f32(v); break; }
-        case PBW_BF16: { uint16_t v; memcpy(&v, p, 2); dst[i] = pbw_bf16_to_f32(v); break; }
-        case PBW_F64: { double v; memcpy(&v, p, 8); dst[i] = (float)v; break; }
-        case PBW_I64: { int64_t v; memcpy(&v, p, 8); dst[i] = (float)v; break; }
-        case PBW_I32: { int32_t v; memcpy(&v, p, 4); dst[i] = (float)v; break; }
-        case PBW_I16: { int16_t v; memcpy(&v, p, 2); dst[i] = (float)v; break; }
-        case PBW_I8: dst[i] = (float)(int8_t)p[0]; break;
-        case PBW_U8: dst[i] = (float)p[0]; break;
-        case PBW_BOOL: dst[i] = p[0] ? 1.0f : 0.0f; break;
-        default: return -1;
-        }
+    switch (t) {
+    case PBW_F32: memcpy(dst, src, n * sizeof *dst); return 0;
+    case PBW_F16: CONVERT(uint16_t, pbw_f16_to_f32(v));
+    case PBW_BF16: CONVERT(uint16_t, pbw_bf16_to_f32(v));
+    case PBW_F64: CONVERT(double, (float)v);
+    case PBW_I64: CONVERT(int64_t, (float)v);
+    case PBW_I32: CONVERT(int32_t, (float)v);
+    case PBW_I16: CONVERT(int16_t, (float)v);
+    case PBW_I8: CONVERT(int8_t, (float)v);
+    case PBW_U8: CONVERT(uint8_t, (float)v);
+    case PBW_BOOL: CONVERT(uint8_t, v ? 1.0f : 0.0f);
+    default: return -1;
     }
-    return 0;
 }
+#undef CONVERT
 
 int pbw_mul_overflow(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a) return -1;
