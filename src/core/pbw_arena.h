@@ -31,6 +31,8 @@ typedef struct pbw_arena {
     void *(*mem_alloc)(size_t bytes);
     void (*mem_free)(void *p);
     void *tensors;          /* tensors made in this arena by pbw_tensor_new_in (pbw_tensor.c) */
+    int huge_pages;         /* 1: heap chunks of 4 MiB or more asked for 2 MiB pages (a
+                               model's weights: written once, whole; 0 by default) */
     pbw_arena_hook *hooks;  /* run by pbw_arena_free */
 } pbw_arena;
 

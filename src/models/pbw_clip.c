@@ -530,6 +530,7 @@ int pbw_clip_from_records(const pbw_records *recs, const char *config_json, cons
         return pbw_err_set(err, "out of memory");
     }
     pbw_arena_init(&m->arena, (size_t)64 << 20);
+    m->arena.huge_pages = 1;
     m->cfg = default_config();
     loader L;
     memset(&L, 0, sizeof L);

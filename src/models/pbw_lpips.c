@@ -100,6 +100,7 @@ static int from_records(const pbw_records *trunk, const pbw_records *heads, pbw_
     if (!m) return pbw_err_set(err, "lpips: out of memory");
     /* 2.47 M trunk parameters + heads: one chunk */
     pbw_arena_init(&m->arena, (size_t)11 << 20);
+    m->arena.huge_pages = 1;
     if (load_weights(m, trunk, heads, in_heads, err)) {
         pbw_lpips_free(m);
         return -1;

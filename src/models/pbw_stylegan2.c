@@ -293,6 +293,7 @@ int pbw_sg2_from_records(const pbw_records *recs, const char *prefix, pbw_styleg
     pbw_stylegan2 *g = calloc(1, sizeof *g);
     if (!g) return pbw_err_set(err, "out of memory");
     pbw_arena_init(&g->arena, 1 << 20);
+    g->arena.huge_pages = 1;
     loader L = {g, recs, prefix ? prefix : "", err};
     if (build(&L)) {
         pbw_sg2_free(g);
