@@ -698,6 +698,14 @@ static void small_request(pbw_paint_request *rq, const float *mask) {
     rq->crops = 8;
 }
 
+/* small_request cut to 2 CMA-ES generations of 4, then `steps` Adam steps. */
+static void tiny_request(pbw_paint_request *rq, const float *mask, int steps) {
+    small_request(rq, mask);
+    rq->cma_generations = 2;
+    rq->population = 4;
+    rq->adam_steps = steps;
+}
+
 /* The fixture models (no LPIPS) in a painter; -1 (checked, freed) when they cannot load. */
 static int open_painter(models *m, pbw_painter **p) {
     pbw_err err;
@@ -778,10 +786,7 @@ PBW_TEST(paint_edit_no_progress_images) {
     int rc[2];
     for (int k = 0; k < 2; k++) {
         pbw_paint_request rq;
-        small_request(&rq, mask);
-        rq.cma_generations = 2;
-        rq.population = 4;
-        rq.adam_steps = 3;
+        tiny_request(&rq, mask, 3);
         rq.no_progress_images = k;
         rc[k] = pbw_painter_edit(p, &rq, on_images, &seen[k], NULL, &res[k], &err);
         CHECK_MSG(rc[k] == 0, "%s", err.msg);
@@ -816,10 +821,7 @@ PBW_TEST(paint_timeline) {
     float mask[32 * 32];
     corner_mask(mask);
     pbw_paint_request rq;
-    small_request(&rq, mask);
-    rq.cma_generations = 2;
-    rq.population = 4;
-    rq.adam_steps = 2;
+    tiny_request(&rq, mask, 2);
     char path[] = "/tmp/pbw_test_timeline_XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);
