@@ -34,16 +34,8 @@ for v in "$@"; do
     *) echo "ab_cuda.sh: variant '$v' is not LABEL=COMMAND" >&2; exit 2 ;;
     esac
 done
-if [ -z "${ARGS:-}" ]; then
-    for f in "$MODELS/g256.pt" "$MODELS/clip_vit_b32" "$CARRY/bpe_simple_vocab_16e6.txt.gz" \
-        "$CARRY/alex.pth" tests/fixtures/lpips/alexnet_features_fp16.pth; do
-        [ -e "$f" ] || { echo "ab_cuda.sh: missing $f (run bench/run_cuda.sh first)" >&2; exit 1; }
-    done
-    ARGS="--gan $MODELS/g256.pt --clip $MODELS/clip_vit_b32
-          --vocab $CARRY/bpe_simple_vocab_16e6.txt.gz
-          --lpips-trunk tests/fixtures/lpips/alexnet_features_fp16.pth --lpips-heads $CARRY/alex.pth
-          --device cuda --precision $PRECISION"
-fi
+. bench/cuda_models.sh
+cuda_model_args ab_cuda.sh
 OUT=${OUT:-$(mktemp -d /tmp/pbw_ab_XXXXXX)}
 mkdir -p "$OUT" || exit 1
 

@@ -25,16 +25,8 @@ if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
     sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
-if [ -z "${ARGS:-}" ]; then
-    for f in "$MODELS/g256.pt" "$MODELS/clip_vit_b32" "$CARRY/bpe_simple_vocab_16e6.txt.gz" \
-        "$CARRY/alex.pth" tests/fixtures/lpips/alexnet_features_fp16.pth; do
-        [ -e "$f" ] || { echo "timeline.sh: missing $f (run bench/run_cuda.sh first)" >&2; exit 1; }
-    done
-    ARGS="--gan $MODELS/g256.pt --clip $MODELS/clip_vit_b32
-          --vocab $CARRY/bpe_simple_vocab_16e6.txt.gz
-          --lpips-trunk tests/fixtures/lpips/alexnet_features_fp16.pth --lpips-heads $CARRY/alex.pth
-          --device cuda --precision $PRECISION"
-fi
+. bench/cuda_models.sh
+cuda_model_args timeline.sh
 [ -x "$BENCH" ] || { echo "timeline.sh: $BENCH not built (make $BENCH)" >&2; exit 1; }
 mkdir -p "$OUT" || exit 1
 mode=1
