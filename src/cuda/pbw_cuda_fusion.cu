@@ -265,8 +265,6 @@ bool run_fused(const fusion_key &k, const fusion_args &a) {
     return true;
 }
 
-bool misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
-
 // A layer norm's affine folded into the product after it (the file's opening comment): Ut
 // (O,I) in the half type, the folded bias (O) in fp32.
 struct ln_fold {
@@ -277,18 +275,6 @@ struct ln_fold {
     float *bias;
 };
 std::vector<ln_fold> g_folds;
-
-// Block reduction of a double over 256 threads (the first thread gets the sum).
-__device__ double block_sum_256(double v, double *sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = 128; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s)
-            sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    return sh[0];
-}
 
 // One block of 256 threads a row j: U_jk = W_jk gamma_k, Ut_jk = U_jk - mean_k U_jk (the mean
 // summed in double), bias_j = b_j + sum_k W_jk beta_k.
@@ -304,9 +290,8 @@ __global__ void ln_fold_kernel(const float *w, const float *gamma, const float *
         s += (double)(wr[k] * gamma[k]);
         sb += (double)wr[k] * (double)beta[k];
     }
-    const double mean = block_sum_256(s, sh) / (double)I;
-    __syncthreads();
-    const double bsum = block_sum_256(sb, sh);
+    const double mean = pbw_block_sum<256>(s, sh) / (double)I;
+    const double bsum = pbw_block_sum<256>(sb, sh);
     for (int64_t k = threadIdx.x; k < I; k += 256)
         ut[j * I + k] = pbw_to_half<H>((float)((double)(wr[k] * gamma[k]) - mean));
     if (threadIdx.x == 0)
@@ -432,8 +417,8 @@ extern "C" int pbw_cuda_linear_quick_gelu(const void *xh, const float *w, const 
     const int prec = (int)pbw_cuda_precision();
     const void *wh = pbw_cuda_half_weight(w, (size_t)(O * I));
     const void *bh = wh ? pbw_cuda_half_weight(b, (size_t)O) : nullptr;
-    if (!bh || misaligned(xh) || misaligned(wh) || misaligned(bh) || misaligned(yh) ||
-        (I * 2) % 16 || (O * 2) % 16)
+    if (!bh || !pbw_aligned16(xh) || !pbw_aligned16(wh) || !pbw_aligned16(bh) ||
+        !pbw_aligned16(yh) || (I * 2) % 16 || (O * 2) % 16)
         return -1;
     if (!run_fused(fusion_key{R, O, I, prec, KIND_QGELU}, fusion_args{xh, wh, bh, nullptr, yh}))
         return -1;
@@ -448,15 +433,17 @@ extern "C" int pbw_cuda_layer_norm_linear(const void *xh, const float *gamma, co
     if (pbw_env_zero("PBW_CUDA_LN_FOLD")) // read at each call: tests compare both paths
         return -1;
     if ((quick_gelu && !gelu_fusion_on()) || !xh || !yh || !gamma || !beta || !b || !rstd ||
-        R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() || misaligned(xh) ||
-        misaligned(yh) || misaligned(rstd) || (I != 512 && I != 768 && I != 1024) || (O * 2) % 16)
+        R <= 0 || O <= 0 || I <= 0 || !pbw_cuda_half_gemm() || !pbw_aligned16(xh) ||
+        !pbw_aligned16(yh) || !pbw_aligned16(rstd) || (I != 512 && I != 768 && I != 1024) ||
+        (O * 2) % 16)
         return -1;
     const int prec = (int)pbw_cuda_precision();
     const fusion_key k{R, O, I, prec, quick_gelu ? KIND_LN_QGELU : KIND_LN};
     if (refused(k)) // nothing launched: the caller runs the two ops
         return -1;
     const ln_fold *f = fold_of(w, gamma, beta, b, O, I);
-    if (!f || misaligned(f->ut) || misaligned(f->bias) || !ln_stats(xh, rstd, R, I, eps))
+    if (!f || !pbw_aligned16(f->ut) || !pbw_aligned16(f->bias) ||
+        !ln_stats(xh, rstd, R, I, eps))
         return -1;
     // (a new shape's plan is timed on these operands, the statistics included)
     if (!run_fused(k, fusion_args{xh, f->ut, f->bias, rstd, yh}))

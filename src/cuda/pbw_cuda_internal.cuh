@@ -93,6 +93,25 @@ __device__ __forceinline__ float pbw_warp_max(float v) {
     return v;
 }
 
+// Block-wide sum of one double per thread over a block of THREADS (a power of two), sh that
+// many doubles of shared memory: a fixed tree (deterministic), the sum returned to every
+// thread; sh may be reused by the next call.
+template <int THREADS>
+__device__ double pbw_block_sum(double v, double *sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int h = THREADS / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// A pointer 16-byte aligned (vector loads, cuDNN's and cuBLASLt's half operands).
+static inline bool pbw_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 #define PBW_CUDA_LAUNCHED(name)                                                                 \
     do {                                                                                        \
         cudaError_t e_ = cudaGetLastError();                                                    \

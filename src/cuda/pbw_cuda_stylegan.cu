@@ -36,19 +36,6 @@ __device__ __forceinline__ int64_t divmod(int64_t a, int64_t b, int64_t *r) {
 
 int64_t nchunks(int64_t P) { return P > 0 ? (P + CHUNK - 1) / CHUNK : 1; }
 
-// Block-wide sum of one double per thread (fixed tree: deterministic); valid in thread 0.
-__device__ double block_sum(double v, double *sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int h = RED_THREADS / 2; h > 0; h >>= 1) {
-        if ((int)threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
-        __syncthreads();
-    }
-    double r = sh[0];
-    __syncthreads(); // sh is reused by the next call
-    return r;
-}
-
 // Pass 2: dst[n*nstride + c] += (float)(sum of the chunks of part[(n*C + c)*nch ..]) for every
 // n in order; with `total` the sums over n are added first (one float addition: the bias).
 __global__ void finish_kernel(float *dst, const double *part, int N, int C, int64_t nch,
@@ -100,8 +87,8 @@ ew_shape ew_config(int N, int C, int64_t P, int V) {
 }
 
 // V = 4 needs every plane and map to start on 16 bytes: P % 4 == 0 and aligned base pointers
-// (the arenas give 64-byte alignment, so this is the usual case). NULL passes.
-bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+// (pbw_aligned16, which NULL passes; the arenas give 64-byte alignment, so this is the usual
+// case).
 
 // The planes (sample n, channel c) of this thread, then its first pixels p of V in the plane.
 #define EW_PLANES(N_, C_)                                                                     \
@@ -188,8 +175,8 @@ __global__ void modulate_gs_kernel(double *pa, double *pb, const float *gout, co
             b += (double)(t * (1.0f - mp[p]));
         }
     }
-    a = block_sum(a, sh);
-    if (mp) b = block_sum(b, sh);
+    a = pbw_block_sum<RED_THREADS>(a, sh);
+    if (mp) b = pbw_block_sum<RED_THREADS>(b, sh);
     if (threadIdx.x == 0) {
         if (pa) pa[plane * nch + k] = a;
         if (pb) pb[plane * nch + k] = b;
@@ -319,8 +306,8 @@ __global__ void bias_act_sums_kernel(double *pd, double *pbias, const float *gou
         a += (double)(gp * y[i]);
         b += gp;
     }
-    if (pd) a = block_sum(a, sh);
-    if (pbias) b = block_sum(b, sh);
+    if (pd) a = pbw_block_sum<RED_THREADS>(a, sh);
+    if (pbias) b = pbw_block_sum<RED_THREADS>(b, sh);
     if (threadIdx.x == 0) {
         if (pd) pd[plane * nch + k] = a;
         if (pbias) pbias[plane * nch + k] = b;
@@ -360,7 +347,7 @@ extern "C" void pbw_cuda_sg_modulate_forward(float *out, const float *x, const f
                                              const pbw_cpu_sg_mod_geom *g) {
     const int64_t n = (int64_t)g->N * g->C * g->P;
     if (n == 0) return;
-    const int v4 = g->P % 4 == 0 && al16(out) && al16(x) && al16(m);
+    const int v4 = g->P % 4 == 0 && pbw_aligned16(out) && pbw_aligned16(x) && pbw_aligned16(m);
     const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
     if (v4)
         pbw_launch(modulate_kernel<4, false>, sh.grid, sh.block, 0, out, x, s, s0, m, *g);
@@ -376,7 +363,8 @@ extern "C" void pbw_cuda_sg_modulate_backward(const float *gout, const float *x,
     const int64_t planes = (int64_t)g->N * g->C, n = planes * g->P;
     if (n == 0) return;
     if (gx) {
-        const int v4 = g->P % 4 == 0 && al16(gx) && al16(gout) && al16(m);
+        const int v4 =
+            g->P % 4 == 0 && pbw_aligned16(gx) && pbw_aligned16(gout) && pbw_aligned16(m);
         const ew_shape sh = ew_config(g->N, g->C, g->P, v4 ? 4 : 1);
         // gx_add 0: the forward's product (fma with a zero addend rounds alike)
         if (v4 && gx_add)
@@ -416,8 +404,8 @@ extern "C" void pbw_cuda_sg_bias_act_forward(float *out, const float *y, const f
                                              const pbw_cpu_sg_act_geom *g) {
     const int64_t n = (int64_t)g->N * g->O * g->P;
     if (n == 0) return;
-    const int v4 = g->P % 4 == 0 && al16(out) && al16(y) && al16(noise) &&
-                   (g->d_mode != 2 || al16(d));
+    const int v4 = g->P % 4 == 0 && pbw_aligned16(out) && pbw_aligned16(y) &&
+                   pbw_aligned16(noise) && (g->d_mode != 2 || pbw_aligned16(d));
     const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
     if (v4)
         pbw_launch(bias_act_fwd_kernel<4>, sh.grid, sh.block, 0, out, y, d, noise, bias, *g);
@@ -434,8 +422,9 @@ extern "C" void pbw_cuda_sg_bias_act_backward(const float *gout, const float *y,
     if (n == 0) return;
     if (gy || (gd && g->d_mode == 2)) {
         float *gdp = g->d_mode == 2 ? gd : NULL; // per pixel: elementwise here
-        const int v4 = g->P % 4 == 0 && al16(gy) && al16(gdp) && al16(gout) && al16(y) &&
-                       al16(noise) && (g->d_mode != 2 || al16(d));
+        const int v4 = g->P % 4 == 0 && pbw_aligned16(gy) && pbw_aligned16(gdp) &&
+                       pbw_aligned16(gout) && pbw_aligned16(y) && pbw_aligned16(noise) &&
+                       (g->d_mode != 2 || pbw_aligned16(d));
         const ew_shape sh = ew_config(g->N, g->O, g->P, v4 ? 4 : 1);
         if (v4)
             pbw_launch(bias_act_gy_kernel<4>, sh.grid, sh.block, 0, gy, gdp, gout, y, d, noise,
