@@ -95,5 +95,5 @@ def table(prefix, heavy_label, heavy):
 tells = [dt for t, dt, w, n in marks if w == "cma: told"]
 cut = 3 * med(tells) if tells else 0
 table("cma: ", "decomposing", lambda parts: any(w == "told" and dt > cut for w, dt in parts))
-table("adam: ", "recorded", lambda parts: any(w == "pass recorded" for w, _ in parts))
+table("adam: ", "recorded", lambda parts: any(w in ("pass recorded", "next recorded") for w, _ in parts))
 EOF

@@ -567,7 +567,8 @@ extern "C" void pbw_cuda_graph_input(const void *host, size_t bytes) {
 extern "C" int pbw_cuda_capture_begin(void) {
     if (g_dev < 0 || g_capturing || g_lane != 0) return -1;
     g_inputs.clear();
-    if (pbw_cuda_sync(nullptr)) return -1;
+    // no wait for the work queued before: the recording runs nothing, and its launches come
+    // after that work in stream order (the painter records a pass while the one before runs)
     g_cap = new pbw_cuda_graph();
     g_cap->exec = nullptr;
     g_capture_broken = g_capture_grew = 0;
@@ -598,6 +599,8 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
     if (e == cudaSuccess && graph && !g_capture_broken && !err)
         e = cudaGraphInstantiate(&g->exec, graph, 0);
     bool ok = e == cudaSuccess && graph && !g_capture_broken && !err && g->exec;
+    // the graph's device side set up now, in stream order, rather than at its first launch
+    if (ok && cudaGraphUpload(g->exec, pbw_stream()) != cudaSuccess) cudaGetLastError();
     if (why && why_len)
         snprintf(why, why_len, "%s", ok ? "" : g_capture_broken ? g_refusal
                                            : err               ? err

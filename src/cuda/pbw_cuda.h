@@ -142,7 +142,8 @@ void *pbw_cuda_lane_buffer(pbw_lane_buffer *b, size_t bytes, size_t min, const c
  * frees and library workspaces that grow cannot be recorded: capture_end then returns NULL
  * (why says what broke it), clears the error, and the caller runs the pass directly. A graph
  * reuses the device addresses it recorded: the memory of the pass must stay allocated (and
- * untouched by other work) while it is used. */
+ * untouched by other work) while it is used. Recording may begin while work queued before
+ * still runs (it waits for nothing); the graph's launches come after that work. */
 typedef struct pbw_cuda_graph pbw_cuda_graph;
 void pbw_cuda_graph_input(const void *host, size_t bytes);
 int pbw_cuda_capture_begin(void);

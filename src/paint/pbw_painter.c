@@ -595,38 +595,88 @@ static int recording_failed(const char *pass, int step, const char *why, int tri
     return tries;
 }
 
-/* The queued generation, replayed from a CUDA graph from the third on: the second (the first is
- * a warm-up: algorithm searches, memory growth, weight caches) is recorded with X and the crops
- * as inputs read again at each launch; where recording fails, or PBW_CUDA_GRAPHS=0, every
- * generation is queued directly. A recording refused because memory had to grow is tried once
- * more on the next generation (the refused one, run directly, left the memory grown).
- * *graph and *try_graph (recordings left to try) carry the state between generations. */
-static int run_generation(run *r, pbw_ctx *ctx, int gen, const float *X, int lam, int bsz,
-                          const pbw_crop *crops, size_t crops_bytes, float *dvals,
-                          float *dframes, pbw_cuda_graph **graph, int *try_graph, pbw_err *err) {
-    if (*graph) {
-        if (pbw_cuda_graph_launch(*graph)) return pbw_err_set(err, "CMA-ES: %s", pbw_cuda_error());
+/* A fixed-shape pass replayed from a CUDA graph (the CMA-ES generation, the Adam step): the
+ * recording (NULL until made), the recordings left to try, and whether it has been launched. */
+typedef struct pass_graph {
+    pbw_cuda_graph *g;
+    int tries, launched;
+} pass_graph;
+
+/* Queues a pass into ctx's memory (recorded when a capture is open). */
+typedef int (*pass_fn)(void *arg, pbw_err *err);
+
+/* Records fn's pass, for step `step`, in pg->g without running it, the host ranges in1 and in2
+ * read again at each launch. 0 when recorded; -1 when not (pg->tries updated, nothing queued).
+ * The pass the caller queued just before may still be running: the recording reuses its
+ * memory (after a pbw_ctx_reset), and its launches come after that pass in stream order. */
+static int record_pass(pass_graph *pg, const char *pass, int step, pass_fn fn, void *arg,
+                       const void *in1, size_t bytes1, const void *in2, size_t bytes2) {
+    if (pbw_cuda_capture_begin()) {
+        pg->tries = recording_failed(pass, step, NULL, pg->tries);
+        return -1;
+    }
+    pbw_cuda_graph_input(in1, bytes1); /* before anything is uploaded */
+    pbw_cuda_graph_input(in2, bytes2);
+    pbw_err cerr = {0};
+    int prc = fn(arg, &cerr);
+    char why[160];
+    pg->g = pbw_cuda_capture_end(why, sizeof why);
+    pg->launched = 0;
+    if (pg->g && !prc) return 0;
+    pg->tries = recording_failed(pass, step, why[0] ? why : cerr.msg, pg->tries);
+    pbw_cuda_graph_free(pg->g);
+    pg->g = NULL;
+    pbw_cuda_clear_error();
+    return -1;
+}
+
+/* Launches pg's recording for step `step`: 0; 1 when its first launch failed (the recording
+ * given up: the caller runs the pass directly); -1 when a later one failed (err set). */
+static int launch_pass(pass_graph *pg, const char *pass, int step, pbw_err *err) {
+    if (pbw_cuda_graph_launch(pg->g) == 0) {
+        pg->launched = 1;
         return 0;
     }
-    if (!*try_graph || gen < 1)
-        return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
-    if (pbw_cuda_capture_begin()) {
-        *try_graph = recording_failed("CMA-ES generation", gen + 1, NULL, *try_graph);
-        return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
-    }
-    pbw_cuda_graph_input(X, (size_t)lam * r->D * sizeof *X); /* before anything is uploaded */
-    pbw_cuda_graph_input(crops, crops_bytes);
-    pbw_err cerr;
-    int prc = queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, &cerr);
-    char why[160];
-    *graph = pbw_cuda_capture_end(why, sizeof why);
-    if (*graph && !prc && pbw_cuda_graph_launch(*graph) == 0) return 0;
-    *try_graph = recording_failed("CMA-ES generation", gen + 1,
-                                  why[0] ? why : (prc ? cerr.msg : "launch failed"), *try_graph);
-    pbw_cuda_graph_free(*graph);
-    *graph = NULL;
+    if (pg->launched) return pbw_err_set(err, "%s: %s", pass, pbw_cuda_error());
+    pg->tries = recording_failed(pass, step, "launch failed", pg->tries);
+    pbw_cuda_graph_free(pg->g);
+    pg->g = NULL;
     pbw_cuda_clear_error();
-    return queue_generation(r, ctx, X, lam, bsz, crops, dvals, dframes, err);
+    return 1;
+}
+
+/* One CMA-ES generation's pass for record_pass. */
+typedef struct gen_pass {
+    run *r;
+    pbw_ctx *ctx;
+    const float *X;
+    int lam, bsz;
+    const pbw_crop *crops;
+    float *dvals, *dframes;
+} gen_pass;
+
+static int gen_pass_fn(void *arg, pbw_err *err) {
+    gen_pass *a = arg;
+    return queue_generation(a->r, a->ctx, a->X, a->lam, a->bsz, a->crops, a->dvals, a->dframes,
+                            err);
+}
+
+/* The queued generation, replayed from a CUDA graph from the second on: the first runs
+ * directly (a warm-up: algorithm searches, memory growth, weight caches), and the second's
+ * graph is recorded while the GPU runs it (phase_cma), with X and the crops as inputs read
+ * again at each launch. Where that recording fails it is tried here (once more on a later
+ * generation when memory had to grow: the refused pass, run directly, leaves it grown); where
+ * recording fails, or PBW_CUDA_GRAPHS=0, every generation is queued directly. */
+static int run_generation(run *r, int gen, gen_pass *gp, size_t crops_bytes, pass_graph *pg,
+                          pbw_err *err) {
+    if (!pg->g && pg->tries && gen >= 1)
+        record_pass(pg, "CMA-ES generation", gen + 1, gen_pass_fn, gp, gp->X,
+                    (size_t)gp->lam * r->D * sizeof *gp->X, gp->crops, crops_bytes);
+    if (pg->g) {
+        int lrc = launch_pass(pg, "CMA-ES", gen + 1, err);
+        if (lrc <= 0) return lrc;
+    }
+    return gen_pass_fn(gp, err);
 }
 #endif
 
@@ -681,8 +731,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     float *dvals = NULL, *hvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
-    pbw_cuda_graph *graph = NULL;
-    int try_graph = pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2; /* recordings to try */
+    pass_graph pg = {NULL, pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2, 0}; /* 2: recordings to try */
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
@@ -704,9 +753,18 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
         /* queued: values and images stay on the GPU until the generation ends */
         if (dvals && !cancelled(r)) {
-            rc = run_generation(r, ctx, gen, X, lam, bsz, crops, (size_t)ncrops * sizeof *crops,
-                                dvals, dframes, &graph, &try_graph, err);
+            gen_pass gp = {r, ctx, X, lam, bsz, crops, dvals, dframes};
+            const size_t crops_bytes = (size_t)ncrops * sizeof *crops;
+            rc = run_generation(r, gen, &gp, crops_bytes, &pg, err);
             mark(r, "cma: queued on the GPU", gen + 1);
+            /* the next generation's graph recorded while the GPU runs this one, into the
+             * memory this one uses (its launch comes after this one in stream order) */
+            if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r)) {
+                pbw_ctx_reset(ctx);
+                if (record_pass(&pg, "CMA-ES generation", gen + 2, gen_pass_fn, &gp, X,
+                                (size_t)lam * D * sizeof *X, crops, crops_bytes) == 0)
+                    mark(r, "cma: next recorded", gen + 2);
+            }
         }
 #endif
         /* the strategy's own work for the next generation, while the GPU runs this one */
@@ -758,7 +816,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 rc = pbw_err_set(err, "reading the image back: %s", pbw_cuda_error());
         }
         /* a graph replays into ctx's memory: a reset merging chunks would free it */
-        const int replays = graph != NULL;
+        const int replays = pg.g != NULL;
 #else
         const int replays = 0;
 #endif
@@ -784,7 +842,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     pbw_ctx_set_grad(ctx, prev);
     free(hvals);
 #ifdef PBW_HAVE_CUDA
-    pbw_cuda_graph_free(graph); /* before the memory it replays into */
+    pbw_cuda_graph_free(pg.g); /* before the memory it replays into */
     pbw_cuda_free(dvals);
     pbw_cuda_free(dframes);
 #endif
@@ -823,6 +881,22 @@ static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *cro
     return 0;
 }
 
+#ifdef PBW_HAVE_CUDA
+/* One Adam step's pass for record_pass. */
+typedef struct adam_arg {
+    run *r;
+    pbw_ctx *ctx;
+    const float *var;
+    const pbw_crop *crops;
+    step_out *so;
+} adam_arg;
+
+static int adam_pass_fn(void *arg, pbw_err *err) {
+    adam_arg *a = arg;
+    return adam_pass(a->r, a->ctx, a->var, a->crops, a->so, err);
+}
+#endif
+
 /* Copies n floats of a step's result to the host. */
 static int fetch(const run *r, float *dst, const float *src, int64_t n) {
     if (r->p->dev == PBW_DEV_CUDA) {
@@ -836,9 +910,10 @@ static int fetch(const run *r, float *dst, const float *src, int64_t n) {
     return 0;
 }
 
-/* Adam phase on `var` (D), in place. On CUDA the step after the first (a warm-up: algorithm
- * searches, memory growth, weight caches) is recorded in a CUDA graph and the later steps
- * replay it (PBW_CUDA_GRAPHS=0 turns that off); where recording fails the steps run directly. */
+/* Adam phase on `var` (D), in place. On CUDA the second step is recorded in a CUDA graph while
+ * the GPU runs the first (a warm-up: algorithm searches, memory growth, weight caches), and the
+ * later steps replay it (PBW_CUDA_GRAPHS=0 turns that off); where recording fails the steps run
+ * directly. */
 static int phase_adam(run *r, float *var, pbw_err *err) {
     const pbw_paint_request *rq = r->rq;
     const int D = r->D, n = rq->adam_steps;
@@ -856,63 +931,55 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
     /* recordings to try: as the CMA-ES generations (run_generation), a second one when the
      * first was refused because memory had to grow */
-    int try_graph = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS") ? 2 : 0;
-    pbw_cuda_graph *graph = NULL;
+    pass_graph pg = {NULL, r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS") ? 2 : 0,
+                     0};
     step_out gso = {0};
+    adam_arg aa = {r, ctx, var, crops, &gso};
+    const size_t var_bytes = (size_t)D * sizeof *var, crops_bytes = (size_t)ncrops * sizeof *crops;
 #endif
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
         pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
         step_out so = {0};
+        int direct = 1;
 #ifdef PBW_HAVE_CUDA
-        if (graph) {
-            if (pbw_cuda_graph_launch(graph)) {
-                rc = pbw_err_set(err, "Adam step: %s", pbw_cuda_error());
-                break;
-            }
-            so = gso;
-            mark(r, "adam: graph launched", t + 1);
-        } else
-#endif
-        {
+        if (!pg.g && pg.tries && t >= 1) { /* not recorded during step 1: here */
             pbw_ctx_reset(ctx);
-            int capture = 0;
-#ifdef PBW_HAVE_CUDA
-            if (try_graph && t >= 1 && pbw_cuda_capture_begin() != 0) {
-                try_graph = recording_failed("Adam step", t + 1, NULL, try_graph);
-            } else if (try_graph && t >= 1) {
-                capture = 1; /* the inputs registered before anything is uploaded */
-                pbw_cuda_graph_input(var, (size_t)D * sizeof *var);
-                pbw_cuda_graph_input(crops, (size_t)ncrops * sizeof *crops);
-            }
-#endif
-            pbw_err cerr;
-            int prc = adam_pass(r, ctx, var, crops, &so, capture ? &cerr : err);
-            mark(r, capture ? "adam: pass recorded" : "adam: pass queued", t + 1);
-#ifdef PBW_HAVE_CUDA
-            if (capture) {
-                char why[160];
-                graph = pbw_cuda_capture_end(why, sizeof why);
-                mark(r, "adam: graph instantiated", t + 1);
-                if (graph && !prc && pbw_cuda_graph_launch(graph) == 0) {
-                    gso = so;
-                } else {
-                    try_graph = recording_failed("Adam step", t + 1,
-                                                 why[0] ? why : (prc ? cerr.msg : "launch failed"),
-                                                 try_graph);
-                    pbw_cuda_graph_free(graph);
-                    graph = NULL;
-                    pbw_cuda_clear_error();
-                    pbw_ctx_reset(ctx);
-                    prc = adam_pass(r, ctx, var, crops, &so, err);
-                }
-            }
-#endif
-            if (prc) {
+            if (record_pass(&pg, "Adam step", t + 1, adam_pass_fn, &aa, var, var_bytes, crops,
+                            crops_bytes) == 0)
+                mark(r, "adam: pass recorded", t + 1);
+        }
+        if (pg.g) {
+            int lrc = launch_pass(&pg, "Adam step", t + 1, err);
+            if (lrc < 0) {
                 rc = -1;
                 break;
             }
+            if (lrc == 0) {
+                so = gso;
+                direct = 0;
+                mark(r, "adam: graph launched", t + 1);
+            }
+        }
+#endif
+        if (direct) {
+            pbw_ctx_reset(ctx);
+            if (adam_pass(r, ctx, var, crops, &so, err)) {
+                rc = -1;
+                break;
+            }
+            mark(r, "adam: pass queued", t + 1);
+#ifdef PBW_HAVE_CUDA
+            /* step 2's graph recorded while the GPU runs this step, into the memory this step
+             * uses: recording runs nothing, so what is read back below is this step's */
+            if (t == 0 && pg.tries && n > 1) {
+                pbw_ctx_reset(ctx);
+                if (record_pass(&pg, "Adam step", 2, adam_pass_fn, &aa, var, var_bytes, crops,
+                                crops_bytes) == 0)
+                    mark(r, "adam: next recorded", 2);
+            }
+#endif
         }
         float th = 0, ch = 0, l1h = 0, lph = 0;
         if (fetch(r, &th, so.total, 1) || fetch(r, &ch, so.clip, 1) ||
@@ -935,7 +1002,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                cpu_s() - c0);
     }
 #ifdef PBW_HAVE_CUDA
-    pbw_cuda_graph_free(graph);
+    pbw_cuda_graph_free(pg.g);
 #endif
     pbw_ctx_reset(ctx);
     pbw_ctx_set_grad(ctx, prev);
