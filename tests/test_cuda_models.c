@@ -679,6 +679,51 @@ PBW_TEST(cuda_eigh) {
 #endif
 }
 
+/* pbw_cuda_d2h_gather: several read-backs with one wait give what each pbw_cuda_d2h gives,
+ * whatever their sizes (none, under and over the 16-byte slots, and a second call that grows
+ * the pinned staging). */
+PBW_TEST(cuda_d2h_gather) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    CHECK(pbw_cuda_init(0, &err) == 0);
+    const size_t sizes[2][4] = {{1, 3, 0, 512}, {5, 70000, 1, 17}};
+    for (int round = 0; round < 2; round++) {
+        float *host[4], *got[4];
+        void *dev[4];
+        size_t bytes[4];
+        int ok = 1;
+        for (int i = 0; i < 4; i++) {
+            const size_t n = sizes[round][i];
+            bytes[i] = n * sizeof(float);
+            host[i] = malloc(bytes[i] + 4);
+            got[i] = malloc(bytes[i] + 4);
+            dev[i] = pbw_cuda_malloc(bytes[i] + 4);
+            for (size_t k = 0; k < n; k++) host[i][k] = (float)(round * 1000 + i * 100) + 0.25f * k;
+            for (size_t k = 0; k < n + 1; k++) got[i][k] = -1.0f;
+            ok = ok && host[i] && got[i] && dev[i] &&
+                 (n == 0 || pbw_cuda_h2d(dev[i], host[i], bytes[i]) == 0);
+        }
+        CHECK(ok);
+        if (ok) {
+            CHECK(pbw_cuda_d2h_gather(4, (void *const *)got, (const void *const *)dev, bytes) == 0);
+            int same = 1;
+            for (int i = 0; i < 4; i++) {
+                same = same && memcmp(got[i], host[i], bytes[i]) == 0;
+                same = same && got[i][sizes[round][i]] == -1.0f; /* nothing written past */
+            }
+            printf("  gather of %zu, %zu, %zu and %zu floats: %s\n", sizes[round][0],
+                   sizes[round][1], sizes[round][2], sizes[round][3], same ? "same" : "DIFFERENT");
+            CHECK(same);
+        }
+        for (int i = 0; i < 4; i++) {
+            free(host[i]);
+            free(got[i]);
+            pbw_cuda_free(dev[i]);
+        }
+    }
+#endif
+}
+
 PBW_TEST(cuda_device_parse) {
     pbw_device dev;
     int idx;

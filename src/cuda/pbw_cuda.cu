@@ -399,6 +399,56 @@ extern "C" int pbw_cuda_d2h(void *dst, const void *src, size_t bytes) {
     return copy_result(e, "copy from the GPU");
 }
 
+// Pinned staging of pbw_cuda_d2h_gather (grown as needed, kept for the process); each
+// read-back in a 16-byte slot of its own.
+static unsigned char *g_gather_pin;
+static size_t g_gather_cap;
+static size_t gather_slot(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *src,
+                                   const size_t *bytes) {
+    if (g_capturing) {
+        capture_refuse("a read back from the GPU", 0);
+        return -1;
+    }
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += gather_slot(bytes[i]);
+    if (total > g_gather_cap) {
+        void *p = nullptr;
+        if (cudaMallocHost(&p, total < 4096 ? 4096 : total) != cudaSuccess) {
+            cudaGetLastError(); // no pinned memory: a copy at a time
+            for (int i = 0; i < n; i++)
+                if (bytes[i] && pbw_cuda_d2h(dst[i], src[i], bytes[i]))
+                    return -1;
+            return 0;
+        }
+        if (g_gather_pin)
+            cudaFreeHost(g_gather_pin);
+        g_gather_pin = (unsigned char *)p;
+        g_gather_cap = total < 4096 ? 4096 : total;
+    }
+    cudaError_t e = cudaSuccess;
+    size_t off = 0;
+    for (int i = 0; i < n && e == cudaSuccess; i++) {
+        if (bytes[i])
+            e = cudaMemcpyAsync(g_gather_pin + off, src[i], bytes[i], cudaMemcpyDeviceToHost,
+                                pbw_stream());
+        off += gather_slot(bytes[i]);
+    }
+    if (e == cudaSuccess)
+        e = sync_lanes();
+    if (copy_result(e, "copy from the GPU"))
+        return -1;
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        if (bytes[i])
+            memcpy(dst[i], g_gather_pin + off, bytes[i]);
+        off += gather_slot(bytes[i]);
+    }
+    return 0;
+}
+
 extern "C" int pbw_cuda_d2d(void *dst, const void *src, size_t bytes) {
     return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, pbw_stream()),
                        "copy on the GPU");

@@ -58,6 +58,10 @@ void pbw_cuda_free(void *p);
  * for the stream. Each returns 0, or -1 with the sticky error set. */
 int pbw_cuda_h2d(void *dst, const void *src, size_t bytes);
 int pbw_cuda_d2h(void *dst, const void *src, size_t bytes);
+/* n read-backs with one wait: each src[i] (bytes[i]) into dst[i], queued together into pinned
+ * staging on the current stream, then copied out once the lanes are done. 0, or -1 with the
+ * error set (refused while recording a graph). */
+int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *src, const size_t *bytes);
 int pbw_cuda_d2d(void *dst, const void *src, size_t bytes);
 int pbw_cuda_memset0(void *dst, size_t bytes);
 /* Waits for the stream; -1 (err set) when a kernel failed since the last check. */

@@ -897,16 +897,22 @@ static int adam_pass_fn(void *arg, pbw_err *err) {
 }
 #endif
 
-/* Copies n floats of a step's result to the host. */
-static int fetch(const run *r, float *dst, const float *src, int64_t n) {
+/* Copies n results of a step to the host (count[i] floats each; 0: none) with one wait for a
+ * GPU, where each read-back apart waits for it again. */
+static int fetch_many(const run *r, int n, float *const *dst, const float *const *src,
+                      const int64_t *count) {
     if (r->p->dev == PBW_DEV_CUDA) {
 #ifdef PBW_HAVE_CUDA
-        return pbw_cuda_d2h(dst, src, (size_t)n * sizeof *dst);
+        size_t bytes[8];
+        if (n > 8) return -1;
+        for (int i = 0; i < n; i++) bytes[i] = (size_t)count[i] * sizeof(float);
+        return pbw_cuda_d2h_gather(n, (void *const *)dst, (const void *const *)src, bytes);
 #else
         return -1;
 #endif
     }
-    memcpy(dst, src, (size_t)n * sizeof *dst);
+    for (int i = 0; i < n; i++)
+        if (count[i]) memcpy(dst[i], src[i], (size_t)count[i] * sizeof(float));
     return 0;
 }
 
@@ -982,10 +988,11 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
 #endif
         }
         float th = 0, ch = 0, l1h = 0, lph = 0;
-        if (fetch(r, &th, so.total, 1) || fetch(r, &ch, so.clip, 1) ||
-            (so.l1 && fetch(r, &l1h, so.l1, 1)) || (so.lpips && fetch(r, &lph, so.lpips, 1)) ||
-            fetch(r, grad, so.grad, D) ||
-            (!rq->no_progress_images && fetch(r, r->frame, so.img, r->per))) {
+        float *const dst[6] = {&th, &ch, &l1h, &lph, grad, r->frame};
+        const float *const src[6] = {so.total, so.clip, so.l1, so.lpips, so.grad, so.img};
+        const int64_t cnt[6] = {1, 1, so.l1 ? 1 : 0, so.lpips ? 1 : 0, D,
+                                rq->no_progress_images ? 0 : r->per};
+        if (fetch_many(r, 6, dst, src, cnt)) {
             rc = ctx_err(ctx, err, "reading the step back");
             break;
         }
