@@ -536,6 +536,88 @@ PBW_TEST(cuda_edit_graph) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* A cma+adam edit of the shapes world with graphs, PBW_TIMELINE's marks captured from stderr
+ * into text (len bytes at most). */
+static int edit_timeline(float *out, int64_t *n, step_losses *losses, char *text, size_t len) {
+    pbw_paint_request rq;
+    pbw_paint_request_default(&rq);
+    rq.cma_generations = 3;
+    rq.population = 12;
+    rq.cma_batch = 4;
+    rq.crops = 8;
+    rq.adam_steps = 4;
+    char path[] = "/tmp/pbw_test_cuda_timeline_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return -1;
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    setenv("PBW_TIMELINE", "1", 1);
+    int rc = shapes_edit(PBW_DEV_CUDA, 1, &rq, out, n, NULL, NULL, losses);
+    unsetenv("PBW_TIMELINE");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(text, 1, len - 1, f) : 0;
+    text[got] = 0;
+    if (f) fclose(f);
+    remove(path);
+    return rc;
+}
+#endif
+
+/* The second CMA-ES generation's and Adam step's graphs are recorded while the GPU runs the
+ * first, into the memory the first uses, where the reset between them keeps that memory; where
+ * the first pass grew it (a context's first chunk of 1 MiB, PBW_CUDA_ARENA_MIB) the reset
+ * replaces it, results and all, so the second pass records itself as before. Either way: the
+ * same number of graph launches (generations 2-3, steps 2-4), the CMA-ES generations' losses
+ * and the first step's loss bit for bit those of the edit run op by op (PBW_CUDA_GRAPHS=0), the
+ * later steps within cuda_edit_graph's 4e-3 relative (its reason: atomics in the crops'
+ * backward). A recording that overwrote the first pass's results, or read freed memory, would
+ * change the first step's loss or fail the edit. */
+PBW_TEST(cuda_edit_graph_early) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 256 * 256], b[3 * 256 * 256];
+    static char text[65536];
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    for (int grown = 0; grown < 2; grown++) {
+        if (grown) setenv("PBW_CUDA_ARENA_MIB", "1", 1);
+        int64_t na = 0, nb = 0;
+        step_losses sa = {{0}, 0}, sb = {{0}, 0};
+        setenv("PBW_CUDA_GRAPHS", "0", 1);
+        CHECK(edit_timeline(a, &na, &sa, text, sizeof text) == 0);
+        unsetenv("PBW_CUDA_GRAPHS");
+        const long g0 = pbw_cuda_graph_launches();
+        CHECK(edit_timeline(b, &nb, &sb, text, sizeof text) == 0 && na == nb);
+        const long launches = pbw_cuda_graph_launches() - g0;
+        unsetenv("PBW_CUDA_ARENA_MIB");
+        const int cma_early = strstr(text, "cma: next recorded 2") != NULL;
+        const int adam_early = strstr(text, "adam: next recorded 2") != NULL;
+        const int adam_late = strstr(text, "adam: pass recorded 2") != NULL;
+        CHECK(sa.n == 7 && sb.n == 7);
+        int same = sa.n == sb.n;
+        double worst = 0;
+        for (int t = 0; t < sa.n && t < sb.n; t++) {
+            if (t <= 3) same &= sa.v[t] == sb.v[t]; /* 3 generations, step 1 */
+            double r = fabs(sa.v[t] - sb.v[t]) / fabs(sa.v[t]);
+            if (r > worst) worst = r;
+        }
+        printf("  %s arena: graph launches %ld, recorded early: CMA-ES %d, Adam %d (Adam at step "
+               "2: %d); generations and step 1 the same: %d; worst step %.1e relative\n",
+               grown ? "a 1 MiB" : "the default", launches, cma_early, adam_early, adam_late,
+               same, worst);
+        CHECK(launches == 2 + 3);
+        CHECK(grown ? !cma_early && !adam_early && adam_late
+                    : cma_early && adam_early && !adam_late);
+        CHECK(same && worst <= 4e-3);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
 /* The painter's Adam edit with LPIPS, its reconstruction terms on a side lane beside CLIP's
  * pass (the default on a GPU), against the same edit on one lane (PBW_CUDA_LANES=0): step 1's
  * loss bit for bit (its forward runs the same kernels on the same data), the later steps within

@@ -944,11 +944,19 @@ PBW_TEST(core_arena) {
     }
     for (int i = 0; i < 100; i++) CHECK(((unsigned char *)p[i])[999] == i); /* no overlap */
     size_t peak = a.peak;
+    CHECK(!pbw_arena_reset_keeps(&a)); /* several chunks: a reset replaces them */
     pbw_arena_reset(&a);
     CHECK(a.used == 0 && pbw_arena_chunks(&a) == 1); /* merged into one chunk */
-    for (int i = 0; i < 100; i++) pbw_arena_alloc(&a, 1000 + i);
+    CHECK(pbw_arena_reset_keeps(&a));
+    for (int i = 0; i < 100; i++) p[i] = pbw_arena_alloc(&a, 1000 + i);
     CHECK(pbw_arena_chunks(&a) == 1); /* the same work fits without a new chunk */
     CHECK(a.peak == peak);
+    /* and a reset that keeps the chunk hands the same blocks out again */
+    CHECK(pbw_arena_reset_keeps(&a));
+    pbw_arena_reset(&a);
+    int same = 1;
+    for (int i = 0; i < 100; i++) same &= pbw_arena_alloc(&a, 1000 + i) == p[i];
+    CHECK(same);
     pbw_arena_free(&a);
 }
 

@@ -131,7 +131,7 @@ static void chunks_free(const pbw_arena *a, pbw_arena_chunk *c) {
 
 void pbw_arena_reset(pbw_arena *a) {
     if (!a->head) return;
-    if (a->head->next || a->head->size < a->peak) {
+    if (!pbw_arena_reset_keeps(a)) {
         /* several chunks were needed, or a release freed those a block needed: replace them
          * by one that holds the peak use (else each repeat of the work would allocate and
          * free the same chunks again; on a GPU each free waits for the device and breaks
@@ -143,6 +143,10 @@ void pbw_arena_reset(pbw_arena *a) {
         a->head->off = 0;
     }
     a->used = 0;
+}
+
+int pbw_arena_reset_keeps(const pbw_arena *a) {
+    return !a->head || (!a->head->next && a->head->size >= a->peak);
 }
 
 void pbw_arena_free(pbw_arena *a) {

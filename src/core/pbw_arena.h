@@ -47,6 +47,10 @@ void *pbw_arena_alloc(pbw_arena *a, size_t bytes);
 /* Same, zero-filled. */
 void *pbw_arena_calloc(pbw_arena *a, size_t bytes);
 void pbw_arena_reset(pbw_arena *a);
+/* Whether pbw_arena_reset keeps the memory held (one chunk holding the peak use), where it
+ * otherwise replaces the chunks by one: blocks handed out before the reset then stay valid
+ * memory, to be handed out again. */
+int pbw_arena_reset_keeps(const pbw_arena *a);
 /* A position in the arena, to free back to: everything allocated after it goes at once. */
 typedef struct pbw_arena_mark {
     const void *chunk; /* the chunk current at the mark (NULL: none yet) */

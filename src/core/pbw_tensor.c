@@ -137,8 +137,14 @@ pbw_ctx *pbw_ctx_new(pbw_device dev, pbw_err *err) {
     ctx->grad_enabled = 1;
     pbw_arena_init(&ctx->act, (size_t)16 << 20);
 #ifdef PBW_HAVE_CUDA
-    if (dev == PBW_DEV_CUDA)
-        pbw_arena_init_with(&ctx->dact, (size_t)256 << 20, pbw_cuda_malloc, pbw_cuda_free);
+    if (dev == PBW_DEV_CUDA) {
+        /* PBW_CUDA_ARENA_MIB: the first chunk's size (default 256 MiB; tests make it small to
+         * have a pass grow it) */
+        const char *e = getenv("PBW_CUDA_ARENA_MIB");
+        long mib = e && *e ? strtol(e, NULL, 10) : 256;
+        pbw_arena_init_with(&ctx->dact, (size_t)(mib > 0 ? mib : 1) << 20, pbw_cuda_malloc,
+                            pbw_cuda_free);
+    }
 #endif
     return ctx;
 }
@@ -187,6 +193,14 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
     }
 #endif
     ctx->lane_open = ctx->lane_taped = 0;
+}
+
+int pbw_ctx_reset_keeps_device_memory(const pbw_ctx *ctx) {
+#ifdef PBW_HAVE_CUDA
+    if (ctx->dev == PBW_DEV_CUDA) return pbw_arena_reset_keeps(&ctx->dact);
+#endif
+    (void)ctx;
+    return 1;
 }
 
 int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled) {

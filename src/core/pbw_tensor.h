@@ -125,6 +125,10 @@ void pbw_ctx_free(pbw_ctx *ctx);
 /* Frees every activation, gradient and tape node made since the last reset; clears the error.
  * Gradients of tensors outside the arena (leaves) are reset to NULL. */
 void pbw_ctx_reset(pbw_ctx *ctx);
+/* Whether pbw_ctx_reset keeps the device memory of the activations (CUDA; 1 on the CPU): work
+ * still queued on the GPU may then read and write it after the reset (ops queued later reuse it
+ * in stream order); else the reset frees it (waiting for that work) and takes one chunk. */
+int pbw_ctx_reset_keeps_device_memory(const pbw_ctx *ctx);
 /* Ops record on the tape only while enabled (default on). Returns the previous value. */
 int pbw_ctx_set_grad(pbw_ctx *ctx, int enabled);
 /* Half-precision activations (default off), like an autocast region: on a CUDA context whose

@@ -608,7 +608,8 @@ typedef int (*pass_fn)(void *arg, pbw_err *err);
 /* Records fn's pass, for step `step`, in pg->g without running it, the host ranges in1 and in2
  * read again at each launch. 0 when recorded; -1 when not (pg->tries updated, nothing queued).
  * The pass the caller queued just before may still be running: the recording reuses its
- * memory (after a pbw_ctx_reset), and its launches come after that pass in stream order. */
+ * memory (after a pbw_ctx_reset that keeps it: pbw_ctx_reset_keeps_device_memory), and its
+ * launches come after that pass in stream order. */
 static int record_pass(pass_graph *pg, const char *pass, int step, pass_fn fn, void *arg,
                        const void *in1, size_t bytes1, const void *in2, size_t bytes2) {
     if (pbw_cuda_capture_begin()) {
@@ -758,8 +759,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             rc = run_generation(r, gen, &gp, crops_bytes, &pg, err);
             mark(r, "cma: queued on the GPU", gen + 1);
             /* the next generation's graph recorded while the GPU runs this one, into the
-             * memory this one uses (its launch comes after this one in stream order) */
-            if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r)) {
+             * memory this one uses (its launch comes after this one in stream order), unless
+             * this one grew that memory: the reset would then replace it, waiting for the GPU
+             * (the next generation records it instead) */
+            if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r) &&
+                pbw_ctx_reset_keeps_device_memory(ctx)) {
                 pbw_ctx_reset(ctx);
                 if (record_pass(&pg, "CMA-ES generation", gen + 2, gen_pass_fn, &gp, X,
                                 (size_t)lam * D * sizeof *X, crops, crops_bytes) == 0)
@@ -978,8 +982,10 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             mark(r, "adam: pass queued", t + 1);
 #ifdef PBW_HAVE_CUDA
             /* step 2's graph recorded while the GPU runs this step, into the memory this step
-             * uses: recording runs nothing, so what is read back below is this step's */
-            if (t == 0 && pg.tries && n > 1) {
+             * uses: recording runs nothing, so what is read back below is this step's. Not
+             * where this step grew that memory: the reset would free it, results and all (step
+             * 2 records it instead) */
+            if (t == 0 && pg.tries && n > 1 && pbw_ctx_reset_keeps_device_memory(ctx)) {
                 pbw_ctx_reset(ctx);
                 if (record_pass(&pg, "Adam step", 2, adam_pass_fn, &aa, var, var_bytes, crops,
                                 crops_bytes) == 0)
