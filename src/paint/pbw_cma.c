@@ -119,6 +119,7 @@ struct pbw_cma {
     int z_ready, bdz_ready;
     long eig_count, bdz_stamp; /* decompositions so far; the one BDz was made with */
     long iter, last_eigen;
+    int eig_deferred; /* the last iteration's decomposition, left for an ask() that may follow */
     int (*eigh)(int n, const double *C, double *B, double *w); /* opts->eigh */
     cma_rng rng;
 
@@ -375,8 +376,11 @@ static int eigen_due(const pbw_cma *c, long iter) {
     return (double)(iter - c->last_eigen) >= c->eigen_gap;
 }
 
+static void decompose_now(pbw_cma *c);
+
 void pbw_cma_ask(pbw_cma *c, float *X) {
     int n = c->n;
+    if (c->eig_deferred) decompose_now(c);
     if (!c->z_ready) draw_normals(c);
     if (!c->bdz_ready || c->bdz_stamp != c->eig_count) directions(c);
     c->z_ready = c->bdz_ready = 0; /* a second ask draws a fresh population */
@@ -449,6 +453,14 @@ static int decompose(pbw_cma *c) {
         for (int i = 0; i < n; i++) c->C[(size_t)i * n + i] += dmin * dmin;
     }
     return -1;
+}
+
+/* The decomposition an iteration's tell() asks for (or left for the next ask() or settle()
+ * after the last iteration), of the covariance as that tell() left it. */
+static void decompose_now(pbw_cma *c) {
+    c->eig_deferred = 0;
+    if (decompose(c)) c->stop |= PBW_CMA_STOP_NUMERIC;
+    c->last_eigen = c->iter;
 }
 
 /* Ranking: ascending f, NaN last, ties by index so that the order is deterministic. */
@@ -544,6 +556,7 @@ static void apply_update(pbw_cma *c) {
 }
 
 void pbw_cma_settle(pbw_cma *c) {
+    if (c->eig_deferred) decompose_now(c);
     if (c->pending) apply_update(c);
     if (!c->bdz_ready) make_mnorms(c);
     if (!c->z_ready) draw_normals(c);
@@ -628,8 +641,10 @@ int pbw_cma_tell(pbw_cma *c, const float *X, const double *f, pbw_err *err) {
 
     if (eigen_due(c, c->iter)) {
         apply_update(c);
-        if (decompose(c)) c->stop |= PBW_CMA_STOP_NUMERIC;
-        c->last_eigen = c->iter;
+        if (c->iter >= c->maxiter)
+            c->eig_deferred = 1; /* the run is over: the O(n^3) solve only if an ask() follows */
+        else
+            decompose_now(c);
     }
 
     /* termination */

@@ -691,6 +691,9 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     co.lambda = rq->population;
     co.sigma0 = rq->sigma0;
     co.seed = rq->rng_seed;
+    /* the last generation's tell then leaves out the eigensolve no ask would use (~6 ms on a
+     * GPU where the generation decomposes, as the default's 20th does) */
+    co.maxiter = rq->cma_generations;
 #ifdef PBW_HAVE_CUDA
     /* the eigensolve every other generation: cuSOLVER on the GPU (8x faster than one core for
      * n = 512; the GPU is idle then), LAPACK where that is unavailable */
