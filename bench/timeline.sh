@@ -89,11 +89,16 @@ def table(prefix, heavy_label, heavy):
             else:
                 vals = [dt for s in use for ww, dt in by[s] if ww == w]
             cells.append("%.3f" % med(vals))
-        print("| %s | %s |" % (w, " | ".join(cells)))
+        if any(c != "nan" for c in cells):  # a part only the left-out steps have: no row
+            print("| %s | %s |" % (w, " | ".join(cells)))
 
-# a generation whose tell decomposes C takes far longer in its tell than the others
-tells = [dt for t, dt, w, n in marks if w == "cma: told"]
-cut = 3 * med(tells) if tells else 0
+# a generation whose tell decomposes C takes far longer in its tell than the others: split the
+# tells at their widest gap (a ratio over 4 between neighbours in sorted order), if any
+tells = sorted(dt for t, dt, w, n in marks if w == "cma: told")
+cut = float("inf")
+gaps = [(b / a, (a * b) ** 0.5) for a, b in zip(tells, tells[1:]) if a > 0]
+if gaps and max(gaps)[0] > 4:
+    cut = max(gaps)[1]
 table("cma: ", "decomposing", lambda parts: any(w == "told" and dt > cut for w, dt in parts))
 table("adam: ", "recorded", lambda parts: any(w in ("pass recorded", "next recorded") for w, _ in parts))
 EOF
