@@ -335,70 +335,100 @@ PBW_TEST(optim_cma_settle_same_samples) {
 }
 
 /* Eigensolves counted, with the iteration each came after (a caller's solver: LAPACK's). */
-static int eig_calls, eig_iter_now, eig_last_iter;
+static int eig_calls, eig_iter_now, eig_iters[64];
 static int counting_eigh(int n, const double *C, double *B, double *w) {
+    if (eig_calls < 64) eig_iters[eig_calls] = eig_iter_now;
     eig_calls++;
-    eig_last_iter = eig_iter_now;
     for (int i = 0; i < n; i++) /* C's upper triangle, mirrored */
         for (int j = 0; j < n; j++)
             B[(size_t)i * n + j] = i < j ? C[(size_t)i * n + j] : C[(size_t)j * n + i];
     return LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, B, n, w) == 0 ? 0 : -1;
 }
 
-/* g generations of the ellipsoid (n 12) with maxiter (0: the default), the solver counted;
- * then `extra` more asks (and tells but the last) past the g-th tell. Every sample into out. */
-static void counted_run(int g, long maxiter, int extra, float *out, int *lam_out) {
+/* g generations of the ellipsoid in n dimensions with maxiter (0: the default), the solver
+ * counted; then, where next, settle() (when settle) and one more ask past the g-th tell. Every
+ * sample into out. */
+static void counted_run(int n, int g, long maxiter, int next, int settle, float *out,
+                        int *lam_out) {
     pbw_cma_opts o;
     pbw_cma_opts_default(&o);
     o.lambda = 0;
     o.seed = 5;
     o.maxiter = maxiter;
     o.eigh = counting_eigh;
-    const int n = 12;
-    float x[12];
+    float *x = calloc((size_t)n, sizeof *x);
     for (int i = 0; i < n; i++) x[i] = 0.3f * (float)i;
     pbw_cma *c = NULL;
     pbw_err err;
     eig_calls = 0;
-    if (pbw_cma_new(&c, n, x, &o, &err)) return;
+    eig_iter_now = 0;
+    if (pbw_cma_new(&c, n, x, &o, &err)) {
+        free(x);
+        return;
+    }
     const int lam = pbw_cma_lambda(c);
     *lam_out = lam;
     double f[64];
-    for (int t = 0; t < g + extra; t++) {
+    for (int t = 0; t < g; t++) {
         float *X = out + (size_t)t * lam * n;
         pbw_cma_ask(c, X);
-        if (t == g) break; /* the ask after the last tell */
         for (int k = 0; k < lam; k++) f[k] = f_elli(X + (size_t)k * n, n);
         eig_iter_now = t + 1;
         pbw_cma_tell(c, X, f, &err);
     }
+    if (settle) pbw_cma_settle(c);
+    if (next) pbw_cma_ask(c, out + (size_t)g * lam * n);
     pbw_cma_free(c);
+    free(x);
 }
 
 /* The decomposition due at the last iteration (maxiter) is left out of that tell, where no ask
- * would use it (the painter's last generation: ~6 ms of a GPU edit), and made by an ask that
- * follows anyway: that ask draws the same samples, bit for bit, as a run without maxiter. */
+ * would use it (the painter's last generation: ~6 ms of a GPU edit), and made by an ask (or a
+ * settle) that follows anyway: that ask draws the same samples, bit for bit, as a run without
+ * maxiter. Where no decomposition is due at maxiter, maxiter changes nothing. n 12 decomposes
+ * at every iteration; n 100 (pycma's gap 1.14 iterations) at every other. */
 PBW_TEST(optim_cma_last_decomposition_deferred) {
-    static float ref[40 * 64 * 12], got[40 * 64 * 12];
-    int lam = 0;
-    /* find an iteration whose tell decomposes, with at least one before it */
-    counted_run(39, 0, 1, ref, &lam);
-    int due = eig_last_iter, total = eig_calls;
-    CHECK(lam > 0 && total >= 2 && due >= 2);
-    /* the run up to that iteration alone: its count without maxiter */
-    counted_run(due, 0, 0, ref, &lam);
-    const int plain = eig_calls;
-    counted_run(due, due, 0, got, &lam);
-    const int deferred = eig_calls;
-    printf("  n=12 lambda=%d: %d eigensolves in 39 iterations, the last after iteration %d; "
-           "%d solves up to it, %d with maxiter %d\n", lam, total, due, plain, deferred, due);
-    CHECK(deferred == plain - 1);
-    /* an ask after the last tell decomposes first: the same samples as without maxiter */
-    counted_run(due, 0, 1, ref, &lam);
-    counted_run(due, due, 1, got, &lam);
-    CHECK(eig_calls == plain);
-    const size_t at = (size_t)due * lam * 12;
-    CHECK(memcmp(ref + at, got + at, (size_t)lam * 12 * sizeof(float)) == 0);
+    const int ns[2] = {12, 100};
+    for (int c = 0; c < 2; c++) {
+        const int n = ns[c], g = 12;
+        float *ref = calloc((size_t)(g + 1) * 64 * n, sizeof *ref);
+        float *got = calloc((size_t)(g + 1) * 64 * n, sizeof *got);
+        int lam = 0;
+        counted_run(n, g, 0, 0, 0, ref, &lam);
+        /* the last iteration up to g with a decomposition, and the last one without */
+        int due = 0, not_due = 0;
+        for (int t = 2; t <= g; t++) {
+            int has = 0;
+            for (int k = 0; k < eig_calls && k < 64; k++) has |= eig_iters[k] == t;
+            if (has) due = t;
+            else not_due = t;
+        }
+        CHECK(lam > 0 && due >= 2);
+        const int last[2] = {due, not_due};
+        for (int which = 0; which < 2; which++) {
+            const int m = last[which];
+            if (m < 2) continue; /* n 12: none without */
+            counted_run(n, m, 0, 0, 0, ref, &lam);
+            const int plain = eig_calls;
+            counted_run(n, m, m, 0, 0, got, &lam);
+            const int deferred = eig_calls;
+            printf("  n=%d lambda=%d, maxiter %d (%s): %d solves without maxiter, %d with\n", n,
+                   lam, m, which ? "none due" : "one due", plain, deferred);
+            CHECK(deferred == plain - (which ? 0 : 1));
+            /* an ask after the last tell (with or without settle first) decomposes first */
+            counted_run(n, m, 0, 1, 0, ref, &lam);
+            const size_t at = (size_t)m * lam * n, len = (size_t)lam * n * sizeof(float);
+            for (int settle = 0; settle < 2; settle++) {
+                memset(got + at, 0, len);
+                counted_run(n, m, m, 1, settle, got, &lam);
+                CHECK(eig_calls == plain);
+                CHECK(memcmp(ref + at, got + at, len) == 0);
+            }
+        }
+        if (c == 1) CHECK(not_due >= 2); /* n 100 does not decompose every iteration */
+        free(ref);
+        free(got);
+    }
 }
 
 PBW_TEST(optim_cma_reproducible_by_seed) {

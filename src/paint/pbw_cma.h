@@ -72,8 +72,9 @@ typedef struct pbw_cma_opts {
                          iterations and all values of the last one lie within tolfun (1e-11) */
     double tolx;      /* stop when sigma * max(sqrt(C_ii), |pc_i|) < tolx for all i (1e-11) */
     long maxiter;     /* stop after this many iterations; 0: 100 + 150 (n+3)^2 / sqrt(lambda).
-                         An eigendecomposition due at the last one waits for an ask() (none
-                         may follow), so pbw_cma_condition stays the one before until then */
+                         An eigendecomposition due at the last one waits for an ask() or
+                         settle() (none may follow): until then pbw_cma_condition, and the
+                         condition and numeric stops, are of the decomposition before it */
     double tolcond;   /* stop when the condition number of C exceeds this (1e14) */
     /* The eigendecomposition of C, when not LAPACK's dsyevd on one thread (NULL): C (n,n)
      * row-major, only its upper triangle read and left as it is; eigenvector j into column j of
