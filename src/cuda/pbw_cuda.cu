@@ -438,6 +438,8 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     }
     if (e == cudaSuccess)
         e = sync_lanes();
+    else
+        sync_lanes(); // copies queued before the failed one still write the staging
     if (copy_result(e, "copy from the GPU"))
         return -1;
     off = 0;

@@ -596,10 +596,13 @@ static int recording_failed(const char *pass, int step, const char *why, int tri
 }
 
 /* A fixed-shape pass replayed from a CUDA graph (the CMA-ES generation, the Adam step): the
- * recording (NULL until made), the recordings left to try, and whether it has been launched. */
+ * recording (NULL until made), the recordings left to try, whether it has been launched, and
+ * the passes to run directly before the next try (after a recording refused during the first
+ * pass: the pass after it runs directly, growing what the refusal wanted, as a pass whose own
+ * recording was refused does). */
 typedef struct pass_graph {
     pbw_cuda_graph *g;
-    int tries, launched;
+    int tries, launched, rest;
 } pass_graph;
 
 /* Queues a pass into ctx's memory (recorded when a capture is open). */
@@ -670,9 +673,13 @@ static int gen_pass_fn(void *arg, pbw_err *err) {
  * recording fails, or PBW_CUDA_GRAPHS=0, every generation is queued directly. */
 static int run_generation(run *r, int gen, gen_pass *gp, size_t crops_bytes, pass_graph *pg,
                           pbw_err *err) {
-    if (!pg->g && pg->tries && gen >= 1)
-        record_pass(pg, "CMA-ES generation", gen + 1, gen_pass_fn, gp, gp->X,
-                    (size_t)gp->lam * r->D * sizeof *gp->X, gp->crops, crops_bytes);
+    if (!pg->g && pg->tries && gen >= 1) {
+        if (pg->rest)
+            pg->rest--;
+        else
+            record_pass(pg, "CMA-ES generation", gen + 1, gen_pass_fn, gp, gp->X,
+                        (size_t)gp->lam * r->D * sizeof *gp->X, gp->crops, crops_bytes);
+    }
     if (pg->g) {
         int lrc = launch_pass(pg, "CMA-ES", gen + 1, err);
         if (lrc <= 0) return lrc;
@@ -735,7 +742,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     float *dvals = NULL, *hvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
-    pass_graph pg = {NULL, pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2, 0}; /* 2: recordings to try */
+    pass_graph pg = {.tries = pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2}; /* recordings to try */
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
@@ -770,7 +777,9 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
                 pbw_ctx_reset(ctx);
                 if (record_pass(&pg, "CMA-ES generation", gen + 2, gen_pass_fn, &gp, X,
                                 (size_t)lam * D * sizeof *X, crops, crops_bytes) == 0)
-                    mark(r, "cma: next recorded", gen + 2);
+                    mark(r, "cma: next recorded", gen + 1); /* numbered by the pass it ran in */
+                else
+                    pg.rest = 1;
             }
         }
 #endif
@@ -904,18 +913,27 @@ static int adam_pass_fn(void *arg, pbw_err *err) {
 }
 #endif
 
-/* Copies n results of a step to the host (count[i] floats each; 0: none) with one wait for a
- * GPU, where each read-back apart waits for it again. */
+/* Copies n (at most 8) results of a step to the host (count[i] floats each; 0: none) with one
+ * wait for a GPU, where each read-back apart waits for it again. 0, or -1 with err set (from
+ * the GPU's error, not the context's: a recording refused before it may have failed that). */
 static int fetch_many(const run *r, int n, float *const *dst, const float *const *src,
-                      const int64_t *count) {
+                      const int64_t *count, pbw_err *err) {
+    if (n > 8) return pbw_err_set(err, "reading the step back: %d results", n);
     if (r->p->dev == PBW_DEV_CUDA) {
 #ifdef PBW_HAVE_CUDA
         size_t bytes[8];
-        if (n > 8) return -1;
-        for (int i = 0; i < n; i++) bytes[i] = (size_t)count[i] * sizeof(float);
-        return pbw_cuda_d2h_gather(n, (void *const *)dst, (const void *const *)src, bytes);
+        void *vd[8];
+        const void *vs[8];
+        for (int i = 0; i < n; i++) {
+            bytes[i] = (size_t)count[i] * sizeof(float);
+            vd[i] = dst[i];
+            vs[i] = src[i];
+        }
+        if (pbw_cuda_d2h_gather(n, vd, vs, bytes))
+            return pbw_err_set(err, "reading the step back: %s", pbw_cuda_error());
+        return 0;
 #else
-        return -1;
+        return pbw_err_set(err, "reading the step back: this build has no CUDA");
 #endif
     }
     for (int i = 0; i < n; i++)
@@ -944,8 +962,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
     /* recordings to try: as the CMA-ES generations (run_generation), a second one when the
      * first was refused because memory had to grow */
-    pass_graph pg = {NULL, r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS") ? 2 : 0,
-                     0};
+    const int graphs = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS");
+    pass_graph pg = {.tries = graphs ? 2 : 0};
     step_out gso = {0};
     adam_arg aa = {r, ctx, var, crops, &gso};
     const size_t var_bytes = (size_t)D * sizeof *var, crops_bytes = (size_t)ncrops * sizeof *crops;
@@ -957,7 +975,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         step_out so = {0};
         int direct = 1;
 #ifdef PBW_HAVE_CUDA
-        if (!pg.g && pg.tries && t >= 1) { /* not recorded during step 1: here */
+        if (!pg.g && pg.tries && t >= 1 && pg.rest) {
+            pg.rest--;
+        } else if (!pg.g && pg.tries && t >= 1) { /* not recorded during step 1: here */
             pbw_ctx_reset(ctx);
             if (record_pass(&pg, "Adam step", t + 1, adam_pass_fn, &aa, var, var_bytes, crops,
                             crops_bytes) == 0)
@@ -992,7 +1012,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                 pbw_ctx_reset(ctx);
                 if (record_pass(&pg, "Adam step", 2, adam_pass_fn, &aa, var, var_bytes, crops,
                                 crops_bytes) == 0)
-                    mark(r, "adam: next recorded", 2);
+                    mark(r, "adam: next recorded", 1); /* numbered by the step it ran in */
+                else
+                    pg.rest = 1;
             }
 #endif
         }
@@ -1001,8 +1023,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         const float *const src[6] = {so.total, so.clip, so.l1, so.lpips, so.grad, so.img};
         const int64_t cnt[6] = {1, 1, so.l1 ? 1 : 0, so.lpips ? 1 : 0, D,
                                 rq->no_progress_images ? 0 : r->per};
-        if (fetch_many(r, 6, dst, src, cnt)) {
-            rc = ctx_err(ctx, err, "reading the step back");
+        if (fetch_many(r, 6, dst, src, cnt, err)) {
+            rc = -1;
             break;
         }
         mark(r, "adam: read back", t + 1);
