@@ -261,20 +261,28 @@ PBW_TEST(optim_cma_constants_match_pycma) {
  * there and once more after each tell; 3 as 1 and 4 as 0, with row t % lambda of generation
  * t moved before it is evaluated and told (a caller's repair: not the sample settle saw).
  * lambda 0: the library default. */
+/* A strategy on the n-dimensional ellipsoid's start point (x_i = 0.3 i); NULL on failure. */
+static pbw_cma *ellipsoid_cma(int n, const pbw_cma_opts *o) {
+    float *x = calloc((size_t)n, sizeof *x);
+    pbw_cma *c = NULL;
+    pbw_err err;
+    if (x) {
+        for (int i = 0; i < n; i++) x[i] = 0.3f * (float)i;
+        if (pbw_cma_new(&c, n, x, o, &err)) c = NULL;
+    }
+    free(x); /* the strategy keeps its own copy */
+    return c;
+}
+
 static void sample_run_opt(uint64_t seed, int n, int g, int lambda, int settle, float *out,
                            int *lam_out) {
     pbw_cma_opts o;
     pbw_cma_opts_default(&o);
     o.lambda = lambda;
     o.seed = seed;
-    float *x = calloc((size_t)n, sizeof *x);
-    for (int i = 0; i < n; i++) x[i] = 0.3f * (float)i;
-    pbw_cma *c = NULL;
+    pbw_cma *c = ellipsoid_cma(n, &o);
     pbw_err err;
-    if (pbw_cma_new(&c, n, x, &o, &err)) {
-        free(x);
-        return;
-    }
+    if (!c) return;
     int lam = pbw_cma_lambda(c);
     *lam_out = lam;
     double *f = malloc((size_t)lam * sizeof *f);
@@ -291,7 +299,6 @@ static void sample_run_opt(uint64_t seed, int n, int g, int lambda, int settle, 
     }
     pbw_cma_free(c);
     free(f);
-    free(x);
 }
 
 static void sample_run(uint64_t seed, int n, int g, float *out, int *lam_out) {
@@ -356,16 +363,11 @@ static void counted_run(int n, int g, long maxiter, int next, int settle, float 
     o.seed = 5;
     o.maxiter = maxiter;
     o.eigh = counting_eigh;
-    float *x = calloc((size_t)n, sizeof *x);
-    for (int i = 0; i < n; i++) x[i] = 0.3f * (float)i;
-    pbw_cma *c = NULL;
-    pbw_err err;
     eig_calls = 0;
     eig_iter_now = 0;
-    if (pbw_cma_new(&c, n, x, &o, &err)) {
-        free(x);
-        return;
-    }
+    pbw_cma *c = ellipsoid_cma(n, &o);
+    pbw_err err;
+    if (!c) return;
     const int lam = pbw_cma_lambda(c);
     *lam_out = lam;
     double f[64];
@@ -379,7 +381,6 @@ static void counted_run(int n, int g, long maxiter, int next, int settle, float 
     if (settle) pbw_cma_settle(c);
     if (next) pbw_cma_ask(c, out + (size_t)g * lam * n);
     pbw_cma_free(c);
-    free(x);
 }
 
 /* The decomposition due at the last iteration (maxiter) is left out of that tell, where no ask
