@@ -595,43 +595,73 @@ static int recording_failed(const char *pass, int step, const char *why, int tri
     return tries;
 }
 
+/* Queues a pass into ctx's memory (recorded when a capture is open). */
+typedef int (*pass_fn)(void *arg, pbw_err *err);
+
 /* A fixed-shape pass replayed from a CUDA graph (the CMA-ES generation, the Adam step): the
- * recording (NULL until made), the recordings left to try, whether it has been launched, and
- * the passes to run directly before the next try (after a recording refused during the first
- * pass: the pass after it runs directly, growing what the refusal wanted, as a pass whose own
- * recording was refused does). */
+ * pass (named for messages, queued by fn(arg), the host ranges in[] read again at each launch),
+ * its recording (NULL until made), the recordings left to try, whether it has been launched,
+ * and the passes to run directly before the next try (after a recording refused during the
+ * first pass: the pass after it runs directly, growing what the refusal wanted, as a pass whose
+ * own recording was refused does). */
 typedef struct pass_graph {
+    const char *name;
+    pass_fn fn;
+    void *arg;
+    const void *in[2];
+    size_t in_bytes[2];
     pbw_cuda_graph *g;
     int tries, launched, rest;
 } pass_graph;
 
-/* Queues a pass into ctx's memory (recorded when a capture is open). */
-typedef int (*pass_fn)(void *arg, pbw_err *err);
-
-/* Records fn's pass, for step `step`, in pg->g without running it, the host ranges in1 and in2
- * read again at each launch. 0 when recorded; -1 when not (pg->tries updated, nothing queued).
- * The pass the caller queued just before may still be running: the recording reuses its
- * memory (after a pbw_ctx_reset that keeps it: pbw_ctx_reset_keeps_device_memory), and its
- * launches come after that pass in stream order. */
-static int record_pass(pass_graph *pg, const char *pass, int step, pass_fn fn, void *arg,
-                       const void *in1, size_t bytes1, const void *in2, size_t bytes2) {
+/* Records pg's pass, for step `step`, in pg->g without running it. 0 when recorded; -1 when not
+ * (pg->tries updated, nothing queued). */
+static int record_pass(pass_graph *pg, int step) {
     if (pbw_cuda_capture_begin()) {
-        pg->tries = recording_failed(pass, step, NULL, pg->tries);
+        pg->tries = recording_failed(pg->name, step, NULL, pg->tries);
         return -1;
     }
-    pbw_cuda_graph_input(in1, bytes1); /* before anything is uploaded */
-    pbw_cuda_graph_input(in2, bytes2);
+    for (int i = 0; i < 2; i++) /* before anything is uploaded */
+        pbw_cuda_graph_input(pg->in[i], pg->in_bytes[i]);
     pbw_err cerr = {0};
-    int prc = fn(arg, &cerr);
+    int prc = pg->fn(pg->arg, &cerr);
     char why[160];
     pg->g = pbw_cuda_capture_end(why, sizeof why);
     pg->launched = 0;
     if (pg->g && !prc) return 0;
-    pg->tries = recording_failed(pass, step, why[0] ? why : cerr.msg, pg->tries);
+    pg->tries = recording_failed(pg->name, step, why[0] ? why : cerr.msg, pg->tries);
     pbw_cuda_graph_free(pg->g);
     pg->g = NULL;
     pbw_cuda_clear_error();
     return -1;
+}
+
+/* The pass after `step` recorded while the GPU runs `step`, just queued, into the memory that
+ * one uses (after a reset that keeps it: recording runs nothing, the results read back after
+ * are that pass's, and the graph's launches come after it in stream order). Not where `step`
+ * grew that memory: the reset would free it, results and all (the next pass records itself,
+ * record_due). A refusal lets the next pass run directly first. `what`: the timeline mark,
+ * numbered by the pass it ran in. */
+static void record_next(run *r, pbw_ctx *ctx, pass_graph *pg, const char *what, int step) {
+    if (!pbw_ctx_reset_keeps_device_memory(ctx)) return;
+    pbw_ctx_reset(ctx);
+    if (record_pass(pg, step + 1) == 0)
+        mark(r, what, step);
+    else
+        pg->rest = 1;
+}
+
+/* Before pass `step` (from the second on), where no graph was recorded yet and recordings are
+ * left: records it, or lets it run directly once after a refusal during the first. what: the
+ * timeline mark, or NULL for none. */
+static void record_due(run *r, pbw_ctx *ctx, pass_graph *pg, const char *what, int step) {
+    if (pg->g || !pg->tries || step < 2) return;
+    if (pg->rest) {
+        pg->rest--;
+        return;
+    }
+    pbw_ctx_reset(ctx);
+    if (record_pass(pg, step) == 0 && what) mark(r, what, step);
 }
 
 /* Launches pg's recording for step `step`: 0; 1 when its first launch failed (the recording
@@ -649,7 +679,7 @@ static int launch_pass(pass_graph *pg, const char *pass, int step, pbw_err *err)
     return 1;
 }
 
-/* One CMA-ES generation's pass for record_pass. */
+/* One CMA-ES generation's pass for its pass_graph. */
 typedef struct gen_pass {
     run *r;
     pbw_ctx *ctx;
@@ -671,20 +701,14 @@ static int gen_pass_fn(void *arg, pbw_err *err) {
  * again at each launch. Where that recording fails it is tried here (once more on a later
  * generation when memory had to grow: the refused pass, run directly, leaves it grown); where
  * recording fails, or PBW_CUDA_GRAPHS=0, every generation is queued directly. */
-static int run_generation(run *r, int gen, gen_pass *gp, size_t crops_bytes, pass_graph *pg,
-                          pbw_err *err) {
-    if (!pg->g && pg->tries && gen >= 1) {
-        if (pg->rest)
-            pg->rest--;
-        else
-            record_pass(pg, "CMA-ES generation", gen + 1, gen_pass_fn, gp, gp->X,
-                        (size_t)gp->lam * r->D * sizeof *gp->X, gp->crops, crops_bytes);
-    }
+static int run_generation(run *r, int gen, pass_graph *pg, pbw_err *err) {
+    gen_pass *gp = pg->arg;
+    record_due(r, gp->ctx, pg, NULL, gen + 1);
     if (pg->g) {
         int lrc = launch_pass(pg, "CMA-ES", gen + 1, err);
         if (lrc <= 0) return lrc;
     }
-    return gen_pass_fn(gp, err);
+    return gen_pass_fn(pg->arg, err);
 }
 #endif
 
@@ -742,7 +766,6 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     float *dvals = NULL, *hvals = NULL;
 #ifdef PBW_HAVE_CUDA
     float *dframes = NULL;
-    pass_graph pg = {.tries = pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2}; /* recordings to try */
     if (pbw_objective_can_queue(&r->obj, r->p->dev) && !pbw_env_zero("PBW_CUDA_PIPELINE")) {
         dvals = pbw_cuda_malloc((size_t)3 * lam * sizeof(float));
         dframes = pbw_cuda_malloc((size_t)lam * r->per * sizeof(float));
@@ -754,6 +777,13 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             dvals = dframes = hvals = NULL;
         }
     }
+    gen_pass gp = {r, ctx, X, lam, bsz, crops, dvals, dframes};
+    pass_graph pg = {.name = "CMA-ES generation",
+                     .fn = gen_pass_fn,
+                     .arg = &gp,
+                     .in = {X, crops},
+                     .in_bytes = {(size_t)lam * D * sizeof *X, (size_t)ncrops * sizeof *crops},
+                     .tries = pbw_env_zero("PBW_CUDA_GRAPHS") ? 0 : 2}; /* recordings to try */
 #endif
     for (int gen = 0; gen < rq->cma_generations && !cancelled(r); gen++) {
         double t = now_s(), c0 = cpu_s();
@@ -764,23 +794,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
         /* queued: values and images stay on the GPU until the generation ends */
         if (dvals && !cancelled(r)) {
-            gen_pass gp = {r, ctx, X, lam, bsz, crops, dvals, dframes};
-            const size_t crops_bytes = (size_t)ncrops * sizeof *crops;
-            rc = run_generation(r, gen, &gp, crops_bytes, &pg, err);
+            rc = run_generation(r, gen, &pg, err);
             mark(r, "cma: queued on the GPU", gen + 1);
-            /* the next generation's graph recorded while the GPU runs this one, into the
-             * memory this one uses (its launch comes after this one in stream order), unless
-             * this one grew that memory: the reset would then replace it, waiting for the GPU
-             * (the next generation records it instead) */
-            if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r) &&
-                pbw_ctx_reset_keeps_device_memory(ctx)) {
-                pbw_ctx_reset(ctx);
-                if (record_pass(&pg, "CMA-ES generation", gen + 2, gen_pass_fn, &gp, X,
-                                (size_t)lam * D * sizeof *X, crops, crops_bytes) == 0)
-                    mark(r, "cma: next recorded", gen + 1); /* numbered by the pass it ran in */
-                else
-                    pg.rest = 1;
-            }
+            /* the second generation's graph recorded while the GPU runs the first */
+            if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r))
+                record_next(r, ctx, &pg, "cma: next recorded", gen + 1);
         }
 #endif
         /* the strategy's own work for the next generation, while the GPU runs this one */
@@ -898,7 +916,7 @@ static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *cro
 }
 
 #ifdef PBW_HAVE_CUDA
-/* One Adam step's pass for record_pass. */
+/* One Adam step's pass for its pass_graph. */
 typedef struct adam_arg {
     run *r;
     pbw_ctx *ctx;
@@ -963,10 +981,14 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     /* recordings to try: as the CMA-ES generations (run_generation), a second one when the
      * first was refused because memory had to grow */
     const int graphs = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS");
-    pass_graph pg = {.tries = graphs ? 2 : 0};
     step_out gso = {0};
     adam_arg aa = {r, ctx, var, crops, &gso};
-    const size_t var_bytes = (size_t)D * sizeof *var, crops_bytes = (size_t)ncrops * sizeof *crops;
+    pass_graph pg = {.name = "Adam step",
+                     .fn = adam_pass_fn,
+                     .arg = &aa,
+                     .in = {var, crops},
+                     .in_bytes = {(size_t)D * sizeof *var, (size_t)ncrops * sizeof *crops},
+                     .tries = graphs ? 2 : 0};
 #endif
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
@@ -975,16 +997,9 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         step_out so = {0};
         int direct = 1;
 #ifdef PBW_HAVE_CUDA
-        if (!pg.g && pg.tries && t >= 1 && pg.rest) {
-            pg.rest--;
-        } else if (!pg.g && pg.tries && t >= 1) { /* not recorded during step 1: here */
-            pbw_ctx_reset(ctx);
-            if (record_pass(&pg, "Adam step", t + 1, adam_pass_fn, &aa, var, var_bytes, crops,
-                            crops_bytes) == 0)
-                mark(r, "adam: pass recorded", t + 1);
-        }
+        record_due(r, ctx, &pg, "adam: pass recorded", t + 1); /* not recorded during step 1 */
         if (pg.g) {
-            int lrc = launch_pass(&pg, "Adam step", t + 1, err);
+            int lrc = launch_pass(&pg, pg.name, t + 1, err);
             if (lrc < 0) {
                 rc = -1;
                 break;
@@ -1004,18 +1019,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
             }
             mark(r, "adam: pass queued", t + 1);
 #ifdef PBW_HAVE_CUDA
-            /* step 2's graph recorded while the GPU runs this step, into the memory this step
-             * uses: recording runs nothing, so what is read back below is this step's. Not
-             * where this step grew that memory: the reset would free it, results and all (step
-             * 2 records it instead) */
-            if (t == 0 && pg.tries && n > 1 && pbw_ctx_reset_keeps_device_memory(ctx)) {
-                pbw_ctx_reset(ctx);
-                if (record_pass(&pg, "Adam step", 2, adam_pass_fn, &aa, var, var_bytes, crops,
-                                crops_bytes) == 0)
-                    mark(r, "adam: next recorded", 1); /* numbered by the step it ran in */
-                else
-                    pg.rest = 1;
-            }
+            /* step 2's graph recorded while the GPU runs this step */
+            if (t == 0 && pg.tries && n > 1) record_next(r, ctx, &pg, "adam: next recorded", 1);
 #endif
         }
         float th = 0, ch = 0, l1h = 0, lph = 0;
