@@ -100,6 +100,11 @@ static inline int pbw_test_files(const char *pattern, char *path, size_t n) {
     return count;
 }
 
+/* Runs fn(arg) with stderr written to a temporary file, then puts what it wrote into text (at
+ * most len - 1 bytes, NUL-terminated; the file is removed). Returns fn's result, or -1 with text
+ * empty and fn not run when no temporary file could be made. (tests/test_main.c) */
+int pbw_test_capture_stderr(int (*fn)(void *arg), void *arg, char *text, size_t len);
+
 /* Path to shared data relative to the repository root. */
 #define PBW_SHARED(p) "../shared/" p
 

@@ -537,6 +537,19 @@ PBW_TEST(cuda_edit_graph) {
 }
 
 #ifdef PBW_HAVE_CUDA
+/* One shapes_edit on the GPU for pbw_test_capture_stderr. */
+typedef struct timeline_call {
+    pbw_paint_request *rq;
+    float *out;
+    int64_t *n;
+    step_losses *losses;
+} timeline_call;
+
+static int run_timeline_call(void *arg) {
+    timeline_call *c = arg;
+    return shapes_edit(PBW_DEV_CUDA, 1, c->rq, c->out, c->n, NULL, NULL, c->losses);
+}
+
 /* A cma+adam edit of the shapes world with graphs, PBW_TIMELINE's marks captured from stderr
  * into text (len bytes at most). */
 static int edit_timeline(float *out, int64_t *n, step_losses *losses, char *text, size_t len) {
@@ -547,24 +560,10 @@ static int edit_timeline(float *out, int64_t *n, step_losses *losses, char *text
     rq.cma_batch = 4;
     rq.crops = 8;
     rq.adam_steps = 4;
-    char path[] = "/tmp/pbw_test_cuda_timeline_XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) return -1;
-    fflush(stderr);
-    int saved = dup(2);
-    dup2(fd, 2);
+    timeline_call c = {&rq, out, n, losses};
     setenv("PBW_TIMELINE", "1", 1);
-    int rc = shapes_edit(PBW_DEV_CUDA, 1, &rq, out, n, NULL, NULL, losses);
+    int rc = pbw_test_capture_stderr(run_timeline_call, &c, text, len);
     unsetenv("PBW_TIMELINE");
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    close(fd);
-    FILE *f = fopen(path, "r");
-    size_t got = f ? fread(text, 1, len - 1, f) : 0;
-    text[got] = 0;
-    if (f) fclose(f);
-    remove(path);
     return rc;
 }
 #endif

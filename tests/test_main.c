@@ -31,6 +31,27 @@ void pbw_test_register(const char *name, pbw_test_fn fn) {
     ntests++;
 }
 
+int pbw_test_capture_stderr(int (*fn)(void *arg), void *arg, char *text, size_t len) {
+    if (len) text[0] = 0;
+    char path[] = "/tmp/pbw_test_stderr_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return -1;
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    int rc = fn(arg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    FILE *f = fopen(path, "r");
+    size_t got = f && len ? fread(text, 1, len - 1, f) : 0;
+    if (len) text[got] = 0;
+    if (f) fclose(f);
+    remove(path);
+    return rc;
+}
+
 static int by_name(const void *a, const void *b) {
     return strcmp(((const test_entry *)a)->name, ((const test_entry *)b)->name);
 }

@@ -811,43 +811,37 @@ PBW_TEST(paint_edit_no_progress_images) {
     free_models(&m);
 }
 
+/* One edit for pbw_test_capture_stderr. */
+typedef struct edit_call {
+    pbw_painter *p;
+    const pbw_paint_request *rq;
+    pbw_paint_result res;
+    pbw_err err;
+} edit_call;
+
+static int run_edit_call(void *arg) {
+    edit_call *e = arg;
+    return pbw_painter_edit(e->p, e->rq, NULL, NULL, NULL, &e->res, &e->err);
+}
+
 /* PBW_TIMELINE=1: the painter's stages on stderr, in order (each generation's and each step's
  * once), at times that never go back. */
 PBW_TEST(paint_timeline) {
     models m;
     pbw_painter *p = NULL;
-    pbw_err err;
     if (open_painter(&m, &p)) return;
     float mask[32 * 32];
     corner_mask(mask);
     pbw_paint_request rq;
     tiny_request(&rq, mask, 2);
-    char path[] = "/tmp/pbw_test_timeline_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    if (fd < 0) {
-        pbw_painter_free(p);
-        free_models(&m);
-        return;
-    }
-    fflush(stderr);
-    int saved = dup(2);
-    dup2(fd, 2);
+    edit_call e = {.p = p, .rq = &rq};
+    char text[16384];
     setenv("PBW_TIMELINE", "1", 1);
-    pbw_paint_result res;
-    int rc = pbw_painter_edit(p, &rq, NULL, NULL, NULL, &res, &err);
+    int rc = pbw_test_capture_stderr(run_edit_call, &e, text, sizeof text);
     unsetenv("PBW_TIMELINE");
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    close(fd);
-    CHECK_MSG(rc == 0, "%s", err.msg);
-    if (rc == 0) pbw_paint_result_free(&res);
-    FILE *f = fopen(path, "r");
-    char text[16384] = {0};
-    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f) fclose(f);
-    remove(path);
+    CHECK_MSG(rc == 0, "%s", e.err.msg);
+    if (rc == 0) pbw_paint_result_free(&e.res);
+    const size_t len = strlen(text);
     const char *want[] = {"set-up: text embedded", "set-up: original rendered",
                           "set-up: generator's mask", "set-up: before's evaluation",
                           "cma: asked 1", "cma: settled 1", "cma: evaluated, values read back 1",
