@@ -415,8 +415,9 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     for (int i = 0; i < n; i++)
         total += gather_slot(bytes[i]);
     if (total > g_gather_cap) {
+        const size_t cap = total < 4096 ? 4096 : total;
         void *p = nullptr;
-        if (cudaMallocHost(&p, total < 4096 ? 4096 : total) != cudaSuccess) {
+        if (cudaMallocHost(&p, cap) != cudaSuccess) {
             cudaGetLastError(); // no pinned memory: a copy at a time
             for (int i = 0; i < n; i++)
                 if (bytes[i] && pbw_cuda_d2h(dst[i], src[i], bytes[i]))
@@ -426,7 +427,7 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
         if (g_gather_pin)
             cudaFreeHost(g_gather_pin);
         g_gather_pin = (unsigned char *)p;
-        g_gather_cap = total < 4096 ? 4096 : total;
+        g_gather_cap = cap;
     }
     cudaError_t e = cudaSuccess;
     size_t off = 0;
