@@ -284,6 +284,7 @@ typedef struct run {
     const volatile sig_atomic_t *cancel;
     double t0;
     double t_mark; /* the last timeline mark */
+    int timeline;  /* PBW_TIMELINE, read as the request begins: 0 off, 1 on, 2 sync */
     int step, steps;
 } run;
 
@@ -294,11 +295,16 @@ static int cancelled(const run *r) { return r->cancel && *r->cancel; }
  * update, the result), with the time since the request began and since the mark before: where
  * a request waits on the host. PBW_TIMELINE=sync first waits for the GPU at each mark, so
  * that a stage's GPU work lands in it (the marks then serialize host and device). */
-static void mark(run *r, const char *what, int n) {
+static int timeline_mode(void) {
     const char *e = getenv("PBW_TIMELINE");
-    if (!e || !*e || !strcmp(e, "0")) return;
+    if (!e || !*e || !strcmp(e, "0")) return 0;
+    return strcmp(e, "sync") ? 1 : 2;
+}
+
+static void mark(run *r, const char *what, int n) {
+    if (!r->timeline) return;
 #ifdef PBW_HAVE_CUDA
-    if (!strcmp(e, "sync") && r->p->dev == PBW_DEV_CUDA && !pbw_cuda_capturing())
+    if (r->timeline == 2 && r->p->dev == PBW_DEV_CUDA && !pbw_cuda_capturing())
         pbw_cuda_sync(NULL);
 #endif
     const double t = now_s();
@@ -1109,6 +1115,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     r.user = user;
     r.cancel = cancel;
     r.t0 = r.t_mark = now_s();
+    r.timeline = timeline_mode();
     int do_cma = rq->optim != PBW_OPTIM_ADAM, do_adam = rq->optim != PBW_OPTIM_CMA;
     r.steps = (do_cma ? rq->cma_generations : 0) + (do_adam ? rq->adam_steps : 0);
     pbw_rng_seed(&r.rng, rq->rng_seed);
