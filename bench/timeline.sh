@@ -93,10 +93,13 @@ def table(prefix, heavy_label, heavy):
             print("| %s | %s |" % (w, " | ".join(cells)))
 
 # a generation whose tell decomposes C takes far longer in its tell than the others: split the
-# tells at their widest gap (a ratio over 4 between neighbours in sorted order), if any
+# tells at their widest gap (a ratio over 4 between neighbours in sorted order), if any, among
+# the cuts that leave three tells or more on each side (an odd fast or slow tell at either end
+# would otherwise take the cut)
 tells = sorted(dt for t, dt, w, n in marks if w == "cma: told")
 cut = float("inf")
-gaps = [(b / a, (a * b) ** 0.5) for a, b in zip(tells, tells[1:]) if a > 0]
+gaps = [(tells[i + 1] / tells[i], (tells[i] * tells[i + 1]) ** 0.5)
+        for i in range(2, len(tells) - 3) if tells[i] > 0]
 if gaps and max(gaps)[0] > 4:
     cut = max(gaps)[1]
 table("cma: ", "decomposing", lambda parts: any(w == "told" and dt > cut for w, dt in parts))
