@@ -1,5 +1,6 @@
 // pbw_cuda.cu: the CUDA backend's runtime: device discovery and self-test, the stream and the
 // library handles, device memory and copies, precision mode, sticky errors (see pbw_cuda.h).
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -459,6 +460,13 @@ extern "C" int pbw_cuda_d2d(void *dst, const void *src, size_t bytes) {
 
 extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
     return copy_result(cudaMemsetAsync(dst, 0, bytes, pbw_stream()), "memset on the GPU");
+}
+
+extern "C" void pbw_cuda_profiler(int on) {
+    if (g_dev < 0) return;
+    if (on) cudaProfilerStart();
+    else cudaProfilerStop();
+    cudaGetLastError(); // without a profiler attached these do nothing worth reporting
 }
 
 extern "C" int pbw_cuda_sync(pbw_err *err) {

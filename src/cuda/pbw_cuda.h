@@ -66,6 +66,9 @@ int pbw_cuda_d2d(void *dst, const void *src, size_t bytes);
 int pbw_cuda_memset0(void *dst, size_t bytes);
 /* Waits for the stream; -1 (err set) when a kernel failed since the last check. */
 int pbw_cuda_sync(pbw_err *err);
+/* Starts (on != 0) or stops the CUDA profiler's collection (cudaProfilerStart/Stop): what a
+ * profiler run with collection off at start (Nsight Compute's --profile-from-start off) sees. */
+void pbw_cuda_profiler(int on);
 /* First failure since pbw_cuda_clear_error, or NULL. */
 const char *pbw_cuda_error(void);
 void pbw_cuda_clear_error(void);

@@ -285,6 +285,7 @@ typedef struct run {
     double t0;
     double t_mark; /* the last timeline mark */
     int timeline;  /* PBW_TIMELINE, read as the request begins: 0 off, 1 on, 2 sync */
+    int prof_phase, prof_n; /* PBW_CUDA_PROFILE_RANGE: 1 cma or 2 adam, and which (0: none) */
     int step, steps;
 } run;
 
@@ -301,7 +302,39 @@ static int timeline_mode(void) {
     return strcmp(e, "sync") ? 1 : 2;
 }
 
+/* PBW_CUDA_PROFILE_RANGE=cma:N or adam:N (N >= 2 for adam): the CUDA profiler collects over
+ * that CMA-ES generation's or Adam step's GPU work alone (cudaProfilerStart after the
+ * generation's ask or the step before's update, cudaProfilerStop once its values are read
+ * back), for a profiler started with collection off (bench/ncu_sweep.sh). */
+static void profile_range_mode(run *r) {
+    const char *e = getenv("PBW_CUDA_PROFILE_RANGE");
+    int n = 0;
+    r->prof_phase = r->prof_n = 0;
+    if (!e || r->p->dev != PBW_DEV_CUDA) return;
+    if (sscanf(e, "cma:%d", &n) == 1 && n >= 1) r->prof_phase = 1;
+    else if (sscanf(e, "adam:%d", &n) == 1 && n >= 2) r->prof_phase = 2;
+    else fprintf(stderr, "pbw: PBW_CUDA_PROFILE_RANGE=%s is not cma:N or adam:N (N >= 2); "
+                 "ignored\n", e);
+    r->prof_n = r->prof_phase ? n : 0;
+}
+
+/* Starts or stops the profiler at the marks profile_range_mode names. */
+static void profile_range(run *r, const char *what, int n) {
+#ifdef PBW_HAVE_CUDA
+    const int cma = r->prof_phase == 1, adam = r->prof_phase == 2;
+    if ((cma && n == r->prof_n && !strcmp(what, "cma: asked")) ||
+        (adam && n == r->prof_n - 1 && !strcmp(what, "adam: updated")))
+        pbw_cuda_profiler(1);
+    else if ((cma && n == r->prof_n && !strcmp(what, "cma: evaluated, values read back")) ||
+             (adam && n == r->prof_n && !strcmp(what, "adam: read back")))
+        pbw_cuda_profiler(0);
+#else
+    (void)r, (void)what, (void)n;
+#endif
+}
+
 static void mark(run *r, const char *what, int n) {
+    if (r->prof_phase) profile_range(r, what, n);
     if (!r->timeline) return;
 #ifdef PBW_HAVE_CUDA
     if (r->timeline == 2 && r->p->dev == PBW_DEV_CUDA && !pbw_cuda_capturing())
@@ -1116,6 +1149,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     r.cancel = cancel;
     r.t0 = r.t_mark = now_s();
     r.timeline = timeline_mode();
+    profile_range_mode(&r);
     int do_cma = rq->optim != PBW_OPTIM_ADAM, do_adam = rq->optim != PBW_OPTIM_CMA;
     r.steps = (do_cma ? rq->cma_generations : 0) + (do_adam ? rq->adam_steps : 0);
     pbw_rng_seed(&r.rng, rq->rng_seed);
