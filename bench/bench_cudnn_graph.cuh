@@ -121,6 +121,20 @@ static inline void make_pointwise(const Desc &pw, cudnnPointwiseMode_t mode) {
     set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &f32);
 }
 
+// The matmul c = a b with fp32 sums: its descriptor mm and operation mm_op, both finalized.
+static inline cudnnStatus_t make_matmul(const Desc &mm, const Desc &mm_op, const Desc &a,
+                                        const Desc &b, const Desc &c) {
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+    DNN_TRY(cudnnBackendFinalize(mm.d));
+    set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a);
+    set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b);
+    set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c);
+    set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm);
+    DNN_TRY(cudnnBackendFinalize(mm_op.d));
+    return CUDNN_STATUS_SUCCESS;
+}
+
 // The operation y = pw(x [, b]) (pw finalized), alpha1 = alpha2 = 1.
 static inline cudnnStatus_t make_pointwise_op(const Desc &op, const Desc &pw, const Desc &x,
                                               const Desc *b, const Desc &y) {

@@ -35,6 +35,21 @@ __global__ void quick_gelu_kernel(uint4 *y, size_t n8) {
 }
 
 // Deterministic values uniform in [offset - scale, offset + scale), as T (float or bf16).
+// The largest |a - b| and the largest |a| over n bf16 values on the device (synchronizes).
+inline void bf16_compare(const __nv_bfloat16 *a, const __nv_bfloat16 *b, size_t n, double *err,
+                         double *scale) {
+    CK(cudaDeviceSynchronize());
+    std::vector<__nv_bfloat16> ha(n), hb(n);
+    CK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+    *err = *scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double va = __bfloat162float(ha[i]), vb = __bfloat162float(hb[i]);
+        *scale = std::max(*scale, std::fabs(va));
+        *err = std::max(*err, std::fabs(va - vb));
+    }
+}
+
 template <typename T>
 __global__ void fill(T *p, size_t n, float scale, unsigned seed, float offset = 0.0f) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -68,16 +83,7 @@ struct GemmCase {
     double flop() const { return 2.0 * R * O * I; }
     // The largest |y_ref - y| and the largest |y_ref| (both synchronize the device).
     void compare(const __nv_bfloat16 *y, double *err, double *scale) const {
-        CK(cudaDeviceSynchronize());
-        std::vector<__nv_bfloat16> a((size_t)R * O), f((size_t)R * O);
-        CK(cudaMemcpy(a.data(), y_ref, a.size() * 2, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(f.data(), y, f.size() * 2, cudaMemcpyDeviceToHost));
-        *err = *scale = 0;
-        for (size_t i = 0; i < a.size(); i++) {
-            const double va = __bfloat162float(a[i]), vf = __bfloat162float(f[i]);
-            *scale = std::max(*scale, std::fabs(va));
-            *err = std::max(*err, std::fabs(va - vf));
-        }
+        bf16_compare(y_ref, y, (size_t)R * O, err, scale);
     }
 };
 

@@ -182,20 +182,6 @@ struct ConvActGraph {
     }
 };
 
-// The largest |a - b| and |a| over n bf16 values on the device.
-void compare(const __nv_bfloat16 *a, const __nv_bfloat16 *b, size_t n, double *err, double *scale) {
-    CK(cudaDeviceSynchronize());
-    std::vector<__nv_bfloat16> ha(n), hb(n);
-    CK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
-    *err = *scale = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double va = __bfloat162float(ha[i]), vb = __bfloat162float(hb[i]);
-        *scale = std::max(*scale, std::fabs(va));
-        *err = std::max(*err, std::fabs(va - vb));
-    }
-}
-
 // One shape, both sides; whether any cuDNN plan worked.
 bool run_shape(cudnnHandle_t dnn, int N, int C, int K, int H, int W) {
     const size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
@@ -289,7 +275,7 @@ bool run_shape(cudnnHandle_t dnn, int N, int C, int K, int H, int W) {
                 return run_plan(
                     dnn, cfg, uids, ptrs, [&] { CK(cudaMemset(y, 0, ny * 2)); },
                     [&](double *err, double *scale) {
-                        compare(g_mode == CONV ? c : y_ref, y, ny, err, scale);
+                        bf16_compare(g_mode == CONV ? c : y_ref, y, ny, err, scale);
                     },
                     r);
             },

@@ -65,14 +65,7 @@ struct DswishGraph {
         make_tensor(h, UID_H, CUDNN_DATA_BFLOAT16, {1, R, O}, {R * O, O, 1}, false);
         make_tensor(dh, UID_DH, CUDNN_DATA_BFLOAT16, {1, R, O}, {R * O, O, 1}, false);
         make_tensor(acc, UID_ACC, CUDNN_DATA_FLOAT, {1, R, O}, {R * O, O, 1}, true);
-        const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
-        set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
-        DNN_TRY(cudnnBackendFinalize(mm.d));
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, dy);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, w);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, acc);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm);
-        DNN_TRY(cudnnBackendFinalize(mm_op.d));
+        DNN_TRY(make_matmul(mm, mm_op, dy, w, acc));
         make_pointwise(sw, CUDNN_POINTWISE_SWISH_BWD);
         set(sw, CUDNN_ATTR_POINTWISE_SWISH_BETA, CUDNN_TYPE_DOUBLE, 1, &SWISH_BETA);
         DNN_TRY(cudnnBackendFinalize(sw.d));
@@ -132,16 +125,7 @@ bool run_shape(cudnnHandle_t dnn, cublasHandle_t blas, int R, int O, int I) {
     } else {
         ConfigResults res;
         auto compare = [&](double *err, double *scale) {
-            CK(cudaDeviceSynchronize());
-            std::vector<__nv_bfloat16> a((size_t)R * O), f((size_t)R * O);
-            CK(cudaMemcpy(a.data(), ref, a.size() * 2, cudaMemcpyDeviceToHost));
-            CK(cudaMemcpy(f.data(), dh, f.size() * 2, cudaMemcpyDeviceToHost));
-            *err = *scale = 0;
-            for (size_t i = 0; i < a.size(); i++) {
-                const double va = __bfloat162float(a[i]), vf = __bfloat162float(f[i]);
-                *scale = std::max(*scale, std::fabs(va));
-                *err = std::max(*err, std::fabs(va - vf));
-            }
+            bf16_compare(ref, dh, (size_t)R * O, err, scale);
         };
         ok = try_configs(
             g.graph, flop,

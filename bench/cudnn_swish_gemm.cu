@@ -62,14 +62,7 @@ struct SwishGemmGraph {
         make_tensor(acc, UID_ACC, CUDNN_DATA_FLOAT, {1, R, O}, {R * O, O, 1}, true);
         make_tensor(biased, UID_BIASED, CUDNN_DATA_FLOAT, {1, R, O}, {R * O, O, 1}, true);
 
-        const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
-        set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
-        DNN_TRY(cudnnBackendFinalize(mm.d));
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, x);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, w);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, acc);
-        set_desc(mm_op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm);
-        DNN_TRY(cudnnBackendFinalize(mm_op.d));
+        DNN_TRY(make_matmul(mm, mm_op, x, w, acc));
 
         make_pointwise(add, CUDNN_POINTWISE_ADD);
         DNN_TRY(cudnnBackendFinalize(add.d));
