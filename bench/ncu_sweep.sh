@@ -11,8 +11,8 @@
 # bank (docs/cuda.md).
 #
 #   bench/run_cuda.sh                 (writes the models under MODELS first)
-#   bench/ncu_sweep.sh                OUT=DIR (default build/ncu_sweep) PRECISION=bf16 GEN=3
-#                                     STEP=5 PHASES="cma adam" NCU=path SECTIONS="..."
+#   bench/ncu_sweep.sh                OUT=DIR (default build/ncu_sweep) PRECISION=bf16 GEN=2
+#                                     STEP=3 PHASES="cma adam" NCU=path SECTIONS="..."
 #
 # One table per phase in OUT/PHASE.md (ncu's own report in OUT/PHASE.txt). Needs ncu (on PATH or
 # in CUDA's bin), python3 with Pillow for the mask, and a GPU whose performance counters the user
@@ -25,8 +25,8 @@ MODELS=${MODELS:-build/bench_cuda_models}
 CARRY=${CARRY:-.carry}
 PBW=${PBW:-build/pbw}
 PRECISION=${PRECISION:-bf16}
-GEN=${GEN:-3}
-STEP=${STEP:-5}
+GEN=${GEN:-2}
+STEP=${STEP:-3}
 PHASES=${PHASES:-cma adam}
 SECTIONS=${SECTIONS:-SpeedOfLight Occupancy}
 PY=${PY:-python3}
