@@ -705,13 +705,13 @@ static void record_due(run *r, pbw_ctx *ctx, pass_graph *pg, const char *what, i
 
 /* Launches pg's recording for step `step`: 0; 1 when its first launch failed (the recording
  * given up: the caller runs the pass directly); -1 when a later one failed (err set). */
-static int launch_pass(pass_graph *pg, const char *pass, int step, pbw_err *err) {
+static int launch_pass(pass_graph *pg, int step, pbw_err *err) {
     if (pbw_cuda_graph_launch(pg->g) == 0) {
         pg->launched = 1;
         return 0;
     }
-    if (pg->launched) return pbw_err_set(err, "%s: %s", pass, pbw_cuda_error());
-    pg->tries = recording_failed(pass, step, "launch failed", pg->tries);
+    if (pg->launched) return pbw_err_set(err, "%s: %s", pg->name, pbw_cuda_error());
+    pg->tries = recording_failed(pg->name, step, "launch failed", pg->tries);
     pbw_cuda_graph_free(pg->g);
     pg->g = NULL;
     pbw_cuda_clear_error();
@@ -744,10 +744,10 @@ static int run_generation(run *r, int gen, pass_graph *pg, pbw_err *err) {
     gen_pass *gp = pg->arg;
     record_due(r, gp->ctx, pg, NULL, gen + 1);
     if (pg->g) {
-        int lrc = launch_pass(pg, "CMA-ES", gen + 1, err);
+        int lrc = launch_pass(pg, gen + 1, err);
         if (lrc <= 0) return lrc;
     }
-    return gen_pass_fn(pg->arg, err);
+    return pg->fn(pg->arg, err);
 }
 #endif
 
@@ -1038,7 +1038,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
 #ifdef PBW_HAVE_CUDA
         record_due(r, ctx, &pg, "adam: pass recorded", t + 1); /* not recorded during step 1 */
         if (pg.g) {
-            int lrc = launch_pass(&pg, pg.name, t + 1, err);
+            int lrc = launch_pass(&pg, t + 1, err);
             if (lrc < 0) {
                 rc = -1;
                 break;
