@@ -44,10 +44,8 @@ if [ -z "$NCU" ] || [ ! -x "$NCU" ]; then
 fi
 [ -x "$PBW" ] || { echo "ncu_sweep.sh: $PBW not built (make $PBW)" >&2; exit 1; }
 [ "$STEP" -ge 2 ] 2>/dev/null || { echo "ncu_sweep.sh: STEP must be 2 or more" >&2; exit 1; }
-for f in "$MODELS/g256.pt" "$MODELS/clip_vit_b32" "$CARRY/bpe_simple_vocab_16e6.txt.gz" \
-    "$CARRY/alex.pth" tests/fixtures/lpips/alexnet_features_fp16.pth; do
-    [ -e "$f" ] || { echo "ncu_sweep.sh: missing $f (run bench/run_cuda.sh first)" >&2; exit 1; }
-done
+. bench/cuda_models.sh
+cuda_models_check ncu_sweep.sh
 mkdir -p "$OUT" || exit 1
 "$PY" -c 'from PIL import Image, ImageDraw
 m = Image.new("L", (256, 256), 0); ImageDraw.Draw(m).rectangle([80, 80, 175, 175], fill=255)
