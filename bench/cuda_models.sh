@@ -1,4 +1,5 @@
-# cuda_models.sh: sourced by the GPU benchmark scripts (bench/ab_cuda.sh, bench/timeline.sh, bench/ncu_sweep.sh).
+# cuda_models.sh: sourced by the GPU benchmark scripts (bench/ab_cuda.sh, bench/timeline.sh,
+# bench/ncu_sweep.sh).
 # cuda_model_args NAME: unless ARGS is set already, checks that bench/run_cuda.sh's models
 # (MODELS, CARRY) are there and sets ARGS to bench_edit's model and device arguments for them
 # (--precision $PRECISION); a missing file ends the script, named by NAME.
