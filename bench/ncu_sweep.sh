@@ -13,6 +13,11 @@
 #   bench/run_cuda.sh                 (writes the models under MODELS first)
 #   bench/ncu_sweep.sh                OUT=DIR (default build/ncu_sweep) PRECISION=bf16 GEN=2
 #                                     STEP=3 PHASES="cma adam" NCU=path SECTIONS="..."
+#                                     LAUNCHES=N (profile the phase's first N launches only:
+#                                     a generation repeats its batches, so a part of it names
+#                                     every kernel in a fraction of the minutes)
+#                                     NCU_FLAGS="..." (more of ncu's options, e.g. a
+#                                     --kernel-name regex:... that leaves out the libraries')
 #
 # One table per phase in OUT/PHASE.md (ncu's own report in OUT/PHASE.txt). Needs ncu (on PATH or
 # in CUDA's bin), python3 with Pillow for the mask, and a GPU whose performance counters the user
@@ -57,6 +62,11 @@ common=(--gan "$MODELS/g256.pt" --clip "$MODELS/clip_vit_b32"
     --precision "$PRECISION")
 sections=()
 for s in $SECTIONS; do sections+=(--section "$s"); done
+[ -n "${LAUNCHES:-}" ] && sections+=(--launch-count "$LAUNCHES")
+if [ -n "${NCU_FLAGS:-}" ]; then  # split into words, no file-name expansion of a regex
+    read -r -a extra <<<"$NCU_FLAGS"
+    sections+=("${extra[@]}")
+fi
 export PBW_CUDA_GRAPHS=0 PBW_CUDA_PDL=0
 rc=0
 for phase in $PHASES; do

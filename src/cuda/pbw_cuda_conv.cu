@@ -1960,13 +1960,22 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
         }
     const float *noise = pa.noise ? pa.noise + n * pa.g.noise_nstride : nullptr;
     // channels c.. of pixel p (in range), activated in place in the word and in x
+    // (c is a multiple of 8: the channels' d and bias as two 16-byte words each, not 16
+    // scalar shared-memory loads)
     auto act8 = [&](uint4 &word, uint4 *dst, int64_t p, int c) {
-        float v[8];
+        float v[8], dv[8], bv[8];
         pbw_unpack_half<__nv_bfloat16, 8>(word, v);
         const float nz = noise ? noise[p] : 0.0f;
 #pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float4 d4 = reinterpret_cast<const float4 *>(adv + c)[h],
+                         b4 = reinterpret_cast<const float4 *>(ab + c)[h];
+            dv[4 * h] = d4.x, dv[4 * h + 1] = d4.y, dv[4 * h + 2] = d4.z, dv[4 * h + 3] = d4.w;
+            bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
+        }
+#pragma unroll
         for (int e = 0; e < 8; e++)
-            v[e] = act(pre_act_of(v[e], adv[c + e], noise != nullptr, nz, ab[c + e], pa.g), pa.g);
+            v[e] = act(pre_act_of(v[e], dv[e], noise != nullptr, nz, bv[e], pa.g), pa.g);
         word = pbw_pack_half<__nv_bfloat16, 8, uint4>(v);
         *dst = word;
     };

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include <cstdio>
+#include <type_traits>
 #include <utility>
 
 #include "core/pbw_cache.h"
@@ -165,12 +166,24 @@ __device__ __forceinline__ float pbw_sg_mod_scale(float sv, float s0v, float mv)
 
 // N (4 or 8) values of the half type H in one 8- or 16-byte word (W = uint2 or uint4), to and
 // from floats: one vector load or store for N values.
+// bf16 is a float's high half: a pair's low value is its word shifted up, its high value the
+// word with the low half cleared (one instruction each; extracting each half first took two
+// for the high one). The same bits as pbw_from_half.
 template <typename H, int N, typename W>
 __device__ __forceinline__ void pbw_unpack_half(const W &w, float (&f)[N]) {
     static_assert(sizeof(W) == N * sizeof(H), "word size");
-    const H *h = reinterpret_cast<const H *>(&w);
+    if constexpr (std::is_same<H, __nv_bfloat16>::value && N % 2 == 0) {
+        const uint32_t *u = reinterpret_cast<const uint32_t *>(&w);
 #pragma unroll
-    for (int i = 0; i < N; i++) f[i] = pbw_from_half<H>(h[i]);
+        for (int i = 0; i < N / 2; i++) {
+            f[2 * i] = __uint_as_float(u[i] << 16);
+            f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        }
+    } else {
+        const H *h = reinterpret_cast<const H *>(&w);
+#pragma unroll
+        for (int i = 0; i < N; i++) f[i] = pbw_from_half<H>(h[i]);
+    }
 }
 template <typename H, int N, typename W>
 __device__ __forceinline__ W pbw_pack_half(const float (&f)[N]) {

@@ -547,8 +547,16 @@ __global__ void sg_blur_fwd_kernel(float *out, const float *x, int64_t planes, i
 // (channels 8 apart). Each thread's eight now sit as two 16-byte words that a warp's lanes read
 // consecutively (slot() below): the same bits; CUPTI, a CMA generation's blurs 2.94 -> 2.35 ms;
 // alternating in one call (4 rounds of 8 generations), 41.70 -> 40.94 ms a generation.
-template <typename T, int V, typename Wd, int K, int R, bool MOD>
-__global__ void __launch_bounds__(256)
+// Nsight Compute then put it at 70% of the SMs' issue rate, and its SASS was mostly address
+// arithmetic: every tap's index formed from (sy, sx) in 64 bits, and the eight d planes'
+// addresses (d_mode 2, a runtime test) computed under a false predicate for every result row
+// of d_mode 1 too. Now the row offset steps from one source row to the next, columns whose
+// taps all lie inside load without per-tap tests, DPIX is a template argument and bf16 unpacks
+// in one instruction a value (pbw_unpack_half): the same bits; a 128 px batch's blur 213.7 ->
+// 162.2 million instructions, 223.8 -> 189.7 us a launch (H200, ncu). Its 84 registers had
+// first cost a block an SM (occupancy 36 -> 24%, 241.6 us): hence the bound of 3 blocks (80).
+template <typename T, int V, typename Wd, int K, int R, bool MOD, bool DPIX>
+__global__ void __launch_bounds__(256, 3)
     sg_blur_nhwc_strip_kernel(T *out, const T *x, int N, int C, int H, int W, int OH, int OW,
                               fir_taps f, int p0, pbw_cuda_postact pa, pbw_cuda_premod pm) {
     pbw_pdl_wait();
@@ -585,27 +593,49 @@ __global__ void __launch_bounds__(256)
     const int oy0 = (int)(q / OW) * R, c = V * g;
     const Wd *xs = reinterpret_cast<const Wd *>(x) + (int64_t)n * H * W * cv + g;
     const int sx0 = ox - p0, sy0 = oy0 - p0;
+    // Which of this thread's K source columns lie inside, and where its source row sy0 + j
+    // starts: xrow + j rstride (in words), tap jh at + jh cv. Kept from one row to the next, a
+    // row's loads cost a few additions; indexing each tap from (sy, sx) in 64 bits took about
+    // half of the kernel's instructions (SASS).
+    bool okx[K];
+#pragma unroll
+    for (int jh = 0; jh < K; jh++) okx[jh] = sx0 + jh >= 0 && sx0 + jh < W;
+    const bool inner = sx0 >= 0 && sx0 + K - 1 < W; // every tap inside: no per-tap tests
+    const int64_t rstride = (int64_t)W * cv;
+    int64_t xrow = (int64_t)sy0 * rstride + (int64_t)sx0 * cv;
     float rs[K][V]; // the row sums of source rows sy .. sy + K - 1
-    auto row_sums = [&](float (&s)[V], int sy) {
+    auto row_sums = [&](float (&s)[V], int sy) { // then moves xrow to the next row
 #pragma unroll
         for (int e = 0; e < V; e++) s[e] = 0.0f;
-        if (sy < 0 || sy >= H) return; // zeros: the sums of a zero row
+        if (sy >= 0 && sy < H) { // else zeros: the sums of a zero row
+            const Wd *rp = xs + xrow;
+            Wd w[K];
+            if (inner) { // a warp's lanes share a column where C >= 256: uniform there
 #pragma unroll
-        for (int jh = 0; jh < K; jh++) {
-            const int sx = sx0 + jh;
-            float v[V];
-            Wd w{};
-            if (sx >= 0 && sx < W) w = xs[((int64_t)sy * W + sx) * cv];
-            pbw_unpack_half<T, V>(w, v);
+                for (int jh = 0; jh < K; jh++) w[jh] = rp[jh * cv];
+            } else {
 #pragma unroll
-            for (int e = 0; e < V; e++) s[e] += f.h[jh] * v[e];
+                for (int jh = 0; jh < K; jh++) {
+                    w[jh] = Wd{};
+                    if (okx[jh]) w[jh] = rp[jh * cv];
+                }
+            }
+#pragma unroll
+            for (int jh = 0; jh < K; jh++) {
+                float v[V];
+                pbw_unpack_half<T, V>(w[jh], v);
+#pragma unroll
+                for (int e = 0; e < V; e++) s[e] += f.h[jh] * v[e];
+            }
         }
+        xrow += rstride;
     };
 #pragma unroll
     for (int j = 0; j < K - 1; j++) row_sums(rs[j], sy0 + j);
-    // d_mode 2: channel c + e's demodulation plane at dp + e P; the sample's noise at np
-    const float *dp = activate && pa.g.d_mode == 2 ? pa.d + ((int64_t)n * pa.g.O + c) * pa.g.P
-                                                     : nullptr;
+    // d_mode 2 (DPIX): channel c + e's demodulation plane at dp + e P; the sample's noise at
+    // np. DPIX is a template argument: as a runtime test, the compiler predicated the eight
+    // planes' address arithmetic and issued it for every result row of d_mode 1 too.
+    const float *dp = DPIX ? pa.d + ((int64_t)n * pa.g.O + c) * pa.g.P : nullptr;
     const float *np = activate && pa.noise ? pa.noise + n * pa.g.noise_nstride : nullptr;
     Wd *os = reinterpret_cast<Wd *>(out) + (int64_t)n * OH * OW * cv + g;
 #pragma unroll
@@ -640,17 +670,17 @@ __global__ void __launch_bounds__(256)
                 fac(sh_d, dv), fac(sh_b, bv);
 #pragma unroll
                 for (int e = 0; e < V; e++)
-                    acc[e] = act_value(acc[e], dp ? dp[e * pa.g.P + p] : dv[e], np, p, bv[e],
+                    acc[e] = act_value(acc[e], DPIX ? dp[e * pa.g.P + p] : dv[e], np, p, bv[e],
                                        pa.g);
             }
             if (MOD) { // the next convolution's style: on the rounded value, as its staging
                 const float mv = masked ? pm.m[n * pm.m_nstride + p] : 0.0f;
-                float sv[V], s0v[V];
+                float sv[V], s0v[V], rv[V];
                 fac(sh_s, sv), fac(sh_s0, s0v);
+                pbw_unpack_half<T, V>(pbw_pack_half<T, V, Wd>(acc), rv); // rounded, pairwise
 #pragma unroll
                 for (int e = 0; e < V; e++)
-                    acc[e] = __fmul_rn(pbw_from_half<T>(pbw_to_half<T>(acc[e])),
-                                       masked_scale(masked, sv[e], s0v[e], mv));
+                    acc[e] = __fmul_rn(rv[e], masked_scale(masked, sv[e], s0v[e], mv));
             }
             os[p * cv] = pbw_pack_half<T, V, Wd>(acc);
         }
@@ -819,17 +849,20 @@ extern "C" int pbw_cuda_sg_blur_act_nhwc(void *out, const void *x, int N, int C,
     const dim3 blocks((unsigned)((threads + 255) / 256), (unsigned)N);
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H_ = decltype(t);
-        auto launch = [&](auto mod) {
-            constexpr bool M = decltype(mod)::value;
+        auto launch = [&](auto mod, auto dpix) {
+            constexpr bool M = decltype(mod)::value, D = decltype(dpix)::value;
             if (wide)
-                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R, M>, blocks, 256, smem,
+                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 8, uint4, 4, R, M, D>, blocks, 256, smem,
                            (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
             else
-                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R, M>, blocks, 256, smem,
-                           (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
+                pbw_launch(sg_blur_nhwc_strip_kernel<H_, 2, uint32_t, 4, R, M, D>, blocks, 256,
+                           smem, (H_ *)out, (const H_ *)x, N, C, H, W, OH, OW, f, p0, a, mo);
         };
-        if (mo.s) launch(std::true_type{});
-        else launch(std::false_type{});
+        const bool dpix = a.g.N && a.g.d_mode == 2; // a demodulation per pixel
+        if (mo.s && dpix) launch(std::true_type{}, std::true_type{});
+        else if (mo.s) launch(std::true_type{}, std::false_type{});
+        else if (dpix) launch(std::false_type{}, std::true_type{});
+        else launch(std::false_type{}, std::false_type{});
     });
     PBW_CUDA_LAUNCHED("sg_blur_act_nhwc");
     g_blur_nhwc_calls++;

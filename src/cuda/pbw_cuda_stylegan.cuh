@@ -47,8 +47,11 @@ __device__ __forceinline__ float pre_act(float yv, float dv, float nz, const act
     return pre_act_of(yv, dv, a.noisy, nz, a.b, g);
 }
 
+// v > 0 ? v : v slope, as v times a selected factor (v 1 is v exactly, NaN and -0 included): a
+// select and a product, where the conditional product had the compiler load the slope from
+// the constant bank for every value.
 __device__ __forceinline__ float act(float v, const pbw_cpu_sg_act_geom &g) {
-    return __fmul_rn(v > 0 ? v : __fmul_rn(v, g.slope), g.gain);
+    return __fmul_rn(__fmul_rn(v, v > 0 ? 1.0f : g.slope), g.gain);
 }
 
 // act_plane for V consecutive channels c.. of sample n, kept once: V act_planes cost a kernel
