@@ -491,21 +491,32 @@ static double mahalanobis(const pbw_cma *c, const double *v) {
     return sqrt(nrm);
 }
 
-/* The Mahalanobis lengths of the asked samples, for the negative weights of their update: one
- * product for all lambda of them (the same sums, element for element, as apply_update's product
- * over the ranked worst), so that the tell that decomposes C is left only the rank updates.
+/* mnorm[k] = the Mahalanobis length of row k of Yt (lam,n), the samples in ask()'s order: one
+ * product for all lambda of them. settle() and a tell() without it both come here with the same
+ * rows in the same places: a GEMM's sums for a row can depend on the rows beside it (OpenBLAS's
+ * Haswell kernels take a block's last M % 4 rows another way), so a product over the ranked
+ * worst alone gave other bits than settle()'s. Yw is the scratch. */
+static void mnorms_of(pbw_cma *c, const double *Yt) {
+    const int n = c->n, lam = c->lam;
+    double *Z = c->Yw;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lam, n, n, 1.0, Yt, n, c->B, n, 0.0,
+                Z, n);
+    for (int k = 0; k < lam; k++) c->mnorm[k] = mahalanobis(c, Z + (size_t)k * n);
+}
+
+/* The Mahalanobis lengths of the asked samples, for the negative weights of their update, made
+ * ahead (apply_update makes the same ones itself where settle() did not), so that the tell that
+ * decomposes C is left only the rank updates.
  * BDz and Yw serve as scratch: ask() consumed the one, directions() refills both after. */
 static void make_mnorms(pbw_cma *c) {
     const int n = c->n, lam = c->lam;
     const long it = c->iter + 1; /* the samples' iteration once told */
     if (!c->active || lam <= c->mu || !c->asked || c->mnorm_iter == it) return;
-    double *Yt = c->BDz, *Z = c->Yw;
+    double *Yt = c->BDz;
     for (int k = 0; k < lam; k++)
         for (int i = 0; i < n; i++)
             Yt[(size_t)k * n + i] = (c->Xd[(size_t)k * n + i] - c->mean[i]) / c->sigma;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lam, n, n, 1.0, Yt, n, c->B, n, 0.0,
-                Z, n);
-    for (int k = 0; k < lam; k++) c->mnorm[k] = mahalanobis(c, Z + (size_t)k * n);
+    mnorms_of(c, Yt);
     c->mnorm_iter = it;
 }
 
@@ -518,15 +529,18 @@ static void apply_update(pbw_cma *c) {
     /* the negative weights' samples at squared Mahalanobis length n: |C^{-1/2} y| is the
      * length of diag(1/D) B^T y (B is orthogonal), one product for all of them */
     const int nneg = c->active ? lam - mu : 0;
-    const int made = c->mnorm_iter == c->iter; /* by settle(), for these samples */
-    if (nneg > 0 && !made)
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nneg, n, n, 1.0,
-                    c->Y + (size_t)mu * n, n, c->B, n, 0.0, Z, n);
+    if (nneg > 0 && c->mnorm_iter != c->iter) { /* not made by settle(), for these samples */
+        double *Yt = c->BDz; /* the ranked rows back in ask()'s order, as settle() has them */
+        for (int r = 0; r < lam; r++)
+            memcpy(Yt + (size_t)c->idx[r] * n, c->Y + (size_t)r * n, (size_t)n * sizeof *Yt);
+        mnorms_of(c, Yt);
+        c->mnorm_iter = c->iter;
+        c->bdz_ready = 0; /* BDz was the scratch: directions() makes them again */
+    }
     for (int r = 0; r < lam; r++) {
         double wv = c->w[r];
         if (wv < 0 && r >= mu && nneg > 0) {
-            const double nrm =
-                made ? c->mnorm[c->idx[r]] : mahalanobis(c, Z + (size_t)(r - mu) * n);
+            const double nrm = c->mnorm[c->idx[r]];
             wv *= n / ((nrm + 1e-9) * (nrm + 1e-9));
         }
         wr[r] = c->cmu * wv;
