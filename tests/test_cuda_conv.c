@@ -1437,12 +1437,13 @@ PBW_TEST(cuda_slice_nhwc_rows) {
  * The kernel alone on bf16 values written on the host, against double sums of the same
  * (rounded) values with zero padding, then StyleGAN2's activation in double: 8 channels a thread
  * (C = 16, 24, 512) and 2 (C = 6), result heights that are and are not whole strips, pads 1 and
- * 2, with and without the activation (d per channel, noise per sample or shared, bias). The
+ * 2, with and without the activation (d per channel or per pixel, noise per sample or shared,
+ * bias). The
  * kernel sums in fp32 and rounds the result to bf16 once: the bound is 2^-8 of the result (bf16
  * keeps 8 significant bits, so rounding to nearest moves a value by at most 2^-8 of itself)
  * plus 1e-5 of the magnitudes summed (fp32 sums of 16 terms and the activation's 3 steps). */
 #ifdef PBW_HAVE_CUDA
-typedef struct { int n, c, h, w, oh, ow, p0, act, shared_noise; } blur_case;
+typedef struct { int n, c, h, w, oh, ow, p0, act, shared_noise, dpix; } blur_case;
 
 static double blur_ref(const float *xf, const float *t, const blur_case *k, int n, int oy, int ox,
                        int c, double *mag) {
@@ -1465,9 +1466,11 @@ PBW_TEST(cuda_sg_blur_nhwc) {
 #ifdef PBW_HAVE_CUDA
     static const float t[4] = {0.125f, 0.375f, 0.375f, 0.125f};
     static const blur_case cases[] = {
-        {2, 16, 17, 17, 16, 16, 1, 1, 0}, {1, 6, 9, 7, 9, 7, 2, 0, 0},
-        {3, 24, 20, 20, 19, 19, 1, 1, 1}, {1, 512, 9, 9, 8, 8, 1, 1, 0},
-        {1, 8, 40, 3, 39, 2, 1, 0, 0}};
+        {2, 16, 17, 17, 16, 16, 1, 1, 0, 0}, {1, 6, 9, 7, 9, 7, 2, 0, 0, 0},
+        {3, 24, 20, 20, 19, 19, 1, 1, 1, 0}, {1, 512, 9, 9, 8, 8, 1, 1, 0, 0},
+        {1, 8, 40, 3, 39, 2, 1, 0, 0, 0},
+        /* d per pixel (the masked model's mixed demodulation), 8 and 2 channels a thread */
+        {2, 16, 17, 17, 16, 16, 1, 1, 0, 1}, {1, 6, 9, 7, 9, 7, 2, 1, 1, 1}};
     const float nw = 0.7f, slope = 0.2f, gain = sqrtf(2.0f);
     pbw_cuda_set_precision(PBW_PREC_BF16);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -1475,24 +1478,26 @@ PBW_TEST(cuda_sg_blur_nhwc) {
         const int64_t nx = (int64_t)k->n * k->h * k->w * k->c,
                       P = (int64_t)k->oh * k->ow, ny = (int64_t)k->n * P * k->c;
         uint16_t *xh = malloc((size_t)nx * 2), *yh = malloc((size_t)ny * 2);
-        float *xf = malloc((size_t)nx * 4), *d = malloc((size_t)k->n * k->c * 4);
+        const int64_t nd = (int64_t)k->n * k->c * (k->dpix ? P : 1); /* (N,O) or (N,O,P) */
+        float *xf = malloc((size_t)nx * 4), *d = malloc((size_t)nd * 4);
         float *noise = malloc((size_t)k->n * P * 4), *bias = malloc((size_t)k->c * 4);
         for (int64_t j = 0; j < nx; j++) {
             xh[j] = pbw_f32_to_bf16((float)((j * 37 + (int64_t)i) % 127 - 63) / 32.0f);
             xf[j] = pbw_bf16_to_f32(xh[j]);
         }
-        for (int j = 0; j < k->n * k->c; j++) d[j] = 0.5f + (float)(j % 11) / 10.0f;
+        for (int64_t j = 0; j < nd; j++) d[j] = 0.5f + (float)(j % 11) / 10.0f;
         for (int64_t j = 0; j < k->n * P; j++) noise[j] = (float)((j * 13) % 23 - 11) / 7.0f;
         for (int j = 0; j < k->c; j++) bias[j] = (float)(j % 7 - 3) / 5.0f;
         void *dx = pbw_cuda_malloc((size_t)nx * 2), *dy = pbw_cuda_malloc((size_t)ny * 2);
-        float *dd = pbw_cuda_malloc((size_t)k->n * k->c * 4);
+        float *dd = pbw_cuda_malloc((size_t)nd * 4);
         float *dn = pbw_cuda_malloc((size_t)k->n * P * 4), *db = pbw_cuda_malloc((size_t)k->c * 4);
         CHECK(dx && dy && dd && dn && db && pbw_cuda_h2d(dx, xh, (size_t)nx * 2) == 0 &&
-              pbw_cuda_h2d(dd, d, (size_t)k->n * k->c * 4) == 0 &&
+              pbw_cuda_h2d(dd, d, (size_t)nd * 4) == 0 &&
               pbw_cuda_h2d(dn, noise, (size_t)k->n * P * 4) == 0 &&
               pbw_cuda_h2d(db, bias, (size_t)k->c * 4) == 0);
         pbw_cuda_postact pa = {dd, dn, db,
-                               {k->n, k->c, P, 1, k->c, k->shared_noise ? 0 : P, nw, slope, gain}};
+                               {k->n, k->c, P, k->dpix ? 2 : 1, k->dpix ? 0 : k->c,
+                                k->shared_noise ? 0 : P, nw, slope, gain}};
         CHECK(pbw_cuda_sg_blur_act_nhwc(dy, dx, k->n, k->c, k->h, k->w, k->oh, k->ow, t, t, 4,
                                         k->p0, k->act ? &pa : NULL, NULL) == 0);
         CHECK(pbw_cuda_d2h(yh, dy, (size_t)ny * 2) == 0);
@@ -1505,8 +1510,10 @@ PBW_TEST(cuda_sg_blur_nhwc) {
                         if (k->act) {
                             const int64_t p = (int64_t)oy * k->ow + ox;
                             const double nz = noise[(k->shared_noise ? 0 : n * P) + p];
-                            r = r * d[n * k->c + c] + nw * nz + bias[c];
-                            mag = mag * d[n * k->c + c] + fabs(nw * nz) + fabs(bias[c]);
+                            const double dv = k->dpix ? d[((int64_t)n * k->c + c) * P + p]
+                                                      : d[n * k->c + c];
+                            r = r * dv + nw * nz + bias[c];
+                            mag = mag * dv + fabs(nw * nz) + fabs(bias[c]);
                             r = gain * (r > 0 ? r : slope * r);
                             mag *= gain;
                         }
@@ -1515,7 +1522,8 @@ PBW_TEST(cuda_sg_blur_nhwc) {
                         worst = fmax(worst, fabs(y - r) / (fabs(r) / 256.0 + 1e-5 * mag + 1e-30));
                     }
         printf("  blur (%d,%d,%d,%d) -> %dx%d pad %d%s: worst error %.3f of the bound\n", k->n,
-               k->h, k->w, k->c, k->oh, k->ow, k->p0, k->act ? ", activated" : "", worst);
+               k->h, k->w, k->c, k->oh, k->ow, k->p0,
+               k->act ? (k->dpix ? ", activated, d per pixel" : ", activated") : "", worst);
         CHECK(worst <= 1.0);
         pbw_cuda_free(dx), pbw_cuda_free(dy), pbw_cuda_free(dd), pbw_cuda_free(dn),
             pbw_cuda_free(db);
