@@ -1548,7 +1548,9 @@ PBW_TEST(cuda_sg_pointwise_nhwc) {
 #ifdef PBW_HAVE_CUDA
     static const struct { int n, c, o; int64_t p; } cases[] = {
         {1, 8, 3, 37},  {2, 48, 6, 300}, {3, 136, 8, 1},    {2, 512, 3, 70},   {1, 16, 1, 1000},
-        {2, 128, 6, 1000}, {1, 256, 8, 33}, {3, 64, 3, 4097}, {2, 32, 1, 15}};
+        {2, 128, 6, 1000}, {1, 256, 8, 33}, {3, 64, 3, 4097}, {2, 32, 1, 15},
+        /* a CMA generation's 16x16 ToRGB (a tile a warp) and a 128 px batch's (four a warp) */
+        {50, 512, 3, 256}, {14, 128, 3, 16384}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
     for (size_t k = 0; k < 2 * (sizeof cases / sizeof cases[0]); k++) {
         const size_t i = k / 2; /* each case with the tensor cores, then without */

@@ -751,14 +751,21 @@ __device__ __forceinline__ void store2(float *o, float a, float b) {
 
 // One (batch, head) bh from its staged halves Qs, Ks, Vs (as the kernels below stage them): the
 // scores, the softmax and P V of each of the block's warps' 16-row tiles, and the stores.
+// Half outputs leave through the warp's own 16 rows of Qs, which the scores read for the last
+// time (no other warp reads them): a lane stores 16 bytes and a warp 4 rows x 128 bytes, where
+// the fragments' 4-byte stores half-filled every 32-byte sector they wrote (Nsight Compute, a
+// CMA generation's launch), where o (and o2) are 16-byte aligned with strides of 8 halves.
 template <int KT, typename H, typename Out>
-__device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, const H *Qs, const H *Ks,
+__device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, const H *Ks,
                                              const H *Vs, Out *o, float *p, H *o2, int64_t bh,
                                              int tid) {
     constexpr int LDK = MMA_LDK, C8 = MMA_D / 8;
+    constexpr bool half_out = std::is_same<Out, H>::value;
     const int T = (int)g.T, S = (int)g.S, T16 = (T + 15) / 16 * 16;
     const int64_t b = bh / g.H, h = bh % g.H;
     Out *oh = o + b * g.o[0] + h * g.o[1];
+    const bool wide = half_out && (((uintptr_t)o | (uintptr_t)o2) & 15) == 0 &&
+                      ((g.o[0] | g.o[1] | g.o[2]) & 7) == 0;
     const int lane = tid % 32, gr = lane / 4, c2 = 2 * (lane % 4);
     const float sl2 = g.scale * 1.4426950408889634f; // exp(x) = exp2(x log2 e)
     for (int mt = tid / 32; mt < T16 / 16; mt += MMA_THREADS / 32) {
@@ -820,15 +827,33 @@ __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, const H *Qs
         l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
         const float i0 = 1.0f / l0, i1 = 1.0f / l1;
         H *hh = o2 ? o2 + b * g.o[0] + h * g.o[1] : nullptr;
+        if (half_out && wide) {
+            H *qs = Qs + mt * 16 * LDK;
 #pragma unroll
-        for (int n = 0; n < C8; n++) {
-            const int64_t c0 = t0 * g.o[2] + 8 * n + c2, c1 = t1 * g.o[2] + 8 * n + c2;
-            const float a0 = acc[n][0] * i0, a1 = acc[n][1] * i0;
-            const float a2 = acc[n][2] * i1, a3 = acc[n][3] * i1;
-            if (t0 < T) store2(oh + c0, a0, a1);
-            if (t1 < T) store2(oh + c1, a2, a3);
-            if (hh && t0 < T) store2(hh + c0, a0, a1);
-            if (hh && t1 < T) store2(hh + c1, a2, a3);
+            for (int n = 0; n < C8; n++) {
+                store2(qs + gr * LDK + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
+                store2(qs + (gr + 8) * LDK + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int it = 0; it < 4; it++) {
+                const int r = 4 * it + lane / 8, c = 8 * (lane % 8), t = 16 * mt + r;
+                if (t >= T) continue;
+                const uint4 w = *reinterpret_cast<const uint4 *>(qs + r * LDK + c);
+                *reinterpret_cast<uint4 *>(oh + t * g.o[2] + c) = w;
+                if (hh) *reinterpret_cast<uint4 *>(hh + t * g.o[2] + c) = w;
+            }
+        } else {
+#pragma unroll
+            for (int n = 0; n < C8; n++) {
+                const int64_t c0 = t0 * g.o[2] + 8 * n + c2, c1 = t1 * g.o[2] + 8 * n + c2;
+                const float a0 = acc[n][0] * i0, a1 = acc[n][1] * i0;
+                const float a2 = acc[n][2] * i1, a3 = acc[n][3] * i1;
+                if (t0 < T) store2(oh + c0, a0, a1);
+                if (t1 < T) store2(oh + c1, a2, a3);
+                if (hh && t0 < T) store2(hh + c0, a0, a1);
+                if (hh && t1 < T) store2(hh + c1, a2, a3);
+            }
         }
         if (p) { // the weights, exp(s - m) / l in fp32 (0 where left out)
             float *pr = p + bh * T * S;
