@@ -359,8 +359,9 @@ static void draw_normals(pbw_cma *c) {
 }
 
 /* BDz = rows B (D .* z_k): all lambda directions in one product (13 M multiply-adds for
- * n = 512, lambda = 50). OpenBLAS splits a product over threads by output blocks, so every
- * element is summed in the same order whatever the thread count. */
+ * n = 512, lambda = 50). The same bits from run to run at one OpenBLAS thread count; not
+ * across thread counts: a row's sums depend on its place in a thread's block (2 threads
+ * against 1: ~900 of 25,600 values differ in their last bits; docs/cuda.md, Determinism). */
 static void directions(pbw_cma *c) {
     const int n = c->n;
     double *DZ = c->Yw;
@@ -397,7 +398,7 @@ void pbw_cma_ask(pbw_cma *c, float *X) {
 
 /* out = C^{-1/2} v = B diag(1/D) B^T v, with the decomposition of the last eigen update: two
  * products with B (n = 512: 2 MB read twice, in every tell, while the GPU waits), each output
- * element summed by one thread whatever the thread count (as directions()). */
+ * element summed by one thread (like directions(), the same bits at one thread count). */
 static void inv_sqrt_c(const pbw_cma *c, const double *v, double *out, double *scratch) {
     int n = c->n;
     cblas_dgemv(CblasRowMajor, CblasTrans, n, n, 1.0, c->B, n, v, 1, 0.0, scratch, 1); /* B^T v */
