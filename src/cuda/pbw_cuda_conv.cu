@@ -1959,13 +1959,10 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
             ab[c] = pa.bias ? pa.bias[c] : 0.0f;
         }
     const float *noise = pa.noise ? pa.noise + n * pa.g.noise_nstride : nullptr;
-    // channels c.. of pixel p (in range), activated in place in the word and in x
-    // (c is a multiple of 8: the channels' d and bias as two 16-byte words each, not 16
-    // scalar shared-memory loads)
-    auto act8 = [&](uint4 &word, uint4 *dst, int64_t p, int c) {
-        float v[8], dv[8], bv[8];
-        pbw_unpack_half<__nv_bfloat16, 8>(word, v);
-        const float nz = noise ? noise[p] : 0.0f;
+    // channels c .. c + 7's d and bias (c a multiple of 8): two 16-byte words each, not 16
+    // scalar shared-memory loads, read once for both rows of a tile (the compiler read them
+    // again for the second: the stores to x between might have aliased them)
+    auto factors8 = [&](int c, float (&dv)[8], float (&bv)[8]) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const float4 d4 = reinterpret_cast<const float4 *>(adv + c)[h],
@@ -1973,6 +1970,13 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
             dv[4 * h] = d4.x, dv[4 * h + 1] = d4.y, dv[4 * h + 2] = d4.z, dv[4 * h + 3] = d4.w;
             bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
         }
+    };
+    // those channels of pixel p (in range), activated in place in the word and in x
+    auto act8 = [&](uint4 &word, uint4 *dst, int64_t p, const float (&dv)[8],
+                    const float (&bv)[8]) {
+        float v[8];
+        pbw_unpack_half<__nv_bfloat16, 8>(word, v);
+        const float nz = noise ? noise[p] : 0.0f;
 #pragma unroll
         for (int e = 0; e < 8; e++)
             v[e] = act(pre_act_of(v[e], dv[e], noise != nullptr, nz, bv[e], pa.g), pa.g);
@@ -2019,9 +2023,10 @@ __global__ void __launch_bounds__(PWM_WARPS * 32)
 #pragma unroll
                 for (int u = 0; u < PWM_QB; u++) {
                     if (q0 + u >= nq) break;
-                    const int c = 32 * (q0 + u) + 8 * t;
-                    if (px < P) act8(A[u], ra + 4 * (q0 + u), px, c);
-                    if (py < P) act8(B[u], rb + 4 * (q0 + u), py, c);
+                    float dv[8], bv[8];
+                    factors8(32 * (q0 + u) + 8 * t, dv, bv);
+                    if (px < P) act8(A[u], ra + 4 * (q0 + u), px, dv, bv);
+                    if (py < P) act8(B[u], rb + 4 * (q0 + u), py, dv, bv);
                 }
 #pragma unroll
             for (int u = 0; u < PWM_QB; u++) {
