@@ -3,7 +3,8 @@
 # docs/cuda.md compares changes (times move by a few percent between calls and machines, so only
 # runs of one call are compared). Each round runs every variant once, in the order given; every
 # run's Adam step, CMA generation and default edit (as bench_edit measures them) are printed as
-# they come, then each variant's median over the rounds.
+# they come (the CMA generation's median and its mean, decompositions included), then each
+# variant's median over the rounds.
 #
 #   bench/ab_cuda.sh 'base=build/bench_edit_base' 'new=build/bench_edit' \
 #                    'lanes off=PBW_CUDA_LANES=0 build/bench_edit'
@@ -51,6 +52,7 @@ except Exception as e:
 parts = []
 if r.get("adam_step_s") is not None: parts.append("step %.3f ms" % (1e3 * r["adam_step_s"]))
 if r.get("cma_gen_s") is not None: parts.append("gen %.2f ms" % (1e3 * r["cma_gen_s"]))
+if r.get("cma_gen_mean_s") is not None: parts.append("gen mean %.2f ms" % (1e3 * r["cma_gen_mean_s"]))
 if r.get("edit_s"): parts.append("edit " + "/".join("%.3f" % t for t in r["edit_s"]) + " s")
 if r.get("edit_peak_bytes") is not None and r["edit_peak_bytes"] >= 0:
     parts.append("peak %.2f GiB" % (r["edit_peak_bytes"] / 2**30))
@@ -84,18 +86,20 @@ import json, statistics, sys
 out, rounds, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 for i, v in enumerate(variants, 1):
     label = v.split("=", 1)[0]
-    vals = {"adam_step_s": [], "cma_gen_s": [], "edit_s": []}
+    vals = {"adam_step_s": [], "cma_gen_s": [], "cma_gen_mean_s": [], "edit_s": []}
     for r in range(1, rounds + 1):
         try:
             j = json.loads(open("%s/r%d.v%d.json" % (out, r, i)).read().strip().splitlines()[-1])
         except Exception:
             continue
-        for k in ("adam_step_s", "cma_gen_s"):
+        for k in ("adam_step_s", "cma_gen_s", "cma_gen_mean_s"):
             if j.get(k) is not None: vals[k].append(j[k])
         if j.get("edit_s"): vals["edit_s"].append(j["edit_s"][-1])  # the warm edit
     parts = []
     if vals["adam_step_s"]: parts.append("step %.3f ms" % (1e3 * statistics.median(vals["adam_step_s"])))
     if vals["cma_gen_s"]: parts.append("gen %.2f ms" % (1e3 * statistics.median(vals["cma_gen_s"])))
+    if vals["cma_gen_mean_s"]:
+        parts.append("gen mean %.2f ms" % (1e3 * statistics.median(vals["cma_gen_mean_s"])))
     if vals["edit_s"]: parts.append("edit %.3f s (last of each run)" % statistics.median(vals["edit_s"]))
     n = max(len(x) for x in vals.values())
     print("  %-16s %s  (%d of %d runs)" % (label + ":", ", ".join(parts) or "no result", n, rounds))
