@@ -144,8 +144,7 @@ typedef struct results {
     const char *device, *precision;
     int S, crops, steps_n, pop, gens, cma_batch, e_gens, e_pop, e_steps, n_edit;
     double t_load, adam_s, adam_first, cma_s, cma_mean, cma_first, edit_s[16], edit_cma_med,
-        edit_adam_med,
-        before_total, after_total, used_before, peak;
+        edit_adam_med, before_total, after_total, used_before, peak;
 } results;
 
 static void emit(const results *r, int final) {
@@ -285,8 +284,8 @@ int main(int argc, char **argv) {
     results R = {.device = pbw_device_name(dev), .precision = prec_name, .crops = crops,
                  .steps_n = steps_n, .pop = pop, .gens = gens, .cma_batch = cma_batch,
                  .e_gens = e_gens, .e_pop = e_pop, .e_steps = e_steps, .adam_s = -1,
-                 .adam_first = -1, .cma_s = -1, .cma_mean = -1, .cma_first = -1, .edit_cma_med = -1,
-                 .edit_adam_med = -1, .before_total = -1, .after_total = -1,
+                 .adam_first = -1, .cma_s = -1, .cma_mean = -1, .cma_first = -1,
+                 .edit_cma_med = -1, .edit_adam_med = -1, .before_total = -1, .after_total = -1,
                  .used_before = -1, .peak = -1};
     double t_load = bench_now();
     pbw_painter *p;

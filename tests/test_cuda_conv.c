@@ -1438,10 +1438,10 @@ PBW_TEST(cuda_slice_nhwc_rows) {
  * (rounded) values with zero padding, then StyleGAN2's activation in double: 8 channels a thread
  * (C = 16, 24, 512) and 2 (C = 6), result heights that are and are not whole strips, pads 1 and
  * 2, with and without the activation (d per channel or per pixel, noise per sample or shared,
- * bias). The
- * kernel sums in fp32 and rounds the result to bf16 once: the bound is 2^-8 of the result (bf16
- * keeps 8 significant bits, so rounding to nearest moves a value by at most 2^-8 of itself)
- * plus 1e-5 of the magnitudes summed (fp32 sums of 16 terms and the activation's 3 steps). */
+ * bias). The kernel sums in fp32 and rounds the result to bf16 once: the bound is 2^-8 of the
+ * result (bf16 keeps 8 significant bits, so rounding to nearest moves a value by at most 2^-8
+ * of itself) plus 1e-5 of the magnitudes summed (fp32 sums of 16 terms and the activation's 3
+ * steps). */
 #ifdef PBW_HAVE_CUDA
 typedef struct { int n, c, h, w, oh, ow, p0, act, shared_noise, dpix; } blur_case;
 

@@ -751,10 +751,10 @@ __device__ __forceinline__ void store2(float *o, float a, float b) {
 
 // One (batch, head) bh from its staged halves Qs, Ks, Vs (as the kernels below stage them): the
 // scores, the softmax and P V of each of the block's warps' 16-row tiles, and the stores.
-// Half outputs leave through the warp's own 16 rows of Qs, which the scores read for the last
-// time (no other warp reads them): a lane stores 16 bytes and a warp 4 rows x 128 bytes, where
-// the fragments' 4-byte stores half-filled every 32-byte sector they wrote (Nsight Compute, a
-// CMA generation's launch), where o (and o2) are 16-byte aligned with strides of 8 halves.
+// Half outputs, where o (and o2) are 16-byte aligned with strides of 8 halves, leave through
+// the warp's own 16 rows of Qs, which the scores read for the last time (no other warp reads
+// them): a lane stores 16 bytes and a warp 4 rows x 128 bytes (the fragments' 4-byte stores
+// half-filled every 32-byte sector they wrote: Nsight Compute, a CMA generation's launch).
 template <int KT, typename H, typename Out>
 __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, const H *Ks,
                                              const H *Vs, Out *o, float *p, H *o2, int64_t bh,
@@ -827,7 +827,7 @@ __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, cons
         l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
         const float i0 = 1.0f / l0, i1 = 1.0f / l1;
         H *hh = o2 ? o2 + b * g.o[0] + h * g.o[1] : nullptr;
-        if (half_out && wide) {
+        if (wide) {
             H *qs = Qs + mt * 16 * LDK;
 #pragma unroll
             for (int n = 0; n < C8; n++) {
