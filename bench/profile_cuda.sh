@@ -9,6 +9,8 @@
 #                                     GRAPHS=1 (replay CUDA graphs as the edit does: their
 #                                     kernels then show as "(outside ops)"), PDL=1 (launch as
 #                                     the edit does; kernels' times then include their wait)
+#                                     Each run's timeline also goes to OUT/{cma,adam}_P.spans.tsv
+#                                     (PBW_PROFILE_SPANS; read it with bench/spans.py)
 #
 # Needs libcupti on the library path (CUDA's extras/CUPTI/lib64 or the toolkit's lib64; the
 # script adds those it finds) and python3 with Pillow for the mask.
@@ -39,10 +41,13 @@ export PBW_CUDA_GRAPHS=${GRAPHS:-0}
 # for the one before inside its own span, which CUPTI would book to it
 export PBW_CUDA_PDL=${PDL:-0}
 for p in ${PRECISIONS:-bf16 fp32}; do
-    PBW_PROFILE=gpu "$PBW" edit "${common[@]}" --precision "$p" --optim cma --cma-generations "$GENS" \
+    rm -f "$OUT/cma_$p.spans.tsv" "$OUT/adam_$p.spans.tsv"
+    PBW_PROFILE=gpu PBW_PROFILE_SPANS="$OUT/cma_$p.spans.tsv" \
+        "$PBW" edit "${common[@]}" --precision "$p" --optim cma --cma-generations "$GENS" \
         --out "$OUT/cma_$p.png" 2>"$OUT/cma_$p.txt"
     echo "cma $p rc $?"
-    PBW_PROFILE=gpu "$PBW" edit "${common[@]}" --precision "$p" --optim adam --steps "$STEPS" \
+    PBW_PROFILE=gpu PBW_PROFILE_SPANS="$OUT/adam_$p.spans.tsv" \
+        "$PBW" edit "${common[@]}" --precision "$p" --optim adam --steps "$STEPS" \
         --out "$OUT/adam_$p.png" 2>"$OUT/adam_$p.txt"
     echo "adam $p rc $?"
 done

@@ -39,6 +39,7 @@ struct span {
     uint32_t corr;
     int name; // index into g_names (kernels), -1 copy, -2 memset
     int kind; // copies: CUpti_ActivityMemcpyKind
+    uint32_t stream;
 };
 
 api g_api;
@@ -83,17 +84,17 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t *buf, size_t, size_t
         case CUPTI_ACTIVITY_KIND_KERNEL:
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
             auto *k = (CUpti_ActivityKernel10 *)r;
-            g_spans.push_back({k->start, k->end, k->correlationId, kernel_name(k->name), 0});
+            g_spans.push_back({k->start, k->end, k->correlationId, kernel_name(k->name), 0, k->streamId});
             break;
         }
         case CUPTI_ACTIVITY_KIND_MEMCPY: {
             auto *m = (CUpti_ActivityMemcpy6 *)r;
-            g_spans.push_back({m->start, m->end, m->correlationId, -1, (int)m->copyKind});
+            g_spans.push_back({m->start, m->end, m->correlationId, -1, (int)m->copyKind, m->streamId});
             break;
         }
         case CUPTI_ACTIVITY_KIND_MEMSET: {
             auto *m = (CUpti_ActivityMemset4 *)r;
-            g_spans.push_back({m->start, m->end, m->correlationId, -2, 0});
+            g_spans.push_back({m->start, m->end, m->correlationId, -2, 0, m->streamId});
             break;
         }
         case CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION: {
@@ -159,6 +160,33 @@ struct row {
     long n = 0;
 };
 
+// PBW_PROFILE_SPANS=FILE: every span of the report appended to FILE as tab-separated rows
+// (start and end in ns from the report's first span, CUPTI's stream id, op, pass, kernel), one
+// "# report" line before each report's rows: a timeline to read the critical path from
+// (bench/spans.py). Under CUDA graphs the ops are "(outside ops)".
+void dump_spans(const std::vector<span> &s) {
+    const char *path = getenv("PBW_PROFILE_SPANS");
+    if (!path || !*path || s.empty()) return;
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        fprintf(stderr, "pbw: PBW_PROFILE_SPANS: cannot open %s\n", path);
+        return;
+    }
+    fprintf(f, "# report\n");
+    const uint64_t t0 = s[0].start;
+    for (const span &x : s) {
+        auto it = g_ext.find(x.corr);
+        size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
+        if (op > g_ops.size()) op = 0;
+        const char *name = x.name >= 0 ? g_names[(size_t)x.name].c_str()
+                           : x.name == -1 ? "[memcpy]" : "[memset]";
+        fprintf(f, "%llu\t%llu\t%u\t%s\t%s\t%s\n", (unsigned long long)(x.start - t0),
+                (unsigned long long)(x.end - t0), x.stream, op ? g_ops[op - 1].first : "-",
+                op ? (g_ops[op - 1].second ? "backward" : "forward") : "-", name);
+    }
+    if (fclose(f)) fprintf(stderr, "pbw: PBW_PROFILE_SPANS: cannot write %s\n", path);
+}
+
 } // namespace
 
 extern "C" int pbw_cuda_trace_on(void) { return start() ? 1 : 0; }
@@ -195,6 +223,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     for (const span &x : g_spans)
         if (x.start >= g_t0 && x.end >= x.start) s.push_back(x);
     std::sort(s.begin(), s.end(), [](const span &a, const span &b) { return a.start < b.start; });
+    dump_spans(s);
     // busy time: the union of the spans (one stream, but library kernels may overlap)
     double busy = 0, total = 0;
     uint64_t cur_s = 0, cur_e = 0;
