@@ -1653,9 +1653,9 @@ PBW_TEST(cuda_clip_crops) {
     CHECK(parity_check("clip_crops_patches (3,1024,1024) -> 24 crops of 224, patches of 32",
                        crops_fn, (void *)&hp, 1, inh, TOL_EW) == 0);
 #ifdef PBW_HAVE_CUDA
-    /* without gradients in bf16 the patches are written as bf16 halves alone: the fp32 values
-     * (of the same kernel, writing fp32 when a gradient is wanted) rounded to bf16, bit for
-     * bit */
+    /* in bf16 the patches are written as bf16 halves alone, with or without a gradient: the
+     * fp32 values (of the same kernel, writing fp32 under PBW_CUDA_HALF_ACTS_GRAD=0 where a
+     * gradient is wanted) rounded to bf16, bit for bit */
     pbw_err err = {{0}};
     pbw_cuda_set_precision(PBW_PREC_BF16);
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
@@ -1669,9 +1669,14 @@ PBW_TEST(cuda_clip_crops) {
         CHECK(half && half->half_only && half->half);
         pbw_tensor *xg = pbw_tensor_from_host(ctx, h, 4, (int64_t[]){2, 3, 64, 64});
         xg->requires_grad = 1;
+        pbw_tensor *hg = pbw_clip_crops_patches(ctx, xg, small, 7, 32, 8);
+        CHECK(hg && hg->half_only && hg->half);
+        setenv("PBW_CUDA_HALF_ACTS_GRAD", "0", 1);
         pbw_tensor *full = pbw_clip_crops_patches(ctx, xg, small, 7, 32, 8);
+        unsetenv("PBW_CUDA_HALF_ACTS_GRAD");
         CHECK(full && !full->half);
         CHECK_MSG(same_bits_as(ctx, half, full, 1), "%s", pbw_ctx_error(ctx));
+        CHECK_MSG(same_bits_as(ctx, hg, full, 1), "%s", pbw_ctx_error(ctx));
         free(h);
         pbw_ctx_free(ctx);
     }

@@ -237,9 +237,12 @@ static pbw_tensor *crops_op(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, 
         pbw_cuda_norm3 nm;
         memcpy(nm.mean, pbw_clip_mean, sizeof nm.mean);
         memcpy(nm.std, pbw_clip_std, sizeof nm.std);
-        /* patches feed the patch embedding's product: without gradients, under half
-         * activations' precisions, they are written as the half copy it reads, alone */
-        if (P && !grad && pbw_cuda_half_acts() && !pbw_tensor_half_alloc(ctx, out, 1))
+        /* patches feed the patch embedding's product: under half activations' precisions
+         * they are written as the half copy it reads, alone; with gradients too, since the
+         * product's input gradient reads the weight, not x (PBW_CUDA_HALF_ACTS_GRAD=0: fp32
+         * patches there, and a product on them) */
+        if (P && pbw_cuda_half_acts() && (!grad || !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD")) &&
+            !pbw_tensor_half_alloc(ctx, out, 1))
             return NULL;
         pbw_cuda_clip_crops_forward(x->data, B, H, W, dc, n, R, P, nm,
                                     out->half ? NULL : out->data, out->half,
