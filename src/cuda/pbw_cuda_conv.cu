@@ -1026,6 +1026,7 @@ size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 // bytes), the half side along C two channels a thread (a warp covers 64 channels, 128 bytes,
 // as half2 words when C is even; one value at a time otherwise).
 const int TP = 32, TC = 64, TROWS = 8; // 64x32 tiles, 32x8 threads
+constexpr int KJ_MODGRAD = TC / TROWS; // nhwc_modgrad_kernel's channels a thread
 
 // Calls tile(n, c0, p0) for the tiles of (N, C, P) this block covers: the grid spans (P tiles,
 // C tiles, N) and strides over what does not fit.
@@ -1259,6 +1260,42 @@ __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C,
 // pixel tile b) at ps[(n C + c) gridDim.x + b] comes out the same every run. The half tile is
 // read 16 bytes (8 channels) a thread where C allows; each thread loads its channels' values
 // (x, the scales) before it uses any, so their loads are in flight together.
+// The sums over a warp's 32 lanes of each of a lane's V values (V a power of two, 2..32),
+// stored as nhwc_modgrad_kernel's partials: value j < KJ is channel c0 + ty + j TROWS's ps, j >=
+// KJ its ps0. Recursive halving: at each exchange a lane keeps half of its values and adds its
+// partner's copies of them, sending the other half (V - 1 shuffles in all where a tree a value
+// takes 5 V); then lane l holds value (l >> s) & (V - 1), s = 5 - log2 V, summed over its
+// group of 2^(5-s)... lanes, and a plain tree finishes over the lanes that share it. A fixed
+// order: the same bits every run.
+template <int HALF, int V>
+__device__ __forceinline__ void halving_step(double (&val)[V], int lane, int off) {
+    const bool hi = (lane & off) != 0;
+#pragma unroll
+    for (int i = 0; i < HALF; i++) {
+        const double send = hi ? val[i] : val[i + HALF];
+        const double keep = hi ? val[i + HALF] : val[i];
+        val[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+    if constexpr (HALF > 1) halving_step<HALF / 2>(val, lane, off / 2);
+}
+
+template <int V>
+__device__ __forceinline__ void modgrad_store(double (&val)[V], double *ps, double *ps0, int n,
+                                              int C, int c0, int ty, int lane) {
+    static_assert(V >= 2 && V <= 32 && (V & (V - 1)) == 0, "V a power of two");
+    halving_step<V / 2>(val, lane, 16);
+#pragma unroll
+    for (int off = 16 / V; off > 0; off /= 2)
+        val[0] += __shfl_xor_sync(0xffffffffu, val[0], off);
+    constexpr int per = 32 / V; // lanes holding each value
+    if (lane % per) return;
+    const int j = lane / per;   // the value this lane holds
+    const int k = j % KJ_MODGRAD, cc = c0 + ty + k * TROWS;
+    if (cc >= C) return;
+    const int64_t at = ((int64_t)n * C + cc) * gridDim.x + blockIdx.x;
+    (j < KJ_MODGRAD ? ps : ps0)[at] = val[0];
+}
+
 template <typename T>
 __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int N, int C,
                                     int64_t P, int accumulate, pbw_cuda_premod pm, double *ps,
@@ -1272,7 +1309,7 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
     load_half_tile(tile, src + (int64_t)n * C * P, C, P, c0, p0,
                    C % 8 == 0 && ((uintptr_t)src & 15) == 0);
     __syncthreads();
-    constexpr int KJ = TC / TROWS; // channels a thread
+    constexpr int KJ = KJ_MODGRAD; // channels a thread
     const int64_t p = p0 + tx;
     const bool pin = p < P;
     const float mv = pm.m && pin ? pm.m[n * pm.m_nstride + p] : 0.0f;
@@ -1299,20 +1336,16 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
         b[k] = pm.m ? __fmul_rn(tv, __fsub_rn(1.0f, mv)) : 0.0f;
     }
     if (!ps) return;
+    if (ps0) {
+        double val[2 * KJ];
 #pragma unroll
-    for (int k = 0; k < KJ; k++) {
-        double u = a[k], v = b[k];
+        for (int k = 0; k < KJ; k++) val[k] = a[k], val[KJ + k] = b[k];
+        modgrad_store<2 * KJ>(val, ps, ps0, n, C, c0, ty, tx);
+    } else {
+        double val[KJ];
 #pragma unroll
-        for (int o = TP / 2; o > 0; o >>= 1) {
-            u += __shfl_xor_sync(0xffffffffu, u, o);
-            if (ps0) v += __shfl_xor_sync(0xffffffffu, v, o);
-        }
-        const int cc = c0 + ty + k * TROWS;
-        if (tx == 0 && cc < C) {
-            const int64_t at = ((int64_t)n * C + cc) * gridDim.x + blockIdx.x;
-            ps[at] = u;
-            if (ps0) ps0[at] = v;
-        }
+        for (int k = 0; k < KJ; k++) val[k] = a[k];
+        modgrad_store<KJ>(val, ps, nullptr, n, C, c0, ty, tx);
     }
 }
 
