@@ -857,15 +857,29 @@ __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, cons
         }
         if (p) { // the weights, exp(s - m) / l in fp32 (0 where left out)
             float *pr = p + bh * T * S;
+            // a lane's two columns as one 8-byte store where S is even (a warp's store then
+            // fills each row's 32-byte sector; 4-byte stores left each half empty, and their
+            // count held the kernel up: Nsight Compute, an Adam step's launch)
+            const bool pairs = S % 2 == 0 && ((uintptr_t)p & 7) == 0;
 #pragma unroll
-            for (int n = 0; n < 2 * KT; n++)
+            for (int n = 0; n < 2 * KT; n++) {
+                const int sx = 8 * n + c2;
+                if (pairs && sx + 1 < S) {
+                    if (t0 < T)
+                        *reinterpret_cast<float2 *>(pr + t0 * S + sx) =
+                            make_float2(exp2f(sc[n][0] - m0) * i0, exp2f(sc[n][1] - m0) * i0);
+                    if (t1 < T)
+                        *reinterpret_cast<float2 *>(pr + t1 * S + sx) =
+                            make_float2(exp2f(sc[n][2] - m1) * i1, exp2f(sc[n][3] - m1) * i1);
+                    continue;
+                }
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    const int sx = 8 * n + c2 + e;
-                    if (sx >= S) continue;
-                    if (t0 < T) pr[t0 * S + sx] = exp2f(sc[n][e] - m0) * i0;
-                    if (t1 < T) pr[t1 * S + sx] = exp2f(sc[n][2 + e] - m1) * i1;
+                    if (sx + e >= S) continue;
+                    if (t0 < T) pr[t0 * S + sx + e] = exp2f(sc[n][e] - m0) * i0;
+                    if (t1 < T) pr[t1 * S + sx + e] = exp2f(sc[n][2 + e] - m1) * i1;
                 }
+            }
         }
     }
 }
