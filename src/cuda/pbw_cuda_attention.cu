@@ -1095,11 +1095,19 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         constexpr int NP = S16 / 2 * BMMA_MAX / MMA_THREADS; // pairs a thread at most
         float2 pv[NP];
         const int np = T16 * (S16 / 2) / MMA_THREADS;
+        // a pair in one 8-byte load where S is even (then s + 1 < S wherever s < S)
+        const bool pairs = S % 2 == 0 && ((uintptr_t)p & 7) == 0;
 #pragma unroll
         for (int u = 0; u < NP; u++) {
             const int x = tid + u * MMA_THREADS, t = x / (S16 / 2), s = 2 * (x % (S16 / 2));
-            pv[u].x = u < np && t < T && s < S ? ph[t * S + s] : 0.0f;
-            pv[u].y = u < np && t < T && s + 1 < S ? ph[t * S + s + 1] : 0.0f;
+            const bool in = u < np && t < T && s < S;
+            if (pairs) {
+                pv[u] = in ? *reinterpret_cast<const float2 *>(ph + t * S + s)
+                           : make_float2(0.0f, 0.0f);
+            } else {
+                pv[u].x = in ? ph[t * S + s] : 0.0f;
+                pv[u].y = in && s + 1 < S ? ph[t * S + s + 1] : 0.0f;
+            }
         }
 #pragma unroll
         for (int u = 0; u < NP; u++) {
@@ -1163,6 +1171,10 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         for (int n = 0; n < C8; n++) store_c(gq + qo, g.q[2], t0, T, 8 * n + c2, acc[n], add);
     }
     if (!gk && !gv) return;
+    // dK and dV written (not added) as halves whose rows take 16-byte stores: staged first
+    constexpr bool half_g = std::is_same<G, H>::value;
+    const bool wide = half_g && !add && (((uintptr_t)(gk ? gk : gv) | (uintptr_t)(gv ? gv : gk)) & 15) == 0 &&
+                      ((ko | vo | g.k[2] | g.v[2]) & 7) == 0;
     __syncthreads(); // dS complete
     // A fragments of dS^T and P^T (rows s, k = t) from (t, s) storage: tile i of ldmatrix has
     // rows t + 8 (i / 2), columns s + 8 (i % 2)
@@ -1190,6 +1202,29 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             }
         }
         const int s0 = 16 * ms + gr;
+        if (wide) { // through the warp's own rows of Ks and Vs, free since dQ: 16-byte stores
+            H *kt_ = Ks + 16 * ms * LD, *vt_ = Vs + 16 * ms * LD;
+#pragma unroll
+            for (int n = 0; n < C8; n++) {
+                store2(kt_ + gr * LD + 8 * n + c2, ak[n][0], ak[n][1]);
+                store2(kt_ + (gr + 8) * LD + 8 * n + c2, ak[n][2], ak[n][3]);
+                store2(vt_ + gr * LD + 8 * n + c2, av[n][0], av[n][1]);
+                store2(vt_ + (gr + 8) * LD + 8 * n + c2, av[n][2], av[n][3]);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int it = 0; it < 4; it++) {
+                const int r = 4 * it + lane / 8, c = 8 * (lane % 8), sr = 16 * ms + r;
+                if (sr >= S) continue;
+                if (gk)
+                    *reinterpret_cast<uint4 *>(gk + ko + sr * g.k[2] + c) =
+                        *reinterpret_cast<const uint4 *>(kt_ + r * LD + c);
+                if (gv)
+                    *reinterpret_cast<uint4 *>(gv + vo + sr * g.v[2] + c) =
+                        *reinterpret_cast<const uint4 *>(vt_ + r * LD + c);
+            }
+            continue;
+        }
 #pragma unroll
         for (int n = 0; n < C8; n++) {
             if (gk) store_c(gk + ko, g.k[2], s0, S, 8 * n + c2, ak[n], add);
