@@ -19,6 +19,10 @@
 #include "core/pbw_ops.h"
 #include "cuda_parity.h"
 #include "pbw_test.h"
+#ifdef PBW_HAVE_CUDA
+#include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_nn.h"
+#endif
 
 /* ---- matmul ---- */
 
@@ -82,6 +86,38 @@ PBW_TEST(cuda_linear) {
         parity_input odd[] = {{3, {3, 7, 13}, 1}, {2, {5, 13}, 1}, {1, {5}, 1}};
         CHECK(parity_check(has_b ? "linear odd +b" : "linear odd", linear_fn, &has_b, 2 + has_b,
                            odd, tol) == 0);
+    }
+}
+
+/* One row through two weights (its gradient written, then added to): x W^T + b + x W2^T. */
+static pbw_tensor *linear_row_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    return pbw_add(ctx, pbw_linear(ctx, in[0], in[1], in[2]), pbw_linear(ctx, in[0], in[3], NULL));
+}
+
+/* One-row products under bf16 (StyleGAN2's styles in an Adam step: a latent (1,512), constant
+ * weights): the matrix-vector kernels, fp32 sums in another order than the CPU's, so within
+ * cuda_linear's 1e-5; with 16-byte rows (512, 128) and without (13). Forward and x's gradient,
+ * both taken by the kernels (pbw_cuda_rowvec_calls). */
+PBW_TEST(cuda_linear_row) {
+    const double tol = 1e-5; /* as cuda_linear: fp32 products in another order */
+    const int64_t sizes[3][2] = {{512, 512}, {256, 128}, {5, 13}};
+    for (int k = 0; k < 3; k++) {
+        const int64_t O = sizes[k][0], I = sizes[k][1];
+        parity_input in[] = {{2, {1, I}, 1}, {2, {O, I}, 0}, {1, {O}, 0}, {2, {O, I}, 0}};
+        char name[64];
+        snprintf(name, sizeof name, "linear one row %lld -> %lld, bf16", (long long)I,
+                 (long long)O);
+#ifdef PBW_HAVE_CUDA
+        pbw_cuda_set_precision(PBW_PREC_BF16);
+        const long before = pbw_cuda_rowvec_calls();
+#endif
+        CHECK(parity_check(name, linear_row_fn, NULL, 4, in, tol) == 0);
+#ifdef PBW_HAVE_CUDA
+        /* two forwards and two input gradients a run */
+        CHECK(pbw_cuda_rowvec_calls() - before >= 4);
+        pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
     }
 }
 
@@ -326,9 +362,7 @@ PBW_TEST(cuda_embedding) {
 #include <stdlib.h>
 
 #include "core/pbw_rng.h"
-#include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_elementwise.h"
-#include "cuda/pbw_cuda_nn.h"
 
 /* A context on dev in precision prec (CUDA) and an empty weight arena; half_end frees both,
  * puts the precision back and returns rc. */

@@ -117,6 +117,12 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
         if (br != 0.0f) PBW_KERNEL(ctx, accumulate, shape, gy, st, gr, st, 1.0f);
         else PBW_KERNEL(ctx, copy_strided, shape, gy, st, gr, st);
     }
+#ifdef PBW_HAVE_CUDA
+    /* one row (a latent's styles) under the half precisions: a matrix-vector kernel */
+    if (gx && R == 1 && pbw_on_cuda(ctx) &&
+        pbw_cuda_rowvec_backward(gy, w->data, gx, bx, O, I) == 0)
+        gx = NULL;
+#endif
     if (gx)
         PBW_KERNEL(ctx, gemm_batched, 0, 0, R, I, O, 1, gy, O, 0, w->data, I, 0, bx, gx, I, 0, 1);
     if (gw)

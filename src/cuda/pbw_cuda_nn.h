@@ -180,6 +180,14 @@ int pbw_cuda_linear_backward_half_ok(const float *w, int64_t R, int64_t O, int64
  * pass. 0 when enqueued, -1 when not taken (as pbw_cuda_linear_backward_half_ok). */
 int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx, float beta_x,
                                      int64_t R, int64_t O, int64_t I);
+/* gx (I) = beta gx + gy (O) w (O,I) for one row (pbw_linear's input gradient at R = 1; beta 0
+ * or 1, gx not read for 0), in fp32 with a fixed order of sums, under the half precisions
+ * (bf16, fp16) unless PBW_CUDA_ROWVEC is "0"; pbw_cuda_linear_lt takes the forward's one row the
+ * same way. 0 when enqueued, -1 when not taken. */
+int pbw_cuda_rowvec_backward(const float *gy, const float *w, float *gx, float beta, int64_t O,
+                             int64_t I);
+/* One-row products (forward and backward) enqueued so far (tests). */
+long pbw_cuda_rowvec_calls(void);
 /* Input gradients made on bf16 operands so far (tests). */
 long pbw_cuda_linear_half_backward_calls(void);
 /* pbw_cuda_layer_norm_forward that also writes yh (R,D), y in the precision's half type; y may
