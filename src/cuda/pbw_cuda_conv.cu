@@ -1249,24 +1249,13 @@ __global__ void nhwc_to_nchw_wide_kernel(float *dst, const T *src, int N, int C,
     });
 }
 
-// The copy back of pbw_sg_modconv's input gradient (its backward): gx (N,C,P) float = src
-// (N,P,C) half, the gradient of the modulated input, scaled by pm as pbw_sg_modulate's backward
-// scales it (written, or added with one fused multiply-add when accumulate; gx NULL: not
-// wanted), and where ps is set the style gradients' partial sums over pixels: ps of src x (x:
-// the modulated input, (N,C,P) float), times m when masked, and ps0 of src x (1 - m) (NULL: not
-// wanted). A block a tile of TC channels by TP pixels, as the other transposes (grid: pixel
-// tiles, channel tiles, samples); its warps (a channel each of every TROWS) sum their 32
-// pixels' products in double with a fixed shuffle tree, so the partial of (sample n, channel c,
-// pixel tile b) at ps[(n C + c) gridDim.x + b] comes out the same every run. The half tile is
-// read 16 bytes (8 channels) a thread where C allows; each thread loads its channels' values
-// (x, the scales) before it uses any, so their loads are in flight together.
 // The sums over a warp's 32 lanes of each of a lane's V values (V a power of two, 2..32),
-// stored as nhwc_modgrad_kernel's partials: value j < KJ is channel c0 + ty + j TROWS's ps, j >=
-// KJ its ps0. Recursive halving: at each exchange a lane keeps half of its values and adds its
-// partner's copies of them, sending the other half (V - 1 shuffles in all where a tree a value
-// takes 5 V); then lane l holds value (l >> s) & (V - 1), s = 5 - log2 V, summed over its
-// group of 2^(5-s)... lanes, and a plain tree finishes over the lanes that share it. A fixed
-// order: the same bits every run.
+// stored as nhwc_modgrad_kernel's partials: value j < KJ_MODGRAD is channel c0 + ty + j TROWS's
+// ps, j >= KJ_MODGRAD that channel's ps0. Recursive halving: at each exchange (lane offsets 16,
+// 8, ..., 32 / V) a lane keeps half of its values, adds its partner's copies of them and sends
+// the other half, V - 1 shuffles in all where a tree a value takes 5 V; lane l then holds the
+// sum over its group of V lanes of value l / (32 / V), and a plain tree over the 32 / V lanes
+// that share it finishes the sum. A fixed order: the same bits every run.
 template <int HALF, int V>
 __device__ __forceinline__ void halving_step(double (&val)[V], int lane, int off) {
     const bool hi = (lane & off) != 0;
@@ -1296,6 +1285,17 @@ __device__ __forceinline__ void modgrad_store(double (&val)[V], double *ps, doub
     (j < KJ_MODGRAD ? ps : ps0)[at] = val[0];
 }
 
+// The copy back of pbw_sg_modconv's input gradient (its backward): gx (N,C,P) float = src
+// (N,P,C) half, the gradient of the modulated input, scaled by pm as pbw_sg_modulate's backward
+// scales it (written, or added with one fused multiply-add when accumulate; gx NULL: not
+// wanted), and where ps is set the style gradients' partial sums over pixels: ps of src x (x:
+// the modulated input, (N,C,P) float), times m when masked, and ps0 of src x (1 - m) (NULL: not
+// wanted). A block a tile of TC channels by TP pixels, as the other transposes (grid: pixel
+// tiles, channel tiles, samples); its warps (a channel each of every TROWS) sum their 32
+// pixels' products in double in a fixed order (modgrad_store), so the partial of (sample n,
+// channel c, pixel tile b) at ps[(n C + c) gridDim.x + b] comes out the same every run. The half
+// tile is read 16 bytes (8 channels) a thread where C allows; each thread loads its channels'
+// values (x, the scales) before it uses any, so their loads are in flight together.
 template <typename T>
 __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int N, int C,
                                     int64_t P, int accumulate, pbw_cuda_premod pm, double *ps,
