@@ -1173,7 +1173,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     if (!gk && !gv) return;
     // dK and dV written (not added) as halves whose rows take 16-byte stores: staged first
     constexpr bool half_g = std::is_same<G, H>::value;
-    const bool wide = half_g && !add && (((uintptr_t)(gk ? gk : gv) | (uintptr_t)(gv ? gv : gk)) & 15) == 0 &&
+    const bool wide = half_g && !add && (((uintptr_t)gk | (uintptr_t)gv) & 15) == 0 &&
                       ((ko | vo | g.k[2] | g.v[2]) & 7) == 0;
     __syncthreads(); // dS complete
     // A fragments of dS^T and P^T (rows s, k = t) from (t, s) storage: tile i of ldmatrix has
