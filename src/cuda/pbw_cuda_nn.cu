@@ -506,12 +506,8 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     if (g_lt_broken || R <= 0 || O <= 0 || I <= 0 || R > INT_MAX || O > INT_MAX || I > INT_MAX ||
         (yh && r) || (rh && !yh))
         return -1;
-    if (!g_lt && cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) {
-        g_lt_broken = 1;
-        return -1;
-    }
-    if (!lt_ws()) return -1;
     // one fp32 row, written (no residual, no half output): the matrix-vector kernel above
+    // (cuBLASLt's handle and workspace not needed)
     if (R == 1 && x && y && !yh && !r && !rh && rowvec_taken(O, I)) {
         const bool vec4 = I % 4 == 0 && align_of(x) >= 16 && align_of(w) >= 16;
         pbw_launch(rowvec_fwd_kernel, (unsigned)((O * 32 + 255) / 256), 256, 0, x, w, b, y,
@@ -520,6 +516,11 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
         g_rowvec_calls++;
         return 0;
     }
+    if (!g_lt && cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) {
+        g_lt_broken = 1;
+        return -1;
+    }
+    if (!lt_ws()) return -1;
     // half operands: x's half copy (made by the op that wrote x) and the weight's
     const void *wh = xh && pbw_cuda_half_gemm() ? half_weight_of(w, (size_t)(O * I)) : nullptr;
     const int half = wh != nullptr;
