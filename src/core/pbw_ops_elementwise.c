@@ -123,6 +123,17 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     float *gx = pbw_grad_out(ctx, x, &beta);
     if (!gx) return;
 #ifdef PBW_HAVE_CUDA
+    /* the output's gradient in bf16 alone (grad_half_wanted: the product after QuickGELU
+     * wrote it so): read as it is where x's halves and x's gradient in bf16 are taken too */
+    if (n->out->grad_half) {
+        void *h = x->half_only ? pbw_grad_half_room(ctx, x, beta) : NULL;
+        if (h && pbw_cuda_unary_backward_half_hh(s->op, s->p0, s->p1, x->half, n->out->grad_half,
+                                                 h, x->numel) == 0) {
+            x->grad_half = h;
+            return;
+        }
+        if (pbw_grad_sync(ctx, n->out)) return;
+    }
     if (x->half_only) { /* the forward read x's halves alone (pbw_half_out_grad) */
         void *h = pbw_grad_half_room(ctx, x, beta);
         if (h && pbw_cuda_unary_backward_half_hx(s->op, s->p0, s->p1, x->half, n->out->grad, h,
@@ -162,6 +173,9 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
             done = pbw_cuda_unary_half(op, p0, p1, x->half, y->half, x->numel) == 0;
             if (done && !grad) return y;
             if (!done) pbw_tensor_half_drop(y);
+            /* where its backward writes x's gradient in bf16 alone (the product that made x
+             * reads it so), it takes y's in bf16 too: the product after may write it so */
+            y->grad_half_wanted = done && x->grad_half_wanted && pbw_cuda_half_gx();
         }
         if (!done && pbw_tensor_sync_f32(ctx, x)) return NULL;
     }
@@ -184,6 +198,7 @@ static pbw_tensor *unary(pbw_ctx *ctx, const char *name, pbw_tensor *x, pbw_unar
         if (!n) return NULL;
         *(unary_saved *)n->saved = (unary_saved){op, p0, p1};
         n->writes = 1u; /* every element of x's gradient */
+        n->reads_grad_half = 1;
     }
     return y;
 }

@@ -95,22 +95,30 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     /* r's gradient is gy itself: r takes gy's buffer when still unset (pbw_grad_pass) */
     float *gr = r && !pbw_grad_pass(ctx, r, n->out) ? pbw_grad_out(ctx, r, &br) : NULL;
 #ifdef PBW_HAVE_CUDA
+    /* x's gradient in bf16 alone where the op that made x reads it so (grad_half_wanted:
+     * QuickGELU's backward) and the product below writes it whole */
+    void *gxh = gx ? pbw_grad_half_room(ctx, x, bx) : NULL;
     /* gy written in bf16 alone by its producer (grad_half_wanted): the product reads it */
     if (n->out->grad_half) {
         if (gx && !gw && !gb && !gr &&
-            pbw_cuda_linear_backward_half_gy(n->out->grad_half, w->data, gx, bx, R, O, I) == 0)
+            pbw_cuda_linear_backward_half_gy(n->out->grad_half, w->data, gx, bx, gxh, R, O, I) ==
+                0) {
+            if (gxh) x->grad_half = gxh;
             return;
+        }
         if (pbw_grad_sync(ctx, n->out)) return;
     }
     /* a bf16 copy of gy written beside it by the op that completed it: the product reads
      * that (r's gradient below, in fp32) */
     if (gx && n->out->grad_half_copy &&
-        pbw_cuda_linear_backward_half_gy(n->out->grad_half_copy, w->data, gx, bx, R, O, I) == 0)
+        pbw_cuda_linear_backward_half_gy(n->out->grad_half_copy, w->data, gx, bx, gxh, R, O, I) ==
+            0)
         gx = NULL;
     /* bf16 operands for gx (and gr gets gy in the same pass) where the precision allows */
     if (gx && pbw_on_cuda(ctx) &&
-        pbw_cuda_linear_backward_half(gy, w->data, gx, bx, gr, br, R, O, I) == 0)
+        pbw_cuda_linear_backward_half(gy, w->data, gx, bx, gxh, gr, br, R, O, I) == 0)
         gx = gr = NULL;
+    if (!gx && gxh) x->grad_half = gxh;
 #endif
     if (gr) {
         int64_t shape[5] = {1, 1, 1, 1, R * O}, st[5] = {0, 0, 0, 0, 1};

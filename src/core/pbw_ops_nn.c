@@ -30,7 +30,19 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
 #ifdef PBW_HAVE_CUDA
     /* the last to add to x's gradient, which a product reads in bf16 (a residual stream's sum
      * made by linear_add): its bf16 copy written in the same pass */
-    if (gx && x->grad_half_copy_wanted && x->grad_last == n && pbw_on_cuda(ctx)) {
+    const int copy = gx && x->grad_half_copy_wanted && x->grad_last == n && pbw_on_cuda(ctx);
+    /* the output's gradient in bf16 alone (grad_half_wanted: the product after wrote it so) */
+    if (n->out->grad_half) {
+        void *h = copy ? pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16) : NULL;
+        if (gx && !gw && !gb &&
+            pbw_cuda_layer_norm_backward_gyh(x->data, w ? w->data : NULL, s->mean, s->rstd,
+                                             n->out->grad_half, gx, h, R, D) == 0) {
+            if (h) x->grad_half_copy = h;
+            return;
+        }
+        if (pbw_grad_sync(ctx, n->out)) return;
+    }
+    if (copy) {
         void *h = pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16);
         if (h && pbw_cuda_layer_norm_backward_copy(x->data, w ? w->data : NULL, s->mean, s->rstd,
                                                    n->out->grad, gx, h, gw, gb, R, D) == 0) {
@@ -86,6 +98,15 @@ pbw_tensor *pbw_layer_norm(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tenso
         pbw_node *n = pbw_tape_push(ctx, "layer_norm", layer_norm_backward, y, in, 3, sizeof(ln_saved));
         if (!n) return NULL;
         *(ln_saved *)n->saved = (ln_saved){mean, rstd};
+        n->reads_grad_half = 1;
+#ifdef PBW_HAVE_CUDA
+        /* y held as halves alone for the product after it, whose input gradient may then come
+         * in bf16 alone too where the backward takes it (x's gradient only: w's and b's sums
+         * read fp32 values) */
+        y->grad_half_wanted = y->half_only && !(w && w->requires_grad) &&
+                              !(b && b->requires_grad) &&
+                              pbw_cuda_layer_norm_backward_gyh_ok(D) && pbw_cuda_half_gx();
+#endif
     }
     return y;
 }

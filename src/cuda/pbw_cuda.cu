@@ -322,6 +322,10 @@ extern "C" int pbw_cuda_half_gemm(void) {
     return env_on("PBW_CUDA_HALF_GEMM", &env) && (g_prec == PBW_PREC_BF16 || g_prec == PBW_PREC_FP16);
 }
 
+extern "C" int pbw_cuda_half_gx(void) { // read at each call: tests compare both paths
+    return !pbw_env_zero("PBW_CUDA_HALF_GX");
+}
+
 extern "C" int pbw_cuda_half_acts(void) {
     static int env = -1;
     return env_on("PBW_CUDA_HALF_ACTS", &env) && pbw_cuda_half_gemm();

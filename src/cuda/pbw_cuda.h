@@ -91,6 +91,11 @@ void pbw_cuda_mem_reset_peak(void);
  * input gradient of such a product reads the same copy too (pbw_cuda_linear_backward_half;
  * PBW_CUDA_HALF_BACKWARD=0 keeps it on fp32 operands). */
 int pbw_cuda_half_gemm(void);
+/* A product's input gradient written in bf16 alone (pbw_tensor.grad_half) where the op before
+ * the product reads it so: the layer norms' backward, and QuickGELU's under half activations
+ * (which then also takes the hardware's approximate exponential and division): 1 unless
+ * PBW_CUDA_HALF_GX is "0" (read at each call). */
+int pbw_cuda_half_gx(void);
 /* Half activations (pbw_ctx_set_half_activations) take effect: pbw_cuda_half_gemm() and
  * PBW_CUDA_HALF_ACTS is not 0. */
 int pbw_cuda_half_acts(void);

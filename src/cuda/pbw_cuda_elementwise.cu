@@ -320,20 +320,43 @@ extern "C" int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1,
     return 0;
 }
 
-// k_unary_bwd4h from x held as halves alone (the forward read them so): four a thread.
-template <int OP, typename H>
+// QuickGELU's gradient g s (1 + 1.702 v (1 - s)), s = sigmoid(1.702 v), bound for a half type,
+// with the hardware's approximate exponential and division as quick_gelu_to_half has them:
+// the exact ones (unary_g) left the backward below bound by its arithmetic (CUPTI on an H200,
+// 11.6 us a (1600, 3072) bf16 gradient of an Adam step, the same with its gradient read as
+// halves as as floats).
+__device__ __forceinline__ float quick_gelu_grad_to_half(float v, float g) {
+    const float s = __fdividef(1.0f, 1.0f + __expf(-1.702f * v));
+    return g * (s * (1.0f + 1.702f * v * (1.0f - s)));
+}
+
+// Four of y's gradient (floats, or halves of H) as floats.
+template <typename H>
+__device__ __forceinline__ void load_grad4(const float4 *gy, int64_t i, float (&g)[4]) {
+    const float4 f = gy[i];
+    g[0] = f.x, g[1] = f.y, g[2] = f.z, g[3] = f.w;
+}
+template <typename H>
+__device__ __forceinline__ void load_grad4(const uint2 *gy, int64_t i, float (&g)[4]) {
+    pbw_unpack_half<H, 4>(gy[i], g);
+}
+
+// k_unary_bwd4h from x held as halves alone (the forward read them so), y's gradient G as
+// floats or as halves (the product after QuickGELU wrote it so): four a thread. FAST: with
+// quick_gelu_grad_to_half, else unary_g's bits (those of the fp32 chain, rounded).
+template <int OP, typename H, typename G, bool FAST>
 __global__ void k_unary_bwd4h_hx(float p0, float p1, const uint2 *__restrict__ xh,
-                                 const float4 *__restrict__ gy, H *gxh, int64_t n4) {
+                                 const G *__restrict__ gy, H *gxh, int64_t n4) {
     pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
-        float v[4];
+        float v[4], g[4], r[4];
         pbw_unpack_half<H, 4>(xh[i], v);
-        const float4 g = gy[i];
-        const float4 r = make_float4(unary_g<OP>(v[0], 0.0f, g.x, p0, p1),
-                                     unary_g<OP>(v[1], 0.0f, g.y, p0, p1),
-                                     unary_g<OP>(v[2], 0.0f, g.z, p0, p1),
-                                     unary_g<OP>(v[3], 0.0f, g.w, p0, p1));
-        reinterpret_cast<uint2 *>(gxh)[i] = pbw_pack_half4<H>(r);
+        load_grad4<H>(gy, i, g);
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            r[j] = FAST && OP == PBW_UN_QUICK_GELU ? quick_gelu_grad_to_half(v[j], g[j])
+                                                   : unary_g<OP>(v[j], 0.0f, g[j], p0, p1);
+        reinterpret_cast<uint2 *>(gxh)[i] = pbw_pack_half4<H>(make_float4(r[0], r[1], r[2], r[3]));
     }
 }
 
@@ -344,13 +367,38 @@ extern "C" int pbw_cuda_unary_backward_half_hx(pbw_unary_op op, float p0, float 
         ((uintptr_t)gy & 15) || ((uintptr_t)gxh & 7))
         return -1;
     const int64_t n4 = n / 4;
+    const bool fast = pbw_cuda_half_gx();
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H>, pbw_grid(n4), 256, 0, p0, p1,
-                   (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
+        if (fast)
+            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float4, true>, pbw_grid(n4), 256, 0,
+                       p0, p1, (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
+        else
+            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float4, false>, pbw_grid(n4), 256,
+                       0, p0, p1, (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
     });
     PBW_CUDA_LAUNCHED("unary_backward (half in, half out)");
     g_unary_bwd_half_calls++;
+    return 0;
+}
+
+static long g_unary_bwd_hh_calls;
+extern "C" long pbw_cuda_unary_backward_half_hh_calls(void) { return g_unary_bwd_hh_calls; }
+
+extern "C" int pbw_cuda_unary_backward_half_hh(pbw_unary_op op, float p0, float p1,
+                                               const void *xh, const void *gyh, void *gxh,
+                                               int64_t n) {
+    if (op != PBW_UN_QUICK_GELU || n <= 0 || n % 4 ||
+        (((uintptr_t)xh | (uintptr_t)gyh | (uintptr_t)gxh) & 7))
+        return -1;
+    const int64_t n4 = n / 4;
+    pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
+        using H = decltype(t);
+        pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, uint2, true>, pbw_grid(n4), 256, 0, p0,
+                   p1, (const uint2 *)xh, (const uint2 *)gyh, (H *)gxh, n4);
+    });
+    PBW_CUDA_LAUNCHED("unary_backward (half in, half gradients)");
+    g_unary_bwd_hh_calls++;
     return 0;
 }
 

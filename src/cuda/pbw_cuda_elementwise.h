@@ -51,11 +51,19 @@ void pbw_cuda_unary_backward(pbw_unary_op op, float p0, float p1, const float *x
  * (nothing launched) for other ops, n not a multiple of 4 or pointers not aligned. */
 int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1, const float *x,
                                  const float *y, const float *gy, void *gxh, int64_t n);
-/* The same from x held as the precision's halves alone (xh). */
+/* The same from x held as the precision's halves alone (xh), with the hardware's approximate
+ * exponential and division (a few float32 ulps, below the half type's rounding) unless
+ * pbw_cuda_half_gx() is 0, then the rounding of the fp32 chain's values. */
 int pbw_cuda_unary_backward_half_hx(pbw_unary_op op, float p0, float p1, const void *xh,
                                     const float *gy, void *gxh, int64_t n);
-/* Gradients written that way so far (tests). */
+/* The same from the output's gradient held as the precision's halves too (gyh: the product
+ * after QuickGELU wrote it so, pbw_tensor.grad_half), with the approximate arithmetic. */
+int pbw_cuda_unary_backward_half_hh(pbw_unary_op op, float p0, float p1, const void *xh,
+                                    const void *gyh, void *gxh, int64_t n);
+/* Gradients written that way so far (tests): from an fp32 gy; from a half gyh. */
 long pbw_cuda_unary_backward_half_calls(void);
+long pbw_cuda_unary_backward_half_hh_calls(void);
+
 
 /* y[i*sy] = a[i*sa] op b[i*sb] over the 5-D index space `shape` */
 void pbw_cuda_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,

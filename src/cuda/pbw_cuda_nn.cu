@@ -638,19 +638,22 @@ extern "C" int pbw_cuda_linear_backward_half_ok(const float *w, int64_t R, int64
     return half_backward_weight(w, R, O, I) != nullptr;
 }
 
-// gx = beta_x gx + gyh wh on bf16 operands.
+// gx = beta_x gx + gyh wh on bf16 operands, or gxh = gyh wh rounded to bf16 where gxh is given
+// (the input gradient held in bf16 alone for the op that reads it so: pbw_tensor.grad_half).
 static void half_input_gradient(const void *gyh, const void *wh, float *gx, float beta_x,
-                                int64_t R, int64_t O, int64_t I) {
-    const float one = 1.0f;
+                                void *gxh, int64_t R, int64_t O, int64_t I) {
+    const float one = 1.0f, zero = 0.0f;
     PBW_CUBLAS_OK(cublasGemmEx(pbw_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)R, (int)O,
-                               &one, wh, CUDA_R_16BF, (int)I, gyh, CUDA_R_16BF, (int)O, &beta_x, gx,
-                               CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                               &one, wh, CUDA_R_16BF, (int)I, gyh, CUDA_R_16BF, (int)O,
+                               gxh ? &zero : &beta_x, gxh ? gxh : (void *)gx,
+                               gxh ? CUDA_R_16BF : CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
     g_half_bwd_calls++;
 }
 
 extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx,
-                                             float beta_x, float *gr, float beta_r, int64_t R,
-                                             int64_t O, int64_t I) {
+                                             float beta_x, void *gxh, float *gr, float beta_r,
+                                             int64_t R, int64_t O, int64_t I) {
     const void *wh = half_backward_weight(w, R, O, I);
     const int64_t n = R * O;
     __nv_bfloat16 *gyh = wh ? (__nv_bfloat16 *)gyh_get((size_t)n * sizeof(__nv_bfloat16)) : nullptr;
@@ -662,15 +665,16 @@ extern "C" int pbw_cuda_linear_backward_half(const float *gy, const float *w, fl
         pbw_launch(gy_to_bf16_kernel, pbw_grid(n), 256, 0, gy, gyh, gr, beta_r != 0.0f, n);
     }
     PBW_CUDA_LAUNCHED("linear backward (gy to bf16)");
-    half_input_gradient(gyh, wh, gx, beta_x, R, O, I);
+    half_input_gradient(gyh, wh, gx, beta_x, gxh, R, O, I);
     return 0;
 }
 
 extern "C" int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx,
-                                                float beta_x, int64_t R, int64_t O, int64_t I) {
+                                                float beta_x, void *gxh, int64_t R, int64_t O,
+                                                int64_t I) {
     const void *wh = half_backward_weight(w, R, O, I);
     if (!wh) return -1;
-    half_input_gradient(gyh, wh, gx, beta_x, R, O, I);
+    half_input_gradient(gyh, wh, gx, beta_x, gxh, R, O, I);
     return 0;
 }
 
@@ -913,23 +917,35 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
     }
 }
 
+// Four consecutive values of a row of floats or of bf16 halves, as floats (i counts fours).
+__device__ __forceinline__ float4 load_four(const float *p, int64_t i) {
+    return reinterpret_cast<const float4 *>(p)[i];
+}
+__device__ __forceinline__ float4 load_four(const __nv_bfloat16 *p, int64_t i) {
+    float f[4];
+    pbw_unpack_half<__nv_bfloat16, 4>(reinterpret_cast<const uint2 *>(p)[i], f);
+    return make_float4(f[0], f[1], f[2], f[3]);
+}
+
 // The same for rows of V*128 floats (CLIP: 768 = 6*128), 16-byte aligned: each lane keeps its
 // V float4 of x, gy and w in registers, so a row is read once, with every load of the row in
 // flight at once (the loop above keeps one or two: at CLIP's 1,600 rows a step that left it
 // latency-bound at ~64 us a launch). gx's old values are loaded with them, before the row's
 // sums, so that the row's second round trip to memory is its stores alone. gxh, when not NULL,
-// gets gx's sums in bf16 too.
-template <int V>
+// gets gx's sums in bf16 too. G: gy's type, float or bf16 (written so by the product after the
+// layer norm: pbw_tensor.grad_half).
+template <int V, typename G>
 __global__ static void layer_norm_backward_vec_kernel(const float *x, const float *w,
                                                       const float *mean, const float *rstd,
-                                                      const float *gy, float *gx,
+                                                      const G *gy, float *gx,
                                                       __nv_bfloat16 *gxh, int64_t R) {
     pbw_pdl_wait();
     const int64_t D = 128 * V;
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
-    const float4 *xr = (const float4 *)(x + r * D), *gr = (const float4 *)(gy + r * D);
+    const float4 *xr = (const float4 *)(x + r * D);
+    const G *gr = gy + r * D;
     const float4 *wr = (const float4 *)w;
     float4 *go = (float4 *)(gx + r * D);
     float4 xh[V], gw_[V], ov[V];
@@ -937,7 +953,7 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
     float a = 0.0f, c = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; j++) {
-        float4 xv = xr[lane + 32 * j], gv = gr[lane + 32 * j];
+        float4 xv = xr[lane + 32 * j], gv = load_four(gr, lane + 32 * j);
         ov[j] = go[lane + 32 * j];
         float4 wv = w ? wr[lane + 32 * j] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         xh[j] = make_float4((xv.x - m) * rs, (xv.y - m) * rs, (xv.z - m) * rs, (xv.w - m) * rs);
@@ -963,20 +979,28 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
     }
 }
 
-// The row-vector backward (gx added to; gxh, when not NULL, its bf16 copy); false, nothing
-// launched, where it does not take the geometry.
+// Whether the row-vector backward takes rows of D values.
+static bool layer_norm_backward_vec_ok(int64_t D) { return D > 0 && D % 128 == 0 && D <= 1024; }
+
+// The row-vector backward (gx added to; gxh, when not NULL, its bf16 copy) from gy in floats,
+// or in bf16 where gy_half; false, nothing launched, where it does not take the geometry.
 static bool layer_norm_backward_vec(const float *x, const float *w, const float *mean,
-                                    const float *rstd, const float *gy, float *gx,
+                                    const float *rstd, const void *gy, bool gy_half, float *gx,
                                     __nv_bfloat16 *gxh, int64_t R, int64_t D) {
-    if (!gx || D % 128 || D > 1024 || !aligned(x, 16) || !aligned(gy, 16) || !aligned(gx, 16) ||
-        (w && !aligned(w, 16)) || (gxh && !aligned(gxh, 8)))
+    if (!gx || !layer_norm_backward_vec_ok(D) || !aligned(x, 16) ||
+        !aligned(gy, gy_half ? 8 : 16) || !aligned(gx, 16) || (w && !aligned(w, 16)) ||
+        (gxh && !aligned(gxh, 8)))
         return false;
     dim3 gr(row_blocks(R)), bl(32 * ROWS_PER_BLOCK);
     switch ((int)(D / 128)) {
 #define PBW_LN_BWD_CASE(v)                                                                         \
     case v:                                                                                        \
-        pbw_launch(layer_norm_backward_vec_kernel<v>, gr, bl, 0, x, w, mean, rstd, gy, gx, gxh,   \
-                   R);                                                                             \
+        if (gy_half)                                                                               \
+            pbw_launch(layer_norm_backward_vec_kernel<v, __nv_bfloat16>, gr, bl, 0, x, w, mean,    \
+                       rstd, (const __nv_bfloat16 *)gy, gx, gxh, R);                               \
+        else                                                                                       \
+            pbw_launch(layer_norm_backward_vec_kernel<v, float>, gr, bl, 0, x, w, mean, rstd,      \
+                       (const float *)gy, gx, gxh, R);                                             \
         break;
         PBW_LN_BWD_CASE(1)
         PBW_LN_BWD_CASE(2)
@@ -996,7 +1020,7 @@ extern "C" void pbw_cuda_layer_norm_backward(const float *x, const float *w, con
                                              const float *rstd, const float *gy, float *gx,
                                              float *gw, float *gb, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    if (gx && !layer_norm_backward_vec(x, w, mean, rstd, gy, gx, nullptr, R, D)) {
+    if (gx && !layer_norm_backward_vec(x, w, mean, rstd, gy, false, gx, nullptr, R, D)) {
         pbw_launch(layer_norm_backward_kernel, row_blocks(R), 32 * ROWS_PER_BLOCK, 0, x, w, mean,
                    rstd, gy, gx, R, D);
         PBW_CUDA_LAUNCHED("layer_norm_backward");
@@ -1012,10 +1036,28 @@ extern "C" int pbw_cuda_layer_norm_backward_copy(const float *x, const float *w,
                                                  const float *gy, float *gx, void *gxh,
                                                  float *gw, float *gb, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0 || !gxh ||
-        !layer_norm_backward_vec(x, w, mean, rstd, gy, gx, (__nv_bfloat16 *)gxh, R, D))
+        !layer_norm_backward_vec(x, w, mean, rstd, gy, false, gx, (__nv_bfloat16 *)gxh, R, D))
         return -1;
     g_ln_copy_calls++;
     column_sums(gy, x, mean, rstd, gw, gb, R, D, "layer_norm_backward (weights)");
+    return 0;
+}
+
+static long g_ln_gyh_calls = 0;
+extern "C" long pbw_cuda_layer_norm_backward_gyh_calls(void) { return g_ln_gyh_calls; }
+
+extern "C" int pbw_cuda_layer_norm_backward_gyh_ok(int64_t D) {
+    return layer_norm_backward_vec_ok(D) && pbw_cuda_precision() == PBW_PREC_BF16;
+}
+
+extern "C" int pbw_cuda_layer_norm_backward_gyh(const float *x, const float *w, const float *mean,
+                                                const float *rstd, const void *gyh, float *gx,
+                                                void *gxh, int64_t R, int64_t D) {
+    if (R <= 0 || !pbw_cuda_layer_norm_backward_gyh_ok(D) ||
+        !layer_norm_backward_vec(x, w, mean, rstd, gyh, true, gx, (__nv_bfloat16 *)gxh, R, D))
+        return -1;
+    g_ln_gyh_calls++;
+    if (gxh) g_ln_copy_calls++;
     return 0;
 }
 

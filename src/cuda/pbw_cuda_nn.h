@@ -41,8 +41,19 @@ void pbw_cuda_layer_norm_backward(const float *x, const float *w, const float *m
 int pbw_cuda_layer_norm_backward_copy(const float *x, const float *w, const float *mean,
                                       const float *rstd, const float *gy, float *gx, void *gxh,
                                       float *gw, float *gb, int64_t R, int64_t D);
-/* Launches of pbw_cuda_layer_norm_backward_copy so far (tests). */
+/* Launches of pbw_cuda_layer_norm_backward_copy so far (tests; with gxh, those of
+ * pbw_cuda_layer_norm_backward_gyh too). */
 long pbw_cuda_layer_norm_backward_copy_calls(void);
+/* x's gradient alone (gx added to; gxh, when not NULL, its bf16 copy as above) from the output's
+ * gradient in bf16 (gyh, R*D: written so by the product after the layer norm,
+ * pbw_tensor.grad_half). 0, or -1 with nothing launched where the precision is not bf16 or the
+ * row-vector kernel does not take the geometry (pbw_cuda_layer_norm_backward_gyh_ok: D). */
+int pbw_cuda_layer_norm_backward_gyh(const float *x, const float *w, const float *mean,
+                                     const float *rstd, const void *gyh, float *gx, void *gxh,
+                                     int64_t R, int64_t D);
+int pbw_cuda_layer_norm_backward_gyh_ok(int64_t D);
+/* Launches of pbw_cuda_layer_norm_backward_gyh so far (tests). */
+long pbw_cuda_layer_norm_backward_gyh_calls(void);
 /* pbw_cpu_lpips_layer_forward / _backward's contract (device memory); the forward sums each
  * image's positions in blocks of 32 (scratch: pbw_cuda_lpips_layer_scratch_floats) and then
  * the blocks' sums in order: no atomics, the same bits every run. */
@@ -163,7 +174,9 @@ long pbw_cuda_linear_lt_measured(void);
  * Returns how many choices were taken from the file since the last call. For tests. */
 long pbw_cuda_linear_lt_forget(void);
 /* gx (R,I) = beta_x gx + gy (R,O) w (O,I) (pbw_linear's input gradient; beta_x 0 or 1, gx not
- * read for 0) on bf16 operands with fp32 accumulation, and gr (R,O) = beta_r gr + gy in the
+ * read for 0) on bf16 operands with fp32 accumulation, or where gxh is given that product
+ * written into gxh alone, rounded to bf16 (gx untouched; pbw_tensor.grad_half for the op that
+ * reads x's gradient so), and gr (R,O) = beta_r gr + gy in the
  * same pass over gy when gr is not NULL (linear_add's residual gradient). Taken only under
  * PBW_PREC_BF16 with pbw_cuda_half_gemm(), for R >= 64 rows (fewer make a matrix-vector product
  * bound by reading w), a constant weight (its cached bf16 copy), and unless
@@ -171,15 +184,17 @@ long pbw_cuda_linear_lt_forget(void);
  * without loss scaling, nor in tf32/fp32. Returns 0 when enqueued, -1 when not taken (nothing
  * was done: the caller writes gr and computes gx its own way). */
 int pbw_cuda_linear_backward_half(const float *gy, const float *w, float *gx, float beta_x,
-                                  float *gr, float beta_r, int64_t R, int64_t O, int64_t I);
+                                  void *gxh, float *gr, float beta_r, int64_t R, int64_t O,
+                                  int64_t I);
 /* 1 when pbw_cuda_linear_backward_half would take this product now (w's cached bf16 copy is
  * made on the way), 0 when not: for an op that decides at its forward whose gradient to write
  * in bf16 alone (pbw_tensor.grad_half). */
 int pbw_cuda_linear_backward_half_ok(const float *w, int64_t R, int64_t O, int64_t I);
 /* pbw_cuda_linear_backward_half's product from gy already in bf16 (gyh, (R,O)): no conversion
- * pass. 0 when enqueued, -1 when not taken (as pbw_cuda_linear_backward_half_ok). */
+ * pass; into gx, or gxh alone where given. 0 when enqueued, -1 when not taken (as
+ * pbw_cuda_linear_backward_half_ok). */
 int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx, float beta_x,
-                                     int64_t R, int64_t O, int64_t I);
+                                     void *gxh, int64_t R, int64_t O, int64_t I);
 /* gx (I) = beta gx + gy (O) w (O,I) for one row (pbw_linear's input gradient at R = 1; beta 0
  * or 1, gx not read for 0), in fp32 with a fixed order of sums, under the half precisions
  * (bf16, fp16) unless PBW_CUDA_ROWVEC is "0"; pbw_cuda_linear_lt takes the forward's one row the
