@@ -1039,7 +1039,9 @@ PBW_TEST(cuda_linear_half) {
  * (what a new process starts from) they take both from the file, measure nothing and give the
  * same bytes (the same algorithms on the same data). Lines whose algorithm cuBLASLt rejects
  * (cublasLtMatmulAlgoCheck) are passed over and measured afresh; PBW_CUBLASLT_CACHE=0 neither
- * reads nor writes; fp32 takes the heuristic's pick and measures nothing. */
+ * reads nor writes; fp32 takes the heuristic's pick and measures nothing. With gradients the
+ * two input gradients' products (plans of their own, lt_key.grad) are measured and written the
+ * same way: a second process measures nothing and gives the same gradient bytes. */
 #ifdef PBW_HAVE_CUDA
 static int lines_of(const char *path) {
     FILE *f = fopen(path, "r");
@@ -1057,7 +1059,7 @@ static int foreign_algorithms(const char *path) {
     char out[4096] = "", line[512];
     while (fgets(line, sizeof line, f)) {
         char *p = line;
-        for (int k = 0; k < 9 && p; k++) p = strchr(p + 1, ' '); /* the tag and 8 key fields */
+        for (int k = 0; k < 10 && p; k++) p = strchr(p + 1, ' '); /* the tag, 9 key fields */
         if (!p) continue;
         *p = 0;
         size_t n = strlen(out);
@@ -1121,6 +1123,28 @@ PBW_TEST(cuda_linear_lt_choice) {
         if (k == 4) CHECK(measured[k] == 0 && hits[k] == 0 && e <= 1e-2 * sc);
         if (k == 1) CHECK(foreign_algorithms(path) == 0 && lines_of(path) == 2);
     }
+    float *seed = malloc((size_t)(R * D) * sizeof(float)), *g[2];
+    g[0] = malloc((size_t)(R * D) * sizeof(float)), g[1] = malloc((size_t)(R * D) * sizeof(float));
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 53);
+    for (int64_t i = 0; i < R * D; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    long mg[2];
+    int lg[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK(half_mlp_grad(PBW_DEV_CUDA, PBW_PREC_BF16, y1, R, D, M, seed, g[k], NULL) == 0);
+        mg[k] = pbw_cuda_linear_lt_measured() - m;
+        m += mg[k];
+        pbw_cuda_linear_lt_forget();
+        char path[512], pattern[600];
+        snprintf(pattern, sizeof pattern, "%s/cublaslt-*.txt", dir);
+        pbw_test_files(pattern, path, sizeof path);
+        lg[k] = lines_of(path);
+    }
+    const int same = memcmp(g[0], g[1], (size_t)(R * D) * sizeof(float)) == 0;
+    printf("  with gradients: %ld measured (%d lines), then %ld (%d lines), x.grad %s bits\n",
+           mg[0], lg[0], mg[1], lg[1], same ? "the same" : "DIFFERENT");
+    CHECK(mg[0] >= 2 && lg[0] == 4 + mg[0] && mg[1] == 0 && lg[1] == lg[0] && same);
+    free(seed), free(g[0]), free(g[1]);
     pbw_test_env_restore("PBW_CUBLASLT_CACHE", saved_cache);
     pbw_test_env_restore("PBW_CUBLASLT_HEURISTIC", saved_heur);
     free(y1), free(y2);
