@@ -754,6 +754,82 @@ PBW_TEST(cuda_half_acts_grad) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* x (B,T,D) -> layer norm -> qkv product -> attention of the class token's query alone (as
+ * CLIP's last block) -> sum(out * seed), seed (B*D floats); x's gradient into gx. */
+static int cls_attention_grad(pbw_device dev, pbw_precision prec, int half_acts, int64_t B,
+                              int64_t T, int64_t D, int heads, const float *seed, float *gx) {
+    pbw_err err = {{0}};
+    pbw_arena a;
+    pbw_ctx *ctx = half_begin(dev, prec, &a);
+    if (!ctx) return half_end(ctx, &a, -1);
+    pbw_tensor *w = pbw_tensor_new_in(&a, 2, (int64_t[]){3 * D, D}, &err);
+    pbw_tensor *b = pbw_tensor_new_in(&a, 1, (int64_t[]){3 * D}, &err);
+    int rc = -1;
+    if (!w || !b) goto out;
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 59);
+    for (int64_t i = 0; i < w->numel; i++)
+        w->data[i] = (float)(2 * pbw_rng_uniform(&rng) - 1) / sqrtf((float)D);
+    for (int64_t i = 0; i < b->numel; i++) b->data[i] = 0.1f * (float)(2 * pbw_rng_uniform(&rng) - 1);
+    if (pbw_arena_to_device(&a, ctx, &err)) goto out;
+    float *xv = malloc((size_t)(B * T * D) * sizeof(float));
+    for (int64_t i = 0; i < B * T * D; i++) xv[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    pbw_tensor *x = pbw_tensor_from_host(ctx, xv, 3, (int64_t[]){B, T, D});
+    free(xv);
+    if (x) x->requires_grad = 1;
+    pbw_ctx_set_half_activations(ctx, half_acts);
+    pbw_tensor *qkv = pbw_linear(ctx, pbw_layer_norm(ctx, x, NULL, NULL, 1e-5f), w, b);
+    pbw_tensor *att = pbw_attention_qkv(ctx, qkv, heads, 1, 0, 0); /* (B,1,D) */
+    pbw_tensor *st = pbw_tensor_from_host(ctx, seed, 3, (int64_t[]){B, 1, D});
+    pbw_tensor *loss = pbw_sum_all(ctx, pbw_mul(ctx, att, st));
+    const float *g = NULL;
+    if (loss && pbw_backward(ctx, loss, NULL, &err) == 0 && (g = pbw_grad_host(ctx, x))) {
+        memcpy(gx, g, (size_t)(B * T * D) * sizeof(float));
+        rc = 0;
+    } else {
+        fprintf(stderr, "  %s\n", pbw_ctx_failed(ctx) ? pbw_ctx_error(ctx) : err.msg);
+    }
+out:
+    return half_end(ctx, &a, rc);
+}
+#endif
+
+/* The class token's attention with gradients under half activations (CLIP's last block): qkv
+ * is held as halves alone and its gradient is added to, not written whole (one query of 50),
+ * so the tensor-core backward adds from the same halves (pbw_cuda_attention_bwd_add_h) instead
+ * of converting qkv to fp32 first. x's gradient within 1e-2 of its scale of the CPU's in fp32
+ * (the bound of the half-operand products: q, k, v, dO and dS rounded once each), and the
+ * same as without half activations (fp32 qkv, the same kernel's fp32-input instance) to 1e-2. */
+PBW_TEST(cuda_attention_cls_half_grad) {
+#ifdef PBW_HAVE_CUDA
+    const int64_t B = 3, T = 50, D = 768, n = B * T * D;
+    float *seed = malloc((size_t)(B * D) * sizeof(float)), *g[3];
+    for (int k = 0; k < 3; k++) g[k] = malloc((size_t)n * sizeof(float));
+    pbw_rng rng;
+    pbw_rng_seed(&rng, 61);
+    for (int64_t i = 0; i < B * D; i++) seed[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+    CHECK(cls_attention_grad(PBW_DEV_CPU, PBW_PREC_FP32, 0, B, T, D, 12, seed, g[2]) == 0);
+    long calls[2];
+    for (int h = 0; h < 2; h++) {
+        const long c0 = pbw_cuda_attention_bwd_add_h_calls();
+        CHECK(cls_attention_grad(PBW_DEV_CUDA, PBW_PREC_BF16, !h, B, T, D, 12, seed, g[h]) == 0);
+        calls[h] = pbw_cuda_attention_bwd_add_h_calls() - c0;
+    }
+    double sg = 0, e[2] = {0, 0};
+    for (int64_t i = 0; i < n; i++) sg = fmax(sg, fabs(g[2][i]));
+    for (int64_t i = 0; i < n; i++) {
+        e[0] = fmax(e[0], fabs(g[0][i] - g[2][i]) / sg);
+        e[1] = fmax(e[1], fabs(g[0][i] - g[1][i]) / sg);
+    }
+    printf("  class token attention, bf16 with gradients: %ld added from halves (%ld without "
+           "half activations); rel err x.grad %.2e against the CPU, %.2e against fp32 qkv "
+           "(tol 1e-2)\n", calls[0], calls[1], e[0], e[1]);
+    CHECK(calls[0] == 1 && calls[1] == 0 && sg > 1e-3 && e[0] <= 1e-2 && e[1] <= 1e-2);
+    free(seed), free(g[0]), free(g[1]), free(g[2]);
+#endif
+}
+
 /* The gradients CLIP's products read in bf16, written in bf16 by the op that makes them
  * (bf16 block with gradients and half activations): attention's backward writes qkv's
  * gradient as halves alone (pbw_tensor.grad_half), and the second layer norm's backward, the

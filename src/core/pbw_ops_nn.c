@@ -311,6 +311,10 @@ static void attention_qkv_backward(pbw_ctx *ctx, pbw_node *n) {
         if (beta == 0.0f && pbw_cuda_attention_bwd_write_h(&s->g, h, h + W, h + 2 * W, s->p,
                                                            n->out->grad, g, g + W, g + 2 * W) == 0)
             return;
+        /* not written whole (the class token's query alone): added, from the same halves */
+        if (beta != 0.0f && pbw_cuda_attention_bwd_add_h(&s->g, h, h + W, h + 2 * W, s->p,
+                                                         n->out->grad, g, g + W, g + 2 * W) == 0)
+            return;
         if (pbw_tensor_sync_f32(ctx, n->in[0])) return;
     }
 #endif

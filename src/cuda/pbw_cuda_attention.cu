@@ -1563,6 +1563,18 @@ extern "C" int pbw_cuda_attention_bwd_write_h(const pbw_attn_geom *g, const void
     return bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false, false) ? 0 : -1;
 }
 
+static long g_bwd_add_h_calls = 0;
+extern "C" long pbw_cuda_attention_bwd_add_h_calls(void) { return g_bwd_add_h_calls; }
+
+extern "C" int pbw_cuda_attention_bwd_add_h(const pbw_attn_geom *g, const void *q,
+                                            const void *k, const void *v, const float *p,
+                                            const float *go, float *gq, float *gk, float *gv) {
+    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (!gq || !gk || !gv || !bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false, true)) return -1;
+    g_bwd_add_h_calls++;
+    return 0;
+}
+
 static long g_bwd_half_out_calls = 0;
 extern "C" long pbw_cuda_attention_bwd_half_out_calls(void) { return g_bwd_half_out_calls; }
 

@@ -114,6 +114,13 @@ int pbw_cuda_attention_bwd_write(const struct pbw_attn_geom *g, const float *q, 
 int pbw_cuda_attention_bwd_write_h(const struct pbw_attn_geom *g, const void *q, const void *k,
                                    const void *v, const float *p, const float *go, float *gq,
                                    float *gk, float *gv);
+/* The same adding into gq, gk and gv (pbw_cuda_attention_bwd's sums: the class token's query
+ * alone, T < S, whose gradient is not written whole). */
+int pbw_cuda_attention_bwd_add_h(const struct pbw_attn_geom *g, const void *q, const void *k,
+                                 const void *v, const float *p, const float *go, float *gq,
+                                 float *gk, float *gv);
+/* Launches of pbw_cuda_attention_bwd_add_h so far (tests). */
+long pbw_cuda_attention_bwd_add_h_calls(void);
 /* The same with gq, gk and gv written in bf16 alone (bf16 precision: the gradient a product
  * reads in bf16, pbw_tensor.grad_half), each value rounded as a conversion of the fp32 one
  * would be. 0, or -1 with nothing launched. */
