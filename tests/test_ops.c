@@ -592,6 +592,15 @@ static pbw_tensor *same_twice_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_linear_add(ctx, in[0], in[1], NULL, in[0]);
 }
 
+static pbw_tensor *matmul_writes_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    (void)u; /* a (2,R,C) @ b (2,C,C): both written whole; a^T @ w, w (R,C) shared by the two
+              * items: w's gradient adds up one product an item (not written), a's written by
+              * the first of its two producers in backward order */
+    pbw_tensor *p = pbw_tanh(ctx, pbw_matmul(ctx, in[0], in[1], 0, 0));
+    pbw_tensor *q = pbw_sigmoid(ctx, pbw_matmul(ctx, in[0], in[2], 1, 0));
+    return pbw_add(ctx, pbw_sum_all(ctx, p), pbw_sum_all(ctx, q));
+}
+
 PBW_TEST(ops_grad_first_writer) {
     const int64_t R = 5, C = 6;
     float *x = gc_rand(R * C, 71, -1, 1), *e = gc_rand(R * C, 72, -1, 1), *w = gc_rand(C * C, 73, -1, 1);
@@ -622,6 +631,41 @@ PBW_TEST(ops_grad_first_writer) {
     CHECK(pbw_backward(ctx, pbw_sum_all(ctx, adder_first_fn(ctx, (pbw_tensor *[]){tx, te}, NULL)),
                        NULL, &err) == 0);
     CHECK(pbw_ctx_grad_unset_bytes(ctx) == 2 * one_grad);
+    /* matmul writes a's gradient and b's where b is not shared by the batch's items: values
+     * against finite differences; then the same backward again after a reset, whose unset
+     * buffers hold the first run's gradients: the same gradients, bit for bit */
+    float *ma = gc_rand(2 * R * C, 74, -1, 1), *mb = gc_rand(2 * C * C, 75, -1, 1);
+    float *mw = gc_rand(R * C, 76, -1, 1);
+    gc_input mm[3] = {{3, {2, R, C}, ma, 1}, {3, {2, C, C}, mb, 1}, {2, {R, C}, mw, 1}};
+    CHECK(gc_check("matmul writes a and an unshared b", matmul_writes_fn, NULL, 3, mm,
+                   (gc_opts){0}) == 0);
+    float *first[3] = {NULL, NULL, NULL};
+    for (int run = 0; run < 2; run++) {
+        pbw_ctx_reset(ctx);
+        pbw_tensor *ts[3] = {pbw_tensor_from_host(ctx, ma, 3, (int64_t[]){2, R, C}),
+                             pbw_tensor_from_host(ctx, mb, 3, (int64_t[]){2, C, C}),
+                             pbw_tensor_from_host(ctx, mw, 2, (int64_t[]){R, C})};
+        for (int i = 0; i < 3; i++) ts[i]->requires_grad = 1;
+        CHECK(pbw_backward(ctx, matmul_writes_fn(ctx, ts, NULL), NULL, &err) == 0);
+        if (run == 0) {
+            /* a (its first producer writes it) and b unset; w zeroed */
+            printf("  matmul: %zu bytes unset\n", pbw_ctx_grad_unset_bytes(ctx));
+            CHECK(pbw_ctx_grad_unset_bytes(ctx) >= 2 * (size_t)((2 * R * C * 4 + 63) / 64 * 64));
+        }
+        for (int i = 0; i < 3; i++) {
+            const float *g = pbw_grad_host(ctx, ts[i]);
+            CHECK(g != NULL);
+            if (!g) continue;
+            if (run == 0) {
+                first[i] = malloc((size_t)ts[i]->numel * sizeof(float));
+                memcpy(first[i], g, (size_t)ts[i]->numel * sizeof(float));
+            } else {
+                CHECK(memcmp(first[i], g, (size_t)ts[i]->numel * sizeof(float)) == 0);
+            }
+        }
+    }
+    for (int i = 0; i < 3; i++) free(first[i]);
+    free(ma), free(mb), free(mw);
     pbw_ctx_free(ctx);
     free(x); free(e); free(w);
 }

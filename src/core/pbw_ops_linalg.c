@@ -14,7 +14,10 @@ typedef struct {
 static void matmul_backward(pbw_ctx *ctx, pbw_node *n) {
     const matmul_saved *s = n->saved;
     pbw_tensor *a = n->in[0], *b = n->in[1];
-    float *ga = pbw_grad(ctx, a), *gb = pbw_grad(ctx, b);
+    /* written whole where node->writes says so (beta 0 while still unset), else added */
+    float ba = 1.0f, bb = 1.0f;
+    float *ga = (n->writes & 1u) ? pbw_grad_out(ctx, a, &ba) : pbw_grad(ctx, a);
+    float *gb = (n->writes & 2u) ? pbw_grad_out(ctx, b, &bb) : pbw_grad(ctx, b);
     const float *gc = n->out->grad; /* (batch,M,N) */
     int64_t M = s->M, N = s->N, K = s->K, bs = s->batch;
     int64_t sa = M * K, sc = M * N;
@@ -23,19 +26,19 @@ static void matmul_backward(pbw_ctx *ctx, pbw_node *n) {
     if (ga) {
         if (!s->ta) /* gA (M,K) = gC op(B)^T */
             PBW_KERNEL(ctx, gemm_batched, 0, !s->tb, M, K, N, 1, gc, N, sc, b->data, ldb,
-                       s->stride_b, 1, ga, K, sa, bs);
+                       s->stride_b, ba, ga, K, sa, bs);
         else /* gA (K,M) = op(B) gC^T */
             PBW_KERNEL(ctx, gemm_batched, s->tb, 1, K, M, N, 1, b->data, ldb, s->stride_b, gc, N,
-                       sc, 1, ga, M, sa, bs);
+                       sc, ba, ga, M, sa, bs);
     }
     if (gb) {
         /* shared b: the batch items' contributions add into one matrix, one gemm each */
         int64_t sgb = s->stride_b;
         if (!s->tb) /* gB (K,N) = op(A)^T gC */
-            PBW_KERNEL(ctx, gemm_batched, !s->ta, 0, K, N, M, 1, a->data, lda, sa, gc, N, sc, 1,
+            PBW_KERNEL(ctx, gemm_batched, !s->ta, 0, K, N, M, 1, a->data, lda, sa, gc, N, sc, bb,
                        gb, N, sgb, bs);
         else /* gB (N,K) = gC^T op(A) */
-            PBW_KERNEL(ctx, gemm_batched, 1, s->ta, N, K, M, 1, gc, N, sc, a->data, lda, sa, 1, gb,
+            PBW_KERNEL(ctx, gemm_batched, 1, s->ta, N, K, M, 1, gc, N, sc, a->data, lda, sa, bb, gb,
                        K, sgb, bs);
     }
 }
@@ -78,6 +81,11 @@ pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, 
         pbw_node *n = pbw_tape_push(ctx, "matmul", matmul_backward, c, in, 2, sizeof s);
         if (!n) return NULL;
         memcpy(n->saved, &s, sizeof s);
+        /* a's gradient is one product's output, item by item; b's too unless the items share b
+         * and add into it one product each (node->writes: no zeroing pass where still unset).
+         * ToRGB's product of a generator block's output: 62 MB an Adam step at 256 px that
+         * were zeroed first and then read back as the products added to them. */
+        n->writes = 1u | (s.stride_b != 0 || s.batch == 1 ? 2u : 0u);
     }
     return c;
 }
