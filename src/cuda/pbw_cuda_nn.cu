@@ -597,8 +597,9 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
 
 // ---------------- input gradient of linear on bf16 operands ----------------
 // gx (R,I) += gy (R,O) W (O,I): gy is rounded to bf16 into a scratch buffer of this module (the
-// pass that does it also adds gy into the residual's gradient), then one cuBLAS product reads it
-// and the weight's cached bf16 copy and accumulates in fp32. In column-major terms
+// pass that does it also adds gy into the residual's gradient), or comes in bf16 already, then
+// one product (a cuBLASLt plan, half_input_gradient) reads it and the weight's cached bf16 copy
+// and accumulates in fp32, into gx or rounded into a bf16 gx. In column-major terms
 // gx^T (I,R) += W^T (I,O) gy^T (O,R): A = W stored (I,O), B = gy stored (O,R), both untransposed.
 
 namespace {
