@@ -324,7 +324,7 @@ extern "C" int pbw_cuda_unary_backward_half(pbw_unary_op op, float p0, float p1,
 // with the hardware's approximate exponential and division as quick_gelu_to_half has them:
 // the exact ones (unary_g) left the backward below bound by its arithmetic (CUPTI on an H200,
 // 11.6 us a (1600, 3072) bf16 gradient of an Adam step, the same with its gradient read as
-// halves as as floats).
+// halves as with floats).
 __device__ __forceinline__ float quick_gelu_grad_to_half(float v, float g) {
     const float s = __fdividef(1.0f, 1.0f + __expf(-1.702f * v));
     return g * (s * (1.0f + 1.702f * v * (1.0f - s)));
