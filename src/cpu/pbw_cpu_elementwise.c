@@ -90,6 +90,26 @@ static int64_t total(const int64_t *shape) {
     return n;
 }
 
+/* The index of the first four dims of shape at flattened (row-major) outer index o, and its
+ * offset with strides st: the strided loops below walk the outer dims flattened and the fifth
+ * as a plain strided loop. */
+typedef struct {
+    int64_t i[4];
+} outer_ix;
+static inline outer_ix outer_index(const int64_t *shape, int64_t o) {
+    outer_ix x;
+    x.i[3] = o % shape[3];
+    o /= shape[3];
+    x.i[2] = o % shape[2];
+    o /= shape[2];
+    x.i[1] = o % shape[1];
+    x.i[0] = o / shape[1];
+    return x;
+}
+static inline int64_t outer_at(const outer_ix *x, const int64_t *st) {
+    return x->i[0] * st[0] + x->i[1] * st[1] + x->i[2] * st[2] + x->i[3] * st[3];
+}
+
 /* Loops over the first four dims (flattened, in parallel when safe) and runs the innermost
  * one as a plain strided loop. */
 void pbw_cpu_binary_forward(pbw_binary_op op, const int64_t *shape, const float *a,
@@ -99,14 +119,10 @@ void pbw_cpu_binary_forward(pbw_binary_op op, const int64_t *shape, const float 
     int par = total(shape) > PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t o = 0; o < outer; o++) {
-        int64_t r = o, i3 = r % shape[3];
-        r /= shape[3];
-        int64_t i2 = r % shape[2];
-        r /= shape[2];
-        int64_t i1 = r % shape[1], i0 = r / shape[1];
-        const float *pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3];
-        const float *pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3];
-        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        const outer_ix ix = outer_index(shape, o);
+        const float *pa = a + outer_at(&ix, sa);
+        const float *pb = b + outer_at(&ix, sb);
+        float *py = y + outer_at(&ix, sy);
         int64_t xa = sa[4], xb = sb[4], xy = sy[4];
         if (xa == 1 && xb == 1 && xy == 1) {
             for (int64_t i = 0; i < n4; i++) py[i] = bin_apply(op, pa[i], pb[i]);
@@ -133,13 +149,9 @@ void pbw_cpu_accumulate(const int64_t *shape, const float *x, const int64_t *sx,
     int par = total(shape) > PAR_MIN && outer_disjoint(shape, sy);
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t o = 0; o < outer; o++) {
-        int64_t r = o, i3 = r % shape[3];
-        r /= shape[3];
-        int64_t i2 = r % shape[2];
-        r /= shape[2];
-        int64_t i1 = r % shape[1], i0 = r / shape[1];
-        const float *px = x + i0 * sx[0] + i1 * sx[1] + i2 * sx[2] + i3 * sx[3];
-        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        const outer_ix ix = outer_index(shape, o);
+        const float *px = x + outer_at(&ix, sx);
+        float *py = y + outer_at(&ix, sy);
         if (sy[4] == 0) {
             double acc = 0; /* a reduced inner row: sum in double, add once */
             for (int64_t i = 0; i < n4; i++) acc += px[i * sx[4]];
@@ -171,15 +183,11 @@ void pbw_cpu_binary_backward(pbw_binary_op op, const int64_t *shape, const float
         int par = total(shape) > PAR_MIN && outer_disjoint(shape, sg);
 #pragma omp parallel for schedule(static) if (par)
         for (int64_t o = 0; o < outer; o++) {
-            int64_t r = o, i3 = r % shape[3];
-            r /= shape[3];
-            int64_t i2 = r % shape[2];
-            r /= shape[2];
-            int64_t i1 = r % shape[1], i0 = r / shape[1];
-            const float *pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3];
-            const float *pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3];
-            const float *pg = gy + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
-            float *pout = g + i0 * sg[0] + i1 * sg[1] + i2 * sg[2] + i3 * sg[3];
+            const outer_ix ix = outer_index(shape, o);
+            const float *pa = a + outer_at(&ix, sa);
+            const float *pb = b + outer_at(&ix, sb);
+            const float *pg = gy + outer_at(&ix, sy);
+            float *pout = g + outer_at(&ix, sg);
             int64_t xa = sa[4], xb = sb[4], xy = sy[4], xg = sg[4];
             for (int64_t i = 0; i < n4; i++) {
                 float av = pa[i * xa], bv = pb[i * xb], gv = pg[i * xy], d;
@@ -199,13 +207,9 @@ void pbw_cpu_copy_strided(const int64_t *shape, const float *x, const int64_t *s
     int par = total(shape) > PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t o = 0; o < outer; o++) {
-        int64_t r = o, i3 = r % shape[3];
-        r /= shape[3];
-        int64_t i2 = r % shape[2];
-        r /= shape[2];
-        int64_t i1 = r % shape[1], i0 = r / shape[1];
-        const float *px = x + i0 * sx[0] + i1 * sx[1] + i2 * sx[2] + i3 * sx[3];
-        float *py = y + i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + i3 * sy[3];
+        const outer_ix ix = outer_index(shape, o);
+        const float *px = x + outer_at(&ix, sx);
+        float *py = y + outer_at(&ix, sy);
         if (sx[4] == 1 && sy[4] == 1)
             memcpy(py, px, (size_t)n4 * sizeof(float));
         else
