@@ -171,6 +171,12 @@ int align_of(const void *p) { // largest power of two dividing the address, at m
     return a;
 }
 
+// The alignment every one of a product's operands has (NULLs left out): the smallest of their
+// align_of, which is that of their addresses or'ed together.
+int align_of_all(const void *a, const void *b, const void *c, const void *d = nullptr) {
+    return align_of((const void *)((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d));
+}
+
 void lt_destroy(lt_plan *pl) {
     if (pl->op) cublasLtMatmulDescDestroy(pl->op);
     if (pl->a) cublasLtMatrixLayoutDestroy(pl->a);
@@ -179,6 +185,25 @@ void lt_destroy(lt_plan *pl) {
     pl->op = nullptr;
     pl->a = pl->b = pl->c = nullptr;
     pl->ok = 0;
+}
+
+// One product of plan pl with algorithm algo: D = op(A) B, plus C read with beta 1 where C is
+// given (D may be C), else D written (beta 0).
+cublasStatus_t lt_matmul(const lt_plan *pl, const cublasLtMatmulAlgo_t *algo, const void *A,
+                         const void *B, const void *C, void *D) {
+    const float one = 1.0f, zero = 0.0f;
+    return cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, C ? &one : &zero, C ? C : D,
+                          pl->c, D, pl->c, algo, lt_ws(), LT_WS_BYTES, pbw_stream());
+}
+
+// The same with the plan's own algorithm; a failure is reported (the sticky error ends the
+// pass), named by what.
+void lt_run(const lt_plan *pl, const void *A, const void *B, const void *C, void *D,
+            const char *what) {
+    const cublasStatus_t st = lt_matmul(pl, &pl->algo, A, B, C, D);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        pbw_cuda_fail("%s (cuBLASLt, %lld x %lld x %lld): status %d", what, (long long)pl->k.R,
+                      (long long)pl->k.O, (long long)pl->k.I, (int)st);
 }
 
 // The operands of a plan's first product, which its measurement runs on.
@@ -272,13 +297,10 @@ int lt_fastest(const lt_plan *pl, const cublasLtMatmulHeuristicResult_t *res, in
     void *tmp = pbw_cuda_malloc(bytes);
     int best = -1;
     float best_ms = 0;
-    const float one = 1.0f, zero = 0.0f;
     for (int c = 0; c < n && tmp; c++) {
         if (res[c].workspaceSize > LT_WS_BYTES) continue;
         const float t = pbw_cuda_best_of_three([&] {
-            return cublasLtMatmul(g_lt, pl->op, &one, k.A, pl->a, k.B, pl->b, k.C ? &one : &zero,
-                                  k.C ? k.C : tmp, pl->c, tmp, pl->c, &res[c].algo, lt_ws(),
-                                  LT_WS_BYTES, pbw_stream()) == CUBLAS_STATUS_SUCCESS;
+            return lt_matmul(pl, &res[c].algo, k.A, k.B, k.C, tmp) == CUBLAS_STATUS_SUCCESS;
         });
         if (t < 0) continue; // a candidate that failed to run is passed over
         if (log_choices_lt())
@@ -572,26 +594,13 @@ extern "C" int pbw_cuda_linear_lt(const float *x, const void *xh, const float *w
     if (b && (!bias || align_of(bias) < 16)) return -1;
     const void *A = half ? wh : (const void *)w, *B = half ? xh : (const void *)x;
     void *D = yh ? yh : (void *)y;
-    int al = align_of(B);
-    if (align_of(A) < al) al = align_of(A);
-    if (align_of(D) < al) al = align_of(D);
     const void *res = rh ? rh : (const void *)r; // C: the residual in D's type
-    if (res && align_of(res) < al) al = align_of(res);
-    const int hasb = b != nullptr;
+    const int al = align_of_all(A, B, D, res), hasb = b != nullptr;
     const lt_key key{R, O, I, (int)pbw_cuda_precision(), al, half, hasb, yh != nullptr, 0};
     lt_plan *pl = lt_plan_of(key, bias, lt_call{A, B, res});
     if (!pl) return -1;
-    const float one = 1.0f, zero = 0.0f;
     g_lt_half_calls += half;
-    const void *C = res ? res : (const void *)D;
-    cublasStatus_t st = cublasLtMatmul(g_lt, pl->op, &one, A, pl->a, B, pl->b, res ? &one : &zero,
-                                       C, pl->c, D, pl->c, &pl->algo, lt_ws(), LT_WS_BYTES,
-                                       pbw_stream());
-    if (st != CUBLAS_STATUS_SUCCESS) {
-        pbw_cuda_fail("linear (cuBLASLt, %lld x %lld x %lld): status %d", (long long)R,
-                      (long long)O, (long long)I, (int)st);
-        return 0; // reported: the sticky error ends the pass
-    }
+    lt_run(pl, A, B, res, D, "linear"); // a failure is reported: the sticky error ends the pass
     return 0;
 }
 
@@ -672,19 +681,11 @@ static void half_input_gradient(const void *gyh, const void *wh, float *gx, floa
     void *D = gxh ? gxh : (void *)gx;
     const void *C = !gxh && beta_x != 0.0f ? (const void *)gx : nullptr; // read with beta 1
     if (lt_ready() && R <= INT_MAX && O <= INT_MAX && I <= INT_MAX) {
-        int al = align_of(wh);
-        if (align_of(gyh) < al) al = align_of(gyh);
-        if (align_of(D) < al) al = align_of(D);
-        const lt_key key{R, O, I, PBW_PREC_BF16, al, 1, 0, gxh != nullptr, 1};
+        const lt_key key{R, O, I, PBW_PREC_BF16, align_of_all(wh, gyh, D), 1, 0, gxh != nullptr,
+                         1};
         const lt_plan *pl = lt_plan_of(key, nullptr, lt_call{wh, gyh, C});
         if (pl) {
-            const cublasStatus_t st =
-                cublasLtMatmul(g_lt, pl->op, &one, wh, pl->a, gyh, pl->b, C ? &one : &zero,
-                               C ? C : D, pl->c, D, pl->c, &pl->algo, lt_ws(), LT_WS_BYTES,
-                               pbw_stream());
-            if (st != CUBLAS_STATUS_SUCCESS)
-                pbw_cuda_fail("linear backward (cuBLASLt, %lld x %lld x %lld): status %d",
-                              (long long)R, (long long)O, (long long)I, (int)st);
+            lt_run(pl, wh, gyh, C, D, "linear backward");
             return;
         }
     }
