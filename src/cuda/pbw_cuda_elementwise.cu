@@ -330,28 +330,18 @@ __device__ __forceinline__ float quick_gelu_grad_to_half(float v, float g) {
     return g * (s * (1.0f + 1.702f * v * (1.0f - s)));
 }
 
-// Four of y's gradient (floats, or halves of H) as floats.
-template <typename H>
-__device__ __forceinline__ void load_grad4(const float4 *gy, int64_t i, float (&g)[4]) {
-    const float4 f = gy[i];
-    g[0] = f.x, g[1] = f.y, g[2] = f.z, g[3] = f.w;
-}
-template <typename H>
-__device__ __forceinline__ void load_grad4(const uint2 *gy, int64_t i, float (&g)[4]) {
-    pbw_unpack_half<H, 4>(gy[i], g);
-}
-
 // k_unary_bwd4h from x held as halves alone (the forward read them so), y's gradient G as
-// floats or as halves (the product after QuickGELU wrote it so): four a thread. FAST: with
+// floats or as halves of H (the product after QuickGELU wrote it so): four a thread. FAST: with
 // quick_gelu_grad_to_half, else unary_g's bits (those of the fp32 chain, rounded).
 template <int OP, typename H, typename G, bool FAST>
 __global__ void k_unary_bwd4h_hx(float p0, float p1, const uint2 *__restrict__ xh,
                                  const G *__restrict__ gy, H *gxh, int64_t n4) {
     pbw_pdl_wait();
     PBW_GRID_STRIDE(i, n4) {
-        float v[4], g[4], r[4];
+        float v[4], r[4];
         pbw_unpack_half<H, 4>(xh[i], v);
-        load_grad4<H>(gy, i, g);
+        const float4 g4 = pbw_load_four(gy, i);
+        const float g[4] = {g4.x, g4.y, g4.z, g4.w};
 #pragma unroll
         for (int j = 0; j < 4; j++)
             r[j] = FAST && OP == PBW_UN_QUICK_GELU ? quick_gelu_grad_to_half(v[j], g[j])
@@ -371,11 +361,11 @@ extern "C" int pbw_cuda_unary_backward_half_hx(pbw_unary_op op, float p0, float 
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
         if (fast)
-            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float4, true>, pbw_grid(n4), 256, 0,
-                       p0, p1, (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
+            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float, true>, pbw_grid(n4), 256, 0,
+                       p0, p1, (const uint2 *)xh, gy, (H *)gxh, n4);
         else
-            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float4, false>, pbw_grid(n4), 256,
-                       0, p0, p1, (const uint2 *)xh, (const float4 *)gy, (H *)gxh, n4);
+            pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, float, false>, pbw_grid(n4), 256,
+                       0, p0, p1, (const uint2 *)xh, gy, (H *)gxh, n4);
     });
     PBW_CUDA_LAUNCHED("unary_backward (half in, half out)");
     g_unary_bwd_half_calls++;
@@ -394,8 +384,8 @@ extern "C" int pbw_cuda_unary_backward_half_hh(pbw_unary_op op, float p0, float 
     const int64_t n4 = n / 4;
     pbw_half_type((int)pbw_cuda_precision(), [&](auto t) {
         using H = decltype(t);
-        pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, uint2, true>, pbw_grid(n4), 256, 0, p0,
-                   p1, (const uint2 *)xh, (const uint2 *)gyh, (H *)gxh, n4);
+        pbw_launch(k_unary_bwd4h_hx<PBW_UN_QUICK_GELU, H, H, true>, pbw_grid(n4), 256, 0, p0, p1,
+                   (const uint2 *)xh, (const H *)gyh, (H *)gxh, n4);
     });
     PBW_CUDA_LAUNCHED("unary_backward (half in, half gradients)");
     g_unary_bwd_hh_calls++;

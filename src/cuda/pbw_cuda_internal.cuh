@@ -225,6 +225,17 @@ template <typename H> __device__ __forceinline__ uint2 pbw_pack_half4(const floa
     return pbw_pack_half<H, 4, uint2>(f);
 }
 
+// The i-th four consecutive values of an array of floats, or of halves of H (one 8-byte word),
+// as a float4: kernels whose input comes in either type.
+__device__ __forceinline__ float4 pbw_load_four(const float *p, int64_t i) {
+    return reinterpret_cast<const float4 *>(p)[i];
+}
+template <typename H> __device__ __forceinline__ float4 pbw_load_four(const H *p, int64_t i) {
+    float f[4];
+    pbw_unpack_half<H, 4>(reinterpret_cast<const uint2 *>(p)[i], f);
+    return make_float4(f[0], f[1], f[2], f[3]);
+}
+
 // The libraries' choice file `kind` for this GPU and library `version` (core/pbw_cache.h):
 // its path in path (n bytes) and, unless f is NULL, *f opened for reading, or NULL when it does
 // not exist yet. -1 when it has no place (no cache folder, or the device's name is unknown).

@@ -962,16 +962,6 @@ __global__ static void layer_norm_backward_kernel(const float *x, const float *w
     }
 }
 
-// Four consecutive values of a row of floats or of bf16 halves, as floats (i counts fours).
-__device__ __forceinline__ float4 load_four(const float *p, int64_t i) {
-    return reinterpret_cast<const float4 *>(p)[i];
-}
-__device__ __forceinline__ float4 load_four(const __nv_bfloat16 *p, int64_t i) {
-    float f[4];
-    pbw_unpack_half<__nv_bfloat16, 4>(reinterpret_cast<const uint2 *>(p)[i], f);
-    return make_float4(f[0], f[1], f[2], f[3]);
-}
-
 // The same for rows of V*128 floats (CLIP: 768 = 6*128), 16-byte aligned: each lane keeps its
 // V float4 of x, gy and w in registers, so a row is read once, with every load of the row in
 // flight at once (the loop above keeps one or two: at CLIP's 1,600 rows a step that left it
@@ -998,7 +988,7 @@ __global__ static void layer_norm_backward_vec_kernel(const float *x, const floa
     float a = 0.0f, c = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; j++) {
-        float4 xv = xr[lane + 32 * j], gv = load_four(gr, lane + 32 * j);
+        float4 xv = xr[lane + 32 * j], gv = pbw_load_four(gr, lane + 32 * j);
         ov[j] = go[lane + 32 * j];
         float4 wv = w ? wr[lane + 32 * j] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         xh[j] = make_float4((xv.x - m) * rs, (xv.y - m) * rs, (xv.z - m) * rs, (xv.w - m) * rs);
