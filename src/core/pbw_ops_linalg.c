@@ -106,15 +106,16 @@ static void linear_backward(pbw_ctx *ctx, pbw_node *n) {
     /* x's gradient in bf16 alone where the op that made x reads it so (grad_half_wanted:
      * QuickGELU's backward) and the product below writes it whole */
     void *gxh = gx ? pbw_grad_half_room(ctx, x, bx) : NULL;
-    /* gy written in bf16 alone by its producer (grad_half_wanted): the product reads it */
+    /* gy written in bf16 alone by its producer (grad_half_wanted): the product reads it (gy's
+     * fp32 values are then never written: nothing below reads them with gx done and no gw,
+     * gb or gr) */
     if (n->out->grad_half) {
         if (gx && !gw && !gb && !gr &&
             pbw_cuda_linear_backward_half_gy(n->out->grad_half, w->data, gx, bx, gxh, R, O, I) ==
-                0) {
-            if (gxh) x->grad_half = gxh;
+                0)
+            gx = NULL;
+        else if (pbw_grad_sync(ctx, n->out))
             return;
-        }
-        if (pbw_grad_sync(ctx, n->out)) return;
     }
     /* a bf16 copy of gy written beside it by the op that completed it: the product reads
      * that (r's gradient below, in fp32) */
