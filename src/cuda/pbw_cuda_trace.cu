@@ -160,6 +160,18 @@ struct row {
     long n = 0;
 };
 
+// The op whose launch a span is: its index in g_ops plus 1, or 0 for none (outside ops).
+size_t op_of(const span &x) {
+    auto it = g_ext.find(x.corr);
+    const size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
+    return op > g_ops.size() ? 0 : op;
+}
+// Op i's name and pass (op_of's numbering), none for 0.
+const char *op_name(size_t i, const char *none) { return i ? g_ops[i - 1].first : none; }
+const char *op_pass(size_t i, const char *none) {
+    return i ? (g_ops[i - 1].second ? "backward" : "forward") : none;
+}
+
 // PBW_PROFILE_SPANS=FILE: every span of the report appended to FILE as tab-separated rows
 // (start and end in ns from the report's first span, CUPTI's stream id, op, pass, kernel), one
 // "# report" line before each report's rows: a timeline to read the critical path from
@@ -175,14 +187,12 @@ void dump_spans(const std::vector<span> &s) {
     fprintf(f, "# report\n");
     const uint64_t t0 = s[0].start;
     for (const span &x : s) {
-        auto it = g_ext.find(x.corr);
-        size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
-        if (op > g_ops.size()) op = 0;
+        const size_t op = op_of(x);
         const char *name = x.name >= 0 ? g_names[(size_t)x.name].c_str()
                            : x.name == -1 ? "[memcpy]" : "[memset]";
         fprintf(f, "%llu\t%llu\t%u\t%s\t%s\t%s\n", (unsigned long long)(x.start - t0),
-                (unsigned long long)(x.end - t0), x.stream, op ? g_ops[op - 1].first : "-",
-                op ? (g_ops[op - 1].second ? "backward" : "forward") : "-", name);
+                (unsigned long long)(x.end - t0), x.stream, op_name(op, "-"), op_pass(op, "-"),
+                name);
     }
     if (fclose(f)) fprintf(stderr, "pbw: PBW_PROFILE_SPANS: cannot write %s\n", path);
 }
@@ -245,9 +255,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         uint64_t end = 0;
         for (const span &x : s) {
             if (end && x.start > end + 20000) {
-                auto it = g_ext.find(x.corr);
-                size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
-                if (op >= idle.size()) op = 0;
+                const size_t op = op_of(x);
                 idle[op].ns += (double)(x.start - end);
                 idle[op].n++;
             }
@@ -258,9 +266,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     std::vector<row> kern(g_names.size());
     std::map<std::pair<size_t, size_t>, row> opk; // (op, kernel)
     for (const span &x : s) {
-        auto it = g_ext.find(x.corr);
-        size_t op = it == g_ext.end() ? 0 : (size_t)it->second;
-        if (op >= ops.size()) op = 0;
+        const size_t op = op_of(x);
         ops[op].ns += (double)(x.end - x.start);
         ops[op].n++;
         size_t k;
@@ -270,7 +276,7 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
             static const char *kinds[] = {"?", "HtoD", "DtoH", "HtoA", "AtoH", "AtoA", "AtoD",
                                           "DtoA", "DtoD", "HtoH", "PtoP"};
             char nm[160];
-            const char *opn = op ? g_ops[op - 1].first : "no op";
+            const char *opn = op_name(op, "no op");
             if (x.name == -1)
                 snprintf(nm, sizeof nm, "[memcpy %s] in %s",
                          x.kind >= 0 && x.kind <= 10 ? kinds[x.kind] : "?", opn);
@@ -296,10 +302,9 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     fprintf(f, "%-24s %-9s %10s %9s %6s\n", "op", "pass", "GPU ms", "launches", "%");
     for (size_t i : order) {
         if (!ops[i].n) continue;
-        const char *name = i ? g_ops[i - 1].first : "(outside ops)";
-        const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
-        fprintf(f, "%-24s %-9s %10.3f %9.0f %6.1f\n", name, pass, 1e-6 * ops[i].ns * scale,
-                (double)ops[i].n * scale, total > 0 ? 100 * ops[i].ns / total : 0);
+        fprintf(f, "%-24s %-9s %10.3f %9.0f %6.1f\n", op_name(i, "(outside ops)"), op_pass(i, ""),
+                1e-6 * ops[i].ns * scale, (double)ops[i].n * scale,
+                total > 0 ? 100 * ops[i].ns / total : 0);
     }
     {
         std::vector<size_t> io(idle.size());
@@ -310,10 +315,8 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
         int shown = 0;
         for (size_t i : io) {
             if (!idle[i].n || shown++ == 12) break;
-            const char *name = i ? g_ops[i - 1].first : "(outside ops)";
-            const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
-            fprintf(f, "%-24s %-9s %10.3f %9.1f\n", name, pass, 1e-6 * idle[i].ns * scale,
-                    (double)idle[i].n * scale);
+            fprintf(f, "%-24s %-9s %10.3f %9.1f\n", op_name(i, "(outside ops)"), op_pass(i, ""),
+                    1e-6 * idle[i].ns * scale, (double)idle[i].n * scale);
         }
     }
     order.resize(kern.size());
@@ -336,9 +339,8 @@ extern "C" void pbw_cuda_trace_report(FILE *f, double scale) {
     for (const auto &e : ok) {
         if (shown++ == 40) break;
         const size_t i = e.first.first;
-        const char *name = i ? g_ops[i - 1].first : "(outside ops)";
-        const char *pass = i ? (g_ops[i - 1].second ? "backward" : "forward") : "";
-        fprintf(f, "%-24s %-9s %10.3f %9.0f %9.1f  %.110s\n", name, pass,
+        fprintf(f, "%-24s %-9s %10.3f %9.0f %9.1f  %.110s\n", op_name(i, "(outside ops)"),
+                op_pass(i, ""),
                 1e-6 * e.second.ns * scale, (double)e.second.n * scale,
                 1e-3 * e.second.ns / (double)e.second.n, g_names[e.first.second].c_str());
     }
