@@ -28,17 +28,14 @@ __global__ void step_pdl(float *x, int n) {
     if (i < n) x[i] = x[i] * 1.0001f + 1.0f;
 }
 
-static double us_per_kernel(int blocks, bool pdl, int K) {
-    const int n = blocks * 256;
-    float *x;
-    CK(cudaMalloc(&x, sizeof(float) * n));
-    CK(cudaMemset(x, 0, sizeof(float) * n));
-    cudaStream_t s;
-    CK(cudaStreamCreate(&s));
+// Launches from .. to - 1 of step over x's n values (blocks of 256 threads) captured as one
+// graph; with pdl, step_pdl launched with programmatic stream serialization instead.
+static cudaGraphExec_t capture(cudaStream_t s, float *x, int n, int blocks, int from, int to,
+                               bool pdl) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int k = 0; k < K; k++) {
+    for (int k = from; k < to; k++) {
         if (!pdl) {
             step<<<blocks, 256, 0, s>>>(x, n);
             continue;
@@ -56,36 +53,40 @@ static double us_per_kernel(int blocks, bool pdl, int K) {
     }
     CK(cudaStreamEndCapture(s, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphDestroy(g));
+    return ge;
+}
+
+// The mean time in ms of launch()'s replays run back to back on s: 3 untimed, then 10 timed.
+template <class Launch> static float replay_ms(cudaStream_t s, Launch launch) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
+    for (int w = 0; w < 3; w++) launch();
     CK(cudaEventRecord(e0, s));
-    for (int r = 0; r < 10; r++) CK(cudaGraphLaunch(ge, s));
+    for (int r = 0; r < 10; r++) launch();
     CK(cudaEventRecord(e1, s));
     CK(cudaEventSynchronize(e1));
     float ms = 0;
     CK(cudaEventElapsedTime(&ms, e0, e1));
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
-    CK(cudaStreamDestroy(s));
-    CK(cudaFree(x));
-    return 1e3 * ms / (10.0 * K);
+    return ms / 10;
 }
 
-// K dependent launches of step (132 blocks) captured as one graph, or as two (the first `head`
-// launches, then the rest) where head > 0.
-static cudaGraphExec_t capture(cudaStream_t s, float *x, int n, int from, int to) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int k = from; k < to; k++) step<<<132, 256, 0, s>>>(x, n);
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    CK(cudaGraphDestroy(g));
-    return ge;
+static double us_per_kernel(int blocks, bool pdl, int K) {
+    const int n = blocks * 256;
+    float *x;
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaMemset(x, 0, sizeof(float) * n));
+    cudaStream_t s;
+    CK(cudaStreamCreate(&s));
+    cudaGraphExec_t ge = capture(s, x, n, blocks, 0, K, pdl);
+    const float ms = replay_ms(s, [&] { CK(cudaGraphLaunch(ge, s)); });
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaStreamDestroy(s));
+    CK(cudaFree(x));
+    return 1e3 * ms / K;
 }
 
 // Whether the GPU starts a large graph's first kernels while cudaGraphLaunch is still
@@ -102,23 +103,16 @@ static void launch_overlap(int K, int head) {
     CK(cudaMemset(x, 0, sizeof(float) * n));
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
-    cudaGraphExec_t a = capture(s, x, n, 0, head > 0 ? head : K);
-    cudaGraphExec_t b = head > 0 ? capture(s, x, n, head, K) : nullptr;
+    cudaGraphExec_t a = capture(s, x, n, 132, 0, head > 0 ? head : K, false);
+    cudaGraphExec_t b = head > 0 ? capture(s, x, n, 132, head, K, false) : nullptr;
     auto launch = [&]() {
         CK(cudaGraphLaunch(a, s));
         if (b) CK(cudaGraphLaunch(b, s));
     };
+    const float busy = replay_ms(s, launch);
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    for (int w = 0; w < 3; w++) launch();
-    CK(cudaEventRecord(e0, s));
-    for (int r = 0; r < 10; r++) launch();
-    CK(cudaEventRecord(e1, s));
-    CK(cudaEventSynchronize(e1));
-    float busy = 0;
-    CK(cudaEventElapsedTime(&busy, e0, e1));
-    busy /= 10;
     double host = 0, cold = 0;
     const int R = 20;
     for (int r = 0; r < R; r++) {
