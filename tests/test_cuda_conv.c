@@ -1671,9 +1671,10 @@ PBW_TEST(cuda_clip_crops) {
         xg->requires_grad = 1;
         pbw_tensor *hg = pbw_clip_crops_patches(ctx, xg, small, 7, 32, 8);
         CHECK(hg && hg->half_only && hg->half);
-        setenv("PBW_CUDA_HALF_ACTS_GRAD", "0", 1);
+        char *saved;
+        pbw_test_env_set("PBW_CUDA_HALF_ACTS_GRAD", "0", &saved);
         pbw_tensor *full = pbw_clip_crops_patches(ctx, xg, small, 7, 32, 8);
-        unsetenv("PBW_CUDA_HALF_ACTS_GRAD");
+        pbw_test_env_restore("PBW_CUDA_HALF_ACTS_GRAD", saved);
         CHECK(full && !full->half);
         CHECK_MSG(same_bits_as(ctx, half, full, 1), "%s", pbw_ctx_error(ctx));
         CHECK_MSG(same_bits_as(ctx, hg, full, 1), "%s", pbw_ctx_error(ctx));
