@@ -749,12 +749,36 @@ __device__ __forceinline__ void store2(float *o, float a, float b) {
     *reinterpret_cast<float2 *>(o) = make_float2(a, b);
 }
 
+// Half outputs of a warp's 16 x 64 accumulator tile leave through 16 rows of shared memory the
+// warp alone uses: stage_tile16 stores the mma fragments (a lane's rows gr and gr + 8, columns
+// 8 n + c2 and + 1) as halves into rows st (ld apart), rows gr scaled by s0 and gr + 8 by s1;
+// after a __syncwarp, copy_tile16 reads them back 16 bytes a lane, 4 rows at a time, and hands
+// out(r, c, word) each row r < rows, columns c .. c + 7. A warp's global stores are then 4 rows
+// x 128 bytes, where the fragments' 4-byte stores half-filled every 32-byte sector they wrote.
+template <int C8, typename H>
+__device__ __forceinline__ void stage_tile16(H *st, int ld, int gr, int c2,
+                                             const float (&acc)[C8][4], float s0 = 1.0f,
+                                             float s1 = 1.0f) {
+#pragma unroll
+    for (int n = 0; n < C8; n++) {
+        store2(st + gr * ld + 8 * n + c2, acc[n][0] * s0, acc[n][1] * s0);
+        store2(st + (gr + 8) * ld + 8 * n + c2, acc[n][2] * s1, acc[n][3] * s1);
+    }
+}
+template <typename H, class Out>
+__device__ __forceinline__ void copy_tile16(const H *st, int ld, int lane, int rows, Out &&out) {
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        const int r = 4 * it + lane / 8, c = 8 * (lane % 8);
+        if (r < rows) out(r, c, *reinterpret_cast<const uint4 *>(st + r * ld + c));
+    }
+}
+
 // One (batch, head) bh from its staged halves Qs, Ks, Vs (as the kernels below stage them): the
 // scores, the softmax and P V of each of the block's warps' 16-row tiles, and the stores.
 // Half outputs, where o (and o2) are 16-byte aligned with strides of 8 halves, leave through
 // the warp's own 16 rows of Qs, which the scores read for the last time (no other warp reads
-// them): a lane stores 16 bytes and a warp 4 rows x 128 bytes (the fragments' 4-byte stores
-// half-filled every 32-byte sector they wrote: Nsight Compute, a CMA generation's launch).
+// them), as stage_tile16 and copy_tile16 lay out (Nsight Compute, a CMA generation's launch).
 template <int KT, typename H, typename Out>
 __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, const H *Ks,
                                              const H *Vs, Out *o, float *p, H *o2, int64_t bh,
@@ -829,20 +853,13 @@ __device__ __forceinline__ void mma_fwd_head(const pbw_attn_geom &g, H *Qs, cons
         H *hh = o2 ? o2 + b * g.o[0] + h * g.o[1] : nullptr;
         if (wide) {
             H *qs = Qs + mt * 16 * LDK;
-#pragma unroll
-            for (int n = 0; n < C8; n++) {
-                store2(qs + gr * LDK + 8 * n + c2, acc[n][0] * i0, acc[n][1] * i0);
-                store2(qs + (gr + 8) * LDK + 8 * n + c2, acc[n][2] * i1, acc[n][3] * i1);
-            }
+            stage_tile16(qs, LDK, gr, c2, acc, i0, i1);
             __syncwarp();
-#pragma unroll
-            for (int it = 0; it < 4; it++) {
-                const int r = 4 * it + lane / 8, c = 8 * (lane % 8), t = 16 * mt + r;
-                if (t >= T) continue;
-                const uint4 w = *reinterpret_cast<const uint4 *>(qs + r * LDK + c);
+            copy_tile16(qs, LDK, lane, T - 16 * mt, [&](int r, int c, uint4 w) {
+                const int64_t t = 16 * mt + r;
                 *reinterpret_cast<uint4 *>(oh + t * g.o[2] + c) = w;
                 if (hh) *reinterpret_cast<uint4 *>(hh + t * g.o[2] + c) = w;
-            }
+            });
         } else {
 #pragma unroll
             for (int n = 0; n < C8; n++) {
@@ -1204,25 +1221,18 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         const int s0 = 16 * ms + gr;
         if (wide) { // through the warp's own rows of Ks and Vs, free since dQ: 16-byte stores
             H *kt_ = Ks + 16 * ms * LD, *vt_ = Vs + 16 * ms * LD;
-#pragma unroll
-            for (int n = 0; n < C8; n++) {
-                store2(kt_ + gr * LD + 8 * n + c2, ak[n][0], ak[n][1]);
-                store2(kt_ + (gr + 8) * LD + 8 * n + c2, ak[n][2], ak[n][3]);
-                store2(vt_ + gr * LD + 8 * n + c2, av[n][0], av[n][1]);
-                store2(vt_ + (gr + 8) * LD + 8 * n + c2, av[n][2], av[n][3]);
-            }
+            stage_tile16(kt_, LD, gr, c2, ak);
+            stage_tile16(vt_, LD, gr, c2, av);
             __syncwarp();
-#pragma unroll
-            for (int it = 0; it < 4; it++) {
-                const int r = 4 * it + lane / 8, c = 8 * (lane % 8), sr = 16 * ms + r;
-                if (sr >= S) continue;
-                if (gk)
-                    *reinterpret_cast<uint4 *>(gk + ko + sr * g.k[2] + c) =
-                        *reinterpret_cast<const uint4 *>(kt_ + r * LD + c);
-                if (gv)
-                    *reinterpret_cast<uint4 *>(gv + vo + sr * g.v[2] + c) =
-                        *reinterpret_cast<const uint4 *>(vt_ + r * LD + c);
-            }
+            const int rows = S - 16 * ms;
+            if (gk)
+                copy_tile16(kt_, LD, lane, rows, [&](int r, int c, uint4 w) {
+                    *reinterpret_cast<uint4 *>(gk + ko + (16 * ms + r) * g.k[2] + c) = w;
+                });
+            if (gv)
+                copy_tile16(vt_, LD, lane, rows, [&](int r, int c, uint4 w) {
+                    *reinterpret_cast<uint4 *>(gv + vo + (16 * ms + r) * g.v[2] + c) = w;
+                });
             continue;
         }
 #pragma unroll
