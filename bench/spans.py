@@ -14,6 +14,7 @@ says how many steps the report covers.
 """
 import argparse
 import collections
+import signal
 import sys
 
 
@@ -39,6 +40,7 @@ def short(name, n=90):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("file")
     ap.add_argument("--report", type=int, default=-1, help="which report (0-based; -1 the last)")
