@@ -1556,10 +1556,16 @@ extern "C" int pbw_cuda_attention_fwd_nograd(const pbw_attn_geom *g, const void 
     return done ? 0 : -1;
 }
 
+// A backward with nothing to compute (no heads, queries, keys or head width): the entry points
+// below return 0 for it without launching.
+static bool bwd_empty(const pbw_attn_geom *g) {
+    return g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0;
+}
+
 extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float *q,
                                             const float *k, const float *v, const float *p,
                                             const float *go, float *gq, float *gk, float *gv) {
-    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (bwd_empty(g)) return 0;
     if (!gq || !gk || !gv) return -1;
     if (bwd_mma(g, q, k, v, false, p, go, gq, gk, gv, false, false)) return 0;
     return bwd_tiled(g, q, k, v, p, go, gq, gk, gv, false) ? 0 : -1;
@@ -1568,7 +1574,7 @@ extern "C" int pbw_cuda_attention_bwd_write(const pbw_attn_geom *g, const float 
 extern "C" int pbw_cuda_attention_bwd_write_h(const pbw_attn_geom *g, const void *q,
                                               const void *k, const void *v, const float *p,
                                               const float *go, float *gq, float *gk, float *gv) {
-    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (bwd_empty(g)) return 0;
     if (!gq || !gk || !gv) return -1;
     return bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false, false) ? 0 : -1;
 }
@@ -1579,7 +1585,7 @@ extern "C" long pbw_cuda_attention_bwd_add_h_calls(void) { return g_bwd_add_h_ca
 extern "C" int pbw_cuda_attention_bwd_add_h(const pbw_attn_geom *g, const void *q,
                                             const void *k, const void *v, const float *p,
                                             const float *go, float *gq, float *gk, float *gv) {
-    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (bwd_empty(g)) return 0;
     if (!gq || !gk || !gv || !bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, false, true)) return -1;
     g_bwd_add_h_calls++;
     return 0;
@@ -1591,7 +1597,7 @@ extern "C" long pbw_cuda_attention_bwd_half_out_calls(void) { return g_bwd_half_
 extern "C" int pbw_cuda_attention_bwd_write_hh(const pbw_attn_geom *g, const void *q,
                                                const void *k, const void *v, const float *p,
                                                const float *go, void *gq, void *gk, void *gv) {
-    if (g->B * g->H <= 0 || g->T <= 0 || g->S <= 0 || g->D <= 0) return 0;
+    if (bwd_empty(g)) return 0;
     if (!gq || !gk || !gv || pbw_cuda_precision() != PBW_PREC_BF16) return -1;
     if (!bwd_mma(g, q, k, v, true, p, go, gq, gk, gv, true, false)) return -1;
     g_bwd_half_out_calls++;
