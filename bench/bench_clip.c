@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
             pbw_tensor *img = pbw_clip_encode_image(ctx, m, x);
             if (pass == 1) {
                 pbw_tensor *tt = pbw_tensor_wrap(ctx, target, 2, (int64_t[]){1, E});
-                pbw_tensor *loss = pbw_sum_all(ctx, pbw_affine(ctx, pbw_clip_cosine(ctx, img, tt), -1, 1));
+                pbw_tensor *loss = pbw_sum_all(ctx, pbw_affine(ctx, pbw_cosine(ctx, img, tt), -1, 1));
                 if (pbw_backward(ctx, loss, NULL, &err)) {
                     fprintf(stderr, "bench_clip: %s\n", err.msg);
                     return 1;

@@ -1,7 +1,7 @@
 /* test_cuda_nn.c: the matrix products and nn ops on CUDA against the CPU (cuda_parity.h):
- * matmul, linear, layer norm, batch norm, softmax, attention, attention_qkv, embedding, forward
- * and input gradients, at the shapes the models use (CLIP ViT-B/32: width 768, 50 tokens, 12
- * heads of 64; text: 77 tokens, width 512, causal) and at odd sizes.
+ * matmul, linear, layer norm, batch norm, softmax, cosine, attention, attention_qkv, embedding,
+ * forward and input gradients, at the shapes the models use (CLIP ViT-B/32: width 768, 50
+ * tokens, 12 heads of 64; text: 77 tokens, width 512, causal) and at odd sizes.
  *
  * The CUDA GEMMs run at the default precision, plain fp32 (no TF32). Tolerances are errors
  * relative to each tensor's largest value:
@@ -255,6 +255,27 @@ PBW_TEST(cuda_softmax) {
     CHECK(parity_check("softmax rows of 1000", softmax_fn, NULL, 1, lng, tol) == 0);
     parity_input sht[] = {{2, {9, 3}, 1, -4.0f, 4.0f}};
     CHECK(parity_check("softmax rows of 3", softmax_fn, NULL, 1, sht, tol) == 0);
+}
+
+/* ---- cosine of rows ---- */
+
+static pbw_tensor *cosine_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    return pbw_cosine(ctx, in[0], in[1]);
+}
+
+PBW_TEST(cuda_cosine) {
+    /* sums in double on both sides in another order, then one rounding to float: the forward
+     * within an ulp or two; the gradients are a few float products each */
+    const double tol = 1e-6;
+    /* the painting loss's shapes: 32 crops' embeddings against one text's (b's gradient, here
+     * wanted too, a sum over the rows), and a row each */
+    parity_input one[] = {{2, {32, 512}, 1}, {2, {1, 512}, 1}};
+    CHECK(parity_check("cosine, 32 rows against one", cosine_fn, NULL, 2, one, tol) == 0);
+    parity_input each[] = {{2, {9, 77}, 1}, {2, {9, 77}, 1}};
+    CHECK(parity_check("cosine, a row each", cosine_fn, NULL, 2, each, tol) == 0);
+    parity_input cnst[] = {{2, {3, 600}, 1}, {2, {1, 600}, 0}};
+    CHECK(parity_check("cosine, b constant", cosine_fn, NULL, 2, cnst, tol) == 0);
 }
 
 /* ---- attention ---- */

@@ -870,6 +870,51 @@ PBW_TEST(ops_softmax) {
     free(x);
 }
 
+static pbw_tensor *cosine_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    return pbw_cosine(ctx, in[0], in[1]);
+}
+
+PBW_TEST(ops_cosine) {
+    pbw_err err;
+    pbw_ctx *ctx = new_ctx();
+    float av[9] = {1, 2, 3, -1, 0.5f, 2, 0, 0, 0}, bv[3] = {0.5f, -1, 2};
+    pbw_tensor *a = pbw_tensor_wrap(ctx, av, 2, (int64_t[]){3, 3});
+    pbw_tensor *b = pbw_tensor_wrap(ctx, bv, 2, (int64_t[]){1, 3});
+    a->requires_grad = 1;
+    pbw_tensor *c = pbw_cosine(ctx, a, b);
+    CHECK(c && c->numel == 3);
+    if (!c) return;
+    for (int r = 0; r < 2; r++) {
+        const float *x = av + 3 * r;
+        double d = 0, na = 0, nb = 0;
+        for (int i = 0; i < 3; i++) d += x[i] * bv[i], na += x[i] * x[i], nb += bv[i] * bv[i];
+        CHECK_NEAR(c->data[r], d / sqrt(na * nb), 1e-6);
+    }
+    CHECK(c->data[2] == 0.0f); /* a zero row: 0, not NaN */
+    /* d cos / d a = b/(|a||b|) - cos * a/|a|^2 */
+    CHECK(pbw_backward(ctx, pbw_sum_all(ctx, c), NULL, &err) == 0);
+    for (int r = 0; r < 2; r++) {
+        const float *x = av + 3 * r;
+        double na = sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]), nb = sqrt(0.25 + 1 + 4);
+        for (int i = 0; i < 3; i++)
+            CHECK_NEAR(a->grad[3 * r + i], bv[i] / (na * nb) - c->data[r] * x[i] / (na * na), 1e-6);
+    }
+    CHECK(isfinite(a->grad[6]) && isfinite(a->grad[7]) && isfinite(a->grad[8]));
+    pbw_ctx_reset(ctx);
+    a = pbw_tensor_wrap(ctx, av, 2, (int64_t[]){3, 3});
+    CHECK(pbw_cosine(ctx, a, pbw_tensor_wrap(ctx, bv, 2, (int64_t[]){3, 1})) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "(N or 1,E)") != NULL, "%s", pbw_ctx_error(ctx));
+    pbw_ctx_free(ctx);
+    /* both gradients, b one row for all (its gradient a sum over rows) and a row each; rows of
+     * 40 span a warp's loop on a GPU */
+    float *x = gc_rand(5 * 40, 71, -1, 1), *y1 = gc_rand(40, 72, -1, 1), *y5 = gc_rand(5 * 40, 73, -1, 1);
+    gc_input one[2] = {{2, {5, 40}, x, 1}, {2, {1, 40}, y1, 1}};
+    CHECK(gc_check("cosine, b one row", cosine_fn, NULL, 2, one, (gc_opts){0}) == 0);
+    gc_input each[2] = {{2, {5, 40}, x, 1}, {2, {5, 40}, y5, 1}};
+    CHECK(gc_check("cosine, b a row each", cosine_fn, NULL, 2, each, (gc_opts){0}) == 0);
+    free(x), free(y1), free(y5);
+}
+
 static pbw_tensor *attn_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_attention(ctx, in[0], in[1], in[2], *(int *)u, 0);
 }

@@ -320,7 +320,7 @@ int cmd_clip(int argc, char **argv) {
         goto done;
     }
     if (a.save_grad) {
-        pbw_tensor *loss = pbw_sum_all(ctx, pbw_affine(ctx, pbw_clip_cosine(ctx, img, txt), -1, 1));
+        pbw_tensor *loss = pbw_sum_all(ctx, pbw_affine(ctx, pbw_cosine(ctx, img, txt), -1, 1));
         if (pbw_backward(ctx, loss, NULL, &err)) {
             fprintf(stderr, "pbw clip: gradient: %s\n", err.msg);
             goto done;

@@ -156,6 +156,12 @@ pbw_tensor *pbw_lpips_layer(pbw_ctx *ctx, pbw_tensor *f, pbw_tensor *ref, pbw_te
                             pbw_tensor *k, float eps);
 /* Softmax over the last dim. */
 pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x);
+/* Cosine similarity of rows: a (N,E), b (N,E) or (1,E) (one row for all) -> (N):
+ * a_r . b_r / (sqrt(|a_r|^2 + 1e-30) sqrt(|b_r|^2 + 1e-30)), the sums in double (the tiny term
+ * only keeps a zero row from giving inf; it is below float resolution for any real embedding).
+ * One op, where the products, sums, norms and their gradients as separate ops would be ~30
+ * small kernels on a GPU. */
+pbw_tensor *pbw_cosine(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
 /* Scaled dot-product attention: q (B,H,T,D), k and v (B,H,S,D) -> (B,H,T,D).
  * softmax(q k^T * scale [+ causal mask: key j > query i is excluded]) v. scale <= 0 means
  * 1/sqrt(D). As F.scaled_dot_product_attention. */

@@ -1,5 +1,5 @@
 /* pbw_ops_nn.c: layer norm, batch norm (inference statistics), LPIPS's weighted layer term,
- * softmax, attention, embedding. */
+ * softmax, the cosine of rows, attention, embedding. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -227,6 +227,45 @@ pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
     if (D > 0) PBW_KERNEL(ctx, softmax_forward, x->data, y->data, x->numel / D, D);
     if (pbw_needs_grad(ctx, &x, 1) && !pbw_tape_push(ctx, "softmax", softmax_backward, y, &x, 1, 0))
         return NULL;
+    return y;
+}
+
+/* ---- cosine of rows ---- */
+
+typedef struct {
+    float *norms; /* (N,2): 1/|a_r|, 1/|b_r| */
+} cosine_saved;
+
+static void cosine_backward(pbw_ctx *ctx, pbw_node *n) {
+    pbw_tensor *a = n->in[0], *b = n->in[1];
+    float *ga = pbw_grad(ctx, a), *gb = pbw_grad(ctx, b);
+    if (!ga && !gb) return;
+    const int64_t N = a->shape[0], E = a->shape[1];
+    PBW_KERNEL(ctx, cosine_backward, a->data, b->data, b->shape[0] == N ? E : 0, n->out->data,
+               ((const cosine_saved *)n->saved)->norms, n->out->grad, ga, gb, N, E);
+}
+
+pbw_tensor *pbw_cosine(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
+    pbw_tensor *in[2] = {a, b};
+    if (pbw_op_begin(ctx, "cosine", 2, in)) return NULL;
+    if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[1] ||
+        (b->shape[0] != a->shape[0] && b->shape[0] != 1)) {
+        char sa[64], sb[64];
+        return pbw_ctx_fail(ctx, "cosine: shapes %s and %s must be (N,E) and (N or 1,E)",
+                            pbw_shape_str(a, sa, sizeof sa), pbw_shape_str(b, sb, sizeof sb));
+    }
+    const int64_t N = a->shape[0], E = a->shape[1];
+    pbw_tensor *y = pbw_tensor_new(ctx, 1, (int64_t[]){N});
+    float *norms = saved_floats(ctx, 2 * N);
+    if (!y || !norms) return pbw_ctx_fail(ctx, "cosine: out of memory");
+    if (N > 0)
+        PBW_KERNEL(ctx, cosine_forward, a->data, b->data, b->shape[0] == N ? E : 0, y->data, norms,
+                   N, E);
+    if (pbw_needs_grad(ctx, in, 2)) {
+        pbw_node *n = pbw_tape_push(ctx, "cosine", cosine_backward, y, in, 2, sizeof(cosine_saved));
+        if (!n) return NULL;
+        ((cosine_saved *)n->saved)->norms = norms;
+    }
     return y;
 }
 

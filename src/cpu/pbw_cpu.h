@@ -101,6 +101,14 @@ void pbw_cpu_batch_norm_backward(const float *x, const float *mean, const float 
 /* rows (R,D) */
 void pbw_cpu_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
 void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
+/* Cosine of rows (pbw_cosine): a (N,E), row r of b at b + r * b_stride (b_stride E, or 0 for one
+ * row for all) -> y (N), with norms (N,2) the 1/|a_r| and 1/|b_r| the backward reads. The
+ * backward adds gy's gradient to ga (N,E) and gb (as b), either NULL when not wanted. */
+void pbw_cpu_cosine_forward(const float *a, const float *b, int64_t b_stride, float *y,
+                            float *norms, int64_t N, int64_t E);
+void pbw_cpu_cosine_backward(const float *a, const float *b, int64_t b_stride, const float *y,
+                             const float *norms, const float *gy, float *ga, float *gb,
+                             int64_t N, int64_t E);
 /* Attention of B*H heads addressed by strides: element d of row t of head h of batch b of q is
  * q[b*q[0] + h*q[1] + t*q[2] + d] (k, v, o likewise; rows contiguous over d). The gradients of
  * q, k, v, o use the same strides as their tensors. q and o have T rows, k and v S rows;

@@ -196,6 +196,43 @@ void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_
     for (int64_t r = 0; r < R; r++) softmax_row_backward(y + r * D, gy + r * D, gx + r * D, D);
 }
 
+/* ---- cosine of rows ---- */
+
+void pbw_cpu_cosine_forward(const float *a, const float *b, int64_t b_stride, float *y,
+                            float *norms, int64_t N, int64_t E) {
+    for (int64_t r = 0; r < N; r++) {
+        const float *ar = a + r * E, *br = b + r * b_stride;
+        double d = 0, sa = 0, sb = 0;
+        for (int64_t i = 0; i < E; i++) {
+            d += (double)ar[i] * br[i];
+            sa += (double)ar[i] * ar[i];
+            sb += (double)br[i] * br[i];
+        }
+        const double na = 1.0 / sqrt(sa + 1e-30), nb = 1.0 / sqrt(sb + 1e-30);
+        y[r] = (float)(d * na * nb);
+        norms[2 * r] = (float)na;
+        norms[2 * r + 1] = (float)nb;
+    }
+}
+
+void pbw_cpu_cosine_backward(const float *a, const float *b, int64_t b_stride, const float *y,
+                             const float *norms, const float *gy, float *ga, float *gb,
+                             int64_t N, int64_t E) {
+    for (int64_t r = 0; r < N; r++) {
+        const float *ar = a + r * E, *br = b + r * b_stride;
+        const float na = norms[2 * r], nb = norms[2 * r + 1];
+        const float g = gy[r], gab = g * na * nb;
+        if (ga) {
+            const float s = g * y[r] * na * na;
+            for (int64_t i = 0; i < E; i++) ga[r * E + i] += gab * br[i] - s * ar[i];
+        }
+        if (gb) { /* rows in order where b is one row for all: the same sums every run */
+            const float s = g * y[r] * nb * nb;
+            for (int64_t i = 0; i < E; i++) gb[r * b_stride + i] += gab * ar[i] - s * br[i];
+        }
+    }
+}
+
 /* ---- attention ----
  * Per (batch, head): scores = scale * q k^T, softmax (causal: key s > query t excluded), o = p v.
  * Heads are small (T, S up to a few hundred, D = 64 in CLIP), so each (batch, head) is one

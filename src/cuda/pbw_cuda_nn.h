@@ -75,6 +75,13 @@ void pbw_cuda_batch_norm_backward(const float *x, const float *mean, const float
 void pbw_cuda_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
 void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
 
+/* cosine of rows (as pbw_cpu_cosine_*) */
+void pbw_cuda_cosine_forward(const float *a, const float *b, int64_t b_stride, float *y,
+                             float *norms, int64_t N, int64_t E);
+void pbw_cuda_cosine_backward(const float *a, const float *b, int64_t b_stride, const float *y,
+                              const float *norms, const float *gy, float *ga, float *gb,
+                              int64_t N, int64_t E);
+
 /* Attention (geometry as pbw_cpu_attention_*); scratch is device memory of
  * pbw_cuda_attention_scratch_floats(g) floats (the backward's d scores). */
 size_t pbw_cuda_attention_scratch_floats(const struct pbw_attn_geom *g);

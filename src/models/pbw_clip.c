@@ -778,24 +778,6 @@ pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t 
     return pbw_linear(ctx, x, m->txt_proj, NULL);                         /* (B,E) */
 }
 
-pbw_tensor *pbw_clip_cosine(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b) {
-    pbw_tensor *in[2] = {a, b};
-    if (pbw_ctx_failed(ctx)) return NULL;
-    char sa[64], sb[64];
-    if (!a || !b) return pbw_ctx_fail(ctx, "cosine: NULL input");
-    if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[1] ||
-        (b->shape[0] != a->shape[0] && b->shape[0] != 1))
-        return pbw_ctx_fail(ctx, "cosine: shapes %s and %s must be (N,E) and (N or 1,E)",
-                            pbw_shape_str(in[0], sa, sizeof sa), pbw_shape_str(in[1], sb, sizeof sb));
-    const int last = -1;
-    pbw_tensor *dot = pbw_sum(ctx, pbw_mul(ctx, a, b), 1, &last, 0);     /* (N) */
-    /* the tiny term only keeps a zero vector from giving inf; it is below float resolution for
-     * any real embedding */
-    pbw_tensor *na = pbw_rsqrt(ctx, pbw_add_scalar(ctx, pbw_sum(ctx, pbw_square(ctx, a), 1, &last, 0), 1e-30f));
-    pbw_tensor *nb = pbw_rsqrt(ctx, pbw_add_scalar(ctx, pbw_sum(ctx, pbw_square(ctx, b), 1, &last, 0), 1e-30f));
-    return pbw_mul(ctx, pbw_mul(ctx, dot, na), nb);
-}
-
 float pbw_cosine_f32(const float *a, const float *b, int64_t n) {
     double d = 0, na = 0, nb = 0;
     for (int64_t i = 0; i < n; i++) {

@@ -8,7 +8,7 @@
  *     px->requires_grad = 1;                                  // we want d loss / d pixels
  *     pbw_tensor *img = pbw_clip_encode_image(ctx, clip, px);               // (B, E)
  *     pbw_tensor *txt = pbw_clip_encode_text(ctx, clip, ids, 1, 77);         // (1, E)
- *     pbw_tensor *cos = pbw_clip_cosine(ctx, img, txt);                      // (B)
+ *     pbw_tensor *cos = pbw_cosine(ctx, img, txt);                           // (B)
  *     pbw_tensor *loss = pbw_sum_all(ctx, pbw_affine(ctx, cos, -1, 1));      // sum(1 - cos)
  *     if (pbw_backward(ctx, loss, NULL, &err)) ...;           // px->grad: (B,3,224,224)
  *     pbw_ctx_reset(ctx);  pbw_ctx_free(ctx);  pbw_clip_free(clip);
@@ -139,9 +139,6 @@ pbw_tensor *pbw_clip_encode_text(pbw_ctx *ctx, const pbw_clip *m, const int32_t 
 /* Index of the end token of one row of ids, by the model's rule (see above). */
 int64_t pbw_clip_eot_position(const pbw_clip *m, const int32_t *ids, int64_t T);
 
-/* Cosine similarity along the last dim: a (N, E) with b (N, E) or (1, E) -> (N), with
- * gradients (the painting loss is 1 - cos). */
-pbw_tensor *pbw_clip_cosine(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b);
 /* Cosine similarity of two float vectors of n elements (0 when either is zero). */
 float pbw_cosine_f32(const float *a, const float *b, int64_t n);
 

@@ -273,7 +273,7 @@ pbw_tensor *pbw_clip_crop_loss(pbw_ctx *ctx, const pbw_clip *clip, pbw_tensor *x
     const int64_t B = x->shape[0], per = n > 0 ? n : 1;
     pbw_tensor *px = pbw_clip_crops_patches(ctx, x, crops, n, clip->cfg.image_size,
                                             clip->cfg.patch_size);
-    pbw_tensor *cos = pbw_clip_cosine(ctx, pbw_clip_encode_image(ctx, clip, px), target);
+    pbw_tensor *cos = pbw_cosine(ctx, pbw_clip_encode_image(ctx, clip, px), target);
     pbw_tensor *l = pbw_affine(ctx, cos, -100.0f, 100.0f);          /* 100 (1 - cos), (B*n) */
     l = pbw_reshape(ctx, l, 2, (int64_t[]){B, per});
     const int ax = 1;
