@@ -14,10 +14,12 @@
  *         atomic order, one rounding per repeat.
  * Each case prints its worst error. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/pbw_ops.h"
 #include "cuda_parity.h"
+#include "gradcheck.h"
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
@@ -119,6 +121,61 @@ PBW_TEST(cuda_linear_row) {
         pbw_cuda_set_precision(PBW_PREC_FP32);
 #endif
     }
+}
+
+/* One row through three maps at once (pbw_linear_multi: StyleGAN2's styles made ahead), their
+ * outputs side by side: x's gradient adds all three maps' shares. */
+static pbw_tensor *linear_multi_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    pbw_tensor *w[3] = {in[1], in[3], in[4]}, *b[3] = {in[2], NULL, in[5]}, *y[3];
+    if (pbw_linear_multi(ctx, in[0], 3, w, b, y)) return NULL;
+    return pbw_concat(ctx, 3, y, 1);
+}
+
+/* Under bf16 the three maps run as one kernel forward and two backward: each output row summed
+ * as the one-row kernel sums it (the same bits as pbw_linear's), x's gradient the maps' sums
+ * added in order, so within cuda_linear_row's 1e-5 of the CPU; 16-byte rows (512) and not
+ * (13). */
+PBW_TEST(cuda_linear_multi) {
+    const double tol = 1e-5; /* as cuda_linear_row: fp32 sums in another order */
+    parity_input in[] = {{2, {1, 512}, 1}, {2, {512, 512}, 0}, {1, {512}, 0},
+                         {2, {256, 512}, 0}, {2, {13, 512}, 0}, {1, {13}, 0}};
+#ifdef PBW_HAVE_CUDA
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    const long before = pbw_cuda_rowvec_calls();
+#endif
+    CHECK(parity_check("linear_multi one row, 3 maps, bf16", linear_multi_fn, NULL, 6, in, tol) ==
+          0);
+#ifdef PBW_HAVE_CUDA
+    CHECK(pbw_cuda_rowvec_calls() - before >= 2); /* the three maps' kernels, each way */
+    /* the same bits as three pbw_linear calls */
+    pbw_err err;
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    CHECK(ctx != NULL);
+    if (ctx) {
+        const int64_t O[3] = {512, 256, 13};
+        float *xh = gc_rand(512, 5, -1, 1);
+        pbw_tensor *x = pbw_tensor_from_host(ctx, xh, 2, (int64_t[]){1, 512}), *w[3], *b[3], *y[3];
+        for (int k = 0; k < 3; k++) {
+            float *wh = gc_rand(O[k] * 512, 10 + k, -1, 1), *bh = gc_rand(O[k], 20 + k, -1, 1);
+            w[k] = pbw_tensor_from_host(ctx, wh, 2, (int64_t[]){O[k], 512});
+            b[k] = k == 1 ? NULL : pbw_tensor_from_host(ctx, bh, 1, (int64_t[]){O[k]});
+            free(wh), free(bh);
+        }
+        const long calls = pbw_cuda_rowvec_calls();
+        CHECK(pbw_linear_multi(ctx, x, 3, w, b, y) == 0);
+        CHECK(pbw_cuda_rowvec_calls() - calls == 1);
+        for (int k = 0; k < 3 && !pbw_ctx_failed(ctx); k++) {
+            pbw_tensor *one = pbw_linear(ctx, x, w[k], b[k]);
+            const float *a = one ? pbw_tensor_host(ctx, one) : NULL, *m = pbw_tensor_host(ctx, y[k]);
+            CHECK(a && m && memcmp(a, m, (size_t)O[k] * sizeof(float)) == 0);
+        }
+        CHECK(!pbw_ctx_failed(ctx));
+        free(xh);
+        pbw_ctx_free(ctx);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
 }
 
 static pbw_tensor *linear_add_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
@@ -380,8 +437,6 @@ PBW_TEST(cuda_embedding) {
  * convolutions); the half path must have been taken (pbw_cuda_linear_half_calls), and under
  * fp32 it never is (1e-5 against the CPU). */
 #ifdef PBW_HAVE_CUDA
-#include <stdlib.h>
-
 #include "core/pbw_rng.h"
 #include "cuda/pbw_cuda_elementwise.h"
 

@@ -870,6 +870,35 @@ PBW_TEST(ops_softmax) {
     free(x);
 }
 
+static pbw_tensor *linear_multi_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    pbw_tensor *w[2] = {in[1], in[3]}, *b[2] = {in[2], NULL}, *y[2];
+    if (pbw_linear_multi(ctx, in[0], 2, w, b, y)) return NULL;
+    return pbw_concat(ctx, 2, y, 1);
+}
+
+/* On the CPU pbw_linear_multi is pbw_linear once a map: the same values, and gradients for x
+ * and the maps (the one-kernel path is cuda_linear_multi's). */
+PBW_TEST(ops_linear_multi) {
+    pbw_ctx *ctx = new_ctx();
+    float *x = gc_rand(7, 1, -1, 1), *w1 = gc_rand(5 * 7, 2, -1, 1), *b1 = gc_rand(5, 3, -1, 1),
+          *w2 = gc_rand(3 * 7, 4, -1, 1);
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 2, (int64_t[]){1, 7});
+    pbw_tensor *w[2] = {pbw_tensor_wrap(ctx, w1, 2, (int64_t[]){5, 7}),
+                        pbw_tensor_wrap(ctx, w2, 2, (int64_t[]){3, 7})};
+    pbw_tensor *b[2] = {pbw_tensor_wrap(ctx, b1, 1, (int64_t[]){5}), NULL}, *y[2];
+    CHECK(pbw_linear_multi_fused(ctx, tx, 2, w, b) == 0);
+    CHECK(pbw_linear_multi(ctx, tx, 2, w, b, y) == 0);
+    for (int k = 0; k < 2 && y[0] && y[1]; k++) {
+        pbw_tensor *one = pbw_linear(ctx, tx, w[k], b[k]);
+        CHECK(one && memcmp(one->data, y[k]->data, (size_t)one->numel * sizeof(float)) == 0);
+    }
+    CHECK(pbw_linear_multi(ctx, tx, 0, w, b, y) == -1);
+    pbw_ctx_free(ctx);
+    gc_input in[4] = {{2, {1, 7}, x, 1}, {2, {5, 7}, w1, 1}, {1, {5}, b1, 1}, {2, {3, 7}, w2, 1}};
+    CHECK(gc_check("linear_multi", linear_multi_fn, NULL, 4, in, (gc_opts){0}) == 0);
+    free(x), free(w1), free(b1), free(w2);
+}
+
 static pbw_tensor *cosine_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_cosine(ctx, in[0], in[1]);
 }

@@ -25,6 +25,16 @@ extern "C" {
 pbw_tensor *pbw_matmul(pbw_ctx *ctx, pbw_tensor *a, pbw_tensor *b, int trans_a, int trans_b);
 /* x (...,in) @ w(out,in)^T + b(out) -> (...,out), as torch.nn.functional.linear. b may be NULL. */
 pbw_tensor *pbw_linear(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b);
+/* One input through n maps: y[k] = linear(x, w[k], b[k]) for k < n (b NULL, or b[k] NULL: no
+ * bias), the same values as n calls of pbw_linear. Where x is one row (1,I) on a GPU under the
+ * half precisions and the maps are constants, the n products run as one kernel and x's gradient
+ * from all of them as two (StyleGAN2's styles: one latent through every layer's affine map);
+ * elsewhere it is pbw_linear n times. y[] gets the n outputs; 0, or -1 with ctx failed. */
+int pbw_linear_multi(pbw_ctx *ctx, pbw_tensor *x, int n, pbw_tensor *const *w,
+                     pbw_tensor *const *b, pbw_tensor **y);
+/* 1 where pbw_linear_multi would run these as one kernel, 0 where it is pbw_linear n times. */
+int pbw_linear_multi_fused(pbw_ctx *ctx, const pbw_tensor *x, int n, pbw_tensor *const *w,
+                           pbw_tensor *const *b);
 /* r + linear(x, w, b), r of the output's shape: a residual connection in one op (one cuBLASLt
  * product on the GPU, r read as its C). */
 pbw_tensor *pbw_linear_add(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b,

@@ -302,6 +302,123 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
     return linear(ctx, "linear_add", x, w, b, r, 1);
 }
 
+/* ---- one row through n maps (pbw_linear_multi) ---- */
+
+typedef struct {
+    int n, done;
+    pbw_tensor *x, **w, **y; /* (1,I); n weights (O_k,I); their outputs */
+} multi_group;
+
+typedef struct {
+    multi_group *g;
+} multi_saved;
+
+/* The first of the group's nodes the backward reaches runs every map's input gradient: each
+ * node's output gradient is final by then, since the n nodes were recorded together before
+ * anything that reads their outputs. */
+static void linear_multi_backward(pbw_ctx *ctx, pbw_node *nd) {
+#ifdef PBW_HAVE_CUDA
+    multi_group *g = ((multi_saved *)nd->saved)->g;
+    if (g->done) return;
+    g->done = 1;
+    const float *gy[PBW_CUDA_ROWVEC_MULTI], *w[PBW_CUDA_ROWVEC_MULTI];
+    int64_t O[PBW_CUDA_ROWVEC_MULTI];
+    for (int k = 0; k < g->n; k++) {
+        pbw_tensor *y = g->y[k];
+        /* as pbw_backward prepares a node's output gradient: unreached or unset adds nothing */
+        if (pbw_grad_sync(ctx, y)) return;
+        gy[k] = y->grad && !y->grad_unset ? y->grad : NULL;
+        w[k] = g->w[k]->data;
+        O[k] = g->w[k]->shape[0];
+    }
+    const int64_t I = g->x->shape[1];
+    float beta = 1.0f;
+    float *gx = pbw_grad_out(ctx, g->x, &beta);
+    float *scratch = gx ? pbw_ctx_alloc(ctx, (size_t)(g->n * I) * sizeof(float) + 16) : NULL;
+    if (gx && (!scratch ||
+               pbw_cuda_rowvec_multi_backward(g->n, gy, w, O, gx, beta, I, scratch) != 0))
+        pbw_ctx_fail(ctx, "linear_multi: the input gradient could not be enqueued");
+#else
+    (void)ctx, (void)nd;
+#endif
+}
+
+int pbw_linear_multi_fused(pbw_ctx *ctx, const pbw_tensor *x, int n, pbw_tensor *const *w,
+                           pbw_tensor *const *b) {
+#ifdef PBW_HAVE_CUDA
+    if (pbw_ctx_failed(ctx) || !x || !w || !pbw_on_cuda(ctx) || n < 1 ||
+        n > PBW_CUDA_ROWVEC_MULTI || x->ndim != 2 || x->shape[0] != 1 || x->half_only ||
+        x->device != PBW_DEV_CUDA)
+        return 0;
+    int64_t O[PBW_CUDA_ROWVEC_MULTI];
+    for (int k = 0; k < n; k++) {
+        const pbw_tensor *bk = b ? b[k] : NULL;
+        if (!w[k] || w[k]->ndim != 2 || w[k]->shape[1] != x->shape[1] || w[k]->requires_grad ||
+            w[k]->device != PBW_DEV_CUDA || w[k]->half_only ||
+            (bk && (bk->numel != w[k]->shape[0] || bk->requires_grad ||
+                    bk->device != PBW_DEV_CUDA || bk->half_only)))
+            return 0;
+        O[k] = w[k]->shape[0];
+    }
+    return pbw_cuda_rowvec_multi_ok(n, O, x->shape[1]);
+#else
+    (void)ctx, (void)x, (void)n, (void)w, (void)b;
+    return 0;
+#endif
+}
+
+int pbw_linear_multi(pbw_ctx *ctx, pbw_tensor *x, int n, pbw_tensor *const *w,
+                     pbw_tensor *const *b, pbw_tensor **y) {
+    for (int k = 0; k < n; k++) y[k] = NULL;
+    if (pbw_ctx_failed(ctx)) return -1;
+    if (!x || n < 1 || !w) {
+        pbw_ctx_fail(ctx, "linear_multi: no input or no maps");
+        return -1;
+    }
+#ifdef PBW_HAVE_CUDA
+    if (pbw_linear_multi_fused(ctx, x, n, w, b)) { /* one kernel forward, two backward */
+        const float *wd[PBW_CUDA_ROWVEC_MULTI], *bd[PBW_CUDA_ROWVEC_MULTI];
+        float *yd[PBW_CUDA_ROWVEC_MULTI];
+        int64_t O[PBW_CUDA_ROWVEC_MULTI];
+        for (int k = 0; k < n; k++) {
+            wd[k] = w[k]->data;
+            bd[k] = b && b[k] ? b[k]->data : NULL;
+            O[k] = w[k]->shape[0];
+            if (!(y[k] = pbw_tensor_new(ctx, 2, (int64_t[]){1, O[k]}))) return -1;
+            yd[k] = y[k]->data;
+        }
+        if (pbw_cuda_rowvec_multi_forward(n, x->data, wd, bd, yd, O, x->shape[1])) {
+            pbw_ctx_fail(ctx, "linear_multi: the products could not be enqueued");
+            return -1;
+        }
+        pbw_tensor *in[3] = {x, NULL, NULL};
+        if (!pbw_needs_grad(ctx, in, 1)) return 0;
+        multi_group *g = pbw_arena_alloc(pbw_ctx_arena(ctx), sizeof *g);
+        pbw_tensor **ws = pbw_arena_alloc(pbw_ctx_arena(ctx), 2 * (size_t)n * sizeof *ws);
+        if (!g || !ws) {
+            pbw_ctx_fail(ctx, "linear_multi: out of memory");
+            return -1;
+        }
+        *g = (multi_group){n, 0, x, ws, ws + n};
+        for (int k = 0; k < n; k++) {
+            ws[k] = w[k];
+            ws[n + k] = y[k];
+            in[1] = w[k];
+            in[2] = b ? b[k] : NULL;
+            pbw_node *nd = pbw_tape_push(ctx, "linear_multi", linear_multi_backward, y[k], in,
+                                         in[2] ? 3 : 2, sizeof(multi_saved));
+            if (!nd) return -1;
+            ((multi_saved *)nd->saved)->g = g;
+            nd->writes = 1u; /* the first node reached writes x's gradient (pbw_grad_out) */
+        }
+        return 0;
+    }
+#endif
+    for (int k = 0; k < n; k++)
+        if (!(y[k] = pbw_linear(ctx, x, w[k], b ? b[k] : NULL))) return -1;
+    return 0;
+}
+
 pbw_tensor *pbw_linear_quick_gelu(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_tensor *b) {
 #ifdef PBW_HAVE_CUDA
     pbw_tensor *in[3] = {x, w, b};

@@ -497,14 +497,10 @@ extern "C" long pbw_cuda_linear_lt_forget(void) {
 // sum in fp32 in a fixed order (the same bits every run) and are taken under the half
 // precisions only: fp32 keeps cuBLAS's sums, the parity reference's.
 
-// y (O) = x (I) w^T (+ b): a warp a row of w.
-__global__ static void rowvec_fwd_kernel(const float *__restrict__ x, const float *__restrict__ w,
-                                         const float *__restrict__ b, float *__restrict__ y,
-                                         int O, int I, bool vec4) {
-    pbw_pdl_wait();
-    const int o = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
-    if (o >= O) return; // the whole warp
-    const float *wr = w + (int64_t)o * I;
+// Row o of y = x w^T (+ b) by one warp (every lane returns the sum).
+__device__ __forceinline__ float rowvec_row(const float *__restrict__ x,
+                                            const float *__restrict__ wr, int I, bool vec4,
+                                            int lane) {
     float s = 0.0f;
     if (vec4) {
         for (int i = 4 * lane; i < I; i += 128) {
@@ -518,8 +514,39 @@ __global__ static void rowvec_fwd_kernel(const float *__restrict__ x, const floa
     } else {
         for (int i = lane; i < I; i += 32) s = fmaf(wr[i], x[i], s);
     }
-    s = pbw_warp_sum(s);
+    return pbw_warp_sum(s);
+}
+
+// y (O) = x (I) w^T (+ b): a warp a row of w.
+__global__ static void rowvec_fwd_kernel(const float *__restrict__ x, const float *__restrict__ w,
+                                         const float *__restrict__ b, float *__restrict__ y,
+                                         int O, int I, bool vec4) {
+    pbw_pdl_wait();
+    const int o = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+    if (o >= O) return; // the whole warp
+    const float s = rowvec_row(x, w + (int64_t)o * I, I, vec4, lane);
     if (lane == 0) y[o] = b ? s + b[o] : s;
+}
+
+// n maps' rows in one grid: map k's rows are the warps from row0[k] to row0[k + 1].
+struct rowvec_jobs {
+    const float *w[PBW_CUDA_ROWVEC_MULTI], *b[PBW_CUDA_ROWVEC_MULTI];
+    float *y[PBW_CUDA_ROWVEC_MULTI];
+    const float *gy[PBW_CUDA_ROWVEC_MULTI];
+    int row0[PBW_CUDA_ROWVEC_MULTI + 1];
+    unsigned vec4; // bit k: map k's rows load 16-byte words
+    int n;
+};
+
+__global__ static void rowvec_multi_fwd_kernel(const float *__restrict__ x, rowvec_jobs j, int I) {
+    pbw_pdl_wait();
+    const int g = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+    if (g >= j.row0[j.n]) return; // the whole warp
+    int k = 0;
+    while (g >= j.row0[k + 1]) k++;
+    const int o = g - j.row0[k];
+    const float s = rowvec_row(x, j.w[k] + (int64_t)o * I, I, (j.vec4 >> k) & 1u, lane);
+    if (lane == 0) j.y[k][o] = j.b[k] ? s + j.b[k][o] : s;
 }
 
 // gx (I) = beta gx + gy (O) w (O, I): a block RV_COLS columns by RV_GROUPS groups of rows (a
@@ -547,6 +574,38 @@ __global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
     if (ty == 0 && i < I) gx[i] = beta != 0.0f ? gx[i] + part[0][tx] : part[0][tx];
 }
 
+// Map blockIdx.y's share of gx: part[k I + i] = gy[k] w[k] as rowvec_bwd_kernel sums it.
+__global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
+    rowvec_multi_bwd_kernel(rowvec_jobs j, float *__restrict__ part_out, int I) {
+    pbw_pdl_wait();
+    __shared__ float part[RV_GROUPS][RV_COLS];
+    const int tx = threadIdx.x % RV_COLS, ty = threadIdx.x / RV_COLS, k = blockIdx.y;
+    const int i = blockIdx.x * RV_COLS + tx, O = j.row0[k + 1] - j.row0[k];
+    const float *gy = j.gy[k], *w = j.w[k];
+    float s = 0.0f;
+    if (i < I && gy)
+#pragma unroll 4
+        for (int o = ty; o < O; o += RV_GROUPS) s = fmaf(gy[o], w[(int64_t)o * I + i], s);
+    part[ty][tx] = s;
+#pragma unroll
+    for (int h = RV_GROUPS / 2; h > 0; h /= 2) {
+        __syncthreads();
+        if (ty < h) part[ty][tx] += part[ty + h][tx];
+    }
+    if (ty == 0 && i < I) part_out[(int64_t)k * I + i] = part[0][tx];
+}
+
+// gx = beta gx + the maps' shares in k order (the same sums every run).
+__global__ static void rowvec_multi_sum_kernel(const float *__restrict__ part, float *gx,
+                                               float beta, int n, int I) {
+    pbw_pdl_wait();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= I) return;
+    float s = beta != 0.0f ? gx[i] : 0.0f;
+    for (int k = 0; k < n; k++) s += part[(int64_t)k * I + i];
+    gx[i] = s;
+}
+
 static long g_rowvec_calls = 0;
 extern "C" long pbw_cuda_rowvec_calls(void) { return g_rowvec_calls; }
 
@@ -564,6 +623,66 @@ extern "C" int pbw_cuda_rowvec_backward(const float *gy, const float *w, float *
     pbw_launch(rowvec_bwd_kernel, (unsigned)((I + RV_COLS - 1) / RV_COLS), RV_COLS * RV_GROUPS, 0,
                gy, w, gx, beta, (int)O, (int)I);
     PBW_CUDA_LAUNCHED("linear backward (one row)");
+    g_rowvec_calls++;
+    return 0;
+}
+
+extern "C" int pbw_cuda_rowvec_multi_ok(int n, const int64_t *O, int64_t I) {
+    if (n < 1 || n > PBW_CUDA_ROWVEC_MULTI) return 0;
+    int64_t rows = 0;
+    for (int k = 0; k < n; k++) {
+        if (!rowvec_taken(O[k], I) || rows + O[k] > INT_MAX / 32) return 0;
+        rows += O[k];
+    }
+    return 1;
+}
+
+// The jobs of n maps of one row of I, or false where the one-row kernels are not taken.
+static bool rowvec_jobs_of(int n, const float *x, const float *const *w, const int64_t *O,
+                           int64_t I, rowvec_jobs *j) {
+    if (!pbw_cuda_rowvec_multi_ok(n, O, I)) return false;
+    *j = rowvec_jobs{};
+    j->n = n;
+    int64_t rows = 0;
+    for (int k = 0; k < n; k++) {
+        j->w[k] = w[k];
+        j->row0[k] = (int)rows;
+        rows += O[k];
+        if (I % 4 == 0 && (!x || align_of(x) >= 16) && align_of(w[k]) >= 16) j->vec4 |= 1u << k;
+    }
+    j->row0[n] = (int)rows;
+    return true;
+}
+
+extern "C" int pbw_cuda_rowvec_multi_forward(int n, const float *x, const float *const *w,
+                                             const float *const *b, float *const *y,
+                                             const int64_t *O, int64_t I) {
+    rowvec_jobs j;
+    if (!rowvec_jobs_of(n, x, w, O, I, &j)) return -1;
+    for (int k = 0; k < n; k++) {
+        j.b[k] = b ? b[k] : nullptr;
+        j.y[k] = y[k];
+    }
+    const int64_t rows = j.row0[n];
+    pbw_launch(rowvec_multi_fwd_kernel, (unsigned)((rows * 32 + 255) / 256), 256, 0, x, j,
+               (int)I);
+    PBW_CUDA_LAUNCHED("linear (one row, n maps)");
+    g_rowvec_calls++;
+    return 0;
+}
+
+extern "C" int pbw_cuda_rowvec_multi_backward(int n, const float *const *gy,
+                                              const float *const *w, const int64_t *O, float *gx,
+                                              float beta, int64_t I, float *scratch) {
+    rowvec_jobs j;
+    if (!scratch || !rowvec_jobs_of(n, nullptr, w, O, I, &j)) return -1;
+    for (int k = 0; k < n; k++) j.gy[k] = gy[k];
+    pbw_launch(rowvec_multi_bwd_kernel, dim3((unsigned)((I + RV_COLS - 1) / RV_COLS), (unsigned)n),
+               RV_COLS * RV_GROUPS, 0, j, scratch, (int)I);
+    PBW_CUDA_LAUNCHED("linear backward (one row, n maps)");
+    pbw_launch(rowvec_multi_sum_kernel, (unsigned)((I + 255) / 256), 256, 0, (const float *)scratch,
+               gx, beta, n, (int)I);
+    PBW_CUDA_LAUNCHED("linear backward (one row, n maps' sum)");
     g_rowvec_calls++;
     return 0;
 }

@@ -215,6 +215,20 @@ int pbw_cuda_linear_backward_half_gy(const void *gyh, const float *w, float *gx,
  * same way. 0 when enqueued, -1 when not taken. */
 int pbw_cuda_rowvec_backward(const float *gy, const float *w, float *gx, float beta, int64_t O,
                              int64_t I);
+/* One row x (I) through n maps at once, under the same precisions as pbw_cuda_rowvec_backward:
+ * y[k] (O[k]) = x w[k]^T (+ b[k], each may be NULL) in one kernel, each row summed as the
+ * one-row forward sums it (the same bits); and the input gradient
+ * gx (I) = beta gx + sum_k gy[k] w[k] in two kernels, the maps' sums added in k order (a gy[k]
+ * NULL adds nothing), scratch n I floats of device memory. n <= PBW_CUDA_ROWVEC_MULTI. 0 when
+ * enqueued, -1 when not taken. */
+#define PBW_CUDA_ROWVEC_MULTI 32
+int pbw_cuda_rowvec_multi_ok(int n, const int64_t *O, int64_t I); /* 1: they would be taken */
+int pbw_cuda_rowvec_multi_forward(int n, const float *x, const float *const *w,
+                                  const float *const *b, float *const *y, const int64_t *O,
+                                  int64_t I);
+int pbw_cuda_rowvec_multi_backward(int n, const float *const *gy, const float *const *w,
+                                   const int64_t *O, float *gx, float beta, int64_t I,
+                                   float *scratch);
 /* One-row products (forward and backward) enqueued so far (tests). */
 long pbw_cuda_rowvec_calls(void);
 /* Input gradients made on bf16 operands so far (tests). */

@@ -444,6 +444,7 @@ typedef struct layer_in {
     pbw_tensor *m_in, *m_out;
     int mixed;
     pbw_tensor *s0, *d0; /* lat0's style and demodulation when made already (pbw_sg2_fixed) */
+    pbw_tensor *s;       /* lat's style when made already (styles_ahead) */
 } layer_in;
 
 /* Demodulation coefficients from style s (N,C): rsqrt(s^2 Wsq^T + 1e-8) -> (N,O). */
@@ -475,7 +476,7 @@ static pbw_tensor *style_of(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, pb
 /* The layer's style s, and s0 (the original latent's) when masked. */
 static void styles(pbw_ctx *ctx, const pbw_sg2_modulated_conv2d *mc, const layer_in *li,
                    pbw_tensor **s, pbw_tensor **s0) {
-    *s = style_of(ctx, mc, li->lat);
+    *s = li->s ? li->s : style_of(ctx, mc, li->lat);
     *s0 = !li->m_in ? NULL : li->s0 ? li->s0 : style_of(ctx, mc, li->lat0);
 }
 
@@ -670,11 +671,13 @@ static pbw_tensor *to_rgb_lane(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tenso
     return out;
 }
 
-/* The masked-style context of the layer with latent index idx (a ToRGB layer when rgb). */
-static layer_in layer_of(pbw_tensor *const *lat, const pbw_sg2_opts *opts, int idx, int side_in,
-                         int side_out, int rgb) {
+/* The masked-style context of the layer with latent index idx (a ToRGB layer when rgb), a
+ * convolution's with its style from pre[idx] where made ahead (pre may be NULL; a ToRGB layer
+ * shares its latent index with the next block's first convolution). */
+static layer_in layer_of(pbw_tensor *const *lat, pbw_tensor *const *pre,
+                         const pbw_sg2_opts *opts, int idx, int side_in, int side_out, int rgb) {
     const pbw_sg2_mask *mk = opts ? opts->mask : NULL;
-    layer_in li = {lat[idx], NULL, NULL, NULL, 0, NULL, NULL};
+    layer_in li = {lat[idx], NULL, NULL, NULL, 0, NULL, NULL, pre && !rgb ? pre[idx] : NULL};
     if (!mk) return li;
     li.lat0 = opts->lat0[idx];
     li.m_in = rgb && opts->unmasked_torgb ? NULL : mk->m[side_in];
@@ -710,13 +713,41 @@ int pbw_sg2_fixed_make(pbw_ctx *ctx, const pbw_stylegan2 *g, const pbw_sg2_opts 
     return pbw_ctx_failed(ctx) ? -1 : 0;
 }
 
-/* Upsampling blocks b0..b1-1 from p's features and skip (p->next_block == b0), into p. */
+/* The styles of the convolutions of blocks b0..b1-1 (and conv1's, the first layer, with
+ * first), made ahead into pre[latent index] by one op where one latent row feeds every one of
+ * them and the op runs them as one kernel forward and two backward (pbw_linear_multi_fused: on
+ * a GPU under the half precisions, as in an edit's Adam step), where each layer's one-row
+ * product was a kernel of its own both ways. Elsewhere pre[] is left NULL and each layer makes
+ * its own style as it comes, so that the parity reference (the CPU, fp32) keeps its order of
+ * sums. The ToRGB layers' styles stay with them (on the skip path's lane). */
+static int styles_ahead(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
+                        int first, int b0, int b1, pbw_tensor **pre) {
+    for (int i = 0; i < g->n_latent; i++) pre[i] = NULL;
+    const pbw_sg2_modulated_conv2d *mc[PBW_SG2_MAX_LATENT];
+    int idx[PBW_SG2_MAX_LATENT], n = 0;
+    if (first) mc[n] = &g->conv1.conv, idx[n++] = 0;
+    for (int b = b0; b < b1; b++)
+        for (int j = 0; j < 2; j++) mc[n] = &g->convs[2 * b + j].conv, idx[n++] = 1 + 2 * b + j;
+    if (n < 2 || lat[idx[0]]->shape[0] != 1) return 0;
+    for (int k = 1; k < n; k++)
+        if (lat[idx[k]] != lat[idx[0]]) return 0;
+    pbw_tensor *w[PBW_SG2_MAX_LATENT], *b[PBW_SG2_MAX_LATENT], *y[PBW_SG2_MAX_LATENT];
+    for (int k = 0; k < n; k++) w[k] = mc[k]->modulation.weight, b[k] = mc[k]->modulation.bias;
+    if (!pbw_linear_multi_fused(ctx, lat[idx[0]], n, w, b)) return 0;
+    if (pbw_linear_multi(ctx, lat[idx[0]], n, w, b, y)) return -1;
+    for (int k = 0; k < n; k++) pre[idx[k]] = y[k];
+    return 0;
+}
+
+/* Upsampling blocks b0..b1-1 from p's features and skip (p->next_block == b0), into p; pre:
+ * their styles made ahead, where styles_ahead made them. */
 static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *lat,
-                      const pbw_sg2_opts *opts, int b1, pbw_sg2_partial *p) {
+                      pbw_tensor *const *pre, const pbw_sg2_opts *opts, int b1,
+                      pbw_sg2_partial *p) {
     const int64_t n = lat[0]->shape[0];
     pbw_tensor *x = p->x, *skip = p->skip;
-#define LAYER(idx, side_in, side_out) layer_of(lat, opts, idx, side_in, side_out, 0)
-#define RGB_LAYER(idx, side) layer_of(lat, opts, idx, side, side, 1)
+#define LAYER(idx, side_in, side_out) layer_of(lat, pre, opts, idx, side_in, side_out, 0)
+#define RGB_LAYER(idx, side) layer_of(lat, pre, opts, idx, side, side, 1)
     pbw_ctx_mark mark;
     int held = 0; /* the block before the last held its mark over (below) */
     for (int b = p->next_block; b < b1; b++) {
@@ -766,6 +797,8 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
         return -1;
     }
     const int64_t n = lat[0]->shape[0];
+    pbw_tensor *pre[PBW_SG2_MAX_LATENT];
+    if (styles_ahead(ctx, g, lat, 1, 0, blocks, pre)) return -1;
     /* ConstantInput: the learned 4x4 map repeated over the batch (a weight: no gradient) */
     pbw_tensor *x = g->input;
     if (n != 1) /* broadcast over the batch (a copy, on any device) */
@@ -779,7 +812,7 @@ int pbw_sg2_synthesis_begin(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *co
         pbw_lane_join(ctx);
         return -1;
     }
-    return run_blocks(ctx, g, lat, opts, blocks, p);
+    return run_blocks(ctx, g, lat, pre, opts, blocks, p);
 }
 #undef LAYER
 #undef RGB_LAYER
@@ -795,7 +828,10 @@ pbw_tensor *pbw_sg2_synthesis_finish(pbw_ctx *ctx, const pbw_stylegan2 *g,
     if (q.skip->shape[0] != lat[0]->shape[0])
         return pbw_ctx_fail(ctx, "stylegan2 synthesis: %lld latents for a partial synthesis of "
                             "%lld", (long long)lat[0]->shape[0], (long long)q.skip->shape[0]);
-    if (run_blocks(ctx, g, lat, opts, g->log_size - 2, &q)) return NULL;
+    pbw_tensor *pre[PBW_SG2_MAX_LATENT];
+    if (styles_ahead(ctx, g, lat, 0, q.next_block, g->log_size - 2, pre) ||
+        run_blocks(ctx, g, lat, pre, opts, g->log_size - 2, &q))
+        return NULL;
     return q.skip;
 }
 
