@@ -1003,13 +1003,15 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
     pbw_lane_join(ctx); /* a fork left open: its mark then starts the backward (no-op if none) */
     float *g = pbw_grad(ctx, loss);
     if (!g) return pbw_ctx_check(ctx, err);
-    if (ctx->dev == PBW_DEV_CUDA) {
+    if (ctx->dev == PBW_DEV_CUDA && !seed) {
+#ifdef PBW_HAVE_CUDA
+        /* ones added in place: one kernel, where an uploaded seed takes a copy and an add */
+        pbw_cuda_unary_forward(PBW_UN_AFFINE, 1.0f, 1.0f, g, g, loss->numel);
+#endif
+    } else if (ctx->dev == PBW_DEV_CUDA) {
 #ifdef PBW_HAVE_CUDA
         /* the seed is added, as on the CPU (the loss may already hold a gradient) */
-        float *h = pbw_arena_alloc(&ctx->act, (size_t)loss->numel * sizeof(float) + 1);
-        if (!h) return pbw_err_set(err, "out of memory");
-        for (int64_t i = 0; i < loss->numel; i++) h[i] = seed ? seed[i] : 1.0f;
-        float *d = pbw_ctx_upload(ctx, h, (size_t)loss->numel * sizeof(float));
+        float *d = pbw_ctx_upload(ctx, seed, (size_t)loss->numel * sizeof(float));
         if (!d) return pbw_ctx_check(ctx, err);
         const int64_t shape[5] = {1, 1, 1, 1, loss->numel}, st[5] = {0, 0, 0, 0, 1};
         pbw_cuda_accumulate(shape, d, st, g, st, 1.0f);
