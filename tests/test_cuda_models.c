@@ -766,8 +766,8 @@ PBW_TEST(cuda_eigh) {
 }
 
 /* pbw_cuda_d2h_gather: several read-backs with one wait give what each pbw_cuda_d2h gives,
- * whatever their sizes (none, under and over the 16-byte slots, and a second call that grows
- * the pinned staging). */
+ * whatever their sizes (none, under and over the 16-byte slots, a second call that grows the
+ * pinned staging, and sizes of odd bytes from unaligned sources). */
 PBW_TEST(cuda_d2h_gather) {
 #ifdef PBW_HAVE_CUDA
     pbw_err err = {0};
@@ -806,6 +806,22 @@ PBW_TEST(cuda_d2h_gather) {
             free(got[i]);
             pbw_cuda_free(dev[i]);
         }
+    }
+    /* sizes that are not whole words, from unaligned sources (the device gather's byte path) */
+    unsigned char hb[64], gb[3][40];
+    const size_t nb[3] = {7, 1, 33};
+    for (int k = 0; k < 64; k++) hb[k] = (unsigned char)(k * 7 + 1);
+    unsigned char *db = pbw_cuda_malloc(64);
+    CHECK(db && pbw_cuda_h2d(db, hb, 64) == 0);
+    if (db) {
+        void *dst[3] = {gb[0], gb[1], gb[2]};
+        const void *src[3] = {db + 1, db + 10, db + 13};
+        memset(gb, 0xee, sizeof gb);
+        CHECK(pbw_cuda_d2h_gather(3, dst, src, nb) == 0);
+        CHECK(memcmp(gb[0], hb + 1, 7) == 0 && gb[0][7] == 0xee);
+        CHECK(gb[1][0] == hb[10] && gb[1][1] == 0xee);
+        CHECK(memcmp(gb[2], hb + 13, 33) == 0 && gb[2][33] == 0xee);
+        pbw_cuda_free(db);
     }
 #endif
 }
