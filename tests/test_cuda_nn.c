@@ -1,7 +1,8 @@
 /* test_cuda_nn.c: the matrix products and nn ops on CUDA against the CPU (cuda_parity.h):
- * matmul, linear, layer norm, batch norm, softmax, cosine, attention, attention_qkv, embedding,
- * forward and input gradients, at the shapes the models use (CLIP ViT-B/32: width 768, 50
- * tokens, 12 heads of 64; text: 77 tokens, width 512, causal) and at odd sizes.
+ * matmul, linear, layer norm, batch norm, softmax, class_position, cosine, attention,
+ * attention_qkv, embedding, forward and input gradients, at the shapes the models use (CLIP
+ * ViT-B/32: width 768, 50 tokens, 12 heads of 64; text: 77 tokens, width 512, causal) and at
+ * odd sizes.
  *
  * The CUDA GEMMs run at the default precision, plain fp32 (no TF32). Tolerances are errors
  * relative to each tensor's largest value:
@@ -312,6 +313,22 @@ PBW_TEST(cuda_softmax) {
     CHECK(parity_check("softmax rows of 1000", softmax_fn, NULL, 1, lng, tol) == 0);
     parity_input sht[] = {{2, {9, 3}, 1, -4.0f, 4.0f}};
     CHECK(parity_check("softmax rows of 3", softmax_fn, NULL, 1, sht, tol) == 0);
+}
+
+/* ---- a ViT's class token and positions ---- */
+
+static pbw_tensor *class_position_fn(pbw_ctx *ctx, pbw_tensor **in, void *arg) {
+    (void)arg;
+    return pbw_class_position(ctx, in[0], in[1], in[2]);
+}
+
+PBW_TEST(cuda_class_position) {
+    const double tol = 0; /* one fp32 addition a value forward, a copy backward: exact */
+    /* ViT-B/32's 49 patches of 768 at 3 crops (16-byte rows), and rows of 6 (the scalar path) */
+    parity_input vit[] = {{3, {3, 49, 768}, 1}, {1, {768}, 0}, {2, {50, 768}, 0}};
+    CHECK(parity_check("class_position 3 x 49 x 768", class_position_fn, NULL, 3, vit, tol) == 0);
+    parity_input odd[] = {{3, {2, 5, 6}, 1}, {1, {6}, 0}, {2, {6, 6}, 0}};
+    CHECK(parity_check("class_position 2 x 5 x 6", class_position_fn, NULL, 3, odd, tol) == 0);
 }
 
 /* ---- cosine of rows ---- */

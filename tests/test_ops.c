@@ -899,6 +899,49 @@ PBW_TEST(ops_linear_multi) {
     free(x), free(w1), free(b1), free(w2);
 }
 
+static pbw_tensor *class_position_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
+    pbw_tensor **c = u; /* the class token and positions */
+    return pbw_class_position(ctx, in[0], c[0], c[1]);
+}
+
+/* The same values as zeros + cls, concat and add (single fp32 additions); x's gradient by
+ * finite differences; shapes that do not fit, and a class token that would take a gradient,
+ * fail with a message. */
+PBW_TEST(ops_class_position) {
+    pbw_ctx *ctx = new_ctx();
+    const int64_t B = 2, P = 3, W = 5;
+    float *x = gc_rand(B * P * W, 81, -1, 1), *c = gc_rand(W, 82, -1, 1),
+          *p = gc_rand((P + 1) * W, 83, -1, 1);
+    pbw_tensor *tx = pbw_tensor_wrap(ctx, x, 3, (int64_t[]){B, P, W});
+    pbw_tensor *tc = pbw_tensor_wrap(ctx, c, 1, (int64_t[]){W});
+    pbw_tensor *tp = pbw_tensor_wrap(ctx, p, 2, (int64_t[]){P + 1, W});
+    pbw_tensor *y = pbw_class_position(ctx, tx, tc, tp);
+    pbw_tensor *cls = pbw_add(ctx, pbw_tensor_zeros(ctx, 3, (int64_t[]){B, 1, W}), tc);
+    pbw_tensor *parts[2] = {cls, tx};
+    pbw_tensor *ref = pbw_add(ctx, pbw_concat(ctx, 2, parts, 1), tp);
+    CHECK(y && ref && y->numel == ref->numel &&
+          memcmp(y->data, ref->data, (size_t)y->numel * sizeof(float)) == 0);
+    CHECK(pbw_class_position(ctx, tx, tc, tx) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "(P+1,W)") != NULL, "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    tx = pbw_tensor_wrap(ctx, x, 3, (int64_t[]){B, P, W});
+    tc = pbw_tensor_wrap(ctx, c, 1, (int64_t[]){W});
+    tp = pbw_tensor_wrap(ctx, p, 2, (int64_t[]){P + 1, W});
+    tc->requires_grad = 1;
+    CHECK(pbw_class_position(ctx, tx, tc, tp) == NULL);
+    CHECK_MSG(strstr(pbw_ctx_error(ctx), "constants") != NULL, "%s", pbw_ctx_error(ctx));
+    pbw_ctx_reset(ctx);
+    /* the constants live in ctx2 (gc_check makes its own contexts for x) */
+    pbw_ctx *ctx2 = new_ctx();
+    pbw_tensor *consts[2] = {pbw_tensor_wrap(ctx2, c, 1, (int64_t[]){W}),
+                             pbw_tensor_wrap(ctx2, p, 2, (int64_t[]){P + 1, W})};
+    gc_input in = {3, {B, P, W}, x, 1};
+    CHECK(gc_check("class_position", class_position_fn, consts, 1, &in, (gc_opts){0}) == 0);
+    pbw_ctx_free(ctx2);
+    pbw_ctx_free(ctx);
+    free(x), free(c), free(p);
+}
+
 static pbw_tensor *cosine_fn(pbw_ctx *ctx, pbw_tensor **in, void *u) {
     return pbw_cosine(ctx, in[0], in[1]);
 }

@@ -166,6 +166,11 @@ pbw_tensor *pbw_lpips_layer(pbw_ctx *ctx, pbw_tensor *f, pbw_tensor *ref, pbw_te
                             pbw_tensor *k, float eps);
 /* Softmax over the last dim. */
 pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x);
+/* A ViT's tokens: x (B,P,W) (the patches' embeddings) with the class token cls (W) put before
+ * each item's rows and the position embedding pos (P+1,W) added: (B,P+1,W), row 0 cls + pos[0],
+ * row t x[t-1] + pos[t] (the same sums as concat and add). cls and pos are constants; x's
+ * gradient flows. One pass each way, where zeros, adds and a concat took five kernels. */
+pbw_tensor *pbw_class_position(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *cls, pbw_tensor *pos);
 /* Cosine similarity of rows: a (N,E), b (N,E) or (1,E) (one row for all) -> (N):
  * a_r . b_r / (sqrt(|a_r|^2 + 1e-30) sqrt(|b_r|^2 + 1e-30)), the sums in double (the tiny term
  * only keeps a zero row from giving inf; it is below float resolution for any real embedding).

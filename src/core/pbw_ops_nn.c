@@ -1,5 +1,5 @@
 /* pbw_ops_nn.c: layer norm, batch norm (inference statistics), LPIPS's weighted layer term,
- * softmax, the cosine of rows, attention, embedding. */
+ * softmax, a ViT's class token and positions, the cosine of rows, attention, embedding. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -227,6 +227,40 @@ pbw_tensor *pbw_softmax(pbw_ctx *ctx, pbw_tensor *x) {
     if (D > 0) PBW_KERNEL(ctx, softmax_forward, x->data, y->data, x->numel / D, D);
     if (pbw_needs_grad(ctx, &x, 1) && !pbw_tape_push(ctx, "softmax", softmax_backward, y, &x, 1, 0))
         return NULL;
+    return y;
+}
+
+/* ---- a ViT's class token and position embedding ---- */
+
+static void class_position_backward(pbw_ctx *ctx, pbw_node *n) {
+    pbw_tensor *x = n->in[0];
+    float beta; /* x's gradient: y's rows after the first, whole (n->writes) */
+    float *gx = pbw_grad_out(ctx, x, &beta);
+    if (!gx) return;
+    PBW_KERNEL(ctx, class_position_backward, n->out->grad, gx, x->shape[0], n->out->shape[1],
+               x->shape[2], beta != 0.0f);
+}
+
+pbw_tensor *pbw_class_position(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *cls, pbw_tensor *pos) {
+    pbw_tensor *in[3] = {x, cls, pos};
+    if (pbw_op_begin(ctx, "class_position", 3, in)) return NULL;
+    char sx[64], sp[64];
+    if (x->ndim != 3 || cls->numel != x->shape[2] || pos->ndim != 2 ||
+        pos->shape[0] != x->shape[1] + 1 || pos->shape[1] != x->shape[2])
+        return pbw_ctx_fail(ctx, "class_position: x %s, class token of %lld and positions %s "
+                            "must be (B,P,W), W and (P+1,W)", pbw_shape_str(x, sx, sizeof sx),
+                            (long long)cls->numel, pbw_shape_str(pos, sp, sizeof sp));
+    if (cls->requires_grad || pos->requires_grad)
+        return pbw_ctx_fail(ctx, "class_position: the class token and positions are constants");
+    const int64_t B = x->shape[0], T = x->shape[1] + 1, W = x->shape[2];
+    pbw_tensor *y = pbw_tensor_new(ctx, 3, (int64_t[]){B, T, W});
+    if (!y) return NULL;
+    PBW_KERNEL(ctx, class_position_forward, x->data, cls->data, pos->data, y->data, B, T, W);
+    if (pbw_needs_grad(ctx, &x, 1)) {
+        pbw_node *n = pbw_tape_push(ctx, "class_position", class_position_backward, y, in, 3, 0);
+        if (!n) return NULL;
+        n->writes = 1u;
+    }
     return y;
 }
 

@@ -101,6 +101,13 @@ void pbw_cpu_batch_norm_backward(const float *x, const float *mean, const float 
 /* rows (R,D) */
 void pbw_cpu_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
 void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
+/* A ViT's tokens (pbw_class_position): y (B,T,W) rows t = 0: cls + pos[0], t >= 1:
+ * x[b, t-1] + pos[t], from x (B,T-1,W), cls (W), pos (T,W). The backward writes (add 0) or adds
+ * (1) y's rows t >= 1 into gx (B,T-1,W). */
+void pbw_cpu_class_position_forward(const float *x, const float *cls, const float *pos,
+                                    float *y, int64_t B, int64_t T, int64_t W);
+void pbw_cpu_class_position_backward(const float *gy, float *gx, int64_t B, int64_t T,
+                                     int64_t W, int add);
 /* Cosine of rows (pbw_cosine): a (N,E), row r of b at b + r * b_stride (b_stride E, or 0 for one
  * row for all) -> y (N), with norms (N,2) the 1/|a_r| and 1/|b_r| the backward reads. The
  * backward adds gy's gradient to ga (N,E) and gb (as b), either NULL when not wanted. */

@@ -196,6 +196,29 @@ void pbw_cpu_softmax_backward(const float *y, const float *gy, float *gx, int64_
     for (int64_t r = 0; r < R; r++) softmax_row_backward(y + r * D, gy + r * D, gx + r * D, D);
 }
 
+/* ---- a ViT's class token and position embedding ---- */
+
+void pbw_cpu_class_position_forward(const float *x, const float *cls, const float *pos,
+                                    float *y, int64_t B, int64_t T, int64_t W) {
+#pragma omp parallel for schedule(static) if (B * T * W > 65536)
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        const int64_t b = bt / T, t = bt % T;
+        const float *src = t ? x + (b * (T - 1) + t - 1) * W : cls, *p = pos + t * W;
+        float *yr = y + bt * W;
+        for (int64_t i = 0; i < W; i++) yr[i] = src[i] + p[i];
+    }
+}
+
+void pbw_cpu_class_position_backward(const float *gy, float *gx, int64_t B, int64_t T,
+                                     int64_t W, int add) {
+#pragma omp parallel for schedule(static) if (B * T * W > 65536)
+    for (int64_t r = 0; r < B * (T - 1); r++) {
+        const float *g = gy + (r + r / (T - 1) + 1) * W; /* row t = r % (T-1) + 1 of item r/(T-1) */
+        float *o = gx + r * W;
+        for (int64_t i = 0; i < W; i++) o[i] = add ? o[i] + g[i] : g[i];
+    }
+}
+
 /* ---- cosine of rows ---- */
 
 void pbw_cpu_cosine_forward(const float *a, const float *b, int64_t b_stride, float *y,

@@ -1363,6 +1363,60 @@ extern "C" void pbw_cuda_softmax_backward(const float *y, const float *gy, float
     PBW_CUDA_LAUNCHED("softmax_backward");
 }
 
+// ---------------- a ViT's class token and position embedding ----------------
+
+__device__ __forceinline__ float vadd(float a, float b) { return a + b; }
+__device__ __forceinline__ float4 vadd(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+// V: float4 where rows are whole 16-byte words (W % 4 == 0, aligned), else float; W in V's.
+template <typename V>
+__global__ static void class_position_fwd_kernel(const V *x, const V *cls, const V *pos, V *y,
+                                                 int64_t B, int64_t T, int64_t W) {
+    pbw_pdl_wait();
+    PBW_GRID_STRIDE(i, B * T * W) {
+        const int64_t w = i % W, bt = i / W, b = bt / T, t = bt % T;
+        y[i] = vadd(t ? x[(b * (T - 1) + t - 1) * W + w] : cls[w], pos[t * W + w]);
+    }
+}
+
+template <typename V>
+__global__ static void class_position_bwd_kernel(const V *gy, V *gx, int64_t B, int64_t T,
+                                                 int64_t W, int add) {
+    pbw_pdl_wait();
+    PBW_GRID_STRIDE(i, B * (T - 1) * W) {
+        const V g = gy[i + (i / W / (T - 1) + 1) * W]; // row t = r % (T-1) + 1 of r / (T-1)
+        gx[i] = add ? vadd(gx[i], g) : g;
+    }
+}
+
+extern "C" void pbw_cuda_class_position_forward(const float *x, const float *cls,
+                                                const float *pos, float *y, int64_t B, int64_t T,
+                                                int64_t W) {
+    if (B * T * W == 0) return;
+    if (W % 4 == 0 && aligned(x, 16) && aligned(cls, 16) && aligned(pos, 16) && aligned(y, 16))
+        pbw_launch(class_position_fwd_kernel<float4>, pbw_grid(B * T * W / 4), 256, 0,
+                   (const float4 *)x, (const float4 *)cls, (const float4 *)pos, (float4 *)y, B,
+                   T, W / 4);
+    else
+        pbw_launch(class_position_fwd_kernel<float>, pbw_grid(B * T * W), 256, 0, x, cls, pos, y,
+                   B, T, W);
+    PBW_CUDA_LAUNCHED("class_position_forward");
+}
+
+extern "C" void pbw_cuda_class_position_backward(const float *gy, float *gx, int64_t B,
+                                                 int64_t T, int64_t W, int add) {
+    if (B * (T - 1) * W == 0 || !gx) return;
+    if (W % 4 == 0 && aligned(gy, 16) && aligned(gx, 16))
+        pbw_launch(class_position_bwd_kernel<float4>, pbw_grid(B * (T - 1) * W / 4), 256, 0,
+                   (const float4 *)gy, (float4 *)gx, B, T, W / 4, add);
+    else
+        pbw_launch(class_position_bwd_kernel<float>, pbw_grid(B * (T - 1) * W), 256, 0, gy, gx, B,
+                   T, W, add);
+    PBW_CUDA_LAUNCHED("class_position_backward");
+}
+
 // ---------------- cosine of rows ----------------
 
 // A block of COS_THREADS a row, the sums in double as the CPU's (only their order differs):

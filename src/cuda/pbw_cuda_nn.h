@@ -75,6 +75,11 @@ void pbw_cuda_batch_norm_backward(const float *x, const float *mean, const float
 void pbw_cuda_softmax_forward(const float *x, float *y, int64_t R, int64_t D);
 void pbw_cuda_softmax_backward(const float *y, const float *gy, float *gx, int64_t R, int64_t D);
 
+/* a ViT's tokens (as pbw_cpu_class_position_*) */
+void pbw_cuda_class_position_forward(const float *x, const float *cls, const float *pos,
+                                     float *y, int64_t B, int64_t T, int64_t W);
+void pbw_cuda_class_position_backward(const float *gy, float *gx, int64_t B, int64_t T,
+                                      int64_t W, int add);
 /* cosine of rows (as pbw_cpu_cosine_*) */
 void pbw_cuda_cosine_forward(const float *a, const float *b, int64_t b_stride, float *y,
                              float *norms, int64_t N, int64_t E);

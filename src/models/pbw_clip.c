@@ -717,10 +717,7 @@ pbw_tensor *pbw_clip_encode_image(pbw_ctx *ctx, const pbw_clip *m, pbw_tensor *p
     pbw_tensor *x = patches ? px : pbw_clip_patches(ctx, px, (int)P);
     pbw_tensor *wp = pbw_reshape(ctx, m->patch_w, 2, (int64_t[]){W, C * P * P});
     x = pbw_linear(ctx, x, wp, NULL);                                    /* (B,g*g,W) */
-    pbw_tensor *cls = pbw_add(ctx, pbw_tensor_zeros(ctx, 3, (int64_t[]){B, 1, W}), m->class_emb);
-    pbw_tensor *parts[2] = {cls, x};
-    x = pbw_concat(ctx, 2, parts, 1);                                    /* (B,T,W) */
-    x = pbw_add(ctx, x, m->vis_pos);
+    x = pbw_class_position(ctx, x, m->class_emb, m->vis_pos);            /* (B,T,W) */
     x = pbw_layer_norm(ctx, x, m->ln_pre_w, m->ln_pre_b, c->vision.ln_eps);
     x = blocks_forward(ctx, m->vis_blocks, &c->vision, x, 0, 1);
     if (!x) return NULL;
