@@ -23,6 +23,7 @@
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_conv.h"
 #endif
 
 #define SHAPES_GAN "models/shapes/gan.safetensors"
@@ -159,6 +160,76 @@ PBW_TEST(cuda_stylegan2_model) {
     printf("  stylegan2 bf16: images max abs diff %.2e, cosine %.6f\n", d, pbw_cosine_f32(a, b, na));
     CHECK(pbw_cosine_f32(a, b, na) >= 0.999);
     pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
+
+/* The generator's styles made ahead (pbw_linear_multi) with gradients in bf16: the modulated
+ * convolutions' backwards leave their styles' sums over pixels as partials, finished together
+ * (pbw_tensor.grad_parts), where each finished its own (PBW_CUDA_STYLE_PARTS=0): the same sums
+ * in the same order, so the image and the latent's gradient are the same bits. */
+#ifdef PBW_HAVE_CUDA
+static int gan_latent_grad(float *img, float *gw, int64_t *ni, int64_t *nw, long *finishes) {
+    pbw_err err = {0};
+    pbw_stylegan2 *g = NULL;
+    pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
+    int rc = -1;
+    float *h = NULL, *seed = NULL;
+    if (!ctx || pbw_sg2_load(gan_path(), &g, &err) || pbw_sg2_to_device(g, ctx, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        goto out;
+    }
+    const int D = g->style_dim;
+    h = malloc((size_t)D * sizeof(float));
+    pbw_seedbank_z(3, 1, D, h);
+    pbw_ctx_set_grad(ctx, 0);
+    pbw_tensor *w = pbw_sg2_mapping(ctx, g, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){1, D}));
+    pbw_ctx_set_grad(ctx, 1);
+    if (!w) goto out;
+    w->requires_grad = 1;
+    const long before = pbw_cuda_style_parts_calls();
+    pbw_tensor *y = pbw_sg2_from_w(ctx, g, w, NULL);
+    if (!y) goto out;
+    seed = malloc((size_t)y->numel * sizeof(float));
+    for (int64_t i = 0; i < y->numel; i++) seed[i] = (float)((i * 37) % 23 - 11) / 11.0f;
+    const float *gh;
+    if (pbw_backward(ctx, y, seed, &err) || pbw_tensor_read(ctx, y, img) ||
+        !(gh = pbw_grad_host(ctx, w))) {
+        fprintf(stderr, "  %s %s\n", err.msg, pbw_ctx_error(ctx));
+        goto out;
+    }
+    memcpy(gw, gh, (size_t)w->numel * sizeof(float));
+    *ni = y->numel;
+    *nw = w->numel;
+    *finishes = pbw_cuda_style_parts_calls() - before;
+    rc = 0;
+out:
+    free(h);
+    free(seed);
+    pbw_sg2_free(g);
+    pbw_ctx_free(ctx);
+    return rc;
+}
+#endif
+
+PBW_TEST(cuda_stylegan2_style_parts) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 1024 * 1024], b[3 * 1024 * 1024];
+    float ga[1024], gb[1024];
+    int64_t na = 0, nb = 0, nwa = 0, nwb = 0;
+    long fa = -1, fb = -1;
+    pbw_cuda_set_precision(PBW_PREC_BF16);
+    char *saved;
+    pbw_test_env_set("PBW_CUDA_STYLE_PARTS", "0", &saved);
+    CHECK(gan_latent_grad(a, ga, &na, &nwa, &fa) == 0);
+    pbw_test_env_restore("PBW_CUDA_STYLE_PARTS", saved);
+    CHECK(gan_latent_grad(b, gb, &nb, &nwb, &fb) == 0);
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    printf("  style sums finished together: %ld launches (%ld with PBW_CUDA_STYLE_PARTS=0)\n", fb,
+           fa);
+    CHECK(fa == 0 && fb >= 1);
+    CHECK(na == nb && nwa == nwb && nwa <= 1024);
+    CHECK(na == nb && memcmp(a, b, (size_t)na * sizeof(float)) == 0);
+    CHECK(nwa == nwb && memcmp(ga, gb, (size_t)nwa * sizeof(float)) == 0);
 #endif
 }
 

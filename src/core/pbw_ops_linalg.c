@@ -323,10 +323,11 @@ static void linear_multi_backward(pbw_ctx *ctx, pbw_node *nd) {
     g->done = 1;
     const float *gy[PBW_CUDA_ROWVEC_MULTI], *w[PBW_CUDA_ROWVEC_MULTI];
     int64_t O[PBW_CUDA_ROWVEC_MULTI];
+    /* the partial sums its consumers left (grad_parts_ok), every output's in one kernel */
+    if (pbw_grad_sync_many(ctx, g->n, g->y)) return;
     for (int k = 0; k < g->n; k++) {
         pbw_tensor *y = g->y[k];
         /* as pbw_backward prepares a node's output gradient: unreached or unset adds nothing */
-        if (pbw_grad_sync(ctx, y)) return;
         gy[k] = y->grad && !y->grad_unset ? y->grad : NULL;
         w[k] = g->w[k]->data;
         O[k] = g->w[k]->shape[0];
@@ -403,6 +404,7 @@ int pbw_linear_multi(pbw_ctx *ctx, pbw_tensor *x, int n, pbw_tensor *const *w,
         for (int k = 0; k < n; k++) {
             ws[k] = w[k];
             ws[n + k] = y[k];
+            y[k]->grad_parts_ok = 1; /* finished together by linear_multi_backward */
             in[1] = w[k];
             in[2] = b ? b[k] : NULL;
             pbw_node *nd = pbw_tape_push(ctx, "linear_multi", linear_multi_backward, y[k], in,

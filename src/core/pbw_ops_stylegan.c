@@ -603,11 +603,24 @@ static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
     const void *wh;
     if (pbw_ctx_failed(ctx) || sgconv_gpu_wh(ctx, pl, &wh)) return;
     const int N = (int)x->shape[0], act = sv->pa.g.N != 0;
+    /* the style's sums over pixels left as partials for the op that made it to finish with
+     * others' in one kernel (pbw_linear_multi: the styles made ahead), where it does so */
+    const int64_t nparts = s && gs && s->grad_parts_ok && !gs0 && pbw_cuda_style_parts_on()
+                               ? pbw_cuda_sg_modconv_parts(N, pl->C, sv->H, sv->W)
+                               : 0;
+    double *parts = nparts ? pbw_ctx_alloc_opt(ctx, (size_t)nparts * sizeof(double)) : NULL;
     const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &sv->pm : NULL,
-                                         act ? &sv->pa : NULL, gx, gs, gs0, bx};
+                                         act ? &sv->pa : NULL, gx, gs, gs0, bx, parts};
     if (pbw_cuda_sg_modconv_backward(&a, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
-                                     pl->O, pl->k, pl->transposed) == 0)
+                                     pl->O, pl->k, pl->transposed) == 0) {
+        if (parts) {
+            const pbw_cuda_style_parts p = {gs, parts, N, pl->C,
+                                            (int)(nparts / ((int64_t)N * pl->C)),
+                                            sv->pm.s_nstride};
+            pbw_grad_parts_add(ctx, s, &p);
+        }
         return;
+    }
     float *gy = y->grad, *gxm = gx;
     if (act) {
         if (!(gy = pbw_ctx_scratch(ctx, 0, (size_t)y->numel * sizeof(float)))) return;

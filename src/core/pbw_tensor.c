@@ -893,7 +893,31 @@ static int grad_set_zero(pbw_ctx *ctx, pbw_tensor *t) {
     return ctx_zero(ctx, t->grad, (size_t)t->numel * sizeof(float));
 }
 
-int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t) {
+/* --- partial sums left for a gradient (pbw_tensor.grad_parts) --- */
+
+struct pbw_grad_parts {
+#ifdef PBW_HAVE_CUDA
+    pbw_cuda_style_parts p;
+#endif
+    struct pbw_grad_parts *next;
+};
+
+#ifdef PBW_HAVE_CUDA
+int pbw_grad_parts_add(pbw_ctx *ctx, pbw_tensor *t, const pbw_cuda_style_parts *p) {
+    struct pbw_grad_parts *g = pbw_arena_alloc(&ctx->act, sizeof *g);
+    if (!g) {
+        pbw_ctx_fail(ctx, "out of memory recording partial sums of a gradient");
+        return -1;
+    }
+    g->p = *p;
+    g->next = t->grad_parts;
+    t->grad_parts = g;
+    return 0;
+}
+#endif
+
+/* grad written from its half copy (grad_half), where it has one */
+static int grad_half_sync(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->grad_half) return 0;
 #ifdef PBW_HAVE_CUDA
     if (t->device == PBW_DEV_CUDA && t->grad) {
@@ -905,6 +929,29 @@ int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t) {
     pbw_ctx_fail(ctx, "a half-precision gradient without its buffers");
     return -1;
 }
+
+int pbw_grad_sync_many(pbw_ctx *ctx, int n, pbw_tensor *const *t) {
+    for (int i = 0; i < n; i++)
+        if (grad_half_sync(ctx, t[i])) return -1;
+#ifdef PBW_HAVE_CUDA
+    pbw_cuda_style_parts jobs[PBW_CUDA_STYLE_PARTS_MAX];
+    int nj = 0;
+    for (int i = 0; i < n; i++) {
+        for (struct pbw_grad_parts *g = t[i] ? t[i]->grad_parts : NULL; g; g = g->next) {
+            if (nj == PBW_CUDA_STYLE_PARTS_MAX) {
+                pbw_cuda_style_parts_finish(nj, jobs);
+                nj = 0;
+            }
+            jobs[nj++] = g->p;
+        }
+        if (t[i]) t[i]->grad_parts = NULL;
+    }
+    if (nj) pbw_cuda_style_parts_finish(nj, jobs);
+#endif
+    return 0;
+}
+
+int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t) { return pbw_grad_sync_many(ctx, 1, &t); }
 
 float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta) {
     *beta = 1.0f;

@@ -82,6 +82,11 @@ typedef struct pbw_tensor {
                            * writes or adds to grad drops it (pbw_grad, pbw_grad_out) */
     struct pbw_node *grad_last; /* the last backward to reach this tensor's gradient (its first
                                  * consumer in the forward; set by pbw_backward) */
+    int grad_parts_ok; /* CUDA: the op that made this tensor finishes partial sums of its
+                        * gradient that its consumers leave (a style's sums over pixels,
+                        * StyleGAN2's modulated convolutions), several in one kernel */
+    struct pbw_grad_parts *grad_parts; /* those left so far: pbw_grad_sync adds them into grad
+                                        * (and pbw_grad_sync_many, several tensors' at once) */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -291,6 +296,13 @@ int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
 /* Writes t's gradient buffer from its half copy (pbw_tensor.grad_half) and drops the copy; no-op
  * without one. 0, or -1 with ctx failed. */
 int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t);
+/* CUDA: partial sums a consumer's backward left for t's gradient (t->grad_parts_ok; p->dst is
+ * t->grad), which pbw_grad_sync adds into it. 0, or -1 with ctx failed. */
+struct pbw_cuda_style_parts;
+int pbw_grad_parts_add(pbw_ctx *ctx, pbw_tensor *t, const struct pbw_cuda_style_parts *p);
+/* pbw_grad_sync of n tensors, the partial sums (grad_parts) of all of them added by one
+ * kernel. 0, or -1 with ctx failed. */
+int pbw_grad_sync_many(pbw_ctx *ctx, int n, pbw_tensor *const *t);
 /* Zeroes t's gradient buffer: for a backward that got beta 0 from pbw_grad_out but will add
  * after all (no kernel of the geometry writes). 0, or -1 with ctx failed. */
 int pbw_grad_zero(pbw_ctx *ctx, pbw_tensor *t);

@@ -340,6 +340,10 @@ extern "C" int pbw_cuda_modconv_grad(void) { // read at each call: tests compare
     return pbw_cuda_modconv() && !pbw_env_zero("PBW_CUDA_MODCONV_GRAD");
 }
 
+extern "C" int pbw_cuda_style_parts_on(void) { // read at each call: tests compare both paths
+    return !pbw_env_zero("PBW_CUDA_STYLE_PARTS");
+}
+
 extern "C" int pbw_cuda_nhwc(void) { // read at each call: tests compare both paths
     return pbw_cuda_modconv() && !pbw_env_zero("PBW_CUDA_NHWC");
 }

@@ -114,6 +114,10 @@ int pbw_cuda_modconv_grad(void);
  * reads and writes NHWC halves, the next convolution stages them directly, and ToRGB
  * (pbw_sg_pointwise) reads them: pbw_cuda_modconv() and PBW_CUDA_NHWC is not 0. */
 int pbw_cuda_nhwc(void);
+/* A modulated convolution's backward leaves its style's sums over pixels as partials for the
+ * op that made the style to finish with others' in one kernel (pbw_linear_multi's styles made
+ * ahead: pbw_tensor.grad_parts): 1 unless PBW_CUDA_STYLE_PARTS is 0. */
+int pbw_cuda_style_parts_on(void);
 void pbw_cuda_weights_block(const void *p, size_t bytes);
 int pbw_cuda_is_weight(const void *p, size_t bytes);
 

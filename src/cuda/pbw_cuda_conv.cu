@@ -1368,6 +1368,28 @@ __global__ void modgrad_finish_kernel(float *dst, const double *part, int N, int
     }
 }
 
+// modgrad_finish_kernel for several tensors' partials in one grid (blockIdx.y a job): the same
+// sums in the same order.
+struct style_parts_jobs {
+    pbw_cuda_style_parts j[PBW_CUDA_STYLE_PARTS_MAX];
+};
+
+__global__ void modgrad_finish_many_kernel(style_parts_jobs jobs) {
+    pbw_pdl_wait();
+    const pbw_cuda_style_parts &p = jobs.j[blockIdx.y];
+    const int c = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32);
+    const int lane = threadIdx.x % 32;
+    if (c >= p.C) return; // the whole warp
+    for (int n = 0; n < p.N; n++) {
+        const double *q = p.part + ((int64_t)n * p.C + c) * p.nparts;
+        double v = 0;
+        for (int k = lane; k < p.nparts; k += 32) v += q[k];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) p.dst[n * p.nstride + c] += (float)v;
+    }
+}
+
 // dst (N,P,C) = f(src (N,P,C)), both half (dst may be src), V channels a thread in one word W
 // (8 in 16 bytes where C allows, else 2 in 4). The functor f maps the V values of sample n,
 // channels c.. at pixel p in place, as floats, in two parts: f.prep<V>(n, c) gathers what the V
@@ -2266,7 +2288,9 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
             }
             double *ps = nullptr, *ps0 = nullptr;
             const int64_t each = (int64_t)N * d.out_c * ptiles; // a partial a pixel tile
-            if (sums) {
+            if (sums && a->gs_parts && a->gs && !(a->gs0 && pm.m)) {
+                ps = a->gs_parts; // the caller's: finished later (pbw_cuda_style_parts_finish)
+            } else if (sums) {
                 if (!(ps = (double *)pbw_cuda_workspace((size_t)each * 2 * sizeof(double)))) return;
                 if (a->gs0 && pm.m) ps0 = ps + each;
             }
@@ -2278,7 +2302,7 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
             });
             PBW_CUDA_LAUNCHED("sg_modconv backward (copy back)");
             const unsigned fb = (unsigned)((d.out_c * 32 + 255) / 256);
-            if (ps && a->gs)
+            if (ps && a->gs && ps != a->gs_parts)
                 pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs, (const double *)ps, N,
                            d.out_c, (int)ptiles, pm.s_nstride);
             if (ps0)
@@ -2289,6 +2313,33 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
         });
     return rc == 1 ? -1 : 0;
 }
+
+static long g_style_parts_calls;
+
+extern "C" int64_t pbw_cuda_sg_modconv_parts(int N, int C, int H, int W) {
+    return (int64_t)N * C * (((int64_t)H * W + TP - 1) / TP);
+}
+
+extern "C" void pbw_cuda_style_parts_finish(int n, const pbw_cuda_style_parts *p) {
+    if (n < 1) return;
+    if (n > PBW_CUDA_STYLE_PARTS_MAX) {
+        pbw_cuda_fail("style partial sums: %d tensors at once (at most %d)", n,
+                      PBW_CUDA_STYLE_PARTS_MAX);
+        return;
+    }
+    style_parts_jobs jobs = {};
+    int most = 0;
+    for (int i = 0; i < n; i++) {
+        jobs.j[i] = p[i];
+        most = p[i].C > most ? p[i].C : most;
+    }
+    pbw_launch(modgrad_finish_many_kernel, dim3((unsigned)((most * 32 + 255) / 256), n), 256, 0,
+               jobs);
+    PBW_CUDA_LAUNCHED("sg_modconv backward (style sums, deferred)");
+    g_style_parts_calls++;
+}
+
+extern "C" long pbw_cuda_style_parts_calls(void) { return g_style_parts_calls; }
 
 extern "C" long pbw_cuda_conv_gemm_calls(void) { return g_gemm_calls; }
 

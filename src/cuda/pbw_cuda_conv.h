@@ -246,7 +246,26 @@ typedef struct pbw_cuda_modconv_bwd_args {
     const pbw_cuda_postact *pa;
     float *gx, *gs, *gs0;
     float gx_beta;
+    /* where not NULL (and gs0 is), the style's partial sums are left here
+     * (pbw_cuda_sg_modconv_parts doubles) for a later pbw_cuda_style_parts_finish, instead of
+     * being added into gs by a kernel of their own now */
+    double *gs_parts;
 } pbw_cuda_modconv_bwd_args;
+/* The doubles of pbw_cuda_modconv_bwd_args.gs_parts for N samples of C channels of H x W. */
+int64_t pbw_cuda_sg_modconv_parts(int N, int C, int H, int W);
+/* Partial sums left by a backward (gs_parts): dst[n nstride + c] += their sum over the
+ * nparts partials of (n, c), each sample in order, as that backward would have added them. */
+typedef struct pbw_cuda_style_parts {
+    float *dst;
+    const double *part;
+    int N, C, nparts;
+    int64_t nstride;
+} pbw_cuda_style_parts;
+#define PBW_CUDA_STYLE_PARTS_MAX 32
+/* n (<= PBW_CUDA_STYLE_PARTS_MAX) of them in one kernel, enqueued. */
+void pbw_cuda_style_parts_finish(int n, const pbw_cuda_style_parts *p);
+/* Launches of pbw_cuda_style_parts_finish so far (tests). */
+long pbw_cuda_style_parts_calls(void);
 int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, const float *w,
                                  const float *wt, const void *wh, int N, int C, int H, int W,
                                  int O, int k, int transposed);
