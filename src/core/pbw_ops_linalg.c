@@ -305,22 +305,26 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
 /* ---- one row through n maps (pbw_linear_multi) ---- */
 
 typedef struct {
-    int n, done;
+    int n;
     pbw_tensor *x, **w, **y; /* (1,I); n weights (O_k,I); their outputs */
 } multi_group;
 
 typedef struct {
     multi_group *g;
+    int k; /* this node's output: g->y[k] */
 } multi_saved;
 
-/* The first of the group's nodes the backward reaches runs every map's input gradient: each
+/* The first of the group's nodes the backward reaches (the last recorded whose output has a
+ * gradient; pbw_backward passes over the others' nodes) runs every map's input gradient: each
  * node's output gradient is final by then, since the n nodes were recorded together before
- * anything that reads their outputs. */
+ * anything that reads their outputs. Decided from the gradients alone, so a second backward
+ * over the same tape runs it again. */
 static void linear_multi_backward(pbw_ctx *ctx, pbw_node *nd) {
 #ifdef PBW_HAVE_CUDA
-    multi_group *g = ((multi_saved *)nd->saved)->g;
-    if (g->done) return;
-    g->done = 1;
+    const multi_saved *sv = nd->saved;
+    multi_group *g = sv->g;
+    for (int k = sv->k + 1; k < g->n; k++)
+        if (g->y[k]->grad) return; /* that node ran the group */
     const float *gy[PBW_CUDA_ROWVEC_MULTI], *w[PBW_CUDA_ROWVEC_MULTI];
     int64_t O[PBW_CUDA_ROWVEC_MULTI];
     /* the partial sums its consumers left (grad_parts_ok), every output's in one kernel */
@@ -400,7 +404,7 @@ int pbw_linear_multi(pbw_ctx *ctx, pbw_tensor *x, int n, pbw_tensor *const *w,
             pbw_ctx_fail(ctx, "linear_multi: out of memory");
             return -1;
         }
-        *g = (multi_group){n, 0, x, ws, ws + n};
+        *g = (multi_group){n, x, ws, ws + n};
         for (int k = 0; k < n; k++) {
             ws[k] = w[k];
             ws[n + k] = y[k];
@@ -410,7 +414,7 @@ int pbw_linear_multi(pbw_ctx *ctx, pbw_tensor *x, int n, pbw_tensor *const *w,
             pbw_node *nd = pbw_tape_push(ctx, "linear_multi", linear_multi_backward, y[k], in,
                                          in[2] ? 3 : 2, sizeof(multi_saved));
             if (!nd) return -1;
-            ((multi_saved *)nd->saved)->g = g;
+            *(multi_saved *)nd->saved = (multi_saved){g, k};
             nd->writes = 1u; /* the first node reached writes x's gradient (pbw_grad_out) */
         }
         return 0;
