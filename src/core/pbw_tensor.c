@@ -177,6 +177,7 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
         g->t->grad_unset = 0;
         g->t->grad_half = NULL;
         g->t->grad_half_copy = NULL;
+        g->t->grad_parts = NULL; /* records in the activation arena, reset below */
     }
     ctx->grads = NULL;
     ctx->tape = NULL;
@@ -618,8 +619,9 @@ const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
     return host_view(ctx, t, t->data);
 }
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) {
-    /* a gradient still in its half copy alone: its values, written once into grad */
-    if (t->grad_half && pbw_grad_sync(ctx, (pbw_tensor *)t)) return NULL;
+    /* a gradient still in its half copy alone, or with partial sums left to add: its values,
+     * written into grad first */
+    if ((t->grad_half || t->grad_parts) && pbw_grad_sync(ctx, (pbw_tensor *)t)) return NULL;
     return host_view(ctx, t, t->grad);
 }
 
