@@ -293,8 +293,9 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
  * nothing to copy. 0: the caller writes or adds the gradient itself (PBW_GRAD_ALIAS=0: never
  * shared). At most one input of a node may take the buffer. */
 int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
-/* Writes t's gradient buffer from its half copy (pbw_tensor.grad_half) and drops the copy; no-op
- * without one. 0, or -1 with ctx failed. */
+/* Writes t's gradient buffer from its half copy (pbw_tensor.grad_half) and drops the copy, then
+ * adds the partial sums its consumers left (pbw_tensor.grad_parts); no-op without either. 0, or
+ * -1 with ctx failed. */
 int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t);
 /* CUDA: partial sums a consumer's backward left for t's gradient (t->grad_parts_ok; p->dst is
  * t->grad), which pbw_grad_sync adds into it. 0, or -1 with ctx failed. */
