@@ -838,11 +838,10 @@ PBW_TEST(cuda_eigh) {
 
 /* pbw_cuda_d2h_gather: several read-backs with one wait give what each pbw_cuda_d2h gives,
  * whatever their sizes (none, under and over the 16-byte slots, a second call that grows the
- * pinned staging, and sizes of odd bytes from unaligned sources). */
-PBW_TEST(cuda_d2h_gather) {
+ * pinned staging, and sizes of odd bytes from unaligned sources), gathered into device memory
+ * and copied (PBW_CUDA_COPY_KERNELS=0) or written by the kernel into pinned memory. */
 #ifdef PBW_HAVE_CUDA
-    pbw_err err = {0};
-    CHECK(pbw_cuda_init(0, &err) == 0);
+static void gather_check(void) {
     const size_t sizes[2][4] = {{1, 3, 0, 512}, {5, 70000, 1, 17}};
     for (int round = 0; round < 2; round++) {
         float *host[4], *got[4];
@@ -894,6 +893,97 @@ PBW_TEST(cuda_d2h_gather) {
         CHECK(memcmp(gb[2], hb + 13, 33) == 0 && gb[2][33] == 0xee);
         pbw_cuda_free(db);
     }
+}
+#endif
+
+PBW_TEST(cuda_d2h_gather) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    CHECK(pbw_cuda_init(0, &err) == 0);
+    setenv("PBW_CUDA_COPY_KERNELS", "0", 1);
+    gather_check();
+    unsetenv("PBW_CUDA_COPY_KERNELS");
+    gather_check();
+#endif
+}
+
+/* Zero fills, uploads while recording and the gathered read-back as kernels
+ * (PBW_CUDA_COPY_KERNELS): pbw_cuda_memset0 zeroes exactly its bytes at any alignment and size
+ * with the bits on or off; a recorded pass whose memsets are the runtime's (bit 1 off) has them
+ * replaced by kernel nodes (bit 4; none replaced with it off), and its replays, with the
+ * registered input changed in between, give the same bytes each way. */
+PBW_TEST(cuda_copy_kernels) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    CHECK(pbw_cuda_init(0, &err) == 0);
+    enum { N = (1 << 20) + 96 };
+    unsigned char *h = malloc(N), *back = malloc(N), *d = pbw_cuda_malloc(N);
+    CHECK(h && back && d);
+    if (!h || !back || !d) {
+        free(h), free(back), pbw_cuda_free(d);
+        return;
+    }
+    for (int i = 0; i < N; i++) h[i] = (unsigned char)(i * 13 + 5) | 1; /* never 0 */
+    static const char *bits[2] = {"0", "15"};
+    static const size_t offs[4] = {0, 1, 7, 16}, sizes[5] = {0, 1, 15, 33, (1 << 20) + 5};
+    int wrong = 0;
+    for (int b = 0; b < 2; b++) {
+        setenv("PBW_CUDA_COPY_KERNELS", bits[b], 1);
+        for (int o = 0; o < 4; o++)
+            for (int z = 0; z < 5; z++) {
+                if (pbw_cuda_h2d(d, h, N) || pbw_cuda_memset0(d + offs[o], sizes[z]) ||
+                    pbw_cuda_d2h(back, d, N)) {
+                    wrong++;
+                    continue;
+                }
+                for (size_t i = 0; i < N; i++) {
+                    const int in = i >= offs[o] && i < offs[o] + sizes[z];
+                    if (back[i] != (in ? 0 : h[i])) {
+                        wrong++;
+                        break;
+                    }
+                }
+            }
+    }
+    printf("  memset0 at 4 offsets x 5 sizes, kernels off and on: %d wrong\n", wrong);
+    CHECK(wrong == 0);
+    /* recorded: upload a registered input, zero a middle part, copy the result out */
+    static float in[1000];
+    float got[2][3][1000];
+    for (int b = 0; b < 2; b++) {
+        setenv("PBW_CUDA_COPY_KERNELS", b ? "6" : "0", 1); /* runtime memsets; on: replaced */
+        float *x = pbw_cuda_malloc(sizeof in), *y = pbw_cuda_malloc(sizeof in);
+        const long before = pbw_cuda_graph_memsets_replaced();
+        for (int i = 0; i < 1000; i++) in[i] = (float)i + 0.5f;
+        CHECK(x && y && pbw_cuda_capture_begin() == 0);
+        pbw_cuda_graph_input(in, sizeof in);
+        pbw_cuda_h2d(x, in, sizeof in);
+        pbw_cuda_d2d(y, x, sizeof in);
+        pbw_cuda_memset0(y + 100, 300 * sizeof(float));
+        char why[160] = "";
+        pbw_cuda_graph *g = pbw_cuda_capture_end(why, sizeof why);
+        CHECK(g != NULL);
+        const long replaced = pbw_cuda_graph_memsets_replaced() - before;
+        printf("  bits %s: %ld memset node(s) replaced%s%s\n", b ? "6" : "0", replaced,
+               why[0] ? ": " : "", why);
+        CHECK(b ? replaced >= 1 : replaced == 0);
+        for (int r = 0; r < 3 && g; r++) {
+            for (int i = 0; i < 1000; i++) in[i] = (float)(r * 1000 + i);
+            CHECK(pbw_cuda_graph_launch(g) == 0 && pbw_cuda_d2h(got[b][r], y, sizeof in) == 0);
+            int ok = 1;
+            for (int i = 0; i < 1000; i++)
+                ok = ok && got[b][r][i] == (i >= 100 && i < 400 ? 0.0f : (float)(r * 1000 + i));
+            CHECK(ok);
+        }
+        pbw_cuda_graph_free(g);
+        pbw_cuda_free(x);
+        pbw_cuda_free(y);
+    }
+    CHECK(memcmp(got[0], got[1], sizeof got[0]) == 0);
+    unsetenv("PBW_CUDA_COPY_KERNELS");
+    free(h);
+    free(back);
+    pbw_cuda_free(d);
 #endif
 }
 

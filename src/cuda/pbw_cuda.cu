@@ -383,6 +383,133 @@ extern "C" size_t pbw_cuda_mem_used(void) { return g_used.load(); }
 extern "C" size_t pbw_cuda_mem_peak(void) { return g_peak.load(); }
 extern "C" void pbw_cuda_mem_reset_peak(void) { g_peak.store(g_used.load()); }
 
+// ---- copies and fills as kernels ----
+// A memset or memcpy node in a CUDA graph breaks the chain of programmatic dependent launches:
+// it waits for the kernel before it to finish, and the kernel after it starts only once it has
+// (CUPTI on an H200 put 4-14 us of idle GPU after some of an Adam step's memsets and after the
+// crops' upload). Where the bytes allow, pbw does these as kernels instead (pbw_launch):
+// PBW_CUDA_COPY_KERNELS, a sum of bits, default all: 1 zero fills (pbw_cuda_memset0), 2
+// uploads while recording a graph read the pinned staging directly, 4 the library's memsets
+// in a recorded graph become zero-fill kernel nodes, 8 the gathered read-back is written by
+// its kernel straight into pinned host memory. 0: each one as the runtime's own copy or set.
+// Read at each call: tests compare both ways.
+static int copy_kernels(int bit) {
+    const char *e = getenv("PBW_CUDA_COPY_KERNELS");
+    if (!e || !*e) return 1;
+    char *end = nullptr;
+    const long v = strtol(e, &end, 0);
+    return *end || v < 0 || v > 15 || (v & bit) != 0; // not a sum of the bits: all
+}
+
+static long g_memsets_replaced;
+extern "C" long pbw_cuda_graph_memsets_replaced(void) { return g_memsets_replaced; }
+
+static unsigned copy_blocks(size_t words) {
+    const size_t b = (words + 255) / 256, most = (size_t)pbw_cuda_sm_count() * 8;
+    return (unsigned)(b < 1 ? 1 : b > most ? most : b);
+}
+
+// dst[0, bytes) = 0: 16-byte stores where dst is 16-byte aligned, its head and tail by bytes.
+__global__ static void fill_zero_kernel(unsigned char *dst, size_t bytes) {
+    pbw_pdl_wait();
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+    const size_t h = head < bytes ? head : bytes;
+    const size_t words = (bytes - h) / 16;
+    uint4 *w = reinterpret_cast<uint4 *>(dst + h);
+    for (size_t i = t0; i < words; i += stride) w[i] = make_uint4(0, 0, 0, 0);
+    const size_t tail = h + words * 16;
+    if (t0 < h) dst[t0] = 0;
+    if (t0 < bytes - tail) dst[tail + t0] = 0;
+}
+
+// dst[0, bytes) = src[0, bytes) (either may be pinned host memory, which a kernel reads and
+// writes through the unified address space): 16-byte words where both are 16-byte aligned,
+// else 4-byte words where both are 4-byte aligned, else bytes.
+__global__ static void copy_bytes_kernel(unsigned char *dst, const unsigned char *src,
+                                         size_t bytes) {
+    pbw_pdl_wait();
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const uintptr_t a = (uintptr_t)dst | (uintptr_t)src;
+    size_t done = 0;
+    if (a % 16 == 0) {
+        for (size_t i = t0; i < bytes / 16; i += stride)
+            reinterpret_cast<uint4 *>(dst)[i] = reinterpret_cast<const uint4 *>(src)[i];
+        done = bytes / 16 * 16;
+    } else if (a % 4 == 0) {
+        for (size_t i = t0; i < bytes / 4; i += stride)
+            reinterpret_cast<uint32_t *>(dst)[i] = reinterpret_cast<const uint32_t *>(src)[i];
+        done = bytes / 4 * 4;
+    }
+    for (size_t i = done + t0; i < bytes; i += stride) dst[i] = src[i];
+}
+
+static unsigned zero_blocks(size_t bytes) { return copy_blocks(bytes / 16 + 16); }
+
+// The zero-fill kernel's node in place of each memset node of graph that sets contiguous bytes
+// to 0 (a library's, recorded with the pass), with the same edges. Nodes it cannot replace stay.
+static void memsets_to_kernels(cudaGraph_t graph) {
+    size_t n = 0;
+    if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return;
+    }
+    std::vector<cudaGraphNode_t> nodes(n);
+    if (cudaGraphGetNodes(graph, nodes.data(), &n) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType type;
+        cudaMemsetParams m;
+        if (cudaGraphNodeGetType(node, &type) != cudaSuccess || type != cudaGraphNodeTypeMemset ||
+            cudaGraphMemsetNodeGetParams(node, &m) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        const size_t row = m.width * m.elementSize;
+        if (m.value != 0 || (m.height > 1 && m.pitch != row)) continue;
+        size_t nin = 0, nout = 0;
+        if (cudaGraphNodeGetDependencies(node, nullptr, nullptr, &nin) != cudaSuccess ||
+            cudaGraphNodeGetDependentNodes(node, nullptr, nullptr, &nout) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        std::vector<cudaGraphNode_t> in(nin), out(nout);
+        std::vector<cudaGraphEdgeData> ein(nin), eout(nout);
+        if (cudaGraphNodeGetDependencies(node, in.data(), ein.data(), &nin) != cudaSuccess ||
+            cudaGraphNodeGetDependentNodes(node, out.data(), eout.data(), &nout) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        unsigned char *dst = (unsigned char *)m.dst;
+        size_t bytes = row * (m.height ? m.height : 1);
+        void *args[2] = {&dst, &bytes};
+        cudaKernelNodeParams k = {};
+        k.func = (void *)fill_zero_kernel;
+        k.gridDim = dim3(zero_blocks(bytes));
+        k.blockDim = dim3(256);
+        k.kernelParams = args;
+        cudaGraphNode_t repl = nullptr;
+        // the memset's edges (plain ones: a memset neither waits nor is waited on early)
+        if (cudaGraphAddKernelNode(&repl, graph, nullptr, 0, &k) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        bool ok = true;
+        for (size_t i = 0; i < nin && ok; i++)
+            ok = cudaGraphAddDependencies(graph, &in[i], &repl, &ein[i], 1) == cudaSuccess;
+        for (size_t i = 0; i < nout && ok; i++)
+            ok = cudaGraphAddDependencies(graph, &repl, &out[i], &eout[i], 1) == cudaSuccess;
+        // the memset goes with its edges; where an edge failed, the kernel goes with its own
+        if (cudaGraphDestroyNode(ok ? node : repl) != cudaSuccess) cudaGetLastError();
+        if (ok) g_memsets_replaced++;
+        else cudaGetLastError();
+    }
+}
+
 static int copy_result(cudaError_t e, const char *what) {
     if (e == cudaSuccess) return 0;
     pbw_cuda_fail("%s: %s", what, cudaGetErrorString(e));
@@ -393,6 +520,11 @@ extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
     if (g_capturing) { // the graph copies from pinned memory that lives as long as it does
         src = capture_stage(src, bytes);
         if (!src) return -1;
+        if (bytes && copy_kernels(2)) { // read by a kernel: no copy node in the chain
+            pbw_launch(copy_bytes_kernel, copy_blocks(bytes / 16 + 1), 256, 0,
+                       (unsigned char *)dst, (const unsigned char *)src, bytes);
+            return copy_result(cudaGetLastError(), "copy to the GPU");
+        }
     }
     return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, pbw_stream()),
                        "copy to the GPU");
@@ -441,11 +573,13 @@ __global__ static void gather_kernel(unsigned char *dst, gather_jobs j) {
     }
 }
 
-// The n read-backs' bytes side by side in g_gather_dev (total bytes, their slots), by one
-// kernel; false where that does not apply (a copy each then).
-static bool gather_on_device(int n, const void *const *src, const size_t *bytes, size_t total) {
+// The n read-backs' bytes side by side (total bytes, their slots) by one kernel: into
+// g_gather_dev, or with to_host straight into the pinned g_gather_pin; false where that does
+// not apply (a copy each then).
+static bool gather_on_device(int n, const void *const *src, const size_t *bytes, size_t total,
+                             bool to_host) {
     if (n < 2 || n > GATHER_JOBS || total > GATHER_DEV_MAX) return false;
-    if (total > g_gather_dev_cap) {
+    if (!to_host && total > g_gather_dev_cap) {
         void *p = nullptr;
         if (cudaMalloc(&p, total) != cudaSuccess) {
             cudaGetLastError();
@@ -466,7 +600,7 @@ static bool gather_on_device(int n, const void *const *src, const size_t *bytes,
     }
     const size_t blocks = (most / 4 + 255) / 256;
     pbw_launch(gather_kernel, dim3((unsigned)(blocks < 1 ? 1 : blocks > 1024 ? 1024 : blocks), n),
-               256, 0, g_gather_dev, j);
+               256, 0, to_host ? g_gather_pin : g_gather_dev, j);
     return cudaGetLastError() == cudaSuccess;
 }
 
@@ -482,7 +616,8 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     if (total > g_gather_cap) {
         const size_t cap = total < 4096 ? 4096 : total;
         void *p = nullptr;
-        if (cudaMallocHost(&p, cap) != cudaSuccess) {
+        // mapped: the gather kernel may write it (copy_kernels(8))
+        if (cudaHostAlloc(&p, cap, cudaHostAllocMapped) != cudaSuccess) {
             cudaGetLastError(); // no pinned memory: a copy at a time
             for (int i = 0; i < n; i++)
                 if (bytes[i] && pbw_cuda_d2h(dst[i], src[i], bytes[i]))
@@ -496,7 +631,9 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     }
     cudaError_t e = cudaSuccess;
     size_t off = 0;
-    if (gather_on_device(n, src, bytes, total)) {
+    if (copy_kernels(8) && gather_on_device(n, src, bytes, total, true)) {
+        // written through the unified address space: nothing left to copy
+    } else if (gather_on_device(n, src, bytes, total, false)) {
         e = cudaMemcpyAsync(g_gather_pin, g_gather_dev, total, cudaMemcpyDeviceToHost,
                             pbw_stream());
     } else {
@@ -528,6 +665,10 @@ extern "C" int pbw_cuda_d2d(void *dst, const void *src, size_t bytes) {
 }
 
 extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
+    if (bytes && copy_kernels(1)) {
+        pbw_launch(fill_zero_kernel, zero_blocks(bytes), 256, 0, (unsigned char *)dst, bytes);
+        return copy_result(cudaGetLastError(), "memset on the GPU");
+    }
     return copy_result(cudaMemsetAsync(dst, 0, bytes, pbw_stream()), "memset on the GPU");
 }
 
@@ -661,7 +802,8 @@ static void *capture_stage(const void *src, size_t bytes) {
     if (g->pins.empty() || g->pins.back().size - g->pins.back().off < need) {
         size_t size = need > ((size_t)1 << 20) ? need : ((size_t)1 << 20);
         void *p = nullptr;
-        if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
+        // mapped: an upload's kernel reads it (copy_kernels(2))
+        if (cudaHostAlloc(&p, size, cudaHostAllocMapped) != cudaSuccess) {
             cudaGetLastError();
             capture_refuse("pinned staging memory", 0);
             return nullptr;
@@ -726,6 +868,8 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
     pbw_cuda_graph *g = g_cap;
     g_cap = nullptr;
     const char *err = pbw_cuda_error();
+    if (e == cudaSuccess && graph && !g_capture_broken && !err && copy_kernels(4))
+        memsets_to_kernels(graph);
     if (e == cudaSuccess && graph && !g_capture_broken && !err)
         e = cudaGraphInstantiate(&g->exec, graph, 0);
     bool ok = e == cudaSuccess && graph && !g_capture_broken && !err && g->exec;
