@@ -166,28 +166,60 @@ PBW_TEST(cuda_stylegan2_model) {
 /* The generator's styles made ahead (pbw_linear_multi) with gradients in bf16: the modulated
  * convolutions' backwards leave their styles' sums over pixels as partials, finished together
  * (pbw_tensor.grad_parts), where each finished its own (PBW_CUDA_STYLE_PARTS=0): the same sums
- * in the same order, so the image and the latent's gradient are the same bits. */
+ * in the same order, so the image and the latent's gradient are the same bits. Likewise the
+ * skip path's share of each block's output gradient (its side lane's handle): left for the
+ * block's last convolution to add as it stages its gradient (pbw_grad_defer), or added by a
+ * kernel of its own (PBW_GRAD_ADDEND=0), the same one fp32 addition. */
 #ifdef PBW_HAVE_CUDA
-static int gan_latent_grad(float *img, float *gw, int64_t *ni, int64_t *nw, long *finishes) {
+/* The image of w (seed bank z 3) and w's gradient under a fixed seed; masked: as an edit's Adam
+ * step makes it, its styles mixed with a second latent's (z 4) outside a centred square, the
+ * demodulation of that latent's style a constant made once (pbw_sg2_fixed_make). */
+static int gan_latent_grad(float *img, float *gw, int64_t *ni, int64_t *nw, long *finishes,
+                           int masked) {
     pbw_err err = {0};
     pbw_stylegan2 *g = NULL;
     pbw_ctx *ctx = pbw_ctx_new(PBW_DEV_CUDA, &err);
-    int rc = -1;
-    float *h = NULL, *seed = NULL;
+    int rc = -1, mk_made = 0;
+    float *h = NULL, *seed = NULL, *mask = NULL;
+    pbw_sg2_mask mk;
+    pbw_sg2_fixed fixed;
+    pbw_tensor *lat0[PBW_SG2_MAX_LATENT];
+    pbw_sg2_opts o = {0};
     if (!ctx || pbw_sg2_load(gan_path(), &g, &err) || pbw_sg2_to_device(g, ctx, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
         goto out;
     }
-    const int D = g->style_dim;
-    h = malloc((size_t)D * sizeof(float));
+    const int D = g->style_dim, S = g->size;
+    h = malloc((size_t)2 * D * sizeof(float));
     pbw_seedbank_z(3, 1, D, h);
+    pbw_seedbank_z(4, 1, D, h + D);
     pbw_ctx_set_grad(ctx, 0);
     pbw_tensor *w = pbw_sg2_mapping(ctx, g, pbw_tensor_from_host(ctx, h, 2, (int64_t[]){1, D}));
+    pbw_tensor *w0 = pbw_sg2_mapping(ctx, g, pbw_tensor_from_host(ctx, h + D, 2, (int64_t[]){1, D}));
+    if (!w || !w0) goto out;
+    if (masked) {
+        mask = calloc((size_t)S * S, sizeof(float));
+        for (int yy = S / 4; yy < 3 * S / 4; yy++)
+            for (int xx = S / 4; xx < 3 * S / 4; xx++) mask[yy * S + xx] = 1;
+        if (pbw_sg2_mask_init(&mk, g, mask, S, S, &err)) {
+            fprintf(stderr, "  %s\n", err.msg);
+            goto out;
+        }
+        mk_made = 1;
+        if (pbw_sg2_mask_to_device(&mk, ctx, &err)) {
+            fprintf(stderr, "  %s\n", err.msg);
+            goto out;
+        }
+        for (int i = 0; i < g->n_latent; i++) lat0[i] = w0;
+        o.mask = &mk;
+        o.lat0 = lat0;
+        if (pbw_sg2_fixed_make(ctx, g, &o, &fixed)) goto out;
+        o.fixed = &fixed;
+    }
     pbw_ctx_set_grad(ctx, 1);
-    if (!w) goto out;
     w->requires_grad = 1;
     const long before = pbw_cuda_style_parts_calls();
-    pbw_tensor *y = pbw_sg2_from_w(ctx, g, w, NULL);
+    pbw_tensor *y = pbw_sg2_from_w(ctx, g, w, masked ? &o : NULL);
     if (!y) goto out;
     seed = malloc((size_t)y->numel * sizeof(float));
     for (int64_t i = 0; i < y->numel; i++) seed[i] = (float)((i * 37) % 23 - 11) / 11.0f;
@@ -203,10 +235,13 @@ static int gan_latent_grad(float *img, float *gw, int64_t *ni, int64_t *nw, long
     *finishes = pbw_cuda_style_parts_calls() - before;
     rc = 0;
 out:
+    if (ctx && pbw_ctx_failed(ctx)) fprintf(stderr, "  %s\n", pbw_ctx_error(ctx));
     free(h);
     free(seed);
+    free(mask);
     pbw_sg2_free(g);
     pbw_ctx_free(ctx);
+    if (mk_made) pbw_sg2_mask_free(&mk);
     return rc;
 }
 #endif
@@ -220,16 +255,31 @@ PBW_TEST(cuda_stylegan2_style_parts) {
     pbw_cuda_set_precision(PBW_PREC_BF16);
     char *saved;
     pbw_test_env_set("PBW_CUDA_STYLE_PARTS", "0", &saved);
-    CHECK(gan_latent_grad(a, ga, &na, &nwa, &fa) == 0);
+    CHECK(gan_latent_grad(a, ga, &na, &nwa, &fa, 0) == 0);
     pbw_test_env_restore("PBW_CUDA_STYLE_PARTS", saved);
-    CHECK(gan_latent_grad(b, gb, &nb, &nwb, &fb) == 0);
-    pbw_cuda_set_precision(PBW_PREC_FP32);
+    CHECK(gan_latent_grad(b, gb, &nb, &nwb, &fb, 0) == 0);
     printf("  style sums finished together: %ld launches (%ld with PBW_CUDA_STYLE_PARTS=0)\n", fb,
            fa);
     CHECK(fa == 0 && fb >= 1);
-    CHECK(na == nb && nwa == nwb && nwa <= 1024);
     CHECK(na == nb && memcmp(a, b, (size_t)na * sizeof(float)) == 0);
-    CHECK(nwa == nwb && memcmp(ga, gb, (size_t)nwa * sizeof(float)) == 0);
+    CHECK(nwa == nwb && nwa <= 1024 && memcmp(ga, gb, (size_t)nwa * sizeof(float)) == 0);
+    /* masked, as an edit's Adam step: the block outputs come from the fused op that stages
+     * their gradient, where the skip path's shares are left (unmasked, the demodulation takes
+     * a gradient, so those layers run the ops apart) */
+    pbw_test_env_set("PBW_GRAD_ADDEND", "0", &saved);
+    long d0 = pbw_grad_defers();
+    CHECK(gan_latent_grad(a, ga, &na, &nwa, &fa, 1) == 0);
+    const long da = pbw_grad_defers() - d0;
+    pbw_test_env_restore("PBW_GRAD_ADDEND", saved);
+    d0 = pbw_grad_defers();
+    CHECK(gan_latent_grad(b, gb, &nb, &nwb, &fb, 1) == 0);
+    const long db = pbw_grad_defers() - d0;
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    printf("  masked: skip path's shares left to the staging: %ld (%ld with PBW_GRAD_ADDEND=0)\n",
+           db, da);
+    CHECK(da == 0 && (db >= 1 || !pbw_cuda_lanes_on()));
+    CHECK(na == nb && memcmp(a, b, (size_t)na * sizeof(float)) == 0);
+    CHECK(nwa == nwb && nwa <= 1024 && memcmp(ga, gb, (size_t)nwa * sizeof(float)) == 0);
 #endif
 }
 

@@ -95,7 +95,9 @@ pbw_tensor *pbw_mean_all(pbw_ctx *ctx, pbw_tensor *x) {
 /* ---- reshape: a view ---- */
 
 static void reshape_backward(pbw_ctx *ctx, pbw_node *n) {
-    /* x's gradient is the output's, element for element */
+    /* x's gradient is the output's, element for element: taken over, left for x's reader to
+     * add as it reads (a side lane's handle of a StyleGAN2 block's output), or added */
+    if (pbw_grad_defer(ctx, n->in[0], n->out)) return;
     const int64_t shape[5] = {1, 1, 1, 1, n->out->numel}, st[5] = {0, 0, 0, 0, 1};
     pbw_grad_pass_to(ctx, n->in[0], n, shape, st, st, 1);
 }

@@ -609,7 +609,10 @@ static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
                                ? pbw_cuda_sg_modconv_parts(N, pl->C, sv->H, sv->W)
                                : 0;
     double *parts = nparts ? pbw_ctx_alloc_opt(ctx, (size_t)nparts * sizeof(double)) : NULL;
-    const pbw_cuda_modconv_bwd_args a = {y->grad, y->data, x->data, s ? &sv->pm : NULL,
+    /* a share of y's gradient left to add (a side lane's handle, pbw_grad_defer): added as
+     * the gradient is staged; it stays recorded, so a later read of y's gradient adds it too */
+    const float *gadd = act ? y->grad_addend : NULL;
+    const pbw_cuda_modconv_bwd_args a = {y->grad,  y->data, x->data, gadd, s ? &sv->pm : NULL,
                                          act ? &sv->pa : NULL, gx, gs, gs0, bx, parts};
     if (pbw_cuda_sg_modconv_backward(&a, pl->weight->data, sv->wt, wh, N, pl->C, sv->H, sv->W,
                                      pl->O, pl->k, pl->transposed) == 0) {
@@ -621,6 +624,7 @@ static void modconv_backward(pbw_ctx *ctx, pbw_node *nd) {
         }
         return;
     }
+    if (pbw_grad_sync(ctx, y)) return; /* the addend, where one is left */
     float *gy = y->grad, *gxm = gx;
     if (act) {
         if (!(gy = pbw_ctx_scratch(ctx, 0, (size_t)y->numel * sizeof(float)))) return;
@@ -670,6 +674,8 @@ static pbw_tensor *modconv_grad(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *s, pbw_
     if (!nd) return NULL;
     memcpy(nd->saved, &sv, sizeof sv);
     nd->writes = 1u; /* x's gradient: the whole adjoint convolution, scaled */
+    /* the activation's gradient staged from out's plus a share left to add (pbw_grad_defer) */
+    out->grad_addend_ok = nd->reads_grad_addend = act != NULL;
     return out;
 }
 #endif

@@ -178,6 +178,7 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
         g->t->grad_half = NULL;
         g->t->grad_half_copy = NULL;
         g->t->grad_parts = NULL; /* records in the activation arena, reset below */
+        g->t->grad_addend = NULL;
     }
     ctx->grads = NULL;
     ctx->tape = NULL;
@@ -621,7 +622,8 @@ const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) {
     /* a gradient still in its half copy alone, or with partial sums left to add: its values,
      * written into grad first */
-    if ((t->grad_half || t->grad_parts) && pbw_grad_sync(ctx, (pbw_tensor *)t)) return NULL;
+    if ((t->grad_half || t->grad_parts || t->grad_addend) && pbw_grad_sync(ctx, (pbw_tensor *)t))
+        return NULL;
     return host_view(ctx, t, t->grad);
 }
 
@@ -932,9 +934,55 @@ static int grad_half_sync(pbw_ctx *ctx, pbw_tensor *t) {
     return -1;
 }
 
+/* grad += grad_addend, where one is left (the add a handle's backward would have made) */
+static int grad_addend_sync(pbw_ctx *ctx, pbw_tensor *t) {
+    if (!t || !t->grad_addend) return 0;
+    const float *a = t->grad_addend;
+    t->grad_addend = NULL;
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->grad) {
+        const int64_t shape[5] = {1, 1, 1, 1, t->numel}, st[5] = {0, 0, 0, 0, 1};
+        pbw_cuda_accumulate(shape, a, st, t->grad, st, 1.0f);
+        return 0;
+    }
+#else
+    (void)a;
+#endif
+    pbw_ctx_fail(ctx, "a gradient's addend without its buffers");
+    return -1;
+}
+
+static long g_defers;
+long pbw_grad_defers(void) { return g_defers; }
+
+int pbw_grad_defer(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out) {
+    (void)ctx;
+    if (!t || !t->grad_addend_ok || !t->requires_grad || !t->grad || t->grad_unset ||
+        t->grad_addend || t->grad_half || !out->grad || out->grad_half || out->grad_addend ||
+        out->grad_parts || t->numel != out->numel || t->device != PBW_DEV_CUDA ||
+        out->device != PBW_DEV_CUDA || pbw_env_zero("PBW_GRAD_ADDEND"))
+        return 0;
+    t->grad_addend = out->grad; /* out's consumers have all run: nothing writes it again */
+    t->grad_half_copy = NULL;   /* the values change */
+    g_defers++;
+    return 1;
+}
+
+/* pbw_grad_sync, leaving the addend where keep_addend (its reader adds it itself) */
+static int grad_sync_opt(pbw_ctx *ctx, pbw_tensor *t, int keep_addend) {
+    if (keep_addend && t && t->grad_addend) {
+        const float *a = t->grad_addend;
+        t->grad_addend = NULL;
+        const int rc = pbw_grad_sync(ctx, t);
+        t->grad_addend = a;
+        return rc;
+    }
+    return pbw_grad_sync(ctx, t);
+}
+
 int pbw_grad_sync_many(pbw_ctx *ctx, int n, pbw_tensor *const *t) {
     for (int i = 0; i < n; i++)
-        if (grad_half_sync(ctx, t[i])) return -1;
+        if (grad_half_sync(ctx, t[i]) || grad_addend_sync(ctx, t[i])) return -1;
 #ifdef PBW_HAVE_CUDA
     pbw_cuda_style_parts jobs[PBW_CUDA_STYLE_PARTS_MAX];
     int nj = 0;
@@ -1076,7 +1124,7 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         }
         if (!n->out->grad) continue; /* nothing downstream of this op reached the loss */
         if (grad_set_zero(ctx, n->out)) break; /* unset: its consumers added nothing */
-        if (!n->reads_grad_half && pbw_grad_sync(ctx, n->out)) break;
+        if (!n->reads_grad_half && grad_sync_opt(ctx, n->out, n->reads_grad_addend)) break;
         double t0 = 0;
         if (pbw_profile_enabled()) {
             pbw_profile_mark(); /* books the last forward op */

@@ -87,6 +87,11 @@ typedef struct pbw_tensor {
                         * StyleGAN2's modulated convolutions), several in one kernel */
     struct pbw_grad_parts *grad_parts; /* those left so far: pbw_grad_sync adds them into grad
                                         * (and pbw_grad_sync_many, several tensors' at once) */
+    int grad_addend_ok; /* CUDA: the op that made this tensor reads its gradient plus one more
+                         * buffer of the same size as it reads the gradient (node
+                         * reads_grad_addend), so a gradient handed over whole (a side lane's
+                         * handle, pbw_lane_fork) may be left there instead of added */
+    const float *grad_addend; /* that buffer, not yet added into grad: pbw_grad_sync adds it */
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -107,6 +112,9 @@ struct pbw_node {
                       * pbw_grad_out (set by the op after pbw_tape_push) */
     int reads_grad_half; /* the backward reads out->grad_half when set (else pbw_backward
                           * writes out->grad from it first) */
+    int reads_grad_addend; /* the backward reads out->grad plus out->grad_addend when set (else
+                            * pbw_backward adds it in first); it leaves the addend recorded, so
+                            * that a later read of out's gradient (pbw_grad_host) adds it */
     int lane_mark;       /* a lane's fork, switch or join (pbw_lane_fork; out NULL), not an op */
     pbw_node *prev;
 };
@@ -294,9 +302,16 @@ float *pbw_grad_out(pbw_ctx *ctx, pbw_tensor *t, float *beta);
  * shared). At most one input of a node may take the buffer. */
 int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
 /* Writes t's gradient buffer from its half copy (pbw_tensor.grad_half) and drops the copy, then
- * adds the partial sums its consumers left (pbw_tensor.grad_parts); no-op without either. 0, or
- * -1 with ctx failed. */
+ * adds the buffer left for it (grad_addend) and the partial sums its consumers left
+ * (pbw_tensor.grad_parts); no-op without any. 0, or -1 with ctx failed. */
 int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t);
+/* For a backward whose gradient for t is the output's own gradient, whole (a reshape): when t's
+ * gradient already holds values and the op that made t reads an addend (grad_addend_ok, CUDA),
+ * out's gradient buffer is left as t's grad_addend and 1 is returned; 0: the caller adds it
+ * (PBW_GRAD_ADDEND=0: never left). */
+int pbw_grad_defer(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
+/* Gradients left that way so far (tests). */
+long pbw_grad_defers(void);
 /* CUDA: partial sums a consumer's backward left for t's gradient (t->grad_parts_ok; p->dst is
  * t->grad), which pbw_grad_sync adds into it. 0, or -1 with ctx failed. */
 struct pbw_cuda_style_parts;

@@ -1051,11 +1051,14 @@ struct StagePremod {
 
 // The staging of an activated output's gradient (pbw_sg_modconv_act's backward): v, the
 // gradient of out = act(y d + noise + bias), becomes y's (act_grad_from_out).
+// Where add is set, v + add[i] (a second share of that gradient, one fp32 addition as the add
+// apart would make) stands for v.
 struct StageActGrad {
     const float *out;
     pbw_cuda_postact pa;
+    const float *add;
     __device__ __forceinline__ float operator()(float v, int n, int c, int64_t, int64_t i) const {
-        return act_grad_from_out(v, out[i], pa, n, c, i);
+        return act_grad_from_out(add ? __fadd_rn(v, add[i]) : v, out[i], pa, n, c, i);
     }
 };
 
@@ -2245,7 +2248,7 @@ extern "C" void pbw_cuda_sg_act_grad_from_out(float *gy, const float *gout, cons
     const int64_t n = (int64_t)pa->g.N * pa->g.O * pa->g.P;
     if (n == 0) return;
     pbw_launch(nchw_map_kernel<StageActGrad>, pbw_grid(n), 256, 0, gy, gout, pa->g.N, pa->g.O,
-               pa->g.P, StageActGrad{out, *pa});
+               pa->g.P, StageActGrad{out, *pa, nullptr});
     PBW_CUDA_LAUNCHED("sg_act_grad_from_out");
 }
 
@@ -2256,7 +2259,7 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
                                             const float *wt, const void *wh, int N, int C, int H,
                                             int W, int O, int k, int transposed) {
     if (N == 0) return 0;
-    if (!prec_staged((int)pbw_cuda_precision())) return -1;
+    if (!prec_staged((int)pbw_cuda_precision()) || (a->gout_add && !a->pa)) return -1;
     // the convolution's adjoint: backward-data of the plain one, the forward of the strided
     // one whose adjoint the transposed convolution is; either reads O channels, writes C
     const pbw_cpu_conv_geom g =
@@ -2273,7 +2276,8 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
         p, dir, transposed ? wt : w, wh, nullptr,
         [&](void *hin, const stage_dims &d) -> const void * {
             if (a->pa)
-                to_nhwc_map(hin, a->gout, N, d.in_c, d.in_p, prec, StageActGrad{a->out, *a->pa});
+                to_nhwc_map(hin, a->gout, N, d.in_c, d.in_p, prec,
+                            StageActGrad{a->out, *a->pa, a->gout_add});
             else
                 to_nhwc(hin, a->gout, N, d.in_c, d.in_p, prec);
             return hin;

@@ -242,6 +242,8 @@ void pbw_cuda_sg_conv_backward(float *gx, const float *gout, const float *w, con
  * on staged half copies (the caller then runs the separate ops' backwards). */
 typedef struct pbw_cuda_modconv_bwd_args {
     const float *gout, *out, *x;
+    const float *gout_add; /* NULL, or a second share of out's gradient, added to gout as it is
+                            * read (pa set) */
     const pbw_cuda_premod *pm;
     const pbw_cuda_postact *pa;
     float *gx, *gs, *gs0;
