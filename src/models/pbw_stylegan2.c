@@ -671,6 +671,50 @@ static pbw_tensor *to_rgb_lane(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tenso
     return out;
 }
 
+/* A block's skip path split around its convolutions, where gradients flow on a GPU with lanes:
+ * before them, the side lane makes what does not read the block's features (ToRGB's style and
+ * per-sample weights, the upsampled skip: rgb_early), beside the convolutions; after them, ToRGB's
+ * product and the skip's sum (rgb_late). Those parts' backward then runs beside the block's
+ * convolutions' too, instead of between the last block's and everything before it. */
+typedef struct rgb_pre {
+    int forked;              /* rgb_early ran on the side lane: rgb_late takes over */
+    pbw_tensor *w, *skip_up; /* ToRGB's weights (rgb_weights), the upsampled skip (or NULL) */
+} rgb_pre;
+
+/* 0 (p->forked 0: to_rgb_lane's way, after the convolutions; also with PBW_SG2_RGB_EARLY=0), or
+ * -1 with ctx failed. */
+static int rgb_early(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, const layer_in *li,
+                     pbw_tensor *skip, int64_t n, rgb_pre *p) {
+    memset(p, 0, sizeof *p);
+    pbw_tensor *in[1] = {li->lat};
+    if (!pbw_needs_grad(ctx, in, 1) || pbw_env_zero("PBW_SG2_RGB_EARLY")) return 0;
+    const int f = pbw_lane_fork(ctx, 1, in);
+    if (f <= 0) return f; /* no lanes: everything after the convolutions, as before */
+    layer_in ls = *li;
+    ls.lat = in[0];
+    pbw_tensor *s, *s0;
+    styles(ctx, &tr->conv, &ls, &s, &s0);
+    p->w = rgb_weights(ctx, &tr->conv, n, &ls, s, s0);
+    p->skip_up = skip ? pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0,
+                                      tr->up_pad1, tr->up_pad0, tr->up_pad1)
+                      : NULL;
+    p->forked = 1;
+    pbw_lane_main(ctx);
+    return pbw_ctx_failed(ctx) ? -1 : 0;
+}
+
+/* The rest of rgb_early's skip path once x is made: the new skip (the caller joins after the
+ * last block). The same ops on the same operands as to_rgb. */
+static pbw_tensor *rgb_late(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
+                            const layer_in *li, const rgb_pre *p) {
+    pbw_tensor *in[1] = {x};
+    if (!x || pbw_lane_fork(ctx, 1, in) < 0) return NULL;
+    pbw_tensor *rgb = pbw_sg_pointwise_blend(ctx, in[0], p->w, li->m_in, tr->bias);
+    pbw_tensor *out = p->skip_up ? pbw_add(ctx, rgb, p->skip_up) : rgb;
+    pbw_lane_main(ctx);
+    return out;
+}
+
 /* The masked-style context of the layer with latent index idx (a ToRGB layer when rgb), a
  * convolution's with its style from pre[idx] where made ahead (pre may be NULL; a ToRGB layer
  * shares its latent index with the next block's first convolution). */
@@ -761,10 +805,13 @@ static int run_blocks(pbw_ctx *ctx, const pbw_stylegan2 *g, pbw_tensor *const *l
         pbw_tensor *noise1 = layer_noise(ctx, g, opts, l + 1, n);
         const layer_in lr = RGB_LAYER(l + 2, ls + 1);
         pbw_tensor *rgb; /* the block's ToRGB, when its convolutions made it */
+        rgb_pre rp;
+        if (rgb_early(ctx, &g->to_rgbs[b], &lr, skip, n, &rp)) return -1;
         x = block_convs(ctx, &g->convs[2 * b], &g->convs[2 * b + 1], x, &li, &li1, noise0, noise1,
                         &g->to_rgbs[b], &lr, &rgb);
-        skip = rgb ? rgb_skip(ctx, &g->to_rgbs[b], rgb, skip)
-                   : to_rgb_lane(ctx, &g->to_rgbs[b], x, &lr, skip);
+        skip = rgb        ? rgb_skip(ctx, &g->to_rgbs[b], rgb, skip)
+               : rp.forked ? rgb_late(ctx, &g->to_rgbs[b], x, &lr, &rp)
+                          : to_rgb_lane(ctx, &g->to_rgbs[b], x, &lr, skip);
         /* the last block's features are not read again: only the image moves. The block
          * before it leaves its features where they are, and the last block's release frees
          * both blocks' temporaries: one copy fewer of the largest features a release would
