@@ -383,31 +383,25 @@ extern "C" size_t pbw_cuda_mem_used(void) { return g_used.load(); }
 extern "C" size_t pbw_cuda_mem_peak(void) { return g_peak.load(); }
 extern "C" void pbw_cuda_mem_reset_peak(void) { g_peak.store(g_used.load()); }
 
-// ---- copies and fills as kernels ----
+// ---- fills and read-backs as kernels ----
 // A memset or memcpy node in a CUDA graph breaks the chain of programmatic dependent launches:
 // it waits for the kernel before it to finish, and the kernel after it starts only once it has
-// (CUPTI on an H200 put 4-14 us of idle GPU after some of an Adam step's memsets and after the
-// crops' upload). Where the bytes allow, pbw does these as kernels instead (pbw_launch):
-// PBW_CUDA_COPY_KERNELS, a sum of bits, default all: 1 zero fills (pbw_cuda_memset0), 2
-// uploads while recording a graph read the pinned staging directly, 4 the library's memsets
-// in a recorded graph become zero-fill kernel nodes, 8 the gathered read-back is written by
-// its kernel straight into pinned host memory. 0: each one as the runtime's own copy or set.
-// Read at each call: tests compare both ways.
+// (CUPTI on an H200 put 4-14 us of idle GPU after some of an Adam step's memset nodes). So
+// PBW_CUDA_COPY_KERNELS, a sum of bits, default both: 1 the memset nodes of a recorded graph
+// (cuDNN's before its transposed convolutions, pbw_cuda_memset0's) become zero-fill kernel
+// nodes; 2 the gathered read-back is written by its kernel straight into pinned host memory,
+// with no copy after it. 0: the runtime's own sets and copies. Read at each call: tests
+// compare both ways.
 static int copy_kernels(int bit) {
     const char *e = getenv("PBW_CUDA_COPY_KERNELS");
     if (!e || !*e) return 1;
     char *end = nullptr;
     const long v = strtol(e, &end, 0);
-    return *end || v < 0 || v > 15 || (v & bit) != 0; // not a sum of the bits: all
+    return *end || v < 0 || v > 3 || (v & bit) != 0; // not a sum of the bits: both
 }
 
 static long g_memsets_replaced;
 extern "C" long pbw_cuda_graph_memsets_replaced(void) { return g_memsets_replaced; }
-
-static unsigned copy_blocks(size_t words) {
-    const size_t b = (words + 255) / 256, most = (size_t)pbw_cuda_sm_count() * 8;
-    return (unsigned)(b < 1 ? 1 : b > most ? most : b);
-}
 
 // dst[0, bytes) = 0: 16-byte stores where dst is 16-byte aligned, its head and tail by bytes.
 __global__ static void fill_zero_kernel(unsigned char *dst, size_t bytes) {
@@ -424,29 +418,10 @@ __global__ static void fill_zero_kernel(unsigned char *dst, size_t bytes) {
     if (t0 < bytes - tail) dst[tail + t0] = 0;
 }
 
-// dst[0, bytes) = src[0, bytes) (either may be pinned host memory, which a kernel reads and
-// writes through the unified address space): 16-byte words where both are 16-byte aligned,
-// else 4-byte words where both are 4-byte aligned, else bytes.
-__global__ static void copy_bytes_kernel(unsigned char *dst, const unsigned char *src,
-                                         size_t bytes) {
-    pbw_pdl_wait();
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const uintptr_t a = (uintptr_t)dst | (uintptr_t)src;
-    size_t done = 0;
-    if (a % 16 == 0) {
-        for (size_t i = t0; i < bytes / 16; i += stride)
-            reinterpret_cast<uint4 *>(dst)[i] = reinterpret_cast<const uint4 *>(src)[i];
-        done = bytes / 16 * 16;
-    } else if (a % 4 == 0) {
-        for (size_t i = t0; i < bytes / 4; i += stride)
-            reinterpret_cast<uint32_t *>(dst)[i] = reinterpret_cast<const uint32_t *>(src)[i];
-        done = bytes / 4 * 4;
-    }
-    for (size_t i = done + t0; i < bytes; i += stride) dst[i] = src[i];
+static unsigned zero_blocks(size_t bytes) {
+    const size_t b = (bytes / 16 + 16 + 255) / 256, most = (size_t)pbw_cuda_sm_count() * 8;
+    return (unsigned)(b < 1 ? 1 : b > most ? most : b);
 }
-
-static unsigned zero_blocks(size_t bytes) { return copy_blocks(bytes / 16 + 16); }
 
 // The zero-fill kernel's node in place of each memset node of graph that sets contiguous bytes
 // to 0 (a library's, recorded with the pass), with the same edges. Nodes it cannot replace stay.
@@ -520,11 +495,6 @@ extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
     if (g_capturing) { // the graph copies from pinned memory that lives as long as it does
         src = capture_stage(src, bytes);
         if (!src) return -1;
-        if (bytes && copy_kernels(2)) { // read by a kernel: no copy node in the chain
-            pbw_launch(copy_bytes_kernel, copy_blocks(bytes / 16 + 1), 256, 0,
-                       (unsigned char *)dst, (const unsigned char *)src, bytes);
-            return copy_result(cudaGetLastError(), "copy to the GPU");
-        }
     }
     return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, pbw_stream()),
                        "copy to the GPU");
@@ -616,7 +586,7 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     if (total > g_gather_cap) {
         const size_t cap = total < 4096 ? 4096 : total;
         void *p = nullptr;
-        // mapped: the gather kernel may write it (copy_kernels(8))
+        // mapped: the gather kernel may write it (copy_kernels(2))
         if (cudaHostAlloc(&p, cap, cudaHostAllocMapped) != cudaSuccess) {
             cudaGetLastError(); // no pinned memory: a copy at a time
             for (int i = 0; i < n; i++)
@@ -631,7 +601,7 @@ extern "C" int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *s
     }
     cudaError_t e = cudaSuccess;
     size_t off = 0;
-    if (copy_kernels(8) && gather_on_device(n, src, bytes, total, true)) {
+    if (copy_kernels(2) && gather_on_device(n, src, bytes, total, true)) {
         // written through the unified address space: nothing left to copy
     } else if (gather_on_device(n, src, bytes, total, false)) {
         e = cudaMemcpyAsync(g_gather_pin, g_gather_dev, total, cudaMemcpyDeviceToHost,
@@ -665,10 +635,6 @@ extern "C" int pbw_cuda_d2d(void *dst, const void *src, size_t bytes) {
 }
 
 extern "C" int pbw_cuda_memset0(void *dst, size_t bytes) {
-    if (bytes && copy_kernels(1)) {
-        pbw_launch(fill_zero_kernel, zero_blocks(bytes), 256, 0, (unsigned char *)dst, bytes);
-        return copy_result(cudaGetLastError(), "memset on the GPU");
-    }
     return copy_result(cudaMemsetAsync(dst, 0, bytes, pbw_stream()), "memset on the GPU");
 }
 
@@ -802,8 +768,7 @@ static void *capture_stage(const void *src, size_t bytes) {
     if (g->pins.empty() || g->pins.back().size - g->pins.back().off < need) {
         size_t size = need > ((size_t)1 << 20) ? need : ((size_t)1 << 20);
         void *p = nullptr;
-        // mapped: an upload's kernel reads it (copy_kernels(2))
-        if (cudaHostAlloc(&p, size, cudaHostAllocMapped) != cudaSuccess) {
+        if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
             cudaGetLastError();
             capture_refuse("pinned staging memory", 0);
             return nullptr;
@@ -868,7 +833,7 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
     pbw_cuda_graph *g = g_cap;
     g_cap = nullptr;
     const char *err = pbw_cuda_error();
-    if (e == cudaSuccess && graph && !g_capture_broken && !err && copy_kernels(4))
+    if (e == cudaSuccess && graph && !g_capture_broken && !err && copy_kernels(1))
         memsets_to_kernels(graph);
     if (e == cudaSuccess && graph && !g_capture_broken && !err)
         e = cudaGraphInstantiate(&g->exec, graph, 0);

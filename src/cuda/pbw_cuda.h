@@ -64,9 +64,9 @@ int pbw_cuda_d2h(void *dst, const void *src, size_t bytes);
 int pbw_cuda_d2h_gather(int n, void *const *dst, const void *const *src, const size_t *bytes);
 int pbw_cuda_d2d(void *dst, const void *src, size_t bytes);
 int pbw_cuda_memset0(void *dst, size_t bytes);
-/* These run as kernels where they can (PBW_CUDA_COPY_KERNELS, docs/cuda.md): a graph's memset
- * or copy node would hold up the kernel after it. Memset nodes a library recorded into a graph
- * are replaced by kernel nodes when it is captured; how many so far: */
+/* A recorded graph's memset nodes (this one's, a library's) become zero-fill kernel nodes as
+ * the graph is captured: a memset node holds up the kernel after it (PBW_CUDA_COPY_KERNELS,
+ * docs/cuda.md). How many were replaced so far: */
 long pbw_cuda_graph_memsets_replaced(void);
 /* Waits for the stream; -1 (err set) when a kernel failed since the last check. */
 int pbw_cuda_sync(pbw_err *err);
