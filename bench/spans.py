@@ -2,7 +2,7 @@
 """spans.py: where a stream's time goes, from PBW_PROFILE_SPANS's timeline (any python3).
 
   PBW_PROFILE=gpu PBW_PROFILE_SPANS=spans.tsv pbw edit ...   (see bench/profile_cuda.sh)
-  bench/spans.py spans.tsv [--report K] [--steps N] [--top 40]
+  bench/spans.py spans.tsv [--report K] [--steps N] [--top 40] [--idle]
 
 Reads the K-th report of the file (default the last: the edit's last phase), takes its busiest
 stream as the critical lane and charges each of its spans with what it added to that lane's
@@ -11,6 +11,12 @@ before it where there is one. Summed over the lane, these charges are the lane's
 the table says which kernels (and, with CUDA graphs off, which ops) that time went to, and how
 much of it the lane waited (for the other lanes or the host). Times are per step where --steps
 says how many steps the report covers.
+
+With CUDA graphs on (bench/profile_cuda.sh GRAPHS=1 PDL=1) a graph's branches run on streams of
+the runtime's choosing and the critical path moves between them, so the busiest stream's idle
+time says little. --idle then adds the time no stream ran anything (the whole GPU idle), by the
+span that ended each gap: where a graph node held up the next (a memset node before a library
+kernel, a copy) rather than a lane waiting for another.
 """
 import argparse
 import collections
@@ -46,6 +52,7 @@ def main():
     ap.add_argument("--report", type=int, default=-1, help="which report (0-based; -1 the last)")
     ap.add_argument("--steps", type=float, default=1, help="steps the report covers (divides)")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--idle", action="store_true", help="also the GPU's idle time, all streams")
     a = ap.parse_args()
     reports = read_reports(a.file)
     if not reports:
@@ -94,6 +101,27 @@ def main():
     print(f"\n{'us/step':>9}  idle after")
     for name, c in idle_after.most_common(12):
         print(f"{c * per:9.1f}  {name}")
+    if a.idle:
+        all_idle(rows, per, a.top)
+
+
+def all_idle(rows, per, top):
+    """The gaps in which no stream ran a span, by the span that ended each."""
+    gaps = collections.Counter()
+    n = collections.Counter()
+    total = 0
+    end = None
+    for s, e, _, _, _, name in sorted(rows):
+        if end is not None and s > end:
+            key = short(name, 70)
+            gaps[key] += s - end
+            n[key] += 1
+            total += s - end
+        end = e if end is None else max(end, e)
+    print(f"\nall streams idle: {total * per:.1f} us a step")
+    print(f"{'us/step':>9} {'n/step':>7}  the span after the gap")
+    for name, c in gaps.most_common(top):
+        print(f"{c * per:9.1f} {n[name] * per * 1e3:7.1f}  {name}")
 
 
 if __name__ == "__main__":
