@@ -424,7 +424,8 @@ static unsigned zero_blocks(size_t bytes) {
 }
 
 // The zero-fill kernel's node in place of each memset node of graph that sets contiguous bytes
-// to 0 (a library's, recorded with the pass), with the same edges. Nodes it cannot replace stay.
+// to 0 (a library's or pbw_cuda_memset0's, recorded with the pass), with the same edges. Nodes
+// it cannot replace stay.
 static void memsets_to_kernels(cudaGraph_t graph) {
     size_t n = 0;
     if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
