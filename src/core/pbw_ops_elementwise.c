@@ -40,7 +40,12 @@ int pbw_half_out(pbw_ctx *ctx, pbw_tensor *const *in, int n) {
 }
 
 int pbw_half_out_grad(pbw_ctx *ctx) {
-    return half_acts_on(ctx) && !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD");
+#ifdef PBW_HAVE_CUDA
+    return half_acts_on(ctx) && pbw_cuda_half_acts_grad();
+#else
+    (void)ctx;
+    return 0;
+#endif
 }
 
 void *pbw_tensor_half_alloc(pbw_ctx *ctx, pbw_tensor *t, int only) {
@@ -123,19 +128,22 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
     float *gx = pbw_grad_out(ctx, x, &beta);
     if (!gx) return;
 #ifdef PBW_HAVE_CUDA
+    /* x's gradient in bf16 alone where a path below writes it so (the room asked for once:
+     * NULL unless the product that reads it wants that copy, grad_half_wanted) */
+    const int quick = s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 && pbw_on_cuda(ctx);
+    void *h = x->half_only || quick ? pbw_grad_half_room(ctx, x, beta) : NULL;
     /* the output's gradient in bf16 alone (grad_half_wanted: the product after QuickGELU
      * wrote it so): read as it is where x's halves and x's gradient in bf16 are taken too */
     if (n->out->grad_half) {
-        void *h = x->half_only ? pbw_grad_half_room(ctx, x, beta) : NULL;
-        if (h && pbw_cuda_unary_backward_half_hh(s->op, s->p0, s->p1, x->half, n->out->grad_half,
-                                                 h, x->numel) == 0) {
+        if (h && x->half_only &&
+            pbw_cuda_unary_backward_half_hh(s->op, s->p0, s->p1, x->half, n->out->grad_half, h,
+                                            x->numel) == 0) {
             x->grad_half = h;
             return;
         }
         if (pbw_grad_sync(ctx, n->out)) return;
     }
     if (x->half_only) { /* the forward read x's halves alone (pbw_half_out_grad) */
-        void *h = pbw_grad_half_room(ctx, x, beta);
         if (h && pbw_cuda_unary_backward_half_hx(s->op, s->p0, s->p1, x->half, n->out->grad, h,
                                                  x->numel) == 0) {
             x->grad_half = h;
@@ -144,13 +152,11 @@ static void unary_backward(pbw_ctx *ctx, pbw_node *n) {
         if (pbw_tensor_sync_f32(ctx, x)) return; /* else x's fp32 values, written now */
     }
     /* written whole for a product that reads it in bf16 (grad_half_wanted): that copy alone */
-    if (s->op == PBW_UN_QUICK_GELU && x->numel % 4 == 0 && pbw_on_cuda(ctx)) {
-        void *h = pbw_grad_half_room(ctx, x, beta);
-        if (h && pbw_cuda_unary_backward_half(s->op, s->p0, s->p1, x->data, n->out->data,
-                                              n->out->grad, h, x->numel) == 0) {
-            x->grad_half = h;
-            return;
-        }
+    if (quick && h &&
+        pbw_cuda_unary_backward_half(s->op, s->p0, s->p1, x->data, n->out->data, n->out->grad,
+                                     h, x->numel) == 0) {
+        x->grad_half = h;
+        return;
     }
 #endif
     PBW_KERNEL(ctx, unary_backward, s->op, s->p0, s->p1, x->data, n->out->data, n->out->grad, gx,

@@ -31,9 +31,9 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
     /* the last to add to x's gradient, which a product reads in bf16 (a residual stream's sum
      * made by linear_add): its bf16 copy written in the same pass */
     const int copy = gx && x->grad_half_copy_wanted && x->grad_last == n && pbw_on_cuda(ctx);
+    void *h = copy ? pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16) : NULL; /* that copy */
     /* the output's gradient in bf16 alone (grad_half_wanted: the product after wrote it so) */
     if (n->out->grad_half) {
-        void *h = copy ? pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16) : NULL;
         if (gx && !gw && !gb &&
             pbw_cuda_layer_norm_backward_gyh(x->data, w ? w->data : NULL, s->mean, s->rstd,
                                              n->out->grad_half, gx, h, R, D) == 0) {
@@ -42,13 +42,10 @@ static void layer_norm_backward(pbw_ctx *ctx, pbw_node *n) {
         }
         if (pbw_grad_sync(ctx, n->out)) return;
     }
-    if (copy) {
-        void *h = pbw_ctx_alloc_opt(ctx, (size_t)x->numel * 2 + 16);
-        if (h && pbw_cuda_layer_norm_backward_copy(x->data, w ? w->data : NULL, s->mean, s->rstd,
-                                                   n->out->grad, gx, h, gw, gb, R, D) == 0) {
-            x->grad_half_copy = h;
-            return;
-        }
+    if (h && pbw_cuda_layer_norm_backward_copy(x->data, w ? w->data : NULL, s->mean, s->rstd,
+                                               n->out->grad, gx, h, gw, gb, R, D) == 0) {
+        x->grad_half_copy = h;
+        return;
     }
 #endif
     PBW_KERNEL(ctx, layer_norm_backward, x->data, w ? w->data : NULL, s->mean, s->rstd,

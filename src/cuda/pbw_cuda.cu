@@ -331,6 +331,10 @@ extern "C" int pbw_cuda_half_acts(void) {
     return env_on("PBW_CUDA_HALF_ACTS", &env) && pbw_cuda_half_gemm();
 }
 
+extern "C" int pbw_cuda_half_acts_grad(void) {
+    return pbw_cuda_half_acts() && !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD");
+}
+
 extern "C" int pbw_cuda_modconv(void) {
     static int env = -1;
     return env_on("PBW_CUDA_MODCONV", &env);

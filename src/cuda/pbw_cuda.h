@@ -103,6 +103,9 @@ int pbw_cuda_half_gx(void);
 /* Half activations (pbw_ctx_set_half_activations) take effect: pbw_cuda_half_gemm() and
  * PBW_CUDA_HALF_ACTS is not 0. */
 int pbw_cuda_half_acts(void);
+/* pbw_cuda_half_acts() with gradients too: 1 unless PBW_CUDA_HALF_ACTS_GRAD is 0 (read at each
+ * call). */
+int pbw_cuda_half_acts_grad(void);
 /* The generator's fused ops run fused (pbw_sg_modconv scales its input while staging it,
  * pbw_sg_modconv_act and pbw_sg_blur_act activate their output as they write it): 1 unless
  * PBW_CUDA_MODCONV is 0 (then each runs the ops it stands for). */

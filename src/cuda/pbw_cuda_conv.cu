@@ -1352,27 +1352,10 @@ __global__ void nhwc_modgrad_kernel(float *gx, const T *src, const float *x, int
     }
 }
 
-// dst[n nstride + c] += (float)(the sum of part[(n C + c) nparts ..]) for every n in order (a
-// style shared by the batch gets one float addition a sample, as the CPU adds): a warp a
-// channel, its lanes striding over the partials, then a fixed shuffle tree.
-__global__ void modgrad_finish_kernel(float *dst, const double *part, int N, int C, int nparts,
-                                      int64_t nstride) {
-    pbw_pdl_wait();
-    const int c = (int)((blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32);
-    const int lane = threadIdx.x % 32;
-    if (c >= C) return; // the whole warp
-    for (int n = 0; n < N; n++) {
-        const double *q = part + ((int64_t)n * C + c) * nparts;
-        double v = 0;
-        for (int k = lane; k < nparts; k += 32) v += q[k];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) dst[n * nstride + c] += (float)v;
-    }
-}
-
-// modgrad_finish_kernel for several tensors' partials in one grid (blockIdx.y a job): the same
-// sums in the same order.
+// For each job (blockIdx.y) of several tensors' partials: dst[n nstride + c] += (float)(the
+// sum of part[(n C + c) nparts ..]) for every n in order (a style shared by the batch gets one
+// float addition a sample, as the CPU adds): a warp a channel, its lanes striding over the
+// partials, then a fixed shuffle tree.
 struct style_parts_jobs {
     pbw_cuda_style_parts j[PBW_CUDA_STYLE_PARTS_MAX];
 };
@@ -1391,6 +1374,24 @@ __global__ void modgrad_finish_many_kernel(style_parts_jobs jobs) {
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
         if (lane == 0) p.dst[n * p.nstride + c] += (float)v;
     }
+}
+
+// The n (<= PBW_CUDA_STYLE_PARTS_MAX) jobs' sums in one launch; none for n < 1.
+void style_parts_launch(int n, const pbw_cuda_style_parts *p) {
+    if (n < 1) return;
+    if (n > PBW_CUDA_STYLE_PARTS_MAX) {
+        pbw_cuda_fail("style partial sums: %d tensors at once (at most %d)", n,
+                      PBW_CUDA_STYLE_PARTS_MAX);
+        return;
+    }
+    style_parts_jobs jobs = {};
+    int most = 0;
+    for (int i = 0; i < n; i++) {
+        jobs.j[i] = p[i];
+        most = p[i].C > most ? p[i].C : most;
+    }
+    pbw_launch(modgrad_finish_many_kernel, dim3((unsigned)((most * 32 + 255) / 256), n), 256, 0,
+               jobs);
 }
 
 // dst (N,P,C) = f(src (N,P,C)), both half (dst may be src), V channels a thread in one word W
@@ -2305,13 +2306,12 @@ extern "C" int pbw_cuda_sg_modconv_backward(const pbw_cuda_modconv_bwd_args *a, 
                            a->x, N, d.out_c, d.out_p, a->gx_beta != 0.0f, pm, ps, ps0);
             });
             PBW_CUDA_LAUNCHED("sg_modconv backward (copy back)");
-            const unsigned fb = (unsigned)((d.out_c * 32 + 255) / 256);
+            pbw_cuda_style_parts jobs[2];
+            int nj = 0;
             if (ps && a->gs && ps != a->gs_parts)
-                pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs, (const double *)ps, N,
-                           d.out_c, (int)ptiles, pm.s_nstride);
-            if (ps0)
-                pbw_launch(modgrad_finish_kernel, fb, 256, 0, a->gs0, (const double *)ps0, N,
-                           d.out_c, (int)ptiles, pm.s0_nstride);
+                jobs[nj++] = {a->gs, ps, N, d.out_c, (int)ptiles, pm.s_nstride};
+            if (ps0) jobs[nj++] = {a->gs0, ps0, N, d.out_c, (int)ptiles, pm.s0_nstride};
+            style_parts_launch(nj, jobs);
             PBW_CUDA_LAUNCHED("sg_modconv backward (style sums)");
             g_modconv_bwd_calls++;
         });
@@ -2326,19 +2326,7 @@ extern "C" int64_t pbw_cuda_sg_modconv_parts(int N, int C, int H, int W) {
 
 extern "C" void pbw_cuda_style_parts_finish(int n, const pbw_cuda_style_parts *p) {
     if (n < 1) return;
-    if (n > PBW_CUDA_STYLE_PARTS_MAX) {
-        pbw_cuda_fail("style partial sums: %d tensors at once (at most %d)", n,
-                      PBW_CUDA_STYLE_PARTS_MAX);
-        return;
-    }
-    style_parts_jobs jobs = {};
-    int most = 0;
-    for (int i = 0; i < n; i++) {
-        jobs.j[i] = p[i];
-        most = p[i].C > most ? p[i].C : most;
-    }
-    pbw_launch(modgrad_finish_many_kernel, dim3((unsigned)((most * 32 + 255) / 256), n), 256, 0,
-               jobs);
+    style_parts_launch(n, p);
     PBW_CUDA_LAUNCHED("sg_modconv backward (style sums, deferred)");
     g_style_parts_calls++;
 }

@@ -241,7 +241,7 @@ static pbw_tensor *crops_op(pbw_ctx *ctx, pbw_tensor *x, const pbw_crop *crops, 
          * they are written as the half copy it reads, alone; with gradients too, since the
          * product's input gradient reads the weight, not x (PBW_CUDA_HALF_ACTS_GRAD=0: fp32
          * patches there, and a product on them) */
-        if (P && pbw_cuda_half_acts() && (!grad || !pbw_env_zero("PBW_CUDA_HALF_ACTS_GRAD")) &&
+        if (P && (grad ? pbw_cuda_half_acts_grad() : pbw_cuda_half_acts()) &&
             !pbw_tensor_half_alloc(ctx, out, 1))
             return NULL;
         pbw_cuda_clip_crops_forward(x->data, B, H, W, dc, n, R, P, nm,
