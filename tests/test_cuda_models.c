@@ -168,8 +168,9 @@ PBW_TEST(cuda_stylegan2_model) {
  * (pbw_tensor.grad_parts), where each finished its own (PBW_CUDA_STYLE_PARTS=0): the same sums
  * in the same order, so the image and the latent's gradient are the same bits. Likewise the
  * skip path's share of each block's output gradient (its side lane's handle): left for the
- * block's last convolution to add as it stages its gradient (pbw_grad_defer), or added by a
- * kernel of its own (PBW_GRAD_ADDEND=0), the same one fp32 addition. */
+ * block's last convolution to add as it stages its gradient (pbw_grad_defer), and its shares
+ * of the latent's (a leaf) added together at the end, or each added by a kernel of its own
+ * (PBW_GRAD_ADDEND=0): the same fp32 additions in the same order. */
 #ifdef PBW_HAVE_CUDA
 /* The image of w (seed bank z 3) and w's gradient under a fixed seed; masked: as an edit's Adam
  * step makes it, its styles mixed with a second latent's (z 4) outside a centred square, the
@@ -275,7 +276,7 @@ PBW_TEST(cuda_stylegan2_style_parts) {
     CHECK(gan_latent_grad(b, gb, &nb, &nwb, &fb, 1) == 0);
     const long db = pbw_grad_defers() - d0;
     pbw_cuda_set_precision(PBW_PREC_FP32);
-    printf("  masked: skip path's shares left to the staging: %ld (%ld with PBW_GRAD_ADDEND=0)\n",
+    printf("  masked: skip path's shares left to add later: %ld (%ld with PBW_GRAD_ADDEND=0)\n",
            db, da);
     CHECK(da == 0 && (db >= 1 || !pbw_cuda_lanes_on()));
     CHECK(na == nb && memcmp(a, b, (size_t)na * sizeof(float)) == 0);

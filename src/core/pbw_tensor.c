@@ -179,6 +179,7 @@ void pbw_ctx_reset(pbw_ctx *ctx) {
         g->t->grad_half_copy = NULL;
         g->t->grad_parts = NULL; /* records in the activation arena, reset below */
         g->t->grad_addend = NULL;
+        g->t->n_grad_adds = 0;
     }
     ctx->grads = NULL;
     ctx->tape = NULL;
@@ -622,7 +623,8 @@ const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) {
     /* a gradient still in its half copy alone, or with partial sums left to add: its values,
      * written into grad first */
-    if ((t->grad_half || t->grad_parts || t->grad_addend) && pbw_grad_sync(ctx, (pbw_tensor *)t))
+    if ((t->grad_half || t->grad_parts || t->grad_addend || t->n_grad_adds) &&
+        pbw_grad_sync(ctx, (pbw_tensor *)t))
         return NULL;
     return host_view(ctx, t, t->grad);
 }
@@ -957,15 +959,35 @@ long pbw_grad_defers(void) { return g_defers; }
 
 int pbw_grad_defer(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out) {
     (void)ctx;
-    if (!t || !t->grad_addend_ok || !t->requires_grad || !t->grad || t->grad_unset ||
-        t->grad_addend || t->grad_half || !out->grad || out->grad_half || out->grad_addend ||
-        out->grad_parts || t->numel != out->numel || t->device != PBW_DEV_CUDA ||
-        out->device != PBW_DEV_CUDA || pbw_env_zero("PBW_GRAD_ADDEND"))
+    if (!t || !(t->grad_addend_ok || t->grad_leaf) || !t->requires_grad || !t->grad ||
+        t->grad_unset || t->grad_addend || t->grad_half || !out->grad || out->grad_half ||
+        out->grad_addend || out->n_grad_adds || out->grad_parts || t->numel != out->numel ||
+        t->device != PBW_DEV_CUDA || out->device != PBW_DEV_CUDA ||
+        (t->grad_leaf && t->n_grad_adds == PBW_GRAD_ADDS) || pbw_env_zero("PBW_GRAD_ADDEND"))
         return 0;
-    t->grad_addend = out->grad; /* out's consumers have all run: nothing writes it again */
-    t->grad_half_copy = NULL;   /* the values change */
+    /* out's consumers have all run: nothing writes its buffer again */
+    if (t->grad_leaf) t->grad_adds[t->n_grad_adds++] = out->grad;
+    else t->grad_addend = out->grad;
+    t->grad_half_copy = NULL; /* the values change */
     g_defers++;
     return 1;
+}
+
+/* grad += each of grad_adds in order, in one kernel */
+static int grad_adds_sync(pbw_ctx *ctx, pbw_tensor *t) {
+    if (!t || !t->n_grad_adds) return 0;
+    const int n = t->n_grad_adds;
+    t->n_grad_adds = 0;
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->grad) {
+        pbw_cuda_accumulate_many(t->grad, t->grad_adds, n, t->numel);
+        return 0;
+    }
+#else
+    (void)n;
+#endif
+    pbw_ctx_fail(ctx, "a gradient's addends without its buffers");
+    return -1;
 }
 
 /* pbw_grad_sync, leaving the addend where keep_addend (its reader adds it itself) */
@@ -982,7 +1004,8 @@ static int grad_sync_opt(pbw_ctx *ctx, pbw_tensor *t, int keep_addend) {
 
 int pbw_grad_sync_many(pbw_ctx *ctx, int n, pbw_tensor *const *t) {
     for (int i = 0; i < n; i++)
-        if (grad_half_sync(ctx, t[i]) || grad_addend_sync(ctx, t[i])) return -1;
+        if (grad_half_sync(ctx, t[i]) || grad_addend_sync(ctx, t[i]) || grad_adds_sync(ctx, t[i]))
+            return -1;
 #ifdef PBW_HAVE_CUDA
     pbw_cuda_style_parts jobs[PBW_CUDA_STYLE_PARTS_MAX];
     int nj = 0;
@@ -1055,6 +1078,12 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
     static float pending; /* marks a tensor listed, before its buffer exists */
     size_t part[2] = {0, 0}, count = 0; /* bytes: zeroed, unset */
     const int may_unset = !pbw_env_zero("PBW_GRAD_UNSET"); /* 0: zero every gradient (tests) */
+    for (int pass = 0; pass < 2; pass++) /* the leaves: inputs no recorded op made */
+        for (pbw_node *n = ctx->tape; n; n = n->prev) {
+            if (pass && n->out) n->out->grad_leaf = 0;
+            for (int i = 0; i < n->nin && !pass; i++)
+                if (n->in[i]) n->in[i]->grad_leaf = 1;
+        }
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out || !n->out->grad) continue; /* a lane mark, or not reached */
         for (int i = 0; i < n->nin; i++) {
@@ -1138,6 +1167,9 @@ int pbw_backward(pbw_ctx *ctx, pbw_tensor *loss, const float *seed, pbw_err *err
         }
         if (ctx->failed) return pbw_ctx_check(ctx, err);
     }
-    for (grad_owner *o = ctx->grads; o && !ctx->failed; o = o->next) grad_set_zero(ctx, o->t);
+    for (grad_owner *o = ctx->grads; o && !ctx->failed; o = o->next) {
+        grad_set_zero(ctx, o->t);
+        if (o->t->n_grad_adds) grad_adds_sync(ctx, o->t); /* a leaf's gradient whole */
+    }
     return pbw_ctx_check(ctx, err);
 }

@@ -38,6 +38,8 @@ extern "C" {
 
 typedef enum pbw_device { PBW_DEV_CPU = 0, PBW_DEV_CUDA = 1 } pbw_device;
 
+#define PBW_GRAD_ADDS 8 /* pbw_tensor.grad_adds */
+
 typedef struct pbw_tensor {
     int ndim;
     int64_t shape[PBW_MAX_DIMS];
@@ -92,6 +94,12 @@ typedef struct pbw_tensor {
                          * reads_grad_addend), so a gradient handed over whole (a side lane's
                          * handle, pbw_lane_fork) may be left there instead of added */
     const float *grad_addend; /* that buffer, not yet added into grad: pbw_grad_sync adds it */
+    int grad_leaf; /* set by pbw_backward: no recorded op made this tensor (an input, the
+                    * latent), so its gradient is read only through pbw_grad_sync's callers */
+    int n_grad_adds; /* CUDA: buffers a leaf's gradient is still to add, in order (pbw_grad_defer:
+                      * a side lane's handles of it); pbw_grad_sync adds them in one kernel, and
+                      * pbw_backward does before it returns */
+    const float *grad_adds[PBW_GRAD_ADDS];
 } pbw_tensor;
 
 typedef struct pbw_ctx pbw_ctx;
@@ -307,8 +315,8 @@ int pbw_grad_pass(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
 int pbw_grad_sync(pbw_ctx *ctx, pbw_tensor *t);
 /* For a backward whose gradient for t is the output's own gradient, whole (a reshape): when t's
  * gradient already holds values and the op that made t reads an addend (grad_addend_ok, CUDA),
- * out's gradient buffer is left as t's grad_addend and 1 is returned; 0: the caller adds it
- * (PBW_GRAD_ADDEND=0: never left). */
+ * out's gradient buffer is left as t's grad_addend, or where t is a leaf, appended to its
+ * grad_adds, and 1 is returned; 0: the caller adds it (PBW_GRAD_ADDEND=0: never left). */
 int pbw_grad_defer(pbw_ctx *ctx, pbw_tensor *t, const pbw_tensor *out);
 /* Gradients left that way so far (tests). */
 long pbw_grad_defers(void);

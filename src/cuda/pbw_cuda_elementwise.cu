@@ -706,6 +706,34 @@ extern "C" void pbw_cuda_accumulate(const int64_t *shape, const float *x, const 
     accumulate_into(shape, sy, sx, nullptr, nullptr, LX{x}, y, s, "accumulate");
 }
 
+// y[i] = (((y[i] + x[0][i]) + x[1][i]) + ...), the n sources in order: what n accumulates of
+// one source each give, in one pass.
+struct accum_srcs {
+    const float *x[PBW_CUDA_ACCUM_MAX];
+};
+
+__global__ static void accumulate_many_kernel(float *y, accum_srcs s, int n, int64_t count) {
+    pbw_pdl_wait();
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
+        float v = y[i];
+        for (int k = 0; k < n; k++) v = __fadd_rn(v, s.x[k][i]);
+        y[i] = v;
+    }
+}
+
+extern "C" void pbw_cuda_accumulate_many(float *y, const float *const *x, int n, int64_t count) {
+    if (n < 1 || count <= 0) return;
+    if (n > PBW_CUDA_ACCUM_MAX) {
+        pbw_cuda_fail("accumulate: %d sources at once (at most %d)", n, PBW_CUDA_ACCUM_MAX);
+        return;
+    }
+    accum_srcs s = {};
+    for (int k = 0; k < n; k++) s.x[k] = x[k];
+    pbw_launch(accumulate_many_kernel, pbw_grid(count), 256, 0, y, s, n, count);
+    PBW_CUDA_LAUNCHED("accumulate_many");
+}
+
 // g in units of float4 when both operands walk its inner dim contiguously, with 16-byte
 // aligned starts, inner sizes and outer strides (permutes and concats of rows whose length is
 // a multiple of 4: CLIP's patches, tokens, heads): a quarter of the index arithmetic and

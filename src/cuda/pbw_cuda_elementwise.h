@@ -77,6 +77,10 @@ void pbw_cuda_binary_backward(pbw_binary_op op, const int64_t *shape, const floa
 /* y[i*sy] += s * x[i*sx] over shape (zero strides in sy reduce, in sx broadcast) */
 void pbw_cuda_accumulate(const int64_t *shape, const float *x, const int64_t *sx, float *y,
                          const int64_t *sy, float s);
+/* y[i] += x[0][i], then += x[1][i], ... (contiguous, count floats): n (<= PBW_CUDA_ACCUM_MAX)
+ * accumulates of one source each in one kernel, the same additions in the same order. */
+#define PBW_CUDA_ACCUM_MAX 8
+void pbw_cuda_accumulate_many(float *y, const float *const *x, int n, int64_t count);
 /* y[i*sy] = x[i*sx] over shape */
 void pbw_cuda_copy_strided(const int64_t *shape, const float *x, const int64_t *sx, float *y,
                            const int64_t *sy);
