@@ -304,6 +304,7 @@ pbw_tensor *pbw_linear_add_into(pbw_ctx *ctx, pbw_tensor *x, pbw_tensor *w, pbw_
 
 /* ---- one row through n maps (pbw_linear_multi) ---- */
 
+#ifdef PBW_HAVE_CUDA
 typedef struct {
     int n;
     pbw_tensor *x, **w, **y; /* (1,I); n weights (O_k,I); their outputs */
@@ -320,7 +321,6 @@ typedef struct {
  * anything that reads their outputs. Decided from the gradients alone, so a second backward
  * over the same tape runs it again. */
 static void linear_multi_backward(pbw_ctx *ctx, pbw_node *nd) {
-#ifdef PBW_HAVE_CUDA
     const multi_saved *sv = nd->saved;
     multi_group *g = sv->g;
     for (int k = sv->k + 1; k < g->n; k++)
@@ -343,10 +343,8 @@ static void linear_multi_backward(pbw_ctx *ctx, pbw_node *nd) {
     if (gx && (!scratch ||
                pbw_cuda_rowvec_multi_backward(g->n, gy, w, O, gx, beta, I, scratch) != 0))
         pbw_ctx_fail(ctx, "linear_multi: the input gradient could not be enqueued");
-#else
-    (void)ctx, (void)nd;
-#endif
 }
+#endif
 
 int pbw_linear_multi_fused(pbw_ctx *ctx, const pbw_tensor *x, int n, pbw_tensor *const *w,
                            pbw_tensor *const *b) {
