@@ -621,11 +621,9 @@ const float *pbw_tensor_host(pbw_ctx *ctx, const pbw_tensor *t) {
     return host_view(ctx, t, t->data);
 }
 const float *pbw_grad_host(pbw_ctx *ctx, const pbw_tensor *t) {
-    /* a gradient still in its half copy alone, or with partial sums left to add: its values,
-     * written into grad first */
-    if ((t->grad_half || t->grad_parts || t->grad_addend || t->n_grad_adds) &&
-        pbw_grad_sync(ctx, (pbw_tensor *)t))
-        return NULL;
+    /* a gradient still in its half copy alone, or with shares or partial sums left to add:
+     * its values, written into grad first (nothing to do without any) */
+    if (pbw_grad_sync(ctx, (pbw_tensor *)t)) return NULL;
     return host_view(ctx, t, t->grad);
 }
 
@@ -936,22 +934,28 @@ static int grad_half_sync(pbw_ctx *ctx, pbw_tensor *t) {
     return -1;
 }
 
-/* grad += grad_addend, where one is left (the add a handle's backward would have made) */
+/* grad += src[0], then += src[1], ... (n of them) in one kernel: the additions a handle's
+ * backward would each have made */
+static int grad_add_sources(pbw_ctx *ctx, pbw_tensor *t, const float *const *src, int n) {
+    if (n < 1) return 0;
+#ifdef PBW_HAVE_CUDA
+    if (t->device == PBW_DEV_CUDA && t->grad) {
+        pbw_cuda_accumulate_many(t->grad, src, n, t->numel);
+        return 0;
+    }
+#else
+    (void)src;
+#endif
+    pbw_ctx_fail(ctx, "a gradient's addends without its buffers");
+    return -1;
+}
+
+/* grad += grad_addend, where one is left */
 static int grad_addend_sync(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->grad_addend) return 0;
     const float *a = t->grad_addend;
     t->grad_addend = NULL;
-#ifdef PBW_HAVE_CUDA
-    if (t->device == PBW_DEV_CUDA && t->grad) {
-        const int64_t shape[5] = {1, 1, 1, 1, t->numel}, st[5] = {0, 0, 0, 0, 1};
-        pbw_cuda_accumulate(shape, a, st, t->grad, st, 1.0f);
-        return 0;
-    }
-#else
-    (void)a;
-#endif
-    pbw_ctx_fail(ctx, "a gradient's addend without its buffers");
-    return -1;
+    return grad_add_sources(ctx, t, &a, 1);
 }
 
 static long g_defers;
@@ -978,16 +982,7 @@ static int grad_adds_sync(pbw_ctx *ctx, pbw_tensor *t) {
     if (!t || !t->n_grad_adds) return 0;
     const int n = t->n_grad_adds;
     t->n_grad_adds = 0;
-#ifdef PBW_HAVE_CUDA
-    if (t->device == PBW_DEV_CUDA && t->grad) {
-        pbw_cuda_accumulate_many(t->grad, t->grad_adds, n, t->numel);
-        return 0;
-    }
-#else
-    (void)n;
-#endif
-    pbw_ctx_fail(ctx, "a gradient's addends without its buffers");
-    return -1;
+    return grad_add_sources(ctx, t, t->grad_adds, n);
 }
 
 /* pbw_grad_sync, leaving the addend where keep_addend (its reader adds it itself) */
@@ -1078,12 +1073,12 @@ static void alloc_reached_grads(pbw_ctx *ctx) {
     static float pending; /* marks a tensor listed, before its buffer exists */
     size_t part[2] = {0, 0}, count = 0; /* bytes: zeroed, unset */
     const int may_unset = !pbw_env_zero("PBW_GRAD_UNSET"); /* 0: zero every gradient (tests) */
-    for (int pass = 0; pass < 2; pass++) /* the leaves: inputs no recorded op made */
-        for (pbw_node *n = ctx->tape; n; n = n->prev) {
-            if (pass && n->out) n->out->grad_leaf = 0;
-            for (int i = 0; i < n->nin && !pass; i++)
-                if (n->in[i]) n->in[i]->grad_leaf = 1;
-        }
+    /* the leaves: inputs no recorded op made */
+    for (pbw_node *n = ctx->tape; n; n = n->prev)
+        for (int i = 0; i < n->nin; i++)
+            if (n->in[i]) n->in[i]->grad_leaf = 1;
+    for (pbw_node *n = ctx->tape; n; n = n->prev)
+        if (n->out) n->out->grad_leaf = 0;
     for (pbw_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out || !n->out->grad) continue; /* a lane mark, or not reached */
         for (int i = 0; i < n->nin; i++) {
