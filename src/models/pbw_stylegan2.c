@@ -591,13 +591,16 @@ static pbw_tensor *block_convs(pbw_ctx *ctx, const pbw_sg2_styled_conv *sc0,
                                tr->bias, rgb);
 }
 
+/* The skip of the block before, upsampled to this block's side. */
+static pbw_tensor *skip_upsampled(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *skip) {
+    return pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0, tr->up_pad1,
+                         tr->up_pad0, tr->up_pad1);
+}
+
 /* ToRGB's output rgb plus the upsampled skip (none for the first). */
 static pbw_tensor *rgb_skip(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *rgb,
                             pbw_tensor *skip) {
-    if (!skip) return rgb;
-    return pbw_add(ctx, rgb,
-                   pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0, tr->up_pad1,
-                                 tr->up_pad0, tr->up_pad1));
+    return skip ? pbw_add(ctx, rgb, skip_upsampled(ctx, tr, skip)) : rgb;
 }
 
 static pbw_tensor *to_rgb(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, pbw_tensor *x,
@@ -695,9 +698,7 @@ static int rgb_early(pbw_ctx *ctx, const pbw_sg2_to_rgb *tr, const layer_in *li,
     pbw_tensor *s, *s0;
     styles(ctx, &tr->conv, &ls, &s, &s0);
     p->w = rgb_weights(ctx, &tr->conv, n, &ls, s, s0);
-    p->skip_up = skip ? pbw_upfirdn2d(ctx, skip, tr->upsample_kernel, 2, 1, tr->up_pad0,
-                                      tr->up_pad1, tr->up_pad0, tr->up_pad1)
-                      : NULL;
+    p->skip_up = skip ? skip_upsampled(ctx, tr, skip) : NULL;
     p->forked = 1;
     pbw_lane_main(ctx);
     return pbw_ctx_failed(ctx) ? -1 : 0;
