@@ -190,15 +190,19 @@ static __device__ __forceinline__ void crop_offsets(const crop_tabs &t, int R, i
 
 // The forward's output value before the clamp from the taps of its row and column: the
 // per-element kernel's arithmetic, term for term. Row sum j is the column pass of input row
-// iy[j] at output column ox; hsum() forms one, and the forward kernel below either calls it for
-// every output or keeps each input row's once in shared memory (the same value).
-static __device__ __forceinline__ float crop_hsum(const float *row, int4 qx, float4 vx) {
-    const int ix[4] = {qx.x, qx.y, qx.z, qx.w};
+// iy[j] at output column ox; hsum() forms one from the row's four tap values, and the forward
+// kernel below either calls it for every output or keeps each input row's once in shared memory
+// (the same value).
+static __device__ __forceinline__ float crop_hsum4(const float (&x)[4], float4 vx) {
     const float wx[4] = {vx.x, vx.y, vx.z, vx.w};
     float r = 0.0f;
 #pragma unroll
-    for (int q = 0; q < 4; q++) r += wx[q] * (row[ix[q]] * 0.5f + 0.5f);
+    for (int q = 0; q < 4; q++) r += wx[q] * (x[q] * 0.5f + 0.5f);
     return r;
+}
+static __device__ __forceinline__ float crop_hsum(const float *row, int4 qx, float4 vx) {
+    const float x[4] = {row[qx.x], row[qx.y], row[qx.z], row[qx.w]};
+    return crop_hsum4(x, vx);
 }
 
 // The row pass: the output value from the column sums of its 4 row taps, qo bytes past col
@@ -219,13 +223,32 @@ static __device__ __forceinline__ float std_of(const pbw_cuda_norm3 &norm, int c
     return ch == 0 ? norm.std[0] : ch == 1 ? norm.std[1] : norm.std[2];
 }
 
+// a / s as the division rounds it, from y = __frcp_rn(s) made once: the product a y, its
+// remainder exact by an FMA, and one correction step give the correctly rounded quotient
+// (Markstein's theorem) wherever nothing under- or overflows, as with a crop's values (|a| <= 1)
+// and CLIP's stds (~0.27). The division's bits without its per-call reciprocal refinement,
+// range check and slow-path branch (10 instructions and a branch an output in the SASS).
+static __device__ __forceinline__ float div_by(float a, float s, float y) {
+    const float q = __fmul_rn(a, y);
+    return __fmaf_rn(__fmaf_rn(-s, q, a), y, q);
+}
+
+// One channel's normalization: mean, std and the std's reciprocal for div_by.
+struct crop_norm {
+    float m, s, y;
+};
+static __device__ __forceinline__ crop_norm crop_norm_of(const pbw_cuda_norm3 &norm, int ch) {
+    const float s = std_of(norm, ch);
+    return {ch == 0 ? norm.mean[0] : ch == 1 ? norm.mean[1] : norm.mean[2], s, __frcp_rn(s)};
+}
+
+// Stores output value v (before the clamp) at o, and whether the clamp passed it at p (if any).
 template <typename T>
-static __device__ __forceinline__ void crop_store(float v, int ch, const pbw_cuda_norm3 &norm,
-                                                  int64_t i, T *out, uint8_t *pass) {
-    if (pass) pass[i] = v >= 0.0f && v <= 1.0f;
+static __device__ __forceinline__ void crop_store(float v, const crop_norm &cn, T *o,
+                                                  uint8_t *p) {
+    if (p) *p = v >= 0.0f && v <= 1.0f;
     v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-    const float m = ch == 0 ? norm.mean[0] : ch == 1 ? norm.mean[1] : norm.mean[2];
-    crop_put(out, i, (v - m) / std_of(norm, ch));
+    crop_put(o, 0, div_by(v - cn.m, cn.s, cn.y));
 }
 
 // Calls f(l, ox) for this thread's share of a rows x R grid (l < rows, ox < R): the elements
@@ -265,13 +288,18 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     const int64_t HW = H * W, ob = u * 3 * (int64_t)R * R;
     const int chs = crop_ch_stride(R, P);
     const float *xb = x + b * 3 * HW + (int64_t)cy * W + cx;
+    // output value v of channel ch at offset off (its row's and column's) of the channel's plane
+    auto put = [&](float v, const crop_norm &cn, int ch, int off) {
+        const int64_t i = ob + ch * chs + off;
+        crop_store(v, cn, out + i, pass ? pass + i : nullptr);
+    };
     crop_offsets(tab, R, P, oy0, rows);
     if (sd == R) { // a plain copy (uniform over the block)
         for_tile(rows, R, [&](int ly, int ox) {
 #pragma unroll
             for (int ch = 0; ch < 3; ch++)
-                crop_store(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f, ch, norm,
-                           ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
+                put(xb[ch * HW + (int64_t)(oy0 + ly) * W + ox] * 0.5f + 0.5f,
+                    crop_norm_of(norm, ch), ch, tab.yo[ly] + tab.xo[ox]);
         });
         return;
     }
@@ -293,7 +321,7 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
                 const float *xp = xb + ch * HW;
                 float v = 0.0f;
                 for (int j = 0; j < 4; j++) v += wy[j] * crop_hsum(xp + (int64_t)iy[j] * W, qx, vx);
-                crop_store(v, ch, norm, ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
+                put(v, crop_norm_of(norm, ch), ch, tab.yo[ly] + tab.xo[ox]);
             }
         });
         return;
@@ -311,21 +339,45 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
     // once, not per element (for_tile below steps a thread across columns). The kernel is
     // bound by its arithmetic (Nsight Compute: SM 77%, DRAM 10%); CUPTI on an H100, a CMA
     // generation's crops 1.37 -> 0.96 ms, an Adam step's 0.043 -> 0.035 ms.
+    // Where no tap of a warp's columns is clamped (all but the crop's first and last columns),
+    // its four loads of a row are consecutive, addressed from one pointer; the row sums are
+    // those of crop_hsum. The outputs' addresses step from the channel's plane. Nsight Compute,
+    // H200: an Adam step's crops 25.1 us, a CMA batch's 209 us before these and the division
+    // (div_by); SM 52% and 72%.
     if (R <= CROP_THREADS) {
         const int ox = tid;
         int4 qx = make_int4(0, 0, 0, 0);
         float4 vx = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         int xo = 0;
         if (ox < R) qx = sxi[ox], vx = sxw[ox], xo = tab.xo[ox];
+        const bool unclamped = __all_sync(0xffffffffu, ox >= R || qx.w - qx.x == 3);
         for (int ch = 0; ch < 3; ch++) {
             const float *xp = xb + ch * HW + (int64_t)iy_lo * W;
-            if (ox < R)
+            if (ox < R && unclamped) {
+                const float *r = xp + qx.x;
+                for (int l = 0; l < ny; l++, r += W) {
+                    const float v4[4] = {r[0], r[1], r[2], r[3]};
+                    hs[l * R + ox] = crop_hsum4(v4, vx);
+                }
+            } else if (ox < R) {
                 for (int l = 0; l < ny; l++) hs[l * R + ox] = crop_hsum(xp + (int64_t)l * W, qx, vx);
+            }
             __syncthreads();
-            if (ox < R)
-                for (int ly = 0; ly < rows; ly++)
-                    crop_store(crop_vsum(hs + ox, syi[ly], syw[ly]), ch, norm,
-                               ob + ch * chs + tab.yo[ly] + xo, out, pass);
+            if (ox < R) {
+                const crop_norm cn = crop_norm_of(norm, ch);
+                const int64_t i0 = ob + ch * chs + xo;
+                T *o = out + i0;
+                if (pass) {
+                    uint8_t *p = pass + i0;
+                    for (int ly = 0; ly < rows; ly++)
+                        crop_store(crop_vsum(hs + ox, syi[ly], syw[ly]), cn, o + tab.yo[ly],
+                                   p + tab.yo[ly]);
+                } else {
+                    for (int ly = 0; ly < rows; ly++)
+                        crop_store(crop_vsum(hs + ox, syi[ly], syw[ly]), cn, o + tab.yo[ly],
+                                   (uint8_t *)nullptr);
+                }
+            }
             __syncthreads(); // hs is read before the next channel overwrites it
         }
         return;
@@ -336,9 +388,9 @@ __global__ static void __launch_bounds__(CROP_THREADS, 4)
             hs[l * R + ox] = crop_hsum(xp + (int64_t)l * W, sxi[ox], sxw[ox]);
         });
         __syncthreads();
+        const crop_norm cn = crop_norm_of(norm, ch);
         for_tile(rows, R, [&](int ly, int ox) {
-            crop_store(crop_vsum(hs + ox, syi[ly], syw[ly]), ch, norm,
-                       ob + ch * chs + tab.yo[ly] + tab.xo[ox], out, pass);
+            put(crop_vsum(hs + ox, syi[ly], syw[ly]), cn, ch, tab.yo[ly] + tab.xo[ox]);
         });
         __syncthreads(); // hs is read before the next channel overwrites it
     }
@@ -377,10 +429,10 @@ const int CROP_CW = 32;   // crop columns a block of crops_bwd_cols_kernel: a wa
 const int CROP_KMAX = 6;  // tabled weights a crop sample
 const int CROP_GB = 4096; // floats of gb, the band of g (at least R)
 const int CROP_BWD_THREADS = 512;
-// The band's loads: a warp takes CROP_BWD_ROWS rows at once, a lane CROP_BWD_OMAX of a row's
-// outputs at a time (one pass over the outputs that read the block's columns for crops down to
-// about a third of R)
-const int CROP_BWD_ROWS = 4, CROP_BWD_OMAX = 2;
+// The band's loads a thread issues before it stores them. A warp took 4 rows of 64 outputs at
+// a time, most of them past the ~36 outputs that 32 crop columns read (CUPTI, H200: 66 us with
+// its divisions, Nsight Compute 73 us, 32.2 M instructions issued).
+const int CROP_BWD_LOADS = 4;
 
 // Shared memory of crops_bwd_cols_kernel (floats and ints alike 4 bytes; the taps first, for
 // their 16-byte alignment): taps xi, xw (R, 32 bytes an entry), cr (2 sdm), wc (sdm, CROP_KMAX),
@@ -439,7 +491,7 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
     const int ncol = min(CROP_CW, sd - c0);
     const int64_t ob = u * 3 * (int64_t)R * R + (int64_t)ch * crop_ch_stride(R, P);
     float *pc = part + uc * (int64_t)sdm * sdm + c0;
-    const float sc = std_of(norm, ch);
+    const float sc = std_of(norm, ch), ysc = __frcp_rn(sc);
     for (int o = tid; o < R; o += CROP_BWD_THREADS) {
         roff[o] = crop_row_off(o, R, P);
         coff[o] = crop_col_off(o, P);
@@ -448,7 +500,7 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
     __syncthreads();
     auto g_of = [&](int64_t i) { // both loads issued before either is used
         const float v = gy[i];
-        return pass[i] ? v / sc * 0.5f : 0.0f;
+        return pass[i] ? div_by(v, sc, ysc) * 0.5f : 0.0f;
     };
     if (sd == R) { // a plain copy: the crop's gradient is g itself
         for (int iy = warp; iy < R; iy += nwarp)
@@ -470,34 +522,26 @@ __global__ static void __launch_bounds__(CROP_BWD_THREADS, 3)
     const int co0 = lane < ncol ? cr[2 * c] : 0, cnt = lane < ncol ? cr[2 * c + 1] - co0 : 0;
     for (int r0 = 0; r0 < R; r0 += band) {
         const int nr = min(band, R - r0);
-        // a warp a row, its lanes the outputs (32 CROP_BWD_OMAX of them at a time): the loads
-        // of CROP_BWD_ROWS rows in flight together
-        for (int oc = 0; oc < no; oc += 32 * CROP_BWD_OMAX) {
-            for (int rb = warp * CROP_BWD_ROWS; rb < nr; rb += nwarp * CROP_BWD_ROWS) {
-                int lco[CROP_BWD_OMAX]; // the layout's column offsets of this lane's outputs
+        // the band's nr x no values of g, row-major, CROP_BWD_LOADS of a thread's in flight
+        // together; a thread steps through its elements without divisions
+        if (no > 0) {
+            const int dr = CROP_BWD_THREADS / no, dq = CROP_BWD_THREADS - dr * no;
+            int r = tid / no, q = tid - r * no;
+            while (r < nr) {
+                float v[CROP_BWD_LOADS];
+                int at[CROP_BWD_LOADS];
 #pragma unroll
-                for (int t = 0; t < CROP_BWD_OMAX; t++) {
-                    const int o = oc + lane + 32 * t;
-                    lco[t] = o < no ? coff[olo + o] : 0;
-                }
-                float v[CROP_BWD_ROWS][CROP_BWD_OMAX];
-#pragma unroll
-                for (int q = 0; q < CROP_BWD_ROWS; q++) {
-                    const int r = rb + q;
-                    const int64_t ro = r < nr ? ob + roff[r0 + r] : 0;
-#pragma unroll
-                    for (int t = 0; t < CROP_BWD_OMAX; t++) {
-                        const int o = oc + lane + 32 * t;
-                        v[q][t] = 0.0f;
-                        if (r < nr && o < no) v[q][t] = g_of(ro + lco[t]);
-                    }
+                for (int t = 0; t < CROP_BWD_LOADS; t++) {
+                    const bool in = r < nr;
+                    at[t] = in ? r * no + q : -1;
+                    v[t] = in ? g_of(ob + roff[r0 + r] + coff[olo + q]) : 0.0f;
+                    r += dr;
+                    q += dq;
+                    if (q >= no) q -= no, r++;
                 }
 #pragma unroll
-                for (int q = 0; q < CROP_BWD_ROWS; q++)
-#pragma unroll
-                    for (int t = 0; t < CROP_BWD_OMAX; t++)
-                        if (rb + q < nr && oc + lane + 32 * t < no)
-                            gb[(rb + q) * no + oc + lane + 32 * t] = v[q][t];
+                for (int t = 0; t < CROP_BWD_LOADS; t++)
+                    if (at[t] >= 0) gb[at[t]] = v[t];
             }
         }
         __syncthreads();
