@@ -18,12 +18,14 @@
 #include "models/pbw_clip.h"
 #include "models/pbw_stylegan2.h"
 #include "models/pbw_tokenizer.h"
+#include "paint/pbw_adam.h"
 #include "paint/pbw_loss.h"
 #include "paint/pbw_painter.h"
 #include "pbw_test.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
 #include "cuda/pbw_cuda_conv.h"
+#include "cuda/pbw_cuda_paint.h"
 #endif
 
 #define SHAPES_GAN "models/shapes/gan.safetensors"
@@ -689,6 +691,160 @@ static int edit_timeline(float *out, int64_t *n, step_losses *losses, char *text
     return rc;
 }
 #endif
+
+/* The update of queued Adam steps (pbw_cuda_adam_queued) against the host's (pbw_adam_apply)
+ * over 7 steps of the one-cycle schedule, with and without weight decay, for a painter's 512
+ * parameters and for 1,500 (threads taking several each): parameters and moments bit for bit
+ * after every step (the same roundings, each spelled out), and each step's ring slot (4 slots,
+ * so they wrap) holding its index, its loss values and the parameters before it. */
+PBW_TEST(cuda_adam_queued) {
+#ifdef PBW_HAVE_CUDA
+    pbw_err err = {0};
+    CHECK(pbw_cuda_init(0, &err) == 0);
+    const int sizes[2] = {512, 1500}, steps = 7, slots = 4;
+    for (int c = 0; c < 2; c++) {
+        const int n = sizes[c];
+        pbw_adam_opts o;
+        pbw_adam_opts_default(&o, 10);
+        o.weight_decay = c ? 0.01 : 0;
+        pbw_adam adam;
+        CHECK(pbw_adam_init(&adam, n, &o, &err) == 0);
+        float *p = malloc((size_t)n * 4), *g = malloc((size_t)n * 4), *got = malloc((size_t)n * 4);
+        float *coef = malloc((size_t)steps * PBW_ADAM_COEFS * 4), vals[4];
+        float *ring = pbw_cuda_host_alloc((size_t)slots * (8 + n) * 4);
+        float *dp = pbw_cuda_malloc((size_t)n * 4), *dm = pbw_cuda_malloc((size_t)n * 4);
+        float *dv = pbw_cuda_malloc((size_t)n * 4), *dg = pbw_cuda_malloc((size_t)n * 4);
+        float *dc = pbw_cuda_malloc((size_t)steps * PBW_ADAM_COEFS * 4);
+        float *dvals = pbw_cuda_malloc(4 * 4);
+        int *dk = pbw_cuda_malloc(sizeof(int));
+        CHECK(ring && dp && dm && dv && dg && dc && dvals && dk);
+        pbw_rng rng;
+        pbw_rng_seed(&rng, 17 + (uint64_t)n);
+        for (int i = 0; i < n; i++) p[i] = (float)(2 * pbw_rng_uniform(&rng) - 1);
+        pbw_adam ahead = adam;
+        for (int k = 0; k < steps; k++) {
+            pbw_adam_coef cf;
+            CHECK(pbw_adam_coef_next(&ahead, &cf, &err) == 0);
+            pbw_adam_advance(&ahead, &cf);
+            const float f[PBW_ADAM_COEFS] = {cf.b1, cf.omb1, cf.b2, cf.omb2,
+                                             cf.bc2, cf.eps, cf.neg_step, cf.wd};
+            memcpy(coef + k * PBW_ADAM_COEFS, f, sizeof f);
+        }
+        const int zero = 0;
+        CHECK(pbw_cuda_h2d(dp, p, (size_t)n * 4) == 0 && pbw_cuda_h2d(dm, adam.m, (size_t)n * 4) == 0 &&
+              pbw_cuda_h2d(dv, adam.v, (size_t)n * 4) == 0 &&
+              pbw_cuda_h2d(dc, coef, (size_t)steps * PBW_ADAM_COEFS * 4) == 0 &&
+              pbw_cuda_h2d(dk, &zero, sizeof zero) == 0);
+        int bad = 0, bad_slot = 0;
+        for (int k = 0; k < steps; k++) {
+            for (int i = 0; i < n; i++) g[i] = (float)(pbw_rng_uniform(&rng) - 0.5) * 1e-2f;
+            for (int j = 0; j < 4; j++) vals[j] = (float)(k * 10 + j) + 0.25f;
+            CHECK(pbw_cuda_h2d(dg, g, (size_t)n * 4) == 0 && pbw_cuda_h2d(dvals, vals, 16) == 0);
+            const float *const val[4] = {dvals, dvals + 1, dvals + 2, k % 2 ? NULL : dvals + 3};
+            pbw_cuda_adam_queued(n, dp, dm, dv, dg, dc, val, dk, ring, slots);
+            CHECK(pbw_cuda_sync(&err) == 0);
+            const float *slot = ring + (size_t)(k % slots) * (8 + n);
+            int sk = -1;
+            memcpy(&sk, slot, sizeof sk);
+            bad_slot += sk != k || slot[1] != vals[0] || slot[2] != vals[1] ||
+                        slot[3] != vals[2] || slot[4] != (k % 2 ? 0.0f : vals[3]) ||
+                        memcmp(slot + 8, p, (size_t)n * 4) != 0;
+            pbw_adam_coef cf;
+            CHECK(pbw_adam_coef_next(&adam, &cf, &err) == 0);
+            pbw_adam_advance(&adam, &cf);
+            pbw_adam_apply(&cf, n, p, g, adam.m, adam.v);
+            CHECK(pbw_cuda_d2h(got, dp, (size_t)n * 4) == 0);
+            bad += memcmp(got, p, (size_t)n * 4) != 0;
+            CHECK(pbw_cuda_d2h(got, dm, (size_t)n * 4) == 0);
+            bad += memcmp(got, adam.m, (size_t)n * 4) != 0;
+            CHECK(pbw_cuda_d2h(got, dv, (size_t)n * 4) == 0);
+            bad += memcmp(got, adam.v, (size_t)n * 4) != 0;
+        }
+        int kend = -1;
+        CHECK(pbw_cuda_d2h(&kend, dk, sizeof kend) == 0);
+        printf("  n %d, weight decay %g: %d steps, %d of them unlike the host's update, %d slots "
+               "wrong; counter %d\n", n, o.weight_decay, steps, bad, bad_slot, kend);
+        CHECK(bad == 0 && bad_slot == 0 && kend == steps);
+        pbw_cuda_free(dp), pbw_cuda_free(dm), pbw_cuda_free(dv), pbw_cuda_free(dg);
+        pbw_cuda_free(dc), pbw_cuda_free(dvals), pbw_cuda_free(dk);
+        pbw_cuda_host_free(ring);
+        free(p), free(g), free(got), free(coef);
+        pbw_adam_free(&adam);
+    }
+#endif
+}
+
+#ifdef PBW_HAVE_CUDA
+/* An Adam edit of the shapes world (6 steps, no step's image wanted, the CLI's default) with
+ * PBW_TIMELINE's marks captured, the steps' losses, the image and the latent. */
+typedef struct queue_call {
+    float *out, *lat;
+    int64_t *n;
+    step_losses *losses;
+} queue_call;
+
+static int run_queue_call(void *arg) {
+    queue_call *c = arg;
+    pbw_paint_request rq;
+    pbw_paint_request_default(&rq);
+    rq.optim = PBW_OPTIM_ADAM;
+    rq.adam_steps = 6;
+    rq.no_progress_images = 1;
+    return shapes_edit(PBW_DEV_CUDA, 1, &rq, c->out, c->n, NULL, c->lat, c->losses);
+}
+#endif
+
+/* Adam steps queued on the GPU (the steps from the second on, the update inside each step's
+ * graph, launched ahead of the host) against the same edit with the host's turn between steps
+ * (PBW_CUDA_ADAM_QUEUE=0), LPIPS included, in fp32 and bf16. The queued path must have run
+ * (5 steps marked done from the queue, 5 graph launches either way). In fp32 the two give the
+ * same bits, losses, image and latent alike: the same graph's kernels, the latent read where it
+ * already is rather than uploaded, and the update bit for bit the host's (cuda_adam_queued). In
+ * bf16 cuDNN may pick nondeterministic algorithms, so there cuda_edit_graph's tolerances hold:
+ * step 1 bit for bit, step 2 within 5e-4 relative, the later steps within 4e-3. */
+PBW_TEST(cuda_edit_adam_queue) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 256 * 256], b[3 * 256 * 256], la[1024], lb[1024];
+    static char text[65536];
+    for (int bf = 0; bf < 2; bf++) {
+        pbw_cuda_set_precision(bf ? PBW_PREC_BF16 : PBW_PREC_FP32);
+        int64_t na = 0, nb = 0;
+        step_losses sa = {{0}, 0}, sb = {{0}, 0};
+        queue_call ca = {a, la, &na, &sa}, cb = {b, lb, &nb, &sb};
+        setenv("PBW_CUDA_ADAM_QUEUE", "0", 1);
+        long g0 = pbw_cuda_graph_launches();
+        CHECK(run_queue_call(&ca) == 0);
+        const long ga = pbw_cuda_graph_launches() - g0;
+        unsetenv("PBW_CUDA_ADAM_QUEUE");
+        setenv("PBW_TIMELINE", "1", 1);
+        g0 = pbw_cuda_graph_launches();
+        int rc = pbw_test_capture_stderr(run_queue_call, &cb, text, sizeof text);
+        unsetenv("PBW_TIMELINE");
+        const long gb = pbw_cuda_graph_launches() - g0;
+        if (rc) printf("  the queued edit failed; its stderr:\n%s\n", text);
+        CHECK(rc == 0 && na == nb);
+        int queued = 0;
+        for (const char *t = text; (t = strstr(t, "adam: queued step done")) != NULL; t++)
+            queued++;
+        double worst = 0;
+        int same = sa.n == sb.n;
+        for (int t = 0; t < sa.n && t < sb.n; t++) {
+            same &= sa.v[t] == sb.v[t];
+            const double r = fabs(sa.v[t] - sb.v[t]) / fabs(sa.v[t]);
+            if (r > worst) worst = r;
+        }
+        const double di = gc_max_diff(b, a, na, NULL), dl = gc_max_diff(lb, la, 128, NULL);
+        printf("  %s: steps queued %d, graph launches %ld and %ld; losses the same %d (worst "
+               "%.1e relative), image %.1e, latent %.1e\n", bf ? "bf16" : "fp32", queued, ga, gb,
+               same, worst, di, dl);
+        CHECK(queued == 5 && ga == 5 && gb == 5 && sa.n == 6 && sb.n == 6);
+        if (!bf) CHECK(same && di == 0 && dl == 0);
+        else CHECK(sa.v[0] == sb.v[0] && fabs(sb.v[1] - sa.v[1]) <= 5e-4 * fabs(sa.v[1]) &&
+                   worst <= 4e-3);
+    }
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+#endif
+}
 
 /* The second CMA-ES generation's and Adam step's graphs are recorded while the GPU runs the
  * first, into the memory the first uses, where the reset between them keeps that memory; where

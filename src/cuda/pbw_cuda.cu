@@ -44,7 +44,7 @@ extern "C" void pbw_cuda_clear_error(void) {
 
 static int g_capturing, g_capture_broken, g_capture_grew;
 static void capture_refuse(const char *what, int grew);
-static void *capture_stage(const void *src, size_t bytes);
+static void *capture_stage(const void *src, size_t bytes, void *dst);
 static std::vector<void *> g_deferred_free; // pbw_cuda_free calls made while capturing
 
 // ---- device, stream, handles ----
@@ -498,7 +498,7 @@ static int copy_result(cudaError_t e, const char *what) {
 
 extern "C" int pbw_cuda_h2d(void *dst, const void *src, size_t bytes) {
     if (g_capturing) { // the graph copies from pinned memory that lives as long as it does
-        src = capture_stage(src, bytes);
+        src = capture_stage(src, bytes, dst);
         if (!src) return -1;
     }
     return copy_result(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, pbw_stream()),
@@ -740,6 +740,10 @@ struct staged_input {
     void *pinned;
     const void *src;
     size_t bytes;
+    int range;         // the registered host range src lies in (g_inputs' order)
+    size_t off;        // src's offset in it
+    void *dst;         // the device address the upload writes
+    cudaGraphNode_t node; // its copy node in the recorded graph (null where not found)
 };
 struct pin_chunk {
     char *base;
@@ -751,6 +755,7 @@ char g_refusal[160];
 
 struct pbw_cuda_graph {
     cudaGraphExec_t exec;
+    cudaGraph_t graph; // kept while inputs' copy nodes may be retargeted (pbw_cuda_graph_launch_from)
     std::vector<pin_chunk> pins;
     std::vector<staged_input> inputs;
 };
@@ -767,7 +772,7 @@ static void capture_refuse(const char *what, int grew) {
     pbw_cuda_fail("not recordable in a CUDA graph: %s", what);
 }
 
-static void *capture_stage(const void *src, size_t bytes) {
+static void *capture_stage(const void *src, size_t bytes, void *to) {
     pbw_cuda_graph *g = g_cap;
     size_t need = (bytes + 63) / 64 * 64;
     if (g->pins.empty() || g->pins.back().size - g->pins.back().off < need) {
@@ -785,10 +790,10 @@ static void *capture_stage(const void *src, size_t bytes) {
     c.off += need;
     memcpy(dst, src, bytes);
     const char *s = (const char *)src;
-    for (const auto &in : g_inputs) {
-        const char *b = (const char *)in.first;
-        if (s >= b && s + bytes <= b + in.second) {
-            g->inputs.push_back({dst, src, bytes});
+    for (size_t k = 0; k < g_inputs.size(); k++) {
+        const char *b = (const char *)g_inputs[k].first;
+        if (s >= b && s + bytes <= b + g_inputs[k].second) {
+            g->inputs.push_back({dst, src, bytes, (int)k, (size_t)(s - b), to, nullptr});
             break;
         }
     }
@@ -798,8 +803,36 @@ static void *capture_stage(const void *src, size_t bytes) {
 static void graph_release(pbw_cuda_graph *g) {
     if (!g) return;
     if (g->exec) cudaGraphExecDestroy(g->exec);
+    if (g->graph) cudaGraphDestroy(g->graph);
     for (const pin_chunk &c : g->pins) cudaFreeHost(c.base);
     delete g;
+}
+
+// Each registered input's copy node in the recorded graph: the memcpy node reading its pinned
+// staging (left null where none does: pbw_cuda_graph_launch_from then refuses).
+static void input_nodes(cudaGraph_t graph, pbw_cuda_graph *g) {
+    if (g->inputs.empty()) return;
+    size_t n = 0;
+    if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return;
+    }
+    std::vector<cudaGraphNode_t> nodes(n);
+    if (cudaGraphGetNodes(graph, nodes.data(), &n) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType t;
+        cudaMemcpy3DParms p = {};
+        if (cudaGraphNodeGetType(node, &t) != cudaSuccess || t != cudaGraphNodeTypeMemcpy ||
+            cudaGraphMemcpyNodeGetParams(node, &p) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        for (staged_input &in : g->inputs)
+            if (p.srcPtr.ptr == in.pinned) in.node = node;
+    }
 }
 
 extern "C" void pbw_cuda_graph_input(const void *host, size_t bytes) {
@@ -840,8 +873,10 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
     const char *err = pbw_cuda_error();
     if (e == cudaSuccess && graph && !g_capture_broken && !err && copy_kernels(1))
         memsets_to_kernels(graph);
-    if (e == cudaSuccess && graph && !g_capture_broken && !err)
+    if (e == cudaSuccess && graph && !g_capture_broken && !err) {
+        input_nodes(graph, g);
         e = cudaGraphInstantiate(&g->exec, graph, 0);
+    }
     bool ok = e == cudaSuccess && graph && !g_capture_broken && !err && g->exec;
     // the graph's device side set up now, in stream order, rather than at its first launch
     if (ok && cudaGraphUpload(g->exec, pbw_stream()) != cudaSuccess) cudaGetLastError();
@@ -849,7 +884,8 @@ extern "C" pbw_cuda_graph *pbw_cuda_capture_end(char *why, size_t why_len) {
         snprintf(why, why_len, "%s", ok ? "" : g_capture_broken ? g_refusal
                                            : err               ? err
                                                                : cudaGetErrorString(e));
-    if (graph) cudaGraphDestroy(graph);
+    if (ok) g->graph = graph; // its copy nodes name the exec's (pbw_cuda_graph_launch_from)
+    else if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();
     if (!ok) {
         pbw_cuda_clear_error();
@@ -878,6 +914,74 @@ extern "C" int pbw_cuda_graph_launch(pbw_cuda_graph *g) {
         for (const staged_input &in : g->inputs) memcpy(in.pinned, in.src, in.bytes);
     }
     return copy_result(cudaGraphLaunch(g->exec, pbw_stream()), "graph launch");
+}
+
+extern "C" int pbw_cuda_graph_launch_from(pbw_cuda_graph *g, int n, const void *const *pinned) {
+    if (!g || !g->exec) return -1;
+    for (const staged_input &in : g->inputs) {
+        if (in.range >= n || !pinned[in.range]) continue;
+        if (!in.node) return copy_result(cudaErrorInvalidValue, "graph input not found");
+        cudaError_t e = cudaGraphExecMemcpyNodeSetParams1D(
+            g->exec, in.node, in.dst, (const char *)pinned[in.range] + in.off, in.bytes,
+            cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) return copy_result(e, "graph input");
+    }
+    g_graph_launches++;
+    return copy_result(cudaGraphLaunch(g->exec, pbw_stream()), "graph launch");
+}
+
+extern "C" int pbw_cuda_graph_inputs_found(const pbw_cuda_graph *g) {
+    if (!g || !g->exec) return 0;
+    for (const staged_input &in : g->inputs)
+        if (!in.node) return 0;
+    return 1;
+}
+
+extern "C" void *pbw_cuda_host_alloc(size_t bytes) {
+    void *p = nullptr;
+    if (g_dev < 0 || cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    return p;
+}
+
+extern "C" void pbw_cuda_host_free(void *p) {
+    if (!p) return;
+    sync_lanes(); // a queued copy or kernel may still use it
+    cudaFreeHost(p);
+}
+
+struct pbw_cuda_mark {
+    cudaEvent_t ev;
+};
+
+extern "C" pbw_cuda_mark *pbw_cuda_mark_new(void) {
+    if (g_dev < 0) return nullptr;
+    pbw_cuda_mark *m = new pbw_cuda_mark;
+    if (cudaEventCreateWithFlags(&m->ev, cudaEventDisableTiming) != cudaSuccess) {
+        cudaGetLastError();
+        delete m;
+        return nullptr;
+    }
+    return m;
+}
+
+extern "C" int pbw_cuda_mark_record(pbw_cuda_mark *m) {
+    if (!m || g_capturing) return -1;
+    return copy_result(cudaEventRecord(m->ev, pbw_stream()), "marking the stream");
+}
+
+extern "C" int pbw_cuda_mark_wait(pbw_cuda_mark *m) {
+    if (!m) return -1;
+    if (copy_result(cudaEventSynchronize(m->ev), "waiting for the GPU")) return -1;
+    return pbw_cuda_error() ? -1 : 0;
+}
+
+extern "C" void pbw_cuda_mark_free(pbw_cuda_mark *m) {
+    if (!m) return;
+    cudaEventDestroy(m->ev);
+    delete m;
 }
 
 extern "C" void pbw_cuda_graph_free(pbw_cuda_graph *g) {

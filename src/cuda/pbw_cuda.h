@@ -70,6 +70,19 @@ int pbw_cuda_memset0(void *dst, size_t bytes);
 long pbw_cuda_graph_memsets_replaced(void);
 /* Waits for the stream; -1 (err set) when a kernel failed since the last check. */
 int pbw_cuda_sync(pbw_err *err);
+
+/* Pinned host memory that kernels may read and write (mapped, through the unified address
+ * space); NULL without a device or memory. Freeing waits for the lanes. */
+void *pbw_cuda_host_alloc(size_t bytes);
+void pbw_cuda_host_free(void *p);
+/* A point in lane 0's stream: _record marks the work queued so far (not while recording a
+ * graph), _wait blocks until that work is done (-1 when it or an earlier kernel failed: the
+ * sticky error is set). */
+typedef struct pbw_cuda_mark pbw_cuda_mark;
+pbw_cuda_mark *pbw_cuda_mark_new(void);
+int pbw_cuda_mark_record(pbw_cuda_mark *m);
+int pbw_cuda_mark_wait(pbw_cuda_mark *m);
+void pbw_cuda_mark_free(pbw_cuda_mark *m);
 /* Starts (on != 0) or stops the CUDA profiler's collection (cudaProfilerStart/Stop): what a
  * profiler run with collection off at start (Nsight Compute's --profile-from-start off) sees. */
 void pbw_cuda_profiler(int on);
@@ -178,6 +191,14 @@ int pbw_cuda_capturing(void);
 int pbw_cuda_capture_grew(void);
 int pbw_cuda_graph_launch(pbw_cuda_graph *g);
 void pbw_cuda_graph_free(pbw_cuda_graph *g);
+/* Launches g without waiting for anything, each registered host range k (in the order of
+ * pbw_cuda_graph_input, k < n) read this time from pinned[k] instead (pinned memory of the
+ * same layout, pbw_cuda_host_alloc, left as it is until this launch's copies ran; NULL: the
+ * staging as the last launch left it). Launches queued before keep their own sources, so
+ * several may be in flight, each with its own inputs. 0, or -1 with the error set. */
+int pbw_cuda_graph_launch_from(pbw_cuda_graph *g, int n, const void *const *pinned);
+/* Whether every registered input's copy was found in g's recording (launch_from needs it). */
+int pbw_cuda_graph_inputs_found(const pbw_cuda_graph *g);
 /* Graph launches so far in this process (tests check that a pass was replayed). */
 long pbw_cuda_graph_launches(void);
 

@@ -1,4 +1,5 @@
-// pbw_cuda_paint.cu: CLIP's crops on the GPU (see pbw_cuda_paint.h). The bicubic taps are
+// pbw_cuda_paint.cu: CLIP's crops on the GPU, and the Adam update of queued steps (see
+// pbw_cuda_paint.h). The bicubic taps are
 // bit-equal to the CPU's (pbw_cuda_resample.cuh).
 //
 // A block of the tiled forward takes CROP_ROWS output rows of one crop unit (image b, crop k)
@@ -701,4 +702,53 @@ extern "C" void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pas
                    norm, gx);
     }
     PBW_CUDA_LAUNCHED("clip_crops backward");
+}
+
+// ---------- the Adam update of queued steps ----------
+
+// One block: every thread reads the step index before thread 0 moves it on. The update's
+// arithmetic is pbw_adam_apply's, each rounding spelled out (no contraction into FMAs that the
+// CPU code does not have; sqrtf and the divisions are the IEEE ones).
+__global__ static void adam_queued_kernel(int n, float *__restrict__ param, float *__restrict__ m,
+                                          float *__restrict__ v, const float *__restrict__ grad,
+                                          const float *__restrict__ coef, const float *v0,
+                                          const float *v1, const float *v2, const float *v3,
+                                          int *counter, float *ring, int slots) {
+    pbw_pdl_wait();
+    const int k = *counter;
+    const float *c = coef + 8 * (int64_t)k;
+    const float b1 = c[0], omb1 = c[1], b2 = c[2], omb2 = c[3], bc2 = c[4], eps = c[5],
+                neg = c[6], wd = c[7];
+    float *slot = ring + (int64_t)(k % slots) * (8 + n);
+    if (threadIdx.x == 0) {
+        reinterpret_cast<int *>(slot)[0] = k;
+        slot[1] = v0 ? *v0 : 0.0f;
+        slot[2] = v1 ? *v1 : 0.0f;
+        slot[3] = v2 ? *v2 : 0.0f;
+        slot[4] = v3 ? *v3 : 0.0f;
+        slot[5] = slot[6] = slot[7] = 0.0f;
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float p = param[i];
+        slot[8 + i] = p;
+        float g = grad[i];
+        if (wd != 0.0f) g = __fmaf_rn(wd, p, g);
+        const float mi = __fmaf_rn(omb1, g, __fmul_rn(m[i], b1));
+        const float vi = __fmaf_rn(__fmul_rn(omb2, g), g, __fmul_rn(v[i], b2));
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2), eps);
+        param[i] = __fadd_rn(p, __fdiv_rn(__fmul_rn(neg, mi), denom));
+    }
+    __syncthreads(); // every thread has read k
+    if (threadIdx.x == 0) *counter = k + 1;
+}
+
+extern "C" void pbw_cuda_adam_queued(int n, float *param, float *m, float *v, const float *grad,
+                                     const float *coef, const float *const val[4], int *counter,
+                                     float *ring, int slots) {
+    if (n <= 0 || slots <= 0) return;
+    pbw_launch(adam_queued_kernel, 1, n < 1024 ? (n + 31) / 32 * 32 : 1024, 0, n, param, m, v,
+               grad, coef, val[0], val[1], val[2], val[3], counter, ring, slots);
+    PBW_CUDA_LAUNCHED("adam update");
 }

@@ -1,4 +1,5 @@
-/* pbw_cuda_paint.h: CUDA kernels of the painter's own ops (src/paint/pbw_loss.c): CLIP's crops.
+/* pbw_cuda_paint.h: CUDA kernels of the painter's own ops (src/paint/pbw_loss.c): CLIP's crops;
+ * and the Adam update of the painter's queued steps (src/paint/pbw_painter.c).
  *
  * crops: n squares (y, x, side) as int triples in device memory; each is cut from every image
  * of x (B,3,H,W) in [-1,1], mapped to [0,1], resized to R x R (bicubic, PyTorch's conventions:
@@ -35,6 +36,16 @@ size_t pbw_cuda_clip_crops_backward_scratch_floats(int64_t B, int64_t H, int64_t
 void pbw_cuda_clip_crops_backward(const float *gy, const uint8_t *pass, int64_t B, int64_t H,
                                   int64_t W, const int *crops, int n, int R, int P,
                                   pbw_cuda_norm3 norm, float *gx, float *scratch);
+
+/* One Adam step of the painter's queued steps, its index k read from *counter (device memory):
+ * writes ring slot k % slots (mapped host memory, 8 + n floats: k as an int, the loss values
+ * *val[0..3] (0 where NULL), three unused, then param before the update), updates param, m and
+ * v (n each, device memory) in place with coefficients coef[8k .. 8k + 7] (pbw_adam_coef's
+ * floats, PBW_ADAM_COEFS) and grad, with pbw_adam_apply's roundings, then sets *counter to
+ * k + 1. Recorded in the step's CUDA graph, so that steps run back to back without the host. */
+void pbw_cuda_adam_queued(int n, float *param, float *m, float *v, const float *grad,
+                          const float *coef, const float *const val[4], int *counter, float *ring,
+                          int slots);
 
 #ifdef __cplusplus
 }

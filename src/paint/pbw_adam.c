@@ -126,30 +126,51 @@ void pbw_adam_free(pbw_adam *a) {
     a->m = a->v = NULL;
 }
 
-int pbw_adam_step(pbw_adam *a, float *param, const float *grad, pbw_err *err) {
+int pbw_adam_coef_next(const pbw_adam *a, pbw_adam_coef *c, pbw_err *err) {
     const pbw_adam_opts *o = &a->opts;
     double lr = o->lr, beta1 = o->beta1, beta2 = o->beta2;
     if (o->use_schedule && pbw_onecycle_at(&o->schedule, (int)a->t, &lr, &beta1, err))
         return pbw_err_prefix(err, "adam step %ld: ", a->t + 1);
-    a->t++;
-    a->lr = lr;
-    a->beta1 = beta1;
-    double step = (double)a->t;
+    double step = (double)(a->t + 1);
     double step_size = lr / (1.0 - pow(beta1, step));
     double bc2_sqrt = sqrt(1.0 - pow(beta2, step));
-    float fb1 = (float)beta1, f1mb1 = (float)(1.0 - beta1);
-    float fb2 = (float)beta2, f1mb2 = (float)(1.0 - beta2);
-    float fbc2 = (float)bc2_sqrt, feps = (float)o->eps, fneg = (float)(-step_size);
-    float fwd = (float)o->weight_decay;
-    for (int i = 0; i < a->n; i++) {
+    c->lr = lr;
+    c->beta1 = beta1;
+    c->b1 = (float)beta1;
+    c->omb1 = (float)(1.0 - beta1);
+    c->b2 = (float)beta2;
+    c->omb2 = (float)(1.0 - beta2);
+    c->bc2 = (float)bc2_sqrt;
+    c->eps = (float)o->eps;
+    c->neg_step = (float)(-step_size);
+    c->wd = (float)o->weight_decay;
+    return 0;
+}
+
+void pbw_adam_advance(pbw_adam *a, const pbw_adam_coef *c) {
+    a->t++;
+    a->lr = c->lr;
+    a->beta1 = c->beta1;
+}
+
+void pbw_adam_apply(const pbw_adam_coef *c, int n, float *param, const float *grad, float *m,
+                    float *v) {
+    for (int i = 0; i < n; i++) {
         float g = grad[i];
-        if (o->weight_decay != 0) g = fmaf(fwd, param[i], g); /* grad.add(param, alpha=wd) */
-        float m = fmaf(f1mb1, g, a->m[i] * fb1);               /* mul_(b1).add_(g, 1 - b1) */
-        float v = fmaf(f1mb2 * g, g, a->v[i] * fb2);           /* mul_(b2).addcmul_(g, g, 1 - b2) */
-        a->m[i] = m;
-        a->v[i] = v;
-        float denom = sqrtf(v) / fbc2 + feps;
-        param[i] = param[i] + (fneg * m) / denom;
+        if (c->wd != 0) g = fmaf(c->wd, param[i], g);    /* grad.add(param, alpha=wd) */
+        float mi = fmaf(c->omb1, g, m[i] * c->b1);       /* mul_(b1).add_(g, 1 - b1) */
+        float vi = fmaf(c->omb2 * g, g, v[i] * c->b2);   /* mul_(b2).addcmul_(g, g, 1 - b2) */
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / c->bc2 + c->eps;
+        param[i] = param[i] + (c->neg_step * mi) / denom;
     }
+}
+
+int pbw_adam_step(pbw_adam *a, float *param, const float *grad, pbw_err *err) {
+    pbw_adam_coef c;
+    if (pbw_adam_coef_next(a, &c, err)) return -1;
+    pbw_adam_advance(a, &c);
+    pbw_adam_apply(&c, a->n, param, grad, a->m, a->v);
     return 0;
 }

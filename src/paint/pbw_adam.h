@@ -83,6 +83,26 @@ void pbw_adam_free(pbw_adam *a);
 int pbw_adam_step(pbw_adam *a, float *param /* (n) */, const float *grad /* (n) */,
                   pbw_err *err);
 
+/* One step's coefficients, as the update rounds them (float32), and the lr and beta1 behind
+ * them. The update of element i, with m, v its moments (pbw_adam_apply, and the same roundings
+ * on a GPU, pbw_cuda_adam_queued):
+ *   g = fmaf(wd, p, g) (where wd != 0);  m = fmaf(omb1, g, m * b1);  v = fmaf(omb2 * g, g, v * b2);
+ *   p = p + (neg_step * m) / (sqrtf(v) / bc2 + eps). */
+typedef struct pbw_adam_coef {
+    float b1, omb1, b2, omb2, bc2, eps, neg_step, wd;
+    double lr, beta1;
+} pbw_adam_coef;
+enum { PBW_ADAM_COEFS = 8 }; /* the floats of pbw_adam_coef, b1 .. wd, in that order */
+
+/* The coefficients of the next step (step a->t + 1), without taking it. 0, or -1 (err set) when
+ * the schedule is exhausted. */
+int pbw_adam_coef_next(const pbw_adam *a, pbw_adam_coef *c, pbw_err *err);
+/* Counts a step taken with c elsewhere (on a GPU): t, lr and beta1 as pbw_adam_step leaves them. */
+void pbw_adam_advance(pbw_adam *a, const pbw_adam_coef *c);
+/* The update with c of n parameters and their moments m, v, in place. */
+void pbw_adam_apply(const pbw_adam_coef *c, int n, float *param, const float *grad, float *m,
+                    float *v);
+
 #ifdef __cplusplus
 }
 #endif

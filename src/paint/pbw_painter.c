@@ -18,6 +18,7 @@
 #include "core/pbw_rng.h"
 #ifdef PBW_HAVE_CUDA
 #include "cuda/pbw_cuda.h"
+#include "cuda/pbw_cuda_paint.h"
 #endif
 #include "paint/pbw_adam.h"
 #include "paint/pbw_cma.h"
@@ -934,10 +935,9 @@ typedef struct step_out {
     const float *total, *clip, *l1, *lpips, *grad, *img;
 } step_out;
 
-/* One Adam step's forward and backward in ctx: the latent from var, the given crops. */
-static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *crops,
-                     step_out *so, pbw_err *err) {
-    pbw_tensor *lat = pbw_tensor_from_host(ctx, var, 2, (int64_t[]){1, r->D});
+/* One Adam step's forward and backward in ctx: the latent lat (1, D), the given crops. */
+static int adam_pass_on(run *r, pbw_ctx *ctx, pbw_tensor *lat, const pbw_crop *crops,
+                        step_out *so, pbw_err *err) {
     if (!lat) return ctx_err(ctx, err, "Adam step");
     lat->requires_grad = 1;
     pbw_tensor *img = render(ctx, r, lat);
@@ -954,19 +954,163 @@ static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *cro
     return 0;
 }
 
+/* adam_pass_on with the latent from var (host). */
+static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *crops,
+                     step_out *so, pbw_err *err) {
+    return adam_pass_on(r, ctx, pbw_tensor_from_host(ctx, var, 2, (int64_t[]){1, r->D}), crops,
+                        so, err);
+}
+
 #ifdef PBW_HAVE_CUDA
-/* One Adam step's pass for its pass_graph. */
+/* Adam steps queued on the GPU. The step's graph ends with the update (pbw_cuda_adam_queued):
+ * the latent, its moments and a step counter stay on the GPU, each step's loss values and the
+ * latent it evaluated go to a ring of slots in mapped host memory, and the steps are launched
+ * ADAM_QUEUE ahead of the host, which reports each as its mark is passed. What the host's turn
+ * between steps cost (reading back, updating, launching: ~50 us a step on an H200) goes. Each
+ * step's crops are drawn ahead in the order the steps draw them one by one, and each launch
+ * reads its own from pinned memory (pbw_cuda_graph_launch_from); the coefficients of every step
+ * are made ahead by the host's optimizer (pbw_adam_coef_next), so the update's bits are those
+ * of pbw_adam_step. Only where no step's image is wanted (the reports carry none). */
+enum { ADAM_QUEUE = 4 };
+typedef struct adam_queue {
+    int D, steps, ncrops; /* steps: those queued (the phase's from the second on) */
+    float *var, *m, *v, *coef; /* device: the latent, its moments, steps x PBW_ADAM_COEFS */
+    int *counter;              /* device: the next queued step's index */
+    float *ring;               /* mapped host: ADAM_QUEUE slots of 8 + D floats */
+    pbw_crop *crops;           /* pinned host: steps x ncrops */
+    pbw_adam_coef *coefs;      /* host: each queued step's */
+    pbw_cuda_mark *mark[ADAM_QUEUE];
+} adam_queue;
+
+static void adam_queue_free(adam_queue *q) {
+    pbw_cuda_free(q->var);
+    pbw_cuda_free(q->m);
+    pbw_cuda_free(q->v);
+    pbw_cuda_free(q->coef);
+    pbw_cuda_free(q->counter);
+    pbw_cuda_host_free(q->ring);
+    pbw_cuda_host_free(q->crops);
+    free(q->coefs);
+    for (int i = 0; i < ADAM_QUEUE; i++) pbw_cuda_mark_free(q->mark[i]);
+    memset(q, 0, sizeof *q);
+}
+
+/* 0 with q ready for `steps` queued steps, -1 (nothing held) where memory is short. */
+static int adam_queue_init(adam_queue *q, int D, int steps, int ncrops) {
+    memset(q, 0, sizeof *q);
+    q->D = D;
+    q->steps = steps;
+    q->ncrops = ncrops;
+    const size_t vb = (size_t)D * sizeof(float);
+    q->var = pbw_cuda_malloc(vb);
+    q->m = pbw_cuda_malloc(vb);
+    q->v = pbw_cuda_malloc(vb);
+    q->coef = pbw_cuda_malloc((size_t)steps * PBW_ADAM_COEFS * sizeof(float));
+    q->counter = pbw_cuda_malloc(sizeof(int));
+    q->ring = pbw_cuda_host_alloc((size_t)ADAM_QUEUE * (8 + D) * sizeof(float));
+    q->crops = pbw_cuda_host_alloc((size_t)steps * ncrops * sizeof(pbw_crop));
+    q->coefs = malloc((size_t)steps * sizeof *q->coefs);
+    int ok = q->var && q->m && q->v && q->coef && q->counter && q->ring && q->crops && q->coefs;
+    for (int i = 0; i < ADAM_QUEUE; i++) ok = ok && (q->mark[i] = pbw_cuda_mark_new()) != NULL;
+    if (!ok) {
+        adam_queue_free(q);
+        pbw_cuda_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
+/* One Adam step's pass for its pass_graph: the latent from var, or with a queue from the
+ * queue's latent on the GPU, followed by the queued update. */
 typedef struct adam_arg {
     run *r;
     pbw_ctx *ctx;
     const float *var;
     const pbw_crop *crops;
     step_out *so;
+    adam_queue *q;
 } adam_arg;
 
 static int adam_pass_fn(void *arg, pbw_err *err) {
     adam_arg *a = arg;
-    return adam_pass(a->r, a->ctx, a->var, a->crops, a->so, err);
+    adam_queue *q = a->q;
+    if (!q) return adam_pass(a->r, a->ctx, a->var, a->crops, a->so, err);
+    pbw_tensor *lat = pbw_tensor_wrap(a->ctx, q->var, 2, (int64_t[]){1, q->D});
+    if (adam_pass_on(a->r, a->ctx, lat, a->crops, a->so, err)) return -1;
+    const float *const val[4] = {a->so->total, a->so->clip, a->so->l1, a->so->lpips};
+    pbw_cuda_adam_queued(q->D, q->var, q->m, q->v, a->so->grad, q->coef, val, q->counter,
+                         q->ring, ADAM_QUEUE);
+    return pbw_ctx_failed(a->ctx) || pbw_cuda_error() ? ctx_err(a->ctx, err, "Adam update") : 0;
+}
+
+/* Steps 2 .. n of the Adam phase from pg's recording of the queued pass, after step 1 took
+ * var and `adam` there on the host: var and the moments go up, the rest is queued. var out:
+ * the latent after the last step. 0, or -1 with err set. */
+static int adam_queue_run(run *r, adam_queue *q, pass_graph *pg, pbw_adam *adam, float *var,
+                          pbw_err *err) {
+    const int D = q->D, n = q->steps, first = (int)adam->t; /* steps taken before */
+    const size_t vb = (size_t)D * sizeof(float);
+    pbw_adam ahead = *adam; /* counts the coefficients made ahead (its buffers are not used) */
+    for (int k = 0; k < n; k++) {
+        if (pbw_adam_coef_next(&ahead, &q->coefs[k], err)) return pbw_err_prefix(err, "Adam: ");
+        pbw_adam_advance(&ahead, &q->coefs[k]);
+    }
+    float *coef = malloc((size_t)n * PBW_ADAM_COEFS * sizeof *coef);
+    if (!coef) return pbw_err_set(err, "out of memory");
+    for (int k = 0; k < n; k++) {
+        const pbw_adam_coef *c = &q->coefs[k];
+        const float f[PBW_ADAM_COEFS] = {c->b1, c->omb1, c->b2, c->omb2,
+                                         c->bc2, c->eps, c->neg_step, c->wd};
+        memcpy(coef + (size_t)k * PBW_ADAM_COEFS, f, sizeof f);
+    }
+    const int zero = 0;
+    int rc = pbw_cuda_h2d(q->coef, coef, (size_t)n * PBW_ADAM_COEFS * sizeof *coef) ||
+             pbw_cuda_h2d(q->var, var, vb) || pbw_cuda_h2d(q->m, adam->m, vb) ||
+             pbw_cuda_h2d(q->v, adam->v, vb) || pbw_cuda_h2d(q->counter, &zero, sizeof zero);
+    free(coef);
+    if (rc) return pbw_err_set(err, "Adam: %s", pbw_cuda_error());
+    for (int k = 0; k < n; k++) /* as the steps one by one would draw them */
+        pbw_objective_draw_crops(&r->obj, &r->rng, q->crops + (size_t)k * q->ncrops);
+    int launched = 0, done = 0;
+    double t_prev = now_s(), c_prev = cpu_s();
+    while (done < n) {
+        while (launched < n && launched - done < ADAM_QUEUE && !cancelled(r)) {
+            const void *src[1] = {q->crops + (size_t)launched * q->ncrops};
+            if (pbw_cuda_graph_launch_from(pg->g, 1, src) ||
+                pbw_cuda_mark_record(q->mark[launched % ADAM_QUEUE]))
+                rc = pbw_err_set(err, "%s: %s", pg->name, pbw_cuda_error());
+            if (rc) break;
+            launched++;
+        }
+        if (rc || done == launched) break; /* failed, or cancelled with nothing in flight */
+        if (pbw_cuda_mark_wait(q->mark[done % ADAM_QUEUE])) {
+            rc = pbw_err_set(err, "%s: %s", pg->name, pbw_cuda_error());
+            break;
+        }
+        const float *slot = q->ring + (size_t)(done % ADAM_QUEUE) * (8 + D);
+        int k;
+        memcpy(&k, slot, sizeof k);
+        if (k != done) {
+            rc = pbw_err_set(err, "%s: step %d's results found in step %d's slot", pg->name,
+                             first + 1 + k, first + 1 + done);
+            break;
+        }
+        const pbw_loss_values v = {slot[1], slot[2], slot[3], slot[4]};
+        note_best(r, slot + 8, v.total);
+        pbw_adam_advance(adam, &q->coefs[done]);
+        done++;
+        mark(r, "adam: queued step done", first + done);
+        r->step++;
+        const double t = now_s(), c = cpu_s();
+        report(r, PBW_PHASE_ADAM, first + done, first + n, &v, v.total, 0, adam->lr,
+               adam->beta1, t - t_prev, c - c_prev);
+        t_prev = t;
+        c_prev = c;
+    }
+    /* the latent after the steps run (all of them unless cancelled or failed) */
+    if (pbw_cuda_sync(rc ? NULL : err) && !rc) rc = -1;
+    if (!rc && pbw_cuda_d2h(var, q->var, vb)) rc = pbw_err_set(err, "Adam: %s", pbw_cuda_error());
+    return rc;
 }
 #endif
 
@@ -1021,13 +1165,25 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
      * first was refused because memory had to grow */
     const int graphs = r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS");
     step_out gso = {0};
-    adam_arg aa = {r, ctx, var, crops, &gso};
+    adam_arg aa = {r, ctx, var, crops, &gso, NULL};
     pass_graph pg = {.name = "Adam step",
                      .fn = adam_pass_fn,
                      .arg = &aa,
                      .in = {var, crops},
                      .in_bytes = {(size_t)D * sizeof *var, (size_t)ncrops * sizeof *crops},
                      .tries = graphs ? 2 : 0};
+    /* steps 2 .. n queued on the GPU (adam_queue) where their recording succeeds while step 1
+     * runs; PBW_CUDA_ADAM_QUEUE=0 keeps the host's turn between steps. Not under PBW_PROFILE,
+     * whose tables are per step, nor where reports carry each step's image. */
+    adam_queue q = {0};
+    if (!rc && graphs && n >= 3 && rq->no_progress_images && !pbw_profile_enabled() &&
+        !pbw_env_zero("PBW_CUDA_ADAM_QUEUE") && adam_queue_init(&q, D, n - 1, ncrops) == 0) {
+        aa.q = &q;
+        pg.in[0] = crops; /* the latent stays on the GPU: the crops alone are inputs */
+        pg.in_bytes[0] = (size_t)ncrops * sizeof *crops;
+        pg.in[1] = NULL;
+        pg.in_bytes[1] = 0;
+    }
 #endif
     for (int t = 0; t < n && !rc && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
@@ -1082,9 +1238,27 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         r->step++;
         report(r, PBW_PHASE_ADAM, t + 1, n, &v, v.total, 0, adam.lr, adam.beta1, now_s() - t0,
                cpu_s() - c0);
+#ifdef PBW_HAVE_CUDA
+        if (aa.q && pg.g && pbw_cuda_graph_inputs_found(pg.g)) { /* the rest queued */
+            if (!cancelled(r)) rc = adam_queue_run(r, &q, &pg, &adam, var, err);
+            break;
+        }
+        if (aa.q && pg.g) { /* recorded, but its inputs cannot be redirected: recorded again */
+            pbw_cuda_graph_free(pg.g);
+            pg.g = NULL;
+        }
+        if (aa.q) { /* not recorded: the steps one by one, the latent read from var */
+            aa.q = NULL;
+            pg.in[0] = var;
+            pg.in_bytes[0] = (size_t)D * sizeof *var;
+            pg.in[1] = crops;
+            pg.in_bytes[1] = (size_t)ncrops * sizeof *crops;
+        }
+#endif
     }
 #ifdef PBW_HAVE_CUDA
     pbw_cuda_graph_free(pg.g);
+    adam_queue_free(&q);
 #endif
     pbw_ctx_reset(ctx);
     pbw_ctx_set_grad(ctx, prev);
