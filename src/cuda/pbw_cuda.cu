@@ -427,25 +427,34 @@ static unsigned zero_blocks(size_t bytes) {
     return (unsigned)(b < 1 ? 1 : b > most ? most : b);
 }
 
+// graph's nodes of the given type (none where the runtime cannot list them).
+static std::vector<cudaGraphNode_t> graph_nodes(cudaGraph_t graph, cudaGraphNodeType type) {
+    std::vector<cudaGraphNode_t> nodes, out;
+    size_t n = 0;
+    if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return out;
+    }
+    nodes.resize(n);
+    if (cudaGraphGetNodes(graph, nodes.data(), &n) != cudaSuccess) {
+        cudaGetLastError();
+        return out;
+    }
+    for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType t;
+        if (cudaGraphNodeGetType(node, &t) != cudaSuccess) cudaGetLastError();
+        else if (t == type) out.push_back(node);
+    }
+    return out;
+}
+
 // The zero-fill kernel's node in place of each memset node of graph that sets contiguous bytes
 // to 0 (a library's or pbw_cuda_memset0's, recorded with the pass), with the same edges. Nodes
 // it cannot replace stay.
 static void memsets_to_kernels(cudaGraph_t graph) {
-    size_t n = 0;
-    if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
-        cudaGetLastError();
-        return;
-    }
-    std::vector<cudaGraphNode_t> nodes(n);
-    if (cudaGraphGetNodes(graph, nodes.data(), &n) != cudaSuccess) {
-        cudaGetLastError();
-        return;
-    }
-    for (cudaGraphNode_t node : nodes) {
-        cudaGraphNodeType type;
+    for (cudaGraphNode_t node : graph_nodes(graph, cudaGraphNodeTypeMemset)) {
         cudaMemsetParams m;
-        if (cudaGraphNodeGetType(node, &type) != cudaSuccess || type != cudaGraphNodeTypeMemset ||
-            cudaGraphMemsetNodeGetParams(node, &m) != cudaSuccess) {
+        if (cudaGraphMemsetNodeGetParams(node, &m) != cudaSuccess) {
             cudaGetLastError();
             continue;
         }
@@ -812,21 +821,9 @@ static void graph_release(pbw_cuda_graph *g) {
 // staging (left null where none does: pbw_cuda_graph_launch_from then refuses).
 static void input_nodes(cudaGraph_t graph, pbw_cuda_graph *g) {
     if (g->inputs.empty()) return;
-    size_t n = 0;
-    if (cudaGraphGetNodes(graph, nullptr, &n) != cudaSuccess || n == 0) {
-        cudaGetLastError();
-        return;
-    }
-    std::vector<cudaGraphNode_t> nodes(n);
-    if (cudaGraphGetNodes(graph, nodes.data(), &n) != cudaSuccess) {
-        cudaGetLastError();
-        return;
-    }
-    for (cudaGraphNode_t node : nodes) {
-        cudaGraphNodeType t;
+    for (cudaGraphNode_t node : graph_nodes(graph, cudaGraphNodeTypeMemcpy)) {
         cudaMemcpy3DParms p = {};
-        if (cudaGraphNodeGetType(node, &t) != cudaSuccess || t != cudaGraphNodeTypeMemcpy ||
-            cudaGraphMemcpyNodeGetParams(node, &p) != cudaSuccess) {
+        if (cudaGraphMemcpyNodeGetParams(node, &p) != cudaSuccess) {
             cudaGetLastError();
             continue;
         }

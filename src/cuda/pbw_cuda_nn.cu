@@ -554,34 +554,15 @@ __global__ static void rowvec_multi_fwd_kernel(const float *__restrict__ x, rowv
 // summed by halving in a fixed order. At I = 512 that is 64 blocks, where 32 columns a block
 // (16 blocks, 32 sequential loads a thread) took 5.1 us on an H200.
 const int RV_COLS = 8, RV_GROUPS = 64;
-__global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
-    rowvec_bwd_kernel(const float *__restrict__ gy, const float *__restrict__ w,
-                      float *__restrict__ gx, float beta, int O, int I) {
-    pbw_pdl_wait();
-    __shared__ float part[RV_GROUPS][RV_COLS];
+
+// The block's columns of gy (O) w (O, I), into part[0][tx] (every thread of the block calls
+// it): thread (tx, ty) sums rows ty, ty + RV_GROUPS, ... of column i, then the groups are
+// halved together in a fixed order.
+static __device__ __forceinline__ void rowvec_col_sums(const float *__restrict__ gy,
+                                                       const float *__restrict__ w, int O, int I,
+                                                       float (&part)[RV_GROUPS][RV_COLS]) {
     const int tx = threadIdx.x % RV_COLS, ty = threadIdx.x / RV_COLS;
     const int i = blockIdx.x * RV_COLS + tx;
-    float s = 0.0f;
-    if (i < I)
-#pragma unroll 4
-        for (int o = ty; o < O; o += RV_GROUPS) s = fmaf(gy[o], w[(int64_t)o * I + i], s);
-    part[ty][tx] = s;
-#pragma unroll
-    for (int h = RV_GROUPS / 2; h > 0; h /= 2) {
-        __syncthreads();
-        if (ty < h) part[ty][tx] += part[ty + h][tx];
-    }
-    if (ty == 0 && i < I) gx[i] = beta != 0.0f ? gx[i] + part[0][tx] : part[0][tx];
-}
-
-// Map blockIdx.y's share of gx: part[k I + i] = gy[k] w[k] as rowvec_bwd_kernel sums it.
-__global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
-    rowvec_multi_bwd_kernel(rowvec_jobs j, float *__restrict__ part_out, int I) {
-    pbw_pdl_wait();
-    __shared__ float part[RV_GROUPS][RV_COLS];
-    const int tx = threadIdx.x % RV_COLS, ty = threadIdx.x / RV_COLS, k = blockIdx.y;
-    const int i = blockIdx.x * RV_COLS + tx, O = j.row0[k + 1] - j.row0[k];
-    const float *gy = j.gy[k], *w = j.w[k];
     float s = 0.0f;
     if (i < I && gy)
 #pragma unroll 4
@@ -592,7 +573,27 @@ __global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
         __syncthreads();
         if (ty < h) part[ty][tx] += part[ty + h][tx];
     }
-    if (ty == 0 && i < I) part_out[(int64_t)k * I + i] = part[0][tx];
+}
+
+__global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
+    rowvec_bwd_kernel(const float *__restrict__ gy, const float *__restrict__ w,
+                      float *__restrict__ gx, float beta, int O, int I) {
+    pbw_pdl_wait();
+    __shared__ float part[RV_GROUPS][RV_COLS];
+    rowvec_col_sums(gy, w, O, I, part);
+    const int tx = threadIdx.x % RV_COLS, i = blockIdx.x * RV_COLS + tx;
+    if (threadIdx.x < RV_COLS && i < I) gx[i] = beta != 0.0f ? gx[i] + part[0][tx] : part[0][tx];
+}
+
+// Map blockIdx.y's share of gx: part[k I + i] = gy[k] w[k] as rowvec_bwd_kernel sums it.
+__global__ static void __launch_bounds__(RV_COLS *RV_GROUPS)
+    rowvec_multi_bwd_kernel(rowvec_jobs j, float *__restrict__ part_out, int I) {
+    pbw_pdl_wait();
+    __shared__ float part[RV_GROUPS][RV_COLS];
+    const int k = blockIdx.y;
+    rowvec_col_sums(j.gy[k], j.w[k], j.row0[k + 1] - j.row0[k], I, part);
+    const int tx = threadIdx.x % RV_COLS, i = blockIdx.x * RV_COLS + tx;
+    if (threadIdx.x < RV_COLS && i < I) part_out[(int64_t)k * I + i] = part[0][tx];
 }
 
 // gx = beta gx + the maps' shares in k order (the same sums every run).
