@@ -971,7 +971,7 @@ static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *cro
  * reads its own from pinned memory (pbw_cuda_graph_launch_from); the coefficients of every step
  * are made ahead by the host's optimizer (pbw_adam_coef_next), so the update's bits are those
  * of pbw_adam_step. Only where no step's image is wanted (the reports carry none). */
-enum { ADAM_QUEUE = 4 };
+enum { ADAM_QUEUE = 4, ADAM_QUEUE_MAX = 100000 }; /* in flight; steps (their crops are pinned) */
 typedef struct adam_queue {
     int D, steps, ncrops; /* steps: those queued (the phase's from the second on) */
     float *var, *m, *v, *coef; /* device: the latent, its moments, steps x PBW_ADAM_COEFS */
@@ -1176,7 +1176,8 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
      * runs; PBW_CUDA_ADAM_QUEUE=0 keeps the host's turn between steps. Not under PBW_PROFILE,
      * whose tables are per step, nor where reports carry each step's image. */
     adam_queue q = {0};
-    if (!rc && graphs && n >= 3 && rq->no_progress_images && !pbw_profile_enabled() &&
+    if (!rc && graphs && n >= 3 && n <= ADAM_QUEUE_MAX && rq->no_progress_images &&
+        !pbw_profile_enabled() &&
         !pbw_env_zero("PBW_CUDA_ADAM_QUEUE") && adam_queue_init(&q, D, n - 1, ncrops) == 0) {
         aa.q = &q;
         pg.in[0] = crops; /* the latent stays on the GPU: the crops alone are inputs */
