@@ -846,6 +846,108 @@ PBW_TEST(cuda_edit_adam_queue) {
 #endif
 }
 
+#ifdef PBW_HAVE_CUDA
+/* Two cma+adam edits of the shapes world on one painter (3 generations of 12, 6 Adam steps,
+ * no step's image wanted), the second with PBW_TIMELINE's marks captured into text: its
+ * steps' losses, image and latent. */
+typedef struct warm_call {
+    pbw_painter *p;
+    float *mask, *out, *lat;
+    int64_t n;
+    step_losses *losses;
+} warm_call;
+
+static int run_warm_edit(void *arg) {
+    warm_call *c = arg;
+    pbw_paint_request rq;
+    pbw_paint_request_default(&rq);
+    rq.cma_generations = 3;
+    rq.population = 12;
+    rq.cma_batch = 4;
+    rq.crops = 8;
+    rq.adam_steps = 6;
+    rq.seed = 0;
+    rq.text = "a yellow star";
+    rq.mask = c->mask;
+    rq.no_progress_images = 1;
+    c->losses->n = 0;
+    pbw_paint_result res;
+    pbw_err err = {0};
+    int rc = pbw_painter_edit(c->p, &rq, on_step, c->losses, NULL, &res, &err);
+    if (rc) fprintf(stderr, "  %s\n", err.msg);
+    if (!rc) {
+        c->n = pbw_painter_image_size(c->p);
+        memcpy(c->out, res.image, (size_t)3 * c->n * c->n * sizeof(float));
+        memcpy(c->lat, res.latent, (size_t)res.latent_dim * sizeof(float));
+        pbw_paint_result_free(&res);
+    }
+    return rc;
+}
+
+static int warm_edits(warm_call *c, char *text, size_t len) {
+    pbw_err err = {0};
+    pbw_painter_config cfg = {0};
+    cfg.gan = SHAPES_GAN;
+    cfg.clip = SHAPES_CLIP;
+    cfg.device = PBW_DEV_CUDA;
+    cfg.lpips_backbone = "tests/fixtures/lpips/alexnet_features_fp16.pth";
+    cfg.lpips_heads = PBW_SHARED("data/lpips/v0.1/alex.pth");
+    if (pbw_painter_new(&c->p, &cfg, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return -1;
+    }
+    const int S = pbw_painter_image_size(c->p);
+    c->mask = calloc((size_t)S * S, sizeof(float));
+    for (int y = S / 4; y < S / 2; y++)
+        for (int x = S / 4; x < S / 2; x++) c->mask[y * S + x] = 1;
+    int rc = run_warm_edit(c);
+    setenv("PBW_TIMELINE", "1", 1);
+    if (!rc) rc = pbw_test_capture_stderr(run_warm_edit, c, text, len);
+    unsetenv("PBW_TIMELINE");
+    free(c->mask);
+    pbw_painter_free(c->p);
+    return rc;
+}
+
+static int count_marks(const char *text, const char *what) {
+    int k = 0;
+    for (const char *t = text; (t = strstr(t, what)) != NULL; t++) k++;
+    return k;
+}
+#endif
+
+/* A warm painter's cma+adam edit records its Adam phase's queued pass while the GPU runs the
+ * last CMA-ES generation, and then queues every step from it, the first too; against the same
+ * edits with the steps one by one (PBW_CUDA_ADAM_QUEUE=0), in fp32: the same bits, losses,
+ * image and latent (cuda_edit_adam_queue's reasons). The queued pass and the phase's first step
+ * both must have come from the recording: the mark of the recording, and 6 steps marked done
+ * from the queue. */
+PBW_TEST(cuda_edit_adam_plan) {
+#ifdef PBW_HAVE_CUDA
+    static float a[3 * 256 * 256], b[3 * 256 * 256], la[1024], lb[1024];
+    static char text[1 << 17];
+    step_losses sa = {{0}, 0}, sb = {{0}, 0};
+    warm_call ca = {NULL, NULL, a, la, 0, &sa}, cb = {NULL, NULL, b, lb, 0, &sb};
+    pbw_cuda_set_precision(PBW_PREC_FP32);
+    setenv("PBW_CUDA_ADAM_QUEUE", "0", 1);
+    CHECK(warm_edits(&ca, text, sizeof text) == 0);
+    unsetenv("PBW_CUDA_ADAM_QUEUE");
+    const int rc = warm_edits(&cb, text, sizeof text);
+    if (rc) printf("  the queued edits failed; the second's stderr:\n%s\n", text);
+    CHECK(rc == 0 && ca.n == cb.n);
+    const int recorded = count_marks(text, "cma: Adam's pass recorded");
+    const int queued = count_marks(text, "adam: queued step done");
+    const int64_t np = 3 * ca.n * ca.n;
+    int same = sa.n == sb.n;
+    for (int t = 0; t < sa.n && t < sb.n; t++) same &= sa.v[t] == sb.v[t];
+    const double di = gc_max_diff(b, a, np, NULL), dl = gc_max_diff(lb, la, 128, NULL);
+    printf("  warm edit: Adam's pass recorded during CMA-ES %d, steps queued %d; %d reports the "
+           "same %d, image %.1e, latent %.1e\n", recorded, queued, sa.n, same, di, dl);
+    CHECK(recorded == 1 && queued == 6 && sa.n == 9);
+    CHECK(same && di == 0 && dl == 0);
+#endif
+}
+
 /* The second CMA-ES generation's and Adam step's graphs are recorded while the GPU runs the
  * first, into the memory the first uses, where the reset between them keeps that memory; where
  * the first pass grew it (a context's first chunk of 1 MiB, PBW_CUDA_ARENA_MIB) the reset

@@ -289,6 +289,8 @@ typedef struct run {
     int timeline;  /* PBW_TIMELINE, read as the request begins: 0 off, 1 on, 2 sync */
     int prof_phase, prof_n; /* PBW_CUDA_PROFILE_RANGE: 1 cma or 2 adam, and which (0: none) */
     int step, steps;
+    int adam_next;    /* an Adam phase follows the CMA-ES phase */
+    void *adam_plan;  /* CUDA: the Adam phase's queued pass, recorded during the last generation */
 } run;
 
 static int cancelled(const run *r) { return r->cancel && *r->cancel; }
@@ -800,6 +802,12 @@ static int run_generation(run *r, int gen, pass_graph *pg, pbw_err *err) {
 }
 #endif
 
+#ifdef PBW_HAVE_CUDA
+/* The Adam phase's queued pass recorded ahead (below, after the Adam phase's helpers). */
+typedef struct adam_plan adam_plan;
+static adam_plan *adam_plan_record(run *r, pbw_ctx *ctx);
+#endif
+
 /* CMA-ES phase: `var` (D) in: the start; out: the kept point. Returns 0, -1 on error. */
 static int phase_cma(run *r, float *var, pbw_err *err) {
     const pbw_paint_request *rq = r->rq;
@@ -887,6 +895,11 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
             /* the second generation's graph recorded while the GPU runs the first */
             if (!rc && gen == 0 && pg.tries && rq->cma_generations > 1 && !cancelled(r))
                 record_next(r, ctx, &pg, "cma: next recorded", gen + 1);
+            /* the Adam phase's queued pass recorded while the GPU runs the last generation
+             * from its graph (which is not launched again) */
+            if (!rc && pg.g && gen == rq->cma_generations - 1 && r->adam_next && !cancelled(r) &&
+                (r->adam_plan = adam_plan_record(r, ctx)) != NULL)
+                mark(r, "cma: Adam's pass recorded", gen + 1);
         }
 #endif
         /* the strategy's own work for the next generation, while the GPU runs this one */
@@ -1160,6 +1173,71 @@ static int adam_queue_run(run *r, adam_queue *q, pass_graph *pg, pbw_adam *adam,
     if (!rc && pbw_cuda_d2h(var, q->var, vb)) rc = pbw_err_set(err, "Adam: %s", pbw_cuda_error());
     return rc;
 }
+
+/* Whether the Adam phase's steps may be queued (adam_queue): a GPU with graphs, a queue's worth
+ * of steps, no step's image wanted, not under PBW_PROFILE (its tables are per step), and not
+ * switched off (PBW_CUDA_ADAM_QUEUE=0). */
+static int adam_queue_wanted(const run *r, int n) {
+    return r->p->dev == PBW_DEV_CUDA && !pbw_env_zero("PBW_CUDA_GRAPHS") && n >= 2 &&
+           n <= ADAM_QUEUE_MAX && r->rq->no_progress_images && !pbw_profile_enabled() &&
+           !pbw_env_zero("PBW_CUDA_ADAM_QUEUE");
+}
+
+/* The Adam phase's queued pass recorded ahead of the phase, with what it reads and writes. */
+struct adam_plan {
+    adam_queue q;
+    step_out so;
+    adam_arg aa;
+    pass_graph pg;
+    pbw_crop *crops; /* the recording's host range of crops (each launch reads its own) */
+};
+
+static void adam_plan_free(adam_plan *a) {
+    if (!a) return;
+    pbw_cuda_graph_free(a->pg.g);
+    adam_queue_free(&a->q);
+    free(a->crops);
+    free(a);
+}
+
+/* During the last CMA-ES generation, while the GPU evaluates it: the Adam phase's queued pass
+ * (all n steps then come from its graph, the first too) recorded into ctx's memory after a
+ * reset that keeps it (as record_next: recording runs nothing, and the generation's graph is
+ * not launched again). Where the pass needs something it has not made yet (a first edit's
+ * algorithm searches, memory to grow, a weight's half copy), the recording is refused and
+ * the Adam phase begins as it would have (its first step run directly). NULL then. */
+static adam_plan *adam_plan_record(run *r, pbw_ctx *ctx) {
+    const int n = r->rq->adam_steps, ncrops = crops_per_draw(&r->obj);
+    if (!adam_queue_wanted(r, n) || !pbw_ctx_reset_keeps_device_memory(ctx)) return NULL;
+    adam_plan *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->crops = calloc((size_t)ncrops, sizeof *a->crops);
+    if (!a->crops || adam_queue_init(&a->q, r->D, n, ncrops)) {
+        free(a->crops);
+        free(a);
+        return NULL;
+    }
+    a->aa = (adam_arg){r, ctx, NULL, a->crops, &a->so, &a->q};
+    a->pg = (pass_graph){.name = "Adam step",
+                         .fn = adam_pass_fn,
+                         .arg = &a->aa,
+                         .in = {a->crops, NULL},
+                         .in_bytes = {(size_t)ncrops * sizeof *a->crops, 0},
+                         .tries = 1};
+    pbw_rng any;
+    pbw_rng_seed(&any, 1);
+    pbw_objective_draw_crops(&r->obj, &any, a->crops); /* valid crops: each launch reads its own */
+    pbw_ctx_reset(ctx);
+    const int prev = pbw_ctx_set_grad(ctx, 1);
+    const int ok = record_pass(&a->pg, 1) == 0 && pbw_cuda_graph_inputs_found(a->pg.g);
+    pbw_ctx_set_grad(ctx, prev);
+    if (!ok) {
+        adam_plan_free(a);
+        pbw_cuda_clear_error();
+        return NULL;
+    }
+    return a;
+}
 #endif
 
 /* Copies n (at most 8) results of a step to the host (count[i] floats each; 0: none) with one
@@ -1224,9 +1302,20 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
      * runs; PBW_CUDA_ADAM_QUEUE=0 keeps the host's turn between steps. Not under PBW_PROFILE,
      * whose tables are per step, nor where reports carry each step's image. */
     adam_queue q = {0};
-    if (!rc && graphs && n >= 3 && n <= ADAM_QUEUE_MAX && rq->no_progress_images &&
-        !pbw_profile_enabled() &&
-        !pbw_env_zero("PBW_CUDA_ADAM_QUEUE") && adam_queue_init(&q, D, n - 1, ncrops) == 0) {
+    adam_plan *plan = r->adam_plan;
+    r->adam_plan = NULL;
+    if (!rc && plan) { /* recorded during the last generation: every step queued */
+        rc = adam_queue_run(r, &plan->q, &plan->pg, &adam, var, err);
+        adam_plan_free(plan);
+        pbw_ctx_reset(ctx);
+        pbw_ctx_set_grad(ctx, prev);
+        pbw_adam_free(&adam);
+        free(crops);
+        free(grad);
+        return rc;
+    }
+    adam_plan_free(plan);
+    if (!rc && n >= 3 && adam_queue_wanted(r, n) && adam_queue_init(&q, D, n - 1, ncrops) == 0) {
         aa.q = &q;
         pg.in[0] = crops; /* the latent stays on the GPU: the crops alone are inputs */
         pg.in_bytes[0] = (size_t)ncrops * sizeof *crops;
@@ -1409,6 +1498,7 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     mark(&r, "set-up: before's evaluation", 0);
 
     memcpy(var, r.start, (size_t)D * sizeof *var);
+    r.adam_next = do_adam && rq->adam_steps > 0;
     if (do_cma && rq->cma_generations > 0 && phase_cma(&r, var, err)) goto out;
     if (do_adam && rq->adam_steps > 0 && !cancelled(&r) && phase_adam(&r, var, err)) goto out;
 
@@ -1450,6 +1540,9 @@ static int paint(pbw_painter *p, const pbw_paint_request *rq, int edit,
     res->seconds = now_s() - r.t0;
     rc = 0;
 out:
+#ifdef PBW_HAVE_CUDA
+    adam_plan_free(r.adam_plan); /* where the Adam phase did not take it */
+#endif
     if (rc) pbw_paint_result_free(res);
     if (r.have_mk) pbw_sg2_mask_free(&r.mk);
     if (p->ctx) pbw_ctx_reset(p->ctx);
