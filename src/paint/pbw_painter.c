@@ -980,6 +980,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     pbw_cuda_graph_free(pg.g); /* before the memory it replays into */
     pbw_cuda_free(dvals);
     pbw_cuda_free(dframes);
+    mark(r, "cma: released", rq->cma_generations);
 #endif
     if (!rc) memcpy(var, pbw_cma_kept(cma), (size_t)D * sizeof *var);
 out:
@@ -1144,6 +1145,7 @@ static int adam_queue_run(run *r, adam_queue *q, pass_graph *pg, pbw_adam *adam,
             launched++;
         }
         if (rc || done == launched) break; /* failed, or cancelled with nothing in flight */
+        if (done == 0) mark(r, "adam: queued ahead", first + 1);
         if (pbw_cuda_mark_wait(q->mark[done % ADAM_QUEUE])) {
             rc = pbw_err_set(err, "%s: %s", pg->name, pbw_cuda_error());
             break;
