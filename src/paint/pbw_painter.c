@@ -980,7 +980,7 @@ static int phase_cma(run *r, float *var, pbw_err *err) {
     pbw_cuda_graph_free(pg.g); /* before the memory it replays into */
     pbw_cuda_free(dvals);
     pbw_cuda_free(dframes);
-    mark(r, "cma: released", rq->cma_generations);
+    if (dvals) mark(r, "cma: released", rq->cma_generations); /* the GPU's buffers and graph */
 #endif
     if (!rc) memcpy(var, pbw_cma_kept(cma), (size_t)D * sizeof *var);
 out:
