@@ -1028,14 +1028,15 @@ static int adam_pass(run *r, pbw_ctx *ctx, const float *var, const pbw_crop *cro
  * the latent, its moments and a step counter stay on the GPU, each step's loss values and the
  * latent it evaluated go to a ring of slots in mapped host memory, and the steps are launched
  * ADAM_QUEUE ahead of the host, which reports each as its mark is passed. What the host's turn
- * between steps cost (reading back, updating, launching: ~50 us a step on an H200) goes. Each
+ * between steps cost (reading back, updating, launching: ~23 us of idle GPU a step in an H200's
+ * timeline) goes. Each
  * step's crops are drawn ahead in the order the steps draw them one by one, and each launch
  * reads its own from pinned memory (pbw_cuda_graph_launch_from); the coefficients of every step
  * are made ahead by the host's optimizer (pbw_adam_coef_next), so the update's bits are those
  * of pbw_adam_step. Only where no step's image is wanted (the reports carry none). */
 enum { ADAM_QUEUE = 4, ADAM_QUEUE_MAX = 100000 }; /* in flight; steps (their crops are pinned) */
 typedef struct adam_queue {
-    int D, steps, ncrops; /* steps: those queued (the phase's from the second on) */
+    int D, steps, ncrops; /* steps: those queued (all of the phase's, or all but the first) */
     float *var, *m, *v, *coef; /* device: the latent, its moments, steps x PBW_ADAM_COEFS */
     int *counter;              /* device: the next queued step's index */
     float *ring;               /* mapped host: ADAM_QUEUE slots of 8 + D floats */
@@ -1105,9 +1106,10 @@ static int adam_pass_fn(void *arg, pbw_err *err) {
     return pbw_ctx_failed(a->ctx) || pbw_cuda_error() ? ctx_err(a->ctx, err, "Adam update") : 0;
 }
 
-/* Steps 2 .. n of the Adam phase from pg's recording of the queued pass, after step 1 took
- * var and `adam` there on the host: var and the moments go up, the rest is queued. var out:
- * the latent after the last step. 0, or -1 with err set. */
+/* The Adam phase's steps after the adam->t already taken on the host (none where the pass was
+ * recorded ahead, adam_plan_record; else the first), from pg's recording of the queued pass:
+ * var and the moments go up, every step left is queued. var out: the latent after the last
+ * step. 0, or -1 with err set. */
 static int adam_queue_run(run *r, adam_queue *q, pass_graph *pg, pbw_adam *adam, float *var,
                           pbw_err *err) {
     const int D = q->D, n = q->steps, first = (int)adam->t; /* steps taken before */
@@ -1300,9 +1302,10 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
                      .in = {var, crops},
                      .in_bytes = {(size_t)D * sizeof *var, (size_t)ncrops * sizeof *crops},
                      .tries = graphs ? 2 : 0};
-    /* steps 2 .. n queued on the GPU (adam_queue) where their recording succeeds while step 1
-     * runs; PBW_CUDA_ADAM_QUEUE=0 keeps the host's turn between steps. Not under PBW_PROFILE,
-     * whose tables are per step, nor where reports carry each step's image. */
+    /* every step queued on the GPU (adam_queue) where the pass was recorded during the last
+     * CMA-ES generation (adam_plan_record); else steps 2 .. n where their recording succeeds
+     * while step 1 runs. PBW_CUDA_ADAM_QUEUE=0 keeps the host's turn between steps (and
+     * adam_queue_wanted says where else the queue is not used). */
     adam_queue q = {0};
     adam_plan *plan = r->adam_plan;
     r->adam_plan = NULL;
