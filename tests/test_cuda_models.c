@@ -301,10 +301,10 @@ static void on_step(const pbw_paint_progress *pr, void *user) {
 /* A fixed-seed edit of the shapes world on `dev` (seed 0 and "a yellow star" unless rq sets a
  * text, a square mask, with LPIPS or not); rq carries the caller's optimizer settings. The result image into out (and its
  * CLIP loss, latent and each step's loss where asked for). */
-static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *out, int64_t *n,
-                       double *clip_after, float *lat, step_losses *losses) {
+/* The shapes world's painter on `dev` (with LPIPS or not) and its square mask (freed by the
+ * caller). 0, or -1 with the reason on stderr. */
+static int shapes_painter(pbw_device dev, int lpips, pbw_painter **p, float **mask) {
     pbw_err err = {0};
-    pbw_painter *p = NULL;
     pbw_painter_config cfg = {0};
     cfg.gan = SHAPES_GAN;
     cfg.clip = SHAPES_CLIP;
@@ -313,14 +313,24 @@ static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *
         cfg.lpips_backbone = "tests/fixtures/lpips/alexnet_features_fp16.pth";
         cfg.lpips_heads = PBW_SHARED("data/lpips/v0.1/alex.pth");
     }
-    if (pbw_painter_new(&p, &cfg, &err)) {
+    if (pbw_painter_new(p, &cfg, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
         return -1;
     }
-    int S = pbw_painter_image_size(p);
-    float *mask = calloc((size_t)S * S, sizeof(float));
+    const int S = pbw_painter_image_size(*p);
+    *mask = calloc((size_t)S * S, sizeof(float));
     for (int y = S / 4; y < S / 2; y++)
-        for (int x = S / 4; x < S / 2; x++) mask[y * S + x] = 1;
+        for (int x = S / 4; x < S / 2; x++) (*mask)[y * S + x] = 1;
+    return 0;
+}
+
+static int shapes_edit(pbw_device dev, int lpips, pbw_paint_request *rq, float *out, int64_t *n,
+                       double *clip_after, float *lat, step_losses *losses) {
+    pbw_err err = {0};
+    pbw_painter *p = NULL;
+    float *mask = NULL;
+    if (shapes_painter(dev, lpips, &p, &mask)) return -1;
+    const int S = pbw_painter_image_size(p);
     if (!rq->text) {
         rq->seed = 0;
         rq->text = "a yellow star";
@@ -885,21 +895,7 @@ static int run_warm_edit(void *arg) {
 }
 
 static int warm_edits(warm_call *c, char *text, size_t len) {
-    pbw_err err = {0};
-    pbw_painter_config cfg = {0};
-    cfg.gan = SHAPES_GAN;
-    cfg.clip = SHAPES_CLIP;
-    cfg.device = PBW_DEV_CUDA;
-    cfg.lpips_backbone = "tests/fixtures/lpips/alexnet_features_fp16.pth";
-    cfg.lpips_heads = PBW_SHARED("data/lpips/v0.1/alex.pth");
-    if (pbw_painter_new(&c->p, &cfg, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return -1;
-    }
-    const int S = pbw_painter_image_size(c->p);
-    c->mask = calloc((size_t)S * S, sizeof(float));
-    for (int y = S / 4; y < S / 2; y++)
-        for (int x = S / 4; x < S / 2; x++) c->mask[y * S + x] = 1;
+    if (shapes_painter(PBW_DEV_CUDA, 1, &c->p, &c->mask)) return -1;
     int rc = run_warm_edit(c);
     setenv("PBW_TIMELINE", "1", 1);
     if (!rc) rc = pbw_test_capture_stderr(run_warm_edit, c, text, len);

@@ -1290,6 +1290,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     float *grad = malloc((size_t)D * sizeof *grad);
     int rc = crops && grad ? 0 : pbw_err_set(err, "out of memory");
     int prev = pbw_ctx_set_grad(ctx, 1);
+    int queued_all = 0; /* every step ran from the pass recorded ahead (adam_plan_record) */
 #ifdef PBW_HAVE_CUDA
     /* recordings to try: as the CMA-ES generations (run_generation), a second one when the
      * first was refused because memory had to grow */
@@ -1311,16 +1312,11 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
     r->adam_plan = NULL;
     if (!rc && plan) { /* recorded during the last generation: every step queued */
         rc = adam_queue_run(r, &plan->q, &plan->pg, &adam, var, err);
-        adam_plan_free(plan);
-        pbw_ctx_reset(ctx);
-        pbw_ctx_set_grad(ctx, prev);
-        pbw_adam_free(&adam);
-        free(crops);
-        free(grad);
-        return rc;
+        queued_all = 1;
     }
     adam_plan_free(plan);
-    if (!rc && n >= 3 && adam_queue_wanted(r, n) && adam_queue_init(&q, D, n - 1, ncrops) == 0) {
+    if (!rc && !queued_all && n >= 3 && adam_queue_wanted(r, n) &&
+        adam_queue_init(&q, D, n - 1, ncrops) == 0) {
         aa.q = &q;
         pg.in[0] = crops; /* the latent stays on the GPU: the crops alone are inputs */
         pg.in_bytes[0] = (size_t)ncrops * sizeof *crops;
@@ -1328,7 +1324,7 @@ static int phase_adam(run *r, float *var, pbw_err *err) {
         pg.in_bytes[1] = 0;
     }
 #endif
-    for (int t = 0; t < n && !rc && !cancelled(r); t++) {
+    for (int t = 0; t < n && !rc && !queued_all && !cancelled(r); t++) {
         double t0 = now_s(), c0 = cpu_s();
         pbw_profile_mark(); /* PBW_PROFILE: time of this step only */
         pbw_objective_draw_crops(&r->obj, &r->rng, crops);
